@@ -1,0 +1,3 @@
+"""hacontrol: failover controller for MySQL/MariaDB replication clusters."""
+
+__version__ = "0.1.0"

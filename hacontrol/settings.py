@@ -1,0 +1,376 @@
+"""Settings: typed, grouped by concern, validated across fields at load.
+
+Sources, lowest priority first: the TOML file (``--config``, else ``HACONTROL_CONFIG``, else
+``./settings.toml``), then ``HACONTROL_*`` environment variables, nested with ``__``
+(``HACONTROL_PROBES__INTERVAL=0.5``, ``HACONTROL_MYSQL__PASSWORD=...``). Every secret can come
+inline, from the environment, or from a file named by its ``*_file`` key (the usual way with
+container secrets); the file's content, stripped of the trailing newline, is the secret.
+
+``load_settings`` returns the settings with every secret resolved, or raises ``SettingsError``
+whose ``problems`` each name the key and the reason. Nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG = Path("settings.toml")
+CONFIG_ENV = "HACONTROL_CONFIG"
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+NodeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterSettings(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "main"
+
+
+class NodeSettings(_Section):
+    name: NodeName
+    host: Annotated[str, Field(min_length=1)]
+    port: Port = 3306
+    priority: int = 0
+    """Among equally advanced candidates, the higher priority is promoted first."""
+    no_promote: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name") is None and "host" in data:
+            return {**data, "name": f"{data['host']}:{data.get('port', 3306)}"}
+        return data
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+
+class MySQLSettings(_Section):
+    user: Annotated[str, Field(min_length=1)] = "hacontrol"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    replication_user: Annotated[str, Field(min_length=1)] = "repl"
+    replication_password: SecretStr | None = None
+    replication_password_file: Path | None = None
+    connect_timeout: PositiveSeconds = 1.0
+
+
+class ProxySQLSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 6032
+    user: str = "admin"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    writer_hostgroup: Annotated[int, Field(ge=0)] = 10
+    reader_hostgroup: Annotated[int, Field(ge=0)] = 20
+    broken_hostgroup: Annotated[int, Field(ge=0)] = 30
+    hidden_hostgroup: Annotated[int, Field(ge=0)] = 40
+    timeout: PositiveSeconds = 2.0
+
+
+class HAProxySettings(_Section):
+    socket: str = ""
+    """Runtime API: a unix socket path, or ``host:port`` for a TCP admin socket."""
+    writer_backend: str = "writer"
+    reader_backend: str = "readers"
+    timeout: PositiveSeconds = 2.0
+
+
+class RouterSettings(_Section):
+    kind: Literal["proxysql", "haproxy", "none"] = "none"
+    primary_is_reader: bool = True
+    proxysql: ProxySQLSettings = ProxySQLSettings()
+    haproxy: HAProxySettings = HAProxySettings()
+
+
+class ProbeSettings(_Section):
+    interval: PositiveSeconds = 1.0
+    timeout: PositiveSeconds = 0.8
+    failure_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+class FailoverSettings(_Section):
+    max_lag: PositiveSeconds = 10.0
+    """A replica further behind than this (seconds) leaves the readers."""
+    recovery_block: Annotated[float, Field(ge=0)] = 3600.0
+    """After a failover, no automatic failover for this many seconds unless acknowledged."""
+
+
+class SMTPSettings(_Section):
+    host: str = ""
+    """Empty: alerts are logged only, not mailed."""
+    port: Port = 25
+    tls: Literal["none", "starttls", "tls"] = "none"
+    user: str = ""
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    sender: str = "hacontrol@localhost"
+    recipients: tuple[str, ...] = ()
+    timeout: PositiveSeconds = 10.0
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HACONTROL_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    cluster: ClusterSettings = ClusterSettings()
+    nodes: tuple[NodeSettings, ...] = ()
+    mysql: MySQLSettings = MySQLSettings()
+    router: RouterSettings = RouterSettings()
+    probes: ProbeSettings = ProbeSettings()
+    failover: FailoverSettings = FailoverSettings()
+    smtp: SMTPSettings = SMTPSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: the environment overrides the file (passed as init kwargs).
+        return (env_settings, init_settings)
+
+    def node(self, name: str) -> NodeSettings:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+
+# Every secret: (section path, secret field, file field). One table, used by load and by tests.
+SECRETS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("mysql",), "password", "password_file"),
+    (("mysql",), "replication_password", "replication_password_file"),
+    (("router", "proxysql"), "password", "password_file"),
+    (("smtp",), "password", "password_file"),
+)
+
+
+class SettingsError(Exception):
+    """Invalid settings; ``problems`` are ``key: reason`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Loaded:
+    settings: Settings
+    path: Path
+    warnings: tuple[str, ...]
+
+
+def config_path(explicit: str | Path | None, env: Mapping[str, str] = os.environ) -> Path:
+    if explicit:
+        return Path(explicit)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return DEFAULT_CONFIG
+
+
+def load_settings(explicit: str | Path | None = None) -> Loaded:
+    """Read, validate and resolve secrets. Raises SettingsError naming every bad key."""
+    path = config_path(explicit)
+    data = _read_toml(path)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise SettingsError([_describe(err) for err in exc.errors()]) from None
+    settings, problems = _resolve_secrets(settings, path.parent)
+    errors, warnings = check(settings)
+    # A secret whose file failed is already reported once, under its *_file key.
+    failed = {p.split(":", 1)[0].removesuffix("_file") for p in problems}
+    problems += [e for e in errors if e.split(":", 1)[0] not in failed]
+    if problems:
+        raise SettingsError(problems)
+    return Loaded(settings=settings, path=path, warnings=tuple(warnings))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SettingsError([f"config: file not found: {path}"]) from None
+    except OSError as exc:
+        raise SettingsError([f"config: cannot read {path}: {exc.strerror}"]) from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError([f"config: invalid TOML in {path}: {exc}"]) from None
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    key = _dotted(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "settings"
+
+
+def _resolve_secrets(settings: Settings, base: Path) -> tuple[Settings, list[str]]:
+    """Read every ``*_file`` secret into its field. Inline/env values win over files.
+
+    A relative ``*_file`` path is taken from the folder of the settings file.
+    """
+    problems: list[str] = []
+    for path, field, file_field in SECRETS:
+        section = _section(settings, path)
+        file = getattr(section, file_field)
+        if getattr(section, field) is not None or file is None:
+            continue
+        key = ".".join((*path, file_field))
+        file = base / file
+        try:
+            secret = file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            problems.append(f"{key}: cannot read secret file {file}: {exc.strerror}")
+            continue
+        if not secret:
+            problems.append(f"{key}: secret file {file} is empty")
+            continue
+        settings = _replace(settings, path, {field: SecretStr(secret)})
+    return settings, problems
+
+
+def _section(settings: Settings, path: tuple[str, ...]) -> BaseModel:
+    obj: BaseModel = settings
+    for name in path:
+        obj = getattr(obj, name)
+    return obj
+
+
+def _replace(model: BaseModel, path: tuple[str, ...], update: dict[str, Any]) -> Any:
+    if not path:
+        return model.model_copy(update=update)
+    child = getattr(model, path[0])
+    return model.model_copy(update={path[0]: _replace(child, path[1:], update)})
+
+
+def check(settings: Settings) -> tuple[list[str], list[str]]:
+    """Cross-field rules. Pure: returns (errors, warnings), each naming its key."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    nodes = settings.nodes
+    if len(nodes) < 3:
+        errors.append(
+            f"nodes: {len(nodes)} node(s) configured; at least 3 are needed "
+            "(one primary and two replicas, so that a majority survives one loss)"
+        )
+    elif len(nodes) % 2 == 0:
+        warnings.append(
+            f"nodes: {len(nodes)} nodes is an even count; a strict majority needs "
+            f"{len(nodes) // 2 + 1}, so an odd count tolerates the same failures with fewer nodes"
+        )
+    seen_addr: dict[tuple[str, int], int] = {}
+    seen_name: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        addr = (node.host.lower(), node.port)
+        if addr in seen_addr:
+            errors.append(
+                f"nodes[{i}]: duplicate node address {node.host}:{node.port} "
+                f"(same as nodes[{seen_addr[addr]}])"
+            )
+        seen_addr.setdefault(addr, i)
+        if node.name in seen_name:
+            errors.append(
+                f"nodes[{i}].name: duplicate node name {node.name!r} "
+                f"(same as nodes[{seen_name[node.name]}])"
+            )
+        seen_name.setdefault(node.name, i)
+    if nodes and all(node.no_promote for node in nodes):
+        warnings.append("nodes: every node has no_promote = true; no failover is possible")
+
+    probes = settings.probes
+    if probes.timeout >= probes.interval:
+        errors.append(
+            f"probes.timeout: {probes.timeout} s must be smaller than probes.interval "
+            f"({probes.interval} s), or a slow node would delay its own next probe"
+        )
+
+    _require_secret(errors, settings.mysql.password, "mysql.password")
+    _require_secret(errors, settings.mysql.replication_password, "mysql.replication_password")
+
+    router = settings.router
+    if router.kind == "proxysql":
+        groups = {
+            "writer_hostgroup": router.proxysql.writer_hostgroup,
+            "reader_hostgroup": router.proxysql.reader_hostgroup,
+            "broken_hostgroup": router.proxysql.broken_hostgroup,
+            "hidden_hostgroup": router.proxysql.hidden_hostgroup,
+        }
+        by_number: dict[int, str] = {}
+        for key, number in groups.items():
+            if number in by_number:
+                errors.append(
+                    f"router.proxysql.{key}: hostgroup {number} collides with "
+                    f"router.proxysql.{by_number[number]}; the four hostgroups must differ"
+                )
+            by_number.setdefault(number, key)
+        _require_secret(errors, router.proxysql.password, "router.proxysql.password")
+    elif router.kind == "haproxy":
+        if not router.haproxy.socket:
+            errors.append("router.haproxy.socket: required when router.kind = 'haproxy'")
+        if router.haproxy.writer_backend == router.haproxy.reader_backend:
+            errors.append("router.haproxy.reader_backend: must differ from writer_backend")
+
+    smtp = settings.smtp
+    if smtp.host:
+        if not smtp.recipients:
+            errors.append("smtp.recipients: empty while smtp.host is set; nobody would get mail")
+        if smtp.user:
+            _require_secret(errors, smtp.password, "smtp.password")
+    return errors, warnings
+
+
+def _require_secret(errors: list[str], value: SecretStr | None, key: str) -> None:
+    if value is None or not value.get_secret_value():
+        env = "HACONTROL_" + key.upper().replace(".", "__")
+        errors.append(f"{key}: missing password: set {key}, {key}_file, or {env}")
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as JSON-ready data, every secret masked."""
+    data = settings.model_dump(mode="json")
+    for path, field, _ in SECRETS:
+        section = data
+        for name in path:
+            section = section[name]
+        if section.get(field) is not None:
+            section[field] = "********"
+    return data

@@ -1,0 +1,247 @@
+"""Settings loading and `hacontrol check-config`: every error names its key and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hacontrol.cli import main
+from hacontrol.settings import SettingsError, check, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+BASE = """
+[cluster]
+name = "t"
+
+[[nodes]]
+name = "a"
+host = "10.0.0.1"
+port = 3306
+
+[[nodes]]
+name = "b"
+host = "10.0.0.2"
+
+[[nodes]]
+name = "c"
+host = "10.0.0.3"
+priority = 5
+no_promote = true
+
+[mysql]
+password = "s3cret-controller"
+replication_password_file = "repl.pw"
+
+[router]
+kind = "proxysql"
+
+[router.proxysql]
+password = "s3cret-admin"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "repl.pw").write_text("s3cret-repl\n")
+    path = tmp_path / "settings.toml"
+    path.write_text(text)
+    return path
+
+
+def run_check(path: Path | str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-config", "--config", str(path)])
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def test_valid_file_prints_effective_settings_with_secrets_masked(tmp_path, capsys):
+    code, out, err = run_check(write(tmp_path, BASE), capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert [n["name"] for n in data["nodes"]] == ["a", "b", "c"]
+    assert data["nodes"][1]["port"] == 3306
+    assert data["nodes"][2] == {
+        "name": "c",
+        "host": "10.0.0.3",
+        "port": 3306,
+        "priority": 5,
+        "no_promote": True,
+    }
+    assert data["router"]["proxysql"]["writer_hostgroup"] == 10
+    assert data["router"]["proxysql"]["hidden_hostgroup"] == 40
+    assert data["probes"] == {"interval": 1.0, "timeout": 0.8, "failure_threshold": 3}
+    assert data["mysql"]["password"] == "********"
+    assert data["mysql"]["replication_password"] == "********"
+    assert data["router"]["proxysql"]["password"] == "********"
+    assert "s3cret" not in out + err
+
+
+def test_secret_file_is_read_relative_to_the_settings_file(tmp_path):
+    loaded = load_settings(write(tmp_path, BASE))
+    assert loaded.settings.mysql.replication_password.get_secret_value() == "s3cret-repl"
+
+
+def test_environment_overrides_file_and_supplies_secrets(tmp_path, monkeypatch):
+    text = BASE.replace('password = "s3cret-controller"\n', "")
+    monkeypatch.setenv("HACONTROL_MYSQL__PASSWORD", "from-env")
+    monkeypatch.setenv("HACONTROL_PROBES__INTERVAL", "2.5")
+    loaded = load_settings(write(tmp_path, text))
+    assert loaded.settings.mysql.password.get_secret_value() == "from-env"
+    assert loaded.settings.probes.interval == 2.5
+
+
+def test_config_path_from_environment(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HACONTROL_CONFIG", str(write(tmp_path, BASE)))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-config"])
+    assert exit_info.value.code == 0
+    assert json.loads(capsys.readouterr().out)["cluster"]["name"] == "t"
+
+
+# Each case: (what is wrong, edit of BASE, the key the message must name, a word of the reason)
+ERRORS = [
+    ("unknown key", BASE + "\n[probes]\nintervall = 1\n", "probes.intervall", "unknown key"),
+    (
+        "port out of range",
+        BASE.replace("port = 3306", "port = 70000"),
+        "nodes[0].port",
+        "65535",
+    ),
+    (
+        "duplicate node addresses",
+        BASE.replace('host = "10.0.0.2"', 'host = "10.0.0.1"\nport = 3306'),
+        "nodes[1]",
+        "duplicate node address",
+    ),
+    (
+        "fewer than 3 nodes",
+        BASE.replace('[[nodes]]\nname = "c"', '[[other]]\nname = "c"').split("[[other]]")[0]
+        + "[mysql]\npassword = 'x'\nreplication_password = 'y'\n[router]\nkind = 'none'\n",
+        "nodes",
+        "at least 3",
+    ),
+    (
+        "colliding hostgroups",
+        BASE + "reader_hostgroup = 10\n",
+        "router.proxysql.reader_hostgroup",
+        "collides",
+    ),
+    (
+        "probe timeout not smaller than interval",
+        BASE + "\n[probes]\ninterval = 1.0\ntimeout = 1.0\n",
+        "probes.timeout",
+        "smaller than probes.interval",
+    ),
+    (
+        "missing controller password",
+        BASE.replace('password = "s3cret-controller"\n', ""),
+        "mysql.password",
+        "missing password",
+    ),
+    (
+        "missing router password",
+        BASE.replace('password = "s3cret-admin"\n', ""),
+        "router.proxysql.password",
+        "missing password",
+    ),
+    (
+        "unreadable secret file",
+        BASE.replace('"repl.pw"', '"no-such-file"'),
+        "mysql.replication_password_file",
+        "cannot read",
+    ),
+    (
+        "wrong type",
+        BASE.replace("priority = 5", 'priority = "high"'),
+        "nodes[2].priority",
+        "integer",
+    ),
+    ("bad tls mode", BASE + '\n[smtp]\ntls = "ssl"\n', "smtp.tls", "starttls"),
+    (
+        "smtp host without recipients",
+        BASE + '\n[smtp]\nhost = "mail.example.com"\n',
+        "smtp.recipients",
+        "empty",
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "text", "key", "reason"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_check_config_error_names_key(tmp_path, capsys, what, text, key, reason):
+    code, out, err = run_check(write(tmp_path, text), capsys)
+    assert code == 2
+    assert out == ""
+    lines = [line for line in err.splitlines() if "settings error" in line]
+    assert any(f"error: {key}:" in line or f"error: {key} " in line for line in lines), err
+    assert reason in err
+    assert "s3cret" not in err
+
+
+def test_missing_file_names_the_path(tmp_path, capsys):
+    code, _, err = run_check(tmp_path / "nope.toml", capsys)
+    assert code == 2
+    assert "config: file not found" in err and "nope.toml" in err
+
+
+def test_unreadable_file(tmp_path, capsys):
+    # A directory cannot be read as a file, even by root.
+    code, _, err = run_check(tmp_path, capsys)
+    assert code == 2
+    assert "config: cannot read" in err
+
+
+def test_invalid_toml_names_line(tmp_path, capsys):
+    code, _, err = run_check(write(tmp_path, BASE + "\n[probes\n"), capsys)
+    assert code == 2
+    assert "config: invalid TOML" in err and "line" in err
+
+
+def test_even_node_count_is_a_warning_not_an_error(tmp_path, capsys):
+    text = BASE + '\n[[nodes]]\nname = "d"\nhost = "10.0.0.4"\n'
+    code, out, err = run_check(write(tmp_path, text), capsys)
+    assert code == 0
+    assert "settings warning: nodes: 4 nodes is an even count" in err
+    assert len(json.loads(out)["nodes"]) == 4
+
+
+def test_every_error_is_reported_at_once(tmp_path):
+    text = BASE.replace('password = "s3cret-controller"\n', "") + (
+        "reader_hostgroup = 10\n[probes]\ninterval = 1.0\ntimeout = 2.0\n"
+    )
+    with pytest.raises(SettingsError) as info:
+        load_settings(write(tmp_path, text))
+    keys = [p.split(":")[0] for p in info.value.problems]
+    assert keys == ["probes.timeout", "mysql.password", "router.proxysql.reader_hostgroup"]
+
+
+def test_check_is_pure_and_default_node_name(tmp_path):
+    loaded = load_settings(write(tmp_path, BASE.replace('name = "b"\n', "")))
+    assert loaded.settings.nodes[1].name == "10.0.0.2:3306"
+    assert check(loaded.settings) == ([], [])
+
+
+def test_repository_settings_toml_is_valid_for_the_sandbox(tmp_path):
+    """The example at the repository root parses; only its sandbox secret files are absent."""
+    with pytest.raises(SettingsError) as info:
+        load_settings(REPO / "settings.toml")
+    assert all("password_file: cannot read secret file" in p for p in info.value.problems)
+
+
+def test_console_script_exit_code(tmp_path):
+    path = write(tmp_path, BASE.replace("port = 3306", "port = 0"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hacontrol", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "nodes[0].port" in proc.stderr
