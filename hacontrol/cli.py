@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from hacontrol import __version__
-from hacontrol.settings import SettingsError, load_settings, redacted
+from hacontrol.settings import Loaded, SettingsError, load_settings, redacted
 
 EXIT_CONFIG = 2
 
@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(check)
     check.set_defaults(func=cmd_check_config)
 
+    run = sub.add_parser("run", help="run the controller in the foreground (JSON log on stdout)")
+    _config_option(run)
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="probe the nodes and router once, print the topology")
+    _config_option(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of a tree")
+    status.set_defaults(func=cmd_status)
+
     _register_optional(sub)
     return parser
 
@@ -48,21 +57,55 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Commands that live in their own modules register their own parsers."""
-    try:  # TEMP until sandbox lands
-        from hacontrol import sandbox
-    except ImportError:
-        return
+    from hacontrol import sandbox
+
     sandbox.register_cli(sub)
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace) -> Loaded | None:
+    """Settings, or None after printing every problem (the caller exits 2)."""
     try:
         loaded = load_settings(args.config)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"hacontrol: settings error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        return None
     for warning in loaded.warnings:
         print(f"hacontrol: settings warning: {warning}", file=sys.stderr)
+    return loaded
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_CONFIG
     print(json.dumps(redacted(loaded.settings), indent=2))
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_CONFIG
+    from hacontrol.jsonlog import JsonLog
+    from hacontrol.service import run_forever, secrets_of
+
+    settings = loaded.settings
+    log = JsonLog(settings.cluster.name, level=settings.log.level, secrets=secrets_of(settings))
+    return run_forever(settings, log)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_CONFIG
+    import asyncio
+
+    from hacontrol.status import render_tree, snapshot, to_json
+
+    view = asyncio.run(snapshot(loaded.settings))
+    if args.json:
+        print(json.dumps(to_json(view), indent=2))
+    else:
+        print(render_tree(view))
+    return 0 if view.quorum.ok else 1

@@ -107,6 +107,10 @@ class FailoverSettings(_Section):
     """A replica further behind than this (seconds) leaves the readers."""
     recovery_block: Annotated[float, Field(ge=0)] = 3600.0
     """After a failover, no automatic failover for this many seconds unless acknowledged."""
+    io_stall: PositiveSeconds = 3.0
+    """A replica whose received heartbeats and GTIDs have not advanced for this long has lost
+    its link to the source (a frozen or partitioned source closes no connection). Must exceed
+    the replicas' MASTER_HEARTBEAT_PERIOD."""
 
 
 class SMTPSettings(_Section):
@@ -321,6 +325,12 @@ def check(settings: Settings) -> tuple[list[str], list[str]]:
         errors.append(
             f"probes.timeout: {probes.timeout} s must be smaller than probes.interval "
             f"({probes.interval} s), or a slow node would delay its own next probe"
+        )
+
+    if settings.failover.io_stall <= probes.interval:
+        errors.append(
+            f"failover.io_stall: {settings.failover.io_stall} s must exceed probes.interval "
+            f"({probes.interval} s), or one probe could not see a heartbeat advance"
         )
 
     _require_secret(errors, settings.mysql.password, "mysql.password")

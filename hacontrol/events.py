@@ -1,0 +1,72 @@
+"""Events: small immutable values on the controller's queue. Nothing else lives here.
+
+Every event carries ``at``, a monotonic timestamp (``time.monotonic()``) taken where it was
+observed. Probes and the router probe produce them; operator commands and timer ticks will be
+events too, so the single decision task sees one ordered stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hacontrol.flavors.base import NodeStatus
+    from hacontrol.routing import Membership
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe of one node. Reachable form: ``status`` set; unreachable form: ``error`` set."""
+
+    node: str
+    at: float
+    rtt: float | None
+    status: NodeStatus | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """The connection kept open to a node closed: a crashed server closes it at once."""
+
+    node: str
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouterProbeResult:
+    """The router's real state, read back; ``error`` set when it could not be read."""
+
+    kind: str
+    at: float
+    membership: Membership | None = None
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.membership is not None and self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Timer tick: lets time-based rules (stalled heartbeats, blocks) fire without a probe."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Queue sentinel: the decision task finishes what it holds and returns."""
+
+    at: float
+    reason: str
+
+
+Event = ProbeResult | ConnectionLost | RouterProbeResult | Tick | Stop

@@ -1,0 +1,99 @@
+"""MySQL connections with hard deadlines: every connect and every query under its own timeout.
+
+aiomysql bounds only the TCP connect; a frozen server (SIGSTOP, a partition that drops
+packets) accepts the TCP connection and then never sends its handshake. Here the whole
+connect, handshake and authentication included, runs under ``asyncio.timeout``, and a
+connection whose connect or query was cut short is closed at once: its protocol state is
+unknown, and a leaked socket would pile up on a node that stays frozen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiomysql
+import pymysql
+from pymysql.constants import CLIENT
+
+Rows = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    user: str
+    password: str
+
+    def __repr__(self) -> str:  # never print the password
+        return f"Endpoint({self.user}@{self.host}:{self.port})"
+
+
+async def connect(
+    endpoint: Endpoint, timeout: float, *, multi_statements: bool = False
+) -> aiomysql.Connection:
+    """An autocommit DictCursor connection, or an exception within ``timeout`` seconds."""
+    conn = aiomysql.Connection(
+        host=endpoint.host,
+        port=endpoint.port,
+        user=endpoint.user,
+        password=endpoint.password,
+        connect_timeout=timeout,
+        autocommit=True,
+        cursorclass=aiomysql.DictCursor,
+        client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0,
+        program_name="hacontrol",
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            await conn._connect()  # aiomysql.connect() is exactly this, minus the cleanup
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+async def fetch_all(
+    conn: aiomysql.Connection, sql: str, params: Sequence[Any] | None = None, *, timeout: float
+) -> list[Rows]:
+    """Run ``sql`` (one or several statements) and return one row list per result set.
+
+    On timeout or any error the connection is closed: the caller reconnects.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            cursor = await conn.cursor()
+            try:
+                await cursor.execute(sql, params)
+                results = [list(await cursor.fetchall())]
+                while await cursor.nextset():
+                    results.append(list(await cursor.fetchall()))
+            finally:
+                await cursor.close()
+    except BaseException:
+        conn.close()
+        raise
+    return results
+
+
+async def execute(
+    conn: aiomysql.Connection, sql: str, params: Sequence[Any] | None = None, *, timeout: float
+) -> Rows:
+    """One statement; its rows (empty for statements without a result)."""
+    return (await fetch_all(conn, sql, params, timeout=timeout))[0]
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a log: MySQL errors keep their number, timeouts say so."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, pymysql.err.MySQLError) and exc.args:
+        if len(exc.args) >= 2 and isinstance(exc.args[0], int):
+            cause = exc.__cause__
+            text = f"{exc.args[0]}: {exc.args[1]}"
+            return f"{text} ({cause})" if cause else text
+        return str(exc.args[0])
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,173 @@
+"""Probe of one MySQL/MariaDB node: one asyncio task per node, never raising, never deciding.
+
+Each probe runs the flavor's status statements as one multi-statement query on a kept
+connection (one round trip), under ``probes.timeout`` for the connect and for the query. A
+failure closes the connection; the next probe reconnects. Anything unexpected, a garbage
+answer included, is an unreachable result with its reason, never an exception.
+
+A second, idle *watch* connection per node runs ``DO SLEEP(...)``: a crashed server closes it
+at once, which becomes a ``ConnectionLost`` event, so the controller re-probes without waiting
+for the next interval. A frozen or partitioned server closes nothing; for it the probe timeouts
+and the replicas' stalled heartbeats are the signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import aiomysql
+
+from hacontrol.events import ConnectionLost, Event, ProbeResult
+from hacontrol.flavors import detect
+from hacontrol.flavors.base import Flavor, multi_statement
+from hacontrol.mysqlconn import Endpoint, connect, describe_error, execute, fetch_all
+
+Emit = Callable[[Event], None]
+Clock = Callable[[], float]
+
+WATCH_SECONDS = 3600
+"""Length of the watch connection's idle ``DO SLEEP``; it is simply re-issued when it ends."""
+
+
+class NodeProbe:
+    def __init__(
+        self,
+        name: str,
+        endpoint: Endpoint,
+        *,
+        interval: float,
+        timeout: float,
+        emit: Emit,
+        clock: Clock = time.monotonic,
+        watch: bool = True,
+    ) -> None:
+        self.name = name
+        self._endpoint = endpoint
+        self._interval = interval
+        self._timeout = timeout
+        self._emit = emit
+        self._clock = clock
+        self._watch_enabled = watch
+        self._conn: aiomysql.Connection | None = None
+        self._flavor: Flavor | None = None
+        self._version = ""
+        self._wake = asyncio.Event()
+        self._watching = False
+        self._watch_task: asyncio.Task[None] | None = None
+        self._last_start = float("-inf")
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Probe every interval, or at once when woken; emit every result. Runs until cancelled."""
+        try:
+            while True:
+                self._last_start = self._clock()
+                result = await self.probe()
+                self._emit(result)
+                if result.ok:
+                    self._arm_watch()
+                await self._sleep_until_next()
+        finally:
+            await self.close()
+
+    def wake(self) -> None:
+        """Probe again now instead of at the next interval (fast confirmation)."""
+        self._wake.set()
+
+    async def _sleep_until_next(self) -> None:
+        # A wake is honoured, but not more often than every interval/10: a node that refuses
+        # connections instantly must not turn fast confirmation into a busy loop.
+        min_gap = self._interval / 10
+        deadline = self._last_start + self._interval
+        while True:
+            now = self._clock()
+            if now >= deadline:
+                return
+            if self._wake.is_set() and now >= self._last_start + min_gap:
+                self._wake.clear()
+                return
+            wait = deadline - now if not self._wake.is_set() else self._last_start + min_gap - now
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    # -- one probe ----------------------------------------------------------------------------
+
+    async def probe(self) -> ProbeResult:
+        """One probe. Never raises (except cancellation)."""
+        started = self._clock()
+        try:
+            conn = await self._connection()
+            assert self._flavor is not None
+            sql = multi_statement(self._flavor.status_sql())
+            sent = self._clock()
+            results = await fetch_all(conn, sql, timeout=self._timeout)
+            rtt = self._clock() - sent
+            status = self._flavor.parse_status(self._version, results)
+        except ValueError as exc:  # the node answered, but garbage: unhealthy, not a crash
+            self._drop()
+            return ProbeResult(self.name, started, None, None, f"invalid answer: {exc}")
+        except Exception as exc:
+            self._drop()
+            return ProbeResult(self.name, started, None, None, describe_error(exc))
+        return ProbeResult(self.name, started, rtt, status)
+
+    async def _connection(self) -> aiomysql.Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        self._conn = None
+        conn = await connect(self._endpoint, self._timeout, multi_statements=True)
+        try:
+            rows = await execute(
+                conn,
+                "SELECT @@version AS version, @@version_comment AS comment",
+                timeout=self._timeout,
+            )
+            self._version = str(rows[0]["version"])
+            self._flavor = detect(self._version, str(rows[0]["comment"] or ""))
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    # -- the watch connection -----------------------------------------------------------------
+
+    def _arm_watch(self) -> None:
+        if self._watch_enabled and not self._watching:
+            self._watching = True
+            self._watch_task = asyncio.create_task(self._watch(), name=f"watch:{self.name}")
+
+    async def _watch(self) -> None:
+        """Hold an idle query open; its connection closing is a crash signal."""
+        conn: aiomysql.Connection | None = None
+        try:
+            conn = await connect(self._endpoint, self._timeout)
+            while True:
+                await execute(conn, f"DO SLEEP({WATCH_SECONDS})", timeout=WATCH_SECONDS + 60)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if conn is not None:  # it was established, then lost: the server side closed it
+                self._emit(ConnectionLost(self.name, self._clock(), describe_error(exc)))
+        finally:
+            if conn is not None:
+                conn.close()
+            self._watching = False
+
+    async def close(self) -> None:
+        self._drop()
+        task, self._watch_task = self._watch_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

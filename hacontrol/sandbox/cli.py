@@ -1,0 +1,171 @@
+"""`hacontrol sandbox up|down|status`.
+
+Exit codes: 0 success; `up` on a sandbox that is already running prints so, changes nothing
+and exits 0 (the wanted state holds; scripts can call `up` unconditionally); 1 on any error
+(busy port, missing binary, a node that fails to start), with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hacontrol.sandbox.cluster import Sandbox
+from hacontrol.sandbox.model import (
+    DEFAULT_BASE_PORT,
+    AlreadyRunningError,
+    SandboxError,
+    SandboxInfo,
+    SandboxSpec,
+)
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "sandbox",
+        help="local test cluster: mariadbd nodes and a router on 127.0.0.1",
+        description="Run a local MariaDB replication cluster behind HAProxy for tests and drills.",
+    )
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    parser.add_argument(
+        "--base-port",
+        type=int,
+        default=DEFAULT_BASE_PORT,
+        help=f"first node port (default {DEFAULT_BASE_PORT}, away from 3306); nodes use "
+        "base..base+N-1, then the router writer, reader and admin ports",
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=Path("./sandbox"), help="sandbox directory (./sandbox)"
+    )
+    parser.add_argument("--json", action="store_true", help="status as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "up":
+            spec = SandboxSpec(dir=args.dir, nodes=args.nodes, base_port=args.base_port)
+            return cmd_up(Sandbox(spec))
+        sandbox = Sandbox.at(args.dir)
+        if args.action == "down":
+            return cmd_down(sandbox)
+        return cmd_status(sandbox, as_json=args.json)
+    except SandboxError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_up(sandbox: Sandbox) -> int:
+    try:
+        info = asyncio.run(sandbox.up())
+    except AlreadyRunningError as exc:
+        print(f"sandbox: {exc}")
+        print(describe(exc.info, sandbox.process_states()))
+        return 0
+    print(f"sandbox up in {info.up_seconds:.2f} s")
+    print(describe(info, sandbox.process_states()))
+    return 0
+
+
+def cmd_down(sandbox: Sandbox) -> int:
+    if asyncio.run(sandbox.down()):
+        print(f"sandbox in {sandbox.dir} stopped and removed")
+    else:
+        print(f"no sandbox in {sandbox.dir}; nothing to do")
+    return 0
+
+
+def cmd_status(sandbox: Sandbox, *, as_json: bool) -> int:
+    info = sandbox.status()
+    states = sandbox.process_states()
+    roles = asyncio.run(sandbox.live_roles())
+    if as_json:
+        print(json.dumps(status_document(info, states, roles), indent=2))
+    else:
+        print(describe(info, states, roles))
+    return 0
+
+
+def status_document(
+    info: SandboxInfo, states: dict[str, str], live_roles: dict[str, str]
+) -> dict[str, Any]:
+    """The `status --json` shape. `role` is the role given at `up`; `live_role` is probed now."""
+    router = info.router
+    return {
+        "settings": info.settings,
+        "dir": info.dir,
+        "nodes": [
+            {
+                "name": n.name,
+                "host": n.host,
+                "port": n.port,
+                "pid": n.pid,
+                "role": n.role,
+                "live_role": live_roles.get(n.name, "unknown"),
+                "process": states[n.name],
+                "config": n.config,
+                "datadir": n.datadir,
+                "socket": n.socket,
+            }
+            for n in info.nodes
+        ],
+        "router": {
+            "kind": router.kind,
+            "host": router.host,
+            "writer_port": router.writer_port,
+            "reader_port": router.reader_port,
+            "admin": router.admin,
+            "admin_tcp": f"{router.host}:{router.admin_port}",
+            "pid": router.pid,
+            "process": states["router"],
+            "config": router.config,
+        },
+        "users": {
+            role: {"user": c.user, "password": c.password(), "password_file": c.password_file}
+            for role, c in info.users.items()
+        },
+    }
+
+
+def describe(
+    info: SandboxInfo, states: dict[str, str], live_roles: dict[str, str] | None = None
+) -> str:
+    router = info.router
+    rows = [("node", "address", "pid", "role at up", "now", "process")]
+    rows += [
+        (
+            n.name,
+            f"{n.host}:{n.port}",
+            str(n.pid),
+            n.role,
+            (live_roles or {}).get(n.name, "-"),
+            states[n.name],
+        )
+        for n in info.nodes
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    app = info.users["app"]
+    return "\n".join(
+        [
+            *table,
+            f"{router.kind} (pid {router.pid}, {states['router']}): "
+            f"writer {router.host}:{router.writer_port}, reader {router.host}:{router.reader_port}",
+            f"router admin: {router.admin} and {router.host}:{router.admin_port}",
+            f"controller settings: {info.settings}",
+            f"connect as app: mariadb -h {router.host} -P {router.writer_port} -u {app.user} "
+            f'-p"$(cat {app.password_file})" app',
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hacontrol")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))

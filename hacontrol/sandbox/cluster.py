@@ -1,0 +1,541 @@
+"""The sandbox: N mariadbd nodes (node1 primary, the rest semi-sync GTID replicas) and a router."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiomysql
+import pymysql
+
+from hacontrol.sandbox import procs, render
+from hacontrol.sandbox.model import (
+    HAPROXY_SOCKET,
+    HOST,
+    ROUTER_DIR,
+    SECRETS_DIR,
+    SETTINGS_FILE,
+    STATE_FILE,
+    AlreadyRunningError,
+    Credentials,
+    NodeInfo,
+    RouterInfo,
+    RouterKind,
+    SandboxError,
+    SandboxInfo,
+    SandboxSpec,
+)
+
+READY_TIMEOUT = 30.0
+MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+
+
+def find_binary(name: str) -> str | None:
+    """Debian puts the daemons in /usr/sbin, which a non-root PATH often lacks."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidate = Path("/usr/sbin") / name
+    return str(candidate) if candidate.exists() else None
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hacontrol" / "sandbox"
+
+
+class Sandbox:
+    """One sandbox directory. All state lives on disk (sandbox.json), so any process can manage
+    a sandbox another one started: the CLI `up`, a test's `kill_node`, the CLI `down`."""
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self.dir = spec.dir.resolve()
+
+    @classmethod
+    def at(cls, directory: Path) -> Sandbox:
+        return cls(SandboxSpec(dir=directory))
+
+    # ---- inspection -------------------------------------------------------------------------
+
+    def info(self) -> SandboxInfo | None:
+        return SandboxInfo.load(self.dir)
+
+    def status(self) -> SandboxInfo:
+        info = self.info()
+        if info is None:
+            raise SandboxError(f"no sandbox in {self.dir} (no {STATE_FILE})")
+        return info
+
+    def process_states(self) -> dict[str, str]:
+        """'running' / 'stopped' / 'dead' per node name and for 'router'."""
+        info = self.status()
+        states = {n.name: procs.process_state(n.pid, n.config) for n in info.nodes}
+        states["router"] = procs.process_state(info.router.pid, info.router.config)
+        return states
+
+    def is_running(self) -> bool:
+        info = self.info()
+        return info is not None and any(s != "dead" for s in self.process_states().values())
+
+    def node_pid(self, name: str) -> int | None:
+        """The node's pid while its process exists (running or stopped), else None."""
+        node = self.status().node(name)
+        return node.pid if procs.is_alive(node.pid, node.config) else None
+
+    def router_pid(self) -> int | None:
+        router = self.status().router
+        return router.pid if procs.is_alive(router.pid, router.config) else None
+
+    def password(self, role: str) -> str:
+        """Password of 'app', 'controller', 'replication' or 'root'."""
+        info = self.status()
+        creds = info.root if role == "root" else info.users[role]
+        assert creds is not None
+        return creds.password()
+
+    async def connect(self, target: str, role: str = "app", **kwargs: Any) -> aiomysql.Connection:
+        """A connection as `role` to a node name, or to the router's 'writer' / 'reader' port."""
+        info = self.status()
+        if target in ("writer", "reader"):
+            port = info.router.writer_port if target == "writer" else info.router.reader_port
+            host = info.router.host
+        else:
+            node = info.node(target)
+            host, port = node.host, node.port
+        user = "root" if role == "root" else info.users[role].user
+        kwargs.setdefault("autocommit", True)
+        kwargs.setdefault("connect_timeout", 2)
+        return await aiomysql.connect(
+            host=host, port=port, user=user, password=self.password(role), **kwargs
+        )
+
+    async def live_roles(self, timeout: float = 1.0) -> dict[str, str]:
+        """What each node is now: 'primary', 'replica', 'writable-replica' or 'unreachable'."""
+
+        async def probe(name: str) -> str:
+            try:
+                async with asyncio.timeout(timeout):
+                    conn = await self.connect(name, "controller", connect_timeout=timeout)
+                    try:
+                        async with conn.cursor() as cur:
+                            await cur.execute("SELECT @@read_only")
+                            (read_only,) = await cur.fetchone()
+                            await cur.execute("SHOW ALL SLAVES STATUS")
+                            replicating = bool(await cur.fetchall())
+                    finally:
+                        conn.close()
+            except (TimeoutError, OSError, pymysql.MySQLError):
+                return "unreachable"
+            if replicating:
+                return "replica" if read_only else "writable-replica"
+            return "primary"
+
+        names = [n.name for n in self.status().nodes]
+        return dict(zip(names, await asyncio.gather(*(probe(n) for n in names)), strict=True))
+
+    # ---- up ---------------------------------------------------------------------------------
+
+    async def up(self) -> SandboxInfo:
+        """Build and start the sandbox. Raises AlreadyRunningError (nothing changed) or
+        PortBusyError (before anything started)."""
+        started = time.monotonic()
+        existing = self.info()
+        if existing is not None:
+            if self.is_running():
+                raise AlreadyRunningError(existing)
+            await self.down()  # leftovers of a sandbox whose processes all died
+        procs.check_ports(self.spec.ports())
+        binaries = self._binaries()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._check_socket_paths()
+        template = await ensure_template(
+            self.spec.cache_dir or default_cache_dir(), binaries["mariadbd"]
+        )
+        try:
+            info = await self._prepare(template, binaries)
+            info = self._spawn_all(info, binaries)
+            await self._configure(info)
+            await self._wait_router(info)
+            self._write_settings(info)
+            info = replace(info, up_seconds=round(time.monotonic() - started, 2))
+            info.save()
+        except BaseException:
+            await self.down()
+            raise
+        return info
+
+    def _binaries(self) -> dict[str, str]:
+        kind = self._router_kind()
+        needed = ["mariadbd", "mariadb-install-db", kind]
+        found = {name: find_binary(name) for name in needed}
+        missing = [name for name, path in found.items() if path is None]
+        if missing:
+            raise SandboxError(f"not installed: {', '.join(missing)}")
+        return {name: path for name, path in found.items() if path is not None}
+
+    def _router_kind(self) -> RouterKind:
+        if self.spec.router is not None:
+            return self.spec.router
+        return "proxysql" if shutil.which("proxysql") else "haproxy"
+
+    def _check_socket_paths(self) -> None:
+        longest = self.dir / f"node{self.spec.nodes}" / "mysqld.sock"
+        if len(str(longest)) > MAX_SOCKET_PATH:
+            raise SandboxError(f"sandbox directory path too long for unix sockets: {self.dir}")
+
+    async def _prepare(self, template: Path, binaries: dict[str, str]) -> SandboxInfo:
+        """Secrets, configs and datadirs (copies of the template); nothing runs yet."""
+        spec, root = self.spec, os.geteuid() == 0
+        secrets_dir = self.dir / SECRETS_DIR
+        secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        users = {
+            role: Credentials(user, str(write_secret(secrets_dir / f"{user}.password")))
+            for role, user in render.USERS.items()
+        }
+        root_creds = Credentials("root", str(write_secret(secrets_dir / "root.password")))
+        nodes = tuple(
+            NodeInfo(
+                name=spec.node_name(i),
+                host=HOST,
+                port=spec.node_port(i),
+                pid=None,
+                role="primary" if i == 0 else "replica",
+                server_id=i + 1,
+                node_dir=str(self.dir / spec.node_name(i)),
+                config=str(self.dir / spec.node_name(i) / "my.cnf"),
+            )
+            for i in range(spec.nodes)
+        )
+        write_node_configs(nodes, run_as_root=root)
+        await asyncio.gather(
+            *(asyncio.to_thread(shutil.copytree, template, n.datadir) for n in nodes)
+        )
+        router = self._write_router_config(nodes, users, secrets_dir)
+        info = SandboxInfo(
+            dir=str(self.dir),
+            settings=str(self.dir / SETTINGS_FILE),
+            nodes=nodes,
+            router=router,
+            users=users,
+            root=root_creds,
+        )
+        info.save()
+        return info
+
+    def _write_router_config(
+        self, nodes: tuple[NodeInfo, ...], users: dict[str, Credentials], secrets_dir: Path
+    ) -> RouterInfo:
+        spec, kind = self.spec, self._router_kind()
+        router_dir = self.dir / ROUTER_DIR
+        router_dir.mkdir(exist_ok=True)
+        config = router_dir / f"{kind}.cfg"
+        router = RouterInfo(
+            kind=kind,
+            host=HOST,
+            writer_port=spec.writer_port,
+            # ProxySQL (untested here) has one client port and routes reads by query rules.
+            reader_port=spec.reader_port if kind == "haproxy" else spec.writer_port,
+            admin=str(self.dir / HAPROXY_SOCKET)
+            if kind == "haproxy"
+            else f"{HOST}:{spec.admin_port}",
+            admin_port=spec.admin_port,
+            pid=None,
+            config=str(config),
+        )
+        if kind == "haproxy":
+            config.write_text(render.haproxy_cfg(nodes, router))
+        else:  # UNTESTED: no proxysql binary on the development machine
+            admin_pw = write_secret(secrets_dir / "proxysql_admin.password").read_text()
+            config.write_text(
+                render.proxysql_cnf(
+                    nodes,
+                    router,
+                    datadir=str(router_dir),
+                    admin_password=admin_pw,
+                    app_password=users["app"].password(),
+                    monitor_password=users["controller"].password(),
+                )
+            )
+        return router
+
+    def _write_settings(self, info: SandboxInfo) -> None:
+        proxysql_pw = self.dir / SECRETS_DIR / "proxysql_admin.password"
+        text = render.settings_toml(
+            info.nodes,
+            info.router,
+            controller_password_file=info.users["controller"].password_file,
+            replication_password_file=info.users["replication"].password_file,
+            proxysql_password_file=str(proxysql_pw) if proxysql_pw.exists() else None,
+        )
+        Path(info.settings).write_text(text)
+
+    def _spawn_all(self, info: SandboxInfo, binaries: dict[str, str]) -> SandboxInfo:
+        for node in info.nodes:
+            info = info.with_node_pid(node.name, self._spawn_node(node, binaries["mariadbd"]))
+            info.save()  # saved at once so that `down` finds it whatever happens next
+        router = info.router
+        if router.kind == "haproxy":
+            argv = [binaries["haproxy"], "-db", "-f", router.config]
+        else:  # UNTESTED: proxysql in the foreground with its own datadir
+            argv = [
+                binaries["proxysql"],
+                "-f",
+                "-c",
+                router.config,
+                "-D",
+                str(Path(router.config).parent),
+            ]
+        pid = procs.spawn(argv, Path(router.config).with_suffix(".log"))
+        info = replace(info, router=replace(router, pid=pid))
+        info.save()
+        return info
+
+    @staticmethod
+    def _spawn_node(node: NodeInfo, mariadbd: str) -> int:
+        argv = [mariadbd, f"--defaults-file={node.config}"]
+        return procs.spawn(argv, Path(node.node_dir) / "stdout.log")
+
+    async def _configure(self, info: SandboxInfo) -> None:
+        """Users and schema on the primary (they replicate), then replicas attach and catch up."""
+        conns = await asyncio.gather(*(wait_node_ready(n, "") for n in info.nodes))
+        try:
+            primary, replicas = conns[0], conns[1:]
+            await execute(primary, "SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+            for user, host in await query(
+                primary,
+                "SELECT user, host FROM mysql.user WHERE user = '' "
+                "OR (user = 'root' AND host <> 'localhost')",
+            ):
+                await execute(
+                    primary, f"DROP USER {render.sql_string(user)}@{render.sql_string(host)}"
+                )
+            passwords = {role: c.password() for role, c in info.users.items()}
+            assert info.root is not None
+            for statement in render.setup_primary_sql(passwords, info.root.password()):
+                await execute(primary, statement)
+            (gtid_pos,) = (await query(primary, "SELECT @@gtid_binlog_pos"))[0]
+            change = render.change_master_sql(info.primary, passwords["replication"])
+            await asyncio.gather(
+                *(
+                    attach_replica(conn, node, change, gtid_pos)
+                    for conn, node in zip(replicas, info.nodes[1:], strict=True)
+                )
+            )
+            # Semi-sync was off while no replica listened, so setup did not wait for timeouts.
+            await execute(primary, "SET GLOBAL rpl_semi_sync_master_enabled = ON")
+        finally:
+            for conn in conns:
+                conn.close()
+
+    async def _wait_router(self, info: SandboxInfo) -> None:
+        router = info.router
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
+        while True:
+            if not procs.is_alive(router.pid, router.config):
+                log = Path(router.config).with_suffix(".log")
+                raise SandboxError(f"{router.kind} exited at start:\n{tail(log)}")
+            try:
+                if router.kind == "haproxy":
+                    _, writer = await asyncio.open_unix_connection(router.admin)
+                else:
+                    _, writer = await asyncio.open_connection(router.host, router.admin_port)
+                writer.close()
+                return
+            except OSError:
+                if loop.time() > deadline:
+                    msg = f"{router.kind} did not start within {READY_TIMEOUT} s"
+                    raise SandboxError(msg) from None
+                await asyncio.sleep(0.02)
+
+    # ---- node faults and restarts -----------------------------------------------------------
+
+    def kill_node(self, name: str, sig: int = signal.SIGKILL) -> bool:
+        """Send `sig` to the node (SIGKILL, SIGSTOP, SIGCONT ...). False if it was not alive.
+
+        Returns once the signal took effect for SIGKILL (gone), SIGSTOP (stopped) and SIGCONT
+        (running): delivery is asynchronous, and a test checks the state right after.
+        """
+        node = self.status().node(name)
+        if not procs.send_signal(node.pid, node.config, sig):
+            return False
+        expected = {signal.SIGKILL: "dead", signal.SIGSTOP: "stopped", signal.SIGCONT: "running"}
+        if sig in expected:
+            procs.wait_state(node.pid, node.config, expected[signal.Signals(sig)], timeout=2.0)
+        return True
+
+    async def start_node(self, name: str) -> int:
+        """Restart a node with its datadir and config (after kill -9, say); returns the new pid."""
+        info = self.status()
+        node = info.node(name)
+        if procs.is_alive(node.pid, node.config):
+            raise SandboxError(f"{name} is already running (pid {node.pid})")
+        await procs.wait_port_free(node.port, f"mariadbd {name}", timeout=3.0)
+        mariadbd = find_binary("mariadbd")
+        if mariadbd is None:
+            raise SandboxError("not installed: mariadbd")
+        pid = self._spawn_node(node, mariadbd)
+        info = info.with_node_pid(name, pid)
+        info.save()
+        assert info.root is not None
+        conn = await wait_node_ready(info.node(name), info.root.password())
+        conn.close()
+        return pid
+
+    # ---- down -------------------------------------------------------------------------------
+
+    async def down(self, grace: float = 5.0) -> bool:
+        """Stop every process of the sandbox and remove what `up` created. False: no sandbox."""
+        info = self.info()
+        if info is None:
+            return False
+        router = info.router
+        await asyncio.gather(
+            procs.terminate(router.pid, router.config, grace=grace),
+            *(procs.terminate(n.pid, n.config, grace=grace) for n in info.nodes),
+        )
+        for path in [Path(n.node_dir) for n in info.nodes] + [
+            self.dir / SECRETS_DIR,
+            self.dir / ROUTER_DIR,
+        ]:
+            shutil.rmtree(path, ignore_errors=True)
+        for name in (HAPROXY_SOCKET, SETTINGS_FILE, STATE_FILE):
+            (self.dir / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()  # only when empty: never remove what the sandbox did not create
+        return True
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def write_secret(path: Path) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(18) + "\n")
+    return path
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no {path})"
+
+
+async def execute(conn: aiomysql.Connection, sql: str) -> None:
+    async with conn.cursor() as cur:
+        await cur.execute(sql)
+
+
+async def query(conn: aiomysql.Connection, sql: str) -> list[tuple[Any, ...]]:
+    async with conn.cursor() as cur:
+        await cur.execute(sql)
+        return list(await cur.fetchall())
+
+
+async def wait_node_ready(node: NodeInfo, root_password: str) -> aiomysql.Connection:
+    """Connect as root over the node's unix socket, retrying until it answers; never sleep-wait
+    for a fixed time. Fails early with the error log when the process exited."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT
+    while True:
+        if not procs.is_alive(node.pid, node.config):
+            log = Path(node.node_dir) / "error.log"
+            raise SandboxError(f"mariadbd {node.name} exited at start:\n{tail(log)}")
+        try:
+            return await aiomysql.connect(
+                unix_socket=node.socket, user="root", password=root_password, autocommit=True
+            )
+        except (OSError, pymysql.MySQLError):
+            if loop.time() > deadline:
+                raise SandboxError(f"{node.name} not ready within {READY_TIMEOUT} s") from None
+            await asyncio.sleep(0.02)
+
+
+async def attach_replica(
+    conn: aiomysql.Connection, node: NodeInfo, change_master: str, gtid_pos: str
+) -> None:
+    await execute(conn, change_master)
+    await execute(conn, "START SLAVE")
+    rows = await query(conn, f"SELECT MASTER_GTID_WAIT({render.sql_string(gtid_pos)}, 20)")
+    if rows[0][0] != 0:
+        async with conn.cursor(aiomysql.DictCursor) as cur:
+            await cur.execute("SHOW SLAVE STATUS")
+            status = await cur.fetchone() or {}
+        raise SandboxError(
+            f"{node.name} did not catch up with the primary: "
+            f"IO: {status.get('Last_IO_Error')!r} SQL: {status.get('Last_SQL_Error')!r}"
+        )
+
+
+async def ensure_template(cache_dir: Path, mariadbd: str) -> Path:
+    """A datadir made by mariadb-install-db once per server version and InnoDB sizing, cached
+    under `cache_dir` and copied per node (install-db is the slow part of creating a node)."""
+    proc = await asyncio.create_subprocess_exec(
+        mariadbd, "--version", stdout=asyncio.subprocess.PIPE
+    )
+    version, _ = await proc.communicate()
+    key = hashlib.sha256(version + repr(render.INNODB_OPTIONS).encode()).hexdigest()[:16]
+    final = cache_dir / f"template-{key}"
+    if template_ready(final):
+        return final / "data"
+    work = new_template_workdir(cache_dir, key)
+    try:
+        cnf = work / "my.cnf"
+        install = find_binary("mariadb-install-db") or "mariadb-install-db"
+        proc = await asyncio.create_subprocess_exec(
+            install,
+            f"--defaults-file={cnf}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise SandboxError(f"mariadb-install-db failed:\n{output.decode(errors='replace')}")
+        publish_template(work, final, version.decode())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final / "data"
+
+
+def template_ready(final: Path) -> bool:
+    return (final / "READY").exists()
+
+
+def new_template_workdir(cache_dir: Path, key: str) -> Path:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    work = cache_dir / f"building-{key}-{os.getpid()}-{secrets.token_hex(4)}"
+    work.mkdir()
+    cnf = work / "my.cnf"
+    cnf.write_text(render.template_cnf(str(work / "data"), run_as_root=os.geteuid() == 0))
+    return work
+
+
+def publish_template(work: Path, final: Path, version: str) -> None:
+    """Atomic rename, so a half-built template is never used."""
+    (work / "READY").write_text(version)
+    try:
+        work.rename(final)
+    except OSError:  # another process built it at the same time: use theirs
+        if not template_ready(final):
+            raise
+
+
+def write_node_configs(nodes: tuple[NodeInfo, ...], *, run_as_root: bool) -> None:
+    for node in nodes:
+        Path(node.node_dir).mkdir(exist_ok=True)
+        config = render.node_cnf(node, primary=node.role == "primary", run_as_root=run_as_root)
+        Path(node.config).write_text(config)

@@ -1,0 +1,311 @@
+"""Pure text builders for the sandbox: my.cnf, haproxy.cfg, proxysql.cnf, settings.toml, SQL.
+
+No I/O here; `cluster.py` writes and runs what these return.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hacontrol.sandbox.model import NodeInfo, RouterInfo
+
+# Replication timing, chosen so a failover test sees a dead source within a few seconds:
+# a killed source closes its TCP connection and replicas notice at once; a frozen or partitioned
+# one is noticed when no event or heartbeat arrived for SLAVE_NET_TIMEOUT seconds.
+HEARTBEAT_PERIOD = 0.5
+SLAVE_NET_TIMEOUT = 2
+# Semi-sync: a commit waits at most this long for a replica ACK, then the primary falls back to
+# asynchronous replication (and back to semi-sync once a replica catches up). 2 s keeps a test
+# that kills every replica from stalling writes for long; production would use a longer timeout.
+SEMI_SYNC_TIMEOUT_MS = 2000
+
+# The InnoDB sizing must be the same for the template (mariadb-install-db) and for the nodes.
+INNODB_OPTIONS = {
+    "innodb_buffer_pool_size": "64M",
+    "innodb_log_file_size": "16M",
+}
+
+# Least privilege for the controller, each one verified on MariaDB 10.11 by running the statement
+# as that user with the privilege removed:
+#   SLAVE MONITOR             SHOW [ALL] SLAVE[S] STATUS
+#   BINLOG MONITOR            SHOW MASTER STATUS, SHOW BINARY LOGS
+#   REPLICATION SLAVE ADMIN   STOP/START SLAVE, CHANGE MASTER, SET GLOBAL gtid_slave_pos,
+#                             rpl_semi_sync_slave_*, slave_net_timeout
+#   RELOAD                    RESET SLAVE ALL (10.11 refuses it with REPLICATION SLAVE ADMIN alone)
+#   REPLICATION MASTER ADMIN  SET GLOBAL rpl_semi_sync_master_*, SHOW SLAVE HOSTS
+#   READ_ONLY ADMIN           SET GLOBAL read_only (it also lets the controller write on a
+#                             read-only node; the controller never does)
+#   CONNECTION ADMIN          KILL other users' connections (fencing)
+#   PROCESS                   see other users' threads in the processlist
+# Needs no privilege: SELECT @@gtid_*, SHOW GLOBAL STATUS/VARIABLES, MASTER_GTID_WAIT().
+CONTROLLER_PRIVILEGES = (
+    "PROCESS, RELOAD, SLAVE MONITOR, BINLOG MONITOR, REPLICATION SLAVE ADMIN, "
+    "REPLICATION MASTER ADMIN, READ_ONLY ADMIN, CONNECTION ADMIN"
+)
+REPLICATION_PRIVILEGES = "REPLICATION SLAVE"
+APP_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER"
+APP_DATABASE = "app"
+
+GRANTS = (
+    f"GRANT {CONTROLLER_PRIVILEGES} ON *.* TO 'hacontrol'@'%'",
+    f"GRANT {REPLICATION_PRIVILEGES} ON *.* TO 'repl'@'%'",
+    f"GRANT {APP_PRIVILEGES} ON `{APP_DATABASE}`.* TO 'app'@'%'",
+)
+
+USERS = {"controller": "hacontrol", "replication": "repl", "app": "app"}
+
+APP_TABLE = (
+    "CREATE TABLE app.writes (id BIGINT PRIMARY KEY, node INT, "
+    "ts TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB"
+)
+
+
+def sql_string(value: str) -> str:
+    """Quote a value as an SQL string literal (passwords are generated, this is belt and braces)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def node_cnf(node: NodeInfo, *, primary: bool, run_as_root: bool) -> str:
+    """The node's my.cnf: the whole configuration, like a production server's config file."""
+    options: list[tuple[str, object]] = [
+        ("datadir", node.datadir),
+        ("socket", node.socket),
+        ("pid-file", f"{node.node_dir}/mysqld.pid"),
+        ("log-error", f"{node.node_dir}/error.log"),
+        ("port", node.port),
+        ("bind-address", node.host),
+        ("skip-name-resolve", "ON"),
+        ("server_id", node.server_id),
+        ("gtid_domain_id", 0),
+        ("log_bin", "mysql-bin"),
+        ("relay_log", "relay-bin"),
+        ("binlog_format", "ROW"),
+        ("log_slave_updates", "ON"),
+        ("gtid_strict_mode", "ON"),
+        ("read_only", "OFF" if primary else "ON"),
+        ("rpl_semi_sync_master_enabled", "ON" if primary else "OFF"),
+        ("rpl_semi_sync_slave_enabled", "ON"),
+        ("rpl_semi_sync_master_wait_point", "AFTER_SYNC"),
+        ("rpl_semi_sync_master_timeout", SEMI_SYNC_TIMEOUT_MS),
+        ("slave_net_timeout", SLAVE_NET_TIMEOUT),
+        ("report_host", node.host),
+        ("report_port", node.port),
+        # Durable against a killed process (what the tests do), not against a host crash:
+        # commits reach the OS at once, fsync is left to the OS. Keeps the 2-core machine fast.
+        ("sync_binlog", 0),
+        ("innodb_flush_log_at_trx_commit", 2),
+        ("performance_schema", "OFF"),
+        ("max_connections", 200),
+        *INNODB_OPTIONS.items(),
+    ]
+    if run_as_root:
+        options.insert(0, ("user", "root"))  # mariadbd refuses to run as root without it
+    role = "primary" if primary else "replica"
+    lines = [f"# hacontrol sandbox {node.name}: {role} when the sandbox was created", "[mysqld]"]
+    lines += [f"{key} = {value}" for key, value in options]
+    return "\n".join(lines) + "\n"
+
+
+def template_cnf(datadir: str, *, run_as_root: bool) -> str:
+    lines = ["[mysqld]", f"datadir = {datadir}", "skip-networking", "performance_schema = OFF"]
+    lines += [f"{key} = {value}" for key, value in INNODB_OPTIONS.items()]
+    if run_as_root:
+        lines.insert(1, "user = root")
+    return "\n".join(lines) + "\n"
+
+
+def setup_primary_sql(passwords: dict[str, str], root_password: str) -> list[str]:
+    """Run on the primary with the binary log on, before replicas attach, so all of it replicates.
+
+    mariadb-install-db leaves root@<hostname>, root@127.0.0.1 and root@::1 with no password and,
+    depending on options, anonymous ''@localhost / ''@<hostname> users that shadow real users;
+    the caller drops those first (their host names are only known at run time).
+    """
+    pw = {role: sql_string(p) for role, p in passwords.items()}
+    return [
+        f"ALTER USER 'root'@'localhost' IDENTIFIED BY {sql_string(root_password)}",
+        f"CREATE USER 'hacontrol'@'%' IDENTIFIED BY {pw['controller']}",
+        f"CREATE USER 'repl'@'%' IDENTIFIED BY {pw['replication']}",
+        f"CREATE USER 'app'@'%' IDENTIFIED BY {pw['app']}",
+        *GRANTS,
+        f"CREATE DATABASE `{APP_DATABASE}`",
+        APP_TABLE,
+    ]
+
+
+def change_master_sql(primary: NodeInfo, repl_password: str) -> str:
+    return (
+        f"CHANGE MASTER TO MASTER_HOST={sql_string(primary.host)}, MASTER_PORT={primary.port}, "
+        f"MASTER_USER='repl', MASTER_PASSWORD={sql_string(repl_password)}, "
+        f"MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, "
+        f"MASTER_HEARTBEAT_PERIOD={HEARTBEAT_PERIOD}"
+    )
+
+
+def haproxy_cfg(nodes: tuple[NodeInfo, ...], router: RouterInfo) -> str:
+    """HAProxy in front of the nodes. The controller owns server state; HAProxy checks nothing.
+
+    Timeouts: a connection to a dead backend is refused at once on loopback, but HAProxy
+    retries it `retries` times with a turn-around wait of min(timeout connect, 1 s) between
+    tries, so the defaults (3 retries) made a client wait 3 s for an error during a failover.
+    With `retries 0` the client gets its error at once and reconnects, landing on the new
+    writer as soon as the controller switched it. `timeout connect 1s` bounds a connect to a
+    partitioned host. Client/server timeouts are long because database sessions idle.
+    """
+    primary = next(n for n in nodes if n.role == "primary")
+    writer = [
+        f"    server {n.name} {n.host}:{n.port}" + ("" if n is primary else " disabled")
+        for n in nodes
+    ]
+    readers = [f"    server {n.name} {n.host}:{n.port}" for n in nodes]
+    return "\n".join(
+        [
+            "# hacontrol sandbox router; server names are the node names of settings.toml",
+            "global",
+            "    maxconn 2000",
+            f"    stats socket {router.admin} mode 600 level admin",
+            f"    stats socket ipv4@{router.host}:{router.admin_port} level admin",
+            "    stats timeout 1m",
+            "",
+            "defaults",
+            "    mode tcp",
+            "    timeout connect 1s",
+            "    timeout client 1h",
+            "    timeout server 1h",
+            "    timeout queue 1s",
+            "    retries 0",
+            "",
+            "frontend writer_front",
+            f"    bind {router.host}:{router.writer_port}",
+            "    default_backend writer",
+            "",
+            "frontend readers_front",
+            f"    bind {router.host}:{router.reader_port}",
+            "    default_backend readers",
+            "",
+            "backend writer",
+            "    balance first",
+            *writer,
+            "",
+            "backend readers",
+            "    balance roundrobin",
+            *readers,
+            "",
+        ]
+    )
+
+
+# ---- ProxySQL: used only when a `proxysql` binary is on PATH. UNTESTED on this machine. ----
+PROXYSQL_HOSTGROUPS = {"writer": 10, "reader": 20, "broken": 30, "hidden": 40}
+
+
+def proxysql_cnf(
+    nodes: tuple[NodeInfo, ...],
+    router: RouterInfo,
+    *,
+    datadir: str,
+    admin_password: str,
+    app_password: str,
+    monitor_password: str,
+) -> str:
+    """UNTESTED here (no proxysql binary): one client port, SELECT to readers, rest to writer."""
+    writer, reader = PROXYSQL_HOSTGROUPS["writer"], PROXYSQL_HOSTGROUPS["reader"]
+    primary = next(n for n in nodes if n.role == "primary")
+    servers = [
+        f'  {{ address="{n.host}", port={n.port}, hostgroup={writer} }}' for n in (primary,)
+    ] + [f'  {{ address="{n.host}", port={n.port}, hostgroup={reader} }}' for n in nodes]
+    return "\n".join(
+        [
+            f'datadir="{datadir}"',
+            "admin_variables = {",
+            f'  admin_credentials="admin:{admin_password}"',
+            f'  mysql_ifaces="{router.host}:{router.admin_port}"',
+            "}",
+            "mysql_variables = {",
+            f'  interfaces="{router.host}:{router.writer_port}"',
+            '  monitor_username="hacontrol"',
+            f"  monitor_password={json.dumps(monitor_password)}",
+            "}",
+            "mysql_servers = (",
+            ",\n".join(servers),
+            ")",
+            "mysql_users = (",
+            f'  {{ username="app", password={json.dumps(app_password)}, '
+            f"default_hostgroup={writer} }}",
+            ")",
+            "mysql_query_rules = (",
+            f'  {{ rule_id=1, active=1, match_digest="^SELECT.*FOR UPDATE", '
+            f"destination_hostgroup={writer}, apply=1 }},",
+            f'  {{ rule_id=2, active=1, match_digest="^SELECT", '
+            f"destination_hostgroup={reader}, apply=1 }}",
+            ")",
+            "",
+        ]
+    )
+
+
+def settings_toml(
+    nodes: tuple[NodeInfo, ...],
+    router: RouterInfo,
+    *,
+    controller_password_file: str,
+    replication_password_file: str,
+    proxysql_password_file: str | None = None,
+) -> str:
+    """settings.toml for the controller, pointing at the sandbox (schema owned by settings.py)."""
+    lines = ["# written by `hacontrol sandbox up`", "[cluster]", 'name = "sandbox"', ""]
+    for node in nodes:
+        lines += [
+            "[[nodes]]",
+            f'name = "{node.name}"',
+            f'host = "{node.host}"',
+            f"port = {node.port}",
+            "priority = 0",
+            "no_promote = false",
+            "",
+        ]
+    lines += [
+        "[mysql]",
+        'user = "hacontrol"',
+        f"password_file = {json.dumps(controller_password_file)}",
+        'replication_user = "repl"',
+        f"replication_password_file = {json.dumps(replication_password_file)}",
+        "",
+        "[router]",
+        f'kind = "{router.kind}"',
+        "primary_is_reader = true",
+        "",
+    ]
+    if router.kind == "haproxy":
+        lines += [
+            "[router.haproxy]",
+            f"socket = {json.dumps(router.admin)}",
+            'writer_backend = "writer"',
+            'reader_backend = "readers"',
+            "",
+        ]
+    else:
+        lines += [
+            "[router.proxysql]",
+            f'host = "{router.host}"',
+            f"port = {router.admin_port}",
+            'user = "admin"',
+            f"password_file = {json.dumps(proxysql_password_file or '')}",
+            *(f"{name}_hostgroup = {hg}" for name, hg in PROXYSQL_HOSTGROUPS.items()),
+            "",
+        ]
+    lines += [
+        "[probes]",
+        "interval = 1.0",
+        "timeout = 0.8",
+        "failure_threshold = 3",
+        "",
+        "[failover]",
+        "max_lag = 10.0",
+        "recovery_block = 3600.0",
+        "",
+        "[smtp]",
+        'host = ""  # empty: mail disabled',
+        "",
+    ]
+    return "\n".join(lines)

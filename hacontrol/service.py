@@ -1,0 +1,194 @@
+"""``hacontrol run``: wire probes, router probe and the decision task, own every task.
+
+Every task is named and started here; SIGTERM/SIGINT become a Stop event on the queue, the
+decision task finishes what it holds, and the probes are cancelled and their connections
+closed within a bounded, logged grace period. uvloop is used when installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Iterable
+
+from hacontrol.controller import Controller
+from hacontrol.events import Event, Stop, Tick
+from hacontrol.jsonlog import JsonLog
+from hacontrol.mysqlconn import Endpoint
+from hacontrol.probes.mysql import NodeProbe
+from hacontrol.probes.router import RouterProbe
+from hacontrol.routing import Router
+from hacontrol.settings import Settings
+
+SHUTDOWN_GRACE = 1.5
+"""Seconds the probes get to close after the decision task stopped (2 s overall budget)."""
+
+
+def build_router(settings: Settings) -> Router | None:
+    kind = settings.router.kind
+    names = [n.name for n in settings.nodes]
+    if kind == "haproxy":
+        from hacontrol.actions.haproxy import HAProxyRouter
+
+        return HAProxyRouter(settings.router.haproxy, names)
+    if kind == "proxysql":
+        from hacontrol.actions.proxysql import ProxySQLRouter
+
+        return ProxySQLRouter(settings.router.proxysql, settings.nodes, settings.router)
+    return None
+
+
+def node_probes(settings: Settings, emit, *, watch: bool = True) -> dict[str, NodeProbe]:
+    password = settings.mysql.password.get_secret_value() if settings.mysql.password else ""
+    return {
+        node.name: NodeProbe(
+            node.name,
+            Endpoint(node.host, node.port, settings.mysql.user, password),
+            interval=settings.probes.interval,
+            timeout=settings.probes.timeout,
+            emit=emit,
+            watch=watch,
+        )
+        for node in settings.nodes
+    }
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret value, for the log's last-defence scrubbing."""
+    values = [
+        settings.mysql.password,
+        settings.mysql.replication_password,
+        settings.router.proxysql.password,
+        settings.smtp.password,
+    ]
+    return [v.get_secret_value() for v in values if v is not None]
+
+
+class Runtime:
+    """Probes, router probe, ticker and the decision task of one cluster, as owned tasks.
+
+    ``async with Runtime(settings, log) as rt:`` starts everything; leaving the block (or
+    ``stop()``) puts a Stop event on the queue, lets the decision task finish, then cancels the
+    workers and closes their connections within ``SHUTDOWN_GRACE``.
+    """
+
+    def __init__(self, settings: Settings, log: JsonLog) -> None:
+        self.settings = settings
+        self.log = log
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.probes = node_probes(settings, self.emit)
+        self.router = build_router(settings)
+        self.controller = Controller(settings, log, self.queue, reprobe=self._reprobe)
+        self._workers: list[asyncio.Task[None]] = []
+        self._decision: asyncio.Task[None] | None = None
+
+    def emit(self, event: Event) -> None:
+        self.queue.put_nowait(event)
+
+    def _reprobe(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.probes[name].wake()
+
+    async def __aenter__(self) -> Runtime:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        self.log.emit(
+            "started",
+            None,
+            "info",
+            nodes=[n.name for n in settings.nodes],
+            router=settings.router.kind,
+            loop=type(loop).__module__,
+            probe_interval=settings.probes.interval,
+            probe_timeout=settings.probes.timeout,
+        )
+        self._workers = [
+            asyncio.create_task(p.run(), name=f"probe:{name}") for name, p in self.probes.items()
+        ]
+        if self.router is not None:
+            router_probe = RouterProbe(
+                self.router,
+                interval=settings.probes.interval,
+                timeout=settings.probes.interval,
+                emit=self.emit,
+            )
+            self._workers.append(asyncio.create_task(router_probe.run(), name="probe:router"))
+        self._workers.append(
+            asyncio.create_task(_ticker(self.emit, settings.probes.interval), name="ticker")
+        )
+        self._decision = asyncio.create_task(self.controller.run(), name="decision")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop("runtime closed")
+
+    async def wait(self) -> None:
+        """Until the decision task stops; a worker that dies on its own is a bug: re-raise."""
+        assert self._decision is not None
+        done, _ = await asyncio.wait(
+            [self._decision, *self._workers], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task is not self._decision and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+        await self._decision
+
+    async def stop(self, reason: str) -> None:
+        decision = self._decision
+        if decision is None:
+            return
+        self._decision = None
+        if not decision.done():
+            self.emit(Stop(time.monotonic(), reason))
+            try:
+                await asyncio.wait_for(asyncio.shield(decision), SHUTDOWN_GRACE)
+            except TimeoutError:
+                decision.cancel()
+        stopping = time.monotonic()
+        for task in self._workers:
+            task.cancel()
+        _, pending = await asyncio.wait(self._workers, timeout=SHUTDOWN_GRACE)
+        if self.router is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(0.3):
+                    await self.router.close()
+        self.log.emit(
+            "stopped",
+            None,
+            "info",
+            grace_seconds=round(time.monotonic() - stopping, 3),
+            tasks_not_finished=sorted(t.get_name() for t in pending),
+        )
+
+
+async def serve(settings: Settings, log: JsonLog) -> int:
+    loop = asyncio.get_running_loop()
+    async with Runtime(settings, log) as runtime:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(
+                sig, lambda name=sig.name: runtime.emit(Stop(time.monotonic(), name))
+            )
+        try:
+            await runtime.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    return 0
+
+
+async def _ticker(emit, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        emit(Tick(time.monotonic()))
+
+
+def run_forever(settings: Settings, log: JsonLog) -> int:
+    """Run ``serve`` on uvloop when installed, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(settings, log))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(settings, log))

@@ -1,0 +1,170 @@
+"""``hacontrol status``: probe every node and the router once, print the topology.
+
+Needs no running controller: it uses the same probes and the same view, with a failure
+threshold of one (a single probe is all it has).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hacontrol.events import Event
+from hacontrol.probes.router import RouterProbe
+from hacontrol.routing import Role
+from hacontrol.service import build_router, node_probes
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView, NodeView, fold, initial
+
+
+async def snapshot(settings: Settings) -> ClusterView:
+    one_shot = settings.model_copy(
+        update={"probes": settings.probes.model_copy(update={"failure_threshold": 1})}
+    )
+    events: list[Event] = []
+    probes = node_probes(one_shot, events.append, watch=False)
+    router = build_router(one_shot)
+    try:
+        jobs = [p.probe() for p in probes.values()]
+        if router is not None:
+            jobs.append(
+                RouterProbe(
+                    router, interval=1, timeout=settings.probes.timeout * 2, emit=events.append
+                ).probe()
+            )
+        results = await asyncio.gather(*jobs)
+    finally:
+        for p in probes.values():
+            await p.close()
+        if router is not None:
+            await router.close()
+    view = initial(one_shot)
+    for event in results:
+        view = fold(view, event, one_shot)
+    return view
+
+
+def to_json(view: ClusterView) -> dict[str, Any]:
+    membership = view.router.membership
+    nodes = []
+    for name, node in view.nodes.items():
+        st = node.status
+        channel = node.channel
+        nodes.append(
+            {
+                "name": name,
+                "health": node.health.value,
+                "reason": node.reason,
+                "role": _role(view, name),
+                "rtt_ms": round(node.rtt * 1000, 2) if node.rtt is not None else None,
+                "server_id": st.server_id if st else None,
+                "version": st.version if st else None,
+                "read_only": st.read_only if st else None,
+                "gtid_executed": st.gtid_executed if st else None,
+                "source": view.sources.get(name),
+                "io": channel.io_state.value if channel else None,
+                "sql": channel.sql_running if channel else None,
+                "lag": channel.seconds_behind if channel else None,
+                "received_gtid": channel.received_gtid if channel else None,
+                "semi_sync": (
+                    {
+                        "source": st.semi_sync.source_enabled,
+                        "active": st.semi_sync.source_active,
+                        "clients": st.semi_sync.source_clients,
+                        "replica": st.semi_sync.replica_enabled,
+                    }
+                    if st
+                    else None
+                ),
+                "router": sorted(r.value for r in membership.roles(name)) if membership else None,
+            }
+        )
+    return {
+        "cluster": view.cluster,
+        "primary": view.primary,
+        "primary_reason": view.primary_reason,
+        "quorum": {
+            "ok": view.quorum.ok,
+            "reachable": list(view.quorum.reachable),
+            "recognized": list(view.quorum.recognized),
+        },
+        "router": {
+            "kind": view.router.kind,
+            "error": view.router.error,
+            "membership": membership.to_json() if membership else None,
+        },
+        "nodes": nodes,
+        "problems": [p.to_json() for p in view.problems],
+    }
+
+
+def _role(view: ClusterView, name: str) -> str:
+    if name == view.primary:
+        return "primary"
+    if name in view.sources:
+        return "replica"
+    return "unknown" if view.nodes[name].status is None else "standalone"
+
+
+def render_tree(view: ClusterView) -> str:
+    """The topology as a tree, like ``orchestrator-client -c topology``."""
+    lines: list[str] = []
+    placed: set[str] = set()
+
+    def walk(name: str, depth: int) -> None:
+        if name in placed:
+            return
+        placed.add(name)
+        prefix = "" if depth == 0 else "  " * (depth - 1) + "+ "
+        lines.append(prefix + _line(view, name))
+        for child in sorted(view.replicas_of(name)):
+            walk(child, depth + 1)
+
+    roots = [view.primary] if view.primary else []
+    roots += sorted(n for n in view.nodes if n not in view.sources and n != view.primary)
+    for root in roots:
+        walk(root, 0)
+    for name in sorted(view.nodes):  # replicas of unmanaged sources, cycles
+        if name not in placed:
+            lines.append(f"? {_line(view, name)} (source {view.sources.get(name)})")
+            placed.add(name)
+    quorum = "ok" if view.quorum.ok else "LOST"
+    lines.append(f"quorum: {quorum} ({view.quorum.describe()})")
+    if view.router.kind != "none":
+        state = view.router.error or "ok"
+        lines.append(f"router: {view.router.kind} ({state})")
+    lines.append("problems:" if view.problems else "problems: none")
+    for p in view.problems:
+        lines.append(f"  - {p.code.value}{' ' + p.node if p.node else ''}: {p.reason}")
+    return "\n".join(lines)
+
+
+def _line(view: ClusterView, name: str) -> str:
+    node: NodeView = view.nodes[name]
+    st = node.status
+    parts = [name]
+    if st is None or node.health.value == "unreachable":
+        parts.append(f"[{node.health.value}: {node.last_error or node.reason}]")
+        return " ".join(parts)
+    fields = [
+        _role(view, name),
+        "ro" if st.read_only else "rw",
+        f"{st.flavor.value} {st.version.split('-')[0]}",
+    ]
+    channel = node.channel
+    if channel is not None:
+        lag = "lag ?" if channel.seconds_behind is None else f"lag {channel.seconds_behind}s"
+        fields.append(lag)
+        fields.append(f"io {channel.io_state.value} sql {'Yes' if channel.sql_running else 'No'}")
+    fields.append(f"gtid {st.gtid_executed or '-'}")
+    membership = view.router.membership
+    if membership is not None:
+        roles = [
+            r.value
+            for r in (Role.WRITER, Role.READER, Role.BROKEN, Role.HIDDEN)
+            if r in membership.roles(name)
+        ]
+        fields.append("router " + ("+".join(roles) if roles else "none"))
+    parts.append("[" + ", ".join(fields) + "]")
+    parts.append(node.health.value)
+    return " ".join(parts)

@@ -1,0 +1,581 @@
+"""ClusterView: the controller's current picture of the cluster, folded from events.
+
+``fold(view, event, settings) -> view`` is pure: no I/O, no clock (time comes from the events).
+Everything cluster-wide (topology, primary, quorum, problems) is derived from the per-node
+facts by ``derive`` so that it can never disagree with them. ``changes(old, new)`` lists the
+state changes worth a log line.
+
+Problems are named and come from one prioritized rule table (``RULES``); each carries a one-line
+reason. Detection is holistic: a primary the controller cannot reach is ``DeadPrimary`` only
+when no reachable replica still has a working link to it; otherwise it is
+``UnreachablePrimary`` (the controller is the one cut off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from hacontrol.events import ConnectionLost, Event, ProbeResult, RouterProbeResult, Stop, Tick
+from hacontrol.flavors.base import IoState, NodeStatus, ReplicationStatus
+from hacontrol.routing import Membership
+from hacontrol.settings import Settings
+
+
+class Health(StrEnum):
+    UNKNOWN = "unknown"  # not probed successfully yet
+    HEALTHY = "healthy"
+    LAGGING = "lagging"
+    REPLICATION_BROKEN = "replication_broken"
+    UNREACHABLE = "unreachable"  # failure_threshold consecutive failed probes
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    probes: int = 0
+    """Probes received, failed or not."""
+    failures: int = 0
+    """Consecutive failed probes."""
+    status: NodeStatus | None = None
+    """Last successful answer; kept while the node fails, so its last position is known."""
+    last_ok_at: float | None = None
+    last_error: str | None = None
+    rtt: float | None = None
+    io_marker: tuple[str, int | None] | None = None
+    """(received GTID, heartbeats received) of the replica's channel at the last change."""
+    io_progress_at: float | None = None
+    """When ``io_marker`` last changed: the replica's link to its source was alive then."""
+    health: Health = Health.UNKNOWN
+    reason: str = "not probed yet"
+
+    @property
+    def reachable(self) -> bool:
+        return self.health not in (Health.UNKNOWN, Health.UNREACHABLE)
+
+    @property
+    def channel(self) -> ReplicationStatus | None:
+        """The default replication channel (MariaDB '' connection, MySQL '' channel)."""
+        if self.status is None or not self.status.replication:
+            return None
+        for channel in self.status.replication:
+            if channel.connection_name == "":
+                return channel
+        return self.status.replication[0]
+
+
+@dataclass(frozen=True)
+class RouterView:
+    kind: str = "none"
+    membership: Membership | None = None
+    error: str | None = None
+    at: float | None = None
+    warnings: tuple[str, ...] = ()
+
+
+class Code(StrEnum):
+    NO_QUORUM = "NoQuorum"
+    ROUTER_HAS_TWO_WRITERS = "RouterHasTwoWriters"
+    TWO_WRITABLE_NODES = "TwoWritableNodes"
+    DEAD_PRIMARY = "DeadPrimary"
+    UNREACHABLE_PRIMARY = "UnreachablePrimary"
+    NO_PRIMARY = "NoPrimary"
+    ROUTER_UNREACHABLE = "RouterUnreachable"
+    ROUTER_CONFLICT = "RouterConflict"
+    ROUTER_WRITER_IS_NOT_PRIMARY = "RouterWriterIsNotPrimary"
+    ROUTER_READER_UNHEALTHY = "RouterReaderUnhealthy"
+    REPLICA_NOT_REPLICATING_FROM_PRIMARY = "ReplicaNotReplicatingFromPrimary"
+    REPLICATION_BROKEN = "ReplicationBroken"
+    REPLICA_LAGGING = "ReplicaLagging"
+    NODE_UNREACHABLE = "NodeUnreachable"
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: Code
+    node: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"code": self.code.value, "node": self.node, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Quorum:
+    reachable: tuple[str, ...]
+    recognized: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return 2 * len(self.reachable) > len(self.recognized)
+
+    def describe(self) -> str:
+        return f"{len(self.reachable)} of {len(self.recognized)} recognized nodes reachable"
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    cluster: str
+    nodes: Mapping[str, NodeView]
+    router: RouterView = RouterView()
+    at: float = 0.0
+    """Time of the last event folded in."""
+    # Derived by ``derive``; never set by hand.
+    sources: Mapping[str, str | None] = field(default_factory=dict)
+    """Replica -> the node (name, or 'host:port' when not managed) it replicates from."""
+    writable: tuple[str, ...] = ()
+    primary: str | None = None
+    primary_reason: str = "not known yet"
+    quorum: Quorum = Quorum((), ())
+    problems: tuple[Problem, ...] = ()
+
+    def has(self, code: Code) -> bool:
+        return any(p.code is code for p in self.problems)
+
+    def replicas_of(self, source: str) -> tuple[str, ...]:
+        return tuple(n for n, s in self.sources.items() if s == source)
+
+
+def initial(settings: Settings) -> ClusterView:
+    nodes = {n.name: NodeView(name=n.name) for n in settings.nodes}
+    view = ClusterView(
+        cluster=settings.cluster.name, nodes=nodes, router=RouterView(kind=settings.router.kind)
+    )
+    return derive(view, settings)
+
+
+def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
+    """The view after ``event``. Pure."""
+    match event:
+        case ProbeResult(node=name) if name in view.nodes:
+            nodes = dict(view.nodes)
+            nodes[name] = _fold_probe(view.nodes[name], event, settings)
+            view = replace(view, nodes=nodes)
+        case RouterProbeResult():
+            router = RouterView(
+                kind=event.kind,
+                membership=event.membership if event.ok else (view.router.membership),
+                error=event.error,
+                at=event.at,
+                warnings=event.warnings,
+            )
+            view = replace(view, router=router)
+        case ConnectionLost() | Tick() | Stop() | ProbeResult():
+            pass  # a lost connection only triggers a re-probe; the probe's result tells
+    return derive(replace(view, at=max(view.at, event.at)), settings)
+
+
+def _fold_probe(node: NodeView, result: ProbeResult, settings: Settings) -> NodeView:
+    threshold = settings.probes.failure_threshold
+    if not result.ok:
+        failures = node.failures + 1
+        error = result.error or "no answer"
+        if failures >= threshold:
+            health, reason = Health.UNREACHABLE, f"{failures} consecutive failed probes: {error}"
+        else:
+            health = node.health
+            reason = f"{node.reason} (probe failed {failures}/{threshold}: {error})"
+        return replace(
+            node,
+            probes=node.probes + 1,
+            failures=failures,
+            last_error=error,
+            health=health,
+            reason=reason,
+        )
+    assert result.status is not None
+    node = replace(
+        node,
+        probes=node.probes + 1,
+        failures=0,
+        status=result.status,
+        last_ok_at=result.at,
+        last_error=None,
+        rtt=result.rtt,
+    )
+    node = _track_io_progress(node, result.at)
+    health, reason = node_health(node, settings.failover.max_lag)
+    return replace(node, health=health, reason=reason)
+
+
+def _track_io_progress(node: NodeView, at: float) -> NodeView:
+    channel = node.channel
+    if channel is None:
+        return replace(node, io_marker=None, io_progress_at=None)
+    marker = (channel.received_gtid, channel.heartbeats_received)
+    if marker != node.io_marker or node.io_progress_at is None:
+        return replace(node, io_marker=marker, io_progress_at=at)
+    return node
+
+
+def node_health(node: NodeView, max_lag: float) -> tuple[Health, str]:
+    """Health of a node that answered its last probe. Pure."""
+    status = node.status
+    assert status is not None
+    channel = node.channel
+    if channel is None:
+        mode = "read_only" if status.read_only else "writable"
+        return Health.HEALTHY, f"not a replica, {mode}"
+    broken = replication_problem(channel)
+    if broken:
+        return Health.REPLICATION_BROKEN, broken
+    if channel.seconds_behind is not None and channel.seconds_behind > max_lag:
+        return (
+            Health.LAGGING,
+            f"{channel.seconds_behind} s behind its source (max_lag {max_lag:g} s)",
+        )
+    lag = "unknown lag" if channel.seconds_behind is None else f"{channel.seconds_behind} s behind"
+    return Health.HEALTHY, f"replicating from {channel.source_host}:{channel.source_port}, {lag}"
+
+
+def replication_problem(channel: ReplicationStatus) -> str | None:
+    """Why this channel does not replicate, or None when both threads run without error."""
+    parts = []
+    if channel.io_state is not IoState.RUNNING:
+        text = f"IO thread {channel.io_state.value}"
+        if channel.last_io_errno:
+            text += f" (error {channel.last_io_errno}: {channel.last_io_error})"
+        parts.append(text)
+    if not channel.sql_running:
+        text = "SQL thread stopped"
+        if channel.last_sql_errno:
+            text += f" (error {channel.last_sql_errno}: {channel.last_sql_error})"
+        parts.append(text)
+    elif channel.last_sql_errno:
+        parts.append(f"SQL error {channel.last_sql_errno}: {channel.last_sql_error}")
+    return "; ".join(parts) or None
+
+
+def link_alive(node: NodeView, now: float, stall: float) -> bool:
+    """Does this reachable replica still have a working link to its source?
+
+    The IO thread must run, and its received GTID or heartbeat counter must have advanced
+    within ``stall`` seconds: a frozen or partitioned source closes no connection, so a
+    running IO thread alone proves nothing.
+    """
+    channel = node.channel
+    if channel is None or channel.io_state is not IoState.RUNNING:
+        return False
+    if node.io_progress_at is None:
+        return False
+    return now - node.io_progress_at <= stall
+
+
+# ---------------------------------------------------------------------------------------------
+# Derivation
+
+
+def derive(view: ClusterView, settings: Settings) -> ClusterView:
+    addresses = _address_book(settings)
+    sources = {
+        name: _source_name(node.channel, addresses)
+        for name, node in view.nodes.items()
+        if node.status is not None and node.channel is not None
+    }
+    writable = tuple(
+        name
+        for name, node in view.nodes.items()
+        if node.reachable and node.status is not None and not node.status.read_only
+    )
+    view = replace(view, sources=sources, writable=writable)
+    primary, primary_reason = _primary(view)
+    view = replace(view, primary=primary, primary_reason=primary_reason, quorum=_quorum(view))
+    problems: list[Problem] = []
+    for rule in RULES:
+        problems.extend(rule(view, settings))
+    return replace(view, problems=tuple(problems))
+
+
+def _address_book(settings: Settings) -> dict[tuple[str, int], str]:
+    book: dict[tuple[str, int], str] = {}
+    for node in settings.nodes:
+        book[(_host_key(node.host), node.port)] = node.name
+    return book
+
+
+def _host_key(host: str) -> str:
+    host = host.lower()
+    return "127.0.0.1" if host in ("localhost", "::1", "ip6-localhost") else host
+
+
+def _source_name(
+    channel: ReplicationStatus | None, book: Mapping[tuple[str, int], str]
+) -> str | None:
+    if channel is None:
+        return None
+    key = (_host_key(channel.source_host), channel.source_port)
+    return book.get(key, f"{channel.source_host}:{channel.source_port}")
+
+
+def _primary(view: ClusterView) -> tuple[str | None, str]:
+    """The primary as the servers see it.
+
+    A reachable node that is writable and replicates from nobody; when no such node is
+    reachable, the node the replicas replicate from (its last known status must not be a
+    replica itself).
+    """
+    candidates = [name for name in view.writable if view.nodes[name].channel is None]
+    if len(candidates) == 1:
+        return candidates[0], "writable and not replicating"
+    if len(candidates) > 1:
+        return None, f"several writable non-replicating nodes: {', '.join(sorted(candidates))}"
+    votes: dict[str, int] = {}
+    for name, source in view.sources.items():
+        if view.nodes[name].reachable and source in view.nodes:
+            votes[source] = votes.get(source, 0) + 1
+    if not votes:
+        return None, "no writable node and no replica points at a managed node"
+    best = max(votes.values())
+    leaders = sorted(s for s, v in votes.items() if v == best)
+    if len(leaders) > 1:
+        return None, f"replicas disagree on their source: {', '.join(leaders)}"
+    leader = leaders[0]
+    last = view.nodes[leader].status
+    if last is not None and view.nodes[leader].channel is not None and view.nodes[leader].reachable:
+        return None, f"the replicas' source {leader} is itself a replica"
+    return leader, f"source of {best} reachable replica(s), itself not writable or not reachable"
+
+
+def _quorum(view: ClusterView) -> Quorum:
+    hidden = view.router.membership.hidden if view.router.membership else frozenset()
+    recognized = tuple(n for n in view.nodes if n not in hidden)
+    reachable = tuple(n for n in recognized if view.nodes[n].reachable)
+    return Quorum(reachable=reachable, recognized=recognized)
+
+
+# ---------------------------------------------------------------------------------------------
+# Problem rules, in priority order. Each returns the problems it finds; one rule per concern.
+
+Rule = Callable[[ClusterView, Settings], Iterable[Problem]]
+
+
+def no_quorum(view: ClusterView, settings: Settings) -> Iterable[Problem]:
+    if not view.quorum.ok:
+        unreachable = sorted(set(view.quorum.recognized) - set(view.quorum.reachable))
+        yield Problem(
+            Code.NO_QUORUM,
+            None,
+            f"{view.quorum.describe()}; a strict majority is needed (not reached: "
+            f"{', '.join(unreachable)})",
+        )
+
+
+def router_two_writers(view: ClusterView, settings: Settings) -> Iterable[Problem]:
+    membership = view.router.membership
+    if membership is not None and len(membership.writers) > 1:
+        yield Problem(
+            Code.ROUTER_HAS_TWO_WRITERS,
+            None,
+            f"router sends writes to {len(membership.writers)} nodes: "
+            f"{', '.join(sorted(membership.writers))}",
+        )
+
+
+def two_writable(view: ClusterView, settings: Settings) -> Iterable[Problem]:
+    if len(view.writable) > 1:
+        yield Problem(
+            Code.TWO_WRITABLE_NODES,
+            None,
+            f"{len(view.writable)} nodes are writable (read_only=OFF): {', '.join(view.writable)}",
+        )
+
+
+def primary_lost(view: ClusterView, settings: Settings) -> Iterable[Problem]:
+    primary = view.primary
+    if primary is None or view.nodes[primary].health is not Health.UNREACHABLE:
+        return
+    node = view.nodes[primary]
+    replicas = [r for r in view.replicas_of(primary) if view.nodes[r].reachable]
+    alive = [r for r in replicas if link_alive(view.nodes[r], view.at, settings.failover.io_stall)]
+    if alive:
+        yield Problem(
+            Code.UNREACHABLE_PRIMARY,
+            primary,
+            f"controller cannot reach {primary} ({node.last_error}) but replica(s) "
+            f"{', '.join(alive)} still replicate from it: the controller's link is at fault",
+        )
+    elif replicas:
+        yield Problem(
+            Code.DEAD_PRIMARY,
+            primary,
+            f"{primary} unreachable ({node.reason}) and none of its reachable replicas "
+            f"({', '.join(replicas)}) has a working link to it",
+        )
+    else:
+        yield Problem(
+            Code.UNREACHABLE_PRIMARY,
+            primary,
+            f"{primary} unreachable ({node.reason}) and no reachable replica can confirm it",
+        )
+
+
+def no_primary(view: ClusterView, settings: Settings) -> Iterable[Problem]:
+    if view.primary is None and not view.has(Code.TWO_WRITABLE_NODES) and view.quorum.reachable:
+        yield Problem(Code.NO_PRIMARY, None, view.primary_reason)
+
+
+def router_state(view: ClusterView, settings: Settings) -> Iterable[Problem]:
+    router = view.router
+    if router.kind == "none":
+        return
+    if router.error:
+        yield Problem(Code.ROUTER_UNREACHABLE, None, f"{router.kind}: {router.error}")
+    for warning in router.warnings:
+        yield Problem(Code.ROUTER_CONFLICT, None, warning)
+    membership = router.membership
+    if membership is None:
+        return
+    primary = view.primary
+    if primary is not None and membership.writers != {primary}:
+        now = ", ".join(sorted(membership.writers)) or "no node"
+        yield Problem(
+            Code.ROUTER_WRITER_IS_NOT_PRIMARY,
+            primary,
+            f"router sends writes to {now}, the primary is {primary}",
+        )
+    for name in sorted(membership.readers):
+        node = view.nodes.get(name)
+        if node is not None and node.health in (
+            Health.UNREACHABLE,
+            Health.REPLICATION_BROKEN,
+            Health.LAGGING,
+        ):
+            yield Problem(
+                Code.ROUTER_READER_UNHEALTHY,
+                name,
+                f"router sends reads to {name}, which is {node.health.value}: {node.reason}",
+            )
+
+
+def replica_source(view: ClusterView, settings: Settings) -> Iterable[Problem]:
+    primary = view.primary
+    if primary is None:
+        return
+    for name, node in view.nodes.items():
+        if name == primary or not node.reachable or node.status is None:
+            continue
+        source = view.sources.get(name)
+        if source != primary:
+            what = "replicates from nobody" if source is None else f"replicates from {source}"
+            yield Problem(
+                Code.REPLICA_NOT_REPLICATING_FROM_PRIMARY,
+                name,
+                f"{name} {what}, the primary is {primary}",
+            )
+
+
+def replica_health(view: ClusterView, settings: Settings) -> Iterable[Problem]:
+    for name, node in view.nodes.items():
+        if node.health is Health.REPLICATION_BROKEN:
+            yield Problem(Code.REPLICATION_BROKEN, name, node.reason)
+        elif node.health is Health.LAGGING:
+            yield Problem(Code.REPLICA_LAGGING, name, node.reason)
+        elif node.health is Health.UNREACHABLE and name != view.primary:
+            yield Problem(Code.NODE_UNREACHABLE, name, node.reason)
+
+
+RULES: tuple[Rule, ...] = (
+    no_quorum,
+    router_two_writers,
+    two_writable,
+    primary_lost,
+    no_primary,
+    router_state,
+    replica_source,
+    replica_health,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# State changes worth a log line
+
+
+@dataclass(frozen=True)
+class Change:
+    event: str
+    node: str | None
+    level: str
+    fields: Mapping[str, object]
+
+
+def changes(old: ClusterView, new: ClusterView) -> list[Change]:
+    out: list[Change] = []
+    for name, node in new.nodes.items():
+        before = old.nodes.get(name)
+        if before is None or before.health != node.health:
+            level = (
+                "warning"
+                if node.health in (Health.UNREACHABLE, Health.REPLICATION_BROKEN)
+                else "info"
+            )
+            out.append(
+                Change(
+                    "node_state",
+                    name,
+                    level,
+                    {
+                        "from": before.health.value if before else None,
+                        "to": node.health.value,
+                        "reason": node.reason,
+                    },
+                )
+            )
+    if old.primary != new.primary:
+        out.append(
+            Change(
+                "primary_changed",
+                new.primary,
+                "warning",
+                {
+                    "from": old.primary,
+                    "to": new.primary,
+                    "reason": new.primary_reason,
+                },
+            )
+        )
+    if old.quorum.ok != new.quorum.ok:
+        out.append(
+            Change(
+                "quorum",
+                None,
+                "info" if new.quorum.ok else "error",
+                {
+                    "ok": new.quorum.ok,
+                    "reason": new.quorum.describe(),
+                },
+            )
+        )
+    if old.router.membership != new.router.membership and new.router.membership is not None:
+        out.append(
+            Change(
+                "router_membership",
+                None,
+                "info",
+                {
+                    "from": old.router.membership.to_json() if old.router.membership else None,
+                    "to": new.router.membership.to_json(),
+                },
+            )
+        )
+    old_keys = {(p.code, p.node) for p in old.problems}
+    new_keys = {(p.code, p.node) for p in new.problems}
+    for problem in new.problems:
+        if (problem.code, problem.node) not in old_keys:
+            out.append(
+                Change(
+                    "problem",
+                    problem.node,
+                    "warning",
+                    {
+                        "code": problem.code.value,
+                        "reason": problem.reason,
+                    },
+                )
+            )
+    for problem in old.problems:
+        if (problem.code, problem.node) not in new_keys:
+            out.append(
+                Change("problem_cleared", problem.node, "info", {"code": problem.code.value})
+            )
+    return out

@@ -1,0 +1,86 @@
+"""Plain values for pure tests: node statuses, probe results, settings. No servers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hacontrol.events import ProbeResult, RouterProbeResult
+from hacontrol.flavors.base import FlavorName, IoState, NodeStatus, ReplicationStatus, SemiSync
+from hacontrol.routing import Membership
+from hacontrol.settings import Settings
+
+PORTS = {"node1": 3301, "node2": 3302, "node3": 3303}
+
+
+def settings(**overrides: object) -> Settings:
+    data: dict[str, object] = {
+        "cluster": {"name": "t"},
+        "nodes": [{"name": n, "host": "127.0.0.1", "port": p} for n, p in PORTS.items()],
+        "mysql": {"password": "x", "replication_password": "y"},
+        "router": {"kind": "haproxy", "haproxy": {"socket": "/tmp/none.sock"}},
+    }
+    data.update(overrides)
+    return Settings(**data)
+
+
+def channel(source: str = "node1", **kw: object) -> ReplicationStatus:
+    base = ReplicationStatus(
+        connection_name="",
+        source_host="127.0.0.1",
+        source_port=PORTS.get(source, 9999),
+        io_state=IoState.RUNNING,
+        sql_running=True,
+        last_io_errno=0,
+        last_io_error="",
+        last_sql_errno=0,
+        last_sql_error="",
+        seconds_behind=0,
+        received_gtid="0-1-100",
+        heartbeats_received=10,
+        using_gtid="Slave_Pos",
+        source_server_id=1,
+    )
+    return replace(base, **kw)
+
+
+def status(
+    server_id: int, *, read_only: bool, gtid: str = "0-1-100", replication: tuple = ()
+) -> NodeStatus:
+    return NodeStatus(
+        flavor=FlavorName.MARIADB,
+        version="10.11.19-MariaDB",
+        server_id=server_id,
+        read_only=read_only,
+        super_read_only=None,
+        gtid_executed=gtid,
+        gtid_binlog_pos=gtid,
+        gtid_slave_pos=gtid,
+        replication=replication,
+        semi_sync=SemiSync(
+            source_enabled=not read_only,
+            source_clients=2,
+            source_active=True,
+            replica_enabled=True,
+        ),
+        log_bin=True,
+    )
+
+
+def primary(node: str = "node1", at: float = 1.0, **kw: object) -> ProbeResult:
+    sid = int(node[-1])
+    return ProbeResult(node, at, 0.001, status(sid, read_only=False, **kw))
+
+
+def replica(node: str, at: float = 1.0, source: str = "node1", **kw: object) -> ProbeResult:
+    sid = int(node[-1])
+    return ProbeResult(
+        node, at, 0.001, status(sid, read_only=True, replication=(channel(source, **kw),))
+    )
+
+
+def down(node: str, at: float = 1.0, error: str = "timeout after 0.8 s") -> ProbeResult:
+    return ProbeResult(node, at, None, None, error)
+
+
+def router(writers=("node1",), readers=("node1", "node2", "node3"), broken=(), hidden=(), at=1.0):
+    return RouterProbeResult("haproxy", at, Membership.of(writers, readers, broken, hidden))

@@ -1,0 +1,94 @@
+"""The decision task's first form, driven with plain events: no database, no sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+from hacontrol.controller import Controller, reprobe_targets
+from hacontrol.events import ConnectionLost, Stop
+from hacontrol.jsonlog import JsonLog
+from hacontrol.view import fold, initial
+from tests.factories import down, primary, replica, router, settings
+
+S = settings()
+ALL = frozenset({"node1", "node2", "node3"})
+
+
+def healthy_view():
+    view = initial(S)
+    for event in (primary(), replica("node2"), replica("node3"), router()):
+        view = fold(view, event, S)
+    return view
+
+
+def test_lost_connection_reprobes_every_node():
+    assert reprobe_targets(healthy_view(), ConnectionLost("node2", 2.0, "2013"), S) == ALL
+
+
+def test_failed_primary_probe_reprobes_everyone_until_confirmed():
+    view = healthy_view()
+    assert reprobe_targets(view, down("node1", 2.0), S) == ALL
+    view = fold(view, down("node1", 2.0), S)
+    assert reprobe_targets(view, down("node1", 2.1), S) == ALL
+    view = fold(view, down("node1", 2.1), S)
+    # The third failure confirms (threshold 3): no more storms of re-probes.
+    assert reprobe_targets(view, down("node1", 2.2), S) == frozenset()
+
+
+def test_failed_replica_probe_waits_for_its_interval():
+    assert reprobe_targets(healthy_view(), down("node2", 2.0), S) == frozenset()
+
+
+def lines(buffer: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+async def test_controller_logs_events_and_state_changes_as_json_lines():
+    out = io.StringIO()
+    woken: list[frozenset[str]] = []
+    queue: asyncio.Queue = asyncio.Queue()
+    controller = Controller(S, JsonLog("t", stream=out), queue, reprobe=woken.append)
+    for event in (
+        primary(),
+        replica("node2"),
+        replica("node3"),
+        router(),
+        down("node1", 2.0),
+        Stop(3.0, "test"),
+    ):
+        queue.put_nowait(event)
+    await asyncio.wait_for(controller.run(), 5)
+    records = lines(out)
+    assert all({"ts", "level", "event", "cluster", "node"} <= r.keys() for r in records)
+    assert all(r["cluster"] == "t" for r in records)
+    events = [r["event"] for r in records]
+    assert events.count("probe") == 4
+    assert "router_probe" in events and "quorum" in events
+    assert next(r for r in records if r["event"] == "fast_reprobe")["nodes"] == sorted(ALL)
+    assert woken == [ALL]
+    assert events[-1] == "stop_requested"
+    failed = [r for r in records if r["event"] == "probe" and r["ok"] is False]
+    assert failed[0]["node"] == "node1" and "timeout" in failed[0]["error"]
+
+
+def test_log_scrubs_known_secrets_and_masks_secret_values():
+    from pydantic import SecretStr
+
+    out = io.StringIO()
+    log = JsonLog("t", stream=out, secrets=["hunter2"])
+    log.emit(
+        "x", "node1", error="Access denied near 'MASTER_PASSWORD=hunter2'", token=SecretStr("abc")
+    )
+    text = out.getvalue()
+    assert "hunter2" not in text and "abc" not in text
+    assert json.loads(text)["error"].endswith("MASTER_PASSWORD=********'")
+
+
+def test_log_level_filters_routine_lines():
+    out = io.StringIO()
+    log = JsonLog("t", stream=out, level="info")
+    log.emit("probe", "node1", "debug", ok=True)
+    log.emit("problem", "node1", "warning", code="X")
+    assert [r["event"] for r in lines(out)] == ["problem"]

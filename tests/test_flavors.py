@@ -1,0 +1,723 @@
+"""Flavors: parsing recorded server output, detection, and the exact action SQL. Pure."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymysql.converters import escape_item
+
+from hacontrol.flavors import (
+    Flavor,
+    FlavorName,
+    IoState,
+    MariaDB,
+    MySQL,
+    NodeStatus,
+    ReplicationStatus,
+    SemiSync,
+    Sql,
+    detect,
+    multi_statement,
+)
+
+DATA = Path(__file__).parent / "data"
+RECORDED = sorted(DATA.glob("*.json"))
+
+MARIADB_VERSION = "10.11.19-MariaDB-0+deb12u1-log"
+MYSQL_UUID = "73f86016-978b-11ee-ade5-8d2a2a562feb"
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+def parse(recorded: dict[str, Any]) -> NodeStatus:
+    flavor = detect(recorded["version"], recorded["version_comment"])
+    return flavor.parse_status(recorded["version"], recorded["results"])
+
+
+def replica(**changes: Any) -> ReplicationStatus:
+    """The healthy default-connection replica of the recorded MariaDB pair, with changes."""
+    healthy = ReplicationStatus(
+        connection_name="",
+        source_host="127.0.0.1",
+        source_port=23306,
+        io_state=IoState.RUNNING,
+        sql_running=True,
+        last_io_errno=0,
+        last_io_error="",
+        last_sql_errno=0,
+        last_sql_error="",
+        seconds_behind=0,
+        received_gtid="0-1-8",
+        heartbeats_received=81,
+        using_gtid="Slave_Pos",
+        source_server_id=1,
+    )
+    return ReplicationStatus(**{**healthy.__dict__, **changes})
+
+
+def mysql_replica(**changes: Any) -> ReplicationStatus:
+    """The replica row of MySQL's manual example (8.0 / 8.4 SHOW REPLICA STATUS), with changes."""
+    manual = ReplicationStatus(
+        connection_name="",
+        source_host="127.0.0.1",
+        source_port=13000,
+        io_state=IoState.RUNNING,
+        sql_running=True,
+        last_io_errno=0,
+        last_io_error="",
+        last_sql_errno=0,
+        last_sql_error="",
+        seconds_behind=0,
+        received_gtid=f"{MYSQL_UUID}:1-3",
+        heartbeats_received=7,
+        using_gtid="1",
+        source_server_id=1,
+    )
+    return ReplicationStatus(**{**manual.__dict__, **changes})
+
+
+NO_SEMI_SYNC_MARIADB = SemiSync(
+    source_enabled=False, source_clients=0, source_active=False, replica_enabled=False
+)
+NO_SEMI_SYNC_PLUGIN = SemiSync(
+    source_enabled=False, source_clients=None, source_active=False, replica_enabled=False
+)
+
+
+def mariadb_replica_node(**changes: Any) -> NodeStatus:
+    node = NodeStatus(
+        flavor=FlavorName.MARIADB,
+        version=MARIADB_VERSION,
+        server_id=2,
+        read_only=False,
+        super_read_only=None,
+        gtid_executed="0-1-8",
+        gtid_binlog_pos="",  # log_slave_updates is off: replicated events are not binlogged
+        gtid_slave_pos="0-1-8",
+        replication=(replica(),),
+        semi_sync=NO_SEMI_SYNC_MARIADB,
+        log_bin=True,
+    )
+    return NodeStatus(**{**node.__dict__, **changes})
+
+
+def mysql_node(version: str, **changes: Any) -> NodeStatus:
+    node = NodeStatus(
+        flavor=FlavorName.MYSQL,
+        version=version,
+        server_id=2,
+        read_only=True,
+        super_read_only=True,
+        gtid_executed=f"{MYSQL_UUID}:1-3",
+        gtid_binlog_pos="",
+        gtid_slave_pos="",
+        replication=(mysql_replica(),),
+        semi_sync=NO_SEMI_SYNC_PLUGIN,
+        log_bin=True,
+    )
+    return NodeStatus(**{**node.__dict__, **changes})
+
+
+EXPECTED: dict[str, NodeStatus] = {
+    "mariadb-10.11-primary": mariadb_replica_node(
+        server_id=1, gtid_binlog_pos="0-1-8", gtid_slave_pos="", replication=()
+    ),
+    "mariadb-10.11-primary-semisync": mariadb_replica_node(
+        server_id=1,
+        gtid_executed="0-1-10",
+        gtid_binlog_pos="0-1-10",
+        gtid_slave_pos="",
+        replication=(),
+        semi_sync=SemiSync(
+            source_enabled=True, source_clients=1, source_active=True, replica_enabled=False
+        ),
+    ),
+    "mariadb-10.11-replica-running": mariadb_replica_node(),
+    "mariadb-10.11-replica-stopped": mariadb_replica_node(
+        replication=(replica(io_state=IoState.STOPPED, sql_running=False, seconds_behind=None),),
+    ),
+    "mariadb-10.11-replica-semisync": mariadb_replica_node(
+        gtid_executed="0-1-10",
+        gtid_slave_pos="0-1-10",
+        replication=(replica(received_gtid="0-1-10", heartbeats_received=89),),
+        semi_sync=SemiSync(
+            source_enabled=False, source_clients=0, source_active=False, replica_enabled=True
+        ),
+    ),
+    "mariadb-10.11-replica-errors": mariadb_replica_node(
+        replication=(
+            # Received 0-1-9 but could not apply it: the SQL thread stopped on the duplicate.
+            replica(
+                sql_running=False,
+                last_sql_errno=1062,
+                last_sql_error=(
+                    "Error 'Duplicate entry '100' for key 'PRIMARY'' on query. "
+                    "Default database: ''. Query: 'INSERT INTO t.a VALUES (100)'"
+                ),
+                seconds_behind=None,
+                received_gtid="0-1-9",
+                heartbeats_received=83,
+            ),
+            # A named connection that never reached its source: no server id yet.
+            replica(
+                connection_name="other",
+                source_port=23399,
+                io_state=IoState.CONNECTING,
+                last_io_errno=2003,
+                last_io_error=(
+                    "error connecting to master 'repl@127.0.0.1:23399' - retry-time: 1  "
+                    "maximum-retries: 100000  message: Can't connect to server on "
+                    "'127.0.0.1' (111 \"Connection refused\")"
+                ),
+                seconds_behind=None,
+                heartbeats_received=0,
+                using_gtid="Current_Pos",
+                source_server_id=None,
+            ),
+        ),
+    ),
+    "mysql-5.7-replica": mysql_node(
+        "5.7.44-log",
+        gtid_executed="3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5",
+        replication=(
+            mysql_replica(
+                source_host="localhost",
+                received_gtid="3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5",
+                heartbeats_received=42,
+            ),
+        ),
+    ),
+    "mysql-8.0-replica": mysql_node(
+        "8.0.36",
+        semi_sync=SemiSync(
+            source_enabled=False, source_clients=None, source_active=False, replica_enabled=True
+        ),
+    ),
+    "mysql-8.0-replica-broken": mysql_node(
+        "8.0.36",
+        server_id=3,
+        super_read_only=False,
+        gtid_executed=f"{MYSQL_UUID}:1-3,8a94f357-aab4-11df-86ab-c80aa9429562:1-5",
+        replication=(
+            mysql_replica(
+                io_state=IoState.CONNECTING,
+                last_io_errno=2003,
+                last_io_error=(
+                    "error connecting to master 'root@127.0.0.1:13000' - retry-time: 1 "
+                    "retries: 3 message: Can't connect to MySQL server on '127.0.0.1:13000' (111)"
+                ),
+                seconds_behind=None,
+                received_gtid=f"{MYSQL_UUID}:1-3,8a94f357-aab4-11df-86ab-c80aa9429562:1-5",
+                heartbeats_received=0,
+            ),
+        ),
+        semi_sync=SemiSync(
+            source_enabled=False, source_clients=0, source_active=False, replica_enabled=True
+        ),
+    ),
+    "mysql-8.4-replica": mysql_node(
+        "8.4.2", replication=(mysql_replica(heartbeats_received=1201),)
+    ),
+    "mysql-8.4-primary": mysql_node(
+        "8.4.2",
+        server_id=1,
+        read_only=False,
+        super_read_only=False,
+        replication=(),
+        semi_sync=SemiSync(
+            source_enabled=True, source_clients=2, source_active=True, replica_enabled=False
+        ),
+    ),
+}
+
+
+def test_every_recorded_file_has_an_expectation() -> None:
+    assert {path.stem for path in RECORDED} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_parse_recorded_status(name: str) -> None:
+    assert parse(load(name)) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_recorded_statements_are_the_current_status_sql(name: str) -> None:
+    recorded = load(name)
+    flavor = detect(recorded["version"], recorded["version_comment"])
+    assert list(flavor.status_sql()) == recorded["statements"]
+    assert len(recorded["results"]) == len(flavor.status_sql())
+    assert recorded["_source"]
+
+
+def as_bytes(value: object) -> object:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value).encode()
+    return value
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_values_as_bytes_parse_the_same(name: str) -> None:
+    """aiomysql returns bytes for binary columns and str / int otherwise: both must work."""
+    recorded = load(name)
+    recorded["results"] = [
+        [{key: as_bytes(value) for key, value in row.items()} for row in rows]
+        for rows in recorded["results"]
+    ]
+    assert parse(recorded) == EXPECTED[name]
+
+
+def test_null_seconds_behind_stays_none_and_zero_stays_zero() -> None:
+    stopped = parse(load("mariadb-10.11-replica-stopped")).replication[0]
+    broken = parse(load("mysql-8.0-replica-broken")).replication[0]
+    running = parse(load("mariadb-10.11-replica-running")).replication[0]
+    assert stopped.seconds_behind is None
+    assert broken.seconds_behind is None
+    assert running.seconds_behind == 0
+
+
+def test_mysql_gtid_sets_lose_their_line_breaks() -> None:
+    status = parse(load("mysql-8.0-replica-broken"))
+    raw = load("mysql-8.0-replica-broken")["results"][0][0]["gtid_executed"]
+    assert "\n" in raw
+    assert status.gtid_executed == raw.replace("\n", "")
+
+
+def test_mysql_accepts_old_column_names_on_new_versions() -> None:
+    """SHOW SLAVE STATUS column names parse for an 8.0 flavor too (and vice versa)."""
+    recorded = load("mysql-5.7-replica")
+    old = MySQL((5, 7, 44)).parse_status("5.7.44", recorded["results"])
+    new = MySQL((8, 4, 2)).parse_status("5.7.44", recorded["results"])
+    assert old.replication == new.replication
+
+
+# --- garbage ----------------------------------------------------------------------------------
+
+
+def mutated(name: str, result_set: int, row: int, **changes: object) -> dict[str, Any]:
+    recorded = copy.deepcopy(load(name))
+    target = recorded["results"][result_set][row]
+    for key, value in changes.items():
+        if value is DROP:
+            del target[key]
+        else:
+            target[key] = value
+    return recorded
+
+
+DROP = object()
+
+GARBAGE = [
+    ("mariadb-10.11-replica-running", 1, 0, {"Gtid_IO_Pos": DROP}, "'Gtid_IO_Pos' missing"),
+    (
+        "mariadb-10.11-replica-running",
+        1,
+        0,
+        {"Slave_IO_Running": "Maybe"},
+        "unknown IO thread state 'Maybe'",
+    ),
+    (
+        "mariadb-10.11-replica-running",
+        1,
+        0,
+        {"Slave_SQL_Running": "Perhaps"},
+        "Slave_SQL_Running: expected a boolean",
+    ),
+    ("mariadb-10.11-replica-running", 1, 0, {"Master_Port": "abc"}, "Master_Port"),
+    ("mariadb-10.11-replica-running", 1, 0, {"Seconds_Behind_Master": "soon"}, "Seconds_Behind"),
+    ("mariadb-10.11-replica-running", 0, 0, {"server_id": "abc"}, "server_id: expected an integer"),
+    ("mariadb-10.11-replica-running", 0, 0, {"server_id": None}, "server_id: expected an integer"),
+    ("mariadb-10.11-replica-running", 0, 0, {"read_only": DROP}, "'read_only' missing"),
+    ("mariadb-10.11-primary", 2, 0, {"Value": "MAYBE"}, "semi-sync source: expected a boolean"),
+    ("mariadb-10.11-primary", 3, 0, {"Value": "many"}, "semi-sync clients"),
+    ("mysql-8.0-replica", 1, 0, {"Replica_IO_Running": "Sleeping"}, "unknown IO thread state"),
+    ("mysql-8.0-replica", 1, 0, {"Source_Host": DROP}, "'Source_Host' or 'Master_Host' missing"),
+    ("mysql-8.0-replica", 1, 0, {"Channel_Name": DROP}, "'Channel_Name' missing"),
+    ("mysql-8.0-replica", 0, 0, {"super_read_only": "sometimes"}, "super_read_only"),
+    ("mysql-8.0-replica", 2, 0, {"heartbeats": "lots"}, "heartbeats: expected an integer"),
+    ("mysql-5.7-replica", 1, 0, {"Master_Server_Id": "x"}, "Source_Server_Id"),
+]
+
+
+@pytest.mark.parametrize(("name", "result_set", "row", "changes", "message"), GARBAGE)
+def test_garbage_raises_a_clear_value_error(
+    name: str, result_set: int, row: int, changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse(mutated(name, result_set, row, **changes))
+
+
+def test_error_names_the_row_and_connection() -> None:
+    recorded = copy.deepcopy(load("mariadb-10.11-replica-errors"))
+    recorded["results"][1][1]["Slave_IO_Running"] = "Sideways"
+    with pytest.raises(ValueError) as raised:
+        parse(recorded)
+    assert "SHOW ALL SLAVES STATUS row 2 (connection 'other')" in str(raised.value)
+
+
+def test_wrong_number_of_result_sets() -> None:
+    recorded = load("mariadb-10.11-primary")
+    with pytest.raises(ValueError, match="expected 4 result sets, one per statement, got 3"):
+        MariaDB((10, 11, 19)).parse_status(MARIADB_VERSION, recorded["results"][:3])
+    with pytest.raises(ValueError, match="expected 5 result sets"):
+        MySQL((8, 0, 36)).parse_status("8.0.36", recorded["results"])
+
+
+def test_server_variables_must_be_exactly_one_row() -> None:
+    recorded = load("mariadb-10.11-primary")
+    results = recorded["results"]
+    for rows in ([], results[0] * 2):
+        with pytest.raises(ValueError, match="expected exactly one row"):
+            parse({**recorded, "results": [rows, *results[1:]]})
+
+
+# --- detection --------------------------------------------------------------------------------
+
+DETECT = [
+    ("10.11.6-MariaDB-0+deb12u1", "", MariaDB((10, 11, 6))),
+    ("10.11.19-MariaDB-0+deb12u1-log", "Debian 12", MariaDB((10, 11, 19))),
+    ("11.4.2-MariaDB", "mariadb.org binary distribution", MariaDB((11, 4, 2))),
+    ("10.6.12-MariaDB-1:10.6.12+maria~ubu2204-log", "", MariaDB((10, 6, 12))),
+    ("5.5.5-10.11.6-MariaDB", "", MariaDB((10, 11, 6))),
+    ("10.5.8", "MariaDB Server", MariaDB((10, 5, 8))),
+    ("8.0.36", "MySQL Community Server - GPL", MySQL((8, 0, 36))),
+    ("8.4.2", "", MySQL((8, 4, 2))),
+    ("5.7.44-log", "MySQL Community Server (GPL)", MySQL((5, 7, 44))),
+    ("8.0.35-27", "Percona Server (GPL), Release 27, Revision 2f8eeab2", MySQL((8, 0, 35))),
+    ("9.1.0", "MySQL Community Server - GPL", MySQL((9, 1, 0))),
+]
+
+
+@pytest.mark.parametrize(("version", "comment", "expected"), DETECT)
+def test_detect(version: str, comment: str, expected: Flavor) -> None:
+    assert detect(version, comment) == expected
+
+
+@pytest.mark.parametrize(
+    ("version", "comment", "message"),
+    [
+        ("", "", "empty"),
+        ("   ", "", "empty"),
+        ("garbage", "", "cannot read a server version"),
+        ("8.0", "", "cannot read a server version"),
+        ("v8.0.36", "", "cannot read a server version"),
+        ("5.6.51-log", "MySQL Community Server (GPL)", "older than the supported 5.7"),
+        ("5.5.68-MariaDB", "MariaDB Server", "older than the supported 10.0"),
+        ("8.0.11-TiDB-v7.5.0", "", "not MySQL or MariaDB"),
+        ("8.0.30-Vitess", "Vitess", "not MySQL or MariaDB"),
+    ],
+)
+def test_detect_rejects(version: str, comment: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        detect(version, comment)
+
+
+@pytest.mark.parametrize(
+    ("version", "replicas", "semi_sync_source"),
+    [
+        ("5.7.44", "SHOW SLAVE STATUS", "rpl_semi_sync_master_enabled"),
+        ("8.0.21", "SHOW SLAVE STATUS", "rpl_semi_sync_master_enabled"),
+        ("8.0.22", "SHOW REPLICA STATUS", "rpl_semi_sync_master_enabled"),
+        ("8.0.25", "SHOW REPLICA STATUS", "rpl_semi_sync_master_enabled"),
+        ("8.0.26", "SHOW REPLICA STATUS", "rpl_semi_sync_source_enabled"),
+        ("8.4.2", "SHOW REPLICA STATUS", "rpl_semi_sync_source_enabled"),
+    ],
+)
+def test_mysql_statements_by_version(version: str, replicas: str, semi_sync_source: str) -> None:
+    flavor = detect(version)
+    assert flavor.status_sql()[1] == replicas
+    assert flavor.semi_sync_sql(source=True, replica=False)[0] == Sql(
+        f"SET GLOBAL {semi_sync_source} = ON"
+    )
+
+
+def test_mysql_84_has_no_slave_or_master_syntax() -> None:
+    flavor = detect("8.4.2")
+    texts = [
+        *flavor.status_sql(),
+        flavor.stop_replication_sql().sql,
+        flavor.reset_replication_sql().sql,
+        flavor.start_replication_sql().sql,
+        flavor.change_source_sql("db1", 3306, "repl", "pw", heartbeat=1.0).sql,
+        *(stmt.sql for stmt in flavor.set_read_only_sql(True)),
+        *(stmt.sql for stmt in flavor.semi_sync_sql(source=True, replica=True)),
+        flavor.wait_for_gtid_sql("x:1", 1).sql,
+    ]
+    # Only the status query names the old semi-sync variables, so that a leftover old plugin
+    # still reads as enabled; nothing executes SLAVE or MASTER statements.
+    for sql in texts[5:]:
+        assert "SLAVE" not in sql.upper() and "MASTER" not in sql.upper(), sql
+    assert texts[1] == "SHOW REPLICA STATUS"
+
+
+def test_status_sql_is_one_multi_statement_query() -> None:
+    flavor = MariaDB((10, 11, 19))
+    query = multi_statement(flavor.status_sql())
+    assert query.split(";\n") == list(flavor.status_sql())
+    assert query.startswith("SELECT @@global.server_id AS server_id")
+    assert "SHOW ALL SLAVES STATUS" in query
+
+
+# --- action SQL -------------------------------------------------------------------------------
+
+MARIADB = MariaDB((10, 11, 19))
+MYSQL_57 = MySQL((5, 7, 44))
+MYSQL_8022 = MySQL((8, 0, 22))
+MYSQL_80 = MySQL((8, 0, 36))
+MYSQL_84 = MySQL((8, 4, 2))
+
+ACTIONS = [
+    (MARIADB, "stop", Sql("STOP SLAVE")),
+    (MARIADB, "reset", Sql("RESET SLAVE ALL")),
+    (MARIADB, "start", Sql("START SLAVE")),
+    (MYSQL_57, "stop", Sql("STOP SLAVE")),
+    (MYSQL_57, "reset", Sql("RESET SLAVE ALL")),
+    (MYSQL_57, "start", Sql("START SLAVE")),
+    (MYSQL_8022, "stop", Sql("STOP REPLICA")),
+    (MYSQL_8022, "reset", Sql("RESET REPLICA ALL")),
+    (MYSQL_8022, "start", Sql("START REPLICA")),
+    (MYSQL_84, "stop", Sql("STOP REPLICA")),
+    (MYSQL_84, "reset", Sql("RESET REPLICA ALL")),
+    (MYSQL_84, "start", Sql("START REPLICA")),
+]
+
+
+@pytest.mark.parametrize(("flavor", "action", "expected"), ACTIONS)
+def test_replication_control_sql(flavor: Flavor, action: str, expected: Sql) -> None:
+    build = {
+        "stop": flavor.stop_replication_sql,
+        "reset": flavor.reset_replication_sql,
+        "start": flavor.start_replication_sql,
+    }[action]
+    assert build() == expected
+
+
+CHANGE_SOURCE = [
+    (
+        MARIADB,
+        None,
+        Sql(
+            "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
+            "MASTER_PASSWORD = %s, MASTER_CONNECT_RETRY = %s, MASTER_USE_GTID = slave_pos",
+            ("db-2.example", 3307, "repl", "s3cret", 1),
+        ),
+    ),
+    (
+        MARIADB,
+        0.5,
+        Sql(
+            "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
+            "MASTER_PASSWORD = %s, MASTER_CONNECT_RETRY = %s, MASTER_HEARTBEAT_PERIOD = %s, "
+            "MASTER_USE_GTID = slave_pos",
+            ("db-2.example", 3307, "repl", "s3cret", 1, 0.5),
+        ),
+    ),
+    (
+        MYSQL_57,
+        2,
+        Sql(
+            "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
+            "MASTER_PASSWORD = %s, MASTER_CONNECT_RETRY = %s, MASTER_HEARTBEAT_PERIOD = %s, "
+            "MASTER_AUTO_POSITION = 1",
+            ("db-2.example", 3307, "repl", "s3cret", 1, 2.0),
+        ),
+    ),
+    (
+        MYSQL_8022,
+        None,
+        Sql(
+            "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
+            "MASTER_PASSWORD = %s, MASTER_CONNECT_RETRY = %s, MASTER_AUTO_POSITION = 1",
+            ("db-2.example", 3307, "repl", "s3cret", 1),
+        ),
+    ),
+    (
+        MYSQL_80,
+        1.5,
+        Sql(
+            "CHANGE REPLICATION SOURCE TO SOURCE_HOST = %s, SOURCE_PORT = %s, "
+            "SOURCE_USER = %s, SOURCE_PASSWORD = %s, SOURCE_CONNECT_RETRY = %s, "
+            "SOURCE_HEARTBEAT_PERIOD = %s, SOURCE_AUTO_POSITION = 1",
+            ("db-2.example", 3307, "repl", "s3cret", 1, 1.5),
+        ),
+    ),
+    (
+        MYSQL_84,
+        None,
+        Sql(
+            "CHANGE REPLICATION SOURCE TO SOURCE_HOST = %s, SOURCE_PORT = %s, "
+            "SOURCE_USER = %s, SOURCE_PASSWORD = %s, SOURCE_CONNECT_RETRY = %s, "
+            "SOURCE_AUTO_POSITION = 1",
+            ("db-2.example", 3307, "repl", "s3cret", 1),
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("flavor", "heartbeat", "expected"), CHANGE_SOURCE)
+def test_change_source_sql(flavor: Flavor, heartbeat: float | None, expected: Sql) -> None:
+    assert (
+        flavor.change_source_sql("db-2.example", 3307, "repl", "s3cret", 1, heartbeat) == expected
+    )
+
+
+@pytest.mark.parametrize("flavor", [MARIADB, MYSQL_57, MYSQL_80, MYSQL_84])
+def test_quotes_in_host_user_password_stay_in_params(flavor: Flavor) -> None:
+    host, user, password = "db'; DROP TABLE x; --", "re'pl", "p\\w'\""
+    stmt = flavor.change_source_sql(host, 3306, user, password)
+    assert stmt.params[:4] == (host, 3306, user, password)
+    for value in (host, user, password, "'"):
+        assert value not in stmt.sql
+    # What aiomysql sends: each value escaped as one quoted literal.
+    sent = stmt.sql % tuple(escape_item(param, "utf8mb4") for param in stmt.params)
+    assert "'db\\'; DROP TABLE x; --'" in sent
+    assert "'p\\\\w\\'\\\"'" in sent
+
+
+@pytest.mark.parametrize(
+    ("flavor", "on", "expected"),
+    [
+        (MARIADB, True, (Sql("SET GLOBAL read_only = ON"),)),
+        (MARIADB, False, (Sql("SET GLOBAL read_only = OFF"),)),
+        (
+            MYSQL_57,
+            True,
+            (Sql("SET GLOBAL read_only = ON"), Sql("SET GLOBAL super_read_only = ON")),
+        ),
+        (
+            MYSQL_84,
+            False,
+            (Sql("SET GLOBAL super_read_only = OFF"), Sql("SET GLOBAL read_only = OFF")),
+        ),
+    ],
+)
+def test_set_read_only_sql(flavor: Flavor, on: bool, expected: tuple[Sql, ...]) -> None:
+    assert flavor.set_read_only_sql(on) == expected
+
+
+@pytest.mark.parametrize(
+    ("flavor", "source", "replica", "expected"),
+    [
+        (
+            MARIADB,
+            True,
+            False,
+            (
+                Sql("SET GLOBAL rpl_semi_sync_master_enabled = ON"),
+                Sql("SET GLOBAL rpl_semi_sync_slave_enabled = OFF"),
+            ),
+        ),
+        (
+            MYSQL_57,
+            False,
+            True,
+            (
+                Sql("SET GLOBAL rpl_semi_sync_master_enabled = OFF"),
+                Sql("SET GLOBAL rpl_semi_sync_slave_enabled = ON"),
+            ),
+        ),
+        (
+            MYSQL_80,
+            True,
+            True,
+            (
+                Sql("SET GLOBAL rpl_semi_sync_source_enabled = ON"),
+                Sql("SET GLOBAL rpl_semi_sync_replica_enabled = ON"),
+            ),
+        ),
+    ],
+)
+def test_semi_sync_sql(flavor: Flavor, source: bool, replica: bool, expected: tuple) -> None:
+    assert flavor.semi_sync_sql(source=source, replica=replica) == expected
+
+
+def test_wait_for_gtid_sql() -> None:
+    assert MARIADB.wait_for_gtid_sql("0-1-5,1-2-7", 2) == Sql(
+        "SELECT MASTER_GTID_WAIT(%s, %s) AS result", ("0-1-5,1-2-7", 2.0)
+    )
+    assert MYSQL_80.wait_for_gtid_sql(f"{MYSQL_UUID}:1-3", 0.5) == Sql(
+        "SELECT WAIT_FOR_EXECUTED_GTID_SET(%s, %s) AS result", (f"{MYSQL_UUID}:1-3", 0.5)
+    )
+
+
+@pytest.mark.parametrize(
+    ("flavor", "result", "reached"),
+    [
+        (MARIADB, 0, True),
+        (MARIADB, -1, False),
+        (MARIADB, b"0", True),
+        (MYSQL_80, 0, True),
+        (MYSQL_80, 1, False),
+        (MYSQL_80, "1", False),
+    ],
+)
+def test_wait_for_gtid_reached(flavor: Flavor, result: object, reached: bool) -> None:
+    assert flavor.wait_for_gtid_reached(result) is reached
+
+
+@pytest.mark.parametrize(("flavor", "result"), [(MARIADB, 1), (MARIADB, None), (MYSQL_80, -1)])
+def test_wait_for_gtid_result_garbage(flavor: Flavor, result: object) -> None:
+    with pytest.raises(ValueError, match="result"):
+        flavor.wait_for_gtid_reached(result)
+
+
+@pytest.mark.parametrize("flavor", [MARIADB, MYSQL_80])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"port": 0}, "port"),
+        ({"port": 65536}, "port"),
+        ({"port": "3306"}, "port"),
+        ({"connect_retry": 0}, "connect_retry"),
+        ({"heartbeat": -1.0}, "heartbeat"),
+        ({"heartbeat": math.nan}, "heartbeat"),
+        ({"heartbeat": math.inf}, "heartbeat"),
+    ],
+)
+def test_change_source_rejects_bad_numbers(
+    flavor: Flavor, kwargs: dict[str, Any], message: str
+) -> None:
+    arguments: dict[str, Any] = {"host": "db", "port": 3306, "user": "u", "password": "p"}
+    with pytest.raises(ValueError, match=message):
+        flavor.change_source_sql(**{**arguments, **kwargs})
+
+
+@pytest.mark.parametrize("flavor", [MARIADB, MYSQL_80])
+def test_wait_rejects_negative_timeout(flavor: Flavor) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        flavor.wait_for_gtid_sql("x", -1)
+
+
+@pytest.mark.parametrize("flavor", [MARIADB, MYSQL_57, MYSQL_8022, MYSQL_80, MYSQL_84])
+def test_no_stray_percent_in_action_sql(flavor: Flavor) -> None:
+    """aiomysql applies `sql % params` whenever params is given: only %s may appear."""
+    statements = [
+        flavor.stop_replication_sql(),
+        flavor.reset_replication_sql(),
+        flavor.start_replication_sql(),
+        flavor.change_source_sql("h", 1, "u", "p", heartbeat=1),
+        flavor.wait_for_gtid_sql("g", 1),
+        *flavor.set_read_only_sql(True),
+        *flavor.set_read_only_sql(False),
+        *flavor.semi_sync_sql(source=True, replica=True),
+    ]
+    for stmt in statements:
+        assert stmt.sql.count("%") == stmt.sql.count("%s") == len(stmt.params), stmt
+        stmt.sql % tuple(escape_item(param, "utf8mb4") for param in stmt.params)
+
+
+def test_flavor_values_are_frozen_and_named() -> None:
+    assert MARIADB.name is FlavorName.MARIADB and MYSQL_80.name is FlavorName.MYSQL
+    with pytest.raises(AttributeError):
+        MARIADB.version = (1, 0, 0)  # type: ignore[misc]
+    status = parse(load("mariadb-10.11-primary"))
+    with pytest.raises(AttributeError):
+        status.server_id = 9  # type: ignore[misc]

@@ -1,0 +1,278 @@
+"""The cluster view: pure folding of events, named problems, quorum, holistic detection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+import pytest
+
+from hacontrol.events import Event, ProbeResult, RouterProbeResult
+from hacontrol.flavors.base import IoState
+from hacontrol.view import ClusterView, Code, Health, changes, fold, initial
+from tests.factories import down, primary, replica, router, settings
+
+S = settings()
+
+
+def run(events: Iterable[Event], s=S) -> ClusterView:
+    view = initial(s)
+    for event in events:
+        view = fold(view, event, s)
+    return view
+
+
+def healthy(at: float = 1.0) -> list[Event]:
+    return [primary(at=at), replica("node2", at), replica("node3", at), router(at=at)]
+
+
+def codes(view: ClusterView) -> set[tuple[str, str | None]]:
+    return {(p.code.value, p.node) for p in view.problems}
+
+
+def test_initial_view_is_unknown_without_quorum():
+    view = initial(S)
+    assert {n.health for n in view.nodes.values()} == {Health.UNKNOWN}
+    assert not view.quorum.ok
+    assert codes(view) == {("NoQuorum", None)}
+
+
+def test_healthy_cluster_has_no_problems():
+    view = run(healthy())
+    assert view.primary == "node1"
+    assert view.sources == {"node2": "node1", "node3": "node1"}
+    assert view.writable == ("node1",)
+    assert view.quorum.ok
+    assert view.problems == ()
+    assert view.nodes["node2"].health is Health.HEALTHY
+
+
+def test_unreachable_only_after_threshold():
+    events = healthy()
+    view = run([*events, down("node3", 2.0), down("node3", 3.0)])
+    assert view.nodes["node3"].health is Health.HEALTHY  # 2 of 3
+    assert "probe failed 2/3" in view.nodes["node3"].reason
+    view = fold(view, down("node3", 4.0), S)
+    assert view.nodes["node3"].health is Health.UNREACHABLE
+    assert ("NodeUnreachable", "node3") in codes(view)
+    # Its last successful status is kept: the last known position matters for promotion.
+    assert view.nodes["node3"].status is not None
+    view = fold(view, replica("node3", 5.0), S)
+    assert view.nodes["node3"].health is Health.HEALTHY
+    assert view.nodes["node3"].failures == 0
+
+
+def replace_ro(result: ProbeResult, read_only: bool):
+    assert result.status is not None
+    return replace(result.status, read_only=read_only)
+
+
+# Table: (name, extra events after a healthy cluster, expected problems, expected health)
+CASES = [
+    (
+        "replication stopped with error text",
+        [
+            replica(
+                "node2",
+                2.0,
+                io_state=IoState.STOPPED,
+                last_io_errno=1236,
+                last_io_error="Could not find GTID state",
+            )
+        ],
+        {("ReplicationBroken", "node2"), ("RouterReaderUnhealthy", "node2")},
+        {"node2": Health.REPLICATION_BROKEN},
+    ),
+    (
+        "sql thread stopped",
+        [replica("node3", 2.0, sql_running=False, last_sql_errno=1062, last_sql_error="Duplicate")],
+        {("ReplicationBroken", "node3"), ("RouterReaderUnhealthy", "node3")},
+        {"node3": Health.REPLICATION_BROKEN},
+    ),
+    (
+        "lagging beyond max_lag",
+        [replica("node2", 2.0, seconds_behind=11)],
+        {("ReplicaLagging", "node2"), ("RouterReaderUnhealthy", "node2")},
+        {"node2": Health.LAGGING},
+    ),
+    (
+        "NULL lag is not lag and not zero: health from the threads",
+        [replica("node2", 2.0, seconds_behind=None)],
+        set(),
+        {"node2": Health.HEALTHY},
+    ),
+    (
+        "replica made writable",
+        [ProbeResult("node2", 2.0, 0.001, replace_ro(replica("node2", 2.0), False))],
+        {("TwoWritableNodes", None)},
+        {"node2": Health.HEALTHY},
+    ),
+    (
+        "replica replicating from another replica",
+        [replica("node3", 2.0, source="node2")],
+        {("ReplicaNotReplicatingFromPrimary", "node3")},
+        {},
+    ),
+    (
+        "router writer is not the primary",
+        [router(writers=("node2",), at=2.0)],
+        {("RouterWriterIsNotPrimary", "node1")},
+        {},
+    ),
+    (
+        "router with two writers",
+        [router(writers=("node1", "node2"), at=2.0)],
+        {("RouterHasTwoWriters", None), ("RouterWriterIsNotPrimary", "node1")},
+        {},
+    ),
+    (
+        "router unreachable keeps last membership",
+        [RouterProbeResult("haproxy", 2.0, None, "connection refused")],
+        {("RouterUnreachable", None)},
+        {},
+    ),
+    (
+        "two of three down: no quorum",
+        [down(n, t) for t in (2.0, 3.0, 4.0) for n in ("node2", "node3")],
+        {
+            ("NoQuorum", None),
+            ("NodeUnreachable", "node2"),
+            ("NodeUnreachable", "node3"),
+            ("RouterReaderUnhealthy", "node2"),
+            ("RouterReaderUnhealthy", "node3"),
+        },
+        {"node2": Health.UNREACHABLE, "node3": Health.UNREACHABLE},
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "events", "problems", "health"), CASES, ids=[c[0] for c in CASES])
+def test_problem_table(name, events, problems, health):
+    view = run([*healthy(), *events])
+    assert codes(view) == problems
+    for node, expected in health.items():
+        assert view.nodes[node].health is expected, view.nodes[node].reason
+    for problem in view.problems:
+        assert problem.reason  # every problem explains itself
+
+
+def test_replication_broken_reason_carries_error_text():
+    view = run(
+        [
+            *healthy(),
+            replica(
+                "node2",
+                2.0,
+                io_state=IoState.CONNECTING,
+                last_io_errno=2003,
+                last_io_error="Can't connect to server on '127.0.0.1'",
+            ),
+        ]
+    )
+    problem = next(p for p in view.problems if p.code is Code.REPLICATION_BROKEN)
+    assert "IO thread Connecting" in problem.reason
+    assert "2003" in problem.reason and "Can't connect" in problem.reason
+
+
+def primary_down(at_values, **replica_kw) -> list[Event]:
+    events: list[Event] = []
+    for at in at_values:
+        events += [
+            down("node1", at),
+            replica("node2", at, **replica_kw),
+            replica("node3", at, **replica_kw),
+        ]
+    return events
+
+
+def test_dead_primary_confirmed_by_replicas_io_threads():
+    view = run(
+        [
+            *healthy(),
+            *primary_down(
+                (2.0, 3.0, 4.0),
+                io_state=IoState.CONNECTING,
+                last_io_errno=2003,
+                last_io_error="refused",
+            ),
+        ]
+    )
+    assert view.primary == "node1"  # as the replicas see it
+    assert ("DeadPrimary", "node1") in codes(view)
+    assert "none of its reachable replicas" in next(
+        p.reason for p in view.problems if p.code is Code.DEAD_PRIMARY
+    )
+
+
+def test_controller_only_partition_is_unreachable_primary_not_dead():
+    # The replicas' IO threads run and their heartbeat counters advance: they still see node1.
+    events: list[Event] = [*healthy()]
+    for i, at in enumerate((2.0, 3.0, 4.0)):
+        events += [
+            down("node1", at),
+            replica("node2", at, heartbeats_received=20 + i),
+            replica("node3", at, heartbeats_received=20 + i),
+        ]
+    view = run(events)
+    assert ("UnreachablePrimary", "node1") in codes(view)
+    assert ("DeadPrimary", "node1") not in codes(view)
+    reason = next(p.reason for p in view.problems if p.code is Code.UNREACHABLE_PRIMARY)
+    assert "still replicate from it" in reason
+
+
+def test_frozen_primary_confirmed_when_heartbeats_stall():
+    # IO threads still say Yes (a frozen source closes nothing), but nothing arrives any more.
+    stall = S.failover.io_stall
+    events: list[Event] = [*healthy()]
+    for at in (2.0, 3.0, 4.0):
+        events += [down("node1", at), replica("node2", at), replica("node3", at)]
+    view = run(events)
+    assert ("UnreachablePrimary", "node1") in codes(view)  # stalled only 3 s so far
+    later = 1.0 + stall + 0.5
+    view = fold(fold(view, replica("node2", later), S), replica("node3", later), S)
+    assert ("DeadPrimary", "node1") in codes(view)
+
+
+def test_unprobed_primary_is_not_reported_lost_at_startup():
+    view = run([replica("node2"), replica("node3")])
+    assert view.primary == "node1"
+    assert not view.has(Code.DEAD_PRIMARY) and not view.has(Code.UNREACHABLE_PRIMARY)
+
+
+def test_hidden_node_is_not_recognized_for_quorum():
+    events = [*healthy(), router(readers=("node1", "node2"), hidden=("node3",), at=2.0)]
+    events += [down("node3", t) for t in (3.0, 4.0, 5.0)]
+    view = run(events)
+    assert view.quorum.recognized == ("node1", "node2")
+    assert view.quorum.ok
+
+
+def test_no_primary_when_nothing_is_writable_and_no_replica_points_anywhere():
+    view = run(
+        [
+            replica("node1", source="elsewhere"),
+            replica("node2", source="elsewhere"),
+            replica("node3", source="elsewhere"),
+        ]
+    )
+    assert view.primary is None
+    assert ("NoPrimary", None) in codes(view)
+
+
+def test_changes_report_transitions_once():
+    before = run(healthy())
+    after = fold(before, replica("node2", 2.0, sql_running=False), S)
+    listed = changes(before, after)
+    assert [(c.event, c.node) for c in listed] == [
+        ("node_state", "node2"),
+        ("problem", "node2"),
+        ("problem", "node2"),
+    ]
+    assert {c.fields["code"] for c in listed[1:]} == {"ReplicationBroken", "RouterReaderUnhealthy"}
+    assert listed[0].fields["to"] == "replication_broken"
+    assert changes(after, fold(after, replica("node2", 3.0, sql_running=False), S)) == []
+
+
+def test_unknown_node_events_are_ignored():
+    view = run([*healthy(), down("node9", 2.0)])
+    assert set(view.nodes) == {"node1", "node2", "node3"}
