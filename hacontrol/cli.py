@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,7 +20,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not getattr(args, "func", None):
         parser.print_help()
         sys.exit(EXIT_CONFIG)
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `hacontrol status | head`: the reader left, not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:

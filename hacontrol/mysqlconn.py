@@ -66,14 +66,14 @@ async def fetch_all(
     try:
         async with asyncio.timeout(timeout):
             cursor = await conn.cursor()
-            try:
-                await cursor.execute(sql, params)
-                results = [list(await cursor.fetchall())]
-                while await cursor.nextset():
-                    results.append(list(await cursor.fetchall()))
-            finally:
-                await cursor.close()
+            await cursor.execute(sql, params)
+            results = [list(await cursor.fetchall())]
+            while await cursor.nextset():
+                results.append(list(await cursor.fetchall()))
+            await cursor.close()
     except BaseException:
+        # Close the connection, never the cursor: closing a cursor reads what is left of the
+        # result from the server, which on a cancelled or timed-out query may never come.
         conn.close()
         raise
     return results

@@ -127,7 +127,9 @@ class SMTPSettings(_Section):
 
 
 class LogSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["debug", "info", "warning", "error"] = "debug"
+    """debug: every event, each probe result included (about one line per node per interval);
+    info: state changes, problems and decisions only."""
 
 
 class Settings(BaseSettings):

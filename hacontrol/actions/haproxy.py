@@ -251,14 +251,14 @@ class SocketTransport:
     def __init__(self, address: str) -> None:
         if not address:
             raise ValueError("HAProxy admin socket address is empty")
-        self.address = address
-        self._tcp = _tcp_address(address)
+        self.tcp = _tcp_address(address)
+        self.unix_path = None if self.tcp else address.removeprefix("unix@")
 
     async def __call__(self, command: str) -> str:
-        if self._tcp is None:
-            reader, writer = await asyncio.open_unix_connection(self.address)
+        if self.tcp is not None:
+            reader, writer = await asyncio.open_connection(*self.tcp)
         else:
-            reader, writer = await asyncio.open_connection(*self._tcp)
+            reader, writer = await asyncio.open_unix_connection(self.unix_path)
         try:
             writer.write(command.encode() + b"\n")
             await writer.drain()
@@ -270,7 +270,14 @@ class SocketTransport:
 
 
 def _tcp_address(address: str) -> tuple[str, int] | None:
-    if "/" in address:
+    """``(host, port)`` for a TCP address, None for a unix socket path.
+
+    HAProxy's own prefixes are accepted too: ``unix@/path``, ``ipv4@host:port``, ``ipv6@...``.
+    """
+    family, sep, rest = address.partition("@")
+    if sep and family in ("ipv4", "ipv6"):
+        address = rest
+    elif "/" in address:
         return None
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -325,37 +332,37 @@ class HAProxyRouter:
         if unknown := desired.nodes() - set(self.nodes):
             raise RouterError(f"refusing to apply HAProxy membership: unmanaged {sorted(unknown)}")
         wanted = expected_readback(desired, self.nodes)
-        sent = False
         current = await self.read_backends()
+        commands = self._plan(current, desired)
+        if not commands:
+            return False
         for attempt in range(1, self._attempts + 1):
-            commands = plan_commands(
-                current, desired, self.settings.writer_backend, self.settings.reader_backend
-            )
-            if not commands:
-                return sent
             for command in commands:
                 await self._write(command)
-                sent = True
             current = await self.read_backends()
-            if not plan_commands(
-                current, desired, self.settings.writer_backend, self.settings.reader_backend
-            ):
+            commands = self._plan(current, desired)
+            if not commands:
                 return True
+            difference = describe_difference(current.membership(), wanted)
             log.warning(
                 "haproxy did not confirm membership (attempt %d/%d): %s",
                 attempt,
                 self._attempts,
-                describe_difference(current.membership(), wanted),
+                difference,
             )
             if attempt < self._attempts:
                 await asyncio.sleep(self._retry_delay)
         raise RouterError(
-            f"HAProxy did not confirm the membership after {self._attempts} attempts: "
-            f"{describe_difference(current.membership(), wanted)}"
+            f"HAProxy did not confirm the membership after {self._attempts} attempts: {difference}"
         )
 
     async def close(self) -> None:
         """Nothing to close: every command uses its own connection."""
+
+    def _plan(self, current: Backends, desired: Membership) -> tuple[str, ...]:
+        return plan_commands(
+            current, desired, self.settings.writer_backend, self.settings.reader_backend
+        )
 
     async def _write(self, command: str) -> None:
         self.commands_sent.append(command)

@@ -162,7 +162,7 @@ class Sandbox:
             self.spec.cache_dir or default_cache_dir(), binaries["mariadbd"]
         )
         try:
-            info = await self._prepare(template, binaries)
+            info = await self._prepare(template)
             info = self._spawn_all(info, binaries)
             await self._configure(info)
             await self._wait_router(info)
@@ -193,7 +193,7 @@ class Sandbox:
         if len(str(longest)) > MAX_SOCKET_PATH:
             raise SandboxError(f"sandbox directory path too long for unix sockets: {self.dir}")
 
-    async def _prepare(self, template: Path, binaries: dict[str, str]) -> SandboxInfo:
+    async def _prepare(self, template: Path) -> SandboxInfo:
         """Secrets, configs and datadirs (copies of the template); nothing runs yet."""
         spec, root = self.spec, os.geteuid() == 0
         secrets_dir = self.dir / SECRETS_DIR
@@ -332,7 +332,8 @@ class Sandbox:
                 )
             )
             # Semi-sync was off while no replica listened, so setup did not wait for timeouts.
-            await execute(primary, "SET GLOBAL rpl_semi_sync_master_enabled = ON")
+            if replicas:
+                await execute(primary, "SET GLOBAL rpl_semi_sync_master_enabled = ON")
         finally:
             for conn in conns:
                 conn.close()
@@ -537,5 +538,10 @@ def publish_template(work: Path, final: Path, version: str) -> None:
 def write_node_configs(nodes: tuple[NodeInfo, ...], *, run_as_root: bool) -> None:
     for node in nodes:
         Path(node.node_dir).mkdir(exist_ok=True)
-        config = render.node_cnf(node, primary=node.role == "primary", run_as_root=run_as_root)
+        config = render.node_cnf(
+            node,
+            primary=node.role == "primary",
+            run_as_root=run_as_root,
+            has_replicas=len(nodes) > 1,
+        )
         Path(node.config).write_text(config)

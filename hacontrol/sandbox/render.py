@@ -65,8 +65,12 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def node_cnf(node: NodeInfo, *, primary: bool, run_as_root: bool) -> str:
-    """The node's my.cnf: the whole configuration, like a production server's config file."""
+def node_cnf(node: NodeInfo, *, primary: bool, run_as_root: bool, has_replicas: bool = True) -> str:
+    """The node's my.cnf: the whole configuration, like a production server's config file.
+
+    A one-node sandbox keeps semi-sync off on its primary: with no replica to acknowledge,
+    every commit would wait for the semi-sync timeout.
+    """
     options: list[tuple[str, object]] = [
         ("datadir", node.datadir),
         ("socket", node.socket),
@@ -83,7 +87,7 @@ def node_cnf(node: NodeInfo, *, primary: bool, run_as_root: bool) -> str:
         ("log_slave_updates", "ON"),
         ("gtid_strict_mode", "ON"),
         ("read_only", "OFF" if primary else "ON"),
-        ("rpl_semi_sync_master_enabled", "ON" if primary else "OFF"),
+        ("rpl_semi_sync_master_enabled", "ON" if primary and has_replicas else "OFF"),
         ("rpl_semi_sync_slave_enabled", "ON"),
         ("rpl_semi_sync_master_wait_point", "AFTER_SYNC"),
         ("rpl_semi_sync_master_timeout", SEMI_SYNC_TIMEOUT_MS),

@@ -1,0 +1,18 @@
+# The two commands of the README. Both install what is missing first (scripts/bootstrap.sh).
+.PHONY: run test lint bootstrap
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+# Sandbox cluster + controller in the foreground (JSON log lines). Ctrl-C stops both.
+run: bootstrap
+	@scripts/run-sandbox.sh
+
+# Lint, then the whole suite (unit tests and integration tests on real mariadbd/HAProxy).
+test: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/pytest -q
+
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check hacontrol tests

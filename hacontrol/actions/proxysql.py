@@ -1,0 +1,644 @@
+"""ProxySQL router: hostgroup membership over the admin interface (MySQL protocol, port 6032).
+
+Model (docs/proxysql.md has the why). The controller owns the rows of the managed nodes
+(matched by exact hostname and port) in four hostgroups: writer, reader, broken and hidden
+(10/20/30/40 by default). Rows of other servers and of other hostgroups are never read into
+the membership and never written: every DELETE and UPDATE names hostgroup_id, hostname and
+port. Hidden (40) rows belong to the operator: they are never written either, and a desired
+state that would change who is hidden is refused.
+
+- ``read()`` is what ProxySQL really does, from ``runtime_mysql_servers``: ``writers`` and
+  ``readers`` are managed nodes with an ONLINE row in the writer / reader hostgroup; ``broken``
+  and ``hidden`` are managed nodes with a row (any status) in the broken / hidden hostgroup. A
+  SHUNNED or OFFLINE_* row in the writer or reader hostgroup is not routing and reads back as
+  nothing: the node is simply absent from that set (not "broken": that is hostgroup 30 only).
+- ``apply()`` compares the desired state with the configuration (``mysql_servers``), the
+  runtime and the disk copy. Equal everywhere: nothing is sent. Otherwise it writes the rows
+  that differ, ``LOAD MYSQL SERVERS TO RUNTIME``, ``SAVE MYSQL SERVERS TO DISK``, reads the
+  runtime back and retries (bounded) until it matches.
+- Never two writers: writes to ``mysql_servers`` become visible only at LOAD, so the rule is
+  about what each LOAD publishes. Rows leaving the writer hostgroup are deleted and loaded
+  first; only then is the new writer inserted and loaded. Right before every LOAD the
+  configuration is checked again to hold at most one managed writer.
+
+The admin port is SQLite behind the MySQL protocol: every value comes back as a string, and
+string literals are SQLite literals (``'it''s'``). aiomysql's ``%s`` parameters escape with
+backslashes (``'it\\'s'``), which SQLite does not understand, so statements are rendered here
+with ``sql_literal`` and sent without parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
+
+import aiomysql
+import pymysql
+
+from hacontrol.mysqlconn import Endpoint, connect, describe_error, execute
+from hacontrol.routing import Membership, Role, RouterError, desired_state_problem
+from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_ATTEMPTS = 3
+ONLINE = "ONLINE"
+LOAD_TO_RUNTIME = "LOAD MYSQL SERVERS TO RUNTIME"
+SAVE_TO_DISK = "SAVE MYSQL SERVERS TO DISK"
+
+CONFIG_TABLE = "mysql_servers"
+RUNTIME_TABLE = "runtime_mysql_servers"
+DISK_TABLE = "disk.mysql_servers"
+
+ROUTED = (Role.WRITER, Role.READER)
+"""Roles whose row must be ONLINE to count: ProxySQL sends no new traffic to other statuses."""
+
+TEMPLATE_ORDER = (Role.READER, Role.WRITER, Role.BROKEN, Role.HIDDEN)
+"""Where a new row copies its column values from: the first existing row of the same server."""
+
+
+# --- values -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerRow:
+    """One row of ``mysql_servers`` (same columns in ``runtime_`` and ``disk.``), typed.
+
+    Defaults are ProxySQL 2.7.1's column defaults.
+    """
+
+    hostgroup_id: int
+    hostname: str
+    port: int = 3306
+    gtid_port: int = 0
+    status: str = ONLINE
+    weight: int = 1
+    compression: int = 0
+    max_connections: int = 1000
+    max_replication_lag: int = 0
+    use_ssl: int = 0
+    max_latency_ms: int = 0
+    comment: str = ""
+
+    @classmethod
+    def from_admin(cls, row: Mapping[str, Any]) -> ServerRow:
+        """From an admin result row, where every column is a string. Raises RouterError."""
+        values: dict[str, Any] = {}
+        try:
+            for f in fields(cls):
+                raw = row[f.name]
+                if f.name in ("hostname", "comment"):
+                    values[f.name] = "" if raw is None else str(raw)
+                elif f.name == "status":
+                    values[f.name] = str(raw).upper()
+                else:
+                    values[f.name] = int(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RouterError(
+                f"unexpected mysql_servers row from ProxySQL {row!r}: {exc}"
+            ) from None
+        return cls(**values)
+
+
+SERVER_COLUMNS = tuple(f.name for f in fields(ServerRow))
+
+
+@dataclass(frozen=True)
+class ReplicationHostgroup:
+    """One row of ``mysql_replication_hostgroups``."""
+
+    writer_hostgroup: int
+    reader_hostgroup: int
+    check_type: str = "read_only"
+    comment: str = ""
+
+    @classmethod
+    def from_admin(cls, row: Mapping[str, Any]) -> ReplicationHostgroup:
+        try:
+            return cls(
+                writer_hostgroup=int(row["writer_hostgroup"]),
+                reader_hostgroup=int(row["reader_hostgroup"]),
+                check_type=str(row["check_type"]),
+                comment=str(row["comment"] or ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RouterError(
+                f"unexpected mysql_replication_hostgroups row from ProxySQL {row!r}: {exc}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Hostgroups:
+    writer: int = 10
+    reader: int = 20
+    broken: int = 30
+    hidden: int = 40
+
+    @classmethod
+    def from_settings(cls, settings: ProxySQLSettings) -> Hostgroups:
+        return cls(
+            settings.writer_hostgroup,
+            settings.reader_hostgroup,
+            settings.broken_hostgroup,
+            settings.hidden_hostgroup,
+        )
+
+    def of(self, role: Role) -> int:
+        return {
+            Role.WRITER: self.writer,
+            Role.READER: self.reader,
+            Role.BROKEN: self.broken,
+            Role.HIDDEN: self.hidden,
+        }[role]
+
+    def role(self, hostgroup_id: int) -> Role | None:
+        return next((role for role in Role if self.of(role) == hostgroup_id), None)
+
+    def ids(self) -> tuple[int, ...]:
+        return tuple(self.of(role) for role in Role)
+
+
+Key = tuple[Role, str]
+"""(role, node name): one managed row."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The managed hostgroups and nodes: which rows of ProxySQL are the controller's."""
+
+    hostgroups: Hostgroups
+    nodes: tuple[tuple[str, str, int], ...]
+    """(name, hostname, port) per managed node; hostname is matched exactly."""
+
+    @classmethod
+    def of(cls, hostgroups: Hostgroups, nodes: Iterable[NodeSettings]) -> Layout:
+        return cls(hostgroups, tuple((n.name, n.host, n.port) for n in nodes))
+
+    def names(self) -> frozenset[str]:
+        return frozenset(name for name, _, _ in self.nodes)
+
+    def address(self, name: str) -> tuple[str, int]:
+        for node, host, port in self.nodes:
+            if node == name:
+                return host, port
+        raise KeyError(name)
+
+    def node_at(self, hostname: str, port: int) -> str | None:
+        return next((n for n, h, p in self.nodes if h == hostname and p == port), None)
+
+    def managed(self, rows: Iterable[ServerRow]) -> dict[Key, ServerRow]:
+        """The managed rows by (role, node); rows of other servers or hostgroups are dropped."""
+        out: dict[Key, ServerRow] = {}
+        for row in rows:
+            role = self.hostgroups.role(row.hostgroup_id)
+            node = self.node_at(row.hostname, row.port)
+            if role is not None and node is not None:
+                out[(role, node)] = row
+        return out
+
+
+# --- pure: reading --------------------------------------------------------------------------------
+
+
+def membership_of(rows: Iterable[ServerRow], layout: Layout) -> Membership:
+    """What the rows route: ONLINE writer/reader rows; any row in broken/hidden."""
+    by_role: dict[Role, set[str]] = {role: set() for role in Role}
+    for (role, node), row in layout.managed(rows).items():
+        if role not in ROUTED or row.status == ONLINE:
+            by_role[role].add(node)
+    return Membership.of(
+        writers=by_role[Role.WRITER],
+        readers=by_role[Role.READER],
+        broken=by_role[Role.BROKEN],
+        hidden=by_role[Role.HIDDEN],
+    )
+
+
+def wanted_keys(desired: Membership) -> frozenset[Key]:
+    return frozenset(
+        (role, node)
+        for role, members in (
+            (Role.WRITER, desired.writers),
+            (Role.READER, desired.readers),
+            (Role.BROKEN, desired.broken),
+            (Role.HIDDEN, desired.hidden),
+        )
+        for node in members
+    )
+
+
+def differences(rows: Iterable[ServerRow], desired: Membership, layout: Layout) -> tuple[str, ...]:
+    """How the managed rows differ from ``desired``; empty when they match exactly.
+
+    Matching means: exactly the wanted (hostgroup, node) rows, and writer/reader rows ONLINE.
+    """
+    have = layout.managed(rows)
+    want = wanted_keys(desired)
+    hg = layout.hostgroups.of
+    out = [
+        f"{node} missing from {role} hostgroup {hg(role)}"
+        for role, node in sorted(want - have.keys())
+    ]
+    out += [
+        f"{node} still in {role} hostgroup {hg(role)}" for role, node in sorted(have.keys() - want)
+    ]
+    out += [
+        f"{node} is {have[(role, node)].status} in {role} hostgroup {hg(role)}"
+        for role, node in sorted(want & have.keys())
+        if role in ROUTED and have[(role, node)].status != ONLINE
+    ]
+    return tuple(out)
+
+
+def hidden_problem(
+    desired: Membership,
+    config: Iterable[ServerRow],
+    runtime: Iterable[ServerRow],
+    layout: Layout,
+) -> str | None:
+    """Why ``desired`` would change who is hidden, or None. Hostgroup 40 is the operator's."""
+    in_config = membership_of(config, layout).hidden
+    in_runtime = membership_of(runtime, layout).hidden
+    if desired.hidden == in_config == in_runtime:
+        return None
+    hg = layout.hostgroups.hidden
+    text = (
+        f"it would change the hidden nodes (hostgroup {hg} belongs to the operator): desired "
+        f"{sorted(desired.hidden)}, mysql_servers has {sorted(in_config)}, "
+        f"runtime_mysql_servers has {sorted(in_runtime)}"
+    )
+    if in_config != in_runtime:
+        text += f"; an operator change to hostgroup {hg} is waiting for {LOAD_TO_RUNTIME}"
+    return text
+
+
+# --- pure: statements -----------------------------------------------------------------------------
+
+
+def sql_literal(value: int | str) -> str:
+    """A SQLite literal (the admin port runs SQLite SQL): ints as digits, text in single quotes
+    with quotes doubled. Backslashes are plain characters in SQLite."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"not an int or str: {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    if "\x00" in value:
+        raise ValueError(f"NUL character in SQL text: {value!r}")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _where(row: ServerRow) -> str:
+    return (
+        f"WHERE hostgroup_id = {sql_literal(row.hostgroup_id)} "
+        f"AND hostname = {sql_literal(row.hostname)} AND port = {sql_literal(row.port)}"
+    )
+
+
+def insert_sql(row: ServerRow) -> str:
+    values = ", ".join(sql_literal(getattr(row, column)) for column in SERVER_COLUMNS)
+    return f"INSERT INTO mysql_servers ({', '.join(SERVER_COLUMNS)}) VALUES ({values})"
+
+
+def delete_sql(row: ServerRow) -> str:
+    return f"DELETE FROM mysql_servers {_where(row)}"
+
+
+def set_online_sql(row: ServerRow) -> str:
+    return f"UPDATE mysql_servers SET status = {sql_literal(ONLINE)} {_where(row)}"
+
+
+def select_servers_sql(table: str, hostgroup_ids: Iterable[int]) -> str:
+    ids = ", ".join(sql_literal(i) for i in hostgroup_ids)
+    return (
+        f"SELECT {', '.join(SERVER_COLUMNS)} FROM {table} WHERE hostgroup_id IN ({ids}) "
+        "ORDER BY hostgroup_id, hostname, port"
+    )
+
+
+def new_row(role: Role, node: str, existing: Mapping[Key, ServerRow], layout: Layout) -> ServerRow:
+    """A row for ``node`` in ``role``'s hostgroup, ONLINE.
+
+    Copies the column values (weight, max_connections, use_ssl, ...) of the server's first
+    existing row in the reader, writer, broken or hidden hostgroup, with an empty comment and,
+    in the writer hostgroup, no ``max_replication_lag`` (a lag limit on the primary would let
+    ProxySQL shun it). Without such a row: ProxySQL's column defaults.
+    """
+    hostgroup_id = layout.hostgroups.of(role)
+    template = next((existing[(r, node)] for r in TEMPLATE_ORDER if (r, node) in existing), None)
+    if template is None:
+        host, port = layout.address(node)
+        return ServerRow(hostgroup_id, host, port)
+    lag = 0 if role is Role.WRITER else template.max_replication_lag
+    return replace(
+        template, hostgroup_id=hostgroup_id, status=ONLINE, comment="", max_replication_lag=lag
+    )
+
+
+def _converge(
+    role: Role, members: frozenset[str], existing: Mapping[Key, ServerRow], layout: Layout
+) -> tuple[list[str], list[str]]:
+    """(additions, removals) that make ``role``'s hostgroup hold exactly ``members``."""
+    adds: list[str] = []
+    for node in sorted(members):
+        row = existing.get((role, node))
+        if row is None:
+            adds.append(insert_sql(new_row(role, node, existing, layout)))
+        elif role in ROUTED and row.status != ONLINE:
+            adds.append(set_online_sql(row))
+    removals = [
+        delete_sql(row)
+        for (r, node), row in sorted(existing.items())
+        if r is role and node not in members
+    ]
+    return adds, removals
+
+
+def plan_statements(
+    desired: Membership,
+    config: Iterable[ServerRow],
+    runtime: Iterable[ServerRow],
+    disk: Iterable[ServerRow],
+    layout: Layout,
+) -> tuple[str, ...]:
+    """The admin statements that make config, runtime and disk hold ``desired``, in order.
+
+    Empty when all three already do. Hidden rows are never written (``hidden_problem`` first).
+    When a writer row must be added and another managed node is still a writer (in the
+    configuration, or in the runtime), the old writer is removed and LOADed first, so that no
+    LOAD ever publishes two writers.
+    """
+    config = list(config)
+    existing = layout.managed(config)
+    writer_adds, demotions = _converge(Role.WRITER, desired.writers, existing, layout)
+    reader_adds, reader_removals = _converge(Role.READER, desired.readers, existing, layout)
+    broken_adds, broken_removals = _converge(Role.BROKEN, desired.broken, existing, layout)
+    rest = [*writer_adds, *reader_adds, *broken_adds, *reader_removals, *broken_removals]
+    if demotions or rest:
+        stale_writer = any(
+            role is Role.WRITER and node not in desired.writers
+            for role, node in layout.managed(runtime)
+        )
+        if writer_adds and (demotions or stale_writer):
+            return (*demotions, LOAD_TO_RUNTIME, *rest, LOAD_TO_RUNTIME, SAVE_TO_DISK)
+        return (*demotions, *rest, LOAD_TO_RUNTIME, SAVE_TO_DISK)
+    if differences(runtime, desired, layout):
+        return (LOAD_TO_RUNTIME, SAVE_TO_DISK)
+    if differences(disk, desired, layout):
+        return (SAVE_TO_DISK,)
+    return ()
+
+
+def extra_writers(config: Iterable[ServerRow], layout: Layout) -> list[str]:
+    """Managed nodes with a row in the writer hostgroup, when there is more than one."""
+    writers = sorted(node for role, node in layout.managed(config) if role is Role.WRITER)
+    return writers if len(writers) > 1 else []
+
+
+# --- pure: conflicts ------------------------------------------------------------------------------
+
+
+def conflict_warnings(
+    runtime_pairs: Iterable[ReplicationHostgroup],
+    config_pairs: Iterable[ReplicationHostgroup],
+    runtime_rows: Iterable[ServerRow],
+    layout: Layout,
+) -> list[str]:
+    """Everything in ProxySQL that would route against the controller, one line each.
+
+    - a ``mysql_replication_hostgroups`` pair touching a managed hostgroup: ProxySQL's monitor
+      would move servers between writer and reader hostgroups by their read_only flag;
+    - a server that is not a managed node in the writer hostgroup: a second writer.
+    """
+    managed = set(layout.hostgroups.ids())
+    runtime_pairs, config_pairs = list(runtime_pairs), list(config_pairs)
+    warnings = []
+    for pair in sorted({*runtime_pairs, *config_pairs}, key=lambda p: p.writer_hostgroup):
+        overlap = sorted({pair.writer_hostgroup, pair.reader_hostgroup} & managed)
+        if not overlap:
+            continue
+        if pair not in runtime_pairs:
+            where = (
+                "configured but not loaded (hacontrol's next LOAD MYSQL SERVERS TO RUNTIME "
+                "would activate it)"
+            )
+        elif pair not in config_pairs:
+            where = "active in runtime (deleted from the configuration, not loaded yet)"
+        else:
+            where = "active"
+        warnings.append(
+            f"mysql_replication_hostgroups writer_hostgroup={pair.writer_hostgroup} "
+            f"reader_hostgroup={pair.reader_hostgroup} (check_type {pair.check_type!r}, "
+            f"comment {pair.comment!r}) is {where} over hacontrol's hostgroup(s) {overlap}: "
+            f"ProxySQL's monitor moves servers between them by {pair.check_type} and fights "
+            "hacontrol. Remove it: DELETE FROM mysql_replication_hostgroups WHERE "
+            f"writer_hostgroup={pair.writer_hostgroup}; {LOAD_TO_RUNTIME}; {SAVE_TO_DISK}"
+        )
+    writer_hg = layout.hostgroups.writer
+    for row in runtime_rows:
+        if row.hostgroup_id == writer_hg and layout.node_at(row.hostname, row.port) is None:
+            warnings.append(
+                f"server {row.hostname}:{row.port} ({row.status}) is in writer hostgroup "
+                f"{writer_hg} but is not a managed node: ProxySQL sends writes to it too. "
+                "Move it to another hostgroup, or add it to the nodes setting"
+            )
+    return warnings
+
+
+# --- I/O ----------------------------------------------------------------------------------------
+
+
+class _Session:
+    """One admin connection for one public call; remembers the step in progress."""
+
+    def __init__(self, timeout: float) -> None:
+        self._conn: aiomysql.Connection | None = None
+        self._timeout = timeout
+        self.current = "start"
+
+    async def open(self, endpoint: Endpoint) -> None:
+        self.current = "connect"
+        self._conn = await connect(endpoint, self._timeout)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    async def query(self, sql: str) -> list[dict[str, Any]]:
+        if self._conn is None:
+            raise RuntimeError("session not open")
+        self.current = repr(sql if len(sql) <= 120 else sql[:120] + "...")
+        return await execute(self._conn, sql, timeout=self._timeout)
+
+    async def servers(self, table: str, hostgroup_ids: Iterable[int]) -> list[ServerRow]:
+        rows = await self.query(select_servers_sql(table, hostgroup_ids))
+        return [ServerRow.from_admin(row) for row in rows]
+
+
+class ProxySQLRouter:
+    """The Router over ProxySQL's admin interface. See the module doc and docs/proxysql.md.
+
+    Every public call opens its own admin connection and is bounded, connect included, by
+    ``settings.timeout``; any failure is a RouterError within that time. ``statements_sent``
+    lists every write statement sent (LOAD/SAVE included), in order. ``router`` settings are
+    accepted for the common constructor shape; the desired state already says whether the
+    primary is also a reader (``primary_is_reader``), and it is applied as given.
+    """
+
+    kind = "proxysql"
+
+    def __init__(
+        self,
+        settings: ProxySQLSettings,
+        nodes: Sequence[NodeSettings],
+        router: RouterSettings | None = None,
+        *,
+        attempts: int = DEFAULT_ATTEMPTS,
+        retry_delay: float = 0.05,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self.settings = settings
+        self.layout = Layout.of(Hostgroups.from_settings(settings), nodes)
+        self.router_settings = router
+        self.statements_sent: list[str] = []
+        password = settings.password.get_secret_value() if settings.password else ""
+        self._endpoint = Endpoint(settings.host, settings.port, settings.user, password)
+        self._attempts = attempts
+        self._retry_delay = retry_delay
+        self._apply_lock = asyncio.Lock()
+
+    # --- Router ---
+
+    async def read(self) -> Membership:
+        rows = await self._call("read", self._read_runtime)
+        return membership_of(rows, self.layout)
+
+    async def apply(self, desired: Membership) -> bool:
+        if problem := desired_state_problem(desired):
+            raise RouterError(f"refusing to apply ProxySQL membership: {problem}")
+        if unknown := desired.nodes() - self.layout.names():
+            raise RouterError(
+                f"refusing to apply ProxySQL membership: unmanaged node(s) {sorted(unknown)}"
+            )
+        return await self._call("apply", lambda session: self._apply(session, desired))
+
+    async def close(self) -> None:
+        """Nothing to close: every call uses its own connection and closes it."""
+
+    # --- conflicts ---
+
+    async def conflicts(self) -> list[str]:
+        """One warning per ProxySQL setting that would route against the controller."""
+        return await self._call("conflicts", self._conflicts)
+
+    async def check_startup(self) -> None:
+        """Refuse to start (RouterError) when ProxySQL would fight the controller."""
+        if warnings := await self.conflicts():
+            raise RouterError(
+                "ProxySQL at "
+                f"{self._endpoint.host}:{self._endpoint.port} conflicts with hacontrol; "
+                "refusing to start until fixed:\n- " + "\n- ".join(warnings)
+            )
+
+    # --- internals ---
+
+    async def _read_runtime(self, session: _Session) -> list[ServerRow]:
+        return await session.servers(RUNTIME_TABLE, self.layout.hostgroups.ids())
+
+    async def _apply(self, session: _Session, desired: Membership) -> bool:
+        ids = self.layout.hostgroups.ids()
+        sent = False
+        for attempt in range(1, self._attempts + 1):
+            config = await session.servers(CONFIG_TABLE, ids)
+            runtime = await session.servers(RUNTIME_TABLE, ids)
+            if problem := hidden_problem(desired, config, runtime, self.layout):
+                raise RouterError(f"refusing to apply ProxySQL membership: {problem}")
+            disk = await session.servers(DISK_TABLE, ids)
+            statements = plan_statements(desired, config, runtime, disk, self.layout)
+            if not statements:
+                return sent
+            for sql in statements:
+                if sql == LOAD_TO_RUNTIME:
+                    await self._check_before_load(session)
+                self.statements_sent.append(sql)
+                await session.query(sql)
+                sent = True
+                log.info("proxysql: %s", sql)
+            difference = differences(await self._read_runtime(session), desired, self.layout)
+            if not difference:
+                return True
+            log.warning(
+                "proxysql runtime does not match the desired membership (attempt %d/%d): %s",
+                attempt,
+                self._attempts,
+                "; ".join(difference),
+            )
+            if attempt < self._attempts:
+                await asyncio.sleep(self._retry_delay)
+        raise RouterError(
+            f"ProxySQL did not confirm the membership after {self._attempts} attempts: "
+            + "; ".join(difference)
+        )
+
+    async def _check_before_load(self, session: _Session) -> None:
+        """The last guard: never LOAD a configuration with two managed writers (someone else
+        may have written mysql_servers meanwhile)."""
+        config = await session.servers(CONFIG_TABLE, (self.layout.hostgroups.writer,))
+        if writers := extra_writers(config, self.layout):
+            raise RouterError(
+                f"refusing to {LOAD_TO_RUNTIME}: mysql_servers holds {len(writers)} writers "
+                f"{writers} in hostgroup {self.layout.hostgroups.writer} (changed by someone "
+                "else meanwhile?)"
+            )
+
+    async def _conflicts(self, session: _Session) -> list[str]:
+        columns = "writer_hostgroup, reader_hostgroup, check_type, comment"
+        pairs = {
+            table: [
+                ReplicationHostgroup.from_admin(row)
+                for row in await session.query(f"SELECT {columns} FROM {table}")
+            ]
+            for table in ("runtime_mysql_replication_hostgroups", "mysql_replication_hostgroups")
+        }
+        writer_rows = await session.servers(RUNTIME_TABLE, (self.layout.hostgroups.writer,))
+        return conflict_warnings(
+            pairs["runtime_mysql_replication_hostgroups"],
+            pairs["mysql_replication_hostgroups"],
+            writer_rows,
+            self.layout,
+        )
+
+    async def _call(self, what: str, body: Callable[[_Session], Awaitable[T]]) -> T:
+        """Run ``body`` on a fresh connection, everything within ``settings.timeout``.
+
+        Applies run one at a time (the lock is waited for within the same deadline); reads and
+        conflict checks run beside them on their own connections.
+        """
+        timeout = self.settings.timeout
+        where = f"ProxySQL admin {self._endpoint.host}:{self._endpoint.port}"
+        session = _Session(timeout)
+        lock = self._apply_lock if what == "apply" else contextlib.nullcontext()
+        try:
+            async with asyncio.timeout(timeout):
+                if what == "apply":
+                    session.current = "waiting for the apply in progress"
+                async with lock:
+                    try:
+                        await session.open(self._endpoint)
+                        return await body(session)
+                    finally:
+                        session.close()
+        except TimeoutError:
+            raise RouterError(
+                f"{where}: {what} timed out after {timeout} s at {session.current}"
+            ) from None
+        except (pymysql.err.MySQLError, OSError, EOFError) as exc:
+            raise RouterError(
+                f"{where}: {what} failed at {session.current}: {describe_error(exc)}"
+            ) from None

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install what hacontrol needs on a Debian/Ubuntu machine, idempotently:
+#   - mariadb-server and haproxy (Debian packages) when mariadbd or haproxy is missing;
+#   - a virtualenv in .venv with hacontrol and its test extra.
+# Runs as root (CI, containers) or with sudo available. Quiet when there is nothing to do.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
+if ! have mariadbd || ! have haproxy || ! have mariadb-install-db; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "bootstrap: installing mariadb-server and haproxy (apt)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mariadb-server haproxy >/dev/null
+  # The package may start a system mariadb on 3306; the sandbox never uses it.
+fi
+
+python=${PYTHON:-python3}
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  echo "bootstrap: creating .venv and installing hacontrol[test]"
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi

@@ -1,0 +1,571 @@
+"""The sandbox: real mariadbd nodes behind a real HAProxy on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import aiomysql
+import pymysql
+import pytest
+
+from hacontrol.sandbox import (
+    GRANTS,
+    NodeInfo,
+    PortBusyError,
+    RouterInfo,
+    Sandbox,
+    SandboxSpec,
+    find_free_base_port,
+    procs,
+    render,
+)
+
+ER_OPTION_PREVENTS_STATEMENT = 1290
+ER_TABLEACCESS_DENIED = 1142
+ER_SPECIFIC_ACCESS_DENIED = 1227
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hacontrol.sandbox", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+
+async def fetch(conn: aiomysql.Connection, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    async with conn.cursor() as cur:
+        await cur.execute(sql, args)
+        return list(await cur.fetchall())
+
+
+async def fetch_dicts(conn: aiomysql.Connection, sql: str) -> list[dict[str, Any]]:
+    async with conn.cursor(aiomysql.DictCursor) as cur:
+        await cur.execute(sql)
+        return list(await cur.fetchall())
+
+
+async def root_conn(sb: Sandbox, name: str) -> aiomysql.Connection:
+    """root exists only as root@localhost: over the node's unix socket."""
+    node = sb.status().node(name)
+    return await aiomysql.connect(
+        unix_socket=node.socket, user="root", password=sb.password("root"), autocommit=True
+    )
+
+
+def exists(path: str | Path) -> bool:
+    return Path(path).exists()
+
+
+def unique_id() -> int:
+    return time.time_ns()
+
+
+# ---- pure parts -------------------------------------------------------------------------------
+
+
+def fake_nodes(count: int = 3, base: int = 30000) -> tuple[NodeInfo, ...]:
+    return tuple(
+        NodeInfo(
+            name=f"node{i + 1}",
+            host="127.0.0.1",
+            port=base + i,
+            pid=None,
+            role="primary" if i == 0 else "replica",
+            server_id=i + 1,
+            node_dir=f"/sb/node{i + 1}",
+            config=f"/sb/node{i + 1}/my.cnf",
+        )
+        for i in range(count)
+    )
+
+
+def fake_router() -> RouterInfo:
+    return RouterInfo("haproxy", "127.0.0.1", 30003, 30004, "/sb/haproxy.sock", 30005, None, "/c")
+
+
+def test_node_config_is_production_like() -> None:
+    primary, replica, _ = fake_nodes()
+    replica_cnf = render.node_cnf(replica, primary=False, run_as_root=False)
+    primary_cnf = render.node_cnf(primary, primary=True, run_as_root=True)
+    for needed in (
+        "server_id = 2",
+        "log_bin = mysql-bin",
+        "gtid_strict_mode = ON",
+        "log_slave_updates = ON",
+        "read_only = ON",
+        "rpl_semi_sync_slave_enabled = ON",
+        "rpl_semi_sync_master_wait_point = AFTER_SYNC",
+        "report_port = 30001",
+    ):
+        assert needed in replica_cnf.splitlines()
+    assert "read_only = OFF" in primary_cnf.splitlines()
+    assert "rpl_semi_sync_master_enabled = ON" in primary_cnf.splitlines()
+    assert "user = root" in primary_cnf.splitlines()
+    assert "user = root" not in replica_cnf.splitlines()
+
+
+def test_haproxy_config_enables_only_the_primary_as_writer() -> None:
+    cfg = render.haproxy_cfg(fake_nodes(), fake_router()).splitlines()
+    writer = cfg[cfg.index("backend writer") : cfg.index("backend readers")]
+    readers = cfg[cfg.index("backend readers") :]
+    assert "    server node1 127.0.0.1:30000" in writer
+    assert "    server node2 127.0.0.1:30001 disabled" in writer
+    assert "    server node3 127.0.0.1:30002 disabled" in writer
+    assert [line for line in readers if "server" in line and "disabled" in line] == []
+    assert "    retries 0" in cfg
+    assert "    stats socket /sb/haproxy.sock mode 600 level admin" in cfg
+
+
+def test_settings_toml_has_the_controller_schema() -> None:
+    text = render.settings_toml(
+        fake_nodes(),
+        fake_router(),
+        controller_password_file="/s/hacontrol.password",
+        replication_password_file="/s/repl.password",
+    )
+    doc = tomllib.loads(text)
+    assert doc["cluster"] == {"name": "sandbox"}
+    assert [n["name"] for n in doc["nodes"]] == ["node1", "node2", "node3"]
+    assert doc["nodes"][1] == {
+        "name": "node2",
+        "host": "127.0.0.1",
+        "port": 30001,
+        "priority": 0,
+        "no_promote": False,
+    }
+    assert doc["mysql"] == {
+        "user": "hacontrol",
+        "password_file": "/s/hacontrol.password",
+        "replication_user": "repl",
+        "replication_password_file": "/s/repl.password",
+    }
+    assert doc["router"] == {
+        "kind": "haproxy",
+        "primary_is_reader": True,
+        "haproxy": {
+            "socket": "/sb/haproxy.sock",
+            "writer_backend": "writer",
+            "reader_backend": "readers",
+        },
+    }
+    assert doc["probes"] == {"interval": 1.0, "timeout": 0.8, "failure_threshold": 3}
+    assert doc["failover"] == {"max_lag": 10.0, "recovery_block": 3600.0}
+    assert doc["smtp"] == {"host": ""}
+
+
+def test_settings_toml_for_proxysql_names_the_admin_interface() -> None:
+    router = RouterInfo("proxysql", "127.0.0.1", 30003, 30003, "127.0.0.1:30005", 30005, None, "/c")
+    doc = tomllib.loads(
+        render.settings_toml(
+            fake_nodes(),
+            router,
+            controller_password_file="/s/h",
+            replication_password_file="/s/r",
+            proxysql_password_file="/s/p",
+        )
+    )
+    assert doc["router"]["kind"] == "proxysql"
+    assert doc["router"]["proxysql"] == {
+        "host": "127.0.0.1",
+        "port": 30005,
+        "user": "admin",
+        "password_file": "/s/p",
+        "writer_hostgroup": 10,
+        "reader_hostgroup": 20,
+        "broken_hostgroup": 30,
+        "hidden_hostgroup": 40,
+    }
+
+
+def test_free_base_port_has_consecutive_bindable_ports() -> None:
+    base = find_free_base_port(6)
+    assert all(procs.port_is_free(base + i) for i in range(6))
+
+
+def test_busy_port_is_detected() -> None:
+    base = find_free_base_port(2)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", base + 1))
+        listener.listen()
+        assert not procs.port_is_free(base + 1)
+        with pytest.raises(PortBusyError) as err:
+            procs.check_ports([(base, "a"), (base + 1, "mariadbd node2")])
+        assert err.value.port == base + 1
+        assert f"port {base + 1}" in str(err.value) and "node2" in str(err.value)
+
+
+def test_process_state_ignores_a_pid_running_something_else() -> None:
+    assert procs.process_state(os.getpid(), "/no/such/my.cnf") == "dead"
+    assert procs.process_state(None, "x") == "dead"
+    assert procs.process_state(os.getpid(), "python") == "running"
+
+
+# ---- the running sandbox (shared, read-only use) ----------------------------------------------
+
+
+@pytest.mark.integration
+def test_up_is_fast(sandbox: Sandbox) -> None:
+    info = sandbox.status()
+    assert info.up_seconds is not None
+    assert info.up_seconds < 15.0, f"sandbox up took {info.up_seconds} s"
+    print(f"\nsandbox up for 3 nodes took {info.up_seconds:.2f} s")
+
+
+@pytest.mark.integration
+async def test_insert_through_writer_lands_on_primary_and_replicates_within_a_second(
+    sandbox: Sandbox,
+) -> None:
+    row_id = unique_id()
+    writer = await sandbox.connect("writer", "app", db="app")
+    try:
+        [(server_id,)] = await fetch(writer, "SELECT @@server_id")
+        assert server_id == sandbox.status().primary.server_id
+        await fetch(writer, "INSERT INTO writes (id, node) VALUES (%s, @@server_id)", (row_id,))
+        committed = time.monotonic()
+    finally:
+        writer.close()
+    replicas = [n.name for n in sandbox.status().nodes if n.role == "replica"]
+    conns = [await sandbox.connect(name, "app", db="app") for name in replicas]
+    try:
+        pending = set(range(len(conns)))
+        while pending and time.monotonic() - committed < 1.0:
+            for i in list(pending):
+                rows = await fetch(conns[i], "SELECT node FROM writes WHERE id = %s", (row_id,))
+                if rows:
+                    assert rows == [(1,)]
+                    pending.discard(i)
+            await asyncio.sleep(0.005)
+        elapsed = time.monotonic() - committed
+    finally:
+        for conn in conns:
+            conn.close()
+    assert not pending, f"row missing on {[replicas[i] for i in pending]} after {elapsed:.3f} s"
+    assert elapsed < 1.0
+
+
+@pytest.mark.integration
+async def test_reader_port_reaches_every_node(sandbox: Sandbox) -> None:
+    seen = set()
+    for _ in range(6):
+        conn = await sandbox.connect("reader", "app")
+        try:
+            [(server_id,)] = await fetch(conn, "SELECT @@server_id")
+            seen.add(server_id)
+        finally:
+            conn.close()
+    assert seen == {1, 2, 3}
+
+
+@pytest.mark.integration
+async def test_app_write_on_a_replica_fails_read_only(sandbox: Sandbox) -> None:
+    conn = await sandbox.connect("node2", "app", db="app")
+    try:
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            await fetch(conn, "INSERT INTO writes (id, node) VALUES (%s, 2)", (unique_id(),))
+        assert err.value.args[0] == ER_OPTION_PREVENTS_STATEMENT
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            await fetch(conn, "SET GLOBAL read_only = OFF")
+        assert err.value.args[0] == ER_SPECIFIC_ACCESS_DENIED
+    finally:
+        conn.close()
+
+
+@pytest.mark.integration
+async def test_replication_is_semi_sync_gtid_with_heartbeat(sandbox: Sandbox) -> None:
+    primary = await sandbox.connect("node1", "controller")
+    replica = await sandbox.connect("node2", "controller")
+    try:
+        status = dict(await fetch(primary, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_%'"))
+        assert status["Rpl_semi_sync_master_status"] == "ON"
+        assert status["Rpl_semi_sync_master_clients"] == "2"
+        variables = dict(await fetch(primary, "SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync_%'"))
+        assert variables["rpl_semi_sync_master_wait_point"] == "AFTER_SYNC"
+        [(read_only, strict, slave_updates)] = await fetch(
+            replica, "SELECT @@read_only, @@gtid_strict_mode, @@log_slave_updates"
+        )
+        assert (read_only, strict, slave_updates) == (1, 1, 1)
+        [slave] = await fetch_dicts(replica, "SHOW ALL SLAVES STATUS")
+        assert slave["Using_Gtid"] == "Slave_Pos"
+        assert slave["Slave_IO_Running"] == slave["Slave_SQL_Running"] == "Yes"
+        assert slave["Connect_Retry"] == 1
+        assert int(slave["Master_Port"]) == sandbox.status().node("node1").port
+        heartbeat = dict(await fetch(replica, "SHOW GLOBAL STATUS LIKE 'Slave_heartbeat_period'"))
+        assert float(heartbeat["Slave_heartbeat_period"]) == render.HEARTBEAT_PERIOD
+    finally:
+        primary.close()
+        replica.close()
+
+
+@pytest.mark.integration
+async def test_users_are_least_privilege_and_no_anonymous_user(sandbox: Sandbox) -> None:
+    for name in ("node1", "node3"):
+        conn = await root_conn(sandbox, name)
+        try:
+            users = set(await fetch(conn, "SELECT user, host FROM mysql.user"))
+            grants = await fetch(conn, "SHOW GRANTS FOR 'hacontrol'@'%'")
+        finally:
+            conn.close()
+        assert users == {
+            ("app", "%"),
+            ("hacontrol", "%"),
+            ("repl", "%"),
+            ("root", "localhost"),
+            ("mariadb.sys", "localhost"),
+        }
+        granted = grants[0][0].split(" ON ")[0].removeprefix("GRANT ")
+        expected = GRANTS[0].split(" ON ")[0].removeprefix("GRANT ")
+        assert set(granted.split(", ")) == set(expected.split(", "))
+
+
+@pytest.mark.integration
+async def test_controller_can_probe_repoint_and_fence_but_not_read_data(
+    sandbox: Sandbox,
+) -> None:
+    ctl = await sandbox.connect("node2", "controller")
+    victim = await sandbox.connect("node2", "app")
+    try:
+        assert await fetch(ctl, "SHOW ALL SLAVES STATUS")
+        await fetch(ctl, "SELECT @@gtid_current_pos, @@gtid_slave_pos, @@gtid_binlog_pos")
+        assert await fetch(ctl, "SHOW GLOBAL STATUS LIKE 'Slave_received_heartbeats'")
+        assert await fetch(ctl, "SHOW MASTER STATUS")
+        assert await fetch(ctl, "SHOW BINARY LOGS")
+        users = {row[1] for row in await fetch(ctl, "SHOW FULL PROCESSLIST")}
+        assert {"app", "system user"} <= users
+        await fetch(ctl, "STOP SLAVE")
+        await fetch(ctl, "START SLAVE")
+        await fetch(ctl, "SET GLOBAL read_only = OFF")
+        await fetch(ctl, "SET GLOBAL read_only = ON")
+        await fetch(ctl, "SET GLOBAL rpl_semi_sync_slave_enabled = ON")
+        await fetch(ctl, "SET GLOBAL rpl_semi_sync_master_timeout = %s", (2000,))
+        await fetch(ctl, "KILL CONNECTION %s", (victim.server_thread_id[0],))
+        with pytest.raises(pymysql.err.OperationalError):
+            await fetch(victim, "SELECT 1")
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            await fetch(ctl, "SELECT COUNT(*) FROM app.writes")
+        assert err.value.args[0] == ER_TABLEACCESS_DENIED
+        [(read_only,)] = await fetch(ctl, "SELECT @@read_only")
+        assert read_only == 1
+        [slave] = await fetch_dicts(ctl, "SHOW ALL SLAVES STATUS")
+        assert slave["Slave_SQL_Running"] == "Yes"
+    finally:
+        ctl.close()
+        victim.close()
+
+
+@pytest.mark.integration
+def test_generated_settings_point_at_the_sandbox(sandbox: Sandbox) -> None:
+    info = sandbox.status()
+    doc = tomllib.loads(Path(info.settings).read_text())
+    assert doc["cluster"]["name"] == "sandbox"
+    assert [(n["name"], n["host"], n["port"]) for n in doc["nodes"]] == [
+        (n.name, n.host, n.port) for n in info.nodes
+    ]
+    assert set(doc["nodes"][0]) == {"name", "host", "port", "priority", "no_promote"}
+    assert doc["mysql"]["user"] == "hacontrol"
+    assert doc["mysql"]["replication_user"] == "repl"
+    for key, role in (
+        ("password_file", "controller"),
+        ("replication_password_file", "replication"),
+    ):
+        path = Path(doc["mysql"][key])
+        assert path.is_absolute()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert path.read_text().strip() == sandbox.password(role)
+    assert doc["router"]["kind"] == "haproxy"
+    assert doc["router"]["primary_is_reader"] is True
+    assert doc["router"]["haproxy"] == {
+        "socket": info.router.admin,
+        "writer_backend": "writer",
+        "reader_backend": "readers",
+    }
+    assert Path(info.router.admin).is_socket()
+    assert set(doc) == {"cluster", "nodes", "mysql", "router", "probes", "failover", "smtp"}
+
+
+@pytest.mark.integration
+def test_cli_status_json_has_the_documented_shape(sandbox: Sandbox) -> None:
+    result = cli("status", "--dir", sandbox.status().dir, "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["settings"] == sandbox.status().settings
+    assert [{k: n[k] for k in ("name", "host", "port", "pid", "role")} for n in doc["nodes"]] == [
+        {"name": n.name, "host": n.host, "port": n.port, "pid": n.pid, "role": n.role}
+        for n in sandbox.status().nodes
+    ]
+    assert all(sandbox.node_pid(n["name"]) == n["pid"] for n in doc["nodes"])
+    assert [n["live_role"] for n in doc["nodes"]] == ["primary", "replica", "replica"]
+    router = sandbox.status().router
+    assert {
+        k: doc["router"][k] for k in ("kind", "host", "writer_port", "reader_port", "admin")
+    } == {
+        "kind": "haproxy",
+        "host": "127.0.0.1",
+        "writer_port": router.writer_port,
+        "reader_port": router.reader_port,
+        "admin": router.admin,
+    }
+    assert doc["users"]["app"] == {
+        "user": "app",
+        "password": sandbox.password("app"),
+        "password_file": sandbox.status().users["app"].password_file,
+    }
+    assert doc["users"]["controller"]["user"] == "hacontrol"
+    assert doc["users"]["replication"]["user"] == "repl"
+
+
+@pytest.mark.integration
+def test_cli_status_table_is_readable(sandbox: Sandbox) -> None:
+    result = cli("status", "--dir", sandbox.status().dir)
+    assert result.returncode == 0, result.stderr
+    for node in sandbox.status().nodes:
+        assert f"{node.name}  127.0.0.1:{node.port}" in result.stdout
+    assert f"writer 127.0.0.1:{sandbox.status().router.writer_port}" in result.stdout
+
+
+@pytest.mark.integration
+def test_up_twice_says_already_running_and_changes_nothing(sandbox: Sandbox) -> None:
+    info = sandbox.status()
+    state = (Path(info.dir) / "sandbox.json").read_bytes()
+    result = cli("up", "--dir", info.dir, "--base-port", str(info.nodes[0].port))
+    assert result.returncode == 0, result.stderr
+    assert "already running" in result.stdout
+    assert (Path(info.dir) / "sandbox.json").read_bytes() == state
+    assert [sandbox.node_pid(n.name) for n in info.nodes] == [n.pid for n in info.nodes]
+    assert sandbox.router_pid() == info.router.pid
+
+
+@pytest.mark.integration
+async def test_busy_port_fails_before_starting_anything(tmp_path: Path) -> None:
+    base = find_free_base_port(6)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", base + 4))  # the reader port of a 3-node sandbox
+        squatter.listen()
+        target = tmp_path / "sb"
+        with pytest.raises(PortBusyError) as err:
+            await Sandbox(SandboxSpec(dir=target, base_port=base)).up()
+        assert err.value.port == base + 4
+        assert not exists(target)
+        result = cli("up", "--dir", str(target), "--base-port", str(base))
+    assert result.returncode == 1
+    assert f"port {base + 4}" in result.stderr
+    assert "reader" in result.stderr
+    assert not exists(target)
+
+
+# ---- destructive tests (own sandbox) ------------------------------------------------------------
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not await predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what} not within {timeout} s")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.mark.integration
+async def test_killed_and_frozen_nodes_restart_and_rejoin(fresh_sandbox: Sandbox) -> None:
+    sb = fresh_sandbox
+    old_pid = sb.node_pid("node2")
+    assert sb.kill_node("node2", signal.SIGKILL)
+
+    async def node2_gone() -> bool:
+        return sb.node_pid("node2") is None
+
+    await wait_for(node2_gone, 5, "node2 dead")
+    row_id = unique_id()
+    writer = await sb.connect("writer", "app", db="app")
+    try:  # the primary keeps taking writes with one replica gone (node3 acknowledges)
+        await fetch(writer, "INSERT INTO writes (id, node) VALUES (%s, 1)", (row_id,))
+    finally:
+        writer.close()
+    new_pid = await sb.start_node("node2")
+    assert new_pid != old_pid and sb.node_pid("node2") == new_pid
+    assert sb.status().node("node2").pid == new_pid
+
+    async def node2_has_row() -> bool:
+        conn = await sb.connect("node2", "app", db="app")
+        try:
+            return bool(await fetch(conn, "SELECT 1 FROM writes WHERE id = %s", (row_id,)))
+        finally:
+            conn.close()
+
+    await wait_for(node2_has_row, 5, "restarted node2 caught up")
+
+    assert sb.kill_node("node3", signal.SIGSTOP)
+    assert sb.process_states()["node3"] == "stopped"
+    assert (await sb.live_roles(timeout=0.5))["node3"] == "unreachable"
+    assert sb.kill_node("node3", signal.SIGCONT)
+    assert sb.process_states()["node3"] == "running"
+    assert (await sb.live_roles())["node3"] == "replica"
+
+    # A killed primary restarts on the same port and the replicas reconnect by themselves.
+    assert sb.kill_node("node1", signal.SIGKILL)
+    await sb.start_node("node1")
+
+    async def replicas_connected() -> bool:
+        conn = await sb.connect("node1", "controller")
+        try:
+            status = dict(
+                await fetch(conn, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")
+            )
+            return status["Rpl_semi_sync_master_clients"] == "2"
+        finally:
+            conn.close()
+
+    took = await wait_for(replicas_connected, 10, "replicas reconnected to the restarted primary")
+    print(f"\nreplicas reconnected {took:.2f} s after the primary restarted")
+
+
+@pytest.mark.integration
+async def test_down_stops_everything_and_removes_the_directory(fresh_sandbox: Sandbox) -> None:
+    sb = fresh_sandbox
+    info = sb.status()
+    pids = {n.name: n.pid for n in info.nodes} | {"router": info.router.pid}
+    markers = {n.name: n.config for n in info.nodes} | {"router": info.router.config}
+    sb.kill_node("node3", signal.SIGKILL)  # already dead before down
+    sb.kill_node("node2", signal.SIGSTOP)  # frozen: must be killed too
+    started = time.monotonic()
+    assert await sb.down()
+    took = time.monotonic() - started
+    for name, pid in pids.items():
+        assert procs.process_state(pid, markers[name]) == "dead", name
+    assert not exists(info.dir)
+    assert took < 8.0
+    assert not await sb.down()  # nothing left: a second down is a no-op
+
+
+@pytest.mark.integration
+async def test_up_over_a_dead_sandbox_starts_afresh(fresh_sandbox: Sandbox) -> None:
+    sb = fresh_sandbox
+    old = sb.status()
+    old_app_password = sb.password("app")
+    for node in old.nodes:
+        assert sb.kill_node(node.name, signal.SIGKILL)
+    os.kill(old.router.pid, signal.SIGKILL)
+    assert procs.wait_state(old.router.pid, old.router.config, "dead", timeout=2)
+    assert not sb.is_running()
+    new = await sb.up()
+    assert [n.pid for n in new.nodes] != [n.pid for n in old.nodes]
+    assert all(sb.node_pid(n.name) == n.pid for n in new.nodes)
+    assert sb.password("app") != old_app_password  # new secrets per sandbox
+    writer = await sb.connect("writer", "app", db="app")
+    try:
+        assert await fetch(writer, "SELECT COUNT(*) FROM writes") == [(0,)]
+    finally:
+        writer.close()
