@@ -41,7 +41,10 @@ async def connect(
         port=endpoint.port,
         user=endpoint.user,
         password=endpoint.password,
-        connect_timeout=timeout,
+        # None: aiomysql then awaits the TCP connect directly instead of through
+        # asyncio.wait_for, which on Python 3.11 can swallow a cancellation that arrives as
+        # the connect completes. The whole connect is bounded by asyncio.timeout below.
+        connect_timeout=None,
         autocommit=True,
         cursorclass=aiomysql.DictCursor,
         client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0,

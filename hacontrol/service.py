@@ -157,10 +157,19 @@ class Runtime:
         self.log.emit(
             "stopped",
             None,
-            "info",
+            "info" if not pending else "warning",
             grace_seconds=round(time.monotonic() - stopping, 3),
             tasks_not_finished=sorted(t.get_name() for t in pending),
+            stuck_at={t.get_name(): _where(t) for t in pending},
         )
+
+
+def _where(task: asyncio.Task[None]) -> list[str]:
+    """Where a task that did not finish in time is waiting: innermost frames last."""
+    return [
+        f"{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno} {f.f_code.co_name}"
+        for f in task.get_stack(limit=8)
+    ]
 
 
 async def serve(settings: Settings, log: JsonLog) -> int:

@@ -107,6 +107,11 @@ class FailoverSettings(_Section):
     """A replica further behind than this (seconds) leaves the readers."""
     recovery_block: Annotated[float, Field(ge=0)] = 3600.0
     """After a failover, no automatic failover for this many seconds unless acknowledged."""
+    apply_timeout: PositiveSeconds = 30.0
+    """How long a candidate may take to apply what it received before promotion; past it the
+    failover halts (promoting it would lose acknowledged transactions)."""
+    action_timeout: PositiveSeconds = 5.0
+    """Each action on a node (fence, promote, repoint, rejoin) and each router change."""
     io_stall: PositiveSeconds = 3.0
     """A replica whose received heartbeats and GTIDs have not advanced for this long has lost
     its link to the source (a frozen or partitioned source closes no connection). Must exceed

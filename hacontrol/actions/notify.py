@@ -241,7 +241,10 @@ class Notifier:
         return len(self._pending) + (self._current is not None)
 
     def alert(self, alert: Alert) -> bool:
-        """Log ``alert`` and queue its mail. Never blocks. True when a mail was queued."""
+        """Log ``alert`` and queue its mail. Never blocks. True when a mail was queued.
+
+        Call it from the event loop's thread (the decision task), like any asyncio object.
+        """
         mail = self._admit(alert, self._clock())
         self._log.emit(
             "alert",

@@ -373,7 +373,7 @@ def plan_statements(
     configuration, or in the runtime), the old writer is removed and LOADed first, so that no
     LOAD ever publishes two writers.
     """
-    config = list(config)
+    runtime = list(runtime)
     existing = layout.managed(config)
     writer_adds, demotions = _converge(Role.WRITER, desired.writers, existing, layout)
     reader_adds, reader_removals = _converge(Role.READER, desired.readers, existing, layout)

@@ -56,6 +56,7 @@ class NodeProbe:
         self._wake = asyncio.Event()
         self._watching = False
         self._watch_task: asyncio.Task[None] | None = None
+        self._watch_conn: aiomysql.Connection | None = None
         self._last_start = float("-inf")
 
     # -- the loop ----------------------------------------------------------------------------
@@ -153,6 +154,7 @@ class NodeProbe:
         conn: aiomysql.Connection | None = None
         try:
             conn = await connect(self._endpoint, self._timeout)
+            self._watch_conn = conn
             while True:
                 await execute(conn, f"DO SLEEP({WATCH_SECONDS})", timeout=WATCH_SECONDS + 60)
         except asyncio.CancelledError:
@@ -163,11 +165,17 @@ class NodeProbe:
         finally:
             if conn is not None:
                 conn.close()
+            self._watch_conn = None
             self._watching = False
 
     async def close(self) -> None:
+        """Close both connections. Closing the watch connection ends its pending query even if
+        a cancellation were lost on the way, so this never waits on the server."""
         self._drop()
+        self._watch_enabled = False
+        if self._watch_conn is not None:
+            self._watch_conn.close()
         task, self._watch_task = self._watch_task, None
         if task is not None and not task.done():
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait([task], timeout=1.0)

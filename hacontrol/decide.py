@@ -1,0 +1,670 @@
+"""decide(view, state, settings, now) -> Decision: what to do next. Pure: no I/O, no clock.
+
+Rules sit in one prioritized table (``RULES``); the first rule that applies makes the plan.
+Every plan carries the rule's name and a one-line reason, which the controller logs and tests
+assert. The controller state (halts, recovery block, quarantined old primaries, alerts already
+sent) is an explicit frozen record, returned updated with the plan.
+
+Safety first: without quorum nothing changes; two writers (in the router or among the servers)
+halts every automatic change until the condition is gone; a primary is failed over only when
+the view says ``DeadPrimary`` (the controller cannot reach it AND no replica still has a working
+link to it); a candidate is promoted only after it applied everything it received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from hacontrol import gtid
+from hacontrol.flavors.base import NodeStatus
+from hacontrol.routing import Membership
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView, Code, Health, NodeView
+
+# ---------------------------------------------------------------------------------------------
+# Actions: values the executor runs in order. Each names its own precondition in its docstring;
+# the executor's implementation re-checks it on fresh data before changing anything.
+
+
+@dataclass(frozen=True)
+class RouteFence:
+    """Take ``node`` out of the router's writer and reader groups (no writer for a moment)."""
+
+    node: str
+    required: bool = False  # a dead primary takes no writes anyway: failure is logged, not fatal
+
+
+@dataclass(frozen=True)
+class Route:
+    """Make the router do ``desired`` (exactly one writer)."""
+
+    desired: Membership
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class WaitApplied:
+    """Wait until ``node`` applied everything it received from its source."""
+
+    node: str
+    timeout: float
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Make ``node`` (still a replica of ``old_primary``) the primary: writable, no source."""
+
+    node: str
+    old_primary: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Repoint:
+    """Make every node of ``nodes`` replicate from ``new_primary`` (GTID), concurrently."""
+
+    nodes: tuple[str, ...]
+    new_primary: str
+    required: bool = False  # a replica that cannot be repointed ends up in broken, not a halt
+
+
+@dataclass(frozen=True)
+class Fence:
+    """``read_only=ON`` on ``node`` and its application connections killed."""
+
+    node: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Rejoin:
+    """Make the fenced old primary ``node`` a replica of ``new_primary``, if not errant."""
+
+    node: str
+    new_primary: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Notify:
+    kind: str
+    node: str | None
+    summary: str
+    reason: str
+    sections: tuple[tuple[str, str], ...] = ()
+    required: bool = False
+
+
+Action = RouteFence | Route | WaitApplied | Promote | Repoint | Fence | Rejoin | Notify
+
+
+@dataclass(frozen=True)
+class Plan:
+    rule: str
+    reason: str
+    actions: tuple[Action, ...] = ()
+    kind: str = "none"
+    """failover | rejoin | fence | route | halt | alert | none. Multi-step kinds are journaled."""
+
+    @property
+    def changes_cluster(self) -> bool:
+        return any(not isinstance(a, Notify) for a in self.actions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Controller state: one explicit record, no hidden flags.
+
+
+@dataclass(frozen=True)
+class Halt:
+    code: str
+    reason: str
+    since: float
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """An old primary after a failover: kept in broken until rejoined or repaired."""
+
+    node: str
+    new_primary: str
+    since: float
+    errant: str | None = None
+
+
+@dataclass(frozen=True)
+class ControllerState:
+    started_at: float = 0.0
+    halt: Halt | None = None
+    blocked_until: float | None = None
+    """No automatic failover before this time (monotonic) unless acknowledged."""
+    last_failover_at: float | None = None
+    quarantined: Mapping[str, Quarantined] = field(default_factory=dict)
+    alerted: frozenset[str] = frozenset()
+    """Keys of conditions already alerted; a key leaves when its condition is gone."""
+    route_retry_at: float = 0.0
+    """After a failed router change, the next attempt waits until then."""
+    rejoin_retry_at: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    plan: Plan
+    state: ControllerState
+
+
+NOTHING = "Nothing"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def executed(status: NodeStatus | None) -> gtid.GtidSet | None:
+    if status is None:
+        return None
+    try:
+        return gtid.parse(status.gtid_executed, status.flavor.value)
+    except ValueError:
+        return None
+
+
+def received(node: NodeView) -> gtid.GtidSet | None:
+    channel = node.channel
+    if channel is None or node.status is None:
+        return None
+    try:
+        return gtid.parse(channel.received_gtid, node.status.flavor.value)
+    except ValueError:
+        return None
+
+
+def errant_against(node: NodeView, others: list[gtid.GtidSet]) -> gtid.GtidSet | None:
+    """Transactions ``node`` executed that no other node has (errant), or None if unknown."""
+    mine = executed(node.status)
+    if mine is None:
+        return None
+    rest = mine
+    for other in others:
+        if other.flavor == mine.flavor:
+            rest = rest - other
+    return rest
+
+
+@dataclass(frozen=True)
+class Candidate:
+    node: str
+    eligible: bool
+    reason: str
+    received_count: int = -1
+    priority: int = 0
+    lag: int | None = None
+    received: str = ""
+
+    def row(self) -> str:
+        verdict = "eligible" if self.eligible else "rejected"
+        lag = "-" if self.lag is None else str(self.lag)
+        return (
+            f"{self.node:<10} {verdict:<9} received={self.received or '-':<20} "
+            f"priority={self.priority:<3} lag={lag:<4} {self.reason}"
+        )
+
+
+def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candidate]:
+    """Every replica of ``dead``, ranked: eligible first, most advanced received GTID first,
+    then priority, then lowest lag. Each with the reason it is eligible or rejected."""
+    membership = view.router.membership
+    hidden = membership.hidden if membership else frozenset()
+    dead_status = view.nodes[dead].status
+    known = [s for s in (executed(dead_status),) if s is not None]
+    for name, node in view.nodes.items():
+        if name != dead and (got := received(node)) is not None:
+            known.append(got)
+    out: list[Candidate] = []
+    for name in view.replicas_of(dead):
+        node = view.nodes[name]
+        conf = settings.node(name)
+        got = received(node)
+        channel = node.channel
+        base = {
+            "node": name,
+            "priority": conf.priority,
+            "lag": channel.seconds_behind if channel else None,
+            "received": str(got) if got is not None else "",
+            "received_count": got.count() if got is not None else -1,
+        }
+        others = [k for k in known if k is not got]
+        errant = errant_against(node, others)
+        reason = None
+        if not node.reachable:
+            reason = f"not reachable ({node.reason})"
+        elif name in hidden:
+            reason = "hidden by an operator (maintenance)"
+        elif conf.no_promote:
+            reason = "no_promote is set"
+        elif channel is None or not channel.sql_running:
+            reason = "SQL thread not running" + (
+                f" (error {channel.last_sql_errno}: {channel.last_sql_error})"
+                if channel and channel.last_sql_errno
+                else ""
+            )
+        elif got is None:
+            reason = "received GTID position unknown"
+        elif errant is None:
+            reason = "executed GTID set unreadable"
+        elif errant:
+            reason = f"errant transactions {errant}"
+        out.append(Candidate(eligible=reason is None, reason=reason or "ok", **base))
+
+    def rank(c: Candidate) -> tuple:
+        return (
+            not c.eligible,
+            -c.received_count,
+            -c.priority,
+            c.lag if c.lag is not None else float("inf"),
+            c.node,
+        )
+
+    return sorted(out, key=rank)
+
+
+def candidate_table(rows: list[Candidate]) -> str:
+    return "\n".join(c.row() for c in rows) or "(no replica of the dead primary)"
+
+
+def reader_ok(view: ClusterView, name: str, primary: str, max_lag: float) -> tuple[bool, str]:
+    node = view.nodes[name]
+    if node.health is not Health.HEALTHY:
+        return False, f"{node.health.value}: {node.reason}"
+    if view.sources.get(name) != primary:
+        return False, f"replicates from {view.sources.get(name)}, not {primary}"
+    channel = node.channel
+    assert channel is not None
+    if channel.seconds_behind is not None:
+        return channel.seconds_behind <= max_lag, f"{channel.seconds_behind} s behind"
+    # NULL lag is neither zero nor infinite: compare what it executed with the primary.
+    mine, theirs = executed(node.status), executed(view.nodes[primary].status)
+    if mine is None or theirs is None:
+        return False, "lag unknown (NULL) and GTID positions unreadable"
+    missing = gtid.behind(mine, theirs)
+    return missing == 0, f"lag NULL, {missing} transaction(s) behind the primary"
+
+
+def desired_membership(
+    view: ClusterView, state: ControllerState, settings: Settings
+) -> Membership | None:
+    """Where every managed node should be routed, or None when no primary can be named."""
+    primary = view.primary
+    if primary is None or not view.nodes[primary].reachable or primary in state.quarantined:
+        return None
+    status = view.nodes[primary].status
+    if status is None or status.read_only:
+        return None
+    membership = view.router.membership
+    hidden = membership.hidden if membership else frozenset()
+    readers = {primary} if settings.router.primary_is_reader else set()
+    broken: set[str] = set()
+    for name in view.nodes:
+        if name == primary or name in hidden:
+            continue
+        ok = (
+            name not in state.quarantined
+            and reader_ok(view, name, primary, settings.failover.max_lag)[0]
+        )
+        (readers if ok else broken).add(name)
+    return Membership.of([primary], readers, broken, hidden)
+
+
+def routing_differs(current: Membership | None, desired: Membership) -> bool:
+    """Compare what routes traffic: writers and readers (HAProxy reads hidden back as broken)."""
+    if current is None:
+        return True
+    return current.writers != desired.writers or current.readers != desired.readers
+
+
+def topology_text(view: ClusterView) -> str:
+    lines = []
+    for name, node in view.nodes.items():
+        role = (
+            "primary"
+            if name == view.primary
+            else (f"replica of {view.sources[name]}" if name in view.sources else "-")
+        )
+        lines.append(f"{name:<10} {node.health.value:<19} {role}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules, in priority order.
+
+Rule = Callable[[ClusterView, ControllerState, Settings, float], Decision | None]
+
+
+def _alert_once(state: ControllerState, key: str, plan: Plan, alert: Notify) -> Decision:
+    if key in state.alerted:
+        return Decision(
+            replace(plan, actions=tuple(a for a in plan.actions if not isinstance(a, Notify))),
+            state,
+        )
+    return Decision(
+        replace(plan, actions=(*plan.actions, alert)), replace(state, alerted=state.alerted | {key})
+    )
+
+
+def rule_no_quorum(view, state, settings, now) -> Decision | None:
+    if view.quorum.ok:
+        return None
+    reason = next(p.reason for p in view.problems if p.code is Code.NO_QUORUM)
+    plan = Plan(Code.NO_QUORUM.value, f"no change without quorum: {reason}", kind="alert")
+    alert = Notify("no_quorum", None, "no quorum, automatic changes stopped", reason)
+    return _alert_once(state, "NoQuorum", plan, alert)
+
+
+def rule_startup_grace(view, state, settings, now) -> Decision | None:
+    needed = settings.probes.failure_threshold
+    waiting = [
+        n
+        for n, node in view.nodes.items()
+        if node.probes < needed and node.health is not Health.UNREACHABLE
+    ]
+    if waiting:
+        return Decision(
+            Plan(
+                "StartupGrace", f"waiting for {needed} probes of {', '.join(waiting)} before acting"
+            ),
+            state,
+        )
+    return None
+
+
+def rule_fence_returning_primary(view, state, settings, now) -> Decision | None:
+    """An old primary came back writable: fence it before anything else (never two writers)."""
+    for name, q in state.quarantined.items():
+        node = view.nodes.get(name)
+        if node is None or not node.reachable or node.status is None:
+            continue
+        if not node.status.read_only:
+            return Decision(
+                Plan(
+                    "FenceReturningPrimary",
+                    f"old primary {name} is back and writable; {q.new_primary} is "
+                    "the primary now: set it read_only before anything else",
+                    (Fence(name),),
+                    kind="fence",
+                ),
+                state,
+            )
+    return None
+
+
+def rule_two_writers(view, state, settings, now) -> Decision | None:
+    problem = next(
+        (
+            p
+            for p in view.problems
+            if p.code in (Code.ROUTER_HAS_TWO_WRITERS, Code.TWO_WRITABLE_NODES)
+        ),
+        None,
+    )
+    if problem is None:
+        return None
+    halt = (
+        state.halt
+        if state.halt and state.halt.code == problem.code.value
+        else Halt(problem.code.value, problem.reason, now)
+    )
+    plan = Plan(
+        problem.code.value,
+        f"halted: {problem.reason}; no automatic change until an "
+        "operator leaves exactly one writer",
+        kind="halt",
+    )
+    alert = Notify(
+        "halt",
+        None,
+        f"HALT: {problem.code.value}",
+        problem.reason,
+        (("topology", topology_text(view)),),
+    )
+    return _alert_once(replace(state, halt=halt), f"halt:{problem.code.value}", plan, alert)
+
+
+def rule_halted(view, state, settings, now) -> Decision | None:
+    if state.halt is None:
+        return None
+    return Decision(
+        Plan("Halted", f"halted since {state.halt.since:.1f}: {state.halt.reason}", kind="halt"),
+        state,
+    )
+
+
+def rule_dead_primary(view, state, settings, now) -> Decision | None:
+    problem = next((p for p in view.problems if p.code is Code.DEAD_PRIMARY), None)
+    if problem is None:
+        return None
+    dead = problem.node
+    assert dead is not None
+    if dead in state.quarantined:
+        return None  # already failed over; the new primary's replicas show it
+    if state.blocked_until is not None and now < state.blocked_until:
+        left = state.blocked_until - now
+        plan = Plan(
+            "FailoverBlocked",
+            f"{dead} is dead but a failover happened "
+            f"{now - (state.last_failover_at or now):.0f} s ago: blocked for {left:.0f} s "
+            "more unless acknowledged (anti-flapping)",
+            kind="alert",
+        )
+        alert = Notify(
+            "failover_blocked",
+            dead,
+            "primary dead, failover blocked",
+            plan.reason,
+            (("topology", topology_text(view)),),
+        )
+        return _alert_once(state, f"blocked:{dead}", plan, alert)
+    ranked = candidates(view, settings, dead)
+    table = candidate_table(ranked)
+    if not ranked or not ranked[0].eligible:
+        reason = f"{dead} is dead and no replica can be promoted"
+        plan = Plan("NoCandidate", f"halted: {reason}", kind="halt")
+        alert = Notify(
+            "no_candidate",
+            dead,
+            "primary dead, NO candidate to promote",
+            problem.reason,
+            (("candidates", table), ("topology", topology_text(view))),
+        )
+        halted = replace(state, halt=Halt("NoCandidate", reason, now))
+        return _alert_once(halted, f"no_candidate:{dead}", plan, alert)
+    best = ranked[0].node
+    others = tuple(c.node for c in ranked[1:] if view.nodes[c.node].reachable)
+    others += tuple(
+        n
+        for n in view.replicas_of(dead)
+        if n not in others and n != best and view.nodes[n].reachable
+    )
+    membership = view.router.membership
+    hidden = membership.hidden if membership else frozenset()
+    readers = {best} if settings.router.primary_is_reader else set()
+    after = Membership.of(
+        [best], readers, {n for n in view.nodes if n not in (best, *hidden)} - readers, hidden
+    )
+    reason = (
+        f"{dead} is dead ({problem.reason}); promoting {best}, the most advanced "
+        f"eligible replica (received {ranked[0].received})"
+    )
+    actions: tuple[Action, ...] = (
+        RouteFence(dead),
+        WaitApplied(best, settings.failover.apply_timeout),
+        Promote(best, dead),
+        Repoint(others, best),
+        Route(after),
+        Notify(
+            "failover",
+            dead,
+            f"failover: {best} promoted, {dead} dead",
+            problem.reason,
+            (("candidates", table), ("topology before", topology_text(view))),
+        ),
+    )
+    new_state = replace(
+        state,
+        blocked_until=now + settings.failover.recovery_block,
+        last_failover_at=now,
+        quarantined={**state.quarantined, dead: Quarantined(dead, best, now)},
+    )
+    return Decision(Plan("DeadPrimary", reason, actions, kind="failover"), new_state)
+
+
+def rule_unreachable_primary(view, state, settings, now) -> Decision | None:
+    problem = next((p for p in view.problems if p.code is Code.UNREACHABLE_PRIMARY), None)
+    if problem is None:
+        return None
+    plan = Plan(Code.UNREACHABLE_PRIMARY.value, f"no failover: {problem.reason}", kind="alert")
+    alert = Notify(
+        "unreachable_primary",
+        problem.node,
+        "primary unreachable from the controller only, no failover",
+        problem.reason,
+        (("topology", topology_text(view)),),
+    )
+    return _alert_once(state, f"unreachable:{problem.node}", plan, alert)
+
+
+def rule_old_primary(view, state, settings, now) -> Decision | None:
+    """A fenced old primary: rejoin it when clean, keep it quarantined when errant."""
+    for name, q in sorted(state.quarantined.items()):
+        node = view.nodes.get(name)
+        primary = view.primary
+        if node is None or not node.reachable or node.status is None or primary is None:
+            continue
+        if view.sources.get(name) == primary and node.health is Health.HEALTHY:
+            ok, why = reader_ok(view, name, primary, settings.failover.max_lag)
+            if ok:  # rejoined and caught up: back to the readers
+                remaining = {k: v for k, v in state.quarantined.items() if k != name}
+                return Decision(
+                    Plan(
+                        "OldPrimaryRejoined",
+                        f"{name} replicates from {primary} and caught up ({why})",
+                    ),
+                    replace(state, quarantined=remaining),
+                )
+            continue
+        mine = executed(node.status)
+        theirs = executed(view.nodes[primary].status)
+        if mine is None or theirs is None:
+            continue
+        errant = mine - theirs
+        channel = node.channel
+        broken_1236 = channel is not None and channel.last_io_errno == 1236
+        if errant or broken_1236:
+            detail = (
+                str(errant)
+                if errant
+                else (f"replication error 1236: {channel.last_io_error}" if channel else "")
+            )
+            quarantined = {**state.quarantined, name: replace(q, errant=detail)}
+            plan = Plan(
+                "ErrantOldPrimary",
+                f"old primary {name} has errant transactions {detail}: kept in broken; "
+                "an operator must repair it (never RESET MASTER automatically)",
+                kind="alert",
+            )
+            alert = Notify(
+                "errant_transactions",
+                name,
+                f"old primary has errant transactions: {detail}",
+                plan.reason,
+                (("errant GTIDs", detail), ("topology", topology_text(view))),
+            )
+            return _alert_once(
+                replace(state, quarantined=quarantined), f"errant:{name}", plan, alert
+            )
+        if view.sources.get(name) == primary:
+            continue  # replicating already, catching up
+        if now < state.rejoin_retry_at.get(name, 0.0):
+            continue
+        return Decision(
+            Plan(
+                "RejoinOldPrimary",
+                f"old primary {name} has no errant transactions ({mine} within "
+                f"{theirs}): rejoin it as a replica of {primary}",
+                (Rejoin(name, primary),),
+                kind="rejoin",
+            ),
+            state,
+        )
+    return None
+
+
+def rule_route(view, state, settings, now) -> Decision | None:
+    if settings.router.kind == "none" or now < state.route_retry_at:
+        return None
+    desired = desired_membership(view, state, settings)
+    if desired is None:
+        return None
+    if not routing_differs(view.router.membership, desired):
+        return None
+    current = view.router.membership
+    writers = sorted(current.writers) if current else "unknown"
+    readers = sorted(current.readers) if current else "unknown"
+    reason = (
+        f"router differs from the topology: writers {writers} -> "
+        f"{sorted(desired.writers)}, readers {readers} -> {sorted(desired.readers)}"
+    )
+    return Decision(Plan("RouteReconcile", reason, (Route(desired),), kind="route"), state)
+
+
+RULES: tuple[tuple[str, Rule], ...] = (
+    ("NoQuorum", rule_no_quorum),
+    ("StartupGrace", rule_startup_grace),
+    ("FenceReturningPrimary", rule_fence_returning_primary),
+    ("TwoWriters", rule_two_writers),
+    ("Halted", rule_halted),
+    ("DeadPrimary", rule_dead_primary),
+    ("UnreachablePrimary", rule_unreachable_primary),
+    ("OldPrimary", rule_old_primary),
+    ("RouteReconcile", rule_route),
+)
+
+
+def _prune(view: ClusterView, state: ControllerState) -> ControllerState:
+    """Forget alerts and halts whose condition is gone, so they fire again if it returns."""
+    codes = {p.code.value for p in view.problems}
+    keep = set()
+    for key in state.alerted:
+        kind, _, node = key.partition(":")
+        alive = {
+            "NoQuorum": not view.quorum.ok,
+            "halt": node in codes,
+            "blocked": view.has(Code.DEAD_PRIMARY),
+            "no_candidate": view.has(Code.DEAD_PRIMARY),
+            "unreachable": view.has(Code.UNREACHABLE_PRIMARY),
+            "errant": node in state.quarantined,
+        }.get(kind, False)
+        if alive:
+            keep.add(key)
+    halt = state.halt
+    # A halt about the dead primary (no candidate, a failover step failed) lasts while the
+    # primary is dead; the others while their problem is seen.
+    about_dead = halt is not None and halt.code in ("NoCandidate", "FailoverFailed")
+    if (
+        halt is not None
+        and halt.code not in codes
+        and not (about_dead and view.has(Code.DEAD_PRIMARY))
+    ):
+        halt = None
+    return replace(state, alerted=frozenset(keep), halt=halt)
+
+
+def decide(view: ClusterView, state: ControllerState, settings: Settings, now: float) -> Decision:
+    """The next plan and the state after it. Pure."""
+    state = _prune(view, state)
+    for _, rule in RULES:
+        decision = rule(view, state, settings, now)
+        if decision is not None:
+            return decision
+    return Decision(Plan(NOTHING, "cluster as desired; nothing to do"), state)

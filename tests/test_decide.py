@@ -1,0 +1,410 @@
+"""decide(): every rule with plain values. No database, no event loop, no clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from hacontrol.decide import (
+    ControllerState,
+    Fence,
+    Halt,
+    Notify,
+    Promote,
+    Quarantined,
+    Rejoin,
+    Repoint,
+    Route,
+    RouteFence,
+    WaitApplied,
+    decide,
+)
+from hacontrol.events import ProbeResult
+from hacontrol.flavors.base import IoState
+from hacontrol.routing import Membership
+from hacontrol.view import ClusterView, fold, initial
+from tests.factories import down, primary, replica, router, settings, status
+
+S = settings()
+NOW = 100.0
+DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "refused"}
+
+
+def view_of(*rounds: list, s=S) -> ClusterView:
+    view = initial(s)
+    for events in rounds:
+        for event in events:
+            view = fold(view, event, s)
+    return view
+
+
+def healthy_round(at: float, **r2) -> list:
+    return [primary(at=at), replica("node2", at, **r2), replica("node3", at), router(at=at)]
+
+
+def healthy(**r2) -> ClusterView:
+    return view_of(*(healthy_round(t, **r2) for t in (1.0, 2.0, 3.0)))
+
+
+def dead_primary(n2: dict | None = None, n3: dict | None = None, s=S) -> ClusterView:
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    for t in (4.0, 5.0, 6.0):
+        rounds.append(
+            [
+                down("node1", t),
+                replica("node2", t, **{**DEAD_IO, **(n2 or {})}),
+                replica("node3", t, **{**DEAD_IO, **(n3 or {})}),
+            ]
+        )
+    return view_of(*rounds, s=s)
+
+
+def kinds(plan) -> list[str]:
+    return [type(a).__name__ for a in plan.actions]
+
+
+def test_healthy_cluster_nothing_to_do():
+    d = decide(healthy(), ControllerState(), S, NOW)
+    assert d.plan.rule == "Nothing" and d.plan.actions == ()
+
+
+def test_startup_grace_before_every_node_was_probed_enough():
+    view = view_of(healthy_round(1.0))
+    d = decide(view, ControllerState(), S, NOW)
+    assert d.plan.rule == "StartupGrace"
+    assert "waiting for 3 probes" in d.plan.reason
+
+
+def test_no_quorum_changes_nothing_and_alerts_once():
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [[down("node2", t), down("node3", t)] for t in (4.0, 5.0, 6.0)]
+    view = view_of(*rounds)
+    first = decide(view, ControllerState(), S, NOW)
+    assert first.plan.rule == "NoQuorum"
+    assert kinds(first.plan) == ["Notify"] and not first.plan.changes_cluster
+    assert "1 of 3 recognized nodes reachable" in first.plan.reason
+    second = decide(view, first.state, S, NOW + 1)
+    assert second.plan.rule == "NoQuorum" and second.plan.actions == ()
+    # Quorum back: the alert key is forgotten, so a new loss alerts again.
+    back = decide(healthy(), second.state, S, NOW + 2)
+    assert "NoQuorum" not in back.state.alerted
+
+
+ROUTING = [
+    # (name, view, expected writers, expected readers)
+    (
+        "router writer is not the primary",
+        view_of(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), [router(writers=("node2",), at=4.0)]),
+        {"node1"},
+        {"node1", "node2", "node3"},
+    ),
+    (
+        "lagging replica leaves the readers",
+        healthy(seconds_behind=30),
+        {"node1"},
+        {"node1", "node3"},
+    ),
+    (
+        "broken replica leaves the readers",
+        healthy(sql_running=False),
+        {"node1"},
+        {"node1", "node3"},
+    ),
+    (
+        "NULL lag but behind the primary by GTID leaves the readers",
+        view_of(
+            *(
+                [
+                    primary(at=t, gtid="0-1-120"),
+                    replica("node2", t, seconds_behind=None),
+                    replica("node3", t),
+                    router(at=t),
+                ]
+                for t in (1.0, 2.0, 3.0)
+            )
+        ),
+        {"node1"},
+        {"node1", "node3"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "view", "writers", "readers"), ROUTING, ids=[r[0] for r in ROUTING]
+)
+def test_route_reconcile(name, view, writers, readers):
+    d = decide(view, ControllerState(), S, NOW)
+    assert d.plan.rule == "RouteReconcile", d.plan.reason
+    (action,) = d.plan.actions
+    assert isinstance(action, Route)
+    assert action.desired.writers == writers and action.desired.readers == readers
+    assert action.desired.broken == {"node1", "node2", "node3"} - readers - writers
+
+
+def test_null_lag_caught_up_by_gtid_stays_reader():
+    view = healthy(seconds_behind=None)
+    assert decide(view, ControllerState(), S, NOW).plan.rule == "Nothing"
+
+
+def test_route_retry_waits_after_a_failure():
+    view = view_of(
+        *(healthy_round(t) for t in (1.0, 2.0, 3.0)), [router(writers=("node2",), at=4.0)]
+    )
+    d = decide(view, ControllerState(route_retry_at=NOW + 5), S, NOW)
+    assert d.plan.rule == "Nothing"
+
+
+def test_two_writable_nodes_halt_and_alert_once_then_clear():
+    writable_replica = ProbeResult(
+        "node2", 4.0, 0.001, replace(replica("node2", 4.0).status, read_only=False)
+    )
+    view = view_of(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), [writable_replica])
+    d = decide(view, ControllerState(), S, NOW)
+    assert d.plan.rule == "TwoWritableNodes" and d.plan.kind == "halt"
+    assert kinds(d.plan) == ["Notify"]
+    assert d.state.halt is not None and d.state.halt.code == "TwoWritableNodes"
+    again = decide(view, d.state, S, NOW + 1)
+    assert again.plan.actions == () and again.state.halt == d.state.halt
+    cleared = decide(healthy(), again.state, S, NOW + 2)
+    assert cleared.state.halt is None and cleared.plan.rule == "Nothing"
+
+
+def test_router_with_two_writers_halts():
+    view = view_of(
+        *(healthy_round(t) for t in (1.0, 2.0, 3.0)), [router(writers=("node1", "node2"), at=4.0)]
+    )
+    d = decide(view, ControllerState(), S, NOW)
+    assert d.plan.rule == "RouterHasTwoWriters"
+    assert not d.plan.changes_cluster
+
+
+def test_dead_primary_failover_plan_in_order():
+    view = dead_primary(n3={"received_gtid": "0-1-101"})  # node3 received more
+    d = decide(view, ControllerState(), S, NOW)
+    assert d.plan.rule == "DeadPrimary" and d.plan.kind == "failover"
+    assert "promoting node3" in d.plan.reason
+    assert kinds(d.plan) == ["RouteFence", "WaitApplied", "Promote", "Repoint", "Route", "Notify"]
+    fence, wait, promote, repoint, route, notify = d.plan.actions
+    assert fence == RouteFence("node1")
+    assert wait == WaitApplied("node3", S.failover.apply_timeout)
+    assert promote == Promote("node3", "node1")
+    assert repoint == Repoint(("node2",), "node3")
+    assert route.desired.writers == {"node3"} and "node1" in route.desired.broken
+    assert notify.kind == "failover" and "candidates" in dict(notify.sections)
+    assert d.state.blocked_until == NOW + S.failover.recovery_block
+    assert d.state.quarantined["node1"] == Quarantined("node1", "node3", NOW)
+
+
+CANDIDATES = [
+    # (name, node2 overrides, node3 overrides, settings overrides, expected winner)
+    ("equal positions: higher priority wins", {}, {}, {"node3": {"priority": 5}}, "node3"),
+    (
+        "equal positions and priority: lower lag wins",
+        {"seconds_behind": 3},
+        {"seconds_behind": 1},
+        {},
+        "node3",
+    ),
+    (
+        "more advanced received GTID beats priority",
+        {"received_gtid": "0-1-105"},
+        {},
+        {"node3": {"priority": 9}},
+        "node2",
+    ),
+    (
+        "no_promote is never chosen",
+        {"received_gtid": "0-1-105"},
+        {},
+        {"node2": {"no_promote": True}},
+        "node3",
+    ),
+    (
+        "stopped SQL thread is not a candidate",
+        {"received_gtid": "0-1-105", "sql_running": False},
+        {},
+        {},
+        "node3",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "n2", "n3", "nodes", "winner"), CANDIDATES, ids=[c[0] for c in CANDIDATES]
+)
+def test_candidate_ranking(name, n2, n3, nodes, winner):
+    s = settings(
+        nodes=[
+            {"name": n, "host": "127.0.0.1", "port": p, **nodes.get(n, {})}
+            for n, p in (("node1", 3301), ("node2", 3302), ("node3", 3303))
+        ]
+    )
+    d = decide(dead_primary(n2, n3, s=s), ControllerState(), s, NOW)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    assert next(a for a in d.plan.actions if isinstance(a, Promote)).node == winner
+
+
+def test_errant_replica_is_not_a_candidate():
+    # node2 executed a transaction of its own (server 2) that nobody else has.
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    for t in (4.0, 5.0, 6.0):
+        errant = replica("node2", t, **DEAD_IO)
+        errant = replace(errant, status=replace(errant.status, gtid_executed="0-2-101"))
+        rounds.append([down("node1", t), errant, replica("node3", t, **DEAD_IO)])
+    d = decide(view_of(*rounds), ControllerState(), S, NOW)
+    assert next(a for a in d.plan.actions if isinstance(a, Promote)).node == "node3"
+    table = dict(next(a for a in d.plan.actions if isinstance(a, Notify)).sections)["candidates"]
+    assert "errant transactions 0-2-101..101" in table
+
+
+def test_no_candidate_halts_with_the_table():
+    view = dead_primary({"sql_running": False}, {"sql_running": False})
+    d = decide(view, ControllerState(), S, NOW)
+    assert d.plan.rule == "NoCandidate" and d.plan.kind == "halt"
+    (alert,) = d.plan.actions
+    table = dict(alert.sections)["candidates"]
+    assert "node2" in table and "node3" in table and "SQL thread not running" in table
+    assert d.state.halt is not None
+    assert decide(view, d.state, S, NOW + 1).plan.actions == ()  # alerted once
+
+
+def test_controller_only_partition_alerts_without_failover():
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    for i, t in enumerate((4.0, 5.0, 6.0)):
+        rounds.append(
+            [
+                down("node1", t),
+                replica("node2", t, heartbeats_received=20 + i),
+                replica("node3", t, heartbeats_received=20 + i),
+            ]
+        )
+    d = decide(view_of(*rounds), ControllerState(), S, NOW)
+    assert d.plan.rule == "UnreachablePrimary"
+    assert kinds(d.plan) == ["Notify"] and d.plan.actions[0].kind == "unreachable_primary"
+    assert "no failover" in d.plan.reason
+
+
+def test_recovery_block_then_expiry():
+    view = dead_primary()
+    blocked = ControllerState(blocked_until=NOW + 10, last_failover_at=NOW - 5)
+    d = decide(view, blocked, S, NOW)
+    assert d.plan.rule == "FailoverBlocked" and not d.plan.changes_cluster
+    assert "anti-flapping" in d.plan.reason
+    assert decide(view, blocked, S, NOW + 11).plan.rule == "DeadPrimary"
+
+
+def test_failed_failover_halt_holds_while_the_primary_is_dead():
+    state = ControllerState(halt=Halt("FailoverFailed", "WaitApplied timed out", NOW))
+    d = decide(dead_primary(), state, S, NOW)
+    assert d.plan.rule == "Halted" and d.plan.actions == ()
+
+
+# After a failover node1 -> node2: node2 is primary, node3 replicates from it.
+def after_failover_round(t: float, node1: ProbeResult) -> list:
+    return [
+        primary("node2", at=t),
+        replica("node3", t, source="node2"),
+        node1,
+        router(writers=("node2",), readers=("node2", "node3"), broken=("node1",), at=t),
+    ]
+
+
+QUARANTINE = ControllerState(quarantined={"node1": Quarantined("node1", "node2", 50.0)})
+
+
+def old_primary_view(node1_status) -> ClusterView:
+    return view_of(
+        *(
+            after_failover_round(t, ProbeResult("node1", t, 0.001, node1_status))
+            for t in (1.0, 2.0, 3.0)
+        )
+    )
+
+
+def test_returning_old_primary_is_fenced_first():
+    view = old_primary_view(status(1, read_only=False, gtid="0-1-100"))
+    d = decide(view, QUARANTINE, S, NOW)
+    assert d.plan.rule == "FenceReturningPrimary" and d.plan.actions == (Fence("node1"),)
+
+
+def test_clean_old_primary_is_rejoined():
+    view = old_primary_view(status(1, read_only=True, gtid="0-1-100"))
+    d = decide(view, QUARANTINE, S, NOW)
+    assert d.plan.rule == "RejoinOldPrimary" and d.plan.actions == (Rejoin("node1", "node2"),)
+
+
+def test_errant_old_primary_stays_quarantined_with_the_gtids():
+    view = old_primary_view(status(1, read_only=True, gtid="0-1-103"))
+    d = decide(view, QUARANTINE, S, NOW)
+    assert d.plan.rule == "ErrantOldPrimary"
+    (alert,) = d.plan.actions
+    assert alert.kind == "errant_transactions" and "0-1-101..103" in alert.summary
+    assert d.state.quarantined["node1"].errant == "0-1-101..103"
+    assert decide(view, d.state, S, NOW + 1).plan.actions == ()  # once
+
+
+def test_rejoined_old_primary_leaves_quarantine_then_returns_to_readers():
+    rejoined = replica("node1", 1.0, source="node2").status
+    view = old_primary_view(rejoined)
+    d = decide(view, QUARANTINE, S, NOW)
+    assert d.plan.rule == "OldPrimaryRejoined" and d.state.quarantined == {}
+    nxt = decide(view, d.state, S, NOW)
+    assert nxt.plan.rule == "RouteReconcile"
+    assert nxt.plan.actions[0].desired.readers == {"node1", "node2", "node3"}
+
+
+def test_hidden_node_is_never_routed_or_promoted():
+    s4 = settings(
+        nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in (1, 2, 3, 4)]
+    )
+    membership = {"readers": ("node1", "node2", "node4"), "hidden": ("node3",)}
+    rounds = [
+        [
+            primary(at=t),
+            replica("node2", t),
+            replica("node3", t),
+            replica("node4", t),
+            router(**membership, at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    assert decide(view_of(*rounds, s=s4), ControllerState(), s4, NOW).plan.rule == "Nothing"
+    for t in (4.0, 5.0, 6.0):
+        rounds.append(
+            [
+                down("node1", t),
+                replica("node2", t, **DEAD_IO),
+                replica("node3", t, **{**DEAD_IO, "received_gtid": "0-1-200"}),
+                replica("node4", t, **DEAD_IO),
+                router(**membership, at=t),
+            ]
+        )
+    view = view_of(*rounds, s=s4)
+    assert view.quorum.recognized == ("node1", "node2", "node4")  # hidden: not counted
+    d = decide(view, ControllerState(), s4, NOW)
+    assert next(a for a in d.plan.actions if isinstance(a, Promote)).node == "node2"
+    route = next(a for a in d.plan.actions if isinstance(a, Route))
+    assert route.desired.hidden == {"node3"} and "node3" not in route.desired.broken
+    table = dict(next(a for a in d.plan.actions if isinstance(a, Notify)).sections)["candidates"]
+    assert "hidden by an operator" in table
+
+
+def test_hidden_node_leaves_two_recognized_nodes_without_quorum_after_one_loss():
+    rounds = [
+        [*healthy_round(t)[:3], router(readers=("node1", "node2"), hidden=("node3",), at=t)]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [[down("node1", t), replica("node2", t, **DEAD_IO)] for t in (4.0, 5.0, 6.0)]
+    assert decide(view_of(*rounds), ControllerState(), S, NOW).plan.rule == "NoQuorum"
+
+
+def test_every_plan_explains_itself():
+    for view in (healthy(), dead_primary(), healthy(seconds_behind=30)):
+        assert decide(view, ControllerState(), S, NOW).plan.reason
+
+
+def test_membership_values_are_exact():
+    view = healthy(seconds_behind=30)
+    (route,) = decide(view, ControllerState(), S, NOW).plan.actions
+    assert route.desired == Membership.of(["node1"], ["node1", "node3"], ["node2"])
