@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the controller in the foreground (JSON log on stdout)")
     _config_option(run)
+    run.add_argument(
+        "--ack",
+        action="store_true",
+        help="acknowledge the last failover: clear the recovery block kept in the journal",
+    )
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="probe the nodes and router once, print the topology")
@@ -95,11 +100,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_CONFIG
     from hacontrol.jsonlog import JsonLog
+    from hacontrol.routing import RouterError
     from hacontrol.service import run_forever, secrets_of
 
     settings = loaded.settings
     log = JsonLog(settings.cluster.name, level=settings.log.level, secrets=secrets_of(settings))
-    return run_forever(settings, log)
+    try:
+        return run_forever(settings, log, acknowledge_block=args.ack)
+    except RouterError as exc:
+        log.emit("startup_refused", None, "error", reason=str(exc))
+        print(f"hacontrol: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:

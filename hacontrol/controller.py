@@ -1,8 +1,8 @@
-"""The single decision task: consumes the event queue in order and keeps the cluster view.
+"""The single decision task: consumes the event queue in order, keeps the cluster view,
+decides, and starts plans.
 
-First form: it folds every event into the view, logs every event and every derived state
-change as one JSON line, and asks the probes for a fast re-probe when the primary may have
-died. It changes nothing in the cluster yet.
+Every event and every derived state change is one JSON line. A failed probe of the primary or
+a lost watch connection asks the probes for a fast re-probe of every node.
 """
 
 from __future__ import annotations
@@ -10,9 +10,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
-from hacontrol.events import ConnectionLost, Event, ProbeResult, RouterProbeResult, Stop, Tick
+from hacontrol.decide import ControllerState, Halt, Notify, Plan, decide
+from hacontrol.events import (
+    ConnectionLost,
+    Event,
+    PlanFinished,
+    ProbeResult,
+    RouterProbeResult,
+    Stop,
+    Tick,
+)
+from hacontrol.executor import Executor
 from hacontrol.flavors.base import NodeStatus
+from hacontrol.journal import Intent, Journal, state_from_json, state_to_json
 from hacontrol.jsonlog import JsonLog
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, changes, fold, initial
@@ -38,6 +50,13 @@ def reprobe_targets(before: ClusterView, event: Event, settings: Settings) -> fr
 
 
 class Controller:
+    """The single decision task. It alone decides; the executor it starts alone acts.
+
+    After every event: fold it into the view, log what changed, then, when no plan is running,
+    ``decide`` and start the plan (one at a time, in its own task, so events keep flowing into
+    the view meanwhile). A plan's result comes back as a PlanFinished event.
+    """
+
     def __init__(
         self,
         settings: Settings,
@@ -45,22 +64,61 @@ class Controller:
         queue: asyncio.Queue[Event],
         *,
         reprobe: Reprobe = lambda nodes: None,
+        executor: Executor | None = None,
+        journal: Journal | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        acknowledge_block: bool = False,
     ) -> None:
         self.settings = settings
         self.log = log
         self.queue = queue
         self.view = initial(settings)
+        self.executor = executor
+        self.journal = journal
         self._reprobe = reprobe
         self._clock = clock
+        self._wall = wall_clock
+        self.state = ControllerState(started_at=clock())
+        self._resume: Intent | None = None
+        self._running: asyncio.Task[None] | None = None
+        self._last_logged: tuple[str, str] | None = None
+        self.decisions: list[dict[str, object]] = []
+        """The last decisions with their reasons (newest last), for status and tests."""
+        if journal is not None:
+            self._load_journal(journal, acknowledge_block)
+
+    def _load_journal(self, journal: Journal, acknowledge_block: bool) -> None:
+        replay = journal.load()
+        if replay.state is not None:
+            self.state = state_from_json(replay.state, self._clock(), self._wall())
+        if acknowledge_block and self.state.blocked_until is not None:
+            self.state = replace(self.state, blocked_until=None)
+            self.log.emit(
+                "recovery_block_acknowledged", None, "warning", reason="--ack given at start-up"
+            )
+        self._resume = replay.unfinished
+        if self._resume is not None:
+            self.log.emit(
+                "journal_unfinished",
+                None,
+                "warning",
+                plan=self._resume.plan_id,
+                rule=self._resume.plan.rule,
+                done_steps=sorted(self._resume.done),
+                reason="a plan began before the controller stopped; it is finished "
+                "before anything new",
+            )
 
     async def run(self) -> None:
-        """Consume events until a Stop event."""
+        """Consume events until a Stop event; then wait for a running plan (bounded)."""
         while True:
             event = await self.queue.get()
             self.handle(event)
             if isinstance(event, Stop):
-                return
+                break
+        if self._running is not None and not self._running.done():
+            await asyncio.wait([self._running], timeout=self.settings.failover.action_timeout)
 
     def handle(self, event: Event) -> None:
         log_event(self.log, event)
@@ -68,6 +126,8 @@ class Controller:
         self.view = fold(before, event, self.settings)
         for change in changes(before, self.view):
             self.log.emit(change.event, change.node, change.level, **change.fields)
+        if isinstance(event, PlanFinished):
+            self._finished(event)
         if targets := reprobe_targets(before, event, self.settings):
             self.log.emit(
                 "fast_reprobe",
@@ -77,6 +137,116 @@ class Controller:
                 cause=type(event).__name__,
             )
             self._reprobe(targets)
+        if not isinstance(event, Stop):
+            self._decide()
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    def _decide(self) -> None:
+        if self.executor is None or (self._running is not None and not self._running.done()):
+            return
+        now = self._clock()
+        decision = decide(self.view, self.state, self.settings, now)
+        plan = decision.plan
+        if self._resume is not None and plan.rule not in ("NoQuorum", "StartupGrace"):
+            intent, self._resume = self._resume, None
+            remaining = intent.remaining()
+            self._log_decision(remaining, force=True)
+            self._start(intent.plan_id, intent.plan, skip=intent.done, resumed=True)
+            return
+        self._set_state(decision.state)
+        self._log_decision(plan)
+        if not plan.actions:
+            return
+        if not plan.changes_cluster:  # alerts only: hand them to the notifier now
+            for action in plan.actions:
+                assert isinstance(action, Notify)
+                self.executor.notify(action, plan)
+            return
+        self._start(f"{plan.kind}-{int(self._wall() * 1000)}", plan)
+
+    def _start(
+        self, plan_id: str, plan: Plan, *, skip: frozenset[int] = frozenset(), resumed: bool = False
+    ) -> None:
+        assert self.executor is not None
+        executor = self.executor
+        self.log.emit(
+            "plan_started",
+            None,
+            "warning" if plan.kind == "failover" else "info",
+            plan=plan_id,
+            rule=plan.rule,
+            kind=plan.kind,
+            reason=plan.reason,
+            actions=[type(a).__name__ for i, a in enumerate(plan.actions) if i not in skip],
+        )
+
+        async def execute() -> None:
+            result = await executor.run(plan_id, plan, skip=skip, resumed=resumed)
+            self.queue.put_nowait(result)
+
+        self._running = asyncio.create_task(execute(), name=f"plan:{plan_id}")
+
+    def _finished(self, event: PlanFinished) -> None:
+        self.log.emit(
+            "plan_finished",
+            None,
+            "info" if event.ok else "error",
+            plan=event.plan_id,
+            rule=event.rule,
+            kind=event.kind,
+            ok=event.ok,
+            reason=event.reason,
+            seconds=event.seconds,
+        )
+        now = self._clock()
+        state = self.state
+        if not event.ok:
+            if event.kind == "failover":
+                reason = f"failover stopped: {event.reason}"
+                state = replace(state, halt=Halt("FailoverFailed", reason, now))
+                if self.executor is not None:
+                    self.executor.notify(
+                        Notify("halt", None, "HALT: failover failed", reason),
+                        Plan("FailoverFailed", reason, kind="halt"),
+                    )
+            elif event.kind == "route":
+                state = replace(state, route_retry_at=now + 2 * self.settings.probes.interval)
+            elif event.kind == "rejoin":
+                node = next((s.target for s in event.steps if s.target), None)
+                if node:
+                    retry = {**state.rejoin_retry_at, node: now + 30.0}
+                    state = replace(state, rejoin_retry_at=retry)
+        self._set_state(state)
+
+    def _set_state(self, state: ControllerState) -> None:
+        persisted_before = (
+            self.state.blocked_until,
+            self.state.last_failover_at,
+            self.state.quarantined,
+        )
+        self.state = state
+        if self.journal is not None and persisted_before != (
+            state.blocked_until,
+            state.last_failover_at,
+            state.quarantined,
+        ):
+            self.journal.save_state(state_to_json(state, self._clock(), self._wall()))
+
+    def _log_decision(self, plan: Plan, force: bool = False) -> None:
+        key = (plan.rule, plan.reason)
+        if not force and key == self._last_logged and not plan.actions:
+            return
+        self._last_logged = key
+        level = "info" if plan.rule in ("Nothing", "StartupGrace") else "warning"
+        record = {
+            "rule": plan.rule,
+            "kind": plan.kind,
+            "reason": plan.reason,
+            "actions": [type(a).__name__ for a in plan.actions],
+        }
+        self.decisions = [*self.decisions[-19:], {"at": self._wall(), **record}]
+        self.log.emit("decision", None, level, **record)
 
 
 def log_event(log: JsonLog, event: Event) -> None:
@@ -109,6 +279,8 @@ def log_event(log: JsonLog, event: Event) -> None:
             log.emit("router_probe", None, "warning", kind=event.kind, error=event.error)
         case Tick():
             pass  # ticks drive timers; a line each second would say nothing
+        case PlanFinished():
+            pass  # logged as plan_finished by the controller
         case Stop():
             log.emit("stop_requested", None, "info", reason=event.reason)
 

@@ -55,6 +55,32 @@ class RouterProbeResult:
 
 
 @dataclass(frozen=True, slots=True)
+class StepResult:
+    index: int
+    action: str
+    target: str | None
+    ok: bool
+    changed: bool
+    reason: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlanFinished:
+    """The executor ran a plan; the decision task updates its state from this."""
+
+    at: float
+    plan_id: str
+    rule: str
+    kind: str
+    ok: bool
+    reason: str
+    failed_action: str | None
+    steps: tuple[StepResult, ...]
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Timer tick: lets time-based rules (stalled heartbeats, blocks) fire without a probe."""
 
@@ -69,4 +95,4 @@ class Stop:
     reason: str
 
 
-Event = ProbeResult | ConnectionLost | RouterProbeResult | Tick | Stop
+Event = ProbeResult | ConnectionLost | RouterProbeResult | PlanFinished | Tick | Stop

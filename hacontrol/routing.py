@@ -68,9 +68,15 @@ class Membership:
         }
 
 
-def desired_state_problem(desired: Membership) -> str | None:
-    """Why a desired membership must not be applied, or None when it may be."""
-    if len(desired.writers) != 1:
+def desired_state_problem(desired: Membership, *, allow_no_writer: bool = False) -> str | None:
+    """Why a desired membership must not be applied, or None when it may be.
+
+    ``allow_no_writer``: the first step of a failover takes the dead primary out of the writer
+    group before the new one is promoted; no writer for a moment is safe, two never are.
+    """
+    if allow_no_writer and not desired.writers:
+        pass
+    elif len(desired.writers) != 1:
         count, names = len(desired.writers), sorted(desired.writers)
         return f"desired state has {count} writers {names}; exactly one is allowed"
     for role_set, name in ((desired.writers, "writer"), (desired.readers, "reader")):
@@ -94,13 +100,24 @@ class Router(Protocol):
         """What the router is really doing now, for the managed nodes. Raises RouterError."""
         ...
 
-    async def apply(self, desired: Membership) -> bool:
+    async def apply(self, desired: Membership, *, allow_no_writer: bool = False) -> bool:
         """Make the router do ``desired``; returns True when anything was sent.
 
         Applying a state equal to the current one sends no write. Refuses (RouterError) a
-        desired state with other than one writer. Never leaves two writers, even for a moment.
-        Raises RouterError when the router cannot be changed or does not confirm the change.
+        desired state with other than one writer (zero allowed with ``allow_no_writer``).
+        Never leaves two writers, even for a moment. Raises RouterError when the router
+        cannot be changed or does not confirm the change.
         """
         ...
 
     async def close(self) -> None: ...
+
+
+def fenced(current: Membership, node: str) -> Membership:
+    """``current`` with ``node`` out of the writer and reader groups, into broken."""
+    return Membership(
+        writers=current.writers - {node},
+        readers=current.readers - {node},
+        broken=(current.broken | {node}) - current.hidden,
+        hidden=current.hidden,
+    )

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Iterable
 
+from hacontrol.actions.mysql import MySQLActions
+from hacontrol.actions.notify import MailPolicy, Notifier
 from hacontrol.controller import Controller
 from hacontrol.events import Event, Stop, Tick
+from hacontrol.executor import Executor
+from hacontrol.journal import Journal
 from hacontrol.jsonlog import JsonLog
 from hacontrol.mysqlconn import Endpoint
 from hacontrol.probes.mysql import NodeProbe
@@ -74,13 +79,40 @@ class Runtime:
     workers and closes their connections within ``SHUTDOWN_GRACE``.
     """
 
-    def __init__(self, settings: Settings, log: JsonLog) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log: JsonLog,
+        *,
+        acknowledge_block: bool = False,
+        mail_policy: MailPolicy | None = None,
+    ) -> None:
         self.settings = settings
         self.log = log
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.probes = node_probes(settings, self.emit)
         self.router = build_router(settings)
-        self.controller = Controller(settings, log, self.queue, reprobe=self._reprobe)
+        self.notifier = Notifier(settings.smtp, log, policy=mail_policy or MailPolicy())
+        self.journal = Journal(settings.controller.journal)
+        self.executor = Executor(
+            settings,
+            log,
+            mysql=MySQLActions(settings, timeout=settings.failover.action_timeout),
+            router=self.router,
+            notifier=self.notifier,
+            journal=self.journal,
+            view=lambda: self.controller.view,
+            fault_after=os.environ.get("HACONTROL_TEST_CRASH_AFTER") or None,
+        )
+        self.controller = Controller(
+            settings,
+            log,
+            self.queue,
+            reprobe=self._reprobe,
+            executor=self.executor,
+            journal=self.journal,
+            acknowledge_block=acknowledge_block,
+        )
         self._workers: list[asyncio.Task[None]] = []
         self._decision: asyncio.Task[None] | None = None
 
@@ -94,6 +126,9 @@ class Runtime:
     async def __aenter__(self) -> Runtime:
         settings = self.settings
         loop = asyncio.get_running_loop()
+        check = getattr(self.router, "check_startup", None)
+        if check is not None:
+            await check()  # RouterError: e.g. ProxySQL's own read_only monitor would fight us
         self.log.emit(
             "started",
             None,
@@ -118,6 +153,7 @@ class Runtime:
         self._workers.append(
             asyncio.create_task(_ticker(self.emit, settings.probes.interval), name="ticker")
         )
+        self._notifier_task = asyncio.create_task(self.notifier.run(), name="notifier")
         self._decision = asyncio.create_task(self.controller.run(), name="decision")
         return self
 
@@ -147,6 +183,9 @@ class Runtime:
             except TimeoutError:
                 decision.cancel()
         stopping = time.monotonic()
+        with contextlib.suppress(Exception):
+            await self.notifier.close(0.5)
+        self._workers.append(self._notifier_task)
         for task in self._workers:
             task.cancel()
         _, pending = await asyncio.wait(self._workers, timeout=SHUTDOWN_GRACE)
@@ -172,9 +211,9 @@ def _where(task: asyncio.Task[None]) -> list[str]:
     ]
 
 
-async def serve(settings: Settings, log: JsonLog) -> int:
+async def serve(settings: Settings, log: JsonLog, *, acknowledge_block: bool = False) -> int:
     loop = asyncio.get_running_loop()
-    async with Runtime(settings, log) as runtime:
+    async with Runtime(settings, log, acknowledge_block=acknowledge_block) as runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(
                 sig, lambda name=sig.name: runtime.emit(Stop(time.monotonic(), name))
@@ -193,11 +232,12 @@ async def _ticker(emit, interval: float) -> None:
         emit(Tick(time.monotonic()))
 
 
-def run_forever(settings: Settings, log: JsonLog) -> int:
+def run_forever(settings: Settings, log: JsonLog, *, acknowledge_block: bool = False) -> int:
     """Run ``serve`` on uvloop when installed, else on the default loop."""
+    main = serve(settings, log, acknowledge_block=acknowledge_block)
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(serve(settings, log))
+        return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(settings, log))
+        return runner.run(main)

@@ -131,6 +131,13 @@ class SMTPSettings(_Section):
     timeout: PositiveSeconds = 10.0
 
 
+class ControllerSettings(_Section):
+    journal: Path = Path("state/journal.jsonl")
+    """Intent journal (fsynced JSON lines); a relative path is taken from the settings file's
+    folder. It must be on persistent storage: it carries unfinished failovers and the
+    recovery block across restarts."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "debug"
     """debug: every event, each probe result included (about one line per node per interval);
@@ -153,6 +160,7 @@ class Settings(BaseSettings):
     probes: ProbeSettings = ProbeSettings()
     failover: FailoverSettings = FailoverSettings()
     smtp: SMTPSettings = SMTPSettings()
+    controller: ControllerSettings = ControllerSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -215,6 +223,9 @@ def load_settings(explicit: str | Path | None = None) -> Loaded:
     except ValidationError as exc:
         raise SettingsError([_describe(err) for err in exc.errors()]) from None
     settings, problems = _resolve_secrets(settings, path.parent)
+    if not settings.controller.journal.is_absolute():
+        journal = path.parent.resolve() / settings.controller.journal
+        settings = _replace(settings, ("controller",), {"journal": journal})
     errors, warnings = check(settings)
     # A secret whose file failed is already reported once, under its *_file key.
     failed = {p.split(":", 1)[0].removesuffix("_file") for p in problems}

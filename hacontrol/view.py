@@ -17,7 +17,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from hacontrol.events import ConnectionLost, Event, ProbeResult, RouterProbeResult, Stop, Tick
+from hacontrol.events import (
+    ConnectionLost,
+    Event,
+    PlanFinished,
+    ProbeResult,
+    RouterProbeResult,
+    Stop,
+    Tick,
+)
 from hacontrol.flavors.base import IoState, NodeStatus, ReplicationStatus
 from hacontrol.routing import Membership
 from hacontrol.settings import Settings
@@ -161,7 +169,7 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
                 warnings=event.warnings,
             )
             view = replace(view, router=router)
-        case ConnectionLost() | Tick() | Stop() | ProbeResult():
+        case ConnectionLost() | Tick() | Stop() | PlanFinished() | ProbeResult():
             pass  # a lost connection only triggers a re-probe; the probe's result tells
     return derive(replace(view, at=max(view.at, event.at)), settings)
 

@@ -326,8 +326,8 @@ class HAProxyRouter:
             self.settings.reader_backend,
         )
 
-    async def apply(self, desired: Membership) -> bool:
-        if problem := desired_state_problem(desired):
+    async def apply(self, desired: Membership, *, allow_no_writer: bool = False) -> bool:
+        if problem := desired_state_problem(desired, allow_no_writer=allow_no_writer):
             raise RouterError(f"refusing to apply HAProxy membership: {problem}")
         if unknown := desired.nodes() - set(self.nodes):
             raise RouterError(f"refusing to apply HAProxy membership: unmanaged {sorted(unknown)}")

@@ -519,8 +519,8 @@ class ProxySQLRouter:
         rows = await self._call("read", self._read_runtime)
         return membership_of(rows, self.layout)
 
-    async def apply(self, desired: Membership) -> bool:
-        if problem := desired_state_problem(desired):
+    async def apply(self, desired: Membership, *, allow_no_writer: bool = False) -> bool:
+        if problem := desired_state_problem(desired, allow_no_writer=allow_no_writer):
             raise RouterError(f"refusing to apply ProxySQL membership: {problem}")
         if unknown := desired.nodes() - self.layout.names():
             raise RouterError(

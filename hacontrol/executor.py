@@ -1,0 +1,231 @@
+"""Runs one plan's actions in order: the only code that changes nodes and the router.
+
+Side effects only; what to do was decided by ``decide``. Each action has a timeout and its
+implementation re-checks its precondition on fresh data. A failed ``required`` action stops the
+plan; the others are logged and the plan goes on. Multi-step plans (failover, rejoin) are
+journaled: ``begin`` before the first step, ``step`` after each, ``end`` at the finish.
+The result comes back to the decision task as a ``PlanFinished`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hacontrol import decide as d
+from hacontrol.actions.mysql import MySQLActions
+from hacontrol.actions.notify import Alert, Notifier
+from hacontrol.events import PlanFinished, StepResult
+from hacontrol.journal import Journal
+from hacontrol.jsonlog import JsonLog
+from hacontrol.routing import Router, fenced
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView
+
+JOURNALED = frozenset({"failover", "rejoin"})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    changed: bool
+    reason: str
+
+
+class Executor:
+    def __init__(
+        self,
+        settings: Settings,
+        log: JsonLog,
+        *,
+        mysql: MySQLActions,
+        router: Router | None,
+        notifier: Notifier | None,
+        journal: Journal | None,
+        view: Callable[[], ClusterView],
+        clock: Callable[[], float] = time.monotonic,
+        fault_after: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.log = log
+        self.mysql = mysql
+        self.router = router
+        self.notifier = notifier
+        self.journal = journal
+        self._view = view
+        self._clock = clock
+        self._fault_after = fault_after
+        """Test-only fault injection: crash (SIGKILL self) right after this action type."""
+
+    async def run(
+        self,
+        plan_id: str,
+        plan: d.Plan,
+        *,
+        skip: frozenset[int] = frozenset(),
+        resumed: bool = False,
+    ) -> PlanFinished:
+        started = self._clock()
+        journaled = plan.kind in JOURNALED and self.journal is not None
+        if journaled and not resumed:
+            assert self.journal is not None
+            self.journal.begin(plan_id, plan)
+        steps: list[StepResult] = []
+        timings: dict[str, float] = {}
+        failed: str | None = None
+        for index, action in enumerate(plan.actions):
+            if index in skip:
+                continue
+            name = type(action).__name__
+            t0 = self._clock()
+            try:
+                outcome = await self._do(action, plan, started, timings)
+            except Exception as exc:  # an action must not kill the decision task
+                outcome = Outcome(False, False, f"{type(exc).__name__}: {exc}")
+            took = self._clock() - t0
+            timings[name] = self._clock() - started
+            step = StepResult(
+                index,
+                name,
+                _target(action),
+                outcome.ok,
+                outcome.changed,
+                outcome.reason,
+                round(took, 3),
+            )
+            steps.append(step)
+            self.log.emit(
+                "action",
+                step.target,
+                "info" if outcome.ok else "error",
+                plan=plan_id,
+                rule=plan.rule,
+                action=name,
+                ok=outcome.ok,
+                changed=outcome.changed,
+                reason=outcome.reason,
+                seconds=round(took, 3),
+            )
+            if journaled:
+                assert self.journal is not None
+                self.journal.step(plan_id, index, outcome.ok, outcome.reason)
+            if self._fault_after == name:
+                _crash_for_test(self.log, name)
+            if not outcome.ok and action.required:
+                failed = name
+                break
+        ok = failed is None
+        reason = "all steps done" if ok else f"{failed} failed: {steps[-1].reason}"
+        if journaled:
+            assert self.journal is not None
+            self.journal.end(plan_id, ok, reason)
+        return PlanFinished(
+            self._clock(),
+            plan_id,
+            plan.rule,
+            plan.kind,
+            ok,
+            reason,
+            failed,
+            tuple(steps),
+            round(self._clock() - started, 3),
+        )
+
+    async def _do(
+        self, action: d.Action, plan: d.Plan, started: float, timings: dict[str, float]
+    ) -> Outcome:
+        timeout = self.settings.failover.action_timeout
+        match action:
+            case d.RouteFence(node=node):
+                if self.router is None:
+                    return Outcome(True, False, "no router")
+                current = await self.router.read()
+                desired = fenced(current, node)
+                changed = await self.router.apply(desired, allow_no_writer=True)
+                return Outcome(True, changed, f"{node} out of the writer and reader groups")
+            case d.Route(desired=desired):
+                if self.router is None:
+                    return Outcome(True, False, "no router")
+                changed = await self.router.apply(desired)
+                return Outcome(True, changed, f"router: {desired.to_json()}")
+            case d.WaitApplied(node=node, timeout=wait):
+                return _outcome(await self.mysql.wait_applied(node, wait))
+            case d.Promote(node=node, old_primary=old):
+                src = self.settings.node(old)
+                return _outcome(await self.mysql.promote(node, src.host, src.port, timeout))
+            case d.Repoint(nodes=nodes, new_primary=new):
+                if not nodes:
+                    return Outcome(True, False, "no other replica")
+                src = self.settings.node(new)
+                results = await asyncio.gather(
+                    *(self.mysql.repoint(n, src.host, src.port, timeout) for n in nodes)
+                )
+                bad = [f"{r.node}: {r.reason}" for r in results if not r.ok]
+                return Outcome(
+                    not bad,
+                    any(r.changed for r in results),
+                    "; ".join(bad) or f"{', '.join(nodes)} replicate from {new}",
+                )
+            case d.Fence(node=node):
+                return _outcome(await self.mysql.fence(node, timeout))
+            case d.Rejoin(node=node, new_primary=new):
+                src = self.settings.node(new)
+                return _outcome(await self.mysql.rejoin(node, src.host, src.port, timeout))
+            case d.Notify():
+                self._notify(action, plan, timings)
+                return Outcome(True, False, "alert sent to the notifier")
+        raise TypeError(f"unknown action {action!r}")
+
+    def notify(self, action: d.Notify, plan: d.Plan) -> None:
+        """An alert outside a running plan (halts, refusals): never blocks."""
+        self._notify(action, plan, {})
+
+    def _notify(self, action: d.Notify, plan: d.Plan, timings: dict[str, float]) -> None:
+        sections = list(action.sections)
+        if plan.kind == "failover" and timings:
+            lines = [f"{name:<12} +{seconds:.3f} s" for name, seconds in timings.items()]
+            sections.append(("timings (from the decision)", "\n".join(lines)))
+            sections.append(("topology after", d.topology_text(self._view())))
+        alert = Alert(
+            action.kind,
+            self.settings.cluster.name,
+            action.node,
+            action.summary,
+            action.reason,
+            tuple(sections),
+        )
+        if self.notifier is not None:
+            self.notifier.alert(alert)
+        else:
+            self.log.emit(
+                "alert",
+                action.node,
+                "warning",
+                kind=action.kind,
+                summary=action.summary,
+                reason=action.reason,
+                mail="off",
+            )
+
+
+def _outcome(result) -> Outcome:  # ActionResult from actions/mysql.py
+    return Outcome(result.ok, result.changed, result.reason)
+
+
+def _target(action: d.Action) -> str | None:
+    for attr in ("node",):
+        if hasattr(action, attr):
+            return getattr(action, attr)
+    if isinstance(action, d.Repoint):
+        return ",".join(action.nodes)
+    return None
+
+
+def _crash_for_test(log: JsonLog, after: str) -> None:
+    import os
+    import signal
+
+    log.emit("fault_injected", None, "error", after=after)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,243 @@
+"""Intent journal: multi-step changes survive a crash of the controller.
+
+Append-only JSON lines, each written and fsynced before the call returns:
+
+- ``begin``: a plan's id, kind, rule, reason and its actions, written BEFORE its first step;
+- ``step``: one action done (index, ok, detail), written right after it completed;
+- ``end``: the plan finished (ok or not);
+- ``state``: the controller state that must outlive a restart (quarantined old primaries,
+  the recovery block, the last failover), in wall-clock time.
+
+``load()`` replays the file: the last state, and the plan that began but did not end (with the
+indexes of its completed steps), which the controller finishes before anything new. The file
+is compacted at load to those two records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from hacontrol import decide as d
+from hacontrol.routing import Membership
+
+ACTION_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        d.RouteFence,
+        d.Route,
+        d.WaitApplied,
+        d.Promote,
+        d.Repoint,
+        d.Fence,
+        d.Rejoin,
+        d.Notify,
+    )
+}
+
+
+def action_to_json(action: d.Action) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type(action).__name__}
+    for f in fields(action):
+        value = getattr(action, f.name)
+        if isinstance(value, Membership):
+            value = value.to_json()
+        elif isinstance(value, tuple):
+            value = [list(v) if isinstance(v, tuple) else v for v in value]
+        out[f.name] = value
+    return out
+
+
+def action_from_json(data: dict[str, Any]) -> d.Action:
+    data = dict(data)
+    cls = ACTION_TYPES[data.pop("type")]
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name == "desired":
+            value = Membership.of(
+                value["writers"], value["readers"], value["broken"], value["hidden"]
+            )
+        elif f.name == "nodes":
+            value = tuple(value)
+        elif f.name == "sections":
+            value = tuple((a, b) for a, b in value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Intent:
+    plan_id: str
+    plan: d.Plan
+    done: frozenset[int] = field(default_factory=frozenset)
+
+    def remaining(self) -> d.Plan:
+        actions = tuple(a for i, a in enumerate(self.plan.actions) if i not in self.done)
+        return d.Plan(
+            self.plan.rule,
+            f"resuming after a controller restart: {self.plan.reason}",
+            actions,
+            self.plan.kind,
+        )
+
+
+@dataclass(frozen=True)
+class Replay:
+    unfinished: Intent | None
+    state: dict[str, Any] | None
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _append(self, record: dict[str, Any]) -> None:
+        record = {"ts": time.time(), **record}
+        new = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if new:
+            _fsync_dir(self.path.parent)
+
+    def begin(self, plan_id: str, plan: d.Plan) -> None:
+        self._append(
+            {
+                "type": "begin",
+                "id": plan_id,
+                "kind": plan.kind,
+                "rule": plan.rule,
+                "reason": plan.reason,
+                "actions": [action_to_json(a) for a in plan.actions],
+            }
+        )
+
+    def step(self, plan_id: str, index: int, ok: bool, detail: str) -> None:
+        self._append({"type": "step", "id": plan_id, "index": index, "ok": ok, "detail": detail})
+
+    def end(self, plan_id: str, ok: bool, reason: str) -> None:
+        self._append({"type": "end", "id": plan_id, "ok": ok, "reason": reason})
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        self._append({"type": "state", "state": state})
+
+    def load(self) -> Replay:
+        """Replay the journal and compact it. A torn last line (crash mid-write) is ignored."""
+        if not self.path.exists():
+            return Replay(None, None)
+        begun: dict[str, dict[str, Any]] = {}
+        done: dict[str, set[int]] = {}
+        state: dict[str, Any] | None = None
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kind = record.get("type")
+            if kind == "begin":
+                begun[record["id"]] = record
+                done[record["id"]] = set()
+            elif kind == "step" and record.get("ok") and record["id"] in done:
+                done[record["id"]].add(record["index"])
+            elif kind == "end":
+                begun.pop(record["id"], None)
+            elif kind == "state":
+                state = record["state"]
+        unfinished = None
+        if begun:
+            record = list(begun.values())[-1]
+            plan = d.Plan(
+                record["rule"],
+                record["reason"],
+                tuple(action_from_json(a) for a in record["actions"]),
+                record["kind"],
+            )
+            unfinished = Intent(record["id"], plan, frozenset(done[record["id"]]))
+        self._compact(unfinished, state)
+        return Replay(unfinished, state)
+
+    def _compact(self, unfinished: Intent | None, state: dict[str, Any] | None) -> None:
+        records: list[dict[str, Any]] = []
+        if state is not None:
+            records.append({"ts": time.time(), "type": "state", "state": state})
+        if unfinished is not None:
+            plan = unfinished.plan
+            records.append(
+                {
+                    "ts": time.time(),
+                    "type": "begin",
+                    "id": unfinished.plan_id,
+                    "kind": plan.kind,
+                    "rule": plan.rule,
+                    "reason": plan.reason,
+                    "actions": [action_to_json(a) for a in plan.actions],
+                }
+            )
+            records += [
+                {
+                    "ts": time.time(),
+                    "type": "step",
+                    "id": unfinished.plan_id,
+                    "index": i,
+                    "ok": True,
+                    "detail": "done before restart",
+                }
+                for i in sorted(unfinished.done)
+            ]
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(self.path)
+        _fsync_dir(self.path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def state_to_json(state: d.ControllerState, mono_now: float, wall_now: float) -> dict[str, Any]:
+    """The part of the state that must survive a restart, in wall-clock time."""
+
+    def wall(t: float | None) -> float | None:
+        return None if t is None else wall_now + (t - mono_now)
+
+    return {
+        "blocked_until": wall(state.blocked_until),
+        "last_failover_at": wall(state.last_failover_at),
+        "quarantined": {
+            name: {"new_primary": q.new_primary, "since": wall(q.since), "errant": q.errant}
+            for name, q in state.quarantined.items()
+        },
+    }
+
+
+def state_from_json(data: dict[str, Any], mono_now: float, wall_now: float) -> d.ControllerState:
+    def mono(t: float | None) -> float | None:
+        return None if t is None else mono_now + (t - wall_now)
+
+    quarantined = {
+        name: d.Quarantined(name, q["new_primary"], mono(q["since"]) or mono_now, q.get("errant"))
+        for name, q in data.get("quarantined", {}).items()
+    }
+    return d.ControllerState(
+        started_at=mono_now,
+        blocked_until=mono(data.get("blocked_until")),
+        last_failover_at=mono(data.get("last_failover_at")),
+        quarantined=quarantined,
+    )
