@@ -619,8 +619,8 @@ def rule_route(view, state, settings, now) -> Decision | None:
 
 
 RULES: tuple[tuple[str, Rule], ...] = (
+    ("StartupGrace", rule_startup_grace),  # first: before any probe every node is unknown
     ("NoQuorum", rule_no_quorum),
-    ("StartupGrace", rule_startup_grace),
     ("FenceReturningPrimary", rule_fence_returning_primary),
     ("TwoWriters", rule_two_writers),
     ("Halted", rule_halted),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hacontrol.jsonlog import JsonLog
@@ -22,13 +24,16 @@ def sandbox_settings(
     threshold: int = 3,
     **failover: Any,
 ) -> Settings:
+    """The sandbox's settings with fast probes, and a journal of this test's own."""
     settings = load_settings(sandbox.status().settings).settings
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
     return settings.model_copy(
         update={
             "probes": settings.probes.model_copy(
                 update={"interval": interval, "timeout": timeout, "failure_threshold": threshold}
             ),
             "failover": settings.failover.model_copy(update=failover),
+            "controller": settings.controller.model_copy(update={"journal": journal}),
         }
     )
 
@@ -56,10 +61,10 @@ class LogCapture:
         ]
 
 
-def runtime(settings: Settings) -> tuple[Runtime, LogCapture]:
+def runtime(settings: Settings, **kw: Any) -> tuple[Runtime, LogCapture]:
     capture = LogCapture()
     log = JsonLog(settings.cluster.name, stream=capture, secrets=secrets_of(settings))
-    return Runtime(settings, log), capture
+    return Runtime(settings, log, **kw), capture
 
 
 async def wait_for(
@@ -71,3 +76,145 @@ async def wait_for(
             return value
         await asyncio.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
+
+
+class WriteLoop:
+    """An application writing through the router's writer port every 10 ms, as the app user.
+
+    Records every id the server acknowledged (COMMIT returned OK) and every error by kind;
+    reconnects after an error, like a pooled client would.
+    """
+
+    def __init__(self, sandbox: Sandbox, period: float = 0.01, start_id: int = 1_000_000) -> None:
+        self._sandbox = sandbox
+        self._period = period
+        self._next = start_id
+        self.acknowledged: list[int] = []
+        self.ack_times: list[float] = []
+        self.errors: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        import aiomysql
+
+        conn = None
+        try:
+            while True:
+                try:
+                    if conn is None:
+                        conn = await asyncio.wait_for(self._sandbox.connect("writer", "app"), 2)
+                    row = self._next
+                    self._next += 1
+                    async with asyncio.timeout(2), conn.cursor() as cur:
+                        await cur.execute(
+                            "INSERT INTO app.writes (id, node) VALUES (%s, @@server_id)", (row,)
+                        )
+                    self.acknowledged.append(row)
+                    self.ack_times.append(time.monotonic())
+                except (OSError, TimeoutError, aiomysql.Error) as exc:
+                    kind = type(exc).__name__
+                    if exc.args and isinstance(exc.args[0], int):
+                        kind += f"({exc.args[0]})"
+                    self.errors[kind] = self.errors.get(kind, 0) + 1
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                await asyncio.sleep(self._period)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def start(self) -> WriteLoop:
+        self._task = asyncio.create_task(self._run(), name="write-loop")
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def acked_since(self, t: float) -> int:
+        return sum(1 for a in self.ack_times if a > t)
+
+
+class MailBox:
+    """A real SMTP server in this process (aiosmtpd) that keeps what it receives."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[Any] = []
+        box = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                import email
+
+                box.messages.append(email.message_from_bytes(envelope.content))
+                return "250 OK"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=_free_port())
+        self.port = self.controller.port
+
+    def start(self) -> MailBox:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def subjects(self) -> list[str]:
+        return [str(m["Subject"]) for m in self.messages]
+
+    def bodies(self) -> list[str]:
+        return [
+            m.get_payload(decode=True).decode()
+            if not m.is_multipart()
+            else m.get_payload(0).get_payload(decode=True).decode()
+            for m in self.messages
+        ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_mail(settings: Settings, port: int) -> Settings:
+    return settings.model_copy(
+        update={
+            "smtp": settings.smtp.model_copy(
+                update={"host": "127.0.0.1", "port": port, "recipients": ("dba@example.com",)}
+            )
+        }
+    )
+
+
+def with_journal(settings: Settings, path) -> Settings:
+    return settings.model_copy(
+        update={"controller": settings.controller.model_copy(update={"journal": path})}
+    )
+
+
+async def sql(sandbox: Sandbox, node: str, statement: str, params=None, role: str = "root"):
+    """One statement on a node: as root through its unix socket, or as another role by TCP."""
+    import aiomysql
+
+    if role == "root":
+        conn = await aiomysql.connect(
+            unix_socket=sandbox.status().node(node).socket,
+            user="root",
+            password=sandbox.password("root"),
+            autocommit=True,
+        )
+    else:
+        conn = await sandbox.connect(node, role)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(statement, params)
+            return await cur.fetchall()
+    finally:
+        conn.close()

@@ -1,0 +1,193 @@
+"""The controller as a separate process: a partition of its own link, and a crash mid-failover.
+
+The partition test runs the controller as user ``nobody`` and drops, with an iptables owner
+match, only that user's packets to the primary's port: the replicas (mariadbd, another user)
+still reach the primary. It needs root and iptables, and is skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.live import sql
+
+pytestmark = pytest.mark.integration
+
+FAST_ENV = {
+    "HACONTROL_PROBES__INTERVAL": "0.3",
+    "HACONTROL_PROBES__TIMEOUT": "0.25",
+    "HACONTROL_FAILOVER__IO_STALL": "1.5",
+    "HACONTROL_FAILOVER__APPLY_TIMEOUT": "10",
+    "HACONTROL_FAILOVER__ACTION_TIMEOUT": "3",
+}
+
+
+class Process:
+    """`hacontrol run` in a subprocess; its JSON lines collected by a reader thread."""
+
+    def __init__(self, config: Path, env: dict[str, str], prefix: list[str] | None = None):
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
+        self.records: list[dict] = []
+        self.proc = subprocess.Popen(
+            [*(prefix or []), sys.executable, "-m", "hacontrol", "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**base, **env},
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.records.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.records.append({"event": "non-json", "line": line})
+
+    def of(self, event: str, **match) -> list[dict]:
+        return [
+            r
+            for r in list(self.records)
+            if r.get("event") == event and all(r.get(k) == v for k, v in match.items())
+        ]
+
+    def wait(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if value := predicate():
+                return value
+            if self.proc.poll() is not None and not predicate():
+                break
+            time.sleep(0.05)
+        stderr = self.proc.stderr.read() if self.proc.poll() is not None else ""
+        raise AssertionError(f"timed out waiting for {what}; exit={self.proc.poll()} {stderr}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._reader.join(2)
+
+
+def iptables_available() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (iptables owner match, running the controller as nobody)"
+    if shutil.which("iptables") is None or shutil.which("setpriv") is None:
+        return "needs iptables and setpriv"
+    probe = subprocess.run(["iptables", "-L", "OUTPUT", "-n"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"iptables unusable here: {probe.stderr.strip()}"
+    return None
+
+
+def test_controller_only_partition_alerts_and_does_not_fail_over(fresh_sandbox):
+    if reason := iptables_available():
+        pytest.skip(reason)
+    info = fresh_sandbox.status()
+    port = info.node("node1").port
+    shared = Path(tempfile.mkdtemp(prefix="hacontrol-nobody-"))
+    shared.chmod(0o777)
+    config = shared / "settings.toml"
+    shutil.copy(info.settings, config)
+    config.chmod(0o644)
+    env = {
+        **FAST_ENV,
+        "HACONTROL_ROUTER__KIND": "none",  # the HAProxy socket is root's alone
+        "HACONTROL_CONTROLLER__JOURNAL": str(shared / "journal.jsonl"),
+        "HACONTROL_MYSQL__PASSWORD": fresh_sandbox.password("controller"),
+        "HACONTROL_MYSQL__REPLICATION_PASSWORD": fresh_sandbox.password("replication"),
+    }
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    rule = [
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        "127.0.0.1",
+        "--dport",
+        str(port),
+        "-m",
+        "owner",
+        "--uid-owner",
+        "65534",
+        "-j",
+        "DROP",
+    ]
+    ctl = Process(config, env, prefix=nobody)
+    try:
+        ctl.wait(lambda: ctl.of("decision", rule="Nothing"), 20, "a healthy cluster")
+        subprocess.run(["iptables", "-I", *rule], check=True)
+        try:
+            problem = ctl.wait(
+                lambda: ctl.of("problem", code="UnreachablePrimary"), 20, "UnreachablePrimary"
+            )
+            ctl.wait(lambda: ctl.of("alert", kind="unreachable_primary"), 10, "the alert")
+            time.sleep(3)  # well past io_stall: the replicas' heartbeats keep arriving
+        finally:
+            subprocess.run(["iptables", "-D", *rule], check=True)
+        assert "still replicate from it" in problem[0]["reason"]
+        assert not ctl.of("problem", code="DeadPrimary")
+        assert not [p for p in ctl.of("plan_started") if p["kind"] == "failover"]
+        assert len(ctl.of("alert", kind="unreachable_primary")) == 1
+        ctl.wait(lambda: ctl.of("problem_cleared", code="UnreachablePrimary"), 20, "the link back")
+    finally:
+        ctl.stop()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+async def test_controller_killed_between_promotion_and_repointing_resumes(fresh_sandbox):
+    info = fresh_sandbox.status()
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
+    env = {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal)}
+    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
+    try:
+        first.wait(lambda: first.of("decision", rule="Nothing"), 20, "a healthy cluster")
+        fresh_sandbox.kill_node("node1", signal.SIGKILL)
+        first.wait(lambda: first.proc.poll() is not None, 30, "the injected crash")
+    finally:
+        first.stop()
+    assert first.proc.returncode == -signal.SIGKILL
+    assert first.of("fault_injected", after="Promote")
+    assert not first.of("plan_finished", kind="failover")
+    promoted = next(a for a in first.of("action") if a["action"] == "Promote")["node"]
+    other = "node3" if promoted == "node2" else "node2"
+    # Between the two: one primary, and a replica still pointing at the dead one.
+    roles = await fresh_sandbox.live_roles()
+    assert roles[promoted] == "primary" and roles[other] == "replica"
+    assert "Repoint" not in {a["action"] for a in first.of("action")}
+
+    second = Process(info.settings, env)
+    try:
+        second.wait(lambda: second.of("journal_unfinished"), 20, "the journal read at start")
+        done = second.wait(
+            lambda: second.of("plan_finished", kind="failover"),
+            30,
+            "the failover finished from the journal",
+        )
+        assert done[0]["ok"], done[0]["reason"]
+        actions = [a["action"] for a in second.of("action")]
+        assert actions[:3] == ["Repoint", "Route", "Notify"]  # the steps left, nothing redone
+        second.wait(lambda: second.of("decision", rule="Nothing"), 20, "converged")
+    finally:
+        second.stop()
+    roles = await fresh_sandbox.live_roles()
+    assert roles == {"node1": "unreachable", promoted: "primary", other: "replica"}
+    source = await sql(fresh_sandbox, other, "SHOW SLAVE STATUS")
+    assert source[0][1] == "127.0.0.1" and source[0][3] == info.node(promoted).port
