@@ -8,12 +8,14 @@ cd "$(dirname "$0")/.."
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
-if ! have mariadbd || ! have haproxy || ! have mariadb-install-db; then
+# iptables: the controller-only partition test drops one user's packets (skipped without it).
+if ! have mariadbd || ! have haproxy || ! have mariadb-install-db || ! have iptables; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "bootstrap: installing mariadb-server and haproxy (apt)"
+  echo "bootstrap: installing mariadb-server, haproxy and iptables (apt)"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mariadb-server haproxy >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mariadb-server haproxy iptables \
+    >/dev/null
   # The package may start a system mariadb on 3306; the sandbox never uses it.
 fi
 
