@@ -12,10 +12,21 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from hacontrol.decide import ControllerState, Halt, Notify, Plan, decide
+from hacontrol.decide import (
+    ControllerState,
+    Halt,
+    Notify,
+    Plan,
+    decide,
+    plan_maintenance,
+    plan_switchover,
+)
 from hacontrol.events import (
+    CommandResult,
     ConnectionLost,
     Event,
+    MaintenanceChanged,
+    OperatorCommand,
     PlanFinished,
     ProbeResult,
     RouterProbeResult,
@@ -82,6 +93,8 @@ class Controller:
         self.state = ControllerState(started_at=clock())
         self._resume: Intent | None = None
         self._running: asyncio.Task[None] | None = None
+        self._waiting: dict[str, OperatorCommand] = {}
+        self._deferred: list[OperatorCommand] = []
         self._last_logged: tuple[str, str] | None = None
         self.decisions: list[dict[str, object]] = []
         """The last decisions with their reasons (newest last), for status and tests."""
@@ -92,6 +105,12 @@ class Controller:
         replay = journal.load()
         if replay.state is not None:
             self.state = state_from_json(replay.state, self._clock(), self._wall())
+            if self.state.maintenance:
+                self.view = fold(
+                    self.view,
+                    MaintenanceChanged(self._clock(), self.state.maintenance),
+                    self.settings,
+                )
         if acknowledge_block and self.state.blocked_until is not None:
             self.state = replace(self.state, blocked_until=None)
             self.log.emit(
@@ -109,6 +128,11 @@ class Controller:
                 reason="a plan began before the controller stopped; it is finished "
                 "before anything new",
             )
+
+    @property
+    def running_plan(self) -> str | None:
+        task = self._running
+        return task.get_name().removeprefix("plan:") if task and not task.done() else None
 
     async def run(self) -> None:
         """Consume events until a Stop event; then wait for a running plan (bounded)."""
@@ -128,6 +152,10 @@ class Controller:
             self.log.emit(change.event, change.node, change.level, **change.fields)
         if isinstance(event, PlanFinished):
             self._finished(event)
+        if isinstance(event, OperatorCommand):
+            self._command(event)
+        elif isinstance(event, PlanFinished) and self._deferred:
+            self._command(self._deferred.pop(0))
         if targets := reprobe_targets(before, event, self.settings):
             self.log.emit(
                 "fast_reprobe",
@@ -187,6 +215,72 @@ class Controller:
 
         self._running = asyncio.create_task(execute(), name=f"plan:{plan_id}")
 
+    # -- operator commands ------------------------------------------------------------------
+
+    def _command(self, cmd: OperatorCommand) -> None:
+        self.log.emit("operator_command", cmd.node, "warning", command=cmd.command, on=cmd.on)
+        busy = self._running is not None and not self._running.done()
+        state = self.state
+        now = self._clock()
+        match cmd.command:
+            case "ack":
+                self._set_state(replace(state, blocked_until=None))
+                return self._reply(cmd, True, "recovery block cleared: automatic failover armed")
+            case "pause":
+                self._set_state(replace(state, paused=True))
+                return self._reply(cmd, True, "paused: observing only, no automatic change")
+            case "resume":
+                self._set_state(replace(state, paused=False))
+                return self._reply(cmd, True, "resumed: automatic changes allowed")
+            case "maintenance" | "switchover" if busy:
+                # One plan at a time: the command waits for the running plan, then is planned
+                # against the view as it is then (the caller's own timeout bounds the wait).
+                self._deferred.append(cmd)
+                self.log.emit(
+                    "operator_command_deferred",
+                    cmd.node,
+                    "info",
+                    command=cmd.command,
+                    running=self.running_plan,
+                )
+                return None
+            case "maintenance":
+                planned = plan_maintenance(self.view, state, self.settings, cmd.node, bool(cmd.on))
+                if isinstance(planned, str):
+                    return self._reply(cmd, False, f"refused: {planned}")
+                plan, new_state = planned
+                self._set_state(new_state)
+                self.view = fold(
+                    self.view, MaintenanceChanged(now, new_state.maintenance), self.settings
+                )
+            case "switchover":
+                planned = plan_switchover(self.view, state, self.settings, cmd.node, now)
+                if isinstance(planned, str):
+                    return self._reply(cmd, False, f"refused: {planned}")
+                plan = planned
+            case _:
+                return self._reply(cmd, False, f"unknown command {cmd.command!r}")
+        self._log_decision(plan, force=True)
+        if not plan.actions:
+            return self._reply(cmd, True, plan.reason)
+        plan_id = f"{plan.kind}-{int(self._wall() * 1000)}"
+        if cmd.reply is not None:
+            self._waiting[plan_id] = cmd
+        self._start(plan_id, plan)
+        return None
+
+    def _reply(self, cmd: OperatorCommand, ok: bool, message: str, **detail: object) -> None:
+        self.log.emit(
+            "operator_answer",
+            cmd.node,
+            "info" if ok else "warning",
+            command=cmd.command,
+            ok=ok,
+            message=message,
+        )
+        if cmd.reply is not None and not cmd.reply.done():
+            cmd.reply.set_result(CommandResult(ok, message, dict(detail)))
+
     def _finished(self, event: PlanFinished) -> None:
         self.log.emit(
             "plan_finished",
@@ -218,19 +312,39 @@ class Controller:
                     retry = {**state.rejoin_retry_at, node: now + 30.0}
                     state = replace(state, rejoin_retry_at=retry)
         self._set_state(state)
+        if (cmd := self._waiting.pop(event.plan_id, None)) is not None:
+            steps = [
+                {
+                    "action": s.action,
+                    "target": s.target,
+                    "ok": s.ok,
+                    "reason": s.reason,
+                    "seconds": s.seconds,
+                }
+                for s in event.steps
+            ]
+            self._reply(
+                cmd,
+                event.ok,
+                f"{event.rule}: {event.reason}",
+                plan=event.plan_id,
+                seconds=event.seconds,
+                steps=steps,
+            )
 
     def _set_state(self, state: ControllerState) -> None:
-        persisted_before = (
-            self.state.blocked_until,
-            self.state.last_failover_at,
-            self.state.quarantined,
-        )
+        def persisted(st: ControllerState) -> tuple[object, ...]:
+            return (
+                st.blocked_until,
+                st.last_failover_at,
+                st.quarantined,
+                st.paused,
+                st.maintenance,
+            )
+
+        before = persisted(self.state)
         self.state = state
-        if self.journal is not None and persisted_before != (
-            state.blocked_until,
-            state.last_failover_at,
-            state.quarantined,
-        ):
+        if self.journal is not None and persisted(state) != before:
             self.journal.save_state(state_to_json(state, self._clock(), self._wall()))
 
     def _log_decision(self, plan: Plan, force: bool = False) -> None:
@@ -279,8 +393,8 @@ def log_event(log: JsonLog, event: Event) -> None:
             log.emit("router_probe", None, "warning", kind=event.kind, error=event.error)
         case Tick():
             pass  # ticks drive timers; a line each second would say nothing
-        case PlanFinished():
-            pass  # logged as plan_finished by the controller
+        case PlanFinished() | OperatorCommand() | MaintenanceChanged():
+            pass  # logged by the controller with their outcome
         case Stop():
             log.emit("stop_requested", None, "info", reason=event.reason)
 

@@ -20,7 +20,7 @@ from hacontrol import gtid
 from hacontrol.flavors.base import NodeStatus
 from hacontrol.routing import Membership
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, Code, Health, NodeView
+from hacontrol.view import ClusterView, Code, Health, NodeView, hidden_nodes
 
 # ---------------------------------------------------------------------------------------------
 # Actions: values the executor runs in order. Each names its own precondition in its docstring;
@@ -41,6 +41,8 @@ class Route:
 
     desired: Membership
     required: bool = True
+    hidden_change: bool = False
+    """An operator's maintenance command: the hidden group may change (never otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,34 @@ class Rejoin:
 
 
 @dataclass(frozen=True)
+class CheckTransactions:
+    """Switchover pre-flight on the live primary: no transaction older than ``max_age``."""
+
+    node: str
+    max_age: float
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """Wait until replica ``node`` executed everything ``source`` (now read-only) wrote."""
+
+    node: str
+    source: str
+    timeout: float
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class SetWritable:
+    """``read_only`` OFF (``on``) or ON on ``node``: the rollback of a switchover."""
+
+    node: str
+    on: bool
+    required: bool = True
+
+
+@dataclass(frozen=True)
 class Notify:
     kind: str
     node: str | None
@@ -97,7 +127,19 @@ class Notify:
     required: bool = False
 
 
-Action = RouteFence | Route | WaitApplied | Promote | Repoint | Fence | Rejoin | Notify
+Action = (
+    RouteFence
+    | Route
+    | WaitApplied
+    | Promote
+    | Repoint
+    | Fence
+    | Rejoin
+    | CheckTransactions
+    | CatchUp
+    | SetWritable
+    | Notify
+)
 
 
 @dataclass(frozen=True)
@@ -106,7 +148,12 @@ class Plan:
     reason: str
     actions: tuple[Action, ...] = ()
     kind: str = "none"
-    """failover | rejoin | fence | route | halt | alert | none. Multi-step kinds are journaled."""
+    """failover | switchover | rejoin | fence | route | maintenance | halt | alert | none.
+    Multi-step kinds are journaled."""
+    deadline: float | None = None
+    """Seconds from the start: past it, before the first Promote, the plan rolls back."""
+    rollback: tuple[Action, ...] = ()
+    """Run when the plan stops before its first Promote (switchover)."""
 
     @property
     def changes_cluster(self) -> bool:
@@ -144,6 +191,10 @@ class ControllerState:
     quarantined: Mapping[str, Quarantined] = field(default_factory=dict)
     alerted: frozenset[str] = frozenset()
     """Keys of conditions already alerted; a key leaves when its condition is gone."""
+    paused: bool = False
+    """An operator paused automatic changes; observation goes on."""
+    maintenance: frozenset[str] = frozenset()
+    """Nodes an operator put in maintenance through hacontrol (hidden, never promoted)."""
     route_retry_at: float = 0.0
     """After a failed router change, the next attempt waits until then."""
     rejoin_retry_at: Mapping[str, float] = field(default_factory=dict)
@@ -215,8 +266,7 @@ class Candidate:
 def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candidate]:
     """Every replica of ``dead``, ranked: eligible first, most advanced received GTID first,
     then priority, then lowest lag. Each with the reason it is eligible or rejected."""
-    membership = view.router.membership
-    hidden = membership.hidden if membership else frozenset()
+    hidden = hidden_nodes(view)
     dead_status = view.nodes[dead].status
     known = [s for s in (executed(dead_status),) if s is not None]
     for name, node in view.nodes.items():
@@ -302,8 +352,7 @@ def desired_membership(
     status = view.nodes[primary].status
     if status is None or status.read_only:
         return None
-    membership = view.router.membership
-    hidden = membership.hidden if membership else frozenset()
+    hidden = hidden_nodes(view) | state.maintenance
     readers = {primary} if settings.router.primary_is_reader else set()
     broken: set[str] = set()
     for name in view.nodes:
@@ -431,6 +480,14 @@ def rule_two_writers(view, state, settings, now) -> Decision | None:
     return _alert_once(replace(state, halt=halt), f"halt:{problem.code.value}", plan, alert)
 
 
+def rule_paused(view, state, settings, now) -> Decision | None:
+    if not state.paused:
+        return None
+    return Decision(
+        Plan("Paused", "paused by an operator: observing only, no automatic change"), state
+    )
+
+
 def rule_halted(view, state, settings, now) -> Decision | None:
     if state.halt is None:
         return None
@@ -486,8 +543,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         for n in view.replicas_of(dead)
         if n not in others and n != best and view.nodes[n].reachable
     )
-    membership = view.router.membership
-    hidden = membership.hidden if membership else frozenset()
+    hidden = hidden_nodes(view)
     readers = {best} if settings.router.primary_is_reader else set()
     after = Membership.of(
         [best], readers, {n for n in view.nodes if n not in (best, *hidden)} - readers, hidden
@@ -620,6 +676,7 @@ def rule_route(view, state, settings, now) -> Decision | None:
 
 RULES: tuple[tuple[str, Rule], ...] = (
     ("StartupGrace", rule_startup_grace),  # first: before any probe every node is unknown
+    ("Paused", rule_paused),
     ("NoQuorum", rule_no_quorum),
     ("FenceReturningPrimary", rule_fence_returning_primary),
     ("TwoWriters", rule_two_writers),
@@ -668,3 +725,129 @@ def decide(view: ClusterView, state: ControllerState, settings: Settings, now: f
         if decision is not None:
             return decision
     return Decision(Plan(NOTHING, "cluster as desired; nothing to do"), state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator commands: pure planning with pre-flight refusals (a str is a refusal's reason).
+
+
+def plan_switchover(
+    view: ClusterView, state: ControllerState, settings: Settings, target: str | None, now: float
+) -> Plan | str:
+    """A planned switchover to ``target`` (or the best candidate), or why it is refused."""
+    if not view.quorum.ok:
+        return f"no quorum: {view.quorum.describe()}"
+    if state.halt is not None:
+        return f"halted: {state.halt.reason}"
+    old = view.primary
+    if old is None or not view.nodes[old].reachable:
+        return f"no reachable primary ({view.primary_reason})"
+    status = view.nodes[old].status
+    if status is None or status.read_only:
+        return f"the primary {old} is not writable"
+    if target is not None and target not in view.nodes:
+        return f"unknown node {target!r}"
+    if target == old:
+        return f"{target} is already the primary"
+    ranked = candidates(view, settings, old)
+    table = candidate_table(ranked)
+    chosen = (
+        next((c for c in ranked if c.node == target), None)
+        if target
+        else (ranked[0] if ranked else None)
+    )
+    if chosen is None:
+        return f"{target or 'no node'} is not a replica of the primary {old}"
+    if not chosen.eligible:
+        return f"{chosen.node} cannot be promoted: {chosen.reason}"
+    node = view.nodes[chosen.node]
+    if node.health is not Health.HEALTHY:
+        return f"{chosen.node} is {node.health.value}: {node.reason}"
+    ok, why = reader_ok(view, chosen.node, old, settings.failover.max_lag)
+    if not ok:
+        return f"{chosen.node} is too far behind: {why}"
+    new = chosen.node
+    hidden = hidden_nodes(view) | state.maintenance
+    others = tuple(
+        n for n in view.replicas_of(old) if n != new and view.nodes[n].reachable and n not in hidden
+    )
+    readers = {new, old, *others} if settings.router.primary_is_reader else {old, *others}
+    broken = {n for n in view.nodes if n not in readers | hidden | {new}}
+    after = Membership.of([new], readers, broken, hidden)
+    before = view.router.membership
+    deadline = settings.failover.switchover_deadline
+    rollback: tuple[Action, ...] = (SetWritable(old, True),)
+    if before is not None and len(before.writers) == 1:
+        rollback += (Route(before),)
+    rollback += (
+        Notify(
+            "switchover_rolled_back",
+            old,
+            f"switchover to {new} rolled back",
+            f"{old} is writable and the writer again",
+            (("candidates", table),),
+        ),
+    )
+    actions: tuple[Action, ...] = (
+        CheckTransactions(old, settings.failover.max_transaction_age),
+        RouteFence(old, required=True),
+        Fence(old),
+        CatchUp(new, old, deadline),
+        Promote(new, old),
+        Repoint(others, new),
+        Rejoin(old, new, required=False),
+        Route(after),
+        Notify(
+            "switchover",
+            old,
+            f"switchover: {new} is the primary, {old} a replica",
+            f"planned switchover requested by an operator from {old} to {new}",
+            (("candidates", table), ("topology before", topology_text(view))),
+        ),
+    )
+    return Plan(
+        "Switchover",
+        f"switchover from {old} to {new} requested by an operator",
+        actions,
+        kind="switchover",
+        deadline=deadline,
+        rollback=rollback,
+    )
+
+
+def plan_maintenance(
+    view: ClusterView, state: ControllerState, settings: Settings, node: str | None, on: bool
+) -> tuple[Plan, ControllerState] | str:
+    """Move ``node`` to (on) or from (off) the hidden group, or why it is refused."""
+    if node is None or node not in view.nodes:
+        return f"unknown node {node!r}"
+    if on and node == view.primary:
+        return f"{node} is the primary: switch over first"
+    if on and node in state.maintenance:
+        return f"{node} is already in maintenance"
+    if not on and node not in hidden_nodes(view) | state.maintenance:
+        return f"{node} is not in maintenance"
+    maintenance = state.maintenance | {node} if on else state.maintenance - {node}
+    new_state = replace(state, maintenance=maintenance)
+    current = view.router.membership
+    if settings.router.kind == "none" or current is None or view.primary is None:
+        return Plan(
+            "Maintenance",
+            f"{node} maintenance {'on' if on else 'off'} (no router change possible now)",
+            kind="maintenance",
+        ), new_state
+    hidden = (current.hidden | maintenance) - ({node} if not on else set())
+    if on:
+        desired = Membership(
+            current.writers - {node}, current.readers - {node}, current.broken - {node}, hidden
+        )
+    else:
+        desired = Membership(current.writers, current.readers, current.broken | {node}, hidden)
+    verb = "hidden (maintenance)" if on else "back from maintenance (broken until healthy)"
+    plan = Plan(
+        "Maintenance",
+        f"{node} {verb} at an operator's request",
+        (Route(desired, hidden_change=True),),
+        kind="maintenance",
+    )
+    return plan, new_state

@@ -7,8 +7,9 @@ events too, so the single decision task sees one ordered stream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hacontrol.flavors.base import NodeStatus
@@ -81,6 +82,41 @@ class PlanFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class MaintenanceChanged:
+    """The set of nodes an operator put in maintenance (hidden) changed."""
+
+    at: float
+    nodes: frozenset[str]
+
+
+COMMANDS = ("switchover", "maintenance", "ack", "pause", "resume")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """The controller's answer to an operator command. ``ok`` False: refused or failed."""
+
+    ok: bool
+    message: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorCommand:
+    """An operator's command (API or CLI), on the same queue as every other event.
+
+    switchover: ``node`` is the optional target; maintenance: ``node`` and ``on``;
+    ack, pause, resume: no arguments. The controller answers through ``reply``.
+    """
+
+    at: float
+    command: str
+    node: str | None = None
+    on: bool | None = None
+    reply: asyncio.Future[CommandResult] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Timer tick: lets time-based rules (stalled heartbeats, blocks) fire without a probe."""
 
@@ -95,4 +131,6 @@ class Stop:
     reason: str
 
 
-Event = ProbeResult | ConnectionLost | RouterProbeResult | PlanFinished | Tick | Stop
+Event = (
+    ProbeResult | ConnectionLost | RouterProbeResult | PlanFinished | OperatorCommand | Tick | Stop
+)

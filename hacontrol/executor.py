@@ -24,7 +24,7 @@ from hacontrol.routing import Router, fenced
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView
 
-JOURNALED = frozenset({"failover", "rejoin"})
+JOURNALED = frozenset({"failover", "switchover", "rejoin"})
 
 
 @dataclass(frozen=True)
@@ -75,13 +75,27 @@ class Executor:
         steps: list[StepResult] = []
         timings: dict[str, float] = {}
         failed: str | None = None
+        no_return = next(
+            (i for i, a in enumerate(plan.actions) if isinstance(a, d.Promote)), len(plan.actions)
+        )
         for index, action in enumerate(plan.actions):
             if index in skip:
                 continue
             name = type(action).__name__
             t0 = self._clock()
             try:
-                outcome = await self._do(action, plan, started, timings)
+                if plan.deadline is not None and index < no_return:
+                    left = started + plan.deadline - self._clock()
+                    if left <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(left):
+                        outcome = await self._do(action, plan, started, timings)
+                else:
+                    outcome = await self._do(action, plan, started, timings)
+            except TimeoutError:
+                outcome = Outcome(
+                    False, False, f"deadline of {plan.deadline:g} s passed before promotion"
+                )
             except Exception as exc:  # an action must not kill the decision task
                 outcome = Outcome(False, False, f"{type(exc).__name__}: {exc}")
             took = self._clock() - t0
@@ -118,6 +132,10 @@ class Executor:
                 break
         ok = failed is None
         reason = "all steps done" if ok else f"{failed} failed: {steps[-1].reason}"
+        stopped_at = steps[-1].index if steps else 0
+        if not ok and plan.rollback and stopped_at < no_return:
+            undone = await self._rollback(plan_id, plan, reason)
+            reason = f"rolled back ({undone}) after {reason}"
         if journaled:
             assert self.journal is not None
             self.journal.end(plan_id, ok, reason)
@@ -133,6 +151,34 @@ class Executor:
             round(self._clock() - started, 3),
         )
 
+    async def _rollback(self, plan_id: str, plan: d.Plan, why: str) -> str:
+        """Undo a plan stopped before its point of no return; every step is attempted."""
+        results = []
+        for action in plan.rollback:
+            if isinstance(action, d.Notify):
+                action = d.Notify(
+                    action.kind,
+                    action.node,
+                    action.summary,
+                    f"{action.reason}; cause: {why}",
+                    action.sections,
+                )
+            try:
+                outcome = await self._do(action, plan, self._clock(), {})
+            except Exception as exc:
+                outcome = Outcome(False, False, f"{type(exc).__name__}: {exc}")
+            results.append(f"{type(action).__name__} {'ok' if outcome.ok else 'FAILED'}")
+            self.log.emit(
+                "rollback_action",
+                _target(action),
+                "warning" if outcome.ok else "error",
+                plan=plan_id,
+                action=type(action).__name__,
+                ok=outcome.ok,
+                reason=outcome.reason,
+            )
+        return ", ".join(results)
+
     async def _do(
         self, action: d.Action, plan: d.Plan, started: float, timings: dict[str, float]
     ) -> Outcome:
@@ -145,11 +191,18 @@ class Executor:
                 desired = fenced(current, node)
                 changed = await self.router.apply(desired, allow_no_writer=True)
                 return Outcome(True, changed, f"{node} out of the writer and reader groups")
-            case d.Route(desired=desired):
+            case d.Route(desired=desired, hidden_change=hidden_change):
                 if self.router is None:
                     return Outcome(True, False, "no router")
-                changed = await self.router.apply(desired)
+                changed = await self.router.apply(desired, allow_hidden_change=hidden_change)
                 return Outcome(True, changed, f"router: {desired.to_json()}")
+            case d.CheckTransactions(node=node, max_age=max_age):
+                return _outcome(await self.mysql.check_transactions(node, max_age, timeout))
+            case d.CatchUp(node=node, source=source, timeout=wait):
+                src = self.settings.node(source)
+                return _outcome(await self.mysql.catch_up(node, src.host, src.port, wait))
+            case d.SetWritable(node=node, on=on):
+                return _outcome(await self.mysql.set_writable(node, on, timeout))
             case d.WaitApplied(node=node, timeout=wait):
                 return _outcome(await self.mysql.wait_applied(node, wait))
             case d.Promote(node=node, old_primary=old):
@@ -184,7 +237,7 @@ class Executor:
 
     def _notify(self, action: d.Notify, plan: d.Plan, timings: dict[str, float]) -> None:
         sections = list(action.sections)
-        if plan.kind == "failover" and timings:
+        if plan.kind in ("failover", "switchover") and timings:
             lines = [f"{name:<12} +{seconds:.3f} s" for name, seconds in timings.items()]
             sections.append(("timings (from the decision)", "\n".join(lines)))
             sections.append(("topology after", d.topology_text(self._view())))

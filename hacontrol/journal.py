@@ -35,6 +35,9 @@ ACTION_TYPES: dict[str, type] = {
         d.Repoint,
         d.Fence,
         d.Rejoin,
+        d.CheckTransactions,
+        d.CatchUp,
+        d.SetWritable,
         d.Notify,
     )
 }
@@ -218,6 +221,8 @@ def state_to_json(state: d.ControllerState, mono_now: float, wall_now: float) ->
         return None if t is None else wall_now + (t - mono_now)
 
     return {
+        "paused": state.paused,
+        "maintenance": sorted(state.maintenance),
         "blocked_until": wall(state.blocked_until),
         "last_failover_at": wall(state.last_failover_at),
         "quarantined": {
@@ -237,6 +242,8 @@ def state_from_json(data: dict[str, Any], mono_now: float, wall_now: float) -> d
     }
     return d.ControllerState(
         started_at=mono_now,
+        paused=bool(data.get("paused", False)),
+        maintenance=frozenset(data.get("maintenance", ())),
         blocked_until=mono(data.get("blocked_until")),
         last_failover_at=mono(data.get("last_failover_at")),
         quarantined=quarantined,

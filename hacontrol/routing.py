@@ -100,11 +100,18 @@ class Router(Protocol):
         """What the router is really doing now, for the managed nodes. Raises RouterError."""
         ...
 
-    async def apply(self, desired: Membership, *, allow_no_writer: bool = False) -> bool:
+    async def apply(
+        self,
+        desired: Membership,
+        *,
+        allow_no_writer: bool = False,
+        allow_hidden_change: bool = False,
+    ) -> bool:
         """Make the router do ``desired``; returns True when anything was sent.
 
         Applying a state equal to the current one sends no write. Refuses (RouterError) a
         desired state with other than one writer (zero allowed with ``allow_no_writer``).
+        The hidden group changes only with ``allow_hidden_change`` (an operator's command).
         Never leaves two writers, even for a moment. Raises RouterError when the router
         cannot be changed or does not confirm the change.
         """

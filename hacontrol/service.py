@@ -13,11 +13,13 @@ import os
 import signal
 import time
 from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
 
 from hacontrol.actions.mysql import MySQLActions
 from hacontrol.actions.notify import MailPolicy, Notifier
 from hacontrol.controller import Controller
-from hacontrol.events import Event, Stop, Tick
+from hacontrol.events import CommandResult, Event, OperatorCommand, Stop, Tick
 from hacontrol.executor import Executor
 from hacontrol.journal import Journal
 from hacontrol.jsonlog import JsonLog
@@ -67,6 +69,7 @@ def secrets_of(settings: Settings) -> list[str]:
         settings.mysql.replication_password,
         settings.router.proxysql.password,
         settings.smtp.password,
+        settings.api.token,
     ]
     return [v.get_secret_value() for v in values if v is not None]
 
@@ -118,6 +121,35 @@ class Runtime:
 
     def emit(self, event: Event) -> None:
         self.queue.put_nowait(event)
+
+    # -- what the HTTP API sees (hacontrol.api.ControllerHandle) --------------------------------
+
+    def alive(self) -> tuple[bool, str]:
+        decision = self._decision
+        if decision is None or decision.done():
+            return False, "the decision task is not running"
+        return True, "event loop and decision task alive"
+
+    def ready(self) -> tuple[bool, str]:
+        view = self.controller.view
+        unprobed = [n for n, node in view.nodes.items() if node.probes == 0]
+        if unprobed:
+            return False, f"not probed yet: {', '.join(unprobed)}"
+        if not view.quorum.ok:
+            return False, f"no quorum: {view.quorum.describe()}"
+        return True, view.quorum.describe()
+
+    def status(self) -> dict[str, Any]:
+        return controller_status(self.controller, self.settings, time.monotonic())
+
+    async def command(self, cmd: OperatorCommand, timeout: float = 120.0) -> CommandResult:
+        """Put an operator command on the queue and wait for the controller's answer."""
+        reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self.emit(replace(cmd, reply=reply))
+        try:
+            return await asyncio.wait_for(reply, timeout)
+        except TimeoutError:
+            return CommandResult(False, f"no answer from the controller within {timeout:g} s")
 
     def _reprobe(self, names: Iterable[str]) -> None:
         for name in names:
@@ -241,3 +273,52 @@ def run_forever(settings: Settings, log: JsonLog, *, acknowledge_block: bool = F
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+def controller_status(controller: Controller, settings: Settings, now: float) -> dict[str, Any]:
+    """What /status shows: topology, problems, halt/block/pause, decisions, next candidate."""
+    from hacontrol.decide import candidates
+    from hacontrol.status import to_json
+
+    view, state = controller.view, controller.state
+    out = to_json(view)
+    primary = view.primary
+    ranked = candidates(view, settings, primary) if primary else []
+    best = next((c for c in ranked if c.eligible), None)
+    out["controller"] = {
+        "paused": state.paused,
+        "halt": None
+        if state.halt is None
+        else {
+            "code": state.halt.code,
+            "reason": state.halt.reason,
+            "for_seconds": round(now - state.halt.since, 1),
+        },
+        "recovery_block_seconds_left": (
+            round(state.blocked_until - now, 1)
+            if state.blocked_until is not None and state.blocked_until > now
+            else 0
+        ),
+        "maintenance": sorted(state.maintenance),
+        "quarantined": {
+            n: {"new_primary": q.new_primary, "errant": q.errant}
+            for n, q in state.quarantined.items()
+        },
+        "plan_running": controller.running_plan,
+        "last_decisions": controller.decisions[-10:],
+    }
+    out["if_primary_died_now"] = {
+        "would_promote": best.node if best else None,
+        "candidates": [
+            {
+                "node": c.node,
+                "eligible": c.eligible,
+                "reason": c.reason,
+                "received": c.received,
+                "priority": c.priority,
+                "lag": c.lag,
+            }
+            for c in ranked
+        ],
+    }
+    return out

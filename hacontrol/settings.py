@@ -112,6 +112,11 @@ class FailoverSettings(_Section):
     failover halts (promoting it would lose acknowledged transactions)."""
     action_timeout: PositiveSeconds = 5.0
     """Each action on a node (fence, promote, repoint, rejoin) and each router change."""
+    switchover_deadline: PositiveSeconds = 10.0
+    """A planned switchover that has not promoted within this many seconds is rolled back
+    (the old primary writable and writer again)."""
+    max_transaction_age: PositiveSeconds = 5.0
+    """Switchover pre-flight: no transaction on the primary may be older than this."""
     io_stall: PositiveSeconds = 3.0
     """A replica whose received heartbeats and GTIDs have not advanced for this long has lost
     its link to the source (a frozen or partitioned source closes no connection). Must exceed
@@ -128,6 +133,31 @@ class SMTPSettings(_Section):
     password_file: Path | None = None
     sender: str = "hacontrol@localhost"
     recipients: tuple[str, ...] = ()
+    timeout: PositiveSeconds = 10.0
+
+
+class ApiSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8008
+    """0: any free port (tests)."""
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    """Bearer token required by every mutating endpoint (POST); GETs need none."""
+
+
+class HookSettings(_Section):
+    """Commands run at each phase, with the context in HACONTROL_* environment variables.
+
+    A command line is split like a shell would (shlex) but run without a shell. Empty: none.
+    A non-zero exit of ``pre_failover`` aborts the failover (with an alert).
+    """
+
+    on_failure_detected: str = ""
+    pre_failover: str = ""
+    post_failover: str = ""
+    post_switchover: str = ""
+    on_halt: str = ""
     timeout: PositiveSeconds = 10.0
 
 
@@ -161,6 +191,8 @@ class Settings(BaseSettings):
     failover: FailoverSettings = FailoverSettings()
     smtp: SMTPSettings = SMTPSettings()
     controller: ControllerSettings = ControllerSettings()
+    api: ApiSettings = ApiSettings()
+    hooks: HookSettings = HookSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -188,6 +220,7 @@ SECRETS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("mysql",), "replication_password", "replication_password_file"),
     (("router", "proxysql"), "password", "password_file"),
     (("smtp",), "password", "password_file"),
+    (("api",), "token", "token_file"),
 )
 
 

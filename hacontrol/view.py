@@ -20,6 +20,8 @@ from enum import StrEnum
 from hacontrol.events import (
     ConnectionLost,
     Event,
+    MaintenanceChanged,
+    OperatorCommand,
     PlanFinished,
     ProbeResult,
     RouterProbeResult,
@@ -129,6 +131,8 @@ class ClusterView:
     router: RouterView = RouterView()
     at: float = 0.0
     """Time of the last event folded in."""
+    maintenance: frozenset[str] = frozenset()
+    """Nodes an operator hid through hacontrol (HAProxy has no hidden group of its own)."""
     # Derived by ``derive``; never set by hand.
     sources: Mapping[str, str | None] = field(default_factory=dict)
     """Replica -> the node (name, or 'host:port' when not managed) it replicates from."""
@@ -169,7 +173,11 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
                 warnings=event.warnings,
             )
             view = replace(view, router=router)
-        case ConnectionLost() | Tick() | Stop() | PlanFinished() | ProbeResult():
+        case MaintenanceChanged(nodes=nodes):
+            view = replace(view, maintenance=nodes)
+        case (
+            ConnectionLost() | Tick() | Stop() | PlanFinished() | OperatorCommand() | ProbeResult()
+        ):
             pass  # a lost connection only triggers a re-probe; the probe's result tells
     return derive(replace(view, at=max(view.at, event.at)), settings)
 
@@ -345,8 +353,14 @@ def _primary(view: ClusterView) -> tuple[str | None, str]:
     return leader, f"source of {best} reachable replica(s), itself not writable or not reachable"
 
 
-def _quorum(view: ClusterView) -> Quorum:
+def hidden_nodes(view: ClusterView) -> frozenset[str]:
+    """Hidden by an operator: in the router's hidden group, or put in maintenance through us."""
     hidden = view.router.membership.hidden if view.router.membership else frozenset()
+    return hidden | view.maintenance
+
+
+def _quorum(view: ClusterView) -> Quorum:
+    hidden = hidden_nodes(view)
     recognized = tuple(n for n in view.nodes if n not in hidden)
     reachable = tuple(n for n in recognized if view.nodes[n].reachable)
     return Quorum(reachable=reachable, recognized=recognized)

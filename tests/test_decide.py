@@ -408,3 +408,150 @@ def test_membership_values_are_exact():
     view = healthy(seconds_behind=30)
     (route,) = decide(view, ControllerState(), S, NOW).plan.actions
     assert route.desired == Membership.of(["node1"], ["node1", "node3"], ["node2"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator commands
+
+
+def test_switchover_plan_order_rollback_and_deadline():
+    from hacontrol.decide import CatchUp, CheckTransactions, SetWritable, plan_switchover
+
+    plan = plan_switchover(healthy(), ControllerState(), S, "node2", NOW)
+    assert not isinstance(plan, str), plan
+    assert plan.kind == "switchover" and plan.deadline == S.failover.switchover_deadline
+    assert kinds(plan) == [
+        "CheckTransactions",
+        "RouteFence",
+        "Fence",
+        "CatchUp",
+        "Promote",
+        "Repoint",
+        "Rejoin",
+        "Route",
+        "Notify",
+    ]
+    assert plan.actions[0] == CheckTransactions("node1", S.failover.max_transaction_age)
+    assert plan.actions[3] == CatchUp("node2", "node1", S.failover.switchover_deadline)
+    assert plan.actions[5] == Repoint(("node3",), "node2")
+    route = plan.actions[7]
+    assert route.desired == Membership.of(["node2"], ["node1", "node2", "node3"])
+    assert plan.rollback[0] == SetWritable("node1", True)
+    assert plan.rollback[1] == Route(Membership.of(["node1"], ["node1", "node2", "node3"]))
+
+
+def test_switchover_without_target_picks_the_best_candidate():
+    from hacontrol.decide import plan_switchover
+
+    s = settings(
+        nodes=[
+            {"name": n, "host": "127.0.0.1", "port": p, "priority": pr}
+            for n, p, pr in (("node1", 3301, 0), ("node2", 3302, 0), ("node3", 3303, 7))
+        ]
+    )
+    view = view_of(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), s=s)
+    plan = plan_switchover(view, ControllerState(), s, None, NOW)
+    assert "to node3" in plan.reason
+
+
+SWITCHOVER_REFUSALS = [
+    (
+        "lagging candidate",
+        healthy(seconds_behind=30),
+        ControllerState(),
+        "node2",
+        "node2 is lagging",
+    ),
+    ("unknown node", healthy(), ControllerState(), "node9", "unknown node 'node9'"),
+    ("already primary", healthy(), ControllerState(), "node1", "already the primary"),
+    (
+        "halted",
+        healthy(),
+        ControllerState(halt=Halt("TwoWritableNodes", "two", NOW)),
+        "node2",
+        "halted: two",
+    ),
+    (
+        "broken candidate",
+        healthy(sql_running=False),
+        ControllerState(),
+        "node2",
+        "cannot be promoted: SQL thread not running",
+    ),
+    (
+        "no quorum",
+        view_of(
+            *[healthy_round(t) for t in (1.0, 2.0, 3.0)],
+            *[[down("node2", t), down("node3", t)] for t in (4.0, 5.0, 6.0)],
+        ),
+        ControllerState(),
+        "node2",
+        "no quorum",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "view", "state", "target", "reason"),
+    SWITCHOVER_REFUSALS,
+    ids=[r[0] for r in SWITCHOVER_REFUSALS],
+)
+def test_switchover_refusals_say_why(name, view, state, target, reason):
+    from hacontrol.decide import plan_switchover
+
+    refusal = plan_switchover(view, state, S, target, NOW)
+    assert isinstance(refusal, str) and reason in refusal, refusal
+
+
+def test_switchover_refuses_no_promote_candidate():
+    from hacontrol.decide import plan_switchover
+
+    s = settings(
+        nodes=[
+            {"name": n, "host": "127.0.0.1", "port": p, "no_promote": n == "node2"}
+            for n, p in (("node1", 3301), ("node2", 3302), ("node3", 3303))
+        ]
+    )
+    view = view_of(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), s=s)
+    refusal = plan_switchover(view, ControllerState(), s, "node2", NOW)
+    assert refusal == "node2 cannot be promoted: no_promote is set"
+
+
+def test_maintenance_hides_a_replica_and_brings_it_back():
+    from hacontrol.decide import plan_maintenance
+
+    plan, state = plan_maintenance(healthy(), ControllerState(), S, "node3", True)
+    (route,) = plan.actions
+    assert route.hidden_change and route.desired.hidden == {"node3"}
+    assert "node3" not in route.desired.readers
+    assert state.maintenance == {"node3"}
+    # While hidden: excluded from the desired routing and from promotion.
+    assert desired_after(state) == Membership.of(["node1"], ["node1", "node2"], [], ["node3"])
+    plan, state = plan_maintenance(healthy(), state, S, "node3", False)
+    assert state.maintenance == frozenset()
+    assert plan.actions[0].desired.hidden == frozenset()
+
+
+def desired_after(state):
+    from hacontrol.decide import desired_membership
+
+    return desired_membership(healthy(), state, S)
+
+
+def test_maintenance_refusals():
+    from hacontrol.decide import plan_maintenance
+
+    assert plan_maintenance(healthy(), ControllerState(), S, "node1", True) == (
+        "node1 is the primary: switch over first"
+    )
+    assert "unknown node" in plan_maintenance(healthy(), ControllerState(), S, "nodeX", True)
+    assert "not in maintenance" in plan_maintenance(healthy(), ControllerState(), S, "node2", False)
+
+
+def test_paused_controller_changes_nothing():
+    view = view_of(
+        *(healthy_round(t) for t in (1.0, 2.0, 3.0)), [router(writers=("node2",), at=4.0)]
+    )
+    d = decide(view, ControllerState(paused=True), S, NOW)
+    assert d.plan.rule == "Paused" and d.plan.actions == ()
+    assert decide(dead_primary(), ControllerState(paused=True), S, NOW).plan.rule == "Paused"

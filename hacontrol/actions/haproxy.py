@@ -326,7 +326,13 @@ class HAProxyRouter:
             self.settings.reader_backend,
         )
 
-    async def apply(self, desired: Membership, *, allow_no_writer: bool = False) -> bool:
+    async def apply(
+        self,
+        desired: Membership,
+        *,
+        allow_no_writer: bool = False,
+        allow_hidden_change: bool = False,  # HAProxy has no hidden group: hidden = maint
+    ) -> bool:
         if problem := desired_state_problem(desired, allow_no_writer=allow_no_writer):
             raise RouterError(f"refusing to apply HAProxy membership: {problem}")
         if unknown := desired.nodes() - set(self.nodes):

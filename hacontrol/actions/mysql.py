@@ -84,6 +84,13 @@ _HEARTBEAT = {
 }
 
 
+_OLDEST_TRX = Sql(
+    "SELECT trx_id, trx_mysql_thread_id AS thread, "
+    "TIMESTAMPDIFF(MICROSECOND, trx_started, NOW(6)) / 1000000 AS age "
+    "FROM information_schema.INNODB_TRX ORDER BY trx_started LIMIT 1"
+)
+
+
 def _kill_sql(thread_id: int) -> Sql:
     return Sql("KILL CONNECTION %s", (thread_id,))
 
@@ -401,6 +408,58 @@ class MySQLActions:
             return done
 
         return await self._run("rejoin", old_primary, address, timeout, body)
+
+    async def check_transactions(
+        self, node: str, max_age: float, timeout: float | None = None
+    ) -> ActionResult:
+        """Switchover pre-flight: ok=False when a transaction on ``node`` is older than
+        ``max_age`` seconds (it would hold the switchover, or be killed by the fence)."""
+
+        async def body(session: _Session) -> _Done:
+            rows = await session.query(_OLDEST_TRX)
+            if not rows:
+                return _Done("no open transaction")
+            age, trx, thread = rows[0]["age"], rows[0]["trx_id"], rows[0]["thread"]
+            detail = {"trx_id": str(trx), "thread": thread, "age": float(age)}
+            if float(age) > max_age:
+                return _Done(
+                    f"transaction {trx} (thread {thread}) has been open for "
+                    f"{float(age):.1f} s, more than {max_age:g} s",
+                    detail,
+                    ok=False,
+                )
+            return _Done(f"oldest transaction {float(age):.1f} s old", detail)
+
+        return await self._run("check_transactions", node, self._address(node), timeout, body)
+
+    async def catch_up(
+        self, node: str, source_host: str, source_port: int, timeout: float
+    ) -> ActionResult:
+        """Wait until replica ``node`` executed every transaction its source has written
+        (read fresh from the source, which the caller made read-only first)."""
+
+        async def body(session: _Session) -> _Done:
+            assert session.flavor is not None
+            flavor = session.flavor
+            source = await self._peer_status(source_host, source_port, session)
+            target = _own_transactions(source) or source.gtid_executed
+            while True:
+                status = await session.status()
+                repl = _default_connection(status)
+                if repl is None or not _replicates_from(status, source_host, source_port):
+                    raise ActionError(f"not a replica of {source_host}:{source_port}")
+                _check_sql_thread(repl)
+                detail = {"target": target, "executed": status.gtid_executed}
+                if _contains(status.gtid_executed, target, status.flavor):
+                    return _Done("executed everything its source wrote", detail)
+                left = session.deadline - time.monotonic() - 0.05
+                if left <= 0.01:
+                    return _Done(f"timed out catching up to {target}", detail, ok=False)
+                stmt = flavor.wait_for_gtid_sql(target, round(min(WAIT_SLICE, left), 3))
+                rows = await session.query(stmt)
+                flavor.wait_for_gtid_reached(rows[0]["result"])
+
+        return await self._run("catch_up", node, self._address(node), timeout, body)
 
     async def set_writable(self, node: str, on: bool, timeout: float | None = None) -> ActionResult:
         """read_only off (on=True) or on (on=False). Refuses to make a running replica writable."""

@@ -365,10 +365,13 @@ def plan_statements(
     runtime: Iterable[ServerRow],
     disk: Iterable[ServerRow],
     layout: Layout,
+    *,
+    hidden: bool = False,
 ) -> tuple[str, ...]:
     """The admin statements that make config, runtime and disk hold ``desired``, in order.
 
-    Empty when all three already do. Hidden rows are never written (``hidden_problem`` first).
+    Empty when all three already do. Hidden rows are written only with ``hidden`` (an
+    operator's maintenance command); otherwise ``hidden_problem`` refuses first.
     When a writer row must be added and another managed node is still a writer (in the
     configuration, or in the runtime), the old writer is removed and LOADed first, so that no
     LOAD ever publishes two writers.
@@ -379,6 +382,9 @@ def plan_statements(
     reader_adds, reader_removals = _converge(Role.READER, desired.readers, existing, layout)
     broken_adds, broken_removals = _converge(Role.BROKEN, desired.broken, existing, layout)
     rest = [*writer_adds, *reader_adds, *broken_adds, *reader_removals, *broken_removals]
+    if hidden:  # an operator's maintenance command, through the controller: hostgroup 40 too
+        hidden_adds, hidden_removals = _converge(Role.HIDDEN, desired.hidden, existing, layout)
+        rest += [*hidden_adds, *hidden_removals]
     if demotions or rest:
         stale_writer = any(
             role is Role.WRITER and node not in desired.writers
@@ -519,14 +525,22 @@ class ProxySQLRouter:
         rows = await self._call("read", self._read_runtime)
         return membership_of(rows, self.layout)
 
-    async def apply(self, desired: Membership, *, allow_no_writer: bool = False) -> bool:
+    async def apply(
+        self,
+        desired: Membership,
+        *,
+        allow_no_writer: bool = False,
+        allow_hidden_change: bool = False,
+    ) -> bool:
         if problem := desired_state_problem(desired, allow_no_writer=allow_no_writer):
             raise RouterError(f"refusing to apply ProxySQL membership: {problem}")
         if unknown := desired.nodes() - self.layout.names():
             raise RouterError(
                 f"refusing to apply ProxySQL membership: unmanaged node(s) {sorted(unknown)}"
             )
-        return await self._call("apply", lambda session: self._apply(session, desired))
+        return await self._call(
+            "apply", lambda session: self._apply(session, desired, allow_hidden_change)
+        )
 
     async def close(self) -> None:
         """Nothing to close: every call uses its own connection and closes it."""
@@ -551,16 +565,22 @@ class ProxySQLRouter:
     async def _read_runtime(self, session: _Session) -> list[ServerRow]:
         return await session.servers(RUNTIME_TABLE, self.layout.hostgroups.ids())
 
-    async def _apply(self, session: _Session, desired: Membership) -> bool:
+    async def _apply(
+        self, session: _Session, desired: Membership, allow_hidden_change: bool = False
+    ) -> bool:
         ids = self.layout.hostgroups.ids()
         sent = False
         for attempt in range(1, self._attempts + 1):
             config = await session.servers(CONFIG_TABLE, ids)
             runtime = await session.servers(RUNTIME_TABLE, ids)
-            if problem := hidden_problem(desired, config, runtime, self.layout):
+            if not allow_hidden_change and (
+                problem := hidden_problem(desired, config, runtime, self.layout)
+            ):
                 raise RouterError(f"refusing to apply ProxySQL membership: {problem}")
             disk = await session.servers(DISK_TABLE, ids)
-            statements = plan_statements(desired, config, runtime, disk, self.layout)
+            statements = plan_statements(
+                desired, config, runtime, disk, self.layout, hidden=allow_hidden_change
+            )
             if not statements:
                 return sent
             for sql in statements:

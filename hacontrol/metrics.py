@@ -1,0 +1,274 @@
+"""Prometheus metrics of one cluster, in a registry of its own (no global registry).
+
+The decision task feeds plain values in (``observe_probe``, ``observe_view``, ``observe_plan``,
+``observe_loop``, ``set_halt``, ``set_mail``); ``render()`` is the exposition text served on
+``GET /metrics``. Every series carries the label ``cluster``, so that several clusters can later
+share one process and one scrape.
+
+Unknown is never written as zero: a replica whose lag is NULL (``Seconds_Behind_Master`` NULL:
+replication stopped or not yet connected) is exported as NaN, and the lag series of a node that
+is not a reachable replica is absent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from hacontrol.events import PlanFinished, ProbeResult
+from hacontrol.view import ClusterView, Code
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LOOP_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+PHASE_OF_ACTION: Mapping[str, str] = {
+    "RouteFence": "fence",
+    "WaitApplied": "promote",
+    "Promote": "promote",
+    "Repoint": "repoint",
+    "Route": "route",
+}
+"""Failover step (action class name) -> phase of ``hacontrol_last_failover_phase_seconds``."""
+PHASES = ("detect", "fence", "promote", "repoint", "route", "total")
+OUTCOMES = ("ok", "failed", "rolled_back")
+
+
+class MailCounters(Protocol):
+    """What the notifier exposes (``actions.notify.Notifier`` has these attributes)."""
+
+    queued: int
+    sent: int
+    failed: int
+    dropped: int
+
+
+def plan_outcome(finished: PlanFinished) -> str:
+    """ok, rolled_back (a stopped switchover that put the old primary back) or failed."""
+    if finished.ok:
+        return "ok"
+    if "rolled back" in finished.reason.lower() or "rolled_back" in finished.reason.lower():
+        return "rolled_back"
+    return "failed"
+
+
+def failover_phases(finished: PlanFinished, detect_seconds: float | None) -> dict[str, float]:
+    """Seconds per phase of a failover plan, from its step timings. Pure.
+
+    Only phases whose steps ran appear (a failover stopped at WaitApplied has no route phase);
+    ``total`` is the detection time plus the whole plan.
+    """
+    phases: dict[str, float] = {}
+    for step in finished.steps:
+        phase = PHASE_OF_ACTION.get(step.action)
+        if phase is not None:
+            phases[phase] = phases.get(phase, 0.0) + step.seconds
+    if detect_seconds is not None:
+        phases["detect"] = detect_seconds
+    phases["total"] = (detect_seconds or 0.0) + finished.seconds
+    return phases
+
+
+class Metrics:
+    """The metrics of one cluster. Not thread-safe by design: fed from the event loop only."""
+
+    def __init__(self, cluster: str, *, mail: MailCounters | None = None) -> None:
+        self.cluster = cluster
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._mail_source = mail
+        self._mail: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._lag_nodes: set[str] = set()
+        reg = self.registry
+        node = ("cluster", "node")
+        self._probe_rtt = Histogram(
+            "hacontrol_probe_rtt_seconds",
+            "Round trip of successful node probes",
+            node,
+            buckets=PROBE_BUCKETS,
+            registry=reg,
+        )
+        self._probes = Counter(
+            "hacontrol_probes",
+            "Node probes by result (ok, failed)",
+            (*node, "result"),
+            registry=reg,
+        )
+        self._up = Gauge(
+            "hacontrol_node_up",
+            "1 when the node is reachable in the controller's view, else 0",
+            node,
+            registry=reg,
+        )
+        self._lag = Gauge(
+            "hacontrol_replica_lag_seconds",
+            "Seconds_Behind_Master of reachable replicas; NaN when the server reports NULL",
+            node,
+            registry=reg,
+        )
+        self._primary = Gauge(
+            "hacontrol_node_is_primary",
+            "1 for the node the view sees as primary",
+            node,
+            registry=reg,
+        )
+        self._quorum = Gauge(
+            "hacontrol_quorum",
+            "1 when a strict majority of nodes is reachable",
+            ("cluster",),
+            registry=reg,
+        )
+        self._problems = Gauge(
+            "hacontrol_problems",
+            "Problems currently detected, by code",
+            ("cluster", "code"),
+            registry=reg,
+        )
+        self._failovers = Counter(
+            "hacontrol_failovers",
+            "Failover plans finished, by outcome",
+            ("cluster", "outcome"),
+            registry=reg,
+        )
+        self._switchovers = Counter(
+            "hacontrol_switchovers",
+            "Switchover plans finished, by outcome",
+            ("cluster", "outcome"),
+            registry=reg,
+        )
+        self._phase = Gauge(
+            "hacontrol_last_failover_phase_seconds",
+            "Duration of each phase of the last failover (detect, fence, promote, repoint, "
+            "route, total)",
+            ("cluster", "phase"),
+            registry=reg,
+        )
+        self._loop_lag = Histogram(
+            "hacontrol_decision_loop_lag_seconds",
+            "Seconds between an event's observation and its handling by the decision task",
+            ("cluster",),
+            buckets=LOOP_BUCKETS,
+            registry=reg,
+        )
+        self._queue = Gauge(
+            "hacontrol_queue_depth",
+            "Events waiting for the decision task",
+            ("cluster",),
+            registry=reg,
+        )
+        self._halt = Gauge(
+            "hacontrol_halt_active",
+            "1 while the controller is halted (no automatic change until an operator acts)",
+            ("cluster",),
+            registry=reg,
+        )
+        for outcome in OUTCOMES:  # export zeros, so that rate() works from the first failover
+            self._failovers.labels(cluster, outcome)
+            self._switchovers.labels(cluster, outcome)
+        self._queue.labels(cluster).set(0)
+        self._halt.labels(cluster).set(0)
+        reg.register(_MailCollector(self))
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def observe_probe(self, result: ProbeResult) -> None:
+        self._probes.labels(self.cluster, result.node, "ok" if result.ok else "failed").inc()
+        if result.ok and result.rtt is not None:
+            self._probe_rtt.labels(self.cluster, result.node).observe(result.rtt)
+
+    def observe_view(self, view: ClusterView) -> None:
+        """Node up, replica lag, primary, quorum and problems from the current view."""
+        c = self.cluster
+        lag_nodes: set[str] = set()
+        for name, node in view.nodes.items():
+            self._up.labels(c, name).set(1 if node.reachable else 0)
+            self._primary.labels(c, name).set(1 if name == view.primary else 0)
+            channel = node.channel
+            if node.reachable and channel is not None:
+                lag = channel.seconds_behind
+                self._lag.labels(c, name).set(math.nan if lag is None else float(lag))
+                lag_nodes.add(name)
+        for name in self._lag_nodes - lag_nodes:
+            self._lag.remove(c, name)
+        self._lag_nodes = lag_nodes
+        self._quorum.labels(c).set(1 if view.quorum.ok else 0)
+        for code in Code:
+            count = sum(1 for p in view.problems if p.code is code)
+            self._problems.labels(c, code.value).set(count)
+
+    def observe_plan(
+        self,
+        finished: PlanFinished,
+        detect_seconds: float | None = None,
+        *,
+        outcome: str | None = None,
+    ) -> None:
+        """Count failovers/switchovers by outcome; a failover also sets the phase durations.
+
+        ``detect_seconds``: from the first failed probe of the primary to the plan's start
+        (the caller knows both). ``outcome`` overrides ``plan_outcome(finished)``.
+        """
+        outcome = outcome or plan_outcome(finished)
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+        if finished.kind == "switchover":
+            self._switchovers.labels(self.cluster, outcome).inc()
+        elif finished.kind == "failover":
+            self._failovers.labels(self.cluster, outcome).inc()
+            self._phase.clear()  # phases of an older failover must not mix with this one
+            for phase, seconds in failover_phases(finished, detect_seconds).items():
+                self._phase.labels(self.cluster, phase).set(seconds)
+
+    def observe_loop(self, lag_seconds: float, queue_depth: int) -> None:
+        self._loop_lag.labels(self.cluster).observe(max(0.0, lag_seconds))
+        self._queue.labels(self.cluster).set(queue_depth)
+
+    def set_halt(self, active: bool) -> None:
+        self._halt.labels(self.cluster).set(1 if active else 0)
+
+    def set_mail(self, queued: int, sent: int, failed: int, dropped: int) -> None:
+        """Mail counters pushed by the caller; ignored when a notifier was given at creation."""
+        self._mail = (queued, sent, failed, dropped)
+
+    def mail_counts(self) -> tuple[int, int, int, int]:
+        source = self._mail_source
+        if source is None:
+            return self._mail
+        return (source.queued, source.sent, source.failed, source.dropped)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _MailCollector(Collector):
+    """Reads the notifier's counters at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        return [CounterMetricFamily("hacontrol_mails", "", labels=("cluster", "state"))]
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        queued, sent, failed, dropped = self._metrics.mail_counts()
+        family = CounterMetricFamily(
+            "hacontrol_mails",
+            "Alert mails: queued, sent, failed (failed attempts), dropped (given up)",
+            labels=("cluster", "state"),
+        )
+        cluster = self._metrics.cluster
+        for state, value in (
+            ("queued", queued),
+            ("sent", sent),
+            ("failed", failed),
+            ("dropped", dropped),
+        ):
+            family.add_metric((cluster, state), value)
+        yield family

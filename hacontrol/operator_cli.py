@@ -1,0 +1,173 @@
+"""Operator commands: ``hacontrol switchover|maintenance|ack|pause|resume`` call the running
+controller's HTTP API (``hacontrol.api``) and print its answer.
+
+The API address comes from ``--url`` or from the settings (``api.host``/``api.port``); the
+token from ``HACONTROL_API__TOKEN`` or the settings (``api.token`` / ``api.token_file``). The
+settings file is read only when one of them is missing.
+
+Exit codes: 0 done, 1 refused by the controller (its message says why), 2 usage or
+configuration error (no token, wrong token, malformed request), 3 the API could not be
+reached or the controller did not answer (a 504 means the command may still run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from hacontrol.settings import SettingsError, load_settings
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+TOKEN_ENV = "HACONTROL_API__TOKEN"
+HTTP_TIMEOUT = 75.0
+"""Seconds to wait for an answer; longer than the API's own 60 s wait for the controller."""
+
+
+class UsageError(Exception):
+    """Configuration or usage problem: exit 2."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    token: str
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "switchover",
+        help="planned switchover of the primary (via the running controller's API)",
+    )
+    p.add_argument("--to", metavar="NODE", help="the new primary (default: the best candidate)")
+    _common(p, "switchover")
+
+    p = subparsers.add_parser(
+        "maintenance", help="hide a node from routing and quorum (on) or bring it back (off)"
+    )
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("state", choices=("on", "off"))
+    _common(p, "maintenance")
+
+    for name, text in (
+        ("ack", "acknowledge: clear a halt and the recovery block after a failover"),
+        ("pause", "pause automatic changes (the controller keeps observing)"),
+        ("resume", "resume automatic changes after a pause"),
+    ):
+        _common(subparsers.add_parser(name, help=text), name)
+
+
+def _common(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings file, for api.host/port/token (default: $HACONTROL_CONFIG, else "
+        "./settings.toml)",
+    )
+    parser.add_argument("--url", help="API base URL, e.g. http://127.0.0.1:8008 (overrides)")
+    parser.add_argument(
+        "--timeout", type=float, default=HTTP_TIMEOUT, help=f"seconds (default {HTTP_TIMEOUT:g})"
+    )
+    parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    parser.set_defaults(func=run, command_name=name)
+
+
+def request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(path, JSON body) of the API call for the parsed command line. Pure."""
+    match args.command_name:
+        case "switchover":
+            return "/switchover", ({"to": args.to} if args.to else {})
+        case "maintenance":
+            return "/maintenance", {"node": args.node, "on": args.state == "on"}
+        case name:
+            return f"/{name}", {}
+
+
+def endpoint(args: argparse.Namespace, env: dict[str, str] | os._Environ[str]) -> Endpoint:
+    """API URL and token from the options, the environment and (if needed) the settings."""
+    url: str | None = args.url
+    token = env.get(TOKEN_ENV) or None
+    if url is None or token is None:
+        try:
+            settings = load_settings(args.config).settings
+        except SettingsError as exc:
+            raise UsageError("settings error: " + "; ".join(exc.problems)) from None
+        api = settings.api
+        if url is None:
+            if api.port == 0:
+                raise UsageError("api.port is 0 (any free port): give the address with --url")
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(api.host, api.host)
+            url = f"http://[{host}]:{api.port}" if ":" in host else f"http://{host}:{api.port}"
+        if token is None and api.token is not None:
+            token = api.token.get_secret_value()
+    if not token:
+        raise UsageError(f"no API token: set api.token or api.token_file, or {TOKEN_ENV}")
+    return Endpoint(url.rstrip("/"), token)
+
+
+def call(
+    ep: Endpoint, path: str, body: dict[str, Any], timeout: float
+) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` to the API: (HTTP status, JSON answer). OSError when unreachable."""
+    request = urllib.request.Request(
+        ep.url + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {ep.token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = {"ok": False, "message": raw.decode(errors="replace")[:500]}
+    if not isinstance(answer, dict):
+        answer = {"ok": False, "message": str(answer)[:500]}
+    return status, answer
+
+
+def exit_code(status: int) -> int:
+    if status == 200:
+        return EXIT_OK
+    if status == 409:
+        return EXIT_REFUSED
+    if 400 <= status < 500:
+        return EXIT_USAGE
+    return EXIT_UNREACHABLE
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        ep = endpoint(args, os.environ)
+    except UsageError as exc:
+        print(f"hacontrol: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    path, body = request_of(args)
+    try:
+        status, answer = call(ep, path, body, args.timeout)
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"hacontrol: cannot reach the API at {ep.url}: {reason}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    code = exit_code(status)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif code in (EXIT_OK, EXIT_REFUSED):
+        print(answer.get("message", ""))
+        if answer.get("detail"):
+            print(json.dumps(answer["detail"], indent=2))
+    else:
+        print(f"hacontrol: API answered {status}: {answer.get('message', '')}", file=sys.stderr)
+    return code
