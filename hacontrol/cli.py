@@ -69,9 +69,10 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Commands that live in their own modules register their own parsers."""
-    from hacontrol import sandbox
+    from hacontrol import operator_cli, sandbox
 
     sandbox.register_cli(sub)
+    operator_cli.register_cli(sub)
 
 
 def _load(args: argparse.Namespace) -> Loaded | None:

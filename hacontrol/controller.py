@@ -37,6 +37,7 @@ from hacontrol.executor import Executor
 from hacontrol.flavors.base import NodeStatus
 from hacontrol.journal import Intent, Journal, state_from_json, state_to_json
 from hacontrol.jsonlog import JsonLog
+from hacontrol.metrics import Metrics
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, changes, fold, initial
 
@@ -80,6 +81,7 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         acknowledge_block: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
@@ -95,6 +97,9 @@ class Controller:
         self._running: asyncio.Task[None] | None = None
         self._waiting: dict[str, OperatorCommand] = {}
         self._deferred: list[OperatorCommand] = []
+        self.metrics = metrics
+        self._primary_failing_since: float | None = None
+        self._detect_seconds: dict[str, float | None] = {}
         self._last_logged: tuple[str, str] | None = None
         self.decisions: list[dict[str, object]] = []
         """The last decisions with their reasons (newest last), for status and tests."""
@@ -146,8 +151,19 @@ class Controller:
 
     def handle(self, event: Event) -> None:
         log_event(self.log, event)
+        if self.metrics is not None:
+            self.metrics.observe_loop(max(0.0, self._clock() - event.at), self.queue.qsize())
+            if isinstance(event, ProbeResult):
+                self.metrics.observe_probe(event)
         before = self.view
         self.view = fold(before, event, self.settings)
+        if self.metrics is not None:
+            self.metrics.observe_view(self.view)
+        if isinstance(event, ProbeResult) and event.node == before.primary:
+            if event.ok:
+                self._primary_failing_since = None
+            elif self._primary_failing_since is None:
+                self._primary_failing_since = event.at
         for change in changes(before, self.view):
             self.log.emit(change.event, change.node, change.level, **change.fields)
         if isinstance(event, PlanFinished):
@@ -214,6 +230,8 @@ class Controller:
             self.queue.put_nowait(result)
 
         self._running = asyncio.create_task(execute(), name=f"plan:{plan_id}")
+        if plan.kind == "failover" and self._primary_failing_since is not None:
+            self._detect_seconds[plan_id] = self._clock() - self._primary_failing_since
 
     # -- operator commands ------------------------------------------------------------------
 
@@ -282,6 +300,8 @@ class Controller:
             cmd.reply.set_result(CommandResult(ok, message, dict(detail)))
 
     def _finished(self, event: PlanFinished) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_plan(event, self._detect_seconds.pop(event.plan_id, None))
         self.log.emit(
             "plan_finished",
             None,
@@ -344,6 +364,8 @@ class Controller:
 
         before = persisted(self.state)
         self.state = state
+        if self.metrics is not None:
+            self.metrics.set_halt(state.halt is not None)
         if self.journal is not None and persisted(state) != before:
             self.journal.save_state(state_to_json(state, self._clock(), self._wall()))
 

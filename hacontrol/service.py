@@ -18,16 +18,21 @@ from typing import Any
 
 from hacontrol.actions.mysql import MySQLActions
 from hacontrol.actions.notify import MailPolicy, Notifier
+from hacontrol.api import ApiServer
 from hacontrol.controller import Controller
 from hacontrol.events import CommandResult, Event, OperatorCommand, Stop, Tick
 from hacontrol.executor import Executor
 from hacontrol.journal import Journal
 from hacontrol.jsonlog import JsonLog
+from hacontrol.metrics import Metrics
 from hacontrol.mysqlconn import Endpoint
 from hacontrol.probes.mysql import NodeProbe
 from hacontrol.probes.router import RouterProbe
 from hacontrol.routing import Router
 from hacontrol.settings import Settings
+
+API_TIMEOUT = 60.0
+"""How long an operator command may wait for the controller's answer (API and in-process)."""
 
 SHUTDOWN_GRACE = 1.5
 """Seconds the probes get to close after the decision task stopped (2 s overall budget)."""
@@ -96,6 +101,8 @@ class Runtime:
         self.probes = node_probes(settings, self.emit)
         self.router = build_router(settings)
         self.notifier = Notifier(settings.smtp, log, policy=mail_policy or MailPolicy())
+        self.metrics = Metrics(settings.cluster.name, mail=self.notifier)
+        self.api: ApiServer | None = None
         self.journal = Journal(settings.controller.journal)
         self.executor = Executor(
             settings,
@@ -115,6 +122,7 @@ class Runtime:
             executor=self.executor,
             journal=self.journal,
             acknowledge_block=acknowledge_block,
+            metrics=self.metrics,
         )
         self._workers: list[asyncio.Task[None]] = []
         self._decision: asyncio.Task[None] | None = None
@@ -139,10 +147,13 @@ class Runtime:
             return False, f"no quorum: {view.quorum.describe()}"
         return True, view.quorum.describe()
 
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
     def status(self) -> dict[str, Any]:
         return controller_status(self.controller, self.settings, time.monotonic())
 
-    async def command(self, cmd: OperatorCommand, timeout: float = 120.0) -> CommandResult:
+    async def command(self, cmd: OperatorCommand, timeout: float = API_TIMEOUT) -> CommandResult:
         """Put an operator command on the queue and wait for the controller's answer."""
         reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self.emit(replace(cmd, reply=reply))
@@ -187,6 +198,13 @@ class Runtime:
         )
         self._notifier_task = asyncio.create_task(self.notifier.run(), name="notifier")
         self._decision = asyncio.create_task(self.controller.run(), name="decision")
+        if settings.api.enabled:
+            self.api = ApiServer(settings.api, self, self.log, command_timeout=API_TIMEOUT)
+            try:
+                await self.api.start()
+            except OSError:
+                await self.stop("the API could not listen")
+                raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -204,6 +222,10 @@ class Runtime:
         await self._decision
 
     async def stop(self, reason: str) -> None:
+        if self.api is not None:  # first: no new command during shutdown
+            api, self.api = self.api, None
+            with contextlib.suppress(Exception):
+                await api.stop()
         decision = self._decision
         if decision is None:
             return

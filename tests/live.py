@@ -34,6 +34,7 @@ def sandbox_settings(
             ),
             "failover": settings.failover.model_copy(update=failover),
             "controller": settings.controller.model_copy(update={"journal": journal}),
+            "api": settings.api.model_copy(update={"port": 0}),  # tests run side by side
         }
     )
 

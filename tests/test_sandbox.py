@@ -393,7 +393,21 @@ def test_generated_settings_point_at_the_sandbox(sandbox: Sandbox) -> None:
         "reader_backend": "readers",
     }
     assert Path(info.router.admin).is_socket()
-    assert set(doc) == {"cluster", "nodes", "mysql", "router", "probes", "failover", "smtp"}
+    assert set(doc) == {
+        "cluster",
+        "nodes",
+        "mysql",
+        "router",
+        "probes",
+        "failover",
+        "smtp",
+        "api",
+        "controller",
+    }
+    assert doc["api"]["port"] == info.nodes[-1].port + 4  # after the router's three ports
+    token = Path(doc["api"]["token_file"])
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text().strip()
+    assert doc["controller"]["journal"] == str(sandbox.dir / "state" / "journal.jsonl")
 
 
 @pytest.mark.integration

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import shlex
@@ -238,14 +239,13 @@ class HookRunner:
             # leave its children; instead the spawn completes and its whole group is killed.
             proc = await asyncio.shield(spawn)
         except asyncio.CancelledError:
-            spawn.add_done_callback(_kill_spawned)
-            os.close(read_fd)
+            spawn.add_done_callback(functools.partial(_abandon, read_fd, write_fd))
             raise
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             os.close(read_fd)
-            return _Outcome(None, False, f"cannot start {argv[0]!r}: {_error_text(exc)}")
-        finally:
             os.close(write_fd)
+            return _Outcome(None, False, f"cannot start {argv[0]!r}: {_error_text(exc)}")
+        os.close(write_fd)  # the hook has its copies; EOF comes when they are all closed
 
         captured = bytearray()
         try:
@@ -310,7 +310,12 @@ class HookRunner:
             await asyncio.wait_for(proc.wait(), self._kill_grace)
 
 
-def _kill_spawned(spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+def _abandon(
+    read_fd: int, write_fd: int, spawn: asyncio.Future[asyncio.subprocess.Process]
+) -> None:
+    """A spawn whose caller was cancelled: close the pipe, kill the hook's group if it runs."""
+    os.close(read_fd)
+    os.close(write_fd)
     if not spawn.cancelled() and spawn.exception() is None:
         _killpg(spawn.result().pid, signal.SIGKILL)
 

@@ -24,6 +24,7 @@ from hacontrol.sandbox.model import (
     ROUTER_DIR,
     SECRETS_DIR,
     SETTINGS_FILE,
+    STATE_DIR,
     STATE_FILE,
     AlreadyRunningError,
     Credentials,
@@ -276,6 +277,9 @@ class Sandbox:
             controller_password_file=info.users["controller"].password_file,
             replication_password_file=info.users["replication"].password_file,
             proxysql_password_file=str(proxysql_pw) if proxysql_pw.exists() else None,
+            api_port=self.spec.api_port,
+            api_token_file=str(write_secret(self.dir / SECRETS_DIR / "api.token")),
+            journal=str(self.dir / STATE_DIR / "journal.jsonl"),
         )
         Path(info.settings).write_text(text)
 
@@ -408,6 +412,7 @@ class Sandbox:
         for path in [Path(n.node_dir) for n in info.nodes] + [
             self.dir / SECRETS_DIR,
             self.dir / ROUTER_DIR,
+            self.dir / STATE_DIR,
         ]:
             shutil.rmtree(path, ignore_errors=True)
         for name in (HAPROXY_SOCKET, SETTINGS_FILE, STATE_FILE):

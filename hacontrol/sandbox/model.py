@@ -16,6 +16,7 @@ SETTINGS_FILE = "settings.toml"
 SECRETS_DIR = "secrets"
 HAPROXY_SOCKET = "haproxy.sock"
 ROUTER_DIR = "router"
+STATE_DIR = "state"  # the controller's journal, when run with the sandbox's settings
 
 
 class SandboxError(Exception):
@@ -53,7 +54,7 @@ class SandboxSpec:
 
     @property
     def port_count(self) -> int:
-        return self.nodes + 3
+        return self.nodes + 4
 
     def node_name(self, index: int) -> str:
         return f"node{index + 1}"
@@ -73,6 +74,11 @@ class SandboxSpec:
     def admin_port(self) -> int:
         return self.base_port + self.nodes + 2
 
+    @property
+    def api_port(self) -> int:
+        """The controller's HTTP API, when run with the sandbox's settings."""
+        return self.base_port + self.nodes + 3
+
     def ports(self) -> list[tuple[int, str]]:
         """Every port the sandbox listens on, with what it is for (for clear busy-port errors)."""
         named = [(self.node_port(i), f"mariadbd {self.node_name(i)}") for i in range(self.nodes)]
@@ -81,6 +87,7 @@ class SandboxSpec:
             (self.writer_port, "router writer port"),
             (self.reader_port, "router reader port"),
             (self.admin_port, "router admin port"),
+            (self.api_port, "controller API port"),
         ]
 
 

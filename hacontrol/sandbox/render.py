@@ -255,6 +255,9 @@ def settings_toml(
     controller_password_file: str,
     replication_password_file: str,
     proxysql_password_file: str | None = None,
+    api_port: int = 0,
+    api_token_file: str | None = None,
+    journal: str | None = None,
 ) -> str:
     """settings.toml for the controller, pointing at the sandbox (schema owned by settings.py)."""
     lines = ["# written by `hacontrol sandbox up`", "[cluster]", 'name = "sandbox"', ""]
@@ -311,5 +314,12 @@ def settings_toml(
         "[smtp]",
         'host = ""  # empty: mail disabled',
         "",
+        "[api]",
+        'host = "127.0.0.1"',
+        f"port = {api_port}",
+        *([f"token_file = {json.dumps(api_token_file)}"] if api_token_file else []),
+        "",
     ]
+    if journal:
+        lines += ["[controller]", f"journal = {json.dumps(journal)}", ""]
     return "\n".join(lines)

@@ -1,0 +1,481 @@
+"""The HTTP API on a real aiohttp server (127.0.0.1, any free port) with a fake controller
+handle, and the operator CLI commands against that server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from hacontrol import operator_cli
+from hacontrol.api import ApiServer, parse_command
+from hacontrol.events import CommandResult, OperatorCommand
+from hacontrol.jsonlog import JsonLog
+from hacontrol.metrics import Metrics
+from hacontrol.settings import ApiSettings
+from hacontrol.status import to_json
+from hacontrol.view import fold, initial
+from tests.factories import primary, replica, settings
+
+TOKEN = "s3cret-token-value"
+WRONG = "not-the-token-at-all"
+
+
+class FakeHandle:
+    """Implements api.ControllerHandle; records commands, answers canned results."""
+
+    def __init__(self, *, hang: bool = False) -> None:
+        s = settings()
+        view = initial(s)
+        for event in (primary(), replica("node2"), replica("node3")):
+            view = fold(view, event, s)
+        self.view = view
+        self.metrics = Metrics("t")
+        self.metrics.observe_view(view)
+        self.commands: list[OperatorCommand] = []
+        self.answers: dict[str, CommandResult] = {}
+        self.alive_state = (True, "decision task running")
+        self.ready_state = (True, "3 of 3 nodes probed, quorum ok")
+        self.hang = hang
+
+    def alive(self) -> tuple[bool, str]:
+        return self.alive_state
+
+    def ready(self) -> tuple[bool, str]:
+        return self.ready_state
+
+    def status(self) -> dict[str, Any]:
+        return {"view": to_json(self.view), "state": {"paused": False, "halt": None}}
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
+    async def command(self, cmd: OperatorCommand) -> CommandResult:
+        self.commands.append(cmd)
+        if self.hang:
+            await asyncio.Event().wait()
+        default = CommandResult(True, f"{cmd.command} accepted", {"node": cmd.node, "on": cmd.on})
+        return self.answers.get(cmd.command, default)
+
+
+class Api:
+    def __init__(
+        self, server: ApiServer, handle: FakeHandle, log: io.StringIO, url: str, http: Any
+    ) -> None:
+        self.server, self.handle, self.log, self.url, self.http = server, handle, log, url, http
+
+    async def post(
+        self, path: str, body: Any = None, *, token: str | None = TOKEN, raw: bytes | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+        async with self.http.post(self.url + path, data=data, headers=headers) as r:
+            return r.status, await r.json()
+
+    async def get(self, path: str) -> tuple[int, Any, str]:
+        async with self.http.get(self.url + path) as r:
+            text = await r.text()
+            return r.status, text, r.headers["Content-Type"]
+
+
+async def start_api(
+    handle: FakeHandle, *, token: str | None = TOKEN, timeout: float = 5.0
+) -> tuple[ApiServer, io.StringIO, str]:
+    stream = io.StringIO()
+    log = JsonLog("t", stream=stream)  # no secrets given: the API itself must not log the token
+    api_settings = ApiSettings(
+        host="127.0.0.1", port=0, token=SecretStr(token) if token is not None else None
+    )
+    server = ApiServer(api_settings, handle, log, command_timeout=timeout)
+    host, port = await server.start()
+    return server, stream, f"http://{host}:{port}"
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    handle = FakeHandle()
+    server, stream, url = await start_api(handle)
+    async with aiohttp.ClientSession() as http:
+        yield Api(server, handle, stream, url, http)
+    await server.stop()
+
+
+def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+# -- read-only endpoints ----------------------------------------------------------------------
+
+
+async def test_listening_line_and_bound_port(api: Api):
+    listening = [e for e in log_lines(api.log) if e["event"] == "api_listening"]
+    assert len(listening) == 1
+    assert listening[0]["host"] == "127.0.0.1"
+    assert listening[0]["port"] == api.server.address[1] > 0
+    assert listening[0]["commands_enabled"] is True
+
+
+async def test_health_and_ready(api: Api):
+    status, text, _ = await api.get("/health")
+    assert (status, json.loads(text)) == (200, {"ok": True, "reason": "decision task running"})
+    api.handle.alive_state = (False, "decision task finished")
+    status, text, _ = await api.get("/health")
+    assert (status, json.loads(text)) == (503, {"ok": False, "reason": "decision task finished"})
+
+    status, text, _ = await api.get("/ready")
+    assert status == 200 and json.loads(text)["ok"] is True
+    api.handle.ready_state = (False, "node3 not probed yet")
+    status, text, _ = await api.get("/ready")
+    assert (status, json.loads(text)) == (503, {"ok": False, "reason": "node3 not probed yet"})
+
+
+async def test_status_is_the_handles_json(api: Api):
+    status, text, content_type = await api.get("/status")
+    assert status == 200
+    assert content_type.startswith("application/json")
+    body = json.loads(text)
+    assert body["view"]["primary"] == "node1"
+    assert [n["name"] for n in body["view"]["nodes"]] == ["node1", "node2", "node3"]
+    assert body["state"] == {"paused": False, "halt": None}
+
+
+async def test_metrics_parse_as_prometheus_text(api: Api):
+    status, text, content_type = await api.get("/metrics")
+    assert status == 200
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    up = {s.labels["node"]: s.value for s in families["hacontrol_node_up"].samples}
+    assert up == {"node1": 1.0, "node2": 1.0, "node3": 1.0}
+    assert families["hacontrol_failovers"].type == "counter"
+
+
+async def test_unknown_path_and_wrong_method_answer_json(api: Api):
+    status, text, _ = await api.get("/nope")
+    assert status == 404 and json.loads(text)["ok"] is False
+    status, text, _ = await api.get("/switchover")
+    assert status == 405 and json.loads(text)["ok"] is False
+    assert api.handle.commands == []
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "command", "node", "on"),
+    [
+        ("/switchover", {"to": "node2"}, "switchover", "node2", None),
+        ("/switchover", None, "switchover", None, None),
+        ("/switchover", {"to": None}, "switchover", None, None),
+        ("/maintenance", {"node": "node3", "on": True}, "maintenance", "node3", True),
+        ("/maintenance", {"node": "node3", "on": False}, "maintenance", "node3", False),
+        ("/ack", None, "ack", None, None),
+        ("/pause", {}, "pause", None, None),
+        ("/resume", None, "resume", None, None),
+    ],
+)
+async def test_each_command_reaches_the_controller(api: Api, path, body, command, node, on):
+    status, answer = await api.post(path, body)
+    assert status == 200
+    assert answer == {
+        "ok": True,
+        "message": f"{command} accepted",
+        "detail": {"node": node, "on": on},
+    }
+    [cmd] = api.handle.commands
+    assert (cmd.command, cmd.node, cmd.on) == (command, node, on)
+    assert cmd.at > 0
+
+
+async def test_refusal_is_409_with_the_controllers_message(api: Api):
+    api.handle.answers["switchover"] = CommandResult(
+        False, "refused: node2 is 12 s behind", {"candidates": ["node3"]}
+    )
+    status, answer = await api.post("/switchover", {"to": "node2"})
+    assert status == 409
+    assert answer == {
+        "ok": False,
+        "message": "refused: node2 is 12 s behind",
+        "detail": {"candidates": ["node3"]},
+    }
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        f"Bearer {WRONG}",
+        f"Basic {TOKEN}",
+        "Bearer",
+        f"Bearer {TOKEN}x",
+        f"Bearer {TOKEN[:-1]}",
+    ],
+)
+async def test_no_or_wrong_token_is_401_and_nothing_is_sent(api: Api, header):
+    headers = {"Authorization": header} if header is not None else {}
+    async with api.http.post(api.url + "/pause", data=b"", headers=headers) as r:
+        status, text = r.status, await r.text()
+    assert status == 401
+    assert json.loads(text)["ok"] is False
+    assert TOKEN not in text
+    assert api.handle.commands == []
+
+
+async def test_commands_are_disabled_without_a_configured_token():
+    handle = FakeHandle()
+    server, stream, url = await start_api(handle, token=None)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for header in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer x"}):
+                async with http.post(url + "/ack", headers=header) as r:
+                    assert r.status == 401
+                    assert "no API token configured" in (await r.json())["message"]
+            async with http.get(url + "/health") as r:  # reads still work
+                assert r.status == 200
+    finally:
+        await server.stop()
+    assert handle.commands == []
+    assert [e["commands_enabled"] for e in log_lines(stream) if e["event"] == "api_listening"] == [
+        False
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "message"),
+    [
+        ("/switchover", b"{not json", "not valid JSON"),
+        ("/switchover", b'["node2"]', "must be a JSON object"),
+        ("/switchover", b'{"to": 2}', "'to' must be a non-empty string"),
+        ("/switchover", b'{"to": ""}', "'to' must be a non-empty string"),
+        ("/switchover", b'{"node": "node2"}', "unknown field(s) node"),
+        ("/maintenance", b'{"node": "node3"}', "maintenance needs"),
+        ("/maintenance", b'{"node": "node3", "on": "yes"}', "'on' must be true or false"),
+        ("/maintenance", b'{"node": "node3", "on": 1}', "'on' must be true or false"),
+        ("/maintenance", b'{"node": null, "on": true}', "'node' must be a non-empty string"),
+        ("/ack", b'{"force": true}', "unknown field(s) force"),
+    ],
+)
+async def test_malformed_body_is_400_and_nothing_is_sent(api: Api, path, raw, message):
+    status, answer = await api.post(path, raw=raw)
+    assert status == 400
+    assert answer["ok"] is False
+    assert message in answer["message"]
+    assert api.handle.commands == []
+
+
+async def test_token_is_checked_before_the_body(api: Api):
+    status, answer = await api.post("/switchover", raw=b"{not json", token=WRONG)
+    assert (status, answer["message"]) == (401, "wrong token")
+
+
+async def test_controller_that_never_answers_is_504():
+    handle = FakeHandle(hang=True)
+    server, stream, url = await start_api(handle, timeout=0.2)
+    try:
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with http.post(url + "/resume", headers=headers) as r:
+                status, answer = r.status, await r.json()
+    finally:
+        await server.stop()
+    assert status == 504
+    assert "did not answer within 0.2 s" in answer["message"]
+    assert [c.command for c in handle.commands] == ["resume"]  # it was queued
+    assert [e["status"] for e in log_lines(stream) if e["event"] == "api_request"] == [504]
+
+
+async def test_one_log_line_per_request_and_never_the_token(api: Api):
+    await api.post("/ack", None)
+    await api.post("/ack", None, token=WRONG)
+    await api.post("/maintenance", raw=b"{bad", token=TOKEN)
+    await api.get("/metrics")
+    text = api.log.getvalue()
+    assert TOKEN not in text
+    assert WRONG not in text
+    requests = [
+        (e["method"], e["path"], e["status"])
+        for e in log_lines(api.log)
+        if e["event"] == "api_request"
+    ]
+    assert requests == [
+        ("POST", "/ack", 200),
+        ("POST", "/ack", 401),
+        ("POST", "/maintenance", 400),
+        ("GET", "/metrics", 200),
+    ]
+
+
+def test_parse_command_is_pure():
+    assert parse_command("maintenance", b' {"node": "n3", "on": true} ', 5.0) == OperatorCommand(
+        at=5.0, command="maintenance", node="n3", on=True
+    )
+    assert parse_command("switchover", b"", 1.0) == OperatorCommand(at=1.0, command="switchover")
+
+
+# -- the operator CLI against the real server ---------------------------------------------------
+
+
+def cli_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hacontrol")
+    operator_cli.register_cli(parser.add_subparsers())
+    return parser.parse_args(argv)
+
+
+async def run_cli(argv: list[str]) -> int:
+    args = cli_args(argv)
+    return await asyncio.to_thread(args.func, args)  # urllib blocks: keep the server's loop free
+
+
+def settings_file(tmp_path: Path, *, port: int, token: str | None) -> Path:
+    token_line = f'token = "{token}"' if token is not None else ""
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        f"""
+[cluster]
+name = "t"
+[[nodes]]
+name = "node1"
+host = "127.0.0.1"
+port = 3301
+[[nodes]]
+name = "node2"
+host = "127.0.0.1"
+port = 3302
+[[nodes]]
+name = "node3"
+host = "127.0.0.1"
+port = 3303
+[mysql]
+password = "x"
+replication_password = "y"
+[api]
+host = "127.0.0.1"
+port = {port}
+{token_line}
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def no_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(operator_cli.TOKEN_ENV, raising=False)
+    monkeypatch.delenv("HACONTROL_CONFIG", raising=False)
+
+
+async def test_cli_switchover_with_settings_file(api: Api, tmp_path, capsys, no_env_token):
+    config = settings_file(tmp_path, port=api.server.address[1], token=TOKEN)
+    code = await run_cli(["switchover", "--to", "node2", "--config", str(config)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "switchover accepted"
+    assert json.loads(out.split("\n", 1)[1]) == {"node": "node2", "on": None}
+    [cmd] = api.handle.commands
+    assert (cmd.command, cmd.node) == ("switchover", "node2")
+
+
+async def test_cli_maintenance_with_url_and_env_token(api: Api, capsys, monkeypatch):
+    monkeypatch.setenv(operator_cli.TOKEN_ENV, TOKEN)
+    monkeypatch.setenv("HACONTROL_CONFIG", "/nonexistent/settings.toml")  # must not be read
+    assert await run_cli(["maintenance", "node3", "off", "--url", api.url + "/"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "maintenance accepted"
+    assert await run_cli(["maintenance", "node3", "on", "--url", api.url, "--json"]) == 0
+    assert [(c.command, c.node, c.on) for c in api.handle.commands] == [
+        ("maintenance", "node3", False),
+        ("maintenance", "node3", True),
+    ]
+    assert json.loads(capsys.readouterr().out) == {
+        "ok": True,
+        "message": "maintenance accepted",
+        "detail": {"node": "node3", "on": True},
+    }
+
+
+@pytest.mark.parametrize("command", ["ack", "pause", "resume"])
+async def test_cli_simple_commands(api: Api, command, monkeypatch):
+    monkeypatch.setenv(operator_cli.TOKEN_ENV, TOKEN)
+    assert await run_cli([command, "--url", api.url]) == 0
+    assert [c.command for c in api.handle.commands] == [command]
+
+
+async def test_cli_refused_exits_1(api: Api, capsys, monkeypatch):
+    monkeypatch.setenv(operator_cli.TOKEN_ENV, TOKEN)
+    api.handle.answers["pause"] = CommandResult(False, "already paused")
+    assert await run_cli(["pause", "--url", api.url]) == 1
+    assert capsys.readouterr().out.strip() == "already paused"
+
+
+async def test_cli_wrong_token_exits_2(api: Api, capsys, monkeypatch):
+    monkeypatch.setenv(operator_cli.TOKEN_ENV, WRONG)
+    assert await run_cli(["ack", "--url", api.url]) == 2
+    assert "401: wrong token" in capsys.readouterr().err
+    assert api.handle.commands == []
+
+
+async def test_cli_without_any_token_exits_2_and_sends_nothing(
+    api: Api, tmp_path, capsys, no_env_token
+):
+    config = settings_file(tmp_path, port=api.server.address[1], token=None)
+    assert await run_cli(["ack", "--config", str(config)]) == 2
+    assert "no API token" in capsys.readouterr().err
+    assert api.handle.commands == []
+
+
+async def test_cli_config_errors_exit_2(tmp_path, capsys, no_env_token):
+    assert await run_cli(["ack", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "file not found" in capsys.readouterr().err
+    config = settings_file(tmp_path, port=0, token=TOKEN)
+    assert await run_cli(["ack", "--config", str(config)]) == 2
+    assert "--url" in capsys.readouterr().err
+
+
+async def test_cli_unreachable_api_exits_3(capsys, monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(operator_cli.TOKEN_ENV, TOKEN)
+    assert await run_cli(["resume", "--url", f"http://127.0.0.1:{port}"]) == 3
+    assert "cannot reach the API" in capsys.readouterr().err
+
+
+async def test_cli_controller_timeout_exits_3(capsys, monkeypatch):
+    handle = FakeHandle(hang=True)
+    server, _, url = await start_api(handle, timeout=0.2)
+    monkeypatch.setenv(operator_cli.TOKEN_ENV, TOKEN)
+    try:
+        assert await run_cli(["switchover", "--url", url]) == 3
+    finally:
+        await server.stop()
+    assert "504" in capsys.readouterr().err
+
+
+class BrokenStatus(FakeHandle):
+    def status(self) -> dict[str, Any]:
+        raise RuntimeError("view not built")
+
+
+async def test_a_failing_handle_is_500_and_the_server_keeps_serving():
+    handle = BrokenStatus()
+    server, stream, url = await start_api(handle)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/status") as r:
+                assert r.status == 500
+                assert (await r.json())["message"] == "internal error: RuntimeError"
+            async with http.get(url + "/health") as r:
+                assert r.status == 200
+    finally:
+        await server.stop()
+    errors = [e for e in log_lines(stream) if e["event"] == "api_error"]
+    assert [(e["path"], e["error"]) for e in errors] == [
+        ("/status", "RuntimeError: view not built")
+    ]
