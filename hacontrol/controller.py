@@ -17,6 +17,7 @@ from hacontrol.decide import (
     Halt,
     Notify,
     Plan,
+    Promote,
     decide,
     plan_maintenance,
     plan_switchover,
@@ -39,7 +40,7 @@ from hacontrol.journal import Intent, Journal, state_from_json, state_to_json
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, changes, fold, initial
+from hacontrol.view import ClusterView, Code, changes, fold, initial
 
 Reprobe = Callable[[Iterable[str]], None]
 
@@ -97,6 +98,7 @@ class Controller:
         self._running: asyncio.Task[None] | None = None
         self._waiting: dict[str, OperatorCommand] = {}
         self._deferred: list[OperatorCommand] = []
+        self._plans: dict[str, Plan] = {}
         self.metrics = metrics
         self._primary_failing_since: float | None = None
         self._detect_seconds: dict[str, float | None] = {}
@@ -147,7 +149,16 @@ class Controller:
             if isinstance(event, Stop):
                 break
         if self._running is not None and not self._running.done():
-            await asyncio.wait([self._running], timeout=self.settings.failover.action_timeout)
+            # A plan is never abandoned halfway on a stop request (a promotion cut between
+            # RESET SLAVE ALL and read_only=OFF leaves no writable node): let it finish.
+            self.log.emit(
+                "stop_waits_for_plan",
+                None,
+                "warning",
+                plan=self.running_plan,
+                budget_seconds=plan_budget(self.settings),
+            )
+            await asyncio.wait([self._running], timeout=plan_budget(self.settings))
 
     def handle(self, event: Event) -> None:
         log_event(self.log, event)
@@ -194,9 +205,7 @@ class Controller:
         plan = decision.plan
         if self._resume is not None and plan.rule not in ("NoQuorum", "StartupGrace"):
             intent, self._resume = self._resume, None
-            remaining = intent.remaining()
-            self._log_decision(remaining, force=True)
-            self._start(intent.plan_id, intent.plan, skip=intent.done, resumed=True)
+            self._resume_intent(intent, decision.plan)
             return
         self._set_state(decision.state)
         self._log_decision(plan)
@@ -208,6 +217,44 @@ class Controller:
                 self.executor.notify(action, plan)
             return
         self._start(f"{plan.kind}-{int(self._wall() * 1000)}", plan)
+
+    def _resume_intent(self, intent: Intent, now_decided: Plan) -> None:
+        """Finish a plan the journal says began, if the cluster still calls for it.
+
+        Past its Promote (the point of no return) a plan is always finished. Before it: a
+        failover goes on only if the same node is still confirmed dead; a switchover is rolled
+        back; otherwise the plan is abandoned and the routing reconciles from the view.
+        """
+        plan = intent.plan
+        promote_at = next(
+            (i for i, a in enumerate(plan.actions) if isinstance(a, Promote)), len(plan.actions)
+        )
+        dead = next((a.old_primary for a in plan.actions if isinstance(a, Promote)), None)
+        still_dead = self.view.has(Code.DEAD_PRIMARY) and self.view.primary == dead
+        if promote_at in intent.done or (plan.kind == "failover" and still_dead):
+            self._log_decision(intent.remaining(), force=True)
+            self._start(intent.plan_id, plan, skip=intent.done, resumed=True)
+            return
+        if self.journal is not None:
+            self.journal.end(intent.plan_id, False, "not resumed after a controller restart")
+        if plan.kind == "switchover" and plan.rollback:
+            rollback = Plan(
+                plan.rule,
+                f"rolling back a switchover cut before promotion by a controller restart: "
+                f"{plan.reason}",
+                plan.rollback,
+                "rollback",
+            )
+            self._log_decision(rollback, force=True)
+            self._start(f"{intent.plan_id}-rollback", rollback)
+            return
+        reason = (
+            f"abandoned after a controller restart: {now_decided.rule} now ({now_decided.reason})"
+        )
+        self.log.emit("plan_abandoned", dead, "warning", plan=intent.plan_id, reason=reason)
+        if dead is not None and dead in self.state.quarantined:
+            quarantined = {k: v for k, v in self.state.quarantined.items() if k != dead}
+            self._set_state(replace(self.state, quarantined=quarantined, blocked_until=None))
 
     def _start(
         self, plan_id: str, plan: Plan, *, skip: frozenset[int] = frozenset(), resumed: bool = False
@@ -230,6 +277,7 @@ class Controller:
             self.queue.put_nowait(result)
 
         self._running = asyncio.create_task(execute(), name=f"plan:{plan_id}")
+        self._plans[plan_id] = plan
         if plan.kind == "failover" and self._primary_failing_since is not None:
             self._detect_seconds[plan_id] = self._clock() - self._primary_failing_since
 
@@ -242,8 +290,13 @@ class Controller:
         now = self._clock()
         match cmd.command:
             case "ack":
-                self._set_state(replace(state, blocked_until=None))
-                return self._reply(cmd, True, "recovery block cleared: automatic failover armed")
+                halt = state.halt
+                cleared = halt is not None and halt.code == "FailoverFailed"
+                self._set_state(replace(state, blocked_until=None, halt=None if cleared else halt))
+                extra = f"; halt cleared: {halt.reason}" if cleared and halt else ""
+                return self._reply(
+                    cmd, True, f"recovery block cleared: automatic failover armed{extra}"
+                )
             case "pause":
                 self._set_state(replace(state, paused=True))
                 return self._reply(cmd, True, "paused: observing only, no automatic change")
@@ -315,10 +368,20 @@ class Controller:
         )
         now = self._clock()
         state = self.state
+        plan = self._plans.pop(event.plan_id, None)
         if not event.ok:
             if event.kind == "failover":
                 reason = f"failover stopped: {event.reason}"
                 state = replace(state, halt=Halt("FailoverFailed", reason, now))
+                promoted = any(s.action == "Promote" and s.ok for s in event.steps)
+                if not promoted and plan is not None:
+                    # Nothing was promoted: the dead primary is not an "old" primary, and no
+                    # recovery block applies; the halt (until ack) decides what happens next.
+                    dead = next(
+                        (a.old_primary for a in plan.actions if isinstance(a, Promote)), None
+                    )
+                    quarantined = {k: v for k, v in state.quarantined.items() if k != dead}
+                    state = replace(state, quarantined=quarantined, blocked_until=None)
                 if self.executor is not None:
                     self.executor.notify(
                         Notify("halt", None, "HALT: failover failed", reason),
@@ -326,11 +389,21 @@ class Controller:
                     )
             elif event.kind == "route":
                 state = replace(state, route_retry_at=now + 2 * self.settings.probes.interval)
-            elif event.kind == "rejoin":
+            elif event.kind in ("rejoin", "fence"):
                 node = next((s.target for s in event.steps if s.target), None)
                 if node:
-                    retry = {**state.rejoin_retry_at, node: now + 30.0}
-                    state = replace(state, rejoin_retry_at=retry)
+                    retry = {**state.retry_at, f"{event.kind}:{node}": now + 30.0}
+                    state = replace(state, retry_at=retry)
+                    if self.executor is not None:
+                        self.executor.notify(
+                            Notify(
+                                f"{event.kind}_failed",
+                                node,
+                                f"{event.kind} failed",
+                                f"{event.reason}; retried in 30 s",
+                            ),
+                            Plan(event.rule, event.reason, kind="alert"),
+                        )
         self._set_state(state)
         if (cmd := self._waiting.pop(event.plan_id, None)) is not None:
             steps = [
@@ -383,6 +456,12 @@ class Controller:
         }
         self.decisions = [*self.decisions[-19:], {"at": self._wall(), **record}]
         self.log.emit("decision", None, level, **record)
+
+
+def plan_budget(settings: Settings) -> float:
+    """The longest a plan may take: the apply wait plus a few actions."""
+    failover = settings.failover
+    return failover.apply_timeout + failover.switchover_deadline + 8 * failover.action_timeout
 
 
 def log_event(log: JsonLog, event: Event) -> None:

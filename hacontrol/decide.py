@@ -20,7 +20,7 @@ from hacontrol import gtid
 from hacontrol.flavors.base import NodeStatus
 from hacontrol.routing import Membership
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, Code, Health, NodeView, hidden_nodes
+from hacontrol.view import ClusterView, Code, Health, NodeView, hidden_nodes, link_alive
 
 # ---------------------------------------------------------------------------------------------
 # Actions: values the executor runs in order. Each names its own precondition in its docstring;
@@ -197,7 +197,8 @@ class ControllerState:
     """Nodes an operator put in maintenance through hacontrol (hidden, never promoted)."""
     route_retry_at: float = 0.0
     """After a failed router change, the next attempt waits until then."""
-    rejoin_retry_at: Mapping[str, float] = field(default_factory=dict)
+    retry_at: Mapping[str, float] = field(default_factory=dict)
+    """``fence:node`` / ``rejoin:node`` -> not before: a failed action is not hammered."""
 
 
 @dataclass(frozen=True)
@@ -263,11 +264,26 @@ class Candidate:
         )
 
 
+def holdings(node: NodeView) -> gtid.GtidSet | None:
+    """Every transaction a node has: executed, plus received into its relay log. None when
+    unreadable or diverged (the two sets name different transactions at one position)."""
+    mine, got = executed(node.status), received(node)
+    if mine is None:
+        return None
+    try:
+        return mine | got if got is not None and got.flavor == mine.flavor else mine
+    except ValueError:
+        return None
+
+
 def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candidate]:
-    """Every replica of ``dead``, ranked: eligible first, most advanced received GTID first,
-    then priority, then lowest lag. Each with the reason it is eligible or rejected."""
+    """Every replica of ``dead``, ranked: eligible first, then the one holding most (executed
+    plus received: what is in its relay log counts, never Seconds_Behind_Master alone), then
+    priority, then lowest lag. Each with the reason it is eligible or rejected."""
     hidden = hidden_nodes(view)
     dead_status = view.nodes[dead].status
+    # What the cluster is known to have from the primary: its last executed set and every
+    # replica's relay log (a node's own relay log included: received is not errant).
     known = [s for s in (executed(dead_status),) if s is not None]
     for name, node in view.nodes.items():
         if name != dead and (got := received(node)) is not None:
@@ -277,16 +293,16 @@ def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candida
         node = view.nodes[name]
         conf = settings.node(name)
         got = received(node)
+        held = holdings(node)
         channel = node.channel
         base = {
             "node": name,
             "priority": conf.priority,
             "lag": channel.seconds_behind if channel else None,
             "received": str(got) if got is not None else "",
-            "received_count": got.count() if got is not None else -1,
+            "received_count": held.count() if held is not None else -1,
         }
-        others = [k for k in known if k is not got]
-        errant = errant_against(node, others)
+        errant = errant_against(node, known)
         reason = None
         if not node.reachable:
             reason = f"not reachable ({node.reason})"
@@ -320,11 +336,46 @@ def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candida
     return sorted(out, key=rank)
 
 
+def missing_from(view: ClusterView, best: str, dead: str) -> str | None:
+    """What reachable replicas of ``dead`` hold that ``best`` lacks (possibly acknowledged
+    writes: semi-sync puts them in some replica's relay log, not necessarily the best's)."""
+    mine = holdings(view.nodes[best])
+    if mine is None:
+        return f"{best}'s transactions unreadable"
+    # Only what came from the primary counts (its last executed set, every relay log): a
+    # replica's own errant transactions are not the primary's acknowledged writes.
+    from_primary = executed(view.nodes[dead].status)
+    for node in view.nodes.values():
+        got = received(node)
+        if got is not None and got.flavor == mine.flavor:
+            try:
+                from_primary = got if from_primary is None else from_primary | got
+            except ValueError:
+                return "relay logs of the replicas diverge"
+    gaps = []
+    for name in view.replicas_of(dead):
+        node = view.nodes[name]
+        if name == best or not node.reachable:
+            continue
+        theirs = holdings(node)
+        if theirs is None:
+            gaps.append(f"{name}: unreadable")
+        elif (
+            theirs.flavor == mine.flavor
+            and from_primary is not None
+            and (extra := (theirs & from_primary) - mine)
+        ):
+            gaps.append(f"{name} has {extra}")
+    return "; ".join(gaps) or None
+
+
 def candidate_table(rows: list[Candidate]) -> str:
     return "\n".join(c.row() for c in rows) or "(no replica of the dead primary)"
 
 
-def reader_ok(view: ClusterView, name: str, primary: str, max_lag: float) -> tuple[bool, str]:
+def reader_ok(
+    view: ClusterView, name: str, primary: str, max_lag: float, stall: float = float("inf")
+) -> tuple[bool, str]:
     node = view.nodes[name]
     if node.health is not Health.HEALTHY:
         return False, f"{node.health.value}: {node.reason}"
@@ -332,6 +383,10 @@ def reader_ok(view: ClusterView, name: str, primary: str, max_lag: float) -> tup
         return False, f"replicates from {view.sources.get(name)}, not {primary}"
     channel = node.channel
     assert channel is not None
+    if not link_alive(node, view.at, stall):
+        # Seconds_Behind_Master stays 0 while a partitioned IO thread says Yes and receives
+        # nothing: the replica would serve ever older data.
+        return False, "no heartbeat or transaction received lately from the primary"
     if channel.seconds_behind is not None:
         return channel.seconds_behind <= max_lag, f"{channel.seconds_behind} s behind"
     # NULL lag is neither zero nor infinite: compare what it executed with the primary.
@@ -360,7 +415,9 @@ def desired_membership(
             continue
         ok = (
             name not in state.quarantined
-            and reader_ok(view, name, primary, settings.failover.max_lag)[0]
+            and reader_ok(
+                view, name, primary, settings.failover.max_lag, settings.failover.io_stall
+            )[0]
         )
         (readers if ok else broken).add(name)
     return Membership.of([primary], readers, broken, hidden)
@@ -418,6 +475,8 @@ def rule_startup_grace(view, state, settings, now) -> Decision | None:
         for n, node in view.nodes.items()
         if node.probes < needed and node.health is not Health.UNREACHABLE
     ]
+    if settings.router.kind != "none" and view.router.at is None:
+        waiting.append("the router")
     if waiting:
         return Decision(
             Plan(
@@ -434,6 +493,8 @@ def rule_fence_returning_primary(view, state, settings, now) -> Decision | None:
         node = view.nodes.get(name)
         if node is None or not node.reachable or node.status is None:
             continue
+        if q.new_primary != view.primary or now < state.retry_at.get(f"fence:{name}", 0.0):
+            continue  # only behind a promoted, recognized new primary; failures back off
         if not node.status.read_only:
             return Decision(
                 Plan(
@@ -534,15 +595,27 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
             problem.reason,
             (("candidates", table), ("topology", topology_text(view))),
         )
-        halted = replace(state, halt=Halt("NoCandidate", reason, now))
-        return _alert_once(halted, f"no_candidate:{dead}", plan, alert)
+        # No stored halt: this is re-evaluated at every decision, so a replica that becomes
+        # eligible (an SQL thread restarted after a backup) is promoted without an operator.
+        return _alert_once(state, f"no_candidate:{dead}", plan, alert)
     best = ranked[0].node
+    if missing := missing_from(view, best, dead):
+        plan = Plan(
+            "CandidateIncomplete",
+            f"no failover: the best candidate {best} lacks "
+            f"transactions other replicas hold ({missing}); promoting it would lose "
+            "them (an operator must catch it up or choose)",
+            kind="alert",
+        )
+        alert = Notify(
+            "candidate_incomplete",
+            dead,
+            "primary dead, best candidate incomplete",
+            plan.reason,
+            (("candidates", table), ("topology", topology_text(view))),
+        )
+        return _alert_once(state, f"no_candidate:{dead}", plan, alert)
     others = tuple(c.node for c in ranked[1:] if view.nodes[c.node].reachable)
-    others += tuple(
-        n
-        for n in view.replicas_of(dead)
-        if n not in others and n != best and view.nodes[n].reachable
-    )
     hidden = hidden_nodes(view)
     readers = {best} if settings.router.primary_is_reader else set()
     after = Membership.of(
@@ -553,7 +626,9 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         f"eligible replica (received {ranked[0].received})"
     )
     actions: tuple[Action, ...] = (
-        RouteFence(dead),
+        # Required: a frozen or partitioned "dead" primary may still take writes through the
+        # router; never promote while the router may still send them there.
+        RouteFence(dead, required=True),
         WaitApplied(best, settings.failover.apply_timeout),
         Promote(best, dead),
         Repoint(others, best),
@@ -573,6 +648,36 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         quarantined={**state.quarantined, dead: Quarantined(dead, best, now)},
     )
     return Decision(Plan("DeadPrimary", reason, actions, kind="failover"), new_state)
+
+
+def rule_no_primary(view, state, settings, now) -> Decision | None:
+    """No primary can be named (all read-only, replicas disagree, a topology split): a write
+    outage the controller must not guess its way out of. Alert once, change nothing."""
+    problem = next((p for p in view.problems if p.code is Code.NO_PRIMARY), None)
+    primary = view.primary
+    if problem is None and primary is not None and primary not in state.quarantined:
+        node = view.nodes[primary]
+        if node.reachable and node.status is not None and node.status.read_only:
+            reason = (
+                f"{primary} is the primary (its replicas follow it) but read_only=ON: "
+                "writes fail; no automatic change (set it writable, or switch over)"
+            )
+            plan = Plan("PrimaryIsReadOnly", reason, kind="alert")
+            alert = Notify("primary_read_only", primary, "the primary is read-only", reason)
+            return _alert_once(state, "no_primary:", plan, alert)
+    if problem is None:
+        return None
+    plan = Plan(
+        Code.NO_PRIMARY.value, f"no change: no primary can be named: {problem.reason}", kind="alert"
+    )
+    alert = Notify(
+        "no_primary",
+        None,
+        "no primary can be named: writes may be failing",
+        problem.reason,
+        (("topology", topology_text(view)),),
+    )
+    return _alert_once(state, "no_primary:", plan, alert)
 
 
 def rule_unreachable_primary(view, state, settings, now) -> Decision | None:
@@ -597,8 +702,12 @@ def rule_old_primary(view, state, settings, now) -> Decision | None:
         primary = view.primary
         if node is None or not node.reachable or node.status is None or primary is None:
             continue
+        if q.new_primary != primary:
+            continue  # the node we promoted is not the primary now: an operator's call
         if view.sources.get(name) == primary and node.health is Health.HEALTHY:
-            ok, why = reader_ok(view, name, primary, settings.failover.max_lag)
+            ok, why = reader_ok(
+                view, name, primary, settings.failover.max_lag, settings.failover.io_stall
+            )
             if ok:  # rejoined and caught up: back to the readers
                 remaining = {k: v for k, v in state.quarantined.items() if k != name}
                 return Decision(
@@ -641,7 +750,7 @@ def rule_old_primary(view, state, settings, now) -> Decision | None:
             )
         if view.sources.get(name) == primary:
             continue  # replicating already, catching up
-        if now < state.rejoin_retry_at.get(name, 0.0):
+        if now < state.retry_at.get(f"rejoin:{name}", 0.0):
             continue
         return Decision(
             Plan(
@@ -656,15 +765,60 @@ def rule_old_primary(view, state, settings, now) -> Decision | None:
     return None
 
 
+def writer_change_problem(
+    view: ClusterView, state: ControllerState, current: Membership, new: str
+) -> str | None:
+    """Why routine reconciling must not move the router's writer to ``new``, or None.
+
+    Writer changes belong to failovers and switchovers. Reconciling may only fill an empty
+    writer group, or replace writers that are gone (unreachable, read-only, or an old primary
+    we quarantined), and only with a primary that replicas corroborate (or with no replica
+    reachable to say otherwise)."""
+    for writer in sorted(current.writers - {new}):
+        node = view.nodes.get(writer)
+        gone = (
+            writer in state.quarantined
+            or node is None
+            or not node.reachable
+            or (node.status is not None and node.status.read_only)
+        )
+        if not gone:
+            return f"the router's writer {writer} is reachable and writable"
+    reachable_replicas = [
+        n for n, nv in view.nodes.items() if n != new and nv.reachable and n in view.sources
+    ]
+    if reachable_replicas and new not in {view.sources[n] for n in reachable_replicas}:
+        return f"no reachable replica follows {new}"
+    return None
+
+
 def rule_route(view, state, settings, now) -> Decision | None:
     if settings.router.kind == "none" or now < state.route_retry_at:
         return None
     desired = desired_membership(view, state, settings)
-    if desired is None:
-        return None
-    if not routing_differs(view.router.membership, desired):
-        return None
     current = view.router.membership
+    if desired is None or current is None:
+        return None
+    if not routing_differs(current, desired):
+        return None
+    (new,) = desired.writers
+    if current.writers != desired.writers and (
+        why := writer_change_problem(view, state, current, new)
+    ):
+        plan = Plan(
+            "RouterWriterMismatch",
+            f"not moving the router's writer "
+            f"{sorted(current.writers)} to {new}: {why}; an operator must decide",
+            kind="alert",
+        )
+        alert = Notify(
+            "router_writer_mismatch",
+            new,
+            "router writer differs from the primary",
+            plan.reason,
+            (("topology", topology_text(view)),),
+        )
+        return _alert_once(state, f"writer_mismatch:{new}", plan, alert)
     writers = sorted(current.writers) if current else "unknown"
     readers = sorted(current.readers) if current else "unknown"
     reason = (
@@ -683,9 +837,15 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("Halted", rule_halted),
     ("DeadPrimary", rule_dead_primary),
     ("UnreachablePrimary", rule_unreachable_primary),
+    ("NoPrimary", rule_no_primary),
     ("OldPrimary", rule_old_primary),
     ("RouteReconcile", rule_route),
 )
+
+
+def _primary_read_only(view: ClusterView) -> bool:
+    node = view.nodes.get(view.primary) if view.primary else None
+    return bool(node and node.reachable and node.status and node.status.read_only)
 
 
 def _prune(view: ClusterView, state: ControllerState) -> ControllerState:
@@ -701,13 +861,15 @@ def _prune(view: ClusterView, state: ControllerState) -> ControllerState:
             "no_candidate": view.has(Code.DEAD_PRIMARY),
             "unreachable": view.has(Code.UNREACHABLE_PRIMARY),
             "errant": node in state.quarantined,
+            "writer_mismatch": view.has(Code.ROUTER_WRITER_IS_NOT_PRIMARY),
+            "no_primary": view.has(Code.NO_PRIMARY) or _primary_read_only(view),
         }.get(kind, False)
         if alive:
             keep.add(key)
     halt = state.halt
     # A halt about the dead primary (no candidate, a failover step failed) lasts while the
     # primary is dead; the others while their problem is seen.
-    about_dead = halt is not None and halt.code in ("NoCandidate", "FailoverFailed")
+    about_dead = halt is not None and halt.code == "FailoverFailed"
     if (
         halt is not None
         and halt.code not in codes
@@ -763,7 +925,9 @@ def plan_switchover(
     node = view.nodes[chosen.node]
     if node.health is not Health.HEALTHY:
         return f"{chosen.node} is {node.health.value}: {node.reason}"
-    ok, why = reader_ok(view, chosen.node, old, settings.failover.max_lag)
+    ok, why = reader_ok(
+        view, chosen.node, old, settings.failover.max_lag, settings.failover.io_stall
+    )
     if not ok:
         return f"{chosen.node} is too far behind: {why}"
     new = chosen.node

@@ -57,6 +57,7 @@ class Executor:
         self._view = view
         self._clock = clock
         self._fault_after = fault_after
+        self._resuming = False
         """Test-only fault injection: crash (SIGKILL self) right after this action type."""
 
     async def run(
@@ -68,6 +69,7 @@ class Executor:
         resumed: bool = False,
     ) -> PlanFinished:
         started = self._clock()
+        self._resuming = resumed
         journaled = plan.kind in JOURNALED and self.journal is not None
         if journaled and not resumed:
             assert self.journal is not None
@@ -207,7 +209,18 @@ class Executor:
                 return _outcome(await self.mysql.wait_applied(node, wait))
             case d.Promote(node=node, old_primary=old):
                 src = self.settings.node(old)
-                return _outcome(await self.mysql.promote(node, src.host, src.port, timeout))
+                result = await self.mysql.promote(node, src.host, src.port, timeout)
+                if not result.ok and self._resuming and "half-done promotion" in result.reason:
+                    # Our own journaled promotion was cut between RESET SLAVE ALL and
+                    # read_only=OFF (a crash): this node is the candidate the plan chose, it
+                    # applied everything (WaitApplied was done), so finish it.
+                    finished = await self.mysql.set_writable(node, True, timeout)
+                    return Outcome(
+                        finished.ok,
+                        finished.changed,
+                        f"finished a half-done promotion: {finished.reason}",
+                    )
+                return _outcome(result)
             case d.Repoint(nodes=nodes, new_primary=new):
                 if not nodes:
                     return Outcome(True, False, "no other replica")

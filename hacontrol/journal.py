@@ -75,6 +75,28 @@ def action_from_json(data: dict[str, Any]) -> d.Action:
     return cls(**kwargs)
 
 
+def plan_to_json(plan: d.Plan) -> dict[str, Any]:
+    return {
+        "kind": plan.kind,
+        "rule": plan.rule,
+        "reason": plan.reason,
+        "actions": [action_to_json(a) for a in plan.actions],
+        "deadline": plan.deadline,
+        "rollback": [action_to_json(a) for a in plan.rollback],
+    }
+
+
+def plan_from_json(record: dict[str, Any]) -> d.Plan:
+    return d.Plan(
+        record["rule"],
+        record["reason"],
+        tuple(action_from_json(a) for a in record["actions"]),
+        record["kind"],
+        deadline=record.get("deadline"),
+        rollback=tuple(action_from_json(a) for a in record.get("rollback", ())),
+    )
+
+
 @dataclass(frozen=True)
 class Intent:
     plan_id: str
@@ -113,16 +135,7 @@ class Journal:
             _fsync_dir(self.path.parent)
 
     def begin(self, plan_id: str, plan: d.Plan) -> None:
-        self._append(
-            {
-                "type": "begin",
-                "id": plan_id,
-                "kind": plan.kind,
-                "rule": plan.rule,
-                "reason": plan.reason,
-                "actions": [action_to_json(a) for a in plan.actions],
-            }
-        )
+        self._append({"type": "begin", "id": plan_id, **plan_to_json(plan)})
 
     def step(self, plan_id: str, index: int, ok: bool, detail: str) -> None:
         self._append({"type": "step", "id": plan_id, "index": index, "ok": ok, "detail": detail})
@@ -158,12 +171,7 @@ class Journal:
         unfinished = None
         if begun:
             record = list(begun.values())[-1]
-            plan = d.Plan(
-                record["rule"],
-                record["reason"],
-                tuple(action_from_json(a) for a in record["actions"]),
-                record["kind"],
-            )
+            plan = plan_from_json(record)
             unfinished = Intent(record["id"], plan, frozenset(done[record["id"]]))
         self._compact(unfinished, state)
         return Replay(unfinished, state)
@@ -175,15 +183,7 @@ class Journal:
         if unfinished is not None:
             plan = unfinished.plan
             records.append(
-                {
-                    "ts": time.time(),
-                    "type": "begin",
-                    "id": unfinished.plan_id,
-                    "kind": plan.kind,
-                    "rule": plan.rule,
-                    "reason": plan.reason,
-                    "actions": [action_to_json(a) for a in plan.actions],
-                }
+                {"ts": time.time(), "type": "begin", "id": unfinished.plan_id, **plan_to_json(plan)}
             )
             records += [
                 {

@@ -36,7 +36,10 @@ class JsonLog:
         self.cluster = cluster
         self._stream = stream
         self._threshold = LEVELS[level]
-        self._secrets = tuple(s for s in secrets if s)
+        # A secret appears in a line as json.dumps writes it (quotes, backslashes and control
+        # characters escaped): scrub that form, and the plain one for non-ASCII secrets.
+        forms = {form for s in secrets if s for form in (s, json.dumps(s)[1:-1])}
+        self._secrets = tuple(sorted(forms, key=len, reverse=True))
         self._clock = clock
 
     def emit(self, event: str, node: str | None = None, level: str = "info", **fields: Any) -> None:

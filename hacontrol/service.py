@@ -19,7 +19,7 @@ from typing import Any
 from hacontrol.actions.mysql import MySQLActions
 from hacontrol.actions.notify import MailPolicy, Notifier
 from hacontrol.api import ApiServer
-from hacontrol.controller import Controller
+from hacontrol.controller import Controller, plan_budget
 from hacontrol.events import CommandResult, Event, OperatorCommand, Stop, Tick
 from hacontrol.executor import Executor
 from hacontrol.journal import Journal
@@ -232,8 +232,14 @@ class Runtime:
         self._decision = None
         if not decision.done():
             self.emit(Stop(time.monotonic(), reason))
+            # Idle: within SHUTDOWN_GRACE. A running plan is let finish (bounded).
+            grace = (
+                SHUTDOWN_GRACE
+                if self.controller.running_plan is None
+                else (plan_budget(self.settings) + SHUTDOWN_GRACE)
+            )
             try:
-                await asyncio.wait_for(asyncio.shield(decision), SHUTDOWN_GRACE)
+                await asyncio.wait_for(asyncio.shield(decision), grace)
             except TimeoutError:
                 decision.cancel()
         stopping = time.monotonic()

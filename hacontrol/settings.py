@@ -118,9 +118,10 @@ class FailoverSettings(_Section):
     max_transaction_age: PositiveSeconds = 5.0
     """Switchover pre-flight: no transaction on the primary may be older than this."""
     io_stall: PositiveSeconds = 3.0
-    """A replica whose received heartbeats and GTIDs have not advanced for this long has lost
-    its link to the source (a frozen or partitioned source closes no connection). Must exceed
-    the replicas' MASTER_HEARTBEAT_PERIOD."""
+    """A replica whose received heartbeats and GTIDs have not advanced for this long (and for
+    at least 2.5 heartbeat periods) has lost its link to the source: a frozen or partitioned
+    source closes no connection. Replicas whose heartbeat period is unknown are judged by
+    their IO thread alone. Set MASTER_HEARTBEAT_PERIOD well below this."""
 
 
 class SMTPSettings(_Section):

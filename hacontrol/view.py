@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from hacontrol.addresses import host_key as _host_key
 from hacontrol.events import (
     ConnectionLost,
     Event,
@@ -273,9 +274,22 @@ def link_alive(node: NodeView, now: float, stall: float) -> bool:
     channel = node.channel
     if channel is None or channel.io_state is not IoState.RUNNING:
         return False
+    if channel.heartbeat_period is None or channel.heartbeats_received is None:
+        # Without frequent heartbeats an idle source sends nothing for long stretches: "no
+        # progress" proves nothing, only the IO thread's own state counts.
+        return True
     if node.io_progress_at is None:
         return False
-    return now - node.io_progress_at <= stall
+    return now - node.io_progress_at <= max(stall, 2.5 * channel.heartbeat_period)
+
+
+def witness(node: NodeView) -> bool:
+    """Can this reachable replica testify about its source? Not when an operator stopped its
+    IO thread (stopped without an error): it says nothing about the source's health."""
+    channel = node.channel
+    if channel is None:
+        return False
+    return not (channel.io_state is IoState.STOPPED and channel.last_io_errno == 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +309,7 @@ def derive(view: ClusterView, settings: Settings) -> ClusterView:
         if node.reachable and node.status is not None and not node.status.read_only
     )
     view = replace(view, sources=sources, writable=writable)
-    primary, primary_reason = _primary(view)
+    primary, primary_reason = _primary(view, settings.failover.io_stall)
     view = replace(view, primary=primary, primary_reason=primary_reason, quorum=_quorum(view))
     problems: list[Problem] = []
     for rule in RULES:
@@ -310,11 +324,6 @@ def _address_book(settings: Settings) -> dict[tuple[str, int], str]:
     return book
 
 
-def _host_key(host: str) -> str:
-    host = host.lower()
-    return "127.0.0.1" if host in ("localhost", "::1", "ip6-localhost") else host
-
-
 def _source_name(
     channel: ReplicationStatus | None, book: Mapping[tuple[str, int], str]
 ) -> str | None:
@@ -324,18 +333,41 @@ def _source_name(
     return book.get(key, f"{channel.source_host}:{channel.source_port}")
 
 
-def _primary(view: ClusterView) -> tuple[str | None, str]:
+def _primary(view: ClusterView, stall: float) -> tuple[str | None, str]:
     """The primary as the servers see it.
 
-    A reachable node that is writable and replicates from nobody; when no such node is
+    A reachable node that is writable and replicates from nobody, unless replicas with a
+    working link follow another node (a topology split: a stray writable server, or a
+    controller cut off from the real primary: never trust it). When no such node is
     reachable, the node the replicas replicate from (its last known status must not be a
     replica itself).
     """
     candidates = [name for name in view.writable if view.nodes[name].channel is None]
-    if len(candidates) == 1:
-        return candidates[0], "writable and not replicating"
+    followed = sorted(
+        {
+            root
+            for name, source in view.sources.items()
+            if view.nodes[name].reachable
+            and link_alive(view.nodes[name], view.at, stall)
+            and (root := _chain_root(view, source)) is not None
+        }
+    )
     if len(candidates) > 1:
+        # A returning old primary, a stray server: the one replicas really follow is the
+        # primary (TwoWritableNodes is still reported and halts everything but fencing).
+        chosen = [c for c in candidates if c in followed]
+        if len(chosen) == 1 and len(followed) == 1:
+            others = ", ".join(sorted(set(candidates) - {chosen[0]}))
+            return chosen[0], f"writable and followed by the replicas ({others} writable too)"
         return None, f"several writable non-replicating nodes: {', '.join(sorted(candidates))}"
+    if len(candidates) == 1:
+        (only,) = candidates
+        if stray := [f for f in followed if f != only]:
+            return None, (
+                f"topology split: {only} is writable and replicates from nobody, but "
+                f"replicas with a working link follow {', '.join(stray)}"
+            )
+        return only, "writable and not replicating"
     votes: dict[str, int] = {}
     for name, source in view.sources.items():
         if view.nodes[name].reachable and source in view.nodes:
@@ -351,6 +383,18 @@ def _primary(view: ClusterView) -> tuple[str | None, str]:
     if last is not None and view.nodes[leader].channel is not None and view.nodes[leader].reachable:
         return None, f"the replicas' source {leader} is itself a replica"
     return leader, f"source of {best} reachable replica(s), itself not writable or not reachable"
+
+
+def _chain_root(view: ClusterView, source: str | None) -> str | None:
+    """The top of a replication chain (node2 -> node1 -> nobody: node1); None if unmanaged."""
+    seen: set[str] = set()
+    while source in view.nodes and source not in seen:
+        seen.add(source)
+        upstream = view.sources.get(source)
+        if upstream is None:
+            return source
+        source = upstream
+    return None
 
 
 def hidden_nodes(view: ClusterView) -> frozenset[str]:
@@ -408,7 +452,9 @@ def primary_lost(view: ClusterView, settings: Settings) -> Iterable[Problem]:
     if primary is None or view.nodes[primary].health is not Health.UNREACHABLE:
         return
     node = view.nodes[primary]
-    replicas = [r for r in view.replicas_of(primary) if view.nodes[r].reachable]
+    replicas = [
+        r for r in view.replicas_of(primary) if view.nodes[r].reachable and witness(view.nodes[r])
+    ]
     alive = [r for r in replicas if link_alive(view.nodes[r], view.at, settings.failover.io_stall)]
     if alive:
         yield Problem(

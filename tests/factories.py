@@ -39,6 +39,7 @@ def channel(source: str = "node1", **kw: object) -> ReplicationStatus:
         heartbeats_received=10,
         using_gtid="Slave_Pos",
         source_server_id=1,
+        heartbeat_period=0.5,
     )
     return replace(base, **kw)
 

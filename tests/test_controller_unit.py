@@ -92,3 +92,72 @@ def test_log_level_filters_routine_lines():
     log.emit("probe", "node1", "debug", ok=True)
     log.emit("problem", "node1", "warning", code="X")
     assert [r["event"] for r in lines(out)] == ["problem"]
+
+
+class FakeExecutor:
+    """Answers every plan with a canned result; records alerts. No I/O."""
+
+    def __init__(self, ok: bool, done_actions: tuple[str, ...]) -> None:
+        self.ok, self.done_actions = ok, done_actions
+        self.alerts: list[str] = []
+        self.plans: list[str] = []
+
+    async def run(self, plan_id, plan, *, skip=frozenset(), resumed=False):
+        from hacontrol.events import PlanFinished, StepResult
+
+        self.plans.append(plan.rule)
+        steps = tuple(
+            StepResult(
+                i, type(a).__name__, None, type(a).__name__ in self.done_actions, False, "fake", 0.0
+            )
+            for i, a in enumerate(plan.actions)
+            if type(a).__name__ in (*self.done_actions, "WaitApplied")
+        )
+        return PlanFinished(
+            5.0,
+            plan_id,
+            plan.rule,
+            plan.kind,
+            self.ok,
+            "WaitApplied failed: timed out" if not self.ok else "done",
+            None if self.ok else "WaitApplied",
+            steps,
+            0.1,
+        )
+
+    def notify(self, action, plan) -> None:
+        self.alerts.append(action.kind)
+
+
+async def test_failed_failover_leaves_no_quarantine_and_ack_clears_the_halt():
+    from hacontrol.events import OperatorCommand
+    from hacontrol.flavors.base import IoState
+
+    dead_io = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "x"}
+    executor = FakeExecutor(ok=False, done_actions=("RouteFence",))
+    queue: asyncio.Queue = asyncio.Queue()
+    controller = Controller(S, JsonLog("t", stream=io.StringIO()), queue, executor=executor)
+    for t in (1.0, 2.0, 3.0):
+        for event in (primary(at=t), replica("node2", t), replica("node3", t), router(at=t)):
+            controller.handle(event)
+    for t in (4.0, 5.0, 6.0):
+        for event in (
+            down("node1", t),
+            replica("node2", t, **dead_io),
+            replica("node3", t, **dead_io),
+        ):
+            controller.handle(event)
+    while True:  # a reader change may run first (the replicas' IO errors show earlier)
+        finished = await asyncio.wait_for(queue.get(), 5)
+        controller.handle(finished)
+        if finished.kind == "failover":
+            break
+    assert executor.plans[-1] == "DeadPrimary"
+    assert controller.state.halt is not None and controller.state.halt.code == "FailoverFailed"
+    assert controller.state.quarantined == {}  # nothing was promoted: no "old primary"
+    assert controller.state.blocked_until is None
+    assert "halt" in executor.alerts
+    reply = asyncio.get_running_loop().create_future()
+    controller.handle(OperatorCommand(7.0, "ack", reply=reply))
+    assert reply.result().ok and "halt cleared" in reply.result().message
+    assert controller.state.halt is None

@@ -186,7 +186,7 @@ def test_dead_primary_failover_plan_in_order():
     assert "promoting node3" in d.plan.reason
     assert kinds(d.plan) == ["RouteFence", "WaitApplied", "Promote", "Repoint", "Route", "Notify"]
     fence, wait, promote, repoint, route, notify = d.plan.actions
-    assert fence == RouteFence("node1")
+    assert fence == RouteFence("node1", required=True)
     assert wait == WaitApplied("node3", S.failover.apply_timeout)
     assert promote == Promote("node3", "node1")
     assert repoint == Repoint(("node2",), "node3")
@@ -197,7 +197,7 @@ def test_dead_primary_failover_plan_in_order():
 
 
 CANDIDATES = [
-    # (name, node2 overrides, node3 overrides, settings overrides, expected winner)
+    # (name, node2 overrides, node3 overrides, settings overrides, expected winner or rule)
     ("equal positions: higher priority wins", {}, {}, {"node3": {"priority": 5}}, "node3"),
     (
         "equal positions and priority: lower lag wins",
@@ -213,19 +213,23 @@ CANDIDATES = [
         {"node3": {"priority": 9}},
         "node2",
     ),
+    ("no_promote is never chosen", {}, {}, {"node2": {"no_promote": True}}, "node3"),
+    ("stopped SQL thread is not a candidate", {"sql_running": False}, {}, {}, "node3"),
+    # A replica that cannot be promoted but holds more: promoting another would lose what only
+    # it holds (possibly acknowledged under semi-sync). No failover; an operator decides.
     (
-        "no_promote is never chosen",
+        "a no_promote replica holding more blocks the failover",
         {"received_gtid": "0-1-105"},
         {},
         {"node2": {"no_promote": True}},
-        "node3",
+        "CandidateIncomplete",
     ),
     (
-        "stopped SQL thread is not a candidate",
+        "a stopped replica holding more blocks the failover",
         {"received_gtid": "0-1-105", "sql_running": False},
         {},
         {},
-        "node3",
+        "CandidateIncomplete",
     ),
 ]
 
@@ -241,6 +245,10 @@ def test_candidate_ranking(name, n2, n3, nodes, winner):
         ]
     )
     d = decide(dead_primary(n2, n3, s=s), ControllerState(), s, NOW)
+    if winner == "CandidateIncomplete":
+        assert d.plan.rule == winner and not d.plan.changes_cluster
+        assert "node2 has 0-1-101..105" in d.plan.reason
+        return
     assert d.plan.rule == "DeadPrimary", d.plan.reason
     assert next(a for a in d.plan.actions if isinstance(a, Promote)).node == winner
 
@@ -265,8 +273,11 @@ def test_no_candidate_halts_with_the_table():
     (alert,) = d.plan.actions
     table = dict(alert.sections)["candidates"]
     assert "node2" in table and "node3" in table and "SQL thread not running" in table
-    assert d.state.halt is not None
+    assert d.state.halt is None  # re-evaluated at every decision, not latched
     assert decide(view, d.state, S, NOW + 1).plan.actions == ()  # alerted once
+    # A replica becomes eligible (its SQL thread restarted): the failover goes ahead.
+    eligible = dead_primary({"sql_running": False}, {})
+    assert decide(eligible, d.state, S, NOW + 2).plan.rule == "DeadPrimary"
 
 
 def test_controller_only_partition_alerts_without_failover():
@@ -375,7 +386,7 @@ def test_hidden_node_is_never_routed_or_promoted():
             [
                 down("node1", t),
                 replica("node2", t, **DEAD_IO),
-                replica("node3", t, **{**DEAD_IO, "received_gtid": "0-1-200"}),
+                replica("node3", t, **DEAD_IO),
                 replica("node4", t, **DEAD_IO),
                 router(**membership, at=t),
             ]
@@ -388,6 +399,10 @@ def test_hidden_node_is_never_routed_or_promoted():
     assert route.desired.hidden == {"node3"} and "node3" not in route.desired.broken
     table = dict(next(a for a in d.plan.actions if isinstance(a, Notify)).sections)["candidates"]
     assert "hidden by an operator" in table
+    # Hidden but holding more than every candidate: no failover (it would lose those).
+    ahead = [replica("node3", 7.0, **{**DEAD_IO, "received_gtid": "0-1-200"})]
+    d = decide(view_of(*rounds, ahead, s=s4), ControllerState(), s4, NOW)
+    assert d.plan.rule == "CandidateIncomplete" and "node3 has 0-1-101..200" in d.plan.reason
 
 
 def test_hidden_node_leaves_two_recognized_nodes_without_quorum_after_one_loss():
@@ -555,3 +570,123 @@ def test_paused_controller_changes_nothing():
     d = decide(view, ControllerState(paused=True), S, NOW)
     assert d.plan.rule == "Paused" and d.plan.actions == ()
     assert decide(dead_primary(), ControllerState(paused=True), S, NOW).plan.rule == "Paused"
+
+
+# ---------------------------------------------------------------------------------------------
+# Regressions from the safety review
+
+
+def test_stray_writable_node_never_becomes_the_writer_when_the_controller_is_cut_off():
+    # node3: a detached, writable, nearly empty server. The controller loses node1, but node2
+    # still replicates from it (heartbeats advance): a topology split, not a new primary.
+    def stray(t):
+        return ProbeResult("node3", t, 0.001, status(3, read_only=False, gtid="0-3-5"))
+
+    membership = {"readers": ("node1", "node2"), "broken": ("node3",)}
+    rounds = [
+        [
+            primary(at=t),
+            replica("node2", t, heartbeats_received=int(t)),
+            stray(t),
+            router(**membership, at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [
+        [
+            down("node1", t),
+            replica("node2", t, heartbeats_received=int(t)),
+            stray(t),
+            router(**membership, at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    view = view_of(*rounds)
+    assert view.primary is None and "topology split" in view.primary_reason
+    d = decide(view, ControllerState(), S, NOW)
+    assert d.plan.rule == "NoPrimary" and not d.plan.changes_cluster
+
+
+def test_idle_primary_with_a_long_heartbeat_period_is_not_declared_dead():
+    # MASTER_HEARTBEAT_PERIOD 30 s (the server default): 5 s without progress proves nothing.
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [
+        [
+            down("node1", t),
+            replica("node2", t, heartbeat_period=30.0),
+            replica("node3", t, heartbeat_period=30.0),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    d = decide(view_of(*rounds), ControllerState(), S, NOW)
+    assert d.plan.rule == "UnreachablePrimary" and not d.plan.changes_cluster
+
+
+def test_unknown_heartbeats_leave_only_the_io_thread_as_evidence():
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [
+        [
+            down("node1", t),
+            replica("node2", t, heartbeats_received=None),
+            replica("node3", t, heartbeat_period=None),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    assert decide(view_of(*rounds), ControllerState(), S, NOW).plan.rule == "UnreachablePrimary"
+
+
+def test_replicas_stopped_by_an_operator_are_no_witnesses():
+    stopped = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [
+        [down("node1", t), replica("node2", t, **stopped), replica("node3", t, **stopped)]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    d = decide(view_of(*rounds), ControllerState(), S, NOW)
+    assert d.plan.rule == "UnreachablePrimary"
+    assert "no reachable replica can confirm" in d.plan.reason
+
+
+def test_replica_whose_link_stalled_leaves_the_readers():
+    # IO thread says Yes with lag 0, but nothing arrived for longer than io_stall.
+    rounds = [
+        [
+            primary(at=t),
+            replica("node2", t),
+            replica("node3", t, heartbeats_received=int(t)),
+            router(at=t),
+        ]
+        for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    ]
+    d = decide(view_of(*rounds), ControllerState(), S, NOW)
+    assert d.plan.rule == "RouteReconcile"
+    assert d.plan.actions[0].desired.readers == {"node1", "node3"}
+
+
+def test_read_only_primary_alerts_and_changes_nothing():
+    rounds = [
+        [
+            ProbeResult("node1", t, 0.001, status(1, read_only=True)),
+            replica("node2", t),
+            replica("node3", t),
+            router(at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    d = decide(view_of(*rounds), ControllerState(), S, NOW)
+    assert d.plan.rule == "PrimaryIsReadOnly" and kinds(d.plan) == ["Notify"]
+
+
+def test_quarantine_is_ignored_when_its_new_primary_is_not_the_primary():
+    # A failover that never promoted node2 must not fence or "rejoin" node1 to itself.
+    view = view_of(*(healthy_round(t) for t in (1.0, 2.0, 3.0)))
+    state = ControllerState(quarantined={"node1": Quarantined("node1", "node2", 50.0)})
+    d = decide(view, state, S, NOW)
+    assert d.plan.rule not in ("FenceReturningPrimary", "RejoinOldPrimary")
+    assert not any(isinstance(a, (Fence, Rejoin)) for a in d.plan.actions)
+
+
+def test_startup_grace_waits_for_the_router():
+    rounds = [[primary(at=t), replica("node2", t), replica("node3", t)] for t in (1.0, 2.0, 3.0)]
+    d = decide(view_of(*rounds), ControllerState(), S, NOW)
+    assert d.plan.rule == "StartupGrace" and "the router" in d.plan.reason

@@ -140,6 +140,34 @@ EXPECTED: dict[str, NodeStatus] = {
         ),
     ),
     "mariadb-10.11-replica-running": mariadb_replica_node(),
+    # Recorded from a sandbox: semi-sync on, log_slave_updates on, MASTER_HEARTBEAT_PERIOD 0.5.
+    "mariadb-10.11-replica-heartbeat": mariadb_replica_node(
+        read_only=True,
+        gtid_executed="0-1-12",
+        gtid_binlog_pos="0-1-12",
+        gtid_slave_pos="0-1-12",
+        replication=(
+            replica(
+                source_port=28000,
+                received_gtid="0-1-12",
+                heartbeats_received=0,
+                heartbeat_period=0.5,
+            ),
+        ),
+        semi_sync=SemiSync(
+            source_enabled=False, source_clients=0, source_active=False, replica_enabled=True
+        ),
+    ),
+    "mariadb-10.11-primary-heartbeat": mariadb_replica_node(
+        server_id=1,
+        gtid_executed="0-1-12",
+        gtid_binlog_pos="0-1-12",
+        gtid_slave_pos="",
+        replication=(),
+        semi_sync=SemiSync(
+            source_enabled=True, source_clients=2, source_active=True, replica_enabled=True
+        ),
+    ),
     "mariadb-10.11-replica-stopped": mariadb_replica_node(
         replication=(replica(io_state=IoState.STOPPED, sql_running=False, seconds_behind=None),),
     ),

@@ -47,6 +47,7 @@ import aiomysql
 import pymysql
 
 from hacontrol import gtid
+from hacontrol.addresses import same_address
 from hacontrol.flavors import DETECT_SQL, Flavor, FlavorName, IoState, NodeStatus, detect
 from hacontrol.flavors.base import ReplicationStatus, Sql, multi_statement
 from hacontrol.mysqlconn import Endpoint, connect, describe_error, fetch_all
@@ -303,7 +304,9 @@ class MySQLActions:
                     "not a replica and read-only: not promoting "
                     "(a half-done promotion is finished with set_writable)"
                 )
-            if (repl.source_host, repl.source_port) != (old_primary_host, old_primary_port):
+            if not same_address(
+                repl.source_host, repl.source_port, old_primary_host, old_primary_port
+            ):
                 raise ActionError(
                     f"replicates from {repl.source_host}:{repl.source_port}, "
                     f"not from the old primary {old_primary_host}:{old_primary_port}"
@@ -707,7 +710,7 @@ def _replicates_from(status: NodeStatus, host: str, port: int) -> bool:
     repl = _default_connection(status)
     return (
         repl is not None
-        and (repl.source_host, repl.source_port) == (host, port)
+        and same_address(repl.source_host, repl.source_port, host, port)
         and repl.io_state is IoState.RUNNING
         and repl.sql_running
     )

@@ -58,6 +58,9 @@ class ReplicationStatus:
     heartbeats_received: int | None
     using_gtid: str  # MariaDB Using_Gtid (No/Current_Pos/Slave_Pos); MySQL Auto_Position 1/0
     source_server_id: int | None  # None until the IO thread has talked to its source
+    heartbeat_period: float | None = None
+    """Seconds between the source's heartbeats (MariaDB Slave_heartbeat_period, default
+    connection only); None when unknown. Needed to read "no progress" as "link lost"."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ connections are reported by parse_status but never changed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from hacontrol.flavors.base import (
@@ -31,6 +32,7 @@ from hacontrol.flavors.base import (
     semi_sync_from,
     single_row,
     text,
+    variables,
 )
 
 _SERVER = (
@@ -45,7 +47,7 @@ _SEMI_SYNC_VARIABLES = (
 )
 _SEMI_SYNC_STATUS = (
     "SHOW GLOBAL STATUS WHERE Variable_name IN "
-    "('Rpl_semi_sync_master_clients', 'Rpl_semi_sync_master_status')"
+    "('Rpl_semi_sync_master_clients', 'Rpl_semi_sync_master_status', 'Slave_heartbeat_period')"
 )
 
 
@@ -70,9 +72,12 @@ class MariaDB:
             gtid_executed=gtid_text(column(server, "gtid_current_pos", where)),
             gtid_binlog_pos=gtid_text(column(server, "gtid_binlog_pos", where)),
             gtid_slave_pos=gtid_text(column(server, "gtid_slave_pos", where)),
-            replication=tuple(
-                _replication(row, f"mariadb status: {_REPLICAS} row {number}")
-                for number, row in enumerate(replica_rows, start=1)
+            replication=_with_heartbeat_period(
+                tuple(
+                    _replication(row, f"mariadb status: {_REPLICAS} row {number}")
+                    for number, row in enumerate(replica_rows, start=1)
+                ),
+                semi_status,
             ),
             semi_sync=semi_sync_from(
                 semi_variables,
@@ -139,6 +144,21 @@ class MariaDB:
         if code not in (0, -1):
             raise ValueError(f"MASTER_GTID_WAIT result: expected 0 or -1, got {code}")
         return code == 0
+
+
+def _with_heartbeat_period(
+    channels: tuple[ReplicationStatus, ...], status_rows: Sequence[Row]
+) -> tuple[ReplicationStatus, ...]:
+    """Slave_heartbeat_period (a global status) belongs to the default connection."""
+    raw = variables(status_rows, "mariadb status: global status").get("slave_heartbeat_period")
+    try:
+        period = float(text(raw)) if raw is not None else None
+    except ValueError:
+        period = None
+    return tuple(
+        replace(c, heartbeat_period=period) if c.connection_name == "" and period else c
+        for c in channels
+    )
 
 
 def _replication(row: Row, where: str) -> ReplicationStatus:

@@ -2,7 +2,8 @@
 
     python tests/data/record_mariadb.py PORT NAME "what this server was doing"
 
-connects as root to 127.0.0.1:PORT, runs the detected flavor's status_sql() as one
+connects as root (or $RECORD_USER / $RECORD_PASSWORD) to 127.0.0.1:PORT, runs the detected
+flavor's status_sql() as one
 multi-statement query, and writes tests/data/NAME.json. Values are stored as the JSON form of
 what aiomysql returned (str, int, float, None).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +24,11 @@ from hacontrol.flavors import DETECT_SQL, detect, multi_statement
 
 async def record(port: int) -> dict[str, object]:
     conn = await aiomysql.connect(
-        host="127.0.0.1", port=port, user="root", client_flag=CLIENT.MULTI_STATEMENTS
+        host="127.0.0.1",
+        port=port,
+        user=os.environ.get("RECORD_USER", "root"),
+        password=os.environ.get("RECORD_PASSWORD", ""),
+        client_flag=CLIENT.MULTI_STATEMENTS,
     )
     try:
         async with conn.cursor(aiomysql.DictCursor) as cur:
