@@ -118,6 +118,17 @@ class SetWritable:
 
 
 @dataclass(frozen=True)
+class Hook:
+    """Run the operator's command for ``phase`` (when configured) with ``context``.
+
+    ``required``: a non-zero exit (or a timeout) stops the plan: ``pre_failover`` is a veto."""
+
+    phase: str
+    context: tuple[tuple[str, str], ...] = ()
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class Notify:
     kind: str
     node: str | None
@@ -138,6 +149,7 @@ Action = (
     | CheckTransactions
     | CatchUp
     | SetWritable
+    | Hook
     | Notify
 )
 
@@ -367,6 +379,15 @@ def missing_from(view: ClusterView, best: str, dead: str) -> str | None:
         ):
             gaps.append(f"{name} has {extra}")
     return "; ".join(gaps) or None
+
+
+def hooks(
+    settings: Settings, phase: str, context: tuple[tuple[str, str], ...], *, required: bool = False
+) -> tuple[Hook, ...]:
+    """A Hook action when the operator configured a command for ``phase``; else nothing."""
+    if not getattr(settings.hooks, phase):
+        return ()
+    return (Hook(phase, (("phase", phase), *context), required),)
 
 
 def candidate_table(rows: list[Candidate]) -> str:
@@ -621,11 +642,19 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
     after = Membership.of(
         [best], readers, {n for n in view.nodes if n not in (best, *hidden)} - readers, hidden
     )
+    context = (
+        ("old_primary", dead),
+        ("new_primary", best),
+        ("kind", "failover"),
+        ("reason", problem.reason),
+    )
     reason = (
         f"{dead} is dead ({problem.reason}); promoting {best}, the most advanced "
         f"eligible replica (received {ranked[0].received})"
     )
     actions: tuple[Action, ...] = (
+        *hooks(settings, "on_failure_detected", context),
+        *hooks(settings, "pre_failover", context, required=True),
         # Required: a frozen or partitioned "dead" primary may still take writes through the
         # router; never promote while the router may still send them there.
         RouteFence(dead, required=True),
@@ -640,6 +669,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
             problem.reason,
             (("candidates", table), ("topology before", topology_text(view))),
         ),
+        *hooks(settings, "post_failover", context),
     )
     new_state = replace(
         state,
@@ -961,6 +991,11 @@ def plan_switchover(
         Repoint(others, new),
         Rejoin(old, new, required=False),
         Route(after),
+        *hooks(
+            settings,
+            "post_switchover",
+            (("old_primary", old), ("new_primary", new), ("kind", "switchover")),
+        ),
         Notify(
             "switchover",
             old,

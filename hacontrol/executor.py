@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from hacontrol import decide as d
+from hacontrol.actions.hooks import HookRunner
+from hacontrol.actions.hooks import describe as describe_hook
 from hacontrol.actions.mysql import MySQLActions
 from hacontrol.actions.notify import Alert, Notifier
 from hacontrol.events import PlanFinished, StepResult
@@ -25,6 +28,7 @@ from hacontrol.settings import Settings
 from hacontrol.view import ClusterView
 
 JOURNALED = frozenset({"failover", "switchover", "rejoin"})
+HALT_KINDS = frozenset({"halt", "no_candidate", "candidate_incomplete"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Executor:
         view: Callable[[], ClusterView],
         clock: Callable[[], float] = time.monotonic,
         fault_after: str | None = None,
+        hooks: HookRunner | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
@@ -58,6 +63,8 @@ class Executor:
         self._clock = clock
         self._fault_after = fault_after
         self._resuming = False
+        self.hooks = hooks
+        self._background: set[asyncio.Task[object]] = set()
         """Test-only fault injection: crash (SIGKILL self) right after this action type."""
 
     async def run(
@@ -239,14 +246,31 @@ class Executor:
             case d.Rejoin(node=node, new_primary=new):
                 src = self.settings.node(new)
                 return _outcome(await self.mysql.rejoin(node, src.host, src.port, timeout))
+            case d.Hook(phase=phase, context=context, required=required):
+                if self.hooks is None:
+                    return Outcome(True, False, "no hook runner")
+                if not required:  # only a veto (pre_failover) may delay a plan
+                    self._in_background(self.hooks.run(phase, dict(context)), f"hook:{phase}")
+                    return Outcome(True, False, f"{phase} hook started in the background")
+                result = await self.hooks.run(phase, dict(context))
+                return Outcome(result.ok or not result.ran, result.ran, describe_hook(result))
             case d.Notify():
                 self._notify(action, plan, timings)
                 return Outcome(True, False, "alert sent to the notifier")
         raise TypeError(f"unknown action {action!r}")
 
     def notify(self, action: d.Notify, plan: d.Plan) -> None:
-        """An alert outside a running plan (halts, refusals): never blocks."""
+        """An alert outside a running plan (halts, refusals): never blocks. A halt also runs
+        the ``on_halt`` hook, in the background."""
         self._notify(action, plan, {})
+        if action.kind in HALT_KINDS and self.hooks is not None and self.settings.hooks.on_halt:
+            context = {"kind": action.kind, "node": action.node or "", "reason": action.reason}
+            self._in_background(self.hooks.run("on_halt", context), "hook:on_halt")
+
+    def _in_background(self, job: Coroutine[Any, Any, object], name: str) -> None:
+        task = asyncio.create_task(job, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _notify(self, action: d.Notify, plan: d.Plan, timings: dict[str, float]) -> None:
         sections = list(action.sections)

@@ -38,6 +38,7 @@ ACTION_TYPES: dict[str, type] = {
         d.CheckTransactions,
         d.CatchUp,
         d.SetWritable,
+        d.Hook,
         d.Notify,
     )
 }

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
+from hacontrol.actions.hooks import HookRunner
 from hacontrol.actions.mysql import MySQLActions
 from hacontrol.actions.notify import MailPolicy, Notifier
 from hacontrol.api import ApiServer
@@ -113,6 +114,7 @@ class Runtime:
             journal=self.journal,
             view=lambda: self.controller.view,
             fault_after=os.environ.get("HACONTROL_TEST_CRASH_AFTER") or None,
+            hooks=HookRunner(settings.hooks, log, cluster=settings.cluster.name),
         )
         self.controller = Controller(
             settings,

@@ -272,3 +272,48 @@ async def test_smtp_down_during_failover_mail_arrives_later(fresh_sandbox):
         print(f"\nfailover with SMTP down finished {took:.3f} s after the kill")
     finally:
         mail.stop()
+
+
+async def test_failing_pre_failover_hook_aborts_the_failover_and_the_mail_says_so(
+    fresh_sandbox, tmp_path
+):
+    mail = MailBox().start()
+    marker = tmp_path / "on_halt.txt"
+    try:
+        settings = fast_settings(fresh_sandbox, mail)
+        settings = settings.model_copy(
+            update={
+                "hooks": settings.hooks.model_copy(
+                    update={
+                        "pre_failover": "sh -c 'echo maintenance window, no failover; exit 3'",
+                        "on_halt": f"sh -c 'echo $HACONTROL_KIND $HACONTROL_PHASE > {marker}'",
+                        "timeout": 5.0,
+                    }
+                )
+            }
+        )
+        rt, capture = runtime(settings)
+        async with rt:
+            await healthy_and_idle(rt)
+            fresh_sandbox.kill_node("node1", signal.SIGKILL)
+            done = await wait_for(lambda: finished(capture, "failover"), 30, "failover attempt")
+            assert not done[0]["ok"]
+            assert "Hook failed" in done[0]["reason"] and "exited 3" in done[0]["reason"]
+            await wait_for(
+                lambda: any("failover failed" in s for s in mail.subjects()), 10, "the halt mail"
+            )
+            await wait_for(marker.exists, 10, "the on_halt hook")
+            membership = await router_membership(rt)
+        body = next(
+            b for b, s in zip(mail.bodies(), mail.subjects(), strict=True) if "failover failed" in s
+        )
+        assert "pre_failover hook" in body and "maintenance window, no failover" in body
+        assert marker.read_text().split() == ["halt", "on_halt"]
+        # Nothing was changed: no promotion, the router untouched.
+        roles = await fresh_sandbox.live_roles()
+        assert roles == {"node1": "unreachable", "node2": "replica", "node3": "replica"}
+        assert membership.writers == {"node1"}
+        hook = next(r for r in capture.of("hook_finished") if r["phase"] == "pre_failover")
+        assert hook["exit_code"] == 3 and "maintenance window" in hook["output"]
+    finally:
+        mail.stop()
