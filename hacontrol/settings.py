@@ -13,6 +13,7 @@ whose ``problems`` each name the key and the reason. Nothing is half-loaded.
 from __future__ import annotations
 
 import os
+import shlex
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -410,6 +411,30 @@ def check(settings: Settings) -> tuple[list[str], list[str]]:
             errors.append("router.haproxy.socket: required when router.kind = 'haproxy'")
         if router.haproxy.writer_backend == router.haproxy.reader_backend:
             errors.append("router.haproxy.reader_backend: must differ from writer_backend")
+
+    for phase in (
+        "on_failure_detected",
+        "pre_failover",
+        "post_failover",
+        "post_switchover",
+        "on_halt",
+    ):
+        command = getattr(settings.hooks, phase)
+        try:
+            shlex.split(command)
+        except ValueError as exc:
+            errors.append(f"hooks.{phase}: cannot split the command line: {exc}")
+    if settings.hooks.pre_failover and settings.hooks.timeout > settings.failover.apply_timeout:
+        warnings.append(
+            f"hooks.timeout: {settings.hooks.timeout:g} s; a slow pre_failover hook delays "
+            "every failover by up to this much"
+        )
+
+    if settings.api.enabled and settings.api.token is None:
+        warnings.append(
+            "api.token: no token configured: every POST (switchover, maintenance, ack, pause, "
+            "resume) will be refused with 401; set api.token_file or HACONTROL_API__TOKEN"
+        )
 
     smtp = settings.smtp
     if smtp.host:

@@ -223,7 +223,8 @@ def test_every_error_is_reported_at_once(tmp_path):
 def test_check_is_pure_and_default_node_name(tmp_path):
     loaded = load_settings(write(tmp_path, BASE.replace('name = "b"\n', "")))
     assert loaded.settings.nodes[1].name == "10.0.0.2:3306"
-    assert check(loaded.settings) == ([], [])
+    errors, warnings = check(loaded.settings)
+    assert errors == [] and [w.split(":")[0] for w in warnings] == ["api.token"]
 
 
 def test_repository_settings_toml_is_valid_for_the_sandbox(tmp_path):
@@ -245,3 +246,14 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert "nodes[0].port" in proc.stderr
+
+
+def test_hook_command_that_cannot_be_split_names_the_key(tmp_path, capsys):
+    text = BASE + '\n[hooks]\npre_failover = "/usr/local/bin/guard \'unbalanced"\n'
+    code, _, err = run_check(write(tmp_path, text), capsys)
+    assert code == 2 and "hooks.pre_failover: cannot split the command line" in err
+
+
+def test_api_without_token_is_a_warning(tmp_path, capsys):
+    code, _, err = run_check(write(tmp_path, BASE), capsys)
+    assert code == 0 and "settings warning: api.token: no token configured" in err
