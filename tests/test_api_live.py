@@ -1,0 +1,64 @@
+"""The HTTP API of a real runtime on a real sandbox: status, metrics, auth, a command."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from tests.live import runtime, sandbox_settings, wait_for
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "live-api-token"
+
+
+async def test_api_on_a_real_runtime(sandbox):
+    settings = sandbox_settings(sandbox)
+    settings = settings.model_copy(
+        update={"api": settings.api.model_copy(update={"token": SecretStr(TOKEN)})}
+    )
+    rt, capture = runtime(settings)
+    async with rt:
+        host, port = rt.api.address
+        base = f"http://{host}:{port}"
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                async with http.get(f"{base}/ready") as r:
+                    return r.status == 200
+
+            await wait_for(lambda: rt.controller.view.quorum.ok, 10, "quorum")
+            assert await ready()
+            async with http.get(f"{base}/health") as r:
+                assert r.status == 200 and (await r.json())["ok"] is True
+            async with http.get(f"{base}/status") as r:
+                status = await r.json()
+            live = await sandbox.live_roles()
+            roles = {n["name"]: n["role"] for n in status["nodes"]}
+            assert roles == {name: role for name, role in live.items()}
+            assert status["primary"] == "node1"
+            assert status["router"]["membership"]["writers"] == ["node1"]
+            assert status["if_primary_died_now"]["would_promote"] in ("node2", "node3")
+            assert status["controller"]["halt"] is None
+            async with http.get(f"{base}/metrics") as r:
+                text = await r.text()
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            up = {s.labels["node"]: s.value for s in families["hacontrol_node_up"].samples}
+            assert up == {"node1": 1.0, "node2": 1.0, "node3": 1.0}
+            assert "hacontrol_probe_rtt_seconds" in families
+            before = len(capture.of("operator_command"))
+            async with http.post(f"{base}/pause") as r:
+                assert r.status == 401
+            async with http.post(f"{base}/pause", headers={"Authorization": "Bearer wrong"}) as r:
+                assert r.status == 401
+            assert len(capture.of("operator_command")) == before  # nothing reached it
+            assert rt.controller.state.paused is False
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with http.post(f"{base}/pause", headers=auth) as r:
+                assert r.status == 200 and (await r.json())["ok"] is True
+            assert rt.controller.state.paused is True
+            async with http.post(f"{base}/resume", headers=auth) as r:
+                assert r.status == 200
+    assert TOKEN not in "".join(str(r) for r in capture.records)
