@@ -200,8 +200,17 @@ def with_journal(settings: Settings, path) -> Settings:
     )
 
 
-async def sql(sandbox: Sandbox, node: str, statement: str, params=None, role: str = "root"):
-    """One statement on a node: as root through its unix socket, or as another role by TCP."""
+async def sql(
+    sandbox: Sandbox,
+    node: str,
+    statement: str,
+    params=None,
+    role: str = "root",
+    *,
+    then: tuple[str, ...] = (),
+):
+    """Statements on one connection to a node (root through its unix socket, or another role
+    by TCP); the rows of the last one. ``then``: more statements in the same session."""
     import aiomysql
 
     if role == "root":
@@ -216,6 +225,8 @@ async def sql(sandbox: Sandbox, node: str, statement: str, params=None, role: st
     try:
         async with conn.cursor() as cur:
             await cur.execute(statement, params)
+            for more in then:
+                await cur.execute(more)
             return await cur.fetchall()
     finally:
         conn.close()

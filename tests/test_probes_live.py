@@ -12,11 +12,10 @@ import itertools
 import signal
 from datetime import datetime
 
-import aiomysql
 import pytest
 
 from hacontrol.view import Code, Health
-from tests.live import runtime, sandbox_settings, wait_for
+from tests.live import runtime, sandbox_settings, sql, wait_for
 from tests.sandbox_fixtures import run_sync
 
 pytestmark = pytest.mark.integration
@@ -85,21 +84,7 @@ async def test_killed_replica_unreachable_then_healthy_after_restart(fresh_sandb
 
 
 async def run_sql(sandbox, node: str, *statements: str, role: str = "root") -> None:
-    if role == "root":  # root exists only as root@localhost: through the node's unix socket
-        conn = await aiomysql.connect(
-            unix_socket=sandbox.status().node(node).socket,
-            user="root",
-            password=sandbox.password("root"),
-            autocommit=True,
-        )
-    else:
-        conn = await sandbox.connect(node, role)
-    try:
-        async with conn.cursor() as cur:
-            for statement in statements:
-                await cur.execute(statement)
-    finally:
-        conn.close()
+    await sql(sandbox, node, statements[0], role=role, then=statements[1:])
 
 
 async def test_replication_error_and_writable_replica_are_named(fresh_sandbox):
