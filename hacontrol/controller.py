@@ -389,7 +389,7 @@ class Controller:
                     )
             elif event.kind == "route":
                 state = replace(state, route_retry_at=now + 2 * self.settings.probes.interval)
-            elif event.kind in ("rejoin", "fence"):
+            elif event.kind in ("rejoin", "fence", "repoint"):
                 node = next((s.target for s in event.steps if s.target), None)
                 if node:
                     retry = {**state.retry_at, f"{event.kind}:{node}": now + 30.0}

@@ -209,6 +209,8 @@ class ControllerState:
     """Nodes an operator put in maintenance through hacontrol (hidden, never promoted)."""
     route_retry_at: float = 0.0
     """After a failed router change, the next attempt waits until then."""
+    first_seen: Mapping[str, float] = field(default_factory=dict)
+    """When a condition that alerts only if it lasts was first seen (alert key -> time)."""
     retry_at: Mapping[str, float] = field(default_factory=dict)
     """``fence:node`` / ``rejoin:node`` -> not before: a failed action is not hammered."""
 
@@ -715,6 +717,13 @@ def rule_unreachable_primary(view, state, settings, now) -> Decision | None:
     if problem is None:
         return None
     plan = Plan(Code.UNREACHABLE_PRIMARY.value, f"no failover: {problem.reason}", kind="alert")
+    key = f"unreachable:{problem.node}"
+    since = state.first_seen.get(key)
+    if since is None or now - since < settings.failover.io_stall:
+        # Right after a crash the replicas may not have noticed yet: this is either about to
+        # become DeadPrimary, or a real controller-only partition. Alert only if it lasts.
+        first_seen = {**state.first_seen, key: since if since is not None else now}
+        return Decision(plan, replace(state, first_seen=first_seen))
     alert = Notify(
         "unreachable_primary",
         problem.node,
@@ -722,7 +731,7 @@ def rule_unreachable_primary(view, state, settings, now) -> Decision | None:
         problem.reason,
         (("topology", topology_text(view)),),
     )
-    return _alert_once(state, f"unreachable:{problem.node}", plan, alert)
+    return _alert_once(state, key, plan, alert)
 
 
 def rule_old_primary(view, state, settings, now) -> Decision | None:
@@ -822,6 +831,50 @@ def writer_change_problem(
     return None
 
 
+def rule_repoint_stray(view, state, settings, now) -> Decision | None:
+    """A replica still pointing at a node that is not the primary (down during a failover,
+    chained under an old primary): repoint it, unless it has errant transactions."""
+    primary = view.primary
+    if primary is None or not view.nodes[primary].reachable or primary in state.quarantined:
+        return None
+    theirs = executed(view.nodes[primary].status)
+    hidden = hidden_nodes(view) | state.maintenance
+    for name, node in sorted(view.nodes.items()):
+        source = view.sources.get(name)
+        if (
+            name == primary
+            or name in hidden
+            or name in state.quarantined
+            or source is None
+            or source == primary
+            or not node.reachable
+            or node.status is None
+            or not node.status.read_only
+        ):
+            continue
+        if (
+            source in view.nodes
+            and view.nodes[source].reachable
+            and source not in (state.quarantined)
+        ):
+            continue  # a chain through a live replica (node3 -> node2 -> primary) is fine
+        if now < state.retry_at.get(f"repoint:{name}", 0.0):
+            continue
+        mine = executed(node.status)
+        if mine is None or theirs is None or (mine - theirs):
+            continue  # errant or unreadable: an operator's job (ReplicaNotReplicatingFromPrimary)
+        return Decision(
+            Plan(
+                "RepointStray",
+                f"{name} replicates from {source}, which is not the primary {primary}: repoint it",
+                (Repoint((name,), primary),),
+                kind="repoint",
+            ),
+            state,
+        )
+    return None
+
+
 def rule_route(view, state, settings, now) -> Decision | None:
     if settings.router.kind == "none" or now < state.route_retry_at:
         return None
@@ -869,6 +922,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("UnreachablePrimary", rule_unreachable_primary),
     ("NoPrimary", rule_no_primary),
     ("OldPrimary", rule_old_primary),
+    ("RepointStray", rule_repoint_stray),
     ("RouteReconcile", rule_route),
 )
 
@@ -906,7 +960,12 @@ def _prune(view: ClusterView, state: ControllerState) -> ControllerState:
         and not (about_dead and view.has(Code.DEAD_PRIMARY))
     ):
         halt = None
-    return replace(state, alerted=frozenset(keep), halt=halt)
+    first_seen = {
+        k: v
+        for k, v in state.first_seen.items()
+        if k.startswith("unreachable:") and view.has(Code.UNREACHABLE_PRIMARY)
+    }
+    return replace(state, alerted=frozenset(keep), halt=halt, first_seen=first_seen)
 
 
 def decide(view: ClusterView, state: ControllerState, settings: Settings, now: float) -> Decision:

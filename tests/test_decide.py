@@ -290,10 +290,17 @@ def test_controller_only_partition_alerts_without_failover():
                 replica("node3", t, heartbeats_received=20 + i),
             ]
         )
-    d = decide(view_of(*rounds), ControllerState(), S, NOW)
-    assert d.plan.rule == "UnreachablePrimary"
-    assert kinds(d.plan) == ["Notify"] and d.plan.actions[0].kind == "unreachable_primary"
-    assert "no failover" in d.plan.reason
+    view = view_of(*rounds)
+    d = decide(view, ControllerState(), S, NOW)
+    assert d.plan.rule == "UnreachablePrimary" and "no failover" in d.plan.reason
+    # Not alerted at once: right after a crash the replicas may not have noticed yet.
+    assert d.plan.actions == ()
+    soon = decide(view, d.state, S, NOW + 1)
+    assert soon.plan.actions == ()
+    lasting = decide(view, soon.state, S, NOW + S.failover.io_stall)
+    assert kinds(lasting.plan) == ["Notify"]
+    assert lasting.plan.actions[0].kind == "unreachable_primary"
+    assert decide(view, lasting.state, S, NOW + 10).plan.actions == ()  # once
 
 
 def test_recovery_block_then_expiry():
@@ -690,3 +697,21 @@ def test_startup_grace_waits_for_the_router():
     rounds = [[primary(at=t), replica("node2", t), replica("node3", t)] for t in (1.0, 2.0, 3.0)]
     d = decide(view_of(*rounds), ControllerState(), S, NOW)
     assert d.plan.rule == "StartupGrace" and "the router" in d.plan.reason
+
+
+def test_stray_replica_left_on_the_dead_primary_is_repointed():
+    # After a failover node1 -> node2, node3 (down at the time) still replicates from node1.
+    state = ControllerState(quarantined={"node1": Quarantined("node1", "node2", 50.0)})
+    rounds = [
+        [
+            primary("node2", at=t),
+            down("node1", t),
+            replica("node3", t, source="node1", **DEAD_IO),
+            router(writers=("node2",), readers=("node2",), broken=("node1", "node3"), at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    d = decide(view_of(*rounds), state, S, NOW)
+    assert d.plan.rule == "RepointStray" and d.plan.actions == (Repoint(("node3",), "node2"),)
+    backoff = replace(state, retry_at={"repoint:node3": NOW + 30})
+    assert decide(view_of(*rounds), backoff, S, NOW).plan.rule != "RepointStray"

@@ -1,0 +1,329 @@
+"""``hacontrol drill``: inject a fault on the primary and measure what clients and the
+controller saw (RTO per phase, client-visible outages, lost acknowledged writes).
+
+Against a sandbox by default (a new one in a temporary directory, or ``--dir D`` to use or keep
+one), or against any cluster given ``--config F`` with ``--yes-kill-the-primary``. The drill
+runs its own controller in-process, so it refuses when the controller's API port is in use:
+another controller is probably running, and two controllers must never manage one cluster.
+
+Exit codes: 0 every run completed, restored the cluster and lost no acknowledged write;
+1 otherwise; 2 usage or configuration error (nothing was changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hacontrol.drill import report
+from hacontrol.drill.faults import (
+    FaultError,
+    LocalFaults,
+    SandboxFaults,
+    partition_unavailable,
+)
+from hacontrol.drill.load import Access
+from hacontrol.drill.runner import FAULTS, Drill, DrillPlan, DrillTimeout, settings_summary
+from hacontrol.settings import Settings, SettingsError, check, load_settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+PASSWORD_ENV = "HACONTROL_DRILL_PASSWORD"
+
+
+class UsageError(Exception):
+    """Exit 2: nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    json: Path | None = None
+    """Every figure of every run, the settings used and the machine."""
+    log: Path | None = None
+    """The controller's JSON log lines."""
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "drill",
+        help="failover drill: kill/freeze/switch over the primary under load and measure",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
+    p.add_argument("--fault", choices=FAULTS, default="kill", help="what to do to the primary")
+    p.add_argument("--runs", type=int, default=1, help="number of runs (default 1)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
+    p.add_argument(
+        "--interval", type=float, help="probe interval override (default: from the settings)"
+    )
+    p.add_argument("--dir", type=Path, help="sandbox directory to use (started if needed) and keep")
+    p.add_argument("--config", metavar="FILE", help="drill a real cluster with these settings")
+    p.add_argument(
+        "--yes-kill-the-primary",
+        action="store_true",
+        help="required with --config: the drill kills or freezes that cluster's primary",
+    )
+    p.add_argument("--writer", metavar="HOST:PORT", help="with --config: the router's writer")
+    p.add_argument("--reader", metavar="HOST:PORT", help="with --config: the router's reader")
+    p.add_argument("--app-user", help="with --config: the application user")
+    p.add_argument(
+        "--app-password-file",
+        type=Path,
+        help=f"with --config: file holding the application password (or ${PASSWORD_ENV})",
+    )
+    p.add_argument(
+        "--log", type=Path, metavar="FILE", help="write the controller's JSON log lines here"
+    )
+    p.add_argument(
+        "--table", default="app.drill", help="table the drill writes to (default app.drill)"
+    )
+    p.add_argument(
+        "--client-timeout",
+        type=float,
+        default=2.0,
+        help="connect/query timeout of the drill's clients, seconds (default 2)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        plan = DrillPlan(fault=args.fault, runs=args.runs)
+        if args.config is not None:
+            job = config_drill(args, plan)
+        else:
+            if args.fault == "partition" and (reason := partition_unavailable()):
+                raise UsageError(f"--fault partition is not possible here: {reason}")
+            job = sandbox_drill(args, plan)
+    except (UsageError, ValueError) as exc:
+        print(f"hacontrol drill: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return run_loop(job)
+    except UsageError as exc:
+        print(f"hacontrol drill: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def run_loop(job: Coroutine[Any, Any, int]) -> int:
+    """On uvloop when installed, like ``hacontrol run``."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(job)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(job)
+
+
+# ---- settings ----------------------------------------------------------------------------------
+
+
+def drill_settings(path: str | Path, interval: float | None) -> Settings:
+    """The settings file (with HACONTROL_* overrides), the probe interval given, re-checked."""
+    try:
+        settings = load_settings(path).settings
+    except SettingsError as exc:
+        raise UsageError("settings error: " + "; ".join(exc.problems)) from None
+    if interval is not None:
+        probes = settings.probes
+        update: dict[str, Any] = {"interval": interval}
+        if probes.timeout >= interval:
+            update["timeout"] = round(interval * 0.8, 3)
+        settings = settings.model_copy(update={"probes": probes.model_copy(update=update)})
+        errors, _ = check(settings)
+        if errors:
+            raise UsageError("with --interval: " + "; ".join(errors))
+    return settings
+
+
+def refuse_if_controller_running(settings: Settings) -> None:
+    from hacontrol.sandbox.procs import port_is_free
+
+    api = settings.api
+    if not api.enabled or api.port == 0:
+        return
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1"}.get(api.host, api.host)
+    if not port_is_free(api.port, host):
+        raise UsageError(
+            f"the controller API port {host}:{api.port} is in use: another controller is "
+            "probably running on this cluster (two controllers must never manage one "
+            "cluster); stop it before the drill"
+        )
+
+
+def address(text: str, option: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"{option} must be HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+# ---- the two targets ---------------------------------------------------------------------------
+
+
+def config_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, Any, int]:
+    if not args.yes_kill_the_primary:
+        raise UsageError(
+            "--config drills a real cluster: its primary is killed, frozen or switched over. "
+            "Add --yes-kill-the-primary to confirm"
+        )
+    if args.fault == "partition":
+        raise UsageError("--fault partition is offered for the sandbox only")
+    if args.dir is not None:
+        raise UsageError("--dir and --config exclude each other")
+    missing = [o for o, v in (("--writer", args.writer), ("--app-user", args.app_user)) if not v]
+    if missing:
+        raise UsageError(f"with --config, give {' and '.join(missing)} (the application's view)")
+    password = os.environ.get(PASSWORD_ENV)
+    if args.app_password_file is not None:
+        try:
+            password = args.app_password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"--app-password-file: {exc.strerror}") from None
+    if password is None:
+        raise UsageError(f"with --config, give --app-password-file or ${PASSWORD_ENV}")
+    settings = drill_settings(args.config, args.interval)
+    refuse_if_controller_running(settings)
+    writer = address(args.writer, "--writer")
+    access = Access(
+        writer=writer,
+        reader=address(args.reader, "--reader") if args.reader else writer,
+        user=args.app_user,
+        password=password,
+        table=args.table,
+        timeout=args.client_timeout,
+    )
+    faults = LocalFaults({n.name: n.port for n in settings.nodes})
+    return drive(
+        settings, access, faults, plan, Outputs(args.json, args.log), acknowledge_block=False
+    )
+
+
+def sandbox_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, Any, int]:
+    async def job() -> int:
+        from hacontrol.sandbox import Sandbox, SandboxError, SandboxSpec, find_free_base_port
+
+        keep = args.dir is not None
+        tmp = None if keep else tempfile.TemporaryDirectory(prefix="hacontrol-drill-")
+        directory = args.dir if keep else Path(tmp.name) / "sandbox"  # type: ignore[union-attr]
+        sandbox = Sandbox.at(directory)
+        started = False
+        try:
+            if not sandbox.is_running():
+                progress(f"starting a sandbox in {directory}")
+                spec = SandboxSpec(dir=directory, base_port=find_free_base_port(7))
+                sandbox = Sandbox(spec)
+                await sandbox.up()
+                started = True
+            settings = drill_settings(sandbox.status().settings, args.interval)
+            refuse_if_controller_running(settings)
+            return await drive(
+                settings,
+                sandbox_access(sandbox, args.table, args.client_timeout),
+                SandboxFaults(sandbox),
+                plan,
+                Outputs(args.json, args.log),
+                acknowledge_block=True,
+            )
+        except SandboxError as exc:
+            print(f"hacontrol drill: sandbox: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            if started and not keep:
+                progress("removing the sandbox")
+                await sandbox.down()
+            if tmp is not None:
+                tmp.cleanup()
+
+    return job()
+
+
+def sandbox_access(sandbox: Any, table: str = "app.drill", timeout: float = 2.0) -> Access:
+    router = sandbox.status().router
+    return Access(
+        writer=(router.host, router.writer_port),
+        reader=(router.host, router.reader_port),
+        user="app",
+        password=sandbox.password("app"),
+        table=table,
+        timeout=timeout,
+    )
+
+
+# ---- running and reporting ---------------------------------------------------------------------
+
+
+def progress(line: str) -> None:
+    stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+    print(f"drill {stamp} {line}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+async def drive(
+    settings: Settings,
+    access: Access,
+    faults: Any,
+    plan: DrillPlan,
+    outputs: Outputs,
+    *,
+    acknowledge_block: bool,
+    out: Callable[[str], None] = print,
+) -> int:
+    drill = Drill(
+        settings,
+        access,
+        faults,
+        plan,
+        progress=progress,
+        on_result=lambda r: out(report.render_run(r) + "\n"),
+        acknowledge_block=acknowledge_block,
+    )
+    started = time.monotonic()
+    failure: str | None = None
+    try:
+        await drill.run()
+    except (DrillTimeout, FaultError, OSError) as exc:
+        failure = str(exc)
+        progress(f"ERROR: {failure}")
+    runs = drill.results
+    out(report.render_summary(runs))
+    if outputs.log is not None:
+        lines = (
+            json.dumps({k: v for k, v in r.items() if k != "_mono"}) for r in drill.capture.records
+        )
+        outputs.log.write_text("".join(line + "\n" for line in lines))
+    json_path = outputs.json
+    if json_path is not None:
+        used = {
+            **settings_summary(settings),
+            "fault": plan.fault,
+            "runs": plan.runs,
+            "client_timeout": access.timeout,
+            "write_period": plan.period,
+        }
+        doc = report.document(runs, used, machine())
+        doc["error"] = failure
+        doc["seconds"] = round(time.monotonic() - started, 1)
+        json_path.write_text(json.dumps(doc, indent=2) + "\n")
+        progress(f"figures written to {json_path}")
+    return EXIT_OK if failure is None and report.exit_code(runs) == 0 else EXIT_FAILED

@@ -1,0 +1,276 @@
+"""The drill's figures: pure functions over timestamps and results, and their rendering.
+
+Nothing here does I/O or reads a clock. Times are seconds on one monotonic clock; every figure
+is "seconds after the fault" except the two outages, which are the gap a client saw between its
+last success before the fault and its first success after it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FIGURES: tuple[tuple[str, str], ...] = (
+    ("detection", "fault -> DeadPrimary logged (switchover: command -> plan started)"),
+    ("promotion", "fault -> Promote action done"),
+    ("router_updated", "fault -> Route action done (writer moved)"),
+    ("plan_finished", "fault -> plan finished"),
+    ("write_outage", "last acknowledged write before the fault -> first one after"),
+    ("read_outage", "last successful read before the fault -> first one after"),
+)
+FIGURE_NAMES = tuple(name for name, _ in FIGURES)
+
+
+def outage(times: Sequence[float], at: float) -> float | None:
+    """The gap around ``at`` in sorted success times: first success after ``at`` minus the last
+    one at or before it. None when either side is missing (no success before, or none after)."""
+    i = bisect.bisect_right(times, at)
+    if i == 0 or i == len(times):
+        return None
+    return times[i] - times[i - 1]
+
+
+def lost_writes(acknowledged: Iterable[int], present: Iterable[int]) -> list[int]:
+    """Acknowledged ids missing from the new primary, sorted."""
+    have = set(present)
+    return sorted(i for i in set(acknowledged) if i not in have)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); q in [0, 100]."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} outside [0, 100]")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One fault injected and its consequences. Figures are seconds, None when not observed."""
+
+    run: int
+    fault: str
+    old_primary: str
+    new_primary: str | None
+    fault_wall: float
+    figures: Mapping[str, float | None]
+    writes_acknowledged: int = 0
+    reads_ok: int = 0
+    write_errors: Mapping[str, int] = field(default_factory=dict)
+    read_errors: Mapping[str, int] = field(default_factory=dict)
+    lost_writes: int = 0
+    lost_ids: tuple[int, ...] = ()
+    """The first lost ids (at most 20), for the report."""
+    restored: bool = False
+    restore: str = ""
+    """How the cluster was restored (or why it was not)."""
+    error: str | None = None
+    """Why the run did not complete (no failover, no writes after it ...)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.lost_writes == 0 and self.restored
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["figures"] = dict(self.figures)
+        out["write_errors"] = dict(self.write_errors)
+        out["read_errors"] = dict(self.read_errors)
+        out["lost_ids"] = list(self.lost_ids)
+        out["ok"] = self.ok
+        return out
+
+
+@dataclass(frozen=True)
+class Stats:
+    n: int
+    p50: float
+    p90: float
+    max: float
+
+
+def summary(runs: Sequence[RunResult]) -> dict[str, Stats | None]:
+    """p50 / p90 / max per figure over the runs that observed it."""
+    out: dict[str, Stats | None] = {}
+    for name in FIGURE_NAMES:
+        values = [v for r in runs if (v := r.figures.get(name)) is not None]
+        out[name] = (
+            Stats(len(values), percentile(values, 50), percentile(values, 90), max(values))
+            if values
+            else None
+        )
+    return out
+
+
+def exit_code(runs: Sequence[RunResult]) -> int:
+    """0 when every run completed, restored the cluster and lost no acknowledged write."""
+    return 0 if runs and all(r.ok for r in runs) else 1
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _errors(errors: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())) or "none"
+
+
+def render_run(run: RunResult) -> str:
+    """The table printed after each run."""
+    head = (
+        f"run {run.run}: {run.fault} of {run.old_primary} -> "
+        f"{run.new_primary or 'no new primary'}  "
+        f"{'OK' if run.ok else 'FAILED'}"
+    )
+    rows = [("figure", "seconds", "meaning")]
+    rows += [(name, _seconds(run.figures.get(name)), text) for name, text in FIGURES]
+    lines = [head, _table(rows)]
+    lines.append(f"writes acknowledged {run.writes_acknowledged}, lost {run.lost_writes}")
+    if run.lost_ids:
+        lines.append(f"lost ids: {', '.join(map(str, run.lost_ids))}")
+    lines.append(f"write errors: {_errors(run.write_errors)}")
+    lines.append(f"reads ok {run.reads_ok}; read errors: {_errors(run.read_errors)}")
+    lines.append(f"restore: {run.restore or '-'}")
+    if run.error:
+        lines.append(f"error: {run.error}")
+    return "\n".join(lines)
+
+
+def render_summary(runs: Sequence[RunResult]) -> str:
+    """p50 / p90 / max per figure, and the totals."""
+    stats = summary(runs)
+    rows = [("figure", "n", "p50", "p90", "max")]
+    for name in FIGURE_NAMES:
+        s = stats[name]
+        rows.append(
+            (name, "0", "-", "-", "-")
+            if s is None
+            else (name, str(s.n), _seconds(s.p50), _seconds(s.p90), _seconds(s.max))
+        )
+    ok = sum(r.ok for r in runs)
+    lost = sum(r.lost_writes for r in runs)
+    acked = sum(r.writes_acknowledged for r in runs)
+    faults = ", ".join(sorted({r.fault for r in runs})) or "-"
+    return "\n".join(
+        [
+            f"summary: {len(runs)} run(s) of {faults}, {ok} ok; "
+            f"acknowledged writes {acked}, lost {lost}",
+            _table(rows),
+        ]
+    )
+
+
+def document(
+    runs: Sequence[RunResult], settings: Mapping[str, Any], machine: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What ``--json FILE`` writes: every run with every figure, the summary, the settings
+    used and the machine."""
+    stats = summary(runs)
+    return {
+        "version": 1,
+        "figures": dict(FIGURES),
+        "runs": [r.to_json() for r in runs],
+        "summary": {k: (asdict(v) if v else None) for k, v in stats.items()},
+        "lost_writes": sum(r.lost_writes for r in runs),
+        "ok": exit_code(runs) == 0,
+        "settings": dict(settings),
+        "machine": dict(machine),
+    }
+
+
+PLAN_KINDS = ("failover", "switchover")
+
+
+def log_figures(records: Sequence[Mapping[str, Any]], at: float) -> dict[str, float | None]:
+    """Detection, promotion, router-updated and plan-finished times (seconds after ``at``) from
+    the controller's log lines written after the fault, each carrying its ``_mono`` time.
+
+    Only the first failover/switchover plan started after ``at`` counts: its actions and end.
+    Detection is the first DeadPrimary problem logged; for a switchover (no problem), the
+    plan's start.
+    """
+    out: dict[str, float | None] = dict.fromkeys(
+        ("detection", "promotion", "router_updated", "plan_finished")
+    )
+    after = [r for r in records if r["_mono"] >= at]
+    started = next(
+        (r for r in after if r["event"] == "plan_started" and r.get("kind") in PLAN_KINDS), None
+    )
+    dead = next(
+        (r for r in after if r["event"] == "problem" and r.get("code") == "DeadPrimary"), None
+    )
+    if dead is not None:
+        out["detection"] = dead["_mono"] - at
+    elif started is not None and started["kind"] == "switchover":
+        out["detection"] = started["_mono"] - at
+    if started is None:
+        return out
+    plan = started["plan"]
+    mine = [r for r in after if r.get("plan") == plan]
+    promote = next(
+        (r for r in mine if r["event"] == "action" and r["action"] == "Promote" and r["ok"]), None
+    )
+    if promote is not None:
+        out["promotion"] = promote["_mono"] - at
+        route = next(
+            (
+                r
+                for r in mine
+                if r["event"] == "action"
+                and r["action"] == "Route"
+                and r["ok"]
+                and r["_mono"] >= promote["_mono"]
+            ),
+            None,
+        )
+        if route is not None:
+            out["router_updated"] = route["_mono"] - at
+    finished = next((r for r in mine if r["event"] == "plan_finished"), None)
+    if finished is not None:
+        out["plan_finished"] = finished["_mono"] - at
+    return out
+
+
+def promoted_node(records: Sequence[Mapping[str, Any]], at: float) -> str | None:
+    """The node the first successful Promote action after ``at`` promoted, if any."""
+    return next(
+        (
+            r["node"]
+            for r in records
+            if r["_mono"] >= at and r["event"] == "action" and r["action"] == "Promote" and r["ok"]
+        ),
+        None,
+    )
+
+
+def finished_plan(records: Sequence[Mapping[str, Any]], at: float) -> Mapping[str, Any] | None:
+    """The plan_finished line of the first failover/switchover started after ``at``, if any."""
+    started = next(
+        (
+            r
+            for r in records
+            if r["_mono"] >= at and r["event"] == "plan_started" and r.get("kind") in PLAN_KINDS
+        ),
+        None,
+    )
+    if started is None:
+        return None
+    return next(
+        (r for r in records if r["event"] == "plan_finished" and r.get("plan") == started["plan"]),
+        None,
+    )

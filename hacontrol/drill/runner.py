@@ -1,0 +1,349 @@
+"""The drill: run the controller in-process, drive a load, inject a fault, measure, restore.
+
+One ``Drill`` owns one in-process ``Runtime`` (the same probes, decision task and executor as
+``hacontrol run``) whose JSON log lines are captured with their monotonic time, so the
+controller's own events (DeadPrimary, Promote, Route) and the clients' successes are on one
+clock. Each run:
+
+1. waits for a healthy, idle cluster; starts a writer and a reader through the router;
+2. injects the fault on the current primary and notes the time;
+3. waits for the failover (or switchover) plan to finish and for writes and reads to flow again;
+   a frozen primary is thawed and a partition healed once the plan finished;
+4. measures, and checks every acknowledged id on the new primary, read from it directly;
+5. restores: the old primary restarted (kill) and rejoined by the controller as a replica
+   (rebuilt first if it came back with errant transactions, sandbox only), then ``ack``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hacontrol.drill import report
+from hacontrol.drill.faults import FaultError, Faults
+from hacontrol.drill.load import Access, LogCapture, ReadLoad, WriteLoad, ensure_table, present_ids
+from hacontrol.events import OperatorCommand
+from hacontrol.jsonlog import JsonLog
+from hacontrol.service import Runtime, secrets_of
+from hacontrol.settings import Settings
+from hacontrol.view import Health
+
+FAULTS = ("kill", "freeze", "switchover", "partition")
+Progress = Callable[[str], None]
+
+
+class DrillTimeout(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class DrillPlan:
+    fault: str
+    runs: int = 1
+    period: float = 0.01
+    """Seconds between two writes (and two reads)."""
+    warmup_ops: int = 50
+    """Acknowledged writes and reads before the fault."""
+    settle_ops: int = 20
+    """Successful writes and reads after the plan finished, to call the run complete."""
+    healthy_timeout: float = 60.0
+    failover_timeout: float = 45.0
+    resume_timeout: float = 30.0
+    restore_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.fault not in FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(FAULTS)}, got {self.fault!r}")
+        if self.runs < 1:
+            raise ValueError("runs must be at least 1")
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        if value := predicate():
+            return value
+        if time.monotonic() >= deadline:
+            raise DrillTimeout(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def settings_summary(settings: Settings) -> dict[str, Any]:
+    """The settings that shape the figures, for the report."""
+    return {
+        "probes.interval": settings.probes.interval,
+        "probes.timeout": settings.probes.timeout,
+        "probes.failure_threshold": settings.probes.failure_threshold,
+        "failover.io_stall": settings.failover.io_stall,
+        "failover.apply_timeout": settings.failover.apply_timeout,
+        "failover.action_timeout": settings.failover.action_timeout,
+        "router.kind": settings.router.kind,
+    }
+
+
+class Drill:
+    def __init__(
+        self,
+        settings: Settings,
+        access: Access,
+        faults: Faults,
+        plan: DrillPlan,
+        *,
+        progress: Progress = lambda line: None,
+        on_result: Callable[[report.RunResult], None] = lambda result: None,
+        acknowledge_block: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.access = access
+        self.faults = faults
+        self.plan = plan
+        self.progress = progress
+        self.on_result = on_result
+        self.capture = LogCapture()
+        log = JsonLog(settings.cluster.name, stream=self.capture, secrets=secrets_of(settings))
+        self.runtime = Runtime(settings, log, acknowledge_block=acknowledge_block)
+        self.results: list[report.RunResult] = []
+
+    # -- the whole drill -----------------------------------------------------------------------
+
+    async def run(self) -> list[report.RunResult]:
+        async with self.runtime:
+            self.progress("controller started in-process; waiting for a healthy cluster")
+            await self.wait_healthy()
+            state = self.runtime.controller.state
+            if state.halt is not None:
+                raise FaultError(f"the controller is halted: {state.halt.reason}; fix and ack")
+            await ensure_table(self.access)
+            for index in range(1, self.plan.runs + 1):
+                if index > 1:
+                    await self.wait_healthy()
+                result = await self.one_run(index)
+                self.results.append(result)
+                self.on_result(result)
+                if not result.restored:
+                    self.progress("the cluster was not restored: no further run")
+                    break
+        return self.results
+
+    def healthy(self) -> bool:
+        controller = self.runtime.controller
+        view, state = controller.view, controller.state
+        primary = view.primary
+        membership = view.router.membership
+        return bool(
+            primary is not None
+            and view.quorum.ok
+            and not view.problems
+            and all(n.health is Health.HEALTHY for n in view.nodes.values())
+            and all(view.sources.get(n) == primary for n in view.nodes if n != primary)
+            and (
+                self.settings.router.kind == "none"
+                or (membership
+                and membership.writers == {primary})
+            )
+            and controller.running_plan is None
+            and not state.quarantined
+            and state.halt is None
+            and (state.blocked_until is None or state.blocked_until <= time.monotonic())
+        )
+
+    async def wait_healthy(self) -> None:
+        try:
+            await wait_for(self.healthy, self.plan.healthy_timeout, "a healthy, idle cluster")
+        except DrillTimeout:
+            view = self.runtime.controller.view
+            problems = "; ".join(f"{p.code.value}: {p.reason}" for p in view.problems)
+            raise DrillTimeout(
+                f"no healthy cluster within {self.plan.healthy_timeout:g} s "
+                f"(primary {view.primary}; problems: {problems or 'none'}; "
+                f"state: {self.runtime.controller.state})"
+            ) from None
+
+    # -- one run -------------------------------------------------------------------------------
+
+    async def one_run(self, index: int) -> report.RunResult:
+        plan, fault = self.plan, self.plan.fault
+        old = self.runtime.controller.view.primary
+        assert old is not None
+        say = self._say(index)
+        writes = WriteLoad(self.access, start_id=int(time.time() * 1000) * 1000).start()
+        reads = ReadLoad(self.access, period=plan.period).start()
+        error: str | None = None
+        fault_at = fault_wall = 0.0
+        injected = False
+        try:
+            await wait_for(
+                lambda: (
+                    len(writes.ok_times) >= plan.warmup_ops
+                    and len(reads.ok_times) >= plan.warmup_ops
+                ),
+                15,
+                "writes and reads flowing through the router",
+            )
+            say(f"load flowing ({len(writes.ok_times)} writes, {len(reads.ok_times)} reads)")
+            fault_wall, fault_at = time.time(), time.monotonic()
+            command = self._inject(fault, old, fault_at)
+            injected = True
+            say(f"{fault} of the primary {old} injected")
+            finished = await wait_for(
+                lambda: report.finished_plan(self.capture.records, fault_at),
+                plan.failover_timeout,
+                f"the {'switchover' if fault == 'switchover' else 'failover'} plan to finish",
+            )
+            if command is not None:
+                answer = await command
+                if not answer.ok:
+                    raise FaultError(f"switchover refused or failed: {answer.message}")
+            say(
+                f"{finished['kind']} finished (ok={finished['ok']}) after "
+                f"{finished['_mono'] - fault_at:.3f} s: {finished['reason']}"
+            )
+            if not finished["ok"]:
+                raise FaultError(f"{finished['kind']} failed: {finished['reason']}")
+            self._undo_fault(fault, old)
+            done = time.monotonic()
+            await wait_for(
+                lambda: (
+                    writes.ok_since(done) >= plan.settle_ops
+                    and reads.ok_since(done) >= plan.settle_ops
+                ),
+                plan.resume_timeout,
+                "writes and reads to succeed again",
+            )
+            say("writes and reads flow again")
+        except (DrillTimeout, FaultError) as exc:
+            error = str(exc)
+            say(f"ERROR: {error}")
+        finally:
+            await writes.stop()
+            await reads.stop()
+            if injected:
+                self._undo_fault(fault, old)
+        new = report.promoted_node(self.capture.records, fault_at) if injected else None
+        figures = report.log_figures(self.capture.records, fault_at) if injected else {}
+        figures["write_outage"] = report.outage(writes.ok_times, fault_at) if injected else None
+        figures["read_outage"] = report.outage(reads.ok_times, fault_at) if injected else None
+        lost: list[int] = []
+        if injected and new is not None and new != old:
+            try:
+                lost = await self._lost(writes, new)
+            except Exception as exc:  # reported, never hidden
+                error = error or f"could not read the acknowledged ids on {new}: {exc}"
+        elif injected and error is None:
+            error = f"no new primary after the {fault}"
+        if lost:
+            say(f"LOST {len(lost)} acknowledged writes: {lost[:20]}")
+        restored, how = await self._restore(fault, old, new, injected, say)
+        return report.RunResult(
+            run=index,
+            fault=fault,
+            old_primary=old,
+            new_primary=new,
+            fault_wall=round(fault_wall, 3),
+            figures={k: (round(v, 4) if v is not None else None) for k, v in figures.items()},
+            writes_acknowledged=len(writes.acknowledged),
+            reads_ok=len(reads.ok_times),
+            write_errors=writes.error_counts(),
+            read_errors=reads.error_counts(),
+            lost_writes=len(lost),
+            lost_ids=tuple(lost[:20]),
+            restored=restored,
+            restore=how,
+            error=error,
+        )
+
+    def _say(self, index: int) -> Callable[[str], None]:
+        total = self.plan.runs
+
+        def say(line: str) -> None:
+            self.progress(f"run {index}/{total}: {line}")
+
+        return say
+
+    def _inject(self, fault: str, node: str, at: float) -> asyncio.Task[Any] | None:
+        match fault:
+            case "kill":
+                self.faults.kill(node)
+            case "freeze":
+                self.faults.freeze(node)
+            case "partition":
+                self.faults.partition(node)
+            case "switchover":
+                return asyncio.create_task(
+                    self.runtime.command(OperatorCommand(at, "switchover")), name="switchover"
+                )
+        return None
+
+    def _undo_fault(self, fault: str, node: str) -> None:
+        """Thaw a frozen node, heal a partition; idempotent."""
+        if fault == "freeze":
+            with contextlib.suppress(FaultError):  # thawed already
+                self.faults.thaw(node)
+        elif fault == "partition":
+            self.faults.heal(node)
+
+    async def _lost(self, writes: WriteLoad, new: str) -> list[int]:
+        node = self.settings.node(new)
+        present = await present_ids(
+            self.access, (node.host, node.port), writes.start_id, writes.last_id
+        )
+        return report.lost_writes(writes.acknowledged, present)
+
+    # -- restoring -----------------------------------------------------------------------------
+
+    def _rejoined(self, old: str, new: str) -> bool:
+        controller = self.runtime.controller
+        view, state = controller.view, controller.state
+        node = view.nodes[old]
+        return (
+            view.primary == new
+            and view.sources.get(old) == new
+            and node.health is Health.HEALTHY
+            and old not in state.quarantined
+        )
+
+    async def _restore(
+        self, fault: str, old: str, new: str | None, injected: bool, say: Progress
+    ) -> tuple[bool, str]:
+        if not injected:
+            return True, "nothing injected"
+        if new is None or new == old:
+            if fault == "freeze":
+                return False, f"no promotion happened; {old} thawed and left as it is"
+            return False, f"no promotion happened; {old} left as it is"
+        steps: list[str] = []
+        try:
+            if fault == "kill":
+                say(f"restarting {old}")
+                await self.faults.restart(old)
+                steps.append(f"{old} restarted")
+            deadline = time.monotonic() + self.plan.restore_timeout
+            rebuilt = False
+            while not self._rejoined(old, new):
+                q = self.runtime.controller.state.quarantined.get(old)
+                if q is not None and q.errant and not rebuilt:
+                    say(f"{old} came back with errant transactions {q.errant}; rebuilding it")
+                    steps.append(f"errant transactions {q.errant}")
+                    steps.append(await self.faults.rebuild(old, new))
+                    rebuilt = True
+                if time.monotonic() > deadline:
+                    raise DrillTimeout(
+                        f"{old} did not rejoin as a healthy replica of {new} within "
+                        f"{self.plan.restore_timeout:g} s"
+                    )
+                await asyncio.sleep(0.05)
+            steps.append(f"{old} rejoined as a replica of {new}")
+            say(steps[-1])
+            if fault != "switchover":
+                answer = await self.runtime.command(OperatorCommand(time.monotonic(), "ack"))
+                if not answer.ok:
+                    raise FaultError(f"ack refused: {answer.message}")
+                steps.append("recovery block acknowledged")
+            return True, "; ".join(steps)
+        except (DrillTimeout, FaultError, OSError) as exc:
+            say(f"ERROR restoring: {exc}")
+            return False, "; ".join([*steps, f"FAILED: {exc}"])
