@@ -8,9 +8,11 @@ bootstrap:
 run: bootstrap
 	@scripts/run-sandbox.sh
 
-# Lint, then the whole suite (unit tests and integration tests on real mariadbd/HAProxy).
+# Lint (Python and the Dockerfile), then the whole suite (unit tests and integration tests on
+# real mariadbd/HAProxy).
 test: bootstrap
 	.venv/bin/ruff check .
+	.venv/bin/hadolint Dockerfile
 	.venv/bin/pytest -q
 
 lint: bootstrap

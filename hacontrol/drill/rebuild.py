@@ -1,9 +1,113 @@
-"""Rebuild a sandbox node that came back with errant transactions (placeholder)."""
+"""Rebuild a sandbox node that came back with errant transactions, from the new primary.
+
+The controller rightly refuses to rejoin such a node (it never runs RESET MASTER on its own);
+an operator rebuilds it from the primary. For the sandbox the drill does what an operator
+would, with the server's own tools:
+
+1. stop the node; give it a fresh datadir (the sandbox's template);
+2. start it with networking off, so nothing (the controller included) sees it half-loaded;
+3. load a consistent ``mariadb-dump --single-transaction --gtid`` of the new primary into it
+   with the binary log off, and set ``gtid_slave_pos`` to the dump's position;
+4. restart it normally: the controller sees a clean old primary, fences and rejoins it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
 from hacontrol.drill.faults import FaultError
+
+GTID_IN_DUMP = re.compile(rb"gtid_slave_pos\s*=\s*'([0-9,\-\s]*)'")
+
+
+def dump_position(dump: bytes) -> str:
+    """The GTID position a ``mariadb-dump --gtid --master-data=2`` was taken at."""
+    found = GTID_IN_DUMP.search(dump)
+    if found is None:
+        raise FaultError("the dump carries no gtid_slave_pos (mariadb-dump too old?)")
+    return found.group(1).decode().strip()
+
+
+async def _run(argv: list[str], stdin: bytes | None, env: dict[str, str]) -> bytes:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await proc.communicate(stdin)
+    if proc.returncode != 0:
+        raise FaultError(f"{Path(argv[0]).name} failed: {err.decode(errors='replace')[-500:]}")
+    return out
 
 
 async def rebuild_sandbox_node(sandbox, node: str, source: str) -> str:
-    raise FaultError(f"{node} has errant transactions; rebuild not implemented yet")
+    from hacontrol.sandbox import procs
+    from hacontrol.sandbox.cluster import (
+        default_cache_dir,
+        ensure_template,
+        find_binary,
+        wait_node_ready,
+    )
+
+    tools = {b: find_binary(b) for b in ("mariadbd", "mariadb-dump", "mariadb")}
+    if missing := [b for b, path in tools.items() if path is None]:
+        raise FaultError(f"cannot rebuild {node}: not installed: {', '.join(missing)}")
+    info = sandbox.status()
+    target, origin = info.node(node), info.node(source)
+    root_pw = sandbox.password("root")
+    env = {**os.environ, "MYSQL_PWD": root_pw}
+
+    await procs.terminate(target.pid, target.config)
+    dump = await _run(
+        [
+            str(tools["mariadb-dump"]),
+            f"--socket={origin.socket}",
+            "--user=root",
+            "--all-databases",
+            "--single-transaction",
+            "--gtid",
+            "--master-data=2",
+            "--ignore-table=mysql.gtid_slave_pos",
+        ],
+        None,
+        env,
+    )
+    position = dump_position(dump)
+
+    template = await ensure_template(default_cache_dir(), str(tools["mariadbd"]))
+    await asyncio.to_thread(shutil.rmtree, target.datadir, True)
+    await asyncio.to_thread(shutil.copytree, template, target.datadir)
+    argv = [
+        str(tools["mariadbd"]),
+        f"--defaults-file={target.config}",
+        "--skip-networking",
+        "--skip-slave-start",
+    ]
+    pid = procs.spawn(argv, Path(target.node_dir) / "stdout.log")
+    loading = replace(target, pid=pid)
+    try:
+        conn = await wait_node_ready(loading, "")  # a fresh datadir: root has no password
+        conn.close()
+        script = (
+            b"SET SESSION sql_log_bin = 0;\n"
+            + dump
+            + f"\nSET GLOBAL gtid_slave_pos = '{position}';\nFLUSH PRIVILEGES;\n".encode()
+        )
+        no_password = {k: v for k, v in env.items() if k != "MYSQL_PWD"}
+        await _run(
+            [str(tools["mariadb"]), f"--socket={target.socket}", "--user=root"],
+            script,
+            no_password,
+        )
+    finally:
+        await procs.terminate(pid, target.config)
+    sandbox.status().with_node_pid(node, None).save()
+    await sandbox.start_node(node)
+    return f"{node} rebuilt from a dump of {source} at {position} and restarted"
