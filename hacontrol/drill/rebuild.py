@@ -47,6 +47,21 @@ async def _run(argv: list[str], stdin: bytes | None, env: dict[str, str]) -> byt
     return out
 
 
+async def _gone(pid: int | None, timeout: float = 10.0) -> None:
+    """Until the process has left /proc entirely. An exiting process loses its cmdline (so the
+    sandbox already calls it dead) while it still holds its files: starting a new server on
+    the same datadir and socket before then fails without a word in its logs."""
+    from hacontrol.sandbox.procs import reap
+
+    if pid is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while Path(f"/proc/{pid}").exists() and loop.time() < deadline:
+        reap(pid)
+        await asyncio.sleep(0.02)
+
+
 async def rebuild_sandbox_node(sandbox, node: str, source: str) -> str:
     from hacontrol.sandbox import procs
     from hacontrol.sandbox.cluster import (
@@ -65,6 +80,7 @@ async def rebuild_sandbox_node(sandbox, node: str, source: str) -> str:
     env = {**os.environ, "MYSQL_PWD": root_pw}
 
     await procs.terminate(target.pid, target.config)
+    await _gone(target.pid)
     dump = await _run(
         [
             str(tools["mariadb-dump"]),
@@ -91,9 +107,8 @@ async def rebuild_sandbox_node(sandbox, node: str, source: str) -> str:
         "--skip-slave-start",
     ]
     pid = procs.spawn(argv, Path(target.node_dir) / "stdout.log")
-    loading = replace(target, pid=pid)
     try:
-        conn = await wait_node_ready(loading, "")  # a fresh datadir: root has no password
+        conn = await wait_node_ready(replace(target, pid=pid), "")  # fresh: root has no password
         conn.close()
         script = (
             b"SET SESSION sql_log_bin = 0;\n"
@@ -108,6 +123,7 @@ async def rebuild_sandbox_node(sandbox, node: str, source: str) -> str:
         )
     finally:
         await procs.terminate(pid, target.config)
+        await _gone(pid)
     sandbox.status().with_node_pid(node, None).save()
     await sandbox.start_node(node)
     return f"{node} rebuilt from a dump of {source} at {position} and restarted"

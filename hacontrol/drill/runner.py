@@ -344,6 +344,6 @@ class Drill:
                     raise FaultError(f"ack refused: {answer.message}")
                 steps.append("recovery block acknowledged")
             return True, "; ".join(steps)
-        except (DrillTimeout, FaultError, OSError) as exc:
+        except Exception as exc:  # SandboxError, OSError ...: the run failed, say why
             say(f"ERROR restoring: {exc}")
             return False, "; ".join([*steps, f"FAILED: {exc}"])
