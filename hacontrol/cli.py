@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the controller in the foreground (JSON log on stdout)")
     _config_option(run)
     run.add_argument(
+        "--paused",
+        action="store_true",
+        help="start paused: observe and log, no automatic change until `hacontrol resume`",
+    )
+    run.add_argument(
         "--ack",
         action="store_true",
         help="acknowledge the last failover: clear the recovery block kept in the journal",
@@ -107,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = loaded.settings
     log = JsonLog(settings.cluster.name, level=settings.log.level, secrets=secrets_of(settings))
     try:
-        return run_forever(settings, log, acknowledge_block=args.ack)
+        return run_forever(settings, log, acknowledge_block=args.ack, paused=args.paused)
     except RouterError as exc:
         log.emit("startup_refused", None, "error", reason=str(exc))
         print(f"hacontrol: {exc}", file=sys.stderr)

@@ -83,6 +83,7 @@ class Controller:
         wall_clock: Callable[[], float] = time.time,
         acknowledge_block: bool = False,
         metrics: Metrics | None = None,
+        paused: bool = False,
     ) -> None:
         self.settings = settings
         self.log = log
@@ -107,6 +108,14 @@ class Controller:
         """The last decisions with their reasons (newest last), for status and tests."""
         if journal is not None:
             self._load_journal(journal, acknowledge_block)
+        if paused and not self.state.paused:
+            self._set_state(replace(self.state, paused=True))
+            log.emit(
+                "paused_at_start",
+                None,
+                "warning",
+                reason="--paused: observing only until `hacontrol resume`",
+            )
 
     def _load_journal(self, journal: Journal, acknowledge_block: bool) -> None:
         replay = journal.load()

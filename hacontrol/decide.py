@@ -667,7 +667,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         Notify(
             "failover",
             dead,
-            f"failover: {best} promoted, {dead} dead",
+            f"failover: {best} promoted in place of",
             problem.reason,
             (("candidates", table), ("topology before", topology_text(view))),
         ),

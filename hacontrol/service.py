@@ -95,6 +95,7 @@ class Runtime:
         *,
         acknowledge_block: bool = False,
         mail_policy: MailPolicy | None = None,
+        paused: bool = False,
     ) -> None:
         self.settings = settings
         self.log = log
@@ -125,6 +126,7 @@ class Runtime:
             journal=self.journal,
             acknowledge_block=acknowledge_block,
             metrics=self.metrics,
+            paused=paused,
         )
         self._workers: list[asyncio.Task[None]] = []
         self._decision: asyncio.Task[None] | None = None
@@ -273,9 +275,13 @@ def _where(task: asyncio.Task[None]) -> list[str]:
     ]
 
 
-async def serve(settings: Settings, log: JsonLog, *, acknowledge_block: bool = False) -> int:
+async def serve(
+    settings: Settings, log: JsonLog, *, acknowledge_block: bool = False, paused: bool = False
+) -> int:
     loop = asyncio.get_running_loop()
-    async with Runtime(settings, log, acknowledge_block=acknowledge_block) as runtime:
+    async with Runtime(
+        settings, log, acknowledge_block=acknowledge_block, paused=paused
+    ) as runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(
                 sig, lambda name=sig.name: runtime.emit(Stop(time.monotonic(), name))
@@ -294,9 +300,11 @@ async def _ticker(emit, interval: float) -> None:
         emit(Tick(time.monotonic()))
 
 
-def run_forever(settings: Settings, log: JsonLog, *, acknowledge_block: bool = False) -> int:
+def run_forever(
+    settings: Settings, log: JsonLog, *, acknowledge_block: bool = False, paused: bool = False
+) -> int:
     """Run ``serve`` on uvloop when installed, else on the default loop."""
-    main = serve(settings, log, acknowledge_block=acknowledge_block)
+    main = serve(settings, log, acknowledge_block=acknowledge_block, paused=paused)
     try:
         import uvloop
     except ImportError:

@@ -106,6 +106,21 @@ def pid_listening_on(port: int, proc: Path = Path("/proc")) -> int | None:
     return None
 
 
+def respawn(argv: list[str], env: dict[str, str]) -> int:
+    """Start a daemon again in its own session, output discarded; returns its pid."""
+    return os.posix_spawn(
+        argv[0],
+        argv,
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+        setsid=True,
+    )
+
+
 class _Iptables:
     def partition_port(self, port: int) -> None:
         if reason := partition_unavailable():
@@ -223,17 +238,7 @@ class LocalFaults(_Iptables):
         argv, env = self._killed.pop(node, ([], {}))
         if not argv:
             raise FaultError(f"{node} was not killed by the drill; start it by hand")
-        os.posix_spawn(
-            argv[0],
-            argv,
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-            ],
-            setsid=True,
-        )
+        respawn(argv, env)
         deadline = time.monotonic() + 60
         while pid_listening_on(port) is None:
             if time.monotonic() > deadline:

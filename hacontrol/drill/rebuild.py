@@ -17,6 +17,7 @@ import asyncio
 import os
 import re
 import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,17 +35,25 @@ def dump_position(dump: bytes) -> str:
 
 
 async def _run(argv: list[str], stdin: bytes | None, env: dict[str, str]) -> bytes:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    """A client tool, in a thread. Not asyncio's subprocess: under uvloop, a server started
+    with posix_spawn after it died at once without a word (reproduced, not explained)."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        argv,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
         env=env,
+        timeout=120,
     )
-    out, err = await proc.communicate(stdin)
-    if proc.returncode != 0:
-        raise FaultError(f"{Path(argv[0]).name} failed: {err.decode(errors='replace')[-500:]}")
-    return out
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace")[-500:]
+        raise FaultError(f"{Path(argv[0]).name} failed: {err}")
+    return done.stdout
+
+
+def _exists(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
 
 
 async def _gone(pid: int | None, timeout: float = 10.0) -> None:
@@ -57,7 +66,7 @@ async def _gone(pid: int | None, timeout: float = 10.0) -> None:
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while Path(f"/proc/{pid}").exists() and loop.time() < deadline:
+    while _exists(pid) and loop.time() < deadline:
         reap(pid)
         await asyncio.sleep(0.02)
 
@@ -107,6 +116,9 @@ async def rebuild_sandbox_node(sandbox, node: str, source: str) -> str:
         "--skip-slave-start",
     ]
     pid = procs.spawn(argv, Path(target.node_dir) / "stdout.log")
+    # Right after posix_spawn the child may not have exec'd yet: its cmdline is still ours, and
+    # the sandbox's liveness check (which looks for the config in it) would call it dead.
+    await asyncio.to_thread(procs.wait_state, pid, target.config, "running", 2.0)
     try:
         conn = await wait_node_ready(replace(target, pid=pid), "")  # fresh: root has no password
         conn.close()

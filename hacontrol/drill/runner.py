@@ -142,8 +142,7 @@ class Drill:
             and all(view.sources.get(n) == primary for n in view.nodes if n != primary)
             and (
                 self.settings.router.kind == "none"
-                or (membership
-                and membership.writers == {primary})
+                or (membership and membership.writers == {primary})
             )
             and controller.running_plan is None
             and not state.quarantined
