@@ -74,10 +74,11 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Commands that live in their own modules register their own parsers."""
-    from hacontrol import operator_cli, sandbox
+    from hacontrol import drill, operator_cli, sandbox
 
     sandbox.register_cli(sub)
     operator_cli.register_cli(sub)
+    drill.register_cli(sub)
 
 
 def _load(args: argparse.Namespace) -> Loaded | None:

@@ -21,6 +21,15 @@ def test_outage_is_the_gap_around_the_fault():
     assert report.outage(acks, 1.03) == pytest.approx(1.50)
 
 
+def test_outage_of_a_switchover_is_the_longest_gap_until_the_plan_ended():
+    # Command at 1.0; the plan fences the writer at 1.10 and finishes at 1.60.
+    acks = [0.99, 1.00, 1.01, 1.02, 1.03, 1.10, 1.61, 1.62, 1.63]
+    assert report.outage(acks, 1.0) == pytest.approx(0.01)  # the gap at the command only
+    assert report.outage(acks, 1.0, 1.60) == pytest.approx(0.51)
+    assert report.outage(acks, 1.0, 1.70) is None  # no success after the interval
+    assert report.outage(acks, 1.0, 0.5) == report.outage(acks, 1.0)  # until before at
+
+
 def test_outage_without_success_on_one_side_is_unknown():
     assert report.outage([1.0, 1.1], 1.5) is None  # nothing after the fault
     assert report.outage([2.0, 2.1], 1.5) is None  # nothing before it

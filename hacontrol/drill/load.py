@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,12 +65,14 @@ async def execute(access: Access, address: tuple[str, int], sql: str, params=Non
 
 async def ensure_table(access: Access) -> None:
     """The drill's own table, created through the writer (it replicates like any write)."""
-    await execute(
-        access,
-        access.writer,
-        f"CREATE TABLE IF NOT EXISTS {access.table} (id BIGINT PRIMARY KEY, "
-        "node INT, ts TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
-    )
+    with warnings.catch_warnings():  # "table already exists" is a note, not news
+        warnings.simplefilter("ignore")
+        await execute(
+            access,
+            access.writer,
+            f"CREATE TABLE IF NOT EXISTS {access.table} (id BIGINT PRIMARY KEY, "
+            "node INT, ts TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
+        )
 
 
 async def present_ids(access: Access, node: tuple[str, int], low: int, high: int) -> list[int]:

@@ -18,19 +18,27 @@ FIGURES: tuple[tuple[str, str], ...] = (
     ("promotion", "fault -> Promote action done"),
     ("router_updated", "fault -> Route action done (writer moved)"),
     ("plan_finished", "fault -> plan finished"),
-    ("write_outage", "last acknowledged write before the fault -> first one after"),
-    ("read_outage", "last successful read before the fault -> first one after"),
+    ("write_outage", "longest time without an acknowledged write (from before the fault)"),
+    ("read_outage", "longest time without a successful read (from before the fault)"),
 )
 FIGURE_NAMES = tuple(name for name, _ in FIGURES)
 
 
-def outage(times: Sequence[float], at: float) -> float | None:
-    """The gap around ``at`` in sorted success times: first success after ``at`` minus the last
-    one at or before it. None when either side is missing (no success before, or none after)."""
-    i = bisect.bisect_right(times, at)
-    if i == 0 or i == len(times):
+def outage(times: Sequence[float], at: float, until: float | None = None) -> float | None:
+    """The longest time without success that a client saw in [at, until], from sorted success
+    times: the largest gap between consecutive successes among the gaps that overlap the
+    interval. With ``until`` omitted (a crash): the gap around ``at``, from the last success
+    at or before it to the first one after it. None when there is no success before ``at`` or
+    none after ``until``.
+
+    A switchover passes the command time and the plan's end: its write window opens when the
+    plan fences the writer, some time after the command."""
+    end = at if until is None else max(at, until)
+    first = bisect.bisect_right(times, at)
+    last = bisect.bisect_right(times, end)
+    if first == 0 or last == len(times):
         return None
-    return times[i] - times[i - 1]
+    return max(times[i] - times[i - 1] for i in range(first, last + 1))
 
 
 def lost_writes(acknowledged: Iterable[int], present: Iterable[int]) -> list[int]:

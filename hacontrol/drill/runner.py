@@ -224,8 +224,14 @@ class Drill:
                 self._undo_fault(fault, old)
         new = report.promoted_node(self.capture.records, fault_at) if injected else None
         figures = report.log_figures(self.capture.records, fault_at) if injected else {}
-        figures["write_outage"] = report.outage(writes.ok_times, fault_at) if injected else None
-        figures["read_outage"] = report.outage(reads.ok_times, fault_at) if injected else None
+        end = figures.get("plan_finished")
+        until = fault_at + end if end is not None else None
+        figures["write_outage"] = (
+            report.outage(writes.ok_times, fault_at, until) if injected else None
+        )
+        figures["read_outage"] = (
+            report.outage(reads.ok_times, fault_at, until) if injected else None
+        )
         lost: list[int] = []
         if injected and new is not None and new != old:
             try:
