@@ -100,6 +100,11 @@ class Controller:
         self._waiting: dict[str, OperatorCommand] = {}
         self._deferred: list[OperatorCommand] = []
         self._plans: dict[str, Plan] = {}
+        # After a plan, decide again only on fresh facts: every node and the router probed
+        # after it finished (bounded), or the same plan is re-made from the stale view.
+        self._settle: set[str] = set()
+        self._settle_since = 0.0
+        self._settle_until = 0.0
         self.metrics = metrics
         self._primary_failing_since: float | None = None
         self._detect_seconds: dict[str, float | None] = {}
@@ -179,6 +184,8 @@ class Controller:
         self.view = fold(before, event, self.settings)
         if self.metrics is not None:
             self.metrics.observe_view(self.view)
+        if isinstance(event, ProbeResult | RouterProbeResult) and event.at >= self._settle_since:
+            self._settle.discard(event.node if isinstance(event, ProbeResult) else "router")
         if isinstance(event, ProbeResult) and event.node == before.primary:
             if event.ok:
                 self._primary_failing_since = None
@@ -210,6 +217,8 @@ class Controller:
         if self.executor is None or (self._running is not None and not self._running.done()):
             return
         now = self._clock()
+        if self._settle and now < self._settle_until:
+            return
         decision = decide(self.view, self.state, self.settings, now)
         plan = decision.plan
         if self._resume is not None and plan.rule not in ("NoQuorum", "StartupGrace"):
@@ -362,6 +371,11 @@ class Controller:
             cmd.reply.set_result(CommandResult(ok, message, dict(detail)))
 
     def _finished(self, event: PlanFinished) -> None:
+        self._settle_since = self._clock()
+        self._settle_until = self._settle_since + 2 * self.settings.probes.interval
+        self._settle = set(self.view.nodes) | (
+            {"router"} if self.settings.router.kind != "none" else set()
+        )
         if self.metrics is not None:
             self.metrics.observe_plan(event, self._detect_seconds.pop(event.plan_id, None))
         self.log.emit(

@@ -90,6 +90,15 @@ class Rejoin:
 
 
 @dataclass(frozen=True)
+class SetIOThreads:
+    """Stop (or start) the IO thread of every node of ``nodes``, concurrently."""
+
+    nodes: tuple[str, ...]
+    running: bool
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class CheckTransactions:
     """Switchover pre-flight on the live primary: no transaction older than ``max_age``."""
 
@@ -146,6 +155,7 @@ Action = (
     | Repoint
     | Fence
     | Rejoin
+    | SetIOThreads
     | CheckTransactions
     | CatchUp
     | SetWritable
@@ -654,16 +664,22 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         f"{dead} is dead ({problem.reason}); promoting {best}, the most advanced "
         f"eligible replica (received {ranked[0].received})"
     )
+    replicas = (best, *others)
     actions: tuple[Action, ...] = (
         *hooks(settings, "on_failure_detected", context),
         *hooks(settings, "pre_failover", context, required=True),
         # Required: a frozen or partitioned "dead" primary may still take writes through the
         # router; never promote while the router may still send them there.
         RouteFence(dead, required=True),
+        # The replicas' IO threads may be stuck on a frozen primary until slave_net_timeout:
+        # stop them all at once, not one STOP SLAVE after the other.
+        SetIOThreads(replicas, running=False),
         WaitApplied(best, settings.failover.apply_timeout),
         Promote(best, dead),
-        Repoint(others, best),
+        # Writers first: semi-sync on the new primary holds its first commits until a
+        # repointed replica acknowledges, so nothing acknowledged can be lost meanwhile.
         Route(after),
+        Repoint(others, best),
         Notify(
             "failover",
             dead,
@@ -679,7 +695,12 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         last_failover_at=now,
         quarantined={**state.quarantined, dead: Quarantined(dead, best, now)},
     )
-    return Decision(Plan("DeadPrimary", reason, actions, kind="failover"), new_state)
+    # Stopped before the promotion (a veto, WaitApplied timed out): give the replicas their
+    # IO threads back, so that they testify again about the primary.
+    rollback = (SetIOThreads(replicas, running=True),)
+    return Decision(
+        Plan("DeadPrimary", reason, actions, kind="failover", rollback=rollback), new_state
+    )
 
 
 def rule_no_primary(view, state, settings, now) -> Decision | None:
@@ -1047,9 +1068,9 @@ def plan_switchover(
         Fence(old),
         CatchUp(new, old, deadline),
         Promote(new, old),
+        Route(after),  # writers first; semi-sync holds commits until a replica acknowledges
         Repoint(others, new),
         Rejoin(old, new, required=False),
-        Route(after),
         *hooks(
             settings,
             "post_switchover",

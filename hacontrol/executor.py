@@ -205,6 +205,17 @@ class Executor:
                     return Outcome(True, False, "no router")
                 changed = await self.router.apply(desired, allow_hidden_change=hidden_change)
                 return Outcome(True, changed, f"router: {desired.to_json()}")
+            case d.SetIOThreads(nodes=nodes, running=running):
+                results = await asyncio.gather(
+                    *(self.mysql.set_io_thread(n, running, timeout) for n in nodes)
+                )
+                bad = [f"{r.node}: {r.reason}" for r in results if not r.ok]
+                verb = "started" if running else "stopped"
+                return Outcome(
+                    not bad,
+                    any(r.changed for r in results),
+                    "; ".join(bad) or f"IO threads {verb} on {', '.join(nodes)}",
+                )
             case d.CheckTransactions(node=node, max_age=max_age):
                 return _outcome(await self.mysql.check_transactions(node, max_age, timeout))
             case d.CatchUp(node=node, source=source, timeout=wait):

@@ -35,6 +35,7 @@ ACTION_TYPES: dict[str, type] = {
         d.Repoint,
         d.Fence,
         d.Rejoin,
+        d.SetIOThreads,
         d.CheckTransactions,
         d.CatchUp,
         d.SetWritable,

@@ -185,7 +185,7 @@ async def test_controller_killed_between_promotion_and_repointing_resumes(fresh_
         )
         assert done[0]["ok"], done[0]["reason"]
         actions = [a["action"] for a in second.of("action")]
-        assert actions[:3] == ["Repoint", "Route", "Notify"]  # the steps left, nothing redone
+        assert actions[:3] == ["Route", "Repoint", "Notify"]  # the steps left, nothing redone
         second.wait(lambda: second.of("decision", rule="Nothing"), 20, "converged")
     finally:
         second.stop()

@@ -136,28 +136,41 @@ async def test_failed_failover_leaves_no_quarantine_and_ack_clears_the_halt():
     dead_io = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "x"}
     executor = FakeExecutor(ok=False, done_actions=("RouteFence",))
     queue: asyncio.Queue = asyncio.Queue()
-    controller = Controller(S, JsonLog("t", stream=io.StringIO()), queue, executor=executor)
-    for t in (1.0, 2.0, 3.0):
-        for event in (primary(at=t), replica("node2", t), replica("node3", t), router(at=t)):
-            controller.handle(event)
-    for t in (4.0, 5.0, 6.0):
+    now = [0.0]  # the controller's clock follows the events' time
+    controller = Controller(
+        S, JsonLog("t", stream=io.StringIO()), queue, executor=executor, clock=lambda: now[0]
+    )
+
+    def dead_round(t: float) -> None:
+        now[0] = t
         for event in (
             down("node1", t),
             replica("node2", t, **dead_io),
             replica("node3", t, **dead_io),
+            router(at=t),
         ):
             controller.handle(event)
+
+    for t in (1.0, 2.0, 3.0):
+        now[0] = t
+        for event in (primary(at=t), replica("node2", t), replica("node3", t), router(at=t)):
+            controller.handle(event)
+    for t in (4.0, 5.0, 6.0):
+        dead_round(t)
+    t = 6.0
     while True:  # a reader change may run first (the replicas' IO errors show earlier)
         finished = await asyncio.wait_for(queue.get(), 5)
         controller.handle(finished)
         if finished.kind == "failover":
             break
+        t += 1.0
+        dead_round(t)  # fresh probes after the plan: the controller decides again
     assert executor.plans[-1] == "DeadPrimary"
     assert controller.state.halt is not None and controller.state.halt.code == "FailoverFailed"
     assert controller.state.quarantined == {}  # nothing was promoted: no "old primary"
     assert controller.state.blocked_until is None
     assert "halt" in executor.alerts
     reply = asyncio.get_running_loop().create_future()
-    controller.handle(OperatorCommand(7.0, "ack", reply=reply))
+    controller.handle(OperatorCommand(t + 1, "ack", reply=reply))
     assert reply.result().ok and "halt cleared" in reply.result().message
     assert controller.state.halt is None

@@ -17,6 +17,7 @@ from hacontrol.decide import (
     Repoint,
     Route,
     RouteFence,
+    SetIOThreads,
     WaitApplied,
     decide,
 )
@@ -184,8 +185,18 @@ def test_dead_primary_failover_plan_in_order():
     d = decide(view, ControllerState(), S, NOW)
     assert d.plan.rule == "DeadPrimary" and d.plan.kind == "failover"
     assert "promoting node3" in d.plan.reason
-    assert kinds(d.plan) == ["RouteFence", "WaitApplied", "Promote", "Repoint", "Route", "Notify"]
-    fence, wait, promote, repoint, route, notify = d.plan.actions
+    assert kinds(d.plan) == [
+        "RouteFence",
+        "SetIOThreads",
+        "WaitApplied",
+        "Promote",
+        "Route",
+        "Repoint",
+        "Notify",
+    ]
+    fence, stop_io, wait, promote, route, repoint, notify = d.plan.actions
+    assert stop_io == SetIOThreads(("node3", "node2"), running=False)
+    assert d.plan.rollback == (SetIOThreads(("node3", "node2"), running=True),)
     assert fence == RouteFence("node1", required=True)
     assert wait == WaitApplied("node3", S.failover.apply_timeout)
     assert promote == Promote("node3", "node1")
@@ -448,15 +459,15 @@ def test_switchover_plan_order_rollback_and_deadline():
         "Fence",
         "CatchUp",
         "Promote",
+        "Route",
         "Repoint",
         "Rejoin",
-        "Route",
         "Notify",
     ]
     assert plan.actions[0] == CheckTransactions("node1", S.failover.max_transaction_age)
     assert plan.actions[3] == CatchUp("node2", "node1", S.failover.switchover_deadline)
-    assert plan.actions[5] == Repoint(("node3",), "node2")
-    route = plan.actions[7]
+    assert plan.actions[6] == Repoint(("node3",), "node2")
+    route = plan.actions[5]
     assert route.desired == Membership.of(["node2"], ["node1", "node2", "node3"])
     assert plan.rollback[0] == SetWritable("node1", True)
     assert plan.rollback[1] == Route(Membership.of(["node1"], ["node1", "node2", "node3"]))

@@ -412,6 +412,36 @@ class MySQLActions:
 
         return await self._run("rejoin", old_primary, address, timeout, body)
 
+    async def set_io_thread(
+        self, node: str, running: bool, timeout: float | None = None
+    ) -> ActionResult:
+        """Stop (or start) only the replication IO thread; the SQL thread keeps applying.
+
+        Stopping is how a failover stops waiting on a frozen source: a replica's IO thread
+        stuck on it makes every STOP SLAVE wait up to slave_net_timeout, so the failover does
+        it once, for every replica at the same time."""
+
+        async def body(session: _Session) -> _Done:
+            assert session.flavor is not None
+            status = await session.status()
+            repl = _default_connection(status)
+            if repl is None:
+                return _Done("already done: not a replica")
+            stopped = repl.io_state is IoState.STOPPED
+            if stopped != running:
+                return _Done(f"already done: IO thread {'running' if running else 'stopped'}")
+            base = (
+                session.flavor.start_replication_sql()
+                if running
+                else session.flavor.stop_replication_sql()
+            )
+            await session.change(Sql(f"{base.sql} IO_THREAD"))
+            return _Done(
+                f"IO thread {'started' if running else 'stopped'}", {"received": repl.received_gtid}
+            )
+
+        return await self._run("set_io_thread", node, self._address(node), timeout, body)
+
     async def check_transactions(
         self, node: str, max_age: float, timeout: float | None = None
     ) -> ActionResult:

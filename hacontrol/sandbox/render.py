@@ -13,7 +13,7 @@ from hacontrol.sandbox.model import NodeInfo, RouterInfo
 # a killed source closes its TCP connection and replicas notice at once; a frozen or partitioned
 # one is noticed when no event or heartbeat arrived for SLAVE_NET_TIMEOUT seconds.
 HEARTBEAT_PERIOD = 0.5
-SLAVE_NET_TIMEOUT = 2
+SLAVE_NET_TIMEOUT = 1
 # Semi-sync: a commit waits at most this long for a replica ACK, then the primary falls back to
 # asynchronous replication (and back to semi-sync once a replica catches up). 2 s keeps a test
 # that kills every replica from stalling writes for long; production would use a longer timeout.
