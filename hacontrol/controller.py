@@ -217,8 +217,8 @@ class Controller:
         if self.executor is None or (self._running is not None and not self._running.done()):
             return
         now = self._clock()
-        if self._settle and now < self._settle_until:
-            return
+        if self._settle and now < self._settle_until and not self.view.has(Code.DEAD_PRIMARY):
+            return  # a dead primary never waits: the failover plan reads what it needs fresh
         decision = decide(self.view, self.state, self.settings, now)
         plan = decision.plan
         if self._resume is not None and plan.rule not in ("NoQuorum", "StartupGrace"):
@@ -373,9 +373,20 @@ class Controller:
     def _finished(self, event: PlanFinished) -> None:
         self._settle_since = self._clock()
         self._settle_until = self._settle_since + 2 * self.settings.probes.interval
-        self._settle = set(self.view.nodes) | (
-            {"router"} if self.settings.router.kind != "none" else set()
-        )
+        # Fresh facts are needed about what the plan touched: the router after a router
+        # change, the nodes it acted on after a node action.
+        plan = self._plans.get(event.plan_id)
+        touched: set[str] = set()
+        for step in event.steps:
+            if step.action in ("Route", "RouteFence"):
+                touched.add("router")
+            elif step.target:
+                touched.update(t for t in step.target.split(",") if t in self.view.nodes)
+        if plan is not None and plan.kind == "failover":
+            touched |= set(self.view.nodes)
+        if self.settings.router.kind == "none":
+            touched.discard("router")
+        self._settle = touched
         if self.metrics is not None:
             self.metrics.observe_plan(event, self._detect_seconds.pop(event.plan_id, None))
         self.log.emit(
