@@ -163,7 +163,7 @@ def test_settings_toml_has_the_controller_schema() -> None:
         },
     }
     assert doc["probes"] == {"interval": 1.0, "timeout": 0.5, "failure_threshold": 3}
-    assert doc["failover"] == {"max_lag": 10.0, "recovery_block": 3600.0}
+    assert doc["failover"] == {"max_lag": 10.0, "recovery_block": 3600.0, "io_stall": 1.5}
     assert doc["smtp"] == {"host": ""}
 
 
