@@ -100,6 +100,7 @@ class Controller:
         self._waiting: dict[str, OperatorCommand] = {}
         self._deferred: list[OperatorCommand] = []
         self._plans: dict[str, Plan] = {}
+        self._skips: dict[str, frozenset[int]] = {}
         # After a plan, decide again only on fresh facts: every node and the router probed
         # after it finished (bounded), or the same plan is re-made from the stale view.
         self._settle: set[str] = set()
@@ -173,6 +174,7 @@ class Controller:
                 budget_seconds=plan_budget(self.settings),
             )
             await asyncio.wait([self._running], timeout=plan_budget(self.settings))
+        self.refuse_pending("the controller is stopping; a plan's outcome is in the log")
 
     def handle(self, event: Event) -> None:
         log_event(self.log, event)
@@ -197,8 +199,8 @@ class Controller:
             self._finished(event)
         if isinstance(event, OperatorCommand):
             self._command(event)
-        elif isinstance(event, PlanFinished) and self._deferred:
-            self._command(self._deferred.pop(0))
+        elif isinstance(event, PlanFinished):
+            self._run_deferred()
         if targets := reprobe_targets(before, event, self.settings):
             self.log.emit(
                 "fast_reprobe",
@@ -221,7 +223,12 @@ class Controller:
             return  # a dead primary never waits: the failover plan reads what it needs fresh
         decision = decide(self.view, self.state, self.settings, now)
         plan = decision.plan
-        if self._resume is not None and plan.rule not in ("NoQuorum", "StartupGrace"):
+        if (
+            self._resume is not None
+            and plan.rule != "StartupGrace"
+            and self.view.quorum.ok
+            and not self.state.paused
+        ):
             intent, self._resume = self._resume, None
             self._resume_intent(intent, decision.plan)
             return
@@ -249,27 +256,33 @@ class Controller:
         )
         dead = next((a.old_primary for a in plan.actions if isinstance(a, Promote)), None)
         still_dead = self.view.has(Code.DEAD_PRIMARY) and self.view.primary == dead
-        if promote_at in intent.done or (plan.kind == "failover" and still_dead):
+        promoting = promote_at in intent.done or promote_at in intent.started
+        if promoting or (plan.kind == "failover" and still_dead):
             self._log_decision(intent.remaining(), force=True)
             self._start(intent.plan_id, plan, skip=intent.done, resumed=True)
             return
         if self.journal is not None:
             self.journal.end(intent.plan_id, False, "not resumed after a controller restart")
-        if plan.kind == "switchover" and plan.rollback:
+        if plan.rollback:
             rollback = Plan(
                 plan.rule,
-                f"rolling back a switchover cut before promotion by a controller restart: "
+                f"rolling back a {plan.kind} cut before promotion by a controller restart: "
                 f"{plan.reason}",
                 plan.rollback,
                 "rollback",
             )
             self._log_decision(rollback, force=True)
             self._start(f"{intent.plan_id}-rollback", rollback)
+            self._drop_quarantine(dead)
             return
         reason = (
             f"abandoned after a controller restart: {now_decided.rule} now ({now_decided.reason})"
         )
         self.log.emit("plan_abandoned", dead, "warning", plan=intent.plan_id, reason=reason)
+        self._drop_quarantine(dead)
+
+    def _drop_quarantine(self, dead: str | None) -> None:
+        """A failover that promoted nothing: the dead primary is no "old primary"."""
         if dead is not None and dead in self.state.quarantined:
             quarantined = {k: v for k, v in self.state.quarantined.items() if k != dead}
             self._set_state(replace(self.state, quarantined=quarantined, blocked_until=None))
@@ -291,11 +304,25 @@ class Controller:
         )
 
         async def execute() -> None:
-            result = await executor.run(plan_id, plan, skip=skip, resumed=resumed)
+            try:
+                result = await executor.run(plan_id, plan, skip=skip, resumed=resumed)
+            except Exception as exc:  # the plan must always report back (journal I/O, a bug)
+                result = PlanFinished(
+                    self._clock(),
+                    plan_id,
+                    plan.rule,
+                    plan.kind,
+                    False,
+                    f"the executor failed: {type(exc).__name__}: {exc}",
+                    "executor",
+                    (),
+                    0.0,
+                )
             self.queue.put_nowait(result)
 
         self._running = asyncio.create_task(execute(), name=f"plan:{plan_id}")
         self._plans[plan_id] = plan
+        self._skips[plan_id] = skip
         if plan.kind == "failover" and self._primary_failing_since is not None:
             self._detect_seconds[plan_id] = self._clock() - self._primary_failing_since
 
@@ -358,6 +385,30 @@ class Controller:
         self._start(plan_id, plan)
         return None
 
+    def _run_deferred(self) -> None:
+        """Deferred commands, in order, until one starts a plan; the caller's timeout passed
+        (its reply future is done): dropped, never run late."""
+        while self._deferred and (self._running is None or self._running.done()):
+            cmd = self._deferred.pop(0)
+            if cmd.reply is not None and cmd.reply.done():
+                self.log.emit(
+                    "operator_command_dropped",
+                    cmd.node,
+                    "warning",
+                    command=cmd.command,
+                    reason="its caller stopped waiting",
+                )
+                continue
+            self._command(cmd)
+
+    def refuse_pending(self, reason: str) -> None:
+        """On shutdown: every command still waiting gets an answer."""
+        for cmd in self._deferred:
+            self._reply(cmd, False, f"refused: {reason}")
+        self._deferred.clear()
+        for cmd in self._waiting.values():
+            self._reply(cmd, False, f"the controller stopped while running it: {reason}")
+
     def _reply(self, cmd: OperatorCommand, ok: bool, message: str, **detail: object) -> None:
         self.log.emit(
             "operator_answer",
@@ -407,7 +458,13 @@ class Controller:
             if event.kind == "failover":
                 reason = f"failover stopped: {event.reason}"
                 state = replace(state, halt=Halt("FailoverFailed", reason, now))
-                promoted = any(s.action == "Promote" and s.ok for s in event.steps)
+                skipped = self._skips.pop(event.plan_id, frozenset())
+                promoted = any(s.action == "Promote" and s.ok for s in event.steps) or (
+                    plan is not None
+                    and any(
+                        isinstance(a, Promote) for i, a in enumerate(plan.actions) if i in skipped
+                    )
+                )
                 if not promoted and plan is not None:
                     # Nothing was promoted: the dead primary is not an "old" primary, and no
                     # recovery block applies; the halt (until ack) decides what happens next.

@@ -124,6 +124,8 @@ class SetWritable:
     node: str
     on: bool
     required: bool = True
+    semi_sync_source: bool | None = None
+    """With ``on``: the semi-sync source setting to restore (the fence turned it off)."""
 
 
 @dataclass(frozen=True)
@@ -574,12 +576,15 @@ def rule_two_writers(view, state, settings, now) -> Decision | None:
     return _alert_once(replace(state, halt=halt), f"halt:{problem.code.value}", plan, alert)
 
 
-def rule_paused(view, state, settings, now) -> Decision | None:
-    if not state.paused:
-        return None
-    return Decision(
-        Plan("Paused", "paused by an operator: observing only, no automatic change"), state
+def _paused(withheld: Plan, state: ControllerState) -> Decision:
+    """Paused: the change is withheld (and its state not taken); alerts still go out, once."""
+    plan = Plan(
+        "Paused",
+        f"paused by an operator: not doing {withheld.rule} ({withheld.reason})",
+        kind="alert",
     )
+    alert = Notify("paused_change_withheld", None, f"paused: {withheld.rule} withheld", plan.reason)
+    return _alert_once(state, f"paused:{withheld.rule}", plan, alert)
 
 
 def rule_halted(view, state, settings, now) -> Decision | None:
@@ -664,7 +669,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         f"{dead} is dead ({problem.reason}); promoting {best}, the most advanced "
         f"eligible replica (received {ranked[0].received})"
     )
-    replicas = (best, *others)
+    replicas = (best, *(n for n in others if n not in hidden))  # hidden: the operator's
     actions: tuple[Action, ...] = (
         *hooks(settings, "on_failure_detected", context),
         *hooks(settings, "pre_failover", context, required=True),
@@ -934,7 +939,6 @@ def rule_route(view, state, settings, now) -> Decision | None:
 
 RULES: tuple[tuple[str, Rule], ...] = (
     ("StartupGrace", rule_startup_grace),  # first: before any probe every node is unknown
-    ("Paused", rule_paused),
     ("NoQuorum", rule_no_quorum),
     ("FenceReturningPrimary", rule_fence_returning_primary),
     ("TwoWriters", rule_two_writers),
@@ -968,6 +972,7 @@ def _prune(view: ClusterView, state: ControllerState) -> ControllerState:
             "errant": node in state.quarantined,
             "writer_mismatch": view.has(Code.ROUTER_WRITER_IS_NOT_PRIMARY),
             "no_primary": view.has(Code.NO_PRIMARY) or _primary_read_only(view),
+            "paused": state.paused,
         }.get(kind, False)
         if alive:
             keep.add(key)
@@ -995,6 +1000,8 @@ def decide(view: ClusterView, state: ControllerState, settings: Settings, now: f
     for _, rule in RULES:
         decision = rule(view, state, settings, now)
         if decision is not None:
+            if state.paused and decision.plan.changes_cluster:
+                return _paused(decision.plan, state)
             return decision
     return Decision(Plan(NOTHING, "cluster as desired; nothing to do"), state)
 
@@ -1050,7 +1057,9 @@ def plan_switchover(
     after = Membership.of([new], readers, broken, hidden)
     before = view.router.membership
     deadline = settings.failover.switchover_deadline
-    rollback: tuple[Action, ...] = (SetWritable(old, True),)
+    rollback: tuple[Action, ...] = (
+        SetWritable(old, True, semi_sync_source=status.semi_sync.source_enabled),
+    )
     if before is not None and len(before.writers) == 1:
         rollback += (Route(before),)
     rollback += (

@@ -63,6 +63,7 @@ class Executor:
         self._clock = clock
         self._fault_after = fault_after
         self._resuming = False
+        self._stopped_io: set[str] = set()
         self.hooks = hooks
         self._background: set[asyncio.Task[object]] = set()
         """Test-only fault injection: crash (SIGKILL self) right after this action type."""
@@ -77,6 +78,7 @@ class Executor:
     ) -> PlanFinished:
         started = self._clock()
         self._resuming = resumed
+        self._stopped_io = set()
         journaled = plan.kind in JOURNALED and self.journal is not None
         if journaled and not resumed:
             assert self.journal is not None
@@ -92,6 +94,9 @@ class Executor:
                 continue
             name = type(action).__name__
             t0 = self._clock()
+            if journaled and isinstance(action, d.Promote):
+                assert self.journal is not None  # a crash inside Promote must be known as such
+                self.journal.step_started(plan_id, index)
             try:
                 if plan.deadline is not None and index < no_return:
                     left = started + plan.deadline - self._clock()
@@ -142,8 +147,10 @@ class Executor:
         ok = failed is None
         reason = "all steps done" if ok else f"{failed} failed: {steps[-1].reason}"
         stopped_at = steps[-1].index if steps else 0
-        if not ok and plan.rollback and stopped_at < no_return:
-            undone = await self._rollback(plan_id, plan, reason)
+        # Before the point of no return, or at it when Promote itself failed (its candidate
+        # is then not writable: Promote turns read_only off last and checks it).
+        if not ok and plan.rollback and stopped_at <= no_return:
+            undone = await self._rollback(plan_id, plan, reason, failed == "Promote")
             reason = f"rolled back ({undone}) after {reason}"
         if journaled:
             assert self.journal is not None
@@ -160,10 +167,27 @@ class Executor:
             round(self._clock() - started, 3),
         )
 
-    async def _rollback(self, plan_id: str, plan: d.Plan, why: str) -> str:
+    async def _rollback(
+        self, plan_id: str, plan: d.Plan, why: str, promote_failed: bool = False
+    ) -> str:
         """Undo a plan stopped before its point of no return; every step is attempted."""
+        if promote_failed and plan.kind == "switchover":
+            candidate = next(a.node for a in plan.actions if isinstance(a, d.Promote))
+            try:
+                status = await self.mysql.status(candidate)
+            except Exception as exc:
+                return f"NOT rolled back: cannot read the candidate {candidate}: {exc}"
+            if not status.read_only:
+                # Making the old primary writable again would make two writers.
+                return f"NOT rolled back: the candidate {candidate} is writable"
         results = []
         for action in plan.rollback:
+            if isinstance(action, d.SetIOThreads) and action.running:
+                # Start again only the IO threads this plan stopped (not an operator's).
+                nodes = tuple(n for n in action.nodes if n in self._stopped_io)
+                if not nodes:
+                    continue
+                action = d.SetIOThreads(nodes, running=True, required=action.required)
             if isinstance(action, d.Notify):
                 action = d.Notify(
                     action.kind,
@@ -209,6 +233,8 @@ class Executor:
                 results = await asyncio.gather(
                     *(self.mysql.set_io_thread(n, running, timeout) for n in nodes)
                 )
+                if not running:
+                    self._stopped_io = {r.node for r in results if r.changed}
                 bad = [f"{r.node}: {r.reason}" for r in results if not r.ok]
                 verb = "started" if running else "stopped"
                 return Outcome(
@@ -221,8 +247,10 @@ class Executor:
             case d.CatchUp(node=node, source=source, timeout=wait):
                 src = self.settings.node(source)
                 return _outcome(await self.mysql.catch_up(node, src.host, src.port, wait))
-            case d.SetWritable(node=node, on=on):
-                return _outcome(await self.mysql.set_writable(node, on, timeout))
+            case d.SetWritable(node=node, on=on, semi_sync_source=semi_sync):
+                return _outcome(
+                    await self.mysql.set_writable(node, on, timeout, semi_sync_source=semi_sync)
+                )
             case d.WaitApplied(node=node, timeout=wait):
                 return _outcome(await self.mysql.wait_applied(node, wait))
             case d.Promote(node=node, old_primary=old):
@@ -232,7 +260,9 @@ class Executor:
                     # Our own journaled promotion was cut between RESET SLAVE ALL and
                     # read_only=OFF (a crash): this node is the candidate the plan chose, it
                     # applied everything (WaitApplied was done), so finish it.
-                    finished = await self.mysql.set_writable(node, True, timeout)
+                    finished = await self.mysql.set_writable(
+                        node, True, timeout, semi_sync_source=True
+                    )
                     return Outcome(
                         finished.ok,
                         finished.changed,

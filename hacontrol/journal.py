@@ -104,6 +104,8 @@ class Intent:
     plan_id: str
     plan: d.Plan
     done: frozenset[int] = field(default_factory=frozenset)
+    started: frozenset[int] = field(default_factory=frozenset)
+    """Steps that began (Promote only): a crash inside one is known as such."""
 
     def remaining(self) -> d.Plan:
         actions = tuple(a for i, a in enumerate(self.plan.actions) if i not in self.done)
@@ -139,6 +141,9 @@ class Journal:
     def begin(self, plan_id: str, plan: d.Plan) -> None:
         self._append({"type": "begin", "id": plan_id, **plan_to_json(plan)})
 
+    def step_started(self, plan_id: str, index: int) -> None:
+        self._append({"type": "start", "id": plan_id, "index": index})
+
     def step(self, plan_id: str, index: int, ok: bool, detail: str) -> None:
         self._append({"type": "step", "id": plan_id, "index": index, "ok": ok, "detail": detail})
 
@@ -154,6 +159,7 @@ class Journal:
             return Replay(None, None)
         begun: dict[str, dict[str, Any]] = {}
         done: dict[str, set[int]] = {}
+        started: dict[str, set[int]] = {}
         state: dict[str, Any] | None = None
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
@@ -164,8 +170,11 @@ class Journal:
             if kind == "begin":
                 begun[record["id"]] = record
                 done[record["id"]] = set()
+                started[record["id"]] = set()
             elif kind == "step" and record.get("ok") and record["id"] in done:
                 done[record["id"]].add(record["index"])
+            elif kind == "start" and record["id"] in started:
+                started[record["id"]].add(record["index"])
             elif kind == "end":
                 begun.pop(record["id"], None)
             elif kind == "state":
@@ -174,7 +183,12 @@ class Journal:
         if begun:
             record = list(begun.values())[-1]
             plan = plan_from_json(record)
-            unfinished = Intent(record["id"], plan, frozenset(done[record["id"]]))
+            unfinished = Intent(
+                record["id"],
+                plan,
+                frozenset(done[record["id"]]),
+                frozenset(started[record["id"]]),
+            )
         self._compact(unfinished, state)
         return Replay(unfinished, state)
 
@@ -197,6 +211,10 @@ class Journal:
                     "detail": "done before restart",
                 }
                 for i in sorted(unfinished.done)
+            ]
+            records += [
+                {"ts": time.time(), "type": "start", "id": unfinished.plan_id, "index": i}
+                for i in sorted(unfinished.started)
             ]
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("w", encoding="utf-8") as handle:

@@ -278,17 +278,21 @@ def link_alive(node: NodeView, now: float, stall: float) -> bool:
         # Without frequent heartbeats an idle source sends nothing for long stretches: "no
         # progress" proves nothing, only the IO thread's own state counts.
         return True
-    if node.io_progress_at is None:
+    if node.io_progress_at is None or node.last_ok_at is None:
         return False
-    return now - node.io_progress_at <= max(stall, 2.5 * channel.heartbeat_period)
+    # Measured on the replica's own last good probe, never on the view's clock: a replica
+    # the controller has just lost (a probe or two failed) must not look like one whose link
+    # to its source stopped.
+    seen = min(now, node.last_ok_at)
+    return seen - node.io_progress_at <= max(stall, 2.5 * channel.heartbeat_period)
 
 
 def witness(node: NodeView) -> bool:
     """Can this reachable replica testify about its source? Not when an operator stopped its
     IO thread (stopped without an error): it says nothing about the source's health."""
     channel = node.channel
-    if channel is None:
-        return False
+    if channel is None or node.failures > 0:
+        return False  # its own last probe failed: what it said before is not fresh testimony
     return not (channel.io_state is IoState.STOPPED and channel.last_io_errno == 0)
 
 

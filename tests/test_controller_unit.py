@@ -174,3 +174,35 @@ async def test_failed_failover_leaves_no_quarantine_and_ack_clears_the_halt():
     controller.handle(OperatorCommand(t + 1, "ack", reply=reply))
     assert reply.result().ok and "halt cleared" in reply.result().message
     assert controller.state.halt is None
+
+
+def test_journal_knows_a_promote_that_started_but_did_not_finish(tmp_path):
+    from hacontrol.decide import Plan, Promote, WaitApplied
+    from hacontrol.journal import Journal
+
+    journal = Journal(tmp_path / "j.jsonl")
+    plan = Plan(
+        "DeadPrimary", "r", (WaitApplied("node2", 5.0), Promote("node2", "node1")), kind="failover"
+    )
+    journal.begin("p1", plan)
+    journal.step("p1", 0, True, "applied")
+    journal.step_started("p1", 1)  # then the controller dies inside Promote
+    replay = Journal(journal.path).load()
+    assert replay.unfinished is not None
+    assert replay.unfinished.done == {0} and replay.unfinished.started == {1}
+    # Compaction keeps it.
+    again = Journal(journal.path).load()
+    assert again.unfinished is not None and again.unfinished.started == {1}
+
+
+async def test_commands_still_waiting_at_stop_get_an_answer():
+    from hacontrol.events import OperatorCommand
+
+    queue: asyncio.Queue = asyncio.Queue()
+    controller = Controller(S, JsonLog("t", stream=io.StringIO()), queue)
+    reply = asyncio.get_running_loop().create_future()
+    controller._deferred.append(OperatorCommand(1.0, "switchover", "node2", reply=reply))
+    queue.put_nowait(Stop(2.0, "test"))
+    await asyncio.wait_for(controller.run(), 5)
+    assert reply.done() and not reply.result().ok
+    assert "stopping" in reply.result().message

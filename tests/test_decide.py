@@ -24,7 +24,7 @@ from hacontrol.decide import (
 from hacontrol.events import ProbeResult
 from hacontrol.flavors.base import IoState
 from hacontrol.routing import Membership
-from hacontrol.view import ClusterView, fold, initial
+from hacontrol.view import ClusterView, Code, fold, initial
 from tests.factories import down, primary, replica, router, settings, status
 
 S = settings()
@@ -469,7 +469,8 @@ def test_switchover_plan_order_rollback_and_deadline():
     assert plan.actions[6] == Repoint(("node3",), "node2")
     route = plan.actions[5]
     assert route.desired == Membership.of(["node2"], ["node1", "node2", "node3"])
-    assert plan.rollback[0] == SetWritable("node1", True)
+    # The fence turned node1's semi-sync source off: the rollback restores it as it was.
+    assert plan.rollback[0] == SetWritable("node1", True, semi_sync_source=True)
     assert plan.rollback[1] == Route(Membership.of(["node1"], ["node1", "node2", "node3"]))
 
 
@@ -586,8 +587,34 @@ def test_paused_controller_changes_nothing():
         *(healthy_round(t) for t in (1.0, 2.0, 3.0)), [router(writers=("node2",), at=4.0)]
     )
     d = decide(view, ControllerState(paused=True), S, NOW)
-    assert d.plan.rule == "Paused" and d.plan.actions == ()
-    assert decide(dead_primary(), ControllerState(paused=True), S, NOW).plan.rule == "Paused"
+    assert d.plan.rule == "Paused" and not d.plan.changes_cluster
+    assert "not doing RouteReconcile" in d.plan.reason
+    # A dead primary while paused: no failover, no quarantine taken, but the alert goes out.
+    paused = decide(dead_primary(), ControllerState(paused=True), S, NOW)
+    assert paused.plan.rule == "Paused" and kinds(paused.plan) == ["Notify"]
+    assert paused.state.quarantined == {} and paused.state.blocked_until is None
+    assert decide(dead_primary(), paused.state, S, NOW + 1).plan.actions == ()  # alerted once
+
+
+def test_paused_controller_still_alerts_on_two_writers():
+    writable_replica = ProbeResult(
+        "node2", 4.0, 0.001, replace(replica("node2", 4.0).status, read_only=False)
+    )
+    view = view_of(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), [writable_replica])
+    d = decide(view, ControllerState(paused=True), S, NOW)
+    assert d.plan.rule == "TwoWritableNodes" and kinds(d.plan) == ["Notify"]
+
+
+def test_witness_must_have_a_fresh_probe_of_its_own():
+    # The controller loses every node at once; the primary crosses its threshold first. The
+    # replicas' last good answers must not read as "their link to the primary stopped".
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [[down("node1", t), down("node2", t), down("node3", t)] for t in (4.0, 5.0)]
+    rounds += [[down("node1", 6.0)]]
+    view = view_of(*rounds)
+    assert view.nodes["node1"].health.value == "unreachable"
+    assert not view.has(Code.DEAD_PRIMARY)
+    assert decide(view, ControllerState(), S, NOW).plan.rule != "DeadPrimary"
 
 
 # ---------------------------------------------------------------------------------------------

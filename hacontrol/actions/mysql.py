@@ -494,14 +494,29 @@ class MySQLActions:
 
         return await self._run("catch_up", node, self._address(node), timeout, body)
 
-    async def set_writable(self, node: str, on: bool, timeout: float | None = None) -> ActionResult:
-        """read_only off (on=True) or on (on=False). Refuses to make a running replica writable."""
+    async def set_writable(
+        self,
+        node: str,
+        on: bool,
+        timeout: float | None = None,
+        *,
+        semi_sync_source: bool | None = None,
+    ) -> ActionResult:
+        """read_only off (on=True) or on (on=False). Refuses to make a running replica writable.
+
+        ``semi_sync_source``: with ``on``, also set the semi-sync source side (a fence turned
+        it off; a writable primary without it would acknowledge writes no replica has)."""
 
         async def body(session: _Session) -> _Done:
             assert session.flavor is not None
             status = await session.status()
             writable = not status.read_only and not status.super_read_only
-            if writable == on:
+            semi_ok = (
+                not on
+                or semi_sync_source is None
+                or status.semi_sync.source_enabled == semi_sync_source
+            )
+            if writable == on and semi_ok:
                 return _Done(f"already done: {'writable' if on else 'read-only'}")
             if on:
                 repl = _default_connection(status)
@@ -510,8 +525,13 @@ class MySQLActions:
                 )
                 if running:
                     raise ActionError("is a running replica: not making it writable")
-            for stmt in session.flavor.set_read_only_sql(not on):
-                await session.change(stmt)
+            if on and not semi_ok:
+                assert semi_sync_source is not None
+                source_sql = session.flavor.semi_sync_sql(source=semi_sync_source, replica=False)[0]
+                await session.change(source_sql, optional=True)
+            if writable != on:
+                for stmt in session.flavor.set_read_only_sql(not on):
+                    await session.change(stmt)
             return _Done("made writable" if on else "made read-only")
 
         return await self._run("set_writable", node, self._address(node), timeout, body)
