@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import replace
+from typing import Any
 
 from hacontrol.events import ProbeResult, RouterProbeResult
 from hacontrol.flavors.base import FlavorName, IoState, NodeStatus, ReplicationStatus, SemiSync
+from hacontrol.jsonlog import JsonLog
 from hacontrol.routing import Membership
 from hacontrol.settings import Settings
 
@@ -85,3 +89,19 @@ def down(node: str, at: float = 1.0, error: str = "timeout after 0.8 s") -> Prob
 
 def router(writers=("node1",), readers=("node1", "node2", "node3"), broken=(), hidden=(), at=1.0):
     return RouterProbeResult("haproxy", at, Membership.of(writers, readers, broken, hidden))
+
+
+class MemoryLog:
+    """A real JsonLog writing into memory (no secrets given to scrub), read back as lines."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+        self.log = JsonLog("prod", stream=self.stream)
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def lines(self, event: str | None = None) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.text.splitlines()]
+        return [line for line in lines if event is None or line["event"] == event]

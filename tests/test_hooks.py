@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import os
 import re
 import signal
@@ -23,26 +21,10 @@ from hacontrol.actions.hooks import (
     describe,
     hook_env,
 )
-from hacontrol.jsonlog import JsonLog
 from hacontrol.settings import HookSettings
+from tests.factories import MemoryLog as Log
 
 SECRET = "s3cr3t-do-not-leak"
-
-
-class Log:
-    """A real JsonLog writing into memory, read back as parsed lines."""
-
-    def __init__(self) -> None:
-        self.stream = io.StringIO()
-        self.log = JsonLog("prod", stream=self.stream)
-
-    @property
-    def text(self) -> str:
-        return self.stream.getvalue()
-
-    def lines(self, event: str | None = None) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in self.text.splitlines()]
-        return [line for line in lines if event is None or line["event"] == event]
 
 
 def runner(log: Log, timeout: float = 0.5, **commands: str) -> HookRunner:

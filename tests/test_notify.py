@@ -6,8 +6,6 @@ import asyncio
 import base64
 import email
 import email.policy
-import io
-import json
 import socket
 import ssl
 import subprocess
@@ -34,8 +32,8 @@ from hacontrol.actions.notify import (
     subject,
     table,
 )
-from hacontrol.jsonlog import JsonLog
 from hacontrol.settings import SMTPSettings
+from tests.factories import MemoryLog as Log
 
 SENDER = "hacontrol@example.org"
 RECIPIENTS = ("dba@example.org", "oncall@example.org")
@@ -74,21 +72,7 @@ class Recorder:
             return [msg for _, _, msg in self.received]
 
 
-class Log:
-    """A real JsonLog writing into memory, read back as parsed lines."""
-
-    def __init__(self) -> None:
-        self.stream = io.StringIO()
-        # No secrets given: the notifier itself must keep the password out of the log.
-        self.log = JsonLog("prod", stream=self.stream)
-
-    @property
-    def text(self) -> str:
-        return self.stream.getvalue()
-
-    def lines(self, event: str | None = None) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in self.text.splitlines()]
-        return [line for line in lines if event is None or line["event"] == event]
+# Log: a JsonLog given no secrets: the notifier itself must keep the password out of it.
 
 
 class FakeClock:

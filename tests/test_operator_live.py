@@ -89,7 +89,10 @@ async def test_switchover_refusals_through_the_command_path(fresh_sandbox):
         )
         result = await rt.command(command("switchover", "node2"))
         assert not result.ok and "SQL thread not running" in result.message, (
-            result.message, rt.controller.running_plan, rt.controller.decisions[-3:])
+            result.message,
+            rt.controller.running_plan,
+            rt.controller.decisions[-3:],
+        )
         await sql(fresh_sandbox, "node2", "START SLAVE SQL_THREAD")
     assert (await fresh_sandbox.live_roles())["node1"] == "primary"
 
