@@ -12,27 +12,107 @@ whose ``problems`` each name the key and the reason. Nothing is half-loaded.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
+import re
 import shlex
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 DEFAULT_CONFIG = Path("settings.toml")
 CONFIG_ENV = "HACONTROL_CONFIG"
 
-Port = Annotated[int, Field(ge=1, le=65535)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
+# Limits that keep valid-looking values from misbehaving at run time (docs/hardening.md).
+MAX_NODES = 64
+"""Every node costs two connections and a probe per interval, and a failover repoints every
+replica; a fan-out past this belongs behind intermediate sources, which are not managed here."""
+MIN_SECONDS = 0.01
+MIN_INTERVAL = 0.05
+"""A probe interval of 1e-299 s is a busy loop: 50 ms is the floor."""
+MAX_SECONDS = 86400.0
+MAX_BLOCK = 30 * 86400.0
+MIN_PASSWORD = 8
+MIN_TOKEN = 16
+"""A bearer token travels in every POST and guards failover commands: at least 16 visible
+ASCII characters (``python3 -c 'import secrets; print(secrets.token_urlsafe(24))'``)."""
+MAX_SECRET_FILE = 64 * 1024
+PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _plain_number(value: Any) -> Any:
+    # pydantic reads `true` as 1 for a number; a boolean where a number belongs is a mistake.
+    if isinstance(value, bool):
+        raise ValueError("a boolean (true/false) is not a number")
+    if isinstance(value, float | str):  # TOML's inf/nan, or "inf" from the environment
+        try:
+            finite = math.isfinite(float(value))
+        except (ValueError, OverflowError):
+            return value  # not a number at all: pydantic says so
+        if not finite:
+            raise ValueError("must be a finite number")
+    return value
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def check_host(value: str) -> str:
+    """An IP address or a DNS name (letters, digits, ``-``, ``_``, dots); nothing else."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    name = value[:-1] if value.endswith(".") else value
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(p) for p in name.split(".")):
+        raise ValueError("not a host name or IP address")
+    return value
+
+
+def _optional_host(value: str) -> str:
+    return value if value == "" else check_host(value)
+
+
+Number = BeforeValidator(_plain_number)
+Port = Annotated[int, Number, Field(ge=1, le=65535)]
+PositiveSeconds = Annotated[
+    float, Number, Field(ge=MIN_SECONDS, le=MAX_SECONDS, allow_inf_nan=False)
+]
+Hostgroup = Annotated[int, Number, Field(ge=0, le=2**31 - 1)]
 NodeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+Host = Annotated[str, AfterValidator(check_host)]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # A NUL byte cannot be in a path, a host, a command line or a password that a server
+        # would accept: refuse it here, before it reaches open(), connect() or exec().
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("contains a NUL byte")
+        return value
 
 
 class ClusterSettings(_Section):
@@ -41,9 +121,9 @@ class ClusterSettings(_Section):
 
 class NodeSettings(_Section):
     name: NodeName
-    host: Annotated[str, Field(min_length=1)]
+    host: Host
     port: Port = 3306
-    priority: int = 0
+    priority: Annotated[int, Number, Field(ge=-1_000_000, le=1_000_000)] = 0
     """Among equally advanced candidates, the higher priority is promoted first."""
     no_promote: bool = False
 
@@ -70,15 +150,15 @@ class MySQLSettings(_Section):
 
 
 class ProxySQLSettings(_Section):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: Port = 6032
     user: str = "admin"
     password: SecretStr | None = None
     password_file: Path | None = None
-    writer_hostgroup: Annotated[int, Field(ge=0)] = 10
-    reader_hostgroup: Annotated[int, Field(ge=0)] = 20
-    broken_hostgroup: Annotated[int, Field(ge=0)] = 30
-    hidden_hostgroup: Annotated[int, Field(ge=0)] = 40
+    writer_hostgroup: Hostgroup = 10
+    reader_hostgroup: Hostgroup = 20
+    broken_hostgroup: Hostgroup = 30
+    hidden_hostgroup: Hostgroup = 40
     timeout: PositiveSeconds = 2.0
 
 
@@ -98,15 +178,17 @@ class RouterSettings(_Section):
 
 
 class ProbeSettings(_Section):
-    interval: PositiveSeconds = 1.0
+    interval: Annotated[float, Number, Field(ge=MIN_INTERVAL, le=3600.0, allow_inf_nan=False)] = 1.0
     timeout: PositiveSeconds = 0.8
-    failure_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+    failure_threshold: Annotated[int, Number, Field(ge=1, le=100)] = 3
 
 
 class FailoverSettings(_Section):
     max_lag: PositiveSeconds = 10.0
     """A replica further behind than this (seconds) leaves the readers."""
-    recovery_block: Annotated[float, Field(ge=0)] = 3600.0
+    recovery_block: Annotated[float, Number, Field(ge=0, le=MAX_BLOCK, allow_inf_nan=False)] = (
+        3600.0
+    )
     """After a failover, no automatic failover for this many seconds unless acknowledged."""
     apply_timeout: PositiveSeconds = 30.0
     """How long a candidate may take to apply what it received before promotion; past it the
@@ -126,7 +208,7 @@ class FailoverSettings(_Section):
 
 
 class SMTPSettings(_Section):
-    host: str = ""
+    host: Annotated[str, AfterValidator(_optional_host)] = ""
     """Empty: alerts are logged only, not mailed."""
     port: Port = 25
     tls: Literal["none", "starttls", "tls"] = "none"
@@ -134,18 +216,27 @@ class SMTPSettings(_Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     sender: str = "hacontrol@localhost"
-    recipients: tuple[str, ...] = ()
+    recipients: Annotated[tuple[str, ...], Field(max_length=100)] = ()
     timeout: PositiveSeconds = 10.0
 
 
 class ApiSettings(_Section):
     enabled: bool = True
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8008
+    host: Host = "127.0.0.1"
+    port: Annotated[int, Number, Field(ge=0, le=65535)] = 8008
     """0: any free port (tests)."""
     token: SecretStr | None = None
     token_file: Path | None = None
     """Bearer token required by every mutating endpoint (POST); GETs need none."""
+    max_connections: Annotated[int, Number, Field(ge=4, le=10000)] = 256
+    """Open API connections at most; past it the longest-idle one is closed for a new one."""
+    idle_timeout: Annotated[float, Number, Field(ge=0.5, le=3600.0, allow_inf_nan=False)] = 10.0
+    """A connection must send a whole request within this many seconds of opening or of its
+    previous answer (slow or idle clients are closed)."""
+    rate_limit: Annotated[float, Number, Field(ge=0.1, le=100000.0, allow_inf_nan=False)] = 20.0
+    """Requests per second each client address may make without a valid token (every GET, and
+    POSTs with a missing or wrong token); past it: 429. ``/health`` has a budget of its own."""
+    rate_burst: Annotated[int, Number, Field(ge=1, le=100000)] = 40
 
 
 class HookSettings(_Section):
@@ -186,7 +277,7 @@ class Settings(BaseSettings):
     )
 
     cluster: ClusterSettings = ClusterSettings()
-    nodes: tuple[NodeSettings, ...] = ()
+    nodes: Annotated[tuple[NodeSettings, ...], Field(max_length=MAX_NODES)] = ()
     mysql: MySQLSettings = MySQLSettings()
     router: RouterSettings = RouterSettings()
     probes: ProbeSettings = ProbeSettings()
@@ -252,16 +343,27 @@ def config_path(explicit: str | Path | None, env: Mapping[str, str] = os.environ
 def load_settings(explicit: str | Path | None = None) -> Loaded:
     """Read, validate and resolve secrets. Raises SettingsError naming every bad key."""
     path = config_path(explicit)
-    data = _read_toml(path)
+    return settings_from(_read_toml(path), path)
+
+
+def settings_from(data: Mapping[str, Any], path: Path) -> Loaded:
+    """Validate ``data`` (the TOML document; the environment overrides it) as the settings of
+    the file ``path``. Raises SettingsError naming every bad key, never anything else."""
+    unknown = [k for k in data if k not in Settings.model_fields]
+    if unknown:  # before Settings(**data): a key like `_secrets_dir` would configure pydantic
+        raise SettingsError([f"{_dotted((k,))}: unknown key" for k in unknown])
     try:
         settings = Settings(**data)
     except ValidationError as exc:
         raise SettingsError([_describe(err) for err in exc.errors()]) from None
+    except SourceError as exc:  # an HACONTROL_* variable that is not valid JSON
+        raise SettingsError([_describe_source(exc)]) from None
     settings, problems = _resolve_secrets(settings, path.parent)
     if not settings.controller.journal.is_absolute():
         journal = path.parent.resolve() / settings.controller.journal
         settings = _replace(settings, ("controller",), {"journal": journal})
     errors, warnings = check(settings)
+    errors += check_paths(settings)
     # A secret whose file failed is already reported once, under its *_file key.
     failed = {p.split(":", 1)[0].removesuffix("_file") for p in problems}
     problems += [e for e in errors if e.split(":", 1)[0] not in failed]
@@ -275,12 +377,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise SettingsError([f"config: file not found: {path}"]) from None
-    except OSError as exc:
-        raise SettingsError([f"config: cannot read {path}: {exc.strerror}"]) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise SettingsError([f"config: cannot read {path!r}: {reason}"]) from None
     try:
         return tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SettingsError([f"config: invalid TOML in {path}: {exc}"]) from None
+
+
+SECRET_FIELDS = frozenset({"password", "replication_password", "token"})
 
 
 def _describe(err: Mapping[str, Any]) -> str:
@@ -290,7 +396,19 @@ def _describe(err: Mapping[str, Any]) -> str:
         return f"{key}: unknown key"
     if kind == "missing":
         return f"{key}: required key is missing"
-    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+    if err["loc"] and err["loc"][-1] in SECRET_FIELDS:
+        return f"{key}: {err['msg']}"  # never echo what was given for a secret
+    shown = repr(err.get("input"))
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{key}: {err['msg']} (got {shown})"
+
+
+def _describe_source(exc: SourceError) -> str:
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else "settings"
+    env = f"HACONTROL_{field.upper()}"
+    return f"{field}: {env} is not valid JSON (nested values in the environment are JSON)"
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -312,17 +430,33 @@ def _resolve_secrets(settings: Settings, base: Path) -> tuple[Settings, list[str
         if getattr(section, field) is not None or file is None:
             continue
         key = ".".join((*path, file_field))
-        file = base / file
-        try:
-            secret = file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            problems.append(f"{key}: cannot read secret file {file}: {exc.strerror}")
-            continue
-        if not secret:
-            problems.append(f"{key}: secret file {file} is empty")
+        secret, problem = read_secret(base / file)
+        if problem is not None:
+            problems.append(f"{key}: {problem}")
             continue
         settings = _replace(settings, path, {field: SecretStr(secret)})
     return settings, problems
+
+
+def read_secret(file: Path) -> tuple[str, str | None]:
+    """(the secret, None), or ("", why not): a regular file of UTF-8 text, at most 64 KiB,
+    stripped of its trailing newline."""
+    try:
+        if not stat.S_ISREG(file.stat().st_mode):
+            return "", f"secret file {file} is not a regular file"
+        with file.open("rb") as handle:
+            raw = handle.read(MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        return "", f"cannot read secret file {file}: {exc.strerror}"
+    if len(raw) > MAX_SECRET_FILE:
+        return "", f"secret file {file} is larger than {MAX_SECRET_FILE} bytes"
+    try:
+        secret = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        return "", f"secret file {file} is not UTF-8 text (byte {exc.start})"
+    if not secret:
+        return "", f"secret file {file} is empty"
+    return secret, None
 
 
 def _section(settings: Settings, path: tuple[str, ...]) -> BaseModel:
@@ -388,6 +522,7 @@ def check(settings: Settings) -> tuple[list[str], list[str]]:
 
     _require_secret(errors, settings.mysql.password, "mysql.password")
     _require_secret(errors, settings.mysql.replication_password, "mysql.replication_password")
+    errors += secret_strength(settings)
 
     router = settings.router
     if router.kind == "proxysql":
@@ -443,6 +578,57 @@ def check(settings: Settings) -> tuple[list[str], list[str]]:
         if smtp.user:
             _require_secret(errors, smtp.password, "smtp.password")
     return errors, warnings
+
+
+def secret_strength(settings: Settings) -> list[str]:
+    """Secrets too short to be secrets, or that could never work: refused, naming the key.
+
+    Passwords: at least MIN_PASSWORD characters. The API token: at least MIN_TOKEN visible
+    ASCII characters (it travels in an HTTP header; a space or a non-ASCII character could
+    never authenticate). A secret is also scrubbed from every log line, which a one-letter
+    secret would make unreadable.
+    """
+    errors: list[str] = []
+    for path, field, _ in SECRETS:
+        value = getattr(_section(settings, path), field)
+        if value is None or not value.get_secret_value():
+            continue
+        secret, key = value.get_secret_value(), ".".join((*path, field))
+        if "\x00" in secret:
+            errors.append(f"{key}: contains a NUL byte")
+        elif field == "token":
+            if not all("!" <= c <= "~" for c in secret):
+                errors.append(f"{key}: only visible ASCII characters (no space, no control)")
+            elif len(secret) < MIN_TOKEN:
+                errors.append(f"{key}: too short to be a secret ({MIN_TOKEN} characters or more)")
+        elif len(secret) < MIN_PASSWORD:
+            errors.append(f"{key}: too short to be a secret ({MIN_PASSWORD} characters or more)")
+    return errors
+
+
+def check_paths(settings: Settings) -> list[str]:
+    """Paths that can never be what they must be (reads the filesystem, changes nothing)."""
+    journal = settings.controller.journal
+    problem = _file_path_problem(journal)
+    return [f"controller.journal: {problem}"] if problem else []
+
+
+def _file_path_problem(path: Path) -> str | None:
+    """Why ``path`` can never be a regular file we create and append to, or None."""
+    resolved = Path(os.path.realpath(path))
+    for pseudo in PSEUDO_FILESYSTEMS:
+        if resolved == pseudo or pseudo in resolved.parents:
+            return f"{path} is under {pseudo}, a pseudo-filesystem, not storage"
+    if resolved.is_dir():
+        return f"{path} is a directory; name a file in it"
+    if resolved.exists() and not resolved.is_file():
+        return f"{path} exists and is not a regular file"
+    for parent in resolved.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{path} is under {parent}, which is a file, not a directory"
+            break
+    return None
 
 
 def _require_secret(errors: list[str], value: SecretStr | None, key: str) -> None:

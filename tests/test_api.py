@@ -355,8 +355,8 @@ name = "node3"
 host = "127.0.0.1"
 port = 3303
 [mysql]
-password = "x"
-replication_password = "y"
+password = "controller-pw"
+replication_password = "replication-pw"
 [api]
 host = "127.0.0.1"
 port = {port}

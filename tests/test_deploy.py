@@ -43,7 +43,7 @@ SECRET_VALUES = {
     "mysql.replication_password": "env-repl",
     "router.proxysql.password": "env-proxysql",
     "smtp.password": "env-smtp",
-    "api.token": "env-token",
+    "api.token": "env-token-long-enough",
 }
 
 

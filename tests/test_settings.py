@@ -169,6 +169,99 @@ ERRORS = [
         "smtp.recipients",
         "empty",
     ),
+    # Values that are valid TOML but would fail or misbehave in `run` (issue 17).
+    (
+        "a path with a NUL byte",
+        BASE.replace('"repl.pw"', '"repl\\u0000.pw"'),
+        "mysql.replication_password_file",
+        "NUL byte",
+    ),
+    (
+        "a journal path with a NUL byte",
+        BASE + '\n[controller]\njournal = "state/j\\u0000.jsonl"\n',
+        "controller.journal",
+        "NUL byte",
+    ),
+    (
+        "an API host that is no host",
+        BASE + '\n[api]\nhost = "not a host;rm -rf"\n',
+        "api.host",
+        "not a host",
+    ),
+    (
+        "a node host that is no host",
+        BASE.replace('"10.0.0.3"', '"db3 --x"'),
+        "nodes[2].host",
+        "not a host",
+    ),
+    (
+        "a journal under /proc",
+        BASE + '\n[controller]\njournal = "/proc/self/j"\n',
+        "controller.journal",
+        "pseudo-filesystem",
+    ),
+    (
+        "a journal under a file",
+        BASE + '\n[controller]\njournal = "/etc/hostname/j.jsonl"\n',
+        "controller.journal",
+        "which is a file",
+    ),
+    (
+        "a journal that is a directory",
+        BASE + '\n[controller]\njournal = "/tmp"\n',
+        "controller.journal",
+        "is a directory",
+    ),
+    (
+        "an absurdly small interval",
+        BASE + "\n[probes]\ninterval = 1e-299\n",
+        "probes.interval",
+        "0.05",
+    ),
+    (
+        "an infinite recovery block",
+        BASE + "\n[failover]\nrecovery_block = inf\n",
+        "failover.recovery_block",
+        "finite",
+    ),
+    (
+        "a NaN timeout",
+        BASE + "\n[failover]\naction_timeout = nan\n",
+        "failover.action_timeout",
+        "finite",
+    ),
+    (
+        "a boolean for a number",
+        BASE + "\n[probes]\ninterval = true\n",
+        "probes.interval",
+        "boolean",
+    ),
+    (
+        "a boolean for a port",
+        BASE.replace("port = 3306", "port = true"),
+        "nodes[0].port",
+        "boolean",
+    ),
+    (
+        "too many nodes",
+        BASE + "".join(f'\n[[nodes]]\nhost = "10.1.{i // 250}.{i % 250}"\n' for i in range(4998)),
+        "nodes",
+        "at most 64",
+    ),
+    (
+        "a token with a space",
+        BASE + '\n[api]\ntoken = "two words-0123456789"\n',
+        "api.token",
+        "visible ASCII",
+    ),
+    ("a token too short", BASE + '\n[api]\ntoken = "true"\n', "api.token", "too short"),
+    (
+        "a password too short",
+        BASE.replace('"s3cret-admin"', '"admin"'),
+        "router.proxysql.password",
+        "too short",
+    ),
+    ("a pydantic option as a key", "_secrets_dir = '/etc'\n" + BASE, "_secrets_dir", "unknown key"),
 ]
 
 
@@ -181,6 +274,55 @@ def test_check_config_error_names_key(tmp_path, capsys, what, text, key, reason)
     assert any(f"error: {key}:" in line or f"error: {key} " in line for line in lines), err
     assert reason in err
     assert "s3cret" not in err
+
+
+def test_secret_file_that_is_not_utf8(tmp_path, capsys):
+    path = write(tmp_path, BASE)
+    (tmp_path / "repl.pw").write_bytes(b"\xff\xfe s3cret")
+    code, out, err = run_check(path, capsys)
+    assert (code, out) == (2, "")
+    assert "settings error: mysql.replication_password_file: " in err and "not UTF-8" in err
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"), [("/dev/zero", "not a regular file"), ("big", "larger than")]
+)
+def test_secret_file_that_is_no_secret(tmp_path, capsys, target, reason):
+    path = write(tmp_path, BASE)
+    (tmp_path / "big").write_text("x" * 70_000)
+    text = BASE.replace('"repl.pw"', json.dumps(target))
+    code, _, err = run_check(write(tmp_path, text), capsys)
+    assert code == 2 and "mysql.replication_password_file: " in err and reason in err
+    assert path.exists()
+
+
+def test_a_secret_given_with_a_wrong_type_is_not_echoed(tmp_path, capsys):
+    code, _, err = run_check(
+        write(tmp_path, BASE.replace('"s3cret-controller"', "987654321")), capsys
+    )
+    assert code == 2 and "settings error: mysql.password: " in err
+    assert "987654321" not in err
+
+
+def test_environment_value_that_is_not_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HACONTROL_NODES", "[{")
+    code, _, err = run_check(write(tmp_path, BASE), capsys)
+    assert code == 2
+    assert "settings error: nodes: HACONTROL_NODES is not valid JSON" in err
+
+
+def test_hosts_that_parse(tmp_path):
+    text = (
+        BASE.replace('"10.0.0.1"', '"db-1.prod.example.com."')
+        .replace('"10.0.0.2"', '"fd00::2"')
+        .replace('"10.0.0.3"', '"mariadb_3"')
+    ) + '\n[api]\nhost = "0.0.0.0"\ntoken = "0123456789abcdef"\n'
+    loaded = load_settings(write(tmp_path, text))
+    assert [n.host for n in loaded.settings.nodes] == [
+        "db-1.prod.example.com.",
+        "fd00::2",
+        "mariadb_3",
+    ]
 
 
 def test_missing_file_names_the_path(tmp_path, capsys):
