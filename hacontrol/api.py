@@ -1,7 +1,8 @@
-"""HTTP API of the running controller (aiohttp): health, readiness, status, metrics, commands.
+"""HTTP API of the running controller: health, readiness, status, metrics, commands.
 
 Read-only endpoints need no token: ``GET /health`` (liveness), ``GET /ready`` (readiness),
-``GET /status`` (the view as JSON), ``GET /metrics`` (Prometheus text format 0.0.4).
+``GET /status`` (the view as JSON), ``GET /metrics`` (Prometheus text format 0.0.4),
+``GET /openapi.json`` (this API described, ``hacontrol.api_schema``).
 
 Mutating endpoints need ``Authorization: Bearer <api.token>``, compared in constant time. Without
 a configured token they are disabled (401), so a controller is never left open by omission.
@@ -18,37 +19,74 @@ POST /pause            none or ``{}``                  pause automatic changes
 POST /resume           none or ``{}``                  resume
 =====================  ==============================  =====================================
 
-Status codes: 200 done, 409 refused by the controller, 400 malformed request (nothing sent to
-the controller), 401 no or wrong token (nothing sent), 504 the controller did not answer in
-time (the command is queued and may still run: check ``/status`` and the log).
+``{"to": null}`` is refused (400): a client that writes a missing value as null must not move
+the primary to a candidate it did not name; leave ``to`` out to let the controller choose.
 
-Every request is one ``api_request`` log line (method, path, status, seconds, remote); the
-token is never logged nor echoed.
+Status codes: 200 done, 409 refused by the controller, 400 malformed request (nothing sent to
+the controller), 401 no or wrong token (nothing sent), 408 body not received in time, 413 body
+too large, 429 too many requests without a valid token from this address (``Retry-After``),
+503 the controller's event loop did not answer, 504 the controller did not answer a command in
+time (it is queued and may still run: check ``/status`` and the log).
+
+Isolation (docs/hardening.md): the server runs on its own event loop in its own thread
+(``hacontrol.api_loop``), so serving HTTP never takes a turn of the loop that probes, decides
+and acts. Reads cross to the main loop as one short callback, cached for a fraction of a second
+and shared by concurrent requests; commands cross as a coroutine on the main loop. Connections
+are limited (``api_guard.ConnectionTable``), a connection must send a whole request within
+``api.idle_timeout``, bodies are at most 64 KiB, headers 8 KiB, and every request without a
+valid token spends the client address's rate budget (``/health`` has its own).
+
+Every answered request is one ``api_request`` line at debug level (commands at info); requests
+refused by the rate limit or the connection limit are summed up in one ``api_throttled``
+warning a minute at most. The token is never logged nor echoed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
+import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
+from hacontrol.api_guard import ConnectionTable, RateLimiter, connection_cap, retry_after
+from hacontrol.api_loop import CachedRead, LoopThread, MainLoop, MainUnavailable
+from hacontrol.api_schema import NODE_NAME, document
 from hacontrol.events import CommandResult, OperatorCommand
-from hacontrol.jsonlog import JsonLog
+from hacontrol.jsonlog import JsonLog, dumps
 from hacontrol.metrics import CONTENT_TYPE
 from hacontrol.settings import ApiSettings
 
 COMMAND_TIMEOUT = 60.0
 """Seconds the API waits for the controller's answer before replying 504."""
 MAX_BODY = 64 * 1024
+MAX_HEADER = 8190
+"""Bytes of a request line or of one header, at most (aiohttp's own default)."""
+MAX_AUTHORIZATION = 1024
+BODY_TIMEOUT = 5.0
+"""Seconds a client has to send a request body once its headers arrived."""
+MAIN_TIMEOUT = 2.0
+"""Seconds a read may wait for the main loop before the API answers 503."""
+READ_TTL = 0.25
+"""Seconds an answer read from the main loop is served again to other requests."""
+START_TIMEOUT = 10.0
+"""Seconds the API may take to listen at start-up."""
+SUMMARY_EVERY = 60.0
+"""Seconds between two ``api_throttled`` lines at most."""
 
 
 class ControllerHandle(Protocol):
-    """What the API needs from the running controller (``service.Runtime`` implements it)."""
+    """What the API needs from the running controller (``service.Runtime`` implements it).
+
+    The synchronous methods are called on the main loop's thread, one at a time."""
 
     def alive(self) -> tuple[bool, str]:
         """The event loop and the decision task are alive (and why not)."""
@@ -79,12 +117,25 @@ class BadRequest(Exception):
 # Request bodies -> commands. Pure: (body bytes) -> OperatorCommand or BadRequest.
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise BadRequest("a field appears twice in the body")
+    return dict(pairs)
+
+
 def _object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body is not UTF-8 text") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or a number too long to convert
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest(f"body must be a JSON object, got {type(data).__name__}")
@@ -95,14 +146,15 @@ def _only(data: dict[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         expected = ", ".join(allowed) if allowed else "none"
-        raise BadRequest(f"unknown field(s) {', '.join(unknown)} (expected: {expected})")
+        shown = ", ".join(u[:40] for u in unknown[:5])
+        raise BadRequest(f"unknown field(s) {shown} (expected: {expected})")
 
 
 def _node_name(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise BadRequest(f"{field!r} must be a non-empty string (a node name)")
-    if len(value) > 64:
-        raise BadRequest(f"{field!r} is too long for a node name")
+    if not re.fullmatch(NODE_NAME, value):
+        raise BadRequest(f"{field!r} is not a node name (1 to 64 of A-Z a-z 0-9 _ . : -)")
     return value
 
 
@@ -111,16 +163,18 @@ def parse_command(command: str, raw: bytes, at: float) -> OperatorCommand:
     data = _object(raw)
     if command == "switchover":
         _only(data, ("to",))
-        target = data.get("to")
-        node = None if target is None else _node_name(target, "to")
-        return OperatorCommand(at=at, command="switchover", node=node)
+        if "to" not in data:
+            return OperatorCommand(at=at, command="switchover")
+        if data["to"] is None:
+            raise BadRequest("'to' is null: name a node, or leave 'to' out to let it choose")
+        return OperatorCommand(at=at, command="switchover", node=_node_name(data["to"], "to"))
     if command == "maintenance":
         _only(data, ("node", "on"))
         if "node" not in data or "on" not in data:
             raise BadRequest('maintenance needs {"node": "<name>", "on": true|false}')
         on = data["on"]
         if not isinstance(on, bool):
-            raise BadRequest(f"'on' must be true or false, got {json.dumps(on)}")
+            raise BadRequest(f"'on' must be true or false, got {dumps(on)[:40]}")
         return OperatorCommand(
             at=at, command="maintenance", node=_node_name(data["node"], "node"), on=on
         )
@@ -136,6 +190,10 @@ def check_token(header: str | None, token: str | None) -> str | None:
         return "no API token configured (api.token / api.token_file): commands are disabled"
     if not header:
         return "missing Authorization: Bearer <token>"
+    if len(header) > MAX_AUTHORIZATION:
+        return f"Authorization header longer than {MAX_AUTHORIZATION} characters"
+    if not header.isascii() or not header.isprintable():
+        return "Authorization header must be printable ASCII"
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return "Authorization must be: Bearer <token>"
@@ -145,19 +203,113 @@ def check_token(header: str | None, token: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The server
+# Answers
 
 
-def _json(status: int, body: dict[str, Any]) -> web.Response:
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=str))
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=dumps(body).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 def _result(result: CommandResult) -> dict[str, Any]:
     return {"ok": result.ok, "message": result.message, "detail": result.detail}
 
 
+def _parse_error(exc: BaseException | None) -> str:
+    """What was wrong with a request aiohttp could not parse, without any of its bytes."""
+    name = type(exc).__name__ if exc is not None else ""
+    if name == "LineTooLong":
+        return f"request line or header longer than {MAX_HEADER} bytes"
+    if name == "BadHttpMethod":
+        return "not an HTTP request"
+    return "malformed HTTP request"
+
+
+JSON = "application/json"
+Answer = tuple[int, bytes, str]
+"""A read's answer as it crosses from the main loop: status, body, content type."""
+
+
+def _answer(answer: Answer) -> web.Response:
+    status, body, content_type = answer
+    return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+
+class _QuietHandler(RequestHandler):
+    """aiohttp's connection handler, answering requests it cannot parse with a JSON 400 that
+    echoes nothing of them (aiohttp's own message quotes the offending bytes: a token)."""
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        text = _parse_error(exc) if status < 500 else "internal error"
+        response = _json(status, {"ok": False, "message": text})
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, with every connection admitted by a ConnectionTable."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        table: ConnectionTable[RequestHandler],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._table = table
+        self._handler_kwargs = kwargs
+
+    def __call__(self) -> RequestHandler:
+        return _QuietHandler(self, loop=asyncio.get_running_loop(), **self._handler_kwargs)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        close = self._table.admit(handler)
+        if close is not None:
+            close.force_close()
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self._table.release(handler)
+        super().connection_lost(handler, exc)
+
+
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    budget: str
+    """Rate-limit budget of requests without a valid token (``health`` keeps its own)."""
+
+
+COMMANDS = ("switchover", "maintenance", "ack", "pause", "resume")
+ROUTES: dict[str, _Route] = {
+    "/health": _Route("GET", "health"),
+    "/ready": _Route("GET", "read"),
+    "/status": _Route("GET", "read"),
+    "/metrics": _Route("GET", "read"),
+    "/openapi.json": _Route("GET", "read"),
+    **{f"/{command}": _Route("POST", "read") for command in COMMANDS},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+
 class ApiServer:
-    """``start()`` listens on ``settings.host:settings.port`` and returns the bound address."""
+    """``start()`` (on the main loop) serves on ``settings.host:settings.port`` from a thread of
+    its own and returns the bound address; ``stop()`` closes it."""
 
     def __init__(
         self,
@@ -167,39 +319,45 @@ class ApiServer:
         *,
         command_timeout: float = COMMAND_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        read_ttl: float = READ_TTL,
+        main_timeout: float = MAIN_TIMEOUT,
     ) -> None:
         self.settings = settings
         self.handle = handle
         self.log = log
         self.command_timeout = command_timeout
         self._clock = clock
+        self._read_ttl = read_ttl
+        self._main_timeout = main_timeout
         self._token = settings.token.get_secret_value() if settings.token is not None else None
-        self._runner: web.AppRunner | None = None
+        self._thread: LoopThread | None = None
+        self._runner: web.ServerRunner | None = None
+        self._main: MainLoop | None = None
+        self._reads: dict[str, CachedRead[Answer]] = {}
+        self.limits = RateLimiter(settings.rate_limit, settings.rate_burst, clock=clock)
+        self.connections: ConnectionTable[RequestHandler] = ConnectionTable(
+            settings.max_connections
+        )
         self.address: tuple[str, int] | None = None
-
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._log_requests], client_max_size=MAX_BODY)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/ready", self._ready)
-        app.router.add_get("/status", self._status)
-        app.router.add_get("/metrics", self._metrics)
-        for command in ("switchover", "maintenance", "ack", "pause", "resume"):
-            app.router.add_post(f"/{command}", self._command_handler(command))
-        return app
+        self.summary_every = SUMMARY_EVERY
+        self.body_timeout = BODY_TIMEOUT
 
     async def start(self) -> tuple[str, int]:
-        # shutdown_timeout: requests in flight get 1 s at stop, within the service's grace.
-        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        self._main = MainLoop(asyncio.get_running_loop())
+        cap, fd_limit = connection_cap(self.settings.max_connections)
+        self.connections.limit = cap
+        thread = LoopThread("hacontrol-api")
+        thread.start()
         try:
-            await site.start()
+            # Waited for without yielding (a bind takes a millisecond): start() keeps the
+            # old contract that nothing else runs on the main loop meanwhile; the service
+            # installs its signal handlers right after it.
+            self.address = thread.run(self._listen()).result(START_TIMEOUT)
         except BaseException:
-            await runner.cleanup()
+            thread.stop()
             raise
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.address = (host, port)
+        self._thread = thread
+        host, port = self.address
         self.log.emit(
             "api_listening",
             None,
@@ -207,91 +365,214 @@ class ApiServer:
             host=host,
             port=port,
             commands_enabled=self._token is not None,
+            max_connections=cap,
+            open_files_limit=fd_limit,
         )
-        return host, port
+        return self.address
 
     async def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wrap_future(thread.run(self._close()))
+        await asyncio.to_thread(thread.stop)
+        self.log.emit("api_stopped", None, "info")
+
+    # -- on the API's own loop -----------------------------------------------------------------
+
+    async def _listen(self) -> tuple[str, int]:
+        quiet = logging.getLogger("hacontrol.api.aiohttp")
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
+        server = _Server(
+            self._dispatch,
+            self.connections,
+            keepalive_timeout=self.settings.idle_timeout,
+            max_line_size=MAX_HEADER,
+            max_field_size=MAX_HEADER,
+            logger=quiet,
+            access_log=None,
+        )
+        # shutdown_timeout: requests in flight get 1 s at stop, within the service's grace.
+        runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port, backlog=1024)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._reads = self._cached_reads()
+        self._summary = asyncio.create_task(self._summarize(), name="api:summary")
+        host, port = runner.addresses[0][:2]
+        return host, port
+
+    async def _close(self) -> None:
+        self._summary.cancel()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-            self.log.emit("api_stopped", None, "info")
 
-    # -- middleware ----------------------------------------------------------------------------
+    def _cached_reads(self) -> dict[str, CachedRead[Answer]]:
+        def probe(fn: Callable[[], tuple[bool, str]]) -> Callable[[], Answer]:
+            def read() -> Answer:
+                ok, reason = fn()
+                return 200 if ok else 503, dumps({"ok": ok, "reason": reason}).encode(), JSON
 
-    @web.middleware
-    async def _log_requests(
-        self,
-        request: web.Request,
-        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-    ) -> web.StreamResponse:
+            return read
+
+        reads: dict[str, Callable[[], Answer]] = {
+            "/health": probe(self.handle.alive),
+            "/ready": probe(self.handle.ready),
+            "/status": lambda: (200, dumps(self.handle.status()).encode(), JSON),
+            "/metrics": lambda: (200, self.handle.metrics_text(), CONTENT_TYPE),
+        }
+        return {
+            path: CachedRead(self._on_main(path, fn), self._read_ttl, self._clock)
+            for path, fn in reads.items()
+        }
+
+    def _on_main(self, path: str, fn: Callable[[], Answer]) -> Callable[[], Awaitable[Answer]]:
+        """``fn`` run on the main loop: the handle's state is read, and serialized, between two
+        of its steps; only the bytes cross back."""
+
+        async def fetch() -> Answer:
+            assert self._main is not None
+            try:
+                return await self._main.call(fn, self._main_timeout)
+            except MainUnavailable as exc:
+                key = "reason" if path in ("/health", "/ready") else "message"
+                return 503, dumps({"ok": False, key: str(exc)}).encode(), JSON
+
+        return fetch
+
+    # -- one request ---------------------------------------------------------------------------
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         started = self._clock()
+        conn = request.protocol
+        self.connections.busy(conn)
         try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # 404, 405, 413 from aiohttp: answer in JSON too
-            response = _json(exc.status, {"ok": False, "message": exc.reason})
+            response = await self._respond(request)
         except Exception as exc:  # a bug: answer 500, keep serving
             self.log.emit(
                 "api_error", None, "error", path=request.path, error=f"{type(exc).__name__}: {exc}"
             )
             response = _json(500, {"ok": False, "message": f"internal error: {type(exc).__name__}"})
-        status = response.status
-        if request.method in ("GET", "HEAD"):
-            level = "debug" if status < 500 else "warning"
-        else:
+        finally:
+            self.connections.idle(conn)
+        if response.status != 429:  # refusals are summed up by _summarize, not one line each
+            self._log_request(request, response.status, self._clock() - started)
+        return response
+
+    def _log_request(self, request: web.BaseRequest, status: int, seconds: float) -> None:
+        if request.method == "POST" and request.path in ROUTES:
             level = "info" if status < 400 else "warning"
+        else:
+            level = "debug" if status < 500 else "warning"
+        if not self.log.enabled(level):
+            return
         self.log.emit(
             "api_request",
             None,
             level,
-            method=request.method,
-            path=request.path,
+            method=request.method[:16],
+            path=request.path[:100],
             status=status,
-            seconds=round(self._clock() - started, 4),
+            seconds=round(seconds, 4),
             remote=request.remote,
         )
-        return response
 
-    # -- read-only endpoints -------------------------------------------------------------------
-
-    async def _health(self, request: web.Request) -> web.Response:
-        ok, reason = self.handle.alive()
-        return _json(200 if ok else 503, {"ok": ok, "reason": reason})
-
-    async def _ready(self, request: web.Request) -> web.Response:
-        ok, reason = self.handle.ready()
-        return _json(200 if ok else 503, {"ok": ok, "reason": reason})
-
-    async def _status(self, request: web.Request) -> web.Response:
-        return _json(200, self.handle.status())
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        response = web.Response(body=self.handle.metrics_text())
-        response.headers["Content-Type"] = CONTENT_TYPE
-        return response
-
-    # -- commands ------------------------------------------------------------------------------
-
-    def _command_handler(self, command: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(request: web.Request) -> web.Response:
-            return await self._command(command, request)
-
-        return handler
-
-    async def _command(self, command: str, request: web.Request) -> web.Response:
-        denied = check_token(request.headers.get("Authorization"), self._token)
+    async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
+        route = ROUTES.get(request.path)
+        if route is None:
+            return _json(404, {"ok": False, "message": "not found"})
+        if request.method != route.method and not (
+            request.method == "HEAD" and route.method == "GET"
+        ):
+            allow = "GET, HEAD" if route.method == "GET" else route.method
+            return _json(
+                405, {"ok": False, "message": f"use {route.method}"}, headers={"Allow": allow}
+            )
+        denied = None
+        if route.method == "POST":
+            denied = check_token(request.headers.get("Authorization"), self._token)
+        if route.method == "GET" or denied is not None:
+            wait = self.limits.wait(request.remote or "unknown", route.budget)
+            if wait > 0:
+                message = "too many requests from this address; slow down"
+                headers = {"Retry-After": retry_after(wait)}
+                return _json(429, {"ok": False, "message": message}, headers=headers)
         if denied is not None:
             return _json(401, {"ok": False, "message": denied})
+        if route.method == "POST":
+            return await self._command(request.path[1:], request)
+        if request.path == "/openapi.json":
+            return _json(200, document())
+        return _answer(await self._reads[request.path].get())
+
+    async def _body(self, request: web.BaseRequest) -> bytes:
+        """The body, at most MAX_BODY bytes, within BODY_TIMEOUT; BadRequest-like errors."""
+        if (request.content_length or 0) > MAX_BODY:
+            raise _TooLarge()
+        chunks: list[bytes] = []
+        size = 0
+        async with asyncio.timeout(self.body_timeout):
+            while chunk := await request.content.read(MAX_BODY + 1 - size):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise _TooLarge()
+        return b"".join(chunks)
+
+    async def _command(self, command: str, request: web.BaseRequest) -> web.Response:
         try:
-            cmd = parse_command(command, await request.read(), self._clock())
+            raw = await self._body(request)
+            cmd = parse_command(command, raw, self._clock())
+        except _TooLarge:
+            return _json(413, {"ok": False, "message": f"body larger than {MAX_BODY} bytes"})
+        except TimeoutError:
+            message = f"body not sent within {self.body_timeout:g} s"
+            return _json(408, {"ok": False, "message": message})
         except BadRequest as exc:
             return _json(400, {"ok": False, "message": str(exc)})
+        assert self._main is not None
         try:
-            async with asyncio.timeout(self.command_timeout):
-                result = await self.handle.command(cmd)
+            result = await self._main.run(self.handle.command(cmd), self.command_timeout)
         except TimeoutError:
             message = (
                 f"the controller did not answer within {self.command_timeout:g} s; the command "
                 "is queued and may still be carried out: check /status and the log"
             )
             return _json(504, {"ok": False, "message": message})
+        except MainUnavailable as exc:
+            return _json(503, {"ok": False, "message": str(exc)})
+        for read in self._reads.values():  # the next read shows what the command changed
+            read.invalidate()
         return _json(200 if result.ok else 409, _result(result))
+
+    async def _summarize(self) -> None:
+        """One ``api_throttled`` warning a minute at most, when anything was refused."""
+        while True:
+            await asyncio.sleep(self.summary_every)
+            refused = self.limits.take_refused()
+            evicted, rejected = self.connections.take_counts()
+            if refused or evicted or rejected:
+                self.log.emit(
+                    "api_throttled",
+                    None,
+                    "warning",
+                    seconds=self.summary_every,
+                    requests_refused=sum(refused.values()),
+                    clients_refused=len(refused),
+                    top_clients=dict(refused.most_common(3)),
+                    idle_connections_closed=evicted,
+                    connections_refused=rejected,
+                    open_connections=len(self.connections),
+                )
+
+
+class _TooLarge(Exception):
+    pass

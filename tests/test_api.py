@@ -8,6 +8,8 @@ import asyncio
 import io
 import json
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,57 +17,24 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
 from hacontrol import operator_cli
 from hacontrol.api import ApiServer, parse_command
 from hacontrol.events import CommandResult, OperatorCommand
 from hacontrol.jsonlog import JsonLog
-from hacontrol.metrics import Metrics
-from hacontrol.settings import ApiSettings
-from hacontrol.status import to_json
-from hacontrol.view import fold, initial
-from tests.factories import primary, replica, settings
+from tests.fakes import (
+    TOKEN,
+    FakeHandle,
+    api_settings,
+    closed_by_peer,
+    idle_connections,
+    log_lines,
+    raw_http,
+    start_api,
+    threaded_api,
+)
 
-TOKEN = "s3cret-token-value"
 WRONG = "not-the-token-at-all"
-
-
-class FakeHandle:
-    """Implements api.ControllerHandle; records commands, answers canned results."""
-
-    def __init__(self, *, hang: bool = False) -> None:
-        s = settings()
-        view = initial(s)
-        for event in (primary(), replica("node2"), replica("node3")):
-            view = fold(view, event, s)
-        self.view = view
-        self.metrics = Metrics("t")
-        self.metrics.observe_view(view)
-        self.commands: list[OperatorCommand] = []
-        self.answers: dict[str, CommandResult] = {}
-        self.alive_state = (True, "decision task running")
-        self.ready_state = (True, "3 of 3 nodes probed, quorum ok")
-        self.hang = hang
-
-    def alive(self) -> tuple[bool, str]:
-        return self.alive_state
-
-    def ready(self) -> tuple[bool, str]:
-        return self.ready_state
-
-    def status(self) -> dict[str, Any]:
-        return {"view": to_json(self.view), "state": {"paused": False, "halt": None}}
-
-    def metrics_text(self) -> bytes:
-        return self.metrics.render()
-
-    async def command(self, cmd: OperatorCommand) -> CommandResult:
-        self.commands.append(cmd)
-        if self.hang:
-            await asyncio.Event().wait()
-        default = CommandResult(True, f"{cmd.command} accepted", {"node": cmd.node, "on": cmd.on})
-        return self.answers.get(cmd.command, default)
 
 
 class Api:
@@ -88,19 +57,6 @@ class Api:
             return r.status, text, r.headers["Content-Type"]
 
 
-async def start_api(
-    handle: FakeHandle, *, token: str | None = TOKEN, timeout: float = 5.0
-) -> tuple[ApiServer, io.StringIO, str]:
-    stream = io.StringIO()
-    log = JsonLog("t", stream=stream)  # no secrets given: the API itself must not log the token
-    api_settings = ApiSettings(
-        host="127.0.0.1", port=0, token=SecretStr(token) if token is not None else None
-    )
-    server = ApiServer(api_settings, handle, log, command_timeout=timeout)
-    host, port = await server.start()
-    return server, stream, f"http://{host}:{port}"
-
-
 @pytest.fixture
 async def api() -> AsyncIterator[Api]:
     handle = FakeHandle()
@@ -108,10 +64,6 @@ async def api() -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as http:
         yield Api(server, handle, stream, url, http)
     await server.stop()
-
-
-def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 # -- read-only endpoints ----------------------------------------------------------------------
@@ -175,7 +127,6 @@ async def test_unknown_path_and_wrong_method_answer_json(api: Api):
     [
         ("/switchover", {"to": "node2"}, "switchover", "node2", None),
         ("/switchover", None, "switchover", None, None),
-        ("/switchover", {"to": None}, "switchover", None, None),
         ("/maintenance", {"node": "node3", "on": True}, "maintenance", "node3", True),
         ("/maintenance", {"node": "node3", "on": False}, "maintenance", "node3", False),
         ("/ack", None, "ack", None, None),
@@ -256,6 +207,7 @@ async def test_commands_are_disabled_without_a_configured_token():
         ("/switchover", b'["node2"]', "must be a JSON object"),
         ("/switchover", b'{"to": 2}', "'to' must be a non-empty string"),
         ("/switchover", b'{"to": ""}', "'to' must be a non-empty string"),
+        ("/switchover", b'{"to": null}', "'to' is null"),
         ("/switchover", b'{"node": "node2"}', "unknown field(s) node"),
         ("/maintenance", b'{"node": "node3"}', "maintenance needs"),
         ("/maintenance", b'{"node": "node3", "on": "yes"}', "'on' must be true or false"),
@@ -479,3 +431,272 @@ async def test_a_failing_handle_is_500_and_the_server_keeps_serving():
     assert [(e["path"], e["error"]) for e in errors] == [
         ("/status", "RuntimeError: view not built")
     ]
+
+
+# -- malformed requests: a 4xx with the reason, never a 500, never an echo ---------------------
+
+
+def post_raw(path: str, headers: bytes, body: bytes = b"") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n".encode()
+        + headers
+        + b"\r\n"
+        + body
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        (b'{"to":' * 3000 + b'"x"' + b"}" * 3000, "nested too deeply"),
+        (b'{"to": "node2", "to": "node3"}', "appears twice"),
+        (b'{"to": "\xff\xfe"}', "not UTF-8"),
+        (b'{"to": 1' + b"1" * 5000 + b"}", "not valid JSON"),
+        (b'{"to": "node2; DROP"}', "is not a node name"),
+        (b'{"to": NaN}', "must be a non-empty string"),
+        ('{"to": "n\u00f6de"}'.encode(), "is not a node name"),
+    ],
+)
+async def test_hostile_bodies_are_400(api: Api, body, message):
+    status, answer = await api.post("/switchover", raw=body)
+    assert (status, answer["ok"]) == (400, False)
+    assert message in answer["message"]
+    assert api.handle.commands == []
+
+
+@pytest.mark.parametrize(
+    ("authorization", "expected"),
+    [
+        ("Bearer s3cr\u00e9t".encode(), 401),  # UTF-8 bytes
+        (b"Bearer \xff\xfe\x80", 401),  # not UTF-8 at all
+        (b"Bearer " + TOKEN.encode() * 100, 401),  # 1,800 bytes: refused by us
+        (b"Bearer " + TOKEN.encode() + b"\x01", 400),  # refused by the HTTP parser
+    ],
+)
+async def test_hostile_authorization_headers_are_refused_without_echo(
+    api: Api, authorization, expected
+):
+    request = post_raw("/pause", b"Authorization: " + authorization + b"\r\n")
+    status, _, body = await asyncio.to_thread(raw_http, api.server.address[1], request)
+    assert status == expected
+    assert json.loads(body)["ok"] is False
+    assert TOKEN.encode() not in body and b"s3cr" not in body
+    assert api.handle.commands == []
+
+
+async def test_oversize_authorization_is_400_and_no_token_text_anywhere(api: Api, capfd):
+    request = post_raw("/pause", b"Authorization: Bearer " + TOKEN.encode() * 1000 + b"\r\n")
+    status, _, body = await asyncio.to_thread(raw_http, api.server.address[1], request)
+    assert status == 400
+    assert json.loads(body) == {
+        "ok": False,
+        "message": "request line or header longer than 8190 bytes",
+    }
+    out, err = capfd.readouterr()
+    for text in (body.decode(), out, err, api.log.getvalue()):
+        assert TOKEN[:6] not in text
+    assert api.handle.commands == []
+
+
+async def test_body_limits(api: Api):
+    port = api.server.address[1]
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    status, _, _ = await asyncio.to_thread(
+        raw_http, port, post_raw("/switchover", auth, b"{" + b" " * 70_000 + b"}")
+    )
+    assert status == 413
+    chunked = (
+        b"POST /switchover HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n" + auth + b"\r\n"
+    )
+    chunk = b" " * 30_000
+    chunked += (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 3 + b"0\r\n\r\n"
+    status, _, _ = await asyncio.to_thread(raw_http, port, chunked)
+    assert status == 413
+    assert api.handle.commands == []
+
+
+async def test_a_body_that_never_comes_is_408():
+    handle = FakeHandle()
+    server, _, _ = await start_api(handle, configure=lambda s: setattr(s, "body_timeout", 0.3))
+    try:
+        request = post_raw("/pause", f"Authorization: Bearer {TOKEN}\r\n".encode())
+        request = request.replace(b"Content-Length: 0", b"Content-Length: 10")
+        status, _, body = await asyncio.to_thread(raw_http, server.address[1], request)
+    finally:
+        await server.stop()
+    assert status == 408 and "not sent within" in json.loads(body)["message"]
+    assert handle.commands == []
+
+
+async def test_head_options_and_wrong_methods(api: Api):
+    port = api.server.address[1]
+    status, headers, body = await asyncio.to_thread(
+        raw_http, port, b"HEAD /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert (status, body) == (200, b"")
+    status, headers, body = await asyncio.to_thread(
+        raw_http, port, b"DELETE /status HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    status, _, body = await asyncio.to_thread(raw_http, port, b"\x16\x03\x01\x02\x00\r\n\r\n")
+    assert status == 400 and json.loads(body)["ok"] is False
+
+
+async def test_openapi_document_is_served(api: Api):
+    status, text, content_type = await api.get("/openapi.json")
+    assert status == 200 and content_type.startswith("application/json")
+    doc = json.loads(text)
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {
+        "/health", "/ready", "/status", "/metrics", "/openapi.json",
+        "/switchover", "/maintenance", "/ack", "/pause", "/resume",
+    }  # fmt: skip
+
+
+# -- limits: rate, connections, idle time ------------------------------------------------------
+
+
+async def test_requests_without_a_token_are_rate_limited_per_client():
+    handle = FakeHandle()
+    server, stream, url = await start_api(
+        handle, rate_limit=1.0, rate_burst=5, configure=lambda s: setattr(s, "summary_every", 0.3)
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            statuses = []
+            for _ in range(8):
+                async with http.get(url + "/metrics") as r:
+                    statuses.append(r.status)
+                    if r.status == 429:
+                        assert int(r.headers["Retry-After"]) >= 1
+            assert statuses[:5] == [200] * 5 and 429 in statuses[5:]
+            async with http.get(url + "/health") as r:  # a budget of its own
+                assert r.status == 200
+            bad = {"Authorization": "Bearer wrong"}
+            async with http.post(url + "/pause", headers=bad) as r:  # a wrong token spends it
+                assert r.status == 429
+            good = {"Authorization": f"Bearer {TOKEN}"}
+            for _ in range(3):  # the right token is never limited
+                async with http.post(url + "/pause", headers=good) as r:
+                    assert r.status == 200
+            await asyncio.sleep(0.6)
+    finally:
+        await server.stop()
+    lines = log_lines(stream)
+    requests = [e for e in lines if e["event"] == "api_request"]
+    assert all(e["status"] != 429 for e in requests)  # not one line per refusal
+    [summary, *_] = [e for e in lines if e["event"] == "api_throttled"]
+    assert summary["level"] == "warning"
+    assert summary["requests_refused"] >= 4 and summary["top_clients"]["127.0.0.1"] >= 4
+
+
+async def test_past_the_connection_limit_the_longest_idle_connection_makes_room():
+    handle = FakeHandle()
+    server, _, url = await start_api(handle, max_connections=8)
+    port = server.address[1]
+    try:
+        async with idle_connections(port, 8) as socks:
+            await asyncio.sleep(0.2)
+            async with aiohttp.ClientSession() as http, http.get(url + "/health") as r:
+                assert r.status == 200
+            await asyncio.sleep(0.2)
+            assert closed_by_peer(socks[0])  # the oldest idle one
+            assert not closed_by_peer(socks[-1])
+            assert len(server.connections) <= 8
+    finally:
+        await server.stop()
+
+
+async def test_busy_connections_are_never_evicted_and_newcomers_are_refused():
+    handle = FakeHandle(hang=True)
+    server, _, url = await start_api(handle, max_connections=4, timeout=2.0)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def command() -> int:
+                async with http.post(url + "/pause", headers=headers) as r:
+                    return r.status
+
+            busy = [asyncio.create_task(command()) for _ in range(4)]
+            await wait_until(lambda: len(handle.commands) == 4)
+            status, _, _ = await asyncio.to_thread(
+                raw_http, server.address[1], b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+            )
+            assert status == 0  # closed at once: every slot answers a request
+            assert await asyncio.gather(*busy) == [504] * 4  # and those were answered
+    finally:
+        await server.stop()
+
+
+async def test_idle_and_slow_connections_are_closed_after_idle_timeout():
+    handle = FakeHandle()
+    server, _, _ = await start_api(handle, idle_timeout=0.5)
+    port = server.address[1]
+    try:
+        async with idle_connections(port, 2) as (idle, slow):
+            slow.send(b"GET /health HTTP/1.1\r\nHost: t\r\n")  # headers never finished
+            await wait_until(lambda: closed_by_peer(idle) and closed_by_peer(slow), 5)
+    finally:
+        await server.stop()
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+# -- isolation from the main loop --------------------------------------------------------------
+
+
+async def test_reads_are_cached_briefly_and_shared_and_a_command_refreshes_them():
+    handle = FakeHandle()
+    server, _, url = await start_api(handle, read_ttl=30.0, rate_burst=100)
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def status() -> int:
+                async with http.get(url + "/status") as r:
+                    return r.status
+
+            assert await asyncio.gather(*(status() for _ in range(20))) == [200] * 20
+            assert handle.status_calls == 1
+            async with http.post(url + "/ack", headers={"Authorization": f"Bearer {TOKEN}"}):
+                pass
+            assert await status() == 200
+            assert handle.status_calls == 2
+    finally:
+        await server.stop()
+
+
+async def test_health_says_when_the_main_loop_is_stuck():
+    handle = FakeHandle()
+    stream = io.StringIO()
+    server = ApiServer(
+        api_settings(), handle, JsonLog("t", stream=stream), read_ttl=0.0, main_timeout=0.3
+    )
+    _, port = await server.start()
+    try:
+        request = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+        asked = asyncio.get_running_loop().run_in_executor(None, raw_http, port, request)
+        time.sleep(1.0)  # noqa: ASYNC251 - the main loop (this test's) is blocked: nobody runs the read
+        status, _, body = await asked
+    finally:
+        await server.stop()
+    assert status == 503
+    assert json.loads(body) == {
+        "ok": False,
+        "reason": "the controller's event loop did not answer within 0.3 s",
+    }
+
+
+def test_the_api_serves_from_a_thread_of_its_own():
+    handle = FakeHandle()
+    with threaded_api(handle) as (server, _, _):
+        status, _, _ = raw_http(server.address[1], b"GET /ready HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status == 200
+        assert {t.name for t in threading.enumerate()} >= {"hacontrol-api", "fake-main"}
+    assert "hacontrol-api" not in {t.name for t in threading.enumerate()}

@@ -113,7 +113,7 @@ def test_controller_only_partition_alerts_and_does_not_fail_over(fresh_sandbox):
         "HACONTROL_CONTROLLER__JOURNAL": str(shared / "journal.jsonl"),
         "HACONTROL_MYSQL__PASSWORD": fresh_sandbox.password("controller"),
         "HACONTROL_MYSQL__REPLICATION_PASSWORD": fresh_sandbox.password("replication"),
-        "HACONTROL_API__TOKEN": "partition-test",  # the token file is root's alone
+        "HACONTROL_API__TOKEN": "partition-test-token",  # the token file is root's alone
         "HACONTROL_API__PORT": "0",
     }
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

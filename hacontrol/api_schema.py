@@ -1,0 +1,134 @@
+"""The OpenAPI 3.0 description of the HTTP API, served at ``GET /openapi.json``.
+
+It is the contract the fuzzing tests hold the server to: every status the server can answer is
+listed here, and every request body outside these schemas is answered 4xx.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hacontrol import __version__
+
+NODE_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"
+"""The same rule as ``nodes[].name`` in the settings."""
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_ANSWER = {"$ref": "#/components/schemas/Answer"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _limited() -> dict[str, Any]:
+    return {
+        **_json(_ERROR, "too many requests from this client address"),
+        "headers": {"Retry-After": {"schema": {"type": "string"}}},
+    }
+
+
+def _read(summary: str, schema: dict[str, Any], *, probe: bool = False) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": _json(schema, "ok"), "429": _limited()}
+    responses["503"] = _json(
+        _ERROR if not probe else {"$ref": "#/components/schemas/Probe"},
+        "not alive / not ready, or the controller's event loop did not answer in time",
+    )
+    return {"get": {"summary": summary, "security": [], "responses": responses}}
+
+
+def _command(summary: str, body: dict[str, Any], *, required: bool) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "requestBody": {
+                "required": required,
+                "content": {"application/json": {"schema": body}},
+            },
+            "responses": {
+                "200": _json(_ANSWER, "done"),
+                "400": _json(_ERROR, "malformed request; nothing was sent to the controller"),
+                "401": _json(_ERROR, "no or wrong token; nothing was sent to the controller"),
+                "409": _json(_ANSWER, "refused by the controller"),
+                "413": _json(_ERROR, "body too large"),
+                "408": _json(_ERROR, "body not received in time"),
+                "429": _limited(),
+                "503": _json(_ERROR, "the controller is not running"),
+                "504": _json(_ERROR, "no answer in time; the command may still run"),
+            },
+        }
+    }
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+def document() -> dict[str, Any]:
+    node = {"type": "string", "pattern": NODE_NAME}
+    empty = _object({})
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "hacontrol", "version": __version__},
+        "paths": {
+            "/health": _read("liveness", {"$ref": "#/components/schemas/Probe"}, probe=True),
+            "/ready": _read("readiness", {"$ref": "#/components/schemas/Probe"}, probe=True),
+            "/status": _read("the controller's view", {"type": "object"}),
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus text format 0.0.4",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "ok",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "429": _limited(),
+                        "503": _json(_ERROR, "the controller's event loop did not answer"),
+                    },
+                }
+            },
+            "/openapi.json": _read("this document", {"type": "object"}),
+            "/switchover": _command(
+                "planned switchover, to a node or to the best candidate",
+                _object({"to": node}),
+                required=False,
+            ),
+            "/maintenance": _command(
+                "hide a replica (on) or bring it back (off)",
+                _object({"node": node, "on": {"type": "boolean"}}, ("node", "on")),
+                required=True,
+            ),
+            "/ack": _command("clear the halt and the recovery block", empty, required=False),
+            "/pause": _command("stop automatic changes", empty, required=False),
+            "/resume": _command("allow automatic changes", empty, required=False),
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": _object(
+                    {"ok": {"type": "boolean", "enum": [False]}, "message": {"type": "string"}},
+                    ("ok", "message"),
+                ),
+                "Answer": _object(
+                    {
+                        "ok": {"type": "boolean"},
+                        "message": {"type": "string"},
+                        "detail": {"type": "object"},
+                    },
+                    ("ok", "message", "detail"),
+                ),
+                "Probe": _object(
+                    {"ok": {"type": "boolean"}, "reason": {"type": "string"}}, ("ok", "reason")
+                ),
+            },
+        },
+    }
