@@ -5,6 +5,12 @@ packets) accepts the TCP connection and then never sends its handshake. Here the
 connect, handshake and authentication included, runs under ``asyncio.timeout``, and a
 connection whose connect or query was cut short is closed at once: its protocol state is
 unknown, and a leaked socket would pile up on a node that stays frozen.
+
+A connection may also bound what it reads (``max_read``): every read from the server, the
+handshake and each statement's answer, is charged its size plus ``READ_OVERHEAD`` against the
+budget, so that a server streaming maximal (16 MiB) packets or a flood of tiny rows costs a few
+reads and an ``AnswerTooLarge`` error, not memory and CPU. The budget is renewed at connect and
+at each ``fetch_all``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,36 @@ from pymysql.constants import CLIENT
 
 Rows = list[dict[str, Any]]
 
+READ_OVERHEAD = 128
+"""What each read costs on top of its bytes: bounds the number of packets, not only bytes."""
+
+
+class AnswerTooLarge(pymysql.err.OperationalError):
+    """The server sent more than the connection's read budget: it is closed."""
+
+
+class BoundedConnection(aiomysql.Connection):
+    """aiomysql's connection, refusing to read past ``read_budget`` (None: unbounded)."""
+
+    def __init__(self, *args: Any, max_read: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_read = max_read
+        self.read_budget = max_read
+
+    def renew_budget(self) -> None:
+        self.read_budget = self.max_read
+
+    async def _read_bytes(self, num_bytes: int) -> bytes:
+        if self.read_budget is not None:
+            cost = num_bytes + READ_OVERHEAD
+            if cost > self.read_budget:
+                self.close()
+                raise AnswerTooLarge(
+                    2020, f"the server's answer is larger than {self.max_read} bytes"
+                )
+            self.read_budget -= cost
+        return await super()._read_bytes(num_bytes)
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -33,10 +69,18 @@ class Endpoint:
 
 
 async def connect(
-    endpoint: Endpoint, timeout: float, *, multi_statements: bool = False
+    endpoint: Endpoint,
+    timeout: float,
+    *,
+    multi_statements: bool = False,
+    max_read: int | None = None,
 ) -> aiomysql.Connection:
-    """An autocommit DictCursor connection, or an exception within ``timeout`` seconds."""
-    conn = aiomysql.Connection(
+    """An autocommit DictCursor connection, or an exception within ``timeout`` seconds.
+
+    ``max_read``: bytes the connection may read for its handshake and for each statement's
+    answer (AnswerTooLarge past it); None: unbounded."""
+    conn = BoundedConnection(
+        max_read=max_read,
         host=endpoint.host,
         port=endpoint.port,
         user=endpoint.user,
@@ -66,6 +110,8 @@ async def fetch_all(
 
     On timeout or any error the connection is closed: the caller reconnects.
     """
+    if isinstance(conn, BoundedConnection):
+        conn.renew_budget()
     try:
         async with asyncio.timeout(timeout):
             cursor = await conn.cursor()

@@ -11,7 +11,7 @@ import contextlib
 import io
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from pydantic import SecretStr
@@ -25,6 +25,7 @@ from hacontrol.settings import ApiSettings
 from hacontrol.status import to_json
 from hacontrol.view import fold, initial
 from tests.factories import primary, replica, settings
+from tests.proxysql_double import protocol
 
 TOKEN = "s3cret-token-value"
 
@@ -171,3 +172,130 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return False
     except ConnectionError:
         return True
+
+
+# ---------------------------------------------------------------------------------------------
+# MySQL-protocol servers that misbehave (the wire format: tests/proxysql_double/protocol.py)
+
+Reply = list[bytes] | bytes | Callable[[asyncio.StreamWriter], Awaitable[None]]
+"""What a FakeMySQL sends for a query: payloads (framed with sequence ids from 1), raw bytes
+as they are, or a coroutine that writes whatever it likes."""
+
+
+def ok_reply(sql: str) -> Reply:
+    return [protocol.ok_packet()]
+
+
+async def stream_maximal_packets(writer: asyncio.StreamWriter, first_seq: int = 1) -> None:
+    """Packets of the largest size (16 MiB - 1, "more follows"), forever, until the peer goes."""
+    chunk = b"\xa5" * (1 << 16)
+    seq = first_seq
+    while True:
+        writer.write(b"\xff\xff\xff" + bytes([seq & 0xFF]))
+        seq += 1
+        for _ in range(0xFFFFFF // len(chunk)):
+            writer.write(chunk)
+            await writer.drain()
+        writer.write(chunk[: 0xFFFFFF % len(chunk)])
+
+
+class FakeMySQL:
+    """Accepts any login, then answers each COM_QUERY with ``answer(sql)``; records queries.
+
+    ``greeting``: raw bytes (or a writer coroutine) sent instead of a handshake, for servers
+    that do not even greet properly."""
+
+    def __init__(
+        self,
+        answer: Callable[[str], Reply] = ok_reply,
+        *,
+        greeting: bytes | Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None,
+        version: str = "10.11.6-MariaDB-fake",
+    ) -> None:
+        self.answer = answer
+        self.greeting = greeting
+        self.version = version
+        self.queries: list[str] = []
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def __aenter__(self) -> FakeMySQL:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _send(self, writer: asyncio.StreamWriter, reply: Reply, seq: int) -> None:
+        if isinstance(reply, bytes):
+            writer.write(reply)
+        elif isinstance(reply, list):
+            for i, payload in enumerate(reply):
+                writer.write(protocol.frame(payload, seq + i))
+        else:
+            await reply(writer)
+        await writer.drain()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            if self.greeting is not None:
+                await self._send(writer, self.greeting, 0)
+                return
+            writer.write(protocol.frame(protocol.handshake_v10(self.version, 1, b"s" * 20), 0))
+            await _read_packet(reader)  # the client's handshake response: any login will do
+            writer.write(protocol.frame(protocol.ok_packet(), 2))
+            while True:
+                payload = await _read_packet(reader)
+                if payload[:1] == bytes([protocol.COM_QUERY]):
+                    sql = payload[1:].decode("utf-8", "replace")
+                    self.queries.append(sql)
+                    await self._send(writer, self.answer(sql), 1)
+                elif payload[:1] == bytes([protocol.COM_QUIT]):
+                    return
+                else:
+                    await self._send(writer, [protocol.ok_packet()], 1)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            # Cancelled at stop: end quietly (asyncio's start_server logs a handler task that
+            # ends cancelled as an error on 3.11).
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> bytes:
+    header = await reader.readexactly(4)
+    return await reader.readexactly(int.from_bytes(header[:3], "little"))
+
+
+@contextlib.asynccontextmanager
+async def garbage_server() -> AsyncIterator[int]:
+    """A TCP server that speaks no MySQL at all (an HTTP error page), on a free port."""
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]

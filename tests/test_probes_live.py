@@ -159,31 +159,3 @@ async def test_replication_error_and_writable_replica_are_named(fresh_sandbox):
             10,
             "TwoWritableNodes cleared",
         )
-
-
-async def test_node_answering_garbage_is_unhealthy_not_a_crash():
-    """A TCP server that speaks no MySQL: the probe reports it, the task survives."""
-    from hacontrol.mysqlconn import Endpoint
-    from hacontrol.probes.mysql import NodeProbe
-
-    async def garbage(reader, writer):
-        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    results = []
-    probe = NodeProbe(
-        "junk",
-        Endpoint("127.0.0.1", port, "u", "p"),
-        interval=0.1,
-        timeout=0.5,
-        emit=results.append,
-        watch=False,
-    )
-    async with server:
-        for _ in range(3):
-            result = await probe.probe()
-            assert not result.ok and result.error
-        await probe.close()

@@ -8,7 +8,13 @@ answer included, is an unreachable result with its reason, never an exception.
 A second, idle *watch* connection per node runs ``DO SLEEP(...)``: a crashed server closes it
 at once, which becomes a ``ConnectionLost`` event, so the controller re-probes without waiting
 for the next interval. A frozen or partitioned server closes nothing; for it the probe timeouts
-and the replicas' stalled heartbeats are the signal.
+and the replicas' stalled heartbeats are the signal. A sleep that ends early (a server, or a
+proxy in front of it, that answers ``DO SLEEP`` at once; a ``max_statement_time``; a KILL
+QUERY) is re-issued after a back-off that doubles from the probe interval up to
+``WATCH_BACKOFF_MAX``, never in a busy loop; an error the server answered is not a crash.
+
+A probe reads at most ``PROBE_MAX_READ`` bytes per answer, the watch ``WATCH_MAX_READ``: a
+server that streams endless or maximal packets is unhealthy at once (``mysqlconn``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import aiomysql
+import pymysql
 
 from hacontrol.events import ConnectionLost, Event, ProbeResult
 from hacontrol.flavors import detect
@@ -28,7 +35,13 @@ Emit = Callable[[Event], None]
 Clock = Callable[[], float]
 
 WATCH_SECONDS = 3600
-"""Length of the watch connection's idle ``DO SLEEP``; it is simply re-issued when it ends."""
+"""Length of the watch connection's idle ``DO SLEEP``; it is re-issued when it ends."""
+WATCH_EARLY = 1.0
+"""A watch query that ends sooner than this (seconds) ended early: back off before the next."""
+WATCH_BACKOFF_MAX = 60.0
+PROBE_MAX_READ = 1024 * 1024
+"""Bytes one probe answer may take (a status answer is a few KiB)."""
+WATCH_MAX_READ = 64 * 1024
 
 
 class NodeProbe:
@@ -122,7 +135,9 @@ class NodeProbe:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         self._conn = None
-        conn = await connect(self._endpoint, self._timeout, multi_statements=True)
+        conn = await connect(
+            self._endpoint, self._timeout, multi_statements=True, max_read=PROBE_MAX_READ
+        )
         try:
             rows = await execute(
                 conn,
@@ -153,20 +168,37 @@ class NodeProbe:
         """Hold an idle query open; its connection closing is a crash signal."""
         conn: aiomysql.Connection | None = None
         try:
-            conn = await connect(self._endpoint, self._timeout)
-            self._watch_conn = conn
+            conn = await self._watch_connect()
+            backoff = self._interval
             while True:
-                await execute(conn, f"DO SLEEP({WATCH_SECONDS})", timeout=WATCH_SECONDS + 60)
+                started = self._clock()
+                try:
+                    await execute(conn, f"DO SLEEP({WATCH_SECONDS})", timeout=WATCH_SECONDS + 60)
+                except pymysql.err.MySQLError as exc:
+                    if not answered_by_server(exc):
+                        raise
+                if conn.closed:  # it answered an error (fetch_all closed it): reconnect now,
+                    conn = await self._watch_connect()  # a server shutting down refuses here
+                if self._clock() - started < WATCH_EARLY:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+                else:
+                    backoff = self._interval
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if conn is not None:  # it was established, then lost: the server side closed it
                 self._emit(ConnectionLost(self.name, self._clock(), describe_error(exc)))
         finally:
-            if conn is not None:
-                conn.close()
+            if self._watch_conn is not None:
+                self._watch_conn.close()
             self._watch_conn = None
             self._watching = False
+
+    async def _watch_connect(self) -> aiomysql.Connection:
+        conn = await connect(self._endpoint, self._timeout, max_read=WATCH_MAX_READ)
+        self._watch_conn = conn
+        return conn
 
     async def close(self) -> None:
         """Close both connections. Closing the watch connection ends its pending query even if
@@ -179,3 +211,10 @@ class NodeProbe:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait([task], timeout=1.0)
+
+
+def answered_by_server(exc: pymysql.err.MySQLError) -> bool:
+    """The server sent this error (1xxx numbers): it is alive. Client-side errors (2xxx: lost
+    connection, cannot connect, packet too large) are not."""
+    code = exc.args[0] if exc.args else None
+    return isinstance(code, int) and 1000 <= code < 2000

@@ -1,0 +1,116 @@
+"""Probes against MySQL-protocol servers that misbehave (tests/fakes.py): a node that answers
+garbage, streams endless packets or answers ``DO SLEEP`` at once is unhealthy or merely
+watched less often; it never crashes, hangs or hammers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from hacontrol.events import ConnectionLost
+from hacontrol.mysqlconn import Endpoint
+from hacontrol.probes.mysql import PROBE_MAX_READ, NodeProbe
+from tests.fakes import FakeMySQL, garbage_server, stream_maximal_packets
+from tests.proxysql_double import protocol
+
+
+def node_probe(port: int, events: list, *, interval: float = 0.1, timeout: float = 2.0):
+    return NodeProbe(
+        "fake",
+        Endpoint("127.0.0.1", port, "u", "p"),
+        interval=interval,
+        timeout=timeout,
+        emit=events.append,
+        watch=True,
+    )
+
+
+async def watch_for(probe: NodeProbe, seconds: float) -> None:
+    probe._arm_watch()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        await probe.close()
+
+
+async def test_node_answering_garbage_is_unhealthy_not_a_crash():
+    async with garbage_server() as port:
+        probe = node_probe(port, [], timeout=0.5)
+        for _ in range(3):
+            result = await probe.probe()
+            assert not result.ok and result.error
+        await probe.close()
+
+
+async def test_watch_backs_off_when_the_sleep_returns_at_once():
+    events: list = []
+    async with FakeMySQL() as server:  # every query, DO SLEEP(3600) included: OK at once
+        probe = node_probe(server.port, events, interval=0.1)
+        cpu = time.process_time()
+        await watch_for(probe, 2.0)
+        cpu = time.process_time() - cpu
+    sleeps = [q for q in server.queries if q.startswith("DO SLEEP")]
+    # Back-off 0.1, 0.2, 0.4, 0.8 s...: a handful in 2 s (thousands without it).
+    assert 3 <= len(sleeps) <= 8, len(sleeps)
+    assert server.connections == 1
+    assert cpu < 0.5
+    assert events == []  # the server is alive: no crash signal
+
+
+async def test_watch_error_answered_by_the_server_is_not_a_crash():
+    interrupted = protocol.err_packet(1969, "70100", "Query execution was interrupted")
+    events: list = []
+    async with FakeMySQL(lambda sql: [interrupted]) as server:
+        probe = node_probe(server.port, events, interval=0.1)
+        await watch_for(probe, 1.0)
+    assert events == []
+    assert 2 <= server.connections <= 6  # reconnected after each, with back-off
+
+
+async def test_watch_connection_closed_by_the_server_is_a_crash_signal():
+    async def hang_up(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    events: list = []
+    async with FakeMySQL(lambda sql: hang_up) as server:
+        probe = node_probe(server.port, events)
+        await watch_for(probe, 0.5)
+    assert [type(e) for e in events] == [ConnectionLost]
+    assert "Lost connection" in events[0].reason
+
+
+async def test_a_node_streaming_maximal_packets_is_unhealthy_at_once():
+    async with FakeMySQL(lambda sql: stream_maximal_packets) as server:
+        probe = node_probe(server.port, [], timeout=5.0)
+        started = time.monotonic()
+        cpu = time.process_time()
+        result = await probe.probe()
+        took, cpu = time.monotonic() - started, time.process_time() - cpu
+        await probe.close()
+    assert not result.ok
+    assert f"larger than {PROBE_MAX_READ} bytes" in result.error
+    assert took < 1.0 and cpu < 0.5  # refused at the first header, not after the timeout
+
+
+async def test_a_greeting_of_maximal_packets_is_refused_too():
+    async with FakeMySQL(greeting=lambda w: stream_maximal_packets(w, first_seq=0)) as server:
+        result = await node_probe(server.port, [], timeout=5.0).probe()
+    assert not result.ok and "larger than" in result.error
+
+
+async def test_a_flood_of_tiny_rows_is_bounded():
+    rows = protocol.result_set(["v"], [["x"]] * 200_000)
+
+    def answer(sql: str):
+        if sql.startswith("SELECT @@version"):
+            return protocol.result_set(["version", "comment"], [["10.11.6-MariaDB", "x"]])
+        return rows
+
+    async with FakeMySQL(answer) as server:
+        probe = node_probe(server.port, [], timeout=5.0)
+        cpu = time.process_time()
+        result = await probe.probe()
+        cpu = time.process_time() - cpu
+        await probe.close()
+    assert not result.ok and "larger than" in result.error
+    assert cpu < 1.0
