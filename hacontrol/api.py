@@ -125,7 +125,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _object(raw: bytes) -> dict[str, Any]:
-    if not raw.strip(b" \t\r\n"):  # JSON's white space only: bytes.strip() takes more
+    if not raw:  # no body; white space alone is not a JSON document
         return {}
     try:
         text = raw.decode("utf-8")

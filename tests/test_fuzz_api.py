@@ -48,10 +48,15 @@ CASES = [
 @pytest.mark.parametrize(("label", "mode"), CASES, ids=[f"{lb}-{m.value}" for lb, m in CASES])
 def test_fuzz_api(api_url: str, label: str, mode: GenerationMode):
     operation = OPERATIONS[label]
+    calls = 0
 
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case) -> None:
+        nonlocal calls
+        calls += 1
         case.call_and_validate(base_url=api_url, headers=AUTH)
 
     run()
+    assert calls > 0
+    print(f"{label} {mode.value}: {calls} requests")  # the closing count, with -s
