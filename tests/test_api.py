@@ -702,3 +702,25 @@ def test_the_api_serves_from_a_thread_of_its_own():
         assert status == 200
         assert {t.name for t in threading.enumerate()} >= {"hacontrol-api", "fake-main"}
     assert "hacontrol-api" not in {t.name for t in threading.enumerate()}
+
+
+class InfiniteStatus(FakeHandle):
+    def status(self) -> dict[str, Any]:
+        return {"recovery_block_seconds_left": float("inf"), "lag": float("nan")}
+
+
+async def test_status_is_always_strict_json():
+    server, _, url = await start_api(InfiniteStatus())
+    try:
+        async with aiohttp.ClientSession() as http, http.get(url + "/status") as r:
+            text = await r.text()
+    finally:
+        await server.stop()
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    assert json.loads(text, parse_constant=refuse) == {
+        "recovery_block_seconds_left": "inf",
+        "lag": "nan",
+    }
