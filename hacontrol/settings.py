@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -88,10 +87,6 @@ def check_host(value: str) -> str:
     return value
 
 
-def _optional_host(value: str) -> str:
-    return value if value == "" else check_host(value)
-
-
 Number = BeforeValidator(_plain_number)
 Port = Annotated[int, Number, Field(ge=1, le=65535)]
 PositiveSeconds = Annotated[
@@ -99,7 +94,9 @@ PositiveSeconds = Annotated[
 ]
 Hostgroup = Annotated[int, Number, Field(ge=0, le=2**31 - 1)]
 NodeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-Host = Annotated[str, AfterValidator(check_host)]
+Host = Annotated[str, Field(min_length=1)]
+"""Checked by ``check`` (``check_host``) at load, so that a hostile value can still be built
+directly to test the quoting of everything that embeds a host."""
 
 
 class _Section(BaseModel):
@@ -208,7 +205,7 @@ class FailoverSettings(_Section):
 
 
 class SMTPSettings(_Section):
-    host: Annotated[str, AfterValidator(_optional_host)] = ""
+    host: str = ""
     """Empty: alerts are logged only, not mailed."""
     port: Port = 25
     tls: Literal["none", "starttls", "tls"] = "none"
@@ -523,6 +520,7 @@ def check(settings: Settings) -> tuple[list[str], list[str]]:
     _require_secret(errors, settings.mysql.password, "mysql.password")
     _require_secret(errors, settings.mysql.replication_password, "mysql.replication_password")
     errors += secret_strength(settings)
+    errors += host_problems(settings)
 
     router = settings.router
     if router.kind == "proxysql":
@@ -604,6 +602,24 @@ def secret_strength(settings: Settings) -> list[str]:
         elif len(secret) < MIN_PASSWORD:
             errors.append(f"{key}: too short to be a secret ({MIN_PASSWORD} characters or more)")
     return errors
+
+
+def host_problems(settings: Settings) -> list[str]:
+    """Every host that is neither an IP address nor a DNS name, naming its key."""
+    hosts = [(f"nodes[{i}].host", node.host) for i, node in enumerate(settings.nodes)]
+    hosts += [
+        ("api.host", settings.api.host),
+        ("router.proxysql.host", settings.router.proxysql.host),
+    ]
+    if settings.smtp.host:
+        hosts.append(("smtp.host", settings.smtp.host))
+    problems = []
+    for key, host in hosts:
+        try:
+            check_host(host)
+        except ValueError as exc:
+            problems.append(f"{key}: {exc} (got {host[:80]!r})")
+    return problems
 
 
 def check_paths(settings: Settings) -> list[str]:
