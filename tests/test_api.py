@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hacontrol import operator_cli
 from hacontrol.api import ApiServer, parse_command
+from hacontrol.api_guard import ConnectionTable, RateLimiter, connection_cap, retry_after
 from hacontrol.events import CommandResult, OperatorCommand
 from hacontrol.jsonlog import JsonLog
 from tests.fakes import (
@@ -724,3 +725,47 @@ async def test_status_is_always_strict_json():
         "recovery_block_seconds_left": "inf",
         "lag": "nan",
     }
+
+
+# -- the limits as plain values (hacontrol.api_guard) -----------------------------------------
+
+
+def test_rate_limiter_buckets_per_client_and_budget():
+    now = [0.0]
+    limiter = RateLimiter(2.0, 3, clock=lambda: now[0], max_clients=2)
+    assert [limiter.wait("a") for _ in range(4)] == [0.0, 0.0, 0.0, 0.5]
+    assert limiter.wait("a", "health") == 0.0  # a budget of its own
+    now[0] = 0.5  # one token back
+    assert limiter.wait("a") == 0.0 and limiter.wait("a") > 0
+    assert limiter.take_refused() == {"a": 2}
+    assert limiter.take_refused() == {}
+    limiter.wait("b")
+    limiter.wait("c")  # past max_clients: the least recently seen bucket is forgotten
+    assert len(limiter._buckets) == 2
+    assert retry_after(0.01) == "1" and retry_after(2.5) == "3"
+
+
+def test_connection_table_evicts_the_longest_idle_and_never_a_busy_one():
+    table: ConnectionTable[str] = ConnectionTable(3)
+    assert [table.admit(c) for c in "abc"] == [None, None, None]
+    table.busy("a")
+    assert table.admit("d") == "b"  # a is busy: b is the longest idle
+    table.idle("a")  # a answered: now the most recently active
+    assert table.admit("e") == "c"
+    table.busy("d")
+    table.busy("a")
+    table.busy("e")
+    assert table.admit("f") == "f"  # everyone busy: the newcomer is refused
+    assert table.take_counts() == (2, 1)
+    table.release("a")
+    assert len(table) == 2 and table.admit("g") is None
+
+
+def test_connection_cap_keeps_a_reserve_and_raises_the_soft_limit():
+    import resource
+
+    cap, soft = connection_cap(10_000, reserve=512)
+    now_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == now_soft and (soft == hard or soft >= 65536)
+    assert 4 <= cap <= min(10_000, soft - 512)
+    assert connection_cap(100)[0] <= 100
