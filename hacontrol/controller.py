@@ -97,6 +97,9 @@ class Controller:
         self.state = ControllerState(started_at=clock())
         self._resume: Intent | None = None
         self._running: asyncio.Task[None] | None = None
+        self._current: str | None = None
+        """The running plan's id, until its PlanFinished is handled (not when its task ends:
+        events queued before its result must not start another plan on stale state)."""
         self._waiting: dict[str, OperatorCommand] = {}
         self._deferred: list[OperatorCommand] = []
         self._plans: dict[str, Plan] = {}
@@ -153,8 +156,7 @@ class Controller:
 
     @property
     def running_plan(self) -> str | None:
-        task = self._running
-        return task.get_name().removeprefix("plan:") if task and not task.done() else None
+        return self._current
 
     async def run(self) -> None:
         """Consume events until a Stop event; then wait for a running plan (bounded)."""
@@ -216,7 +218,7 @@ class Controller:
     # -- deciding ------------------------------------------------------------------------------
 
     def _decide(self) -> None:
-        if self.executor is None or (self._running is not None and not self._running.done()):
+        if self.executor is None or self._current is not None:
             return
         now = self._clock()
         if self._settle and now < self._settle_until and not self.view.has(Code.DEAD_PRIMARY):
@@ -321,6 +323,7 @@ class Controller:
             self.queue.put_nowait(result)
 
         self._running = asyncio.create_task(execute(), name=f"plan:{plan_id}")
+        self._current = plan_id
         self._plans[plan_id] = plan
         self._skips[plan_id] = skip
         if plan.kind == "failover" and self._primary_failing_since is not None:
@@ -330,7 +333,7 @@ class Controller:
 
     def _command(self, cmd: OperatorCommand) -> None:
         self.log.emit("operator_command", cmd.node, "warning", command=cmd.command, on=cmd.on)
-        busy = self._running is not None and not self._running.done()
+        busy = self._current is not None
         state = self.state
         now = self._clock()
         match cmd.command:
@@ -388,7 +391,7 @@ class Controller:
     def _run_deferred(self) -> None:
         """Deferred commands, in order, until one starts a plan; the caller's timeout passed
         (its reply future is done): dropped, never run late."""
-        while self._deferred and (self._running is None or self._running.done()):
+        while self._deferred and self._current is None:
             cmd = self._deferred.pop(0)
             if cmd.reply is not None and cmd.reply.done():
                 self.log.emit(
@@ -422,6 +425,8 @@ class Controller:
             cmd.reply.set_result(CommandResult(ok, message, dict(detail)))
 
     def _finished(self, event: PlanFinished) -> None:
+        if event.plan_id == self._current:
+            self._current = None
         self._settle_since = self._clock()
         self._settle_until = self._settle_since + 2 * self.settings.probes.interval
         # Fresh facts are needed about what the plan touched: the router after a router

@@ -206,3 +206,27 @@ async def test_commands_still_waiting_at_stop_get_an_answer():
     await asyncio.wait_for(controller.run(), 5)
     assert reply.done() and not reply.result().ok
     assert "stopping" in reply.result().message
+
+
+async def test_no_new_plan_before_the_last_one_is_handled():
+    """A plan whose task is done but whose PlanFinished still waits in the queue is still the
+    running plan: an event handled in between must not start another plan on stale state."""
+    executor = FakeExecutor(ok=False, done_actions=())
+    queue: asyncio.Queue = asyncio.Queue()
+    now = [0.0]
+    controller = Controller(
+        S, JsonLog("t", stream=io.StringIO()), queue, executor=executor, clock=lambda: now[0]
+    )
+    for t in (1.0, 2.0, 3.0):
+        now[0] = t
+        for event in (primary(at=t), replica("node2", t), replica("node3", t)):
+            controller.handle(event)
+        controller.handle(router(writers=("node2",), at=t))
+    finished = await asyncio.wait_for(queue.get(), 5)  # the plan's task is done now
+    assert executor.plans == ["RouteReconcile"]
+    controller.handle(router(writers=("node2",), at=3.5))  # an event queued before its result
+    await asyncio.sleep(0.01)  # a plan started now would run
+    assert executor.plans == ["RouteReconcile"]
+    assert controller.running_plan is not None
+    controller.handle(finished)
+    assert controller.state.route_retry_at > 3.0  # the failure's back-off applies
