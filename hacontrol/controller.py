@@ -98,6 +98,7 @@ class Controller:
         self._resume: Intent | None = None
         self._running: asyncio.Task[None] | None = None
         self._current: str | None = None
+        self._stopping = False
         """The running plan's id, until its PlanFinished is handled (not when its task ends:
         events queued before its result must not start another plan on stale state)."""
         self._waiting: dict[str, OperatorCommand] = {}
@@ -176,6 +177,13 @@ class Controller:
                 budget_seconds=plan_budget(self.settings),
             )
             await asyncio.wait([self._running], timeout=plan_budget(self.settings))
+        # Its outcome still counts (a failover that promoted nothing leaves no quarantine);
+        # nothing new starts: stopping, the deferred commands are refused below.
+        self._stopping = True
+        while not self.queue.empty():
+            event = self.queue.get_nowait()
+            if isinstance(event, PlanFinished):
+                self.handle(event)
         self.refuse_pending("the controller is stopping; a plan's outcome is in the log")
 
     def handle(self, event: Event) -> None:
@@ -218,7 +226,7 @@ class Controller:
     # -- deciding ------------------------------------------------------------------------------
 
     def _decide(self) -> None:
-        if self.executor is None or self._current is not None:
+        if self.executor is None or self._current is not None or self._stopping:
             return
         now = self._clock()
         if self._settle and now < self._settle_until and not self.view.has(Code.DEAD_PRIMARY):
@@ -391,7 +399,7 @@ class Controller:
     def _run_deferred(self) -> None:
         """Deferred commands, in order, until one starts a plan; the caller's timeout passed
         (its reply future is done): dropped, never run late."""
-        while self._deferred and self._current is None:
+        while self._deferred and self._current is None and not self._stopping:
             cmd = self._deferred.pop(0)
             if cmd.reply is not None and cmd.reply.done():
                 self.log.emit(

@@ -230,3 +230,69 @@ async def test_no_new_plan_before_the_last_one_is_handled():
     assert controller.running_plan is not None
     controller.handle(finished)
     assert controller.state.route_retry_at > 3.0  # the failure's back-off applies
+
+
+class GatedExecutor(FakeExecutor):
+    """A FakeExecutor whose failover plans wait until ``gate`` is set."""
+
+    def __init__(self, ok: bool, done_actions: tuple[str, ...]) -> None:
+        super().__init__(ok, done_actions)
+        self.gate = asyncio.Event()
+        self.started: str | None = None
+
+    async def run(self, plan_id, plan, *, skip=frozenset(), resumed=False):
+        if plan.kind == "failover":
+            self.started = plan.rule
+            await self.gate.wait()
+        return await super().run(plan_id, plan, skip=skip, resumed=resumed)
+
+
+async def test_a_plan_running_at_stop_still_reports_its_outcome(tmp_path):
+    """Stop while a failover runs: the controller waits for it and takes in its outcome. A
+    failover that promoted nothing must leave no quarantine in the journal: after a restart
+    the still dead primary would otherwise never be failed over."""
+    from hacontrol.flavors.base import IoState
+    from hacontrol.journal import Journal
+
+    dead_io = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "x"}
+    executor = GatedExecutor(ok=False, done_actions=("RouteFence",))
+    queue: asyncio.Queue = asyncio.Queue()
+    journal = Journal(tmp_path / "journal.jsonl")
+    now = [0.0]
+    controller = Controller(
+        S,
+        JsonLog("t", stream=io.StringIO()),
+        queue,
+        executor=executor,
+        journal=journal,
+        clock=lambda: now[0],
+    )
+    for t in (1.0, 2.0, 3.0):
+        now[0] = t
+        for event in (primary(at=t), replica("node2", t), replica("node3", t), router(at=t)):
+            controller.handle(event)
+    t = 4.0
+    while executor.started is None and t < 20:
+        now[0] = t
+        for event in (
+            down("node1", t),
+            replica("node2", t, **dead_io),
+            replica("node3", t, **dead_io),
+            router(at=t),
+        ):
+            controller.handle(event)
+        await asyncio.sleep(0.01)
+        while not queue.empty():  # a reader change may run first
+            controller.handle(queue.get_nowait())
+        t += 1.0
+    assert executor.started == "DeadPrimary"
+    assert "node1" in controller.state.quarantined  # taken when the failover was decided
+    queue.put_nowait(Stop(t, "test"))
+    stopping = asyncio.create_task(controller.run())
+    await asyncio.sleep(0.05)
+    executor.gate.set()
+    await asyncio.wait_for(stopping, 5)
+    assert controller.state.quarantined == {}
+    assert controller.state.halt is not None and controller.state.halt.code == "FailoverFailed"
+    assert Journal(journal.path).load().state["quarantined"] == {}
+    assert executor.plans.count("DeadPrimary") == 1  # nothing new started while stopping
