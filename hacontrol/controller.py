@@ -15,9 +15,6 @@ from dataclasses import replace
 from hacontrol.decide import (
     ControllerState,
     Halt,
-    Notify,
-    Plan,
-    Promote,
     decide,
     plan_maintenance,
     plan_switchover,
@@ -39,6 +36,7 @@ from hacontrol.flavors.base import NodeStatus
 from hacontrol.journal import Intent, Journal, state_from_json, state_to_json
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
+from hacontrol.plan import Notify, Plan, Promote
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code, changes, fold, initial
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hacontrol import decide as d
+from hacontrol import plan as p
 from hacontrol.actions.hooks import HookRunner
 from hacontrol.actions.hooks import describe as describe_hook
 from hacontrol.actions.mysql import MySQLActions
@@ -71,7 +72,7 @@ class Executor:
     async def run(
         self,
         plan_id: str,
-        plan: d.Plan,
+        plan: p.Plan,
         *,
         skip: frozenset[int] = frozenset(),
         resumed: bool = False,
@@ -87,14 +88,14 @@ class Executor:
         timings: dict[str, float] = {}
         failed: str | None = None
         no_return = next(
-            (i for i, a in enumerate(plan.actions) if isinstance(a, d.Promote)), len(plan.actions)
+            (i for i, a in enumerate(plan.actions) if isinstance(a, p.Promote)), len(plan.actions)
         )
         for index, action in enumerate(plan.actions):
             if index in skip:
                 continue
             name = type(action).__name__
             t0 = self._clock()
-            if journaled and isinstance(action, d.Promote):
+            if journaled and isinstance(action, p.Promote):
                 assert self.journal is not None  # a crash inside Promote must be known as such
                 self.journal.step_started(plan_id, index)
             try:
@@ -168,11 +169,11 @@ class Executor:
         )
 
     async def _rollback(
-        self, plan_id: str, plan: d.Plan, why: str, promote_failed: bool = False
+        self, plan_id: str, plan: p.Plan, why: str, promote_failed: bool = False
     ) -> str:
         """Undo a plan stopped before its point of no return; every step is attempted."""
         if promote_failed and plan.kind == "switchover":
-            candidate = next(a.node for a in plan.actions if isinstance(a, d.Promote))
+            candidate = next(a.node for a in plan.actions if isinstance(a, p.Promote))
             try:
                 status = await self.mysql.status(candidate)
             except Exception as exc:
@@ -182,14 +183,14 @@ class Executor:
                 return f"NOT rolled back: the candidate {candidate} is writable"
         results = []
         for action in plan.rollback:
-            if isinstance(action, d.SetIOThreads) and action.running:
+            if isinstance(action, p.SetIOThreads) and action.running:
                 # Start again only the IO threads this plan stopped (not an operator's).
                 nodes = tuple(n for n in action.nodes if n in self._stopped_io)
                 if not nodes:
                     continue
-                action = d.SetIOThreads(nodes, running=True, required=action.required)
-            if isinstance(action, d.Notify):
-                action = d.Notify(
+                action = p.SetIOThreads(nodes, running=True, required=action.required)
+            if isinstance(action, p.Notify):
+                action = p.Notify(
                     action.kind,
                     action.node,
                     action.summary,
@@ -213,23 +214,23 @@ class Executor:
         return ", ".join(results)
 
     async def _do(
-        self, action: d.Action, plan: d.Plan, started: float, timings: dict[str, float]
+        self, action: p.Action, plan: p.Plan, started: float, timings: dict[str, float]
     ) -> Outcome:
         timeout = self.settings.failover.action_timeout
         match action:
-            case d.RouteFence(node=node):
+            case p.RouteFence(node=node):
                 if self.router is None:
                     return Outcome(True, False, "no router")
                 current = await self.router.read()
                 desired = fenced(current, node)
                 changed = await self.router.apply(desired, allow_no_writer=True)
                 return Outcome(True, changed, f"{node} out of the writer and reader groups")
-            case d.Route(desired=desired, hidden_change=hidden_change):
+            case p.Route(desired=desired, hidden_change=hidden_change):
                 if self.router is None:
                     return Outcome(True, False, "no router")
                 changed = await self.router.apply(desired, allow_hidden_change=hidden_change)
                 return Outcome(True, changed, f"router: {desired.to_json()}")
-            case d.SetIOThreads(nodes=nodes, running=running):
+            case p.SetIOThreads(nodes=nodes, running=running):
                 results = await asyncio.gather(
                     *(self.mysql.set_io_thread(n, running, timeout) for n in nodes)
                 )
@@ -242,18 +243,18 @@ class Executor:
                     any(r.changed for r in results),
                     "; ".join(bad) or f"IO threads {verb} on {', '.join(nodes)}",
                 )
-            case d.CheckTransactions(node=node, max_age=max_age):
+            case p.CheckTransactions(node=node, max_age=max_age):
                 return _outcome(await self.mysql.check_transactions(node, max_age, timeout))
-            case d.CatchUp(node=node, source=source, timeout=wait):
+            case p.CatchUp(node=node, source=source, timeout=wait):
                 src = self.settings.node(source)
                 return _outcome(await self.mysql.catch_up(node, src.host, src.port, wait))
-            case d.SetWritable(node=node, on=on, semi_sync_source=semi_sync):
+            case p.SetWritable(node=node, on=on, semi_sync_source=semi_sync):
                 return _outcome(
                     await self.mysql.set_writable(node, on, timeout, semi_sync_source=semi_sync)
                 )
-            case d.WaitApplied(node=node, timeout=wait):
+            case p.WaitApplied(node=node, timeout=wait):
                 return _outcome(await self.mysql.wait_applied(node, wait))
-            case d.Promote(node=node, old_primary=old):
+            case p.Promote(node=node, old_primary=old):
                 src = self.settings.node(old)
                 result = await self.mysql.promote(node, src.host, src.port, timeout)
                 if not result.ok and self._resuming and "half-done promotion" in result.reason:
@@ -269,7 +270,7 @@ class Executor:
                         f"finished a half-done promotion: {finished.reason}",
                     )
                 return _outcome(result)
-            case d.Repoint(nodes=nodes, new_primary=new):
+            case p.Repoint(nodes=nodes, new_primary=new):
                 if not nodes:
                     return Outcome(True, False, "no other replica")
                 src = self.settings.node(new)
@@ -282,12 +283,12 @@ class Executor:
                     any(r.changed for r in results),
                     "; ".join(bad) or f"{', '.join(nodes)} replicate from {new}",
                 )
-            case d.Fence(node=node):
+            case p.Fence(node=node):
                 return _outcome(await self.mysql.fence(node, timeout))
-            case d.Rejoin(node=node, new_primary=new):
+            case p.Rejoin(node=node, new_primary=new):
                 src = self.settings.node(new)
                 return _outcome(await self.mysql.rejoin(node, src.host, src.port, timeout))
-            case d.Hook(phase=phase, context=context, required=required):
+            case p.Hook(phase=phase, context=context, required=required):
                 if self.hooks is None:
                     return Outcome(True, False, "no hook runner")
                 if not required:  # only a veto (pre_failover) may delay a plan
@@ -295,12 +296,12 @@ class Executor:
                     return Outcome(True, False, f"{phase} hook started in the background")
                 result = await self.hooks.run(phase, dict(context))
                 return Outcome(result.ok or not result.ran, result.ran, describe_hook(result))
-            case d.Notify():
+            case p.Notify():
                 self._notify(action, plan, timings)
                 return Outcome(True, False, "alert sent to the notifier")
         raise TypeError(f"unknown action {action!r}")
 
-    def notify(self, action: d.Notify, plan: d.Plan) -> None:
+    def notify(self, action: p.Notify, plan: p.Plan) -> None:
         """An alert outside a running plan (halts, refusals): never blocks. A halt also runs
         the ``on_halt`` hook, in the background."""
         self._notify(action, plan, {})
@@ -313,7 +314,7 @@ class Executor:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _notify(self, action: d.Notify, plan: d.Plan, timings: dict[str, float]) -> None:
+    def _notify(self, action: p.Notify, plan: p.Plan, timings: dict[str, float]) -> None:
         sections = list(action.sections)
         if plan.kind in ("failover", "switchover") and timings:
             lines = [f"{name:<12} +{seconds:.3f} s" for name, seconds in timings.items()]
@@ -345,11 +346,11 @@ def _outcome(result) -> Outcome:  # ActionResult from actions/mysql.py
     return Outcome(result.ok, result.changed, result.reason)
 
 
-def _target(action: d.Action) -> str | None:
+def _target(action: p.Action) -> str | None:
     for attr in ("node",):
         if hasattr(action, attr):
             return getattr(action, attr)
-    if isinstance(action, d.Repoint):
+    if isinstance(action, p.Repoint):
         return ",".join(action.nodes)
     return None
 

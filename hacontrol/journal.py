@@ -23,29 +23,30 @@ from pathlib import Path
 from typing import Any
 
 from hacontrol import decide as d
+from hacontrol import plan as p
 from hacontrol.routing import Membership
 
 ACTION_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
-        d.RouteFence,
-        d.Route,
-        d.WaitApplied,
-        d.Promote,
-        d.Repoint,
-        d.Fence,
-        d.Rejoin,
-        d.SetIOThreads,
-        d.CheckTransactions,
-        d.CatchUp,
-        d.SetWritable,
-        d.Hook,
-        d.Notify,
+        p.RouteFence,
+        p.Route,
+        p.WaitApplied,
+        p.Promote,
+        p.Repoint,
+        p.Fence,
+        p.Rejoin,
+        p.SetIOThreads,
+        p.CheckTransactions,
+        p.CatchUp,
+        p.SetWritable,
+        p.Hook,
+        p.Notify,
     )
 }
 
 
-def action_to_json(action: d.Action) -> dict[str, Any]:
+def action_to_json(action: p.Action) -> dict[str, Any]:
     out: dict[str, Any] = {"type": type(action).__name__}
     for f in fields(action):
         value = getattr(action, f.name)
@@ -57,7 +58,7 @@ def action_to_json(action: d.Action) -> dict[str, Any]:
     return out
 
 
-def action_from_json(data: dict[str, Any]) -> d.Action:
+def action_from_json(data: dict[str, Any]) -> p.Action:
     data = dict(data)
     cls = ACTION_TYPES[data.pop("type")]
     kwargs: dict[str, Any] = {}
@@ -77,7 +78,7 @@ def action_from_json(data: dict[str, Any]) -> d.Action:
     return cls(**kwargs)
 
 
-def plan_to_json(plan: d.Plan) -> dict[str, Any]:
+def plan_to_json(plan: p.Plan) -> dict[str, Any]:
     return {
         "kind": plan.kind,
         "rule": plan.rule,
@@ -88,8 +89,8 @@ def plan_to_json(plan: d.Plan) -> dict[str, Any]:
     }
 
 
-def plan_from_json(record: dict[str, Any]) -> d.Plan:
-    return d.Plan(
+def plan_from_json(record: dict[str, Any]) -> p.Plan:
+    return p.Plan(
         record["rule"],
         record["reason"],
         tuple(action_from_json(a) for a in record["actions"]),
@@ -102,14 +103,14 @@ def plan_from_json(record: dict[str, Any]) -> d.Plan:
 @dataclass(frozen=True)
 class Intent:
     plan_id: str
-    plan: d.Plan
+    plan: p.Plan
     done: frozenset[int] = field(default_factory=frozenset)
     started: frozenset[int] = field(default_factory=frozenset)
     """Steps that began (Promote only): a crash inside one is known as such."""
 
-    def remaining(self) -> d.Plan:
+    def remaining(self) -> p.Plan:
         actions = tuple(a for i, a in enumerate(self.plan.actions) if i not in self.done)
-        return d.Plan(
+        return p.Plan(
             self.plan.rule,
             f"resuming after a controller restart: {self.plan.reason}",
             actions,
@@ -138,7 +139,7 @@ class Journal:
         if new:
             _fsync_dir(self.path.parent)
 
-    def begin(self, plan_id: str, plan: d.Plan) -> None:
+    def begin(self, plan_id: str, plan: p.Plan) -> None:
         self._append({"type": "begin", "id": plan_id, **plan_to_json(plan)})
 
     def step_started(self, plan_id: str, index: int) -> None:

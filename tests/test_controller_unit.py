@@ -177,8 +177,8 @@ async def test_failed_failover_leaves_no_quarantine_and_ack_clears_the_halt():
 
 
 def test_journal_knows_a_promote_that_started_but_did_not_finish(tmp_path):
-    from hacontrol.decide import Plan, Promote, WaitApplied
     from hacontrol.journal import Journal
+    from hacontrol.plan import Plan, Promote, WaitApplied
 
     journal = Journal(tmp_path / "j.jsonl")
     plan = Plan(

@@ -6,23 +6,20 @@ from dataclasses import replace
 
 import pytest
 
-from hacontrol.decide import (
-    ControllerState,
+from hacontrol.decide import ControllerState, Halt, Quarantined, decide
+from hacontrol.events import ProbeResult
+from hacontrol.flavors.base import IoState
+from hacontrol.plan import (
     Fence,
-    Halt,
     Notify,
     Promote,
-    Quarantined,
     Rejoin,
     Repoint,
     Route,
     RouteFence,
     SetIOThreads,
     WaitApplied,
-    decide,
 )
-from hacontrol.events import ProbeResult
-from hacontrol.flavors.base import IoState
 from hacontrol.routing import Membership
 from hacontrol.view import ClusterView, Code, fold, initial
 from tests.factories import down, primary, replica, router, settings, status
@@ -448,7 +445,8 @@ def test_membership_values_are_exact():
 
 
 def test_switchover_plan_order_rollback_and_deadline():
-    from hacontrol.decide import CatchUp, CheckTransactions, SetWritable, plan_switchover
+    from hacontrol.decide import plan_switchover
+    from hacontrol.plan import CatchUp, CheckTransactions, SetWritable
 
     plan = plan_switchover(healthy(), ControllerState(), S, "node2", NOW)
     assert not isinstance(plan, str), plan

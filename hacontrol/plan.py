@@ -1,0 +1,169 @@
+"""The vocabulary of the core: actions, plans and their kinds.
+
+Actions are values the executor runs in order. Each names its own precondition in its
+docstring; the executor's implementation re-checks it on fresh data before changing anything.
+A plan is a rule's answer: its actions, in order, with the rule's name and a one-line reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hacontrol.routing import Membership
+
+
+@dataclass(frozen=True)
+class RouteFence:
+    """Take ``node`` out of the router's writer and reader groups (no writer for a moment)."""
+
+    node: str
+    required: bool = False  # a dead primary takes no writes anyway: failure is logged, not fatal
+
+
+@dataclass(frozen=True)
+class Route:
+    """Make the router do ``desired`` (exactly one writer)."""
+
+    desired: Membership
+    required: bool = True
+    hidden_change: bool = False
+    """An operator's maintenance command: the hidden group may change (never otherwise)."""
+
+
+@dataclass(frozen=True)
+class WaitApplied:
+    """Wait until ``node`` applied everything it received from its source."""
+
+    node: str
+    timeout: float
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Make ``node`` (still a replica of ``old_primary``) the primary: writable, no source."""
+
+    node: str
+    old_primary: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Repoint:
+    """Make every node of ``nodes`` replicate from ``new_primary`` (GTID), concurrently."""
+
+    nodes: tuple[str, ...]
+    new_primary: str
+    required: bool = False  # a replica that cannot be repointed ends up in broken, not a halt
+
+
+@dataclass(frozen=True)
+class Fence:
+    """``read_only=ON`` on ``node`` and its application connections killed."""
+
+    node: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Rejoin:
+    """Make the fenced old primary ``node`` a replica of ``new_primary``, if not errant."""
+
+    node: str
+    new_primary: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class SetIOThreads:
+    """Stop (or start) the IO thread of every node of ``nodes``, concurrently."""
+
+    nodes: tuple[str, ...]
+    running: bool
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class CheckTransactions:
+    """Switchover pre-flight on the live primary: no transaction older than ``max_age``."""
+
+    node: str
+    max_age: float
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """Wait until replica ``node`` executed everything ``source`` (now read-only) wrote."""
+
+    node: str
+    source: str
+    timeout: float
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class SetWritable:
+    """``read_only`` OFF (``on``) or ON on ``node``: the rollback of a switchover."""
+
+    node: str
+    on: bool
+    required: bool = True
+    semi_sync_source: bool | None = None
+    """With ``on``: the semi-sync source setting to restore (the fence turned it off)."""
+
+
+@dataclass(frozen=True)
+class Hook:
+    """Run the operator's command for ``phase`` (when configured) with ``context``.
+
+    ``required``: a non-zero exit (or a timeout) stops the plan: ``pre_failover`` is a veto."""
+
+    phase: str
+    context: tuple[tuple[str, str], ...] = ()
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Notify:
+    kind: str
+    node: str | None
+    summary: str
+    reason: str
+    sections: tuple[tuple[str, str], ...] = ()
+    required: bool = False
+
+
+Action = (
+    RouteFence
+    | Route
+    | WaitApplied
+    | Promote
+    | Repoint
+    | Fence
+    | Rejoin
+    | SetIOThreads
+    | CheckTransactions
+    | CatchUp
+    | SetWritable
+    | Hook
+    | Notify
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    rule: str
+    reason: str
+    actions: tuple[Action, ...] = ()
+    kind: str = "none"
+    """failover | switchover | rejoin | fence | route | maintenance | halt | alert | none.
+    Multi-step kinds are journaled."""
+    deadline: float | None = None
+    """Seconds from the start: past it, before the first Promote, the plan rolls back."""
+    rollback: tuple[Action, ...] = ()
+    """Run when the plan stops before its first Promote (switchover)."""
+
+    @property
+    def changes_cluster(self) -> bool:
+        return any(not isinstance(a, Notify) for a in self.actions)
