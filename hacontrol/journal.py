@@ -20,30 +20,14 @@ import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from hacontrol import decide as d
 from hacontrol import plan as p
 from hacontrol.routing import Membership
 
-ACTION_TYPES: dict[str, type] = {
-    cls.__name__: cls
-    for cls in (
-        p.RouteFence,
-        p.Route,
-        p.WaitApplied,
-        p.Promote,
-        p.Repoint,
-        p.Fence,
-        p.Rejoin,
-        p.SetIOThreads,
-        p.CheckTransactions,
-        p.CatchUp,
-        p.SetWritable,
-        p.Hook,
-        p.Notify,
-    )
-}
+ACTION_TYPES: dict[str, type] = {cls.__name__: cls for cls in get_args(p.Action)}
+"""Every action type by name: the ``Action`` union is the one list of them."""
 
 
 def action_to_json(action: p.Action) -> dict[str, Any]:
@@ -70,12 +54,13 @@ def action_from_json(data: dict[str, Any]) -> p.Action:
             value = Membership.of(
                 value["writers"], value["readers"], value["broken"], value["hidden"]
             )
-        elif f.name == "nodes":
-            value = tuple(value)
-        elif f.name == "sections":
-            value = tuple((a, b) for a, b in value)
-        kwargs[f.name] = value
+        kwargs[f.name] = _tuples(value)
     return cls(**kwargs)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples (of tuples) actions hold."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def plan_to_json(plan: p.Plan) -> dict[str, Any]:

@@ -296,3 +296,45 @@ async def test_a_plan_running_at_stop_still_reports_its_outcome(tmp_path):
     assert controller.state.halt is not None and controller.state.halt.code == "FailoverFailed"
     assert Journal(journal.path).load().state["quarantined"] == {}
     assert executor.plans.count("DeadPrimary") == 1  # nothing new started while stopping
+
+
+def test_journal_round_trips_every_action_type():
+    from typing import get_args
+
+    from hacontrol.journal import action_from_json, action_to_json
+    from hacontrol.plan import (
+        Action,
+        CatchUp,
+        CheckTransactions,
+        Fence,
+        Hook,
+        Notify,
+        Promote,
+        Rejoin,
+        Repoint,
+        Route,
+        RouteFence,
+        SetIOThreads,
+        SetWritable,
+        WaitApplied,
+    )
+    from hacontrol.routing import Membership
+
+    examples = [
+        RouteFence("node1", required=True),
+        Route(Membership.of(["node2"], ["node2", "node3"], ["node1"], ["node4"]), False, True),
+        WaitApplied("node2", 5.0),
+        Promote("node2", "node1"),
+        Repoint(("node3", "node4"), "node2"),
+        Fence("node1"),
+        Rejoin("node1", "node2", required=False),
+        SetIOThreads(("node2", "node3"), running=False),
+        CheckTransactions("node1", 5.0),
+        CatchUp("node2", "node1", 10.0),
+        SetWritable("node1", True, semi_sync_source=True),
+        Hook("pre_failover", (("phase", "pre_failover"), ("old_primary", "node1")), True),
+        Notify("failover", "node1", "s", "r", (("candidates", "table"),)),
+    ]
+    assert {type(a) for a in examples} == set(get_args(Action))  # every type, once
+    for action in examples:
+        assert action_from_json(json.loads(json.dumps(action_to_json(action)))) == action
