@@ -36,7 +36,7 @@ from hacontrol.flavors.base import NodeStatus
 from hacontrol.journal import Intent, Journal, state_from_json, state_to_json
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
-from hacontrol.plan import Notify, Plan, Promote
+from hacontrol.plan import Notify, Plan, PlanKind, Promote
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code, changes, fold, initial
 
@@ -265,7 +265,7 @@ class Controller:
         dead = next((a.old_primary for a in plan.actions if isinstance(a, Promote)), None)
         still_dead = self.view.has(Code.DEAD_PRIMARY) and self.view.primary == dead
         promoting = promote_at in intent.done or promote_at in intent.started
-        if promoting or (plan.kind == "failover" and still_dead):
+        if promoting or (plan.kind is PlanKind.FAILOVER and still_dead):
             self._log_decision(intent.remaining(), force=True)
             self._start(intent.plan_id, plan, skip=intent.done, resumed=True)
             return
@@ -277,7 +277,7 @@ class Controller:
                 f"rolling back a {plan.kind} cut before promotion by a controller restart: "
                 f"{plan.reason}",
                 plan.rollback,
-                "rollback",
+                PlanKind.ROLLBACK,
             )
             self._log_decision(rollback, force=True)
             self._start(f"{intent.plan_id}-rollback", rollback)
@@ -303,7 +303,7 @@ class Controller:
         self.log.emit(
             "plan_started",
             None,
-            "warning" if plan.kind == "failover" else "info",
+            "warning" if plan.kind is PlanKind.FAILOVER else "info",
             plan=plan_id,
             rule=plan.rule,
             kind=plan.kind,
@@ -332,7 +332,7 @@ class Controller:
         self._current = plan_id
         self._plans[plan_id] = plan
         self._skips[plan_id] = skip
-        if plan.kind == "failover" and self._primary_failing_since is not None:
+        if plan.kind is PlanKind.FAILOVER and self._primary_failing_since is not None:
             self._detect_seconds[plan_id] = self._clock() - self._primary_failing_since
 
     # -- operator commands ------------------------------------------------------------------
@@ -444,7 +444,7 @@ class Controller:
                 touched.add("router")
             elif step.target:
                 touched.update(t for t in step.target.split(",") if t in self.view.nodes)
-        if plan is not None and plan.kind == "failover":
+        if plan is not None and plan.kind is PlanKind.FAILOVER:
             touched |= set(self.view.nodes)
         if self.settings.router.kind == "none":
             touched.discard("router")
@@ -466,7 +466,7 @@ class Controller:
         state = self.state
         plan = self._plans.pop(event.plan_id, None)
         if not event.ok:
-            if event.kind == "failover":
+            if event.kind == PlanKind.FAILOVER:
                 reason = f"failover stopped: {event.reason}"
                 state = replace(state, halt=Halt("FailoverFailed", reason, now))
                 skipped = self._skips.pop(event.plan_id, frozenset())
@@ -487,11 +487,11 @@ class Controller:
                 if self.executor is not None:
                     self.executor.notify(
                         Notify("halt", None, "HALT: failover failed", reason),
-                        Plan("FailoverFailed", reason, kind="halt"),
+                        Plan("FailoverFailed", reason, kind=PlanKind.HALT),
                     )
-            elif event.kind == "route":
+            elif event.kind == PlanKind.ROUTE:
                 state = replace(state, route_retry_at=now + 2 * self.settings.probes.interval)
-            elif event.kind in ("rejoin", "fence", "repoint"):
+            elif event.kind in (PlanKind.REJOIN, PlanKind.FENCE, PlanKind.REPOINT):
                 node = next((s.target for s in event.steps if s.target), None)
                 if node:
                     retry = {**state.retry_at, f"{event.kind}:{node}": now + 30.0}
@@ -504,7 +504,7 @@ class Controller:
                                 f"{event.kind} failed",
                                 f"{event.reason}; retried in 30 s",
                             ),
-                            Plan(event.rule, event.reason, kind="alert"),
+                            Plan(event.rule, event.reason, kind=PlanKind.ALERT),
                         )
         self._set_state(state)
         if (cmd := self._waiting.pop(event.plan_id, None)) is not None:

@@ -26,6 +26,7 @@ from hacontrol.plan import (
     Hook,
     Notify,
     Plan,
+    PlanKind,
     Promote,
     Rejoin,
     Repoint,
@@ -353,7 +354,7 @@ def rule_no_quorum(view, state, settings, now) -> Decision | None:
     if view.quorum.ok:
         return None
     reason = next(p.reason for p in view.problems if p.code is Code.NO_QUORUM)
-    plan = Plan(Code.NO_QUORUM.value, f"no change without quorum: {reason}", kind="alert")
+    plan = Plan(Code.NO_QUORUM.value, f"no change without quorum: {reason}", kind=PlanKind.ALERT)
     alert = Notify("no_quorum", None, "no quorum, automatic changes stopped", reason)
     return _alert_once(state, "NoQuorum", plan, alert)
 
@@ -392,7 +393,7 @@ def rule_fence_returning_primary(view, state, settings, now) -> Decision | None:
                     f"old primary {name} is back and writable; {q.new_primary} is "
                     "the primary now: set it read_only before anything else",
                     (Fence(name),),
-                    kind="fence",
+                    kind=PlanKind.FENCE,
                 ),
                 state,
             )
@@ -419,7 +420,7 @@ def rule_two_writers(view, state, settings, now) -> Decision | None:
         problem.code.value,
         f"halted: {problem.reason}; no automatic change until an "
         "operator leaves exactly one writer",
-        kind="halt",
+        kind=PlanKind.HALT,
     )
     alert = Notify(
         "halt",
@@ -436,7 +437,7 @@ def _paused(withheld: Plan, state: ControllerState) -> Decision:
     plan = Plan(
         "Paused",
         f"paused by an operator: not doing {withheld.rule} ({withheld.reason})",
-        kind="alert",
+        kind=PlanKind.ALERT,
     )
     alert = Notify("paused_change_withheld", None, f"paused: {withheld.rule} withheld", plan.reason)
     return _alert_once(state, f"paused:{withheld.rule}", plan, alert)
@@ -446,7 +447,11 @@ def rule_halted(view, state, settings, now) -> Decision | None:
     if state.halt is None:
         return None
     return Decision(
-        Plan("Halted", f"halted since {state.halt.since:.1f}: {state.halt.reason}", kind="halt"),
+        Plan(
+            "Halted",
+            f"halted since {state.halt.since:.1f}: {state.halt.reason}",
+            kind=PlanKind.HALT,
+        ),
         state,
     )
 
@@ -466,7 +471,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
             f"{dead} is dead but a failover happened "
             f"{now - (state.last_failover_at or now):.0f} s ago: blocked for {left:.0f} s "
             "more unless acknowledged (anti-flapping)",
-            kind="alert",
+            kind=PlanKind.ALERT,
         )
         alert = Notify(
             "failover_blocked",
@@ -480,7 +485,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
     table = candidate_table(ranked)
     if not ranked or not ranked[0].eligible:
         reason = f"{dead} is dead and no replica can be promoted"
-        plan = Plan("NoCandidate", f"halted: {reason}", kind="halt")
+        plan = Plan("NoCandidate", f"halted: {reason}", kind=PlanKind.HALT)
         alert = Notify(
             "no_candidate",
             dead,
@@ -498,7 +503,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
             f"no failover: the best candidate {best} lacks "
             f"transactions other replicas hold ({missing}); promoting it would lose "
             "them (an operator must catch it up or choose)",
-            kind="alert",
+            kind=PlanKind.ALERT,
         )
         alert = Notify(
             "candidate_incomplete",
@@ -517,7 +522,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
     context = (
         ("old_primary", dead),
         ("new_primary", best),
-        ("kind", "failover"),
+        ("kind", PlanKind.FAILOVER.value),
         ("reason", problem.reason),
     )
     reason = (
@@ -559,7 +564,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
     # IO threads back, so that they testify again about the primary.
     rollback = (SetIOThreads(replicas, running=True),)
     return Decision(
-        Plan("DeadPrimary", reason, actions, kind="failover", rollback=rollback), new_state
+        Plan("DeadPrimary", reason, actions, kind=PlanKind.FAILOVER, rollback=rollback), new_state
     )
 
 
@@ -575,13 +580,15 @@ def rule_no_primary(view, state, settings, now) -> Decision | None:
                 f"{primary} is the primary (its replicas follow it) but read_only=ON: "
                 "writes fail; no automatic change (set it writable, or switch over)"
             )
-            plan = Plan("PrimaryIsReadOnly", reason, kind="alert")
+            plan = Plan("PrimaryIsReadOnly", reason, kind=PlanKind.ALERT)
             alert = Notify("primary_read_only", primary, "the primary is read-only", reason)
             return _alert_once(state, "no_primary:", plan, alert)
     if problem is None:
         return None
     plan = Plan(
-        Code.NO_PRIMARY.value, f"no change: no primary can be named: {problem.reason}", kind="alert"
+        Code.NO_PRIMARY.value,
+        f"no change: no primary can be named: {problem.reason}",
+        kind=PlanKind.ALERT,
     )
     alert = Notify(
         "no_primary",
@@ -597,7 +604,9 @@ def rule_unreachable_primary(view, state, settings, now) -> Decision | None:
     problem = next((p for p in view.problems if p.code is Code.UNREACHABLE_PRIMARY), None)
     if problem is None:
         return None
-    plan = Plan(Code.UNREACHABLE_PRIMARY.value, f"no failover: {problem.reason}", kind="alert")
+    plan = Plan(
+        Code.UNREACHABLE_PRIMARY.value, f"no failover: {problem.reason}", kind=PlanKind.ALERT
+    )
     key = f"unreachable:{problem.node}"
     since = state.first_seen.get(key)
     if since is None or now - since < settings.failover.io_stall:
@@ -656,7 +665,7 @@ def rule_old_primary(view, state, settings, now) -> Decision | None:
                 "ErrantOldPrimary",
                 f"old primary {name} has errant transactions {detail}: kept in broken; "
                 "an operator must repair it (never RESET MASTER automatically)",
-                kind="alert",
+                kind=PlanKind.ALERT,
             )
             alert = Notify(
                 "errant_transactions",
@@ -678,7 +687,7 @@ def rule_old_primary(view, state, settings, now) -> Decision | None:
                 f"old primary {name} has no errant transactions ({mine} within "
                 f"{theirs}): rejoin it as a replica of {primary}",
                 (Rejoin(name, primary),),
-                kind="rejoin",
+                kind=PlanKind.REJOIN,
             ),
             state,
         )
@@ -749,7 +758,7 @@ def rule_repoint_stray(view, state, settings, now) -> Decision | None:
                 "RepointStray",
                 f"{name} replicates from {source}, which is not the primary {primary}: repoint it",
                 (Repoint((name,), primary),),
-                kind="repoint",
+                kind=PlanKind.REPOINT,
             ),
             state,
         )
@@ -773,7 +782,7 @@ def rule_route(view, state, settings, now) -> Decision | None:
             "RouterWriterMismatch",
             f"not moving the router's writer "
             f"{sorted(current.writers)} to {new}: {why}; an operator must decide",
-            kind="alert",
+            kind=PlanKind.ALERT,
         )
         alert = Notify(
             "router_writer_mismatch",
@@ -789,7 +798,7 @@ def rule_route(view, state, settings, now) -> Decision | None:
         f"router differs from the topology: writers {writers} -> "
         f"{sorted(desired.writers)}, readers {readers} -> {sorted(desired.readers)}"
     )
-    return Decision(Plan("RouteReconcile", reason, (Route(desired),), kind="route"), state)
+    return Decision(Plan("RouteReconcile", reason, (Route(desired),), kind=PlanKind.ROUTE), state)
 
 
 RULES: tuple[tuple[str, Rule], ...] = (
@@ -938,7 +947,7 @@ def plan_switchover(
         *hooks(
             settings,
             "post_switchover",
-            (("old_primary", old), ("new_primary", new), ("kind", "switchover")),
+            (("old_primary", old), ("new_primary", new), ("kind", PlanKind.SWITCHOVER.value)),
         ),
         Notify(
             "switchover",
@@ -952,7 +961,7 @@ def plan_switchover(
         "Switchover",
         f"switchover from {old} to {new} requested by an operator",
         actions,
-        kind="switchover",
+        kind=PlanKind.SWITCHOVER,
         deadline=deadline,
         rollback=rollback,
     )
@@ -977,7 +986,7 @@ def plan_maintenance(
         return Plan(
             "Maintenance",
             f"{node} maintenance {'on' if on else 'off'} (no router change possible now)",
-            kind="maintenance",
+            kind=PlanKind.MAINTENANCE,
         ), new_state
     hidden = (current.hidden | maintenance) - ({node} if not on else set())
     if on:
@@ -991,6 +1000,6 @@ def plan_maintenance(
         "Maintenance",
         f"{node} {verb} at an operator's request",
         (Route(desired, hidden_change=True),),
-        kind="maintenance",
+        kind=PlanKind.MAINTENANCE,
     )
     return plan, new_state

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hacontrol.flavors.base import NodeStatus
+    from hacontrol.plan import PlanKind
     from hacontrol.routing import Membership
 
 
@@ -73,7 +74,7 @@ class PlanFinished:
     at: float
     plan_id: str
     rule: str
-    kind: str
+    kind: PlanKind
     ok: bool
     reason: str
     failed_action: str | None

@@ -28,7 +28,6 @@ from hacontrol.routing import Router, fenced
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView
 
-JOURNALED = frozenset({"failover", "switchover", "rejoin"})
 HALT_KINDS = frozenset({"halt", "no_candidate", "candidate_incomplete"})
 
 
@@ -80,7 +79,7 @@ class Executor:
         started = self._clock()
         self._resuming = resumed
         self._stopped_io = set()
-        journaled = plan.kind in JOURNALED and self.journal is not None
+        journaled = plan.kind.journaled and self.journal is not None
         if journaled and not resumed:
             assert self.journal is not None
             self.journal.begin(plan_id, plan)
@@ -172,7 +171,7 @@ class Executor:
         self, plan_id: str, plan: p.Plan, why: str, promote_failed: bool = False
     ) -> str:
         """Undo a plan stopped before its point of no return; every step is attempted."""
-        if promote_failed and plan.kind == "switchover":
+        if promote_failed and plan.kind is p.PlanKind.SWITCHOVER:
             candidate = next(a.node for a in plan.actions if isinstance(a, p.Promote))
             try:
                 status = await self.mysql.status(candidate)
@@ -316,7 +315,7 @@ class Executor:
 
     def _notify(self, action: p.Notify, plan: p.Plan, timings: dict[str, float]) -> None:
         sections = list(action.sections)
-        if plan.kind in ("failover", "switchover") and timings:
+        if plan.kind in (p.PlanKind.FAILOVER, p.PlanKind.SWITCHOVER) and timings:
             lines = [f"{name:<12} +{seconds:.3f} s" for name, seconds in timings.items()]
             sections.append(("timings (from the decision)", "\n".join(lines)))
             sections.append(("topology after", d.topology_text(self._view())))

@@ -79,7 +79,7 @@ def plan_from_json(record: dict[str, Any]) -> p.Plan:
         record["rule"],
         record["reason"],
         tuple(action_from_json(a) for a in record["actions"]),
-        record["kind"],
+        p.PlanKind(record["kind"]),
         deadline=record.get("deadline"),
         rollback=tuple(action_from_json(a) for a in record.get("rollback", ())),
     )

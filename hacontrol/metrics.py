@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from hacontrol.events import PlanFinished, ProbeResult
+from hacontrol.plan import PlanKind
 from hacontrol.view import ClusterView, Code
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -216,9 +217,9 @@ class Metrics:
         outcome = outcome or plan_outcome(finished)
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
-        if finished.kind == "switchover":
+        if finished.kind == PlanKind.SWITCHOVER:
             self._switchovers.labels(self.cluster, outcome).inc()
-        elif finished.kind == "failover":
+        elif finished.kind == PlanKind.FAILOVER:
             self._failovers.labels(self.cluster, outcome).inc()
             self._phase.clear()  # phases of an older failover must not mix with this one
             for phase, seconds in failover_phases(finished, detect_seconds).items():

@@ -8,6 +8,7 @@ A plan is a rule's answer: its actions, in order, with the rule's name and a one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from hacontrol.routing import Membership
 
@@ -151,14 +152,35 @@ Action = (
 )
 
 
+class PlanKind(StrEnum):
+    """What a plan does; its id starts with it, and the after-plan rules branch on it."""
+
+    FAILOVER = "failover"
+    SWITCHOVER = "switchover"
+    REJOIN = "rejoin"
+    FENCE = "fence"
+    REPOINT = "repoint"
+    ROUTE = "route"
+    MAINTENANCE = "maintenance"
+    ROLLBACK = "rollback"
+    """The rollback of a plan cut before its promotion by a controller restart."""
+    HALT = "halt"
+    """Alerts only, and no automatic change until the condition is gone or acknowledged."""
+    ALERT = "alert"
+    NONE = "none"
+
+    @property
+    def journaled(self) -> bool:
+        """Multi-step plans: journaled before their first step, finished after a crash."""
+        return self in (PlanKind.FAILOVER, PlanKind.SWITCHOVER, PlanKind.REJOIN)
+
+
 @dataclass(frozen=True)
 class Plan:
     rule: str
     reason: str
     actions: tuple[Action, ...] = ()
-    kind: str = "none"
-    """failover | switchover | rejoin | fence | route | maintenance | halt | alert | none.
-    Multi-step kinds are journaled."""
+    kind: PlanKind = PlanKind.NONE
     deadline: float | None = None
     """Seconds from the start: past it, before the first Promote, the plan rolls back."""
     rollback: tuple[Action, ...] = ()
