@@ -12,13 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from hacontrol.decide import (
-    ControllerState,
-    Halt,
-    decide,
-    plan_maintenance,
-    plan_switchover,
-)
+from hacontrol.decide import decide, plan_maintenance, plan_switchover
 from hacontrol.events import (
     CommandResult,
     ConnectionLost,
@@ -36,6 +30,7 @@ from hacontrol.flavors.base import NodeStatus
 from hacontrol.journal import Intent, Journal, state_from_json, state_to_json
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
+from hacontrol.model import ControllerState, Halt
 from hacontrol.plan import Notify, Plan, PlanKind, Promote
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code, changes, fold, initial

@@ -13,11 +13,12 @@ link to it); a candidate is promoted only after it applied everything it receive
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from hacontrol import gtid
 from hacontrol.flavors.base import NodeStatus
+from hacontrol.model import ControllerState, Decision, Halt, Quarantined
 from hacontrol.plan import (
     Action,
     CatchUp,
@@ -39,55 +40,6 @@ from hacontrol.plan import (
 from hacontrol.routing import Membership
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code, Health, NodeView, hidden_nodes, link_alive
-
-# ---------------------------------------------------------------------------------------------
-# Controller state: one explicit record, no hidden flags.
-
-
-@dataclass(frozen=True)
-class Halt:
-    code: str
-    reason: str
-    since: float
-
-
-@dataclass(frozen=True)
-class Quarantined:
-    """An old primary after a failover: kept in broken until rejoined or repaired."""
-
-    node: str
-    new_primary: str
-    since: float
-    errant: str | None = None
-
-
-@dataclass(frozen=True)
-class ControllerState:
-    started_at: float = 0.0
-    halt: Halt | None = None
-    blocked_until: float | None = None
-    """No automatic failover before this time (monotonic) unless acknowledged."""
-    last_failover_at: float | None = None
-    quarantined: Mapping[str, Quarantined] = field(default_factory=dict)
-    alerted: frozenset[str] = frozenset()
-    """Keys of conditions already alerted; a key leaves when its condition is gone."""
-    paused: bool = False
-    """An operator paused automatic changes; observation goes on."""
-    maintenance: frozenset[str] = frozenset()
-    """Nodes an operator put in maintenance through hacontrol (hidden, never promoted)."""
-    route_retry_at: float = 0.0
-    """After a failed router change, the next attempt waits until then."""
-    first_seen: Mapping[str, float] = field(default_factory=dict)
-    """When a condition that alerts only if it lasts was first seen (alert key -> time)."""
-    retry_at: Mapping[str, float] = field(default_factory=dict)
-    """``fence:node`` / ``rejoin:node`` -> not before: a failed action is not hammered."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    plan: Plan
-    state: ControllerState
-
 
 NOTHING = "Nothing"
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args
 
-from hacontrol import decide as d
 from hacontrol import plan as p
+from hacontrol.model import ControllerState, Quarantined
 from hacontrol.routing import Membership
 
 ACTION_TYPES: dict[str, type] = {cls.__name__: cls for cls in get_args(p.Action)}
@@ -220,7 +220,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def state_to_json(state: d.ControllerState, mono_now: float, wall_now: float) -> dict[str, Any]:
+def state_to_json(state: ControllerState, mono_now: float, wall_now: float) -> dict[str, Any]:
     """The part of the state that must survive a restart, in wall-clock time."""
 
     def wall(t: float | None) -> float | None:
@@ -238,15 +238,15 @@ def state_to_json(state: d.ControllerState, mono_now: float, wall_now: float) ->
     }
 
 
-def state_from_json(data: dict[str, Any], mono_now: float, wall_now: float) -> d.ControllerState:
+def state_from_json(data: dict[str, Any], mono_now: float, wall_now: float) -> ControllerState:
     def mono(t: float | None) -> float | None:
         return None if t is None else mono_now + (t - wall_now)
 
     quarantined = {
-        name: d.Quarantined(name, q["new_primary"], mono(q["since"]) or mono_now, q.get("errant"))
+        name: Quarantined(name, q["new_primary"], mono(q["since"]) or mono_now, q.get("errant"))
         for name, q in data.get("quarantined", {}).items()
     }
-    return d.ControllerState(
+    return ControllerState(
         started_at=mono_now,
         paused=bool(data.get("paused", False)),
         maintenance=frozenset(data.get("maintenance", ())),

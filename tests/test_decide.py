@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from hacontrol.decide import ControllerState, Halt, Quarantined, decide
+from hacontrol.decide import decide
 from hacontrol.events import ProbeResult
 from hacontrol.flavors.base import IoState
+from hacontrol.model import ControllerState, Halt, Quarantined
 from hacontrol.plan import (
     Fence,
     Notify,
