@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from hacontrol.decide import decide, plan_maintenance, plan_switchover
+from hacontrol.decide import decide
 from hacontrol.events import (
     CommandResult,
     ConnectionLost,
@@ -32,6 +32,7 @@ from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
 from hacontrol.model import ControllerState, Halt
 from hacontrol.plan import Notify, Plan, PlanKind, Promote
+from hacontrol.rules.commands import plan_maintenance, plan_switchover
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code, changes, fold, initial
 

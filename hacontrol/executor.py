@@ -15,7 +15,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from hacontrol import decide as d
 from hacontrol import plan as p
 from hacontrol.actions.hooks import HookRunner
 from hacontrol.actions.hooks import describe as describe_hook
@@ -25,6 +24,7 @@ from hacontrol.events import PlanFinished, StepResult
 from hacontrol.journal import Journal
 from hacontrol.jsonlog import JsonLog
 from hacontrol.routing import Router, fenced
+from hacontrol.rules.candidates import topology_text
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView
 
@@ -318,7 +318,7 @@ class Executor:
         if plan.kind in (p.PlanKind.FAILOVER, p.PlanKind.SWITCHOVER) and timings:
             lines = [f"{name:<12} +{seconds:.3f} s" for name, seconds in timings.items()]
             sections.append(("timings (from the decision)", "\n".join(lines)))
-            sections.append(("topology after", d.topology_text(self._view())))
+            sections.append(("topology after", topology_text(self._view())))
         alert = Alert(
             action.kind,
             self.settings.cluster.name,

@@ -315,7 +315,7 @@ def run_forever(
 
 def controller_status(controller: Controller, settings: Settings, now: float) -> dict[str, Any]:
     """What /status shows: topology, problems, halt/block/pause, decisions, next candidate."""
-    from hacontrol.decide import candidates
+    from hacontrol.rules.candidates import candidates
     from hacontrol.status import to_json
 
     view, state = controller.view, controller.state

@@ -446,8 +446,8 @@ def test_membership_values_are_exact():
 
 
 def test_switchover_plan_order_rollback_and_deadline():
-    from hacontrol.decide import plan_switchover
     from hacontrol.plan import CatchUp, CheckTransactions, SetWritable
+    from hacontrol.rules.commands import plan_switchover
 
     plan = plan_switchover(healthy(), ControllerState(), S, "node2", NOW)
     assert not isinstance(plan, str), plan
@@ -474,7 +474,7 @@ def test_switchover_plan_order_rollback_and_deadline():
 
 
 def test_switchover_without_target_picks_the_best_candidate():
-    from hacontrol.decide import plan_switchover
+    from hacontrol.rules.commands import plan_switchover
 
     s = settings(
         nodes=[
@@ -530,14 +530,14 @@ SWITCHOVER_REFUSALS = [
     ids=[r[0] for r in SWITCHOVER_REFUSALS],
 )
 def test_switchover_refusals_say_why(name, view, state, target, reason):
-    from hacontrol.decide import plan_switchover
+    from hacontrol.rules.commands import plan_switchover
 
     refusal = plan_switchover(view, state, S, target, NOW)
     assert isinstance(refusal, str) and reason in refusal, refusal
 
 
 def test_switchover_refuses_no_promote_candidate():
-    from hacontrol.decide import plan_switchover
+    from hacontrol.rules.commands import plan_switchover
 
     s = settings(
         nodes=[
@@ -551,7 +551,7 @@ def test_switchover_refuses_no_promote_candidate():
 
 
 def test_maintenance_hides_a_replica_and_brings_it_back():
-    from hacontrol.decide import plan_maintenance
+    from hacontrol.rules.commands import plan_maintenance
 
     plan, state = plan_maintenance(healthy(), ControllerState(), S, "node3", True)
     (route,) = plan.actions
@@ -566,13 +566,13 @@ def test_maintenance_hides_a_replica_and_brings_it_back():
 
 
 def desired_after(state):
-    from hacontrol.decide import desired_membership
+    from hacontrol.rules.routing import desired_membership
 
     return desired_membership(healthy(), state, S)
 
 
 def test_maintenance_refusals():
-    from hacontrol.decide import plan_maintenance
+    from hacontrol.rules.commands import plan_maintenance
 
     assert plan_maintenance(healthy(), ControllerState(), S, "node1", True) == (
         "node1 is the primary: switch over first"

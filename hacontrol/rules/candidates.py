@@ -1,0 +1,195 @@
+"""GTID positions of nodes, the ranking of promotion candidates, and the texts alerts carry.
+
+Pure: what a node executed and received comes from its last probe; the best candidate is the
+one holding most (executed plus received), never ``Seconds_Behind_Master`` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hacontrol import gtid
+from hacontrol.flavors.base import NodeStatus
+from hacontrol.plan import Hook
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView, NodeView, hidden_nodes
+
+
+def executed(status: NodeStatus | None) -> gtid.GtidSet | None:
+    if status is None:
+        return None
+    try:
+        return gtid.parse(status.gtid_executed, status.flavor.value)
+    except ValueError:
+        return None
+
+
+def received(node: NodeView) -> gtid.GtidSet | None:
+    channel = node.channel
+    if channel is None or node.status is None:
+        return None
+    try:
+        return gtid.parse(channel.received_gtid, node.status.flavor.value)
+    except ValueError:
+        return None
+
+
+def errant_against(node: NodeView, others: list[gtid.GtidSet]) -> gtid.GtidSet | None:
+    """Transactions ``node`` executed that no other node has (errant), or None if unknown."""
+    mine = executed(node.status)
+    if mine is None:
+        return None
+    rest = mine
+    for other in others:
+        if other.flavor == mine.flavor:
+            rest = rest - other
+    return rest
+
+
+@dataclass(frozen=True)
+class Candidate:
+    node: str
+    eligible: bool
+    reason: str
+    received_count: int = -1
+    priority: int = 0
+    lag: int | None = None
+    received: str = ""
+
+    def row(self) -> str:
+        verdict = "eligible" if self.eligible else "rejected"
+        lag = "-" if self.lag is None else str(self.lag)
+        return (
+            f"{self.node:<10} {verdict:<9} received={self.received or '-':<20} "
+            f"priority={self.priority:<3} lag={lag:<4} {self.reason}"
+        )
+
+
+def holdings(node: NodeView) -> gtid.GtidSet | None:
+    """Every transaction a node has: executed, plus received into its relay log. None when
+    unreadable or diverged (the two sets name different transactions at one position)."""
+    mine, got = executed(node.status), received(node)
+    if mine is None:
+        return None
+    try:
+        return mine | got if got is not None and got.flavor == mine.flavor else mine
+    except ValueError:
+        return None
+
+
+def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candidate]:
+    """Every replica of ``dead``, ranked: eligible first, then the one holding most (executed
+    plus received: what is in its relay log counts, never Seconds_Behind_Master alone), then
+    priority, then lowest lag. Each with the reason it is eligible or rejected."""
+    hidden = hidden_nodes(view)
+    dead_status = view.nodes[dead].status
+    # What the cluster is known to have from the primary: its last executed set and every
+    # replica's relay log (a node's own relay log included: received is not errant).
+    known = [s for s in (executed(dead_status),) if s is not None]
+    for name, node in view.nodes.items():
+        if name != dead and (got := received(node)) is not None:
+            known.append(got)
+    out: list[Candidate] = []
+    for name in view.replicas_of(dead):
+        node = view.nodes[name]
+        conf = settings.node(name)
+        got = received(node)
+        held = holdings(node)
+        channel = node.channel
+        base = {
+            "node": name,
+            "priority": conf.priority,
+            "lag": channel.seconds_behind if channel else None,
+            "received": str(got) if got is not None else "",
+            "received_count": held.count() if held is not None else -1,
+        }
+        errant = errant_against(node, known)
+        reason = None
+        if not node.reachable:
+            reason = f"not reachable ({node.reason})"
+        elif name in hidden:
+            reason = "hidden by an operator (maintenance)"
+        elif conf.no_promote:
+            reason = "no_promote is set"
+        elif channel is None or not channel.sql_running:
+            reason = "SQL thread not running" + (
+                f" (error {channel.last_sql_errno}: {channel.last_sql_error})"
+                if channel and channel.last_sql_errno
+                else ""
+            )
+        elif got is None:
+            reason = "received GTID position unknown"
+        elif errant is None:
+            reason = "executed GTID set unreadable"
+        elif errant:
+            reason = f"errant transactions {errant}"
+        out.append(Candidate(eligible=reason is None, reason=reason or "ok", **base))
+
+    def rank(c: Candidate) -> tuple:
+        return (
+            not c.eligible,
+            -c.received_count,
+            -c.priority,
+            c.lag if c.lag is not None else float("inf"),
+            c.node,
+        )
+
+    return sorted(out, key=rank)
+
+
+def missing_from(view: ClusterView, best: str, dead: str) -> str | None:
+    """What reachable replicas of ``dead`` hold that ``best`` lacks (possibly acknowledged
+    writes: semi-sync puts them in some replica's relay log, not necessarily the best's)."""
+    mine = holdings(view.nodes[best])
+    if mine is None:
+        return f"{best}'s transactions unreadable"
+    # Only what came from the primary counts (its last executed set, every relay log): a
+    # replica's own errant transactions are not the primary's acknowledged writes.
+    from_primary = executed(view.nodes[dead].status)
+    for node in view.nodes.values():
+        got = received(node)
+        if got is not None and got.flavor == mine.flavor:
+            try:
+                from_primary = got if from_primary is None else from_primary | got
+            except ValueError:
+                return "relay logs of the replicas diverge"
+    gaps = []
+    for name in view.replicas_of(dead):
+        node = view.nodes[name]
+        if name == best or not node.reachable:
+            continue
+        theirs = holdings(node)
+        if theirs is None:
+            gaps.append(f"{name}: unreadable")
+        elif (
+            theirs.flavor == mine.flavor
+            and from_primary is not None
+            and (extra := (theirs & from_primary) - mine)
+        ):
+            gaps.append(f"{name} has {extra}")
+    return "; ".join(gaps) or None
+
+
+def hooks(
+    settings: Settings, phase: str, context: tuple[tuple[str, str], ...], *, required: bool = False
+) -> tuple[Hook, ...]:
+    """A Hook action when the operator configured a command for ``phase``; else nothing."""
+    if not getattr(settings.hooks, phase):
+        return ()
+    return (Hook(phase, (("phase", phase), *context), required),)
+
+
+def candidate_table(rows: list[Candidate]) -> str:
+    return "\n".join(c.row() for c in rows) or "(no replica of the dead primary)"
+
+
+def topology_text(view: ClusterView) -> str:
+    lines = []
+    for name, node in view.nodes.items():
+        role = (
+            "primary"
+            if name == view.primary
+            else (f"replica of {view.sources[name]}" if name in view.sources else "-")
+        )
+        lines.append(f"{name:<10} {node.health.value:<19} {role}")
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""Operator commands: pure planning with pre-flight refusals (a str is a refusal's reason)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hacontrol.model import ControllerState
+from hacontrol.plan import (
+    Action,
+    CatchUp,
+    CheckTransactions,
+    Fence,
+    Notify,
+    Plan,
+    PlanKind,
+    Promote,
+    Rejoin,
+    Repoint,
+    Route,
+    RouteFence,
+    SetWritable,
+)
+from hacontrol.routing import Membership
+from hacontrol.rules.candidates import candidate_table, candidates, hooks, topology_text
+from hacontrol.rules.routing import reader_ok
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView, Health, hidden_nodes
+
+
+def plan_switchover(
+    view: ClusterView, state: ControllerState, settings: Settings, target: str | None, now: float
+) -> Plan | str:
+    """A planned switchover to ``target`` (or the best candidate), or why it is refused."""
+    if not view.quorum.ok:
+        return f"no quorum: {view.quorum.describe()}"
+    if state.halt is not None:
+        return f"halted: {state.halt.reason}"
+    old = view.primary
+    if old is None or not view.nodes[old].reachable:
+        return f"no reachable primary ({view.primary_reason})"
+    status = view.nodes[old].status
+    if status is None or status.read_only:
+        return f"the primary {old} is not writable"
+    if target is not None and target not in view.nodes:
+        return f"unknown node {target!r}"
+    if target == old:
+        return f"{target} is already the primary"
+    ranked = candidates(view, settings, old)
+    table = candidate_table(ranked)
+    chosen = (
+        next((c for c in ranked if c.node == target), None)
+        if target
+        else (ranked[0] if ranked else None)
+    )
+    if chosen is None:
+        return f"{target or 'no node'} is not a replica of the primary {old}"
+    if not chosen.eligible:
+        return f"{chosen.node} cannot be promoted: {chosen.reason}"
+    node = view.nodes[chosen.node]
+    if node.health is not Health.HEALTHY:
+        return f"{chosen.node} is {node.health.value}: {node.reason}"
+    ok, why = reader_ok(
+        view, chosen.node, old, settings.failover.max_lag, settings.failover.io_stall
+    )
+    if not ok:
+        return f"{chosen.node} is too far behind: {why}"
+    new = chosen.node
+    hidden = hidden_nodes(view) | state.maintenance
+    others = tuple(
+        n for n in view.replicas_of(old) if n != new and view.nodes[n].reachable and n not in hidden
+    )
+    readers = {new, old, *others} if settings.router.primary_is_reader else {old, *others}
+    broken = {n for n in view.nodes if n not in readers | hidden | {new}}
+    after = Membership.of([new], readers, broken, hidden)
+    before = view.router.membership
+    deadline = settings.failover.switchover_deadline
+    rollback: tuple[Action, ...] = (
+        SetWritable(old, True, semi_sync_source=status.semi_sync.source_enabled),
+    )
+    if before is not None and len(before.writers) == 1:
+        rollback += (Route(before),)
+    rollback += (
+        Notify(
+            "switchover_rolled_back",
+            old,
+            f"switchover to {new} rolled back",
+            f"{old} is writable and the writer again",
+            (("candidates", table),),
+        ),
+    )
+    actions: tuple[Action, ...] = (
+        CheckTransactions(old, settings.failover.max_transaction_age),
+        RouteFence(old, required=True),
+        Fence(old),
+        CatchUp(new, old, deadline),
+        Promote(new, old),
+        Route(after),  # writers first; semi-sync holds commits until a replica acknowledges
+        Repoint(others, new),
+        Rejoin(old, new, required=False),
+        *hooks(
+            settings,
+            "post_switchover",
+            (("old_primary", old), ("new_primary", new), ("kind", PlanKind.SWITCHOVER.value)),
+        ),
+        Notify(
+            "switchover",
+            old,
+            f"switchover: {new} is the primary, {old} a replica",
+            f"planned switchover requested by an operator from {old} to {new}",
+            (("candidates", table), ("topology before", topology_text(view))),
+        ),
+    )
+    return Plan(
+        "Switchover",
+        f"switchover from {old} to {new} requested by an operator",
+        actions,
+        kind=PlanKind.SWITCHOVER,
+        deadline=deadline,
+        rollback=rollback,
+    )
+
+
+def plan_maintenance(
+    view: ClusterView, state: ControllerState, settings: Settings, node: str | None, on: bool
+) -> tuple[Plan, ControllerState] | str:
+    """Move ``node`` to (on) or from (off) the hidden group, or why it is refused."""
+    if node is None or node not in view.nodes:
+        return f"unknown node {node!r}"
+    if on and node == view.primary:
+        return f"{node} is the primary: switch over first"
+    if on and node in state.maintenance:
+        return f"{node} is already in maintenance"
+    if not on and node not in hidden_nodes(view) | state.maintenance:
+        return f"{node} is not in maintenance"
+    maintenance = state.maintenance | {node} if on else state.maintenance - {node}
+    new_state = replace(state, maintenance=maintenance)
+    current = view.router.membership
+    if settings.router.kind == "none" or current is None or view.primary is None:
+        return Plan(
+            "Maintenance",
+            f"{node} maintenance {'on' if on else 'off'} (no router change possible now)",
+            kind=PlanKind.MAINTENANCE,
+        ), new_state
+    hidden = (current.hidden | maintenance) - ({node} if not on else set())
+    if on:
+        desired = Membership(
+            current.writers - {node}, current.readers - {node}, current.broken - {node}, hidden
+        )
+    else:
+        desired = Membership(current.writers, current.readers, current.broken | {node}, hidden)
+    verb = "hidden (maintenance)" if on else "back from maintenance (broken until healthy)"
+    plan = Plan(
+        "Maintenance",
+        f"{node} {verb} at an operator's request",
+        (Route(desired, hidden_change=True),),
+        kind=PlanKind.MAINTENANCE,
+    )
+    return plan, new_state

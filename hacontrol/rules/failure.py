@@ -1,0 +1,203 @@
+"""A lost primary: fail over, or say why not. Every failover rule is in this file.
+
+The view names the problem (``DeadPrimary`` only when the controller cannot reach the primary
+AND no reachable replica still has a working link to it); these rules turn it into a plan:
+the most advanced eligible replica is promoted after it applied everything it received, the
+others are repointed, the router is fenced first and updated right after the promotion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hacontrol.model import Decision, Quarantined
+from hacontrol.plan import (
+    Action,
+    Notify,
+    Plan,
+    PlanKind,
+    Promote,
+    Repoint,
+    Route,
+    RouteFence,
+    SetIOThreads,
+    WaitApplied,
+)
+from hacontrol.routing import Membership
+from hacontrol.rules.alerts import alert_once
+from hacontrol.rules.candidates import (
+    candidate_table,
+    candidates,
+    hooks,
+    missing_from,
+    topology_text,
+)
+from hacontrol.view import Code, hidden_nodes
+
+
+def rule_dead_primary(view, state, settings, now) -> Decision | None:
+    problem = next((p for p in view.problems if p.code is Code.DEAD_PRIMARY), None)
+    if problem is None:
+        return None
+    dead = problem.node
+    assert dead is not None
+    if dead in state.quarantined:
+        return None  # already failed over; the new primary's replicas show it
+    if state.blocked_until is not None and now < state.blocked_until:
+        left = state.blocked_until - now
+        plan = Plan(
+            "FailoverBlocked",
+            f"{dead} is dead but a failover happened "
+            f"{now - (state.last_failover_at or now):.0f} s ago: blocked for {left:.0f} s "
+            "more unless acknowledged (anti-flapping)",
+            kind=PlanKind.ALERT,
+        )
+        alert = Notify(
+            "failover_blocked",
+            dead,
+            "primary dead, failover blocked",
+            plan.reason,
+            (("topology", topology_text(view)),),
+        )
+        return alert_once(state, f"blocked:{dead}", plan, alert)
+    ranked = candidates(view, settings, dead)
+    table = candidate_table(ranked)
+    if not ranked or not ranked[0].eligible:
+        reason = f"{dead} is dead and no replica can be promoted"
+        plan = Plan("NoCandidate", f"halted: {reason}", kind=PlanKind.HALT)
+        alert = Notify(
+            "no_candidate",
+            dead,
+            "primary dead, NO candidate to promote",
+            problem.reason,
+            (("candidates", table), ("topology", topology_text(view))),
+        )
+        # No stored halt: this is re-evaluated at every decision, so a replica that becomes
+        # eligible (an SQL thread restarted after a backup) is promoted without an operator.
+        return alert_once(state, f"no_candidate:{dead}", plan, alert)
+    best = ranked[0].node
+    if missing := missing_from(view, best, dead):
+        plan = Plan(
+            "CandidateIncomplete",
+            f"no failover: the best candidate {best} lacks "
+            f"transactions other replicas hold ({missing}); promoting it would lose "
+            "them (an operator must catch it up or choose)",
+            kind=PlanKind.ALERT,
+        )
+        alert = Notify(
+            "candidate_incomplete",
+            dead,
+            "primary dead, best candidate incomplete",
+            plan.reason,
+            (("candidates", table), ("topology", topology_text(view))),
+        )
+        return alert_once(state, f"no_candidate:{dead}", plan, alert)
+    others = tuple(c.node for c in ranked[1:] if view.nodes[c.node].reachable)
+    hidden = hidden_nodes(view)
+    readers = {best} if settings.router.primary_is_reader else set()
+    after = Membership.of(
+        [best], readers, {n for n in view.nodes if n not in (best, *hidden)} - readers, hidden
+    )
+    context = (
+        ("old_primary", dead),
+        ("new_primary", best),
+        ("kind", PlanKind.FAILOVER.value),
+        ("reason", problem.reason),
+    )
+    reason = (
+        f"{dead} is dead ({problem.reason}); promoting {best}, the most advanced "
+        f"eligible replica (received {ranked[0].received})"
+    )
+    replicas = (best, *(n for n in others if n not in hidden))  # hidden: the operator's
+    actions: tuple[Action, ...] = (
+        *hooks(settings, "on_failure_detected", context),
+        *hooks(settings, "pre_failover", context, required=True),
+        # Required: a frozen or partitioned "dead" primary may still take writes through the
+        # router; never promote while the router may still send them there.
+        RouteFence(dead, required=True),
+        # The replicas' IO threads may be stuck on a frozen primary until slave_net_timeout:
+        # stop them all at once, not one STOP SLAVE after the other.
+        SetIOThreads(replicas, running=False),
+        WaitApplied(best, settings.failover.apply_timeout),
+        Promote(best, dead),
+        # Writers first: semi-sync on the new primary holds its first commits until a
+        # repointed replica acknowledges, so nothing acknowledged can be lost meanwhile.
+        Route(after),
+        Repoint(others, best),
+        Notify(
+            "failover",
+            dead,
+            f"failover: {best} promoted in place of",
+            problem.reason,
+            (("candidates", table), ("topology before", topology_text(view))),
+        ),
+        *hooks(settings, "post_failover", context),
+    )
+    new_state = replace(
+        state,
+        blocked_until=now + settings.failover.recovery_block,
+        last_failover_at=now,
+        quarantined={**state.quarantined, dead: Quarantined(dead, best, now)},
+    )
+    # Stopped before the promotion (a veto, WaitApplied timed out): give the replicas their
+    # IO threads back, so that they testify again about the primary.
+    rollback = (SetIOThreads(replicas, running=True),)
+    return Decision(
+        Plan("DeadPrimary", reason, actions, kind=PlanKind.FAILOVER, rollback=rollback), new_state
+    )
+
+
+def rule_no_primary(view, state, settings, now) -> Decision | None:
+    """No primary can be named (all read-only, replicas disagree, a topology split): a write
+    outage the controller must not guess its way out of. Alert once, change nothing."""
+    problem = next((p for p in view.problems if p.code is Code.NO_PRIMARY), None)
+    primary = view.primary
+    if problem is None and primary is not None and primary not in state.quarantined:
+        node = view.nodes[primary]
+        if node.reachable and node.status is not None and node.status.read_only:
+            reason = (
+                f"{primary} is the primary (its replicas follow it) but read_only=ON: "
+                "writes fail; no automatic change (set it writable, or switch over)"
+            )
+            plan = Plan("PrimaryIsReadOnly", reason, kind=PlanKind.ALERT)
+            alert = Notify("primary_read_only", primary, "the primary is read-only", reason)
+            return alert_once(state, "no_primary:", plan, alert)
+    if problem is None:
+        return None
+    plan = Plan(
+        Code.NO_PRIMARY.value,
+        f"no change: no primary can be named: {problem.reason}",
+        kind=PlanKind.ALERT,
+    )
+    alert = Notify(
+        "no_primary",
+        None,
+        "no primary can be named: writes may be failing",
+        problem.reason,
+        (("topology", topology_text(view)),),
+    )
+    return alert_once(state, "no_primary:", plan, alert)
+
+
+def rule_unreachable_primary(view, state, settings, now) -> Decision | None:
+    problem = next((p for p in view.problems if p.code is Code.UNREACHABLE_PRIMARY), None)
+    if problem is None:
+        return None
+    plan = Plan(
+        Code.UNREACHABLE_PRIMARY.value, f"no failover: {problem.reason}", kind=PlanKind.ALERT
+    )
+    key = f"unreachable:{problem.node}"
+    since = state.first_seen.get(key)
+    if since is None or now - since < settings.failover.io_stall:
+        # Right after a crash the replicas may not have noticed yet: this is either about to
+        # become DeadPrimary, or a real controller-only partition. Alert only if it lasts.
+        first_seen = {**state.first_seen, key: since if since is not None else now}
+        return Decision(plan, replace(state, first_seen=first_seen))
+    alert = Notify(
+        "unreachable_primary",
+        problem.node,
+        "primary unreachable from the controller only, no failover",
+        problem.reason,
+        (("topology", topology_text(view)),),
+    )
+    return alert_once(state, key, plan, alert)

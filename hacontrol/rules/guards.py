@@ -1,0 +1,86 @@
+"""Guards, first in the rule table: nothing changes before every node was probed, without a
+strict majority, with two writers, or while halted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hacontrol.model import Decision, Halt
+from hacontrol.plan import Notify, Plan, PlanKind
+from hacontrol.rules.alerts import alert_once
+from hacontrol.rules.candidates import topology_text
+from hacontrol.view import Code, Health
+
+
+def rule_no_quorum(view, state, settings, now) -> Decision | None:
+    if view.quorum.ok:
+        return None
+    reason = next(p.reason for p in view.problems if p.code is Code.NO_QUORUM)
+    plan = Plan(Code.NO_QUORUM.value, f"no change without quorum: {reason}", kind=PlanKind.ALERT)
+    alert = Notify("no_quorum", None, "no quorum, automatic changes stopped", reason)
+    return alert_once(state, "NoQuorum", plan, alert)
+
+
+def rule_startup_grace(view, state, settings, now) -> Decision | None:
+    needed = settings.probes.failure_threshold
+    waiting = [
+        n
+        for n, node in view.nodes.items()
+        if node.probes < needed and node.health is not Health.UNREACHABLE
+    ]
+    if settings.router.kind != "none" and view.router.at is None:
+        waiting.append("the router")
+    if waiting:
+        return Decision(
+            Plan(
+                "StartupGrace", f"waiting for {needed} probes of {', '.join(waiting)} before acting"
+            ),
+            state,
+        )
+    return None
+
+
+def rule_two_writers(view, state, settings, now) -> Decision | None:
+    problem = next(
+        (
+            p
+            for p in view.problems
+            if p.code in (Code.ROUTER_HAS_TWO_WRITERS, Code.TWO_WRITABLE_NODES)
+        ),
+        None,
+    )
+    if problem is None:
+        return None
+    halt = (
+        state.halt
+        if state.halt and state.halt.code == problem.code.value
+        else Halt(problem.code.value, problem.reason, now)
+    )
+    plan = Plan(
+        problem.code.value,
+        f"halted: {problem.reason}; no automatic change until an "
+        "operator leaves exactly one writer",
+        kind=PlanKind.HALT,
+    )
+    alert = Notify(
+        "halt",
+        None,
+        f"HALT: {problem.code.value}",
+        problem.reason,
+        (("topology", topology_text(view)),),
+    )
+    return alert_once(replace(state, halt=halt), f"halt:{problem.code.value}", plan, alert)
+
+
+def rule_halted(view, state, settings, now) -> Decision | None:
+    if state.halt is None:
+        return None
+    return Decision(
+        Plan(
+            "Halted",
+            f"halted since {state.halt.since:.1f}: {state.halt.reason}",
+            kind=PlanKind.HALT,
+        ),
+        state,
+    )

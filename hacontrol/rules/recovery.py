@@ -1,0 +1,150 @@
+"""After a failover: the old primary is fenced when it returns, rejoined when clean or kept
+quarantined with its errant GTIDs, and replicas left on a dead or old primary are repointed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hacontrol.model import Decision
+from hacontrol.plan import Fence, Notify, Plan, PlanKind, Rejoin, Repoint
+from hacontrol.rules.alerts import alert_once
+from hacontrol.rules.candidates import executed, topology_text
+from hacontrol.rules.routing import reader_ok
+from hacontrol.view import Health, hidden_nodes
+
+
+def rule_fence_returning_primary(view, state, settings, now) -> Decision | None:
+    """An old primary came back writable: fence it before anything else (never two writers)."""
+    for name, q in state.quarantined.items():
+        node = view.nodes.get(name)
+        if node is None or not node.reachable or node.status is None:
+            continue
+        if q.new_primary != view.primary or now < state.retry_at.get(f"fence:{name}", 0.0):
+            continue  # only behind a promoted, recognized new primary; failures back off
+        if not node.status.read_only:
+            return Decision(
+                Plan(
+                    "FenceReturningPrimary",
+                    f"old primary {name} is back and writable; {q.new_primary} is "
+                    "the primary now: set it read_only before anything else",
+                    (Fence(name),),
+                    kind=PlanKind.FENCE,
+                ),
+                state,
+            )
+    return None
+
+
+def rule_old_primary(view, state, settings, now) -> Decision | None:
+    """A fenced old primary: rejoin it when clean, keep it quarantined when errant."""
+    for name, q in sorted(state.quarantined.items()):
+        node = view.nodes.get(name)
+        primary = view.primary
+        if node is None or not node.reachable or node.status is None or primary is None:
+            continue
+        if q.new_primary != primary:
+            continue  # the node we promoted is not the primary now: an operator's call
+        if view.sources.get(name) == primary and node.health is Health.HEALTHY:
+            ok, why = reader_ok(
+                view, name, primary, settings.failover.max_lag, settings.failover.io_stall
+            )
+            if ok:  # rejoined and caught up: back to the readers
+                remaining = {k: v for k, v in state.quarantined.items() if k != name}
+                return Decision(
+                    Plan(
+                        "OldPrimaryRejoined",
+                        f"{name} replicates from {primary} and caught up ({why})",
+                    ),
+                    replace(state, quarantined=remaining),
+                )
+            continue
+        mine = executed(node.status)
+        theirs = executed(view.nodes[primary].status)
+        if mine is None or theirs is None:
+            continue
+        errant = mine - theirs
+        channel = node.channel
+        broken_1236 = channel is not None and channel.last_io_errno == 1236
+        if errant or broken_1236:
+            detail = (
+                str(errant)
+                if errant
+                else (f"replication error 1236: {channel.last_io_error}" if channel else "")
+            )
+            quarantined = {**state.quarantined, name: replace(q, errant=detail)}
+            plan = Plan(
+                "ErrantOldPrimary",
+                f"old primary {name} has errant transactions {detail}: kept in broken; "
+                "an operator must repair it (never RESET MASTER automatically)",
+                kind=PlanKind.ALERT,
+            )
+            alert = Notify(
+                "errant_transactions",
+                name,
+                f"old primary has errant transactions: {detail}",
+                plan.reason,
+                (("errant GTIDs", detail), ("topology", topology_text(view))),
+            )
+            return alert_once(
+                replace(state, quarantined=quarantined), f"errant:{name}", plan, alert
+            )
+        if view.sources.get(name) == primary:
+            continue  # replicating already, catching up
+        if now < state.retry_at.get(f"rejoin:{name}", 0.0):
+            continue
+        return Decision(
+            Plan(
+                "RejoinOldPrimary",
+                f"old primary {name} has no errant transactions ({mine} within "
+                f"{theirs}): rejoin it as a replica of {primary}",
+                (Rejoin(name, primary),),
+                kind=PlanKind.REJOIN,
+            ),
+            state,
+        )
+    return None
+
+
+def rule_repoint_stray(view, state, settings, now) -> Decision | None:
+    """A replica still pointing at a node that is not the primary (down during a failover,
+    chained under an old primary): repoint it, unless it has errant transactions."""
+    primary = view.primary
+    if primary is None or not view.nodes[primary].reachable or primary in state.quarantined:
+        return None
+    theirs = executed(view.nodes[primary].status)
+    hidden = hidden_nodes(view) | state.maintenance
+    for name, node in sorted(view.nodes.items()):
+        source = view.sources.get(name)
+        if (
+            name == primary
+            or name in hidden
+            or name in state.quarantined
+            or source is None
+            or source == primary
+            or not node.reachable
+            or node.status is None
+            or not node.status.read_only
+        ):
+            continue
+        if (
+            source in view.nodes
+            and view.nodes[source].reachable
+            and source not in (state.quarantined)
+        ):
+            continue  # a chain through a live replica (node3 -> node2 -> primary) is fine
+        if now < state.retry_at.get(f"repoint:{name}", 0.0):
+            continue
+        mine = executed(node.status)
+        if mine is None or theirs is None or (mine - theirs):
+            continue  # errant or unreadable: an operator's job (ReplicaNotReplicatingFromPrimary)
+        return Decision(
+            Plan(
+                "RepointStray",
+                f"{name} replicates from {source}, which is not the primary {primary}: repoint it",
+                (Repoint((name,), primary),),
+                kind=PlanKind.REPOINT,
+            ),
+            state,
+        )
+    return None
