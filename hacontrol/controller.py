@@ -490,7 +490,7 @@ class Controller:
             elif event.kind in (PlanKind.REJOIN, PlanKind.FENCE, PlanKind.REPOINT):
                 node = next((s.target for s in event.steps if s.target), None)
                 if node:
-                    retry = {**state.retry_at, f"{event.kind}:{node}": now + 30.0}
+                    retry = {**state.retry_at, (PlanKind(event.kind), node): now + 30.0}
                     state = replace(state, retry_at=retry)
                     if self.executor is not None:
                         self.executor.notify(

@@ -9,10 +9,11 @@ import pytest
 from hacontrol.decide import decide
 from hacontrol.events import ProbeResult
 from hacontrol.flavors.base import IoState
-from hacontrol.model import ControllerState, Halt, Quarantined
+from hacontrol.model import AlertKey, Condition, ControllerState, Halt, Quarantined
 from hacontrol.plan import (
     Fence,
     Notify,
+    PlanKind,
     Promote,
     Rejoin,
     Repoint,
@@ -87,7 +88,7 @@ def test_no_quorum_changes_nothing_and_alerts_once():
     assert second.plan.rule == "NoQuorum" and second.plan.actions == ()
     # Quorum back: the alert key is forgotten, so a new loss alerts again.
     back = decide(healthy(), second.state, S, NOW + 2)
-    assert "NoQuorum" not in back.state.alerted
+    assert AlertKey(Condition.NO_QUORUM) not in back.state.alerted
 
 
 ROUTING = [
@@ -750,5 +751,5 @@ def test_stray_replica_left_on_the_dead_primary_is_repointed():
     ]
     d = decide(view_of(*rounds), state, S, NOW)
     assert d.plan.rule == "RepointStray" and d.plan.actions == (Repoint(("node3",), "node2"),)
-    backoff = replace(state, retry_at={"repoint:node3": NOW + 30})
+    backoff = replace(state, retry_at={(PlanKind.REPOINT, "node3"): NOW + 30})
     assert decide(view_of(*rounds), backoff, S, NOW).plan.rule != "RepointStray"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hacontrol.model import Decision, Quarantined
+from hacontrol.model import AlertKey, Condition, Decision, Quarantined
 from hacontrol.plan import (
     Action,
     Notify,
@@ -59,7 +59,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
             plan.reason,
             (("topology", topology_text(view)),),
         )
-        return alert_once(state, f"blocked:{dead}", plan, alert)
+        return alert_once(state, AlertKey(Condition.FAILOVER_BLOCKED, dead), plan, alert)
     ranked = candidates(view, settings, dead)
     table = candidate_table(ranked)
     if not ranked or not ranked[0].eligible:
@@ -74,7 +74,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         )
         # No stored halt: this is re-evaluated at every decision, so a replica that becomes
         # eligible (an SQL thread restarted after a backup) is promoted without an operator.
-        return alert_once(state, f"no_candidate:{dead}", plan, alert)
+        return alert_once(state, AlertKey(Condition.NO_CANDIDATE, dead), plan, alert)
     best = ranked[0].node
     if missing := missing_from(view, best, dead):
         plan = Plan(
@@ -91,7 +91,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
             plan.reason,
             (("candidates", table), ("topology", topology_text(view))),
         )
-        return alert_once(state, f"no_candidate:{dead}", plan, alert)
+        return alert_once(state, AlertKey(Condition.NO_CANDIDATE, dead), plan, alert)
     others = tuple(c.node for c in ranked[1:] if view.nodes[c.node].reachable)
     hidden = hidden_nodes(view)
     readers = {best} if settings.router.primary_is_reader else set()
@@ -161,7 +161,7 @@ def rule_no_primary(view, state, settings, now) -> Decision | None:
             )
             plan = Plan("PrimaryIsReadOnly", reason, kind=PlanKind.ALERT)
             alert = Notify("primary_read_only", primary, "the primary is read-only", reason)
-            return alert_once(state, "no_primary:", plan, alert)
+            return alert_once(state, AlertKey(Condition.NO_PRIMARY), plan, alert)
     if problem is None:
         return None
     plan = Plan(
@@ -176,7 +176,7 @@ def rule_no_primary(view, state, settings, now) -> Decision | None:
         problem.reason,
         (("topology", topology_text(view)),),
     )
-    return alert_once(state, "no_primary:", plan, alert)
+    return alert_once(state, AlertKey(Condition.NO_PRIMARY), plan, alert)
 
 
 def rule_unreachable_primary(view, state, settings, now) -> Decision | None:
@@ -186,7 +186,7 @@ def rule_unreachable_primary(view, state, settings, now) -> Decision | None:
     plan = Plan(
         Code.UNREACHABLE_PRIMARY.value, f"no failover: {problem.reason}", kind=PlanKind.ALERT
     )
-    key = f"unreachable:{problem.node}"
+    key = AlertKey(Condition.UNREACHABLE_PRIMARY, problem.node or "")
     since = state.first_seen.get(key)
     if since is None or now - since < settings.failover.io_stall:
         # Right after a crash the replicas may not have noticed yet: this is either about to

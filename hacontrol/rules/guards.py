@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hacontrol.model import Decision, Halt
+from hacontrol.model import AlertKey, Condition, Decision, Halt
 from hacontrol.plan import Notify, Plan, PlanKind
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import topology_text
@@ -19,7 +19,7 @@ def rule_no_quorum(view, state, settings, now) -> Decision | None:
     reason = next(p.reason for p in view.problems if p.code is Code.NO_QUORUM)
     plan = Plan(Code.NO_QUORUM.value, f"no change without quorum: {reason}", kind=PlanKind.ALERT)
     alert = Notify("no_quorum", None, "no quorum, automatic changes stopped", reason)
-    return alert_once(state, "NoQuorum", plan, alert)
+    return alert_once(state, AlertKey(Condition.NO_QUORUM), plan, alert)
 
 
 def rule_startup_grace(view, state, settings, now) -> Decision | None:
@@ -70,7 +70,9 @@ def rule_two_writers(view, state, settings, now) -> Decision | None:
         problem.reason,
         (("topology", topology_text(view)),),
     )
-    return alert_once(replace(state, halt=halt), f"halt:{problem.code.value}", plan, alert)
+    return alert_once(
+        replace(state, halt=halt), AlertKey(Condition.HALT, problem.code.value), plan, alert
+    )
 
 
 def rule_halted(view, state, settings, now) -> Decision | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hacontrol.model import Decision
+from hacontrol.model import AlertKey, Condition, Decision
 from hacontrol.plan import Fence, Notify, Plan, PlanKind, Rejoin, Repoint
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import executed, topology_text
@@ -20,7 +20,7 @@ def rule_fence_returning_primary(view, state, settings, now) -> Decision | None:
         node = view.nodes.get(name)
         if node is None or not node.reachable or node.status is None:
             continue
-        if q.new_primary != view.primary or now < state.retry_at.get(f"fence:{name}", 0.0):
+        if q.new_primary != view.primary or now < state.retry_at.get((PlanKind.FENCE, name), 0.0):
             continue  # only behind a promoted, recognized new primary; failures back off
         if not node.status.read_only:
             return Decision(
@@ -87,11 +87,14 @@ def rule_old_primary(view, state, settings, now) -> Decision | None:
                 (("errant GTIDs", detail), ("topology", topology_text(view))),
             )
             return alert_once(
-                replace(state, quarantined=quarantined), f"errant:{name}", plan, alert
+                replace(state, quarantined=quarantined),
+                AlertKey(Condition.ERRANT, name),
+                plan,
+                alert,
             )
         if view.sources.get(name) == primary:
             continue  # replicating already, catching up
-        if now < state.retry_at.get(f"rejoin:{name}", 0.0):
+        if now < state.retry_at.get((PlanKind.REJOIN, name), 0.0):
             continue
         return Decision(
             Plan(
@@ -133,7 +136,7 @@ def rule_repoint_stray(view, state, settings, now) -> Decision | None:
             and source not in (state.quarantined)
         ):
             continue  # a chain through a live replica (node3 -> node2 -> primary) is fine
-        if now < state.retry_at.get(f"repoint:{name}", 0.0):
+        if now < state.retry_at.get((PlanKind.REPOINT, name), 0.0):
             continue
         mine = executed(node.status)
         if mine is None or theirs is None or (mine - theirs):

@@ -7,7 +7,7 @@ empty writer group, or replaces a writer that is gone, and alerts instead of gue
 from __future__ import annotations
 
 from hacontrol import gtid
-from hacontrol.model import ControllerState, Decision
+from hacontrol.model import AlertKey, Condition, ControllerState, Decision
 from hacontrol.plan import Notify, Plan, PlanKind, Route
 from hacontrol.routing import Membership
 from hacontrol.rules.alerts import alert_once
@@ -126,7 +126,7 @@ def rule_route(view, state, settings, now) -> Decision | None:
             plan.reason,
             (("topology", topology_text(view)),),
         )
-        return alert_once(state, f"writer_mismatch:{new}", plan, alert)
+        return alert_once(state, AlertKey(Condition.WRITER_MISMATCH, new), plan, alert)
     writers = sorted(current.writers) if current else "unknown"
     readers = sorted(current.readers) if current else "unknown"
     reason = (
