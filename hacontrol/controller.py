@@ -31,7 +31,7 @@ from hacontrol.journal import Intent, Journal, state_from_json, state_to_json
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
 from hacontrol.model import ControllerState, Halt
-from hacontrol.plan import Notify, Plan, PlanKind, Promote
+from hacontrol.plan import AlertKind, Notify, Plan, PlanKind, Promote
 from hacontrol.rules.commands import plan_maintenance, plan_switchover
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code, changes, fold, initial
@@ -482,7 +482,7 @@ class Controller:
                     state = replace(state, quarantined=quarantined, blocked_until=None)
                 if self.executor is not None:
                     self.executor.notify(
-                        Notify("halt", None, "HALT: failover failed", reason),
+                        Notify(AlertKind.HALT, None, "HALT: failover failed", reason),
                         Plan("FailoverFailed", reason, kind=PlanKind.HALT),
                     )
             elif event.kind == PlanKind.ROUTE:
@@ -495,7 +495,7 @@ class Controller:
                     if self.executor is not None:
                         self.executor.notify(
                             Notify(
-                                f"{event.kind}_failed",
+                                AlertKind(f"{event.kind}_failed"),
                                 node,
                                 f"{event.kind} failed",
                                 f"{event.reason}; retried in 30 s",

@@ -28,8 +28,6 @@ from hacontrol.rules.candidates import topology_text
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView
 
-HALT_KINDS = frozenset({"halt", "no_candidate", "candidate_incomplete"})
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -304,8 +302,12 @@ class Executor:
         """An alert outside a running plan (halts, refusals): never blocks. A halt also runs
         the ``on_halt`` hook, in the background."""
         self._notify(action, plan, {})
-        if action.kind in HALT_KINDS and self.hooks is not None and self.settings.hooks.on_halt:
-            context = {"kind": action.kind, "node": action.node or "", "reason": action.reason}
+        if action.kind.halts and self.hooks is not None and self.settings.hooks.on_halt:
+            context = {
+                "kind": action.kind.value,
+                "node": action.node or "",
+                "reason": action.reason,
+            }
             self._in_background(self.hooks.run("on_halt", context), "hook:on_halt")
 
     def _in_background(self, job: Coroutine[Any, Any, object], name: str) -> None:
@@ -320,7 +322,7 @@ class Executor:
             sections.append(("timings (from the decision)", "\n".join(lines)))
             sections.append(("topology after", topology_text(self._view())))
         alert = Alert(
-            action.kind,
+            action.kind.value,
             self.settings.cluster.name,
             action.node,
             action.summary,

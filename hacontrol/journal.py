@@ -54,6 +54,8 @@ def action_from_json(data: dict[str, Any]) -> p.Action:
             value = Membership.of(
                 value["writers"], value["readers"], value["broken"], value["hidden"]
             )
+        elif f.name == "kind":
+            value = p.AlertKind(value)
         kwargs[f.name] = _tuples(value)
     return cls(**kwargs)
 

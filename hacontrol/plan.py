@@ -125,9 +125,36 @@ class Hook:
     required: bool = False
 
 
+class AlertKind(StrEnum):
+    """What an alert mail is about (its subject line, dedup key and ``X-Hacontrol-Kind``)."""
+
+    FAILOVER = "failover"
+    SWITCHOVER = "switchover"
+    SWITCHOVER_ROLLED_BACK = "switchover_rolled_back"
+    HALT = "halt"
+    NO_CANDIDATE = "no_candidate"
+    CANDIDATE_INCOMPLETE = "candidate_incomplete"
+    FAILOVER_BLOCKED = "failover_blocked"
+    NO_QUORUM = "no_quorum"
+    NO_PRIMARY = "no_primary"
+    PRIMARY_READ_ONLY = "primary_read_only"
+    UNREACHABLE_PRIMARY = "unreachable_primary"
+    ERRANT_TRANSACTIONS = "errant_transactions"
+    ROUTER_WRITER_MISMATCH = "router_writer_mismatch"
+    PAUSED_CHANGE_WITHHELD = "paused_change_withheld"
+    FENCE_FAILED = "fence_failed"
+    REJOIN_FAILED = "rejoin_failed"
+    REPOINT_FAILED = "repoint_failed"
+
+    @property
+    def halts(self) -> bool:
+        """No automatic change until an operator acts: the ``on_halt`` hook runs too."""
+        return self in (AlertKind.HALT, AlertKind.NO_CANDIDATE, AlertKind.CANDIDATE_INCOMPLETE)
+
+
 @dataclass(frozen=True)
 class Notify:
-    kind: str
+    kind: AlertKind
     node: str | None
     summary: str
     reason: str

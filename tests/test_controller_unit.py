@@ -299,11 +299,13 @@ async def test_a_plan_running_at_stop_still_reports_its_outcome(tmp_path):
 
 
 def test_journal_round_trips_every_action_type():
+    from dataclasses import fields
     from typing import get_args
 
     from hacontrol.journal import action_from_json, action_to_json
     from hacontrol.plan import (
         Action,
+        AlertKind,
         CatchUp,
         CheckTransactions,
         Fence,
@@ -333,8 +335,11 @@ def test_journal_round_trips_every_action_type():
         CatchUp("node2", "node1", 10.0),
         SetWritable("node1", True, semi_sync_source=True),
         Hook("pre_failover", (("phase", "pre_failover"), ("old_primary", "node1")), True),
-        Notify("failover", "node1", "s", "r", (("candidates", "table"),)),
+        Notify(AlertKind.FAILOVER, "node1", "s", "r", (("candidates", "table"),)),
     ]
     assert {type(a) for a in examples} == set(get_args(Action))  # every type, once
     for action in examples:
-        assert action_from_json(json.loads(json.dumps(action_to_json(action)))) == action
+        restored = action_from_json(json.loads(json.dumps(action_to_json(action))))
+        assert restored == action
+        for f in fields(action):  # the same types too (an enum stays an enum)
+            assert type(getattr(restored, f.name)) is type(getattr(action, f.name)), f.name

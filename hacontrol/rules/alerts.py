@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision
-from hacontrol.plan import Notify, Plan, PlanKind
+from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
 from hacontrol.view import ClusterView, Code
 
 
@@ -30,7 +30,9 @@ def paused(withheld: Plan, state: ControllerState) -> Decision:
         f"paused by an operator: not doing {withheld.rule} ({withheld.reason})",
         kind=PlanKind.ALERT,
     )
-    alert = Notify("paused_change_withheld", None, f"paused: {withheld.rule} withheld", plan.reason)
+    alert = Notify(
+        AlertKind.PAUSED_CHANGE_WITHHELD, None, f"paused: {withheld.rule} withheld", plan.reason
+    )
     return alert_once(state, AlertKey(Condition.PAUSED, withheld.rule), plan, alert)
 
 

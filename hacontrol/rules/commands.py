@@ -7,6 +7,7 @@ from dataclasses import replace
 from hacontrol.model import ControllerState
 from hacontrol.plan import (
     Action,
+    AlertKind,
     CatchUp,
     CheckTransactions,
     Fence,
@@ -81,7 +82,7 @@ def plan_switchover(
         rollback += (Route(before),)
     rollback += (
         Notify(
-            "switchover_rolled_back",
+            AlertKind.SWITCHOVER_ROLLED_BACK,
             old,
             f"switchover to {new} rolled back",
             f"{old} is writable and the writer again",
@@ -103,7 +104,7 @@ def plan_switchover(
             (("old_primary", old), ("new_primary", new), ("kind", PlanKind.SWITCHOVER.value)),
         ),
         Notify(
-            "switchover",
+            AlertKind.SWITCHOVER,
             old,
             f"switchover: {new} is the primary, {old} a replica",
             f"planned switchover requested by an operator from {old} to {new}",

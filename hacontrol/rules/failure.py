@@ -13,6 +13,7 @@ from dataclasses import replace
 from hacontrol.model import AlertKey, Condition, Decision, Quarantined
 from hacontrol.plan import (
     Action,
+    AlertKind,
     Notify,
     Plan,
     PlanKind,
@@ -53,7 +54,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
             kind=PlanKind.ALERT,
         )
         alert = Notify(
-            "failover_blocked",
+            AlertKind.FAILOVER_BLOCKED,
             dead,
             "primary dead, failover blocked",
             plan.reason,
@@ -66,7 +67,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         reason = f"{dead} is dead and no replica can be promoted"
         plan = Plan("NoCandidate", f"halted: {reason}", kind=PlanKind.HALT)
         alert = Notify(
-            "no_candidate",
+            AlertKind.NO_CANDIDATE,
             dead,
             "primary dead, NO candidate to promote",
             problem.reason,
@@ -85,7 +86,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
             kind=PlanKind.ALERT,
         )
         alert = Notify(
-            "candidate_incomplete",
+            AlertKind.CANDIDATE_INCOMPLETE,
             dead,
             "primary dead, best candidate incomplete",
             plan.reason,
@@ -125,7 +126,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         Route(after),
         Repoint(others, best),
         Notify(
-            "failover",
+            AlertKind.FAILOVER,
             dead,
             f"failover: {best} promoted in place of",
             problem.reason,
@@ -160,7 +161,7 @@ def rule_no_primary(view, state, settings, now) -> Decision | None:
                 "writes fail; no automatic change (set it writable, or switch over)"
             )
             plan = Plan("PrimaryIsReadOnly", reason, kind=PlanKind.ALERT)
-            alert = Notify("primary_read_only", primary, "the primary is read-only", reason)
+            alert = Notify(AlertKind.PRIMARY_READ_ONLY, primary, "the primary is read-only", reason)
             return alert_once(state, AlertKey(Condition.NO_PRIMARY), plan, alert)
     if problem is None:
         return None
@@ -170,7 +171,7 @@ def rule_no_primary(view, state, settings, now) -> Decision | None:
         kind=PlanKind.ALERT,
     )
     alert = Notify(
-        "no_primary",
+        AlertKind.NO_PRIMARY,
         None,
         "no primary can be named: writes may be failing",
         problem.reason,
@@ -194,7 +195,7 @@ def rule_unreachable_primary(view, state, settings, now) -> Decision | None:
         first_seen = {**state.first_seen, key: since if since is not None else now}
         return Decision(plan, replace(state, first_seen=first_seen))
     alert = Notify(
-        "unreachable_primary",
+        AlertKind.UNREACHABLE_PRIMARY,
         problem.node,
         "primary unreachable from the controller only, no failover",
         problem.reason,

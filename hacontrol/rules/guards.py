@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hacontrol.model import AlertKey, Condition, Decision, Halt
-from hacontrol.plan import Notify, Plan, PlanKind
+from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import topology_text
 from hacontrol.view import Code, Health
@@ -18,7 +18,7 @@ def rule_no_quorum(view, state, settings, now) -> Decision | None:
         return None
     reason = next(p.reason for p in view.problems if p.code is Code.NO_QUORUM)
     plan = Plan(Code.NO_QUORUM.value, f"no change without quorum: {reason}", kind=PlanKind.ALERT)
-    alert = Notify("no_quorum", None, "no quorum, automatic changes stopped", reason)
+    alert = Notify(AlertKind.NO_QUORUM, None, "no quorum, automatic changes stopped", reason)
     return alert_once(state, AlertKey(Condition.NO_QUORUM), plan, alert)
 
 
@@ -64,7 +64,7 @@ def rule_two_writers(view, state, settings, now) -> Decision | None:
         kind=PlanKind.HALT,
     )
     alert = Notify(
-        "halt",
+        AlertKind.HALT,
         None,
         f"HALT: {problem.code.value}",
         problem.reason,

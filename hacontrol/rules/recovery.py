@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hacontrol.model import AlertKey, Condition, Decision
-from hacontrol.plan import Fence, Notify, Plan, PlanKind, Rejoin, Repoint
+from hacontrol.plan import AlertKind, Fence, Notify, Plan, PlanKind, Rejoin, Repoint
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import executed, topology_text
 from hacontrol.rules.routing import reader_ok
@@ -80,7 +80,7 @@ def rule_old_primary(view, state, settings, now) -> Decision | None:
                 kind=PlanKind.ALERT,
             )
             alert = Notify(
-                "errant_transactions",
+                AlertKind.ERRANT_TRANSACTIONS,
                 name,
                 f"old primary has errant transactions: {detail}",
                 plan.reason,

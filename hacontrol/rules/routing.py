@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hacontrol import gtid
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision
-from hacontrol.plan import Notify, Plan, PlanKind, Route
+from hacontrol.plan import AlertKind, Notify, Plan, PlanKind, Route
 from hacontrol.routing import Membership
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import executed, topology_text
@@ -120,7 +120,7 @@ def rule_route(view, state, settings, now) -> Decision | None:
             kind=PlanKind.ALERT,
         )
         alert = Notify(
-            "router_writer_mismatch",
+            AlertKind.ROUTER_WRITER_MISMATCH,
             new,
             "router writer differs from the primary",
             plan.reason,
