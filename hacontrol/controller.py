@@ -17,7 +17,6 @@ from hacontrol.events import (
     CommandResult,
     ConnectionLost,
     Event,
-    MaintenanceChanged,
     OperatorCommand,
     PlanFinished,
     ProbeResult,
@@ -34,7 +33,7 @@ from hacontrol.model import ControllerState, Halt
 from hacontrol.plan import AlertKind, Notify, Plan, PlanKind, Promote
 from hacontrol.rules.commands import plan_maintenance, plan_switchover
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, Code, changes, fold, initial
+from hacontrol.view import ClusterView, Code, changes, fold, initial, with_maintenance
 
 Reprobe = Callable[[Iterable[str]], None]
 
@@ -125,12 +124,8 @@ class Controller:
         replay = journal.load()
         if replay.state is not None:
             self.state = state_from_json(replay.state, self._clock(), self._wall())
-            if self.state.maintenance:
-                self.view = fold(
-                    self.view,
-                    MaintenanceChanged(self._clock(), self.state.maintenance),
-                    self.settings,
-                )
+            maintenance = frozenset(replay.state.get("maintenance", ()))
+            self.view = with_maintenance(self.view, maintenance, self.settings)
         if acknowledge_block and self.state.blocked_until is not None:
             self.state = replace(self.state, blocked_until=None)
             self.log.emit(
@@ -366,14 +361,11 @@ class Controller:
                 )
                 return None
             case "maintenance":
-                planned = plan_maintenance(self.view, state, self.settings, cmd.node, bool(cmd.on))
+                planned = plan_maintenance(self.view, self.settings, cmd.node, bool(cmd.on))
                 if isinstance(planned, str):
                     return self._reply(cmd, False, f"refused: {planned}")
-                plan, new_state = planned
-                self._set_state(new_state)
-                self.view = fold(
-                    self.view, MaintenanceChanged(now, new_state.maintenance), self.settings
-                )
+                plan, view = planned
+                self._set_view(view)
             case "switchover":
                 planned = plan_switchover(self.view, state, self.settings, cmd.node, now)
                 if isinstance(planned, str):
@@ -530,7 +522,6 @@ class Controller:
                 st.last_failover_at,
                 st.quarantined,
                 st.paused,
-                st.maintenance,
             )
 
         before = persisted(self.state)
@@ -538,7 +529,18 @@ class Controller:
         if self.metrics is not None:
             self.metrics.set_halt(state.halt is not None)
         if self.journal is not None and persisted(state) != before:
-            self.journal.save_state(state_to_json(state, self._clock(), self._wall()))
+            self.journal.save_state(
+                state_to_json(state, self.view.maintenance, self._clock(), self._wall())
+            )
+
+    def _set_view(self, view: ClusterView) -> None:
+        """A view changed by a command (maintenance): persisted like the state."""
+        before = self.view.maintenance
+        self.view = view
+        if self.journal is not None and view.maintenance != before:
+            self.journal.save_state(
+                state_to_json(self.state, view.maintenance, self._clock(), self._wall())
+            )
 
     def _log_decision(self, plan: Plan, force: bool = False) -> None:
         key = (plan.rule, plan.reason)
@@ -592,7 +594,7 @@ def log_event(log: JsonLog, event: Event) -> None:
             log.emit("router_probe", None, "warning", kind=event.kind, error=event.error)
         case Tick():
             pass  # ticks drive timers; a line each second would say nothing
-        case PlanFinished() | OperatorCommand() | MaintenanceChanged():
+        case PlanFinished() | OperatorCommand():
             pass  # logged by the controller with their outcome
         case Stop():
             log.emit("stop_requested", None, "info", reason=event.reason)

@@ -82,14 +82,6 @@ class PlanFinished:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class MaintenanceChanged:
-    """The set of nodes an operator put in maintenance (hidden) changed."""
-
-    at: float
-    nodes: frozenset[str]
-
-
 COMMANDS = ("switchover", "maintenance", "ack", "pause", "resume")
 
 

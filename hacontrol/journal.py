@@ -222,7 +222,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def state_to_json(state: ControllerState, mono_now: float, wall_now: float) -> dict[str, Any]:
+def state_to_json(
+    state: ControllerState, maintenance: frozenset[str], mono_now: float, wall_now: float
+) -> dict[str, Any]:
     """The part of the state that must survive a restart, in wall-clock time."""
 
     def wall(t: float | None) -> float | None:
@@ -230,7 +232,7 @@ def state_to_json(state: ControllerState, mono_now: float, wall_now: float) -> d
 
     return {
         "paused": state.paused,
-        "maintenance": sorted(state.maintenance),
+        "maintenance": sorted(maintenance),
         "blocked_until": wall(state.blocked_until),
         "last_failover_at": wall(state.last_failover_at),
         "quarantined": {
@@ -251,7 +253,6 @@ def state_from_json(data: dict[str, Any], mono_now: float, wall_now: float) -> C
     return ControllerState(
         started_at=mono_now,
         paused=bool(data.get("paused", False)),
-        maintenance=frozenset(data.get("maintenance", ())),
         blocked_until=mono(data.get("blocked_until")),
         last_failover_at=mono(data.get("last_failover_at")),
         quarantined=quarantined,

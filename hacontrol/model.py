@@ -76,8 +76,6 @@ class ControllerState:
     """Conditions already alerted; a key leaves when its condition is gone."""
     paused: bool = False
     """An operator paused automatic changes; observation goes on."""
-    maintenance: frozenset[str] = frozenset()
-    """Nodes an operator put in maintenance through hacontrol (hidden, never promoted)."""
     route_retry_at: float = 0.0
     """After a failed router change, the next attempt waits until then."""
     first_seen: Mapping[AlertKey, float] = field(default_factory=dict)

@@ -337,7 +337,7 @@ def controller_status(controller: Controller, settings: Settings, now: float) ->
             if state.blocked_until is not None and state.blocked_until > now
             else 0
         ),
-        "maintenance": sorted(state.maintenance),
+        "maintenance": sorted(view.maintenance),
         "quarantined": {
             n: {"new_primary": q.new_primary, "errant": q.errant}
             for n, q in state.quarantined.items()

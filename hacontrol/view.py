@@ -21,7 +21,6 @@ from hacontrol.addresses import host_key as _host_key
 from hacontrol.events import (
     ConnectionLost,
     Event,
-    MaintenanceChanged,
     OperatorCommand,
     PlanFinished,
     ProbeResult,
@@ -133,7 +132,8 @@ class ClusterView:
     at: float = 0.0
     """Time of the last event folded in."""
     maintenance: frozenset[str] = frozenset()
-    """Nodes an operator hid through hacontrol (HAProxy has no hidden group of its own)."""
+    """Nodes an operator hid through hacontrol (HAProxy has no hidden group of its own): hidden,
+    never promoted, not counted for quorum. Kept here only (and in the journal)."""
     # Derived by ``derive``; never set by hand.
     sources: Mapping[str, str | None] = field(default_factory=dict)
     """Replica -> the node (name, or 'host:port' when not managed) it replicates from."""
@@ -174,13 +174,16 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
                 warnings=event.warnings,
             )
             view = replace(view, router=router)
-        case MaintenanceChanged(nodes=nodes):
-            view = replace(view, maintenance=nodes)
         case (
             ConnectionLost() | Tick() | Stop() | PlanFinished() | OperatorCommand() | ProbeResult()
         ):
             pass  # a lost connection only triggers a re-probe; the probe's result tells
     return derive(replace(view, at=max(view.at, event.at)), settings)
+
+
+def with_maintenance(view: ClusterView, nodes: frozenset[str], settings: Settings) -> ClusterView:
+    """The view with ``nodes`` in maintenance (an operator's command, or the journal's)."""
+    return derive(replace(view, maintenance=frozenset(nodes)), settings)
 
 
 def _fold_probe(node: NodeView, result: ProbeResult, settings: Settings) -> NodeView:

@@ -554,32 +554,32 @@ def test_switchover_refuses_no_promote_candidate():
 def test_maintenance_hides_a_replica_and_brings_it_back():
     from hacontrol.rules.commands import plan_maintenance
 
-    plan, state = plan_maintenance(healthy(), ControllerState(), S, "node3", True)
+    plan, view = plan_maintenance(healthy(), S, "node3", True)
     (route,) = plan.actions
     assert route.hidden_change and route.desired.hidden == {"node3"}
     assert "node3" not in route.desired.readers
-    assert state.maintenance == {"node3"}
+    assert view.maintenance == {"node3"}
     # While hidden: excluded from the desired routing and from promotion.
-    assert desired_after(state) == Membership.of(["node1"], ["node1", "node2"], [], ["node3"])
-    plan, state = plan_maintenance(healthy(), state, S, "node3", False)
-    assert state.maintenance == frozenset()
+    assert desired_after(view) == Membership.of(["node1"], ["node1", "node2"], [], ["node3"])
+    plan, view = plan_maintenance(view, S, "node3", False)
+    assert view.maintenance == frozenset()
     assert plan.actions[0].desired.hidden == frozenset()
 
 
-def desired_after(state):
+def desired_after(view):
     from hacontrol.rules.routing import desired_membership
 
-    return desired_membership(healthy(), state, S)
+    return desired_membership(view, ControllerState(), S)
 
 
 def test_maintenance_refusals():
     from hacontrol.rules.commands import plan_maintenance
 
-    assert plan_maintenance(healthy(), ControllerState(), S, "node1", True) == (
+    assert plan_maintenance(healthy(), S, "node1", True) == (
         "node1 is the primary: switch over first"
     )
-    assert "unknown node" in plan_maintenance(healthy(), ControllerState(), S, "nodeX", True)
-    assert "not in maintenance" in plan_maintenance(healthy(), ControllerState(), S, "node2", False)
+    assert "unknown node" in plan_maintenance(healthy(), S, "nodeX", True)
+    assert "not in maintenance" in plan_maintenance(healthy(), S, "node2", False)
 
 
 def test_paused_controller_changes_nothing():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from hacontrol.model import ControllerState
 from hacontrol.plan import (
     Action,
@@ -25,7 +23,7 @@ from hacontrol.routing import Membership
 from hacontrol.rules.candidates import candidate_table, candidates, hooks, topology_text
 from hacontrol.rules.routing import reader_ok
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, Health, hidden_nodes
+from hacontrol.view import ClusterView, Health, hidden_nodes, with_maintenance
 
 
 def plan_switchover(
@@ -66,7 +64,7 @@ def plan_switchover(
     if not ok:
         return f"{chosen.node} is too far behind: {why}"
     new = chosen.node
-    hidden = hidden_nodes(view) | state.maintenance
+    hidden = hidden_nodes(view)
     others = tuple(
         n for n in view.replicas_of(old) if n != new and view.nodes[n].reachable and n not in hidden
     )
@@ -122,26 +120,27 @@ def plan_switchover(
 
 
 def plan_maintenance(
-    view: ClusterView, state: ControllerState, settings: Settings, node: str | None, on: bool
-) -> tuple[Plan, ControllerState] | str:
-    """Move ``node`` to (on) or from (off) the hidden group, or why it is refused."""
+    view: ClusterView, settings: Settings, node: str | None, on: bool
+) -> tuple[Plan, ClusterView] | str:
+    """Move ``node`` to (on) or from (off) the hidden group, or why it is refused; the view
+    with the node in (or out of) maintenance, taken at once (the plan only routes)."""
     if node is None or node not in view.nodes:
         return f"unknown node {node!r}"
     if on and node == view.primary:
         return f"{node} is the primary: switch over first"
-    if on and node in state.maintenance:
+    if on and node in view.maintenance:
         return f"{node} is already in maintenance"
-    if not on and node not in hidden_nodes(view) | state.maintenance:
+    if not on and node not in hidden_nodes(view):
         return f"{node} is not in maintenance"
-    maintenance = state.maintenance | {node} if on else state.maintenance - {node}
-    new_state = replace(state, maintenance=maintenance)
+    maintenance = view.maintenance | {node} if on else view.maintenance - {node}
+    new_view = with_maintenance(view, maintenance, settings)
     current = view.router.membership
     if settings.router.kind == "none" or current is None or view.primary is None:
         return Plan(
             "Maintenance",
             f"{node} maintenance {'on' if on else 'off'} (no router change possible now)",
             kind=PlanKind.MAINTENANCE,
-        ), new_state
+        ), new_view
     hidden = (current.hidden | maintenance) - ({node} if not on else set())
     if on:
         desired = Membership(
@@ -156,4 +155,4 @@ def plan_maintenance(
         (Route(desired, hidden_change=True),),
         kind=PlanKind.MAINTENANCE,
     )
-    return plan, new_state
+    return plan, new_view

@@ -116,7 +116,7 @@ def rule_repoint_stray(view, state, settings, now) -> Decision | None:
     if primary is None or not view.nodes[primary].reachable or primary in state.quarantined:
         return None
     theirs = executed(view.nodes[primary].status)
-    hidden = hidden_nodes(view) | state.maintenance
+    hidden = hidden_nodes(view)
     for name, node in sorted(view.nodes.items()):
         source = view.sources.get(name)
         if (

@@ -50,7 +50,7 @@ def desired_membership(
     status = view.nodes[primary].status
     if status is None or status.read_only:
         return None
-    hidden = hidden_nodes(view) | state.maintenance
+    hidden = hidden_nodes(view)
     readers = {primary} if settings.router.primary_is_reader else set()
     broken: set[str] = set()
     for name in view.nodes:
