@@ -97,7 +97,6 @@ class Controller:
         self._waiting: dict[str, OperatorCommand] = {}
         self._deferred: list[OperatorCommand] = []
         self._plans: dict[str, Plan] = {}
-        self._skips: dict[str, frozenset[int]] = {}
         # After a plan, decide again only on fresh facts: every node and the router probed
         # after it finished (bounded), or the same plan is re-made from the stale view.
         self._settle: set[str] = set()
@@ -238,7 +237,7 @@ class Controller:
         if not plan.changes_cluster:  # alerts only: hand them to the notifier now
             for action in plan.actions:
                 assert isinstance(action, Notify)
-                self.executor.notify(action, plan)
+                self.executor.notify(action, plan, on_halt=action.kind.halts)
             return
         self._start(f"{plan.kind}-{int(self._wall() * 1000)}", plan)
 
@@ -313,7 +312,7 @@ class Controller:
                     plan.kind,
                     False,
                     f"the executor failed: {type(exc).__name__}: {exc}",
-                    "executor",
+                    None,
                     (),
                     0.0,
                 )
@@ -322,7 +321,6 @@ class Controller:
         self._running = asyncio.create_task(execute(), name=f"plan:{plan_id}")
         self._current = plan_id
         self._plans[plan_id] = plan
-        self._skips[plan_id] = skip
         if plan.kind is PlanKind.FAILOVER and self._primary_failing_since is not None:
             self._detect_seconds[plan_id] = self._clock() - self._primary_failing_since
 
@@ -426,12 +424,9 @@ class Controller:
         # Fresh facts are needed about what the plan touched: the router after a router
         # change, the nodes it acted on after a node action.
         plan = self._plans.get(event.plan_id)
-        touched: set[str] = set()
-        for step in event.steps:
-            if step.action in ("Route", "RouteFence"):
-                touched.add("router")
-            elif step.target:
-                touched.update(t for t in step.target.split(",") if t in self.view.nodes)
+        touched = {n for n in event.touched if n in self.view.nodes}
+        if event.routed:
+            touched.add("router")
         if plan is not None and plan.kind is PlanKind.FAILOVER:
             touched |= set(self.view.nodes)
         if self.settings.router.kind == "none":
@@ -457,14 +452,7 @@ class Controller:
             if event.kind == PlanKind.FAILOVER:
                 reason = f"failover stopped: {event.reason}"
                 state = replace(state, halt=Halt("FailoverFailed", reason, now))
-                skipped = self._skips.pop(event.plan_id, frozenset())
-                promoted = any(s.action == "Promote" and s.ok for s in event.steps) or (
-                    plan is not None
-                    and any(
-                        isinstance(a, Promote) for i, a in enumerate(plan.actions) if i in skipped
-                    )
-                )
-                if not promoted and plan is not None:
+                if event.promoted is None and plan is not None:
                     # Nothing was promoted: the dead primary is not an "old" primary, and no
                     # recovery block applies; the halt (until ack) decides what happens next.
                     dead = next(
@@ -476,11 +464,12 @@ class Controller:
                     self.executor.notify(
                         Notify(AlertKind.HALT, None, "HALT: failover failed", reason),
                         Plan("FailoverFailed", reason, kind=PlanKind.HALT),
+                        on_halt=True,
                     )
             elif event.kind == PlanKind.ROUTE:
                 state = replace(state, route_retry_at=now + 2 * self.settings.probes.interval)
             elif event.kind in (PlanKind.REJOIN, PlanKind.FENCE, PlanKind.REPOINT):
-                node = next((s.target for s in event.steps if s.target), None)
+                node = next((n for a in plan.actions for n in a.targets()), None) if plan else None
                 if node:
                     retry = {**state.retry_at, (PlanKind(event.kind), node): now + 30.0}
                     state = replace(state, retry_at=retry)
@@ -499,7 +488,7 @@ class Controller:
             steps = [
                 {
                     "action": s.action,
-                    "target": s.target,
+                    "target": s.node,
                     "ok": s.ok,
                     "reason": s.reason,
                     "seconds": s.seconds,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hacontrol.flavors.base import NodeStatus
-    from hacontrol.plan import PlanKind
+    from hacontrol.plan import ActionResult, PlanKind
     from hacontrol.routing import Membership
 
 
@@ -57,19 +57,8 @@ class RouterProbeResult:
 
 
 @dataclass(frozen=True, slots=True)
-class StepResult:
-    index: int
-    action: str
-    target: str | None
-    ok: bool
-    changed: bool
-    reason: str
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
 class PlanFinished:
-    """The executor ran a plan; the decision task updates its state from this."""
+    """The executor ran a plan: the facts the after-plan rules need, typed."""
 
     at: float
     plan_id: str
@@ -77,9 +66,18 @@ class PlanFinished:
     kind: PlanKind
     ok: bool
     reason: str
-    failed_action: str | None
-    steps: tuple[StepResult, ...]
+    failed_at: int | None
+    """Index of the required action that failed and stopped the plan."""
+    steps: tuple[ActionResult, ...]
     seconds: float
+    promoted: str | None = None
+    """The node this plan promoted (in this run, or before a controller restart)."""
+    touched: frozenset[str] = frozenset()
+    """The nodes its actions acted on."""
+    routed: bool = False
+    """It acted on the router."""
+    rolled_back: bool = False
+    """It stopped before its point of no return and its rollback ran."""
 
 
 COMMANDS = ("switchover", "maintenance", "ack", "pause", "resume")

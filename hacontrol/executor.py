@@ -1,39 +1,110 @@
 """Runs one plan's actions in order: the only code that changes nodes and the router.
 
-Side effects only; what to do was decided by ``decide``. Each action has a timeout and its
-implementation re-checks its precondition on fresh data. A failed ``required`` action stops the
-plan; the others are logged and the plan goes on. Multi-step plans (failover, rejoin) are
-journaled: ``begin`` before the first step, ``step`` after each, ``end`` at the finish.
-The result comes back to the decision task as a ``PlanFinished`` event.
+A plain runner. What to do was decided by the rules; so was what undoes a plan
+(``rules.rollback``). Each action has a timeout and its implementation re-checks its
+precondition on fresh data. A failed ``required`` action stops the plan; the others are logged
+and the plan goes on. Multi-step plans (``PlanKind.journaled``) are journaled: ``begin`` before
+the first step (unless resumed), ``start`` before a Promote, ``step`` after each, ``end`` at the
+finish. The result comes back to the decision task as a ``PlanFinished`` event carrying typed
+facts: which node was promoted, which nodes and whether the router were touched, where it
+stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
-from hacontrol import plan as p
 from hacontrol.actions.hooks import HookRunner
 from hacontrol.actions.hooks import describe as describe_hook
-from hacontrol.actions.mysql import MySQLActions
 from hacontrol.actions.notify import Alert, Notifier
-from hacontrol.events import PlanFinished, StepResult
+from hacontrol.events import PlanFinished
+from hacontrol.flavors.base import NodeStatus
 from hacontrol.journal import Journal
 from hacontrol.jsonlog import JsonLog
+from hacontrol.plan import (
+    Action,
+    ActionResult,
+    CatchUp,
+    CheckTransactions,
+    Fence,
+    Hook,
+    Notify,
+    Plan,
+    PlanKind,
+    Promote,
+    Rejoin,
+    Repoint,
+    RequireReadOnly,
+    Route,
+    RouteFence,
+    SetIOThreads,
+    SetWritable,
+    WaitApplied,
+)
 from hacontrol.routing import Router, fenced
 from hacontrol.rules.candidates import topology_text
+from hacontrol.rules.rollback import rollback_actions
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView
 
 
-@dataclass(frozen=True)
-class Outcome:
-    ok: bool
-    changed: bool
-    reason: str
+class NodeActions(Protocol):
+    """What the executor asks of the nodes: ``actions.mysql.MySQLActions``, or a fake in
+    tests. Each returns an ActionResult and never raises; ``status`` raises when unreadable."""
+
+    async def status(self, node: str, timeout: float | None = None) -> NodeStatus: ...
+
+    async def fence(self, node: str, timeout: float | None = None) -> ActionResult: ...
+
+    async def wait_applied(self, node: str, timeout: float) -> ActionResult: ...
+
+    async def promote(
+        self, node: str, host: str, port: int, timeout: float | None = None
+    ) -> ActionResult: ...
+
+    async def repoint(
+        self, node: str, host: str, port: int, timeout: float | None = None
+    ) -> ActionResult: ...
+
+    async def rejoin(
+        self, node: str, host: str, port: int, timeout: float | None = None
+    ) -> ActionResult: ...
+
+    async def set_io_thread(
+        self, node: str, running: bool, timeout: float | None = None
+    ) -> ActionResult: ...
+
+    async def check_transactions(
+        self, node: str, max_age: float, timeout: float | None = None
+    ) -> ActionResult: ...
+
+    async def catch_up(self, node: str, host: str, port: int, timeout: float) -> ActionResult: ...
+
+    async def set_writable(
+        self,
+        node: str,
+        on: bool,
+        timeout: float | None = None,
+        *,
+        semi_sync_source: bool | None = None,
+    ) -> ActionResult: ...
+
+
+@dataclass
+class _Run:
+    """What one run of one plan knows while it runs; never outlives it."""
+
+    plan_id: str
+    plan: Plan
+    started: float
+    journaled: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    stopped_io: frozenset[str] = frozenset()
+    """IO threads this run stopped (and only those are started again by a rollback)."""
 
 
 class Executor:
@@ -42,7 +113,7 @@ class Executor:
         settings: Settings,
         log: JsonLog,
         *,
-        mysql: MySQLActions,
+        mysql: NodeActions,
         router: Router | None,
         notifier: Notifier | None,
         journal: Journal | None,
@@ -57,252 +128,282 @@ class Executor:
         self.router = router
         self.notifier = notifier
         self.journal = journal
+        self.hooks = hooks
         self._view = view
         self._clock = clock
         self._fault_after = fault_after
-        self._resuming = False
-        self._stopped_io: set[str] = set()
-        self.hooks = hooks
-        self._background: set[asyncio.Task[object]] = set()
         """Test-only fault injection: crash (SIGKILL self) right after this action type."""
+        self._background: set[asyncio.Task[object]] = set()
+        self._handlers: dict[type, Callable[[Any, _Run], Awaitable[ActionResult]]] = {
+            RouteFence: self._route_fence,
+            Route: self._route,
+            WaitApplied: self._wait_applied,
+            Promote: self._promote,
+            Repoint: self._repoint,
+            Fence: self._fence,
+            Rejoin: self._rejoin,
+            SetIOThreads: self._set_io_threads,
+            CheckTransactions: self._check_transactions,
+            CatchUp: self._catch_up,
+            SetWritable: self._set_writable,
+            RequireReadOnly: self._require_read_only,
+            Hook: self._hook,
+            Notify: self._notify_step,
+        }
+
+    # -- running a plan ----------------------------------------------------------------------
 
     async def run(
         self,
         plan_id: str,
-        plan: p.Plan,
+        plan: Plan,
         *,
         skip: frozenset[int] = frozenset(),
         resumed: bool = False,
     ) -> PlanFinished:
-        started = self._clock()
-        self._resuming = resumed
-        self._stopped_io = set()
-        journaled = plan.kind.journaled and self.journal is not None
-        if journaled and not resumed:
-            assert self.journal is not None
-            self.journal.begin(plan_id, plan)
-        steps: list[StepResult] = []
-        timings: dict[str, float] = {}
-        failed: str | None = None
-        no_return = next(
-            (i for i, a in enumerate(plan.actions) if isinstance(a, p.Promote)), len(plan.actions)
-        )
+        """Run ``plan`` (``skip``: the steps a run before a restart did) and report back."""
+        run = _Run(plan_id, plan, self._clock(), plan.kind.journaled and self.journal is not None)
+        if run.journaled and not resumed:
+            self._journal().begin(plan_id, plan)
+        steps: list[ActionResult] = []
+        failed_at: int | None = None
         for index, action in enumerate(plan.actions):
             if index in skip:
                 continue
-            name = type(action).__name__
-            t0 = self._clock()
-            if journaled and isinstance(action, p.Promote):
-                assert self.journal is not None  # a crash inside Promote must be known as such
-                self.journal.step_started(plan_id, index)
-            try:
-                if plan.deadline is not None and index < no_return:
-                    left = started + plan.deadline - self._clock()
-                    if left <= 0:
-                        raise TimeoutError
-                    async with asyncio.timeout(left):
-                        outcome = await self._do(action, plan, started, timings)
-                else:
-                    outcome = await self._do(action, plan, started, timings)
-            except TimeoutError:
-                outcome = Outcome(
-                    False, False, f"deadline of {plan.deadline:g} s passed before promotion"
-                )
-            except Exception as exc:  # an action must not kill the decision task
-                outcome = Outcome(False, False, f"{type(exc).__name__}: {exc}")
-            took = self._clock() - t0
-            timings[name] = self._clock() - started
-            step = StepResult(
-                index,
-                name,
-                _target(action),
-                outcome.ok,
-                outcome.changed,
-                outcome.reason,
-                round(took, 3),
-            )
+            step = await self._step(run, index, action)
             steps.append(step)
-            self.log.emit(
-                "action",
-                step.target,
-                "info" if outcome.ok else "error",
-                plan=plan_id,
-                rule=plan.rule,
-                action=name,
-                ok=outcome.ok,
-                changed=outcome.changed,
-                reason=outcome.reason,
-                seconds=round(took, 3),
-            )
-            if journaled:
-                assert self.journal is not None
-                self.journal.step(plan_id, index, outcome.ok, outcome.reason)
-            if self._fault_after == name:
-                _crash_for_test(self.log, name)
-            if not outcome.ok and action.required:
-                failed = name
+            if not step.ok and action.required:
+                failed_at = index
                 break
-        ok = failed is None
-        reason = "all steps done" if ok else f"{failed} failed: {steps[-1].reason}"
-        stopped_at = steps[-1].index if steps else 0
-        # Before the point of no return, or at it when Promote itself failed (its candidate
-        # is then not writable: Promote turns read_only off last and checks it).
-        if not ok and plan.rollback and stopped_at <= no_return:
-            undone = await self._rollback(plan_id, plan, reason, failed == "Promote")
-            reason = f"rolled back ({undone}) after {reason}"
-        if journaled:
-            assert self.journal is not None
-            self.journal.end(plan_id, ok, reason)
+        ok = failed_at is None
+        reason = "all steps done" if ok else f"{steps[-1].action} failed: {steps[-1].reason}"
+        undo = (
+            () if failed_at is None else rollback_actions(plan, failed_at, run.stopped_io, reason)
+        )
+        if undo:
+            reason = f"rolled back ({await self._rollback(run, undo)}) after {reason}"
+        if run.journaled:
+            self._journal().end(plan_id, ok, reason)
+        return self._finished(run, ok, reason, failed_at, tuple(steps), skip, bool(undo))
+
+    def _finished(
+        self,
+        run: _Run,
+        ok: bool,
+        reason: str,
+        failed_at: int | None,
+        steps: tuple[ActionResult, ...],
+        skip: frozenset[int],
+        rolled_back: bool,
+    ) -> PlanFinished:
+        plan = run.plan
+        ran = [plan.actions[s.index] for s in steps]
+        promote_at = plan.point_of_no_return
+        promoted = plan.promote is not None and (
+            promote_at in skip or any(s.index == promote_at and s.ok for s in steps)
+        )
         return PlanFinished(
             self._clock(),
-            plan_id,
+            run.plan_id,
             plan.rule,
             plan.kind,
             ok,
             reason,
-            failed,
-            tuple(steps),
-            round(self._clock() - started, 3),
+            failed_at,
+            steps,
+            round(self._clock() - run.started, 3),
+            promoted=plan.promote.node if promoted and plan.promote else None,
+            touched=frozenset(n for a in ran for n in a.targets()),
+            routed=any(a.routes for a in ran),
+            rolled_back=rolled_back,
         )
 
-    async def _rollback(
-        self, plan_id: str, plan: p.Plan, why: str, promote_failed: bool = False
-    ) -> str:
-        """Undo a plan stopped before its point of no return; every step is attempted."""
-        if promote_failed and plan.kind is p.PlanKind.SWITCHOVER:
-            candidate = next(a.node for a in plan.actions if isinstance(a, p.Promote))
-            try:
-                status = await self.mysql.status(candidate)
-            except Exception as exc:
-                return f"NOT rolled back: cannot read the candidate {candidate}: {exc}"
-            if not status.read_only:
-                # Making the old primary writable again would make two writers.
-                return f"NOT rolled back: the candidate {candidate} is writable"
+    async def _step(self, run: _Run, index: int, action: Action) -> ActionResult:
+        """One action, timed, logged and journaled; it never raises."""
+        name = type(action).__name__
+        t0 = self._clock()
+        if run.journaled and isinstance(action, Promote):
+            self._journal().step_started(run.plan_id, index)  # a crash inside is known as such
+        result = await self._attempt(run, action, deadline=index < run.plan.point_of_no_return)
+        took = self._clock() - t0
+        run.timings[name] = self._clock() - run.started
+        step = replace(
+            result, action=name, node=_target(action), index=index, seconds=round(took, 3)
+        )
+        self.log.emit(
+            "action",
+            step.node,
+            "info" if step.ok else "error",
+            plan=run.plan_id,
+            rule=run.plan.rule,
+            action=name,
+            ok=step.ok,
+            changed=step.changed,
+            reason=step.reason,
+            seconds=step.seconds,
+        )
+        if run.journaled:
+            self._journal().step(run.plan_id, index, step.ok, step.reason)
+        if self._fault_after == name:
+            _crash_for_test(self.log, name)
+        return step
+
+    async def _attempt(self, run: _Run, action: Action, *, deadline: bool) -> ActionResult:
+        """The action under the plan's deadline (before its point of no return)."""
+        plan = run.plan
+        try:
+            if plan.deadline is None or not deadline:
+                return await self._do(action, run)
+            left = run.started + plan.deadline - self._clock()
+            if left <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(left):
+                return await self._do(action, run)
+        except TimeoutError:
+            return _failed(f"deadline of {plan.deadline:g} s passed before promotion")
+        except Exception as exc:  # an action must not kill the decision task
+            return _failed(f"{type(exc).__name__}: {exc}")
+
+    async def _rollback(self, run: _Run, actions: tuple[Action, ...]) -> str:
+        """Undo a plan stopped before its point of no return: every step is attempted; a
+        failed guard (RequireReadOnly) stops it."""
         results = []
-        for action in plan.rollback:
-            if isinstance(action, p.SetIOThreads) and action.running:
-                # Start again only the IO threads this plan stopped (not an operator's).
-                nodes = tuple(n for n in action.nodes if n in self._stopped_io)
-                if not nodes:
-                    continue
-                action = p.SetIOThreads(nodes, running=True, required=action.required)
-            if isinstance(action, p.Notify):
-                action = p.Notify(
-                    action.kind,
-                    action.node,
-                    action.summary,
-                    f"{action.reason}; cause: {why}",
-                    action.sections,
-                )
+        for action in actions:
             try:
-                outcome = await self._do(action, plan, self._clock(), {})
+                result = await self._do(action, run)
             except Exception as exc:
-                outcome = Outcome(False, False, f"{type(exc).__name__}: {exc}")
-            results.append(f"{type(action).__name__} {'ok' if outcome.ok else 'FAILED'}")
+                result = _failed(f"{type(exc).__name__}: {exc}")
+            name = type(action).__name__
             self.log.emit(
                 "rollback_action",
                 _target(action),
-                "warning" if outcome.ok else "error",
-                plan=plan_id,
-                action=type(action).__name__,
-                ok=outcome.ok,
-                reason=outcome.reason,
+                "warning" if result.ok else "error",
+                plan=run.plan_id,
+                action=name,
+                ok=result.ok,
+                reason=result.reason,
             )
+            if isinstance(action, RequireReadOnly):
+                if not result.ok:
+                    return f"NOT rolled back: {result.reason}"
+                continue
+            results.append(f"{name} {'ok' if result.ok else 'FAILED'}")
         return ", ".join(results)
 
-    async def _do(
-        self, action: p.Action, plan: p.Plan, started: float, timings: dict[str, float]
-    ) -> Outcome:
-        timeout = self.settings.failover.action_timeout
-        match action:
-            case p.RouteFence(node=node):
-                if self.router is None:
-                    return Outcome(True, False, "no router")
-                current = await self.router.read()
-                desired = fenced(current, node)
-                changed = await self.router.apply(desired, allow_no_writer=True)
-                return Outcome(True, changed, f"{node} out of the writer and reader groups")
-            case p.Route(desired=desired, hidden_change=hidden_change):
-                if self.router is None:
-                    return Outcome(True, False, "no router")
-                changed = await self.router.apply(desired, allow_hidden_change=hidden_change)
-                return Outcome(True, changed, f"router: {desired.to_json()}")
-            case p.SetIOThreads(nodes=nodes, running=running):
-                results = await asyncio.gather(
-                    *(self.mysql.set_io_thread(n, running, timeout) for n in nodes)
-                )
-                if not running:
-                    self._stopped_io = {r.node for r in results if r.changed}
-                bad = [f"{r.node}: {r.reason}" for r in results if not r.ok]
-                verb = "started" if running else "stopped"
-                return Outcome(
-                    not bad,
-                    any(r.changed for r in results),
-                    "; ".join(bad) or f"IO threads {verb} on {', '.join(nodes)}",
-                )
-            case p.CheckTransactions(node=node, max_age=max_age):
-                return _outcome(await self.mysql.check_transactions(node, max_age, timeout))
-            case p.CatchUp(node=node, source=source, timeout=wait):
-                src = self.settings.node(source)
-                return _outcome(await self.mysql.catch_up(node, src.host, src.port, wait))
-            case p.SetWritable(node=node, on=on, semi_sync_source=semi_sync):
-                return _outcome(
-                    await self.mysql.set_writable(node, on, timeout, semi_sync_source=semi_sync)
-                )
-            case p.WaitApplied(node=node, timeout=wait):
-                return _outcome(await self.mysql.wait_applied(node, wait))
-            case p.Promote(node=node, old_primary=old):
-                src = self.settings.node(old)
-                result = await self.mysql.promote(node, src.host, src.port, timeout)
-                if not result.ok and self._resuming and "half-done promotion" in result.reason:
-                    # Our own journaled promotion was cut between RESET SLAVE ALL and
-                    # read_only=OFF (a crash): this node is the candidate the plan chose, it
-                    # applied everything (WaitApplied was done), so finish it.
-                    finished = await self.mysql.set_writable(
-                        node, True, timeout, semi_sync_source=True
-                    )
-                    return Outcome(
-                        finished.ok,
-                        finished.changed,
-                        f"finished a half-done promotion: {finished.reason}",
-                    )
-                return _outcome(result)
-            case p.Repoint(nodes=nodes, new_primary=new):
-                if not nodes:
-                    return Outcome(True, False, "no other replica")
-                src = self.settings.node(new)
-                results = await asyncio.gather(
-                    *(self.mysql.repoint(n, src.host, src.port, timeout) for n in nodes)
-                )
-                bad = [f"{r.node}: {r.reason}" for r in results if not r.ok]
-                return Outcome(
-                    not bad,
-                    any(r.changed for r in results),
-                    "; ".join(bad) or f"{', '.join(nodes)} replicate from {new}",
-                )
-            case p.Fence(node=node):
-                return _outcome(await self.mysql.fence(node, timeout))
-            case p.Rejoin(node=node, new_primary=new):
-                src = self.settings.node(new)
-                return _outcome(await self.mysql.rejoin(node, src.host, src.port, timeout))
-            case p.Hook(phase=phase, context=context, required=required):
-                if self.hooks is None:
-                    return Outcome(True, False, "no hook runner")
-                if not required:  # only a veto (pre_failover) may delay a plan
-                    self._in_background(self.hooks.run(phase, dict(context)), f"hook:{phase}")
-                    return Outcome(True, False, f"{phase} hook started in the background")
-                result = await self.hooks.run(phase, dict(context))
-                return Outcome(result.ok or not result.ran, result.ran, describe_hook(result))
-            case p.Notify():
-                self._notify(action, plan, timings)
-                return Outcome(True, False, "alert sent to the notifier")
-        raise TypeError(f"unknown action {action!r}")
+    def _journal(self) -> Journal:
+        assert self.journal is not None
+        return self.journal
 
-    def notify(self, action: p.Notify, plan: p.Plan) -> None:
-        """An alert outside a running plan (halts, refusals): never blocks. A halt also runs
-        the ``on_halt`` hook, in the background."""
-        self._notify(action, plan, {})
-        if action.kind.halts and self.hooks is not None and self.settings.hooks.on_halt:
+    async def _do(self, action: Action, run: _Run) -> ActionResult:
+        handler = self._handlers.get(type(action))
+        if handler is None:
+            raise TypeError(f"unknown action {action!r}")
+        return await handler(action, run)
+
+    # -- one handler per action type --------------------------------------------------------
+
+    @property
+    def _timeout(self) -> float:
+        return self.settings.failover.action_timeout
+
+    async def _route_fence(self, action: RouteFence, run: _Run) -> ActionResult:
+        if self.router is None:
+            return _done("no router")
+        desired = fenced(await self.router.read(), action.node)
+        changed = await self.router.apply(desired, allow_no_writer=True)
+        return _done(f"{action.node} out of the writer and reader groups", changed)
+
+    async def _route(self, action: Route, run: _Run) -> ActionResult:
+        if self.router is None:
+            return _done("no router")
+        changed = await self.router.apply(action.desired, allow_hidden_change=action.hidden_change)
+        return _done(f"router: {action.desired.to_json()}", changed)
+
+    async def _set_io_threads(self, action: SetIOThreads, run: _Run) -> ActionResult:
+        results = await asyncio.gather(
+            *(self.mysql.set_io_thread(n, action.running, self._timeout) for n in action.nodes)
+        )
+        if not action.running:
+            run.stopped_io = frozenset(r.node for r in results if r.changed)
+        verb = "started" if action.running else "stopped"
+        return _combined(results, f"IO threads {verb} on {', '.join(action.nodes)}")
+
+    async def _check_transactions(self, action: CheckTransactions, run: _Run) -> ActionResult:
+        return await self.mysql.check_transactions(action.node, action.max_age, self._timeout)
+
+    async def _catch_up(self, action: CatchUp, run: _Run) -> ActionResult:
+        src = self.settings.node(action.source)
+        return await self.mysql.catch_up(action.node, src.host, src.port, action.timeout)
+
+    async def _set_writable(self, action: SetWritable, run: _Run) -> ActionResult:
+        return await self.mysql.set_writable(
+            action.node, action.on, self._timeout, semi_sync_source=action.semi_sync_source
+        )
+
+    async def _require_read_only(self, action: RequireReadOnly, run: _Run) -> ActionResult:
+        try:
+            status = await self.mysql.status(action.node)
+        except Exception as exc:
+            return _failed(f"cannot read the candidate {action.node}: {exc}")
+        if not status.read_only:
+            return _failed(f"the candidate {action.node} is writable")
+        return _done(f"{action.node} is read-only")
+
+    async def _wait_applied(self, action: WaitApplied, run: _Run) -> ActionResult:
+        return await self.mysql.wait_applied(action.node, action.timeout)
+
+    async def _promote(self, action: Promote, run: _Run) -> ActionResult:
+        src = self.settings.node(action.old_primary)
+        result = await self.mysql.promote(action.node, src.host, src.port, self._timeout)
+        if result.ok or not (action.finish_half_done and result.detail.get("half_done_promotion")):
+            return result
+        # Our own journaled promotion was cut between RESET SLAVE ALL and read_only=OFF (a
+        # crash): this node is the candidate the plan chose and it applied everything
+        # (WaitApplied was done), so finish it.
+        finished = await self.mysql.set_writable(
+            action.node, True, self._timeout, semi_sync_source=True
+        )
+        return replace(finished, reason=f"finished a half-done promotion: {finished.reason}")
+
+    async def _repoint(self, action: Repoint, run: _Run) -> ActionResult:
+        if not action.nodes:
+            return _done("no other replica")
+        src = self.settings.node(action.new_primary)
+        results = await asyncio.gather(
+            *(self.mysql.repoint(n, src.host, src.port, self._timeout) for n in action.nodes)
+        )
+        return _combined(results, f"{', '.join(action.nodes)} replicate from {action.new_primary}")
+
+    async def _fence(self, action: Fence, run: _Run) -> ActionResult:
+        return await self.mysql.fence(action.node, self._timeout)
+
+    async def _rejoin(self, action: Rejoin, run: _Run) -> ActionResult:
+        src = self.settings.node(action.new_primary)
+        return await self.mysql.rejoin(action.node, src.host, src.port, self._timeout)
+
+    async def _hook(self, action: Hook, run: _Run) -> ActionResult:
+        if self.hooks is None:
+            return _done("no hook runner")
+        job = self.hooks.run(action.phase, dict(action.context))
+        if not action.required:  # only a veto (pre_failover) may delay a plan
+            self._in_background(job, f"hook:{action.phase}")
+            return _done(f"{action.phase} hook started in the background")
+        result = await job
+        return ActionResult(
+            "hook", None, result.ok or not result.ran, result.ran, describe_hook(result)
+        )
+
+    async def _notify_step(self, action: Notify, run: _Run) -> ActionResult:
+        self._send(action, run.plan, run.timings)
+        return _done("alert sent to the notifier")
+
+    # -- alerts -------------------------------------------------------------------------------
+
+    def notify(self, action: Notify, plan: Plan, *, on_halt: bool = False) -> None:
+        """An alert outside a running plan (halts, refusals): never blocks. ``on_halt``: the
+        ``on_halt`` hook runs too, in the background."""
+        self._send(action, plan, {})
+        if on_halt and self.hooks is not None and self.settings.hooks.on_halt:
             context = {
                 "kind": action.kind.value,
                 "node": action.node or "",
@@ -315,14 +416,15 @@ class Executor:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _notify(self, action: p.Notify, plan: p.Plan, timings: dict[str, float]) -> None:
+    def _send(self, action: Notify, plan: Plan, timings: dict[str, float]) -> None:
         sections = list(action.sections)
-        if plan.kind in (p.PlanKind.FAILOVER, p.PlanKind.SWITCHOVER) and timings:
+        if plan.kind in (PlanKind.FAILOVER, PlanKind.SWITCHOVER) and timings:
             lines = [f"{name:<12} +{seconds:.3f} s" for name, seconds in timings.items()]
             sections.append(("timings (from the decision)", "\n".join(lines)))
             sections.append(("topology after", topology_text(self._view())))
+        kind = str(action.kind)
         alert = Alert(
-            action.kind.value,
+            kind,
             self.settings.cluster.name,
             action.node,
             action.summary,
@@ -336,24 +438,34 @@ class Executor:
                 "alert",
                 action.node,
                 "warning",
-                kind=action.kind,
+                kind=kind,
                 summary=action.summary,
                 reason=action.reason,
                 mail="off",
             )
 
 
-def _outcome(result) -> Outcome:  # ActionResult from actions/mysql.py
-    return Outcome(result.ok, result.changed, result.reason)
+def _done(reason: str, changed: bool = False) -> ActionResult:
+    return ActionResult("", None, True, changed, reason)
 
 
-def _target(action: p.Action) -> str | None:
-    for attr in ("node",):
-        if hasattr(action, attr):
-            return getattr(action, attr)
-    if isinstance(action, p.Repoint):
+def _failed(reason: str) -> ActionResult:
+    return ActionResult("", None, False, False, reason)
+
+
+def _combined(results: list[ActionResult], success: str) -> ActionResult:
+    """One result for an action run on several nodes at once."""
+    bad = [f"{r.node}: {r.reason}" for r in results if not r.ok]
+    return ActionResult(
+        "", None, not bad, any(r.changed for r in results), "; ".join(bad) or success
+    )
+
+
+def _target(action: Action) -> str | None:
+    """The node of an action's log line (and of a command's answer): for display only."""
+    if isinstance(action, Repoint):
         return ",".join(action.nodes)
-    return None
+    return getattr(action, "node", None)
 
 
 def _crash_for_test(log: JsonLog, after: str) -> None:

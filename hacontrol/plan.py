@@ -1,128 +1,20 @@
-"""The vocabulary of the core: actions, plans and their kinds.
+"""The vocabulary of the core: actions, plans, their kinds, alert kinds and action results.
 
 Actions are values the executor runs in order. Each names its own precondition in its
 docstring; the executor's implementation re-checks it on fresh data before changing anything.
+``targets()`` names the nodes an action acts on and ``routes`` says whether it changes the
+router: after a plan, the controller waits for fresh probes of exactly those.
 A plan is a rule's answer: its actions, in order, with the rule's name and a one-line reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, ClassVar
 
 from hacontrol.routing import Membership
-
-
-@dataclass(frozen=True)
-class RouteFence:
-    """Take ``node`` out of the router's writer and reader groups (no writer for a moment)."""
-
-    node: str
-    required: bool = False  # a dead primary takes no writes anyway: failure is logged, not fatal
-
-
-@dataclass(frozen=True)
-class Route:
-    """Make the router do ``desired`` (exactly one writer)."""
-
-    desired: Membership
-    required: bool = True
-    hidden_change: bool = False
-    """An operator's maintenance command: the hidden group may change (never otherwise)."""
-
-
-@dataclass(frozen=True)
-class WaitApplied:
-    """Wait until ``node`` applied everything it received from its source."""
-
-    node: str
-    timeout: float
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class Promote:
-    """Make ``node`` (still a replica of ``old_primary``) the primary: writable, no source."""
-
-    node: str
-    old_primary: str
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class Repoint:
-    """Make every node of ``nodes`` replicate from ``new_primary`` (GTID), concurrently."""
-
-    nodes: tuple[str, ...]
-    new_primary: str
-    required: bool = False  # a replica that cannot be repointed ends up in broken, not a halt
-
-
-@dataclass(frozen=True)
-class Fence:
-    """``read_only=ON`` on ``node`` and its application connections killed."""
-
-    node: str
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class Rejoin:
-    """Make the fenced old primary ``node`` a replica of ``new_primary``, if not errant."""
-
-    node: str
-    new_primary: str
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class SetIOThreads:
-    """Stop (or start) the IO thread of every node of ``nodes``, concurrently."""
-
-    nodes: tuple[str, ...]
-    running: bool
-    required: bool = False
-
-
-@dataclass(frozen=True)
-class CheckTransactions:
-    """Switchover pre-flight on the live primary: no transaction older than ``max_age``."""
-
-    node: str
-    max_age: float
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class CatchUp:
-    """Wait until replica ``node`` executed everything ``source`` (now read-only) wrote."""
-
-    node: str
-    source: str
-    timeout: float
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class SetWritable:
-    """``read_only`` OFF (``on``) or ON on ``node``: the rollback of a switchover."""
-
-    node: str
-    on: bool
-    required: bool = True
-    semi_sync_source: bool | None = None
-    """With ``on``: the semi-sync source setting to restore (the fence turned it off)."""
-
-
-@dataclass(frozen=True)
-class Hook:
-    """Run the operator's command for ``phase`` (when configured) with ``context``.
-
-    ``required``: a non-zero exit (or a timeout) stops the plan: ``pre_failover`` is a veto."""
-
-    phase: str
-    context: tuple[tuple[str, str], ...] = ()
-    required: bool = False
 
 
 class AlertKind(StrEnum):
@@ -152,8 +44,167 @@ class AlertKind(StrEnum):
         return self in (AlertKind.HALT, AlertKind.NO_CANDIDATE, AlertKind.CANDIDATE_INCOMPLETE)
 
 
+class _OneNode:
+    """Mixin: an action on its ``node``."""
+
+    node: str
+    routes: ClassVar[bool] = False
+
+    def targets(self) -> tuple[str, ...]:
+        return (self.node,)
+
+
+class _Nodes:
+    """Mixin: an action on every node of ``nodes``, concurrently."""
+
+    nodes: tuple[str, ...]
+    routes: ClassVar[bool] = False
+
+    def targets(self) -> tuple[str, ...]:
+        return self.nodes
+
+
+class _NoNode:
+    """Mixin: an action on no node (the router, a hook, a mail)."""
+
+    routes: ClassVar[bool] = False
+
+    def targets(self) -> tuple[str, ...]:
+        return ()
+
+
 @dataclass(frozen=True)
-class Notify:
+class RouteFence(_NoNode):
+    """Take ``node`` out of the router's writer and reader groups (no writer for a moment)."""
+
+    node: str
+    required: bool = False  # a dead primary takes no writes anyway: failure is logged, not fatal
+    routes: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Route(_NoNode):
+    """Make the router do ``desired`` (exactly one writer)."""
+
+    desired: Membership
+    required: bool = True
+    hidden_change: bool = False
+    """An operator's maintenance command: the hidden group may change (never otherwise)."""
+    routes: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class WaitApplied(_OneNode):
+    """Wait until ``node`` applied everything it received from its source."""
+
+    node: str
+    timeout: float
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Promote(_OneNode):
+    """Make ``node`` (still a replica of ``old_primary``) the primary: writable, no source.
+
+    The point of no return of a plan. ``finish_half_done``: the journal says this very
+    promotion began before a controller crash; a node found read-only without replication is
+    then that half-done promotion, and is made writable (it had applied everything)."""
+
+    node: str
+    old_primary: str
+    required: bool = True
+    finish_half_done: bool = False
+
+
+@dataclass(frozen=True)
+class Repoint(_Nodes):
+    """Make every node of ``nodes`` replicate from ``new_primary`` (GTID), concurrently."""
+
+    nodes: tuple[str, ...]
+    new_primary: str
+    required: bool = False  # a replica that cannot be repointed ends up in broken, not a halt
+
+
+@dataclass(frozen=True)
+class Fence(_OneNode):
+    """``read_only=ON`` on ``node`` and its application connections killed."""
+
+    node: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Rejoin(_OneNode):
+    """Make the fenced old primary ``node`` a replica of ``new_primary``, if not errant."""
+
+    node: str
+    new_primary: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class SetIOThreads(_Nodes):
+    """Stop (or start) the IO thread of every node of ``nodes``, concurrently."""
+
+    nodes: tuple[str, ...]
+    running: bool
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class CheckTransactions(_OneNode):
+    """Switchover pre-flight on the live primary: no transaction older than ``max_age``."""
+
+    node: str
+    max_age: float
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class CatchUp(_OneNode):
+    """Wait until replica ``node`` executed everything ``source`` (now read-only) wrote."""
+
+    node: str
+    source: str
+    timeout: float
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class SetWritable(_OneNode):
+    """``read_only`` OFF (``on``) or ON on ``node``: the rollback of a switchover."""
+
+    node: str
+    on: bool
+    required: bool = True
+    semi_sync_source: bool | None = None
+    """With ``on``: the semi-sync source setting to restore (the fence turned it off)."""
+
+
+@dataclass(frozen=True)
+class RequireReadOnly(_OneNode):
+    """Go on only if ``node`` is read-only: a guard before the old primary of a switchover
+    whose promotion failed is made writable again (never two writers)."""
+
+    node: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Hook(_NoNode):
+    """Run the operator's command for ``phase`` (when configured) with ``context``.
+
+    ``required``: a non-zero exit (or a timeout) stops the plan: ``pre_failover`` is a veto."""
+
+    phase: str
+    context: tuple[tuple[str, str], ...] = ()
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Notify(_NoNode):
+    """An alert: logged, and mailed by the notifier's background poster."""
+
     kind: AlertKind
     node: str | None
     summary: str
@@ -174,9 +225,11 @@ Action = (
     | CheckTransactions
     | CatchUp
     | SetWritable
+    | RequireReadOnly
     | Hook
     | Notify
 )
+"""Every action type, once: the journal and the executor take their lists from here."""
 
 
 class PlanKind(StrEnum):
@@ -216,3 +269,33 @@ class Plan:
     @property
     def changes_cluster(self) -> bool:
         return any(not isinstance(a, Notify) for a in self.actions)
+
+    @property
+    def point_of_no_return(self) -> int:
+        """Index of the first Promote (past it the plan is always finished), or the end."""
+        return next(
+            (i for i, a in enumerate(self.actions) if isinstance(a, Promote)), len(self.actions)
+        )
+
+    @property
+    def promote(self) -> Promote | None:
+        return next((a for a in self.actions if isinstance(a, Promote)), None)
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What one action did: the one result type, from an action on one node (``actions/``)
+    to a step of a plan (the executor sets ``index`` and ``seconds``).
+
+    ``changed``: something was changed (a statement sent, a router row moved). ``detail``:
+    facts for the log (the statements run, positions), and ``half_done_promotion`` when
+    promote found a read-only node without replication."""
+
+    action: str
+    node: str | None
+    ok: bool
+    changed: bool
+    reason: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    index: int = -1
+    seconds: float = 0.0

@@ -103,16 +103,27 @@ class FakeExecutor:
         self.plans: list[str] = []
 
     async def run(self, plan_id, plan, *, skip=frozenset(), resumed=False):
-        from hacontrol.events import PlanFinished, StepResult
+        from hacontrol.events import PlanFinished
+        from hacontrol.plan import ActionResult
 
         self.plans.append(plan.rule)
-        steps = tuple(
-            StepResult(
-                i, type(a).__name__, None, type(a).__name__ in self.done_actions, False, "fake", 0.0
-            )
+        ran = [
+            (i, a)
             for i, a in enumerate(plan.actions)
             if type(a).__name__ in (*self.done_actions, "WaitApplied")
+        ]
+        steps = tuple(
+            ActionResult(
+                type(a).__name__,
+                None,
+                type(a).__name__ in self.done_actions,
+                False,
+                "fake",
+                index=i,
+            )
+            for i, a in ran
         )
+        failed_at = next((s.index for s in steps if s.action == "WaitApplied"), None)
         return PlanFinished(
             5.0,
             plan_id,
@@ -120,12 +131,15 @@ class FakeExecutor:
             plan.kind,
             self.ok,
             "WaitApplied failed: timed out" if not self.ok else "done",
-            None if self.ok else "WaitApplied",
+            None if self.ok else failed_at,
             steps,
             0.1,
+            promoted=plan.promote.node if plan.promote and "Promote" in self.done_actions else None,
+            touched=frozenset(n for _, a in ran for n in a.targets()),
+            routed=any(a.routes for _, a in ran),
         )
 
-    def notify(self, action, plan) -> None:
+    def notify(self, action, plan, *, on_halt=False) -> None:
         self.alerts.append(action.kind)
 
 
@@ -314,6 +328,7 @@ def test_journal_round_trips_every_action_type():
         Promote,
         Rejoin,
         Repoint,
+        RequireReadOnly,
         Route,
         RouteFence,
         SetIOThreads,
@@ -326,7 +341,7 @@ def test_journal_round_trips_every_action_type():
         RouteFence("node1", required=True),
         Route(Membership.of(["node2"], ["node2", "node3"], ["node1"], ["node4"]), False, True),
         WaitApplied("node2", 5.0),
-        Promote("node2", "node1"),
+        Promote("node2", "node1", finish_half_done=True),
         Repoint(("node3", "node4"), "node2"),
         Fence("node1"),
         Rejoin("node1", "node2", required=False),
@@ -334,6 +349,7 @@ def test_journal_round_trips_every_action_type():
         CheckTransactions("node1", 5.0),
         CatchUp("node2", "node1", 10.0),
         SetWritable("node1", True, semi_sync_source=True),
+        RequireReadOnly("node2"),
         Hook("pre_failover", (("phase", "pre_failover"), ("old_primary", "node1")), True),
         Notify(AlertKind.FAILOVER, "node1", "s", "r", (("candidates", "table"),)),
     ]

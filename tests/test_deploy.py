@@ -25,8 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hacontrol.cli import build_parser
 from hacontrol.controller import plan_budget
-from hacontrol.events import PlanFinished, ProbeResult, StepResult
+from hacontrol.events import PlanFinished, ProbeResult
 from hacontrol.metrics import Metrics
+from hacontrol.plan import ActionResult
 from hacontrol.sandbox.render import APP_PRIVILEGES, CONTROLLER_PRIVILEGES, REPLICATION_PRIVILEGES
 from hacontrol.service import SHUTDOWN_GRACE
 from hacontrol.settings import SECRETS, Settings, load_settings
@@ -122,7 +123,7 @@ def _rendered_samples() -> dict[str, dict[str, set[str]]]:
         if isinstance(event, ProbeResult):
             metrics.observe_probe(event)
     metrics.observe_view(view)
-    steps = (StepResult(0, "RouteFence", "node1", True, True, "done", 0.1),)
+    steps = (ActionResult("RouteFence", "node1", True, True, "done", index=0, seconds=0.1),)
     metrics.observe_plan(
         PlanFinished(10.0, "failover-1", "DeadPrimary", "failover", True, "done", None, steps, 0.1),
         0.5,

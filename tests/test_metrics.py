@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hacontrol.events import PlanFinished, StepResult
+from hacontrol.events import PlanFinished
 from hacontrol.metrics import Metrics, failover_phases, plan_outcome
+from hacontrol.plan import ActionResult
 from hacontrol.view import fold, initial
 from tests.factories import down, primary, replica, settings
 
@@ -28,11 +29,12 @@ def value(data: Samples, name: str, **labels: str) -> float | None:
     return data.get((name, frozenset({"cluster": "t", **labels}.items())))
 
 
-def step(index: int, action: str, seconds: float, ok: bool = True) -> StepResult:
-    return StepResult(index, action, None, ok, True, "done" if ok else "failed", seconds)
+def step(index: int, action: str, seconds: float, ok: bool = True) -> ActionResult:
+    reason = "done" if ok else "failed"
+    return ActionResult(action, None, ok, True, reason, index=index, seconds=seconds)
 
 
-def failover(ok: bool = True, steps: tuple[StepResult, ...] | None = None) -> PlanFinished:
+def failover(ok: bool = True, steps: tuple[ActionResult, ...] | None = None) -> PlanFinished:
     steps = steps or (
         step(0, "RouteFence", 0.2),
         step(1, "WaitApplied", 0.3),
@@ -48,7 +50,7 @@ def failover(ok: bool = True, steps: tuple[StepResult, ...] | None = None) -> Pl
         kind="failover",
         ok=ok,
         reason="all steps done" if ok else "WaitApplied failed: timeout",
-        failed_action=None if ok else "WaitApplied",
+        failed_at=None if ok else 1,
         steps=steps,
         seconds=round(sum(s.seconds for s in steps), 3),
     )

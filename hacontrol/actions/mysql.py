@@ -10,7 +10,7 @@ Side effects only; what to do is decided elsewhere (``decide()``). Every action:
   and changes nothing when its precondition does not hold;
 - is idempotent: when the goal already holds it returns ``ok=True, changed=False`` with the
   reason "already done";
-- never raises (except cancellation): it returns a frozen :class:`ActionResult` whose
+- never raises (except cancellation): it returns a frozen ``hacontrol.plan.ActionResult`` whose
   ``detail["steps"]`` lists every changing statement it ran (SQL text only, never parameters:
   CHANGE MASTER carries the replication password).
 
@@ -51,6 +51,7 @@ from hacontrol.addresses import same_address
 from hacontrol.flavors import DETECT_SQL, Flavor, FlavorName, IoState, NodeStatus, detect
 from hacontrol.flavors.base import ReplicationStatus, Sql, multi_statement
 from hacontrol.mysqlconn import Endpoint, connect, describe_error, fetch_all
+from hacontrol.plan import ActionResult
 from hacontrol.settings import Settings
 
 DEFAULT_TIMEOUT = 10.0
@@ -99,18 +100,6 @@ def _kill_sql(thread_id: int) -> Sql:
 def _set_replica_position_sql(position: str) -> Sql:
     """MariaDB only; needs every replication connection stopped."""
     return Sql("SET GLOBAL gtid_slave_pos = %s", (position,))
-
-
-@dataclass(frozen=True)
-class ActionResult:
-    """What one action did. ``changed``: at least one changing statement was sent."""
-
-    action: str
-    node: str
-    ok: bool
-    changed: bool
-    reason: str
-    detail: dict[str, Any] = field(default_factory=dict)
 
 
 class ActionError(Exception):
@@ -302,7 +291,8 @@ class MySQLActions:
             if repl is None:
                 raise ActionError(
                     "not a replica and read-only: not promoting "
-                    "(a half-done promotion is finished with set_writable)"
+                    "(a half-done promotion is finished with set_writable)",
+                    half_done_promotion=True,
                 )
             if not same_address(
                 repl.source_host, repl.source_port, old_primary_host, old_primary_port

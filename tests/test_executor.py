@@ -1,0 +1,381 @@
+"""The executor against fake nodes and a fake router: order, rollback, the point of no return,
+journaling for crash resume, and the typed facts it reports. No database, no sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from hacontrol.executor import Executor
+from hacontrol.journal import Journal
+from hacontrol.plan import (
+    ActionResult,
+    AlertKind,
+    CatchUp,
+    CheckTransactions,
+    Fence,
+    Hook,
+    Notify,
+    Plan,
+    PlanKind,
+    Promote,
+    Rejoin,
+    Repoint,
+    Route,
+    RouteFence,
+    SetIOThreads,
+    SetWritable,
+    WaitApplied,
+)
+from hacontrol.routing import Membership
+from hacontrol.view import initial
+from tests.factories import MemoryLog, settings, status
+
+S = settings()
+BEFORE = Membership.of(["node1"], ["node1", "node2", "node3"])
+AFTER = Membership.of(["node2"], ["node1", "node2", "node3"])
+
+
+class Crash(BaseException):
+    """Stands for the controller dying inside an action (not an error the executor catches)."""
+
+
+@dataclass
+class FakeNodes:
+    """Every call recorded as (method, node); ``fail`` and ``crash`` by (method, node)."""
+
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    fail: dict[tuple[str, str], ActionResult] = field(default_factory=dict)
+    crash: set[tuple[str, str]] = field(default_factory=set)
+    read_only: dict[str, bool] = field(default_factory=dict)
+    io_running: set[str] = field(default_factory=lambda: {"node2", "node3"})
+    slow: dict[str, float] = field(default_factory=dict)
+
+    async def _act(self, method: str, node: str, changed: bool = True) -> ActionResult:
+        self.calls.append((method, node))
+        if (method, node) in self.crash:
+            raise Crash
+        await asyncio.sleep(self.slow.get(method, 0))
+        failed = self.fail.get((method, node))
+        return failed or ActionResult(method, node, True, changed, f"{method} done")
+
+    async def status(self, node, timeout=None):
+        self.calls.append(("status", node))
+        return status(int(node[-1]), read_only=self.read_only.get(node, True))
+
+    async def fence(self, node, timeout=None):
+        return await self._act("fence", node)
+
+    async def wait_applied(self, node, timeout):
+        return await self._act("wait_applied", node)
+
+    async def promote(self, node, host, port, timeout=None):
+        return await self._act("promote", node)
+
+    async def repoint(self, node, host, port, timeout=None):
+        return await self._act("repoint", node)
+
+    async def rejoin(self, node, host, port, timeout=None):
+        return await self._act("rejoin", node)
+
+    async def set_io_thread(self, node, running, timeout=None):
+        changed = (node in self.io_running) != running
+        (self.io_running.add if running else self.io_running.discard)(node)
+        return await self._act("start_io" if running else "stop_io", node, changed)
+
+    async def check_transactions(self, node, max_age, timeout=None):
+        return await self._act("check_transactions", node)
+
+    async def catch_up(self, node, host, port, timeout):
+        return await self._act("catch_up", node)
+
+    async def set_writable(self, node, on, timeout=None, *, semi_sync_source=None):
+        return await self._act("writable" if on else "read_only", node)
+
+
+@dataclass
+class FakeRouter:
+    membership: Membership = BEFORE
+    applied: list[Membership] = field(default_factory=list)
+
+    async def read(self) -> Membership:
+        return self.membership
+
+    async def apply(self, desired, *, allow_no_writer=False, allow_hidden_change=False) -> bool:
+        self.applied.append(desired)
+        changed, self.membership = desired != self.membership, desired
+        return changed
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeNotifier:
+    alerts: list = field(default_factory=list)
+
+    def alert(self, alert) -> bool:
+        self.alerts.append(alert)
+        return True
+
+
+@dataclass
+class Rig:
+    executor: Executor
+    nodes: FakeNodes
+    router: FakeRouter
+    notifier: FakeNotifier
+    journal: Journal
+    log: MemoryLog
+
+
+@pytest.fixture
+def rig(tmp_path) -> Rig:
+    nodes, router, notifier = FakeNodes(), FakeRouter(), FakeNotifier()
+    journal, log = Journal(tmp_path / "journal.jsonl"), MemoryLog()
+    executor = Executor(
+        S,
+        log.log,
+        mysql=nodes,
+        router=router,
+        notifier=notifier,  # type: ignore[arg-type]
+        journal=journal,
+        view=lambda: initial(S),
+    )
+    return Rig(executor, nodes, router, notifier, journal, log)
+
+
+def failover_plan() -> Plan:
+    replicas = ("node2", "node3")
+    return Plan(
+        "DeadPrimary",
+        "node1 is dead",
+        (
+            RouteFence("node1", required=True),
+            SetIOThreads(replicas, running=False),
+            WaitApplied("node2", 5.0),
+            Promote("node2", "node1"),
+            Route(AFTER),
+            Repoint(("node3",), "node2"),
+            Notify(AlertKind.FAILOVER, "node1", "failover", "node1 is dead"),
+        ),
+        PlanKind.FAILOVER,
+        rollback=(SetIOThreads(replicas, running=True),),
+    )
+
+
+def switchover_plan(deadline: float = 10.0) -> Plan:
+    rolled_back = Notify(AlertKind.SWITCHOVER_ROLLED_BACK, "node1", "rolled back", "node1 again")
+    return Plan(
+        "Switchover",
+        "switchover from node1 to node2",
+        (
+            CheckTransactions("node1", 5.0),
+            RouteFence("node1", required=True),
+            Fence("node1"),
+            CatchUp("node2", "node1", deadline),
+            Promote("node2", "node1"),
+            Route(AFTER),
+            Repoint(("node3",), "node2"),
+            Rejoin("node1", "node2", required=False),
+        ),
+        PlanKind.SWITCHOVER,
+        deadline=deadline,
+        rollback=(SetWritable("node1", True, semi_sync_source=True), Route(BEFORE), rolled_back),
+    )
+
+
+def journal_records(rig: Rig) -> list[tuple[str, object]]:
+    import json
+
+    lines = [json.loads(line) for line in rig.journal.path.read_text().splitlines()]
+    return [(r["type"], r.get("index")) for r in lines]
+
+
+FAILED = ActionResult("x", "node2", False, False, "timed out")
+
+
+async def test_runs_every_action_in_order_and_reports_typed_facts(rig: Rig):
+    finished = await rig.executor.run("failover-1", failover_plan())
+    assert finished.ok and finished.reason == "all steps done" and finished.failed_at is None
+    assert rig.nodes.calls == [
+        ("stop_io", "node2"),
+        ("stop_io", "node3"),
+        ("wait_applied", "node2"),
+        ("promote", "node2"),
+        ("repoint", "node3"),
+    ]
+    assert rig.router.applied == [Membership.of([], ["node2", "node3"], ["node1"]), AFTER]
+    assert finished.promoted == "node2"
+    assert finished.touched == {"node2", "node3"} and finished.routed
+    assert [s.action for s in finished.steps] == [type(a).__name__ for a in failover_plan().actions]
+    assert [s.index for s in finished.steps] == list(range(7))
+    assert finished.steps[5].node == "node3" and finished.steps[0].node == "node1"
+    (alert,) = rig.notifier.alerts
+    assert alert.kind == "failover" and "topology after" in dict(alert.sections)
+    # Journaled: begin before the first step, start before Promote, end at the finish.
+    assert journal_records(rig) == [
+        ("begin", None),
+        *[("step", i) for i in range(3)],
+        ("start", 3),
+        *[("step", i) for i in range(3, 7)],
+        ("end", None),
+    ]
+
+
+async def test_a_failed_optional_action_is_logged_and_the_plan_goes_on(rig: Rig):
+    rig.nodes.fail[("repoint", "node3")] = replace(FAILED, node="node3")
+    finished = await rig.executor.run("failover-1", failover_plan())
+    assert finished.ok and len(finished.steps) == 7
+    assert not finished.steps[5].ok and finished.steps[5].reason == "node3: timed out"
+    assert [r["action"] for r in rig.log.lines("action") if not r["ok"]] == ["Repoint"]
+
+
+async def test_before_the_point_of_no_return_a_failure_stops_and_rolls_back(rig: Rig):
+    rig.nodes.fail[("catch_up", "node2")] = FAILED
+    finished = await rig.executor.run("switchover-1", switchover_plan())
+    assert not finished.ok and finished.failed_at == 3 and finished.rolled_back
+    assert ("promote", "node2") not in rig.nodes.calls  # stopped before the point of no return
+    assert rig.nodes.calls[-1] == ("writable", "node1")
+    assert rig.router.applied[-1] == BEFORE
+    assert finished.reason == (
+        "rolled back (SetWritable ok, Route ok, Notify ok) after CatchUp failed: timed out"
+    )
+    (alert,) = rig.notifier.alerts
+    assert alert.kind == "switchover_rolled_back" and alert.reason.endswith(
+        "cause: CatchUp failed: timed out"
+    )
+    assert finished.promoted is None and journal_records(rig)[-1] == ("end", None)
+
+
+async def test_past_the_point_of_no_return_nothing_is_rolled_back(rig: Rig):
+    rig.router.apply = _failing_apply(rig.router, AFTER)  # the Route right after Promote
+    finished = await rig.executor.run("switchover-1", switchover_plan())
+    assert not finished.ok and finished.failed_at == 5 and not finished.rolled_back
+    assert finished.promoted == "node2"
+    assert ("writable", "node1") not in rig.nodes.calls
+    assert "rolled back" not in finished.reason
+
+
+def _failing_apply(router: FakeRouter, refused: Membership):
+    original = router.apply
+
+    async def apply(desired, **kw):
+        if desired == refused:
+            raise RuntimeError("router refused")
+        return await original(desired, **kw)
+
+    return apply
+
+
+@pytest.mark.parametrize(("candidate_read_only", "undone"), [(True, True), (False, False)])
+async def test_a_failed_promotion_is_undone_only_while_its_candidate_is_read_only(
+    rig: Rig, candidate_read_only: bool, undone: bool
+):
+    rig.nodes.fail[("promote", "node2")] = FAILED
+    rig.nodes.read_only["node2"] = candidate_read_only
+    finished = await rig.executor.run("switchover-1", switchover_plan())
+    assert not finished.ok and finished.failed_at == 4
+    assert (("writable", "node1") in rig.nodes.calls) is undone
+    if not undone:  # never two writers
+        assert "NOT rolled back: the candidate node2 is writable" in finished.reason
+
+
+async def test_rollback_starts_again_only_the_io_threads_this_plan_stopped(rig: Rig):
+    rig.nodes.io_running = {"node2"}  # an operator stopped node3's IO thread before
+    rig.nodes.fail[("wait_applied", "node2")] = FAILED
+    finished = await rig.executor.run("failover-1", failover_plan())
+    assert not finished.ok and finished.rolled_back
+    assert rig.nodes.calls[-1] == ("start_io", "node2")
+    assert ("start_io", "node3") not in rig.nodes.calls
+    assert rig.nodes.io_running == {"node2"}
+
+
+async def test_the_deadline_before_promotion_stops_a_slow_step(rig: Rig):
+    rig.nodes.slow["catch_up"] = 5.0
+    finished = await rig.executor.run("switchover-1", switchover_plan(deadline=0.05))
+    assert not finished.ok and finished.failed_at == 3
+    assert "deadline of 0.05 s passed before promotion" in finished.reason
+    assert finished.rolled_back
+
+
+async def test_a_crash_inside_promote_leaves_a_journal_that_says_so(rig: Rig):
+    rig.nodes.crash.add(("promote", "node2"))
+    with pytest.raises(Crash):
+        await rig.executor.run("failover-1", failover_plan())
+    intent = Journal(rig.journal.path).load().unfinished
+    assert intent is not None and intent.plan_id == "failover-1"
+    assert intent.done == {0, 1, 2} and intent.started == {3}
+
+
+async def test_a_resumed_plan_skips_what_was_done_and_is_not_begun_again(rig: Rig):
+    rig.journal.begin("failover-1", failover_plan())
+    finished = await rig.executor.run(
+        "failover-1", failover_plan(), skip=frozenset({0, 1, 2, 3}), resumed=True
+    )
+    assert finished.ok and [s.index for s in finished.steps] == [4, 5, 6]
+    assert ("promote", "node2") not in rig.nodes.calls
+    assert finished.promoted == "node2"  # promoted before the restart
+    assert [t for t, _ in journal_records(rig)].count("begin") == 1
+
+
+HALF_DONE = ActionResult(
+    "promote", "node2", False, False, "not a replica and read-only", {"half_done_promotion": True}
+)
+
+
+@pytest.mark.parametrize("finish", [True, False])
+async def test_a_half_done_promotion_is_finished_only_when_the_plan_says_so(rig: Rig, finish: bool):
+    rig.nodes.fail[("promote", "node2")] = HALF_DONE
+    plan = failover_plan()
+    actions = list(plan.actions)
+    actions[3] = Promote("node2", "node1", finish_half_done=finish)
+    finished = await rig.executor.run("failover-1", replace(plan, actions=tuple(actions)))
+    assert finished.ok is finish
+    assert (("writable", "node2") in rig.nodes.calls) is finish
+    if finish:
+        assert finished.steps[3].reason == "finished a half-done promotion: writable done"
+
+
+async def test_a_required_hook_vetoes_and_an_optional_one_runs_in_the_background(rig: Rig):
+    from hacontrol.actions.hooks import HookResult
+
+    ran: list[str] = []
+
+    class Hooks:
+        async def run(self, phase, context):
+            ran.append(phase)
+            ok = phase != "pre_failover"
+            return HookResult(phase, "/bin/guard", True, ok, 0 if ok else 3, False, 0.1, "busy")
+
+    rig.executor.hooks = Hooks()  # type: ignore[assignment]
+    plan = failover_plan()
+    vetoed = (Hook("on_failure_detected"), Hook("pre_failover", required=True), *plan.actions)
+    finished = await rig.executor.run("failover-1", replace(plan, actions=vetoed))
+    await asyncio.sleep(0)  # the background hook
+    assert not finished.ok and finished.failed_at == 1
+    assert finished.reason == "Hook failed: pre_failover hook `/bin/guard` exited 3: busy"
+    assert finished.steps[0].reason == "on_failure_detected hook started in the background"
+    assert sorted(ran) == ["on_failure_detected", "pre_failover"]
+    assert rig.nodes.calls == [] and rig.router.applied == []  # nothing was changed
+    assert not finished.rolled_back  # nothing to undo: no IO thread was stopped
+
+
+async def test_an_alert_outside_a_plan_runs_the_on_halt_hook_only_for_a_halt(rig: Rig):
+    ran: list[tuple[str, dict]] = []
+
+    class Hooks:
+        async def run(self, phase, context):
+            ran.append((phase, dict(context)))
+
+    rig.executor.hooks = Hooks()  # type: ignore[assignment]
+    on_halt = S.model_copy(update={"hooks": S.hooks.model_copy(update={"on_halt": "true"})})
+    rig.executor.settings = on_halt
+    halt = Notify(AlertKind.HALT, None, "HALT", "two writers")
+    rig.executor.notify(halt, Plan("TwoWritableNodes", "x", kind=PlanKind.HALT), on_halt=True)
+    rig.executor.notify(Notify(AlertKind.NO_QUORUM, None, "q", "r"), Plan("NoQuorum", "x"))
+    await asyncio.sleep(0)
+    assert [a.kind for a in rig.notifier.alerts] == ["halt", "no_quorum"]
+    assert ran == [("on_halt", {"kind": "halt", "node": "", "reason": "two writers"})]
