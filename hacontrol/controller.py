@@ -256,6 +256,11 @@ class Controller:
         still_dead = self.view.has(Code.DEAD_PRIMARY) and self.view.primary == dead
         promoting = promote_at in intent.done or promote_at in intent.started
         if promoting or (plan.kind is PlanKind.FAILOVER and still_dead):
+            if promote_at in intent.started and promote_at not in intent.done:
+                # The crash came inside this Promote: a half-done promotion is ours to finish.
+                actions = list(plan.actions)
+                actions[promote_at] = replace(actions[promote_at], finish_half_done=True)
+                plan = replace(plan, actions=tuple(actions))
             self._log_decision(intent.remaining(), force=True)
             self._start(intent.plan_id, plan, skip=intent.done, resumed=True)
             return

@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 
+import pytest
+
 from hacontrol.controller import Controller, reprobe_targets
 from hacontrol.events import ConnectionLost, Stop
 from hacontrol.jsonlog import JsonLog
@@ -359,3 +361,66 @@ def test_journal_round_trips_every_action_type():
         assert restored == action
         for f in fields(action):  # the same types too (an enum stays an enum)
             assert type(getattr(restored, f.name)) is type(getattr(action, f.name)), f.name
+
+
+class RecordingExecutor(FakeExecutor):
+    """A FakeExecutor that keeps every plan it was given, with its skip set."""
+
+    def __init__(self) -> None:
+        super().__init__(ok=True, done_actions=())
+        self.given: list[tuple] = []
+
+    async def run(self, plan_id, plan, *, skip=frozenset(), resumed=False):
+        self.given.append((plan_id, plan, skip, resumed))
+        return await super().run(plan_id, plan, skip=skip, resumed=resumed)
+
+
+@pytest.mark.parametrize(
+    ("started", "done", "finish"),
+    [({3}, {0, 1, 2}, True), ((), {0, 1, 2, 3}, False), ((), {0, 1, 2}, False)],
+    ids=["crash inside Promote", "crash after Promote", "crash before Promote"],
+)
+async def test_resume_finishes_a_half_done_promotion_only_after_a_crash_inside_it(
+    tmp_path, started, done, finish
+):
+    from hacontrol.flavors.base import IoState
+    from hacontrol.journal import Journal
+    from hacontrol.plan import Plan, PlanKind, Promote, Route, RouteFence, SetIOThreads, WaitApplied
+    from hacontrol.routing import Membership
+
+    plan = Plan(
+        "DeadPrimary",
+        "node1 is dead",
+        (
+            RouteFence("node1", required=True),
+            SetIOThreads(("node2", "node3"), running=False),
+            WaitApplied("node2", 5.0),
+            Promote("node2", "node1"),
+            Route(Membership.of(["node2"], ["node2"], ["node1", "node3"])),
+        ),
+        PlanKind.FAILOVER,
+    )
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.begin("failover-1", plan)
+    for index in sorted(done):
+        journal.step("failover-1", index, True, "done")
+    for index in started:
+        journal.step_started("failover-1", index)
+    executor = RecordingExecutor()
+    queue: asyncio.Queue = asyncio.Queue()
+    controller = Controller(
+        S, JsonLog("t", stream=io.StringIO()), queue, executor=executor, journal=journal
+    )
+    dead_io = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "x"}
+    for t in (1.0, 2.0, 3.0):
+        for event in (
+            down("node1", t),
+            replica("node2", t, **dead_io),
+            replica("node3", t, **dead_io),
+            router(at=t),
+        ):
+            controller.handle(event)
+    await asyncio.sleep(0.01)
+    plan_id, resumed, skip, was_resumed = executor.given[0]
+    assert plan_id == "failover-1" and was_resumed and skip == done
+    assert resumed.promote is not None and resumed.promote.finish_half_done is finish
