@@ -1,15 +1,14 @@
 """Events: small immutable values on the controller's queue. Nothing else lives here.
 
 Every event carries ``at``, a monotonic timestamp (``time.monotonic()``) taken where it was
-observed. Probes and the router probe produce them; operator commands and timer ticks will be
-events too, so the single decision task sees one ordered stream.
+observed. Probes and the router probe produce them; operator commands, plan results and timer
+ticks are events too, so the single decision task sees one ordered stream.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from hacontrol.flavors.base import NodeStatus
@@ -92,6 +91,14 @@ class CommandResult:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+class ReplyTo(Protocol):
+    """Where a command's answer goes (an ``asyncio.Future`` in the runtime)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: CommandResult, /) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class OperatorCommand:
     """An operator's command (API or CLI), on the same queue as every other event.
@@ -104,7 +111,16 @@ class OperatorCommand:
     command: str
     node: str | None = None
     on: bool | None = None
-    reply: asyncio.Future[CommandResult] | None = field(default=None, compare=False)
+    reply: ReplyTo | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CallerGone:
+    """The caller of a deferred command stopped waiting (its own timeout): the command is
+    dropped, never run late. The decision task tells itself, before a plan's result."""
+
+    at: float
+    command: OperatorCommand
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,5 +139,12 @@ class Stop:
 
 
 Event = (
-    ProbeResult | ConnectionLost | RouterProbeResult | PlanFinished | OperatorCommand | Tick | Stop
+    ProbeResult
+    | ConnectionLost
+    | RouterProbeResult
+    | PlanFinished
+    | OperatorCommand
+    | CallerGone
+    | Tick
+    | Stop
 )

@@ -5,8 +5,9 @@ Append-only JSON lines, each written and fsynced before the call returns:
 - ``begin``: a plan's id, kind, rule, reason and its actions, written BEFORE its first step;
 - ``step``: one action done (index, ok, detail), written right after it completed;
 - ``end``: the plan finished (ok or not);
-- ``state``: the controller state that must outlive a restart (quarantined old primaries,
-  the recovery block, the last failover), in wall-clock time.
+- ``state``: the controller state that must outlive a restart (``model.Persisted``: pause,
+  maintenance, quarantined old primaries, the recovery block, the last failover), in
+  wall-clock time.
 
 ``load()`` replays the file: the last state, and the plan that began but did not end (with the
 indexes of its completed steps), which the controller finishes before anything new. The file
@@ -18,12 +19,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args
 
 from hacontrol import plan as p
-from hacontrol.model import ControllerState, Quarantined
+from hacontrol.model import Intent, Persisted, Quarantined
 from hacontrol.routing import Membership
 
 ACTION_TYPES: dict[str, type] = {cls.__name__: cls for cls in get_args(p.Action)}
@@ -85,24 +86,6 @@ def plan_from_json(record: dict[str, Any]) -> p.Plan:
         deadline=record.get("deadline"),
         rollback=tuple(action_from_json(a) for a in record.get("rollback", ())),
     )
-
-
-@dataclass(frozen=True)
-class Intent:
-    plan_id: str
-    plan: p.Plan
-    done: frozenset[int] = field(default_factory=frozenset)
-    started: frozenset[int] = field(default_factory=frozenset)
-    """Steps that began (Promote only): a crash inside one is known as such."""
-
-    def remaining(self) -> p.Plan:
-        actions = tuple(a for i, a in enumerate(self.plan.actions) if i not in self.done)
-        return p.Plan(
-            self.plan.rule,
-            f"resuming after a controller restart: {self.plan.reason}",
-            actions,
-            self.plan.kind,
-        )
 
 
 @dataclass(frozen=True)
@@ -222,17 +205,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def state_to_json(
-    state: ControllerState, maintenance: frozenset[str], mono_now: float, wall_now: float
-) -> dict[str, Any]:
-    """The part of the state that must survive a restart, in wall-clock time."""
+def state_to_json(state: Persisted, mono_now: float, wall_now: float) -> dict[str, Any]:
+    """The state that must survive a restart, in wall-clock time: one key per field of
+    ``Persisted`` (a test holds them equal)."""
 
     def wall(t: float | None) -> float | None:
         return None if t is None else wall_now + (t - mono_now)
 
     return {
         "paused": state.paused,
-        "maintenance": sorted(maintenance),
+        "maintenance": sorted(state.maintenance),
         "blocked_until": wall(state.blocked_until),
         "last_failover_at": wall(state.last_failover_at),
         "quarantined": {
@@ -242,7 +224,7 @@ def state_to_json(
     }
 
 
-def state_from_json(data: dict[str, Any], mono_now: float, wall_now: float) -> ControllerState:
+def state_from_json(data: dict[str, Any], mono_now: float, wall_now: float) -> Persisted:
     def mono(t: float | None) -> float | None:
         return None if t is None else mono_now + (t - wall_now)
 
@@ -250,9 +232,9 @@ def state_from_json(data: dict[str, Any], mono_now: float, wall_now: float) -> C
         name: Quarantined(name, q["new_primary"], mono(q["since"]) or mono_now, q.get("errant"))
         for name, q in data.get("quarantined", {}).items()
     }
-    return ControllerState(
-        started_at=mono_now,
+    return Persisted(
         paused=bool(data.get("paused", False)),
+        maintenance=frozenset(data.get("maintenance", ())),
         blocked_until=mono(data.get("blocked_until")),
         last_failover_at=mono(data.get("last_failover_at")),
         quarantined=quarantined,

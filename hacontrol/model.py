@@ -1,8 +1,12 @@
 """The controller's memory, as explicit frozen records: no hidden flags.
 
-``ControllerState`` is what the rules read and return updated (halts, the recovery block,
-quarantined old primaries, alerts already sent, back-offs). A ``Decision`` is a rule's answer:
-the plan and the state after it.
+``Model`` is everything the decision task knows about one cluster: the view folded from
+events, and the controller's own state. ``step`` (``hacontrol.step``) takes a model and an event
+and returns the next model and the effects to perform; nothing else changes it.
+
+``ControllerState`` is what the automatic rules read and return updated (halts, the recovery
+block, quarantined old primaries, alerts already sent, back-offs). A ``Decision`` is a rule's
+answer: the plan and the state after it. ``Persisted`` is the part that outlives a restart.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from hacontrol.events import OperatorCommand
 from hacontrol.plan import Plan, PlanKind
+from hacontrol.view import ClusterView
 
 
 class Condition(StrEnum):
@@ -66,7 +72,6 @@ class Quarantined:
 
 @dataclass(frozen=True)
 class ControllerState:
-    started_at: float = 0.0
     halt: Halt | None = None
     blocked_until: float | None = None
     """No automatic failover before this time (monotonic) unless acknowledged."""
@@ -88,3 +93,113 @@ class ControllerState:
 class Decision:
     plan: Plan
     state: ControllerState
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A journaled plan that began and did not end: the controller stopped in its middle."""
+
+    plan_id: str
+    plan: Plan
+    done: frozenset[int] = field(default_factory=frozenset)
+    started: frozenset[int] = field(default_factory=frozenset)
+    """Steps that began (Promote only): a crash inside one is known as such."""
+
+    def remaining(self) -> Plan:
+        actions = tuple(a for i, a in enumerate(self.plan.actions) if i not in self.done)
+        return Plan(
+            self.plan.rule,
+            f"resuming after a controller restart: {self.plan.reason}",
+            actions,
+            self.plan.kind,
+        )
+
+
+@dataclass(frozen=True)
+class Running:
+    """The plan the executor runs, until its PlanFinished is stepped (one at a time)."""
+
+    plan_id: str
+    plan: Plan
+    skip: frozenset[int] = frozenset()
+    """Steps done before a controller restart."""
+    resumed: bool = False
+    command: OperatorCommand | None = None
+    """The operator command waiting for this plan's outcome."""
+    detect_seconds: float | None = None
+    """A failover: from the first failed probe of the primary to the plan's start."""
+
+
+@dataclass(frozen=True)
+class Settle:
+    """After a plan, decide again only on fresh facts: a probe, taken after the plan finished,
+    of each node it touched and of the router when it routed (bounded by ``until``)."""
+
+    waiting: frozenset[str] = frozenset()
+    """Node names, and "router"."""
+    since: float = 0.0
+    until: float = 0.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Leadership among several hacontrol instances of one cluster. Only the leader starts
+    plans that change database nodes; every instance routes its own router.
+
+    One instance is always the leader. The lease (GET_LOCK on a majority of the nodes) will
+    feed ``leader`` from its own events."""
+
+    leader: bool = True
+    reason: str = "the only instance"
+
+    def allows(self, plan: Plan) -> bool:
+        return self.leader or not plan.changes_nodes
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything the decision task of one cluster knows, in one value."""
+
+    view: ClusterView
+    state: ControllerState = ControllerState()
+    running: Running | None = None
+    settle: Settle = Settle()
+    deferred: tuple[OperatorCommand, ...] = ()
+    """Operator commands waiting for the running plan to finish, in order."""
+    resume: Intent | None = None
+    """A plan the journal says began: finished (or undone) before anything new."""
+    primary_failing_since: float | None = None
+    """When the primary's probes started failing (for the detection time of a failover)."""
+    decisions: tuple[Mapping[str, object], ...] = ()
+    """The last decisions with their reasons (newest last), for status and tests."""
+    last_logged: tuple[str, str] | None = None
+    """The last decision logged (rule, reason): an unchanged idle decision is not repeated."""
+    lease: Lease = Lease()
+    acting: bool = True
+    """False: observe only (no executor): never decide."""
+    stopping: bool = False
+    """A Stop was stepped: nothing new starts, commands are refused."""
+    wall_offset: float = 0.0
+    """Wall-clock minus monotonic time at start: plan ids and decision times in wall time."""
+
+
+@dataclass(frozen=True)
+class Persisted:
+    """What must outlive a restart; the journal keeps it (in wall-clock time)."""
+
+    paused: bool = False
+    maintenance: frozenset[str] = frozenset()
+    blocked_until: float | None = None
+    last_failover_at: float | None = None
+    quarantined: Mapping[str, Quarantined] = field(default_factory=dict)
+
+
+def persisted(model: Model) -> Persisted:
+    state = model.state
+    return Persisted(
+        state.paused,
+        model.view.maintenance,
+        state.blocked_until,
+        state.last_failover_at,
+        state.quarantined,
+    )

@@ -271,6 +271,11 @@ class Plan:
         return any(not isinstance(a, Notify) for a in self.actions)
 
     @property
+    def changes_nodes(self) -> bool:
+        """It acts on a database node (not only on the router or by mail)."""
+        return any(a.targets() for a in self.actions)
+
+    @property
     def point_of_no_return(self) -> int:
         """Index of the first Promote (past it the plan is always finished), or the end."""
         return next(

@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from hacontrol.addresses import host_key as _host_key
 from hacontrol.events import (
+    CallerGone,
     ConnectionLost,
     Event,
     OperatorCommand,
@@ -175,7 +176,13 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
             )
             view = replace(view, router=router)
         case (
-            ConnectionLost() | Tick() | Stop() | PlanFinished() | OperatorCommand() | ProbeResult()
+            ConnectionLost()
+            | Tick()
+            | Stop()
+            | PlanFinished()
+            | OperatorCommand()
+            | CallerGone()
+            | ProbeResult()
         ):
             pass  # a lost connection only triggers a re-probe; the probe's result tells
     return derive(replace(view, at=max(view.at, event.at)), settings)

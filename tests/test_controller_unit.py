@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from dataclasses import replace
 
 import pytest
 
-from hacontrol.controller import Controller, reprobe_targets
+from hacontrol.controller import Controller
 from hacontrol.events import ConnectionLost, Stop
 from hacontrol.jsonlog import JsonLog
+from hacontrol.rules.failure import reprobe_targets
 from hacontrol.view import fold, initial
 from tests.factories import down, primary, replica, router, settings
 
@@ -217,7 +219,8 @@ async def test_commands_still_waiting_at_stop_get_an_answer():
     queue: asyncio.Queue = asyncio.Queue()
     controller = Controller(S, JsonLog("t", stream=io.StringIO()), queue)
     reply = asyncio.get_running_loop().create_future()
-    controller._deferred.append(OperatorCommand(1.0, "switchover", "node2", reply=reply))
+    deferred = (OperatorCommand(1.0, "switchover", "node2", reply=reply),)
+    controller.model = replace(controller.model, deferred=deferred)
     queue.put_nowait(Stop(2.0, "test"))
     await asyncio.wait_for(controller.run(), 5)
     assert reply.done() and not reply.result().ok

@@ -448,7 +448,7 @@ def test_membership_values_are_exact():
 
 def test_switchover_plan_order_rollback_and_deadline():
     from hacontrol.plan import CatchUp, CheckTransactions, SetWritable
-    from hacontrol.rules.commands import plan_switchover
+    from hacontrol.rules.planned import plan_switchover
 
     plan = plan_switchover(healthy(), ControllerState(), S, "node2", NOW)
     assert not isinstance(plan, str), plan
@@ -475,7 +475,7 @@ def test_switchover_plan_order_rollback_and_deadline():
 
 
 def test_switchover_without_target_picks_the_best_candidate():
-    from hacontrol.rules.commands import plan_switchover
+    from hacontrol.rules.planned import plan_switchover
 
     s = settings(
         nodes=[
@@ -531,14 +531,14 @@ SWITCHOVER_REFUSALS = [
     ids=[r[0] for r in SWITCHOVER_REFUSALS],
 )
 def test_switchover_refusals_say_why(name, view, state, target, reason):
-    from hacontrol.rules.commands import plan_switchover
+    from hacontrol.rules.planned import plan_switchover
 
     refusal = plan_switchover(view, state, S, target, NOW)
     assert isinstance(refusal, str) and reason in refusal, refusal
 
 
 def test_switchover_refuses_no_promote_candidate():
-    from hacontrol.rules.commands import plan_switchover
+    from hacontrol.rules.planned import plan_switchover
 
     s = settings(
         nodes=[
@@ -552,7 +552,7 @@ def test_switchover_refuses_no_promote_candidate():
 
 
 def test_maintenance_hides_a_replica_and_brings_it_back():
-    from hacontrol.rules.commands import plan_maintenance
+    from hacontrol.rules.planned import plan_maintenance
 
     plan, view = plan_maintenance(healthy(), S, "node3", True)
     (route,) = plan.actions
@@ -573,7 +573,7 @@ def desired_after(view):
 
 
 def test_maintenance_refusals():
-    from hacontrol.rules.commands import plan_maintenance
+    from hacontrol.rules.planned import plan_maintenance
 
     assert plan_maintenance(healthy(), S, "node1", True) == (
         "node1 is the primary: switch over first"

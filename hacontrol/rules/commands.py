@@ -1,158 +1,140 @@
-"""Operator commands: pure planning with pre-flight refusals (a str is a refusal's reason)."""
+"""Operator commands (API and CLI), on the same queue as every other event. Every command gets
+an answer: at once, when its plan finishes, or when the controller stops.
+
+ack clears the recovery block (and a failed failover's halt); pause and resume stop and allow
+automatic changes; maintenance and switchover are planned against the view as it is when they
+run. One plan at a time: a command that needs a plan waits for the running one, in order, and
+is dropped, never run late, when its caller stopped waiting.
+"""
 
 from __future__ import annotations
 
-from hacontrol.model import ControllerState
-from hacontrol.plan import (
-    Action,
-    AlertKind,
-    CatchUp,
-    CheckTransactions,
-    Fence,
-    Notify,
-    Plan,
-    PlanKind,
-    Promote,
-    Rejoin,
-    Repoint,
-    Route,
-    RouteFence,
-    SetWritable,
-)
-from hacontrol.routing import Membership
-from hacontrol.rules.candidates import candidate_table, candidates, hooks, topology_text
-from hacontrol.rules.routing import reader_ok
+from dataclasses import replace
+
+from hacontrol.effects import Effect, Reply, Step, log
+from hacontrol.events import CallerGone, CommandResult, OperatorCommand
+from hacontrol.model import Model
+from hacontrol.plan import Plan
+from hacontrol.rules.lifecycle import log_decision, plan_id, start
+from hacontrol.rules.planned import plan_maintenance, plan_switchover
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, Health, hidden_nodes, with_maintenance
+
+STOPPING = "the controller is stopping; a plan's outcome is in the log"
 
 
-def plan_switchover(
-    view: ClusterView, state: ControllerState, settings: Settings, target: str | None, now: float
-) -> Plan | str:
-    """A planned switchover to ``target`` (or the best candidate), or why it is refused."""
-    if not view.quorum.ok:
-        return f"no quorum: {view.quorum.describe()}"
-    if state.halt is not None:
-        return f"halted: {state.halt.reason}"
-    old = view.primary
-    if old is None or not view.nodes[old].reachable:
-        return f"no reachable primary ({view.primary_reason})"
-    status = view.nodes[old].status
-    if status is None or status.read_only:
-        return f"the primary {old} is not writable"
-    if target is not None and target not in view.nodes:
-        return f"unknown node {target!r}"
-    if target == old:
-        return f"{target} is already the primary"
-    ranked = candidates(view, settings, old)
-    table = candidate_table(ranked)
-    chosen = (
-        next((c for c in ranked if c.node == target), None)
-        if target
-        else (ranked[0] if ranked else None)
-    )
-    if chosen is None:
-        return f"{target or 'no node'} is not a replica of the primary {old}"
-    if not chosen.eligible:
-        return f"{chosen.node} cannot be promoted: {chosen.reason}"
-    node = view.nodes[chosen.node]
-    if node.health is not Health.HEALTHY:
-        return f"{chosen.node} is {node.health.value}: {node.reason}"
-    ok, why = reader_ok(
-        view, chosen.node, old, settings.failover.max_lag, settings.failover.io_stall
-    )
-    if not ok:
-        return f"{chosen.node} is too far behind: {why}"
-    new = chosen.node
-    hidden = hidden_nodes(view)
-    others = tuple(
-        n for n in view.replicas_of(old) if n != new and view.nodes[n].reachable and n not in hidden
-    )
-    readers = {new, old, *others} if settings.router.primary_is_reader else {old, *others}
-    broken = {n for n in view.nodes if n not in readers | hidden | {new}}
-    after = Membership.of([new], readers, broken, hidden)
-    before = view.router.membership
-    deadline = settings.failover.switchover_deadline
-    rollback: tuple[Action, ...] = (
-        SetWritable(old, True, semi_sync_source=status.semi_sync.source_enabled),
-    )
-    if before is not None and len(before.writers) == 1:
-        rollback += (Route(before),)
-    rollback += (
-        Notify(
-            AlertKind.SWITCHOVER_ROLLED_BACK,
-            old,
-            f"switchover to {new} rolled back",
-            f"{old} is writable and the writer again",
-            (("candidates", table),),
-        ),
-    )
-    actions: tuple[Action, ...] = (
-        CheckTransactions(old, settings.failover.max_transaction_age),
-        RouteFence(old, required=True),
-        Fence(old),
-        CatchUp(new, old, deadline),
-        Promote(new, old),
-        Route(after),  # writers first; semi-sync holds commits until a replica acknowledges
-        Repoint(others, new),
-        Rejoin(old, new, required=False),
-        *hooks(
-            settings,
-            "post_switchover",
-            (("old_primary", old), ("new_primary", new), ("kind", PlanKind.SWITCHOVER.value)),
-        ),
-        Notify(
-            AlertKind.SWITCHOVER,
-            old,
-            f"switchover: {new} is the primary, {old} a replica",
-            f"planned switchover requested by an operator from {old} to {new}",
-            (("candidates", table), ("topology before", topology_text(view))),
-        ),
-    )
-    return Plan(
-        "Switchover",
-        f"switchover from {old} to {new} requested by an operator",
-        actions,
-        kind=PlanKind.SWITCHOVER,
-        deadline=deadline,
-        rollback=rollback,
-    )
+def command(model: Model, cmd: OperatorCommand, settings: Settings, now: float) -> Step:
+    """One command: answered now, deferred behind the running plan, or started as a plan."""
+    heard = log("operator_command", cmd.node, "warning", command=cmd.command, on=cmd.on)
+    if model.stopping:
+        return model, (heard, *answer(cmd, False, f"refused: {STOPPING}"))
+    match cmd.command:
+        case "ack":
+            model, effects = ack(model, cmd)
+        case "pause" | "resume":
+            paused = cmd.command == "pause"
+            model = replace(model, state=replace(model.state, paused=paused))
+            text = (
+                "paused: observing only, no automatic change"
+                if paused
+                else ("resumed: automatic changes allowed")
+            )
+            effects = answer(cmd, True, text)
+        case "maintenance" | "switchover" if model.running is not None:
+            model, effects = defer(model, cmd)
+        case "maintenance" | "switchover":
+            model, effects = planned(model, cmd, settings, now)
+        case _:
+            effects = answer(cmd, False, f"unknown command {cmd.command!r}")
+    return model, (heard, *effects)
 
 
-def plan_maintenance(
-    view: ClusterView, settings: Settings, node: str | None, on: bool
-) -> tuple[Plan, ClusterView] | str:
-    """Move ``node`` to (on) or from (off) the hidden group, or why it is refused; the view
-    with the node in (or out of) maintenance, taken at once (the plan only routes)."""
-    if node is None or node not in view.nodes:
-        return f"unknown node {node!r}"
-    if on and node == view.primary:
-        return f"{node} is the primary: switch over first"
-    if on and node in view.maintenance:
-        return f"{node} is already in maintenance"
-    if not on and node not in hidden_nodes(view):
-        return f"{node} is not in maintenance"
-    maintenance = view.maintenance | {node} if on else view.maintenance - {node}
-    new_view = with_maintenance(view, maintenance, settings)
-    current = view.router.membership
-    if settings.router.kind == "none" or current is None or view.primary is None:
-        return Plan(
-            "Maintenance",
-            f"{node} maintenance {'on' if on else 'off'} (no router change possible now)",
-            kind=PlanKind.MAINTENANCE,
-        ), new_view
-    hidden = (current.hidden | maintenance) - ({node} if not on else set())
-    if on:
-        desired = Membership(
-            current.writers - {node}, current.readers - {node}, current.broken - {node}, hidden
-        )
+def ack(model: Model, cmd: OperatorCommand) -> Step:
+    """The recovery block is cleared: automatic failover armed; a failed failover's halt too."""
+    halt = model.state.halt
+    cleared = halt is not None and halt.code == "FailoverFailed"
+    state = replace(model.state, blocked_until=None, halt=None if cleared else halt)
+    extra = f"; halt cleared: {halt.reason}" if cleared and halt else ""
+    text = f"recovery block cleared: automatic failover armed{extra}"
+    return replace(model, state=state), answer(cmd, True, text)
+
+
+def defer(model: Model, cmd: OperatorCommand) -> Step:
+    """One plan at a time: the command waits for the running plan, then is planned against the
+    view as it is then (the caller's own timeout bounds the wait)."""
+    running = model.running.plan_id if model.running else None
+    line = log("operator_command_deferred", cmd.node, "info", command=cmd.command, running=running)
+    return replace(model, deferred=(*model.deferred, cmd)), (line,)
+
+
+def planned(model: Model, cmd: OperatorCommand, settings: Settings, now: float) -> Step:
+    """A switchover or maintenance: refused with the reason, or its plan started."""
+    plan: Plan | str
+    if cmd.command == "maintenance":
+        outcome = plan_maintenance(model.view, settings, cmd.node, bool(cmd.on))
+        if not isinstance(outcome, str):
+            plan, view = outcome  # the node is in (or out of) maintenance from now on
+            model = replace(model, view=view)
+        else:
+            plan = outcome
     else:
-        desired = Membership(current.writers, current.readers, current.broken | {node}, hidden)
-    verb = "hidden (maintenance)" if on else "back from maintenance (broken until healthy)"
-    plan = Plan(
-        "Maintenance",
-        f"{node} {verb} at an operator's request",
-        (Route(desired, hidden_change=True),),
-        kind=PlanKind.MAINTENANCE,
+        plan = plan_switchover(model.view, model.state, settings, cmd.node, now)
+    if isinstance(plan, str):
+        return model, answer(cmd, False, f"refused: {plan}")
+    model, logged = log_decision(model, plan, now, force=True)
+    if not plan.actions:
+        return model, (*logged, *answer(cmd, True, plan.reason))
+    model, started = start(model, plan_id(model, plan, now), plan, now, command=cmd)
+    return model, (*logged, *started)
+
+
+def run_deferred(model: Model, settings: Settings, now: float) -> Step:
+    """After a plan: the deferred commands, in order, until one starts a plan."""
+    effects: list[Effect] = []
+    while model.deferred and model.running is None and not model.stopping:
+        cmd, rest = model.deferred[0], model.deferred[1:]
+        model, more = command(replace(model, deferred=rest), cmd, settings, now)
+        effects += more
+    return model, tuple(effects)
+
+
+def caller_gone(model: Model, event: CallerGone) -> Step:
+    """A deferred command whose caller stopped waiting is dropped, never run late."""
+    if not any(c is event.command for c in model.deferred):
+        return model, ()
+    cmd = event.command
+    deferred = tuple(c for c in model.deferred if c is not cmd)
+    line = log(
+        "operator_command_dropped",
+        cmd.node,
+        "warning",
+        command=cmd.command,
+        reason="its caller stopped waiting",
     )
-    return plan, new_view
+    return replace(model, deferred=deferred), (line,)
+
+
+def refuse_deferred(model: Model, reason: str) -> Step:
+    """Stopping: every deferred command is refused now; none will run."""
+    effects = [e for cmd in model.deferred for e in answer(cmd, False, f"refused: {reason}")]
+    return replace(model, deferred=()), tuple(effects)
+
+
+def farewell(model: Model, reason: str) -> tuple[Effect, ...]:
+    """The controller returns: every command still waiting gets an answer."""
+    _, effects = refuse_deferred(model, reason)
+    if model.running is not None and model.running.command is not None:
+        text = f"the controller stopped while running it: {reason}"
+        effects += answer(model.running.command, False, text)
+    return effects
+
+
+def answer(cmd: OperatorCommand, ok: bool, message: str, **detail: object) -> tuple[Effect, ...]:
+    line = log(
+        "operator_answer",
+        cmd.node,
+        "info" if ok else "warning",
+        command=cmd.command,
+        ok=ok,
+        message=message,
+    )
+    return line, Reply(cmd, CommandResult(ok, message, dict(detail)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hacontrol.events import ConnectionLost, Event, ProbeResult
 from hacontrol.model import AlertKey, Condition, Decision, Quarantined
 from hacontrol.plan import (
     Action,
@@ -33,7 +34,8 @@ from hacontrol.rules.candidates import (
     missing_from,
     topology_text,
 )
-from hacontrol.view import Code, hidden_nodes
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView, Code, hidden_nodes
 
 
 def rule_dead_primary(view, state, settings, now) -> Decision | None:
@@ -202,3 +204,20 @@ def rule_unreachable_primary(view, state, settings, now) -> Decision | None:
         (("topology", topology_text(view)),),
     )
     return alert_once(state, key, plan, alert)
+
+
+def reprobe_targets(before: ClusterView, event: Event, settings: Settings) -> frozenset[str]:
+    """Nodes to probe again at once, without waiting for their next interval. Pure.
+
+    A lost watch connection (a crash closes it) or a failed probe of the primary, while that
+    failure is not yet confirmed, sends every node to be probed again: the primary to confirm,
+    the replicas because their IO threads saw the same closed connection at the same moment.
+    """
+    every = frozenset(before.nodes)
+    if isinstance(event, ConnectionLost) and event.node in before.nodes:
+        return every
+    if isinstance(event, ProbeResult) and not event.ok and event.node == before.primary:
+        failures = before.nodes[event.node].failures + 1
+        if failures < settings.probes.failure_threshold:
+            return every
+    return frozenset()

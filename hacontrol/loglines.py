@@ -1,0 +1,87 @@
+"""What is worth a log line, as Log effects: events as they arrive and the view's state changes.
+
+Routine probes are debug lines; failures, lost connections and every change are info or
+above. Plan results and operator commands are logged by the rules with their outcome.
+"""
+
+from __future__ import annotations
+
+from hacontrol.effects import Log, log
+from hacontrol.events import (
+    CallerGone,
+    ConnectionLost,
+    Event,
+    OperatorCommand,
+    PlanFinished,
+    ProbeResult,
+    RouterProbeResult,
+    Stop,
+    Tick,
+)
+from hacontrol.flavors.base import NodeStatus
+from hacontrol.view import ClusterView, changes
+
+
+def event_lines(event: Event) -> tuple[Log, ...]:
+    match event:
+        case ProbeResult(ok=True):
+            assert event.status is not None
+            rtt_ms = round((event.rtt or 0) * 1000, 2)
+            return (
+                log(
+                    "probe", event.node, "debug", ok=True, rtt_ms=rtt_ms, **summarize(event.status)
+                ),
+            )
+        case ProbeResult():
+            return (log("probe", event.node, "info", ok=False, error=event.error),)
+        case ConnectionLost():
+            return (log("connection_lost", event.node, "warning", reason=event.reason),)
+        case RouterProbeResult(ok=True):
+            assert event.membership is not None
+            membership = event.membership.to_json()
+            warnings = list(event.warnings)
+            return (
+                log(
+                    "router_probe",
+                    None,
+                    "debug",
+                    kind=event.kind,
+                    membership=membership,
+                    warnings=warnings,
+                ),
+            )
+        case RouterProbeResult():
+            return (log("router_probe", None, "warning", kind=event.kind, error=event.error),)
+        case Stop():
+            return (log("stop_requested", None, "info", reason=event.reason),)
+        case Tick() | PlanFinished() | OperatorCommand() | CallerGone():
+            return ()  # ticks drive timers; the others are logged by the rules with their outcome
+
+
+def change_lines(old: ClusterView, new: ClusterView) -> tuple[Log, ...]:
+    return tuple(Log(c.event, c.node, c.level, c.fields) for c in changes(old, new))
+
+
+def summarize(status: NodeStatus) -> dict[str, object]:
+    """The few fields of a status worth a log line."""
+    out: dict[str, object] = {
+        "server_id": status.server_id,
+        "read_only": status.read_only,
+        "gtid": status.gtid_executed,
+    }
+    if status.replication:
+        ch = status.replication[0]
+        out.update(
+            source=f"{ch.source_host}:{ch.source_port}",
+            io=ch.io_state.value,
+            sql=ch.sql_running,
+            lag=ch.seconds_behind,
+            received=ch.received_gtid,
+            heartbeats=ch.heartbeats_received,
+        )
+        if ch.last_io_errno or ch.last_sql_errno:
+            out["errors"] = {
+                "io": [ch.last_io_errno, ch.last_io_error],
+                "sql": [ch.last_sql_errno, ch.last_sql_error],
+            }
+    return out

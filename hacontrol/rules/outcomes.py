@@ -1,0 +1,127 @@
+"""After a plan: what its outcome changes. Pure.
+
+- Every plan: decide again only on fresh facts about what it touched (``Settle``); the
+  operator who asked for it gets its outcome.
+- A failed failover halts every automatic change until an operator acknowledges; when it
+  promoted nothing, the dead primary is no "old primary" and no recovery block applies.
+- A failed router change is retried after two probe intervals; a failed fence, rejoin or
+  repoint after ``RETRY_SECONDS``, with an alert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hacontrol.effects import Effect, RecordPlan, SendAlert, Step, log
+from hacontrol.events import PlanFinished
+from hacontrol.model import ControllerState, Halt, Model, Running, Settle
+from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
+from hacontrol.rules.commands import answer
+from hacontrol.settings import Settings
+
+RETRY_SECONDS = 30.0
+"""A failed fence, rejoin or repoint of one node waits this long before it is tried again."""
+
+RETRIED = {
+    PlanKind.FENCE: AlertKind.FENCE_FAILED,
+    PlanKind.REJOIN: AlertKind.REJOIN_FAILED,
+    PlanKind.REPOINT: AlertKind.REPOINT_FAILED,
+}
+
+
+def plan_finished(model: Model, event: PlanFinished, settings: Settings, now: float) -> Step:
+    """The running plan reported back: the state, the settle wait, the waiting command."""
+    running = model.running if model.running and model.running.plan_id == event.plan_id else None
+    finished = log(
+        "plan_finished",
+        None,
+        "info" if event.ok else "error",
+        plan=event.plan_id,
+        rule=event.rule,
+        kind=event.kind,
+        ok=event.ok,
+        reason=event.reason,
+        seconds=event.seconds,
+    )
+    effects: list[Effect] = [
+        RecordPlan(event, running.detect_seconds if running else None),
+        finished,
+    ]
+    plan = running.plan if running else None
+    state, alerts = after(model.state, event, plan, settings, now)
+    effects += alerts
+    model = replace(
+        model,
+        running=None if running else model.running,
+        settle=settle_after(model, event, plan, settings, now),
+        state=state,
+    )
+    if running is not None and running.command is not None:
+        effects += reply_outcome(running, event)
+    return model, tuple(effects)
+
+
+def settle_after(
+    model: Model, event: PlanFinished, plan: Plan | None, settings: Settings, now: float
+) -> Settle:
+    """Fresh facts are needed about what the plan touched: the router after a router change,
+    the nodes it acted on after a node action, every node after a failover."""
+    waiting = {n for n in event.touched if n in model.view.nodes}
+    if event.routed and settings.router.kind != "none":
+        waiting.add("router")
+    if plan is not None and plan.kind is PlanKind.FAILOVER:
+        waiting |= set(model.view.nodes)
+    return Settle(frozenset(waiting), since=now, until=now + 2 * settings.probes.interval)
+
+
+def after(
+    state: ControllerState,
+    event: PlanFinished,
+    plan: Plan | None,
+    settings: Settings,
+    now: float,
+) -> tuple[ControllerState, tuple[Effect, ...]]:
+    """The state after a plan's outcome, and the alerts a failure sends."""
+    if event.ok:
+        return state, ()
+    if event.kind == PlanKind.FAILOVER:
+        return failover_failed(state, event, plan, now)
+    if event.kind == PlanKind.ROUTE:
+        return replace(state, route_retry_at=now + 2 * settings.probes.interval), ()
+    kind = PlanKind(event.kind)
+    node = next((n for a in plan.actions for n in a.targets()), None) if plan else None
+    if kind not in RETRIED or node is None:
+        return state, ()
+    retry_at = {**state.retry_at, (kind, node): now + RETRY_SECONDS}
+    alert = Notify(
+        RETRIED[kind], node, f"{kind} failed", f"{event.reason}; retried in {RETRY_SECONDS:g} s"
+    )
+    sent = SendAlert(alert, Plan(event.rule, event.reason, kind=PlanKind.ALERT))
+    return replace(state, retry_at=retry_at), (sent,)
+
+
+def failover_failed(
+    state: ControllerState, event: PlanFinished, plan: Plan | None, now: float
+) -> tuple[ControllerState, tuple[Effect, ...]]:
+    """Halt until an operator acknowledges. Nothing promoted: the dead primary is not an "old"
+    primary, and no recovery block applies; the halt decides what happens next."""
+    reason = f"failover stopped: {event.reason}"
+    state = replace(state, halt=Halt("FailoverFailed", reason, now))
+    promote = plan.promote if plan else None
+    if event.promoted is None and promote is not None:
+        quarantined = {k: v for k, v in state.quarantined.items() if k != promote.old_primary}
+        state = replace(state, quarantined=quarantined, blocked_until=None)
+    alert = Notify(AlertKind.HALT, None, "HALT: failover failed", reason)
+    return state, (SendAlert(alert, Plan("FailoverFailed", reason, kind=PlanKind.HALT), True),)
+
+
+def reply_outcome(running: Running, event: PlanFinished) -> tuple[Effect, ...]:
+    assert running.command is not None
+    steps = [
+        {"action": s.action, "target": s.node, "ok": s.ok, "reason": s.reason, "seconds": s.seconds}
+        for s in event.steps
+    ]
+    message = f"{event.rule}: {event.reason}"
+    return answer(
+        running.command, event.ok, message, plan=event.plan_id, seconds=event.seconds, steps=steps
+    )

@@ -1,0 +1,85 @@
+"""A plan the journal says began before the controller stopped: finished, undone or abandoned
+before anything new, once the view allows a decision (past start-up grace, with quorum, not
+paused).
+
+Past its Promote (the point of no return) a plan is always finished; a crash inside that
+Promote lets it finish a half-done promotion. Before it: a failover goes on only if the same
+node is still confirmed dead; a plan with a rollback (a switchover) is rolled back; otherwise
+it is abandoned and the routing reconciles from the view. A failover that promoted nothing
+leaves no quarantine and no recovery block behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hacontrol.effects import EndIntent, Step, log
+from hacontrol.model import ControllerState, Intent, Model
+from hacontrol.plan import Plan, PlanKind
+from hacontrol.rules.lifecycle import log_decision, start
+from hacontrol.view import Code
+
+
+def may_resume(model: Model, decided: Plan) -> bool:
+    return (
+        model.resume is not None
+        and decided.rule != "StartupGrace"
+        and model.view.quorum.ok
+        and not model.state.paused
+    )
+
+
+def resume(model: Model, decided: Plan, now: float) -> Step:
+    """The journal's unfinished plan, given what the view says now (``decided``)."""
+    intent = model.resume
+    assert intent is not None
+    model = replace(model, resume=None)
+    plan = intent.plan
+    promote_at = plan.point_of_no_return
+    dead = plan.promote.old_primary if plan.promote else None
+    still_dead = model.view.has(Code.DEAD_PRIMARY) and model.view.primary == dead
+    promoting = promote_at in intent.done or promote_at in intent.started
+    if promoting or (plan.kind is PlanKind.FAILOVER and still_dead):
+        return finish(model, intent, now)
+    ended = EndIntent(intent.plan_id, "not resumed after a controller restart")
+    model = replace(model, state=without_quarantine(model.state, dead))
+    if plan.rollback:
+        model, effects = roll_back(model, intent, now)
+        return model, (ended, *effects)
+    reason = f"abandoned after a controller restart: {decided.rule} now ({decided.reason})"
+    abandoned = log("plan_abandoned", dead, "warning", plan=intent.plan_id, reason=reason)
+    return model, (ended, abandoned)
+
+
+def finish(model: Model, intent: Intent, now: float) -> Step:
+    """Go on from the first step not done; a crash inside Promote: finish what it began."""
+    plan = intent.plan
+    promote_at = plan.point_of_no_return
+    if promote_at in intent.started and promote_at not in intent.done:
+        actions = list(plan.actions)
+        actions[promote_at] = replace(actions[promote_at], finish_half_done=True)
+        plan = replace(plan, actions=tuple(actions))
+    model, logged = log_decision(model, intent.remaining(), now, force=True)
+    model, started = start(model, intent.plan_id, plan, now, skip=intent.done, resumed=True)
+    return model, (*logged, *started)
+
+
+def roll_back(model: Model, intent: Intent, now: float) -> Step:
+    plan = intent.plan
+    rollback = Plan(
+        plan.rule,
+        f"rolling back a {plan.kind} cut before promotion by a controller restart: {plan.reason}",
+        plan.rollback,
+        PlanKind.ROLLBACK,
+    )
+    model, logged = log_decision(model, rollback, now, force=True)
+    model, started = start(model, f"{intent.plan_id}-rollback", rollback, now)
+    return model, (*logged, *started)
+
+
+def without_quarantine(state: ControllerState, node: str | None) -> ControllerState:
+    """A failover that promoted nothing: its dead primary is no "old primary"."""
+    if node is None or node not in state.quarantined:
+        return state
+    quarantined = {k: v for k, v in state.quarantined.items() if k != node}
+    return replace(state, quarantined=quarantined, blocked_until=None)

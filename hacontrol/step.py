@@ -1,0 +1,182 @@
+"""step(model, event, settings, now) -> (model, effects): the whole controller, pure.
+
+For every event, in order: log it; fold it into the view; note fresh facts for the settle wait
+and when the primary began failing; log the view's changes; react to a plan's result or an
+operator command; ask for fast re-probes; then, when no plan runs, decide the next plan. Every
+policy is a named rule (``hacontrol.rules``); nothing here does I/O or reads a clock: ``now``
+is the controller's monotonic clock when it handles the event (an event's own ``at`` is when it
+was observed, a probe's start, up to a probe timeout earlier).
+
+``boot`` makes the first model from what the journal kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hacontrol.decide import decide
+from hacontrol.effects import Effect, PersistState, Reprobe, SendAlert, StartPlan, Step, log
+from hacontrol.events import (
+    CallerGone,
+    Event,
+    OperatorCommand,
+    PlanFinished,
+    ProbeResult,
+    RouterProbeResult,
+    Stop,
+)
+from hacontrol.loglines import change_lines, event_lines
+from hacontrol.model import Intent, Model, Persisted, persisted
+from hacontrol.plan import Notify, Plan
+from hacontrol.rules.commands import STOPPING, caller_gone, command, refuse_deferred, run_deferred
+from hacontrol.rules.failure import reprobe_targets
+from hacontrol.rules.lifecycle import log_decision, plan_id, start
+from hacontrol.rules.outcomes import plan_finished
+from hacontrol.rules.resume import may_resume, resume
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView, Code, fold, with_maintenance
+
+
+def step(model: Model, event: Event, settings: Settings, now: float) -> Step:
+    """Everything the controller does with one event. Pure."""
+    before = model
+    model = observe(model, event, settings)
+    effects: list[Effect] = [*event_lines(event), *change_lines(before.view, model.view)]
+    model, reacted = react(model, event, settings, now)
+    effects += reacted
+    if targets := reprobe_targets(before.view, event, settings):
+        node = getattr(event, "node", None)
+        cause = type(event).__name__
+        effects.append(log("fast_reprobe", node, "info", nodes=sorted(targets), cause=cause))
+        effects.append(Reprobe(targets))
+    model, decided = next_plan(model, settings, now)
+    effects += decided
+    return model, with_persisted(persisted(before), model, effects)
+
+
+def observe(model: Model, event: Event, settings: Settings) -> Model:
+    """The view after the event, and the facts the other rules time things by."""
+    view = fold(model.view, event, settings)
+    settle = model.settle
+    if isinstance(event, ProbeResult | RouterProbeResult) and event.at >= settle.since:
+        seen = event.node if isinstance(event, ProbeResult) else "router"
+        settle = replace(settle, waiting=settle.waiting - {seen})
+    failing = model.primary_failing_since
+    if isinstance(event, ProbeResult) and event.node == model.view.primary:
+        failing = None if event.ok else (failing if failing is not None else event.at)
+    return replace(model, view=view, settle=settle, primary_failing_since=failing)
+
+
+def react(model: Model, event: Event, settings: Settings, now: float) -> Step:
+    match event:
+        case PlanFinished():
+            model, finished = plan_finished(model, event, settings, now)
+            model, deferred = run_deferred(model, settings, now)
+            return model, (*finished, *deferred)
+        case OperatorCommand():
+            return command(model, event, settings, now)
+        case CallerGone():
+            return caller_gone(model, event)
+        case Stop():
+            return refuse_deferred(replace(model, stopping=True), STOPPING)
+    return model, ()
+
+
+def next_plan(model: Model, settings: Settings, now: float) -> Step:
+    """When no plan runs: decide, and start the plan (or send its alerts)."""
+    if not model.acting or model.running is not None or model.stopping or settling(model, now):
+        return model, ()
+    decision = decide(model.view, model.state, settings, now)
+    plan = decision.plan
+    if may_resume(model, plan):
+        return resume(model, plan, now)
+    if not model.lease.allows(plan):
+        return log_decision(model, not_leader(model, plan), now)
+    model, logged = log_decision(replace(model, state=decision.state), plan, now)
+    if not plan.actions:
+        return model, logged
+    if not plan.changes_cluster:  # alerts only: to the notifier now
+        alerts = tuple(
+            SendAlert(a, plan, a.kind.halts) for a in plan.actions if isinstance(a, Notify)
+        )
+        return model, (*logged, *alerts)
+    model, started = start(model, plan_id(model, plan, now), plan, now)
+    return model, (*logged, *started)
+
+
+def settling(model: Model, now: float) -> bool:
+    """After a plan, wait (bounded) for fresh facts about what it touched, or the same plan is
+    re-made from the stale view. A dead primary never waits: its failover reads what it
+    needs fresh."""
+    settle = model.settle
+    return bool(settle.waiting) and now < settle.until and not model.view.has(Code.DEAD_PRIMARY)
+
+
+def not_leader(model: Model, withheld: Plan) -> Plan:
+    """Not the leader: a plan that changes database nodes is the leader's to make."""
+    reason = f"not the leader ({model.lease.reason}): not doing {withheld.rule}"
+    return Plan("NotLeader", f"{reason} ({withheld.reason})")
+
+
+def with_persisted(before: Persisted, model: Model, effects: list[Effect]) -> tuple[Effect, ...]:
+    """The state that outlives a restart, written when it changed: before a plan starts."""
+    after = persisted(model)
+    if after == before:
+        return tuple(effects)
+    at = next((i for i, e in enumerate(effects) if isinstance(e, StartPlan)), len(effects))
+    return (*effects[:at], PersistState(after), *effects[at:])
+
+
+def boot(
+    view: ClusterView,
+    settings: Settings,
+    *,
+    kept: Persisted | None,
+    unfinished: Intent | None,
+    acknowledge_block: bool,
+    paused: bool,
+    acting: bool,
+    wall_offset: float,
+) -> Step:
+    """The first model: the view with what the journal kept, and the start-up flags."""
+    model = Model(view, acting=acting, wall_offset=wall_offset)
+    if kept is not None:
+        model = restored(model, kept, settings)
+    before = persisted(model)
+    effects: list[Effect] = []
+    if acknowledge_block and model.state.blocked_until is not None:
+        model = replace(model, state=replace(model.state, blocked_until=None))
+        effects.append(
+            log("recovery_block_acknowledged", None, "warning", reason="--ack given at start-up")
+        )
+    if unfinished is not None:
+        model = replace(model, resume=unfinished)
+        effects.append(
+            log(
+                "journal_unfinished",
+                None,
+                "warning",
+                plan=unfinished.plan_id,
+                rule=unfinished.plan.rule,
+                done_steps=sorted(unfinished.done),
+                reason="a plan began before the controller stopped; it is finished before "
+                "anything new",
+            )
+        )
+    if paused and not model.state.paused:
+        model = replace(model, state=replace(model.state, paused=True))
+        reason = "--paused: observing only until `hacontrol resume`"
+        effects.append(log("paused_at_start", None, "warning", reason=reason))
+    return model, with_persisted(before, model, effects)
+
+
+def restored(model: Model, kept: Persisted, settings: Settings) -> Model:
+    state = replace(
+        model.state,
+        paused=kept.paused,
+        blocked_until=kept.blocked_until,
+        last_failover_at=kept.last_failover_at,
+        quarantined=dict(kept.quarantined),
+    )
+    view = with_maintenance(model.view, kept.maintenance, settings)
+    return replace(model, state=state, view=view)
