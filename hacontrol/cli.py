@@ -126,7 +126,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     import asyncio
 
-    from hacontrol.status import render_tree, snapshot, to_json
+    from hacontrol.service import snapshot
+    from hacontrol.status import render_tree, to_json
 
     view = asyncio.run(snapshot(loaded.settings))
     if args.json:

@@ -31,6 +31,8 @@ from hacontrol.probes.mysql import NodeProbe
 from hacontrol.probes.router import RouterProbe
 from hacontrol.routing import Router
 from hacontrol.settings import Settings
+from hacontrol.status import controller_status
+from hacontrol.view import ClusterView, fold, initial
 
 API_TIMEOUT = 60.0
 """How long an operator command may wait for the controller's answer (API and in-process)."""
@@ -155,7 +157,7 @@ class Runtime:
         return self.metrics.render()
 
     def status(self) -> dict[str, Any]:
-        return controller_status(self.controller, self.settings, time.monotonic())
+        return controller_status(self.controller.model, self.settings, time.monotonic())
 
     async def command(self, cmd: OperatorCommand, timeout: float = API_TIMEOUT) -> CommandResult:
         """Put an operator command on the queue and wait for the controller's answer."""
@@ -313,50 +315,30 @@ def run_forever(
         return runner.run(main)
 
 
-def controller_status(controller: Controller, settings: Settings, now: float) -> dict[str, Any]:
-    """What /status shows: topology, problems, halt/block/pause, decisions, next candidate."""
-    from hacontrol.rules.candidates import candidates
-    from hacontrol.status import to_json
-
-    view, state = controller.view, controller.state
-    out = to_json(view)
-    primary = view.primary
-    ranked = candidates(view, settings, primary) if primary else []
-    best = next((c for c in ranked if c.eligible), None)
-    out["controller"] = {
-        "paused": state.paused,
-        "halt": None
-        if state.halt is None
-        else {
-            "code": state.halt.code,
-            "reason": state.halt.reason,
-            "for_seconds": round(now - state.halt.since, 1),
-        },
-        "recovery_block_seconds_left": (
-            round(state.blocked_until - now, 1)
-            if state.blocked_until is not None and state.blocked_until > now
-            else 0
-        ),
-        "maintenance": sorted(view.maintenance),
-        "quarantined": {
-            n: {"new_primary": q.new_primary, "errant": q.errant}
-            for n, q in state.quarantined.items()
-        },
-        "plan_running": controller.running_plan,
-        "last_decisions": controller.decisions[-10:],
-    }
-    out["if_primary_died_now"] = {
-        "would_promote": best.node if best else None,
-        "candidates": [
-            {
-                "node": c.node,
-                "eligible": c.eligible,
-                "reason": c.reason,
-                "received": c.received,
-                "priority": c.priority,
-                "lag": c.lag,
-            }
-            for c in ranked
-        ],
-    }
-    return out
+async def snapshot(settings: Settings) -> ClusterView:
+    """``hacontrol status``: probe every node and the router once, with a failure threshold of
+    one (a single probe is all it has); no running controller needed."""
+    one_shot = settings.model_copy(
+        update={"probes": settings.probes.model_copy(update={"failure_threshold": 1})}
+    )
+    events: list[Event] = []
+    probes = node_probes(one_shot, events.append, watch=False)
+    router = build_router(one_shot)
+    try:
+        jobs = [p.probe() for p in probes.values()]
+        if router is not None:
+            jobs.append(
+                RouterProbe(
+                    router, interval=1, timeout=settings.probes.timeout * 2, emit=events.append
+                ).probe()
+            )
+        results = await asyncio.gather(*jobs)
+    finally:
+        for p in probes.values():
+            await p.close()
+        if router is not None:
+            await router.close()
+    view = initial(one_shot)
+    for event in results:
+        view = fold(view, event, one_shot)
+    return view

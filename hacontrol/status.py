@@ -1,47 +1,16 @@
-"""``hacontrol status``: probe every node and the router once, print the topology.
-
-Needs no running controller: it uses the same probes and the same view, with a failure
-threshold of one (a single probe is all it has).
-"""
+"""What status shows, from a view or the whole model: the JSON of ``hacontrol status`` and of
+``GET /status``, and the topology tree. Pure: the one-shot probing of ``hacontrol status``
+is ``service.snapshot``."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from hacontrol.events import Event
-from hacontrol.probes.router import RouterProbe
+from hacontrol.model import Model
 from hacontrol.routing import Role
-from hacontrol.service import build_router, node_probes
+from hacontrol.rules.candidates import candidates
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, NodeView, fold, initial
-
-
-async def snapshot(settings: Settings) -> ClusterView:
-    one_shot = settings.model_copy(
-        update={"probes": settings.probes.model_copy(update={"failure_threshold": 1})}
-    )
-    events: list[Event] = []
-    probes = node_probes(one_shot, events.append, watch=False)
-    router = build_router(one_shot)
-    try:
-        jobs = [p.probe() for p in probes.values()]
-        if router is not None:
-            jobs.append(
-                RouterProbe(
-                    router, interval=1, timeout=settings.probes.timeout * 2, emit=events.append
-                ).probe()
-            )
-        results = await asyncio.gather(*jobs)
-    finally:
-        for p in probes.values():
-            await p.close()
-        if router is not None:
-            await router.close()
-    view = initial(one_shot)
-    for event in results:
-        view = fold(view, event, one_shot)
-    return view
+from hacontrol.view import ClusterView, NodeView
 
 
 def to_json(view: ClusterView) -> dict[str, Any]:
@@ -168,3 +137,49 @@ def _line(view: ClusterView, name: str) -> str:
     parts.append("[" + ", ".join(fields) + "]")
     parts.append(node.health.value)
     return " ".join(parts)
+
+
+def controller_status(model: Model, settings: Settings, now: float) -> dict[str, Any]:
+    """What /status shows: topology, problems, halt/block/pause, decisions, next candidate."""
+    view, state = model.view, model.state
+    out = to_json(view)
+    primary = view.primary
+    ranked = candidates(view, settings, primary) if primary else []
+    best = next((c for c in ranked if c.eligible), None)
+    out["controller"] = {
+        "paused": state.paused,
+        "halt": None
+        if state.halt is None
+        else {
+            "code": state.halt.code,
+            "reason": state.halt.reason,
+            "for_seconds": round(now - state.halt.since, 1),
+        },
+        "recovery_block_seconds_left": (
+            round(state.blocked_until - now, 1)
+            if state.blocked_until is not None and state.blocked_until > now
+            else 0
+        ),
+        "maintenance": sorted(view.maintenance),
+        "quarantined": {
+            n: {"new_primary": q.new_primary, "errant": q.errant}
+            for n, q in state.quarantined.items()
+        },
+        "plan_running": model.running.plan_id if model.running is not None else None,
+        "last_decisions": [dict(d) for d in model.decisions[-10:]],
+    }
+    out["if_primary_died_now"] = {
+        "would_promote": best.node if best else None,
+        "candidates": [
+            {
+                "node": c.node,
+                "eligible": c.eligible,
+                "reason": c.reason,
+                "received": c.received,
+                "priority": c.priority,
+                "lag": c.lag,
+            }
+            for c in ranked
+        ],
+    }
+    return out
