@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from hacontrol.drill.errors import FaultError
+from hacontrol.drill.rebuild import rebuild_sandbox_node
+
+__all__ = ["FaultError", "Faults", "LocalFaults", "SandboxFaults"]
+
 IPTABLES_COMMENT = "hacontrol-drill"
 TCP_LISTEN = "0A"
-
-
-class FaultError(Exception):
-    """The fault cannot be injected or undone; the message says why."""
 
 
 class Faults(Protocol):
@@ -163,8 +164,6 @@ class SandboxFaults(_Iptables):
         await self.sandbox.start_node(node)
 
     async def rebuild(self, node: str, source: str) -> str:
-        from hacontrol.drill.rebuild import rebuild_sandbox_node
-
         return await rebuild_sandbox_node(self.sandbox, node, source)
 
 

@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
-from hacontrol.drill.faults import FaultError
+from hacontrol.drill.errors import FaultError
 
 GTID_IN_DUMP = re.compile(rb"gtid_slave_pos\s*=\s*'([0-9,\-\s]*)'")
 
