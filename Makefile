@@ -12,6 +12,7 @@ run: bootstrap
 # real mariadbd/HAProxy).
 test: bootstrap
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
 	.venv/bin/hadolint Dockerfile
 	.venv/bin/pytest -q
 
