@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from hacontrol.events import PlanFinished, ProbeResult
-from hacontrol.plan import PlanKind
+from hacontrol.plan import PlanKind, Promote, Repoint, Route, RouteFence, WaitApplied
 from hacontrol.view import ClusterView, Code
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -30,13 +30,13 @@ PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 LOOP_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 PHASE_OF_ACTION: Mapping[str, str] = {
-    "RouteFence": "fence",
-    "WaitApplied": "promote",
-    "Promote": "promote",
-    "Repoint": "repoint",
-    "Route": "route",
+    RouteFence.__name__: "fence",
+    WaitApplied.__name__: "promote",
+    Promote.__name__: "promote",
+    Repoint.__name__: "repoint",
+    Route.__name__: "route",
 }
-"""Failover step (action class name) -> phase of ``hacontrol_last_failover_phase_seconds``."""
+"""Failover step (its action's name) -> phase of ``hacontrol_last_failover_phase_seconds``."""
 PHASES = ("detect", "fence", "promote", "repoint", "route", "total")
 OUTCOMES = ("ok", "failed", "rolled_back")
 
@@ -85,8 +85,18 @@ class Metrics:
         self._mail_source = mail
         self._mail: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._lag_nodes: set[str] = set()
-        reg = self.registry
-        node = ("cluster", "node")
+        self._node_series()
+        self._cluster_series()
+        self._plan_series()
+        for outcome in OUTCOMES:  # export zeros, so that rate() works from the first failover
+            self._failovers.labels(cluster, outcome)
+            self._switchovers.labels(cluster, outcome)
+        self._queue.labels(cluster).set(0)
+        self._halt.labels(cluster).set(0)
+        self.registry.register(_MailCollector(self))
+
+    def _node_series(self) -> None:
+        reg, node = self.registry, ("cluster", "node")
         self._probe_rtt = Histogram(
             "hacontrol_probe_rtt_seconds",
             "Round trip of successful node probes",
@@ -118,6 +128,9 @@ class Metrics:
             node,
             registry=reg,
         )
+
+    def _cluster_series(self) -> None:
+        reg = self.registry
         self._quorum = Gauge(
             "hacontrol_quorum",
             "1 when a strict majority of nodes is reachable",
@@ -128,25 +141,6 @@ class Metrics:
             "hacontrol_problems",
             "Problems currently detected, by code",
             ("cluster", "code"),
-            registry=reg,
-        )
-        self._failovers = Counter(
-            "hacontrol_failovers",
-            "Failover plans finished, by outcome",
-            ("cluster", "outcome"),
-            registry=reg,
-        )
-        self._switchovers = Counter(
-            "hacontrol_switchovers",
-            "Switchover plans finished, by outcome",
-            ("cluster", "outcome"),
-            registry=reg,
-        )
-        self._phase = Gauge(
-            "hacontrol_last_failover_phase_seconds",
-            "Duration of each phase of the last failover (detect, fence, promote, repoint, "
-            "route, total)",
-            ("cluster", "phase"),
             registry=reg,
         )
         self._loop_lag = Histogram(
@@ -168,12 +162,28 @@ class Metrics:
             ("cluster",),
             registry=reg,
         )
-        for outcome in OUTCOMES:  # export zeros, so that rate() works from the first failover
-            self._failovers.labels(cluster, outcome)
-            self._switchovers.labels(cluster, outcome)
-        self._queue.labels(cluster).set(0)
-        self._halt.labels(cluster).set(0)
-        reg.register(_MailCollector(self))
+
+    def _plan_series(self) -> None:
+        reg = self.registry
+        self._failovers = Counter(
+            "hacontrol_failovers",
+            "Failover plans finished, by outcome",
+            ("cluster", "outcome"),
+            registry=reg,
+        )
+        self._switchovers = Counter(
+            "hacontrol_switchovers",
+            "Switchover plans finished, by outcome",
+            ("cluster", "outcome"),
+            registry=reg,
+        )
+        self._phase = Gauge(
+            "hacontrol_last_failover_phase_seconds",
+            "Duration of each phase of the last failover (detect, fence, promote, repoint, "
+            "route, total)",
+            ("cluster", "phase"),
+            registry=reg,
+        )
 
     # -- inputs --------------------------------------------------------------------------------
 

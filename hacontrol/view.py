@@ -582,82 +582,55 @@ class Change:
 
 
 def changes(old: ClusterView, new: ClusterView) -> list[Change]:
+    return [
+        *_node_changes(old, new),
+        *_cluster_changes(old, new),
+        *_problem_changes(old, new),
+    ]
+
+
+def _node_changes(old: ClusterView, new: ClusterView) -> list[Change]:
     out: list[Change] = []
     for name, node in new.nodes.items():
         before = old.nodes.get(name)
         if before is None or before.health != node.health:
-            level = (
-                "warning"
-                if node.health in (Health.UNREACHABLE, Health.REPLICATION_BROKEN)
-                else "info"
-            )
-            out.append(
-                Change(
-                    "node_state",
-                    name,
-                    level,
-                    {
-                        "from": before.health.value if before else None,
-                        "to": node.health.value,
-                        "reason": node.reason,
-                    },
-                )
-            )
+            bad = node.health in (Health.UNREACHABLE, Health.REPLICATION_BROKEN)
+            fields = {
+                "from": before.health.value if before else None,
+                "to": node.health.value,
+                "reason": node.reason,
+            }
+            out.append(Change("node_state", name, "warning" if bad else "info", fields))
+    return out
+
+
+def _cluster_changes(old: ClusterView, new: ClusterView) -> list[Change]:
+    out: list[Change] = []
     if old.primary != new.primary:
-        out.append(
-            Change(
-                "primary_changed",
-                new.primary,
-                "warning",
-                {
-                    "from": old.primary,
-                    "to": new.primary,
-                    "reason": new.primary_reason,
-                },
-            )
-        )
+        fields = {"from": old.primary, "to": new.primary, "reason": new.primary_reason}
+        out.append(Change("primary_changed", new.primary, "warning", fields))
     if old.quorum.ok != new.quorum.ok:
-        out.append(
-            Change(
-                "quorum",
-                None,
-                "info" if new.quorum.ok else "error",
-                {
-                    "ok": new.quorum.ok,
-                    "reason": new.quorum.describe(),
-                },
-            )
-        )
-    if old.router.membership != new.router.membership and new.router.membership is not None:
-        out.append(
-            Change(
-                "router_membership",
-                None,
-                "info",
-                {
-                    "from": old.router.membership.to_json() if old.router.membership else None,
-                    "to": new.router.membership.to_json(),
-                },
-            )
-        )
+        level = "info" if new.quorum.ok else "error"
+        fields = {"ok": new.quorum.ok, "reason": new.quorum.describe()}
+        out.append(Change("quorum", None, level, fields))
+    before, after = old.router.membership, new.router.membership
+    if before != after and after is not None:
+        fields = {"from": before.to_json() if before else None, "to": after.to_json()}
+        out.append(Change("router_membership", None, "info", fields))
+    return out
+
+
+def _problem_changes(old: ClusterView, new: ClusterView) -> list[Change]:
     old_keys = {(p.code, p.node) for p in old.problems}
     new_keys = {(p.code, p.node) for p in new.problems}
-    for problem in new.problems:
-        if (problem.code, problem.node) not in old_keys:
-            out.append(
-                Change(
-                    "problem",
-                    problem.node,
-                    "warning",
-                    {
-                        "code": problem.code.value,
-                        "reason": problem.reason,
-                    },
-                )
-            )
-    for problem in old.problems:
-        if (problem.code, problem.node) not in new_keys:
-            out.append(
-                Change("problem_cleared", problem.node, "info", {"code": problem.code.value})
-            )
+    out = [
+        Change("problem", p.node, "warning", {"code": p.code.value, "reason": p.reason})
+        for p in new.problems
+        if (p.code, p.node) not in old_keys
+    ]
+    out += [
+        Change("problem_cleared", p.node, "info", {"code": p.code.value})
+        for p in old.problems
+        if (p.code, p.node) not in new_keys
+    ]
     return out

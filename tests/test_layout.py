@@ -31,3 +31,12 @@ def test_import_contracts_hold():
     done = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
+
+
+def test_no_function_of_the_core_is_longer_than_60_lines():
+    script = ROOT / "scripts" / "long_functions.py"
+    paths = [str(ROOT / "hacontrol" / p) for p in CORE]
+    done = subprocess.run(
+        [sys.executable, str(script), *paths], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and done.stdout == "", done.stdout

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hacontrol.events import ConnectionLost, Event, ProbeResult
-from hacontrol.model import AlertKey, Condition, Decision, Quarantined
+from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Quarantined
 from hacontrol.plan import (
     Action,
     AlertKind,
@@ -28,6 +28,7 @@ from hacontrol.plan import (
 from hacontrol.routing import Membership
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import (
+    Candidate,
     candidate_table,
     candidates,
     hooks,
@@ -35,10 +36,14 @@ from hacontrol.rules.candidates import (
     topology_text,
 )
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, Code, hidden_nodes
+from hacontrol.view import ClusterView, Code, Problem, hidden_nodes
 
 
-def rule_dead_primary(view, state, settings, now) -> Decision | None:
+def rule_dead_primary(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
+    """A confirmed dead primary: fail over to the most advanced eligible replica, unless the
+    recovery block holds, no replica can be promoted, or the best lacks what others hold."""
     problem = next((p for p in view.problems if p.code is Code.DEAD_PRIMARY), None)
     if problem is None:
         return None
@@ -47,71 +52,103 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
     if dead in state.quarantined:
         return None  # already failed over; the new primary's replicas show it
     if state.blocked_until is not None and now < state.blocked_until:
-        left = state.blocked_until - now
-        plan = Plan(
-            "FailoverBlocked",
-            f"{dead} is dead but a failover happened "
-            f"{now - (state.last_failover_at or now):.0f} s ago: blocked for {left:.0f} s "
-            "more unless acknowledged (anti-flapping)",
-            kind=PlanKind.ALERT,
-        )
-        alert = Notify(
-            AlertKind.FAILOVER_BLOCKED,
-            dead,
-            "primary dead, failover blocked",
-            plan.reason,
-            (("topology", topology_text(view)),),
-        )
-        return alert_once(state, AlertKey(Condition.FAILOVER_BLOCKED, dead), plan, alert)
+        return failover_blocked(view, state, dead, state.blocked_until, now)
     ranked = candidates(view, settings, dead)
-    table = candidate_table(ranked)
     if not ranked or not ranked[0].eligible:
-        reason = f"{dead} is dead and no replica can be promoted"
-        plan = Plan("NoCandidate", f"halted: {reason}", kind=PlanKind.HALT)
-        alert = Notify(
-            AlertKind.NO_CANDIDATE,
-            dead,
-            "primary dead, NO candidate to promote",
-            problem.reason,
-            (("candidates", table), ("topology", topology_text(view))),
-        )
-        # No stored halt: this is re-evaluated at every decision, so a replica that becomes
-        # eligible (an SQL thread restarted after a backup) is promoted without an operator.
-        return alert_once(state, AlertKey(Condition.NO_CANDIDATE, dead), plan, alert)
+        return no_candidate(view, state, problem, ranked)
+    if missing := missing_from(view, ranked[0].node, dead):
+        return candidate_incomplete(view, state, dead, ranked, missing)
+    plan = failover(view, settings, problem, ranked)
     best = ranked[0].node
-    if missing := missing_from(view, best, dead):
-        plan = Plan(
-            "CandidateIncomplete",
-            f"no failover: the best candidate {best} lacks "
-            f"transactions other replicas hold ({missing}); promoting it would lose "
-            "them (an operator must catch it up or choose)",
-            kind=PlanKind.ALERT,
-        )
-        alert = Notify(
-            AlertKind.CANDIDATE_INCOMPLETE,
-            dead,
-            "primary dead, best candidate incomplete",
-            plan.reason,
-            (("candidates", table), ("topology", topology_text(view))),
-        )
-        return alert_once(state, AlertKey(Condition.NO_CANDIDATE, dead), plan, alert)
+    new_state = replace(
+        state,
+        blocked_until=now + settings.failover.recovery_block,
+        last_failover_at=now,
+        quarantined={**state.quarantined, dead: Quarantined(dead, best, now)},
+    )
+    return Decision(plan, new_state)
+
+
+def failover_blocked(
+    view: ClusterView, state: ControllerState, dead: str, blocked_until: float, now: float
+) -> Decision:
+    """Anti-flapping: no second automatic failover within the recovery block."""
+    plan = Plan(
+        "FailoverBlocked",
+        f"{dead} is dead but a failover happened "
+        f"{now - (state.last_failover_at or now):.0f} s ago: blocked for "
+        f"{blocked_until - now:.0f} s more unless acknowledged (anti-flapping)",
+        kind=PlanKind.ALERT,
+    )
+    alert = Notify(
+        AlertKind.FAILOVER_BLOCKED,
+        dead,
+        "primary dead, failover blocked",
+        plan.reason,
+        (("topology", topology_text(view)),),
+    )
+    return alert_once(state, AlertKey(Condition.FAILOVER_BLOCKED, dead), plan, alert)
+
+
+def no_candidate(
+    view: ClusterView, state: ControllerState, problem: Problem, ranked: list[Candidate]
+) -> Decision:
+    """No replica can be promoted. No stored halt: this is re-evaluated at every decision, so
+    a replica that becomes eligible (an SQL thread restarted after a backup) is promoted
+    without an operator."""
+    dead = problem.node or ""
+    reason = f"{dead} is dead and no replica can be promoted"
+    plan = Plan("NoCandidate", f"halted: {reason}", kind=PlanKind.HALT)
+    alert = Notify(
+        AlertKind.NO_CANDIDATE,
+        dead,
+        "primary dead, NO candidate to promote",
+        problem.reason,
+        (("candidates", candidate_table(ranked)), ("topology", topology_text(view))),
+    )
+    return alert_once(state, AlertKey(Condition.NO_CANDIDATE, dead), plan, alert)
+
+
+def candidate_incomplete(
+    view: ClusterView, state: ControllerState, dead: str, ranked: list[Candidate], missing: str
+) -> Decision:
+    """The best candidate lacks transactions other replicas hold (possibly acknowledged under
+    semi-sync): promoting it would lose them. An operator catches it up or chooses."""
+    plan = Plan(
+        "CandidateIncomplete",
+        f"no failover: the best candidate {ranked[0].node} lacks "
+        f"transactions other replicas hold ({missing}); promoting it would lose "
+        "them (an operator must catch it up or choose)",
+        kind=PlanKind.ALERT,
+    )
+    alert = Notify(
+        AlertKind.CANDIDATE_INCOMPLETE,
+        dead,
+        "primary dead, best candidate incomplete",
+        plan.reason,
+        (("candidates", candidate_table(ranked)), ("topology", topology_text(view))),
+    )
+    return alert_once(state, AlertKey(Condition.NO_CANDIDATE, dead), plan, alert)
+
+
+def failover(
+    view: ClusterView, settings: Settings, problem: Problem, ranked: list[Candidate]
+) -> Plan:
+    """The failover plan: fence the router, stop the replicas' IO threads, let the best apply
+    what it received, promote it, route to it, repoint the others, alert."""
+    dead, best = problem.node or "", ranked[0].node
     others = tuple(c.node for c in ranked[1:] if view.nodes[c.node].reachable)
     hidden = hidden_nodes(view)
     readers = {best} if settings.router.primary_is_reader else set()
-    after = Membership.of(
-        [best], readers, {n for n in view.nodes if n not in (best, *hidden)} - readers, hidden
-    )
+    broken = {n for n in view.nodes if n not in (best, *hidden)} - readers
     context = (
         ("old_primary", dead),
         ("new_primary", best),
         ("kind", PlanKind.FAILOVER.value),
         ("reason", problem.reason),
     )
-    reason = (
-        f"{dead} is dead ({problem.reason}); promoting {best}, the most advanced "
-        f"eligible replica (received {ranked[0].received})"
-    )
     replicas = (best, *(n for n in others if n not in hidden))  # hidden: the operator's
+    table = candidate_table(ranked)
     actions: tuple[Action, ...] = (
         *hooks(settings, "on_failure_detected", context),
         *hooks(settings, "pre_failover", context, required=True),
@@ -125,7 +162,7 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         Promote(best, dead),
         # Writers first: semi-sync on the new primary holds its first commits until a
         # repointed replica acknowledges, so nothing acknowledged can be lost meanwhile.
-        Route(after),
+        Route(Membership.of([best], readers, broken, hidden)),
         Repoint(others, best),
         Notify(
             AlertKind.FAILOVER,
@@ -136,21 +173,19 @@ def rule_dead_primary(view, state, settings, now) -> Decision | None:
         ),
         *hooks(settings, "post_failover", context),
     )
-    new_state = replace(
-        state,
-        blocked_until=now + settings.failover.recovery_block,
-        last_failover_at=now,
-        quarantined={**state.quarantined, dead: Quarantined(dead, best, now)},
+    reason = (
+        f"{dead} is dead ({problem.reason}); promoting {best}, the most advanced "
+        f"eligible replica (received {ranked[0].received})"
     )
     # Stopped before the promotion (a veto, WaitApplied timed out): give the replicas their
     # IO threads back, so that they testify again about the primary.
     rollback = (SetIOThreads(replicas, running=True),)
-    return Decision(
-        Plan("DeadPrimary", reason, actions, kind=PlanKind.FAILOVER, rollback=rollback), new_state
-    )
+    return Plan("DeadPrimary", reason, actions, kind=PlanKind.FAILOVER, rollback=rollback)
 
 
-def rule_no_primary(view, state, settings, now) -> Decision | None:
+def rule_no_primary(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
     """No primary can be named (all read-only, replicas disagree, a topology split): a write
     outage the controller must not guess its way out of. Alert once, change nothing."""
     problem = next((p for p in view.problems if p.code is Code.NO_PRIMARY), None)
@@ -182,7 +217,9 @@ def rule_no_primary(view, state, settings, now) -> Decision | None:
     return alert_once(state, AlertKey(Condition.NO_PRIMARY), plan, alert)
 
 
-def rule_unreachable_primary(view, state, settings, now) -> Decision | None:
+def rule_unreachable_primary(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
     problem = next((p for p in view.problems if p.code is Code.UNREACHABLE_PRIMARY), None)
     if problem is None:
         return None

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hacontrol.model import AlertKey, Condition, Decision, Halt
+from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Halt
 from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import topology_text
-from hacontrol.view import Code, Health
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView, Code, Health
 
 
-def rule_no_quorum(view, state, settings, now) -> Decision | None:
+def rule_no_quorum(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
     if view.quorum.ok:
         return None
     reason = next(p.reason for p in view.problems if p.code is Code.NO_QUORUM)
@@ -22,7 +25,9 @@ def rule_no_quorum(view, state, settings, now) -> Decision | None:
     return alert_once(state, AlertKey(Condition.NO_QUORUM), plan, alert)
 
 
-def rule_startup_grace(view, state, settings, now) -> Decision | None:
+def rule_startup_grace(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
     needed = settings.probes.failure_threshold
     waiting = [
         n
@@ -41,7 +46,9 @@ def rule_startup_grace(view, state, settings, now) -> Decision | None:
     return None
 
 
-def rule_two_writers(view, state, settings, now) -> Decision | None:
+def rule_two_writers(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
     problem = next(
         (
             p
@@ -75,7 +82,9 @@ def rule_two_writers(view, state, settings, now) -> Decision | None:
     )
 
 
-def rule_halted(view, state, settings, now) -> Decision | None:
+def rule_halted(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
     if state.halt is None:
         return None
     return Decision(

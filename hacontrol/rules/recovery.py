@@ -6,15 +6,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hacontrol.model import AlertKey, Condition, Decision
+from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Quarantined
 from hacontrol.plan import AlertKind, Fence, Notify, Plan, PlanKind, Rejoin, Repoint
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import executed, topology_text
 from hacontrol.rules.routing import reader_ok
-from hacontrol.view import Health, hidden_nodes
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView, Health, hidden_nodes
 
 
-def rule_fence_returning_primary(view, state, settings, now) -> Decision | None:
+def rule_fence_returning_primary(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
     """An old primary came back writable: fence it before anything else (never two writers)."""
     for name, q in state.quarantined.items():
         node = view.nodes.get(name)
@@ -36,80 +39,102 @@ def rule_fence_returning_primary(view, state, settings, now) -> Decision | None:
     return None
 
 
-def rule_old_primary(view, state, settings, now) -> Decision | None:
+def rule_old_primary(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
     """A fenced old primary: rejoin it when clean, keep it quarantined when errant."""
     for name, q in sorted(state.quarantined.items()):
-        node = view.nodes.get(name)
-        primary = view.primary
-        if node is None or not node.reachable or node.status is None or primary is None:
-            continue
-        if q.new_primary != primary:
-            continue  # the node we promoted is not the primary now: an operator's call
-        if view.sources.get(name) == primary and node.health is Health.HEALTHY:
-            ok, why = reader_ok(
-                view, name, primary, settings.failover.max_lag, settings.failover.io_stall
-            )
-            if ok:  # rejoined and caught up: back to the readers
-                remaining = {k: v for k, v in state.quarantined.items() if k != name}
-                return Decision(
-                    Plan(
-                        "OldPrimaryRejoined",
-                        f"{name} replicates from {primary} and caught up ({why})",
-                    ),
-                    replace(state, quarantined=remaining),
-                )
-            continue
-        mine = executed(node.status)
-        theirs = executed(view.nodes[primary].status)
-        if mine is None or theirs is None:
-            continue
-        errant = mine - theirs
-        channel = node.channel
-        broken_1236 = channel is not None and channel.last_io_errno == 1236
-        if errant or broken_1236:
-            detail = (
-                str(errant)
-                if errant
-                else (f"replication error 1236: {channel.last_io_error}" if channel else "")
-            )
-            quarantined = {**state.quarantined, name: replace(q, errant=detail)}
-            plan = Plan(
-                "ErrantOldPrimary",
-                f"old primary {name} has errant transactions {detail}: kept in broken; "
-                "an operator must repair it (never RESET MASTER automatically)",
-                kind=PlanKind.ALERT,
-            )
-            alert = Notify(
-                AlertKind.ERRANT_TRANSACTIONS,
-                name,
-                f"old primary has errant transactions: {detail}",
-                plan.reason,
-                (("errant GTIDs", detail), ("topology", topology_text(view))),
-            )
-            return alert_once(
-                replace(state, quarantined=quarantined),
-                AlertKey(Condition.ERRANT, name),
-                plan,
-                alert,
-            )
-        if view.sources.get(name) == primary:
-            continue  # replicating already, catching up
-        if now < state.retry_at.get((PlanKind.REJOIN, name), 0.0):
-            continue
-        return Decision(
-            Plan(
-                "RejoinOldPrimary",
-                f"old primary {name} has no errant transactions ({mine} within "
-                f"{theirs}): rejoin it as a replica of {primary}",
-                (Rejoin(name, primary),),
-                kind=PlanKind.REJOIN,
-            ),
-            state,
-        )
+        decision = old_primary(view, state, settings, now, name, q)
+        if decision is not None:
+            return decision
     return None
 
 
-def rule_repoint_stray(view, state, settings, now) -> Decision | None:
+def old_primary(
+    view: ClusterView,
+    state: ControllerState,
+    settings: Settings,
+    now: float,
+    name: str,
+    q: Quarantined,
+) -> Decision | None:
+    node = view.nodes.get(name)
+    primary = view.primary
+    if node is None or not node.reachable or node.status is None or primary is None:
+        return None
+    if q.new_primary != primary:
+        return None  # the node we promoted is not the primary now: an operator's call
+    if view.sources.get(name) == primary and node.health is Health.HEALTHY:
+        return caught_up(view, state, settings, name, primary)
+    mine = executed(node.status)
+    theirs = executed(view.nodes[primary].status)
+    if mine is None or theirs is None:
+        return None
+    errant = mine - theirs
+    channel = node.channel
+    if errant or (channel is not None and channel.last_io_errno == 1236):
+        detail = (
+            str(errant)
+            if errant or channel is None
+            else (f"replication error 1236: {channel.last_io_error}")
+        )
+        return errant_old_primary(view, state, name, q, detail)
+    if view.sources.get(name) == primary:
+        return None  # replicating already, catching up
+    if now < state.retry_at.get((PlanKind.REJOIN, name), 0.0):
+        return None
+    return Decision(
+        Plan(
+            "RejoinOldPrimary",
+            f"old primary {name} has no errant transactions ({mine} within "
+            f"{theirs}): rejoin it as a replica of {primary}",
+            (Rejoin(name, primary),),
+            kind=PlanKind.REJOIN,
+        ),
+        state,
+    )
+
+
+def caught_up(
+    view: ClusterView, state: ControllerState, settings: Settings, name: str, primary: str
+) -> Decision | None:
+    """Rejoined and caught up: out of quarantine, back to the readers."""
+    ok, why = reader_ok(view, name, primary, settings.failover.max_lag, settings.failover.io_stall)
+    if not ok:
+        return None
+    remaining = {k: v for k, v in state.quarantined.items() if k != name}
+    return Decision(
+        Plan("OldPrimaryRejoined", f"{name} replicates from {primary} and caught up ({why})"),
+        replace(state, quarantined=remaining),
+    )
+
+
+def errant_old_primary(
+    view: ClusterView, state: ControllerState, name: str, q: Quarantined, detail: str
+) -> Decision:
+    """Errant transactions (or a source that purged what it needs): kept in broken, once
+    alerted with the GTIDs; never RESET MASTER automatically."""
+    quarantined = {**state.quarantined, name: replace(q, errant=detail)}
+    plan = Plan(
+        "ErrantOldPrimary",
+        f"old primary {name} has errant transactions {detail}: kept in broken; "
+        "an operator must repair it (never RESET MASTER automatically)",
+        kind=PlanKind.ALERT,
+    )
+    alert = Notify(
+        AlertKind.ERRANT_TRANSACTIONS,
+        name,
+        f"old primary has errant transactions: {detail}",
+        plan.reason,
+        (("errant GTIDs", detail), ("topology", topology_text(view))),
+    )
+    key = AlertKey(Condition.ERRANT, name)
+    return alert_once(replace(state, quarantined=quarantined), key, plan, alert)
+
+
+def rule_repoint_stray(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
     """A replica still pointing at a node that is not the primary (down during a failover,
     chained under an old primary): repoint it, unless it has errant transactions."""
     primary = view.primary

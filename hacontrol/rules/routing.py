@@ -100,7 +100,9 @@ def writer_change_problem(
     return None
 
 
-def rule_route(view, state, settings, now) -> Decision | None:
+def rule_route(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
     if settings.router.kind == "none" or now < state.route_retry_at:
         return None
     desired = desired_membership(view, state, settings)
