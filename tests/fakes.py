@@ -23,9 +23,9 @@ from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
 from hacontrol.settings import ApiSettings
 from hacontrol.status import to_json
-from hacontrol.view import fold, initial
 from tests.factories import primary, replica, settings
 from tests.proxysql_double import protocol
+from tests.support import fold_all
 
 TOKEN = "s3cret-token-value"
 
@@ -37,10 +37,7 @@ class FakeHandle:
     """Implements api.ControllerHandle; records commands, answers canned results."""
 
     def __init__(self, *, hang: bool = False) -> None:
-        s = settings()
-        view = initial(s)
-        for event in (primary(), replica("node2"), replica("node3")):
-            view = fold(view, event, s)
+        view = fold_all(settings(), [primary(), replica("node2"), replica("node3")])
         self.view = view
         self.metrics = Metrics("t")
         self.metrics.observe_view(view)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,9 @@ from hacontrol.jsonlog import JsonLog
 from hacontrol.sandbox import Sandbox
 from hacontrol.service import Runtime, secrets_of
 from hacontrol.settings import Settings, load_settings
+from tests.support import eventually, free_port
+
+wait_for = eventually  # the name the router tests use (tests.support.eventually)
 
 
 def sandbox_settings(
@@ -66,17 +68,6 @@ def runtime(settings: Settings, **kw: Any) -> tuple[Runtime, LogCapture]:
     capture = LogCapture()
     log = JsonLog(settings.cluster.name, stream=capture, secrets=secrets_of(settings))
     return Runtime(settings, log, **kw), capture
-
-
-async def wait_for(
-    predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.05
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        await asyncio.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
 
 
 class WriteLoop:
@@ -154,7 +145,7 @@ class MailBox:
                 box.messages.append(email.message_from_bytes(envelope.content))
                 return "250 OK"
 
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=_free_port())
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=free_port())
         self.port = self.controller.port
 
     def start(self) -> MailBox:
@@ -174,14 +165,6 @@ class MailBox:
             else m.get_payload(0).get_payload(decode=True).decode()
             for m in self.messages
         ]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def with_mail(settings: Settings, port: int) -> Settings:

@@ -7,7 +7,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from tests.live import runtime, sandbox_settings, wait_for
+from tests.live import runtime, sandbox_settings
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,7 @@ async def test_api_on_a_real_runtime(sandbox):
                 async with http.get(f"{base}/ready") as r:
                     return r.status == 200
 
-            await wait_for(lambda: rt.controller.view.quorum.ok, 10, "quorum")
+            await eventually(lambda: rt.controller.view.quorum.ok, 10, "quorum")
             assert await ready()
             async with http.get(f"{base}/health") as r:
                 assert r.status == 200 and (await r.json())["ok"] is True

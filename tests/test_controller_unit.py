@@ -13,18 +13,16 @@ from hacontrol.controller import Controller
 from hacontrol.events import ConnectionLost, Stop
 from hacontrol.jsonlog import JsonLog
 from hacontrol.rules.failure import reprobe_targets
-from hacontrol.view import fold, initial
+from hacontrol.view import fold
 from tests.factories import down, primary, replica, router, settings
+from tests.support import fold_all
 
 S = settings()
 ALL = frozenset({"node1", "node2", "node3"})
 
 
 def healthy_view():
-    view = initial(S)
-    for event in (primary(), replica("node2"), replica("node3"), router()):
-        view = fold(view, event, S)
-    return view
+    return fold_all(S, [primary(), replica("node2"), replica("node3"), router()])
 
 
 def test_lost_connection_reprobes_every_node():

@@ -23,8 +23,9 @@ from hacontrol.plan import (
     WaitApplied,
 )
 from hacontrol.routing import Membership
-from hacontrol.view import ClusterView, Code, fold, initial
+from hacontrol.view import ClusterView, Code
 from tests.factories import down, primary, replica, router, settings, status
+from tests.support import fold_all
 
 S = settings()
 NOW = 100.0
@@ -32,11 +33,7 @@ DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error
 
 
 def view_of(*rounds: list, s=S) -> ClusterView:
-    view = initial(s)
-    for events in rounds:
-        for event in events:
-            view = fold(view, event, s)
-    return view
+    return fold_all(s, *rounds)
 
 
 def healthy_round(at: float, **r2) -> list:

@@ -31,9 +31,9 @@ from hacontrol.plan import ActionResult
 from hacontrol.sandbox.render import APP_PRIVILEGES, CONTROLLER_PRIVILEGES, REPLICATION_PRIVILEGES
 from hacontrol.service import SHUTDOWN_GRACE
 from hacontrol.settings import SECRETS, Settings, load_settings
-from hacontrol.view import fold, initial
 from tests.factories import down, primary, replica, router
 from tests.factories import settings as factory_settings
+from tests.support import fold_all
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -112,17 +112,11 @@ def _rendered_samples() -> dict[str, dict[str, set[str]]]:
     """sample name -> label name -> values seen, from a Metrics object fed with real values."""
     s = factory_settings()
     metrics = Metrics("t")
-    view = initial(s)
-    for event in (
-        primary("node1"),
-        replica("node2", seconds_behind=1),
-        down("node3"),
-        router(),
-    ):
-        view = fold(view, event, s)
+    events = [primary("node1"), replica("node2", seconds_behind=1), down("node3"), router()]
+    for event in events:
         if isinstance(event, ProbeResult):
             metrics.observe_probe(event)
-    metrics.observe_view(view)
+    metrics.observe_view(fold_all(s, events))
     steps = (ActionResult("RouteFence", "node1", True, True, "done", index=0, seconds=0.1),)
     metrics.observe_plan(
         PlanFinished(10.0, "failover-1", "DeadPrimary", "failover", True, "done", None, steps, 0.1),

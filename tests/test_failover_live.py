@@ -21,10 +21,10 @@ from tests.live import (
     runtime,
     sandbox_settings,
     sql,
-    wait_for,
     with_mail,
 )
 from tests.sandbox_fixtures import run_sync
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def ts(record) -> float:
 
 
 async def healthy_and_idle(rt) -> None:
-    await wait_for(
+    await eventually(
         lambda: (
             rt.controller.view.quorum.ok
             and not rt.controller.view.problems
@@ -69,13 +69,15 @@ async def test_kill_primary_under_write_load(fresh_sandbox):
         async with rt:
             await healthy_and_idle(rt)
             writes = WriteLoop(fresh_sandbox).start()
-            await wait_for(lambda: len(writes.acknowledged) > 50, 10, "writes flowing")
+            await eventually(lambda: len(writes.acknowledged) > 50, 10, "writes flowing")
             killed_at = time.time()
             assert fresh_sandbox.kill_node("node1", signal.SIGKILL)
-            done = await wait_for(lambda: finished(capture, "failover"), 30, "failover finished")
+            done = await eventually(lambda: finished(capture, "failover"), 30, "failover finished")
             assert done[0]["ok"], done[0]["reason"]
             resumed_at = time.monotonic()
-            await wait_for(lambda: writes.acked_since(resumed_at) > 20, 20, "writes succeed again")
+            await eventually(
+                lambda: writes.acked_since(resumed_at) > 20, 20, "writes succeed again"
+            )
             await writes.stop()
             membership = await router_membership(rt)
             view = rt.controller.view
@@ -90,7 +92,7 @@ async def test_kill_primary_under_write_load(fresh_sandbox):
         # Exactly one failover, one failover mail.
         assert len(capture.of("plan_started")) >= 1
         assert len([r for r in capture.of("plan_started") if r["kind"] == "failover"]) == 1
-        await wait_for(lambda: any("failover" in s for s in mail.subjects()), 10, "failover mail")
+        await eventually(lambda: any("failover" in s for s in mail.subjects()), 10, "failover mail")
         assert sum("failover" in s for s in mail.subjects()) == 1
         body = next(
             b for b, s in zip(mail.bodies(), mail.subjects(), strict=True) if "failover" in s
@@ -118,7 +120,7 @@ async def test_frozen_primary_fails_over_then_rejoins_as_reader(fresh_sandbox):
         await healthy_and_idle(rt)
         assert fresh_sandbox.kill_node("node1", signal.SIGSTOP)
         try:
-            done = await wait_for(lambda: finished(capture, "failover"), 30, "failover")
+            done = await eventually(lambda: finished(capture, "failover"), 30, "failover")
             assert done[0]["ok"], done[0]["reason"]
             dead = next(r for r in capture.of("problem") if r["code"] == "DeadPrimary")
             assert "has a working link" in dead["reason"]
@@ -127,19 +129,19 @@ async def test_frozen_primary_fails_over_then_rejoins_as_reader(fresh_sandbox):
         new = rt.controller.view.primary
         assert new in ("node2", "node3")
         # The returning old primary is fenced, rejoined and back among the readers.
-        await wait_for(
+        await eventually(
             lambda: any(r["rule"] == "FenceReturningPrimary" for r in capture.of("plan_started")),
             20,
             "fence planned",
         )
-        await wait_for(
+        await eventually(
             lambda: any(
                 r["rule"] == "RejoinOldPrimary" and r["ok"] for r in capture.of("plan_finished")
             ),
             30,
             "rejoined",
         )
-        await wait_for(
+        await eventually(
             lambda: "node1" in (rt.controller.view.router.membership or Membership()).readers,
             30,
             "node1 back in readers",
@@ -161,7 +163,7 @@ async def test_two_of_three_down_changes_nothing(fresh_sandbox):
         started_before = len(capture.of("plan_started"))
         fresh_sandbox.kill_node("node2", signal.SIGKILL)
         fresh_sandbox.kill_node("node3", signal.SIGKILL)
-        await wait_for(
+        await eventually(
             lambda: any(r["rule"] == "NoQuorum" for r in capture.of("decision")),
             15,
             "NoQuorum decision",
@@ -191,7 +193,7 @@ async def test_two_writers_in_the_router_halt_with_one_alert(fresh_sandbox):
             started = len(capture.of("plan_started"))
             send = SocketTransport(settings.router.haproxy.socket)
             await send("set server writer/node2 state ready")
-            await wait_for(
+            await eventually(
                 lambda: any(r["rule"] == "RouterHasTwoWriters" for r in capture.of("decision")),
                 10,
                 "halt",
@@ -199,12 +201,12 @@ async def test_two_writers_in_the_router_halt_with_one_alert(fresh_sandbox):
             await asyncio.sleep(2)  # more events, more decisions: still one alert, no change
             assert len(capture.of("plan_started")) == started
             assert rt.controller.state.halt is not None
-            await wait_for(lambda: len(mail.messages) >= 1, 10, "halt mail")
+            await eventually(lambda: len(mail.messages) >= 1, 10, "halt mail")
             await asyncio.sleep(0.5)
             assert [s for s in mail.subjects() if "HALT" in s] == mail.subjects()
             assert len(mail.messages) == 1
             await send("set server writer/node2 state maint")
-            await wait_for(lambda: rt.controller.state.halt is None, 10, "halt cleared")
+            await eventually(lambda: rt.controller.state.halt is None, 10, "halt cleared")
     finally:
         mail.stop()
 
@@ -226,10 +228,10 @@ async def test_errant_old_primary_is_quarantined_with_the_gtid_in_the_mail(fresh
             # reach the dead primary, which confirms it.
             for node in ("node2", "node3"):
                 await sql(fresh_sandbox, node, "START SLAVE IO_THREAD")
-            done = await wait_for(lambda: finished(capture, "failover"), 30, "failover")
+            done = await eventually(lambda: finished(capture, "failover"), 30, "failover")
             assert done[0]["ok"], done[0]["reason"]
             await asyncio.to_thread(run_sync, lambda: fresh_sandbox.start_node("node1"))
-            alert = await wait_for(
+            alert = await eventually(
                 lambda: next(
                     (r for r in capture.of("alert") if r.get("kind") == "errant_transactions"), None
                 ),
@@ -243,7 +245,7 @@ async def test_errant_old_primary_is_quarantined_with_the_gtid_in_the_mail(fresh
         assert "node1" in membership.broken and "node1" not in membership.readers
         assert (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0] == 1
         assert not any(r["rule"] == "RejoinOldPrimary" for r in capture.of("plan_started"))
-        await wait_for(lambda: any("errant" in s for s in mail.subjects()), 10, "errant mail")
+        await eventually(lambda: any("errant" in s for s in mail.subjects()), 10, "errant mail")
         body = next(b for b, s in zip(mail.bodies(), mail.subjects(), strict=True) if "errant" in s)
         assert f"0-1-{seq}..{seq}" in body
     finally:
@@ -259,12 +261,12 @@ async def test_smtp_down_during_failover_mail_arrives_later(fresh_sandbox):
             await healthy_and_idle(rt)
             killed = time.monotonic()
             fresh_sandbox.kill_node("node1", signal.SIGKILL)
-            done = await wait_for(lambda: finished(capture, "failover"), 30, "failover")
+            done = await eventually(lambda: finished(capture, "failover"), 30, "failover")
             assert done[0]["ok"]
             took = done[0]["_mono"] - killed
             assert capture.of("mail_failed"), "the mail should have failed while SMTP was down"
             mail.start()
-            await wait_for(
+            await eventually(
                 lambda: any("failover" in s for s in mail.subjects()),
                 15,
                 "mail delivered after SMTP came back",
@@ -296,13 +298,13 @@ async def test_failing_pre_failover_hook_aborts_the_failover_and_the_mail_says_s
         async with rt:
             await healthy_and_idle(rt)
             fresh_sandbox.kill_node("node1", signal.SIGKILL)
-            done = await wait_for(lambda: finished(capture, "failover"), 30, "failover attempt")
+            done = await eventually(lambda: finished(capture, "failover"), 30, "failover attempt")
             assert not done[0]["ok"]
             assert "Hook failed" in done[0]["reason"] and "exited 3" in done[0]["reason"]
-            await wait_for(
+            await eventually(
                 lambda: any("failover failed" in s for s in mail.subjects()), 10, "the halt mail"
             )
-            await wait_for(marker.exists, 10, "the on_halt hook")
+            await eventually(marker.exists, 10, "the on_halt hook")
             membership = await router_membership(rt)
         body = next(
             b for b, s in zip(mail.bodies(), mail.subjects(), strict=True) if "failover failed" in s

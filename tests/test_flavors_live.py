@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from hacontrol.flavors import (
     detect,
     multi_statement,
 )
+from tests.support import eventually, free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -51,12 +51,6 @@ REPL_PASSWORD = "r'e\"p\\l"  # quotes and a backslash: must travel as a paramete
 class Server:
     port: int
     server_id: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_mariadbd(datadir: Path, server_id: int) -> tuple[subprocess.Popen[bytes], Server]:
@@ -203,15 +197,16 @@ async def run(server: Server, *statements: Sql) -> list[dict[str, object]]:
         conn.close()
 
 
-async def eventually(
+async def status_when(
     server: Server, check: Callable[[NodeStatus], bool], timeout: float = 10.0
 ) -> NodeStatus:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The server's status, once ``check`` holds on it."""
+
+    async def matching() -> NodeStatus | None:
         current = await status(server)
-        if check(current) or time.monotonic() > deadline:
-            return current
-        await asyncio.sleep(0.1)
+        return current if check(current) else None
+
+    return await eventually(matching, timeout, "the server's status to match", poll=0.1)
 
 
 async def point_replica(primary: Server, replica: Server, password: str = REPL_PASSWORD) -> None:
@@ -253,7 +248,7 @@ async def test_replica_follows_stops_and_restarts(pair: tuple[Server, Server]) -
     await run(primary, Sql("INSERT INTO app.t VALUES (1)"))
     target = (await status(primary)).gtid_binlog_pos
 
-    node = await eventually(replica, lambda s: s.gtid_slave_pos == target)
+    node = await status_when(replica, lambda s: s.gtid_slave_pos == target)
     assert node.gtid_slave_pos == target
     (link,) = node.replication
     assert link.connection_name == ""
@@ -268,7 +263,7 @@ async def test_replica_follows_stops_and_restarts(pair: tuple[Server, Server]) -
     # An idle source sends heartbeats (0.5 s): the counter moves without any write.
     before = link.heartbeats_received
     assert before is not None
-    node = await eventually(
+    node = await status_when(
         replica, lambda s: (s.replication[0].heartbeats_received or 0) > before + 1, timeout=5
     )
     assert (node.replication[0].heartbeats_received or 0) > before + 1
@@ -305,7 +300,7 @@ async def test_reset_forgets_the_source(pair: tuple[Server, Server]) -> None:
 async def test_wrong_password_is_an_io_error(pair: tuple[Server, Server]) -> None:
     primary, replica = pair
     await point_replica(primary, replica, password="wrong'password")
-    node = await eventually(replica, lambda s: s.replication[0].last_io_errno != 0)
+    node = await status_when(replica, lambda s: s.replication[0].last_io_errno != 0)
     (link,) = node.replication
     assert link.io_state is IoState.CONNECTING
     assert link.last_io_errno == 1045  # ER_ACCESS_DENIED_ERROR
@@ -332,9 +327,9 @@ async def test_semi_sync_becomes_active(pair: tuple[Server, Server]) -> None:
     await run(replica, *flavor.semi_sync_sql(source=False, replica=True))
     await point_replica(primary, replica)  # the replica side takes effect on (re)connect
     try:
-        node = await eventually(primary, lambda s: s.semi_sync.source_clients == 1)
+        node = await status_when(primary, lambda s: s.semi_sync.source_clients == 1)
         await run(primary, Sql("INSERT INTO app.t VALUES (3)"))
-        node = await eventually(primary, lambda s: s.semi_sync.source_active)
+        node = await status_when(primary, lambda s: s.semi_sync.source_active)
         assert node.semi_sync.source_enabled and node.semi_sync.source_active
         assert node.semi_sync.source_clients == 1
         assert not node.semi_sync.replica_enabled

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from hacontrol.events import PlanFinished
 from hacontrol.metrics import Metrics, failover_phases, plan_outcome
 from hacontrol.plan import ActionResult
-from hacontrol.view import fold, initial
 from tests.factories import down, primary, replica, settings
+from tests.support import fold_all
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -58,13 +58,9 @@ def failover(ok: bool = True, steps: tuple[ActionResult, ...] | None = None) -> 
 
 def test_view_gives_up_lag_and_primary_and_null_lag_is_nan_not_zero():
     s = settings()
-    view = initial(s)
-    for event in (
-        primary(),
-        replica("node2", seconds_behind=None),
-        replica("node3", seconds_behind=4),
-    ):
-        view = fold(view, event, s)
+    view = fold_all(
+        s, [primary(), replica("node2", seconds_behind=None), replica("node3", seconds_behind=4)]
+    )
     m = Metrics("t")
     m.observe_view(view)
     data = samples(m)
@@ -83,15 +79,13 @@ def test_view_gives_up_lag_and_primary_and_null_lag_is_nan_not_zero():
 
 def test_unreachable_replica_loses_its_lag_series_and_is_down():
     s = settings()
-    view = initial(s)
-    for event in (primary(), replica("node2"), replica("node3", seconds_behind=7)):
-        view = fold(view, event, s)
+    view = fold_all(s, [primary(), replica("node2"), replica("node3", seconds_behind=7)])
     m = Metrics("t")
     m.observe_view(view)
     assert value(samples(m), "hacontrol_replica_lag_seconds", node="node3") == 7
 
-    for i in range(s.probes.failure_threshold):
-        view = fold(view, down("node3", at=2.0 + i), s)
+    failed = [down("node3", at=2.0 + i) for i in range(s.probes.failure_threshold)]
+    view = fold_all(s, failed, view=view)
     m.observe_view(view)
     data = samples(m)
     assert value(data, "hacontrol_node_up", node="node3") == 0

@@ -7,7 +7,6 @@ restores what it changes.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import signal
 import time
@@ -22,6 +21,7 @@ from hacontrol.flavors import IoState
 from hacontrol.gtid import parse
 from hacontrol.sandbox import Sandbox
 from hacontrol.settings import load_settings
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -77,15 +77,6 @@ async def write_rows(sb: Sandbox, target: str, count: int, node_tag: int) -> lis
 
 async def row_ids(sb: Sandbox, node: str) -> set[int]:
     return {r["id"] for r in await as_root(sb, node, "SELECT id FROM app.writes")}
-
-
-async def eventually(check, timeout: float, what: str) -> None:
-    """Await ``check()`` until it is truthy (async twin of tests.live.wait_for)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def purge_binary_logs(sb: Sandbox, node: str) -> None:

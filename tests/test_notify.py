@@ -6,7 +6,6 @@ import asyncio
 import base64
 import email
 import email.policy
-import socket
 import ssl
 import subprocess
 import threading
@@ -34,6 +33,7 @@ from hacontrol.actions.notify import (
 )
 from hacontrol.settings import SMTPSettings
 from tests.factories import MemoryLog as Log
+from tests.support import eventually, free_port
 
 SENDER = "hacontrol@example.org"
 RECIPIENTS = ("dba@example.org", "oncall@example.org")
@@ -83,12 +83,6 @@ class FakeClock:
         return self.now
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def smtp_settings(port: int, **kw: Any) -> SMTPSettings:
     values: dict[str, Any] = {
         "host": "127.0.0.1",
@@ -114,17 +108,6 @@ def failover(node: str = "db2", kind: str = "failover", at: float | None = None)
         ),
         at=time.time() if at is None else at,
     )
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``check`` (state changed by the poster task or the server thread)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 Start = Callable[..., Awaitable[Recorder]]

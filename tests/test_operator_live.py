@@ -9,7 +9,8 @@ import pytest
 
 from hacontrol.events import OperatorCommand
 from hacontrol.routing import Membership
-from tests.live import WriteLoop, runtime, sandbox_settings, sql, wait_for
+from tests.live import WriteLoop, runtime, sandbox_settings, sql
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +20,7 @@ def command(name: str, node: str | None = None, on: bool | None = None) -> Opera
 
 
 async def idle(rt) -> None:
-    await wait_for(
+    await eventually(
         lambda: (
             rt.controller.view.quorum.ok
             and not rt.controller.view.problems
@@ -37,18 +38,18 @@ async def test_switchover_there_and_back_under_writes_loses_nothing(fresh_sandbo
     async with rt:
         await idle(rt)
         writes = WriteLoop(fresh_sandbox).start()
-        await wait_for(lambda: len(writes.acknowledged) > 30, 10, "writes flowing")
+        await eventually(lambda: len(writes.acknowledged) > 30, 10, "writes flowing")
         windows = []
         for target in ("node2", "node1"):
             before = len(writes.acknowledged)
             result = await rt.command(command("switchover", target))
             assert result.ok, result.message
             assert result.detail["plan"].startswith("switchover-")
-            await wait_for(
+            await eventually(
                 lambda t=target: rt.controller.view.primary == t, 10, f"{target} primary"
             )
             since = time.monotonic()
-            await wait_for(lambda s=since: writes.acked_since(s) > 10, 15, "writes again")
+            await eventually(lambda s=since: writes.acked_since(s) > 10, 15, "writes again")
             assert len(writes.acknowledged) > before
             windows.append(result.detail["seconds"])
             await idle(rt)
@@ -80,7 +81,7 @@ async def test_switchover_refusals_through_the_command_path(fresh_sandbox):
         result = await rt.command(command("switchover", "node9"))
         assert not result.ok and "unknown node 'node9'" in result.message
         await sql(fresh_sandbox, "node2", "STOP SLAVE SQL_THREAD")
-        await wait_for(
+        await eventually(
             lambda: rt.controller.view.has(
                 __import__("hacontrol.view", fromlist=["Code"]).Code.REPLICATION_BROKEN
             ),
@@ -127,7 +128,7 @@ async def test_maintenance_hides_a_replica_from_readers_quorum_and_promotion(fre
         await idle(rt)
         result = await rt.command(command("maintenance", "node3", True))
         assert result.ok, result.message
-        await wait_for(
+        await eventually(
             lambda: "node3" not in (rt.controller.view.router.membership or Membership()).readers,
             10,
             "node3 out",
@@ -146,7 +147,7 @@ async def test_maintenance_hides_a_replica_from_readers_quorum_and_promotion(fre
         assert "node3" not in rt.controller.view.router.membership.readers
         result = await rt.command(command("maintenance", "node3", False))
         assert result.ok, result.message
-        await wait_for(
+        await eventually(
             lambda: "node3" in rt.controller.view.router.membership.readers,
             10,
             "node3 back among the readers",
@@ -160,7 +161,7 @@ async def test_pause_resume_and_ack(fresh_sandbox):
         await idle(rt)
         assert (await rt.command(command("pause"))).ok
         await sql(fresh_sandbox, "node3", "STOP SLAVE")  # would normally leave the readers
-        await wait_for(
+        await eventually(
             lambda: any(d["rule"] == "Paused" for d in rt.controller.decisions),
             10,
             "paused decision",
@@ -168,7 +169,7 @@ async def test_pause_resume_and_ack(fresh_sandbox):
         await asyncio.sleep(1)
         assert "node3" in rt.controller.view.router.membership.readers  # nothing changed
         assert (await rt.command(command("resume"))).ok
-        await wait_for(
+        await eventually(
             lambda: "node3" not in rt.controller.view.router.membership.readers,
             10,
             "node3 out after resume",

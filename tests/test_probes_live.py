@@ -15,8 +15,9 @@ from datetime import datetime
 import pytest
 
 from hacontrol.view import Code, Health
-from tests.live import runtime, sandbox_settings, sql, wait_for
+from tests.live import runtime, sandbox_settings, sql
 from tests.sandbox_fixtures import run_sync
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +40,14 @@ async def test_frozen_replica_does_not_stall_the_others(fresh_sandbox):
     settings = sandbox_settings(fresh_sandbox, interval=FROZEN_INTERVAL, timeout=0.4)
     rt, capture = runtime(settings)
     async with rt:
-        await wait_for(
+        await eventually(
             lambda: rt.controller.view.quorum.ok and not rt.controller.view.problems,
             10,
             "a healthy view",
         )
         assert fresh_sandbox.kill_node("node3", signal.SIGSTOP)
         try:
-            await wait_for(
+            await eventually(
                 lambda: health(rt, "node3") is Health.UNREACHABLE, 10, "node3 unreachable"
             )
             frozen_at = len(capture.records)
@@ -58,7 +59,7 @@ async def test_frozen_replica_does_not_stall_the_others(fresh_sandbox):
             assert rt.controller.view.has(Code.NODE_UNREACHABLE)
         finally:
             fresh_sandbox.kill_node("node3", signal.SIGCONT)
-        await wait_for(lambda: health(rt, "node3") is Health.HEALTHY, 15, "node3 healthy again")
+        await eventually(lambda: health(rt, "node3") is Health.HEALTHY, 15, "node3 healthy again")
     assert frozen_at > 0
     for node in ("node1", "node2"):
         times = probe_times(capture, node)
@@ -72,14 +73,14 @@ async def test_killed_replica_unreachable_then_healthy_after_restart(fresh_sandb
     settings = sandbox_settings(fresh_sandbox, interval=INTERVAL)
     rt, capture = runtime(settings)
     async with rt:
-        await wait_for(lambda: health(rt, "node2") is Health.HEALTHY, 10, "node2 healthy")
+        await eventually(lambda: health(rt, "node2") is Health.HEALTHY, 10, "node2 healthy")
         assert fresh_sandbox.kill_node("node2", signal.SIGKILL)
-        await wait_for(lambda: health(rt, "node2") is Health.UNREACHABLE, 10, "node2 unreachable")
+        await eventually(lambda: health(rt, "node2") is Health.UNREACHABLE, 10, "node2 unreachable")
         # The watch connection saw the crash: a re-probe came before the next interval.
         assert capture.of("connection_lost", "node2")
         assert "Can't connect" in rt.controller.view.nodes["node2"].reason
         await asyncio.to_thread(run_sync, lambda: fresh_sandbox.start_node("node2"))
-        await wait_for(lambda: health(rt, "node2") is Health.HEALTHY, 20, "node2 healthy again")
+        await eventually(lambda: health(rt, "node2") is Health.HEALTHY, 20, "node2 healthy again")
         assert not rt.controller.view.has(Code.NODE_UNREACHABLE)
 
 
@@ -91,7 +92,7 @@ async def test_replication_error_and_writable_replica_are_named(fresh_sandbox):
     settings = sandbox_settings(fresh_sandbox, interval=INTERVAL)
     rt, _ = runtime(settings)
     async with rt:
-        await wait_for(
+        await eventually(
             lambda: rt.controller.view.quorum.ok and not rt.controller.view.problems,
             10,
             "a healthy view",
@@ -110,7 +111,7 @@ async def test_replication_error_and_writable_replica_are_named(fresh_sandbox):
             "INSERT INTO app.writes (id, node) VALUES (424242, 1)",
             role="app",
         )
-        problem = await wait_for(
+        problem = await eventually(
             lambda: next(
                 (
                     p
@@ -127,7 +128,7 @@ async def test_replication_error_and_writable_replica_are_named(fresh_sandbox):
 
         # Plain STOP SLAVE on another replica: broken too, without an error number.
         await run_sql(fresh_sandbox, "node3", "STOP SLAVE")
-        problem = await wait_for(
+        problem = await eventually(
             lambda: next(
                 (
                     p
@@ -141,10 +142,10 @@ async def test_replication_error_and_writable_replica_are_named(fresh_sandbox):
         )
         assert "IO thread No" in problem.reason
         await run_sql(fresh_sandbox, "node3", "START SLAVE")
-        await wait_for(lambda: health(rt, "node3") is Health.HEALTHY, 10, "node3 healthy")
+        await eventually(lambda: health(rt, "node3") is Health.HEALTHY, 10, "node3 healthy")
 
         await run_sql(fresh_sandbox, "node3", "SET GLOBAL read_only = OFF")
-        problem = await wait_for(
+        problem = await eventually(
             lambda: next(
                 (p for p in rt.controller.view.problems if p.code is Code.TWO_WRITABLE_NODES), None
             ),
@@ -154,7 +155,7 @@ async def test_replication_error_and_writable_replica_are_named(fresh_sandbox):
         assert "node1" in problem.reason and "node3" in problem.reason
         assert rt.controller.view.primary == "node1"  # node3 still replicates: not a primary
         await run_sql(fresh_sandbox, "node3", "SET GLOBAL read_only = ON")
-        await wait_for(
+        await eventually(
             lambda: not rt.controller.view.has(Code.TWO_WRITABLE_NODES),
             10,
             "TwoWritableNodes cleared",

@@ -11,15 +11,13 @@ from hacontrol.events import Event, ProbeResult, RouterProbeResult
 from hacontrol.flavors.base import IoState
 from hacontrol.view import ClusterView, Code, Health, changes, fold, initial
 from tests.factories import down, primary, replica, router, settings
+from tests.support import fold_all
 
 S = settings()
 
 
 def run(events: Iterable[Event], s=S) -> ClusterView:
-    view = initial(s)
-    for event in events:
-        view = fold(view, event, s)
-    return view
+    return fold_all(s, list(events))
 
 
 def healthy(at: float = 1.0) -> list[Event]:
