@@ -1,0 +1,513 @@
+"""step(): the controller's policies with plain values. No database, no event loop, no clock.
+
+Operator commands, the after-plan rules, the settle wait, the resume of a journaled plan,
+pause, the lease, persistence and stopping: each is a rule of the pure core, driven here with
+a model and an event and read back from the model and effects it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from hacontrol.effects import (
+    EndIntent,
+    Log,
+    PersistState,
+    RecordPlan,
+    Reply,
+    Reprobe,
+    SendAlert,
+    StartPlan,
+)
+from hacontrol.events import (
+    CallerGone,
+    CommandResult,
+    ConnectionLost,
+    OperatorCommand,
+    PlanFinished,
+    Stop,
+    Tick,
+)
+from hacontrol.flavors.base import IoState
+from hacontrol.model import (
+    Condition,
+    ControllerState,
+    Halt,
+    Intent,
+    Lease,
+    Model,
+    Persisted,
+    Quarantined,
+    Running,
+    persisted,
+)
+from hacontrol.plan import (
+    ActionResult,
+    Fence,
+    Plan,
+    PlanKind,
+    Promote,
+    Rejoin,
+    Repoint,
+    Route,
+    RouteFence,
+    SetWritable,
+    WaitApplied,
+)
+from hacontrol.routing import Membership
+from hacontrol.rules.alerts import LASTS_WHILE
+from hacontrol.rules.commands import ack, farewell
+from hacontrol.step import boot, step
+from hacontrol.view import initial
+from tests.factories import down, primary, replica, router, settings
+from tests.support import fold_all
+
+S = settings()
+NOW = 100.0
+DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "refused"}
+ROUTE = Plan(
+    "RouteReconcile", "r", (Route(Membership.of(["node1"], ["node1", "node2"])),), PlanKind.ROUTE
+)
+
+
+def healthy_round(at: float) -> list:
+    return [primary(at=at), replica("node2", at), replica("node3", at), router(at=at)]
+
+
+def dead_round(at: float) -> list:
+    return [down("node1", at), replica("node2", at, **DEAD_IO), replica("node3", at, **DEAD_IO)]
+
+
+def model(*rounds: list, **fields) -> Model:
+    rounds = rounds or tuple(healthy_round(t) for t in (1.0, 2.0, 3.0))
+    return Model(fold_all(S, *rounds), **fields)
+
+
+def dead() -> Model:
+    return model(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), *(dead_round(t) for t in (4, 5, 6)))
+
+
+def steps(m: Model, *events, now: float = NOW) -> tuple[Model, list]:
+    """Every event through step, in order; all the effects."""
+    out: list = []
+    for event in events:
+        m, effects = step(m, event, S, now)
+        out += effects
+    return m, out
+
+
+def of(effects: list, kind: type) -> list:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def lines(effects: list, event: str) -> list[Log]:
+    return [e for e in effects if isinstance(e, Log) and e.event == event]
+
+
+def replies(effects: list) -> list[CommandResult]:
+    return [e.result for e in of(effects, Reply)]
+
+
+def cmd(command: str, node: str | None = None, on: bool | None = None) -> OperatorCommand:
+    return OperatorCommand(NOW, command, node, on)
+
+
+def finished(plan_id: str, kind: PlanKind, ok: bool, **facts) -> PlanFinished:
+    reason = "all steps done" if ok else "Route failed: refused"
+    return PlanFinished(NOW, plan_id, "R", kind, ok, reason, None if ok else 0, (), 0.5, **facts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator commands
+
+COMMANDS = [
+    # (name, state, command, ok, in the answer, the state after)
+    (
+        "ack clears the recovery block",
+        ControllerState(blocked_until=NOW + 50),
+        cmd("ack"),
+        True,
+        "automatic failover armed",
+        lambda st: st.blocked_until is None,
+    ),
+    (
+        "ack clears a failed failover's halt",
+        ControllerState(halt=Halt("FailoverFailed", "WaitApplied timed out", 1.0)),
+        cmd("ack"),
+        True,
+        "halt cleared: WaitApplied timed out",
+        lambda st: st.halt is None,
+    ),
+    ("pause", ControllerState(), cmd("pause"), True, "observing only", lambda st: st.paused),
+    (
+        "resume",
+        ControllerState(paused=True),
+        cmd("resume"),
+        True,
+        "automatic changes allowed",
+        lambda st: not st.paused,
+    ),
+    (
+        "unknown command",
+        ControllerState(),
+        cmd("reboot"),
+        False,
+        "unknown command 'reboot'",
+        lambda st: True,
+    ),
+    (
+        "switchover to an unknown node",
+        ControllerState(),
+        cmd("switchover", "node9"),
+        False,
+        "refused: unknown node 'node9'",
+        lambda st: True,
+    ),
+    (
+        "maintenance of the primary",
+        ControllerState(),
+        cmd("maintenance", "node1", True),
+        False,
+        "refused: node1 is the primary",
+        lambda st: True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "state", "command", "ok", "text", "after"), COMMANDS, ids=[c[0] for c in COMMANDS]
+)
+def test_commands_answered_at_once(name, state, command, ok, text, after):
+    m, effects = steps(model(state=state), command)
+    (result,) = replies(effects)
+    assert result.ok is ok and text in result.message, result.message
+    assert after(m.state)
+    assert not of(effects, StartPlan)
+    assert lines(effects, "operator_command")[0].fields["command"] == command.command
+
+
+def test_ack_leaves_a_two_writers_halt():
+    halted = model(state=ControllerState(halt=Halt("TwoWritableNodes", "two", 1.0)))
+    m, effects = ack(halted, cmd("ack"))
+    assert m.state.halt == halted.state.halt
+    (result,) = replies(list(effects))
+    assert result.ok and "halt cleared" not in result.message
+
+
+def test_switchover_starts_a_plan_that_answers_when_it_finishes():
+    command = cmd("switchover", "node2")
+    m, effects = steps(model(), command)
+    (start,) = of(effects, StartPlan)
+    assert start.running.plan.kind is PlanKind.SWITCHOVER and start.running.command is command
+    assert replies(effects) == []  # answered with the outcome
+    done = finished(start.running.plan_id, PlanKind.SWITCHOVER, True, promoted="node2")
+    m, effects = steps(
+        m, replace(done, steps=(ActionResult("Promote", "node2", True, True, "ok"),))
+    )
+    (result,) = replies(effects)
+    assert result.ok and result.message == "R: all steps done"
+    assert result.detail["steps"][0] == {
+        "action": "Promote",
+        "target": "node2",
+        "ok": True,
+        "reason": "ok",
+        "seconds": 0.0,
+    }
+    assert m.running is None
+
+
+def test_maintenance_takes_the_node_at_once_and_persists_it_before_routing():
+    m, effects = steps(model(), cmd("maintenance", "node3", True))
+    assert m.view.maintenance == {"node3"} and "node3" not in m.view.quorum.recognized
+    kinds = [type(e) for e in effects if isinstance(e, PersistState | StartPlan)]
+    assert kinds == [PersistState, StartPlan]
+    assert of(effects, PersistState)[0].state.maintenance == {"node3"}
+
+
+def test_a_command_waits_for_the_running_plan_then_runs():
+    command = cmd("switchover", "node2")
+    busy = model(running=Running("route-1", ROUTE))
+    m, effects = steps(busy, command)
+    assert m.deferred == (command,) and not of(effects, StartPlan) and not replies(effects)
+    assert lines(effects, "operator_command_deferred")[0].fields["running"] == "route-1"
+    m, effects = steps(m, finished("route-1", PlanKind.ROUTE, True))
+    (start,) = of(effects, StartPlan)
+    assert start.running.plan.kind is PlanKind.SWITCHOVER and m.deferred == ()
+
+
+def test_a_command_whose_caller_stopped_waiting_is_dropped_never_run_late():
+    command = cmd("switchover", "node2")
+    m, _ = steps(model(running=Running("route-1", ROUTE)), command)
+    m, effects = steps(m, CallerGone(NOW, command), finished("route-1", PlanKind.ROUTE, True))
+    assert m.deferred == () and lines(effects, "operator_command_dropped")
+    assert not any(e.running.plan.kind is PlanKind.SWITCHOVER for e in of(effects, StartPlan))
+
+
+def test_stopping_refuses_deferred_and_new_commands_and_starts_nothing():
+    deferred = cmd("switchover", "node2")
+    running = Running("route-1", ROUTE, command=cmd("maintenance", "node3", True))
+    m, effects = steps(model(running=running, deferred=(deferred,)), Stop(NOW, "SIGTERM"))
+    assert m.stopping and m.deferred == ()
+    (refused,) = replies(effects)
+    assert not refused.ok and "stopping" in refused.message
+    m, effects = steps(m, cmd("pause"), finished("route-1", PlanKind.ROUTE, False))
+    assert [r.ok for r in replies(effects)] == [False, False]  # refused; the plan failed
+    assert not m.state.paused and not of(effects, StartPlan)
+    # The controller returns while a plan still runs: its command is answered too.
+    (last,) = [
+        e.result for e in farewell(model(running=running), "stopping") if isinstance(e, Reply)
+    ]
+    assert not last.ok and "stopped while running it" in last.message
+
+
+# ---------------------------------------------------------------------------------------------
+# After a plan
+
+QUARANTINED = ControllerState(
+    blocked_until=NOW + 3600,
+    last_failover_at=NOW,
+    quarantined={"node1": Quarantined("node1", "node2", NOW)},
+)
+FAILOVER = Plan(
+    "DeadPrimary",
+    "node1 is dead",
+    (RouteFence("node1", required=True), WaitApplied("node2", 5.0), Promote("node2", "node1")),
+    PlanKind.FAILOVER,
+)
+
+
+@pytest.mark.parametrize(("promoted", "kept"), [(None, False), ("node2", True)])
+def test_a_failed_failover_halts_and_quarantines_only_what_it_promoted(promoted, kept):
+    m = model(state=QUARANTINED, running=Running("failover-1", FAILOVER))
+    m, effects = steps(m, finished("failover-1", PlanKind.FAILOVER, False, promoted=promoted))
+    assert m.state.halt is not None and m.state.halt.code == "FailoverFailed"
+    assert ("node1" in m.state.quarantined) is kept
+    assert (m.state.blocked_until is not None) is kept
+    (alert,) = of(effects, SendAlert)
+    assert alert.alert.kind == "halt" and alert.on_halt
+    assert of(effects, RecordPlan)[0].finished.plan_id == "failover-1"
+
+
+FAILURES = [
+    # (plan, kind, the state after)
+    (ROUTE, PlanKind.ROUTE, lambda st: st.route_retry_at == NOW + 2 * S.probes.interval),
+    (
+        Plan("FenceReturningPrimary", "r", (Fence("node1"),), PlanKind.FENCE),
+        PlanKind.FENCE,
+        lambda st: st.retry_at == {(PlanKind.FENCE, "node1"): NOW + 30},
+    ),
+    (
+        Plan("RejoinOldPrimary", "r", (Rejoin("node1", "node2"),), PlanKind.REJOIN),
+        PlanKind.REJOIN,
+        lambda st: st.retry_at == {(PlanKind.REJOIN, "node1"): NOW + 30},
+    ),
+    (
+        Plan("RepointStray", "r", (Repoint(("node3",), "node2"),), PlanKind.REPOINT),
+        PlanKind.REPOINT,
+        lambda st: st.retry_at == {(PlanKind.REPOINT, "node3"): NOW + 30},
+    ),
+]
+
+
+@pytest.mark.parametrize(("plan", "kind", "after"), FAILURES, ids=[f[1] for f in FAILURES])
+def test_a_failed_plan_backs_off(plan, kind, after):
+    m = model(running=Running("p-1", plan))
+    m, effects = steps(m, finished("p-1", kind, False))
+    assert after(m.state)
+    alerts = [e.alert.kind for e in of(effects, SendAlert)]
+    assert alerts == ([] if kind is PlanKind.ROUTE else [f"{kind}_failed"])
+
+
+SETTLE = [
+    # (plan, touched, routed, what must be probed again before deciding)
+    (ROUTE, (), True, {"router"}),
+    (Plan("R", "r", (Fence("node1"),), PlanKind.FENCE), ("node1",), False, {"node1"}),
+    (FAILOVER, ("node2",), True, {"node1", "node2", "node3", "router"}),
+]
+
+
+@pytest.mark.parametrize(("plan", "touched", "routed", "waiting"), SETTLE)
+def test_after_a_plan_decide_only_on_fresh_facts_about_what_it_touched(
+    plan, touched, routed, waiting
+):
+    m = model(running=Running("p-1", plan))
+    done = finished("p-1", plan.kind, True, touched=frozenset(touched), routed=routed)
+    m, _ = steps(m, done)
+    assert m.settle.waiting == waiting and m.settle.until == NOW + 2 * S.probes.interval
+
+
+def test_the_settle_wait_holds_the_next_plan_until_fresh_probes_or_its_end():
+    mismatch = [router(writers=("node2",), at=t) for t in (1.0, 2.0, 3.0)]
+    m = model(*(healthy_round(t)[:3] for t in (1.0, 2.0, 3.0)), mismatch)
+    m = replace(m, running=Running("route-1", ROUTE))
+    m, effects = steps(m, finished("route-1", PlanKind.ROUTE, True, routed=True))
+    assert not of(effects, StartPlan)  # the router was not probed since
+    m, effects = steps(m, Tick(NOW + 0.5), now=NOW + 0.5)
+    assert not of(effects, StartPlan)
+    m, effects = steps(m, router(writers=("node2",), at=NOW + 0.6), now=NOW + 0.6)
+    assert of(effects, StartPlan)  # a fresh router probe: decide again
+    # Without fresh facts the wait ends by itself.
+    m2 = replace(m, running=None, settle=replace(m.settle, waiting=frozenset({"router"})))
+    _, effects = steps(m2, Tick(m.settle.until + 0.1), now=m.settle.until + 0.1)
+    assert of(effects, StartPlan)
+
+
+def test_a_dead_primary_never_waits_for_the_settle():
+    m = replace(dead(), settle=replace(dead().settle, waiting=frozenset({"node3"}), until=NOW + 5))
+    _, effects = steps(m, Tick(NOW))
+    (start,) = of(effects, StartPlan)
+    assert start.running.plan.kind is PlanKind.FAILOVER
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming a journaled plan after a restart
+
+SWITCHOVER = Plan(
+    "Switchover",
+    "from node1 to node2",
+    (RouteFence("node1", required=True), Fence("node1"), Promote("node2", "node1")),
+    PlanKind.SWITCHOVER,
+    rollback=(SetWritable("node1", True),),
+)
+
+
+def resumed(m: Model, intent: Intent) -> tuple[Model, list]:
+    return steps(replace(m, resume=intent, state=QUARANTINED), Tick(NOW))
+
+
+def test_a_plan_cut_inside_its_promote_is_finished_and_may_finish_the_promotion():
+    m, effects = resumed(model(), Intent("failover-1", FAILOVER, frozenset({0, 1}), frozenset({2})))
+    (start,) = of(effects, StartPlan)
+    running = start.running
+    assert running.plan_id == "failover-1" and running.resumed and running.skip == {0, 1}
+    assert running.plan.promote is not None and running.plan.promote.finish_half_done
+    assert m.resume is None
+
+
+def test_a_failover_cut_before_promotion_goes_on_only_while_the_same_node_is_dead():
+    intent = Intent("failover-1", FAILOVER, frozenset({0}))
+    _, effects = resumed(dead(), intent)
+    (start,) = of(effects, StartPlan)
+    assert start.running.plan_id == "failover-1" and not start.running.plan.promote.finish_half_done
+    m, effects = resumed(model(), intent)  # node1 is back: abandoned
+    assert of(effects, EndIntent) == [
+        EndIntent("failover-1", "not resumed after a controller restart")
+    ]
+    assert lines(effects, "plan_abandoned") and not of(effects, StartPlan)
+    assert "node1" not in m.state.quarantined and m.state.blocked_until is None
+
+
+def test_a_switchover_cut_before_promotion_is_rolled_back():
+    _, effects = resumed(model(), Intent("switchover-1", SWITCHOVER, frozenset({0, 1})))
+    (start,) = of(effects, StartPlan)
+    assert start.running.plan_id == "switchover-1-rollback"
+    assert start.running.plan.kind is PlanKind.ROLLBACK
+    assert start.running.plan.actions == SWITCHOVER.rollback
+    assert of(effects, EndIntent)
+
+
+@pytest.mark.parametrize(
+    "waiting",
+    [
+        "start-up grace",
+        "no quorum",
+        "paused",
+    ],
+)
+def test_resume_waits_for_a_view_that_allows_a_decision(waiting):
+    m = model()
+    if waiting == "start-up grace":
+        m = model(healthy_round(1.0))
+    elif waiting == "no quorum":
+        m = model(
+            *(healthy_round(t) for t in (1, 2, 3)),
+            *([down("node2", t), down("node3", t)] for t in (4, 5, 6)),
+        )
+    intent = Intent("failover-1", FAILOVER, frozenset({0, 1}), frozenset({2}))
+    state = replace(QUARANTINED, paused=waiting == "paused")
+    m, effects = steps(replace(m, resume=intent, state=state), Tick(NOW))
+    assert m.resume == intent and not of(effects, StartPlan)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pause, lease, persistence, fast re-probes, start-up
+
+
+def writer_mismatch() -> Model:
+    return model(*([*healthy_round(t)[:3], router(writers=("node2",), at=t)] for t in (1, 2, 3)))
+
+
+def test_paused_withholds_the_change_but_alerts_once():
+    mismatch = writer_mismatch()
+    m, effects = steps(replace(mismatch, state=ControllerState(paused=True)), Tick(NOW))
+    assert not of(effects, StartPlan)
+    (alert,) = of(effects, SendAlert)
+    assert alert.alert.kind == "paused_change_withheld"
+    _, effects = steps(m, Tick(NOW + 1))
+    assert not of(effects, SendAlert)
+
+
+def test_a_follower_routes_but_never_fails_over():
+    follower = Lease(leader=False, reason="the lease is held by another instance")
+    _, effects = steps(replace(dead(), lease=follower), Tick(NOW))
+    assert not of(effects, StartPlan)
+    assert lines(effects, "decision")[0].fields["rule"] == "NotLeader"
+    mismatch = writer_mismatch()
+    _, effects = steps(replace(mismatch, lease=follower), Tick(NOW))
+    (start,) = of(effects, StartPlan)
+    assert start.running.plan.kind is PlanKind.ROUTE
+
+
+def test_a_failover_persists_its_quarantine_before_it_starts():
+    observing = Model(fold_all(S, *(healthy_round(t) for t in (1.0, 2.0, 3.0))), acting=False)
+    observing, _ = steps(observing, *(e for t in (4, 5, 6) for e in dead_round(t)))
+    m, effects = steps(replace(observing, acting=True), Tick(NOW))
+    persist, start = [e for e in effects if isinstance(e, PersistState | StartPlan)]
+    assert isinstance(persist, PersistState) and isinstance(start, StartPlan)
+    assert persist.state == persisted(m) and "node1" in persist.state.quarantined
+    assert m.running is not None and m.running.plan_id == start.running.plan_id
+    assert m.running.detect_seconds is not None  # from the first failed probe of node1
+    _, effects = steps(m, Tick(NOW + 1))  # nothing changed: nothing written
+    assert not of(effects, PersistState)
+
+
+def test_a_lost_connection_asks_for_every_node_at_once():
+    _, effects = steps(model(), ConnectionLost("node2", NOW, "2013"))
+    assert of(effects, Reprobe) == [Reprobe(frozenset({"node1", "node2", "node3"}))]
+    assert lines(effects, "fast_reprobe")[0].fields["cause"] == "ConnectionLost"
+
+
+def test_no_decision_without_an_executor():
+    _, effects = steps(replace(dead(), acting=False), Tick(NOW))
+    assert not lines(effects, "decision") and not of(effects, StartPlan)
+
+
+def test_boot_takes_what_the_journal_kept_and_the_start_up_flags():
+    kept = Persisted(
+        maintenance=frozenset({"node3"}),
+        blocked_until=NOW + 100,
+        quarantined={"node1": Quarantined("node1", "node2", NOW)},
+    )
+    intent = Intent("failover-1", FAILOVER, frozenset({0}))
+    m, effects = boot(
+        initial(S),
+        S,
+        kept=kept,
+        unfinished=intent,
+        acknowledge_block=True,
+        paused=True,
+        acting=True,
+        wall_offset=1000.0,
+    )
+    assert m.view.maintenance == {"node3"} and "node1" in m.state.quarantined
+    assert m.state.blocked_until is None and m.state.paused and m.resume == intent
+    events = [e.event for e in of(effects, Log)]
+    assert events == ["recovery_block_acknowledged", "journal_unfinished", "paused_at_start"]
+    (persist,) = of(effects, PersistState)
+    assert persist.state.paused and persist.state.blocked_until is None
+
+
+def test_every_alert_condition_says_what_keeps_it_alive():
+    assert set(LASTS_WHILE) == set(Condition)
