@@ -13,9 +13,7 @@ from hacontrol.jsonlog import JsonLog
 from hacontrol.sandbox import Sandbox
 from hacontrol.service import Runtime, secrets_of
 from hacontrol.settings import Settings, load_settings
-from tests.support import eventually, free_port
-
-wait_for = eventually  # the name the router tests use (tests.support.eventually)
+from tests.support import free_port
 
 
 def sandbox_settings(

@@ -45,6 +45,7 @@ from hacontrol.actions.haproxy import (
 )
 from hacontrol.routing import Membership, RouterError
 from hacontrol.settings import HAProxySettings
+from tests.support import free_port
 
 DATA = Path(__file__).parent / "data" / "haproxy-2.6-show-servers-state.txt"
 NODES = ("node1", "node2", "node3")
@@ -694,12 +695,6 @@ def own_tmp_dir() -> Iterator[Path]:
     # under the shared basetemp, and a unix socket path must stay short (108 bytes).
     with tempfile.TemporaryDirectory(prefix="hac-haproxy-") as name:
         yield Path(name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:

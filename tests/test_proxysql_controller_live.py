@@ -9,8 +9,9 @@ import pytest
 from pydantic import SecretStr
 
 from hacontrol.routing import Membership, RouterError
-from tests.live import runtime, sandbox_settings, wait_for
+from tests.live import runtime, sandbox_settings
 from tests.proxysql_double import ProxySQLAdminDouble, ReplicationHostgroupRow, ServerRow
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -51,12 +52,12 @@ async def test_controller_reconciles_proxysql_and_survives_its_restart(sandbox, 
     try:
         rt, capture = runtime(proxysql_settings(sandbox, double))
         async with rt:
-            await wait_for(
+            await eventually(
                 lambda: any(p["code"] == "RouterWriterIsNotPrimary" for p in capture.of("problem")),
                 10,
                 "RouterWriterIsNotPrimary seen through ProxySQL",
             )
-            await wait_for(
+            await eventually(
                 lambda: (
                     rt.controller.view.router.membership
                     == Membership.of(["node1"], ["node1", "node2", "node3"])
@@ -73,7 +74,7 @@ async def test_controller_reconciles_proxysql_and_survives_its_restart(sandbox, 
 
             # ProxySQL crashes; the controller keeps deciding; it restarts with stale disk rows.
             await double.stop()
-            await wait_for(
+            await eventually(
                 lambda: any(p["code"] == "RouterUnreachable" for p in capture.of("problem")),
                 10,
                 "RouterUnreachable",
@@ -81,14 +82,14 @@ async def test_controller_reconciles_proxysql_and_survives_its_restart(sandbox, 
             assert rt.controller.view.quorum.ok  # observation goes on
             double.set_disk_rows(rows_for(sandbox, "node3", ("node2",)))
             await double.start()
-            await wait_for(
+            await eventually(
                 lambda: any(
                     r["code"] == "RouterUnreachable" for r in capture.of("problem_cleared")
                 ),
                 10,
                 "back",
             )
-            await wait_for(
+            await eventually(
                 lambda: (
                     rt.controller.view.router.membership
                     == Membership.of(["node1"], ["node1", "node2", "node3"])

@@ -30,6 +30,7 @@ from hacontrol.sandbox import (
     procs,
     render,
 )
+from tests.support import eventually
 
 ER_OPTION_PREVENTS_STATEMENT = 1290
 ER_TABLEACCESS_DENIED = 1142
@@ -483,15 +484,6 @@ async def test_busy_port_fails_before_starting_anything(tmp_path: Path) -> None:
 # ---- destructive tests (own sandbox) ------------------------------------------------------------
 
 
-async def wait_for(predicate: Any, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not await predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what} not within {timeout} s")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
-
-
 @pytest.mark.integration
 async def test_killed_and_frozen_nodes_restart_and_rejoin(fresh_sandbox: Sandbox) -> None:
     sb = fresh_sandbox
@@ -501,7 +493,7 @@ async def test_killed_and_frozen_nodes_restart_and_rejoin(fresh_sandbox: Sandbox
     async def node2_gone() -> bool:
         return sb.node_pid("node2") is None
 
-    await wait_for(node2_gone, 5, "node2 dead")
+    await eventually(node2_gone, 5, "node2 dead")
     row_id = unique_id()
     writer = await sb.connect("writer", "app", db="app")
     try:  # the primary keeps taking writes with one replica gone (node3 acknowledges)
@@ -519,7 +511,7 @@ async def test_killed_and_frozen_nodes_restart_and_rejoin(fresh_sandbox: Sandbox
         finally:
             conn.close()
 
-    await wait_for(node2_has_row, 5, "restarted node2 caught up")
+    await eventually(node2_has_row, 5, "restarted node2 caught up")
 
     assert sb.kill_node("node3", signal.SIGSTOP)
     assert sb.process_states()["node3"] == "stopped"
@@ -542,7 +534,9 @@ async def test_killed_and_frozen_nodes_restart_and_rejoin(fresh_sandbox: Sandbox
         finally:
             conn.close()
 
-    took = await wait_for(replicas_connected, 10, "replicas reconnected to the restarted primary")
+    started = time.monotonic()
+    await eventually(replicas_connected, 10, "replicas reconnected to the restarted primary")
+    took = time.monotonic() - started
     print(f"\nreplicas reconnected {took:.2f} s after the primary restarted")
 
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import aiomysql
 
 from tests.proxysql_double.schema import ReplicationHostgroupRow, ServerRow
 from tests.proxysql_double.server import ProxySQLAdminDouble
+from tests.support import free_port
 
 
 class ProxySQLAdmin(Protocol):
@@ -36,12 +36,6 @@ class ProxySQLAdmin(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def proxysql_config(
@@ -101,7 +95,7 @@ class RealProxySQL:
         self.datadir = Path(datadir)
         self.binary = binary
         self.host = host
-        self.port = _free_port(host)
+        self.port = free_port(host)
         self.user = user
         self.password = password
         self._config = self.datadir / "proxysql.cnf"
@@ -119,7 +113,7 @@ class RealProxySQL:
                 datadir=self.datadir,
                 host=self.host,
                 admin_port=self.port,
-                mysql_port=_free_port(self.host),
+                mysql_port=free_port(self.host),
                 user=self.user,
                 password=self.password,
                 servers=self._seed_servers,
