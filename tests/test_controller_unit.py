@@ -11,6 +11,7 @@ import pytest
 
 from hacontrol.controller import Controller
 from hacontrol.events import ConnectionLost, Stop
+from hacontrol.flavors.base import IoState
 from hacontrol.jsonlog import JsonLog
 from hacontrol.rules.failure import reprobe_targets
 from hacontrol.view import fold
@@ -23,6 +24,30 @@ ALL = frozenset({"node1", "node2", "node3"})
 
 def healthy_view():
     return fold_all(S, [primary(), replica("node2"), replica("node3"), router()])
+
+
+DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "x"}
+
+
+def healthy_round(t: float) -> list:
+    return [primary(at=t), replica("node2", t), replica("node3", t), router(at=t)]
+
+
+def dead_round(t: float) -> list:
+    return [
+        down("node1", t),
+        replica("node2", t, **DEAD_IO),
+        replica("node3", t, **DEAD_IO),
+        router(at=t),
+    ]
+
+
+def feed(controller: Controller, events: list, clock: list[float] | None = None) -> None:
+    """Events through the controller; its clock (when given) follows their time."""
+    for event in events:
+        if clock is not None:
+            clock[0] = event.at
+        controller.handle(event)
 
 
 def test_lost_connection_reprobes_every_node():
@@ -147,32 +172,17 @@ class FakeExecutor:
 
 async def test_failed_failover_leaves_no_quarantine_and_ack_clears_the_halt():
     from hacontrol.events import OperatorCommand
-    from hacontrol.flavors.base import IoState
 
-    dead_io = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "x"}
     executor = FakeExecutor(ok=False, done_actions=("RouteFence",))
     queue: asyncio.Queue = asyncio.Queue()
     now = [0.0]  # the controller's clock follows the events' time
     controller = Controller(
         S, JsonLog("t", stream=io.StringIO()), queue, executor=executor, clock=lambda: now[0]
     )
-
-    def dead_round(t: float) -> None:
-        now[0] = t
-        for event in (
-            down("node1", t),
-            replica("node2", t, **dead_io),
-            replica("node3", t, **dead_io),
-            router(at=t),
-        ):
-            controller.handle(event)
-
     for t in (1.0, 2.0, 3.0):
-        now[0] = t
-        for event in (primary(at=t), replica("node2", t), replica("node3", t), router(at=t)):
-            controller.handle(event)
+        feed(controller, healthy_round(t), now)
     for t in (4.0, 5.0, 6.0):
-        dead_round(t)
+        feed(controller, dead_round(t), now)
     t = 6.0
     while True:  # a reader change may run first (the replicas' IO errors show earlier)
         finished = await asyncio.wait_for(queue.get(), 5)
@@ -180,7 +190,7 @@ async def test_failed_failover_leaves_no_quarantine_and_ack_clears_the_halt():
         if finished.kind == "failover":
             break
         t += 1.0
-        dead_round(t)  # fresh probes after the plan: the controller decides again
+        feed(controller, dead_round(t), now)  # fresh probes after the plan: decide again
     assert executor.plans[-1] == "DeadPrimary"
     assert controller.state.halt is not None and controller.state.halt.code == "FailoverFailed"
     assert controller.state.quarantined == {}  # nothing was promoted: no "old primary"
@@ -235,10 +245,7 @@ async def test_no_new_plan_before_the_last_one_is_handled():
         S, JsonLog("t", stream=io.StringIO()), queue, executor=executor, clock=lambda: now[0]
     )
     for t in (1.0, 2.0, 3.0):
-        now[0] = t
-        for event in (primary(at=t), replica("node2", t), replica("node3", t)):
-            controller.handle(event)
-        controller.handle(router(writers=("node2",), at=t))
+        feed(controller, [*healthy_round(t)[:3], router(writers=("node2",), at=t)], now)
     finished = await asyncio.wait_for(queue.get(), 5)  # the plan's task is done now
     assert executor.plans == ["RouteReconcile"]
     controller.handle(router(writers=("node2",), at=3.5))  # an event queued before its result
@@ -268,10 +275,8 @@ async def test_a_plan_running_at_stop_still_reports_its_outcome(tmp_path):
     """Stop while a failover runs: the controller waits for it and takes in its outcome. A
     failover that promoted nothing must leave no quarantine in the journal: after a restart
     the still dead primary would otherwise never be failed over."""
-    from hacontrol.flavors.base import IoState
     from hacontrol.journal import Journal
 
-    dead_io = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "x"}
     executor = GatedExecutor(ok=False, done_actions=("RouteFence",))
     queue: asyncio.Queue = asyncio.Queue()
     journal = Journal(tmp_path / "journal.jsonl")
@@ -285,19 +290,10 @@ async def test_a_plan_running_at_stop_still_reports_its_outcome(tmp_path):
         clock=lambda: now[0],
     )
     for t in (1.0, 2.0, 3.0):
-        now[0] = t
-        for event in (primary(at=t), replica("node2", t), replica("node3", t), router(at=t)):
-            controller.handle(event)
+        feed(controller, healthy_round(t), now)
     t = 4.0
     while executor.started is None and t < 20:
-        now[0] = t
-        for event in (
-            down("node1", t),
-            replica("node2", t, **dead_io),
-            replica("node3", t, **dead_io),
-            router(at=t),
-        ):
-            controller.handle(event)
+        feed(controller, dead_round(t), now)
         await asyncio.sleep(0.01)
         while not queue.empty():  # a reader change may run first
             controller.handle(queue.get_nowait())
@@ -384,7 +380,6 @@ class RecordingExecutor(FakeExecutor):
 async def test_resume_finishes_a_half_done_promotion_only_after_a_crash_inside_it(
     tmp_path, started, done, finish
 ):
-    from hacontrol.flavors.base import IoState
     from hacontrol.journal import Journal
     from hacontrol.plan import Plan, PlanKind, Promote, Route, RouteFence, SetIOThreads, WaitApplied
     from hacontrol.routing import Membership
@@ -412,15 +407,8 @@ async def test_resume_finishes_a_half_done_promotion_only_after_a_crash_inside_i
     controller = Controller(
         S, JsonLog("t", stream=io.StringIO()), queue, executor=executor, journal=journal
     )
-    dead_io = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "x"}
     for t in (1.0, 2.0, 3.0):
-        for event in (
-            down("node1", t),
-            replica("node2", t, **dead_io),
-            replica("node3", t, **dead_io),
-            router(at=t),
-        ):
-            controller.handle(event)
+        feed(controller, dead_round(t))
     await asyncio.sleep(0.01)
     plan_id, resumed, skip, was_resumed = executor.given[0]
     assert plan_id == "failover-1" and was_resumed and skip == done
