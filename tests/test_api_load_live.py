@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tests.live import runtime, sandbox_settings, wait_for
+from tests.live import runtime, sandbox_settings
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ async def test_probes_health_and_commands_keep_their_pace_under_an_api_flood(
     api = settings.api.model_copy(update={"token": SecretStr(TOKEN), "max_connections": 128})
     rt, _ = runtime(settings.model_copy(update={"api": api}))
     async with rt:
-        await wait_for(lambda: rt.controller.view.quorum.ok, 10, "quorum")
+        await eventually(lambda: rt.controller.view.quorum.ok, 10, "quorum")
         host, port = rt.api.address
         url = f"http://{host}:{port}"
         obs = load.Observer(url, TOKEN)
