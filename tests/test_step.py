@@ -511,3 +511,44 @@ def test_boot_takes_what_the_journal_kept_and_the_start_up_flags():
 
 def test_every_alert_condition_says_what_keeps_it_alive():
     assert set(LASTS_WHILE) == set(Condition)
+
+
+# ---------------------------------------------------------------------------------------------
+# The leader-only gate: a follower only routes
+
+FOLLOWER = Lease(leader=False, reason="the lease is held by another instance")
+
+
+@pytest.mark.parametrize(
+    "intent",
+    [
+        Intent("failover-1", FAILOVER, frozenset({0, 1}), frozenset({2})),  # finished
+        Intent("switchover-1", SWITCHOVER, frozenset({0, 1})),  # rolled back
+    ],
+    ids=["finish", "roll back"],
+)
+def test_a_follower_never_resumes_a_journaled_plan(intent):
+    m, effects = steps(
+        replace(model(), resume=intent, state=QUARANTINED, lease=FOLLOWER), Tick(NOW)
+    )
+    assert not of(effects, StartPlan) and not of(effects, EndIntent)
+    assert m.resume == intent  # kept for when this instance leads
+    m, effects = steps(replace(m, lease=Lease()), Tick(NOW + 1), now=NOW + 1)
+    (start,) = of(effects, StartPlan)
+    assert start.running.plan_id.startswith(intent.plan_id) and m.resume is None
+
+
+def test_a_follower_refuses_a_switchover_now_or_deferred_but_takes_maintenance():
+    follower = replace(model(), lease=FOLLOWER)
+    m, effects = steps(follower, cmd("switchover", "node2"))
+    (refused,) = replies(effects)
+    assert not refused.ok and "not the leader" in refused.message and not of(effects, StartPlan)
+    busy = replace(follower, running=Running("route-1", ROUTE))
+    m, _ = steps(busy, cmd("switchover", "node2"))
+    m, effects = steps(m, finished("route-1", PlanKind.ROUTE, True))
+    (refused,) = replies(effects)
+    assert not refused.ok and "not the leader" in refused.message
+    assert not any(e.running.plan.kind is PlanKind.SWITCHOVER for e in of(effects, StartPlan))
+    m, effects = steps(follower, cmd("maintenance", "node3", True))  # only routes
+    (start,) = of(effects, StartPlan)
+    assert start.running.plan.kind is PlanKind.MAINTENANCE and m.view.maintenance == {"node3"}

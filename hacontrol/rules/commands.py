@@ -67,19 +67,20 @@ def defer(model: Model, cmd: OperatorCommand) -> Step:
 
 
 def planned(model: Model, cmd: OperatorCommand, settings: Settings, now: float) -> Step:
-    """A switchover or maintenance: refused with the reason, or its plan started."""
+    """A switchover or maintenance: refused with the reason, or its plan started. Only the
+    leader changes a node (a follower routes: maintenance)."""
     plan: Plan | str
+    view = model.view
     if cmd.command == "maintenance":
         outcome = plan_maintenance(model.view, settings, cmd.node, bool(cmd.on))
-        if not isinstance(outcome, str):
-            plan, view = outcome  # the node is in (or out of) maintenance from now on
-            model = replace(model, view=view)
-        else:
-            plan = outcome
+        plan, view = (outcome, view) if isinstance(outcome, str) else outcome
     else:
         plan = plan_switchover(model.view, model.state, settings, cmd.node, now)
+    if not isinstance(plan, str) and not model.lease.allows(plan):
+        plan = f"not the leader ({model.lease.reason})"
     if isinstance(plan, str):
         return model, answer(cmd, False, f"refused: {plan}")
+    model = replace(model, view=view)  # maintenance: the node is in (or out of) it from now on
     model, logged = log_decision(model, plan, now, force=True)
     if not plan.actions:
         return model, (*logged, *answer(cmd, True, plan.reason))

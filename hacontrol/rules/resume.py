@@ -1,6 +1,6 @@
 """A plan the journal says began before the controller stopped: finished, undone or abandoned
 before anything new, once the view allows a decision (past start-up grace, with quorum, not
-paused).
+paused) and on the leader only.
 
 Past its Promote (the point of no return) a plan is always finished; a crash inside that
 Promote lets it finish a half-done promotion. Before it: a failover goes on only if the same
@@ -21,11 +21,14 @@ from hacontrol.view import Code
 
 
 def may_resume(model: Model, decided: Plan) -> bool:
+    """Once the view allows a decision, and only on the leader: finishing, rolling back or
+    abandoning a plan that changes nodes is the leader's (a follower keeps the intent)."""
     return (
         model.resume is not None
         and decided.rule != "StartupGrace"
         and model.view.quorum.ok
         and not model.state.paused
+        and model.lease.allows(model.resume.plan)
     )
 
 
