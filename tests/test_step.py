@@ -552,3 +552,20 @@ def test_a_follower_refuses_a_switchover_now_or_deferred_but_takes_maintenance()
     m, effects = steps(follower, cmd("maintenance", "node3", True))  # only routes
     (start,) = of(effects, StartPlan)
     assert start.running.plan.kind is PlanKind.MAINTENANCE and m.view.maintenance == {"node3"}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [cmd("switchover", "node3"), cmd("maintenance", "node3", True)],
+    ids=["switchover", "maintenance"],
+)
+def test_no_operator_plan_before_the_journaled_plan_is_finished_or_undone(command):
+    # Restarted paused in the middle of a switchover: a new switchover now, then `resume`,
+    # would roll the old one back (the old primary writable again) over the new primary.
+    intent = Intent("switchover-1", SWITCHOVER, frozenset({0, 1}))
+    paused = replace(model(), resume=intent, state=replace(QUARANTINED, paused=True))
+    m, effects = steps(paused, command)
+    (refused,) = replies(effects)
+    assert not refused.ok and "switchover-1" in refused.message, refused.message
+    assert not of(effects, StartPlan) and m.view.maintenance == frozenset()
+    assert m.resume == intent

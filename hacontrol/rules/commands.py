@@ -4,7 +4,8 @@ an answer: at once, when its plan finishes, or when the controller stops.
 ack clears the recovery block (and a failed failover's halt); pause and resume stop and allow
 automatic changes; maintenance and switchover are planned against the view as it is when they
 run. One plan at a time: a command that needs a plan waits for the running one, in order, and
-is dropped, never run late, when its caller stopped waiting.
+is dropped, never run late, when its caller stopped waiting. Neither is planned while the
+journal's plan from before a restart is unfinished: that plan goes first.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def command(model: Model, cmd: OperatorCommand, settings: Settings, now: float) 
                 else ("resumed: automatic changes allowed")
             )
             effects = answer(cmd, True, text)
+        case "maintenance" | "switchover" if model.resume is not None:
+            effects = answer(cmd, False, f"refused: {unfinished(model)}")
         case "maintenance" | "switchover" if model.running is not None:
             model, effects = defer(model, cmd)
         case "maintenance" | "switchover":
@@ -56,6 +59,14 @@ def ack(model: Model, cmd: OperatorCommand) -> Step:
     extra = f"; halt cleared: {halt.reason}" if cleared and halt else ""
     text = f"recovery block cleared: automatic failover armed{extra}"
     return replace(model, state=state), answer(cmd, True, text)
+
+
+def unfinished(model: Model) -> str:
+    """Why no operator plan now: the journal's plan from before the restart goes first (a plan
+    run before it would be undone or redone over by it: two writers)."""
+    assert model.resume is not None
+    wait = "`hacontrol resume` lets it go on" if model.state.paused else "it goes first"
+    return f"{model.resume.plan_id} began before the restart and is not finished yet ({wait})"
 
 
 def defer(model: Model, cmd: OperatorCommand) -> Step:
