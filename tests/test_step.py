@@ -27,6 +27,7 @@ from hacontrol.events import (
     ConnectionLost,
     OperatorCommand,
     PlanFinished,
+    ProbeResult,
     Stop,
     Tick,
 )
@@ -61,7 +62,7 @@ from hacontrol.rules.alerts import LASTS_WHILE
 from hacontrol.rules.commands import ack, farewell
 from hacontrol.step import boot, step
 from hacontrol.view import initial
-from tests.factories import down, primary, replica, router, settings
+from tests.factories import down, primary, replica, router, settings, status
 from tests.support import fold_all
 
 S = settings()
@@ -569,3 +570,23 @@ def test_no_operator_plan_before_the_journaled_plan_is_finished_or_undone(comman
     assert not refused.ok and "switchover-1" in refused.message, refused.message
     assert not of(effects, StartPlan) and m.view.maintenance == frozenset()
     assert m.resume == intent
+
+
+def test_a_switchover_is_not_rolled_back_over_a_primary_promoted_since():
+    # Cut after its fence; while the controller was down an operator finished it by hand: node2
+    # is the writable primary. Rolling back would make node1 writable again: two writers.
+    fenced_node1 = ProbeResult("node1", 1.0, 0.001, status(1, read_only=True))
+    rounds = [
+        [
+            replace(fenced_node1, at=t),
+            primary("node2", t),
+            replica("node3", t, source="node2"),
+            router(writers=("node2",), readers=("node2", "node3"), at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    m, effects = resumed(model(*rounds), Intent("switchover-1", SWITCHOVER, frozenset({0, 1})))
+    assert m.view.primary == "node2"
+    assert not of(effects, StartPlan) and of(effects, EndIntent) and m.resume is None
+    (abandoned,) = lines(effects, "plan_abandoned")
+    assert "node2" in abandoned.fields["reason"], abandoned.fields["reason"]

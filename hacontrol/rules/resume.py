@@ -4,8 +4,9 @@ paused) and on the leader only.
 
 Past its Promote (the point of no return) a plan is always finished; a crash inside that
 Promote lets it finish a half-done promotion. Before it: a failover goes on only if the same
-node is still confirmed dead; a plan with a rollback (a switchover) is rolled back; otherwise
-it is abandoned and the routing reconciles from the view. A failover that promoted nothing
+node is still confirmed dead; a plan with a rollback (a switchover) is rolled back while its old
+primary is still the view's primary; otherwise it is abandoned and the routing reconciles from
+the view. A failover that promoted nothing
 leaves no quarantine and no recovery block behind.
 """
 
@@ -46,10 +47,13 @@ def resume(model: Model, decided: Plan, now: float) -> Step:
         return finish(model, intent, now)
     ended = EndIntent(intent.plan_id, "not resumed after a controller restart")
     model = replace(model, state=without_quarantine(model.state, dead))
-    if plan.rollback:
+    primary = model.view.primary
+    if plan.rollback and primary == dead:
         model, effects = roll_back(model, intent, now)
         return model, (ended, *effects)
     reason = f"abandoned after a controller restart: {decided.rule} now ({decided.reason})"
+    if plan.rollback:  # undoing it now would make its old primary writable over another one
+        reason += f"; not rolled back: the primary is {primary or 'unknown'} now, not {dead}"
     abandoned = log("plan_abandoned", dead, "warning", plan=intent.plan_id, reason=reason)
     return model, (ended, abandoned)
 
