@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what hacontrol needs on a Debian/Ubuntu machine, idempotently:
-#   - mariadb-server and haproxy (Debian packages) when mariadbd or haproxy is missing;
+#   - mariadb-server, mariadb-backup and haproxy (Debian packages) when one is missing;
 #   - a virtualenv in .venv with hacontrol and its test extra.
 # Runs as root (CI, containers) or with sudo available. Quiet when there is nothing to do.
 set -euo pipefail
@@ -9,13 +9,15 @@ cd "$(dirname "$0")/.."
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
 # iptables: the controller-only partition test drops one user's packets (skipped without it).
-if ! have mariadbd || ! have haproxy || ! have mariadb-install-db || ! have iptables; then
+# mariadb-backup (and its mbstream): `rebuild` re-clones a replica with it.
+if ! have mariadbd || ! have haproxy || ! have mariadb-install-db || ! have iptables \
+  || ! have mariadb-backup || ! have mbstream; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "bootstrap: installing mariadb-server, haproxy and iptables (apt)"
+  echo "bootstrap: installing mariadb-server, mariadb-backup, haproxy and iptables (apt)"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mariadb-server haproxy iptables \
-    >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mariadb-server mariadb-backup \
+    haproxy iptables >/dev/null
   # The package may start a system mariadb on 3306; the sandbox never uses it.
 fi
 
