@@ -66,10 +66,36 @@ transactions at that seq. This module sees that case and only that case:
 
 A divergence *below* the last GTID cannot be seen from positions: ``0-1-101`` on the old primary
 against ``0-2-105`` on the new one looks contained even if seq 101 differs, because nothing
-says which server wrote the new primary's seq 101. Only the server finds that, when the old
-primary rejoins as a replica: the new primary's binlog does not contain the GTID ``0-1-101``
-and replication stops with error 1236 (``ER_MASTER_FATAL_ERROR_READING_BINLOG``, "the slave
-has a GTID that is not in the master's binlog"). Treat a 1236 on rejoin as errant transactions.
+says which server wrote the new primary's seq 101. The server finds it when the old primary
+rejoins as a replica: the new primary's binlog does not contain the GTID ``0-1-101`` and
+replication stops with error 1236 (``ER_MASTER_FATAL_ERROR_READING_BINLOG``, "the slave has a
+GTID that is not in the master's binlog"). The binlog state (next section) finds it before.
+
+Binlog states: the last GTID per (domain, server id)
+----------------------------------------------------
+``@@gtid_binlog_state`` lists, for every (domain, server id) pair that ever wrote to the
+node's binary log, the last GTID of that pair: ``0-1-64,0-2-106`` on a new primary that
+replicated ``0-1-1..64`` from server 1 and then wrote ``0-2-65..106`` itself. Purging binlogs
+keeps it (each binlog starts with the whole state); ``RESET MASTER`` empties it. A
+:class:`BinlogState` holds such a mapping; :func:`server_state` merges a node's binlog state
+with its positions (``gtid_slave_pos`` counts too: a replica without ``log_slave_updates``
+binlogs nothing it applies).
+
+:func:`errant_by_state` is the containment test the server itself applies to a connecting
+replica's position (``check_slave_start_position`` in MariaDB's ``sql_repl.cc``: the GTID
+``d-s-n`` is in the master's binlog when its state has the pair (d, s) at seq >= n), applied to
+*every* pair of the node instead of only its last GTID per domain. An old primary whose state
+says ``0-1-65`` against the new primary's ``0-1-64,0-2-106`` has the errant ``0-1-65``, which
+the positions (``0-1-65`` within ``0-2-106``) miss.
+
+The test assumes what GTID strict mode gives: in one domain each server's seqs grow along one
+history, so a node that has ``d-s-n`` has every earlier GTID of server s that its history
+holds. It cannot see an errant GTID of server s when the reference later received a GTID of
+the same server s at a higher seq along another branch (s was rebuilt or reset and wrote
+again); nothing but reading the binlogs would. A reference whose binlog state lost history
+(``RESET MASTER``, or a datadir restored from a backup without ``SET GLOBAL gtid_binlog_state``)
+lacks pairs it has the data of: the test then reports them as errant, which is the safe error
+(the node is kept out of replication and an operator looks).
 
 Unknown server ids (``*``) only come out of operations on non-prefix sets. A known server id
 does not fit inside an unknown one: ``0-1-5 <= 0-*-5`` is False while ``0-*-5 <= 0-1-5`` is
@@ -529,6 +555,99 @@ def _format_mariadb(e: GtidEntry) -> str:
     if e.is_prefix:
         return f"{e.source}-{server}-{e.last}"
     return f"{e.source}-{server}-" + ":".join(f"{lo}..{hi}" for lo, hi in e.intervals)
+
+
+# -- MariaDB binlog states: the last seq per (domain, server id) ---------------------------------
+
+Pair: TypeAlias = tuple[int, int]  # (domain id, server id)
+_STATE_ENTRY = re.compile(rf"(?P<domain>{_NUM})-(?P<server>{_NUM})-(?P<seq>{_NUM})")
+
+
+@dataclass(frozen=True)
+class BinlogState:
+    """The last seq of every (domain, server id) pair a MariaDB node holds (module doc).
+
+    ``last`` is sorted by pair, seqs >= 1. Build it with :func:`parse_binlog_state`,
+    :func:`server_state` or :meth:`of`; ``str()`` gives the server's text form, sorted.
+    """
+
+    last: tuple[tuple[Pair, int], ...] = ()
+
+    @classmethod
+    def of(cls, pairs: Mapping[Pair, int]) -> BinlogState:
+        """Validated and sorted; seq 0 means "nothing from that pair" and is dropped."""
+        for (domain, server), seq in pairs.items():
+            if not (0 <= domain <= MAX_MARIADB_ID and 0 <= server <= MAX_MARIADB_ID):
+                raise ValueError(f"MariaDB GTID {domain}-{server}-{seq}: id above 2**32-1")
+            if not 0 <= seq <= MAX_MARIADB_SEQ:
+                raise ValueError(f"MariaDB GTID {domain}-{server}-{seq}: seq out of range")
+        return cls(tuple(sorted((pair, seq) for pair, seq in pairs.items() if seq)))
+
+    def seq(self, domain: int, server: int) -> int:
+        """The last seq of the pair; 0 when the state has nothing from it."""
+        return dict(self.last).get((domain, server), 0)
+
+    def is_empty(self) -> bool:
+        return not self.last
+
+    def __bool__(self) -> bool:
+        return bool(self.last)
+
+    def __str__(self) -> str:
+        return ",".join(f"{d}-{s}-{n}" for (d, s), n in self.last)
+
+
+def parse_binlog_state(text: str) -> BinlogState:
+    """``@@gtid_binlog_state`` text: ``domain-server-seq`` elements in any order, one per pair.
+
+    The server prints each domain's pairs with its most recent GTID last; the order carries
+    nothing this model needs. A pair listed twice is refused (the server never does that).
+    """
+    pairs: dict[Pair, int] = {}
+    for element in _elements(text, "MariaDB binlog state"):
+        m = _STATE_ENTRY.fullmatch(element)
+        if m is None:
+            raise ValueError(
+                f"malformed GTID {element!r} in binlog state {text!r}: expected domain-server-seq"
+            )
+        pair = (int(m["domain"]), int(m["server"]))
+        if pair in pairs:
+            raise ValueError(f"domain {pair[0]} server {pair[1]} twice in binlog state {text!r}")
+        pairs[pair] = int(m["seq"])
+    return BinlogState.of(pairs)
+
+
+def server_state(binlog_state: str, *positions: str) -> BinlogState:
+    """What a MariaDB node is known to hold: its binlog state merged with positions
+    (``gtid_binlog_pos``, ``gtid_slave_pos``, ``gtid_current_pos``), per pair the highest seq.
+
+    A position names only the last GTID of each domain, so it adds (domain, server of that
+    GTID). Raises ValueError on malformed text."""
+    pairs = dict(parse_binlog_state(binlog_state).last)
+    for text in positions:
+        for entry in parse_mariadb(text).entries:
+            if entry.server_id is None or not entry.is_prefix:
+                raise ValueError(f"{text!r} is not a server position (domain-server-seq)")
+            assert isinstance(entry.source, int)
+            pair = (entry.source, entry.server_id)
+            pairs[pair] = max(pairs.get(pair, 0), entry.last)
+    return BinlogState.of(pairs)
+
+
+def errant_by_state(node: BinlogState, reference: BinlogState) -> BinlogState:
+    """The GTIDs of ``node`` that ``reference`` does not hold: per (domain, server) pair whose
+    last seq on the node is above the reference's (or absent there), the node's last GTID of
+    that pair. Empty: every transaction of the node is in the reference (module doc).
+
+    Each reported GTID is exact: ``0-1-65`` means the transaction 0-1-65 is on the node and
+    not on the reference (the node may hold more errant ones of that server below it)."""
+    theirs = dict(reference.last)
+    return BinlogState(tuple((pair, seq) for pair, seq in node.last if theirs.get(pair, 0) < seq))
+
+
+def state_contains(reference: BinlogState, node: BinlogState) -> bool:
+    """Every transaction of ``node`` is in ``reference`` (as far as binlog states tell)."""
+    return errant_by_state(node, reference).is_empty()
 
 
 # The name of the brief. It shadows the builtin only inside this module, which never uses it.

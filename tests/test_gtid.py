@@ -7,17 +7,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hacontrol.gtid import (
+    BinlogState,
     DivergedError,
     Flavor,
     GtidSet,
     behind,
     diverged_domains,
     empty,
+    errant_by_state,
     format_gtids,
     is_at_least,
     parse,
+    parse_binlog_state,
     parse_mariadb,
     parse_mysql,
+    server_state,
+    state_contains,
 )
 
 U1 = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
@@ -502,3 +507,172 @@ def test_prop_diverged_pairs(abd: tuple[GtidSet, GtidSet, int]) -> None:
 def test_build_rejects_reversed_interval_hidden_by_a_larger_one() -> None:
     with pytest.raises(ValueError, match="5-3"):
         GtidSet.build("mysql", {(U1, ""): [(1, 10), (5, 3)]})
+
+
+# -- binlog states (per (domain, server id) last seq) --------------------------------------
+
+# (node binlog state, node positions, reference binlog state, reference positions,
+#  errant by state, what the positions say: contained?)
+STATE_CASES = [
+    # The drill: the old primary's 0-1-65 never replicated; the new primary replicated 0-1-1..64
+    # and wrote 0-2-65..106. Positions: 0-1-65 "within" 0-2-106.
+    ("0-1-65", ("0-1-65", ""), "0-1-64,0-2-106", ("0-2-106", "0-1-64"), "0-1-65", True),
+    # Divergence at the last seq: the positions see it too.
+    ("0-1-101", ("0-1-101", ""), "0-1-100,0-2-101", ("0-2-101", "0-1-100"), "0-1-101", False),
+    # An old primary that lost nothing.
+    ("0-1-64", ("0-1-64", ""), "0-1-64,0-2-106", ("0-2-106", "0-1-64"), "", True),
+    # A server the reference never heard of.
+    ("0-1-10,0-3-12", ("0-3-12", "0-1-10"), "0-1-10,0-2-20", ("0-2-20",), "0-3-12", True),
+    # Errant below a later rejoin: node1 wrote 0-1-65 unreplicated, then (wrongly) replicated
+    # 0-3-66..70 from node3. Its last GTID is the primary's: only the state shows 0-1-65.
+    ("0-1-65,0-3-70", ("0-3-70", "0-3-70"), "0-1-64,0-3-70", ("0-3-70", "0-1-64"), "0-1-65", True),
+    # Per domain: domain 1 is errant, domain 0 is not.
+    ("0-1-10,1-1-5", ("0-1-10,1-1-5",), "0-1-10,0-2-20,1-1-4", ("0-2-20,1-1-4",), "1-1-5", False),
+    # A reference without log_slave_updates binlogs only its own writes: its gtid_slave_pos
+    # says it applied server 1's GTIDs up to 64.
+    ("0-1-64", ("0-1-64", ""), "0-2-70", ("0-2-70", "0-1-64"), "", True),
+    # Its state is what it wrote, its slave position the rest: still the drill's 0-1-65 caught.
+    ("0-1-65", ("0-1-65", ""), "0-2-70", ("0-2-70", "0-1-64"), "0-1-65", True),
+    # A fresh node holds nothing: contained in anything.
+    ("", ("", ""), "0-1-5", ("0-1-5",), "", True),
+    # Several errant pairs, each named by its last GTID.
+    ("0-1-9,0-4-3,2-4-8", ("0-1-9,2-4-8",), "0-1-9,2-1-7", ("0-1-9,2-1-7",), "0-4-3,2-4-8", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("node", "node_pos", "ref", "ref_pos", "errant", "by_position"), STATE_CASES
+)
+def test_errant_by_state(
+    node: str,
+    node_pos: tuple[str, ...],
+    ref: str,
+    ref_pos: tuple[str, ...],
+    errant: str,
+    by_position: bool,
+) -> None:
+    mine, theirs = server_state(node, *node_pos), server_state(ref, *ref_pos)
+    assert str(errant_by_state(mine, theirs)) == errant
+    assert state_contains(theirs, mine) == (errant == "")
+    # What the positions alone conclude (the node's last GTIDs against the reference's).
+    last = ma(",".join(p for p in node_pos[:1] if p))
+    assert (last <= ma(ref_pos[0])) == by_position
+
+
+def test_drill_divergence_is_missed_by_positions_and_caught_by_state() -> None:
+    old, new = ma("0-1-65"), ma("0-2-106")
+    assert old <= new and diverged_domains(old, new) == set()  # positions: "contained"
+    errant = errant_by_state(parse_binlog_state("0-1-65"), parse_binlog_state("0-1-64,0-2-106"))
+    assert str(errant) == "0-1-65"
+    assert errant.last == (((0, 1), 65),)
+
+
+def test_binlog_state_parsing() -> None:
+    # MariaDB 10.11 prints each domain's most recent GTID last, not sorted.
+    state = parse_binlog_state(" 0-5-3,0-1-12,\n0-7-10 ")
+    assert str(state) == "0-1-12,0-5-3,0-7-10"
+    assert state.seq(0, 5) == 3 and state.seq(0, 9) == 0 and state.seq(1, 1) == 0
+    assert parse_binlog_state("") == BinlogState() and not parse_binlog_state("  ")
+    assert parse_binlog_state("0-1-0").is_empty()
+    big = "4294967295-4294967295-18446744073709551615"
+    assert str(parse_binlog_state(big)) == big
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("0-1", "malformed"),
+        ("0-1-2,,0-2-3", "empty element"),
+        ("0-1-2,0-1-3", "twice"),
+        ("0-1-1..5", "malformed"),
+        ("0-*-5", "malformed"),
+        ("a-1-5", "malformed"),
+        ("4294967296-1-5", "2\\*\\*32"),
+        ("0-1-18446744073709551616", "seq out of range"),
+    ],
+)
+def test_binlog_state_garbage_raises(text: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        parse_binlog_state(text)
+
+
+def test_server_state_merges_positions() -> None:
+    # Positions add the pair of their last GTID; the highest seq of a pair wins.
+    assert str(server_state("0-1-5,0-2-9", "0-2-12", "0-1-3,1-4-2")) == "0-1-5,0-2-12,1-4-2"
+    assert str(server_state("", "0-1-0")) == ""
+    with pytest.raises(ValueError, match="not a server position"):
+        server_state("", "0-1-3..5")
+    with pytest.raises(ValueError, match="not a server position"):
+        server_state("", "0-*-5")
+
+
+# A cluster history: per domain, a list of writer server ids by seq (seq = index + 1).
+_history = st.dictionaries(
+    st.integers(0, 2), st.lists(st.integers(1, 3), min_size=0, max_size=12), max_size=3
+)
+
+
+def _triples(history: dict[int, list[int]]) -> set[tuple[int, int, int]]:
+    return {(d, s, n + 1) for d, writers in history.items() for n, s in enumerate(writers)}
+
+
+def _state(history: dict[int, list[int]]) -> BinlogState:
+    last: dict[tuple[int, int], int] = {}
+    for d, s, n in _triples(history):
+        last[(d, s)] = max(last.get((d, s), 0), n)
+    return BinlogState.of(last)
+
+
+def _position(history: dict[int, list[int]]) -> str:
+    return ",".join(f"{d}-{w[-1]}-{len(w)}" for d, w in sorted(history.items()) if w)
+
+
+@st.composite
+def forked_histories(draw: st.DrawFn) -> tuple[dict[int, list[int]], dict[int, list[int]], bool]:
+    """Two nodes that share a history up to a fork (per domain) and then each write (or
+    replicate) on their own. The flag: no server writes on both sides after the fork, which
+    is what GTID strict mode and one writer at a time give a real cluster."""
+    common = draw(_history)
+    a: dict[int, list[int]] = {}
+    b: dict[int, list[int]] = {}
+    for d in {*common, *draw(st.sets(st.integers(0, 2), max_size=2))}:
+        shared = common.get(d, [])
+        cut_a = draw(st.integers(0, len(shared)))
+        cut_b = draw(st.integers(0, len(shared)))
+        a[d] = shared[:cut_a] + draw(st.lists(st.integers(4, 5), max_size=4))
+        b[d] = shared[:cut_b] + draw(st.lists(st.integers(5, 6), max_size=4))
+    after_a = {s for d, w in a.items() for s in w[min(len(w), _fork(a[d], b[d])) :]}
+    after_b = {s for d, w in b.items() for s in w[min(len(w), _fork(a[d], b[d])) :]}
+    return a, b, not (after_a & after_b)
+
+
+def _fork(a: list[int], b: list[int]) -> int:
+    """The length of the common prefix of two writer lists."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@PROPS
+@given(forked_histories())
+def test_prop_state_errant_is_sound_and_complete(pair: tuple[dict, dict, bool]) -> None:
+    a, b, one_writer_each = pair
+    truly_errant = _triples(a) - _triples(b)
+    found = errant_by_state(_state(a), _state(b))
+    # Sound whatever the history: every reported GTID is on a and not on b.
+    assert {(d, s, n) for (d, s), n in found.last} <= truly_errant
+    if one_writer_each:  # complete when no server wrote on both branches
+        assert found.is_empty() == (not truly_errant)
+    # Never weaker than the positions: what they call errant, the state does too.
+    if not ma(_position(a)) <= ma(_position(b)):
+        assert not found.is_empty()
+
+
+@PROPS
+@given(_history)
+def test_prop_binlog_state_text_round_trips(history: dict[int, list[int]]) -> None:
+    state = _state(history)
+    assert parse_binlog_state(str(state)) == state
+    assert server_state(str(state), _position(history)) == state
+    assert errant_by_state(state, state).is_empty()
