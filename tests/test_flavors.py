@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pymysql.converters import escape_item
 
+from hacontrol import gtid
 from hacontrol.flavors import (
     Flavor,
     FlavorName,
@@ -211,6 +212,51 @@ EXPECTED: dict[str, NodeStatus] = {
             ),
         ),
     ),
+    # Recorded together on one sandbox: node1 wrote 0-1-14 that no replica received, node2 was
+    # promoted by hand at 0-1-13 and wrote 0-2-14..18, node3 follows node2
+    # (tests/test_flavors_binlog_state_live.py makes the same cluster).
+    "mariadb-10.11-old-primary-diverged": mariadb_replica_node(
+        server_id=1,
+        read_only=True,
+        gtid_executed="0-1-14",
+        gtid_binlog_pos="0-1-14",
+        gtid_slave_pos="",
+        replication=(),
+        semi_sync=SemiSync(
+            source_enabled=False, source_clients=0, source_active=False, replica_enabled=True
+        ),
+        gtid_binlog_state="0-1-14",
+    ),
+    "mariadb-10.11-new-primary-diverged": mariadb_replica_node(
+        gtid_executed="0-2-18",
+        gtid_binlog_pos="0-2-18",
+        gtid_slave_pos="0-1-13",
+        replication=(),
+        semi_sync=SemiSync(
+            source_enabled=False, source_clients=1, source_active=False, replica_enabled=True
+        ),
+        gtid_binlog_state="0-1-13,0-2-18",
+    ),
+    "mariadb-10.11-replica-of-new-primary": mariadb_replica_node(
+        server_id=3,
+        read_only=True,
+        gtid_executed="0-2-18",
+        gtid_binlog_pos="0-2-18",
+        gtid_slave_pos="0-2-18",
+        replication=(
+            replica(
+                source_port=24401,
+                received_gtid="0-2-18",
+                heartbeats_received=0,
+                source_server_id=2,
+                heartbeat_period=0.5,
+            ),
+        ),
+        semi_sync=SemiSync(
+            source_enabled=False, source_clients=0, source_active=False, replica_enabled=True
+        ),
+        gtid_binlog_state="0-1-13,0-2-18",
+    ),
     "mysql-5.7-replica": mysql_node(
         "5.7.44-log",
         gtid_executed="3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5",
@@ -301,6 +347,33 @@ def test_values_as_bytes_parse_the_same(name: str) -> None:
         for rows in recorded["results"]
     ]
     assert parse(recorded) == EXPECTED[name]
+
+
+def test_binlog_state_is_read_and_old_recordings_lack_it() -> None:
+    assert parse(load("mariadb-10.11-new-primary-diverged")).gtid_binlog_state == "0-1-13,0-2-18"
+    # Recorded before the probe asked for it: None (not read), never "" (an empty state).
+    assert parse(load("mariadb-10.11-primary")).gtid_binlog_state is None
+    assert parse(load("mysql-8.4-primary")).gtid_binlog_state is None
+    bare = load("mariadb-10.11-old-primary-diverged")
+    bare["results"][0][0]["gtid_binlog_state"] = ""  # RESET MASTER: an empty state is a value
+    assert parse(bare).gtid_binlog_state == ""
+
+
+def test_recorded_divergence_below_the_last_gtid() -> None:
+    """The recorded old and new primaries: positions see nothing errant, binlog states see
+    the old primary's 0-1-14, which the new primary never received."""
+    old = parse(load("mariadb-10.11-old-primary-diverged"))
+    new = parse(load("mariadb-10.11-new-primary-diverged"))
+    follower = parse(load("mariadb-10.11-replica-of-new-primary"))
+
+    def state(node: NodeStatus) -> gtid.BinlogState:
+        assert node.gtid_binlog_state is not None
+        return gtid.server_state(node.gtid_binlog_state, node.gtid_binlog_pos, node.gtid_slave_pos)
+
+    assert gtid.parse(old.gtid_executed, "mariadb") <= gtid.parse(new.gtid_executed, "mariadb")
+    assert str(gtid.errant_by_state(state(old), state(new))) == "0-1-14"
+    assert gtid.errant_by_state(state(follower), state(new)).is_empty()
+    assert gtid.errant_by_state(state(new), state(follower)).is_empty()
 
 
 def test_null_seconds_behind_stays_none_and_zero_stays_zero() -> None:

@@ -84,6 +84,10 @@ class NodeStatus:
     replication: tuple[ReplicationStatus, ...]  # empty: not a replica
     semi_sync: SemiSync
     log_bin: bool
+    gtid_binlog_state: str | None = None
+    """MariaDB @@gtid_binlog_state, whitespace removed: the last GTID of every (domain, server
+    id) pair in the binary log (``hacontrol.gtid.server_state``). None when not read (MySQL,
+    whose gtid_executed already names every transaction)."""
 
 
 class Sql(NamedTuple):

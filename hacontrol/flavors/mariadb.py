@@ -38,7 +38,8 @@ from hacontrol.flavors.base import (
 _SERVER = (
     "SELECT @@global.server_id AS server_id, @@global.read_only AS read_only, "
     "@@global.log_bin AS log_bin, @@global.gtid_current_pos AS gtid_current_pos, "
-    "@@global.gtid_binlog_pos AS gtid_binlog_pos, @@global.gtid_slave_pos AS gtid_slave_pos"
+    "@@global.gtid_binlog_pos AS gtid_binlog_pos, @@global.gtid_slave_pos AS gtid_slave_pos, "
+    "@@global.gtid_binlog_state AS gtid_binlog_state"
 )
 _REPLICAS = "SHOW ALL SLAVES STATUS"
 _SEMI_SYNC_VARIABLES = (
@@ -87,6 +88,7 @@ class MariaDB:
                 where="mariadb status:",
             ),
             log_bin=flag(column(server, "log_bin", where), f"{where} log_bin"),
+            gtid_binlog_state=_binlog_state(server),
         )
 
     def stop_replication_sql(self) -> Sql:
@@ -144,6 +146,14 @@ class MariaDB:
         if code not in (0, -1):
             raise ValueError(f"MASTER_GTID_WAIT result: expected 0 or -1, got {code}")
         return code == 0
+
+
+def _binlog_state(server: Row) -> str | None:
+    """@@gtid_binlog_state; None only for output recorded before the probe asked for it
+    (tests/data), never for a live server, which always answers every column it is asked."""
+    if "gtid_binlog_state" not in server:
+        return None
+    return gtid_text(server["gtid_binlog_state"])
 
 
 def _with_heartbeat_period(
