@@ -305,8 +305,8 @@ class Sandbox:
         return info
 
     @staticmethod
-    def _spawn_node(node: NodeInfo, mariadbd: str) -> int:
-        argv = [mariadbd, f"--defaults-file={node.config}"]
+    def _spawn_node(node: NodeInfo, mariadbd: str, *options: str) -> int:
+        argv = [mariadbd, f"--defaults-file={node.config}", *options]
         return procs.spawn(argv, Path(node.node_dir) / "stdout.log")
 
     async def _configure(self, info: SandboxInfo) -> None:
@@ -379,8 +379,10 @@ class Sandbox:
             procs.wait_state(node.pid, node.config, expected[signal.Signals(sig)], timeout=2.0)
         return True
 
-    async def start_node(self, name: str) -> int:
-        """Restart a node with its datadir and config (after kill -9, say); returns the new pid."""
+    async def start_node(self, name: str, *options: str) -> int:
+        """Restart a node with its datadir and config (after kill -9, say); returns the new pid.
+
+        ``options``: mariadbd options added after the config (``--read-only=ON``)."""
         info = self.status()
         node = info.node(name)
         if procs.is_alive(node.pid, node.config):
@@ -389,7 +391,7 @@ class Sandbox:
         mariadbd = find_binary("mariadbd")
         if mariadbd is None:
             raise SandboxError("not installed: mariadbd")
-        pid = self._spawn_node(node, mariadbd)
+        pid = self._spawn_node(node, mariadbd, *options)
         info = info.with_node_pid(name, pid)
         info.save()
         assert info.root is not None

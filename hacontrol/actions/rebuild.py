@@ -1,0 +1,520 @@
+"""Rebuild a replica from another replica with mariadb-backup (``docs/rebuild.md``).
+
+Side effects only: whether a rebuild may run is decided by ``hacontrol.rebuild_checks``, the
+commands come from ``hacontrol.rebuild_commands``, mariadb-backup's output is read by
+``hacontrol.mariabackup``. The order keeps every failure safe:
+
+1. check (nothing changed): the target has no leftovers of an earlier rebuild and room for
+   the copy; the source's datadir size (for the ETA) and its ``gtid_binlog_state`` are read;
+2. copy: ``mariadb-backup --backup --stream=mbstream`` on the source, through hacontrol
+   (bytes counted: progress, rate, ETA), into ``mbstream -x`` in a staging directory on the
+   target. The target still runs, fenced, untouched;
+3. prepare the copy on the target (``mariadb-backup --prepare``). A failure in 2 or 3 removes
+   the staging directory: target and source are as they were;
+4. stop the target and check that nothing answers on its port any more;
+5. swap: the old datadir aside (kept until the end), the prepared copy in its place;
+6. start the target read-only and wait until it answers SQL;
+7. replicate: ``gtid_binlog_state`` seeded with the source's history, ``gtid_slave_pos`` set
+   to the copy's position, ``CHANGE MASTER`` to the primary with ``MASTER_USE_GTID=slave_pos``,
+   replication started and caught up; then no GTID of the target may be missing on the
+   primary (``hacontrol.gtid.errant_by_state``). A failure in 4 to 7 stops the target and
+   puts the old datadir back: the node stays down, quarantined, as before the rebuild;
+8. remove the old datadir.
+
+The source is only read: the backup takes ``BACKUP STAGE`` locks for a moment and never stops
+its replication. Never a half-copied datadir started: the swap runs only after the stream
+ended with ``completed OK!`` from the tool, both sides exited 0 and the prepare succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from hacontrol import gtid
+from hacontrol.actions.mysql import ActionError, MySQLActions
+from hacontrol.actions.processes import ProcessError, Stream, run
+from hacontrol.flavors import NodeStatus
+from hacontrol.mariabackup import BackupLog, Progress, copy_progress, parse_size, seed_state
+from hacontrol.mysqlconn import Endpoint as SqlEndpoint
+from hacontrol.mysqlconn import connect, describe_error, execute
+from hacontrol.rebuild_commands import (
+    EXIT_REFUSED,
+    Command,
+    Endpoint,
+    RebuildCommands,
+    RebuildSteps,
+    rebuild_steps,
+)
+from hacontrol.settings import Settings
+
+OnProgress = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class RebuildTimeouts:
+    """Seconds. ``stall``: the copy fails when no byte arrived for that long."""
+
+    command: float = 60.0
+    copy: float = 24 * 3600.0
+    stall: float = 600.0
+    prepare: float = 3600.0
+    stop: float = 300.0
+    start: float = 600.0
+    attach: float = 60.0
+    catch_up: float = 600.0
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    ok: bool
+    target: str
+    source: str
+    reason: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class RebuildFailed(Exception):
+    def __init__(self, phase: str, reason: str) -> None:
+        super().__init__(f"{phase}: {reason}")
+        self.phase, self.reason = phase, reason
+
+
+class NodeControl(Protocol):
+    """Stops and starts a node's server when the configured commands are not used."""
+
+    async def stop(self, node: str) -> None: ...
+
+    async def start(self, node: str) -> None: ...
+
+
+class SandboxControl:
+    """The sandbox's nodes: SIGTERM and wait until the process is gone (SIGKILL after the
+    grace), start with ``--read-only=ON`` whatever the node's config says."""
+
+    def __init__(self, sandbox: Any, grace: float = 60.0) -> None:
+        self.sandbox, self.grace = sandbox, grace
+
+    async def stop(self, node: str) -> None:
+        from hacontrol.sandbox import procs
+
+        pid = self.sandbox.node_pid(node)
+        if pid is None:
+            return
+        config = self.sandbox.status().node(node).config
+        await procs.terminate(pid, config, grace=self.grace)
+        deadline = time.monotonic() + 10.0
+        while _process_exists(pid) and time.monotonic() < deadline:
+            procs.reap(pid)  # a child of this process stays a zombie until reaped
+            await asyncio.sleep(0.02)
+
+    async def start(self, node: str) -> None:
+        await self.sandbox.start_node(node, "--read-only=ON")
+
+
+def sandbox_commands(sandbox: Any) -> tuple[RebuildCommands, dict[str, str]]:
+    """Local commands for the sandbox's nodes (the default the tests use), and the
+    environment the backup needs (root's password: never in argv, never logged)."""
+    info = sandbox.status()
+    base = str(Path(info.nodes[0].node_dir).parent)
+    commands = RebuildCommands(
+        datadirs={n.name: n.datadir for n in info.nodes},
+        backup_options=(
+            f"--defaults-file={base}/{{source}}/my.cnf",
+            "--user=root",
+            f"--socket={base}/{{source}}/mysqld.sock",
+        ),
+    )
+    return commands, {"MYSQL_PWD": sandbox.password("root")}
+
+
+class Rebuilder:
+    """Runs one rebuild at a time; see the module doc for the steps."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        commands: RebuildCommands,
+        *,
+        control: NodeControl | None = None,
+        env: Mapping[str, str] | None = None,
+        timeouts: RebuildTimeouts = RebuildTimeouts(),
+        progress_every: float = 1.0,
+        keep_old: bool = False,
+    ) -> None:
+        self.settings, self.commands, self.control = settings, commands, control
+        self.env, self.timeouts = dict(env or {}), timeouts
+        self.progress_every, self.keep_old = progress_every, keep_old
+        mysql = settings.mysql
+        self._user = mysql.user
+        self._password = mysql.password.get_secret_value() if mysql.password else ""
+
+    def _endpoint(self, node: str) -> Endpoint:
+        conf = self.settings.node(node)
+        return Endpoint(node, conf.host, conf.port)
+
+    async def rebuild(
+        self, target: str, source: str, primary: str, on_progress: OnProgress | None = None
+    ) -> RebuildResult:
+        """Never raises (except cancellation): the result says what happened and where the
+        target was left."""
+        job = _Job(self, target, source, primary, on_progress or (lambda _: None))
+        try:
+            job.steps = rebuild_steps(self.commands, self._endpoint(target), self._endpoint(source))
+            if self.control is None and not (job.steps.stop_target and job.steps.start_target):
+                raise RebuildFailed("check", "no stop_target / start_target command configured")
+            await job.run()
+        except RebuildFailed as exc:
+            return await job.failed(exc)
+        except (ValueError, KeyError) as exc:
+            return await job.failed(RebuildFailed("check", f"invalid setting: {exc}"))
+        return job.result()
+
+
+class _Job:
+    """One rebuild's state: where it is, what it did, what to undo."""
+
+    def __init__(
+        self, owner: Rebuilder, target: str, source: str, primary: str, emit: OnProgress
+    ) -> None:
+        self.owner, self.target, self.source, self.primary = owner, target, source, primary
+        self.emit = emit
+        self.steps: RebuildSteps | None = None
+        self.swapped = False
+        self.started = time.monotonic()
+        self.detail: dict[str, Any] = {"phases": {}, "commands": [], "notes": []}
+        self.phase = "check"
+        self._phase_at = self.started
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        source_status = await self.check()
+        await self.copy()
+        await self.prepare()
+        self.enter("stop")
+        await self.stop_target()
+        self.enter("swap")
+        await self.command(self.steps.swap, "swap")
+        self.swapped = True
+        self.enter("start")
+        await self.start_target()
+        await self.replicate(source_status)
+        self.enter("cleanup")
+        if self.owner.keep_old:
+            self.detail["old_datadir"] = self.steps.paths.old
+        else:
+            await self.best_effort(self.steps.discard_old, "remove the old datadir")
+        self.enter("done")
+
+    async def check(self) -> NodeStatus:
+        steps, t = self.steps, self.owner.timeouts
+        self.enter("check")
+        free = await self.command(steps.preflight, "check the target")
+        self.detail["target_free"] = parse_size(free.stdout, "free space on the target") * 1024
+        size = await self.command(steps.size, "size the source")
+        self.detail["estimate"] = parse_size(size.stdout, "size of the source's datadir")
+        if self.detail["target_free"] < self.detail["estimate"]:
+            raise RebuildFailed(
+                "check",
+                f"{self.target} has {self.detail['target_free']} bytes free next to its datadir, "
+                f"the copy needs about {self.detail['estimate']}",
+            )
+        actions = MySQLActions(self.owner.settings)
+        try:
+            status = await actions.status(self.source, timeout=t.command)
+        except ActionError as exc:
+            raise RebuildFailed("check", f"cannot read {self.source}: {exc.reason}") from None
+        if status.gtid_binlog_state is None:
+            raise RebuildFailed("check", f"{self.source} did not report its gtid_binlog_state")
+        return status
+
+    async def copy(self) -> None:
+        t = self.owner.timeouts
+        self.enter("copy")
+        self.record(self.steps.backup, f"backup on {self.source}")
+        self.record(self.steps.receive, f"receive on {self.target}")
+        stream = Stream(self.steps.backup, self.steps.receive, self.owner.env)
+        stream.start()
+        try:
+            await self._follow(stream)
+            done = await stream.finish(t.command)
+        except BaseException:
+            await stream.abort()
+            raise
+        self.detail.update(copied=done.copied, files=stream.log.files)
+        if done.backup_code != 0 or not stream.log.completed:
+            why = stream.pipe_error or stream.log.failure()
+            raise RebuildFailed(
+                "copy", f"mariadb-backup on {self.source} failed (exit {done.backup_code}): {why}"
+            )
+        if done.receive_code != 0:
+            raise RebuildFailed(
+                "copy",
+                f"mbstream on {self.target} failed "
+                f"(exit {done.receive_code}): {done.receive_tail or 'no output'}",
+            )
+        try:
+            self.detail["position"] = stream.log.position()
+        except ValueError as exc:
+            raise RebuildFailed("copy", str(exc)) from None
+
+    async def _follow(self, stream: Stream) -> None:
+        t, began = self.owner.timeouts, time.monotonic()
+        next_report = began
+        while not stream.pumped:
+            now = time.monotonic()
+            if now - stream.last_data > t.stall:
+                raise RebuildFailed("copy", f"no data for {t.stall:g} s: stalled")
+            if now - began > t.copy:
+                raise RebuildFailed("copy", f"not done after {t.copy:g} s")
+            if now >= next_report:
+                self.emit(self._copy_progress(stream, now - began))
+                next_report = now + self.owner.progress_every
+            await asyncio.sleep(0.1)
+        self.emit(self._copy_progress(stream, time.monotonic() - began))
+
+    def _copy_progress(self, stream: Stream, elapsed: float) -> Progress:
+        return copy_progress(
+            stream.copied,
+            self.detail.get("estimate"),
+            elapsed,
+            stream.log.files,
+            stream.log.current_file,
+        )
+
+    async def prepare(self) -> None:
+        self.enter("prepare")
+        finished = await self.command(
+            self.steps.prepare, "prepare", self.owner.timeouts.prepare, check=False
+        )
+        log = BackupLog()
+        for line in finished.stderr.splitlines():
+            log.feed(line)
+        if finished.returncode != 0 or not log.completed:
+            raise RebuildFailed("prepare", f"exit {finished.returncode}: {log.failure()}")
+
+    async def stop_target(self) -> None:
+        t, control = self.owner.timeouts, self.owner.control
+        if control is None:
+            assert self.steps.stop_target is not None
+            await self.command(self.steps.stop_target, "stop the target", t.stop)
+        else:
+            try:
+                await asyncio.wait_for(control.stop(self.target), t.stop)
+            except Exception as exc:
+                raise RebuildFailed("stop", f"cannot stop {self.target}: {exc}") from None
+        end = self.owner._endpoint(self.target)
+        deadline = time.monotonic() + t.stop
+        while await asyncio.to_thread(_answers, end.host, end.port):
+            if time.monotonic() > deadline:
+                raise RebuildFailed("stop", f"{end.host}:{end.port} still answers after the stop")
+            await asyncio.sleep(0.2)
+
+    async def start_target(self) -> None:
+        t, control = self.owner.timeouts, self.owner.control
+        if control is None:
+            assert self.steps.start_target is not None
+            await self.command(self.steps.start_target, "start the target", t.start)
+        else:
+            try:
+                await asyncio.wait_for(control.start(self.target), t.start)
+            except Exception as exc:
+                raise RebuildFailed("start", f"cannot start {self.target}: {exc}") from None
+
+    async def target_status(self, timeout: float) -> NodeStatus:
+        """The target's status, retried until it answers SQL (it may still be starting)."""
+        actions = MySQLActions(self.owner.settings)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return await actions.status(self.target, timeout=5.0)
+            except ActionError as exc:
+                if time.monotonic() > deadline:
+                    reason = f"{self.target} does not answer: {exc.reason}"
+                    raise RebuildFailed(self.phase, reason) from None
+            await asyncio.sleep(0.2)
+
+    async def replicate(self, source: NodeStatus) -> None:
+        t, position = self.owner.timeouts, self.detail["position"]
+        self.enter("replicate")
+        channel = source.replication[0] if source.replication else None
+        heartbeat = channel.heartbeat_period if channel and channel.heartbeat_period else 1.0
+        actions = MySQLActions(self.owner.settings, default_heartbeat=heartbeat)
+        status = await self.target_status(t.start)
+        if not status.read_only:
+            self.note(
+                f"{self.target} started writable: made read-only at once "
+                "(set read_only=ON in its configuration)"
+            )
+            await self.action(actions.set_writable(self.target, False, timeout=t.attach))
+        if status.replication:
+            raise RebuildFailed("replicate", "the copy came up with replication configured")
+        statements = []
+        if status.gtid_binlog_state == "" and source.gtid_binlog_state:
+            seed = seed_state(source.gtid_binlog_state, position)
+            statements.append(("SET GLOBAL gtid_binlog_state = %s", seed))
+            self.detail["gtid_binlog_state"] = seed
+        else:
+            self.note(
+                f"gtid_binlog_state not seeded: the copy's is {status.gtid_binlog_state!r}, "
+                f"{self.source}'s was {source.gtid_binlog_state!r}"
+            )
+        statements.append(("SET GLOBAL gtid_slave_pos = %s", position))
+        await self.sql(statements, t.attach)
+        primary = self.owner._endpoint(self.primary)
+        await self.action(actions.repoint(self.target, primary.host, primary.port, t.attach))
+        self.enter("catch-up")
+        await self.action(
+            actions.catch_up(self.target, primary.host, primary.port, timeout=t.catch_up)
+        )
+        await self.verify(actions)
+
+    async def verify(self, actions: MySQLActions) -> None:
+        """No GTID of the rebuilt node may be missing on the primary; it must be read-only."""
+        t = self.owner.timeouts
+        try:
+            mine = await actions.status(self.target, timeout=t.command)
+            theirs = await actions.status(self.primary, timeout=t.command)
+        except ActionError as exc:
+            raise RebuildFailed("verify", exc.reason) from None
+        errant = gtid.errant_by_state(_state(mine), _state(theirs))
+        if errant or not mine.read_only:
+            raise RebuildFailed(
+                "verify",
+                f"after the rebuild: errant {errant or 'none'}, read_only {mine.read_only}",
+            )
+        self.detail["gtid_executed"] = mine.gtid_executed
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def action(self, pending) -> None:
+        result = await pending
+        self.detail["commands"].extend(result.detail.get("steps", []))
+        if not result.ok:
+            raise RebuildFailed(self.phase, f"{result.action} {self.target}: {result.reason}")
+
+    async def sql(self, statements: list[tuple[str, str]], timeout: float) -> None:
+        end = self.owner._endpoint(self.target)
+        login = SqlEndpoint(end.host, end.port, self.owner._user, self.owner._password)
+        try:
+            conn = await connect(login, timeout)
+            try:
+                for text, value in statements:
+                    self.detail["commands"].append(text.replace("%s", repr(value)))
+                    await execute(conn, text, (value,), timeout=timeout)
+            finally:
+                conn.close()
+        except Exception as exc:
+            raise RebuildFailed(self.phase, describe_error(exc)) from None
+
+    async def command(
+        self, cmd: Command, what: str, timeout: float | None = None, *, check: bool = True
+    ):
+        self.record(cmd, what)
+        try:
+            finished = await run(cmd, timeout or self.owner.timeouts.command, self.owner.env)
+        except ProcessError as exc:
+            raise RebuildFailed(self.phase, f"{what}: {exc}") from None
+        if check and finished.returncode != 0:
+            kind = "refused" if finished.returncode == EXIT_REFUSED else "failed"
+            raise RebuildFailed(
+                self.phase, f"{what} {kind} (exit {finished.returncode}): {finished.tail()}"
+            )
+        return finished
+
+    async def best_effort(self, cmd: Command, what: str) -> bool:
+        try:
+            await self.command(cmd, what)
+        except RebuildFailed as exc:
+            self.note(f"could not {what}: {exc.reason}")
+            return False
+        return True
+
+    def record(self, cmd: Command, what: str = "") -> None:
+        """The command for the result (argv and a label: never the environment)."""
+        label = f"{what}: " if what else ""
+        self.detail["commands"].append(label + str(cmd) + (" <<script" if cmd.stdin else ""))
+
+    def note(self, text: str) -> None:
+        self.detail["notes"].append(text)
+
+    def enter(self, phase: str) -> None:
+        now = time.monotonic()
+        if phase != self.phase:
+            self.detail["phases"][self.phase] = round(now - self._phase_at, 3)
+        self.phase, self._phase_at = phase, now
+        self.emit(Progress(phase, message=f"{self.target} from {self.source}"))
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def result(self) -> RebuildResult:
+        self.detail["seconds"] = round(time.monotonic() - self.started, 3)
+        return RebuildResult(
+            True,
+            self.target,
+            self.source,
+            f"{self.target} rebuilt from {self.source} at {self.detail['position']}: "
+            f"replicates from {self.primary} and caught up",
+            self.detail,
+        )
+
+    async def failed(self, exc: RebuildFailed) -> RebuildResult:
+        self.detail.update(
+            failed_phase=exc.phase, seconds=round(time.monotonic() - self.started, 3)
+        )
+        where = await self.undo(exc.phase)
+        self.emit(Progress("failed", message=f"{exc.phase}: {exc.reason}; {where}"))
+        reason = f"rebuild of {self.target} failed at {exc.phase}: {exc.reason}; {where}"
+        return RebuildResult(False, self.target, self.source, reason, self.detail)
+
+    async def undo(self, phase: str) -> str:
+        """Put things back as far as they can be; say where the target was left."""
+        steps = self.steps
+        if steps is None or (phase == "check" and "target_free" not in self.detail):
+            return "nothing was changed"
+        if phase in ("check", "copy", "prepare"):
+            await self.best_effort(steps.discard_staging, "remove the staging directory")
+            return f"{self.target} and {self.source} untouched"
+        if phase == "stop":
+            await self.best_effort(steps.discard_staging, "remove the staging directory")
+            return f"{self.target} may be stopped; its datadir untouched"
+        try:
+            await self.stop_target()
+        except RebuildFailed as stop_failed:
+            self.note(f"could not stop {self.target}: {stop_failed.reason}")
+            return (
+                f"{self.target} could not be stopped: its datadir is the new copy, the old one "
+                f"is at {steps.paths.old}; stop it, then restore by hand (docs/rebuild.md)"
+            )
+        if await self.best_effort(steps.restore, "restore the old datadir"):
+            return f"{self.target} stopped, its old datadir back in place"
+        return (
+            f"{self.target} stopped; RESTORE FAILED: {steps.paths.datadir} may be the new copy "
+            f"and {steps.paths.old} the old datadir (docs/rebuild.md, restore by hand)"
+        )
+
+
+def _state(status: NodeStatus) -> gtid.BinlogState:
+    return gtid.server_state(
+        status.gtid_binlog_state or "", status.gtid_binlog_pos, status.gtid_slave_pos
+    )
+
+
+def _process_exists(pid: int) -> bool:
+    """Until an exiting process has left /proc it may still hold its datadir and socket."""
+    return Path(f"/proc/{pid}").exists()
+
+
+def _answers(host: str, port: int) -> bool:
+    """Something accepts TCP connections on host:port (a refused or timed-out connect: no)."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
