@@ -227,6 +227,15 @@ def test_recorded_failed_backup_says_why() -> None:
         log.position()
 
 
+def test_recorded_backup_refused_at_the_end_is_a_failure() -> None:
+    """Without SLAVE MONITOR, 10.11 streams every file, then dies on SHOW ALL SLAVES STATUS:
+    the stream looked complete, the log says otherwise."""
+    log = fold("mariadb-backup-10.11-backup-no-slave-monitor.log")
+    assert log.files > 100 and not log.completed
+    assert log.failure().startswith("[00] FATAL ERROR")
+    assert "SLAVE MONITOR" in log.failure()
+
+
 def test_recorded_prepare_logs() -> None:
     assert fold("mariadb-backup-10.11-prepare.log").completed
     bad = fold("mariadb-backup-10.11-prepare-not-a-backup.log")

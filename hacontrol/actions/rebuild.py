@@ -300,15 +300,9 @@ class _Job:
             raise RebuildFailed("prepare", f"exit {finished.returncode}: {log.failure()}")
 
     async def stop_target(self) -> None:
-        t, control = self.owner.timeouts, self.owner.control
-        if control is None:
-            assert self.steps.stop_target is not None
-            await self.command(self.steps.stop_target, "stop the target", t.stop)
-        else:
-            try:
-                await asyncio.wait_for(control.stop(self.target), t.stop)
-            except Exception as exc:
-                raise RebuildFailed("stop", f"cannot stop {self.target}: {exc}") from None
+        """Stop it, then wait until nothing answers on its port (bounded)."""
+        t = self.owner.timeouts
+        await self.control_node("stop", t.stop)
         end = self.owner._endpoint(self.target)
         deadline = time.monotonic() + t.stop
         while await asyncio.to_thread(_answers, end.host, end.port):
@@ -317,15 +311,20 @@ class _Job:
             await asyncio.sleep(0.2)
 
     async def start_target(self) -> None:
-        t, control = self.owner.timeouts, self.owner.control
+        await self.control_node("start", self.owner.timeouts.start)
+
+    async def control_node(self, verb: str, timeout: float) -> None:
+        """Stop or start the target: the configured command, or the injected control."""
+        control = self.owner.control
         if control is None:
-            assert self.steps.start_target is not None
-            await self.command(self.steps.start_target, "start the target", t.start)
-        else:
-            try:
-                await asyncio.wait_for(control.start(self.target), t.start)
-            except Exception as exc:
-                raise RebuildFailed("start", f"cannot start {self.target}: {exc}") from None
+            command = self.steps.stop_target if verb == "stop" else self.steps.start_target
+            assert command is not None
+            await self.command(command, f"{verb} the target", timeout)
+            return
+        try:
+            await asyncio.wait_for(getattr(control, verb)(self.target), timeout)
+        except Exception as exc:
+            raise RebuildFailed(verb, f"cannot {verb} {self.target}: {exc}") from None
 
     async def target_status(self, timeout: float) -> NodeStatus:
         """The target's status, retried until it answers SQL (it may still be starting)."""
@@ -355,16 +354,17 @@ class _Job:
             await self.action(actions.set_writable(self.target, False, timeout=t.attach))
         if status.replication:
             raise RebuildFailed("replicate", "the copy came up with replication configured")
+        if status.gtid_binlog_state:  # a copy has no binlog: these are the old datadir's
+            raise RebuildFailed(
+                "replicate",
+                f"the copy came up with the binlog state {status.gtid_binlog_state}: its binary "
+                "log is not the copy's (log_bin outside the datadir?)",
+            )
         statements = []
-        if status.gtid_binlog_state == "" and source.gtid_binlog_state:
+        if source.gtid_binlog_state:
             seed = seed_state(source.gtid_binlog_state, position)
             statements.append(("SET GLOBAL gtid_binlog_state = %s", seed))
             self.detail["gtid_binlog_state"] = seed
-        else:
-            self.note(
-                f"gtid_binlog_state not seeded: the copy's is {status.gtid_binlog_state!r}, "
-                f"{self.source}'s was {source.gtid_binlog_state!r}"
-            )
         statements.append(("SET GLOBAL gtid_slave_pos = %s", position))
         await self.sql(statements, t.attach)
         primary = self.owner._endpoint(self.primary)
