@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from hacontrol.flavors import (
     detect,
     multi_statement,
 )
+from hacontrol.flavors.mariadb import binlog_state_of
 
 DATA = Path(__file__).parent / "data"
 RECORDED = sorted(DATA.glob("*.json"))
@@ -349,6 +351,18 @@ def test_values_as_bytes_parse_the_same(name: str) -> None:
     assert parse(recorded) == EXPECTED[name]
 
 
+def test_binlog_state_of() -> None:
+    new = parse(load("mariadb-10.11-new-primary-diverged"))
+    # The binlog state and gtid_slave_pos 0-1-13: server 1's GTIDs up to 13, its own to 18.
+    assert str(binlog_state_of(new)) == "0-1-13,0-2-18"
+    assert binlog_state_of(parse(load("mariadb-10.11-primary"))) is None  # not read
+    assert binlog_state_of(parse(load("mysql-8.4-primary"))) is None
+    replica_without_log_slave_updates = replace(new, gtid_binlog_state="", gtid_binlog_pos="")
+    assert str(binlog_state_of(replica_without_log_slave_updates)) == "0-1-13"
+    with pytest.raises(ValueError, match="binlog state"):
+        binlog_state_of(replace(new, gtid_binlog_state="0-1"))
+
+
 def test_binlog_state_is_read_and_old_recordings_lack_it() -> None:
     assert parse(load("mariadb-10.11-new-primary-diverged")).gtid_binlog_state == "0-1-13,0-2-18"
     # Recorded before the probe asked for it: None (not read), never "" (an empty state).
@@ -367,8 +381,9 @@ def test_recorded_divergence_below_the_last_gtid() -> None:
     follower = parse(load("mariadb-10.11-replica-of-new-primary"))
 
     def state(node: NodeStatus) -> gtid.BinlogState:
-        assert node.gtid_binlog_state is not None
-        return gtid.server_state(node.gtid_binlog_state, node.gtid_binlog_pos, node.gtid_slave_pos)
+        found = binlog_state_of(node)
+        assert found is not None
+        return found
 
     assert gtid.parse(old.gtid_executed, "mariadb") <= gtid.parse(new.gtid_executed, "mariadb")
     assert str(gtid.errant_by_state(state(old), state(new))) == "0-1-14"

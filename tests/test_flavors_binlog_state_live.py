@@ -16,6 +16,7 @@ import pytest
 from hacontrol import gtid
 from hacontrol.events import ProbeResult
 from hacontrol.flavors import NodeStatus
+from hacontrol.flavors.mariadb import binlog_state_of
 from hacontrol.mysqlconn import Endpoint
 from hacontrol.probes.mysql import NodeProbe
 from hacontrol.sandbox import Sandbox
@@ -68,10 +69,9 @@ async def diverge(sandbox: Sandbox) -> tuple[NodeStatus, NodeStatus]:
 
 
 def state_of(status: NodeStatus) -> gtid.BinlogState:
-    assert status.gtid_binlog_state is not None
-    return gtid.server_state(
-        status.gtid_binlog_state, status.gtid_binlog_pos, status.gtid_slave_pos
-    )
+    state = binlog_state_of(status)
+    assert state is not None
+    return state
 
 
 async def test_divergence_below_the_last_gtid(fresh_sandbox: Sandbox) -> None:

@@ -40,6 +40,7 @@ from hacontrol import gtid
 from hacontrol.actions.mysql import ActionError, MySQLActions
 from hacontrol.actions.processes import ProcessError, Stream, run
 from hacontrol.flavors import NodeStatus
+from hacontrol.flavors.mariadb import binlog_state_of
 from hacontrol.mariabackup import BackupLog, Progress, copy_progress, parse_size, seed_state
 from hacontrol.mysqlconn import Endpoint as SqlEndpoint
 from hacontrol.mysqlconn import connect, describe_error, execute
@@ -383,7 +384,10 @@ class _Job:
             theirs = await actions.status(self.primary, timeout=t.command)
         except ActionError as exc:
             raise RebuildFailed("verify", exc.reason) from None
-        errant = gtid.errant_by_state(_state(mine), _state(theirs))
+        mine_state, theirs_state = binlog_state_of(mine), binlog_state_of(theirs)
+        if mine_state is None or theirs_state is None:
+            raise RebuildFailed("verify", "binlog states not read: cannot check for errant GTIDs")
+        errant = gtid.errant_by_state(mine_state, theirs_state)
         if errant or not mine.read_only:
             raise RebuildFailed(
                 "verify",
@@ -498,12 +502,6 @@ class _Job:
             f"{self.target} stopped; RESTORE FAILED: {steps.paths.datadir} may be the new copy "
             f"and {steps.paths.old} the old datadir (docs/rebuild.md, restore by hand)"
         )
-
-
-def _state(status: NodeStatus) -> gtid.BinlogState:
-    return gtid.server_state(
-        status.gtid_binlog_state or "", status.gtid_binlog_pos, status.gtid_slave_pos
-    )
 
 
 def _process_exists(pid: int) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from hacontrol import gtid
 from hacontrol.flavors.base import (
     FlavorName,
     IoState,
@@ -146,6 +147,21 @@ class MariaDB:
         if code not in (0, -1):
             raise ValueError(f"MASTER_GTID_WAIT result: expected 0 or -1, got {code}")
         return code == 0
+
+
+def binlog_state_of(status: NodeStatus) -> gtid.BinlogState | None:
+    """Every (domain, server id) pair the node is known to hold, with its last seq: the binlog
+    state merged with the binlog and replica positions (``hacontrol.gtid.server_state``).
+
+    None when the state was not read (MySQL, output recorded before the probe asked for it):
+    then only positions can be compared. Raises ValueError on malformed server text.
+    Errant transactions of ``old`` against ``new``:
+    ``gtid.errant_by_state(binlog_state_of(old), binlog_state_of(new))``."""
+    if status.flavor is not FlavorName.MARIADB or status.gtid_binlog_state is None:
+        return None
+    return gtid.server_state(
+        status.gtid_binlog_state, status.gtid_binlog_pos, status.gtid_slave_pos
+    )
 
 
 def _binlog_state(server: Row) -> str | None:
