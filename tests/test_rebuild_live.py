@@ -175,20 +175,27 @@ async def test_rebuild_node_with_empty_or_missing_datadir(
     await check_rebuilt(sandbox, result, acked)
 
 
+BROKEN_COPIES = [
+    ({"backup_options": ("--user=root", "--socket=/nonexistent/mysqld.sock")},
+     "Failed to connect to MariaDB server"),
+    ({"mariadb_backup": "/nonexistent/mariadb-backup"}, "cannot run /nonexistent/mariadb-backup"),
+    ({"mbstream": "false"}, "mbstream on node3 failed"),
+]  # fmt: skip
+
+
 async def test_failed_copy_leaves_target_and_source_untouched(fresh_sandbox: Sandbox) -> None:
     sandbox = fresh_sandbox
     errant = await make_errant(sandbox, "node3", 1_000_000)
     pid = sandbox.node_pid("node3")
-    wrong = ("--user=root", "--socket=/nonexistent/mysqld.sock")
-    result = await rebuilder(sandbox, backup_options=wrong).rebuild("node3", "node2", "node1")
-    assert not result.ok and result.detail["failed_phase"] == "copy"
-    assert "Failed to connect to MariaDB server" in result.reason
-    assert "untouched" in result.reason
-    assert sandbox.node_pid("node3") == pid  # never stopped
-    assert (await sql(sandbox, "node3", "SELECT @@gtid_binlog_pos"))[0][0] == errant
-    assert leftovers(sandbox) == []
-    node2 = await probe(sandbox, "node2")
-    assert replicates_from(node2, sandbox.status().node("node1").port)
+    for changes, why in BROKEN_COPIES:
+        result = await rebuilder(sandbox, **changes).rebuild("node3", "node2", "node1")
+        assert not result.ok and result.detail["failed_phase"] == "copy"
+        assert why in result.reason and "untouched" in result.reason
+        assert sandbox.node_pid("node3") == pid  # never stopped
+        assert (await sql(sandbox, "node3", "SELECT @@gtid_binlog_pos"))[0][0] == errant
+        assert leftovers(sandbox) == []
+        node2 = await probe(sandbox, "node2")
+        assert replicates_from(node2, sandbox.status().node("node1").port)
 
 
 class FailingStart(SandboxControl):
@@ -221,3 +228,22 @@ async def test_leftovers_of_an_earlier_rebuild_are_refused(fresh_sandbox: Sandbo
     assert not result.ok and result.detail["failed_phase"] == "check"
     assert "left by a previous rebuild" in result.reason and "nothing was changed" in result.reason
     assert sandbox.node_pid("node3") == pid and leftovers(sandbox) == [leftover]
+
+
+async def test_cancelled_after_the_swap_puts_the_old_datadir_back(fresh_sandbox: Sandbox) -> None:
+    """A controller shutting down cancels the rebuild: it is undone before the cancel ends."""
+    sandbox = fresh_sandbox
+    errant = await make_errant(sandbox, "node3", 1_000_000)
+    work = rebuilder(sandbox)
+    task: asyncio.Task[RebuildResult] | None = None
+
+    def cancel_at_replicate(report: Progress) -> None:
+        if report.phase == "replicate" and report.message and task is not None:
+            task.cancel()
+
+    task = asyncio.create_task(work.rebuild("node3", "node2", "node1", cancel_at_replicate))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sandbox.node_pid("node3") is None and leftovers(sandbox) == []
+    await sandbox.start_node("node3", "--read-only=ON", "--skip-slave-start")
+    assert (await sql(sandbox, "node3", "SELECT @@gtid_binlog_pos"))[0][0] == errant

@@ -174,6 +174,10 @@ class Rebuilder:
             return await job.failed(exc)
         except (ValueError, KeyError) as exc:
             return await job.failed(RebuildFailed("check", f"invalid setting: {exc}"))
+        except asyncio.CancelledError:
+            # Stopped from outside (shutdown): undo what was done, then let the cancel go on.
+            await asyncio.shield(job.failed(RebuildFailed(job.phase, "cancelled")))
+            raise
         return job.result()
 
 
@@ -241,7 +245,10 @@ class _Job:
         self.record(self.steps.backup, f"backup on {self.source}")
         self.record(self.steps.receive, f"receive on {self.target}")
         stream = Stream(self.steps.backup, self.steps.receive, self.owner.env)
-        stream.start()
+        try:
+            stream.start()
+        except ProcessError as exc:
+            raise RebuildFailed("copy", str(exc)) from None
         try:
             await self._follow(stream)
             done = await stream.finish(t.command)
@@ -249,17 +256,21 @@ class _Job:
             await stream.abort()
             raise
         self.detail.update(copied=done.copied, files=stream.log.files)
+        # The first side that broke is the cause: a receiver that stopped reading kills the
+        # backup; a backup that died truncates the stream the receiver reads.
+        receiver = f"mbstream on {self.target} failed (exit {done.receive_code}): " + (
+            done.receive_tail or stream.pipe_error or "no output"
+        )
+        if stream.pipe_error:
+            raise RebuildFailed("copy", receiver)
         if done.backup_code != 0 or not stream.log.completed:
-            why = stream.pipe_error or stream.log.failure()
-            raise RebuildFailed(
-                "copy", f"mariadb-backup on {self.source} failed (exit {done.backup_code}): {why}"
-            )
-        if done.receive_code != 0:
             raise RebuildFailed(
                 "copy",
-                f"mbstream on {self.target} failed "
-                f"(exit {done.receive_code}): {done.receive_tail or 'no output'}",
+                f"mariadb-backup on {self.source} failed (exit {done.backup_code}): "
+                + stream.log.failure(),
             )
+        if done.receive_code != 0:
+            raise RebuildFailed("copy", receiver)
         try:
             self.detail["position"] = stream.log.position()
         except ValueError as exc:
