@@ -29,6 +29,9 @@ ended with ``completed OK!`` from the tool, both sides exited 0 and the prepare 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -94,31 +97,49 @@ class NodeControl(Protocol):
     async def start(self, node: str) -> None: ...
 
 
-class SandboxControl:
-    """The sandbox's nodes: SIGTERM and wait until the process is gone (SIGKILL after the
-    grace), start with ``--read-only=ON`` whatever the node's config says."""
+class SandboxNodes(Protocol):
+    """What a rebuild uses of ``hacontrol.sandbox.Sandbox`` (not imported: the sandbox is a
+    layer above the actions)."""
 
-    def __init__(self, sandbox: Any, grace: float = 60.0) -> None:
+    def node_pid(self, name: str) -> int | None: ...
+
+    def kill_node(self, name: str, sig: int = ...) -> bool: ...
+
+    async def start_node(self, name: str, *options: str) -> int: ...
+
+    def status(self) -> Any: ...
+
+    def password(self, role: str) -> str: ...
+
+
+class SandboxControl:
+    """The sandbox's nodes: SIGTERM and wait until the process has left /proc (SIGKILL after
+    ``grace``), start with ``--read-only=ON`` whatever the node's config says."""
+
+    def __init__(self, sandbox: SandboxNodes, grace: float = 60.0) -> None:
         self.sandbox, self.grace = sandbox, grace
 
     async def stop(self, node: str) -> None:
-        from hacontrol.sandbox import procs
-
         pid = self.sandbox.node_pid(node)
         if pid is None:
             return
-        config = self.sandbox.status().node(node).config
-        await procs.terminate(pid, config, grace=self.grace)
-        deadline = time.monotonic() + 10.0
-        while _process_exists(pid) and time.monotonic() < deadline:
-            procs.reap(pid)  # a child of this process stays a zombie until reaped
+        self.sandbox.kill_node(node, signal.SIGTERM)
+        self.sandbox.kill_node(node, signal.SIGCONT)  # a frozen node must act on it
+        deadline, killed = time.monotonic() + self.grace, False
+        # Until it has left /proc: an exiting server may still hold its datadir and socket.
+        while _process_exists(pid):
+            if time.monotonic() > deadline:
+                if killed:
+                    raise RuntimeError(f"{node} (pid {pid}) did not exit after SIGKILL")
+                self.sandbox.kill_node(node, signal.SIGKILL)
+                deadline, killed = time.monotonic() + 10.0, True
             await asyncio.sleep(0.02)
 
     async def start(self, node: str) -> None:
         await self.sandbox.start_node(node, "--read-only=ON")
 
 
-def sandbox_commands(sandbox: Any) -> tuple[RebuildCommands, dict[str, str]]:
+def sandbox_commands(sandbox: SandboxNodes) -> tuple[RebuildCommands, dict[str, str]]:
     """Local commands for the sandbox's nodes (the default the tests use), and the
     environment the backup needs (root's password: never in argv, never logged)."""
     info = sandbox.status()
@@ -516,7 +537,9 @@ class _Job:
 
 
 def _process_exists(pid: int) -> bool:
-    """Until an exiting process has left /proc it may still hold its datadir and socket."""
+    """Reaps it first when it is our child (a zombie stays in /proc until reaped)."""
+    with contextlib.suppress(OSError):
+        os.waitpid(pid, os.WNOHANG)
     return Path(f"/proc/{pid}").exists()
 
 
