@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hacontrol.actions.rebuild import Rebuilder
 from hacontrol.mariabackup import (
     BackupLog,
     Progress,
@@ -32,6 +33,7 @@ from hacontrol.rebuild_commands import (
     restore_script,
     swap_script,
 )
+from tests import factories
 
 DATA = Path(__file__).parent / "data"
 
@@ -443,3 +445,24 @@ def test_swap_that_fails_midway_is_restored(paths: RebuildPaths) -> None:
     assert not Path(paths.datadir).exists() and Path(paths.mark).exists()
     assert sh(restore_script(paths)).returncode == 0
     assert (Path(paths.datadir) / "old-file").read_text() == "old"
+
+
+# -- the runner refuses bad settings before touching anything ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("commands", "target", "fragment"),
+    [
+        (RebuildCommands(), "node3", "no stop_target / start_target command configured"),
+        (SSH, "node9", "invalid setting: 'node9'"),
+        (replace(SSH, datadir="/var/lib/my sql"), "node3", "invalid setting: datadir of node3"),
+    ],
+)
+async def test_rebuilder_refuses_bad_settings(commands, target, fragment) -> None:
+    reports: list[Progress] = []
+    result = await Rebuilder(factories.settings(), commands).rebuild(
+        target, "node2", "node1", reports.append
+    )
+    assert not result.ok and fragment in result.reason
+    assert result.reason.endswith("nothing was changed") and result.detail["commands"] == []
+    assert [r.phase for r in reports] == ["failed"]

@@ -176,9 +176,14 @@ class Rebuilder:
         self._user = mysql.user
         self._password = mysql.password.get_secret_value() if mysql.password else ""
 
-    def _endpoint(self, node: str) -> Endpoint:
+    def endpoint(self, node: str) -> Endpoint:
         conf = self.settings.node(node)
         return Endpoint(node, conf.host, conf.port)
+
+    def login(self, node: str) -> SqlEndpoint:
+        """The controller user's login on a node."""
+        end = self.endpoint(node)
+        return SqlEndpoint(end.host, end.port, self._user, self._password)
 
     async def rebuild(
         self, target: str, source: str, primary: str, on_progress: OnProgress | None = None
@@ -187,14 +192,19 @@ class Rebuilder:
         target was left."""
         job = _Job(self, target, source, primary, on_progress or (lambda _: None))
         try:
-            job.steps = rebuild_steps(self.commands, self._endpoint(target), self._endpoint(source))
-            if self.control is None and not (job.steps.stop_target and job.steps.start_target):
-                raise RebuildFailed("check", "no stop_target / start_target command configured")
+            job.steps = rebuild_steps(self.commands, self.endpoint(target), self.endpoint(source))
+        except (ValueError, KeyError) as exc:
+            return await job.failed(RebuildFailed("check", f"invalid setting: {exc}"))
+        if self.control is None and not (job.steps.stop_target and job.steps.start_target):
+            return await job.failed(
+                RebuildFailed("check", "no stop_target / start_target command configured")
+            )
+        try:
             await job.run()
         except RebuildFailed as exc:
             return await job.failed(exc)
-        except (ValueError, KeyError) as exc:
-            return await job.failed(RebuildFailed("check", f"invalid setting: {exc}"))
+        except Exception as exc:  # a malformed answer, a bug: undone like any failure
+            return await job.failed(RebuildFailed(job.phase, describe_error(exc)))
         except asyncio.CancelledError:
             # Stopped from outside (shutdown): undo what was done, then let the cancel go on.
             await asyncio.shield(job.failed(RebuildFailed(job.phase, "cancelled")))
@@ -211,7 +221,6 @@ class _Job:
         self.owner, self.target, self.source, self.primary = owner, target, source, primary
         self.emit = emit
         self.steps: RebuildSteps | None = None
-        self.swapped = False
         self.started = time.monotonic()
         self.detail: dict[str, Any] = {"phases": {}, "commands": [], "notes": []}
         self.phase = "check"
@@ -227,7 +236,6 @@ class _Job:
         await self.stop_target()
         self.enter("swap")
         await self.command(self.steps.swap, "swap")
-        self.swapped = True
         self.enter("start")
         await self.start_target()
         await self.replicate(source_status)
@@ -336,7 +344,7 @@ class _Job:
         """Stop it, then wait until nothing answers on its port (bounded)."""
         t = self.owner.timeouts
         await self.control_node("stop", t.stop)
-        end = self.owner._endpoint(self.target)
+        end = self.owner.endpoint(self.target)
         deadline = time.monotonic() + t.stop
         while await asyncio.to_thread(_answers, end.host, end.port):
             if time.monotonic() > deadline:
@@ -400,7 +408,7 @@ class _Job:
             self.detail["gtid_binlog_state"] = seed
         statements.append(("SET GLOBAL gtid_slave_pos = %s", position))
         await self.sql(statements, t.attach)
-        primary = self.owner._endpoint(self.primary)
+        primary = self.owner.endpoint(self.primary)
         await self.action(actions.repoint(self.target, primary.host, primary.port, t.attach))
         self.enter("catch-up")
         await self.action(
@@ -436,10 +444,8 @@ class _Job:
             raise RebuildFailed(self.phase, f"{result.action} {self.target}: {result.reason}")
 
     async def sql(self, statements: list[tuple[str, str]], timeout: float) -> None:
-        end = self.owner._endpoint(self.target)
-        login = SqlEndpoint(end.host, end.port, self.owner._user, self.owner._password)
         try:
-            conn = await connect(login, timeout)
+            conn = await connect(self.owner.login(self.target), timeout)
             try:
                 for text, value in statements:
                     self.detail["commands"].append(text.replace("%s", repr(value)))
