@@ -186,8 +186,9 @@ def rebuild_steps(commands: RebuildCommands, target: Endpoint, source: Endpoint)
         swap=script(dst, swap_script(paths, commands.datadir_owner)),
         start_target=optional(commands.start_target),
         restore=script(dst, restore_script(paths)),
+        # The marker first: once it is gone, no restore can take the new datadir away.
         discard_old=script(
-            dst, f"set -eu\nrm -rf {shlex.quote(paths.old)}\nrm -f {shlex.quote(paths.mark)}\n"
+            dst, f"set -eu\nrm -f {shlex.quote(paths.mark)}\nrm -rf {shlex.quote(paths.old)}\n"
         ),
         paths=paths,
     )

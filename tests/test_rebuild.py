@@ -466,3 +466,16 @@ async def test_rebuilder_refuses_bad_settings(commands, target, fragment) -> Non
     assert not result.ok and fragment in result.reason
     assert result.reason.endswith("nothing was changed") and result.detail["commands"] == []
     assert [r.phase for r in reports] == ["failed"]
+
+
+def test_cleanup_removes_the_marker_before_the_old_datadir(paths: RebuildPaths) -> None:
+    """A cleanup cut short must never let a restore take the new datadir away."""
+    steps = rebuild_steps(RebuildCommands(datadirs={"db3": paths.datadir}), TARGET, SOURCE)
+    assert sh(preflight_script(paths)).returncode == 0
+    (Path(paths.staging) / "new-file").write_text("new")
+    assert sh(swap_script(paths, "")).returncode == 0
+    script = steps.discard_old.stdin or ""
+    assert script.index(paths.mark) < script.index(paths.old)
+    assert sh(script).returncode == 0
+    assert sh(restore_script(paths)).returncode == 0
+    assert sorted(p.name for p in Path(paths.datadir).iterdir()) == ["new-file"]

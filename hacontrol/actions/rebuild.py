@@ -520,6 +520,8 @@ class _Job:
         steps = self.steps
         if steps is None or (phase == "check" and "target_free" not in self.detail):
             return "nothing was changed"
+        if phase in ("cleanup", "done"):
+            return f"{self.target} was rebuilt; only the removal of the old datadir was cut short"
         if phase in ("check", "copy", "prepare"):
             await self.best_effort(steps.discard_staging, "remove the staging directory")
             return f"{self.target} and {self.source} untouched"
