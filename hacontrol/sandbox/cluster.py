@@ -256,7 +256,7 @@ class Sandbox:
         if kind == "haproxy":
             config.write_text(render.haproxy_cfg(nodes, router))
         else:  # UNTESTED: no proxysql binary on the development machine
-            admin_pw = write_secret(secrets_dir / "proxysql_admin.password").read_text()
+            admin_pw = write_secret(secrets_dir / "proxysql_admin.password").read_text().strip()
             config.write_text(
                 render.proxysql_cnf(
                     nodes,
