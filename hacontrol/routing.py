@@ -91,6 +91,19 @@ class RouterError(Exception):
     """The router could not be read or changed (down, timed out, refused)."""
 
 
+@dataclass(frozen=True)
+class Drained:
+    """What ``Router.drain`` saw when it returned."""
+
+    node: str
+    idle: bool
+    """True: nothing of the node's writer traffic was in use any more; False: the deadline
+    passed first."""
+    in_use: int
+    """Connections (ProxySQL: ConnUsed) or sessions (HAProxy: scur) still in use at the end."""
+    seconds: float
+
+
 class Router(Protocol):
     """Desired-state interface over one router. Both methods are idempotent."""
 
@@ -114,6 +127,15 @@ class Router(Protocol):
         The hidden group changes only with ``allow_hidden_change`` (an operator's command).
         Never leaves two writers, even for a moment. Raises RouterError when the router
         cannot be changed or does not confirm the change.
+        """
+        ...
+
+    async def drain(self, node: str, *, timeout: float) -> Drained:
+        """Stop new writes from starting on ``node`` (the writer) and wait, at most ``timeout``
+        seconds, until what is in flight there has finished. Existing work is never cut: that
+        is the caller's next step (fence). ``read()`` no longer counts ``node`` as a writer;
+        ``apply`` of any desired state replaces the drain. Raises RouterError when ``node`` is
+        not routed as the writer or the router cannot be changed.
         """
         ...
 

@@ -23,8 +23,8 @@ from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
 from hacontrol.settings import ApiSettings
 from hacontrol.status import to_json
+from tests import mysql_wire as protocol
 from tests.factories import primary, replica, settings
-from tests.proxysql_double import protocol
 from tests.support import fold_all
 
 TOKEN = "s3cret-token-value"
@@ -172,7 +172,7 @@ def closed_by_peer(sock: socket.socket) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# MySQL-protocol servers that misbehave (the wire format: tests/proxysql_double/protocol.py)
+# MySQL-protocol servers that misbehave (the wire format: tests/mysql_wire.py)
 
 Reply = list[bytes] | bytes | Callable[[asyncio.StreamWriter], Awaitable[None]]
 """What a FakeMySQL sends for a query: payloads (framed with sequence ids from 1), raw bytes

@@ -1,7 +1,11 @@
-"""Sandbox fixtures: real mariadbd nodes and HAProxy on free loopback ports in tmp dirs.
+"""Sandbox fixtures: real mariadbd nodes and a real router on free loopback ports in tmp dirs.
 
+The router is the sandbox's default: ProxySQL when a `proxysql` binary is on PATH, else HAProxy.
 `sandbox` (session scope) is shared by tests that only read or that restore what they change;
-`fresh_sandbox` (function scope) is for destructive tests. Both are synchronous fixtures that
+`fresh_sandbox` (function scope) is for destructive tests. `proxysql_sandbox` and
+`haproxy_sandbox` (session scope) pin the router: they are `sandbox` when its router is the one
+asked for, a second sandbox otherwise; `proxysql_sandbox` skips without ProxySQL, saying how to
+get it. All are synchronous fixtures that
 run the async API on a private event loop in a worker thread, so they work with any
 pytest-asyncio loop scope, and both are always torn down: by the fixture finalizer, and by
 `atexit` as a last resort when the session is interrupted.
@@ -22,6 +26,8 @@ import pytest
 
 from hacontrol.sandbox import PortBusyError, Sandbox, SandboxSpec, find_free_base_port
 from hacontrol.sandbox.cluster import find_binary
+from hacontrol.sandbox.model import RouterKind
+from tests.proxysql_real import require_proxysql
 
 T = TypeVar("T")
 
@@ -51,11 +57,15 @@ def _stop(sandbox: Sandbox) -> None:
         run_sync(sandbox.down)
 
 
-def start_sandbox(directory: Path, nodes: int = 3) -> Sandbox:
+def start_sandbox(directory: Path, nodes: int = 3, router: RouterKind | None = None) -> Sandbox:
     """Start a sandbox on free ports; retried when another process grabs a port meanwhile."""
     skip_without_servers()
+    if router == "proxysql":
+        require_proxysql()
     for _ in range(3):
-        spec = SandboxSpec(dir=directory, nodes=nodes, base_port=find_free_base_port(nodes + 3))
+        spec = SandboxSpec(
+            dir=directory, nodes=nodes, base_port=find_free_base_port(nodes + 4), router=router
+        )
         sandbox = Sandbox(spec)
         try:
             run_sync(sandbox.up)
@@ -66,8 +76,10 @@ def start_sandbox(directory: Path, nodes: int = 3) -> Sandbox:
 
 
 @contextlib.contextmanager
-def running_sandbox(directory: Path, nodes: int = 3) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(directory, nodes)
+def running_sandbox(
+    directory: Path, nodes: int = 3, router: RouterKind | None = None
+) -> Iterator[Sandbox]:
+    sandbox = start_sandbox(directory, nodes, router)
     last_resort = functools.partial(_stop, sandbox)
     atexit.register(last_resort)
     try:
@@ -88,4 +100,27 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 def fresh_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """A 3-node sandbox of one's own, for tests that kill, freeze or reconfigure nodes."""
     with running_sandbox(tmp_path_factory.mktemp("sbx") / "sandbox") as sb:
+        yield sb
+
+
+@pytest.fixture(scope="session")
+def proxysql_sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """A 3-node sandbox behind ProxySQL (skipped without one): `sandbox` itself, since ProxySQL
+    is its default router whenever it is installed."""
+    require_proxysql()
+    sb: Sandbox = request.getfixturevalue("sandbox")
+    assert sb.status().router.kind == "proxysql"
+    yield sb
+
+
+@pytest.fixture(scope="session")
+def haproxy_sandbox(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sandbox]:
+    """A 3-node sandbox behind HAProxy: `sandbox` when HAProxy is its router, else its own."""
+    default: Sandbox = request.getfixturevalue("sandbox")
+    if default.status().router.kind == "haproxy":
+        yield default
+        return
+    with running_sandbox(tmp_path_factory.mktemp("sbx") / "sandbox", router="haproxy") as sb:
         yield sb

@@ -28,8 +28,8 @@ from hacontrol.flavors import detect
 from hacontrol.flavors.base import NodeStatus
 from hacontrol.mysqlconn import Endpoint
 from hacontrol.probes.mysql import NodeProbe
+from tests import mysql_wire as protocol
 from tests.fakes import FakeMySQL
-from tests.proxysql_double import protocol
 
 EXAMPLES = int(os.environ.get("HACONTROL_FUZZ_EXAMPLES", "200"))
 NETWORK_EXAMPLES = max(10, EXAMPLES // 10)

@@ -10,8 +10,8 @@ import time
 from hacontrol.events import ConnectionLost
 from hacontrol.mysqlconn import Endpoint
 from hacontrol.probes.mysql import PROBE_MAX_READ, NodeProbe
+from tests import mysql_wire as protocol
 from tests.fakes import FakeMySQL, garbage_server, stream_maximal_packets
-from tests.proxysql_double import protocol
 
 
 def node_probe(port: int, events: list, *, interval: float = 0.1, timeout: float = 2.0):

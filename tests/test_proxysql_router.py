@@ -1,17 +1,19 @@
-"""ProxySQL router: pure row/statement logic, then the router against the admin double.
+"""ProxySQL router: pure row/statement logic, then the router against a real ProxySQL.
 
-The integration tests drive ``ProxySQLRouter`` over real MySQL-protocol connections to
-``tests.proxysql_double.ProxySQLAdminDouble`` (see tests/README.md for what the double does
-not emulate), started in the test's own event loop.
+The integration tests drive ``ProxySQLRouter`` against a real ``proxysql`` (skipped, with how to
+get one, when none is on PATH) through ``AdminTap``, which records every statement and the
+runtime after each one, and lets a test act between two statements: an operator writing at the
+worst moment, a crash or a freeze in the middle of an apply. That ProxySQL runs without its
+monitor (the servers here are names, not databases); the monitor's own behaviour is shown
+against the sandbox in tests/test_proxysql_live.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import tempfile
+import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 
 import aiomysql
 import pytest
@@ -32,14 +34,15 @@ from hacontrol.actions.proxysql import (
     hidden_problem,
     insert_sql,
     membership_of,
+    plan_drain,
     plan_statements,
     set_online_sql,
     sql_literal,
 )
 from hacontrol.routing import Membership, RouterError
 from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings
-from tests.proxysql_double import ProxySQLAdminDouble, ReplicationHostgroupRow
-from tests.proxysql_double import ServerRow as SeedRow
+from tests.proxysql_real import AdminTap, RealProxySQL, pair_sql, runtime_rows, writers_in
+from tests.proxysql_real import Row as SeedRow
 
 HOSTS = {"node1": "db1", "node2": "db2", "node3": "db3", "node4": "db'4", "node5": "db\\5"}
 NODES = tuple(NodeSettings(name=name, host=host, port=3306) for name, host in HOSTS.items())
@@ -114,12 +117,12 @@ def test_rows_from_admin_strings_are_typed() -> None:
     )
 
 
-def test_membership_reads_online_writers_and_readers_only() -> None:
+def test_membership_reads_routing_writers_and_readers_only() -> None:
     rows = [
         row(10, "node1"),
         row(20, "node1"),
-        row(20, "node2", "SHUNNED"),  # the monitor cut it off: not a reader, not broken either
-        row(20, "node3", "OFFLINE_SOFT"),
+        row(20, "node2", "SHUNNED"),  # ProxySQL's health opinion: it routes there again by itself
+        row(20, "node3", "OFFLINE_SOFT"),  # drained: no new traffic
         row(30, "node4", "OFFLINE_HARD"),  # broken and hidden count with any status
         row(40, "node5", "SHUNNED"),
         ServerRow(10, "legacy", 3306),  # not a managed node
@@ -127,7 +130,9 @@ def test_membership_reads_online_writers_and_readers_only() -> None:
         ServerRow(50, "db3", 3306),  # not a managed hostgroup
         ServerRow(10, "DB2", 3306),  # hostnames match exactly
     ]
-    assert membership_of(rows, LAYOUT) == m(["node1"], ["node1"], ["node4"], ["node5"])
+    assert membership_of(rows, LAYOUT) == m(["node1"], ["node1", "node2"], ["node4"], ["node5"])
+    shunned_writer = [row(10, "node2", "SHUNNED"), row(10, "node3", "OFFLINE_HARD")]
+    assert membership_of(shunned_writer, LAYOUT) == m(["node2"])
 
 
 def test_hostgroup_numbers_come_from_settings() -> None:
@@ -144,16 +149,19 @@ def test_hostgroup_numbers_come_from_settings() -> None:
 
 
 def test_differences_name_node_role_and_status() -> None:
-    rows = [row(10, "node1"), row(20, "node2", "SHUNNED"), row(30, "node3")]
+    rows = [row(10, "node1"), row(20, "node2", "OFFLINE_SOFT"), row(30, "node3")]
     assert differences(rows, m(["node2"], ["node2"]), LAYOUT) == (
         "node2 missing from writer hostgroup 10",
         "node3 still in broken hostgroup 30",
         "node1 still in writer hostgroup 10",
-        "node2 is SHUNNED in reader hostgroup 20",
+        "node2 is OFFLINE_SOFT in reader hostgroup 20",
     )
     assert differences(rows, m(["node1"], [], ["node3"]), LAYOUT) == (
         "node2 still in reader hostgroup 20",
     )
+    # SHUNNED routes; an unwanted OFFLINE_HARD row is ProxySQL's leftover of a removed server.
+    runtime = [row(10, "node1", "OFFLINE_HARD"), row(10, "node2", "SHUNNED"), row(20, "node2")]
+    assert differences(runtime, m(["node2"], ["node2"]), LAYOUT) == ()
 
 
 def test_hidden_problem_refuses_any_change_of_hostgroup_40() -> None:
@@ -245,11 +253,14 @@ def test_stale_runtime_is_reloaded_and_stale_disk_resaved() -> None:
         LOAD_TO_RUNTIME,
         SAVE_TO_DISK,
     )
-    shunned = [row(10, "node1", "SHUNNED"), row(20, "node2")]
-    assert plan_statements(desired, config, shunned, config, LAYOUT) == (
+    drained = [row(10, "node1", "OFFLINE_SOFT"), row(20, "node2")]
+    assert plan_statements(desired, config, drained, config, LAYOUT) == (
         LOAD_TO_RUNTIME,
         SAVE_TO_DISK,
     )
+    # A writer ProxySQL shuns is still the writer: no LOAD that would fight its health checks.
+    shunned = [row(10, "node1", "SHUNNED"), row(20, "node2")]
+    assert plan_statements(desired, config, shunned, config, LAYOUT) == ()
     assert plan_statements(desired, config, config, [row(10, "node3")], LAYOUT) == (SAVE_TO_DISK,)
 
 
@@ -316,16 +327,112 @@ def test_conflict_warnings() -> None:
     ]
 
 
-# --- against the admin double -------------------------------------------------------------------
+def test_drain_sets_only_the_writer_row_offline_soft() -> None:
+    config = [row(10, "node1"), row(20, "node1"), row(20, "node2")]
+    assert plan_drain("node1", config, config, LAYOUT) == (
+        "UPDATE mysql_servers SET status = 'OFFLINE_SOFT' "
+        "WHERE hostgroup_id = 10 AND hostname = 'db1' AND port = 3306",
+        LOAD_TO_RUNTIME,
+    )
+    soft = [row(10, "node1", "OFFLINE_SOFT"), row(20, "node1")]
+    assert plan_drain("node1", soft, config, LAYOUT) == (LOAD_TO_RUNTIME,)
+    assert plan_drain("node1", soft, soft, LAYOUT) == ()
+    with pytest.raises(RouterError, match="cannot drain node2: it has no row in writer"):
+        plan_drain("node2", config, config, LAYOUT)
+
+
+def test_a_draining_old_writer_is_loaded_away_before_the_new_one() -> None:
+    # The drained writer's row is gone from memory but still OFFLINE_SOFT in runtime: its
+    # running transactions may still write there, so the new writer waits for its own LOAD.
+    config = [row(20, "node2")]
+    runtime = [row(10, "node1", "OFFLINE_SOFT"), row(20, "node2")]
+    plan = plan_statements(m(["node2"], ["node2"]), config, runtime, runtime, LAYOUT)
+    assert plan[:2] == (LOAD_TO_RUNTIME, insert_sql(row(10, "node2")))
+    gone = [row(10, "node1", "OFFLINE_HARD"), row(20, "node2")]
+    plan = plan_statements(m(["node2"], ["node2"]), config, gone, gone, LAYOUT)
+    assert plan == (insert_sql(row(10, "node2")), LOAD_TO_RUNTIME, SAVE_TO_DISK)
+
+
+# --- against a real ProxySQL --------------------------------------------------------------------
+
+SEED = (
+    seed(10, "node1"),
+    seed(20, "node1"),
+    seed(20, "node2", weight=5, max_connections=77, comment="keep me"),
+    seed(20, "node3"),
+    seed(40, "node5", comment="hidden by ops"),
+    *UNMANAGED,
+)
+
+
+class Admin:
+    """A real ProxySQL and the tap the router under test talks through."""
+
+    def __init__(self, proxysql: RealProxySQL, tap: AdminTap) -> None:
+        self.px = proxysql
+        self.tap = tap
+        self.host, self.port = tap.host, tap.port
+        self.user, self.password = proxysql.user, proxysql.password
+
+    @property
+    def statements(self) -> list[str]:
+        return self.tap.statements
+
+    async def history(self) -> list:
+        await self.tap.settle()
+        return self.tap.history
+
+    async def runtime(self) -> list[tuple[int, str, int, str]]:
+        return await runtime_rows(self.px)
+
+    def after(self, previous: str, action) -> None:
+        """Run ``action()`` once, right after the first statement starting with ``previous``
+        was answered (before the router's next statement reaches ProxySQL)."""
+        done = False
+
+        async def hook(sql: str, before: str | None) -> None:
+            nonlocal done
+            if not done and before is not None and before.startswith(previous):
+                done = True
+                await action()
+
+        self.tap.hooks.append(hook)
+
+
+@pytest.fixture(scope="module")
+def real_proxysql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealProxySQL]:
+    proxysql = RealProxySQL(tmp_path_factory.mktemp("proxysql"))
+    try:
+        yield proxysql
+    finally:
+        proxysql.terminate()
+
+
+@contextlib.asynccontextmanager
+async def tapped(proxysql: RealProxySQL, rows: Sequence[SeedRow], pairs=()):
+    await asyncio.to_thread(proxysql.reset, rows, pairs)
+    tap = await AdminTap(
+        (proxysql.host, proxysql.port), snapshot=lambda: runtime_rows(proxysql)
+    ).start()
+    try:
+        yield Admin(proxysql, tap)
+    finally:
+        await tap.stop()
+
+
+@pytest.fixture
+async def proxysql(real_proxysql: RealProxySQL) -> AsyncIterator[Admin]:
+    async with tapped(real_proxysql, SEED) as admin:
+        yield admin
 
 
 def managed_address(hg: int, hostname: str, port: int, nodes: Sequence[NodeSettings]) -> bool:
     return hg in (10, 20, 30, 40) and any(n.host == hostname and n.port == port for n in nodes)
 
 
-async def admin_rows(double: ProxySQLAdminDouble, table: str) -> list[tuple[str | None, ...]]:
+async def admin_rows(admin: Admin, table: str) -> list[tuple[str | None, ...]]:
     conn = await aiomysql.connect(
-        host=double.host, port=double.port, user=double.user, password=double.password
+        host=admin.px.host, port=admin.px.port, user=admin.user, password=admin.password
     )
     try:
         async with conn.cursor() as cur:
@@ -336,33 +443,30 @@ async def admin_rows(double: ProxySQLAdminDouble, table: str) -> list[tuple[str 
 
 
 async def untouched_rows(
-    double: ProxySQLAdminDouble, nodes: Sequence[NodeSettings] = NODES
+    admin: Admin, nodes: Sequence[NodeSettings] = NODES
 ) -> dict[str, list[tuple[str | None, ...]]]:
     """Every row that is not the controller's, as the admin port sends it, in all three layers."""
     out = {}
     for table in ("mysql_servers", "runtime_mysql_servers", "disk.mysql_servers"):
         out[table] = [
             r
-            for r in await admin_rows(double, table)
+            for r in await admin_rows(admin, table)
             if not managed_address(int(str(r[0])), str(r[1]), int(str(r[2])), nodes)
         ]
     return out
 
 
-def two_writer_snapshots(
-    double: ProxySQLAdminDouble, nodes: Sequence[NodeSettings] = NODES
+async def two_writer_snapshots(
+    admin: Admin, nodes: Sequence[NodeSettings] = NODES
 ) -> list[tuple[str, list]]:
-    """(statement, snapshot) for every runtime snapshot with more than one managed writer."""
-    bad = []
-    for statement, snapshot in zip(double.statements, double.runtime_history, strict=True):
-        writers = [
-            (h, p)
-            for hg, h, p, status in snapshot
-            if hg == 10 and status == "ONLINE" and managed_address(hg, h, p, nodes)
-        ]
-        if len(writers) > 1:
-            bad.append((statement, snapshot))
-    return bad
+    """(statement, runtime after it) for every snapshot with more than one managed writer."""
+    managed = [(n.host, n.port) for n in nodes]
+    history = await admin.history()
+    return [
+        (statement, snapshot)
+        for statement, snapshot in zip(admin.statements, history, strict=True)
+        if len(writers_in(snapshot, managed)) > 1
+    ]
 
 
 def writes(statements: Iterable[str]) -> list[str]:
@@ -370,42 +474,24 @@ def writes(statements: Iterable[str]) -> list[str]:
 
 
 def make_router(
-    double: ProxySQLAdminDouble,
+    admin: Admin,
     nodes: Sequence[NodeSettings] = NODES,
     *,
     timeout: float = 2.0,
     **hostgroups: int,
 ) -> ProxySQLRouter:
     settings = ProxySQLSettings(
-        host=double.host,
-        port=double.port,
-        user=double.user,
-        password=double.password,
+        host=admin.host,
+        port=admin.port,
+        user=admin.user,
+        password=admin.password,
         timeout=timeout,
         **hostgroups,
     )
     return ProxySQLRouter(settings, nodes, RouterSettings(kind="proxysql"))
 
 
-@pytest.fixture
-async def proxysql(tmp_path: Path) -> AsyncIterator[ProxySQLAdminDouble]:
-    double = ProxySQLAdminDouble(
-        datadir=tmp_path / "proxysql",
-        seed_servers=[
-            seed(10, "node1"),
-            seed(20, "node1"),
-            seed(20, "node2", weight=5, max_connections=77, comment="keep me"),
-            seed(20, "node3"),
-            seed(40, "node5", comment="hidden by ops"),
-            *UNMANAGED,
-        ],
-    )
-    await double.start()
-    yield double
-    await double.stop()
-
-
-async def test_apply_sets_exactly_the_managed_rows(proxysql: ProxySQLAdminDouble) -> None:
+async def test_apply_sets_exactly_the_managed_rows(proxysql: Admin) -> None:
     router = make_router(proxysql)
     before = await untouched_rows(proxysql)
     assert await router.read() == m(["node1"], ["node1", "node2", "node3"], hidden=["node5"])
@@ -418,21 +504,8 @@ async def test_apply_sets_exactly_the_managed_rows(proxysql: ProxySQLAdminDouble
     config = await admin_rows(proxysql, "mysql_servers")
     assert ("20", "db2", "3306", "0", "ONLINE", "5", "0", "77", "0", "0", "0", "keep me") in config
     assert ("10", "db2", "3306", "0", "ONLINE", "5", "0", "77", "0", "0", "0", "") in config
-    hidden = (
-        "40",
-        "db\\5",
-        "3306",
-        "0",
-        "ONLINE",
-        "1",
-        "0",
-        "1000",
-        "0",
-        "0",
-        "0",
-        "hidden by ops",
-    )
-    assert hidden in config
+    hidden = ("40", "db\\5", "3306", "0", "ONLINE", "1", "0", "1000", "0", "0", "0")
+    assert (*hidden, "hidden by ops") in config
     # The quoted hostname made it through unchanged, in every layer.
     for table in ("mysql_servers", "runtime_mysql_servers", "disk.mysql_servers"):
         assert ("20", "db'4") in [r[:2] for r in await admin_rows(proxysql, table)]
@@ -445,7 +518,7 @@ async def test_apply_sets_exactly_the_managed_rows(proxysql: ProxySQLAdminDouble
     await router.close()
 
 
-async def test_writer_moves_without_ever_two_writers(proxysql: ProxySQLAdminDouble) -> None:
+async def test_writer_moves_without_ever_two_writers(proxysql: Admin) -> None:
     router = make_router(proxysql)
     for old, new in (("node1", "node2"), ("node2", "node3"), ("node3", "node1")):
         mark = len(proxysql.statements)
@@ -462,22 +535,20 @@ async def test_writer_moves_without_ever_two_writers(proxysql: ProxySQLAdminDoub
             insert_sql(ServerRow(10, HOSTS[new], 3306, weight=5 if new == "node2" else 1,
                                  max_connections=77 if new == "node2" else 1000)),
         ]  # fmt: skip
-    assert len(proxysql.runtime_history) == len(proxysql.statements) > 0
-    assert two_writer_snapshots(proxysql) == []
+    history = await proxysql.history()
+    assert len(history) == len(proxysql.statements) > 0
+    assert await two_writer_snapshots(proxysql) == []
     # The writer hostgroup was empty for a moment, never doubled.
-    assert any(
-        not [r for r in snap if r[0] == 10 and r[1] != "legacy"]
-        for snap in proxysql.runtime_history
-    )
+    assert any(not [r for r in snap if r[0] == 10 and r[1] != "legacy"] for snap in history)
 
 
-async def test_primary_is_reader_is_the_callers_choice(proxysql: ProxySQLAdminDouble) -> None:
+async def test_primary_is_reader_is_the_callers_choice(proxysql: Admin) -> None:
     router = make_router(proxysql)
     await router.apply(m(["node1"], ["node2", "node3"], hidden=["node5"]))
-    runtime = proxysql.runtime_snapshot()
+    runtime = await proxysql.runtime()
     assert (10, "db1", 3306, "ONLINE") in runtime and (20, "db1", 3306, "ONLINE") not in runtime
     await router.apply(m(["node1"], ["node1", "node2", "node3"], hidden=["node5"]))
-    assert (20, "db1", 3306, "ONLINE") in proxysql.runtime_snapshot()
+    assert (20, "db1", 3306, "ONLINE") in await proxysql.runtime()
 
 
 @pytest.mark.parametrize(
@@ -490,136 +561,114 @@ async def test_primary_is_reader_is_the_callers_choice(proxysql: ProxySQLAdminDo
     ],
 )
 async def test_invalid_states_are_refused_before_anything_is_sent(
-    proxysql: ProxySQLAdminDouble, desired: Membership, reason: str
+    proxysql: Admin, desired: Membership, reason: str
 ) -> None:
     router = make_router(proxysql)
-    before = list(proxysql.statements)
     with pytest.raises(RouterError, match="refusing to apply ProxySQL membership") as info:
         await router.apply(desired)
     assert reason in str(info.value)
-    assert proxysql.statements == before and router.statements_sent == []
+    assert proxysql.statements == [] and router.statements_sent == []
 
 
-async def test_changing_who_is_hidden_is_refused(proxysql: ProxySQLAdminDouble) -> None:
+async def test_changing_who_is_hidden_is_refused(proxysql: Admin) -> None:
     router = make_router(proxysql)
-    runtime = proxysql.runtime_snapshot()
+    runtime = await proxysql.runtime()
     for desired in (m(["node1"], ["node1", "node5"]), m(["node1"], hidden=["node5", "node4"])):
         mark = len(proxysql.statements)
         with pytest.raises(RouterError, match="would change the hidden nodes"):
             await router.apply(desired)
         assert writes(proxysql.statements[mark:]) == []  # it read, it wrote nothing
-    assert proxysql.runtime_snapshot() == runtime and router.statements_sent == []
+    assert await proxysql.runtime() == runtime and router.statements_sent == []
 
 
-async def test_shunned_writer_reads_as_not_routing_and_apply_reloads(
-    proxysql: ProxySQLAdminDouble,
-) -> None:
+async def test_a_shunned_writer_is_still_the_writer_and_is_left_alone(proxysql: Admin) -> None:
+    # Configured SHUNNED here; the monitor's own shunning is shown against the sandbox.
+    proxysql.px.admin(
+        "UPDATE mysql_servers SET status = 'SHUNNED' WHERE hostgroup_id = 10",
+        "LOAD MYSQL SERVERS TO RUNTIME",
+    )
     router = make_router(proxysql)
-    desired = m(["node1"], ["node2", "node3"], hidden=["node5"])
-    await router.apply(desired)
-    assert proxysql.set_runtime_status("db1", 3306, "SHUNNED") == 2  # and its hostgroup 50 row
-    assert await router.read() == m([], ["node2", "node3"], hidden=["node5"])
-    mark = len(proxysql.statements)
-    assert await router.apply(desired) is True
-    assert writes(proxysql.statements[mark:]) == [LOAD_TO_RUNTIME, SAVE_TO_DISK]
+    desired = m(["node1"], ["node1", "node2", "node3"], hidden=["node5"])
     assert await router.read() == desired
-
-
-class MonitorShunningDouble(ProxySQLAdminDouble):
-    """Plays a ProxySQL monitor that cannot reach one backend: after every statement that
-    backend is SHUNNED again (a real ProxySQL keeps a shunned server shunned across LOAD)."""
-
-    def __init__(self, *, shunned: tuple[str, int], **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.shunned = shunned
-
-    def _execute(self, query: str):  # type: ignore[no-untyped-def]
-        reply = super()._execute(query)
-        self.set_runtime_status(*self.shunned, "SHUNNED")
-        return reply
-
-
-async def test_unconfirmed_runtime_is_retried_then_an_error(tmp_path: Path) -> None:
-    double = MonitorShunningDouble(
-        datadir=tmp_path / "proxysql", shunned=("db2", 3306), seed_servers=[seed(10, "node1")]
+    assert (10, "db1", 3306, "SHUNNED") in await proxysql.runtime()
+    # Memory says SHUNNED: the controller's row is set ONLINE (a configured status, not health).
+    assert await router.apply(desired) is True
+    assert writes(router.statements_sent)[0].startswith(
+        "UPDATE mysql_servers SET status = 'ONLINE'"
     )
-    await double.start()
-    try:
-        router = make_router(double)
-        with pytest.raises(RouterError) as info:
-            await router.apply(m(["node2"], ["node1"]))
-        assert str(info.value) == (
-            "ProxySQL did not confirm the membership after 3 attempts: "
-            "node2 is SHUNNED in writer hostgroup 10"
-        )
-        assert writes(double.statements).count(LOAD_TO_RUNTIME) == 4  # 2 + one per retry
-        assert two_writer_snapshots(double) == []
-    finally:
-        await double.stop()
+    assert (10, "db1", 3306, "ONLINE") in await proxysql.runtime()
 
 
-class RacingOperatorDouble(ProxySQLAdminDouble):
-    """An operator writing mysql_servers on another admin session at the worst moment: right
-    after the controller inserts the new writer, a second writer row appears."""
+async def test_unconfirmed_runtime_is_retried_then_an_error(proxysql: Admin) -> None:
+    """Someone on another admin session drains node2 after every LOAD the router sends."""
 
-    def __init__(self, *, sneak_in: str, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.sneak_in = sneak_in
+    async def operator(sql: str, before: str | None) -> None:
+        if before == LOAD_TO_RUNTIME:
+            await asyncio.to_thread(
+                proxysql.px.admin,
+                "UPDATE mysql_servers SET status = 'OFFLINE_SOFT' WHERE hostgroup_id = 10",
+                LOAD_TO_RUNTIME,
+            )
 
-    def _execute(self, query: str):  # type: ignore[no-untyped-def]
-        reply = super()._execute(query)
-        if query.startswith("INSERT INTO mysql_servers") and "VALUES (10," in query:
-            self._require_admin().execute(self.sneak_in)
-        return reply
-
-
-async def test_no_load_publishes_a_writer_row_someone_else_added(tmp_path: Path) -> None:
-    double = RacingOperatorDouble(
-        datadir=tmp_path / "proxysql",
-        sneak_in="INSERT INTO mysql_servers (hostgroup_id, hostname) VALUES (10, 'db3')",
-        seed_servers=[seed(10, "node1"), seed(20, "node2")],
+    proxysql.tap.hooks.append(operator)
+    router = make_router(proxysql)
+    with pytest.raises(RouterError) as info:
+        await router.apply(m(["node2"], ["node1"], hidden=["node5"]))
+    assert str(info.value) == (
+        "ProxySQL did not confirm the membership after 3 attempts: "
+        "node2 is OFFLINE_SOFT in writer hostgroup 10"
     )
-    await double.start()
-    try:
-        router = make_router(double)
-        with pytest.raises(RouterError) as info:
-            await router.apply(m(["node2"], ["node2"]))
-        assert str(info.value) == (
-            "refusing to LOAD MYSQL SERVERS TO RUNTIME: mysql_servers holds 2 writers "
-            "['node2', 'node3'] in hostgroup 10 (changed by someone else meanwhile?)"
-        )
-        assert router.statements_sent[-1].startswith("INSERT")  # the second LOAD was not sent
-        assert two_writer_snapshots(double) == []
-        assert double.runtime_snapshot() == [(20, "db2", 3306, "ONLINE")]
-    finally:
-        await double.stop()
+    assert writes(router.statements_sent).count(LOAD_TO_RUNTIME) == 4  # 2 + one per retry
+    assert await two_writer_snapshots(proxysql) == []
 
 
-async def test_proxysql_stopped_during_apply_then_restarted_with_stale_disk(
-    proxysql: ProxySQLAdminDouble,
+async def test_no_load_publishes_a_writer_row_someone_else_added(proxysql: Admin) -> None:
+    sneak_in = "INSERT INTO mysql_servers (hostgroup_id, hostname) VALUES (10, 'db3')"
+    proxysql.after(
+        "INSERT INTO mysql_servers (hostgroup_id, hostname, port, gtid_port, status, weight, "
+        "compression, max_connections, max_replication_lag, use_ssl, max_latency_ms, comment) "
+        "VALUES (10,",
+        lambda: asyncio.to_thread(proxysql.px.admin, sneak_in),
+    )
+    router = make_router(proxysql)
+    with pytest.raises(RouterError) as info:
+        await router.apply(m(["node2"], ["node2"], hidden=["node5"]))
+    assert str(info.value) == (
+        "refusing to LOAD MYSQL SERVERS TO RUNTIME: mysql_servers holds 2 writers "
+        "['node2', 'node3'] in hostgroup 10 (changed by someone else meanwhile?)"
+    )
+    assert router.statements_sent.count(LOAD_TO_RUNTIME) == 1  # the second LOAD was not sent
+    assert await two_writer_snapshots(proxysql) == []
+    assert writers_in(await proxysql.runtime(), [(n.host, n.port) for n in NODES]) == []
+
+
+async def test_proxysql_killed_during_apply_then_restarted_with_stale_disk(
+    proxysql: Admin,
 ) -> None:
+    # An older SAVE left node1 the writer and node2 broken on disk.
+    stale = [seed(10, "node1"), seed(30, "node2"), seed(40, "node5"), *UNMANAGED]
+    proxysql.px.set_disk_rows(stale)
     router = make_router(proxysql, timeout=2.0)
     desired = m(["node2"], ["node2", "node3"], ["node1"], ["node5"])
-    proxysql.delay = 0.05
-    apply = asyncio.create_task(router.apply(desired))
-    async with asyncio.timeout(2):
-        while not writes(proxysql.statements):  # noqa: ASYNC110 (the double has no event)
-            await asyncio.sleep(0.005)  # the first write is the old writer's DELETE
-    started = time.monotonic()
-    await proxysql.stop()
-    with pytest.raises(RouterError, match=r"ProxySQL admin 127\.0\.0\.1:\d+: apply failed at"):
-        await apply
-    assert time.monotonic() - started < 1.0
+    killed_at: list[float] = []
 
-    # It comes back with what an older SAVE left on disk: node1 the writer, node2 broken.
-    proxysql.delay = 0.0
-    proxysql.set_disk_rows([seed(10, "node1"), seed(30, "node2"), seed(40, "node5"), *UNMANAGED])
-    await proxysql.start()
+    async def kill() -> None:
+        killed_at.append(time.monotonic())
+        await proxysql.px.akill()
+
+    proxysql.after("DELETE FROM mysql_servers WHERE hostgroup_id = 10", kill)  # before its LOAD
+    with pytest.raises(RouterError, match=r"ProxySQL admin 127\.0\.0\.1:\d+: apply failed at"):
+        await router.apply(desired)
+    assert time.monotonic() - killed_at[0] < 1.0
+
+    # It comes back (without --initial) with what the older SAVE left on disk.
+    await proxysql.px.astart()
+    proxysql.tap.hooks.clear()
     mark = len(proxysql.statements)
     assert await router.read() == m(["node1"], [], ["node2"], ["node5"])
     assert await router.apply(desired) is True
     assert await router.read() == desired
-    assert two_writer_snapshots(proxysql) == []
+    assert await two_writer_snapshots(proxysql) == []
     disk = [r[:3] for r in await admin_rows(proxysql, "disk.mysql_servers")]
     assert [r for r in disk if r[0] in ("10", "30")] == [
         ("10", "db2", "3306"),
@@ -630,48 +679,50 @@ async def test_proxysql_stopped_during_apply_then_restarted_with_stale_disk(
     assert SAVE_TO_DISK in proxysql.statements[mark:]
 
 
-async def test_slow_proxysql_fails_within_the_timeout(proxysql: ProxySQLAdminDouble) -> None:
+async def test_frozen_proxysql_fails_within_the_timeout(proxysql: Admin) -> None:
     router = make_router(proxysql, timeout=0.4)
-    proxysql.delay = 1.0
-    for call in (
-        router.read,
-        lambda: router.apply(m(["node2"], hidden=["node5"])),
-        router.conflicts,
-    ):
-        started = time.monotonic()
-        with pytest.raises(RouterError, match=r"timed out after 0.4 s"):
-            await call()
-        assert time.monotonic() - started < 0.7
-    proxysql.delay = 0.0
-    await asyncio.sleep(1.1)  # let the abandoned statements finish (they were SELECTs)
+    proxysql.px.freeze()
+    try:
+        for call in (
+            router.read,
+            lambda: router.apply(m(["node2"], hidden=["node5"])),
+            router.conflicts,
+        ):
+            started = time.monotonic()
+            with pytest.raises(RouterError, match=r"timed out after 0.4 s"):
+                await call()
+            assert time.monotonic() - started < 0.7
+    finally:
+        proxysql.px.thaw()
+    await asyncio.sleep(0.5)  # the abandoned connections are served now, and closed
     assert writes(proxysql.statements) == []
+    assert await router.read() == m(["node1"], ["node1", "node2", "node3"], hidden=["node5"])
 
 
-async def test_unreachable_or_refused_proxysql_is_a_router_error(
-    proxysql: ProxySQLAdminDouble,
-) -> None:
+async def test_unreachable_or_refused_proxysql_is_a_router_error(proxysql: Admin) -> None:
     router = make_router(proxysql)
     wrong = ProxySQLRouter(
-        ProxySQLSettings(host=proxysql.host, port=proxysql.port, password="nope"), NODES
+        ProxySQLSettings(host=proxysql.px.host, port=proxysql.px.port, password="nope"), NODES
     )
     with pytest.raises(RouterError, match="read failed at connect: 1045: ProxySQL Error: Access"):
         await wrong.read()
-    await proxysql.stop()
+    await proxysql.px.akill()
+    with pytest.raises(RouterError, match="read failed at connect: 2013"):
+        await router.read()  # the tap accepts, then finds ProxySQL gone
+    direct = ProxySQLRouter(
+        ProxySQLSettings(host=proxysql.px.host, port=proxysql.px.port, password="x"), NODES
+    )
     with pytest.raises(RouterError, match="read failed at connect: 2003"):
-        await router.read()
+        await direct.read()
     with pytest.raises(RouterError, match="conflicts failed at connect"):
         await router.check_startup()
 
 
-async def test_other_hostgroup_numbers_are_honoured(tmp_path: Path) -> None:
-    double = ProxySQLAdminDouble(
-        datadir=tmp_path / "p",
-        seed_servers=[seed(11, "node1"), seed(10, "node2"), seed(44, "node3")],
-    )
-    await double.start()
-    try:
+async def test_other_hostgroup_numbers_are_honoured(real_proxysql: RealProxySQL) -> None:
+    rows = [seed(11, "node1"), seed(10, "node2"), seed(44, "node3")]
+    async with tapped(real_proxysql, rows) as admin:
         router = make_router(
-            double,
+            admin,
             writer_hostgroup=11,
             reader_hostgroup=21,
             broken_hostgroup=31,
@@ -679,54 +730,67 @@ async def test_other_hostgroup_numbers_are_honoured(tmp_path: Path) -> None:
         )
         assert await router.read() == m(["node1"], hidden=["node3"])
         await router.apply(m(["node1"], ["node1", "node2"], hidden=["node3"]))
-        assert sorted(double.runtime_snapshot()) == [
+        assert sorted(await admin.runtime()) == [
             (10, "db2", 3306, "ONLINE"),  # hostgroup 10 is not managed here
             (11, "db1", 3306, "ONLINE"),
             (21, "db1", 3306, "ONLINE"),
             (21, "db2", 3306, "ONLINE"),
             (44, "db3", 3306, "ONLINE"),
         ]
-    finally:
-        await double.stop()
 
 
 @pytest.mark.parametrize(
     ("pair", "expected"),
     [((10, 20), ["writer_hostgroup=10 reader_hostgroup=20"]), ((50, 60), []), ((60, 30), ["[30]"])],
 )
-async def test_replication_hostgroups_over_managed_ones_block_startup(
-    tmp_path: Path, pair: tuple[int, int], expected: list[str]
+async def test_replication_hostgroups_over_managed_ones_block_startup_and_apply(
+    real_proxysql: RealProxySQL, pair: tuple[int, int], expected: list[str]
 ) -> None:
-    double = ProxySQLAdminDouble(
-        datadir=tmp_path / "p",
-        seed_servers=[seed(10, "node1"), seed(50, "node2")],
-        seed_replication_hostgroups=[ReplicationHostgroupRow(*pair)],
-    )
-    await double.start()
-    try:
-        router = make_router(double)
+    async with tapped(
+        real_proxysql, [seed(10, "node1"), seed(50, "node2")], [pair_sql(*pair)]
+    ) as admin:
+        router = make_router(admin)
         warnings = await router.conflicts()
         assert len(warnings) == len(expected)
         for warning, text in zip(warnings, expected, strict=True):
             assert text in warning and "fights hacontrol" in warning
+        desired = m(["node1"], ["node1"])
         if expected:
             with pytest.raises(RouterError, match="refusing to start until fixed") as info:
                 await router.check_startup()
             assert expected[0] in str(info.value)
+            with pytest.raises(RouterError, match="while ProxySQL's monitor routes"):
+                await router.apply(desired)
+            assert writes(admin.statements) == []
         else:
             await router.check_startup()
-        assert writes(double.statements) == []
-    finally:
-        await double.stop()
+            assert await router.apply(desired) is True
 
 
-async def test_unmanaged_writer_is_a_conflict(proxysql: ProxySQLAdminDouble) -> None:
+async def test_unmanaged_writer_is_a_conflict(proxysql: Admin) -> None:
     warnings = await make_router(proxysql).conflicts()
     assert warnings == [
         "server legacy:3306 (ONLINE) is in writer hostgroup 10 but is not a managed node: "
         "ProxySQL sends writes to it too. Move it to another hostgroup, or add it to the nodes "
         "setting"
     ]
+
+
+async def test_drain_of_an_idle_writer_and_its_undoing(proxysql: Admin) -> None:
+    router = make_router(proxysql)
+    drained = await router.drain("node1", timeout=2.0)
+    assert drained.node == "node1" and drained.idle and drained.in_use == 0
+    assert (10, "db1", 3306, "OFFLINE_SOFT") in await proxysql.runtime()
+    assert (20, "db1", 3306, "ONLINE") in await proxysql.runtime()  # reads go on
+    assert await router.read() == m([], ["node1", "node2", "node3"], hidden=["node5"])
+    assert SAVE_TO_DISK not in router.statements_sent
+    assert (await router.drain("node1", timeout=1.0)).idle  # again: nothing more is sent
+    assert writes(router.statements_sent).count(LOAD_TO_RUNTIME) == 1
+    with pytest.raises(RouterError, match="cannot drain node2: it has no row in writer"):
+        await router.drain("node2", timeout=1.0)
+    back = m(["node1"], ["node1", "node2", "node3"], hidden=["node5"])
+    assert await router.apply(back) is True
+    assert await router.read() == back
 
 
 # --- property: any sequence of desired states --------------------------------------------------
@@ -759,29 +823,28 @@ def scenarios(draw: st.DrawFn) -> tuple[tuple[str, ...], list[SeedRow], list[Mem
 
 
 async def run_scenario(
-    datadir: Path, names: Sequence[str], initial: Sequence[SeedRow], states: Sequence[Membership]
+    proxysql: RealProxySQL,
+    names: Sequence[str],
+    initial: Sequence[SeedRow],
+    states: Sequence[Membership],
 ) -> None:
     nodes = [n for n in NODES if n.name in names]
-    double = ProxySQLAdminDouble(datadir=datadir, seed_servers=[*initial, *UNMANAGED])
-    await double.start()
-    try:
-        router = make_router(double, nodes)
-        before = await untouched_rows(double, nodes)
+    async with tapped(proxysql, [*initial, *UNMANAGED]) as admin:
+        router = make_router(admin, nodes)
+        before = await untouched_rows(admin, nodes)
         for desired in states:
             await router.apply(desired)
             assert await router.read() == desired
             assert await router.apply(desired) is False
-        assert two_writer_snapshots(double, nodes) == []
-        assert await untouched_rows(double, nodes) == before
-    finally:
-        await double.stop()
+        assert await two_writer_snapshots(admin, nodes) == []
+        assert await untouched_rows(admin, nodes) == before
 
 
 @settings(max_examples=30, deadline=None)
-@given(scenarios())
+@given(scenario=scenarios())
 def test_any_sequence_of_states_never_shows_two_writers(
+    real_proxysql: RealProxySQL,
     scenario: tuple[tuple[str, ...], list[SeedRow], list[Membership]],
 ) -> None:
     names, initial, states = scenario
-    with tempfile.TemporaryDirectory() as datadir:
-        asyncio.run(run_scenario(Path(datadir), names, initial, states))
+    asyncio.run(run_scenario(real_proxysql, names, initial, states))

@@ -1,4 +1,5 @@
-"""The sandbox: real mariadbd nodes behind a real HAProxy on 127.0.0.1."""
+"""The sandbox: real mariadbd nodes behind a real router (ProxySQL when on PATH, else HAProxy)
+on 127.0.0.1. What is specific to ProxySQL's traffic port is in tests/test_proxysql_live.py."""
 
 from __future__ import annotations
 
@@ -168,6 +169,43 @@ def test_settings_toml_has_the_controller_schema() -> None:
     assert doc["smtp"] == {"host": ""}
 
 
+def test_proxysql_config_is_what_an_operator_writes() -> None:
+    router = RouterInfo("proxysql", "127.0.0.1", 30003, 30004, "127.0.0.1:30005", 30005, None, "/c")
+    cnf = render.proxysql_cnf(
+        fake_nodes(),
+        router,
+        datadir="/sb/router",
+        admin_password="adm'pw",
+        app_password="app-pw",
+        monitor_password="mon-pw",
+    )
+    lines = [line.strip() for line in cnf.splitlines()]
+    assert 'admin_credentials="admin:adm\'pw"' in lines
+    assert 'mysql_ifaces="127.0.0.1:30005"' in lines  # loopback only
+    assert 'interfaces="127.0.0.1:30003;127.0.0.1:30004"' in lines
+    assert 'monitor_username="monitor"' in lines and 'monitor_password="mon-pw"' in lines
+    for key in ("connect_retries_on_failure", "query_retries_on_failure"):
+        assert f"{key}={render.PROXYSQL_MYSQL_VARIABLES[key]}" in lines
+    assert "query_retries_on_failure=0" in lines  # a write is never sent twice
+    assert "replication_hostgroups" not in cnf  # ProxySQL's read_only monitor would fight us
+    servers = [line for line in lines if line.startswith("{ address=")]
+    assert servers == [
+        '{ address="127.0.0.1", port=30000, hostgroup=10 },',
+        '{ address="127.0.0.1", port=30000, hostgroup=20 },',
+        '{ address="127.0.0.1", port=30001, hostgroup=20 },',
+        '{ address="127.0.0.1", port=30002, hostgroup=20 }',
+    ]
+    assert (
+        '{ username="app", password="app-pw", default_hostgroup=10, transaction_persistent=1 }'
+        in lines
+    )
+    rules = [line for line in lines if line.startswith("{ rule_id=")]
+    assert [r.split(",")[0] for r in rules] == ["{ rule_id=1", "{ rule_id=2", "{ rule_id=3"]
+    assert "proxy_port=30004, destination_hostgroup=20" in rules[0]  # the reader port
+    assert 'match_digest="^SELECT.*FOR UPDATE", destination_hostgroup=10' in rules[1]
+    assert 'match_digest="^SELECT", destination_hostgroup=20, retries=1' in rules[2]
+
+
 def test_settings_toml_for_proxysql_names_the_admin_interface() -> None:
     router = RouterInfo("proxysql", "127.0.0.1", 30003, 30003, "127.0.0.1:30005", 30005, None, "/c")
     doc = tomllib.loads(
@@ -233,7 +271,10 @@ async def test_insert_through_writer_lands_on_primary_and_replicates_within_a_se
     row_id = unique_id()
     writer = await sandbox.connect("writer", "app", db="app")
     try:
+        # Inside a transaction: ProxySQL's read/write split sends a lone SELECT to a reader.
+        await fetch(writer, "START TRANSACTION")
         [(server_id,)] = await fetch(writer, "SELECT @@server_id")
+        await fetch(writer, "COMMIT")
         assert server_id == sandbox.status().primary.server_id
         await fetch(writer, "INSERT INTO writes (id, node) VALUES (%s, @@server_id)", (row_id,))
         committed = time.monotonic()
@@ -260,8 +301,11 @@ async def test_insert_through_writer_lands_on_primary_and_replicates_within_a_se
 
 @pytest.mark.integration
 async def test_reader_port_reaches_every_node(sandbox: Sandbox) -> None:
+    # HAProxy goes round robin; ProxySQL picks at random by weight: ask until all answered.
     seen = set()
-    for _ in range(6):
+    for _ in range(60):
+        if seen == {1, 2, 3}:
+            break
         conn = await sandbox.connect("reader", "app")
         try:
             [(server_id,)] = await fetch(conn, "SELECT @@server_id")
@@ -323,6 +367,7 @@ async def test_users_are_least_privilege_and_no_anonymous_user(sandbox: Sandbox)
         assert users == {
             ("app", "%"),
             ("hacontrol", "%"),
+            ("monitor", "%"),
             ("repl", "%"),
             ("root", "localhost"),
             ("mariadb.sys", "localhost"),
@@ -330,6 +375,13 @@ async def test_users_are_least_privilege_and_no_anonymous_user(sandbox: Sandbox)
         granted = grants[0][0].split(" ON ")[0].removeprefix("GRANT ")
         expected = GRANTS[0].split(" ON ")[0].removeprefix("GRANT ")
         assert set(granted.split(", ")) == set(expected.split(", "))
+        conn = await root_conn(sandbox, name)
+        try:
+            monitor = [g for (g,) in await fetch(conn, "SHOW GRANTS FOR 'monitor'@'%'")]
+        finally:
+            conn.close()
+        assert len(monitor) == 1  # ProxySQL's monitor: SLAVE MONITOR on *.*, nothing else
+        assert monitor[0].startswith("GRANT SLAVE MONITOR ON *.* TO `monitor`@`%`")
 
 
 @pytest.mark.integration
@@ -386,14 +438,22 @@ def test_generated_settings_point_at_the_sandbox(sandbox: Sandbox) -> None:
         assert path.is_absolute()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert path.read_text().strip() == sandbox.password(role)
-    assert doc["router"]["kind"] == "haproxy"
+    assert doc["router"]["kind"] == info.router.kind
     assert doc["router"]["primary_is_reader"] is True
-    assert doc["router"]["haproxy"] == {
-        "socket": info.router.admin,
-        "writer_backend": "writer",
-        "reader_backend": "readers",
-    }
-    assert Path(info.router.admin).is_socket()
+    if info.router.kind == "haproxy":
+        assert doc["router"]["haproxy"] == {
+            "socket": info.router.admin,
+            "writer_backend": "writer",
+            "reader_backend": "readers",
+        }
+        assert Path(info.router.admin).is_socket()
+    else:
+        proxysql = doc["router"]["proxysql"]
+        assert (proxysql["host"], proxysql["port"]) == ("127.0.0.1", info.router.admin_port)
+        assert proxysql["user"] == "admin"
+        secret = Path(proxysql["password_file"])
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert len(secret.read_text().strip()) >= 20 and secret.read_text().endswith("\n")
     assert set(doc) == {
         "cluster",
         "nodes",
@@ -427,7 +487,7 @@ def test_cli_status_json_has_the_documented_shape(sandbox: Sandbox) -> None:
     assert {
         k: doc["router"][k] for k in ("kind", "host", "writer_port", "reader_port", "admin")
     } == {
-        "kind": "haproxy",
+        "kind": router.kind,
         "host": "127.0.0.1",
         "writer_port": router.writer_port,
         "reader_port": router.reader_port,

@@ -35,11 +35,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from hacontrol.routing import Membership, RouterError, desired_state_problem
+from hacontrol.routing import Drained, Membership, RouterError, desired_state_problem
 from hacontrol.settings import HAProxySettings
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,28 @@ def managed_backends(
             f"same name in backends {writer_backend!r} and {reader_backend!r}"
         )
     return Backends(writer=by_backend[writer_backend], reader=by_backend[reader_backend])
+
+
+def parse_stat_sessions(answer: str, backend: str, server: str) -> int:
+    """Current sessions (``scur``) of one server from ``show stat`` (CSV, named header).
+
+    Raises RouterError when the answer has no such server or is not that CSV.
+    """
+    lines = [line for line in answer.splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("# "):
+        raise RouterError(f"unexpected answer to 'show stat': {_excerpt(answer)}")
+    columns = lines[0][2:].split(",")
+    try:
+        px, sv, scur = (columns.index(name) for name in ("pxname", "svname", "scur"))
+    except ValueError:
+        raise RouterError(f"'show stat' header lacks pxname/svname/scur: {lines[0]!r}") from None
+    for line in lines[1:]:
+        fields = line.split(",")
+        if len(fields) > scur and fields[px] == backend and fields[sv] == server:
+            if not fields[scur].isdigit():
+                raise RouterError(f"'show stat' scur is not a number: {line!r}")
+            return int(fields[scur])
+    raise RouterError(f"'show stat' has no server {backend}/{server}")
 
 
 def expected_readback(desired: Membership, nodes: Iterable[str]) -> Membership:
@@ -364,6 +387,32 @@ class HAProxyRouter:
 
     async def close(self) -> None:
         """Nothing to close: every command uses its own connection."""
+
+    async def drain(self, node: str, *, timeout: float, poll: float = 0.02) -> Drained:
+        """Put ``node``'s server in the writer backend in DRAIN and wait until it has no
+        session (``scur`` 0) or ``timeout`` seconds passed.
+
+        The closest HAProxy has to ProxySQL's OFFLINE_SOFT, with its limits (docs/haproxy.md):
+        HAProxy sees TCP connections, not transactions, so a client idling on a pooled
+        connection keeps its session and the drain lasts until the deadline; and with no other
+        ready writer, HAProxy cannot hold a new connection until one is back: it closes it
+        (the client sees error 2013 and reconnects).
+        """
+        backend = self.settings.writer_backend
+        current = await self.read_backends()
+        server = current.writer.get(node)
+        if server is None or server.admin is Admin.MAINT:
+            raise RouterError(f"cannot drain {node}: it is not routed in backend {backend!r}")
+        started = time.monotonic()
+        if server.admin is Admin.READY:
+            await self._write(_set_state(backend, node, Admin.DRAIN))
+        while True:
+            in_use = parse_stat_sessions(await self._call("show stat"), backend, node)
+            elapsed = time.monotonic() - started
+            if in_use == 0 or elapsed >= timeout:
+                log.info("haproxy: drained %s in %.3f s, %d sessions left", node, elapsed, in_use)
+                return Drained(node, in_use == 0, in_use, round(elapsed, 3))
+            await asyncio.sleep(min(poll, timeout - elapsed))
 
     def _plan(self, current: Backends, desired: Membership) -> tuple[str, ...]:
         return plan_commands(

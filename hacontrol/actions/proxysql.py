@@ -8,14 +8,19 @@ port. Hidden (40) rows belong to the operator: they are never written either, an
 state that would change who is hidden is refused.
 
 - ``read()`` is what ProxySQL really does, from ``runtime_mysql_servers``: ``writers`` and
-  ``readers`` are managed nodes with an ONLINE row in the writer / reader hostgroup; ``broken``
-  and ``hidden`` are managed nodes with a row (any status) in the broken / hidden hostgroup. A
-  SHUNNED or OFFLINE_* row in the writer or reader hostgroup is not routing and reads back as
-  nothing: the node is simply absent from that set (not "broken": that is hostgroup 30 only).
+  ``readers`` are managed nodes with an ONLINE or SHUNNED row in the writer / reader hostgroup;
+  ``broken`` and ``hidden`` are managed nodes with a row (any status) in the broken / hidden
+  hostgroup. SHUNNED is ProxySQL's own health opinion, not a routing change: it sends traffic
+  to a shunned server again by itself as soon as the server answers, so a shunned writer is
+  still a writer. OFFLINE_SOFT (drained) and OFFLINE_HARD (removed, last connections closing)
+  rows take no new traffic and read back as nothing (not "broken": that is hostgroup 30 only).
 - ``apply()`` compares the desired state with the configuration (``mysql_servers``), the
   runtime and the disk copy. Equal everywhere: nothing is sent. Otherwise it writes the rows
   that differ, ``LOAD MYSQL SERVERS TO RUNTIME``, ``SAVE MYSQL SERVERS TO DISK``, reads the
   runtime back and retries (bounded) until it matches.
+- ``drain(node)`` sets the writer row OFFLINE_SOFT (no new transaction starts there, running
+  ones finish) and waits until ``stats_mysql_connection_pool`` shows none of its connections in
+  use, or a deadline.
 - Never two writers: writes to ``mysql_servers`` become visible only at LOAD, so the rule is
   about what each LOAD publishes. Rows leaving the writer hostgroup are deleted and loaded
   first; only then is the new writer inserted and loaded. Right before every LOAD the
@@ -32,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
@@ -40,7 +46,7 @@ import aiomysql
 import pymysql
 
 from hacontrol.mysqlconn import Endpoint, connect, describe_error, execute
-from hacontrol.routing import Membership, Role, RouterError, desired_state_problem
+from hacontrol.routing import Drained, Membership, Role, RouterError, desired_state_problem
 from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,13 @@ T = TypeVar("T")
 
 DEFAULT_ATTEMPTS = 3
 ONLINE = "ONLINE"
+SHUNNED = "SHUNNED"
+OFFLINE_SOFT = "OFFLINE_SOFT"
+OFFLINE_HARD = "OFFLINE_HARD"
+ROUTING = frozenset({ONLINE, SHUNNED})
+"""Statuses of a writer/reader row that route. SHUNNED is ProxySQL's own passing opinion of the
+server's health: it tries the server again by itself (after mysql-shun_recovery_time_sec, on the
+next connection attempt) and routes to it as soon as it answers."""
 LOAD_TO_RUNTIME = "LOAD MYSQL SERVERS TO RUNTIME"
 SAVE_TO_DISK = "SAVE MYSQL SERVERS TO DISK"
 
@@ -57,7 +70,8 @@ RUNTIME_TABLE = "runtime_mysql_servers"
 DISK_TABLE = "disk.mysql_servers"
 
 ROUTED = (Role.WRITER, Role.READER)
-"""Roles whose row must be ONLINE to count: ProxySQL sends no new traffic to other statuses."""
+"""Roles whose row counts only with a ROUTING status: ProxySQL sends no new traffic to an
+OFFLINE_SOFT or OFFLINE_HARD row."""
 
 TEMPLATE_ORDER = (Role.READER, Role.WRITER, Role.BROKEN, Role.HIDDEN)
 """Where a new row copies its column values from: the first existing row of the same server."""
@@ -207,10 +221,10 @@ class Layout:
 
 
 def membership_of(rows: Iterable[ServerRow], layout: Layout) -> Membership:
-    """What the rows route: ONLINE writer/reader rows; any row in broken/hidden."""
+    """What the rows route: ONLINE or SHUNNED writer/reader rows; any row in broken/hidden."""
     by_role: dict[Role, set[str]] = {role: set() for role in Role}
     for (role, node), row in layout.managed(rows).items():
-        if role not in ROUTED or row.status == ONLINE:
+        if role not in ROUTED or row.status in ROUTING:
             by_role[role].add(node)
     return Membership.of(
         writers=by_role[Role.WRITER],
@@ -236,7 +250,10 @@ def wanted_keys(desired: Membership) -> frozenset[Key]:
 def differences(rows: Iterable[ServerRow], desired: Membership, layout: Layout) -> tuple[str, ...]:
     """How the managed rows differ from ``desired``; empty when they match exactly.
 
-    Matching means: exactly the wanted (hostgroup, node) rows, and writer/reader rows ONLINE.
+    Matching means: exactly the wanted (hostgroup, node) rows, and writer/reader rows routing
+    (ONLINE, or SHUNNED by ProxySQL's health checks). An unwanted writer/reader row that is
+    OFFLINE_HARD does not count: that is how ProxySQL shows a removed server until its last
+    connection closes, and it takes no traffic.
     """
     have = layout.managed(rows)
     want = wanted_keys(desired)
@@ -246,12 +263,14 @@ def differences(rows: Iterable[ServerRow], desired: Membership, layout: Layout) 
         for role, node in sorted(want - have.keys())
     ]
     out += [
-        f"{node} still in {role} hostgroup {hg(role)}" for role, node in sorted(have.keys() - want)
+        f"{node} still in {role} hostgroup {hg(role)}"
+        for role, node in sorted(have.keys() - want)
+        if not (role in ROUTED and have[(role, node)].status == OFFLINE_HARD)
     ]
     out += [
         f"{node} is {have[(role, node)].status} in {role} hostgroup {hg(role)}"
         for role, node in sorted(want & have.keys())
-        if role in ROUTED and have[(role, node)].status != ONLINE
+        if role in ROUTED and have[(role, node)].status not in ROUTING
     ]
     return tuple(out)
 
@@ -386,9 +405,9 @@ def plan_statements(
         hidden_adds, hidden_removals = _converge(Role.HIDDEN, desired.hidden, existing, layout)
         rest += [*hidden_adds, *hidden_removals]
     if demotions or rest:
-        stale_writer = any(
-            role is Role.WRITER and node not in desired.writers
-            for role, node in layout.managed(runtime)
+        stale_writer = any(  # still a writer, or draining: in-flight writes may land there
+            role is Role.WRITER and node not in desired.writers and row.status != OFFLINE_HARD
+            for (role, node), row in layout.managed(runtime).items()
         )
         if writer_adds and (demotions or stale_writer):
             return (*demotions, LOAD_TO_RUNTIME, *rest, LOAD_TO_RUNTIME, SAVE_TO_DISK)
@@ -398,6 +417,42 @@ def plan_statements(
     if differences(disk, desired, layout):
         return (SAVE_TO_DISK,)
     return ()
+
+
+def set_status_sql(row: ServerRow, status: str) -> str:
+    return f"UPDATE mysql_servers SET status = {sql_literal(status)} {_where(row)}"
+
+
+def plan_drain(
+    node: str, config: Iterable[ServerRow], runtime: Iterable[ServerRow], layout: Layout
+) -> tuple[str, ...]:
+    """The statements that set ``node``'s writer row OFFLINE_SOFT in memory and runtime.
+
+    Nothing else changes: its reader row keeps serving reads, no row is added or removed, and
+    nothing is saved to disk (a drain is a moment of a switchover; a ProxySQL restarted
+    meanwhile comes back with the last saved membership, which the next apply corrects).
+    Raises RouterError when the node has no writer row in the configuration.
+    """
+    key = (Role.WRITER, node)
+    row = layout.managed(config).get(key)
+    if row is None:
+        raise RouterError(
+            f"cannot drain {node}: it has no row in writer hostgroup {layout.hostgroups.writer}"
+        )
+    live = layout.managed(runtime).get(key)
+    if row.status != OFFLINE_SOFT:
+        return (set_status_sql(row, OFFLINE_SOFT), LOAD_TO_RUNTIME)
+    if live is None or live.status != OFFLINE_SOFT:
+        return (LOAD_TO_RUNTIME,)
+    return ()
+
+
+def connections_in_use_sql(hostgroup_id: int, hostname: str, port: int) -> str:
+    return (
+        "SELECT ConnUsed FROM stats_mysql_connection_pool "
+        f"WHERE hostgroup = {sql_literal(hostgroup_id)} AND srv_host = {sql_literal(hostname)} "
+        f"AND srv_port = {sql_literal(port)}"
+    )
 
 
 def extra_writers(config: Iterable[ServerRow], layout: Layout) -> list[str]:
@@ -545,6 +600,32 @@ class ProxySQLRouter:
     async def close(self) -> None:
         """Nothing to close: every call uses its own connection and closes it."""
 
+    async def drain(self, node: str, *, timeout: float, poll: float = 0.02) -> Drained:
+        """Set ``node``'s writer row OFFLINE_SOFT and wait until none of its writer connections
+        is in use (``stats_mysql_connection_pool.ConnUsed`` 0) or ``timeout`` seconds passed.
+
+        OFFLINE_SOFT: a transaction running there finishes (its connection is closed when it
+        returns to the pool); a new statement for the writer hostgroup finds no server and is
+        held by ProxySQL (``mysql-connect_timeout_server_max``) until a writer is back: a pause
+        for the client, not an error. A session that disabled multiplexing (user variables,
+        ``LOCK TABLES``, ``GET_LOCK`` ...) keeps its connection while idle and holds the drain
+        until the deadline. See docs/proxysql.md.
+        """
+        if node not in self.layout.names():
+            raise RouterError(f"cannot drain {node}: not a managed node")
+        started = time.monotonic()
+        await self._call("drain", lambda session: self._start_drain(session, node))
+        host, port = self.layout.address(node)
+        sql = connections_in_use_sql(self.layout.hostgroups.writer, host, port)
+        while True:
+            rows = await self._call("drain wait", lambda session: session.query(sql))
+            in_use = sum(int(row["ConnUsed"]) for row in rows)
+            elapsed = time.monotonic() - started
+            if in_use == 0 or elapsed >= timeout:
+                log.info("proxysql: drained %s in %.3f s, %d in use", node, elapsed, in_use)
+                return Drained(node, in_use == 0, in_use, round(elapsed, 3))
+            await asyncio.sleep(min(poll, timeout - elapsed))
+
     # --- conflicts ---
 
     async def conflicts(self) -> list[str]:
@@ -569,6 +650,11 @@ class ProxySQLRouter:
         self, session: _Session, desired: Membership, allow_hidden_change: bool = False
     ) -> bool:
         ids = self.layout.hostgroups.ids()
+        if pairs := await self._pair_conflicts(session):
+            raise RouterError(
+                "refusing to apply ProxySQL membership while ProxySQL's monitor routes the same "
+                "hostgroups by read_only (hacontrol would fight it): " + "; ".join(pairs)
+            )
         sent = False
         for attempt in range(1, self._attempts + 1):
             config = await session.servers(CONFIG_TABLE, ids)
@@ -606,6 +692,17 @@ class ProxySQLRouter:
             + "; ".join(difference)
         )
 
+    async def _start_drain(self, session: _Session, node: str) -> None:
+        ids = (self.layout.hostgroups.writer,)
+        config = await session.servers(CONFIG_TABLE, ids)
+        runtime = await session.servers(RUNTIME_TABLE, ids)
+        for sql in plan_drain(node, config, runtime, self.layout):
+            if sql == LOAD_TO_RUNTIME:
+                await self._check_before_load(session)
+            self.statements_sent.append(sql)
+            await session.query(sql)
+            log.info("proxysql: %s", sql)
+
     async def _check_before_load(self, session: _Session) -> None:
         """The last guard: never LOAD a configuration with two managed writers (someone else
         may have written mysql_servers meanwhile)."""
@@ -617,36 +714,40 @@ class ProxySQLRouter:
                 "else meanwhile?)"
             )
 
-    async def _conflicts(self, session: _Session) -> list[str]:
+    async def _replication_hostgroups(
+        self, session: _Session
+    ) -> tuple[list[ReplicationHostgroup], list[ReplicationHostgroup]]:
+        """(active in runtime, configured) mysql_replication_hostgroups rows."""
         columns = "writer_hostgroup, reader_hostgroup, check_type, comment"
-        pairs = {
-            table: [
-                ReplicationHostgroup.from_admin(row)
-                for row in await session.query(f"SELECT {columns} FROM {table}")
-            ]
-            for table in ("runtime_mysql_replication_hostgroups", "mysql_replication_hostgroups")
-        }
+        found = []
+        for table in ("runtime_mysql_replication_hostgroups", "mysql_replication_hostgroups"):
+            rows = await session.query(f"SELECT {columns} FROM {table}")
+            found.append([ReplicationHostgroup.from_admin(row) for row in rows])
+        return found[0], found[1]
+
+    async def _pair_conflicts(self, session: _Session) -> list[str]:
+        runtime_pairs, config_pairs = await self._replication_hostgroups(session)
+        return conflict_warnings(runtime_pairs, config_pairs, (), self.layout)
+
+    async def _conflicts(self, session: _Session) -> list[str]:
+        runtime_pairs, config_pairs = await self._replication_hostgroups(session)
         writer_rows = await session.servers(RUNTIME_TABLE, (self.layout.hostgroups.writer,))
-        return conflict_warnings(
-            pairs["runtime_mysql_replication_hostgroups"],
-            pairs["mysql_replication_hostgroups"],
-            writer_rows,
-            self.layout,
-        )
+        return conflict_warnings(runtime_pairs, config_pairs, writer_rows, self.layout)
 
     async def _call(self, what: str, body: Callable[[_Session], Awaitable[T]]) -> T:
         """Run ``body`` on a fresh connection, everything within ``settings.timeout``.
 
-        Applies run one at a time (the lock is waited for within the same deadline); reads and
-        conflict checks run beside them on their own connections.
+        Writes (apply, the start of a drain) run one at a time (the lock is waited for within
+        the same deadline); reads and conflict checks run beside them on their own connections.
         """
         timeout = self.settings.timeout
         where = f"ProxySQL admin {self._endpoint.host}:{self._endpoint.port}"
         session = _Session(timeout)
-        lock = self._apply_lock if what == "apply" else contextlib.nullcontext()
+        writes = what in ("apply", "drain")
+        lock = self._apply_lock if writes else contextlib.nullcontext()
         try:
             async with asyncio.timeout(timeout):
-                if what == "apply":
+                if writes:
                     session.current = "waiting for the apply in progress"
                 async with lock:
                     try:

@@ -28,7 +28,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     parser = subparsers.add_parser(
         "sandbox",
         help="local test cluster: mariadbd nodes and a router on 127.0.0.1",
-        description="Run a local MariaDB replication cluster behind HAProxy for tests and drills.",
+        description="Run a local MariaDB replication cluster behind ProxySQL (when a proxysql "
+        "binary is on PATH) or HAProxy, for tests and drills.",
     )
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
@@ -42,6 +43,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     parser.add_argument(
         "--dir", type=Path, default=Path("./sandbox"), help="sandbox directory (./sandbox)"
     )
+    parser.add_argument(
+        "--router",
+        choices=["proxysql", "haproxy"],
+        help="the router in front of the nodes (default: proxysql when on PATH, else haproxy)",
+    )
     parser.add_argument("--json", action="store_true", help="status as JSON")
     parser.set_defaults(func=run)
 
@@ -49,7 +55,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "up":
-            spec = SandboxSpec(dir=args.dir, nodes=args.nodes, base_port=args.base_port)
+            spec = SandboxSpec(
+                dir=args.dir, nodes=args.nodes, base_port=args.base_port, router=args.router
+            )
             return cmd_up(Sandbox(spec))
         sandbox = Sandbox.at(args.dir)
         if args.action == "down":

@@ -21,6 +21,7 @@ from hacontrol.sandbox import procs, render
 from hacontrol.sandbox.model import (
     HAPROXY_SOCKET,
     HOST,
+    PROXYSQL_ADMIN_SECRET,
     ROUTER_DIR,
     SECRETS_DIR,
     SETTINGS_FILE,
@@ -239,13 +240,12 @@ class Sandbox:
         spec, kind = self.spec, self._router_kind()
         router_dir = self.dir / ROUTER_DIR
         router_dir.mkdir(exist_ok=True)
-        config = router_dir / f"{kind}.cfg"
+        config = router_dir / ("haproxy.cfg" if kind == "haproxy" else "proxysql.cnf")
         router = RouterInfo(
             kind=kind,
             host=HOST,
             writer_port=spec.writer_port,
-            # ProxySQL (untested here) has one client port and routes reads by query rules.
-            reader_port=spec.reader_port if kind == "haproxy" else spec.writer_port,
+            reader_port=spec.reader_port,
             admin=str(self.dir / HAPROXY_SOCKET)
             if kind == "haproxy"
             else f"{HOST}:{spec.admin_port}",
@@ -255,8 +255,8 @@ class Sandbox:
         )
         if kind == "haproxy":
             config.write_text(render.haproxy_cfg(nodes, router))
-        else:  # UNTESTED: no proxysql binary on the development machine
-            admin_pw = write_secret(secrets_dir / "proxysql_admin.password").read_text().strip()
+        else:
+            admin_pw = read_secret(write_secret(secrets_dir / PROXYSQL_ADMIN_SECRET))
             config.write_text(
                 render.proxysql_cnf(
                     nodes,
@@ -264,13 +264,13 @@ class Sandbox:
                     datadir=str(router_dir),
                     admin_password=admin_pw,
                     app_password=users["app"].password(),
-                    monitor_password=users["controller"].password(),
+                    monitor_password=users["monitor"].password(),
                 )
             )
         return router
 
     def _write_settings(self, info: SandboxInfo) -> None:
-        proxysql_pw = self.dir / SECRETS_DIR / "proxysql_admin.password"
+        proxysql_pw = self.dir / SECRETS_DIR / PROXYSQL_ADMIN_SECRET
         text = render.settings_toml(
             info.nodes,
             info.router,
@@ -290,15 +290,8 @@ class Sandbox:
         router = info.router
         if router.kind == "haproxy":
             argv = [binaries["haproxy"], "-db", "-f", router.config]
-        else:  # UNTESTED: proxysql in the foreground with its own datadir
-            argv = [
-                binaries["proxysql"],
-                "-f",
-                "-c",
-                router.config,
-                "-D",
-                str(Path(router.config).parent),
-            ]
+        else:
+            argv = proxysql_argv(binaries["proxysql"], router, initial=True)
         pid = procs.spawn(argv, Path(router.config).with_suffix(".log"))
         info = replace(info, router=replace(router, pid=pid))
         info.save()
@@ -343,6 +336,8 @@ class Sandbox:
                 conn.close()
 
     async def _wait_router(self, info: SandboxInfo) -> None:
+        """Until the router answers: HAProxy's admin socket; ProxySQL's admin login and both
+        traffic ports (ProxySQL opens its admin port before the traffic ports)."""
         router = info.router
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT
@@ -351,13 +346,9 @@ class Sandbox:
                 log = Path(router.config).with_suffix(".log")
                 raise SandboxError(f"{router.kind} exited at start:\n{tail(log)}")
             try:
-                if router.kind == "haproxy":
-                    _, writer = await asyncio.open_unix_connection(router.admin)
-                else:
-                    _, writer = await asyncio.open_connection(router.host, router.admin_port)
-                writer.close()
+                await router_answers(router, self.dir)
                 return
-            except OSError:
+            except (OSError, pymysql.MySQLError):
                 if loop.time() > deadline:
                     msg = f"{router.kind} did not start within {READY_TIMEOUT} s"
                     raise SandboxError(msg) from None
@@ -425,6 +416,44 @@ class Sandbox:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+async def router_answers(router: RouterInfo, directory: Path) -> None:
+    """Raises OSError / MySQLError until the router is ready for clients and the controller."""
+    if router.kind == "haproxy":
+        _, writer = await asyncio.open_unix_connection(router.admin)
+        writer.close()
+        return
+    password = read_secret(directory / SECRETS_DIR / PROXYSQL_ADMIN_SECRET)
+    conn = await aiomysql.connect(
+        host=router.host,
+        port=router.admin_port,
+        user="admin",
+        password=password,
+        connect_timeout=1,
+    )
+    try:
+        await execute(conn, "SELECT 1")
+    finally:
+        conn.close()
+    for port in (router.writer_port, router.reader_port):
+        _, writer = await asyncio.open_connection(router.host, port)
+        writer.close()
+
+
+def proxysql_argv(binary: str, router: RouterInfo, *, initial: bool) -> list[str]:
+    """ProxySQL in the foreground (no angel process restarting it behind the sandbox's back)
+    with its own datadir. ``--initial`` (first start) builds the configuration from the config
+    file; without it ProxySQL starts from what was last SAVEd TO DISK (proxysql.db), as a
+    production restart does. ``--no-version-check``: no call home to proxysql.com."""
+    datadir = str(Path(router.config).parent)
+    argv = [binary, "-f", "--no-version-check", "-c", router.config, "-D", datadir]
+    return [*argv, "--initial"] if initial else argv
+
+
+def read_secret(path: Path) -> str:
+    """A secret file's value without its trailing newline (ProxySQL takes passwords literally)."""
+    return path.read_text().strip()
 
 
 def write_secret(path: Path) -> Path:

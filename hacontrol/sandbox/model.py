@@ -15,6 +15,7 @@ STATE_FILE = "sandbox.json"
 SETTINGS_FILE = "settings.toml"
 SECRETS_DIR = "secrets"
 HAPROXY_SOCKET = "haproxy.sock"
+PROXYSQL_ADMIN_SECRET = "proxysql_admin.password"
 ROUTER_DIR = "router"
 STATE_DIR = "state"  # the controller's journal, when run with the sandbox's settings
 
@@ -97,7 +98,7 @@ class Credentials:
     password_file: str
 
     def password(self) -> str:
-        return Path(self.password_file).read_text().strip()
+        return Path(self.password_file).read_text().strip()  # no trailing newline
 
 
 @dataclass(frozen=True)

@@ -44,15 +44,20 @@ CONTROLLER_PRIVILEGES = (
 )
 REPLICATION_PRIVILEGES = "REPLICATION SLAVE"
 APP_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER"
+# ProxySQL's monitor: its connect and ping checks need only a login; SLAVE MONITOR lets its
+# replication lag check (SHOW SLAVE STATUS, only for rows with max_replication_lag > 0) work,
+# as ProxySQL's documentation asks (REPLICATION CLIENT before MariaDB 10.5). Nothing else.
+MONITOR_PRIVILEGES = "SLAVE MONITOR"
 APP_DATABASE = "app"
 
 GRANTS = (
     f"GRANT {CONTROLLER_PRIVILEGES} ON *.* TO 'hacontrol'@'%'",
     f"GRANT {REPLICATION_PRIVILEGES} ON *.* TO 'repl'@'%'",
     f"GRANT {APP_PRIVILEGES} ON `{APP_DATABASE}`.* TO 'app'@'%'",
+    f"GRANT {MONITOR_PRIVILEGES} ON *.* TO 'monitor'@'%'",
 )
 
-USERS = {"controller": "hacontrol", "replication": "repl", "app": "app"}
+USERS = {"controller": "hacontrol", "replication": "repl", "app": "app", "monitor": "monitor"}
 
 APP_TABLE = (
     "CREATE TABLE app.writes (id BIGINT PRIMARY KEY, node INT, "
@@ -131,6 +136,7 @@ def setup_primary_sql(passwords: dict[str, str], root_password: str) -> list[str
         f"CREATE USER 'hacontrol'@'%' IDENTIFIED BY {pw['controller']}",
         f"CREATE USER 'repl'@'%' IDENTIFIED BY {pw['replication']}",
         f"CREATE USER 'app'@'%' IDENTIFIED BY {pw['app']}",
+        f"CREATE USER 'monitor'@'%' IDENTIFIED BY {pw['monitor']}",
         *GRANTS,
         f"CREATE DATABASE `{APP_DATABASE}`",
         APP_TABLE,
@@ -199,8 +205,49 @@ def haproxy_cfg(nodes: tuple[NodeInfo, ...], router: RouterInfo) -> str:
     )
 
 
-# ---- ProxySQL: used only when a `proxysql` binary is on PATH. UNTESTED on this machine. ----
+# ---- ProxySQL (the router when a `proxysql` binary is on PATH; docs/proxysql.md) ----------------
 PROXYSQL_HOSTGROUPS = {"writer": 10, "reader": 20, "broken": 30, "hidden": 40}
+
+# ProxySQL's MySQL variables as the sandbox sets them, each with why (docs/proxysql.md, "Settings
+# that shape a failover"). Values are milliseconds where the name says timeout/interval/delay.
+PROXYSQL_MYSQL_VARIABLES: dict[str, int | str] = {
+    "threads": 2,  # the sandbox machine has 2 cores
+    # A client's statement that finds no usable writer (the dead one shunned, or the writer
+    # hostgroup empty during the controller's two-step change) is held and retried, not
+    # refused, for up to connect_timeout_server_max: that is what makes a failover a pause.
+    "connect_retries_on_failure": 10,
+    "connect_retries_delay": 1,
+    "connect_timeout_server": 1000,  # one connect attempt (a frozen node accepts TCP, then nothing)
+    "connect_timeout_server_max": 10000,  # must exceed detection + promotion + route
+    # Never re-send a statement whose connection broke: a write may have committed on the old
+    # primary (its client never got the OK); re-running it on the new one applies it twice or
+    # fails with a duplicate key. The reader rules below allow one retry: SELECTs are safe.
+    "query_retries_on_failure": 0,
+    "shun_on_failures": 5,  # connect errors in one second before ProxySQL shuns a backend
+    "shun_recovery_time_sec": 10,
+    # The monitor pings every backend; one that misses 3 pings is shunned and its connections
+    # killed. 1 s keeps that inside the failover budget on loopback.
+    "monitor_ping_interval": 1000,
+    "monitor_ping_timeout": 500,
+    "monitor_ping_max_failures": 3,
+    "monitor_connect_interval": 10000,
+}
+
+
+def proxysql_rule_lines(reader_port: int) -> list[str]:
+    """The classic read/write split, plus a reader port whose statements all go to readers.
+
+    The reader rules may retry a SELECT once on another connection; writes are never retried.
+    """
+    writer, reader = PROXYSQL_HOSTGROUPS["writer"], PROXYSQL_HOSTGROUPS["reader"]
+    return [
+        f"    {{ rule_id=1, active=1, proxy_port={reader_port}, "
+        f"destination_hostgroup={reader}, retries=1, apply=1 }},",
+        f'    {{ rule_id=2, active=1, match_digest="^SELECT.*FOR UPDATE", '
+        f"destination_hostgroup={writer}, apply=1 }},",
+        f'    {{ rule_id=3, active=1, match_digest="^SELECT", '
+        f"destination_hostgroup={reader}, retries=1, apply=1 }}",
+    ]
 
 
 def proxysql_cnf(
@@ -212,40 +259,57 @@ def proxysql_cnf(
     app_password: str,
     monitor_password: str,
 ) -> str:
-    """UNTESTED here (no proxysql binary): one client port, SELECT to readers, rest to writer."""
+    """proxysql.cnf as an operator writes it: admin on loopback with a generated password, the
+    application user, the read/write split, the monitor user, NO mysql_replication_hostgroups
+    (ProxySQL's read_only monitor would move servers and fight the controller).
+
+    Read on the first start only (the datadir has no proxysql.db yet); afterwards ProxySQL
+    starts from what was last SAVEd TO DISK, as in production.
+    """
     writer, reader = PROXYSQL_HOSTGROUPS["writer"], PROXYSQL_HOSTGROUPS["reader"]
     primary = next(n for n in nodes if n.role == "primary")
-    servers = [
-        f'  {{ address="{n.host}", port={n.port}, hostgroup={writer} }}' for n in (primary,)
-    ] + [f'  {{ address="{n.host}", port={n.port}, hostgroup={reader} }}' for n in nodes]
+    servers = [f'    {{ address="{primary.host}", port={primary.port}, hostgroup={writer} }}']
+    servers += [f'    {{ address="{n.host}", port={n.port}, hostgroup={reader} }}' for n in nodes]
+    interfaces = f"{router.host}:{router.writer_port};{router.host}:{router.reader_port}"
+    variables = {
+        **PROXYSQL_MYSQL_VARIABLES,
+        "interfaces": interfaces,
+        "monitor_username": USERS["monitor"],
+        "monitor_password": monitor_password,
+    }
     return "\n".join(
         [
-            f'datadir="{datadir}"',
-            "admin_variables = {",
-            f'  admin_credentials="admin:{admin_password}"',
-            f'  mysql_ifaces="{router.host}:{router.admin_port}"',
+            "# hacontrol sandbox: ProxySQL in front of the nodes (docs/proxysql.md)",
+            f"datadir={json.dumps(datadir)}",
+            "admin_variables=",
+            "{",
+            f"    admin_credentials={json.dumps(f'admin:{admin_password}')}",
+            f'    mysql_ifaces="{router.host}:{router.admin_port}"',
             "}",
-            "mysql_variables = {",
-            f'  interfaces="{router.host}:{router.writer_port}"',
-            '  monitor_username="hacontrol"',
-            f"  monitor_password={json.dumps(monitor_password)}",
+            "mysql_variables=",
+            "{",
+            *(f"    {key}={_libconfig(value)}" for key, value in variables.items()),
             "}",
-            "mysql_servers = (",
+            "mysql_servers=",
+            "(",
             ",\n".join(servers),
             ")",
-            "mysql_users = (",
-            f'  {{ username="app", password={json.dumps(app_password)}, '
-            f"default_hostgroup={writer} }}",
+            "mysql_users=",
+            "(",
+            f"    {{ username={json.dumps(USERS['app'])}, password={json.dumps(app_password)}, "
+            f"default_hostgroup={writer}, transaction_persistent=1 }}",
             ")",
-            "mysql_query_rules = (",
-            f'  {{ rule_id=1, active=1, match_digest="^SELECT.*FOR UPDATE", '
-            f"destination_hostgroup={writer}, apply=1 }},",
-            f'  {{ rule_id=2, active=1, match_digest="^SELECT", '
-            f"destination_hostgroup={reader}, apply=1 }}",
+            "mysql_query_rules=",
+            "(",
+            *proxysql_rule_lines(router.reader_port),
             ")",
             "",
         ]
     )
+
+
+def _libconfig(value: int | str) -> str:
+    return str(value) if isinstance(value, int) else json.dumps(value)
 
 
 def settings_toml(

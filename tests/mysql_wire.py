@@ -1,8 +1,9 @@
-"""MySQL client/server protocol pieces the ProxySQL admin double needs (pure functions).
+"""MySQL client/server protocol pieces for the tests' own MySQL-protocol servers and relays
+(pure functions). Written first for a ProxySQL admin double, now retired (tests/README.md).
 
 Only the classic text protocol is spoken: handshake v10 with mysql_native_password,
-COM_QUERY answered by OK, ERR or a text result set terminated by EOF packets (the double
-never advertises CLIENT_DEPRECATE_EOF), COM_PING, COM_INIT_DB and COM_QUIT.
+COM_QUERY answered by OK, ERR or a text result set terminated by EOF packets (never
+advertising CLIENT_DEPRECATE_EOF), COM_PING, COM_INIT_DB and COM_QUIT.
 """
 
 from __future__ import annotations
