@@ -8,6 +8,7 @@ import pytest
 
 from tests.proxysql_real import describe_proxysql
 from tests.sandbox_fixtures import (  # noqa: F401
+    fresh_proxysql_sandbox,
     fresh_sandbox,
     haproxy_sandbox,
     proxysql_sandbox,

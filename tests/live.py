@@ -13,7 +13,7 @@ from hacontrol.jsonlog import JsonLog
 from hacontrol.sandbox import Sandbox
 from hacontrol.service import Runtime, secrets_of
 from hacontrol.settings import Settings, load_settings
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 
 def sandbox_settings(
@@ -36,6 +36,21 @@ def sandbox_settings(
             "controller": settings.controller.model_copy(update={"journal": journal}),
             "api": settings.api.model_copy(update={"port": 0}),  # tests run side by side
         }
+    )
+
+
+async def healthy_and_idle(rt: Runtime, timeout: float = 20) -> None:
+    """Until the controller sees a healthy cluster, decided "Nothing" last and runs no plan."""
+    await eventually(
+        lambda: (
+            rt.controller.view.quorum.ok
+            and not rt.controller.view.problems
+            and rt.controller.decisions
+            and rt.controller.decisions[-1]["rule"] == "Nothing"
+            and rt.controller.running_plan is None
+        ),
+        timeout,
+        "a healthy, idle cluster",
     )
 
 

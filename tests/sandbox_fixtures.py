@@ -124,3 +124,12 @@ def haproxy_sandbox(
         return
     with running_sandbox(tmp_path_factory.mktemp("sbx") / "sandbox", router="haproxy") as sb:
         yield sb
+
+
+@pytest.fixture
+def fresh_proxysql_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A 3-node sandbox of one's own behind ProxySQL (skipped without one)."""
+    require_proxysql()
+    directory = tmp_path_factory.mktemp("sbx") / "sandbox"
+    with running_sandbox(directory, router="proxysql") as sb:
+        yield sb

@@ -116,6 +116,8 @@ def test_controller_only_partition_alerts_and_does_not_fail_over(fresh_sandbox):
         "HACONTROL_API__TOKEN": "partition-test-token",  # the token file is root's alone
         "HACONTROL_API__PORT": "0",
     }
+    if info.router.kind == "proxysql":  # so is ProxySQL's admin password file
+        env["HACONTROL_ROUTER__PROXYSQL__PASSWORD"] = fresh_sandbox.password("proxysql")
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     rule = [
         "OUTPUT",

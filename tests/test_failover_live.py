@@ -18,6 +18,7 @@ from hacontrol.routing import Membership
 from tests.live import (
     MailBox,
     WriteLoop,
+    healthy_and_idle,
     runtime,
     sandbox_settings,
     sql,
@@ -42,19 +43,6 @@ def finished(capture, kind: str):
 
 def ts(record) -> float:
     return datetime.fromisoformat(record["ts"]).timestamp()
-
-
-async def healthy_and_idle(rt) -> None:
-    await eventually(
-        lambda: (
-            rt.controller.view.quorum.ok
-            and not rt.controller.view.problems
-            and rt.controller.decisions
-            and rt.controller.decisions[-1]["rule"] == "Nothing"
-        ),
-        15,
-        "a healthy cluster",
-    )
 
 
 async def router_membership(rt) -> Membership:
@@ -181,9 +169,38 @@ async def test_two_of_three_down_changes_nothing(fresh_sandbox):
     assert (await fresh_sandbox.live_roles())["node1"] == "primary"
 
 
-async def test_two_writers_in_the_router_halt_with_one_alert(fresh_sandbox):
-    from hacontrol.actions.haproxy import SocketTransport
+async def second_writer(settings, sandbox, node: str, *, on: bool) -> None:
+    """An operator's mistake behind the controller's back: ``node`` made a writer in the
+    router too (``on``), or taken out again."""
+    if settings.router.kind == "haproxy":
+        from hacontrol.actions.haproxy import SocketTransport
 
+        send = SocketTransport(settings.router.haproxy.socket)
+        await send(f"set server writer/{node} state {'ready' if on else 'maint'}")
+        return
+    import aiomysql
+
+    px = settings.router.proxysql
+    port = sandbox.status().node(node).port
+    where = f"hostgroup_id = {px.writer_hostgroup} AND hostname = '127.0.0.1' AND port = {port}"
+    change = (
+        f"INSERT INTO mysql_servers (hostgroup_id, hostname, port) "
+        f"VALUES ({px.writer_hostgroup}, '127.0.0.1', {port})"
+        if on
+        else f"DELETE FROM mysql_servers WHERE {where}"
+    )
+    conn = await aiomysql.connect(
+        host=px.host, port=px.port, user=px.user, password=px.password.get_secret_value()
+    )
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(change)
+            await cur.execute("LOAD MYSQL SERVERS TO RUNTIME")
+    finally:
+        conn.close()
+
+
+async def test_two_writers_in_the_router_halt_with_one_alert(fresh_sandbox):
     mail = MailBox().start()
     try:
         settings = fast_settings(fresh_sandbox, mail)
@@ -191,8 +208,7 @@ async def test_two_writers_in_the_router_halt_with_one_alert(fresh_sandbox):
         async with rt:
             await healthy_and_idle(rt)
             started = len(capture.of("plan_started"))
-            send = SocketTransport(settings.router.haproxy.socket)
-            await send("set server writer/node2 state ready")
+            await second_writer(settings, fresh_sandbox, "node2", on=True)
             await eventually(
                 lambda: any(r["rule"] == "RouterHasTwoWriters" for r in capture.of("decision")),
                 10,
@@ -205,7 +221,7 @@ async def test_two_writers_in_the_router_halt_with_one_alert(fresh_sandbox):
             await asyncio.sleep(0.5)
             assert [s for s in mail.subjects() if "HALT" in s] == mail.subjects()
             assert len(mail.messages) == 1
-            await send("set server writer/node2 state maint")
+            await second_writer(settings, fresh_sandbox, "node2", on=False)
             await eventually(lambda: rt.controller.state.halt is None, 10, "halt cleared")
     finally:
         mail.stop()

@@ -9,7 +9,7 @@ import pytest
 
 from hacontrol.events import OperatorCommand
 from hacontrol.routing import Membership
-from tests.live import WriteLoop, runtime, sandbox_settings, sql
+from tests.live import WriteLoop, healthy_and_idle, runtime, sandbox_settings, sql
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -19,24 +19,10 @@ def command(name: str, node: str | None = None, on: bool | None = None) -> Opera
     return OperatorCommand(time.monotonic(), name, node, on)
 
 
-async def idle(rt) -> None:
-    await eventually(
-        lambda: (
-            rt.controller.view.quorum.ok
-            and not rt.controller.view.problems
-            and rt.controller.decisions
-            and rt.controller.decisions[-1]["rule"] == "Nothing"
-            and rt.controller.running_plan is None
-        ),
-        20,
-        "a healthy, idle cluster",
-    )
-
-
 async def test_switchover_there_and_back_under_writes_loses_nothing(fresh_sandbox):
     rt, _ = runtime(sandbox_settings(fresh_sandbox, io_stall=1.5))
     async with rt:
-        await idle(rt)
+        await healthy_and_idle(rt)
         writes = WriteLoop(fresh_sandbox).start()
         await eventually(lambda: len(writes.acknowledged) > 30, 10, "writes flowing")
         windows = []
@@ -52,7 +38,7 @@ async def test_switchover_there_and_back_under_writes_loses_nothing(fresh_sandbo
             await eventually(lambda s=since: writes.acked_since(s) > 10, 15, "writes again")
             assert len(writes.acknowledged) > before
             windows.append(result.detail["seconds"])
-            await idle(rt)
+            await healthy_and_idle(rt)
         await writes.stop()
         membership = await rt.router.read()
     assert membership.writers == {"node1"}
@@ -77,7 +63,7 @@ async def test_switchover_there_and_back_under_writes_loses_nothing(fresh_sandbo
 async def test_switchover_refusals_through_the_command_path(fresh_sandbox):
     rt, _ = runtime(sandbox_settings(fresh_sandbox))
     async with rt:
-        await idle(rt)
+        await healthy_and_idle(rt)
         result = await rt.command(command("switchover", "node9"))
         assert not result.ok and "unknown node 'node9'" in result.message
         await sql(fresh_sandbox, "node2", "STOP SLAVE SQL_THREAD")
@@ -104,7 +90,7 @@ async def test_switchover_deadline_rolls_back(fresh_sandbox):
     settings = sandbox_settings(fresh_sandbox, switchover_deadline=2.0)
     rt, capture = runtime(settings)
     async with rt:
-        await idle(rt)
+        await healthy_and_idle(rt)
         original = await rt.router.read()
         await sql(fresh_sandbox, "node2", "STOP SLAVE IO_THREAD")  # receives nothing more
         await sql(fresh_sandbox, "node1", "INSERT INTO app.writes (id, node) VALUES (5, 1)")
@@ -125,7 +111,7 @@ async def test_switchover_deadline_rolls_back(fresh_sandbox):
 async def test_maintenance_hides_a_replica_from_readers_quorum_and_promotion(fresh_sandbox):
     rt, _ = runtime(sandbox_settings(fresh_sandbox))
     async with rt:
-        await idle(rt)
+        await healthy_and_idle(rt)
         result = await rt.command(command("maintenance", "node3", True))
         assert result.ok, result.message
         await eventually(
@@ -158,7 +144,7 @@ async def test_maintenance_hides_a_replica_from_readers_quorum_and_promotion(fre
 async def test_pause_resume_and_ack(fresh_sandbox):
     rt, _ = runtime(sandbox_settings(fresh_sandbox))
     async with rt:
-        await idle(rt)
+        await healthy_and_idle(rt)
         assert (await rt.command(command("pause"))).ok
         await sql(fresh_sandbox, "node3", "STOP SLAVE")  # would normally leave the readers
         await eventually(

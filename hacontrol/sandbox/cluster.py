@@ -99,7 +99,10 @@ class Sandbox:
         return router.pid if procs.is_alive(router.pid, router.config) else None
 
     def password(self, role: str) -> str:
-        """Password of 'app', 'controller', 'replication' or 'root'."""
+        """Password of 'app', 'controller', 'replication', 'monitor', 'root', or 'proxysql'
+        (the ProxySQL admin user's, when ProxySQL is the router)."""
+        if role == "proxysql":
+            return read_secret(self.dir / SECRETS_DIR / PROXYSQL_ADMIN_SECRET)
         info = self.status()
         creds = info.root if role == "root" else info.users[role]
         assert creds is not None
@@ -288,10 +291,7 @@ class Sandbox:
             info = info.with_node_pid(node.name, self._spawn_node(node, binaries["mariadbd"]))
             info.save()  # saved at once so that `down` finds it whatever happens next
         router = info.router
-        if router.kind == "haproxy":
-            argv = [binaries["haproxy"], "-db", "-f", router.config]
-        else:
-            argv = proxysql_argv(binaries["proxysql"], router, initial=True)
+        argv = router_argv(binaries[router.kind], router, initial=True)
         pid = procs.spawn(argv, Path(router.config).with_suffix(".log"))
         info = replace(info, router=replace(router, pid=pid))
         info.save()
@@ -363,12 +363,31 @@ class Sandbox:
         (running): delivery is asynchronous, and a test checks the state right after.
         """
         node = self.status().node(name)
-        if not procs.send_signal(node.pid, node.config, sig):
-            return False
-        expected = {signal.SIGKILL: "dead", signal.SIGSTOP: "stopped", signal.SIGCONT: "running"}
-        if sig in expected:
-            procs.wait_state(node.pid, node.config, expected[signal.Signals(sig)], timeout=2.0)
-        return True
+        return signal_and_wait(node.pid, node.config, sig)
+
+    def kill_router(self, sig: int = signal.SIGKILL) -> bool:
+        """Send `sig` to the router process, like `kill_node`. False if it was not alive."""
+        router = self.status().router
+        return signal_and_wait(router.pid, router.config, sig)
+
+    async def start_router(self) -> int:
+        """Restart a stopped router (after kill -9, say) and wait until it answers; returns the
+        new pid. ProxySQL comes back from its proxysql.db (no --initial), as a production
+        restart does: with whatever was last SAVEd TO DISK."""
+        info = self.status()
+        router = info.router
+        if procs.is_alive(router.pid, router.config):
+            raise SandboxError(f"{router.kind} is already running (pid {router.pid})")
+        await procs.wait_port_free(router.admin_port, f"{router.kind} admin", timeout=3.0)
+        binary = find_binary(router.kind)
+        if binary is None:
+            raise SandboxError(f"not installed: {router.kind}")
+        argv = router_argv(binary, router, initial=False)
+        pid = procs.spawn(argv, Path(router.config).with_suffix(".log"))
+        info = replace(info, router=replace(router, pid=pid))
+        info.save()
+        await self._wait_router(info)
+        return pid
 
     async def start_node(self, name: str, *options: str) -> int:
         """Restart a node with its datadir and config (after kill -9, say); returns the new pid.
@@ -418,6 +437,15 @@ class Sandbox:
 # ---- helpers ----------------------------------------------------------------------------------
 
 
+def signal_and_wait(pid: int | None, marker: str, sig: int) -> bool:
+    if not procs.send_signal(pid, marker, sig):
+        return False
+    expected = {signal.SIGKILL: "dead", signal.SIGSTOP: "stopped", signal.SIGCONT: "running"}
+    if sig in expected:
+        procs.wait_state(pid, marker, expected[signal.Signals(sig)], timeout=2.0)
+    return True
+
+
 async def router_answers(router: RouterInfo, directory: Path) -> None:
     """Raises OSError / MySQLError until the router is ready for clients and the controller."""
     if router.kind == "haproxy":
@@ -441,11 +469,13 @@ async def router_answers(router: RouterInfo, directory: Path) -> None:
         writer.close()
 
 
-def proxysql_argv(binary: str, router: RouterInfo, *, initial: bool) -> list[str]:
-    """ProxySQL in the foreground (no angel process restarting it behind the sandbox's back)
-    with its own datadir. ``--initial`` (first start) builds the configuration from the config
-    file; without it ProxySQL starts from what was last SAVEd TO DISK (proxysql.db), as a
-    production restart does. ``--no-version-check``: no call home to proxysql.com."""
+def router_argv(binary: str, router: RouterInfo, *, initial: bool) -> list[str]:
+    """The router in the foreground (no angel process restarting ProxySQL behind the sandbox's
+    back). ProxySQL gets its own datadir; ``--initial`` (first start) builds its configuration
+    from the config file, and without it ProxySQL starts from what was last SAVEd TO DISK
+    (proxysql.db), as a production restart does. ``--no-version-check``: no call home."""
+    if router.kind == "haproxy":
+        return [binary, "-db", "-f", router.config]
     datadir = str(Path(router.config).parent)
     argv = [binary, "-f", "--no-version-check", "-c", router.config, "-D", datadir]
     return [*argv, "--initial"] if initial else argv
