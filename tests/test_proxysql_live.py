@@ -1,0 +1,455 @@
+"""ProxySQL's own behaviour, on a real ProxySQL in front of the sandbox's real mariadbd nodes.
+
+- the application's traffic: writes to the primary, SELECTs to the replicas (read/write split);
+- drain: OFFLINE_SOFT lets a running transaction finish, holds new autocommit writes (a pause,
+  not an error), and waits for ConnUsed 0 or the deadline;
+- the monitor SHUNNING a dead writer before and after the controller moves it: ``read()``
+  reports what ProxySQL will route, and the controller converges without fighting it;
+- a replication hostgroup added by an operator later: the controller refuses to write over it
+  (never fights ProxySQL's read_only monitor) until it is removed;
+- ProxySQL's admin killed, restarted and frozen in the middle of the controller's applies: never
+  two writers in runtime_mysql_servers (sampled every few ms from a second connection), and the
+  controller converges when ProxySQL is back;
+- what SAVE ... TO DISK leaves after a ProxySQL restart.
+
+All skipped, with how to get ProxySQL, when no ``proxysql`` is on PATH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import aiomysql
+import pymysql
+import pytest
+
+from hacontrol.actions.proxysql import ProxySQLRouter
+from hacontrol.events import OperatorCommand
+from hacontrol.routing import Membership
+from hacontrol.sandbox import Sandbox
+from tests.live import healthy_and_idle, runtime, sandbox_settings, sql
+from tests.proxysql_real import AdminTap, WriterSampler, pair_sql, writers_in
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+ER_OPTION_PREVENTS_STATEMENT = 1290
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def admin(sandbox: Sandbox, *statements: str) -> list[tuple]:
+    """Statements on ProxySQL's admin port (blocking; one connection); rows of the last."""
+    router = sandbox.status().router
+    conn = pymysql.connect(
+        host=router.host,
+        port=router.admin_port,
+        user="admin",
+        password=sandbox.password("proxysql"),
+        connect_timeout=2,
+    )
+    try:
+        with conn.cursor() as cur:
+            rows: list[tuple] = []
+            for statement in statements:
+                cur.execute(statement)
+                rows = list(cur.fetchall())
+            return rows
+    finally:
+        conn.close()
+
+
+def servers(sandbox: Sandbox, table: str = "runtime_mysql_servers") -> set[tuple[int, str, str]]:
+    """(hostgroup, node name, status) of the sandbox's nodes in a mysql_servers table."""
+    names = {n.port: n.name for n in sandbox.status().nodes}
+    rows = admin(sandbox, f"SELECT hostgroup_id, port, status FROM {table}")
+    return {(int(g), names[int(p)], str(s)) for g, p, s in rows if int(p) in names}
+
+
+def managed(sandbox: Sandbox) -> list[tuple[str, int]]:
+    return [(n.host, n.port) for n in sandbox.status().nodes]
+
+
+def router_of(sandbox: Sandbox, timeout: float = 2.0) -> ProxySQLRouter:
+    settings = sandbox_settings(sandbox)
+    return ProxySQLRouter(
+        settings.router.proxysql.model_copy(update={"timeout": timeout}), settings.nodes
+    )
+
+
+def fast(sandbox: Sandbox, **failover):
+    return sandbox_settings(sandbox, io_stall=1.5, action_timeout=3.0, **failover)
+
+
+def through(settings, tap: AdminTap):
+    """The settings with the controller's ProxySQL admin connections going through ``tap``."""
+    proxysql = settings.router.proxysql.model_copy(
+        update={"host": tap.host, "port": tap.port, "timeout": 1.0}
+    )
+    router = settings.router.model_copy(update={"proxysql": proxysql})
+    return settings.model_copy(update={"router": router})
+
+
+async def query(conn: aiomysql.Connection, statement: str, args=None) -> list[tuple]:
+    async with conn.cursor() as cur:
+        await cur.execute(statement, args)
+        return list(await cur.fetchall())
+
+
+def unique_id() -> int:
+    return time.time_ns() // 1000
+
+
+ALL = Membership.of(["node1"], ["node1", "node2", "node3"])
+
+
+# ---- the application's view -------------------------------------------------------------------
+
+
+async def test_app_writes_land_on_the_primary_and_selects_on_replicas(proxysql_sandbox):
+    sb = proxysql_sandbox
+    info = sb.status()
+    row_id = unique_id()
+    writer = await sb.connect("writer", "app", db="app")
+    try:
+        await query(writer, "INSERT INTO writes (id, node) VALUES (%s, 0)", (row_id,))
+    finally:
+        writer.close()
+    served = set()
+    for _ in range(30):
+        # A new session each time: `SELECT @@server_id` names a variable that is not in
+        # mysql-keep_multiplexing_variables, so ProxySQL pins the session to the reader it
+        # picked (at random, weight 1 each) for as long as the session lasts.
+        conn = await sb.connect("writer", "app", db="app")
+        try:
+            [(server_id,)] = await query(conn, "SELECT @@server_id")
+            served.add(server_id)
+        finally:
+            conn.close()
+    # The insert is on the primary, read directly from it.
+    assert await sql(sb, "node1", "SELECT id FROM app.writes WHERE id = %s", (row_id,))
+    # Lone SELECTs went to the reader hostgroup: replicas answered (the primary is a reader
+    # too, with router.primary_is_reader).
+    assert served <= {1, 2, 3} and served & {2, 3}
+    digests = admin(
+        sb,
+        "SELECT hostgroup, digest_text FROM stats_mysql_query_digest "
+        "WHERE username = 'app' AND (digest_text LIKE 'INSERT INTO writes%' "
+        "OR digest_text LIKE 'SELECT @@server_id%')",
+    )
+    by_kind = {(text.split()[0], int(hg)) for hg, text in digests}
+    assert ("INSERT", 10) in by_kind and ("SELECT", 20) in by_kind
+    assert ("INSERT", 20) not in by_kind and ("SELECT", 10) not in by_kind
+    # ProxySQL's monitor logs in and pings every node without an error.
+    errors = admin(
+        sb,
+        "SELECT hostname, port, ping_error FROM monitor.mysql_server_ping_log "
+        "WHERE ping_error IS NOT NULL",
+    )
+    assert [e for e in errors if int(e[1]) in {n.port for n in info.nodes}] == []
+    # Inside a transaction, everything stays on the writer (transaction_persistent).
+    writer = await sb.connect("writer", "app", db="app")
+    try:
+        await query(writer, "START TRANSACTION")
+        assert await query(writer, "SELECT @@server_id") == [(1,)]
+        await query(writer, "COMMIT")
+    finally:
+        writer.close()
+
+
+# ---- drain ------------------------------------------------------------------------------------
+
+
+async def test_drain_waits_for_the_transaction_and_holds_new_writes(fresh_proxysql_sandbox):
+    sb = fresh_proxysql_sandbox
+    router = router_of(sb)
+    in_tx = await sb.connect("writer", "app", db="app")
+    autocommit = await sb.connect("writer", "app", db="app")
+    try:
+        await query(in_tx, "START TRANSACTION")
+        await query(in_tx, "INSERT INTO writes (id, node) VALUES (%s, 1)", (unique_id(),))
+        drain = asyncio.create_task(router.drain("node1", timeout=10.0))
+        await eventually(
+            lambda: "OFFLINE_SOFT" in str(admin(sb, "SELECT status FROM runtime_mysql_servers")),
+            5,
+            "node1 OFFLINE_SOFT",
+        )
+        # A new autocommit write finds no writer: ProxySQL holds it, no error.
+        held_id = unique_id()
+        held = asyncio.create_task(
+            query(autocommit, "INSERT INTO writes (id, node) VALUES (%s, 2)", (held_id,))
+        )
+        await asyncio.sleep(0.5)
+        assert not drain.done() and not held.done()
+        # The running transaction goes on and commits on node1.
+        await query(in_tx, "INSERT INTO writes (id, node) VALUES (%s, 1)", (unique_id(),))
+        await query(in_tx, "COMMIT")
+        drained = await asyncio.wait_for(drain, 5)
+        assert drained.idle and drained.in_use == 0 and 0.5 <= drained.seconds < 5
+        assert (10, "node1", "OFFLINE_SOFT") in servers(sb) and (20, "node1", "ONLINE") in servers(
+            sb
+        )
+        assert not held.done()
+        # The writer comes back (a switchover would route the new primary here): the held
+        # write goes through, without an error.
+        started = time.monotonic()
+        assert await router.apply(ALL) is True
+        await asyncio.wait_for(held, 5)
+        print(f"\nheld write released {time.monotonic() - started:.3f} s after the apply")
+        assert await sql(sb, "node1", "SELECT id FROM app.writes WHERE id = %s", (held_id,))
+    finally:
+        in_tx.close()
+        autocommit.close()
+
+
+async def test_drain_stops_at_the_deadline_for_a_pinned_session(fresh_proxysql_sandbox):
+    sb = fresh_proxysql_sandbox
+    router = router_of(sb)
+    pinned = await sb.connect("writer", "app", db="app")
+    try:
+        # A user variable disables ProxySQL's multiplexing: the session keeps its backend
+        # connection while idle, in no transaction.
+        await query(pinned, "SET @pinned = 1")
+        await query(pinned, "INSERT INTO writes (id, node) VALUES (%s, @pinned)", (unique_id(),))
+        drained = await router.drain("node1", timeout=1.0)
+        assert not drained.idle and drained.in_use == 1 and 1.0 <= drained.seconds < 2.0
+    finally:
+        pinned.close()
+    await router.apply(ALL)
+
+
+# ---- the monitor shunning a dead writer -------------------------------------------------------
+
+
+async def test_monitor_shuns_the_frozen_writer_before_and_after_the_controller_moves_it(
+    fresh_proxysql_sandbox,
+):
+    sb = fresh_proxysql_sandbox
+    rt, capture = runtime(fast(sb), paused=True)  # observe only, until resumed
+    async with rt:
+        await eventually(lambda: rt.controller.view.router.membership == ALL, 15, "observing")
+        assert sb.kill_node("node1", signal.SIGSTOP)
+        try:
+            # ProxySQL's monitor misses 3 pings of node1 and shuns it in every hostgroup.
+            await eventually(
+                lambda: {(10, "node1", "SHUNNED"), (20, "node1", "SHUNNED")} <= servers(sb),
+                15,
+                "node1 SHUNNED by ProxySQL's monitor",
+            )
+            shunned_at = time.monotonic()
+            # A shunned writer is still the writer: ProxySQL routes to it again as soon as it
+            # answers. read() says so; nothing was moved yet.
+            assert await rt.router.read() == ALL
+            await eventually(
+                lambda: any(
+                    r["_mono"] > shunned_at and r["membership"]["writers"] == ["node1"]
+                    for r in capture.of("router_probe")
+                ),
+                5,
+                "the router probe after the shun",
+            )
+            assert not capture.of("plan_started")
+            # The controller moves it: the failover's rows show through the shun.
+            await rt.command(OperatorCommand(time.monotonic(), "resume"))
+            done = await eventually(
+                lambda: [r for r in capture.of("plan_finished") if r["kind"] == "failover"],
+                30,
+                "failover",
+            )
+            assert done[0]["ok"], done[0]["reason"]
+            moved = await rt.router.read()
+            new = moved.writer
+            assert new in ("node2", "node3") and "node1" in moved.broken
+            assert "node1" not in moved.readers
+            # node1's new row in the broken hostgroup gets shunned too: still read as broken.
+            await eventually(
+                lambda: (30, "node1", "SHUNNED") in servers(sb), 15, "node1 shunned in 30"
+            )
+            now = await rt.router.read()
+            assert now.writer == new and "node1" in now.broken and "node1" not in now.readers
+        finally:
+            sb.kill_node("node1", signal.SIGCONT)
+        # Back: fenced, rejoined as a replica, routed as a reader again; no RouterError loop.
+        await eventually(
+            lambda: "node1" in (rt.controller.view.router.membership or Membership()).readers,
+            60,
+            "node1 back in the readers",
+        )
+        await healthy_and_idle(rt, 30)
+        assert await rt.router.read() == Membership.of([new], ["node1", "node2", "node3"])
+        failed = [r for r in capture.of("plan_finished") if not r["ok"]]
+        assert failed == [], failed
+
+
+# ---- an operator adds a replication hostgroup later -------------------------------------------
+
+
+async def test_a_replication_hostgroup_added_later_is_never_fought_over(fresh_proxysql_sandbox):
+    sb = fresh_proxysql_sandbox
+    rt, capture = runtime(fast(sb))
+    async with rt:
+        await healthy_and_idle(rt)
+        admin(sb, pair_sql(10, 20), "LOAD MYSQL SERVERS TO RUNTIME")
+        await eventually(
+            lambda: any(p["code"] == "RouterConflict" for p in capture.of("problem")),
+            10,
+            "RouterConflict",
+        )
+        sent = len(rt.router.statements_sent)
+        # A routing change is now due: node3 dies and should leave the readers.
+        assert sb.kill_node("node3", signal.SIGKILL)
+        refused = await eventually(
+            lambda: [
+                r
+                for r in capture.of("plan_finished")
+                if r["kind"] == "route" and not r["ok"] and "monitor routes" in r["reason"]
+            ],
+            20,
+            "the route refused",
+        )
+        await asyncio.sleep(2)  # retried, refused again: still not one statement sent
+        assert len(rt.router.statements_sent) == sent
+        assert "mysql_replication_hostgroups writer_hostgroup=10" in refused[0]["reason"]
+        # The operator removes it: the controller routes at once.
+        admin(
+            sb,
+            "DELETE FROM mysql_replication_hostgroups",
+            "LOAD MYSQL SERVERS TO RUNTIME",
+            "SAVE MYSQL SERVERS TO DISK",
+        )
+        await eventually(
+            lambda: any(r["code"] == "RouterConflict" for r in capture.of("problem_cleared")),
+            10,
+            "conflict cleared",
+        )
+        await eventually(
+            lambda: "node3" not in (rt.controller.view.router.membership or Membership()).readers,
+            15,
+            "node3 out of the readers",
+        )
+    assert len(rt.router.statements_sent) > sent
+
+
+# ---- ProxySQL's admin killed, restarted, frozen during the controller's applies ----------------
+
+
+async def test_proxysql_killed_and_frozen_mid_apply_never_two_writers_and_converges(
+    fresh_proxysql_sandbox,
+):
+    sb = fresh_proxysql_sandbox
+    port = {n.name: n.port for n in sb.status().nodes}
+    # An operator left node2 as the writer (memory, runtime and disk): the controller will move
+    # the writer back to node1, the primary. Each apply is cut once by a fault.
+    admin(
+        sb,
+        f"UPDATE mysql_servers SET port = {port['node2']} WHERE hostgroup_id = 10",
+        "LOAD MYSQL SERVERS TO RUNTIME",
+        "SAVE MYSQL SERVERS TO DISK",
+    )
+    info = sb.status().router
+    tap = await AdminTap((info.host, info.admin_port)).start()
+    sampler = WriterSampler(
+        info.host, info.admin_port, "admin", sb.password("proxysql"), managed(sb)
+    ).start()
+    faults: list[str] = []
+
+    async def fault(sql_text: str, previous: str | None) -> None:
+        if previous is None:
+            return
+        if not faults and previous.startswith("DELETE FROM mysql_servers WHERE hostgroup_id = 10"):
+            faults.append("kill")  # node2's writer row deleted, not loaded yet
+            assert await asyncio.to_thread(sb.kill_router, signal.SIGKILL)
+        elif faults == ["kill", "restarted"] and previous == "LOAD MYSQL SERVERS TO RUNTIME":
+            faults.append("freeze")  # the old writer loaded away, the new one not yet
+            assert sb.kill_router(signal.SIGSTOP)
+            asyncio.get_running_loop().call_later(3.0, sb.kill_router, signal.SIGCONT)
+
+    tap.hooks.append(fault)
+    try:
+        rt, capture = runtime(through(fast(sb), tap))
+        async with rt:
+            await eventually(lambda: faults == ["kill"], 15, "the kill mid-apply")
+            await eventually(
+                lambda: any(p["code"] == "RouterUnreachable" for p in capture.of("problem")),
+                10,
+                "RouterUnreachable",
+            )
+            await sb.start_router()  # from proxysql.db: node2 the writer again (stale)
+            assert writers_in(await runtime_of(sb), managed(sb)) == [
+                ("127.0.0.1", port["node2"], "ONLINE")
+            ]
+            faults.append("restarted")
+            await eventually(lambda: "freeze" in faults, 20, "the freeze mid-apply")
+            await eventually(lambda: rt.controller.view.router.membership == ALL, 30, "converged")
+            await healthy_and_idle(rt)
+        failed = [r for r in capture.of("plan_finished") if r["kind"] == "route" and not r["ok"]]
+        assert len(failed) >= 2  # one apply cut by the kill, one by the freeze
+    finally:
+        await sampler.stop()
+        await tap.stop()
+    assert faults == ["kill", "restarted", "freeze"]
+    assert writers_in(await runtime_of(sb), managed(sb)) == [("127.0.0.1", port["node1"], "ONLINE")]
+    print(f"\n{len(sampler.samples)} samples of the writer hostgroup, {sampler.failures} failed")
+    assert len(sampler.samples) > 200
+    assert sampler.with_two_writers() == []
+    # What was saved to disk is what a restart comes back with, before anyone touches it.
+    assert sb.kill_router(signal.SIGKILL)
+    await sb.start_router()
+    assert servers(sb) == servers(sb, "disk.mysql_servers") == servers(sb, "mysql_servers")
+    assert {(g, n) for g, n, _ in servers(sb)} == {
+        (10, "node1"),
+        (20, "node1"),
+        (20, "node2"),
+        (20, "node3"),
+    }
+
+
+async def runtime_of(sandbox: Sandbox) -> list[tuple[int, str, int, str]]:
+    rows = await asyncio.to_thread(
+        admin, sandbox, "SELECT hostgroup_id, hostname, port, status FROM runtime_mysql_servers"
+    )
+    return [(int(g), str(h), int(p), str(s)) for g, h, p, s in rows]
+
+
+# ---- SAVE TO DISK across a restart, after a failover -------------------------------------------
+
+
+async def test_a_failover_is_on_disk_when_proxysql_restarts(fresh_proxysql_sandbox):
+    sb = fresh_proxysql_sandbox
+    rt, capture = runtime(fast(sb))
+    async with rt:
+        await healthy_and_idle(rt)
+        assert sb.kill_node("node1", signal.SIGKILL)
+        done = await eventually(
+            lambda: [r for r in capture.of("plan_finished") if r["kind"] == "failover"],
+            30,
+            "failover",
+        )
+        assert done[0]["ok"], done[0]["reason"]
+        others = {"node2", "node3"}
+        await eventually(
+            lambda: (
+                rt.controller.view.router.membership.readers == others
+                and rt.controller.running_plan is None
+                and rt.controller.decisions[-1]["rule"] == "Nothing"
+            ),
+            30,
+            "routed and settled",
+        )
+        after = await rt.router.read()
+    # The controller is stopped: whatever comes back after the restart is ProxySQL's own.
+    assert sb.kill_router(signal.SIGKILL)
+    await sb.start_router()
+    router = router_of(sb)
+    assert await router.read() == after
+    assert after.writer in ("node2", "node3") and "node1" in after.broken
+    assert servers(sb, "disk.mysql_servers") == servers(sb, "mysql_servers")
+    # And the controller, started again, finds nothing to change.
+    rt, capture = runtime(fast(sb), acknowledge_block=True)
+    async with rt:
+        await eventually(lambda: rt.controller.decisions, 15, "a decision")
+        await asyncio.sleep(1.5)
+        assert rt.router.statements_sent == []
