@@ -41,6 +41,7 @@ from hacontrol.actions.haproxy import (
     expected_readback,
     managed_backends,
     parse_servers_state,
+    parse_stat_sessions,
     plan_commands,
 )
 from hacontrol.routing import Membership, RouterError
@@ -575,6 +576,65 @@ async def test_haproxy_frozen_times_out(start_haproxy: Callable[..., HAProxy], f
             assert 0.9 * timeout <= time.monotonic() - started < 1.5 * timeout
     finally:
         os.kill(haproxy.process.pid, signal.SIGCONT)
+
+
+STAT = (
+    "# pxname,svname,qcur,qmax,scur,smax,slim,stot\n"
+    "writer_front,FRONTEND,,,3,3,2000,9\n"
+    "writer,node1,0,0,2,2,,5\n"
+    "writer,node2,0,0,0,0,,0\n"
+    "writer,BACKEND,0,0,2,2,200,5\n"
+)
+
+
+def test_parse_stat_sessions() -> None:
+    assert parse_stat_sessions(STAT, "writer", "node1") == 2
+    assert parse_stat_sessions(STAT, "writer", "node2") == 0
+    with pytest.raises(RouterError, match="no server writer/node3"):
+        parse_stat_sessions(STAT, "writer", "node3")
+    with pytest.raises(RouterError, match="unexpected answer"):
+        parse_stat_sessions("Unknown command.\n", "writer", "node1")
+    with pytest.raises(RouterError, match="lacks pxname/svname/scur"):
+        parse_stat_sessions("# pxname,svname\nwriter,node1\n", "writer", "node1")
+
+
+@integration
+async def test_drain_waits_for_the_sessions_and_refuses_new_ones(
+    start_haproxy: Callable[..., HAProxy],
+) -> None:
+    """DRAIN is the closest HAProxy has to ProxySQL's OFFLINE_SOFT; its limits are real."""
+    haproxy = start_haproxy()
+    router = haproxy.router()
+    desired = Membership.of(writers=["node1"], readers=["node1", "node2"])
+    await router.apply(desired)
+    old = await aiomysql.connect(host="127.0.0.1", port=haproxy.writer_port, user="root")
+    try:
+        drain = asyncio.create_task(router.drain("node1", timeout=5.0))
+        await asyncio.sleep(0.3)
+        assert not drain.done()
+        assert await router.read() == Membership.of(readers=["node1", "node2"], broken=["node3"])
+        # A running session goes on; a new connection finds no ready writer and is closed.
+        assert await query_server_id(old) == 1
+        with pytest.raises(aiomysql.OperationalError) as info:
+            await aiomysql.connect(host="127.0.0.1", port=haproxy.writer_port, user="root")
+        assert info.value.args[0] == 2013
+        old.close()  # HAProxy counts sessions, not transactions: only the client's goodbye
+        drained = await asyncio.wait_for(drain, 5)
+        assert drained.idle and drained.in_use == 0 and 0.3 <= drained.seconds < 5
+    finally:
+        old.close()
+    # Against the deadline: an idle pooled connection holds the drain until it passes.
+    await router.apply(desired)
+    idle = await aiomysql.connect(host="127.0.0.1", port=haproxy.writer_port, user="root")
+    try:
+        drained = await router.drain("node1", timeout=0.5)
+        assert not drained.idle and drained.in_use == 1 and drained.seconds >= 0.5
+    finally:
+        idle.close()
+    with pytest.raises(RouterError, match="cannot drain node3"):
+        await router.drain("node3", timeout=0.5)
+    assert await router.apply(desired) is True
+    assert await router.read() == expected_readback(desired, NODES)
 
 
 # --- helpers ------------------------------------------------------------------------------------
