@@ -76,7 +76,7 @@ async def measure(settings_path: Path, seconds: float, interval: float) -> dict[
 
 async def main_async(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="hacontrol-bench-") as tmp:
-        spec = SandboxSpec(dir=Path(tmp) / "sandbox", nodes=3, base_port=find_free_base_port(6))
+        spec = SandboxSpec(dir=Path(tmp) / "sandbox", nodes=3, base_port=find_free_base_port(7))
         sandbox = Sandbox(spec)
         info = await sandbox.up()
         try:

@@ -1,12 +1,14 @@
 """RTO/RPO benchmarks: failover and switchover as clients feel them, and the controller at rest.
 
     .venv/bin/python bench/rto.py failover   [--kill-runs 20] [--freeze-runs 10] [--out DIR]
-    .venv/bin/python bench/rto.py switchover [--runs 10] [--out DIR]
+                                              [--router proxysql|haproxy]
+    .venv/bin/python bench/rto.py switchover [--runs 10] [--out DIR] [--router ...]
     .venv/bin/python bench/rto.py idle       [--seconds 60]
 
 ``failover`` and ``switchover`` are ``hacontrol drill`` runs (each on its own new sandbox, with
-the sandbox's settings plus any HACONTROL_* overrides in the environment); their tables go to
-stdout and every figure to ``DIR/<fault>.json``. ``idle`` starts a sandbox, runs ``hacontrol run``
+the sandbox's settings plus any HACONTROL_* overrides in the environment), through the router
+given (default: ProxySQL when on PATH, else HAProxy); their tables go to stdout and every
+figure to ``DIR/<fault>.json``. ``idle`` starts a sandbox, runs ``hacontrol run``
 on it as a subprocess and samples the controller's /proc/<pid>/stat and status once a second
 for ``--seconds``: CPU % of one core and resident memory.
 """
@@ -38,29 +40,28 @@ def drill(*argv: str) -> int:
     return int(args.func(args))
 
 
+def router_args(args: argparse.Namespace) -> list[str]:
+    return ["--router", args.router] if args.router else []
+
+
 def cmd_failover(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     codes = []
     for fault, runs in (("kill", args.kill_runs), ("freeze", args.freeze_runs)):
         if runs:
             print(f"== {runs} x {fault}", flush=True)
+            out = str(args.out / f"{fault}.json")
             codes.append(
-                drill(
-                    "--fault", fault, "--runs", str(runs), "--json", str(args.out / f"{fault}.json")
-                )
+                drill("--fault", fault, "--runs", str(runs), "--json", out, *router_args(args))
             )
     return max(codes, default=0)
 
 
 def cmd_switchover(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
+    out = str(args.out / "switchover.json")
     return drill(
-        "--fault",
-        "switchover",
-        "--runs",
-        str(args.runs),
-        "--json",
-        str(args.out / "switchover.json"),
+        "--fault", "switchover", "--runs", str(args.runs), "--json", out, *router_args(args)
     )
 
 
@@ -131,10 +132,12 @@ def main() -> None:
     p.add_argument("--kill-runs", type=int, default=20)
     p.add_argument("--freeze-runs", type=int, default=10)
     p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument("--router", choices=["proxysql", "haproxy"])
     p.set_defaults(func=cmd_failover)
     p = sub.add_parser("switchover", help="planned switchover under load")
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument("--router", choices=["proxysql", "haproxy"])
     p.set_defaults(func=cmd_switchover)
     p = sub.add_parser("idle", help="controller CPU and memory at rest")
     p.add_argument("--seconds", type=float, default=60.0)

@@ -1,8 +1,9 @@
 """Switchover write window: how long an application writing every 10 ms cannot write.
 
-    .venv/bin/python bench/switchover_window.py [--runs 6] [--interval 1.0]
+    .venv/bin/python bench/switchover_window.py [--runs 6] [--interval 1.0] [--router R]
 
-Starts its own 3-node sandbox (HAProxy in front), runs the controller in-process with the
+Starts its own 3-node sandbox (ProxySQL in front when on PATH, else HAProxy; ``--router``
+picks), runs the controller in-process with the
 sandbox's settings (probe interval as given), drives a writer through the router's writer port
 inserting a row every 10 ms, and switches over node1 -> node2 -> node1 ... ``--runs`` times
 through the same command path as the API. For each switchover it reports the write window
@@ -38,9 +39,10 @@ def window(ack_times: list[float], started: float, ended: float) -> float:
     return max(gaps) if gaps else float("nan")
 
 
-async def run(runs: int, interval: float) -> int:
+async def run(runs: int, interval: float, router: str | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hacontrol-bench-") as tmp:
-        sandbox = Sandbox(SandboxSpec(dir=Path(tmp) / "sb", base_port=find_free_base_port(7)))
+        spec = SandboxSpec(dir=Path(tmp) / "sb", base_port=find_free_base_port(7), router=router)
+        sandbox = Sandbox(spec)
         await sandbox.up()
         try:
             settings = sandbox_settings(sandbox, interval=interval, timeout=interval * 0.8)
@@ -114,8 +116,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--router", choices=["proxysql", "haproxy"])
     args = parser.parse_args()
-    sys.exit(asyncio.run(run(args.runs, args.interval)))
+    sys.exit(asyncio.run(run(args.runs, args.interval, args.router)))
 
 
 if __name__ == "__main__":

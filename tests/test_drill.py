@@ -118,6 +118,19 @@ async def test_config_without_confirmation_exits_2_and_changes_nothing(sandbox, 
     assert await sandbox.live_roles() == before
 
 
+def test_router_is_chosen_for_the_sandbox_not_for_a_config(sandbox, capsys):
+    code = cli(
+        "--config", sandbox.status().settings, "--yes-kill-the-primary", "--router", "haproxy",
+        "--writer", "127.0.0.1:1", "--app-user", "a",
+    )  # fmt: skip
+    assert code == 2
+    assert "--router is for the sandbox" in capsys.readouterr().err
+    other = "haproxy" if sandbox.status().router.kind == "proxysql" else "proxysql"
+    code = cli("--dir", str(sandbox.dir), "--router", other)
+    assert code == 2
+    assert f"runs {sandbox.status().router.kind}, not {other}" in capsys.readouterr().err
+
+
 async def test_config_refused_while_another_controller_holds_the_api_port(
     sandbox, capsys, tmp_path
 ):

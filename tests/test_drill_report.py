@@ -170,9 +170,12 @@ def test_render_run_and_summary_tables():
     assert "FAILED" in failed.splitlines()[0]
     assert "lost ids: 0, 1" in failed
     summary = report.render_summary([run(1, 0.5), run(2, 0.3)])
-    rows = {line.split()[0]: line.split()[1:] for line in summary.splitlines()[1:]}
+    rows = {line.split()[0]: line.split()[1:] for line in summary.splitlines()[2:]}
     assert rows["write_outage"] == ["2", "0.400", "0.480", "0.500"]
     assert summary.splitlines()[0].startswith("summary: 2 run(s) of kill, 2 ok")
+    assert summary.splitlines()[1] == (
+        "client errors: writes OperationalError(2013) x46; reads none"
+    )
 
 
 def test_json_document_shape():
@@ -181,6 +184,7 @@ def test_json_document_shape():
         json.dumps(report.document(runs, {"probes.interval": 1.0}, {"machine": "x86_64"}))
     )
     assert doc["ok"] is False and doc["lost_writes"] == 1
+    assert doc["write_errors"] == {"OperationalError(2013)": 46} and doc["read_errors"] == {}
     assert [r["run"] for r in doc["runs"]] == [1, 2]
     first = doc["runs"][0]
     assert set(first["figures"]) == set(report.FIGURE_NAMES)

@@ -70,6 +70,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "--interval", type=float, help="probe interval override (default: from the settings)"
     )
     p.add_argument("--dir", type=Path, help="sandbox directory to use (started if needed) and keep")
+    p.add_argument(
+        "--router",
+        choices=["proxysql", "haproxy"],
+        help="the sandbox's router (default: proxysql when on PATH, else haproxy); the load "
+        "goes through it",
+    )
     p.add_argument("--config", metavar="FILE", help="drill a real cluster with these settings")
     p.add_argument(
         "--yes-kill-the-primary",
@@ -184,6 +190,8 @@ def config_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, An
         raise UsageError("--fault partition is offered for the sandbox only")
     if args.dir is not None:
         raise UsageError("--dir and --config exclude each other")
+    if args.router is not None:
+        raise UsageError("--router is for the sandbox; with --config the settings name it")
     missing = [o for o, v in (("--writer", args.writer), ("--app-user", args.app_user)) if not v]
     if missing:
         raise UsageError(f"with --config, give {' and '.join(missing)} (the application's view)")
@@ -224,10 +232,16 @@ def sandbox_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, A
         try:
             if not sandbox.is_running():
                 progress(f"starting a sandbox in {directory}")
-                spec = SandboxSpec(dir=directory, base_port=find_free_base_port(7))
+                spec = SandboxSpec(
+                    dir=directory, base_port=find_free_base_port(8), router=args.router
+                )
                 sandbox = Sandbox(spec)
                 await sandbox.up()
                 started = True
+            kind = sandbox.status().router.kind
+            if args.router is not None and kind != args.router:
+                raise UsageError(f"the sandbox in {directory} runs {kind}, not {args.router}")
+            progress(f"load through {kind}")
             settings = drill_settings(sandbox.status().settings, args.interval)
             refuse_if_controller_running(settings)
             return await drive(

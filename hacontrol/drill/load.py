@@ -1,6 +1,7 @@
 """Client load through the router, as an application feels it, and the controller's log capture.
 
-``WriteLoad`` inserts one row every ``period`` through the router's writer port and keeps each
+``WriteLoad`` inserts one row every ``period`` through the router's writer port (a plain
+autocommit INSERT) and keeps each
 acknowledged id with the monotonic time the COMMIT returned; ``ReadLoad`` runs a cheap query
 through the reader port at the same pace. Both reconnect after an error, like a pooled client,
 and count errors by kind (exception class and MySQL/OS error number).
@@ -163,9 +164,10 @@ class WriteLoad(_Loop):
         row = self._next
         self._next += 1  # an id is tried once: after an error it is never re-sent
         async with conn.cursor() as cur:
-            await cur.execute(
-                f"INSERT INTO {self.access.table} (id, node) VALUES (%s, @@server_id)", (row,)
-            )
+            # A plain autocommit INSERT, as an application sends it. No `@@server_id` here:
+            # through ProxySQL, a statement naming a variable disables multiplexing and pins
+            # the session to one backend connection, which a writer move then cuts (2013).
+            await cur.execute(f"INSERT INTO {self.access.table} (id) VALUES (%s)", (row,))
         self.acknowledged.append(row)
 
     @property

@@ -138,6 +138,15 @@ def _errors(errors: Mapping[str, int]) -> str:
     return ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())) or "none"
 
 
+def error_totals(runs: Iterable[RunResult], which: str) -> dict[str, int]:
+    """Client errors by kind over all runs; ``which`` is "write" or "read"."""
+    totals: dict[str, int] = {}
+    for run in runs:
+        for kind, count in getattr(run, f"{which}_errors").items():
+            totals[kind] = totals.get(kind, 0) + count
+    return dict(sorted(totals.items()))
+
+
 def render_run(run: RunResult) -> str:
     """The table printed after each run."""
     head = (
@@ -178,6 +187,8 @@ def render_summary(runs: Sequence[RunResult]) -> str:
         [
             f"summary: {len(runs)} run(s) of {faults}, {ok} ok; "
             f"acknowledged writes {acked}, lost {lost}",
+            f"client errors: writes {_errors(error_totals(runs, 'write'))}; "
+            f"reads {_errors(error_totals(runs, 'read'))}",
             _table(rows),
         ]
     )
@@ -195,6 +206,8 @@ def document(
         "runs": [r.to_json() for r in runs],
         "summary": {k: (asdict(v) if v else None) for k, v in stats.items()},
         "lost_writes": sum(r.lost_writes for r in runs),
+        "write_errors": error_totals(runs, "write"),
+        "read_errors": error_totals(runs, "read"),
         "ok": exit_code(runs) == 0,
         "settings": dict(settings),
         "machine": dict(machine),
