@@ -15,8 +15,10 @@ docker_process_sql <<EOSQL
 CREATE USER 'hacontrol'@'%' IDENTIFIED BY '$(secret hacontrol_password)';
 CREATE USER 'repl'@'%' IDENTIFIED BY '$(secret repl_password)';
 CREATE USER 'app'@'%' IDENTIFIED BY '$(secret app_password)';
--- ProxySQL's monitor: connect and ping only (no mysql_replication_hostgroups, no lag check).
+-- ProxySQL's monitor: connect and ping; SLAVE MONITOR only for its lag check (rows with
+-- max_replication_lag > 0). No mysql_replication_hostgroups, so no read_only check.
 CREATE USER 'monitor'@'%' IDENTIFIED BY '$(secret monitor_password)';
+GRANT SLAVE MONITOR ON *.* TO 'monitor'@'%';
 GRANT PROCESS, RELOAD, SLAVE MONITOR, BINLOG MONITOR, REPLICATION SLAVE ADMIN, REPLICATION MASTER ADMIN, READ_ONLY ADMIN, CONNECTION ADMIN ON *.* TO 'hacontrol'@'%';
 GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';
 CREATE DATABASE app;
