@@ -71,6 +71,24 @@ def require_proxysql() -> str:
     return binary
 
 
+def admin_statements(
+    endpoint: tuple[str, int, str, str], *statements: str
+) -> list[tuple[str | None, ...]]:
+    """Statements on one new connection to a ProxySQL admin port (host, port, user, password),
+    blocking; the rows of the last one."""
+    host, port, user, password = endpoint
+    conn = pymysql.connect(host=host, port=port, user=user, password=password, connect_timeout=2)
+    try:
+        with conn.cursor() as cur:
+            rows: list[tuple[str | None, ...]] = []
+            for sql in statements:
+                cur.execute(sql)
+                rows = list(cur.fetchall())
+            return rows
+    finally:
+        conn.close()
+
+
 # ---- one ProxySQL process ---------------------------------------------------------------------
 
 
@@ -255,18 +273,7 @@ class RealProxySQL:
 
     def admin(self, *statements: str) -> list[tuple[str | None, ...]]:
         """Run statements on one admin connection; the rows of the last one."""
-        conn = pymysql.connect(
-            host=self.host, port=self.port, user=self.user, password=self.password
-        )
-        try:
-            with conn.cursor() as cur:
-                rows: list[tuple[str | None, ...]] = []
-                for sql in statements:
-                    cur.execute(sql)
-                    rows = list(cur.fetchall())
-                return rows
-        finally:
-            conn.close()
+        return admin_statements((self.host, self.port, self.user, self.password), *statements)
 
     def reset(self, rows: Iterable[Row] = (), pairs: Iterable[str] = ()) -> None:
         """mysql_servers and mysql_replication_hostgroups as given, in memory, runtime and
@@ -497,9 +504,6 @@ class WriterSampler:
         finally:
             if conn is not None:
                 conn.close()
-
-    def most_writers(self) -> int:
-        return max((len(found) for _, found in self.samples), default=0)
 
     def with_two_writers(self) -> list[tuple[float, tuple[tuple[str, int, str], ...]]]:
         return [(t, found) for t, found in self.samples if len(found) > 1]

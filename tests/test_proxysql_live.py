@@ -22,7 +22,6 @@ import signal
 import time
 
 import aiomysql
-import pymysql
 import pytest
 
 from hacontrol.actions.proxysql import ProxySQLRouter
@@ -30,7 +29,13 @@ from hacontrol.events import OperatorCommand
 from hacontrol.routing import Membership
 from hacontrol.sandbox import Sandbox
 from tests.live import healthy_and_idle, runtime, sandbox_settings, sql
-from tests.proxysql_real import AdminTap, WriterSampler, pair_sql, writers_in
+from tests.proxysql_real import (
+    AdminTap,
+    WriterSampler,
+    admin_statements,
+    pair_sql,
+    writers_in,
+)
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -42,24 +47,10 @@ ER_OPTION_PREVENTS_STATEMENT = 1290
 
 
 def admin(sandbox: Sandbox, *statements: str) -> list[tuple]:
-    """Statements on ProxySQL's admin port (blocking; one connection); rows of the last."""
+    """Statements on the sandbox's ProxySQL admin port (blocking); rows of the last."""
     router = sandbox.status().router
-    conn = pymysql.connect(
-        host=router.host,
-        port=router.admin_port,
-        user="admin",
-        password=sandbox.password("proxysql"),
-        connect_timeout=2,
-    )
-    try:
-        with conn.cursor() as cur:
-            rows: list[tuple] = []
-            for statement in statements:
-                cur.execute(statement)
-                rows = list(cur.fetchall())
-            return rows
-    finally:
-        conn.close()
+    endpoint = (router.host, router.admin_port, "admin", sandbox.password("proxysql"))
+    return admin_statements(endpoint, *statements)
 
 
 def servers(sandbox: Sandbox, table: str = "runtime_mysql_servers") -> set[tuple[int, str, str]]:

@@ -164,7 +164,8 @@ def describe(
             *table,
             f"{router.kind} (pid {router.pid}, {states['router']}): "
             f"writer {router.host}:{router.writer_port}, reader {router.host}:{router.reader_port}",
-            f"router admin: {router.admin} and {router.host}:{router.admin_port}",
+            f"router admin: {router.admin}"
+            + (f" and {router.host}:{router.admin_port}" if router.kind == "haproxy" else ""),
             f"controller settings: {info.settings}",
             f"connect as app: mariadb -h {router.host} -P {router.writer_port} -u {app.user} "
             f'-p"$(cat {app.password_file})" app',
