@@ -247,6 +247,19 @@ def test_busy_port_is_detected() -> None:
         assert f"port {base + 1}" in str(err.value) and "node2" in str(err.value)
 
 
+def test_a_spawned_process_is_running_as_soon_as_spawn_returns(tmp_path: Path) -> None:
+    # Right after posix_spawn the child's /proc/<pid>/cmdline may not show the new program
+    # yet (about half the time here): spawn waits for it, or a starting node reads as dead.
+    marker = str(tmp_path / "marker")
+    for _ in range(50):
+        pid = procs.spawn(["/bin/sh", "-c", "sleep 30", marker], tmp_path / "log")
+        try:
+            assert procs.process_state(pid, marker) == "running"
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
 def test_process_state_ignores_a_pid_running_something_else() -> None:
     assert procs.process_state(os.getpid(), "/no/such/my.cnf") == "dead"
     assert procs.process_state(None, "x") == "dead"
