@@ -28,7 +28,12 @@ from hacontrol.controller import plan_budget
 from hacontrol.events import PlanFinished, ProbeResult
 from hacontrol.metrics import Metrics
 from hacontrol.plan import ActionResult
-from hacontrol.sandbox.render import APP_PRIVILEGES, CONTROLLER_PRIVILEGES, REPLICATION_PRIVILEGES
+from hacontrol.sandbox.render import (
+    APP_PRIVILEGES,
+    CONTROLLER_PRIVILEGES,
+    MONITOR_PRIVILEGES,
+    REPLICATION_PRIVILEGES,
+)
 from hacontrol.service import SHUTDOWN_GRACE
 from hacontrol.settings import SECRETS, Settings, load_settings
 from tests.factories import down, primary, replica, router
@@ -358,6 +363,7 @@ def test_compose_grants_are_the_sandbox_tested_least_privilege_grants():
         f"GRANT {CONTROLLER_PRIVILEGES} ON *.* TO 'hacontrol'@'%'",
         f"GRANT {REPLICATION_PRIVILEGES} ON *.* TO 'repl'@'%'",
         f"GRANT {APP_PRIVILEGES} ON app.* TO 'app'@'%'",
+        f"GRANT {MONITOR_PRIVILEGES} ON *.* TO 'monitor'@'%'",
     }
 
 
