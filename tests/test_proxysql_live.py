@@ -371,17 +371,29 @@ async def test_proxysql_killed_and_frozen_mid_apply_never_two_writers_and_conver
             faults.append("restarted")  # arms the freeze for the next apply
             restarted = time.monotonic()
             await sb.start_router()
-            # From proxysql.db: node2 the writer again (stale), as the router probe reads it
-            # before the controller moves it once more.
-            await eventually(
-                lambda: any(
+            # From proxysql.db: node2 the writer again (stale). Who sees it first after the
+            # restart is a race (the router probe, the sampler, or the controller's next apply,
+            # which then deletes that row once more): any of them is proof enough.
+            stale = ("127.0.0.1", port["node2"])
+
+            def stale_writer_seen() -> bool:
+                probed = any(
                     r["_mono"] > restarted and r["membership"]["writers"] == ["node2"]
                     for r in capture.of("router_probe")
                     if r.get("membership")
-                ),
-                10,
-                "the stale writer read after the restart",
-            )
+                )
+                sampled = any(
+                    t > restarted and any((h, p) == stale for h, p, _ in found)
+                    for t, found in sampler.samples
+                )
+                deletes = [
+                    s
+                    for s in tap.statements
+                    if s.startswith("DELETE FROM mysql_servers WHERE hostgroup_id = 10")
+                ]
+                return probed or sampled or len(deletes) >= 2
+
+            await eventually(stale_writer_seen, 20, "the stale writer seen after the restart")
             await eventually(lambda: "freeze" in faults, 20, "the freeze mid-apply")
             await eventually(lambda: rt.controller.view.router.membership == ALL, 30, "converged")
             await healthy_and_idle(rt)
