@@ -74,10 +74,11 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Commands that live in their own modules register their own parsers."""
-    from hacontrol import drill, operator_cli, sandbox
+    from hacontrol import drill, journal_cli, operator_cli, sandbox
 
     sandbox.register_cli(sub)
     operator_cli.register_cli(sub)
+    journal_cli.register_cli(sub)
     drill.register_cli(sub)
 
 
@@ -106,6 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if loaded is None:
         return EXIT_CONFIG
+    from hacontrol.journal import JournalError
+    from hacontrol.journal_cli import RESET_HINT
     from hacontrol.jsonlog import JsonLog
     from hacontrol.routing import RouterError
     from hacontrol.service import run_forever, secrets_of
@@ -118,6 +121,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.emit("startup_refused", None, "error", reason=str(exc))
         print(f"hacontrol: {exc}", file=sys.stderr)
         return 1
+    except JournalError as exc:
+        # Which plan was cut, and what must outlive a restart, cannot be known: an operator
+        # looks (`hacontrol journal check`) rather than the controller guessing.
+        reason = f"the journal cannot be read: {exc}"
+        log.emit("startup_refused", None, "error", reason=reason, path=str(exc.path), line=exc.line)
+        print(f"hacontrol: {reason}\nhacontrol: {RESET_HINT}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -5,10 +5,16 @@ condition. One of each (plain values live in ``tests.factories``, sandbox helper
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from hacontrol.events import Event
@@ -50,3 +56,57 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
         await asyncio.sleep(poll)
+
+
+# -- disk faults: a small tmpfs filled up, an immutable file (real, as root) -----------------
+
+
+def disk_faults_unavailable() -> str | None:
+    """Why a test cannot mount a tmpfs or set the immutable flag here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (mount -t tmpfs, chattr +i)"
+    if shutil.which("chattr") is None:
+        return "needs chattr (e2fsprogs)"
+    return None
+
+
+@contextlib.contextmanager
+def small_tmpfs(size: str = "16k") -> Iterator[Path]:
+    """A fresh tmpfs of ``size`` mounted on a temporary folder; unmounted at the end."""
+    where = Path(tempfile.mkdtemp(prefix="hacontrol-tmpfs-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        for path in where.rglob("*"):
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        where.rmdir()
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem of ``folder`` until it refuses a byte; returns the filler file."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        for chunk in (b"\0" * 4096, b"\0"):
+            with contextlib.suppress(OSError):
+                while os.write(fd, chunk):
+                    pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``chattr +i path`` for the block (skips the test when the filesystem refuses it)."""
+    import pytest
+
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
