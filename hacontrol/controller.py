@@ -4,6 +4,10 @@ It takes events from the queue in order, feeds each to the pure ``step`` with th
 keeps the model it returns and performs the effects: log lines, plans started in the executor
 (one at a time, in their own task, whose result comes back as an event), alerts, answers to
 operator commands, fast re-probes, the journal. Every policy lives in ``step`` and the rules.
+
+Journal writes go to the journal's writer thread, in order, and never block the loop; one that
+fails comes back as a ``JournalStatus`` event, and so does the journal's check, every
+``JOURNAL_CHECK_EVERY`` seconds (room left, writable or not).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from hacontrol.effects import (
     SendAlert,
     StartPlan,
 )
-from hacontrol.events import CallerGone, Event, PlanFinished, ProbeResult, Stop
-from hacontrol.journal import Journal, state_from_json, state_to_json
+from hacontrol.events import CallerGone, Event, JournalStatus, PlanFinished, ProbeResult, Stop
+from hacontrol.journal import Journal, JournalUnwritable, Space, state_from_json, state_to_json
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
 from hacontrol.model import ControllerState, Running
@@ -35,6 +39,9 @@ from hacontrol.rules.lifecycle import unreported
 from hacontrol.settings import Settings
 from hacontrol.step import boot, step
 from hacontrol.view import ClusterView, initial
+
+JOURNAL_CHECK_EVERY = 5.0
+"""Seconds between two checks of the journal (writable, room left)."""
 
 
 class PlanRunner(Protocol):
@@ -65,12 +72,15 @@ class Controller:
         acknowledge_block: bool = False,
         metrics: Metrics | None = None,
         paused: bool = False,
+        journal_check_every: float = JOURNAL_CHECK_EVERY,
     ) -> None:
         self.settings, self.log, self.queue = settings, log, queue
         self.executor, self.journal, self.metrics = executor, journal, metrics
         self._reprobe, self._clock, self._wall = reprobe, clock, wall_clock
         self._task: asyncio.Task[None] | None = None
-        replay = journal.load() if journal is not None else None
+        self._journal_every = journal_check_every
+        self._loop = _running_loop()
+        replay = self._load_journal()  # JournalError: not a journal (the caller says so)
         kept = replay.state if replay is not None else None
         self.model, effects = boot(
             initial(settings),
@@ -82,7 +92,26 @@ class Controller:
             acting=executor is not None,
             wall_offset=wall_clock() - clock(),
         )
-        self._perform(effects)
+        self._perform(effects, at_boot=True)
+
+    def _load_journal(self) -> Any:
+        journal = self.journal
+        if journal is None:
+            return None
+        replay = journal.load()
+        journal.on_failure = self._journal_failed
+        if replay.torn:
+            self.log.emit(
+                "journal_torn_records",
+                None,
+                "warning",
+                path=str(journal.path),
+                lines=list(replay.torn),
+                reason="records cut by a crash mid-write: skipped, they never counted",
+            )
+        if replay.unwritable:
+            self.log.emit("journal_unwritable", None, "error", reason=replay.unwritable)
+        return replay
 
     # -- what status, the API and tests read -------------------------------------------------
 
@@ -108,6 +137,16 @@ class Controller:
     async def run(self) -> None:
         """Consume events until a Stop event; then let a running plan finish (bounded), take
         in its outcome (nothing new starts), and answer every command still waiting."""
+        self._loop = asyncio.get_running_loop()
+        checks = asyncio.create_task(self._check_journal_often(), name="journal-check")
+        try:
+            await self._consume()
+        finally:
+            checks.cancel()
+            if self.journal is not None:
+                await self.journal.flushed()
+
+    async def _consume(self) -> None:
         while True:
             event = await self.queue.get()
             self.handle(event)
@@ -130,6 +169,8 @@ class Controller:
             self.metrics.observe_loop(max(0.0, now - event.at), self.queue.qsize())
             if isinstance(event, ProbeResult):
                 self.metrics.observe_probe(event)
+            elif isinstance(event, JournalStatus):
+                self.metrics.observe_journal(event.writable, event.free_bytes)
         if isinstance(event, PlanFinished):  # deferred commands run next: are they awaited?
             for cmd in self.model.deferred:
                 if cmd.reply is not None and cmd.reply.done():
@@ -145,7 +186,7 @@ class Controller:
 
     # -- effects -------------------------------------------------------------------------------
 
-    def _perform(self, effects: Iterable[Effect]) -> None:
+    def _perform(self, effects: Iterable[Effect], *, at_boot: bool = False) -> None:
         for effect in effects:
             match effect:
                 case Log(event=name, node=node, level=level, fields=fields):
@@ -161,12 +202,54 @@ class Controller:
                 case Reprobe(nodes=nodes):
                     self._reprobe(nodes)
                 case PersistState(state=kept) if self.journal is not None:
-                    self.journal.save_state(state_to_json(kept, self._clock(), self._wall()))
+                    record = state_to_json(kept, self._clock(), self._wall())
+                    self._write(at_boot, self.journal.save_state, record)
                 case EndIntent(plan_id=plan_id, reason=reason) if self.journal is not None:
-                    self.journal.end(plan_id, False, reason)
+                    self._write(at_boot, self.journal.end, plan_id, False, reason)
                 case RecordPlan(finished=finished, detect_seconds=seconds):
                     if self.metrics is not None:
                         self.metrics.observe_plan(finished, seconds)
+
+    # -- the journal ----------------------------------------------------------------------------
+
+    def _write(self, at_boot: bool, record: Callable[..., None], *args: Any) -> None:
+        """A journal record: in the writer thread (in order, off the loop), or at once before
+        the loop runs. A failure comes back as a JournalStatus event, never as an exception."""
+        if not at_boot:
+            assert self.journal is not None
+            self.journal.post(record, *args)
+            return
+        try:
+            record(*args)
+        except JournalUnwritable as exc:
+            self.log.emit("journal_write_failed", None, "error", reason=str(exc))
+
+    def _journal_failed(self, reason: str) -> None:
+        """From the writer thread: a record was not written."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        event = JournalStatus(self._clock(), False, reason)
+        loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    async def _check_journal_often(self) -> None:
+        while self.journal is not None:
+            self.queue.put_nowait(await self._check_journal(self.journal))
+            await asyncio.sleep(self._journal_every)
+
+    async def _check_journal(self, journal: Journal) -> JournalStatus:
+        """Writable, and the room left, checked in the writer thread (bounded)."""
+        timeout = 2 * journal.write_timeout
+        try:
+            job = asyncio.wrap_future(journal.post(journal.check_space))
+            space = await asyncio.wait_for(asyncio.shield(job), timeout)
+        except TimeoutError:
+            space = Space(False, None, f"{journal.path}: the check did not return in {timeout:g} s")
+        except Exception as exc:  # the check must not end the loop
+            space = Space(False, None, f"{journal.path}: {type(exc).__name__}: {exc}")
+        return JournalStatus(
+            self._clock(), space.writable, space.reason, space.free_bytes, space.low
+        )
 
     def _start(self, running: Running) -> None:
         executor = self.executor
@@ -188,3 +271,10 @@ def plan_budget(settings: Settings) -> float:
     """The longest a plan may take: the apply wait plus a few actions."""
     failover = settings.failover
     return failover.apply_timeout + failover.switchover_deadline + 8 * failover.action_timeout
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -131,6 +131,19 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalStatus:
+    """The journal's health: from its periodic check (``free_bytes`` known) or from a record
+    that could not be written (``writable`` False)."""
+
+    at: float
+    writable: bool
+    reason: str = ""
+    free_bytes: int | None = None
+    low: bool = False
+    """Writable, but less room left than an operator should let it get to."""
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """Queue sentinel: the decision task finishes what it holds and returns."""
 
@@ -146,5 +159,6 @@ Event = (
     | OperatorCommand
     | CallerGone
     | Tick
+    | JournalStatus
     | Stop
 )

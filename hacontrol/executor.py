@@ -5,14 +5,18 @@ A plain runner. What to do was decided by the rules; so was what undoes a plan
 precondition on fresh data. A failed ``required`` action stops the plan; the others are logged
 and the plan goes on. Multi-step plans (``PlanKind.journaled``) are journaled: ``begin`` before
 the first step (unless resumed), ``start`` before a Promote, ``step`` after each, ``end`` at the
-finish. The result comes back to the decision task as a ``PlanFinished`` event carrying typed
-facts: which node was promoted, which nodes and whether the router were touched, where it
-stopped.
+finish, each durable (in the journal's writer thread, off the event loop) before the run goes
+on. A record that cannot be written never stops a failover, nor a plan past its promotion: the
+run goes on without the journal; any other plan stops after the step in flight
+(``rules.journal``). The result comes back to the decision task as a ``PlanFinished`` event
+carrying typed facts: which node was promoted, which nodes and whether the router were touched,
+where it stopped; an unexpected error inside the run still reports what it promoted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
@@ -23,7 +27,7 @@ from hacontrol.actions.hooks import describe as describe_hook
 from hacontrol.actions.notify import Alert, Notifier
 from hacontrol.events import PlanFinished
 from hacontrol.flavors.base import NodeStatus
-from hacontrol.journal import Journal
+from hacontrol.journal import Journal, JournalUnwritable
 from hacontrol.jsonlog import JsonLog
 from hacontrol.plan import (
     Action,
@@ -47,6 +51,7 @@ from hacontrol.plan import (
 )
 from hacontrol.routing import Router, fenced
 from hacontrol.rules.candidates import topology_text
+from hacontrol.rules.journal import goes_on_without_journal
 from hacontrol.rules.rollback import rollback_actions
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView
@@ -105,6 +110,12 @@ class _Run:
     timings: dict[str, float] = field(default_factory=dict)
     stopped_io: frozenset[str] = frozenset()
     """IO threads this run stopped (and only those are started again by a rollback)."""
+    begun: bool = False
+    """Its ``begin`` is in the journal (written by this run, or before a restart)."""
+    promoted: bool = False
+    """Its Promote is done (in this run, or before a restart)."""
+    stop: str | None = None
+    """Why it stops before its next step (a journal record it could not write)."""
 
 
 class Executor:
@@ -163,28 +174,86 @@ class Executor:
     ) -> PlanFinished:
         """Run ``plan`` (``skip``: the steps a run before a restart did) and report back."""
         run = _Run(plan_id, plan, self._clock(), plan.kind.journaled and self.journal is not None)
-        if run.journaled and not resumed:
-            self._journal().begin(plan_id, plan)
+        run.begun = run.journaled and resumed
+        run.promoted = plan.promote is not None and plan.point_of_no_return in skip
         steps: list[ActionResult] = []
-        failed_at: int | None = None
-        for index, action in enumerate(plan.actions):
+        try:
+            if run.journaled and not resumed:
+                await self._record(run, "begin", plan_id, plan)
+                run.begun = run.journaled
+                if run.stop is not None:
+                    return self._finished(run, False, f"not started: {run.stop}", None, ())
+            elif self.journal is not None:  # what was persisted before this plan lands first
+                await self.journal.flushed()
+            failed_at = await self._steps(run, skip, steps)
+            ok, reason, undo = failed_at is None, "all steps done", ()
+            if failed_at is not None:
+                reason = (
+                    f"stopped before {type(plan.actions[failed_at]).__name__}: {run.stop}"
+                    if run.stop is not None
+                    else f"{steps[-1].action} failed: {steps[-1].reason}"
+                )
+                undo = rollback_actions(plan, failed_at, run.stopped_io, reason)
+            if undo:
+                reason = f"rolled back ({await self._rollback(run, undo)}) after {reason}"
+            await self._end(run, ok, reason)
+            return self._finished(run, ok, reason, failed_at, tuple(steps), bool(undo))
+        except Exception as exc:  # a bug or an I/O error: report what was done all the same
+            with contextlib.suppress(Exception):  # the log itself may be what failed
+                self.log.emit("executor_error", None, "error", plan=plan_id, error=repr(exc))
+            reason = f"the executor failed: {type(exc).__name__}: {exc}"
+            return self._finished(run, False, reason, None, tuple(steps))
+
+    async def _steps(
+        self, run: _Run, skip: frozenset[int], steps: list[ActionResult]
+    ) -> int | None:
+        """Each step in order; the index where the plan stops, None when every step ran."""
+        for index, action in enumerate(run.plan.actions):
             if index in skip:
                 continue
+            if run.journaled and isinstance(action, Promote):  # a crash inside is known as such
+                await self._record(run, "step_started", run.plan_id, index)
+            if run.stop is not None:
+                return index
             step = await self._step(run, index, action)
             steps.append(step)
             if not step.ok and action.required:
-                failed_at = index
-                break
-        ok = failed_at is None
-        reason = "all steps done" if ok else f"{steps[-1].action} failed: {steps[-1].reason}"
-        undo = (
-            () if failed_at is None else rollback_actions(plan, failed_at, run.stopped_io, reason)
-        )
-        if undo:
-            reason = f"rolled back ({await self._rollback(run, undo)}) after {reason}"
-        if run.journaled:
-            self._journal().end(plan_id, ok, reason)
-        return self._finished(run, ok, reason, failed_at, tuple(steps), skip, bool(undo))
+                return index
+        return None
+
+    async def _record(self, run: _Run, record: str, *args: Any) -> None:
+        """A journal record of this run, durable before the run goes on. When it cannot be
+        written, the run goes on without the journal or stops (``rules.journal``)."""
+        if not run.journaled:
+            return
+        try:
+            journal = self._journal()
+            await journal.write(getattr(journal, record), *args)
+        except JournalUnwritable as exc:
+            run.journaled = False
+            goes_on = goes_on_without_journal(run.plan, run.promoted)
+            if not goes_on:
+                run.stop = f"the journal cannot be written ({exc})"
+            self.log.emit(
+                "journal_write_failed",
+                None,
+                "error",
+                plan=run.plan_id,
+                rule=run.plan.rule,
+                reason=str(exc),
+                plan_goes_on=goes_on,
+                why="a failover, or past its promotion: it goes on without the journal"
+                if goes_on
+                else "it stops after the step in flight (before its promotion)",
+            )
+
+    async def _end(self, run: _Run, ok: bool, reason: str) -> None:
+        """The ``end`` of a plan whose ``begin`` is in the journal, even after a record failed
+        (the journal keeps it for later if it cannot be written now)."""
+        if not run.begun or self.journal is None:
+            return
+        self.journal.post(self.journal.end, run.plan_id, ok, reason)
+        await self.journal.flushed()
 
     def _finished(
         self,
@@ -193,15 +262,11 @@ class Executor:
         reason: str,
         failed_at: int | None,
         steps: tuple[ActionResult, ...],
-        skip: frozenset[int],
-        rolled_back: bool,
+        rolled_back: bool = False,
     ) -> PlanFinished:
         plan = run.plan
         ran = [plan.actions[s.index] for s in steps]
-        promote_at = plan.point_of_no_return
-        promoted = plan.promote is not None and (
-            promote_at in skip or any(s.index == promote_at and s.ok for s in steps)
-        )
+        promoted = run.promoted  # set the moment the Promote succeeded (or before a restart)
         return PlanFinished(
             self._clock(),
             run.plan_id,
@@ -222,9 +287,9 @@ class Executor:
         """One action, timed, logged and journaled; it never raises."""
         name = type(action).__name__
         t0 = self._clock()
-        if run.journaled and isinstance(action, Promote):
-            self._journal().step_started(run.plan_id, index)  # a crash inside is known as such
         result = await self._attempt(run, action, deadline=index < run.plan.point_of_no_return)
+        if isinstance(action, Promote) and result.ok:
+            run.promoted = True  # first: whatever fails after this, the plan promoted
         took = self._clock() - t0
         run.timings[name] = self._clock() - run.started
         step = replace(
@@ -242,8 +307,7 @@ class Executor:
             reason=step.reason,
             seconds=step.seconds,
         )
-        if run.journaled:
-            self._journal().step(run.plan_id, index, step.ok, step.reason)
+        await self._record(run, "step", run.plan_id, index, step.ok, step.reason)
         if self._fault_after == name:
             _crash_for_test(self.log, name)
         return step

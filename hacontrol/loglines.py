@@ -11,6 +11,7 @@ from hacontrol.events import (
     CallerGone,
     ConnectionLost,
     Event,
+    JournalStatus,
     OperatorCommand,
     PlanFinished,
     ProbeResult,
@@ -54,7 +55,7 @@ def event_lines(event: Event) -> tuple[Log, ...]:
             return (log("router_probe", None, "warning", kind=event.kind, error=event.error),)
         case Stop():
             return (log("stop_requested", None, "info", reason=event.reason),)
-        case Tick() | PlanFinished() | OperatorCommand() | CallerGone():
+        case Tick() | PlanFinished() | OperatorCommand() | CallerGone() | JournalStatus():
             return ()  # ticks drive timers; the others are logged by the rules with their outcome
 
 

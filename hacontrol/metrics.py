@@ -162,6 +162,18 @@ class Metrics:
             ("cluster",),
             registry=reg,
         )
+        self._journal_writable = Gauge(
+            "hacontrol_journal_writable",
+            "1 when the intent journal can be written (last check or write), else 0",
+            ("cluster",),
+            registry=reg,
+        )
+        self._journal_free = Gauge(
+            "hacontrol_journal_free_bytes",
+            "Bytes free on the journal's filesystem at the last check",
+            ("cluster",),
+            registry=reg,
+        )
 
     def _plan_series(self) -> None:
         reg = self.registry
@@ -241,6 +253,11 @@ class Metrics:
 
     def set_halt(self, active: bool) -> None:
         self._halt.labels(self.cluster).set(1 if active else 0)
+
+    def observe_journal(self, writable: bool, free_bytes: int | None) -> None:
+        self._journal_writable.labels(self.cluster).set(1 if writable else 0)
+        if free_bytes is not None:
+            self._journal_free.labels(self.cluster).set(free_bytes)
 
     def set_mail(self, queued: int, sent: int, failed: int, dropped: int) -> None:
         """Mail counters pushed by the caller; ignored when a notifier was given at creation."""

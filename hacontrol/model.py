@@ -71,6 +71,19 @@ class Quarantined:
 
 
 @dataclass(frozen=True)
+class JournalHealth:
+    """Whether the journal can be written, as last checked or written
+    (``rules.journal`` says what a plan may do without it)."""
+
+    writable: bool = True
+    reason: str = ""
+    since: float | None = None
+    """When it became unwritable (monotonic)."""
+    low: bool = False
+    free_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class ControllerState:
     halt: Halt | None = None
     blocked_until: float | None = None
@@ -87,6 +100,7 @@ class ControllerState:
     """When a condition that alerts only if it lasts was first seen."""
     retry_at: Mapping[RetryKey, float] = field(default_factory=dict)
     """Not before then: a failed fence, rejoin or repoint is not hammered."""
+    journal: JournalHealth = JournalHealth()
 
 
 @dataclass(frozen=True)

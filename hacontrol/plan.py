@@ -37,6 +37,8 @@ class AlertKind(StrEnum):
     FENCE_FAILED = "fence_failed"
     REJOIN_FAILED = "rejoin_failed"
     REPOINT_FAILED = "repoint_failed"
+    JOURNAL_UNWRITABLE = "journal_unwritable"
+    JOURNAL_LOW_SPACE = "journal_low_space"
 
     @property
     def halts(self) -> bool:

@@ -19,6 +19,7 @@ from hacontrol.effects import Effect, PersistState, Reprobe, SendAlert, StartPla
 from hacontrol.events import (
     CallerGone,
     Event,
+    JournalStatus,
     OperatorCommand,
     PlanFinished,
     ProbeResult,
@@ -30,6 +31,7 @@ from hacontrol.model import Intent, Model, Persisted, persisted
 from hacontrol.plan import Notify, Plan
 from hacontrol.rules.commands import STOPPING, caller_gone, command, refuse_deferred, run_deferred
 from hacontrol.rules.failure import reprobe_targets
+from hacontrol.rules.journal import journal_status, refusal
 from hacontrol.rules.lifecycle import log_decision, plan_id, start
 from hacontrol.rules.outcomes import plan_finished
 from hacontrol.rules.resume import may_resume, resume
@@ -77,6 +79,8 @@ def react(model: Model, event: Event, settings: Settings, now: float) -> Step:
             return command(model, event, settings, now)
         case CallerGone():
             return caller_gone(model, event)
+        case JournalStatus():
+            return journal_status(model, event, now)
         case Stop():
             return refuse_deferred(replace(model, stopping=True), STOPPING)
     return model, ()
@@ -92,6 +96,8 @@ def next_plan(model: Model, settings: Settings, now: float) -> Step:
         return resume(model, plan, now)
     if not model.lease.allows(plan):
         return log_decision(model, not_leader(model, plan), now)
+    if withheld := refusal(plan, model.state.journal):
+        return log_decision(model, withheld, now)
     model, logged = log_decision(replace(model, state=decision.state), plan, now)
     if not plan.actions:
         return model, logged

@@ -16,7 +16,7 @@ from hacontrol.jsonlog import JsonLog
 from hacontrol.rules.failure import reprobe_targets
 from hacontrol.view import fold
 from tests.factories import down, primary, replica, router, settings
-from tests.support import fold_all
+from tests.support import eventually, fold_all
 
 S = settings()
 ALL = frozenset({"node1", "node2", "node3"})
@@ -413,3 +413,65 @@ async def test_resume_finishes_a_half_done_promotion_only_after_a_crash_inside_i
     plan_id, resumed, skip, was_resumed = executor.given[0]
     assert plan_id == "failover-1" and was_resumed and skip == done
     assert resumed.promote is not None and resumed.promote.finish_half_done is finish
+
+
+async def test_an_unwritable_journal_never_stops_the_controller_nor_a_failover(tmp_path):
+    """The journal's folder turns into a file (every record fails) while the cluster runs,
+    then the primary dies: the controller alerts, fails over through the real executor,
+    keeps the quarantine in memory and writes it once the journal is writable again."""
+    from hacontrol.executor import Executor
+    from hacontrol.journal import Journal
+    from tests.test_executor import BEFORE, FakeNodes, FakeNotifier, FakeRouter, break_journal
+
+    out = io.StringIO()
+    log = JsonLog("t", stream=out)
+    journal = Journal(tmp_path / "state" / "journal.jsonl")
+    original = journal.path
+    nodes, notifier, queue, now = FakeNodes(), FakeNotifier(), asyncio.Queue(), [0.0]
+    executor = Executor(
+        S,
+        log,
+        mysql=nodes,
+        router=FakeRouter(BEFORE),
+        notifier=notifier,
+        journal=journal,
+        view=lambda: controller.view,
+    )
+    controller = Controller(
+        S,
+        log,
+        queue,
+        executor=executor,
+        journal=journal,
+        clock=lambda: now[0],
+        journal_check_every=0.02,
+    )
+    running = asyncio.create_task(controller.run())
+    for t in (1.0, 2.0, 3.0):
+        feed(controller, healthy_round(t), now)
+    break_journal(journal)()
+    await eventually(lambda: not controller.state.journal.writable, 5, "the check sees it")
+    for t in (4.0, 5.0, 6.0):
+        feed(controller, dead_round(t), now)
+    records = await eventually(
+        lambda: [
+            r for r in lines(out) if r["event"] == "plan_finished" and r["kind"] == "failover"
+        ],
+        5,
+        "the failover",
+    )
+    assert records[0]["ok"], records[0]
+    assert ("promote", "node2") in nodes.calls and not running.done()
+    events = [r["event"] for r in lines(out)]
+    assert events.count("journal_unwritable") == 1
+    assert "journal_write_failed" in events  # the failover's begin, and the state
+    (alert,) = [a for a in notifier.alerts if a.kind == "journal_unwritable"]
+    assert "not-a-folder" in alert.reason
+    assert "node1" in controller.state.quarantined
+    journal.path = original  # room again
+    await eventually(lambda: controller.state.journal.writable, 5, "the journal back")
+    await eventually(lambda: "journal_writable" in [r["event"] for r in lines(out)], 5, "logged")
+    queue.put_nowait(Stop(7.0, "test"))
+    await asyncio.wait_for(running, 5)
+    kept = Journal(original).load().state
+    assert kept is not None and "node1" in kept["quarantined"]  # written when it could be

@@ -4,6 +4,7 @@ journaling for crash resume, and the typed facts it reports. No database, no sle
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -52,11 +53,15 @@ class FakeNodes:
     read_only: dict[str, bool] = field(default_factory=dict)
     io_running: set[str] = field(default_factory=lambda: {"node2", "node3"})
     slow: dict[str, float] = field(default_factory=dict)
+    then: dict[tuple[str, str], Callable[[], None]] = field(default_factory=dict)
+    """Run right after (method, node): a fault elsewhere while the plan runs."""
 
     async def _act(self, method: str, node: str, changed: bool = True) -> ActionResult:
         self.calls.append((method, node))
         if (method, node) in self.crash:
             raise Crash
+        if (method, node) in self.then:
+            self.then[(method, node)]()
         await asyncio.sleep(self.slow.get(method, 0))
         failed = self.fail.get((method, node))
         return failed or ActionResult(method, node, True, changed, f"{method} done")
@@ -379,3 +384,70 @@ async def test_an_alert_outside_a_plan_runs_the_on_halt_hook_only_for_a_halt(rig
     await asyncio.sleep(0)
     assert [a.kind for a in rig.notifier.alerts] == ["halt", "no_quorum"]
     assert ran == [("on_halt", {"kind": "halt", "node": "", "reason": "two writers"})]
+
+
+# -- when the journal cannot be written (rules.journal) ---------------------------------------
+
+
+def break_journal(journal: Journal) -> Callable[[], None]:
+    """From now on the journal's folder is a regular file: every record fails."""
+
+    def now() -> None:
+        blocker = journal.path.parent / "not-a-folder"
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        blocker.write_text("x")
+        journal.path = blocker / "journal.jsonl"
+
+    return now
+
+
+async def test_a_failover_runs_without_a_journal_that_cannot_be_written(rig: Rig):
+    break_journal(rig.journal)()
+    finished = await rig.executor.run("failover-1", failover_plan())
+    assert finished.ok and finished.promoted == "node2" and len(finished.steps) == 7
+    (failed,) = rig.log.lines("journal_write_failed")  # the first record only: then none
+    assert failed["plan_goes_on"] is True and "not-a-folder" in failed["reason"]
+    assert "goes on without the journal" in failed["why"]
+
+
+async def test_a_switchover_does_not_start_without_its_journal(rig: Rig):
+    break_journal(rig.journal)()
+    finished = await rig.executor.run("switchover-1", switchover_plan())
+    assert not finished.ok and finished.failed_at is None and finished.steps == ()
+    assert finished.reason.startswith("not started: the journal cannot be written")
+    assert rig.nodes.calls == [] and rig.router.applied == []
+
+
+async def test_a_switchover_whose_journal_fails_midway_stops_after_the_step_in_flight(rig: Rig):
+    original = rig.journal.path
+    rig.nodes.then[("fence", "node1")] = break_journal(rig.journal)
+    finished = await rig.executor.run("switchover-1", switchover_plan())
+    assert not finished.ok and finished.failed_at == 3 and finished.rolled_back
+    assert ("fence", "node1") in rig.nodes.calls  # the step in flight finished ...
+    assert ("catch_up", "node2") not in rig.nodes.calls  # ... and nothing after it ran
+    assert "stopped before CatchUp: the journal cannot be written" in finished.reason
+    assert rig.nodes.calls[-1] == ("writable", "node1") and rig.router.applied[-1] == BEFORE
+    (failed,) = rig.log.lines("journal_write_failed")
+    assert failed["plan_goes_on"] is False
+    # Its begin is in the journal; its end could not be written: kept, and written once the
+    # journal can be (a restart must not take the plan for an unfinished one).
+    assert Journal(original).load().unfinished is not None
+    rig.journal.path = original
+    assert rig.journal.check_space().writable
+    assert Journal(original).load().unfinished is None
+
+
+async def test_past_its_promotion_a_plan_goes_on_without_the_journal(rig: Rig):
+    rig.nodes.then[("promote", "node2")] = break_journal(rig.journal)
+    finished = await rig.executor.run("switchover-1", switchover_plan())
+    assert finished.ok and finished.promoted == "node2"
+    assert ("repoint", "node3") in rig.nodes.calls and rig.router.applied[-1] == AFTER
+
+
+async def test_an_executor_error_after_the_promotion_still_reports_it(rig: Rig):
+    """The known gap: whatever fails after a successful Promote (the log's stream here), the
+    failover counts as promoted: the old primary stays quarantined, the block holds."""
+    rig.nodes.then[("promote", "node2")] = rig.log.stream.close
+    finished = await rig.executor.run("failover-1", failover_plan())
+    assert not finished.ok and finished.promoted == "node2"
+    assert finished.reason.startswith("the executor failed: ValueError")

@@ -16,6 +16,7 @@ from hacontrol.effects import Effect, Reply, Step, log
 from hacontrol.events import CallerGone, CommandResult, OperatorCommand
 from hacontrol.model import Model
 from hacontrol.plan import Plan
+from hacontrol.rules.journal import refusal
 from hacontrol.rules.lifecycle import log_decision, plan_id, start
 from hacontrol.rules.planned import plan_maintenance, plan_switchover
 from hacontrol.settings import Settings
@@ -89,6 +90,8 @@ def planned(model: Model, cmd: OperatorCommand, settings: Settings, now: float) 
         plan = plan_switchover(model.view, model.state, settings, cmd.node, now)
     if not isinstance(plan, str) and not model.lease.allows(plan):
         plan = f"not the leader ({model.lease.reason})"
+    if not isinstance(plan, str) and (withheld := refusal(plan, model.state.journal)):
+        plan = withheld.reason
     if isinstance(plan, str):
         return model, answer(cmd, False, f"refused: {plan}")
     model = replace(model, view=view)  # maintenance: the node is in (or out of) it from now on
