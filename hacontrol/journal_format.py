@@ -102,7 +102,7 @@ def action_from_json(data: Any) -> p.Action:
 def plan_from_json(record: dict[str, Any]) -> p.Plan:
     """The plan of a ``begin`` record. RecordError names the field."""
     kind = record.get("kind")
-    if kind not in {k.value for k in p.PlanKind}:
+    if not isinstance(kind, str) or kind not in {k.value for k in p.PlanKind}:
         raise RecordError(f"begin: unknown plan kind {_short(kind)}")
     for key in ("rule", "reason"):
         if not isinstance(record.get(key), str):
@@ -232,7 +232,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     if hint is Membership:
         return _membership(value, where)
     if isinstance(hint, type) and issubclass(hint, StrEnum):
-        if value not in {m.value for m in hint}:
+        if not isinstance(value, str) or value not in {m.value for m in hint}:
             raise RecordError(f"{where}: unknown value {_short(value)}")
         return hint(value)
     if hint is float and _finite(value):
