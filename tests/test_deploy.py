@@ -129,6 +129,7 @@ def _rendered_samples() -> dict[str, dict[str, set[str]]]:
     )
     metrics.observe_loop(0.001, 0)
     metrics.set_halt(False)
+    metrics.observe_journal(True, 2**30)
     out: dict[str, dict[str, set[str]]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
         for sample in family.samples:
