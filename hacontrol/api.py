@@ -60,6 +60,7 @@ from aiohttp.web_protocol import RequestHandler
 from hacontrol.api_guard import ConnectionTable, RateLimiter, connection_cap, retry_after
 from hacontrol.api_loop import CachedRead, LoopThread, MainLoop, MainUnavailable
 from hacontrol.api_schema import NODE_NAME, document
+from hacontrol.api_sites import bound, site_for
 from hacontrol.events import CommandResult, OperatorCommand
 from hacontrol.jsonlog import JsonLog, dumps
 from hacontrol.metrics import CONTENT_TYPE
@@ -308,8 +309,9 @@ ROUTES: dict[str, _Route] = {
 
 
 class ApiServer:
-    """``start()`` (on the main loop) serves on ``settings.host:settings.port`` from a thread of
-    its own and returns the bound address; ``stop()`` closes it."""
+    """``start()`` (on the main loop) serves on ``settings.host:settings.port`` (over TLS when
+    configured) or on ``settings.socket`` from a thread of its own and returns the bound
+    address ((socket path, 0) for a unix socket); ``stop()`` closes it."""
 
     def __init__(
         self,
@@ -364,6 +366,8 @@ class ApiServer:
             "info",
             host=host,
             port=port,
+            tls=self.settings.tls_cert is not None,
+            socket=self.settings.socket is not None,
             commands_enabled=self._token is not None,
             max_connections=cap,
             open_files_limit=fd_limit,
@@ -397,17 +401,16 @@ class ApiServer:
         # shutdown_timeout: requests in flight get 1 s at stop, within the service's grace.
         runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, self.settings.port, backlog=1024)
         try:
-            await site.start()
+            await site_for(runner, self.settings).start()
+            address = bound(runner, self.settings)
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
         self._reads = self._cached_reads()
         self._summary = asyncio.create_task(self._summarize(), name="api:summary")
-        host, port = runner.addresses[0][:2]
-        return host, port
+        return address
 
     async def _close(self) -> None:
         self._summary.cancel()

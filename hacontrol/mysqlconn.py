@@ -11,18 +11,29 @@ handshake and each statement's answer, is charged its size plus ``READ_OVERHEAD`
 budget, so that a server streaming maximal (16 MiB) packets or a flood of tiny rows costs a few
 reads and an ``AnswerTooLarge`` error, not memory and CPU. The budget is renewed at connect and
 at each ``fetch_all``.
+
+TLS: an ``Endpoint`` carries the TLS context of its connections (``endpoint_for`` builds it from
+``mysql.tls`` or ``router.proxysql.tls``: one way for probes, actions, the ProxySQL admin and
+the lease). With a context, a server that does not offer TLS is refused (2026): aiomysql alone
+would go on in plain text, which a man in the middle gets by clearing one flag.
+``tls_of(conn)`` says what a connection negotiated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiomysql
 import pymysql
 from pymysql.constants import CLIENT
+
+from hacontrol.settings import TlsSettings
+from hacontrol.tlsconf import client_context, describe
 
 Rows = list[dict[str, Any]]
 
@@ -32,6 +43,13 @@ READ_OVERHEAD = 128
 
 class AnswerTooLarge(pymysql.err.OperationalError):
     """The server sent more than the connection's read budget: it is closed."""
+
+
+CR_SSL_CONNECTION_ERROR = 2026
+
+
+class TlsRefused(pymysql.err.OperationalError):
+    """TLS is configured and the server does not offer it: no plain-text fallback."""
 
 
 class BoundedConnection(aiomysql.Connection):
@@ -44,6 +62,15 @@ class BoundedConnection(aiomysql.Connection):
 
     def renew_budget(self) -> None:
         self.read_budget = self.max_read
+
+    async def _request_authentication(self) -> None:
+        if self._ssl_context is not None and not self.server_capabilities & CLIENT.SSL:
+            self.close()
+            raise TlsRefused(
+                CR_SSL_CONNECTION_ERROR,
+                f"TLS is required and the server at {self._host}:{self._port} does not offer it",
+            )
+        await super()._request_authentication()
 
     async def _read_bytes(self, num_bytes: int) -> bytes:
         if self.read_budget is not None:
@@ -63,9 +90,32 @@ class Endpoint:
     port: int
     user: str
     password: str
+    tls: ssl.SSLContext | None = field(default=None, compare=False)
+    """TLS for every connection to it (None: plain TCP)."""
 
     def __repr__(self) -> str:  # never print the password
-        return f"Endpoint({self.user}@{self.host}:{self.port})"
+        return f"Endpoint({self.user}@{self.host}:{self.port}{' tls' if self.tls else ''})"
+
+
+def endpoint_for(host: str, port: int, user: str, password: str, tls: TlsSettings) -> Endpoint:
+    """An endpoint whose connections use ``tls`` (``mysql.tls`` for the nodes,
+    ``router.proxysql.tls`` for the ProxySQL admin). Contexts are built once per setting."""
+    return Endpoint(host, port, user, password, tls_context(tls))
+
+
+@functools.cache
+def tls_context(tls: TlsSettings) -> ssl.SSLContext | None:
+    """The client context of a TLS setting (check-config validated it): built once."""
+    return client_context(tls.mode, tls.ca, tls.cert, tls.key)
+
+
+def tls_of(conn: aiomysql.Connection) -> str | None:
+    """What ``conn`` negotiated ("TLSv1.3 TLS_AES_256_GCM_SHA384"), None for plain TCP."""
+    writer = getattr(conn, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is None:
+        return None
+    return describe(transport.get_extra_info("ssl_object"))
 
 
 async def connect(
@@ -93,6 +143,7 @@ async def connect(
         cursorclass=aiomysql.DictCursor,
         client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0,
         program_name="hacontrol",
+        ssl=endpoint.tls,
     )
     try:
         async with asyncio.timeout(timeout):

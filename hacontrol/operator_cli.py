@@ -1,9 +1,11 @@
 """Operator commands: ``hacontrol switchover|maintenance|ack|pause|resume`` call the running
 controller's HTTP API (``hacontrol.api``) and print its answer.
 
-The API address comes from ``--url`` or from the settings (``api.host``/``api.port``); the
-token from ``HACONTROL_API__TOKEN`` or the settings (``api.token`` / ``api.token_file``). The
-settings file is read only when one of them is missing.
+The API address comes from ``--url`` or from the settings (``api.host``/``api.port``, https
+when ``api.tls_cert`` is set, ``unix://<path>`` when ``api.socket`` is); the token from
+``HACONTROL_API__TOKEN`` or the settings (``api.token`` / ``api.token_file``). The settings file
+is read only when one of them is missing. Over https the API's certificate is checked against
+``api.tls_ca`` (or ``HACONTROL_API__TLS_CA``), else the system's CAs.
 
 Exit codes: 0 done, 1 refused by the controller (its message says why), 2 usage or
 configuration error (no token, wrong token, malformed request), 3 the API could not be
@@ -13,8 +15,11 @@ reached or the controller did not answer (a 504 means the command may still run)
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
+import socket
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -29,6 +34,7 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 TOKEN_ENV = "HACONTROL_API__TOKEN"
+CA_ENV = "HACONTROL_API__TLS_CA"
 HTTP_TIMEOUT = 75.0
 """Seconds to wait for an answer; longer than the API's own 60 s wait for the controller."""
 
@@ -41,6 +47,7 @@ class UsageError(Exception):
 class Endpoint:
     url: str
     token: str
+    cafile: str | None = None
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -73,7 +80,11 @@ def _common(parser: argparse.ArgumentParser, name: str) -> None:
         help="settings file, for api.host/port/token (default: $HACONTROL_CONFIG, else "
         "./settings.toml)",
     )
-    parser.add_argument("--url", help="API base URL, e.g. http://127.0.0.1:8008 (overrides)")
+    parser.add_argument(
+        "--url",
+        help="API base URL, e.g. http://127.0.0.1:8008, https://..., unix:///run/hacontrol.sock "
+        "(overrides)",
+    )
     parser.add_argument(
         "--timeout", type=float, default=HTTP_TIMEOUT, help=f"seconds (default {HTTP_TIMEOUT:g})"
     )
@@ -96,6 +107,7 @@ def endpoint(args: argparse.Namespace, env: dict[str, str] | os._Environ[str]) -
     """API URL and token from the options, the environment and (if needed) the settings."""
     url: str | None = args.url
     token = env.get(TOKEN_ENV) or None
+    cafile = env.get(CA_ENV) or None
     if url is None or token is None:
         try:
             settings = load_settings(args.config).settings
@@ -103,32 +115,43 @@ def endpoint(args: argparse.Namespace, env: dict[str, str] | os._Environ[str]) -
             raise UsageError("settings error: " + "; ".join(exc.problems)) from None
         api = settings.api
         if url is None:
-            if api.port == 0:
-                raise UsageError("api.port is 0 (any free port): give the address with --url")
-            host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(api.host, api.host)
-            url = f"http://[{host}]:{api.port}" if ":" in host else f"http://{host}:{api.port}"
+            url = api_url(api.host, api.port, api.socket, tls=api.tls_cert is not None)
         if token is None and api.token is not None:
             token = api.token.get_secret_value()
+        if cafile is None and api.tls_ca is not None:
+            cafile = str(api.tls_ca)
     if not token:
         raise UsageError(f"no API token: set api.token or api.token_file, or {TOKEN_ENV}")
-    return Endpoint(url.rstrip("/"), token)
+    return Endpoint(url.rstrip("/"), token, cafile)
+
+
+def api_url(host: str, port: int, path: object | None, *, tls: bool) -> str:
+    """The API's base URL from its settings. Pure."""
+    if path is not None:
+        return f"unix://{path}"
+    if port == 0:
+        raise UsageError("api.port is 0 (any free port): give the address with --url")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def call(
     ep: Endpoint, path: str, body: dict[str, Any], timeout: float
 ) -> tuple[int, dict[str, Any]]:
     """POST ``body`` to the API: (HTTP status, JSON answer). OSError when unreachable."""
-    request = urllib.request.Request(
-        ep.url + path,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Authorization": f"Bearer {ep.token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
+    data = json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {ep.token}", "Content-Type": "application/json"}
+    if ep.url.startswith("unix://"):
+        status, raw = _post_unix(ep.url.removeprefix("unix://"), path, data, headers, timeout)
+    else:
+        request = urllib.request.Request(ep.url + path, data=data, method="POST", headers=headers)
+        context = ssl.create_default_context(cafile=ep.cafile) if ep.cafile else None
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
     try:
         answer = json.loads(raw)
     except ValueError:
@@ -136,6 +159,36 @@ def call(
     if not isinstance(answer, dict):
         answer = {"ok": False, "message": str(answer)[:500]}
     return status, answer
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (``api.socket``)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _post_unix(
+    socket_path: str, path: str, data: bytes, headers: dict[str, str], timeout: float
+) -> tuple[int, bytes]:
+    conn = _UnixConnection(socket_path, timeout)
+    try:
+        conn.request("POST", path, body=data, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 def exit_code(status: int) -> int:

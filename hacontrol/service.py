@@ -26,7 +26,7 @@ from hacontrol.executor import Executor
 from hacontrol.journal import Journal
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
-from hacontrol.mysqlconn import Endpoint
+from hacontrol.mysqlconn import endpoint_for
 from hacontrol.probes.mysql import NodeProbe
 from hacontrol.probes.router import RouterProbe
 from hacontrol.routing import Router
@@ -60,7 +60,7 @@ def node_probes(settings: Settings, emit, *, watch: bool = True) -> dict[str, No
     return {
         node.name: NodeProbe(
             node.name,
-            Endpoint(node.host, node.port, settings.mysql.user, password),
+            endpoint_for(node.host, node.port, settings.mysql.user, password, settings.mysql.tls),
             interval=settings.probes.interval,
             timeout=settings.probes.timeout,
             emit=emit,

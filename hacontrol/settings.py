@@ -37,6 +37,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from hacontrol.tlsconf import TlsConfigError, client_context, server_context
+
 DEFAULT_CONFIG = Path("settings.toml")
 CONFIG_ENV = "HACONTROL_CONFIG"
 
@@ -136,6 +138,42 @@ class NodeSettings(_Section):
         return (self.host, self.port)
 
 
+class TlsSettings(_Section):
+    """TLS of the controller's own connections (to the nodes: ``mysql.tls``; to the ProxySQL
+    admin: ``router.proxysql.tls``), like the MySQL client's ``--ssl-mode``:
+
+    - ``off``: plain TCP;
+    - ``required``: encrypted, the server's certificate not checked (a server that does not
+      offer TLS is refused, never a silent fallback to plain text);
+    - ``verify_ca``: encrypted, the certificate signed by ``ca``;
+    - ``verify_identity``: and issued for the host the connection names (``nodes[].host``).
+
+    ``cert`` and ``key``: a client certificate, for servers that require one (``REQUIRE X509``).
+    """
+
+    mode: Literal["off", "required", "verify_ca", "verify_identity"] = "off"
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+class ReplicationTlsSettings(_Section):
+    """The replication channel that promote, repoint and rejoin set up (``CHANGE MASTER TO``
+    / ``CHANGE REPLICATION SOURCE TO``). Paths are on the database servers, not here.
+    Disabled: no TLS option is sent, and a replica keeps what it was configured with."""
+
+    enabled: bool = False
+    """``MASTER_SSL = 1`` (MySQL 8.0.23+: ``SOURCE_SSL = 1``)."""
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    verify_server_cert: bool = False
+    """``MASTER_SSL_VERIFY_SERVER_CERT = 1``: the source's certificate names its host."""
+    get_public_key: bool = False
+    """MySQL 8 only: ``GET_SOURCE_PUBLIC_KEY = 1``, so that a replication user with
+    ``caching_sha2_password`` can authenticate without TLS (RSA key exchange)."""
+
+
 class MySQLSettings(_Section):
     user: Annotated[str, Field(min_length=1)] = "hacontrol"
     password: SecretStr | None = None
@@ -144,6 +182,8 @@ class MySQLSettings(_Section):
     replication_password: SecretStr | None = None
     replication_password_file: Path | None = None
     connect_timeout: PositiveSeconds = 1.0
+    tls: TlsSettings = TlsSettings()
+    replication_tls: ReplicationTlsSettings = ReplicationTlsSettings()
 
 
 class ProxySQLSettings(_Section):
@@ -157,6 +197,7 @@ class ProxySQLSettings(_Section):
     broken_hostgroup: Hostgroup = 30
     hidden_hostgroup: Hostgroup = 40
     timeout: PositiveSeconds = 2.0
+    tls: TlsSettings = TlsSettings()
 
 
 class HAProxySettings(_Section):
@@ -234,6 +275,13 @@ class ApiSettings(_Section):
     """Requests per second each client address may make without a valid token (every GET, and
     POSTs with a missing or wrong token); past it: 429. ``/health`` has a budget of its own."""
     rate_burst: Annotated[int, Number, Field(ge=1, le=100000)] = 40
+    tls_cert: Path | None = None
+    """Serve HTTPS with this certificate (PEM, with its chain) and ``tls_key``."""
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    """What the operator commands trust for the API's certificate (default: the system's)."""
+    socket: Path | None = None
+    """Serve on this unix socket (mode 0600) instead of ``host:port``."""
 
 
 class HookSettings(_Section):
@@ -359,8 +407,10 @@ def settings_from(data: Mapping[str, Any], path: Path) -> Loaded:
     if not settings.controller.journal.is_absolute():
         journal = path.parent.resolve() / settings.controller.journal
         settings = _replace(settings, ("controller",), {"journal": journal})
+    settings = _absolute_tls_paths(settings, path.parent.resolve())
     errors, warnings = check(settings)
     errors += check_paths(settings)
+    errors += tls_problems(settings)
     # A secret whose file failed is already reported once, under its *_file key.
     failed = {p.split(":", 1)[0].removesuffix("_file") for p in problems}
     problems += [e for e in errors if e.split(":", 1)[0] not in failed]
@@ -644,6 +694,65 @@ def _file_path_problem(path: Path) -> str | None:
             if not parent.is_dir():
                 return f"{path} is under {parent}, which is a file, not a directory"
             break
+    return None
+
+
+# Files a TLS setting names: (section path, field). Relative paths are taken from the settings
+# file's folder, like the journal and the secret files.
+TLS_FILES: tuple[tuple[tuple[str, ...], str], ...] = (
+    *((("mysql", "tls"), f) for f in ("ca", "cert", "key")),
+    *((("router", "proxysql", "tls"), f) for f in ("ca", "cert", "key")),
+    *((("api",), f) for f in ("tls_cert", "tls_key", "tls_ca", "socket")),
+)
+
+
+def _absolute_tls_paths(settings: Settings, base: Path) -> Settings:
+    for section_path, field in TLS_FILES:
+        value = getattr(_section(settings, section_path), field)
+        if value is not None and not value.is_absolute():
+            settings = _replace(settings, section_path, {field: base / value})
+    return settings
+
+
+def tls_problems(settings: Settings) -> list[str]:
+    """TLS settings that cannot work: a mode without its CA, half a client certificate, files
+    that cannot be loaded, an API certificate without its key. Builds every context once
+    (reads the files), naming the key of the file at fault."""
+    problems: list[str] = []
+    for key, tls in (
+        ("mysql.tls", settings.mysql.tls),
+        ("router.proxysql.tls", settings.router.proxysql.tls),
+    ):
+        if tls.mode == "off":
+            continue
+        try:
+            client_context(tls.mode, tls.ca, tls.cert, tls.key)
+        except TlsConfigError as exc:
+            problems.append(f"{key}.{exc.field}: {exc}")
+    api = settings.api
+    if (api.tls_cert is None) != (api.tls_key is None):
+        missing = "tls_key" if api.tls_key is None else "tls_cert"
+        problems.append(f"api.{missing}: HTTPS needs both api.tls_cert and api.tls_key")
+    elif api.tls_cert is not None and api.tls_key is not None:
+        try:
+            server_context(api.tls_cert, api.tls_key)
+        except TlsConfigError as exc:
+            problems.append(f"api.tls_{exc.field}: {exc}")
+    if api.socket is not None and (problem := _socket_path_problem(api.socket)):
+        problems.append(f"api.socket: {problem}")
+    return problems
+
+
+def _socket_path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a unix socket the API listens on (a stale socket is replaced;
+    anything else there is refused), or None."""
+    if len(os.fsencode(path)) > 107:
+        return f"{path} is longer than a unix socket path may be (107 bytes)"
+    if path.is_symlink() or (path.exists() and not stat.S_ISSOCK(path.stat().st_mode)):
+        return f"{path} exists and is not a socket"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
     return None
 
 

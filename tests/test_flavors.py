@@ -21,6 +21,7 @@ from hacontrol.flavors import (
     MySQL,
     NodeStatus,
     ReplicationStatus,
+    ReplicationTls,
     SemiSync,
     Sql,
     detect,
@@ -683,6 +684,82 @@ def test_change_source_sql(flavor: Flavor, heartbeat: float | None, expected: Sq
     assert (
         flavor.change_source_sql("db-2.example", 3307, "repl", "s3cret", 1, heartbeat) == expected
     )
+
+
+TLS = ReplicationTls(
+    enabled=True,
+    ca="/etc/mysql/tls/ca.pem",
+    cert="/etc/mysql/tls/repl-cert.pem",
+    key="/etc/mysql/tls/repl-key.pem",
+    verify_server_cert=True,
+)
+PEM = ("/etc/mysql/tls/ca.pem", "/etc/mysql/tls/repl-cert.pem", "/etc/mysql/tls/repl-key.pem")
+
+# What each flavor sends to set up a replication channel over TLS (recorded, per version).
+CHANGE_SOURCE_TLS = [
+    (
+        MARIADB,
+        TLS,
+        "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
+        "MASTER_PASSWORD = %s, MASTER_CONNECT_RETRY = %s, MASTER_SSL = 1, MASTER_SSL_CA = %s, "
+        "MASTER_SSL_CERT = %s, MASTER_SSL_KEY = %s, MASTER_SSL_VERIFY_SERVER_CERT = 1, "
+        "MASTER_USE_GTID = slave_pos",
+        PEM,
+    ),
+    (
+        MYSQL_57,
+        replace(TLS, get_public_key=True),  # 5.7: no caching_sha2_password, no such option
+        "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
+        "MASTER_PASSWORD = %s, MASTER_CONNECT_RETRY = %s, MASTER_SSL = 1, MASTER_SSL_CA = %s, "
+        "MASTER_SSL_CERT = %s, MASTER_SSL_KEY = %s, MASTER_SSL_VERIFY_SERVER_CERT = 1, "
+        "MASTER_AUTO_POSITION = 1",
+        PEM,
+    ),
+    (
+        MYSQL_8022,
+        ReplicationTls(get_public_key=True),  # caching_sha2_password without TLS
+        "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
+        "MASTER_PASSWORD = %s, MASTER_CONNECT_RETRY = %s, GET_MASTER_PUBLIC_KEY = 1, "
+        "MASTER_AUTO_POSITION = 1",
+        (),
+    ),
+    (
+        MYSQL_80,
+        replace(TLS, cert="", key="", verify_server_cert=False),
+        "CHANGE REPLICATION SOURCE TO SOURCE_HOST = %s, SOURCE_PORT = %s, SOURCE_USER = %s, "
+        "SOURCE_PASSWORD = %s, SOURCE_CONNECT_RETRY = %s, SOURCE_SSL = 1, SOURCE_SSL_CA = %s, "
+        "SOURCE_SSL_VERIFY_SERVER_CERT = 0, SOURCE_AUTO_POSITION = 1",
+        PEM[:1],
+    ),
+    (
+        MYSQL_84,
+        replace(TLS, get_public_key=True),
+        "CHANGE REPLICATION SOURCE TO SOURCE_HOST = %s, SOURCE_PORT = %s, SOURCE_USER = %s, "
+        "SOURCE_PASSWORD = %s, SOURCE_CONNECT_RETRY = %s, SOURCE_SSL = 1, SOURCE_SSL_CA = %s, "
+        "SOURCE_SSL_CERT = %s, SOURCE_SSL_KEY = %s, SOURCE_SSL_VERIFY_SERVER_CERT = 1, "
+        "GET_SOURCE_PUBLIC_KEY = 1, SOURCE_AUTO_POSITION = 1",
+        PEM,
+    ),
+    (
+        MYSQL_84,
+        ReplicationTls(enabled=False, ca="/ignored.pem"),  # off: the replica keeps its own
+        "CHANGE REPLICATION SOURCE TO SOURCE_HOST = %s, SOURCE_PORT = %s, SOURCE_USER = %s, "
+        "SOURCE_PASSWORD = %s, SOURCE_CONNECT_RETRY = %s, SOURCE_AUTO_POSITION = 1",
+        (),
+    ),
+]
+
+
+@pytest.mark.parametrize(("flavor", "tls", "sql", "files"), CHANGE_SOURCE_TLS)
+def test_change_source_sql_over_tls(flavor: Flavor, tls: ReplicationTls, sql: str, files):
+    stmt = flavor.change_source_sql("db-2.example", 3307, "repl", "s3cret", 1, None, tls)
+    assert stmt == Sql(sql, ("db-2.example", 3307, "repl", "s3cret", 1, *files))
+
+
+def test_tls_file_names_stay_in_params():
+    path = "/etc/x'; STOP SLAVE; --.pem"
+    stmt = MARIADB.change_source_sql("h", 1, "u", "p", tls=ReplicationTls(True, ca=path))
+    assert path not in stmt.sql and stmt.params[-1] == path
 
 
 @pytest.mark.parametrize("flavor", [MARIADB, MYSQL_57, MYSQL_80, MYSQL_84])

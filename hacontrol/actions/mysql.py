@@ -49,8 +49,8 @@ import pymysql
 from hacontrol import gtid
 from hacontrol.addresses import same_address
 from hacontrol.flavors import DETECT_SQL, Flavor, FlavorName, IoState, NodeStatus, detect
-from hacontrol.flavors.base import ReplicationStatus, Sql, multi_statement
-from hacontrol.mysqlconn import Endpoint, connect, describe_error, fetch_all
+from hacontrol.flavors.base import ReplicationStatus, ReplicationTls, Sql, multi_statement
+from hacontrol.mysqlconn import Endpoint, connect, describe_error, endpoint_for, fetch_all
 from hacontrol.plan import ActionResult
 from hacontrol.settings import Settings
 
@@ -206,6 +206,11 @@ class MySQLActions:
         self._connect_timeout = mysql.connect_timeout
         self._timeout = timeout
         self._default_heartbeat = default_heartbeat
+        self._tls = mysql.tls
+        repl = mysql.replication_tls
+        self._replication_tls = ReplicationTls(
+            repl.enabled, repl.ca, repl.cert, repl.key, repl.verify_server_cert, repl.get_public_key
+        )
 
     # -- public actions ------------------------------------------------------------------------
 
@@ -597,6 +602,7 @@ class MySQLActions:
                 self._repl_password,
                 connect_retry=1,
                 heartbeat=heartbeat,
+                tls=self._replication_tls,
             )
         )
         for stmt in flavor.semi_sync_sql(source=False, replica=True):
@@ -667,7 +673,7 @@ class MySQLActions:
         return self._nodes.get(node)
 
     def _endpoint(self, host: str, port: int) -> Endpoint:
-        return Endpoint(host, port, self._user, self._password)
+        return endpoint_for(host, port, self._user, self._password, self._tls)
 
     async def _run(
         self,

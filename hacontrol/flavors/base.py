@@ -101,6 +101,33 @@ class Sql(NamedTuple):
     params: tuple[object, ...] = ()
 
 
+@dataclass(frozen=True)
+class ReplicationTls:
+    """TLS options of a replication channel (``mysql.replication_tls``). Paths are on the
+    replica's host. ``get_public_key``: MySQL 8 only (``caching_sha2_password`` without TLS)."""
+
+    enabled: bool = False
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    verify_server_cert: bool = False
+    get_public_key: bool = False
+
+
+def tls_options(tls: ReplicationTls | None, prefix: str) -> tuple[list[str], list[object]]:
+    """``PREFIX_SSL = 1, PREFIX_SSL_CA = %s, ...`` and their parameters (files in params,
+    never in the text). Nothing when TLS is not enabled: a replica keeps what it has."""
+    if tls is None or not tls.enabled:
+        return [], []
+    options, params = [f"{prefix}_SSL = 1"], []
+    for name, value in (("CA", tls.ca), ("CERT", tls.cert), ("KEY", tls.key)):
+        if value:
+            options.append(f"{prefix}_SSL_{name} = %s")
+            params.append(value)
+    options.append(f"{prefix}_SSL_VERIFY_SERVER_CERT = {1 if tls.verify_server_cert else 0}")
+    return options, params
+
+
 class Flavor(Protocol):
     """SQL text and result parsing of one server flavor and version. No I/O."""
 
@@ -137,8 +164,10 @@ class Flavor(Protocol):
         password: str,
         connect_retry: int = 1,
         heartbeat: float | None = None,
+        tls: ReplicationTls | None = None,
     ) -> Sql:
-        """Point replication at a new source with GTID auto-positioning."""
+        """Point replication at a new source with GTID auto-positioning (over TLS when
+        ``tls`` is enabled)."""
         ...
 
     def start_replication_sql(self) -> Sql: ...

@@ -17,6 +17,7 @@ from hacontrol.flavors.base import (
     IoState,
     NodeStatus,
     ReplicationStatus,
+    ReplicationTls,
     ResultSets,
     Row,
     Sql,
@@ -33,6 +34,7 @@ from hacontrol.flavors.base import (
     semi_sync_from,
     single_row,
     text,
+    tls_options,
     variables,
 )
 
@@ -106,6 +108,7 @@ class MariaDB:
         password: str,
         connect_retry: int = 1,
         heartbeat: float | None = None,
+        tls: ReplicationTls | None = None,
     ) -> Sql:
         options = [
             "MASTER_HOST = %s",
@@ -119,6 +122,9 @@ class MariaDB:
         if heartbeat is not None:
             options.append("MASTER_HEARTBEAT_PERIOD = %s")
             params.append(check_seconds(heartbeat, "heartbeat"))
+        ssl_options, ssl_params = tls_options(tls, "MASTER")
+        options += ssl_options
+        params += ssl_params
         options.append("MASTER_USE_GTID = slave_pos")
         return Sql("CHANGE MASTER TO " + ", ".join(options), tuple(params))
 

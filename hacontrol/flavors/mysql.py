@@ -22,6 +22,7 @@ from hacontrol.flavors.base import (
     IoState,
     NodeStatus,
     ReplicationStatus,
+    ReplicationTls,
     ResultSets,
     Row,
     Sql,
@@ -39,6 +40,7 @@ from hacontrol.flavors.base import (
     semi_sync_from,
     single_row,
     text,
+    tls_options,
 )
 
 _SERVER = (
@@ -142,6 +144,7 @@ class MySQL:
         password: str,
         connect_retry: int = 1,
         heartbeat: float | None = None,
+        tls: ReplicationTls | None = None,
     ) -> Sql:
         prefix = "SOURCE" if self.source_keyword else "MASTER"
         names = ["HOST", "PORT", "USER", "PASSWORD", "CONNECT_RETRY"]
@@ -151,6 +154,13 @@ class MySQL:
             names.append("HEARTBEAT_PERIOD")
             params.append(check_seconds(heartbeat, "heartbeat"))
         options = [f"{prefix}_{name} = %s" for name in names]
+        ssl_options, ssl_params = tls_options(tls, prefix)
+        options += ssl_options
+        params += ssl_params
+        if tls is not None and tls.get_public_key and self.version >= (8, 0, 0):
+            # caching_sha2_password (MySQL 8's default) over plain TCP: the replica asks the
+            # source for its RSA key. 5.7 has neither the plugin by default nor the option.
+            options.append(f"GET_{prefix}_PUBLIC_KEY = 1")
         options.append(f"{prefix}_AUTO_POSITION = 1")
         statement = "CHANGE REPLICATION SOURCE TO " if self.source_keyword else "CHANGE MASTER TO "
         return Sql(statement + ", ".join(options), tuple(params))
