@@ -50,44 +50,14 @@ class Authority:
             "basicConstraints=CA:FALSE\n"
             f"extendedKeyUsage={usage}\n" + (f"subjectAltName={names}\n" if names else "")
         )
+        _ec_key("key", pair.key)
         _openssl(
-            "key",
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            str(pair.key),
-        )
-        _openssl(
-            "request",
-            "req",
-            "-new",
-            "-key",
-            str(pair.key),
-            "-subj",
-            f"/CN={name}",
-            "-out",
-            str(request),
+            "request", "req", "-new", "-key", pair.key, "-out", request, "-subj", f"/CN={name}"
         )
         _openssl(
             "signing",
-            "x509",
-            "-req",
-            "-in",
-            str(request),
-            "-CA",
-            str(self.cert),
-            "-CAkey",
-            str(self.key),
-            "-CAcreateserial",
-            "-days",
-            str(DAYS),
-            "-extfile",
-            str(extensions),
-            "-out",
-            str(pair.cert),
+            *("x509", "-req", "-in", request, "-CA", self.cert, "-CAkey", self.key),
+            *("-CAcreateserial", "-days", DAYS, "-extfile", extensions, "-out", pair.cert),
         )
         request.unlink()
         extensions.unlink()
@@ -101,39 +71,25 @@ def authority(folder: Path, name: str = "hacontrol sandbox CA") -> Authority:
         raise CertError("the openssl command is needed to make the sandbox's certificates")
     folder.mkdir(parents=True, exist_ok=True)
     ca = Authority(folder)
-    _openssl(
-        "CA key",
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        str(ca.key),
-    )
+    _ec_key("CA key", ca.key)
     _openssl(
         "CA certificate",
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        str(ca.key),
-        "-subj",
-        f"/CN={name}",
-        "-days",
-        str(DAYS),
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-out",
-        str(ca.cert),
+        *("req", "-x509", "-new", "-key", ca.key, "-days", DAYS, "-out", ca.cert),
+        *("-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE"),
+        *("-addext", "keyUsage=critical,keyCertSign,cRLSign"),
     )
     return ca
 
 
-def _openssl(step: str, *args: str) -> None:
-    done = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+def _ec_key(step: str, path: Path) -> None:
+    _openssl(
+        step, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path
+    )
+
+
+def _openssl(step: str, *args: object) -> None:
+    argv = ["openssl", *(str(a) for a in args)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise CertError(f"openssl ({step}) failed: {done.stderr.strip()[-300:]}")
 

@@ -21,13 +21,13 @@ from hacontrol.flavors import (
     MySQL,
     NodeStatus,
     ReplicationStatus,
-    ReplicationTls,
     SemiSync,
     Sql,
     detect,
     multi_statement,
 )
 from hacontrol.flavors.mariadb import binlog_state_of
+from hacontrol.settings import ReplicationTlsSettings as ReplicationTls
 
 DATA = Path(__file__).parent / "data"
 RECORDED = sorted(DATA.glob("*.json"))
@@ -708,7 +708,9 @@ CHANGE_SOURCE_TLS = [
     ),
     (
         MYSQL_57,
-        replace(TLS, get_public_key=True),  # 5.7: no caching_sha2_password, no such option
+        TLS.model_copy(
+            update={"get_public_key": True}
+        ),  # 5.7: no caching_sha2_password, no such option
         "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
         "MASTER_PASSWORD = %s, MASTER_CONNECT_RETRY = %s, MASTER_SSL = 1, MASTER_SSL_CA = %s, "
         "MASTER_SSL_CERT = %s, MASTER_SSL_KEY = %s, MASTER_SSL_VERIFY_SERVER_CERT = 1, "
@@ -725,7 +727,7 @@ CHANGE_SOURCE_TLS = [
     ),
     (
         MYSQL_80,
-        replace(TLS, cert="", key="", verify_server_cert=False),
+        TLS.model_copy(update={"cert": "", "key": "", "verify_server_cert": False}),
         "CHANGE REPLICATION SOURCE TO SOURCE_HOST = %s, SOURCE_PORT = %s, SOURCE_USER = %s, "
         "SOURCE_PASSWORD = %s, SOURCE_CONNECT_RETRY = %s, SOURCE_SSL = 1, SOURCE_SSL_CA = %s, "
         "SOURCE_SSL_VERIFY_SERVER_CERT = 0, SOURCE_AUTO_POSITION = 1",
@@ -733,7 +735,7 @@ CHANGE_SOURCE_TLS = [
     ),
     (
         MYSQL_84,
-        replace(TLS, get_public_key=True),
+        TLS.model_copy(update={"get_public_key": True}),
         "CHANGE REPLICATION SOURCE TO SOURCE_HOST = %s, SOURCE_PORT = %s, SOURCE_USER = %s, "
         "SOURCE_PASSWORD = %s, SOURCE_CONNECT_RETRY = %s, SOURCE_SSL = 1, SOURCE_SSL_CA = %s, "
         "SOURCE_SSL_CERT = %s, SOURCE_SSL_KEY = %s, SOURCE_SSL_VERIFY_SERVER_CERT = 1, "
@@ -758,7 +760,7 @@ def test_change_source_sql_over_tls(flavor: Flavor, tls: ReplicationTls, sql: st
 
 def test_tls_file_names_stay_in_params():
     path = "/etc/x'; STOP SLAVE; --.pem"
-    stmt = MARIADB.change_source_sql("h", 1, "u", "p", tls=ReplicationTls(True, ca=path))
+    stmt = MARIADB.change_source_sql("h", 1, "u", "p", tls=ReplicationTls(enabled=True, ca=path))
     assert path not in stmt.sql and stmt.params[-1] == path
 
 

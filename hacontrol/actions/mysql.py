@@ -49,7 +49,7 @@ import pymysql
 from hacontrol import gtid
 from hacontrol.addresses import same_address
 from hacontrol.flavors import DETECT_SQL, Flavor, FlavorName, IoState, NodeStatus, detect
-from hacontrol.flavors.base import ReplicationStatus, ReplicationTls, Sql, multi_statement
+from hacontrol.flavors.base import ReplicationStatus, Sql, multi_statement
 from hacontrol.mysqlconn import Endpoint, connect, describe_error, endpoint_for, fetch_all
 from hacontrol.plan import ActionResult
 from hacontrol.settings import Settings
@@ -207,10 +207,7 @@ class MySQLActions:
         self._timeout = timeout
         self._default_heartbeat = default_heartbeat
         self._tls = mysql.tls
-        repl = mysql.replication_tls
-        self._replication_tls = ReplicationTls(
-            repl.enabled, repl.ca, repl.cert, repl.key, repl.verify_server_cert, repl.get_public_key
-        )
+        self._replication_tls = mysql.replication_tls
 
     # -- public actions ------------------------------------------------------------------------
 

@@ -101,17 +101,23 @@ class Sql(NamedTuple):
     params: tuple[object, ...] = ()
 
 
-@dataclass(frozen=True)
-class ReplicationTls:
-    """TLS options of a replication channel (``mysql.replication_tls``). Paths are on the
-    replica's host. ``get_public_key``: MySQL 8 only (``caching_sha2_password`` without TLS)."""
+class ReplicationTls(Protocol):
+    """TLS options of a replication channel (``settings.ReplicationTlsSettings``). Paths are
+    on the replica's host. ``get_public_key``: MySQL 8 only (``caching_sha2_password``
+    without TLS)."""
 
-    enabled: bool = False
-    ca: str = ""
-    cert: str = ""
-    key: str = ""
-    verify_server_cert: bool = False
-    get_public_key: bool = False
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def ca(self) -> str: ...
+    @property
+    def cert(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def verify_server_cert(self) -> bool: ...
+    @property
+    def get_public_key(self) -> bool: ...
 
 
 def tls_options(tls: ReplicationTls | None, prefix: str) -> tuple[list[str], list[object]]:
