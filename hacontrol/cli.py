@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="probe the nodes and router once, print the topology")
     _config_option(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a tree")
+    status.add_argument(
+        "--tls",
+        action="store_true",
+        help="say which connections are encrypted (the controller's to each node and to the "
+        "ProxySQL admin, each replication channel, the API); on by itself when TLS is set up",
+    )
     status.set_defaults(func=cmd_status)
 
     _register_optional(sub)
@@ -136,12 +142,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     import asyncio
 
+    from hacontrol import tlsreport
     from hacontrol.service import snapshot
     from hacontrol.status import render_tree, to_json
 
-    view = asyncio.run(snapshot(loaded.settings))
+    settings = loaded.settings
+    view = asyncio.run(snapshot(settings))
+    show = args.tls or tlsreport.configured(settings)
+    links = asyncio.run(tlsreport.links(settings)) if show else None
     if args.json:
-        print(json.dumps(to_json(view), indent=2))
+        out = to_json(view)
+        if links is not None:
+            out["connections"] = tlsreport.to_json(links)
+        print(json.dumps(out, indent=2))
     else:
         print(render_tree(view))
+        if links is not None:
+            print(tlsreport.render(links))
     return 0 if view.quorum.ok else 1

@@ -62,6 +62,7 @@ def replica(**changes: Any) -> ReplicationStatus:
         heartbeats_received=81,
         using_gtid="Slave_Pos",
         source_server_id=1,
+        tls="off",  # Master_SSL_Allowed: No
     )
     return ReplicationStatus(**{**healthy.__dict__, **changes})
 
@@ -83,6 +84,7 @@ def mysql_replica(**changes: Any) -> ReplicationStatus:
         heartbeats_received=7,
         using_gtid="1",
         source_server_id=1,
+        tls="off",
     )
     return ReplicationStatus(**{**manual.__dict__, **changes})
 
@@ -390,6 +392,30 @@ def test_recorded_divergence_below_the_last_gtid() -> None:
     assert str(gtid.errant_by_state(state(old), state(new))) == "0-1-14"
     assert gtid.errant_by_state(state(follower), state(new)).is_empty()
     assert gtid.errant_by_state(state(new), state(follower)).is_empty()
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed", "verify", "tls"),
+    [
+        ("mariadb-10.11-replica-running", "Yes", "Yes", "verified"),
+        ("mariadb-10.11-replica-running", "Yes", "No", "on"),
+        ("mariadb-10.11-replica-running", "Ignored", "No", "off"),  # asked, server has none
+        ("mysql-8.4-replica", "Yes", "Yes", "verified"),
+        ("mysql-5.7-replica", "Yes", "No", "on"),
+        ("mysql-8.0-replica", None, None, None),  # a server that does not say
+    ],
+)
+def test_the_replication_channel_says_whether_it_is_encrypted(name, allowed, verify, tls):
+    recorded = load(name)
+    row = recorded["results"][1][0]
+    for prefix in ("Master", "Source"):
+        if f"{prefix}_SSL_Allowed" in row:
+            if allowed is None:
+                del row[f"{prefix}_SSL_Allowed"]
+            else:
+                row[f"{prefix}_SSL_Allowed"] = allowed
+                row[f"{prefix}_SSL_Verify_Server_Cert"] = verify
+    assert parse(recorded).replication[0].tls == tls
 
 
 def test_null_seconds_behind_stays_none_and_zero_stays_zero() -> None:

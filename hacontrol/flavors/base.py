@@ -61,6 +61,10 @@ class ReplicationStatus:
     heartbeat_period: float | None = None
     """Seconds between the source's heartbeats (MariaDB Slave_heartbeat_period, default
     connection only); None when unknown. Needed to read "no progress" as "link lost"."""
+    tls: str | None = None
+    """The channel's TLS: "off", "on", "verified" (the source's certificate checked against
+    its host), from Master_SSL_Allowed / Source_SSL_Allowed ("Ignored": the replica asked for
+    TLS and the server has none: "off"); None when the server does not say."""
 
 
 @dataclass(frozen=True)
@@ -334,6 +338,15 @@ def semi_sync_from(
         source_active=False if active is None else flag(active, f"{where} semi-sync status"),
         replica_enabled=enabled("rpl_semi_sync_{}_enabled", replica_names, "semi-sync replica"),
     )
+
+
+def channel_tls(allowed: object, verify: object) -> str | None:
+    """``ReplicationStatus.tls`` from the SSL_Allowed and SSL_Verify_Server_Cert columns."""
+    if allowed is None:
+        return None
+    if text(allowed).strip().lower() != "yes":
+        return "off"
+    return "verified" if text(verify).strip().lower() == "yes" else "on"
 
 
 def check_port(port: int) -> int:

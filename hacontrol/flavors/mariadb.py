@@ -22,6 +22,7 @@ from hacontrol.flavors.base import (
     Row,
     Sql,
     Version,
+    channel_tls,
     check_connect_retry,
     check_port,
     check_seconds,
@@ -221,4 +222,5 @@ def _replication(row: Row, where: str) -> ReplicationStatus:
         using_gtid=text(get("Using_Gtid")),
         # 0 until the IO thread has connected once: server_id 0 cannot be a source.
         source_server_id=source_server_id or None,
+        tls=channel_tls(row.get("Master_SSL_Allowed"), row.get("Master_SSL_Verify_Server_Cert")),
     )

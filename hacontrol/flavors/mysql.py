@@ -27,6 +27,7 @@ from hacontrol.flavors.base import (
     Row,
     Sql,
     Version,
+    channel_tls,
     check_connect_retry,
     check_port,
     check_seconds,
@@ -232,4 +233,8 @@ def _replication(row: Row, heartbeats: dict[str, int | None], where: str) -> Rep
         heartbeats_received=heartbeats.get(channel),
         using_gtid=text(get("Auto_Position")),
         source_server_id=source_server_id or None,
+        tls=channel_tls(
+            row.get("Source_SSL_Allowed", row.get("Master_SSL_Allowed")),
+            row.get("Source_SSL_Verify_Server_Cert", row.get("Master_SSL_Verify_Server_Cert")),
+        ),
     )
