@@ -5,6 +5,8 @@
     .venv/bin/python bench/api_load.py flood --url http://127.0.0.1:8008 [--get-rate 1200]
                                              [--path /metrics] [--idle 0] [--seconds 10]
                                              [--source 127.0.0.2] [--json FILE]
+    .venv/bin/python bench/api_load.py drill [--runs 10] [--get-rate 1200] [--idle 20000]
+                                             [--out DIR]
 
 ``measure`` starts a sandbox of its own (removed afterwards), runs the controller in this
 process with the API on, and measures three phases side by side: no load, a flood of
@@ -14,6 +16,11 @@ the loop that probes and decides), the gaps between two probes of one node, the 
 trip, ``/health`` answers and their latency (asked every 0.25 s from another address), an
 operator command's round trip through the API (pause then resume, every second), the
 controller's CPU, and what the flood got (answers by status, connections the server closed).
+
+``drill`` measures failovers under the same floods: ``hacontrol drill --fault kill`` (the
+controller in the bench's process, its API on the sandbox's port) with no load, then with the
+GET flood, then with the idle-connection flood running from other processes the whole time;
+each drill's figures go to ``DIR/kill-<load>.json`` and the three are printed side by side.
 
 ``flood`` is the load generator alone, a separate process so that it never shares the
 controller's interpreter: GETs at a fixed rate on keep-alive connections, and/or ``--idle``
@@ -434,6 +441,93 @@ def run_measure(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(phases, indent=2))
 
 
+# ---------------------------------------------------------------------------------------------
+# Failovers under the floods (hacontrol drill, in this process)
+
+FIGURES = ("detection", "promotion", "router_updated", "write_outage", "read_outage")
+
+
+def drill(*argv: str) -> int:
+    """``hacontrol drill ARGV`` in this process (the same code path as the command)."""
+    from hacontrol.drill import register_cli
+
+    parser = argparse.ArgumentParser(prog="hacontrol")
+    register_cli(parser.add_subparsers())
+    args = parser.parse_args(["drill", *argv])
+    return int(args.func(args))
+
+
+def drill_phase(
+    name: str, directory: Path, api_url: str, args: argparse.Namespace, **load: Any
+) -> dict[str, Any]:
+    procs = start_flood(api_url, seconds=36000, source="127.0.0.2", **load) if load else []
+    try:
+        time.sleep(3.0 if load else 0.0)
+        out = args.out / f"kill-{name}.json"
+        print(f"== {args.runs} x kill, load: {name}", flush=True)
+        cpu0 = os.times()
+        code = drill("--fault", "kill", "--runs", str(args.runs), "--dir", str(directory),
+                     "--json", str(out))  # fmt: skip
+        cpu1 = os.times()
+    finally:
+        flood = stop_flood(procs) if procs else None
+    doc = json.loads(out.read_text())
+    return {
+        "exit": code,
+        "summary": doc["summary"],
+        "lost_writes": doc["lost_writes"],
+        "seconds": doc["seconds"],
+        "controller_cpu_seconds": round((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), 1),
+        "flood": flood,
+    }
+
+
+def run_drill(args: argparse.Namespace) -> None:
+    from hacontrol.sandbox import Sandbox, SandboxSpec, find_free_base_port
+    from hacontrol.settings import load_settings
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hacontrol-bench-") as tmp:
+        directory = Path(tmp) / "sandbox"
+        sandbox = Sandbox(SandboxSpec(dir=directory, base_port=find_free_base_port(7)))
+        info = asyncio.run(sandbox.up())
+        try:
+            api = load_settings(info.settings).settings.api
+            url = f"http://127.0.0.1:{api.port}"
+            phases = {
+                "no load": drill_phase("none", directory, url, args),
+                f"{args.get_rate:g} GET/s": drill_phase(
+                    "get", directory, url, args, get_rate=args.get_rate, idle=0
+                ),
+                f"{args.idle} idle connections": drill_phase(
+                    "idle", directory, url, args, get_rate=0, idle=args.idle
+                ),
+            }
+        finally:
+            asyncio.run(Sandbox.at(directory).down())
+    print_drill_table(phases, args.runs)
+    (args.out / "summary.json").write_text(json.dumps(phases, indent=2) + "\n")
+
+
+def print_drill_table(phases: dict[str, dict[str, Any]], runs: int) -> None:
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(f"{runs} x kill -9 per load; seconds p50 / p90 / max")
+    names = list(phases)
+    print("".ljust(16) + "".join(n.rjust(30) for n in names))
+    for figure in FIGURES:
+        cells = []
+        for name in names:
+            s = phases[name]["summary"].get(figure)
+            cells.append(f"{s['p50']:.3f} / {s['p90']:.3f} / {s['max']:.3f}" if s else "-")
+        print(figure.ljust(16) + "".join(c.rjust(30) for c in cells))
+    print("lost writes".ljust(16) + "".join(str(phases[n]["lost_writes"]).rjust(30) for n in names))
+    for name, result in phases.items():
+        if result["flood"]:
+            print(f"flood during '{name}': {json.dumps(result['flood'])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -451,9 +545,16 @@ def main() -> None:
     f.add_argument("--seconds", type=float, default=10.0)
     f.add_argument("--source", default="127.0.0.2")
     f.add_argument("--json", metavar="FILE")
+    d = sub.add_parser("drill", help="failovers (hacontrol drill) with and without the floods")
+    d.add_argument("--runs", type=int, default=10)
+    d.add_argument("--get-rate", type=float, default=1200.0)
+    d.add_argument("--idle", type=int, default=20000)
+    d.add_argument("--out", type=Path, default=Path("/tmp/api-load-drill"))
     args = parser.parse_args()
     if args.command == "flood":
         run_flood(args)
+    elif args.command == "drill":
+        run_drill(args)
     else:
         run_measure(args)
 
