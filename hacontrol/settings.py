@@ -524,6 +524,19 @@ def check(settings: Settings) -> tuple[list[str], list[str]]:
     """Cross-field rules. Pure: returns (errors, warnings), each naming its key."""
     errors: list[str] = []
     warnings: list[str] = []
+    for part in (_node_rules, _timing_rules, _router_rules, _hook_rules, _notice_rules):
+        more_errors, more_warnings = part(settings)
+        errors += more_errors
+        warnings += more_warnings
+    return errors, warnings
+
+
+Problems = tuple[list[str], list[str]]
+
+
+def _node_rules(settings: Settings) -> Problems:
+    errors: list[str] = []
+    warnings: list[str] = []
     nodes = settings.nodes
     if len(nodes) < 3:
         errors.append(
@@ -553,25 +566,31 @@ def check(settings: Settings) -> tuple[list[str], list[str]]:
         seen_name.setdefault(node.name, i)
     if nodes and all(node.no_promote for node in nodes):
         warnings.append("nodes: every node has no_promote = true; no failover is possible")
+    return errors, warnings
 
+
+def _timing_rules(settings: Settings) -> Problems:
+    errors: list[str] = []
     probes = settings.probes
     if probes.timeout >= probes.interval:
         errors.append(
             f"probes.timeout: {probes.timeout} s must be smaller than probes.interval "
             f"({probes.interval} s), or a slow node would delay its own next probe"
         )
-
     if settings.failover.io_stall <= probes.interval:
         errors.append(
             f"failover.io_stall: {settings.failover.io_stall} s must exceed probes.interval "
             f"({probes.interval} s), or one probe could not see a heartbeat advance"
         )
-
     _require_secret(errors, settings.mysql.password, "mysql.password")
     _require_secret(errors, settings.mysql.replication_password, "mysql.replication_password")
     errors += secret_strength(settings)
     errors += host_problems(settings)
+    return errors, []
 
+
+def _router_rules(settings: Settings) -> Problems:
+    errors: list[str] = []
     router = settings.router
     if router.kind == "proxysql":
         groups = {
@@ -594,7 +613,12 @@ def check(settings: Settings) -> tuple[list[str], list[str]]:
             errors.append("router.haproxy.socket: required when router.kind = 'haproxy'")
         if router.haproxy.writer_backend == router.haproxy.reader_backend:
             errors.append("router.haproxy.reader_backend: must differ from writer_backend")
+    return errors, []
 
+
+def _hook_rules(settings: Settings) -> Problems:
+    errors: list[str] = []
+    warnings: list[str] = []
     for phase in (
         "on_failure_detected",
         "pre_failover",
@@ -612,13 +636,18 @@ def check(settings: Settings) -> tuple[list[str], list[str]]:
             f"hooks.timeout: {settings.hooks.timeout:g} s; a slow pre_failover hook delays "
             "every failover by up to this much"
         )
+    return errors, warnings
 
+
+def _notice_rules(settings: Settings) -> Problems:
+    """The API and the mail: what would leave operators without commands or alerts."""
+    errors: list[str] = []
+    warnings: list[str] = []
     if settings.api.enabled and settings.api.token is None:
         warnings.append(
             "api.token: no token configured: every POST (switchover, maintenance, ack, pause, "
             "resume) will be refused with 401; set api.token_file or HACONTROL_API__TOKEN"
         )
-
     smtp = settings.smtp
     if smtp.host:
         if not smtp.recipients:
