@@ -179,7 +179,14 @@ def run_flood(args: argparse.Namespace) -> None:
 
 
 def start_flood(
-    url: str, *, get_rate: float, idle: int, seconds: float, source: str, path: str = "/metrics"
+    url: str,
+    *,
+    get_rate: float,
+    idle: int,
+    seconds: float,
+    source: str,
+    path: str = "/metrics",
+    nice: int = 0,
 ) -> list[tuple[subprocess.Popen[str], Path]]:
     """Flood processes (one per PER_PROCESS idle connections); stop_flood() sums them up."""
     procs = []
@@ -190,6 +197,7 @@ def start_flood(
     for i, share in enumerate(shares):
         out = Path(tempfile.mkstemp(prefix="api-flood-", suffix=".json")[1])
         argv = [
+            *(["nice", "-n", str(nice)] if nice else []),
             sys.executable, __file__, "flood", "--url", url, "--path", path,
             "--get-rate", str(get_rate if i == 0 else 0), "--idle", str(share),
             "--seconds", str(seconds), "--source", source, "--json", str(out),
@@ -460,7 +468,11 @@ def drill(*argv: str) -> int:
 def drill_phase(
     name: str, directory: Path, api_url: str, args: argparse.Namespace, **load: Any
 ) -> dict[str, Any]:
-    procs = start_flood(api_url, seconds=36000, source="127.0.0.2", **load) if load else []
+    procs = (
+        start_flood(api_url, seconds=36000, source="127.0.0.2", nice=args.flood_nice, **load)
+        if load
+        else []
+    )
     try:
         time.sleep(3.0 if load else 0.0)
         out = args.out / f"kill-{name}.json"
@@ -494,14 +506,14 @@ def run_drill(args: argparse.Namespace) -> None:
         try:
             api = load_settings(info.settings).settings.api
             url = f"http://127.0.0.1:{api.port}"
+            loads = {
+                "none": ("no load", {}),
+                "get": (f"{args.get_rate:g} GET/s", {"get_rate": args.get_rate, "idle": 0}),
+                "idle": (f"{args.idle} idle connections", {"get_rate": 0, "idle": args.idle}),
+            }
             phases = {
-                "no load": drill_phase("none", directory, url, args),
-                f"{args.get_rate:g} GET/s": drill_phase(
-                    "get", directory, url, args, get_rate=args.get_rate, idle=0
-                ),
-                f"{args.idle} idle connections": drill_phase(
-                    "idle", directory, url, args, get_rate=0, idle=args.idle
-                ),
+                loads[key][0]: drill_phase(key, directory, url, args, **loads[key][1])
+                for key in args.loads.split(",")
             }
         finally:
             asyncio.run(Sandbox.at(directory).down())
@@ -550,6 +562,10 @@ def main() -> None:
     d.add_argument("--get-rate", type=float, default=1200.0)
     d.add_argument("--idle", type=int, default=20000)
     d.add_argument("--out", type=Path, default=Path("/tmp/api-load-drill"))
+    d.add_argument("--loads", default="none,get,idle", help="which phases, in order")
+    d.add_argument(
+        "--flood-nice", type=int, default=0, help="run the flood under nice(1) (0: as is)"
+    )
     args = parser.parse_args()
     if args.command == "flood":
         run_flood(args)
