@@ -57,14 +57,20 @@ def _stop(sandbox: Sandbox) -> None:
         run_sync(sandbox.down)
 
 
-def start_sandbox(directory: Path, nodes: int = 3, router: RouterKind | None = None) -> Sandbox:
+def start_sandbox(
+    directory: Path, nodes: int = 3, router: RouterKind | None = None, *, tls: bool = False
+) -> Sandbox:
     """Start a sandbox on free ports; retried when another process grabs a port meanwhile."""
     skip_without_servers()
     if router == "proxysql":
         require_proxysql()
     for _ in range(3):
         spec = SandboxSpec(
-            dir=directory, nodes=nodes, base_port=find_free_base_port(nodes + 4), router=router
+            dir=directory,
+            nodes=nodes,
+            base_port=find_free_base_port(nodes + 4),
+            router=router,
+            tls=tls,
         )
         sandbox = Sandbox(spec)
         try:
@@ -77,9 +83,9 @@ def start_sandbox(directory: Path, nodes: int = 3, router: RouterKind | None = N
 
 @contextlib.contextmanager
 def running_sandbox(
-    directory: Path, nodes: int = 3, router: RouterKind | None = None
+    directory: Path, nodes: int = 3, router: RouterKind | None = None, *, tls: bool = False
 ) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(directory, nodes, router)
+    sandbox = start_sandbox(directory, nodes, router, tls=tls)
     last_resort = functools.partial(_stop, sandbox)
     atexit.register(last_resort)
     try:

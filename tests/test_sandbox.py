@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from hacontrol.sandbox import (
     procs,
     render,
 )
+from hacontrol.sandbox.tls import SandboxTls
 from tests.support import eventually
 
 ER_OPTION_PREVENTS_STATEMENT = 1290
@@ -118,6 +120,54 @@ def test_node_config_is_production_like() -> None:
     assert "rpl_semi_sync_master_enabled = ON" in primary_cnf.splitlines()
     assert "user = root" in primary_cnf.splitlines()
     assert "user = root" not in replica_cnf.splitlines()
+
+
+def test_tls_renders_the_servers_the_users_the_channel_and_the_settings() -> None:
+    """`sandbox up --tls`: the nodes serve the sandbox's certificate, the server requires TLS
+    of the controller's user (with a certificate) and of the replication user, replicas
+    attach over TLS with the source verified, ProxySQL offers TLS, the settings ask for it."""
+    tls = SandboxTls(Path("/sb/tls"))
+    primary, replica, _ = fake_nodes()
+    cnf = render.node_cnf(replica, primary=False, run_as_root=False, tls=tls).splitlines()
+    assert {"ssl_ca = /sb/tls/ca.pem", "ssl_cert = /sb/tls/server.pem"} <= set(cnf)
+    assert "ssl_key = /sb/tls/server-key.pem" in cnf
+    users = render.setup_primary_sql({r: "pw" for r in render.USERS}, "root-pw", tls=True)
+    assert "CREATE USER 'hacontrol'@'%' IDENTIFIED BY 'pw' REQUIRE X509" in users
+    assert "CREATE USER 'repl'@'%' IDENTIFIED BY 'pw' REQUIRE SSL" in users
+    assert "CREATE USER 'app'@'%' IDENTIFIED BY 'pw'" in users  # application traffic as is
+    assert render.change_master_sql(primary, "pw", tls).endswith(
+        ", MASTER_SSL=1, MASTER_SSL_CA='/sb/tls/ca.pem', MASTER_SSL_VERIFY_SERVER_CERT=1"
+    )
+    assert "MASTER_SSL" not in render.change_master_sql(primary, "pw")
+    router = replace(fake_router(), kind="proxysql", admin="127.0.0.1:30005")
+    proxysql = render.proxysql_cnf(
+        fake_nodes(), router, datadir="/d", admin_password="a", app_password="b",
+        monitor_password="c", tls=True,
+    )  # fmt: skip
+    assert "    have_ssl=true" in proxysql.splitlines()
+    doc = tomllib.loads(
+        render.settings_toml(
+            fake_nodes(),
+            router,
+            controller_password_file="/c",
+            replication_password_file="/r",
+            api_port=30006,
+            tls=tls,
+        )
+    )
+    assert doc["mysql"]["tls"] == {
+        "mode": "verify_identity",
+        "ca": "/sb/tls/ca.pem",
+        "cert": "/sb/tls/hacontrol.pem",
+        "key": "/sb/tls/hacontrol-key.pem",
+    }
+    assert doc["mysql"]["replication_tls"] == {
+        "enabled": True,
+        "ca": "/sb/tls/ca.pem",
+        "verify_server_cert": True,
+    }
+    assert doc["router"]["proxysql"]["tls"] == {"mode": "verify_identity", "ca": "/sb/tls/ca.pem"}
+    assert doc["api"]["tls_cert"] == "/sb/tls/api.pem" and doc["api"]["tls_ca"] == "/sb/tls/ca.pem"
 
 
 def test_haproxy_config_enables_only_the_primary_as_writer() -> None:

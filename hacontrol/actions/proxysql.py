@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 import aiomysql
 import pymysql
 
-from hacontrol.mysqlconn import Endpoint, connect, describe_error, execute
+from hacontrol.mysqlconn import Endpoint, connect, describe_error, endpoint_for, execute
 from hacontrol.routing import Drained, Membership, Role, RouterError, desired_state_problem
 from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings
 
@@ -569,7 +569,9 @@ class ProxySQLRouter:
         self.router_settings = router
         self.statements_sent: list[str] = []
         password = settings.password.get_secret_value() if settings.password else ""
-        self._endpoint = Endpoint(settings.host, settings.port, settings.user, password)
+        self._endpoint = endpoint_for(
+            settings.host, settings.port, settings.user, password, settings.tls
+        )
         self._attempts = attempts
         self._retry_delay = retry_delay
         self._apply_lock = asyncio.Lock()

@@ -46,7 +46,7 @@ from hacontrol.flavors import NodeStatus
 from hacontrol.flavors.mariadb import binlog_state_of
 from hacontrol.mariabackup import BackupLog, Progress, copy_progress, parse_size, seed_state
 from hacontrol.mysqlconn import Endpoint as SqlEndpoint
-from hacontrol.mysqlconn import connect, describe_error, execute
+from hacontrol.mysqlconn import connect, describe_error, endpoint_for, execute
 from hacontrol.rebuild_commands import (
     EXIT_REFUSED,
     Command,
@@ -183,7 +183,7 @@ class Rebuilder:
     def login(self, node: str) -> SqlEndpoint:
         """The controller user's login on a node."""
         end = self.endpoint(node)
-        return SqlEndpoint(end.host, end.port, self._user, self._password)
+        return endpoint_for(end.host, end.port, self._user, self._password, self.settings.mysql.tls)
 
     async def rebuild(
         self, target: str, source: str, primary: str, on_progress: OnProgress | None = None

@@ -49,6 +49,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         help="the router in front of the nodes (default: proxysql when on PATH, else haproxy)",
     )
     parser.add_argument("--json", action="store_true", help="status as JSON")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS everywhere with a CA of its own (nodes, replication, the controller's "
+        "connections with a client certificate, ProxySQL's admin, the API)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -56,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "up":
             spec = SandboxSpec(
-                dir=args.dir, nodes=args.nodes, base_port=args.base_port, router=args.router
+                dir=args.dir,
+                nodes=args.nodes,
+                base_port=args.base_port,
+                router=args.router,
+                tls=args.tls,
             )
             return cmd_up(Sandbox(spec))
         sandbox = Sandbox.at(args.dir)
@@ -167,6 +177,14 @@ def describe(
             f"router admin: {router.admin}"
             + (f" and {router.host}:{router.admin_port}" if router.kind == "haproxy" else ""),
             f"controller settings: {info.settings}",
+            *(
+                [
+                    f"TLS: CA {info.tls}/ca.pem; nodes, replication, the controller "
+                    "(client certificate), ProxySQL's admin and the API"
+                ]
+                if info.tls
+                else []
+            ),
             f"connect as app: mariadb -h {router.host} -P {router.writer_port} -u {app.user} "
             f'-p"$(cat {app.password_file})" app',
         ]

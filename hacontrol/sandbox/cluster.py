@@ -36,6 +36,7 @@ from hacontrol.sandbox.model import (
     SandboxInfo,
     SandboxSpec,
 )
+from hacontrol.sandbox.tls import SandboxTls, make_tls
 
 READY_TIMEOUT = 30.0
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
@@ -120,9 +121,17 @@ class Sandbox:
         user = "root" if role == "root" else info.users[role].user
         kwargs.setdefault("autocommit", True)
         kwargs.setdefault("connect_timeout", 2)
+        tls = self.tls(info)
+        if tls is not None and target not in ("writer", "reader"):
+            kwargs.setdefault("ssl", tls.client_context())  # the users REQUIRE it on the nodes
         return await aiomysql.connect(
             host=host, port=port, user=user, password=self.password(role), **kwargs
         )
+
+    @staticmethod
+    def tls(info: SandboxInfo) -> SandboxTls | None:
+        """The sandbox's certificates when it runs with TLS (``--tls``)."""
+        return SandboxTls(Path(info.tls)) if info.tls else None
 
     async def live_roles(self, timeout: float = 1.0) -> dict[str, str]:
         """What each node is now: 'primary', 'replica', 'writable-replica' or 'unreachable'."""
@@ -221,11 +230,12 @@ class Sandbox:
             )
             for i in range(spec.nodes)
         )
-        write_node_configs(nodes, run_as_root=root)
+        tls = await asyncio.to_thread(make_tls, self.dir) if spec.tls else None
+        write_node_configs(nodes, run_as_root=root, tls=tls)
         await asyncio.gather(
             *(asyncio.to_thread(shutil.copytree, template, n.datadir) for n in nodes)
         )
-        router = self._write_router_config(nodes, users, secrets_dir)
+        router = self._write_router_config(nodes, users, secrets_dir, tls)
         info = SandboxInfo(
             dir=str(self.dir),
             settings=str(self.dir / SETTINGS_FILE),
@@ -233,12 +243,17 @@ class Sandbox:
             router=router,
             users=users,
             root=root_creds,
+            tls=str(tls.folder) if tls else None,
         )
         info.save()
         return info
 
     def _write_router_config(
-        self, nodes: tuple[NodeInfo, ...], users: dict[str, Credentials], secrets_dir: Path
+        self,
+        nodes: tuple[NodeInfo, ...],
+        users: dict[str, Credentials],
+        secrets_dir: Path,
+        tls: SandboxTls | None,
     ) -> RouterInfo:
         spec, kind = self.spec, self._router_kind()
         router_dir = self.dir / ROUTER_DIR
@@ -268,8 +283,11 @@ class Sandbox:
                     admin_password=admin_pw,
                     app_password=users["app"].password(),
                     monitor_password=users["monitor"].password(),
+                    tls=tls is not None,
                 )
             )
+            if tls is not None:
+                tls.install_for_proxysql(router_dir)
         return router
 
     def _write_settings(self, info: SandboxInfo) -> None:
@@ -283,6 +301,7 @@ class Sandbox:
             api_port=self.spec.api_port,
             api_token_file=str(write_secret(self.dir / SECRETS_DIR / "api.token")),
             journal=str(self.dir / STATE_DIR / "journal.jsonl"),
+            tls=self.tls(info),
         )
         Path(info.settings).write_text(text)
 
@@ -318,10 +337,13 @@ class Sandbox:
                 )
             passwords = {role: c.password() for role, c in info.users.items()}
             assert info.root is not None
-            for statement in render.setup_primary_sql(passwords, info.root.password()):
+            tls = self.tls(info)
+            for statement in render.setup_primary_sql(
+                passwords, info.root.password(), tls=tls is not None
+            ):
                 await execute(primary, statement)
             (gtid_pos,) = (await query(primary, "SELECT @@gtid_binlog_pos"))[0]
-            change = render.change_master_sql(info.primary, passwords["replication"])
+            change = render.change_master_sql(info.primary, passwords["replication"], tls)
             await asyncio.gather(
                 *(
                     attach_replica(conn, node, change, gtid_pos)
@@ -601,7 +623,9 @@ def publish_template(work: Path, final: Path, version: str) -> None:
             raise
 
 
-def write_node_configs(nodes: tuple[NodeInfo, ...], *, run_as_root: bool) -> None:
+def write_node_configs(
+    nodes: tuple[NodeInfo, ...], *, run_as_root: bool, tls: SandboxTls | None = None
+) -> None:
     for node in nodes:
         Path(node.node_dir).mkdir(exist_ok=True)
         config = render.node_cnf(
@@ -609,5 +633,6 @@ def write_node_configs(nodes: tuple[NodeInfo, ...], *, run_as_root: bool) -> Non
             primary=node.role == "primary",
             run_as_root=run_as_root,
             has_replicas=len(nodes) > 1,
+            tls=tls,
         )
         Path(node.config).write_text(config)

@@ -46,6 +46,7 @@ class SandboxSpec:
     base_port: int = DEFAULT_BASE_PORT
     router: RouterKind | None = None  # None: proxysql when on PATH, else haproxy
     cache_dir: Path | None = None  # template datadir cache; None: $XDG_CACHE_HOME/hacontrol
+    tls: bool = False  # a CA of its own; TLS to the nodes, replication, ProxySQL admin, API
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 9:
@@ -142,6 +143,8 @@ class SandboxInfo:
     users: dict[str, Credentials] = field(default_factory=dict)
     root: Credentials | None = None
     up_seconds: float | None = None
+    tls: str | None = None
+    """The folder of the sandbox's CA and certificates when it runs with TLS."""
 
     def node(self, name: str) -> NodeInfo:
         for node in self.nodes:
@@ -168,6 +171,7 @@ class SandboxInfo:
             "users": self.users,
             "root": self.root,
             "up_seconds": self.up_seconds,
+            "tls": self.tls,
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -180,6 +184,7 @@ class SandboxInfo:
             "users": {k: asdict(v) for k, v in self.users.items()},
             "root": asdict(self.root) if self.root else None,
             "up_seconds": self.up_seconds,
+            "tls": self.tls,
         }
 
     @classmethod
@@ -193,6 +198,7 @@ class SandboxInfo:
             users={k: Credentials(**v) for k, v in data["users"].items()},
             root=Credentials(**root) if root else None,
             up_seconds=data.get("up_seconds"),
+            tls=data.get("tls"),
         )
 
     def save(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from hacontrol.sandbox.model import NodeInfo, RouterInfo
+from hacontrol.sandbox.tls import SandboxTls
 
 # Replication timing, chosen so a failover test sees a dead source within a few seconds:
 # a killed source closes its TCP connection and replicas notice at once; a frozen or partitioned
@@ -70,7 +71,14 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def node_cnf(node: NodeInfo, *, primary: bool, run_as_root: bool, has_replicas: bool = True) -> str:
+def node_cnf(
+    node: NodeInfo,
+    *,
+    primary: bool,
+    run_as_root: bool,
+    has_replicas: bool = True,
+    tls: SandboxTls | None = None,
+) -> str:
     """The node's my.cnf: the whole configuration, like a production server's config file.
 
     A one-node sandbox keeps semi-sync off on its primary: with no replica to acknowledge,
@@ -109,6 +117,12 @@ def node_cnf(node: NodeInfo, *, primary: bool, run_as_root: bool, has_replicas: 
     ]
     if run_as_root:
         options.insert(0, ("user", "root"))  # mariadbd refuses to run as root without it
+    if tls is not None:
+        options += [
+            ("ssl_ca", tls.ca),
+            ("ssl_cert", tls.cert("server")),
+            ("ssl_key", tls.key("server")),
+        ]
     role = "primary" if primary else "replica"
     lines = [f"# hacontrol sandbox {node.name}: {role} when the sandbox was created", "[mysqld]"]
     lines += [f"{key} = {value}" for key, value in options]
@@ -123,18 +137,24 @@ def template_cnf(datadir: str, *, run_as_root: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def setup_primary_sql(passwords: dict[str, str], root_password: str) -> list[str]:
+def setup_primary_sql(
+    passwords: dict[str, str], root_password: str, *, tls: bool = False
+) -> list[str]:
     """Run on the primary with the binary log on, before replicas attach, so all of it replicates.
 
     mariadb-install-db leaves root@<hostname>, root@127.0.0.1 and root@::1 with no password and,
     depending on options, anonymous ''@localhost / ''@<hostname> users that shadow real users;
     the caller drops those first (their host names are only known at run time).
+
+    ``tls``: the controller's user must present a certificate the CA signed (REQUIRE X509) and
+    the replication user must use TLS (REQUIRE SSL): the server itself refuses them in clear.
     """
     pw = {role: sql_string(p) for role, p in passwords.items()}
+    controller, replication = (" REQUIRE X509", " REQUIRE SSL") if tls else ("", "")
     return [
         f"ALTER USER 'root'@'localhost' IDENTIFIED BY {sql_string(root_password)}",
-        f"CREATE USER 'hacontrol'@'%' IDENTIFIED BY {pw['controller']}",
-        f"CREATE USER 'repl'@'%' IDENTIFIED BY {pw['replication']}",
+        f"CREATE USER 'hacontrol'@'%' IDENTIFIED BY {pw['controller']}{controller}",
+        f"CREATE USER 'repl'@'%' IDENTIFIED BY {pw['replication']}{replication}",
         f"CREATE USER 'app'@'%' IDENTIFIED BY {pw['app']}",
         f"CREATE USER 'monitor'@'%' IDENTIFIED BY {pw['monitor']}",
         *GRANTS,
@@ -143,12 +163,17 @@ def setup_primary_sql(passwords: dict[str, str], root_password: str) -> list[str
     ]
 
 
-def change_master_sql(primary: NodeInfo, repl_password: str) -> str:
+def change_master_sql(primary: NodeInfo, repl_password: str, tls: SandboxTls | None = None) -> str:
+    ssl = (
+        f", MASTER_SSL=1, MASTER_SSL_CA={sql_string(str(tls.ca))}, MASTER_SSL_VERIFY_SERVER_CERT=1"
+        if tls is not None
+        else ""
+    )
     return (
         f"CHANGE MASTER TO MASTER_HOST={sql_string(primary.host)}, MASTER_PORT={primary.port}, "
         f"MASTER_USER='repl', MASTER_PASSWORD={sql_string(repl_password)}, "
         f"MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, "
-        f"MASTER_HEARTBEAT_PERIOD={HEARTBEAT_PERIOD}"
+        f"MASTER_HEARTBEAT_PERIOD={HEARTBEAT_PERIOD}{ssl}"
     )
 
 
@@ -258,10 +283,13 @@ def proxysql_cnf(
     admin_password: str,
     app_password: str,
     monitor_password: str,
+    tls: bool = False,
 ) -> str:
     """proxysql.cnf as an operator writes it: admin on loopback with a generated password, the
     application user, the read/write split, the monitor user, NO mysql_replication_hostgroups
-    (ProxySQL's read_only monitor would move servers and fight the controller).
+    (ProxySQL's read_only monitor would move servers and fight the controller). ``tls``:
+    ``have_ssl``, under which ProxySQL 2.7 offers TLS on its admin port too (with the
+    certificate in its datadir).
 
     Read on the first start only (the datadir has no proxysql.db yet); afterwards ProxySQL
     starts from what was last SAVEd TO DISK, as in production.
@@ -276,6 +304,7 @@ def proxysql_cnf(
         "interfaces": interfaces,
         "monitor_username": USERS["monitor"],
         "monitor_password": monitor_password,
+        **({"have_ssl": True} if tls else {}),
     }
     return "\n".join(
         [
@@ -309,6 +338,8 @@ def proxysql_cnf(
 
 
 def _libconfig(value: int | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return str(value) if isinstance(value, int) else json.dumps(value)
 
 
@@ -322,8 +353,10 @@ def settings_toml(
     api_port: int = 0,
     api_token_file: str | None = None,
     journal: str | None = None,
+    tls: SandboxTls | None = None,
 ) -> str:
-    """settings.toml for the controller, pointing at the sandbox (schema owned by settings.py)."""
+    """settings.toml for the controller, pointing at the sandbox (schema owned by settings.py);
+    with ``tls``, TLS everywhere (``tls_sections``)."""
     lines = ["# written by `hacontrol sandbox up`", "[cluster]", 'name = "sandbox"', ""]
     for node in nodes:
         lines += [
@@ -383,8 +416,42 @@ def settings_toml(
         'host = "127.0.0.1"',
         f"port = {api_port}",
         *([f"token_file = {json.dumps(api_token_file)}"] if api_token_file else []),
+        *(_api_tls(tls) if tls else []),
         "",
     ]
     if journal:
         lines += ["[controller]", f"journal = {json.dumps(journal)}", ""]
+    if tls:
+        lines += tls_sections(tls, router.kind)
     return "\n".join(lines)
+
+
+def _api_tls(tls: SandboxTls) -> list[str]:
+    return [
+        f"tls_cert = {json.dumps(str(tls.cert('api')))}",
+        f"tls_key = {json.dumps(str(tls.key('api')))}",
+        f"tls_ca = {json.dumps(str(tls.ca))}",
+    ]
+
+
+def tls_sections(tls: SandboxTls, router_kind: str) -> list[str]:
+    """The controller's TLS settings for a sandbox with TLS: verify_identity with the
+    sandbox's CA and the controller's client certificate; replication over TLS with the
+    source's certificate verified (the same paths: every node is on this host)."""
+    ca = json.dumps(str(tls.ca))
+    lines = [
+        "[mysql.tls]",
+        'mode = "verify_identity"',
+        f"ca = {ca}",
+        f"cert = {json.dumps(str(tls.cert('hacontrol')))}",
+        f"key = {json.dumps(str(tls.key('hacontrol')))}",
+        "",
+        "[mysql.replication_tls]",
+        "enabled = true",
+        f"ca = {ca}",
+        "verify_server_cert = true",
+        "",
+    ]
+    if router_kind == "proxysql":
+        lines += ["[router.proxysql.tls]", 'mode = "verify_identity"', f"ca = {ca}", ""]
+    return lines
