@@ -586,12 +586,26 @@ def test_up_twice_says_already_running_and_changes_nothing(sandbox: Sandbox) -> 
     assert sandbox.router_pid() == info.router.pid
 
 
+def squat_reader_port() -> tuple[int, socket.socket]:
+    """A free base port and a listener on its reader port (base + 4 in a 3-node sandbox).
+    Another process may take the port between the search and the bind: search again."""
+    for _ in range(20):
+        base = find_free_base_port(6)
+        squatter = socket.socket()
+        try:
+            squatter.bind(("127.0.0.1", base + 4))
+        except OSError:
+            squatter.close()
+            continue
+        squatter.listen()
+        return base, squatter
+    raise AssertionError("no free port range to squat in 20 tries")
+
+
 @pytest.mark.integration
 async def test_busy_port_fails_before_starting_anything(tmp_path: Path) -> None:
-    base = find_free_base_port(6)
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", base + 4))  # the reader port of a 3-node sandbox
-        squatter.listen()
+    base, squatter = squat_reader_port()
+    with squatter:
         target = tmp_path / "sb"
         with pytest.raises(PortBusyError) as err:
             await Sandbox(SandboxSpec(dir=target, base_port=base)).up()
