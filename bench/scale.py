@@ -1,0 +1,393 @@
+"""Scale benchmark: ``hacontrol run`` against a fake fleet of MariaDB nodes (tests/fakefleet).
+
+    .venv/bin/python bench/scale.py single --nodes 3 --seconds 120 [--kill-primary 60]
+    .venv/bin/python bench/scale.py single --nodes 64 --seconds 600
+    .venv/bin/python bench/scale.py multi --clusters 30 --size 3 --seconds 600 [--kill-primary 300]
+    .venv/bin/python bench/scale.py fleet --nodes 1000 --seconds 120
+
+``single``: one cluster of ``--nodes`` nodes (today's settings allow 64) and one controller.
+``multi``: ``--clusters`` clusters of ``--size`` nodes and one controller process per cluster
+(today's way to manage several clusters). ``fleet``: no controller; the real probe code
+(``NodeProbe``, with its watch connection) probes every node of a ``--nodes`` fleet from one
+process, to show what the fake itself costs at that scale.
+
+The fake fleet runs in its own process; controllers are ``hacontrol run`` subprocesses with
+the sandbox's probe settings (interval 1 s, timeout 0.5 s, io_stall 1.5 s), no router, no API,
+``log.level`` from ``--log-level`` (info). After ``--warmup`` seconds the window opens:
+
+- controller CPU: user+system from /proc/<pid>/stat over the window, summed over the
+  controllers, as % of one core; per probe: that CPU divided by the probes the fake received;
+- RSS: /proc/<pid>/status VmRSS sampled every second (largest per process, and the sum);
+- probe cadence: from the fake's own record of every probe it answered (it costs the
+  controller nothing): per node the largest gap between two consecutive probes, then
+  p50/p99/max over the nodes; and every gap's p50/p99/max;
+- log volume: the controllers' lines with a timestamp inside the window, per node per hour;
+- the fake's own CPU from /proc, as % of one core;
+- ``--kill-primary S``: S seconds into the window, the fake kills the first cluster's primary
+  (listener and connections closed at once); detection, promotion and end of the failover
+  are read from that controller's log (as the drill does). The killed node is left out of
+  the cadence figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hacontrol.drill.report import log_figures
+from hacontrol.sandbox import find_free_base_port
+from tests.fakefleet.control import FleetControl
+from tests.fakefleet.spec import FleetSpec, fleet, settings_data, toml_text
+
+ROOT = Path(__file__).resolve().parent.parent
+HZ = os.sysconf("SC_CLK_TCK")
+READY_TIMEOUT = 60.0
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (/proc/<pid>/stat fields 14 and 15), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@dataclass
+class Processes:
+    """Every subprocess this bench started, stopped (by pid) when the bench ends."""
+
+    started: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    def spawn(self, argv: list[str], log: Path) -> subprocess.Popen[Any]:
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=_env()
+            )
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.started:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def start_fleet(procs: Processes, spec: FleetSpec, tmp: Path) -> tuple[int, FleetControl]:
+    (tmp / "fleet.json").write_text(spec.to_json())
+    log = tmp / "fleet.log"
+    proc = procs.spawn(
+        [sys.executable, "-m", "tests.fakefleet", "--spec", str(tmp / "fleet.json")], log
+    )
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if text.startswith("ready "):
+            return proc.pid, FleetControl(text.split()[1])
+        if proc.poll() is not None:
+            raise RuntimeError(f"the fake fleet exited: {text}")
+        time.sleep(0.1)
+    raise RuntimeError("the fake fleet did not become ready")
+
+
+def start_controllers(
+    procs: Processes, spec: FleetSpec, tmp: Path, level: str
+) -> dict[str, tuple[int, Path]]:
+    """One ``hacontrol run`` per cluster: cluster name -> (pid, log file)."""
+    out = {}
+    for cluster in spec.clusters:
+        settings = tmp / f"{cluster.name}.toml"
+        journal = str(tmp / f"{cluster.name}.journal")
+        data = settings_data(cluster, spec, journal=journal, level=level)
+        settings.write_text("# written by bench/scale.py\n" + toml_text(data))
+        log = tmp / f"{cluster.name}.log"
+        argv = [sys.executable, "-m", "hacontrol", "run", "--config", str(settings)]
+        out[cluster.name] = (procs.spawn(argv, log).pid, log)
+    return out
+
+
+# ---- measuring ------------------------------------------------------------------------------
+
+
+@dataclass
+class Window:
+    mono: tuple[float, float]
+    wall: tuple[float, float]
+    cpu: dict[int, float]
+    rss_max: dict[int, int]
+    kill: tuple[str, float, float] | None = None  # node, monotonic, wall
+
+
+def observe(pids: list[int], seconds: float, kill_at: float | None, kill: Any) -> Window:
+    """CPU of every pid over ``seconds``, RSS sampled each second, the kill done on time."""
+    cpu0 = {pid: cpu_seconds(pid) for pid in pids}
+    mono0, wall0 = time.monotonic(), time.time()
+    rss_max = dict.fromkeys(pids, 0)
+    killed = None
+    while (now := time.monotonic()) < mono0 + seconds:
+        for pid in pids:
+            rss_max[pid] = max(rss_max[pid], rss_kib(pid))
+        if kill_at is not None and killed is None and now >= mono0 + kill_at:
+            killed = (kill(), time.monotonic(), time.time())
+        time.sleep(min(1.0, max(0.0, mono0 + seconds - time.monotonic())))
+    mono1, wall1 = time.monotonic(), time.time()
+    cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in pids}
+    return Window((mono0, mono1), (wall0, wall1), cpu, rss_max, killed)
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    return {
+        "p50": round(ordered[len(ordered) // 2], 4),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 4),
+        "max": round(ordered[-1], 4),
+    }
+
+
+def cadence_figures(cadence: dict[str, Any]) -> dict[str, Any]:
+    nodes = cadence["nodes"]
+    largest = [v["max_gap"] for v in nodes.values() if v["max_gap"] is not None]
+    never = sorted(k for k, v in nodes.items() if v["probes"] < 2)
+    return {
+        "nodes": len(nodes),
+        "probes": sum(v["probes"] for v in nodes.values()),
+        "largest_gap_per_node": percentiles(largest),
+        "all_gaps": {k: cadence["gaps"][k] for k in ("count", "p50", "p99", "max")},
+        "nodes_with_fewer_than_2_probes": never,
+    }
+
+
+def log_records(path: Path) -> Iterator[dict[str, Any]]:
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        with contextlib.suppress(ValueError, KeyError):
+            record = json.loads(line)
+            record["_mono"] = datetime.fromisoformat(record["ts"]).timestamp()
+            yield record
+
+
+def log_figures_of(logs: dict[str, Path], wall: tuple[float, float], nodes: int) -> dict[str, Any]:
+    lines, events = 0, collections.Counter()
+    for path in logs.values():
+        for record in log_records(path):
+            if wall[0] <= record["_mono"] < wall[1]:
+                lines += 1
+                events[record["event"]] += 1
+    hours = (wall[1] - wall[0]) / 3600
+    return {
+        "lines": lines,
+        "lines_per_node_per_hour": round(lines / nodes / hours, 1),
+        "events": dict(events.most_common(8)),
+    }
+
+
+def failover_of(log: Path, at_wall: float) -> dict[str, Any]:
+    figures = log_figures(list(log_records(log)), at_wall)
+    return {k: (round(v, 3) if v is not None else None) for k, v in figures.items()}
+
+
+# ---- the runs -------------------------------------------------------------------------------
+
+
+def run(spec: FleetSpec, args: argparse.Namespace, *, drive: bool = False) -> dict[str, Any]:
+    procs = Processes()
+    with tempfile.TemporaryDirectory(prefix="hacontrol-scale-") as name:
+        tmp = Path(name)
+        try:
+            fleet_pid, control = start_fleet(procs, spec, tmp)
+            resolved = _resolved(spec, control)
+            if drive:
+                (tmp / "resolved.json").write_text(resolved.to_json())
+                argv = [sys.executable, str(Path(__file__)), "drive", str(tmp / "resolved.json")]
+                clients = {"driver": (procs.spawn(argv, tmp / "driver.log").pid, None)}
+            else:
+                clients = start_controllers(procs, resolved, tmp, args.log_level)
+            time.sleep(args.warmup)
+            victim = resolved.clusters[0].primary
+
+            def kill() -> str:
+                control.act(victim, "kill")
+                return victim
+
+            pids = [pid for pid, _ in clients.values()]
+            window = observe([fleet_pid, *pids], args.seconds, args.kill_primary, kill)
+            skip = [window.kill[0]] if window.kill else []
+            cadence = control.cadence(*window.mono, skip=skip)
+            return report(resolved, clients, fleet_pid, window, cadence, args)
+        finally:
+            procs.stop_all()
+
+
+def _resolved(spec: FleetSpec, control: FleetControl) -> FleetSpec:
+    """The spec with the ports the fake bound (they are fixed here, so unchanged)."""
+    ports = {n["name"]: n["port"] for n in control.nodes()}
+    for _cluster, node in spec.nodes():
+        if ports[node.name] != node.port:
+            raise RuntimeError(f"{node.name} listens on {ports[node.name]}, not {node.port}")
+    return spec
+
+
+def report(
+    spec: FleetSpec,
+    clients: dict[str, tuple[int, Path | None]],
+    fleet_pid: int,
+    window: Window,
+    cadence: dict[str, Any],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    seconds = window.mono[1] - window.mono[0]
+    pids = [pid for pid, _ in clients.values()]
+    cpu = sum(window.cpu[pid] for pid in pids)
+    figures = cadence_figures(cadence)
+    nodes = sum(len(c.nodes) for c in spec.clusters)
+    result: dict[str, Any] = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "client": "probe driver (NodeProbe only)" if "driver" in clients else "hacontrol run",
+        "processes": len(pids),
+        "clusters": len(spec.clusters),
+        "nodes": nodes,
+        "seconds": round(seconds, 1),
+        "cpu_percent_of_one_core": round(100 * cpu / seconds, 2),
+        "cpu_ms_per_probe": round(1000 * cpu / max(1, figures["probes"]), 3),
+        "rss_max_mib_per_process": round(max(window.rss_max[p] for p in pids) / 1024, 1),
+        "rss_sum_mib": round(sum(window.rss_max[p] for p in pids) / 1024, 1),
+        "probe_cadence": figures,
+        "fake_cpu_percent_of_one_core": round(100 * window.cpu[fleet_pid] / seconds, 2),
+        "fake_rss_mib": round(window.rss_max[fleet_pid] / 1024, 1),
+    }
+    logs = {name: log for name, (_, log) in clients.items() if log is not None}
+    if logs:
+        result["log"] = log_figures_of(logs, window.wall, nodes)
+    if window.kill is not None:
+        cluster = spec.clusters[0].name
+        result["failover"] = {"node": window.kill[0], **failover_of(logs[cluster], window.kill[2])}
+    return result
+
+
+# ---- the probe driver (fleet mode) ---------------------------------------------------------
+
+
+def drive(spec_path: Path) -> None:
+    """Probe every node of a fleet with the real probe code until terminated."""
+    import signal
+
+    import uvloop
+
+    from hacontrol.mysqlconn import Endpoint
+    from hacontrol.probes.mysql import NodeProbe
+
+    spec = FleetSpec.load(spec_path)
+    failures = collections.Counter()
+
+    def emit(event: Any) -> None:
+        if not getattr(event, "ok", True):
+            failures[event.node] += 1
+
+    async def main() -> None:
+        probes = [
+            NodeProbe(
+                node.name,
+                Endpoint(node.host, node.port, spec.user, spec.password),
+                interval=1.0,
+                timeout=0.5,
+                emit=emit,
+            )
+            for _cluster, node in spec.nodes()
+        ]
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(p.run(), name=p.name) for p in probes]
+            await stop.wait()
+            for task in tasks:
+                task.cancel()
+        print(f"failed probes: {sum(failures.values())} on {len(failures)} nodes", flush=True)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+
+def fleet_spec(sizes: list[int]) -> FleetSpec:
+    return fleet(sizes, base_port=find_free_base_port(sum(sizes)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for mode in ("single", "multi", "fleet"):
+        p = sub.add_parser(mode)
+        p.add_argument("--seconds", type=float, default=60.0)
+        p.add_argument("--warmup", type=float, default=5.0)
+        p.add_argument("--log-level", default="info", choices=["debug", "info"])
+        p.add_argument("--kill-primary", type=float, metavar="S", help="kill after S seconds")
+        p.add_argument("--json", type=Path, help="write every figure here")
+    sub.choices["single"].add_argument("--nodes", type=int, default=3)
+    sub.choices["multi"].add_argument("--clusters", type=int, default=30)
+    sub.choices["multi"].add_argument("--size", type=int, default=3)
+    sub.choices["fleet"].add_argument("--nodes", type=int, default=1000)
+    sub.choices["fleet"].add_argument("--sizes", default="3,3,4")
+    p = sub.add_parser("drive", help="(internal) probe every node of a fleet spec")
+    p.add_argument("spec", type=Path)
+    args = parser.parse_args()
+    if args.mode == "drive":
+        drive(args.spec)
+        return
+    if args.mode == "single":
+        result = run(fleet_spec([args.nodes]), args)
+    elif args.mode == "multi":
+        result = run(fleet_spec([args.size] * args.clusters), args)
+    else:
+        from tests.fakefleet.spec import cluster_sizes
+
+        sizes = cluster_sizes(args.nodes, [int(s) for s in args.sizes.split(",")])
+        result = run(fleet_spec(sizes), args, drive=True)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
