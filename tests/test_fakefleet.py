@@ -310,6 +310,25 @@ async def test_unknown_statements_get_an_error_not_a_crash(fake):
     assert (await probe(fake, "c001n1")).ok
 
 
+async def read_payload(reader: asyncio.StreamReader) -> bytes:
+    header = await reader.readexactly(4)
+    return await reader.readexactly(int.from_bytes(header[:3], "little"))
+
+
+async def test_a_client_that_speaks_garbage_gets_an_error(fake):
+    reader, writer = await asyncio.open_connection(*fake.address("c001n1"))
+    try:
+        greeting = await read_payload(reader)
+        assert greeting[0] == 10 and b"MariaDB" in greeting  # handshake v10
+        writer.write(b"\x05\x00\x00\x01garbage")
+        payload = await read_payload(reader)
+        assert payload[:3] == b"\xff\x13\x04"  # ERR 1043 Bad handshake
+        assert await reader.read() == b""  # then closed
+    finally:
+        writer.close()
+    assert (await probe(fake, "c001n1")).ok
+
+
 async def test_control_channel(fake):
     runner = await serve(fake)
     try:
@@ -351,9 +370,10 @@ def test_history_holds_only_what_its_writers_wrote():
     assert h.holds(after_failover, (1, 100)) and h.holds(after_failover, (2, 103))
     assert not h.holds(after_failover, (1, 103))  # seq 103 was written by server 2
     assert h.position(after_failover) == "0-2-105"
-    assert h.later(((1, 100),), after_failover) == after_failover
     assert h.binlog_state(after_failover) == "0-1-100,0-2-105"
     assert h.binlog_state(((1, 100), (2, 105), (1, 110))) == "0-2-105,0-1-110"  # latest last
+    assert h.contains(after_failover, ((1, 100),))
+    assert not h.contains(((1, 100),), after_failover)
 
 
 def test_positions_are_computed_from_the_time():

@@ -69,16 +69,6 @@ def contains(history: History, other: History) -> bool:
     return holds(history, tip(other))
 
 
-def later(a: History, b: History) -> History:
-    """The longer of two histories of which one holds the other's tip; ValueError otherwise
-    (two servers wrote different transactions at the same seqs)."""
-    if contains(a, b):
-        return a
-    if contains(b, a):
-        return b
-    raise ValueError(f"positions {position(a)} and {position(b)} diverge")
-
-
 def parse_position(text: str) -> Gtid | None:
     """Domain 0's GTID in a MariaDB position text (``'0-1-100,1-3-7'``); other domains are
     ignored, as the fake writes only domain 0. ValueError on anything else than GTIDs."""

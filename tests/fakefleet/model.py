@@ -131,7 +131,6 @@ class Snapshot:
     """Everything one query may read of one node, at one moment."""
 
     node: Node
-    t: float
     binlog: History
     slave_pos: History
     received: History
@@ -292,7 +291,6 @@ class Fleet:
             )
         return Snapshot(
             node=node,
-            t=t,
             binlog=self.binlog(node, t),
             slave_pos=self.applied(node, t),
             received=self.received(node, t) if repl else h.EMPTY,

@@ -23,6 +23,7 @@ import itertools
 import os
 import resource
 import secrets
+import struct
 import time
 from array import array
 from collections.abc import Callable, Collection
@@ -235,6 +236,10 @@ def summary(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
+def internal_error(exc: Exception) -> answers.Failed:
+    return answers.Failed(1105, "HY000", f"fake fleet internal error: {exc!r}")
+
+
 class Session(asyncio.Protocol):
     """One client connection to one fake node."""
 
@@ -332,16 +337,25 @@ class Session(asyncio.Protocol):
             packet = wire.read_packet(self._buffer)
             if packet is None:
                 return
-            if not self._authenticated:
-                self._authenticate(packet)
-            else:
-                self._command(packet)
+            try:
+                if not self._authenticated:
+                    self._authenticate(packet)
+                else:
+                    self._command(packet)
+            except Exception as exc:  # a bug of the fake: said to the client, not hidden
+                self._send(answers.encode([internal_error(exc)]))
+                self.abort()
 
     def _authenticate(self, payload: bytes) -> None:
         """HandshakeResponse41, or the answer to an auth switch to mysql_native_password."""
         spec = self.fleet.spec
         if not self.user:
-            response = parse_handshake_response(payload)
+            try:
+                response = parse_handshake_response(payload)
+            except (ValueError, IndexError, struct.error, UnicodeDecodeError):
+                self._send(wire.frame_all([err_packet(1043, "08S01", "Bad handshake")], 2))
+                self.abort()
+                return
             self.user = response.user or "?"
             self._multi = bool(wire.client_capabilities(payload) & wire.CLIENT.MULTI_STATEMENTS)
             if response.auth_plugin not in (None, wire.NATIVE_PASSWORD):
@@ -420,6 +434,8 @@ class Session(asyncio.Protocol):
             if not self._interrupted:
                 raise
             replies.append(answers.Failed(1317, "70100", "Query execution was interrupted"))
+        except Exception as exc:  # a bug of the fake: said to the client, not hidden
+            replies.append(internal_error(exc))
         self._interrupted = False
         self._task = None
         self._send(answers.encode(replies))

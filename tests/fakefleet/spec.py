@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class FleetSpec:
     semi_sync: bool = True
     start_seq: int = 100
     """GTID sequence number every cluster has reached at start (domain 0)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def nodes(self) -> list[tuple[ClusterSpec, NodeSpec]]:
         return [(cluster, node) for cluster in self.clusters for node in cluster.nodes]
