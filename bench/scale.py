@@ -13,7 +13,8 @@ process, to show what the fake itself costs at that scale.
 
 The fake fleet runs in its own process; controllers are ``hacontrol run`` subprocesses with
 the sandbox's probe settings (interval 1 s, timeout 0.5 s, io_stall 1.5 s), no router, no API,
-``log.level`` from ``--log-level`` (info). After ``--warmup`` seconds the window opens:
+``log.level`` from ``--log-level`` (info). Once every controller has logged that its cluster
+is as desired, and ``--warmup`` seconds more, the window opens:
 
 - controller CPU: user+system from /proc/<pid>/stat over the window, summed over the
   controllers, as % of one core; per probe: that CPU divided by the probes the fake received;
@@ -141,6 +142,19 @@ def start_controllers(
     return out
 
 
+def wait_settled(logs: dict[str, Path], timeout: float) -> None:
+    """Until every controller has decided once that its cluster is as desired."""
+    deadline = time.monotonic() + timeout
+    pending = dict(logs)
+    while pending and time.monotonic() < deadline:
+        for name, log in list(pending.items()):
+            if '"rule":"Nothing"' in log.read_text(errors="replace"):
+                del pending[name]
+        time.sleep(0.5)
+    if pending:
+        raise RuntimeError(f"controllers not settled after {timeout} s: {sorted(pending)}")
+
+
 # ---- measuring ------------------------------------------------------------------------------
 
 
@@ -189,7 +203,9 @@ def cadence_figures(cadence: dict[str, Any]) -> dict[str, Any]:
         "nodes": len(nodes),
         "probes": sum(v["probes"] for v in nodes.values()),
         "largest_gap_per_node": percentiles(largest),
-        "all_gaps": {k: cadence["gaps"][k] for k in ("count", "p50", "p99", "max")},
+        "all_gaps": {
+            k: round(v, 4) if isinstance(v, float) else v for k, v in cadence["gaps"].items()
+        },
         "nodes_with_fewer_than_2_probes": never,
     }
 
@@ -240,6 +256,8 @@ def run(spec: FleetSpec, args: argparse.Namespace, *, drive: bool = False) -> di
                 clients = {"driver": (procs.spawn(argv, tmp / "driver.log").pid, None)}
             else:
                 clients = start_controllers(procs, resolved, tmp, args.log_level)
+            if not drive:
+                wait_settled({n: log for n, (_, log) in clients.items()}, READY_TIMEOUT)
             time.sleep(args.warmup)
             victim = resolved.clusters[0].primary
 
@@ -281,6 +299,7 @@ def report(
     result: dict[str, Any] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "client": "probe driver (NodeProbe only)" if "driver" in clients else "hacontrol run",
         "processes": len(pids),
         "clusters": len(spec.clusters),
