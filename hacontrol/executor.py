@@ -34,6 +34,7 @@ from hacontrol.plan import (
     ActionResult,
     CatchUp,
     CheckTransactions,
+    Drain,
     Fence,
     Hook,
     Notify,
@@ -147,6 +148,7 @@ class Executor:
         self._background: set[asyncio.Task[object]] = set()
         self._handlers: dict[type, Callable[[Any, _Run], Awaitable[ActionResult]]] = {
             RouteFence: self._route_fence,
+            Drain: self._drain,
             Route: self._route,
             WaitApplied: self._wait_applied,
             Promote: self._promote,
@@ -376,6 +378,20 @@ class Executor:
         desired = fenced(await self.router.read(), action.node)
         changed = await self.router.apply(desired, allow_no_writer=True)
         return _done(f"{action.node} out of the writer and reader groups", changed)
+
+    async def _drain(self, action: Drain, run: _Run) -> ActionResult:
+        if self.router is None:
+            return _done("no router")
+        drained = await self.router.drain(action.node, timeout=action.timeout)
+        detail = {"idle": drained.idle, "in_use": drained.in_use, "seconds": drained.seconds}
+        if drained.idle:
+            reason = f"{action.node} drained in {drained.seconds:g} s: no new write starts there"
+        else:
+            reason = (
+                f"{action.node}: drain deadline of {action.timeout:g} s passed with "
+                f"{drained.in_use} still in use; the fence ends them"
+            )
+        return ActionResult("", None, True, True, reason, detail)
 
     async def _route(self, action: Route, run: _Run) -> ActionResult:
         if self.router is None:

@@ -85,6 +85,21 @@ class RouteFence(_NoNode):
 
 
 @dataclass(frozen=True)
+class Drain(_NoNode):
+    """Stop new writes from starting on ``node``, the router's writer, and wait at most
+    ``timeout`` seconds until what runs there has finished: ProxySQL sets its writer row
+    OFFLINE_SOFT and waits until none of its connections is in use (new statements are held
+    until a writer is back), HAProxy sets it DRAIN and waits until it has no session (new
+    connections are refused). The first step of a switchover: past the deadline the plan goes
+    on, and its Fence ends what is left. Undone by any Route (the rollback's puts it back)."""
+
+    node: str
+    timeout: float
+    required: bool = True
+    routes: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
 class Route(_NoNode):
     """Make the router do ``desired`` (exactly one writer)."""
 
@@ -217,6 +232,7 @@ class Notify(_NoNode):
 
 Action = (
     RouteFence
+    | Drain
     | Route
     | WaitApplied
     | Promote

@@ -238,6 +238,11 @@ class FailoverSettings(_Section):
     (the old primary writable and writer again)."""
     max_transaction_age: PositiveSeconds = 5.0
     """Switchover pre-flight: no transaction on the primary may be older than this."""
+    drain_timeout: PositiveSeconds = 2.0
+    """A switchover first drains the old writer in the router (no new transaction starts
+    there) and waits at most this long for what runs there to finish; a transaction still
+    running then is ended by the fence (its client gets an error). Part of the switchover
+    deadline; through ProxySQL, also part of the time a client's write is held."""
     io_stall: PositiveSeconds = 3.0
     """A replica whose received heartbeats and GTIDs have not advanced for this long (and for
     at least 2.5 heartbeat periods) has lost its link to the source: a frozen or partitioned
@@ -582,6 +587,7 @@ def _timing_rules(settings: Settings) -> Problems:
             f"failover.io_stall: {settings.failover.io_stall} s must exceed probes.interval "
             f"({probes.interval} s), or one probe could not see a heartbeat advance"
         )
+    errors += drain_problems(settings.failover)
     _require_secret(errors, settings.mysql.password, "mysql.password")
     _require_secret(errors, settings.mysql.replication_password, "mysql.replication_password")
     errors += secret_strength(settings)
@@ -655,6 +661,20 @@ def _notice_rules(settings: Settings) -> Problems:
         if smtp.user:
             _require_secret(errors, smtp.password, "smtp.password")
     return errors, warnings
+
+
+def drain_problems(failover: FailoverSettings) -> list[str]:
+    """A switchover's drain and the fence after it must fit in its deadline, or every
+    switchover whose drain runs to its end would be rolled back."""
+    room = failover.drain_timeout + failover.action_timeout
+    if room <= failover.switchover_deadline:
+        return []
+    return [
+        f"failover.drain_timeout: {failover.drain_timeout:g} s plus failover.action_timeout "
+        f"({failover.action_timeout:g} s, the fence after the drain) exceeds "
+        f"failover.switchover_deadline ({failover.switchover_deadline:g} s); a drain that runs "
+        "to its end would leave the switchover no time to fence, catch up and promote"
+    ]
 
 
 def secret_strength(settings: Settings) -> list[str]:

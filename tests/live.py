@@ -90,9 +90,24 @@ class WriteLoop:
     reconnects after an error, like a pooled client would.
     """
 
-    def __init__(self, sandbox: Sandbox, period: float = 0.01, start_id: int = 1_000_000) -> None:
+    PINNED = "INSERT INTO app.writes (id, node) VALUES (%s, @@server_id)"
+    """``@@server_id`` in a write disables ProxySQL's multiplexing: the session keeps its
+    backend connection (it holds a drain until its deadline; docs/proxysql.md)."""
+    PLAIN = "INSERT INTO app.writes (id, node) VALUES (%s, 0)"
+    """A plain autocommit write: ProxySQL holds it while there is no writer."""
+
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        period: float = 0.01,
+        start_id: int = 1_000_000,
+        statement: str = PINNED,
+        timeout: float = 2.0,
+    ) -> None:
         self._sandbox = sandbox
         self._period = period
+        self._statement = statement
+        self._timeout = timeout
         self._next = start_id
         self.acknowledged: list[int] = []
         self.ack_times: list[float] = []
@@ -110,10 +125,8 @@ class WriteLoop:
                         conn = await asyncio.wait_for(self._sandbox.connect("writer", "app"), 2)
                     row = self._next
                     self._next += 1
-                    async with asyncio.timeout(2), conn.cursor() as cur:
-                        await cur.execute(
-                            "INSERT INTO app.writes (id, node) VALUES (%s, @@server_id)", (row,)
-                        )
+                    async with asyncio.timeout(self._timeout), conn.cursor() as cur:
+                        await cur.execute(self._statement, (row,))
                     self.acknowledged.append(row)
                     self.ack_times.append(time.monotonic())
                 except (OSError, TimeoutError, aiomysql.Error) as exc:

@@ -321,6 +321,7 @@ def test_journal_round_trips_every_action_type():
         AlertKind,
         CatchUp,
         CheckTransactions,
+        Drain,
         Fence,
         Hook,
         Notify,
@@ -338,6 +339,7 @@ def test_journal_round_trips_every_action_type():
 
     examples = [
         RouteFence("node1", required=True),
+        Drain("node1", 2.5),
         Route(Membership.of(["node2"], ["node2", "node3"], ["node1"], ["node4"]), False, True),
         WaitApplied("node2", 5.0),
         Promote("node2", "node1", finish_half_done=True),

@@ -444,7 +444,7 @@ def test_membership_values_are_exact():
 
 
 def test_switchover_plan_order_rollback_and_deadline():
-    from hacontrol.plan import CatchUp, CheckTransactions, SetWritable
+    from hacontrol.plan import CatchUp, CheckTransactions, Drain, SetWritable
     from hacontrol.rules.planned import plan_switchover
 
     plan = plan_switchover(healthy(), ControllerState(), S, "node2", NOW)
@@ -452,7 +452,7 @@ def test_switchover_plan_order_rollback_and_deadline():
     assert plan.kind == "switchover" and plan.deadline == S.failover.switchover_deadline
     assert kinds(plan) == [
         "CheckTransactions",
-        "RouteFence",
+        "Drain",
         "Fence",
         "CatchUp",
         "Promote",
@@ -462,6 +462,9 @@ def test_switchover_plan_order_rollback_and_deadline():
         "Notify",
     ]
     assert plan.actions[0] == CheckTransactions("node1", S.failover.max_transaction_age)
+    # Drained, not cut: no new write starts on node1, what runs there may finish.
+    assert plan.actions[1] == Drain("node1", S.failover.drain_timeout)
+    assert plan.actions[1].required
     assert plan.actions[3] == CatchUp("node2", "node1", S.failover.switchover_deadline)
     assert plan.actions[6] == Repoint(("node3",), "node2")
     route = plan.actions[5]
@@ -518,6 +521,28 @@ SWITCHOVER_REFUSALS = [
         ControllerState(),
         "node2",
         "no quorum",
+    ),
+    # The drain needs the router's writer to be the primary, and the rollback routes it back.
+    (
+        "router writes elsewhere",
+        view_of(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), router(["node3"], at=3.5)),
+        ControllerState(),
+        "node2",
+        "the router sends writes to node3, not to the primary node1",
+    ),
+    (
+        "router writer drained and left",
+        view_of(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), router([], at=3.5)),
+        ControllerState(),
+        "node2",
+        "the router sends writes to no node, not to the primary node1",
+    ),
+    (
+        "router never read",
+        view_of(*([primary(at=t), replica("node2", t), replica("node3", t)] for t in (1, 2, 3))),
+        ControllerState(),
+        "node2",
+        "the router's state is unknown (not read yet)",
     ),
 ]
 

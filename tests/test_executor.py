@@ -16,6 +16,7 @@ from hacontrol.plan import (
     AlertKind,
     CatchUp,
     CheckTransactions,
+    Drain,
     Fence,
     Hook,
     Notify,
@@ -30,7 +31,7 @@ from hacontrol.plan import (
     SetWritable,
     WaitApplied,
 )
-from hacontrol.routing import Membership
+from hacontrol.routing import Drained, Membership, RouterError
 from hacontrol.view import initial
 from tests.factories import MemoryLog, settings, status
 
@@ -102,8 +103,14 @@ class FakeNodes:
 
 @dataclass
 class FakeRouter:
+    """``drain`` takes the writer out of ``writers`` as ProxySQL's OFFLINE_SOFT reads back;
+    ``in_use`` connections never finish (the drain runs to its deadline)."""
+
     membership: Membership = BEFORE
     applied: list[Membership] = field(default_factory=list)
+    drained: list[str] = field(default_factory=list)
+    in_use: int = 0
+    drain_error: str | None = None
 
     async def read(self) -> Membership:
         return self.membership
@@ -112,6 +119,16 @@ class FakeRouter:
         self.applied.append(desired)
         changed, self.membership = desired != self.membership, desired
         return changed
+
+    async def drain(self, node: str, *, timeout: float) -> Drained:
+        if self.drain_error is not None:
+            raise RouterError(self.drain_error)
+        if node not in self.membership.writers:
+            raise RouterError(f"cannot drain {node}: not the writer")
+        self.drained.append(node)
+        self.membership = replace(self.membership, writers=self.membership.writers - {node})
+        idle = self.in_use == 0
+        return Drained(node, idle, self.in_use, 0.0 if idle else timeout)
 
     async def close(self) -> None:
         pass
@@ -178,7 +195,7 @@ def switchover_plan(deadline: float = 10.0) -> Plan:
         "switchover from node1 to node2",
         (
             CheckTransactions("node1", 5.0),
-            RouteFence("node1", required=True),
+            Drain("node1", 2.0),
             Fence("node1"),
             CatchUp("node2", "node1", deadline),
             Promote("node2", "node1"),
@@ -253,6 +270,39 @@ async def test_before_the_point_of_no_return_a_failure_stops_and_rolls_back(rig:
         "cause: CatchUp failed: timed out"
     )
     assert finished.promoted is None and journal_records(rig)[-1] == ("end", None)
+    assert rig.router.drained == ["node1"] and rig.router.membership == BEFORE  # drain undone
+
+
+async def test_a_switchover_drains_the_writer_before_it_fences_it(rig: Rig):
+    finished = await rig.executor.run("switchover-1", switchover_plan())
+    assert finished.ok and finished.routed
+    assert rig.router.drained == ["node1"]
+    assert rig.nodes.calls[:2] == [("check_transactions", "node1"), ("fence", "node1")]
+    drain = finished.steps[1]
+    assert drain.action == "Drain" and drain.node == "node1" and drain.changed
+    assert drain.reason == "node1 drained in 0 s: no new write starts there"
+    assert rig.router.applied == [AFTER]  # the Route after Promote replaces the drain
+
+
+async def test_a_drain_that_reaches_its_deadline_goes_on_to_the_fence(rig: Rig):
+    rig.router.in_use = 2  # e.g. two long transactions, or sessions that pinned a connection
+    finished = await rig.executor.run("switchover-1", switchover_plan())
+    assert finished.ok
+    assert finished.steps[1].reason == (
+        "node1: drain deadline of 2 s passed with 2 still in use; the fence ends them"
+    )
+    assert dict(finished.steps[1].detail) == {"idle": False, "in_use": 2, "seconds": 2.0}
+    assert ("fence", "node1") in rig.nodes.calls and finished.promoted == "node2"
+
+
+async def test_a_failed_drain_stops_the_switchover_and_routes_the_writer_back(rig: Rig):
+    rig.router.drain_error = "ProxySQL admin 127.0.0.1:6032: drain failed at LOAD: 2013"
+    finished = await rig.executor.run("switchover-1", switchover_plan())
+    assert not finished.ok and finished.failed_at == 1 and finished.rolled_back
+    assert finished.reason.startswith("rolled back (SetWritable ok, Route ok, Notify ok) after ")
+    assert "Drain failed: RouterError: ProxySQL admin" in finished.reason
+    assert ("fence", "node1") not in rig.nodes.calls
+    assert rig.router.applied == [BEFORE] and rig.router.membership == BEFORE
 
 
 async def test_past_the_point_of_no_return_nothing_is_rolled_back(rig: Rig):

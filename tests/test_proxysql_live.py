@@ -28,7 +28,7 @@ from hacontrol.actions.proxysql import ProxySQLRouter
 from hacontrol.events import OperatorCommand
 from hacontrol.routing import Membership
 from hacontrol.sandbox import Sandbox
-from tests.live import healthy_and_idle, runtime, sandbox_settings, sql
+from tests.live import WriteLoop, healthy_and_idle, runtime, sandbox_settings, sql
 from tests.proxysql_real import (
     AdminTap,
     WriterSampler,
@@ -465,3 +465,66 @@ async def test_a_failover_is_on_disk_when_proxysql_restarts(fresh_proxysql_sandb
         await eventually(lambda: rt.controller.decisions, 15, "a decision")
         await asyncio.sleep(1.5)
         assert rt.router.statements_sent == []
+
+
+# ---- an errorless switchover: drain instead of cut --------------------------------------------
+
+
+async def test_switchover_drains_running_transactions_and_holds_autocommit_writes(
+    fresh_proxysql_sandbox,
+):
+    # The controller's switchover through ProxySQL: an autocommit writer sees a pause and no
+    # error; a transaction that commits during the drain commits (on node1, then replicated);
+    # a transaction still open at the drain deadline keeps working until then and is ended
+    # by the fence only after it.
+    sb = fresh_proxysql_sandbox
+    rt, capture = runtime(fast(sb, drain_timeout=2.5))
+    # Every write is held while the drain waits for the long transaction: the client's own
+    # timeout must outlast the drain deadline (2.5 s) and the switchover after it.
+    writes = WriteLoop(sb, statement=WriteLoop.PLAIN, timeout=8.0)
+    short = await sb.connect("writer", "app", db="app")
+    long = await sb.connect("writer", "app", db="app")
+    try:
+        async with rt:
+            await healthy_and_idle(rt)
+            writes.start()
+            await eventually(lambda: len(writes.acknowledged) > 30, 10, "writes flowing")
+            short_id, long_id = unique_id(), unique_id() + 1
+            for conn, row in ((short, short_id), (long, long_id)):
+                await query(conn, "START TRANSACTION")
+                await query(conn, "INSERT INTO writes (id, node) VALUES (%s, 1)", (row,))
+            started = time.monotonic()
+            switchover = asyncio.create_task(
+                rt.command(OperatorCommand(started, "switchover", "node2"))
+            )
+            await eventually(
+                lambda: (10, "node1", "OFFLINE_SOFT") in servers(sb), 5, "node1 drained"
+            )
+            await query(short, "COMMIT")  # during the drain: commits on node1
+            await asyncio.sleep(1.0)
+            # Still before the deadline: the long transaction is not cut.
+            await query(long, "INSERT INTO writes (id, node) VALUES (%s, 1)", (long_id + 1,))
+            assert not switchover.done()
+            result = await asyncio.wait_for(switchover, 20)
+            assert result.ok, result.message
+            drain = next(s for s in result.detail["steps"] if s["action"] == "Drain")
+            assert "deadline of 2.5 s passed with 1 still in use" in drain["reason"]
+            assert time.monotonic() - started >= 2.5
+            with pytest.raises(aiomysql.Error):  # the fence ended it, after the deadline
+                await query(long, "COMMIT")
+            since = time.monotonic()
+            await eventually(lambda: writes.acked_since(since) > 20, 10, "writes again")
+            await writes.stop()
+            assert (await rt.router.read()).writers == {"node2"}
+    finally:
+        await writes.stop()
+        short.close()
+        long.close()
+    assert writes.errors == {}, writes.errors  # a pause, not an error
+    rows = await sql(sb, "node2", "SELECT id FROM app.writes WHERE id >= 1000000")
+    present = {r[0] for r in rows}
+    assert [i for i in writes.acknowledged if i not in present] == []
+    assert short_id in present and long_id not in present
+    pause = max(b - a for a, b in zip(writes.ack_times, writes.ack_times[1:], strict=False))
+    print(f"\nlongest write pause {pause:.3f} s (drain deadline 2.5 s, one transaction open)")
+    assert any(r["action"] == "Drain" for r in capture.of("action"))

@@ -139,6 +139,12 @@ ERRORS = [
         "smaller than probes.interval",
     ),
     (
+        "a drain that leaves a switchover no time",
+        BASE + "\n[failover]\ndrain_timeout = 6.0\nswitchover_deadline = 10.0\n",
+        "failover.drain_timeout",
+        "exceeds failover.switchover_deadline",
+    ),
+    (
         "missing controller password",
         BASE.replace('password = "s3cret-controller"\n', ""),
         "mysql.password",

@@ -9,6 +9,7 @@ from hacontrol.plan import (
     AlertKind,
     CatchUp,
     CheckTransactions,
+    Drain,
     Fence,
     Notify,
     Plan,
@@ -17,7 +18,6 @@ from hacontrol.plan import (
     Rejoin,
     Repoint,
     Route,
-    RouteFence,
     SetWritable,
 )
 from hacontrol.routing import Membership
@@ -60,6 +60,8 @@ def switchover_candidate(
     status = view.nodes[old].status
     if status is None or status.read_only:
         return f"the primary {old} is not writable"
+    if why := router_not_ready(view, settings, old):
+        return why
     if target is not None and target not in view.nodes:
         return f"unknown node {target!r}"
     if target == old:
@@ -85,6 +87,20 @@ def switchover_candidate(
     return chosen
 
 
+def router_not_ready(view: ClusterView, settings: Settings, old: str) -> str | None:
+    """The switchover drains the router's writer and its rollback routes it back: the router
+    must be known to route writes to ``old`` alone (the routing reconciles first otherwise)."""
+    if settings.router.kind == "none":
+        return None
+    membership = view.router.membership
+    if membership is None:
+        return f"the router's state is unknown ({view.router.error or 'not read yet'})"
+    if membership.writers != {old}:
+        writers = ", ".join(sorted(membership.writers)) or "no node"
+        return f"the router sends writes to {writers}, not to the primary {old}"
+    return None
+
+
 def switchover(
     view: ClusterView, settings: Settings, old: str, chosen: Candidate, ranked: list[Candidate]
 ) -> Plan:
@@ -102,7 +118,9 @@ def switchover(
     context = (("old_primary", old), ("new_primary", new), ("kind", PlanKind.SWITCHOVER.value))
     actions: tuple[Action, ...] = (
         CheckTransactions(old, settings.failover.max_transaction_age),
-        RouteFence(old, required=True),
+        # No new write starts on the old primary; what runs there may finish (until the drain
+        # deadline): an autocommit client sees a pause, not an error. The fence ends the rest.
+        Drain(old, settings.failover.drain_timeout),
         Fence(old),
         CatchUp(new, old, deadline),
         Promote(new, old),
