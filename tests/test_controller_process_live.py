@@ -195,3 +195,69 @@ async def test_controller_killed_between_promotion_and_repointing_resumes(fresh_
     assert roles == {"node1": "unreachable", promoted: "primary", other: "replica"}
     source = await sql(fresh_sandbox, other, "SHOW SLAVE STATUS")
     assert source[0][1] == "127.0.0.1" and source[0][3] == info.node(promoted).port
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port: int, path: str, body: dict, token: str) -> None:
+    """A POST to the controller's API; an answer is not needed (the controller may die)."""
+    import contextlib
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(request, timeout=10).read()
+
+
+async def test_controller_killed_right_after_the_drain_routes_the_writer_back(fresh_sandbox):
+    # The switchover drained node1 (ProxySQL: OFFLINE_SOFT; HAProxy: DRAIN) and the controller
+    # died before the fence. Restarted, it rolls the switchover back: node1 is the writer again,
+    # never left drained.
+    from hacontrol.service import build_router
+    from hacontrol.settings import load_settings
+
+    info = fresh_sandbox.status()
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
+    token, port = "drain-test-token-0123456789", free_port()
+    env = {
+        **FAST_ENV,
+        "HACONTROL_CONTROLLER__JOURNAL": str(journal),
+        "HACONTROL_API__TOKEN": token,
+        "HACONTROL_API__PORT": str(port),
+    }
+    router = build_router(load_settings(info.settings).settings)
+    assert router is not None
+    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Drain"})
+    try:
+        first.wait(lambda: first.of("decision", rule="Nothing"), 20, "a healthy cluster")
+        threading.Thread(target=post, args=(port, "/switchover", {"to": "node2"}, token)).start()
+        first.wait(lambda: first.proc.poll() is not None, 30, "the injected crash")
+    finally:
+        first.stop()
+    assert first.proc.returncode == -signal.SIGKILL
+    assert first.of("fault_injected", after="Drain")
+    assert (await router.read()).writers == frozenset()  # drained, and nobody left to undo it
+
+    second = Process(info.settings, {**env, "HACONTROL_API__PORT": "0"})
+    try:
+        second.wait(lambda: second.of("journal_unfinished"), 20, "the journal read at start")
+        done = second.wait(lambda: second.of("plan_finished", kind="rollback"), 30, "the rollback")
+        assert done[0]["ok"], done[0]["reason"]
+        assert [a["action"] for a in second.of("action")][:2] == ["SetWritable", "Route"]
+        second.wait(lambda: second.of("decision", rule="Nothing"), 20, "converged")
+    finally:
+        second.stop()
+    assert (await router.read()).writers == {"node1"}
+    roles = await fresh_sandbox.live_roles()
+    assert roles == {"node1": "primary", "node2": "replica", "node3": "replica"}

@@ -91,6 +91,14 @@ def test_no_quorum_changes_nothing_and_alerts_once():
 ROUTING = [
     # (name, view, expected writers, expected readers)
     (
+        # A switchover's drain left behind (ProxySQL: OFFLINE_SOFT, HAProxy: DRAIN; read back
+        # as no writer) by a rollback that could not reach the router: routed again.
+        "drained writer left by a switchover that did not happen",
+        view_of(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), [router(writers=(), at=4.0)]),
+        {"node1"},
+        {"node1", "node2", "node3"},
+    ),
+    (
         "router writer is not the primary",
         view_of(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), [router(writers=("node2",), at=4.0)]),
         {"node1"},

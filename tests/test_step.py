@@ -409,6 +409,19 @@ def test_a_switchover_cut_before_promotion_is_rolled_back():
     assert of(effects, EndIntent)
 
 
+def test_a_switchover_cut_after_its_drain_is_rolled_back_with_the_writer_routed_back():
+    from hacontrol.rules.planned import plan_switchover
+
+    m = model()
+    plan = plan_switchover(m.view, m.state, S, "node2", NOW)
+    assert not isinstance(plan, str) and type(plan.actions[1]).__name__ == "Drain"
+    _, effects = resumed(m, Intent("switchover-1", plan, frozenset({0, 1})))  # drained
+    (start,) = of(effects, StartPlan)
+    assert start.running.plan.kind is PlanKind.ROLLBACK
+    routes = [a for a in start.running.plan.actions if isinstance(a, Route)]
+    assert routes == [Route(Membership.of(["node1"], ["node1", "node2", "node3"]))]
+
+
 @pytest.mark.parametrize(
     "waiting",
     [
