@@ -4,6 +4,7 @@ from log lines, the tables and the JSON document; and the pure helpers of the fa
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -101,6 +102,43 @@ def test_log_figures_of_a_switchover_detect_at_the_plan_start():
     figures = report.log_figures(log, 5.0)
     assert figures["detection"] == pytest.approx(0.02)
     assert figures["router_updated"] == pytest.approx(0.40)
+
+
+def test_plan_steps_say_what_the_pause_is_made_of():
+    log = [
+        rec(5.01, "action", plan="old", action="Route", ok=True, seconds=0.01),  # before: no
+        rec(5.02, "plan_started", plan="s", kind="switchover", rule="Switchover"),
+        rec(5.03, "action", plan="s", action="Drain", ok=True, seconds=0.008),
+        rec(5.04, "action", plan="x", action="Route", ok=True, seconds=0.005),  # another plan
+        rec(5.06, "action", plan="s", action="Fence", ok=True, seconds=0.02),
+        rec(5.10, "action", plan="s", action="Route", ok=False, seconds=0.03),
+    ]
+    steps = report.plan_steps(log, 5.0)
+    assert steps == (
+        report.StepTime("Drain", pytest.approx(0.03), 0.008),
+        report.StepTime("Fence", pytest.approx(0.06), 0.02),
+        report.StepTime("Route", pytest.approx(0.10), 0.03, ok=False),
+    )
+    result = replace(run(1, 0.1), steps=steps)
+    assert (
+        "steps (ended after the fault, own time): Drain +0.030 (0.008), Fence +0.060 (0.020), "
+        "Route FAILED +0.100 (0.030)"
+    ) in report.render_run(result)
+    twice = [result, replace(result, run=2, steps=(report.StepTime("Drain", 0.05, 0.012),))]
+    stats = report.step_summary(twice)
+    assert list(stats) == ["Drain", "Fence", "Route"]
+    assert stats["Drain"] == report.Stats(2, pytest.approx(0.01), pytest.approx(0.0116), 0.012)
+    summary = report.render_summary(twice).splitlines()
+    assert summary[-3].split() == ["step", "Drain", "2", "0.010", "0.012", "0.012"]
+    doc = report.document(twice, {}, {})
+    assert doc["runs"][0]["steps"][0] == {
+        "action": "Drain",
+        "ended": pytest.approx(0.03),
+        "seconds": 0.008,
+        "ok": True,
+    }
+    assert doc["steps"]["Fence"] == {"n": 1, "p50": 0.02, "p90": 0.02, "max": 0.02}
+    assert report.plan_steps(log[:1], 5.0) == ()
 
 
 def test_log_figures_without_a_plan_are_unknown():

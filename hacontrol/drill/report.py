@@ -60,6 +60,17 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 @dataclass(frozen=True)
+class StepTime:
+    """One action of the plan, from the controller's log: when it ended (seconds after the
+    fault) and how long it took itself. What a write pause is made of."""
+
+    action: str
+    ended: float
+    seconds: float
+    ok: bool = True
+
+
+@dataclass(frozen=True)
 class RunResult:
     """One fault injected and its consequences. Figures are seconds, None when not observed."""
 
@@ -81,6 +92,8 @@ class RunResult:
     """How the cluster was restored (or why it was not)."""
     error: str | None = None
     """Why the run did not complete (no failover, no writes after it ...)."""
+    steps: tuple[StepTime, ...] = ()
+    """The plan's actions in the order they ran."""
 
     @property
     def ok(self) -> bool:
@@ -92,6 +105,7 @@ class RunResult:
         out["write_errors"] = dict(self.write_errors)
         out["read_errors"] = dict(self.read_errors)
         out["lost_ids"] = list(self.lost_ids)
+        out["steps"] = [asdict(step) for step in self.steps]
         out["ok"] = self.ok
         return out
 
@@ -115,6 +129,18 @@ def summary(runs: Sequence[RunResult]) -> dict[str, Stats | None]:
             else None
         )
     return out
+
+
+def step_summary(runs: Sequence[RunResult]) -> dict[str, Stats]:
+    """p50 / p90 / max of each action's own duration over the runs, in the order they ran."""
+    seconds: dict[str, list[float]] = {}
+    for run in runs:
+        for step in run.steps:
+            seconds.setdefault(step.action, []).append(step.seconds)
+    return {
+        action: Stats(len(v), percentile(v, 50), percentile(v, 90), max(v))
+        for action, v in seconds.items()
+    }
 
 
 def exit_code(runs: Sequence[RunResult]) -> int:
@@ -157,6 +183,8 @@ def render_run(run: RunResult) -> str:
     rows = [("figure", "seconds", "meaning")]
     rows += [(name, _seconds(run.figures.get(name)), text) for name, text in FIGURES]
     lines = [head, _table(rows)]
+    if run.steps:
+        lines.append("steps (ended after the fault, own time): " + _steps(run.steps))
     lines.append(f"writes acknowledged {run.writes_acknowledged}, lost {run.lost_writes}")
     if run.lost_ids:
         lines.append(f"lost ids: {', '.join(map(str, run.lost_ids))}")
@@ -168,17 +196,24 @@ def render_run(run: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _steps(steps: Sequence[StepTime]) -> str:
+    return ", ".join(
+        f"{s.action}{'' if s.ok else ' FAILED'} +{s.ended:.3f} ({s.seconds:.3f})" for s in steps
+    )
+
+
+def _stats_row(name: str, s: Stats | None) -> tuple[str, ...]:
+    if s is None:
+        return (name, "0", "-", "-", "-")
+    return (name, str(s.n), _seconds(s.p50), _seconds(s.p90), _seconds(s.max))
+
+
 def render_summary(runs: Sequence[RunResult]) -> str:
-    """p50 / p90 / max per figure, and the totals."""
+    """p50 / p90 / max per figure, each step's own time, and the totals."""
     stats = summary(runs)
     rows = [("figure", "n", "p50", "p90", "max")]
-    for name in FIGURE_NAMES:
-        s = stats[name]
-        rows.append(
-            (name, "0", "-", "-", "-")
-            if s is None
-            else (name, str(s.n), _seconds(s.p50), _seconds(s.p90), _seconds(s.max))
-        )
+    rows += [_stats_row(name, stats[name]) for name in FIGURE_NAMES]
+    rows += [_stats_row(f"step {a}", st) for a, st in step_summary(runs).items()]
     ok = sum(r.ok for r in runs)
     lost = sum(r.lost_writes for r in runs)
     acked = sum(r.writes_acknowledged for r in runs)
@@ -205,6 +240,7 @@ def document(
         "figures": dict(FIGURES),
         "runs": [r.to_json() for r in runs],
         "summary": {k: (asdict(v) if v else None) for k, v in stats.items()},
+        "steps": {k: asdict(v) for k, v in step_summary(runs).items()},
         "lost_writes": sum(r.lost_writes for r in runs),
         "write_errors": error_totals(runs, "write"),
         "read_errors": error_totals(runs, "read"),
@@ -265,6 +301,25 @@ def log_figures(records: Sequence[Mapping[str, Any]], at: float) -> dict[str, fl
     if finished is not None:
         out["plan_finished"] = finished["_mono"] - at
     return out
+
+
+def plan_steps(records: Sequence[Mapping[str, Any]], at: float) -> tuple[StepTime, ...]:
+    """The actions of the first failover/switchover plan started after ``at``, as they ran."""
+    started = next(
+        (
+            r
+            for r in records
+            if r["_mono"] >= at and r["event"] == "plan_started" and r.get("kind") in PLAN_KINDS
+        ),
+        None,
+    )
+    if started is None:
+        return ()
+    return tuple(
+        StepTime(r["action"], round(r["_mono"] - at, 4), float(r["seconds"]), bool(r["ok"]))
+        for r in records
+        if r["_mono"] >= at and r["event"] == "action" and r.get("plan") == started["plan"]
+    )
 
 
 def promoted_node(records: Sequence[Mapping[str, Any]], at: float) -> str | None:

@@ -259,6 +259,7 @@ class Drill:
             restored=restored,
             restore=how,
             error=error,
+            steps=report.plan_steps(self.capture.records, fault_at) if injected else (),
         )
 
     def _say(self, index: int) -> Callable[[str], None]:
