@@ -39,6 +39,8 @@ class AlertKind(StrEnum):
     REPOINT_FAILED = "repoint_failed"
     JOURNAL_UNWRITABLE = "journal_unwritable"
     JOURNAL_LOW_SPACE = "journal_low_space"
+    ROUTER_NOT_UPDATED = "router_not_updated"
+    """A failover or switchover promoted a node but could not update the router."""
 
     @property
     def halts(self) -> bool:

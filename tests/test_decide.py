@@ -206,6 +206,8 @@ def test_dead_primary_failover_plan_in_order():
     assert promote == Promote("node3", "node1")
     assert repoint == Repoint(("node2",), "node3")
     assert route.desired.writers == {"node3"} and "node1" in route.desired.broken
+    # Past the promotion a router that cannot be updated stops nothing (rules/outcomes.py).
+    assert not route.required
     assert notify.kind == "failover" and "candidates" in dict(notify.sections)
     assert d.state.blocked_until == NOW + S.failover.recovery_block
     assert d.state.quarantined["node1"] == Quarantined("node1", "node3", NOW)
@@ -783,3 +785,46 @@ def test_stray_replica_left_on_the_dead_primary_is_repointed():
     assert d.plan.rule == "RepointStray" and d.plan.actions == (Repoint(("node3",), "node2"),)
     backoff = replace(state, retry_at={(PlanKind.REPOINT, "node3"): NOW + 30})
     assert decide(view_of(*rounds), backoff, S, NOW).plan.rule != "RepointStray"
+
+
+# A failover promoted node2 but its Route failed (the router was down): when the router
+# answers again, the routing rule moves the writer without an operator; never to a node that
+# could be a second writer.
+AFTER_UNROUTED_FAILOVER = [
+    # (name, what the router shows when it answers again)
+    ("no writer: the failover's fence, saved to disk", router(writers=(), readers=(), at=4.0)),
+    ("the dead old primary, from an older disk copy", router(writers=("node1",), at=4.0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "back"), AFTER_UNROUTED_FAILOVER, ids=[a[0] for a in AFTER_UNROUTED_FAILOVER]
+)
+def test_the_router_is_routed_to_the_promoted_node_when_it_answers_again(name, back):
+    state = ControllerState(
+        blocked_until=NOW + 3600,
+        last_failover_at=NOW - 5,
+        quarantined={"node1": Quarantined("node1", "node2", NOW - 5)},
+    )
+    rounds = [
+        [down("node1", t), primary("node2", at=t), replica("node3", t, source="node2")]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    d = decide(view_of(*rounds, [back]), state, S, NOW)
+    assert d.plan.rule == "RouteReconcile", d.plan.reason
+    (route,) = d.plan.actions
+    assert route.desired == Membership.of(["node2"], ["node2", "node3"], ["node1"])
+    assert d.state.quarantined == state.quarantined and d.state.blocked_until == NOW + 3600
+
+
+def test_a_returning_old_primary_is_fenced_before_the_router_is_touched():
+    # The same, but the old primary came back writable while the router still names it:
+    # it is fenced first (quarantined), then the router follows.
+    state = ControllerState(quarantined={"node1": Quarantined("node1", "node2", NOW - 5)})
+    rounds = [
+        [primary("node1", at=t), primary("node2", at=t), replica("node3", t, source="node2")]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    d = decide(view_of(*rounds, [router(writers=("node1",), at=4.0)]), state, S, NOW)
+    assert d.plan.rule == "FenceReturningPrimary", d.plan.reason
+    assert d.plan.actions == (Fence("node1"),)

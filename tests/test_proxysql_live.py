@@ -528,3 +528,96 @@ async def test_switchover_drains_running_transactions_and_holds_autocommit_write
     pause = max(b - a for a, b in zip(writes.ack_times, writes.ack_times[1:], strict=False))
     print(f"\nlongest write pause {pause:.3f} s (drain deadline 2.5 s, one transaction open)")
     assert any(r["action"] == "Drain" for r in capture.of("action"))
+
+
+# ---- a failover whose Route fails after the promotion -----------------------------------------
+
+
+async def test_a_failover_whose_router_is_down_after_the_promotion_converges_without_an_ack(
+    fresh_proxysql_sandbox,
+):
+    # kill -9 of node1; right after the promotion, before the Route step, ProxySQL is killed
+    # (and its disk left with the pre-failover rows: node1 the writer). The failover is done
+    # without the router: no halt, an alert. ProxySQL restarts with the stale writer node1 (dead
+    # and quarantined); the routing rule moves the writer to the new primary, no ack needed,
+    # never two writers.
+    sb = fresh_proxysql_sandbox
+    info = sb.status().router
+    tap = await AdminTap((info.host, info.admin_port)).start()
+    sampler = WriterSampler(
+        info.host, info.admin_port, "admin", sb.password("proxysql"), managed(sb)
+    ).start()
+    stale = admin(sb, "SELECT hostgroup_id, hostname, port FROM disk.mysql_servers")
+    rt, capture = runtime(through(fast(sb), tap))
+    killed: list[float] = []
+
+    async def kill_after_promotion(sql_text: str, previous: str | None) -> None:
+        promoted = [a for a in capture.of("action") if a["action"] == "Promote" and a["ok"]]
+        if promoted and not killed:
+            killed.append(time.monotonic())
+            plant = [
+                f"INSERT INTO disk.mysql_servers (hostgroup_id, hostname, port) VALUES "
+                f"({g}, '{h}', {p})"
+                for g, h, p in stale
+            ]
+            await asyncio.to_thread(admin, sb, "DELETE FROM disk.mysql_servers", *plant)
+            assert await asyncio.to_thread(sb.kill_router, signal.SIGKILL)
+
+    tap.hooks.append(kill_after_promotion)
+    try:
+        async with rt:
+            await healthy_and_idle(rt)
+            assert sb.kill_node("node1", signal.SIGKILL)
+            done = await eventually(
+                lambda: [r for r in capture.of("plan_finished") if r["kind"] == "failover"],
+                30,
+                "the failover",
+            )
+            assert killed, "ProxySQL was not killed after the promotion"
+            assert done[0]["ok"], done[0]["reason"]
+            steps = [a for a in capture.of("action") if a["plan"] == done[0]["plan"]]
+            route = next(a for a in steps if a["action"] == "Route")
+            assert not route["ok"] and route["_mono"] > killed[0], route
+            assert [a["action"] for a in steps][-3:] == ["Route", "Repoint", "Notify"]
+            (alert,) = [r for r in capture.of("alert") if r["kind"] == "router_not_updated"]
+            new = alert["node"]
+            assert new in ("node2", "node3")
+            assert rt.controller.state.halt is None
+            assert "node1" in rt.controller.state.quarantined
+            restarted = time.monotonic()
+            await sb.start_router()  # back from disk: node1, dead, the writer
+            await eventually(
+                lambda: any(
+                    r["_mono"] > restarted and r["membership"]["writers"] == ["node1"]
+                    for r in capture.of("router_probe")
+                    if r.get("membership")
+                ),
+                10,
+                "the stale writer node1 read after the restart",
+            )
+            await eventually(
+                lambda: (
+                    rt.controller.view.router.membership is not None
+                    and rt.controller.view.router.membership.writers == {new}
+                ),
+                30,
+                f"the router's writer moved to {new} without an ack",
+            )
+            assert rt.controller.state.halt is None
+            reconciled = [d for d in rt.controller.decisions if d["rule"] == "RouteReconcile"]
+            assert reconciled
+            await sql(
+                sb,
+                "writer",
+                "INSERT INTO app.writes (id, node) VALUES (%s, 0)",
+                (unique_id(),),
+                role="app",
+            )
+    finally:
+        await sampler.stop()
+        await tap.stop()
+    assert writers_in(await runtime_of(sb), managed(sb)) == [
+        ("127.0.0.1", sb.status().node(new).port, "ONLINE")
+    ]
+    print(f"\n{len(sampler.samples)} samples of the writer hostgroup, {sampler.failures} failed")
+    assert sampler.with_two_writers() == []

@@ -115,9 +115,9 @@ def cmd(command: str, node: str | None = None, on: bool | None = None) -> Operat
     return OperatorCommand(NOW, command, node, on)
 
 
-def finished(plan_id: str, kind: PlanKind, ok: bool, **facts) -> PlanFinished:
+def finished(plan_id: str, kind: PlanKind, ok: bool, steps=(), **facts) -> PlanFinished:
     reason = "all steps done" if ok else "Route failed: refused"
-    return PlanFinished(NOW, plan_id, "R", kind, ok, reason, None if ok else 0, (), 0.5, **facts)
+    return PlanFinished(NOW, plan_id, "R", kind, ok, reason, None if ok else 0, steps, 0.5, **facts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +289,46 @@ def test_a_failed_failover_halts_and_quarantines_only_what_it_promoted(promoted,
     (alert,) = of(effects, SendAlert)
     assert alert.alert.kind == "halt" and alert.on_halt
     assert of(effects, RecordPlan)[0].finished.plan_id == "failover-1"
+
+
+UNROUTED = ActionResult("Route", None, False, False, "ProxySQL admin: connection refused", index=3)
+
+
+@pytest.mark.parametrize("kind", [PlanKind.FAILOVER, PlanKind.SWITCHOVER])
+def test_a_promotion_whose_route_failed_is_done_and_alerts_without_a_halt(kind):
+    # Past the point of no return the database side is done: the failover keeps its
+    # quarantine and recovery block, nothing halts, and an alert says the router lags.
+    after = Route(Membership.of(["node2"], ["node2", "node3"], ["node1"]), required=False)
+    plan = replace(FAILOVER, actions=(*FAILOVER.actions, after), kind=kind)
+    steps_done = tuple(
+        ActionResult(type(a).__name__, None, True, True, "done", index=i)
+        for i, a in enumerate(FAILOVER.actions)
+    )
+    m = model(state=QUARANTINED, running=Running(f"{kind}-1", plan))
+    done = finished(
+        f"{kind}-1", kind, True, promoted="node2", routed=True, steps=(*steps_done, UNROUTED)
+    )
+    m, effects = steps(m, done)
+    assert m.state.halt is None
+    assert m.state.quarantined == QUARANTINED.quarantined
+    assert m.state.blocked_until == QUARANTINED.blocked_until
+    (sent,) = of(effects, SendAlert)
+    assert sent.alert.kind == "router_not_updated" and sent.alert.node == "node2"
+    assert not sent.on_halt
+    assert sent.alert.reason == (
+        f"{kind} promoted node2, but the router could not be updated (ProxySQL admin: "
+        "connection refused); writes may reach no writable node until it is: the routing is "
+        "retried at every decision and moves the writer to node2 as soon as the router answers"
+    )
+
+
+def test_a_failed_route_before_the_promotion_is_no_unrouted_promotion():
+    # The failover's fence failing is a failed failover (halt), not this.
+    fence_failed = replace(UNROUTED, action="RouteFence", index=0)
+    m = model(state=QUARANTINED, running=Running("failover-1", FAILOVER))
+    done = finished("failover-1", PlanKind.FAILOVER, True, steps=(fence_failed,))
+    _, effects = steps(m, done)
+    assert of(effects, SendAlert) == []
 
 
 FAILURES = [

@@ -162,7 +162,10 @@ def failover(
         Promote(best, dead),
         # Writers first: semi-sync on the new primary holds its first commits until a
         # repointed replica acknowledges, so nothing acknowledged can be lost meanwhile.
-        Route(Membership.of([best], readers, broken, hidden)),
+        # Past the promotion the database side is done: a router that cannot be updated now
+        # stops neither the repointing nor the alert, and halts nothing; the routing rule
+        # moves the writer when the router answers (docs/failover.md).
+        Route(Membership.of([best], readers, broken, hidden), required=False),
         Repoint(others, best),
         Notify(
             AlertKind.FAILOVER,

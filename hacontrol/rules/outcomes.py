@@ -4,6 +4,8 @@
   operator who asked for it gets its outcome.
 - A failed failover halts every automatic change until an operator acknowledges; when it
   promoted nothing, the dead primary is no "old primary" and no recovery block applies.
+- A plan that promoted a node but could not update the router after it is done (the database
+  side is): an alert says so, and the routing rule moves the writer once the router answers.
 - A failed router change is retried after two probe intervals; a failed fence, rejoin or
   repoint after ``RETRY_SECONDS``, with an alert.
 """
@@ -15,7 +17,7 @@ from dataclasses import replace
 from hacontrol.effects import Effect, RecordPlan, SendAlert, Step, log
 from hacontrol.events import PlanFinished
 from hacontrol.model import ControllerState, Halt, Model, Running, Settle
-from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
+from hacontrol.plan import AlertKind, Notify, Plan, PlanKind, Route
 from hacontrol.rules.commands import answer
 from hacontrol.settings import Settings
 
@@ -83,7 +85,7 @@ def after(
 ) -> tuple[ControllerState, tuple[Effect, ...]]:
     """The state after a plan's outcome, and the alerts a failure sends."""
     if event.ok:
-        return state, ()
+        return state, unrouted_promotion(event, plan)
     if event.kind == PlanKind.FAILOVER:
         return failover_failed(state, event, plan, now)
     if event.kind == PlanKind.ROUTE:
@@ -98,6 +100,36 @@ def after(
     )
     sent = SendAlert(alert, Plan(event.rule, event.reason, kind=PlanKind.ALERT))
     return replace(state, retry_at=retry_at), (sent,)
+
+
+def unrouted_promotion(event: PlanFinished, plan: Plan | None) -> tuple[Effect, ...]:
+    """A Route after the promotion failed (the router down or frozen): the promotion stands
+    and the plan went on without it. No halt: the routing rule (``RouteReconcile``) moves the
+    writer as soon as the router answers. Until then the router routes writes to nobody, or
+    to the fenced (read-only) or dead old primary: a write outage, never a second writer."""
+    if plan is None or event.promoted is None:
+        return ()
+    no_return = plan.point_of_no_return
+    failed = next(
+        (
+            s
+            for s in event.steps
+            if not s.ok and s.index > no_return and isinstance(plan.actions[s.index], Route)
+        ),
+        None,
+    )
+    if failed is None:
+        return ()
+    new = event.promoted
+    reason = (
+        f"{event.kind} promoted {new}, but the router could not be updated ({failed.reason}); "
+        f"writes may reach no writable node until it is: the routing is retried at every decision "
+        f"and moves the writer to {new} as soon as the router answers"
+    )
+    alert = Notify(
+        AlertKind.ROUTER_NOT_UPDATED, new, f"router not updated: {new} is the primary", reason
+    )
+    return (SendAlert(alert, Plan(event.rule, reason, kind=PlanKind.ALERT)),)
 
 
 def failover_failed(
