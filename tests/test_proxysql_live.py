@@ -369,31 +369,9 @@ async def test_proxysql_killed_and_frozen_mid_apply_never_two_writers_and_conver
                 "RouterUnreachable",
             )
             faults.append("restarted")  # arms the freeze for the next apply
-            restarted = time.monotonic()
-            await sb.start_router()
-            # From proxysql.db: node2 the writer again (stale). Who sees it first after the
-            # restart is a race (the router probe, the sampler, or the controller's next apply,
-            # which then deletes that row once more): any of them is proof enough.
-            stale = ("127.0.0.1", port["node2"])
-
-            def stale_writer_seen() -> bool:
-                probed = any(
-                    r["_mono"] > restarted and r["membership"]["writers"] == ["node2"]
-                    for r in capture.of("router_probe")
-                    if r.get("membership")
-                )
-                sampled = any(
-                    t > restarted and any((h, p) == stale for h, p, _ in found)
-                    for t, found in sampler.samples
-                )
-                deletes = [
-                    s
-                    for s in tap.statements
-                    if s.startswith("DELETE FROM mysql_servers WHERE hostgroup_id = 10")
-                ]
-                return probed or sampled or len(deletes) >= 2
-
-            await eventually(stale_writer_seen, 20, "the stale writer seen after the restart")
+            # From proxysql.db: node2 the writer again (stale), as the router probe reads it
+            # before the controller moves it once more.
+            await restart_with_stale_writer(sb, capture, sampler, tap, "node2")
             await eventually(lambda: "freeze" in faults, 20, "the freeze mid-apply")
             await eventually(lambda: rt.controller.view.router.membership == ALL, 30, "converged")
             await healthy_and_idle(rt)
@@ -417,6 +395,37 @@ async def test_proxysql_killed_and_frozen_mid_apply_never_two_writers_and_conver
         (20, "node2"),
         (20, "node3"),
     }
+
+
+async def restart_with_stale_writer(
+    sandbox: Sandbox, capture, sampler: WriterSampler, tap: AdminTap, writer: str
+) -> None:
+    """Start the killed ProxySQL again (from its proxysql.db) and wait until its stale writer
+    ``writer`` was seen after the restart. Who sees it first is a race (the router probe, the
+    sampler, or the controller's next apply, which then deletes that row once more): any of
+    them is proof enough."""
+    port = sandbox.status().node(writer).port
+    delete = (
+        "DELETE FROM mysql_servers WHERE hostgroup_id = 10 AND hostname = '127.0.0.1' "
+        f"AND port = {port}"
+    )
+    deletes = tap.statements.count(delete)
+    restarted = time.monotonic()
+    await sandbox.start_router()
+
+    def stale_writer_seen() -> bool:
+        probed = any(
+            r["_mono"] > restarted and r["membership"]["writers"] == [writer]
+            for r in capture.of("router_probe")
+            if r.get("membership")
+        )
+        sampled = any(
+            t > restarted and any((h, p) == ("127.0.0.1", port) for h, p, _ in found)
+            for t, found in sampler.samples
+        )
+        return probed or sampled or tap.statements.count(delete) > deletes
+
+    await eventually(stale_writer_seen, 20, f"the stale writer {writer} seen after the restart")
 
 
 async def runtime_of(sandbox: Sandbox) -> list[tuple[int, str, int, str]]:
@@ -584,17 +593,7 @@ async def test_a_failover_whose_router_is_down_after_the_promotion_converges_wit
             assert new in ("node2", "node3")
             assert rt.controller.state.halt is None
             assert "node1" in rt.controller.state.quarantined
-            restarted = time.monotonic()
-            await sb.start_router()  # back from disk: node1, dead, the writer
-            await eventually(
-                lambda: any(
-                    r["_mono"] > restarted and r["membership"]["writers"] == ["node1"]
-                    for r in capture.of("router_probe")
-                    if r.get("membership")
-                ),
-                10,
-                "the stale writer node1 read after the restart",
-            )
+            await restart_with_stale_writer(sb, capture, sampler, tap, "node1")  # dead, on disk
             await eventually(
                 lambda: (
                     rt.controller.view.router.membership is not None
