@@ -479,6 +479,7 @@ def test_switchover_plan_order_rollback_and_deadline():
     assert plan.actions[6] == Repoint(("node3",), "node2")
     route = plan.actions[5]
     assert route.desired == Membership.of(["node2"], ["node1", "node2", "node3"])
+    assert not route.required  # past the promotion: Repoint and Rejoin go on without it
     # The fence turned node1's semi-sync source off: the rollback restores it as it was.
     assert plan.rollback[0] == SetWritable("node1", True, semi_sync_source=True)
     assert plan.rollback[1] == Route(Membership.of(["node1"], ["node1", "node2", "node3"]))

@@ -397,6 +397,27 @@ async def test_proxysql_killed_and_frozen_mid_apply_never_two_writers_and_conver
     }
 
 
+def kill_after_the_promotion(sandbox: Sandbox, capture, killed: list[float], disk_rows=None):
+    """A tap hook: once the controller logged a successful Promote, before the next admin
+    statement, ProxySQL is killed (``disk_rows`` planted on its disk first, when given)."""
+
+    async def hook(sql_text: str, previous: str | None) -> None:
+        promoted = any(a["action"] == "Promote" and a["ok"] for a in capture.of("action"))
+        if not promoted or killed:
+            return
+        killed.append(time.monotonic())
+        if disk_rows is not None:
+            plant = [
+                f"INSERT INTO disk.mysql_servers (hostgroup_id, hostname, port) VALUES "
+                f"({g}, '{h}', {p})"
+                for g, h, p in disk_rows
+            ]
+            await asyncio.to_thread(admin, sandbox, "DELETE FROM disk.mysql_servers", *plant)
+        assert await asyncio.to_thread(sandbox.kill_router, signal.SIGKILL)
+
+    return hook
+
+
 async def restart_with_stale_writer(
     sandbox: Sandbox, capture, sampler: WriterSampler, tap: AdminTap, writer: str
 ) -> None:
@@ -559,20 +580,7 @@ async def test_a_failover_whose_router_is_down_after_the_promotion_converges_wit
     stale = admin(sb, "SELECT hostgroup_id, hostname, port FROM disk.mysql_servers")
     rt, capture = runtime(through(fast(sb), tap))
     killed: list[float] = []
-
-    async def kill_after_promotion(sql_text: str, previous: str | None) -> None:
-        promoted = [a for a in capture.of("action") if a["action"] == "Promote" and a["ok"]]
-        if promoted and not killed:
-            killed.append(time.monotonic())
-            plant = [
-                f"INSERT INTO disk.mysql_servers (hostgroup_id, hostname, port) VALUES "
-                f"({g}, '{h}', {p})"
-                for g, h, p in stale
-            ]
-            await asyncio.to_thread(admin, sb, "DELETE FROM disk.mysql_servers", *plant)
-            assert await asyncio.to_thread(sb.kill_router, signal.SIGKILL)
-
-    tap.hooks.append(kill_after_promotion)
+    tap.hooks.append(kill_after_the_promotion(sb, capture, killed, stale))
     try:
         async with rt:
             await healthy_and_idle(rt)
@@ -619,4 +627,51 @@ async def test_a_failover_whose_router_is_down_after_the_promotion_converges_wit
         ("127.0.0.1", sb.status().node(new).port, "ONLINE")
     ]
     print(f"\n{len(sampler.samples)} samples of the writer hostgroup, {sampler.failures} failed")
+    assert sampler.with_two_writers() == []
+
+
+async def test_a_switchover_whose_router_is_down_after_the_promotion_finishes_and_converges(
+    fresh_proxysql_sandbox,
+):
+    # ProxySQL killed right after the switchover's promotion: the replicas are repointed and
+    # the old primary rejoined all the same; ProxySQL comes back from its disk with node1 (the
+    # drain was never saved), fenced and now a replica, as its writer; the routing rule moves
+    # the writer to node2 without an operator.
+    sb = fresh_proxysql_sandbox
+    info = sb.status().router
+    tap = await AdminTap((info.host, info.admin_port)).start()
+    sampler = WriterSampler(
+        info.host, info.admin_port, "admin", sb.password("proxysql"), managed(sb)
+    ).start()
+    rt, capture = runtime(through(fast(sb), tap))
+    killed: list[float] = []
+    tap.hooks.append(kill_after_the_promotion(sb, capture, killed))
+    try:
+        async with rt:
+            await healthy_and_idle(rt)
+            result = await rt.command(OperatorCommand(time.monotonic(), "switchover", "node2"))
+            assert result.ok, result.message
+            assert killed, "ProxySQL was not killed after the promotion"
+            steps = {s["action"]: s for s in result.detail["steps"]}
+            assert not steps["Route"]["ok"] and steps["Rejoin"]["ok"] and steps["Repoint"]["ok"]
+            (alert,) = [r for r in capture.of("alert") if r["kind"] == "router_not_updated"]
+            assert alert["node"] == "node2" and rt.controller.state.halt is None
+            roles = await sb.live_roles()
+            assert roles == {"node1": "replica", "node2": "primary", "node3": "replica"}
+            await restart_with_stale_writer(sb, capture, sampler, tap, "node1")
+            await eventually(
+                lambda: (
+                    rt.controller.view.router.membership is not None
+                    and rt.controller.view.router.membership.writers == {"node2"}
+                ),
+                30,
+                "the router's writer moved to node2 without an ack",
+            )
+            await healthy_and_idle(rt)
+    finally:
+        await sampler.stop()
+        await tap.stop()
+    assert writers_in(await runtime_of(sb), managed(sb)) == [
+        ("127.0.0.1", sb.status().node("node2").port, "ONLINE")
+    ]
     assert sampler.with_two_writers() == []

@@ -124,7 +124,11 @@ def switchover(
         Fence(old),
         CatchUp(new, old, deadline),
         Promote(new, old),
-        Route(after),  # writers first; semi-sync holds commits until a replica acknowledges
+        # Writers first; semi-sync holds commits until a replica acknowledges. Past the
+        # promotion a router that cannot be updated stops nothing: the old primary is fenced,
+        # the replicas follow the new one, and the routing rule moves the writer when the
+        # router answers (docs/failover.md).
+        Route(after, required=False),
         Repoint(others, new),
         Rejoin(old, new, required=False),
         *hooks(settings, "post_switchover", context),
