@@ -188,7 +188,7 @@ class Executor:
             elif self.journal is not None:  # what was persisted before this plan lands first
                 await self.journal.flushed()
             failed_at = await self._steps(run, skip, steps)
-            ok, reason, undo = failed_at is None, "all steps done", ()
+            ok, reason, undo = failed_at is None, _outcome(steps), ()
             if failed_at is not None:
                 reason = (
                     f"stopped before {type(plan.actions[failed_at]).__name__}: {run.stop}"
@@ -523,6 +523,12 @@ class Executor:
                 reason=action.reason,
                 mail="off",
             )
+
+
+def _outcome(steps: list[ActionResult]) -> str:
+    """A plan that ran to its end: say which steps failed without stopping it."""
+    failed = [f"{s.action} ({s.reason})" for s in steps if not s.ok]
+    return "all steps done" if not failed else "done, but failed: " + "; ".join(failed)
 
 
 def _done(reason: str, changed: bool = False) -> ActionResult:

@@ -252,6 +252,7 @@ async def test_a_failed_optional_action_is_logged_and_the_plan_goes_on(rig: Rig)
     finished = await rig.executor.run("failover-1", failover_plan())
     assert finished.ok and len(finished.steps) == 7
     assert not finished.steps[5].ok and finished.steps[5].reason == "node3: timed out"
+    assert finished.reason == "done, but failed: Repoint (node3: timed out)"
     assert [r["action"] for r in rig.log.lines("action") if not r["ok"]] == ["Repoint"]
 
 
