@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from hacontrol.decide import decide
-from hacontrol.events import ProbeResult
+from hacontrol.events import ProbeResult, RouterProbeResult
 from hacontrol.flavors.base import IoState
 from hacontrol.model import AlertKey, Condition, ControllerState, Halt, Quarantined
 from hacontrol.plan import (
@@ -547,6 +547,16 @@ SWITCHOVER_REFUSALS = [
         ControllerState(),
         "node2",
         "the router sends writes to no node, not to the primary node1",
+    ),
+    (
+        "router unreachable now",
+        view_of(
+            *(healthy_round(t) for t in (1.0, 2.0, 3.0)),
+            [RouterProbeResult("haproxy", 3.5, None, "connection refused")],
+        ),
+        ControllerState(),
+        "node2",
+        "the router is unreachable: connection refused",
     ),
     (
         "router never read",

@@ -93,8 +93,10 @@ def router_not_ready(view: ClusterView, settings: Settings, old: str) -> str | N
     if settings.router.kind == "none":
         return None
     membership = view.router.membership
+    if view.router.error:
+        return f"the router is unreachable: {view.router.error}"
     if membership is None:
-        return f"the router's state is unknown ({view.router.error or 'not read yet'})"
+        return "the router's state is unknown (not read yet)"
     if membership.writers != {old}:
         writers = ", ".join(sorted(membership.writers)) or "no node"
         return f"the router sends writes to {writers}, not to the primary {old}"
