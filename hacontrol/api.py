@@ -259,6 +259,12 @@ class _QuietHandler(RequestHandler):
         return response
 
 
+def _peer_host(transport: asyncio.Transport) -> str:
+    """The client's address (its host, not its port), "" on a unix socket."""
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
 class _Server(web.Server):
     """aiohttp's low-level server, with every connection admitted by a ConnectionTable."""
 
@@ -277,7 +283,7 @@ class _Server(web.Server):
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
-        close = self._table.admit(handler)
+        close = self._table.admit(handler, _peer_host(transport))
         if close is not None:
             close.force_close()
 

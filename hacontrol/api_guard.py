@@ -4,9 +4,10 @@
   token spends one token, a client out of tokens is answered 429. The table of clients is
   bounded (least recently seen forgotten first).
 - ``ConnectionTable``: at most ``limit`` open connections. A new connection past the limit
-  closes the connection idle the longest (one with no request being answered), so that a
-  client holding thousands of idle sockets cannot lock out ``/health``; with every connection
-  busy, the newcomer is refused.
+  closes an idle connection (one with no request being answered) of the address holding the
+  most connections, the one idle the longest, so that a client holding thousands of idle
+  sockets cannot lock out ``/health`` or an operator's command from another address (it only
+  evicts its own); with every connection busy, the newcomer is refused.
 - ``connection_cap``: raises the process's open-file soft limit toward the hard limit and
   gives the API at most what leaves ``FD_RESERVE`` descriptors to probes, actions and logs.
 
@@ -83,30 +84,41 @@ def retry_after(wait: float) -> str:
 
 @dataclass
 class ConnectionTable(Generic[C]):
-    """Open connections, the idle ones in least-recently-active order."""
+    """Open connections, the idle ones in least-recently-active order, counted per address."""
 
     limit: int
     _idle: OrderedDict[C, None] = field(default_factory=OrderedDict)
     _busy: set[C] = field(default_factory=set)
+    _address: dict[C, str] = field(default_factory=dict)
+    _per_address: Counter[str] = field(default_factory=Counter)
     evicted: int = 0
     refused: int = 0
 
     def __len__(self) -> int:
         return len(self._idle) + len(self._busy)
 
-    def admit(self, conn: C) -> C | None:
-        """Take ``conn`` in; returns the connection to close now, if any: the longest idle one
-        to make room, or ``conn`` itself when every connection is busy."""
-        if len(self) < self.limit:
-            self._idle[conn] = None
-            return None
-        if not self._idle:
+    def admit(self, conn: C, address: str = "") -> C | None:
+        """Take ``conn`` (from ``address``) in; returns the connection to close now, if any:
+        an idle one to make room (``_victim``), or ``conn`` itself when every connection is
+        busy."""
+        if len(self) >= self.limit and not self._idle:
             self.refused += 1
             return conn
-        victim, _ = self._idle.popitem(last=False)
-        self.evicted += 1
+        victim = self._victim() if len(self) >= self.limit else None
+        if victim is not None:
+            self.release(victim)
+            self.evicted += 1
         self._idle[conn] = None
+        self._address[conn] = address
+        self._per_address[address] += 1
         return victim
+
+    def _victim(self) -> C:
+        """The longest idle connection among those of the addresses holding the most
+        connections (of those with an idle one): a flood from one address makes room out of its
+        own sockets."""
+        most = max(self._per_address[self._address[c]] for c in self._idle)
+        return next(c for c in self._idle if self._per_address[self._address[c]] == most)
 
     def busy(self, conn: C) -> None:
         """``conn`` is answering a request: never evicted meanwhile."""
@@ -122,6 +134,11 @@ class ConnectionTable(Generic[C]):
     def release(self, conn: C) -> None:
         self._idle.pop(conn, None)
         self._busy.discard(conn)
+        address = self._address.pop(conn, None)
+        if address is not None:
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
 
     def take_counts(self) -> tuple[int, int]:
         """(evicted, refused) since the last call."""

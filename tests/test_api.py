@@ -761,6 +761,22 @@ def test_connection_table_evicts_the_longest_idle_and_never_a_busy_one():
     assert len(table) == 2 and table.admit("g") is None
 
 
+def test_connection_table_makes_room_out_of_the_heaviest_address():
+    table: ConnectionTable[str] = ConnectionTable(5)
+    assert table.admit("op", "10.0.0.1") is None
+    assert [table.admit(c, "10.0.0.9") for c in "xyzu"] == [None] * 4
+    # A newcomer from the operator's address evicts the flood's oldest, not the operator's.
+    assert table.admit("op2", "10.0.0.1") == "x"
+    assert table.admit("w", "10.0.0.9") == "y"  # the flood evicts its own
+    for conn in "zuw":
+        table.busy(conn)
+    # The flood's connections are all busy: room comes from an address with an idle one.
+    assert table.admit("v", "10.0.0.9") == "op"
+    assert table.take_counts() == (3, 0)
+    table.release("v")
+    assert len(table) == 4 and table._per_address == {"10.0.0.1": 1, "10.0.0.9": 3}
+
+
 def test_connection_cap_keeps_a_reserve_and_raises_the_soft_limit():
     import resource
 
