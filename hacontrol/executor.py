@@ -112,7 +112,8 @@ class _Run:
     stopped_io: frozenset[str] = frozenset()
     """IO threads this run stopped (and only those are started again by a rollback)."""
     begun: bool = False
-    """Its ``begin`` is in the journal (written by this run, or before a restart)."""
+    """Its ``begin`` is in the journal, or may be: written before a restart, or handed to the
+    writer by this run (a record whose wait gave up may still land). An ``end`` follows."""
     promoted: bool = False
     """Its Promote is done (in this run, or before a restart)."""
     stop: str | None = None
@@ -181,10 +182,12 @@ class Executor:
         steps: list[ActionResult] = []
         try:
             if run.journaled and not resumed:
+                run.begun = True  # from now on an end follows, even if this wait gives up
                 await self._record(run, "begin", plan_id, plan)
-                run.begun = run.journaled
                 if run.stop is not None:
-                    return self._finished(run, False, f"not started: {run.stop}", None, ())
+                    reason = f"not started: {run.stop}"
+                    await self._end(run, False, reason)
+                    return self._finished(run, False, reason, None, ())
             elif self.journal is not None:  # what was persisted before this plan lands first
                 await self.journal.flushed()
             failed_at = await self._steps(run, skip, steps)
@@ -204,6 +207,9 @@ class Executor:
             with contextlib.suppress(Exception):  # the log itself may be what failed
                 self.log.emit("executor_error", None, "error", plan=plan_id, error=repr(exc))
             reason = f"the executor failed: {type(exc).__name__}: {exc}"
+            if run.promoted:  # done as far as the controller goes: a restart must not redo it
+                with contextlib.suppress(Exception):
+                    await self._end(run, False, reason)
             return self._finished(run, False, reason, None, tuple(steps))
 
     async def _steps(
@@ -250,8 +256,10 @@ class Executor:
             )
 
     async def _end(self, run: _Run, ok: bool, reason: str) -> None:
-        """The ``end`` of a plan whose ``begin`` is in the journal, even after a record failed
-        (the journal keeps it for later if it cannot be written now)."""
+        """The ``end`` of a plan whose ``begin`` is (or may land) in the journal, even after a
+        record failed (the journal keeps it for later if it cannot be written now). An ``end``
+        whose ``begin`` never landed is harmless; a ``begin`` without one is a plan a restart
+        finishes or rolls back, however long ago it ran."""
         if not run.begun or self.journal is None:
             return
         self.journal.post(self.journal.end, run.plan_id, ok, reason)

@@ -4,6 +4,7 @@ journaling for crash resume, and the typed facts it reports. No database, no sle
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -502,3 +503,41 @@ async def test_an_executor_error_after_the_promotion_still_reports_it(rig: Rig):
     finished = await rig.executor.run("failover-1", failover_plan())
     assert not finished.ok and finished.promoted == "node2"
     assert finished.reason.startswith("the executor failed: ValueError")
+    # Done as far as the controller goes: ended, so that a restart does not redo its steps
+    # (a Route to a writer that may have changed since, a Repoint to it).
+    await settled(rig.journal)
+    assert Journal(rig.journal.path).load().unfinished is None
+
+
+def slow_first_record(journal: Journal, seconds: float) -> None:
+    """The first record takes ``seconds`` to become durable (a disk that hangs, then lands it);
+    the executor's wait for it gives up first."""
+    original, calls = journal._write_lines, []
+
+    def slow(data: bytes) -> None:
+        calls.append(data)
+        if len(calls) == 1:
+            time.sleep(seconds)
+        original(data)
+
+    journal._write_lines = slow  # type: ignore[method-assign]
+    journal.write_timeout = 0.05
+
+
+async def settled(journal: Journal) -> None:
+    """Everything posted so far has landed (or failed), however long the writer takes."""
+    await asyncio.wrap_future(journal.post(lambda: None))
+
+
+@pytest.mark.parametrize(
+    "plan", [failover_plan(), switchover_plan()], ids=["failover", "switchover"]
+)
+async def test_a_begin_that_lands_after_its_wait_gave_up_is_ended(rig: Rig, plan: Plan):
+    """A begin not durable within the wait counts as not written, but may land later: the run
+    must still end it, or a restart (days later) finishes or rolls back a plan long done."""
+    slow_first_record(rig.journal, 0.3)
+    finished = await rig.executor.run("plan-1", plan)
+    assert finished.ok is (plan.kind is PlanKind.FAILOVER)  # a switchover does not start
+    await settled(rig.journal)
+    assert [t for t, _ in journal_records(rig)] == ["begin", "end"]
+    assert Journal(rig.journal.path).load().unfinished is None
