@@ -66,7 +66,7 @@ class PersistState:
 
 @dataclass(frozen=True)
 class EndIntent:
-    """Close a journaled plan that is not resumed after a restart."""
+    """Close a journaled plan that is not resumed after a restart: it promoted nothing."""
 
     plan_id: str
     reason: str

@@ -262,7 +262,8 @@ class Executor:
         finishes or rolls back, however long ago it ran."""
         if not run.begun or self.journal is None:
             return
-        self.journal.post(self.journal.end, run.plan_id, ok, reason)
+        promoted = run.plan.promote.node if run.promoted and run.plan.promote else None
+        self.journal.post(self.journal.end, run.plan_id, ok, reason, promoted)
         await self.journal.flushed()
 
     def _finished(

@@ -5,7 +5,10 @@ Append-only JSON lines, each made durable (written whole, fsynced) before it cou
 - ``begin``: a plan's id, kind, rule, reason and its actions, written BEFORE its first step;
 - ``start``: a Promote began (a crash inside it is known as such);
 - ``step``: one action done (index, ok, detail), written right after it completed;
-- ``end``: the plan finished (ok or not);
+- ``end``: the plan finished (ok or not) and the node it promoted (null: none). A failover
+  that promoted nothing releases, in the replay, the quarantine and the recovery block the
+  state written before it took: a crash between this record and the controller's next state
+  record must not leave a dead primary quarantined (no failover, no alert);
 - ``state``: the controller state that must outlive a restart (``model.Persisted``: pause,
   maintenance, quarantined old primaries, the recovery block, the last failover), in
   wall-clock time.
@@ -51,6 +54,7 @@ from hacontrol.journal_format import (
     check_record,
     plan_from_json,
     plan_to_json,
+    released,
     state_from_json,
     state_to_json,
 )
@@ -169,7 +173,10 @@ def replay(records: list[tuple[int, dict[str, Any]]]) -> tuple[Intent | None, di
         elif kind == "start" and plan_id in started:
             started[plan_id].add(record["index"])
         elif kind == "end":
-            begun.pop(plan_id, None)
+            ended = begun.pop(plan_id, None)
+            nothing_promoted = record.get("promoted", "") is None  # key absent: not known
+            if ended is not None and state is not None and nothing_promoted and not begun:
+                state = released(state, ended)
         elif kind == "state":
             state = record["state"]
     if not begun:
@@ -209,10 +216,11 @@ class Journal:
     def step(self, plan_id: str, index: int, ok: bool, detail: str) -> None:
         self.append({"type": "step", "id": plan_id, "index": index, "ok": ok, "detail": detail})
 
-    def end(self, plan_id: str, ok: bool, reason: str) -> None:
+    def end(self, plan_id: str, ok: bool, reason: str, promoted: str | None) -> None:
         """An ``end`` that cannot be written now is kept and written with the next record:
-        a restart must not take a finished plan for an unfinished one once the disk is back."""
-        record = {"type": "end", "id": plan_id, "ok": ok, "reason": reason}
+        a restart must not take a finished plan for an unfinished one once the disk is back.
+        ``promoted``: the node the plan promoted, None when it promoted nothing."""
+        record = {"type": "end", "id": plan_id, "ok": ok, "reason": reason, "promoted": promoted}
         try:
             self.append(record)
         except JournalUnwritable:

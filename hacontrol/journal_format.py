@@ -73,6 +73,20 @@ def state_to_json(state: Persisted, mono_now: float, wall_now: float) -> dict[st
     }
 
 
+def released(state: dict[str, Any], begin: dict[str, Any]) -> dict[str, Any]:
+    """``state`` after the end of the plan ``begin`` that promoted nothing: a failover's dead
+    primary is no old primary and no recovery block holds, as the controller decides when it
+    hears of it (``rules.outcomes.failover_failed``, ``rules.resume.without_quarantine``)."""
+    if begin.get("kind") != p.PlanKind.FAILOVER:
+        return state
+    promote = next((a for a in begin.get("actions", ()) if a.get("type") == "Promote"), None)
+    quarantined = state.get("quarantined", {})
+    if promote is None or promote.get("old_primary") not in quarantined:
+        return state
+    kept = {k: v for k, v in quarantined.items() if k != promote["old_primary"]}
+    return {**state, "quarantined": kept, "blocked_until": None}
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 
@@ -201,6 +215,9 @@ def check_record(value: Any) -> dict[str, Any]:
         got = value[key]
         if not isinstance(got, wanted) or (wanted is int and isinstance(got, bool)):
             raise RecordError(f"{kind}: {key!r} must be {_NAMES[wanted]}, got {_kind(got)}")
+    promoted = value.get("promoted") if kind == "end" else None
+    if promoted is not None and not isinstance(promoted, str):
+        raise RecordError(f"end: 'promoted' must be a node name or null, got {_kind(promoted)}")
     if kind in ("start", "step") and value["index"] < 0:
         raise RecordError(f"{kind}: 'index' must be >= 0")
     if kind == "begin":

@@ -839,3 +839,19 @@ def test_a_returning_old_primary_is_fenced_before_the_router_is_touched():
     d = decide(view_of(*rounds, [router(writers=("node1",), at=4.0)]), state, S, NOW)
     assert d.plan.rule == "FenceReturningPrimary", d.plan.reason
     assert d.plan.actions == (Fence("node1"),)
+
+
+def test_a_quarantined_dead_primary_is_never_ignored_silently():
+    """A dead primary still quarantined by a failover whose new primary never showed up (a
+    crash lost the state that released it, a promotion that did not take): no failover of a
+    quarantined node, but an alert once the view had time to see the new primary."""
+    view = dead_primary()
+    state = ControllerState(quarantined={"node1": Quarantined("node1", "node2", NOW - 60)})
+    first = decide(view, state, S, NOW)  # right after a failover the view may be stale
+    assert first.plan.rule == "QuarantinedPrimaryDead" and first.plan.actions == ()
+    later = decide(view, first.state, S, NOW + 5)
+    assert kinds(later.plan) == ["Notify"] and not later.plan.changes_nodes
+    (alert,) = later.plan.actions
+    assert alert.kind == "failover_blocked" and alert.node == "node1"
+    assert "quarantined by a failover to node2" in alert.reason
+    assert decide(view, later.state, S, NOW + 6).plan.actions == ()  # once

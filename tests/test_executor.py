@@ -541,3 +541,26 @@ async def test_a_begin_that_lands_after_its_wait_gave_up_is_ended(rig: Rig, plan
     await settled(rig.journal)
     assert [t for t, _ in journal_records(rig)] == ["begin", "end"]
     assert Journal(rig.journal.path).load().unfinished is None
+
+
+async def test_a_failover_that_promoted_nothing_leaves_no_quarantine_in_the_journal(rig: Rig):
+    """The state written before the failover quarantines its dead primary and blocks the next
+    failover; the controller drops both when it hears the plan promoted nothing, in a state
+    record written after the executor's end. A crash between the two must not leave the dead
+    primary quarantined (DeadPrimary skips a quarantined node: no failover, no alert)."""
+    kept = {
+        "paused": False,
+        "maintenance": [],
+        "blocked_until": 4_000_000_000.0,
+        "last_failover_at": 1_000.0,
+        "quarantined": {"node1": {"new_primary": "node2", "since": 1_000.0, "errant": None}},
+    }
+    rig.journal.save_state(kept)
+    rig.nodes.fail[("wait_applied", "node2")] = FAILED
+    finished = await rig.executor.run("failover-1", failover_plan())
+    assert not finished.ok and finished.promoted is None and finished.rolled_back
+    # The controller is killed here, before its own state record.
+    replay = Journal(rig.journal.path).load()
+    assert replay.unfinished is None and replay.state is not None
+    assert replay.state["quarantined"] == {} and replay.state["blocked_until"] is None
+    assert replay.state["last_failover_at"] == 1_000.0

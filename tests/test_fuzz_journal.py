@@ -78,7 +78,7 @@ def real_journal() -> list[str]:
             journal.step("failover-1", index, True, "done")
         journal.step_started("failover-1", 4)
         journal.begin("switchover-2", PLAN)
-        journal.end("switchover-2", False, "rolled back")
+        journal.end("switchover-2", False, "rolled back", None)
         return journal.path.read_text().splitlines()
 
 

@@ -144,6 +144,53 @@ def test_torn_records_are_skipped_and_a_new_record_never_glues_to_one(tmp_path):
     assert read_records(path)[1] == ()  # compacted: the torn line is gone
 
 
+QUARANTINE = {
+    "blocked_until": 4e9,
+    "last_failover_at": 1e3,
+    "quarantined": {"node1": {"new_primary": "node2", "since": 1e3, "errant": None}},
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "end", "released"),
+    [
+        ("failover", {"promoted": None}, True),  # the executor's end, or a resume's EndIntent
+        ("failover", {"promoted": "node2"}, False),
+        ("failover", {}, False),  # an end from before the outcome was written: not known
+        ("switchover", {"promoted": None}, False),  # a switchover quarantines nobody
+    ],
+)
+def test_an_end_that_promoted_nothing_releases_the_failovers_quarantine(
+    tmp_path, kind, end, released
+):
+    """The state record before a failover quarantines its dead primary; the one after a
+    failover that promoted nothing drops it. A crash between the end and that state record
+    must leave the same state: a quarantined dead primary is never failed over."""
+    path = tmp_path / "journal.jsonl"
+    begin = {
+        **BEGIN,
+        "kind": kind,
+        "actions": [{"type": "Promote", "node": "node2", "old_primary": "node1"}],
+    }
+    records = [
+        {"type": "state", "state": QUARANTINE},
+        begin,
+        {"type": "end", "id": "p1", "ok": False, "reason": "WaitApplied failed", **end},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    state = Journal(path).load().state
+    assert state is not None
+    assert ("node1" not in state["quarantined"]) is released
+    assert (state["blocked_until"] is None) is released and state["last_failover_at"] == 1e3
+
+
+def test_an_end_that_promoted_nothing_is_a_name_or_null(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"type":"end","id":"p1","ok":false,"reason":"x","promoted":5}\n')
+    with pytest.raises(JournalError, match="end: 'promoted' must be a node name or null"):
+        Journal(path).load()
+
+
 def test_a_journal_on_a_full_disk_keeps_whole_records_and_writes_its_end_later():
     if reason := disk_faults_unavailable():
         pytest.skip(reason)
@@ -160,7 +207,7 @@ def test_a_journal_on_a_full_disk_keeps_whole_records_and_writes_its_end_later()
         assert written < 100
         before = journal.path.read_bytes()
         with pytest.raises(JournalUnwritable):
-            journal.end("p1", True, "all steps done")
+            journal.end("p1", True, "all steps done", "node2")
         assert journal.path.read_bytes() == before  # no half record
         space = journal.check_space()
         assert not space.writable and space.free_bytes is not None and space.free_bytes < 4096

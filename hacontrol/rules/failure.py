@@ -50,7 +50,7 @@ def rule_dead_primary(
     dead = problem.node
     assert dead is not None
     if dead in state.quarantined:
-        return None  # already failed over; the new primary's replicas show it
+        return quarantined_dead(view, state, settings, dead, now)
     if state.blocked_until is not None and now < state.blocked_until:
         return failover_blocked(view, state, dead, state.blocked_until, now)
     ranked = candidates(view, settings, dead)
@@ -67,6 +67,38 @@ def rule_dead_primary(
         quarantined={**state.quarantined, dead: Quarantined(dead, best, now)},
     )
     return Decision(plan, new_state)
+
+
+def quarantined_dead(
+    view: ClusterView, state: ControllerState, settings: Settings, dead: str, now: float
+) -> Decision:
+    """The dead primary is quarantined: a failover away from it happened. Right after it the
+    view may not show the new primary yet; if that lasts, the failover did not take (or a
+    crash lost the state that released the quarantine): never failed over automatically
+    again, and never silently: an alert, once."""
+    q = state.quarantined[dead]
+    plan = Plan(
+        "QuarantinedPrimaryDead",
+        f"{dead} is dead and quarantined by a failover to {q.new_primary}, but no writable "
+        f"primary is seen: no automatic failover of a quarantined node; an operator must look "
+        f"(did {q.new_primary} get promoted? a half-done promotion is finished by making it "
+        "writable)",
+        kind=PlanKind.ALERT,
+    )
+    key = AlertKey(Condition.FAILOVER_BLOCKED, dead)
+    since = state.first_seen.get(key)
+    grace = max(settings.failover.io_stall, 2 * settings.probes.interval + settings.probes.timeout)
+    if since is None or now - since < grace:
+        first_seen = {**state.first_seen, key: now if since is None else since}
+        return Decision(plan, replace(state, first_seen=first_seen))
+    alert = Notify(
+        AlertKind.FAILOVER_BLOCKED,
+        dead,
+        "primary dead and quarantined, no failover",
+        plan.reason,
+        (("topology", topology_text(view)),),
+    )
+    return alert_once(state, key, plan, alert)
 
 
 def failover_blocked(
