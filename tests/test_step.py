@@ -419,12 +419,28 @@ def resumed(m: Model, intent: Intent) -> tuple[Model, list]:
 
 
 def test_a_plan_cut_inside_its_promote_is_finished_and_may_finish_the_promotion():
-    m, effects = resumed(model(), Intent("failover-1", FAILOVER, frozenset({0, 1}), frozenset({2})))
+    m, effects = resumed(dead(), Intent("failover-1", FAILOVER, frozenset({0, 1}), frozenset({2})))
     (start,) = of(effects, StartPlan)
     running = start.running
     assert running.plan_id == "failover-1" and running.resumed and running.skip == {0, 1}
     assert running.plan.promote is not None and running.plan.promote.finish_half_done
     assert m.resume is None
+
+
+def test_a_promote_that_only_began_while_its_candidate_still_follows_a_writable_primary():
+    """The journal says the switchover's Promote began (its ``start`` landed: after a wait that
+    gave up, or before the Promote failed), then the run was rolled back, and the controller
+    died before its ``end``: node1 is writable again and node2 still replicates from it.
+    Finishing that promotion would make node2 a second writer; it never began on the node."""
+    _, effects = resumed(
+        model(), Intent("switchover-1", SWITCHOVER, frozenset({0, 1}), frozenset({2}))
+    )
+    (start,) = of(effects, StartPlan)
+    assert start.running.plan.kind is PlanKind.ROLLBACK  # undone again, not finished
+    assert start.running.plan.actions == SWITCHOVER.rollback
+    # A failover cut so, whose old primary is back: not finished either (abandoned).
+    _, effects = resumed(model(), Intent("failover-1", FAILOVER, frozenset({0, 1}), frozenset({2})))
+    assert not of(effects, StartPlan) and lines(effects, "plan_abandoned")
 
 
 def test_a_failover_cut_before_promotion_goes_on_only_while_the_same_node_is_dead():
@@ -582,9 +598,8 @@ FOLLOWER = Lease(leader=False, reason="the lease is held by another instance")
     ids=["finish", "roll back"],
 )
 def test_a_follower_never_resumes_a_journaled_plan(intent):
-    m, effects = steps(
-        replace(model(), resume=intent, state=QUARANTINED, lease=FOLLOWER), Tick(NOW)
-    )
+    base = dead() if intent.plan.kind is PlanKind.FAILOVER else model()  # cut inside Promote
+    m, effects = steps(replace(base, resume=intent, state=QUARANTINED, lease=FOLLOWER), Tick(NOW))
     assert not of(effects, StartPlan) and not of(effects, EndIntent)
     assert m.resume == intent  # kept for when this instance leads
     m, effects = steps(replace(m, lease=Lease()), Tick(NOW + 1), now=NOW + 1)

@@ -3,11 +3,12 @@ before anything new, once the view allows a decision (past start-up grace, with 
 paused) and on the leader only.
 
 Past its Promote (the point of no return) a plan is always finished; a crash inside that
-Promote lets it finish a half-done promotion. Before it: a failover goes on only if the same
-node is still confirmed dead; a plan with a rollback (a switchover) is rolled back while its old
-primary is still the view's primary; otherwise it is abandoned and the routing reconciles from
-the view. A failover that promoted nothing
-leaves no quarantine and no recovery block behind.
+Promote lets it finish a half-done promotion, unless the view shows that Promote never began on
+the node while its old primary is writable (it is then resumed as cut before it). Before it: a
+failover goes on only if the same node is still confirmed dead; a plan with a rollback (a
+switchover) is rolled back while its old primary is still the view's primary; otherwise it is
+abandoned and the routing reconciles from the view. A failover that promoted nothing leaves no
+quarantine and no recovery block behind.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def resume(model: Model, decided: Plan, now: float) -> Step:
     promote_at = plan.point_of_no_return
     dead = plan.promote.old_primary if plan.promote else None
     still_dead = model.view.has(Code.DEAD_PRIMARY) and model.view.primary == dead
-    promoting = promote_at in intent.done or promote_at in intent.started
+    promoting = promote_at in intent.done or (
+        promote_at in intent.started and not never_promoted(model, plan)
+    )
     if promoting or (plan.kind is PlanKind.FAILOVER and still_dead):
         return finish(model, intent, now)
     ended = EndIntent(intent.plan_id, "not resumed after a controller restart")
@@ -56,6 +59,27 @@ def resume(model: Model, decided: Plan, now: float) -> Step:
         reason += f"; not rolled back: the primary is {primary or 'unknown'} now, not {dead}"
     abandoned = log("plan_abandoned", dead, "warning", plan=intent.plan_id, reason=reason)
     return model, (ended, abandoned)
+
+
+def never_promoted(model: Model, plan: Plan) -> bool:
+    """A Promote that began (the journal's ``start``) never got past the node's checks when its
+    candidate still replicates from the old primary and that primary is writable: the run
+    stopped there and was (being) rolled back, or the ``start`` landed after its wait gave up.
+    Finishing it would make a second writer; it is resumed as cut before its promotion."""
+    promote = plan.promote
+    if promote is None:
+        return False
+    view = model.view
+    candidate, old = view.nodes.get(promote.node), view.nodes.get(promote.old_primary)
+    return bool(
+        candidate is not None
+        and candidate.reachable
+        and view.sources.get(promote.node) == promote.old_primary
+        and old is not None
+        and old.reachable
+        and old.status is not None
+        and not old.status.read_only
+    )
 
 
 def finish(model: Model, intent: Intent, now: float) -> Step:
