@@ -21,6 +21,7 @@ from hacontrol.plan import Plan
 from hacontrol.rules.alerts import paused, prune
 from hacontrol.rules.failure import rule_dead_primary, rule_no_primary, rule_unreachable_primary
 from hacontrol.rules.guards import rule_halted, rule_no_quorum, rule_startup_grace, rule_two_writers
+from hacontrol.rules.journal import refusal
 from hacontrol.rules.recovery import (
     rule_fence_returning_primary,
     rule_old_primary,
@@ -51,12 +52,21 @@ RULES: tuple[tuple[str, Rule], ...] = (
 
 
 def decide(view: ClusterView, state: ControllerState, settings: Settings, now: float) -> Decision:
-    """The next plan and the state after it. Pure."""
+    """The next plan and the state after it. Pure.
+
+    A journaled plan that must wait for the journal (``rules.journal``: a rejoin) holds up
+    nothing below it: the first rule after it that acts or alerts decides; otherwise the wait
+    is the decision."""
     state = prune(view, state)
+    waiting: Decision | None = None
     for _, rule in RULES:
         decision = rule(view, state, settings, now)
-        if decision is not None:
-            if state.paused and decision.plan.changes_cluster:
-                return paused(decision.plan, state)
-            return decision
-    return Decision(Plan(NOTHING, "cluster as desired; nothing to do"), state)
+        if decision is None:
+            continue
+        if state.paused and decision.plan.changes_cluster:
+            return paused(decision.plan, state)
+        if withheld := refusal(decision.plan, state.journal):
+            waiting = waiting or Decision(withheld, state)
+            continue
+        return waiting if waiting is not None and not decision.plan.actions else decision
+    return waiting or Decision(Plan(NOTHING, "cluster as desired; nothing to do"), state)

@@ -139,14 +139,14 @@ def test_a_switchover_is_refused_with_the_reason_while_the_journal_cannot_be_wri
     assert "No space left on device" in answer.message
 
 
-def rejoin_model(journal: JournalHealth) -> Model:
+def rejoin_model(journal: JournalHealth, writers: tuple[str, ...] = ("node2",)) -> Model:
     node1 = ProbeResult("node1", 0.0, 0.001, status(1, read_only=True, gtid="0-1-100"))
     rounds = [
         [
             primary("node2", at=t),
             replica("node3", t, source="node2"),
             replace(node1, at=t),
-            router(writers=("node2",), readers=("node2", "node3"), broken=("node1",), at=t),
+            router(writers=writers, readers=("node2", "node3"), broken=("node1",), at=t),
         ]
         for t in (1.0, 2.0, 3.0)
     ]
@@ -165,3 +165,19 @@ def test_an_automatic_rejoin_waits_for_the_journal_and_is_logged_once():
     m, effects = steps(m, writable(103.0))
     (start,) = of(effects, StartPlan)
     assert start.running.plan.rule == "RejoinOldPrimary"
+
+
+def test_a_rejoin_that_waits_for_the_journal_does_not_hold_up_the_routing():
+    """A failover on a full disk whose Route failed (the router was down): the router answers
+    again with no writer while the old primary, back and fenced, waits for its rejoin. The
+    rejoin waits for the journal; the routing rule, below it in the table, must still put the
+    writer on node2, or writes go nowhere until someone frees the disk."""
+    m, effects = steps(rejoin_model(FULL, writers=()), Tick(100.0))
+    (start,) = of(effects, StartPlan)
+    assert start.running.plan.rule == "RouteReconcile"
+    (route,) = start.running.plan.actions
+    assert isinstance(route, Route) and route.desired.writers == {"node2"}
+    routed = router(writers=("node2",), readers=("node2", "node3"), broken=("node1",), at=101.0)
+    m, effects = steps(replace(m, running=None), routed)  # routed: the rejoin still waits
+    assert not of(effects, StartPlan)
+    assert [d.fields["rule"] for d in lines(effects, "decision")] == [UNWRITABLE]
