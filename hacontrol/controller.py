@@ -204,8 +204,8 @@ class Controller:
                 case PersistState(state=kept) if self.journal is not None:
                     record = state_to_json(kept, self._clock(), self._wall())
                     self._write(at_boot, self.journal.save_state, record)
-                case EndIntent(plan_id=plan_id, reason=reason) if self.journal is not None:
-                    self._write(at_boot, self.journal.end, plan_id, False, reason, None)
+                case EndIntent(plan_id, reason, promoted) if self.journal is not None:
+                    self._write(at_boot, self.journal.end, plan_id, False, reason, promoted)
                 case RecordPlan(finished=finished, detect_seconds=seconds):
                     if self.metrics is not None:
                         self.metrics.observe_plan(finished, seconds)

@@ -66,10 +66,12 @@ class PersistState:
 
 @dataclass(frozen=True)
 class EndIntent:
-    """Close a journaled plan that is not resumed after a restart: it promoted nothing."""
+    """Close a journaled plan that is not resumed after a restart."""
 
     plan_id: str
     reason: str
+    promoted: str | None = None
+    """The plan's candidate when the view shows it promoted (its records could not say so)."""
 
 
 @dataclass(frozen=True)

@@ -456,6 +456,30 @@ def test_a_failover_cut_before_promotion_goes_on_only_while_the_same_node_is_dea
     assert "node1" not in m.state.quarantined and m.state.blocked_until is None
 
 
+def test_a_failover_that_promoted_without_a_record_keeps_its_quarantine_when_abandoned():
+    """The journal could not record the failover's steps (it went on without it), then the
+    controller restarted before its end could be written: the journal says the Promote is not
+    done, but node2 is the writable primary. Abandoned (node1 is not still dead), yet it did
+    promote: node1 stays quarantined (fenced when it returns, not a TwoWritableNodes halt) and
+    the recovery block holds, and its end says node2 was promoted."""
+    after = [
+        [
+            down("node1", t),
+            primary("node2", t),
+            replica("node3", t, source="node2"),
+            router(writers=("node2",), readers=("node2", "node3"), broken=("node1",), at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    m, effects = resumed(model(*after), Intent("failover-1", FAILOVER, frozenset({0, 1})))
+    assert not of(effects, StartPlan) and lines(effects, "plan_abandoned")
+    assert of(effects, EndIntent) == [
+        EndIntent("failover-1", "not resumed after a controller restart", "node2")
+    ]
+    assert m.state.quarantined == QUARANTINED.quarantined
+    assert m.state.blocked_until == QUARANTINED.blocked_until
+
+
 def test_a_switchover_cut_before_promotion_is_rolled_back():
     _, effects = resumed(model(), Intent("switchover-1", SWITCHOVER, frozenset({0, 1})))
     (start,) = of(effects, StartPlan)

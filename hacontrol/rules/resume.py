@@ -8,7 +8,8 @@ the node while its old primary is writable (it is then resumed as cut before it)
 failover goes on only if the same node is still confirmed dead; a plan with a rollback (a
 switchover) is rolled back while its old primary is still the view's primary; otherwise it is
 abandoned and the routing reconciles from the view. A failover that promoted nothing leaves no
-quarantine and no recovery block behind.
+quarantine and no recovery block behind; one whose candidate the view shows as the primary did
+promote (its records may be missing: it went on without the journal) and keeps them.
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ def resume(model: Model, decided: Plan, now: float) -> Step:
     )
     if promoting or (plan.kind is PlanKind.FAILOVER and still_dead):
         return finish(model, intent, now)
-    ended = EndIntent(intent.plan_id, "not resumed after a controller restart")
-    model = replace(model, state=without_quarantine(model.state, dead))
     primary = model.view.primary
+    # Its records may be missing (it went on without the journal): the view says it promoted.
+    promoted = plan.promote.node if plan.promote and primary == plan.promote.node else None
+    ended = EndIntent(intent.plan_id, "not resumed after a controller restart", promoted)
+    if promoted is None:
+        model = replace(model, state=without_quarantine(model.state, dead))
     if plan.rollback and primary == dead:
         model, effects = roll_back(model, intent, now)
         return model, (ended, *effects)
