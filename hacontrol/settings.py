@@ -304,11 +304,48 @@ class HookSettings(_Section):
     timeout: PositiveSeconds = 10.0
 
 
+InstanceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+
+def _host_name() -> str:
+    """The default instance id: this host's name (a pod's name in Kubernetes)."""
+    name = os.uname().nodename.split(".")[0]
+    return name if re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name) else "hacontrol"
+
+
 class ControllerSettings(_Section):
     journal: Path = Path("state/journal.jsonl")
     """Intent journal (fsynced JSON lines); a relative path is taken from the settings file's
     folder. It must be on persistent storage: it carries unfinished failovers and the
     recovery block across restarts."""
+    instance_id: InstanceId = Field(default_factory=_host_name)
+    """This instance's name among the instances of a fleet (logs, status, metrics)."""
+    fleet: bool = True
+    """Several instances may watch this cluster: only the one holding the lease on a majority
+    of the nodes (``lease``) changes a database node; every one routes its own router to the
+    primary that leader publishes. False: this instance is alone and takes no lock."""
+
+
+class LeaseSettings(_Section):
+    """The fleet's lease on the database nodes themselves (docs/fleet.md)."""
+
+    wait_timeout: Annotated[int, Number, Field(ge=1, le=3600)] = 2
+    """W: ``SET SESSION wait_timeout`` of every lease session, whole seconds (MariaDB's unit):
+    a frozen or cut-off leader's locks are freed by the server this long after its last
+    keepalive."""
+    keepalive: PositiveSeconds = 0.5
+    """K: one round trip on every lease session this often; it also reads who holds the
+    locks, which is what followers route from."""
+    validity: PositiveSeconds = 1.5
+    """V: a lock counts as held until V after the keepalive that last confirmed it was sent;
+    smaller than W, so that the belief ends before the server can free the lock. A new
+    leader waits V before its first change."""
+    margin: PositiveSeconds = 0.3
+    """A statement that changes a node is sent only while the majority stays valid this much
+    longer (the time it needs to reach the node and run)."""
+    backoff: PositiveSeconds = 1.0
+    """At most this long (random) before an instance that held locks on too few nodes tries
+    again, so that instances starting together do not deadlock."""
 
 
 class LogSettings(_Section):
@@ -334,6 +371,7 @@ class Settings(BaseSettings):
     failover: FailoverSettings = FailoverSettings()
     smtp: SMTPSettings = SMTPSettings()
     controller: ControllerSettings = ControllerSettings()
+    lease: LeaseSettings = LeaseSettings()
     api: ApiSettings = ApiSettings()
     hooks: HookSettings = HookSettings()
     log: LogSettings = LogSettings()
@@ -529,7 +567,8 @@ def check(settings: Settings) -> tuple[list[str], list[str]]:
     """Cross-field rules. Pure: returns (errors, warnings), each naming its key."""
     errors: list[str] = []
     warnings: list[str] = []
-    for part in (_node_rules, _timing_rules, _router_rules, _hook_rules, _notice_rules):
+    parts = (_node_rules, _timing_rules, _lease_rules, _router_rules, _hook_rules, _notice_rules)
+    for part in parts:
         more_errors, more_warnings = part(settings)
         errors += more_errors
         warnings += more_warnings
@@ -593,6 +632,45 @@ def _timing_rules(settings: Settings) -> Problems:
     errors += secret_strength(settings)
     errors += host_problems(settings)
     return errors, []
+
+
+def _lease_rules(settings: Settings) -> Problems:
+    """The lease's timings (docs/fleet.md): the leader's belief in a lock must end before the
+    server can free it (V < W), keepalives must renew it well before then (K <= W/3), and a
+    statement must fit between two keepalives (K + margin < V)."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    lease = settings.lease
+    wait, keepalive, validity = lease.wait_timeout, lease.keepalive, lease.validity
+    if keepalive > wait / 3:
+        errors.append(
+            f"lease.keepalive: {keepalive:g} s must be at most a third of lease.wait_timeout "
+            f"({wait} s), so that a lost keepalive or two does not lose the locks"
+        )
+    if validity >= wait:
+        errors.append(
+            f"lease.validity: {validity:g} s must be smaller than lease.wait_timeout ({wait} s): "
+            "the leader's belief in a lock must end before the server can free it"
+        )
+    elif keepalive + lease.margin >= validity:
+        errors.append(
+            f"lease.validity: {validity:g} s must exceed lease.keepalive + lease.margin "
+            f"({keepalive + lease.margin:g} s), or the leader could not send a statement "
+            "between two keepalives"
+        )
+    if settings.controller.fleet and settings.failover.io_stall <= wait:
+        warnings.append(
+            f"failover.io_stall: {settings.failover.io_stall:g} s is not longer than "
+            f"lease.wait_timeout ({wait} s): a primary cut off from the leader and its replicas "
+            "keeps the old leader's publication up to W, and an instance that still reaches it "
+            "with a majority of the nodes would route writes there after the failover"
+        )
+    if settings.controller.fleet and wait < settings.probes.interval:
+        warnings.append(
+            f"lease.wait_timeout: {wait} s is shorter than probes.interval "
+            f"({settings.probes.interval:g} s): a new leader acts on probes older than the lease"
+        )
+    return errors, warnings
 
 
 def _router_rules(settings: Settings) -> Problems:

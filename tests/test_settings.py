@@ -268,6 +268,43 @@ ERRORS = [
         "too short",
     ),
     ("a pydantic option as a key", "_secrets_dir = '/etc'\n" + BASE, "_secrets_dir", "unknown key"),
+    # The fleet's lease (docs/fleet.md).
+    (
+        "a fractional wait_timeout",
+        BASE + "\n[lease]\nwait_timeout = 1.5\n",
+        "lease.wait_timeout",
+        "integer",
+    ),
+    (
+        "a zero wait_timeout",
+        BASE + "\n[lease]\nwait_timeout = 0\n",
+        "lease.wait_timeout",
+        "equal to 1",
+    ),
+    (
+        "a keepalive longer than a third of wait_timeout",
+        BASE + "\n[lease]\nwait_timeout = 3\nkeepalive = 1.5\nvalidity = 2.5\n",
+        "lease.keepalive",
+        "a third of lease.wait_timeout",
+    ),
+    (
+        "a validity not smaller than wait_timeout",
+        BASE + "\n[lease]\nwait_timeout = 2\nvalidity = 2.0\n",
+        "lease.validity",
+        "before the server can free it",
+    ),
+    (
+        "a validity too short for a keepalive and a statement",
+        BASE + "\n[lease]\nwait_timeout = 3\nkeepalive = 1.0\nvalidity = 1.2\nmargin = 0.5\n",
+        "lease.validity",
+        "between two keepalives",
+    ),
+    (
+        "an instance id with a space",
+        BASE + '\n[controller]\ninstance_id = "a b"\n',
+        "controller.instance_id",
+        "pattern",
+    ),
 ]
 
 
@@ -373,6 +410,23 @@ def test_check_is_pure_and_default_node_name(tmp_path):
     assert loaded.settings.nodes[1].name == "10.0.0.2:3306"
     errors, warnings = check(loaded.settings)
     assert errors == [] and [w.split(":")[0] for w in warnings] == ["api.token"]
+
+
+def test_lease_defaults_are_consistent_and_the_instance_is_named_after_the_host(tmp_path):
+    settings = load_settings(write(tmp_path, BASE)).settings
+    lease = settings.lease
+    assert isinstance(lease.wait_timeout, int) and lease.validity < lease.wait_timeout
+    assert lease.keepalive + lease.margin < lease.validity
+    assert settings.controller.instance_id == os.uname().nodename.split(".")[0]
+    assert settings.controller.fleet is False
+
+
+def test_a_fleet_whose_lease_is_shorter_than_a_probe_interval_is_warned(tmp_path, capsys):
+    text = BASE + "\n[controller]\nfleet = true\n[lease]\nwait_timeout = 1\nkeepalive = 0.2\n"
+    text += "validity = 0.8\nmargin = 0.2\n[probes]\ninterval = 2.0\n"
+    code, _, err = run_check(write(tmp_path, text), capsys)
+    assert code == 0
+    assert "settings warning: lease.wait_timeout: 1 s is shorter than probes.interval" in err
 
 
 def test_repository_settings_toml_is_valid_for_the_sandbox(tmp_path):
