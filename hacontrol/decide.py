@@ -27,11 +27,12 @@ from hacontrol.rules.recovery import (
     rule_old_primary,
     rule_repoint_stray,
 )
-from hacontrol.rules.routing import rule_route
+from hacontrol.rules.routing import rule_publish, rule_route
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView
 
 NOTHING = "Nothing"
+NOT_LEADER = "NotLeader"
 
 Rule = Callable[[ClusterView, ControllerState, Settings, float], Decision | None]
 
@@ -45,23 +46,35 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("DeadPrimary", rule_dead_primary),
     ("UnreachablePrimary", rule_unreachable_primary),
     ("NoPrimary", rule_no_primary),
+    ("Publish", rule_publish),  # fleet: before repointing, so that writes resume at once
     ("OldPrimary", rule_old_primary),
     ("RepointStray", rule_repoint_stray),
     ("RouteReconcile", rule_route),
 )
 
 
-def decide(view: ClusterView, state: ControllerState, settings: Settings, now: float) -> Decision:
+def decide(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float, *, leads: bool = True
+) -> Decision:
     """The next plan and the state after it. Pure.
+
+    ``leads``: this instance may change database nodes (always, unless a fleet's lease says
+    otherwise). When it may not, a rule whose plan changes nodes is passed over, so that the
+    next rule applies (a follower still routes its own router); what was withheld is the
+    answer when nothing else applies.
 
     A journaled plan that must wait for the journal (``rules.journal``: a rejoin) holds up
     nothing below it: the first rule after it that acts or alerts decides; otherwise the wait
     is the decision."""
     state = prune(view, state)
     waiting: Decision | None = None
+    not_led: Plan | None = None
     for _, rule in RULES:
         decision = rule(view, state, settings, now)
         if decision is None:
+            continue
+        if not leads and decision.plan.changes_nodes:
+            not_led = not_led or decision.plan
             continue
         if state.paused and decision.plan.changes_cluster:
             return paused(decision.plan, state)
@@ -69,4 +82,8 @@ def decide(view: ClusterView, state: ControllerState, settings: Settings, now: f
             waiting = waiting or Decision(withheld, state)
             continue
         return waiting if waiting is not None and not decision.plan.actions else decision
-    return waiting or Decision(Plan(NOTHING, "cluster as desired; nothing to do"), state)
+    if waiting is not None:
+        return waiting
+    if not_led is not None:
+        return Decision(Plan(NOT_LEADER, f"{not_led.rule}: {not_led.reason}"), state)
+    return Decision(Plan(NOTHING, "cluster as desired; nothing to do"), state)

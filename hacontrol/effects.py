@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hacontrol.events import CommandResult, OperatorCommand, PlanFinished
-from hacontrol.model import Model, Persisted, Running
+from hacontrol.model import LeaseMode, Model, Persisted, Running
 from hacontrol.plan import Notify, Plan
 
 
@@ -82,7 +82,24 @@ class RecordPlan:
     detect_seconds: float | None
 
 
-Effect = Log | StartPlan | SendAlert | Reply | Reprobe | PersistState | EndIntent | RecordPlan
+@dataclass(frozen=True)
+class SetLeaseMode:
+    """Tell the lease edge what to do on its sessions from now on (take, keep, let go)."""
+
+    mode: LeaseMode
+
+
+Effect = (
+    Log
+    | StartPlan
+    | SendAlert
+    | Reply
+    | Reprobe
+    | PersistState
+    | EndIntent
+    | RecordPlan
+    | SetLeaseMode
+)
 
 Step = tuple[Model, tuple[Effect, ...]]
 """What every rule over the whole model returns: the next model and its effects."""

@@ -41,6 +41,33 @@ class ConnectionLost:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseObserved:
+    """One round trip on this instance's lease session to a node (a keepalive, or an attempt
+    to take the leader lock): what the node says about the fleet's two locks.
+
+    ``at``: when the round trip was sent (a lock it confirmed counts from then). ``session``:
+    this instance's lease session (its connection id); None with ``error`` set when there is
+    none (cannot connect, or the session broke: the locks it held are gone). ``leader`` and
+    ``primary``: the connection ids holding ``hacontrol.<cluster>.leader`` and
+    ``hacontrol.<cluster>.primary`` on that node (None: free). ``holder``: the client address
+    of the leader lock's holder, when known. ``jitter``: a random number in [0, 1) drawn by the
+    edge, for the rules' random back-off."""
+
+    node: str
+    at: float
+    session: int | None = None
+    leader: int | None = None
+    primary: int | None = None
+    error: str | None = None
+    holder: str | None = None
+    jitter: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.session is not None and self.error is None
+
+
+@dataclass(frozen=True, slots=True)
 class RouterProbeResult:
     """The router's real state, read back; ``error`` set when it could not be read."""
 
@@ -77,6 +104,8 @@ class PlanFinished:
     """It acted on the router."""
     rolled_back: bool = False
     """It stopped before its point of no return and its rollback ran."""
+    lease_lost: bool = False
+    """It stopped because this instance no longer held the fleet's lease (nothing undone)."""
 
 
 COMMANDS = ("switchover", "maintenance", "ack", "pause", "resume")
@@ -154,6 +183,7 @@ class Stop:
 Event = (
     ProbeResult
     | ConnectionLost
+    | LeaseObserved
     | RouterProbeResult
     | PlanFinished
     | OperatorCommand

@@ -12,6 +12,7 @@ from hacontrol.events import (
     ConnectionLost,
     Event,
     JournalStatus,
+    LeaseObserved,
     OperatorCommand,
     PlanFinished,
     ProbeResult,
@@ -55,8 +56,17 @@ def event_lines(event: Event) -> tuple[Log, ...]:
             return (log("router_probe", None, "warning", kind=event.kind, error=event.error),)
         case Stop():
             return (log("stop_requested", None, "info", reason=event.reason),)
-        case Tick() | PlanFinished() | OperatorCommand() | CallerGone() | JournalStatus():
-            return ()  # ticks drive timers; the others are logged by the rules with their outcome
+        case (
+            Tick()
+            | PlanFinished()
+            | OperatorCommand()
+            | CallerGone()
+            | JournalStatus()
+            | LeaseObserved()
+        ):
+            # Ticks drive timers; keepalives come several times a second and what they change
+            # is logged with the view's changes; the others by the rules with their outcome.
+            return ()
 
 
 def change_lines(old: ClusterView, new: ClusterView) -> tuple[Log, ...]:

@@ -155,19 +155,62 @@ class Settle:
     until: float = 0.0
 
 
+class LeaseMode(StrEnum):
+    """What the lease edge does on its sessions, as the lease rules ask (``rules.lease``)."""
+
+    ACQUIRE = "acquire"
+    """Take the leader lock on every node where it is free (and keep what is held)."""
+    HOLD = "hold"
+    """Keep what is held and read who holds what; take nothing new."""
+    RELEASE = "release"
+    """Let go of every lock held (the sessions holding them are closed)."""
+
+
 @dataclass(frozen=True)
 class Lease:
-    """Leadership among several hacontrol instances of one cluster. Only the leader starts
-    plans that change database nodes; every instance routes its own router.
+    """Leadership of this instance among the instances of one cluster (``controller.fleet``).
 
-    One instance is always the leader. The lease (GET_LOCK on a majority of the nodes) will
-    feed ``leader`` from its own events."""
+    Only the leader changes database nodes; every instance routes its own router. Without
+    ``fleet`` this instance is alone and always the leader. With it, the lease rules
+    (``rules.lease``) keep this record from the locks the view holds (``ClusterView.locks``):
+    the leader holds the leader lock on a majority of ALL configured nodes; it acts only from
+    ``ready_at`` (V after it took the majority: the old leader's belief has ended by then), and
+    only once every node was probed again since."""
 
-    leader: bool = True
+    fleet: bool = False
+    mode: LeaseMode = LeaseMode.HOLD
+    leader_since: float | None = None
+    """A valid majority held since then (monotonic); None: not the leader."""
+    ready_at: float | None = None
+    """No change before this time: ``leader_since`` plus the lease validity V."""
+    unprobed: frozenset[str] = frozenset()
+    """Nodes without a probe started since ``ready_at``: the first change waits for them."""
+    reprobed: bool = False
+    """The nodes were asked to be probed at once when ``ready_at`` passed."""
+    partial_since: float | None = None
+    """Holding some leader locks but not a majority since then."""
+    backoff_until: float = 0.0
+    """After letting go, no new attempt before this time (random, so that instances that
+    started together do not keep splitting the nodes between them)."""
+    jitter: float = 0.0
+    """The last random number the lease edge drew, in [0, 1)."""
+    changes: int = 0
+    """How often leadership changed (taken or lost)."""
     reason: str = "the only instance"
 
-    def allows(self, plan: Plan) -> bool:
-        return self.leader or not plan.changes_nodes
+    @property
+    def leader(self) -> bool:
+        return not self.fleet or self.leader_since is not None
+
+    def acting(self, now: float) -> bool:
+        """May this instance change database nodes now?"""
+        if not self.fleet:
+            return True
+        ready = self.ready_at is not None and now >= self.ready_at
+        return self.leader_since is not None and ready and not self.unprobed
+
+    def allows(self, plan: Plan, now: float) -> bool:
+        return self.acting(now) or not plan.changes_nodes
 
 
 @dataclass(frozen=True)

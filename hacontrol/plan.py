@@ -109,6 +109,9 @@ class Route(_NoNode):
     required: bool = True
     hidden_change: bool = False
     """An operator's maintenance command: the hidden group may change (never otherwise)."""
+    no_writer: bool = False
+    """A fleet instance while no node carries the leader's publication: no writer at all,
+    deliberately (writes wait; never a stale primary)."""
     routes: ClassVar[bool] = True
 
 
@@ -210,6 +213,17 @@ class RequireReadOnly(_OneNode):
 
 
 @dataclass(frozen=True)
+class Publish(_OneNode):
+    """Fleet: hold the primary lock on ``node``, on the lease session that holds this
+    instance's leader lock there, after releasing it wherever else this instance holds it:
+    every instance's router then sends writes to ``node``. Precondition: this instance holds
+    the leader lock on ``node``."""
+
+    node: str
+    required: bool = False  # unpublished, the followers' routers have no writer: not a halt
+
+
+@dataclass(frozen=True)
 class Hook(_NoNode):
     """Run the operator's command for ``phase`` (when configured) with ``context``.
 
@@ -246,6 +260,7 @@ Action = (
     | CatchUp
     | SetWritable
     | RequireReadOnly
+    | Publish
     | Hook
     | Notify
 )
@@ -261,6 +276,8 @@ class PlanKind(StrEnum):
     FENCE = "fence"
     REPOINT = "repoint"
     ROUTE = "route"
+    PUBLISH = "publish"
+    """Fleet: the leader publishes the primary (the primary lock)."""
     MAINTENANCE = "maintenance"
     ROLLBACK = "rollback"
     """The rollback of a plan cut before its promotion by a controller restart."""

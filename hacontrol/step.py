@@ -15,7 +15,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hacontrol.decide import decide
-from hacontrol.effects import Effect, PersistState, Reprobe, SendAlert, StartPlan, Step, log
+from hacontrol.effects import (
+    Effect,
+    EndIntent,
+    PersistState,
+    Reprobe,
+    SendAlert,
+    StartPlan,
+    Step,
+    log,
+)
 from hacontrol.events import (
     CallerGone,
     Event,
@@ -27,11 +36,12 @@ from hacontrol.events import (
     Stop,
 )
 from hacontrol.loglines import change_lines, event_lines
-from hacontrol.model import Intent, Model, Persisted, persisted
+from hacontrol.model import Intent, Lease, Model, Persisted, persisted
 from hacontrol.plan import Notify, Plan
 from hacontrol.rules.commands import STOPPING, caller_gone, command, refuse_deferred, run_deferred
 from hacontrol.rules.failure import reprobe_targets
 from hacontrol.rules.journal import journal_status, refusal
+from hacontrol.rules.lease import failover_seen, leader_seen, lease_update
 from hacontrol.rules.lifecycle import log_decision, plan_id, start
 from hacontrol.rules.outcomes import plan_finished
 from hacontrol.rules.resume import may_resume, resume
@@ -44,6 +54,10 @@ def step(model: Model, event: Event, settings: Settings, now: float) -> Step:
     before = model
     model = observe(model, event, settings)
     effects: list[Effect] = [*event_lines(event), *change_lines(before.view, model.view)]
+    model, seen = failover_seen(before.view, model, settings, now)
+    effects += seen
+    model, leased = lease_update(model, event, settings, now)
+    effects += leased
     model, reacted = react(model, event, settings, now)
     effects += reacted
     if targets := reprobe_targets(before.view, event, settings):
@@ -87,25 +101,31 @@ def react(model: Model, event: Event, settings: Settings, now: float) -> Step:
 
 
 def next_plan(model: Model, settings: Settings, now: float) -> Step:
-    """When no plan runs: decide, and start the plan (or send its alerts)."""
+    """When no plan runs: decide, and start the plan (or send its alerts). An instance of a
+    fleet that is not the leader (or not yet acting) changes no database node: it routes its
+    own router, and alerts only when no instance leads."""
     if not model.acting or model.running is not None or model.stopping or settling(model, now):
         return model, ()
-    decision = decide(model.view, model.state, settings, now)
+    acting = model.lease.acting(now)
+    decision = decide(model.view, model.state, settings, now, leads=acting)
     plan = decision.plan
-    if may_resume(model, plan):
+    if may_resume(model, plan, now):
         return resume(model, plan, now)
-    if not model.lease.allows(plan):
-        return log_decision(model, not_leader(model, plan), now)
+    if plan.rule == "NotLeader":
+        return log_decision(model, not_leader(model, plan, now), now)
     if withheld := refusal(plan, model.state.journal):
         return log_decision(model, withheld, now)
     model, logged = log_decision(replace(model, state=decision.state), plan, now)
     if not plan.actions:
         return model, logged
+    alerts = tuple(a for a in plan.actions if isinstance(a, Notify))
+    if alerts and model.lease.fleet and not acting and leader_seen(model.view, settings):
+        plan = replace(plan, actions=tuple(a for a in plan.actions if not isinstance(a, Notify)))
+        alerts = ()
+        logged = (*logged, log("alert_left_to_leader", None, "info", rule=plan.rule))
     if not plan.changes_cluster:  # alerts only: to the notifier now
-        alerts = tuple(
-            SendAlert(a, plan, a.kind.halts) for a in plan.actions if isinstance(a, Notify)
-        )
-        return model, (*logged, *alerts)
+        sent = tuple(SendAlert(a, plan, a.kind.halts) for a in alerts)
+        return model, (*logged, *sent)
     model, started = start(model, plan_id(model, plan, now), plan, now)
     return model, (*logged, *started)
 
@@ -118,10 +138,16 @@ def settling(model: Model, now: float) -> bool:
     return bool(settle.waiting) and now < settle.until and not model.view.has(Code.DEAD_PRIMARY)
 
 
-def not_leader(model: Model, withheld: Plan) -> Plan:
-    """Not the leader: a plan that changes database nodes is the leader's to make."""
-    reason = f"not the leader ({model.lease.reason}): not doing {withheld.rule}"
-    return Plan("NotLeader", f"{reason} ({withheld.reason})")
+def not_leader(model: Model, withheld: Plan, now: float) -> Plan:
+    """Not the leader (or not acting yet): a plan that changes database nodes is withheld."""
+    lease = model.lease
+    if lease.leader_since is not None and lease.ready_at is not None and now < lease.ready_at:
+        why = f"taking over: acting in {lease.ready_at - now:.2f} s"
+    elif lease.leader_since is not None and lease.unprobed:
+        why = f"taking over: waiting for fresh probes of {', '.join(sorted(lease.unprobed))}"
+    else:
+        why = f"not the leader: {lease.reason}"
+    return Plan("NotLeader", f"{why}; withheld {withheld.reason}")
 
 
 def with_persisted(before: Persisted, model: Model, effects: list[Effect]) -> tuple[Effect, ...]:
@@ -145,7 +171,8 @@ def boot(
     wall_offset: float,
 ) -> Step:
     """The first model: the view with what the journal kept, and the start-up flags."""
-    model = Model(view, acting=acting, wall_offset=wall_offset)
+    lease = Lease(fleet=True, reason="starting") if settings.controller.fleet else Lease()
+    model = Model(view, acting=acting, wall_offset=wall_offset, lease=lease)
     if kept is not None:
         model = restored(model, kept, settings)
     before = persisted(model)
@@ -156,24 +183,38 @@ def boot(
             log("recovery_block_acknowledged", None, "warning", reason="--ack given at start-up")
         )
     if unfinished is not None:
-        model = replace(model, resume=unfinished)
-        effects.append(
-            log(
-                "journal_unfinished",
-                None,
-                "warning",
-                plan=unfinished.plan_id,
-                rule=unfinished.plan.rule,
-                done_steps=sorted(unfinished.done),
-                reason="a plan began before the controller stopped; it is finished before "
-                "anything new",
-            )
-        )
+        model, more = unfinished_at_boot(model, unfinished)
+        effects += more
     if paused and not model.state.paused:
         model = replace(model, state=replace(model.state, paused=True))
         reason = "--paused: observing only until `hacontrol resume`"
         effects.append(log("paused_at_start", None, "warning", reason=reason))
     return model, with_persisted(before, model, effects)
+
+
+def unfinished_at_boot(model: Model, unfinished: Intent) -> Step:
+    """A journaled plan that began before this instance stopped: finished before anything
+    new; in a fleet another instance may have acted since, so the live topology decides
+    instead (docs/fleet.md) and the journal's plan is closed."""
+    fleet = model.lease.fleet
+    line = log(
+        "journal_unfinished",
+        None,
+        "warning",
+        plan=unfinished.plan_id,
+        rule=unfinished.plan.rule,
+        done_steps=sorted(unfinished.done),
+        reason="a plan began before the controller stopped; "
+        + (
+            "in a fleet another instance may have acted since: the leader starts from the "
+            "live topology instead"
+            if fleet
+            else "it is finished before anything new"
+        ),
+    )
+    if fleet:
+        return model, (EndIntent(unfinished.plan_id, "fleet: the live topology decides"), line)
+    return replace(model, resume=unfinished), (line,)
 
 
 def restored(model: Model, kept: Persisted, settings: Settings) -> Model:

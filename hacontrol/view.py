@@ -22,6 +22,7 @@ from hacontrol.events import (
     CallerGone,
     ConnectionLost,
     Event,
+    LeaseObserved,
     OperatorCommand,
     PlanFinished,
     ProbeResult,
@@ -74,6 +75,38 @@ class NodeView:
             if channel.connection_name == "":
                 return channel
         return self.status.replication[0]
+
+
+@dataclass(frozen=True)
+class LockView:
+    """The fleet's two locks on one node, as this instance's lease session last saw them.
+
+    ``session``: this instance's lease session (connection id) on the node; ``leader`` and
+    ``primary``: who holds each lock (connection ids; None: free or unknown). ``sent``: when the
+    round trip that read this was sent. After a failed round trip everything is unknown: the
+    session and its locks are gone, and nothing can be read from the node."""
+
+    session: int | None = None
+    leader: int | None = None
+    primary: int | None = None
+    sent: float | None = None
+    error: str | None = "not read yet"
+    holder: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.error is None and self.session is not None
+
+    @property
+    def held(self) -> bool:
+        """This instance holds the leader lock on the node."""
+        return self.known and self.leader == self.session
+
+    @property
+    def publishes(self) -> bool:
+        """Someone holds the primary lock on the session that holds the leader lock here: the
+        leader's choice of primary, published."""
+        return self.known and self.leader is not None and self.primary == self.leader
 
 
 @dataclass(frozen=True)
@@ -135,6 +168,8 @@ class ClusterView:
     maintenance: frozenset[str] = frozenset()
     """Nodes an operator hid through hacontrol (HAProxy has no hidden group of its own): hidden,
     never promoted, not counted for quorum. Kept here only (and in the journal)."""
+    locks: Mapping[str, LockView] = field(default_factory=dict)
+    """The fleet's locks per node (``controller.fleet``); empty for a single instance."""
     # Derived by ``derive``; never set by hand.
     sources: Mapping[str, str | None] = field(default_factory=dict)
     """Replica -> the node (name, or 'host:port' when not managed) it replicates from."""
@@ -143,6 +178,8 @@ class ClusterView:
     primary_reason: str = "not known yet"
     quorum: Quorum = Quorum((), ())
     problems: tuple[Problem, ...] = ()
+    published: str | None = None
+    """The node the fleet's leader publishes as the primary, or None (nobody, or ambiguous)."""
 
     def has(self, code: Code) -> bool:
         return any(p.code is code for p in self.problems)
@@ -166,6 +203,8 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
             nodes = dict(view.nodes)
             nodes[name] = _fold_probe(view.nodes[name], event, settings)
             view = replace(view, nodes=nodes)
+        case LeaseObserved(node=name) if name in view.nodes:
+            view = replace(view, locks={**view.locks, name: _fold_lock(event)})
         case RouterProbeResult():
             router = RouterView(
                 kind=event.kind,
@@ -183,6 +222,7 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
             | OperatorCommand()
             | CallerGone()
             | ProbeResult()
+            | LeaseObserved()
         ):
             pass  # a lost connection only triggers a re-probe; the probe's result tells
     return derive(replace(view, at=max(view.at, event.at)), settings)
@@ -191,6 +231,12 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
 def with_maintenance(view: ClusterView, nodes: frozenset[str], settings: Settings) -> ClusterView:
     """The view with ``nodes`` in maintenance (an operator's command, or the journal's)."""
     return derive(replace(view, maintenance=frozenset(nodes)), settings)
+
+
+def _fold_lock(event: LeaseObserved) -> LockView:
+    if not event.ok:
+        return LockView(sent=event.at, error=event.error or "no lease session")
+    return LockView(event.session, event.leader, event.primary, event.at, None, event.holder)
 
 
 def _fold_probe(node: NodeView, result: ProbeResult, settings: Settings) -> NodeView:
@@ -324,7 +370,13 @@ def derive(view: ClusterView, settings: Settings) -> ClusterView:
     )
     view = replace(view, sources=sources, writable=writable)
     primary, primary_reason = _primary(view, settings.failover.io_stall)
-    view = replace(view, primary=primary, primary_reason=primary_reason, quorum=_quorum(view))
+    view = replace(
+        view,
+        primary=primary,
+        primary_reason=primary_reason,
+        quorum=_quorum(view),
+        published=_published(view),
+    )
     problems: list[Problem] = []
     for rule in RULES:
         problems.extend(rule(view, settings))
@@ -397,6 +449,14 @@ def _primary(view: ClusterView, stall: float) -> tuple[str | None, str]:
     if last is not None and view.nodes[leader].channel is not None and view.nodes[leader].reachable:
         return None, f"the replicas' source {leader} is itself a replica"
     return leader, f"source of {best} reachable replica(s), itself not writable or not reachable"
+
+
+def _published(view: ClusterView) -> str | None:
+    """The one node whose primary lock shares its session with the leader lock; None when no
+    node carries the publication, or when several do (an old leader's session has not ended
+    yet): never guess between two."""
+    carriers = [name for name, lock in view.locks.items() if lock.publishes]
+    return carriers[0] if len(carriers) == 1 else None
 
 
 def _chain_root(view: ClusterView, source: str | None) -> str | None:
@@ -584,9 +644,30 @@ class Change:
 def changes(old: ClusterView, new: ClusterView) -> list[Change]:
     return [
         *_node_changes(old, new),
+        *_lock_changes(old, new),
         *_cluster_changes(old, new),
         *_problem_changes(old, new),
     ]
+
+
+def _lock_changes(old: ClusterView, new: ClusterView) -> list[Change]:
+    """A node's locks changed hands, or could not be read any more (a new session of this
+    instance after a broken one is a change too: it holds nothing)."""
+    out: list[Change] = []
+    for name, lock in new.locks.items():
+        before = old.locks.get(name, LockView())
+        shape = (lock.known, lock.session, lock.leader, lock.primary)
+        if shape == (before.known, before.session, before.leader, before.primary):
+            continue
+        fields = {
+            "held": lock.held,
+            "session": lock.session,
+            "leader": lock.leader,
+            "primary": lock.primary,
+            "error": lock.error,
+        }
+        out.append(Change("lock", name, "info" if lock.known else "warning", fields))
+    return out
 
 
 def _node_changes(old: ClusterView, new: ClusterView) -> list[Change]:
@@ -613,6 +694,10 @@ def _cluster_changes(old: ClusterView, new: ClusterView) -> list[Change]:
         level = "info" if new.quorum.ok else "error"
         fields = {"ok": new.quorum.ok, "reason": new.quorum.describe()}
         out.append(Change("quorum", None, level, fields))
+    if old.published != new.published:
+        carriers = sorted(n for n, lock in new.locks.items() if lock.publishes)
+        fields = {"from": old.published, "to": new.published, "carried_by": carriers}
+        out.append(Change("published_primary", new.published, "info", fields))
     before, after = old.router.membership, new.router.membership
     if before != after and after is not None:
         fields = {"from": before.to_json() if before else None, "to": after.to_json()}

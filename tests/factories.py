@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from hacontrol.events import ProbeResult, RouterProbeResult
+from hacontrol.events import LeaseObserved, ProbeResult, RouterProbeResult
 from hacontrol.flavors.base import FlavorName, IoState, NodeStatus, ReplicationStatus, SemiSync
 from hacontrol.jsonlog import JsonLog
 from hacontrol.routing import Membership
@@ -89,6 +89,28 @@ def down(node: str, at: float = 1.0, error: str = "timeout after 0.8 s") -> Prob
 
 def router(writers=("node1",), readers=("node1", "node2", "node3"), broken=(), hidden=(), at=1.0):
     return RouterProbeResult("haproxy", at, Membership.of(writers, readers, broken, hidden))
+
+
+def lock(
+    node: str,
+    at: float = 1.0,
+    *,
+    session: int | None = 7,
+    leader: int | None = None,
+    primary: int | None = None,
+    error: str | None = None,
+    jitter: float = 0.0,
+) -> LeaseObserved:
+    """A round trip on this instance's lease session (``session``) to ``node``: ``leader`` and
+    ``primary`` hold the two locks (7 is this instance's session: ``leader=7`` means held)."""
+    if error is not None:
+        return LeaseObserved(node, at, None, None, None, error, jitter=jitter)
+    return LeaseObserved(node, at, session, leader, primary, jitter=jitter)
+
+
+def fleet(**overrides: object) -> Settings:
+    """Settings of an instance of a fleet: fleet on, the lease defaults (W 2, K 0.5, V 1.5)."""
+    return settings(controller={"fleet": True, "instance_id": "i1"}, **overrides)
 
 
 class MemoryLog:

@@ -326,6 +326,7 @@ def test_journal_round_trips_every_action_type():
         Hook,
         Notify,
         Promote,
+        Publish,
         Rejoin,
         Repoint,
         RequireReadOnly,
@@ -341,6 +342,7 @@ def test_journal_round_trips_every_action_type():
         RouteFence("node1", required=True),
         Drain("node1", 2.5),
         Route(Membership.of(["node2"], ["node2", "node3"], ["node1"], ["node4"]), False, True),
+        Route(Membership.of([], ["node3"], ["node1"]), no_writer=True),
         WaitApplied("node2", 5.0),
         Promote("node2", "node1", finish_half_done=True),
         Repoint(("node3", "node4"), "node2"),
@@ -351,10 +353,11 @@ def test_journal_round_trips_every_action_type():
         CatchUp("node2", "node1", 10.0),
         SetWritable("node1", True, semi_sync_source=True),
         RequireReadOnly("node2"),
+        Publish("node2"),
         Hook("pre_failover", (("phase", "pre_failover"), ("old_primary", "node1")), True),
         Notify(AlertKind.FAILOVER, "node1", "s", "r", (("candidates", "table"),)),
     ]
-    assert {type(a) for a in examples} == set(get_args(Action))  # every type, once
+    assert {type(a) for a in examples} == set(get_args(Action))  # every type
     for action in examples:
         restored = action_from_json(json.loads(json.dumps(action_to_json(action))))
         assert restored == action

@@ -544,7 +544,7 @@ def test_paused_withholds_the_change_but_alerts_once():
 
 
 def test_a_follower_routes_but_never_fails_over():
-    follower = Lease(leader=False, reason="the lease is held by another instance")
+    follower = Lease(fleet=True, reason="the lease is held by another instance")
     _, effects = steps(replace(dead(), lease=follower), Tick(NOW))
     assert not of(effects, StartPlan)
     assert lines(effects, "decision")[0].fields["rule"] == "NotLeader"
@@ -610,7 +610,7 @@ def test_every_alert_condition_says_what_keeps_it_alive():
 # ---------------------------------------------------------------------------------------------
 # The leader-only gate: a follower only routes
 
-FOLLOWER = Lease(leader=False, reason="the lease is held by another instance")
+FOLLOWER = Lease(fleet=True, reason="the lease is held by another instance")
 
 
 @pytest.mark.parametrize(

@@ -154,20 +154,40 @@ def missing_from(view: ClusterView, best: str, dead: str) -> str | None:
             except ValueError:
                 return "relay logs of the replicas diverge"
     gaps = []
-    for name in view.replicas_of(dead):
+    detached = orphans(view, dead)
+    for name in (*view.replicas_of(dead), *detached):
         node = view.nodes[name]
         if name == best or not node.reachable:
             continue
         theirs = holdings(node)
         if theirs is None:
             gaps.append(f"{name}: unreadable")
-        elif (
-            theirs.flavor == mine.flavor
-            and from_primary is not None
-            and (extra := (theirs & from_primary) - mine)
-        ):
-            gaps.append(f"{name} has {extra}")
+            continue
+        if theirs.flavor != mine.flavor:
+            continue
+        # A detached node's relay log is gone (a promotion cut after its reset): all it holds
+        # counts, not only what the replicas still show of the primary.
+        ours = theirs if name in detached else (theirs & from_primary if from_primary else None)
+        if ours is not None and (extra := ours - mine):
+            gaps.append(
+                f"{name} {'(replicating from nobody) ' if name in detached else ''}has {extra}"
+            )
     return "; ".join(gaps) or None
+
+
+def orphans(view: ClusterView, dead: str) -> tuple[str, ...]:
+    """Reachable read-only nodes that replicate from nobody: a promotion cut halfway (its
+    replication reset, still read-only) or a node an operator detached. What they hold
+    counts too: promoting a replica that lacks it would lose it."""
+    return tuple(
+        name
+        for name, node in view.nodes.items()
+        if name != dead
+        and node.reachable
+        and node.status is not None
+        and node.status.read_only
+        and not node.status.replication
+    )
 
 
 def hooks(

@@ -88,8 +88,8 @@ def planned(model: Model, cmd: OperatorCommand, settings: Settings, now: float) 
         plan, view = (outcome, view) if isinstance(outcome, str) else outcome
     else:
         plan = plan_switchover(model.view, model.state, settings, cmd.node, now)
-    if not isinstance(plan, str) and not model.lease.allows(plan):
-        plan = f"not the leader ({model.lease.reason})"
+    if not isinstance(plan, str) and not model.lease.allows(plan, now):
+        plan = f"not the leader ({model.lease.reason}); ask the leader"
     if not isinstance(plan, str) and (withheld := refusal(plan, model.state.journal)):
         plan = withheld.reason
     if isinstance(plan, str):

@@ -19,6 +19,7 @@ from hacontrol.plan import (
     Plan,
     PlanKind,
     Promote,
+    Publish,
     Repoint,
     Route,
     RouteFence,
@@ -192,6 +193,8 @@ def failover(
         SetIOThreads(replicas, running=False),
         WaitApplied(best, settings.failover.apply_timeout),
         Promote(best, dead),
+        # A fleet's routers follow the leader's publication: published first, then routed.
+        *((Publish(best),) if settings.controller.fleet else ()),
         # Writers first: semi-sync on the new primary holds its first commits until a
         # repointed replica acknowledges, so nothing acknowledged can be lost meanwhile.
         # Past the promotion the database side is done: a router that cannot be updated now

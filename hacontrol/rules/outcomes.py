@@ -86,10 +86,18 @@ def after(
     """The state after a plan's outcome, and the alerts a failure sends."""
     if event.ok:
         return state, unrouted_promotion(event, plan)
+    if event.lease_lost:  # no halt: the next leader starts from the live topology
+        return (
+            without_failover(state, event, plan) if event.kind == PlanKind.FAILOVER else state
+        ), ()
     if event.kind == PlanKind.FAILOVER:
         return failover_failed(state, event, plan, now)
     if event.kind == PlanKind.ROUTE:
         return replace(state, route_retry_at=now + 2 * settings.probes.interval), ()
+    if event.kind == PlanKind.PUBLISH and plan is not None and plan.actions:
+        node = plan.actions[0].targets()[0]
+        retry_at = {**state.retry_at, (PlanKind.PUBLISH, node): now + 2 * settings.probes.interval}
+        return replace(state, retry_at=retry_at), ()
     kind = PlanKind(event.kind)
     node = next((n for a in plan.actions for n in a.targets()), None) if plan else None
     if kind not in RETRIED or node is None:
@@ -138,13 +146,21 @@ def failover_failed(
     """Halt until an operator acknowledges. Nothing promoted: the dead primary is not an "old"
     primary, and no recovery block applies; the halt decides what happens next."""
     reason = f"failover stopped: {event.reason}"
-    state = replace(state, halt=Halt("FailoverFailed", reason, now))
-    promote = plan.promote if plan else None
-    if event.promoted is None and promote is not None:
-        quarantined = {k: v for k, v in state.quarantined.items() if k != promote.old_primary}
-        state = replace(state, quarantined=quarantined, blocked_until=None)
+    state = without_failover(replace(state, halt=Halt("FailoverFailed", reason, now)), event, plan)
     alert = Notify(AlertKind.HALT, None, "HALT: failover failed", reason)
     return state, (SendAlert(alert, Plan("FailoverFailed", reason, kind=PlanKind.HALT), True),)
+
+
+def without_failover(
+    state: ControllerState, event: PlanFinished, plan: Plan | None
+) -> ControllerState:
+    """A failover that promoted nothing: its dead primary is no "old" primary, and no
+    recovery block applies."""
+    promote = plan.promote if plan else None
+    if event.promoted is not None or promote is None:
+        return state
+    quarantined = {k: v for k, v in state.quarantined.items() if k != promote.old_primary}
+    return replace(state, quarantined=quarantined, blocked_until=None)
 
 
 def reply_outcome(running: Running, event: PlanFinished) -> tuple[Effect, ...]:

@@ -15,6 +15,7 @@ from hacontrol.plan import (
     Plan,
     PlanKind,
     Promote,
+    Publish,
     Rejoin,
     Repoint,
     Route,
@@ -126,6 +127,7 @@ def switchover(
         Fence(old),
         CatchUp(new, old, deadline),
         Promote(new, old),
+        *((Publish(new),) if settings.controller.fleet else ()),  # the fleet's routers follow
         # Writers first; semi-sync holds commits until a replica acknowledges. Past the
         # promotion a router that cannot be updated stops nothing: the old primary is fenced,
         # the replicas follow the new one, and the routing rule moves the writer when the

@@ -23,7 +23,7 @@ from hacontrol.rules.lifecycle import log_decision, start
 from hacontrol.view import Code
 
 
-def may_resume(model: Model, decided: Plan) -> bool:
+def may_resume(model: Model, decided: Plan, now: float) -> bool:
     """Once the view allows a decision, and only on the leader: finishing, rolling back or
     abandoning a plan that changes nodes is the leader's (a follower keeps the intent)."""
     return (
@@ -31,7 +31,7 @@ def may_resume(model: Model, decided: Plan) -> bool:
         and decided.rule != "StartupGrace"
         and model.view.quorum.ok
         and not model.state.paused
-        and model.lease.allows(model.resume.plan)
+        and model.lease.allows(model.resume.plan, now)
     )
 
 

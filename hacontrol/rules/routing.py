@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from hacontrol import gtid
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision
-from hacontrol.plan import AlertKind, Notify, Plan, PlanKind, Route
+from hacontrol.plan import AlertKind, Notify, Plan, PlanKind, Publish, Route
 from hacontrol.routing import Membership
 from hacontrol.rules.alerts import alert_once
-from hacontrol.rules.candidates import executed, topology_text
+from hacontrol.rules.candidates import executed, holdings, topology_text
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Health, hidden_nodes, link_alive
 
@@ -43,13 +43,25 @@ def reader_ok(
 def desired_membership(
     view: ClusterView, state: ControllerState, settings: Settings
 ) -> Membership | None:
-    """Where every managed node should be routed, or None when no primary can be named."""
+    """Where every managed node should be routed, or None when no primary can be named.
+
+    A fleet's instance routes its writer to the primary the leader publishes instead
+    (``fleet_membership``)."""
+    if settings.controller.fleet:
+        return fleet_membership(view, state, settings)
     primary = view.primary
     if primary is None or not view.nodes[primary].reachable or primary in state.quarantined:
         return None
     status = view.nodes[primary].status
     if status is None or status.read_only:
         return None
+    return around(view, state, settings, primary)
+
+
+def around(
+    view: ClusterView, state: ControllerState, settings: Settings, primary: str
+) -> Membership:
+    """``primary`` the writer, the replicas healthy under it readers, the others broken."""
     hidden = hidden_nodes(view)
     readers = {primary} if settings.router.primary_is_reader else set()
     broken: set[str] = set()
@@ -64,6 +76,53 @@ def desired_membership(
         )
         (readers if ok else broken).add(name)
     return Membership.of([primary], readers, broken, hidden)
+
+
+def fleet_writer(view: ClusterView, state: ControllerState) -> tuple[str | None, str]:
+    """The writer of every instance's router in a fleet, and why.
+
+    The node carrying the leader's publication (its primary lock on the session of its leader
+    lock). With no publication (the leader died or lost its lease, and no new one has
+    published yet): the router's current writer while it is still, by this instance's own
+    probes, the primary, writable and reachable (routers keep routing through a takeover);
+    otherwise nobody: writes wait, never to a stale primary."""
+    if view.published is not None:
+        return view.published, f"the leader publishes {view.published}"
+    membership = view.router.membership
+    current = membership.writer if membership is not None else None
+    node = view.nodes.get(current) if current is not None else None
+    if (
+        current is not None
+        and node is not None
+        and current == view.primary
+        and node.reachable
+        and node.status is not None
+        and not node.status.read_only
+        and current not in state.quarantined
+    ):
+        return current, f"nobody publishes; {current} is still the writable primary here"
+    return None, "nobody publishes the primary, and the router's writer is not the primary"
+
+
+def fleet_membership(
+    view: ClusterView, state: ControllerState, settings: Settings
+) -> Membership | None:
+    """A fleet instance's router: the writer from ``fleet_writer``; with none, the current
+    membership without its writers (reads go on); None when the router is unknown."""
+    writer, _ = fleet_writer(view, state)
+    if writer is not None:
+        return around(view, state, settings, writer)
+    current = view.router.membership
+    if current is None:
+        return None
+    unreachable = {n for n, node in view.nodes.items() if not node.reachable}
+    hidden = current.hidden | view.maintenance
+    return Membership(
+        frozenset(),
+        current.readers - current.writers - unreachable - hidden,
+        (current.broken | current.writers | (current.readers & unreachable)) - hidden,
+        hidden,
+    )
 
 
 def routing_differs(current: Membership | None, desired: Membership) -> bool:
@@ -111,28 +170,86 @@ def rule_route(
         return None
     if not routing_differs(current, desired):
         return None
-    (new,) = desired.writers
-    if current.writers != desired.writers and (
-        why := writer_change_problem(view, state, current, new)
-    ):
-        plan = Plan(
-            "RouterWriterMismatch",
-            f"not moving the router's writer "
-            f"{sorted(current.writers)} to {new}: {why}; an operator must decide",
-            kind=PlanKind.ALERT,
-        )
-        alert = Notify(
-            AlertKind.ROUTER_WRITER_MISMATCH,
-            new,
-            "router writer differs from the primary",
-            plan.reason,
-            (("topology", topology_text(view)),),
-        )
-        return alert_once(state, AlertKey(Condition.WRITER_MISMATCH, new), plan, alert)
+    fleet = settings.controller.fleet
+    if not fleet and current.writers != desired.writers:
+        (new,) = desired.writers
+        if why := writer_change_problem(view, state, current, new):
+            return writer_mismatch(view, state, current, new, why)
     writers = sorted(current.writers) if current else "unknown"
     readers = sorted(current.readers) if current else "unknown"
     reason = (
         f"router differs from the topology: writers {writers} -> "
         f"{sorted(desired.writers)}, readers {readers} -> {sorted(desired.readers)}"
     )
-    return Decision(Plan("RouteReconcile", reason, (Route(desired),), kind=PlanKind.ROUTE), state)
+    if fleet:
+        reason += f" ({fleet_writer(view, state)[1]})"
+    route = Route(desired, no_writer=not desired.writers)
+    return Decision(Plan("RouteReconcile", reason, (route,), kind=PlanKind.ROUTE), state)
+
+
+def writer_mismatch(
+    view: ClusterView, state: ControllerState, current: Membership, new: str, why: str
+) -> Decision:
+    plan = Plan(
+        "RouterWriterMismatch",
+        f"not moving the router's writer "
+        f"{sorted(current.writers)} to {new}: {why}; an operator must decide",
+        kind=PlanKind.ALERT,
+    )
+    alert = Notify(
+        AlertKind.ROUTER_WRITER_MISMATCH,
+        new,
+        "router writer differs from the primary",
+        plan.reason,
+        (("topology", topology_text(view)),),
+    )
+    return alert_once(state, AlertKey(Condition.WRITER_MISMATCH, new), plan, alert)
+
+
+def rule_publish(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
+    """Fleet: the leader publishes the primary it sees when no node carries its publication:
+    at a fleet's start, after a takeover, after a failed publication. Only a writable
+    primary, not an old one, and only when no other reachable node holds a transaction it
+    lacks (a half-done failover left behind is then an operator's call)."""
+    primary = view.primary
+    if not settings.controller.fleet or primary is None or view.published == primary:
+        return None
+    node = view.nodes[primary]
+    if (
+        not node.reachable
+        or node.status is None
+        or node.status.read_only
+        or primary in state.quarantined
+        or now < state.retry_at.get((PlanKind.PUBLISH, primary), 0.0)
+    ):
+        return None
+    if ahead := ahead_of(view, state, primary):
+        plan = Plan(
+            "PublishRefused",
+            f"not publishing {primary} as the primary: {ahead} (an operator must decide)",
+            kind=PlanKind.ALERT,
+        )
+        alert = Notify(AlertKind.NO_PRIMARY, primary, "primary not published", plan.reason)
+        return alert_once(state, AlertKey(Condition.NO_PRIMARY, primary), plan, alert)
+    was = f", in place of {view.published}" if view.published else ""
+    reason = f"publishing {primary}, the writable primary, to every router of the fleet{was}"
+    return Decision(Plan("PublishPrimary", reason, (Publish(primary),), PlanKind.PUBLISH), state)
+
+
+def ahead_of(view: ClusterView, state: ControllerState, primary: str) -> str | None:
+    """Which reachable node (an old primary aside) holds transactions ``primary`` has not
+    executed, or None."""
+    theirs = executed(view.nodes[primary].status)
+    if theirs is None:
+        return f"{primary}'s transactions unreadable"
+    for name, node in sorted(view.nodes.items()):
+        if name == primary or not node.reachable or name in state.quarantined:
+            continue
+        mine = holdings(node)
+        if mine is None:
+            return f"{name}'s transactions unreadable"
+        if mine.flavor == theirs.flavor and (extra := mine - theirs):
+            return f"{name} has {extra}, which {primary} lacks"
+    return None

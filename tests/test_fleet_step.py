@@ -1,0 +1,259 @@
+"""A fleet's instance, step by step with plain values: the leader gate on every plan that
+changes nodes, followers routing from the leader's publication, the leader publishing, the
+takeover wait, a failover seen by a follower, alerts left to the leader, commands refused,
+a plan stopped by a lost lease. No database, no loop, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hacontrol.effects import EndIntent, Log, Reprobe, SendAlert, SetLeaseMode, StartPlan
+from hacontrol.events import OperatorCommand, PlanFinished, ProbeResult, Tick
+from hacontrol.flavors.base import IoState
+from hacontrol.model import Intent, Lease, LeaseMode, Model
+from hacontrol.plan import Plan, PlanKind, Promote, Publish, Route
+from hacontrol.rules.lease import lease_step
+from hacontrol.step import boot, step
+from hacontrol.view import initial
+from tests.factories import channel, down, fleet, lock, primary, replica, router, status
+from tests.support import fold_all
+
+F = fleet()
+V = F.lease.validity
+NOW = 100.0
+MINE, OTHER = 7, 99
+DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "refused"}
+
+
+def healthy_round(at: float, writers=("node1",)) -> list:
+    return [primary(at=at), replica("node2", at), replica("node3", at), router(writers, at=at)]
+
+
+def dead_round(at: float) -> list:
+    return [down("node1", at), replica("node2", at, **DEAD_IO), replica("node3", at, **DEAD_IO)]
+
+
+def locks(at: float, leader: int | None, published: str | None = None, nodes=None) -> list:
+    names = nodes or ("node1", "node2", "node3")
+    return [lock(n, at, leader=leader, primary=leader if n == published else None) for n in names]
+
+
+LEADER = Lease(
+    fleet=True, mode=LeaseMode.ACQUIRE, leader_since=1.0, ready_at=1.0 + V, reprobed=True
+)
+FOLLOWER = Lease(fleet=True, mode=LeaseMode.HOLD, reason="following: another instance leads")
+
+
+def model(*rounds, lease: Lease = FOLLOWER) -> Model:
+    return Model(fold_all(F, *rounds), lease=lease)
+
+
+def healthy(lease: Lease = FOLLOWER, held=OTHER, published="node1", writers=("node1",)) -> Model:
+    rounds = [healthy_round(t, writers) for t in (1.0, 2.0, 3.0)]
+    return model(*rounds, locks(NOW - 0.1, held, published), lease=lease)
+
+
+def dead(lease: Lease = FOLLOWER, held=OTHER, published: str | None = None) -> Model:
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)] + [dead_round(t) for t in (4, 5, 6)]
+    alive = ("node2", "node3")
+    return model(*rounds, locks(NOW - 0.1, held, published, alive), lease=lease)
+
+
+def run(m: Model, *events, now: float = NOW) -> tuple[Model, list]:
+    out: list = []
+    for event in events:
+        m, effects = step(m, event, F, now)
+        out += effects
+    return m, out
+
+
+def started(effects: list) -> list[Plan]:
+    return [e.running.plan for e in effects if isinstance(e, StartPlan)]
+
+
+def lines(effects: list, event: str) -> list[Log]:
+    return [e for e in effects if isinstance(e, Log) and e.event == event]
+
+
+# ---------------------------------------------------------------------------------------------
+# Followers
+
+
+def test_a_follower_never_fails_over_and_takes_the_dead_writer_out_of_its_router():
+    m, effects = run(dead(), Tick(NOW))
+    (plan,) = started(effects)
+    assert plan.rule == "RouteReconcile" and not plan.changes_nodes
+    (route,) = plan.actions
+    assert isinstance(route, Route) and route.no_writer
+    assert route.desired.writers == set() and "node1" in route.desired.broken
+    assert route.desired.readers == {"node2", "node3"}  # reads go on
+    assert "nobody publishes" in plan.reason
+    _, effects = run(
+        replace(
+            m,
+            running=None,
+            view=replace(m.view, router=replace(m.view.router, membership=route.desired)),
+        ),
+        Tick(NOW + 1),
+    )
+    decision = lines(effects, "decision")[0].fields
+    assert decision["rule"] == "NotLeader" and "DeadPrimary" in decision["reason"]
+
+
+def test_a_follower_routes_its_writer_to_the_published_primary():
+    m = healthy(published="node2", writers=("node1",))
+    _, effects = run(m, Tick(NOW))
+    (plan,) = started(effects)
+    (route,) = plan.actions
+    assert route.desired.writers == {"node2"} and not route.no_writer
+    assert "the leader publishes node2" in plan.reason
+
+
+def test_with_nobody_publishing_a_router_keeps_a_writer_that_is_still_the_primary():
+    m = healthy(published=None)
+    _, effects = run(m, Tick(NOW))
+    assert not started(effects)  # routers keep routing through a takeover
+
+
+def test_two_publications_at_once_route_to_nobody_new():
+    m = model(
+        *[healthy_round(t, writers=()) for t in (1.0, 2.0, 3.0)],
+        [lock("node1", NOW, leader=OTHER, primary=OTHER), lock("node2", NOW, leader=5, primary=5)],
+    )
+    assert m.view.published is None
+    _, effects = run(m, Tick(NOW))
+    assert not started(effects)  # no writer before, none after
+
+
+def test_a_follower_remembers_the_leaders_failover_as_the_leader_did():
+    m = dead()
+    promoted = [
+        down("node1", 7.0),
+        primary("node2", 7.0),
+        replica("node3", 7.0, source="node2"),
+    ]
+    m, effects = run(m, *promoted)
+    (seen,) = lines(effects, "failover_seen")
+    assert seen.node == "node1" and seen.fields["new_primary"] == "node2"
+    q = m.state.quarantined["node1"]
+    assert q.new_primary == "node2" and m.state.blocked_until == NOW + F.failover.recovery_block
+
+
+def test_a_follower_leaves_alerts_to_the_leader_but_alerts_when_nobody_leads():
+    no_quorum = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    no_quorum += [[down("node2", t), down("node3", t)] for t in (4, 5, 6)]
+    seen = model(*no_quorum, locks(NOW, OTHER, "node1"))
+    _, effects = run(seen, Tick(NOW))
+    assert not [e for e in effects if isinstance(e, SendAlert)]
+    assert lines(effects, "alert_left_to_leader")
+    alone = model(*no_quorum, locks(NOW, None, None, ("node1",)))
+    _, effects = run(alone, Tick(NOW))
+    (alert,) = [e for e in effects if isinstance(e, SendAlert)]
+    assert alert.alert.kind == "no_quorum"
+
+
+def test_a_follower_refuses_a_switchover():
+    _, effects = run(healthy(), OperatorCommand(NOW, "switchover", "node2"))
+    (answer,) = lines(effects, "operator_answer")
+    assert not answer.fields["ok"] and "not the leader" in answer.fields["message"]
+    assert not started(effects)
+
+
+# ---------------------------------------------------------------------------------------------
+# The leader
+
+
+def test_the_leader_publishes_the_primary_nobody_publishes():
+    _, effects = run(healthy(LEADER, held=MINE, published=None), Tick(NOW))
+    (plan,) = started(effects)
+    assert plan.rule == "PublishPrimary" and plan.actions == (Publish("node1"),)
+    assert plan.kind is PlanKind.PUBLISH
+
+
+def test_the_leader_does_not_publish_a_primary_another_node_is_ahead_of():
+    def ahead(t: float) -> list:
+        errant = status(3, read_only=True, gtid="0-1-100,1-3-5", replication=(channel(),))
+        return [primary(at=t), replica("node2", t), ProbeResult("node3", t, 0.001, errant)]
+
+    rounds = [[*ahead(t), router(at=t)] for t in (1.0, 2.0, 3.0)]
+    m = model(*rounds, locks(NOW - 0.1, MINE, None), lease=LEADER)
+    m, effects = run(m, Tick(NOW))
+    assert not started(effects)
+    (alert,) = [e for e in effects if isinstance(e, SendAlert)]
+    assert "node3 has 1-3-5" in alert.alert.reason
+
+
+def test_the_leaders_failover_publishes_the_new_primary_before_routing_to_it():
+    _, effects = run(dead(LEADER, held=MINE), Tick(NOW))
+    (plan,) = started(effects)
+    kinds = [type(a).__name__ for a in plan.actions]
+    assert kinds.index("Promote") < kinds.index("Publish") < kinds.index("Route")
+    promote = next(a for a in plan.actions if isinstance(a, Promote))
+    assert Publish(promote.node) in plan.actions
+
+
+def test_a_new_leader_waits_v_then_fresh_probes_before_its_first_change():
+    m = dead(Lease(fleet=True, mode=LeaseMode.ACQUIRE), held=MINE)
+    unrouted = replace(
+        m.view.router,
+        membership=m.view.router.membership.__class__.of([], ["node2", "node3"], ["node1"]),
+    )
+    m = replace(m, view=replace(m.view, router=unrouted))  # as a follower had left it
+    m, effects = run(m, Tick(NOW))
+    assert m.lease.leader_since == NOW and not started(effects)
+    assert "taking over: acting in" in lines(effects, "decision")[0].fields["reason"]
+    m, _ = run(m, *locks(NOW + 0.5, MINE, None, ("node2", "node3")), now=NOW + 0.5)
+    m, effects = run(m, *locks(NOW + 1.0, MINE, None, ("node2", "node3")), now=NOW + 1.0)
+    assert not started(effects)
+    m, effects = run(m, Tick(NOW + V), now=NOW + V)
+    assert Reprobe(frozenset({"node1", "node2", "node3"})) in effects
+    assert not started(effects) and m.lease.unprobed
+    m, effects = run(m, *dead_round(NOW + V), now=NOW + V + 0.05)
+    (plan,) = started(effects)
+    assert plan.kind is PlanKind.FAILOVER
+
+
+def test_a_plan_stopped_by_a_lost_lease_does_not_halt_and_steps_down():
+    m, effects = run(dead(LEADER, held=MINE), Tick(NOW))
+    (plan,) = started(effects)
+    assert m.running is not None
+    stopped = PlanFinished(
+        NOW + 0.5,
+        m.running.plan_id,
+        plan.rule,
+        plan.kind,
+        False,
+        "Promote: lease: holds no valid majority",
+        5,
+        (),
+        0.5,
+        lease_lost=True,
+    )
+    m, effects = run(m, stopped, now=NOW + 0.5)
+    assert m.state.halt is None and "node1" not in m.state.quarantined
+    assert m.lease.mode is LeaseMode.RELEASE and not m.lease.leader
+    assert SetLeaseMode(LeaseMode.RELEASE) in effects
+    assert "stepping down" in lines(effects, "lease")[0].fields["reason"]
+
+
+def test_in_a_fleet_an_unfinished_journal_plan_is_left_to_the_live_topology():
+    intent = Intent("failover-1", Plan("DeadPrimary", "r", (Promote("node2", "node1"),)))
+    model_, effects = boot(
+        initial(F),
+        F,
+        kept=None,
+        unfinished=intent,
+        acknowledge_block=False,
+        paused=False,
+        acting=True,
+        wall_offset=0.0,
+    )
+    assert model_.resume is None
+    assert EndIntent("failover-1", "fleet: the live topology decides") in effects
+    assert model_.lease.fleet and not model_.lease.leader
+
+
+def test_the_lease_rules_are_off_for_a_single_instance():
+    lease, effects = lease_step(Lease(), fold_all(F, locks(NOW, OTHER)), F, NOW)
+    assert lease.acting(NOW) and effects == ()
