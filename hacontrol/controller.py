@@ -26,15 +26,17 @@ from hacontrol.effects import (
     Reply,
     Reprobe,
     SendAlert,
+    SetLeaseMode,
     StartPlan,
 )
 from hacontrol.events import CallerGone, Event, JournalStatus, PlanFinished, ProbeResult, Stop
 from hacontrol.journal import Journal, JournalUnwritable, Space, state_from_json, state_to_json
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
-from hacontrol.model import ControllerState, Running
+from hacontrol.model import ControllerState, LeaseMode, Running
 from hacontrol.plan import Notify, Plan
 from hacontrol.rules.commands import STOPPING, farewell
+from hacontrol.rules.lease import held_until
 from hacontrol.rules.lifecycle import unreported
 from hacontrol.settings import Settings
 from hacontrol.step import boot, step
@@ -73,8 +75,10 @@ class Controller:
         metrics: Metrics | None = None,
         paused: bool = False,
         journal_check_every: float = JOURNAL_CHECK_EVERY,
+        lease_mode: Callable[[LeaseMode], None] = lambda mode: None,
     ) -> None:
         self.settings, self.log, self.queue = settings, log, queue
+        self._lease_mode = lease_mode
         self.executor, self.journal, self.metrics = executor, journal, metrics
         self._reprobe, self._clock, self._wall = reprobe, clock, wall_clock
         self._task: asyncio.Task[None] | None = None
@@ -182,6 +186,14 @@ class Controller:
         if self.metrics is not None:
             self.metrics.observe_view(self.model.view)
             self.metrics.set_halt(self.model.state.halt is not None)
+            lease = self.model.lease
+            held = held_until(self.model.view, self.settings)
+            self.metrics.observe_lease(
+                self.settings.controller.instance_id,
+                lease.leader,
+                lease.changes,
+                {n: held.get(n, 0.0) > now for n in self.model.view.nodes} if lease.fleet else {},
+            )
         self._perform(effects)
 
     # -- effects -------------------------------------------------------------------------------
@@ -209,6 +221,8 @@ class Controller:
                 case RecordPlan(finished=finished, detect_seconds=seconds):
                     if self.metrics is not None:
                         self.metrics.observe_plan(finished, seconds)
+                case SetLeaseMode(mode=mode):
+                    self._lease_mode(mode)
 
     # -- the journal ----------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from hacontrol.flavors.base import NodeStatus
 from hacontrol.journal import Journal, JournalUnwritable
 from hacontrol.jsonlog import JsonLog
 from hacontrol.plan import (
+    LEASE_LOST,
     Action,
     ActionResult,
     CatchUp,
@@ -41,6 +42,7 @@ from hacontrol.plan import (
     Plan,
     PlanKind,
     Promote,
+    Publish,
     Rejoin,
     Repoint,
     RequireReadOnly,
@@ -53,6 +55,7 @@ from hacontrol.plan import (
 from hacontrol.routing import Router, fenced
 from hacontrol.rules.candidates import topology_text
 from hacontrol.rules.journal import goes_on_without_journal
+from hacontrol.rules.lease import describe, holds_majority
 from hacontrol.rules.rollback import rollback_actions
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView
@@ -100,6 +103,12 @@ class NodeActions(Protocol):
     ) -> ActionResult: ...
 
 
+class Publisher(Protocol):
+    """The lease edge's part in a plan (``probes.lease.LeaseKeeper``; a fake in tests)."""
+
+    async def publish(self, node: str, timeout: float) -> ActionResult: ...
+
+
 @dataclass
 class _Run:
     """What one run of one plan knows while it runs; never outlives it."""
@@ -118,6 +127,8 @@ class _Run:
     """Its Promote is done (in this run, or before a restart)."""
     stop: str | None = None
     """Why it stops before its next step (a journal record it could not write)."""
+    lease_lost: bool = False
+    """A step was refused: this instance no longer held the fleet's lease."""
 
 
 class Executor:
@@ -134,6 +145,7 @@ class Executor:
         clock: Callable[[], float] = time.monotonic,
         fault_after: str | None = None,
         hooks: HookRunner | None = None,
+        lease: Publisher | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
@@ -142,6 +154,7 @@ class Executor:
         self.notifier = notifier
         self.journal = journal
         self.hooks = hooks
+        self.lease = lease
         self._view = view
         self._clock = clock
         self._fault_after = fault_after
@@ -161,6 +174,7 @@ class Executor:
             CatchUp: self._catch_up,
             SetWritable: self._set_writable,
             RequireReadOnly: self._require_read_only,
+            Publish: self._publish,
             Hook: self._hook,
             Notify: self._notify_step,
         }
@@ -198,7 +212,12 @@ class Executor:
                     if run.stop is not None
                     else f"{steps[-1].action} failed: {steps[-1].reason}"
                 )
-                undo = rollback_actions(plan, failed_at, run.stopped_io, reason)
+                # A lost lease: the next leader reconciles from the live topology, not this one.
+                undo = (
+                    ()
+                    if run.lease_lost
+                    else rollback_actions(plan, failed_at, run.stopped_io, reason)
+                )
             if undo:
                 reason = f"rolled back ({await self._rollback(run, undo)}) after {reason}"
             await self._end(run, ok, reason)
@@ -225,7 +244,8 @@ class Executor:
                 return index
             step = await self._step(run, index, action)
             steps.append(step)
-            if not step.ok and action.required:
+            run.lease_lost = run.lease_lost or bool(step.detail.get(LEASE_LOST))
+            if not step.ok and (action.required or run.lease_lost):
                 return index
         return None
 
@@ -292,6 +312,7 @@ class Executor:
             touched=frozenset(n for a in ran for n in a.targets()),
             routed=any(a.routes for a in ran),
             rolled_back=rolled_back,
+            lease_lost=run.lease_lost,
         )
 
     async def _step(self, run: _Run, index: int, action: Action) -> ActionResult:
@@ -323,9 +344,26 @@ class Executor:
             _crash_for_test(self.log, name)
         return step
 
+    def lease_problem(self, action: Action) -> str | None:
+        """Why this instance may not run ``action`` now, or None. In a fleet an action on a
+        node runs only while this instance holds the leader lock on a majority that stays
+        valid at least ``lease.margin`` longer; each statement it sends is checked again
+        (``actions.mysql``)."""
+        settings = self.settings
+        if not settings.controller.fleet or not action.targets():
+            return None
+        view, now = self._view(), self._clock()
+        if holds_majority(view, settings, now, settings.lease.margin):
+            return None
+        where = describe(view, settings, now)
+        return f"lease: this instance no longer holds a valid majority ({where})"
+
     async def _attempt(self, run: _Run, action: Action, *, deadline: bool) -> ActionResult:
-        """The action under the plan's deadline (before its point of no return)."""
+        """The action under the plan's deadline (before its point of no return), if the
+        lease allows it."""
         plan = run.plan
+        if problem := self.lease_problem(action):
+            return ActionResult("", None, False, False, problem, {LEASE_LOST: True})
         try:
             if plan.deadline is None or not deadline:
                 return await self._do(action, run)
@@ -344,6 +382,8 @@ class Executor:
         failed guard (RequireReadOnly) stops it."""
         results = []
         for action in actions:
+            if problem := self.lease_problem(action):
+                return f"NOT rolled back: {problem}"
             try:
                 result = await self._do(action, run)
             except Exception as exc:
@@ -405,7 +445,11 @@ class Executor:
     async def _route(self, action: Route, run: _Run) -> ActionResult:
         if self.router is None:
             return _done("no router")
-        changed = await self.router.apply(action.desired, allow_hidden_change=action.hidden_change)
+        changed = await self.router.apply(
+            action.desired,
+            allow_no_writer=action.no_writer,
+            allow_hidden_change=action.hidden_change,
+        )
         return _done(f"router: {action.desired.to_json()}", changed)
 
     async def _set_io_threads(self, action: SetIOThreads, run: _Run) -> ActionResult:
@@ -469,6 +513,11 @@ class Executor:
     async def _rejoin(self, action: Rejoin, run: _Run) -> ActionResult:
         src = self.settings.node(action.new_primary)
         return await self.mysql.rejoin(action.node, src.host, src.port, self._timeout)
+
+    async def _publish(self, action: Publish, run: _Run) -> ActionResult:
+        if self.lease is None:
+            return _failed("no lease: this instance is not part of a fleet")
+        return await self.lease.publish(action.node, self._timeout)
 
     async def _hook(self, action: Hook, run: _Run) -> ActionResult:
         if self.hooks is None:

@@ -85,6 +85,7 @@ class Metrics:
         self._mail_source = mail
         self._mail: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._lag_nodes: set[str] = set()
+        self._lease_changes_seen = 0
         self._node_series()
         self._cluster_series()
         self._plan_series()
@@ -154,6 +155,24 @@ class Metrics:
             "hacontrol_queue_depth",
             "Events waiting for the decision task",
             ("cluster",),
+            registry=reg,
+        )
+        self._leader = Gauge(
+            "hacontrol_lease_leader",
+            "1 while this instance leads its fleet (always 1 for a single instance)",
+            ("cluster", "instance"),
+            registry=reg,
+        )
+        self._lease_changes = Counter(
+            "hacontrol_lease_changes",
+            "Times this instance took or lost the fleet's lease",
+            ("cluster", "instance"),
+            registry=reg,
+        )
+        self._locks = Gauge(
+            "hacontrol_lease_lock_held",
+            "1 for each node whose leader lock this instance holds (valid), else 0",
+            ("cluster", "instance", "node"),
             registry=reg,
         )
         self._halt = Gauge(
@@ -250,6 +269,19 @@ class Metrics:
     def observe_loop(self, lag_seconds: float, queue_depth: int) -> None:
         self._loop_lag.labels(self.cluster).observe(max(0.0, lag_seconds))
         self._queue.labels(self.cluster).set(queue_depth)
+
+    def observe_lease(
+        self, instance: str, leader: bool, changes: int, held: Mapping[str, bool]
+    ) -> None:
+        """The lease of this instance: leader or not, how often it changed, the locks held."""
+        c = self.cluster
+        self._leader.labels(c, instance).set(1 if leader else 0)
+        counter = self._lease_changes.labels(c, instance)
+        if changes > self._lease_changes_seen:
+            counter.inc(changes - self._lease_changes_seen)
+            self._lease_changes_seen = changes
+        for node, on in held.items():
+            self._locks.labels(c, instance, node).set(1 if on else 0)
 
     def set_halt(self, active: bool) -> None:
         self._halt.labels(self.cluster).set(1 if active else 0)

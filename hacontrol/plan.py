@@ -324,6 +324,10 @@ class Plan:
         return next((a for a in self.actions if isinstance(a, Promote)), None)
 
 
+LEASE_LOST = "lease_lost"
+"""``ActionResult.detail`` key: refused because this instance no longer held a fleet's lease."""
+
+
 @dataclass(frozen=True)
 class ActionResult:
     """What one action did: the one result type, from an action on one node (``actions/``)

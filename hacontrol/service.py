@@ -27,9 +27,11 @@ from hacontrol.journal import Journal
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
 from hacontrol.mysqlconn import endpoint_for
+from hacontrol.probes.lease import LeaseKeeper
 from hacontrol.probes.mysql import NodeProbe
 from hacontrol.probes.router import RouterProbe
 from hacontrol.routing import Router
+from hacontrol.rules.lease import majority_until
 from hacontrol.settings import Settings
 from hacontrol.status import controller_status
 from hacontrol.view import ClusterView, fold, initial
@@ -108,16 +110,23 @@ class Runtime:
         self.metrics = Metrics(settings.cluster.name, mail=self.notifier)
         self.api: ApiServer | None = None
         self.journal = Journal(settings.controller.journal)
+        fleet = settings.controller.fleet
+        self.lease = LeaseKeeper(settings, self.emit) if fleet else None
         self.executor = Executor(
             settings,
             log,
-            mysql=MySQLActions(settings, timeout=settings.failover.action_timeout),
+            mysql=MySQLActions(
+                settings,
+                timeout=settings.failover.action_timeout,
+                lease_until=self._lease_until if fleet else lambda: float("inf"),
+            ),
             router=self.router,
             notifier=self.notifier,
             journal=self.journal,
             view=lambda: self.controller.view,
             fault_after=os.environ.get("HACONTROL_TEST_CRASH_AFTER") or None,
             hooks=HookRunner(settings.hooks, log, cluster=settings.cluster.name),
+            lease=self.lease,
         )
         self.controller = Controller(
             settings,
@@ -129,12 +138,19 @@ class Runtime:
             acknowledge_block=acknowledge_block,
             metrics=self.metrics,
             paused=paused,
+            lease_mode=self.lease.set_mode if self.lease is not None else (lambda mode: None),
         )
         self._workers: list[asyncio.Task[None]] = []
         self._decision: asyncio.Task[None] | None = None
 
     def emit(self, event: Event) -> None:
         self.queue.put_nowait(event)
+
+    def _lease_until(self) -> float:
+        """Until when this instance holds its fleet's lease on a majority (the statement guard
+        of every node action)."""
+        until = majority_until(self.controller.view, self.settings)
+        return until if until is not None else float("-inf")
 
     # -- what the HTTP API sees (hacontrol.api.ControllerHandle) --------------------------------
 
@@ -187,10 +203,14 @@ class Runtime:
             loop=type(loop).__module__,
             probe_interval=settings.probes.interval,
             probe_timeout=settings.probes.timeout,
+            instance=settings.controller.instance_id,
+            fleet=settings.controller.fleet,
         )
         self._workers = [
             asyncio.create_task(p.run(), name=f"probe:{name}") for name, p in self.probes.items()
         ]
+        if self.lease is not None:
+            self._workers.append(asyncio.create_task(self.lease.run(), name="lease"))
         if self.router is not None:
             router_probe = RouterProbe(
                 self.router,
@@ -324,8 +344,11 @@ async def snapshot(settings: Settings) -> ClusterView:
     events: list[Event] = []
     probes = node_probes(one_shot, events.append, watch=False)
     router = build_router(one_shot)
+    lease = LeaseKeeper(one_shot, events.append) if settings.controller.fleet else None
     try:
         jobs = [p.probe() for p in probes.values()]
+        if lease is not None:  # who holds the fleet's locks (read only, nothing taken)
+            jobs += [lease.round(node.name) for node in settings.nodes]
         if router is not None:
             jobs.append(
                 RouterProbe(
@@ -334,6 +357,8 @@ async def snapshot(settings: Settings) -> ClusterView:
             )
         results = await asyncio.gather(*jobs)
     finally:
+        if lease is not None:
+            lease.close()
         for p in probes.values():
             await p.close()
         if router is not None:

@@ -9,8 +9,10 @@ from typing import Any
 from hacontrol.model import Model
 from hacontrol.routing import Role
 from hacontrol.rules.candidates import candidates
+from hacontrol.rules.lease import leader_seen, majority, valid_until
+from hacontrol.rules.routing import fleet_writer
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, NodeView
+from hacontrol.view import ClusterView, LockView, NodeView
 
 
 def to_json(view: ClusterView) -> dict[str, Any]:
@@ -64,6 +66,20 @@ def to_json(view: ClusterView) -> dict[str, Any]:
         },
         "nodes": nodes,
         "problems": [p.to_json() for p in view.problems],
+        "published_primary": view.published,
+        "locks": {name: lock_json(lock) for name, lock in view.locks.items()},
+    }
+
+
+def lock_json(lock: LockView) -> dict[str, Any]:
+    return {
+        "session": lock.session,
+        "leader_holder": lock.leader,
+        "leader_holder_address": lock.holder,
+        "primary_holder": lock.primary,
+        "held_by_this_instance": lock.held,
+        "publishes": lock.publishes,
+        "error": lock.error,
     }
 
 
@@ -99,6 +115,8 @@ def render_tree(view: ClusterView) -> str:
             placed.add(name)
     quorum = "ok" if view.quorum.ok else "LOST"
     lines.append(f"quorum: {quorum} ({view.quorum.describe()})")
+    if view.locks:
+        lines.append(f"fleet: {fleet_line(view)}")
     if view.router.kind != "none":
         state = view.router.error or "ok"
         lines.append(f"router: {view.router.kind} ({state})")
@@ -106,6 +124,21 @@ def render_tree(view: ClusterView) -> str:
     for p in view.problems:
         lines.append(f"  - {p.code.value}{' ' + p.node if p.node else ''}: {p.reason}")
     return "\n".join(lines)
+
+
+def fleet_line(view: ClusterView) -> str:
+    """Who publishes the primary and who holds the leader lock, node by node."""
+    published = f"publishes {view.published}" if view.published else "nobody publishes a primary"
+    holders = []
+    for name in sorted(view.locks):
+        lock = view.locks[name]
+        if not lock.known:
+            holders.append(f"{name} unknown")
+        elif lock.leader is None:
+            holders.append(f"{name} free")
+        else:
+            holders.append(f"{name} #{lock.leader}" + (f" {lock.holder}" if lock.holder else ""))
+    return f"{published}; leader lock: {', '.join(holders)}"
 
 
 def _line(view: ClusterView, name: str) -> str:
@@ -168,6 +201,7 @@ def controller_status(model: Model, settings: Settings, now: float) -> dict[str,
         "plan_running": model.running.plan_id if model.running is not None else None,
         "last_decisions": [dict(d) for d in model.decisions[-10:]],
     }
+    out["fleet"] = fleet_status(model, settings, now)
     out["if_primary_died_now"] = {
         "would_promote": best.node if best else None,
         "candidates": [
@@ -183,3 +217,37 @@ def controller_status(model: Model, settings: Settings, now: float) -> dict[str,
         ],
     }
     return out
+
+
+def fleet_status(model: Model, settings: Settings, now: float) -> dict[str, Any]:
+    """This instance in its fleet: leader or not (since when), its locks per node, its view
+    of the primary beside the published one, and whether its router agrees."""
+    lease, view = model.lease, model.view
+    membership = view.router.membership
+    expected = fleet_writer(view, model.state)[0] if lease.fleet else view.primary
+    since = lease.leader_since
+    return {
+        "instance": settings.controller.instance_id,
+        "fleet": lease.fleet,
+        "leader": lease.leader,
+        "acting": lease.acting(now),
+        "leader_since": None if since is None else round(since + model.wall_offset, 3),
+        "acting_from": (
+            None if lease.ready_at is None else round(lease.ready_at + model.wall_offset, 3)
+        ),
+        "mode": lease.mode.value,
+        "reason": lease.reason,
+        "leader_elsewhere": leader_seen(view, settings) if lease.fleet else False,
+        "majority": majority(settings),
+        "locks_held": {
+            name: round(until - now, 3)
+            for name, lock in sorted(view.locks.items())
+            if (until := valid_until(lock, settings)) is not None and until > now
+        },
+        "view_primary": view.primary,
+        "published_primary": view.published,
+        "router_writers": sorted(membership.writers) if membership is not None else None,
+        "router_agrees": membership is not None
+        and membership.writers == ({expected} if expected else set()),
+        "lease_changes": lease.changes,
+    }

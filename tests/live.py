@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -103,8 +109,12 @@ class WriteLoop:
         start_id: int = 1_000_000,
         statement: str = PINNED,
         timeout: float = 2.0,
+        *,
+        port: int | None = None,
     ) -> None:
         self._sandbox = sandbox
+        self._port = port
+        """Another router's writer port (a fleet's); default: the sandbox's router."""
         self._period = period
         self._statement = statement
         self._timeout = timeout
@@ -122,7 +132,7 @@ class WriteLoop:
             while True:
                 try:
                     if conn is None:
-                        conn = await asyncio.wait_for(self._sandbox.connect("writer", "app"), 2)
+                        conn = await asyncio.wait_for(self._connect(), 2)
                     row = self._next
                     self._next += 1
                     async with asyncio.timeout(self._timeout), conn.cursor() as cur:
@@ -141,6 +151,21 @@ class WriteLoop:
         finally:
             if conn is not None:
                 conn.close()
+
+    async def _connect(self):
+        if self._port is None:
+            return await self._sandbox.connect("writer", "app")
+        import aiomysql
+
+        info = self._sandbox.status()
+        return await aiomysql.connect(
+            host=info.router.host,
+            port=self._port,
+            user=info.users["app"].user,
+            password=self._sandbox.password("app"),
+            autocommit=True,
+            connect_timeout=2,
+        )
 
     def start(self) -> WriteLoop:
         self._task = asyncio.create_task(self._run(), name="write-loop")
@@ -239,3 +264,123 @@ async def sql(
             return await cur.fetchall()
     finally:
         conn.close()
+
+
+FAST_ENV = {
+    "HACONTROL_PROBES__INTERVAL": "0.3",
+    "HACONTROL_PROBES__TIMEOUT": "0.25",
+    "HACONTROL_FAILOVER__IO_STALL": "1.5",
+    "HACONTROL_FAILOVER__APPLY_TIMEOUT": "10",
+    "HACONTROL_FAILOVER__ACTION_TIMEOUT": "3",
+}
+
+
+class Process:
+    """`hacontrol run` in a subprocess; its JSON lines collected by a reader thread."""
+
+    def __init__(self, config: Path, env: dict[str, str], prefix: list[str] | None = None):
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
+        self.records: list[dict] = []
+        self.proc = subprocess.Popen(
+            [*(prefix or []), sys.executable, "-m", "hacontrol", "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**base, **env},
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                record = json.loads(line)
+                record["_mono"] = time.monotonic()  # when it arrived here
+                self.records.append(record)
+            except json.JSONDecodeError:
+                self.records.append({"event": "non-json", "line": line})
+
+    def of(self, event: str, **match) -> list[dict]:
+        return [
+            r
+            for r in list(self.records)
+            if r.get("event") == event and all(r.get(k) == v for k, v in match.items())
+        ]
+
+    def wait(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if value := predicate():
+                return value
+            if self.proc.poll() is not None and not predicate():
+                break
+            time.sleep(0.05)
+        stderr = self.proc.stderr.read() if self.proc.poll() is not None else ""
+        raise AssertionError(f"timed out waiting for {what}; exit={self.proc.poll()} {stderr}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._reader.join(2)
+
+
+def iptables_available() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (iptables owner match, running the controller as nobody)"
+    if shutil.which("iptables") is None or shutil.which("setpriv") is None:
+        return "needs iptables and setpriv"
+    probe = subprocess.run(["iptables", "-L", "OUTPUT", "-n"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"iptables unusable here: {probe.stderr.strip()}"
+    return None
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+"""Run a process as user nobody (for iptables rules that match its packets only)."""
+
+
+def as_nobody(sandbox: Sandbox, shared: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the sandbox's settings that user nobody can read, and the environment that
+    carries what it cannot read (the secret files are root's alone). No router: its admin
+    socket is root's too."""
+    shared.mkdir(parents=True, exist_ok=True)
+    shared.chmod(0o777)
+    config = shared / "settings.toml"
+    shutil.copy(sandbox.status().settings, config)
+    config.chmod(0o644)
+    env = {
+        "HACONTROL_ROUTER__KIND": "none",
+        "HACONTROL_CONTROLLER__JOURNAL": str(shared / "journal.jsonl"),
+        "HACONTROL_MYSQL__PASSWORD": sandbox.password("controller"),
+        "HACONTROL_MYSQL__REPLICATION_PASSWORD": sandbox.password("replication"),
+        "HACONTROL_API__TOKEN": "partition-test-token",
+        "HACONTROL_API__PORT": "0",
+    }
+    if sandbox.status().router.kind == "proxysql":  # its admin password file is root's too
+        env["HACONTROL_ROUTER__PROXYSQL__PASSWORD"] = sandbox.password("proxysql")
+    return config, env
+
+
+def nobody_dropped(port: int) -> list[str]:
+    """The iptables rule (for ``-I`` / ``-D``) dropping user nobody's packets to ``port``."""
+    return [
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        "127.0.0.1",
+        "--dport",
+        str(port),
+        "-m",
+        "owner",
+        "--uid-owner",
+        "65534",
+        "-j",
+        "DROP",
+    ]

@@ -7,134 +7,37 @@ still reach the primary. It needs root and iptables, and is skipped with the rea
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.live import sql
+from tests.live import (
+    FAST_ENV,
+    NOBODY,
+    Process,
+    as_nobody,
+    iptables_available,
+    nobody_dropped,
+    sql,
+)
 
 pytestmark = pytest.mark.integration
-
-FAST_ENV = {
-    "HACONTROL_PROBES__INTERVAL": "0.3",
-    "HACONTROL_PROBES__TIMEOUT": "0.25",
-    "HACONTROL_FAILOVER__IO_STALL": "1.5",
-    "HACONTROL_FAILOVER__APPLY_TIMEOUT": "10",
-    "HACONTROL_FAILOVER__ACTION_TIMEOUT": "3",
-}
-
-
-class Process:
-    """`hacontrol run` in a subprocess; its JSON lines collected by a reader thread."""
-
-    def __init__(self, config: Path, env: dict[str, str], prefix: list[str] | None = None):
-        base = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
-        self.records: list[dict] = []
-        self.proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "hacontrol", "run", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**base, **env},
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.records.append(json.loads(line))
-            except json.JSONDecodeError:
-                self.records.append({"event": "non-json", "line": line})
-
-    def of(self, event: str, **match) -> list[dict]:
-        return [
-            r
-            for r in list(self.records)
-            if r.get("event") == event and all(r.get(k) == v for k, v in match.items())
-        ]
-
-    def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if value := predicate():
-                return value
-            if self.proc.poll() is not None and not predicate():
-                break
-            time.sleep(0.05)
-        stderr = self.proc.stderr.read() if self.proc.poll() is not None else ""
-        raise AssertionError(f"timed out waiting for {what}; exit={self.proc.poll()} {stderr}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._reader.join(2)
-
-
-def iptables_available() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (iptables owner match, running the controller as nobody)"
-    if shutil.which("iptables") is None or shutil.which("setpriv") is None:
-        return "needs iptables and setpriv"
-    probe = subprocess.run(["iptables", "-L", "OUTPUT", "-n"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"iptables unusable here: {probe.stderr.strip()}"
-    return None
 
 
 def test_controller_only_partition_alerts_and_does_not_fail_over(fresh_sandbox):
     if reason := iptables_available():
         pytest.skip(reason)
     info = fresh_sandbox.status()
-    port = info.node("node1").port
+    rule = nobody_dropped(info.node("node1").port)
     shared = Path(tempfile.mkdtemp(prefix="hacontrol-nobody-"))
-    shared.chmod(0o777)
-    config = shared / "settings.toml"
-    shutil.copy(info.settings, config)
-    config.chmod(0o644)
-    env = {
-        **FAST_ENV,
-        "HACONTROL_ROUTER__KIND": "none",  # the HAProxy socket is root's alone
-        "HACONTROL_CONTROLLER__JOURNAL": str(shared / "journal.jsonl"),
-        "HACONTROL_MYSQL__PASSWORD": fresh_sandbox.password("controller"),
-        "HACONTROL_MYSQL__REPLICATION_PASSWORD": fresh_sandbox.password("replication"),
-        "HACONTROL_API__TOKEN": "partition-test-token",  # the token file is root's alone
-        "HACONTROL_API__PORT": "0",
-    }
-    if info.router.kind == "proxysql":  # so is ProxySQL's admin password file
-        env["HACONTROL_ROUTER__PROXYSQL__PASSWORD"] = fresh_sandbox.password("proxysql")
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    rule = [
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-d",
-        "127.0.0.1",
-        "--dport",
-        str(port),
-        "-m",
-        "owner",
-        "--uid-owner",
-        "65534",
-        "-j",
-        "DROP",
-    ]
-    ctl = Process(config, env, prefix=nobody)
+    config, secrets = as_nobody(fresh_sandbox, shared)
+    env = {**FAST_ENV, **secrets}
+    ctl = Process(config, env, prefix=NOBODY)
     try:
         ctl.wait(lambda: ctl.of("decision", rule="Nothing"), 20, "a healthy cluster")
         subprocess.run(["iptables", "-I", *rule], check=True)

@@ -51,7 +51,7 @@ from hacontrol.addresses import same_address
 from hacontrol.flavors import DETECT_SQL, Flavor, FlavorName, IoState, NodeStatus, detect
 from hacontrol.flavors.base import ReplicationStatus, Sql, multi_statement
 from hacontrol.mysqlconn import Endpoint, connect, describe_error, endpoint_for, fetch_all
-from hacontrol.plan import ActionResult
+from hacontrol.plan import LEASE_LOST, ActionResult
 from hacontrol.settings import Settings
 
 DEFAULT_TIMEOUT = 10.0
@@ -120,13 +120,34 @@ class _Done:
     ok: bool = True
 
 
-class _Session:
-    """One connection to one node under one deadline; records every changing statement."""
+LeaseUntil = Callable[[], float]
+"""Fleet: until when (monotonic) this instance holds its lease on a majority of the nodes."""
 
-    def __init__(self, endpoint: Endpoint, deadline: float, connect_timeout: float) -> None:
+
+def _forever() -> float:
+    return float("inf")
+
+
+class _Session:
+    """One connection to one node under one deadline; records every changing statement.
+
+    A changing statement is sent only while the lease (``lease_until``) stays valid at least
+    ``margin`` longer: checked right before it is written, so that an instance frozen or
+    stalled between the executor's check and this statement cannot send it late."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        deadline: float,
+        connect_timeout: float,
+        lease_until: LeaseUntil = _forever,
+        margin: float = 0.0,
+    ) -> None:
         self.endpoint = endpoint
         self.deadline = deadline
         self.connect_timeout = connect_timeout
+        self.lease_until = lease_until
+        self.margin = margin
         self.steps: list[str] = []
         self.skipped: list[str] = []
         self.flavor: Flavor | None = None
@@ -161,6 +182,7 @@ class _Session:
 
     async def change(self, stmt: Sql, *, optional: bool = False) -> None:
         """A changing statement. ``optional``: an unknown variable (plugin absent) is skipped."""
+        self.check_lease(stmt.sql)
         try:
             self.steps.append(stmt.sql)
             await self.query(stmt)
@@ -170,6 +192,16 @@ class _Session:
                 self.skipped.append(f"{stmt.sql}: {describe_error(exc)}")
                 return
             raise ActionError(f"{stmt.sql} failed: {describe_error(exc)}") from None
+
+    def check_lease(self, sql: str) -> None:
+        """Raise unless the lease stays valid long enough to send ``sql`` now."""
+        left = self.lease_until() - time.monotonic()
+        if left < self.margin:
+            raise ActionError(
+                f"lease: not sending {sql!r}: the lease is valid {max(left, 0):.2f} s more, "
+                f"less than the {self.margin:g} s a statement needs",
+                **{LEASE_LOST: True},
+            )
 
     async def status(self) -> NodeStatus:
         assert self.flavor is not None
@@ -194,8 +226,11 @@ class MySQLActions:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         default_heartbeat: float = DEFAULT_HEARTBEAT,
+        lease_until: LeaseUntil = _forever,
     ) -> None:
         mysql = settings.mysql
+        self._lease_until = lease_until
+        self._margin = settings.lease.margin if settings.controller.fleet else 0.0
         self._nodes = {node.name: (node.host, node.port) for node in settings.nodes}
         self._user = mysql.user
         self._password = mysql.password.get_secret_value() if mysql.password else ""
@@ -558,6 +593,7 @@ class MySQLActions:
             if user in kept_users or command in _KEPT_COMMANDS:
                 continue
             thread_id = int(row["id"])
+            session.check_lease(f"KILL CONNECTION {thread_id}")
             session.steps.append(f"KILL CONNECTION {thread_id}")
             try:
                 await session.query(_kill_sql(thread_id))
@@ -684,7 +720,13 @@ class MySQLActions:
         if address is None:
             return ActionResult(action, node, False, False, f"unknown node {node!r}")
         deadline = time.monotonic() + limit
-        session = _Session(self._endpoint(*address), deadline, self._connect_timeout)
+        session = _Session(
+            self._endpoint(*address),
+            deadline,
+            self._connect_timeout,
+            self._lease_until,
+            self._margin,
+        )
         ok, reason, detail = False, "", {}
         try:
             async with asyncio.timeout(limit):

@@ -56,7 +56,7 @@ def log_decision(model: Model, plan: Plan, now: float, *, force: bool = False) -
     key = (plan.rule, plan.reason)
     if not force and key == model.last_logged and not plan.actions:
         return model, ()
-    level = "info" if plan.rule in ("Nothing", "StartupGrace") else "warning"
+    level = "info" if plan.rule in ("Nothing", "StartupGrace", "NotLeader") else "warning"
     record = {
         "rule": plan.rule,
         "kind": plan.kind,

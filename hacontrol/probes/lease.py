@@ -1,0 +1,251 @@
+"""The fleet's lease on the database nodes: its I/O, as an edge like the probes.
+
+One dedicated session per node (never the probes' connections), opened with
+``SET SESSION wait_timeout = W`` and never reconnected behind anyone's back: when it breaks,
+the locks it held are gone, a ``LeaseObserved`` with the error says so, and the next round
+opens a new session that holds nothing. Every ``lease.keepalive`` seconds each node gets one
+round trip that reads ``CONNECTION_ID()`` and who holds the two locks
+(``IS_USED_LOCK('hacontrol.<cluster>.leader')`` and ``...primary``, with the holder's client
+address); in ``ACQUIRE`` mode the same round trip first takes the leader lock where it is free
+(``GET_LOCK(name, 0)``, never twice in one session: MariaDB counts re-entrant locks). Each
+round trip becomes a ``LeaseObserved`` event on the cluster's queue, stamped with the time it
+was sent. What to do (``LeaseMode``) is the lease rules' decision (``rules.lease``); a change of
+mode runs a round at once, and ``RELEASE`` closes every session that holds a lock.
+
+``publish(node)`` (a plan's ``Publish`` step, the leader only) releases the primary lock
+wherever this instance holds it, then takes it on ``node``'s session, which must hold the
+leader lock there: a session that was killed cannot publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomysql
+
+from hacontrol.events import Event, LeaseObserved
+from hacontrol.model import LeaseMode
+from hacontrol.mysqlconn import Endpoint, connect, describe_error, endpoint_for, execute, fetch_all
+from hacontrol.plan import ActionResult
+from hacontrol.settings import Settings
+
+Emit = Callable[[Event], None]
+Clock = Callable[[], float]
+
+_READ = (
+    "SELECT CONNECTION_ID() AS session, IS_USED_LOCK(%(leader)s) AS leader, "
+    "IS_USED_LOCK(%(primary)s) AS primary_lock, "
+    "(SELECT HOST FROM information_schema.PROCESSLIST "
+    "WHERE ID = IS_USED_LOCK(%(leader)s)) AS holder"
+)
+_TAKE = "DO IF(IS_USED_LOCK(%(leader)s) <=> CONNECTION_ID(), 1, GET_LOCK(%(leader)s, 0))"
+_PUBLISH = (
+    "SELECT IF(IS_USED_LOCK(%(leader)s) <=> CONNECTION_ID(), "
+    "IF(IS_USED_LOCK(%(primary)s) <=> CONNECTION_ID(), 1, GET_LOCK(%(primary)s, 0)), -1) AS got"
+)
+_UNPUBLISH = "DO IF(IS_USED_LOCK(%(primary)s) <=> CONNECTION_ID(), RELEASE_LOCK(%(primary)s), 0)"
+
+
+def lock_names(cluster: str) -> dict[str, str]:
+    """The two locks of a cluster (the cluster name is checked at load: letters, digits,
+    ``_.-``; passed as parameters anyway)."""
+    return {"leader": f"hacontrol.{cluster}.leader", "primary": f"hacontrol.{cluster}.primary"}
+
+
+@dataclass
+class _Session:
+    """This instance's lease session to one node; one statement at a time."""
+
+    node: str
+    endpoint: Endpoint
+    conn: aiomysql.Connection | None = None
+    id: int | None = None
+    holds: bool = False
+    """The leader lock was held at the last round trip."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def drop(self) -> None:
+        """Close the session: the server frees every lock it held."""
+        if self.conn is not None:
+            self.conn.close()
+        self.conn, self.id, self.holds = None, None, False
+
+
+class LeaseKeeper:
+    """The lease sessions of one cluster, one task per node."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        emit: Emit,
+        *,
+        clock: Clock = time.monotonic,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        mysql = settings.mysql
+        password = mysql.password.get_secret_value() if mysql.password else ""
+        self._sessions = {
+            n.name: _Session(n.name, endpoint_for(n.host, n.port, mysql.user, password, mysql.tls))
+            for n in settings.nodes
+        }
+        self._names = lock_names(settings.cluster.name)
+        self._wait_timeout = settings.lease.wait_timeout
+        self._keepalive = settings.lease.keepalive
+        self._timeout = settings.lease.wait_timeout / 2
+        self._connect_timeout = settings.probes.timeout
+        self._emit, self._clock, self._draw = emit, clock, draw
+        self._mode = LeaseMode.HOLD
+        self._wake = {name: asyncio.Event() for name in self._sessions}
+
+    @property
+    def mode(self) -> LeaseMode:
+        return self._mode
+
+    def set_mode(self, mode: LeaseMode) -> None:
+        """From the lease rules: act on it at once (a round now; RELEASE closes the sessions
+        that hold a lock, so that the server frees them now)."""
+        self._mode = mode
+        if mode is LeaseMode.RELEASE:
+            for session in self._sessions.values():
+                if session.holds:
+                    session.drop()
+        for wake in self._wake.values():
+            wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """One keepalive loop per node until cancelled; every session closed on the way out."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for name in self._sessions:
+                    group.create_task(self._loop(name), name=f"lease:{name}")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            session.drop()
+
+    async def _loop(self, name: str) -> None:
+        wake = self._wake[name]
+        while True:
+            wake.clear()
+            started = self._clock()
+            self._emit(await self.round(name))
+            try:
+                async with asyncio.timeout(max(0.0, started + self._keepalive - self._clock())):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    async def round(self, name: str) -> LeaseObserved:
+        """One round trip to ``name``: (take, if asked, then) read. Never raises."""
+        session = self._sessions[name]
+        async with session.lock:
+            return await self._round_trip(session, take=self._mode is LeaseMode.ACQUIRE)
+
+    async def _round_trip(self, session: _Session, *, take: bool) -> LeaseObserved:
+        sent = self._clock()
+        try:
+            conn = await self._connection(session)
+            sent = self._clock()
+            statements = f"{_TAKE}; {_READ}" if take else _READ
+            results = await fetch_all(conn, statements, self._names, timeout=self._timeout)
+            row = results[-1][0]
+            observed = self._observed(session, sent, row)
+        except Exception as exc:  # a broken session: its locks are gone
+            session.drop()
+            return LeaseObserved(session.node, sent, error=describe_error(exc), jitter=self._draw())
+        return observed
+
+    def _observed(self, session: _Session, sent: float, row: dict[str, Any]) -> LeaseObserved:
+        own = int(row["session"])
+        leader = _connection_id(row["leader"])
+        session.id, session.holds = own, leader == own
+        holder = row.get("holder")
+        return LeaseObserved(
+            session.node,
+            sent,
+            own,
+            leader,
+            _connection_id(row["primary_lock"]),
+            holder=str(holder) if holder else None,
+            jitter=self._draw(),
+        )
+
+    async def _connection(self, session: _Session) -> aiomysql.Connection:
+        if session.conn is not None and not session.conn.closed:
+            return session.conn
+        session.drop()  # a closed connection is a new session: it holds nothing
+        conn = await connect(session.endpoint, self._connect_timeout, multi_statements=True)
+        try:
+            wait = int(self._wait_timeout)
+            await execute(conn, f"SET SESSION wait_timeout = {wait}", timeout=self._timeout)
+        except BaseException:
+            conn.close()
+            raise
+        session.conn = conn
+        return conn
+
+    # -- publication (the leader's plan steps) ------------------------------------------------
+
+    async def publish(self, node: str, timeout: float) -> ActionResult:
+        """Hold the primary lock on ``node``'s lease session (which holds the leader lock
+        there), after releasing it on every other session of this instance."""
+        try:
+            async with asyncio.timeout(timeout):
+                released = await self._unpublish_elsewhere(node)
+                got = await self._publish_on(node)
+        except TimeoutError:
+            return ActionResult("publish", node, False, False, f"timed out after {timeout:g} s")
+        detail = {"released_on": released}
+        if got == 1:
+            return ActionResult("publish", node, True, True, f"published {node}", detail)
+        why = {
+            0: "another session holds the primary lock there (an old leader's, until it ends)",
+            -1: "this instance does not hold the leader lock there",
+        }.get(got, f"cannot reach its lease session ({got})")
+        return ActionResult("publish", node, False, bool(released), f"not published: {why}", detail)
+
+    async def _unpublish_elsewhere(self, node: str) -> list[str]:
+        others = [s for s in self._sessions.values() if s.node != node and s.conn is not None]
+        done = await asyncio.gather(*(self._statement(s, _UNPUBLISH) for s in others))
+        return [s.node for s, ok in zip(others, done, strict=True) if ok is not None]
+
+    async def _publish_on(self, node: str) -> int | str:
+        session = self._sessions[node]
+        if session.conn is None:
+            return "no session"
+        rows = await self._statement(session, _PUBLISH)
+        if isinstance(rows, str):
+            return rows
+        if rows is None:
+            return "no session"
+        got = rows[0]["got"] if rows else None
+        return int(got) if got is not None else "GET_LOCK answered NULL"
+
+    async def _statement(self, session: _Session, sql: str) -> list[dict[str, Any]] | str | None:
+        """``sql`` on the session, then a read of the locks (emitted); the statement's rows, an
+        error text, or None when there is no session."""
+        async with session.lock:
+            conn = session.conn
+            if conn is None or conn.closed:
+                return None
+            try:
+                rows = await execute(conn, sql, self._names, timeout=self._timeout)
+            except Exception as exc:
+                session.drop()
+                self._emit(LeaseObserved(session.node, self._clock(), error=describe_error(exc)))
+                return describe_error(exc)
+            self._emit(await self._round_trip(session, take=False))
+            return rows
+
+
+def _connection_id(value: Any) -> int | None:
+    return None if value is None else int(value)
