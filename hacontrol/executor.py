@@ -600,8 +600,14 @@ def _failed(reason: str) -> ActionResult:
 def _combined(results: list[ActionResult], success: str) -> ActionResult:
     """One result for an action run on several nodes at once."""
     bad = [f"{r.node}: {r.reason}" for r in results if not r.ok]
+    lease_lost = any(r.detail.get(LEASE_LOST) for r in results)
     return ActionResult(
-        "", None, not bad, any(r.changed for r in results), "; ".join(bad) or success
+        "",
+        None,
+        not bad,
+        any(r.changed for r in results),
+        "; ".join(bad) or success,
+        {LEASE_LOST: True} if lease_lost else {},
     )
 
 

@@ -13,6 +13,7 @@ import pytest
 from hacontrol.executor import Executor
 from hacontrol.journal import Journal
 from hacontrol.plan import (
+    LEASE_LOST,
     ActionResult,
     AlertKind,
     CatchUp,
@@ -24,6 +25,7 @@ from hacontrol.plan import (
     Plan,
     PlanKind,
     Promote,
+    Publish,
     Rejoin,
     Repoint,
     Route,
@@ -564,3 +566,91 @@ async def test_a_failover_that_promoted_nothing_leaves_no_quarantine_in_the_jour
     assert replay.unfinished is None and replay.state is not None
     assert replay.state["quarantined"] == {} and replay.state["blocked_until"] is None
     assert replay.state["last_failover_at"] == 1_000.0
+
+
+# ---------------------------------------------------------------------------------------------
+# A fleet's lease
+
+
+@dataclass
+class FakePublisher:
+    published: list[str] = field(default_factory=list)
+
+    async def publish(self, node: str, timeout: float) -> ActionResult:
+        self.published.append(node)
+        return ActionResult("publish", node, True, True, f"published {node}")
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fleet_rig(tmp_path, confirmed_at: float, clock: Clock) -> tuple[Rig, FakePublisher]:
+    """An executor of a fleet's leader whose locks were last confirmed at ``confirmed_at``."""
+    from tests.factories import fleet, lock
+    from tests.support import fold_all
+
+    s = fleet()
+    view = fold_all(s, [lock(n, confirmed_at, leader=7) for n in ("node1", "node2", "node3")])
+    nodes, router, notifier, publisher = FakeNodes(), FakeRouter(), FakeNotifier(), FakePublisher()
+    journal, log = Journal(tmp_path / "journal.jsonl"), MemoryLog()
+    executor = Executor(
+        s,
+        log.log,
+        mysql=nodes,
+        router=router,
+        notifier=notifier,  # type: ignore[arg-type]
+        journal=journal,
+        view=lambda: view,
+        clock=clock,
+        lease=publisher,
+    )
+    return Rig(executor, nodes, router, notifier, journal, log), publisher
+
+
+def fleet_failover() -> Plan:
+    plan = failover_plan()
+    at = plan.point_of_no_return + 1
+    return replace(plan, actions=(*plan.actions[:at], Publish("node2"), *plan.actions[at:]))
+
+
+async def test_a_leader_with_a_valid_lease_runs_the_plan_and_publishes(tmp_path):
+    clock = Clock(10.0)
+    rig, publisher = fleet_rig(tmp_path, 10.0, clock)
+    done = await rig.executor.run("failover-1", fleet_failover())
+    assert done.ok and not done.lease_lost
+    assert publisher.published == ["node2"]
+
+
+async def test_a_step_without_a_valid_lease_stops_the_plan_undoes_nothing_and_says_so(tmp_path):
+    clock = Clock(10.0 + fleet_settings().lease.validity)  # the last keepalive is V old
+    rig, publisher = fleet_rig(tmp_path, 10.0, clock)
+    done = await rig.executor.run("failover-1", fleet_failover())
+    assert not done.ok and done.lease_lost and not done.rolled_back
+    assert done.failed_at == 1  # SetIOThreads, the first step on a node (RouteFence ran)
+    assert "lease: this instance no longer holds a valid majority" in done.reason
+    assert rig.nodes.calls == [] and publisher.published == []
+    assert [type(a).__name__ for a in rig.router.applied] == ["Membership"]  # its own router
+    assert ("end", None) in journal_records(rig)  # the journal says where it stopped
+
+
+async def test_a_lease_lost_inside_an_action_stops_the_plan_even_past_an_optional_step(tmp_path):
+    clock = Clock(10.0)
+    rig, _ = fleet_rig(tmp_path, 10.0, clock)
+    refused = ActionResult(
+        "repoint", "node3", False, False, "lease: not sending", {LEASE_LOST: True}
+    )
+    rig.nodes.fail[("repoint", "node3")] = refused
+    done = await rig.executor.run("failover-1", fleet_failover())
+    assert not done.ok and done.lease_lost and done.promoted == "node2"
+    assert done.steps[-1].action == "Repoint"  # optional, yet the plan stopped there
+
+
+def fleet_settings():
+    from tests.factories import fleet
+
+    return fleet()

@@ -1,0 +1,100 @@
+"""The lease edge on real mariadbd nodes: two instances' keepers on the same nodes, the server
+freeing an idle session's locks after W, a killed session, the publication of the primary."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hacontrol.events import LeaseObserved
+from hacontrol.model import LeaseMode
+from hacontrol.probes.lease import LeaseKeeper
+from tests.live import sandbox_settings, sql
+
+pytestmark = pytest.mark.integration
+
+NODES = ("node1", "node2", "node3")
+WAIT_TIMEOUT = 1
+
+
+def keeper(sandbox) -> LeaseKeeper:
+    settings = sandbox_settings(sandbox)
+    settings = settings.model_copy(
+        update={
+            "controller": settings.controller.model_copy(update={"fleet": True}),
+            "lease": settings.lease.model_copy(
+                update={
+                    "wait_timeout": WAIT_TIMEOUT,
+                    "keepalive": 0.2,
+                    "validity": 0.7,
+                    "margin": 0.2,
+                }
+            ),
+        }
+    )
+    return LeaseKeeper(settings, lambda event: None)
+
+
+async def rounds(k: LeaseKeeper, mode: LeaseMode | None = None) -> dict[str, LeaseObserved]:
+    if mode is not None:
+        k.set_mode(mode)
+    return dict(zip(NODES, await asyncio.gather(*(k.round(n) for n in NODES)), strict=True))
+
+
+@pytest.fixture
+async def two(sandbox):
+    a, b = keeper(sandbox), keeper(sandbox)
+    yield a, b
+    a.close()
+    b.close()
+
+
+async def test_one_instance_takes_the_locks_and_another_sees_who_holds_them(two):
+    a, b = two
+    mine = await rounds(a, LeaseMode.ACQUIRE)
+    assert all(e.ok and e.leader == e.session for e in mine.values())
+    theirs = await rounds(b, LeaseMode.ACQUIRE)  # nothing to take: held
+    for node in NODES:
+        seen = theirs[node]
+        assert seen.ok and seen.leader == mine[node].session != seen.session
+        assert seen.holder is not None and seen.holder.startswith("127.0.0.1:")
+    a.set_mode(LeaseMode.RELEASE)  # closes the sessions: the server frees the locks at once
+    await asyncio.sleep(0.1)
+    assert all(e.leader is None for e in (await rounds(b, LeaseMode.HOLD)).values())
+
+
+async def test_the_server_frees_the_locks_of_a_session_idle_for_w(two):
+    a, b = two
+    taken = await rounds(a, LeaseMode.ACQUIRE)
+    await asyncio.sleep(WAIT_TIMEOUT + 0.5)  # no keepalive: a frozen instance
+    free = await rounds(b, LeaseMode.HOLD)
+    assert all(e.ok and e.leader is None for e in free.values()), free
+    again = await rounds(a, LeaseMode.HOLD)  # a's sessions were closed by the server
+    assert all(e.session != taken[n].session and e.leader is None for n, e in again.items())
+
+
+async def test_a_killed_session_is_reported_and_replaced_by_one_that_holds_nothing(two, sandbox):
+    a, _ = two
+    taken = await rounds(a, LeaseMode.ACQUIRE)
+    await sql(sandbox, "node2", f"KILL CONNECTION {taken['node2'].session}")
+    broken = await a.round("node2")
+    assert not broken.ok and broken.error
+    a.set_mode(LeaseMode.HOLD)
+    fresh = await a.round("node2")
+    assert fresh.ok and fresh.session != taken["node2"].session and fresh.leader is None
+
+
+async def test_the_primary_is_published_only_where_the_leader_lock_is_held_and_only_once(two):
+    a, b = two
+    await rounds(a, LeaseMode.ACQUIRE)
+    await rounds(b, LeaseMode.HOLD)
+    refused = await b.publish("node1", timeout=2)
+    assert not refused.ok and "does not hold the leader lock" in refused.reason
+    assert (await a.publish("node1", timeout=2)).ok
+    assert (await a.publish("node1", timeout=2)).ok  # again: not a second hold of it
+    moved = await a.publish("node2", timeout=2)
+    assert moved.ok and "node1" in moved.detail["released_on"]
+    seen = await rounds(b, LeaseMode.HOLD)
+    carriers = [n for n, e in seen.items() if e.primary is not None and e.primary == e.leader]
+    assert carriers == ["node2"]  # released on node1 for good, though published there twice
