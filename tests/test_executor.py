@@ -156,20 +156,26 @@ class Rig:
     log: MemoryLog
 
 
-@pytest.fixture
-def rig(tmp_path) -> Rig:
+def make_rig(tmp_path, settings=S, view=None, **more) -> Rig:
     nodes, router, notifier = FakeNodes(), FakeRouter(), FakeNotifier()
     journal, log = Journal(tmp_path / "journal.jsonl"), MemoryLog()
+    seen = view if view is not None else initial(settings)
     executor = Executor(
-        S,
+        settings,
         log.log,
         mysql=nodes,
         router=router,
         notifier=notifier,  # type: ignore[arg-type]
         journal=journal,
-        view=lambda: initial(S),
+        view=lambda: seen,
+        **more,
     )
     return Rig(executor, nodes, router, notifier, journal, log)
+
+
+@pytest.fixture
+def rig(tmp_path) -> Rig:
+    return make_rig(tmp_path)
 
 
 def failover_plan() -> Plan:
@@ -596,20 +602,8 @@ def fleet_rig(tmp_path, confirmed_at: float, clock: Clock) -> tuple[Rig, FakePub
 
     s = fleet()
     view = fold_all(s, [lock(n, confirmed_at, leader=7) for n in ("node1", "node2", "node3")])
-    nodes, router, notifier, publisher = FakeNodes(), FakeRouter(), FakeNotifier(), FakePublisher()
-    journal, log = Journal(tmp_path / "journal.jsonl"), MemoryLog()
-    executor = Executor(
-        s,
-        log.log,
-        mysql=nodes,
-        router=router,
-        notifier=notifier,  # type: ignore[arg-type]
-        journal=journal,
-        view=lambda: view,
-        clock=clock,
-        lease=publisher,
-    )
-    return Rig(executor, nodes, router, notifier, journal, log), publisher
+    publisher = FakePublisher()
+    return make_rig(tmp_path, s, view, clock=clock, lease=publisher), publisher
 
 
 def fleet_failover() -> Plan:
