@@ -19,7 +19,12 @@ from collections.abc import Callable
 from hacontrol.model import ControllerState, Decision
 from hacontrol.plan import Plan
 from hacontrol.rules.alerts import paused, prune
-from hacontrol.rules.failure import rule_dead_primary, rule_no_primary, rule_unreachable_primary
+from hacontrol.rules.failure import (
+    rule_dead_primary,
+    rule_io_stopped_by_a_failover,
+    rule_no_primary,
+    rule_unreachable_primary,
+)
 from hacontrol.rules.guards import rule_halted, rule_no_quorum, rule_startup_grace, rule_two_writers
 from hacontrol.rules.journal import refusal
 from hacontrol.rules.recovery import (
@@ -44,6 +49,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("TwoWriters", rule_two_writers),
     ("Halted", rule_halted),
     ("DeadPrimary", rule_dead_primary),
+    ("ReplicaIOStopped", rule_io_stopped_by_a_failover),  # fleet: a failover's leader died
     ("UnreachablePrimary", rule_unreachable_primary),
     ("NoPrimary", rule_no_primary),
     ("Publish", rule_publish),  # fleet: before repointing, so that writes resume at once

@@ -198,8 +198,14 @@ async def test_frozen_leader_past_w_changes_nothing_when_it_resumes(fleet):
     assert source[0][3] == fleet.info.node(promoted).port
 
 
-async def test_leader_killed_between_promote_and_repoint_the_new_leader_converges(fleet):
-    first = fleet.start("c1", HACONTROL_TEST_CRASH_AFTER="Promote")
+@pytest.mark.parametrize("crash_after", ["Promote", "SetIOThreads"])
+async def test_leader_killed_in_the_middle_of_a_failover_the_new_leader_converges(
+    fleet, crash_after
+):
+    """After Promote, before Repoint: the new leader recognises the promoted node from the
+    live topology, publishes it and repoints the other replica. After the IO threads were
+    stopped, before any promotion: it fails over itself."""
+    first = fleet.start("c1", HACONTROL_TEST_CRASH_AFTER=crash_after)
     fleet.wait(lambda: first.of("plan_finished", rule="PublishPrimary", ok=True), 20, "c1 leads")
     fleet.start("c2")
     fleet.start("c3")
@@ -209,18 +215,26 @@ async def test_leader_killed_between_promote_and_repoint_the_new_leader_converge
     await asyncio.to_thread(
         fleet.wait, lambda: first.process.proc.poll() is not None, 30, "c1's injected crash"
     )
-    promoted = next(a for a in first.of("action") if a["action"] == "Promote")["node"]
-    other = "node3" if promoted == "node2" else "node2"
-    assert (await fleet.sandbox.live_roles())[other] == "replica"  # still on the dead node1
     followers = fleet.members[1:]
+    if crash_after == "Promote":
+        promoted = next(a for a in first.of("action") if a["action"] == "Promote")["node"]
+        other = "node3" if promoted == "node2" else "node2"
+        assert (await fleet.sandbox.live_roles())[other] == "replica"  # still on the dead node1
 
     def converged():
-        return [m for m in followers if m.of("plan_finished", kind="repoint", ok=True)]
+        done = "repoint" if crash_after == "Promote" else "failover"
+        return [m for m in followers if m.of("plan_finished", kind=done, ok=True)]
 
-    (new,) = await asyncio.to_thread(fleet.wait, converged, 30, "the new leader's repoint")
-    assert new.leads() and not new.of("action", action="Promote")  # recognised, not redone
-    published = new.of("plan_finished", rule="PublishPrimary", ok=True)
-    assert published and promoted in new.of("action", action="Publish")[-1]["reason"]
+    (new,) = await asyncio.to_thread(fleet.wait, converged, 30, "the new leader converging")
+    assert new.leads()
+    if crash_after == "Promote":
+        assert not new.of("action", action="Promote")  # recognised, not promoted again
+    else:
+        # The IO threads were stopped on a dead primary: they keep its error, so they testify
+        # (a frozen primary's would not: the ReplicaIOStopped rule, tests/test_fleet_step.py).
+        promoted = next(a for a in new.of("action") if a["action"] == "Promote")["node"]
+        other = "node3" if promoted == "node2" else "node2"
+    assert promoted in new.of("action", action="Publish")[-1]["reason"]
     assert [m.name for m in followers if m.changes()] == [new.name]
 
     async def routed() -> bool:

@@ -12,11 +12,21 @@ from hacontrol.effects import EndIntent, Log, Reprobe, SendAlert, SetLeaseMode, 
 from hacontrol.events import OperatorCommand, PlanFinished, ProbeResult, Tick
 from hacontrol.flavors.base import IoState
 from hacontrol.model import Intent, Lease, LeaseMode, Model
-from hacontrol.plan import Plan, PlanKind, Promote, Publish, Route
+from hacontrol.plan import Plan, PlanKind, Promote, Publish, Route, SetIOThreads
 from hacontrol.rules.lease import lease_step
 from hacontrol.step import boot, step
-from hacontrol.view import initial
-from tests.factories import channel, down, fleet, lock, primary, replica, router, status
+from hacontrol.view import Code, initial
+from tests.factories import (
+    channel,
+    down,
+    fleet,
+    lock,
+    primary,
+    replica,
+    router,
+    settings,
+    status,
+)
 from tests.support import fold_all
 
 F = fleet()
@@ -257,3 +267,21 @@ def test_in_a_fleet_an_unfinished_journal_plan_is_left_to_the_live_topology():
 def test_the_lease_rules_are_off_for_a_single_instance():
     lease, effects = lease_step(Lease(), fold_all(F, locks(NOW, OTHER)), F, NOW)
     assert lease.acting(NOW) and effects == ()
+
+
+def test_a_new_leader_restarts_io_threads_a_dead_leader_stopped_for_its_failover():
+    stopped = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [
+        [down("node1", t), replica("node2", t, **stopped), replica("node3", t, **stopped)]
+        for t in (4, 5, 6)
+    ]
+    m = model(*rounds, locks(NOW - 0.1, MINE, None, ("node2", "node3")), lease=LEADER)
+    assert m.view.primary == "node1" and not m.view.has(Code.DEAD_PRIMARY)
+    _, effects = run(m, Tick(NOW))
+    (plan,) = started(effects)
+    assert plan.rule == "ReplicaIOStopped"
+    assert plan.actions == (SetIOThreads(("node2", "node3"), running=True),)
+    single = Model(fold_all(settings(), *rounds))  # alone: its journal resumes the plan instead
+    _, effects = step(single, Tick(NOW), settings(), NOW)
+    assert not started(effects)

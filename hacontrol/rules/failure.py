@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hacontrol.events import ConnectionLost, Event, ProbeResult
+from hacontrol.flavors.base import IoState, ReplicationStatus
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Quarantined
 from hacontrol.plan import (
     Action,
@@ -253,6 +254,45 @@ def rule_no_primary(
         (("topology", topology_text(view)),),
     )
     return alert_once(state, AlertKey(Condition.NO_PRIMARY), plan, alert)
+
+
+def rule_io_stopped_by_a_failover(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
+    """Fleet: the primary is unreachable and every reachable replica of it has its IO thread
+    stopped without an error, the SQL thread running: what a failover leaves behind between
+    stopping the IO threads and the promotion, when its leader died there. Such replicas
+    testify nothing about the primary, so no failover could follow: start their IO threads
+    again. Against a dead primary they fail at once (``DeadPrimary`` follows); against a live
+    one they simply resume. The journal of a single instance resumes that plan instead."""
+    primary = view.primary
+    if not settings.controller.fleet or primary is None or view.nodes[primary].reachable:
+        return None
+    hidden = hidden_nodes(view)
+    replicas = [n for n in view.replicas_of(primary) if view.nodes[n].reachable and n not in hidden]
+    stopped = [n for n in replicas if io_stopped_by_hand(view.nodes[n].channel)]
+    if not replicas or stopped != replicas:
+        return None
+    if now < state.retry_at.get((PlanKind.REPOINT, stopped[0]), 0.0):
+        return None
+    reason = (
+        f"the primary {primary} is unreachable and the IO threads of {', '.join(stopped)} are "
+        "stopped without an error (a failover cut before its promotion): starting them, so "
+        "that they testify about the primary again"
+    )
+    plan = Plan(
+        "ReplicaIOStopped", reason, (SetIOThreads(tuple(stopped), running=True),), PlanKind.REPOINT
+    )
+    return Decision(plan, state)
+
+
+def io_stopped_by_hand(channel: ReplicationStatus | None) -> bool:
+    return (
+        channel is not None
+        and channel.io_state is IoState.STOPPED
+        and channel.last_io_errno == 0
+        and channel.sql_running
+    )
 
 
 def rule_unreachable_primary(
