@@ -320,7 +320,7 @@ class ControllerSettings(_Section):
     recovery block across restarts."""
     instance_id: InstanceId = Field(default_factory=_host_name)
     """This instance's name among the instances of a fleet (logs, status, metrics)."""
-    fleet: bool = False
+    fleet: bool = True
     """Several instances may watch this cluster: only the one holding the lease on a majority
     of the nodes (``lease``) changes a database node; every one routes its own router to the
     primary that leader publishes. False: this instance is alone and takes no lock."""

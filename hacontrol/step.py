@@ -106,6 +106,10 @@ def next_plan(model: Model, settings: Settings, now: float) -> Step:
     own router, and alerts only when no instance leads."""
     if not model.acting or model.running is not None or model.stopping or settling(model, now):
         return model, ()
+    if model.deferred:  # commands that waited for a takeover to complete, or the lease lost
+        model, effects = run_deferred(model, settings, now)
+        if effects:
+            return model, effects
     acting = model.lease.acting(now)
     decision = decide(model.view, model.state, settings, now, leads=acting)
     plan = decision.plan

@@ -22,6 +22,7 @@ def settings(**overrides: object) -> Settings:
         "nodes": [{"name": n, "host": "127.0.0.1", "port": p} for n, p in PORTS.items()],
         "mysql": {"password": "x", "replication_password": "y"},
         "router": {"kind": "haproxy", "haproxy": {"socket": "/tmp/none.sock"}},
+        "controller": {"fleet": False},  # a single instance; ``fleet()`` for one of a fleet
     }
     data.update(overrides)
     return Settings(**data)

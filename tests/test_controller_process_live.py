@@ -62,7 +62,13 @@ def test_controller_only_partition_alerts_and_does_not_fail_over(fresh_sandbox):
 async def test_controller_killed_between_promotion_and_repointing_resumes(fresh_sandbox):
     info = fresh_sandbox.status()
     journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
-    env = {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal)}
+    # A single instance (no fleet): its own journal is the truth and the plan is resumed from
+    # it (a fleet starts from the live topology: tests/test_fleet_live.py).
+    env = {
+        **FAST_ENV,
+        "HACONTROL_CONTROLLER__JOURNAL": str(journal),
+        "HACONTROL_CONTROLLER__FLEET": "false",
+    }
     first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
     try:
         first.wait(lambda: first.of("decision", rule="Nothing"), 20, "a healthy cluster")

@@ -285,3 +285,19 @@ def test_a_new_leader_restarts_io_threads_a_dead_leader_stopped_for_its_failover
     single = Model(fold_all(settings(), *rounds))  # alone: its journal resumes the plan instead
     _, effects = step(single, Tick(NOW), settings(), NOW)
     assert not started(effects)
+
+
+def test_a_switchover_sent_to_a_new_leader_waits_for_its_takeover_then_runs():
+    m = healthy(Lease(fleet=True, mode=LeaseMode.ACQUIRE), held=MINE, published="node1")
+    m, _ = run(m, Tick(NOW))
+    assert m.lease.leader_since == NOW and not m.lease.acting(NOW)
+    m, effects = run(m, OperatorCommand(NOW, "switchover", "node2"))
+    assert lines(effects, "operator_command_deferred") and not lines(effects, "operator_answer")
+    m, _ = run(m, *locks(NOW + 0.5, MINE, "node1"), now=NOW + 0.5)
+    m, _ = run(m, *locks(NOW + 1.0, MINE, "node1"), now=NOW + 1.0)
+    m, _ = run(m, *locks(NOW + V, MINE, "node1"), now=NOW + V)
+    at = NOW + V + 0.1  # fresh probes; the replicas' heartbeats went on meanwhile
+    fresh = [primary(at=at), *(replica(n, at, heartbeats_received=11) for n in ("node2", "node3"))]
+    m, effects = run(m, *fresh, now=at + 0.1)
+    (plan,) = started(effects)
+    assert plan.kind is PlanKind.SWITCHOVER and m.deferred == ()

@@ -418,7 +418,7 @@ def test_lease_defaults_are_consistent_and_the_instance_is_named_after_the_host(
     assert isinstance(lease.wait_timeout, int) and lease.validity < lease.wait_timeout
     assert lease.keepalive + lease.margin < lease.validity
     assert settings.controller.instance_id == os.uname().nodename.split(".")[0]
-    assert settings.controller.fleet is False
+    assert settings.controller.fleet is True  # one instance is a fleet of one
 
 
 def test_a_fleet_whose_lease_is_shorter_than_a_probe_interval_is_warned(tmp_path, capsys):

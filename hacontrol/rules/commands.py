@@ -43,7 +43,7 @@ def command(model: Model, cmd: OperatorCommand, settings: Settings, now: float) 
             effects = answer(cmd, True, text)
         case "maintenance" | "switchover" if model.resume is not None:
             effects = answer(cmd, False, f"refused: {unfinished(model)}")
-        case "maintenance" | "switchover" if model.running is not None:
+        case "maintenance" | "switchover" if model.running is not None or taking_over(model, now):
             model, effects = defer(model, cmd)
         case "maintenance" | "switchover":
             model, effects = planned(model, cmd, settings, now)
@@ -70,10 +70,18 @@ def unfinished(model: Model) -> str:
     return f"{model.resume.plan_id} began before the restart and is not finished yet ({wait})"
 
 
+def taking_over(model: Model, now: float) -> bool:
+    """This instance leads its fleet but does not act yet (the old leader's lease is running
+    out): a command waits for it, rather than being refused."""
+    lease = model.lease
+    return lease.fleet and lease.leader_since is not None and not lease.acting(now)
+
+
 def defer(model: Model, cmd: OperatorCommand) -> Step:
-    """One plan at a time: the command waits for the running plan, then is planned against the
-    view as it is then (the caller's own timeout bounds the wait)."""
-    running = model.running.plan_id if model.running else None
+    """One plan at a time: the command waits for the running plan (or for a new leader to act),
+    then is planned against the view as it is then (the caller's own timeout bounds the
+    wait)."""
+    running = model.running.plan_id if model.running else "taking over the lease"
     line = log("operator_command_deferred", cmd.node, "info", command=cmd.command, running=running)
     return replace(model, deferred=(*model.deferred, cmd)), (line,)
 
@@ -103,9 +111,15 @@ def planned(model: Model, cmd: OperatorCommand, settings: Settings, now: float) 
 
 
 def run_deferred(model: Model, settings: Settings, now: float) -> Step:
-    """After a plan: the deferred commands, in order, until one starts a plan."""
+    """After a plan (or a takeover's wait): the deferred commands, in order, until one starts a
+    plan."""
     effects: list[Effect] = []
-    while model.deferred and model.running is None and not model.stopping:
+    while (
+        model.deferred
+        and model.running is None
+        and not model.stopping
+        and not taking_over(model, now)
+    ):
         cmd, rest = model.deferred[0], model.deferred[1:]
         model, more = command(replace(model, deferred=rest), cmd, settings, now)
         effects += more
