@@ -148,7 +148,8 @@ class LeaseKeeper:
         """One round trip to ``name``: (take, if asked, then) read. Never raises."""
         session = self._sessions[name]
         async with session.lock:
-            return await self._round_trip(session, take=self._mode is LeaseMode.ACQUIRE)
+            take = self._mode is LeaseMode.ACQUIRE and not session.holds
+            return await self._round_trip(session, take=take)
 
     async def _round_trip(self, session: _Session, *, take: bool) -> LeaseObserved:
         sent = self._clock()
