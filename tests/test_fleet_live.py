@@ -6,11 +6,13 @@ the primary the leader publishes. Timings are checked generously; the figures ar
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,11 @@ def settled(fleet: Fleet, timeout: float = 20.0) -> str:
     return leader
 
 
+def status_of(member) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{member.api_port}/status", timeout=5) as r:
+        return json.loads(r.read())
+
+
 async def writers(fleet: Fleet) -> dict[str, frozenset[str]]:
     return {m.name: await m.writers() for m in fleet.members}
 
@@ -65,6 +72,13 @@ async def test_three_instances_started_together_elect_one_leader_and_route_alike
             assert not m.of("lease", leader=True), m.name
         assert m.changes() == [], m.name
     assert await writers(fleet) == {m.name: {"node1"} for m in fleet.members}
+    for m in fleet.members:  # what each instance says of itself on GET /status
+        fleet_status = (await asyncio.to_thread(status_of, m))["fleet"]
+        assert fleet_status["leader"] == (m.name == leader), fleet_status
+        assert fleet_status["published_primary"] == fleet_status["view_primary"] == "node1"
+        assert fleet_status["router_agrees"] and fleet_status["instance"] == m.name
+        if m.name == leader:
+            assert set(fleet_status["locks_held"]) >= {"node1", "node2"}
     print(f"leader {leader} elected; quiet {time.monotonic() - t0:.2f} s after start; {took}")
 
 

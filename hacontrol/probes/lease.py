@@ -34,6 +34,9 @@ from hacontrol.mysqlconn import Endpoint, connect, describe_error, endpoint_for,
 from hacontrol.plan import ActionResult
 from hacontrol.settings import Settings
 
+MAX_READ = 64 * 1024
+"""Bytes one answer on a lease session may take (a row of four short values)."""
+
 Emit = Callable[[Event], None]
 Clock = Callable[[], float]
 
@@ -184,7 +187,9 @@ class LeaseKeeper:
         if session.conn is not None and not session.conn.closed:
             return session.conn
         session.drop()  # a closed connection is a new session: it holds nothing
-        conn = await connect(session.endpoint, self._connect_timeout, multi_statements=True)
+        conn = await connect(
+            session.endpoint, self._connect_timeout, multi_statements=True, max_read=MAX_READ
+        )
         try:
             wait = int(self._wait_timeout)
             await execute(conn, f"SET SESSION wait_timeout = {wait}", timeout=self._timeout)
