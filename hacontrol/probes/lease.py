@@ -104,6 +104,7 @@ class LeaseKeeper:
         self._emit, self._clock, self._draw = emit, clock, draw
         self._mode = LeaseMode.HOLD
         self._wake = {name: asyncio.Event() for name in self._sessions}
+        self._releases: set[asyncio.Task[object]] = set()
 
     @property
     def mode(self) -> LeaseMode:
@@ -132,6 +133,8 @@ class LeaseKeeper:
             self.close()
 
     def close(self) -> None:
+        for task in self._releases:
+            task.cancel()
         for session in self._sessions.values():
             session.drop()
 
@@ -203,26 +206,35 @@ class LeaseKeeper:
 
     async def publish(self, node: str, timeout: float) -> ActionResult:
         """Hold the primary lock on ``node``'s lease session (which holds the leader lock
-        there), after releasing it on every other session of this instance."""
+        there), and release it on every other session of this instance. The releases run
+        beside it and are not waited for: an old primary that is frozen must not hold up the
+        routers (two publications for a moment read as none: no writer, never a stale one)."""
+        releasing = self._unpublish_elsewhere(node)
         try:
             async with asyncio.timeout(timeout):
-                released = await self._unpublish_elsewhere(node)
                 got = await self._publish_on(node)
         except TimeoutError:
             return ActionResult("publish", node, False, False, f"timed out after {timeout:g} s")
-        detail = {"released_on": released}
+        detail = {"releasing_on": releasing}
         if got == 1:
             return ActionResult("publish", node, True, True, f"published {node}", detail)
         why = {
             0: "another session holds the primary lock there (an old leader's, until it ends)",
             -1: "this instance does not hold the leader lock there",
         }.get(got, f"cannot reach its lease session ({got})")
-        return ActionResult("publish", node, False, bool(released), f"not published: {why}", detail)
+        return ActionResult("publish", node, False, False, f"not published: {why}", detail)
 
-    async def _unpublish_elsewhere(self, node: str) -> list[str]:
+    def _unpublish_elsewhere(self, node: str) -> list[str]:
+        """Release the primary lock on every other session, each in a task of its own (owned:
+        ``close`` cancels them); the nodes asked."""
         others = [s for s in self._sessions.values() if s.node != node and s.conn is not None]
-        done = await asyncio.gather(*(self._statement(s, _UNPUBLISH) for s in others))
-        return [s.node for s, ok in zip(others, done, strict=True) if ok is not None]
+        for session in others:
+            task = asyncio.create_task(
+                self._statement(session, _UNPUBLISH), name=f"lease:unpublish:{session.node}"
+            )
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+        return [s.node for s in others]
 
     async def _publish_on(self, node: str) -> int | str:
         session = self._sessions[node]
