@@ -151,7 +151,7 @@ def test_a_follower_remembers_the_leaders_failover_as_the_leader_did():
 
 
 def test_a_follower_leaves_alerts_to_the_leader_but_alerts_when_nobody_leads():
-    no_quorum = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    no_quorum = [healthy_round(t, writers=()) for t in (1.0, 2.0, 3.0)]  # no writer to take out
     no_quorum += [[down("node2", t), down("node3", t)] for t in (4, 5, 6)]
     seen = model(*no_quorum, locks(NOW, OTHER, "node1"))
     _, effects = run(seen, Tick(NOW))
@@ -301,3 +301,15 @@ def test_a_switchover_sent_to_a_new_leader_waits_for_its_takeover_then_runs():
     m, effects = run(m, *fresh, now=at + 0.1)
     (plan,) = started(effects)
     assert plan.kind is PlanKind.SWITCHOVER and m.deferred == ()
+
+
+def test_without_quorum_a_fleets_router_has_no_writer_even_a_published_one():
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [[down("node2", t), down("node3", t)] for t in (4, 5, 6)]
+    m = model(*rounds, locks(NOW, OTHER, "node1", ("node1",)))  # node1 still publishes
+    assert m.view.published == "node1" and not m.view.quorum.ok
+    _, effects = run(m, Tick(NOW))
+    (plan,) = started(effects)
+    route = plan.actions[0]
+    assert isinstance(route, Route) and route.no_writer and route.desired.writers == set()
+    assert plan.rule == "NoQuorum" and "routes writes to nobody from a minority" in plan.reason

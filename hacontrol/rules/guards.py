@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Halt
-from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
+from hacontrol.plan import AlertKind, Notify, Plan, PlanKind, Route
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import topology_text
+from hacontrol.rules.routing import fleet_membership
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code, Health
 
@@ -21,8 +22,30 @@ def rule_no_quorum(
         return None
     reason = next(p.reason for p in view.problems if p.code is Code.NO_QUORUM)
     plan = Plan(Code.NO_QUORUM.value, f"no change without quorum: {reason}", kind=PlanKind.ALERT)
+    if (route := unrouted_writer(view, state, settings, now)) is not None:
+        plan = Plan(
+            Code.NO_QUORUM.value,
+            f"no change without quorum but this router's writer: a fleet routes writes to "
+            f"nobody from a minority (the primary may have changed on the other side): {reason}",
+            (route,),
+            PlanKind.ROUTE,
+        )
     alert = Notify(AlertKind.NO_QUORUM, None, "no quorum, automatic changes stopped", reason)
     return alert_once(state, AlertKey(Condition.NO_QUORUM), plan, alert)
+
+
+def unrouted_writer(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Route | None:
+    """Fleet, without quorum: the router's writer taken out (``fleet_membership``), if any
+    (not before the retry time of a router change that failed)."""
+    current = view.router.membership
+    if not settings.controller.fleet or current is None or not current.writers:
+        return None
+    if now < state.route_retry_at:
+        return None
+    desired = fleet_membership(view, state, settings)
+    return None if desired is None else Route(desired, no_writer=True)
 
 
 def rule_startup_grace(

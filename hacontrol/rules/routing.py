@@ -85,7 +85,13 @@ def fleet_writer(view: ClusterView, state: ControllerState) -> tuple[str | None,
     lock). With no publication (the leader died or lost its lease, and no new one has
     published yet): the router's current writer while it is still, by this instance's own
     probes, the primary, writable and reachable (routers keep routing through a takeover);
-    otherwise nobody: writes wait, never to a stale primary."""
+    otherwise nobody: writes wait, never to a stale primary.
+
+    Only with quorum: an instance that reaches no majority of the nodes may be on the small
+    side of a partition, where an old publication can outlive the failover made on the other
+    side (it lasts until the server frees the old leader's idle session, W)."""
+    if not view.quorum.ok:
+        return None, f"no quorum ({view.quorum.describe()}): no writer on this side"
     if view.published is not None:
         return view.published, f"the leader publishes {view.published}"
     membership = view.router.membership
