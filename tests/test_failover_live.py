@@ -144,8 +144,15 @@ async def test_frozen_primary_fails_over_then_rejoins_as_reader(fresh_sandbox):
             assert "node1" not in change["to"]["writers"]
 
 
-async def test_two_of_three_down_changes_nothing(fresh_sandbox):
-    rt, capture = runtime(fast_settings(fresh_sandbox))
+@pytest.mark.parametrize("fleet", [False, True], ids=["alone", "fleet"])
+async def test_two_of_three_down_changes_nothing(fresh_sandbox, fleet):
+    """No node changes without quorum. A lone instance keeps its router's writer; an instance
+    of a fleet takes it out (docs/fleet.md: it may be on the small side of a partition)."""
+    settings = fast_settings(fresh_sandbox)
+    settings = settings.model_copy(
+        update={"controller": settings.controller.model_copy(update={"fleet": fleet})}
+    )
+    rt, capture = runtime(settings)
     async with rt:
         await healthy_and_idle(rt)
         started_before = len(capture.of("plan_started"))
@@ -160,12 +167,13 @@ async def test_two_of_three_down_changes_nothing(fresh_sandbox):
         membership = await router_membership(rt)
     decision = next(r for r in capture.of("decision") if r["rule"] == "NoQuorum")
     # Before quorum was lost, the first dead replica may have left the readers (a router
-    # change); once it is lost, nothing at all, and never a failover.
+    # change); once it is lost, only the fleet's router change, and never a failover.
     plans = capture.of("plan_started")[started_before:]
-    assert all(p["rule"] == "RouteReconcile" for p in plans), plans
-    assert not [p for p in plans if p["_mono"] > decision["_mono"]]
+    assert all(p["kind"] == "route" for p in plans), plans
+    after = [p for p in plans if p["_mono"] > decision["_mono"]]
+    assert [p["rule"] for p in after] == (["NoQuorum"] if fleet else [])
     assert "1 of 3 recognized nodes reachable" in decision["reason"]
-    assert membership.writers == {"node1"}
+    assert membership.writers == (set() if fleet else {"node1"})
     assert (await fresh_sandbox.live_roles())["node1"] == "primary"
 
 
