@@ -130,6 +130,7 @@ def _rendered_samples() -> dict[str, dict[str, set[str]]]:
     metrics.observe_loop(0.001, 0)
     metrics.set_halt(False)
     metrics.observe_journal(True, 2**30)
+    metrics.observe_lease("c1", True, 1, {"node1": True})
     out: dict[str, dict[str, set[str]]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
         for sample in family.samples:

@@ -230,3 +230,19 @@ def test_failover_phases_is_pure():
         "route": pytest.approx(0.25),
         "total": pytest.approx(1.26),
     }
+
+
+def test_the_lease_leader_its_changes_and_the_locks_held():
+    metrics = Metrics("t")
+    metrics.observe_lease("c1", False, 0, {"node1": False, "node2": False})
+    metrics.observe_lease("c1", True, 1, {"node1": True, "node2": True})
+    metrics.observe_lease("c1", True, 1, {"node1": True, "node2": False})
+    data = samples(metrics)
+    assert value(data, "hacontrol_lease_leader", instance="c1") == 1
+    assert value(data, "hacontrol_lease_changes_total", instance="c1") == 1  # counted once
+    assert value(data, "hacontrol_lease_lock_held", instance="c1", node="node1") == 1
+    assert value(data, "hacontrol_lease_lock_held", instance="c1", node="node2") == 0
+    metrics.observe_lease("c1", False, 2, {"node1": False, "node2": False})
+    data = samples(metrics)
+    assert value(data, "hacontrol_lease_leader", instance="c1") == 0
+    assert value(data, "hacontrol_lease_changes_total", instance="c1") == 2
