@@ -318,3 +318,38 @@ async def test_a_node_restarted_loses_its_locks_the_leader_keeps_leading_and_tak
             assert not m.of("lease", leader=True), m.name  # no takeover, false or not
         assert m.changes() == [], m.name
     print(f"the leader took node3's lock back {back:.3f} s after the restart began")
+
+
+async def test_leader_and_primary_killed_together_a_follower_fails_over(fleet):
+    fleet.start_all()
+    leader = settled(fleet)
+    others = [m for m in fleet.members if m.name != leader]
+    loops = {
+        m.name: WriteLoop(fleet.sandbox, start_id=1_000_000 * i, port=m.router.writer_port).start()
+        for i, m in enumerate(others, start=1)
+    }
+    await asyncio.sleep(0.5)
+    killed = fleet.signal(leader, signal.SIGKILL)
+    fleet.sandbox.kill_node("node1", signal.SIGKILL)
+
+    def failed_over():
+        return [m for m in others if m.of("plan_finished", kind="failover", ok=True)]
+
+    (new,) = await asyncio.to_thread(fleet.wait, failed_over, 30, "a follower's failover")
+    promoted = next(a for a in new.of("action") if a["action"] == "Promote")["node"]
+    deadline = time.monotonic() + 20
+    while not all([await m.writers() == {promoted} for m in others]):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    for loop in loops.values():
+        await loop.stop()
+    present = {row[0] for row in await sql(fleet.sandbox, promoted, "SELECT id FROM app.writes")}
+    report = []
+    for name, loop in loops.items():
+        assert sorted(set(loop.acknowledged) - present) == [], name
+        gap = outage(loop.ack_times, killed)
+        assert gap is not None, name
+        report.append(f"{name}: outage {gap:.3f} s")
+    assert [m.name for m in others if m.changes()] == [new.name]
+    print("; ".join(report))
