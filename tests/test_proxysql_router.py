@@ -28,6 +28,7 @@ from hacontrol.actions.proxysql import (
     ProxySQLRouter,
     ReplicationHostgroup,
     ServerRow,
+    cluster_sync_warning,
     conflict_warnings,
     delete_sql,
     differences,
@@ -765,6 +766,49 @@ async def test_replication_hostgroups_over_managed_ones_block_startup_and_apply(
         else:
             await router.check_startup()
             assert await router.apply(desired) is True
+
+
+def test_cluster_sync_of_mysql_servers_is_a_conflict_naming_the_variable() -> None:
+    assert cluster_sync_warning([], 3) is None  # no peer: no ProxySQL Cluster
+    assert cluster_sync_warning(["px2:6032"], 0) is None  # peers, but servers not synced
+    warning = cluster_sync_warning(["px3:6032", "px2:6032"], 3)
+    assert warning is not None
+    assert "admin-cluster_mysql_servers_diffs_before_sync = 3" in warning
+    assert "px2:6032, px3:6032" in warning and "SET admin-cluster_mysql_servers" in warning
+
+
+async def test_proxysql_cluster_syncing_mysql_servers_is_refused_at_start_up(
+    real_proxysql: RealProxySQL,
+) -> None:
+    """A peer in proxysql_servers with the default diffs_before_sync (3): refused, the variable
+    named; with the sync of mysql_servers off (0): accepted."""
+    variable = "admin-cluster_mysql_servers_diffs_before_sync"
+    async with tapped(real_proxysql, [seed(10, "node1"), seed(20, "node1")]) as admin:
+        router = make_router(admin)
+        await asyncio.to_thread(
+            real_proxysql.admin,
+            "INSERT INTO proxysql_servers (hostname, port) VALUES ('127.0.0.1', 1)",
+            "LOAD PROXYSQL SERVERS TO RUNTIME",
+        )
+        try:
+            with pytest.raises(RouterError, match="refusing to start until fixed") as info:
+                await router.check_startup()
+            assert f"{variable} = 3" in str(info.value) and "127.0.0.1:1" in str(info.value)
+            await asyncio.to_thread(
+                real_proxysql.admin,
+                f"SET {variable} = 0",
+                "LOAD ADMIN VARIABLES TO RUNTIME",
+            )
+            await router.check_startup()
+            assert not [w for w in await router.conflicts() if variable in w]
+        finally:
+            await asyncio.to_thread(
+                real_proxysql.admin,
+                "DELETE FROM proxysql_servers",
+                "LOAD PROXYSQL SERVERS TO RUNTIME",
+                f"SET {variable} = 3",
+                "LOAD ADMIN VARIABLES TO RUNTIME",
+            )
 
 
 async def test_unmanaged_writer_is_a_conflict(proxysql: Admin) -> None:

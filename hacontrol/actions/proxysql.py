@@ -464,6 +464,29 @@ def extra_writers(config: Iterable[ServerRow], layout: Layout) -> list[str]:
 # --- pure: conflicts ------------------------------------------------------------------------------
 
 
+PEERS_TABLE = "runtime_proxysql_servers"
+CLUSTER_SYNC_VARIABLE = "admin-cluster_mysql_servers_diffs_before_sync"
+
+
+def cluster_sync_warning(peers: Sequence[str], diffs_before_sync: int) -> str | None:
+    """ProxySQL Cluster copying ``mysql_servers`` from its peers, or None.
+
+    With peers in ``proxysql_servers`` and ``admin-cluster_mysql_servers_diffs_before_sync``
+    above 0, a ProxySQL takes the servers of whichever peer has the newest epoch (ProxySQL
+    issue 5540): the rows one sidecar wrote would overwrite the others'. In a fleet every
+    sidecar routes its own ProxySQL, so the sync must be off (0)."""
+    if not peers or diffs_before_sync <= 0:
+        return None
+    return (
+        f"ProxySQL Cluster syncs mysql_servers from its peers ({', '.join(sorted(peers))} in "
+        f"proxysql_servers, {CLUSTER_SYNC_VARIABLE} = {diffs_before_sync}): a peer's newer "
+        "rows would overwrite the ones this instance's hacontrol writes, while each sidecar "
+        f"routes its own ProxySQL. Turn the sync of mysql_servers off: SET "
+        f"{CLUSTER_SYNC_VARIABLE} = 0; LOAD ADMIN VARIABLES TO RUNTIME; SAVE ADMIN VARIABLES "
+        "TO DISK (or empty proxysql_servers)"
+    )
+
+
 def conflict_warnings(
     runtime_pairs: Iterable[ReplicationHostgroup],
     config_pairs: Iterable[ReplicationHostgroup],
@@ -734,7 +757,17 @@ class ProxySQLRouter:
     async def _conflicts(self, session: _Session) -> list[str]:
         runtime_pairs, config_pairs = await self._replication_hostgroups(session)
         writer_rows = await session.servers(RUNTIME_TABLE, (self.layout.hostgroups.writer,))
-        return conflict_warnings(runtime_pairs, config_pairs, writer_rows, self.layout)
+        warnings = conflict_warnings(runtime_pairs, config_pairs, writer_rows, self.layout)
+        peers = await session.query(f"SELECT hostname, port FROM {PEERS_TABLE}")
+        rows = await session.query(
+            "SELECT variable_value FROM runtime_global_variables "
+            f"WHERE variable_name = {sql_literal(CLUSTER_SYNC_VARIABLE)}"
+        )
+        diffs = int(rows[0]["variable_value"]) if rows else 0
+        addresses = [f"{p['hostname']}:{p['port']}" for p in peers]
+        if warning := cluster_sync_warning(addresses, diffs):
+            warnings.append(warning)
+        return warnings
 
     async def _call(self, what: str, body: Callable[[_Session], Awaitable[T]]) -> T:
         """Run ``body`` on a fresh connection, everything within ``settings.timeout``.
