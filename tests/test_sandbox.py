@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from hacontrol.sandbox import (
     PortBusyError,
     RouterInfo,
     Sandbox,
+    SandboxError,
     SandboxSpec,
     find_free_base_port,
     procs,
@@ -217,6 +219,36 @@ def test_settings_toml_has_the_controller_schema() -> None:
     assert doc["probes"] == {"interval": 1.0, "timeout": 0.5, "failure_threshold": 3}
     assert doc["failover"] == {"max_lag": 10.0, "recovery_block": 3600.0, "io_stall": 1.5}
     assert doc["smtp"] == {"host": ""}
+    # The fleet's lease, timed for the sandbox: W shorter than io_stall (docs/fleet.md).
+    assert doc["lease"]["wait_timeout"] < doc["failover"]["io_stall"]
+    assert "controller" not in doc  # no journal given, no instance id: the defaults
+
+
+def test_the_settings_of_a_controller_the_sandbox_starts_name_it_and_its_journal() -> None:
+    text = render.settings_toml(
+        fake_nodes(),
+        fake_router(),
+        controller_password_file="/s/hacontrol.password",
+        replication_password_file="/s/repl.password",
+        journal="/sb/controllers/c2/journal.jsonl",
+        instance_id="c2",
+    )
+    assert tomllib.loads(text)["controller"] == {
+        "journal": "/sb/controllers/c2/journal.jsonl",
+        "instance_id": "c2",
+    }
+
+
+def test_a_fleets_ports_are_per_router_after_the_nodes() -> None:
+    spec = SandboxSpec(dir=Path("/sb"), base_port=30000, routers=3, controllers=2)
+    assert spec.port_count == 3 + 4 * 3
+    assert [spec.router_port(1, w) for w in range(4)] == [30007, 30008, 30009, 30010]
+    assert (spec.writer_port, spec.api_port) == (30003, 30006)  # the first router's
+    names = [name for _, name in spec.ports()]
+    assert "router 3 admin port" in names and "controller API port 2" in names
+    assert len({port for port, _ in spec.ports()}) == spec.port_count
+    with pytest.raises(SandboxError, match="--controllers must be between 0 and --routers"):
+        SandboxSpec(dir=Path("/sb"), routers=2, controllers=3)
 
 
 def test_proxysql_config_is_what_an_operator_writes() -> None:
@@ -526,6 +558,7 @@ def test_generated_settings_point_at_the_sandbox(sandbox: Sandbox) -> None:
         "failover",
         "smtp",
         "api",
+        "lease",
         "controller",
     }
     assert doc["api"]["port"] == info.nodes[-1].port + 4  # after the router's three ports
@@ -714,3 +747,49 @@ async def test_up_over_a_dead_sandbox_starts_afresh(fresh_sandbox: Sandbox) -> N
         assert await fetch(writer, "SELECT COUNT(*) FROM writes") == [(0,)]
     finally:
         writer.close()
+
+
+@pytest.mark.integration
+async def test_a_fleet_sandbox_starts_routers_and_controllers_and_stops_them(
+    tmp_path: Path,
+) -> None:
+    """``--routers 2 --controllers 2``: two routers, each with its own controller (its own
+    API, journal and log); one of them leads and both routers route to the primary."""
+    from tests.sandbox_fixtures import skip_without_servers
+
+    skip_without_servers()
+    spec = SandboxSpec(
+        dir=tmp_path / "sb", base_port=find_free_base_port(3 + 8), routers=2, controllers=2
+    )
+    sb = Sandbox(spec)
+    try:
+        info = await sb.up()
+        assert [c.name for c in info.controllers] == ["c1", "c2"]
+        assert {c.router for c in info.controllers} == {0, 1}
+        states = sb.process_states()
+        assert {states[n] for n in ("router", "router2", "c1", "c2")} == {"running"}
+
+        def fleet(c) -> dict:
+            url = f"http://127.0.0.1:{c.api_port}/status"
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return json.loads(answer.read())["fleet"]
+
+        async def one_leader_routing_node1() -> bool:
+            views = [await asyncio.to_thread(fleet, c) for c in info.controllers]
+            return sum(v["leader"] for v in views) == 1 and all(
+                v["router_agrees"] and v["published_primary"] == "node1" for v in views
+            )
+
+        await eventually(one_leader_routing_node1, 20, "one leader publishing node1")
+        assert {fleet(c)["instance"] for c in info.controllers} == {"c1", "c2"}
+        log = await asyncio.to_thread(Path(info.controllers[1].log).read_text)
+        assert log.count('"event":"started"') == 1
+        assert sb.kill_controller("c2")
+        assert sb.process_states()["c2"] == "dead"
+        await sb.start_controller("c2")
+        assert sb.process_states()["c2"] == "running"
+    finally:
+        pids = [(c.pid, c.settings) for c in sb.status().controllers]
+        await sb.down()
+    assert all(procs.process_state(pid, marker) == "dead" for pid, marker in pids)
+    assert not exists(str(tmp_path / "sb"))

@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hacontrol.sandbox.cluster import Sandbox
+from hacontrol.sandbox.cluster import Sandbox, router_name
 from hacontrol.sandbox.model import (
     DEFAULT_BASE_PORT,
     AlreadyRunningError,
+    RouterInfo,
     SandboxError,
     SandboxInfo,
     SandboxSpec,
@@ -48,6 +49,19 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         choices=["proxysql", "haproxy"],
         help="the router in front of the nodes (default: proxysql when on PATH, else haproxy)",
     )
+    parser.add_argument(
+        "--routers",
+        type=int,
+        default=1,
+        help="routers in front of the nodes, each with ports of its own (default 1; a fleet)",
+    )
+    parser.add_argument(
+        "--controllers",
+        type=int,
+        default=0,
+        help="controllers to start with the sandbox, controller i next to router i, each with "
+        "its own API port, journal and log (default 0: run one yourself; docs/fleet.md)",
+    )
     parser.add_argument("--json", action="store_true", help="status as JSON")
     parser.add_argument(
         "--tls",
@@ -67,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
                 base_port=args.base_port,
                 router=args.router,
                 tls=args.tls,
+                routers=args.routers,
+                controllers=args.controllers,
             )
             return cmd_up(Sandbox(spec))
         sandbox = Sandbox.at(args.dir)
@@ -132,21 +148,38 @@ def status_document(
             }
             for n in info.nodes
         ],
-        "router": {
-            "kind": router.kind,
-            "host": router.host,
-            "writer_port": router.writer_port,
-            "reader_port": router.reader_port,
-            "admin": router.admin,
-            "admin_tcp": f"{router.host}:{router.admin_port}",
-            "pid": router.pid,
-            "process": states["router"],
-            "config": router.config,
-        },
+        "router": router_document(router, states["router"]),
+        "routers": [router_document(r, states[router_name(i)]) for i, r in enumerate(info.routers)],
+        "controllers": [
+            {
+                "name": c.name,
+                "router": c.router + 1,
+                "api": f"http://127.0.0.1:{c.api_port}",
+                "pid": c.pid,
+                "process": states[c.name],
+                "settings": c.settings,
+                "log": c.log,
+            }
+            for c in info.controllers
+        ],
         "users": {
             role: {"user": c.user, "password": c.password(), "password_file": c.password_file}
             for role, c in info.users.items()
         },
+    }
+
+
+def router_document(router: RouterInfo, process: str) -> dict[str, Any]:
+    return {
+        "kind": router.kind,
+        "host": router.host,
+        "writer_port": router.writer_port,
+        "reader_port": router.reader_port,
+        "admin": router.admin,
+        "admin_tcp": f"{router.host}:{router.admin_port}",
+        "pid": router.pid,
+        "process": process,
+        "config": router.config,
     }
 
 
@@ -169,13 +202,22 @@ def describe(
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     app = info.users["app"]
+    routers = [
+        f"{r.kind}{'' if i == 0 else f' {i + 1}'} (pid {r.pid}, {states[router_name(i)]}): "
+        f"writer {r.host}:{r.writer_port}, reader {r.host}:{r.reader_port}, admin "
+        + (f"{r.admin} and {r.host}:{r.admin_port}" if r.kind == "haproxy" else r.admin)
+        for i, r in enumerate(info.routers)
+    ]
+    controllers = [
+        f"controller {c.name} (pid {c.pid}, {states[c.name]}) next to router {c.router + 1}: "
+        f"API http://127.0.0.1:{c.api_port}, log {c.log}"
+        for c in info.controllers
+    ]
     return "\n".join(
         [
             *table,
-            f"{router.kind} (pid {router.pid}, {states['router']}): "
-            f"writer {router.host}:{router.writer_port}, reader {router.host}:{router.reader_port}",
-            f"router admin: {router.admin}"
-            + (f" and {router.host}:{router.admin_port}" if router.kind == "haproxy" else ""),
+            *routers,
+            *controllers,
             f"controller settings: {info.settings}",
             *(
                 [

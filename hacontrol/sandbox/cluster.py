@@ -17,8 +17,9 @@ from typing import Any
 import aiomysql
 import pymysql
 
-from hacontrol.sandbox import procs, render
+from hacontrol.sandbox import fleet, procs, render
 from hacontrol.sandbox.model import (
+    CONTROLLERS_DIR,
     HAPROXY_SOCKET,
     HOST,
     PROXYSQL_ADMIN_SECRET,
@@ -28,6 +29,7 @@ from hacontrol.sandbox.model import (
     STATE_DIR,
     STATE_FILE,
     AlreadyRunningError,
+    ControllerInfo,
     Credentials,
     NodeInfo,
     RouterInfo,
@@ -80,10 +82,14 @@ class Sandbox:
         return info
 
     def process_states(self) -> dict[str, str]:
-        """'running' / 'stopped' / 'dead' per node name and for 'router'."""
+        """'running' / 'stopped' / 'dead' per node name, for 'router' (and 'router2' ... with
+        several) and per controller the sandbox started ('c1' ...)."""
         info = self.status()
         states = {n.name: procs.process_state(n.pid, n.config) for n in info.nodes}
-        states["router"] = procs.process_state(info.router.pid, info.router.config)
+        for i, router in enumerate(info.routers):
+            states[router_name(i)] = procs.process_state(router.pid, router.config)
+        for controller in info.controllers:
+            states[controller.name] = procs.process_state(controller.pid, controller.settings)
         return states
 
     def is_running(self) -> bool:
@@ -179,8 +185,9 @@ class Sandbox:
             info = await self._prepare(template)
             info = self._spawn_all(info, binaries)
             await self._configure(info)
-            await self._wait_router(info)
-            self._write_settings(info)
+            await self._wait_routers(info)
+            info = self._write_settings(info)
+            info = await fleet.start_controllers(info)
             info = replace(info, up_seconds=round(time.monotonic() - started, 2))
             info.save()
         except BaseException:
@@ -235,15 +242,21 @@ class Sandbox:
         await asyncio.gather(
             *(asyncio.to_thread(shutil.copytree, template, n.datadir) for n in nodes)
         )
-        router = self._write_router_config(nodes, users, secrets_dir, tls)
+        if self._router_kind() == "proxysql":
+            write_secret(secrets_dir / PROXYSQL_ADMIN_SECRET)  # one admin password for all
+        routers = [
+            self._write_router_config(nodes, users, secrets_dir, tls, i)
+            for i in range(self.spec.routers)
+        ]
         info = SandboxInfo(
             dir=str(self.dir),
             settings=str(self.dir / SETTINGS_FILE),
             nodes=nodes,
-            router=router,
+            router=routers[0],
             users=users,
             root=root_creds,
             tls=str(tls.folder) if tls else None,
+            more_routers=tuple(routers[1:]),
         )
         info.save()
         return info
@@ -254,27 +267,28 @@ class Sandbox:
         users: dict[str, Credentials],
         secrets_dir: Path,
         tls: SandboxTls | None,
+        index: int = 0,
     ) -> RouterInfo:
         spec, kind = self.spec, self._router_kind()
-        router_dir = self.dir / ROUTER_DIR
+        router_dir = self.dir / router_dir_name(index)
         router_dir.mkdir(exist_ok=True)
         config = router_dir / ("haproxy.cfg" if kind == "haproxy" else "proxysql.cnf")
+        admin_port = spec.router_port(index, 2)
+        socket = HAPROXY_SOCKET if index == 0 else f"haproxy{index + 1}.sock"
         router = RouterInfo(
             kind=kind,
             host=HOST,
-            writer_port=spec.writer_port,
-            reader_port=spec.reader_port,
-            admin=str(self.dir / HAPROXY_SOCKET)
-            if kind == "haproxy"
-            else f"{HOST}:{spec.admin_port}",
-            admin_port=spec.admin_port,
+            writer_port=spec.router_port(index, 0),
+            reader_port=spec.router_port(index, 1),
+            admin=str(self.dir / socket) if kind == "haproxy" else f"{HOST}:{admin_port}",
+            admin_port=admin_port,
             pid=None,
             config=str(config),
         )
         if kind == "haproxy":
             config.write_text(render.haproxy_cfg(nodes, router))
         else:
-            admin_pw = read_secret(write_secret(secrets_dir / PROXYSQL_ADMIN_SECRET))
+            admin_pw = read_secret(secrets_dir / PROXYSQL_ADMIN_SECRET)
             config.write_text(
                 render.proxysql_cnf(
                     nodes,
@@ -290,30 +304,57 @@ class Sandbox:
                 tls.install_for_proxysql(router_dir)
         return router
 
-    def _write_settings(self, info: SandboxInfo) -> None:
+    def _write_settings(self, info: SandboxInfo) -> SandboxInfo:
+        """The sandbox's settings.toml (the first router), and those of the controllers it
+        starts (``--controllers``): each its own router, API port, journal and instance id."""
         proxysql_pw = self.dir / SECRETS_DIR / PROXYSQL_ADMIN_SECRET
+        common = {
+            "controller_password_file": info.users["controller"].password_file,
+            "replication_password_file": info.users["replication"].password_file,
+            "proxysql_password_file": str(proxysql_pw) if proxysql_pw.exists() else None,
+            "api_token_file": str(write_secret(self.dir / SECRETS_DIR / "api.token")),
+        }
         text = render.settings_toml(
             info.nodes,
             info.router,
-            controller_password_file=info.users["controller"].password_file,
-            replication_password_file=info.users["replication"].password_file,
-            proxysql_password_file=str(proxysql_pw) if proxysql_pw.exists() else None,
             api_port=self.spec.api_port,
-            api_token_file=str(write_secret(self.dir / SECRETS_DIR / "api.token")),
             journal=str(self.dir / STATE_DIR / "journal.jsonl"),
             tls=self.tls(info),
+            **common,
         )
         Path(info.settings).write_text(text)
+        controllers = []
+        for i in range(self.spec.controllers):
+            name = f"c{i + 1}"
+            folder = self.dir / CONTROLLERS_DIR / name
+            folder.mkdir(parents=True, exist_ok=True)
+            api_port = self.spec.router_port(i, 3)
+            settings = folder / SETTINGS_FILE
+            settings.write_text(
+                render.settings_toml(
+                    info.nodes,
+                    info.routers[i],
+                    api_port=api_port,
+                    journal=str(folder / "journal.jsonl"),
+                    instance_id=name,
+                    **common,
+                )
+            )
+            log = str(folder / "hacontrol.log")
+            controllers.append(ControllerInfo(name, i, str(settings), log, api_port, None))
+        info = replace(info, controllers=tuple(controllers))
+        info.save()
+        return info
 
     def _spawn_all(self, info: SandboxInfo, binaries: dict[str, str]) -> SandboxInfo:
         for node in info.nodes:
             info = info.with_node_pid(node.name, self._spawn_node(node, binaries["mariadbd"]))
             info.save()  # saved at once so that `down` finds it whatever happens next
-        router = info.router
-        argv = router_argv(binaries[router.kind], router, initial=True)
-        pid = procs.spawn(argv, Path(router.config).with_suffix(".log"))
-        info = replace(info, router=replace(router, pid=pid))
-        info.save()
+        for i, router in enumerate(info.routers):
+            argv = router_argv(binaries[router.kind], router, initial=True)
+            pid = procs.spawn(argv, Path(router.config).with_suffix(".log"))
+            info = info.with_router_pid(i, pid)
+            info.save()
         return info
 
     @staticmethod
@@ -357,10 +398,12 @@ class Sandbox:
             for conn in conns:
                 conn.close()
 
-    async def _wait_router(self, info: SandboxInfo) -> None:
+    async def _wait_routers(self, info: SandboxInfo) -> None:
+        await asyncio.gather(*(self._wait_router(router) for router in info.routers))
+
+    async def _wait_router(self, router: RouterInfo) -> None:
         """Until the router answers: HAProxy's admin socket; ProxySQL's admin login and both
         traffic ports (ProxySQL opens its admin port before the traffic ports)."""
-        router = info.router
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT
         while True:
@@ -387,17 +430,33 @@ class Sandbox:
         node = self.status().node(name)
         return signal_and_wait(node.pid, node.config, sig)
 
-    def kill_router(self, sig: int = signal.SIGKILL) -> bool:
-        """Send `sig` to the router process, like `kill_node`. False if it was not alive."""
-        router = self.status().router
+    def kill_router(self, sig: int = signal.SIGKILL, index: int = 0) -> bool:
+        """Send `sig` to a router process, like `kill_node`. False if it was not alive."""
+        router = self.status().routers[index]
         return signal_and_wait(router.pid, router.config, sig)
 
-    async def start_router(self) -> int:
+    def kill_controller(self, name: str, sig: int = signal.SIGKILL) -> bool:
+        """Send `sig` to a controller the sandbox started, like `kill_node`."""
+        controller = self.status().controller(name)
+        return signal_and_wait(controller.pid, controller.settings, sig)
+
+    async def start_controller(self, name: str) -> int:
+        """Start a controller again (after kill -9, say) with its settings, journal and log;
+        returns the new pid once its API answers."""
+        info = self.status()
+        controller = info.controller(name)
+        if procs.is_alive(controller.pid, controller.settings):
+            raise SandboxError(f"{name} is already running (pid {controller.pid})")
+        info = await fleet.start_controllers(info, only=name)
+        info.save()
+        return info.controller(name).pid or 0
+
+    async def start_router(self, index: int = 0) -> int:
         """Restart a stopped router (after kill -9, say) and wait until it answers; returns the
         new pid. ProxySQL comes back from its proxysql.db (no --initial), as a production
         restart does: with whatever was last SAVEd TO DISK."""
         info = self.status()
-        router = info.router
+        router = info.routers[index]
         if procs.is_alive(router.pid, router.config):
             raise SandboxError(f"{router.kind} is already running (pid {router.pid})")
         await procs.wait_port_free(router.admin_port, f"{router.kind} admin", timeout=3.0)
@@ -406,9 +465,9 @@ class Sandbox:
             raise SandboxError(f"not installed: {router.kind}")
         argv = router_argv(binary, router, initial=False)
         pid = procs.spawn(argv, Path(router.config).with_suffix(".log"))
-        info = replace(info, router=replace(router, pid=pid))
+        info = info.with_router_pid(index, pid)
         info.save()
-        await self._wait_router(info)
+        await self._wait_router(info.routers[index])
         return pid
 
     async def start_node(self, name: str, *options: str) -> int:
@@ -438,18 +497,22 @@ class Sandbox:
         info = self.info()
         if info is None:
             return False
-        router = info.router
+        await asyncio.gather(  # the controllers first: nothing acts while the rest stops
+            *(procs.terminate(c.pid, c.settings, grace=grace) for c in info.controllers)
+        )
         await asyncio.gather(
-            procs.terminate(router.pid, router.config, grace=grace),
+            *(procs.terminate(r.pid, r.config, grace=grace) for r in info.routers),
             *(procs.terminate(n.pid, n.config, grace=grace) for n in info.nodes),
         )
         for path in [Path(n.node_dir) for n in info.nodes] + [
             self.dir / SECRETS_DIR,
-            self.dir / ROUTER_DIR,
+            *(self.dir / router_dir_name(i) for i in range(len(info.routers))),
             self.dir / STATE_DIR,
+            self.dir / CONTROLLERS_DIR,
         ]:
             shutil.rmtree(path, ignore_errors=True)
-        for name in (HAPROXY_SOCKET, SETTINGS_FILE, STATE_FILE):
+        sockets = [HAPROXY_SOCKET, *(f"haproxy{i + 1}.sock" for i in range(1, len(info.routers)))]
+        for name in (*sockets, SETTINGS_FILE, STATE_FILE):
             (self.dir / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.dir.rmdir()  # only when empty: never remove what the sandbox did not create
@@ -457,6 +520,15 @@ class Sandbox:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+def router_name(index: int) -> str:
+    """'router' for the first router, 'router2' ... for the others."""
+    return "router" if index == 0 else f"router{index + 1}"
+
+
+def router_dir_name(index: int) -> str:
+    return ROUTER_DIR if index == 0 else f"{ROUTER_DIR}{index + 1}"
 
 
 def signal_and_wait(pid: int | None, marker: str, sig: int) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ HAPROXY_SOCKET = "haproxy.sock"
 PROXYSQL_ADMIN_SECRET = "proxysql_admin.password"
 ROUTER_DIR = "router"
 STATE_DIR = "state"  # the controller's journal, when run with the sandbox's settings
+CONTROLLERS_DIR = "controllers"  # per controller started with the sandbox: settings, journal, log
 
 
 class SandboxError(Exception):
@@ -39,7 +40,12 @@ class AlreadyRunningError(SandboxError):
 
 @dataclass(frozen=True)
 class SandboxSpec:
-    """What `up` builds. Ports: nodes base..base+N-1, then writer, reader, router admin."""
+    """What `up` builds. Ports: nodes base..base+N-1, then per router its writer, reader and
+    admin ports and the API port of the controller next to it.
+
+    ``routers``: routers in front of the nodes (a fleet's, each with its own controller when
+    ``controllers`` says so); ``controllers``: ``hacontrol run`` processes started with the
+    sandbox, controller i next to router i (none: the operator runs one)."""
 
     dir: Path
     nodes: int = 3
@@ -47,16 +53,27 @@ class SandboxSpec:
     router: RouterKind | None = None  # None: proxysql when on PATH, else haproxy
     cache_dir: Path | None = None  # template datadir cache; None: $XDG_CACHE_HOME/hacontrol
     tls: bool = False  # a CA of its own; TLS to the nodes, replication, ProxySQL admin, API
+    routers: int = 1
+    controllers: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 9:
             raise SandboxError(f"--nodes must be between 1 and 9, got {self.nodes}")
+        if not 1 <= self.routers <= 9:
+            raise SandboxError(f"--routers must be between 1 and 9, got {self.routers}")
+        if not 0 <= self.controllers <= self.routers:
+            raise SandboxError(
+                f"--controllers must be between 0 and --routers ({self.routers}): each "
+                f"controller runs next to a router of its own, got {self.controllers}"
+            )
+        if self.controllers and self.tls:
+            raise SandboxError("--controllers with --tls is not offered yet (their APIs' HTTPS)")
         if not 1024 <= self.base_port <= 65535 - self.port_count:
             raise SandboxError(f"--base-port {self.base_port} leaves no room for the sandbox ports")
 
     @property
     def port_count(self) -> int:
-        return self.nodes + 4
+        return self.nodes + 4 * self.routers
 
     def node_name(self, index: int) -> str:
         return f"node{index + 1}"
@@ -64,33 +81,39 @@ class SandboxSpec:
     def node_port(self, index: int) -> int:
         return self.base_port + index
 
+    def router_port(self, index: int, which: int) -> int:
+        """Router ``index``'s ports: 0 writer, 1 reader, 2 admin, 3 its controller's API."""
+        return self.base_port + self.nodes + 4 * index + which
+
     @property
     def writer_port(self) -> int:
-        return self.base_port + self.nodes
+        return self.router_port(0, 0)
 
     @property
     def reader_port(self) -> int:
-        return self.base_port + self.nodes + 1
+        return self.router_port(0, 1)
 
     @property
     def admin_port(self) -> int:
-        return self.base_port + self.nodes + 2
+        return self.router_port(0, 2)
 
     @property
     def api_port(self) -> int:
         """The controller's HTTP API, when run with the sandbox's settings."""
-        return self.base_port + self.nodes + 3
+        return self.router_port(0, 3)
 
     def ports(self) -> list[tuple[int, str]]:
         """Every port the sandbox listens on, with what it is for (for clear busy-port errors)."""
         named = [(self.node_port(i), f"mariadbd {self.node_name(i)}") for i in range(self.nodes)]
-        return [
-            *named,
-            (self.writer_port, "router writer port"),
-            (self.reader_port, "router reader port"),
-            (self.admin_port, "router admin port"),
-            (self.api_port, "controller API port"),
-        ]
+        for i in range(self.routers):
+            which = "router" if i == 0 else f"router {i + 1}"
+            named += [
+                (self.router_port(i, 0), f"{which} writer port"),
+                (self.router_port(i, 1), f"{which} reader port"),
+                (self.router_port(i, 2), f"{which} admin port"),
+                (self.router_port(i, 3), f"controller API port{'' if i == 0 else f' {i + 1}'}"),
+            ]
+        return named
 
 
 @dataclass(frozen=True)
@@ -135,6 +158,18 @@ class RouterInfo:
 
 
 @dataclass(frozen=True)
+class ControllerInfo:
+    """A ``hacontrol run`` the sandbox started, next to router ``router`` (an index)."""
+
+    name: str
+    router: int
+    settings: str  # its own settings file; also marks the process as ours
+    log: str
+    api_port: int
+    pid: int | None
+
+
+@dataclass(frozen=True)
 class SandboxInfo:
     dir: str
     settings: str
@@ -145,6 +180,27 @@ class SandboxInfo:
     up_seconds: float | None = None
     tls: str | None = None
     """The folder of the sandbox's CA and certificates when it runs with TLS."""
+    more_routers: tuple[RouterInfo, ...] = ()
+    """The routers after the first (``--routers N``)."""
+    controllers: tuple[ControllerInfo, ...] = ()
+
+    @property
+    def routers(self) -> tuple[RouterInfo, ...]:
+        return (self.router, *self.more_routers)
+
+    def controller(self, name: str) -> ControllerInfo:
+        for controller in self.controllers:
+            if controller.name == name:
+                return controller
+        raise SandboxError(f"no controller named {name!r} in sandbox {self.dir}")
+
+    def with_router_pid(self, index: int, pid: int | None) -> SandboxInfo:
+        routers = [replace(r, pid=pid) if i == index else r for i, r in enumerate(self.routers)]
+        return replace(self, router=routers[0], more_routers=tuple(routers[1:]))
+
+    def with_controller_pid(self, name: str, pid: int | None) -> SandboxInfo:
+        controllers = tuple(replace(c, pid=pid) if c.name == name else c for c in self.controllers)
+        return replace(self, controllers=controllers)
 
     def node(self, name: str) -> NodeInfo:
         for node in self.nodes:
@@ -172,6 +228,8 @@ class SandboxInfo:
             "root": self.root,
             "up_seconds": self.up_seconds,
             "tls": self.tls,
+            "more_routers": self.more_routers,
+            "controllers": self.controllers,
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -185,6 +243,8 @@ class SandboxInfo:
             "root": asdict(self.root) if self.root else None,
             "up_seconds": self.up_seconds,
             "tls": self.tls,
+            "more_routers": [asdict(r) for r in self.more_routers],
+            "controllers": [asdict(c) for c in self.controllers],
         }
 
     @classmethod
@@ -199,6 +259,8 @@ class SandboxInfo:
             root=Credentials(**root) if root else None,
             up_seconds=data.get("up_seconds"),
             tls=data.get("tls"),
+            more_routers=tuple(RouterInfo(**r) for r in data.get("more_routers", ())),
+            controllers=tuple(ControllerInfo(**c) for c in data.get("controllers", ())),
         )
 
     def save(self) -> None:

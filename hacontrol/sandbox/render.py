@@ -354,9 +354,14 @@ def settings_toml(
     api_token_file: str | None = None,
     journal: str | None = None,
     tls: SandboxTls | None = None,
+    instance_id: str | None = None,
 ) -> str:
     """settings.toml for the controller, pointing at the sandbox (schema owned by settings.py);
-    with ``tls``, TLS everywhere (``tls_sections``)."""
+    with ``tls``, TLS everywhere (``tls_sections``).
+
+    The fleet's lease is timed for the sandbox's probes: W 1 s (shorter than ``io_stall``, so
+    that a primary cut off from the leader has lost the old publication before a failover
+    publishes another), K 0.25 s, V 0.7 s: a takeover within a second."""
     lines = ["# written by `hacontrol sandbox up`", "[cluster]", 'name = "sandbox"', ""]
     for node in nodes:
         lines += [
@@ -419,8 +424,22 @@ def settings_toml(
         *(_api_tls(tls) if tls else []),
         "",
     ]
+    lines += [
+        "[lease]",
+        "wait_timeout = 1",
+        "keepalive = 0.25",
+        "validity = 0.7",
+        "margin = 0.2",
+        "backoff = 0.5",
+        "",
+    ]
+    controller = []
     if journal:
-        lines += ["[controller]", f"journal = {json.dumps(journal)}", ""]
+        controller.append(f"journal = {json.dumps(journal)}")
+    if instance_id:
+        controller.append(f"instance_id = {json.dumps(instance_id)}")
+    if controller:
+        lines += ["[controller]", *controller, ""]
     if tls:
         lines += tls_sections(tls, router.kind)
     return "\n".join(lines)
