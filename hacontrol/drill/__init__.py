@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -28,13 +27,21 @@ from typing import Any
 
 from hacontrol.drill import report
 from hacontrol.drill.faults import (
-    FaultError,
     LocalFaults,
     SandboxFaults,
     partition_unavailable,
 )
 from hacontrol.drill.load import Access
-from hacontrol.drill.runner import FAULTS, Drill, DrillPlan, DrillTimeout, settings_summary
+from hacontrol.drill.place import drill_sandbox
+from hacontrol.drill.runner import (
+    FAULTS,
+    LEADER_FAULTS,
+    Drill,
+    DrillPlan,
+    attempt,
+    settings_summary,
+    write_figures,
+)
 from hacontrol.settings import Settings, SettingsError, check, load_settings
 
 EXIT_OK = 0
@@ -63,7 +70,21 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "and measure detection, promotion, router update, client-visible outages and lost "
         "acknowledged writes. Exit 0 when every run completed with no lost acknowledged write.",
     )
-    p.add_argument("--fault", choices=FAULTS, default="kill", help="what to do to the primary")
+    p.add_argument(
+        "--fault",
+        choices=(*FAULTS, *LEADER_FAULTS),
+        default="kill",
+        help="what to do to the primary (with --controllers N: kill, freeze, or to the leading "
+        "controller: kill-leader, freeze-leader, kill-leader-and-primary)",
+    )
+    p.add_argument(
+        "--controllers",
+        type=int,
+        default=1,
+        help="a fleet: N routers each with its own controller (processes of their own) on the "
+        "sandbox; the outage is measured through every router (default 1: one controller "
+        "in-process)",
+    )
     p.add_argument("--runs", type=int, default=1, help="number of runs (default 1)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
     p.add_argument(
@@ -108,7 +129,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 def run(args: argparse.Namespace) -> int:
     try:
         plan = DrillPlan(fault=args.fault, runs=args.runs)
-        if args.config is not None:
+        if args.controllers != 1:
+            from hacontrol.drill.fleet import fleet_drill
+
+            job = fleet_drill(args, plan, progress=progress, machine=machine)
+        elif args.fault in LEADER_FAULTS:
+            raise UsageError(f"--fault {args.fault} needs a fleet: add --controllers 3")
+        elif args.config is not None:
             job = config_drill(args, plan)
         else:
             if args.fault == "partition" and (reason := partition_unavailable()):
@@ -224,43 +251,29 @@ def sandbox_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, A
     async def job() -> int:
         from hacontrol.sandbox import Sandbox, SandboxError, SandboxSpec, find_free_base_port
 
-        keep = args.dir is not None
-        tmp = None if keep else tempfile.TemporaryDirectory(prefix="hacontrol-drill-")
-        directory = args.dir if keep else Path(tmp.name) / "sandbox"  # type: ignore[union-attr]
-        sandbox = Sandbox.at(directory)
-        started = False
+        def make(directory: Path) -> Sandbox:
+            spec = SandboxSpec(dir=directory, base_port=find_free_base_port(8), router=args.router)
+            return Sandbox(spec)
+
         try:
-            if not sandbox.is_running():
-                progress(f"starting a sandbox in {directory}")
-                spec = SandboxSpec(
-                    dir=directory, base_port=find_free_base_port(8), router=args.router
+            async with drill_sandbox(args.dir, make, progress) as sandbox:
+                kind = sandbox.status().router.kind
+                if args.router is not None and kind != args.router:
+                    raise UsageError(f"the sandbox in {sandbox.dir} runs {kind}, not {args.router}")
+                progress(f"load through {kind}")
+                settings = drill_settings(sandbox.status().settings, args.interval)
+                refuse_if_controller_running(settings)
+                return await drive(
+                    settings,
+                    sandbox_access(sandbox, args.table, args.client_timeout),
+                    SandboxFaults(sandbox),
+                    plan,
+                    Outputs(args.json, args.log),
+                    acknowledge_block=True,
                 )
-                sandbox = Sandbox(spec)
-                await sandbox.up()
-                started = True
-            kind = sandbox.status().router.kind
-            if args.router is not None and kind != args.router:
-                raise UsageError(f"the sandbox in {directory} runs {kind}, not {args.router}")
-            progress(f"load through {kind}")
-            settings = drill_settings(sandbox.status().settings, args.interval)
-            refuse_if_controller_running(settings)
-            return await drive(
-                settings,
-                sandbox_access(sandbox, args.table, args.client_timeout),
-                SandboxFaults(sandbox),
-                plan,
-                Outputs(args.json, args.log),
-                acknowledge_block=True,
-            )
         except SandboxError as exc:
             print(f"hacontrol drill: sandbox: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        finally:
-            if started and not keep:
-                progress("removing the sandbox")
-                await sandbox.down()
-            if tmp is not None:
-                tmp.cleanup()
 
     return job()
 
@@ -315,12 +328,7 @@ async def drive(
         acknowledge_block=acknowledge_block,
     )
     started = time.monotonic()
-    failure: str | None = None
-    try:
-        await drill.run()
-    except (DrillTimeout, FaultError, OSError) as exc:
-        failure = str(exc)
-        progress(f"ERROR: {failure}")
+    failure = await attempt(drill.run(), progress)
     runs = drill.results
     out(report.render_summary(runs))
     if outputs.log is not None:
@@ -337,9 +345,6 @@ async def drive(
             "client_timeout": access.timeout,
             "write_period": plan.period,
         }
-        doc = report.document(runs, used, machine())
-        doc["error"] = failure
-        doc["seconds"] = round(time.monotonic() - started, 1)
-        json_path.write_text(json.dumps(doc, indent=2) + "\n")
+        write_figures(json_path, runs, used, machine(), failure, time.monotonic() - started)
         progress(f"figures written to {json_path}")
     return EXIT_OK if failure is None and report.exit_code(runs) == 0 else EXIT_FAILED

@@ -23,6 +23,28 @@ FIGURES: tuple[tuple[str, str], ...] = (
 )
 FIGURE_NAMES = tuple(name for name, _ in FIGURES)
 
+FLEET_FIGURES: tuple[tuple[str, str], ...] = (
+    ("takeover", "fault -> another instance holds the lease (the leader killed or frozen)"),
+    ("published", "fault -> the primary published by the leader acting after the fault"),
+    ("write_outage_leader", "write outage through the router of the instance leading at the fault"),
+    ("write_outage_followers", "the longest write outage through a follower's router"),
+)
+"""A fleet's figures (``hacontrol drill --controllers N``), beside one per router: the write and
+read outage through it (``write_outage@c1`` ...)."""
+
+
+def described(runs: Sequence[RunResult]) -> list[tuple[str, str]]:
+    """Every figure the runs observed, with its meaning: the classic ones, a fleet's, then one
+    per router of a fleet."""
+    names = {name for run in runs for name in run.figures}
+    out = [(n, text) for n, text in FIGURES if n in names or not names - set(FIGURE_NAMES)]
+    out += [(n, text) for n, text in FLEET_FIGURES if n in names]
+    per_router = sorted(n for n in names if "@" in n)
+    for name in per_router:
+        which, router = name.split("@", 1)
+        out.append((name, f"{which.replace('_', ' ')} through {router}'s router"))
+    return out
+
 
 def outage(times: Sequence[float], at: float, until: float | None = None) -> float | None:
     """The longest time without success that a client saw in [at, until], from sorted success
@@ -94,6 +116,8 @@ class RunResult:
     """Why the run did not complete (no failover, no writes after it ...)."""
     steps: tuple[StepTime, ...] = ()
     """The plan's actions in the order they ran."""
+    leaders: tuple[str | None, str | None] | None = None
+    """A fleet: the instance leading before the fault and after it."""
 
     @property
     def ok(self) -> bool:
@@ -121,7 +145,7 @@ class Stats:
 def summary(runs: Sequence[RunResult]) -> dict[str, Stats | None]:
     """p50 / p90 / max per figure over the runs that observed it."""
     out: dict[str, Stats | None] = {}
-    for name in FIGURE_NAMES:
+    for name, _ in described(runs):
         values = [v for r in runs if (v := r.figures.get(name)) is not None]
         out[name] = (
             Stats(len(values), percentile(values, 50), percentile(values, 90), max(values))
@@ -180,8 +204,10 @@ def render_run(run: RunResult) -> str:
         f"{run.new_primary or 'no new primary'}  "
         f"{'OK' if run.ok else 'FAILED'}"
     )
+    if run.leaders is not None:
+        head += f"  (leader {run.leaders[0] or '-'} -> {run.leaders[1] or 'none'})"
     rows = [("figure", "seconds", "meaning")]
-    rows += [(name, _seconds(run.figures.get(name)), text) for name, text in FIGURES]
+    rows += [(name, _seconds(run.figures.get(name)), text) for name, text in described([run])]
     lines = [head, _table(rows)]
     if run.steps:
         lines.append("steps (ended after the fault, own time): " + _steps(run.steps))
@@ -212,7 +238,7 @@ def render_summary(runs: Sequence[RunResult]) -> str:
     """p50 / p90 / max per figure, each step's own time, and the totals."""
     stats = summary(runs)
     rows = [("figure", "n", "p50", "p90", "max")]
-    rows += [_stats_row(name, stats[name]) for name in FIGURE_NAMES]
+    rows += [_stats_row(name, stats[name]) for name, _ in described(runs)]
     rows += [_stats_row(f"step {a}", st) for a, st in step_summary(runs).items()]
     ok = sum(r.ok for r in runs)
     lost = sum(r.lost_writes for r in runs)
@@ -237,7 +263,7 @@ def document(
     stats = summary(runs)
     return {
         "version": 1,
-        "figures": dict(FIGURES),
+        "figures": dict(described(runs)),
         "runs": [r.to_json() for r in runs],
         "summary": {k: (asdict(v) if v else None) for k, v in stats.items()},
         "steps": {k: asdict(v) for k, v in step_summary(runs).items()},

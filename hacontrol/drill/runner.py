@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from hacontrol.drill import report
 from hacontrol.drill.faults import FaultError, Faults
@@ -33,6 +35,8 @@ from hacontrol.settings import Settings
 from hacontrol.view import Health
 
 FAULTS = ("kill", "freeze", "switchover", "partition")
+LEADER_FAULTS = ("kill-leader", "freeze-leader", "kill-leader-and-primary")
+"""A fleet's faults (``--controllers N``, ``drill.fleet``): on the leading controller."""
 Progress = Callable[[str], None]
 
 
@@ -56,8 +60,9 @@ class DrillPlan:
     restore_timeout: float = 120.0
 
     def __post_init__(self) -> None:
-        if self.fault not in FAULTS:
-            raise ValueError(f"fault must be one of {', '.join(FAULTS)}, got {self.fault!r}")
+        if self.fault not in (*FAULTS, *LEADER_FAULTS):
+            choices = ", ".join((*FAULTS, *LEADER_FAULTS))
+            raise ValueError(f"fault must be one of {choices}, got {self.fault!r}")
         if self.runs < 1:
             raise ValueError("runs must be at least 1")
 
@@ -70,6 +75,55 @@ async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> A
         if time.monotonic() >= deadline:
             raise DrillTimeout(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+class Reporting(Protocol):
+    progress: Progress
+    on_result: Callable[[report.RunResult], None]
+
+
+async def each_run(
+    plan: DrillPlan,
+    wait_healthy: Callable[[], Awaitable[object]],
+    one_run: Callable[[int], Awaitable[report.RunResult]],
+    keep: Callable[[report.RunResult], None],
+    reporting: Reporting,
+) -> None:
+    """The runs, in order, each on a healthy cluster; none after a run that did not restore."""
+    for index in range(1, plan.runs + 1):
+        if index > 1:
+            await wait_healthy()
+        result = await one_run(index)
+        keep(result)
+        reporting.on_result(result)
+        if not result.restored:
+            reporting.progress("the cluster was not restored: no further run")
+            break
+
+
+async def attempt(job: Awaitable[object], progress: Progress) -> str | None:
+    """Run a drill; the error that stopped it (a timeout, a fault that failed), or None."""
+    try:
+        await job
+    except (DrillTimeout, FaultError, OSError) as exc:
+        progress(f"ERROR: {exc}")
+        return str(exc)
+    return None
+
+
+def write_figures(
+    path: Path,
+    runs: list[report.RunResult],
+    used: dict[str, Any],
+    machine: dict[str, Any],
+    failure: str | None,
+    seconds: float,
+) -> None:
+    """What ``--json FILE`` gets: every figure, the settings used, the machine, the error."""
+    doc = report.document(runs, used, machine)
+    doc["error"] = failure
+    doc["seconds"] = round(seconds, 1)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def settings_summary(settings: Settings) -> dict[str, Any]:
@@ -118,15 +172,7 @@ class Drill:
             if state.halt is not None:
                 raise FaultError(f"the controller is halted: {state.halt.reason}; fix and ack")
             await ensure_table(self.access)
-            for index in range(1, self.plan.runs + 1):
-                if index > 1:
-                    await self.wait_healthy()
-                result = await self.one_run(index)
-                self.results.append(result)
-                self.on_result(result)
-                if not result.restored:
-                    self.progress("the cluster was not restored: no further run")
-                    break
+            await each_run(self.plan, self.wait_healthy, self.one_run, self.results.append, self)
         return self.results
 
     def healthy(self) -> bool:
