@@ -76,7 +76,7 @@ def _k8s(kind: str, name: str | None = None) -> dict[str, Any]:
 
 
 def _container(name: str) -> dict[str, Any]:
-    spec = _k8s("Deployment")["spec"]["template"]["spec"]
+    spec = _k8s("StatefulSet")["spec"]["template"]["spec"]
     return next(c for c in spec["containers"] if c["name"] == name)
 
 
@@ -254,7 +254,8 @@ def test_k8s_secret_files_journal_and_config_paths_match_the_mounts():
     s = Settings(**tomllib.loads(config))
     container = _container("hacontrol")
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    spec = _k8s("Deployment")["spec"]["template"]["spec"]
+    statefulset = _k8s("StatefulSet")
+    spec = statefulset["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in spec["volumes"]}
 
     args = _cli_args(container["command"])
@@ -275,18 +276,27 @@ def test_k8s_secret_files_journal_and_config_paths_match_the_mounts():
 
     assert s.controller.journal.is_absolute()
     assert s.controller.journal.parent == Path(mounts["journal"])
-    claim = volumes["journal"]["persistentVolumeClaim"]["claimName"]
-    assert _k8s("PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "journal" not in volumes  # each pod's own volume, from the claim template
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "journal"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 
-def test_k8s_runs_exactly_one_controller_that_may_finish_a_plan_on_sigterm():
-    deployment = _k8s("Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+def test_k8s_runs_a_fleet_of_proxysql_pods_each_with_its_sidecar():
+    statefulset = _k8s("StatefulSet")
+    assert statefulset["spec"]["replicas"] >= 2  # every ProxySQL with its own hacontrol
+    assert statefulset["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    assert {c["name"] for c in statefulset["spec"]["template"]["spec"]["containers"]} == {
+        "proxysql",
+        "hacontrol",
+    }
+    assert _k8s("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert _k8s("Service", "hacontrol")["spec"]["clusterIP"] == "None"  # each pod's API
     config = _k8s("ConfigMap")["data"]["settings.toml"]
     s = Settings(**tomllib.loads(config))
-    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > plan_budget(s) + SHUTDOWN_GRACE
+    assert s.controller.fleet and "instance_id" not in tomllib.loads(config)["controller"]
+    grace = statefulset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > plan_budget(s) + SHUTDOWN_GRACE  # a leader lets its plan finish
 
 
 def test_k8s_probes_use_the_api_port_and_endpoints():
@@ -306,6 +316,7 @@ def test_k8s_proxysql_config_matches_the_settings():
     cnf = secret["proxysql.cnf"]
     s = Settings(**tomllib.loads(_k8s("ConfigMap")["data"]["settings.toml"]))
     assert not re.search(r"^\s*mysql_replication_hostgroups\s*=", cnf, re.MULTILINE)
+    assert not re.search(r"^\s*proxysql_servers\s*=", cnf, re.MULTILINE)  # no Cluster sync
     assert _cnf_values(cnf, "admin_credentials") == [f"admin:{secret['proxysql-admin-password']}"]
     assert _cnf_values(cnf, "mysql_ifaces") == ["127.0.0.1:6032"]
     addresses = re.findall(r'address="([^"]+)", port=(\d+), hostgroup=(\d+)', cnf)
@@ -344,6 +355,16 @@ def test_compose_settings_validate_and_name_the_compose_services(tmp_path, secre
             assert file.parent == Path("/run/secrets") and file.name in service["secrets"], file
     seconds = int(service["stop_grace_period"].rstrip("s"))
     assert seconds > plan_budget(s) + SHUTDOWN_GRACE
+    # A fleet of two pairs: each sidecar in its own ProxySQL's namespace, its own journal and
+    # instance id, the same settings.
+    second = compose["services"]["hacontrol2"]
+    assert s.controller.fleet
+    assert second["network_mode"] == "service:proxysql2" and "proxysql2" in compose["services"]
+    assert second["command"] == service["command"]
+    ids = {x["environment"]["HACONTROL_CONTROLLER__INSTANCE_ID"] for x in (service, second)}
+    assert ids == {"pair1", "pair2"}
+    journals = {v.split(":")[0] for x in (service, second) for v in x["volumes"] if "journal" in v}
+    assert journals == {"hacontrol-journal", "hacontrol2-journal"}
 
 
 def test_compose_secret_files_exist_and_proxysql_uses_the_same_passwords():
