@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hacontrol.effects import EndIntent, Log, Reprobe, SendAlert, SetLeaseMode, StartPlan
-from hacontrol.events import OperatorCommand, PlanFinished, ProbeResult, Tick
+from hacontrol.events import OperatorCommand, PlanFinished, Tick
 from hacontrol.flavors.base import IoState
 from hacontrol.model import Intent, Lease, LeaseMode, Model
 from hacontrol.plan import Plan, PlanKind, Promote, Publish, Route, SetIOThreads
@@ -17,7 +17,6 @@ from hacontrol.rules.lease import lease_step
 from hacontrol.step import boot, step
 from hacontrol.view import Code, initial
 from tests.factories import (
-    channel,
     down,
     fleet,
     lock,
@@ -25,7 +24,6 @@ from tests.factories import (
     replica,
     router,
     settings,
-    status,
 )
 from tests.support import fold_all
 
@@ -182,16 +180,28 @@ def test_the_leader_publishes_the_primary_nobody_publishes():
 
 
 def test_the_leader_does_not_publish_a_primary_another_node_is_ahead_of():
-    def ahead(t: float) -> list:
-        errant = status(3, read_only=True, gtid="0-1-100,1-3-5", replication=(channel(),))
-        return [primary(at=t), replica("node2", t), ProbeResult("node3", t, 0.001, errant)]
-
-    rounds = [[*ahead(t), router(at=t)] for t in (1.0, 2.0, 3.0)]
-    m = model(*rounds, locks(NOW - 0.1, MINE, None), lease=LEADER)
+    """A failover left half-done: node2 writable without a source, node3 still on the dead
+    node1 and holding more than node2: publishing node2 would lose what node3 holds."""
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    ahead = {**DEAD_IO, "received_gtid": "0-1-105"}
+    rounds += [
+        [down("node1", t), primary("node2", t), replica("node3", t, **ahead), router(at=t)]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    m = model(*rounds, locks(NOW - 0.1, MINE, None, ("node2", "node3")), lease=LEADER)
+    assert m.view.primary == "node2"
     m, effects = run(m, Tick(NOW))
-    assert not started(effects)
+    assert not [p for p in started(effects) if p.rule == "PublishPrimary"]
     (alert,) = [e for e in effects if isinstance(e, SendAlert)]
-    assert "node3 has 1-3-5" in alert.alert.reason
+    assert "node3 has 0-1-101..105, which node2 lacks" in alert.alert.reason
+
+
+def test_the_leader_publishes_though_a_replica_probed_later_shows_newer_transactions():
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    later = replica("node3", 3.5, received_gtid="0-1-107")  # writes go on meanwhile
+    m = model(*rounds, [later], locks(NOW - 0.1, MINE, None), lease=LEADER)
+    _, effects = run(m, Tick(NOW))
+    assert [p.rule for p in started(effects)] == ["PublishPrimary"]
 
 
 def test_the_leaders_failover_publishes_the_new_primary_before_routing_to_it():

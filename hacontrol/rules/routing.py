@@ -245,13 +245,20 @@ def rule_publish(
 
 
 def ahead_of(view: ClusterView, state: ControllerState, primary: str) -> str | None:
-    """Which reachable node (an old primary aside) holds transactions ``primary`` has not
-    executed, or None."""
+    """Which reachable node that does not replicate from ``primary`` (an old primary aside)
+    holds transactions ``primary`` has not executed, or None. Its own replicas are left out:
+    they hold nothing it lacks, and a replica probed a moment after it may show newer
+    transactions than its last probe."""
     theirs = executed(view.nodes[primary].status)
     if theirs is None:
         return f"{primary}'s transactions unreadable"
     for name, node in sorted(view.nodes.items()):
-        if name == primary or not node.reachable or name in state.quarantined:
+        if (
+            name == primary
+            or not node.reachable
+            or name in state.quarantined
+            or view.sources.get(name) == primary
+        ):
             continue
         mine = holdings(node)
         if mine is None:
