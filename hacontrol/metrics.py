@@ -88,6 +88,7 @@ class Metrics:
         self._lease_changes_seen = 0
         self._node_series()
         self._cluster_series()
+        self._lease_series()
         self._plan_series()
         for outcome in OUTCOMES:  # export zeros, so that rate() works from the first failover
             self._failovers.labels(cluster, outcome)
@@ -157,24 +158,6 @@ class Metrics:
             ("cluster",),
             registry=reg,
         )
-        self._leader = Gauge(
-            "hacontrol_lease_leader",
-            "1 while this instance leads its fleet (always 1 for a single instance)",
-            ("cluster", "instance"),
-            registry=reg,
-        )
-        self._lease_changes = Counter(
-            "hacontrol_lease_changes",
-            "Times this instance took or lost the fleet's lease",
-            ("cluster", "instance"),
-            registry=reg,
-        )
-        self._locks = Gauge(
-            "hacontrol_lease_lock_held",
-            "1 for each node whose leader lock this instance holds (valid), else 0",
-            ("cluster", "instance", "node"),
-            registry=reg,
-        )
         self._halt = Gauge(
             "hacontrol_halt_active",
             "1 while the controller is halted (no automatic change until an operator acts)",
@@ -191,6 +174,27 @@ class Metrics:
             "hacontrol_journal_free_bytes",
             "Bytes free on the journal's filesystem at the last check",
             ("cluster",),
+            registry=reg,
+        )
+
+    def _lease_series(self) -> None:
+        reg = self.registry
+        self._leader = Gauge(
+            "hacontrol_lease_leader",
+            "1 while this instance leads its fleet (always 1 for a single instance)",
+            ("cluster", "instance"),
+            registry=reg,
+        )
+        self._lease_changes = Counter(
+            "hacontrol_lease_changes",
+            "Times this instance took or lost the fleet's lease",
+            ("cluster", "instance"),
+            registry=reg,
+        )
+        self._locks = Gauge(
+            "hacontrol_lease_lock_held",
+            "1 for each node whose leader lock this instance holds (valid), else 0",
+            ("cluster", "instance", "node"),
             registry=reg,
         )
 
