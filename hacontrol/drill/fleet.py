@@ -484,7 +484,9 @@ class FleetDrill:
                 steps.append(await self.faults.rebuild(old, new))
                 rebuilt = True
             if time.monotonic() > deadline:
-                raise DrillTimeout(f"{old} did not rejoin as a healthy replica of {new}")
+                raise DrillTimeout(
+                    f"{old} did not rejoin as a healthy replica of {new}: {seen(lead, old)}"
+                )
             await asyncio.sleep(0.1)
 
     async def _leader_status(self) -> dict[str, Any] | None:
@@ -521,6 +523,19 @@ def rejoined(status: dict[str, Any], old: str, new: str) -> bool:
         and node["source"] == new
         and node["health"] == "healthy"
         and old not in status["controller"]["quarantined"]
+    )
+
+
+def seen(status: dict[str, Any] | None, name: str) -> str:
+    """What the leader says of node ``name``, for an error message."""
+    if status is None:
+        return "no leader answers"
+    node = next((n for n in status["nodes"] if n["name"] == name), {})
+    quarantined = status["controller"]["quarantined"].get(name)
+    return (
+        f"the leader {status['fleet']['instance']} sees it {node.get('health')} "
+        f"({node.get('reason')}), source {node.get('source')}, quarantined {quarantined}, "
+        f"last decisions {[d['rule'] for d in status['controller']['last_decisions'][-5:]]}"
     )
 
 
