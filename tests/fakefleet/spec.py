@@ -138,7 +138,7 @@ def settings_data(
 ) -> dict[str, Any]:
     """Controller settings (as the TOML document's data) for one cluster of a bound fleet:
     the sandbox's probe timings (interval 1 s, timeout 0.5 s, io_stall 1.5 s), no router,
-    no API."""
+    no API, no fleet."""
     return {
         "cluster": {"name": cluster.name},
         "nodes": [{"name": n.name, "host": n.host, "port": n.port} for n in cluster.nodes],
@@ -152,7 +152,8 @@ def settings_data(
         "probes": {"interval": 1.0, "timeout": 0.5},
         "failover": {"io_stall": 1.5},
         "api": {"enabled": False},
-        "controller": {"journal": journal},
+        # One controller per cluster, alone: the fake answers no lease statement (docs/fleet.md).
+        "controller": {"journal": journal, "fleet": False},
         "log": {"level": level},
     }
 
