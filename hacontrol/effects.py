@@ -71,7 +71,8 @@ class EndIntent:
     plan_id: str
     reason: str
     promoted: str | None = None
-    """The plan's candidate when the view shows it promoted (its records could not say so)."""
+    """The plan's candidate when the view shows it promoted (its records could not say so); in
+    a fleet, the node the view shows as the primary in place of the plan's dead one."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from dataclasses import replace
 from hacontrol.decide import decide
 from hacontrol.effects import (
     Effect,
-    EndIntent,
     PersistState,
     Reprobe,
     SendAlert,
@@ -199,8 +198,14 @@ def boot(
 def unfinished_at_boot(model: Model, unfinished: Intent) -> Step:
     """A journaled plan that began before this instance stopped: finished before anything
     new; in a fleet another instance may have acted since, so the live topology decides
-    instead (docs/fleet.md) and the journal's plan is closed."""
-    fleet = model.lease.fleet
+    instead (docs/fleet.md): the journal's plan is closed once the view allows a decision
+    (``rules.resume.left_to_the_fleet``)."""
+    reason = "a plan began before the controller stopped; " + (
+        "in a fleet another instance may have acted since: the leader starts from the live "
+        "topology instead"
+        if model.lease.fleet
+        else "it is finished before anything new"
+    )
     line = log(
         "journal_unfinished",
         None,
@@ -208,16 +213,8 @@ def unfinished_at_boot(model: Model, unfinished: Intent) -> Step:
         plan=unfinished.plan_id,
         rule=unfinished.plan.rule,
         done_steps=sorted(unfinished.done),
-        reason="a plan began before the controller stopped; "
-        + (
-            "in a fleet another instance may have acted since: the leader starts from the "
-            "live topology instead"
-            if fleet
-            else "it is finished before anything new"
-        ),
+        reason=reason,
     )
-    if fleet:
-        return model, (EndIntent(unfinished.plan_id, "fleet: the live topology decides"), line)
     return replace(model, resume=unfinished), (line,)
 
 

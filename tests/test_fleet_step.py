@@ -11,7 +11,7 @@ from dataclasses import replace
 from hacontrol.effects import EndIntent, Log, Reprobe, SendAlert, SetLeaseMode, StartPlan
 from hacontrol.events import OperatorCommand, PlanFinished, Tick
 from hacontrol.flavors.base import IoState
-from hacontrol.model import Intent, Lease, LeaseMode, Model
+from hacontrol.model import ControllerState, Intent, Lease, LeaseMode, Model, Quarantined
 from hacontrol.plan import Plan, PlanKind, Promote, Publish, Route, SetIOThreads
 from hacontrol.rules.lease import lease_step
 from hacontrol.step import boot, step
@@ -269,9 +269,55 @@ def test_in_a_fleet_an_unfinished_journal_plan_is_left_to_the_live_topology():
         acting=True,
         wall_offset=0.0,
     )
-    assert model_.resume is None
-    assert EndIntent("failover-1", "fleet: the live topology decides") in effects
+    assert model_.resume == intent and not [e for e in effects if isinstance(e, EndIntent)]
     assert model_.lease.fleet and not model_.lease.leader
+
+
+QUARANTINED = ControllerState(
+    blocked_until=NOW + 3600,
+    last_failover_at=NOW,
+    quarantined={"node1": Quarantined("node1", "node2", NOW)},
+)
+CUT = Intent(
+    "failover-1",
+    Plan("DeadPrimary", "r", (Promote("node2", "node1"),), PlanKind.FAILOVER),
+    frozenset(),
+    frozenset({0}),  # its Promote began: a lone instance would finish it
+)
+
+
+def test_a_fleet_closes_a_failover_that_promoted_nothing_and_releases_its_dead_primary():
+    """The journal's failover is not finished here (the leader decides from the live
+    topology), and its dead primary, still the view's primary, is no old primary: left
+    quarantined it would never be failed over."""
+    for lease in (LEADER, FOLLOWER):
+        m = replace(dead(lease), resume=CUT, state=QUARANTINED)
+        m, effects = run(m, Tick(NOW))
+        assert EndIntent("failover-1", "fleet: the live topology decides", None) in effects
+        assert m.resume is None and "node1" not in m.state.quarantined
+        assert m.state.blocked_until is None
+        assert not [p for p in started(effects) if p.kind is PlanKind.FAILOVER and p.reason == "r"]
+        assert lines(effects, "plan_abandoned")
+
+
+def test_a_fleet_keeps_the_quarantine_of_a_failover_another_node_took_over_from():
+    """Another node is the primary now (this plan's candidate, or another instance's choice):
+    the dead node is an old primary, quarantined until it is fenced."""
+    for new in ("node2", "node3"):
+        others = [n for n in ("node2", "node3") if n != new]
+        rounds = [
+            [
+                down("node1", t),
+                primary(new, t),
+                *(replica(n, t, source=new) for n in others),
+                router((new,), at=t),
+            ]
+            for t in (4.0, 5.0, 6.0)
+        ]
+        m = replace(model(*rounds, lease=FOLLOWER), resume=CUT, state=QUARANTINED)
+        m, effects = run(m, Tick(NOW))
+        assert EndIntent("failover-1", "fleet: the live topology decides", new) in effects
+        assert "node1" in m.state.quarantined and m.state.blocked_until == NOW + 3600
 
 
 def test_the_lease_rules_are_off_for_a_single_instance():

@@ -10,6 +10,11 @@ switchover) is rolled back while its old primary is still the view's primary; ot
 abandoned and the routing reconciles from the view. A failover that promoted nothing leaves no
 quarantine and no recovery block behind; one whose candidate the view shows as the primary did
 promote (its records may be missing: it went on without the journal) and keeps them.
+
+In a fleet another instance may have acted since this one stopped: the plan is neither finished
+nor rolled back here, the leader converges from the live topology (docs/fleet.md). Only this
+instance's own record of it is settled from the view, on any instance (no node is touched): its
+dead primary stays quarantined while another node is the primary, and is released otherwise.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ def may_resume(model: Model, decided: Plan, now: float) -> bool:
         and decided.rule != "StartupGrace"
         and model.view.quorum.ok
         and not model.state.paused
-        and model.lease.allows(model.resume.plan, now)
+        and (model.lease.fleet or model.lease.allows(model.resume.plan, now))
     )
 
 
@@ -40,6 +45,8 @@ def resume(model: Model, decided: Plan, now: float) -> Step:
     intent = model.resume
     assert intent is not None
     model = replace(model, resume=None)
+    if model.lease.fleet:
+        return left_to_the_fleet(model, intent, decided)
     plan = intent.plan
     promote_at = plan.point_of_no_return
     dead = plan.promote.old_primary if plan.promote else None
@@ -61,6 +68,27 @@ def resume(model: Model, decided: Plan, now: float) -> Step:
     reason = f"abandoned after a controller restart: {decided.rule} now ({decided.reason})"
     if plan.rollback:  # undoing it now would make its old primary writable over another one
         reason += f"; not rolled back: the primary is {primary or 'unknown'} now, not {dead}"
+    abandoned = log("plan_abandoned", dead, "warning", plan=intent.plan_id, reason=reason)
+    return model, (ended, abandoned)
+
+
+def left_to_the_fleet(model: Model, intent: Intent, decided: Plan) -> Step:
+    """Fleet: the journal's plan is closed, not resumed. A failover's dead primary stays an old
+    primary (quarantined, the recovery block kept) only when another node is the view's
+    primary now, promoted by this plan or by another instance's failover; otherwise the
+    failover promoted nothing, and a quarantined dead primary would never be failed over."""
+    plan = intent.plan
+    dead = plan.promote.old_primary if plan.promote else None
+    primary = model.view.primary
+    promoted = primary if dead is not None and primary not in (None, dead) else None
+    if promoted is None:
+        model = replace(model, state=without_quarantine(model.state, dead))
+    reason = (
+        "not resumed after a restart in a fleet (another instance may have acted since): the "
+        f"leader converges from the live topology; the primary is {primary or 'unknown'} now; "
+        f"{decided.rule} now ({decided.reason})"
+    )
+    ended = EndIntent(intent.plan_id, "fleet: the live topology decides", promoted)
     abandoned = log("plan_abandoned", dead, "warning", plan=intent.plan_id, reason=reason)
     return model, (ended, abandoned)
 
