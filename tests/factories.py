@@ -10,6 +10,7 @@ from typing import Any
 from hacontrol.events import LeaseObserved, ProbeResult, RouterProbeResult
 from hacontrol.flavors.base import FlavorName, IoState, NodeStatus, ReplicationStatus, SemiSync
 from hacontrol.jsonlog import JsonLog
+from hacontrol.model import ControllerState, Quarantined
 from hacontrol.routing import Membership
 from hacontrol.settings import Settings
 
@@ -128,3 +129,13 @@ class MemoryLog:
     def lines(self, event: str | None = None) -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in self.text.splitlines()]
         return [line for line in lines if event is None or line["event"] == event]
+
+
+def failed_over(now: float, dead: str = "node1", new: str = "node2") -> ControllerState:
+    """The state a failover of ``dead`` to ``new`` leaves at ``now``: ``dead`` quarantined, the
+    recovery block for an hour."""
+    return ControllerState(
+        blocked_until=now + 3600,
+        last_failover_at=now,
+        quarantined={dead: Quarantined(dead, new, now)},
+    )

@@ -11,13 +11,14 @@ from dataclasses import replace
 from hacontrol.effects import EndIntent, Log, Reprobe, SendAlert, SetLeaseMode, StartPlan
 from hacontrol.events import OperatorCommand, PlanFinished, Tick
 from hacontrol.flavors.base import IoState
-from hacontrol.model import ControllerState, Intent, Lease, LeaseMode, Model, Quarantined
+from hacontrol.model import Intent, Lease, LeaseMode, Model
 from hacontrol.plan import Plan, PlanKind, Promote, Publish, Route, SetIOThreads
 from hacontrol.rules.lease import lease_step
 from hacontrol.step import boot, step
 from hacontrol.view import Code, initial
 from tests.factories import (
     down,
+    failed_over,
     fleet,
     lock,
     primary,
@@ -273,11 +274,7 @@ def test_in_a_fleet_an_unfinished_journal_plan_is_left_to_the_live_topology():
     assert model_.lease.fleet and not model_.lease.leader
 
 
-QUARANTINED = ControllerState(
-    blocked_until=NOW + 3600,
-    last_failover_at=NOW,
-    quarantined={"node1": Quarantined("node1", "node2", NOW)},
-)
+QUARANTINED = failed_over(NOW)
 CUT = Intent(
     "failover-1",
     Plan("DeadPrimary", "r", (Promote("node2", "node1"),), PlanKind.FAILOVER),

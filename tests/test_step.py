@@ -62,7 +62,7 @@ from hacontrol.rules.alerts import LASTS_WHILE
 from hacontrol.rules.commands import ack, farewell
 from hacontrol.step import boot, step
 from hacontrol.view import initial
-from tests.factories import down, primary, replica, router, settings, status
+from tests.factories import down, failed_over, primary, replica, router, settings, status
 from tests.support import fold_all
 
 S = settings()
@@ -266,11 +266,7 @@ def test_stopping_refuses_deferred_and_new_commands_and_starts_nothing():
 # ---------------------------------------------------------------------------------------------
 # After a plan
 
-QUARANTINED = ControllerState(
-    blocked_until=NOW + 3600,
-    last_failover_at=NOW,
-    quarantined={"node1": Quarantined("node1", "node2", NOW)},
-)
+QUARANTINED = failed_over(NOW)
 FAILOVER = Plan(
     "DeadPrimary",
     "node1 is dead",
