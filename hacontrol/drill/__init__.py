@@ -97,6 +97,24 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         help="the sandbox's router (default: proxysql when on PATH, else haproxy); the load "
         "goes through it",
     )
+    _real_cluster_arguments(p)
+    p.add_argument(
+        "--log", type=Path, metavar="FILE", help="write the controller's JSON log lines here"
+    )
+    p.add_argument(
+        "--table", default="app.drill", help="table the drill writes to (default app.drill)"
+    )
+    p.add_argument(
+        "--client-timeout",
+        type=float,
+        default=2.0,
+        help="connect/query timeout of the drill's clients, seconds (default 2)",
+    )
+    p.set_defaults(func=run)
+
+
+def _real_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """Drilling a real cluster instead of the sandbox (``--config``)."""
     p.add_argument("--config", metavar="FILE", help="drill a real cluster with these settings")
     p.add_argument(
         "--yes-kill-the-primary",
@@ -111,19 +129,6 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         type=Path,
         help=f"with --config: file holding the application password (or ${PASSWORD_ENV})",
     )
-    p.add_argument(
-        "--log", type=Path, metavar="FILE", help="write the controller's JSON log lines here"
-    )
-    p.add_argument(
-        "--table", default="app.drill", help="table the drill writes to (default app.drill)"
-    )
-    p.add_argument(
-        "--client-timeout",
-        type=float,
-        default=2.0,
-        help="connect/query timeout of the drill's clients, seconds (default 2)",
-    )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -380,29 +380,8 @@ def settings_toml(
         'replication_user = "repl"',
         f"replication_password_file = {json.dumps(replication_password_file)}",
         "",
-        "[router]",
-        f'kind = "{router.kind}"',
-        "primary_is_reader = true",
-        "",
+        *_router_sections(router, proxysql_password_file),
     ]
-    if router.kind == "haproxy":
-        lines += [
-            "[router.haproxy]",
-            f"socket = {json.dumps(router.admin)}",
-            'writer_backend = "writer"',
-            'reader_backend = "readers"',
-            "",
-        ]
-    else:
-        lines += [
-            "[router.proxysql]",
-            f'host = "{router.host}"',
-            f"port = {router.admin_port}",
-            'user = "admin"',
-            f"password_file = {json.dumps(proxysql_password_file or '')}",
-            *(f"{name}_hostgroup = {hg}" for name, hg in PROXYSQL_HOSTGROUPS.items()),
-            "",
-        ]
     lines += [
         "[probes]",
         "interval = 1.0",
@@ -424,7 +403,39 @@ def settings_toml(
         *(_api_tls(tls) if tls else []),
         "",
     ]
-    lines += [
+    lines += _fleet_sections(journal, instance_id)
+    if tls:
+        lines += tls_sections(tls, router.kind)
+    return "\n".join(lines)
+
+
+def _router_sections(router: RouterInfo, proxysql_password_file: str | None) -> list[str]:
+    lines = ["[router]", f'kind = "{router.kind}"', "primary_is_reader = true", ""]
+    if router.kind == "haproxy":
+        return [
+            *lines,
+            "[router.haproxy]",
+            f"socket = {json.dumps(router.admin)}",
+            'writer_backend = "writer"',
+            'reader_backend = "readers"',
+            "",
+        ]
+    return [
+        *lines,
+        "[router.proxysql]",
+        f'host = "{router.host}"',
+        f"port = {router.admin_port}",
+        'user = "admin"',
+        f"password_file = {json.dumps(proxysql_password_file or '')}",
+        *(f"{name}_hostgroup = {hg}" for name, hg in PROXYSQL_HOSTGROUPS.items()),
+        "",
+    ]
+
+
+def _fleet_sections(journal: str | None, instance_id: str | None) -> list[str]:
+    """The lease timed for the sandbox's probes (``settings_toml``) and this controller's own
+    journal and name."""
+    lines = [
         "[lease]",
         "wait_timeout = 1",
         "keepalive = 0.25",
@@ -440,9 +451,7 @@ def settings_toml(
         controller.append(f"instance_id = {json.dumps(instance_id)}")
     if controller:
         lines += ["[controller]", *controller, ""]
-    if tls:
-        lines += tls_sections(tls, router.kind)
-    return "\n".join(lines)
+    return lines
 
 
 def _api_tls(tls: SandboxTls) -> list[str]:
