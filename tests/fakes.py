@@ -296,3 +296,42 @@ async def garbage_server() -> AsyncIterator[int]:
     server = await asyncio.start_server(garbage, "127.0.0.1", 0)
     async with server:
         yield server.sockets[0].getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def slow_relay(host: str, port: int, delay: float) -> AsyncIterator[int]:
+    """A TCP relay to ``host:port`` that holds every new connection ``delay`` seconds before it
+    reaches the server (a slow connect: SYN retransmits, a loaded node); a free port."""
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await asyncio.sleep(delay)
+            up_reader, up_writer = await asyncio.open_connection(host, port)
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (OSError, asyncio.CancelledError):
+            writer.close()
+        finally:
+            tasks.discard(task)
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -4,12 +4,18 @@ freeing an idle session's locks after W, a killed session, the publication of th
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from hacontrol.actions.mysql import ActionError, _Session
 from hacontrol.events import LeaseObserved
+from hacontrol.flavors.base import Sql
 from hacontrol.model import LeaseMode
+from hacontrol.mysqlconn import endpoint_for
+from hacontrol.plan import LEASE_LOST
 from hacontrol.probes.lease import LeaseKeeper
+from tests.fakes import slow_relay
 from tests.live import sandbox_settings, sql
 
 pytestmark = pytest.mark.integration
@@ -99,3 +105,32 @@ async def test_the_primary_is_published_only_where_the_leader_lock_is_held_and_o
     seen = await rounds(b, LeaseMode.HOLD)
     carriers = [n for n, e in seen.items() if e.primary is not None and e.primary == e.leader]
     assert carriers == ["node2"]  # released on node1 for good, though published there twice
+
+
+async def test_a_statement_is_checked_against_the_lease_after_its_connection_is_reopened(sandbox):
+    """The statement guard runs after the (re)connect, right before the write: an action's
+    connection closed by an error (an optional statement the server refuses) is reopened for
+    the next statement, and a reconnect that outlasts the lease must not send it late."""
+    settings = sandbox_settings(sandbox)
+    node = settings.node("node1")
+    password = settings.mysql.password.get_secret_value() if settings.mysql.password else ""
+    delay, name = 0.6, "hacontrol.test.late_statement"
+    until = [float("inf")]
+    async with slow_relay(node.host, node.port, delay) as port:
+        endpoint = endpoint_for(
+            "127.0.0.1", port, settings.mysql.user, password, settings.mysql.tls
+        )
+        session = _Session(endpoint, time.monotonic() + 30, 5.0, lambda: until[0], 0.1)
+        try:
+            await session.open()
+            await session.change(Sql("SET GLOBAL hacontrol_no_such_variable = 1"), optional=True)
+            assert session.skipped  # refused by the server: the connection is closed
+            until[0] = time.monotonic() + delay / 2  # valid now, expired once reconnected
+            with pytest.raises(ActionError) as refused:
+                await session.change(Sql("DO GET_LOCK(%s, 0)", (name,)))
+            assert refused.value.detail.get(LEASE_LOST), refused.value.reason
+            (holder,) = await sql(sandbox, "node1", "SELECT IS_USED_LOCK(%s)", (name,))
+            assert holder == (None,), "the statement went out after the lease had ended"
+            assert not any(name in step for step in session.steps)
+        finally:
+            session.close()
