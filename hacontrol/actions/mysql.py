@@ -175,17 +175,21 @@ class _Session:
             self._conn = await connect(self.endpoint, timeout, multi_statements=True)
         return self._conn
 
-    async def query(self, stmt: Sql) -> list[dict[str, Any]]:
+    async def query(self, stmt: Sql, *, step: str | None = None) -> list[dict[str, Any]]:
+        """``stmt``'s rows. ``step``: a changing statement, recorded as that step and sent only
+        if the lease allows it, checked after the connection is (re)opened: nothing is awaited
+        between the check and the write (a reconnect after an error may take seconds)."""
         conn = await self._connection()
+        if step is not None:
+            self.check_lease(step)
+            self.steps.append(step)
         results = await fetch_all(conn, stmt.sql, stmt.params or None, timeout=self.remaining())
         return results[0]
 
     async def change(self, stmt: Sql, *, optional: bool = False) -> None:
         """A changing statement. ``optional``: an unknown variable (plugin absent) is skipped."""
-        self.check_lease(stmt.sql)
         try:
-            self.steps.append(stmt.sql)
-            await self.query(stmt)
+            await self.query(stmt, step=stmt.sql)
         except pymysql.err.MySQLError as exc:
             if optional and exc.args and exc.args[0] == ER_UNKNOWN_SYSTEM_VARIABLE:
                 self.steps.pop()
@@ -593,10 +597,8 @@ class MySQLActions:
             if user in kept_users or command in _KEPT_COMMANDS:
                 continue
             thread_id = int(row["id"])
-            session.check_lease(f"KILL CONNECTION {thread_id}")
-            session.steps.append(f"KILL CONNECTION {thread_id}")
             try:
-                await session.query(_kill_sql(thread_id))
+                await session.query(_kill_sql(thread_id), step=f"KILL CONNECTION {thread_id}")
             except pymysql.err.MySQLError as exc:
                 if exc.args and exc.args[0] == ER_UNKNOWN_THREAD:  # it ended meanwhile
                     session.steps.pop()
