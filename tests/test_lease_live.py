@@ -24,7 +24,7 @@ NODES = ("node1", "node2", "node3")
 WAIT_TIMEOUT = 1
 
 
-def keeper(sandbox) -> LeaseKeeper:
+def keeper(sandbox, clock=time.monotonic) -> LeaseKeeper:
     settings = sandbox_settings(sandbox)
     settings = settings.model_copy(
         update={
@@ -39,7 +39,7 @@ def keeper(sandbox) -> LeaseKeeper:
             ),
         }
     )
-    return LeaseKeeper(settings, lambda event: None)
+    return LeaseKeeper(settings, lambda event: None, clock=clock)
 
 
 async def rounds(k: LeaseKeeper, mode: LeaseMode | None = None) -> dict[str, LeaseObserved]:
@@ -134,3 +134,29 @@ async def test_a_statement_is_checked_against_the_lease_after_its_connection_is_
             assert not any(name in step for step in session.steps)
         finally:
             session.close()
+
+
+async def test_a_lock_taken_while_the_mode_turned_to_release_is_let_go(sandbox):
+    """The rules ask to let go (RELEASE) while a take is on the wire: the edge closed only the
+    sessions that held a lock at that moment, so the lock that take got was kept, renewed by
+    every keepalive, while the rules waited for the edge to close it (stuck in RELEASE, the
+    lock never free for anyone)."""
+    hooks: list = []
+
+    def clock() -> float:
+        while hooks:
+            hooks.pop()()
+        return time.monotonic()
+
+    a, b = keeper(sandbox, clock), keeper(sandbox)
+    try:
+        assert (await a.round("node1")).ok  # a session, holding nothing
+        a.set_mode(LeaseMode.ACQUIRE)
+        hooks.append(lambda: a.set_mode(LeaseMode.RELEASE))  # once the take is decided
+        await a.round("node1")
+        await a.round("node1")  # a keepalive in RELEASE mode
+        seen = await b.round("node1")
+        assert seen.ok and seen.leader is None, f"still held by connection {seen.leader}"
+    finally:
+        a.close()
+        b.close()
