@@ -10,7 +10,8 @@ address); in ``ACQUIRE`` mode the same round trip first takes the leader lock wh
 (``GET_LOCK(name, 0)``, never twice in one session: MariaDB counts re-entrant locks). Each
 round trip becomes a ``LeaseObserved`` event on the cluster's queue, stamped with the time it
 was sent. What to do (``LeaseMode``) is the lease rules' decision (``rules.lease``); a change of
-mode runs a round at once, and ``RELEASE`` closes every session that holds a lock.
+mode runs a round at once, and ``RELEASE`` closes every session that holds a lock (and any
+round that finds one still holding it: a take that was on the wire when the mode changed).
 
 ``publish(node)`` (a plan's ``Publish`` step, the leader only) releases the primary lock
 wherever this instance holds it, then takes it on ``node``'s session, which must hold the
@@ -155,7 +156,14 @@ class LeaseKeeper:
         session = self._sessions[name]
         async with session.lock:
             take = self._mode is LeaseMode.ACQUIRE and not session.holds
-            return await self._round_trip(session, take=take)
+            observed = await self._round_trip(session, take=take)
+            if self._mode is LeaseMode.RELEASE and session.holds:
+                # Letting go, yet held: a take that was on the wire when the mode changed
+                # (``set_mode`` closed only the sessions that held a lock then).
+                session.drop()
+                why = "closed to let go of the leader lock"
+                return LeaseObserved(name, observed.at, error=why, jitter=observed.jitter)
+            return observed
 
     async def _round_trip(self, session: _Session, *, take: bool) -> LeaseObserved:
         sent = self._clock()
