@@ -366,3 +366,25 @@ def test_without_quorum_a_fleets_router_has_no_writer_even_a_published_one():
     route = plan.actions[0]
     assert isinstance(route, Route) and route.no_writer and route.desired.writers == set()
     assert plan.rule == "NoQuorum" and "routes writes to nobody from a minority" in plan.reason
+
+
+def test_with_nobody_publishing_a_writer_its_replicas_lost_is_not_kept():
+    """An asymmetric cut: node1 is cut off from the leader and from node3 (the leader fails
+    over to node2), yet this follower still reaches node1 and node3, a majority. The leader's
+    publication on node1 ends (the server frees its idle session after W). Keeping node1 as
+    the writer because this instance's own probes still see it writable would send this
+    router's writes to node1 while the leader promotes node2: two writers. Without a
+    publication, a writer is kept only while the replicas this instance reaches follow it
+    with a live link."""
+    cut = {"io_state": IoState.CONNECTING, "last_io_errno": 2013, "last_io_error": "lost"}
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [[primary(at=t), down("node2", t), replica("node3", t, **cut)] for t in (4, 5, 6)]
+    m = model(
+        *rounds,
+        [lock("node1", NOW), lock("node2", NOW, error="timeout"), lock("node3", NOW, leader=OTHER)],
+    )
+    assert m.view.published is None and m.view.quorum.ok and m.view.primary == "node1"
+    _, effects = run(m, Tick(NOW))
+    (plan,) = started(effects)
+    (route,) = plan.actions
+    assert isinstance(route, Route) and route.no_writer and route.desired.writers == set()
