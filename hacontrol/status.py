@@ -224,7 +224,7 @@ def fleet_status(model: Model, settings: Settings, now: float) -> dict[str, Any]
     of the primary beside the published one, and whether its router agrees."""
     lease, view = model.lease, model.view
     membership = view.router.membership
-    expected = fleet_writer(view, model.state)[0] if lease.fleet else view.primary
+    expected = fleet_writer(view, model.state, settings)[0] if lease.fleet else view.primary
     since = lease.leader_since
     return {
         "instance": settings.controller.instance_id,

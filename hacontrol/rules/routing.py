@@ -78,7 +78,9 @@ def around(
     return Membership.of([primary], readers, broken, hidden)
 
 
-def fleet_writer(view: ClusterView, state: ControllerState) -> tuple[str | None, str]:
+def fleet_writer(
+    view: ClusterView, state: ControllerState, settings: Settings
+) -> tuple[str | None, str]:
     """The writer of every instance's router in a fleet, and why.
 
     The node carrying the leader's publication (its primary lock on the session of its leader
@@ -106,8 +108,36 @@ def fleet_writer(view: ClusterView, state: ControllerState) -> tuple[str | None,
         and not node.status.read_only
         and current not in state.quarantined
     ):
+        if lost := replicas_lost(view, current, settings):
+            return None, f"nobody publishes the primary, and {lost}"
         return current, f"nobody publishes; {current} is still the writable primary here"
     return None, "nobody publishes the primary, and the router's writer is not the primary"
+
+
+def replicas_lost(view: ClusterView, writer: str, settings: Settings) -> str | None:
+    """Why the replicas this instance reaches do not vouch for ``writer``, or None: each must
+    follow it (directly or down a chain) with a live link. Without a publication this is
+    what tells a takeover (the replicas still follow the primary) from a failover the leader
+    makes on the other side of a cut this instance does not see (they lost it)."""
+    hidden = hidden_nodes(view)
+    for name, node in sorted(view.nodes.items()):
+        if name == writer or name in hidden or not node.reachable:
+            continue
+        if _root(view, name) != writer:
+            return f"{name} does not replicate from {writer}"
+        if not link_alive(node, view.at, settings.failover.io_stall):
+            return f"{name} has no live link to {writer} (its source may be failed over)"
+    return None
+
+
+def _root(view: ClusterView, name: str) -> str | None:
+    """Where ``name``'s replication chain starts (None: it replicates from nobody)."""
+    seen = {name}
+    source = view.sources.get(name)
+    while source is not None and source not in seen and view.sources.get(source) is not None:
+        seen.add(source)
+        source = view.sources.get(source)
+    return source
 
 
 def fleet_membership(
@@ -115,7 +145,7 @@ def fleet_membership(
 ) -> Membership | None:
     """A fleet instance's router: the writer from ``fleet_writer``; with none, the current
     membership without its writers (reads go on); None when the router is unknown."""
-    writer, _ = fleet_writer(view, state)
+    writer, _ = fleet_writer(view, state, settings)
     if writer is not None:
         return around(view, state, settings, writer)
     current = view.router.membership
@@ -188,7 +218,7 @@ def rule_route(
         f"{sorted(desired.writers)}, readers {readers} -> {sorted(desired.readers)}"
     )
     if fleet:
-        reason += f" ({fleet_writer(view, state)[1]})"
+        reason += f" ({fleet_writer(view, state, settings)[1]})"
     route = Route(desired, no_writer=not desired.writers)
     return Decision(Plan("RouteReconcile", reason, (route,), kind=PlanKind.ROUTE), state)
 
