@@ -388,3 +388,19 @@ def test_with_nobody_publishing_a_writer_its_replicas_lost_is_not_kept():
     (plan,) = started(effects)
     (route,) = plan.actions
     assert isinstance(route, Route) and route.no_writer and route.desired.writers == set()
+
+
+def test_a_publication_on_a_primary_its_replicas_lost_is_not_routed():
+    """The leader lost node1 after the replicas had (the cut reached it last): it fails over
+    at once, and its publication on node1 lingers up to W after that. This follower reaches
+    node1 and node3, whose link to node1 is long dead, not node2: it must not route writes to
+    node1 while node2 is promoted."""
+    cut = {"io_state": IoState.CONNECTING, "last_io_errno": 2013, "last_io_error": "lost"}
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [[primary(at=t), down("node2", t), replica("node3", t, **cut)] for t in (4, 5, 6)]
+    m = model(*rounds, locks(NOW, OTHER, "node1", ("node1", "node3")))
+    assert m.view.published == "node1" and m.view.quorum.ok
+    _, effects = run(m, Tick(NOW))
+    (plan,) = started(effects)
+    (route,) = plan.actions
+    assert isinstance(route, Route) and route.no_writer and route.desired.writers == set()
