@@ -13,7 +13,7 @@ from hacontrol.routing import Membership
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import executed, holdings, topology_text
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, Health, hidden_nodes, link_alive
+from hacontrol.view import ClusterView, Health, NodeView, hidden_nodes, link_alive
 
 
 def reader_ok(
@@ -91,10 +91,16 @@ def fleet_writer(
 
     Only with quorum: an instance that reaches no majority of the nodes may be on the small
     side of a partition, where an old publication can outlive the failover made on the other
-    side (it lasts until the server frees the old leader's idle session, W)."""
+    side (it lasts until the server frees the old leader's idle session, W). Not to a
+    published node the replicas here have deserted (``replicas_deserted``: a publication
+    lingers up to W on a primary the leader lost last, while it fails it over); and with no
+    publication, only while the replicas here follow the writer with a live link
+    (``replicas_lost``: a takeover keeps them, a failover behind a cut does not)."""
     if not view.quorum.ok:
         return None, f"no quorum ({view.quorum.describe()}): no writer on this side"
     if view.published is not None:
+        if deserted := replicas_deserted(view, view.published, settings):
+            return None, f"the leader publishes {view.published}, but {deserted}"
         return view.published, f"the leader publishes {view.published}"
     membership = view.router.membership
     current = membership.writer if membership is not None else None
@@ -128,6 +134,35 @@ def replicas_lost(view: ClusterView, writer: str, settings: Settings) -> str | N
         if not link_alive(node, view.at, settings.failover.io_stall):
             return f"{name} has no live link to {writer} (its source may be failed over)"
     return None
+
+
+def replicas_deserted(view: ClusterView, writer: str, settings: Settings) -> str | None:
+    """Why the replicas this instance reaches testify that ``writer`` is gone, or None: every
+    one of them that follows it has heard nothing from it (no transaction, no heartbeat) for
+    longer than ``failover.io_stall``. A publication lingers up to W on a primary the leader
+    lost last (its session there is idle until the server frees it), while the leader fails it
+    over; an instance that still reaches it must not route writes there meanwhile. Replicas
+    just repointed, or without heartbeats, say nothing."""
+    stall = settings.failover.io_stall
+    hidden = hidden_nodes(view)
+    followers = [
+        node
+        for name, node in view.nodes.items()
+        if name != writer and name not in hidden and node.reachable and _root(view, name) == writer
+    ]
+    if followers and all(silent(node, stall) for node in followers):
+        return f"the replicas here have heard nothing from it for over {stall:g} s"
+    return None
+
+
+def silent(node: NodeView, stall: float) -> bool:
+    """This replica has received nothing from its source (heartbeats on) for over ``stall``."""
+    channel = node.channel
+    if channel is None or channel.heartbeat_period is None or channel.heartbeats_received is None:
+        return False
+    if node.io_progress_at is None or node.last_ok_at is None:
+        return False
+    return node.last_ok_at - node.io_progress_at > max(stall, 2.5 * channel.heartbeat_period)
 
 
 def _root(view: ClusterView, name: str) -> str | None:
