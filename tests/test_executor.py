@@ -648,3 +648,22 @@ def fleet_settings():
     from tests.factories import fleet
 
     return fleet()
+
+
+async def test_a_hook_is_not_run_without_a_valid_lease(tmp_path):
+    """A leader frozen inside a failover and resumed after its lease ended must not run the
+    operator's hooks either: a pre_failover hook may fence the old primary (power it off) for
+    a failover the new leader, reading the live topology, may not make."""
+    from hacontrol.actions.hooks import HookRunner
+    from hacontrol.settings import HookSettings
+
+    marker = tmp_path / "pre_failover-ran"
+    hooks = HookRunner(HookSettings(pre_failover=f"touch {marker}"), MemoryLog().log, cluster="t")
+    clock = Clock(10.0 + fleet_settings().lease.validity)  # the last keepalive is V old
+    rig, _ = fleet_rig(tmp_path, 10.0, clock)
+    rig.executor.hooks = hooks
+    plan = fleet_failover()
+    plan = replace(plan, actions=(Hook("pre_failover", required=True), *plan.actions))
+    done = await rig.executor.run("failover-1", plan)
+    assert not done.ok and done.lease_lost and done.failed_at == 0
+    assert not marker.exists(), "the hook ran without the lease"
