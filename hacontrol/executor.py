@@ -346,11 +346,12 @@ class Executor:
 
     def lease_problem(self, action: Action) -> str | None:
         """Why this instance may not run ``action`` now, or None. In a fleet an action on a
-        node runs only while this instance holds the leader lock on a majority that stays
-        valid at least ``lease.margin`` longer; each statement it sends is checked again
+        node, or an operator's hook (it may act on anything: fence a node, move an address),
+        runs only while this instance holds the leader lock on a majority that stays valid at
+        least ``lease.margin`` longer; each statement a node action sends is checked again
         (``actions.mysql``)."""
         settings = self.settings
-        if not settings.controller.fleet or not action.targets():
+        if not settings.controller.fleet or not (action.targets() or isinstance(action, Hook)):
             return None
         view, now = self._view(), self._clock()
         if holds_majority(view, settings, now, settings.lease.margin):
