@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from hacontrol.actions.mysql import ActionError, _Session
+from hacontrol.actions.mysql import ActionError, MySQLActions, _Session
 from hacontrol.events import LeaseObserved
 from hacontrol.flavors.base import Sql
 from hacontrol.model import LeaseMode
 from hacontrol.mysqlconn import endpoint_for
 from hacontrol.plan import LEASE_LOST
-from hacontrol.probes.lease import LeaseKeeper
+from hacontrol.probes.lease import LeaseKeeper, lock_names
 from tests.fakes import slow_relay
 from tests.live import sandbox_settings, sql
 
@@ -160,3 +160,38 @@ async def test_a_lock_taken_while_the_mode_turned_to_release_is_let_go(sandbox):
     finally:
         a.close()
         b.close()
+
+
+async def test_a_node_is_made_writable_only_while_this_instances_lease_session_holds_its_lock(
+    sandbox,
+):
+    """A leader paused with its clock (a paused VM: CLOCK_MONOTONIC stops with it) resumes
+    believing its lease valid, while the servers freed its locks after W and a new leader
+    acts. Making a node writable is the step that makes a second writer: the server itself
+    checks, as it runs the statement, that this instance's lease session still holds that
+    node's leader lock (the local clock is not trusted for it)."""
+    settings = sandbox_settings(sandbox)
+    name = lock_names(settings.cluster.name)["leader"]
+    holder: list[int] = []
+    k = keeper(sandbox)
+    actions = MySQLActions(
+        settings.model_copy(
+            update={"controller": settings.controller.model_copy(update={"fleet": True})}
+        ),
+        timeout=5,
+        lease_fence=lambda node: (name, holder[0]) if node == "node1" and holder else None,
+    )
+    try:
+        taken = await rounds(k, LeaseMode.ACQUIRE)
+        await sql(sandbox, "node1", "SET GLOBAL read_only = ON")
+        holder.append(taken["node1"].session + 1000)  # a session that is not the holder
+        stale = await actions.set_writable("node1", True)
+        assert not stale.ok and stale.detail.get(LEASE_LOST), stale.reason
+        assert await sql(sandbox, "node1", "SELECT @@global.read_only") == ((1,),)
+        holder[0] = taken["node1"].session
+        done = await actions.set_writable("node1", True)
+        assert done.ok, done.reason
+        assert await sql(sandbox, "node1", "SELECT @@global.read_only") == ((0,),)
+    finally:
+        await sql(sandbox, "node1", "SET GLOBAL read_only = OFF")
+        k.close()
