@@ -27,7 +27,7 @@ from hacontrol.journal import Journal
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
 from hacontrol.mysqlconn import endpoint_for
-from hacontrol.probes.lease import LeaseKeeper
+from hacontrol.probes.lease import LeaseKeeper, lock_names
 from hacontrol.probes.mysql import NodeProbe
 from hacontrol.probes.router import RouterProbe
 from hacontrol.routing import Router
@@ -119,6 +119,7 @@ class Runtime:
                 settings,
                 timeout=settings.failover.action_timeout,
                 lease_until=self._lease_until if fleet else lambda: float("inf"),
+                lease_fence=self._lease_fence if fleet else None,
             ),
             router=self.router,
             notifier=self.notifier,
@@ -151,6 +152,14 @@ class Runtime:
         of every node action)."""
         until = majority_until(self.controller.view, self.settings)
         return until if until is not None else float("-inf")
+
+    def _lease_fence(self, node: str) -> tuple[str, int] | None:
+        """The leader lock's name and this instance's lease session on ``node`` while the view
+        says it holds the lock there (the server checks it as it makes a node writable)."""
+        lock = self.controller.view.locks.get(node)
+        if lock is None or not lock.held or lock.session is None:
+            return None
+        return lock_names(self.settings.cluster.name)["leader"], lock.session
 
     # -- what the HTTP API sees (hacontrol.api.ControllerHandle) --------------------------------
 

@@ -128,6 +128,11 @@ def _forever() -> float:
     return float("inf")
 
 
+LeaseFence = Callable[[str], "tuple[str, int] | None"]
+"""Fleet: for a node, the leader lock's name and this instance's lease session (connection id)
+there while it holds the lock; None when it does not."""
+
+
 class _Session:
     """One connection to one node under one deadline; records every changing statement.
 
@@ -142,12 +147,14 @@ class _Session:
         connect_timeout: float,
         lease_until: LeaseUntil = _forever,
         margin: float = 0.0,
+        fence: Callable[[], tuple[str, int] | None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.deadline = deadline
         self.connect_timeout = connect_timeout
         self.lease_until = lease_until
         self.margin = margin
+        self.fence = fence
         self.steps: list[str] = []
         self.skipped: list[str] = []
         self.flavor: Flavor | None = None
@@ -197,6 +204,33 @@ class _Session:
                 return
             raise ActionError(f"{stmt.sql} failed: {describe_error(exc)}") from None
 
+    async def make_writable(self) -> None:
+        """read_only off. In a fleet (``fence``) the server applies it only while this
+        instance's lease session on the node holds the node's leader lock: a leader whose
+        clock stopped with it (a paused VM) would pass every local check after the servers
+        freed its locks; this is the one step that makes a second writer."""
+        assert self.flavor is not None
+        if self.fence is None:
+            for stmt in self.flavor.set_read_only_sql(False):
+                await self.change(stmt)
+            return
+        held = self.fence()
+        if held is None:
+            raise ActionError(
+                "lease: not making the node writable: this instance does not hold its leader lock",
+                **{LEASE_LOST: True},
+            )
+        lock, holder = held
+        for stmt in self.flavor.writable_if_holder_sql(lock, holder):
+            await self.change(stmt)
+        after = await self.status()
+        if after.read_only or after.super_read_only:
+            raise ActionError(
+                f"lease: the node stayed read-only: its leader lock is no longer held by this "
+                f"instance's lease session (connection {holder}) there",
+                **{LEASE_LOST: True},
+            )
+
     def check_lease(self, sql: str) -> None:
         """Raise unless the lease stays valid long enough to send ``sql`` now."""
         left = self.lease_until() - time.monotonic()
@@ -231,9 +265,11 @@ class MySQLActions:
         timeout: float = DEFAULT_TIMEOUT,
         default_heartbeat: float = DEFAULT_HEARTBEAT,
         lease_until: LeaseUntil = _forever,
+        lease_fence: LeaseFence | None = None,
     ) -> None:
         mysql = settings.mysql
         self._lease_until = lease_until
+        self._lease_fence = lease_fence if settings.controller.fleet else None
         self._margin = settings.lease.margin if settings.controller.fleet else 0.0
         self._nodes = {node.name: (node.host, node.port) for node in settings.nodes}
         self._user = mysql.user
@@ -362,8 +398,7 @@ class MySQLActions:
             await session.change(flavor.reset_replication_sql())
             for stmt in flavor.semi_sync_sql(source=True, replica=False):
                 await session.change(stmt, optional=True)
-            for stmt in flavor.set_read_only_sql(False):
-                await session.change(stmt)
+            await session.make_writable()
             promoted = await session.status()
             if promoted.read_only or promoted.replication:
                 raise ActionError("still read-only or replicating after promotion")
@@ -560,8 +595,10 @@ class MySQLActions:
                 assert semi_sync_source is not None
                 source_sql = session.flavor.semi_sync_sql(source=semi_sync_source, replica=False)[0]
                 await session.change(source_sql, optional=True)
-            if writable != on:
-                for stmt in session.flavor.set_read_only_sql(not on):
+            if writable != on and on:
+                await session.make_writable()
+            elif writable != on:
+                for stmt in session.flavor.set_read_only_sql(True):
                     await session.change(stmt)
             return _Done("made writable" if on else "made read-only")
 
@@ -704,6 +741,10 @@ class MySQLActions:
 
     # -- plumbing -------------------------------------------------------------------------------
 
+    def _fence_of(self, node: str) -> Callable[[], tuple[str, int] | None] | None:
+        fence = self._lease_fence
+        return None if fence is None else (lambda: fence(node))
+
     def _address(self, node: str) -> tuple[str, int] | None:
         return self._nodes.get(node)
 
@@ -728,6 +769,7 @@ class MySQLActions:
             self._connect_timeout,
             self._lease_until,
             self._margin,
+            self._fence_of(node),
         )
         ok, reason, detail = False, "", {}
         try:

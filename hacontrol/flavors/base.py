@@ -184,6 +184,12 @@ class Flavor(Protocol):
 
     def set_read_only_sql(self, on: bool) -> tuple[Sql, ...]: ...
 
+    def writable_if_holder_sql(self, lock: str, holder: int) -> tuple[Sql, ...]:
+        """``set_read_only_sql(False)``, applied by the server only while connection ``holder``
+        holds the user lock ``lock`` (a fleet's leader lock on the node); otherwise each
+        variable keeps its value."""
+        ...
+
     def semi_sync_sql(self, *, source: bool, replica: bool) -> tuple[Sql, ...]: ...
 
     def wait_for_gtid_sql(self, gtids: str, timeout: float) -> Sql:
@@ -191,6 +197,15 @@ class Flavor(Protocol):
         ...
 
     def wait_for_gtid_reached(self, result: object) -> bool: ...
+
+
+def off_if_holder(variable: str, lock: str, holder: int) -> Sql:
+    """``SET GLOBAL variable = OFF`` while connection ``holder`` holds the user lock ``lock``
+    as the server runs it; otherwise the variable keeps its value."""
+    return Sql(
+        f"SET GLOBAL {variable} = IF(IS_USED_LOCK(%s) <=> %s, 0, @@global.{variable})",
+        (lock, holder),
+    )
 
 
 def multi_statement(statements: Iterable[str]) -> str:

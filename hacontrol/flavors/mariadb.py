@@ -30,6 +30,7 @@ from hacontrol.flavors.base import (
     flag,
     gtid_text,
     integer,
+    off_if_holder,
     optional_integer,
     result_sets,
     semi_sync_from,
@@ -134,6 +135,9 @@ class MariaDB:
 
     def set_read_only_sql(self, on: bool) -> tuple[Sql, ...]:
         return (Sql(f"SET GLOBAL read_only = {'ON' if on else 'OFF'}"),)
+
+    def writable_if_holder_sql(self, lock: str, holder: int) -> tuple[Sql, ...]:
+        return (off_if_holder("read_only", lock, holder),)
 
     def semi_sync_sql(self, *, source: bool, replica: bool) -> tuple[Sql, ...]:
         # rpl_semi_sync_slave_enabled takes effect when the IO thread (re)connects.

@@ -36,6 +36,7 @@ from hacontrol.flavors.base import (
     flag,
     gtid_text,
     integer,
+    off_if_holder,
     optional_integer,
     result_sets,
     semi_sync_from,
@@ -175,6 +176,14 @@ class MySQL:
         if on:
             return (Sql("SET GLOBAL read_only = ON"), Sql("SET GLOBAL super_read_only = ON"))
         return (Sql("SET GLOBAL super_read_only = OFF"), Sql("SET GLOBAL read_only = OFF"))
+
+    def writable_if_holder_sql(self, lock: str, holder: int) -> tuple[Sql, ...]:
+        # Lost between the two: super_read_only off, read_only still on (read-only for all but
+        # SUPER users), which the caller reads back.
+        return (
+            off_if_holder("super_read_only", lock, holder),
+            off_if_holder("read_only", lock, holder),
+        )
 
     def semi_sync_sql(self, *, source: bool, replica: bool) -> tuple[Sql, ...]:
         # Fails with ER_UNKNOWN_SYSTEM_VARIABLE when the plugin is not loaded (INSTALL PLUGIN
