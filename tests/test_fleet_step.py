@@ -404,3 +404,20 @@ def test_a_publication_on_a_primary_its_replicas_lost_is_not_routed():
     (plan,) = started(effects)
     (route,) = plan.actions
     assert isinstance(route, Route) and route.no_writer and route.desired.writers == set()
+
+
+def test_replicas_an_operator_stopped_do_not_take_a_published_writer_away():
+    """Replicas whose IO threads an operator stopped (no error: a backup, a maintenance) hear
+    nothing from the primary, and testify nothing about it: the published primary stays the
+    writer of every router."""
+    stopped = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [
+        [primary(at=t), replica("node2", t, **stopped), replica("node3", t, **stopped)]
+        for t in (4, 5, 6, 7, 8)
+    ]
+    m = model(*rounds, locks(NOW, OTHER, "node1"))
+    assert m.view.published == "node1" and m.view.quorum.ok
+    _, effects = run(m, Tick(NOW))
+    routes = [a for p in started(effects) for a in p.actions if isinstance(a, Route)]
+    assert all(r.desired.writers == {"node1"} for r in routes), routes
