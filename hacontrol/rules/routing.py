@@ -13,7 +13,7 @@ from hacontrol.routing import Membership
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import executed, holdings, topology_text
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, Health, NodeView, hidden_nodes, link_alive
+from hacontrol.view import ClusterView, Health, NodeView, hidden_nodes, link_alive, witness
 
 
 def reader_ok(
@@ -142,13 +142,17 @@ def replicas_deserted(view: ClusterView, writer: str, settings: Settings) -> str
     longer than ``failover.io_stall``. A publication lingers up to W on a primary the leader
     lost last (its session there is idle until the server frees it), while the leader fails it
     over; an instance that still reaches it must not route writes there meanwhile. Replicas
-    just repointed, or without heartbeats, say nothing."""
+    just repointed, without heartbeats, or whose IO thread an operator stopped say nothing."""
     stall = settings.failover.io_stall
     hidden = hidden_nodes(view)
     followers = [
         node
         for name, node in view.nodes.items()
-        if name != writer and name not in hidden and node.reachable and _root(view, name) == writer
+        if name != writer
+        and name not in hidden
+        and node.reachable
+        and witness(node)  # an IO thread an operator stopped says nothing
+        and _root(view, name) == writer
     ]
     if followers and all(silent(node, stall) for node in followers):
         return f"the replicas here have heard nothing from it for over {stall:g} s"
