@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hacontrol.effects import EndIntent, Log, Reprobe, SendAlert, SetLeaseMode, StartPlan
-from hacontrol.events import OperatorCommand, PlanFinished, Tick
+from hacontrol.events import OperatorCommand, PlanFinished, RouterProbeResult, Tick
 from hacontrol.flavors.base import IoState
 from hacontrol.model import Intent, Lease, LeaseMode, Model
-from hacontrol.plan import Plan, PlanKind, Promote, Publish, Route, SetIOThreads
+from hacontrol.plan import ActionResult, Plan, PlanKind, Promote, Publish, Route, SetIOThreads
 from hacontrol.rules.lease import lease_step
 from hacontrol.step import boot, step
 from hacontrol.view import Code, initial
@@ -421,3 +421,40 @@ def test_replicas_an_operator_stopped_do_not_take_a_published_writer_away():
     _, effects = run(m, Tick(NOW))
     routes = [a for p in started(effects) for a in p.actions if isinstance(a, Route)]
     assert all(r.desired.writers == {"node1"} for r in routes), routes
+
+
+def test_without_quorum_a_router_change_is_not_repeated_before_the_router_is_read_back():
+    """Without quorum, a fleet's instance takes the writer out of its router. The view's
+    router still shows the writer until the router is probed again; with the primary dead,
+    the wait for fresh facts after a plan is skipped (a failover must not wait), and the same
+    Route was planned again at once, after every plan, back to back until the next router
+    probe: a storm of router commands and log lines that starves the probes and keepalives."""
+    dead_io = {**DEAD_IO}
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [
+        [down("node1", t), down("node2", t), replica("node3", t, **dead_io)] for t in (4, 5, 6)
+    ]
+    m = model(*rounds, locks(NOW, OTHER, None, ("node3",)))
+    assert not m.view.quorum.ok and m.view.router.membership.writers
+    m, effects = run(m, Tick(NOW))
+    (plan,) = started(effects)
+    assert plan.rule == "NoQuorum" and m.running is not None
+    route = plan.actions[0]
+    done = ActionResult("route", None, True, False, "router: already so")
+    finished = PlanFinished(
+        NOW + 0.01,
+        m.running.plan_id,
+        plan.rule,
+        plan.kind,
+        True,
+        "all steps done",
+        None,
+        (done,),
+        0.0,
+        routed=True,
+    )
+    m, effects = run(m, finished, now=NOW + 0.01)
+    assert not started(effects), "the same Route again before the router was read back"
+    seen = RouterProbeResult("haproxy", NOW + 0.3, route.desired)
+    m, effects = run(m, seen, Tick(NOW + 0.3), now=NOW + 0.3)
+    assert not started(effects)  # the router shows it now: nothing to do
