@@ -135,10 +135,15 @@ def next_plan(model: Model, settings: Settings, now: float) -> Step:
 
 def settling(model: Model, now: float) -> bool:
     """After a plan, wait (bounded) for fresh facts about what it touched, or the same plan is
-    re-made from the stale view. A dead primary never waits: its failover reads what it
-    needs fresh."""
+    re-made from the stale view. A dead primary never waits when this instance may fail it
+    over (its failover reads what it needs fresh); without quorum, or in a fleet's instance
+    that does not act, no failover follows, and the routing plans it may make wait too (a
+    Route re-made from a router not yet read back was repeated back to back)."""
     settle = model.settle
-    return bool(settle.waiting) and now < settle.until and not model.view.has(Code.DEAD_PRIMARY)
+    if not settle.waiting or now >= settle.until:
+        return False
+    view = model.view
+    return not (view.has(Code.DEAD_PRIMARY) and view.quorum.ok and model.lease.acting(now))
 
 
 def not_leader(model: Model, withheld: Plan, now: float) -> Plan:
