@@ -300,6 +300,12 @@ ERRORS = [
         "between two keepalives",
     ),
     (
+        "a cluster name too long for a lock name (MySQL refuses user locks over 64 characters)",
+        BASE.replace('name = "t"', 'name = "' + "c" * 47 + '"', 1),
+        "cluster.name",
+        "64 characters",
+    ),
+    (
         "an instance id with a space",
         BASE + '\n[controller]\ninstance_id = "a b"\n',
         "controller.instance_id",
