@@ -634,6 +634,10 @@ def _timing_rules(settings: Settings) -> Problems:
     return errors, []
 
 
+USER_LOCK_NAME_MAX = 64
+"""MySQL 5.7+ refuses longer names in GET_LOCK (ER_USER_LOCK_WRONG_NAME); MariaDB does not."""
+
+
 def _lease_rules(settings: Settings) -> Problems:
     """The lease's timings (docs/fleet.md): the leader's belief in a lock must end before the
     server can free it (V < W), keepalives must renew it well before then (K <= W/3), and a
@@ -664,6 +668,13 @@ def _lease_rules(settings: Settings) -> Problems:
             f"lease.wait_timeout ({wait} s): a primary cut off from the leader and its replicas "
             "keeps the old leader's publication up to W, and an instance that still reaches it "
             "with a majority of the nodes would route writes there after the failover"
+        )
+    longest = f"hacontrol.{settings.cluster.name}.primary"
+    if settings.controller.fleet and len(longest) > USER_LOCK_NAME_MAX:
+        errors.append(
+            f"cluster.name: {len(settings.cluster.name)} characters make the fleet's lock name "
+            f"{longest!r} longer than the {USER_LOCK_NAME_MAX} characters MySQL allows a user "
+            f"lock (at most {USER_LOCK_NAME_MAX - len('hacontrol..primary')} characters)"
         )
     if settings.controller.fleet and wait < settings.probes.interval:
         warnings.append(
