@@ -72,10 +72,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     )
     p.add_argument(
         "--fault",
-        choices=(*FAULTS, *LEADER_FAULTS),
+        choices=(*FAULTS, *LEADER_FAULTS, "chaos"),
         default="kill",
         help="what to do to the primary (with --controllers N: kill, freeze, or to the leading "
-        "controller: kill-leader, freeze-leader, kill-leader-and-primary)",
+        "controller: kill-leader, freeze-leader, kill-leader-and-primary); chaos: random "
+        "faults of every kind (sandbox only)",
     )
     p.add_argument(
         "--controllers",
@@ -84,6 +85,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         help="a fleet: N routers each with its own controller (processes of their own) on the "
         "sandbox; the outage is measured through every router (default 1: one controller "
         "in-process)",
+    )
+    p.add_argument(
+        "--duration", help="with --fault chaos: how long, like 90s, 20m, 1h (default 5m)"
+    )
+    p.add_argument(
+        "--seed", type=int, help="with --fault chaos: replay the fault sequence of this seed"
     )
     p.add_argument("--runs", type=int, default=1, help="number of runs (default 1)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
@@ -133,6 +140,12 @@ def _real_cluster_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.fault == "chaos":
+            from hacontrol.drill.chaos_cli import job as chaos_job
+
+            return run_loop(chaos_job(args, progress, sandbox_access))
+        if args.duration is not None or args.seed is not None:
+            raise UsageError("--duration and --seed go with --fault chaos")
         plan = DrillPlan(fault=args.fault, runs=args.runs)
         if args.controllers != 1:
             from hacontrol.drill.fleet import fleet_drill
