@@ -43,7 +43,7 @@ async def test_a_short_chaos_soak_keeps_every_invariant(chaos_sandbox):
     assert doc["violations"] == [] and doc["unconverged"] is None
     assert doc["final"]["lost"] == 0 and doc["final"]["checksums_equal"] is True
     assert doc["final"]["acknowledged"] > 1000
-    assert doc["faults"] >= 8, report
+    assert doc["faults"] >= 4, report
     assert set(doc["by_kind"]) <= set(CATALOGUE)
     assert all(r["converged_after"] is not None for r in doc["records"]), report
     assert doc["samples"] > 1000 and doc["router_samples"] > 300

@@ -285,7 +285,9 @@ class Chaos:
             # killed once the failover plan runs: detection takes a few probe intervals
             await self._await_plan(timeout=self.plan.failover_timeout)
         await asyncio.sleep(delay)
+        running = await self._plan_running()
         await self.controller.stop(signal.SIGKILL)
+        record.notes.append(f"killed during plan {running}" if running else "killed between plans")
         await asyncio.sleep(self.rng.uniform(0.5, 3.0))
         await self.controller.start()
         if trigger == "switchover":
@@ -322,16 +324,18 @@ class Chaos:
             await asyncio.sleep(0.05)
         record.notes.append(f"no other node writable within {self.plan.failover_timeout:g} s")
 
+    async def _plan_running(self) -> str | None:
+        try:
+            return (await self.controller.get("/status"))["controller"]["plan_running"]
+        except (OSError, ValueError, KeyError):
+            return None
+
     async def _await_plan(self, timeout: float) -> None:
         """Until the controller reports a running plan (bounded)."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
-            try:
-                status = await self.controller.get("/status")
-                if status["controller"]["plan_running"] is not None:
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
+            if await self._plan_running() is not None:
+                return
             await asyncio.sleep(0.05)
 
     async def _stop_node(self, node: str) -> None:

@@ -54,7 +54,10 @@ class Invariants:
     fence_bound: float = 10.0
     """Seconds a returning node may stay writable outside the routers before it is a violation."""
     returning_window: float = 5.0
-    """A writable run that starts within this many seconds of an unanswered sample returns."""
+    """A writable run that starts within this many seconds of an unanswered sample returns..."""
+    returning_outage: float = 1.0
+    """... after at least this many seconds without an answer (killed, frozen, cut off: not one
+    slow answer on a busy machine)."""
     violations: list[Violation] = field(default_factory=list)
     returning_events: list[dict[str, object]] = field(default_factory=list)
     samples: int = 0
@@ -62,6 +65,10 @@ class Invariants:
     _runs: dict[str, _Run] = field(default_factory=dict)
     _ended: dict[str, list[_Run]] = field(default_factory=dict)
     _unknown_at: dict[str, float] = field(default_factory=dict)
+    """Node -> last unanswered sample."""
+    _unknown_since: dict[str, float] = field(default_factory=dict)
+    """Node -> first unanswered sample of the last streak."""
+    _last_answer: dict[str, float] = field(default_factory=dict)
     _reported: set[tuple[str, ...]] = field(default_factory=set)
     _routed: dict[str, float] = field(default_factory=dict)
     """Node -> last time a router named it a writer."""
@@ -74,22 +81,33 @@ class Invariants:
         self.samples += 1
         run = self._runs.get(name)
         if read_only is None:
+            if self._unknown_at.get(name, -1.0) < self._last_answer.get(name, 0.0):
+                self._unknown_since[name] = sent  # a new streak
             self._unknown_at[name] = recv
             if run is not None:
                 self._end(name, run)
             return
+        self._last_answer[name] = recv
         if run is not None and run.read_only == read_only:
             run.last_sent, run.last_recv = sent, recv
         else:
             if run is not None:
                 self._end(name, run)
-            unknown = self._unknown_at.get(name)
             run = _Run(read_only, recv, sent, recv)
-            run.returning = unknown is not None and recv - unknown <= self.returning_window
+            run.returning = self._returns(name, recv)
             self._runs[name] = run
         if not read_only:
             self._check_writable(name, run)
         self._check_pending(name, sent, read_only)
+
+    def _returns(self, name: str, now: float) -> bool:
+        last, first = self._unknown_at.get(name), self._unknown_since.get(name)
+        return (
+            last is not None
+            and first is not None
+            and last - first >= self.returning_outage
+            and now - last <= self.returning_window
+        )
 
     def _end(self, name: str, run: _Run) -> None:
         del self._runs[name]
