@@ -3,8 +3,11 @@ of the chaos drill that need none: the duration, the convergence rule, the repor
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
+from hacontrol.drill import register_cli
 from hacontrol.drill.chaos_cli import parse_duration
 from hacontrol.drill.chaos_report import by_kind, render, verdict
 from hacontrol.drill.checker import Node, converged_reason
@@ -173,3 +176,26 @@ def test_report_fails_on_any_violation_loss_or_difference():
     assert "checksums differ" in verdict(differ)[0]
     broken = {**doc, "violations": [{"t": 1.0, "kind": "two-writable", "detail": "x"}]}
     assert "FAIL: 1 violation(s)" in render(broken)
+
+
+def drill_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="hacontrol")
+    register_cli(parser.add_subparsers())
+    args = parser.parse_args(["drill", *argv])
+    return args.func(args)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--fault", "chaos", "--duration", "soon"), "--duration must be"),
+        (("--fault", "chaos", "--duration", "0"), "--duration must be positive"),
+        (("--fault", "chaos", "--dir", "/tmp/x"), "builds a sandbox of its own"),
+        (("--fault", "chaos", "--config", "settings.toml"), "sandbox only"),
+        (("--fault", "kill", "--seed", "3"), "go with --fault chaos"),
+        (("--fault", "chaos", "--controllers", "3"), "runs one controller"),
+    ],
+)
+def test_chaos_usage_errors_exit_2_before_anything_starts(argv, message, capsys):
+    assert drill_cli(*argv) == 2
+    assert message in capsys.readouterr().err

@@ -143,22 +143,11 @@ def run(args: argparse.Namespace) -> int:
         if args.fault == "chaos":
             from hacontrol.drill.chaos_cli import job as chaos_job
 
-            return run_loop(chaos_job(args, progress, sandbox_access))
-        if args.duration is not None or args.seed is not None:
+            job = chaos_job(args, progress, sandbox_access)
+        elif args.duration is not None or args.seed is not None:
             raise UsageError("--duration and --seed go with --fault chaos")
-        plan = DrillPlan(fault=args.fault, runs=args.runs)
-        if args.controllers != 1:
-            from hacontrol.drill.fleet import fleet_drill
-
-            job = fleet_drill(args, plan, progress=progress, machine=machine)
-        elif args.fault in LEADER_FAULTS:
-            raise UsageError(f"--fault {args.fault} needs a fleet: add --controllers 3")
-        elif args.config is not None:
-            job = config_drill(args, plan)
         else:
-            if args.fault == "partition" and (reason := partition_unavailable()):
-                raise UsageError(f"--fault partition is not possible here: {reason}")
-            job = sandbox_drill(args, plan)
+            job = drill_job(args)
     except (UsageError, ValueError) as exc:
         print(f"hacontrol drill: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -167,6 +156,21 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"hacontrol drill: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def drill_job(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    plan = DrillPlan(fault=args.fault, runs=args.runs)
+    if args.controllers != 1:
+        from hacontrol.drill.fleet import fleet_drill
+
+        return fleet_drill(args, plan, progress=progress, machine=machine)
+    if args.fault in LEADER_FAULTS:
+        raise UsageError(f"--fault {args.fault} needs a fleet: add --controllers 3")
+    if args.config is not None:
+        return config_drill(args, plan)
+    if args.fault == "partition" and (reason := partition_unavailable()):
+        raise UsageError(f"--fault partition is not possible here: {reason}")
+    return sandbox_drill(args, plan)
 
 
 def run_loop(job: Coroutine[Any, Any, int]) -> int:

@@ -149,12 +149,16 @@ def job(args: argparse.Namespace, progress: Any, sandbox_access: Any) -> Any:
     )
     if args.config is not None:
         raise ValueError("--fault chaos runs on the sandbox only (it kills every kind of process)")
+    if getattr(args, "controllers", 1) != 1:
+        raise ValueError("--fault chaos runs one controller (a fleet's chaos is not built yet)")
+    if args.dir is not None:
+        raise ValueError("--fault chaos builds a sandbox of its own and removes it; no --dir")
 
     async def run() -> int:
         from hacontrol.sandbox import Sandbox, SandboxSpec, find_free_base_port
 
         tmp = tempfile.TemporaryDirectory(prefix="hacontrol-chaos-")
-        directory = args.dir or Path(tmp.name) / "sandbox"
+        directory = Path(tmp.name) / "sandbox"
         sandbox = Sandbox(
             SandboxSpec(dir=directory, base_port=find_free_base_port(8), router=args.router)
         )
