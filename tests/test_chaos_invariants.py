@@ -79,6 +79,37 @@ def test_a_returning_node_routed_to_is_a_violation():
     assert "router" in inv.violations[0].detail
 
 
+def uptimes(inv: Invariants, node: str, values: list[bool], start: float, up: float) -> None:
+    for i, value in enumerate(values):
+        sent = start + i * PERIOD
+        inv.node(node, sent, sent + 0.005, value, up + i * PERIOD)
+
+
+def test_a_restarted_node_back_writable_beside_the_writer_returns():
+    """Restarted in 0.3 s with read_only=OFF while another node was promoted: its uptime went
+    down, so it is a returning old primary (fenced by the controller), not two writers."""
+    inv = Invariants()
+    uptimes(inv, "a", [False] * 10, 0.0, up=100.0)
+    uptimes(inv, "b", [True] * 10 + [False] * 10, 0.001, up=100.0)
+    for i in range(6):
+        inv.node("a", 0.5 + i * PERIOD, 0.505 + i * PERIOD, None)
+    uptimes(inv, "a", [False] * 6 + [True] * 4, 0.8, up=0.1)
+    assert inv.violations == []
+    assert [e["node"] for e in inv.returning_events] == ["a"]
+
+
+def test_the_writer_back_from_a_restart_may_be_routed_and_later_fenced():
+    """A primary restarted writable with no other writer is the writer: routing writes to it
+    is right, and a later switchover that fences it is no violation."""
+    inv = Invariants()
+    uptimes(inv, "a", [False] * 4, 0.0, up=100.0)
+    uptimes(inv, "a", [False] * 20 + [True] * 10, 0.3, up=0.1)
+    for i in range(30):
+        inv.router("proxysql", 0.3 + i * PERIOD, 0.302 + i * PERIOD, frozenset({"a"}))
+    uptimes(inv, "b", [True] * 20 + [False] * 10, 0.301, up=100.0)
+    assert inv.violations == [] and inv.returning_events == []
+
+
 def test_one_slow_answer_does_not_make_a_node_returning():
     """A writer that missed one sample (a busy machine) and a second node made writable: two
     writers, not a returning node."""

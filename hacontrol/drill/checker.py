@@ -26,6 +26,12 @@ import aiomysql
 
 from hacontrol.drill.invariants import Invariants
 
+SAMPLE = (
+    "SELECT @@read_only, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    "WHERE VARIABLE_NAME = 'UPTIME'"
+)
+"""read_only, and the uptime that tells a restarted server from one that was always up."""
+
 
 @dataclass(frozen=True)
 class Node:
@@ -191,14 +197,15 @@ class Checker:
             while True:
                 sent = time.monotonic()
                 value: bool | None
+                uptime: float | None
                 try:
-                    ((value,),) = await conn.rows("SELECT @@read_only")
-                    value = bool(value)
-                except (OSError, TimeoutError, aiomysql.Error, ValueError):
-                    value = None
+                    ((value, uptime),) = await conn.rows(SAMPLE)
+                    value, uptime = bool(value), float(uptime)
+                except (OSError, TimeoutError, aiomysql.Error, ValueError, TypeError):
+                    value = uptime = None
                 recv = time.monotonic()
                 self.latest[node.name] = value
-                self.invariants.node(node.name, sent, recv, value)
+                self.invariants.node(node.name, sent, recv, value, uptime)
                 await asyncio.sleep(max(0.0, self.period - (recv - sent)))
         finally:
             conn.close()

@@ -11,11 +11,12 @@ overlap longer than about two sampling periods is always seen.
 Kinds of violation:
 
 - ``two-writable``: two nodes writable at the same instant, each seen by the checker.
-- ``returning-writable``: a node that could not be sampled (killed, frozen, cut off) comes
-  back writable while another node is the writer. No controller can fence a frozen process;
-  the router's fence is what keeps clients off it. Recorded as an event with the time until
-  it is read-only; a violation when it is in a router's writers, or stays writable longer
-  than ``fence_bound`` seconds.
+- ``returning-writable``: a node back from a restart (its uptime went down) or from a second
+  or more without answers (killed, frozen, cut off) is writable while another node is the
+  writer. No controller can fence a frozen process, nor one that restarts with
+  ``read_only=OFF`` in its configuration; the router's fence is what keeps clients off it.
+  Recorded as an event with the time until it is read-only; a violation when a router sends
+  it writes meanwhile, or it stays writable longer than ``fence_bound`` seconds.
 - ``router-two-writers``: a router that routes writes to two nodes in one sample.
 - ``router-writer-read-only``: a router's writer known read-only before and after the
   router was read (a writer nobody can write to).
@@ -69,6 +70,11 @@ class Invariants:
     _unknown_since: dict[str, float] = field(default_factory=dict)
     """Node -> first unanswered sample of the last streak."""
     _last_answer: dict[str, float] = field(default_factory=dict)
+    _uptime: dict[str, float] = field(default_factory=dict)
+    _restarted_at: dict[str, float] = field(default_factory=dict)
+    """Node -> when its uptime went down (the server restarted)."""
+    _open: dict[str, str] = field(default_factory=dict)
+    """Returning node -> the writer it is writable beside, until its run ends."""
     _reported: set[tuple[str, ...]] = field(default_factory=set)
     _routed: dict[str, float] = field(default_factory=dict)
     """Node -> last time a router named it a writer."""
@@ -76,9 +82,20 @@ class Invariants:
 
     # -- node samples ---------------------------------------------------------------------------
 
-    def node(self, name: str, sent: float, recv: float, read_only: bool | None) -> None:
-        """One answer of ``SELECT @@read_only`` (None: no answer within the timeout)."""
+    def node(
+        self,
+        name: str,
+        sent: float,
+        recv: float,
+        read_only: bool | None,
+        uptime: float | None = None,
+    ) -> None:
+        """One answer of ``@@read_only`` and the server's uptime (None: no answer in time)."""
         self.samples += 1
+        if uptime is not None:
+            if uptime < self._uptime.get(name, 0.0):
+                self._restarted_at[name] = recv
+            self._uptime[name] = uptime
         run = self._runs.get(name)
         if read_only is None:
             if self._unknown_at.get(name, -1.0) < self._last_answer.get(name, 0.0):
@@ -101,6 +118,10 @@ class Invariants:
         self._check_pending(name, sent, read_only)
 
     def _returns(self, name: str, now: float) -> bool:
+        """Back from a restart, or from a second or more without answers."""
+        restarted = self._restarted_at.get(name)
+        if restarted is not None and now - restarted <= self.returning_window:
+            return True
         last, first = self._unknown_at.get(name), self._unknown_since.get(name)
         return (
             last is not None
@@ -111,6 +132,7 @@ class Invariants:
 
     def _end(self, name: str, run: _Run) -> None:
         del self._runs[name]
+        self._open.pop(name, None)
         if not run.read_only:
             ended = self._ended.setdefault(name, [])
             ended.append(run)
@@ -135,12 +157,19 @@ class Invariants:
                 start = max(run.first_recv, theirs.first_recv)
                 end = min(run.last_sent, theirs.last_sent)
                 if start < end:
-                    self._overlap(name, run, other, theirs, end)
+                    self._overlap(name, run, other, theirs, (start, end))
 
-    def _overlap(self, name: str, run: _Run, other: str, theirs: _Run, at: float) -> None:
+    def _overlap(
+        self, name: str, run: _Run, other: str, theirs: _Run, span: tuple[float, float]
+    ) -> None:
         """Two nodes known writable at once: a returning node, or a violation."""
+        at = span[1]
         if run.returning != theirs.returning:
             back, writer = (name, other) if run.returning else (other, name)
+            if (run if run.returning else theirs) is self._runs.get(back):
+                self._open[back] = writer
+            if self._routed.get(back, float("-inf")) >= span[0]:
+                self._routed_returning(back, writer, at, (run if run.returning else theirs))
             key = ("returning", back, str(run.first_recv if run.returning else theirs.first_recv))
             if key not in self._reported:
                 self._reported.add(key)
@@ -166,14 +195,14 @@ class Invariants:
         for event in self.returning_events:
             if event["node"] == name and "fenced_after" not in event:
                 event["fenced_after"] = round(run.last_recv - run.first_recv, 3)
-        routed = self._routed.get(name)
-        if routed is not None and run.first_recv <= routed <= run.last_recv:
-            self._violate(
-                routed,
-                "returning-writable",
-                f"{name} came back writable and a router sent writes to it",
-                key=("returning-routed", name, str(run.first_recv)),
-            )
+
+    def _routed_returning(self, node: str, writer: str, at: float, run: _Run) -> None:
+        self._violate(
+            at,
+            "returning-writable",
+            f"{node} came back writable beside the writer {writer} and a router sent writes to it",
+            key=("returning-routed", node, str(run.first_recv)),
+        )
 
     def _violate(self, at: float, kind: str, detail: str, *, key: tuple[str, ...]) -> None:
         if key not in self._reported:
@@ -196,6 +225,8 @@ class Invariants:
             )
         for node in writers:
             self._routed[node] = recv
+            if node in self._open:
+                self._routed_returning(node, self._open[node], recv, self._runs[node])
             run = self._runs.get(node)
             if run is not None and run.read_only and run.first_recv < sent:
                 self._pending.append((router, node, sent, recv))
