@@ -5,9 +5,7 @@ and the checker proven able to fail: invariants broken by hand are reported."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -24,18 +22,18 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def chaos_sandbox():
-    with running_sandbox(Path(tempfile.mkdtemp(prefix="hacontrol-chaos-test-")) / "sb") as sb:
+def chaos_sandbox(tmp_path_factory):
+    with running_sandbox(tmp_path_factory.mktemp("chaos") / "sb") as sb:
         yield sb
 
 
-async def test_a_short_chaos_soak_keeps_every_invariant(chaos_sandbox):
+async def test_a_short_chaos_soak_keeps_every_invariant(chaos_sandbox, tmp_path):
     lines: list[str] = []
     doc = await soak(
         chaos_sandbox,
         sandbox_access(chaos_sandbox),
         ChaosPlan(duration=120, seed=15),
-        Path(tempfile.mkdtemp(prefix="hacontrol-chaos-")),
+        tmp_path,
         progress=lines.append,
     )
     report = "\n".join(lines)
