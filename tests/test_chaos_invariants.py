@@ -98,6 +98,22 @@ def test_a_restarted_node_back_writable_beside_the_writer_returns():
     assert [e["node"] for e in inv.returning_events] == ["a"]
 
 
+def test_a_node_back_read_only_then_promoted_does_not_return():
+    """b restarted read-only and was promoted later; a, the old writer, restarted writable
+    beside it: a is the returning node, b the writer (seen in a soak: both had restarted)."""
+    inv = Invariants()
+    uptimes(inv, "a", [False] * 10, 0.0, up=100.0)
+    uptimes(inv, "b", [True] * 2, 0.001, up=100.0)
+    for i in range(4):
+        inv.node("b", 0.101 + i * PERIOD, 0.106 + i * PERIOD, None)
+    uptimes(inv, "b", [True] * 4 + [False] * 16, 0.301, up=0.1)
+    for i in range(5):
+        inv.node("a", 0.5 + i * PERIOD, 0.505 + i * PERIOD, None)
+    uptimes(inv, "a", [False] * 6 + [True] * 4, 0.75, up=0.05)
+    assert inv.violations == []
+    assert [(e["node"], e["writer"]) for e in inv.returning_events] == [("a", "b")]
+
+
 def test_the_writer_back_from_a_restart_may_be_routed_and_later_fenced():
     """A primary restarted writable with no other writer is the writer: routing writes to it
     is right, and a later switchover that fences it is no violation."""

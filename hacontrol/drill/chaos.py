@@ -50,6 +50,8 @@ CATALOGUE: dict[str, int] = {
 READ_ONLY = "--read-only=ON"
 HALT_GRACE = 5.0
 """Seconds a halt stands before the drill, as the operator, acknowledges it (some clear)."""
+HALT_REACK = 30.0
+"""Seconds before the same halt is acknowledged again."""
 Progress = Callable[[str], None]
 
 
@@ -125,6 +127,8 @@ class Chaos:
         self.writes: WriteLoad | None = None
         self.reads: ReadLoad | None = None
         self._rebuilt_for: set[tuple[int, str]] = set()
+        self._acked: dict[str, float] = {}
+        """Halt reason -> when the drill acknowledged it (once per halt, not at every poll)."""
 
     # -- roles, as the checker sees them --------------------------------------------------------
 
@@ -418,6 +422,9 @@ class Chaos:
                     record.notes.append(f"errant {q['errant']}: {note}")
         halt = ctl["halt"]
         if halt and halt["for_seconds"] >= HALT_GRACE and ctl["plan_running"] is None:
+            if time.monotonic() - self._acked.get(halt["reason"], -HALT_REACK) < HALT_REACK:
+                return  # acknowledged already: some halts stand until their cause is gone
+            self._acked[halt["reason"]] = time.monotonic()
             self.halts.append(halt["reason"])
             if record is not None:
                 record.notes.append(f"halt acknowledged: {halt['reason'][:160]}")

@@ -92,11 +92,16 @@ class Invariants:
     ) -> None:
         """One answer of ``@@read_only`` and the server's uptime (None: no answer in time)."""
         self.samples += 1
+        restarted = False
         if uptime is not None:
-            if uptime < self._uptime.get(name, 0.0):
+            restarted = uptime < self._uptime.get(name, 0.0)
+            if restarted:
                 self._restarted_at[name] = recv
             self._uptime[name] = uptime
         run = self._runs.get(name)
+        if restarted and run is not None:
+            self._end(name, run)  # a restart always begins a new run
+            run = None
         if read_only is None:
             if self._unknown_at.get(name, -1.0) < self._last_answer.get(name, 0.0):
                 self._unknown_since[name] = sent  # a new streak
@@ -108,10 +113,11 @@ class Invariants:
         if run is not None and run.read_only == read_only:
             run.last_sent, run.last_recv = sent, recv
         else:
+            back = run is None  # the first answer after no answer, or after a restart
             if run is not None:
                 self._end(name, run)
             run = _Run(read_only, recv, sent, recv)
-            run.returning = self._returns(name, recv)
+            run.returning = back and self._returns(name, recv)
             self._runs[name] = run
         if not read_only:
             self._check_writable(name, run)

@@ -700,6 +700,7 @@ def write_node_configs(
 ) -> None:
     for node in nodes:
         Path(node.node_dir).mkdir(exist_ok=True)
+        (Path(node.node_dir) / "tmp").mkdir(exist_ok=True)
         config = render.node_cnf(
             node,
             primary=node.role == "primary",

@@ -89,6 +89,11 @@ def node_cnf(
         ("socket", node.socket),
         ("pid-file", f"{node.node_dir}/mysqld.pid"),
         ("log-error", f"{node.node_dir}/error.log"),
+        # A tmpdir of its own: at start a server deletes every '#sql*' file in its tmpdir, so
+        # with a shared /tmp any server starting on the machine deleted the internal temporary
+        # tables of queries running on the others (error 6, "Error on delete of
+        # '/tmp/#sql-temptable-...'", seen failing a fence in the chaos drill).
+        ("tmpdir", f"{node.node_dir}/tmp"),
         ("port", node.port),
         ("bind-address", node.host),
         ("skip-name-resolve", "ON"),
