@@ -59,6 +59,7 @@ def start_mariadbd(datadir: Path, server_id: int) -> tuple[subprocess.Popen[byte
         shutil.which("mariadbd") or "mariadbd",
         "--no-defaults",
         f"--datadir={datadir}",
+        f"--tmpdir={datadir}",  # its own: a server starting deletes every '#sql*' file there
         f"--port={port}",
         "--bind-address=127.0.0.1",
         f"--socket={datadir}/s.sock",
@@ -119,6 +120,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ser
         [
             "mariadb-install-db",
             f"--datadir={template}",
+            f"--tmpdir={base}",
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
             *(["--user=root"] if os.geteuid() == 0 else []),

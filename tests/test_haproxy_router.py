@@ -341,11 +341,15 @@ def _databases(base: Path) -> Iterator[list[DB]]:
     try:
         for server_id, name in enumerate(NODES, start=1):
             datadir, port = base / name, free_port()
+            # a tmpdir of its own: a server starting deletes every '#sql*' file in its tmpdir
+            tmpdir = base / f"{name}-tmp"
+            tmpdir.mkdir()
             install = subprocess.run(
                 [
                     "mariadb-install-db",
                     "--no-defaults",
                     f"--datadir={datadir}",
+                    f"--tmpdir={tmpdir}",
                     "--auth-root-authentication-method=normal",
                     "--skip-test-db",
                     "--user=root",
@@ -362,6 +366,7 @@ def _databases(base: Path) -> Iterator[list[DB]]:
                         "mariadbd",
                         "--no-defaults",
                         f"--datadir={datadir}",
+                        f"--tmpdir={tmpdir}",
                         f"--port={port}",
                         "--bind-address=127.0.0.1",
                         f"--socket={base / name}.sock",

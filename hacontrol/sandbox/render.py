@@ -6,6 +6,7 @@ No I/O here; `cluster.py` writes and runs what these return.
 from __future__ import annotations
 
 import json
+import os
 
 from hacontrol.sandbox.model import NodeInfo, RouterInfo
 from hacontrol.sandbox.tls import SandboxTls
@@ -136,6 +137,7 @@ def node_cnf(
 
 def template_cnf(datadir: str, *, run_as_root: bool) -> str:
     lines = ["[mysqld]", f"datadir = {datadir}", "skip-networking", "performance_schema = OFF"]
+    lines.append(f"tmpdir = {os.path.dirname(datadir)}")  # its own, like the nodes' (node_cnf)
     lines += [f"{key} = {value}" for key, value in INNODB_OPTIONS.items()]
     if run_as_root:
         lines.insert(1, "user = root")
