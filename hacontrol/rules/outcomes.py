@@ -6,8 +6,10 @@
   promoted nothing, the dead primary is no "old primary" and no recovery block applies.
 - A plan that promoted a node but could not update the router after it is done (the database
   side is): an alert says so, and the routing rule moves the writer once the router answers.
-- A failed router change is retried after two probe intervals; a failed fence, rejoin or
-  repoint after ``RETRY_SECONDS``, with an alert.
+- A failed router change is retried after two probe intervals; a failed fence too (a
+  writable old primary left unfenced is the start of a split brain: clients connected to it
+  directly still write), with an alert each time; a failed rejoin or repoint after
+  ``RETRY_SECONDS``, with an alert.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from hacontrol.rules.commands import answer
 from hacontrol.settings import Settings
 
 RETRY_SECONDS = 30.0
-"""A failed fence, rejoin or repoint of one node waits this long before it is tried again."""
+"""A failed rejoin or repoint of one node waits this long before it is tried again."""
 
 RETRIED = {
     PlanKind.FENCE: AlertKind.FENCE_FAILED,
@@ -102,12 +104,19 @@ def after(
     node = next((n for a in plan.actions for n in a.targets()), None) if plan else None
     if kind not in RETRIED or node is None:
         return state, ()
-    retry_at = {**state.retry_at, (kind, node): now + RETRY_SECONDS}
-    alert = Notify(
-        RETRIED[kind], node, f"{kind} failed", f"{event.reason}; retried in {RETRY_SECONDS:g} s"
-    )
+    wait = retry_wait(kind, settings)
+    retry_at = {**state.retry_at, (kind, node): now + wait}
+    alert = Notify(RETRIED[kind], node, f"{kind} failed", f"{event.reason}; retried in {wait:g} s")
     sent = SendAlert(alert, Plan(event.rule, event.reason, kind=PlanKind.ALERT))
     return replace(state, retry_at=retry_at), (sent,)
+
+
+def retry_wait(kind: PlanKind, settings: Settings) -> float:
+    """Seconds before a failed plan of ``kind`` on the same node is tried again: a fence soon
+    (two probe intervals, at least a second), the rest after ``RETRY_SECONDS``."""
+    if kind is PlanKind.FENCE:
+        return max(1.0, 2 * settings.probes.interval)
+    return RETRY_SECONDS
 
 
 def unrouted_promotion(event: PlanFinished, plan: Plan | None) -> tuple[Effect, ...]:
