@@ -655,6 +655,29 @@ async def test_busy_port_fails_before_starting_anything(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+async def test_nodes_restart_under_cpu_load(fresh_sandbox: Sandbox) -> None:
+    # The drill's restore once read a node as dead at start ("mariadbd node1 exited at start")
+    # on a machine busy with a compile: restart a replica again and again with every core busy.
+    sb = fresh_sandbox
+    burners = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
+        for _ in range(2 * (os.cpu_count() or 1))
+    ]
+    try:
+        for _ in range(5):
+            assert sb.kill_node("node3", signal.SIGKILL)
+            await eventually(lambda: sb.node_pid("node3") is None, 10, "node3 dead")
+            pid = await sb.start_node("node3")
+            assert sb.node_pid("node3") == pid
+            assert sb.process_states()["node3"] == "running"
+            assert (await sb.live_roles())["node3"] == "replica"
+    finally:
+        for burner in burners:
+            burner.kill()
+            await burner.wait()
+
+
+@pytest.mark.integration
 async def test_killed_and_frozen_nodes_restart_and_rejoin(fresh_sandbox: Sandbox) -> None:
     sb = fresh_sandbox
     old_pid = sb.node_pid("node2")
