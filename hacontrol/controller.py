@@ -182,8 +182,12 @@ class Controller:
         self._step(event, now)
 
     def _step(self, event: Event, now: float) -> None:
-        self.model, effects = step(self.model, event, self.settings, now)
-        if self.metrics is not None:
+        before = self.model
+        self.model, effects = step(before, event, self.settings, now)
+        if self.metrics is not None and (
+            self.model.view.generation != before.view.generation
+            or self.model.state is not before.state
+        ):  # the view's facts or the state changed: what the metrics show may have too
             self.metrics.observe_view(self.model.view)
             self.metrics.set_halt(self.model.state.halt is not None)
             lease = self.model.lease

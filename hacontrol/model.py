@@ -231,6 +231,9 @@ class Model:
     """The last decisions with their reasons (newest last), for status and tests."""
     last_logged: tuple[str, str] | None = None
     """The last decision logged (rule, reason): an unchanged idle decision is not repeated."""
+    decided_at: float | None = field(default=None, compare=False)
+    """When ``decide`` last ran (monotonic): a wait that ended since then may change what it
+    says (``step.quiet``'s bookkeeping, not compared)."""
     lease: Lease = Lease()
     acting: bool = True
     """False: observe only (no executor): never decide."""

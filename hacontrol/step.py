@@ -2,7 +2,9 @@
 
 For every event, in order: log it; fold it into the view; note fresh facts for the settle wait
 and when the primary began failing; log the view's changes; react to a plan's result or an
-operator command; ask for fast re-probes; then, when no plan runs, decide the next plan. Every
+operator command; ask for fast re-probes; then, when no plan runs, decide the next plan. A probe
+that changed no fact in a cluster as desired, with nothing pending, stops after the fold
+(``quiet``): everything after it would give what it gave last time. Every
 policy is a named rule (``hacontrol.rules``); nothing here does I/O or reads a clock: ``now``
 is the controller's monotonic clock when it handles the event (an event's own ``at`` is when it
 was observed, a probe's start, up to a probe timeout earlier).
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hacontrol.decide import decide
+from hacontrol.decide import NOTHING, decide
 from hacontrol.effects import (
     Effect,
     PersistState,
@@ -34,6 +36,7 @@ from hacontrol.events import (
     RouterProbeResult,
     Stop,
 )
+from hacontrol.frozen import evolve
 from hacontrol.loglines import change_lines, event_lines
 from hacontrol.model import Intent, Lease, Model, Persisted, persisted
 from hacontrol.plan import Notify, Plan
@@ -50,8 +53,20 @@ from hacontrol.view import ClusterView, Code, fold, with_maintenance
 
 def step(model: Model, event: Event, settings: Settings, now: float) -> Step:
     """Everything the controller does with one event. Pure."""
-    before = model
-    model = observe(model, event, settings)
+    observed = observe(model, event, settings)
+    if quiet(model, observed, event, now):
+        return observed, event_lines(event)
+    return respond(model, observed, event, settings, now)
+
+
+def full_step(model: Model, event: Event, settings: Settings, now: float) -> Step:
+    """``step`` without its ``quiet`` shortcut: every part, every time (the reference the
+    shortcut is tested against)."""
+    return respond(model, observe(model, event, settings), event, settings, now)
+
+
+def respond(before: Model, model: Model, event: Event, settings: Settings, now: float) -> Step:
+    """Everything after the fold: log, react, ask for re-probes, decide."""
     effects: list[Effect] = [*event_lines(event), *change_lines(before.view, model.view)]
     model, seen = failover_seen(before.view, model, settings, now)
     effects += seen
@@ -75,11 +90,48 @@ def observe(model: Model, event: Event, settings: Settings) -> Model:
     settle = model.settle
     if isinstance(event, ProbeResult | RouterProbeResult) and event.at >= settle.since:
         seen = event.node if isinstance(event, ProbeResult) else "router"
-        settle = replace(settle, waiting=settle.waiting - {seen})
+        if seen in settle.waiting:
+            settle = replace(settle, waiting=settle.waiting - {seen})
     failing = model.primary_failing_since
     if isinstance(event, ProbeResult) and event.node == model.view.primary:
         failing = None if event.ok else (failing if failing is not None else event.at)
-    return replace(model, view=view, settle=settle, primary_failing_since=failing)
+    return evolve(model, view=view, settle=settle, primary_failing_since=failing)
+
+
+def quiet(before: Model, after: Model, event: Event, now: float) -> bool:
+    """A probe that changed no fact (``fold`` did not derive the view again) in a cluster as
+    desired, with nothing pending: the rest of the step would give what it gave last time.
+
+    It would: no view change to log, no re-probe (asked for on failed probes only), nothing to
+    react to, and the decision is "Nothing" again, for no rule can fire on the same facts and
+    the same state in a cluster as desired (no problem, halt, quarantine, pause, settle wait,
+    deferred command, plan running or to resume, and no router retry that was still waiting
+    for its time when it last decided;
+    no replica of NULL lag, whose readiness to serve reads moves with the GTID positions).
+    An instance of a fleet always takes the whole path: its lease moves with time and probes.
+    ``tests/test_step_quiet.py`` compares both ways over random event sequences."""
+    view = before.view
+    state = before.state
+    return (
+        isinstance(event, ProbeResult)
+        and after.view.generation == view.generation
+        and before.last_logged is not None
+        and before.last_logged[0] == NOTHING
+        and not view.problems
+        and not view.lag_unknown
+        and before.acting
+        and not before.lease.fleet
+        and before.running is None
+        and before.resume is None
+        and not before.deferred
+        and not before.stopping
+        and not before.settle.waiting
+        and state.halt is None
+        and not state.quarantined
+        and not state.paused
+        and before.decided_at is not None
+        and before.decided_at >= state.route_retry_at
+    )
 
 
 def react(model: Model, event: Event, settings: Settings, now: float) -> Step:
@@ -111,6 +163,7 @@ def next_plan(model: Model, settings: Settings, now: float) -> Step:
             return model, effects
     acting = model.lease.acting(now)
     decision = decide(model.view, model.state, settings, now, leads=acting)
+    model = evolve(model, decided_at=now)
     plan = decision.plan
     if may_resume(model, plan, now):
         return resume(model, plan, now)

@@ -5,6 +5,11 @@ Everything cluster-wide (topology, primary, quorum, problems) is derived from th
 facts by ``derive`` so that it can never disagree with them. ``changes(old, new)`` lists the
 state changes worth a log line.
 
+A probe that changes no fact ``derive`` reads (``facts``: health, reason, roles, the replication
+channel's state, whether its link is alive; not the GTID positions, heartbeat counters and
+round-trip times that move on every probe), and any event that touches no node, leaves every
+derived field as it was: ``fold`` then skips ``derive`` (most events, at rest).
+
 Problems are named and come from one prioritized rule table (``RULES``); each carries a one-line
 reason. Detection is holistic: a primary the controller cannot reach is ``DeadPrimary`` only
 when no reachable replica still has a working link to it; otherwise it is
@@ -31,6 +36,7 @@ from hacontrol.events import (
     Tick,
 )
 from hacontrol.flavors.base import IoState, NodeStatus, ReplicationStatus
+from hacontrol.frozen import evolve
 from hacontrol.routing import Membership
 from hacontrol.settings import Settings
 
@@ -61,6 +67,9 @@ class NodeView:
     """When ``io_marker`` last changed: the replica's link to its source was alive then."""
     health: Health = Health.UNKNOWN
     reason: str = "not probed yet"
+    facts: tuple[object, ...] | None = field(default=None, init=False, compare=False, repr=False)
+    """``node_facts(self)`` as computed when ``fold`` made this value (a cache; None: not
+    computed; ``replace`` resets it)."""
 
     @property
     def reachable(self) -> bool:
@@ -180,6 +189,11 @@ class ClusterView:
     problems: tuple[Problem, ...] = ()
     published: str | None = None
     """The node the fleet's leader publishes as the primary, or None (nobody, or ambiguous)."""
+    lag_unknown: tuple[str, ...] = ()
+    """Reachable replicas whose lag is NULL: whether they may serve reads depends on their
+    GTID positions against the primary's, which move on every probe."""
+    generation: int = field(default=0, compare=False)
+    """How many times ``derive`` ran: unchanged, every derived field is the very same."""
 
     def has(self, code: Code) -> bool:
         return any(p.code is code for p in self.problems)
@@ -198,10 +212,14 @@ def initial(settings: Settings) -> ClusterView:
 
 def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
     """The view after ``event``. Pure."""
+    at = max(view.at, event.at)
     match event:
         case ProbeResult(node=name) if name in view.nodes:
-            nodes = dict(view.nodes)
-            nodes[name] = _fold_probe(view.nodes[name], event, settings)
+            before = view.nodes[name]
+            node = _fold_probe(before, event, settings)
+            nodes = {**view.nodes, name: node}
+            if node.facts == node_facts(before, settings):
+                return evolve(view, nodes=nodes, at=at)  # nothing ``derive`` reads changed
             view = replace(view, nodes=nodes)
         case LeaseObserved(node=name) if name in view.nodes:
             view = replace(view, locks={**view.locks, name: _fold_lock(event)})
@@ -224,8 +242,10 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
             | ProbeResult()
             | LeaseObserved()
         ):
-            pass  # a lost connection only triggers a re-probe; the probe's result tells
-    return derive(replace(view, at=max(view.at, event.at)), settings)
+            # A lost connection only triggers a re-probe; the probe's result tells. Derived
+            # facts do not depend on the view's time (see ``link_alive``).
+            return evolve(view, at=at)
+    return derive(replace(view, at=at), settings)
 
 
 def with_maintenance(view: ClusterView, nodes: frozenset[str], settings: Settings) -> ClusterView:
@@ -249,7 +269,7 @@ def _fold_probe(node: NodeView, result: ProbeResult, settings: Settings) -> Node
         else:
             health = node.health
             reason = f"{node.reason} (probe failed {failures}/{threshold}: {error})"
-        return replace(
+        node = evolve(
             node,
             probes=node.probes + 1,
             failures=failures,
@@ -257,29 +277,72 @@ def _fold_probe(node: NodeView, result: ProbeResult, settings: Settings) -> Node
             health=health,
             reason=reason,
         )
-    assert result.status is not None
-    node = replace(
-        node,
-        probes=node.probes + 1,
-        failures=0,
-        status=result.status,
-        last_ok_at=result.at,
-        last_error=None,
-        rtt=result.rtt,
+    else:
+        assert result.status is not None
+        node = evolve(
+            node,
+            probes=node.probes + 1,
+            failures=0,
+            status=result.status,
+            last_ok_at=result.at,
+            last_error=None,
+            rtt=result.rtt,
+        )
+        io_marker, io_progress_at = _io_progress(node, result.at)
+        health, reason = node_health(node, settings.failover.max_lag)
+        node = evolve(
+            node, io_marker=io_marker, io_progress_at=io_progress_at, health=health, reason=reason
+        )
+    node = evolve(node, facts=None)
+    return evolve(node, facts=node_facts(node, settings))
+
+
+VOLATILE_NODE = frozenset(
+    {"name", "probes", "status", "last_ok_at", "rtt", "io_marker", "io_progress_at", "facts"}
+)
+VOLATILE_STATUS = frozenset(
+    {"gtid_executed", "gtid_binlog_pos", "gtid_slave_pos", "gtid_binlog_state", "replication"}
+)
+VOLATILE_CHANNEL = frozenset({"received_gtid", "heartbeats_received"})
+
+
+def node_facts(node: NodeView, settings: Settings) -> tuple[object, ...]:
+    """Everything ``derive`` (and a decision in a cluster as desired) reads of a node: every
+    field but the GTID positions, heartbeat counters, round-trip time and the times of the
+    last probe and of the link's last progress, which move on every probe; what they tell
+    instead: the probes counted up to the failure threshold (the start-up grace) and whether
+    the replica's link is alive. Kept on the node by ``fold`` (``NodeView.facts``).
+
+    Fields added to these records later count as facts until listed as volatile here: the
+    shortcut can only be taken less often, never wrongly."""
+    if node.facts is not None:
+        return node.facts
+    own = tuple(v for k, v in node.__dict__.items() if k not in VOLATILE_NODE)
+    grace = min(node.probes, settings.probes.failure_threshold)
+    status = node.status
+    if status is None:
+        return (own, grace)
+    server = tuple(v for k, v in status.__dict__.items() if k not in VOLATILE_STATUS)
+    channels = tuple(
+        (
+            tuple(v for k, v in channel.__dict__.items() if k not in VOLATILE_CHANNEL),
+            channel.heartbeats_received is None,
+        )
+        for channel in status.replication
     )
-    node = _track_io_progress(node, result.at)
-    health, reason = node_health(node, settings.failover.max_lag)
-    return replace(node, health=health, reason=reason)
+    alive = link_alive(node, float("inf"), settings.failover.io_stall)
+    return (own, grace, server, channels, alive)
 
 
-def _track_io_progress(node: NodeView, at: float) -> NodeView:
+def _io_progress(node: NodeView, at: float) -> tuple[tuple[str, int | None] | None, float | None]:
+    """(io_marker, io_progress_at) after a good probe taken at ``at``."""
     channel = node.channel
     if channel is None:
-        return replace(node, io_marker=None, io_progress_at=None)
+        return None, None
     marker = (channel.received_gtid, channel.heartbeats_received)
     if marker != node.io_marker or node.io_progress_at is None:
-        return replace(node, io_marker=marker, io_progress_at=at)
-    return node
+        return marker, at
+    return node.io_marker, node.io_progress_at
 
 
 def node_health(node: NodeView, max_lag: float) -> tuple[Health, str]:
@@ -338,7 +401,8 @@ def link_alive(node: NodeView, now: float, stall: float) -> bool:
         return False
     # Measured on the replica's own last good probe, never on the view's clock: a replica
     # the controller has just lost (a probe or two failed) must not look like one whose link
-    # to its source stopped.
+    # to its source stopped. (``fold`` keeps the view's time at or after every node's last
+    # good probe, so with the view's time this never depends on it: ``node_facts``.)
     seen = min(now, node.last_ok_at)
     return seen - node.io_progress_at <= max(stall, 2.5 * channel.heartbeat_period)
 
@@ -380,7 +444,16 @@ def derive(view: ClusterView, settings: Settings) -> ClusterView:
     problems: list[Problem] = []
     for rule in RULES:
         problems.extend(rule(view, settings))
-    return replace(view, problems=tuple(problems))
+    lag_unknown = tuple(
+        name
+        for name, node in view.nodes.items()
+        if node.reachable
+        and (channel := node.channel) is not None
+        and channel.seconds_behind is None
+    )
+    return replace(
+        view, problems=tuple(problems), lag_unknown=lag_unknown, generation=view.generation + 1
+    )
 
 
 def _address_book(settings: Settings) -> dict[tuple[str, int], str]:
@@ -553,7 +626,9 @@ def primary_lost(view: ClusterView, settings: Settings) -> Iterable[Problem]:
 
 
 def no_primary(view: ClusterView, settings: Settings) -> Iterable[Problem]:
-    if view.primary is None and not view.has(Code.TWO_WRITABLE_NODES) and view.quorum.reachable:
+    # Not when two writable nodes are reported (``two_writable``, from the same facts): read
+    # from the facts, never from ``view.problems``, which still holds the last derivation's.
+    if view.primary is None and len(view.writable) <= 1 and view.quorum.reachable:
         yield Problem(Code.NO_PRIMARY, None, view.primary_reason)
 
 
