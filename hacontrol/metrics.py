@@ -96,6 +96,10 @@ class Metrics:
         self._queue.labels(cluster).set(0)
         self._halt.labels(cluster).set(0)
         self.registry.register(_MailCollector(self))
+        # Series fed on every event, looked up once (``labels`` validates and locks each time).
+        self._loop_child = self._loop_lag.labels(cluster)
+        self._queue_child = self._queue.labels(cluster)
+        self._probe_children: dict[tuple[str, bool], tuple[Counter, Histogram]] = {}
 
     def _node_series(self) -> None:
         reg, node = self.registry, ("cluster", "node")
@@ -223,9 +227,18 @@ class Metrics:
     # -- inputs --------------------------------------------------------------------------------
 
     def observe_probe(self, result: ProbeResult) -> None:
-        self._probes.labels(self.cluster, result.node, "ok" if result.ok else "failed").inc()
+        key = (result.node, result.ok)
+        children = self._probe_children.get(key)
+        if children is None:
+            outcome = "ok" if result.ok else "failed"
+            children = (
+                self._probes.labels(self.cluster, result.node, outcome),
+                self._probe_rtt.labels(self.cluster, result.node),
+            )
+            self._probe_children[key] = children
+        children[0].inc()
         if result.ok and result.rtt is not None:
-            self._probe_rtt.labels(self.cluster, result.node).observe(result.rtt)
+            children[1].observe(result.rtt)
 
     def observe_view(self, view: ClusterView) -> None:
         """Node up, replica lag, primary, quorum and problems from the current view."""
@@ -271,8 +284,8 @@ class Metrics:
                 self._phase.labels(self.cluster, phase).set(seconds)
 
     def observe_loop(self, lag_seconds: float, queue_depth: int) -> None:
-        self._loop_lag.labels(self.cluster).observe(max(0.0, lag_seconds))
-        self._queue.labels(self.cluster).set(queue_depth)
+        self._loop_child.observe(max(0.0, lag_seconds))
+        self._queue_child.set(queue_depth)
 
     def observe_lease(
         self, instance: str, leader: bool, changes: int, held: Mapping[str, bool]
