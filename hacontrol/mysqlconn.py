@@ -24,14 +24,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiomysql
 import pymysql
-from pymysql.constants import CLIENT
+from pymysql.constants import CLIENT, COMMAND, CR
 
+from hacontrol.mysqlwire import AnswerTooLarge, ColumnCache, TextAnswer
 from hacontrol.settings import TlsSettings
 from hacontrol.tlsconf import client_context, describe
 
@@ -39,10 +41,9 @@ Rows = list[dict[str, Any]]
 
 READ_OVERHEAD = 128
 """What each read costs on top of its bytes: bounds the number of packets, not only bytes."""
-
-
-class AnswerTooLarge(pymysql.err.OperationalError):
-    """The server sent more than the connection's read budget: it is closed."""
+CHUNK = 64 * 1024
+"""Bytes one read of ``fetch_text`` asks for at most."""
+LOST = "Lost connection to MySQL server during query"
 
 
 CR_SSL_CONNECTION_ERROR = 2026
@@ -82,6 +83,45 @@ class BoundedConnection(aiomysql.Connection):
                 )
             self.read_budget -= cost
         return await super()._read_bytes(num_bytes)
+
+    async def query_text(self, sql: str, columns: ColumnCache) -> list[Rows]:
+        """``sql`` (one or several statements) and its result sets, read by
+        ``mysqlwire.TextAnswer`` in one pass instead of aiomysql's cursor: the same rows."""
+        self._ensure_alive()
+        if self._result is not None and (self._result.has_next or self._result.unbuffered_active):
+            raise pymysql.err.InternalError("a previous result was left unread")
+        payload = sql.encode(self._encoding)
+        if len(payload) + 1 >= 0xFFFFFF:
+            raise ValueError("a text query must fit in one packet")
+        self._write_bytes(struct.pack("<iB", len(payload) + 1, COMMAND.COM_QUERY) + payload)
+        self._next_seq_id = 1
+        answer = TextAnswer(columns)
+        while not answer.feed(await self._read_chunk(answer)):
+            pass
+        return answer.results
+
+    async def _read_chunk(self, answer: TextAnswer) -> bytes:
+        """The next bytes of an answer, charged to the read budget: a packet announced larger
+        than what is left of it fails at once, and so does a budget spent in small reads."""
+        size = CHUNK
+        if self.read_budget is not None:
+            size = min(size, self.read_budget - READ_OVERHEAD)
+            if size <= 0 or answer.wanted() > size:
+                self.close()
+                raise AnswerTooLarge(
+                    2020, f"the server's answer is larger than {self.max_read} bytes"
+                )
+        try:
+            data = await self._reader.read(size)
+        except OSError as exc:
+            self.close()
+            raise pymysql.err.OperationalError(CR.CR_SERVER_LOST, f"{LOST} ({exc})") from exc
+        if not data:
+            self.close()
+            raise pymysql.err.OperationalError(CR.CR_SERVER_LOST, LOST)
+        if self.read_budget is not None:
+            self.read_budget -= len(data) + READ_OVERHEAD
+        return data
 
 
 @dataclass(frozen=True)
@@ -124,7 +164,7 @@ async def connect(
     *,
     multi_statements: bool = False,
     max_read: int | None = None,
-) -> aiomysql.Connection:
+) -> BoundedConnection:
     """An autocommit DictCursor connection, or an exception within ``timeout`` seconds.
 
     ``max_read``: bytes the connection may read for its handshake and for each statement's
@@ -177,6 +217,21 @@ async def fetch_all(
         conn.close()
         raise
     return results
+
+
+async def fetch_text(
+    conn: BoundedConnection, sql: str, columns: ColumnCache, *, timeout: float
+) -> list[Rows]:
+    """``fetch_all`` for a query without parameters, in one pass over the wire bytes
+    (``BoundedConnection.query_text``): the probe's path. The same rows, the same errors;
+    on timeout or any error the connection is closed."""
+    conn.renew_budget()
+    try:
+        async with asyncio.timeout(timeout):
+            return await conn.query_text(sql, columns)
+    except BaseException:
+        conn.close()
+        raise
 
 
 async def execute(

@@ -29,7 +29,15 @@ import pymysql
 from hacontrol.events import ConnectionLost, Event, ProbeResult
 from hacontrol.flavors import detect
 from hacontrol.flavors.base import Flavor, multi_statement
-from hacontrol.mysqlconn import Endpoint, connect, describe_error, execute, fetch_all
+from hacontrol.mysqlconn import (
+    BoundedConnection,
+    ColumnCache,
+    Endpoint,
+    connect,
+    describe_error,
+    execute,
+    fetch_text,
+)
 
 Emit = Callable[[Event], None]
 Clock = Callable[[], float]
@@ -63,7 +71,9 @@ class NodeProbe:
         self._emit = emit
         self._clock = clock
         self._watch_enabled = watch
-        self._conn: aiomysql.Connection | None = None
+        self._conn: BoundedConnection | None = None
+        self._columns: ColumnCache | None = None
+        self._sql = ""
         self._flavor: Flavor | None = None
         self._version = ""
         self._wake = asyncio.Event()
@@ -117,10 +127,9 @@ class NodeProbe:
         started = self._clock()
         try:
             conn = await self._connection()
-            assert self._flavor is not None
-            sql = multi_statement(self._flavor.status_sql())
+            assert self._flavor is not None and self._columns is not None
             sent = self._clock()
-            results = await fetch_all(conn, sql, timeout=self._timeout)
+            results = await fetch_text(conn, self._sql, self._columns, timeout=self._timeout)
             rtt = self._clock() - sent
             status = self._flavor.parse_status(self._version, results)
         except ValueError as exc:  # the node answered, but garbage: unhealthy, not a crash
@@ -131,11 +140,11 @@ class NodeProbe:
             return ProbeResult(self.name, started, None, None, describe_error(exc))
         return ProbeResult(self.name, started, rtt, status)
 
-    async def _connection(self) -> aiomysql.Connection:
+    async def _connection(self) -> BoundedConnection:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         self._conn = None
-        conn = await connect(
+        conn: BoundedConnection = await connect(
             self._endpoint, self._timeout, multi_statements=True, max_read=PROBE_MAX_READ
         )
         try:
@@ -146,6 +155,8 @@ class NodeProbe:
             )
             self._version = str(rows[0]["version"])
             self._flavor = detect(self._version, str(rows[0]["comment"] or ""))
+            self._sql = multi_statement(self._flavor.status_sql())
+            self._columns = ColumnCache(conn.encoding)
         except BaseException:
             conn.close()
             raise
