@@ -80,6 +80,8 @@ class Controller:
         self.settings, self.log, self.queue = settings, log, queue
         self._lease_mode = lease_mode
         self.executor, self.journal, self.metrics = executor, journal, metrics
+        self._halt_shown: bool | None = None
+        self._lease_shown = False
         self._reprobe, self._clock, self._wall = reprobe, clock, wall_clock
         self._task: asyncio.Task[None] | None = None
         self._journal_every = journal_check_every
@@ -184,21 +186,30 @@ class Controller:
     def _step(self, event: Event, now: float) -> None:
         before = self.model
         self.model, effects = step(before, event, self.settings, now)
-        if self.metrics is not None and (
-            self.model.view.generation != before.view.generation
-            or self.model.state is not before.state
-        ):  # the view's facts or the state changed: what the metrics show may have too
-            self.metrics.observe_view(self.model.view)
-            self.metrics.set_halt(self.model.state.halt is not None)
+        if self.metrics is not None:
+            if self.model.view.generation != before.view.generation:  # derived again
+                self.metrics.observe_view(self.model.view)
+            halted = self.model.state.halt is not None
+            if halted is not self._halt_shown:
+                self.metrics.set_halt(halted)
+                self._halt_shown = halted
             lease = self.model.lease
-            held = held_until(self.model.view, self.settings)
-            self.metrics.observe_lease(
-                self.settings.controller.instance_id,
-                lease.leader,
-                lease.changes,
-                {n: held.get(n, 0.0) > now for n in self.model.view.nodes} if lease.fleet else {},
-            )
+            if lease.fleet or lease is not before.lease or not self._lease_shown:
+                self._observe_lease(self.metrics, now)
         self._perform(effects)
+
+    def _observe_lease(self, metrics: Metrics, now: float) -> None:
+        """The lease's metrics: on every event in a fleet (whose locks expire with time), else
+        when the lease changed."""
+        lease = self.model.lease
+        held = held_until(self.model.view, self.settings)
+        metrics.observe_lease(
+            self.settings.controller.instance_id,
+            lease.leader,
+            lease.changes,
+            {n: held.get(n, 0.0) > now for n in self.model.view.nodes} if lease.fleet else {},
+        )
+        self._lease_shown = True
 
     # -- effects -------------------------------------------------------------------------------
 

@@ -3,8 +3,8 @@
 For every event, in order: log it; fold it into the view; note fresh facts for the settle wait
 and when the primary began failing; log the view's changes; react to a plan's result or an
 operator command; ask for fast re-probes; then, when no plan runs, decide the next plan. A probe
-that changed no fact in a cluster as desired, with nothing pending, stops after the fold
-(``quiet``): everything after it would give what it gave last time. Every
+that changed no fact, or a tick, in a cluster as desired with nothing pending, stops after the
+fold (``quiet``): everything after it would give what it gave last time. Every
 policy is a named rule (``hacontrol.rules``); nothing here does I/O or reads a clock: ``now``
 is the controller's monotonic clock when it handles the event (an event's own ``at`` is when it
 was observed, a probe's start, up to a probe timeout earlier).
@@ -35,6 +35,7 @@ from hacontrol.events import (
     ProbeResult,
     RouterProbeResult,
     Stop,
+    Tick,
 )
 from hacontrol.frozen import evolve
 from hacontrol.loglines import change_lines, event_lines
@@ -99,8 +100,9 @@ def observe(model: Model, event: Event, settings: Settings) -> Model:
 
 
 def quiet(before: Model, after: Model, event: Event, now: float) -> bool:
-    """A probe that changed no fact (``fold`` did not derive the view again) in a cluster as
-    desired, with nothing pending: the rest of the step would give what it gave last time.
+    """A probe (of a node or of the router) that changed no fact (``fold`` did not derive the
+    view again), or a tick, in a cluster as desired with nothing pending: the rest of the step
+    would give what it gave last time.
 
     It would: no view change to log, no re-probe (asked for on failed probes only), nothing to
     react to, and the decision is "Nothing" again, for no rule can fire on the same facts and
@@ -113,7 +115,7 @@ def quiet(before: Model, after: Model, event: Event, now: float) -> bool:
     view = before.view
     state = before.state
     return (
-        isinstance(event, ProbeResult)
+        isinstance(event, ProbeResult | RouterProbeResult | Tick)
         and after.view.generation == view.generation
         and before.last_logged is not None
         and before.last_logged[0] == NOTHING

@@ -231,6 +231,8 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
                 at=event.at,
                 warnings=event.warnings,
             )
+            if same_router(view.router, router):
+                return evolve(view, router=router, at=at)  # only its time moved
             view = replace(view, router=router)
         case (
             ConnectionLost()
@@ -246,6 +248,17 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
             # facts do not depend on the view's time (see ``link_alive``).
             return evolve(view, at=at)
     return derive(replace(view, at=at), settings)
+
+
+def same_router(old: RouterView, new: RouterView) -> bool:
+    """Whether ``new`` says what ``old`` said: only the time of the probe moved (``derive``
+    reads whether the router was probed at all, never when)."""
+    return old.at is not None and (old.kind, old.membership, old.error, old.warnings) == (
+        new.kind,
+        new.membership,
+        new.error,
+        new.warnings,
+    )
 
 
 def with_maintenance(view: ClusterView, nodes: frozenset[str], settings: Settings) -> ClusterView:
