@@ -289,6 +289,8 @@ async def test_a_replication_hostgroup_added_later_is_never_fought_over(fresh_pr
             10,
             "RouterConflict",
         )
+        # The probe's one-connection read says what the two separate calls say.
+        assert await rt.router.probe() == (await rt.router.read(), await rt.router.conflicts())
         sent = len(rt.router.statements_sent)
         # A routing change is now due: node3 dies and should leave the readers.
         assert sb.kill_node("node3", signal.SIGKILL)
@@ -483,10 +485,16 @@ async def test_a_failover_is_on_disk_when_proxysql_restarts(fresh_proxysql_sandb
         )
         after = await rt.router.read()
     # The controller is stopped: whatever comes back after the restart is ProxySQL's own.
+    router = router_of(sb)
+    membership, _ = await router.probe()
+    kept = router._probe_session._conn
+    assert (await router.probe())[0] == membership and router._probe_session._conn is kept
     assert sb.kill_router(signal.SIGKILL)
     await sb.start_router()
-    router = router_of(sb)
     assert await router.read() == after
+    # The probe's kept connection died with it: the next probe opens another, and succeeds.
+    assert (await router.probe())[0] == after and router._probe_session._conn is not kept
+    await router.close()
     assert after.writer in ("node2", "node3") and "node1" in after.broken
     assert servers(sb, "disk.mysql_servers") == servers(sb, "mysql_servers")
     # And the controller, started again, finds nothing to change.

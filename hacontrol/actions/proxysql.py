@@ -45,7 +45,15 @@ from typing import Any, TypeVar
 import aiomysql
 import pymysql
 
-from hacontrol.mysqlconn import Endpoint, connect, describe_error, endpoint_for, execute
+from hacontrol.mysqlconn import (
+    ColumnCache,
+    Endpoint,
+    connect,
+    describe_error,
+    endpoint_for,
+    execute,
+    fetch_text,
+)
 from hacontrol.routing import Drained, Membership, Role, RouterError, desired_state_problem
 from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings
 
@@ -332,6 +340,14 @@ def set_online_sql(row: ServerRow) -> str:
     return f"UPDATE mysql_servers SET status = {sql_literal(ONLINE)} {_where(row)}"
 
 
+_PAIR_COLUMNS = "writer_hostgroup, reader_hostgroup, check_type, comment"
+REPLICATION_HOSTGROUPS_SQL = (
+    f"SELECT 'runtime' AS source, {_PAIR_COLUMNS} FROM runtime_mysql_replication_hostgroups "
+    f"UNION ALL SELECT 'config' AS source, {_PAIR_COLUMNS} FROM mysql_replication_hostgroups"
+)
+"""The replication hostgroup pairs active in runtime and configured, told apart by ``source``."""
+
+
 def select_servers_sql(table: str, hostgroup_ids: Iterable[int]) -> str:
     ids = ", ".join(sql_literal(i) for i in hostgroup_ids)
     return (
@@ -564,14 +580,39 @@ class _Session:
         return [ServerRow.from_admin(row) for row in rows]
 
 
+class _KeptSession(_Session):
+    """The router probe's session: one admin connection kept from one interval to the next
+    (opened again after any failure), its answers read in one pass (``fetch_text``)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self._columns: dict[str, ColumnCache] = {}
+        self.reused = False
+
+    async def open(self, endpoint: Endpoint) -> None:
+        self.reused = self._conn is not None and not self._conn.closed
+        if not self.reused:
+            self._columns.clear()
+            await super().open(endpoint)
+
+    async def query(self, sql: str) -> list[dict[str, Any]]:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("session not open")
+        self.current = repr(sql if len(sql) <= 120 else sql[:120] + "...")
+        columns = self._columns.setdefault(sql, ColumnCache(conn.encoding))
+        return (await fetch_text(conn, sql, columns, timeout=self._timeout))[0]
+
+
 class ProxySQLRouter:
     """The Router over ProxySQL's admin interface. See the module doc and docs/proxysql.md.
 
-    Every public call opens its own admin connection and is bounded, connect included, by
-    ``settings.timeout``; any failure is a RouterError within that time. ``statements_sent``
-    lists every write statement sent (LOAD/SAVE included), in order. ``router`` settings are
-    accepted for the common constructor shape; the desired state already says whether the
-    primary is also a reader (``primary_is_reader``), and it is applied as given.
+    Every public call opens its own admin connection (``probe`` keeps one) and is bounded,
+    connect included, by ``settings.timeout``; any failure is a RouterError within that time.
+    ``statements_sent`` lists every write statement sent (LOAD/SAVE included), in order.
+    ``router`` settings are accepted for the common constructor shape; the desired state
+    already says whether the primary is also a reader (``primary_is_reader``), and it is
+    applied as given.
     """
 
     kind = "proxysql"
@@ -598,6 +639,8 @@ class ProxySQLRouter:
         self._attempts = attempts
         self._retry_delay = retry_delay
         self._apply_lock = asyncio.Lock()
+        self._probe_session = _KeptSession(settings.timeout)
+        self._probe_lock = asyncio.Lock()
 
     # --- Router ---
 
@@ -623,7 +666,8 @@ class ProxySQLRouter:
         )
 
     async def close(self) -> None:
-        """Nothing to close: every call uses its own connection and closes it."""
+        """The probe's kept connection; every other call closes its own."""
+        self._probe_session.close()
 
     async def drain(self, node: str, *, timeout: float, poll: float = 0.02) -> Drained:
         """Set ``node``'s writer row OFFLINE_SOFT and wait until none of its writer connections
@@ -656,6 +700,19 @@ class ProxySQLRouter:
     async def conflicts(self) -> list[str]:
         """One warning per ProxySQL setting that would route against the controller."""
         return await self._call("conflicts", self._conflicts)
+
+    async def probe(self) -> tuple[Membership, list[str]]:
+        """``read`` and ``conflicts`` together (the router probe's call, every interval), on
+        a connection kept between calls: the writer rows the conflicts need come from the same
+        read. A kept connection that fails (ProxySQL restarted) is replaced at once, once."""
+        session = self._probe_session
+        async with self._probe_lock:
+            try:
+                return await self._call("read", self._probe, kept=session)
+            except RouterError:
+                if not session.reused:
+                    raise
+            return await self._call("read", self._probe, kept=session)
 
     async def check_startup(self) -> None:
         """Refuse to start (RouterError) when ProxySQL would fight the controller."""
@@ -743,12 +800,21 @@ class ProxySQLRouter:
         self, session: _Session
     ) -> tuple[list[ReplicationHostgroup], list[ReplicationHostgroup]]:
         """(active in runtime, configured) mysql_replication_hostgroups rows."""
-        columns = "writer_hostgroup, reader_hostgroup, check_type, comment"
-        found = []
-        for table in ("runtime_mysql_replication_hostgroups", "mysql_replication_hostgroups"):
-            rows = await session.query(f"SELECT {columns} FROM {table}")
-            found.append([ReplicationHostgroup.from_admin(row) for row in rows])
-        return found[0], found[1]
+        rows = await session.query(REPLICATION_HOSTGROUPS_SQL)  # both tables, one round trip
+        found: tuple[list[ReplicationHostgroup], list[ReplicationHostgroup]] = ([], [])
+        for row in rows:
+            found[0 if row.get("source") == "runtime" else 1].append(
+                ReplicationHostgroup.from_admin(row)
+            )
+        return found
+
+    async def _probe(self, session: _Session) -> tuple[Membership, list[str]]:
+        rows = await self._read_runtime(session)
+        runtime_pairs, config_pairs = await self._replication_hostgroups(session)
+        writer_hg = self.layout.hostgroups.writer
+        writer_rows = [row for row in rows if row.hostgroup_id == writer_hg]
+        warnings = conflict_warnings(runtime_pairs, config_pairs, writer_rows, self.layout)
+        return membership_of(rows, self.layout), warnings
 
     async def _pair_conflicts(self, session: _Session) -> list[str]:
         runtime_pairs, config_pairs = await self._replication_hostgroups(session)
@@ -769,15 +835,18 @@ class ProxySQLRouter:
             warnings.append(warning)
         return warnings
 
-    async def _call(self, what: str, body: Callable[[_Session], Awaitable[T]]) -> T:
-        """Run ``body`` on a fresh connection, everything within ``settings.timeout``.
+    async def _call(
+        self, what: str, body: Callable[[_Session], Awaitable[T]], *, kept: _Session | None = None
+    ) -> T:
+        """Run ``body`` on a fresh connection (or the ``kept`` session's, left open when
+        ``body`` succeeds), everything within ``settings.timeout``.
 
         Writes (apply, the start of a drain) run one at a time (the lock is waited for within
         the same deadline); reads and conflict checks run beside them on their own connections.
         """
         timeout = self.settings.timeout
         where = f"ProxySQL admin {self._endpoint.host}:{self._endpoint.port}"
-        session = _Session(timeout)
+        session = kept or _Session(timeout)
         writes = what in ("apply", "drain")
         lock = self._apply_lock if writes else contextlib.nullcontext()
         try:
@@ -785,11 +854,15 @@ class ProxySQLRouter:
                 if writes:
                     session.current = "waiting for the apply in progress"
                 async with lock:
+                    done = False
                     try:
                         await session.open(self._endpoint)
-                        return await body(session)
+                        result = await body(session)
+                        done = True
+                        return result
                     finally:
-                        session.close()
+                        if kept is None or not done:
+                            session.close()
         except TimeoutError:
             raise RouterError(
                 f"{where}: {what} timed out after {timeout} s at {session.current}"

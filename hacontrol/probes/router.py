@@ -37,9 +37,14 @@ class RouterProbe:
         kind = self._router.kind
         try:
             async with asyncio.timeout(self._timeout):
-                membership = await self._router.read()
-                conflicts = getattr(self._router, "conflicts", None)
-                warnings = tuple(await conflicts()) if conflicts is not None else ()
+                both = getattr(self._router, "probe", None)  # one connection for both reads
+                if both is not None:
+                    membership, found = await both()
+                    warnings = tuple(found)
+                else:
+                    membership = await self._router.read()
+                    conflicts = getattr(self._router, "conflicts", None)
+                    warnings = tuple(await conflicts()) if conflicts is not None else ()
         except Exception as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
             return RouterProbeResult(kind, at, None, reason)
