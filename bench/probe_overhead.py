@@ -1,10 +1,11 @@
 """Probe overhead: run the real probes + controller against a 3-node sandbox and measure.
 
     .venv/bin/python bench/probe_overhead.py [--seconds 60] [--interval 1.0] [--loop uvloop|asyncio]
+        [--log-level info|debug] [--no-router] [--profile FILE]
 
 Starts its own sandbox (removed afterwards), runs the controller for the given time with the
-default probe settings, and reports the controller process's CPU time per probe (user+system,
-from os.times(); the mariadbd processes are not counted) and the probe round-trip p50/p99
+default probe settings, and reports the controller process's CPU time per node probe (user+system,
+from time.process_time(); the mariadbd processes are not counted) and the probe round-trip p50/p99
 (the status query's time on the kept connection, as the probe measures it).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import io
 import os
 import platform
@@ -30,12 +32,23 @@ from hacontrol.service import Runtime
 from hacontrol.settings import load_settings
 
 
-async def measure(settings_path: Path, seconds: float, interval: float) -> dict[str, float]:
+async def measure(
+    settings_path: Path,
+    seconds: float,
+    interval: float,
+    level: str,
+    profile: Path | None,
+    router: bool = True,
+) -> dict[str, float]:
     settings = load_settings(settings_path).settings
     settings = settings.model_copy(
         update={"probes": settings.probes.model_copy(update={"interval": interval})}
     )
-    log = JsonLog(settings.cluster.name, stream=io.StringIO(), level="debug")
+    if not router:  # the nodes' probes alone: what the router's probe adds is the difference
+        settings = settings.model_copy(
+            update={"router": settings.router.model_copy(update={"kind": "none"})}
+        )
+    log = JsonLog(settings.cluster.name, stream=io.StringIO(), level=level)
     runtime = Runtime(settings, log)
     rtts: list[float] = []
     failed = 0
@@ -55,10 +68,17 @@ async def measure(settings_path: Path, seconds: float, interval: float) -> dict[
         await asyncio.sleep(2)  # warm-up: connections opened, first probes done
         rtts.clear()
         log._stream = io.StringIO()  # type: ignore[attr-defined]  # drop warm-up lines
-        t0, cpu0 = time.monotonic(), os.times()
+        profiler = cProfile.Profile(time.process_time) if profile is not None else None
+        t0, cpu0 = time.monotonic(), time.process_time()
+        if profiler is not None:
+            profiler.enable()
         await asyncio.sleep(seconds)
-        t1, cpu1 = time.monotonic(), os.times()
-    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        if profiler is not None:
+            profiler.disable()
+        t1, cpu = time.monotonic(), time.process_time() - cpu0
+        lines = log._stream.getvalue().count("\n")  # type: ignore[attr-defined]
+    if profiler is not None and profile is not None:
+        profiler.dump_stats(profile)
     probes = len(rtts) + failed
     ms = sorted(r * 1000 for r in rtts)
     return {
@@ -68,6 +88,7 @@ async def measure(settings_path: Path, seconds: float, interval: float) -> dict[
         "cpu_seconds": round(cpu, 3),
         "cpu_ms_per_probe": round(cpu * 1000 / max(probes, 1), 3),
         "cpu_percent": round(100 * cpu / (t1 - t0), 2),
+        "log_lines": lines,
         "rtt_p50_ms": round(statistics.median(ms), 3),
         "rtt_p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3),
         "rtt_max_ms": round(ms[-1], 3),
@@ -80,7 +101,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         sandbox = Sandbox(spec)
         info = await sandbox.up()
         try:
-            return await measure(Path(info.settings), args.seconds, args.interval)
+            return await measure(
+                Path(info.settings),
+                args.seconds,
+                args.interval,
+                args.log_level,
+                args.profile,
+                router=not args.no_router,
+            )
         finally:
             await sandbox.down()
 
@@ -89,6 +117,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--log-level", choices=["debug", "info"], default="info")
+    parser.add_argument("--no-router", action="store_true", help="leave the router unprobed")
+    parser.add_argument("--profile", type=Path, help="write cProfile stats of the window here")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = parser.parse_args()
     if args.loop == "uvloop":
