@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="acknowledge the last failover: clear the recovery block kept in the journal",
     )
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="overrides the log.level setting (debug: one line per probe too)",
+    )
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="probe the nodes and router once, print the topology")
@@ -120,7 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hacontrol.service import run_forever, secrets_of
 
     settings = loaded.settings
-    log = JsonLog(settings.cluster.name, level=settings.log.level, secrets=secrets_of(settings))
+    level = args.log_level or settings.log.level
+    log = JsonLog(settings.cluster.name, level=level, secrets=secrets_of(settings))
     try:
         return run_forever(settings, log, acknowledge_block=args.ack, paused=args.paused)
     except RouterError as exc:

@@ -1,7 +1,10 @@
-"""What is worth a log line, as Log effects: events as they arrive and the view's state changes.
+"""What is worth a log line, as Log effects: events as they arrive, the view's state changes
+and the periodic one-line summary of the cluster.
 
-Routine probes are debug lines; failures, lost connections and every change are info or
-above. Plan results and operator commands are logged by the rules with their outcome.
+Routine probes are debug lines, and so are failures that repeat what was told (a node
+already unreachable, a router failing as before); a first failure, a lost connection and
+every change are info or above. Plan results and operator commands are logged by the rules
+with their outcome.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from hacontrol.events import (
     Tick,
 )
 from hacontrol.flavors.base import NodeStatus
-from hacontrol.view import ClusterView, changes
+from hacontrol.view import ClusterView, Health, changes
 
 
-def event_lines(event: Event) -> tuple[Log, ...]:
+def event_lines(event: Event, before: ClusterView) -> tuple[Log, ...]:
+    """The event's own line. A failed probe of a node already unreachable, and a router probe
+    failing as it failed last time, are debug lines: the state change was told once."""
     match event:
         case ProbeResult(ok=True):
             assert event.status is not None
@@ -35,7 +40,10 @@ def event_lines(event: Event) -> tuple[Log, ...]:
                 ),
             )
         case ProbeResult():
-            return (log("probe", event.node, "info", ok=False, error=event.error),)
+            node = before.nodes.get(event.node)
+            told = node is not None and node.health is Health.UNREACHABLE
+            level = "debug" if told else "info"
+            return (log("probe", event.node, level, ok=False, error=event.error),)
         case ConnectionLost():
             return (log("connection_lost", event.node, "warning", reason=event.reason),)
         case RouterProbeResult(ok=True):
@@ -53,7 +61,8 @@ def event_lines(event: Event) -> tuple[Log, ...]:
                 ),
             )
         case RouterProbeResult():
-            return (log("router_probe", None, "warning", kind=event.kind, error=event.error),)
+            level = "debug" if before.router.error == event.error else "warning"
+            return (log("router_probe", None, level, kind=event.kind, error=event.error),)
         case Stop():
             return (log("stop_requested", None, "info", reason=event.reason),)
         case (
@@ -96,3 +105,20 @@ def summarize(status: NodeStatus) -> dict[str, object]:
                 "sql": [ch.last_sql_errno, ch.last_sql_error],
             }
     return out
+
+
+def summary_line(view: ClusterView, model_fields: dict[str, object], probes: int) -> Log:
+    """The cluster in one info line: primary, each node's health, problems, the router's
+    writer, what holds changes back, the last decision, and the probes since the last line."""
+    membership = view.router.membership
+    return log(
+        "cluster_summary",
+        None,
+        "info",
+        primary=view.primary,
+        nodes={name: node.health.value for name, node in view.nodes.items()},
+        problems=[p.code.value for p in view.problems],
+        router_writer=membership.writer if membership is not None else None,
+        probes=probes,
+        **model_fields,
+    )

@@ -214,6 +214,14 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class Summary:
+    due: float
+    """Monotonic time of the next ``cluster_summary`` line."""
+    probes: int = 0
+    """Probes of the nodes counted up to the last line (the sum of the view's counters)."""
+
+
+@dataclass(frozen=True)
 class Model:
     """Everything the decision task of one cluster knows, in one value."""
 
@@ -234,6 +242,8 @@ class Model:
     decided_at: float | None = field(default=None, compare=False)
     """When ``decide`` last ran (monotonic): a wait that ended since then may change what it
     says (``step.quiet``'s bookkeeping, not compared)."""
+    summary: Summary | None = None
+    """When the next periodic summary line is due, and what the last one counted."""
     lease: Lease = Lease()
     acting: bool = True
     """False: observe only (no executor): never decide."""

@@ -349,9 +349,13 @@ class LeaseSettings(_Section):
 
 
 class LogSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "debug"
-    """debug: every event, each probe result included (about one line per node per interval);
-    info: state changes, problems and decisions only."""
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """info: state changes, problems, decisions that change something, alerts and the periodic
+    summary; debug: every event too, each probe result included (one line per node per
+    interval). ``hacontrol run --log-level`` overrides it."""
+    summary_every: Annotated[float, Field(ge=0)] = 600.0
+    """Seconds between two ``cluster_summary`` lines (info): the cluster's state in one line,
+    and the probes since the last one. 0: never."""
 
 
 class Settings(BaseSettings):

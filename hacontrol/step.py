@@ -38,8 +38,8 @@ from hacontrol.events import (
     Tick,
 )
 from hacontrol.frozen import evolve
-from hacontrol.loglines import change_lines, event_lines
-from hacontrol.model import Intent, Lease, Model, Persisted, persisted
+from hacontrol.loglines import change_lines, event_lines, summary_line
+from hacontrol.model import Intent, Lease, Model, Persisted, Summary, persisted
 from hacontrol.plan import Notify, Plan
 from hacontrol.rules.commands import STOPPING, caller_gone, command, refuse_deferred, run_deferred
 from hacontrol.rules.failure import reprobe_targets
@@ -56,19 +56,48 @@ def step(model: Model, event: Event, settings: Settings, now: float) -> Step:
     """Everything the controller does with one event. Pure."""
     observed = observe(model, event, settings)
     if quiet(model, observed, event, now):
-        return observed, event_lines(event)
-    return respond(model, observed, event, settings, now)
+        return summarize(observed, event_lines(event, model.view), event, settings, now)
+    return summarize(*respond(model, observed, event, settings, now), event, settings, now)
 
 
 def full_step(model: Model, event: Event, settings: Settings, now: float) -> Step:
     """``step`` without its ``quiet`` shortcut: every part, every time (the reference the
     shortcut is tested against)."""
-    return respond(model, observe(model, event, settings), event, settings, now)
+    stepped = respond(model, observe(model, event, settings), event, settings, now)
+    return summarize(*stepped, event, settings, now)
+
+
+def summarize(
+    model: Model, effects: tuple[Effect, ...], event: Event, settings: Settings, now: float
+) -> Step:
+    """On a tick, every ``log.summary_every`` seconds (the first one period after the first
+    tick): the ``cluster_summary`` line."""
+    every = settings.log.summary_every
+    if not isinstance(event, Tick) or every <= 0:
+        return model, effects
+    probes = sum(node.probes for node in model.view.nodes.values())
+    if model.summary is None:
+        return evolve(model, summary=Summary(now + every, probes)), effects
+    if now < model.summary.due:
+        return model, effects
+    state = model.state
+    fields: dict[str, object] = {
+        "halted": state.halt.reason if state.halt is not None else None,
+        "paused": state.paused,
+        "maintenance": sorted(model.view.maintenance),
+        "plan": model.running.plan_id if model.running is not None else None,
+        "last_decision": model.last_logged[0] if model.last_logged is not None else None,
+    }
+    line = summary_line(model.view, fields, probes - model.summary.probes)
+    return evolve(model, summary=Summary(now + every, probes)), (*effects, line)
 
 
 def respond(before: Model, model: Model, event: Event, settings: Settings, now: float) -> Step:
     """Everything after the fold: log, react, ask for re-probes, decide."""
-    effects: list[Effect] = [*event_lines(event), *change_lines(before.view, model.view)]
+    effects: list[Effect] = [
+        *event_lines(event, before.view),
+        *change_lines(before.view, model.view),
+    ]
     model, seen = failover_seen(before.view, model, settings, now)
     effects += seen
     model, leased = lease_update(model, event, settings, now)

@@ -227,3 +227,44 @@ def test_a_probe_that_changes_a_fact_takes_the_whole_path() -> None:
     assert model.view.generation == generation + 1
     assert model.view.nodes["node2"].health.value == "lagging"
     assert any(getattr(e, "event", None) == "node_state" for e in effects)
+
+
+def test_at_rest_info_lines_are_the_periodic_summary_only() -> None:
+    """An hour at rest, probed every second: at info level, one ``cluster_summary`` line per
+    ``log.summary_every`` (the first one period after the first tick), counting the probes."""
+    every = 600.0
+    quiet = make_settings(failover={"recovery_block": 30}, log={"summary_every": every})
+    model = start()
+    info: list[object] = []
+    for beat in range(3600):
+        now = 10.0 + beat
+        for event in [*healthy(now, beat), Tick(now)]:
+            model, effects = step(model, event, quiet, now)
+            if beat >= 5:  # past the start-up: changes and the first decision
+                info += [e for e in effects if getattr(e, "level", "debug") != "debug"]
+    assert [getattr(e, "event", None) for e in info] == ["cluster_summary"] * 5
+    first = info[0].fields  # type: ignore[attr-defined]
+    assert first["primary"] == "node1" and first["problems"] == []
+    assert first["nodes"] == {"node1": "healthy", "node2": "healthy", "node3": "healthy"}
+    assert first["probes"] == 3 * 600 and first["last_decision"] == "Nothing"
+
+
+def test_failures_that_repeat_what_was_told_are_debug_lines() -> None:
+    """A dead node: its failed probes are info until the state change says unreachable, then
+    debug. A router that keeps failing the same way: a warning once, then debug."""
+    model = start()
+    for beat in range(5):
+        for event in healthy(10.0 + beat, beat):
+            model, _ = step(model, event, S, 10.0 + beat)
+    levels = []
+    for beat in range(6):
+        model, effects = step(model, down("node3", 20.0 + beat), S, 20.0 + beat)
+        levels += [e.level for e in effects if getattr(e, "event", None) == "probe"]
+    assert levels == ["info"] * 3 + ["debug"] * 3
+    assert model.view.nodes["node3"].health.value == "unreachable"
+    failing = [RouterProbeResult("haproxy", 30.0 + i, None, "refused") for i in range(3)]
+    router_levels = []
+    for event in failing:
+        model, effects = step(model, event, S, event.at)
+        router_levels += [e.level for e in effects if getattr(e, "event", None) == "router_probe"]
+    assert router_levels == ["warning", "debug", "debug"]
