@@ -1,6 +1,7 @@
 """HTTP API of the running controller: health, readiness, status, metrics, commands.
 
-Read-only endpoints need no token: ``GET /health`` (liveness), ``GET /ready`` (readiness),
+Read-only endpoints need no token: ``GET /`` (the status page, ``hacontrol.statuspage``),
+``GET /health`` (liveness), ``GET /ready`` (readiness),
 ``GET /status`` (the view as JSON), ``GET /metrics`` (Prometheus text format 0.0.4),
 ``GET /openapi.json`` (this API described, ``hacontrol.api_schema``).
 
@@ -65,6 +66,7 @@ from hacontrol.events import CommandResult, OperatorCommand
 from hacontrol.jsonlog import JsonLog, dumps
 from hacontrol.metrics import CONTENT_TYPE
 from hacontrol.settings import ApiSettings
+from hacontrol.statuspage import render_page
 
 COMMAND_TIMEOUT = 60.0
 """Seconds the API waits for the controller's answer before replying 504."""
@@ -231,6 +233,7 @@ def _parse_error(exc: BaseException | None) -> str:
 
 
 JSON = "application/json"
+HTML = "text/html; charset=utf-8"
 Answer = tuple[int, bytes, str]
 """A read's answer as it crosses from the main loop: status, body, content type."""
 
@@ -301,6 +304,7 @@ class _Route:
 
 COMMANDS = ("switchover", "maintenance", "ack", "pause", "resume")
 ROUTES: dict[str, _Route] = {
+    "/": _Route("GET", "read"),
     "/health": _Route("GET", "health"),
     "/ready": _Route("GET", "read"),
     "/status": _Route("GET", "read"),
@@ -436,6 +440,7 @@ class ApiServer:
             "/health": probe(self.handle.alive),
             "/ready": probe(self.handle.ready),
             "/status": lambda: (200, dumps(self.handle.status()).encode(), JSON),
+            "/": lambda: (200, render_page(self.handle.status(), time.time()).encode(), HTML),
             "/metrics": lambda: (200, self.handle.metrics_text(), CONTENT_TYPE),
         }
         return {

@@ -79,6 +79,20 @@ def document() -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "hacontrol", "version": __version__},
         "paths": {
+            "/": {
+                "get": {
+                    "summary": "the status page (HTML, reloads itself)",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "ok",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        "429": _limited(),
+                        "503": _json(_ERROR, "the controller's event loop did not answer"),
+                    },
+                }
+            },
             "/health": _read("liveness", {"$ref": "#/components/schemas/Probe"}, probe=True),
             "/ready": _read("readiness", {"$ref": "#/components/schemas/Probe"}, probe=True),
             "/status": _read("the controller's view", {"type": "object"}),

@@ -39,6 +39,7 @@ from hacontrol.rules.commands import STOPPING, farewell
 from hacontrol.rules.lease import held_until
 from hacontrol.rules.lifecycle import unreported
 from hacontrol.settings import Settings
+from hacontrol.status import plan_timeline
 from hacontrol.step import boot, step
 from hacontrol.view import ClusterView, initial
 
@@ -82,6 +83,8 @@ class Controller:
         self.executor, self.journal, self.metrics = executor, journal, metrics
         self._halt_shown: bool | None = None
         self._lease_shown = False
+        self.last_failover: dict[str, Any] | None = None
+        """The timeline of the last failover or switchover this process ran (status page)."""
         self._reprobe, self._clock, self._wall = reprobe, clock, wall_clock
         self._task: asyncio.Task[None] | None = None
         self._journal_every = journal_check_every
@@ -236,6 +239,9 @@ class Controller:
                 case RecordPlan(finished=finished, detect_seconds=seconds):
                     if self.metrics is not None:
                         self.metrics.observe_plan(finished, seconds)
+                    timeline = plan_timeline(finished, seconds, self.model.wall_offset)
+                    if timeline is not None:
+                        self.last_failover = timeline
                 case SetLeaseMode(mode=mode):
                     self._lease_mode(mode)
 

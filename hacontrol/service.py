@@ -182,7 +182,13 @@ class Runtime:
         return self.metrics.render()
 
     def status(self) -> dict[str, Any]:
-        return controller_status(self.controller.model, self.settings, time.monotonic())
+        controller = self.controller
+        return controller_status(
+            controller.model,
+            self.settings,
+            time.monotonic(),
+            last_failover=controller.last_failover,
+        )
 
     async def command(self, cmd: OperatorCommand, timeout: float = API_TIMEOUT) -> CommandResult:
         """Put an operator command on the queue and wait for the controller's answer."""

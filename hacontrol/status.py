@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hacontrol.events import PlanFinished
 from hacontrol.model import Model
+from hacontrol.plan import PlanKind
 from hacontrol.routing import Role
 from hacontrol.rules.candidates import candidates
 from hacontrol.rules.lease import leader_seen, majority, valid_until
@@ -172,8 +174,11 @@ def _line(view: ClusterView, name: str) -> str:
     return " ".join(parts)
 
 
-def controller_status(model: Model, settings: Settings, now: float) -> dict[str, Any]:
-    """What /status shows: topology, problems, halt/block/pause, decisions, next candidate."""
+def controller_status(
+    model: Model, settings: Settings, now: float, *, last_failover: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What /status shows: topology, problems, halt/block/pause, decisions, next candidate,
+    and the last failover's (or switchover's) timeline (``plan_timeline``)."""
     view, state = model.view, model.state
     out = to_json(view)
     primary = view.primary
@@ -200,6 +205,7 @@ def controller_status(model: Model, settings: Settings, now: float) -> dict[str,
         },
         "plan_running": model.running.plan_id if model.running is not None else None,
         "last_decisions": [dict(d) for d in model.decisions[-10:]],
+        "last_failover": last_failover,
     }
     out["fleet"] = fleet_status(model, settings, now)
     out["if_primary_died_now"] = {
@@ -250,4 +256,67 @@ def fleet_status(model: Model, settings: Settings, now: float) -> dict[str, Any]
         "router_agrees": membership is not None
         and membership.writers == ({expected} if expected else set()),
         "lease_changes": lease.changes,
+    }
+
+
+MILESTONE_OF_ACTION = {
+    "RouteFence": "fenced",
+    "Drain": "drained",
+    "Fence": "fenced",
+    "WaitApplied": "caught up",
+    "CatchUp": "caught up",
+    "CheckTransactions": "transactions checked",
+    "Promote": "promoted",
+    "Route": "routed",
+    "Repoint": "repointed",
+}
+"""A step of a failover or switchover -> the milestone its end marks on the status page."""
+
+
+def plan_timeline(
+    finished: PlanFinished, detect_seconds: float | None, wall_offset: float
+) -> dict[str, Any] | None:
+    """The timeline of a finished failover or switchover (None for other plans): when the
+    fault was detected (a failover: the primary's first failed probe) and when each step
+    ended, in seconds from the first mark and in wall-clock time (Unix seconds)."""
+    if finished.kind not in (PlanKind.FAILOVER, PlanKind.SWITCHOVER):
+        return None
+    started = finished.at - finished.seconds  # monotonic
+    origin = started - (detect_seconds or 0.0)
+    marks: list[dict[str, Any]] = []
+    if detect_seconds is not None:
+        marks.append(_mark("detected", None, None, True, origin, origin, wall_offset))
+    marks.append(_mark("plan started", None, None, True, started, origin, wall_offset))
+    end = started
+    for step in finished.steps:
+        end += step.seconds
+        milestone = MILESTONE_OF_ACTION.get(step.action, step.action)
+        marks.append(_mark(milestone, step.action, step.node, step.ok, end, origin, wall_offset))
+    return {
+        "plan": finished.plan_id,
+        "kind": str(finished.kind),
+        "rule": finished.rule,
+        "ok": finished.ok,
+        "reason": finished.reason,
+        "seconds": round((detect_seconds or 0.0) + finished.seconds, 3),
+        "marks": marks,
+    }
+
+
+def _mark(
+    what: str,
+    action: str | None,
+    node: str | None,
+    ok: bool,
+    at: float,
+    origin: float,
+    wall_offset: float,
+) -> dict[str, Any]:
+    return {
+        "what": what,
+        "action": action,
+        "node": node,
+        "ok": ok,
+        "after": round(at - origin, 3),
+        "at": round(at + wall_offset, 3),
     }

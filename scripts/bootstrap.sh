@@ -21,6 +21,16 @@ if ! have mariadbd || ! have haproxy || ! have mariadb-install-db || ! have ipta
   # The package may start a system mariadb on 3306; the sandbox never uses it.
 fi
 
+# chromium (headless): the status page's browser test (skipped, saying why, without it).
+if ! have chromium && [ -z "${HACONTROL_NO_BROWSER:-}" ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "bootstrap: installing chromium (apt) for the status page's browser test"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null \
+    || echo "bootstrap: chromium not installed: the browser test will be skipped"
+fi
+
 python=${PYTHON:-python3}
 stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then

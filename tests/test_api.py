@@ -102,6 +102,16 @@ async def test_status_is_the_handles_json(api: Api):
     assert body["state"] == {"paused": False, "halt": None}
 
 
+async def test_the_status_page_is_html_from_the_status(api: Api):
+    """Served without a token, from the handle's status (a document of another shape than
+    the runtime's here: what it lacks is shown empty, never a 500)."""
+    calls = api.handle.status_calls
+    status, text, content_type = await api.get("/")
+    assert status == 200 and content_type == "text/html; charset=utf-8"
+    assert text.startswith("<!doctype html>") and '<span id="primary">none</span>' in text
+    assert api.handle.status_calls == calls + 1
+
+
 async def test_metrics_parse_as_prometheus_text(api: Api):
     status, text, content_type = await api.get("/metrics")
     assert status == 200
@@ -552,7 +562,7 @@ async def test_openapi_document_is_served(api: Api):
     doc = json.loads(text)
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {
-        "/health", "/ready", "/status", "/metrics", "/openapi.json",
+        "/", "/health", "/ready", "/status", "/metrics", "/openapi.json",
         "/switchover", "/maintenance", "/ack", "/pause", "/resume",
     }  # fmt: skip
 

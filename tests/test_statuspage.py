@@ -1,0 +1,172 @@
+"""The status page, pure: what it shows from a status document, every value escaped (a hostile
+node name, reason, decision and error never become markup), and the failover timeline."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+from hacontrol.events import PlanFinished
+from hacontrol.plan import ActionResult, PlanKind
+from hacontrol.status import controller_status, plan_timeline
+from hacontrol.statuspage import render_page
+from hacontrol.step import boot, step
+from hacontrol.view import initial
+from tests.factories import primary, replica, router
+from tests.factories import settings as make_settings
+
+HOSTILE = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
+
+
+class Tags(HTMLParser):
+    """Every start tag and attribute the browser would build, and the text it would show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parsed(page: str) -> Tags:
+    tags = Tags()
+    tags.feed(page)
+    return tags
+
+
+def status_of(nodes: dict[str, str | None], **controller: object) -> dict[str, object]:
+    """A status document: ``nodes`` maps each node to its source (None: the primary)."""
+    first = next(n for n, s in nodes.items() if s is None)
+    return {
+        "cluster": "main",
+        "primary": first,
+        "primary_reason": "the only writable node",
+        "quorum": {"ok": True},
+        "router": {"kind": "proxysql", "error": None, "membership": {"writers": [first]}},
+        "nodes": [
+            {
+                "name": name,
+                "health": "healthy",
+                "reason": "replicating",
+                "role": "primary" if source is None else "replica",
+                "read_only": source is not None,
+                "source": source,
+                "io": None if source is None else "Yes",
+                "sql": source is not None,
+                "lag": 0,
+                "gtid_executed": "0-1-5",
+                "router": ["writer"] if source is None else ["reader"],
+            }
+            for name, source in nodes.items()
+        ],
+        "problems": [],
+        "controller": {"last_decisions": [], "last_failover": None, **controller},
+    }
+
+
+def test_the_tree_shows_replicas_under_their_source() -> None:
+    page = render_page(status_of({"db1": None, "db2": "db1", "db3": "db2"}), 0.0)
+    tree = page[page.index('id="topology"') : page.index('id="problems"')]
+    assert [m for m in re.findall(r'data-node="(\w+)"', tree)] == ["db1", "db2", "db3"]
+    # db3 replicates from db2: nested one level deeper than db2
+    assert (
+        tree.index("db2") < tree.index('<ul class="tree">', tree.index("db2")) < tree.index("db3")
+    )
+    tags = parsed(page)
+    assert ("meta", [("http-equiv", "refresh"), ("content", "2")]) in tags.tags
+    text = "".join(tags.text)
+    assert "db1" in text and "none" in text  # no problems
+    assert "proxysql, writer db1" in text
+    assert "no fleet: the only one acting" in text
+    assert "none since this process started" in text
+
+
+def test_every_value_is_escaped() -> None:
+    status = status_of({HOSTILE: None, "db2": HOSTILE})
+    status["fleet"] = {"fleet": True, "leader": True, "instance": HOSTILE, "reason": HOSTILE}
+    status["primary_reason"] = HOSTILE
+    status["router"] = {"kind": "proxysql", "error": HOSTILE, "membership": None}
+    status["problems"] = [{"code": HOSTILE, "node": HOSTILE, "reason": HOSTILE}]
+    status["controller"] = {
+        "halt": {"code": HOSTILE, "reason": HOSTILE},
+        "plan_running": HOSTILE,
+        "last_decisions": [
+            {"at": 1.5, "rule": HOSTILE, "kind": HOSTILE, "reason": HOSTILE, "actions": [HOSTILE]}
+        ],
+        "last_failover": {
+            "plan": HOSTILE,
+            "kind": HOSTILE,
+            "rule": HOSTILE,
+            "ok": False,
+            "reason": HOSTILE,
+            "seconds": 1.0,
+            "marks": [
+                {"what": HOSTILE, "action": HOSTILE, "node": HOSTILE, "ok": True, "after": 0.5}
+            ],
+        },
+    }
+    status["cluster"] = HOSTILE
+    page = render_page(status, 0.0)
+    tags = parsed(page)
+    assert {tag for tag, _ in tags.tags} <= {
+        "html", "head", "meta", "title", "style", "body", "h1", "h2", "span", "div", "ul",
+        "li", "b", "br", "p", "table", "tr", "th", "td",
+    }  # fmt: skip
+    assert not any(name.startswith("on") for _, attrs in tags.tags for name, _ in attrs)
+    assert "<script" not in page and "<img" not in page
+    shown = "".join(tags.text)
+    assert shown.count("<script>alert(1)</script>") >= 10  # shown as text, everywhere
+
+
+def test_a_failover_timeline_from_its_steps() -> None:
+    steps = (
+        ActionResult("RouteFence", None, True, True, "fenced", index=0, seconds=0.02),
+        ActionResult("WaitApplied", "node2", True, False, "applied", index=1, seconds=0.01),
+        ActionResult("Promote", "node2", True, True, "promoted", index=2, seconds=0.03),
+        ActionResult("Route", None, True, True, "routed", index=3, seconds=0.02),
+        ActionResult("Repoint", "node3", True, True, "repointed", index=4, seconds=0.05),
+    )
+    finished = PlanFinished(
+        100.0, "failover-1", "DeadPrimary", PlanKind.FAILOVER, True, "done", None, steps, 0.13
+    )
+    timeline = plan_timeline(finished, 0.2, wall_offset=1_000_000.0)
+    assert timeline is not None
+    marks = [(m["what"], m["after"]) for m in timeline["marks"]]
+    assert marks == [
+        ("detected", 0.0),
+        ("plan started", 0.2),
+        ("fenced", 0.22),
+        ("caught up", 0.23),
+        ("promoted", 0.26),
+        ("routed", 0.28),
+        ("repointed", 0.33),
+    ]
+    assert timeline["marks"][-1]["at"] == 1_000_100.0 and timeline["seconds"] == 0.33
+    route = PlanFinished(1.0, "route-1", "Reconcile", PlanKind.ROUTE, True, "", None, (), 0.1)
+    assert plan_timeline(route, None, 0.0) is None
+    page = render_page(status_of({"db1": None}, last_failover=timeline), 0.0)
+    text = "".join(parsed(page).text)
+    for what in ("detected", "fenced", "promoted", "routed", "repointed", "+0.330 s"):
+        assert what in text
+
+
+def test_the_page_from_a_real_model() -> None:
+    """The status document the API builds, rendered: the primary and the last decision."""
+    settings = make_settings()
+    model, _ = boot(
+        initial(settings), settings, kept=None, unfinished=None, acknowledge_block=False,
+        paused=False, acting=True, wall_offset=1_000_000.0,
+    )  # fmt: skip
+    for beat in range(5):
+        at = 10.0 + beat
+        for event in (primary(at=at), replica("node2", at), replica("node3", at), router(at=at)):
+            model, _ = step(model, event, settings, at)
+    page = render_page(controller_status(model, settings, 15.0), 1_000_015.0)
+    text = "".join(parsed(page).text)
+    assert re.search(r'<span id="primary">node1</span>', page)
+    assert "Nothing" in text and "1970-01-12" in text
