@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import cProfile
 import io
+import json
 import os
 import platform
 import statistics
@@ -32,6 +34,17 @@ from hacontrol.service import Runtime
 from hacontrol.settings import load_settings
 
 
+async def settled(runtime: Runtime, timeout: float = 60.0) -> None:
+    """Until the controller's last decision is "Nothing" (the start-up grace is over)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        decisions = runtime.controller.decisions
+        if decisions and decisions[-1]["rule"] == "Nothing":
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the controller did not settle")
+
+
 async def measure(
     settings_path: Path,
     seconds: float,
@@ -39,7 +52,7 @@ async def measure(
     level: str,
     profile: Path | None,
     router: bool = True,
-) -> dict[str, float]:
+) -> dict[str, object]:
     settings = load_settings(settings_path).settings
     settings = settings.model_copy(
         update={"probes": settings.probes.model_copy(update={"interval": interval})}
@@ -65,6 +78,7 @@ async def measure(
 
     runtime.controller.handle = handle  # type: ignore[method-assign]
     async with runtime:
+        await settled(runtime)
         await asyncio.sleep(2)  # warm-up: connections opened, first probes done
         rtts.clear()
         log._stream = io.StringIO()  # type: ignore[attr-defined]  # drop warm-up lines
@@ -76,7 +90,8 @@ async def measure(
         if profiler is not None:
             profiler.disable()
         t1, cpu = time.monotonic(), time.process_time() - cpu0
-        lines = log._stream.getvalue().count("\n")  # type: ignore[attr-defined]
+        text = log._stream.getvalue()  # type: ignore[attr-defined]
+    events = collections.Counter(json.loads(line)["event"] for line in text.splitlines())
     if profiler is not None and profile is not None:
         profiler.dump_stats(profile)
     probes = len(rtts) + failed
@@ -88,14 +103,18 @@ async def measure(
         "cpu_seconds": round(cpu, 3),
         "cpu_ms_per_probe": round(cpu * 1000 / max(probes, 1), 3),
         "cpu_percent": round(100 * cpu / (t1 - t0), 2),
-        "log_lines": lines,
+        "log_lines": sum(events.values()),
+        "log_lines_per_node_per_hour": round(
+            sum(events.values()) / len(settings.nodes) * 3600 / (t1 - t0), 2
+        ),
+        "log_events": dict(events),
         "rtt_p50_ms": round(statistics.median(ms), 3),
         "rtt_p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3),
         "rtt_max_ms": round(ms[-1], 3),
     }
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, float]:
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="hacontrol-bench-") as tmp:
         spec = SandboxSpec(dir=Path(tmp) / "sandbox", nodes=3, base_port=find_free_base_port(7))
         sandbox = Sandbox(spec)
