@@ -57,9 +57,11 @@ def test_status_json_matches_live_topology(sandbox):
 
 
 def test_run_logs_json_and_stops_on_sigterm_within_two_seconds(sandbox):
+    """With ``--log-level debug`` over the settings' info: the probes' lines too."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
+    config = str(sandbox.status().settings)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hacontrol", "run", "--config", str(sandbox.status().settings)],
+        [sys.executable, "-m", "hacontrol", "run", "--config", config, "--log-level", "debug"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -81,6 +83,7 @@ def test_run_logs_json_and_stops_on_sigterm_within_two_seconds(sandbox):
             "node2",
             "node3",
         }
+        assert any(r["event"] == "probe" and r["level"] == "debug" for r in seen)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
