@@ -117,7 +117,7 @@ def jsonable(value: Any, scrub: Callable[[str], str] | None = None, _depth: int 
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
+        return value if math.isfinite(value) else jsonable(str(value), scrub, _depth + 1)
     if _depth > 100:
         return "<nested too deeply>"
     if isinstance(value, Mapping):

@@ -71,6 +71,13 @@ def test_values_that_would_not_be_json_are_written_as_strings():
     assert (record["lag"], record["block"], record["down"]) == ("nan", "inf", "-inf")
 
 
+def test_a_non_finite_number_written_as_a_string_is_scrubbed_too():
+    # Found by the property above: secret "n", a field inf -> "inf" kept the secret.
+    out = io.StringIO()
+    JsonLog("t", stream=out, secrets=["n"]).emit("x", block=math.inf)
+    assert json.loads(out.getvalue())["block"] == f"i{MASK}f"
+
+
 def test_secret_values_and_escaped_secrets_are_masked():
     out = io.StringIO()
     secret = 'p"w\\\n\u00e9'  # quotes, backslash, newline, non-ASCII: all escaped in JSON
