@@ -29,13 +29,16 @@ too large, 429 too many requests without a valid token from this address (``Retr
 503 the controller's event loop did not answer, 504 the controller did not answer a command in
 time (it is queued and may still run: check ``/status`` and the log).
 
-Isolation (docs/hardening.md): the server runs on its own event loop in its own thread
-(``hacontrol.api_loop``), so serving HTTP never takes a turn of the loop that probes, decides
-and acts. Reads cross to the main loop as one short callback, cached for a fraction of a second
-and shared by concurrent requests; commands cross as a coroutine on the main loop. Connections
-are limited (``api_guard.ConnectionTable``), a connection must send a whole request within
-``api.idle_timeout``, bodies are at most 64 KiB, headers 8 KiB, and every request without a
-valid token spends the client address's rate budget (``/health`` has its own).
+Isolation (docs/hardening.md): ``hacontrol run`` serves it from a process of its own
+(``hacontrol.api_process``), so accepting, parsing and closing connections spends another
+process's CPU and interpreter lock, never the decision loop's. Within that process the server
+runs on its own event loop in its own thread (``hacontrol.api_loop``). Reads cross to the
+main loop as one short callback (over the process's channel), cached for a fraction of a
+second and shared by concurrent requests; commands cross as a coroutine on the main loop.
+Connections are limited (``api_guard.ConnectionTable``), a connection must send a whole
+request within ``api.idle_timeout``, bodies are at most 64 KiB, headers 8 KiB, and every
+request without a valid token spends the client address's rate budget (``/health`` has its
+own).
 
 Every answered request is one ``api_request`` line at debug level (commands at info); requests
 refused by the rate limit or the connection limit are summed up in one ``api_throttled``
@@ -51,7 +54,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -314,6 +317,29 @@ ROUTES: dict[str, _Route] = {
 }
 
 
+READS = ("/health", "/ready", "/status", "/", "/metrics")
+"""Endpoints answered from the controller's state (cached briefly, ``READ_TTL``)."""
+
+
+def reads_of(handle: ControllerHandle) -> dict[str, Callable[[], Answer]]:
+    """Each read endpoint's answer, computed from ``handle`` (on the main loop's thread)."""
+
+    def probe(fn: Callable[[], tuple[bool, str]]) -> Callable[[], Answer]:
+        def read() -> Answer:
+            ok, reason = fn()
+            return 200 if ok else 503, dumps({"ok": ok, "reason": reason}).encode(), JSON
+
+        return read
+
+    return {
+        "/health": probe(handle.alive),
+        "/ready": probe(handle.ready),
+        "/status": lambda: (200, dumps(handle.status()).encode(), JSON),
+        "/": lambda: (200, render_page(handle.status(), time.time()).encode(), HTML),
+        "/metrics": lambda: (200, handle.metrics_text(), CONTENT_TYPE),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # The server
 
@@ -321,7 +347,11 @@ ROUTES: dict[str, _Route] = {
 class ApiServer:
     """``start()`` (on the main loop) serves on ``settings.host:settings.port`` (over TLS when
     configured) or on ``settings.socket`` from a thread of its own and returns the bound
-    address ((socket path, 0) for a unix socket); ``stop()`` closes it."""
+    address ((socket path, 0) for a unix socket); ``stop()`` closes it.
+
+    ``hacontrol run`` runs it in a process of its own (``hacontrol.api_process``), where
+    ``fetch(path)`` asks the controller for each read and ``handle.command`` forwards commands;
+    tests may run it in-process on a handle's synchronous reads."""
 
     def __init__(
         self,
@@ -333,6 +363,7 @@ class ApiServer:
         clock: Callable[[], float] = time.monotonic,
         read_ttl: float = READ_TTL,
         main_timeout: float = MAIN_TIMEOUT,
+        fetch: Callable[[str], Coroutine[Any, Any, Answer]] | None = None,
     ) -> None:
         self.settings = settings
         self.handle = handle
@@ -341,6 +372,7 @@ class ApiServer:
         self._clock = clock
         self._read_ttl = read_ttl
         self._main_timeout = main_timeout
+        self._fetch = fetch
         self._token = settings.token.get_secret_value() if settings.token is not None else None
         self._thread: LoopThread | None = None
         self._runner: web.ServerRunner | None = None
@@ -429,36 +461,32 @@ class ApiServer:
             await runner.cleanup()
 
     def _cached_reads(self) -> dict[str, CachedRead[Answer]]:
-        def probe(fn: Callable[[], tuple[bool, str]]) -> Callable[[], Answer]:
-            def read() -> Answer:
-                ok, reason = fn()
-                return 200 if ok else 503, dumps({"ok": ok, "reason": reason}).encode(), JSON
-
-            return read
-
-        reads: dict[str, Callable[[], Answer]] = {
-            "/health": probe(self.handle.alive),
-            "/ready": probe(self.handle.ready),
-            "/status": lambda: (200, dumps(self.handle.status()).encode(), JSON),
-            "/": lambda: (200, render_page(self.handle.status(), time.time()).encode(), HTML),
-            "/metrics": lambda: (200, self.handle.metrics_text(), CONTENT_TYPE),
-        }
+        local = reads_of(self.handle) if self._fetch is None else {}
         return {
-            path: CachedRead(self._on_main(path, fn), self._read_ttl, self._clock)
-            for path, fn in reads.items()
+            path: CachedRead(self._on_main(path, local.get(path)), self._read_ttl, self._clock)
+            for path in READS
         }
 
-    def _on_main(self, path: str, fn: Callable[[], Answer]) -> Callable[[], Awaitable[Answer]]:
+    def _on_main(
+        self, path: str, fn: Callable[[], Answer] | None
+    ) -> Callable[[], Awaitable[Answer]]:
         """``fn`` run on the main loop: the handle's state is read, and serialized, between two
-        of its steps; only the bytes cross back."""
+        of its steps; only the bytes cross back. Without ``fn``: ``fetch(path)`` awaited on the
+        main loop (in the API process, a read asked of the controller)."""
 
         async def fetch() -> Answer:
             assert self._main is not None
             try:
+                if fn is None:
+                    assert self._fetch is not None
+                    return await self._main.run(self._fetch(path), self._main_timeout)
                 return await self._main.call(fn, self._main_timeout)
-            except MainUnavailable as exc:
+            except (MainUnavailable, TimeoutError) as exc:
+                reason = (
+                    str(exc) or f"the controller did not answer within {self._main_timeout:g} s"
+                )
                 key = "reason" if path in ("/health", "/ready") else "message"
-                return 503, dumps({"ok": False, key: str(exc)}).encode(), JSON
+                return 503, dumps({"ok": False, key: reason}).encode(), JSON
 
         return fetch
 

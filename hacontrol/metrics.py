@@ -90,6 +90,7 @@ class Metrics:
         self._cluster_series()
         self._lease_series()
         self._plan_series()
+        self._api_series()
         for outcome in OUTCOMES:  # export zeros, so that rate() works from the first failover
             self._failovers.labels(cluster, outcome)
             self._switchovers.labels(cluster, outcome)
@@ -202,6 +203,22 @@ class Metrics:
             registry=reg,
         )
 
+    def _api_series(self) -> None:
+        reg = self.registry
+        self._api_restarts_seen = 0
+        self._api_up = Gauge(
+            "hacontrol_api_process_up",
+            "1 while the HTTP API's process serves, 0 while it is being restarted",
+            ("cluster",),
+            registry=reg,
+        )
+        self._api_restarts = Counter(
+            "hacontrol_api_process_restarts",
+            "Times the HTTP API's process died (it is started again after a back-off)",
+            ("cluster",),
+            registry=reg,
+        )
+
     def _plan_series(self) -> None:
         reg = self.registry
         self._failovers = Counter(
@@ -307,6 +324,12 @@ class Metrics:
         self._journal_writable.labels(self.cluster).set(1 if writable else 0)
         if free_bytes is not None:
             self._journal_free.labels(self.cluster).set(free_bytes)
+
+    def set_api(self, up: bool, restarts: int) -> None:
+        self._api_up.labels(self.cluster).set(1 if up else 0)
+        if restarts > self._api_restarts_seen:
+            self._api_restarts.labels(self.cluster).inc(restarts - self._api_restarts_seen)
+            self._api_restarts_seen = restarts
 
     def set_mail(self, queued: int, sent: int, failed: int, dropped: int) -> None:
         """Mail counters pushed by the caller; ignored when a notifier was given at creation."""

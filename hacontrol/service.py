@@ -19,7 +19,7 @@ from typing import Any
 from hacontrol.actions.hooks import HookRunner
 from hacontrol.actions.mysql import MySQLActions
 from hacontrol.actions.notify import MailPolicy, Notifier
-from hacontrol.api import ApiServer
+from hacontrol.api_process import ApiProcess
 from hacontrol.controller import Controller, plan_budget
 from hacontrol.events import CommandResult, Event, OperatorCommand, Stop, Tick
 from hacontrol.executor import Executor
@@ -108,7 +108,7 @@ class Runtime:
         self.router = build_router(settings)
         self.notifier = Notifier(settings.smtp, log, policy=mail_policy or MailPolicy())
         self.metrics = Metrics(settings.cluster.name, mail=self.notifier)
-        self.api: ApiServer | None = None
+        self.api: ApiProcess | None = None
         self.journal = Journal(settings.controller.journal)
         fleet = settings.controller.fleet
         self.lease = LeaseKeeper(settings, self.emit) if fleet else None
@@ -240,7 +240,7 @@ class Runtime:
         self._notifier_task = asyncio.create_task(self.notifier.run(), name="notifier")
         self._decision = asyncio.create_task(self.controller.run(), name="decision")
         if settings.api.enabled:
-            self.api = ApiServer(settings.api, self, self.log, command_timeout=API_TIMEOUT)
+            self.api = ApiProcess(settings.api, self, self.log, on_state=self.metrics.set_api)
             try:
                 await self.api.start()
             except OSError:

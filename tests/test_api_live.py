@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from hacontrol import api_process
 from tests.live import runtime, sandbox_settings
 from tests.support import eventually
 
@@ -63,3 +67,34 @@ async def test_api_on_a_real_runtime(sandbox):
             async with http.post(f"{base}/resume", headers=auth) as r:
                 assert r.status == 200
     assert TOKEN not in "".join(str(r) for r in capture.records)
+
+
+async def test_a_killed_api_process_is_restarted_while_probes_go_on(sandbox, monkeypatch):
+    monkeypatch.setattr(api_process, "BACKOFF", 0.2)
+    rt, capture = runtime(sandbox_settings(sandbox))
+    async with rt:
+        await eventually(lambda: rt.controller.view.quorum.ok, 10, "quorum")
+        host, port = rt.api.address
+        first = rt.api.pid
+        probes_before = rt.controller.view.nodes["node1"].probes
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: capture.of("api_process_exited"), 10, "the death noticed")
+        await eventually(lambda: rt.api.pid not in (None, first), 20, "a new API process")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://{host}:{port}/health") as r:
+                assert r.status == 200
+            async with http.get(f"http://{host}:{port}/metrics") as r:
+                text = await r.text()
+        # The controller went on probing meanwhile, and counted the restart.
+        assert rt.controller.view.nodes["node1"].probes > probes_before
+        assert rt.controller.view.quorum.ok
+        assert "hacontrol_api_process_restarts_total" in text
+        restarts = next(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "hacontrol_api_process_restarts_total"
+        )
+        assert restarts == 1.0
+        (exited,) = capture.of("api_process_exited")
+        assert exited["level"] == "error" and exited["pid"] == first

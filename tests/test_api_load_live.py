@@ -1,6 +1,7 @@
-"""Serving HTTP never delays a probe, a decision or an action: a real runtime on the sandbox,
-flooded from another process (unauthenticated GETs, and thousands of idle connections re-opened
-as soon as they are closed), keeps probing on time, answers /health and operator commands.
+"""Serving HTTP never delays a probe, a decision or an action: a real runtime on the sandbox
+(its API in a process of its own), flooded from another process (unauthenticated GETs, and
+thousands of idle connections re-opened as soon as they are closed), keeps probing on time,
+answers /health and operator commands.
 
 The flood is bench/api_load.py's (the figures in bench/README.md come from the same code); the
 bounds here are generous, this checks behaviour, not speed.
@@ -65,7 +66,7 @@ async def test_probes_health_and_commands_keep_their_pace_under_an_api_flood(
             await asyncio.sleep(4.0)
             await asyncio.to_thread(obs.stop_clients, clients)
             open_files = len(os.listdir("/proc/self/fd"))
-            connections = len(rt.api.connections)
+            api_open_files = len(os.listdir(f"/proc/{rt.api.pid}/fd"))
         finally:
             got = await asyncio.to_thread(load.stop_flood, flood)
             sampler.cancel()
@@ -74,7 +75,8 @@ async def test_probes_health_and_commands_keep_their_pace_under_an_api_flood(
         assert got["get_answers"].get("429", 0) > 5 * got["get_answers"].get("200", 0) > 0, got
     else:  # the connection limit held: the server closed idle ones to make room
         assert got["connections_closed_by_server"] > 1000, got
-    assert connections <= 128 and open_files < 128 + 200
+    # The API process held at most its 128 connections; the controller holds none of them.
+    assert api_open_files < 128 + 64 and open_files < 200, (api_open_files, open_files)
     # Every /health and every command answered, promptly.
     assert obs.health and all(status == 200 and t < 2.0 for status, t in obs.health), obs.health
     assert obs.commands and all(s == 200 and t < 2.0 for s, t in obs.commands), obs.commands
