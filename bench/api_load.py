@@ -6,7 +6,7 @@
                                              [--path /metrics] [--idle 0] [--seconds 10]
                                              [--source 127.0.0.2] [--json FILE]
     .venv/bin/python bench/api_load.py drill [--runs 10] [--get-rate 1200] [--idle 20000]
-                                             [--out DIR]
+                                             [--out DIR] [--flood-nice 19] [--api-nice 10]
 
 ``measure`` starts a sandbox of its own (removed afterwards), runs the controller in this
 process with the API on, and measures three phases side by side: no load, a flood of
@@ -18,9 +18,12 @@ operator command's round trip through the API (pause then resume, every second),
 controller's CPU, and what the flood got (answers by status, connections the server closed).
 
 ``drill`` measures failovers under the same floods: ``hacontrol drill --fault kill`` (the
-controller in the bench's process, its API on the sandbox's port) with no load, then with the
-GET flood, then with the idle-connection flood running from other processes the whole time;
-each drill's figures go to ``DIR/kill-<load>.json`` and the three are printed side by side.
+controller in the bench's process, its API in the API process of its own that ``hacontrol
+run`` uses, on the sandbox's port) with no load, then with the GET flood, then with the
+idle-connection flood running from other processes the whole time; each drill's figures go to
+``DIR/kill-<load>.json`` and the three are printed side by side, with the CPU the controller
+and its API process spent. ``--api-nice`` overrides the API process's niceness
+(``api_process.API_NICE``).
 
 ``flood`` is the load generator alone, a separate process so that it never shares the
 controller's interpreter: GETs at a fixed rate on keep-alive connections, and/or ``--idle``
@@ -465,11 +468,82 @@ def drill(*argv: str) -> int:
     return int(args.func(args))
 
 
+API_CPU: list[float] = []
+"""CPU seconds of each API process, read as it is stopped (``measure_api_cpu``)."""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_api_cpu() -> None:
+    """Make every ApiProcess note its process's CPU in API_CPU as it stops."""
+    from hacontrol import api_process
+
+    stop = api_process.ApiProcess.stop
+
+    async def measured_stop(self: Any) -> None:
+        if self.pid is not None:
+            API_CPU.append(cpu_seconds(self.pid))
+        await stop(self)
+
+    api_process.ApiProcess.stop = measured_stop  # type: ignore[method-assign]
+
+
+class DecoyHandle:
+    """The controller handle of a decoy API: serves, knows nothing, refuses every command."""
+
+    def alive(self) -> tuple[bool, str]:
+        return True, "decoy"
+
+    def ready(self) -> tuple[bool, str]:
+        return True, "decoy"
+
+    def status(self) -> dict[str, Any]:
+        return {"decoy": True}
+
+    def metrics_text(self) -> bytes:
+        return b""
+
+    async def command(self, cmd: Any) -> Any:
+        from hacontrol.events import CommandResult
+
+        return CommandResult(False, "a decoy")
+
+
+async def decoy() -> None:
+    """An API process (the same server, limits and niceness) with nothing behind it, until
+    SIGTERM: a flood aimed at it costs the machine what it would, but not the controller."""
+    import io
+
+    from hacontrol.api_process import ApiProcess
+    from hacontrol.jsonlog import JsonLog
+    from hacontrol.settings import ApiSettings
+
+    log = JsonLog("decoy", stream=io.StringIO(), level="warning")
+    api = ApiProcess(ApiSettings(host="127.0.0.1", port=0), DecoyHandle(), log)  # type: ignore[arg-type]
+    _, port = await api.start()
+    print(port, flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await api.stop()
+
+
+def start_decoy() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, __file__, "decoy"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}"
+
+
 def drill_phase(
     name: str, directory: Path, api_url: str, args: argparse.Namespace, **load: Any
 ) -> dict[str, Any]:
+    target = start_decoy() if name == "decoy" else None
+    url = target[1] if target is not None else api_url
     procs = (
-        start_flood(api_url, seconds=36000, source="127.0.0.2", nice=args.flood_nice, **load)
+        start_flood(url, seconds=36000, source="127.0.0.2", nice=args.flood_nice, **load)
         if load
         else []
     )
@@ -478,11 +552,15 @@ def drill_phase(
         out = args.out / f"kill-{name}.json"
         print(f"== {args.runs} x kill, load: {name}", flush=True)
         cpu0 = os.times()
+        API_CPU.clear()
         code = drill("--fault", "kill", "--runs", str(args.runs), "--dir", str(directory),
                      "--json", str(out))  # fmt: skip
         cpu1 = os.times()
     finally:
         flood = stop_flood(procs) if procs else None
+        if target is not None:
+            target[0].terminate()
+            target[0].wait(10)
     doc = json.loads(out.read_text())
     return {
         "exit": code,
@@ -490,13 +568,20 @@ def drill_phase(
         "lost_writes": doc["lost_writes"],
         "seconds": doc["seconds"],
         "controller_cpu_seconds": round((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), 1),
+        "api_process_cpu_seconds": round(sum(API_CPU), 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "flood": flood,
     }
 
 
 def run_drill(args: argparse.Namespace) -> None:
+    from hacontrol import api_process
     from hacontrol.sandbox import Sandbox, SandboxSpec, find_free_base_port
     from hacontrol.settings import load_settings
+
+    if args.api_nice is not None:
+        api_process.API_NICE = args.api_nice
+    measure_api_cpu()
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hacontrol-bench-") as tmp:
@@ -510,6 +595,7 @@ def run_drill(args: argparse.Namespace) -> None:
                 "none": ("no load", {}),
                 "get": (f"{args.get_rate:g} GET/s", {"get_rate": args.get_rate, "idle": 0}),
                 "idle": (f"{args.idle} idle connections", {"get_rate": 0, "idle": args.idle}),
+                "decoy": (f"{args.idle} idle, at a decoy", {"get_rate": 0, "idle": args.idle}),
             }
             phases = {
                 loads[key][0]: drill_phase(key, directory, url, args, **loads[key][1])
@@ -535,6 +621,13 @@ def print_drill_table(phases: dict[str, dict[str, Any]], runs: int) -> None:
             cells.append(f"{s['p50']:.3f} / {s['p90']:.3f} / {s['max']:.3f}" if s else "-")
         print(figure.ljust(16) + "".join(c.rjust(30) for c in cells))
     print("lost writes".ljust(16) + "".join(str(phases[n]["lost_writes"]).rjust(30) for n in names))
+    for key, label in (
+        ("controller_cpu_seconds", "controller CPU"),
+        ("seconds", "drill seconds"),
+        ("api_process_cpu_seconds", "API CPU"),
+        ("load_average", "load average"),
+    ):
+        print(label.ljust(16) + "".join(str(phases[n][key]).rjust(30) for n in names))  # fmt: skip
     for name, result in phases.items():
         if result["flood"]:
             print(f"flood during '{name}': {json.dumps(result['flood'])}")
@@ -562,13 +655,25 @@ def main() -> None:
     d.add_argument("--get-rate", type=float, default=1200.0)
     d.add_argument("--idle", type=int, default=20000)
     d.add_argument("--out", type=Path, default=Path("/tmp/api-load-drill"))
-    d.add_argument("--loads", default="none,get,idle", help="which phases, in order")
+    d.add_argument(
+        "--loads",
+        default="none,get,idle",
+        help="which phases, in order (decoy: the idle flood aimed at another API process)",
+    )
     d.add_argument(
         "--flood-nice", type=int, default=0, help="run the flood under nice(1) (0: as is)"
     )
+    d.add_argument(
+        "--api-nice", type=int, default=None, help="the API process's niceness (default: as run)"
+    )
+    sub.add_parser("decoy", help="an API process with nothing behind it (prints its port)")
     args = parser.parse_args()
     if args.command == "flood":
         run_flood(args)
+    elif args.command == "decoy":
+        import uvloop
+
+        uvloop.run(decoy())
     elif args.command == "drill":
         run_drill(args)
     else:
