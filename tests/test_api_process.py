@@ -21,6 +21,7 @@ import pytest
 
 from hacontrol import api_process
 from hacontrol.api_process import ApiProcess
+from hacontrol.api_rpc import HEADER, FrameError, encode, read_frame
 from hacontrol.jsonlog import JsonLog
 from tests.fakes import TOKEN, FakeHandle, api_settings, log_lines
 from tests.support import eventually
@@ -151,6 +152,7 @@ PARENT = textwrap.dedent(
     """
     import asyncio, io
     from hacontrol.api_process import ApiProcess
+from hacontrol.api_rpc import HEADER, FrameError, encode, read_frame
     from hacontrol.jsonlog import JsonLog
     from tests.fakes import FakeHandle, api_settings
 
@@ -179,3 +181,25 @@ async def test_the_api_process_dies_when_its_parent_is_killed():
     finally:
         parent.kill()
         parent.wait()
+
+
+async def test_frames_round_trip_and_bad_frames_are_refused():
+    reader = asyncio.StreamReader()
+    message = {"t": "read", "id": 7, "path": "/status"}
+    reader.feed_data(encode(message) + encode({"t": "log", "fields": {"x": "é"}}))
+    assert await read_frame(reader, 1 << 10) == message
+    assert (await read_frame(reader, 1 << 10))["fields"] == {"x": "é"}
+    reader.feed_eof()
+    assert await read_frame(reader, 1 << 10) is None  # a clean end
+    for raw, problem in [
+        (encode({"t": "x", "pad": "a" * 100}), "more than 64"),
+        (HEADER.pack(2) + b"[]", "not an object"),
+        (HEADER.pack(3) + b"\xff\xfe{", "not JSON"),
+        (HEADER.pack(10) + b"{}", "inside a frame"),
+        (b"\x00\x00", "inside a frame header"),
+    ]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(raw)
+        reader.feed_eof()
+        with pytest.raises(FrameError, match=problem):
+            await read_frame(reader, 64)
