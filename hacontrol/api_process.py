@@ -16,6 +16,13 @@ logged at error and counted (``hacontrol_api_process_restarts``), and it is star
 after a back-off (``BACKOFF`` doubling to ``MAX_BACKOFF``; back to ``BACKOFF`` once a process
 lived ``STABLE_AFTER``) on the same address. The controller goes on probing and failing over
 without its API meanwhile. The API process dies with the controller (``api_child``).
+
+When no API process can be started at all at start-up (the interpreter cannot be executed,
+say, by the user the controller runs as), the API is served from a thread of the controller's
+process instead, as before it had a process of its own, with an ``api_process_unavailable``
+warning: an API without the isolation rather than a controller that does not start. An API
+process that starts but cannot listen (the address is taken, the certificate is bad) is an
+error at start-up, as it was.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hacontrol.api import COMMANDS, Answer, ControllerHandle, reads_of
+from hacontrol.api import COMMANDS, Answer, ApiServer, ControllerHandle, reads_of
 from hacontrol.api_child import ENV_CHANNEL, ENV_PARENT
 from hacontrol.api_rpc import TO_CONTROLLER_MAX, FrameError, encode, read_frame
 from hacontrol.events import OperatorCommand
@@ -54,6 +61,10 @@ MIN_READ_INTERVAL = 0.05
 MAX_COMMANDS = 16
 MAX_BUFFERED = 8 << 20
 """Bytes written to the API process and not read by it, at most: past it, it is stuck."""
+
+
+class CannotListen(OSError):
+    """The API process started but could not listen (the address, the certificate): why."""
 
 
 @dataclass
@@ -109,6 +120,7 @@ class ApiProcess:
         self._commands: set[asyncio.Task[None]] = set()
         self._child: _Child | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._thread: ApiServer | None = None
         self.address: tuple[str, int] | None = None
         self.restarts = 0
 
@@ -118,13 +130,29 @@ class ApiProcess:
         return self._child.proc.pid if self._child is not None else None
 
     async def start(self) -> tuple[str, int]:
-        self._child = await self._spawn(self.settings)
+        try:
+            self._child = await self._spawn(self.settings)
+        except CannotListen:
+            raise
+        except OSError as exc:  # no process at all: serve from a thread rather than not at all
+            return await self._in_thread(exc)
         self.address = await self._child.listening
         self._on_state(True, self.restarts)
         self._supervisor = asyncio.create_task(self._supervise(), name="api:supervisor")
         return self.address
 
+    async def _in_thread(self, why: OSError) -> tuple[str, int]:
+        self.log.emit("api_process_unavailable", None, "warning", error=str(why)[:300],
+                      serving="from a thread of the controller's process")  # fmt: skip
+        self._thread = ApiServer(self.settings, self.handle, self.log)
+        self.address = await self._thread.start()
+        self._on_state(True, self.restarts)
+        return self.address
+
     async def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await thread.stop()
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is None:
             return
@@ -247,7 +275,7 @@ class ApiProcess:
         elif kind == "listening" and not child.listening.done():
             child.listening.set_result((str(message["host"]), int(message["port"])))
         elif kind == "failed" and not child.listening.done():
-            child.listening.set_exception(OSError(str(message["error"])))
+            child.listening.set_exception(CannotListen(str(message["error"])))
 
     def _read(self, ident: Any, path: str) -> dict[str, Any]:
         now = time.monotonic()

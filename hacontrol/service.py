@@ -316,18 +316,18 @@ async def serve(
     settings: Settings, log: JsonLog, *, acknowledge_block: bool = False, paused: bool = False
 ) -> int:
     loop = asyncio.get_running_loop()
-    async with Runtime(
-        settings, log, acknowledge_block=acknowledge_block, paused=paused
-    ) as runtime:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(
-                sig, lambda name=sig.name: runtime.emit(Stop(time.monotonic(), name))
-            )
-        try:
+    runtime = Runtime(settings, log, acknowledge_block=acknowledge_block, paused=paused)
+    # Before the runtime starts: a signal while the API process starts is a Stop too.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(
+            sig, lambda name=sig.name: runtime.emit(Stop(time.monotonic(), name))
+        )
+    try:
+        async with runtime:
             await runtime.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
     return 0
 
 

@@ -152,7 +152,6 @@ PARENT = textwrap.dedent(
     """
     import asyncio, io
     from hacontrol.api_process import ApiProcess
-from hacontrol.api_rpc import HEADER, FrameError, encode, read_frame
     from hacontrol.jsonlog import JsonLog
     from tests.fakes import FakeHandle, api_settings
 
@@ -203,3 +202,20 @@ async def test_frames_round_trip_and_bad_frames_are_refused():
         reader.feed_eof()
         with pytest.raises(FrameError, match=problem):
             await read_frame(reader, 64)
+
+
+async def test_without_a_process_the_api_is_served_from_a_thread(monkeypatch, tmp_path):
+    unrunnable = tmp_path / "python"
+    unrunnable.write_text("")  # not executable: as a root-only interpreter is for nobody
+    monkeypatch.setattr(sys, "executable", str(unrunnable))
+    stream = io.StringIO()
+    api = ApiProcess(api_settings(), FakeHandle(), JsonLog("t", stream=stream))
+    host, port = await api.start()
+    try:
+        assert api.pid is None
+        assert (await get(f"http://{host}:{port}/health"))[0] == 200
+        (warning,) = [e for e in log_lines(stream) if e["event"] == "api_process_unavailable"]
+        assert warning["level"] == "warning" and "Permission denied" in warning["error"]
+    finally:
+        await api.stop()
+    assert [e["event"] for e in log_lines(stream)][-1] == "api_stopped"
