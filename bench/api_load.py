@@ -57,6 +57,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})")
+FLOOD_NICE = 0
+"""``measure``: niceness of the flood processes (``--flood-nice``)."""
 PER_PROCESS = 9000
 """Idle connections one flood process holds at most (it needs a descriptor for each)."""
 
@@ -351,7 +353,11 @@ def summary(obs: Observer, interval: float, cpu: float, seconds: float) -> dict[
 async def phase(
     name: str, obs: Observer, api_url: str, seconds: float, interval: float, **load: Any
 ) -> dict[str, Any]:
-    procs = start_flood(api_url, seconds=seconds + 30, source="127.0.0.2", **load) if load else []
+    procs = (
+        start_flood(api_url, seconds=seconds + 30, source="127.0.0.2", nice=FLOOD_NICE, **load)
+        if load
+        else []
+    )
     await asyncio.sleep(3.0 if load else 0.5)  # the flood reaches its pace
     obs.reset()
     threads = obs.clients()
@@ -441,6 +447,13 @@ async def measure_on_sandbox(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_measure(args: argparse.Namespace) -> None:
     import uvloop
+
+    from hacontrol import api_process
+
+    if args.api_nice is not None:
+        api_process.API_NICE = args.api_nice
+    global FLOOD_NICE
+    FLOOD_NICE = args.flood_nice
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         phases = runner.run(measure_on_sandbox(args))
@@ -642,6 +655,12 @@ def main() -> None:
     m.add_argument("--get-rate", type=float, default=1200.0)
     m.add_argument("--idle", type=int, default=20000)
     m.add_argument("--json", metavar="FILE")
+    m.add_argument(
+        "--api-nice", type=int, default=None, help="the API process's niceness (default: as run)"
+    )
+    m.add_argument(
+        "--flood-nice", type=int, default=0, help="run the flood under nice(1) (0: as is)"
+    )
     f = sub.add_parser("flood", help="the load generator alone")
     f.add_argument("--url", required=True)
     f.add_argument("--path", default="/metrics")
