@@ -6,8 +6,8 @@ reads are computed from the controller's handle as one short synchronous call on
 (as the in-process server did; the same path at most every ``MIN_READ_INTERVAL``), commands are
 put on the decision task's queue and answered when it answers. Accepting, parsing, refusing
 and closing connections then spend the API process's CPU and interpreter lock, never the main
-loop's; the API process runs ``API_NICE`` points nicer, so a flood of connections yields the
-CPU to the controller and the databases.
+loop's (it can also be niced, ``API_NICE``, without the priority inversion a niced thread of
+the controller had).
 
 Nothing here waits on the API process: frames to it are buffered (past ``MAX_BUFFERED`` bytes
 unread it is killed), at most ``MAX_COMMANDS`` of its commands are in flight, a late or dead
@@ -46,8 +46,11 @@ from hacontrol.events import OperatorCommand
 from hacontrol.jsonlog import LEVELS, JsonLog, jsonable
 from hacontrol.settings import ApiSettings
 
-API_NICE = 10
-"""Niceness added to the API process (0: the controller's own priority)."""
+API_NICE = 0
+"""Niceness added to the API process (0: the controller's own priority). Niced 10 it took less
+from a failover under a local connection flood, but answered ``/health`` in seconds, past the
+liveness probes' timeouts, when the flood's own processes shared the cores
+(docs/hardening.md)."""
 START_TIMEOUT = 30.0
 """Seconds a new API process may take to import, bind and say where it listens."""
 STOP_GRACE = 1.5

@@ -45,7 +45,8 @@ async def get(url: str) -> tuple[int, str]:
 async def test_reads_and_commands_cross_to_the_controller(monkeypatch):
     monkeypatch.setenv("HACONTROL_MYSQL__PASSWORD", "database-password-never-in-the-api")
     handle, stream = FakeHandle(), io.StringIO()
-    api = ApiProcess(api_settings(), handle, JsonLog("t", stream=stream, secrets=[TOKEN]))
+    log = JsonLog("t", stream=stream, secrets=[TOKEN])
+    api = ApiProcess(api_settings(), handle, log, nice=7)
     host, port = await api.start()
     pid = api.pid
     try:
@@ -68,10 +69,8 @@ async def test_reads_and_commands_cross_to_the_controller(monkeypatch):
         assert [(c.command, c.node, c.on) for c in handle.commands] == [
             ("maintenance", "node3", True)
         ]
-        # Lower priority; no secret on its command line or in its environment.
-        assert os.getpriority(os.PRIO_PROCESS, pid) == (
-            os.getpriority(os.PRIO_PROCESS, 0) + api_process.API_NICE
-        )
+        # Niced as asked; no secret on its command line or in its environment.
+        assert os.getpriority(os.PRIO_PROCESS, pid) == (os.getpriority(os.PRIO_PROCESS, 0) + 7)
         seen = await asyncio.to_thread(_command_line_and_environment, pid)
         assert TOKEN.encode() not in seen and b"database-password" not in seen
     finally:

@@ -72,6 +72,9 @@ async def test_three_instances_started_together_elect_one_leader_and_route_alike
             assert not m.of("lease", leader=True), m.name
         assert m.changes() == [], m.name
     assert await writers(fleet) == {m.name: {"node1"} for m in fleet.members}
+    # The API process of each may start after the lease settled.
+    await asyncio.to_thread(fleet.wait, lambda: all(m.of("api_listening") for m in fleet.members),
+                            20, "every instance's API listening")  # fmt: skip
     for m in fleet.members:  # what each instance says of itself on GET /status
         fleet_status = (await asyncio.to_thread(status_of, m))["fleet"]
         assert fleet_status["leader"] == (m.name == leader), fleet_status
