@@ -3,11 +3,9 @@
 It takes events from the queue in order, feeds each to the pure ``step`` with the clock's time,
 keeps the model it returns and performs the effects: log lines, plans started in the executor
 (one at a time, in their own task, whose result comes back as an event), alerts, answers to
-operator commands, fast re-probes, the journal. Every policy lives in ``step`` and the rules.
-
-Journal writes go to the journal's writer thread, in order, and never block the loop; one that
-fails comes back as a ``JournalStatus`` event, and so does the journal's check, every
-``JOURNAL_CHECK_EVERY`` seconds (room left, writable or not).
+operator commands, fast re-probes, the journal (through ``JournalLink``: records off the
+loop, failures and checks as events) and the metrics (``ModelMetrics``). Every policy lives in
+``step`` and the rules.
 """
 
 from __future__ import annotations
@@ -29,22 +27,20 @@ from hacontrol.effects import (
     SetLeaseMode,
     StartPlan,
 )
-from hacontrol.events import CallerGone, Event, JournalStatus, PlanFinished, ProbeResult, Stop
-from hacontrol.journal import Journal, JournalUnwritable, Space, state_from_json, state_to_json
+from hacontrol.events import CallerGone, Event, PlanFinished, Stop
+from hacontrol.journal import Journal, state_from_json, state_to_json
+from hacontrol.journal_link import JOURNAL_CHECK_EVERY, JournalLink
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
 from hacontrol.model import ControllerState, LeaseMode, Running
+from hacontrol.model_metrics import ModelMetrics
 from hacontrol.plan import Notify, Plan
 from hacontrol.rules.commands import STOPPING, farewell
-from hacontrol.rules.lease import held_until
 from hacontrol.rules.lifecycle import unreported
 from hacontrol.settings import Settings
 from hacontrol.status import plan_timeline
 from hacontrol.step import boot, step
 from hacontrol.view import ClusterView, initial
-
-JOURNAL_CHECK_EVERY = 5.0
-"""Seconds between two checks of the journal (writable, room left)."""
 
 
 class PlanRunner(Protocol):
@@ -81,15 +77,20 @@ class Controller:
         self.settings, self.log, self.queue = settings, log, queue
         self._lease_mode = lease_mode
         self.executor, self.journal, self.metrics = executor, journal, metrics
-        self._halt_shown: bool | None = None
-        self._lease_shown = False
+        self._shown = ModelMetrics(metrics, settings) if metrics is not None else None
+        self._journal = (
+            JournalLink(journal, log, queue, clock, journal_check_every)
+            if journal is not None
+            else None
+        )
         self.last_failover: dict[str, Any] | None = None
         """The timeline of the last failover or switchover this process ran (status page)."""
         self._reprobe, self._clock, self._wall = reprobe, clock, wall_clock
         self._task: asyncio.Task[None] | None = None
-        self._journal_every = journal_check_every
-        self._loop = _running_loop()
-        replay = self._load_journal()  # JournalError: not a journal (the caller says so)
+        if self._journal is not None:
+            self._journal.loop = _running_loop()
+        # JournalError: not a journal (the caller says so)
+        replay = self._journal.load() if self._journal is not None else None
         kept = replay.state if replay is not None else None
         self.model, effects = boot(
             initial(settings),
@@ -102,25 +103,6 @@ class Controller:
             wall_offset=wall_clock() - clock(),
         )
         self._perform(effects, at_boot=True)
-
-    def _load_journal(self) -> Any:
-        journal = self.journal
-        if journal is None:
-            return None
-        replay = journal.load()
-        journal.on_failure = self._journal_failed
-        if replay.torn:
-            self.log.emit(
-                "journal_torn_records",
-                None,
-                "warning",
-                path=str(journal.path),
-                lines=list(replay.torn),
-                reason="records cut by a crash mid-write: skipped, they never counted",
-            )
-        if replay.unwritable:
-            self.log.emit("journal_unwritable", None, "error", reason=replay.unwritable)
-        return replay
 
     # -- what status, the API and tests read -------------------------------------------------
 
@@ -146,14 +128,17 @@ class Controller:
     async def run(self) -> None:
         """Consume events until a Stop event; then let a running plan finish (bounded), take
         in its outcome (nothing new starts), and answer every command still waiting."""
-        self._loop = asyncio.get_running_loop()
-        checks = asyncio.create_task(self._check_journal_often(), name="journal-check")
+        link = self._journal
+        if link is None:
+            await self._consume()
+            return
+        link.loop = asyncio.get_running_loop()
+        checks = asyncio.create_task(link.check_often(), name="journal-check")
         try:
             await self._consume()
         finally:
             checks.cancel()
-            if self.journal is not None:
-                await self.journal.flushed()
+            await link.journal.flushed()
 
     async def _consume(self) -> None:
         while True:
@@ -174,12 +159,8 @@ class Controller:
 
     def handle(self, event: Event) -> None:
         now = self._clock()
-        if self.metrics is not None:
-            self.metrics.observe_loop(max(0.0, now - event.at), self.queue.qsize())
-            if isinstance(event, ProbeResult):
-                self.metrics.observe_probe(event)
-            elif isinstance(event, JournalStatus):
-                self.metrics.observe_journal(event.writable, event.free_bytes)
+        if self._shown is not None:
+            self._shown.event(event, now, self.queue.qsize())
         if isinstance(event, PlanFinished):  # deferred commands run next: are they awaited?
             for cmd in self.model.deferred:
                 if cmd.reply is not None and cmd.reply.done():
@@ -189,30 +170,9 @@ class Controller:
     def _step(self, event: Event, now: float) -> None:
         before = self.model
         self.model, effects = step(before, event, self.settings, now)
-        if self.metrics is not None:
-            if self.model.view.generation != before.view.generation:  # derived again
-                self.metrics.observe_view(self.model.view)
-            halted = self.model.state.halt is not None
-            if halted is not self._halt_shown:
-                self.metrics.set_halt(halted)
-                self._halt_shown = halted
-            lease = self.model.lease
-            if lease.fleet or lease is not before.lease or not self._lease_shown:
-                self._observe_lease(self.metrics, now)
+        if self._shown is not None:
+            self._shown.step(before, self.model, now)
         self._perform(effects)
-
-    def _observe_lease(self, metrics: Metrics, now: float) -> None:
-        """The lease's metrics: on every event in a fleet (whose locks expire with time), else
-        when the lease changed."""
-        lease = self.model.lease
-        held = held_until(self.model.view, self.settings)
-        metrics.observe_lease(
-            self.settings.controller.instance_id,
-            lease.leader,
-            lease.changes,
-            {n: held.get(n, 0.0) > now for n in self.model.view.nodes} if lease.fleet else {},
-        )
-        self._lease_shown = True
 
     # -- effects -------------------------------------------------------------------------------
 
@@ -231,11 +191,12 @@ class Controller:
                         cmd.reply.set_result(result)
                 case Reprobe(nodes=nodes):
                     self._reprobe(nodes)
-                case PersistState(state=kept) if self.journal is not None:
+                case PersistState(state=kept) if self._journal is not None:
                     record = state_to_json(kept, self._clock(), self._wall())
-                    self._write(at_boot, self.journal.save_state, record)
-                case EndIntent(plan_id, reason, promoted) if self.journal is not None:
-                    self._write(at_boot, self.journal.end, plan_id, False, reason, promoted)
+                    self._journal.write(at_boot, self._journal.journal.save_state, record)
+                case EndIntent(plan_id, reason, promoted) if self._journal is not None:
+                    journal = self._journal.journal
+                    self._journal.write(at_boot, journal.end, plan_id, False, reason, promoted)
                 case RecordPlan(finished=finished, detect_seconds=seconds):
                     if self.metrics is not None:
                         self.metrics.observe_plan(finished, seconds)
@@ -245,46 +206,7 @@ class Controller:
                 case SetLeaseMode(mode=mode):
                     self._lease_mode(mode)
 
-    # -- the journal ----------------------------------------------------------------------------
-
-    def _write(self, at_boot: bool, record: Callable[..., None], *args: Any) -> None:
-        """A journal record: in the writer thread (in order, off the loop), or at once before
-        the loop runs. A failure comes back as a JournalStatus event, never as an exception."""
-        if not at_boot:
-            assert self.journal is not None
-            self.journal.post(record, *args)
-            return
-        try:
-            record(*args)
-        except JournalUnwritable as exc:
-            self.log.emit("journal_write_failed", None, "error", reason=str(exc))
-
-    def _journal_failed(self, reason: str) -> None:
-        """From the writer thread: a record was not written."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        event = JournalStatus(self._clock(), False, reason)
-        loop.call_soon_threadsafe(self.queue.put_nowait, event)
-
-    async def _check_journal_often(self) -> None:
-        while self.journal is not None:
-            self.queue.put_nowait(await self._check_journal(self.journal))
-            await asyncio.sleep(self._journal_every)
-
-    async def _check_journal(self, journal: Journal) -> JournalStatus:
-        """Writable, and the room left, checked in the writer thread (bounded)."""
-        timeout = 2 * journal.write_timeout
-        try:
-            job = asyncio.wrap_future(journal.post(journal.check_space))
-            space = await asyncio.wait_for(asyncio.shield(job), timeout)
-        except TimeoutError:
-            space = Space(False, None, f"{journal.path}: the check did not return in {timeout:g} s")
-        except Exception as exc:  # the check must not end the loop
-            space = Space(False, None, f"{journal.path}: {type(exc).__name__}: {exc}")
-        return JournalStatus(
-            self._clock(), space.writable, space.reason, space.free_bytes, space.low
-        )
+    # -- plans -----------------------------------------------------------------------------------
 
     def _start(self, running: Running) -> None:
         executor = self.executor
