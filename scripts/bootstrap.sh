@@ -9,15 +9,17 @@ cd "$(dirname "$0")/.."
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
 # iptables: the controller-only partition test drops one user's packets (skipped without it).
+# iproute2 (ip, tc) and nftables (nft): `sandbox up --netns`, hosts of their own for partitions.
 # mariadb-backup (and its mbstream): `rebuild` re-clones a replica with it.
 if ! have mariadbd || ! have haproxy || ! have mariadb-install-db || ! have iptables \
-  || ! have mariadb-backup || ! have mbstream; then
+  || ! have mariadb-backup || ! have mbstream || ! have ip || ! have tc || ! have nft; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "bootstrap: installing mariadb-server, mariadb-backup, haproxy and iptables (apt)"
+  echo "bootstrap: installing mariadb-server, mariadb-backup, haproxy, iptables, iproute2" \
+    "and nftables (apt)"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mariadb-server mariadb-backup \
-    haproxy iptables >/dev/null
+    haproxy iptables iproute2 nftables >/dev/null
   # The package may start a system mariadb on 3306; the sandbox never uses it.
 fi
 

@@ -11,6 +11,7 @@ from tests.sandbox_fixtures import (  # noqa: F401
     fresh_proxysql_sandbox,
     fresh_sandbox,
     haproxy_sandbox,
+    netns_sandbox,
     proxysql_sandbox,
     sandbox,
 )

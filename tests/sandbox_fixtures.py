@@ -27,6 +27,7 @@ import pytest
 from hacontrol.sandbox import PortBusyError, Sandbox, SandboxSpec, find_free_base_port
 from hacontrol.sandbox.cluster import find_binary
 from hacontrol.sandbox.model import RouterKind
+from hacontrol.sandbox.netns_host import unavailable as netns_unavailable
 from tests.proxysql_real import require_proxysql
 
 T = TypeVar("T")
@@ -57,8 +58,19 @@ def _stop(sandbox: Sandbox) -> None:
         run_sync(sandbox.down)
 
 
+def skip_without_netns() -> None:
+    """Partition tests need network namespaces: root, ip and nft."""
+    if reason := netns_unavailable():
+        pytest.skip(f"sandbox --netns: {reason}")
+
+
 def start_sandbox(
-    directory: Path, nodes: int = 3, router: RouterKind | None = None, *, tls: bool = False
+    directory: Path,
+    nodes: int = 3,
+    router: RouterKind | None = None,
+    *,
+    tls: bool = False,
+    netns: bool = False,
 ) -> Sandbox:
     """Start a sandbox on free ports; retried when another process grabs a port meanwhile."""
     skip_without_servers()
@@ -71,6 +83,7 @@ def start_sandbox(
             base_port=find_free_base_port(nodes + 4),
             router=router,
             tls=tls,
+            netns=netns,
         )
         sandbox = Sandbox(spec)
         try:
@@ -83,9 +96,14 @@ def start_sandbox(
 
 @contextlib.contextmanager
 def running_sandbox(
-    directory: Path, nodes: int = 3, router: RouterKind | None = None, *, tls: bool = False
+    directory: Path,
+    nodes: int = 3,
+    router: RouterKind | None = None,
+    *,
+    tls: bool = False,
+    netns: bool = False,
 ) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(directory, nodes, router, tls=tls)
+    sandbox = start_sandbox(directory, nodes, router, tls=tls, netns=netns)
     last_resort = functools.partial(_stop, sandbox)
     atexit.register(last_resort)
     try:
@@ -138,4 +156,13 @@ def fresh_proxysql_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     require_proxysql()
     directory = tmp_path_factory.mktemp("sbx") / "sandbox"
     with running_sandbox(directory, router="proxysql") as sb:
+        yield sb
+
+
+@pytest.fixture
+def netns_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A 3-node sandbox of one's own on a network of its own (``--netns``): every node, the
+    router and the controller on hosts of their own, for partitions (skipped when not root)."""
+    skip_without_netns()
+    with running_sandbox(tmp_path_factory.mktemp("sbx") / "sandbox", netns=True) as sb:
         yield sb

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hacontrol.sandbox import netns_cli
 from hacontrol.sandbox.cluster import Sandbox, router_name
 from hacontrol.sandbox.model import (
     DEFAULT_BASE_PORT,
@@ -32,7 +33,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         description="Run a local MariaDB replication cluster behind ProxySQL (when a proxysql "
         "binary is on PATH) or HAProxy, for tests and drills.",
     )
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", *netns_cli.ACTIONS])
     parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     parser.add_argument(
         "--base-port",
@@ -69,6 +70,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         help="TLS everywhere with a CA of its own (nodes, replication, the controller's "
         "connections with a client certificate, ProxySQL's admin, the API)",
     )
+    netns_cli.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -83,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
                 tls=args.tls,
                 routers=args.routers,
                 controllers=args.controllers,
+                netns=args.netns,
             )
             return cmd_up(Sandbox(spec))
+        if args.action in netns_cli.ACTIONS:
+            return netns_cli.run(args.dir, args)
         sandbox = Sandbox.at(args.dir)
         if args.action == "down":
             return cmd_down(sandbox)
@@ -162,6 +167,7 @@ def status_document(
             }
             for c in info.controllers
         ],
+        "network": netns_cli.document(info.dir),
         "users": {
             role: {"user": c.user, "password": c.password(), "password_file": c.password_file}
             for role, c in info.users.items()
@@ -180,6 +186,9 @@ def router_document(router: RouterInfo, process: str) -> dict[str, Any]:
         "pid": router.pid,
         "process": process,
         "config": router.config,
+        "writer_socket": router.writer_socket,
+        "reader_socket": router.reader_socket,
+        "admin_socket": router.admin_socket,
     }
 
 
@@ -213,6 +222,11 @@ def describe(
         f"API http://127.0.0.1:{c.api_port}, log {c.log}"
         for c in info.controllers
     ]
+    where = (
+        f"-S {router.writer_socket}"
+        if router.writer_socket
+        else f"-h {router.host} -P {router.writer_port}"
+    )
     return "\n".join(
         [
             *table,
@@ -227,8 +241,8 @@ def describe(
                 if info.tls
                 else []
             ),
-            f"connect as app: mariadb -h {router.host} -P {router.writer_port} -u {app.user} "
-            f'-p"$(cat {app.password_file})" app',
+            f'connect as app: mariadb {where} -u {app.user} -p"$(cat {app.password_file})" app',
+            *netns_cli.describe(info.dir),
         ]
     )
 

@@ -38,19 +38,14 @@ from hacontrol.sandbox.model import (
     SandboxInfo,
     SandboxSpec,
 )
+from hacontrol.sandbox.netns import ROUTER_HOST, sandbox_hosts
+from hacontrol.sandbox.netns_host import Network
+from hacontrol.sandbox.netns_host import unavailable as netns_unavailable
+from hacontrol.sandbox.procs import find_binary
 from hacontrol.sandbox.tls import SandboxTls, make_tls
 
 READY_TIMEOUT = 30.0
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
-
-
-def find_binary(name: str) -> str | None:
-    """Debian puts the daemons in /usr/sbin, which a non-root PATH often lacks."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidate = Path("/usr/sbin") / name
-    return str(candidate) if candidate.exists() else None
 
 
 def default_cache_dir() -> Path:
@@ -121,18 +116,28 @@ class Sandbox:
         if target in ("writer", "reader"):
             port = info.router.writer_port if target == "writer" else info.router.reader_port
             host = info.router.host
+            socket = info.router.writer_socket if target == "writer" else info.router.reader_socket
         else:
             node = info.node(target)
-            host, port = node.host, node.port
+            host, port, socket = node.host, node.port, node.socket
         user = "root" if role == "root" else info.users[role].user
         kwargs.setdefault("autocommit", True)
         kwargs.setdefault("connect_timeout", 2)
+        if info.netns:  # the hosts' addresses are not reachable from here: their unix sockets
+            kwargs.setdefault("unix_socket", socket)
         tls = self.tls(info)
         if tls is not None and target not in ("writer", "reader"):
             kwargs.setdefault("ssl", tls.client_context())  # the users REQUIRE it on the nodes
         return await aiomysql.connect(
             host=host, port=port, user=user, password=self.password(role), **kwargs
         )
+
+    def network(self) -> Network:
+        """The sandbox's own network (``--netns``): partitions, hosts, ``ip netns exec``."""
+        network = Network.load(self.dir)
+        if network is None:
+            raise SandboxError(f"the sandbox in {self.dir} has no network of its own (--netns)")
+        return network
 
     @staticmethod
     def tls(info: SandboxInfo) -> SandboxTls | None:
@@ -174,7 +179,10 @@ class Sandbox:
             if self.is_running():
                 raise AlreadyRunningError(existing)
             await self.down()  # leftovers of a sandbox whose processes all died
-        procs.check_ports(self.spec.ports())
+        if self.spec.netns and (reason := netns_unavailable()):
+            raise SandboxError(f"--netns: {reason}")
+        if not self.spec.netns:  # with --netns the ports are on the sandbox's own hosts
+            procs.check_ports(self.spec.ports())
         binaries = self._binaries()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._check_socket_paths()
@@ -182,6 +190,9 @@ class Sandbox:
             self.spec.cache_dir or default_cache_dir(), binaries["mariadbd"]
         )
         try:
+            if self.spec.netns:
+                names = [self.spec.node_name(i) for i in range(self.spec.nodes)]
+                await asyncio.to_thread(Network.planned(self.dir, sandbox_hosts(names)).create)
             info = await self._prepare(template)
             info = self._spawn_all(info, binaries)
             await self._configure(info)
@@ -214,6 +225,14 @@ class Sandbox:
         if len(str(longest)) > MAX_SOCKET_PATH:
             raise SandboxError(f"sandbox directory path too long for unix sockets: {self.dir}")
 
+    def _host(self, name: str) -> str:
+        """Where a node or the router listens: its own host's address with --netns."""
+        return Network.load(self.dir).address(name) if self.spec.netns else HOST  # type: ignore[union-attr]
+
+    def _prefix(self, name: str, info: SandboxInfo) -> list[str] | None:
+        """How to start a program on that host (``ip netns exec``), or None on this one."""
+        return self.network().prefix(name) if info.netns else None
+
     async def _prepare(self, template: Path) -> SandboxInfo:
         """Secrets, configs and datadirs (copies of the template); nothing runs yet."""
         spec, root = self.spec, os.geteuid() == 0
@@ -227,7 +246,7 @@ class Sandbox:
         nodes = tuple(
             NodeInfo(
                 name=spec.node_name(i),
-                host=HOST,
+                host=self._host(spec.node_name(i)),
                 port=spec.node_port(i),
                 pid=None,
                 role="primary" if i == 0 else "replica",
@@ -257,6 +276,7 @@ class Sandbox:
             root=root_creds,
             tls=str(tls.folder) if tls else None,
             more_routers=tuple(routers[1:]),
+            netns=spec.netns,
         )
         info.save()
         return info
@@ -275,15 +295,17 @@ class Sandbox:
         config = router_dir / ("haproxy.cfg" if kind == "haproxy" else "proxysql.cnf")
         admin_port = spec.router_port(index, 2)
         socket = HAPROXY_SOCKET if index == 0 else f"haproxy{index + 1}.sock"
+        host = self._host(ROUTER_HOST)
         router = RouterInfo(
             kind=kind,
-            host=HOST,
+            host=host,
             writer_port=spec.router_port(index, 0),
             reader_port=spec.router_port(index, 1),
-            admin=str(self.dir / socket) if kind == "haproxy" else f"{HOST}:{admin_port}",
+            admin=str(self.dir / socket) if kind == "haproxy" else f"{host}:{admin_port}",
             admin_port=admin_port,
             pid=None,
             config=str(config),
+            **(router_sockets(router_dir, kind) if spec.netns else {}),
         )
         if kind == "haproxy":
             config.write_text(render.haproxy_cfg(nodes, router))
@@ -348,19 +370,24 @@ class Sandbox:
 
     def _spawn_all(self, info: SandboxInfo, binaries: dict[str, str]) -> SandboxInfo:
         for node in info.nodes:
-            info = info.with_node_pid(node.name, self._spawn_node(node, binaries["mariadbd"]))
+            prefix = self._prefix(node.name, info)
+            pid = self._spawn_node(node, binaries["mariadbd"], prefix=prefix)
+            info = info.with_node_pid(node.name, pid)
             info.save()  # saved at once so that `down` finds it whatever happens next
         for i, router in enumerate(info.routers):
             argv = router_argv(binaries[router.kind], router, initial=True)
-            pid = procs.spawn(argv, Path(router.config).with_suffix(".log"))
+            log = Path(router.config).with_suffix(".log")
+            pid = procs.spawn(argv, log, self._prefix(ROUTER_HOST, info))
             info = info.with_router_pid(i, pid)
             info.save()
         return info
 
     @staticmethod
-    def _spawn_node(node: NodeInfo, mariadbd: str, *options: str) -> int:
+    def _spawn_node(
+        node: NodeInfo, mariadbd: str, *options: str, prefix: list[str] | None = None
+    ) -> int:
         argv = [mariadbd, f"--defaults-file={node.config}", *options]
-        return procs.spawn(argv, Path(node.node_dir) / "stdout.log")
+        return procs.spawn(argv, Path(node.node_dir) / "stdout.log", prefix)
 
     async def _configure(self, info: SandboxInfo) -> None:
         """Users and schema on the primary (they replicate), then replicas attach and catch up."""
@@ -459,12 +486,14 @@ class Sandbox:
         router = info.routers[index]
         if procs.is_alive(router.pid, router.config):
             raise SandboxError(f"{router.kind} is already running (pid {router.pid})")
-        await procs.wait_port_free(router.admin_port, f"{router.kind} admin", timeout=3.0)
+        if not info.netns:
+            await procs.wait_port_free(router.admin_port, f"{router.kind} admin", timeout=3.0)
         binary = find_binary(router.kind)
         if binary is None:
             raise SandboxError(f"not installed: {router.kind}")
         argv = router_argv(binary, router, initial=False)
-        pid = procs.spawn(argv, Path(router.config).with_suffix(".log"))
+        log = Path(router.config).with_suffix(".log")
+        pid = procs.spawn(argv, log, self._prefix(ROUTER_HOST, info))
         info = info.with_router_pid(index, pid)
         info.save()
         await self._wait_router(info.routers[index])
@@ -478,11 +507,12 @@ class Sandbox:
         node = info.node(name)
         if procs.is_alive(node.pid, node.config):
             raise SandboxError(f"{name} is already running (pid {node.pid})")
-        await procs.wait_port_free(node.port, f"mariadbd {name}", timeout=3.0)
+        if not info.netns:
+            await procs.wait_port_free(node.port, f"mariadbd {name}", timeout=3.0)
         mariadbd = find_binary("mariadbd")
         if mariadbd is None:
             raise SandboxError("not installed: mariadbd")
-        pid = self._spawn_node(node, mariadbd, *options)
+        pid = self._spawn_node(node, mariadbd, *options, prefix=self._prefix(name, info))
         info = info.with_node_pid(name, pid)
         info.save()
         assert info.root is not None
@@ -495,23 +525,29 @@ class Sandbox:
     async def down(self, grace: float = 5.0) -> bool:
         """Stop every process of the sandbox and remove what `up` created. False: no sandbox."""
         info = self.info()
-        if info is None:
+        network = Network.load(self.dir)
+        if info is None and network is None:
             return False
-        await asyncio.gather(  # the controllers first: nothing acts while the rest stops
-            *(procs.terminate(c.pid, c.settings, grace=grace) for c in info.controllers)
-        )
-        await asyncio.gather(
-            *(procs.terminate(r.pid, r.config, grace=grace) for r in info.routers),
-            *(procs.terminate(n.pid, n.config, grace=grace) for n in info.nodes),
-        )
-        for path in [Path(n.node_dir) for n in info.nodes] + [
+        if info is not None:
+            await asyncio.gather(  # the controllers first: nothing acts while the rest stops
+                *(procs.terminate(c.pid, c.settings, grace=grace) for c in info.controllers)
+            )
+            await asyncio.gather(
+                *(procs.terminate(r.pid, r.config, grace=grace) for r in info.routers),
+                *(procs.terminate(n.pid, n.config, grace=grace) for n in info.nodes),
+            )
+        if network is not None:  # after the processes: none is left on a host being removed
+            await asyncio.to_thread(network.destroy)
+        nodes = info.nodes if info is not None else ()
+        routers = len(info.routers) if info is not None else 1
+        for path in [Path(n.node_dir) for n in nodes] + [
             self.dir / SECRETS_DIR,
-            *(self.dir / router_dir_name(i) for i in range(len(info.routers))),
+            *(self.dir / router_dir_name(i) for i in range(routers)),
             self.dir / STATE_DIR,
             self.dir / CONTROLLERS_DIR,
         ]:
             shutil.rmtree(path, ignore_errors=True)
-        sockets = [HAPROXY_SOCKET, *(f"haproxy{i + 1}.sock" for i in range(1, len(info.routers)))]
+        sockets = [HAPROXY_SOCKET, *(f"haproxy{i + 1}.sock" for i in range(1, routers))]
         for name in (*sockets, SETTINGS_FILE, STATE_FILE):
             (self.dir / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
@@ -541,26 +577,49 @@ def signal_and_wait(pid: int | None, marker: str, sig: int) -> bool:
 
 
 async def router_answers(router: RouterInfo, directory: Path) -> None:
-    """Raises OSError / MySQLError until the router is ready for clients and the controller."""
+    """Raises OSError / MySQLError until the router is ready for clients and the controller.
+    With --netns (the router on its own host) through its unix sockets."""
     if router.kind == "haproxy":
         _, writer = await asyncio.open_unix_connection(router.admin)
         writer.close()
+    else:
+        password = read_secret(directory / SECRETS_DIR / PROXYSQL_ADMIN_SECRET)
+        where: dict[str, Any] = (
+            {"unix_socket": router.admin_socket}
+            if router.admin_socket
+            else {"host": router.host, "port": router.admin_port}
+        )
+        conn = await aiomysql.connect(user="admin", password=password, connect_timeout=1, **where)
+        try:
+            await execute(conn, "SELECT 1")
+        finally:
+            conn.close()
+    if router.writer_socket and router.reader_socket:
+        for path in (router.writer_socket, router.reader_socket):
+            _, writer = await asyncio.open_unix_connection(path)
+            writer.close()
         return
-    password = read_secret(directory / SECRETS_DIR / PROXYSQL_ADMIN_SECRET)
-    conn = await aiomysql.connect(
-        host=router.host,
-        port=router.admin_port,
-        user="admin",
-        password=password,
-        connect_timeout=1,
-    )
-    try:
-        await execute(conn, "SELECT 1")
-    finally:
-        conn.close()
+    if router.kind == "haproxy":
+        return
     for port in (router.writer_port, router.reader_port):
         _, writer = await asyncio.open_connection(router.host, port)
         writer.close()
+
+
+def router_sockets(router_dir: Path, kind: RouterKind) -> dict[str, str]:
+    """With --netns: the unix sockets clients outside the sandbox's network use. ProxySQL has
+    one for both (its rules send SELECTs to the readers) and one for its admin."""
+    if kind == "haproxy":
+        return {
+            "writer_socket": str(router_dir / "writer.sock"),
+            "reader_socket": str(router_dir / "readers.sock"),
+        }
+    app = str(router_dir / "app.sock")
+    return {
+        "writer_socket": app,
+        "reader_socket": app,
+        "admin_socket": str(router_dir / "admin.sock"),
+    }
 
 
 def router_argv(binary: str, router: RouterInfo, *, initial: bool) -> list[str]:

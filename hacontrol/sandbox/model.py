@@ -55,6 +55,7 @@ class SandboxSpec:
     tls: bool = False  # a CA of its own; TLS to the nodes, replication, ProxySQL admin, API
     routers: int = 1
     controllers: int = 0
+    netns: bool = False  # every node, router, controller on a host (namespace) of its own
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 9:
@@ -65,6 +66,11 @@ class SandboxSpec:
             raise SandboxError(
                 f"--controllers must be between 0 and --routers ({self.routers}): each "
                 f"controller runs next to a router of its own, got {self.controllers}"
+            )
+        if self.netns and (self.routers > 1 or self.controllers):
+            raise SandboxError(
+                "--netns with --routers or --controllers is not offered yet: the sandbox's own "
+                "network has one router host and one controller host"
             )
         if self.controllers and self.tls:
             raise SandboxError("--controllers with --tls is not offered yet (their APIs' HTTPS)")
@@ -155,6 +161,11 @@ class RouterInfo:
     admin_port: int
     pid: int | None
     config: str
+    # With --netns the ports are on the router's own host; clients outside the sandbox's
+    # network (tests, the drill, an operator's shell) use these unix sockets instead.
+    writer_socket: str | None = None
+    reader_socket: str | None = None
+    admin_socket: str | None = None  # proxysql only (haproxy's admin is a socket already)
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,9 @@ class SandboxInfo:
         controllers = tuple(replace(c, pid=pid) if c.name == name else c for c in self.controllers)
         return replace(self, controllers=controllers)
 
+    netns: bool = False
+    """Hosts of their own (``hacontrol.sandbox.netns``): the network's plan in network.json."""
+
     def node(self, name: str) -> NodeInfo:
         for node in self.nodes:
             if node.name == name:
@@ -230,6 +244,7 @@ class SandboxInfo:
             "tls": self.tls,
             "more_routers": self.more_routers,
             "controllers": self.controllers,
+            "netns": self.netns,
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -245,6 +260,7 @@ class SandboxInfo:
             "tls": self.tls,
             "more_routers": [asdict(r) for r in self.more_routers],
             "controllers": [asdict(c) for c in self.controllers],
+            "netns": self.netns,
         }
 
     @classmethod
@@ -261,6 +277,7 @@ class SandboxInfo:
             tls=data.get("tls"),
             more_routers=tuple(RouterInfo(**r) for r in data.get("more_routers", ())),
             controllers=tuple(ControllerInfo(**c) for c in data.get("controllers", ())),
+            netns=bool(data.get("netns", False)),
         )
 
     def save(self) -> None:

@@ -11,12 +11,23 @@ import contextlib
 import errno
 import os
 import random
+import shutil
 import signal
 import socket
 import time
 from pathlib import Path
 
 from hacontrol.sandbox.model import HOST, PortBusyError
+
+
+def find_binary(name: str) -> str | None:
+    """Debian puts the daemons (and ip, tc, nft) in /usr/sbin, which a non-root PATH often
+    lacks."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidate = Path("/usr/sbin") / name
+    return str(candidate) if candidate.exists() else None
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
@@ -113,15 +124,17 @@ def send_signal(pid: int | None, marker: str, sig: int) -> bool:
     return True
 
 
-def spawn(argv: list[str], log_path: Path) -> int:
+def spawn(argv: list[str], log_path: Path, prefix: list[str] | None = None) -> int:
     """Start a daemon in its own session (Ctrl-C on the CLI does not reach it); returns its pid.
 
     Neither asyncio's subprocess (it kills children when its transport closes) nor Popen (it
     warns about children still running when collected): a bare posix_spawn, reaped by reap().
+    ``prefix``: a command that execs ``argv`` in the same process (``ip netns exec NS``).
     """
+    full = [*(prefix or []), *argv]
     pid = os.posix_spawn(
-        argv[0],
-        argv,
+        full[0],
+        full,
         dict(os.environ),
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),

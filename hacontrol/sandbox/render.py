@@ -219,10 +219,12 @@ def haproxy_cfg(nodes: tuple[NodeInfo, ...], router: RouterInfo) -> str:
             "",
             "frontend writer_front",
             f"    bind {router.host}:{router.writer_port}",
+            *([f"    bind unix@{router.writer_socket} mode 666"] if router.writer_socket else []),
             "    default_backend writer",
             "",
             "frontend readers_front",
             f"    bind {router.host}:{router.reader_port}",
+            *([f"    bind unix@{router.reader_socket} mode 666"] if router.reader_socket else []),
             "    default_backend readers",
             "",
             "backend writer",
@@ -306,6 +308,11 @@ def proxysql_cnf(
     servers = [f'    {{ address="{primary.host}", port={primary.port}, hostgroup={writer} }}']
     servers += [f'    {{ address="{n.host}", port={n.port}, hostgroup={reader} }}' for n in nodes]
     interfaces = f"{router.host}:{router.writer_port};{router.host}:{router.reader_port}"
+    if router.writer_socket:  # --netns: clients outside the sandbox's network
+        interfaces += f";{router.writer_socket}"
+    admin = f"{router.host}:{router.admin_port}"
+    if router.admin_socket:
+        admin += f";{router.admin_socket}"
     variables = {
         **PROXYSQL_MYSQL_VARIABLES,
         "interfaces": interfaces,
@@ -319,8 +326,8 @@ def proxysql_cnf(
             f"datadir={json.dumps(datadir)}",
             "admin_variables=",
             "{",
-            f"    admin_credentials={json.dumps(f'admin:{admin_password}')}",
-            f'    mysql_ifaces="{router.host}:{router.admin_port}"',
+            f"    admin_credentials={json.dumps(admin_credentials(router, admin_password))}",
+            f"    mysql_ifaces={json.dumps(admin)}",
             "}",
             "mysql_variables=",
             "{",
@@ -342,6 +349,20 @@ def proxysql_cnf(
             "",
         ]
     )
+
+
+# ProxySQL lets its "admin" user log in from localhost only. A controller on a host of its own
+# (--netns) needs a second admin user, with the same password.
+REMOTE_ADMIN = "hcadmin"
+
+
+def proxysql_admin_user(router: RouterInfo) -> str:
+    return REMOTE_ADMIN if router.admin_socket else "admin"
+
+
+def admin_credentials(router: RouterInfo, password: str) -> str:
+    users = ["admin", *([REMOTE_ADMIN] if router.admin_socket else [])]
+    return ";".join(f"{user}:{password}" for user in users)
 
 
 def _libconfig(value: int | str) -> str:
@@ -432,7 +453,7 @@ def _router_sections(router: RouterInfo, proxysql_password_file: str | None) -> 
         "[router.proxysql]",
         f'host = "{router.host}"',
         f"port = {router.admin_port}",
-        'user = "admin"',
+        f'user = "{proxysql_admin_user(router)}"',
         f"password_file = {json.dumps(proxysql_password_file or '')}",
         *(f"{name}_hostgroup = {hg}" for name, hg in PROXYSQL_HOSTGROUPS.items()),
         "",
