@@ -7,6 +7,7 @@ restores what it changes.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import time
@@ -290,6 +291,30 @@ async def test_wait_applied_fails_at_once_on_sql_error(fresh_sandbox: Sandbox) -
     assert not result.ok and result.detail["sql_errno"] == 1062, result
     refused = await actions.promote("node3", *address(sb, "node1"))
     assert not refused.ok and not refused.changed and "1062" in refused.reason
+
+
+async def test_fence_never_acknowledges_a_write_waiting_for_a_replica(
+    fresh_sandbox: Sandbox,
+) -> None:
+    # The sandbox's semi-sync never falls back: with no replica receiving, a commit waits.
+    # Fencing kills it before turning semi-sync off (which would release it as a success).
+    sb = fresh_sandbox
+    for replica in ("node2", "node3"):
+        await as_root(sb, replica, "STOP SLAVE IO_THREAD")
+    app = await sb.connect("node1", "app")
+    row = next(_ids)
+    insert = asyncio.create_task(q(app, "INSERT INTO app.writes (id, node) VALUES (%s, 1)", row))
+    try:
+        await asyncio.sleep(1.0)
+        assert not insert.done(), "acknowledged although no replica received it"
+        assert_ok(await actions_for(sb).fence("node1", timeout=5.0), changed=True)
+        with pytest.raises(pymysql.err.OperationalError):  # killed: an error, never an OK
+            await asyncio.wait_for(insert, 5)
+    finally:
+        insert.cancel()
+        app.close()
+    status = await actions_for(sb).status("node1")
+    assert status.read_only and not status.semi_sync.source_enabled
 
 
 async def test_fence_live_primary_then_unreachable_nodes(fresh_sandbox: Sandbox) -> None:

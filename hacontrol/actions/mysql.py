@@ -607,10 +607,13 @@ class MySQLActions:
     # -- steps shared by several actions --------------------------------------------------------
 
     async def _fence(self, session: _Session) -> list[dict[str, Any]]:
-        """Kill clients, read_only on, semi-sync source off, kill clients that slipped in.
+        """Kill clients, read_only on, kill clients that slipped in, then semi-sync source off.
 
         Clients are killed before read_only too: on MySQL ``SET GLOBAL read_only`` waits for
-        open transactions and explicit table locks to end.
+        open transactions and explicit table locks to end. Semi-sync goes off last, once no
+        client is left: turning it off releases every commit waiting for a replica's
+        acknowledgement *as a success* (measured on MariaDB 10.11), so a write that no replica
+        has would be acknowledged by the old primary. A killed session gets an error instead.
         """
         assert session.flavor is not None
         flavor = session.flavor
@@ -619,11 +622,12 @@ class MySQLActions:
         if not status.read_only or status.super_read_only is False:
             for stmt in flavor.set_read_only_sql(True):
                 await session.change(stmt)
+        killed += await self._kill_clients(session)
         if status.semi_sync.source_enabled:
             replica = status.semi_sync.replica_enabled
             for stmt in flavor.semi_sync_sql(source=False, replica=replica):
                 await session.change(stmt, optional=True)
-        return killed + await self._kill_clients(session)
+        return killed
 
     async def _kill_clients(self, session: _Session) -> list[dict[str, Any]]:
         kept_users = {self._user, self._repl_user} | _SYSTEM_USERS
