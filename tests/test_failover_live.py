@@ -241,8 +241,10 @@ async def test_errant_old_primary_is_quarantined_with_the_gtid_in_the_mail(fresh
         rt, capture = runtime(fast_settings(fresh_sandbox, mail))
         async with rt:
             await healthy_and_idle(rt)
-            # The replicas stop receiving; a write then lands on node1 alone (semi-sync times
-            # out and falls back): after a failover it is an errant transaction on node1.
+            # node1 keeps semi-sync's fallback to asynchronous (the sandbox's servers never
+            # fall back): the replicas stop receiving, a write then lands on node1 alone after
+            # the timeout; after a failover it is an errant transaction on node1.
+            await sql(fresh_sandbox, "node1", "SET GLOBAL rpl_semi_sync_master_timeout = 200")
             for node in ("node2", "node3"):
                 await sql(fresh_sandbox, node, "STOP SLAVE IO_THREAD")
             await sql(fresh_sandbox, "node1", "INSERT INTO app.writes (id, node) VALUES (7, 1)")

@@ -16,10 +16,14 @@ from hacontrol.sandbox.tls import SandboxTls
 # one is noticed when no event or heartbeat arrived for SLAVE_NET_TIMEOUT seconds.
 HEARTBEAT_PERIOD = 0.5
 SLAVE_NET_TIMEOUT = 1
-# Semi-sync: a commit waits at most this long for a replica ACK, then the primary falls back to
-# asynchronous replication (and back to semi-sync once a replica catches up). 2 s keeps a test
-# that kills every replica from stalling writes for long; production would use a longer timeout.
-SEMI_SYNC_TIMEOUT_MS = 2000
+# Semi-sync that never falls back to asynchronous replication: a commit waits for a replica's
+# acknowledgement for up to 49.7 days (the largest 32-bit value, accepted by every MariaDB and
+# MySQL), and with rpl_semi_sync_master_wait_no_slave=ON it waits even when no replica is
+# connected. So a primary cut off from every replica acknowledges no write at all (a client
+# connected straight to it waits, and gets an error when the old primary is fenced), and a
+# failover can never lose an acknowledged write. The cost: a primary whose replicas are all
+# down stops taking writes (docs/partitions.md).
+SEMI_SYNC_TIMEOUT_MS = 4294967295
 
 # The InnoDB sizing must be the same for the template (mariadb-install-db) and for the nodes.
 INNODB_OPTIONS = {
@@ -110,6 +114,7 @@ def node_cnf(
         ("rpl_semi_sync_slave_enabled", "ON"),
         ("rpl_semi_sync_master_wait_point", "AFTER_SYNC"),
         ("rpl_semi_sync_master_timeout", SEMI_SYNC_TIMEOUT_MS),
+        ("rpl_semi_sync_master_wait_no_slave", "ON"),
         ("slave_net_timeout", SLAVE_NET_TIMEOUT),
         ("report_host", node.host),
         ("report_port", node.port),
