@@ -51,7 +51,12 @@ def channel(source: str = "node1", **kw: object) -> ReplicationStatus:
 
 
 def status(
-    server_id: int, *, read_only: bool, gtid: str = "0-1-100", replication: tuple = ()
+    server_id: int,
+    *,
+    read_only: bool,
+    gtid: str = "0-1-100",
+    replication: tuple = (),
+    semi_sync: SemiSync | None = None,
 ) -> NodeStatus:
     return NodeStatus(
         flavor=FlavorName.MARIADB,
@@ -63,7 +68,8 @@ def status(
         gtid_binlog_pos=gtid,
         gtid_slave_pos=gtid,
         replication=replication,
-        semi_sync=SemiSync(
+        semi_sync=semi_sync
+        or SemiSync(
             source_enabled=not read_only,
             source_clients=2,
             source_active=True,

@@ -8,7 +8,7 @@ import pytest
 
 from hacontrol.decide import decide
 from hacontrol.events import ProbeResult, RouterProbeResult
-from hacontrol.flavors.base import IoState
+from hacontrol.flavors.base import IoState, SemiSync
 from hacontrol.model import AlertKey, Condition, ControllerState, Halt, Quarantined
 from hacontrol.plan import (
     Fence,
@@ -211,6 +211,36 @@ def test_dead_primary_failover_plan_in_order():
     assert notify.kind == "failover" and "candidates" in dict(notify.sections)
     assert d.state.blocked_until == NOW + S.failover.recovery_block
     assert d.state.quarantined["node1"] == Quarantined("node1", "node3", NOW)
+
+
+def semi_sync(enabled=True, timeout=None, wait=None) -> SemiSync:
+    return SemiSync(enabled, 2, enabled, True, timeout, wait)
+
+
+@pytest.mark.parametrize(
+    ("name", "semi", "at_risk"),
+    [
+        ("never falls back", semi_sync(True, 4294967.295, True), "none: node1's semi-sync never"),
+        ("falls back after 2 s", semi_sync(True, 2.0, True), "4.0 s so far: node1's semi-sync "),
+        ("no replica: at once", semi_sync(True, 4294967.295, False), "6.0 s so far: node1's"),
+        ("asynchronous", semi_sync(False), "6.0 s so far: node1 replicated asynchronously"),
+        ("never read", semi_sync(True), "unknown: node1's semi-sync settings were never read"),
+    ],
+)
+def test_failover_alert_says_how_long_acknowledged_writes_may_be_at_risk(name, semi, at_risk):
+    # The replicas last received from node1 at their first probe (t=1, the marker never moved
+    # after it); the failover is decided at t=7: 6 s without a replica receiving anything.
+    rounds = [[*healthy_round(t)[1:], primary(at=t, semi_sync=semi)] for t in (1.0, 2.0, 3.0)]
+    rounds += [
+        [down("node1", t), replica("node2", t, **DEAD_IO), replica("node3", t, **DEAD_IO)]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    d = decide(view_of(*rounds), ControllerState(), S, 7.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    notify = next(a for a in d.plan.actions if isinstance(a, Notify))
+    assert dict(notify.sections)["acknowledged writes at risk"].startswith(at_risk)
+    # In the alert's own line too, unless nothing can be at risk.
+    assert (at_risk in notify.reason) is not at_risk.startswith("none")
 
 
 CANDIDATES = [

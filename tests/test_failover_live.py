@@ -245,6 +245,11 @@ async def test_errant_old_primary_is_quarantined_with_the_gtid_in_the_mail(fresh
             # fall back): the replicas stop receiving, a write then lands on node1 alone after
             # the timeout; after a failover it is an errant transaction on node1.
             await sql(fresh_sandbox, "node1", "SET GLOBAL rpl_semi_sync_master_timeout = 200")
+            await eventually(
+                lambda: rt.controller.view.nodes["node1"].status.semi_sync.source_timeout == 0.2,
+                10,
+                "the probe reading the new timeout",
+            )
             for node in ("node2", "node3"):
                 await sql(fresh_sandbox, node, "STOP SLAVE IO_THREAD")
             await sql(fresh_sandbox, "node1", "INSERT INTO app.writes (id, node) VALUES (7, 1)")
@@ -268,6 +273,9 @@ async def test_errant_old_primary_is_quarantined_with_the_gtid_in_the_mail(fresh
             membership = await router_membership(rt)
         seq = gtid.split("-")[-1]
         assert f"0-1-{seq}..{seq}" in alert["summary"]
+        failover = next(r for r in capture.of("alert") if r.get("kind") == "failover")
+        at_risk = failover["sections"]["acknowledged writes at risk"]
+        assert "after 0.2 s without an acknowledgement" in at_risk and at_risk in failover["reason"]
         assert "node1" in membership.broken and "node1" not in membership.readers
         assert (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0] == 1
         assert not any(r["rule"] == "RejoinOldPrimary" for r in capture.of("plan_started"))

@@ -942,3 +942,70 @@ def test_flavor_values_are_frozen_and_named() -> None:
     status = parse(load("mariadb-10.11-primary"))
     with pytest.raises(AttributeError):
         status.server_id = 9  # type: ignore[misc]
+
+
+def variable_rows(**values: str) -> list[dict[str, object]]:
+    return [{"Variable_name": k, "Value": v} for k, v in values.items()]
+
+
+@pytest.mark.parametrize(
+    ("flavor", "rows", "expected", "never"),
+    [
+        (
+            MARIADB,
+            variable_rows(
+                rpl_semi_sync_master_timeout="4294967295",
+                **{"rpl_semi_sync_master_wait_no_slave": "ON"},
+            ),
+            (4294967.295, True),
+            True,
+        ),
+        (
+            MARIADB,
+            variable_rows(
+                rpl_semi_sync_master_timeout="10000", rpl_semi_sync_master_wait_no_slave="ON"
+            ),
+            (10.0, True),
+            False,
+        ),
+        (
+            MARIADB,
+            variable_rows(
+                rpl_semi_sync_master_timeout="4294967295", rpl_semi_sync_master_wait_no_slave="OFF"
+            ),
+            (4294967.295, False),
+            False,  # OFF: falls back as soon as no replica is connected
+        ),
+        (MARIADB, [], (None, None), False),  # plugin not loaded: nothing known
+        (
+            MYSQL_80,
+            variable_rows(
+                rpl_semi_sync_source_timeout="2000", rpl_semi_sync_source_wait_no_replica="ON"
+            ),
+            (2.0, True),
+            False,
+        ),
+        (
+            MYSQL_57,
+            variable_rows(
+                rpl_semi_sync_master_timeout="90000000", rpl_semi_sync_master_wait_no_slave="1"
+            ),
+            (90000.0, True),
+            True,
+        ),
+    ],
+)
+def test_semi_sync_settings_say_whether_the_source_can_fall_back(
+    flavor: Flavor, rows: list[dict[str, object]], expected: tuple, never: bool
+) -> None:
+    settings = flavor.parse_semi_sync_settings(rows)
+    assert settings == expected
+    semi = SemiSync(True, 2, True, True, *settings)
+    assert semi.never_falls_back is never
+    assert not SemiSync(False, 0, False, True, *settings).never_falls_back  # no semi-sync at all
+    assert "timeout" in flavor.semi_sync_settings_sql()
+
+
+def test_semi_sync_settings_refuse_garbage() -> None:
+    with pytest.raises(ValueError, match="semi-sync timeout"):
+        MARIADB.parse_semi_sync_settings(variable_rows(rpl_semi_sync_master_timeout="soon"))

@@ -141,7 +141,11 @@ def wire_answer(results: list[list[dict[str, Any]]]) -> bytes:
 VERSION_ANSWER = protocol.result_set(
     ["version", "comment"], [[BASE["version"], BASE["version_comment"]]]
 )
-STATUS_ANSWER = wire_answer(BASE["results"])
+SETTINGS = [
+    {"Variable_name": "rpl_semi_sync_master_timeout", "Value": "4294967295"},
+    {"Variable_name": "rpl_semi_sync_master_wait_no_slave", "Value": "ON"},
+]
+STATUS_ANSWER = wire_answer([*BASE["results"], SETTINGS])  # the probe asks both at once
 
 
 @st.composite
@@ -193,6 +197,8 @@ async def test_the_unmutated_answer_is_a_healthy_probe():
         result = await probe_once(server, timeout=2.0)
     assert result.ok, result.error
     assert result.status.replication[0].source_port == BASE["results"][1][0]["Master_Port"]
+    semi = result.status.semi_sync  # the settings, read in the same round trip
+    assert (semi.source_timeout, semi.source_wait_no_replica) == (4294967.295, True)
 
 
 @settings(max_examples=NETWORK_EXAMPLES, deadline=None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
@@ -67,12 +67,36 @@ class ReplicationStatus:
     TLS and the server has none: "off"); None when the server does not say."""
 
 
+NEVER_FALLS_BACK = 86400.0
+"""A semi-sync timeout of a day or more (seconds): the source never falls back in practice."""
+
+
 @dataclass(frozen=True)
 class SemiSync:
     source_enabled: bool
     source_clients: int | None  # None when the server does not report it (plugin not loaded)
     source_active: bool  # the source runs semi-synchronously right now (not fallen back)
     replica_enabled: bool
+    source_timeout: float | None = None
+    """Seconds a commit waits for a replica's acknowledgement before the source falls back to
+    asynchronous replication (rpl_semi_sync_master_timeout / _source_timeout); None: not read."""
+    source_wait_no_replica: bool | None = None
+    """rpl_semi_sync_master_wait_no_slave / _source_wait_no_replica: OFF falls back as soon as
+    no replica is connected, whatever the timeout; None: not read."""
+
+    @property
+    def never_falls_back(self) -> bool:
+        """A source that acknowledges no commit no replica received, however long it waits."""
+        return (
+            self.source_enabled
+            and self.source_wait_no_replica is True
+            and self.source_timeout is not None
+            and self.source_timeout >= NEVER_FALLS_BACK
+        )
+
+
+SemiSyncSettings = tuple[float | None, bool | None]
+"""(SemiSync.source_timeout, SemiSync.source_wait_no_replica)."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +222,15 @@ class Flavor(Protocol):
 
     def wait_for_gtid_reached(self, result: object) -> bool: ...
 
+    def semi_sync_settings_sql(self) -> str:
+        """One statement (SHOW GLOBAL VARIABLES rows): the source side's fallback settings,
+        configuration rather than state, read once per probe connection."""
+        ...
+
+    def parse_semi_sync_settings(self, rows: Sequence[Row]) -> SemiSyncSettings:
+        """(timeout in seconds, wait without replicas) of :meth:`semi_sync_settings_sql`."""
+        ...
+
 
 def off_if_holder(variable: str, lock: str, holder: int) -> Sql:
     """``SET GLOBAL variable = OFF`` while connection ``holder`` holds the user lock ``lock``
@@ -316,6 +349,30 @@ def variables(rows: Sequence[Row], where: str) -> dict[str, object]:
         name = text(column(row, "Variable_name", here)).lower()
         found[name] = column(row, "Value", here)
     return found
+
+
+def semi_sync_settings(
+    rows: Sequence[Row], *, source_names: Sequence[str], where: str
+) -> SemiSyncSettings:
+    """(timeout in seconds, wait without replicas) from SHOW GLOBAL VARIABLES rows; None for a
+    variable that is absent (plugin not loaded)."""
+    found = variables(rows, f"{where} semi-sync settings")
+    timeout = wait = None
+    for infix in source_names:
+        timeout = timeout if timeout is not None else found.get(f"rpl_semi_sync_{infix}_timeout")
+        for suffix in ("wait_no_slave", "wait_no_replica"):
+            wait = wait if wait is not None else found.get(f"rpl_semi_sync_{infix}_{suffix}")
+    ms = optional_integer(timeout, f"{where} semi-sync timeout")
+    return (
+        None if ms is None else ms / 1000,
+        None if wait is None else flag(wait, f"{where} semi-sync wait without replicas"),
+    )
+
+
+def with_semi_sync_settings(status: NodeStatus, settings: SemiSyncSettings) -> NodeStatus:
+    timeout, wait = settings
+    semi = replace(status.semi_sync, source_timeout=timeout, source_wait_no_replica=wait)
+    return replace(status, semi_sync=semi)
 
 
 def semi_sync_from(

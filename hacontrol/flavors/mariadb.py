@@ -20,6 +20,7 @@ from hacontrol.flavors.base import (
     ReplicationTls,
     ResultSets,
     Row,
+    SemiSyncSettings,
     Sql,
     Version,
     channel_tls,
@@ -34,6 +35,7 @@ from hacontrol.flavors.base import (
     optional_integer,
     result_sets,
     semi_sync_from,
+    semi_sync_settings,
     single_row,
     text,
     tls_options,
@@ -50,6 +52,10 @@ _REPLICAS = "SHOW ALL SLAVES STATUS"
 _SEMI_SYNC_VARIABLES = (
     "SHOW GLOBAL VARIABLES WHERE Variable_name IN "
     "('rpl_semi_sync_master_enabled', 'rpl_semi_sync_slave_enabled')"
+)
+_SEMI_SYNC_SETTINGS = (
+    "SHOW GLOBAL VARIABLES WHERE Variable_name IN "
+    "('rpl_semi_sync_master_timeout', 'rpl_semi_sync_master_wait_no_slave')"
 )
 _SEMI_SYNC_STATUS = (
     "SHOW GLOBAL STATUS WHERE Variable_name IN "
@@ -145,6 +151,12 @@ class MariaDB:
             Sql(f"SET GLOBAL rpl_semi_sync_master_enabled = {'ON' if source else 'OFF'}"),
             Sql(f"SET GLOBAL rpl_semi_sync_slave_enabled = {'ON' if replica else 'OFF'}"),
         )
+
+    def semi_sync_settings_sql(self) -> str:
+        return _SEMI_SYNC_SETTINGS
+
+    def parse_semi_sync_settings(self, rows: Sequence[Row]) -> SemiSyncSettings:
+        return semi_sync_settings(rows, source_names=("master",), where="mariadb")
 
     def wait_for_gtid_sql(self, gtids: str, timeout: float) -> Sql:
         # Waits until @@gtid_slave_pos covers `gtids`: for a replica applying what it received.

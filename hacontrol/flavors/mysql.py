@@ -25,6 +25,7 @@ from hacontrol.flavors.base import (
     ReplicationTls,
     ResultSets,
     Row,
+    SemiSyncSettings,
     Sql,
     Version,
     channel_tls,
@@ -40,6 +41,7 @@ from hacontrol.flavors.base import (
     optional_integer,
     result_sets,
     semi_sync_from,
+    semi_sync_settings,
     single_row,
     text,
     tls_options,
@@ -59,6 +61,12 @@ _SEMI_SYNC_VARIABLES = (
     "SHOW GLOBAL VARIABLES WHERE Variable_name IN "
     "('rpl_semi_sync_source_enabled', 'rpl_semi_sync_replica_enabled', "
     "'rpl_semi_sync_master_enabled', 'rpl_semi_sync_slave_enabled')"
+)
+# Names per MySQL's reference manual (8.0.26 renamed them); not recorded from a live server.
+_SEMI_SYNC_SETTINGS = (
+    "SHOW GLOBAL VARIABLES WHERE Variable_name IN "
+    "('rpl_semi_sync_source_timeout', 'rpl_semi_sync_master_timeout', "
+    "'rpl_semi_sync_source_wait_no_replica', 'rpl_semi_sync_master_wait_no_slave')"
 )
 _SEMI_SYNC_STATUS = (
     "SHOW GLOBAL STATUS WHERE Variable_name IN "
@@ -196,6 +204,12 @@ class MySQL:
             Sql(f"SET GLOBAL rpl_semi_sync_{source_name}_enabled = {'ON' if source else 'OFF'}"),
             Sql(f"SET GLOBAL rpl_semi_sync_{replica_name}_enabled = {'ON' if replica else 'OFF'}"),
         )
+
+    def semi_sync_settings_sql(self) -> str:
+        return _SEMI_SYNC_SETTINGS
+
+    def parse_semi_sync_settings(self, rows: Sequence[Row]) -> SemiSyncSettings:
+        return semi_sync_settings(rows, source_names=("source", "master"), where="mysql")
 
     def wait_for_gtid_sql(self, gtids: str, timeout: float) -> Sql:
         return Sql(

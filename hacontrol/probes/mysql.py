@@ -28,7 +28,7 @@ import pymysql
 
 from hacontrol.events import ConnectionLost, Event, ProbeResult
 from hacontrol.flavors import detect
-from hacontrol.flavors.base import Flavor, multi_statement
+from hacontrol.flavors.base import Flavor, multi_statement, with_semi_sync_settings
 from hacontrol.mysqlconn import (
     BoundedConnection,
     ColumnCache,
@@ -131,7 +131,9 @@ class NodeProbe:
             sent = self._clock()
             results = await fetch_text(conn, self._sql, self._columns, timeout=self._timeout)
             rtt = self._clock() - sent
-            status = self._flavor.parse_status(self._version, results)
+            status = self._flavor.parse_status(self._version, results[:-1])
+            settings = self._flavor.parse_semi_sync_settings(results[-1] if results else [])
+            status = with_semi_sync_settings(status, settings)
         except ValueError as exc:  # the node answered, but garbage: unhealthy, not a crash
             self._drop()
             return ProbeResult(self.name, started, None, None, f"invalid answer: {exc}")
@@ -155,7 +157,11 @@ class NodeProbe:
             )
             self._version = str(rows[0]["version"])
             self._flavor = detect(self._version, str(rows[0]["comment"] or ""))
-            self._sql = multi_statement(self._flavor.status_sql())
+            # The status, and in the same round trip the semi-sync settings (how long a commit
+            # may wait for an acknowledgement before the primary falls back to asynchronous
+            # replication: what a failover's alert says may be at risk).
+            statements = (*self._flavor.status_sql(), self._flavor.semi_sync_settings_sql())
+            self._sql = multi_statement(statements)
             self._columns = ColumnCache(conn.encoding)
         except BaseException:
             conn.close()

@@ -60,7 +60,7 @@ def rule_dead_primary(
         return no_candidate(view, state, problem, ranked)
     if missing := missing_from(view, ranked[0].node, dead):
         return candidate_incomplete(view, state, dead, ranked, missing)
-    plan = failover(view, settings, problem, ranked)
+    plan = failover(view, settings, problem, ranked, now)
     best = ranked[0].node
     new_state = replace(
         state,
@@ -166,7 +166,7 @@ def candidate_incomplete(
 
 
 def failover(
-    view: ClusterView, settings: Settings, problem: Problem, ranked: list[Candidate]
+    view: ClusterView, settings: Settings, problem: Problem, ranked: list[Candidate], now: float
 ) -> Plan:
     """The failover plan: fence the router, stop the replicas' IO threads, let the best apply
     what it received, promote it, route to it, repoint the others, alert."""
@@ -183,6 +183,7 @@ def failover(
     )
     replicas = (best, *(n for n in others if n not in hidden))  # hidden: the operator's
     table = candidate_table(ranked)
+    risk, at_risk = acknowledged_at_risk(view, dead, now)
     actions: tuple[Action, ...] = (
         *hooks(settings, "on_failure_detected", context),
         *hooks(settings, "pre_failover", context, required=True),
@@ -207,8 +208,12 @@ def failover(
             AlertKind.FAILOVER,
             dead,
             f"failover: {best} promoted in place of",
-            problem.reason,
-            (("candidates", table), ("topology before", topology_text(view))),
+            problem.reason if risk is None else f"{problem.reason}; {at_risk}",
+            (
+                ("candidates", table),
+                ("acknowledged writes at risk", at_risk),
+                ("topology before", topology_text(view)),
+            ),
         ),
         *hooks(settings, "post_failover", context),
     )
@@ -220,6 +225,48 @@ def failover(
     # IO threads back, so that they testify again about the primary.
     rollback = (SetIOThreads(replicas, running=True),)
     return Plan("DeadPrimary", reason, actions, kind=PlanKind.FAILOVER, rollback=rollback)
+
+
+def acknowledged_at_risk(view: ClusterView, dead: str, now: float) -> tuple[float | None, str]:
+    """What the dead primary may have acknowledged that no replica received, for the alert:
+    (seconds of acknowledged writes at risk so far, or None when there can be none; the text).
+
+    Its replicas last received from it at their last seen progress; semi-sync holds each
+    commit until a replica acknowledges it, for ``source_timeout`` at most: a source that falls
+    back acknowledges alone from then on, until it is fenced (still going on when it is only
+    cut off). Pure."""
+    node = view.nodes[dead]
+    semi = node.status.semi_sync if node.status is not None else None
+    seen = [at for r in view.replicas_of(dead) if (at := view.nodes[r].io_progress_at) is not None]
+    last = max(seen, default=node.last_ok_at)
+    silent = max(0.0, now - last) if last is not None else 0.0
+    lost = f"its replicas last received from it, {silent:.1f} s ago,"
+    if semi is None or (semi.source_enabled and semi.source_timeout is None):
+        return 0.0, f"unknown: {dead}'s semi-sync settings were never read ({lost.strip(',')})"
+    if semi.never_falls_back:
+        return None, (
+            f"none: {dead}'s semi-sync never falls back to asynchronous replication (timeout "
+            f"{semi.source_timeout:.0f} s, waits without replicas): it acknowledged nothing "
+            "its replicas did not receive"
+        )
+    until = "until it is fenced (it may still be taking writes where it is cut off)"
+    if not semi.source_enabled:
+        return silent, (
+            f"{silent:.1f} s so far: {dead} replicated asynchronously: what it acknowledged "
+            f"after {lost} {until} is on no replica"
+        )
+    timeout = 0.0 if semi.source_wait_no_replica is False else semi.source_timeout or 0.0
+    risk = max(0.0, silent - timeout)
+    why = (
+        "as soon as no replica is connected (wait_no_slave OFF)"
+        if semi.source_wait_no_replica is False
+        else f"after {timeout:g} s without an acknowledgement"
+    )
+    return risk, (
+        f"{risk:.1f} s so far: {dead}'s semi-sync falls back to asynchronous replication "
+        f"{why}; what it acknowledged from then {until} is on no replica "
+        f"({lost.strip(',')})"
+    )
 
 
 def rule_no_primary(
