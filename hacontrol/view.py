@@ -609,9 +609,12 @@ def two_writable(view: ClusterView, settings: Settings) -> Iterable[Problem]:
 
 def primary_lost(view: ClusterView, settings: Settings) -> Iterable[Problem]:
     primary = view.primary
-    if primary is None or view.nodes[primary].health is not Health.UNREACHABLE:
+    if primary is None:
         return
     node = view.nodes[primary]
+    if node.health is not Health.UNREACHABLE:
+        yield from primary_lost_early(view, primary, settings)
+        return
     replicas = [
         r for r in view.replicas_of(primary) if view.nodes[r].reachable and witness(view.nodes[r])
     ]
@@ -635,6 +638,42 @@ def primary_lost(view: ClusterView, settings: Settings) -> Iterable[Problem]:
             Code.UNREACHABLE_PRIMARY,
             primary,
             f"{primary} unreachable ({node.reason}) and no reachable replica can confirm it",
+        )
+
+
+def primary_lost_early(view: ClusterView, primary: str, settings: Settings) -> Iterable[Problem]:
+    """Confirmation from two vantage points before ``failure_threshold``: the primary's last
+    probe failed AND every replica that can testify has lost its link to it, as seen on a
+    probe of that replica taken after the primary's last good answer (a failed probe of the
+    primary re-probes every node at once). A replica's link is lost when its IO thread gave up
+    (its own ``slave_net_timeout``) or its heartbeats stopped for ``failover.io_stall``: the
+    replicas time the silence themselves, so one probe timeout of the controller's own is
+    enough. A primary that only the controller cannot reach waits for ``failure_threshold``
+    and is never failed over (``UnreachablePrimary``)."""
+    node = view.nodes[primary]
+    if node.failures == 0 or node.last_ok_at is None:
+        return
+    stall = settings.failover.io_stall
+    # A link that was already lost long before the primary's last good answer (a replica
+    # broken for an hour) says nothing about what happened to the primary now.
+    recent = node.last_ok_at - settings.probes.interval - stall
+    witnesses = [
+        r
+        for r in view.replicas_of(primary)
+        if view.nodes[r].reachable
+        and witness(view.nodes[r])
+        and (view.nodes[r].last_ok_at or 0.0) > node.last_ok_at
+        and (view.nodes[r].io_progress_at or float("-inf")) >= recent
+    ]
+    everyone = [r for r in view.replicas_of(primary) if view.nodes[r].reachable]
+    if len(witnesses) < len(everyone):
+        return  # a replica that cannot testify yet: wait for it, or for failure_threshold
+    if witnesses and not any(link_alive(view.nodes[r], view.at, stall) for r in witnesses):
+        yield Problem(
+            Code.DEAD_PRIMARY,
+            primary,
+            f"{primary}'s last probe failed ({node.last_error}) and every replica that can "
+            f"testify ({', '.join(witnesses)}) lost its link to it since its last good answer",
         )
 
 

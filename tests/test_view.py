@@ -202,6 +202,73 @@ def test_dead_primary_confirmed_by_replicas_io_threads():
     )
 
 
+LOST = {"io_state": IoState.CONNECTING, "last_io_errno": 2013, "last_io_error": "lost"}
+
+
+def alive_rounds(times, beat=0) -> list[Event]:
+    """Healthy rounds whose heartbeat counters advance: the replicas' links work."""
+    return [
+        e
+        for i, at in enumerate(times)
+        for e in (
+            primary(at=at),
+            replica("node2", at, heartbeats_received=beat + i),
+            replica("node3", at, heartbeats_received=beat + i),
+            router(at=at),
+        )
+    ]
+
+
+def test_one_failed_probe_is_enough_when_every_replica_lost_its_link_since():
+    # Two vantage points: the controller's probe timed out, and each replica's IO thread gave
+    # up on the primary (its own slave_net_timeout), seen on probes after node1's last answer.
+    events = [*alive_rounds((1.0, 2.0, 3.0)), down("node1", 4.0)]
+    view = run(events)
+    assert view.nodes["node1"].health is Health.HEALTHY  # 1 of 3 failures
+    assert not view.has(Code.DEAD_PRIMARY)  # the replicas have not been probed since
+    view = run([*events, replica("node2", 4.01, **LOST)])
+    assert not view.has(Code.DEAD_PRIMARY)  # node3 may still have its link
+    view = run([*events, replica("node2", 4.01, **LOST), replica("node3", 4.01, **LOST)])
+    problem = next(p for p in view.problems if p.code is Code.DEAD_PRIMARY)
+    assert problem.reason.startswith("node1's last probe failed (timeout after 0.8 s)")
+    assert "every replica that can testify (node2, node3) lost its link" in problem.reason
+
+
+def test_one_failed_probe_is_not_enough_while_a_replica_still_receives():
+    events = [*alive_rounds((1.0, 2.0, 3.0)), down("node1", 4.0)]
+    view = run(
+        [*events, replica("node2", 4.01, **LOST), replica("node3", 4.01, heartbeats_received=9)]
+    )
+    assert not view.has(Code.DEAD_PRIMARY) and not view.has(Code.UNREACHABLE_PRIMARY)
+
+
+def test_links_lost_long_before_the_primary_failed_confirm_nothing_early():
+    # Both replicas lost their link an hour ago (a purged binlog, say) and the primary answered
+    # all along: one failed probe of it is a hiccup, not a second vantage point. It takes
+    # failure_threshold failures, as for any other node.
+    broken = {**LOST, "last_io_errno": 1236, "last_io_error": "purged", "heartbeats_received": 0}
+    events = [*alive_rounds((1.0,))]
+    events += [
+        e
+        for at in (3600.0, 3601.0, 3602.0)
+        for e in (primary(at=at), replica("node2", at, **broken), replica("node3", at, **broken))
+    ]
+    view = run([*events, down("node1", 3603.0), *primary_down((3603.01,), **broken)])
+    assert not view.has(Code.DEAD_PRIMARY)
+    view = run([*events, *primary_down((3603.0, 3604.0, 3605.0), **broken)])
+    assert view.has(Code.DEAD_PRIMARY)  # at the threshold, as before
+
+
+def test_replica_evidence_older_than_the_primarys_last_answer_confirms_nothing():
+    events = [
+        *alive_rounds((1.0, 2.0)),
+        replica("node2", 2.5, **LOST),
+        replica("node3", 2.5, **LOST),
+    ]
+    events += [primary(at=3.0), down("node1", 4.0)]
+    assert not run(events).has(Code.DEAD_PRIMARY)
+
+
 def test_controller_only_partition_is_unreachable_primary_not_dead():
     # The replicas' IO threads run and their heartbeat counters advance: they still see node1.
     events: list[Event] = [*healthy()]
