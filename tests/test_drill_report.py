@@ -90,6 +90,9 @@ def test_log_figures_of_a_failover():
     )
     assert report.promoted_node(FAILOVER_LOG, 10.0) == "node2"
     assert report.finished_plan(FAILOVER_LOG, 10.0)["plan"] == "p1"
+    # Plans counted after the fault (a storm shows here): the failover and a route change.
+    assert [p["plan"] for p in report.plans_started(FAILOVER_LOG, 10.0)] == ["p1", "x"]
+    assert [p["plan"] for p in report.plans_started(FAILOVER_LOG, 10.0, "failover")] == ["p1"]
 
 
 def test_log_figures_of_a_switchover_detect_at_the_plan_start():
@@ -182,6 +185,8 @@ def run(n: int, outage: float | None, lost: int = 0, restored: bool = True) -> R
         lost_ids=tuple(range(lost)),
         restored=restored,
         restore="node1 restarted; node1 rejoined as a replica of node2",
+        plans=3,
+        failovers=1,
     )
 
 
@@ -208,12 +213,16 @@ def test_render_run_and_summary_tables():
     assert "FAILED" in failed.splitlines()[0]
     assert "lost ids: 0, 1" in failed
     summary = report.render_summary([run(1, 0.5), run(2, 0.3)])
-    rows = {line.split()[0]: line.split()[1:] for line in summary.splitlines()[2:]}
+    rows = {line.split()[0]: line.split()[1:] for line in summary.splitlines()[3:]}
     assert rows["write_outage"] == ["2", "0.400", "0.480", "0.500"]
     assert summary.splitlines()[0].startswith("summary: 2 run(s) of kill, 2 ok")
-    assert summary.splitlines()[1] == (
+    assert summary.splitlines()[1] == "failovers 2; plans per run max 3"
+    assert summary.splitlines()[2] == (
         "client errors: writes OperationalError(2013) x46; reads none"
     )
+    cut = replace(run(3, 2.5), fault="partition-primary", isolated_acks=0)
+    assert "writes acknowledged by the cut-off old primary: 0" in report.render_run(cut)
+    assert "acknowledged by the cut-off old primary 0" in report.render_summary([cut])
 
 
 def test_json_document_shape():

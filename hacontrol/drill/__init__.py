@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -36,12 +37,14 @@ from hacontrol.drill.place import drill_sandbox
 from hacontrol.drill.runner import (
     FAULTS,
     LEADER_FAULTS,
+    NETWORK_FAULTS,
     Drill,
     DrillPlan,
     attempt,
     settings_summary,
     write_figures,
 )
+from hacontrol.sandbox.netns_host import unavailable as netns_unavailable
 from hacontrol.settings import Settings, SettingsError, check, load_settings
 
 EXIT_OK = 0
@@ -76,7 +79,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         default="kill",
         help="what to do to the primary (with --controllers N: kill, freeze, or to the leading "
         "controller: kill-leader, freeze-leader, kill-leader-and-primary); chaos: random "
-        "faults of every kind (sandbox only)",
+        "faults of every kind (sandbox only); partition-primary (cut off from every other "
+        "host), partition-controller (the controller alone with it), flap (its links down and "
+        "up for --hold s) and degrade (its links lose --loss %% of their packets for --hold s) "
+        "run on a sandbox with hosts of its own (root only)",
     )
     p.add_argument(
         "--controllers",
@@ -92,6 +98,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument(
         "--seed", type=int, help="with --fault chaos: replay the fault sequence of this seed"
     )
+    add_network_options(p)
     p.add_argument("--runs", type=int, default=1, help="number of runs (default 1)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
     p.add_argument(
@@ -138,6 +145,26 @@ def _real_cluster_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_network_options(p: argparse.ArgumentParser) -> None:
+    """Options of the faults on the sandbox's own network."""
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=20.0,
+        help="seconds a flap, degrade or partition-controller lasts",
+    )
+    p.add_argument(
+        "--flap-period",
+        type=float,
+        default=0.3,
+        help="flap: seconds up between cuts; cuts last 1 to 6 times as long in turn",
+    )
+    p.add_argument("--loss", type=float, default=20.0, help="degrade: percent of packets lost")
+    p.add_argument(
+        "--delay", type=float, default=0.0, help="degrade: ms added each way (needs tc netem)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         if args.fault == "chaos":
@@ -159,10 +186,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def drill_job(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
-    plan = DrillPlan(fault=args.fault, runs=args.runs)
+    plan = DrillPlan(
+        fault=args.fault,
+        runs=args.runs,
+        hold=args.hold,
+        flap_period=args.flap_period,
+        loss=args.loss,
+        delay_ms=args.delay,
+    )
     if args.controllers != 1:
         from hacontrol.drill.fleet import fleet_drill
 
+        if args.fault in NETWORK_FAULTS:
+            raise UsageError(f"--fault {args.fault} is not offered with --controllers yet")
         return fleet_drill(args, plan, progress=progress, machine=machine)
     if args.fault in LEADER_FAULTS:
         raise UsageError(f"--fault {args.fault} needs a fleet: add --controllers 3")
@@ -170,6 +206,8 @@ def drill_job(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
         return config_drill(args, plan)
     if args.fault == "partition" and (reason := partition_unavailable()):
         raise UsageError(f"--fault partition is not possible here: {reason}")
+    if args.fault in NETWORK_FAULTS and (reason := netns_unavailable()):
+        raise UsageError(f"--fault {args.fault} needs hosts of its own: {reason}")
     return sandbox_drill(args, plan)
 
 
@@ -235,8 +273,8 @@ def config_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, An
             "--config drills a real cluster: its primary is killed, frozen or switched over. "
             "Add --yes-kill-the-primary to confirm"
         )
-    if args.fault == "partition":
-        raise UsageError("--fault partition is offered for the sandbox only")
+    if args.fault == "partition" or args.fault in NETWORK_FAULTS:
+        raise UsageError(f"--fault {args.fault} is offered for the sandbox only")
     if args.dir is not None:
         raise UsageError("--dir and --config exclude each other")
     if args.router is not None:
@@ -273,8 +311,14 @@ def sandbox_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, A
     async def job() -> int:
         from hacontrol.sandbox import Sandbox, SandboxError, SandboxSpec, find_free_base_port
 
+        netns = plan.fault in NETWORK_FAULTS
+
         def make(directory: Path) -> Sandbox:
-            spec = SandboxSpec(dir=directory, base_port=find_free_base_port(8), router=args.router)
+            if netns:
+                progress("the sandbox on hosts of its own")
+            spec = SandboxSpec(
+                dir=directory, base_port=find_free_base_port(8), router=args.router, netns=netns
+            )
             return Sandbox(spec)
 
         try:
@@ -283,16 +327,22 @@ def sandbox_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, A
                 if args.router is not None and kind != args.router:
                     raise UsageError(f"the sandbox in {sandbox.dir} runs {kind}, not {args.router}")
                 progress(f"load through {kind}")
-                settings = drill_settings(sandbox.status().settings, args.interval)
-                refuse_if_controller_running(settings)
-                return await drive(
-                    settings,
-                    sandbox_access(sandbox, args.table, args.client_timeout),
-                    SandboxFaults(sandbox),
-                    plan,
-                    Outputs(args.json, args.log),
-                    acknowledge_block=True,
-                )
+                info = sandbox.status()
+                if netns and not info.netns:
+                    raise UsageError(
+                        f"--fault {plan.fault}: the sandbox in {sandbox.dir} has no --netns"
+                    )
+                settings = drill_settings(info.settings, args.interval)
+                with controller_host(sandbox, info.netns):
+                    refuse_if_controller_running(settings)
+                    return await drive(
+                        settings,
+                        sandbox_access(sandbox, args.table, args.client_timeout),
+                        SandboxFaults(sandbox),
+                        plan,
+                        Outputs(args.json, args.log),
+                        acknowledge_block=True,
+                    )
         except SandboxError as exc:
             print(f"hacontrol drill: sandbox: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -300,11 +350,21 @@ def sandbox_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, A
     return job()
 
 
+def controller_host(sandbox: Any, netns: bool) -> contextlib.AbstractContextManager[None]:
+    """The in-process controller on the sandbox's controller host (this thread's sockets are
+    opened in its network namespace), or right here without --netns."""
+    from hacontrol.sandbox.netns import CONTROLLER_HOST
+
+    return sandbox.network().entered(CONTROLLER_HOST) if netns else contextlib.nullcontext()
+
+
 def sandbox_access(sandbox: Any, table: str = "app.drill", timeout: float = 2.0) -> Access:
+    """The application as it reaches the router: its ports, or with --netns its unix sockets
+    (an application on the router's host, next to its ProxySQL)."""
     router = sandbox.status().router
     return Access(
-        writer=(router.host, router.writer_port),
-        reader=(router.host, router.reader_port),
+        writer=router.writer_socket or (router.host, router.writer_port),
+        reader=router.reader_socket or (router.host, router.reader_port),
         user="app",
         password=sandbox.password("app"),
         table=table,

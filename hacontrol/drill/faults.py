@@ -8,6 +8,11 @@ be killed from here: the drill refuses with a message rather than guess.
 The partition drops every TCP packet to and from the node's port with iptables (root only);
 it is offered for the sandbox only, where every node, replica, router and the controller sit
 on this host's loopback, so the rules cut the node off from all of them at once.
+
+The network faults (``partition-primary``, ``partition-controller``, ``flap``, ``degrade``)
+need a sandbox on hosts of its own (``sandbox up --netns``): groups of hosts are cut from each
+other, or a host's links lose packets, on the sandbox's own bridge
+(``hacontrol.sandbox.netns``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,13 @@ class Faults(Protocol):
     def heal(self, node: str) -> None: ...
     async def restart(self, node: str) -> None: ...
     async def rebuild(self, node: str, source: str) -> str: ...
+    def cut(self, groups: Groups) -> None: ...
+    def degrade(self, node: str, loss: float, delay_ms: float) -> str: ...
+    def heal_network(self) -> None: ...
+    def node_socket(self, node: str) -> str | None: ...
+
+
+Groups = tuple[tuple[str, ...], ...]
 
 
 # ---- pure helpers ------------------------------------------------------------------------------
@@ -166,6 +178,35 @@ class SandboxFaults(_Iptables):
     async def rebuild(self, node: str, source: str) -> str:
         return await rebuild_sandbox_node(self.sandbox, node, source)
 
+    # -- on a sandbox with hosts of its own (--netns) ------------------------------------------
+
+    def _network(self):  # hacontrol.sandbox.netns_host.Network
+        from hacontrol.sandbox import SandboxError
+
+        try:
+            return self.sandbox.network()
+        except SandboxError as exc:
+            raise FaultError(str(exc)) from None
+
+    def cut(self, groups: Groups) -> None:
+        """Packets between the groups dropped (every host not named keeps every link)."""
+        self._network().partition(groups)
+
+    def degrade(self, node: str, loss: float, delay_ms: float) -> str:
+        """The node's links to every other host lose ``loss`` % of their packets and (with tc
+        netem) get ``delay_ms`` more in each direction."""
+        network = self._network()
+        others = tuple(h.name for h in network.plan.hosts if h.name != node)
+        faults = network.partition(((node,), others), loss=loss, delay_ms=delay_ms)
+        return faults.describe()
+
+    def heal_network(self) -> None:
+        self._network().heal()
+
+    def node_socket(self, node: str) -> str | None:
+        """Where a client on the node's own host connects (its unix socket)."""
+        return str(self.sandbox.status().node(node).socket)
+
 
 class LocalFaults(_Iptables):
     """Faults on the local processes of a ``--config`` cluster, found by their listening port.
@@ -249,3 +290,21 @@ class LocalFaults(_Iptables):
             f"{node} has errant transactions; the drill rebuilds sandbox nodes only: "
             "rebuild it from a backup of the new primary, then rejoin it"
         )
+
+    def cut(self, groups: Groups) -> None:
+        raise FaultError(NETWORK_FAULTS_ONLY)
+
+    def degrade(self, node: str, loss: float, delay_ms: float) -> str:
+        raise FaultError(NETWORK_FAULTS_ONLY)
+
+    def heal_network(self) -> None:
+        pass
+
+    def node_socket(self, node: str) -> str | None:
+        return None
+
+
+NETWORK_FAULTS_ONLY = (
+    "network faults need a sandbox on hosts of its own (sandbox up --netns): the drill cannot "
+    "cut a real cluster's network"
+)

@@ -21,13 +21,16 @@ import aiomysql
 
 TABLE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}\.[A-Za-z0-9_]{1,64}$")
 
+Address = tuple[str, int] | str
+"""(host, port), or the path of a unix socket (a sandbox on hosts of its own: the router's)."""
+
 
 @dataclass(frozen=True)
 class Access:
     """Where and as whom the application connects: router ports and application credentials."""
 
-    writer: tuple[str, int]
-    reader: tuple[str, int]
+    writer: Address
+    reader: Address
     user: str
     password: str
     table: str = "app.drill"
@@ -39,12 +42,15 @@ class Access:
             raise ValueError(f"table must be schema.name, got {self.table!r}")
 
 
-async def connect(access: Access, address: tuple[str, int]) -> aiomysql.Connection:
-    host, port = address
+async def connect(access: Access, address: Address) -> aiomysql.Connection:
+    where: dict[str, Any] = (
+        {"unix_socket": address}
+        if isinstance(address, str)
+        else {"host": address[0], "port": address[1]}
+    )
     return await asyncio.wait_for(
         aiomysql.connect(
-            host=host,
-            port=port,
+            **where,
             user=access.user,
             password=access.password,
             autocommit=True,
@@ -54,7 +60,7 @@ async def connect(access: Access, address: tuple[str, int]) -> aiomysql.Connecti
     )
 
 
-async def execute(access: Access, address: tuple[str, int], sql: str, params=None) -> list[Any]:
+async def execute(access: Access, address: Address, sql: str, params=None) -> list[Any]:
     conn = await connect(access, address)
     try:
         async with asyncio.timeout(access.timeout * 5), conn.cursor() as cur:
@@ -76,7 +82,7 @@ async def ensure_table(access: Access) -> None:
         )
 
 
-async def present_ids(access: Access, node: tuple[str, int], low: int, high: int) -> list[int]:
+async def present_ids(access: Access, node: Address, low: int, high: int) -> list[int]:
     """Ids in [low, high] on one node, read from it directly (not through the router)."""
     rows = await execute(
         access, node, f"SELECT id FROM {access.table} WHERE id BETWEEN %s AND %s", (low, high)
@@ -98,7 +104,7 @@ class _Loop:
 
     name = "load"
 
-    def __init__(self, access: Access, address: tuple[str, int], period: float) -> None:
+    def __init__(self, access: Access, address: Address, period: float) -> None:
         self.access = access
         self.address = address
         self.period = period
@@ -154,8 +160,14 @@ class WriteLoad(_Loop):
 
     name = "drill-writes"
 
-    def __init__(self, access: Access, start_id: int, period: float = 0.01) -> None:
-        super().__init__(access, access.writer, period)
+    def __init__(
+        self,
+        access: Access,
+        start_id: int,
+        period: float = 0.01,
+        address: Address | None = None,
+    ) -> None:
+        super().__init__(access, access.writer if address is None else address, period)
         self.start_id = start_id
         self._next = start_id
         self.acknowledged: list[int] = []

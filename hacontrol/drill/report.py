@@ -118,6 +118,12 @@ class RunResult:
     """The plan's actions in the order they ran."""
     leaders: tuple[str | None, str | None] | None = None
     """A fleet: the instance leading before the fault and after it."""
+    plans: int = 0
+    """Plans the controller started from the fault until the run ended (a storm shows here)."""
+    failovers: int = 0
+    isolated_acks: int | None = None
+    """Writes a client on the cut-off old primary's own host got acknowledged after the cut
+    (partition-primary; None for other faults): must be 0."""
 
     @property
     def ok(self) -> bool:
@@ -212,6 +218,9 @@ def render_run(run: RunResult) -> str:
     if run.steps:
         lines.append("steps (ended after the fault, own time): " + _steps(run.steps))
     lines.append(f"writes acknowledged {run.writes_acknowledged}, lost {run.lost_writes}")
+    lines.append(f"plans started {run.plans}, of which failovers {run.failovers}")
+    if run.isolated_acks is not None:
+        lines.append(f"writes acknowledged by the cut-off old primary: {run.isolated_acks}")
     if run.lost_ids:
         lines.append(f"lost ids: {', '.join(map(str, run.lost_ids))}")
     lines.append(f"write errors: {_errors(run.write_errors)}")
@@ -244,10 +253,14 @@ def render_summary(runs: Sequence[RunResult]) -> str:
     lost = sum(r.lost_writes for r in runs)
     acked = sum(r.writes_acknowledged for r in runs)
     faults = ", ".join(sorted({r.fault for r in runs})) or "-"
+    plans = [r.plans for r in runs]
+    isolated = [r.isolated_acks for r in runs if r.isolated_acks is not None]
     return "\n".join(
         [
             f"summary: {len(runs)} run(s) of {faults}, {ok} ok; "
             f"acknowledged writes {acked}, lost {lost}",
+            f"failovers {sum(r.failovers for r in runs)}; plans per run max {max(plans, default=0)}"
+            + (f"; acknowledged by the cut-off old primary {sum(isolated)}" if isolated else ""),
             f"client errors: writes {_errors(error_totals(runs, 'write'))}; "
             f"reads {_errors(error_totals(runs, 'read'))}",
             _table(rows),
@@ -346,6 +359,19 @@ def plan_steps(records: Sequence[Mapping[str, Any]], at: float) -> tuple[StepTim
         for r in records
         if r["_mono"] >= at and r["event"] == "action" and r.get("plan") == started["plan"]
     )
+
+
+def plans_started(
+    records: Sequence[Mapping[str, Any]], at: float, kind: str | None = None
+) -> list[Mapping[str, Any]]:
+    """The plan_started lines after ``at`` (of one kind), to count failovers and storms."""
+    return [
+        r
+        for r in records
+        if r["_mono"] >= at
+        and r["event"] == "plan_started"
+        and (kind is None or r.get("kind") == kind)
+    ]
 
 
 def promoted_node(records: Sequence[Mapping[str, Any]], at: float) -> str | None:

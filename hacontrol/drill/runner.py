@@ -30,18 +30,41 @@ from hacontrol.drill.faults import FaultError, Faults
 from hacontrol.drill.load import Access, LogCapture, ReadLoad, WriteLoad, ensure_table, present_ids
 from hacontrol.events import OperatorCommand
 from hacontrol.jsonlog import JsonLog
+from hacontrol.sandbox.netns import CONTROLLER_HOST
 from hacontrol.service import Runtime, secrets_of
 from hacontrol.settings import Settings
 from hacontrol.view import Health
 
-FAULTS = ("kill", "freeze", "switchover", "partition")
+NETWORK_FAULTS = ("partition-primary", "partition-controller", "flap", "degrade")
+"""Faults on the sandbox's own network (``sandbox up --netns``)."""
+STEADY_FAULTS = ("partition-controller", "flap", "degrade")
+"""Faults held for ``DrillPlan.hold`` seconds that must not fail over (``flap``: once at most)."""
+FAULTS = ("kill", "freeze", "switchover", "partition", *NETWORK_FAULTS)
 LEADER_FAULTS = ("kill-leader", "freeze-leader", "kill-leader-and-primary")
 """A fleet's faults (``--controllers N``, ``drill.fleet``): on the leading controller."""
+FLAP_STEPS = 6
+DIRECT_IDS = 500_000_000
+"""Offset of the ids the client on the old primary's own host writes (partition-primary)."""
+ACK_IN_FLIGHT = 0.05
+"""An acknowledgement that left the old primary before the cut may arrive this much later."""
 Progress = Callable[[str], None]
 
 
 class DrillTimeout(Exception):
     pass
+
+
+@dataclass
+class _Run:
+    """What one run knows while it runs."""
+
+    old: str
+    fault: str
+    fault_at: float = 0.0
+    fault_wall: float = 0.0
+    healed_at: float | None = None
+    injected: bool = False
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,14 @@ class DrillPlan:
     failover_timeout: float = 45.0
     resume_timeout: float = 30.0
     restore_timeout: float = 120.0
+    hold: float = 20.0
+    """Seconds a steady fault (partition-controller, flap, degrade) lasts."""
+    flap_period: float = 0.3
+    """A flapping primary's links go down and up every this many seconds."""
+    loss: float = 20.0
+    """Percent of packets a degraded primary's links lose."""
+    delay_ms: float = 0.0
+    """Delay added to them each way (tc netem; 0 when the kernel lacks it)."""
 
     def __post_init__(self) -> None:
         if self.fault not in (*FAULTS, *LEADER_FAULTS):
@@ -211,92 +242,142 @@ class Drill:
     # -- one run -------------------------------------------------------------------------------
 
     async def one_run(self, index: int) -> report.RunResult:
-        plan, fault = self.plan, self.plan.fault
-        old = self.runtime.controller.view.primary
-        assert old is not None
-        say = self._say(index)
-        writes = WriteLoad(self.access, start_id=int(time.time() * 1000) * 1000).start()
-        reads = ReadLoad(self.access, period=plan.period).start()
-        error: str | None = None
-        fault_at = fault_wall = 0.0
-        injected = False
+        fault, say = self.plan.fault, self._say(index)
+        run = _Run(old=self.runtime.controller.view.primary or "", fault=fault)
+        start = int(time.time() * 1000) * 1000
+        writes = WriteLoad(self.access, start_id=start).start()
+        reads = ReadLoad(self.access, period=self.plan.period).start()
+        direct = self._direct_writer(fault, run.old, start + DIRECT_IDS)
         try:
-            await wait_for(
-                lambda: (
-                    len(writes.ok_times) >= plan.warmup_ops
-                    and len(reads.ok_times) >= plan.warmup_ops
-                ),
-                15,
-                "writes and reads flowing through the router",
-            )
+            await self._warm_up(writes, reads)
             say(f"load flowing ({len(writes.ok_times)} writes, {len(reads.ok_times)} reads)")
-            fault_wall, fault_at = time.time(), time.monotonic()
-            command = self._inject(fault, old, fault_at)
-            injected = True
-            say(f"{fault} of the primary {old} injected")
-            finished = await wait_for(
-                lambda: report.finished_plan(self.capture.records, fault_at),
-                plan.failover_timeout,
-                f"the {'switchover' if fault == 'switchover' else 'failover'} plan to finish",
-            )
-            if command is not None:
-                answer = await command
-                if not answer.ok:
-                    raise FaultError(f"switchover refused or failed: {answer.message}")
-            say(
-                f"{finished['kind']} finished (ok={finished['ok']}) after "
-                f"{finished['_mono'] - fault_at:.3f} s: {finished['reason']}"
-            )
-            if not finished["ok"]:
-                raise FaultError(f"{finished['kind']} failed: {finished['reason']}")
-            self._undo_fault(fault, old)
-            done = time.monotonic()
-            await wait_for(
-                lambda: (
-                    writes.ok_since(done) >= plan.settle_ops
-                    and reads.ok_since(done) >= plan.settle_ops
-                ),
-                plan.resume_timeout,
-                "writes and reads to succeed again",
-            )
-            say("writes and reads flow again")
+            await self._fault_and_recover(run, writes, reads, say)
         except (DrillTimeout, FaultError) as exc:
-            error = str(exc)
-            say(f"ERROR: {error}")
+            run.error = str(exc)
+            say(f"ERROR: {run.error}")
         finally:
-            await writes.stop()
-            await reads.stop()
-            if injected:
-                self._undo_fault(fault, old)
-        new = report.promoted_node(self.capture.records, fault_at) if injected else None
-        figures = report.log_figures(self.capture.records, fault_at) if injected else {}
+            await asyncio.gather(*(load.stop() for load in (writes, reads, direct) if load))
+            if run.injected:
+                self._undo_fault(fault, run.old)
+        return await self._result(index, run, writes, reads, direct, say)
+
+    async def _warm_up(self, writes: WriteLoad, reads: ReadLoad) -> None:
+        ops = self.plan.warmup_ops
+        await wait_for(
+            lambda: len(writes.ok_times) >= ops and len(reads.ok_times) >= ops,
+            15,
+            "writes and reads flowing through the router",
+        )
+
+    def _direct_writer(self, fault: str, node: str, start_id: int) -> WriteLoad | None:
+        """A client on the old primary's own host (its unix socket), for a partition: what it
+        writes there must never be acknowledged once the node is cut off."""
+        socket = self.faults.node_socket(node) if fault == "partition-primary" else None
+        if socket is None:
+            return None
+        return WriteLoad(self.access, start_id, period=0.05, address=socket).start()
+
+    async def _fault_and_recover(
+        self, run: _Run, writes: WriteLoad, reads: ReadLoad, say: Progress
+    ) -> None:
+        run.fault_wall, run.fault_at = time.time(), time.monotonic()
+        command = self._inject(run.fault, run.old, run.fault_at)
+        run.injected = True
+        say(f"{run.fault} of the primary {run.old} injected")
+        if run.fault in STEADY_FAULTS:
+            await self._hold(run, say)
+        else:
+            await self._wait_plan(run, command, say)
+        self._undo_fault(run.fault, run.old)
+        run.healed_at = done = time.monotonic()
+        await wait_for(
+            lambda: (
+                writes.ok_since(done) >= self.plan.settle_ops
+                and reads.ok_since(done) >= self.plan.settle_ops
+            ),
+            self.plan.resume_timeout,
+            "writes and reads to succeed again",
+        )
+        say("writes and reads flow again")
+
+    async def _wait_plan(self, run: _Run, command: asyncio.Task[Any] | None, say: Progress) -> None:
+        what = "switchover" if run.fault == "switchover" else "failover"
+        finished = await wait_for(
+            lambda: report.finished_plan(self.capture.records, run.fault_at),
+            self.plan.failover_timeout,
+            f"the {what} plan to finish",
+        )
+        if command is not None:
+            answer = await command
+            if not answer.ok:
+                raise FaultError(f"switchover refused or failed: {answer.message}")
+        say(
+            f"{finished['kind']} finished (ok={finished['ok']}) after "
+            f"{finished['_mono'] - run.fault_at:.3f} s: {finished['reason']}"
+        )
+        if not finished["ok"]:
+            raise FaultError(f"{finished['kind']} failed: {finished['reason']}")
+
+    async def _hold(self, run: _Run, say: Progress) -> None:
+        """A fault that must not cause a failover (or at most one: ``flap``), held for
+        ``plan.hold`` seconds; a flap toggles the primary's links meanwhile."""
+        if run.fault == "flap":
+            await self._flap(run.old)
+        else:
+            await asyncio.sleep(self.plan.hold)
+        failovers = report.plans_started(self.capture.records, run.fault_at, "failover")
+        say(f"{run.fault} held {self.plan.hold:g} s: {len(failovers)} failover(s)")
+        allowed = 1 if run.fault == "flap" else 0
+        if len(failovers) > allowed:
+            raise FaultError(
+                f"{len(failovers)} failovers during {run.fault} (at most {allowed}): "
+                + "; ".join(f["reason"] for f in failovers)
+            )
+
+    async def _flap(self, node: str) -> None:
+        """The primary's links down and up for ``hold`` seconds: up ``flap_period`` each time,
+        down 1 to 6 times as long in turn (0.3 to 1.8 s by default), so that some cuts are
+        shorter and some longer than it takes to confirm a lost primary."""
+        end = time.monotonic() + self.plan.hold
+        cuts = 0
+        while time.monotonic() < end:
+            self.faults.cut(((node,),))
+            await asyncio.sleep(self.plan.flap_period * (1 + cuts % FLAP_STEPS))
+            self.faults.heal_network()
+            cuts += 1
+            await asyncio.sleep(self.plan.flap_period)
+
+    async def _result(
+        self,
+        index: int,
+        run: _Run,
+        writes: WriteLoad,
+        reads: ReadLoad,
+        direct: WriteLoad | None,
+        say: Progress,
+    ) -> report.RunResult:
+        records, at = self.capture.records, run.fault_at
+        new = report.promoted_node(records, at) if run.injected else None
+        figures = report.log_figures(records, at) if run.injected else {}
         end = figures.get("plan_finished")
-        until = fault_at + end if end is not None else None
+        until = at + end if end is not None else run.healed_at
         figures["write_outage"] = (
-            report.outage(writes.ok_times, fault_at, until) if injected else None
+            report.outage(writes.ok_times, at, until) if run.injected else None
         )
-        figures["read_outage"] = (
-            report.outage(reads.ok_times, fault_at, until) if injected else None
-        )
-        lost: list[int] = []
-        if injected and new is not None and new != old:
-            try:
-                lost = await self._lost(writes, new)
-            except Exception as exc:  # reported, never hidden
-                error = error or f"could not read the acknowledged ids on {new}: {exc}"
-        elif injected and error is None:
-            error = f"no new primary after the {fault}"
-        if lost:
-            say(f"LOST {len(lost)} acknowledged writes: {lost[:20]}")
-        restored, how = await self._restore(fault, old, new, injected, say)
+        figures["read_outage"] = report.outage(reads.ok_times, at, until) if run.injected else None
+        lost, isolated = await self._check_writes(run, new, writes, direct, say)
+        if run.fault in STEADY_FAULTS and run.injected and new is None:
+            await self._converge(run, say)
+        restored, how = await self._restore(run.fault, run.old, new, run.injected, say)
         return report.RunResult(
             run=index,
-            fault=fault,
-            old_primary=old,
+            fault=run.fault,
+            old_primary=run.old,
             new_primary=new,
-            fault_wall=round(fault_wall, 3),
+            fault_wall=round(run.fault_wall, 3),
             figures={k: (round(v, 4) if v is not None else None) for k, v in figures.items()},
-            writes_acknowledged=len(writes.acknowledged),
+            writes_acknowledged=len(writes.acknowledged)
+            + len(direct.acknowledged if direct else ()),
             reads_ok=len(reads.ok_times),
             write_errors=writes.error_counts(),
             read_errors=reads.error_counts(),
@@ -304,9 +385,53 @@ class Drill:
             lost_ids=tuple(lost[:20]),
             restored=restored,
             restore=how,
-            error=error,
-            steps=report.plan_steps(self.capture.records, fault_at) if injected else (),
+            error=run.error,
+            plans=len(report.plans_started(records, at)) if run.injected else 0,
+            failovers=len(report.plans_started(records, at, "failover")) if run.injected else 0,
+            isolated_acks=isolated,
+            steps=report.plan_steps(records, at) if run.injected else (),
         )
+
+    async def _check_writes(
+        self, run: _Run, new: str | None, writes: WriteLoad, direct: WriteLoad | None, say: Progress
+    ) -> tuple[list[int], int | None]:
+        """Acknowledged ids missing where they must be (the new primary after a failover, the
+        primary otherwise), and the writes the isolated old primary acknowledged after the
+        fault (a client on its own host)."""
+        if not run.injected:
+            return [], None
+        expected_failover = run.fault not in STEADY_FAULTS and run.fault != "flap"
+        if expected_failover and (new is None or new == run.old):
+            run.error = run.error or f"no new primary after the {run.fault}"
+            return [], None
+        holder = new or self.runtime.controller.view.primary or run.old
+        acked = [*writes.acknowledged, *(direct.acknowledged if direct else ())]
+        lost: list[int] = []
+        try:
+            lost = await self._lost(acked, writes.start_id, holder)
+        except Exception as exc:  # reported, never hidden
+            run.error = run.error or f"could not read the acknowledged ids on {holder}: {exc}"
+        if lost:
+            say(f"LOST {len(lost)} acknowledged writes: {lost[:20]}")
+        isolated = None
+        if direct is not None:
+            isolated = sum(1 for t in direct.ok_times if t > run.fault_at + ACK_IN_FLIGHT)
+            say(f"writes acknowledged by the cut-off old primary {run.old}: {isolated}")
+            if isolated:
+                run.error = run.error or f"the cut-off {run.old} acknowledged {isolated} writes"
+        return lost, isolated
+
+    async def _converge(self, run: _Run, say: Progress) -> None:
+        """After a fault that must change nothing: the cluster healthy again, same primary."""
+        try:
+            await self.wait_healthy()
+        except DrillTimeout as exc:
+            run.error = run.error or str(exc)
+            return
+        now = self.runtime.controller.view.primary
+        if now != run.old and run.fault != "flap":
+            run.error = run.error or f"the primary changed from {run.old} to {now}"
+        say(f"converged: primary {now}, every node healthy")
 
     def _say(self, index: int) -> Callable[[str], None]:
         total = self.plan.runs
@@ -324,11 +449,18 @@ class Drill:
                 self.faults.freeze(node)
             case "partition":
                 self.faults.partition(node)
+            case "partition-primary":
+                self.faults.cut(((node,),))
+            case "partition-controller":
+                self.faults.cut(((CONTROLLER_HOST, node),))
+            case "degrade":
+                what = self.faults.degrade(node, self.plan.loss, self.plan.delay_ms)
+                self.progress(f"network: {what}")
             case "switchover":
                 return asyncio.create_task(
                     self.runtime.command(OperatorCommand(at, "switchover")), name="switchover"
                 )
-        return None
+        return None  # flap: toggled by _hold
 
     def _undo_fault(self, fault: str, node: str) -> None:
         """Thaw a frozen node, heal a partition; idempotent."""
@@ -337,13 +469,15 @@ class Drill:
                 self.faults.thaw(node)
         elif fault == "partition":
             self.faults.heal(node)
+        elif fault in NETWORK_FAULTS:
+            self.faults.heal_network()
 
-    async def _lost(self, writes: WriteLoad, new: str) -> list[int]:
-        node = self.settings.node(new)
-        present = await present_ids(
-            self.access, (node.host, node.port), writes.start_id, writes.last_id
-        )
-        return report.lost_writes(writes.acknowledged, present)
+    async def _lost(self, acknowledged: list[int], low: int, holder: str) -> list[int]:
+        node = self.settings.node(holder)
+        socket = self.faults.node_socket(holder)
+        where = socket if socket is not None else (node.host, node.port)
+        present = await present_ids(self.access, where, low, max(acknowledged, default=low))
+        return report.lost_writes(acknowledged, present)
 
     # -- restoring -----------------------------------------------------------------------------
 
@@ -363,6 +497,8 @@ class Drill:
     ) -> tuple[bool, str]:
         if not injected:
             return True, "nothing injected"
+        if (new is None or new == old) and fault in STEADY_FAULTS:
+            return True, f"nothing to restore: {old} stayed the primary"
         if new is None or new == old:
             if fault == "freeze":
                 return False, f"no promotion happened; {old} thawed and left as it is"

@@ -202,12 +202,19 @@ def parse_groups(words: Sequence[str], known: Iterable[str]) -> tuple[tuple[str,
     seen = [n for g in groups for n in g]
     if len(set(seen)) != len(seen):
         raise NetworkError(f"a host is in two groups: {text!r}")
-    if len(groups) == 1:
-        rest = tuple(n for n in names if n not in groups[0])
-        if not rest:
-            raise NetworkError("one group holding every host cuts nothing")
-        groups.append(rest)
-    return tuple(groups)
+    return completed(tuple(groups), names)
+
+
+def completed(
+    groups: tuple[tuple[str, ...], ...], names: Sequence[str]
+) -> tuple[tuple[str, ...], ...]:
+    """One group alone stands against every other host."""
+    if len(groups) != 1:
+        return groups
+    rest = tuple(n for n in names if n not in groups[0])
+    if not rest:
+        raise NetworkError("one group holding every host cuts nothing")
+    return (groups[0], rest)
 
 
 def check_degrade(loss: float, delay_ms: float) -> None:

@@ -27,6 +27,7 @@ from hacontrol.sandbox.netns import (
     NetworkError,
     NetworkPlan,
     check_degrade,
+    completed,
     delay_targets,
     plan_network,
     ruleset,
@@ -151,12 +152,13 @@ class Network:
         loss: float = 0.0,
         delay_ms: float = 0.0,
     ) -> Faults:
-        """Cut (or, with ``loss``/``delay_ms``, degrade) the links between the groups. Replaces
-        whatever fault was there before."""
+        """Cut (or, with ``loss``/``delay_ms``, degrade) the links between the groups (one
+        group alone: against every other host). Replaces whatever fault was there before."""
         check_degrade(loss, delay_ms)
         for group in groups:
             for name in group:
                 self.plan.host(name)
+        groups = completed(groups, [h.name for h in self.plan.hosts])
         faults = Faults(groups=groups, oneway=oneway, loss=loss, delay_ms=delay_ms)
         self.apply(faults)
         return faults
