@@ -90,7 +90,8 @@ def runtime(settings: Settings, **kw: Any) -> tuple[Runtime, LogCapture]:
 
 
 class WriteLoop:
-    """An application writing through the router's writer port every 10 ms, as the app user.
+    """An application writing through the router's writer port every 10 ms, as the app user
+    (``target``: a node's name for a client on that node's own host, through its socket).
 
     Records every id the server acknowledged (COMMIT returned OK) and every error by kind;
     reconnects after an error, like a pooled client would.
@@ -109,10 +110,12 @@ class WriteLoop:
         start_id: int = 1_000_000,
         statement: str = PINNED,
         timeout: float = 2.0,
+        target: str = "writer",
         *,
         port: int | None = None,
     ) -> None:
         self._sandbox = sandbox
+        self._target = target
         self._port = port
         """Another router's writer port (a fleet's); default: the sandbox's router."""
         self._period = period
@@ -154,7 +157,7 @@ class WriteLoop:
 
     async def _connect(self):
         if self._port is None:
-            return await self._sandbox.connect("writer", "app")
+            return await self._sandbox.connect(self._target, "app")
         import aiomysql
 
         info = self._sandbox.status()
