@@ -1,10 +1,12 @@
 """How long does stopping a replica's IO thread take once its source stopped answering?
 
-    .venv/bin/python bench/io_thread_stop.py [--how stop,kill] [--after 0.5,1,1.5,2,2.5,3,4]
+    .venv/bin/python bench/io_thread_stop.py [--how stop,kill,semi-off] [--after 0.5,1,1.5,2,2.5,3,4]
                                              [--kill-conn-timeout 5] [--fault freeze|partition]
 
 For each way to stop (``stop``: ``STOP SLAVE IO_THREAD``; ``kill``: ``KILL`` of the IO thread's
-own server thread first, then ``STOP SLAVE IO_THREAD``) and each delay after the fault, a new
+own server thread first, then ``STOP SLAVE IO_THREAD``; ``twice``: a second ``STOP SLAVE
+IO_THREAD`` 0.1 s after the first, on another connection; ``semi-off``: the replica's semi-sync
+turned off first, then ``STOP SLAVE IO_THREAD``) and each delay after the fault, a new
 3-node sandbox is started (with ``--netns`` for a partition), the primary is frozen (SIGSTOP)
 or cut off from every other host, and both replicas' IO threads are stopped at the same time,
 ``--after`` seconds later. Printed: the seconds each stop took (until ``STOP SLAVE IO_THREAD``
@@ -51,8 +53,26 @@ async def stop_io(sandbox: Sandbox, node: str, how: str) -> float:
             )
             for (thread,) in rows:
                 await execute(conn, f"KILL {int(thread)}")
+        if how == "semi-off":
+            await execute(conn, "SET GLOBAL rpl_semi_sync_slave_enabled = OFF")
+        if how == "twice":
+            second = asyncio.create_task(stop_again(sandbox, node))
         await execute(conn, "STOP SLAVE IO_THREAD")
+        if how == "twice":
+            await second
         return time.monotonic() - started
+    finally:
+        conn.close()
+
+
+async def stop_again(sandbox: Sandbox, node: str) -> None:
+    """A second STOP SLAVE IO_THREAD 0.1 s after the first, on a connection of its own."""
+    await asyncio.sleep(0.1)
+    conn = await sandbox.connect(node, "controller")
+    try:
+        await execute(conn, "STOP SLAVE IO_THREAD")
+    except Exception as exc:  # noqa: BLE001 - shown, the first stop is what is measured
+        print(f"second stop on {node}: {exc}", flush=True)
     finally:
         conn.close()
 

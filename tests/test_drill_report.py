@@ -4,15 +4,18 @@ from log lines, the tables and the JSON document; and the pure helpers of the fa
 from __future__ import annotations
 
 import json
+import tomllib
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from hacontrol.drill import report
+from hacontrol.drill import default_timing, report
 from hacontrol.drill.faults import listening_inodes, partition_rules, socket_inode
 from hacontrol.drill.load import Access, error_kind
 from hacontrol.drill.rebuild import dump_position
 from hacontrol.drill.report import RunResult
+from hacontrol.settings import FailoverSettings, ProbeSettings, Settings
 
 
 def test_outage_is_the_gap_around_the_fault():
@@ -286,3 +289,20 @@ def test_access_rejects_a_table_name_that_is_not_schema_dot_name():
 def test_dump_position_is_read_from_the_dump_header():
     dump = b"-- MariaDB dump\n-- SET GLOBAL gtid_slave_pos='0-2-85';\nCREATE TABLE t;\n"
     assert dump_position(dump) == "0-2-85"
+
+
+def test_default_timing_is_that_of_the_example_settings_toml():
+    # `drill --settings defaults` measures what a new install gets: the [probes] and [failover]
+    # of the example settings.toml, which are the model's defaults.
+    example = tomllib.loads((Path(__file__).parent.parent / "settings.toml").read_text())
+    assert ProbeSettings(**example["probes"]) == ProbeSettings()
+    assert FailoverSettings(**example["failover"]) == FailoverSettings()
+    tuned = Settings(
+        nodes=[{"name": "a", "host": "127.0.0.1", "port": 3306}],
+        probes={"interval": 1.0, "timeout": 0.5},
+        failover={"io_stall": 1.5, "max_lag": 3.0},
+        cluster={"name": "sandbox"},
+    )
+    defaults = default_timing(tuned)
+    assert defaults.probes == ProbeSettings() and defaults.failover == FailoverSettings()
+    assert defaults.nodes == tuned.nodes and defaults.cluster == tuned.cluster

@@ -209,6 +209,8 @@ async def test_rejoin_refuses_errant_old_primary(fresh_sandbox: Sandbox) -> None
 
     assert_ok(await actions.wait_applied("node2", 5.0))
     assert_ok(await actions.promote("node2", *address(sb, "node1")), changed=True)
+    # A replica to acknowledge node2's commits: the sandbox's semi-sync never falls back.
+    assert_ok(await actions.repoint("node3", *address(sb, "node2")), changed=True)
     await write_rows(sb, "node2", 1, node_tag=2)  # node2's seq = node1's errant seq
     await sb.start_node("node1")
 

@@ -45,8 +45,16 @@ from hacontrol.drill.runner import (
     write_figures,
 )
 from hacontrol.sandbox.netns_host import unavailable as netns_unavailable
-from hacontrol.settings import Settings, SettingsError, check, load_settings
+from hacontrol.settings import (
+    FailoverSettings,
+    ProbeSettings,
+    Settings,
+    SettingsError,
+    check,
+    load_settings,
+)
 
+SETTINGS_CHOICES = ("own", "defaults")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -103,6 +111,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
     p.add_argument(
         "--interval", type=float, help="probe interval override (default: from the settings)"
+    )
+    p.add_argument(
+        "--settings",
+        choices=SETTINGS_CHOICES,
+        default="own",
+        help="the controller's timing: its settings' own (the sandbox's, or --config's; the "
+        "default), or the defaults of settings.toml ([probes] and [failover] as a new "
+        "install has them; the servers and the router keep theirs)",
     )
     p.add_argument("--dir", type=Path, help="sandbox directory to use (started if needed) and keep")
     p.add_argument(
@@ -224,12 +240,16 @@ def run_loop(job: Coroutine[Any, Any, int]) -> int:
 # ---- settings ----------------------------------------------------------------------------------
 
 
-def drill_settings(path: str | Path, interval: float | None) -> Settings:
-    """The settings file (with HACONTROL_* overrides), the probe interval given, re-checked."""
+def drill_settings(path: str | Path, interval: float | None, timing: str = "own") -> Settings:
+    """The settings file (with HACONTROL_* overrides), the probe interval given, re-checked.
+    ``timing="defaults"``: its [probes] and [failover] replaced by the defaults (those of the
+    example settings.toml), to measure what a new install gets."""
     try:
         settings = load_settings(path).settings
     except SettingsError as exc:
         raise UsageError("settings error: " + "; ".join(exc.problems)) from None
+    if timing == "defaults":
+        settings = default_timing(settings)
     if interval is not None:
         probes = settings.probes
         update: dict[str, Any] = {"interval": interval}
@@ -240,6 +260,11 @@ def drill_settings(path: str | Path, interval: float | None) -> Settings:
         if errors:
             raise UsageError("with --interval: " + "; ".join(errors))
     return settings
+
+
+def default_timing(settings: Settings) -> Settings:
+    """The settings with the probes' and the failover's defaults instead of their own."""
+    return settings.model_copy(update={"probes": ProbeSettings(), "failover": FailoverSettings()})
 
 
 def refuse_if_controller_running(settings: Settings) -> None:
@@ -290,7 +315,7 @@ def config_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, An
             raise UsageError(f"--app-password-file: {exc.strerror}") from None
     if password is None:
         raise UsageError(f"with --config, give --app-password-file or ${PASSWORD_ENV}")
-    settings = drill_settings(args.config, args.interval)
+    settings = drill_settings(args.config, args.interval, args.settings)
     refuse_if_controller_running(settings)
     writer = address(args.writer, "--writer")
     access = Access(
@@ -332,7 +357,7 @@ def sandbox_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, A
                     raise UsageError(
                         f"--fault {plan.fault}: the sandbox in {sandbox.dir} has no --netns"
                     )
-                settings = drill_settings(info.settings, args.interval)
+                settings = drill_settings(info.settings, args.interval, args.settings)
                 with controller_host(sandbox, info.netns):
                     refuse_if_controller_running(settings)
                     return await drive(
