@@ -1,7 +1,7 @@
 """How long does stopping a replica's IO thread take once its source stopped answering?
 
-    .venv/bin/python bench/io_thread_stop.py [--how stop,kill,semi-off] [--after 0.5,1,1.5,2,2.5,3,4]
-                                             [--kill-conn-timeout 5] [--fault freeze|partition]
+    .venv/bin/python bench/io_thread_stop.py [--how stop,kill,twice,semi-off]
+        [--after 0.5,1,1.5,2,2.5,3,4] [--kill-conn-timeout 5] [--fault freeze|partition]
 
 For each way to stop (``stop``: ``STOP SLAVE IO_THREAD``; ``kill``: ``KILL`` of the IO thread's
 own server thread first, then ``STOP SLAVE IO_THREAD``; ``twice``: a second ``STOP SLAVE
@@ -71,7 +71,7 @@ async def stop_again(sandbox: Sandbox, node: str) -> None:
     conn = await sandbox.connect(node, "controller")
     try:
         await execute(conn, "STOP SLAVE IO_THREAD")
-    except Exception as exc:  # noqa: BLE001 - shown, the first stop is what is measured
+    except Exception as exc:  # shown: the first stop is what is measured
         print(f"second stop on {node}: {exc}", flush=True)
     finally:
         conn.close()
