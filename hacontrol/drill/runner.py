@@ -216,6 +216,8 @@ class Drill:
             and view.quorum.ok
             and not view.problems
             and all(n.health is Health.HEALTHY for n in view.nodes.values())
+            # Past the start-up grace: a fault right after the start would measure the grace.
+            and all(n.probes >= self.settings.probes.failure_threshold for n in view.nodes.values())
             and all(view.sources.get(n) == primary for n in view.nodes if n != primary)
             and (
                 self.settings.router.kind == "none"
