@@ -14,7 +14,7 @@ returned), per replica. ``--kill-conn-timeout`` sets the replicas'
 ``rpl_semi_sync_slave_kill_conn_timeout`` first (MariaDB's default is 5). The replicas keep the
 sandbox's heartbeat period and ``slave_net_timeout`` unless ``--slave-net-timeout`` is given.
 
-What it showed is in docs/mariadb.md ("Stopping an IO thread whose source is gone").
+What it showed is in docs/partitions.md ("Stopping an IO thread whose source is gone").
 """
 
 from __future__ import annotations
