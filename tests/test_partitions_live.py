@@ -92,16 +92,21 @@ async def read_only(sandbox: Sandbox, node: str) -> bool:
 
 
 def converged(rt: Runtime) -> bool:
-    """One primary, the router's writer; every other node its healthy replica, or held in
-    quarantine with its errant GTIDs named (and nothing else wrong); no plan running."""
+    """One primary, the router's writer; every other node its healthy replica and a reader, or
+    held in quarantine with its errant GTIDs named (and nothing else wrong); no plan running."""
     view, state = rt.controller.view, rt.controller.state
     primary = view.primary
     held = {n for n, q in state.quarantined.items() if q.errant}
+    membership = view.router.membership
+    healthy = {n for n in view.nodes if n not in held and view.nodes[n].health is Health.HEALTHY}
     return (
         rt.controller.running_plan is None
         and primary is not None
         and not [p for p in view.problems if p.node not in held]
         and all(view.sources.get(n) == primary for n in view.nodes if n not in (primary, *held))
+        and membership is not None
+        and set(membership.writers) == {primary}
+        and set(membership.readers) == healthy
     )
 
 
