@@ -117,7 +117,8 @@ async def test_frozen_primary_fails_over_then_rejoins_as_reader(fresh_sandbox):
             assert "has a working link" in reason or "lost its link to it" in reason, reason
         finally:
             assert fresh_sandbox.kill_node("node1", signal.SIGCONT)
-        new = rt.controller.view.primary
+        # The promoted node (the view names it once its next probe shows it writable).
+        new = next(a["node"] for a in capture.of("action") if a["action"] == "Promote" and a["ok"])
         assert new in ("node2", "node3")
         # The returning old primary is fenced, rejoined and back among the readers.
         await eventually(
