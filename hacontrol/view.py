@@ -218,7 +218,7 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
             before = view.nodes[name]
             node = _fold_probe(before, event, settings)
             nodes = {**view.nodes, name: node}
-            if node.facts == node_facts(before, settings):
+            if node.facts == node_facts(before, settings) and not primary_in_doubt(view):
                 return evolve(view, nodes=nodes, at=at)  # nothing ``derive`` reads changed
             view = replace(view, nodes=nodes)
         case LeaseObserved(node=name) if name in view.nodes:
@@ -248,6 +248,14 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
             # facts do not depend on the view's time (see ``link_alive``).
             return evolve(view, at=at)
     return derive(replace(view, at=at), settings)
+
+
+def primary_in_doubt(view: ClusterView) -> bool:
+    """The primary's last probe failed: ``primary_lost_early`` then reads what every probe
+    moves (the replicas' last good probe against the primary's, the time of their link's last
+    progress), so every probe is derived until the primary answers again or is unreachable."""
+    primary = view.nodes.get(view.primary) if view.primary is not None else None
+    return primary is not None and primary.failures > 0
 
 
 def same_router(old: RouterView, new: RouterView) -> bool:
