@@ -51,6 +51,7 @@ from hacontrol import gtid
 from hacontrol.addresses import same_address
 from hacontrol.flavors import DETECT_SQL, Flavor, FlavorName, IoState, NodeStatus, detect
 from hacontrol.flavors.base import ReplicationStatus, Sql, multi_statement
+from hacontrol.flavors.mariadb import binlog_state_of
 from hacontrol.mysqlconn import Endpoint, connect, describe_error, endpoint_for, fetch_all
 from hacontrol.plan import LEASE_LOST, ActionResult
 from hacontrol.settings import Settings
@@ -937,10 +938,27 @@ def _replica_position(status: NodeStatus) -> str:
 
 
 def _errant(old: NodeStatus, new: NodeStatus) -> dict[str, Any] | None:
-    """The old primary's transactions that the new primary lacks, or None when there are none."""
+    """The old primary's transactions that the new primary lacks, or None when there are none:
+    per (domain, server id) from both binlog states when both were read (a divergence below
+    the last GTID included), else from positions. Unreadable states: ActionError (not rejoined).
+    """
     flavor = old.flavor
     if new.flavor != flavor:
         raise ActionError(f"flavors differ: {flavor} and {new.flavor}")
+    try:
+        mine_state, theirs_state = binlog_state_of(old), binlog_state_of(new)
+    except ValueError as exc:
+        raise ActionError(f"binlog state unreadable, errant transactions unknown: {exc}") from None
+    if mine_state is not None and theirs_state is not None:
+        by_state = gtid.errant_by_state(mine_state, theirs_state)
+        if by_state.is_empty():
+            return None
+        return {
+            "errant": str(by_state),
+            "errant_by": "gtid_binlog_state",
+            "old_gtids": str(mine_state),
+            "new_gtids": str(theirs_state),
+        }
     mine_text = _own_transactions(old)
     theirs_text = new.gtid_binlog_pos if flavor == FlavorName.MARIADB else new.gtid_executed
     mine = gtid.parse(mine_text, flavor)  # type: ignore[arg-type]

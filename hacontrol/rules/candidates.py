@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from hacontrol import gtid
 from hacontrol.flavors.base import NodeStatus
+from hacontrol.flavors.mariadb import binlog_state_of
 from hacontrol.plan import Hook
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, NodeView, hidden_nodes
@@ -34,8 +35,21 @@ def received(node: NodeView) -> gtid.GtidSet | None:
         return None
 
 
-def errant_against(node: NodeView, others: list[gtid.GtidSet]) -> gtid.GtidSet | None:
-    """Transactions ``node`` executed that no other node has (errant), or None if unknown."""
+def errant_against(
+    node: NodeView, others: list[gtid.GtidSet], known: gtid.BinlogState | None = None
+) -> gtid.GtidSet | gtid.BinlogState | None:
+    """Transactions ``node`` executed that no other node has (errant), or None if unknown.
+
+    With ``known`` (what the cluster holds, as a binlog state) and the node's own binlog state,
+    per (domain, server id) pair, which sees a divergence below the last GTID; else positions.
+    """
+    if known is not None and node.status is not None:
+        try:
+            mine_state = binlog_state_of(node.status)
+        except ValueError:
+            return None
+        if mine_state is not None:
+            return gtid.errant_by_state(mine_state, known)
     mine = executed(node.status)
     if mine is None:
         return None
@@ -44,6 +58,55 @@ def errant_against(node: NodeView, others: list[gtid.GtidSet]) -> gtid.GtidSet |
         if other.flavor == mine.flavor:
             rest = rest - other
     return rest
+
+
+def known_state(
+    reference: NodeStatus | None, received_positions: list[str]
+) -> gtid.BinlogState | None:
+    """The reference's binlog state merged with positions received from it (relay logs), or
+    None when its state was never read or does not parse (positions are compared then)."""
+    try:
+        state = binlog_state_of(reference) if reference is not None else None
+        if state is None:
+            return None
+        return gtid.server_state(str(state), *(p for p in received_positions if p))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Errant:
+    """What a node holds that a reference lacks: ``gtids`` ("" none), or ``unknown`` with the
+    reason it cannot be told (then the node is treated as errant: never rejoined)."""
+
+    gtids: str = ""
+    unknown: str | None = None
+    by_state: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.gtids) or self.unknown is not None
+
+    def describe(self) -> str:
+        return self.gtids if self.unknown is None else f"unknown ({self.unknown})"
+
+
+def errant_between(node: NodeStatus, reference: NodeStatus) -> Errant:
+    """The errant GTIDs of ``node`` against ``reference`` (the primary): per (domain, server id)
+    from both binlog states when both were read (a divergence below the last GTID included,
+    ``gtid.errant_by_state``); else from positions (MySQL, a state not read). Text that does
+    not parse makes it unknown, never clean."""
+    try:
+        mine, theirs = binlog_state_of(node), binlog_state_of(reference)
+    except ValueError as exc:
+        return Errant(unknown=f"binlog state unreadable: {exc}")
+    if mine is not None and theirs is not None:
+        return Errant(str(gtid.errant_by_state(mine, theirs)), by_state=True)
+    try:
+        flavor = node.flavor.value
+        diff = gtid.parse(node.gtid_executed, flavor) - gtid.parse(reference.gtid_executed, flavor)
+    except ValueError as exc:
+        return Errant(unknown=f"GTID positions unreadable: {exc}")
+    return Errant(str(diff) if diff else "")
 
 
 @dataclass(frozen=True)
@@ -89,6 +152,8 @@ def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candida
     for name, node in view.nodes.items():
         if name != dead and (got := received(node)) is not None:
             known.append(got)
+    relayed = [n.channel.received_gtid for k, n in view.nodes.items() if k != dead and n.channel]
+    state = known_state(dead_status, relayed)
     out: list[Candidate] = []
     for name in view.replicas_of(dead):
         node = view.nodes[name]
@@ -103,7 +168,7 @@ def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candida
             "received": str(got) if got is not None else "",
             "received_count": held.count() if held is not None else -1,
         }
-        errant = errant_against(node, known)
+        errant = errant_against(node, known, state)
         reason = None
         if not node.reachable:
             reason = f"not reachable ({node.reason})"

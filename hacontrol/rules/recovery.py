@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hacontrol.flavors.base import NodeStatus
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Quarantined
 from hacontrol.plan import AlertKind, Fence, Notify, Plan, PlanKind, Rejoin, Repoint
 from hacontrol.rules.alerts import alert_once
-from hacontrol.rules.candidates import executed, topology_text
+from hacontrol.rules.candidates import errant_between, topology_text
 from hacontrol.rules.routing import reader_ok
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Health, hidden_nodes
@@ -66,15 +67,14 @@ def old_primary(
         return None  # the node we promoted is not the primary now: an operator's call
     if view.sources.get(name) == primary and node.health is Health.HEALTHY:
         return caught_up(view, state, settings, name, primary)
-    mine = executed(node.status)
-    theirs = executed(view.nodes[primary].status)
-    if mine is None or theirs is None:
+    theirs = view.nodes[primary].status
+    if theirs is None:
         return None
-    errant = mine - theirs
+    errant = errant_between(node.status, theirs)
     channel = node.channel
     if errant or (channel is not None and channel.last_io_errno == 1236):
         detail = (
-            str(errant)
+            errant.describe()
             if errant or channel is None
             else (f"replication error 1236: {channel.last_io_error}")
         )
@@ -86,8 +86,8 @@ def old_primary(
     return Decision(
         Plan(
             "RejoinOldPrimary",
-            f"old primary {name} has no errant transactions ({mine} within "
-            f"{theirs}): rejoin it as a replica of {primary}",
+            f"old primary {name} has no errant transactions ({contained(node.status, theirs)}): "
+            f"rejoin it as a replica of {primary}",
             (Rejoin(name, primary),),
             kind=PlanKind.REJOIN,
         ),
@@ -140,7 +140,7 @@ def rule_repoint_stray(
     primary = view.primary
     if primary is None or not view.nodes[primary].reachable or primary in state.quarantined:
         return None
-    theirs = executed(view.nodes[primary].status)
+    theirs = view.nodes[primary].status
     hidden = hidden_nodes(view)
     for name, node in sorted(view.nodes.items()):
         source = view.sources.get(name)
@@ -163,8 +163,7 @@ def rule_repoint_stray(
             continue  # a chain through a live replica (node3 -> node2 -> primary) is fine
         if now < state.retry_at.get((PlanKind.REPOINT, name), 0.0):
             continue
-        mine = executed(node.status)
-        if mine is None or theirs is None or (mine - theirs):
+        if theirs is None or errant_between(node.status, theirs):
             continue  # errant or unreadable: an operator's job (ReplicaNotReplicatingFromPrimary)
         return Decision(
             Plan(
@@ -176,3 +175,13 @@ def rule_repoint_stray(
             state,
         )
     return None
+
+
+def contained(node: NodeStatus, primary: NodeStatus) -> str:
+    """How a clean node was found clean, for the plan's reason."""
+    if node.gtid_binlog_state is not None and primary.gtid_binlog_state is not None:
+        return (
+            f"binlog state {node.gtid_binlog_state or '(empty)'} within "
+            f"{primary.gtid_binlog_state or '(empty)'}"
+        )
+    return f"{node.gtid_executed} within {primary.gtid_executed}"
