@@ -15,6 +15,7 @@ endpoint               body (JSON object)              command
 =====================  ==============================  =====================================
 POST /switchover       ``{"to": "node2"}`` (optional)  switchover (to the best candidate)
 POST /maintenance      ``{"node": "n3", "on": true}``  maintenance on/off
+POST /rebuild          ``{"node": "n3", "from": "n2"}``  rebuild (``from``, ``dry_run``: optional)
 POST /ack              none or ``{}``                  ack (clear halt / recovery block)
 POST /pause            none or ``{}``                  pause automatic changes
 POST /resume           none or ``{}``                  resume
@@ -184,10 +185,26 @@ def parse_command(command: str, raw: bytes, at: float) -> OperatorCommand:
         return OperatorCommand(
             at=at, command="maintenance", node=_node_name(data["node"], "node"), on=on
         )
+    if command == "rebuild":
+        return _rebuild(data, at)
     if command in ("ack", "pause", "resume"):
         _only(data, ())
         return OperatorCommand(at=at, command=command)
     raise BadRequest(f"unknown command {command!r}")
+
+
+def _rebuild(data: dict[str, Any], at: float) -> OperatorCommand:
+    _only(data, ("node", "from", "dry_run"))
+    if "node" not in data:
+        raise BadRequest('rebuild needs {"node": "<name>"} (and optionally "from", "dry_run")')
+    dry_run = data.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest(f"'dry_run' must be true or false, got {dumps(dry_run)[:40]}")
+    if "from" in data and data["from"] is None:
+        raise BadRequest("'from' is null: name a node, or leave 'from' out to let it choose")
+    source = _node_name(data["from"], "from") if "from" in data else None
+    node = _node_name(data["node"], "node")
+    return OperatorCommand(at=at, command="rebuild", node=node, source=source, dry_run=dry_run)
 
 
 def check_token(header: str | None, token: str | None) -> str | None:
@@ -305,7 +322,7 @@ class _Route:
     """Rate-limit budget of requests without a valid token (``health`` keeps its own)."""
 
 
-COMMANDS = ("switchover", "maintenance", "ack", "pause", "resume")
+COMMANDS = ("switchover", "maintenance", "rebuild", "ack", "pause", "resume")
 ROUTES: dict[str, _Route] = {
     "/": _Route("GET", "read"),
     "/health": _Route("GET", "health"),

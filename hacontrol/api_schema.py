@@ -121,6 +121,12 @@ def document() -> dict[str, Any]:
                 _object({"node": node, "on": {"type": "boolean"}}, ("node", "on")),
                 required=True,
             ),
+            "/rebuild": _command(
+                "re-clone a fenced node from a healthy replica (answered when it starts; "
+                "progress in /status); dry_run: only say whether and from where",
+                _object({"node": node, "from": node, "dry_run": {"type": "boolean"}}, ("node",)),
+                required=True,
+            ),
             "/ack": _command("clear the halt and the recovery block", empty, required=False),
             "/pause": _command("stop automatic changes", empty, required=False),
             "/resume": _command("allow automatic changes", empty, required=False),

@@ -132,7 +132,8 @@ class ReplyTo(Protocol):
 class OperatorCommand:
     """An operator's command (API or CLI), on the same queue as every other event.
 
-    switchover: ``node`` is the optional target; maintenance: ``node`` and ``on``;
+    switchover: ``node`` is the optional target; maintenance: ``node`` and ``on``; rebuild:
+    ``node``, ``source`` and ``dry_run``;
     ack, pause, resume: no arguments. The controller answers through ``reply``.
     """
 
@@ -141,6 +142,10 @@ class OperatorCommand:
     node: str | None = None
     on: bool | None = None
     reply: ReplyTo | None = field(default=None, compare=False)
+    source: str | None = None
+    """rebuild: the node to copy from (None: the best healthy replica)."""
+    dry_run: bool = False
+    """rebuild: only say whether it would run, and from which source."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,10 +25,12 @@ from typing import Any, Protocol
 from hacontrol.actions.hooks import HookRunner
 from hacontrol.actions.hooks import describe as describe_hook
 from hacontrol.actions.notify import Alert, Notifier
+from hacontrol.actions.rebuild import OnProgress, RebuildResult
 from hacontrol.events import PlanFinished
 from hacontrol.flavors.base import NodeStatus
 from hacontrol.journal import Journal, JournalUnwritable
 from hacontrol.jsonlog import JsonLog
+from hacontrol.mariabackup import Progress
 from hacontrol.plan import (
     LEASE_LOST,
     Action,
@@ -43,6 +45,7 @@ from hacontrol.plan import (
     PlanKind,
     Promote,
     Publish,
+    Rebuild,
     Rejoin,
     Repoint,
     RequireReadOnly,
@@ -109,6 +112,14 @@ class Publisher(Protocol):
     async def publish(self, node: str, timeout: float) -> ActionResult: ...
 
 
+class NodeRebuilder(Protocol):
+    """``actions.rebuild.Rebuilder``: one rebuild, never raises; progress through a callback."""
+
+    async def rebuild(
+        self, target: str, source: str, primary: str, on_progress: OnProgress | None = None
+    ) -> RebuildResult: ...
+
+
 @dataclass
 class _Run:
     """What one run of one plan knows while it runs; never outlives it."""
@@ -146,6 +157,7 @@ class Executor:
         fault_after: str | None = None,
         hooks: HookRunner | None = None,
         lease: Publisher | None = None,
+        rebuilder: NodeRebuilder | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
@@ -155,6 +167,9 @@ class Executor:
         self.journal = journal
         self.hooks = hooks
         self.lease = lease
+        self.rebuilder = rebuilder
+        self.rebuild_status: dict[str, Any] | None = None
+        """The running (or last) rebuild: phase, bytes, rate, ETA, outcome (for /status)."""
         self._view = view
         self._clock = clock
         self._fault_after = fault_after
@@ -175,6 +190,7 @@ class Executor:
             SetWritable: self._set_writable,
             RequireReadOnly: self._require_read_only,
             Publish: self._publish,
+            Rebuild: self._rebuild,
             Hook: self._hook,
             Notify: self._notify_step,
         }
@@ -519,6 +535,38 @@ class Executor:
         if self.lease is None:
             return _failed("no lease: this instance is not part of a fleet")
         return await self.lease.publish(action.node, self._timeout)
+
+    async def _rebuild(self, action: Rebuild, run: _Run) -> ActionResult:
+        if self.rebuilder is None:
+            return _failed("rebuild is not configured: set rebuild.stop_target and start_target")
+        status: dict[str, Any] = {
+            "plan": run.plan_id,
+            "node": action.node,
+            "source": action.source,
+            "primary": action.primary,
+            "running": True,
+            "phase": "check",
+        }
+        self.rebuild_status = status
+
+        def progress(report: Progress) -> None:
+            if report.phase != status["phase"] or report.phase == "failed":
+                self.log.emit("rebuild_phase", action.node, "info", plan=run.plan_id,
+                              phase=report.phase, message=report.message)  # fmt: skip
+            status.update(
+                phase=report.phase,
+                line=report.line(),
+                copied=report.copied if report.phase == "copy" else status.get("copied", 0),
+                total=report.total if report.phase == "copy" else status.get("total"),
+                rate=report.rate if report.phase == "copy" else status.get("rate"),
+                eta=report.eta if report.phase == "copy" else None,
+            )
+
+        result = await self.rebuilder.rebuild(action.node, action.source, action.primary, progress)
+        kept = ("failed_phase", "phases", "copied", "estimate", "position", "seconds", "notes")
+        detail = {k: result.detail[k] for k in kept if k in result.detail}
+        status.update(running=False, ok=result.ok, reason=result.reason, **detail)
+        return ActionResult("", None, result.ok, True, result.reason, detail)
 
     async def _hook(self, action: Hook, run: _Run) -> ActionResult:
         if self.hooks is None:

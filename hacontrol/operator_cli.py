@@ -1,5 +1,10 @@
-"""Operator commands: ``hacontrol switchover|maintenance|ack|pause|resume`` call the running
-controller's HTTP API (``hacontrol.api``) and print its answer.
+"""Operator commands: ``hacontrol switchover|maintenance|rebuild|ack|pause|resume`` call the
+running controller's HTTP API (``hacontrol.api``) and print its answer.
+
+``rebuild NODE [--from NODE] [--yes]`` asks the controller first (a dry run: refused, or the
+source it would copy from), asks for confirmation unless ``--yes``, starts the rebuild with that
+very source, then follows its progress in ``GET /status`` (phase, bytes, rate, ETA on stderr)
+until it ends: exit 0 rebuilt, 1 refused or failed.
 
 The API address comes from ``--url`` or from the settings (``api.host``/``api.port``, https
 when ``api.tls_cert`` is set, ``unix://<path>`` when ``api.socket`` is); the token from
@@ -21,6 +26,7 @@ import os
 import socket
 import ssl
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -65,6 +71,17 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("state", choices=("on", "off"))
     _common(p, "maintenance")
 
+    p = subparsers.add_parser(
+        "rebuild",
+        help="re-clone a fenced node from a healthy replica (mariadb-backup), then rejoin it",
+    )
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--from", dest="source", metavar="NODE", help="the replica to copy from "
+                   "(default: the healthy replica with the lowest lag)")  # fmt: skip
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between progress reads")
+    _common(p, "rebuild")
+
     for name, text in (
         ("ack", "acknowledge: clear a halt and the recovery block after a failover"),
         ("pause", "pause automatic changes (the controller keeps observing)"),
@@ -99,6 +116,8 @@ def request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             return "/switchover", ({"to": args.to} if args.to else {})
         case "maintenance":
             return "/maintenance", {"node": args.node, "on": args.state == "on"}
+        case "rebuild":
+            return "/rebuild", {"node": args.node, **({"from": args.source} if args.source else {})}
         case name:
             return f"/{name}", {}
 
@@ -137,15 +156,19 @@ def api_url(host: str, port: int, path: object | None, *, tls: bool) -> str:
 
 
 def call(
-    ep: Endpoint, path: str, body: dict[str, Any], timeout: float
+    ep: Endpoint, path: str, body: dict[str, Any] | None, timeout: float
 ) -> tuple[int, dict[str, Any]]:
-    """POST ``body`` to the API: (HTTP status, JSON answer). OSError when unreachable."""
-    data = json.dumps(body).encode()
+    """POST ``body`` to the API (GET when None): (HTTP status, JSON answer). OSError when
+    unreachable."""
+    data = json.dumps(body).encode() if body is not None else None
+    method = "POST" if body is not None else "GET"
     headers = {"Authorization": f"Bearer {ep.token}", "Content-Type": "application/json"}
     if ep.url.startswith("unix://"):
-        status, raw = _post_unix(ep.url.removeprefix("unix://"), path, data, headers, timeout)
+        status, raw = _post_unix(
+            ep.url.removeprefix("unix://"), path, data, headers, timeout, method
+        )
     else:
-        request = urllib.request.Request(ep.url + path, data=data, method="POST", headers=headers)
+        request = urllib.request.Request(ep.url + path, data=data, method=method, headers=headers)
         context = ssl.create_default_context(cafile=ep.cafile) if ep.cafile else None
         try:
             with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
@@ -180,11 +203,16 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 def _post_unix(
-    socket_path: str, path: str, data: bytes, headers: dict[str, str], timeout: float
+    socket_path: str,
+    path: str,
+    data: bytes | None,
+    headers: dict[str, str],
+    timeout: float,
+    method: str = "POST",
 ) -> tuple[int, bytes]:
     conn = _UnixConnection(socket_path, timeout)
     try:
-        conn.request("POST", path, body=data, headers=headers)
+        conn.request(method, path, body=data, headers=headers)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -208,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"hacontrol: {exc}", file=sys.stderr)
         return EXIT_USAGE
     path, body = request_of(args)
+    if args.command_name == "rebuild":
+        return run_rebuild(args, ep, body)
     try:
         status, answer = call(ep, path, body, args.timeout)
     except (OSError, urllib.error.URLError) as exc:
@@ -221,6 +251,69 @@ def run(args: argparse.Namespace) -> int:
         print(answer.get("message", ""))
         if answer.get("detail"):
             print(json.dumps(answer["detail"], indent=2))
+    else:
+        print(f"hacontrol: API answered {status}: {answer.get('message', '')}", file=sys.stderr)
+    return code
+
+
+def run_rebuild(args: argparse.Namespace, ep: Endpoint, body: dict[str, Any]) -> int:
+    """Dry run, confirmation, start with the confirmed source, then follow to the end."""
+    try:
+        status, answer = call(ep, "/rebuild", {**body, "dry_run": True}, args.timeout)
+        if status != 200:
+            return _said(args, status, answer)
+        detail = answer.get("detail") or {}
+        print(answer.get("message", ""))
+        if not args.yes and not confirmed(detail.get("node"), detail.get("source")):
+            print("not rebuilt", file=sys.stderr)
+            return EXIT_REFUSED
+        start = {"node": detail["node"], "from": detail["source"]}
+        status, answer = call(ep, "/rebuild", start, args.timeout)
+        if status != 200:
+            return _said(args, status, answer)
+        print(answer.get("message", ""))
+        return follow(args, ep, (answer.get("detail") or {}).get("plan"))
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"hacontrol: cannot reach the API at {ep.url}: {reason}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+def confirmed(node: str | None, source: str | None) -> bool:
+    """Ask on the terminal; no terminal: refuse (use --yes in scripts)."""
+    if not sys.stdin.isatty():
+        print("hacontrol: not a terminal: confirm with --yes", file=sys.stderr)
+        return False
+    reply = input(f"Replace the data of {node} with a copy of {source}'s? [y/N] ")
+    return reply.strip().lower() in ("y", "yes")
+
+
+def follow(args: argparse.Namespace, ep: Endpoint, plan: str | None) -> int:
+    """Print the rebuild's progress (stderr) from ``GET /status`` until it ends."""
+    shown = ""
+    while True:
+        status, answer = call(ep, "/status", None, args.timeout)
+        rebuild = answer.get("rebuild") if status == 200 else None
+        if not isinstance(rebuild, dict) or rebuild.get("plan") != plan:
+            print(f"hacontrol: the controller no longer reports {plan} (restarted?): "
+                  "its outcome is in the controller's log", file=sys.stderr)  # fmt: skip
+            return EXIT_UNREACHABLE
+        line = str(rebuild.get("line") or rebuild.get("phase"))
+        if line != shown:
+            print(line, file=sys.stderr, flush=True)
+            shown = line
+        if not rebuild.get("running"):
+            print(rebuild.get("reason", ""))
+            if args.json:
+                print(json.dumps(rebuild, indent=2))
+            return EXIT_OK if rebuild.get("ok") else EXIT_REFUSED
+        time.sleep(args.poll)
+
+
+def _said(args: argparse.Namespace, status: int, answer: dict[str, Any]) -> int:
+    code = exit_code(status)
+    if code == EXIT_REFUSED:
+        print(answer.get("message", ""))
     else:
         print(f"hacontrol: API answered {status}: {answer.get('message', '')}", file=sys.stderr)
     return code

@@ -37,6 +37,7 @@ class AlertKind(StrEnum):
     FENCE_FAILED = "fence_failed"
     REJOIN_FAILED = "rejoin_failed"
     REPOINT_FAILED = "repoint_failed"
+    REBUILD_FAILED = "rebuild_failed"
     JOURNAL_UNWRITABLE = "journal_unwritable"
     JOURNAL_LOW_SPACE = "journal_low_space"
     ROUTER_NOT_UPDATED = "router_not_updated"
@@ -224,6 +225,18 @@ class Publish(_OneNode):
 
 
 @dataclass(frozen=True)
+class Rebuild(_OneNode):
+    """Replace the datadir of the fenced ``node`` with a copy of replica ``source``'s
+    (mariadb-backup), then make it replicate from ``primary`` (docs/rebuild.md). Long: its
+    progress is in the status. Any failure leaves the node stopped with its old datadir."""
+
+    node: str
+    source: str
+    primary: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
 class Hook(_NoNode):
     """Run the operator's command for ``phase`` (when configured) with ``context``.
 
@@ -261,6 +274,7 @@ Action = (
     | SetWritable
     | RequireReadOnly
     | Publish
+    | Rebuild
     | Hook
     | Notify
 )
@@ -279,6 +293,8 @@ class PlanKind(StrEnum):
     PUBLISH = "publish"
     """Fleet: the leader publishes the primary (the primary lock)."""
     MAINTENANCE = "maintenance"
+    REBUILD = "rebuild"
+    """An operator's rebuild of one node (one Rebuild action)."""
     ROLLBACK = "rollback"
     """The rollback of a plan cut before its promotion by a controller restart."""
     HALT = "halt"
@@ -289,7 +305,7 @@ class PlanKind(StrEnum):
     @property
     def journaled(self) -> bool:
         """Multi-step plans: journaled before their first step, finished after a crash."""
-        return self in (PlanKind.FAILOVER, PlanKind.SWITCHOVER, PlanKind.REJOIN)
+        return self in (PlanKind.FAILOVER, PlanKind.SWITCHOVER, PlanKind.REJOIN, PlanKind.REBUILD)
 
 
 @dataclass(frozen=True)

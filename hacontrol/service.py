@@ -19,6 +19,7 @@ from typing import Any
 from hacontrol.actions.hooks import HookRunner
 from hacontrol.actions.mysql import MySQLActions
 from hacontrol.actions.notify import MailPolicy, Notifier
+from hacontrol.actions.rebuild import Rebuilder
 from hacontrol.api_process import ApiProcess
 from hacontrol.controller import Controller, plan_budget
 from hacontrol.events import CommandResult, Event, OperatorCommand, Stop, Tick
@@ -84,6 +85,14 @@ def secrets_of(settings: Settings) -> list[str]:
     return [v.get_secret_value() for v in values if v is not None]
 
 
+def rebuilder_of(settings: Settings) -> Rebuilder | None:
+    """The ``[rebuild]`` section's Rebuilder, or None when no stop/start command is set (a
+    rebuild then fails at once, saying so)."""
+    if not (settings.rebuild.stop_target and settings.rebuild.start_target):
+        return None
+    return Rebuilder.from_settings(settings)
+
+
 class Runtime:
     """Probes, router probe, ticker and the decision task of one cluster, as owned tasks.
 
@@ -128,6 +137,7 @@ class Runtime:
             fault_after=os.environ.get("HACONTROL_TEST_CRASH_AFTER") or None,
             hooks=HookRunner(settings.hooks, log, cluster=settings.cluster.name),
             lease=self.lease,
+            rebuilder=rebuilder_of(settings),
         )
         self.controller = Controller(
             settings,
@@ -183,12 +193,14 @@ class Runtime:
 
     def status(self) -> dict[str, Any]:
         controller = self.controller
-        return controller_status(
+        out = controller_status(
             controller.model,
             self.settings,
             time.monotonic(),
             last_failover=controller.last_failover,
         )
+        out["rebuild"] = self.executor.rebuild_status
+        return out
 
     async def command(self, cmd: OperatorCommand, timeout: float = API_TIMEOUT) -> CommandResult:
         """Put an operator command on the queue and wait for the controller's answer."""

@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from hacontrol.rebuild_commands import PLACEHOLDERS, check_datadir, render
 from hacontrol.tlsconf import TlsConfigError, client_context, server_context
 
 DEFAULT_CONFIG = Path("settings.toml")
@@ -358,6 +359,47 @@ class LogSettings(_Section):
     and the probes since the last one. 0: never."""
 
 
+Argv = Annotated[tuple[str, ...], Field(max_length=64)]
+
+
+class RebuildSettings(_Section):
+    """``hacontrol rebuild`` (docs/rebuild.md): how the controller reaches the database hosts
+    to copy a replica's datadir with mariadb-backup, and stops and starts a node. Commands are
+    argv lists with ``{target}``, ``{target_host}``, ``{source_datadir}`` ... placeholders."""
+
+    source_exec: Argv = ()
+    """Prefix that runs a command on the source host (``["ssh", "{source_host}", "sudo"]``);
+    empty: locally."""
+    target_exec: Argv = ()
+    stop_target: Argv = ()
+    """Stops the target's server; with ``start_target``, both or neither (none: no rebuild)."""
+    start_target: Argv = ()
+    backup_options: Argv = ()
+    """Right after ``mariadb-backup`` on the source: how it logs in
+    (``--defaults-extra-file=/etc/mysql/backup.cnf``)."""
+    backup_password_file: Path | None = None
+    """A file whose content is given to mariadb-backup as MYSQL_PWD (a local source only);
+    read when a rebuild starts, never logged."""
+    prepare_options: Argv = ()
+    mariadb_backup: str = "mariadb-backup"
+    mbstream: str = "mbstream"
+    datadir: str = "/var/lib/mysql"
+    datadirs: dict[NodeName, str] = {}
+    """Per node, overrides ``datadir``."""
+    datadir_owner: str = ""
+    """``chown -R`` of the copy (``mysql:mysql``); empty: the old datadir's owner."""
+    command_timeout: PositiveSeconds = 60.0
+    copy_timeout: PositiveSeconds = 86400.0
+    stall_timeout: PositiveSeconds = 600.0
+    """The copy fails when no byte arrived for this long."""
+    prepare_timeout: PositiveSeconds = 3600.0
+    stop_timeout: PositiveSeconds = 300.0
+    start_timeout: PositiveSeconds = 600.0
+    attach_timeout: PositiveSeconds = 60.0
+    catch_up_timeout: PositiveSeconds = 600.0
+    progress_every: PositiveSeconds = 1.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HACONTROL_",
@@ -379,6 +421,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     hooks: HookSettings = HookSettings()
     log: LogSettings = LogSettings()
+    rebuild: RebuildSettings = RebuildSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -571,7 +614,15 @@ def check(settings: Settings) -> tuple[list[str], list[str]]:
     """Cross-field rules. Pure: returns (errors, warnings), each naming its key."""
     errors: list[str] = []
     warnings: list[str] = []
-    parts = (_node_rules, _timing_rules, _lease_rules, _router_rules, _hook_rules, _notice_rules)
+    parts = (
+        _node_rules,
+        _timing_rules,
+        _lease_rules,
+        _router_rules,
+        _hook_rules,
+        _notice_rules,
+        _rebuild_rules,
+    )
     for part in parts:
         more_errors, more_warnings = part(settings)
         errors += more_errors
@@ -756,6 +807,41 @@ def _notice_rules(settings: Settings) -> Problems:
     return errors, warnings
 
 
+def _rebuild_rules(settings: Settings) -> Problems:
+    """Every command rendered with sample values: an unknown placeholder, a datadir that is not
+    an absolute shell-safe path, a node that is not configured, half a stop/start pair."""
+    errors: list[str] = []
+    rebuild = settings.rebuild
+    sample = {name: "x" for name in PLACEHOLDERS} | {"target_port": "1", "source_port": "1"}
+    for key in ("source_exec", "target_exec", "stop_target", "start_target", "backup_options",
+                "prepare_options"):  # fmt: skip
+        try:
+            render(getattr(rebuild, key), sample)
+        except ValueError as exc:
+            errors.append(f"rebuild.{key}: {exc}")
+    for key in ("mariadb_backup", "mbstream"):
+        if not getattr(rebuild, key):
+            errors.append(f"rebuild.{key}: must name the tool")
+    if bool(rebuild.stop_target) != bool(rebuild.start_target):
+        errors.append("rebuild.start_target: set both stop_target and start_target, or neither")
+    names = {node.name for node in settings.nodes}
+    dirs = [("rebuild.datadir", rebuild.datadir)]
+    dirs += [(f"rebuild.datadirs.{node}", path) for node, path in rebuild.datadirs.items()]
+    for key, path in dirs:
+        node = key.removeprefix("rebuild.datadirs.")
+        if key != "rebuild.datadir" and node not in names:
+            errors.append(f"{key}: {node} is not a configured node")
+            continue
+        try:
+            check_datadir(path, "datadir")
+        except ValueError as exc:
+            errors.append(f"{key}: {exc}")
+    if rebuild.datadir_owner and not re.fullmatch(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?",
+                                                  rebuild.datadir_owner):  # fmt: skip
+        errors.append("rebuild.datadir_owner: expected user or user:group")
+    return errors, []
+
+
 def drain_problems(failover: FailoverSettings) -> list[str]:
     """A switchover's drain and the fence after it must fit in its deadline, or every
     switchover whose drain runs to its end would be rolled back."""
@@ -818,7 +904,12 @@ def check_paths(settings: Settings) -> list[str]:
     """Paths that can never be what they must be (reads the filesystem, changes nothing)."""
     journal = settings.controller.journal
     problem = _file_path_problem(journal)
-    return [f"controller.journal: {problem}"] if problem else []
+    problems = [f"controller.journal: {problem}"] if problem else []
+    if (secret := settings.rebuild.backup_password_file) is not None:
+        _, unreadable = read_secret(secret)
+        if unreadable:
+            problems.append(f"rebuild.backup_password_file: {unreadable}")
+    return problems
 
 
 def _file_path_problem(path: Path) -> str | None:

@@ -158,6 +158,18 @@ async def test_each_command_reaches_the_controller(api: Api, path, body, command
     assert cmd.at > 0
 
 
+async def test_rebuild_reaches_the_controller_with_its_source_and_dry_run(api: Api):
+    status, _ = await api.post("/rebuild", {"node": "node3", "from": "node2", "dry_run": True})
+    assert status == 200
+    status, _ = await api.post("/rebuild", {"node": "node1"})
+    assert status == 200
+    first, second = api.handle.commands
+    assert (first.command, first.node, first.source, first.dry_run) == (
+        "rebuild", "node3", "node2", True,
+    )  # fmt: skip
+    assert (second.node, second.source, second.dry_run) == ("node1", None, False)
+
+
 async def test_refusal_is_409_with_the_controllers_message(api: Api):
     api.handle.answers["switchover"] = CommandResult(
         False, "refused: node2 is 12 s behind", {"candidates": ["node3"]}
@@ -225,6 +237,12 @@ async def test_commands_are_disabled_without_a_configured_token():
         ("/maintenance", b'{"node": "node3", "on": 1}', "'on' must be true or false"),
         ("/maintenance", b'{"node": null, "on": true}', "'node' must be a non-empty string"),
         ("/ack", b'{"force": true}', "unknown field(s) force"),
+        ("/rebuild", b"{}", "rebuild needs"),
+        ("/rebuild", b'{"node": "node3", "from": null}', "'from' is null"),
+        ("/rebuild", b'{"node": "node3", "from": 3}', "'from' must be a non-empty string"),
+        ("/rebuild", b'{"node": "no de"}', "'node' is not a node name"),
+        ("/rebuild", b'{"node": "node3", "dry_run": "yes"}', "'dry_run' must be true or false"),
+        ("/rebuild", b'{"node": "node3", "yes": true}', "unknown field(s) yes"),
     ],
 )
 async def test_malformed_body_is_400_and_nothing_is_sent(api: Api, path, raw, message):
@@ -563,7 +581,7 @@ async def test_openapi_document_is_served(api: Api):
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {
         "/", "/health", "/ready", "/status", "/metrics", "/openapi.json",
-        "/switchover", "/maintenance", "/ack", "/pause", "/resume",
+        "/switchover", "/maintenance", "/rebuild", "/ack", "/pause", "/resume",
     }  # fmt: skip
 
 

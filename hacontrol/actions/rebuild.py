@@ -176,6 +176,41 @@ class Rebuilder:
         self._user = mysql.user
         self._password = mysql.password.get_secret_value() if mysql.password else ""
 
+    @classmethod
+    def from_settings(cls, settings: Settings, *, control: NodeControl | None = None) -> Rebuilder:
+        """The ``[rebuild]`` section as a Rebuilder (the backup's password file read now)."""
+        r = settings.rebuild
+        commands = RebuildCommands(
+            source_exec=r.source_exec,
+            target_exec=r.target_exec,
+            stop_target=r.stop_target,
+            start_target=r.start_target,
+            backup_options=r.backup_options,
+            prepare_options=r.prepare_options,
+            mariadb_backup=r.mariadb_backup,
+            mbstream=r.mbstream,
+            datadir=r.datadir,
+            datadirs=dict(r.datadirs),
+            datadir_owner=r.datadir_owner,
+        )
+        env = {}
+        if r.backup_password_file is not None:
+            env["MYSQL_PWD"] = Path(r.backup_password_file).read_text().rstrip("\n")
+        timeouts = RebuildTimeouts(
+            command=r.command_timeout,
+            copy=r.copy_timeout,
+            stall=r.stall_timeout,
+            prepare=r.prepare_timeout,
+            stop=r.stop_timeout,
+            start=r.start_timeout,
+            attach=r.attach_timeout,
+            catch_up=r.catch_up_timeout,
+        )
+        return cls(
+            settings, commands, control=control, env=env, timeouts=timeouts,
+            progress_every=r.progress_every,
+        )  # fmt: skip
+
     def endpoint(self, node: str) -> Endpoint:
         conf = self.settings.node(node)
         return Endpoint(node, conf.host, conf.port)

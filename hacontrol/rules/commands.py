@@ -15,10 +15,11 @@ from dataclasses import replace
 from hacontrol.effects import Effect, Reply, Step, log
 from hacontrol.events import CallerGone, CommandResult, OperatorCommand
 from hacontrol.model import Model
-from hacontrol.plan import Plan
+from hacontrol.plan import Plan, Rebuild
 from hacontrol.rules.journal import refusal
 from hacontrol.rules.lifecycle import log_decision, plan_id, start
 from hacontrol.rules.planned import plan_maintenance, plan_switchover
+from hacontrol.rules.rebuild import plan_rebuild
 from hacontrol.settings import Settings
 
 STOPPING = "the controller is stopping; a plan's outcome is in the log"
@@ -41,10 +42,14 @@ def command(model: Model, cmd: OperatorCommand, settings: Settings, now: float) 
                 else ("resumed: automatic changes allowed")
             )
             effects = answer(cmd, True, text)
-        case "maintenance" | "switchover" if model.resume is not None:
+        case "maintenance" | "switchover" | "rebuild" if model.resume is not None:
             effects = answer(cmd, False, f"refused: {unfinished(model)}")
-        case "maintenance" | "switchover" if model.running is not None or taking_over(model, now):
+        case "maintenance" | "switchover" | "rebuild" if model.running is not None or taking_over(
+            model, now
+        ):
             model, effects = defer(model, cmd)
+        case "rebuild":
+            model, effects = rebuild(model, cmd, settings, now)
         case "maintenance" | "switchover":
             model, effects = planned(model, cmd, settings, now)
         case _:
@@ -108,6 +113,29 @@ def planned(model: Model, cmd: OperatorCommand, settings: Settings, now: float) 
         return model, (*logged, *answer(cmd, True, plan.reason))
     model, started = start(model, plan_id(model, plan, now), plan, now, command=cmd)
     return model, (*logged, *started)
+
+
+def rebuild(model: Model, cmd: OperatorCommand, settings: Settings, now: float) -> Step:
+    """A rebuild: refused with the reason, answered with its source (``dry_run``), or started.
+    It may run for hours: the command is answered when it starts; its progress and outcome
+    are in the status and the log."""
+    plan: Plan | str = plan_rebuild(model.view, model.state, settings, cmd.node, cmd.source)
+    if not model.lease.acting(now):  # a rebuild always changes a node: only the leader's
+        plan = f"not the leader ({model.lease.reason}); ask the leader"
+    if not isinstance(plan, str) and (withheld := refusal(plan, model.state.journal)):
+        plan = withheld.reason
+    if isinstance(plan, str):
+        return model, answer(cmd, False, f"refused: {plan}")
+    (action,) = plan.actions
+    assert isinstance(action, Rebuild)
+    detail = {"node": action.node, "source": action.source, "primary": action.primary}
+    if cmd.dry_run:
+        return model, answer(cmd, True, plan.reason, **detail)
+    model, logged = log_decision(model, plan, now, force=True)
+    pid = plan_id(model, plan, now)
+    model, started = start(model, pid, plan, now)
+    text = f"rebuild of {action.node} from {action.source} started ({pid})"
+    return model, (*logged, *started, *answer(cmd, True, text, plan=pid, **detail))
 
 
 def run_deferred(model: Model, settings: Settings, now: float) -> Step:

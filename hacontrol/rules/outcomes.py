@@ -21,6 +21,7 @@ from hacontrol.events import PlanFinished
 from hacontrol.model import ControllerState, Halt, Model, Running, Settle
 from hacontrol.plan import AlertKind, Notify, Plan, PlanKind, Route
 from hacontrol.rules.commands import answer
+from hacontrol.rules.rebuild import after_rebuild
 from hacontrol.settings import Settings
 
 RETRY_SECONDS = 30.0
@@ -86,6 +87,8 @@ def after(
     now: float,
 ) -> tuple[ControllerState, tuple[Effect, ...]]:
     """The state after a plan's outcome, and the alerts a failure sends."""
+    if event.kind == PlanKind.REBUILD:
+        return after_rebuild(state, event, plan)
     if event.ok:
         return state, unrouted_promotion(event, plan)
     if event.lease_lost:  # no halt: the next leader starts from the live topology
