@@ -1,0 +1,216 @@
+"""`hacontrol rebuild` through the running controller, on real mariadbd, mariadb-backup and the
+sandbox's router: a plan of the controller (journaled, one at a time), started from the API by
+the command line, its progress read back from /status."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from hacontrol import gtid
+from hacontrol.flavors.mariadb import binlog_state_of
+from hacontrol.sandbox import Sandbox
+from hacontrol.service import Runtime
+from tests.live import LogCapture, healthy_and_idle, runtime, sandbox_settings, sql
+from tests.sandbox_fixtures import run_sync
+from tests.support import eventually
+from tests.test_flavors_binlog_state_live import probe
+from tests.test_rebuild_live import SandboxControl, leftovers, rebuilder, reset_datadir
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        shutil.which("mariadb-backup") is None or shutil.which("mbstream") is None,
+        reason="needs mariadb-backup and mbstream (Debian package mariadb-backup; "
+        "scripts/bootstrap.sh installs it)",
+    ),
+]
+
+TOKEN = "rebuild-live-api-token"
+
+
+def controller(sandbox: Sandbox, **rebuild_changes) -> tuple[Runtime, LogCapture]:
+    """A runtime with an API token whose executor rebuilds through the sandbox's processes."""
+    settings = sandbox_settings(sandbox, io_stall=1.5, apply_timeout=10.0, action_timeout=3.0)
+    settings = settings.model_copy(
+        update={"api": settings.api.model_copy(update={"token": SecretStr(TOKEN)})}
+    )
+    rt, capture = runtime(settings)
+    rt.executor.rebuilder = rebuilder(sandbox, **rebuild_changes)
+    return rt, capture
+
+
+def cli(rt: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
+    assert rt.api is not None
+    host, port = rt.api.address
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
+    env["HACONTROL_API__TOKEN"] = TOKEN
+    return subprocess.run(
+        [sys.executable, "-m", "hacontrol", *args, "--url", f"http://{host}:{port}",
+         "--poll", "0.2"],
+        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def run_cli(rt: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(cli, rt, *args)
+
+
+async def make_errant_old_primary(sandbox: Sandbox, rt: Runtime, capture: LogCapture) -> str:
+    """node1 writes what nobody receives, dies, a replica is promoted, node1 comes back: the
+    controller keeps it quarantined with its errant GTID. Returns the new primary."""
+    await healthy_and_idle(rt)
+    for node in ("node2", "node3"):
+        await sql(sandbox, node, "STOP SLAVE IO_THREAD")
+    await sql(sandbox, "node1", "INSERT INTO app.writes (id, node) VALUES (7, 1)")
+    sandbox.kill_node("node1", signal.SIGKILL)
+    for node in ("node2", "node3"):
+        await sql(sandbox, node, "START SLAVE IO_THREAD")
+    await eventually(
+        lambda: [r for r in capture.of("plan_finished") if r["kind"] == "failover"], 30, "failover"
+    )
+    new = await eventually(
+        lambda: rt.controller.view.primary not in (None, "node1") and rt.controller.view.primary,
+        30,
+        "the new primary in the view",
+    )
+    for row in range(100, 110):
+        await sql(sandbox, new, f"INSERT INTO app.writes (id, node) VALUES ({row}, 2)")
+    await asyncio.to_thread(run_sync, lambda: sandbox.start_node("node1"))
+    await eventually(
+        lambda: (
+            (rt.controller.state.quarantined.get("node1") or None)
+            and rt.controller.state.quarantined["node1"].errant
+        ),
+        30,
+        "node1 quarantined with its errant GTID",
+    )
+    return new
+
+
+async def in_readers(rt: Runtime, node: str) -> None:
+    """Out of quarantine and in the router's readers (it caught up)."""
+
+    def back() -> bool:
+        membership = rt.controller.view.router.membership
+        return (
+            node not in rt.controller.state.quarantined
+            and membership is not None
+            and node in membership.readers
+        )
+
+    await eventually(back, 60, f"{node} back in the readers")
+
+
+async def checksums(sandbox: Sandbox, primary: str) -> dict[str, tuple[int, int]]:
+    position = (await sql(sandbox, primary, "SELECT @@gtid_binlog_pos"))[0][0]
+    out = {}
+    for node in ("node1", "node2", "node3"):
+        if node != primary:
+            reached = await sql(sandbox, node, "SELECT MASTER_GTID_WAIT(%s, 60)", (position,))
+            assert reached[0][0] == 0, f"{node} did not reach {position}"
+        count = (await sql(sandbox, node, "SELECT COUNT(*) FROM app.writes"))[0][0]
+        checksum = (await sql(sandbox, node, "CHECKSUM TABLE app.writes"))[0][1]
+        out[node] = (count, checksum)
+    return out
+
+
+async def replica_of(sandbox: Sandbox, node: str, primary: str) -> None:
+    """``node`` replicates from ``primary``, read-only, no errant GTID by binlog state."""
+    mine, theirs = await probe(sandbox, node), await probe(sandbox, primary)
+    channel = mine.replication[0]
+    assert channel.source_port == sandbox.status().node(primary).port
+    assert channel.sql_running and mine.read_only
+    assert gtid.errant_by_state(binlog_state_of(mine), binlog_state_of(theirs)).is_empty()
+
+
+async def test_rebuild_of_a_quarantined_old_primary_with_errant_transactions(fresh_sandbox):
+    sandbox = fresh_sandbox
+    rt, capture = controller(sandbox)
+    async with rt:
+        new = await make_errant_old_primary(sandbox, rt, capture)
+        refused = await run_cli(rt, "rebuild", new, "--yes")
+        assert refused.returncode == 1 and f"{new} is the primary" in refused.stdout
+        unconfirmed = await run_cli(rt, "rebuild", "node1")  # no terminal, no --yes
+        assert unconfirmed.returncode == 1 and "confirm with --yes" in unconfirmed.stderr
+        assert not [r for r in capture.of("plan_started") if r["kind"] == "rebuild"]
+        done = await run_cli(rt, "rebuild", "node1", "--yes")
+        assert done.returncode == 0, done.stdout + done.stderr
+        await in_readers(rt, "node1")
+        await replica_of(sandbox, "node1", new)
+        status = rt.status()["rebuild"]
+    other = {"node2", "node3"} - {new}
+    assert f"may be rebuilt from {other.pop()}" in done.stdout
+    assert "copy: " in done.stderr and "ETA" in done.stderr  # progress from /status
+    assert status["ok"] and status["copied"] > 1_000_000 and status["phase"] == "done"
+    (started,) = [r for r in capture.of("plan_started") if r["kind"] == "rebuild"]
+    assert started["actions"] == ["Rebuild"]
+    sums = await checksums(sandbox, new)
+    assert len(set(sums.values())) == 1, sums
+    assert (await sql(sandbox, "node1", "SELECT COUNT(*) FROM app.writes WHERE id = 7"))[0][0] == 0
+    assert leftovers(sandbox, "node1") == []
+
+
+@pytest.mark.parametrize("datadir", ["missing", "empty"])
+async def test_rebuild_of_a_node_whose_datadir_is_gone(fresh_sandbox, datadir):
+    sandbox = fresh_sandbox
+    rt, _ = controller(sandbox)
+    async with rt:
+        await healthy_and_idle(rt)
+        await SandboxControl(sandbox).stop("node3")
+        reset_datadir(sandbox, datadir)
+        await eventually(
+            lambda: "node3" in (rt.controller.view.router.membership or set()).broken
+            if rt.controller.view.router.membership else False,
+            30, "node3 in broken",
+        )  # fmt: skip
+        answer = await rt.command(rebuild_cmd("node3"))
+        assert answer.ok, answer.message
+        await in_readers(rt, "node3")
+        await replica_of(sandbox, "node3", "node1")
+    assert "from node2" in answer.message
+    sums = await checksums(sandbox, "node1")
+    assert len(set(sums.values())) == 1, sums
+
+
+async def test_failed_rebuild_leaves_the_node_out_and_the_cluster_untouched(fresh_sandbox):
+    sandbox = fresh_sandbox
+    rt, capture = controller(sandbox, mbstream="false")  # the receiver fails: a broken copy
+    async with rt:
+        await healthy_and_idle(rt)
+        await SandboxControl(sandbox).stop("node3")
+        await eventually(
+            lambda: "node3" in (rt.controller.view.router.membership or set()).broken
+            if rt.controller.view.router.membership else False,
+            30, "node3 in broken",
+        )  # fmt: skip
+        before = rt.controller.view.router.membership
+        answer = await rt.command(rebuild_cmd("node3"))
+        assert answer.ok, answer.message
+        finished = await eventually(
+            lambda: [r for r in capture.of("plan_finished") if r["kind"] == "rebuild"], 60, "end"
+        )
+        alert = await eventually(
+            lambda: [r for r in capture.of("alert") if r.get("kind") == "rebuild_failed"], 10, "!"
+        )
+        await asyncio.sleep(1)
+        assert rt.controller.view.primary == "node1"
+        assert rt.controller.view.router.membership == before
+    assert not finished[0]["ok"] and "failed at copy" in finished[0]["reason"]
+    assert "untouched" in finished[0]["reason"] and alert[0]["node"] == "node3"
+    datadir = Path(sandbox.status().node("node3").datadir)
+    assert (datadir / "mysql").is_dir() and leftovers(sandbox, "node3") == []
+
+
+def rebuild_cmd(node: str, source: str | None = None):
+    from hacontrol.events import OperatorCommand
+
+    return OperatorCommand(0.0, "rebuild", node, source=source)
