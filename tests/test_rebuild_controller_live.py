@@ -16,6 +16,10 @@ import pytest
 from pydantic import SecretStr
 
 from hacontrol import gtid
+from hacontrol.drill import sandbox_access
+from hacontrol.drill.faults import SandboxFaults
+from hacontrol.drill.runner import Drill, DrillPlan
+from hacontrol.events import OperatorCommand
 from hacontrol.flavors.mariadb import binlog_state_of
 from hacontrol.sandbox import Sandbox
 from hacontrol.service import Runtime
@@ -64,7 +68,7 @@ async def run_cli(rt: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(cli, rt, *args)
 
 
-async def make_errant_old_primary(sandbox: Sandbox, rt: Runtime, capture: LogCapture) -> str:
+async def make_errant_old_primary(sandbox: Sandbox, rt: Runtime) -> str:
     """node1 writes what nobody receives, dies, a replica is promoted, node1 comes back: the
     controller keeps it quarantined with its errant GTID. Returns the new primary."""
     await healthy_and_idle(rt)
@@ -74,9 +78,6 @@ async def make_errant_old_primary(sandbox: Sandbox, rt: Runtime, capture: LogCap
     sandbox.kill_node("node1", signal.SIGKILL)
     for node in ("node2", "node3"):
         await sql(sandbox, node, "START SLAVE IO_THREAD")
-    await eventually(
-        lambda: [r for r in capture.of("plan_finished") if r["kind"] == "failover"], 30, "failover"
-    )
     new = await eventually(
         lambda: rt.controller.view.primary not in (None, "node1") and rt.controller.view.primary,
         30,
@@ -136,7 +137,7 @@ async def test_rebuild_of_a_quarantined_old_primary_with_errant_transactions(fre
     sandbox = fresh_sandbox
     rt, capture = controller(sandbox)
     async with rt:
-        new = await make_errant_old_primary(sandbox, rt, capture)
+        new = await make_errant_old_primary(sandbox, rt)
         refused = await run_cli(rt, "rebuild", new, "--yes")
         assert refused.returncode == 1 and f"{new} is the primary" in refused.stdout
         unconfirmed = await run_cli(rt, "rebuild", "node1")  # no terminal, no --yes
@@ -210,7 +211,20 @@ async def test_failed_rebuild_leaves_the_node_out_and_the_cluster_untouched(fres
     assert (datadir / "mysql").is_dir() and leftovers(sandbox, "node3") == []
 
 
-def rebuild_cmd(node: str, source: str | None = None):
-    from hacontrol.events import OperatorCommand
-
+def rebuild_cmd(node: str, source: str | None = None) -> OperatorCommand:
     return OperatorCommand(0.0, "rebuild", node, source=source)
+
+
+async def test_the_drills_restore_rebuilds_through_the_controller(fresh_sandbox):
+    """The drill's restore of an old primary with errant transactions is the controller's
+    rebuild (no private dump path): asked as an operator command, followed to its end."""
+    sandbox = fresh_sandbox
+    settings = sandbox_settings(sandbox, io_stall=1.5, apply_timeout=10.0, action_timeout=3.0)
+    drill = Drill(settings, sandbox_access(sandbox), SandboxFaults(sandbox), DrillPlan("kill"))
+    assert drill.runtime.executor.rebuilder is not None
+    async with drill.runtime:
+        new = await make_errant_old_primary(sandbox, drill.runtime)
+        note = await drill._rebuild("node1", new)
+        await eventually(lambda: drill._rejoined("node1", new), 60, "node1 rejoined")
+    assert f"node1 rebuilt by the controller from {({'node2', 'node3'} - {new}).pop()}" in note
+    await replica_of(sandbox, "node1", new)

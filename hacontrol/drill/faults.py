@@ -25,7 +25,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from hacontrol.drill.errors import FaultError
 from hacontrol.drill.rebuild import rebuild_sandbox_node
@@ -44,6 +44,7 @@ class Faults(Protocol):
     def heal(self, node: str) -> None: ...
     async def restart(self, node: str) -> None: ...
     async def rebuild(self, node: str, source: str) -> str: ...
+    def rebuilder(self, settings: Any) -> Any: ...
     def cut(self, groups: Groups) -> None: ...
     def degrade(self, node: str, loss: float, delay_ms: float) -> str: ...
     def heal_network(self) -> None: ...
@@ -207,6 +208,14 @@ class SandboxFaults(_Iptables):
         """Where a client on the node's own host connects (its unix socket)."""
         return str(self.sandbox.status().node(node).socket)
 
+    def rebuilder(self, settings: Any) -> Any:
+        """How the controller rebuilds a sandbox node (``hacontrol rebuild``): mariadb-backup
+        from a healthy replica, the node stopped and started through the sandbox."""
+        from hacontrol.actions.rebuild import Rebuilder, SandboxControl, sandbox_commands
+
+        commands, env = sandbox_commands(self.sandbox)
+        return Rebuilder(settings, commands, control=SandboxControl(self.sandbox), env=env)
+
 
 class LocalFaults(_Iptables):
     """Faults on the local processes of a ``--config`` cluster, found by their listening port.
@@ -284,6 +293,9 @@ class LocalFaults(_Iptables):
             if time.monotonic() > deadline:
                 raise FaultError(f"{node} restarted with {argv} but does not listen on {port}")
             await asyncio.sleep(0.2)
+
+    def rebuilder(self, settings: Any) -> Any:
+        return None  # the controller's own [rebuild] settings, if any
 
     async def rebuild(self, node: str, source: str) -> str:
         raise FaultError(

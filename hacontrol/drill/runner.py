@@ -191,6 +191,8 @@ class Drill:
         self.capture = LogCapture()
         log = JsonLog(settings.cluster.name, stream=self.capture, secrets=secrets_of(settings))
         self.runtime = Runtime(settings, log, acknowledge_block=acknowledge_block)
+        if (rebuilder := faults.rebuilder(settings)) is not None:
+            self.runtime.executor.rebuilder = rebuilder
         self.results: list[report.RunResult] = []
 
     # -- the whole drill -----------------------------------------------------------------------
@@ -494,6 +496,26 @@ class Drill:
             and old not in state.quarantined
         )
 
+    async def _rebuild(self, old: str, new: str) -> str:
+        """The controller's own rebuild (``hacontrol rebuild``) when it can run one; else the
+        faults' way (a cluster the drill cannot rebuild says so)."""
+        if self.runtime.executor.rebuilder is None:
+            return await self.faults.rebuild(old, new)
+        answer = await self.runtime.command(OperatorCommand(time.monotonic(), "rebuild", old))
+        if not answer.ok:
+            raise FaultError(f"rebuild of {old}: {answer.message}")
+        plan = answer.detail.get("plan")
+
+        def ended() -> dict[str, Any] | None:
+            status = self.runtime.executor.rebuild_status
+            done = status is not None and status["plan"] == plan and not status["running"]
+            return status if done else None
+
+        status = await wait_for(ended, self.plan.restore_timeout, f"the rebuild of {old}")
+        if not status.get("ok"):
+            raise FaultError(status.get("reason", "rebuild failed"))
+        return f"{old} rebuilt by the controller from {answer.detail.get('source')} ({plan})"
+
     async def _restore(
         self, fault: str, old: str, new: str | None, injected: bool, say: Progress
     ) -> tuple[bool, str]:
@@ -518,7 +540,7 @@ class Drill:
                 if q is not None and q.errant and not rebuilt:
                     say(f"{old} came back with errant transactions {q.errant}; rebuilding it")
                     steps.append(f"errant transactions {q.errant}")
-                    steps.append(await self.faults.rebuild(old, new))
+                    steps.append(await self._rebuild(old, new))
                     rebuilt = True
                 if time.monotonic() > deadline:
                     raise DrillTimeout(
