@@ -293,8 +293,14 @@ def follow(args: argparse.Namespace, ep: Endpoint, plan: str | None) -> int:
     shown = ""
     while True:
         status, answer = call(ep, "/status", None, args.timeout)
-        rebuild = answer.get("rebuild") if status == 200 else None
+        if status != 200:  # the controller busy or restarting: the rebuild goes on regardless
+            time.sleep(args.poll)
+            continue
+        rebuild = answer.get("rebuild")
         if not isinstance(rebuild, dict) or rebuild.get("plan") != plan:
+            if (answer.get("controller") or {}).get("plan_running") == plan:
+                time.sleep(args.poll)  # started, its first step not reported yet
+                continue
             print(f"hacontrol: the controller no longer reports {plan} (restarted?): "
                   "its outcome is in the controller's log", file=sys.stderr)  # fmt: skip
             return EXIT_UNREACHABLE

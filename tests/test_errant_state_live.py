@@ -22,6 +22,9 @@ async def test_divergence_below_the_last_gtid_is_quarantined_before_any_rejoin(f
     rt, capture = runtime(settings)
     async with rt:
         await healthy_and_idle(rt)
+        # A write on node1 alone: semi-sync must fall back to asynchronous after a short wait
+        # (a sandbox may be configured never to fall back).
+        await sql(sandbox, "node1", "SET GLOBAL rpl_semi_sync_master_timeout = 200")
         for node in ("node2", "node3"):
             await sql(sandbox, node, "STOP SLAVE IO_THREAD")
         await sql(sandbox, "node1", "INSERT INTO app.writes (id, node) VALUES (7, 1)")

@@ -72,6 +72,9 @@ async def make_errant_old_primary(sandbox: Sandbox, rt: Runtime) -> str:
     """node1 writes what nobody receives, dies, a replica is promoted, node1 comes back: the
     controller keeps it quarantined with its errant GTID. Returns the new primary."""
     await healthy_and_idle(rt)
+    # A write on node1 alone: semi-sync must fall back to asynchronous after a short wait
+    # (a sandbox may be configured never to fall back).
+    await sql(sandbox, "node1", "SET GLOBAL rpl_semi_sync_master_timeout = 200")
     for node in ("node2", "node3"):
         await sql(sandbox, node, "STOP SLAVE IO_THREAD")
     await sql(sandbox, "node1", "INSERT INTO app.writes (id, node) VALUES (7, 1)")
