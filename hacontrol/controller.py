@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from hacontrol.effects import (
+    CancelPlan,
     Effect,
     EndIntent,
     Log,
@@ -183,6 +185,9 @@ class Controller:
                     self.log.emit(name, node, level, **fields)
                 case StartPlan(running=running):
                     self._start(running)
+                case CancelPlan(plan_id=plan_id):
+                    if self._task is not None and self.running_plan == plan_id:
+                        self._task.cancel()
                 case SendAlert(alert=alert, plan=plan, on_halt=on_halt):
                     if self.executor is not None:
                         self.executor.notify(alert, plan, on_halt=on_halt)
@@ -219,6 +224,11 @@ class Controller:
                 )
             except Exception as exc:  # the plan must always report back (journal I/O, a bug)
                 result = unreported(running, f"{type(exc).__name__}: {exc}", self._clock())
+            except asyncio.CancelledError:
+                reason = (self.model.running.preempted if self.model.running else None) or ""
+                if not reason:
+                    raise  # not ours: the runtime is shutting down
+                result = replace(unreported(running, reason, self._clock()), reason=reason)
             self.queue.put_nowait(result)
 
         self._task = asyncio.create_task(execute(), name=f"plan:{running.plan_id}")

@@ -34,6 +34,15 @@ class StartPlan:
 
 
 @dataclass(frozen=True)
+class CancelPlan:
+    """Stop the running plan ``plan_id`` (a rebuild a failover must not wait for): its task is
+    cancelled, it undoes what it did and reports back as failed with ``reason``."""
+
+    plan_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class SendAlert:
     """An alert outside a running plan; ``on_halt``: the on_halt hook runs too."""
 
@@ -93,6 +102,7 @@ class SetLeaseMode:
 Effect = (
     Log
     | StartPlan
+    | CancelPlan
     | SendAlert
     | Reply
     | Reprobe

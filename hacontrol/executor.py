@@ -238,6 +238,10 @@ class Executor:
                 reason = f"rolled back ({await self._rollback(run, undo)}) after {reason}"
             await self._end(run, ok, reason)
             return self._finished(run, ok, reason, failed_at, tuple(steps), bool(undo))
+        except asyncio.CancelledError:  # stopped from outside: its journal record ends it
+            with contextlib.suppress(Exception):
+                await self._end(run, False, "cancelled before its end")
+            raise
         except Exception as exc:  # a bug or an I/O error: report what was done all the same
             with contextlib.suppress(Exception):  # the log itself may be what failed
                 self.log.emit("executor_error", None, "error", plan=plan_id, error=repr(exc))
@@ -562,7 +566,13 @@ class Executor:
                 eta=report.eta if report.phase == "copy" else None,
             )
 
-        result = await self.rebuilder.rebuild(action.node, action.source, action.primary, progress)
+        try:
+            result = await self.rebuilder.rebuild(
+                action.node, action.source, action.primary, progress
+            )
+        except asyncio.CancelledError:  # undone by the rebuilder before it got here
+            status.update(running=False, ok=False, reason=f"stopped: {status.get('line', '')}")
+            raise
         kept = ("failed_phase", "phases", "copied", "estimate", "position", "seconds", "notes")
         detail = {k: result.detail[k] for k in kept if k in result.detail}
         status.update(running=False, ok=result.ok, reason=result.reason, **detail)

@@ -142,6 +142,8 @@ class Running:
     """The operator command waiting for this plan's outcome."""
     detect_seconds: float | None = None
     """A failover: from the first failed probe of the primary to the plan's start."""
+    preempted: str | None = None
+    """Why it is being stopped before its end (a rebuild that a failover must not wait for)."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from hacontrol.decide import NOTHING, decide
 from hacontrol.effects import (
+    CancelPlan,
     Effect,
     PersistState,
     Reprobe,
@@ -40,7 +41,7 @@ from hacontrol.events import (
 from hacontrol.frozen import evolve
 from hacontrol.loglines import change_lines, event_lines, summary_line
 from hacontrol.model import Intent, Lease, Model, Persisted, Summary, persisted
-from hacontrol.plan import Notify, Plan
+from hacontrol.plan import Notify, Plan, PlanKind
 from hacontrol.rules.commands import STOPPING, caller_gone, command, refuse_deferred, run_deferred
 from hacontrol.rules.failure import reprobe_targets
 from hacontrol.rules.journal import journal_status, refusal
@@ -185,7 +186,10 @@ def react(model: Model, event: Event, settings: Settings, now: float) -> Step:
 def next_plan(model: Model, settings: Settings, now: float) -> Step:
     """When no plan runs: decide, and start the plan (or send its alerts). An instance of a
     fleet that is not the leader (or not yet acting) changes no database node: it routes its
-    own router, and alerts only when no instance leads."""
+    own router, and alerts only when no instance leads. While a rebuild runs: whether a
+    failover preempts it."""
+    if model.running is not None and model.acting and not model.stopping:
+        return preempt(model, settings, now)
     if not model.acting or model.running is not None or model.stopping or settling(model, now):
         return model, ()
     if model.deferred:  # commands that waited for a takeover to complete, or the lease lost
@@ -215,6 +219,22 @@ def next_plan(model: Model, settings: Settings, now: float) -> Step:
         return model, (*logged, *sent)
     model, started = start(model, plan_id(model, plan, now), plan, now)
     return model, (*logged, *started)
+
+
+def preempt(model: Model, settings: Settings, now: float) -> Step:
+    """A rebuild may run for hours; a failover never waits for it: the rebuild is stopped (it
+    undoes what it did, its node stays out of service) and the failover is decided again when
+    it has reported back."""
+    running = model.running
+    if running is None or running.plan.kind is not PlanKind.REBUILD or running.preempted:
+        return model, ()
+    wanted = decide(model.view, model.state, settings, now, leads=model.lease.acting(now)).plan
+    if wanted.kind is not PlanKind.FAILOVER or not model.lease.allows(wanted, now):
+        return model, ()
+    reason = f"preempted by {wanted.rule}: {wanted.reason}"
+    model = replace(model, running=replace(running, preempted=reason))
+    line = log("plan_preempted", None, "warning", plan=running.plan_id, reason=reason)
+    return model, (line, CancelPlan(running.plan_id, reason))
 
 
 def settling(model: Model, now: float) -> bool:

@@ -231,3 +231,33 @@ async def test_the_drills_restore_rebuilds_through_the_controller(fresh_sandbox)
         await eventually(lambda: drill._rejoined("node1", new), 60, "node1 rejoined")
     assert f"node1 rebuilt by the controller from {({'node2', 'node3'} - {new}).pop()}" in note
     await replica_of(sandbox, "node1", new)
+
+
+async def test_a_failover_does_not_wait_for_a_rebuild(fresh_sandbox, tmp_path):
+    """A rebuild whose copy hangs (a receiver that never reads) is stopped and undone the
+    moment the primary dies; the failover runs at once."""
+    sandbox = fresh_sandbox
+    hang = tmp_path / "mbstream-that-hangs"
+    hang.write_text("#!/bin/sh\nexec sleep 300\n")
+    hang.chmod(0o755)
+    rt, capture = controller(sandbox, mbstream=str(hang))
+    async with rt:
+        new = await make_errant_old_primary(sandbox, rt)
+        assert (await rt.command(OperatorCommand(0.0, "ack"))).ok  # re-arm automatic failover
+        answer = await rt.command(rebuild_cmd("node1"))
+        assert answer.ok, answer.message
+        await eventually(
+            lambda: (rt.executor.rebuild_status or {}).get("phase") == "copy", 30, "copying"
+        )
+        sandbox.kill_node(new, signal.SIGKILL)
+        failovers = lambda: [r for r in capture.of("plan_finished") if r["kind"] == "failover"]  # noqa: E731
+        await eventually(lambda: len(failovers()) == 2, 60, "the second failover")
+        (preempted,) = capture.of("plan_preempted")
+        (rebuild,) = [r for r in capture.of("plan_finished") if r["kind"] == "rebuild"]
+        assert failovers()[1]["ok"], failovers()[1]["reason"]
+        assert rebuild["_mono"] <= failovers()[1]["_mono"]
+        status = rt.executor.rebuild_status
+    assert "preempted by DeadPrimary" in preempted["reason"] and not rebuild["ok"]
+    assert status is not None and not status["running"] and "untouched" in status["reason"]
+    assert leftovers(sandbox, "node1") == []
+    assert (await sql(sandbox, "node1", "SELECT @@read_only"))[0][0] == 1  # still fenced

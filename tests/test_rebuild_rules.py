@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from hacontrol.effects import Reply, SendAlert, StartPlan
+from hacontrol.effects import CancelPlan, Reply, SendAlert, StartPlan
 from hacontrol.events import OperatorCommand, PlanFinished
 from hacontrol.flavors.base import IoState
 from hacontrol.model import ControllerState, Lease, LeaseMode, Model, Quarantined, Running
@@ -165,3 +165,50 @@ def test_a_failed_rebuild_keeps_the_node_out_and_alerts():
     (alert,) = [e.alert for e in effects if isinstance(e, SendAlert)]
     assert alert.kind == "rebuild_failed" and alert.node == "node1"
     assert "kept out of service" in alert.reason
+
+
+# -- a failover never waits for a rebuild --------------------------------------------------------
+
+REBUILDING = Running(
+    "rebuild-1",
+    Plan("Rebuild", "operator", (Rebuild("node3", "node2", "node1"),), kind=PlanKind.REBUILD),
+)
+
+
+def primary_dies(running: Running) -> Model:
+    healthy = [[primary(at=t), replica("node2", t), replica("node3", t), router(at=t)]
+               for t in (1.0, 2.0, 3.0)]  # fmt: skip
+    dead = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "refused"}
+    rounds = [[down("node1", t), replica("node2", t, **dead), replica("node3", t, **dead)]
+              for t in (4.0, 5.0, 6.0)]  # fmt: skip
+    return Model(fold_all(S, *healthy, *rounds[:-1]), running=running)
+
+
+def test_a_dead_primary_preempts_a_running_rebuild_then_fails_over():
+    m = primary_dies(REBUILDING)
+    m, effects = step(m, down("node1", 6.0), S, NOW)
+    (cancel,) = [e for e in effects if isinstance(e, CancelPlan)]
+    assert cancel.plan_id == "rebuild-1" and "preempted by DeadPrimary" in cancel.reason
+    assert m.running is not None and m.running.preempted == cancel.reason
+    m, again = step(m, down("node1", 6.2), S, NOW + 0.2)
+    assert not [e for e in again if isinstance(e, CancelPlan)]  # asked once
+    stopped = PlanFinished(NOW + 1, "rebuild-1", "Rebuild", PlanKind.REBUILD, False,
+                           cancel.reason, None, (), 1.0)  # fmt: skip
+    m, effects = step(m, stopped, S, NOW + 1)
+    (started,) = [e for e in effects if isinstance(e, StartPlan)]
+    assert started.running.plan.kind is PlanKind.FAILOVER
+
+
+@pytest.mark.parametrize(
+    "running",
+    [
+        REBUILDING,  # on a healthy cluster
+        Running("failover-1", Plan("DeadPrimary", "x", kind=PlanKind.FAILOVER)),
+    ],
+)
+def test_nothing_else_is_preempted(running):
+    healthy = Model(after_failover(), QUARANTINE, running=running)
+    if running.plan.kind is PlanKind.FAILOVER:
+        healthy = primary_dies(running)
+    _, effects = step(healthy, down("node1", 6.0), S, NOW)
+    assert not [e for e in effects if isinstance(e, CancelPlan)]
