@@ -327,6 +327,7 @@ def test_journal_round_trips_every_action_type():
         Notify,
         Promote,
         Publish,
+        Rebuild,
         Rejoin,
         Repoint,
         RequireReadOnly,
@@ -354,6 +355,7 @@ def test_journal_round_trips_every_action_type():
         SetWritable("node1", True, semi_sync_source=True),
         RequireReadOnly("node2"),
         Publish("node2"),
+        Rebuild("node1", "node3", "node2"),
         Hook("pre_failover", (("phase", "pre_failover"), ("old_primary", "node1")), True),
         Notify(AlertKind.FAILOVER, "node1", "s", "r", (("candidates", "table"),)),
     ]
