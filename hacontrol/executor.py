@@ -557,6 +557,8 @@ class Executor:
             if report.phase != status["phase"] or report.phase == "failed":
                 self.log.emit("rebuild_phase", action.node, "info", plan=run.plan_id,
                               phase=report.phase, message=report.message)  # fmt: skip
+            if report.phase == "copy" and not report.message:
+                status["copy_line"] = report.line()  # the last word on the copy
             status.update(
                 phase=report.phase,
                 line=report.line(),

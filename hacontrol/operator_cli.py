@@ -290,7 +290,7 @@ def confirmed(node: str | None, source: str | None) -> bool:
 
 def follow(args: argparse.Namespace, ep: Endpoint, plan: str | None) -> int:
     """Print the rebuild's progress (stderr) from ``GET /status`` until it ends."""
-    shown = ""
+    shown, seen = "", set()
     while True:
         status, answer = call(ep, "/status", None, args.timeout)
         if status != 200:  # the controller busy or restarting: the rebuild goes on regardless
@@ -306,8 +306,12 @@ def follow(args: argparse.Namespace, ep: Endpoint, plan: str | None) -> int:
             return EXIT_UNREACHABLE
         line = str(rebuild.get("line") or rebuild.get("phase"))
         if line != shown:
+            copy = rebuild.get("copy_line")
+            if copy and copy not in seen and not line.startswith("copy"):
+                print(copy, file=sys.stderr)  # a copy faster than the polling: its last word
             print(line, file=sys.stderr, flush=True)
             shown = line
+            seen |= {line, copy}
         if not rebuild.get("running"):
             print(rebuild.get("reason", ""))
             if args.json:

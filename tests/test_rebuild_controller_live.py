@@ -261,3 +261,49 @@ async def test_a_failover_does_not_wait_for_a_rebuild(fresh_sandbox, tmp_path):
     assert status is not None and not status["running"] and "untouched" in status["reason"]
     assert leftovers(sandbox, "node1") == []
     assert (await sql(sandbox, "node1", "SELECT @@read_only"))[0][0] == 1  # still fenced
+
+
+def hacontrol_cli(config: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
+    return subprocess.run(
+        [sys.executable, "-m", "hacontrol", *args, "--config", config],
+        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def test_the_sandbox_settings_rebuild_through_a_controller_process(fresh_sandbox):
+    """What a user of `make run` does: the controller as its own process with the sandbox's
+    settings ([rebuild] stops and starts nodes through `hacontrol sandbox`), a replica taken
+    out with maintenance, rebuilt, and brought back."""
+    config = str(fresh_sandbox.status().settings)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
+    proc = await asyncio.to_thread(
+        subprocess.Popen,
+        [sys.executable, "-m", "hacontrol", "run", "--config", config],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        step = lambda *a: asyncio.to_thread(hacontrol_cli, config, *a)  # noqa: E731
+
+        async def maintenance_on() -> bool:
+            return (await step("maintenance", "node3", "on")).returncode == 0
+
+        await eventually_async(maintenance_on, 60, "the API answering maintenance on")
+        done = await step("rebuild", "node3", "--from", "node2", "--yes")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (await step("maintenance", "node3", "off")).returncode == 0
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
+    assert "node3 rebuilt from node2" in done.stdout and "copy: " in done.stderr
+    await replica_of(fresh_sandbox, "node3", "node1")
+    assert fresh_sandbox.node_pid("node3") is not None  # the sandbox knows its new process
+
+
+async def eventually_async(check, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.5)

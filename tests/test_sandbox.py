@@ -560,7 +560,12 @@ def test_generated_settings_point_at_the_sandbox(sandbox: Sandbox) -> None:
         "api",
         "lease",
         "controller",
+        "rebuild",
     }
+    rebuild = doc["rebuild"]
+    assert rebuild["datadirs"] == {n.name: n.datadir for n in info.nodes}
+    assert rebuild["stop_target"][-4:] == ["--node", "{target}", "--dir", str(sandbox.dir)]
+    assert Path(rebuild["backup_password_file"]).read_text().strip() == sandbox.password("root")
     assert doc["api"]["port"] == info.nodes[-1].port + 4  # after the router's three ports
     token = Path(doc["api"]["token_file"])
     assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text().strip()

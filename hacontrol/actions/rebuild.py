@@ -580,10 +580,15 @@ class _Job:
 
 
 def _process_exists(pid: int) -> bool:
-    """Reaps it first when it is our child (a zombie stays in /proc until reaped)."""
+    """Reaps it first when it is our child. A zombie that is not ours (its parent has not
+    reaped it yet) has exited: it holds no file, socket or lock any more."""
     with contextlib.suppress(OSError):
         os.waitpid(pid, os.WNOHANG)
-    return Path(f"/proc/{pid}").exists()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _answers(host: str, port: int) -> bool:

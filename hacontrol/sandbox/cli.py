@@ -33,7 +33,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         description="Run a local MariaDB replication cluster behind ProxySQL (when a proxysql "
         "binary is on PATH) or HAProxy, for tests and drills.",
     )
-    parser.add_argument("action", choices=["up", "down", "status", *netns_cli.ACTIONS])
+    parser.add_argument(
+        "action", choices=["up", "down", "status", *netns_cli.ACTIONS, *NODE_ACTIONS]
+    )
     parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     parser.add_argument(
         "--base-port",
@@ -65,6 +67,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     )
     parser.add_argument("--json", action="store_true", help="status as JSON")
     parser.add_argument(
+        "--node", help="stop-node / start-node: the node (start-node: read-only, for a rebuild)"
+    )
+    parser.add_argument(
         "--tls",
         action="store_true",
         help="TLS everywhere with a CA of its own (nodes, replication, the controller's "
@@ -91,12 +96,32 @@ def run(args: argparse.Namespace) -> int:
         if args.action in netns_cli.ACTIONS:
             return netns_cli.run(args.dir, args)
         sandbox = Sandbox.at(args.dir)
+        if args.action in NODE_ACTIONS:
+            return cmd_node(sandbox, args.action, args.node)
         if args.action == "down":
             return cmd_down(sandbox)
         return cmd_status(sandbox, as_json=args.json)
     except SandboxError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 1
+
+
+NODE_ACTIONS = ("stop-node", "start-node")
+
+
+def cmd_node(sandbox: Sandbox, action: str, node: str | None) -> int:
+    """Stop a node and wait until its process is gone, or start it read-only and wait until it
+    answers: the sandbox's stop/start commands for a rebuild (settings ``[rebuild]``)."""
+    from hacontrol.actions.rebuild import SandboxControl
+
+    names = [n.name for n in sandbox.status().nodes]
+    if node not in names:
+        print(f"sandbox: {action} needs --node, one of {', '.join(names)}", file=sys.stderr)
+        return 1
+    control = SandboxControl(sandbox)
+    asyncio.run(control.stop(node) if action == "stop-node" else control.start(node))
+    print(f"{node} {'stopped' if action == 'stop-node' else 'started read-only'}")
+    return 0
 
 
 def cmd_up(sandbox: Sandbox) -> int:

@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -330,11 +331,13 @@ class Sandbox:
         """The sandbox's settings.toml (the first router), and those of the controllers it
         starts (``--controllers``): each its own router, API port, journal and instance id."""
         proxysql_pw = self.dir / SECRETS_DIR / PROXYSQL_ADMIN_SECRET
+        assert info.root is not None
         common = {
             "controller_password_file": info.users["controller"].password_file,
             "replication_password_file": info.users["replication"].password_file,
             "proxysql_password_file": str(proxysql_pw) if proxysql_pw.exists() else None,
             "api_token_file": str(write_secret(self.dir / SECRETS_DIR / "api.token")),
+            "rebuild": render.RebuildAccess(str(self.dir), info.root.password_file, sys.executable),
         }
         text = render.settings_toml(
             info.nodes,

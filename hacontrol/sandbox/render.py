@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 from hacontrol.sandbox.model import NodeInfo, RouterInfo
 from hacontrol.sandbox.tls import SandboxTls
@@ -388,6 +390,7 @@ def settings_toml(
     journal: str | None = None,
     tls: SandboxTls | None = None,
     instance_id: str | None = None,
+    rebuild: RebuildAccess | None = None,
 ) -> str:
     """settings.toml for the controller, pointing at the sandbox (schema owned by settings.py);
     with ``tls``, TLS everywhere (``tls_sections``).
@@ -436,7 +439,7 @@ def settings_toml(
         *(_api_tls(tls) if tls else []),
         "",
     ]
-    lines += _fleet_sections(journal, instance_id)
+    lines += _fleet_sections(journal, instance_id) + _rebuild_sections(nodes, rebuild)
     if tls:
         lines += tls_sections(tls, router.kind)
     return "\n".join(lines)
@@ -485,6 +488,42 @@ def _fleet_sections(journal: str | None, instance_id: str | None) -> list[str]:
     if controller:
         lines += ["[controller]", *controller, ""]
     return lines
+
+
+@dataclass(frozen=True)
+class RebuildAccess:
+    """What the sandbox's ``[rebuild]`` section needs: the sandbox's directory (for ``hacontrol
+    sandbox stop-node|start-node``), root's password file (mariadb-backup) and the Python that
+    runs hacontrol."""
+
+    directory: str
+    root_password_file: str
+    python: str
+
+
+def _rebuild_sections(nodes: tuple[NodeInfo, ...], access: RebuildAccess | None) -> list[str]:
+    """``[rebuild]`` for the sandbox: mariadb-backup as root over each source's socket, the
+    target stopped and started through ``hacontrol sandbox stop-node|start-node`` (so the
+    sandbox keeps track of its processes). Every controller of a fleet gets it (the leader
+    rebuilds)."""
+    if access is None:
+        return []
+    base = str(Path(nodes[0].node_dir).parent)
+    node_command = [access.python, "-m", "hacontrol", "sandbox"]
+    tail = ["--node", "{target}", "--dir", access.directory]
+    login = [f"--defaults-file={base}/{{source}}/my.cnf", "--user=root",
+             f"--socket={base}/{{source}}/mysqld.sock"]  # fmt: skip
+    return [
+        "[rebuild]  # hacontrol rebuild NODE (docs/rebuild.md)",
+        f"stop_target = {json.dumps([*node_command, 'stop-node', *tail])}",
+        f"start_target = {json.dumps([*node_command, 'start-node', *tail])}",
+        f"backup_options = {json.dumps(login)}",
+        f"backup_password_file = {json.dumps(access.root_password_file)}",
+        "",
+        "[rebuild.datadirs]",
+        *(f"{node.name} = {json.dumps(node.datadir)}" for node in nodes),
+        "",
+    ]  # fmt: skip
 
 
 def _api_tls(tls: SandboxTls) -> list[str]:
