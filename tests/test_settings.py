@@ -311,6 +311,50 @@ ERRORS = [
         "controller.instance_id",
         "pattern",
     ),
+    *(
+        (f"rebuild: {what}", BASE + "\n[rebuild]\n" + text, key, reason)
+        for what, text, key, reason in [
+            (
+                "an unknown placeholder",
+                'stop_target = ["ssh", "{host}"]\nstart_target = ["x"]\n',
+                "rebuild.stop_target",
+                "unknown placeholder {host}",
+            ),
+            (
+                "half a stop/start pair",
+                'stop_target = ["x"]\n',
+                "rebuild.start_target",
+                "both stop_target and start_target",
+            ),
+            ("a relative datadir", 'datadir = "data"\n', "rebuild.datadir", "absolute path"),
+            (
+                "a datadir with a space",
+                'datadir = "/var/lib/my sql"\n',
+                "rebuild.datadir",
+                "only letters, digits",
+            ),
+            (
+                "a datadir for no node",
+                '[rebuild.datadirs]\nnode9 = "/d/x"\n',
+                "rebuild.datadirs.node9",
+                "not a configured node",
+            ),
+            (
+                "an owner that is no user",
+                'datadir_owner = "mysql:mysql;rm"\n',
+                "rebuild.datadir_owner",
+                "user or user:group",
+            ),
+            (
+                "a missing password file",
+                'backup_password_file = "/nonexistent/pw"\n',
+                "rebuild.backup_password_file",
+                "No such file",
+            ),
+            ("an unknown key", "copy = 5\n", "rebuild.copy", "unknown key"),
+            ("a zero timeout", "copy_timeout = 0\n", "rebuild.copy_timeout", "greater"),
+        ]
+    ),
 ]
 
 
