@@ -379,7 +379,8 @@ class RebuildSettings(_Section):
     (``--defaults-extra-file=/etc/mysql/backup.cnf``)."""
     backup_password_file: Path | None = None
     """A file whose content is given to mariadb-backup as MYSQL_PWD (a local source only);
-    read when a rebuild starts, never logged."""
+    read when a rebuild starts (one that cannot read it fails at once, naming this key: the
+    controller itself must start without it), never logged."""
     prepare_options: Argv = ()
     mariadb_backup: str = "mariadb-backup"
     mbstream: str = "mbstream"
@@ -904,12 +905,7 @@ def check_paths(settings: Settings) -> list[str]:
     """Paths that can never be what they must be (reads the filesystem, changes nothing)."""
     journal = settings.controller.journal
     problem = _file_path_problem(journal)
-    problems = [f"controller.journal: {problem}"] if problem else []
-    if (secret := settings.rebuild.backup_password_file) is not None:
-        _, unreadable = read_secret(secret)
-        if unreadable:
-            problems.append(f"rebuild.backup_password_file: {unreadable}")
-    return problems
+    return [f"controller.journal: {problem}"] if problem else []
 
 
 def _file_path_problem(path: Path) -> str | None:

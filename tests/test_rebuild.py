@@ -479,3 +479,14 @@ def test_cleanup_removes_the_marker_before_the_old_datadir(paths: RebuildPaths) 
     assert sh(script).returncode == 0
     assert sh(restore_script(paths)).returncode == 0
     assert sorted(p.name for p in Path(paths.datadir).iterdir()) == ["new-file"]
+
+
+async def test_an_unreadable_backup_password_file_fails_the_rebuild_not_the_controller() -> None:
+    """The settings load (the controller must run without it); the rebuild names the key."""
+    settings = factories.settings(
+        rebuild={"stop_target": ["true"], "start_target": ["true"],
+                 "backup_password_file": "/nonexistent/backup.password"}
+    )  # fmt: skip
+    result = await Rebuilder.from_settings(settings).rebuild("node3", "node2", "node1")
+    assert not result.ok and "rebuild.backup_password_file" in result.reason
+    assert result.reason.endswith("nothing was changed") and result.detail["commands"] == []

@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from hacontrol.effects import CancelPlan, Reply, SendAlert, StartPlan
-from hacontrol.events import OperatorCommand, PlanFinished
+from hacontrol.effects import CancelPlan, EndIntent, Log, Reply, SendAlert, StartPlan
+from hacontrol.events import OperatorCommand, PlanFinished, Tick
 from hacontrol.flavors.base import IoState
-from hacontrol.model import ControllerState, Lease, LeaseMode, Model, Quarantined, Running
+from hacontrol.model import ControllerState, Intent, Lease, LeaseMode, Model, Quarantined, Running
 from hacontrol.plan import Plan, PlanKind, Rebuild
 from hacontrol.rules.commands import command
 from hacontrol.rules.rebuild import plan_rebuild
@@ -212,3 +212,16 @@ def test_nothing_else_is_preempted(running):
         healthy = primary_dies(running)
     _, effects = step(healthy, down("node1", 6.0), S, NOW)
     assert not [e for e in effects if isinstance(e, CancelPlan)]
+
+
+def test_a_rebuild_cut_by_a_restart_is_abandoned_never_rerun():
+    """The controller stopped in the middle of a rebuild: at its next start the journal's
+    rebuild is ended and logged as abandoned; the node stays quarantined (rebuild again)."""
+    intent = Intent("rebuild-1", REBUILDING.plan)
+    m = replace(Model(after_failover(), QUARANTINE), resume=intent)
+    m, effects = step(m, Tick(NOW), S, NOW)
+    assert m.resume is None and "node1" in m.state.quarantined
+    assert not [e for e in effects if isinstance(e, StartPlan) and e.running.plan_id == "rebuild-1"]
+    (ended,) = [e for e in effects if isinstance(e, EndIntent)]
+    assert ended.plan_id == "rebuild-1"
+    assert [e for e in effects if isinstance(e, Log) and e.event == "plan_abandoned"]

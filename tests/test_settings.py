@@ -345,12 +345,6 @@ ERRORS = [
                 "rebuild.datadir_owner",
                 "user or user:group",
             ),
-            (
-                "a missing password file",
-                'backup_password_file = "/nonexistent/pw"\n',
-                "rebuild.backup_password_file",
-                "No such file",
-            ),
             ("an unknown key", "copy = 5\n", "rebuild.copy", "unknown key"),
             ("a zero timeout", "copy_timeout = 0\n", "rebuild.copy_timeout", "greater"),
         ]

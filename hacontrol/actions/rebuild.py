@@ -55,7 +55,7 @@ from hacontrol.rebuild_commands import (
     RebuildSteps,
     rebuild_steps,
 )
-from hacontrol.settings import Settings
+from hacontrol.settings import Settings, read_secret
 
 OnProgress = Callable[[Progress], None]
 
@@ -168,10 +168,13 @@ class Rebuilder:
         timeouts: RebuildTimeouts = RebuildTimeouts(),
         progress_every: float = 1.0,
         keep_old: bool = False,
+        password_file: Path | None = None,
     ) -> None:
         self.settings, self.commands, self.control = settings, commands, control
         self.env, self.timeouts = dict(env or {}), timeouts
         self.progress_every, self.keep_old = progress_every, keep_old
+        self.password_file = password_file
+        """Read into MYSQL_PWD for the backup when a rebuild starts."""
         mysql = settings.mysql
         self._user = mysql.user
         self._password = mysql.password.get_secret_value() if mysql.password else ""
@@ -193,9 +196,6 @@ class Rebuilder:
             datadirs=dict(r.datadirs),
             datadir_owner=r.datadir_owner,
         )
-        env = {}
-        if r.backup_password_file is not None:
-            env["MYSQL_PWD"] = Path(r.backup_password_file).read_text().rstrip("\n")
         timeouts = RebuildTimeouts(
             command=r.command_timeout,
             copy=r.copy_timeout,
@@ -207,8 +207,8 @@ class Rebuilder:
             catch_up=r.catch_up_timeout,
         )
         return cls(
-            settings, commands, control=control, env=env, timeouts=timeouts,
-            progress_every=r.progress_every,
+            settings, commands, control=control, timeouts=timeouts,
+            progress_every=r.progress_every, password_file=r.backup_password_file,
         )  # fmt: skip
 
     def endpoint(self, node: str) -> Endpoint:
@@ -234,6 +234,12 @@ class Rebuilder:
             return await job.failed(
                 RebuildFailed("check", "no stop_target / start_target command configured")
             )
+        if self.password_file is not None:
+            secret, problem = read_secret(Path(self.password_file))
+            if problem is not None:
+                reason = f"invalid setting: rebuild.backup_password_file: {problem}"
+                return await job.failed(RebuildFailed("check", reason))
+            self.env["MYSQL_PWD"] = secret
         try:
             await job.run()
         except RebuildFailed as exc:
