@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from hacontrol.actions.hooks import HookRunner
 from hacontrol.actions.hooks import describe as describe_hook
 from hacontrol.actions.notify import Alert, Notifier
-from hacontrol.actions.rebuild import OnProgress, RebuildResult
+from hacontrol.actions.rebuild import Guard, OnProgress, RebuildResult
 from hacontrol.events import PlanFinished
 from hacontrol.flavors.base import NodeStatus
 from hacontrol.journal import Journal, JournalUnwritable
@@ -115,9 +115,9 @@ class Publisher(Protocol):
 class NodeRebuilder(Protocol):
     """``actions.rebuild.Rebuilder``: one rebuild, never raises; progress through a callback."""
 
-    async def rebuild(
-        self, target: str, source: str, primary: str, on_progress: OnProgress | None = None
-    ) -> RebuildResult: ...
+    async def rebuild(self, target: str, source: str, primary: str,
+                      on_progress: OnProgress | None = None, guard: Guard | None = None,
+                      ) -> RebuildResult: ...  # fmt: skip
 
 
 @dataclass
@@ -570,12 +570,25 @@ class Executor:
 
         try:
             result = await self.rebuilder.rebuild(
-                action.node, action.source, action.primary, progress
+                action.node,
+                action.source,
+                action.primary,
+                progress,
+                guard=lambda: self.lease_problem(action),  # before every change to the node
             )
         except asyncio.CancelledError:  # undone by the rebuilder before it got here
             status.update(running=False, ok=False, reason=f"stopped: {status.get('line', '')}")
             raise
-        kept = ("failed_phase", "phases", "copied", "estimate", "position", "seconds", "notes")
+        kept = (
+            "failed_phase",
+            "phases",
+            "copied",
+            "estimate",
+            "position",
+            "seconds",
+            "notes",
+            LEASE_LOST,
+        )
         detail = {k: result.detail[k] for k in kept if k in result.detail}
         status.update(running=False, ok=result.ok, reason=result.reason, **detail)
         return ActionResult("", None, result.ok, True, result.reason, detail)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from hacontrol.actions.hooks import HookRunner
-from hacontrol.actions.mysql import MySQLActions
+from hacontrol.actions.mysql import LeaseUntil, MySQLActions
 from hacontrol.actions.notify import MailPolicy, Notifier
 from hacontrol.actions.rebuild import Rebuilder
 from hacontrol.api_process import ApiProcess
@@ -85,12 +85,13 @@ def secrets_of(settings: Settings) -> list[str]:
     return [v.get_secret_value() for v in values if v is not None]
 
 
-def rebuilder_of(settings: Settings) -> Rebuilder | None:
+def rebuilder_of(settings: Settings, lease_until: LeaseUntil) -> Rebuilder | None:
     """The ``[rebuild]`` section's Rebuilder, or None when no stop/start command is set (a
-    rebuild then fails at once, saying so)."""
+    rebuild then fails at once, saying so). ``lease_until``: the statement guard, as for every
+    node action."""
     if not (settings.rebuild.stop_target and settings.rebuild.start_target):
         return None
-    return Rebuilder.from_settings(settings)
+    return Rebuilder.from_settings(settings, lease_until=lease_until)
 
 
 class Runtime:
@@ -121,13 +122,14 @@ class Runtime:
         self.journal = Journal(settings.controller.journal)
         fleet = settings.controller.fleet
         self.lease = LeaseKeeper(settings, self.emit) if fleet else None
+        lease_until: LeaseUntil = self._lease_until if fleet else lambda: float("inf")
         self.executor = Executor(
             settings,
             log,
             mysql=MySQLActions(
                 settings,
                 timeout=settings.failover.action_timeout,
-                lease_until=self._lease_until if fleet else lambda: float("inf"),
+                lease_until=lease_until,
                 lease_fence=self._lease_fence if fleet else None,
             ),
             router=self.router,
@@ -137,7 +139,7 @@ class Runtime:
             fault_after=os.environ.get("HACONTROL_TEST_CRASH_AFTER") or None,
             hooks=HookRunner(settings.hooks, log, cluster=settings.cluster.name),
             lease=self.lease,
-            rebuilder=rebuilder_of(settings),
+            rebuilder=rebuilder_of(settings, lease_until),
         )
         self.controller = Controller(
             settings,

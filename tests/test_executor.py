@@ -667,3 +667,43 @@ async def test_a_hook_is_not_run_without_a_valid_lease(tmp_path):
     done = await rig.executor.run("failover-1", plan)
     assert not done.ok and done.lease_lost and done.failed_at == 0
     assert not marker.exists(), "the hook ran without the lease"
+
+
+@dataclass
+class GuardedRebuilder:
+    """Asks the executor's guard before its change to the node, the way ``Rebuilder`` does;
+    the lease runs out during the copy (``lose_at``)."""
+
+    clock: Clock
+    lose_at: float
+    asked: list[str | None] = field(default_factory=list)
+
+    async def rebuild(self, target, source, primary, on_progress=None, guard=None):
+        from hacontrol.actions.rebuild import RebuildResult
+
+        assert guard is not None
+        self.asked.append(guard())  # the copy starts while the lease is valid
+        self.clock.now = self.lose_at
+        self.asked.append(problem := guard())  # before the target is stopped
+        if problem:
+            reason = f"rebuild of {target} failed at prepare: {problem}; untouched"
+            return RebuildResult(False, target, source, reason, {LEASE_LOST: True})
+        return RebuildResult(True, target, source, "rebuilt", {})
+
+
+async def test_a_rebuild_asks_the_lease_before_changing_its_node_and_stops_without_it(tmp_path):
+    from hacontrol.plan import Rebuild
+
+    clock = Clock(10.0)
+    s = fleet_settings()
+    rig, _ = fleet_rig(tmp_path, 10.0, clock)
+    rebuilder = GuardedRebuilder(clock, 10.0 + s.lease.validity)
+    executor = make_rig(
+        tmp_path, s, rig.executor._view(), clock=clock, rebuilder=rebuilder
+    ).executor
+    plan = Plan("Rebuild", "r", (Rebuild("node1", "node3", "node2"),), PlanKind.REBUILD)
+    done = await executor.run("rebuild-1", plan)
+    assert rebuilder.asked[0] is None and "no longer holds a valid majority" in rebuilder.asked[1]
+    assert not done.ok and done.lease_lost and not done.rolled_back
+    assert executor.rebuild_status is not None and executor.rebuild_status[LEASE_LOST]
+    assert "lease" in executor.rebuild_status["reason"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hacontrol.actions.rebuild import Rebuilder
+from hacontrol.actions.rebuild import Rebuilder, RebuildFailed, _Job
 from hacontrol.mariabackup import (
     BackupLog,
     Progress,
@@ -20,6 +20,7 @@ from hacontrol.mariabackup import (
     parse_slave_info,
     seed_state,
 )
+from hacontrol.plan import LEASE_LOST
 from hacontrol.rebuild_checks import NodeFacts, check_rebuild, fenced, healthy_replica
 from hacontrol.rebuild_commands import (
     EXIT_REFUSED,
@@ -490,3 +491,56 @@ async def test_an_unreadable_backup_password_file_fails_the_rebuild_not_the_cont
     result = await Rebuilder.from_settings(settings).rebuild("node3", "node2", "node1")
     assert not result.ok and "rebuild.backup_password_file" in result.reason
     assert result.reason.endswith("nothing was changed") and result.detail["commands"] == []
+
+
+# -- a fleet's lease lost during a rebuild ----------------------------------------------------
+
+
+def lease_job(paths: RebuildPaths, problem: str | None = None) -> _Job:
+    """A rebuild of node3 whose datadir is ``paths``, its guard answering ``problem``."""
+    commands = RebuildCommands(
+        datadirs={"node3": paths.datadir}, stop_target=["true"], start_target=["true"]
+    )
+    rebuilder = Rebuilder(factories.settings(), commands)
+    job = _Job(rebuilder, "node3", "node2", "node1", lambda _: None)
+    job.steps = rebuild_steps(commands, rebuilder.endpoint("node3"), rebuilder.endpoint("node2"))
+    job.guard = lambda: problem
+    job.detail["target_free"] = 1
+    return job
+
+
+def listing(path: str) -> list[str] | None:
+    folder = Path(path)
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+
+
+def test_the_guard_stops_a_rebuild_as_a_lost_lease() -> None:
+    job = lease_job(RebuildPaths("/nonexistent/data"), "lease: no valid majority")
+    with pytest.raises(RebuildFailed) as cut:
+        job.fence()
+    assert cut.value.lease_lost and cut.value.reason == "lease: no valid majority"
+    lease_job(RebuildPaths("/nonexistent/data")).fence()  # a valid lease: goes on
+
+
+async def test_a_lease_lost_before_the_stop_removes_only_the_staging_copy(paths) -> None:
+    assert sh(preflight_script(paths)).returncode == 0
+    job = lease_job(paths)
+    job.phase = "copy"
+    result = await job.failed(RebuildFailed("copy", "lease: lost", lease_lost=True))
+    assert not result.ok and result.detail[LEASE_LOST]
+    assert result.reason.endswith("node3 and node2 untouched")
+    assert listing(paths.staging) is None and listing(paths.datadir) == ["old-file"]
+
+
+async def test_a_lease_lost_after_the_stop_leaves_the_node_as_it_is_and_says_so(paths) -> None:
+    assert sh(preflight_script(paths)).returncode == 0
+    (Path(paths.staging) / "new-file").write_text("new")
+    assert sh(swap_script(paths, "")).returncode == 0
+    job = lease_job(paths)
+    job.phase, job.stopped = "start", True
+    result = await job.failed(RebuildFailed("start", "lease: lost", lease_lost=True))
+    assert not result.ok and result.detail[LEASE_LOST]
+    assert "NOT undone (this instance no longer leads)" in result.reason
+    assert "quarantined" in result.reason and paths.old in result.reason
+    assert result.detail["commands"] == []  # no stop, no restore: nothing more done to it
+    assert listing(paths.datadir) == ["new-file"] and listing(paths.old) == ["old-file"]

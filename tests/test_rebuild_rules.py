@@ -225,3 +225,20 @@ def test_a_rebuild_cut_by_a_restart_is_abandoned_never_rerun():
     (ended,) = [e for e in effects if isinstance(e, EndIntent)]
     assert ended.plan_id == "rebuild-1"
     assert [e for e in effects if isinstance(e, Log) and e.event == "plan_abandoned"]
+
+
+def test_in_a_fleet_a_rebuild_cut_by_a_restart_is_closed_and_its_node_stays_quarantined():
+    """A fleet's journal plan is never resumed (another instance may have acted since): the
+    rebuild is ended, never rerun, and its node stays out until a leader rebuilds it."""
+    from tests.factories import fleet
+
+    following = Lease(fleet=True, mode=LeaseMode.HOLD, reason="following: another instance leads")
+    plan = Plan("Rebuild", "operator", (Rebuild("node1", "node3", "node2"),), PlanKind.REBUILD)
+    m = replace(
+        Model(after_failover(), QUARANTINE, lease=following), resume=Intent("rebuild-1", plan)
+    )
+    m, effects = step(m, Tick(NOW), fleet(), NOW)
+    assert m.resume is None and "node1" in m.state.quarantined and m.running is None
+    (ended,) = [e for e in effects if isinstance(e, EndIntent)]
+    assert ended.plan_id == "rebuild-1" and ended.reason == "fleet: the live topology decides"
+    assert not [e for e in effects if isinstance(e, StartPlan)]

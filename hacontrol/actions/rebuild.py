@@ -21,6 +21,14 @@ commands come from ``hacontrol.rebuild_commands``, mariadb-backup's output is re
    puts the old datadir back: the node stays down, quarantined, as before the rebuild;
 8. remove the old datadir.
 
+In a fleet only the leader rebuilds: ``guard`` (the executor's lease gate) is asked before
+every change to the target (its stop, the swap, its start, each statement that makes it a
+replica) and all along the copy; the statements are checked again as they are sent
+(``lease_until``). A rebuild cut by a lost lease before the target was stopped is undone like
+any failure (only the staging directory goes); once the target was stopped nothing more is
+done to it, not even the undo: it stays as it was left, quarantined, and the reason says where
+(``docs/rebuild.md``). The next leader decides from the live topology.
+
 The source is only read: the backup takes ``BACKUP STAGE`` locks for a moment and never stops
 its replication. Never a half-copied datadir started: the swap runs only after the stream
 ended with ``completed OK!`` from the tool, both sides exited 0 and the prepare succeeded.
@@ -40,13 +48,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hacontrol import gtid
-from hacontrol.actions.mysql import ActionError, MySQLActions
+from hacontrol.actions.mysql import ActionError, LeaseUntil, MySQLActions
 from hacontrol.actions.processes import ProcessError, Stream, run
 from hacontrol.flavors import NodeStatus
 from hacontrol.flavors.mariadb import binlog_state_of
 from hacontrol.mariabackup import BackupLog, Progress, copy_progress, parse_size, seed_state
 from hacontrol.mysqlconn import Endpoint as SqlEndpoint
 from hacontrol.mysqlconn import connect, describe_error, endpoint_for, execute
+from hacontrol.plan import LEASE_LOST
 from hacontrol.rebuild_commands import (
     EXIT_REFUSED,
     Command,
@@ -58,6 +67,12 @@ from hacontrol.rebuild_commands import (
 from hacontrol.settings import Settings, read_secret
 
 OnProgress = Callable[[Progress], None]
+Guard = Callable[[], str | None]
+"""Why this instance may not change the target now (a fleet's lease lost), or None."""
+
+
+def _forever() -> float:
+    return float("inf")
 
 
 @dataclass(frozen=True)
@@ -84,9 +99,9 @@ class RebuildResult:
 
 
 class RebuildFailed(Exception):
-    def __init__(self, phase: str, reason: str) -> None:
+    def __init__(self, phase: str, reason: str, *, lease_lost: bool = False) -> None:
         super().__init__(f"{phase}: {reason}")
-        self.phase, self.reason = phase, reason
+        self.phase, self.reason, self.lease_lost = phase, reason, lease_lost
 
 
 class NodeControl(Protocol):
@@ -169,18 +184,27 @@ class Rebuilder:
         progress_every: float = 1.0,
         keep_old: bool = False,
         password_file: Path | None = None,
+        lease_until: LeaseUntil = _forever,
     ) -> None:
         self.settings, self.commands, self.control = settings, commands, control
         self.env, self.timeouts = dict(env or {}), timeouts
         self.progress_every, self.keep_old = progress_every, keep_old
         self.password_file = password_file
         """Read into MYSQL_PWD for the backup when a rebuild starts."""
+        self.lease_until = lease_until
+        """Fleet: the statement guard of the target's replication statements (``MySQLActions``)."""
         mysql = settings.mysql
         self._user = mysql.user
         self._password = mysql.password.get_secret_value() if mysql.password else ""
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, control: NodeControl | None = None) -> Rebuilder:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        control: NodeControl | None = None,
+        lease_until: LeaseUntil = _forever,
+    ) -> Rebuilder:
         """The ``[rebuild]`` section as a Rebuilder (the backup's password file read now)."""
         r = settings.rebuild
         commands = RebuildCommands(
@@ -209,7 +233,13 @@ class Rebuilder:
         return cls(
             settings, commands, control=control, timeouts=timeouts,
             progress_every=r.progress_every, password_file=r.backup_password_file,
+            lease_until=lease_until,
         )  # fmt: skip
+
+    def actions(self, heartbeat: float | None = None) -> MySQLActions:
+        """Node actions whose changing statements check the lease as they are sent."""
+        extra = {} if heartbeat is None else {"default_heartbeat": heartbeat}
+        return MySQLActions(self.settings, lease_until=self.lease_until, **extra)
 
     def endpoint(self, node: str) -> Endpoint:
         conf = self.settings.node(node)
@@ -221,11 +251,17 @@ class Rebuilder:
         return endpoint_for(end.host, end.port, self._user, self._password, self.settings.mysql.tls)
 
     async def rebuild(
-        self, target: str, source: str, primary: str, on_progress: OnProgress | None = None
+        self,
+        target: str,
+        source: str,
+        primary: str,
+        on_progress: OnProgress | None = None,
+        guard: Guard | None = None,
     ) -> RebuildResult:
         """Never raises (except cancellation): the result says what happened and where the
-        target was left."""
+        target was left. ``guard``: asked before every change to the target (module doc)."""
         job = _Job(self, target, source, primary, on_progress or (lambda _: None))
+        job.guard = guard or (lambda: None)
         try:
             job.steps = rebuild_steps(self.commands, self.endpoint(target), self.endpoint(source))
         except (ValueError, KeyError) as exc:
@@ -266,6 +302,9 @@ class _Job:
         self.detail: dict[str, Any] = {"phases": {}, "commands": [], "notes": []}
         self.phase = "check"
         self._phase_at = self.started
+        self.guard: Guard = lambda: None
+        self.stopped = False
+        """The target was stopped: from then on a lost lease leaves it as it is."""
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -273,11 +312,15 @@ class _Job:
         source_status = await self.check()
         await self.copy()
         await self.prepare()
+        self.fence()  # the first change to the target
         self.enter("stop")
+        self.stopped = True
         await self.stop_target()
         self.enter("swap")
+        self.fence()
         await self.command(self.steps.swap, "swap")
         self.enter("start")
+        self.fence()
         await self.start_target()
         await self.replicate(source_status)
         self.enter("cleanup")
@@ -300,7 +343,7 @@ class _Job:
                 f"{self.target} has {self.detail['target_free']} bytes free next to its datadir, "
                 f"the copy needs about {self.detail['estimate']}",
             )
-        actions = MySQLActions(self.owner.settings)
+        actions = self.owner.actions()
         try:
             status = await actions.status(self.source, timeout=t.command)
         except ActionError as exc:
@@ -350,6 +393,7 @@ class _Job:
         t, began = self.owner.timeouts, time.monotonic()
         next_report = began
         while not stream.pumped:
+            self.fence()  # a follower never goes on copying: a new leader may rebuild
             now = time.monotonic()
             if now - stream.last_data > t.stall:
                 raise RebuildFailed("copy", f"no data for {t.stall:g} s: stalled")
@@ -410,7 +454,7 @@ class _Job:
 
     async def target_status(self, timeout: float) -> NodeStatus:
         """The target's status, retried until it answers SQL (it may still be starting)."""
-        actions = MySQLActions(self.owner.settings)
+        actions = self.owner.actions()
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -426,13 +470,14 @@ class _Job:
         self.enter("replicate")
         channel = source.replication[0] if source.replication else None
         heartbeat = channel.heartbeat_period if channel and channel.heartbeat_period else 1.0
-        actions = MySQLActions(self.owner.settings, default_heartbeat=heartbeat)
+        actions = self.owner.actions(heartbeat)
         status = await self.target_status(t.start)
         if not status.read_only:
             self.note(
                 f"{self.target} started writable: made read-only at once "
                 "(set read_only=ON in its configuration)"
             )
+            self.fence()
             await self.action(actions.set_writable(self.target, False, timeout=t.attach))
         if status.replication:
             raise RebuildFailed("replicate", "the copy came up with replication configured")
@@ -450,8 +495,10 @@ class _Job:
         statements.append(("SET GLOBAL gtid_slave_pos = %s", position))
         await self.sql(statements, t.attach)
         primary = self.owner.endpoint(self.primary)
+        self.fence()
         await self.action(actions.repoint(self.target, primary.host, primary.port, t.attach))
         self.enter("catch-up")
+        self.fence()
         await self.action(
             actions.catch_up(self.target, primary.host, primary.port, timeout=t.catch_up)
         )
@@ -478,21 +525,33 @@ class _Job:
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    def fence(self) -> None:
+        """Stop here unless this instance may still change the target (a fleet's lease)."""
+        if problem := self.guard():
+            raise RebuildFailed(self.phase, problem, lease_lost=True)
+
     async def action(self, pending) -> None:
         result = await pending
         self.detail["commands"].extend(result.detail.get("steps", []))
         if not result.ok:
-            raise RebuildFailed(self.phase, f"{result.action} {self.target}: {result.reason}")
+            raise RebuildFailed(
+                self.phase,
+                f"{result.action} {self.target}: {result.reason}",
+                lease_lost=bool(result.detail.get(LEASE_LOST)),
+            )
 
     async def sql(self, statements: list[tuple[str, str]], timeout: float) -> None:
         try:
             conn = await connect(self.owner.login(self.target), timeout)
             try:
                 for text, value in statements:
+                    self.fence()
                     self.detail["commands"].append(text.replace("%s", repr(value)))
                     await execute(conn, text, (value,), timeout=timeout)
             finally:
                 conn.close()
+        except RebuildFailed:
+            raise
         except Exception as exc:
             raise RebuildFailed(self.phase, describe_error(exc)) from None
 
@@ -551,10 +610,25 @@ class _Job:
         self.detail.update(
             failed_phase=exc.phase, seconds=round(time.monotonic() - self.started, 3)
         )
-        where = await self.undo(exc.phase)
+        if exc.lease_lost:
+            self.detail[LEASE_LOST] = True
+        where = await (self.left(exc.phase) if exc.lease_lost else self.undo(exc.phase))
         self.emit(Progress("failed", message=f"{exc.phase}: {exc.reason}; {where}"))
         reason = f"rebuild of {self.target} failed at {exc.phase}: {exc.reason}; {where}"
         return RebuildResult(False, self.target, self.source, reason, self.detail)
+
+    async def left(self, phase: str) -> str:
+        """Cut by a lost lease: undone only while the target was never stopped (the staging
+        directory is this rebuild's own); past that nothing more is done to the target."""
+        if not self.stopped:
+            return await self.undo(phase)
+        paths = self.steps.paths if self.steps else None
+        old = f"; its old datadir is at {paths.old}" if paths else ""
+        return (
+            f"NOT undone (this instance no longer leads): {self.target} left as it was during "
+            f"{phase}, out of service and quarantined{old}; the next leader decides from the live "
+            "topology (docs/rebuild.md)"
+        )
 
     async def undo(self, phase: str) -> str:
         """Put things back as far as they can be; say where the target was left."""
