@@ -72,6 +72,23 @@ def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
     return schema
 
 
+def _metrics() -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": "Prometheus text format 0.0.4",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "ok",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "429": _limited(),
+                "503": _json(_ERROR, "the controller's event loop did not answer"),
+            },
+        }
+    }
+
+
 def document() -> dict[str, Any]:
     node = {"type": "string", "pattern": NODE_NAME}
     empty = _object({})
@@ -96,20 +113,7 @@ def document() -> dict[str, Any]:
             "/health": _read("liveness", {"$ref": "#/components/schemas/Probe"}, probe=True),
             "/ready": _read("readiness", {"$ref": "#/components/schemas/Probe"}, probe=True),
             "/status": _read("the controller's view", {"type": "object"}),
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus text format 0.0.4",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "ok",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        },
-                        "429": _limited(),
-                        "503": _json(_ERROR, "the controller's event loop did not answer"),
-                    },
-                }
-            },
+            "/metrics": _metrics(),
             "/openapi.json": _read("this document", {"type": "object"}),
             "/switchover": _command(
                 "planned switchover, to a node or to the best candidate",
