@@ -32,12 +32,15 @@ async def test_divergence_below_the_last_gtid_is_quarantined_before_any_rejoin(f
         sandbox.kill_node("node1", signal.SIGKILL)
         for node in ("node2", "node3"):
             await sql(sandbox, node, "START SLAVE IO_THREAD")
-        await eventually(
+        (failover,) = await eventually(
             lambda: [r for r in capture.of("plan_finished") if r["kind"] == "failover"],
             30,
             "failover",
         )
-        new = rt.controller.view.primary
+        assert failover["ok"], failover
+        # The view names the new primary once its probe after the promotion has landed (under
+        # load that may be a moment after the plan's end).
+        new = await eventually(lambda: rt.controller.view.primary, 10, "the new primary")
         assert new in ("node2", "node3")
         # The new primary writes well past the lost seq: positions now look "contained".
         for row in range(100, 120):
