@@ -121,7 +121,13 @@ class RemoteController:
             raise MainUnavailable(f"{MAX_COMMANDS} commands already wait for the controller")
         self._commands += 1
         try:
-            fields = {"command": cmd.command, "node": cmd.node, "on": cmd.on}
+            fields = {
+                "command": cmd.command,
+                "node": cmd.node,
+                "on": cmd.on,
+                "source": cmd.source,
+                "dry_run": cmd.dry_run,
+            }
             answer = await self._channel.ask({"t": "command", **fields}, None)
         finally:
             self._commands -= 1

@@ -325,14 +325,22 @@ class ApiProcess:
 
 
 def _operator_command(message: dict[str, Any]) -> OperatorCommand | None:
+    """The command the API process parsed, every field of it (a field dropped here would
+    change its meaning: a rebuild's ``dry_run`` lost is a rebuild started); None when a field
+    has the wrong type."""
     command, node, on = message.get("command"), message.get("node"), message.get("on")
+    source, dry_run = message.get("source"), message.get("dry_run", False)
     if (
         command not in COMMANDS
         or not isinstance(node, str | None)
         or not isinstance(on, bool | None)
+        or not isinstance(source, str | None)
+        or not isinstance(dry_run, bool)
     ):
         return None
-    return OperatorCommand(at=time.monotonic(), command=command, node=node, on=on)
+    return OperatorCommand(
+        at=time.monotonic(), command=command, node=node, on=on, source=source, dry_run=dry_run
+    )
 
 
 def _backoff(failures: int) -> float:

@@ -81,6 +81,26 @@ async def test_reads_and_commands_cross_to_the_controller(monkeypatch):
     assert "api_request" in events  # the process's log lines are written by the controller
 
 
+async def test_every_field_of_a_command_crosses_the_channel():
+    # A rebuild's dry run once arrived without its dry_run (and source): a rebuild started.
+    handle = FakeHandle()
+    api = ApiProcess(api_settings(), handle, JsonLog("t", stream=io.StringIO()))
+    host, port = await api.start()
+    try:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        body = {"node": "node3", "from": "node2", "dry_run": True}
+        url = f"http://{host}:{port}/rebuild"
+        async with aiohttp.ClientSession() as http, http.post(url, json=body, headers=auth) as r:
+            assert r.status == 200, await r.text()
+    finally:
+        await api.stop()
+    assert [(c.command, c.node, c.source, c.dry_run) for c in handle.commands] == [
+        ("rebuild", "node3", "node2", True)
+    ]
+    message = {"command": "rebuild", "node": "node3", "source": None, "dry_run": "yes"}
+    assert api_process._operator_command(message) is None  # a wrong type is refused
+
+
 async def test_a_killed_api_process_is_restarted_on_the_same_address(monkeypatch):
     monkeypatch.setattr(api_process, "BACKOFF", 0.1)
     handle, stream, states = FakeHandle(), io.StringIO(), []
