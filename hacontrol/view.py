@@ -659,7 +659,7 @@ def primary_lost_early(view: ClusterView, primary: str, settings: Settings) -> I
     enough. A primary that only the controller cannot reach waits for ``failure_threshold``
     and is never failed over (``UnreachablePrimary``)."""
     node = view.nodes[primary]
-    if node.failures == 0 or node.last_ok_at is None:
+    if node.failures == 0 or node.last_ok_at is None or not majority_without(view, primary):
         return
     stall = settings.failover.io_stall
     # A link that was already lost long before the primary's last good answer (a replica
@@ -683,6 +683,17 @@ def primary_lost_early(view: ClusterView, primary: str, settings: Settings) -> I
             f"{primary}'s last probe failed ({node.last_error}) and every replica that can "
             f"testify ({', '.join(witnesses)}) lost its link to it since its last good answer",
         )
+
+
+def majority_without(view: ClusterView, primary: str) -> bool:
+    """Whether the nodes the controller reaches are a strict majority without ``primary``: a
+    primary in doubt still counts as reachable for the quorum until ``failure_threshold``, and
+    replicas on its side of a partition (still acknowledging its commits) may already count
+    as unreachable; the early path must not fail over where the threshold would find no
+    quorum."""
+    quorum = view.quorum
+    others = [n for n in quorum.reachable if n != primary]
+    return 2 * len(others) > len(quorum.recognized)
 
 
 def no_primary(view: ClusterView, settings: Settings) -> Iterable[Problem]:

@@ -269,7 +269,6 @@ def test_replica_evidence_older_than_the_primarys_last_answer_confirms_nothing()
     assert not run(events).has(Code.DEAD_PRIMARY)
 
 
-@pytest.mark.xfail(strict=True, reason="early DeadPrimary ignores the quorum without the primary")
 def test_one_failed_probe_confirms_nothing_when_the_rest_is_no_majority_without_the_primary():
     # The controller and node2 on one side, node1 and node3 on the other: node3's probes fail
     # first and reach failure_threshold while node1 has failed only once, so node1 still counts
