@@ -60,6 +60,7 @@ from hacontrol.plan import (
 from hacontrol.routing import Membership
 from hacontrol.rules.alerts import LASTS_WHILE
 from hacontrol.rules.commands import ack, farewell
+from hacontrol.rules.outcomes import RETRY_SECONDS
 from hacontrol.step import boot, step
 from hacontrol.view import initial
 from tests.factories import down, failed_over, primary, replica, router, settings, status
@@ -358,6 +359,28 @@ def test_a_failed_plan_backs_off(plan, kind, after):
     assert after(m.state)
     alerts = [e.alert.kind for e in of(effects, SendAlert)]
     assert alerts == ([] if kind is PlanKind.ROUTE else [f"{kind}_failed"])
+
+
+@pytest.mark.xfail(strict=True, reason="a fence that keeps failing is retried every 2 intervals")
+def test_a_fence_that_keeps_failing_backs_off_up_to_the_others_wait():
+    # A node that answers but refuses the fence (a missing privilege, say) must not get a fence
+    # plan and an alert every two probe intervals for as long as it lasts: the first retries
+    # come soon, then each wait doubles up to RETRY_SECONDS; a fence that works starts over.
+    fence = Plan("FenceReturningPrimary", "r", (Fence("node1"),), PlanKind.FENCE)
+    base = max(1.0, 2 * S.probes.interval)
+    m, now, waits = model(), NOW, []
+    for i in range(10):
+        m = replace(m, running=Running(f"f-{i}", fence))
+        m, _ = steps(m, finished(f"f-{i}", PlanKind.FENCE, False), now=now)
+        waits.append(m.state.retry_at[(PlanKind.FENCE, "node1")] - now)
+        now += waits[-1]
+    assert waits[:2] == [base, 2 * base] and waits[-1] == RETRY_SECONDS
+    assert waits == sorted(waits)
+    m = replace(m, running=Running("f-ok", fence))
+    m, _ = steps(m, finished("f-ok", PlanKind.FENCE, True), now=now)
+    m = replace(m, running=Running("f-again", fence))
+    m, _ = steps(m, finished("f-again", PlanKind.FENCE, False), now=now)
+    assert m.state.retry_at[(PlanKind.FENCE, "node1")] - now == base
 
 
 SETTLE = [
