@@ -100,6 +100,8 @@ class ControllerState:
     """When a condition that alerts only if it lasts was first seen."""
     retry_at: Mapping[RetryKey, float] = field(default_factory=dict)
     """Not before then: a failed fence, rejoin or repoint is not hammered."""
+    failed_in_a_row: Mapping[RetryKey, int] = field(default_factory=dict)
+    """Consecutive failures of a fence per node (its retry backs off); gone once one works."""
     journal: JournalHealth = JournalHealth()
 
 

@@ -361,7 +361,6 @@ def test_a_failed_plan_backs_off(plan, kind, after):
     assert alerts == ([] if kind is PlanKind.ROUTE else [f"{kind}_failed"])
 
 
-@pytest.mark.xfail(strict=True, reason="a fence that keeps failing is retried every 2 intervals")
 def test_a_fence_that_keeps_failing_backs_off_up_to_the_others_wait():
     # A node that answers but refuses the fence (a missing privilege, say) must not get a fence
     # plan and an alert every two probe intervals for as long as it lasts: the first retries

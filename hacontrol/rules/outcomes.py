@@ -8,7 +8,8 @@
   side is): an alert says so, and the routing rule moves the writer once the router answers.
 - A failed router change is retried after two probe intervals; a failed fence too (a
   writable old primary left unfenced is the start of a split brain: clients connected to it
-  directly still write), with an alert each time; a failed rejoin or repoint after
+  directly still write), doubling with each failure in a row up to ``RETRY_SECONDS``, with an
+  alert each time; a failed rejoin or repoint after
   ``RETRY_SECONDS``, with an alert.
 """
 
@@ -90,7 +91,7 @@ def after(
     if event.kind == PlanKind.REBUILD:
         return after_rebuild(state, event, plan)
     if event.ok:
-        return state, unrouted_promotion(event, plan)
+        return succeeded(state, event, plan), unrouted_promotion(event, plan)
     if event.lease_lost:  # no halt: the next leader starts from the live topology
         return (
             without_failover(state, event, plan) if event.kind == PlanKind.FAILOVER else state
@@ -107,19 +108,34 @@ def after(
     node = next((n for a in plan.actions for n in a.targets()), None) if plan else None
     if kind not in RETRIED or node is None:
         return state, ()
-    wait = retry_wait(kind, settings)
+    failed = state.failed_in_a_row.get((kind, node), 0) + 1
+    wait = retry_wait(kind, failed, settings)
     retry_at = {**state.retry_at, (kind, node): now + wait}
     alert = Notify(RETRIED[kind], node, f"{kind} failed", f"{event.reason}; retried in {wait:g} s")
     sent = SendAlert(alert, Plan(event.rule, event.reason, kind=PlanKind.ALERT))
-    return replace(state, retry_at=retry_at), (sent,)
+    in_a_row = {**state.failed_in_a_row, (kind, node): failed}
+    return replace(state, retry_at=retry_at, failed_in_a_row=in_a_row), (sent,)
 
 
-def retry_wait(kind: PlanKind, settings: Settings) -> float:
-    """Seconds before a failed plan of ``kind`` on the same node is tried again: a fence soon
-    (two probe intervals, at least a second), the rest after ``RETRY_SECONDS``."""
+def retry_wait(kind: PlanKind, failed: int, settings: Settings) -> float:
+    """Seconds before a failed plan of ``kind`` on the same node is tried again, after its
+    ``failed``-th failure in a row: a fence soon (two probe intervals, at least a second),
+    doubling with each failure up to ``RETRY_SECONDS`` (a node that answers but refuses the
+    fence gets no plan and alert every two intervals for hours); the rest after
+    ``RETRY_SECONDS``."""
     if kind is PlanKind.FENCE:
-        return max(1.0, 2 * settings.probes.interval)
+        first = max(1.0, 2 * settings.probes.interval)
+        return min(max(first, RETRY_SECONDS), first * 2 ** min(failed - 1, 16))
     return RETRY_SECONDS
+
+
+def succeeded(state: ControllerState, event: PlanFinished, plan: Plan | None) -> ControllerState:
+    """A plan that worked: the failures in a row of its kind on its nodes start over."""
+    if plan is None or not state.failed_in_a_row or event.kind not in RETRIED:
+        return state
+    done = {(PlanKind(event.kind), n) for a in plan.actions for n in a.targets()}
+    left = {k: v for k, v in state.failed_in_a_row.items() if k not in done}
+    return replace(state, failed_in_a_row=left)
 
 
 def unrouted_promotion(event: PlanFinished, plan: Plan | None) -> tuple[Effect, ...]:
