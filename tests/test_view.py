@@ -284,6 +284,28 @@ def test_one_failed_probe_confirms_nothing_when_the_rest_is_no_majority_without_
     assert not view.has(Code.DEAD_PRIMARY)
 
 
+@pytest.mark.xfail(strict=True, reason="link progress ignores the bytes received")
+def test_a_long_transaction_streaming_to_the_replicas_is_a_working_link():
+    # A busy primary writes one big transaction to its binlog: its dump threads send its
+    # events for seconds, no heartbeat (the source sends those only while idle) and no new
+    # received GTID (Gtid_IO_Pos moves at the end of the event group), but the read position
+    # moves with every event. One probe of the loaded primary times out: no failover.
+    events = [*alive_rounds((1.0, 2.0, 3.0), beat=0)]
+    for i, at in enumerate((4.0, 5.0, 6.0)):
+        pos = ("bin.000001", 10_000_000 * (i + 1))
+        events += [primary(at=at)]
+        events += [
+            replica(n, at, heartbeats_received=2, received_pos=pos) for n in ("node2", "node3")
+        ]
+    pos = ("bin.000001", 40_000_000)
+    events += [down("node1", 7.0)]
+    events += [
+        replica(n, 7.01, heartbeats_received=2, received_pos=pos) for n in ("node2", "node3")
+    ]
+    view = run(events)
+    assert not view.has(Code.DEAD_PRIMARY)
+
+
 def test_controller_only_partition_is_unreachable_primary_not_dead():
     # The replicas' IO threads run and their heartbeat counters advance: they still see node1.
     events: list[Event] = [*healthy()]
