@@ -49,6 +49,9 @@ class Health(StrEnum):
     UNREACHABLE = "unreachable"  # failure_threshold consecutive failed probes
 
 
+IoMarker = tuple[str, int | None, tuple[str, int] | None]
+
+
 @dataclass(frozen=True)
 class NodeView:
     name: str
@@ -61,8 +64,9 @@ class NodeView:
     last_ok_at: float | None = None
     last_error: str | None = None
     rtt: float | None = None
-    io_marker: tuple[str, int | None] | None = None
-    """(received GTID, heartbeats received) of the replica's channel at the last change."""
+    io_marker: IoMarker | None = None
+    """(received GTID, heartbeats received, read position) of the replica's channel at the
+    last change."""
     io_progress_at: float | None = None
     """When ``io_marker`` last changed: the replica's link to its source was alive then."""
     health: Health = Health.UNKNOWN
@@ -324,7 +328,7 @@ VOLATILE_NODE = frozenset(
 VOLATILE_STATUS = frozenset(
     {"gtid_executed", "gtid_binlog_pos", "gtid_slave_pos", "gtid_binlog_state", "replication"}
 )
-VOLATILE_CHANNEL = frozenset({"received_gtid", "heartbeats_received"})
+VOLATILE_CHANNEL = frozenset({"received_gtid", "heartbeats_received", "received_pos"})
 
 
 def node_facts(node: NodeView, settings: Settings) -> tuple[object, ...]:
@@ -355,12 +359,12 @@ def node_facts(node: NodeView, settings: Settings) -> tuple[object, ...]:
     return (own, grace, server, channels, alive)
 
 
-def _io_progress(node: NodeView, at: float) -> tuple[tuple[str, int | None] | None, float | None]:
+def _io_progress(node: NodeView, at: float) -> tuple[IoMarker | None, float | None]:
     """(io_marker, io_progress_at) after a good probe taken at ``at``."""
     channel = node.channel
     if channel is None:
         return None, None
-    marker = (channel.received_gtid, channel.heartbeats_received)
+    marker = (channel.received_gtid, channel.heartbeats_received, channel.received_pos)
     if marker != node.io_marker or node.io_progress_at is None:
         return marker, at
     return node.io_marker, node.io_progress_at

@@ -62,6 +62,7 @@ def replica(**changes: Any) -> ReplicationStatus:
         heartbeats_received=81,
         using_gtid="Slave_Pos",
         source_server_id=1,
+        received_pos=("vm-bin.000001", 1507),
         tls="off",  # Master_SSL_Allowed: No
     )
     return ReplicationStatus(**{**healthy.__dict__, **changes})
@@ -84,6 +85,7 @@ def mysql_replica(**changes: Any) -> ReplicationStatus:
         heartbeats_received=7,
         using_gtid="1",
         source_server_id=1,
+        received_pos=("master-bin.000001", 927),
         tls="off",
     )
     return ReplicationStatus(**{**manual.__dict__, **changes})
@@ -158,6 +160,7 @@ EXPECTED: dict[str, NodeStatus] = {
                 received_gtid="0-1-12",
                 heartbeats_received=0,
                 heartbeat_period=0.5,
+                received_pos=("mysql-bin.000001", 2425),
             ),
         ),
         semi_sync=SemiSync(
@@ -180,7 +183,13 @@ EXPECTED: dict[str, NodeStatus] = {
     "mariadb-10.11-replica-semisync": mariadb_replica_node(
         gtid_executed="0-1-10",
         gtid_slave_pos="0-1-10",
-        replication=(replica(received_gtid="0-1-10", heartbeats_received=89),),
+        replication=(
+            replica(
+                received_gtid="0-1-10",
+                heartbeats_received=89,
+                received_pos=("vm-bin.000001", 1833),
+            ),
+        ),
         semi_sync=SemiSync(
             source_enabled=False, source_clients=0, source_active=False, replica_enabled=True
         ),
@@ -198,6 +207,7 @@ EXPECTED: dict[str, NodeStatus] = {
                 seconds_behind=None,
                 received_gtid="0-1-9",
                 heartbeats_received=83,
+                received_pos=("vm-bin.000001", 1671),
             ),
             # A named connection that never reached its source: no server id yet.
             replica(
@@ -214,6 +224,7 @@ EXPECTED: dict[str, NodeStatus] = {
                 heartbeats_received=0,
                 using_gtid="Current_Pos",
                 source_server_id=None,
+                received_pos=("", 4),
             ),
         ),
     ),
@@ -255,6 +266,7 @@ EXPECTED: dict[str, NodeStatus] = {
                 heartbeats_received=0,
                 source_server_id=2,
                 heartbeat_period=0.5,
+                received_pos=("mysql-bin.000001", 3973),
             ),
         ),
         semi_sync=SemiSync(
@@ -270,6 +282,7 @@ EXPECTED: dict[str, NodeStatus] = {
                 source_host="localhost",
                 received_gtid="3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5",
                 heartbeats_received=42,
+                received_pos=("master-bin.000002", 1307),
             ),
         ),
     ),

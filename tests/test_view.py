@@ -284,7 +284,6 @@ def test_one_failed_probe_confirms_nothing_when_the_rest_is_no_majority_without_
     assert not view.has(Code.DEAD_PRIMARY)
 
 
-@pytest.mark.xfail(strict=True, reason="link progress ignores the bytes received")
 def test_a_long_transaction_streaming_to_the_replicas_is_a_working_link():
     # A busy primary writes one big transaction to its binlog: its dump threads send its
     # events for seconds, no heartbeat (the source sends those only while idle) and no new

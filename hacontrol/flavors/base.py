@@ -61,6 +61,11 @@ class ReplicationStatus:
     heartbeat_period: float | None = None
     """Seconds between the source's heartbeats (MariaDB Slave_heartbeat_period, default
     connection only); None when unknown. Needed to read "no progress" as "link lost"."""
+    received_pos: tuple[str, int] | None = None
+    """(source binlog file, position) the IO thread has read up to (Master_Log_File,
+    Read_Master_Log_Pos): it moves with every event received, also inside one big
+    transaction, when neither the received GTID (moved at the end of the event group) nor the
+    heartbeats (sent only while the source is idle) do; None when the server does not say."""
     tls: str | None = None
     """The channel's TLS: "off", "on", "verified" (the source's certificate checked against
     its host), from Master_SSL_Allowed / Source_SSL_Allowed ("Ignored": the replica asked for
@@ -316,6 +321,19 @@ def column(row: Row, name: str, where: str) -> object:
     if name not in row:
         raise ValueError(f"{where}: column {name!r} missing (columns: {', '.join(row)})")
     return row[name]
+
+
+def read_position(
+    row: Row, files: Sequence[str], positions: Sequence[str]
+) -> tuple[str, int] | None:
+    """(file, position) the IO thread has read up to, from the first columns present; None
+    when absent or not a position (it only ever adds evidence of a working link)."""
+    file = next((row[n] for n in files if n in row), None)
+    pos = next((row[n] for n in positions if n in row), None)
+    try:
+        return (text(file), int(text(pos))) if file is not None and pos is not None else None
+    except ValueError:
+        return None
 
 
 def column_of(row: Row, names: Sequence[str], where: str) -> object:

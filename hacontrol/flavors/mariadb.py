@@ -33,6 +33,7 @@ from hacontrol.flavors.base import (
     integer,
     off_if_holder,
     optional_integer,
+    read_position,
     result_sets,
     semi_sync_from,
     semi_sync_settings,
@@ -236,6 +237,7 @@ def _replication(row: Row, where: str) -> ReplicationStatus:
             get("Slave_received_heartbeats"), f"{where} Slave_received_heartbeats"
         ),
         using_gtid=text(get("Using_Gtid")),
+        received_pos=read_position(row, ("Master_Log_File",), ("Read_Master_Log_Pos",)),
         # 0 until the IO thread has connected once: server_id 0 cannot be a source.
         source_server_id=source_server_id or None,
         tls=channel_tls(row.get("Master_SSL_Allowed"), row.get("Master_SSL_Verify_Server_Cert")),

@@ -39,6 +39,7 @@ from hacontrol.flavors.base import (
     integer,
     off_if_holder,
     optional_integer,
+    read_position,
     result_sets,
     semi_sync_from,
     semi_sync_settings,
@@ -255,6 +256,11 @@ def _replication(row: Row, heartbeats: dict[str, int | None], where: str) -> Rep
         received_gtid=gtid_text(get("Retrieved_Gtid_Set")),
         heartbeats_received=heartbeats.get(channel),
         using_gtid=text(get("Auto_Position")),
+        received_pos=read_position(
+            row,
+            ("Source_Log_File", "Master_Log_File"),
+            ("Read_Source_Log_Pos", "Read_Master_Log_Pos"),
+        ),
         source_server_id=source_server_id or None,
         tls=channel_tls(
             row.get("Source_SSL_Allowed", row.get("Master_SSL_Allowed")),
