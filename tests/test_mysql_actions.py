@@ -387,22 +387,31 @@ async def test_fence_live_primary_then_unreachable_nodes(fresh_sandbox: Sandbox)
         sb.kill_node("node2", signal.SIGCONT)
 
 
-async def test_io_threads_stop_without_waiting_on_a_frozen_source(fresh_sandbox: Sandbox) -> None:
+@pytest.mark.parametrize(
+    "kill_conn_timeout",
+    [5, pytest.param(0, marks=pytest.mark.xfail(strict=True, reason="0 is left as it is"))],
+)
+async def test_io_threads_stop_without_waiting_on_a_frozen_source(
+    fresh_sandbox: Sandbox, kill_conn_timeout: int
+) -> None:
     # A semi-sync replica's IO thread stopping connects to its source to kill its dump thread:
     # to a frozen source that hangs. The stop bounds it to 1 s, then puts the server's own
     # rpl_semi_sync_slave_kill_conn_timeout back (bench/io_thread_stop.py has the figures).
+    # 0 is no timeout at all: bounded too.
     sb = fresh_sandbox
     actions = actions_for(sb)
-    await as_root(sb, "node2", "SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = 5")
+    await as_root(
+        sb, "node2", f"SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = {kill_conn_timeout}"
+    )
     assert sb.kill_node("node1", signal.SIGSTOP)
     try:
         await asyncio.sleep(1.5)  # the replicas' links are gone
         stopped = await actions.set_io_thread("node2", running=False, timeout=10.0)
         assert_ok(stopped, changed=True)
-        assert stopped.detail["kill_conn_timeout"] == 5
+        assert stopped.detail["kill_conn_timeout"] == kill_conn_timeout
         assert "SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = %s" in stopped.detail["steps"]
         rows = await as_root(sb, "node2", "SELECT @@rpl_semi_sync_slave_kill_conn_timeout AS t")
-        assert rows[0]["t"] == 5
+        assert rows[0]["t"] == kill_conn_timeout
         assert (await actions.status("node2")).replication[0].io_state is IoState.STOPPED
     finally:
         sb.kill_node("node1", signal.SIGCONT)
