@@ -387,10 +387,7 @@ async def test_fence_live_primary_then_unreachable_nodes(fresh_sandbox: Sandbox)
         sb.kill_node("node2", signal.SIGCONT)
 
 
-@pytest.mark.parametrize(
-    "kill_conn_timeout",
-    [5, pytest.param(0, marks=pytest.mark.xfail(strict=True, reason="0 is left as it is"))],
-)
+@pytest.mark.parametrize("kill_conn_timeout", [5, 0])
 async def test_io_threads_stop_without_waiting_on_a_frozen_source(
     fresh_sandbox: Sandbox, kill_conn_timeout: int
 ) -> None:

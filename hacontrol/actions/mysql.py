@@ -532,12 +532,13 @@ class MySQLActions:
         ``rpl_semi_sync_slave_kill_conn_timeout`` (default 5 s; STOP SLAVE gives up waiting
         after 2 s and signals again), and STOP SLAVE waits for it: 2.0 s on 10.11, measured,
         whatever slave_net_timeout is (bench/io_thread_stop.py). With the timeout at 1 s (the
-        smallest; 0 means none), 1.0 s. The server's own value is put back afterwards."""
+        smallest; 0 means none: the stop hangs, measured), 1.0 s. The server's own value is put
+        back afterwards."""
         assert session.flavor is not None
         stop = Sql(f"{session.flavor.stop_replication_sql().sql} IO_THREAD")
         rows = await _optional_query(session, _KILL_CONN_TIMEOUT)
         before = int(rows[0]["value"]) if rows and rows[0]["value"] is not None else None
-        if before is None or before <= 1:
+        if before is None or before == 1:  # 0 is no timeout at all: the stop would hang
             await session.change(stop)
             return {}
         await session.change(_set_kill_conn_timeout_sql(1))
