@@ -35,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", type=Path)
     args = parser.parse_args(argv)
     roots = args.paths or [ROOT / "hacontrol"]
-    files = sorted(
-        {f.resolve() for p in roots for f in (p.rglob("*.py") if p.is_dir() else [p])}
-    )
+    files = sorted({f.resolve() for p in roots for f in (p.rglob("*.py") if p.is_dir() else [p])})
     found = sorted(long_functions(files, args.limit), reverse=True)
     for length, where in found:
         print(f"{length:4d} {where}")
