@@ -180,6 +180,9 @@ class Sandbox:
             if self.is_running():
                 raise AlreadyRunningError(existing)
             await self.down()  # leftovers of a sandbox whose processes all died
+            if not self.spec.netns:  # one killed a moment ago may still hold its socket
+                for port, purpose in self.spec.ports():
+                    await procs.wait_port_free(port, purpose, timeout=3.0)
         if self.spec.netns and (reason := netns_unavailable()):
             raise SandboxError(f"--netns: {reason}")
         if not self.spec.netns:  # with --netns the ports are on the sandbox's own hosts
