@@ -107,10 +107,15 @@ def _load(args: argparse.Namespace) -> Loaded | None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """The effective settings, secrets masked; with [[clusters]], every cluster's by name."""
     loaded = _load(args)
     if loaded is None:
         return EXIT_CONFIG
-    print(json.dumps(redacted(loaded.settings), indent=2))
+    if loaded.form == "single":
+        print(json.dumps(redacted(loaded.settings), indent=2))
+    else:
+        clusters = {s.cluster.name: redacted(s) for s in loaded.clusters}
+        print(json.dumps({"clusters": clusters}, indent=2))
     return 0
 
 

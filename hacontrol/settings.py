@@ -19,11 +19,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import SecretStr, ValidationError
+from pydantic_settings import EnvSettingsSource
 from pydantic_settings import SettingsError as SourceError
 
+from hacontrol import settings_clusters as multi
 from hacontrol.settings_model import (
     MAX_NODES,
     MAX_SECRET_FILE,
@@ -54,6 +56,7 @@ from hacontrol.settings_model import (
     check_host,
     replace_at,
     section_at,
+    settings_without_environment,
 )
 from hacontrol.settings_rules import check, drain_problems, host_problems, secret_strength
 from hacontrol.tlsconf import TlsConfigError, client_context, server_context
@@ -104,9 +107,36 @@ CONFIG_ENV = "HACONTROL_CONFIG"
 
 @dataclass(frozen=True)
 class Loaded:
+    """Valid settings: one ``Settings`` per cluster (``clusters``; the single form gives one).
+    ``settings`` is the first, for what is process-wide (api, log, controller.instance_id are
+    the same in every cluster's settings); ``form`` says how the file was written."""
+
     settings: Settings
     path: Path
     warnings: tuple[str, ...]
+    clusters: tuple[Settings, ...] = ()
+    form: Literal["single", "clusters"] = "single"
+
+    def __post_init__(self) -> None:
+        if not self.clusters:
+            object.__setattr__(self, "clusters", (self.settings,))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.cluster.name for s in self.clusters)
+
+    def pick(self, name: str | None) -> Settings:
+        """The cluster named ``name``; None: the only one. Raises SettingsError otherwise,
+        naming the clusters there are."""
+        known = ", ".join(self.names)
+        if name is None:
+            if len(self.clusters) == 1:
+                return self.clusters[0]
+            raise SettingsError([f"several clusters: give --cluster NAME (one of: {known})"])
+        for settings in self.clusters:
+            if settings.cluster.name == name:
+                return settings
+        raise SettingsError([f"unknown cluster {name!r}: give --cluster NAME (one of: {known})"])
 
 
 def config_path(explicit: str | Path | None, env: Mapping[str, str] = os.environ) -> Path:
@@ -125,12 +155,24 @@ def load_settings(explicit: str | Path | None = None) -> Loaded:
 
 def settings_from(data: Mapping[str, Any], path: Path) -> Loaded:
     """Validate ``data`` (the TOML document; the environment overrides it) as the settings of
-    the file ``path``. Raises SettingsError naming every bad key, never anything else."""
+    the file ``path``: the single form, or ``[[clusters]]`` (``hacontrol.settings_clusters``).
+    Raises SettingsError naming every bad key, never anything else."""
+    if "clusters" in data:
+        return _clusters_from(data, path)
+    settings, warnings = _one_cluster(data, path, environment=True)
+    return Loaded(settings=settings, path=path, warnings=tuple(warnings))
+
+
+def _one_cluster(
+    data: Mapping[str, Any], path: Path, *, environment: bool
+) -> tuple[Settings, list[str]]:
+    """One cluster's settings and warnings, or SettingsError. ``environment``: whether the
+    HACONTROL_* variables override ``data`` (False: they were merged into it already)."""
     unknown = [k for k in data if k not in Settings.model_fields]
     if unknown:  # before Settings(**data): a key like `_secrets_dir` would configure pydantic
         raise SettingsError([f"{_dotted((k,))}: unknown key" for k in unknown])
     try:
-        settings = Settings(**data)
+        settings = Settings(**data) if environment else settings_without_environment(dict(data))
     except ValidationError as exc:
         raise SettingsError([_describe(err) for err in exc.errors()]) from None
     except SourceError as exc:  # an HACONTROL_* variable that is not valid JSON
@@ -148,7 +190,67 @@ def settings_from(data: Mapping[str, Any], path: Path) -> Loaded:
     problems += [e for e in errors if e.split(":", 1)[0] not in failed]
     if problems:
         raise SettingsError(problems)
-    return Loaded(settings=settings, path=path, warnings=tuple(warnings))
+    return settings, warnings
+
+
+def _clusters_from(data: Mapping[str, Any], path: Path) -> Loaded:
+    """The ``[[clusters]]`` form: the environment over the top level, each entry over that,
+    each result validated like the single form, then what clusters may not share."""
+    top, entries, journal = _top_level(data)
+    clusters: list[tuple[str, Settings]] = []
+    problems: list[str] = []
+    warnings: list[str] = []
+    for index, entry in enumerate(entries):
+        where = multi.label(index, entry)
+        try:
+            settings, more = _one_cluster(
+                multi.merged(top, entry, journal), path, environment=False
+            )
+        except SettingsError as exc:
+            problems += _named(where, exc.problems, problems)
+            continue
+        clusters.append((where, settings))
+        warnings += _named(where, more, warnings)
+    if not problems:
+        problems = multi.cross_problems(clusters)
+    if problems:
+        raise SettingsError(problems)
+    return Loaded(
+        settings=clusters[0][1],
+        path=path,
+        warnings=tuple(warnings),
+        clusters=tuple(settings for _, settings in clusters),
+        form="clusters",
+    )
+
+
+def _top_level(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+    """The top level with the environment merged in, the entries and the journal they derive
+    theirs from, once the entries' shape and the top level's own values are valid
+    (SettingsError otherwise)."""
+    try:
+        env = EnvSettingsSource(Settings)()
+    except SourceError as exc:
+        raise SettingsError([_describe_source(exc)]) from None
+    unknown = [k for k in data if k not in Settings.model_fields and k != "clusters"]
+    if unknown:
+        raise SettingsError([f"{_dotted((k,))}: unknown key" for k in unknown])
+    top = multi.deep_merge({k: v for k, v in data.items() if k != "clusters"}, env)
+    problems = multi.shape_problems(top, data["clusters"], tuple(env))
+    try:
+        journal = settings_without_environment(top).controller.journal
+    except ValidationError as exc:
+        problems += [_describe(err) for err in exc.errors()]
+    if problems:
+        raise SettingsError(problems)
+    return top, data["clusters"], journal
+
+
+def _named(where: str, problems: list[str], already: list[str]) -> list[str]:
+    """Problems of one cluster, each naming it; those of a process-wide section (the same in
+    every cluster) once, as they are."""
+    shared = [p for p in problems if multi.is_process_wide(p) and p not in already]
+    return shared + multi.prefixed(where, [p for p in problems if not multi.is_process_wide(p)])
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

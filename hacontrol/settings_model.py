@@ -10,6 +10,7 @@ import ipaddress
 import math
 import os
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -71,6 +72,18 @@ def check_host(value: str) -> str:
     return value
 
 
+def address_key(host: str, port: int) -> tuple[str, int]:
+    """One spelling per address: IP literals in their canonical form (an IPv4-mapped IPv6
+    address as the IPv4 one), names without case or trailing dot. Names are not resolved."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return (host.lower().rstrip("."), port)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (str(ip), port)
+
+
 Number = BeforeValidator(_plain_number)
 Port = Annotated[int, Number, Field(ge=1, le=65535)]
 PositiveSeconds = Annotated[
@@ -96,8 +109,11 @@ class _Section(BaseModel):
         return value
 
 
+CLUSTER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
 class ClusterSettings(_Section):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "main"
+    name: Annotated[str, Field(pattern=CLUSTER_NAME)] = "main"
 
 
 class NodeSettings(_Section):
@@ -415,6 +431,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Earlier sources win: the environment overrides the file (passed as init kwargs).
+        if _WITHOUT_ENVIRONMENT.get():
+            return (init_settings,)
         return (env_settings, init_settings)
 
     def node(self, name: str) -> NodeSettings:
@@ -422,6 +440,19 @@ class Settings(BaseSettings):
             if node.name == name:
                 return node
         raise KeyError(name)
+
+
+_WITHOUT_ENVIRONMENT: ContextVar[bool] = ContextVar("without_environment", default=False)
+
+
+def settings_without_environment(data: dict[str, Any]) -> Settings:
+    """``Settings(**data)`` with no ``HACONTROL_*`` variable applied: for a document the
+    environment was already merged into (each ``[[clusters]]`` entry over the top level)."""
+    token = _WITHOUT_ENVIRONMENT.set(True)
+    try:
+        return Settings(**data)
+    finally:
+        _WITHOUT_ENVIRONMENT.reset(token)
 
 
 # Every secret: (section path, secret field, file field). One table, used by load and by tests.

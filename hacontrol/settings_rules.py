@@ -15,6 +15,7 @@ from hacontrol.settings_model import (
     SECRETS,
     FailoverSettings,
     Settings,
+    address_key,
     check_host,
     section_at,
 )
@@ -60,7 +61,7 @@ def _node_rules(settings: Settings) -> Problems:
     seen_addr: dict[tuple[str, int], int] = {}
     seen_name: dict[str, int] = {}
     for i, node in enumerate(nodes):
-        addr = (node.host.lower(), node.port)
+        addr = address_key(node.host, node.port)
         if addr in seen_addr:
             errors.append(
                 f"nodes[{i}]: duplicate node address {node.host}:{node.port} "
