@@ -65,7 +65,7 @@ BASE = tomllib.loads(BASE_TOML)
 SECTIONS = sorted(Settings.model_fields)
 
 KEYS = ["interval", "timeout", "host", "port", "password", "token", "name", "journal", "kind"]
-KEYS += ["_secrets_dir", "_cli_parse_args", "model_config", "__class__", "nodes", "api"]
+KEYS += ["_secrets_dir", "_cli_parse_args", "model_config", "__class__", "nodes", "api", "clusters"]
 keys = st.sampled_from(KEYS) | st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True)
 ODD = ["", " ", "\x00", "not a host;rm -rf", "/proc/self/x", "/etc/hostname/j", "/tmp", "inf"]
 ODD += ["nan", "true", "1e-299", "-1", "0.0.0.0", "::", "é" * 5, "x" * 300]
@@ -96,10 +96,10 @@ def paths(data: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
 
 
 @st.composite
-def documents(draw: st.DrawFn) -> dict[str, Any]:
+def documents(draw: st.DrawFn, base: dict[str, Any] = BASE) -> dict[str, Any]:
     """The base document with a few random edits: values replaced, keys added or removed,
     the node list grown or emptied."""
-    data = copy.deepcopy(BASE)
+    data = copy.deepcopy(base)
     for _ in range(draw(st.integers(1, 4))):
         where = draw(st.sampled_from([p for p in paths(data) if p]))
         parent = data
@@ -147,6 +147,30 @@ def test_fuzz_settings_documents(data, tmp_path):
         assert 3 <= len(s.nodes) <= 64
         assert s.probes.interval >= 0.05 and s.probes.timeout < s.probes.interval
         assert s.failover.recovery_block < float("inf")
+
+
+CLUSTERS = {k: v for k, v in BASE.items() if k not in ("cluster", "nodes")} | {
+    "clusters": [
+        {"name": "one", "nodes": BASE["nodes"], "failover": {"max_lag": 5.0}},
+        {
+            "name": "two",
+            "nodes": [{"host": f"10.2.0.{i}"} for i in range(3)],
+            "router": {"proxysql": {"writer_hostgroup": 110, "reader_hostgroup": 120}},
+        },
+    ]
+}
+
+
+@FUZZ
+@given(data=documents(CLUSTERS))
+def test_fuzz_settings_cluster_documents(data, tmp_path):
+    loaded = load(data, tmp_path)
+    if loaded is not None:
+        assert len({s.cluster.name.lower() for s in loaded.clusters}) == len(loaded.clusters)
+        assert len({s.controller.journal for s in loaded.clusters}) == len(loaded.clusters)
+        for s in loaded.clusters:
+            assert 3 <= len(s.nodes) <= 64
+            assert s.probes.timeout < s.probes.interval
 
 
 @FUZZ
@@ -202,3 +226,11 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 def test_fuzz_settings_environment(env, tmp_path):
     with environment(env):
         load(copy.deepcopy(BASE), tmp_path)
+
+
+@FUZZ
+@given(env=st.dictionaries(st.sampled_from(ENV), st.sampled_from(["[{", "[]", "nan", "1e-299",
+       '{"kind": 1}', "-5", "10.2.0.1", '[{"host": "10.9.0.1"}]', "0.5"]), max_size=3))  # fmt: skip
+def test_fuzz_settings_environment_with_clusters(env, tmp_path):
+    with environment(env):
+        load(copy.deepcopy(CLUSTERS), tmp_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -489,3 +490,26 @@ def test_one_cluster_entry_gives_the_same_settings_as_the_single_form(tmp_path, 
             update={"controller": single.controller.model_copy(update={"journal": journal})}
         ),
     )
+
+
+def test_the_commented_example_of_the_repository_settings_is_valid(tmp_path):
+    """settings.toml ends with a [[clusters]] example: uncommented in place of [cluster] and
+    [[nodes]], it loads (with the secret files it names)."""
+    text = (Path(__file__).resolve().parent.parent / "settings.toml").read_text()
+    live, _, example = text.partition("# [[clusters]]\n")
+    live = re.sub(r"\n\[cluster\]\n.*?\n(?=\[mysql\])", "\n", live, flags=re.S)
+    example = re.sub(r"^# ?", "", "# [[clusters]]\n" + example, flags=re.M)
+    for name in ("hacontrol.password", "repl.password", "billing.password"):
+        secret = tmp_path / ("secrets" if name == "billing.password" else "sandbox/secrets") / name
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("s3cret-" + name)
+    path = tmp_path / "settings.toml"
+    path.write_text(live + example)
+    loaded = load_settings(path)
+    orders, billing = loaded.clusters
+    assert (orders.router.haproxy.writer_backend, billing.router.haproxy.writer_backend) == (
+        "writer",
+        "billing_writer",
+    )
+    assert billing.mysql.password.get_secret_value() == "s3cret-billing.password"
+    assert billing.controller.journal.name == "journal.billing.jsonl"
