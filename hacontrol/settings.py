@@ -240,7 +240,7 @@ def _top_level(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, 
     try:
         journal = settings_without_environment(top).controller.journal
     except ValidationError as exc:
-        problems += [_describe(err) for err in exc.errors()]
+        raise SettingsError(problems + [_describe(err) for err in exc.errors()]) from None
     if problems:
         raise SettingsError(problems)
     return top, data["clusters"], journal

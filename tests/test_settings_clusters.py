@@ -513,3 +513,11 @@ def test_the_commented_example_of_the_repository_settings_is_valid(tmp_path):
     )
     assert billing.mysql.password.get_secret_value() == "s3cret-billing.password"
     assert billing.controller.journal.name == "journal.billing.jsonl"
+
+
+def test_one_node_spelt_twice_in_one_cluster_is_refused(tmp_path, capsys):
+    """Within a cluster too, addresses compare as literals: the same server counted twice
+    would make a majority of two copies of one node."""
+    text = BASE.replace('host = "10.0.0.2"', 'host = "::ffff:10.0.0.1"')
+    code, _, err = run_check(write(tmp_path, text), capsys)
+    assert code == 2 and "settings error: nodes[1]: duplicate node address" in err
