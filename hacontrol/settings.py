@@ -241,6 +241,8 @@ def _top_level(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, 
         journal = settings_without_environment(top).controller.journal
     except ValidationError as exc:
         raise SettingsError(problems + [_describe(err) for err in exc.errors()]) from None
+    if problem := multi.journal_problem(journal):
+        problems.append(problem)
     if problems:
         raise SettingsError(problems)
     return top, data["clusters"], journal

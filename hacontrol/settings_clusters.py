@@ -114,7 +114,7 @@ def _name_problems(entries: Sequence[Mapping[str, Any]]) -> list[str]:
             first = seen[name.lower()]
             problems.append(
                 f"{label(index, entry)}.name: duplicate cluster name {name!r} "
-                f"(same as {label(first, entries[first])}; names differ by more than case)"
+                f"(same as {label(first, entries[first])}; names must differ, by more than case)"
             )
         seen.setdefault(name.lower(), index)
     return problems
@@ -159,6 +159,16 @@ def _table(data: Mapping[str, Any], path: Sequence[str]) -> dict[str, Any] | Non
             return None
         data = child
     return data if isinstance(data, dict) else None
+
+
+def journal_problem(journal: Path) -> str | None:
+    """Why ``controller.journal`` cannot give each cluster a file of its own, or None."""
+    if journal.name in ("", ".."):
+        return (
+            f"controller.journal: {str(journal)[:80]!r} names no file; with [[clusters]] each "
+            "cluster's journal is named after it (state/journal.jsonl: state/journal.NAME.jsonl)"
+        )
+    return None
 
 
 def journal_for(journal: Path, name: str) -> Path:

@@ -68,7 +68,7 @@ KEYS = ["interval", "timeout", "host", "port", "password", "token", "name", "jou
 KEYS += ["_secrets_dir", "_cli_parse_args", "model_config", "__class__", "nodes", "api", "clusters"]
 keys = st.sampled_from(KEYS) | st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True)
 ODD = ["", " ", "\x00", "not a host;rm -rf", "/proc/self/x", "/etc/hostname/j", "/tmp", "inf"]
-ODD += ["nan", "true", "1e-299", "-1", "0.0.0.0", "::", "é" * 5, "x" * 300]
+ODD += ["nan", "true", "1e-299", "-1", "0.0.0.0", "::", "é" * 5, "x" * 300, "/", ".."]
 texts = st.text(max_size=30) | st.sampled_from(ODD)
 scalars = (
     st.booleans()

@@ -261,7 +261,7 @@ REFUSALS = [
         "names differing by case",
         TOP + ORDERS + BILLING.replace('"billing"', '"Orders"'),
         "clusters[1] (Orders).name",
-        "more than case",
+        "by more than case",
     ),
     (
         "a per-cluster value",
@@ -295,6 +295,18 @@ REFUSALS = [
         "boolean",
     ),
     ("a top-level unknown key", "[probe]\ninterval = 1\n" + TWO, "probe", "unknown key"),
+    (
+        "a journal with no file name",
+        TWO.replace('"state/journal.jsonl"', '"/"'),
+        "controller.journal",
+        "names no file",
+    ),
+    (
+        "a journal that is ..",
+        TWO.replace('"state/journal.jsonl"', '"state/.."'),
+        "controller.journal",
+        "names no file",
+    ),
 ]
 CROSS = [
     (
