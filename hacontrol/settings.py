@@ -345,7 +345,10 @@ def read_secret(file: Path) -> tuple[str, str | None]:
 def check_paths(settings: Settings) -> list[str]:
     """Paths that can never be what they must be (reads the filesystem, changes nothing)."""
     journal = settings.controller.journal
-    problem = _file_path_problem(journal)
+    try:
+        problem = _file_path_problem(journal)
+    except OSError as exc:  # a name longer than the file system allows, ...
+        problem = f"{str(journal)[:120]}...: {exc.strerror}"
     return [f"controller.journal: {problem}"] if problem else []
 
 

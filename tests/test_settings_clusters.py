@@ -302,6 +302,12 @@ REFUSALS = [
         "names no file",
     ),
     (
+        "a journal name too long with the cluster's",
+        TWO.replace("journal.jsonl", "j" * 250),
+        "clusters[0] (orders).controller.journal",
+        "too long",
+    ),
+    (
         "a journal that is ..",
         TWO.replace('"state/journal.jsonl"', '"state/.."'),
         "controller.journal",
