@@ -103,6 +103,8 @@ __all__ = [
 
 DEFAULT_CONFIG = Path("settings.toml")
 CONFIG_ENV = "HACONTROL_CONFIG"
+MAX_FILE_NAME = 255
+"""Bytes in one file name on Linux file systems (NAME_MAX)."""
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,8 @@ def check_paths(settings: Settings) -> list[str]:
 
 def _file_path_problem(path: Path) -> str | None:
     """Why ``path`` can never be a regular file we create and append to, or None."""
+    if len(os.fsencode(path.name)) > MAX_FILE_NAME:
+        return f"{str(path)[:120]}...: the file name is too long ({MAX_FILE_NAME} bytes at most)"
     resolved = Path(os.path.realpath(path))
     for pseudo in PSEUDO_FILESYSTEMS:
         if resolved == pseudo or pseudo in resolved.parents:
