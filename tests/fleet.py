@@ -21,7 +21,7 @@ from hacontrol.sandbox.cluster import find_binary
 from hacontrol.sandbox.model import HOST, RouterInfo
 from hacontrol.sandbox.render import haproxy_cfg
 from hacontrol.settings import HAProxySettings
-from tests.live import FAST_ENV, Process
+from tests.live import FAST_ENV, Process, WriteLoop
 from tests.support import free_port
 
 LEASE_ENV = {
@@ -148,6 +148,14 @@ class Fleet:
     def start_all(self, **env: str) -> None:
         for member in self.members:
             self.start(member.name, **env)
+
+    def write_loops(self, members: list[Member]) -> dict[str, WriteLoop]:
+        """A running WriteLoop through each member's router, each on its own id range."""
+        ids = {m.name: 1_000_000 * i for i, m in enumerate(members, start=1)}
+        return {
+            m.name: WriteLoop(self.sandbox, start_id=ids[m.name], port=m.router.writer_port).start()
+            for m in members
+        }
 
     def leaders(self) -> list[str]:
         return [m.name for m in self.members if m.process is not None and m.leads()]

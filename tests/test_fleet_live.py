@@ -19,7 +19,7 @@ import pytest
 
 from hacontrol.drill.report import outage
 from tests.fleet import Fleet, running_fleet
-from tests.live import NOBODY, WriteLoop, as_nobody, iptables_available, nobody_dropped, sql
+from tests.live import NOBODY, as_nobody, iptables_available, nobody_dropped, sql
 
 pytestmark = pytest.mark.integration
 
@@ -88,10 +88,7 @@ async def test_three_instances_started_together_elect_one_leader_and_route_alike
 async def test_primary_killed_one_failover_in_the_fleet_and_every_router_follows(fleet):
     fleet.start_all()
     leader = settled(fleet)
-    loops = {
-        m.name: WriteLoop(fleet.sandbox, start_id=1_000_000 * i, port=m.router.writer_port).start()
-        for i, m in enumerate(fleet.members, start=1)
-    }
+    loops = fleet.write_loops(fleet.members)
     await asyncio.sleep(1.0)
     killed = time.monotonic()
     fleet.sandbox.kill_node("node1", signal.SIGKILL)
@@ -137,10 +134,7 @@ async def test_leader_killed_a_follower_leads_and_routers_keep_routing(fleet):
     fleet.start_all()
     leader = settled(fleet)
     others = [m for m in fleet.members if m.name != leader]
-    loops = {
-        m.name: WriteLoop(fleet.sandbox, start_id=1_000_000 * i, port=m.router.writer_port).start()
-        for i, m in enumerate(others, start=1)
-    }
+    loops = fleet.write_loops(others)
     await asyncio.sleep(0.5)
     killed = fleet.signal(leader, signal.SIGKILL)
     seen: list[dict[str, frozenset[str]]] = []
@@ -327,10 +321,7 @@ async def test_leader_and_primary_killed_together_a_follower_fails_over(fleet):
     fleet.start_all()
     leader = settled(fleet)
     others = [m for m in fleet.members if m.name != leader]
-    loops = {
-        m.name: WriteLoop(fleet.sandbox, start_id=1_000_000 * i, port=m.router.writer_port).start()
-        for i, m in enumerate(others, start=1)
-    }
+    loops = fleet.write_loops(others)
     await asyncio.sleep(0.5)
     killed = fleet.signal(leader, signal.SIGKILL)
     fleet.sandbox.kill_node("node1", signal.SIGKILL)
