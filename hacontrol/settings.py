@@ -198,7 +198,7 @@ def _one_cluster(
 def _clusters_from(data: Mapping[str, Any], path: Path) -> Loaded:
     """The ``[[clusters]]`` form: the environment over the top level, each entry over that,
     each result validated like the single form, then what clusters may not share."""
-    top, entries, journal = _top_level(data)
+    top, entries, journal = _top_level(data, path)
     clusters: list[tuple[str, Settings]] = []
     problems: list[str] = []
     warnings: list[str] = []
@@ -226,7 +226,9 @@ def _clusters_from(data: Mapping[str, Any], path: Path) -> Loaded:
     )
 
 
-def _top_level(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+def _top_level(
+    data: Mapping[str, Any], path: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
     """The top level with the environment merged in, the entries and the journal they derive
     theirs from, once the entries' shape and the top level's own values are valid
     (SettingsError otherwise)."""
@@ -243,11 +245,18 @@ def _top_level(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, 
         journal = settings_without_environment(top).controller.journal
     except ValidationError as exc:
         raise SettingsError(problems + [_describe(err) for err in exc.errors()]) from None
-    if problem := multi.journal_problem(journal):
+    problem = multi.journal_problem(journal)
+    problem = problem or multi.single_form_journal_left(_beside(journal, path))
+    if problem:
         problems.append(problem)
     if problems:
         raise SettingsError(problems)
     return top, data["clusters"], journal
+
+
+def _beside(journal: Path, path: Path) -> Path:
+    """A relative ``controller.journal`` taken from the settings file's folder."""
+    return journal if journal.is_absolute() else path.parent.resolve() / journal
 
 
 def _named(where: str, problems: list[str], already: list[str]) -> list[str]:

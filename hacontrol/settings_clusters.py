@@ -171,6 +171,24 @@ def journal_problem(journal: Path) -> str | None:
     return None
 
 
+def single_form_journal_left(journal: Path) -> str | None:
+    """Why the ``[[clusters]]`` form cannot start over ``journal``, the file the single form
+    kept: it may hold a cut plan or a recovery block that a cluster's new, empty journal
+    (``journal_for``) would silently forget. None when there is no such file, or it is empty."""
+    try:
+        size = journal.stat().st_size
+    except OSError:
+        return None
+    if size == 0:
+        return None
+    return (
+        f"controller.journal: {journal} holds a journal of the single-cluster form; with "
+        "[[clusters]] each cluster keeps its own (state/journal.NAME.jsonl) and would start "
+        "from nothing: run `hacontrol journal check` with the old settings, then move the "
+        "file to the journal of the cluster it belonged to (or delete it if it holds nothing)"
+    )
+
+
 def journal_for(journal: Path, name: str) -> Path:
     """``state/journal.jsonl`` for cluster ``orders``: ``state/journal.orders.jsonl``."""
     return journal.with_name(f"{journal.stem}.{name}{journal.suffix}")

@@ -103,6 +103,22 @@ def test_each_cluster_has_its_own_journal_next_to_the_one_configured(tmp_path):
     assert billing.controller.journal == tmp_path.resolve() / "state/journal.billing.jsonl"
 
 
+def test_a_single_form_journal_left_behind_is_refused_until_an_operator_moves_it(tmp_path, capsys):
+    """Moving a file to [[clusters]] renames every journal: the old one may hold a cut plan or
+    a recovery block that no cluster would read, so nothing starts until it is moved."""
+    (tmp_path / "state").mkdir()
+    old = tmp_path / "state/journal.jsonl"
+    old.write_text("")  # empty: nothing to forget
+    assert load_settings(write(tmp_path, TWO)).names == ("orders", "billing")
+    old.write_text('{"record": "plan_started"}\n')
+    code, out, err = run_check(write(tmp_path, TWO), capsys)
+    assert code == 2 and out == ""
+    assert f"controller.journal: {old.resolve()} holds a journal of the single-cluster form" in err
+    assert "move the file to the journal of the cluster it belonged to" in err
+    old.rename(tmp_path / "state/journal.orders.jsonl")
+    assert load_settings(write(tmp_path, TWO)).names == ("orders", "billing")
+
+
 def test_secrets_are_resolved_per_cluster_from_the_files_folder(tmp_path):
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets/billing.pw").write_text("s3cret-billing\n")
