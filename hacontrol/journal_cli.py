@@ -44,13 +44,16 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 def _path_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="settings file (for controller.journal)")
     parser.add_argument("--path", metavar="FILE", help="the journal file (instead of settings)")
+    parser.add_argument(
+        "--cluster", metavar="NAME", help="whose journal, when the settings hold several clusters"
+    )
 
 
 def journal_path(args: argparse.Namespace) -> Path | None:
     if args.path:
         return Path(args.path)
     try:
-        return load_settings(args.config).settings.controller.journal
+        return load_settings(args.config).pick(args.cluster).controller.journal
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"hacontrol: settings error: {problem}", file=sys.stderr)

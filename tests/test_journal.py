@@ -389,3 +389,32 @@ def test_journal_check_describes_what_the_controller_will_do(tmp_path):
     assert "writable" in done.stdout
     refused = hacontrol("journal", "reset", "--path", str(journal.path), cwd=tmp_path)
     assert refused.returncode == 2 and "add --yes" in refused.stderr and journal.path.exists()
+
+
+def test_journal_check_takes_the_cluster_when_the_settings_hold_several(tmp_path):
+    from tests.test_settings import write
+    from tests.test_settings_clusters import TWO
+
+    config = write(tmp_path, TWO)
+    journal = Journal(tmp_path / "state" / "journal.billing.jsonl")
+    journal.save_state({"paused": True})
+    which = hacontrol("journal", "check", "--config", str(config), cwd=tmp_path)
+    assert which.returncode == 2 and "Traceback" not in which.stderr
+    assert "several clusters: give --cluster NAME (one of: orders, billing)" in which.stderr
+    billing = hacontrol(
+        "journal", "check", "--config", str(config), "--cluster", "billing", cwd=tmp_path
+    )
+    assert billing.returncode == 0, billing.stderr
+    assert (
+        f"{journal.path.resolve()}: 1 record(s)" in billing.stdout
+        and "paused=True" in billing.stdout
+    )
+    orders = hacontrol(
+        "journal", "check", "--config", str(config), "--cluster", "orders", cwd=tmp_path
+    )
+    assert (
+        orders.returncode == 0
+        and "journal.orders.jsonl: 0 record(s) (no file yet)" in orders.stdout
+    )
+    unknown = hacontrol("journal", "check", "--config", str(config), "--cluster", "x", cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown cluster 'x'" in unknown.stderr
