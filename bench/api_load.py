@@ -377,7 +377,7 @@ async def measure(settings_path: Path, args: argparse.Namespace) -> dict[str, An
     import io
 
     from hacontrol.jsonlog import JsonLog
-    from hacontrol.service import Runtime
+    from hacontrol.service import Service
     from hacontrol.settings import load_settings
 
     settings = load_settings(settings_path).settings
@@ -390,7 +390,10 @@ async def measure(settings_path: Path, args: argparse.Namespace) -> dict[str, An
         }
     )
     token = settings.api.token.get_secret_value() if settings.api.token else None
-    runtime = Runtime(settings, JsonLog(settings.cluster.name, stream=io.StringIO(), level="info"))
+    service = Service(
+        (settings,), JsonLog(settings.cluster.name, stream=io.StringIO(), level="info")
+    )
+    runtime = service.runtime(None)
     original = runtime.controller.handle
     obs: Observer | None = None
 
@@ -400,9 +403,9 @@ async def measure(settings_path: Path, args: argparse.Namespace) -> dict[str, An
         return original(event)
 
     runtime.controller.handle = handle  # type: ignore[method-assign]
-    async with runtime:
-        assert runtime.api is not None and runtime.api.address is not None
-        host, port = runtime.api.address
+    async with service:
+        assert service.api is not None and service.api.address is not None
+        host, port = service.api.address
         api_url = f"http://{host}:{port}"
         obs = Observer(api_url, token)
         sampler = asyncio.create_task(obs.sample_lag())

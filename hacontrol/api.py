@@ -21,14 +21,20 @@ POST /pause            none or ``{}``                  pause automatic changes
 POST /resume           none or ``{}``                  resume
 =====================  ==============================  =====================================
 
+Every command takes ``cluster``: a body field or a query parameter (``?cluster=orders``; both
+given, they must agree). It is required only when the process runs several clusters: then a
+command without it is refused (400, naming the clusters), and a cluster that is not run here is
+404; with one cluster it may be left out.
+
 ``{"to": null}`` is refused (400): a client that writes a missing value as null must not move
 the primary to a candidate it did not name; leave ``to`` out to let the controller choose.
 
 Status codes: 200 done, 409 refused by the controller, 400 malformed request (nothing sent to
-the controller), 401 no or wrong token (nothing sent), 408 body not received in time, 413 body
-too large, 429 too many requests without a valid token from this address (``Retry-After``),
-503 the controller's event loop did not answer, 504 the controller did not answer a command in
-time (it is queued and may still run: check ``/status`` and the log).
+the controller), 404 no such cluster (nothing sent), 401 no or wrong token (nothing sent), 408
+body not received in time, 413 body too large, 429 too many requests without a valid token
+from this address (``Retry-After``), 503 the controller's event loop did not answer, 504 the
+controller did not answer a command in time (it is queued and may still run: check
+``/status`` and the log).
 
 Isolation (docs/hardening.md): ``hacontrol run`` serves it from a process of its own
 (``hacontrol.api_process``), so accepting, parsing and closing connections spends another
@@ -64,7 +70,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from hacontrol.api_guard import ConnectionTable, RateLimiter, connection_cap, retry_after
 from hacontrol.api_loop import CachedRead, LoopThread, MainLoop, MainUnavailable
-from hacontrol.api_schema import NODE_NAME, document
+from hacontrol.api_schema import CLUSTER_NAME, NODE_NAME, document
 from hacontrol.api_sites import bound, site_for
 from hacontrol.events import CommandResult, OperatorCommand
 from hacontrol.jsonlog import JsonLog, dumps
@@ -95,6 +101,9 @@ class ControllerHandle(Protocol):
 
     The synchronous methods are called on the main loop's thread, one at a time."""
 
+    clusters: tuple[str, ...]
+    """The names of the clusters this process runs (at least one)."""
+
     def alive(self) -> tuple[bool, str]:
         """The event loop and the decision task are alive (and why not)."""
         ...
@@ -111,13 +120,25 @@ class ControllerHandle(Protocol):
         """Prometheus exposition text."""
         ...
 
-    async def command(self, cmd: OperatorCommand) -> CommandResult:
-        """Put ``cmd`` on the decision task's queue and wait for its answer."""
+    async def command(self, cmd: OperatorCommand, cluster: str) -> CommandResult:
+        """Put ``cmd`` on ``cluster``'s decision task's queue and wait for its answer."""
         ...
 
 
 class BadRequest(Exception):
     """The request body is malformed; the message says how."""
+
+
+class NoSuchCluster(Exception):
+    """The request names a cluster that this process does not run (404)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """A parsed command: for which cluster (None: not named), and what."""
+
+    cluster: str | None
+    command: OperatorCommand
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +188,39 @@ def _node_name(value: Any, field: str) -> str:
 
 def parse_command(command: str, raw: bytes, at: float) -> OperatorCommand:
     """The OperatorCommand for ``POST /<command>`` with body ``raw``; BadRequest if malformed."""
+    return parse_request(command, raw, at).command
+
+
+def parse_request(command: str, raw: bytes, at: float, query_cluster: str | None = None) -> Request:
+    """``POST /<command>?cluster=<query_cluster>`` with body ``raw``; BadRequest if malformed.
+    ``cluster`` may be a body field or the query parameter; both given, they must agree."""
     data = _object(raw)
+    cluster = query_cluster
+    if "cluster" in data:
+        named = data.pop("cluster")
+        if not isinstance(named, str):
+            raise BadRequest("'cluster' must be a string (a cluster name)")
+        if cluster is not None and named != cluster:
+            raise BadRequest("'cluster' in the body and in the query differ")
+        cluster = named
+    if cluster is not None and not re.fullmatch(CLUSTER_NAME, cluster):
+        raise BadRequest("'cluster' is not a cluster name (1 to 64 of A-Z a-z 0-9 _ . -)")
+    return Request(cluster, _command_of(command, data, at))
+
+
+def which_cluster(named: str | None, known: tuple[str, ...]) -> str:
+    """The cluster a command is for: the named one, or the only one. BadRequest when none is
+    named and there are several, NoSuchCluster when the named one is not run here."""
+    if named is None:
+        if len(known) == 1:
+            return known[0]
+        raise BadRequest(f"several clusters: name one with 'cluster' (one of: {', '.join(known)})")
+    if named not in known:
+        raise NoSuchCluster(f"no cluster {named!r} here (known: {', '.join(known)})")
+    return named
+
+
+def _command_of(command: str, data: dict[str, Any], at: float) -> OperatorCommand:
     if command == "switchover":
         _only(data, ("to",))
         if "to" not in data:
@@ -589,7 +642,14 @@ class ApiServer:
     async def _command(self, command: str, request: web.BaseRequest) -> web.Response:
         try:
             raw = await self._body(request)
-            cmd = parse_command(command, raw, self._clock())
+            query = request.query.getall("cluster", [])
+            if len(query) > 1:
+                raise BadRequest("'cluster' given more than once in the query")
+            parsed = parse_request(command, raw, self._clock(), query[0] if query else None)
+            cluster = which_cluster(parsed.cluster, tuple(self.handle.clusters))
+            cmd = parsed.command
+        except NoSuchCluster as exc:
+            return _json(404, {"ok": False, "message": str(exc)})
         except _TooLarge:
             return _json(413, {"ok": False, "message": f"body larger than {MAX_BODY} bytes"})
         except TimeoutError:
@@ -599,7 +659,7 @@ class ApiServer:
             return _json(400, {"ok": False, "message": str(exc)})
         assert self._main is not None
         try:
-            result = await self._main.run(self.handle.command(cmd), self.command_timeout)
+            result = await self._main.run(self.handle.command(cmd, cluster), self.command_timeout)
         except TimeoutError:
             message = (
                 f"the controller did not answer within {self.command_timeout:g} s; the command "

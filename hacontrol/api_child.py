@@ -97,8 +97,9 @@ class RemoteController:
     """What ``ApiServer`` asks of the controller, asked over the channel: one read of each path
     in flight at a time (later askers share it), at most ``MAX_COMMANDS`` commands."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, clusters: tuple[str, ...]) -> None:
         self._channel = channel
+        self.clusters = clusters
         self._reads: dict[str, asyncio.Future[Answer]] = {}
         self._commands = 0
 
@@ -116,7 +117,7 @@ class RemoteController:
             raise RuntimeError(str(answer["error"]))
         return int(answer["status"]), str(answer["body"]).encode(), str(answer["type"])
 
-    async def command(self, cmd: OperatorCommand) -> CommandResult:
+    async def command(self, cmd: OperatorCommand, cluster: str) -> CommandResult:
         if self._commands >= MAX_COMMANDS:
             raise MainUnavailable(f"{MAX_COMMANDS} commands already wait for the controller")
         self._commands += 1
@@ -127,6 +128,7 @@ class RemoteController:
                 "on": cmd.on,
                 "source": cmd.source,
                 "dry_run": cmd.dry_run,
+                "cluster": cluster,
             }
             answer = await self._channel.ask({"t": "command", **fields}, None)
         finally:
@@ -171,7 +173,7 @@ async def serve(sock: socket.socket) -> int:
     settings = ApiSettings.model_validate({**config["settings"], "token": config.get("token")})
     channel = Channel(reader, writer)
     reading = asyncio.create_task(channel.run(), name="api:channel")
-    remote = RemoteController(channel)
+    remote = RemoteController(channel, tuple(str(name) for name in config["clusters"]))
     api = ApiServer(settings, remote, ForwardLog(channel, str(config["level"])), fetch=remote.read)  # type: ignore[arg-type]
     try:
         host, port = await api.start()

@@ -210,6 +210,7 @@ class ApiProcess:
             "token": token,
             "level": next(level for level in LEVELS if self.log.enabled(level)),
             "nice": self.nice,
+            "clusters": list(self.handle.clusters),
         }
 
     async def _supervise(self) -> None:
@@ -305,10 +306,11 @@ class ApiProcess:
     async def _command(self, child: _Child, message: dict[str, Any]) -> None:
         ident = message["id"]
         cmd = _operator_command(message)
-        if cmd is None:
+        cluster = message.get("cluster")
+        if cmd is None or cluster not in self.handle.clusters:
             self._send(child, {"t": "answer", "id": ident, "busy": "malformed command"})
             return
-        result = await self.handle.command(cmd)
+        result = await self.handle.command(cmd, cluster)
         self._last.clear()  # the next read shows what the command changed
         detail = jsonable(result.detail)
         answer = {"t": "answer", "id": ident, "ok": result.ok, "message": result.message}

@@ -4,10 +4,12 @@ A frame is a 4-byte big-endian length and that many bytes of one JSON object (UT
 object has a type ``t``; what each side sends:
 
 - controller -> API process: ``config`` (first, once: the API settings, the token, the log
-  level, the CPU priority), ``answer`` (to a ``read`` or a ``command``, by ``id``).
+  level, the CPU priority, the names of the clusters), ``answer`` (to a ``read`` or a
+  ``command``, by ``id``).
 - API process -> controller: ``listening`` (the bound address) or ``failed`` (why not; the
   process then exits), ``read`` (``path``: /health, /ready, /status or /metrics), ``command``
-  (an operator command's fields), ``log`` (one log line for the controller's log).
+  (an operator command's fields and its cluster), ``log`` (one log line for the controller's
+  log).
 
 Plain values in, plain values out: no event loop here but the stream helpers.
 """

@@ -12,6 +12,9 @@ from hacontrol import __version__
 
 NODE_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"
 """The same rule as ``nodes[].name`` in the settings."""
+CLUSTER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+"""The same rule as ``cluster.name`` (and ``clusters[].name``) in the settings."""
+_CLUSTER = {"type": "string", "pattern": CLUSTER_NAME}
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _ANSWER = {"$ref": "#/components/schemas/Answer"}
@@ -38,9 +41,14 @@ def _read(summary: str, schema: dict[str, Any], *, probe: bool = False) -> dict[
 
 
 def _command(summary: str, body: dict[str, Any], *, required: bool) -> dict[str, Any]:
+    """A command; ``cluster`` (required only when the process runs several clusters) names
+    the cluster it is for. The query parameter ``?cluster=`` is accepted too (not described
+    here: given with the body field, the two must agree, which a schema cannot say)."""
+    body = {**body, "properties": {**body["properties"], "cluster": _CLUSTER}}
     return {
         "post": {
             "summary": summary,
+            "description": "cluster: in the body, or as the query parameter ?cluster=NAME",
             "security": [{"bearer": []}],
             "requestBody": {
                 "required": required,
@@ -48,8 +56,13 @@ def _command(summary: str, body: dict[str, Any], *, required: bool) -> dict[str,
             },
             "responses": {
                 "200": _json(_ANSWER, "done"),
-                "400": _json(_ERROR, "malformed request; nothing was sent to the controller"),
+                "400": _json(
+                    _ERROR,
+                    "malformed request, or no cluster named while there are several; "
+                    "nothing was sent to the controller",
+                ),
                 "401": _json(_ERROR, "no or wrong token; nothing was sent to the controller"),
+                "404": _json(_ERROR, "no such cluster; nothing was sent to the controller"),
                 "409": _json(_ANSWER, "refused by the controller"),
                 "413": _json(_ERROR, "body too large"),
                 "408": _json(_ERROR, "body not received in time"),

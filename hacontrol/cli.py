@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from hacontrol import __version__
-from hacontrol.settings import Loaded, SettingsError, load_settings, redacted
+from hacontrol.settings import Loaded, Settings, SettingsError, load_settings, redacted
 
 EXIT_CONFIG = 2
 
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--ack",
         action="store_true",
-        help="acknowledge the last failover: clear the recovery block kept in the journal",
+        help="acknowledge the last failover: clear the recovery block kept in the journal "
+        "(of every cluster)",
     )
     run.add_argument(
         "--log-level",
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="probe the nodes and router once, print the topology")
     _config_option(status)
+    cluster_option(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a tree")
     status.add_argument(
         "--tls",
@@ -81,6 +83,35 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="settings file (default: $HACONTROL_CONFIG, else ./settings.toml)",
     )
+
+
+def cluster_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="the cluster (required only when the settings hold several)",
+    )
+
+
+def clusters_of(loaded: Loaded) -> tuple[Settings, ...]:
+    """Every cluster of the settings (one for the single-cluster form)."""
+    return tuple(getattr(loaded, "clusters", None) or (loaded.settings,))
+
+
+def pick(loaded: Loaded, name: str | None) -> Settings:
+    """The cluster ``--cluster`` names, or the only one; SettingsError saying why not (no name
+    while there are several, or an unknown name), with the names it knows."""
+    if hasattr(loaded, "pick"):
+        return loaded.pick(name)
+    clusters = {s.cluster.name: s for s in clusters_of(loaded)}
+    known = ", ".join(clusters)
+    if name is None and len(clusters) == 1:
+        return next(iter(clusters.values()))
+    if name is None:
+        raise SettingsError([f"several clusters: give --cluster NAME (one of: {known})"])
+    if name not in clusters:
+        raise SettingsError([f"no cluster {name!r} in the settings (one of: {known})"])
+    return clusters[name]
 
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
@@ -129,11 +160,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hacontrol.routing import RouterError
     from hacontrol.service import run_forever, secrets_of
 
-    settings = loaded.settings
+    clusters = clusters_of(loaded)
+    settings = clusters[0]  # the process-wide sections (log, api) are the same in every one
     level = args.log_level or settings.log.level
-    log = JsonLog(settings.cluster.name, level=level, secrets=secrets_of(settings))
+    secrets = sorted({secret for one in clusters for secret in secrets_of(one)})
+    name = settings.cluster.name if len(clusters) == 1 else None
+    log = JsonLog(name, level=level, secrets=secrets)
     try:
-        return run_forever(settings, log, acknowledge_block=args.ack, paused=args.paused)
+        return run_forever(clusters, log, acknowledge_block=args.ack, paused=args.paused)
     except RouterError as exc:
         log.emit("startup_refused", None, "error", reason=str(exc))
         print(f"hacontrol: {exc}", file=sys.stderr)
@@ -157,7 +191,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from hacontrol.service import snapshot
     from hacontrol.status import render_tree, to_json
 
-    settings = loaded.settings
+    try:
+        settings = pick(loaded, args.cluster)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"hacontrol: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     view = asyncio.run(snapshot(settings))
     show = args.tls or tlsreport.configured(settings)
     links = asyncio.run(tlsreport.links(settings)) if show else None

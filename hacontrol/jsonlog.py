@@ -13,6 +13,7 @@ Non-finite numbers (NaN, infinities), which JSON cannot carry, are written as st
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import json
@@ -32,9 +33,13 @@ MASK = "********"
 
 
 class JsonLog:
+    """``cluster``: the value of every line's ``cluster`` field (None for the lines of a
+    process that runs several clusters and speaks for none of them). ``for_cluster`` gives a
+    sibling for another cluster over the same stream, level, scrubbing and lock."""
+
     def __init__(
         self,
-        cluster: str,
+        cluster: str | None,
         *,
         stream: TextIO | None = None,
         level: str = "debug",
@@ -47,6 +52,13 @@ class JsonLog:
         self._scrub = Scrubber(secrets)
         self._clock = clock
         self._lock = threading.Lock()
+
+    def for_cluster(self, cluster: str | None) -> JsonLog:
+        """The same log for the lines of ``cluster``: one stream, one lock, so that lines of
+        several clusters never interleave."""
+        sibling = copy.copy(self)
+        sibling.cluster = cluster
+        return sibling
 
     def enabled(self, level: str) -> bool:
         """Whether a line at ``level`` would be written (skip building costly fields)."""

@@ -2,8 +2,9 @@
 
 The decision task feeds plain values in (``observe_probe``, ``observe_view``, ``observe_plan``,
 ``observe_loop``, ``set_halt``, ``set_mail``); ``render()`` is the exposition text served on
-``GET /metrics``. Every series carries the label ``cluster``, so that several clusters can later
-share one process and one scrape.
+``GET /metrics``. Every series carries the label ``cluster``: a process that runs several
+clusters serves them in one exposition (``render_all``), each family once with every cluster's
+samples.
 
 Unknown is never written as zero: a replica whose lag is NULL (``Seconds_Behind_Master`` NULL:
 replication stopped or not yet connected) is exported as NaN, and the lag series of a node that
@@ -13,11 +14,11 @@ is not a reachable replica is absent.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hacontrol.events import PlanFinished, ProbeResult
@@ -345,6 +346,33 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def render_all(clusters: Sequence[Metrics]) -> bytes:
+    """One exposition for several clusters: each family (its HELP and TYPE lines) once,
+    with the samples of every cluster, in the order given."""
+    if len(clusters) == 1:
+        return clusters[0].render()
+    return generate_latest(_Merged([m.registry for m in clusters]))  # type: ignore[arg-type]
+
+
+class _Merged:
+    """Several clusters' registries seen as one: families of the same name merged."""
+
+    def __init__(self, registries: Sequence[CollectorRegistry]) -> None:
+        self._registries = registries
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for registry in self._registries:
+            for family in registry.collect():
+                into = merged.get(family.name)
+                if into is None:
+                    into = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                into.samples.extend(family.samples)
+        yield from merged.values()
 
 
 class _MailCollector(Collector):

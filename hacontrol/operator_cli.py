@@ -1,6 +1,11 @@
 """Operator commands: ``hacontrol switchover|maintenance|rebuild|ack|pause|resume`` call the
 running controller's HTTP API (``hacontrol.api``) and print its answer.
 
+Every command takes ``--cluster NAME``: required only when the controller runs several
+clusters (the settings' ``[[clusters]]``); without it, or with a name it does not run, the
+command exits 2 naming the clusters (checked in the settings when they are read, else by the
+API: 400 or 404).
+
 ``rebuild NODE [--from NODE] [--yes]`` asks the controller first (a dry run: refused, or the
 source it would copy from), asks for confirmation unless ``--yes``, starts the rebuild with that
 very source, then follows its progress in ``GET /status`` (phase, bytes, rate, ETA on stderr)
@@ -106,20 +111,27 @@ def _common(parser: argparse.ArgumentParser, name: str) -> None:
         "--timeout", type=float, default=HTTP_TIMEOUT, help=f"seconds (default {HTTP_TIMEOUT:g})"
     )
     parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    parser.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="the cluster (required only when the controller runs several)",
+    )
     parser.set_defaults(func=run, command_name=name)
 
 
 def request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """(path, JSON body) of the API call for the parsed command line. Pure."""
+    cluster = {"cluster": args.cluster} if getattr(args, "cluster", None) else {}
     match args.command_name:
         case "switchover":
-            return "/switchover", ({"to": args.to} if args.to else {})
+            return "/switchover", {**({"to": args.to} if args.to else {}), **cluster}
         case "maintenance":
-            return "/maintenance", {"node": args.node, "on": args.state == "on"}
+            return "/maintenance", {"node": args.node, "on": args.state == "on", **cluster}
         case "rebuild":
-            return "/rebuild", {"node": args.node, **({"from": args.source} if args.source else {})}
+            source = {"from": args.source} if args.source else {}
+            return "/rebuild", {"node": args.node, **source, **cluster}
         case name:
-            return f"/{name}", {}
+            return f"/{name}", cluster
 
 
 def endpoint(args: argparse.Namespace, env: dict[str, str] | os._Environ[str]) -> Endpoint:
@@ -129,10 +141,15 @@ def endpoint(args: argparse.Namespace, env: dict[str, str] | os._Environ[str]) -
     cafile = env.get(CA_ENV) or None
     if url is None or token is None:
         try:
-            settings = load_settings(args.config).settings
+            loaded = load_settings(args.config)
         except SettingsError as exc:
             raise UsageError("settings error: " + "; ".join(exc.problems)) from None
-        api = settings.api
+        try:  # the cluster, checked here when the settings are at hand (else by the API)
+            if hasattr(loaded, "pick"):  # until the settings hold several clusters
+                loaded.pick(getattr(args, "cluster", None))
+        except SettingsError as exc:
+            raise UsageError("; ".join(exc.problems)) from None
+        api = loaded.settings.api
         if url is None:
             url = api_url(api.host, api.port, api.socket, tls=api.tls_cert is not None)
         if token is None and api.token is not None:
@@ -296,6 +313,7 @@ def follow(args: argparse.Namespace, ep: Endpoint, plan: str | None) -> int:
         if status != 200:  # the controller busy or restarting: the rebuild goes on regardless
             time.sleep(args.poll)
             continue
+        answer = cluster_status(answer, getattr(args, "cluster", None))
         rebuild = answer.get("rebuild")
         if not isinstance(rebuild, dict) or rebuild.get("plan") != plan:
             if (answer.get("controller") or {}).get("plan_running") == plan:
@@ -318,6 +336,15 @@ def follow(args: argparse.Namespace, ep: Endpoint, plan: str | None) -> int:
                 print(json.dumps(rebuild, indent=2))
             return EXIT_OK if rebuild.get("ok") else EXIT_REFUSED
         time.sleep(args.poll)
+
+
+def cluster_status(status: dict[str, Any], cluster: str | None) -> dict[str, Any]:
+    """One cluster's part of a ``GET /status`` answer (the whole answer for the only one)."""
+    clusters = status.get("clusters")
+    if cluster is None or not isinstance(clusters, dict):
+        return status
+    mine = clusters.get(cluster)
+    return mine if isinstance(mine, dict) else {}
 
 
 def _said(args: argparse.Namespace, status: int, answer: dict[str, Any]) -> int:

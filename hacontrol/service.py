@@ -1,398 +1,241 @@
-"""``hacontrol run``: wire probes, router probe and the decision task, own every task.
+"""``hacontrol run``: one process for every cluster of the settings.
 
-Every task is named and started here; SIGTERM/SIGINT become a Stop event on the queue, the
-decision task finishes what it holds, and the probes are cancelled and their connections
-closed within a bounded, logged grace period. uvloop is used when installed.
+A ``Service`` owns one ``runtime.Runtime`` per cluster (each with its own probes, queue and
+decision task: a failover in one cluster never waits for another's probing or deciding), the
+one HTTP API process, the signal path and the shutdown. SIGTERM/SIGINT become a Stop event on
+every cluster's queue; each decision task finishes what it holds, then the probes are cancelled
+within a bounded, logged grace period. uvloop is used when installed.
+
+Shared between clusters, and only this: the API, the log stream (each cluster's lines carry
+its name), one metrics exposition (label ``cluster``), and the ProxySQL admin links
+(``actions.proxysql.AdminLinks``: the clusters routed by one ProxySQL share its admin
+connection and the lock that serialises their applies and probes).
+
+As the API's ``ControllerHandle``: ``/health`` is alive when every decision task is, ``/ready``
+when every cluster is ready, ``/status`` shows each cluster under ``clusters`` (and, with one
+cluster, that cluster's fields at the top level as before), commands go to the named cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from hacontrol.actions.hooks import HookRunner
-from hacontrol.actions.mysql import LeaseUntil, MySQLActions
-from hacontrol.actions.notify import MailPolicy, Notifier
-from hacontrol.actions.rebuild import Rebuilder
+from hacontrol.actions.notify import MailPolicy
+from hacontrol.actions.proxysql import AdminLinks
 from hacontrol.api_process import ApiProcess
-from hacontrol.controller import Controller, plan_budget
-from hacontrol.events import CommandResult, Event, OperatorCommand, Stop, Tick
-from hacontrol.executor import Executor
-from hacontrol.journal import Journal
+from hacontrol.events import CommandResult, OperatorCommand, Stop
 from hacontrol.jsonlog import JsonLog
-from hacontrol.metrics import Metrics
-from hacontrol.mysqlconn import endpoint_for
-from hacontrol.probes.lease import LeaseKeeper, lock_names
-from hacontrol.probes.mysql import NodeProbe
-from hacontrol.probes.router import RouterProbe
-from hacontrol.routing import Router
-from hacontrol.rules.lease import majority_until
+from hacontrol.metrics import render_all
+from hacontrol.runtime import (
+    API_TIMEOUT,
+    SHUTDOWN_GRACE,
+    Runtime,
+    build_router,
+    node_probes,
+    rebuilder_of,
+    secrets_of,
+    snapshot,
+)
 from hacontrol.settings import Settings
-from hacontrol.status import controller_status
-from hacontrol.view import ClusterView, fold, initial
 
-API_TIMEOUT = 60.0
-"""How long an operator command may wait for the controller's answer (API and in-process)."""
-
-SHUTDOWN_GRACE = 1.5
-"""Seconds the probes get to close after the decision task stopped (2 s overall budget)."""
-
-
-def build_router(settings: Settings) -> Router | None:
-    kind = settings.router.kind
-    names = [n.name for n in settings.nodes]
-    if kind == "haproxy":
-        from hacontrol.actions.haproxy import HAProxyRouter
-
-        return HAProxyRouter(settings.router.haproxy, names)
-    if kind == "proxysql":
-        from hacontrol.actions.proxysql import ProxySQLRouter
-
-        return ProxySQLRouter(settings.router.proxysql, settings.nodes, settings.router)
-    return None
+__all__ = [
+    "SHUTDOWN_GRACE",
+    "Runtime",
+    "Service",
+    "build_router",
+    "node_probes",
+    "rebuilder_of",
+    "run_forever",
+    "secrets_of",
+    "serve",
+    "snapshot",
+]
 
 
-def node_probes(settings: Settings, emit, *, watch: bool = True) -> dict[str, NodeProbe]:
-    password = settings.mysql.password.get_secret_value() if settings.mysql.password else ""
-    return {
-        node.name: NodeProbe(
-            node.name,
-            endpoint_for(node.host, node.port, settings.mysql.user, password, settings.mysql.tls),
-            interval=settings.probes.interval,
-            timeout=settings.probes.timeout,
-            emit=emit,
-            watch=watch,
-        )
-        for node in settings.nodes
-    }
+class UnknownCluster(LookupError):
+    """A command named no cluster while there are several, or one that is not run here."""
 
 
-def secrets_of(settings: Settings) -> list[str]:
-    """Every secret value, for the log's last-defence scrubbing."""
-    values = [
-        settings.mysql.password,
-        settings.mysql.replication_password,
-        settings.router.proxysql.password,
-        settings.smtp.password,
-        settings.api.token,
-    ]
-    return [v.get_secret_value() for v in values if v is not None]
+class Service:
+    """Every cluster's Runtime, the API and the shutdown. ``async with Service(clusters, log)``
+    starts the clusters (each refuses to start on a conflicting router: RouterError), then the
+    API; leaving the block stops the API first, then every cluster at once.
 
-
-def rebuilder_of(settings: Settings, lease_until: LeaseUntil) -> Rebuilder | None:
-    """The ``[rebuild]`` section's Rebuilder, or None when no stop/start command is set (a
-    rebuild then fails at once, saying so). ``lease_until``: the statement guard, as for every
-    node action."""
-    if not (settings.rebuild.stop_target and settings.rebuild.start_target):
-        return None
-    return Rebuilder.from_settings(settings, lease_until=lease_until)
-
-
-class Runtime:
-    """Probes, router probe, ticker and the decision task of one cluster, as owned tasks.
-
-    ``async with Runtime(settings, log) as rt:`` starts everything; leaving the block (or
-    ``stop()``) puts a Stop event on the queue, lets the decision task finish, then cancels the
-    workers and closes their connections within ``SHUTDOWN_GRACE``.
+    ``log``: the process's log; each cluster writes through ``log.for_cluster(name)``.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        clusters: Sequence[Settings],
         log: JsonLog,
         *,
         acknowledge_block: bool = False,
-        mail_policy: MailPolicy | None = None,
         paused: bool = False,
+        mail_policy: MailPolicy | None = None,
     ) -> None:
-        self.settings = settings
-        self.log = log
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.probes = node_probes(settings, self.emit)
-        self.router = build_router(settings)
-        self.notifier = Notifier(settings.smtp, log, policy=mail_policy or MailPolicy())
-        self.metrics = Metrics(settings.cluster.name, mail=self.notifier)
-        self.api: ApiProcess | None = None
-        self.journal = Journal(settings.controller.journal)
-        fleet = settings.controller.fleet
-        self.lease = LeaseKeeper(settings, self.emit) if fleet else None
-        lease_until: LeaseUntil = self._lease_until if fleet else lambda: float("inf")
-        self.executor = Executor(
-            settings,
-            log,
-            mysql=MySQLActions(
+        if not clusters:
+            raise ValueError("no cluster to run")
+        self.settings = clusters[0]
+        """The process-wide sections (api, log, controller.instance_id) are equal in all."""
+        self.links = AdminLinks()
+        self.log = log.for_cluster(clusters[0].cluster.name if len(clusters) == 1 else None)
+        self.runtimes: dict[str, Runtime] = {}
+        for settings in clusters:
+            name = settings.cluster.name
+            if name in self.runtimes:
+                raise ValueError(f"two clusters named {name!r}")
+            self.runtimes[name] = Runtime(
                 settings,
-                timeout=settings.failover.action_timeout,
-                lease_until=lease_until,
-                lease_fence=self._lease_fence if fleet else None,
-            ),
-            router=self.router,
-            notifier=self.notifier,
-            journal=self.journal,
-            view=lambda: self.controller.view,
-            fault_after=os.environ.get("HACONTROL_TEST_CRASH_AFTER") or None,
-            hooks=HookRunner(settings.hooks, log, cluster=settings.cluster.name),
-            lease=self.lease,
-            rebuilder=rebuilder_of(settings, lease_until),
-        )
-        self.controller = Controller(
-            settings,
-            log,
-            self.queue,
-            reprobe=self._reprobe,
-            executor=self.executor,
-            journal=self.journal,
-            acknowledge_block=acknowledge_block,
-            metrics=self.metrics,
-            paused=paused,
-            lease_mode=self.lease.set_mode if self.lease is not None else (lambda mode: None),
-        )
-        self._workers: list[asyncio.Task[None]] = []
-        self._decision: asyncio.Task[None] | None = None
+                log.for_cluster(name),
+                acknowledge_block=acknowledge_block,
+                mail_policy=mail_policy,
+                paused=paused,
+                links=self.links,
+            )
+        self.clusters = tuple(self.runtimes)
+        self.api: ApiProcess | None = None
+        self._started: list[Runtime] = []
 
-    def emit(self, event: Event) -> None:
-        self.queue.put_nowait(event)
-
-    def _lease_until(self) -> float:
-        """Until when this instance holds its fleet's lease on a majority (the statement guard
-        of every node action)."""
-        until = majority_until(self.controller.view, self.settings)
-        return until if until is not None else float("-inf")
-
-    def _lease_fence(self, node: str) -> tuple[str, int] | None:
-        """The leader lock's name and this instance's lease session on ``node`` while the view
-        says it holds the lock there (the server checks it as it makes a node writable)."""
-        lock = self.controller.view.locks.get(node)
-        if lock is None or not lock.held or lock.session is None:
-            return None
-        return lock_names(self.settings.cluster.name)["leader"], lock.session
+    def emit_all(self, event: Stop) -> None:
+        for runtime in self.runtimes.values():
+            runtime.emit(event)
 
     # -- what the HTTP API sees (hacontrol.api.ControllerHandle) --------------------------------
 
     def alive(self) -> tuple[bool, str]:
-        decision = self._decision
-        if decision is None or decision.done():
-            return False, "the decision task is not running"
-        return True, "event loop and decision task alive"
+        return _all_of({name: rt.alive() for name, rt in self.runtimes.items()})
 
     def ready(self) -> tuple[bool, str]:
-        view = self.controller.view
-        unprobed = [n for n, node in view.nodes.items() if node.probes == 0]
-        if unprobed:
-            return False, f"not probed yet: {', '.join(unprobed)}"
-        if not view.quorum.ok:
-            return False, f"no quorum: {view.quorum.describe()}"
-        return True, view.quorum.describe()
-
-    def metrics_text(self) -> bytes:
-        return self.metrics.render()
+        return _all_of({name: rt.ready() for name, rt in self.runtimes.items()})
 
     def status(self) -> dict[str, Any]:
-        controller = self.controller
-        out = controller_status(
-            controller.model,
-            self.settings,
-            time.monotonic(),
-            last_failover=controller.last_failover,
-        )
-        out["rebuild"] = self.executor.rebuild_status
-        return out
+        each = {name: rt.status() for name, rt in self.runtimes.items()}
+        if len(each) == 1:
+            (only,) = each.values()
+            return {**only, "clusters": each}
+        return {"clusters": each}
 
-    async def command(self, cmd: OperatorCommand, timeout: float = API_TIMEOUT) -> CommandResult:
-        """Put an operator command on the queue and wait for the controller's answer."""
-        reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
-        self.emit(replace(cmd, reply=reply))
+    def metrics_text(self) -> bytes:
+        return render_all([rt.metrics for rt in self.runtimes.values()])
+
+    async def command(
+        self, cmd: OperatorCommand, cluster: str | None = None, timeout: float = API_TIMEOUT
+    ) -> CommandResult:
+        """``cmd`` for the decision task of ``cluster`` (None: the only one); UnknownCluster
+        when it names none of them (the API checked it already)."""
+        return await self.runtime(cluster).command(cmd, timeout)
+
+    def runtime(self, cluster: str | None) -> Runtime:
+        if cluster is None and len(self.runtimes) == 1:
+            return next(iter(self.runtimes.values()))
+        if cluster is None:
+            raise UnknownCluster(f"several clusters: name one of {', '.join(self.clusters)}")
+        found = self.runtimes.get(cluster)
+        if found is None:
+            raise UnknownCluster(f"no cluster {cluster!r} (known: {', '.join(self.clusters)})")
+        return found
+
+    def _api_state(self, up: bool, restarts: int) -> None:
+        for runtime in self.runtimes.values():
+            runtime.metrics.set_api(up, restarts)
+
+    # -- life ------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Service:
         try:
-            return await asyncio.wait_for(reply, timeout)
-        except TimeoutError:
-            return CommandResult(False, f"no answer from the controller within {timeout:g} s")
-
-    def _reprobe(self, names: Iterable[str]) -> None:
-        for name in names:
-            self.probes[name].wake()
-
-    async def __aenter__(self) -> Runtime:
-        settings = self.settings
-        loop = asyncio.get_running_loop()
-        check = getattr(self.router, "check_startup", None)
-        if check is not None:
-            await check()  # RouterError: e.g. ProxySQL's own read_only monitor would fight us
-        self.log.emit(
-            "started",
-            None,
-            "info",
-            nodes=[n.name for n in settings.nodes],
-            router=settings.router.kind,
-            loop=type(loop).__module__,
-            probe_interval=settings.probes.interval,
-            probe_timeout=settings.probes.timeout,
-            instance=settings.controller.instance_id,
-            fleet=settings.controller.fleet,
-        )
-        self._workers = [
-            asyncio.create_task(p.run(), name=f"probe:{name}") for name, p in self.probes.items()
-        ]
-        if self.lease is not None:
-            self._workers.append(asyncio.create_task(self.lease.run(), name="lease"))
-        if self.router is not None:
-            router_probe = RouterProbe(
-                self.router,
-                interval=settings.probes.interval,
-                timeout=settings.probes.interval,
-                emit=self.emit,
-            )
-            self._workers.append(asyncio.create_task(router_probe.run(), name="probe:router"))
-        self._workers.append(
-            asyncio.create_task(_ticker(self.emit, settings.probes.interval), name="ticker")
-        )
-        self._notifier_task = asyncio.create_task(self.notifier.run(), name="notifier")
-        self._decision = asyncio.create_task(self.controller.run(), name="decision")
-        if settings.api.enabled:
-            self.api = ApiProcess(settings.api, self, self.log, on_state=self.metrics.set_api)
-            try:
+            for runtime in self.runtimes.values():
+                await runtime.__aenter__()
+                self._started.append(runtime)
+            if self.settings.api.enabled:
+                self.api = ApiProcess(self.settings.api, self, self.log, on_state=self._api_state)
                 await self.api.start()
-            except OSError:
-                await self.stop("the API could not listen")
-                raise
+        except BaseException:
+            await self.stop("start-up failed")
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.stop("runtime closed")
+        await self.stop("service closed")
 
     async def wait(self) -> None:
-        """Until the decision task stops; a worker that dies on its own is a bug: re-raise."""
-        assert self._decision is not None
-        done, _ = await asyncio.wait(
-            [self._decision, *self._workers], return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in done:
-            if task is not self._decision and not task.cancelled() and task.exception():
-                raise task.exception()  # type: ignore[misc]
-        await self._decision
+        """Until a cluster's decision task stops (a Stop, or a worker's bug: re-raised); the
+        other clusters are then stopped too (``__aexit__``)."""
+        waits = [asyncio.create_task(rt.wait(), name=f"wait:{rt.name}") for rt in self._started]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def stop(self, reason: str) -> None:
         if self.api is not None:  # first: no new command during shutdown
             api, self.api = self.api, None
             with contextlib.suppress(Exception):
                 await api.stop()
-        decision = self._decision
-        if decision is None:
-            return
-        self._decision = None
-        if not decision.done():
-            self.emit(Stop(time.monotonic(), reason))
-            # Idle: within SHUTDOWN_GRACE. A running plan is let finish (bounded).
-            grace = (
-                SHUTDOWN_GRACE
-                if self.controller.running_plan is None
-                else (plan_budget(self.settings) + SHUTDOWN_GRACE)
-            )
-            try:
-                await asyncio.wait_for(asyncio.shield(decision), grace)
-            except TimeoutError:
-                decision.cancel()
-        stopping = time.monotonic()
+        started, self._started = self._started, []
+        await asyncio.gather(*(rt.stop(reason) for rt in started), return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self.notifier.close(0.5)
-        self._workers.append(self._notifier_task)
-        for task in self._workers:
-            task.cancel()
-        _, pending = await asyncio.wait(self._workers, timeout=SHUTDOWN_GRACE)
-        if self.router is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(0.3):
-                    await self.router.close()
-        self.log.emit(
-            "stopped",
-            None,
-            "info" if not pending else "warning",
-            grace_seconds=round(time.monotonic() - stopping, 3),
-            tasks_not_finished=sorted(t.get_name() for t in pending),
-            stuck_at={t.get_name(): _where(t) for t in pending},
-        )
+            await self.links.close()
 
 
-def _where(task: asyncio.Task[None]) -> list[str]:
-    """Where a task that did not finish in time is waiting: innermost frames last."""
-    return [
-        f"{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno} {f.f_code.co_name}"
-        for f in task.get_stack(limit=8)
-    ]
+def _all_of(each: dict[str, tuple[bool, str]]) -> tuple[bool, str]:
+    """Every cluster's (ok, reason) as one: ok when all are; the reason names the clusters
+    (with one cluster: its reason as it is)."""
+    if len(each) == 1:
+        return next(iter(each.values()))
+    failing = {name: reason for name, (ok, reason) in each.items() if not ok}
+    if failing:
+        return False, "; ".join(f"{name}: {reason}" for name, reason in failing.items())
+    return True, f"all {len(each)} clusters: " + "; ".join(
+        f"{name}: {reason}" for name, (_, reason) in each.items()
+    )
 
 
 async def serve(
-    settings: Settings, log: JsonLog, *, acknowledge_block: bool = False, paused: bool = False
+    clusters: Sequence[Settings],
+    log: JsonLog,
+    *,
+    acknowledge_block: bool = False,
+    paused: bool = False,
 ) -> int:
     loop = asyncio.get_running_loop()
-    runtime = Runtime(settings, log, acknowledge_block=acknowledge_block, paused=paused)
-    # Before the runtime starts: a signal while the API process starts is a Stop too.
+    service = Service(clusters, log, acknowledge_block=acknowledge_block, paused=paused)
+
+    def on_signal(name: str) -> Callable[[], None]:
+        return lambda: service.emit_all(Stop(time.monotonic(), name))
+
+    # Before the service starts: a signal while the API process starts is a Stop too.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(
-            sig, lambda name=sig.name: runtime.emit(Stop(time.monotonic(), name))
-        )
+        loop.add_signal_handler(sig, on_signal(sig.name))
     try:
-        async with runtime:
-            await runtime.wait()
+        async with service:
+            await service.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return 0
 
 
-async def _ticker(emit, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        emit(Tick(time.monotonic()))
-
-
 def run_forever(
-    settings: Settings, log: JsonLog, *, acknowledge_block: bool = False, paused: bool = False
+    clusters: Sequence[Settings],
+    log: JsonLog,
+    *,
+    acknowledge_block: bool = False,
+    paused: bool = False,
 ) -> int:
     """Run ``serve`` on uvloop when installed, else on the default loop."""
-    main = serve(settings, log, acknowledge_block=acknowledge_block, paused=paused)
+    main = serve(clusters, log, acknowledge_block=acknowledge_block, paused=paused)
     try:
         import uvloop
     except ImportError:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
-
-
-async def snapshot(settings: Settings) -> ClusterView:
-    """``hacontrol status``: probe every node and the router once, with a failure threshold of
-    one (a single probe is all it has); no running controller needed."""
-    one_shot = settings.model_copy(
-        update={"probes": settings.probes.model_copy(update={"failure_threshold": 1})}
-    )
-    events: list[Event] = []
-    probes = node_probes(one_shot, events.append, watch=False)
-    router = build_router(one_shot)
-    lease = LeaseKeeper(one_shot, events.append) if settings.controller.fleet else None
-    try:
-        jobs = [p.probe() for p in probes.values()]
-        if lease is not None:  # who holds the fleet's locks (read only, nothing taken)
-            jobs += [lease.round(node.name) for node in settings.nodes]
-        if router is not None:
-            jobs.append(
-                RouterProbe(
-                    router, interval=1, timeout=settings.probes.timeout * 2, emit=events.append
-                ).probe()
-            )
-        results = await asyncio.gather(*jobs)
-    finally:
-        if lease is not None:
-            lease.close()
-        for p in probes.values():
-            await p.close()
-        if router is not None:
-            await router.close()
-    view = initial(one_shot)
-    for event in results:
-        view = fold(view, event, one_shot)
-    return view

@@ -49,37 +49,84 @@ def _when(unix: object) -> str:
 
 
 def render_page(status: Mapping[str, Any], generated_at: float) -> str:
-    """The whole page, from a ``GET /status`` document; ``generated_at`` in Unix seconds."""
-    controller = status.get("controller") or {}
+    """The whole page, from a ``GET /status`` document; ``generated_at`` in Unix seconds.
+
+    One cluster: its page. Several (``clusters`` holds more than one): a table of them all,
+    then each cluster's section, its element ids suffixed with ``-<cluster name>``."""
+    clusters = status.get("clusters")
+    several = isinstance(clusters, Mapping) and len(clusters) > 1
+    title = f"{len(clusters)} clusters" if several else status.get("cluster")
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
-        f"<title>hacontrol: {_e(status.get('cluster'))}</title>",
+        f"<title>hacontrol: {_e(title)}</title>",
         f"<style>{STYLE}</style></head><body>",
-        f'<h1>Cluster <span id="cluster">{_e(status.get("cluster"))}</span></h1>',
-        f'<div class="muted">as of {_e(_when(generated_at))}; reloads every '
-        f"{REFRESH_SECONDS} s</div>",
-        _facts(status, controller),
-        '<h2>Topology</h2><div id="topology">',
-        _tree(status.get("nodes") or [], status.get("primary")),
-        "</div>",
-        '<h2>Problems</h2><div id="problems">',
-        _problems(status.get("problems") or []),
-        "</div>",
-        '<h2>Last decisions</h2><div id="decisions">',
-        _decisions(controller.get("last_decisions") or []),
-        "</div>",
-        '<h2>Last failover or switchover</h2><div id="failover">',
-        _timeline(controller.get("last_failover")),
-        "</div></body></html>",
     ]
+    when = (
+        f'<div class="muted">as of {_e(_when(generated_at))}; reloads every '
+        f"{REFRESH_SECONDS} s</div>"
+    )
+    if several:
+        parts += [f'<h1 id="clusters">{len(clusters)} clusters</h1>', when, _overview(clusters)]
+        for name, one in clusters.items():
+            parts += [
+                f'<section id="cluster-{_e(name)}">',
+                *_cluster(one, f"-{name}", "h2", "h3"),
+                "</section>",
+            ]
+    else:
+        head = f'<h1>Cluster <span id="cluster">{_e(status.get("cluster"))}</span></h1>'
+        parts += [head, when, *_cluster(status, "", None, "h2")]
+    parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _facts(status: Mapping[str, Any], controller: Mapping[str, Any]) -> str:
-    quorum = status.get("quorum") or {}
-    router = status.get("router") or {}
+def _cluster(status: Mapping[str, Any], suffix: str, head: str | None, sub: str) -> list[str]:
+    """One cluster's facts, topology, problems, decisions and last failover; ``head``: the
+    tag of a heading with its name (None: the page's own heading names it)."""
+    controller = status.get("controller") or {}
+    i = f"{_e(suffix)}"
+    named = [f"<{head}>Cluster {_e(status.get('cluster'))}</{head}>"] if head else []
+    return [
+        *named,
+        _facts(status, controller, suffix),
+        f'<{sub}>Topology</{sub}><div id="topology{i}">',
+        _tree(status.get("nodes") or [], status.get("primary")),
+        "</div>",
+        f'<{sub}>Problems</{sub}><div id="problems{i}">',
+        _problems(status.get("problems") or []),
+        "</div>",
+        f'<{sub}>Last decisions</{sub}><div id="decisions{i}">',
+        _decisions(controller.get("last_decisions") or []),
+        "</div>",
+        f'<{sub}>Last failover or switchover</{sub}><div id="failover{i}">',
+        _timeline(controller.get("last_failover")),
+        "</div>",
+    ]
+
+
+def _overview(clusters: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per cluster: its primary, quorum, problems and what holds changes back."""
+    rows = []
+    for name, status in clusters.items():
+        controller = status.get("controller") or {}
+        problems = status.get("problems") or []
+        rows.append(
+            "<tr>"
+            f'<td><a href="#cluster-{_e(name)}">{_e(name)}</a></td>'
+            f"<td>{_e(status.get('primary') or 'none')}</td>"
+            f"<td>{'ok' if (status.get('quorum') or {}).get('ok') else 'LOST'}</td>"
+            f"<td>{len(problems)}</td>"
+            f"<td>{_e(_held(controller))}</td>"
+            "</tr>"
+        )
+    head = "".join(f"<th>{h}</th>" for h in ("cluster", "primary", "quorum", "problems", "changes"))
+    return f'<table id="overview"><tr>{head}</tr>' + "".join(rows) + "</table>"
+
+
+def _held(controller: Mapping[str, Any]) -> str:
+    """What holds automatic changes back, or "allowed"."""
     halt = controller.get("halt")
     held = [
         f"halted: {halt.get('code')}: {halt.get('reason')}" if halt else "",
@@ -89,6 +136,12 @@ def _facts(status: Mapping[str, Any], controller: Mapping[str, Any]) -> str:
         if controller.get("recovery_block_seconds_left")
         else "",
     ]
+    return "; ".join(h for h in held if h) or "allowed"
+
+
+def _facts(status: Mapping[str, Any], controller: Mapping[str, Any], suffix: str = "") -> str:
+    quorum = status.get("quorum") or {}
+    router = status.get("router") or {}
     router_text = router.get("kind", "none")
     if router.get("error"):
         router_text += f" (error: {router['error']})"
@@ -99,11 +152,12 @@ def _facts(status: Mapping[str, Any], controller: Mapping[str, Any]) -> str:
         ("why", status.get("primary_reason"), "primary-reason"),
         ("quorum", "ok" if quorum.get("ok") else "LOST", "quorum"),
         ("router", router_text, "router"),
-        ("changes", "; ".join(h for h in held if h) or "allowed", "changes"),
+        ("changes", _held(controller), "changes"),
         ("leader", _leader(status, controller), "leader"),
     ]
     cells = [
-        f'<div class="fact"><b>{k}</b><span id="{i}">{_e(v)}</span></div>' for k, v, i in facts
+        f'<div class="fact"><b>{k}</b><span id="{i}{_e(suffix)}">{_e(v)}</span></div>'
+        for k, v, i in facts
     ]
     return '<div class="facts">' + "".join(cells) + "</div>"
 

@@ -34,9 +34,12 @@ TOKEN = "s3cret-token-value"
 
 
 class FakeHandle:
-    """Implements api.ControllerHandle; records commands, answers canned results."""
+    """Implements api.ControllerHandle; records commands (and ``cluster_of`` each: which
+    cluster it was sent to), answers canned results. ``clusters``: the clusters it runs."""
 
-    def __init__(self, *, hang: bool = False) -> None:
+    def __init__(self, *, hang: bool = False, clusters: tuple[str, ...] = ("t",)) -> None:
+        self.clusters = clusters
+        self.cluster_of: list[str] = []
         view = fold_all(settings(), [primary(), replica("node2"), replica("node3")])
         self.view = view
         self.metrics = Metrics("t")
@@ -61,8 +64,9 @@ class FakeHandle:
     def metrics_text(self) -> bytes:
         return self.metrics.render()
 
-    async def command(self, cmd: OperatorCommand) -> CommandResult:
+    async def command(self, cmd: OperatorCommand, cluster: str) -> CommandResult:
         self.commands.append(cmd)
+        self.cluster_of.append(cluster)
         if self.hang:
             await asyncio.Event().wait()
         default = CommandResult(True, f"{cmd.command} accepted", {"node": cmd.node, "on": cmd.on})

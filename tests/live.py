@@ -17,7 +17,7 @@ from typing import Any
 
 from hacontrol.jsonlog import JsonLog
 from hacontrol.sandbox import Sandbox
-from hacontrol.service import Runtime, secrets_of
+from hacontrol.service import Runtime, Service, secrets_of
 from hacontrol.settings import Settings, load_settings
 from tests.support import eventually, free_port
 
@@ -87,6 +87,16 @@ def runtime(settings: Settings, **kw: Any) -> tuple[Runtime, LogCapture]:
     capture = LogCapture()
     log = JsonLog(settings.cluster.name, stream=capture, secrets=secrets_of(settings))
     return Runtime(settings, log, **kw), capture
+
+
+def service(*clusters: Settings, **kw: Any) -> tuple[Service, LogCapture]:
+    """A Service (the clusters' Runtimes, with the API when the settings enable it), as
+    ``hacontrol run`` builds it, logging into a LogCapture."""
+    capture = LogCapture()
+    secrets = {secret for one in clusters for secret in secrets_of(one)}
+    name = clusters[0].cluster.name if len(clusters) == 1 else None
+    log = JsonLog(name, stream=capture, secrets=secrets)
+    return Service(clusters, log, **kw), capture
 
 
 class WriteLoop:

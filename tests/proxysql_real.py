@@ -244,6 +244,12 @@ class RealProxySQL:
             process.kill()
             process.wait(30)
 
+    def __enter__(self) -> RealProxySQL:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
     def terminate(self) -> None:
         process, self.process = self.process, None
         if process is not None and process.poll() is None:

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from hacontrol import api_process
-from tests.live import runtime, sandbox_settings
+from tests.live import sandbox_settings, service
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -24,9 +24,10 @@ async def test_api_on_a_real_runtime(sandbox):
     settings = settings.model_copy(
         update={"api": settings.api.model_copy(update={"token": SecretStr(TOKEN)})}
     )
-    rt, capture = runtime(settings)
-    async with rt:
-        host, port = rt.api.address
+    svc, capture = service(settings)
+    rt = svc.runtime(None)
+    async with svc:
+        host, port = svc.api.address
         base = f"http://{host}:{port}"
         async with aiohttp.ClientSession() as http:
 
@@ -71,15 +72,16 @@ async def test_api_on_a_real_runtime(sandbox):
 
 async def test_a_killed_api_process_is_restarted_while_probes_go_on(sandbox, monkeypatch):
     monkeypatch.setattr(api_process, "BACKOFF", 0.2)
-    rt, capture = runtime(sandbox_settings(sandbox))
-    async with rt:
+    svc, capture = service(sandbox_settings(sandbox))
+    rt = svc.runtime(None)
+    async with svc:
         await eventually(lambda: rt.controller.view.quorum.ok, 10, "quorum")
-        host, port = rt.api.address
-        first = rt.api.pid
+        host, port = svc.api.address
+        first = svc.api.pid
         probes_before = rt.controller.view.nodes["node1"].probes
         os.kill(first, signal.SIGKILL)
         await eventually(lambda: capture.of("api_process_exited"), 10, "the death noticed")
-        await eventually(lambda: rt.api.pid not in (None, first), 20, "a new API process")
+        await eventually(lambda: svc.api.pid not in (None, first), 20, "a new API process")
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://{host}:{port}/health") as r:
                 assert r.status == 200

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tests.live import runtime, sandbox_settings
+from tests.live import sandbox_settings, service
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -44,10 +44,11 @@ async def test_probes_health_and_commands_keep_their_pace_under_an_api_flood(
     load = bench()
     settings = sandbox_settings(sandbox, interval=INTERVAL)
     api = settings.api.model_copy(update={"token": SecretStr(TOKEN), "max_connections": 128})
-    rt, _ = runtime(settings.model_copy(update={"api": api}))
-    async with rt:
+    svc, _ = service(settings.model_copy(update={"api": api}))
+    rt = svc.runtime(None)
+    async with svc:
         await eventually(lambda: rt.controller.view.quorum.ok, 10, "quorum")
-        host, port = rt.api.address
+        host, port = svc.api.address
         url = f"http://{host}:{port}"
         obs = load.Observer(url, TOKEN)
         original = rt.controller.handle
@@ -66,7 +67,7 @@ async def test_probes_health_and_commands_keep_their_pace_under_an_api_flood(
             await asyncio.sleep(4.0)
             await asyncio.to_thread(obs.stop_clients, clients)
             open_files = len(os.listdir("/proc/self/fd"))
-            api_open_files = len(os.listdir(f"/proc/{rt.api.pid}/fd"))
+            api_open_files = len(os.listdir(f"/proc/{svc.api.pid}/fd"))
         finally:
             got = await asyncio.to_thread(load.stop_flood, flood)
             sampler.cancel()

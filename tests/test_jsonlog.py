@@ -109,3 +109,21 @@ def test_lines_from_several_threads_never_interleave():
     lines = out.getvalue().splitlines()
     assert len(lines) == 800
     assert all(json.loads(line)["event"] == "x" for line in lines)
+
+
+def test_each_cluster_writes_its_name_on_one_stream_and_scrubbing():
+    stream = io.StringIO()
+    process = JsonLog(None, stream=stream, level="info", secrets=["pw-of-orders", "pw-of-users"])
+    orders, users = process.for_cluster("orders"), process.for_cluster("users")
+    orders.emit("started", None, "info", note="pw-of-users")
+    users.emit("probe", "u1", "debug")  # below the level: not written
+    users.emit("failover", "u1", "warning")
+    process.emit("api_listening")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(r["cluster"], r["event"]) for r in lines] == [
+        ("orders", "started"),
+        ("users", "failover"),
+        (None, "api_listening"),
+    ]
+    assert lines[0]["note"] == MASK
+    assert process.cluster is None and orders._lock is users._lock is process._lock

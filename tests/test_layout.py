@@ -18,6 +18,7 @@ CORE = [
     "metrics.py",
     "model.py",
     "plan.py",
+    "runtime.py",
     "service.py",
     "status.py",
     "step.py",

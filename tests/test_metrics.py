@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hacontrol.events import PlanFinished
-from hacontrol.metrics import Metrics, failover_phases, plan_outcome
+from hacontrol.metrics import Metrics, failover_phases, plan_outcome, render_all
 from hacontrol.plan import ActionResult
 from tests.factories import down, primary, replica, settings
 from tests.support import fold_all
@@ -246,3 +246,27 @@ def test_the_lease_leader_its_changes_and_the_locks_held():
     data = samples(metrics)
     assert value(data, "hacontrol_lease_leader", instance="c1") == 0
     assert value(data, "hacontrol_lease_changes_total", instance="c1") == 2
+
+
+def test_several_clusters_in_one_exposition_each_family_once():
+    s = settings()
+    orders, users = Metrics("orders"), Metrics("users")
+    orders.observe_view(fold_all(s, [primary(), replica("node2"), replica("node3")]))
+    users.observe_view(fold_all(s, [primary(), replica("node2"), down("node3")]))
+    users.observe_plan(failover())
+    text = render_all([orders, users]).decode()
+    for family in ("hacontrol_node_up", "hacontrol_failovers_total", "hacontrol_mails_total"):
+        assert text.count(f"# TYPE {family} ") == 1 and text.count(f"# HELP {family} ") == 1
+    data: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in data, key  # no sample twice
+            data[key] = sample.value
+    up = "hacontrol_node_up"
+    assert data[(up, frozenset({"cluster": "orders", "node": "node3"}.items()))] == 1.0
+    assert data[(up, frozenset({"cluster": "users", "node": "node3"}.items()))] == 0.0
+    for cluster, count in (("users", 1.0), ("orders", 0.0)):
+        labels = frozenset({"cluster": cluster, "outcome": "ok"}.items())
+        assert data[("hacontrol_failovers_total", labels)] == count
+    assert render_all([orders]) == orders.render()  # one cluster: as before

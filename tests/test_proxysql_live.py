@@ -487,13 +487,13 @@ async def test_a_failover_is_on_disk_when_proxysql_restarts(fresh_proxysql_sandb
     # The controller is stopped: whatever comes back after the restart is ProxySQL's own.
     router = router_of(sb)
     membership, _ = await router.probe()
-    kept = router._probe_session._conn
-    assert (await router.probe())[0] == membership and router._probe_session._conn is kept
+    kept = router.link.session.connection
+    assert (await router.probe())[0] == membership and router.link.session.connection is kept
     assert sb.kill_router(signal.SIGKILL)
     await sb.start_router()
     assert await router.read() == after
     # The probe's kept connection died with it: the next probe opens another, and succeeds.
-    assert (await router.probe())[0] == after and router._probe_session._conn is not kept
+    assert (await router.probe())[0] == after and router.link.session.connection is not kept
     await router.close()
     assert after.writer in ("node2", "node3") and "node1" in after.broken
     assert servers(sb, "disk.mysql_servers") == servers(sb, "mysql_servers")

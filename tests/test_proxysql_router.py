@@ -374,6 +374,8 @@ class Admin:
         self.tap = tap
         self.host, self.port = tap.host, tap.port
         self.user, self.password = proxysql.user, proxysql.password
+        self.routers: list[ProxySQLRouter] = []
+        """Routers made for it (``make_router``): their kept connections closed at the end."""
 
     @property
     def statements(self) -> list[str]:
@@ -402,11 +404,8 @@ class Admin:
 
 @pytest.fixture(scope="module")
 def real_proxysql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealProxySQL]:
-    proxysql = RealProxySQL(tmp_path_factory.mktemp("proxysql"))
-    try:
+    with RealProxySQL(tmp_path_factory.mktemp("proxysql")) as proxysql:
         yield proxysql
-    finally:
-        proxysql.terminate()
 
 
 @contextlib.asynccontextmanager
@@ -416,8 +415,11 @@ async def tapped(proxysql: RealProxySQL, rows: Sequence[SeedRow], pairs=()):
         (proxysql.host, proxysql.port), snapshot=lambda: runtime_rows(proxysql)
     ).start()
     try:
-        yield Admin(proxysql, tap)
+        admin = Admin(proxysql, tap)
+        yield admin
     finally:
+        for router in admin.routers:
+            await router.close()
         await tap.stop()
 
 
@@ -489,7 +491,9 @@ def make_router(
         timeout=timeout,
         **hostgroups,
     )
-    return ProxySQLRouter(settings, nodes, RouterSettings(kind="proxysql"))
+    router = ProxySQLRouter(settings, nodes, RouterSettings(kind="proxysql"))
+    admin.routers.append(router)
+    return router
 
 
 async def test_apply_sets_exactly_the_managed_rows(proxysql: Admin) -> None:

@@ -22,8 +22,8 @@ from hacontrol.drill.runner import Drill, DrillPlan
 from hacontrol.events import OperatorCommand
 from hacontrol.flavors.mariadb import binlog_state_of
 from hacontrol.sandbox import Sandbox
-from hacontrol.service import Runtime
-from tests.live import LogCapture, healthy_and_idle, runtime, sandbox_settings, sql
+from hacontrol.service import Runtime, Service
+from tests.live import LogCapture, healthy_and_idle, sandbox_settings, service, sql
 from tests.sandbox_fixtures import run_sync
 from tests.support import eventually
 from tests.test_flavors_binlog_state_live import probe
@@ -41,20 +41,22 @@ pytestmark = [
 TOKEN = "rebuild-live-api-token"
 
 
-def controller(sandbox: Sandbox, **rebuild_changes) -> tuple[Runtime, LogCapture]:
-    """A runtime with an API token whose executor rebuilds through the sandbox's processes."""
+def controller(sandbox: Sandbox, **rebuild_changes) -> tuple[Service, Runtime, LogCapture]:
+    """A service (its one runtime, and the API with a token) whose executor rebuilds through
+    the sandbox's processes."""
     settings = sandbox_settings(sandbox, io_stall=1.5, apply_timeout=10.0, action_timeout=3.0)
     settings = settings.model_copy(
         update={"api": settings.api.model_copy(update={"token": SecretStr(TOKEN)})}
     )
-    rt, capture = runtime(settings)
+    svc, capture = service(settings)
+    rt = svc.runtime(None)
     rt.executor.rebuilder = rebuilder(sandbox, **rebuild_changes)
-    return rt, capture
+    return svc, rt, capture
 
 
-def cli(rt: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
-    assert rt.api is not None
-    host, port = rt.api.address
+def cli(svc: Service, *args: str) -> subprocess.CompletedProcess[str]:
+    assert svc.api is not None and svc.api.address is not None
+    host, port = svc.api.address
     env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
     env["HACONTROL_API__TOKEN"] = TOKEN
     return subprocess.run(
@@ -64,8 +66,8 @@ def cli(rt: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-async def run_cli(rt: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(cli, rt, *args)
+async def run_cli(svc: Service, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(cli, svc, *args)
 
 
 async def make_errant_old_primary(sandbox: Sandbox, rt: Runtime) -> str:
@@ -138,15 +140,15 @@ async def replica_of(sandbox: Sandbox, node: str, primary: str) -> None:
 
 async def test_rebuild_of_a_quarantined_old_primary_with_errant_transactions(fresh_sandbox):
     sandbox = fresh_sandbox
-    rt, capture = controller(sandbox)
-    async with rt:
+    svc, rt, capture = controller(sandbox)
+    async with svc:
         new = await make_errant_old_primary(sandbox, rt)
-        refused = await run_cli(rt, "rebuild", new, "--yes")
+        refused = await run_cli(svc, "rebuild", new, "--yes")
         assert refused.returncode == 1 and f"{new} is the primary" in refused.stdout
-        unconfirmed = await run_cli(rt, "rebuild", "node1")  # no terminal, no --yes
+        unconfirmed = await run_cli(svc, "rebuild", "node1")  # no terminal, no --yes
         assert unconfirmed.returncode == 1 and "confirm with --yes" in unconfirmed.stderr
         assert not [r for r in capture.of("plan_started") if r["kind"] == "rebuild"]
-        done = await run_cli(rt, "rebuild", "node1", "--yes")
+        done = await run_cli(svc, "rebuild", "node1", "--yes")
         assert done.returncode == 0, done.stdout + done.stderr
         await in_readers(rt, "node1")
         await replica_of(sandbox, "node1", new)
@@ -169,8 +171,8 @@ async def test_rebuild_of_a_quarantined_old_primary_with_errant_transactions(fre
 @pytest.mark.parametrize("datadir", ["missing", "empty"])
 async def test_rebuild_of_a_node_whose_datadir_is_gone(fresh_sandbox, datadir):
     sandbox = fresh_sandbox
-    rt, _ = controller(sandbox)
-    async with rt:
+    svc, rt, _ = controller(sandbox)
+    async with svc:
         await healthy_and_idle(rt)
         await SandboxControl(sandbox).stop("node3")
         reset_datadir(sandbox, datadir)
@@ -243,8 +245,8 @@ async def test_a_failover_does_not_wait_for_a_rebuild(fresh_sandbox, tmp_path):
     hang = tmp_path / "mbstream-that-hangs"
     hang.write_text("#!/bin/sh\nexec sleep 300\n")
     hang.chmod(0o755)
-    rt, capture = controller(sandbox, mbstream=str(hang))
-    async with rt:
+    svc, rt, capture = controller(sandbox, mbstream=str(hang))
+    async with svc:
         new = await make_errant_old_primary(sandbox, rt)
         assert (await rt.command(OperatorCommand(0.0, "ack"))).ok  # re-arm automatic failover
         answer = await rt.command(rebuild_cmd("node1"))

@@ -170,3 +170,36 @@ def test_the_page_from_a_real_model() -> None:
     text = "".join(parsed(page).text)
     assert re.search(r'<span id="primary">node1</span>', page)
     assert "Nothing" in text and "1970-01-12" in text
+
+
+def test_several_clusters_each_with_its_section() -> None:
+    orders = {**status_of({"o1": None, "o2": "o1"}), "cluster": "orders"}
+    users = {**status_of({"u1": None, "u2": "u1", "u3": "u1"}), "cluster": "users"}
+    users["problems"] = [{"code": "ReplicaLagging", "node": "u3", "reason": "lag 30 s"}]
+    users["controller"] = {**users["controller"], "paused": True}
+    page = render_page({"clusters": {"orders": orders, "users": users}}, 0.0)
+    assert "<title>hacontrol: 2 clusters</title>" in page
+    ids = [value for _, attrs in parsed(page).tags for name, value in attrs if name == "id"]
+    assert len(ids) == len(set(ids))  # every element id once
+    for name, writer, nodes in (("orders", "o1", 2), ("users", "u1", 3)):
+        section = page.split(f'<section id="cluster-{name}">')[1].split("</section>")[0]
+        assert f'<span id="primary-{name}">{writer}</span>' in section
+        assert section.count('class="node"') == nodes
+        assert f'id="topology-{name}"' in section and f'id="failover-{name}"' in section
+    overview = page.split('<table id="overview">')[1].split("</table>")[0]
+    assert '<a href="#cluster-users">users</a></td><td>u1</td><td>ok</td><td>1</td>' in overview
+    assert "<td>paused</td>" in overview
+
+
+def test_one_cluster_among_clusters_is_its_page_as_before() -> None:
+    status = status_of({"db1": None, "db2": "db1"})
+    alone = render_page(status, 0.0)
+    assert render_page({**status, "clusters": {"main": status}}, 0.0) == alone
+    assert '<span id="primary">db1</span>' in alone and "<section" not in alone
+
+
+def test_a_hostile_cluster_name_is_escaped() -> None:
+    hostile = {**status_of({"db1": None}), "cluster": HOSTILE}
+    page = render_page({"clusters": {HOSTILE: hostile, "b": status_of({"x1": None})}}, 0.0)
+    assert "<script" not in page and "<img" not in page
+    assert not any(name.startswith("on") for _, attrs in parsed(page).tags for name, _ in attrs)

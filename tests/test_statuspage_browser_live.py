@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hacontrol.events import OperatorCommand
-from tests.live import healthy_and_idle, runtime, sandbox_settings
+from tests.live import healthy_and_idle, sandbox_settings, service
 from tests.support import eventually
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -63,10 +63,11 @@ def shot() -> Path:
 
 
 async def test_the_status_page_in_a_browser_follows_a_switchover(fresh_sandbox, shot, capsys):
-    rt, _ = runtime(sandbox_settings(fresh_sandbox, interval=0.5, timeout=0.4))
-    async with rt:
+    svc, _ = service(sandbox_settings(fresh_sandbox, interval=0.5, timeout=0.4))
+    rt = svc.runtime(None)
+    async with svc:
         await healthy_and_idle(rt)
-        host, port = rt.api.address
+        host, port = svc.api.address
         url = f"http://{host}:{port}/"
         dom = await browse(url, "--dump-dom")
         assert "<title>hacontrol: " in dom and 'id="topology"' in dom

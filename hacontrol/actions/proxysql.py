@@ -42,10 +42,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
-import aiomysql
 import pymysql
 
 from hacontrol.mysqlconn import (
+    BoundedConnection,
     ColumnCache,
     Endpoint,
     connect,
@@ -55,13 +55,14 @@ from hacontrol.mysqlconn import (
     fetch_text,
 )
 from hacontrol.routing import Drained, Membership, Role, RouterError, desired_state_problem
-from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings
+from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings, TlsSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DEFAULT_ATTEMPTS = 3
+DEFAULT_TIMEOUT = 2.0
 ONLINE = "ONLINE"
 SHUNNED = "SHUNNED"
 OFFLINE_SOFT = "OFFLINE_SOFT"
@@ -553,62 +554,174 @@ def conflict_warnings(
 # --- I/O ----------------------------------------------------------------------------------------
 
 
-class _Session:
-    """One admin connection for one public call; remembers the step in progress."""
+class _AdminSession:
+    """The kept admin connection of one ``AdminLink`` (opened again after any failure);
+    remembers the step in progress. Used only by the call holding the link's lock."""
 
-    def __init__(self, timeout: float) -> None:
-        self._conn: aiomysql.Connection | None = None
-        self._timeout = timeout
+    def __init__(self) -> None:
+        self._conn: BoundedConnection | None = None
+        self._columns: dict[str, ColumnCache] = {}
+        self._timeout = DEFAULT_TIMEOUT
+        self.reused = False
         self.current = "start"
 
-    async def open(self, endpoint: Endpoint) -> None:
-        self.current = "connect"
-        self._conn = await connect(endpoint, self._timeout)
+    @property
+    def connection(self) -> BoundedConnection | None:
+        return self._conn
+
+    async def open(self, endpoint: Endpoint, timeout: float) -> None:
+        self._timeout = timeout
+        self.reused = self._conn is not None and not self._conn.closed
+        if not self.reused:
+            self._columns.clear()
+            self.current = "connect"
+            self._conn = await connect(endpoint, timeout)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+        self._conn = None
 
-    async def query(self, sql: str) -> list[dict[str, Any]]:
+    def _open_conn(self, sql: str) -> BoundedConnection:
         if self._conn is None:
             raise RuntimeError("session not open")
         self.current = repr(sql if len(sql) <= 120 else sql[:120] + "...")
-        return await execute(self._conn, sql, timeout=self._timeout)
+        return self._conn
+
+    async def query(self, sql: str) -> list[dict[str, Any]]:
+        """A statement (writes, and reads that are not repeated every interval)."""
+        conn = self._open_conn(sql)
+        return await execute(conn, sql, timeout=self._timeout)
+
+    async def read(self, sql: str) -> list[dict[str, Any]]:
+        """A read repeated every interval, its answer parsed in one pass (``fetch_text``)."""
+        conn = self._open_conn(sql)
+        columns = self._columns.setdefault(sql, ColumnCache(conn.encoding))
+        return (await fetch_text(conn, sql, columns, timeout=self._timeout))[0]
 
     async def servers(self, table: str, hostgroup_ids: Iterable[int]) -> list[ServerRow]:
-        rows = await self.query(select_servers_sql(table, hostgroup_ids))
+        rows = await self.read(select_servers_sql(table, hostgroup_ids))
         return [ServerRow.from_admin(row) for row in rows]
 
 
-class _KeptSession(_Session):
-    """The router probe's session: one admin connection kept from one interval to the next
-    (opened again after any failure), its answers read in one pass (``fetch_text``)."""
+class AdminLink:
+    """One ProxySQL admin interface (host:port) and everything that goes through it: ONE kept
+    connection and ONE lock, shared by the routers of every cluster routed by that ProxySQL.
 
-    def __init__(self, timeout: float) -> None:
-        super().__init__(timeout)
-        self._columns: dict[str, ColumnCache] = {}
-        self.reused = False
+    Why one lock for whole calls: ``LOAD MYSQL SERVERS TO RUNTIME`` publishes the whole
+    ``mysql_servers`` table and ``SAVE ... TO DISK`` saves all of it, every hostgroup, so a
+    LOAD sent by one cluster in the middle of another cluster's apply would publish that
+    cluster's half-written rows (a writer deleted, its successor not yet inserted; or the new
+    writer inserted before the old one's removal was LOADed alone). Each call (an apply from
+    its first read to its SAVE and read-back, the start of a drain, a probe, a read) therefore
+    runs whole under the lock, and every router's statements name its own hostgroups.
+    ``layouts``: the managed rows of every router on this link; the check right before each
+    LOAD covers all of them (no LOAD ever publishes two writers of any of these clusters).
+    """
 
-    async def open(self, endpoint: Endpoint) -> None:
-        self.reused = self._conn is not None and not self._conn.closed
-        if not self.reused:
-            self._columns.clear()
-            await super().open(endpoint)
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.lock = asyncio.Lock()
+        self.session = _AdminSession()
+        self.layouts: list[Layout] = []
 
-    async def query(self, sql: str) -> list[dict[str, Any]]:
-        conn = self._conn
-        if conn is None:
-            raise RuntimeError("session not open")
-        self.current = repr(sql if len(sql) <= 120 else sql[:120] + "...")
-        columns = self._columns.setdefault(sql, ColumnCache(conn.encoding))
-        return (await fetch_text(conn, sql, columns, timeout=self._timeout))[0]
+    @property
+    def where(self) -> str:
+        return f"ProxySQL admin {self.endpoint.host}:{self.endpoint.port}"
+
+    async def call(
+        self, what: str, body: Callable[[_AdminSession], Awaitable[T]], timeout: float
+    ) -> T:
+        """``body`` on the kept connection, holding the lock, everything (the wait for the
+        lock included) within ``timeout``; any failure is a RouterError. A kept connection that
+        fails (ProxySQL restarted meanwhile) is replaced once at once: every body re-reads
+        before it writes, so running it again is safe."""
+        waiting = True
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.lock:
+                    waiting = False
+                    return await self._locked(body, timeout)
+        except TimeoutError:
+            at = "waiting for another call on this admin" if waiting else self.session.current
+            raise RouterError(f"{self.where}: {what} timed out after {timeout} s at {at}") from None
+        except (pymysql.err.MySQLError, OSError, EOFError) as exc:
+            raise RouterError(
+                f"{self.where}: {what} failed at {self.session.current}: {describe_error(exc)}"
+            ) from None
+
+    async def _locked(self, body: Callable[[_AdminSession], Awaitable[T]], timeout: float) -> T:
+        session = self.session
+        try:
+            await session.open(self.endpoint, timeout)
+            try:
+                return await body(session)
+            except (pymysql.err.MySQLError, OSError, EOFError):
+                if not session.reused:
+                    raise
+            session.close()
+            await session.open(self.endpoint, timeout)
+            return await body(session)
+        except RouterError:
+            raise  # a refusal: the connection is fine
+        except BaseException:  # failed, timed out or cancelled mid-statement: never reused
+            session.close()
+            raise
+
+    async def close(self, wait: float = 0.2) -> None:
+        """Close the kept connection, after the call in progress (waited for ``wait`` s)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                async with self.lock:
+                    self.session.close()
+                    return
+        self.session.close()
+
+
+class AdminLinks:
+    """The process's AdminLinks, one per ProxySQL admin endpoint (host:port): the routers of
+    clusters routed by the same ProxySQL get the same link. Two clusters naming the same
+    endpoint with other credentials or TLS settings are refused (RouterError): two
+    connections would mean two locks."""
+
+    def __init__(self) -> None:
+        self._links: dict[tuple[str, int], tuple[AdminLink, TlsSettings]] = {}
+
+    def get(self, settings: ProxySQLSettings) -> AdminLink:
+        endpoint = _endpoint_of(settings)
+        key = (settings.host, settings.port)
+        if key not in self._links:
+            self._links[key] = (AdminLink(endpoint), settings.tls)
+        link, tls = self._links[key]
+        if link.endpoint != endpoint or tls != settings.tls:
+            raise RouterError(
+                f"{link.where} is named by several clusters with other user, password or TLS "
+                "settings: one admin interface is driven over one connection, give them the "
+                "same [router.proxysql] user, password and tls"
+            )
+        return link
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    async def close(self) -> None:
+        for link, _ in self._links.values():
+            await link.close()
+
+
+def _endpoint_of(settings: ProxySQLSettings) -> Endpoint:
+    password = settings.password.get_secret_value() if settings.password else ""
+    return endpoint_for(settings.host, settings.port, settings.user, password, settings.tls)
 
 
 class ProxySQLRouter:
     """The Router over ProxySQL's admin interface. See the module doc and docs/proxysql.md.
 
-    Every public call opens its own admin connection (``probe`` keeps one) and is bounded,
-    connect included, by ``settings.timeout``; any failure is a RouterError within that time.
+    Every public call runs whole on the ``link`` (``AdminLink``: the admin's one kept
+    connection, under its one lock; the routers of other clusters on the same ProxySQL share
+    it, see ``AdminLinks``; without ``link``, one of its own) and is bounded, waiting for the
+    lock and connecting included, by ``settings.timeout``; any failure is a RouterError within
+    that time. Every statement that changes a row names this router's hostgroups and nodes.
     ``statements_sent`` lists every write statement sent (LOAD/SAVE included), in order.
     ``router`` settings are accepted for the common constructor shape; the desired state
     already says whether the primary is also a reader (``primary_is_reader``), and it is
@@ -625,6 +738,7 @@ class ProxySQLRouter:
         *,
         attempts: int = DEFAULT_ATTEMPTS,
         retry_delay: float = 0.05,
+        link: AdminLink | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -632,15 +746,11 @@ class ProxySQLRouter:
         self.layout = Layout.of(Hostgroups.from_settings(settings), nodes)
         self.router_settings = router
         self.statements_sent: list[str] = []
-        password = settings.password.get_secret_value() if settings.password else ""
-        self._endpoint = endpoint_for(
-            settings.host, settings.port, settings.user, password, settings.tls
-        )
+        self._owns_link = link is None
+        self.link = link if link is not None else AdminLink(_endpoint_of(settings))
+        self.link.layouts.append(self.layout)
         self._attempts = attempts
         self._retry_delay = retry_delay
-        self._apply_lock = asyncio.Lock()
-        self._probe_session = _KeptSession(settings.timeout)
-        self._probe_lock = asyncio.Lock()
 
     # --- Router ---
 
@@ -666,8 +776,10 @@ class ProxySQLRouter:
         )
 
     async def close(self) -> None:
-        """The probe's kept connection; every other call closes its own."""
-        self._probe_session.close()
+        """The kept admin connection, when the link is this router's own (a shared link is
+        closed by its owner, ``AdminLinks.close``)."""
+        if self._owns_link:
+            await self.link.close()
 
     async def drain(self, node: str, *, timeout: float, poll: float = 0.02) -> Drained:
         """Set ``node``'s writer row OFFLINE_SOFT and wait until none of its writer connections
@@ -702,34 +814,26 @@ class ProxySQLRouter:
         return await self._call("conflicts", self._conflicts)
 
     async def probe(self) -> tuple[Membership, list[str]]:
-        """``read`` and ``conflicts`` together (the router probe's call, every interval), on
-        a connection kept between calls: the writer rows the conflicts need come from the same
-        read. A kept connection that fails (ProxySQL restarted) is replaced at once, once."""
-        session = self._probe_session
-        async with self._probe_lock:
-            try:
-                return await self._call("read", self._probe, kept=session)
-            except RouterError:
-                if not session.reused:
-                    raise
-            return await self._call("read", self._probe, kept=session)
+        """``read`` and ``conflicts`` together (the router probe's call, every interval): the
+        writer rows the conflicts need come from the same read."""
+        return await self._call("read", self._probe)
 
     async def check_startup(self) -> None:
         """Refuse to start (RouterError) when ProxySQL would fight the controller."""
         if warnings := await self.conflicts():
             raise RouterError(
-                "ProxySQL at "
-                f"{self._endpoint.host}:{self._endpoint.port} conflicts with hacontrol; "
+                f"ProxySQL at {self.link.endpoint.host}:{self.link.endpoint.port} conflicts "
+                "with hacontrol; "
                 "refusing to start until fixed:\n- " + "\n- ".join(warnings)
             )
 
     # --- internals ---
 
-    async def _read_runtime(self, session: _Session) -> list[ServerRow]:
+    async def _read_runtime(self, session: _AdminSession) -> list[ServerRow]:
         return await session.servers(RUNTIME_TABLE, self.layout.hostgroups.ids())
 
     async def _apply(
-        self, session: _Session, desired: Membership, allow_hidden_change: bool = False
+        self, session: _AdminSession, desired: Membership, allow_hidden_change: bool = False
     ) -> bool:
         ids = self.layout.hostgroups.ids()
         if pairs := await self._pair_conflicts(session):
@@ -774,7 +878,7 @@ class ProxySQLRouter:
             + "; ".join(difference)
         )
 
-    async def _start_drain(self, session: _Session, node: str) -> None:
+    async def _start_drain(self, session: _AdminSession, node: str) -> None:
         ids = (self.layout.hostgroups.writer,)
         config = await session.servers(CONFIG_TABLE, ids)
         runtime = await session.servers(RUNTIME_TABLE, ids)
@@ -785,19 +889,23 @@ class ProxySQLRouter:
             await session.query(sql)
             log.info("proxysql: %s", sql)
 
-    async def _check_before_load(self, session: _Session) -> None:
+    async def _check_before_load(self, session: _AdminSession) -> None:
         """The last guard: never LOAD a configuration with two managed writers (someone else
-        may have written mysql_servers meanwhile)."""
-        config = await session.servers(CONFIG_TABLE, (self.layout.hostgroups.writer,))
-        if writers := extra_writers(config, self.layout):
-            raise RouterError(
-                f"refusing to {LOAD_TO_RUNTIME}: mysql_servers holds {len(writers)} writers "
-                f"{writers} in hostgroup {self.layout.hostgroups.writer} (changed by someone "
-                "else meanwhile?)"
-            )
+        may have written mysql_servers meanwhile), of this cluster or of any other cluster
+        routed through the same admin (a LOAD publishes their rows too)."""
+        layouts = self.link.layouts
+        ids = sorted({layout.hostgroups.writer for layout in layouts})
+        config = await session.servers(CONFIG_TABLE, ids)
+        for layout in layouts:
+            if writers := extra_writers(config, layout):
+                raise RouterError(
+                    f"refusing to {LOAD_TO_RUNTIME}: mysql_servers holds {len(writers)} "
+                    f"writers {writers} in hostgroup {layout.hostgroups.writer} (changed by "
+                    "someone else meanwhile?)"
+                )
 
     async def _replication_hostgroups(
-        self, session: _Session
+        self, session: _AdminSession
     ) -> tuple[list[ReplicationHostgroup], list[ReplicationHostgroup]]:
         """(active in runtime, configured) mysql_replication_hostgroups rows."""
         rows = await session.query(REPLICATION_HOSTGROUPS_SQL)  # both tables, one round trip
@@ -808,7 +916,7 @@ class ProxySQLRouter:
             )
         return found
 
-    async def _probe(self, session: _Session) -> tuple[Membership, list[str]]:
+    async def _probe(self, session: _AdminSession) -> tuple[Membership, list[str]]:
         rows = await self._read_runtime(session)
         runtime_pairs, config_pairs = await self._replication_hostgroups(session)
         writer_hg = self.layout.hostgroups.writer
@@ -816,11 +924,11 @@ class ProxySQLRouter:
         warnings = conflict_warnings(runtime_pairs, config_pairs, writer_rows, self.layout)
         return membership_of(rows, self.layout), warnings
 
-    async def _pair_conflicts(self, session: _Session) -> list[str]:
+    async def _pair_conflicts(self, session: _AdminSession) -> list[str]:
         runtime_pairs, config_pairs = await self._replication_hostgroups(session)
         return conflict_warnings(runtime_pairs, config_pairs, (), self.layout)
 
-    async def _conflicts(self, session: _Session) -> list[str]:
+    async def _conflicts(self, session: _AdminSession) -> list[str]:
         runtime_pairs, config_pairs = await self._replication_hostgroups(session)
         writer_rows = await session.servers(RUNTIME_TABLE, (self.layout.hostgroups.writer,))
         warnings = conflict_warnings(runtime_pairs, config_pairs, writer_rows, self.layout)
@@ -835,39 +943,5 @@ class ProxySQLRouter:
             warnings.append(warning)
         return warnings
 
-    async def _call(
-        self, what: str, body: Callable[[_Session], Awaitable[T]], *, kept: _Session | None = None
-    ) -> T:
-        """Run ``body`` on a fresh connection (or the ``kept`` session's, left open when
-        ``body`` succeeds), everything within ``settings.timeout``.
-
-        Writes (apply, the start of a drain) run one at a time (the lock is waited for within
-        the same deadline); reads and conflict checks run beside them on their own connections.
-        """
-        timeout = self.settings.timeout
-        where = f"ProxySQL admin {self._endpoint.host}:{self._endpoint.port}"
-        session = kept or _Session(timeout)
-        writes = what in ("apply", "drain")
-        lock = self._apply_lock if writes else contextlib.nullcontext()
-        try:
-            async with asyncio.timeout(timeout):
-                if writes:
-                    session.current = "waiting for the apply in progress"
-                async with lock:
-                    done = False
-                    try:
-                        await session.open(self._endpoint)
-                        result = await body(session)
-                        done = True
-                        return result
-                    finally:
-                        if kept is None or not done:
-                            session.close()
-        except TimeoutError:
-            raise RouterError(
-                f"{where}: {what} timed out after {timeout} s at {session.current}"
-            ) from None
-        except (pymysql.err.MySQLError, OSError, EOFError) as exc:
-            raise RouterError(
-                f"{where}: {what} failed at {session.current}: {describe_error(exc)}"
-            ) from None
+    async def _call(self, what: str, body: Callable[[_AdminSession], Awaitable[T]]) -> T:
+        return await self.link.call(what, body, self.settings.timeout)

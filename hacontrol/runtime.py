@@ -1,0 +1,363 @@
+"""One cluster's ``Runtime``: its probes, router probe, lease, ticker, notifier and decision
+task, as owned tasks; and ``snapshot`` (``hacontrol status``).
+
+Everything cluster-scoped lives here, one object per cluster: view, model, controller,
+executor, journal, router rows, lease, metrics. ``hacontrol.service`` runs one Runtime per
+cluster in one process, with one API, one signal path and the ProxySQL admin links shared by
+the clusters routed through the same ProxySQL (``AdminLinks``).
+
+A Stop event on the queue ends the decision task (it finishes what it holds); the probes are
+then cancelled and their connections closed within a bounded, logged grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from hacontrol.actions.hooks import HookRunner
+from hacontrol.actions.mysql import LeaseUntil, MySQLActions
+from hacontrol.actions.notify import MailPolicy, Notifier
+from hacontrol.actions.proxysql import AdminLinks
+from hacontrol.actions.rebuild import Rebuilder
+from hacontrol.controller import Controller, plan_budget
+from hacontrol.events import CommandResult, Event, OperatorCommand, Stop, Tick
+from hacontrol.executor import Executor
+from hacontrol.journal import Journal
+from hacontrol.jsonlog import JsonLog
+from hacontrol.metrics import Metrics
+from hacontrol.mysqlconn import endpoint_for
+from hacontrol.probes.lease import LeaseKeeper, lock_names
+from hacontrol.probes.mysql import NodeProbe
+from hacontrol.probes.router import RouterProbe
+from hacontrol.routing import Router
+from hacontrol.rules.lease import majority_until
+from hacontrol.settings import Settings
+from hacontrol.status import controller_status
+from hacontrol.view import ClusterView, fold, initial
+
+API_TIMEOUT = 60.0
+"""How long an operator command may wait for the controller's answer (API and in-process)."""
+
+SHUTDOWN_GRACE = 1.5
+"""Seconds the probes get to close after the decision task stopped (2 s overall budget)."""
+
+
+def build_router(settings: Settings, links: AdminLinks | None = None) -> Router | None:
+    """The cluster's router. ``links``: the process's ProxySQL admin links, so that clusters
+    routed by the same ProxySQL share its one connection and lock (None: a link of its own).
+    RouterError when two clusters name one admin with different credentials."""
+    kind = settings.router.kind
+    names = [n.name for n in settings.nodes]
+    if kind == "haproxy":
+        from hacontrol.actions.haproxy import HAProxyRouter
+
+        return HAProxyRouter(settings.router.haproxy, names)
+    if kind == "proxysql":
+        from hacontrol.actions.proxysql import ProxySQLRouter
+
+        proxysql = settings.router.proxysql
+        link = links.get(proxysql) if links is not None else None
+        return ProxySQLRouter(proxysql, settings.nodes, settings.router, link=link)
+    return None
+
+
+def node_probes(settings: Settings, emit, *, watch: bool = True) -> dict[str, NodeProbe]:
+    password = settings.mysql.password.get_secret_value() if settings.mysql.password else ""
+    return {
+        node.name: NodeProbe(
+            node.name,
+            endpoint_for(node.host, node.port, settings.mysql.user, password, settings.mysql.tls),
+            interval=settings.probes.interval,
+            timeout=settings.probes.timeout,
+            emit=emit,
+            watch=watch,
+        )
+        for node in settings.nodes
+    }
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret value, for the log's last-defence scrubbing."""
+    values = [
+        settings.mysql.password,
+        settings.mysql.replication_password,
+        settings.router.proxysql.password,
+        settings.smtp.password,
+        settings.api.token,
+    ]
+    return [v.get_secret_value() for v in values if v is not None]
+
+
+def rebuilder_of(settings: Settings, lease_until: LeaseUntil) -> Rebuilder | None:
+    """The ``[rebuild]`` section's Rebuilder, or None when no stop/start command is set (a
+    rebuild then fails at once, saying so). ``lease_until``: the statement guard, as for every
+    node action."""
+    if not (settings.rebuild.stop_target and settings.rebuild.start_target):
+        return None
+    return Rebuilder.from_settings(settings, lease_until=lease_until)
+
+
+class Runtime:
+    """Probes, router probe, ticker and the decision task of one cluster, as owned tasks.
+
+    ``async with Runtime(settings, log) as rt:`` starts everything; leaving the block (or
+    ``stop()``) puts a Stop event on the queue, lets the decision task finish, then cancels the
+    workers and closes their connections within ``SHUTDOWN_GRACE``. No API and no signal
+    handling here: ``service.Service`` owns those for every cluster of the process.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        log: JsonLog,
+        *,
+        acknowledge_block: bool = False,
+        mail_policy: MailPolicy | None = None,
+        paused: bool = False,
+        links: AdminLinks | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.cluster.name
+        self.log = log
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.probes = node_probes(settings, self.emit)
+        self.router = build_router(settings, links)
+        self.notifier = Notifier(settings.smtp, log, policy=mail_policy or MailPolicy())
+        self.metrics = Metrics(settings.cluster.name, mail=self.notifier)
+        self.journal = Journal(settings.controller.journal)
+        fleet = settings.controller.fleet
+        self.lease = LeaseKeeper(settings, self.emit) if fleet else None
+        lease_until: LeaseUntil = self._lease_until if fleet else lambda: float("inf")
+        self.executor = Executor(
+            settings,
+            log,
+            mysql=MySQLActions(
+                settings,
+                timeout=settings.failover.action_timeout,
+                lease_until=lease_until,
+                lease_fence=self._lease_fence if fleet else None,
+            ),
+            router=self.router,
+            notifier=self.notifier,
+            journal=self.journal,
+            view=lambda: self.controller.view,
+            fault_after=os.environ.get("HACONTROL_TEST_CRASH_AFTER") or None,
+            hooks=HookRunner(settings.hooks, log, cluster=settings.cluster.name),
+            lease=self.lease,
+            rebuilder=rebuilder_of(settings, lease_until),
+        )
+        self.controller = Controller(
+            settings,
+            log,
+            self.queue,
+            reprobe=self._reprobe,
+            executor=self.executor,
+            journal=self.journal,
+            acknowledge_block=acknowledge_block,
+            metrics=self.metrics,
+            paused=paused,
+            lease_mode=self.lease.set_mode if self.lease is not None else (lambda mode: None),
+        )
+        self._workers: list[asyncio.Task[None]] = []
+        self._decision: asyncio.Task[None] | None = None
+
+    def emit(self, event: Event) -> None:
+        self.queue.put_nowait(event)
+
+    def _lease_until(self) -> float:
+        """Until when this instance holds its fleet's lease on a majority (the statement guard
+        of every node action)."""
+        until = majority_until(self.controller.view, self.settings)
+        return until if until is not None else float("-inf")
+
+    def _lease_fence(self, node: str) -> tuple[str, int] | None:
+        """The leader lock's name and this instance's lease session on ``node`` while the view
+        says it holds the lock there (the server checks it as it makes a node writable)."""
+        lock = self.controller.view.locks.get(node)
+        if lock is None or not lock.held or lock.session is None:
+            return None
+        return lock_names(self.settings.cluster.name)["leader"], lock.session
+
+    # -- what the HTTP API sees of this cluster (through service.Service) ----------------------
+
+    def alive(self) -> tuple[bool, str]:
+        decision = self._decision
+        if decision is None or decision.done():
+            return False, "the decision task is not running"
+        return True, "event loop and decision task alive"
+
+    def ready(self) -> tuple[bool, str]:
+        view = self.controller.view
+        unprobed = [n for n, node in view.nodes.items() if node.probes == 0]
+        if unprobed:
+            return False, f"not probed yet: {', '.join(unprobed)}"
+        if not view.quorum.ok:
+            return False, f"no quorum: {view.quorum.describe()}"
+        return True, view.quorum.describe()
+
+    def status(self) -> dict[str, Any]:
+        controller = self.controller
+        out = controller_status(
+            controller.model,
+            self.settings,
+            time.monotonic(),
+            last_failover=controller.last_failover,
+        )
+        out["rebuild"] = self.executor.rebuild_status
+        return out
+
+    async def command(self, cmd: OperatorCommand, timeout: float = API_TIMEOUT) -> CommandResult:
+        """Put an operator command on the queue and wait for the controller's answer."""
+        reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self.emit(replace(cmd, reply=reply))
+        try:
+            return await asyncio.wait_for(reply, timeout)
+        except TimeoutError:
+            return CommandResult(False, f"no answer from the controller within {timeout:g} s")
+
+    def _reprobe(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.probes[name].wake()
+
+    async def __aenter__(self) -> Runtime:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        check = getattr(self.router, "check_startup", None)
+        if check is not None:
+            await check()  # RouterError: e.g. ProxySQL's own read_only monitor would fight us
+        self.log.emit(
+            "started",
+            None,
+            "info",
+            nodes=[n.name for n in settings.nodes],
+            router=settings.router.kind,
+            loop=type(loop).__module__,
+            probe_interval=settings.probes.interval,
+            probe_timeout=settings.probes.timeout,
+            instance=settings.controller.instance_id,
+            fleet=settings.controller.fleet,
+        )
+        self._workers = [
+            asyncio.create_task(p.run(), name=f"probe:{name}") for name, p in self.probes.items()
+        ]
+        if self.lease is not None:
+            self._workers.append(asyncio.create_task(self.lease.run(), name="lease"))
+        if self.router is not None:
+            router_probe = RouterProbe(
+                self.router,
+                interval=settings.probes.interval,
+                timeout=settings.probes.interval,
+                emit=self.emit,
+            )
+            self._workers.append(asyncio.create_task(router_probe.run(), name="probe:router"))
+        self._workers.append(
+            asyncio.create_task(_ticker(self.emit, settings.probes.interval), name="ticker")
+        )
+        self._notifier_task = asyncio.create_task(self.notifier.run(), name="notifier")
+        self._decision = asyncio.create_task(self.controller.run(), name="decision")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop("runtime closed")
+
+    async def wait(self) -> None:
+        """Until the decision task stops; a worker that dies on its own is a bug: re-raise."""
+        assert self._decision is not None
+        done, _ = await asyncio.wait(
+            [self._decision, *self._workers], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task is not self._decision and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+        await self._decision
+
+    async def stop(self, reason: str) -> None:
+        decision = self._decision
+        if decision is None:
+            return
+        self._decision = None
+        if not decision.done():
+            self.emit(Stop(time.monotonic(), reason))
+            # Idle: within SHUTDOWN_GRACE. A running plan is let finish (bounded).
+            grace = (
+                SHUTDOWN_GRACE
+                if self.controller.running_plan is None
+                else (plan_budget(self.settings) + SHUTDOWN_GRACE)
+            )
+            try:
+                await asyncio.wait_for(asyncio.shield(decision), grace)
+            except TimeoutError:
+                decision.cancel()
+        stopping = time.monotonic()
+        with contextlib.suppress(Exception):
+            await self.notifier.close(0.5)
+        self._workers.append(self._notifier_task)
+        for task in self._workers:
+            task.cancel()
+        _, pending = await asyncio.wait(self._workers, timeout=SHUTDOWN_GRACE)
+        if self.router is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(0.3):
+                    await self.router.close()
+        self.log.emit(
+            "stopped",
+            None,
+            "info" if not pending else "warning",
+            grace_seconds=round(time.monotonic() - stopping, 3),
+            tasks_not_finished=sorted(t.get_name() for t in pending),
+            stuck_at={t.get_name(): _where(t) for t in pending},
+        )
+
+
+def _where(task: asyncio.Task[None]) -> list[str]:
+    """Where a task that did not finish in time is waiting: innermost frames last."""
+    return [
+        f"{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno} {f.f_code.co_name}"
+        for f in task.get_stack(limit=8)
+    ]
+
+
+async def _ticker(emit, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        emit(Tick(time.monotonic()))
+
+
+async def snapshot(settings: Settings) -> ClusterView:
+    """``hacontrol status``: probe every node and the router once, with a failure threshold of
+    one (a single probe is all it has); no running controller needed."""
+    one_shot = settings.model_copy(
+        update={"probes": settings.probes.model_copy(update={"failure_threshold": 1})}
+    )
+    events: list[Event] = []
+    probes = node_probes(one_shot, events.append, watch=False)
+    router = build_router(one_shot)
+    lease = LeaseKeeper(one_shot, events.append) if settings.controller.fleet else None
+    try:
+        jobs = [p.probe() for p in probes.values()]
+        if lease is not None:  # who holds the fleet's locks (read only, nothing taken)
+            jobs += [lease.round(node.name) for node in settings.nodes]
+        if router is not None:
+            jobs.append(
+                RouterProbe(
+                    router, interval=1, timeout=settings.probes.timeout * 2, emit=events.append
+                ).probe()
+            )
+        results = await asyncio.gather(*jobs)
+    finally:
+        if lease is not None:
+            lease.close()
+        for p in probes.values():
+            await p.close()
+        if router is not None:
+            await router.close()
+    view = initial(one_shot)
+    for event in results:
+        view = fold(view, event, one_shot)
+    return view

@@ -1,0 +1,285 @@
+"""Two clusters routed by one real ProxySQL 2.7.1, their routers sharing one admin link.
+
+Each cluster owns its own hostgroups (orders: 10/20/30/40, users: 110/120/130/140); both
+routers drive the admin port over the one connection of their shared ``AdminLink``. Shown here:
+``LOAD MYSQL SERVERS TO RUNTIME`` publishes every cluster's written-but-unloaded rows (why an
+apply runs whole under the link's lock); two clusters' applies started together never
+interleave; a failover apply of one cluster leaves the other's rows identical in memory,
+runtime and disk at every statement; no write names another cluster's hostgroup; and the
+check before each LOAD refuses a configuration with two writers in any cluster of the link.
+
+The nodes are addresses only (ProxySQL runs without its monitor): the router only needs rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+import pytest
+
+from hacontrol.actions.proxysql import LOAD_TO_RUNTIME, SAVE_TO_DISK, AdminLinks, ProxySQLRouter
+from hacontrol.routing import Membership, RouterError
+from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings
+from tests.proxysql_real import AdminTap, RealProxySQL, runtime_rows
+from tests.proxysql_real import Row as SeedRow
+
+HOSTGROUPS = {
+    "orders": dict(
+        writer_hostgroup=10, reader_hostgroup=20, broken_hostgroup=30, hidden_hostgroup=40
+    ),
+    "users": dict(
+        writer_hostgroup=110, reader_hostgroup=120, broken_hostgroup=130, hidden_hostgroup=140
+    ),
+}
+IDS = {name: set(hgs.values()) for name, hgs in HOSTGROUPS.items()}
+NODES = {
+    "orders": tuple(NodeSettings(name=f"o{k}", host=f"127.0.1.{k}", port=3306) for k in (1, 2, 3)),
+    "users": tuple(NodeSettings(name=f"u{k}", host=f"127.0.2.{k}", port=3306) for k in (1, 2, 3)),
+}
+OTHER = SeedRow(50, "127.0.9.9", 3306, comment="another team's hostgroup")
+
+
+def seed(cluster: str) -> list[SeedRow]:
+    """Node 1 the writer, every node a reader."""
+    hg = HOSTGROUPS[cluster]
+    first, *_ = NODES[cluster]
+    rows = [SeedRow(hg["writer_hostgroup"], first.host, first.port)]
+    rows += [SeedRow(hg["reader_hostgroup"], n.host, n.port) for n in NODES[cluster]]
+    return rows
+
+
+def failed_over(cluster: str, to: int) -> Membership:
+    """Node ``to`` the writer and a reader with the third, node 1 broken."""
+    names = [n.name for n in NODES[cluster]]
+    new, old = names[to - 1], names[0]
+    rest = [n for n in names if n not in (new, old)]
+    return Membership.of([new], [new, *rest], [old])
+
+
+def healthy(cluster: str) -> Membership:
+    names = [n.name for n in NODES[cluster]]
+    return Membership.of([names[0]], names)
+
+
+@pytest.fixture(scope="module")
+def real_proxysql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealProxySQL]:
+    with RealProxySQL(tmp_path_factory.mktemp("proxysql-shared")) as proxysql:
+        yield proxysql
+
+
+class Shared:
+    """The ProxySQL, the tap every router statement goes through (a runtime snapshot after
+    each), and both clusters' routers on one AdminLinks."""
+
+    def __init__(self, px: RealProxySQL, tap: AdminTap) -> None:
+        self.px, self.tap = px, tap
+        self.links = AdminLinks()
+        self.routers = {name: self.router(name) for name in HOSTGROUPS}
+
+    def settings(self, cluster: str, **changes: object) -> ProxySQLSettings:
+        return ProxySQLSettings(
+            host=self.tap.host,
+            port=self.tap.port,
+            user=self.px.user,
+            password=self.px.password,
+            timeout=5.0,
+            **{**HOSTGROUPS[cluster], **changes},
+        )
+
+    def router(self, cluster: str) -> ProxySQLRouter:
+        settings = self.settings(cluster)
+        return ProxySQLRouter(
+            settings, NODES[cluster], RouterSettings(kind="proxysql"), link=self.links.get(settings)
+        )
+
+    async def rows(self, cluster: str, table: str) -> list[tuple[str | None, ...]]:
+        """Every column of the cluster's rows in ``table``, on a connection of its own."""
+        ids = ", ".join(str(i) for i in sorted(IDS[cluster]))
+        sql = f"SELECT * FROM {table} WHERE hostgroup_id IN ({ids}) ORDER BY 1, 2, 3"
+        return await asyncio.to_thread(self.px.admin, sql)
+
+    async def layers(self, cluster: str) -> dict[str, list[tuple[str | None, ...]]]:
+        tables = ("mysql_servers", "runtime_mysql_servers", "disk.mysql_servers")
+        return {table: await self.rows(cluster, table) for table in tables}
+
+
+@pytest.fixture
+async def shared(real_proxysql: RealProxySQL) -> AsyncIterator[Shared]:
+    await asyncio.to_thread(real_proxysql.reset, [*seed("orders"), *seed("users"), OTHER])
+    tap = await AdminTap(
+        (real_proxysql.host, real_proxysql.port), snapshot=lambda: runtime_rows(real_proxysql)
+    ).start()
+    both = Shared(real_proxysql, tap)
+    try:
+        yield both
+    finally:
+        await both.links.close()
+        await tap.stop()
+
+
+# -- reading the tap ---------------------------------------------------------------------------
+
+WRITE = re.compile(r"^(INSERT|DELETE|UPDATE)\b")
+HOSTGROUP_IN_WRITE = re.compile(r"hostgroup_id = (\d+)|VALUES \((\d+),")
+
+
+def cluster_of_write(sql: str) -> str:
+    """The cluster whose hostgroup a write names (exactly one: the test fails otherwise)."""
+    ids = {int(a or b) for a, b in HOSTGROUP_IN_WRITE.findall(sql)}
+    owners = {name for name, hgs in IDS.items() if ids & hgs}
+    assert len(owners) == 1 and all(any(i in hgs for hgs in IDS.values()) for i in ids), sql
+    return owners.pop()
+
+
+def apply_segments(statements: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(cluster, first, last): from each apply's first write to the SAVE that ends it."""
+    segments, open_at, owner = [], None, ""
+    for i, sql in enumerate(statements):
+        if WRITE.match(sql) and open_at is None:
+            open_at, owner = i, cluster_of_write(sql)
+        elif sql == SAVE_TO_DISK and open_at is not None:
+            segments.append((owner, open_at, i))
+            open_at = None
+    assert open_at is None, "an apply never reached its SAVE"
+    return segments
+
+
+def managed(rows: Sequence[tuple[int, str, int, str]], cluster: str) -> list[tuple]:
+    return sorted(r for r in rows if int(r[0]) in IDS[cluster])
+
+
+def writers(rows: Sequence[tuple[int, str, int, str]], cluster: str) -> list[tuple]:
+    writer = HOSTGROUPS[cluster]["writer_hostgroup"]
+    return [r for r in rows if int(r[0]) == writer and r[3] in ("ONLINE", "SHUNNED")]
+
+
+# -- ProxySQL's own behaviour ------------------------------------------------------------------
+
+
+async def test_load_publishes_another_clusters_unloaded_rows(shared: Shared) -> None:
+    # Cluster users' apply has deleted its writer and not yet loaded; anyone's LOAD now
+    # publishes that half-written state: users has no writer in runtime.
+    px = shared.px
+    await asyncio.to_thread(px.admin, "DELETE FROM mysql_servers WHERE hostgroup_id = 110")
+    assert writers(await runtime_rows(px), "users") != []
+    await asyncio.to_thread(px.admin, LOAD_TO_RUNTIME)  # another connection, another cluster
+    assert writers(await runtime_rows(px), "users") == []
+
+
+# -- the shared link ---------------------------------------------------------------------------
+
+
+async def test_both_routers_share_one_link_and_read_only_their_rows(shared: Shared) -> None:
+    orders, users = shared.routers["orders"], shared.routers["users"]
+    assert orders.link is users.link and len(shared.links) == 1
+    assert (await orders.probe())[0] == healthy("orders")
+    assert (await users.probe())[0] == healthy("users")
+    connection = orders.link.session.connection
+    assert await users.read() == healthy("users")
+    assert orders.link.session.connection is connection  # one connection for both
+
+
+async def test_a_failover_apply_leaves_the_other_clusters_rows_untouched(shared: Shared) -> None:
+    orders, users = shared.routers["orders"], shared.routers["users"]
+    before = await shared.layers("users")
+    probing = asyncio.Event()
+
+    async def probe_users() -> int:  # users' router probe goes on during orders' failover
+        count = 0
+        while not probing.is_set():
+            assert (await users.probe())[0] == healthy("users")
+            count += 1
+            await asyncio.sleep(0)
+        return count
+
+    prober = asyncio.create_task(probe_users())
+    assert await orders.apply(failed_over("orders", to=2)) is True
+    probing.set()
+    assert await prober > 0
+    assert await orders.read() == failed_over("orders", to=2)
+    assert await shared.layers("users") == before  # every column, all three layers
+    await shared.tap.settle()
+    users_runtime = {tuple(managed(s, "users")) for s in shared.tap.history}
+    assert len(users_runtime) == 1  # identical after every statement of the failover
+    writes = [sql for sql in orders.statements_sent if WRITE.match(sql)]
+    assert writes and {cluster_of_write(sql) for sql in writes} == {"orders"}
+    assert all(len(writers(s, "orders")) <= 1 for s in shared.tap.history)
+
+
+async def test_two_clusters_applies_started_together_never_interleave(shared: Shared) -> None:
+    orders, users = shared.routers["orders"], shared.routers["users"]
+    for round_ in range(3):
+        wanted = {
+            "orders": failed_over("orders", 2) if round_ % 2 == 0 else healthy("orders"),
+            "users": failed_over("users", 3) if round_ % 2 == 0 else healthy("users"),
+        }
+        probes = [r.probe() for r in (orders, users) for _ in range(3)]
+        await asyncio.gather(orders.apply(wanted["orders"]), users.apply(wanted["users"]), *probes)
+        assert await orders.read() == wanted["orders"] and await users.read() == wanted["users"]
+    await shared.tap.settle()
+    statements, history = shared.tap.statements, shared.tap.history
+    segments = apply_segments(statements)
+    assert sorted(owner for owner, _, _ in segments) == ["orders"] * 3 + ["users"] * 3
+    for owner, first, last in segments:
+        inside = statements[first : last + 1]
+        assert all(cluster_of_write(sql) == owner for sql in inside if WRITE.match(sql))
+    # A cluster's runtime rows change only at a LOAD inside one of its own applies.
+    for i in range(1, len(history)):
+        for cluster in HOSTGROUPS:
+            if managed(history[i], cluster) != managed(history[i - 1], cluster):
+                assert statements[i] == LOAD_TO_RUNTIME, (cluster, statements[i])
+                assert any(o == cluster and f <= i <= la for o, f, la in segments), (cluster, i)
+        assert all(len(writers(history[i], c)) <= 1 for c in HOSTGROUPS)
+
+
+async def test_an_apply_begun_in_the_middle_of_another_waits_for_its_end(shared: Shared) -> None:
+    orders, users = shared.routers["orders"], shared.routers["users"]
+    started: list[asyncio.Task[bool]] = []
+
+    async def hook(sql: str, previous: str | None) -> None:
+        # Right after users deleted its old writer (not loaded yet): orders' failover starts.
+        if not started and previous and previous.startswith("DELETE FROM mysql_servers"):
+            started.append(asyncio.create_task(orders.apply(failed_over("orders", 2))))
+
+    shared.tap.hooks.append(hook)
+    assert await users.apply(failed_over("users", 3)) is True
+    assert started and await started[0] is True
+    statements = shared.tap.statements
+    users_save = statements.index(SAVE_TO_DISK)
+    orders_writes = [
+        i
+        for i, sql in enumerate(statements)
+        if WRITE.match(sql) and cluster_of_write(sql) == "orders"
+    ]
+    assert orders_writes and min(orders_writes) > users_save
+
+
+async def test_no_load_publishes_two_writers_of_any_cluster_on_the_link(shared: Shared) -> None:
+    # Someone planted a second writer for users in memory (not loaded). Orders' next apply
+    # would LOAD it: refused, and nothing of orders' plan is loaded either.
+    orders = shared.routers["orders"]
+    second = NODES["users"][1]
+    await asyncio.to_thread(shared.px.admin, SeedRow(110, second.host, second.port).insert_sql())
+    runtime_before = await runtime_rows(shared.px)
+    with pytest.raises(
+        RouterError, match=r"refusing to LOAD .* 2 writers \['u1', 'u2'\] in hostgroup 110"
+    ):
+        await orders.apply(failed_over("orders", 2))
+    assert await runtime_rows(shared.px) == runtime_before
+
+
+def test_one_admin_endpoint_is_one_link_with_one_set_of_credentials() -> None:
+    links = AdminLinks()
+    a = ProxySQLSettings(host="127.0.0.1", port=6032, password="x", **HOSTGROUPS["orders"])
+    b = ProxySQLSettings(host="127.0.0.1", port=6032, password="x", **HOSTGROUPS["users"])
+    assert links.get(a) is links.get(b) and len(links) == 1
+    other = ProxySQLSettings(host="127.0.0.1", port=6033, password="x")
+    assert links.get(other) is not links.get(a) and len(links) == 2
+    for wrong in (
+        b.model_copy(update={"user": "root"}),
+        b.model_copy(update={"password": a.password.__class__("y")}),
+    ):
+        with pytest.raises(RouterError, match=r"127\.0\.0\.1:6032 is named by several clusters"):
+            links.get(wrong)
