@@ -85,10 +85,17 @@ class Service:
         self.links = AdminLinks()
         self.log = log.for_cluster(clusters[0].cluster.name if len(clusters) == 1 else None)
         self.runtimes: dict[str, Runtime] = {}
+        journals: dict[object, str] = {}
         for settings in clusters:
             name = settings.cluster.name
             if name in self.runtimes:
                 raise ValueError(f"two clusters named {name!r}")
+            journal = settings.controller.journal.resolve()
+            if journal in journals:  # one journal each: a plan of one must never resume in another
+                raise ValueError(
+                    f"clusters {journals[journal]!r} and {name!r} share the journal {journal}"
+                )
+            journals[journal] = name
             self.runtimes[name] = Runtime(
                 settings,
                 log.for_cluster(name),

@@ -192,8 +192,8 @@ async def test_rebuild_of_a_node_whose_datadir_is_gone(fresh_sandbox, datadir):
 
 async def test_failed_rebuild_leaves_the_node_out_and_the_cluster_untouched(fresh_sandbox):
     sandbox = fresh_sandbox
-    rt, capture = controller(sandbox, mbstream="false")  # the receiver fails: a broken copy
-    async with rt:
+    svc, rt, capture = controller(sandbox, mbstream="false")  # the receiver fails: a broken copy
+    async with svc:
         await healthy_and_idle(rt)
         await SandboxControl(sandbox).stop("node3")
         await eventually(

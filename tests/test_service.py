@@ -173,3 +173,6 @@ async def test_one_cluster_keeps_its_status_fields_and_several_are_named(tmp_pat
         both.runtime("c9")
     with pytest.raises(ValueError, match="two clusters named 'c001'"):
         service(one, one)
+    shared = two.model_copy(update={"controller": one.controller})
+    with pytest.raises(ValueError, match="clusters 'c001' and 'c002' share the journal"):
+        service(one, shared)

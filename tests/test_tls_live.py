@@ -15,7 +15,7 @@ import pymysql
 import pytest
 
 from hacontrol.mysqlconn import Endpoint, connect
-from tests.live import healthy_and_idle, runtime, sandbox_settings
+from tests.live import healthy_and_idle, sandbox_settings, service
 from tests.sandbox_fixtures import running_sandbox
 from tests.support import eventually
 from tests.test_cli_live import hacontrol
@@ -68,8 +68,9 @@ async def test_a_failover_on_a_sandbox_with_tls_everywhere(tls_sandbox):
 
     settings = sandbox_settings(tls_sandbox)
     assert settings.mysql.tls.mode == "verify_identity" and settings.api.tls_cert is not None
-    rt, capture = runtime(settings)
-    async with rt:
+    svc, capture = service(settings)
+    rt = svc.runtime(None)
+    async with svc:
         await healthy_and_idle(rt)
         (listening,) = capture.of("api_listening")
         assert listening["tls"] is True
