@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from hacontrol import __version__
-from hacontrol.settings import Loaded, Settings, SettingsError, load_settings, redacted
+from hacontrol.settings import Loaded, SettingsError, load_settings, redacted
 
 EXIT_CONFIG = 2
 
@@ -93,27 +93,6 @@ def cluster_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def clusters_of(loaded: Loaded) -> tuple[Settings, ...]:
-    """Every cluster of the settings (one for the single-cluster form)."""
-    return tuple(getattr(loaded, "clusters", None) or (loaded.settings,))
-
-
-def pick(loaded: Loaded, name: str | None) -> Settings:
-    """The cluster ``--cluster`` names, or the only one; SettingsError saying why not (no name
-    while there are several, or an unknown name), with the names it knows."""
-    if hasattr(loaded, "pick"):
-        return loaded.pick(name)
-    clusters = {s.cluster.name: s for s in clusters_of(loaded)}
-    known = ", ".join(clusters)
-    if name is None and len(clusters) == 1:
-        return next(iter(clusters.values()))
-    if name is None:
-        raise SettingsError([f"several clusters: give --cluster NAME (one of: {known})"])
-    if name not in clusters:
-        raise SettingsError([f"no cluster {name!r} in the settings (one of: {known})"])
-    return clusters[name]
-
-
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Commands that live in their own modules register their own parsers."""
     from hacontrol import drill, journal_cli, operator_cli, sandbox
@@ -160,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hacontrol.routing import RouterError
     from hacontrol.service import run_forever, secrets_of
 
-    clusters = clusters_of(loaded)
+    clusters = loaded.clusters
     settings = clusters[0]  # the process-wide sections (log, api) are the same in every one
     level = args.log_level or settings.log.level
     secrets = sorted({secret for one in clusters for secret in secrets_of(one)})
@@ -192,7 +171,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from hacontrol.status import render_tree, to_json
 
     try:
-        settings = pick(loaded, args.cluster)
+        settings = loaded.pick(args.cluster)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"hacontrol: {problem}", file=sys.stderr)

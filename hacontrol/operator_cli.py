@@ -145,8 +145,7 @@ def endpoint(args: argparse.Namespace, env: dict[str, str] | os._Environ[str]) -
         except SettingsError as exc:
             raise UsageError("settings error: " + "; ".join(exc.problems)) from None
         try:  # the cluster, checked here when the settings are at hand (else by the API)
-            if hasattr(loaded, "pick"):  # until the settings hold several clusters
-                loaded.pick(getattr(args, "cluster", None))
+            loaded.pick(getattr(args, "cluster", None))
         except SettingsError as exc:
             raise UsageError("; ".join(exc.problems)) from None
         api = loaded.settings.api

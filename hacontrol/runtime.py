@@ -230,7 +230,11 @@ class Runtime:
         loop = asyncio.get_running_loop()
         check = getattr(self.router, "check_startup", None)
         if check is not None:
-            await check()  # RouterError: e.g. ProxySQL's own read_only monitor would fight us
+            try:
+                await check()  # RouterError: e.g. ProxySQL's own read_only monitor would fight us
+            except BaseException:
+                await self.router.close()  # type: ignore[union-attr]
+                raise
         self.log.emit(
             "started",
             None,

@@ -63,8 +63,8 @@ class UnknownCluster(LookupError):
 
 class Service:
     """Every cluster's Runtime, the API and the shutdown. ``async with Service(clusters, log)``
-    starts the clusters (each refuses to start on a conflicting router: RouterError), then the
-    API; leaving the block stops the API first, then every cluster at once.
+    starts the API, then the clusters (each refuses to start on a conflicting router:
+    RouterError); leaving the block stops the API first, then every cluster at once.
 
     ``log``: the process's log; each cluster writes through ``log.for_cluster(name)``.
     """
@@ -155,12 +155,12 @@ class Service:
 
     async def __aenter__(self) -> Service:
         try:
+            if self.settings.api.enabled:  # first: it answers (503) while the clusters start
+                self.api = ApiProcess(self.settings.api, self, self.log, on_state=self._api_state)
+                await self.api.start()
             for runtime in self.runtimes.values():
                 await runtime.__aenter__()
                 self._started.append(runtime)
-            if self.settings.api.enabled:
-                self.api = ApiProcess(self.settings.api, self, self.log, on_state=self._api_state)
-                await self.api.start()
         except BaseException:
             await self.stop("start-up failed")
             raise
