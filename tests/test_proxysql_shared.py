@@ -283,3 +283,21 @@ def test_one_admin_endpoint_is_one_link_with_one_set_of_credentials() -> None:
     ):
         with pytest.raises(RouterError, match=r"127\.0\.0\.1:6032 is named by several clusters"):
             links.get(wrong)
+
+
+def test_every_spelling_of_one_admin_is_one_link() -> None:
+    links = AdminLinks()
+    first = links.get(ProxySQLSettings(host="127.0.0.1", port=6032, password="x"))
+    for host in ("localhost", "LOCALHOST", "::ffff:127.0.0.1", "::1"):
+        assert links.get(ProxySQLSettings(host=host, port=6032, password="x")) is first, host
+    assert len(links) == 1
+
+
+def test_two_clusters_on_one_link_may_not_share_a_hostgroup() -> None:
+    link = AdminLinks().get(ProxySQLSettings(host="127.0.0.1", port=6032, password="x"))
+    settings = ProxySQLSettings(host="127.0.0.1", port=6032, password="x", **HOSTGROUPS["orders"])
+    ProxySQLRouter(settings, NODES["orders"], link=link)
+    clash = settings.model_copy(update={"hidden_hostgroup": 140, "writer_hostgroup": 110})
+    with pytest.raises(RouterError, match=r"hostgroup\(s\) \[20, 30\] managed for two clusters"):
+        ProxySQLRouter(clash, NODES["users"], link=link)
+    assert len(link.layouts) == 1

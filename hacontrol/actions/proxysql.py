@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 import pymysql
 
+from hacontrol.addresses import host_key
 from hacontrol.mysqlconn import (
     BoundedConnection,
     ColumnCache,
@@ -56,6 +57,7 @@ from hacontrol.mysqlconn import (
 )
 from hacontrol.routing import Drained, Membership, Role, RouterError, desired_state_problem
 from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings, TlsSettings
+from hacontrol.settings_model import address_key
 
 log = logging.getLogger(__name__)
 
@@ -564,6 +566,8 @@ class _AdminSession:
         self._timeout = DEFAULT_TIMEOUT
         self.reused = False
         self.current = "start"
+        self.statements = 0
+        """Statements begun since ``open``."""
 
     @property
     def connection(self) -> BoundedConnection | None:
@@ -571,6 +575,7 @@ class _AdminSession:
 
     async def open(self, endpoint: Endpoint, timeout: float) -> None:
         self._timeout = timeout
+        self.statements = 0
         self.reused = self._conn is not None and not self._conn.closed
         if not self.reused:
             self._columns.clear()
@@ -586,6 +591,7 @@ class _AdminSession:
         if self._conn is None:
             raise RuntimeError("session not open")
         self.current = repr(sql if len(sql) <= 120 else sql[:120] + "...")
+        self.statements += 1
         return self._conn
 
     async def query(self, sql: str) -> list[dict[str, Any]]:
@@ -625,6 +631,19 @@ class AdminLink:
         self.session = _AdminSession()
         self.layouts: list[Layout] = []
 
+    def register(self, layout: Layout) -> None:
+        """A router's managed rows on this admin; RouterError when its hostgroups overlap
+        another router's here (its statements would touch the other cluster's rows)."""
+        mine = set(layout.hostgroups.ids())
+        for other in self.layouts:
+            if shared := sorted(mine & set(other.hostgroups.ids())):
+                raise RouterError(
+                    f"{self.where}: hostgroup(s) {shared} managed for two clusters (nodes "
+                    f"{sorted(layout.names())} and {sorted(other.names())}); each cluster "
+                    "needs hostgroups of its own"
+                )
+        self.layouts.append(layout)
+
     @property
     def where(self) -> str:
         return f"ProxySQL admin {self.endpoint.host}:{self.endpoint.port}"
@@ -634,8 +653,8 @@ class AdminLink:
     ) -> T:
         """``body`` on the kept connection, holding the lock, everything (the wait for the
         lock included) within ``timeout``; any failure is a RouterError. A kept connection that
-        fails (ProxySQL restarted meanwhile) is replaced once at once: every body re-reads
-        before it writes, so running it again is safe."""
+        fails at the call's first statement (ProxySQL restarted meanwhile: nothing was done) is
+        replaced at once, once."""
         waiting = True
         try:
             async with asyncio.timeout(timeout):
@@ -657,7 +676,7 @@ class AdminLink:
             try:
                 return await body(session)
             except (pymysql.err.MySQLError, OSError, EOFError):
-                if not session.reused:
+                if not session.reused or session.statements > 1:
                     raise
             session.close()
             await session.open(self.endpoint, timeout)
@@ -679,21 +698,23 @@ class AdminLink:
 
 
 class AdminLinks:
-    """The process's AdminLinks, one per ProxySQL admin endpoint (host:port): the routers of
-    clusters routed by the same ProxySQL get the same link. Two clusters naming the same
-    endpoint with other credentials or TLS settings are refused (RouterError): two
-    connections would mean two locks."""
+    """The process's AdminLinks, one per ProxySQL admin endpoint (host:port, one spelling per
+    address: ``address_key``, every loopback name as 127.0.0.1): the routers of clusters
+    routed by the same ProxySQL get the same link. Two clusters naming the same endpoint with
+    other credentials or TLS settings are refused (RouterError): two connections would mean
+    two locks. (``check-config`` refuses both first; a host name is not resolved.)"""
 
     def __init__(self) -> None:
         self._links: dict[tuple[str, int], tuple[AdminLink, TlsSettings]] = {}
 
     def get(self, settings: ProxySQLSettings) -> AdminLink:
         endpoint = _endpoint_of(settings)
-        key = (settings.host, settings.port)
+        key = address_key(host_key(settings.host), settings.port)
         if key not in self._links:
             self._links[key] = (AdminLink(endpoint), settings.tls)
         link, tls = self._links[key]
-        if link.endpoint != endpoint or tls != settings.tls:
+        credentials = (link.endpoint.user, link.endpoint.password)
+        if credentials != (endpoint.user, endpoint.password) or tls != settings.tls:
             raise RouterError(
                 f"{link.where} is named by several clusters with other user, password or TLS "
                 "settings: one admin interface is driven over one connection, give them the "
@@ -748,7 +769,7 @@ class ProxySQLRouter:
         self.statements_sent: list[str] = []
         self._owns_link = link is None
         self.link = link if link is not None else AdminLink(_endpoint_of(settings))
-        self.link.layouts.append(self.layout)
+        self.link.register(self.layout)
         self._attempts = attempts
         self._retry_delay = retry_delay
 
