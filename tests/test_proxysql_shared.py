@@ -88,10 +88,17 @@ class Shared:
             **{**HOSTGROUPS[cluster], **changes},
         )
 
-    def router(self, cluster: str) -> ProxySQLRouter:
+    def router(
+        self, cluster: str, links: AdminLinks | None = None, share_age: float = 0.0
+    ) -> ProxySQLRouter:
         settings = self.settings(cluster)
+        link = (links if links is not None else self.links).get(settings)
         return ProxySQLRouter(
-            settings, NODES[cluster], RouterSettings(kind="proxysql"), link=self.links.get(settings)
+            settings,
+            NODES[cluster],
+            RouterSettings(kind="proxysql"),
+            link=link,
+            share_age=share_age,
         )
 
     async def rows(self, cluster: str, table: str) -> list[tuple[str | None, ...]]:
@@ -206,6 +213,27 @@ async def test_a_failover_apply_leaves_the_other_clusters_rows_untouched(shared:
     writes = [sql for sql in orders.statements_sent if WRITE.match(sql)]
     assert writes and {cluster_of_write(sql) for sql in writes} == {"orders"}
     assert all(len(writers(s, "orders")) <= 1 for s in shared.tap.history)
+
+
+async def test_the_probes_of_clusters_on_one_link_share_one_read(shared: Shared) -> None:
+    links = AdminLinks()
+    orders, users = (shared.router(name, links, share_age=60.0) for name in HOSTGROUPS)
+
+    def runtime_reads() -> list[str]:
+        return [sql for sql in shared.tap.statements if "FROM runtime_mysql_servers" in sql]
+
+    try:
+        assert (await orders.probe())[0] == healthy("orders")
+        assert (await users.probe())[0] == healthy("users")
+        (read,) = runtime_reads()  # one read of both clusters' rows served both probes
+        assert "10, 20, 30, 40, 110, 120, 130, 140" in read
+        assert await orders.apply(failed_over("orders", to=2)) is True
+        reads = len(runtime_reads())
+        assert (await users.probe())[0] == healthy("users")  # read again after the apply
+        assert (await orders.probe())[0] == failed_over("orders", to=2)  # never the old read
+        assert len(runtime_reads()) == reads + 1
+    finally:
+        await links.close()
 
 
 async def test_two_clusters_applies_started_together_never_interleave(shared: Shared) -> None:

@@ -610,6 +610,33 @@ class _AdminSession:
         return [ServerRow.from_admin(row) for row in rows]
 
 
+@dataclass(frozen=True)
+class SharedRead:
+    """One probe read of every router's rows on a link (runtime servers, replication
+    hostgroup pairs), served to the probes of every cluster there for ``share_age`` seconds."""
+
+    at: float
+    rows: Mapping[int, tuple[ServerRow, ...]]
+    """By hostgroup id."""
+    pairs: tuple[tuple[ReplicationHostgroup, ...], tuple[ReplicationHostgroup, ...]]
+
+    @classmethod
+    def of(
+        cls,
+        at: float,
+        rows: Iterable[ServerRow],
+        pairs: tuple[list[ReplicationHostgroup], list[ReplicationHostgroup]],
+    ) -> SharedRead:
+        by_hostgroup: dict[int, list[ServerRow]] = {}
+        for row in rows:
+            by_hostgroup.setdefault(row.hostgroup_id, []).append(row)
+        grouped = {hg: tuple(found) for hg, found in by_hostgroup.items()}
+        return cls(at, grouped, (tuple(pairs[0]), tuple(pairs[1])))
+
+    def rows_of(self, hostgroup_ids: Iterable[int]) -> list[ServerRow]:
+        return [row for hg in hostgroup_ids for row in self.rows.get(hg, ())]
+
+
 class AdminLink:
     """One ProxySQL admin interface (host:port) and everything that goes through it: ONE kept
     connection and ONE lock, shared by the routers of every cluster routed by that ProxySQL.
@@ -630,6 +657,12 @@ class AdminLink:
         self.lock = asyncio.Lock()
         self.session = _AdminSession()
         self.layouts: list[Layout] = []
+        self.shared_read: SharedRead | None = None
+        """The last probe read, while several routers share the link; forgotten by every
+        apply and drain (so no probe is served a read from before a change)."""
+
+    def hostgroup_ids(self) -> tuple[int, ...]:
+        return tuple(sorted({i for layout in self.layouts for i in layout.hostgroups.ids()}))
 
     def register(self, layout: Layout) -> None:
         """A router's managed rows on this admin; RouterError when its hostgroups overlap
@@ -760,6 +793,7 @@ class ProxySQLRouter:
         attempts: int = DEFAULT_ATTEMPTS,
         retry_delay: float = 0.05,
         link: AdminLink | None = None,
+        share_age: float = 0.0,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -770,6 +804,10 @@ class ProxySQLRouter:
         self._owns_link = link is None
         self.link = link if link is not None else AdminLink(_endpoint_of(settings))
         self.link.register(self.layout)
+        self.share_age = share_age
+        """Seconds a probe read of the whole link may be served to this router's probe when
+        several routers share the link (0: never): one read per interval, not one per cluster
+        (a read of ``runtime_mysql_servers`` costs ProxySQL more the more rows it holds)."""
         self._attempts = attempts
         self._retry_delay = retry_delay
 
@@ -836,7 +874,8 @@ class ProxySQLRouter:
 
     async def probe(self) -> tuple[Membership, list[str]]:
         """``read`` and ``conflicts`` together (the router probe's call, every interval): the
-        writer rows the conflicts need come from the same read."""
+        writer rows the conflicts need come from the same read. With several routers on the
+        link, one read of all their rows serves every probe for ``share_age`` seconds."""
         return await self._call("read", self._probe)
 
     async def check_startup(self) -> None:
@@ -856,6 +895,7 @@ class ProxySQLRouter:
     async def _apply(
         self, session: _AdminSession, desired: Membership, allow_hidden_change: bool = False
     ) -> bool:
+        self.link.shared_read = None  # from here on, a probe reads again
         ids = self.layout.hostgroups.ids()
         if pairs := await self._pair_conflicts(session):
             raise RouterError(
@@ -900,6 +940,7 @@ class ProxySQLRouter:
         )
 
     async def _start_drain(self, session: _AdminSession, node: str) -> None:
+        self.link.shared_read = None  # from here on, a probe reads again
         ids = (self.layout.hostgroups.writer,)
         config = await session.servers(CONFIG_TABLE, ids)
         runtime = await session.servers(RUNTIME_TABLE, ids)
@@ -929,7 +970,7 @@ class ProxySQLRouter:
         self, session: _AdminSession
     ) -> tuple[list[ReplicationHostgroup], list[ReplicationHostgroup]]:
         """(active in runtime, configured) mysql_replication_hostgroups rows."""
-        rows = await session.query(REPLICATION_HOSTGROUPS_SQL)  # both tables, one round trip
+        rows = await session.read(REPLICATION_HOSTGROUPS_SQL)  # both tables, one round trip
         found: tuple[list[ReplicationHostgroup], list[ReplicationHostgroup]] = ([], [])
         for row in rows:
             found[0 if row.get("source") == "runtime" else 1].append(
@@ -938,12 +979,20 @@ class ProxySQLRouter:
         return found
 
     async def _probe(self, session: _AdminSession) -> tuple[Membership, list[str]]:
-        rows = await self._read_runtime(session)
-        runtime_pairs, config_pairs = await self._replication_hostgroups(session)
-        writer_hg = self.layout.hostgroups.writer
-        writer_rows = [row for row in rows if row.hostgroup_id == writer_hg]
+        link = self.link
+        read = link.shared_read
+        sharing = self.share_age > 0 and len(link.layouts) > 1
+        if not sharing or read is None or time.monotonic() - read.at > self.share_age:
+            at = time.monotonic()
+            ids = link.hostgroup_ids() if sharing else self.layout.hostgroups.ids()
+            rows = await session.servers(RUNTIME_TABLE, ids)
+            pairs = await self._replication_hostgroups(session)
+            read = SharedRead.of(at, rows, pairs)
+            link.shared_read = read if sharing else None
+        runtime_pairs, config_pairs = read.pairs
+        writer_rows = read.rows_of((self.layout.hostgroups.writer,))
         warnings = conflict_warnings(runtime_pairs, config_pairs, writer_rows, self.layout)
-        return membership_of(rows, self.layout), warnings
+        return membership_of(read.rows_of(self.layout.hostgroups.ids()), self.layout), warnings
 
     async def _pair_conflicts(self, session: _AdminSession) -> list[str]:
         runtime_pairs, config_pairs = await self._replication_hostgroups(session)
