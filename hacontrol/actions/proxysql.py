@@ -616,6 +616,8 @@ class SharedRead:
     hostgroup pairs), served to the probes of every cluster there for ``share_age`` seconds."""
 
     at: float
+    ids: frozenset[int]
+    """The hostgroups read."""
     rows: Mapping[int, tuple[ServerRow, ...]]
     """By hostgroup id."""
     pairs: tuple[tuple[ReplicationHostgroup, ...], tuple[ReplicationHostgroup, ...]]
@@ -624,6 +626,7 @@ class SharedRead:
     def of(
         cls,
         at: float,
+        ids: Iterable[int],
         rows: Iterable[ServerRow],
         pairs: tuple[list[ReplicationHostgroup], list[ReplicationHostgroup]],
     ) -> SharedRead:
@@ -631,7 +634,11 @@ class SharedRead:
         for row in rows:
             by_hostgroup.setdefault(row.hostgroup_id, []).append(row)
         grouped = {hg: tuple(found) for hg, found in by_hostgroup.items()}
-        return cls(at, grouped, (tuple(pairs[0]), tuple(pairs[1])))
+        return cls(at, frozenset(ids), grouped, (tuple(pairs[0]), tuple(pairs[1])))
+
+    def serves(self, hostgroup_ids: Iterable[int], now: float, age: float) -> bool:
+        """Whether it holds these hostgroups and is at most ``age`` seconds old."""
+        return now - self.at <= age and self.ids.issuperset(hostgroup_ids)
 
     def rows_of(self, hostgroup_ids: Iterable[int]) -> list[ServerRow]:
         return [row for hg in hostgroup_ids for row in self.rows.get(hg, ())]
@@ -979,20 +986,20 @@ class ProxySQLRouter:
         return found
 
     async def _probe(self, session: _AdminSession) -> tuple[Membership, list[str]]:
-        link = self.link
-        read = link.shared_read
+        link, ids = self.link, self.layout.hostgroups.ids()
         sharing = self.share_age > 0 and len(link.layouts) > 1
-        if not sharing or read is None or time.monotonic() - read.at > self.share_age:
+        read = link.shared_read if sharing else None
+        if read is None or not read.serves(ids, time.monotonic(), self.share_age):
             at = time.monotonic()
-            ids = link.hostgroup_ids() if sharing else self.layout.hostgroups.ids()
-            rows = await session.servers(RUNTIME_TABLE, ids)
+            read_ids = link.hostgroup_ids() if sharing else ids
+            rows = await session.servers(RUNTIME_TABLE, read_ids)
             pairs = await self._replication_hostgroups(session)
-            read = SharedRead.of(at, rows, pairs)
+            read = SharedRead.of(at, read_ids, rows, pairs)
             link.shared_read = read if sharing else None
         runtime_pairs, config_pairs = read.pairs
         writer_rows = read.rows_of((self.layout.hostgroups.writer,))
         warnings = conflict_warnings(runtime_pairs, config_pairs, writer_rows, self.layout)
-        return membership_of(read.rows_of(self.layout.hostgroups.ids()), self.layout), warnings
+        return membership_of(read.rows_of(ids), self.layout), warnings
 
     async def _pair_conflicts(self, session: _AdminSession) -> list[str]:
         runtime_pairs, config_pairs = await self._replication_hostgroups(session)
