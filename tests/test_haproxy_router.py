@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,8 @@ from tests.support import free_port
 DATA = Path(__file__).parent / "data" / "haproxy-2.6-show-servers-state.txt"
 NODES = ("node1", "node2", "node3")
 W, R = "writer", "readers"
+W2, R2 = "users_writer", "users_readers"
+"""A second cluster's backends on the same HAProxy (``start(second=True)``)."""
 
 
 # --- pure: parsing ------------------------------------------------------------------------------
@@ -399,7 +401,7 @@ def start_haproxy(databases: list[DB]) -> Iterator[Callable[..., HAProxy]]:
 def _start_haproxy(tmp_path: Path, databases: list[DB]) -> Iterator[Callable[..., HAProxy]]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(*, writers_enabled: bool = False) -> HAProxy:
+    def start(*, writers_enabled: bool = False, second: bool = False) -> HAProxy:
         unix_socket = str(tmp_path / "h.sock")
         admin_port, writer_port, reader_port = free_port(), free_port(), free_port()
         writer_flag = "" if writers_enabled else " disabled"
@@ -427,6 +429,9 @@ def _start_haproxy(tmp_path: Path, databases: list[DB]) -> Iterator[Callable[...
             *(f"    server {db.name} 127.0.0.1:{db.port} disabled" for db in databases),
             f"    server other 127.0.0.1:{databases[0].port} disabled",
         ]
+        for backend in (W2, R2) if second else ():  # another cluster: its own backends
+            lines.append(f"backend {backend}")
+            lines += (f"    server {db.name} 127.0.0.1:{db.port} disabled" for db in databases)
         config = tmp_path / "haproxy.cfg"
         config.write_text("\n".join(lines) + "\n")
         process = subprocess.Popen(
@@ -642,7 +647,42 @@ async def test_drain_waits_for_the_sessions_and_refuses_new_ones(
     assert await router.read() == expected_readback(desired, NODES)
 
 
+@integration
+async def test_two_clusters_on_one_socket_touch_only_their_own_backends(
+    start_haproxy: Callable[..., HAProxy],
+) -> None:
+    haproxy = start_haproxy(second=True)
+    orders = haproxy.router()
+    users = HAProxyRouter(
+        HAProxySettings(socket=haproxy.unix_socket, writer_backend=W2, reader_backend=R2), NODES
+    )
+    first = Membership.of(writers=["node1"], readers=["node1", "node2", "node3"])
+    await asyncio.gather(orders.apply(first), users.apply(first))
+    users_before = await states_of(haproxy, (W2, R2))
+    for desired in (
+        Membership.of(writers=["node2"], readers=["node3"], broken=["node1"]),
+        Membership.of(writers=["node3"], readers=["node2", "node3"], broken=["node1"]),
+    ):
+        assert await orders.apply(desired) is True  # a failover of orders alone
+        assert await users.read() == first
+        assert await states_of(haproxy, (W2, R2)) == users_before
+    moved = Membership.of(writers=["node2"], readers=["node2"], broken=["node1", "node3"])
+    await asyncio.gather(orders.apply(first), users.apply(moved))  # both at once
+    assert await orders.read() == first and await users.read() == moved
+    assert all(f" {W}/" in c or f" {R}/" in c for c in orders.commands_sent)
+    assert all(f" {W2}/" in c or f" {R2}/" in c for c in users.commands_sent)
+
+
 # --- helpers ------------------------------------------------------------------------------------
+
+
+async def states_of(haproxy: HAProxy, backend_names: Sequence[str]) -> dict[tuple[str, str], int]:
+    answer = await SocketTransport(haproxy.unix_socket)("show servers state")
+    return {
+        (s.backend, s.name): s.admin_state
+        for s in parse_servers_state(answer)
+        if s.backend in backend_names
+    }
 
 
 def settings(socket: str = "/nonexistent/h.sock", timeout: float = 1.0) -> HAProxySettings:
