@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
@@ -282,6 +283,53 @@ async def test_an_apply_begun_in_the_middle_of_another_waits_for_its_end(shared:
         if WRITE.match(sql) and cluster_of_write(sql) == "orders"
     ]
     assert orders_writes and min(orders_writes) > users_save
+
+
+async def test_a_busy_admin_fails_no_call_that_waits_behind_others(shared: Shared) -> None:
+    # Each apply takes 1.2 s of its 2 s (ProxySQL slow to SAVE): a read queued behind both
+    # waits 2.4 s, more than its 2 s, and is still not a timeout.
+    links = AdminLinks()
+    orders, users = (shared.router(name, links) for name in HOSTGROUPS)
+    orders.settings = users.settings = orders.settings.model_copy(update={"timeout": 2.0})
+
+    async def slow_save(sql: str, previous: str | None) -> None:
+        if sql == SAVE_TO_DISK:
+            await asyncio.sleep(1.2)
+
+    shared.tap.hooks.append(slow_save)
+    started = time.monotonic()
+    try:
+        done = await asyncio.gather(
+            orders.apply(failed_over("orders", 2)),
+            users.apply(failed_over("users", 3)),
+            orders.read(),
+        )
+    finally:
+        await links.close()
+    assert done == [True, True, failed_over("orders", 2)]
+    assert time.monotonic() - started > 2.4
+    assert await orders.read() == failed_over("orders", 2)
+    assert await users.read() == failed_over("users", 3)
+
+
+async def test_a_hung_admin_fails_the_waiting_calls_in_bounded_time(shared: Shared) -> None:
+    orders, users = shared.routers["orders"], shared.routers["users"]
+    for router in (orders, users):
+        router.settings = router.settings.model_copy(update={"timeout": 0.5})
+    await orders.read()  # the kept connection is open
+    shared.px.freeze()
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(
+            orders.read(), users.read(), orders.probe(), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        shared.px.thaw()
+    assert all(isinstance(r, RouterError) for r in results), results
+    assert "timed out after 0.5 s at" in str(results[0])
+    assert elapsed < 3 * 0.5 + 0.5  # the last waited for two calls, then timed out its own
+    assert await users.read() == healthy("users")  # back: a new connection
 
 
 async def test_no_load_publishes_two_writers_of_any_cluster_on_the_link(shared: Shared) -> None:

@@ -664,6 +664,8 @@ class AdminLink:
         self.lock = asyncio.Lock()
         self.session = _AdminSession()
         self.layouts: list[Layout] = []
+        self.calls = 0
+        """Calls holding or waiting for the lock."""
         self.shared_read: SharedRead | None = None
         """The last probe read, while several routers share the link; forgotten by every
         apply and drain (so no probe is served a read from before a change)."""
@@ -691,23 +693,40 @@ class AdminLink:
     async def call(
         self, what: str, body: Callable[[_AdminSession], Awaitable[T]], timeout: float
     ) -> T:
-        """``body`` on the kept connection, holding the lock, everything (the wait for the
-        lock included) within ``timeout``; any failure is a RouterError. A kept connection that
+        """``body`` on the kept connection, holding the lock, within ``timeout`` (connecting
+        included); any failure is a RouterError.
+
+        The wait for the lock is bounded apart: ``timeout`` for each call holding or waiting for
+        it at entry, and one more (each holds it for its own ``timeout`` at most, the same unless
+        clusters set another one). A healthy but busy admin (many clusters failing over at once)
+        then fails no call, and a hung one fails each in bounded time. A kept connection that
         fails at the call's first statement (ProxySQL restarted meanwhile: nothing was done) is
         replaced at once, once."""
-        waiting = True
+        ahead = self.calls
+        self.calls += 1
         try:
-            async with asyncio.timeout(timeout):
-                async with self.lock:
-                    waiting = False
+            try:
+                async with asyncio.timeout(timeout * (ahead + 1)):
+                    await self.lock.acquire()
+            except TimeoutError:
+                raise RouterError(
+                    f"{self.where}: {what} timed out after {timeout * (ahead + 1):g} s waiting "
+                    f"for {ahead} other call(s) on this admin"
+                ) from None
+            try:
+                async with asyncio.timeout(timeout):
                     return await self._locked(body, timeout)
+            finally:
+                self.lock.release()
         except TimeoutError:
-            at = "waiting for another call on this admin" if waiting else self.session.current
+            at = self.session.current
             raise RouterError(f"{self.where}: {what} timed out after {timeout} s at {at}") from None
         except (pymysql.err.MySQLError, OSError, EOFError) as exc:
             raise RouterError(
                 f"{self.where}: {what} failed at {self.session.current}: {describe_error(exc)}"
             ) from None
+        finally:
+            self.calls -= 1
 
     async def _locked(self, body: Callable[[_AdminSession], Awaitable[T]], timeout: float) -> T:
         session = self.session
