@@ -27,6 +27,7 @@ from hacontrol.sandbox.netns import (
     parse_groups,
     plan_network,
     ruleset,
+    sandbox_aliases,
     sandbox_hosts,
     setup_commands,
 )
@@ -77,6 +78,31 @@ def test_groups_are_parsed_in_both_spellings_and_one_group_means_against_all_oth
     ):
         with pytest.raises(NetworkError, match=reason):
             parse_groups(words, HOSTS)
+
+
+def test_a_fleet_puts_each_controller_on_its_routers_host_and_names_it_there_too() -> None:
+    # --routers 3 --controllers 2: a host per router; c1 and c2 on their routers' hosts (a
+    # sidecar shares its pod's network), no host for an operator's controller.
+    hosts = sandbox_hosts(["node1", "node2", "node3"], routers=3, controllers=2)
+    assert hosts == ["node1", "node2", "node3", "router", "router2", "router3"]
+    aliases = sandbox_aliases(2)
+    assert aliases == (("c1", "router"), ("c2", "router2"))
+    plan = plan_network("ab12cd", hosts, aliases)
+    assert plan.host("c2") == plan.host("router2")
+    assert "router (c1)" in plan.known() and "router3," not in plan.known()
+    assert parse_groups(["node1,c2"], hosts, aliases) == (
+        ("node1", "router2"),
+        ("node2", "node3", "router", "router3"),
+    )
+    assert parse_groups(["c1,router / node1"], hosts, aliases) == (("router",), ("node1",))
+    for words, reason in ((["c1 / router"], "two groups"), (["c3"], "unknown host c3")):
+        with pytest.raises(NetworkError, match=reason):
+            parse_groups(words, hosts, aliases)
+    with pytest.raises(NetworkError, match="alias"):
+        plan_network("ab12cd", hosts, (("node1", "router"),))
+    again = NetworkPlan.from_state(json.loads(json.dumps(plan.to_state())))
+    assert again == plan and again.host("c1").name == "router"
+    assert SandboxSpec(dir=Path("x"), routers=3, controllers=3, netns=True).netns
 
 
 def test_rules_cut_both_ways_one_way_or_drop_a_share() -> None:

@@ -39,7 +39,7 @@ from hacontrol.sandbox.model import (
     SandboxInfo,
     SandboxSpec,
 )
-from hacontrol.sandbox.netns import ROUTER_HOST, sandbox_hosts
+from hacontrol.sandbox.netns import router_host
 from hacontrol.sandbox.netns_host import Network
 from hacontrol.sandbox.netns_host import unavailable as netns_unavailable
 from hacontrol.sandbox.procs import find_binary
@@ -195,8 +195,7 @@ class Sandbox:
         )
         try:
             if self.spec.netns:
-                names = [self.spec.node_name(i) for i in range(self.spec.nodes)]
-                await asyncio.to_thread(Network.planned(self.dir, sandbox_hosts(names)).create)
+                await asyncio.to_thread(Network.for_sandbox(self.dir, self.spec).create)
             info = await self._prepare(template)
             info = self._spawn_all(info, binaries)
             await self._configure(info)
@@ -299,7 +298,7 @@ class Sandbox:
         config = router_dir / ("haproxy.cfg" if kind == "haproxy" else "proxysql.cnf")
         admin_port = spec.router_port(index, 2)
         socket = HAPROXY_SOCKET if index == 0 else f"haproxy{index + 1}.sock"
-        host = self._host(ROUTER_HOST)
+        host = self._host(router_host(index))
         router = RouterInfo(
             kind=kind,
             host=host,
@@ -383,7 +382,7 @@ class Sandbox:
         for i, router in enumerate(info.routers):
             argv = router_argv(binaries[router.kind], router, initial=True)
             log = Path(router.config).with_suffix(".log")
-            pid = procs.spawn(argv, log, self._prefix(ROUTER_HOST, info))
+            pid = procs.spawn(argv, log, self._prefix(router_host(i), info))
             info = info.with_router_pid(i, pid)
             info.save()
         return info
@@ -499,7 +498,7 @@ class Sandbox:
             raise SandboxError(f"not installed: {router.kind}")
         argv = router_argv(binary, router, initial=False)
         log = Path(router.config).with_suffix(".log")
-        pid = procs.spawn(argv, log, self._prefix(ROUTER_HOST, info))
+        pid = procs.spawn(argv, log, self._prefix(router_host(index), info))
         info = info.with_router_pid(index, pid)
         info.save()
         await self._wait_router(info.routers[index])

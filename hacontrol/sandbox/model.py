@@ -67,11 +67,6 @@ class SandboxSpec:
                 f"--controllers must be between 0 and --routers ({self.routers}): each "
                 f"controller runs next to a router of its own, got {self.controllers}"
             )
-        if self.netns and (self.routers > 1 or self.controllers):
-            raise SandboxError(
-                "--netns with --routers or --controllers is not offered yet: the sandbox's own "
-                "network has one router host and one controller host"
-            )
         if self.controllers and self.tls:
             raise SandboxError("--controllers with --tls is not offered yet (their APIs' HTTPS)")
         if not 1024 <= self.base_port <= 65535 - self.port_count:

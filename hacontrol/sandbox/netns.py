@@ -85,6 +85,8 @@ class NetworkPlan:
     tag: str
     hosts: tuple[NetHost, ...]
     faults: Faults = field(default_factory=Faults)
+    aliases: tuple[tuple[str, str], ...] = ()
+    """Other names of a host: ``("c1", "router")``, a controller on its router's host."""
 
     @property
     def outer(self) -> str:
@@ -97,11 +99,21 @@ class NetworkPlan:
         return f"{PREFIX}{self.tag}-"
 
     def host(self, name: str) -> NetHost:
+        name = dict(self.aliases).get(name, name)
         for host in self.hosts:
             if host.name == name:
                 return host
-        known = ", ".join(h.name for h in self.hosts)
-        raise NetworkError(f"no host {name!r} in this sandbox (hosts: {known})")
+        raise NetworkError(f"no host {name!r} in this sandbox (hosts: {self.known()})")
+
+    def known(self) -> str:
+        """The hosts' names, each with its aliases: ``node1, router (c1)``."""
+        aliases: dict[str, list[str]] = {}
+        for alias, name in self.aliases:
+            aliases.setdefault(name, []).append(alias)
+        return ", ".join(
+            h.name + (f" ({', '.join(aliases[h.name])})" if h.name in aliases else "")
+            for h in self.hosts
+        )
 
     def namespaces(self) -> list[str]:
         return [self.outer, *(h.netns for h in self.hosts)]
@@ -111,6 +123,7 @@ class NetworkPlan:
             "tag": self.tag,
             "hosts": [asdict(h) for h in self.hosts],
             "faults": {**asdict(self.faults), "groups": [list(g) for g in self.faults.groups]},
+            "aliases": dict(self.aliases),
         }
 
     @classmethod
@@ -125,15 +138,34 @@ class NetworkPlan:
                 loss=float(faults.get("loss", 0.0)),
                 delay_ms=float(faults.get("delay_ms", 0.0)),
             ),
+            aliases=tuple((data.get("aliases") or {}).items()),
         )
 
 
-def sandbox_hosts(nodes: Sequence[str]) -> list[str]:
-    """The hosts of a sandbox: its nodes, its router, its controller."""
-    return [*nodes, ROUTER_HOST, CONTROLLER_HOST]
+def router_host(index: int) -> str:
+    """Router ``index``'s host (0-based): ``router``, ``router2`` ..."""
+    return ROUTER_HOST if index == 0 else f"{ROUTER_HOST}{index + 1}"
 
 
-def plan_network(tag: str, names: Sequence[str]) -> NetworkPlan:
+def sandbox_hosts(nodes: Sequence[str], routers: int = 1, controllers: int = 0) -> list[str]:
+    """The hosts of a sandbox: its nodes, a host per router, and the controller's own host
+    when the operator runs the controller (no ``--controllers``).
+
+    A controller the sandbox starts (``--controllers``) runs on its router's host, as the
+    sidecar it is in production shares its pod's network with its ProxySQL: a partition
+    never separates the two (``sandbox_aliases``: ``c1`` names that host too)."""
+    hosts = [*nodes, *(router_host(i) for i in range(routers))]
+    return hosts if controllers else [*hosts, CONTROLLER_HOST]
+
+
+def sandbox_aliases(controllers: int) -> tuple[tuple[str, str], ...]:
+    """Controller ``c<i>`` is another name of router i's host."""
+    return tuple((f"c{i + 1}", router_host(i)) for i in range(controllers))
+
+
+def plan_network(
+    tag: str, names: Sequence[str], aliases: tuple[tuple[str, str], ...] = ()
+) -> NetworkPlan:
     """One host per name (nodes, routers, controllers), addresses in the order given."""
     if not TAG.match(tag):
         raise NetworkError(f"network tag must be 4 to 8 lowercase letters or digits: {tag!r}")
@@ -153,7 +185,10 @@ def plan_network(tag: str, names: Sequence[str]) -> NetworkPlan:
                 port=f"p-{name}",
             )
         )
-    return NetworkPlan(tag=tag, hosts=tuple(hosts))
+    clashing = [a for a, target in aliases if a in names or target not in names]
+    if clashing:
+        raise NetworkError(f"an alias names no host, or a host of its own: {', '.join(clashing)}")
+    return NetworkPlan(tag=tag, hosts=tuple(hosts), aliases=aliases)
 
 
 def setup_commands(plan: NetworkPlan) -> list[list[str]]:
@@ -183,22 +218,26 @@ def peer(host: NetHost) -> list[str]:
     return ["peer", "name", "eth0", "netns", host.netns]
 
 
-def parse_groups(words: Sequence[str], known: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+def parse_groups(
+    words: Sequence[str], known: Iterable[str], aliases: tuple[tuple[str, str], ...] = ()
+) -> tuple[tuple[str, ...], ...]:
     """``["node1", "/", "node2,node3"]`` or ``["node1/node2,node3"]`` -> the groups.
 
     One group alone is that group against every other host. A host may be in one group only.
+    An alias (``c1``) stands for its host (``router``).
     """
     text = " ".join(words)
-    names = list(known)
+    names, other = list(known), dict(aliases)
     groups: list[tuple[str, ...]] = []
     for part in text.split("/"):
         group = tuple(n for n in re.split(r"[,\s]+", part.strip()) if n)
         if not group:
             raise NetworkError(f"empty group in {text!r}: write A,B / C,D")
-        unknown = [n for n in group if n not in names]
+        unknown = [n for n in group if n not in names and n not in other]
         if unknown:
-            raise NetworkError(f"unknown host {', '.join(unknown)} (hosts: {', '.join(names)})")
-        groups.append(group)
+            hosts = ", ".join([*names, *other])
+            raise NetworkError(f"unknown host {', '.join(unknown)} (hosts: {hosts})")
+        groups.append(tuple(dict.fromkeys(other.get(n, n) for n in group)))
     seen = [n for g in groups for n in g]
     if len(set(seen)) != len(seen):
         raise NetworkError(f"a host is in two groups: {text!r}")

@@ -61,7 +61,8 @@ def run(directory: Path, args: argparse.Namespace) -> int:
         if args.action == "heal":
             network.heal()
         else:
-            groups = parse_groups(args.groups, [h.name for h in network.plan.hosts])
+            plan = network.plan
+            groups = parse_groups(args.groups, [h.name for h in plan.hosts], plan.aliases)
             network.partition(groups, oneway=args.oneway, loss=args.loss, delay_ms=args.delay)
     except NetworkError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
@@ -81,12 +82,23 @@ def describe(directory: str) -> list[str]:
     network = Network.load(Path(directory))
     if network is None:
         return []
-    hosts = ", ".join(f"{h.name} {h.address}" for h in network.plan.hosts)
-    ctl = " ".join(network.prefix(CONTROLLER_HOST))
+    plan = network.plan
+    hosts = ", ".join(f"{h.name} {h.address}" for h in plan.hosts)
+    lines = [
+        f"network (namespaces {plan.prefix}*): {hosts}",
+        f"network: {plan.faults.describe()}",
+    ]
+    if CONTROLLER_HOST in {h.name for h in plan.hosts}:
+        ctl = " ".join(network.prefix(CONTROLLER_HOST))
+        lines.append(
+            f"start the controller on its host: {ctl} hacontrol run --config "
+            f"{directory}/settings.toml"
+        )
+    for alias, host in plan.aliases:  # a controller the sandbox started, on its router's host
+        ask = " ".join(network.prefix(host))
+        lines.append(f"{alias} runs on host {host}; its API from there: {ask} curl 127.0.0.1:PORT")
     return [
-        f"network (namespaces {network.plan.prefix}*): {hosts}",
-        f"network: {network.plan.faults.describe()}",
-        f"start the controller on its host: {ctl} hacontrol run --config {directory}/settings.toml",
-        "clients outside the sandbox's network: the router's and nodes' unix sockets "
+        *lines,
+        "clients outside the sandbox's network: the routers' and nodes' unix sockets "
         "(sandbox status --json)",
     ]

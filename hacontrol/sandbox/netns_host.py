@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from hacontrol.sandbox.model import SandboxSpec
 from hacontrol.sandbox.netns import (
     STATE_FILE,
     Faults,
@@ -31,6 +32,8 @@ from hacontrol.sandbox.netns import (
     delay_targets,
     plan_network,
     ruleset,
+    sandbox_aliases,
+    sandbox_hosts,
     setup_commands,
 )
 from hacontrol.sandbox.procs import find_binary
@@ -88,6 +91,13 @@ class Network:
     @classmethod
     def planned(cls, directory: Path, names: Sequence[str], tag: str | None = None) -> Network:
         return cls(plan_network(tag or new_tag(), names), directory)
+
+    @classmethod
+    def for_sandbox(cls, directory: Path, spec: SandboxSpec) -> Network:
+        """A sandbox's hosts (``sandbox_hosts``): controller ``c<i>`` on router i's host."""
+        nodes = [spec.node_name(i) for i in range(spec.nodes)]
+        hosts = sandbox_hosts(nodes, spec.routers, spec.controllers)
+        return cls(plan_network(new_tag(), hosts, sandbox_aliases(spec.controllers)), directory)
 
     @classmethod
     def load(cls, directory: Path) -> Network | None:
@@ -155,9 +165,7 @@ class Network:
         """Cut (or, with ``loss``/``delay_ms``, degrade) the links between the groups (one
         group alone: against every other host). Replaces whatever fault was there before."""
         check_degrade(loss, delay_ms)
-        for group in groups:
-            for name in group:
-                self.plan.host(name)
+        groups = tuple(tuple(dict.fromkeys(self.plan.host(n).name for n in g)) for g in groups)
         groups = completed(groups, [h.name for h in self.plan.hosts])
         faults = Faults(groups=groups, oneway=oneway, loss=loss, delay_ms=delay_ms)
         self.apply(faults)
