@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hacontrol.sandbox.model import SandboxInfo
 from hacontrol.sandbox.netns import CONTROLLER_HOST, NetworkError, parse_groups
 from hacontrol.sandbox.netns_host import Network
 
@@ -94,9 +95,11 @@ def describe(directory: str) -> list[str]:
             f"start the controller on its host: {ctl} hacontrol run --config "
             f"{directory}/settings.toml"
         )
-    for alias, host in plan.aliases:  # a controller the sandbox started, on its router's host
-        ask = " ".join(network.prefix(host))
-        lines.append(f"{alias} runs on host {host}; its API from there: {ask} curl 127.0.0.1:PORT")
+    info = SandboxInfo.load(Path(directory))
+    for controller in info.controllers if info else ():  # each on its router's host
+        host = plan.host(controller.name).name
+        ask = f"{' '.join(network.prefix(host))} curl 127.0.0.1:{controller.api_port}/status"
+        lines.append(f"{controller.name} runs on host {host}; its API from there: {ask}")
     return [
         *lines,
         "clients outside the sandbox's network: the routers' and nodes' unix sockets "
