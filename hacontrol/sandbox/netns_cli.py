@@ -24,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--netns",
         action="store_true",
-        help="up: every node, the router and the controller on a host of its own (network "
-        "namespaces on a bridge inside a namespace of the sandbox's own; root only), for "
-        "partitions",
+        help="up: every node and router on a host of its own (network namespaces on a bridge "
+        "inside a namespace of the sandbox's own; root only), for partitions; each controller "
+        "the sandbox starts (--controllers) on its router's host, named c1... in a partition",
     )
     parser.add_argument(
         "--oneway",
