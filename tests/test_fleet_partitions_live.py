@@ -354,14 +354,18 @@ async def test_leader_isolated_with_the_primary_changes_nothing_and_the_majority
     after = {n: await node_state(fleet.sandbox, n) for n in NODES}
     assert [n for n in NODES if after[n]["read_only"] == 0] == [seen.promoted], after
     promote = new.of("action", cut, action="Promote")
-    outages = {m.name: outage(loops[m.name].ack_times, cut) for m in fleet.members if m is not old}
+    routed = since(new.of("action", promote[0]["_mono"], action="Route", ok=True), cut)
+    unrouted = first_route_without_writer(old, cut)
+    both = max(0.0, round(unrouted - routed, 3)) if unrouted is not None else None
+    gaps = {m.name: outage(loops[m.name].ack_times, cut) for m in fleet.members}
+    outages = {name: round(gap, 3) if gap is not None else None for name, gap in gaps.items()}
     print(
         f"\nleader {old.name} cut off with node1: stepped down {since([seen.down], cut)} s after "
         f"the cut ({seen.down['reason']}); {new.name} led "
         f"{since(new.of('lease', cut, leader=True), cut)} s after, promoted {seen.promoted} "
-        f"{since(promote, cut)} s after; the old leader's router without a writer "
-        f"{first_route_without_writer(old, cut)} s after; write outage through the majority's "
-        f"routers {outages}"
+        f"{since(promote, cut)} s after and routed it {routed} s after; the old leader's router "
+        f"without a writer {unrouted} s after (two routers on two writers for {both} s); write "
+        f"outage through each router {outages}"
         f"\nalerts: {old.name}: {[(a['kind'], a['reason']) for a in old_alerts]}; "
         f"{new.name}: {[a['kind'] for a in new.of('alert', cut)]}"
         f"\nnode1 after heal: {how.get('rule') or how['kind']}; acknowledged by node1 after the "
