@@ -185,9 +185,16 @@ class WriteLoop:
         return self
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """Cancel the loop, again until it ends: Python 3.11's ``asyncio.wait_for`` (aiomysql's
+        connect uses it too) loses a cancellation that arrives as the call it waits for
+        completes, and the loop would go on (seen with a client reconnecting 20 times a second
+        to a read-only node)."""
+        if self._task is None:
+            return
+        while not self._task.done():
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=0.5)
+        await asyncio.gather(self._task, return_exceptions=True)
 
     def acked_since(self, t: float) -> int:
         return sum(1 for a in self.ack_times if a > t)
