@@ -1,7 +1,7 @@
 """Probe overhead: run the real probes + controller against a 3-node sandbox and measure.
 
     .venv/bin/python bench/probe_overhead.py [--seconds 60] [--interval 1.0] [--loop uvloop|asyncio]
-        [--log-level info|debug] [--no-router] [--profile FILE]
+        [--log-level info|debug] [--no-router] [--fleet|--no-fleet] [--profile FILE]
 
 Starts its own sandbox (removed afterwards), runs the controller for the given time with the
 default probe settings, and reports the controller process's CPU time per node probe (user+system,
@@ -52,8 +52,13 @@ async def measure(
     level: str,
     profile: Path | None,
     router: bool = True,
+    fleet: bool | None = None,
 ) -> dict[str, object]:
     settings = load_settings(settings_path).settings
+    if fleet is not None:  # the lease on (a fleet of one, the default) or off (alone)
+        settings = settings.model_copy(
+            update={"controller": settings.controller.model_copy(update={"fleet": fleet})}
+        )
     settings = settings.model_copy(
         update={"probes": settings.probes.model_copy(update={"interval": interval})}
     )
@@ -97,6 +102,7 @@ async def measure(
     probes = len(rtts) + failed
     ms = sorted(r * 1000 for r in rtts)
     return {
+        "fleet": settings.controller.fleet,
         "seconds": round(t1 - t0, 2),
         "probes": probes,
         "failed": failed,
@@ -127,6 +133,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 args.log_level,
                 args.profile,
                 router=not args.no_router,
+                fleet=args.fleet,
             )
         finally:
             await sandbox.down()
@@ -138,6 +145,12 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--log-level", choices=["debug", "info"], default="info")
     parser.add_argument("--no-router", action="store_true", help="leave the router unprobed")
+    parser.add_argument(
+        "--fleet",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="controller.fleet on (the lease, a fleet of one) or off; default: the settings'",
+    )
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the window here")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = parser.parse_args()
