@@ -16,6 +16,11 @@ round that finds one still holding it: a take that was on the wire when the mode
 ``publish(node)`` (a plan's ``Publish`` step, the leader only) releases the primary lock
 wherever this instance holds it, then takes it on ``node``'s session, which must hold the
 leader lock there: a session that was killed cannot publish.
+
+Every statement after the handshake is text rendered once per session (the lock names quoted
+by that connection), and its answer is read in one pass over the wire bytes
+(``mysqlconn.fetch_text``), as the probes read theirs: a keepalive runs several times a second
+per node, and aiomysql's cursor was most of its cost.
 """
 
 from __future__ import annotations
@@ -25,13 +30,19 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiomysql
+from typing import Any, Literal
 
 from hacontrol.events import Event, LeaseObserved
 from hacontrol.model import LeaseMode
-from hacontrol.mysqlconn import Endpoint, connect, describe_error, endpoint_for, execute, fetch_all
+from hacontrol.mysqlconn import (
+    BoundedConnection,
+    ColumnCache,
+    Endpoint,
+    connect,
+    describe_error,
+    endpoint_for,
+    fetch_text,
+)
 from hacontrol.plan import ActionResult
 from hacontrol.settings import Settings
 
@@ -42,23 +53,45 @@ Emit = Callable[[Event], None]
 Clock = Callable[[], float]
 
 _READ = (
-    "SELECT CONNECTION_ID() AS session, IS_USED_LOCK(%(leader)s) AS leader, "
-    "IS_USED_LOCK(%(primary)s) AS primary_lock, "
+    "SELECT CONNECTION_ID() AS session, IS_USED_LOCK({leader}) AS leader, "
+    "IS_USED_LOCK({primary}) AS primary_lock, "
     "(SELECT HOST FROM information_schema.PROCESSLIST "
-    "WHERE ID = IS_USED_LOCK(%(leader)s)) AS holder"
+    "WHERE ID = IS_USED_LOCK({leader})) AS holder"
 )
-_TAKE = "DO IF(IS_USED_LOCK(%(leader)s) <=> CONNECTION_ID(), 1, GET_LOCK(%(leader)s, 0))"
+_TAKE = "DO IF(IS_USED_LOCK({leader}) <=> CONNECTION_ID(), 1, GET_LOCK({leader}, 0))"
 _PUBLISH = (
-    "SELECT IF(IS_USED_LOCK(%(leader)s) <=> CONNECTION_ID(), "
-    "IF(IS_USED_LOCK(%(primary)s) <=> CONNECTION_ID(), 1, GET_LOCK(%(primary)s, 0)), -1) AS got"
+    "SELECT IF(IS_USED_LOCK({leader}) <=> CONNECTION_ID(), "
+    "IF(IS_USED_LOCK({primary}) <=> CONNECTION_ID(), 1, GET_LOCK({primary}, 0)), -1) AS got"
 )
-_UNPUBLISH = "DO IF(IS_USED_LOCK(%(primary)s) <=> CONNECTION_ID(), RELEASE_LOCK(%(primary)s), 0)"
+_UNPUBLISH = "DO IF(IS_USED_LOCK({primary}) <=> CONNECTION_ID(), RELEASE_LOCK({primary}), 0)"
 
 
 def lock_names(cluster: str) -> dict[str, str]:
     """The two locks of a cluster (the cluster name is checked at load: letters, digits,
-    ``_.-``; passed as parameters anyway)."""
+    ``_.-``; quoted anyway)."""
     return {"leader": f"hacontrol.{cluster}.leader", "primary": f"hacontrol.{cluster}.primary"}
+
+
+@dataclass(frozen=True)
+class LeaseSql:
+    """A session's statements, the lock names quoted as literals by ``quote`` (the
+    connection's own escaping, which knows its SQL mode)."""
+
+    read: str
+    take_and_read: str
+    publish: str
+    unpublish: str
+
+    @classmethod
+    def render(cls, names: dict[str, str], quote: Callable[[str], str]) -> LeaseSql:
+        quoted = {key: quote(name) for key, name in names.items()}
+        read = _READ.format(**quoted)
+        return cls(
+            read,
+            f"{_TAKE.format(**quoted)}; {read}",
+            _PUBLISH.format(**quoted),
+            _UNPUBLISH.format(**quoted),
+        )
 
 
 @dataclass
@@ -67,7 +100,11 @@ class _Session:
 
     node: str
     endpoint: Endpoint
-    conn: aiomysql.Connection | None = None
+    conn: BoundedConnection | None = None
+    sql: LeaseSql | None = None
+    """The statements, rendered for ``conn``."""
+    columns: ColumnCache | None = None
+    """What ``conn``'s answers taught (their column definitions repeat on every keepalive)."""
     id: int | None = None
     holds: bool = False
     """The leader lock was held at the last round trip."""
@@ -77,7 +114,7 @@ class _Session:
         """Close the session: the server frees every lock it held."""
         if self.conn is not None:
             self.conn.close()
-        self.conn, self.id, self.holds = None, None, False
+        self.conn, self.sql, self.columns, self.id, self.holds = None, None, None, None, False
 
 
 class LeaseKeeper:
@@ -168,10 +205,10 @@ class LeaseKeeper:
     async def _round_trip(self, session: _Session, *, take: bool) -> LeaseObserved:
         sent = self._clock()
         try:
-            conn = await self._connection(session)
+            conn, sql, columns = await self._connection(session)
             sent = self._clock()
-            statements = f"{_TAKE}; {_READ}" if take else _READ
-            results = await fetch_all(conn, statements, self._names, timeout=self._timeout)
+            statements = sql.take_and_read if take else sql.read
+            results = await fetch_text(conn, statements, columns, timeout=self._timeout)
             row = results[-1][0]
             observed = self._observed(session, sent, row)
         except Exception as exc:  # a broken session: its locks are gone
@@ -194,21 +231,28 @@ class LeaseKeeper:
             jitter=self._draw(),
         )
 
-    async def _connection(self, session: _Session) -> aiomysql.Connection:
-        if session.conn is not None and not session.conn.closed:
-            return session.conn
+    async def _connection(
+        self, session: _Session
+    ) -> tuple[BoundedConnection, LeaseSql, ColumnCache]:
+        conn, sql, columns = session.conn, session.sql, session.columns
+        if conn is not None and not conn.closed and sql is not None and columns is not None:
+            return conn, sql, columns
         session.drop()  # a closed connection is a new session: it holds nothing
         conn = await connect(
             session.endpoint, self._connect_timeout, multi_statements=True, max_read=MAX_READ
         )
         try:
+            columns = ColumnCache(conn.encoding)
             wait = int(self._wait_timeout)
-            await execute(conn, f"SET SESSION wait_timeout = {wait}", timeout=self._timeout)
+            await fetch_text(
+                conn, f"SET SESSION wait_timeout = {wait}", columns, timeout=self._timeout
+            )
+            sql = LeaseSql.render(self._names, conn.escape)
         except BaseException:
             conn.close()
             raise
-        session.conn = conn
-        return conn
+        session.conn, session.sql, session.columns = conn, sql, columns
+        return conn, sql, columns
 
     # -- publication (the leader's plan steps) ------------------------------------------------
 
@@ -238,7 +282,7 @@ class LeaseKeeper:
         others = [s for s in self._sessions.values() if s.node != node and s.conn is not None]
         for session in others:
             task = asyncio.create_task(
-                self._statement(session, _UNPUBLISH), name=f"lease:unpublish:{session.node}"
+                self._statement(session, "unpublish"), name=f"lease:unpublish:{session.node}"
             )
             self._releases.add(task)
             task.add_done_callback(self._releases.discard)
@@ -248,7 +292,7 @@ class LeaseKeeper:
         session = self._sessions[node]
         if session.conn is None:
             return "no session"
-        rows = await self._statement(session, _PUBLISH)
+        rows = await self._statement(session, "publish")
         if isinstance(rows, str):
             return rows
         if rows is None:
@@ -256,15 +300,18 @@ class LeaseKeeper:
         got = rows[0]["got"] if rows else None
         return int(got) if got is not None else "GET_LOCK answered NULL"
 
-    async def _statement(self, session: _Session, sql: str) -> list[dict[str, Any]] | str | None:
-        """``sql`` on the session, then a read of the locks (emitted); the statement's rows, an
-        error text, or None when there is no session."""
+    async def _statement(
+        self, session: _Session, which: Literal["publish", "unpublish"]
+    ) -> list[dict[str, Any]] | str | None:
+        """The ``publish`` or ``unpublish`` statement on the session, then a read of the locks
+        (emitted); the statement's rows, an error text, or None when there is no session."""
         async with session.lock:
-            conn = session.conn
-            if conn is None or conn.closed:
+            conn, sql, columns = session.conn, session.sql, session.columns
+            if conn is None or conn.closed or sql is None or columns is None:
                 return None
+            statement = sql.publish if which == "publish" else sql.unpublish
             try:
-                rows = await execute(conn, sql, self._names, timeout=self._timeout)
+                rows = (await fetch_text(conn, statement, columns, timeout=self._timeout))[0]
             except Exception as exc:
                 session.drop()
                 self._emit(LeaseObserved(session.node, self._clock(), error=describe_error(exc)))
