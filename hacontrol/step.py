@@ -3,8 +3,9 @@
 For every event, in order: log it; fold it into the view; note fresh facts for the settle wait
 and when the primary began failing; log the view's changes; react to a plan's result or an
 operator command; ask for fast re-probes; then, when no plan runs, decide the next plan. A probe
-that changed no fact, or a tick, in a cluster as desired with nothing pending, stops after the
-fold (``quiet``): everything after it would give what it gave last time. Every
+or a keepalive that changed no fact, or a tick, in a cluster as desired with nothing pending,
+stops after the fold and the lease's rules (``quiet``, ``steady_lease``): everything after them
+would give what it gave last time. Every
 policy is a named rule (``hacontrol.rules``); nothing here does I/O or reads a clock: ``now``
 is the controller's monotonic clock when it handles the event (an event's own ``at`` is when it
 was observed, a probe's start, up to a probe timeout earlier).
@@ -31,6 +32,7 @@ from hacontrol.events import (
     CallerGone,
     Event,
     JournalStatus,
+    LeaseObserved,
     OperatorCommand,
     PlanFinished,
     ProbeResult,
@@ -57,7 +59,9 @@ def step(model: Model, event: Event, settings: Settings, now: float) -> Step:
     """Everything the controller does with one event. Pure."""
     observed = observe(model, event, settings)
     if quiet(model, observed, event, now):
-        return summarize(observed, event_lines(event, model.view), event, settings, now)
+        calm = steady_lease(model, observed, event, settings, now)
+        if calm is not None:
+            return summarize(calm, event_lines(event, model.view), event, settings, now)
     return summarize(*respond(model, observed, event, settings, now), event, settings, now)
 
 
@@ -130,29 +134,27 @@ def observe(model: Model, event: Event, settings: Settings) -> Model:
 
 
 def quiet(before: Model, after: Model, event: Event, now: float) -> bool:
-    """A probe (of a node or of the router) that changed no fact (``fold`` did not derive the
-    view again), or a tick, in a cluster as desired with nothing pending: the rest of the step
-    would give what it gave last time.
+    """A probe (of a node or of the router) or a keepalive that changed no fact (``fold`` did
+    not derive the view again), or a tick, in a cluster as desired with nothing pending: the
+    rest of the step would give what it gave last time, the lease aside (``steady_lease``).
 
     It would: no view change to log, no re-probe (asked for on failed probes only), nothing to
     react to, and the decision is "Nothing" again, for no rule can fire on the same facts and
     the same state in a cluster as desired (no problem, halt, quarantine, pause, settle wait,
-    deferred command, plan running or to resume, and no router retry that was still waiting
-    for its time when it last decided;
+    deferred command, plan running or to resume, and no retry, of the router or of a plan,
+    that was still waiting for its time when it last decided;
     no replica of NULL lag, whose readiness to serve reads moves with the GTID positions).
-    An instance of a fleet always takes the whole path: its lease moves with time and probes.
     ``tests/test_step_quiet.py`` compares both ways over random event sequences."""
     view = before.view
     state = before.state
     return (
-        isinstance(event, ProbeResult | RouterProbeResult | Tick)
+        isinstance(event, ProbeResult | RouterProbeResult | LeaseObserved | Tick)
         and after.view.generation == view.generation
         and before.last_logged is not None
         and before.last_logged[0] == NOTHING
         and not view.problems
         and not view.lag_unknown
         and before.acting
-        and not before.lease.fleet
         and before.running is None
         and before.resume is None
         and not before.deferred
@@ -163,7 +165,31 @@ def quiet(before: Model, after: Model, event: Event, now: float) -> bool:
         and not state.paused
         and before.decided_at is not None
         and before.decided_at >= state.route_retry_at
+        and all(before.decided_at >= at for at in state.retry_at.values())
     )
+
+
+def steady_lease(
+    before: Model, after: Model, event: Event, settings: Settings, now: float
+) -> Model | None:
+    """In a quiet step, the model with the lease the whole step would give, when that lease
+    says what it said (only the edge's last random draw may move) and lets this instance act
+    now exactly when it let it act at the last decision; None otherwise (the whole path).
+
+    The lease is the only part of a quiet step that moves with time alone (a lock's validity
+    ends V after its keepalive was sent, a new leader acts from ``ready_at``): its rules run on
+    every event, cheaply, and everything after them (the decision) only when they change
+    something. Alone (no fleet) the lease never moves."""
+    if not before.lease.fleet:
+        return after
+    leased, effects = lease_update(after, event, settings, now)
+    lease, was = leased.lease, before.lease
+    if effects or (lease is not was and evolve(lease, jitter=was.jitter) != was):
+        return None
+    assert before.decided_at is not None  # quiet() checked it
+    if lease.acting(now) != was.acting(before.decided_at):
+        return None
+    return leased
 
 
 def react(model: Model, event: Event, settings: Settings, now: float) -> Step:

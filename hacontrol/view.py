@@ -226,7 +226,11 @@ def fold(view: ClusterView, event: Event, settings: Settings) -> ClusterView:
                 return evolve(view, nodes=nodes, at=at)  # nothing ``derive`` reads changed
             view = replace(view, nodes=nodes)
         case LeaseObserved(node=name) if name in view.nodes:
-            view = replace(view, locks={**view.locks, name: _fold_lock(event)})
+            lock = _fold_lock(event)
+            locks = {**view.locks, name: lock}
+            if same_lock(view.locks.get(name), lock):
+                return evolve(view, locks=locks, at=at)  # a keepalive: only its time moved
+            view = replace(view, locks=locks)
         case RouterProbeResult():
             router = RouterView(
                 kind=event.kind,
@@ -270,6 +274,18 @@ def same_router(old: RouterView, new: RouterView) -> bool:
         new.membership,
         new.error,
         new.warnings,
+    )
+
+
+def same_lock(old: LockView | None, new: LockView) -> bool:
+    """Whether ``new`` says who holds what as ``old`` did: only the time of the round trip
+    (and an error's wording) moved. ``derive`` reads whether a node carries the publication,
+    the view's changes who holds what; neither reads when, nor the holder's address."""
+    return old is not None and (old.known, old.session, old.leader, old.primary) == (
+        new.known,
+        new.session,
+        new.leader,
+        new.primary,
     )
 
 

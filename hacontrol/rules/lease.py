@@ -26,6 +26,7 @@ from dataclasses import replace
 
 from hacontrol.effects import Effect, Log, Reprobe, SetLeaseMode, Step, log
 from hacontrol.events import Event, PlanFinished, ProbeResult
+from hacontrol.frozen import evolve
 from hacontrol.model import Lease, LeaseMode, Model, Quarantined
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, LockView
@@ -109,16 +110,21 @@ def lease_update(model: Model, event: Event, settings: Settings, now: float) -> 
     lease = model.lease
     if not lease.fleet:
         return model, ()
-    if isinstance(event, ProbeResult) and lease.ready_at is not None and event.at >= lease.ready_at:
-        lease = replace(lease, unprobed=lease.unprobed - {event.node})
+    if (
+        isinstance(event, ProbeResult)
+        and lease.ready_at is not None
+        and event.at >= lease.ready_at
+        and event.node in lease.unprobed
+    ):
+        lease = evolve(lease, unprobed=lease.unprobed - {event.node})
     jitter = getattr(event, "jitter", None)
-    if jitter is not None:
-        lease = replace(lease, jitter=jitter)
+    if jitter is not None and jitter != lease.jitter:
+        lease = evolve(lease, jitter=jitter)
     step_down = None
     if isinstance(event, PlanFinished) and event.lease_lost:
         step_down = f"stepping down: {event.rule} stopped ({event.reason})"
     new, effects = lease_step(lease, model.view, settings, now, step_down=step_down)
-    return replace(model, lease=new), effects
+    return (model if new is model.lease else evolve(model, lease=new)), effects
 
 
 def lease_step(
@@ -135,7 +141,8 @@ def lease_step(
     if leads and step_down is None:
         if lease.leader_since is None:
             lease = taken(lease, view, settings, now)
-        lease = replace(lease, mode=LeaseMode.ACQUIRE, partial_since=None)
+        if lease.mode is not LeaseMode.ACQUIRE or lease.partial_since is not None:
+            lease = evolve(lease, mode=LeaseMode.ACQUIRE, partial_since=None)
     elif lease.leader_since is not None:
         lease = let_go(lease, settings, now, step_down or lost(view, settings, now))
     else:
