@@ -18,7 +18,7 @@ class ModelMetrics:
     def __init__(self, metrics: Metrics, settings: Settings) -> None:
         self.metrics, self.settings = metrics, settings
         self._halt_shown: bool | None = None
-        self._lease_shown = False
+        self._lease_shown: tuple[bool, int, dict[str, bool]] | None = None
 
     def event(self, event: Event, now: float, queued: int) -> None:
         metrics = self.metrics
@@ -36,18 +36,16 @@ class ModelMetrics:
             self.metrics.set_halt(halted)
             self._halt_shown = halted
         lease = after.lease
-        if lease.fleet or lease is not before.lease or not self._lease_shown:
+        if lease.fleet or lease is not before.lease or self._lease_shown is None:
             self._lease(after, now)
 
     def _lease(self, model: Model, now: float) -> None:
-        """The lease's metrics: on every event in a fleet (whose locks expire with time), else
-        when the lease changed."""
+        """The lease's metrics: looked at on every event in a fleet (whose locks expire with
+        time), else when the lease changed; set when what they show changed."""
         lease = model.lease
         held = held_until(model.view, self.settings)
-        self.metrics.observe_lease(
-            self.settings.controller.instance_id,
-            lease.leader,
-            lease.changes,
-            {n: held.get(n, 0.0) > now for n in model.view.nodes} if lease.fleet else {},
-        )
-        self._lease_shown = True
+        locks = {n: held.get(n, 0.0) > now for n in model.view.nodes} if lease.fleet else {}
+        shown = (lease.leader, lease.changes, locks)
+        if shown != self._lease_shown:
+            self.metrics.observe_lease(self.settings.controller.instance_id, *shown)
+            self._lease_shown = shown
