@@ -12,9 +12,9 @@ from hacontrol.actions.mysql import ActionError, MySQLActions, _Session
 from hacontrol.events import LeaseObserved
 from hacontrol.flavors.base import Sql
 from hacontrol.model import LeaseMode
-from hacontrol.mysqlconn import endpoint_for
+from hacontrol.mysqlconn import ColumnCache, endpoint_for, execute, fetch_all, fetch_text
 from hacontrol.plan import LEASE_LOST
-from hacontrol.probes.lease import LeaseKeeper, lock_names
+from hacontrol.probes.lease import LeaseKeeper, LeaseSql, lock_names
 from tests.fakes import slow_relay
 from tests.live import sandbox_settings, sql
 
@@ -68,6 +68,41 @@ async def test_one_instance_takes_the_locks_and_another_sees_who_holds_them(two)
     a.set_mode(LeaseMode.RELEASE)  # closes the sessions: the server frees the locks at once
     await asyncio.sleep(0.1)
     assert all(e.leader is None for e in (await rounds(b, LeaseMode.HOLD)).values())
+
+
+async def test_a_keepalive_read_in_one_pass_gives_what_aiomysql_gives(two):
+    """The lease session's statements go through the one-pass reader: on a session that sees
+    another instance's leader lock and publication, its rows are aiomysql's, and the session
+    was opened with ``wait_timeout`` W."""
+    a, b = two
+    await rounds(a, LeaseMode.ACQUIRE)
+    assert (await a.publish("node1", timeout=2)).ok
+    seen = await b.round("node1")
+    assert seen.ok and seen.leader is not None and seen.primary == seen.leader
+    session = b._sessions["node1"]
+    assert session.conn is not None and session.sql is not None and session.columns is not None
+    conn, statements = session.conn, session.sql
+    for text in (statements.read, statements.take_and_read):
+        one_pass = await fetch_text(conn, text, session.columns, timeout=2)
+        assert one_pass == await fetch_all(conn, text, timeout=2)
+        assert one_pass[-1][0]["leader"] == seen.leader and one_pass[-1][0]["holder"]
+    (row,) = await execute(conn, "SELECT @@session.wait_timeout AS w", timeout=2)
+    assert row["w"] == WAIT_TIMEOUT
+
+
+async def test_lock_names_are_quoted_by_the_sessions_connection(two):
+    """A name that would end the literal stays one literal (names are checked at load too)."""
+    a, _ = two
+    await a.round("node1")
+    conn = a._sessions["node1"].conn
+    assert conn is not None
+    names = {"leader": "x'); DO SLEEP(3); -- \\", "primary": "y\\'"}
+    rendered = LeaseSql.render(names, conn.escape)
+    started = time.monotonic()
+    (rows,) = await fetch_text(conn, rendered.read, ColumnCache(conn.encoding), timeout=2)
+    assert rows == [{"session": rows[0]["session"], "leader": None, "primary_lock": None,
+                     "holder": None}]  # fmt: skip
+    assert time.monotonic() - started < 2
 
 
 async def test_the_server_frees_the_locks_of_a_session_idle_for_w(two):
