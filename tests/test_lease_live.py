@@ -126,6 +126,23 @@ async def test_a_killed_session_is_reported_and_replaced_by_one_that_holds_nothi
     assert fresh.ok and fresh.session != taken["node2"].session and fresh.leader is None
 
 
+async def test_a_publish_cut_by_its_timeout_drops_its_session_and_says_so(two):
+    """A publish cut mid-statement closes its connection (the server frees the locks at once):
+    the session must not be believed to hold them, and the break is reported, never healed
+    quietly by the next keepalive."""
+    a, _ = two
+    await rounds(a, LeaseMode.ACQUIRE)
+    session = a._sessions["node1"]
+    seen: list[LeaseObserved] = []
+    a._emit = seen.append
+    cut = await a.publish("node1", timeout=0.0005)
+    assert not cut.ok and "timed out" in cut.reason
+    assert not session.holds and session.id is None and session.conn is None
+    assert [e.node for e in seen if e.error] == ["node1"], seen
+    again = await a.round("node1")
+    assert again.ok and again.session is not None
+
+
 async def test_the_primary_is_published_only_where_the_leader_lock_is_held_and_only_once(two):
     a, b = two
     await rounds(a, LeaseMode.ACQUIRE)

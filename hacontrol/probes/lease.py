@@ -214,6 +214,9 @@ class LeaseKeeper:
         except Exception as exc:  # a broken session: its locks are gone
             session.drop()
             return LeaseObserved(session.node, sent, error=describe_error(exc), jitter=self._draw())
+        except BaseException:  # cancelled mid-statement: fetch_text closed the connection
+            session.drop()
+            raise
         return observed
 
     def _observed(self, session: _Session, sent: float, row: dict[str, Any]) -> LeaseObserved:
@@ -312,9 +315,11 @@ class LeaseKeeper:
             statement = sql.publish if which == "publish" else sql.unpublish
             try:
                 rows = (await fetch_text(conn, statement, columns, timeout=self._timeout))[0]
-            except Exception as exc:
+            except BaseException as exc:  # cancelled too: fetch_text closed the connection
                 session.drop()
                 self._emit(LeaseObserved(session.node, self._clock(), error=describe_error(exc)))
+                if not isinstance(exc, Exception):
+                    raise
                 return describe_error(exc)
             self._emit(await self._round_trip(session, take=False))
             return rows
