@@ -71,8 +71,10 @@ def start_sandbox(
     *,
     tls: bool = False,
     netns: bool = False,
+    clusters: int = 1,
 ) -> Sandbox:
-    """Start a sandbox on free ports; retried when another process grabs a port meanwhile."""
+    """Start a sandbox on free ports; retried when another process grabs a port meanwhile.
+    ``clusters``: that many clusters of ``nodes`` nodes behind the one router."""
     skip_without_servers()
     if router == "proxysql":
         require_proxysql()
@@ -80,10 +82,11 @@ def start_sandbox(
         spec = SandboxSpec(
             dir=directory,
             nodes=nodes,
-            base_port=find_free_base_port(nodes + 4),
+            base_port=find_free_base_port(nodes * clusters + 4 + 2 * (clusters - 1)),
             router=router,
             tls=tls,
             netns=netns,
+            clusters=clusters,
         )
         sandbox = Sandbox(spec)
         try:
@@ -102,8 +105,9 @@ def running_sandbox(
     *,
     tls: bool = False,
     netns: bool = False,
+    clusters: int = 1,
 ) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(directory, nodes, router, tls=tls, netns=netns)
+    sandbox = start_sandbox(directory, nodes, router, tls=tls, netns=netns, clusters=clusters)
     last_resort = functools.partial(_stop, sandbox)
     atexit.register(last_resort)
     try:

@@ -821,3 +821,167 @@ async def test_a_fleet_sandbox_starts_routers_and_controllers_and_stops_them(
         await sb.down()
     assert all(procs.process_state(pid, marker) == "dead" for pid, marker in pids)
     assert not exists(str(tmp_path / "sb"))
+
+
+# ---- several clusters behind one router (--clusters N) -----------------------------------------
+
+
+def two_clusters(kind: str = "proxysql") -> tuple[tuple[NodeInfo, ...], RouterInfo, tuple]:
+    """Two clusters of three nodes as `up --clusters 2` lays them out (no process runs)."""
+    from hacontrol.sandbox.model import ClusterInfo, Credentials
+
+    spec = SandboxSpec(dir=Path("/sb"), base_port=30000, clusters=2)
+    nodes = tuple(
+        replace(n, role="primary" if i % 3 == 0 else "replica") for i, n in enumerate(fake_nodes(6))
+    )
+    admin = "/sb/haproxy.sock" if kind == "haproxy" else "127.0.0.1:30008"
+    router = RouterInfo(kind, "127.0.0.1", 30006, 30007, admin, 30008, None, "/c")  # type: ignore[arg-type]
+    clusters = tuple(
+        ClusterInfo(
+            name=spec.cluster_name(k),
+            nodes=tuple(spec.node_name(i) for i in spec.cluster_nodes(k)),
+            hostgroups=render.hostgroups(k),
+            writer_backend=f"writer_c{k + 1}",
+            reader_backend=f"readers_c{k + 1}",
+            writer_port=spec.cluster_port(k, 0),
+            reader_port=spec.cluster_port(k, 1),
+            app=Credentials(f"app_c{k + 1}", f"/sb/secrets/app_c{k + 1}.password"),
+        )
+        for k in range(2)
+    )
+    return nodes, router, clusters
+
+
+def test_several_clusters_have_their_nodes_then_the_router_then_their_own_ports() -> None:
+    spec = SandboxSpec(dir=Path("/sb"), base_port=30000, clusters=3, nodes=2)
+    assert [spec.node_name(i) for i in spec.cluster_nodes(1)] == ["node3", "node4"]
+    assert [spec.cluster_name(k) for k in range(3)] == ["c1", "c2", "c3"]
+    assert SandboxSpec(dir=Path("/sb")).cluster_name(0) == "sandbox"  # one cluster: as always
+    assert spec.router_port(0, 0) == 30006  # after the six nodes
+    assert [spec.cluster_port(k, 0) for k in range(3)] == [30006, 30010, 30012]
+    assert len({port for port, _ in spec.ports()}) == spec.port_count == 6 + 4 + 2 * 2
+    assert render.hostgroups(1) == {"writer": 110, "reader": 120, "broken": 130, "hidden": 140}
+    with pytest.raises(SandboxError, match="--clusters must be between 1 and 4, got 5"):
+        SandboxSpec(dir=Path("/sb"), clusters=5)
+    with pytest.raises(SandboxError, match="--clusters with --routers, --tls is not offered"):
+        SandboxSpec(dir=Path("/sb"), clusters=2, routers=2, tls=True)
+
+
+def test_proxysql_routes_each_clusters_user_to_its_own_hostgroups() -> None:
+    nodes, router, clusters = two_clusters()
+    cnf = render.proxysql_cnf(
+        nodes,
+        router,
+        datadir="/sb/router",
+        admin_password="adm",
+        app_password="unused",
+        monitor_password="mon",
+        clusters=clusters,
+        app_passwords={"app_c1": "pw1", "app_c2": "pw2"},
+    )
+    lines = [line.strip().rstrip(",") for line in cnf.splitlines()]
+    servers = [line for line in lines if line.startswith("{ address=")]
+    assert servers == [
+        f'{{ address="127.0.0.1", port={port}, hostgroup={hg} }}'
+        for port, hg in [(30000, 10), (30000, 20), (30001, 20), (30002, 20),
+                         (30003, 110), (30003, 120), (30004, 120), (30005, 120)]
+    ]  # fmt: skip
+    users = [line for line in lines if line.startswith("{ username=")]
+    assert users == [
+        '{ username="app_c1", password="pw1", default_hostgroup=10, transaction_persistent=1 }',
+        '{ username="app_c2", password="pw2", default_hostgroup=110, transaction_persistent=1 }',
+    ]
+    rules = [line for line in lines if line.startswith("{ rule_id=")]
+    assert [r.split(",")[0] for r in rules] == [f"{{ rule_id={i}" for i in (11, 12, 13, 21, 22, 23)]
+    assert all('username="app_c2"' in r for r in rules[3:])  # every rule names its user
+    assert "proxy_port=30007, destination_hostgroup=120" in rules[3]
+    assert 'match_digest="^SELECT.*FOR UPDATE", destination_hostgroup=110' in rules[4]
+    assert 'match_digest="^SELECT", destination_hostgroup=120, retries=1' in rules[5]
+
+
+def test_haproxy_has_a_backend_pair_per_cluster_on_its_own_ports() -> None:
+    nodes, router, clusters = two_clusters("haproxy")
+    cfg = render.haproxy_cfg(nodes, router, clusters)
+    blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in cfg.split("\n\n") if b.strip()}
+    writer_front = ["    bind 127.0.0.1:30010", "    default_backend writer_c2"]
+    assert blocks["frontend writer_front_c2"] == writer_front
+    assert blocks["frontend readers_front_c1"][0] == "    bind 127.0.0.1:30007"
+    assert blocks["backend writer_c2"][1:] == [
+        "    server node4 127.0.0.1:30003",
+        "    server node5 127.0.0.1:30004 disabled",
+        "    server node6 127.0.0.1:30005 disabled",
+    ]
+    readers = [line.split()[1] for line in blocks["backend readers_c1"][1:]]
+    assert readers == ["node1", "node2", "node3"]
+    assert cfg.count("stats socket /sb/haproxy.sock") == 1  # one runtime socket for all
+
+
+@pytest.mark.parametrize("kind", ["proxysql", "haproxy"])
+def test_the_settings_of_several_clusters_are_in_the_clusters_form(kind: str) -> None:
+    nodes, router, clusters = two_clusters(kind)
+    text = render.settings_toml(
+        nodes,
+        router,
+        controller_password_file="/s/h",
+        replication_password_file="/s/r",
+        proxysql_password_file="/s/p",
+        journal="/sb/state/journal.jsonl",
+        rebuild=render.RebuildAccess("/sb", "/s/root", "/py"),
+        clusters=clusters,
+    )
+    doc = tomllib.loads(text)
+    assert "cluster" not in doc and "nodes" not in doc  # one form only
+    assert [c["name"] for c in doc["clusters"]] == ["c1", "c2"]
+    assert [n["name"] for n in doc["clusters"][1]["nodes"]] == ["node4", "node5", "node6"]
+    assert doc["clusters"][1]["rebuild"]["datadirs"]["node4"] == "/sb/node4/data"
+    assert "datadirs" not in doc["rebuild"] and doc["rebuild"]["stop_target"]
+    if kind == "proxysql":
+        assert "writer_hostgroup" not in doc["router"]["proxysql"]  # each cluster names its own
+        assert doc["clusters"][1]["router"]["proxysql"]["writer_hostgroup"] == 110
+        assert doc["router"]["proxysql"]["port"] == 30008  # the one admin, shared
+    else:
+        assert "writer_backend" not in doc["router"]["haproxy"]
+        assert doc["clusters"][1]["router"]["haproxy"] == {
+            "writer_backend": "writer_c2",
+            "reader_backend": "readers_c2",
+        }
+
+
+@pytest.mark.integration
+async def test_two_clusters_behind_one_router_each_get_their_own_writes(tmp_path: Path) -> None:
+    """``--clusters 2``: one router process; each cluster's application user (ProxySQL) or
+    ports (HAProxy) reach its own primary, and its writes replicate inside it only."""
+    from tests.sandbox_fixtures import running_sandbox
+
+    with running_sandbox(tmp_path / "sb", clusters=2) as sb:
+        info = sb.status()
+        assert [c.name for c in info.clusters] == ["c1", "c2"]
+        assert [n.name for n in info.nodes_of("c2")] == ["node4", "node5", "node6"]
+        assert len(info.routers) == 1
+        marker = unique_id()
+        for k, cluster in enumerate(("c1", "c2")):
+            conn = await sb.connect("writer", "app", cluster=cluster)
+            try:  # @@server_id: the node that ran the write (row-based: replicated as such)
+                await fetch(conn, "INSERT INTO app.writes (id, node) VALUES (%s, @@server_id)",
+                            (marker + k,))  # fmt: skip
+            finally:
+                conn.close()
+
+        async def seen(node: str) -> set[tuple[int, int]]:
+            conn = await root_conn(sb, node)
+            try:
+                rows = await fetch(conn, "SELECT id, node FROM app.writes WHERE id >= %s", marker)
+                return {(int(i), int(n)) for i, n in rows}
+            finally:
+                conn.close()
+
+        for node, expected in (("node3", {(marker, 1)}), ("node6", {(marker + 1, 4)})):
+
+            async def replicated(node: str = node, expected: set = expected) -> bool:
+                return await seen(node) == expected
+
+            await eventually(replicated, 10, f"only its own cluster's write on {node}")
+        document = json.loads(cli("status", "--json", "--dir", info.dir).stdout)
+        assert [c["app"]["user"] for c in document["clusters"]] == ["app_c1", "app_c2"]
+        table = cli("status", "--dir", info.dir).stdout
+        assert "cluster c2: node4, node5, node6" in table

@@ -18,7 +18,9 @@ from hacontrol.sandbox import netns_cli
 from hacontrol.sandbox.cluster import Sandbox, router_name
 from hacontrol.sandbox.model import (
     DEFAULT_BASE_PORT,
+    MAX_CLUSTERS,
     AlreadyRunningError,
+    ClusterInfo,
     RouterInfo,
     SandboxError,
     SandboxInfo,
@@ -36,7 +38,18 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     parser.add_argument(
         "action", choices=["up", "down", "status", *netns_cli.ACTIONS, *NODE_ACTIONS]
     )
-    parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    parser.add_argument(
+        "--nodes", type=int, default=3, help="number of nodes (per cluster; default 3)"
+    )
+    parser.add_argument(
+        "--clusters",
+        type=int,
+        default=1,
+        help=f"clusters of --nodes nodes each behind the one router, named c1, c2 ... (1 to "
+        f"{MAX_CLUSTERS}; default 1: one cluster named sandbox); ProxySQL routes each "
+        "cluster's application user (app_c1 ...) to its own hostgroups (10/20/30/40, "
+        "110/120/130/140 ...), HAProxy gives each cluster writer and reader ports of its own",
+    )
     parser.add_argument(
         "--base-port",
         type=int,
@@ -91,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 routers=args.routers,
                 controllers=args.controllers,
                 netns=args.netns,
+                clusters=args.clusters,
             )
             return cmd_up(Sandbox(spec))
         if args.action in netns_cli.ACTIONS:
@@ -192,10 +206,29 @@ def status_document(
             }
             for c in info.controllers
         ],
+        "clusters": [cluster_document(c) for c in info.clusters],
         "network": netns_cli.document(info.dir),
         "users": {
             role: {"user": c.user, "password": c.password(), "password_file": c.password_file}
             for role, c in info.users.items()
+        },
+    }
+
+
+def cluster_document(cluster: ClusterInfo) -> dict[str, Any]:
+    """A cluster of a sandbox of several (``--clusters``): where its application connects."""
+    return {
+        "name": cluster.name,
+        "nodes": list(cluster.nodes),
+        "hostgroups": cluster.hostgroups,
+        "writer_backend": cluster.writer_backend,
+        "reader_backend": cluster.reader_backend,
+        "writer_port": cluster.writer_port,
+        "reader_port": cluster.reader_port,
+        "app": {
+            "user": cluster.app.user,
+            "password": cluster.app.password(),
+            "password_file": cluster.app.password_file,
         },
     }
 
@@ -233,6 +266,8 @@ def describe(
         )
         for n in info.nodes
     ]
+    if info.clusters:
+        rows = [(*row, cluster) for row, cluster in zip(rows, cluster_column(info), strict=True)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     app = info.users["app"]
@@ -252,6 +287,8 @@ def describe(
         if router.writer_socket
         else f"-h {router.host} -P {router.writer_port}"
     )
+    if info.clusters:
+        return "\n".join([*table, *routers, *describe_clusters(info)])
     return "\n".join(
         [
             *table,
@@ -277,3 +314,30 @@ def main(argv: list[str] | None = None) -> int:
     register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))
+
+
+def cluster_column(info: SandboxInfo) -> list[str]:
+    """The "cluster" column of the node table (its heading first)."""
+    names = []
+    for node in info.nodes:
+        cluster = info.cluster_of(node.name)
+        names.append(cluster.name if cluster else "-")
+    return ["cluster", *names]
+
+
+def describe_clusters(info: SandboxInfo) -> list[str]:
+    """Per cluster of a sandbox of several: its hostgroups or backends and how to connect."""
+    router = info.router
+    lines = []
+    for c in info.clusters:
+        if router.kind == "proxysql":
+            routing = "hostgroups " + "/".join(str(hg) for hg in c.hostgroups.values())
+        else:
+            routing = f"backends {c.writer_backend}/{c.reader_backend}"
+        lines.append(
+            f"cluster {c.name}: {', '.join(c.nodes)}; {routing}; writer {router.host}:"
+            f"{c.writer_port}, reader {router.host}:{c.reader_port} as {c.app.user}: "
+            f"mariadb -h {router.host} -P {c.writer_port} -u {c.app.user} "
+            f'-p"$(cat {c.app.password_file})" app'
+        )
+    return [*lines, f"controller settings ([[clusters]]): {info.settings}"]

@@ -30,6 +30,7 @@ from hacontrol.sandbox.model import (
     STATE_DIR,
     STATE_FILE,
     AlreadyRunningError,
+    ClusterInfo,
     ControllerInfo,
     Credentials,
     NodeInfo,
@@ -111,17 +112,25 @@ class Sandbox:
         assert creds is not None
         return creds.password()
 
-    async def connect(self, target: str, role: str = "app", **kwargs: Any) -> aiomysql.Connection:
-        """A connection as `role` to a node name, or to the router's 'writer' / 'reader' port."""
+    async def connect(
+        self, target: str, role: str = "app", cluster: str | None = None, **kwargs: Any
+    ) -> aiomysql.Connection:
+        """A connection as `role` to a node name, or to the router's 'writer' / 'reader' port.
+
+        ``cluster`` (a sandbox of several): the writer/reader of that cluster, and "app" its
+        application user (the first cluster's when not given)."""
         info = self.status()
+        user, password = self._login(info, role, cluster)
         if target in ("writer", "reader"):
             port = info.router.writer_port if target == "writer" else info.router.reader_port
+            if cluster is not None:
+                own = info.cluster(cluster)
+                port = own.writer_port if target == "writer" else own.reader_port
             host = info.router.host
             socket = info.router.writer_socket if target == "writer" else info.router.reader_socket
         else:
             node = info.node(target)
             host, port, socket = node.host, node.port, node.socket
-        user = "root" if role == "root" else info.users[role].user
         kwargs.setdefault("autocommit", True)
         kwargs.setdefault("connect_timeout", 2)
         if info.netns:  # the hosts' addresses are not reachable from here: their unix sockets
@@ -129,9 +138,13 @@ class Sandbox:
         tls = self.tls(info)
         if tls is not None and target not in ("writer", "reader"):
             kwargs.setdefault("ssl", tls.client_context())  # the users REQUIRE it on the nodes
-        return await aiomysql.connect(
-            host=host, port=port, user=user, password=self.password(role), **kwargs
-        )
+        return await aiomysql.connect(host=host, port=port, user=user, password=password, **kwargs)
+
+    def _login(self, info: SandboxInfo, role: str, cluster: str | None) -> tuple[str, str]:
+        if role == "app" and cluster is not None:
+            app = info.cluster(cluster).app
+            return app.user, app.password()
+        return ("root" if role == "root" else info.users[role].user), self.password(role)
 
     def network(self) -> Network:
         """The sandbox's own network (``--netns``): partitions, hosts, ``ip netns exec``."""
@@ -224,7 +237,7 @@ class Sandbox:
         return "proxysql" if shutil.which("proxysql") else "haproxy"
 
     def _check_socket_paths(self) -> None:
-        longest = self.dir / f"node{self.spec.nodes}" / "mysqld.sock"
+        longest = self.dir / f"node{self.spec.total_nodes}" / "mysqld.sock"
         if len(str(longest)) > MAX_SOCKET_PATH:
             raise SandboxError(f"sandbox directory path too long for unix sockets: {self.dir}")
 
@@ -252,22 +265,25 @@ class Sandbox:
                 host=self._host(spec.node_name(i)),
                 port=spec.node_port(i),
                 pid=None,
-                role="primary" if i == 0 else "replica",
+                role="primary" if i % spec.nodes == 0 else "replica",
                 server_id=i + 1,
                 node_dir=str(self.dir / spec.node_name(i)),
                 config=str(self.dir / spec.node_name(i) / "my.cnf"),
             )
-            for i in range(spec.nodes)
+            for i in range(spec.total_nodes)
         )
+        clusters = self._clusters(secrets_dir)
+        if clusters:  # "app" is the first cluster's application user
+            users["app"] = clusters[0].app
         tls = await asyncio.to_thread(make_tls, self.dir) if spec.tls else None
-        write_node_configs(nodes, run_as_root=root, tls=tls)
+        write_node_configs(nodes, run_as_root=root, tls=tls, per_cluster=spec.nodes)
         await asyncio.gather(
             *(asyncio.to_thread(shutil.copytree, template, n.datadir) for n in nodes)
         )
         if self._router_kind() == "proxysql":
             write_secret(secrets_dir / PROXYSQL_ADMIN_SECRET)  # one admin password for all
         routers = [
-            self._write_router_config(nodes, users, secrets_dir, tls, i)
+            self._write_router_config(nodes, users, secrets_dir, tls, i, clusters)
             for i in range(self.spec.routers)
         ]
         info = SandboxInfo(
@@ -280,9 +296,36 @@ class Sandbox:
             tls=str(tls.folder) if tls else None,
             more_routers=tuple(routers[1:]),
             netns=spec.netns,
+            clusters=clusters,
         )
         info.save()
         return info
+
+    def _clusters(self, secrets_dir: Path) -> tuple[ClusterInfo, ...]:
+        """With ``--clusters N`` (N > 1): each cluster's nodes, hostgroups, backends, ports and
+        application user (a password of its own)."""
+        spec = self.spec
+        if spec.clusters == 1:
+            return ()
+        clusters = []
+        shared = self._router_kind() == "proxysql"  # it routes by user, on its own two ports
+        for k in range(spec.clusters):
+            name = spec.cluster_name(k)
+            user = render.app_user(name, spec.clusters)
+            port = 0 if shared else k
+            clusters.append(
+                ClusterInfo(
+                    name=name,
+                    nodes=tuple(spec.node_name(i) for i in spec.cluster_nodes(k)),
+                    hostgroups=render.hostgroups(k),
+                    writer_backend=f"writer_{name}",
+                    reader_backend=f"readers_{name}",
+                    writer_port=spec.cluster_port(port, 0),
+                    reader_port=spec.cluster_port(port, 1),
+                    app=Credentials(user, str(write_secret(secrets_dir / f"{user}.password"))),
+                )
+            )
+        return tuple(clusters)
 
     def _write_router_config(
         self,
@@ -291,6 +334,7 @@ class Sandbox:
         secrets_dir: Path,
         tls: SandboxTls | None,
         index: int = 0,
+        clusters: tuple[ClusterInfo, ...] = (),
     ) -> RouterInfo:
         spec, kind = self.spec, self._router_kind()
         router_dir = self.dir / router_dir_name(index)
@@ -311,7 +355,7 @@ class Sandbox:
             **(router_sockets(router_dir, kind) if spec.netns else {}),
         )
         if kind == "haproxy":
-            config.write_text(render.haproxy_cfg(nodes, router))
+            config.write_text(render.haproxy_cfg(nodes, router, clusters))
         else:
             admin_pw = read_secret(secrets_dir / PROXYSQL_ADMIN_SECRET)
             config.write_text(
@@ -323,6 +367,8 @@ class Sandbox:
                     app_password=users["app"].password(),
                     monitor_password=users["monitor"].password(),
                     tls=tls is not None,
+                    clusters=clusters,
+                    app_passwords={c.app.user: c.app.password() for c in clusters},
                 )
             )
             if tls is not None:
@@ -347,6 +393,7 @@ class Sandbox:
             api_port=self.spec.api_port,
             journal=str(self.dir / STATE_DIR / "journal.jsonl"),
             tls=self.tls(info),
+            clusters=info.clusters,
             **common,
         )
         Path(info.settings).write_text(text)
@@ -395,8 +442,19 @@ class Sandbox:
         return procs.spawn(argv, Path(node.node_dir) / "stdout.log", prefix)
 
     async def _configure(self, info: SandboxInfo) -> None:
+        """Each cluster at once: users and schema on its primary, then its replicas attach."""
+        if not info.clusters:
+            await self._configure_cluster(info, info.nodes, info.users["app"])
+            return
+        await asyncio.gather(
+            *(self._configure_cluster(info, info.nodes_of(c.name), c.app) for c in info.clusters)
+        )
+
+    async def _configure_cluster(
+        self, info: SandboxInfo, nodes: tuple[NodeInfo, ...], app: Credentials
+    ) -> None:
         """Users and schema on the primary (they replicate), then replicas attach and catch up."""
-        conns = await asyncio.gather(*(wait_node_ready(n, "") for n in info.nodes))
+        conns = await asyncio.gather(*(wait_node_ready(n, "") for n in nodes))
         try:
             primary, replicas = conns[0], conns[1:]
             await execute(primary, "SET GLOBAL rpl_semi_sync_master_enabled = OFF")
@@ -409,18 +467,19 @@ class Sandbox:
                     primary, f"DROP USER {render.sql_string(user)}@{render.sql_string(host)}"
                 )
             passwords = {role: c.password() for role, c in info.users.items()}
+            passwords["app"] = app.password()
             assert info.root is not None
             tls = self.tls(info)
             for statement in render.setup_primary_sql(
-                passwords, info.root.password(), tls=tls is not None
+                passwords, info.root.password(), tls=tls is not None, app=app.user
             ):
                 await execute(primary, statement)
             (gtid_pos,) = (await query(primary, "SELECT @@gtid_binlog_pos"))[0]
-            change = render.change_master_sql(info.primary, passwords["replication"], tls)
+            change = render.change_master_sql(nodes[0], passwords["replication"], tls)
             await asyncio.gather(
                 *(
                     attach_replica(conn, node, change, gtid_pos)
-                    for conn, node in zip(replicas, info.nodes[1:], strict=True)
+                    for conn, node in zip(replicas, nodes[1:], strict=True)
                 )
             )
             # Semi-sync was off while no replica listened, so setup did not wait for timeouts.
@@ -760,8 +819,14 @@ def publish_template(work: Path, final: Path, version: str) -> None:
 
 
 def write_node_configs(
-    nodes: tuple[NodeInfo, ...], *, run_as_root: bool, tls: SandboxTls | None = None
+    nodes: tuple[NodeInfo, ...],
+    *,
+    run_as_root: bool,
+    tls: SandboxTls | None = None,
+    per_cluster: int | None = None,
 ) -> None:
+    """``per_cluster``: nodes per cluster (a sandbox of several); default: one cluster."""
+    per_cluster = per_cluster or len(nodes)
     for node in nodes:
         Path(node.node_dir).mkdir(exist_ok=True)
         (Path(node.node_dir) / "tmp").mkdir(exist_ok=True)
@@ -769,7 +834,7 @@ def write_node_configs(
             node,
             primary=node.role == "primary",
             run_as_root=run_as_root,
-            has_replicas=len(nodes) > 1,
+            has_replicas=per_cluster > 1,
             tls=tls,
         )
         Path(node.config).write_text(config)

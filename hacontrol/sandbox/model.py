@@ -19,6 +19,8 @@ PROXYSQL_ADMIN_SECRET = "proxysql_admin.password"
 ROUTER_DIR = "router"
 STATE_DIR = "state"  # the controller's journal, when run with the sandbox's settings
 CONTROLLERS_DIR = "controllers"  # per controller started with the sandbox: settings, journal, log
+MAX_CLUSTERS = 4
+HOSTGROUP_STRIDE = 100  # cluster k's hostgroups: 10, 20, 30, 40 plus 100 * k
 
 
 class SandboxError(Exception):
@@ -56,6 +58,7 @@ class SandboxSpec:
     routers: int = 1
     controllers: int = 0
     netns: bool = False  # every node, router, controller on a host (namespace) of its own
+    clusters: int = 1  # clusters of ``nodes`` nodes each, all behind the same router(s)
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 9:
@@ -71,20 +74,57 @@ class SandboxSpec:
             raise SandboxError("--controllers with --tls is not offered yet (their APIs' HTTPS)")
         if not 1024 <= self.base_port <= 65535 - self.port_count:
             raise SandboxError(f"--base-port {self.base_port} leaves no room for the sandbox ports")
+        self._check_clusters()
+
+    def _check_clusters(self) -> None:
+        if not 1 <= self.clusters <= MAX_CLUSTERS:
+            raise SandboxError(
+                f"--clusters must be between 1 and {MAX_CLUSTERS}, got {self.clusters}"
+            )
+        offered = {"--routers": self.routers > 1, "--controllers": self.controllers > 0,
+                   "--netns": self.netns, "--tls": self.tls}  # fmt: skip
+        refused = [option for option, given in offered.items() if given]
+        if self.clusters > 1 and refused:
+            raise SandboxError(
+                f"--clusters with {', '.join(refused)} is not offered yet: several clusters "
+                "share one router and are managed by the operator's one controller"
+            )
 
     @property
     def port_count(self) -> int:
-        return self.nodes + 4 * self.routers
+        return self.total_nodes + 4 * self.routers + 2 * (self.clusters - 1)
+
+    @property
+    def total_nodes(self) -> int:
+        return self.nodes * self.clusters
 
     def node_name(self, index: int) -> str:
+        """Node ``index`` of the whole sandbox (cluster ``index // nodes``): names are unique
+        across clusters (node1..node3 in the first, node4..node6 in the second ...)."""
         return f"node{index + 1}"
 
     def node_port(self, index: int) -> int:
         return self.base_port + index
 
+    def cluster_name(self, index: int) -> str:
+        """ "sandbox" for a sandbox of one cluster (as always), else "c1", "c2" ..."""
+        return "sandbox" if self.clusters == 1 else f"c{index + 1}"
+
+    def cluster_nodes(self, index: int) -> range:
+        """The indexes of cluster ``index``'s nodes; its first is its primary at `up`."""
+        return range(index * self.nodes, (index + 1) * self.nodes)
+
+    def cluster_port(self, index: int, which: int) -> int:
+        """Cluster ``index``'s own writer (0) and reader (1) ports on the router: the router's
+        for the first cluster, after every router's ports for the others (HAProxy's frontends;
+        ProxySQL routes by user and leaves them unbound)."""
+        if index == 0:
+            return self.router_port(0, which)
+        return self.base_port + self.total_nodes + 4 * self.routers + 2 * (index - 1) + which
+
     def router_port(self, index: int, which: int) -> int:
         """Router ``index``'s ports: 0 writer, 1 reader, 2 admin, 3 its controller's API."""
-        return self.base_port + self.nodes + 4 * index + which
+        return self.base_port + self.total_nodes + 4 * index + which
 
     @property
     def writer_port(self) -> int:
@@ -105,7 +145,15 @@ class SandboxSpec:
 
     def ports(self) -> list[tuple[int, str]]:
         """Every port the sandbox listens on, with what it is for (for clear busy-port errors)."""
-        named = [(self.node_port(i), f"mariadbd {self.node_name(i)}") for i in range(self.nodes)]
+        named = [
+            (self.node_port(i), f"mariadbd {self.node_name(i)}") for i in range(self.total_nodes)
+        ]
+        for k in range(1, self.clusters):
+            name = self.cluster_name(k)
+            named += [
+                (self.cluster_port(k, 0), f"router writer port of {name}"),
+                (self.cluster_port(k, 1), f"router reader port of {name}"),
+            ]
         for i in range(self.routers):
             which = "router" if i == 0 else f"router {i + 1}"
             named += [
@@ -164,6 +212,21 @@ class RouterInfo:
 
 
 @dataclass(frozen=True)
+class ClusterInfo:
+    """One of the clusters of a sandbox made with ``--clusters N`` (N > 1): its nodes, its
+    hostgroups on ProxySQL, its backends on HAProxy and where its application connects."""
+
+    name: str
+    nodes: tuple[str, ...]  # node names; the first was its primary at `up`
+    hostgroups: dict[str, int]  # writer, reader, broken, hidden
+    writer_backend: str  # HAProxy's backends (ProxySQL: unused)
+    reader_backend: str
+    writer_port: int  # on the router's host: ProxySQL's shared port, HAProxy's own per cluster
+    reader_port: int
+    app: Credentials  # the application user routed to this cluster (ProxySQL: by this user)
+
+
+@dataclass(frozen=True)
 class ControllerInfo:
     """A ``hacontrol run`` the sandbox started, next to router ``router`` (an index)."""
 
@@ -189,10 +252,34 @@ class SandboxInfo:
     more_routers: tuple[RouterInfo, ...] = ()
     """The routers after the first (``--routers N``)."""
     controllers: tuple[ControllerInfo, ...] = ()
+    clusters: tuple[ClusterInfo, ...] = ()
+    """With ``--clusters N`` (N > 1): every cluster; empty for a sandbox of one cluster."""
 
     @property
     def routers(self) -> tuple[RouterInfo, ...]:
         return (self.router, *self.more_routers)
+
+    def cluster(self, name: str) -> ClusterInfo:
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster
+        known = ", ".join(c.name for c in self.clusters) or "none: one cluster"
+        raise SandboxError(f"no cluster named {name!r} in sandbox {self.dir} (clusters: {known})")
+
+    def cluster_of(self, node: str) -> ClusterInfo | None:
+        """The cluster a node belongs to (None in a sandbox of one cluster)."""
+        return next((c for c in self.clusters if node in c.nodes), None)
+
+    def nodes_of(self, cluster: str | None) -> tuple[NodeInfo, ...]:
+        """A cluster's nodes (None: every node of the sandbox)."""
+        if cluster is None:
+            return self.nodes
+        names = self.cluster(cluster).nodes
+        return tuple(n for n in self.nodes if n.name in names)
+
+    def primary_of(self, cluster: str | None) -> NodeInfo:
+        """The node that was the cluster's primary at `up`."""
+        return next(n for n in self.nodes_of(cluster) if n.role == "primary")
 
     def controller(self, name: str) -> ControllerInfo:
         for controller in self.controllers:
@@ -240,6 +327,7 @@ class SandboxInfo:
             "more_routers": self.more_routers,
             "controllers": self.controllers,
             "netns": self.netns,
+            "clusters": self.clusters,
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -256,6 +344,7 @@ class SandboxInfo:
             "more_routers": [asdict(r) for r in self.more_routers],
             "controllers": [asdict(c) for c in self.controllers],
             "netns": self.netns,
+            "clusters": [asdict(c) for c in self.clusters],
         }
 
     @classmethod
@@ -273,6 +362,7 @@ class SandboxInfo:
             more_routers=tuple(RouterInfo(**r) for r in data.get("more_routers", ())),
             controllers=tuple(ControllerInfo(**c) for c in data.get("controllers", ())),
             netns=bool(data.get("netns", False)),
+            clusters=tuple(cluster_from_state(c) for c in data.get("clusters", ())),
         )
 
     def save(self) -> None:
@@ -287,3 +377,7 @@ class SandboxInfo:
         if not path.exists():
             return None
         return cls.from_state(json.loads(path.read_text()))
+
+
+def cluster_from_state(data: dict[str, Any]) -> ClusterInfo:
+    return ClusterInfo(**{**data, "nodes": tuple(data["nodes"]), "app": Credentials(**data["app"])})

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hacontrol.sandbox.model import NodeInfo, RouterInfo
+from hacontrol.sandbox.model import HOSTGROUP_STRIDE, ClusterInfo, NodeInfo, RouterInfo
 from hacontrol.sandbox.tls import SandboxTls
 
 # Replication timing, chosen so a failover test sees a dead source within a few seconds:
@@ -58,12 +58,16 @@ APP_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER"
 MONITOR_PRIVILEGES = "SLAVE MONITOR"
 APP_DATABASE = "app"
 
-GRANTS = (
-    f"GRANT {CONTROLLER_PRIVILEGES} ON *.* TO 'hacontrol'@'%'",
-    f"GRANT {REPLICATION_PRIVILEGES} ON *.* TO 'repl'@'%'",
-    f"GRANT {APP_PRIVILEGES} ON `{APP_DATABASE}`.* TO 'app'@'%'",
-    f"GRANT {MONITOR_PRIVILEGES} ON *.* TO 'monitor'@'%'",
-)
+
+def grants(app_user: str = "app") -> tuple[str, ...]:
+    """Every grant of the sandbox's users; ``app_user``: the cluster's application user."""
+    return (
+        f"GRANT {CONTROLLER_PRIVILEGES} ON *.* TO 'hacontrol'@'%'",
+        f"GRANT {REPLICATION_PRIVILEGES} ON *.* TO 'repl'@'%'",
+        f"GRANT {APP_PRIVILEGES} ON `{APP_DATABASE}`.* TO {sql_string(app_user)}@'%'",
+        f"GRANT {MONITOR_PRIVILEGES} ON *.* TO 'monitor'@'%'",
+    )
+
 
 USERS = {"controller": "hacontrol", "replication": "repl", "app": "app", "monitor": "monitor"}
 
@@ -76,6 +80,20 @@ APP_TABLE = (
 def sql_string(value: str) -> str:
     """Quote a value as an SQL string literal (passwords are generated, this is belt and braces)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+GRANTS = grants()
+
+
+def app_user(cluster: str, clusters: int) -> str:
+    """The application user of a cluster: "app" alone, "app_c2" among several (ProxySQL routes
+    each cluster's traffic by its user: docs/proxysql.md)."""
+    return "app" if clusters == 1 else f"app_{cluster}"
+
+
+def hostgroups(index: int) -> dict[str, int]:
+    """Cluster ``index``'s hostgroups: 10/20/30/40, 110/120/130/140 ..."""
+    return {k: v + HOSTGROUP_STRIDE * index for k, v in PROXYSQL_HOSTGROUPS.items()}
 
 
 def node_cnf(
@@ -152,7 +170,7 @@ def template_cnf(datadir: str, *, run_as_root: bool) -> str:
 
 
 def setup_primary_sql(
-    passwords: dict[str, str], root_password: str, *, tls: bool = False
+    passwords: dict[str, str], root_password: str, *, tls: bool = False, app: str = "app"
 ) -> list[str]:
     """Run on the primary with the binary log on, before replicas attach, so all of it replicates.
 
@@ -162,6 +180,7 @@ def setup_primary_sql(
 
     ``tls``: the controller's user must present a certificate the CA signed (REQUIRE X509) and
     the replication user must use TLS (REQUIRE SSL): the server itself refuses them in clear.
+    ``app``: the application user's name (one per cluster among several; ``passwords["app"]``).
     """
     pw = {role: sql_string(p) for role, p in passwords.items()}
     controller, replication = (" REQUIRE X509", " REQUIRE SSL") if tls else ("", "")
@@ -169,9 +188,9 @@ def setup_primary_sql(
         f"ALTER USER 'root'@'localhost' IDENTIFIED BY {sql_string(root_password)}",
         f"CREATE USER 'hacontrol'@'%' IDENTIFIED BY {pw['controller']}{controller}",
         f"CREATE USER 'repl'@'%' IDENTIFIED BY {pw['replication']}{replication}",
-        f"CREATE USER 'app'@'%' IDENTIFIED BY {pw['app']}",
+        f"CREATE USER {sql_string(app)}@'%' IDENTIFIED BY {pw['app']}",
         f"CREATE USER 'monitor'@'%' IDENTIFIED BY {pw['monitor']}",
-        *GRANTS,
+        *grants(app),
         f"CREATE DATABASE `{APP_DATABASE}`",
         APP_TABLE,
     ]
@@ -191,7 +210,9 @@ def change_master_sql(primary: NodeInfo, repl_password: str, tls: SandboxTls | N
     )
 
 
-def haproxy_cfg(nodes: tuple[NodeInfo, ...], router: RouterInfo) -> str:
+def haproxy_cfg(
+    nodes: tuple[NodeInfo, ...], router: RouterInfo, clusters: tuple[ClusterInfo, ...] = ()
+) -> str:
     """HAProxy in front of the nodes. The controller owns server state; HAProxy checks nothing.
 
     Timeouts: a connection to a dead backend is refused at once on loopback, but HAProxy
@@ -200,50 +221,81 @@ def haproxy_cfg(nodes: tuple[NodeInfo, ...], router: RouterInfo) -> str:
     With `retries 0` the client gets its error at once and reconnects, landing on the new
     writer as soon as the controller switched it. `timeout connect 1s` bounds a connect to a
     partitioned host. Client/server timeouts are long because database sessions idle.
+
+    ``clusters`` (several): a writer/reader backend pair per cluster, each behind frontends on
+    the cluster's own ports, over the one runtime socket.
     """
+    head = [
+        "# hacontrol sandbox router; server names are the node names of settings.toml",
+        "global",
+        "    maxconn 2000",
+        f"    stats socket {router.admin} mode 600 level admin",
+        f"    stats socket ipv4@{router.host}:{router.admin_port} level admin",
+        "    stats timeout 1m",
+        "",
+        "defaults",
+        "    mode tcp",
+        "    timeout connect 1s",
+        "    timeout client 1h",
+        "    timeout server 1h",
+        "    timeout queue 1s",
+        "    retries 0",
+        "",
+    ]
+    if not clusters:
+        pair = _haproxy_pair(nodes, router, ("writer", "readers"), "", router.writer_port,
+                             router.reader_port)  # fmt: skip
+        return "\n".join(head + pair)
+    for cluster in clusters:
+        members = tuple(n for n in nodes if n.name in cluster.nodes)
+        head += _haproxy_pair(
+            members,
+            router,
+            (cluster.writer_backend, cluster.reader_backend),
+            f"_{cluster.name}",
+            cluster.writer_port,
+            cluster.reader_port,
+        )
+    return "\n".join(head)
+
+
+def _haproxy_pair(
+    nodes: tuple[NodeInfo, ...],
+    router: RouterInfo,
+    backends: tuple[str, str],
+    suffix: str,
+    writer_port: int,
+    reader_port: int,
+) -> list[str]:
+    """One cluster's frontends and its writer/reader backends (the writer: the primary only)."""
     primary = next(n for n in nodes if n.role == "primary")
     writer = [
         f"    server {n.name} {n.host}:{n.port}" + ("" if n is primary else " disabled")
         for n in nodes
     ]
     readers = [f"    server {n.name} {n.host}:{n.port}" for n in nodes]
-    return "\n".join(
-        [
-            "# hacontrol sandbox router; server names are the node names of settings.toml",
-            "global",
-            "    maxconn 2000",
-            f"    stats socket {router.admin} mode 600 level admin",
-            f"    stats socket ipv4@{router.host}:{router.admin_port} level admin",
-            "    stats timeout 1m",
-            "",
-            "defaults",
-            "    mode tcp",
-            "    timeout connect 1s",
-            "    timeout client 1h",
-            "    timeout server 1h",
-            "    timeout queue 1s",
-            "    retries 0",
-            "",
-            "frontend writer_front",
-            f"    bind {router.host}:{router.writer_port}",
-            *([f"    bind unix@{router.writer_socket} mode 666"] if router.writer_socket else []),
-            "    default_backend writer",
-            "",
-            "frontend readers_front",
-            f"    bind {router.host}:{router.reader_port}",
-            *([f"    bind unix@{router.reader_socket} mode 666"] if router.reader_socket else []),
-            "    default_backend readers",
-            "",
-            "backend writer",
-            "    balance first",
-            *writer,
-            "",
-            "backend readers",
-            "    balance roundrobin",
-            *readers,
-            "",
-        ]
-    )
+    writer_socket = [f"    bind unix@{path} mode 666" for path in [router.writer_socket] if path]
+    reader_socket = [f"    bind unix@{path} mode 666" for path in [router.reader_socket] if path]
+    return [
+        f"frontend writer_front{suffix}",
+        f"    bind {router.host}:{writer_port}",
+        *writer_socket,
+        f"    default_backend {backends[0]}",
+        "",
+        f"frontend readers_front{suffix}",
+        f"    bind {router.host}:{reader_port}",
+        *reader_socket,
+        f"    default_backend {backends[1]}",
+        "",
+        f"backend {backends[0]}",
+        "    balance first",
+        *writer,
+        "",
+        f"backend {backends[1]}",
+        "    balance roundrobin",
+        *readers,
+        "",
+    ]
 
 
 # ---- ProxySQL (the router when a `proxysql` binary is on PATH; docs/proxysql.md) ----------------
@@ -291,6 +343,72 @@ def proxysql_rule_lines(reader_port: int) -> list[str]:
     ]
 
 
+def proxysql_cluster_rule_lines(reader_port: int, clusters: tuple[ClusterInfo, ...]) -> list[str]:
+    """The same split per cluster, each rule limited to the cluster's application user: rules
+    10k+1..10k+3 for cluster k (1-based). What no rule matches goes to the user's
+    default_hostgroup, its own cluster's writer: a statement never lands on another cluster."""
+    lines = []
+    for k, cluster in enumerate(clusters, start=1):
+        writer, reader = cluster.hostgroups["writer"], cluster.hostgroups["reader"]
+        user = f"username={json.dumps(cluster.app.user)}"
+        lines += [
+            f"    {{ rule_id={10 * k + 1}, active=1, {user}, proxy_port={reader_port}, "
+            f"destination_hostgroup={reader}, retries=1, apply=1 }},",
+            f'    {{ rule_id={10 * k + 2}, active=1, {user}, match_digest="^SELECT.*FOR UPDATE", '
+            f"destination_hostgroup={writer}, apply=1 }},",
+            f'    {{ rule_id={10 * k + 3}, active=1, {user}, match_digest="^SELECT", '
+            f"destination_hostgroup={reader}, retries=1, apply=1 }},",
+        ]
+    lines[-1] = lines[-1].rstrip(",")
+    return lines
+
+
+@dataclass(frozen=True)
+class ProxySQLRows:
+    """What proxysql.cnf routes: its mysql_servers, mysql_users and mysql_query_rules lines."""
+
+    servers: list[str]
+    users: list[str]
+    rules: list[str]
+
+    @classmethod
+    def of(
+        cls,
+        nodes: tuple[NodeInfo, ...],
+        router: RouterInfo,
+        app_passwords: dict[str, str],
+        clusters: tuple[ClusterInfo, ...] = (),
+    ) -> ProxySQLRows:
+        """One cluster (``clusters`` empty): hostgroups 10/20 and the user "app"; several:
+        each cluster's nodes in its own hostgroups and one user per cluster whose
+        default_hostgroup is its writer."""
+        if not clusters:
+            servers = _proxysql_servers(nodes, PROXYSQL_HOSTGROUPS)
+            users = [_proxysql_user(USERS["app"], app_passwords, PROXYSQL_HOSTGROUPS["writer"])]
+            return cls(servers, users, proxysql_rule_lines(router.reader_port))
+        servers, users = [], []
+        for cluster in clusters:
+            members = tuple(n for n in nodes if n.name in cluster.nodes)
+            servers += _proxysql_servers(members, cluster.hostgroups)
+            users.append(
+                _proxysql_user(cluster.app.user, app_passwords, cluster.hostgroups["writer"])
+            )
+        return cls(servers, users, proxysql_cluster_rule_lines(router.reader_port, clusters))
+
+
+def _proxysql_servers(nodes: tuple[NodeInfo, ...], groups: dict[str, int]) -> list[str]:
+    primary = next(n for n in nodes if n.role == "primary")
+    rows = [(primary, groups["writer"])] + [(n, groups["reader"]) for n in nodes]
+    return [f'    {{ address="{n.host}", port={n.port}, hostgroup={hg} }}' for n, hg in rows]
+
+
+def _proxysql_user(user: str, passwords: dict[str, str], writer: int) -> str:
+    return (
+        f"    {{ username={json.dumps(user)}, password={json.dumps(passwords[user])}, "
+        f"default_hostgroup={writer}, transaction_persistent=1 }}"
+    )
+
+
 def proxysql_cnf(
     nodes: tuple[NodeInfo, ...],
     router: RouterInfo,
@@ -300,20 +418,21 @@ def proxysql_cnf(
     app_password: str,
     monitor_password: str,
     tls: bool = False,
+    clusters: tuple[ClusterInfo, ...] = (),
+    app_passwords: dict[str, str] | None = None,
 ) -> str:
     """proxysql.cnf as an operator writes it: admin on loopback with a generated password, the
     application user, the read/write split, the monitor user, NO mysql_replication_hostgroups
     (ProxySQL's read_only monitor would move servers and fight the controller). ``tls``:
     ``have_ssl``, under which ProxySQL 2.7 offers TLS on its admin port too (with the
-    certificate in its datadir).
+    certificate in its datadir). ``clusters`` (several): each its hostgroups and its own
+    application user (``app_passwords``: user -> password; ``ProxySQLRows``).
 
     Read on the first start only (the datadir has no proxysql.db yet); afterwards ProxySQL
     starts from what was last SAVEd TO DISK, as in production.
     """
-    writer, reader = PROXYSQL_HOSTGROUPS["writer"], PROXYSQL_HOSTGROUPS["reader"]
-    primary = next(n for n in nodes if n.role == "primary")
-    servers = [f'    {{ address="{primary.host}", port={primary.port}, hostgroup={writer} }}']
-    servers += [f'    {{ address="{n.host}", port={n.port}, hostgroup={reader} }}' for n in nodes]
+    passwords = app_passwords or {USERS["app"]: app_password}
+    rows = ProxySQLRows.of(nodes, router, passwords, clusters)
     interfaces = f"{router.host}:{router.writer_port};{router.host}:{router.reader_port}"
     if router.writer_socket:  # --netns: clients outside the sandbox's network
         interfaces += f";{router.writer_socket}"
@@ -342,16 +461,15 @@ def proxysql_cnf(
             "}",
             "mysql_servers=",
             "(",
-            ",\n".join(servers),
+            ",\n".join(rows.servers),
             ")",
             "mysql_users=",
             "(",
-            f"    {{ username={json.dumps(USERS['app'])}, password={json.dumps(app_password)}, "
-            f"default_hostgroup={writer}, transaction_persistent=1 }}",
+            ",\n".join(rows.users),
             ")",
             "mysql_query_rules=",
             "(",
-            *proxysql_rule_lines(router.reader_port),
+            *rows.rules,
             ")",
             "",
         ]
@@ -391,24 +509,21 @@ def settings_toml(
     tls: SandboxTls | None = None,
     instance_id: str | None = None,
     rebuild: RebuildAccess | None = None,
+    clusters: tuple[ClusterInfo, ...] = (),
 ) -> str:
     """settings.toml for the controller, pointing at the sandbox (schema owned by settings.py);
-    with ``tls``, TLS everywhere (``tls_sections``).
+    with ``tls``, TLS everywhere (``tls_sections``). ``clusters`` (several): the
+    ``[[clusters]]`` form, the shared sections at the top level and per cluster its nodes,
+    its hostgroups or backends and its datadirs (``cluster_entries``).
 
     The fleet's lease is timed for the sandbox's probes: W 1 s (shorter than ``io_stall``, so
     that a primary cut off from the leader has lost the old publication before a failover
     publishes another), K 0.25 s, V 0.7 s: a takeover within a second."""
-    lines = ["# written by `hacontrol sandbox up`", "[cluster]", 'name = "sandbox"', ""]
-    for node in nodes:
-        lines += [
-            "[[nodes]]",
-            f'name = "{node.name}"',
-            f'host = "{node.host}"',
-            f"port = {node.port}",
-            "priority = 0",
-            "no_promote = false",
-            "",
-        ]
+    if clusters:
+        lines = [f"# written by `hacontrol sandbox up --clusters {len(clusters)}`"]
+    else:
+        lines = ["# written by `hacontrol sandbox up`", "[cluster]", 'name = "sandbox"', ""]
+        lines += _node_lines(nodes, "nodes")
     lines += [
         "[mysql]",
         'user = "hacontrol"',
@@ -416,9 +531,41 @@ def settings_toml(
         'replication_user = "repl"',
         f"replication_password_file = {json.dumps(replication_password_file)}",
         "",
-        *_router_sections(router, proxysql_password_file),
+        *_router_sections(router, proxysql_password_file, hostgroups=not clusters),
+        *_timing_sections(),
+        "[api]",
+        'host = "127.0.0.1"',
+        f"port = {api_port}",
+        *([f"token_file = {json.dumps(api_token_file)}"] if api_token_file else []),
+        *(_api_tls(tls) if tls else []),
+        "",
     ]
-    lines += [
+    lines += _fleet_sections(journal, instance_id)
+    lines += _rebuild_sections(nodes, rebuild, datadirs=not clusters)
+    if tls:
+        lines += tls_sections(tls, router.kind)
+    if clusters:
+        lines += cluster_entries(nodes, router.kind, clusters, rebuild is not None)
+    return "\n".join(lines)
+
+
+def _node_lines(nodes: tuple[NodeInfo, ...], table: str) -> list[str]:
+    lines = []
+    for node in nodes:
+        lines += [
+            f"[[{table}]]",
+            f'name = "{node.name}"',
+            f'host = "{node.host}"',
+            f"port = {node.port}",
+            "priority = 0",
+            "no_promote = false",
+            "",
+        ]
+    return lines
+
+
+def _timing_sections() -> list[str]:
+    return [
         "[probes]",
         "interval = 1.0",
         "timeout = 0.5  # loopback: a node that does not answer in 0.5 s is not well",
@@ -432,30 +579,47 @@ def settings_toml(
         "[smtp]",
         'host = ""  # empty: mail disabled',
         "",
-        "[api]",
-        'host = "127.0.0.1"',
-        f"port = {api_port}",
-        *([f"token_file = {json.dumps(api_token_file)}"] if api_token_file else []),
-        *(_api_tls(tls) if tls else []),
-        "",
     ]
-    lines += _fleet_sections(journal, instance_id) + _rebuild_sections(nodes, rebuild)
-    if tls:
-        lines += tls_sections(tls, router.kind)
-    return "\n".join(lines)
 
 
-def _router_sections(router: RouterInfo, proxysql_password_file: str | None) -> list[str]:
+def cluster_entries(
+    nodes: tuple[NodeInfo, ...],
+    kind: str,
+    clusters: tuple[ClusterInfo, ...],
+    datadirs: bool,
+) -> list[str]:
+    """One ``[[clusters]]`` entry per cluster: its name, nodes, its own hostgroups (ProxySQL)
+    or backends (HAProxy), and its nodes' datadirs for a rebuild."""
+    lines = []
+    for cluster in clusters:
+        members = tuple(n for n in nodes if n.name in cluster.nodes)
+        lines += ["[[clusters]]", f'name = "{cluster.name}"', ""]
+        lines += _node_lines(members, "clusters.nodes")
+        if kind == "haproxy":
+            lines += [
+                "[clusters.router.haproxy]",
+                f'writer_backend = "{cluster.writer_backend}"',
+                f'reader_backend = "{cluster.reader_backend}"',
+            ]
+        else:
+            lines.append("[clusters.router.proxysql]")
+            lines += [f"{name}_hostgroup = {hg}" for name, hg in cluster.hostgroups.items()]
+        lines.append("")
+        if datadirs:
+            lines.append("[clusters.rebuild.datadirs]")
+            lines += [f"{node.name} = {json.dumps(node.datadir)}" for node in members]
+            lines.append("")
+    return lines
+
+
+def _router_sections(
+    router: RouterInfo, proxysql_password_file: str | None, *, hostgroups: bool = True
+) -> list[str]:
+    """``[router]``; ``hostgroups`` (or HAProxy's backends) False: each cluster names its own."""
     lines = ["[router]", f'kind = "{router.kind}"', "primary_is_reader = true", ""]
     if router.kind == "haproxy":
-        return [
-            *lines,
-            "[router.haproxy]",
-            f"socket = {json.dumps(router.admin)}",
-            'writer_backend = "writer"',
-            'reader_backend = "readers"',
-            "",
-        ]
+        backends = ['writer_backend = "writer"', 'reader_backend = "readers"'] if hostgroups else []
+        return [*lines, "[router.haproxy]", f"socket = {json.dumps(router.admin)}", *backends, ""]
     return [
         *lines,
         "[router.proxysql]",
@@ -463,7 +627,10 @@ def _router_sections(router: RouterInfo, proxysql_password_file: str | None) -> 
         f"port = {router.admin_port}",
         f'user = "{proxysql_admin_user(router)}"',
         f"password_file = {json.dumps(proxysql_password_file or '')}",
-        *(f"{name}_hostgroup = {hg}" for name, hg in PROXYSQL_HOSTGROUPS.items()),
+        *(
+            f"{name}_hostgroup = {hg}"
+            for name, hg in (PROXYSQL_HOSTGROUPS.items() if hostgroups else ())
+        ),
         "",
     ]
 
@@ -501,7 +668,9 @@ class RebuildAccess:
     python: str
 
 
-def _rebuild_sections(nodes: tuple[NodeInfo, ...], access: RebuildAccess | None) -> list[str]:
+def _rebuild_sections(
+    nodes: tuple[NodeInfo, ...], access: RebuildAccess | None, *, datadirs: bool = True
+) -> list[str]:
     """``[rebuild]`` for the sandbox: mariadb-backup as root over each source's socket, the
     target stopped and started through ``hacontrol sandbox stop-node|start-node`` (so the
     sandbox keeps track of its processes). Every controller of a fleet gets it (the leader
@@ -520,9 +689,8 @@ def _rebuild_sections(nodes: tuple[NodeInfo, ...], access: RebuildAccess | None)
         f"backup_options = {json.dumps(login)}",
         f"backup_password_file = {json.dumps(access.root_password_file)}",
         "",
-        "[rebuild.datadirs]",
-        *(f"{node.name} = {json.dumps(node.datadir)}" for node in nodes),
-        "",
+        *(["[rebuild.datadirs]", *(f"{n.name} = {json.dumps(n.datadir)}" for n in nodes), ""]
+          if datadirs else []),
     ]  # fmt: skip
 
 
