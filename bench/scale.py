@@ -3,11 +3,14 @@
     .venv/bin/python bench/scale.py single --nodes 3 --seconds 120 [--kill-primary 60]
     .venv/bin/python bench/scale.py single --nodes 64 --seconds 600
     .venv/bin/python bench/scale.py multi --clusters 30 --size 3 --seconds 600 [--kill-primary 300]
+    .venv/bin/python bench/scale.py one --nodes 1000 --seconds 600 [--kill-primary 300]
     .venv/bin/python bench/scale.py fleet --nodes 1000 --seconds 120
 
 ``single``: one cluster of ``--nodes`` nodes (today's settings allow 64) and one controller.
 ``multi``: ``--clusters`` clusters of ``--size`` nodes and one controller process per cluster
-(today's way to manage several clusters). ``fleet``: no controller; the real probe code
+(the way before ``[[clusters]]``). ``one``: ``--nodes`` nodes in clusters of ``--sizes``
+(1,000 in sizes 3,3,4: 300 clusters) and ONE ``hacontrol run`` managing them all
+(``[[clusters]]`` settings). ``fleet``: no controller; the real probe code
 (``NodeProbe``, with its watch connection) probes every node of a ``--nodes`` fleet from one
 process, to show what the fake itself costs at that scale.
 
@@ -26,8 +29,11 @@ is as desired, and ``--warmup`` seconds more, the window opens:
 - the fake's own CPU from /proc, as % of one core;
 - ``--kill-primary S``: S seconds into the window, the fake kills the first cluster's primary
   (listener and connections closed at once); detection, promotion and end of the failover
-  are read from that controller's log (as the drill does). The killed node is left out of
-  the cadence figures.
+  are read from that controller's log (as the drill does; with ``one``, that cluster's lines).
+  The killed node is left out of the cadence figures. Compare with a lone cluster:
+  ``single --nodes 3 --kill-primary S``.
+- ``--profile``: (``one``) the controller runs under cProfile; its top functions by own and
+  cumulative time over the whole run are written next to the figures.
 """
 
 from __future__ import annotations
@@ -54,7 +60,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hacontrol.drill.report import log_figures
 from hacontrol.sandbox import find_free_base_port
 from tests.fakefleet.control import FleetControl
-from tests.fakefleet.spec import FleetSpec, fleet, settings_data, toml_text
+from tests.fakefleet.spec import (
+    FleetSpec,
+    cluster_sizes,
+    clusters_settings_text,
+    fleet,
+    settings_data,
+    toml_text,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HZ = os.sysconf("SC_CLK_TCK")
@@ -126,6 +139,21 @@ def start_fleet(procs: Processes, spec: FleetSpec, tmp: Path) -> tuple[int, Flee
     raise RuntimeError("the fake fleet did not become ready")
 
 
+def start_one_controller(
+    procs: Processes, spec: FleetSpec, tmp: Path, level: str, profile: Path | None = None
+) -> dict[str, tuple[int, Path]]:
+    """ONE ``hacontrol run`` for every cluster (``[[clusters]]``): {"all": (pid, log file)}.
+    ``profile``: under cProfile, its statistics written there when it stops (SIGTERM)."""
+    settings = tmp / "clusters.toml"
+    text = clusters_settings_text(spec, journal=str(tmp / "journal.jsonl"), level=level)
+    settings.write_text("# written by bench/scale.py\n" + text)
+    log = tmp / "controller.log"
+    argv = [sys.executable, "-m", "hacontrol", "run", "--config", str(settings)]
+    if profile is not None:
+        argv = [sys.executable, str(Path(__file__)), "profile", str(profile), *argv[1:]]
+    return {"all": (procs.spawn(argv, log).pid, log)}
+
+
 def start_controllers(
     procs: Processes, spec: FleetSpec, tmp: Path, level: str
 ) -> dict[str, tuple[int, Path]]:
@@ -142,17 +170,17 @@ def start_controllers(
     return out
 
 
-def wait_settled(logs: dict[str, Path], timeout: float) -> None:
-    """Until every controller has decided once that its cluster is as desired."""
+def wait_settled(logs: dict[str, Path], timeout: float, spec: FleetSpec) -> None:
+    """Until every cluster's controller has decided once that its cluster is as desired."""
     deadline = time.monotonic() + timeout
-    pending = dict(logs)
+    pending = {c.name for c in spec.clusters}
     while pending and time.monotonic() < deadline:
-        for name, log in list(pending.items()):
-            if '"rule":"Nothing"' in log.read_text(errors="replace"):
-                del pending[name]
+        for log in logs.values():
+            pending -= {r["cluster"] for r in log_records(log) if r.get("rule") == "Nothing"}
         time.sleep(0.5)
     if pending:
-        raise RuntimeError(f"controllers not settled after {timeout} s: {sorted(pending)}")
+        some = sorted(pending)[:10]
+        raise RuntimeError(f"{len(pending)} clusters not settled after {timeout} s: {some}")
 
 
 # ---- measuring ------------------------------------------------------------------------------
@@ -235,8 +263,9 @@ def log_figures_of(logs: dict[str, Path], wall: tuple[float, float], nodes: int)
     }
 
 
-def failover_of(log: Path, at_wall: float) -> dict[str, Any]:
-    figures = log_figures(list(log_records(log)), at_wall)
+def failover_of(log: Path, at_wall: float, cluster: str) -> dict[str, Any]:
+    records = [r for r in log_records(log) if r.get("cluster") == cluster]
+    figures = log_figures(records, at_wall)
     return {k: (round(v, 3) if v is not None else None) for k, v in figures.items()}
 
 
@@ -254,10 +283,13 @@ def run(spec: FleetSpec, args: argparse.Namespace, *, drive: bool = False) -> di
                 (tmp / "resolved.json").write_text(resolved.to_json())
                 argv = [sys.executable, str(Path(__file__)), "drive", str(tmp / "resolved.json")]
                 clients = {"driver": (procs.spawn(argv, tmp / "driver.log").pid, None)}
+            elif args.mode == "one":
+                clients = start_one_controller(procs, resolved, tmp, args.log_level, args.profile)
             else:
                 clients = start_controllers(procs, resolved, tmp, args.log_level)
             if not drive:
-                wait_settled({n: log for n, (_, log) in clients.items()}, READY_TIMEOUT)
+                logs = {n: log for n, (_, log) in clients.items() if log is not None}
+                wait_settled(logs, args.ready_timeout, resolved)
             time.sleep(args.warmup)
             victim = resolved.clusters[0].primary
 
@@ -318,7 +350,9 @@ def report(
         result["log"] = log_figures_of(logs, window.wall, nodes)
     if window.kill is not None:
         cluster = spec.clusters[0].name
-        result["failover"] = {"node": window.kill[0], **failover_of(logs[cluster], window.kill[2])}
+        log = logs.get(cluster) or logs["all"]
+        figures = failover_of(log, window.kill[2], cluster)
+        result["failover"] = {"cluster": cluster, "node": window.kill[0], **figures}
     return result
 
 
@@ -365,6 +399,34 @@ def drive(spec_path: Path) -> None:
         runner.run(main())
 
 
+def profiled(out: Path, argv: list[str]) -> None:
+    """``python -m hacontrol ...`` under cProfile until SIGTERM; then the top functions by own
+    time and by cumulative time are written to ``out`` (text), the raw stats to ``out.prof``."""
+    import cProfile
+    import io
+    import pstats
+    import runpy
+    import signal
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    sys.argv = ["hacontrol", *argv[2:]]  # argv: -m hacontrol run --config F
+    profile = cProfile.Profile()
+    try:
+        profile.runcall(runpy.run_module, "hacontrol", run_name="__main__", alter_sys=True)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        profile.dump_stats(str(out) + ".prof")
+        text = io.StringIO()
+        stats = pstats.Stats(profile, stream=text)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(40)
+        out.write_text(text.getvalue())
+
+
 # ---- command line ---------------------------------------------------------------------------
 
 
@@ -375,33 +437,47 @@ def fleet_spec(sizes: list[int]) -> FleetSpec:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
-    for mode in ("single", "multi", "fleet"):
+    for mode in ("single", "multi", "one", "fleet"):
         p = sub.add_parser(mode)
         p.add_argument("--seconds", type=float, default=60.0)
         p.add_argument("--warmup", type=float, default=5.0)
+        p.add_argument(
+            "--ready-timeout",
+            type=float,
+            default=READY_TIMEOUT,
+            help="seconds for every cluster to settle before the window",
+        )
         p.add_argument("--log-level", default="info", choices=["debug", "info"])
         p.add_argument("--kill-primary", type=float, metavar="S", help="kill after S seconds")
         p.add_argument("--json", type=Path, help="write every figure here")
     sub.choices["single"].add_argument("--nodes", type=int, default=3)
     sub.choices["multi"].add_argument("--clusters", type=int, default=30)
     sub.choices["multi"].add_argument("--size", type=int, default=3)
-    sub.choices["fleet"].add_argument("--nodes", type=int, default=1000)
-    sub.choices["fleet"].add_argument("--sizes", default="3,3,4")
+    for mode in ("fleet", "one"):
+        sub.choices[mode].add_argument("--nodes", type=int, default=1000)
+        sub.choices[mode].add_argument("--sizes", default="3,3,4")
+    sub.choices["one"].add_argument("--profile", type=Path, help="cProfile the controller")
+    p = sub.add_parser("profile", help="(internal) run hacontrol under cProfile")
+    p.add_argument("out", type=Path)
+    p.add_argument("argv", nargs=argparse.REMAINDER)
     p = sub.add_parser("drive", help="(internal) probe every node of a fleet spec")
     p.add_argument("spec", type=Path)
     args = parser.parse_args()
     if args.mode == "drive":
         drive(args.spec)
         return
+    if args.mode == "profile":
+        profiled(args.out, args.argv)
+        return
     if args.mode == "single":
         result = run(fleet_spec([args.nodes]), args)
     elif args.mode == "multi":
         result = run(fleet_spec([args.size] * args.clusters), args)
     else:
-        from tests.fakefleet.spec import cluster_sizes
-
         sizes = cluster_sizes(args.nodes, [int(s) for s in args.sizes.split(",")])
-        result = run(fleet_spec(sizes), args, drive=True)
+        result = run(fleet_spec(sizes), args, drive=args.mode == "fleet")
+        if args.mode == "one" and args.profile is not None:
+            result["profile"] = str(args.profile)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -398,3 +399,15 @@ def test_spec_round_trips_through_json():
     spec = fleet([3, 4], base_port=5000)
     assert FleetSpec.from_json(spec.to_json()) == spec
     assert json.loads(spec.to_json())["clusters"][1]["nodes"][3]["port"] == 5006
+
+
+def test_one_controllers_settings_hold_every_cluster_of_the_fleet():
+    from tests.fakefleet.spec import clusters_settings_text
+
+    spec = fleet([3, 4], base_port=5000)
+    doc = tomllib.loads(clusters_settings_text(spec, journal="/j/journal.jsonl"))
+    assert "cluster" not in doc and "nodes" not in doc
+    assert [c["name"] for c in doc["clusters"]] == ["c001", "c002"]
+    assert [n["port"] for n in doc["clusters"][1]["nodes"]] == [5003, 5004, 5005, 5006]
+    assert doc["controller"] == {"journal": "/j/journal.jsonl", "fleet": False}
+    assert doc["router"] == {"kind": "none"} and doc["api"] == {"enabled": False}

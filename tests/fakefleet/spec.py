@@ -168,3 +168,24 @@ def toml_text(data: dict[str, Any]) -> str:
             lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
             lines.append("")
     return "\n".join(lines)
+
+
+def clusters_settings_text(
+    spec: FleetSpec, *, journal: str = "journal.jsonl", level: str = "info"
+) -> str:
+    """Settings for ONE controller managing every cluster of a bound fleet: the shared
+    sections of ``settings_data`` at the top level and one ``[[clusters]]`` entry per cluster
+    (its name and nodes; the journal becomes ``journal.<cluster>.jsonl`` for each)."""
+    shared = settings_data(spec.clusters[0], spec, journal=journal, level=level)
+    lines = [toml_text({k: v for k, v in shared.items() if k not in ("cluster", "nodes")})]
+    for cluster in spec.clusters:
+        lines += ["[[clusters]]", f"name = {json.dumps(cluster.name)}", ""]
+        for node in cluster.nodes:
+            lines += [
+                "[[clusters.nodes]]",
+                f"name = {json.dumps(node.name)}",
+                f"host = {json.dumps(node.host)}",
+                f"port = {node.port}",
+                "",
+            ]
+    return "\n".join(lines)
