@@ -32,8 +32,9 @@ is as desired, and ``--warmup`` seconds more, the window opens:
   are read from that controller's log (as the drill does; with ``one``, that cluster's lines).
   The killed node is left out of the cadence figures. Compare with a lone cluster:
   ``single --nodes 3 --kill-primary S``.
-- ``--profile``: (``one``) the controller runs under cProfile; its top functions by own and
-  cumulative time over the whole run are written next to the figures.
+- ``--py-spy FILE``: (``one``) py-spy samples the controller's stacks over the window (raw
+  collapsed stacks in FILE); the functions with the most own and inclusive time go into the
+  figures (``profile``).
 """
 
 from __future__ import annotations
@@ -140,17 +141,14 @@ def start_fleet(procs: Processes, spec: FleetSpec, tmp: Path) -> tuple[int, Flee
 
 
 def start_one_controller(
-    procs: Processes, spec: FleetSpec, tmp: Path, level: str, profile: Path | None = None
+    procs: Processes, spec: FleetSpec, tmp: Path, level: str
 ) -> dict[str, tuple[int, Path]]:
-    """ONE ``hacontrol run`` for every cluster (``[[clusters]]``): {"all": (pid, log file)}.
-    ``profile``: under cProfile, its statistics written there when it stops (SIGTERM)."""
+    """ONE ``hacontrol run`` for every cluster (``[[clusters]]``): {"all": (pid, log file)}."""
     settings = tmp / "clusters.toml"
     text = clusters_settings_text(spec, journal=str(tmp / "journal.jsonl"), level=level)
     settings.write_text("# written by bench/scale.py\n" + text)
     log = tmp / "controller.log"
     argv = [sys.executable, "-m", "hacontrol", "run", "--config", str(settings)]
-    if profile is not None:
-        argv = [sys.executable, str(Path(__file__)), "profile", str(profile), *argv[1:]]
     return {"all": (procs.spawn(argv, log).pid, log)}
 
 
@@ -284,7 +282,7 @@ def run(spec: FleetSpec, args: argparse.Namespace, *, drive: bool = False) -> di
                 argv = [sys.executable, str(Path(__file__)), "drive", str(tmp / "resolved.json")]
                 clients = {"driver": (procs.spawn(argv, tmp / "driver.log").pid, None)}
             elif args.mode == "one":
-                clients = start_one_controller(procs, resolved, tmp, args.log_level, args.profile)
+                clients = start_one_controller(procs, resolved, tmp, args.log_level)
             else:
                 clients = start_controllers(procs, resolved, tmp, args.log_level)
             if not drive:
@@ -298,10 +296,17 @@ def run(spec: FleetSpec, args: argparse.Namespace, *, drive: bool = False) -> di
                 return victim
 
             pids = [pid for pid, _ in clients.values()]
+            spy = getattr(args, "py_spy", None)
+            sampler = sample_stacks(pids[0], args.seconds, spy) if spy else None
             window = observe([fleet_pid, *pids], args.seconds, args.kill_primary, kill)
+            if sampler is not None:
+                stop_sampling(sampler)
             skip = [window.kill[0]] if window.kill else []
             cadence = control.cadence(*window.mono, skip=skip)
-            return report(resolved, clients, fleet_pid, window, cadence, args)
+            result = report(resolved, clients, fleet_pid, window, cadence, args)
+            if spy:
+                result["profile"] = {"py_spy": str(spy), **stack_summary(spy)}
+            return result
         finally:
             procs.stop_all()
 
@@ -399,32 +404,59 @@ def drive(spec_path: Path) -> None:
         runner.run(main())
 
 
-def profiled(out: Path, argv: list[str]) -> None:
-    """``python -m hacontrol ...`` under cProfile until SIGTERM; then the top functions by own
-    time and by cumulative time are written to ``out`` (text), the raw stats to ``out.prof``."""
-    import cProfile
-    import io
-    import pstats
-    import runpy
+def sample_stacks(pid: int, seconds: float, out: Path) -> subprocess.Popen[Any]:
+    """py-spy (a sampling profiler, outside the process: it costs the controller nothing but
+    its own CPU) records the controller's stacks over the window, as collapsed stacks."""
+    spy = Path(sys.executable).with_name("py-spy")
+    argv = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)),
+            "--rate", "50", "--nonblocking", "--format", "raw", "--output", str(out)]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def stop_sampling(sampler: subprocess.Popen[Any]) -> None:
+    """py-spy ends by itself after its duration, late when it fell behind on a loaded machine;
+    SIGINT makes it write what it has."""
     import signal
 
-    def stop(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    sys.argv = ["hacontrol", *argv[2:]]  # argv: -m hacontrol run --config F
-    profile = cProfile.Profile()
     try:
-        profile.runcall(runpy.run_module, "hacontrol", run_name="__main__", alter_sys=True)
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        profile.dump_stats(str(out) + ".prof")
-        text = io.StringIO()
-        stats = pstats.Stats(profile, stream=text)
-        stats.sort_stats("tottime").print_stats(30)
-        stats.sort_stats("cumulative").print_stats(40)
-        out.write_text(text.getvalue())
+        sampler.wait(15)
+    except subprocess.TimeoutExpired:
+        sampler.send_signal(signal.SIGINT)
+        sampler.wait(60)
+
+
+def stack_summary(raw: Path, top: int = 25) -> dict[str, Any]:
+    """Where the controller's time goes, from py-spy's collapsed stacks ("frame;frame;... n"):
+    per function its share of all samples on top of the stack (own time) and anywhere in it
+    (inclusive time), in percent."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_frame(f) for f in stack.split(";")]
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+
+    def share(counter: collections.Counter[str]) -> dict[str, float]:
+        return {k: round(100 * v / max(1, total), 1) for k, v in counter.most_common(top)}
+
+    return {"samples": total, "own_percent": share(own), "inclusive_percent": share(inclusive)}
+
+
+def _frame(frame: str) -> str:
+    """'probe (hacontrol/probes/mysql.py:120)' -> 'probe (hacontrol/probes/mysql.py)'."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/hacontrol/", "/lib/python3"):
+        if marker in path:
+            path = path[path.index(marker) :].lstrip("/")
+            break
+    return f"{name} ({path})"
 
 
 # ---- command line ---------------------------------------------------------------------------
@@ -456,18 +488,14 @@ def main() -> None:
     for mode in ("fleet", "one"):
         sub.choices[mode].add_argument("--nodes", type=int, default=1000)
         sub.choices[mode].add_argument("--sizes", default="3,3,4")
-    sub.choices["one"].add_argument("--profile", type=Path, help="cProfile the controller")
-    p = sub.add_parser("profile", help="(internal) run hacontrol under cProfile")
-    p.add_argument("out", type=Path)
-    p.add_argument("argv", nargs=argparse.REMAINDER)
+    sub.choices["one"].add_argument(
+        "--py-spy", type=Path, metavar="FILE", help="sample the controller's stacks (py-spy)"
+    )
     p = sub.add_parser("drive", help="(internal) probe every node of a fleet spec")
     p.add_argument("spec", type=Path)
     args = parser.parse_args()
     if args.mode == "drive":
         drive(args.spec)
-        return
-    if args.mode == "profile":
-        profiled(args.out, args.argv)
         return
     if args.mode == "single":
         result = run(fleet_spec([args.nodes]), args)
@@ -476,8 +504,6 @@ def main() -> None:
     else:
         sizes = cluster_sizes(args.nodes, [int(s) for s in args.sizes.split(",")])
         result = run(fleet_spec(sizes), args, drive=args.mode == "fleet")
-        if args.mode == "one" and args.profile is not None:
-            result["profile"] = str(args.profile)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

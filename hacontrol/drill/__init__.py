@@ -101,6 +101,19 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "in-process)",
     )
     p.add_argument(
+        "--clusters",
+        type=int,
+        default=1,
+        help="several clusters (2 to 4) behind the sandbox's one router, ONE controller process "
+        "for all: --fault kill kills every primary at once and reports each cluster's failover "
+        "and write outage (default 1)",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="the cluster to drill when the settings hold several (required then)",
+    )
+    p.add_argument(
         "--duration", help="with --fault chaos: how long, like 90s, 20m, 1h (default 5m)"
     )
     p.add_argument(
@@ -210,6 +223,12 @@ def drill_job(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
         loss=args.loss,
         delay_ms=args.delay,
     )
+    if args.clusters != 1:
+        from hacontrol.drill.clusters import check_options, clusters_job
+
+        if reason := check_options(args):
+            raise UsageError(reason)
+        return clusters_job(args, progress, machine)
     if args.controllers != 1:
         from hacontrol.drill.fleet import fleet_drill
 
