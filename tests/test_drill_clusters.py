@@ -72,3 +72,16 @@ def test_an_action_on_a_node_of_another_cluster_is_named() -> None:
         {"_mono": 1.0, "event": "action", "node": "node6", "cluster": "c1"},  # before the kill
     ]
     assert foreign_actions(records, c1, at=4.0) == ["node5"]
+
+
+def test_the_drill_of_settings_with_several_clusters_needs_the_cluster(capsys, tmp_path) -> None:
+    from tests.fakefleet.spec import clusters_settings_text, fleet
+
+    path = tmp_path / "settings.toml"
+    path.write_text(clusters_settings_text(fleet([3, 3], base_port=20000)))
+    common = ["--config", str(path), "--yes-kill-the-primary", "--writer", "127.0.0.1:1",
+              "--app-user", "app", "--app-password-file", str(path)]  # fmt: skip
+    assert cli(*common) == 2
+    assert "several clusters: give --cluster NAME (one of: c001, c002)" in capsys.readouterr().err
+    assert cli(*common, "--cluster", "c009") == 2
+    assert "unknown cluster 'c009'" in capsys.readouterr().err

@@ -411,3 +411,15 @@ def test_one_controllers_settings_hold_every_cluster_of_the_fleet():
     assert [n["port"] for n in doc["clusters"][1]["nodes"]] == [5003, 5004, 5005, 5006]
     assert doc["controller"] == {"journal": "/j/journal.jsonl", "fleet": False}
     assert doc["router"] == {"kind": "none"} and doc["api"] == {"enabled": False}
+
+
+def test_one_controllers_settings_load_as_every_cluster(tmp_path):
+    from hacontrol.settings import load_settings
+    from tests.fakefleet.spec import clusters_settings_text
+
+    spec = fleet(cluster_sizes(1000, (3, 3, 4)), base_port=20000)
+    path = tmp_path / "settings.toml"
+    path.write_text(clusters_settings_text(spec, journal=str(tmp_path / "journal.jsonl")))
+    loaded = load_settings(path)
+    assert len(loaded.clusters) == 300 and sum(len(c.nodes) for c in loaded.clusters) == 1000
+    assert loaded.pick("c300").controller.journal == tmp_path / "journal.c300.jsonl"

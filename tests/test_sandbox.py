@@ -917,18 +917,38 @@ def test_haproxy_has_a_backend_pair_per_cluster_on_its_own_ports() -> None:
 
 
 @pytest.mark.parametrize("kind", ["proxysql", "haproxy"])
-def test_the_settings_of_several_clusters_are_in_the_clusters_form(kind: str) -> None:
+def test_the_settings_of_several_clusters_are_in_the_clusters_form(
+    kind: str, tmp_path: Path
+) -> None:
+    from hacontrol.settings import load_settings
+
     nodes, router, clusters = two_clusters(kind)
+    secrets = {}
+    for name in ("h", "r", "p", "root"):
+        secrets[name] = tmp_path / name
+        secrets[name].write_text(f"{name}-secret\n")
     text = render.settings_toml(
         nodes,
         router,
-        controller_password_file="/s/h",
-        replication_password_file="/s/r",
-        proxysql_password_file="/s/p",
-        journal="/sb/state/journal.jsonl",
-        rebuild=render.RebuildAccess("/sb", "/s/root", "/py"),
+        controller_password_file=str(secrets["h"]),
+        replication_password_file=str(secrets["r"]),
+        proxysql_password_file=str(secrets["p"]),
+        journal=str(tmp_path / "state" / "journal.jsonl"),
+        rebuild=render.RebuildAccess("/sb", str(secrets["root"]), "/py"),
         clusters=clusters,
     )
+    (tmp_path / "settings.toml").write_text(text)
+    loaded = load_settings(tmp_path / "settings.toml")  # as `hacontrol run` reads it
+    assert loaded.form == "clusters" and loaded.names == ("c1", "c2")
+    c2 = loaded.pick("c2")
+    assert [n.name for n in c2.nodes] == ["node4", "node5", "node6"]
+    assert c2.controller.journal == tmp_path / "state" / "journal.c2.jsonl"
+    assert c2.rebuild.datadirs == {f"node{i}": f"/sb/node{i}/data" for i in (4, 5, 6)}
+    if kind == "proxysql":
+        assert c2.router.proxysql.writer_hostgroup == 110
+        assert loaded.pick("c1").router.proxysql.hidden_hostgroup == 40
+    else:
+        assert c2.router.haproxy.writer_backend == "writer_c2"
     doc = tomllib.loads(text)
     assert "cluster" not in doc and "nodes" not in doc  # one form only
     assert [c["name"] for c in doc["clusters"]] == ["c1", "c2"]
@@ -937,14 +957,9 @@ def test_the_settings_of_several_clusters_are_in_the_clusters_form(kind: str) ->
     assert "datadirs" not in doc["rebuild"] and doc["rebuild"]["stop_target"]
     if kind == "proxysql":
         assert "writer_hostgroup" not in doc["router"]["proxysql"]  # each cluster names its own
-        assert doc["clusters"][1]["router"]["proxysql"]["writer_hostgroup"] == 110
         assert doc["router"]["proxysql"]["port"] == 30008  # the one admin, shared
     else:
         assert "writer_backend" not in doc["router"]["haproxy"]
-        assert doc["clusters"][1]["router"]["haproxy"] == {
-            "writer_backend": "writer_c2",
-            "reader_backend": "readers_c2",
-        }
 
 
 @pytest.mark.integration
@@ -983,5 +998,12 @@ async def test_two_clusters_behind_one_router_each_get_their_own_writes(tmp_path
             await eventually(replicated, 10, f"only its own cluster's write on {node}")
         document = json.loads(cli("status", "--json", "--dir", info.dir).stdout)
         assert [c["app"]["user"] for c in document["clusters"]] == ["app_c1", "app_c2"]
+        checked = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "hacontrol", "check-config", "--config", info.settings],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+        assert sorted(json.loads(checked.stdout)["clusters"]) == ["c1", "c2"]
         table = cli("status", "--dir", info.dir).stdout
         assert "cluster c2: node4, node5, node6" in table

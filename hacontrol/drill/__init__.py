@@ -259,12 +259,15 @@ def run_loop(job: Coroutine[Any, Any, int]) -> int:
 # ---- settings ----------------------------------------------------------------------------------
 
 
-def drill_settings(path: str | Path, interval: float | None, timing: str = "own") -> Settings:
+def drill_settings(
+    path: str | Path, interval: float | None, timing: str = "own", cluster: str | None = None
+) -> Settings:
     """The settings file (with HACONTROL_* overrides), the probe interval given, re-checked.
     ``timing="defaults"``: its [probes] and [failover] replaced by the defaults (those of the
-    example settings.toml), to measure what a new install gets."""
+    example settings.toml), to measure what a new install gets. ``cluster``: the one to drill
+    when the file holds several (``--cluster``; required then)."""
     try:
-        settings = load_settings(path).settings
+        settings = load_settings(path).pick(cluster)
     except SettingsError as exc:
         raise UsageError("settings error: " + "; ".join(exc.problems)) from None
     if timing == "defaults":
@@ -334,7 +337,7 @@ def config_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, An
             raise UsageError(f"--app-password-file: {exc.strerror}") from None
     if password is None:
         raise UsageError(f"with --config, give --app-password-file or ${PASSWORD_ENV}")
-    settings = drill_settings(args.config, args.interval, args.settings)
+    settings = drill_settings(args.config, args.interval, args.settings, args.cluster)
     refuse_if_controller_running(settings)
     writer = address(args.writer, "--writer")
     access = Access(
@@ -376,12 +379,12 @@ def sandbox_drill(args: argparse.Namespace, plan: DrillPlan) -> Coroutine[Any, A
                     raise UsageError(
                         f"--fault {plan.fault}: the sandbox in {sandbox.dir} has no --netns"
                     )
-                settings = drill_settings(info.settings, args.interval, args.settings)
+                settings = drill_settings(info.settings, args.interval, args.settings, args.cluster)
                 with controller_host(sandbox, info.netns):
                     refuse_if_controller_running(settings)
                     return await drive(
                         settings,
-                        sandbox_access(sandbox, args.table, args.client_timeout),
+                        sandbox_access(sandbox, args.table, args.client_timeout, args.cluster),
                         SandboxFaults(sandbox),
                         plan,
                         Outputs(args.json, args.log),
@@ -402,9 +405,16 @@ def controller_host(sandbox: Any, netns: bool) -> contextlib.AbstractContextMana
     return sandbox.network().entered(CONTROLLER_HOST) if netns else contextlib.nullcontext()
 
 
-def sandbox_access(sandbox: Any, table: str = "app.drill", timeout: float = 2.0) -> Access:
+def sandbox_access(
+    sandbox: Any, table: str = "app.drill", timeout: float = 2.0, cluster: str | None = None
+) -> Access:
     """The application as it reaches the router: its ports, or with --netns its unix sockets
-    (an application on the router's host, next to its ProxySQL)."""
+    (an application on the router's host, next to its ProxySQL). ``cluster`` (a sandbox of
+    several): that cluster's application user and ports."""
+    if cluster is not None and sandbox.status().clusters:
+        from hacontrol.drill.clusters import cluster_access
+
+        return cluster_access(sandbox, sandbox.status().cluster(cluster), table, timeout)
     router = sandbox.status().router
     return Access(
         writer=router.writer_socket or (router.host, router.writer_port),
