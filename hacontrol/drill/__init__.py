@@ -100,19 +100,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "sandbox; the outage is measured through every router (default 1: one controller "
         "in-process)",
     )
-    p.add_argument(
-        "--clusters",
-        type=int,
-        default=1,
-        help="several clusters (2 to 4) behind the sandbox's one router, ONE controller process "
-        "for all: --fault kill kills every primary at once and reports each cluster's failover "
-        "and write outage (default 1)",
-    )
-    p.add_argument(
-        "--cluster",
-        metavar="NAME",
-        help="the cluster to drill when the settings hold several (required then)",
-    )
+    _several_clusters_arguments(p)
     p.add_argument(
         "--duration", help="with --fault chaos: how long, like 90s, 20m, 1h (default 5m)"
     )
@@ -154,6 +142,22 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         help="connect/query timeout of the drill's clients, seconds (default 2)",
     )
     p.set_defaults(func=run)
+
+
+def _several_clusters_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--clusters",
+        type=int,
+        default=1,
+        help="several clusters (2 to 4) behind the sandbox's one router, ONE controller process "
+        "for all: --fault kill kills every primary at once and reports each cluster's failover "
+        "and write outage (default 1)",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="the cluster to drill when the settings hold several (required then)",
+    )
 
 
 def _real_cluster_arguments(p: argparse.ArgumentParser) -> None:

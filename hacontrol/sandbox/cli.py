@@ -42,15 +42,6 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "--nodes", type=int, default=3, help="number of nodes (per cluster; default 3)"
     )
     parser.add_argument(
-        "--clusters",
-        type=int,
-        default=1,
-        help=f"clusters of --nodes nodes each behind the one router, named c1, c2 ... (1 to "
-        f"{MAX_CLUSTERS}; default 1: one cluster named sandbox); ProxySQL routes each "
-        "cluster's application user (app_c1 ...) to its own hostgroups (10/20/30/40, "
-        "110/120/130/140 ...), HAProxy gives each cluster writer and reader ports of its own",
-    )
-    parser.add_argument(
         "--base-port",
         type=int,
         default=DEFAULT_BASE_PORT,
@@ -89,7 +80,20 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "connections with a client certificate, ProxySQL's admin, the API)",
     )
     netns_cli.add_arguments(parser)
+    add_clusters_argument(parser)
     parser.set_defaults(func=run)
+
+
+def add_clusters_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clusters",
+        type=int,
+        default=1,
+        help=f"clusters of --nodes nodes each behind the one router, named c1, c2 ... (1 to "
+        f"{MAX_CLUSTERS}; default 1: one cluster named sandbox); ProxySQL routes each "
+        "cluster's application user (app_c1 ...) to its own hostgroups (10/20/30/40, "
+        "110/120/130/140 ...), HAProxy gives each cluster writer and reader ports of its own",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
