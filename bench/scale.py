@@ -191,6 +191,7 @@ class Window:
     cpu: dict[int, float]
     rss_max: dict[int, int]
     kill: tuple[str, float, float] | None = None  # node, monotonic, wall
+    load: list[float] = field(default_factory=list)  # the machine's 1-minute load, each second
 
 
 def observe(pids: list[int], seconds: float, kill_at: float | None, kill: Any) -> Window:
@@ -198,8 +199,9 @@ def observe(pids: list[int], seconds: float, kill_at: float | None, kill: Any) -
     cpu0 = {pid: cpu_seconds(pid) for pid in pids}
     mono0, wall0 = time.monotonic(), time.time()
     rss_max = dict.fromkeys(pids, 0)
-    killed = None
+    killed, load = None, []
     while (now := time.monotonic()) < mono0 + seconds:
+        load.append(os.getloadavg()[0])
         for pid in pids:
             rss_max[pid] = max(rss_max[pid], rss_kib(pid))
         if kill_at is not None and killed is None and now >= mono0 + kill_at:
@@ -207,7 +209,7 @@ def observe(pids: list[int], seconds: float, kill_at: float | None, kill: Any) -
         time.sleep(min(1.0, max(0.0, mono0 + seconds - time.monotonic())))
     mono1, wall1 = time.monotonic(), time.time()
     cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in pids}
-    return Window((mono0, mono1), (wall0, wall1), cpu, rss_max, killed)
+    return Window((mono0, mono1), (wall0, wall1), cpu, rss_max, killed, load)
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -337,6 +339,7 @@ def report(
         "machine": f"{platform.machine()} {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "load_average_1min_in_window": percentiles(window.load),
         "client": "probe driver (NodeProbe only)" if "driver" in clients else "hacontrol run",
         "processes": len(pids),
         "clusters": len(spec.clusters),
