@@ -249,17 +249,27 @@ def log_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def log_figures_of(logs: dict[str, Path], wall: tuple[float, float], nodes: int) -> dict[str, Any]:
+    """Lines in the window; the most frequent events, the plans started (by kind) and the
+    problems raised (by code): at rest there should be none of either."""
     lines, events = 0, collections.Counter()
+    plans: collections.Counter[str] = collections.Counter()
+    problems: collections.Counter[str] = collections.Counter()
     for path in logs.values():
         for record in log_records(path):
             if wall[0] <= record["_mono"] < wall[1]:
                 lines += 1
                 events[record["event"]] += 1
+                if record["event"] == "plan_started":
+                    plans[str(record.get("kind"))] += 1
+                if record["event"] == "problem":
+                    problems[str(record.get("code"))] += 1
     hours = (wall[1] - wall[0]) / 3600
     return {
         "lines": lines,
         "lines_per_node_per_hour": round(lines / nodes / hours, 1),
         "events": dict(events.most_common(8)),
+        "plans_started": dict(plans),
+        "problems": dict(problems.most_common(8)),
     }
 
 
