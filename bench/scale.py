@@ -227,9 +227,12 @@ def cadence_figures(cadence: dict[str, Any]) -> dict[str, Any]:
     nodes = cadence["nodes"]
     largest = [v["max_gap"] for v in nodes.values() if v["max_gap"] is not None]
     never = sorted(k for k, v in nodes.items() if v["probes"] < 2)
+    per_second = cadence["per_second"]
     return {
         "nodes": len(nodes),
         "probes": sum(v["probes"] for v in nodes.values()),
+        "probes_per_second": per_second["summary"],
+        "seconds_below_half_the_median": per_second["slow_seconds"],
         "largest_gap_per_node": percentiles(largest),
         "all_gaps": {
             k: round(v, 4) if isinstance(v, float) else v for k, v in cadence["gaps"].items()
@@ -254,6 +257,7 @@ def log_figures_of(logs: dict[str, Path], wall: tuple[float, float], nodes: int)
     lines, events = 0, collections.Counter()
     plans: collections.Counter[str] = collections.Counter()
     problems: collections.Counter[str] = collections.Counter()
+    failures: collections.Counter[str] = collections.Counter()
     for path in logs.values():
         for record in log_records(path):
             if wall[0] <= record["_mono"] < wall[1]:
@@ -263,6 +267,8 @@ def log_figures_of(logs: dict[str, Path], wall: tuple[float, float], nodes: int)
                     plans[str(record.get("kind"))] += 1
                 if record["event"] == "problem":
                     problems[str(record.get("code"))] += 1
+                if record["event"] == "probe" and not record.get("ok", True):
+                    failures[str(record.get("error"))[:60]] += 1
     hours = (wall[1] - wall[0]) / 3600
     return {
         "lines": lines,
@@ -270,6 +276,7 @@ def log_figures_of(logs: dict[str, Path], wall: tuple[float, float], nodes: int)
         "events": dict(events.most_common(8)),
         "plans_started": dict(plans),
         "problems": dict(problems.most_common(8)),
+        "failed_probes_by_error": dict(failures.most_common(6)),
     }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import hmac
 import itertools
 import os
@@ -188,9 +189,13 @@ class FakeFleet:
     ) -> dict[str, Any]:
         """Probes received per node between ``since`` and ``until`` (this process's monotonic
         clock), the largest gap between two probes of one node, and every gap's summary.
-        Nodes in ``skip`` (one that was killed, say) are left out."""
+        Nodes in ``skip`` (one that was killed, say) are left out. ``per_second``: the probes
+        received in each whole second of the window, summarised, with the seconds (from
+        ``since``) that received less than half the median: a stall of the whole prober shows
+        there, one slow node does not."""
         per_node = {}
         gaps: list[float] = []
+        seconds: collections.Counter[int] = collections.Counter()
         for name, times in self.probe_times.items():
             if name in skip:
                 continue
@@ -199,7 +204,8 @@ class FakeFleet:
             node_gaps = [b - a for a, b in itertools.pairwise(window)]
             gaps.extend(node_gaps)
             per_node[name] = {"probes": len(window), "max_gap": max(node_gaps, default=None)}
-        return {"nodes": per_node, "gaps": summary(gaps)}
+            seconds.update(int(t - since) for t in window)
+        return {"nodes": per_node, "gaps": summary(gaps), "per_second": per_second(seconds)}
 
     def stats(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -222,6 +228,17 @@ class FakeFleet:
 
     def record_probe(self, name: str, t: float) -> None:
         self.probe_times[name].append(t)
+
+
+def per_second(counts: collections.Counter[int]) -> dict[str, Any]:
+    """Probes per whole second: their summary and the seconds below half the median."""
+    if not counts:
+        return {"summary": summary([]), "slow_seconds": []}
+    first, last = min(counts), max(counts)
+    series = [counts.get(i, 0) for i in range(first, last)]  # the last second may be partial
+    median = sorted(series)[len(series) // 2] if series else 0
+    slow = [i for i in range(first, last) if counts.get(i, 0) < median / 2]
+    return {"summary": summary([float(c) for c in series]), "slow_seconds": slow}
 
 
 def summary(values: list[float]) -> dict[str, float | int | None]:
