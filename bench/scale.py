@@ -46,6 +46,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,12 @@ def _env() -> dict[str, str]:
     return env
 
 
+def set_gc_threshold(text: str | None) -> None:
+    """--gc-threshold for the controller (read by ``gc_watched``)."""
+    if text:
+        os.environ["SCALE_GC_THRESHOLD"] = text
+
+
 def start_fleet(procs: Processes, spec: FleetSpec, tmp: Path) -> tuple[int, FleetControl]:
     (tmp / "fleet.json").write_text(spec.to_json())
     log = tmp / "fleet.log"
@@ -141,14 +148,17 @@ def start_fleet(procs: Processes, spec: FleetSpec, tmp: Path) -> tuple[int, Flee
 
 
 def start_one_controller(
-    procs: Processes, spec: FleetSpec, tmp: Path, level: str
+    procs: Processes, spec: FleetSpec, tmp: Path, level: str, gc_log: Path | None = None
 ) -> dict[str, tuple[int, Path]]:
-    """ONE ``hacontrol run`` for every cluster (``[[clusters]]``): {"all": (pid, log file)}."""
+    """ONE ``hacontrol run`` for every cluster (``[[clusters]]``): {"all": (pid, log file)}.
+    ``gc_log``: the controller notes there every garbage collection (``gc_watched``)."""
     settings = tmp / "clusters.toml"
     text = clusters_settings_text(spec, journal=str(tmp / "journal.jsonl"), level=level)
     settings.write_text("# written by bench/scale.py\n" + text)
     log = tmp / "controller.log"
     argv = [sys.executable, "-m", "hacontrol", "run", "--config", str(settings)]
+    if gc_log is not None:
+        argv = [sys.executable, str(Path(__file__)), "gc-watch", str(gc_log), *argv[3:]]
     return {"all": (procs.spawn(argv, log).pid, log)}
 
 
@@ -301,7 +311,8 @@ def run(spec: FleetSpec, args: argparse.Namespace, *, drive: bool = False) -> di
                 argv = [sys.executable, str(Path(__file__)), "drive", str(tmp / "resolved.json")]
                 clients = {"driver": (procs.spawn(argv, tmp / "driver.log").pid, None)}
             elif args.mode == "one":
-                clients = start_one_controller(procs, resolved, tmp, args.log_level)
+                gc_log = tmp / "gc.log" if args.gc else None
+                clients = start_one_controller(procs, resolved, tmp, args.log_level, gc_log)
             else:
                 clients = start_controllers(procs, resolved, tmp, args.log_level)
             if not drive:
@@ -315,6 +326,8 @@ def run(spec: FleetSpec, args: argparse.Namespace, *, drive: bool = False) -> di
                 return victim
 
             pids = [pid for pid, _ in clients.values()]
+            if getattr(args, "gc_freeze", False):
+                os.kill(pids[0], signal.SIGUSR2)
             spy = getattr(args, "py_spy", None)
             sampler = sample_stacks(pids[0], args.seconds, spy) if spy else None
             window = observe([fleet_pid, *pids], args.seconds, args.kill_primary, kill)
@@ -323,6 +336,8 @@ def run(spec: FleetSpec, args: argparse.Namespace, *, drive: bool = False) -> di
             skip = [window.kill[0]] if window.kill else []
             cadence = control.cadence(*window.mono, skip=skip)
             result = report(resolved, clients, fleet_pid, window, cadence, args)
+            if getattr(args, "gc", False):
+                result["gc"] = gc_figures(tmp / "gc.log", window.mono, cadence)
             if spy:
                 result["profile"] = {"py_spy": str(spy), **stack_summary(spy)}
             return result
@@ -433,11 +448,65 @@ def sample_stacks(pid: int, seconds: float, out: Path) -> subprocess.Popen[Any]:
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
+def gc_watched(log: Path, argv: list[str]) -> None:
+    """``python -m hacontrol ARGV`` with every garbage collection noted in ``log`` (generation,
+    monotonic start, seconds): a collection of the oldest generation stops the event loop for
+    as long as it walks every object."""
+    import gc
+    import runpy
+
+    out = log.open("w", buffering=1)
+    started: dict[str, float] = {}
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started["t"] = time.monotonic()
+        else:
+            t = started.get("t", time.monotonic())
+            out.write(f"{info['generation']} {t:.4f} {time.monotonic() - t:.4f}\n")
+
+    gc.callbacks.append(note)
+    # SIGUSR2: gc.freeze(), every object alive now out of the collector's walks (what the
+    # bench's --gc-freeze tries: start-up's settings, views, metrics are long-lived).
+    thresholds = os.environ.get("SCALE_GC_THRESHOLD")
+
+    def tune(_sig: int, _frame: Any) -> None:
+        gc.freeze()
+        if thresholds:
+            gc.set_threshold(*(int(t) for t in thresholds.split(",")))
+
+    signal.signal(signal.SIGUSR2, tune)
+    sys.argv = ["hacontrol", *argv]
+    runpy.run_module("hacontrol", run_name="__main__", alter_sys=True)
+
+
+def gc_figures(log: Path, mono: tuple[float, float], cadence: dict[str, Any]) -> dict[str, Any]:
+    """Collections in the window by generation (count, total and longest pause), and which of
+    the cadence's slow seconds had a collection of 0.1 s or more in them."""
+    by_gen: dict[str, list[float]] = collections.defaultdict(list)
+    long_at: list[float] = []
+    for line in log.read_text().splitlines():
+        gen, at, took = line.split()
+        if mono[0] <= float(at) < mono[1]:
+            by_gen[gen].append(float(took))
+            if float(took) >= 0.1:
+                long_at.append(float(at) - mono[0])
+    slow = cadence["per_second"]["slow_seconds"]
+    return {
+        "by_generation": {
+            g: {"count": len(v), "total_s": round(sum(v), 3), "max_s": round(max(v), 4)}
+            for g, v in sorted(by_gen.items())
+        },
+        "pauses_of_0.1s_or_more_at": [round(t, 1) for t in long_at],
+        "slow_seconds_with_such_a_pause": [
+            s for s in slow if any(s - 1 <= t < s + 1 for t in long_at)
+        ],
+    }
+
+
 def stop_sampling(sampler: subprocess.Popen[Any]) -> None:
     """py-spy ends by itself after its duration, late when it fell behind on a loaded machine;
     SIGINT makes it write what it has."""
-    import signal
-
     try:
         sampler.wait(15)
     except subprocess.TimeoutExpired:
@@ -511,11 +580,31 @@ def main() -> None:
     sub.choices["one"].add_argument(
         "--py-spy", type=Path, metavar="FILE", help="sample the controller's stacks (py-spy)"
     )
+    sub.choices["one"].add_argument(
+        "--gc", action="store_true", help="note the controller's garbage collections"
+    )
+    sub.choices["one"].add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="with --gc: gc.freeze() in the controller when the window opens (an experiment)",
+    )
+    sub.choices["one"].add_argument(
+        "--gc-threshold",
+        metavar="G0,G1,G2",
+        help="with --gc-freeze: and gc.set_threshold(G0, G1, G2) then",
+    )
+    p = sub.add_parser("gc-watch", help="(internal) hacontrol with its collections noted")
+    p.add_argument("log", type=Path)
+    p.add_argument("argv", nargs=argparse.REMAINDER)
     p = sub.add_parser("drive", help="(internal) probe every node of a fleet spec")
     p.add_argument("spec", type=Path)
     args = parser.parse_args()
+    set_gc_threshold(getattr(args, "gc_threshold", None))
     if args.mode == "drive":
         drive(args.spec)
+        return
+    if args.mode == "gc-watch":
+        gc_watched(args.log, args.argv)
         return
     if args.mode == "single":
         result = run(fleet_spec([args.nodes]), args)
