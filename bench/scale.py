@@ -46,6 +46,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -343,6 +344,8 @@ def run(spec: FleetSpec, args: argparse.Namespace, *, drive: bool = False) -> di
             return result
         finally:
             procs.stop_all()
+            if args.keep is not None:  # the logs, settings and journals, for a closer look
+                shutil.copytree(tmp, args.keep, dirs_exist_ok=True)
 
 
 def _resolved(spec: FleetSpec, control: FleetControl) -> FleetSpec:
@@ -401,8 +404,6 @@ def report(
 
 def drive(spec_path: Path) -> None:
     """Probe every node of a fleet with the real probe code until terminated."""
-    import signal
-
     import uvloop
 
     from hacontrol.mysqlconn import Endpoint
@@ -571,6 +572,7 @@ def main() -> None:
         p.add_argument("--log-level", default="info", choices=["debug", "info"])
         p.add_argument("--kill-primary", type=float, metavar="S", help="kill after S seconds")
         p.add_argument("--json", type=Path, help="write every figure here")
+        p.add_argument("--keep", type=Path, metavar="DIR", help="copy the logs etc. here")
     sub.choices["single"].add_argument("--nodes", type=int, default=3)
     sub.choices["multi"].add_argument("--clusters", type=int, default=30)
     sub.choices["multi"].add_argument("--size", type=int, default=3)
