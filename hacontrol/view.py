@@ -68,7 +68,8 @@ class NodeView:
     """(received GTID, heartbeats received, read position) of the replica's channel at the
     last change."""
     io_progress_at: float | None = None
-    """When ``io_marker`` last changed: the replica's link to its source was alive then."""
+    """When ``io_marker`` last changed: the replica's link to its source was alive then (the
+    time the answer that showed the change was read: ``_io_progress``)."""
     health: Health = Health.UNKNOWN
     reason: str = "not probed yet"
     facts: tuple[object, ...] | None = field(default=None, init=False, compare=False, repr=False)
@@ -329,7 +330,7 @@ def _fold_probe(node: NodeView, result: ProbeResult, settings: Settings) -> Node
             last_error=None,
             rtt=result.rtt,
         )
-        io_marker, io_progress_at = _io_progress(node, result.at)
+        io_marker, io_progress_at = _io_progress(node, result.at + (result.rtt or 0.0))
         health, reason = node_health(node, settings.failover.max_lag)
         node = evolve(
             node, io_marker=io_marker, io_progress_at=io_progress_at, health=health, reason=reason
@@ -375,14 +376,23 @@ def node_facts(node: NodeView, settings: Settings) -> tuple[object, ...]:
     return (own, grace, server, channels, alive)
 
 
-def _io_progress(node: NodeView, at: float) -> tuple[IoMarker | None, float | None]:
-    """(io_marker, io_progress_at) after a good probe taken at ``at``."""
+def _io_progress(node: NodeView, read: float) -> tuple[IoMarker | None, float | None]:
+    """(io_marker, io_progress_at) after a good probe whose answer was read at ``read``.
+
+    A changed marker is stamped with the time its answer was read, not the time the question
+    was sent (``last_ok_at``): the replica may have counted that heartbeat at any moment in
+    between, and a round trip the controller's own stall stretched (its loop starved: CPU,
+    garbage collection) must not back-date the progress. Otherwise the next probe, a moment
+    later and as it should with the same counter (one heartbeat per period), would measure
+    the whole stall as the link's silence: a false ``DeadPrimary``. ``link_alive`` thus
+    measures the silence from the newest possible progress to the oldest possible reading:
+    never longer than it really was."""
     channel = node.channel
     if channel is None:
         return None, None
     marker = (channel.received_gtid, channel.heartbeats_received, channel.received_pos)
     if marker != node.io_marker or node.io_progress_at is None:
-        return marker, at
+        return marker, read
     return node.io_marker, node.io_progress_at
 
 
@@ -429,7 +439,9 @@ def link_alive(node: NodeView, now: float, stall: float) -> bool:
 
     The IO thread must run, and its received GTID or heartbeat counter must have advanced
     within ``stall`` seconds: a frozen or partitioned source closes no connection, so a
-    running IO thread alone proves nothing.
+    running IO thread alone proves nothing. The silence runs from when the answer that showed
+    the advance was read (``io_progress_at``) to when the newest query was sent
+    (``last_ok_at``): a stall of the controller's own is never counted as the link's.
     """
     channel = node.channel
     if channel is None or channel.io_state is not IoState.RUNNING:

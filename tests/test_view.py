@@ -377,3 +377,38 @@ def test_changes_report_transitions_once():
 def test_unknown_node_events_are_ignored():
     view = run([*healthy(), down("node9", 2.0)])
     assert set(view.nodes) == {"node1", "node2", "node3"}
+
+
+def test_a_stall_of_the_controller_is_not_the_replicas_testimony_of_a_lost_link():
+    # Everything healthy, then the controller's own event loop starves (CPU, garbage
+    # collection): every probe times out, every node goes unreachable. The replicas' probes
+    # sent just before an 11.8 s stall are read after it, with the heartbeat counter the
+    # replicas had then; a fresh probe 0.05 s later reads the same counter (one heartbeat per
+    # 0.5 s). That is 0.05 s of silence, not 11.8 s: the link was alive when the answer was
+    # read, not only when the question was sent. Nobody touched node1: no failover.
+    s = settings(failover={"io_stall": 1.5})
+    events = [*alive_rounds((1.0, 2.0, 3.0))]
+    for at in (4.0, 5.0, 6.0):
+        events += [down("node1", at), down("node2", at), down("node3", at)]
+    events += [down("node1", at) for at in (7.0, 8.0, 9.0)]
+    sent, read = 6.2, 18.0
+    events += [
+        replace(replica(n, sent, heartbeats_received=40), rtt=read - sent)
+        for n in ("node2", "node3")
+    ]
+    view = run(events, s)
+    assert view.has(Code.UNREACHABLE_PRIMARY) and not view.has(Code.DEAD_PRIMARY)
+    events += [down("node1", read)]
+    events += [
+        replace(replica(n, read + 0.05, heartbeats_received=40), rtt=0.005)
+        for n in ("node2", "node3")
+    ]
+    view = run(events, s)
+    assert view.has(Code.UNREACHABLE_PRIMARY), codes(view)
+    assert not view.has(Code.DEAD_PRIMARY)
+    # The counter really stops from then on (node1 froze after all): DeadPrimary once the
+    # replicas have heard nothing for io_stall since that answer was read.
+    later = read + 1.5 + 0.1
+    events += [down("node1", later)]
+    events += [replica(n, later, heartbeats_received=40) for n in ("node2", "node3")]
+    assert run(events, s).has(Code.DEAD_PRIMARY)
