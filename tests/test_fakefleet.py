@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,21 @@ async def test_freeze_makes_probes_time_out_until_revived(fake):
     assert fake.describe("c001n1")["connections"] >= 1  # accepted, never answered, not closed
     fake.thaw("c001n1")
     assert (await probe(fake, "c001n1")).ok
+
+
+async def test_a_good_probe_is_stamped_when_its_query_went_out_not_when_it_started(fake):
+    # The connection takes long to come up (here the node greets late; in production the
+    # controller's own loop stalled before the query went out): the answer describes the node
+    # after that, and must not be back-dated to the probe's start (``view._io_progress``).
+    fake.freeze("c001n2")
+    started = time.monotonic()
+    pending = asyncio.create_task(probe(fake, "c001n2"))
+    await asyncio.sleep(0.5)
+    thawed = time.monotonic()
+    fake.thaw("c001n2")
+    result = await pending
+    assert result.ok and result.rtt is not None
+    assert result.at >= thawed > started + 0.4
 
 
 async def test_replicas_of_a_frozen_primary_stall_then_reconnect():

@@ -123,7 +123,12 @@ class NodeProbe:
     # -- one probe ----------------------------------------------------------------------------
 
     async def probe(self) -> ProbeResult:
-        """One probe. Never raises (except cancellation)."""
+        """One probe. Never raises (except cancellation).
+
+        A good result is stamped with the time the status query was sent (``at``) and takes
+        ``rtt`` to come back: the answer describes the server at some moment in between. Not
+        the time the probe started: a reconnect, or the controller's own loop stalled before
+        the query went out, would back-date an answer read seconds later (``view``)."""
         started = self._clock()
         try:
             conn = await self._connection()
@@ -140,7 +145,7 @@ class NodeProbe:
         except Exception as exc:
             self._drop()
             return ProbeResult(self.name, started, None, None, describe_error(exc))
-        return ProbeResult(self.name, started, rtt, status)
+        return ProbeResult(self.name, sent, rtt, status)
 
     async def _connection(self) -> BoundedConnection:
         if self._conn is not None and not self._conn.closed:
