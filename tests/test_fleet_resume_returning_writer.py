@@ -1,0 +1,78 @@
+"""A fleet's leader killed between its failover's Promote and its Repoint, restarted while the
+dead old primary came back writable (a server restarted with read_only=OFF in its
+configuration): the old primary must still be fenced. Found by the chaos soak under load
+(kill-controller-mid-plan: "NOT CONVERGED ... writable nodes: ['node1', 'node2']")."""
+
+from __future__ import annotations
+
+import pytest
+
+from hacontrol.events import Tick
+from hacontrol.flavors.base import IoState
+from hacontrol.model import Intent, Lease, LeaseMode, Model
+from hacontrol.plan import Fence, Plan, PlanKind, Promote, Repoint
+from hacontrol.step import step
+from tests.factories import failed_over, fleet, lock, primary, replica, router
+from tests.support import fold_all
+
+F = fleet()
+NOW = 100.0
+LEADER = Lease(
+    fleet=True,
+    mode=LeaseMode.ACQUIRE,
+    leader_since=1.0,
+    ready_at=1.0 + F.lease.validity,
+    reprobed=True,
+)
+STOPPED = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
+"""node3's IO thread as the failover's SetIOThreads left it, still pointing at node1."""
+CUT = Intent(
+    "failover-1",
+    Plan(
+        "DeadPrimary",
+        "r",
+        (Promote("node2", "node1"), Repoint(("node3",), "node2")),
+        PlanKind.FAILOVER,
+    ),
+    frozenset({0}),
+    frozenset({0}),
+)
+"""Its Promote done, its Repoint not begun."""
+
+
+def both_writable(resume: Intent | None) -> Model:
+    rounds = [
+        [
+            primary("node1", t),  # came back writable
+            primary("node2", t),  # promoted
+            replica("node3", t, source="node1", **STOPPED),
+            router(("node2",), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    leader_locks = [lock(n, NOW - 0.1, leader=7) for n in ("node1", "node2", "node3")]
+    view = fold_all(F, *rounds, leader_locks)
+    return Model(view, lease=LEADER, resume=resume, state=failed_over(NOW))
+
+
+def fences(m: Model, ticks: int = 3) -> list[Plan]:
+    plans = []
+    for i in range(ticks):
+        m, effects = step(m, Tick(NOW + i), F, NOW + i)
+        plans += [e.running.plan for e in effects if hasattr(e, "running")]
+    return [p for p in plans if any(isinstance(a, Fence) for a in p.actions)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: the fleet's resume drops node1's quarantine when two writable nodes leave "
+    "no view primary (rules/resume.py left_to_the_fleet), and FenceReturningPrimary needs "
+    "view.primary == new_primary (rules/recovery.py): a TwoWritableNodes halt for ever",
+)
+@pytest.mark.parametrize("resume", [CUT, None], ids=["journal-plan-settled", "quarantine-kept"])
+def test_a_returning_writable_old_primary_beside_the_promoted_node_is_fenced(resume):
+    m = both_writable(resume)
+    assert m.view.primary is None and sorted(m.view.writable) == ["node1", "node2"]
+    found = fences(m)
+    assert found, "nothing fences node1: two writable nodes until an operator acts"
+    assert found[0].actions == (Fence("node1"),)
