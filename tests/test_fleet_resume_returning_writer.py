@@ -63,12 +63,6 @@ def fences(m: Model, ticks: int = 3) -> list[Plan]:
     return [p for p in plans if any(isinstance(a, Fence) for a in p.actions)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the fleet's resume drops node1's quarantine when two writable nodes leave "
-    "no view primary (rules/resume.py left_to_the_fleet), and FenceReturningPrimary needs "
-    "view.primary == new_primary (rules/recovery.py): a TwoWritableNodes halt for ever",
-)
 @pytest.mark.parametrize("resume", [CUT, None], ids=["journal-plan-settled", "quarantine-kept"])
 def test_a_returning_writable_old_primary_beside_the_promoted_node_is_fenced(resume):
     m = both_writable(resume)

@@ -24,8 +24,10 @@ def rule_fence_returning_primary(
         node = view.nodes.get(name)
         if node is None or not node.reachable or node.status is None:
             continue
-        if q.new_primary != view.primary or now < state.retry_at.get((PlanKind.FENCE, name), 0.0):
-            continue  # only behind a promoted, recognized new primary; failures back off
+        if not behind_new_primary(view, q.new_primary):
+            continue  # only behind a promoted, recognized new primary
+        if now < state.retry_at.get((PlanKind.FENCE, name), 0.0):
+            continue  # failures back off
         if not node.status.read_only:
             return Decision(
                 Plan(
@@ -38,6 +40,27 @@ def rule_fence_returning_primary(
                 state,
             )
     return None
+
+
+def behind_new_primary(view: ClusterView, new_primary: str | None) -> bool:
+    """Whether ``new_primary`` (a quarantine's) is the primary an old one must be fenced
+    behind: the view's primary; or, when two writable nodes leave the view without one (the old
+    primary came back writable), the node the router sends every write to, itself writable and
+    replicating from nobody. Fencing the other one then ends the two writers; waiting for a
+    view primary would wait for ever (TwoWritableNodes halts every other rule)."""
+    if new_primary is None or view.primary is not None:
+        return new_primary is not None and new_primary == view.primary
+    node = view.nodes.get(new_primary)
+    membership = view.router.membership
+    return bool(
+        node is not None
+        and node.reachable
+        and node.status is not None
+        and not node.status.read_only
+        and node.channel is None
+        and membership is not None
+        and membership.writers == frozenset({new_primary})
+    )
 
 
 def rule_old_primary(

@@ -25,7 +25,7 @@ from hacontrol.effects import EndIntent, Step, log
 from hacontrol.model import ControllerState, Intent, Model
 from hacontrol.plan import Plan, PlanKind
 from hacontrol.rules.lifecycle import log_decision, start
-from hacontrol.view import Code
+from hacontrol.view import ClusterView, Code
 
 
 def may_resume(model: Model, decided: Plan, now: float) -> bool:
@@ -81,6 +81,7 @@ def left_to_the_fleet(model: Model, intent: Intent, decided: Plan) -> Step:
     dead = plan.promote.old_primary if plan.promote else None
     primary = model.view.primary
     promoted = primary if dead is not None and primary not in (None, dead) else None
+    promoted = promoted or promoted_beside(model.view, dead)
     if promoted is None:
         model = replace(model, state=without_quarantine(model.state, dead))
     reason = (
@@ -91,6 +92,17 @@ def left_to_the_fleet(model: Model, intent: Intent, decided: Plan) -> Step:
     ended = EndIntent(intent.plan_id, "fleet: the live topology decides", promoted)
     abandoned = log("plan_abandoned", dead, "warning", plan=intent.plan_id, reason=reason)
     return model, (ended, abandoned)
+
+
+def promoted_beside(view: ClusterView, dead: str | None) -> str | None:
+    """The one other writable node when the dead primary came back writable beside it (two
+    writable nodes leave the view without a primary): a failover promoted it, so the dead
+    primary stays quarantined behind it and is fenced, never released as if nothing had been
+    promoted."""
+    if dead is None or dead not in view.writable:
+        return None
+    others = [n for n in view.writable if n != dead]
+    return others[0] if len(others) == 1 else None
 
 
 def never_promoted(model: Model, plan: Plan) -> bool:
