@@ -414,3 +414,39 @@ async def test_io_threads_stop_without_waiting_on_a_frozen_source(
         sb.kill_node("node1", signal.SIGCONT)
     started = await actions.set_io_thread("node2", running=True)
     assert_ok(started, changed=True)
+
+
+@pytest.mark.parametrize("cut_by", ["deadline", "lease"])
+async def test_a_cut_io_thread_stop_puts_the_kill_conn_timeout_back(
+    fresh_sandbox: Sandbox, cut_by: str
+) -> None:
+    # The stop on a frozen source takes 1 s (the semi-sync kill connection). Cut by its deadline
+    # (0.5 s) or by a lease that ends meanwhile, it still puts the server's own
+    # rpl_semi_sync_slave_kill_conn_timeout back, on a connection of its own, and says so.
+    sb = fresh_sandbox
+    settings = load_settings(sb.status().settings).settings
+    await as_root(sb, "node2", "SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = 5")
+    assert sb.kill_node("node1", signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.5)  # the replicas' links are gone
+        lease_ends = time.monotonic() + 0.5  # sent in time: the stop; not: what follows it
+        if cut_by == "deadline":
+            actions, timeout = MySQLActions(settings), 0.5
+        else:
+            actions, timeout = MySQLActions(settings, lease_until=lambda: lease_ends), 10.0
+        stopped = await actions.set_io_thread("node2", running=False, timeout=timeout)
+        assert not stopped.ok, stopped
+        assert "put back to 5 on a new connection" in stopped.reason, stopped.reason
+        assert stopped.detail["kill_conn_timeout_restored"] is True
+        rows = await as_root(sb, "node2", "SELECT @@rpl_semi_sync_slave_kill_conn_timeout AS t")
+        assert rows[0]["t"] == 5
+    finally:
+        sb.kill_node("node1", signal.SIGCONT)
+    await eventually(
+        lambda: io_stopped(actions_for(sb), "node2"), timeout=10, what="node2's IO thread ends"
+    )
+    assert_ok(await actions_for(sb).set_io_thread("node2", running=True), changed=True)
+
+
+async def io_stopped(actions: MySQLActions, node: str) -> bool:
+    return (await actions.status(node)).replication[0].io_state is IoState.STOPPED
