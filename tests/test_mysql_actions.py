@@ -20,6 +20,7 @@ import pytest
 from hacontrol.actions.mysql import ActionError, ActionResult, MySQLActions
 from hacontrol.flavors import IoState
 from hacontrol.gtid import parse
+from hacontrol.plan import LEASE_LOST
 from hacontrol.sandbox import Sandbox
 from hacontrol.settings import load_settings
 from tests.support import eventually
@@ -407,6 +408,9 @@ async def test_io_threads_stop_without_waiting_on_a_frozen_source(
         assert_ok(stopped, changed=True)
         assert stopped.detail["kill_conn_timeout"] == kill_conn_timeout
         assert "SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = %s" in stopped.detail["steps"]
+        # The IO thread's own server thread is killed first (never slower, sometimes instant).
+        assert any(s.startswith("KILL CONNECTION") for s in stopped.detail["steps"]), stopped
+        assert "put back" not in stopped.reason, stopped  # on the action's own session
         rows = await as_root(sb, "node2", "SELECT @@rpl_semi_sync_slave_kill_conn_timeout AS t")
         assert rows[0]["t"] == kill_conn_timeout
         assert (await actions.status("node2")).replication[0].io_state is IoState.STOPPED
@@ -435,7 +439,8 @@ async def test_a_cut_io_thread_stop_puts_the_kill_conn_timeout_back(
         else:
             actions, timeout = MySQLActions(settings, lease_until=lambda: lease_ends), 10.0
         stopped = await actions.set_io_thread("node2", running=False, timeout=timeout)
-        assert not stopped.ok, stopped
+        assert stopped.ok is (cut_by == "lease"), stopped  # the stop itself was sent in time
+        assert stopped.detail.get(LEASE_LOST, False) is (cut_by == "lease"), stopped
         assert "put back to 5 on a new connection" in stopped.reason, stopped.reason
         assert stopped.detail["kill_conn_timeout_restored"] is True
         rows = await as_root(sb, "node2", "SELECT @@rpl_semi_sync_slave_kill_conn_timeout AS t")

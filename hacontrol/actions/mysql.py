@@ -38,7 +38,6 @@ Decisions made here (see docs/mariadb.md for the server behaviour behind them):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -96,6 +95,12 @@ _OLDEST_TRX = Sql(
 
 
 _KILL_CONN_TIMEOUT = Sql("SELECT @@global.rpl_semi_sync_slave_kill_conn_timeout AS value")
+_IO_THREAD = Sql(
+    "SELECT ID AS id FROM information_schema.PROCESSLIST "
+    "WHERE USER = 'system user' AND COMMAND = 'Slave_IO'"
+)
+RESTORE_TIMEOUT = 2.0
+"""Seconds for putting a server setting back on a connection of its own, after a cut action."""
 
 
 def _set_kill_conn_timeout_sql(seconds: int) -> Sql:
@@ -177,6 +182,10 @@ class _Session:
         self.fence = fence
         self.steps: list[str] = []
         self.skipped: list[str] = []
+        self.notes: list[str] = []
+        """Said in the result's reason whatever the outcome (a cut action included)."""
+        self.facts: dict[str, Any] = {}
+        """Added to the result's detail whatever the outcome."""
         self.flavor: Flavor | None = None
         self.version = ""
         self._conn: aiomysql.Connection | None = None
@@ -519,35 +528,97 @@ class MySQLActions:
             if running:
                 await session.change(Sql(f"{session.flavor.start_replication_sql().sql} IO_THREAD"))
                 return _Done("IO thread started", {"received": repl.received_gtid})
-            waited = await self._stop_io_thread(session)
+            waited = await self._stop_io_thread(session, status)
             return _Done("IO thread stopped", {"received": repl.received_gtid, **waited})
 
         return await self._run("set_io_thread", node, self._address(node), timeout, body)
 
-    async def _stop_io_thread(self, session: _Session) -> dict[str, Any]:
-        """STOP SLAVE IO_THREAD, with MariaDB's semi-sync kill connection bounded to 1 s.
+    async def _stop_io_thread(self, session: _Session, status: NodeStatus) -> dict[str, Any]:
+        """KILL of the IO thread, then STOP SLAVE IO_THREAD, with MariaDB's semi-sync kill
+        connection bounded to 1 s.
 
         A semi-sync replica's IO thread, when it stops, connects to its source to KILL its own
         binlog dump thread there; to a frozen or cut-off source that connection hangs until
         ``rpl_semi_sync_slave_kill_conn_timeout`` (default 5 s; STOP SLAVE gives up waiting
         after 2 s and signals again), and STOP SLAVE waits for it: 2.0 s on 10.11, measured,
         whatever slave_net_timeout is (bench/io_thread_stop.py). With the timeout at 1 s (the
-        smallest; 0 means none: the stop hangs, measured), 1.0 s. The server's own value is put
-        back afterwards."""
+        smallest; 0 means none: the stop hangs, measured), 1.0 s. A KILL of the IO thread
+        first makes no stop slower and some instant (docs/partitions.md). The server's own
+        timeout is put back afterwards, on a connection of its own when the action was cut
+        (its deadline, a lost lease): the result says whether it was."""
         assert session.flavor is not None
         stop = Sql(f"{session.flavor.stop_replication_sql().sql} IO_THREAD")
         rows = await _optional_query(session, _KILL_CONN_TIMEOUT)
         before = int(rows[0]["value"]) if rows and rows[0]["value"] is not None else None
         if before is None or before == 1:  # 0 is no timeout at all: the stop would hang
+            await self._kill_io_thread(session, status)
             await session.change(stop)
             return {}
         await session.change(_set_kill_conn_timeout_sql(1))
+        cut = True
         try:
+            await self._kill_io_thread(session, status)
             await session.change(stop)
+            cut = False
         finally:
-            with contextlib.suppress(ActionError, pymysql.err.MySQLError, OSError):
-                await session.change(_set_kill_conn_timeout_sql(before))  # harmless if not
+            await self._put_back_kill_conn_timeout(session, before, cut=cut)
         return {"kill_conn_timeout": before}
+
+    async def _kill_io_thread(self, session: _Session, status: NodeStatus) -> None:
+        """KILL of the replication IO thread's own server thread (MariaDB, one replication
+        connection only: the processlist does not say which connection a thread serves). It
+        returns at once; the IO thread ends at its next check, which STOP SLAVE then waits for.
+        Optional: refused or already gone, the stop goes on alone."""
+        if session.flavor is None or session.flavor.name is not FlavorName.MARIADB:
+            return
+        if len(status.replication) != 1:
+            return
+        rows = await session.query(_IO_THREAD)
+        if len(rows) != 1:
+            return
+        thread_id = int(rows[0]["id"])
+        try:
+            await session.query(_kill_sql(thread_id), step=f"KILL CONNECTION {thread_id}")
+        except pymysql.err.MySQLError as exc:
+            session.steps.pop()
+            session.skipped.append(
+                f"KILL CONNECTION {thread_id} (IO thread): {describe_error(exc)}"
+            )
+
+    async def _put_back_kill_conn_timeout(
+        self, session: _Session, value: int, *, cut: bool
+    ) -> None:
+        """``rpl_semi_sync_slave_kill_conn_timeout`` back to ``value``: on the action's session
+        when it ran to its end, else (cut, or refused there) on a new connection of its own,
+        without the lease check: it is a timeout, it changes no role and no data (left at 1 s
+        it would only make a later stop on that server quicker). Bounded to a few seconds."""
+        stmt = _set_kill_conn_timeout_sql(value)
+        if not cut:
+            try:
+                await session.change(stmt)
+                return
+            except ActionError as exc:  # a lease lost meanwhile, or the statement failed
+                if exc.detail.get(LEASE_LOST):
+                    session.facts[LEASE_LOST] = True
+        session.steps.append(stmt.sql)
+        try:
+            async with asyncio.timeout(self._connect_timeout + RESTORE_TIMEOUT):
+                conn = await connect(session.endpoint, self._connect_timeout)
+                try:
+                    await fetch_all(conn, stmt.sql, stmt.params, timeout=RESTORE_TIMEOUT)
+                finally:
+                    conn.close()
+        except Exception as exc:
+            session.facts["kill_conn_timeout_restored"] = False
+            session.notes.append(
+                f"rpl_semi_sync_slave_kill_conn_timeout NOT put back to {value} "
+                f"({describe_error(exc)}): it stays 1"
+            )
+            return
+        session.facts["kill_conn_timeout_restored"] = True
+        session.notes.append(
+            f"rpl_semi_sync_slave_kill_conn_timeout put back to {value} on a new connection"
+        )
 
     async def check_transactions(
         self, node: str, max_age: float, timeout: float | None = None
@@ -832,6 +903,8 @@ class MySQLActions:
             reason = describe_error(exc)
         finally:
             session.close()
+        detail.update(session.facts)
+        reason = "; ".join([reason, *session.notes])
         detail["steps"] = list(session.steps)
         if session.skipped:
             detail["skipped"] = list(session.skipped)
