@@ -58,6 +58,11 @@ async def stop_io(sandbox: Sandbox, node: str, how: str) -> float:
     conn = await sandbox.connect(node, "controller")
     try:
         started = time.monotonic()
+        if how == "action":  # what the failover does: MySQLActions.set_io_thread
+            actions = MySQLActions(load_settings(sandbox.status().settings).settings)
+            result = await actions.set_io_thread(node, False)
+            print(f"  {node}: {result.reason} {result.detail}", flush=True)
+            return time.monotonic() - started
         if how == "kill":
             await kill_io(sandbox, node)
         if how == "semi-off":
@@ -70,6 +75,14 @@ async def stop_io(sandbox: Sandbox, node: str, how: str) -> float:
         if how in ("twice", "stop-kill"):
             await second
         return time.monotonic() - started
+    finally:
+        conn.close()
+
+
+async def semi_sync_off(sandbox: Sandbox, node: str) -> None:
+    conn = await sandbox.connect(node, "controller")
+    try:
+        await execute(conn, "SET GLOBAL rpl_semi_sync_slave_enabled = OFF")
     finally:
         conn.close()
 
@@ -176,6 +189,8 @@ async def one(args: argparse.Namespace, how: str, after: float) -> list[float]:
                 sandbox.network().partition(
                     (("node1",), ("node2", "node3", "router", "controller"))
                 )
+            if how == "semi-off-early":  # at the fault: the IO threads reconnect meanwhile
+                await asyncio.gather(*(semi_sync_off(sandbox, n) for n in REPLICAS))
             await asyncio.sleep(after)
             if args.first_write:
                 took = await first_write(sandbox, how)

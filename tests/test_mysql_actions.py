@@ -424,15 +424,28 @@ async def test_io_threads_stop_without_waiting_on_a_frozen_source(
 async def test_a_cut_io_thread_stop_puts_the_kill_conn_timeout_back(
     fresh_sandbox: Sandbox, cut_by: str
 ) -> None:
-    # The stop on a frozen source takes 1 s (the semi-sync kill connection). Cut by its deadline
-    # (0.5 s) or by a lease that ends meanwhile, it still puts the server's own
-    # rpl_semi_sync_slave_kill_conn_timeout back, on a connection of its own, and says so.
+    # The stop of an IO thread connecting to a frozen source takes 1 s (the semi-sync kill
+    # connection; with slave_net_timeout 2 the stop does not wait for the attempt's end). Cut
+    # by its deadline (0.5 s) or by a lease that ends meanwhile, it still puts the server's
+    # own rpl_semi_sync_slave_kill_conn_timeout back, on a connection of its own, and says so.
     sb = fresh_sandbox
     settings = load_settings(sb.status().settings).settings
-    await as_root(sb, "node2", "SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = 5")
+    await as_root(
+        sb,
+        "node2",
+        "SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = 5",
+        "SET GLOBAL slave_net_timeout = 2",
+        "STOP SLAVE",
+        "START SLAVE",
+    )
+    await asyncio.sleep(1.0)  # heartbeats flowing
     assert sb.kill_node("node1", signal.SIGSTOP)
     try:
-        await asyncio.sleep(1.5)  # the replicas' links are gone
+        await eventually(
+            lambda: io_state(actions_for(sb), "node2", IoState.CONNECTING),
+            what="node2's IO thread reconnecting",
+        )
+        await asyncio.sleep(0.2)  # inside its first reconnect attempt (2 s)
         lease_ends = time.monotonic() + 0.5  # sent in time: the stop; not: what follows it
         if cut_by == "deadline":
             actions, timeout = MySQLActions(settings), 0.5
@@ -448,10 +461,11 @@ async def test_a_cut_io_thread_stop_puts_the_kill_conn_timeout_back(
     finally:
         sb.kill_node("node1", signal.SIGCONT)
     await eventually(
-        lambda: io_stopped(actions_for(sb), "node2"), timeout=10, what="node2's IO thread ends"
+        lambda: io_state(actions_for(sb), "node2", IoState.STOPPED),
+        what="node2's IO thread ends",
     )
     assert_ok(await actions_for(sb).set_io_thread("node2", running=True), changed=True)
 
 
-async def io_stopped(actions: MySQLActions, node: str) -> bool:
-    return (await actions.status(node)).replication[0].io_state is IoState.STOPPED
+async def io_state(actions: MySQLActions, node: str, state: IoState) -> bool:
+    return (await actions.status(node)).replication[0].io_state is state

@@ -63,6 +63,12 @@ POLL = 0.1
 """Re-read interval while waiting for an IO thread or for applied transactions."""
 WAIT_SLICE = 0.5
 """MASTER_GTID_WAIT runs in slices this long, so that an SQL error is seen at once."""
+FAST_POLL = 0.02
+"""Re-read interval while waiting for an IO thread's reconnect attempt to end."""
+FIRST_RECONNECT_WAIT = 1.05
+"""At most this long: a reconnect attempt lasts ``slave_net_timeout`` (1 s), plus a margin."""
+KILL_SETTLE = 0.05
+"""Between the KILL of an IO thread and STOP SLAVE: the thread reaches its kill connection."""
 
 ER_UNKNOWN_THREAD = 1094
 ER_UNKNOWN_SYSTEM_VARIABLE = 1193
@@ -99,6 +105,7 @@ _IO_THREAD = Sql(
     "SELECT ID AS id FROM information_schema.PROCESSLIST "
     "WHERE USER = 'system user' AND COMMAND = 'Slave_IO'"
 )
+_SLAVE_NET_TIMEOUT = Sql("SELECT @@global.slave_net_timeout AS value")
 RESTORE_TIMEOUT = 2.0
 """Seconds for putting a server setting back on a connection of its own, after a cut action."""
 
@@ -550,10 +557,11 @@ class MySQLActions:
         stop = Sql(f"{session.flavor.stop_replication_sql().sql} IO_THREAD")
         rows = await _optional_query(session, _KILL_CONN_TIMEOUT)
         before = int(rows[0]["value"]) if rows and rows[0]["value"] is not None else None
+        waited = await self._wait_out_first_reconnect(session, status)
         if before is None or before == 1:  # 0 is no timeout at all: the stop would hang
             await self._kill_io_thread(session, status)
             await session.change(stop)
-            return {}
+            return waited
         await session.change(_set_kill_conn_timeout_sql(1))
         cut = True
         try:
@@ -562,7 +570,35 @@ class MySQLActions:
             cut = False
         finally:
             await self._put_back_kill_conn_timeout(session, before, cut=cut)
-        return {"kill_conn_timeout": before}
+        return {"kill_conn_timeout": before, **waited}
+
+    async def _wait_out_first_reconnect(
+        self, session: _Session, status: NodeStatus
+    ) -> dict[str, Any]:
+        """MariaDB: wait (1 s at most) for the end of the IO thread's first reconnect attempt.
+
+        A KILL then STOP ends an IO thread at once while it reads from its source or sleeps
+        between reconnect attempts, but only after the semi-sync kill connection (1 s) while
+        it is connecting (measured, docs/partitions.md). Its first attempt after a lost link
+        shows as Connecting without an error; it ends with the error (2013) after the
+        connect timeout, ``slave_net_timeout``, and the thread then sleeps MASTER_CONNECT_RETRY.
+        Waiting for that error is never longer than the 1 s the stop would cost, so it is done
+        only when ``slave_net_timeout`` is 1 s (the sandbox's, our recommendation)."""
+        repl = _default_connection(status)
+        if session.flavor is None or session.flavor.name is not FlavorName.MARIADB:
+            return {}
+        if repl is None or repl.io_state is not IoState.CONNECTING or repl.last_io_errno:
+            return {}
+        rows = await session.query(_SLAVE_NET_TIMEOUT)
+        if int(rows[0]["value"]) > 1:
+            return {}
+        started = time.monotonic()
+        while time.monotonic() - started < FIRST_RECONNECT_WAIT:
+            await asyncio.sleep(FAST_POLL)
+            repl = _default_connection(await session.status())
+            if repl is None or repl.io_state is not IoState.CONNECTING or repl.last_io_errno:
+                break
+        return {"waited_for_reconnect": round(time.monotonic() - started, 3)}
 
     async def _kill_io_thread(self, session: _Session, status: NodeStatus) -> None:
         """KILL of the replication IO thread's own server thread (MariaDB, one replication
@@ -579,6 +615,8 @@ class MySQLActions:
         thread_id = int(rows[0]["id"])
         try:
             await session.query(_kill_sql(thread_id), step=f"KILL CONNECTION {thread_id}")
+            # STOP SLAVE's signal must find the thread in its kill connection (measured).
+            await asyncio.sleep(KILL_SETTLE)
         except pymysql.err.MySQLError as exc:
             session.steps.pop()
             session.skipped.append(
