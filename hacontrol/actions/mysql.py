@@ -609,19 +609,23 @@ class MySQLActions:
             return
         if len(status.replication) != 1:
             return
-        rows = await session.query(_IO_THREAD)
+        try:
+            rows = await session.query(_IO_THREAD)
+        except pymysql.err.MySQLError as exc:
+            session.skipped.append(f"the IO thread's id: {describe_error(exc)}")
+            return
         if len(rows) != 1:
             return
         thread_id = int(rows[0]["id"])
         try:
             await session.query(_kill_sql(thread_id), step=f"KILL CONNECTION {thread_id}")
-            # STOP SLAVE's signal must find the thread in its kill connection (measured).
-            await asyncio.sleep(KILL_SETTLE)
         except pymysql.err.MySQLError as exc:
             session.steps.pop()
             session.skipped.append(
                 f"KILL CONNECTION {thread_id} (IO thread): {describe_error(exc)}"
             )
+            return
+        await asyncio.sleep(KILL_SETTLE)  # STOP's signal must find it in its kill connection
 
     async def _put_back_kill_conn_timeout(
         self, session: _Session, value: int, *, cut: bool
