@@ -63,8 +63,10 @@ async def stop_io(sandbox: Sandbox, node: str, how: str) -> float:
             result = await actions.set_io_thread(node, False)
             print(f"  {node}: {result.reason} {result.detail}", flush=True)
             return time.monotonic() - started
-        if how == "kill":
+        if how in ("kill", "kill-settle"):
             await kill_io(sandbox, node)
+        if how == "kill-settle":
+            await asyncio.sleep(0.05)
         if how == "semi-off":
             await execute(conn, "SET GLOBAL rpl_semi_sync_slave_enabled = OFF")
         if how == "twice":
