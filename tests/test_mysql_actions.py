@@ -426,7 +426,7 @@ async def test_a_cut_io_thread_stop_puts_the_kill_conn_timeout_back(
 ) -> None:
     # The stop of an IO thread connecting to a frozen source takes 1 s (the semi-sync kill
     # connection; with slave_net_timeout 2 the stop does not wait for the attempt's end). Cut
-    # by its deadline (0.5 s) or by a lease that ends meanwhile, it still puts the server's
+    # by its deadline (0.5 s) or by a lease that ends meanwhile (0.8 s), it still puts the server's
     # own rpl_semi_sync_slave_kill_conn_timeout back, on a connection of its own, and says so.
     sb = fresh_sandbox
     settings = load_settings(sb.status().settings).settings
@@ -446,7 +446,7 @@ async def test_a_cut_io_thread_stop_puts_the_kill_conn_timeout_back(
             what="node2's IO thread reconnecting",
         )
         await asyncio.sleep(0.2)  # inside its first reconnect attempt (2 s)
-        lease_ends = time.monotonic() + 0.5  # sent in time: the stop; not: what follows it
+        lease_ends = time.monotonic() + 0.8  # in time: the stop; not: what follows it (1 s on)
         if cut_by == "deadline":
             actions, timeout = MySQLActions(settings), 0.5
         else:
