@@ -22,12 +22,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from hacontrol import gtid
 from hacontrol.actions.hooks import HookRunner
 from hacontrol.actions.hooks import describe as describe_hook
 from hacontrol.actions.notify import Alert, Notifier
 from hacontrol.actions.rebuild import Guard, OnProgress, RebuildResult
 from hacontrol.events import PlanFinished
-from hacontrol.flavors.base import NodeStatus
+from hacontrol.flavors.base import IoState, NodeStatus, ReplicationStatus
 from hacontrol.journal import Journal, JournalUnwritable
 from hacontrol.jsonlog import JsonLog
 from hacontrol.mariabackup import Progress
@@ -504,7 +505,26 @@ class Executor:
         return _done(f"{action.node} is read-only")
 
     async def _wait_applied(self, action: WaitApplied, run: _Run) -> ActionResult:
+        if action.peers and (problem := await self._received_elsewhere(action)):
+            return _failed(problem)
         return await self.mysql.wait_applied(action.node, action.timeout)
+
+    async def _received_elsewhere(self, action: WaitApplied) -> str | None:
+        """Why ``action.node`` must not be promoted given its peers' fresh positions
+        (``received_beyond``), or None. A peer that cannot be read is left out: what it holds
+        is gone with it whichever node is promoted; the candidate's own read is
+        ``wait_applied``'s to report."""
+        names = (action.node, *action.peers)
+        read = await asyncio.gather(
+            *(self.mysql.status(n, self._timeout) for n in names), return_exceptions=True
+        )
+        candidate = read[0]
+        if not isinstance(candidate, NodeStatus):
+            return None
+        peers = {
+            n: s for n, s in zip(action.peers, read[1:], strict=True) if isinstance(s, NodeStatus)
+        }
+        return received_beyond(action.node, candidate, peers)
 
     async def _promote(self, action: Promote, run: _Run) -> ActionResult:
         src = self.settings.node(action.old_primary)
@@ -683,6 +703,35 @@ def _combined(results: list[ActionResult], success: str) -> ActionResult:
         "; ".join(bad) or success,
         {LEASE_LOST: True} if lease_lost else {},
     )
+
+
+def received_beyond(node: str, candidate: NodeStatus, peers: dict[str, NodeStatus]) -> str | None:
+    """Pure: why ``node`` must not be promoted, or None: a peer's IO thread still runs (what it
+    receives now may be acknowledged), or a peer received a transaction ``node`` did not."""
+    mine = _channel(candidate)
+    if mine is None:
+        return None
+    received = gtid.parse(mine.received_gtid, candidate.flavor)  # type: ignore[arg-type]
+    for name, status in sorted(peers.items()):
+        theirs = _channel(status)
+        if theirs is None:
+            continue
+        if theirs.io_state is not IoState.STOPPED:
+            return (
+                f"{name}'s IO thread is {theirs.io_state.value}, not stopped: what it receives "
+                f"now may be acknowledged by it alone; not promoting {node}"
+            )
+        if not gtid.parse(theirs.received_gtid, status.flavor) <= received:  # type: ignore[arg-type]
+            return (
+                f"{name} received {theirs.received_gtid}, {node} only {mine.received_gtid} "
+                f"(its source answered again?): promoting {node} could lose a write acknowledged "
+                f"by {name}; not promoting it, the next decision ranks the replicas again"
+            )
+    return None
+
+
+def _channel(status: NodeStatus) -> ReplicationStatus | None:
+    return next((r for r in status.replication if r.connection_name == ""), None)
 
 
 def _target(action: Action) -> str | None:

@@ -118,11 +118,18 @@ class Route(_NoNode):
 
 @dataclass(frozen=True)
 class WaitApplied(_OneNode):
-    """Wait until ``node`` applied everything it received from its source."""
+    """Wait until ``node`` applied everything it received from its source.
+
+    ``peers``: replicas whose IO threads the plan stopped with ``node``'s. First, on fresh
+    positions, ``node`` must have received everything each of them received and none of
+    their IO threads may run: a source that answered again while they stopped may have had a
+    transaction acknowledged by one of them only (semi-sync), which promoting ``node`` would
+    lose. Otherwise it fails (required: the plan stops before its promotion)."""
 
     node: str
     timeout: float
     required: bool = True
+    peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

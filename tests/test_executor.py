@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from hacontrol.executor import Executor
+from hacontrol.executor import Executor, received_beyond
+from hacontrol.flavors.base import IoState, NodeStatus
 from hacontrol.journal import Journal
 from hacontrol.plan import (
     LEASE_LOST,
@@ -36,7 +37,7 @@ from hacontrol.plan import (
 )
 from hacontrol.routing import Drained, Membership, RouterError
 from hacontrol.view import initial
-from tests.factories import MemoryLog, settings, status
+from tests.factories import MemoryLog, channel, settings, status
 
 S = settings()
 BEFORE = Membership.of(["node1"], ["node1", "node2", "node3"])
@@ -59,6 +60,8 @@ class FakeNodes:
     slow: dict[str, float] = field(default_factory=dict)
     then: dict[tuple[str, str], Callable[[], None]] = field(default_factory=dict)
     """Run right after (method, node): a fault elsewhere while the plan runs."""
+    statuses: dict[str, NodeStatus] = field(default_factory=dict)
+    """What ``status`` answers for a node, instead of a plain read-only one."""
 
     async def _act(self, method: str, node: str, changed: bool = True) -> ActionResult:
         self.calls.append((method, node))
@@ -72,6 +75,8 @@ class FakeNodes:
 
     async def status(self, node, timeout=None):
         self.calls.append(("status", node))
+        if node in self.statuses:
+            return self.statuses[node]
         return status(int(node[-1]), read_only=self.read_only.get(node, True))
 
     async def fence(self, node, timeout=None):
@@ -186,7 +191,7 @@ def failover_plan() -> Plan:
         (
             RouteFence("node1", required=True),
             SetIOThreads(replicas, running=False),
-            WaitApplied("node2", 5.0),
+            WaitApplied("node2", 5.0, peers=("node3",)),
             Promote("node2", "node1"),
             Route(AFTER),
             Repoint(("node3",), "node2"),
@@ -234,6 +239,8 @@ async def test_runs_every_action_in_order_and_reports_typed_facts(rig: Rig):
     assert rig.nodes.calls == [
         ("stop_io", "node2"),
         ("stop_io", "node3"),
+        ("status", "node2"),  # fresh positions: node2 holds what node3 received
+        ("status", "node3"),
         ("wait_applied", "node2"),
         ("promote", "node2"),
         ("repoint", "node3"),
@@ -281,6 +288,37 @@ async def test_before_the_point_of_no_return_a_failure_stops_and_rolls_back(rig:
     )
     assert finished.promoted is None and journal_records(rig)[-1] == ("end", None)
     assert rig.router.drained == ["node1"] and rig.router.membership == BEFORE  # drain undone
+
+
+def stopped(node: str, received: str, io: IoState = IoState.STOPPED) -> NodeStatus:
+    """A replica of node1 whose IO thread is ``io`` after receiving ``received``."""
+    chan = channel("node1", io_state=io, received_gtid=received, last_io_errno=2013)
+    return status(int(node[-1]), read_only=True, gtid=received, replication=(chan,))
+
+
+def test_a_candidate_must_hold_what_every_stopped_peer_received() -> None:
+    candidate = stopped("node2", "0-1-15")
+    assert received_beyond("node2", candidate, {"node3": stopped("node3", "0-1-15")}) is None
+    assert received_beyond("node2", candidate, {"node3": stopped("node3", "0-1-14")}) is None
+    ahead = received_beyond("node2", candidate, {"node3": stopped("node3", "0-1-16")})
+    assert ahead is not None and ahead.startswith("node3 received 0-1-16, node2 only 0-1-15")
+    running = stopped("node3", "0-1-15", IoState.CONNECTING)
+    reason = received_beyond("node2", candidate, {"node3": running})
+    assert reason is not None and "node3's IO thread is Connecting, not stopped" in reason
+
+
+async def test_a_peer_that_received_more_after_the_stops_stops_the_failover(rig: Rig):
+    # The frozen primary answered again while the IO threads were stopping: node3 received
+    # (and may have acknowledged) 0-1-16 that the candidate node2 lacks. Never promoted:
+    # the plan stops before its promotion and starts the IO threads again.
+    rig.nodes.statuses = {"node2": stopped("node2", "0-1-15"), "node3": stopped("node3", "0-1-16")}
+    finished = await rig.executor.run("failover-1", failover_plan())
+    assert not finished.ok and finished.failed_at == 2 and finished.rolled_back
+    assert ("promote", "node2") not in rig.nodes.calls
+    assert ("wait_applied", "node2") not in rig.nodes.calls
+    assert "node3 received 0-1-16, node2 only 0-1-15" in finished.reason
+    assert {("start_io", "node2"), ("start_io", "node3")} <= set(rig.nodes.calls)
+    assert finished.promoted is None
 
 
 async def test_a_switchover_drains_the_writer_before_it_fences_it(rig: Rig):

@@ -18,6 +18,7 @@ import pymysql
 import pytest
 
 from hacontrol.actions.mysql import ActionError, ActionResult, MySQLActions
+from hacontrol.executor import received_beyond
 from hacontrol.flavors import IoState
 from hacontrol.gtid import parse
 from hacontrol.plan import LEASE_LOST
@@ -426,8 +427,9 @@ async def test_a_cut_io_thread_stop_puts_the_kill_conn_timeout_back(
 ) -> None:
     # The stop of an IO thread connecting to a frozen source takes 1 s (the semi-sync kill
     # connection; with slave_net_timeout 2 the stop does not wait for the attempt's end). Cut
-    # by its deadline (0.5 s) or by a lease that ends meanwhile (0.8 s), it still puts the server's
-    # own rpl_semi_sync_slave_kill_conn_timeout back, on a connection of its own, and says so.
+    # by its deadline (0.5 s), it still puts the server's own
+    # rpl_semi_sync_slave_kill_conn_timeout back, on a connection of its own; past a lease that
+    # ends meanwhile (0.8 s) it leaves 1. Either way the result says so.
     sb = fresh_sandbox
     settings = load_settings(sb.status().settings).settings
     await as_root(
@@ -452,12 +454,17 @@ async def test_a_cut_io_thread_stop_puts_the_kill_conn_timeout_back(
         else:
             actions, timeout = MySQLActions(settings, lease_until=lambda: lease_ends), 10.0
         stopped = await actions.set_io_thread("node2", running=False, timeout=timeout)
-        assert stopped.ok is (cut_by == "lease"), stopped  # the stop itself was sent in time
-        assert stopped.detail.get(LEASE_LOST, False) is (cut_by == "lease"), stopped
-        assert "put back to 5 on a new connection" in stopped.reason, stopped.reason
-        assert stopped.detail["kill_conn_timeout_restored"] is True
         rows = await as_root(sb, "node2", "SELECT @@rpl_semi_sync_slave_kill_conn_timeout AS t")
-        assert rows[0]["t"] == 5
+        if cut_by == "deadline":
+            assert not stopped.ok and LEASE_LOST not in stopped.detail, stopped
+            assert "put back to 5 on a new connection" in stopped.reason, stopped.reason
+            assert stopped.detail["kill_conn_timeout_restored"] is True
+            assert rows[0]["t"] == 5
+        else:  # the stop was sent in time; past the lease the node is not ours to change
+            assert stopped.ok and stopped.detail[LEASE_LOST] is True, stopped
+            assert "NOT put back to 5: the lease was lost" in stopped.reason, stopped.reason
+            assert stopped.detail["kill_conn_timeout_restored"] is False
+            assert rows[0]["t"] == 1
     finally:
         sb.kill_node("node1", signal.SIGCONT)
     await eventually(
@@ -469,3 +476,53 @@ async def test_a_cut_io_thread_stop_puts_the_kill_conn_timeout_back(
 
 async def io_state(actions: MySQLActions, node: str, state: IoState) -> bool:
     return (await actions.status(node)).replication[0].io_state is state
+
+
+async def test_a_source_resuming_while_the_stop_waits_is_caught_before_a_promotion(
+    fresh_sandbox: Sandbox,
+) -> None:
+    # node1 frozen with a client's commit waiting for a semi-sync acknowledgement; node2's IO
+    # thread stops at once, node3's stop waits for its first reconnect attempt; node1 resumes
+    # meanwhile: node3 reconnects and may acknowledge that commit. The stop says so and reports
+    # what node3 received after it; the failover's check (WaitApplied's peers) then refuses
+    # to promote node2, which lacks it.
+    sb = fresh_sandbox
+    actions = actions_for(sb)
+    app = await sb.connect("node1", "app")
+    pending: asyncio.Task[Any] | None = None
+    try:
+        await q(app, f"INSERT INTO app.writes (id, node) VALUES ({next(_ids)}, 1)")
+        await asyncio.sleep(1.0)  # heartbeats flowing
+        assert sb.kill_node("node1", signal.SIGSTOP)
+        pending = asyncio.create_task(
+            q(app, f"INSERT INTO app.writes (id, node) VALUES ({next(_ids)}, 1)")
+        )
+        await eventually(lambda: first_attempt(sb, "node3"), what="node3's first reconnect")
+        stop2 = asyncio.create_task(as_root(sb, "node2", "STOP SLAVE IO_THREAD"))
+        stop = asyncio.create_task(actions.set_io_thread("node3", running=False, timeout=10.0))
+        await asyncio.sleep(0.2)
+        assert sb.kill_node("node1", signal.SIGCONT)
+        stopped = await stop
+        await stop2
+        assert_ok(stopped, changed=True)
+        node2, node3 = await actions.status("node2"), await actions.status("node3")
+        received3 = node3.replication[0].received_gtid
+        assert stopped.detail["received"] == received3  # read after the stop, not before
+        if parse(received3, "mariadb") <= parse(node2.replication[0].received_gtid, "mariadb"):
+            pytest.skip("node3 did not reconnect during the wait this time (timing)")
+        assert stopped.detail.get("source_answered_during_wait") is True, stopped
+        reason = received_beyond("node2", node2, {"node3": node3})
+        assert reason is not None and reason.startswith(f"node3 received {received3}"), reason
+        await asyncio.wait_for(pending, 5)  # acknowledged by node3 alone
+    finally:
+        sb.kill_node("node1", signal.SIGCONT)
+        if pending is not None and not pending.done():
+            pending.cancel()
+        app.close()
+    for node in ("node2", "node3"):
+        assert_ok(await actions.set_io_thread(node, running=True), changed=True)
+
+
+async def first_attempt(sb: Sandbox, node: str) -> bool:
+    rows = await as_root(sb, node, "SHOW SLAVE STATUS")
+    return rows[0]["Slave_IO_Running"] == "Connecting" and rows[0]["Last_IO_Errno"] == 0

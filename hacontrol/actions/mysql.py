@@ -536,7 +536,9 @@ class MySQLActions:
                 await session.change(Sql(f"{session.flavor.start_replication_sql().sql} IO_THREAD"))
                 return _Done("IO thread started", {"received": repl.received_gtid})
             waited = await self._stop_io_thread(session, status)
-            return _Done("IO thread stopped", {"received": repl.received_gtid, **waited})
+            final = _default_connection(await session.status())  # what it received is final
+            received = final.received_gtid if final is not None else repl.received_gtid
+            return _Done("IO thread stopped", {"received": received, **waited})
 
         return await self._run("set_io_thread", node, self._address(node), timeout, body)
 
@@ -589,6 +591,8 @@ class MySQLActions:
             return {}
         if repl is None or repl.io_state is not IoState.CONNECTING or repl.last_io_errno:
             return {}
+        if not status.semi_sync.replica_enabled:
+            return {}  # no kill connection to skip
         rows = await session.query(_SLAVE_NET_TIMEOUT)
         if int(rows[0]["value"]) > 1:
             return {}
@@ -598,7 +602,13 @@ class MySQLActions:
             repl = _default_connection(await session.status())
             if repl is None or repl.io_state is not IoState.CONNECTING or repl.last_io_errno:
                 break
-        return {"waited_for_reconnect": round(time.monotonic() - started, 3)}
+        waited: dict[str, Any] = {"waited_for_reconnect": round(time.monotonic() - started, 3)}
+        if repl is not None and repl.io_state is IoState.RUNNING:
+            # Its source answered again: the stop goes on (instant while it reads); the
+            # failover's WaitApplied compares every stopped replica's received position.
+            waited["source_answered_during_wait"] = True
+            session.notes.append("its source answered again while the stop waited")
+        return waited
 
     async def _kill_io_thread(self, session: _Session, status: NodeStatus) -> None:
         """KILL of the replication IO thread's own server thread (MariaDB, one replication
@@ -615,6 +625,7 @@ class MySQLActions:
             session.skipped.append(f"the IO thread's id: {describe_error(exc)}")
             return
         if len(rows) != 1:
+            session.skipped.append(f"KILL of the IO thread: {len(rows)} Slave_IO threads seen")
             return
         thread_id = int(rows[0]["id"])
         try:
@@ -631,18 +642,24 @@ class MySQLActions:
         self, session: _Session, value: int, *, cut: bool
     ) -> None:
         """``rpl_semi_sync_slave_kill_conn_timeout`` back to ``value``: on the action's session
-        when it ran to its end, else (cut, or refused there) on a new connection of its own,
-        without the lease check: it is a timeout, it changes no role and no data (left at 1 s
-        it would only make a later stop on that server quicker). Bounded to a few seconds."""
+        when it ran to its end, else (cut by its deadline, or the statement failed there) on a
+        new connection of its own, bounded to a few seconds. Never once the lease is lost: the
+        node is another instance's to change then; left at 1 s, the timeout only makes a later
+        stop on that server quicker. The result says which."""
         stmt = _set_kill_conn_timeout_sql(value)
-        if not cut:
-            try:
+        try:
+            session.check_lease(stmt.sql)
+            if not cut:
                 await session.change(stmt)
                 return
-            except ActionError as exc:  # a lease lost meanwhile, or the statement failed
-                if exc.detail.get(LEASE_LOST):
-                    session.facts[LEASE_LOST] = True
-        session.steps.append(stmt.sql)
+        except ActionError as exc:  # a lease lost meanwhile, or the statement failed
+            if exc.detail.get(LEASE_LOST):
+                session.facts.update({LEASE_LOST: True, "kill_conn_timeout_restored": False})
+                session.notes.append(
+                    f"rpl_semi_sync_slave_kill_conn_timeout NOT put back to {value}: "
+                    "the lease was lost (it stays 1)"
+                )
+                return
         try:
             async with asyncio.timeout(self._connect_timeout + RESTORE_TIMEOUT):
                 conn = await connect(session.endpoint, self._connect_timeout)
@@ -657,6 +674,7 @@ class MySQLActions:
                 f"({describe_error(exc)}): it stays 1"
             )
             return
+        session.steps.append(stmt.sql)
         session.facts["kill_conn_timeout_restored"] = True
         session.notes.append(
             f"rpl_semi_sync_slave_kill_conn_timeout put back to {value} on a new connection"
