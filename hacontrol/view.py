@@ -461,12 +461,13 @@ def link_alive(node: NodeView, now: float, stall: float) -> bool:
 
 
 def witness(node: NodeView) -> bool:
-    """Can this reachable replica testify about its source? Not when an operator stopped its
-    IO thread (stopped without an error): it says nothing about the source's health."""
+    """Can this reachable replica testify about its source? Not when its IO thread is stopped
+    (by an operator, or by a failover's ``SetIOThreads``), whatever error it last recorded:
+    that error predates the stop and says nothing about the source's health now."""
     channel = node.channel
     if channel is None or node.failures > 0:
         return False  # its own last probe failed: what it said before is not fresh testimony
-    return not (channel.io_state is IoState.STOPPED and channel.last_io_errno == 0)
+    return channel.io_state is not IoState.STOPPED
 
 
 # ---------------------------------------------------------------------------------------------

@@ -754,8 +754,11 @@ def test_unknown_heartbeats_leave_only_the_io_thread_as_evidence():
     assert decide(view_of(*rounds), ControllerState(), S, NOW).plan.rule == "UnreachablePrimary"
 
 
-def test_replicas_stopped_by_an_operator_are_no_witnesses():
-    stopped = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
+@pytest.mark.parametrize("errno", [0, 2013, 2003])
+def test_replicas_stopped_by_an_operator_are_no_witnesses(errno):
+    # Whatever error they last recorded (a failover's SetIOThreads leaves a reconnect
+    # attempt's 2013 or 2003): it predates the stop, not the primary's state now.
+    stopped = {"io_state": IoState.STOPPED, "last_io_errno": errno, "last_io_error": "x"}
     rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
     rounds += [
         [down("node1", t), replica("node2", t, **stopped), replica("node3", t, **stopped)]

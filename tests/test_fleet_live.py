@@ -241,8 +241,9 @@ async def test_leader_killed_in_the_middle_of_a_failover_the_new_leader_converge
     if crash_after == "Promote":
         assert not new.of("action", action="Promote")  # recognised, not promoted again
     else:
-        # The IO threads were stopped on a dead primary: they keep its error, so they testify
-        # (a frozen primary's would not: the ReplicaIOStopped rule, tests/test_fleet_step.py).
+        # The IO threads were stopped on a dead primary: a stopped IO thread testifies nothing
+        # whatever error it kept, so the new leader starts them again (the ReplicaIOStopped
+        # rule, tests/test_fleet_step.py); failing on the dead node1, they testify.
         promoted = next(a for a in new.of("action") if a["action"] == "Promote")["node"]
         other = "node3" if promoted == "node2" else "node2"
     assert promoted in new.of("action", action="Publish")[-1]["reason"]

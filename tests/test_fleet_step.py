@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from hacontrol.effects import EndIntent, Log, Reprobe, SendAlert, SetLeaseMode, StartPlan
 from hacontrol.events import OperatorCommand, PlanFinished, RouterProbeResult, Tick
 from hacontrol.flavors.base import IoState
@@ -322,8 +324,11 @@ def test_the_lease_rules_are_off_for_a_single_instance():
     assert lease.acting(NOW) and effects == ()
 
 
-def test_a_new_leader_restarts_io_threads_a_dead_leader_stopped_for_its_failover():
-    stopped = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
+@pytest.mark.parametrize("errno", [0, 2013, 2003])
+def test_a_new_leader_restarts_io_threads_a_dead_leader_stopped_for_its_failover(errno):
+    # SetIOThreads leaves no error (stopped while reading) or the reconnect attempt's (a frozen
+    # source's 2013, a dead one's 2003): either way no witness, and started again.
+    stopped = {"io_state": IoState.STOPPED, "last_io_errno": errno, "last_io_error": "x"}
     rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
     rounds += [
         [down("node1", t), replica("node2", t, **stopped), replica("node3", t, **stopped)]
@@ -338,6 +343,18 @@ def test_a_new_leader_restarts_io_threads_a_dead_leader_stopped_for_its_failover
     single = Model(fold_all(settings(), *rounds))  # alone: its journal resumes the plan instead
     _, effects = step(single, Tick(NOW), settings(), NOW)
     assert not started(effects)
+
+
+def test_io_threads_stopped_on_a_replication_error_are_not_restarted_blindly():
+    stopped = {"io_state": IoState.STOPPED, "last_io_errno": 1236, "last_io_error": "purged"}
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    rounds += [
+        [down("node1", t), replica("node2", t, **stopped), replica("node3", t, **stopped)]
+        for t in (4, 5, 6)
+    ]
+    m = model(*rounds, locks(NOW - 0.1, MINE, None, ("node2", "node3")), lease=LEADER)
+    _, effects = run(m, Tick(NOW))
+    assert all(p.rule != "ReplicaIOStopped" for p in started(effects))
 
 
 def test_a_switchover_sent_to_a_new_leader_waits_for_its_takeover_then_runs():

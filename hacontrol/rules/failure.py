@@ -309,8 +309,9 @@ def rule_io_stopped_by_a_failover(
     view: ClusterView, state: ControllerState, settings: Settings, now: float
 ) -> Decision | None:
     """Fleet: the primary is unreachable and every reachable replica of it has its IO thread
-    stopped without an error, the SQL thread running: what a failover leaves behind between
-    stopping the IO threads and the promotion, when its leader died there. Such replicas
+    stopped without a replication error, the SQL thread running: what a failover leaves
+    behind between stopping the IO threads and the promotion, when its leader died there
+    (``io_stopped_by_hand``). Such replicas
     testify nothing about the primary, so no failover could follow: start their IO threads
     again. Against a dead primary they fail at once (``DeadPrimary`` follows); against a live
     one they simply resume. The journal of a single instance resumes that plan instead."""
@@ -335,11 +336,19 @@ def rule_io_stopped_by_a_failover(
     return Decision(plan, state)
 
 
+CONNECTION_ERRORS = frozenset({2002, 2003, 2005, 2013, 2026})
+"""Client errors of a connection to the source (refused, unknown host, lost, TLS): what a
+reconnecting IO thread records before a failover's SetIOThreads stops it."""
+
+
 def io_stopped_by_hand(channel: ReplicationStatus | None) -> bool:
+    """Stopped as a failover's SetIOThreads leaves it: no error, or the last connection error
+    of a reconnect attempt (a frozen source's 2013, a dead one's 2003); never a replication
+    error (1236 and the like: a real fault, not to be restarted blindly). SQL thread running."""
     return (
         channel is not None
         and channel.io_state is IoState.STOPPED
-        and channel.last_io_errno == 0
+        and (channel.last_io_errno == 0 or channel.last_io_errno in CONNECTION_ERRORS)
         and channel.sql_running
     )
 
