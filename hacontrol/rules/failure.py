@@ -193,9 +193,7 @@ def failover(
         # The replicas' IO threads may be stuck on a frozen primary until slave_net_timeout:
         # stop them all at once, not one STOP SLAVE after the other.
         SetIOThreads(replicas, running=False),
-        # The stops are final now: best must hold what any of them received (measured on
-        # fresh positions: the primary may have answered again meanwhile).
-        WaitApplied(best, settings.failover.apply_timeout, peers=replicas[1:]),
+        WaitApplied(best, settings.failover.apply_timeout, peers=replicas[1:]),  # see peers
         Promote(best, dead),
         # A fleet's routers follow the leader's publication: published first, then routed.
         *((Publish(best),) if settings.controller.fleet else ()),
