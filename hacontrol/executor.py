@@ -511,9 +511,9 @@ class Executor:
 
     async def _received_elsewhere(self, action: WaitApplied) -> str | None:
         """Why ``action.node`` must not be promoted given its peers' fresh positions
-        (``received_beyond``), or None. A peer that cannot be read is left out: what it holds
-        is gone with it whichever node is promoted; the candidate's own read is
-        ``wait_applied``'s to report."""
+        (``received_beyond``), or None. A peer that cannot be read fails it too: only the
+        controller's link to it may be broken, and it may hold a write it alone acknowledged.
+        The candidate's own read is ``wait_applied``'s to report."""
         names = (action.node, *action.peers)
         read = await asyncio.gather(
             *(self.mysql.status(n, self._timeout) for n in names), return_exceptions=True
@@ -521,9 +521,14 @@ class Executor:
         candidate = read[0]
         if not isinstance(candidate, NodeStatus):
             return None
-        peers = {
-            n: s for n, s in zip(action.peers, read[1:], strict=True) if isinstance(s, NodeStatus)
-        }
+        peers: dict[str, NodeStatus] = {}
+        for name, got in zip(action.peers, read[1:], strict=True):
+            if not isinstance(got, NodeStatus):
+                return (
+                    f"{name} cannot be read ({got}): it may hold a write it alone acknowledged; "
+                    f"not promoting {action.node} (the failover halts until an operator acts)"
+                )
+            peers[name] = got
         return received_beyond(action.node, candidate, peers)
 
     async def _promote(self, action: Promote, run: _Run) -> ActionResult:
@@ -707,11 +712,18 @@ def _combined(results: list[ActionResult], success: str) -> ActionResult:
 
 def received_beyond(node: str, candidate: NodeStatus, peers: dict[str, NodeStatus]) -> str | None:
     """Pure: why ``node`` must not be promoted, or None: a peer's IO thread still runs (what it
-    receives now may be acknowledged), or a peer received a transaction ``node`` did not."""
+    receives now may be acknowledged), or a peer received a transaction ``node`` holds neither
+    executed nor received. The failover then halts (``FailoverFailed``) until an operator
+    acknowledges it: routing is restored, or a new failover ranks the replicas again."""
     mine = _channel(candidate)
     if mine is None:
         return None
-    received = gtid.parse(mine.received_gtid, candidate.flavor)  # type: ignore[arg-type]
+    halts = f"not promoting {node}: the failover halts until an operator acts"
+    try:
+        executed = gtid.parse(candidate.gtid_executed, candidate.flavor)  # type: ignore[arg-type]
+        holds = executed | gtid.parse(mine.received_gtid, candidate.flavor)  # type: ignore[arg-type]
+    except ValueError as exc:
+        return f"{node}'s executed and received transactions cannot be compared ({exc}); {halts}"
     for name, status in sorted(peers.items()):
         theirs = _channel(status)
         if theirs is None:
@@ -719,13 +731,17 @@ def received_beyond(node: str, candidate: NodeStatus, peers: dict[str, NodeStatu
         if theirs.io_state is not IoState.STOPPED:
             return (
                 f"{name}'s IO thread is {theirs.io_state.value}, not stopped: what it receives "
-                f"now may be acknowledged by it alone; not promoting {node}"
+                f"now may be acknowledged by it alone; {halts}"
             )
-        if not gtid.parse(theirs.received_gtid, status.flavor) <= received:  # type: ignore[arg-type]
+        try:
+            extra = gtid.parse(theirs.received_gtid, status.flavor) - holds  # type: ignore[arg-type]
+        except ValueError as exc:
+            return f"{name}'s received transactions cannot be compared ({exc}); {halts}"
+        if extra:
             return (
-                f"{name} received {theirs.received_gtid}, {node} only {mine.received_gtid} "
-                f"(its source answered again?): promoting {node} could lose a write acknowledged "
-                f"by {name}; not promoting it, the next decision ranks the replicas again"
+                f"{name} received {theirs.received_gtid}, {node} holds only {holds} "
+                f"(its source answered again?): promoting {node} could lose a write "
+                f"acknowledged by {name}; {halts}"
             )
     return None
 

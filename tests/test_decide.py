@@ -218,6 +218,33 @@ def semi_sync(enabled=True, timeout=None, wait=None) -> SemiSync:
     return SemiSync(enabled, 2, enabled, True, timeout, wait)
 
 
+def test_the_alert_names_a_replica_that_could_not_be_checked():
+    s5 = settings(
+        nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)]
+    )
+    never = semi_sync(True, 4294967.295, True)
+    names = ("node2", "node3", "node4", "node5")
+    every = {"readers": ("node1", *names)}
+    rounds = [
+        [primary(at=t, semi_sync=never), *(replica(n, t) for n in names), router(**every, at=t)]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [
+        [
+            down("node1", t),
+            down("node5", t),
+            *(replica(n, t, **DEAD_IO) for n in names[:3]),
+            router(**every, at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    d = decide(view_of(*rounds, s=s5), ControllerState(), s5, 7.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    notify = next(a for a in d.plan.actions if isinstance(a, Notify))
+    at_risk = dict(notify.sections)["acknowledged writes at risk"]
+    assert at_risk.startswith("none: node1's semi-sync never") and "but node5 could not" in at_risk
+
+
 @pytest.mark.parametrize(
     ("name", "semi", "at_risk"),
     [
@@ -454,6 +481,11 @@ def test_hidden_node_is_never_routed_or_promoted():
     assert route.desired.hidden == {"node3"} and "node3" not in route.desired.broken
     table = dict(next(a for a in d.plan.actions if isinstance(a, Notify)).sections)["candidates"]
     assert "hidden by an operator" in table
+    # Its IO thread is stopped with the others' and what it received is compared: it too may
+    # acknowledge a write of a primary that answers again.
+    stop = next(a for a in d.plan.actions if isinstance(a, SetIOThreads))
+    wait = next(a for a in d.plan.actions if isinstance(a, WaitApplied))
+    assert "node3" in stop.nodes and "node3" in wait.peers
     # Hidden but holding more than every candidate: no failover (it would lose those).
     ahead = [replica("node3", 7.0, **{**DEAD_IO, "received_gtid": "0-1-200"})]
     d = decide(view_of(*rounds, ahead, s=s4), ControllerState(), s4, NOW)

@@ -60,8 +60,8 @@ class FakeNodes:
     slow: dict[str, float] = field(default_factory=dict)
     then: dict[tuple[str, str], Callable[[], None]] = field(default_factory=dict)
     """Run right after (method, node): a fault elsewhere while the plan runs."""
-    statuses: dict[str, NodeStatus] = field(default_factory=dict)
-    """What ``status`` answers for a node, instead of a plain read-only one."""
+    statuses: dict[str, NodeStatus | Exception] = field(default_factory=dict)
+    """What ``status`` answers (or raises) for a node, instead of a plain read-only one."""
 
     async def _act(self, method: str, node: str, changed: bool = True) -> ActionResult:
         self.calls.append((method, node))
@@ -76,7 +76,10 @@ class FakeNodes:
     async def status(self, node, timeout=None):
         self.calls.append(("status", node))
         if node in self.statuses:
-            return self.statuses[node]
+            got = self.statuses[node]
+            if isinstance(got, Exception):
+                raise got
+            return got
         return status(int(node[-1]), read_only=self.read_only.get(node, True))
 
     async def fence(self, node, timeout=None):
@@ -301,7 +304,7 @@ def test_a_candidate_must_hold_what_every_stopped_peer_received() -> None:
     assert received_beyond("node2", candidate, {"node3": stopped("node3", "0-1-15")}) is None
     assert received_beyond("node2", candidate, {"node3": stopped("node3", "0-1-14")}) is None
     ahead = received_beyond("node2", candidate, {"node3": stopped("node3", "0-1-16")})
-    assert ahead is not None and ahead.startswith("node3 received 0-1-16, node2 only 0-1-15")
+    assert ahead is not None and ahead.startswith("node3 received 0-1-16, node2 holds only 0-1-15")
     running = stopped("node3", "0-1-15", IoState.CONNECTING)
     reason = received_beyond("node2", candidate, {"node3": running})
     assert reason is not None and "node3's IO thread is Connecting, not stopped" in reason
@@ -316,9 +319,20 @@ async def test_a_peer_that_received_more_after_the_stops_stops_the_failover(rig:
     assert not finished.ok and finished.failed_at == 2 and finished.rolled_back
     assert ("promote", "node2") not in rig.nodes.calls
     assert ("wait_applied", "node2") not in rig.nodes.calls
-    assert "node3 received 0-1-16, node2 only 0-1-15" in finished.reason
+    assert "node3 received 0-1-16, node2 holds only 0-1-15" in finished.reason
+    assert "the failover halts until an operator acts" in finished.reason
     assert {("start_io", "node2"), ("start_io", "node3")} <= set(rig.nodes.calls)
     assert finished.promoted is None
+
+
+async def test_a_peer_that_cannot_be_read_after_the_stops_stops_the_failover(rig: Rig):
+    # Maybe only the controller's link to node3 broke: it may hold a write it alone
+    # acknowledged. Not promoted.
+    rig.nodes.statuses = {"node2": stopped("node2", "0-1-15"), "node3": TimeoutError("timed out")}
+    finished = await rig.executor.run("failover-1", failover_plan())
+    assert not finished.ok and finished.failed_at == 2 and finished.rolled_back
+    assert ("promote", "node2") not in rig.nodes.calls
+    assert "node3 cannot be read" in finished.reason
 
 
 async def test_a_switchover_drains_the_writer_before_it_fences_it(rig: Rig):

@@ -653,20 +653,22 @@ class MySQLActions:
                 await session.change(stmt)
                 return
         except ActionError as exc:  # a lease lost meanwhile, or the statement failed
+            if session.steps and session.steps[-1] == stmt.sql:
+                session.steps.pop()  # not done there
             if exc.detail.get(LEASE_LOST):
-                session.facts.update({LEASE_LOST: True, "kill_conn_timeout_restored": False})
-                session.notes.append(
-                    f"rpl_semi_sync_slave_kill_conn_timeout NOT put back to {value}: "
-                    "the lease was lost (it stays 1)"
-                )
+                self._lease_lost_for_put_back(session, value)
                 return
         try:
             async with asyncio.timeout(self._connect_timeout + RESTORE_TIMEOUT):
                 conn = await connect(session.endpoint, self._connect_timeout)
                 try:
+                    session.check_lease(stmt.sql)  # the connect may have taken its time
                     await fetch_all(conn, stmt.sql, stmt.params, timeout=RESTORE_TIMEOUT)
                 finally:
                     conn.close()
+        except ActionError:
+            self._lease_lost_for_put_back(session, value)
+            return
         except Exception as exc:
             session.facts["kill_conn_timeout_restored"] = False
             session.notes.append(
@@ -678,6 +680,14 @@ class MySQLActions:
         session.facts["kill_conn_timeout_restored"] = True
         session.notes.append(
             f"rpl_semi_sync_slave_kill_conn_timeout put back to {value} on a new connection"
+        )
+
+    @staticmethod
+    def _lease_lost_for_put_back(session: _Session, value: int) -> None:
+        session.facts.update({LEASE_LOST: True, "kill_conn_timeout_restored": False})
+        session.notes.append(
+            f"rpl_semi_sync_slave_kill_conn_timeout NOT put back to {value}: "
+            "the lease was lost (it stays 1)"
         )
 
     async def check_transactions(

@@ -181,7 +181,7 @@ def failover(
         ("kind", PlanKind.FAILOVER.value),
         ("reason", problem.reason),
     )
-    replicas = (best, *(n for n in others if n not in hidden))  # hidden: the operator's
+    replicas = (best, *others)  # hidden ones too: each may acknowledge a resumed primary's write
     table = candidate_table(ranked)
     risk, at_risk = acknowledged_at_risk(view, dead, now)
     actions: tuple[Action, ...] = (
@@ -244,10 +244,17 @@ def acknowledged_at_risk(view: ClusterView, dead: str, now: float) -> tuple[floa
     if semi is None or (semi.source_enabled and semi.source_timeout is None):
         return 0.0, f"unknown: {dead}'s semi-sync settings were never read ({lost.strip(',')})"
     if semi.never_falls_back:
+        unchecked = [r for r in view.replicas_of(dead) if not view.nodes[r].reachable]
+        unless = (
+            f"; but {', '.join(unchecked)} could not be reached: a write acknowledged by it "
+            "alone (the primary answering again while the others stopped) cannot be checked"
+            if unchecked
+            else ""
+        )
         return None, (
             f"none: {dead}'s semi-sync never falls back to asynchronous replication (timeout "
             f"{semi.source_timeout:.0f} s, waits without replicas): it acknowledged nothing "
-            "its replicas did not receive"
+            f"its replicas did not receive{unless}"
         )
     until = "until it is fenced (it may still be taking writes where it is cut off)"
     if not semi.source_enabled:
