@@ -70,3 +70,30 @@ def test_a_returning_writable_old_primary_beside_the_promoted_node_is_fenced(res
     found = fences(m)
     assert found, "nothing fences node1: two writable nodes until an operator acts"
     assert found[0].actions == (Fence("node1"),)
+
+
+def test_a_promotion_that_never_began_keeps_no_quarantine_behind_the_other_writable_node():
+    """Killed before its Promote began: the other writable node (e.g. a replica restarted with
+    read_only=OFF) was not promoted by this plan, so the dead primary is not kept behind it."""
+    from hacontrol.rules.resume import promoted_beside
+
+    not_begun = Intent(CUT.plan_id, CUT.plan, frozenset(), frozenset())
+    assert promoted_beside(both_writable(not_begun), not_begun) is None
+    assert promoted_beside(both_writable(CUT), CUT) == "node2"
+
+
+def test_a_stale_router_reading_fences_nothing():
+    """The router's writer group read before the nodes' last probes (its probe failing since)
+    may predate an operator's switch back: no fence on it."""
+    rounds = [
+        [primary("node1", t), primary("node2", t), replica("node3", t, source="node1", **STOPPED)]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    view = fold_all(
+        F,
+        [router(("node2",), at=3.0)],
+        *rounds,
+        [lock(n, NOW - 0.1, leader=7) for n in ("node1", "node2", "node3")],
+    )
+    m = Model(view, lease=LEADER, resume=None, state=failed_over(NOW))
+    assert m.view.primary is None and fences(m) == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hacontrol.flavors.base import NodeStatus
+from hacontrol.flavors.base import IoState, NodeStatus
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Quarantined
 from hacontrol.plan import AlertKind, Fence, Notify, Plan, PlanKind, Rejoin, Repoint
 from hacontrol.rules.alerts import alert_once
@@ -24,7 +24,7 @@ def rule_fence_returning_primary(
         node = view.nodes.get(name)
         if node is None or not node.reachable or node.status is None:
             continue
-        if not behind_new_primary(view, q.new_primary):
+        if not behind_new_primary(view, q.new_primary, name):
             continue  # only behind a promoted, recognized new primary
         if now < state.retry_at.get((PlanKind.FENCE, name), 0.0):
             continue  # failures back off
@@ -42,25 +42,32 @@ def rule_fence_returning_primary(
     return None
 
 
-def behind_new_primary(view: ClusterView, new_primary: str | None) -> bool:
-    """Whether ``new_primary`` (a quarantine's) is the primary an old one must be fenced
+def behind_new_primary(view: ClusterView, new_primary: str | None, old: str) -> bool:
+    """Whether ``new_primary`` (a quarantine's) is the primary the old one must be fenced
     behind: the view's primary; or, when two writable nodes leave the view without one (the old
-    primary came back writable), the node the router sends every write to, itself writable and
-    replicating from nobody. Fencing the other one then ends the two writers; waiting for a
-    view primary would wait for ever (TwoWritableNodes halts every other rule)."""
+    primary came back writable), the node a fresh router reading sends every write to, itself
+    writable and replicating from nobody, while no replica follows the old one. Fencing the old
+    one then ends the two writers; waiting for a view primary would wait for ever
+    (TwoWritableNodes halts every other rule). A stale reading or a followed old primary (an
+    operator's switch back) fences nothing."""
     if new_primary is None or view.primary is not None:
         return new_primary is not None and new_primary == view.primary
-    node = view.nodes.get(new_primary)
-    membership = view.router.membership
-    return bool(
-        node is not None
-        and node.reachable
-        and node.status is not None
-        and not node.status.read_only
-        and node.channel is None
-        and membership is not None
-        and membership.writers == frozenset({new_primary})
+    node, former = view.nodes.get(new_primary), view.nodes.get(old)
+    if node is None or former is None or not node.reachable or node.status is None:
+        return False
+    if node.status.read_only or node.channel is not None:
+        return False
+    router, membership = view.router, view.router.membership
+    fresh = max(node.last_ok_at or float("inf"), former.last_ok_at or float("inf"))
+    if router.error is not None or router.at is None or router.at < fresh:
+        return False
+    followed = any(
+        view.nodes[r].reachable
+        and (channel := view.nodes[r].channel) is not None
+        and channel.io_state is IoState.RUNNING
+        for r in view.replicas_of(old)
     )
+    return not followed and membership is not None and membership.writers == {new_primary}
 
 
 def rule_old_primary(

@@ -25,7 +25,7 @@ from hacontrol.effects import EndIntent, Step, log
 from hacontrol.model import ControllerState, Intent, Model
 from hacontrol.plan import Plan, PlanKind
 from hacontrol.rules.lifecycle import log_decision, start
-from hacontrol.view import ClusterView, Code
+from hacontrol.view import Code
 
 
 def may_resume(model: Model, decided: Plan, now: float) -> bool:
@@ -81,7 +81,7 @@ def left_to_the_fleet(model: Model, intent: Intent, decided: Plan) -> Step:
     dead = plan.promote.old_primary if plan.promote else None
     primary = model.view.primary
     promoted = primary if dead is not None and primary not in (None, dead) else None
-    promoted = promoted or promoted_beside(model.view, dead)
+    promoted = promoted or promoted_beside(model, intent)
     if promoted is None:
         model = replace(model, state=without_quarantine(model.state, dead))
     reason = (
@@ -94,15 +94,21 @@ def left_to_the_fleet(model: Model, intent: Intent, decided: Plan) -> Step:
     return model, (ended, abandoned)
 
 
-def promoted_beside(view: ClusterView, dead: str | None) -> str | None:
-    """The one other writable node when the dead primary came back writable beside it (two
-    writable nodes leave the view without a primary): a failover promoted it, so the dead
-    primary stays quarantined behind it and is fenced, never released as if nothing had been
-    promoted."""
-    if dead is None or dead not in view.writable:
+def promoted_beside(model: Model, intent: Intent) -> str | None:
+    """The plan's candidate when its Promote began and the dead primary came back writable
+    beside it (two writable nodes leave the view without a primary): the dead primary stays
+    quarantined behind it and is fenced, never released as if nothing had been promoted. None
+    unless exactly those two are writable, the candidate replicates from nobody, and the
+    promotion got past its checks (``never_promoted``)."""
+    view, plan = model.view, intent.plan
+    promote = plan.promote
+    if promote is None or view.primary is not None:
         return None
-    others = [n for n in view.writable if n != dead]
-    return others[0] if len(others) == 1 else None
+    if plan.point_of_no_return not in intent.started or never_promoted(model, plan):
+        return None
+    if set(view.writable) != {promote.old_primary, promote.node}:
+        return None
+    return promote.node if view.sources.get(promote.node) is None else None
 
 
 def never_promoted(model: Model, plan: Plan) -> bool:
