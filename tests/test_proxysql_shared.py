@@ -14,6 +14,7 @@ The nodes are addresses only (ProxySQL runs without its monitor): the router onl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -81,12 +82,15 @@ class Shared:
 
     def settings(self, cluster: str, **changes: object) -> ProxySQLSettings:
         return ProxySQLSettings(
-            host=self.tap.host,
-            port=self.tap.port,
-            user=self.px.user,
-            password=self.px.password,
-            timeout=5.0,
-            **{**HOSTGROUPS[cluster], **changes},
+            **{
+                "host": self.tap.host,
+                "port": self.tap.port,
+                "user": self.px.user,
+                "password": self.px.password,
+                "timeout": 5.0,
+                **HOSTGROUPS[cluster],
+                **changes,
+            },
         )
 
     def router(
@@ -377,3 +381,75 @@ def test_two_clusters_on_one_link_may_not_share_a_hostgroup() -> None:
     with pytest.raises(RouterError, match=r"hostgroup\(s\) \[20, 30\] managed for two clusters"):
         ProxySQLRouter(clash, NODES["users"], link=link)
     assert len(link.layouts) == 1
+
+
+class SilentRelay:
+    """A TCP relay in front of the admin port; ``blackhole()`` stops forwarding on the
+    connections open now, silently (no close, no RST: packets dropped on a half-dead flow),
+    while new connections are relayed normally."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self.flows: list[dict[str, bool]] = []
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> SilentRelay:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def blackhole(self) -> None:
+        for flow in self.flows:
+            flow["dead"] = True
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers += [writer, up_writer]
+        flow = {"dead": False}
+        self.flows.append(flow)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(65536):
+                    if not flow["dead"]:
+                        dst.write(data)
+                        await dst.drain()
+
+        with contextlib.suppress(asyncio.CancelledError):  # the test's end: relay closed
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_a_silently_dead_kept_connection_is_replaced_before_the_call(
+    shared: Shared,
+) -> None:
+    # The kept connection's packets are dropped (no error, no close): without a check the
+    # fence would wait its whole 2 s and fail (a failover's required RouteFence: failover
+    # halted). A SELECT 1 bounded by min(timeout/4, 0.5 s) finds it dead; a new connection
+    # then does the apply with its full time.
+    relay = await SilentRelay((shared.px.host, shared.px.port)).start()
+    links = AdminLinks()
+    settings = shared.settings("users", port=relay.port, timeout=2.0)
+    users = ProxySQLRouter(
+        settings, NODES["users"], RouterSettings(kind="proxysql"), link=links.get(settings)
+    )
+    try:
+        assert await users.read() == healthy("users")  # the kept connection is open
+        relay.blackhole()
+        started = time.monotonic()
+        assert await users.apply(failed_over("users", 2)) is True
+        elapsed = time.monotonic() - started
+        assert await shared.rows("users", "runtime_mysql_servers")  # still readable
+        assert await users.read() == failed_over("users", 2)
+    finally:
+        await links.close()
+        await relay.stop()
+    assert elapsed < 0.5 + 1.5  # the check's bound, then the apply (well under its 2 s)
+    assert len(relay.flows) == 2  # one reconnect, no more

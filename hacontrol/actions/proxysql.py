@@ -65,6 +65,8 @@ T = TypeVar("T")
 
 DEFAULT_ATTEMPTS = 3
 DEFAULT_TIMEOUT = 2.0
+LIVENESS_CHECK_MAX = 0.5
+"""The most a kept admin connection's check (``SELECT 1`` before each call) may take."""
 ONLINE = "ONLINE"
 SHUNNED = "SHUNNED"
 OFFLINE_SOFT = "OFFLINE_SOFT"
@@ -587,6 +589,28 @@ class _AdminSession:
             self._conn.close()
         self._conn = None
 
+    async def check_alive(self, timeout: float) -> None:
+        """A kept connection answers ``SELECT 1`` within min(timeout/4, LIVENESS_CHECK_MAX) s,
+        or is closed (the call then connects anew, with its full time): a flow that went
+        silently dead (packets dropped, no reset) would otherwise hang the call, a failover's
+        required RouteFence included, for its whole timeout."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        bound = min(timeout / 4, LIVENESS_CHECK_MAX)
+        self.current = "the check of the kept connection"
+        try:
+            await execute(conn, "SELECT 1", timeout=bound)
+        except (TimeoutError, pymysql.err.MySQLError, OSError, EOFError) as exc:
+            log.warning(
+                "proxysql admin: the kept connection failed its check (%s): connecting anew",
+                describe_error(exc),
+            )
+            self.close()
+        except BaseException:
+            self.close()
+            raise
+
     def _open_conn(self, sql: str) -> BoundedConnection:
         if self._conn is None:
             raise RuntimeError("session not open")
@@ -696,24 +720,28 @@ class AdminLink:
         """``body`` on the kept connection, holding the lock, within ``timeout`` (connecting
         included); any failure is a RouterError.
 
-        The wait for the lock is bounded apart: ``timeout`` for each call holding or waiting for
-        it at entry, and one more (each holds it for its own ``timeout`` at most, the same unless
-        clusters set another one). A healthy but busy admin (many clusters failing over at once)
-        then fails no call, and a hung one fails each in bounded time. A kept connection that
-        fails at the call's first statement (ProxySQL restarted meanwhile: nothing was done) is
-        replaced at once, once."""
+        The wait for the lock is bounded apart: a call's hold for each call holding or waiting
+        for it at entry, and one more (each holds it for the check of the kept connection and
+        its own ``timeout`` at most, the same unless clusters set another one). A healthy but
+        busy admin (many clusters failing over at once) then fails no call, and a hung one fails
+        each in bounded time. The kept connection is checked first (``check_alive``: a silently
+        dead one is replaced before the call's time starts); one that fails at the call's first
+        statement anyway (ProxySQL restarted meanwhile: nothing was done) is replaced at once,
+        once."""
         ahead = self.calls
         self.calls += 1
+        wait = (timeout + min(timeout / 4, LIVENESS_CHECK_MAX)) * (ahead + 1)
         try:
             try:
-                async with asyncio.timeout(timeout * (ahead + 1)):
+                async with asyncio.timeout(wait):
                     await self.lock.acquire()
             except TimeoutError:
                 raise RouterError(
-                    f"{self.where}: {what} timed out after {timeout * (ahead + 1):g} s waiting "
+                    f"{self.where}: {what} timed out after {wait:g} s waiting "
                     f"for {ahead} other call(s) on this admin"
                 ) from None
             try:
+                await self.session.check_alive(timeout)
                 async with asyncio.timeout(timeout):
                     return await self._locked(body, timeout)
             finally:
