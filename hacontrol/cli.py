@@ -50,9 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--ack",
-        action="store_true",
-        help="acknowledge the last failover: clear the recovery block kept in the journal "
-        "(of every cluster)",
+        metavar="CLUSTER",
+        nargs="?",
+        action="append",
+        const=ACK_THE_ONLY_ONE,
+        help="acknowledge the last failover: clear the recovery block kept in the journal; "
+        "with several clusters name them (--ack orders --ack users, or --ack orders,users), "
+        "a bare --ack is then refused",
     )
     run.add_argument(
         "--log-level",
@@ -143,10 +147,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = clusters[0]  # the process-wide sections (log, api) are the same in every one
     level = args.log_level or settings.log.level
     secrets = sorted({secret for one in clusters for secret in secrets_of(one)})
+    try:
+        acknowledge = ack_clusters(args.ack, [one.cluster.name for one in clusters])
+    except SettingsError as exc:
+        print(f"hacontrol: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     name = settings.cluster.name if len(clusters) == 1 else None
     log = JsonLog(name, level=level, secrets=secrets)
     try:
-        return run_forever(clusters, log, acknowledge_block=args.ack, paused=args.paused)
+        return run_forever(clusters, log, acknowledge=acknowledge, paused=args.paused)
     except RouterError as exc:
         log.emit("startup_refused", None, "error", reason=str(exc))
         print(f"hacontrol: {exc}", file=sys.stderr)
@@ -158,6 +167,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.emit("startup_refused", None, "error", reason=reason, path=str(exc.path), line=exc.line)
         print(f"hacontrol: {reason}\nhacontrol: {RESET_HINT}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+ACK_THE_ONLY_ONE = ""
+"""``--ack`` without a name: the only cluster's block (refused with several)."""
+
+
+def ack_clusters(given: Sequence[str] | None, names: Sequence[str]) -> frozenset[str]:
+    """The clusters whose recovery block ``run --ack`` clears: the only one for a bare
+    ``--ack``; with several, each named (repeated or comma separated). SettingsError for a
+    bare ``--ack`` with several clusters, or an unknown name (the known ones listed)."""
+    if not given:
+        return frozenset()
+    known = ", ".join(names)
+    chosen: set[str] = set()
+    for value in given:
+        if value == ACK_THE_ONLY_ONE:
+            if len(names) > 1:
+                raise SettingsError(
+                    [
+                        "run --ack: several clusters: name the ones to acknowledge "
+                        f"(--ack NAME, repeated or comma separated; one of: {known})"
+                    ]
+                )
+            chosen.update(names)
+            continue
+        for name in (part.strip() for part in value.split(",")):
+            if name not in names:
+                raise SettingsError([f"run --ack: no cluster {name!r} (known: {known})"])
+            chosen.add(name)
+    return frozenset(chosen)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from hacontrol.actions.notify import MailPolicy
@@ -74,12 +74,14 @@ class Service:
         clusters: Sequence[Settings],
         log: JsonLog,
         *,
-        acknowledge_block: bool = False,
+        acknowledge: Collection[str] = (),
         paused: bool = False,
         mail_policy: MailPolicy | None = None,
     ) -> None:
         if not clusters:
             raise ValueError("no cluster to run")
+        if unknown := set(acknowledge) - {settings.cluster.name for settings in clusters}:
+            raise ValueError(f"no cluster {', '.join(sorted(unknown))} to acknowledge")
         self.settings = clusters[0]
         """The process-wide sections (api, log, controller.instance_id) are equal in all."""
         self.links = AdminLinks()
@@ -99,7 +101,7 @@ class Service:
             self.runtimes[name] = Runtime(
                 settings,
                 log.for_cluster(name),
-                acknowledge_block=acknowledge_block,
+                acknowledge_block=name in acknowledge,
                 mail_policy=mail_policy,
                 paused=paused,
                 links=self.links,
@@ -210,11 +212,11 @@ async def serve(
     clusters: Sequence[Settings],
     log: JsonLog,
     *,
-    acknowledge_block: bool = False,
+    acknowledge: Collection[str] = (),
     paused: bool = False,
 ) -> int:
     loop = asyncio.get_running_loop()
-    service = Service(clusters, log, acknowledge_block=acknowledge_block, paused=paused)
+    service = Service(clusters, log, acknowledge=acknowledge, paused=paused)
 
     def on_signal(name: str) -> Callable[[], None]:
         return lambda: service.emit_all(Stop(time.monotonic(), name))
@@ -235,11 +237,11 @@ def run_forever(
     clusters: Sequence[Settings],
     log: JsonLog,
     *,
-    acknowledge_block: bool = False,
+    acknowledge: Collection[str] = (),
     paused: bool = False,
 ) -> int:
     """Run ``serve`` on uvloop when installed, else on the default loop."""
-    main = serve(clusters, log, acknowledge_block=acknowledge_block, paused=paused)
+    main = serve(clusters, log, acknowledge=acknowledge, paused=paused)
     try:
         import uvloop
     except ImportError:

@@ -170,3 +170,60 @@ async def test_run_starts_every_cluster_and_stops_them_on_sigterm(tmp_path):
     }
     assert all(r["cluster"] in ("c001", "c002") for r in lines if r["node"])
     assert all(r["node"].startswith(r["cluster"]) for r in lines if r["node"])
+
+
+def two_clusters_toml(tmp_path: Path) -> Path:
+    """Two clusters of three nodes on addresses nothing listens on (run refuses first)."""
+    lines = ["[mysql]", 'password = "secret-one"', 'replication_password = "secret-two"']
+    lines += ["[api]", "enabled = false", "[controller]", "fleet = false"]
+    lines.append(f'journal = "{tmp_path / "journal.jsonl"}"')
+    for k, name in enumerate(("orders", "users"), start=1):
+        lines += ["[[clusters]]", f'name = "{name}"']
+        for n in (1, 2, 3):
+            lines += ["[[clusters.nodes]]", f'name = "{name[0]}{n}"', f'host = "127.0.{k}.{n}"']
+    path = tmp_path / "settings.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_with(monkeypatch, capsys, *argv: str) -> tuple[int, object, str]:
+    """``hacontrol run ...`` in this process, the service replaced by a recorder of what it
+    would acknowledge: (exit code, the acknowledged clusters or None, stderr)."""
+    from hacontrol import service
+
+    seen: list[object] = []
+    monkeypatch.setattr(
+        service, "run_forever", lambda *a, acknowledge, **kw: seen.append(acknowledge) or 0
+    )
+    args = parse("run", *argv)
+    code = args.func(args)
+    return code, (seen[0] if seen else None), capsys.readouterr().err
+
+
+def test_run_ack_names_the_clusters_when_there_are_several(monkeypatch, capsys, tmp_path):
+    config = str(two_clusters_toml(tmp_path))
+    code, acked, err = run_with(monkeypatch, capsys, "--config", config, "--ack")
+    assert code == 2 and acked is None
+    assert "several clusters" in err and "one of: orders, users" in err
+    code, acked, err = run_with(monkeypatch, capsys, "--config", config, "--ack", "payments")
+    assert code == 2 and acked is None and "'payments'" in err and "orders, users" in err
+    code, acked, _ = run_with(monkeypatch, capsys, "--config", config, "--ack", "users")
+    assert code == 0 and acked == {"users"}
+    code, acked, _ = run_with(monkeypatch, capsys, "--config", config, "--ack", "users,orders")
+    assert code == 0 and acked == {"orders", "users"}
+    code, acked, _ = run_with(
+        monkeypatch, capsys, "--ack", "orders", "--config", config, "--ack", "users"
+    )
+    assert code == 0 and acked == {"orders", "users"}
+    code, acked, _ = run_with(monkeypatch, capsys, "--config", config, "--paused")
+    assert code == 0 and acked == frozenset()
+
+
+def test_run_ack_with_one_cluster_is_unchanged(monkeypatch, capsys, tmp_path):
+    config = tmp_path / "one.toml"
+    text = two_clusters_toml(tmp_path).read_text().split('[[clusters]]\nname = "users"')[0]
+    config.write_text(text)
+    code, acked, err = run_with(monkeypatch, capsys, "--config", str(config), "--ack")
+    assert code == 0 and acked == {"orders"}, err
+    code, acked, _ = run_with(monkeypatch, capsys, "--config", str(config))
+    assert code == 0 and acked == frozenset()
