@@ -22,7 +22,7 @@ from typing import Any
 
 from hacontrol.actions.hooks import HookRunner
 from hacontrol.actions.mysql import LeaseUntil, MySQLActions
-from hacontrol.actions.notify import MailPolicy, Notifier
+from hacontrol.actions.notify import Alert, MailPolicy, Notifier
 from hacontrol.actions.proxysql import AdminLinks
 from hacontrol.actions.rebuild import Rebuilder
 from hacontrol.controller import Controller, plan_budget
@@ -167,6 +167,9 @@ class Runtime:
         )
         self._workers: list[asyncio.Task[None]] = []
         self._decision: asyncio.Task[None] | None = None
+        self._notifier_task: asyncio.Task[None] | None = None
+        self.halted: str | None = None
+        """Why this cluster was not started (its router conflicts), while others run."""
 
     def emit(self, event: Event) -> None:
         self.queue.put_nowait(event)
@@ -188,12 +191,16 @@ class Runtime:
     # -- what the HTTP API sees of this cluster (through service.Service) ----------------------
 
     def alive(self) -> tuple[bool, str]:
+        if self.halted is not None:  # held on purpose, not dead: no restart of the process
+            return True, f"halted at start-up (not ready): {self.halted}"
         decision = self._decision
         if decision is None or decision.done():
             return False, "the decision task is not running"
         return True, "event loop and decision task alive"
 
     def ready(self) -> tuple[bool, str]:
+        if self.halted is not None:
+            return False, f"halted at start-up: {self.halted}"
         view = self.controller.view
         unprobed = [n for n, node in view.nodes.items() if node.probes == 0]
         if unprobed:
@@ -211,6 +218,8 @@ class Runtime:
             last_failover=controller.last_failover,
         )
         out["rebuild"] = self.executor.rebuild_status
+        if self.halted is not None:
+            out["halted"] = self.halted
         return out
 
     async def command(self, cmd: OperatorCommand, timeout: float = API_TIMEOUT) -> CommandResult:
@@ -271,6 +280,24 @@ class Runtime:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop("runtime closed")
 
+    def halt(self, reason: str) -> None:
+        """Not started (its router refused: ``__aenter__`` raised RouterError) while the
+        process's other clusters run: no probe, no decision, no change; not ready, the reason
+        logged and mailed. Only a restart after the fix starts it."""
+        self.halted = reason
+        name = self.settings.cluster.name
+        self.log.emit("startup_refused", None, "error", reason=reason)
+        self.notifier.alert(
+            Alert(
+                kind="startup_refused",
+                cluster=name,
+                node=None,
+                summary=f"cluster {name} not started: its router conflicts with hacontrol",
+                reason=reason + "\nNo failover for this cluster until fixed and restarted.",
+            )
+        )
+        self._notifier_task = asyncio.create_task(self.notifier.run(), name="notifier")
+
     async def wait(self) -> None:
         """Until the decision task stops; a worker that dies on its own is a bug: re-raise."""
         assert self._decision is not None
@@ -285,6 +312,12 @@ class Runtime:
     async def stop(self, reason: str) -> None:
         decision = self._decision
         if decision is None:
+            if self._notifier_task is not None:  # halted: its alert's mail, if still going
+                with contextlib.suppress(Exception):
+                    await self.notifier.close(0.5)
+                self._notifier_task.cancel()
+                await asyncio.gather(self._notifier_task, return_exceptions=True)
+                self._notifier_task = None
             return
         self._decision = None
         if not decision.done():
@@ -302,7 +335,8 @@ class Runtime:
         stopping = time.monotonic()
         with contextlib.suppress(Exception):
             await self.notifier.close(0.5)
-        self._workers.append(self._notifier_task)
+        if self._notifier_task is not None:
+            self._workers.append(self._notifier_task)
         for task in self._workers:
             task.cancel()
         _, pending = await asyncio.wait(self._workers, timeout=SHUTDOWN_GRACE)

@@ -31,6 +31,7 @@ from hacontrol.api_process import ApiProcess
 from hacontrol.events import CommandResult, OperatorCommand, Stop
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import render_all
+from hacontrol.routing import RouterError
 from hacontrol.runtime import (
     API_TIMEOUT,
     SHUTDOWN_GRACE,
@@ -63,8 +64,11 @@ class UnknownCluster(LookupError):
 
 class Service:
     """Every cluster's Runtime, the API and the shutdown. ``async with Service(clusters, log)``
-    starts the API, then the clusters (each refuses to start on a conflicting router:
-    RouterError); leaving the block stops the API first, then every cluster at once.
+    starts the API, then the clusters; leaving the block stops the API first, then every
+    cluster at once. A cluster whose router conflicts with hacontrol (RouterError at start-up,
+    e.g. ProxySQL's replication hostgroups over its hostgroups) refuses the process when it is
+    the only one; among several it alone stays halted (``Runtime.halt``: not ready, logged,
+    mailed) and the others run. An unreachable router refuses nothing: a runtime problem.
 
     ``log``: the process's log; each cluster writes through ``log.for_cluster(name)``.
     """
@@ -109,6 +113,8 @@ class Service:
         self.clusters = tuple(self.runtimes)
         self.api: ApiProcess | None = None
         self._started: list[Runtime] = []
+        self._halted: list[Runtime] = []
+        """Clusters whose router refused at start-up (a real conflict) while others run."""
 
     def emit_all(self, event: Stop) -> None:
         for runtime in self.runtimes.values():
@@ -161,8 +167,20 @@ class Service:
                 self.api = ApiProcess(self.settings.api, self, self.log, on_state=self._api_state)
                 await self.api.start()
             for runtime in self.runtimes.values():
-                await runtime.__aenter__()
+                try:
+                    await runtime.__aenter__()
+                except RouterError as exc:
+                    if len(self.runtimes) == 1:
+                        raise  # the process refuses: exit 1, the reason printed
+                    runtime.halt(str(exc))  # the other clusters keep their failover
+                    self._halted.append(runtime)
+                    continue
                 self._started.append(runtime)
+            if not self._started:
+                raise RouterError(
+                    "no cluster could start: "
+                    + "; ".join(f"{rt.name}: {rt.halted}" for rt in self._halted)
+                )
         except BaseException:
             await self.stop("start-up failed")
             raise
@@ -189,7 +207,8 @@ class Service:
             api, self.api = self.api, None
             with contextlib.suppress(Exception):
                 await api.stop()
-        started, self._started = self._started, []
+        started, self._started = self._started + self._halted, []
+        self._halted = []
         await asyncio.gather(*(rt.stop(reason) for rt in started), return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.links.close()

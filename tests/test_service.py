@@ -6,6 +6,7 @@ to the named cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from hacontrol.service import Service, UnknownCluster
 from hacontrol.settings import Settings
 from tests.fakefleet import FakeFleet, fleet, settings_data
 from tests.live import LogCapture, service
+from tests.proxysql_real import RealProxySQL, pair_sql
 from tests.support import eventually
 
 INTERVAL = 0.3
@@ -176,3 +178,57 @@ async def test_one_cluster_keeps_its_status_fields_and_several_are_named(tmp_pat
     shared = two.model_copy(update={"controller": one.controller})
     with pytest.raises(ValueError, match="clusters 'c001' and 'c002' share the journal"):
         service(one, shared)
+
+
+def proxysql_router(px: RealProxySQL | None, port: int, base: int) -> dict[str, Any]:
+    """The router section of a cluster on the ProxySQL admin (hostgroups base+10 .. base+40)."""
+    return {
+        "kind": "proxysql",
+        "proxysql": {
+            "host": "127.0.0.1",
+            "port": port,
+            "user": px.user if px else "admin",
+            "password": px.password if px else "admin-secret",
+            "timeout": 0.5,
+            **{f"{role}_hostgroup": base + 10 * k for k, role in enumerate(ROLES, start=1)},
+        },
+    }
+
+
+ROLES = ("writer", "reader", "broken", "hidden")
+
+
+async def test_a_router_conflict_halts_that_cluster_alone_and_unreachable_halts_none(tmp_path):
+    # c002's hostgroups are under ProxySQL's own read_only monitor (a replication hostgroup
+    # pair): it would fight hacontrol, so c002 alone stays halted (not ready, the reason logged
+    # and named by /ready). c003's admin does not answer at start-up: it starts, like c001.
+    with RealProxySQL(tmp_path / "proxysql") as px:
+        await asyncio.to_thread(px.reset, (), [pair_sql(110, 120)])
+        async with FakeFleet(fleet([3, 3, 3], net_timeout=0.5)) as fake:
+            first, conflicted, unreachable = cluster_settings(fake, tmp_path)
+            routers = ((first, px.port, 0), (conflicted, px.port, 100), (unreachable, 1, 200))
+            clusters = [
+                s.model_copy(update={"router": Settings(
+                    **{**s.model_dump(), "router": proxysql_router(px, port, base)}
+                ).router})
+                for s, port, base in routers
+            ]  # fmt: skip
+            svc, capture = service(*clusters)
+            async with svc:
+                running = [svc.runtimes[name] for name in ("c001", "c003")]
+                await eventually(
+                    lambda: all(rt.ready()[0] for rt in running), 20, "c001 and c003 ready"
+                )
+                ok, reason = svc.ready()
+                assert not ok and reason.startswith("c002: halted at start-up:")
+                assert "writer_hostgroup=110 reader_hostgroup=120" in reason
+                assert svc.alive()[0]  # held on purpose: no restart of the whole process
+                assert svc.status()["clusters"]["c002"]["halted"] in reason
+                fake.kill("c001n1")  # the others keep their failover
+                await eventually(lambda: finished(capture, "c001"), 30, "c001's failover")
+                (done,) = finished(capture, "c001")
+                assert done["ok"], done
+        (refused,) = capture.of("startup_refused")
+        assert refused["cluster"] == "c002" and "fights hacontrol" in refused["reason"]
+        assert not [r for r in capture.records if r.get("cluster") == "c002" and
+                    r["event"] in ("started", "decision", "plan_started")]  # fmt: skip

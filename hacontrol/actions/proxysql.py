@@ -933,8 +933,16 @@ class ProxySQLRouter:
         return await self._call("read", self._probe)
 
     async def check_startup(self) -> None:
-        """Refuse to start (RouterError) when ProxySQL would fight the controller."""
-        if warnings := await self.conflicts():
+        """Refuse to start (RouterError) when ProxySQL would fight the controller. An admin
+        that does not answer now (down, timed out, refused) is no reason to refuse: a warning
+        here; the router probe reports it as a problem and routing is repaired when it
+        answers (conflicts included: ``apply`` checks the replication hostgroups again)."""
+        try:
+            warnings = await self.conflicts()
+        except RouterError as exc:
+            log.warning("proxysql: the start-up check could not run (%s)", exc)
+            return
+        if warnings:
             raise RouterError(
                 f"ProxySQL at {self.link.endpoint.host}:{self.link.endpoint.port} conflicts "
                 "with hacontrol; "
