@@ -453,3 +453,22 @@ async def test_a_silently_dead_kept_connection_is_replaced_before_the_call(
         await relay.stop()
     assert elapsed < 0.5 + 1.5  # the check's bound, then the apply (well under its 2 s)
     assert len(relay.flows) == 2  # one reconnect, no more
+
+
+async def test_a_call_whose_connection_is_closed_under_it_fails_with_a_router_error(
+    shared: Shared,
+) -> None:
+    # Shutdown closes the kept connection after waiting a little for the call in progress;
+    # that call's next statement is a RouterError (what every caller handles), not a crash.
+    link = shared.routers["orders"].link
+
+    async def slow_body(session) -> list:
+        await session.query("SELECT 1")
+        await asyncio.sleep(0.5)  # between two statements when the link closes
+        return await session.query("SELECT 1")
+
+    call = asyncio.create_task(link.call("read", slow_body, 2.0))
+    await asyncio.sleep(0.2)
+    await link.close(wait=0.05)
+    with pytest.raises(RouterError, match=r"read failed .*closed"):
+        await call

@@ -558,6 +558,10 @@ def conflict_warnings(
 # --- I/O ----------------------------------------------------------------------------------------
 
 
+class _SessionClosed(Exception):
+    """The kept connection was closed (``AdminLink.close``) under the call using it."""
+
+
 class _AdminSession:
     """The kept admin connection of one ``AdminLink`` (opened again after any failure);
     remembers the step in progress. Used only by the call holding the link's lock."""
@@ -613,7 +617,7 @@ class _AdminSession:
 
     def _open_conn(self, sql: str) -> BoundedConnection:
         if self._conn is None:
-            raise RuntimeError("session not open")
+            raise _SessionClosed
         self.current = repr(sql if len(sql) <= 120 else sql[:120] + "...")
         self.statements += 1
         return self._conn
@@ -753,6 +757,11 @@ class AdminLink:
             raise RouterError(
                 f"{self.where}: {what} failed at {self.session.current}: {describe_error(exc)}"
             ) from None
+        except _SessionClosed:
+            raise RouterError(
+                f"{self.where}: {what} failed after {self.session.current}: the admin "
+                "connection was closed (shutting down)"
+            ) from None
         finally:
             self.calls -= 1
 
@@ -775,7 +784,8 @@ class AdminLink:
             raise
 
     async def close(self, wait: float = 0.2) -> None:
-        """Close the kept connection, after the call in progress (waited for ``wait`` s)."""
+        """Close the kept connection, after the call in progress (waited for ``wait`` s; past
+        that, closed under it: its next statement fails with a RouterError)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 async with self.lock:
