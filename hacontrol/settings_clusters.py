@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hacontrol.addresses import host_key
 from hacontrol.settings_model import CLUSTER_NAME, SECRETS, Settings, address_key
 
 MAX_CLUSTERS = 1000
@@ -221,6 +222,13 @@ def _node_clashes(clusters: Labelled) -> list[str]:
     return problems
 
 
+def admin_key(host: str, port: int) -> tuple[str, int]:
+    """What is one ProxySQL admin interface, for check-config and for the process's
+    ``AdminLinks`` alike: ``address_key`` (IP literals canonical, names without case), and
+    every loopback name (localhost, ::1, ...) as 127.0.0.1. Names are not resolved."""
+    return address_key(host_key(host), port)
+
+
 def _proxysql_clashes(clusters: Labelled) -> list[str]:
     problems = []
     first: dict[tuple[str, int], tuple[str, Settings]] = {}
@@ -229,7 +237,7 @@ def _proxysql_clashes(clusters: Labelled) -> list[str]:
         proxysql = settings.router.proxysql
         if settings.router.kind != "proxysql":
             continue
-        admin = address_key(proxysql.host, proxysql.port)
+        admin = admin_key(proxysql.host, proxysql.port)
         on = f"on the ProxySQL admin {_shown(admin)}"
         if admin in first:
             problems += _admin_disagreements(where, settings, *first[admin], on)

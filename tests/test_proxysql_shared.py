@@ -472,3 +472,29 @@ async def test_a_call_whose_connection_is_closed_under_it_fails_with_a_router_er
     await link.close(wait=0.05)
     with pytest.raises(RouterError, match=r"read failed .*closed"):
         await call
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "::1", "::ffff:127.0.0.1", "127.0.0.2"])
+def test_check_config_and_the_links_agree_on_what_is_one_admin(host: str) -> None:
+    # Two clusters naming the admin 127.0.0.1:6032 and host:6032 with the same writer
+    # hostgroup: check-config refuses exactly when the process would give them one link.
+    from hacontrol.settings_clusters import cross_problems
+    from hacontrol.settings_model import Settings
+
+    def cluster(name: str, admin_host: str, base: int) -> Settings:
+        nodes = [
+            {"name": f"{name}{k}", "host": f"127.0.{base}.{k}", "port": 3306} for k in (1, 2, 3)
+        ]
+        proxysql = {"host": admin_host, "port": 6032, "password": "admin-secret"}
+        return Settings(
+            cluster={"name": name},
+            nodes=nodes,
+            mysql={"password": "secret-one", "replication_password": "secret-two"},
+            router={"kind": "proxysql", "proxysql": {**proxysql, **HOSTGROUPS["orders"]}},
+        )
+
+    first, second = cluster("a", "127.0.0.1", 1), cluster("b", host, 2)
+    refused = [p for p in cross_problems([("a", first), ("b", second)]) if "hostgroup 10" in p]
+    links = AdminLinks()
+    one_link = links.get(first.router.proxysql) is links.get(second.router.proxysql)
+    assert bool(refused) == one_link == (host != "127.0.0.2")

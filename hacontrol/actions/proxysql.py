@@ -44,7 +44,6 @@ from typing import Any, TypeVar
 
 import pymysql
 
-from hacontrol.addresses import host_key
 from hacontrol.mysqlconn import (
     BoundedConnection,
     ColumnCache,
@@ -57,7 +56,7 @@ from hacontrol.mysqlconn import (
 )
 from hacontrol.routing import Drained, Membership, Role, RouterError, desired_state_problem
 from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings, TlsSettings
-from hacontrol.settings_model import address_key
+from hacontrol.settings_clusters import admin_key
 
 log = logging.getLogger(__name__)
 
@@ -796,7 +795,7 @@ class AdminLink:
 
 class AdminLinks:
     """The process's AdminLinks, one per ProxySQL admin endpoint (host:port, one spelling per
-    address: ``address_key``, every loopback name as 127.0.0.1): the routers of clusters
+    address: ``admin_key``, the one check-config uses): the routers of clusters
     routed by the same ProxySQL get the same link. Two clusters naming the same endpoint with
     other credentials or TLS settings are refused (RouterError): two connections would mean
     two locks. (``check-config`` refuses both first; a host name is not resolved.)"""
@@ -806,7 +805,7 @@ class AdminLinks:
 
     def get(self, settings: ProxySQLSettings) -> AdminLink:
         endpoint = _endpoint_of(settings)
-        key = address_key(host_key(settings.host), settings.port)
+        key = admin_key(settings.host, settings.port)
         if key not in self._links:
             self._links[key] = (AdminLink(endpoint), settings.tls)
         link, tls = self._links[key]
