@@ -64,7 +64,14 @@ def build_router(settings: Settings, links: AdminLinks | None = None) -> Router 
         proxysql = settings.router.proxysql
         link = links.get(proxysql) if links is not None else None
         share = settings.probes.interval / 2  # one read of a shared admin per half interval
-        return ProxySQLRouter(proxysql, settings.nodes, settings.router, link=link, share_age=share)
+        return ProxySQLRouter(
+            proxysql,
+            settings.nodes,
+            settings.router,
+            link=link,
+            share_age=share,
+            cluster=settings.cluster.name,
+        )
     return None
 
 

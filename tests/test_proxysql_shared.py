@@ -104,6 +104,7 @@ class Shared:
             RouterSettings(kind="proxysql"),
             link=link,
             share_age=share_age,
+            cluster=cluster,
         )
 
     async def rows(self, cluster: str, table: str) -> list[tuple[str | None, ...]]:
@@ -344,7 +345,9 @@ async def test_no_load_publishes_two_writers_of_any_cluster_on_the_link(shared: 
     await asyncio.to_thread(shared.px.admin, SeedRow(110, second.host, second.port).insert_sql())
     runtime_before = await runtime_rows(shared.px)
     with pytest.raises(
-        RouterError, match=r"refusing to LOAD .* 2 writers \['u1', 'u2'\] in hostgroup 110"
+        RouterError,
+        match=r"refusing to LOAD .* 2 writers \['u1', 'u2'\] in hostgroup 110 of cluster users "
+        r"\(changed by someone else meanwhile\?\); another cluster on this admin",
     ):
         await orders.apply(failed_over("orders", 2))
     assert await runtime_rows(shared.px) == runtime_before

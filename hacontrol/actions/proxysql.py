@@ -691,6 +691,8 @@ class AdminLink:
         self.lock = asyncio.Lock()
         self.session = _AdminSession()
         self.layouts: list[Layout] = []
+        self.owners: dict[int, str] = {}
+        """Each layout's cluster, for the messages, by its writer hostgroup."""
         self.calls = 0
         """Calls holding or waiting for the lock."""
         self.shared_read: SharedRead | None = None
@@ -700,9 +702,10 @@ class AdminLink:
     def hostgroup_ids(self) -> tuple[int, ...]:
         return tuple(sorted({i for layout in self.layouts for i in layout.hostgroups.ids()}))
 
-    def register(self, layout: Layout) -> None:
-        """A router's managed rows on this admin; RouterError when its hostgroups overlap
-        another router's here (its statements would touch the other cluster's rows)."""
+    def register(self, layout: Layout, cluster: str | None = None) -> None:
+        """A router's managed rows on this admin (of ``cluster``, for the messages);
+        RouterError when its hostgroups overlap another router's here (its statements would
+        touch the other cluster's rows)."""
         mine = set(layout.hostgroups.ids())
         for other in self.layouts:
             if shared := sorted(mine & set(other.hostgroups.ids())):
@@ -712,6 +715,9 @@ class AdminLink:
                     "needs hostgroups of its own"
                 )
         self.layouts.append(layout)
+        self.owners[layout.hostgroups.writer] = (
+            f"cluster {cluster}" if cluster else f"the cluster of nodes {sorted(layout.names())}"
+        )
 
     @property
     def where(self) -> str:
@@ -857,6 +863,7 @@ class ProxySQLRouter:
         retry_delay: float = 0.05,
         link: AdminLink | None = None,
         share_age: float = 0.0,
+        cluster: str | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -866,7 +873,7 @@ class ProxySQLRouter:
         self.statements_sent: list[str] = []
         self._owns_link = link is None
         self.link = link if link is not None else AdminLink(_endpoint_of(settings))
-        self.link.register(self.layout)
+        self.link.register(self.layout, cluster)
         self.share_age = share_age
         """Seconds a probe read of the whole link may be served to this router's probe when
         several routers share the link (0: never): one read per interval, not one per cluster
@@ -1031,10 +1038,18 @@ class ProxySQLRouter:
         config = await session.servers(CONFIG_TABLE, ids)
         for layout in layouts:
             if writers := extra_writers(config, layout):
+                writer = layout.hostgroups.writer
+                whose = "" if layout is self.layout else f" of {self.link.owners[writer]}"
+                why = (
+                    "; another cluster on this admin: a LOAD would publish its rows too, so "
+                    "this cluster's change waits until that is fixed"
+                    if whose
+                    else ""
+                )
                 raise RouterError(
                     f"refusing to {LOAD_TO_RUNTIME}: mysql_servers holds {len(writers)} "
-                    f"writers {writers} in hostgroup {layout.hostgroups.writer} (changed by "
-                    "someone else meanwhile?)"
+                    f"writers {writers} in hostgroup {writer}{whose} (changed by "
+                    f"someone else meanwhile?){why}"
                 )
 
     async def _replication_hostgroups(
