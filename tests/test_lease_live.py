@@ -137,8 +137,11 @@ async def test_a_publish_cut_by_its_timeout_drops_its_session_and_says_so(two):
     a._emit = seen.append
     cut = await a.publish("node1", timeout=0.0005)
     assert not cut.ok and "timed out" in cut.reason
-    assert not session.holds and session.id is None and session.conn is None
-    assert [e.node for e in seen if e.error] == ["node1"], seen
+    if session.conn is not None:  # cut before its statement went out: intact, still holding
+        assert not session.conn.closed and session.holds
+    else:  # cut mid-statement: the server freed the locks, and the instance knows and says so
+        assert not session.holds and session.id is None
+        assert [e.node for e in seen if e.error] == ["node1"], seen
     again = await a.round("node1")
     assert again.ok and again.session is not None
 

@@ -214,8 +214,9 @@ class LeaseKeeper:
         except Exception as exc:  # a broken session: its locks are gone
             session.drop()
             return LeaseObserved(session.node, sent, error=describe_error(exc), jitter=self._draw())
-        except BaseException:  # cancelled mid-statement: fetch_text closed the connection
+        except BaseException as exc:  # cancelled mid-statement: fetch_text closed it
             session.drop()
+            self._emit(LeaseObserved(session.node, sent, error=describe_error(exc)))
             raise
         return observed
 
