@@ -672,6 +672,21 @@ def test_maintenance_hides_a_replica_and_brings_it_back():
     assert plan.actions[0].desired.hidden == frozenset()
 
 
+def test_maintenance_off_from_a_reading_that_still_routes_the_node_is_a_valid_state():
+    """The router reading may predate the hiding (node3 still a reader): back from
+    maintenance, node3 is broken until healthy, never a reader and broken at once (the router
+    would refuse the state and the command fail)."""
+    from hacontrol.routing import desired_state_problem
+    from hacontrol.rules.planned import plan_maintenance
+
+    _, hidden = plan_maintenance(healthy(), S, "node3", True)
+    assert "node3" in hidden.router.membership.readers  # the reading taken before the hiding
+    plan, _ = plan_maintenance(hidden, S, "node3", False)
+    (route,) = plan.actions
+    assert desired_state_problem(route.desired) is None
+    assert route.desired == Membership.of(["node1"], ["node1", "node2"], ["node3"], [])
+
+
 def desired_after(view):
     from hacontrol.rules.routing import desired_membership
 

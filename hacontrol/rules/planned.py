@@ -205,7 +205,11 @@ def plan_maintenance(
             current.writers - {node}, current.readers - {node}, current.broken - {node}, hidden
         )
     else:
-        desired = Membership(current.writers, current.readers, current.broken | {node}, hidden)
+        # Out of every routed group whatever the reading said (it may predate the hiding):
+        # broken until healthy, then the routing rule makes it a reader.
+        desired = Membership(
+            current.writers - {node}, current.readers - {node}, current.broken | {node}, hidden
+        )
     verb = "hidden (maintenance)" if on else "back from maintenance (broken until healthy)"
     plan = Plan(
         "Maintenance",
