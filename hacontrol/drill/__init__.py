@@ -81,6 +81,22 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "and measure detection, promotion, router update, client-visible outages and lost "
         "acknowledged writes. Exit 0 when every run completed with no lost acknowledged write.",
     )
+    _fault_arguments(p)
+    _runs_arguments(p)
+    p.add_argument("--dir", type=Path, help="sandbox directory to use (started if needed) and keep")
+    p.add_argument(
+        "--router",
+        choices=["proxysql", "haproxy"],
+        help="the sandbox's router (default: proxysql when on PATH, else haproxy); the load "
+        "goes through it",
+    )
+    _real_cluster_arguments(p)
+    _load_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _fault_arguments(p: argparse.ArgumentParser) -> None:
+    """What is done, to how many controllers and clusters, and how a chaos run goes."""
     p.add_argument(
         "--fault",
         choices=(*FAULTS, *LEADER_FAULTS, "chaos"),
@@ -108,6 +124,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "--seed", type=int, help="with --fault chaos: replay the fault sequence of this seed"
     )
     add_network_options(p)
+
+
+def _runs_arguments(p: argparse.ArgumentParser) -> None:
+    """How many runs, where their figures go, and the controller's timing."""
     p.add_argument("--runs", type=int, default=1, help="number of runs (default 1)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
     p.add_argument(
@@ -121,14 +141,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "default), or the defaults of settings.toml ([probes] and [failover] as a new "
         "install has them; the servers and the router keep theirs)",
     )
-    p.add_argument("--dir", type=Path, help="sandbox directory to use (started if needed) and keep")
-    p.add_argument(
-        "--router",
-        choices=["proxysql", "haproxy"],
-        help="the sandbox's router (default: proxysql when on PATH, else haproxy); the load "
-        "goes through it",
-    )
-    _real_cluster_arguments(p)
+
+
+def _load_arguments(p: argparse.ArgumentParser) -> None:
+    """The controller's log and the drill's clients."""
     p.add_argument(
         "--log", type=Path, metavar="FILE", help="write the controller's JSON log lines here"
     )
@@ -141,7 +157,6 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         default=2.0,
         help="connect/query timeout of the drill's clients, seconds (default 2)",
     )
-    p.set_defaults(func=run)
 
 
 def _several_clusters_arguments(p: argparse.ArgumentParser) -> None:

@@ -73,24 +73,37 @@ async def _gone(pid: int | None, timeout: float = 10.0) -> None:
 
 async def rebuild_sandbox_node(sandbox, node: str, source: str) -> str:
     from hacontrol.sandbox import procs
-    from hacontrol.sandbox.cluster import (
-        default_cache_dir,
-        ensure_template,
-        find_binary,
-        wait_node_ready,
-    )
+
+    tools = _server_tools(node)
+    info = sandbox.status()
+    target, origin = info.node(node), info.node(source)
+    env = {**os.environ, "MYSQL_PWD": sandbox.password("root")}
+
+    await procs.terminate(target.pid, target.config)
+    await _gone(target.pid)
+    dump = await _dump_all(tools, origin, env)
+    position = dump_position(dump)
+    await _fresh_datadir(tools, target)
+    no_password = {k: v for k, v in env.items() if k != "MYSQL_PWD"}
+    await _load_offline(tools, target, dump, position, no_password)
+    sandbox.status().with_node_pid(node, None).save()
+    await sandbox.start_node(node)
+    return f"{node} rebuilt from a dump of {source} at {position} and restarted"
+
+
+def _server_tools(node: str) -> dict[str, str]:
+    """The server and its dump and client tools, or a FaultError naming the missing ones."""
+    from hacontrol.sandbox.cluster import find_binary
 
     tools = {b: find_binary(b) for b in ("mariadbd", "mariadb-dump", "mariadb")}
     if missing := [b for b, path in tools.items() if path is None]:
         raise FaultError(f"cannot rebuild {node}: not installed: {', '.join(missing)}")
-    info = sandbox.status()
-    target, origin = info.node(node), info.node(source)
-    root_pw = sandbox.password("root")
-    env = {**os.environ, "MYSQL_PWD": root_pw}
+    return {b: path for b, path in tools.items() if path is not None}
 
-    await procs.terminate(target.pid, target.config)
-    await _gone(target.pid)
-    dump = await _run(
+
+async def _dump_all(tools: dict[str, str], origin, env: dict[str, str]) -> bytes:
+    """A consistent dump of every database of ``origin``, with its GTID position."""
+    return await _run(
         [
             str(tools["mariadb-dump"]),
             f"--socket={origin.socket}",
@@ -104,11 +117,25 @@ async def rebuild_sandbox_node(sandbox, node: str, source: str) -> str:
         None,
         env,
     )
-    position = dump_position(dump)
+
+
+async def _fresh_datadir(tools: dict[str, str], target) -> None:
+    """The node's datadir replaced by a copy of the sandbox's template."""
+    from hacontrol.sandbox.cluster import default_cache_dir, ensure_template
 
     template = await ensure_template(default_cache_dir(), str(tools["mariadbd"]))
     await asyncio.to_thread(shutil.rmtree, target.datadir, True)
     await asyncio.to_thread(shutil.copytree, template, target.datadir)
+
+
+async def _load_offline(
+    tools: dict[str, str], target, dump: bytes, position: str, env: dict[str, str]
+) -> None:
+    """Start the node with networking off, load the dump with the binary log off and
+    ``gtid_slave_pos`` at ``position``, and stop it again."""
+    from hacontrol.sandbox import procs
+    from hacontrol.sandbox.cluster import wait_node_ready
+
     argv = [
         str(tools["mariadbd"]),
         f"--defaults-file={target.config}",
@@ -127,15 +154,7 @@ async def rebuild_sandbox_node(sandbox, node: str, source: str) -> str:
             + dump
             + f"\nSET GLOBAL gtid_slave_pos = '{position}';\nFLUSH PRIVILEGES;\n".encode()
         )
-        no_password = {k: v for k, v in env.items() if k != "MYSQL_PWD"}
-        await _run(
-            [str(tools["mariadb"]), f"--socket={target.socket}", "--user=root"],
-            script,
-            no_password,
-        )
+        await _run([str(tools["mariadb"]), f"--socket={target.socket}", "--user=root"], script, env)
     finally:
         await procs.terminate(pid, target.config)
         await _gone(pid)
-    sandbox.status().with_node_pid(node, None).save()
-    await sandbox.start_node(node)
-    return f"{node} rebuilt from a dump of {source} at {position} and restarted"
