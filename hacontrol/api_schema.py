@@ -85,15 +85,16 @@ def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
     return schema
 
 
-def _metrics() -> dict[str, Any]:
+def _page(summary: str, media_type: str) -> dict[str, Any]:
+    """A page read without a token (the status page, the metrics)."""
     return {
         "get": {
-            "summary": "Prometheus text format 0.0.4",
+            "summary": summary,
             "security": [],
             "responses": {
                 "200": {
                     "description": "ok",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                    "content": {media_type: {"schema": {"type": "string"}}},
                 },
                 "429": _limited(),
                 "503": _json(_ERROR, "the controller's event loop did not answer"),
@@ -102,70 +103,72 @@ def _metrics() -> dict[str, Any]:
     }
 
 
-def document() -> dict[str, Any]:
+def _read_paths() -> dict[str, Any]:
+    """What is read: the pages, the probes, the status and this document."""
+    return {
+        "/": _page("the status page (HTML, reloads itself)", "text/html"),
+        "/health": _read("liveness", {"$ref": "#/components/schemas/Probe"}, probe=True),
+        "/ready": _read("readiness", {"$ref": "#/components/schemas/Probe"}, probe=True),
+        "/status": _read("the controller's view", {"type": "object"}),
+        "/metrics": _page("Prometheus text format 0.0.4", "text/plain"),
+        "/openapi.json": _read("this document", {"type": "object"}),
+    }
+
+
+def _command_paths() -> dict[str, Any]:
+    """The operator's commands (each with a bearer token)."""
     node = {"type": "string", "pattern": NODE_NAME}
     empty = _object({})
     return {
+        "/switchover": _command(
+            "planned switchover, to a node or to the best candidate",
+            _object({"to": node}),
+            required=False,
+        ),
+        "/maintenance": _command(
+            "hide a replica (on) or bring it back (off)",
+            _object({"node": node, "on": {"type": "boolean"}}, ("node", "on")),
+            required=True,
+        ),
+        "/rebuild": _command(
+            "re-clone a fenced node from a healthy replica (answered when it starts; "
+            "progress in /status); dry_run: only say whether and from where",
+            _object({"node": node, "from": node, "dry_run": {"type": "boolean"}}, ("node",)),
+            required=True,
+        ),
+        "/ack": _command("clear the halt and the recovery block", empty, required=False),
+        "/pause": _command("stop automatic changes", empty, required=False),
+        "/resume": _command("allow automatic changes", empty, required=False),
+    }
+
+
+def _components() -> dict[str, Any]:
+    return {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": _object(
+                {"ok": {"type": "boolean", "enum": [False]}, "message": {"type": "string"}},
+                ("ok", "message"),
+            ),
+            "Answer": _object(
+                {
+                    "ok": {"type": "boolean"},
+                    "message": {"type": "string"},
+                    "detail": {"type": "object"},
+                },
+                ("ok", "message", "detail"),
+            ),
+            "Probe": _object(
+                {"ok": {"type": "boolean"}, "reason": {"type": "string"}}, ("ok", "reason")
+            ),
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    return {
         "openapi": "3.0.3",
         "info": {"title": "hacontrol", "version": __version__},
-        "paths": {
-            "/": {
-                "get": {
-                    "summary": "the status page (HTML, reloads itself)",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "ok",
-                            "content": {"text/html": {"schema": {"type": "string"}}},
-                        },
-                        "429": _limited(),
-                        "503": _json(_ERROR, "the controller's event loop did not answer"),
-                    },
-                }
-            },
-            "/health": _read("liveness", {"$ref": "#/components/schemas/Probe"}, probe=True),
-            "/ready": _read("readiness", {"$ref": "#/components/schemas/Probe"}, probe=True),
-            "/status": _read("the controller's view", {"type": "object"}),
-            "/metrics": _metrics(),
-            "/openapi.json": _read("this document", {"type": "object"}),
-            "/switchover": _command(
-                "planned switchover, to a node or to the best candidate",
-                _object({"to": node}),
-                required=False,
-            ),
-            "/maintenance": _command(
-                "hide a replica (on) or bring it back (off)",
-                _object({"node": node, "on": {"type": "boolean"}}, ("node", "on")),
-                required=True,
-            ),
-            "/rebuild": _command(
-                "re-clone a fenced node from a healthy replica (answered when it starts; "
-                "progress in /status); dry_run: only say whether and from where",
-                _object({"node": node, "from": node, "dry_run": {"type": "boolean"}}, ("node",)),
-                required=True,
-            ),
-            "/ack": _command("clear the halt and the recovery block", empty, required=False),
-            "/pause": _command("stop automatic changes", empty, required=False),
-            "/resume": _command("allow automatic changes", empty, required=False),
-        },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": _object(
-                    {"ok": {"type": "boolean", "enum": [False]}, "message": {"type": "string"}},
-                    ("ok", "message"),
-                ),
-                "Answer": _object(
-                    {
-                        "ok": {"type": "boolean"},
-                        "message": {"type": "string"},
-                        "detail": {"type": "object"},
-                    },
-                    ("ok", "message", "detail"),
-                ),
-                "Probe": _object(
-                    {"ok": {"type": "boolean"}, "reason": {"type": "string"}}, ("ok", "reason")
-                ),
-            },
-        },
+        "paths": {**_read_paths(), **_command_paths()},
+        "components": _components(),
     }
