@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hacontrol.sandbox.model import HOSTGROUP_STRIDE, ClusterInfo, NodeInfo, RouterInfo
 from hacontrol.sandbox.tls import SandboxTls
@@ -109,7 +111,28 @@ def node_cnf(
     A one-node sandbox keeps semi-sync off on its primary: with no replica to acknowledge,
     every commit would wait for the semi-sync timeout.
     """
-    options: list[tuple[str, object]] = [
+    options = [
+        *_server_files(node),
+        *_replication_options(node, primary=primary, has_replicas=has_replicas),
+        *_sandbox_durability(),
+    ]
+    if run_as_root:
+        options.insert(0, ("user", "root"))  # mariadbd refuses to run as root without it
+    if tls is not None:
+        options += [
+            ("ssl_ca", tls.ca),
+            ("ssl_cert", tls.cert("server")),
+            ("ssl_key", tls.key("server")),
+        ]
+    role = "primary" if primary else "replica"
+    lines = [f"# hacontrol sandbox {node.name}: {role} when the sandbox was created", "[mysqld]"]
+    lines += [f"{key} = {value}" for key, value in options]
+    return "\n".join(lines) + "\n"
+
+
+def _server_files(node: NodeInfo) -> list[tuple[str, object]]:
+    """Where the node keeps its files and listens."""
+    return [
         ("datadir", node.datadir),
         ("socket", node.socket),
         ("pid-file", f"{node.node_dir}/mysqld.pid"),
@@ -122,6 +145,14 @@ def node_cnf(
         ("port", node.port),
         ("bind-address", node.host),
         ("skip-name-resolve", "ON"),
+    ]
+
+
+def _replication_options(
+    node: NodeInfo, *, primary: bool, has_replicas: bool
+) -> list[tuple[str, object]]:
+    """Binary log, GTID, read_only and semi-sync as the node's role at creation wants them."""
+    return [
         ("server_id", node.server_id),
         ("gtid_domain_id", 0),
         ("log_bin", "mysql-bin"),
@@ -138,26 +169,19 @@ def node_cnf(
         ("slave_net_timeout", SLAVE_NET_TIMEOUT),
         ("report_host", node.host),
         ("report_port", node.port),
-        # Durable against a killed process (what the tests do), not against a host crash:
-        # commits reach the OS at once, fsync is left to the OS. Keeps the 2-core machine fast.
+    ]
+
+
+def _sandbox_durability() -> list[tuple[str, object]]:
+    """Durable against a killed process (what the tests do), not against a host crash:
+    commits reach the OS at once, fsync is left to the OS. Keeps the 2-core machine fast."""
+    return [
         ("sync_binlog", 0),
         ("innodb_flush_log_at_trx_commit", 2),
         ("performance_schema", "OFF"),
         ("max_connections", 200),
         *INNODB_OPTIONS.items(),
     ]
-    if run_as_root:
-        options.insert(0, ("user", "root"))  # mariadbd refuses to run as root without it
-    if tls is not None:
-        options += [
-            ("ssl_ca", tls.ca),
-            ("ssl_cert", tls.cert("server")),
-            ("ssl_key", tls.key("server")),
-        ]
-    role = "primary" if primary else "replica"
-    lines = [f"# hacontrol sandbox {node.name}: {role} when the sandbox was created", "[mysqld]"]
-    lines += [f"{key} = {value}" for key, value in options]
-    return "\n".join(lines) + "\n"
 
 
 def template_cnf(datadir: str, *, run_as_root: bool) -> str:
@@ -433,15 +457,9 @@ def proxysql_cnf(
     """
     passwords = app_passwords or {USERS["app"]: app_password}
     rows = ProxySQLRows.of(nodes, router, passwords, clusters)
-    interfaces = f"{router.host}:{router.writer_port};{router.host}:{router.reader_port}"
-    if router.writer_socket:  # --netns: clients outside the sandbox's network
-        interfaces += f";{router.writer_socket}"
-    admin = f"{router.host}:{router.admin_port}"
-    if router.admin_socket:
-        admin += f";{router.admin_socket}"
     variables = {
         **PROXYSQL_MYSQL_VARIABLES,
-        "interfaces": interfaces,
+        "interfaces": _proxysql_interfaces(router),
         "monitor_username": USERS["monitor"],
         "monitor_password": monitor_password,
         **({"have_ssl": True} if tls else {}),
@@ -450,30 +468,46 @@ def proxysql_cnf(
         [
             "# hacontrol sandbox: ProxySQL in front of the nodes (docs/proxysql.md)",
             f"datadir={json.dumps(datadir)}",
-            "admin_variables=",
-            "{",
-            f"    admin_credentials={json.dumps(admin_credentials(router, admin_password))}",
-            f"    mysql_ifaces={json.dumps(admin)}",
-            "}",
-            "mysql_variables=",
-            "{",
-            *(f"    {key}={_libconfig(value)}" for key, value in variables.items()),
-            "}",
-            "mysql_servers=",
-            "(",
-            ",\n".join(rows.servers),
-            ")",
-            "mysql_users=",
-            "(",
-            ",\n".join(rows.users),
-            ")",
-            "mysql_query_rules=",
-            "(",
-            *rows.rules,
-            ")",
+            *_proxysql_admin_section(router, admin_password),
+            *_libconfig_group("mysql_variables", "{", "}", _libconfig_settings(variables)),
+            *_libconfig_group("mysql_servers", "(", ")", [",\n".join(rows.servers)]),
+            *_libconfig_group("mysql_users", "(", ")", [",\n".join(rows.users)]),
+            *_libconfig_group("mysql_query_rules", "(", ")", rows.rules),
             "",
         ]
     )
+
+
+def _proxysql_interfaces(router: RouterInfo) -> str:
+    """Where the application connects: the writer and reader ports (and with --netns the
+    writer's socket, for clients outside the sandbox's network)."""
+    interfaces = f"{router.host}:{router.writer_port};{router.host}:{router.reader_port}"
+    if router.writer_socket:
+        interfaces += f";{router.writer_socket}"
+    return interfaces
+
+
+def _proxysql_admin_section(router: RouterInfo, admin_password: str) -> list[str]:
+    admin = f"{router.host}:{router.admin_port}"
+    if router.admin_socket:
+        admin += f";{router.admin_socket}"
+    return _libconfig_group(
+        "admin_variables",
+        "{",
+        "}",
+        _libconfig_settings(
+            {"admin_credentials": admin_credentials(router, admin_password), "mysql_ifaces": admin}
+        ),
+    )
+
+
+def _libconfig_group(name: str, opening: str, closing: str, body: Iterable[str]) -> list[str]:
+    """``name=`` and its body between ``{ }`` (settings) or ``( )`` (a list of rows)."""
+    return [f"{name}=", opening, *body, closing]
+
+
+def _libconfig_settings(values: dict[str, Any]) -> list[str]:
+    return [f"    {key}={_libconfig(value)}" for key, value in values.items()]
 
 
 # ProxySQL lets its "admin" user log in from localhost only. A controller on a host of its own
