@@ -12,52 +12,9 @@ import pytest
 
 from hacontrol.cli import main
 from hacontrol.settings import SettingsError, check, load_settings
+from tests.settings_documents import BASE, refused, run_check, write
 
 REPO = Path(__file__).resolve().parent.parent
-
-BASE = """
-[cluster]
-name = "t"
-
-[[nodes]]
-name = "a"
-host = "10.0.0.1"
-port = 3306
-
-[[nodes]]
-name = "b"
-host = "10.0.0.2"
-
-[[nodes]]
-name = "c"
-host = "10.0.0.3"
-priority = 5
-no_promote = true
-
-[mysql]
-password = "s3cret-controller"
-replication_password_file = "repl.pw"
-
-[router]
-kind = "proxysql"
-
-[router.proxysql]
-password = "s3cret-admin"
-"""
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    (tmp_path / "repl.pw").write_text("s3cret-repl\n")
-    path = tmp_path / "settings.toml"
-    path.write_text(text)
-    return path
-
-
-def run_check(path: Path | str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["check-config", "--config", str(path)])
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def test_valid_file_prints_effective_settings_with_secrets_masked(tmp_path, capsys):
@@ -354,13 +311,9 @@ ERRORS = [
 
 @pytest.mark.parametrize(("what", "text", "key", "reason"), ERRORS, ids=[e[0] for e in ERRORS])
 def test_check_config_error_names_key(tmp_path, capsys, what, text, key, reason):
-    code, out, err = run_check(write(tmp_path, text), capsys)
-    assert code == 2
-    assert out == ""
-    lines = [line for line in err.splitlines() if "settings error" in line]
+    lines, err = refused(write(tmp_path, text), capsys)
     assert any(f"error: {key}:" in line or f"error: {key} " in line for line in lines), err
     assert reason in err
-    assert "s3cret" not in err
 
 
 def test_secret_file_that_is_not_utf8(tmp_path, capsys):
