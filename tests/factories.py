@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import replace
 from typing import Any
 
 from hacontrol.events import LeaseObserved, ProbeResult, RouterProbeResult
@@ -29,25 +28,39 @@ def settings(**overrides: object) -> Settings:
     return Settings(**data)
 
 
+HEALTHY_CHANNEL: dict[str, Any] = {
+    "connection_name": "",
+    "source_host": "127.0.0.1",
+    "io_state": IoState.RUNNING,
+    "sql_running": True,
+    "last_io_errno": 0,
+    "last_io_error": "",
+    "last_sql_errno": 0,
+    "last_sql_error": "",
+    "seconds_behind": 0,
+    "source_server_id": 1,
+}
+"""What every healthy replication channel shows: both threads running, no error, no lag,
+from 127.0.0.1 and a source with server id 1."""
+
+
+def running_channel(**fields: Any) -> ReplicationStatus:
+    """A healthy channel (``HEALTHY_CHANNEL``) with ``fields``: at least the source's port,
+    the received GTID, the heartbeats and the GTID mode, which differ by server."""
+    return ReplicationStatus(**{**HEALTHY_CHANNEL, **fields})
+
+
 def channel(source: str = "node1", **kw: object) -> ReplicationStatus:
-    base = ReplicationStatus(
-        connection_name="",
-        source_host="127.0.0.1",
-        source_port=PORTS.get(source, 9999),
-        io_state=IoState.RUNNING,
-        sql_running=True,
-        last_io_errno=0,
-        last_io_error="",
-        last_sql_errno=0,
-        last_sql_error="",
-        seconds_behind=0,
-        received_gtid="0-1-100",
-        heartbeats_received=10,
-        using_gtid="Slave_Pos",
-        source_server_id=1,
-        heartbeat_period=0.5,
+    return running_channel(
+        **{
+            "source_port": PORTS.get(source, 9999),
+            "received_gtid": "0-1-100",
+            "heartbeats_received": 10,
+            "using_gtid": "Slave_Pos",
+            "heartbeat_period": 0.5,
+            **kw,
+        }
     )
-    return replace(base, **kw)
 
 
 def status(

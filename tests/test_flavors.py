@@ -28,6 +28,7 @@ from hacontrol.flavors import (
 )
 from hacontrol.flavors.mariadb import binlog_state_of
 from hacontrol.settings import ReplicationTlsSettings as ReplicationTls
+from tests.factories import running_channel
 
 DATA = Path(__file__).parent / "data"
 RECORDED = sorted(DATA.glob("*.json"))
@@ -47,48 +48,28 @@ def parse(recorded: dict[str, Any]) -> NodeStatus:
 
 def replica(**changes: Any) -> ReplicationStatus:
     """The healthy default-connection replica of the recorded MariaDB pair, with changes."""
-    healthy = ReplicationStatus(
-        connection_name="",
-        source_host="127.0.0.1",
-        source_port=23306,
-        io_state=IoState.RUNNING,
-        sql_running=True,
-        last_io_errno=0,
-        last_io_error="",
-        last_sql_errno=0,
-        last_sql_error="",
-        seconds_behind=0,
-        received_gtid="0-1-8",
-        heartbeats_received=81,
-        using_gtid="Slave_Pos",
-        source_server_id=1,
-        received_pos=("vm-bin.000001", 1507),
-        tls="off",  # Master_SSL_Allowed: No
-    )
-    return ReplicationStatus(**{**healthy.__dict__, **changes})
+    recorded = {
+        "source_port": 23306,
+        "received_gtid": "0-1-8",
+        "heartbeats_received": 81,
+        "using_gtid": "Slave_Pos",
+        "received_pos": ("vm-bin.000001", 1507),
+        "tls": "off",  # Master_SSL_Allowed: No
+    }
+    return running_channel(**{**recorded, **changes})
 
 
 def mysql_replica(**changes: Any) -> ReplicationStatus:
     """The replica row of MySQL's manual example (8.0 / 8.4 SHOW REPLICA STATUS), with changes."""
-    manual = ReplicationStatus(
-        connection_name="",
-        source_host="127.0.0.1",
-        source_port=13000,
-        io_state=IoState.RUNNING,
-        sql_running=True,
-        last_io_errno=0,
-        last_io_error="",
-        last_sql_errno=0,
-        last_sql_error="",
-        seconds_behind=0,
-        received_gtid=f"{MYSQL_UUID}:1-3",
-        heartbeats_received=7,
-        using_gtid="1",
-        source_server_id=1,
-        received_pos=("master-bin.000001", 927),
-        tls="off",
-    )
-    return ReplicationStatus(**{**manual.__dict__, **changes})
+    manual = {
+        "source_port": 13000,
+        "received_gtid": f"{MYSQL_UUID}:1-3",
+        "heartbeats_received": 7,
+        "using_gtid": "1",
+        "received_pos": ("master-bin.000001", 927),
+        "tls": "off",
+    }
+    return running_channel(**{**manual, **changes})
 
 
 NO_SEMI_SYNC_MARIADB = SemiSync(
