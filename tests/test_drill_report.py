@@ -306,3 +306,29 @@ def test_default_timing_is_that_of_the_example_settings_toml():
     defaults = default_timing(tuned)
     assert defaults.probes == ProbeSettings() and defaults.failover == FailoverSettings()
     assert defaults.nodes == tuned.nodes and defaults.cluster == tuned.cluster
+
+
+def test_a_run_result_rounds_its_figures_and_keeps_the_first_20_lost_ids() -> None:
+    from types import SimpleNamespace
+
+    facts = SimpleNamespace(fault="freeze", old="node1", fault_wall=1_700_000_000.12345, error=None)
+    result = report.run_result(
+        2,
+        facts,
+        "node3",
+        {"detection": 0.123456, "promotion": None},
+        list(range(100, 130)),
+        (False, "node1 not restarted"),
+        reads_ok=5,
+    )
+    assert (result.run, result.fault, result.old_primary, result.new_primary) == (
+        2,
+        "freeze",
+        "node1",
+        "node3",
+    )
+    assert result.fault_wall == 1_700_000_000.123
+    assert result.figures == {"detection": 0.1235, "promotion": None}
+    assert (result.lost_writes, result.lost_ids) == (30, tuple(range(100, 120)))
+    assert (result.restored, result.restore, result.reads_ok) == (False, "node1 not restarted", 5)
+    assert not result.ok

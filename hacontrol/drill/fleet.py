@@ -409,27 +409,17 @@ class FleetDrill:
         if lost:
             say(f"LOST {len(lost)} acknowledged writes: {lost[:20]}")
         after = self._new_leader(run) if run.fault in ON_LEADER else None
-        restored, how = await self._restore(run, new, say)
+        restore = await self._restore(run, new, say)
         writes = {name: w for name, (w, _) in loads.items()}
         reads = {name: r for name, (_, r) in loads.items()}
-        return report.RunResult(
-            run=index,
-            fault=run.fault,
-            old_primary=run.old,
-            new_primary=new,
-            fault_wall=round(run.fault_wall, 3),
-            figures={k: (round(v, 4) if v is not None else None) for k, v in figures.items()},
+        counts = dict(
             writes_acknowledged=sum(len(w.acknowledged) for w in writes.values()),
             reads_ok=sum(len(r.ok_times) for r in reads.values()),
             write_errors=per_router(writes),
             read_errors=per_router(reads),
-            lost_writes=len(lost),
-            lost_ids=tuple(lost[:20]),
-            restored=restored,
-            restore=how,
-            error=run.error,
             leaders=(run.leader, after["_instance"] if after else run.leader),
         )
+        return report.run_result(index, run, new, figures, lost, restore, **counts)
 
     async def _lost(self, loads: dict[str, tuple[WriteLoad, ReadLoad]], new: str) -> list[int]:
         node = self.settings.node(new)

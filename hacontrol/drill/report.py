@@ -11,7 +11,7 @@ import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 FIGURES: tuple[tuple[str, str], ...] = (
     ("detection", "fault -> DeadPrimary logged (switchover: command -> plan started)"),
@@ -138,6 +138,43 @@ class RunResult:
         out["steps"] = [asdict(step) for step in self.steps]
         out["ok"] = self.ok
         return out
+
+
+class RunFacts(Protocol):
+    """What a drill knows of one run when it reports it (runner's and fleet's ``_Run``)."""
+
+    fault: str
+    old: str
+    fault_wall: float
+    error: str | None
+
+
+def run_result(
+    index: int,
+    run: RunFacts,
+    new: str | None,
+    figures: Mapping[str, float | None],
+    lost: Sequence[int],
+    restore: tuple[bool, str],
+    **counts: Any,
+) -> RunResult:
+    """A run's result, its common part filled the one way (figures rounded, the first 20
+    lost ids); ``counts``: the loads' counts and what only one kind of drill reports."""
+    restored, how = restore
+    return RunResult(
+        run=index,
+        fault=run.fault,
+        old_primary=run.old,
+        new_primary=new,
+        fault_wall=round(run.fault_wall, 3),
+        figures={k: (round(v, 4) if v is not None else None) for k, v in figures.items()},
+        lost_writes=len(lost),
+        lost_ids=tuple(lost[:20]),
+        restored=restored,
+        restore=how,
+        error=run.error,
+        **counts,
+    )
 
 
 @dataclass(frozen=True)

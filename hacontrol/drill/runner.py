@@ -372,29 +372,19 @@ class Drill:
         lost, isolated = await self._check_writes(run, new, writes, direct, say)
         if run.fault in STEADY_FAULTS and run.injected and new is None:
             await self._converge(run, say)
-        restored, how = await self._restore(run.fault, run.old, new, run.injected, say)
-        return report.RunResult(
-            run=index,
-            fault=run.fault,
-            old_primary=run.old,
-            new_primary=new,
-            fault_wall=round(run.fault_wall, 3),
-            figures={k: (round(v, 4) if v is not None else None) for k, v in figures.items()},
+        restore = await self._restore(run.fault, run.old, new, run.injected, say)
+        counts = dict(
             writes_acknowledged=len(writes.acknowledged)
             + len(direct.acknowledged if direct else ()),
             reads_ok=len(reads.ok_times),
             write_errors=writes.error_counts(),
             read_errors=reads.error_counts(),
-            lost_writes=len(lost),
-            lost_ids=tuple(lost[:20]),
-            restored=restored,
-            restore=how,
-            error=run.error,
             plans=len(report.plans_started(records, at)) if run.injected else 0,
             failovers=len(report.plans_started(records, at, "failover")) if run.injected else 0,
             isolated_acks=isolated,
             steps=report.plan_steps(records, at) if run.injected else (),
         )
+        return report.run_result(index, run, new, figures, lost, restore, **counts)
 
     async def _check_writes(
         self, run: _Run, new: str | None, writes: WriteLoad, direct: WriteLoad | None, say: Progress
