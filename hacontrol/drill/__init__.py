@@ -44,6 +44,7 @@ from hacontrol.drill.runner import (
     settings_summary,
     write_figures,
 )
+from hacontrol.sandbox.cli import add_router_argument
 from hacontrol.sandbox.netns_host import unavailable as netns_unavailable
 from hacontrol.settings import (
     FailoverSettings,
@@ -84,12 +85,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     _fault_arguments(p)
     _runs_arguments(p)
     p.add_argument("--dir", type=Path, help="sandbox directory to use (started if needed) and keep")
-    p.add_argument(
-        "--router",
-        choices=["proxysql", "haproxy"],
-        help="the sandbox's router (default: proxysql when on PATH, else haproxy); the load "
-        "goes through it",
-    )
+    add_router_argument(p, "the sandbox's router", "; the load goes through it")
     _real_cluster_arguments(p)
     _load_arguments(p)
     p.set_defaults(func=run)

@@ -51,11 +51,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     parser.add_argument(
         "--dir", type=Path, default=Path("./sandbox"), help="sandbox directory (./sandbox)"
     )
-    parser.add_argument(
-        "--router",
-        choices=["proxysql", "haproxy"],
-        help="the router in front of the nodes (default: proxysql when on PATH, else haproxy)",
-    )
+    add_router_argument(parser, "the router in front of the nodes")
     parser.add_argument(
         "--routers",
         type=int,
@@ -82,6 +78,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     netns_cli.add_arguments(parser)
     add_clusters_argument(parser)
     parser.set_defaults(func=run)
+
+
+def add_router_argument(parser: argparse.ArgumentParser, what: str, then: str = "") -> None:
+    """``--router``: the sandbox's router kind, ProxySQL by default when it is on PATH."""
+    parser.add_argument(
+        "--router",
+        choices=["proxysql", "haproxy"],
+        help=f"{what} (default: proxysql when on PATH, else haproxy){then}",
+    )
 
 
 def add_clusters_argument(parser: argparse.ArgumentParser) -> None:
