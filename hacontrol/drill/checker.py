@@ -54,17 +54,17 @@ class RouterWatch(Protocol):
 
 
 async def _connect(address: tuple[str, int], login: Login, timeout: float) -> Any:
-    return await asyncio.wait_for(
-        aiomysql.connect(
+    # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that arrives as
+    # the connect completes (the drill's stop would then wait on a checker still running).
+    async with asyncio.timeout(timeout):
+        return await aiomysql.connect(
             host=address[0],
             port=address[1],
             user=login.user,
             password=login.password,
             autocommit=True,
             connect_timeout=timeout,
-        ),
-        timeout,
-    )
+        )
 
 
 class _Conn:
