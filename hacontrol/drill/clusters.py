@@ -27,7 +27,7 @@ from typing import Any
 from hacontrol.drill import report
 from hacontrol.drill.controller_proc import ControllerProcess
 from hacontrol.drill.errors import FaultError
-from hacontrol.drill.fleet import LogTail
+from hacontrol.drill.fleet import LogTail, api_token
 from hacontrol.drill.load import Access, WriteLoad, ensure_table, present_ids
 from hacontrol.drill.runner import DrillTimeout, wait_for
 from hacontrol.sandbox import Sandbox, procs
@@ -65,7 +65,7 @@ class ClustersDrill:
         failover_timeout: float = 60.0,
     ) -> None:
         info = sandbox.status()
-        token = (Path(info.dir) / "secrets" / "api.token").read_text().strip()
+        token = api_token(info)
         api = f"http://127.0.0.1:{api_port(info)}"
         self.sandbox, self.info, self.progress = sandbox, info, progress
         self.log = LogTail(log, "controller", time.time() - time.monotonic())

@@ -48,13 +48,19 @@ from hacontrol.drill.runner import (
     write_figures,
 )
 from hacontrol.sandbox import Sandbox
-from hacontrol.sandbox.model import ControllerInfo, RouterInfo
+from hacontrol.sandbox.cluster import read_secret
+from hacontrol.sandbox.model import SECRETS_DIR, ControllerInfo, RouterInfo, SandboxInfo
 from hacontrol.settings import Settings, load_settings
 
 FLEET_FAULTS = ("kill", "freeze", "kill-leader", "freeze-leader", "kill-leader-and-primary")
 ON_PRIMARY = ("kill", "freeze", "kill-leader-and-primary")
 ON_LEADER = ("kill-leader", "freeze-leader", "kill-leader-and-primary")
 Progress = Callable[[str], None]
+
+
+def api_token(info: SandboxInfo) -> str:
+    """The token of the API of the controllers the sandbox starts (its secrets folder)."""
+    return read_secret(Path(info.dir) / SECRETS_DIR / "api.token")
 
 
 class LogTail:
@@ -133,7 +139,7 @@ class FleetDrill:
     ) -> None:
         info = sandbox.status()
         offset = time.time() - time.monotonic()
-        token = (Path(info.dir) / "secrets" / "api.token").read_text().strip()
+        token = api_token(info)
         self.sandbox, self.plan, self.progress, self.on_result = sandbox, plan, progress, on_result
         self.instances = [
             Instance(c, info.routers[c.router], LogTail(Path(c.log), c.name, offset), token)
