@@ -1,9 +1,12 @@
-"""Plain values for pure tests: node statuses, probe results, settings. No servers."""
+"""Plain values for pure tests: node statuses, probe results, settings, a sandbox's layout.
+No servers."""
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from hacontrol.events import LeaseObserved, ProbeResult, RouterProbeResult
@@ -11,6 +14,8 @@ from hacontrol.flavors.base import FlavorName, IoState, NodeStatus, ReplicationS
 from hacontrol.jsonlog import JsonLog
 from hacontrol.model import ControllerState, Quarantined
 from hacontrol.routing import Membership
+from hacontrol.sandbox import SandboxSpec, render
+from hacontrol.sandbox.model import ClusterInfo, Credentials, NodeInfo, RouterInfo
 from hacontrol.settings import Settings
 
 PORTS = {"node1": 3301, "node2": 3302, "node3": 3303}
@@ -158,3 +163,50 @@ def failed_over(now: float, dead: str = "node1", new: str = "node2") -> Controll
         last_failover_at=now,
         quarantined={dead: Quarantined(dead, new, now)},
     )
+
+
+# ---- a sandbox laid out, no process running (the sandbox's render and CLI tests) ----------
+
+
+def fake_nodes(count: int = 3, base: int = 30000) -> tuple[NodeInfo, ...]:
+    return tuple(
+        NodeInfo(
+            name=f"node{i + 1}",
+            host="127.0.0.1",
+            port=base + i,
+            pid=None,
+            role="primary" if i == 0 else "replica",
+            server_id=i + 1,
+            node_dir=f"/sb/node{i + 1}",
+            config=f"/sb/node{i + 1}/my.cnf",
+        )
+        for i in range(count)
+    )
+
+
+def fake_router() -> RouterInfo:
+    return RouterInfo("haproxy", "127.0.0.1", 30003, 30004, "/sb/haproxy.sock", 30005, None, "/c")
+
+
+def two_clusters(kind: str = "proxysql") -> tuple[tuple[NodeInfo, ...], RouterInfo, tuple]:
+    """Two clusters of three nodes as `up --clusters 2` lays them out (no process runs)."""
+    spec = SandboxSpec(dir=Path("/sb"), base_port=30000, clusters=2)
+    nodes = tuple(
+        replace(n, role="primary" if i % 3 == 0 else "replica") for i, n in enumerate(fake_nodes(6))
+    )
+    admin = "/sb/haproxy.sock" if kind == "haproxy" else "127.0.0.1:30008"
+    router = RouterInfo(kind, "127.0.0.1", 30006, 30007, admin, 30008, None, "/c")  # type: ignore[arg-type]
+    clusters = tuple(
+        ClusterInfo(
+            name=spec.cluster_name(k),
+            nodes=tuple(spec.node_name(i) for i in spec.cluster_nodes(k)),
+            hostgroups=render.hostgroups(k),
+            writer_backend=f"writer_c{k + 1}",
+            reader_backend=f"readers_c{k + 1}",
+            writer_port=spec.cluster_port(k, 0),
+            reader_port=spec.cluster_port(k, 1),
+            app=Credentials(f"app_c{k + 1}", f"/sb/secrets/app_c{k + 1}.password"),
+        )
+        for k in range(2)
+    )
+    return nodes, router, clusters

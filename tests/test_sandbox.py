@@ -24,7 +24,6 @@ import pytest
 
 from hacontrol.sandbox import (
     GRANTS,
-    NodeInfo,
     PortBusyError,
     RouterInfo,
     Sandbox,
@@ -35,6 +34,7 @@ from hacontrol.sandbox import (
     render,
 )
 from hacontrol.sandbox.tls import SandboxTls
+from tests.factories import fake_nodes, fake_router, two_clusters
 from tests.support import eventually
 
 ER_OPTION_PREVENTS_STATEMENT = 1290
@@ -81,26 +81,6 @@ def unique_id() -> int:
 
 
 # ---- pure parts -------------------------------------------------------------------------------
-
-
-def fake_nodes(count: int = 3, base: int = 30000) -> tuple[NodeInfo, ...]:
-    return tuple(
-        NodeInfo(
-            name=f"node{i + 1}",
-            host="127.0.0.1",
-            port=base + i,
-            pid=None,
-            role="primary" if i == 0 else "replica",
-            server_id=i + 1,
-            node_dir=f"/sb/node{i + 1}",
-            config=f"/sb/node{i + 1}/my.cnf",
-        )
-        for i in range(count)
-    )
-
-
-def fake_router() -> RouterInfo:
-    return RouterInfo("haproxy", "127.0.0.1", 30003, 30004, "/sb/haproxy.sock", 30005, None, "/c")
 
 
 def test_node_config_is_production_like() -> None:
@@ -824,32 +804,6 @@ async def test_a_fleet_sandbox_starts_routers_and_controllers_and_stops_them(
 
 
 # ---- several clusters behind one router (--clusters N) -----------------------------------------
-
-
-def two_clusters(kind: str = "proxysql") -> tuple[tuple[NodeInfo, ...], RouterInfo, tuple]:
-    """Two clusters of three nodes as `up --clusters 2` lays them out (no process runs)."""
-    from hacontrol.sandbox.model import ClusterInfo, Credentials
-
-    spec = SandboxSpec(dir=Path("/sb"), base_port=30000, clusters=2)
-    nodes = tuple(
-        replace(n, role="primary" if i % 3 == 0 else "replica") for i, n in enumerate(fake_nodes(6))
-    )
-    admin = "/sb/haproxy.sock" if kind == "haproxy" else "127.0.0.1:30008"
-    router = RouterInfo(kind, "127.0.0.1", 30006, 30007, admin, 30008, None, "/c")  # type: ignore[arg-type]
-    clusters = tuple(
-        ClusterInfo(
-            name=spec.cluster_name(k),
-            nodes=tuple(spec.node_name(i) for i in spec.cluster_nodes(k)),
-            hostgroups=render.hostgroups(k),
-            writer_backend=f"writer_c{k + 1}",
-            reader_backend=f"readers_c{k + 1}",
-            writer_port=spec.cluster_port(k, 0),
-            reader_port=spec.cluster_port(k, 1),
-            app=Credentials(f"app_c{k + 1}", f"/sb/secrets/app_c{k + 1}.password"),
-        )
-        for k in range(2)
-    )
-    return nodes, router, clusters
 
 
 def test_several_clusters_have_their_nodes_then_the_router_then_their_own_ports() -> None:

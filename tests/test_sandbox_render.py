@@ -14,7 +14,7 @@ import pytest
 
 from hacontrol.sandbox import render
 from hacontrol.sandbox.tls import SandboxTls
-from tests.test_sandbox import fake_nodes, fake_router, two_clusters
+from tests.factories import fake_nodes, fake_router, two_clusters
 
 KEPT = Path(__file__).parent / "data" / "sandbox_render"
 
