@@ -379,9 +379,11 @@ def log_figures(records: Sequence[Mapping[str, Any]], at: float) -> dict[str, fl
     return out
 
 
-def plan_steps(records: Sequence[Mapping[str, Any]], at: float) -> tuple[StepTime, ...]:
-    """The actions of the first failover/switchover plan started after ``at``, as they ran."""
-    started = next(
+def _first_plan_started(
+    records: Sequence[Mapping[str, Any]], at: float
+) -> Mapping[str, Any] | None:
+    """The plan_started line of the first failover/switchover started after ``at``, if any."""
+    return next(
         (
             r
             for r in records
@@ -389,6 +391,11 @@ def plan_steps(records: Sequence[Mapping[str, Any]], at: float) -> tuple[StepTim
         ),
         None,
     )
+
+
+def plan_steps(records: Sequence[Mapping[str, Any]], at: float) -> tuple[StepTime, ...]:
+    """The actions of the first failover/switchover plan started after ``at``, as they ran."""
+    started = _first_plan_started(records, at)
     if started is None:
         return ()
     return tuple(
@@ -425,14 +432,7 @@ def promoted_node(records: Sequence[Mapping[str, Any]], at: float) -> str | None
 
 def finished_plan(records: Sequence[Mapping[str, Any]], at: float) -> Mapping[str, Any] | None:
     """The plan_finished line of the first failover/switchover started after ``at``, if any."""
-    started = next(
-        (
-            r
-            for r in records
-            if r["_mono"] >= at and r["event"] == "plan_started" and r.get("kind") in PLAN_KINDS
-        ),
-        None,
-    )
+    started = _first_plan_started(records, at)
     if started is None:
         return None
     return next(
