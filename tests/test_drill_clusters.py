@@ -85,3 +85,21 @@ def test_the_drill_of_settings_with_several_clusters_needs_the_cluster(capsys, t
     assert "several clusters: give --cluster NAME (one of: c001, c002)" in capsys.readouterr().err
     assert cli(*common, "--cluster", "c009") == 2
     assert "unknown cluster 'c009'" in capsys.readouterr().err
+
+
+async def test_waiting_on_an_async_check_awaits_it_and_names_what_never_came() -> None:
+    from hacontrol.drill.runner import DrillTimeout, wait_for
+
+    calls: list[int] = []
+
+    async def third_time() -> str | None:
+        calls.append(1)
+        return "healthy" if len(calls) == 3 else None
+
+    assert await wait_for(third_time, 5, "a healthy cluster", every=0.01) == "healthy"
+
+    async def never() -> bool:
+        return False
+
+    with pytest.raises(DrillTimeout, match="waiting for every failover"):
+        await wait_for(never, 0.05, "every failover", every=0.01)

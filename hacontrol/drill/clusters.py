@@ -16,7 +16,6 @@ own nodes. One run: the old primaries stay down (the sandbox is removed afterwar
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from collections.abc import Callable
@@ -83,7 +82,7 @@ class ClustersDrill:
         self.progress(f"one controller for {len(self.runs)} clusters: {self.log.path}")
         await self.controller.start()
         try:
-            await wait_for_async(self.healthy, 60, "every cluster healthy")
+            await wait_for(self.healthy, 60, "every cluster healthy", every=0.1)
             for run in self.runs:
                 await ensure_table(run.access)
                 run.old = (await self.statuses())[run.cluster.name]["primary"]
@@ -92,7 +91,7 @@ class ClustersDrill:
                            "writes flowing into every cluster")  # fmt: skip
             spread = self.kill_primaries()
             self.progress(f"killed {', '.join(r.old for r in self.runs)} within {spread:.2f} ms")
-            await wait_for_async(self.failed_over, self.failover_timeout, "every failover")
+            await wait_for(self.failed_over, self.failover_timeout, "every failover", every=0.1)
             after = time.monotonic()
             await wait_for(lambda: all(r.writes.ok_since(after) >= 20 for r in self.runs), 20,
                            "writes into every cluster again")  # fmt: skip
@@ -204,14 +203,6 @@ def api_port(info: SandboxInfo) -> int:
     import tomllib
 
     return int(tomllib.loads(Path(info.settings).read_text())["api"]["port"])
-
-
-async def wait_for_async(check: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() >= deadline:
-            raise DrillTimeout(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def render(figures: dict[str, Any]) -> str:

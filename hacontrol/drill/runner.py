@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -98,14 +99,21 @@ class DrillPlan:
             raise ValueError("runs must be at least 1")
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+async def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.02
+) -> Any:
+    """``predicate()``'s first true value (awaited when it is awaitable), asked every
+    ``every`` seconds; DrillTimeout naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        if value := predicate():
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
             return value
         if time.monotonic() >= deadline:
             raise DrillTimeout(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(every)
 
 
 class Reporting(Protocol):
