@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import aiomysql
 
 from hacontrol.drill.invariants import Invariants
+from hacontrol.drill.load import bounded_connect
 
 SAMPLE = (
     "SELECT @@read_only, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
@@ -54,17 +55,10 @@ class RouterWatch(Protocol):
 
 
 async def _connect(address: tuple[str, int], login: Login, timeout: float) -> Any:
-    # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that arrives as
-    # the connect completes (the drill's stop would then wait on a checker still running).
-    async with asyncio.timeout(timeout):
-        return await aiomysql.connect(
-            host=address[0],
-            port=address[1],
-            user=login.user,
-            password=login.password,
-            autocommit=True,
-            connect_timeout=timeout,
-        )
+    host, port = address
+    return await bounded_connect(
+        timeout, host=host, port=port, user=login.user, password=login.password
+    )
 
 
 class _Conn:

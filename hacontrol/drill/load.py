@@ -48,16 +48,27 @@ async def connect(access: Access, address: Address) -> aiomysql.Connection:
         if isinstance(address, str)
         else {"host": address[0], "port": address[1]}
     )
-    # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that arrives as
-    # the connect completes (a load told to stop would go on).
-    async with asyncio.timeout(access.timeout):
-        return await aiomysql.connect(
-            **where,
-            user=access.user,
-            password=access.password,
-            autocommit=True,
-            connect_timeout=access.timeout,
-        )
+    return await bounded_connect(
+        access.timeout, **where, user=access.user, password=access.password
+    )
+
+
+async def bounded_connect(timeout: float, **params: Any) -> aiomysql.Connection:
+    """An autocommit connection within ``timeout`` seconds, closed on any failure.
+
+    Bounded by ``asyncio.timeout`` with aiomysql's ``connect_timeout`` off: aiomysql bounds
+    its connect with ``asyncio.wait_for``, which on Python 3.11 can lose a cancellation that
+    arrives as the connect completes (a load or a checker told to stop would go on). Built
+    here rather than by ``aiomysql.connect``, which leaves the socket open when cancelled
+    (docs/asyncio-notes.md)."""
+    conn = aiomysql.Connection(**params, autocommit=True, connect_timeout=None)
+    try:
+        async with asyncio.timeout(timeout):
+            await conn._connect()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 async def execute(access: Access, address: Address, sql: str, params=None) -> list[Any]:
