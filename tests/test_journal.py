@@ -392,8 +392,7 @@ def test_journal_check_describes_what_the_controller_will_do(tmp_path):
 
 
 def test_journal_check_takes_the_cluster_when_the_settings_hold_several(tmp_path):
-    from tests.test_settings import write
-    from tests.test_settings_clusters import TWO
+    from tests.settings_documents import TWO, write
 
     config = write(tmp_path, TWO)
     journal = Journal(tmp_path / "state" / "journal.billing.jsonl")
