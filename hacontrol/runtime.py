@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import time
+import traceback
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -46,6 +47,22 @@ API_TIMEOUT = 60.0
 
 SHUTDOWN_GRACE = 1.5
 """Seconds the probes get to close after the decision task stopped (2 s overall budget)."""
+
+CRASH_MAIL_GRACE = 5.0
+"""Seconds a crashed cluster's notifier gets to send the crash alert before it closes."""
+
+
+class WorkerCrashed(Exception):
+    """A cluster's decision task or one of its workers (probe, lease, ticker, notifier) ended
+    with an unexpected exception: a bug. ``task``: which one; ``error``: what it raised."""
+
+    def __init__(self, cluster: str, task: str, error: BaseException) -> None:
+        super().__init__(f"cluster {cluster}: task {task} crashed: {describe_error(error)}")
+        self.cluster, self.task, self.error = cluster, task, error
+
+
+def describe_error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def build_router(settings: Settings, links: AdminLinks | None = None) -> Router | None:
@@ -176,7 +193,8 @@ class Runtime:
         self._decision: asyncio.Task[None] | None = None
         self._notifier_task: asyncio.Task[None] | None = None
         self.halted: str | None = None
-        """Why this cluster was not started (its router conflicts), while others run."""
+        """Why this cluster runs no controller while others do: its router refused at
+        start-up, or a worker crashed (``crashed``) and it waits for its restart."""
 
     def emit(self, event: Event) -> None:
         self.queue.put_nowait(event)
@@ -199,7 +217,7 @@ class Runtime:
 
     def alive(self) -> tuple[bool, str]:
         if self.halted is not None:  # held on purpose, not dead: no restart of the process
-            return True, f"halted at start-up (not ready): {self.halted}"
+            return True, f"halted (not ready): {self.halted}"
         decision = self._decision
         if decision is None or decision.done():
             return False, "the decision task is not running"
@@ -207,7 +225,7 @@ class Runtime:
 
     def ready(self) -> tuple[bool, str]:
         if self.halted is not None:
-            return False, f"halted at start-up: {self.halted}"
+            return False, f"halted: {self.halted}"
         view = self.controller.view
         unprobed = [n for n, node in view.nodes.items() if node.probes == 0]
         if unprobed:
@@ -230,13 +248,27 @@ class Runtime:
         return out
 
     async def command(self, cmd: OperatorCommand, timeout: float = API_TIMEOUT) -> CommandResult:
-        """Put an operator command on the queue and wait for the controller's answer."""
+        """Put an operator command on the queue and wait for the controller's answer. A halted
+        cluster, or one whose decision task is gone or dies meanwhile, answers at once why."""
+        decision = self._decision
+        if self.halted is not None:
+            return CommandResult(False, f"cluster {self.name} is halted: {self.halted}")
+        if decision is None or decision.done():
+            return CommandResult(False, f"cluster {self.name}: its decision task is not running")
         reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self.emit(replace(cmd, reply=reply))
         try:
-            return await asyncio.wait_for(reply, timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.wait([reply, decision], return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             return CommandResult(False, f"no answer from the controller within {timeout:g} s")
+        finally:
+            if not reply.done():  # the controller sees the caller gone (CallerGone)
+                reply.cancel()
+        if not reply.cancelled():
+            return reply.result()
+        why = self.halted or "its decision task stopped before answering"
+        return CommandResult(False, f"cluster {self.name}: {why}")
 
     def _reprobe(self, names: Iterable[str]) -> None:
         for name in names:
@@ -291,7 +323,8 @@ class Runtime:
         """Not started (its router refused: ``__aenter__`` raised RouterError) while the
         process's other clusters run: no probe, no decision, no change; not ready, the reason
         logged and mailed. Only a restart after the fix starts it."""
-        self.halted = reason
+        self.halted = f"refused at start-up: {reason}"
+        self.metrics.set_halt(True)
         name = self.settings.cluster.name
         self.log.emit("startup_refused", None, "error", reason=reason)
         self.notifier.alert(
@@ -305,23 +338,56 @@ class Runtime:
         )
         self._notifier_task = asyncio.create_task(self.notifier.run(), name="notifier")
 
-    async def wait(self) -> None:
-        """Until the decision task stops; a worker that dies on its own is a bug: re-raise."""
-        assert self._decision is not None
-        done, _ = await asyncio.wait(
-            [self._decision, *self._workers], return_when=asyncio.FIRST_COMPLETED
+    def crashed(self, error: WorkerCrashed, restart_in: float | None) -> None:
+        """A worker of this cluster crashed (``wait`` raised): halted, the reason logged with
+        the exception and mailed; ``restart_in``: seconds until a fresh Runtime takes over
+        (None: never, the process ends). Then ``stop`` it (``CRASH_MAIL_GRACE``)."""
+        then = "restarts from its journal" if restart_in is not None else "no restart"
+        self.halted = f"crashed ({error.task}: {describe_error(error.error)}); {then}" + (
+            f" in {restart_in:g} s" if restart_in is not None else ""
         )
-        for task in done:
-            if task is not self._decision and not task.cancelled() and task.exception():
-                raise task.exception()  # type: ignore[misc]
-        await self._decision
+        self.metrics.set_halt(True)
+        self.log.emit(
+            "cluster_crashed",
+            None,
+            "error",
+            task=error.task,
+            error=describe_error(error.error),
+            where=_frames(error.error),
+            restart_in=restart_in,
+        )
+        self.notifier.alert(
+            Alert(
+                kind="cluster_crashed",
+                cluster=self.name,
+                node=None,
+                summary=f"cluster {self.name}: controller crashed ({type(error.error).__name__})",
+                reason=f"{error}\nNo failover for this cluster until it runs again; {then}"
+                + (f" in {restart_in:g} s." if restart_in is not None else ".")
+                + " The other clusters of this process go on.",
+            )
+        )
 
-    async def stop(self, reason: str) -> None:
+    async def wait(self) -> None:
+        """Until the decision task stops on a Stop; a task that dies on its own (the decision
+        task or a worker) is a bug: WorkerCrashed."""
+        decision = self._decision
+        assert decision is not None
+        done, _ = await asyncio.wait(
+            [decision, *self._workers], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in (decision, *done):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise WorkerCrashed(self.name, task.get_name(), task.exception())  # type: ignore[arg-type]
+        await decision
+
+    async def stop(self, reason: str, mail_grace: float = 0.5) -> None:
         decision = self._decision
         if decision is None:
-            if self._notifier_task is not None:  # halted: its alert's mail, if still going
+            if self.halted is not None:  # halted: its alert's mail, if still going
                 with contextlib.suppress(Exception):
-                    await self.notifier.close(0.5)
+                    await self.notifier.close(mail_grace)
+            if self._notifier_task is not None:
                 self._notifier_task.cancel()
                 await asyncio.gather(self._notifier_task, return_exceptions=True)
                 self._notifier_task = None
@@ -335,13 +401,13 @@ class Runtime:
                 if self.controller.running_plan is None
                 else (plan_budget(self.settings) + SHUTDOWN_GRACE)
             )
-            try:
-                await asyncio.wait_for(asyncio.shield(decision), grace)
-            except TimeoutError:
-                decision.cancel()
+            await asyncio.wait([decision], timeout=grace)
+            decision.cancel()  # no-op when it finished
+        elif not decision.cancelled() and decision.exception() is not None:
+            await self._let_plan_finish()
         stopping = time.monotonic()
         with contextlib.suppress(Exception):
-            await self.notifier.close(0.5)
+            await self.notifier.close(mail_grace)
         if self._notifier_task is not None:
             self._workers.append(self._notifier_task)
         for task in self._workers:
@@ -359,6 +425,32 @@ class Runtime:
             tasks_not_finished=sorted(t.get_name() for t in pending),
             stuck_at={t.get_name(): _where(t) for t in pending},
         )
+
+    async def _let_plan_finish(self) -> None:
+        """The decision task crashed under a running plan: the plan finishes within its budget
+        (never cut halfway: a promotion cut between RESET SLAVE ALL and read_only=OFF leaves no
+        writable node), as a stop would let it; its outcome is in the journal for the restart.
+        """
+        plan = self.controller._task  # the controller that owned it is gone
+        if plan is None or plan.done():
+            return
+        budget = plan_budget(self.settings)
+        self.log.emit(
+            "stop_waits_for_plan",
+            None,
+            "warning",
+            plan=self.controller.running_plan,
+            budget_seconds=budget,
+        )
+        await asyncio.wait([plan], timeout=budget)
+        plan.cancel()
+        await asyncio.gather(plan, return_exceptions=True)
+
+
+def _frames(error: BaseException) -> list[str]:
+    """Where ``error`` was raised: the innermost frames of its traceback, last."""
+    frames = traceback.extract_tb(error.__traceback__)[-8:]
+    return [f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in frames]
 
 
 def _where(task: asyncio.Task[None]) -> list[str]:

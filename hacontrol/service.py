@@ -34,8 +34,10 @@ from hacontrol.metrics import render_all
 from hacontrol.routing import RouterError
 from hacontrol.runtime import (
     API_TIMEOUT,
+    CRASH_MAIL_GRACE,
     SHUTDOWN_GRACE,
     Runtime,
+    WorkerCrashed,
     build_router,
     node_probes,
     rebuilder_of,
@@ -56,6 +58,16 @@ __all__ = [
     "serve",
     "snapshot",
 ]
+
+
+RESTART_BACKOFF = 5.0
+"""Seconds a crashed cluster waits before its first restart; doubled after each crash."""
+
+RESTART_BACKOFF_MAX = 300.0
+"""The longest wait between two restarts of a cluster that keeps crashing."""
+
+RESTART_STABLE = 600.0
+"""Seconds a restarted cluster must run before its back-off starts again from the first."""
 
 
 class UnknownCluster(LookupError):
@@ -81,6 +93,7 @@ class Service:
         acknowledge: Collection[str] = (),
         paused: bool = False,
         mail_policy: MailPolicy | None = None,
+        restart_backoff: float = RESTART_BACKOFF,
     ) -> None:
         if not clusters:
             raise ValueError("no cluster to run")
@@ -89,6 +102,7 @@ class Service:
         self.settings = clusters[0]
         """The process-wide sections (api, log, controller.instance_id) are equal in all."""
         self.links = AdminLinks()
+        self._log, self._mail_policy, self._paused = log, mail_policy, paused
         self.log = log.for_cluster(clusters[0].cluster.name if len(clusters) == 1 else None)
         self.runtimes: dict[str, Runtime] = {}
         journals: dict[object, str] = {}
@@ -102,19 +116,27 @@ class Service:
                     f"clusters {journals[journal]!r} and {name!r} share the journal {journal}"
                 )
             journals[journal] = name
-            self.runtimes[name] = Runtime(
-                settings,
-                log.for_cluster(name),
-                acknowledge_block=name in acknowledge,
-                mail_policy=mail_policy,
-                paused=paused,
-                links=self.links,
-            )
+            self.runtimes[name] = self._runtime(settings, acknowledge_block=name in acknowledge)
         self.clusters = tuple(self.runtimes)
         self.api: ApiProcess | None = None
+        self.restart_backoff = restart_backoff
         self._started: list[Runtime] = []
         self._halted: list[Runtime] = []
         """Clusters whose router refused at start-up (a real conflict) while others run."""
+        self._running: set[str] = set()
+        """Clusters whose controller runs now (not halted, not crashed waiting to restart)."""
+        self._cleanups: set[asyncio.Future[None]] = set()
+
+    def _runtime(self, settings: Settings, *, acknowledge_block: bool = False) -> Runtime:
+        name = settings.cluster.name
+        return Runtime(
+            settings,
+            self._log.for_cluster(name),
+            acknowledge_block=acknowledge_block,
+            mail_policy=self._mail_policy,
+            paused=self._paused,
+            links=self.links,
+        )
 
     def emit_all(self, event: Stop) -> None:
         for runtime in self.runtimes.values():
@@ -190,26 +212,79 @@ class Service:
         await self.stop("service closed")
 
     async def wait(self) -> None:
-        """Until a cluster's decision task stops (a Stop, or a worker's bug: re-raised); the
-        other clusters are then stopped too (``__aexit__``)."""
-        waits = [asyncio.create_task(rt.wait(), name=f"wait:{rt.name}") for rt in self._started]
+        """Until the clusters stop on a Stop. A cluster whose worker crashes is halted alone
+        (``_supervise``) and restarted; WorkerCrashed when no cluster runs any more (the
+        process then ends non-zero; with one cluster: at its first crash, as before)."""
+        self._running = {rt.name for rt in self._started}
+        watches = [
+            asyncio.create_task(self._supervise(rt.name), name=f"supervise:{rt.name}")
+            for rt in self._started
+        ]
         try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(watches, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
         finally:
-            for task in waits:
+            for task in watches:
                 task.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
+            await asyncio.gather(*watches, return_exceptions=True)
+
+    async def _supervise(self, name: str) -> None:
+        """One cluster's life: returns when its decision task stopped on a Stop. A crash
+        (WorkerCrashed) halts it (alert, status, ``hacontrol_halt_active``), stops it, and
+        after a back-off (doubling to RESTART_BACKOFF_MAX, reset after RESTART_STABLE s of
+        running) a fresh Runtime resumes from its journal, as a process restart would; while
+        the other clusters run on. Raises the crash when no cluster is left running."""
+        backoff, runtime = self.restart_backoff, self.runtimes[name]
+        error: WorkerCrashed | None = None
+        while True:
+            since = time.monotonic()
+            if error is None:
+                try:
+                    await runtime.wait()
+                    return
+                except WorkerCrashed as crash:
+                    error = crash
+            self._running.discard(name)
+            if time.monotonic() - since >= RESTART_STABLE:
+                backoff = self.restart_backoff
+            last = not self._running
+            runtime.crashed(error, None if last else backoff)
+            cleanup = asyncio.ensure_future(
+                runtime.stop(f"crashed: {error}", mail_grace=CRASH_MAIL_GRACE)
+            )
+            self._cleanups.add(cleanup)  # a shutdown meanwhile waits for it (``stop``)
+            cleanup.add_done_callback(self._cleanups.discard)
+            await asyncio.shield(cleanup)
+            if last:
+                raise error
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+            runtime, error = await self._restart(runtime)
+
+    async def _restart(self, crashed: Runtime) -> tuple[Runtime, WorkerCrashed | None]:
+        """A fresh Runtime for the crashed one's cluster (its settings, its journal), started
+        in its place; the error when it does not start (a crash too: back-off, again)."""
+        fresh = self._runtime(crashed.settings)
+        fresh.log.emit("cluster_restarting", None, "warning", after=crashed.halted)
+        self.runtimes[crashed.name] = fresh
+        try:
+            await fresh.__aenter__()
+        except Exception as exc:
+            return fresh, WorkerCrashed(fresh.name, "start-up", exc)
+        self._running.add(fresh.name)
+        return fresh, None
 
     async def stop(self, reason: str) -> None:
         if self.api is not None:  # first: no new command during shutdown
             api, self.api = self.api, None
             with contextlib.suppress(Exception):
                 await api.stop()
-        started, self._started = self._started + self._halted, []
-        self._halted = []
-        await asyncio.gather(*(rt.stop(reason) for rt in started), return_exceptions=True)
+        self._started, self._halted = [], []
+        await asyncio.gather(*self._cleanups, return_exceptions=True)  # crashed ones' stops
+        # Every cluster's current Runtime: a restarted one replaced its crashed predecessor.
+        current = list(self.runtimes.values())
+        await asyncio.gather(*(rt.stop(reason) for rt in current), return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.links.close()
 

@@ -220,7 +220,7 @@ async def test_a_router_conflict_halts_that_cluster_alone_and_unreachable_halts_
                     lambda: all(rt.ready()[0] for rt in running), 20, "c001 and c003 ready"
                 )
                 ok, reason = svc.ready()
-                assert not ok and reason.startswith("c002: halted at start-up:")
+                assert not ok and reason.startswith("c002: halted: refused at start-up:")
                 assert "writer_hostgroup=110 reader_hostgroup=120" in reason
                 assert svc.alive()[0]  # held on purpose: no restart of the whole process
                 assert svc.status()["clusters"]["c002"]["halted"] in reason

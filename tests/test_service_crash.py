@@ -1,0 +1,122 @@
+"""A worker crash in one cluster of a process (``service.Service``), against the fake fleet: that
+cluster alone halts (the crash logged with its exception, /ready and /status say so, the
+halt metric is 1, commands to it answer at once why), the other goes on and fails over; the
+crashed one restarts from its journal after its back-off and fails over again. With one
+cluster a crash ends the process (non-zero), as before."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from hacontrol.events import Event, OperatorCommand
+from hacontrol.runtime import Runtime, WorkerCrashed
+from hacontrol.service import Service
+from tests.fakefleet import FakeFleet, fleet
+from tests.live import service
+from tests.support import eventually
+from tests.test_service import TOKEN, cluster_settings, finished, idle
+
+
+class InjectedBug(RuntimeError):
+    """What the injected crash raises (a bug in the decision task, as far as it knows)."""
+
+
+def crash_on_command(runtime: Runtime) -> None:
+    """The next operator command makes ``runtime``'s decision task raise (a real exception
+    out of ``Controller.handle``, as a bug in the step or an effect would)."""
+    handle = runtime.controller.handle
+
+    def buggy(event: Event) -> None:
+        if isinstance(event, OperatorCommand):
+            raise InjectedBug(f"injected: {event.command} broke the decision task")
+        handle(event)
+
+    runtime.controller.handle = buggy  # type: ignore[method-assign]
+
+
+def halt_metric(svc: Service) -> dict[str, float]:
+    families = {f.name: f for f in text_string_to_metric_families(svc.metrics_text().decode())}
+    return {s.labels["cluster"]: s.value for s in families["hacontrol_halt_active"].samples}
+
+
+async def post(url: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as http, http.post(url + path, json=body, headers=auth) as r:
+        return r.status, await r.json(), time.monotonic() - started
+
+
+async def test_a_crash_halts_that_cluster_alone_it_restarts_and_the_other_fails_over(tmp_path):
+    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path, token=TOKEN), restart_backoff=3.0)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
+            crashed = svc.runtimes["c001"]
+            crash_on_command(crashed)
+            # The command that breaks it is answered at once, not after the API's timeout.
+            started = time.monotonic()
+            answer = await svc.command(OperatorCommand(time.monotonic(), "pause"), "c001")
+            assert not answer.ok and "crashed (decision: InjectedBug" in answer.message, answer
+            assert time.monotonic() - started < 5
+            await eventually(lambda: capture.of("cluster_crashed"), 10, "the crash logged")
+            (line,) = capture.of("cluster_crashed")
+            assert line["cluster"] == "c001" and line["task"] == "decision", line
+            assert "InjectedBug: injected: pause broke" in line["error"] and line["where"]
+            assert line["restart_in"] == 3.0
+            # Halted: /ready names it, /health stays up (the others run), status says why.
+            ok, reason = svc.ready()
+            assert not ok and reason.startswith("c001: halted: crashed (decision: InjectedBug")
+            assert svc.alive()[0] and "c001: halted" in svc.alive()[1]
+            assert "restarts from its journal" in svc.status()["clusters"]["c001"]["halted"]
+            assert halt_metric(svc) == {"c001": 1.0, "c002": 0.0}
+            # A command to the halted cluster, through the API: refused at once, with why.
+            assert svc.api is not None and svc.api.address is not None
+            url = "http://{}:{}".format(*svc.api.address)
+            status, body, seconds = await post(url, "/pause", {"cluster": "c001"})
+            assert status == 409 and "cluster c001 is halted: crashed" in body["message"], body
+            assert seconds < 5, seconds
+            # The other cluster goes on: it fails over.
+            fake.kill("c002n1")
+            await eventually(lambda: finished(capture, "c002"), 30, "c002's failover")
+            (done,) = finished(capture, "c002")
+            assert done["ok"], done
+            # The crashed one restarts (a fresh Runtime from its journal) and acts again.
+            await eventually(lambda: svc.runtimes["c001"] is not crashed, 20, "c001 restarted")
+            restarted = svc.runtimes["c001"]
+            await eventually(lambda: restarted.ready()[0], 20, "the restarted c001 ready")
+            assert halt_metric(svc)["c001"] == 0.0
+            fake.kill("c001n1")
+            await eventually(lambda: finished(capture, "c001"), 30, "c001's failover")
+            (done,) = finished(capture, "c001")
+            assert done["ok"], done
+            assert not waiting.done()  # the process goes on
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    (restarting,) = capture.of("cluster_restarting")
+    assert restarting["cluster"] == "c001" and "crashed" in restarting["after"]
+    (alert,) = [a for a in capture.of("alert") if a["kind"] == "cluster_crashed"]
+    assert alert["cluster"] == "c001"
+
+
+async def test_with_one_cluster_a_crash_ends_the_process(tmp_path):
+    async with FakeFleet(fleet([3])) as fake:
+        (only,) = cluster_settings(fake, tmp_path)
+        svc, capture = service(only)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            await eventually(lambda: idle(svc), 20, "the cluster healthy and idle")
+            crash_on_command(svc.runtimes["c001"])
+            answer = await svc.command(OperatorCommand(time.monotonic(), "pause"))
+            assert not answer.ok
+            with pytest.raises(WorkerCrashed, match="task decision crashed: InjectedBug"):
+                await asyncio.wait_for(waiting, 10)
+    (line,) = capture.of("cluster_crashed")
+    assert line["restart_in"] is None
+    assert not capture.of("cluster_restarting")
