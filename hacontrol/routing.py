@@ -91,6 +91,12 @@ class RouterError(Exception):
     """The router could not be read or changed (down, timed out, refused)."""
 
 
+class RouterBusy(RouterError):
+    """A read skipped because the router's admin was busy with another call (another
+    cluster's apply on a shared ProxySQL admin) past the read's own wait: the router did not
+    fail, and nothing was read. The router probe reports it apart, never as a problem."""
+
+
 @dataclass(frozen=True)
 class Drained:
     """What ``Router.drain`` saw when it returned."""

@@ -80,14 +80,15 @@ def build_router(settings: Settings, links: AdminLinks | None = None) -> Router 
 
         proxysql = settings.router.proxysql
         link = links.get(proxysql) if links is not None else None
-        share = settings.probes.interval / 2  # one read of a shared admin per half interval
+        half = settings.probes.interval / 2
         return ProxySQLRouter(
             proxysql,
             settings.nodes,
             settings.router,
             link=link,
-            share_age=share,
+            share_age=half,  # one read of a shared admin per half interval
             cluster=settings.cluster.name,
+            busy_after=half,  # then the probe is skipped (busy), within its interval
         )
     return None
 
@@ -192,6 +193,7 @@ class Runtime:
         self._workers: list[asyncio.Task[None]] = []
         self._decision: asyncio.Task[None] | None = None
         self._notifier_task: asyncio.Task[None] | None = None
+        self.router_probe: RouterProbe | None = None
         self.halted: str | None = None
         """Why this cluster runs no controller while others do: its router refused at
         start-up, or a worker crashed (``crashed``) and it waits for its restart."""
@@ -243,6 +245,8 @@ class Runtime:
             last_failover=controller.last_failover,
         )
         out["rebuild"] = self.executor.rebuild_status
+        if (probe := self.router_probe) is not None and probe.skipped:
+            out["router_probe_busy"] = {"skipped": probe.skipped, "now": probe.busy}
         if self.halted is not None:
             out["halted"] = self.halted
         return out
@@ -302,13 +306,14 @@ class Runtime:
         if self.lease is not None:
             self._workers.append(asyncio.create_task(self.lease.run(), name="lease"))
         if self.router is not None:
-            router_probe = RouterProbe(
+            self.router_probe = RouterProbe(
                 self.router,
                 interval=settings.probes.interval,
                 timeout=settings.probes.interval,
                 emit=self.emit,
             )
-            self._workers.append(asyncio.create_task(router_probe.run(), name="probe:router"))
+            probe = self.router_probe.run()
+            self._workers.append(asyncio.create_task(probe, name="probe:router"))
         self._workers.append(
             asyncio.create_task(_ticker(self.emit, settings.probes.interval), name="ticker")
         )
@@ -487,7 +492,7 @@ async def snapshot(settings: Settings) -> ClusterView:
                     router, interval=1, timeout=settings.probes.timeout * 2, emit=events.append
                 ).probe()
             )
-        results = await asyncio.gather(*jobs)
+        results = [r for r in await asyncio.gather(*jobs) if r is not None]  # None: busy
     finally:
         if lease is not None:
             lease.close()

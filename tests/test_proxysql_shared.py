@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 import pytest
 
 from hacontrol.actions.proxysql import LOAD_TO_RUNTIME, SAVE_TO_DISK, AdminLinks, ProxySQLRouter
+from hacontrol.events import Event, RouterProbeResult
+from hacontrol.probes.router import RouterProbe
 from hacontrol.routing import Membership, RouterError
 from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings
 from tests.proxysql_real import AdminTap, RealProxySQL, runtime_rows
@@ -475,6 +477,62 @@ async def test_a_call_whose_connection_is_closed_under_it_fails_with_a_router_er
     await link.close(wait=0.05)
     with pytest.raises(RouterError, match=r"read failed .*closed"):
         await call
+
+
+async def test_a_probe_behind_another_clusters_apply_is_busy_not_unreachable(
+    shared: Shared,
+) -> None:
+    # orders' failover apply holds the shared admin 1.2 s (ProxySQL slow to SAVE). users'
+    # router probe (0.4 s interval, its wait for the admin bounded at half of it, as the
+    # runtime sets it) is skipped as busy, naming what holds the admin: no error event (no
+    # RouterUnreachable problem); once the apply is done it reads users' rows again.
+    orders = shared.routers["orders"]
+    users = shared.routers["users"]
+    users.busy_after = 0.2
+    saving = asyncio.Event()
+
+    async def slow_save(sql: str, previous: str | None) -> None:
+        if sql == SAVE_TO_DISK:
+            saving.set()
+            await asyncio.sleep(1.2)
+
+    shared.tap.hooks.append(slow_save)
+    events: list[Event] = []
+    probe = RouterProbe(users, interval=0.4, timeout=0.4, emit=events.append)
+    apply = asyncio.create_task(orders.apply(failed_over("orders", 2)))
+    await asyncio.wait_for(saving.wait(), 5)
+    looping = asyncio.create_task(probe.run())
+    try:
+        assert await apply is True
+        await asyncio.sleep(0.5)  # a round after the apply
+    finally:
+        looping.cancel()
+        await asyncio.gather(looping, return_exceptions=True)
+    assert probe.skipped >= 1
+    assert all(isinstance(e, RouterProbeResult) and e.ok for e in events), events
+    assert events and events[-1].membership == healthy("users")
+    assert probe.busy is None  # the last read ran
+    skipped = await _skipped_probe(shared, orders, users)
+    assert "skipped: the admin is busy with cluster orders's apply" in skipped
+
+
+async def _skipped_probe(shared: Shared, orders: ProxySQLRouter, users: ProxySQLRouter) -> str:
+    """What a probe of ``users`` reports while ``orders`` applies (its SAVE held 1 s)."""
+    holding = asyncio.Event()
+
+    async def hold(sql: str, previous: str | None) -> None:
+        if sql == SAVE_TO_DISK:
+            holding.set()
+            await asyncio.sleep(1.0)
+
+    shared.tap.hooks[:] = [hold]
+    probe = RouterProbe(users, interval=0.4, timeout=0.4, emit=lambda e: None)
+    apply = asyncio.create_task(orders.apply(failed_over("orders", 3)))
+    await asyncio.wait_for(holding.wait(), 5)
+    assert await probe.probe() is None
+    await apply
+    assert probe.busy is not None
+    return probe.busy
 
 
 @pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "::1", "::ffff:127.0.0.1", "127.0.0.2"])

@@ -54,7 +54,14 @@ from hacontrol.mysqlconn import (
     execute,
     fetch_text,
 )
-from hacontrol.routing import Drained, Membership, Role, RouterError, desired_state_problem
+from hacontrol.routing import (
+    Drained,
+    Membership,
+    Role,
+    RouterBusy,
+    RouterError,
+    desired_state_problem,
+)
 from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings, TlsSettings
 from hacontrol.settings_clusters import admin_key
 
@@ -695,6 +702,8 @@ class AdminLink:
         """Each layout's cluster, for the messages, by its writer hostgroup."""
         self.calls = 0
         """Calls holding or waiting for the lock."""
+        self.holder: tuple[str, float] | None = None
+        """The call holding the lock (whose, what) and since when, for RouterBusy."""
         self.shared_read: SharedRead | None = None
         """The last probe read, while several routers share the link; forgotten by every
         apply and drain (so no probe is served a read from before a change)."""
@@ -724,7 +733,13 @@ class AdminLink:
         return f"ProxySQL admin {self.endpoint.host}:{self.endpoint.port}"
 
     async def call(
-        self, what: str, body: Callable[[_AdminSession], Awaitable[T]], timeout: float
+        self,
+        what: str,
+        body: Callable[[_AdminSession], Awaitable[T]],
+        timeout: float,
+        *,
+        busy_after: float | None = None,
+        by: str | None = None,
     ) -> T:
         """``body`` on the kept connection, holding the lock, within ``timeout`` (connecting
         included); any failure is a RouterError.
@@ -736,24 +751,26 @@ class AdminLink:
         each in bounded time. The kept connection is checked first (``check_alive``: a silently
         dead one is replaced before the call's time starts); one that fails at the call's first
         statement anyway (ProxySQL restarted meanwhile: nothing was done) is replaced at once,
-        once."""
+        once.
+
+        ``busy_after``: a read that would rather be skipped than wait long (the router
+        probe): past that wait for the lock, RouterBusy naming what holds it (``by``: whose
+        call this is, for that message)."""
         ahead = self.calls
         self.calls += 1
         wait = (timeout + min(timeout / 4, LIVENESS_CHECK_MAX)) * (ahead + 1)
         try:
-            try:
-                async with asyncio.timeout(wait):
-                    await self.lock.acquire()
-            except TimeoutError:
-                raise RouterError(
-                    f"{self.where}: {what} timed out after {wait:g} s waiting "
-                    f"for {ahead} other call(s) on this admin"
-                ) from None
+            if busy_after is None:
+                await self._acquire(what, ahead, wait, busy=False)
+            else:
+                await self._acquire(what, ahead, busy_after, busy=True)
+            self.holder = (f"{by}'s {what}" if by else what, time.monotonic())
             try:
                 await self.session.check_alive(timeout)
                 async with asyncio.timeout(timeout):
                     return await self._locked(body, timeout)
             finally:
+                self.holder = None
                 self.lock.release()
         except TimeoutError:
             at = self.session.current
@@ -769,6 +786,27 @@ class AdminLink:
             ) from None
         finally:
             self.calls -= 1
+
+    async def _acquire(self, what: str, ahead: int, wait: float, *, busy: bool) -> None:
+        """The lock within ``wait`` s; past it RouterBusy (``busy``) or RouterError."""
+        try:
+            async with asyncio.timeout(wait):
+                await self.lock.acquire()
+            return
+        except TimeoutError:
+            pass
+        if not busy:
+            raise RouterError(
+                f"{self.where}: {what} timed out after {wait:g} s waiting "
+                f"for {ahead} other call(s) on this admin"
+            )
+        holder, since = self.holder or ("another call", time.monotonic())
+        reason = (
+            f"{self.where}: {what} skipped: the admin is busy with {holder} (for "
+            f"{time.monotonic() - since:.2f} s; {ahead} call(s) ahead, waited {wait:g} s)"
+        )
+        log.debug("%s", reason)
+        raise RouterBusy(reason)
 
     async def _locked(self, body: Callable[[_AdminSession], Awaitable[T]], timeout: float) -> T:
         session = self.session
@@ -864,6 +902,7 @@ class ProxySQLRouter:
         link: AdminLink | None = None,
         share_age: float = 0.0,
         cluster: str | None = None,
+        busy_after: float | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -880,6 +919,10 @@ class ProxySQLRouter:
         (a read of ``runtime_mysql_servers`` costs ProxySQL more the more rows it holds)."""
         self._attempts = attempts
         self._retry_delay = retry_delay
+        self.cluster = cluster
+        self.busy_after = busy_after
+        """Seconds the probe waits for the link behind other calls before it is skipped
+        (RouterBusy: the admin is busy, not failing); None: it waits like any call."""
 
     # --- Router ---
 
@@ -946,7 +989,13 @@ class ProxySQLRouter:
         """``read`` and ``conflicts`` together (the router probe's call, every interval): the
         writer rows the conflicts need come from the same read. With several routers on the
         link, one read of all their rows serves every probe for ``share_age`` seconds."""
-        return await self._call("read", self._probe)
+        return await self.link.call(
+            "probe",
+            self._probe,
+            self.settings.timeout,
+            busy_after=self.busy_after,
+            by=self._by,
+        )
 
     async def check_startup(self) -> None:
         """Refuse to start (RouterError) when ProxySQL would fight the controller. An admin
@@ -1099,5 +1148,9 @@ class ProxySQLRouter:
             warnings.append(warning)
         return warnings
 
+    @property
+    def _by(self) -> str:
+        return f"cluster {self.cluster}" if self.cluster else "a cluster"
+
     async def _call(self, what: str, body: Callable[[_AdminSession], Awaitable[T]]) -> T:
-        return await self.link.call(what, body, self.settings.timeout)
+        return await self.link.call(what, body, self.settings.timeout, by=self._by)
