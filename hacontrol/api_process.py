@@ -89,7 +89,8 @@ class _Child:
         """Its exit status, once it exited (killed after STOP_GRACE); the channel closed."""
         self.writer.close()  # end of channel: it stops serving and exits
         try:
-            await asyncio.wait_for(self.proc.wait(), STOP_GRACE)
+            async with asyncio.timeout(STOP_GRACE):
+                await self.proc.wait()
         except TimeoutError:
             self.kill()
         code = await self.proc.wait()
@@ -192,7 +193,8 @@ class ApiProcess:
         writer.write(encode(self._config(settings)))
         child.serving = asyncio.create_task(self._serve(child, reader), name="api:channel")
         try:
-            await asyncio.wait_for(asyncio.shield(child.listening), START_TIMEOUT)
+            async with asyncio.timeout(START_TIMEOUT):
+                await asyncio.shield(child.listening)
         except BaseException as exc:
             await child.close()
             if isinstance(exc, TimeoutError):

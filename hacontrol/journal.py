@@ -286,7 +286,8 @@ class Journal:
             raise JournalUnwritable(f"{self.path}: a journal write has hung for {busy:.1f} s")
         job = asyncio.wrap_future(self.post(method, *args))
         try:
-            await asyncio.wait_for(asyncio.shield(job), self.write_timeout)
+            async with asyncio.timeout(self.write_timeout):
+                await asyncio.shield(job)
         except TimeoutError:
             raise JournalUnwritable(
                 f"{self.path}: not written within {self.write_timeout:g} s (the disk hangs?)"
@@ -300,7 +301,8 @@ class Journal:
             return False
         job = asyncio.wrap_future(self.post(_nothing))
         try:
-            await asyncio.wait_for(asyncio.shield(job), timeout or self.write_timeout)
+            async with asyncio.timeout(timeout or self.write_timeout):
+                await asyncio.shield(job)
         except TimeoutError:
             return False
         return True

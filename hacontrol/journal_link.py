@@ -85,7 +85,8 @@ class JournalLink:
         timeout = 2 * journal.write_timeout
         try:
             job = asyncio.wrap_future(journal.post(journal.check_space))
-            space = await asyncio.wait_for(asyncio.shield(job), timeout)
+            async with asyncio.timeout(timeout):
+                space = await asyncio.shield(job)
         except TimeoutError:
             space = Space(False, None, f"{journal.path}: the check did not return in {timeout:g} s")
         except Exception as exc:  # the check must not end the loop

@@ -307,7 +307,8 @@ class HookRunner:
                     await asyncio.sleep(0.05)
         _killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), self._kill_grace)
+            async with asyncio.timeout(self._kill_grace):
+                await proc.wait()
 
 
 def _abandon(
