@@ -65,9 +65,12 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def build_router(settings: Settings, links: AdminLinks | None = None) -> Router | None:
+def build_router(
+    settings: Settings, links: AdminLinks | None = None, log: JsonLog | None = None
+) -> Router | None:
     """The cluster's router. ``links``: the process's ProxySQL admin links, so that clusters
-    routed by the same ProxySQL share its one connection and lock (None: a link of its own).
+    routed by the same ProxySQL share its one connection and lock (None: a link of its own);
+    ``log``: the cluster's, for the router's own lines (None: the stdlib logger).
     RouterError when two clusters name one admin with different credentials."""
     kind = settings.router.kind
     names = [n.name for n in settings.nodes]
@@ -89,6 +92,7 @@ def build_router(settings: Settings, links: AdminLinks | None = None) -> Router 
             share_age=half,  # one read of a shared admin per half interval
             cluster=settings.cluster.name,
             busy_after=half,  # then the probe is skipped (busy), within its interval
+            lines=log,
         )
     return None
 
@@ -153,7 +157,7 @@ class Runtime:
         self.log = log
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.probes = node_probes(settings, self.emit)
-        self.router = build_router(settings, links)
+        self.router = build_router(settings, links, log)
         self.notifier = Notifier(settings.smtp, log, policy=mail_policy or MailPolicy())
         self.metrics = Metrics(settings.cluster.name, mail=self.notifier)
         self.journal = Journal(settings.controller.journal)

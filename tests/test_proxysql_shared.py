@@ -23,9 +23,11 @@ import pytest
 
 from hacontrol.actions.proxysql import LOAD_TO_RUNTIME, SAVE_TO_DISK, AdminLinks, ProxySQLRouter
 from hacontrol.events import Event, RouterProbeResult
+from hacontrol.jsonlog import JsonLog
 from hacontrol.probes.router import RouterProbe
-from hacontrol.routing import Membership, RouterError
+from hacontrol.routing import Membership, RouterBusy, RouterError
 from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings
+from tests.live import LogCapture
 from tests.proxysql_real import AdminTap, RealProxySQL, runtime_rows
 from tests.proxysql_real import Row as SeedRow
 
@@ -533,6 +535,38 @@ async def _skipped_probe(shared: Shared, orders: ProxySQLRouter, users: ProxySQL
     await apply
     assert probe.busy is not None
     return probe.busy
+
+
+async def test_the_router_lines_are_json_and_name_their_cluster(shared: Shared) -> None:
+    # Both clusters' applies (together), and a probe skipped while another call holds the
+    # admin: each line is one JSON record of the cluster whose call it was.
+    capture = LogCapture()
+    log = JsonLog(None, stream=capture)
+    for name, router in shared.routers.items():
+        router.lines = log.for_cluster(name)
+    await asyncio.gather(
+        shared.routers["orders"].apply(failed_over("orders", 2)),
+        shared.routers["users"].apply(failed_over("users", 3)),
+    )
+    statements = capture.of("router_statement")
+    writes = [r for r in statements if WRITE.match(r["sql"])]
+    assert writes and all(r["cluster"] == cluster_of_write(r["sql"]) for r in writes), writes
+    loads = [r["cluster"] for r in statements if r["sql"] == LOAD_TO_RUNTIME]
+    assert set(loads) == {"orders", "users"}
+    users = shared.routers["users"]
+    users.busy_after = 0.0  # the probe of users while orders holds the admin: busy, named
+    hold = asyncio.Event()
+    holding = asyncio.create_task(
+        shared.routers["orders"].link.call("apply", lambda s: hold.wait(), 5.0, by="cluster x")
+    )
+    await asyncio.sleep(0.1)
+    with pytest.raises(RouterBusy):
+        await users.probe()
+    hold.set()
+    await holding
+    (busy,) = capture.of("router_busy")
+    assert busy["cluster"] == "users" and "busy with cluster x's apply" in busy["reason"]
+    assert busy["level"] == "debug"
 
 
 @pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "::1", "::ffff:127.0.0.1", "127.0.0.2"])

@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pymysql
 
@@ -66,6 +66,25 @@ from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings, T
 from hacontrol.settings_clusters import admin_key
 
 log = logging.getLogger(__name__)
+
+
+class Lines(Protocol):
+    """Where this module's lines go: the cluster's JsonLog (``hacontrol.jsonlog``: JSON, the
+    cluster named), or ``StdlibLines`` for a router built without one."""
+
+    def emit(
+        self, event: str, node: str | None = None, level: str = "info", **fields: Any
+    ) -> None: ...
+
+
+class StdlibLines:
+    """The module's stdlib logger, for a router built without a JsonLog (a one-shot status)."""
+
+    def emit(self, event: str, node: str | None = None, level: str = "info", **fields: Any) -> None:
+        detail = " ".join(f"{key}={value}" for key, value in fields.items())
+        number = logging.getLevelNamesMapping()[level.upper()]
+        log.log(number, "%s %s %s", event, node or "", detail)
+
 
 T = TypeVar("T")
 
@@ -599,7 +618,7 @@ class _AdminSession:
             self._conn.close()
         self._conn = None
 
-    async def check_alive(self, timeout: float) -> None:
+    async def check_alive(self, timeout: float, lines: Lines) -> None:
         """A kept connection answers ``SELECT 1`` within min(timeout/4, LIVENESS_CHECK_MAX) s,
         or is closed (the call then connects anew, with its full time): a flow that went
         silently dead (packets dropped, no reset) would otherwise hang the call, a failover's
@@ -612,9 +631,13 @@ class _AdminSession:
         try:
             await execute(conn, "SELECT 1", timeout=bound)
         except (TimeoutError, pymysql.err.MySQLError, OSError, EOFError) as exc:
-            log.warning(
-                "proxysql admin: the kept connection failed its check (%s): connecting anew",
-                describe_error(exc),
+            lines.emit(
+                "router_admin_reconnect",
+                None,
+                "warning",
+                reason="the kept admin connection failed its check: connecting anew",
+                error=describe_error(exc),
+                bound_seconds=bound,
             )
             self.close()
         except BaseException:
@@ -740,6 +763,7 @@ class AdminLink:
         *,
         busy_after: float | None = None,
         by: str | None = None,
+        lines: Lines | None = None,
     ) -> T:
         """``body`` on the kept connection, holding the lock, within ``timeout`` (connecting
         included); any failure is a RouterError.
@@ -755,7 +779,8 @@ class AdminLink:
 
         ``busy_after``: a read that would rather be skipped than wait long (the router
         probe): past that wait for the lock, RouterBusy naming what holds it (``by``: whose
-        call this is, for that message)."""
+        call this is, for that message). ``lines``: the caller's log (its cluster named)."""
+        lines = lines if lines is not None else StdlibLines()
         ahead = self.calls
         self.calls += 1
         wait = (timeout + min(timeout / 4, LIVENESS_CHECK_MAX)) * (ahead + 1)
@@ -763,10 +788,10 @@ class AdminLink:
             if busy_after is None:
                 await self._acquire(what, ahead, wait, busy=False)
             else:
-                await self._acquire(what, ahead, busy_after, busy=True)
+                await self._acquire(what, ahead, busy_after, busy=True, lines=lines)
             self.holder = (f"{by}'s {what}" if by else what, time.monotonic())
             try:
-                await self.session.check_alive(timeout)
+                await self.session.check_alive(timeout, lines)
                 async with asyncio.timeout(timeout):
                     return await self._locked(body, timeout)
             finally:
@@ -787,7 +812,9 @@ class AdminLink:
         finally:
             self.calls -= 1
 
-    async def _acquire(self, what: str, ahead: int, wait: float, *, busy: bool) -> None:
+    async def _acquire(
+        self, what: str, ahead: int, wait: float, *, busy: bool, lines: Lines | None = None
+    ) -> None:
         """The lock within ``wait`` s; past it RouterBusy (``busy``) or RouterError."""
         try:
             async with asyncio.timeout(wait):
@@ -805,7 +832,8 @@ class AdminLink:
             f"{self.where}: {what} skipped: the admin is busy with {holder} (for "
             f"{time.monotonic() - since:.2f} s; {ahead} call(s) ahead, waited {wait:g} s)"
         )
-        log.debug("%s", reason)
+        if lines is not None:
+            lines.emit("router_busy", None, "debug", reason=reason)
         raise RouterBusy(reason)
 
     async def _locked(self, body: Callable[[_AdminSession], Awaitable[T]], timeout: float) -> T:
@@ -903,6 +931,7 @@ class ProxySQLRouter:
         share_age: float = 0.0,
         cluster: str | None = None,
         busy_after: float | None = None,
+        lines: Lines | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -920,6 +949,8 @@ class ProxySQLRouter:
         self._attempts = attempts
         self._retry_delay = retry_delay
         self.cluster = cluster
+        self.lines: Lines = lines if lines is not None else StdlibLines()
+        """This module's lines: the cluster's JsonLog in a running controller."""
         self.busy_after = busy_after
         """Seconds the probe waits for the link behind other calls before it is skipped
         (RouterBusy: the admin is busy, not failing); None: it waits like any call."""
@@ -975,7 +1006,9 @@ class ProxySQLRouter:
             in_use = sum(int(row["ConnUsed"]) for row in rows)
             elapsed = time.monotonic() - started
             if in_use == 0 or elapsed >= timeout:
-                log.info("proxysql: drained %s in %.3f s, %d in use", node, elapsed, in_use)
+                self.lines.emit(
+                    "router_drained", node, "info", seconds=round(elapsed, 3), in_use=in_use
+                )
                 return Drained(node, in_use == 0, in_use, round(elapsed, 3))
             await asyncio.sleep(min(poll, timeout - elapsed))
 
@@ -995,6 +1028,7 @@ class ProxySQLRouter:
             self.settings.timeout,
             busy_after=self.busy_after,
             by=self._by,
+            lines=self.lines,
         )
 
     async def check_startup(self) -> None:
@@ -1005,7 +1039,7 @@ class ProxySQLRouter:
         try:
             warnings = await self.conflicts()
         except RouterError as exc:
-            log.warning("proxysql: the start-up check could not run (%s)", exc)
+            self.lines.emit("router_startup_check_skipped", None, "warning", reason=str(exc))
             return
         if warnings:
             raise RouterError(
@@ -1049,15 +1083,18 @@ class ProxySQLRouter:
                 self.statements_sent.append(sql)
                 await session.query(sql)
                 sent = True
-                log.info("proxysql: %s", sql)
+                self.lines.emit("router_statement", None, "info", sql=sql)
             difference = differences(await self._read_runtime(session), desired, self.layout)
             if not difference:
                 return True
-            log.warning(
-                "proxysql runtime does not match the desired membership (attempt %d/%d): %s",
-                attempt,
-                self._attempts,
-                "; ".join(difference),
+            self.lines.emit(
+                "router_mismatch",
+                None,
+                "warning",
+                reason="ProxySQL's runtime does not match the desired membership",
+                attempt=attempt,
+                attempts=self._attempts,
+                differences=list(difference),
             )
             if attempt < self._attempts:
                 await asyncio.sleep(self._retry_delay)
@@ -1076,7 +1113,7 @@ class ProxySQLRouter:
                 await self._check_before_load(session)
             self.statements_sent.append(sql)
             await session.query(sql)
-            log.info("proxysql: %s", sql)
+            self.lines.emit("router_statement", None, "info", sql=sql)
 
     async def _check_before_load(self, session: _AdminSession) -> None:
         """The last guard: never LOAD a configuration with two managed writers (someone else
@@ -1153,4 +1190,6 @@ class ProxySQLRouter:
         return f"cluster {self.cluster}" if self.cluster else "a cluster"
 
     async def _call(self, what: str, body: Callable[[_AdminSession], Awaitable[T]]) -> T:
-        return await self.link.call(what, body, self.settings.timeout, by=self._by)
+        return await self.link.call(
+            what, body, self.settings.timeout, by=self._by, lines=self.lines
+        )
