@@ -120,3 +120,70 @@ async def test_with_one_cluster_a_crash_ends_the_process(tmp_path):
     (line,) = capture.of("cluster_crashed")
     assert line["restart_in"] is None
     assert not capture.of("cluster_restarting")
+
+
+async def test_a_probe_worker_crash_halts_its_cluster_which_restarts(tmp_path):
+    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
+            crashed = svc.runtimes["c002"]
+
+            def broken_emit(event: Event) -> None:
+                raise InjectedBug("injected: the probe's emit broke")
+
+            crashed.probes["c002n2"]._emit = broken_emit  # its next probe's result raises
+            await eventually(lambda: capture.of("cluster_crashed"), 10, "the crash logged")
+            (line,) = capture.of("cluster_crashed")
+            assert line["cluster"] == "c002" and line["task"] == "probe:c002n2", line
+            await eventually(lambda: svc.runtimes["c002"] is not crashed, 10, "c002 restarted")
+            await eventually(lambda: idle(svc), 20, "both clusters idle again")
+            assert svc.runtimes["c001"].controller.decisions  # c001 went on throughout
+            assert not waiting.done()
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    stopped = [r for r in capture.of("stopped") if r["cluster"] == "c002"]
+    assert stopped and not stopped[0]["tasks_not_finished"]  # the crashed one cleaned up
+
+
+async def test_a_plan_left_running_by_a_crashed_decision_task_finishes(tmp_path):
+    # c001's decision task crashes right after it started a failover: the plan is not cut
+    # halfway (it finishes, within its budget), then the restarted c001 takes over from its
+    # journal and the live topology; c001 ends with one of its replicas as its primary.
+    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
+            crashed = svc.runtimes["c001"]
+            controller, handle = crashed.controller, crashed.controller.handle
+
+            def buggy(event: Event) -> None:
+                handle(event)
+                if controller.running_plan is not None:
+                    raise InjectedBug("injected: a bug right after the plan started")
+
+            controller.handle = buggy  # type: ignore[method-assign]
+            fake.kill("c001n1")
+            await eventually(lambda: capture.of("cluster_crashed"), 20, "the crash logged")
+            await eventually(lambda: svc.runtimes["c001"] is not crashed, 60, "c001 restarted")
+            fresh = svc.runtimes["c001"]
+            await eventually(
+                lambda: (
+                    fresh.controller.view.primary in ("c001n2", "c001n3")
+                    and fresh.controller.running_plan is None
+                    and not fresh.controller.view.problems
+                ),
+                60,
+                "the restarted c001 healthy on a promoted replica",
+            )
+            assert not waiting.done()
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    (started,) = [r for r in capture.of("plan_started") if r["cluster"] == "c001"][:1]
+    plan = started["plan"]
+    steps = [r for r in capture.of("action") if r.get("plan") == plan]
+    assert steps and all(r["ok"] for r in steps), steps  # it ran on, to its end, and worked
+    waited = [r for r in capture.of("stop_waits_for_plan") if r["cluster"] == "c001"]
+    assert waited and waited[0]["plan"] == plan
