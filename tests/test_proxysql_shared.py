@@ -569,6 +569,60 @@ async def test_the_router_lines_are_json_and_name_their_cluster(shared: Shared) 
     assert busy["level"] == "debug"
 
 
+async def test_calls_cancelled_on_the_shared_link_leave_it_free_for_the_others(
+    shared: Shared,
+) -> None:
+    # A call of orders hangs in the middle of a statement (its flow silently dead) and is
+    # cancelled (a failover preempted, a shutdown) while users' apply and a read of orders
+    # wait for the lock; the read is cancelled too. The lock is free, no call is counted, the
+    # kept connection (cut mid-statement) was dropped, and users' apply runs at once on a new
+    # connection, within a fraction of its own 5 s.
+    relay = await SilentRelay((shared.px.host, shared.px.port)).start()
+    links = AdminLinks()
+    orders, users = (
+        ProxySQLRouter(
+            shared.settings(name, port=relay.port),
+            NODES[name],
+            RouterSettings(kind="proxysql"),
+            link=links.get(shared.settings(name, port=relay.port)),
+            cluster=name,
+        )
+        for name in ("orders", "users")
+    )
+    link = orders.link
+    hanging = asyncio.Event()
+
+    async def hang(session) -> None:
+        await session.query("SELECT 1")
+        relay.blackhole()
+        hanging.set()
+        await session.query("SELECT 1")  # never answered
+
+    try:
+        cut = asyncio.create_task(link.call("apply", hang, 5.0, by="cluster orders"))
+        await asyncio.wait_for(hanging.wait(), 5)
+        waiting_apply = asyncio.create_task(users.apply(failed_over("users", 3)))
+        waiting_read = asyncio.create_task(orders.read())
+        await asyncio.sleep(0.1)
+        assert link.calls == 3
+        waiting_read.cancel()
+        cut.cancel()
+        started = time.monotonic()
+        assert await waiting_apply is True
+        elapsed = time.monotonic() - started
+        for task in (cut, waiting_read):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert link.calls == 0 and not link.lock.locked() and link.holder is None
+        assert await users.read() == failed_over("users", 3)
+        assert await orders.read() == healthy("orders")
+    finally:
+        await links.close()
+        await relay.stop()
+    assert elapsed < 1.0, elapsed  # no wait for the cut call's time, no check of a dead flow
+    assert len(relay.flows) == 2  # the cut connection dropped, one new one
+
+
 @pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "::1", "::ffff:127.0.0.1", "127.0.0.2"])
 def test_check_config_and_the_links_agree_on_what_is_one_admin(host: str) -> None:
     # Two clusters naming the admin 127.0.0.1:6032 and host:6032 with the same writer
