@@ -118,17 +118,19 @@ def _overview(clusters: Mapping[str, Mapping[str, Any]]) -> str:
             f"<td>{_e(status.get('primary') or 'none')}</td>"
             f"<td>{'ok' if (status.get('quorum') or {}).get('ok') else 'LOST'}</td>"
             f"<td>{len(problems)}</td>"
-            f"<td>{_e(_held(controller))}</td>"
+            f"<td>{_e(_held(controller, status.get('halted')))}</td>"
             "</tr>"
         )
     head = "".join(f"<th>{h}</th>" for h in ("cluster", "primary", "quorum", "problems", "changes"))
     return f'<table id="overview"><tr>{head}</tr>' + "".join(rows) + "</table>"
 
 
-def _held(controller: Mapping[str, Any]) -> str:
-    """What holds automatic changes back, or "allowed"."""
+def _held(controller: Mapping[str, Any], stopped: object = None) -> str:
+    """What holds automatic changes back, or "allowed". ``stopped``: why the cluster runs no
+    controller (refused at start-up, or crashed and waiting for its restart)."""
     halt = controller.get("halt")
     held = [
+        f"no controller: {stopped}" if stopped else "",
         f"halted: {halt.get('code')}: {halt.get('reason')}" if halt else "",
         "paused" if controller.get("paused") else "",
         f"plan running: {controller.get('plan_running')}" if controller.get("plan_running") else "",
@@ -152,7 +154,7 @@ def _facts(status: Mapping[str, Any], controller: Mapping[str, Any], suffix: str
         ("why", status.get("primary_reason"), "primary-reason"),
         ("quorum", "ok" if quorum.get("ok") else "LOST", "quorum"),
         ("router", router_text, "router"),
-        ("changes", _held(controller), "changes"),
+        ("changes", _held(controller, status.get("halted")), "changes"),
         ("leader", _leader(status, controller), "leader"),
     ]
     cells = [

@@ -191,6 +191,19 @@ def test_several_clusters_each_with_its_section() -> None:
     assert "<td>paused</td>" in overview
 
 
+def test_a_cluster_without_its_controller_says_why() -> None:
+    orders = {**status_of({"o1": None, "o2": "o1"}), "cluster": "orders"}
+    users = {**status_of({"u1": None, "u2": "u1"}), "cluster": "users"}
+    users["halted"] = "crashed (decision: KeyError: 'x'); restarts from its journal in 5 s"
+    page = render_page({"clusters": {"orders": orders, "users": users}}, 0.0)
+    overview = page.split('<table id="overview">')[1].split("</table>")[0]
+    assert "<td>no controller: crashed (decision: KeyError: &#x27;x&#x27;); restarts" in overview
+    section = page.split('<section id="cluster-users">')[1].split("</section>")[0]
+    assert '<span id="changes-users">no controller: crashed' in section
+    other = page.split('<section id="cluster-orders">')[1].split("</section>")[0]
+    assert "no controller" not in other
+
+
 def test_one_cluster_among_clusters_is_its_page_as_before() -> None:
     status = status_of({"db1": None, "db2": "db1"})
     alone = render_page(status, 0.0)
