@@ -265,8 +265,11 @@ class Service:
     async def _restart(self, crashed: Runtime) -> tuple[Runtime, WorkerCrashed | None]:
         """A fresh Runtime for the crashed one's cluster (its settings, its journal), started
         in its place; the error when it does not start (a crash too: back-off, again)."""
-        fresh = self._runtime(crashed.settings)
-        fresh.log.emit("cluster_restarting", None, "warning", after=crashed.halted)
+        crashed.log.emit("cluster_restarting", None, "warning", after=crashed.halted)
+        try:
+            fresh = self._runtime(crashed.settings)
+        except Exception as exc:  # e.g. its router's hostgroups still held on the admin link
+            return crashed, WorkerCrashed(crashed.name, "start-up", exc)
         self.runtimes[crashed.name] = fresh
         try:
             await fresh.__aenter__()

@@ -17,10 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from hacontrol.events import Event, OperatorCommand
 from hacontrol.runtime import Runtime, WorkerCrashed
 from hacontrol.service import Service
+from hacontrol.settings import Settings
 from tests.fakefleet import FakeFleet, fleet
 from tests.live import service
+from tests.proxysql_real import RealProxySQL
 from tests.support import eventually
-from tests.test_service import TOKEN, cluster_settings, finished, idle
+from tests.test_service import TOKEN, cluster_settings, finished, idle, proxysql_router
 
 
 class InjectedBug(RuntimeError):
@@ -187,3 +189,53 @@ async def test_a_plan_left_running_by_a_crashed_decision_task_finishes(tmp_path)
     assert steps and all(r["ok"] for r in steps), steps  # it ran on, to its end, and worked
     waited = [r for r in capture.of("stop_waits_for_plan") if r["cluster"] == "c001"]
     assert waited and waited[0]["plan"] == plan
+
+
+async def test_a_crashed_cluster_on_a_shared_proxysql_restarts_and_routes_again(tmp_path):
+    # Both clusters routed by one real ProxySQL (one admin link): the crashed cluster's
+    # router leaves the link, the fresh one takes its hostgroups again and routes its failover.
+    with RealProxySQL(tmp_path / "proxysql") as px:
+        await asyncio.to_thread(px.reset)
+        async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+            clusters = [
+                s.model_copy(update={"router": Settings(
+                    **{**s.model_dump(), "router": proxysql_router(px, px.port, base)}
+                ).router})
+                for s, base in zip(cluster_settings(fake, tmp_path), (0, 100), strict=True)
+            ]  # fmt: skip
+            svc, capture = service(*clusters, restart_backoff=0.5)
+            async with svc:
+                waiting = asyncio.create_task(svc.wait())
+                await eventually(lambda: idle(svc), 30, "both clusters healthy and idle")
+                crashed = svc.runtimes["c001"]
+                crash_on_command(crashed)
+                assert not (await svc.command(OperatorCommand(0.0, "pause"), "c001")).ok
+                await eventually(lambda: svc.runtimes["c001"] is not crashed, 10, "restarted")
+                fresh = svc.runtimes["c001"]
+                await eventually(lambda: fresh.ready()[0], 20, "the restarted c001 ready")
+                assert (
+                    len(svc.links) == 1
+                    and len(next(iter(svc.links._links.values()))[0].layouts) == 2
+                )
+                fake.kill("c001n1")
+                await eventually(lambda: finished(capture, "c001"), 30, "c001's failover")
+                (done,) = finished(capture, "c001")
+                assert done["ok"], done
+                await eventually(
+                    lambda: fresh.controller.view.primary in ("c001n2", "c001n3"),
+                    10,
+                    "c001's view names the promoted replica",
+                )
+                writers = await asyncio.to_thread(
+                    px.admin,
+                    "SELECT hostname, port FROM runtime_mysql_servers WHERE hostgroup_id = 10",
+                )
+                assert not waiting.done()
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+    promoted = {
+        (s.host, s.port) for s in clusters[0].nodes if s.name == fresh.controller.view.primary
+    }
+    assert {(h, int(p)) for h, p in writers} == promoted  # c001's writer, in hostgroup 10
+    routed = [r for r in capture.of("router_statement") if r["cluster"] == "c001"]
+    assert routed  # the fresh router's own lines, its cluster named

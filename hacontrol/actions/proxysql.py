@@ -751,6 +751,14 @@ class AdminLink:
             f"cluster {cluster}" if cluster else f"the cluster of nodes {sorted(layout.names())}"
         )
 
+    def unregister(self, layout: Layout) -> None:
+        """A router leaves the link (its cluster stopped: a crashed cluster's router, before a
+        fresh one of the same cluster registers the same hostgroups)."""
+        if layout in self.layouts:
+            self.layouts.remove(layout)
+            self.owners.pop(layout.hostgroups.writer, None)
+            self.shared_read = None
+
     @property
     def where(self) -> str:
         return f"ProxySQL admin {self.endpoint.host}:{self.endpoint.port}"
@@ -980,9 +988,11 @@ class ProxySQLRouter:
 
     async def close(self) -> None:
         """The kept admin connection, when the link is this router's own (a shared link is
-        closed by its owner, ``AdminLinks.close``)."""
+        closed by its owner, ``AdminLinks.close``); on a shared one, this router leaves it."""
         if self._owns_link:
             await self.link.close()
+        else:
+            self.link.unregister(self.layout)
 
     async def drain(self, node: str, *, timeout: float, poll: float = 0.02) -> Drained:
         """Set ``node``'s writer row OFFLINE_SOFT and wait until none of its writer connections
