@@ -270,11 +270,13 @@ class Service:
             fresh = self._runtime(crashed.settings)
         except Exception as exc:  # e.g. its router's hostgroups still held on the admin link
             return crashed, WorkerCrashed(crashed.name, "start-up", exc)
+        fresh.halted = f"starting again after: {crashed.halted}"  # /health up, commands refused
         self.runtimes[crashed.name] = fresh
         try:
             await fresh.__aenter__()
         except Exception as exc:
             return fresh, WorkerCrashed(fresh.name, "start-up", exc)
+        fresh.halted = None
         self._running.add(fresh.name)
         return fresh, None
 
