@@ -11,7 +11,13 @@ its name), one metrics exposition (label ``cluster``), and the ProxySQL admin li
 (``actions.proxysql.AdminLinks``: the clusters routed by one ProxySQL share its admin
 connection and the lock that serialises their applies and probes).
 
-As the API's ``ControllerHandle``: ``/health`` is alive when every decision task is, ``/ready``
+A cluster whose decision task or worker crashes (an unexpected exception: a bug) is halted
+alone and restarted from its journal after a back-off (``Service._supervise``), as a process
+restart would; the process ends (non-zero) only when no cluster runs any more, or on a
+process-wide failure.
+
+As the API's ``ControllerHandle``: ``/health`` is alive when every decision task is (or its
+cluster is halted on purpose: refused at start-up, crashed and waiting to restart), ``/ready``
 when every cluster is ready, ``/status`` shows each cluster under ``clusters`` (and, with one
 cluster, that cluster's fields at the top level as before), commands go to the named cluster.
 """
@@ -81,6 +87,7 @@ class Service:
     e.g. ProxySQL's replication hostgroups over its hostgroups) refuses the process when it is
     the only one; among several it alone stays halted (``Runtime.halt``: not ready, logged,
     mailed) and the others run. An unreachable router refuses nothing: a runtime problem.
+    A cluster that crashes while running is halted alone, then restarted (``wait``).
 
     ``log``: the process's log; each cluster writes through ``log.for_cluster(name)``.
     """

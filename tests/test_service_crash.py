@@ -239,3 +239,23 @@ async def test_a_crashed_cluster_on_a_shared_proxysql_restarts_and_routes_again(
     assert {(h, int(p)) for h, p in writers} == promoted  # c001's writer, in hostgroup 10
     routed = [r for r in capture.of("router_statement") if r["cluster"] == "c001"]
     assert routed  # the fresh router's own lines, its cluster named
+
+
+async def test_the_process_ends_when_no_cluster_runs_any_more(tmp_path):
+    # c001 crashes (its restart 30 s away), then c002: no cluster runs, the process ends with
+    # the last crash (non-zero), without waiting for c001's restart.
+    async with FakeFleet(fleet([3, 3])) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=30.0)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
+            for name in ("c001", "c002"):
+                crash_on_command(svc.runtimes[name])
+                assert not (await svc.command(OperatorCommand(0.0, "pause"), name)).ok
+                await eventually(lambda n=name: svc.runtimes[n].halted, 10, f"{name} halted")
+            with pytest.raises(WorkerCrashed, match="cluster c002: task decision crashed"):
+                await asyncio.wait_for(waiting, 10)
+    first, last = capture.of("cluster_crashed")
+    assert (first["cluster"], first["restart_in"]) == ("c001", 30.0)
+    assert (last["cluster"], last["restart_in"]) == ("c002", None)
+    assert not capture.of("cluster_restarting")
