@@ -53,8 +53,9 @@ CRASH_MAIL_GRACE = 5.0
 
 
 class WorkerCrashed(Exception):
-    """A cluster's decision task or one of its workers (probe, lease, ticker, notifier) ended
-    with an unexpected exception: a bug. ``task``: which one; ``error``: what it raised."""
+    """A cluster's decision task or one of its workers (a node probe, the router probe, the
+    lease, the ticker) ended with an unexpected exception, or a worker ended at all: a bug.
+    ``task``: which one; ``error``: what it raised."""
 
     def __init__(self, cluster: str, task: str, error: BaseException) -> None:
         super().__init__(f"cluster {cluster}: task {task} crashed: {describe_error(error)}")
@@ -388,6 +389,9 @@ class Runtime:
         for task in (decision, *done):
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise WorkerCrashed(self.name, task.get_name(), task.exception())  # type: ignore[arg-type]
+        if not decision.done():  # a worker that runs until cancelled ended on its own
+            ended = next(task for task in done if task is not decision)
+            raise WorkerCrashed(self.name, ended.get_name(), RuntimeError("ended on its own"))
         await decision
 
     async def stop(self, reason: str, mail_grace: float = 0.5) -> None:
