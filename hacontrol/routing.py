@@ -6,10 +6,11 @@ decisions never know which router is in front. Pure: no I/O here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Role(StrEnum):
@@ -89,6 +90,28 @@ def desired_state_problem(desired: Membership, *, allow_no_writer: bool = False)
 
 class RouterError(Exception):
     """The router could not be read or changed (down, timed out, refused)."""
+
+
+class Lines(Protocol):
+    """Where a router's lines go: its cluster's JsonLog (``hacontrol.jsonlog``: JSON, the
+    cluster named), or ``StdlibLines`` for a router built without one."""
+
+    def emit(
+        self, event: str, node: str | None = None, level: str = "info", **fields: Any
+    ) -> None: ...
+
+
+class StdlibLines:
+    """A router module's stdlib logger, for a router built without a JsonLog (a one-shot
+    ``hacontrol status``)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def emit(self, event: str, node: str | None = None, level: str = "info", **fields: Any) -> None:
+        detail = " ".join(f"{key}={value}" for key, value in fields.items())
+        number = logging.getLevelNamesMapping()[level.upper()]
+        self.logger.log(number, "%s %s %s", event, node or "", detail)
 
 
 class RouterBusy(RouterError):

@@ -78,7 +78,7 @@ def build_router(
     if kind == "haproxy":
         from hacontrol.actions.haproxy import HAProxyRouter
 
-        return HAProxyRouter(settings.router.haproxy, names)
+        return HAProxyRouter(settings.router.haproxy, names, lines=log)
     if kind == "proxysql":
         from hacontrol.actions.proxysql import ProxySQLRouter
 

@@ -44,8 +44,10 @@ from hacontrol.actions.haproxy import (
     parse_stat_sessions,
     plan_commands,
 )
+from hacontrol.jsonlog import JsonLog
 from hacontrol.routing import Membership, RouterError
 from hacontrol.settings import HAProxySettings
+from tests.live import LogCapture
 from tests.support import free_port
 
 DATA = Path(__file__).parent / "data" / "haproxy-2.6-show-servers-state.txt"
@@ -273,6 +275,21 @@ async def test_unconfirmed_change_is_retried_then_reported() -> None:
     with pytest.raises(RouterError, match=r"after 3 attempts: writers \[\] instead of \['node2'\]"):
         await router.apply(Membership.of(writers=["node2"]))
     assert router.commands_sent.count("set server writer/node2 state ready") == 3
+
+
+async def test_the_router_lines_are_json_lines_of_its_cluster() -> None:
+    capture = LogCapture()
+    fake = FakeHAProxy({"node1": 0}, stuck={(W, "node2")})
+    lines = JsonLog(None, stream=capture).for_cluster("orders")
+    router = HAProxyRouter(settings(), NODES, transport=fake.call, attempts=2, retry_delay=0,
+                           lines=lines)  # fmt: skip
+    with pytest.raises(RouterError):
+        await router.apply(Membership.of(writers=["node2"]))
+    sent = capture.of("router_statement")
+    assert [r["command"] for r in sent] == router.commands_sent
+    mismatch = capture.of("router_mismatch")
+    assert [r["attempt"] for r in mismatch] == [1, 2]
+    assert {r["cluster"] for r in sent + mismatch} == {"orders"}
 
 
 @pytest.mark.parametrize("writers", [[], ["node1", "node2"]])

@@ -40,7 +40,14 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from hacontrol.routing import Drained, Membership, RouterError, desired_state_problem
+from hacontrol.routing import (
+    Drained,
+    Lines,
+    Membership,
+    RouterError,
+    StdlibLines,
+    desired_state_problem,
+)
 from hacontrol.settings import HAProxySettings
 
 log = logging.getLogger(__name__)
@@ -326,6 +333,7 @@ class HAProxyRouter:
         transport: Transport | None = None,
         attempts: int = DEFAULT_ATTEMPTS,
         retry_delay: float = 0.1,
+        lines: Lines | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -335,6 +343,8 @@ class HAProxyRouter:
         self._transport = transport or SocketTransport(settings.socket)
         self._attempts = attempts
         self._retry_delay = retry_delay
+        self.lines: Lines = lines if lines is not None else StdlibLines(log)
+        """This router's lines: the cluster's JsonLog in a running controller."""
 
     async def read(self) -> Membership:
         return (await self.read_backends()).membership()
@@ -373,11 +383,14 @@ class HAProxyRouter:
             if not commands:
                 return True
             difference = describe_difference(current.membership(), wanted)
-            log.warning(
-                "haproxy did not confirm membership (attempt %d/%d): %s",
-                attempt,
-                self._attempts,
-                difference,
+            self.lines.emit(
+                "router_mismatch",
+                None,
+                "warning",
+                reason="HAProxy did not confirm the desired membership",
+                attempt=attempt,
+                attempts=self._attempts,
+                differences=[difference],
             )
             if attempt < self._attempts:
                 await asyncio.sleep(self._retry_delay)
@@ -410,7 +423,9 @@ class HAProxyRouter:
             in_use = parse_stat_sessions(await self._call("show stat"), backend, node)
             elapsed = time.monotonic() - started
             if in_use == 0 or elapsed >= timeout:
-                log.info("haproxy: drained %s in %.3f s, %d sessions left", node, elapsed, in_use)
+                self.lines.emit(
+                    "router_drained", node, "info", seconds=round(elapsed, 3), in_use=in_use
+                )
                 return Drained(node, in_use == 0, in_use, round(elapsed, 3))
             await asyncio.sleep(min(poll, timeout - elapsed))
 
@@ -424,7 +439,7 @@ class HAProxyRouter:
         answer = await self._call(command)
         if answer.strip():
             raise RouterError(f"HAProxy refused {command!r}: {_excerpt(answer)}")
-        log.info("haproxy: %s", command)
+        self.lines.emit("router_statement", None, "info", command=command)
 
     async def _call(self, command: str) -> str:
         where = f"HAProxy admin socket {self.settings.socket!r}"

@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pymysql
 
@@ -56,34 +56,18 @@ from hacontrol.mysqlconn import (
 )
 from hacontrol.routing import (
     Drained,
+    Lines,
     Membership,
     Role,
     RouterBusy,
     RouterError,
+    StdlibLines,
     desired_state_problem,
 )
 from hacontrol.settings import NodeSettings, ProxySQLSettings, RouterSettings, TlsSettings
 from hacontrol.settings_clusters import admin_key
 
 log = logging.getLogger(__name__)
-
-
-class Lines(Protocol):
-    """Where this module's lines go: the cluster's JsonLog (``hacontrol.jsonlog``: JSON, the
-    cluster named), or ``StdlibLines`` for a router built without one."""
-
-    def emit(
-        self, event: str, node: str | None = None, level: str = "info", **fields: Any
-    ) -> None: ...
-
-
-class StdlibLines:
-    """The module's stdlib logger, for a router built without a JsonLog (a one-shot status)."""
-
-    def emit(self, event: str, node: str | None = None, level: str = "info", **fields: Any) -> None:
-        detail = " ".join(f"{key}={value}" for key, value in fields.items())
-        number = logging.getLevelNamesMapping()[level.upper()]
-        log.log(number, "%s %s %s", event, node or "", detail)
 
 
 T = TypeVar("T")
@@ -788,7 +772,7 @@ class AdminLink:
         ``busy_after``: a read that would rather be skipped than wait long (the router
         probe): past that wait for the lock, RouterBusy naming what holds it (``by``: whose
         call this is, for that message). ``lines``: the caller's log (its cluster named)."""
-        lines = lines if lines is not None else StdlibLines()
+        lines = lines if lines is not None else StdlibLines(log)
         ahead = self.calls
         self.calls += 1
         wait = (timeout + min(timeout / 4, LIVENESS_CHECK_MAX)) * (ahead + 1)
@@ -957,7 +941,7 @@ class ProxySQLRouter:
         self._attempts = attempts
         self._retry_delay = retry_delay
         self.cluster = cluster
-        self.lines: Lines = lines if lines is not None else StdlibLines()
+        self.lines: Lines = lines if lines is not None else StdlibLines(log)
         """This module's lines: the cluster's JsonLog in a running controller."""
         self.busy_after = busy_after
         """Seconds the probe waits for the link behind other calls before it is skipped
