@@ -430,13 +430,18 @@ class Runtime:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(0.3):
                     await self.router.close()
+        # Every record posted is on disk before a fresh Runtime of this cluster (a restart
+        # after a crash) reads and appends to the same journal.
+        journal_flushed = await self.journal.flushed()
+        self.journal.close()
         self.log.emit(
             "stopped",
             None,
-            "info" if not pending else "warning",
+            "info" if not pending and journal_flushed else "warning",
             grace_seconds=round(time.monotonic() - stopping, 3),
             tasks_not_finished=sorted(t.get_name() for t in pending),
             stuck_at={t.get_name(): _where(t) for t in pending},
+            journal_flushed=journal_flushed,
         )
 
     async def _let_plan_finish(self) -> None:
