@@ -133,6 +133,7 @@ class Service:
         self._running: set[str] = set()
         """Clusters whose controller runs now (not halted, not crashed waiting to restart)."""
         self._cleanups: set[asyncio.Future[None]] = set()
+        self._api_now: tuple[bool, int] | None = None
 
     def _runtime(self, settings: Settings, *, acknowledge_block: bool = False) -> Runtime:
         name = settings.cluster.name
@@ -185,6 +186,7 @@ class Service:
         return found
 
     def _api_state(self, up: bool, restarts: int) -> None:
+        self._api_now = (up, restarts)  # for a cluster's fresh Runtime (a restart)
         for runtime in self.runtimes.values():
             runtime.metrics.set_api(up, restarts)
 
@@ -278,6 +280,8 @@ class Service:
         except Exception as exc:  # e.g. its router's hostgroups still held on the admin link
             return crashed, WorkerCrashed(crashed.name, "start-up", exc)
         fresh.halted = f"starting again after: {crashed.halted}"  # /health up, commands refused
+        if self._api_now is not None:  # its metrics show the API as the others' do
+            fresh.metrics.set_api(*self._api_now)
         self.runtimes[crashed.name] = fresh
         try:
             await fresh.__aenter__()

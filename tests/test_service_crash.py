@@ -47,6 +47,11 @@ def halt_metric(svc: Service) -> dict[str, float]:
     return {s.labels["cluster"]: s.value for s in families["hacontrol_halt_active"].samples}
 
 
+def api_up(svc: Service) -> dict[str, float]:
+    families = {f.name: f for f in text_string_to_metric_families(svc.metrics_text().decode())}
+    return {s.labels["cluster"]: s.value for s in families["hacontrol_api_process_up"].samples}
+
+
 async def post(url: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     started = time.monotonic()
@@ -94,6 +99,7 @@ async def test_a_crash_halts_that_cluster_alone_it_restarts_and_the_other_fails_
             restarted = svc.runtimes["c001"]
             await eventually(lambda: restarted.ready()[0], 20, "the restarted c001 ready")
             assert halt_metric(svc)["c001"] == 0.0
+            assert api_up(svc) == {"c001": 1.0, "c002": 1.0}  # the fresh one's too
             fake.kill("c001n1")
             await eventually(lambda: finished(capture, "c001"), 30, "c001's failover")
             (done,) = finished(capture, "c001")
