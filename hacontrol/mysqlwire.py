@@ -11,7 +11,12 @@ with its table as ``DictCursor`` does).
 Most of a status answer is column definitions (73 of them, 3.5 of its 4 KiB), the same on
 every probe: ``ColumnCache`` remembers each result set's definitions as they arrived, byte for
 byte with their sequence numbers, and the next answer that repeats them skips them with one
-comparison; a column definition seen before is not parsed again either.
+comparison; a column definition seen before is not parsed again either. A result set's rows
+are decoded when its row packets differ from the previous answer's at the same place; when they
+repeat byte for byte the previous rows are given again, the same objects (callers read rows,
+never change them). A whole answer that arrives in one read and repeats the previous one byte
+for byte (a primary at rest, a lease keepalive) is not read packet by packet at all: its result
+sets are the previous ones.
 
 It speaks what the connection asked for: protocol 4.1, EOF packets after the column
 definitions and after the rows (``CLIENT_DEPRECATE_EOF`` never requested), no compression,
@@ -81,6 +86,9 @@ class ColumnCache:
         self.encoding = encoding
         self._columns: dict[bytes, Column] = {}
         self._blocks: dict[int, Block] = {}
+        self._rows: dict[int, tuple[list[bytes], Layout, Rows]] = {}
+        self.last: tuple[bytes, list[Rows]] | None = None
+        """The last answer read whole from one chunk, and its result sets."""
 
     def column(self, packet: bytes) -> Column:
         known = self._columns.get(packet)
@@ -98,6 +106,18 @@ class ColumnCache:
         if len(self._blocks) >= CACHE_LIMIT:
             self._blocks.clear()
         self._blocks[index] = block
+
+    def rows(self, index: int, packets: list[bytes], layout: Layout) -> Rows:
+        """The rows of the result set at ``index`` from its row packets: the previous answer's
+        rows (the same list) when its packets and columns at that place were the same."""
+        last = self._rows.get(index)
+        if last is not None and last[0] == packets and last[1] == layout:
+            return last[2]
+        rows = [read_row(packet, layout) for packet in packets]
+        if len(self._rows) >= CACHE_LIMIT:
+            self._rows.clear()
+        self._rows[index] = (packets, layout, rows)
+        return rows
 
 
 def parse_column(packet: bytes, encoding: str) -> Column:
@@ -215,7 +235,7 @@ class TextAnswer:
         self._columns_left = 0
         self._columns: list[Column] = []
         self._layout: Layout = ()
-        self._rows: Rows = []
+        self._packets: list[bytes] = []
         self._phase = HEADER
         self._handlers = (self._header, self._column, self._columns_end, self._row)
         self._block: tuple[int, int] | None = None
@@ -224,6 +244,10 @@ class TextAnswer:
     def feed(self, data: bytes) -> bool:
         if self.complete:
             raise MalformedAnswer("the server sent more after its answer was complete")
+        whole = self._seq == 1 and not self._buffer  # this chunk starts the answer
+        if whole and (last := self._cache.last) is not None and data == last[0]:
+            self.results, self.complete = list(last[1]), True
+            return True
         buffer = self._buffer + data if self._buffer else data
         pos, size = 0, len(buffer)
         self._block = None
@@ -243,6 +267,8 @@ class TextAnswer:
             if self.complete:
                 if pos != size:
                     raise MalformedAnswer("the server sent more after its answer was complete")
+                if whole:
+                    self._cache.last = (data, list(self.results))
                 break
         self._buffer = buffer[pos:]
         return self.complete
@@ -261,7 +287,7 @@ class TextAnswer:
         byte (sequence numbers included); else note where they begin, to remember them."""
         known = self._cache.block(len(self.results))
         if known is not None and known.seq == self._seq and buffer.startswith(known.raw, pos):
-            self._layout, self._rows, self._phase = known.layout, [], ROW
+            self._layout, self._packets, self._phase = known.layout, [], ROW
             self._seq = (self._seq + len(known.layout) + 2) % 256  # header, columns, EOF
             return pos + len(known.raw)
         self._block = (pos, self._seq)
@@ -325,17 +351,17 @@ class TextAnswer:
             raise_error(packet)
         if not is_eof(packet):
             raise MalformedAnswer("expected the end of the column definitions")
-        self._rows = []
+        self._packets = []
         self._phase = ROW
 
     def _row(self, packet: bytes) -> None:
         if is_eof(packet):
-            self.results.append(self._rows)
+            self.results.append(self._cache.rows(len(self.results), self._packets, self._layout))
             self._next_or_done(packet[3] | packet[4] << 8 if len(packet) >= 5 else 0)
         elif packet[:1] == b"\xff":
             raise_error(packet)
         else:
-            self._rows.append(read_row(packet, self._layout))
+            self._packets.append(packet)
 
     def _next_or_done(self, status: int) -> None:
         if status & MORE_RESULTS:

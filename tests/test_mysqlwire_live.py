@@ -13,6 +13,7 @@ what aiomysql's cursor (``fetch_all``) gives, on a real MariaDB: a differential 
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pymysql
@@ -157,5 +158,82 @@ def test_an_answer_over_the_budget_closes_the_connection(sandbox) -> None:
             assert conn.closed
         finally:
             conn.close()
+
+    run_sync(main)
+
+
+def test_a_repeated_answer_gives_the_same_rows_and_a_changed_set_is_read_again(sandbox) -> None:
+    """Rows are decoded when their bytes change: a result set that repeats byte for byte is
+    the previous rows (the same objects), one that moved is new rows equal to aiomysql's, and
+    an answer that repeats whole is the previous answer's result sets."""
+    sql = "SELECT 1 AS one, 'x' AS x; SELECT NOW(6) AS now_; SHOW VARIABLES LIKE 'version%'"
+
+    async def main() -> None:
+        conn = await _open(sandbox, "node1")
+        try:
+            columns = ColumnCache(conn.encoding)
+            first = await fetch_text(conn, sql, columns, timeout=5)
+            second = await fetch_text(conn, sql, columns, timeout=5)
+            expected = await fetch_all(conn, sql, timeout=5)
+            fixed = "SELECT 1 AS one; SHOW VARIABLES LIKE 'version%'"
+            chunks = _recorded(conn)
+            again = [await fetch_text(conn, fixed, columns, timeout=5) for _ in range(3)]
+        finally:
+            conn.close()
+        assert second[0] is first[0] and second[2] is first[2]  # repeated: not read again
+        assert second[1] is not first[1] and second[1] != first[1]  # NOW(6) moved
+        assert second[0] == expected[0] and second[2] == expected[2]
+        assert again[1] is not again[0]  # a new list of the same result sets
+        assert all(a is b for a, b in zip(again[0], again[1], strict=True))
+        assert again[2] == again[0] == [[{"one": 1}], expected[2]]
+        # The same bytes in pieces (not one read) read packet by packet: the same rows.
+        whole = chunks[-1]
+        assert _feed(whole, [len(whole) // 2], conn.encoding).results == again[0]
+        # One byte different is not the previous answer: read again, only its moved set new.
+        assert whole.count(b"10.11.") >= 1
+        answer = TextAnswer(columns)
+        assert answer.feed(whole.replace(b"10.11.", b"10.19.")) is True
+        assert answer.results[0] is again[0][0]
+        assert answer.results[1] != again[0][1]
+        assert [r["Value"] for r in answer.results[1]] == [
+            r["Value"].replace("10.11.", "10.19.") for r in again[0][1]
+        ]
+
+    run_sync(main)
+
+
+def test_a_probe_at_rest_is_not_parsed_again(sandbox) -> None:
+    """The probe parses an answer whose result sets repeat (the primary at rest) once: the
+    same status; a replica's answer moves (heartbeats): parsed again."""
+    from hacontrol.probes.mysql import NodeProbe
+
+    async def main() -> None:
+        settings = sandbox_settings(sandbox)
+        password = settings.mysql.password.get_secret_value() if settings.mysql.password else ""
+        probes = {
+            n.name: NodeProbe(
+                n.name,
+                endpoint_for(n.host, n.port, settings.mysql.user, password, settings.mysql.tls),
+                interval=1.0,
+                timeout=5.0,
+                emit=lambda event: None,
+                watch=False,
+            )
+            for n in settings.nodes
+            if n.name in ("node1", "node2")
+        }
+        try:
+            primary = [await probes["node1"].probe() for _ in range(2)]
+            replica = [await probes["node2"].probe()]
+            await asyncio.sleep(1.2)  # the replica's heartbeat period is 0.5 s
+            replica.append(await probes["node2"].probe())
+        finally:
+            for probe in probes.values():
+                await probe.close()
+        assert all(r.ok for r in (*primary, *replica))
+        assert primary[1].status is primary[0].status
+        assert replica[1].status is not replica[0].status
+        (before,), (after,) = replica[0].status.replication, replica[1].status.replication
+        assert after.heartbeats_received > before.heartbeats_received
 
     run_sync(main)

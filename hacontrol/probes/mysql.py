@@ -28,7 +28,12 @@ import pymysql
 
 from hacontrol.events import ConnectionLost, Event, ProbeResult
 from hacontrol.flavors import detect
-from hacontrol.flavors.base import Flavor, multi_statement, with_semi_sync_settings
+from hacontrol.flavors.base import (
+    Flavor,
+    NodeStatus,
+    multi_statement,
+    with_semi_sync_settings,
+)
 from hacontrol.mysqlconn import (
     BoundedConnection,
     ColumnCache,
@@ -38,6 +43,7 @@ from hacontrol.mysqlconn import (
     execute,
     fetch_text,
 )
+from hacontrol.mysqlwire import Rows
 
 Emit = Callable[[Event], None]
 Clock = Callable[[], float]
@@ -73,6 +79,9 @@ class NodeProbe:
         self._watch_enabled = watch
         self._conn: BoundedConnection | None = None
         self._columns: ColumnCache | None = None
+        self._parsed: tuple[list[Rows], NodeStatus] | None = None
+        """The last answer and its status: an answer whose every result set is the same rows
+        (``ColumnCache.rows``: the same bytes) is that status again, not parsed again."""
         self._sql = ""
         self._flavor: Flavor | None = None
         self._version = ""
@@ -136,9 +145,7 @@ class NodeProbe:
             sent = self._clock()
             results = await fetch_text(conn, self._sql, self._columns, timeout=self._timeout)
             rtt = self._clock() - sent
-            status = self._flavor.parse_status(self._version, results[:-1])
-            settings = self._flavor.parse_semi_sync_settings(results[-1] if results else [])
-            status = with_semi_sync_settings(status, settings)
+            status = self._status(self._flavor, results)
         except ValueError as exc:  # the node answered, but garbage: unhealthy, not a crash
             self._drop()
             return ProbeResult(self.name, started, None, None, f"invalid answer: {exc}")
@@ -146,6 +153,16 @@ class NodeProbe:
             self._drop()
             return ProbeResult(self.name, started, None, None, describe_error(exc))
         return ProbeResult(self.name, sent, rtt, status)
+
+    def _status(self, flavor: Flavor, results: list[Rows]) -> NodeStatus:
+        parsed = self._parsed
+        if parsed is not None and _same_rows(results, parsed[0]):
+            return parsed[1]
+        status = flavor.parse_status(self._version, results[:-1])
+        settings = flavor.parse_semi_sync_settings(results[-1] if results else [])
+        status = with_semi_sync_settings(status, settings)
+        self._parsed = (results, status)
+        return status
 
     async def _connection(self) -> BoundedConnection:
         if self._conn is not None and not self._conn.closed:
@@ -177,7 +194,7 @@ class NodeProbe:
     def _drop(self) -> None:
         if self._conn is not None:
             self._conn.close()
-        self._conn = None
+        self._conn, self._parsed = None, None
 
     # -- the watch connection -----------------------------------------------------------------
 
@@ -233,6 +250,11 @@ class NodeProbe:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait([task], timeout=1.0)
+
+
+def _same_rows(new: list[Rows], old: list[Rows]) -> bool:
+    """Every result set is the very same rows (the reader gives them again for equal bytes)."""
+    return len(new) == len(old) and all(a is b for a, b in zip(new, old, strict=True))
 
 
 def answered_by_server(exc: pymysql.err.MySQLError) -> bool:
