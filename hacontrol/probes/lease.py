@@ -178,15 +178,18 @@ class LeaseKeeper:
 
     async def _loop(self, name: str) -> None:
         wake = self._wake[name]
+        loop = asyncio.get_running_loop()
         while True:
             wake.clear()
             started = self._clock()
             self._emit(await self.round(name))
+            # Until the next keepalive is due or a change of mode wakes it (a timer that sets
+            # the same event: lighter than a timeout scope, several times a second per node).
+            due = loop.call_later(max(0.0, started + self._keepalive - self._clock()), wake.set)
             try:
-                async with asyncio.timeout(max(0.0, started + self._keepalive - self._clock())):
-                    await wake.wait()
-            except TimeoutError:
-                pass
+                await wake.wait()
+            finally:
+                due.cancel()
 
     async def round(self, name: str) -> LeaseObserved:
         """One round trip to ``name``: (take, if asked, then) read. Never raises."""
