@@ -269,6 +269,8 @@ def parse_version(version: str) -> Version:
 
 def text(value: object) -> str:
     """A column as text. NULL becomes ''."""
+    if type(value) is str:  # what the reader gives for text columns: the common case first
+        return value
     if value is None:
         return ""
     if isinstance(value, bytes | bytearray):
@@ -279,6 +281,8 @@ def text(value: object) -> str:
 
 
 def integer(value: object, where: str) -> int:
+    if type(value) is int:
+        return value
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
@@ -363,9 +367,10 @@ def variables(rows: Sequence[Row], where: str) -> dict[str, object]:
     """Rows of SHOW VARIABLES / SHOW STATUS as a dict keyed by lower-case variable name."""
     found: dict[str, object] = {}
     for number, row in enumerate(rows, start=1):
-        here = f"{where} row {number}"
-        name = text(column(row, "Variable_name", here)).lower()
-        found[name] = column(row, "Value", here)
+        if "Variable_name" not in row or "Value" not in row:  # named only when missing
+            here = f"{where} row {number}"
+            column(row, "Variable_name", here), column(row, "Value", here)
+        found[text(row["Variable_name"]).lower()] = row["Value"]
     return found
 
 
