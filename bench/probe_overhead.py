@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/probe_overhead.py [--seconds 60] [--interval 1.0] [--loop uvloop|asyncio]
         [--log-level info|debug] [--no-router] [--fleet|--no-fleet] [--lease-defaults]
-        [--profile FILE]
+        [--keepalive K] [--profile FILE]
 
 Starts its own sandbox (removed afterwards), runs the controller for the given time with the
 default probe settings, and reports the controller process's CPU time per node probe (user+system,
@@ -33,6 +33,7 @@ from hacontrol.jsonlog import JsonLog
 from hacontrol.sandbox import Sandbox, SandboxSpec, find_free_base_port
 from hacontrol.service import Runtime
 from hacontrol.settings import load_settings
+from hacontrol.settings_rules import check
 
 
 async def settled(runtime: Runtime, timeout: float = 60.0) -> None:
@@ -55,6 +56,7 @@ async def measure(
     router: bool = True,
     fleet: bool | None = None,
     lease_defaults: bool = False,
+    keepalive: float | None = None,
 ) -> dict[str, object]:
     settings = load_settings(settings_path).settings
     if fleet is not None:  # the lease on (a fleet of one, the default) or off (alone)
@@ -63,6 +65,12 @@ async def measure(
         )
     if lease_defaults:  # the settings' defaults (K 0.5 s), not the sandbox's fast lease
         settings = settings.model_copy(update={"lease": type(settings.lease)()})
+    if keepalive is not None:  # another K, refused where check-config refuses it
+        lease = settings.lease.model_copy(update={"keepalive": keepalive})
+        settings = settings.model_copy(update={"lease": lease})
+        errors = [e for e in check(settings)[0] if e.startswith("lease.")]
+        if errors:
+            raise SystemExit("; ".join(errors))
     settings = settings.model_copy(
         update={"probes": settings.probes.model_copy(update={"interval": interval})}
     )
@@ -144,6 +152,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 router=not args.no_router,
                 fleet=args.fleet,
                 lease_defaults=args.lease_defaults,
+                keepalive=args.keepalive,
             )
         finally:
             await sandbox.down()
@@ -165,6 +174,11 @@ def main() -> None:
         "--lease-defaults",
         action="store_true",
         help="the lease's default timing (keepalive 0.5 s) instead of the sandbox's (0.25 s)",
+    )
+    parser.add_argument(
+        "--keepalive",
+        type=float,
+        help="lease.keepalive (K) in seconds instead of the settings' (the lease rules apply)",
     )
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the window here")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
