@@ -101,6 +101,7 @@ class Metrics:
         # Series fed on every event, looked up once (``labels`` validates and locks each time).
         self._loop_child = self._loop_lag.labels(cluster)
         self._queue_child = self._queue.labels(cluster)
+        self._queue_shown: int | None = None
         self._probe_children: dict[tuple[str, bool], tuple[Counter, Histogram]] = {}
 
     def _node_series(self) -> None:
@@ -303,7 +304,9 @@ class Metrics:
 
     def observe_loop(self, lag_seconds: float, queue_depth: int) -> None:
         self._loop_child.observe(max(0.0, lag_seconds))
-        self._queue_child.set(queue_depth)
+        if queue_depth != self._queue_shown:  # on every event: set when it moved (mostly 0)
+            self._queue_child.set(queue_depth)
+            self._queue_shown = queue_depth
 
     def observe_lease(
         self, instance: str, leader: bool, changes: int, held: Mapping[str, bool]
