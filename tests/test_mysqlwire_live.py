@@ -177,7 +177,9 @@ def test_a_repeated_answer_gives_the_same_rows_and_a_changed_set_is_read_again(s
             expected = await fetch_all(conn, sql, timeout=5)
             fixed = "SELECT 1 AS one; SHOW VARIABLES LIKE 'version%'"
             chunks = _recorded(conn)
-            again = [await fetch_text(conn, fixed, columns, timeout=5) for _ in range(3)]
+            again = [await fetch_text(conn, fixed, columns, timeout=5) for _ in range(2)]
+            chunks.clear()  # the third answer's bytes (one read, or several on a busy machine)
+            again.append(await fetch_text(conn, fixed, columns, timeout=5))
         finally:
             conn.close()
         assert second[0] is first[0] and second[2] is first[2]  # repeated: not read again
@@ -187,7 +189,7 @@ def test_a_repeated_answer_gives_the_same_rows_and_a_changed_set_is_read_again(s
         assert all(a is b for a, b in zip(again[0], again[1], strict=True))
         assert again[2] == again[0] == [[{"one": 1}], expected[2]]
         # The same bytes in pieces (not one read) read packet by packet: the same rows.
-        whole = chunks[-1]
+        whole = b"".join(chunks)
         assert _feed(whole, [len(whole) // 2], conn.encoding).results == again[0]
         # One byte different is not the previous answer: read again, only its moved set new.
         assert whole.count(b"10.11.") >= 1
