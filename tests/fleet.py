@@ -201,6 +201,7 @@ class Fleet:
                 member.router_proc.wait(5)
             except subprocess.TimeoutExpired:
                 member.router_proc.kill()
+                member.router_proc.wait(10)  # its ports free before the next test
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,20 @@ class WriteLoop:
         return sum(1 for a in self.ack_times if a > t)
 
 
+async def acked_after(
+    loops: Iterable[WriteLoop], since: float, count: int = 1, timeout: float = 20.0
+) -> None:
+    """Until every loop has ``count`` writes acknowledged after ``since`` (a monotonic time):
+    the fact a test needs before it measures an outage around ``since``, instead of a sleep
+    that a loaded machine may outlast (a client reconnecting waits up to its timeouts)."""
+    loops = list(loops)
+    await eventually(
+        lambda: all(loop.acked_since(since) >= count for loop in loops),
+        timeout,
+        f"{count} writes acknowledged after the mark through every loop",
+    )
+
+
 class MailBox:
     """A real SMTP server in this process (aiosmtpd) that keeps what it receives."""
 
@@ -347,6 +362,7 @@ class Process:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        self.proc.wait(10)  # dead, its ports and locks free, before the next test starts
         self._reader.join(2)
 
 

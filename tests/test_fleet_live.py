@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from hacontrol.drill.report import outage
-from tests.fleet import Fleet, running_fleet
-from tests.live import NOBODY, as_nobody, iptables_available, nobody_dropped, sql
+from tests.fleet import Fleet, Member, running_fleet
+from tests.live import NOBODY, acked_after, as_nobody, iptables_available, nobody_dropped, sql
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -57,8 +58,18 @@ def status_of(member) -> dict:
         return json.loads(r.read())
 
 
-async def writers(fleet: Fleet) -> dict[str, frozenset[str]]:
-    return {m.name: await m.writers() for m in fleet.members}
+async def routed_to(members: list[Member], node: str) -> bool:
+    """Every member's router has ``node`` as its one writer."""
+    return all([await m.writers() == {node} for m in members])
+
+
+async def agreeing_status(member: Member, primary: str = "node1") -> dict | None:
+    """The fleet part of the member's GET /status once it names ``primary`` as published
+    and seen, with its router agreeing (a follower learns it a probe round after the leader
+    publishes), else None."""
+    fleet = (await asyncio.to_thread(status_of, member))["fleet"]
+    seen = fleet["published_primary"] == fleet["view_primary"] == primary
+    return fleet if seen and fleet["router_agrees"] else None
 
 
 async def test_three_instances_started_together_elect_one_leader_and_route_alike(fleet):
@@ -71,15 +82,18 @@ async def test_three_instances_started_together_elect_one_leader_and_route_alike
         if m.name != leader:
             assert not m.of("lease", leader=True), m.name
         assert m.changes() == [], m.name
-    assert await writers(fleet) == {m.name: {"node1"} for m in fleet.members}
+    # Each instance routes its own router after it reads the publication: a "Nothing" of a
+    # follower may come from a round before that.
+    await eventually(lambda: routed_to(fleet.members, "node1"), 20, "every router on node1")
     # The API process of each may start after the lease settled.
     await asyncio.to_thread(fleet.wait, lambda: all(m.of("api_listening") for m in fleet.members),
                             20, "every instance's API listening")  # fmt: skip
     for m in fleet.members:  # what each instance says of itself on GET /status
-        fleet_status = (await asyncio.to_thread(status_of, m))["fleet"]
+        fleet_status = await eventually(
+            lambda m=m: agreeing_status(m), 20, f"{m.name}'s /status with its router agreeing"
+        )
         assert fleet_status["leader"] == (m.name == leader), fleet_status
-        assert fleet_status["published_primary"] == fleet_status["view_primary"] == "node1"
-        assert fleet_status["router_agrees"] and fleet_status["instance"] == m.name
+        assert fleet_status["instance"] == m.name
         if m.name == leader:
             assert set(fleet_status["locks_held"]) >= {"node1", "node2"}
     print(f"leader {leader} elected; quiet {time.monotonic() - t0:.2f} s after start; {took}")
@@ -89,7 +103,7 @@ async def test_primary_killed_one_failover_in_the_fleet_and_every_router_follows
     fleet.start_all()
     leader = settled(fleet)
     loops = fleet.write_loops(fleet.members)
-    await asyncio.sleep(1.0)
+    await acked_after(loops.values(), time.monotonic(), count=20)  # an outage needs acks before
     killed = time.monotonic()
     fleet.sandbox.kill_node("node1", signal.SIGKILL)
     done = await asyncio.to_thread(
@@ -102,14 +116,8 @@ async def test_primary_killed_one_failover_in_the_fleet_and_every_router_follows
     promoted = next(a for a in fleet.member(leader).of("action") if a["action"] == "Promote")
     new = promoted["node"]
 
-    async def routed() -> bool:
-        return all(w == {new} for w in (await writers(fleet)).values())
-
-    deadline = time.monotonic() + 20
-    while not await routed():
-        assert time.monotonic() < deadline, await writers(fleet)
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(1.0)
+    await eventually(lambda: routed_to(fleet.members, new), 20, f"every router on {new}")
+    await acked_after(loops.values(), time.monotonic(), count=20)  # writes on the new primary
     for loop in loops.values():
         await loop.stop()
     # Exactly one failover in the whole fleet, and nobody else touched a node.
@@ -135,7 +143,7 @@ async def test_leader_killed_a_follower_leads_and_routers_keep_routing(fleet):
     leader = settled(fleet)
     others = [m for m in fleet.members if m.name != leader]
     loops = fleet.write_loops(others)
-    await asyncio.sleep(0.5)
+    await acked_after(loops.values(), time.monotonic(), count=20)
     killed = fleet.signal(leader, signal.SIGKILL)
     seen: list[dict[str, frozenset[str]]] = []
     deadline = time.monotonic() + 15
@@ -151,7 +159,7 @@ async def test_leader_killed_a_follower_leads_and_routers_keep_routing(fleet):
         10,
         "the new leader publishing node1",
     )
-    await asyncio.sleep(0.5)
+    await acked_after(loops.values(), time.monotonic(), count=20)  # still routing after it
     for loop in loops.values():
         await loop.stop()
     assert all(w == {"node1"} for sample in seen for w in sample.values()), seen
@@ -184,14 +192,8 @@ async def test_frozen_leader_past_w_changes_nothing_when_it_resumes(fleet):
         fleet.wait, lambda: old.of("lease", leader=False), 10, "the old leader stepping down"
     )
 
-    async def follows() -> bool:
-        return await old.writers() == {promoted}
-
-    deadline = time.monotonic() + 15
-    while not await follows():
-        assert time.monotonic() < deadline, await old.writers()
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(1.0)
+    await eventually(lambda: routed_to([old], promoted), 15, f"{leader}'s router on {promoted}")
+    await asyncio.sleep(1.0)  # a window for a wrong act of the resumed instance: none may come
     after = [r for r in old.records() if r["_mono"] >= resumed]
     acted = [
         r
@@ -246,16 +248,14 @@ async def test_leader_killed_in_the_middle_of_a_failover_the_new_leader_converge
         # rule, tests/test_fleet_step.py); failing on the dead node1, they testify.
         promoted = next(a for a in new.of("action") if a["action"] == "Promote")["node"]
         other = "node3" if promoted == "node2" else "node2"
-    assert promoted in new.of("action", action="Publish")[-1]["reason"]
+    await asyncio.to_thread(
+        fleet.wait,
+        lambda: [a for a in new.of("action", action="Publish") if promoted in a["reason"]],
+        20,
+        f"{new.name} publishing {promoted}",
+    )
+    await eventually(lambda: routed_to(followers, promoted), 20, f"the routers on {promoted}")
     assert [m.name for m in followers if m.changes()] == [new.name]
-
-    async def routed() -> bool:
-        return all([await m.writers() == {promoted} for m in followers])
-
-    deadline = time.monotonic() + 20
-    while not await routed():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
     roles = await fleet.sandbox.live_roles()
     assert roles == {"node1": "unreachable", promoted: "primary", other: "replica"}
     source = await sql(fleet.sandbox, other, "SHOW SLAVE STATUS")
@@ -323,7 +323,7 @@ async def test_leader_and_primary_killed_together_a_follower_fails_over(fleet):
     leader = settled(fleet)
     others = [m for m in fleet.members if m.name != leader]
     loops = fleet.write_loops(others)
-    await asyncio.sleep(0.5)
+    await acked_after(loops.values(), time.monotonic(), count=20)
     killed = fleet.signal(leader, signal.SIGKILL)
     fleet.sandbox.kill_node("node1", signal.SIGKILL)
 
@@ -332,11 +332,8 @@ async def test_leader_and_primary_killed_together_a_follower_fails_over(fleet):
 
     (new,) = await asyncio.to_thread(fleet.wait, failed_over, 30, "a follower's failover")
     promoted = next(a for a in new.of("action") if a["action"] == "Promote")["node"]
-    deadline = time.monotonic() + 20
-    while not all([await m.writers() == {promoted} for m in others]):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(1.0)
+    await eventually(lambda: routed_to(others, promoted), 20, f"the routers on {promoted}")
+    await acked_after(loops.values(), time.monotonic(), count=20)  # writes on the new primary
     for loop in loops.values():
         await loop.stop()
     present = {row[0] for row in await sql(fleet.sandbox, promoted, "SELECT id FROM app.writes")}
