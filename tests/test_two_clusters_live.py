@@ -33,7 +33,7 @@ from hacontrol.drill.report import log_figures, outage
 from hacontrol.sandbox import Sandbox, procs
 from hacontrol.sandbox.cluster import read_secret
 from hacontrol.sandbox.model import PROXYSQL_ADMIN_SECRET, SECRETS_DIR
-from tests.live import Process, WriteLoop, sql
+from tests.live import Process, WriteLoop, acked_after, sql
 from tests.proxysql_real import AdminTap, WriterSampler, quote, require_proxysql
 from tests.sandbox_fixtures import running_sandbox
 from tests.support import eventually
@@ -230,7 +230,8 @@ async def test_both_primaries_killed_at_once_both_clusters_fail_over_apart(
         await eventually(
             lambda: settled(sandbox, then, after=True), 60, "both clusters failed over"
         )
-        await asyncio.sleep(1.0)  # writes on the new primaries
+        # Writes on the new primaries: each cluster's outage ends with an acknowledgement.
+        await acked_after(writes.values(), max(kills.values()), count=20)
         final = await asyncio.to_thread(api_status, sandbox)
     except AssertionError:
         print(json.dumps(SEEN, indent=1, default=str)[:20000])
