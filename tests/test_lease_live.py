@@ -17,6 +17,7 @@ from hacontrol.plan import LEASE_LOST
 from hacontrol.probes.lease import LeaseKeeper, LeaseSql, lock_names
 from tests.fakes import slow_relay
 from tests.live import sandbox_settings, sql
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +49,12 @@ async def rounds(k: LeaseKeeper, mode: LeaseMode | None = None) -> dict[str, Lea
     return dict(zip(NODES, await asyncio.gather(*(k.round(n) for n in NODES)), strict=True))
 
 
+async def nobody_leads(k: LeaseKeeper) -> dict[str, LeaseObserved] | None:
+    """A round of ``k`` (holding) when every node answers and none has a leader, else None."""
+    seen = await rounds(k, LeaseMode.HOLD)
+    return seen if all(e.ok and e.leader is None for e in seen.values()) else None
+
+
 @pytest.fixture
 async def two(sandbox):
     a, b = keeper(sandbox), keeper(sandbox)
@@ -66,8 +73,8 @@ async def test_one_instance_takes_the_locks_and_another_sees_who_holds_them(two)
         assert seen.ok and seen.leader == mine[node].session != seen.session
         assert seen.holder is not None and seen.holder.startswith("127.0.0.1:")
     a.set_mode(LeaseMode.RELEASE)  # closes the sessions: the server frees the locks at once
-    await asyncio.sleep(0.1)
-    assert all(e.leader is None for e in (await rounds(b, LeaseMode.HOLD)).values())
+    # "At once" is when the server has handled the closed socket: soon, not by a given time.
+    await eventually(lambda: nobody_leads(b), 10, "every leader lock free")
 
 
 async def test_a_keepalive_read_in_one_pass_gives_what_aiomysql_gives(two):
@@ -108,9 +115,9 @@ async def test_lock_names_are_quoted_by_the_sessions_connection(two):
 async def test_the_server_frees_the_locks_of_a_session_idle_for_w(two):
     a, b = two
     taken = await rounds(a, LeaseMode.ACQUIRE)
-    await asyncio.sleep(WAIT_TIMEOUT + 0.5)  # no keepalive: a frozen instance
-    free = await rounds(b, LeaseMode.HOLD)
-    assert all(e.ok and e.leader is None for e in free.values()), free
+    await asyncio.sleep(WAIT_TIMEOUT)  # no keepalive: a frozen instance
+    # The server closes an idle session once it notices W passed: wait for that, not a slack.
+    await eventually(lambda: nobody_leads(b), 10, "the server freeing the idle session's locks")
     again = await rounds(a, LeaseMode.HOLD)  # a's sessions were closed by the server
     assert all(e.session != taken[n].session and e.leader is None for n, e in again.items())
 
@@ -156,10 +163,17 @@ async def test_the_primary_is_published_only_where_the_leader_lock_is_held_and_o
     assert (await a.publish("node1", timeout=2)).ok  # again: not a second hold of it
     moved = await a.publish("node2", timeout=2)
     assert moved.ok and "node1" in moved.detail["releasing_on"]
-    await asyncio.sleep(0.2)  # the releases run beside the publication
-    seen = await rounds(b, LeaseMode.HOLD)
-    carriers = [n for n, e in seen.items() if e.primary is not None and e.primary == e.leader]
-    assert carriers == ["node2"]  # released on node1 for good, though published there twice
+
+    async def carriers() -> list[str]:
+        seen = await rounds(b, LeaseMode.HOLD)
+        return [n for n, e in seen.items() if e.primary is not None and e.primary == e.leader]
+
+    # The releases run beside the publication: wait for them to land, not a fixed time.
+    async def node2_alone() -> bool:
+        return await carriers() == ["node2"]
+
+    await eventually(node2_alone, 10, "the publication held on node2 alone")
+    assert await carriers() == ["node2"]  # released on node1 for good, though published twice
 
 
 async def test_a_statement_is_checked_against_the_lease_after_its_connection_is_reopened(sandbox):
