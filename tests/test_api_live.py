@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from hacontrol import api_process
-from tests.live import sandbox_settings, service
+from tests.live import healthy_and_idle, sandbox_settings, service
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -35,15 +35,23 @@ async def test_api_on_a_real_runtime(sandbox):
                 async with http.get(f"{base}/ready") as r:
                     return r.status == 200
 
-            await eventually(lambda: rt.controller.view.quorum.ok, 10, "quorum")
-            assert await ready()
+            # Quorum comes with the first probes; the router's membership and the candidates
+            # with later ones, and the API answers reads from a cache of READ_TTL: wait for
+            # the controller's whole view, then for the API to show it.
+            await healthy_and_idle(rt)
+            await eventually(ready, 10, "/ready answering 200")
             async with http.get(f"{base}/health") as r:
                 assert r.status == 200 and (await r.json())["ok"] is True
-            async with http.get(f"{base}/status") as r:
-                status = await r.json()
             live = await sandbox.live_roles()
-            roles = {n["name"]: n["role"] for n in status["nodes"]}
-            assert roles == {name: role for name, role in live.items()}
+
+            async def whole() -> dict | None:
+                async with http.get(f"{base}/status") as r:
+                    status = await r.json()
+                roles = {n["name"]: n["role"] for n in status["nodes"]}
+                membership = status["router"]["membership"] or {}
+                return status if roles == live and membership.get("writers") else None
+
+            status = await eventually(whole, 10, "/status with every role and the router")
             assert status["primary"] == "node1"
             assert status["router"]["membership"]["writers"] == ["node1"]
             assert status["if_primary_died_now"]["would_promote"] in ("node2", "node3")
