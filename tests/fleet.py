@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -98,32 +99,35 @@ class Fleet:
             self.members.append(self._router(f"c{i}"))
 
     def _router(self, name: str) -> Member:
+        """A HAProxy of its own on free ports; started again on other ports when one was
+        taken meanwhile (free_port is a check-then-use race with the other tests' processes)."""
         haproxy = find_binary("haproxy")
         assert haproxy is not None
         folder = self.dir / name
         folder.mkdir()
-        router = RouterInfo(
-            kind="haproxy",
-            host=HOST,
-            writer_port=free_port(),
-            reader_port=free_port(),
-            admin=str(folder / "haproxy.sock"),
-            admin_port=free_port(),
-            pid=None,
-            config=str(folder / "haproxy.cfg"),
-        )
-        Path(router.config).write_text(haproxy_cfg(self.info.nodes, router))
-        proc = subprocess.Popen(
-            [haproxy, "-db", "-f", router.config],
-            stdout=subprocess.DEVNULL,
-            stderr=(folder / "haproxy.log").open("wb"),
-        )
-        deadline = time.monotonic() + 10
-        while not Path(router.admin).exists():
-            assert proc.poll() is None, (folder / "haproxy.log").read_text()
-            assert time.monotonic() < deadline, "haproxy did not start"
-            time.sleep(0.02)
-        return Member(name, router, proc, free_port(), folder / "journal.jsonl")
+        for _ in range(3):
+            router = RouterInfo(
+                kind="haproxy",
+                host=HOST,
+                writer_port=free_port(),
+                reader_port=free_port(),
+                admin=str(folder / "haproxy.sock"),
+                admin_port=free_port(),
+                pid=None,
+                config=str(folder / "haproxy.cfg"),
+            )
+            Path(router.config).write_text(haproxy_cfg(self.info.nodes, router))
+            log = folder / "haproxy.log"
+            proc = subprocess.Popen(
+                [haproxy, "-db", "-f", router.config],
+                stdout=subprocess.DEVNULL,
+                stderr=log.open("wb"),
+            )
+            if started(proc, Path(router.admin)):
+                return Member(name, router, proc, free_port(), folder / "journal.jsonl")
+            assert "Address already in use" in log.read_text(), log.read_text()
+            Path(router.admin).unlink(missing_ok=True)
+        raise AssertionError(f"{name}'s haproxy found no free ports three times in a row")
 
     def member(self, name: str) -> Member:
         return next(m for m in self.members if m.name == name)
@@ -202,6 +206,23 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 member.router_proc.kill()
                 member.router_proc.wait(10)  # its ports free before the next test
+
+
+def started(proc: subprocess.Popen[bytes], admin: Path, timeout: float = 10.0) -> bool:
+    """Until HAProxy answers a command on its admin socket (True) or exited (False, reaped).
+    The socket file alone says nothing: HAProxy binds it before its listeners, and leaves it
+    behind when a port is taken; it answers once every listener is bound."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        with socket.socket(socket.AF_UNIX) as sock, contextlib.suppress(OSError):
+            sock.settimeout(1.0)
+            sock.connect(str(admin))
+            sock.sendall(b"show info\n")
+            if sock.recv(64):
+                return True
+        assert time.monotonic() < deadline, "haproxy did not start"
+        time.sleep(0.02)
+    return False
 
 
 @contextlib.contextmanager
