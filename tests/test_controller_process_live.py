@@ -27,6 +27,7 @@ from tests.live import (
     nobody_dropped,
     sql,
 )
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -106,14 +107,6 @@ async def test_controller_killed_between_promotion_and_repointing_resumes(fresh_
     assert roles == {"node1": "unreachable", promoted: "primary", other: "replica"}
     source = await sql(fresh_sandbox, other, "SHOW SLAVE STATUS")
     assert source[0][1] == "127.0.0.1" and source[0][3] == info.node(promoted).port
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port: int, path: str, body: dict, token: str) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from hacontrol.journal import read_records
+from tests.live import FAST_ENV, Process
 from tests.support import disk_faults_unavailable, fill, small_tmpfs
-from tests.test_controller_process_live import FAST_ENV, Process
 
 pytestmark = pytest.mark.integration
 

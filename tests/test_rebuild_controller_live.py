@@ -83,10 +83,16 @@ async def make_errant_old_primary(sandbox: Sandbox, rt: Runtime) -> str:
     sandbox.kill_node("node1", signal.SIGKILL)
     for node in ("node2", "node3"):
         await sql(sandbox, node, "START SLAVE IO_THREAD")
+    # The failover's end too: node1 comes back to a finished failover, not in the middle of
+    # one (the view names the promoted node while the plan still repoints the other).
     new = await eventually(
-        lambda: rt.controller.view.primary not in (None, "node1") and rt.controller.view.primary,
+        lambda: (
+            rt.controller.view.primary not in (None, "node1")
+            and rt.controller.running_plan is None
+            and rt.controller.view.primary
+        ),
         30,
-        "the new primary in the view",
+        "the new primary in the view, the failover over",
     )
     for row in range(100, 110):
         await sql(sandbox, new, f"INSERT INTO app.writes (id, node) VALUES ({row}, 2)")
@@ -293,22 +299,17 @@ async def test_the_sandbox_settings_rebuild_through_a_controller_process(fresh_s
         async def maintenance_on() -> bool:
             return (await step("maintenance", "node3", "on")).returncode == 0
 
-        await eventually_async(maintenance_on, 60, "the API answering maintenance on")
+        await eventually(maintenance_on, 60, "the API answering maintenance on", poll=0.5)
         done = await step("rebuild", "node3", "--from", "node2", "--yes")
         assert done.returncode == 0, done.stdout + done.stderr
         assert (await step("maintenance", "node3", "off")).returncode == 0
     finally:
         proc.terminate()
-        await asyncio.to_thread(proc.wait, 30)
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 10)
     assert "node3 rebuilt from node2" in done.stdout and "copy: " in done.stderr
     await replica_of(fresh_sandbox, "node3", "node1")
     assert fresh_sandbox.node_pid("node3") is not None  # the sandbox knows its new process
-
-
-async def eventually_async(check, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.5)

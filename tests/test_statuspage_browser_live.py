@@ -85,18 +85,9 @@ async def test_the_status_page_in_a_browser_follows_a_switchover(fresh_sandbox, 
             page = await browse(url, "--dump-dom")
             return page if shown_primary(page) == "node2" else None
 
-        dom = await eventually_async(after, 20, "the page shows node2")
+        dom = await eventually(after, 20, "the page shows node2", poll=0.5)
         assert "switchover" in dom and "promoted" in dom and "routed" in dom
         await browse(url, f"--screenshot={shot}", "--window-size=1280,1100")
     assert await asyncio.to_thread(os.path.getsize, shot) > 10_000
     with capsys.disabled():
         print(f"\nstatus page screenshot: {shot}")
-
-
-async def eventually_async(fetch, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (found := await fetch()) is not None:
-            return found
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
