@@ -72,7 +72,8 @@ async def test_a_failover_on_a_sandbox_with_tls_everywhere(tls_sandbox):
     rt = svc.runtime(None)
     async with svc:
         await healthy_and_idle(rt)
-        (listening,) = capture.of("api_listening")
+        # The API process's own line, relayed beside its "listening" message: may come after.
+        (listening,) = await eventually(lambda: capture.of("api_listening"), 10, "api_listening")
         assert listening["tls"] is True
         assert tls_sandbox.kill_node("node1", signal.SIGKILL)
         done = await eventually(
