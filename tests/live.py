@@ -47,11 +47,13 @@ def sandbox_settings(
 
 
 async def healthy_and_idle(rt: Runtime, timeout: float = 20) -> None:
-    """Until the controller sees a healthy cluster, decided "Nothing" last and runs no plan."""
+    """Until the controller sees a healthy cluster, decided "Nothing" last and runs no plan;
+    with a router, once it has read the router's membership too (a test reads it next)."""
     await eventually(
         lambda: (
             rt.controller.view.quorum.ok
             and not rt.controller.view.problems
+            and (rt.router is None or rt.controller.view.router.membership is not None)
             and rt.controller.decisions
             and rt.controller.decisions[-1]["rule"] == "Nothing"
             and rt.controller.running_plan is None
