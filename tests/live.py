@@ -20,7 +20,7 @@ from hacontrol.jsonlog import JsonLog
 from hacontrol.sandbox import Sandbox
 from hacontrol.service import Runtime, Service, secrets_of
 from hacontrol.settings import Settings, load_settings
-from tests.support import eventually, free_port
+from tests.support import cancel_and_wait, eventually, free_port
 
 
 def sandbox_settings(
@@ -188,16 +188,9 @@ class WriteLoop:
         return self
 
     async def stop(self) -> None:
-        """Cancel the loop, again until it ends: Python 3.11's ``asyncio.wait_for`` (aiomysql's
-        connect uses it too) loses a cancellation that arrives as the call it waits for
-        completes, and the loop would go on (seen with a client reconnecting 20 times a second
-        to a read-only node)."""
-        if self._task is None:
-            return
-        while not self._task.done():
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=0.5)
-        await asyncio.gather(self._task, return_exceptions=True)
+        """Cancel the loop, again until it ends (``cancel_and_wait``)."""
+        if self._task is not None:
+            await cancel_and_wait(self._task)
 
     def acked_since(self, t: float) -> int:
         return sum(1 for a in self.ack_times if a > t)

@@ -34,7 +34,7 @@ import pymysql
 import pytest
 
 from tests.mysql_wire import COM_QUERY
-from tests.support import free_port
+from tests.support import cancel_and_wait, free_port
 
 HOWTO = (
     "install ProxySQL 2.7 from ProxySQL's own packages (Debian/Ubuntu: the apt repository at "
@@ -469,8 +469,7 @@ class WriterSampler:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)  # its reconnects use wait_for: cancel until done
 
     async def _run(self) -> None:
         sql = (

@@ -24,7 +24,7 @@ from hacontrol.sandbox.netns_host import Network
 from hacontrol.service import Runtime
 from hacontrol.view import Code, Health
 from tests.live import LogCapture, WriteLoop, healthy_and_idle, runtime, sandbox_settings, sql
-from tests.support import eventually
+from tests.support import cancel_and_wait, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +64,7 @@ class Sampler:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     def writers_since(self, at: float) -> set[frozenset[str]]:
         return {w for t, w in self.writers if t >= at}
