@@ -77,7 +77,7 @@ async def test_a_journal_that_cannot_be_written_does_not_stop_a_failover(
             done = ctl.wait(lambda: ctl.of("plan_finished", kind="failover"), 30, "the failover")
             assert done[0]["ok"], done[0]["reason"]
             assert ctl.proc.poll() is None  # alive
-            failed = ctl.wait(lambda: ctl.of("journal_write_failed"), 5, "the write failure")
+            failed = ctl.wait(lambda: ctl.of("journal_write_failed"), 15, "the write failure")
             assert any(errno_text in f["reason"] for f in failed)
             begin = [f for f in failed if f.get("plan") == done[0]["plan"]]
             assert begin and begin[0]["plan_goes_on"] is True  # the rule, shown in the log
