@@ -195,7 +195,7 @@ class Sandbox:
             await self.down()  # leftovers of a sandbox whose processes all died
             if not self.spec.netns:  # one killed a moment ago may still hold its socket
                 for port, purpose in self.spec.ports():
-                    await procs.wait_port_free(port, purpose, timeout=3.0)
+                    await procs.wait_port_free(port, purpose, timeout=SIGNAL_TAKES_EFFECT)
         if self.spec.netns and (reason := netns_unavailable()):
             raise SandboxError(f"--netns: {reason}")
         if not self.spec.netns:  # with --netns the ports are on the sandbox's own hosts
@@ -551,7 +551,9 @@ class Sandbox:
         if procs.is_alive(router.pid, router.config):
             raise SandboxError(f"{router.kind} is already running (pid {router.pid})")
         if not info.netns:
-            await procs.wait_port_free(router.admin_port, f"{router.kind} admin", timeout=3.0)
+            await procs.wait_port_free(
+                router.admin_port, f"{router.kind} admin", timeout=SIGNAL_TAKES_EFFECT
+            )
         binary = find_binary(router.kind)
         if binary is None:
             raise SandboxError(f"not installed: {router.kind}")
@@ -572,7 +574,7 @@ class Sandbox:
         if procs.is_alive(node.pid, node.config):
             raise SandboxError(f"{name} is already running (pid {node.pid})")
         if not info.netns:
-            await procs.wait_port_free(node.port, f"mariadbd {name}", timeout=3.0)
+            await procs.wait_port_free(node.port, f"mariadbd {name}", timeout=SIGNAL_TAKES_EFFECT)
         mariadbd = find_binary("mariadbd")
         if mariadbd is None:
             raise SandboxError("not installed: mariadbd")
@@ -631,12 +633,24 @@ def router_dir_name(index: int) -> str:
     return ROUTER_DIR if index == 0 else f"{ROUTER_DIR}{index + 1}"
 
 
+SIGNAL_TAKES_EFFECT = 10.0
+"""Seconds a signalled process gets to reach its state: a killed mariadbd with a large buffer
+pool on a loaded machine takes a while to be torn down (and to free its ports)."""
+
+
 def signal_and_wait(pid: int | None, marker: str, sig: int) -> bool:
+    """Send ``sig``; False when the process was not alive. For SIGKILL, SIGSTOP and SIGCONT,
+    returns once it is dead, stopped or running again; SandboxError when it does not get there
+    within SIGNAL_TAKES_EFFECT (the caller would otherwise act on a process still there)."""
     if not procs.send_signal(pid, marker, sig):
         return False
     expected = {signal.SIGKILL: "dead", signal.SIGSTOP: "stopped", signal.SIGCONT: "running"}
-    if sig in expected:
-        procs.wait_state(pid, marker, expected[signal.Signals(sig)], timeout=2.0)
+    state = expected.get(signal.Signals(sig))
+    if state is not None and not procs.wait_state(pid, marker, state, SIGNAL_TAKES_EFFECT):
+        msg = (
+            f"process {pid} not {state} {SIGNAL_TAKES_EFFECT:g} s after {signal.Signals(sig).name}"
+        )
+        raise SandboxError(msg)
     return True
 
 
