@@ -35,6 +35,7 @@ from hacontrol.actions.notify import MailPolicy
 from hacontrol.actions.proxysql import AdminLinks
 from hacontrol.api_process import ApiProcess
 from hacontrol.events import CommandResult, OperatorCommand, Stop
+from hacontrol.gcpolicy import settle_after_start
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import render_all
 from hacontrol.routing import RouterError
@@ -336,6 +337,7 @@ async def serve(
         loop.add_signal_handler(sig, on_signal(sig.name))
     try:
         async with service:
+            settle_after_start(service.log)
             await service.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
