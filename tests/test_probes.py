@@ -114,3 +114,29 @@ async def test_a_flood_of_tiny_rows_is_bounded():
         await probe.close()
     assert not result.ok and "larger than" in result.error
     assert cpu < 1.0
+
+
+def test_waiting_for_the_next_probe_wakes_up_once_not_in_a_spin():
+    """On uvloop (millisecond timers, its clock read once per iteration) a wait for the next
+    probe that re-slept for what was left woke about ten times per wait, for every node every
+    interval. Each wake-up reads the probe's clock once."""
+    import uvloop
+
+    reads = 0
+
+    def clock() -> float:
+        nonlocal reads
+        reads += 1
+        return time.monotonic()
+
+    async def sleeps() -> int:
+        probe = NodeProbe(
+            "fake", Endpoint("127.0.0.1", 1, "u", "p"), interval=1.0, timeout=0.5,
+            emit=[].append, clock=clock,
+        )  # fmt: skip
+        for i in range(20):  # the next probe due in 10.3 ms, 11.0 ms, ...
+            probe._last_start = time.monotonic() - 1.0 + 0.0103 + i * 0.0007
+            await probe._sleep_until_next()
+        return reads
+
+    assert uvloop.run(sleeps()) <= 20 * 2
