@@ -32,6 +32,12 @@ is as desired, and ``--warmup`` seconds more, the window opens:
   are read from that controller's log (as the drill does; with ``one``, that cluster's lines).
   The killed node is left out of the cadence figures. Compare with a lone cluster:
   ``single --nodes 3 --kill-primary S``.
+- ``--gc``: (``one``) the controller notes every garbage collection (``gc.callbacks``; nothing
+  else changed): by generation, count, total and longest pause, and which slow seconds of the
+  cadence had a pause of 0.1 s or more. The controller applies its own collector policy
+  (``hacontrol/gcpolicy.py``) once every cluster has started; ``--gc-freeze`` and
+  ``--gc-threshold`` are the experiment that came before it (a second freeze at the window's
+  start, and other thresholds).
 - ``--py-spy FILE``: (``one``) py-spy samples the controller's stacks over the window (raw
   collapsed stacks in FILE); the functions with the most own and inclusive time go into the
   figures (``profile``).
@@ -588,7 +594,8 @@ def main() -> None:
     sub.choices["one"].add_argument(
         "--gc-freeze",
         action="store_true",
-        help="with --gc: gc.freeze() in the controller when the window opens (an experiment)",
+        help="with --gc: gc.freeze() again in the controller when the window opens (the "
+        "experiment before hacontrol/gcpolicy.py)",
     )
     sub.choices["one"].add_argument(
         "--gc-threshold",
