@@ -204,6 +204,8 @@ class Journal:
         self._lock = threading.Lock()
         self._pending_ends: list[dict[str, Any]] = []
         """``end`` records that could not be written: retried before the next record."""
+        self._closed = False
+        """Closed for good (its Runtime stopped): a fresh one of the cluster owns the file."""
 
     # -- records ------------------------------------------------------------------------------
 
@@ -233,6 +235,8 @@ class Journal:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record durably (and any ``end`` kept from before); JournalUnwritable."""
+        if self._closed:  # what a stopped Runtime still sends lands nowhere
+            raise JournalUnwritable(f"{self.path}: this journal was closed (its cluster stopped)")
         with self._lock:
             pending, self._pending_ends = self._pending_ends, []
         lines = [_line(r) for r in (*pending, record)]
@@ -272,7 +276,14 @@ class Journal:
 
     def post(self, method: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         """Run a record method in the writer thread after everything posted before; do not
-        wait. A failure goes to ``on_failure``."""
+        wait. A failure goes to ``on_failure``. Closed: a failed future (JournalUnwritable),
+        no writer thread started again."""
+        if self._closed:
+            failed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            failed.set_exception(
+                JournalUnwritable(f"{self.path}: this journal was closed (its cluster stopped)")
+            )
+            return failed
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
         return self._pool.submit(self._timed, method, *args)
@@ -295,10 +306,12 @@ class Journal:
 
     async def flushed(self, timeout: float | None = None) -> bool:
         """Wait until everything posted so far is done (written or failed); False on timeout,
-        at once when the writer is stuck."""
+        at once when the writer is stuck. Closed: whether its last write has ended."""
         busy = self.busy_for()
         if busy is not None and busy > self.write_timeout:
             return False
+        if self._closed:
+            return busy is None
         job = asyncio.wrap_future(self.post(_nothing))
         try:
             async with asyncio.timeout(timeout or self.write_timeout):
@@ -313,6 +326,8 @@ class Journal:
         return None if since is None else time.monotonic() - since
 
     def close(self) -> None:
+        """For good: every later write fails (JournalUnwritable), no writer thread again."""
+        self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=False)
             self._pool = None

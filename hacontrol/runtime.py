@@ -30,7 +30,7 @@ from hacontrol.controller import Controller, plan_budget
 from hacontrol.events import CommandResult, Event, OperatorCommand, Stop, Tick
 from hacontrol.executor import Executor
 from hacontrol.journal import Journal
-from hacontrol.jsonlog import JsonLog
+from hacontrol.jsonlog import JsonLog, Scrubber
 from hacontrol.metrics import Metrics
 from hacontrol.mysqlconn import endpoint_for
 from hacontrol.probes.lease import LeaseKeeper, lock_names
@@ -159,7 +159,8 @@ class Runtime:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.probes = node_probes(settings, self.emit)
         self.router = build_router(settings, links, log)
-        self.notifier = Notifier(settings.smtp, log, policy=mail_policy or MailPolicy())
+        self._mail_policy = mail_policy or MailPolicy()
+        self.notifier = Notifier(settings.smtp, log, policy=self._mail_policy)
         self.metrics = Metrics(settings.cluster.name, mail=self.notifier)
         self.journal = Journal(settings.controller.journal)
         fleet = settings.controller.fleet
@@ -199,6 +200,9 @@ class Runtime:
         self._decision: asyncio.Task[None] | None = None
         self._notifier_task: asyncio.Task[None] | None = None
         self.router_probe: RouterProbe | None = None
+        self.left_running: list[str] = []
+        """What its ``stop`` could not end (tasks, a stuck journal writer): no restart then."""
+        self._notifier_closed = False
         self.halted: str | None = None
         """Why this cluster runs no controller while others do: its router refused at
         start-up, or a worker crashed (``crashed``) and it waits for its restart."""
@@ -366,15 +370,44 @@ class Runtime:
             where=_frames(error.error),
             restart_in=restart_in,
         )
+        self._alert(
+            f"cluster {self.name}: controller crashed ({type(error.error).__name__})",
+            f"{error}\nNo failover for this cluster until it runs again; {then}"
+            + (f" in {restart_in:g} s (after its stop)." if restart_in is not None else ".")
+            + " The other clusters of this process go on.",
+        )
+
+    def not_restarted(self) -> None:
+        """Crashed, and its stop left something running (``left_running``: a plan that did
+        not end when cancelled, a stuck journal writer): a fresh Runtime beside it would be a
+        second executor of this cluster, so it stays halted until the process restarts."""
+        left = ", ".join(self.left_running)
+        self.halted = (
+            f"crashed and not restarted: its stop left {left} running; "
+            "restart the process once the node actions it ran are checked"
+        )
+        self.log.emit("cluster_not_restarted", None, "error", left_running=self.left_running)
+        self._alert(
+            f"cluster {self.name}: crashed and not restarted (its stop left {left} running)",
+            f"{self.halted}.\nNo failover for this cluster until the process restarts."
+            " The other clusters of this process go on.",
+        )
+
+    def _alert(self, summary: str, reason: str) -> None:
+        """A ``cluster_crashed`` alert, mailed: by a fresh notifier when ``stop`` closed this
+        Runtime's (a crash after a crash, a restart that failed); ``stop`` closes it."""
+        if self._notifier_closed:
+            self.notifier = Notifier(self.settings.smtp, self.log, policy=self._mail_policy)
+            self._notifier_closed = False
+            self._notifier_task = asyncio.create_task(self.notifier.run(), name="notifier")
+        scrub = Scrubber(secrets_of(self.settings))  # the exception's text, as in the log
         self.notifier.alert(
             Alert(
                 kind="cluster_crashed",
                 cluster=self.name,
                 node=None,
-                summary=f"cluster {self.name}: controller crashed ({type(error.error).__name__})",
-                reason=f"{error}\nNo failover for this cluster until it runs again; {then}"
-                + (f" in {restart_in:g} s." if restart_in is not None else ".")
-                + " The other clusters of this process go on.",
+                summary=scrub(summary),
+                reason=scrub(reason),
             )
         )
 
@@ -395,74 +428,88 @@ class Runtime:
         await decision
 
     async def stop(self, reason: str, mail_grace: float = 0.5) -> None:
+        """The decision task finishes what it holds (a running plan within its budget), then
+        the plan still running is cancelled (its journal ends it) and every task is awaited
+        within ``SHUTDOWN_GRACE``; the journal is flushed and closed for good. What is still
+        running after that is named in ``left_running`` (and in the ``stopped`` line): a
+        restart of this cluster must not start beside it."""
         decision = self._decision
         if decision is None:
             if self.halted is not None:  # halted: its alert's mail, if still going
                 with contextlib.suppress(Exception):
                     await self.notifier.close(mail_grace)
+                self._notifier_closed = True
             if self._notifier_task is not None:
                 self._notifier_task.cancel()
                 await asyncio.gather(self._notifier_task, return_exceptions=True)
                 self._notifier_task = None
             return
         self._decision = None
+        crashed = decision.done() and not decision.cancelled() and decision.exception()
         if not decision.done():
             self.emit(Stop(time.monotonic(), reason))
-            # Idle: within SHUTDOWN_GRACE. A running plan is let finish (bounded).
-            grace = (
-                SHUTDOWN_GRACE
-                if self.controller.running_plan is None
-                else (plan_budget(self.settings) + SHUTDOWN_GRACE)
-            )
-            await asyncio.wait([decision], timeout=grace)
-            decision.cancel()  # no-op when it finished
-        elif not decision.cancelled() and decision.exception() is not None:
-            await self._let_plan_finish()
+            await self._let_decision_finish(decision)
+        # Crashed: the plan gets its budget here; else the decision task gave it (on the Stop).
+        plan = await self._end_plan(plan_budget(self.settings) if crashed else 0.0)
         stopping = time.monotonic()
         with contextlib.suppress(Exception):
             await self.notifier.close(mail_grace)
+        self._notifier_closed = True
         if self._notifier_task is not None:
             self._workers.append(self._notifier_task)
         for task in self._workers:
             task.cancel()
-        _, pending = await asyncio.wait(self._workers, timeout=SHUTDOWN_GRACE)
+        owned = [*self._workers, decision, *([plan] if plan is not None else [])]
+        _, pending = await asyncio.wait(owned, timeout=SHUTDOWN_GRACE)
         if self.router is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(0.3):
                     await self.router.close()
         # Every record posted is on disk before a fresh Runtime of this cluster (a restart
-        # after a crash) reads and appends to the same journal.
+        # after a crash) reads and appends to the same journal; after the close no record of
+        # this Runtime lands there any more (a write fails, JournalUnwritable).
         journal_flushed = await self.journal.flushed()
         self.journal.close()
+        names = sorted(t.get_name() for t in pending)
+        self.left_running = names + ([] if journal_flushed else ["journal writer"])
         self.log.emit(
             "stopped",
             None,
-            "info" if not pending and journal_flushed else "warning",
+            "info" if not self.left_running else "warning",
             grace_seconds=round(time.monotonic() - stopping, 3),
-            tasks_not_finished=sorted(t.get_name() for t in pending),
+            tasks_not_finished=names,
             stuck_at={t.get_name(): _where(t) for t in pending},
             journal_flushed=journal_flushed,
         )
 
-    async def _let_plan_finish(self) -> None:
-        """The decision task crashed under a running plan: the plan finishes within its budget
-        (never cut halfway: a promotion cut between RESET SLAVE ALL and read_only=OFF leaves no
-        writable node), as a stop would let it; its outcome is in the journal for the restart.
-        """
+    async def _let_decision_finish(self, decision: asyncio.Task[None]) -> None:
+        """The decision task, with a Stop on its queue: idle, within ``SHUTDOWN_GRACE``; a
+        plan running (or started meanwhile, by an event queued before the Stop) is let finish
+        within its budget; then it is cancelled (a no-op when it finished)."""
+        await asyncio.wait([decision], timeout=SHUTDOWN_GRACE)
+        if not decision.done() and self.controller.running_plan is not None:
+            await asyncio.wait([decision], timeout=plan_budget(self.settings))
+        decision.cancel()
+
+    async def _end_plan(self, budget: float) -> asyncio.Task[None] | None:
+        """The plan still running once its decision task is gone (it crashed, or it stopped
+        and gave the plan its budget): let it finish within ``budget`` (never cut halfway
+        while it may: a promotion cut between RESET SLAVE ALL and read_only=OFF leaves no
+        writable node), then cancel it (its journal record ends it: "cancelled before its
+        end"); the caller awaits it. None when no plan runs."""
         plan = self.controller._task  # the controller that owned it is gone
         if plan is None or plan.done():
-            return
-        budget = plan_budget(self.settings)
-        self.log.emit(
-            "stop_waits_for_plan",
-            None,
-            "warning",
-            plan=self.controller.running_plan,
-            budget_seconds=budget,
-        )
-        await asyncio.wait([plan], timeout=budget)
-        plan.cancel()
-        await asyncio.gather(plan, return_exceptions=True)
+            return None
+        running = self.controller.running_plan
+        if budget > 0:
+            self.log.emit(
+                "stop_waits_for_plan", None, "warning", plan=running, budget_seconds=budget
+            )
+            await asyncio.wait([plan], timeout=budget)
+        if not plan.done():
+            self.log.emit("stop_cancels_plan", None, "warning", plan=running)
+            plan.cancel()
+        return plan
 
 
 def _frames(error: BaseException) -> list[str]:

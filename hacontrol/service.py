@@ -77,6 +77,15 @@ RESTART_STABLE = 600.0
 """Seconds a restarted cluster must run before its back-off starts again from the first."""
 
 
+def restart_delay(last: float | None, ran_for: float, first: float) -> float:
+    """Seconds a crashed cluster waits before its restart: ``first`` at its first crash or
+    when it ran ``RESTART_STABLE`` s since its last (re)start; else twice ``last`` (the wait
+    before the restart that just failed or crashed again), at most ``RESTART_BACKOFF_MAX``."""
+    if last is None or ran_for >= RESTART_STABLE:
+        return first
+    return min(last * 2, RESTART_BACKOFF_MAX)
+
+
 class UnknownCluster(LookupError):
     """A command named no cluster while there are several, or one that is not run here."""
 
@@ -136,14 +145,18 @@ class Service:
         self._cleanups: set[asyncio.Future[None]] = set()
         self._api_now: tuple[bool, int] | None = None
 
-    def _runtime(self, settings: Settings, *, acknowledge_block: bool = False) -> Runtime:
+    def _runtime(
+        self, settings: Settings, *, acknowledge_block: bool = False, restart: bool = False
+    ) -> Runtime:
+        """``restart``: of a crashed cluster; the process's ``--paused`` is not applied again
+        (the journal keeps the operator's pause or resume), nor any start-up acknowledge."""
         name = settings.cluster.name
         return Runtime(
             settings,
             self._log.for_cluster(name),
             acknowledge_block=acknowledge_block,
             mail_policy=self._mail_policy,
-            paused=self._paused,
+            paused=self._paused and not restart,
             links=self.links,
         )
 
@@ -242,10 +255,11 @@ class Service:
     async def _supervise(self, name: str) -> None:
         """One cluster's life: returns when its decision task stopped on a Stop. A crash
         (WorkerCrashed) halts it (alert, status, ``hacontrol_halt_active``), stops it, and
-        after a back-off (doubling to RESTART_BACKOFF_MAX, reset after RESTART_STABLE s of
-        running) a fresh Runtime resumes from its journal, as a process restart would; while
-        the other clusters run on. Raises the crash when no cluster is left running."""
-        backoff, runtime = self.restart_backoff, self.runtimes[name]
+        after a back-off (``restart_delay``) a fresh Runtime resumes from its journal, as a
+        process restart would; while the other clusters run on. A stop that left something of
+        the crashed Runtime running (``left_running``) keeps the cluster halted instead (no
+        second executor beside the first). Raises the crash when no cluster is left running."""
+        runtime, backoff = self.runtimes[name], None
         error: WorkerCrashed | None = None
         while True:
             since = time.monotonic()
@@ -256,8 +270,7 @@ class Service:
                 except WorkerCrashed as crash:
                     error = crash
             self._running.discard(name)
-            if time.monotonic() - since >= RESTART_STABLE:
-                backoff = self.restart_backoff
+            backoff = restart_delay(backoff, time.monotonic() - since, self.restart_backoff)
             last = not self._running
             runtime.crashed(error, None if last else backoff)
             cleanup = asyncio.ensure_future(
@@ -268,8 +281,10 @@ class Service:
             await asyncio.shield(cleanup)
             if last:
                 raise error
+            if runtime.left_running:
+                runtime.not_restarted()
+                await asyncio.Event().wait()  # halted until the process ends (``wait``)
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
             runtime, error = await self._restart(runtime)
 
     async def _restart(self, crashed: Runtime) -> tuple[Runtime, WorkerCrashed | None]:
@@ -277,7 +292,7 @@ class Service:
         in its place; the error when it does not start (a crash too: back-off, again)."""
         crashed.log.emit("cluster_restarting", None, "warning", after=crashed.halted)
         try:
-            fresh = self._runtime(crashed.settings)
+            fresh = self._runtime(crashed.settings, restart=True)
         except Exception as exc:  # e.g. its router's hostgroups still held on the admin link
             return crashed, WorkerCrashed(crashed.name, "start-up", exc)
         fresh.halted = f"starting again after: {crashed.halted}"  # /health up, commands refused

@@ -14,7 +14,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import hacontrol.controller as controller_mod
+import hacontrol.runtime as runtime_mod
 from hacontrol.events import Event, OperatorCommand
+from hacontrol.journal import Journal, JournalUnwritable
 from hacontrol.runtime import Runtime, WorkerCrashed
 from hacontrol.service import Service
 from hacontrol.settings import Settings
@@ -265,3 +268,144 @@ async def test_the_process_ends_when_no_cluster_runs_any_more(tmp_path):
     assert (first["cluster"], first["restart_in"]) == ("c001", 30.0)
     assert (last["cluster"], last["restart_in"]) == ("c002", None)
     assert not capture.of("cluster_restarting")
+
+
+def slow_promote(runtime: Runtime, seconds: float, calls: list[str], stubborn: float = 0.0) -> None:
+    """``runtime``'s promote takes ``seconds`` before it acts (a plan longer than its budget,
+    as a rebuild always is); ``stubborn``: seconds it goes on after a cancel (a task that does
+    not end when told to). ``calls`` records what it did."""
+    promote = runtime.executor.mysql.promote
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        calls.append("called")
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            calls.append("cancelled")
+            if not stubborn:
+                raise
+            await asyncio.sleep(stubborn)
+            calls.append("ended after the cancel")
+            raise
+        calls.append("acts")
+        return await promote(*args, **kwargs)
+
+    runtime.executor.mysql.promote = slow  # type: ignore[method-assign]
+
+
+def crash_a_probe(runtime: Runtime, node: str) -> None:
+    def broken(event: Event) -> None:
+        raise InjectedBug("injected: the probe's emit broke")
+
+    runtime.probes[node]._emit = broken  # type: ignore[method-assign]
+
+
+def record_ends(runtime: Runtime) -> list[tuple[str, str]]:
+    """The (plan, reason) of every ``end`` record ``runtime``'s journal writes (a fresh
+    Runtime's load compacts the file: the records are gone from it by then)."""
+    journal, ends = runtime.journal, []
+    end = journal.end
+
+    def recorded(plan_id: str, ok: bool, reason: str, promoted: str | None) -> None:
+        end(plan_id, ok, reason, promoted)
+        ends.append((plan_id, reason))
+
+    journal.end = recorded  # type: ignore[method-assign]
+    return ends
+
+
+@pytest.fixture
+def short_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every plan's budget is 1 s (a plan outlives it at once: a slow promote)."""
+    monkeypatch.setattr(controller_mod, "plan_budget", lambda settings: 1.0)
+    monkeypatch.setattr(runtime_mod, "plan_budget", lambda settings: 1.0)
+
+
+async def failing_over_slowly(
+    svc: Service, fake: FakeFleet, stubborn: float = 0.0
+) -> tuple[Runtime, list[str], list[tuple[str, str]]]:
+    """Both clusters idle, then c001's primary killed and its failover's promote slow (8 s):
+    c001's Runtime once the promote started, what the promote did, its journal's ends."""
+    await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
+    old, calls = svc.runtimes["c001"], []
+    slow_promote(old, 8.0, calls, stubborn)
+    ends = record_ends(old)
+    fake.kill("c001n1")
+    await eventually(lambda: calls, 20, "c001's failover promoting")
+    return old, calls, ends
+
+
+@pytest.mark.usefixtures("short_budget")
+async def test_a_worker_crash_under_a_plan_past_its_budget_cancels_the_plan_before_the_restart(
+    tmp_path,
+):
+    # c001's failover outlives its budget (1 s here; its promote takes 8 s) when a probe of
+    # c001 crashes: the stop cancels and awaits the plan (its journal ends it), the stopped
+    # line names nothing left, and only then a fresh c001 starts: one executor at a time.
+    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            old, calls, ends = await failing_over_slowly(svc, fake)
+            plan, plan_task = old.controller.running_plan, old.controller._task
+            assert plan is not None and plan_task is not None
+            crash_a_probe(old, "c001n2")
+            await eventually(lambda: svc.runtimes["c001"] is not old, 20, "c001 restarted")
+            assert plan_task.done() and calls == ["called", "cancelled"]
+            assert ends == [(plan, "cancelled before its end")]  # on disk before the restart
+            unfinished = [r for r in capture.of("journal_unfinished") if r["cluster"] == "c001"]
+            assert not unfinished, unfinished  # the fresh one found the plan ended
+            assert not waiting.done()
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    (stopped,) = [r for r in capture.of("stopped") if r["cluster"] == "c001"][:1]
+    assert stopped["tasks_not_finished"] == [] and stopped["journal_flushed"], stopped
+    (cancel,) = [r for r in capture.of("stop_cancels_plan") if r["cluster"] == "c001"]
+    assert cancel["plan"] == plan
+    assert "acts" not in calls  # the old executor never acted after its stop
+
+
+@pytest.mark.usefixtures("short_budget")
+async def test_a_plan_that_outlives_the_stop_keeps_its_cluster_halted(tmp_path):
+    # The plan does not end when cancelled (an action stuck past every timeout): the stop names
+    # it, the cluster is not restarted beside it (it stays halted, /ready and the alert say
+    # why), the other cluster goes on.
+    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            old, _, _ = await failing_over_slowly(svc, fake, stubborn=6.0)
+            crash_a_probe(old, "c001n2")
+            await eventually(lambda: capture.of("cluster_not_restarted"), 20, "kept halted")
+            await asyncio.sleep(2.0)  # past the back-off: still the old one, halted
+            assert svc.runtimes["c001"] is old and not capture.of("cluster_restarting")
+            ok, reason = svc.ready()
+            assert not ok and "not restarted" in reason and "plan:" in reason, reason
+            assert svc.alive()[0]
+            fake.kill("c002n1")
+            await eventually(lambda: finished(capture, "c002"), 30, "c002's failover")
+            assert not waiting.done()
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    (stopped,) = [r for r in capture.of("stopped") if r["cluster"] == "c001"][:1]
+    assert any(name.startswith("plan:") for name in stopped["tasks_not_finished"]), stopped
+    alerts = [a for a in capture.of("alert") if a["cluster"] == "c001"]
+    assert [a["kind"] for a in alerts] == ["cluster_crashed", "cluster_crashed"], alerts
+    assert "not restarted" in alerts[1]["summary"], alerts[1]
+
+
+async def test_a_closed_journal_takes_no_record_any_more(tmp_path):
+    # What a stopped Runtime's leftovers still send after its stop (the file is the fresh
+    # Runtime's then): every write fails, and no writer thread starts again.
+    journal = Journal(tmp_path / "journal.jsonl")
+    await journal.write(journal.save_state, {"paused": False})
+    journal.close()
+    before = (tmp_path / "journal.jsonl").read_bytes()
+    with pytest.raises(JournalUnwritable, match="closed"):
+        await journal.write(journal.step, "p1", 0, True, "applied")
+    with pytest.raises(JournalUnwritable, match="closed"):
+        journal.post(journal.end, "p1", False, "late", None).result()
+    with pytest.raises(JournalUnwritable, match="closed"):
+        journal.save_state({"paused": True})  # the direct path (a boot-time record)
+    assert await journal.flushed()  # nothing of it runs
+    assert journal._pool is None and (tmp_path / "journal.jsonl").read_bytes() == before
