@@ -647,3 +647,27 @@ def test_check_config_and_the_links_agree_on_what_is_one_admin(host: str) -> Non
     links = AdminLinks()
     one_link = links.get(first.router.proxysql) is links.get(second.router.proxysql)
     assert bool(refused) == one_link == (host != "127.0.0.2")
+
+
+async def test_a_cluster_keeps_its_rows_on_the_link_until_its_fresh_router_takes_them() -> None:
+    # A router closed on a shared link (its cluster refused at start-up, crashed, restarting)
+    # leaves its rows registered: the other clusters' check before each LOAD still covers
+    # them. The same cluster's fresh router takes their place; another cluster may not.
+    link = AdminLinks().get(ProxySQLSettings(host="127.0.0.1", port=6032, password="x"))
+    settings = {
+        name: ProxySQLSettings(host="127.0.0.1", port=6032, password="x", **HOSTGROUPS[name])
+        for name in HOSTGROUPS
+    }
+    old = ProxySQLRouter(settings["orders"], NODES["orders"], link=link, cluster="orders")
+    ProxySQLRouter(settings["users"], NODES["users"], link=link, cluster="users")
+    await old.close()
+    assert link.layouts == [old.layout, link.layouts[1]] and link.owners[10] == "cluster orders"
+    fresh = ProxySQLRouter(settings["orders"], NODES["orders"], link=link, cluster="orders")
+    again = ProxySQLRouter(settings["orders"], NODES["orders"], link=link, cluster="orders")
+    assert len(link.layouts) == 2 and link.layouts[-1] is again.layout
+    assert not any(layout is fresh.layout or layout is old.layout for layout in link.layouts)
+    with pytest.raises(RouterError, match=r"\[10, 20, 30, 40\] managed for two clusters"):
+        ProxySQLRouter(settings["orders"], NODES["orders"], link=link, cluster="billing")
+    with pytest.raises(RouterError, match="managed for two clusters"):
+        ProxySQLRouter(settings["orders"], NODES["orders"], link=link)  # unnamed: never a match
+    assert sorted(link.owners.values()) == ["cluster orders", "cluster users"]

@@ -7,7 +7,10 @@ cluster a crash ends the process (non-zero), as before."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,8 +25,8 @@ from hacontrol.runtime import Runtime, WorkerCrashed
 from hacontrol.service import Service
 from hacontrol.settings import Settings
 from tests.fakefleet import FakeFleet, fleet
-from tests.live import service
-from tests.proxysql_real import RealProxySQL
+from tests.live import LogCapture, service
+from tests.proxysql_real import RealProxySQL, pair_sql
 from tests.support import eventually
 from tests.test_service import TOKEN, cluster_settings, finished, idle, proxysql_router
 
@@ -43,6 +46,31 @@ def crash_on_command(runtime: Runtime) -> None:
         handle(event)
 
     runtime.controller.handle = buggy  # type: ignore[method-assign]
+
+
+def on_proxysql(clusters: list[Settings], px: RealProxySQL) -> list[Settings]:
+    """``clusters`` routed by the one ProxySQL ``px`` (hostgroups 10.., 110.., 210..)."""
+    return [
+        settings.model_copy(update={"router": Settings(
+            **{**settings.model_dump(), "router": proxysql_router(px, px.port, 100 * k)}
+        ).router})
+        for k, settings in enumerate(clusters)
+    ]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def on_one_proxysql(
+    tmp_path: Path, *pairs: str, **service_args: Any
+) -> AsyncIterator[tuple[RealProxySQL, FakeFleet, list[Settings], Service, LogCapture]]:
+    """Two fake clusters routed by one real ProxySQL (its replication hostgroup ``pairs``),
+    their Service started."""
+    with RealProxySQL(tmp_path / "proxysql") as px:
+        await asyncio.to_thread(px.reset, (), list(pairs))
+        async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+            clusters = on_proxysql(cluster_settings(fake, tmp_path), px)
+            svc, capture = service(*clusters, **service_args)
+            async with svc:
+                yield px, fake, clusters, svc, capture
 
 
 def halt_metric(svc: Service) -> dict[str, float]:
@@ -201,47 +229,34 @@ async def test_a_plan_left_running_by_a_crashed_decision_task_finishes(tmp_path)
 
 
 async def test_a_crashed_cluster_on_a_shared_proxysql_restarts_and_routes_again(tmp_path):
-    # Both clusters routed by one real ProxySQL (one admin link): the crashed cluster's
-    # router leaves the link, the fresh one takes its hostgroups again and routes its failover.
-    with RealProxySQL(tmp_path / "proxysql") as px:
-        await asyncio.to_thread(px.reset)
-        async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
-            clusters = [
-                s.model_copy(update={"router": Settings(
-                    **{**s.model_dump(), "router": proxysql_router(px, px.port, base)}
-                ).router})
-                for s, base in zip(cluster_settings(fake, tmp_path), (0, 100), strict=True)
-            ]  # fmt: skip
-            svc, capture = service(*clusters, restart_backoff=0.5)
-            async with svc:
-                waiting = asyncio.create_task(svc.wait())
-                await eventually(lambda: idle(svc), 30, "both clusters healthy and idle")
-                crashed = svc.runtimes["c001"]
-                crash_on_command(crashed)
-                assert not (await svc.command(OperatorCommand(0.0, "pause"), "c001")).ok
-                await eventually(lambda: svc.runtimes["c001"] is not crashed, 10, "restarted")
-                fresh = svc.runtimes["c001"]
-                await eventually(lambda: fresh.ready()[0], 20, "the restarted c001 ready")
-                assert (
-                    len(svc.links) == 1
-                    and len(next(iter(svc.links._links.values()))[0].layouts) == 2
-                )
-                fake.kill("c001n1")
-                await eventually(lambda: finished(capture, "c001"), 30, "c001's failover")
-                (done,) = finished(capture, "c001")
-                assert done["ok"], done
-                await eventually(
-                    lambda: fresh.controller.view.primary in ("c001n2", "c001n3"),
-                    10,
-                    "c001's view names the promoted replica",
-                )
-                writers = await asyncio.to_thread(
-                    px.admin,
-                    "SELECT hostname, port FROM runtime_mysql_servers WHERE hostgroup_id = 10",
-                )
-                assert not waiting.done()
-                waiting.cancel()
-                await asyncio.gather(waiting, return_exceptions=True)
+    # Both clusters routed by one real ProxySQL (one admin link): the crashed cluster's rows
+    # stay on the link, the fresh router takes their place and routes its failover.
+    async with on_one_proxysql(tmp_path, restart_backoff=0.5) as (px, fake, clusters, svc, capture):
+        waiting = asyncio.create_task(svc.wait())
+        await eventually(lambda: idle(svc), 30, "both clusters healthy and idle")
+        crashed = svc.runtimes["c001"]
+        crash_on_command(crashed)
+        assert not (await svc.command(OperatorCommand(0.0, "pause"), "c001")).ok
+        await eventually(lambda: svc.runtimes["c001"] is not crashed, 10, "restarted")
+        fresh = svc.runtimes["c001"]
+        await eventually(lambda: fresh.ready()[0], 20, "the restarted c001 ready")
+        assert len(svc.links) == 1 and len(next(iter(svc.links._links.values()))[0].layouts) == 2
+        fake.kill("c001n1")
+        await eventually(lambda: finished(capture, "c001"), 30, "c001's failover")
+        (done,) = finished(capture, "c001")
+        assert done["ok"], done
+        await eventually(
+            lambda: fresh.controller.view.primary in ("c001n2", "c001n3"),
+            10,
+            "c001's view names the promoted replica",
+        )
+        writers = await asyncio.to_thread(
+            px.admin,
+            "SELECT hostname, port FROM runtime_mysql_servers WHERE hostgroup_id = 10",
+        )
+        assert not waiting.done()
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
     promoted = {
         (s.host, s.port) for s in clusters[0].nodes if s.name == fresh.controller.view.primary
     }
@@ -409,3 +424,52 @@ async def test_a_closed_journal_takes_no_record_any_more(tmp_path):
         journal.save_state({"paused": True})  # the direct path (a boot-time record)
     assert await journal.flushed()  # nothing of it runs
     assert journal._pool is None and (tmp_path / "journal.jsonl").read_bytes() == before
+
+
+async def test_a_cluster_refused_at_start_up_stays_under_the_check_before_every_load(tmp_path):
+    # c002 is refused (its hostgroups under a replication hostgroup pair); the operator, by
+    # hand and in memory only, drops the pair and writes two writers for c002. c001's failover
+    # must not LOAD them (a LOAD publishes every cluster's rows): refused, c002 has no writer.
+    async with on_one_proxysql(tmp_path, pair_sql(110, 120)) as (px, fake, clusters, svc, capture):
+        c001 = svc.runtimes["c001"]
+        await eventually(lambda: c001.ready()[0], 20, "c001 ready")
+        assert svc.runtimes["c002"].halted
+        nodes = {n.name: n for n in clusters[1].nodes}
+        await asyncio.to_thread(
+            px.admin,
+            "DELETE FROM mysql_replication_hostgroups",
+            *(
+                "INSERT INTO mysql_servers (hostgroup_id, hostname, port) VALUES "
+                f"(110, '{nodes[name].host}', {nodes[name].port})"
+                for name in ("c002n1", "c002n2")
+            ),
+        )
+        fake.kill("c001n1")
+        await eventually(lambda: finished(capture, "c001"), 30, "c001's failover")
+        rows = await asyncio.to_thread(
+            px.admin, "SELECT hostname FROM runtime_mysql_servers WHERE hostgroup_id = 110"
+        )
+    done = finished(capture, "c001")[0]
+    assert not done["ok"] and "refusing to LOAD" in done["reason"], done
+    assert "hostgroup 110 of cluster c002" in done["reason"], done
+    assert rows == []  # c002's two writers never went live
+
+
+async def test_a_restart_that_fails_to_build_does_not_block_the_next_one(tmp_path):
+    # c001's first restart fails after its router registered on the shared link (its journal
+    # unreadable); once the journal is back, the next restart starts: no "managed for two
+    # clusters" left behind.
+    async with on_one_proxysql(tmp_path, restart_backoff=0.5) as (_, _, clusters, svc, _):
+        old = svc.runtimes["c001"]
+        await old.stop("crashed (test)")  # what a crash does before the restart
+        old.halted = "crashed (test)"
+        journal = clusters[0].controller.journal
+        journal.unlink(missing_ok=True)
+        journal.mkdir()  # unreadable for a moment
+        same, error = await svc._restart(old)
+        assert same is old and error is not None and "JournalError" in str(error)
+        journal.rmdir()
+        fresh, error = await svc._restart(same)
+        assert error is None and fresh is not old, error
+        await eventually(lambda: fresh.ready()[0], 20, "the restarted c001 ready")
+        assert len(fresh.router.link.layouts) == 2

@@ -707,6 +707,8 @@ class AdminLink:
         self.layouts: list[Layout] = []
         self.owners: dict[int, str] = {}
         """Each layout's cluster, for the messages, by its writer hostgroup."""
+        self._by_cluster: dict[str, Layout] = {}
+        """The layout of each named cluster (its latest router's)."""
         self.calls = 0
         """Calls holding or waiting for the lock."""
         self.holder: tuple[str, float] | None = None
@@ -721,27 +723,29 @@ class AdminLink:
     def register(self, layout: Layout, cluster: str | None = None) -> None:
         """A router's managed rows on this admin (of ``cluster``, for the messages);
         RouterError when its hostgroups overlap another router's here (its statements would
-        touch the other cluster's rows)."""
+        touch the other cluster's rows). The same ``cluster`` again (its fresh router after a
+        crash) takes its own entry's place: a cluster's rows stay on the link, and under the
+        check before every LOAD, for the life of the process (refused, crashed, restarting).
+        """
+        before = self._by_cluster.get(cluster) if cluster is not None else None
+        kept = [other for other in self.layouts if other is not before]
         mine = set(layout.hostgroups.ids())
-        for other in self.layouts:
+        for other in kept:
             if shared := sorted(mine & set(other.hostgroups.ids())):
                 raise RouterError(
                     f"{self.where}: hostgroup(s) {shared} managed for two clusters (nodes "
                     f"{sorted(layout.names())} and {sorted(other.names())}); each cluster "
                     "needs hostgroups of its own"
                 )
-        self.layouts.append(layout)
+        if before is not None:
+            self.owners.pop(before.hostgroups.writer, None)
+            self.shared_read = None
+        self.layouts = [*kept, layout]
+        if cluster is not None:
+            self._by_cluster[cluster] = layout
         self.owners[layout.hostgroups.writer] = (
             f"cluster {cluster}" if cluster else f"the cluster of nodes {sorted(layout.names())}"
         )
-
-    def unregister(self, layout: Layout) -> None:
-        """A router leaves the link (its cluster stopped: a crashed cluster's router, before a
-        fresh one of the same cluster registers the same hostgroups)."""
-        if layout in self.layouts:
-            self.layouts.remove(layout)
-            self.owners.pop(layout.hostgroups.writer, None)
-            self.shared_read = None
 
     @property
     def where(self) -> str:
@@ -972,11 +976,12 @@ class ProxySQLRouter:
 
     async def close(self) -> None:
         """The kept admin connection, when the link is this router's own (a shared link is
-        closed by its owner, ``AdminLinks.close``); on a shared one, this router leaves it."""
+        closed by its owner, ``AdminLinks.close``). On a shared one its rows stay registered:
+        the other clusters' check before each LOAD keeps covering them (a cluster refused at
+        start-up or crashed is exactly the one an operator may be editing by hand); a fresh
+        router of the same cluster takes their place (``AdminLink.register``)."""
         if self._owns_link:
             await self.link.close()
-        else:
-            self.link.unregister(self.layout)
 
     async def drain(self, node: str, *, timeout: float, poll: float = 0.02) -> Drained:
         """Set ``node``'s writer row OFFLINE_SOFT and wait until none of its writer connections
