@@ -22,7 +22,7 @@ import hacontrol.runtime as runtime_mod
 from hacontrol.events import Event, OperatorCommand
 from hacontrol.journal import Journal, JournalUnwritable
 from hacontrol.runtime import Runtime, WorkerCrashed
-from hacontrol.service import Service
+from hacontrol.service import RESTART_BACKOFF_MAX, RESTART_STABLE, Service, restart_delay
 from hacontrol.settings import Settings
 from tests.fakefleet import FakeFleet, fleet
 from tests.live import LogCapture, service
@@ -473,3 +473,54 @@ async def test_a_restart_that_fails_to_build_does_not_block_the_next_one(tmp_pat
         assert error is None and fresh is not old, error
         await eventually(lambda: fresh.ready()[0], 20, "the restarted c001 ready")
         assert len(fresh.router.link.layouts) == 2
+
+
+async def test_a_restart_keeps_the_operators_resume_of_a_paused_start(tmp_path):
+    # ``run --paused``; the operator resumes c001, then c001 crashes: its restart reads the
+    # resume from its journal and does not pause it again (no silent loss of failover). c002
+    # was never resumed: after its crash its journal keeps it paused.
+    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5, paused=True)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            await eventually(
+                lambda: all(rt.controller.decisions for rt in svc.runtimes.values()), 20, "up"
+            )
+            assert (await svc.command(OperatorCommand(time.monotonic(), "resume"), "c001")).ok
+            old = svc.runtimes["c001"]
+            crash_on_command(old)
+            await svc.command(OperatorCommand(time.monotonic(), "pause"), "c001")
+            await eventually(lambda: svc.runtimes["c001"] is not old, 20, "restarted")
+            fresh = svc.runtimes["c001"]
+            await eventually(lambda: fresh.halted is None, 20, "started")
+            assert not fresh.controller.state.paused
+            # c002, never resumed, crashes too: paused again from its journal, not by the flag.
+            other = svc.runtimes["c002"]
+            crash_on_command(other)
+            await svc.command(OperatorCommand(time.monotonic(), "resume"), "c002")
+            await eventually(lambda: svc.runtimes["c002"] is not other, 20, "c002 restarted")
+            await eventually(lambda: svc.runtimes["c002"].halted is None, 20, "c002 started")
+            assert svc.runtimes["c002"].controller.state.paused
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    for name in ("c001", "c002"):  # the process's start only
+        paused_at_start = [r for r in capture.of("paused_at_start") if r["cluster"] == name]
+        assert len(paused_at_start) == 1, paused_at_start
+
+
+@pytest.mark.parametrize(
+    ("last", "ran_for", "expected"),
+    [
+        (None, 0.0, 5.0),  # the first crash: the first wait
+        (5.0, 1.0, 10.0),  # crashed again soon: doubled
+        (10.0, 0.0, 20.0),  # a restart that failed at once: doubled
+        (200.0, 30.0, RESTART_BACKOFF_MAX),  # capped
+        (RESTART_BACKOFF_MAX, 0.0, RESTART_BACKOFF_MAX),
+        (160.0, RESTART_STABLE, 5.0),  # it ran long enough: from the first again
+        (160.0, RESTART_STABLE - 0.1, 300.0),
+    ],
+)
+def test_the_restart_back_off_doubles_to_its_cap_and_resets_after_a_stable_run(
+    last: float | None, ran_for: float, expected: float
+) -> None:
+    assert restart_delay(last, ran_for, first=5.0) == expected
