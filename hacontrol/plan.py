@@ -42,6 +42,8 @@ class AlertKind(StrEnum):
     JOURNAL_LOW_SPACE = "journal_low_space"
     ROUTER_NOT_UPDATED = "router_not_updated"
     """A failover or switchover promoted a node but could not update the router."""
+    CLUSTER_CRASHED = "cluster_crashed"
+    """A worker of the cluster's controller crashed (a bug): halted, restarted or not."""
 
     @property
     def halts(self) -> bool:

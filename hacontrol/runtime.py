@@ -33,6 +33,7 @@ from hacontrol.journal import Journal
 from hacontrol.jsonlog import JsonLog, Scrubber
 from hacontrol.metrics import Metrics
 from hacontrol.mysqlconn import endpoint_for
+from hacontrol.plan import AlertKind
 from hacontrol.probes.lease import LeaseKeeper, lock_names
 from hacontrol.probes.mysql import NodeProbe
 from hacontrol.probes.router import RouterProbe
@@ -403,7 +404,7 @@ class Runtime:
         scrub = Scrubber(secrets_of(self.settings))  # the exception's text, as in the log
         self.notifier.alert(
             Alert(
-                kind="cluster_crashed",
+                kind=AlertKind.CLUSTER_CRASHED,
                 cluster=self.name,
                 node=None,
                 summary=scrub(summary),

@@ -25,7 +25,7 @@ from hacontrol.runtime import Runtime, WorkerCrashed
 from hacontrol.service import RESTART_BACKOFF_MAX, RESTART_STABLE, Service, restart_delay
 from hacontrol.settings import Settings
 from tests.fakefleet import FakeFleet, fleet
-from tests.live import LogCapture, service
+from tests.live import LogCapture, MailBox, service, with_mail
 from tests.proxysql_real import RealProxySQL, pair_sql
 from tests.support import eventually
 from tests.test_service import TOKEN, cluster_settings, finished, idle, proxysql_router
@@ -35,14 +35,15 @@ class InjectedBug(RuntimeError):
     """What the injected crash raises (a bug in the decision task, as far as it knows)."""
 
 
-def crash_on_command(runtime: Runtime) -> None:
+def crash_on_command(runtime: Runtime, says: str = "") -> None:
     """The next operator command makes ``runtime``'s decision task raise (a real exception
-    out of ``Controller.handle``, as a bug in the step or an effect would)."""
+    out of ``Controller.handle``, as a bug in the step or an effect would); ``says``: more
+    text in the exception."""
     handle = runtime.controller.handle
 
     def buggy(event: Event) -> None:
         if isinstance(event, OperatorCommand):
-            raise InjectedBug(f"injected: {event.command} broke the decision task")
+            raise InjectedBug(f"injected: {event.command} broke the decision task{says}")
         handle(event)
 
     runtime.controller.handle = buggy  # type: ignore[method-assign]
@@ -524,3 +525,43 @@ def test_the_restart_back_off_doubles_to_its_cap_and_resets_after_a_stable_run(
     last: float | None, ran_for: float, expected: float
 ) -> None:
     assert restart_delay(last, ran_for, first=5.0) == expected
+
+
+async def test_every_crash_and_failed_restart_is_mailed_with_its_secrets_masked(tmp_path):
+    # c001 crashes with its MySQL password in the exception text; its first restart cannot
+    # build (the journal unreadable): each is mailed (the crashed controller's mail queue is
+    # closed by then: a fresh one), no mail carries the password; the next restart starts.
+    box = MailBox().start()
+    try:
+        async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+            clusters = [with_mail(s, box.port) for s in cluster_settings(fake, tmp_path)]
+            password = clusters[0].mysql.password
+            assert password is not None and password.get_secret_value()
+            svc, capture = service(*clusters, restart_backoff=1.0)
+            async with svc:
+                waiting = asyncio.create_task(svc.wait())
+                await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
+                old = svc.runtimes["c001"]
+                crash_on_command(old, f" (login with {password.get_secret_value()})")
+                await svc.command(OperatorCommand(time.monotonic(), "pause"), "c001")
+                journal = clusters[0].controller.journal
+                await eventually(lambda: capture.of("stopped"), 20, "the crashed c001 stopped")
+                journal.unlink(missing_ok=True)
+                journal.mkdir()  # the first restart cannot load it
+                await eventually(lambda: len(capture.of("cluster_crashed")) == 2, 20, "2nd")
+                journal.rmdir()
+                await eventually(lambda: svc.runtimes["c001"] is not old, 20, "restarted")
+                await eventually(lambda: len(box.messages) >= 2, 20, "both mails")
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+    finally:
+        box.stop()
+    first, failed = capture.of("cluster_crashed")
+    assert first["task"] == "decision", first
+    assert failed["task"] == "start-up" and "JournalError" in failed["error"], failed
+    crashes = [a for a in capture.of("alert") if a["kind"] == "cluster_crashed"]
+    assert [a["mail"] for a in crashes] == ["queued", "queued"], crashes
+    bodies = box.bodies()
+    assert len(bodies) == 2 and "(login with ********)" in bodies[0], bodies
+    assert not any(password.get_secret_value() in body for body in bodies)
+    assert all("controller crashed" in subject for subject in box.subjects())
