@@ -164,27 +164,8 @@ class Runtime:
         self.notifier = Notifier(settings.smtp, log, policy=self._mail_policy)
         self.metrics = Metrics(settings.cluster.name, mail=self.notifier)
         self.journal = Journal(settings.controller.journal)
-        fleet = settings.controller.fleet
-        self.lease = LeaseKeeper(settings, self.emit) if fleet else None
-        lease_until: LeaseUntil = self._lease_until if fleet else lambda: float("inf")
-        self.executor = Executor(
-            settings,
-            log,
-            mysql=MySQLActions(
-                settings,
-                timeout=settings.failover.action_timeout,
-                lease_until=lease_until,
-                lease_fence=self._lease_fence if fleet else None,
-            ),
-            router=self.router,
-            notifier=self.notifier,
-            journal=self.journal,
-            view=lambda: self.controller.view,
-            fault_after=os.environ.get("HACONTROL_TEST_CRASH_AFTER") or None,
-            hooks=HookRunner(settings.hooks, log, cluster=settings.cluster.name),
-            lease=self.lease,
-            rebuilder=rebuilder_of(settings, lease_until),
-        )
+        self.lease = LeaseKeeper(settings, self.emit) if settings.controller.fleet else None
+        self.executor = self._executor()
         self.controller = Controller(
             settings,
             log,
@@ -207,6 +188,28 @@ class Runtime:
         self.halted: str | None = None
         """Why this cluster runs no controller while others do: its router refused at
         start-up, or a worker crashed (``crashed``) and it waits for its restart."""
+
+    def _executor(self) -> Executor:
+        settings, fleet = self.settings, self.settings.controller.fleet
+        lease_until: LeaseUntil = self._lease_until if fleet else lambda: float("inf")
+        return Executor(
+            settings,
+            self.log,
+            mysql=MySQLActions(
+                settings,
+                timeout=settings.failover.action_timeout,
+                lease_until=lease_until,
+                lease_fence=self._lease_fence if fleet else None,
+            ),
+            router=self.router,
+            notifier=self.notifier,
+            journal=self.journal,
+            view=lambda: self.controller.view,
+            fault_after=os.environ.get("HACONTROL_TEST_CRASH_AFTER") or None,
+            hooks=HookRunner(settings.hooks, self.log, cluster=settings.cluster.name),
+            lease=self.lease,
+            rebuilder=rebuilder_of(settings, lease_until),
+        )
 
     def emit(self, event: Event) -> None:
         self.queue.put_nowait(event)
@@ -444,6 +447,7 @@ class Runtime:
                 self._notifier_task.cancel()
                 await asyncio.gather(self._notifier_task, return_exceptions=True)
                 self._notifier_task = None
+            self.journal.close()  # never started (refused, a restart that failed): for good
             return
         self._decision = None
         crashed = decision.done() and not decision.cancelled() and decision.exception()
