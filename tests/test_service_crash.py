@@ -565,3 +565,30 @@ async def test_every_crash_and_failed_restart_is_mailed_with_its_secrets_masked(
     assert len(bodies) == 2 and "(login with ********)" in bodies[0], bodies
     assert not any(password.get_secret_value() in body for body in bodies)
     assert all("controller crashed" in subject for subject in box.subjects())
+
+
+async def test_a_plan_started_just_before_a_stop_gets_its_budget_then_is_cancelled(
+    tmp_path, monkeypatch
+):
+    # A switchover queued ahead of the Stop starts after stop() was called (no plan ran
+    # then): it still gets its budget (3 s here, its promote takes 8 s), then it is cancelled
+    # and awaited; the stop leaves nothing running.
+    monkeypatch.setattr(controller_mod, "plan_budget", lambda settings: 3.0)
+    monkeypatch.setattr(runtime_mod, "plan_budget", lambda settings: 3.0)
+    async with FakeFleet(fleet([3], net_timeout=0.5)) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path))
+        async with svc:
+            await eventually(lambda: idle(svc), 20, "the cluster healthy and idle")
+            rt, calls = svc.runtimes["c001"], []
+            slow_promote(rt, 8.0, calls)
+            rt.emit(OperatorCommand(time.monotonic(), "switchover", node="c001n2"))
+            assert rt.controller.running_plan is None
+            started = time.monotonic()
+            await rt.stop("test: stop right after a switchover")
+            took = time.monotonic() - started
+            plan = rt.controller._task
+            assert plan is not None and plan.done() and "acts" not in calls
+    assert took >= 3.0, took  # the plan had its budget, not only the idle grace
+    (stopped,) = capture.of("stopped")[:1]
+    assert stopped["tasks_not_finished"] == [], stopped
+    assert capture.of("stop_cancels_plan") and capture.of("stop_waits_for_plan")
