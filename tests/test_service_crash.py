@@ -592,3 +592,33 @@ async def test_a_plan_started_just_before_a_stop_gets_its_budget_then_is_cancell
     (stopped,) = capture.of("stopped")[:1]
     assert stopped["tasks_not_finished"] == [], stopped
     assert capture.of("stop_cancels_plan") and capture.of("stop_waits_for_plan")
+
+
+async def test_a_worker_that_ends_on_its_own_is_a_crash_of_its_cluster(tmp_path, monkeypatch):
+    # c002's ticker returns after three ticks (it should run until cancelled): that is a bug,
+    # c002 is halted and restarted like any crash; c001 is untouched.
+    ticker = runtime_mod._ticker
+
+    async def ends_in_c002(emit: Any, interval: float) -> None:
+        if emit.__self__.name != "c002" or not first_c002:
+            await ticker(emit, interval)
+            return
+        first_c002.pop()
+        for _ in range(3):
+            await asyncio.sleep(interval)
+
+    first_c002 = [True]  # the restarted c002's ticker runs as it should
+    monkeypatch.setattr(runtime_mod, "_ticker", ends_in_c002)
+    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            old = svc.runtimes["c002"]
+            await eventually(lambda: svc.runtimes["c002"] is not old, 20, "c002 restarted")
+            await eventually(lambda: idle(svc), 20, "both clusters idle")
+            assert not waiting.done()
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    (line,) = capture.of("cluster_crashed")
+    assert (line["cluster"], line["task"]) == ("c002", "ticker"), line
+    assert "ended on its own" in line["error"], line
