@@ -362,7 +362,7 @@ class Runtime:
         (None: never, the process ends). Then ``stop`` it (``CRASH_MAIL_GRACE``)."""
         then = "restarts from its journal" if restart_in is not None else "no restart"
         self.halted = f"crashed ({error.task}: {describe_error(error.error)}); {then}" + (
-            f" in {restart_in:g} s" if restart_in is not None else ""
+            f" in {restart_in:g} s after its stop" if restart_in is not None else ""
         )
         self.metrics.set_halt(True)
         self.log.emit(
