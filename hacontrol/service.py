@@ -13,8 +13,10 @@ connection and the lock that serialises their applies and probes).
 
 A cluster whose decision task or worker crashes (an unexpected exception: a bug) is halted
 alone and restarted from its journal after a back-off (``Service._supervise``), as a process
-restart would; the process ends (non-zero) only when no cluster runs any more, or on a
-process-wide failure.
+restart would, once its stop ended everything it ran (else it stays halted: never two
+controllers of one cluster at once); the process ends (non-zero) only when no cluster runs
+any more, or on a process-wide failure. Every cluster's ProxySQL rows stay on the shared admin
+link meanwhile, under the check before every LOAD.
 
 As the API's ``ControllerHandle``: ``/health`` is alive when every decision task is (or its
 cluster is halted on purpose: refused at start-up, crashed and waiting to restart), ``/ready``
