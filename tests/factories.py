@@ -17,6 +17,8 @@ from hacontrol.routing import Membership
 from hacontrol.sandbox import SandboxSpec, render
 from hacontrol.sandbox.model import ClusterInfo, Credentials, NodeInfo, RouterInfo
 from hacontrol.settings import Settings
+from hacontrol.view import ClusterView
+from tests.support import fold_all
 
 PORTS = {"node1": 3301, "node2": 3302, "node3": 3303}
 
@@ -162,6 +164,43 @@ def failed_over(now: float, dead: str = "node1", new: str = "node2") -> Controll
         blocked_until=now + 3600,
         last_failover_at=now,
         quarantined={dead: Quarantined(dead, new, now)},
+    )
+
+
+# ---- views the rules are tried on (decide's and the errant-state tests) -------------------
+
+S = settings()
+NOW = 100.0
+DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "refused"}
+QUARANTINE = ControllerState(quarantined={"node1": Quarantined("node1", "node2", 50.0)})
+
+
+def view_of(*rounds: list, s: Settings = S) -> ClusterView:
+    return fold_all(s, *rounds)
+
+
+def healthy_round(at: float, **r2: object) -> list:
+    """One probe of each node and the router; ``r2`` changes node2's replication."""
+    return [primary(at=at), replica("node2", at, **r2), replica("node3", at), router(at=at)]
+
+
+def after_failover_round(t: float, node1: ProbeResult) -> list:
+    """node2 promoted, node3 following it, node1 fenced out of routing, probed as ``node1``."""
+    return [
+        primary("node2", at=t),
+        replica("node3", t, source="node2"),
+        node1,
+        router(writers=("node2",), readers=("node2", "node3"), broken=("node1",), at=t),
+    ]
+
+
+def old_primary_view(node1_status: NodeStatus) -> ClusterView:
+    """The view after a failover to node2 when the old primary node1 answers ``node1_status``."""
+    return view_of(
+        *(
+            after_failover_round(t, ProbeResult("node1", t, 0.001, node1_status))
+            for t in (1.0, 2.0, 3.0)
+        )
     )
 
 

@@ -24,20 +24,21 @@ from hacontrol.plan import (
 )
 from hacontrol.routing import Membership
 from hacontrol.view import ClusterView, Code
-from tests.factories import down, primary, replica, router, settings, status
-from tests.support import fold_all
-
-S = settings()
-NOW = 100.0
-DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "refused"}
-
-
-def view_of(*rounds: list, s=S) -> ClusterView:
-    return fold_all(s, *rounds)
-
-
-def healthy_round(at: float, **r2) -> list:
-    return [primary(at=at), replica("node2", at, **r2), replica("node3", at), router(at=at)]
+from tests.factories import (
+    DEAD_IO,
+    NOW,
+    QUARANTINE,
+    S,
+    down,
+    healthy_round,
+    old_primary_view,
+    primary,
+    replica,
+    router,
+    settings,
+    status,
+    view_of,
+)
 
 
 def healthy(**r2) -> ClusterView:
@@ -393,28 +394,8 @@ def test_failed_failover_halt_holds_while_the_primary_is_dead():
     assert d.plan.rule == "Halted" and d.plan.actions == ()
 
 
-# After a failover node1 -> node2: node2 is primary, node3 replicates from it.
-def after_failover_round(t: float, node1: ProbeResult) -> list:
-    return [
-        primary("node2", at=t),
-        replica("node3", t, source="node2"),
-        node1,
-        router(writers=("node2",), readers=("node2", "node3"), broken=("node1",), at=t),
-    ]
-
-
-QUARANTINE = ControllerState(quarantined={"node1": Quarantined("node1", "node2", 50.0)})
-
-
-def old_primary_view(node1_status) -> ClusterView:
-    return view_of(
-        *(
-            after_failover_round(t, ProbeResult("node1", t, 0.001, node1_status))
-            for t in (1.0, 2.0, 3.0)
-        )
-    )
-
-
+# After a failover node1 -> node2 (tests.factories.old_primary_view): node2 is primary, node3
+# replicates from it.
 def test_returning_old_primary_is_fenced_first():
     view = old_primary_view(status(1, read_only=False, gtid="0-1-100"))
     d = decide(view, QUARANTINE, S, NOW)

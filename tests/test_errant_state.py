@@ -13,8 +13,18 @@ from hacontrol.events import ProbeResult
 from hacontrol.model import ControllerState
 from hacontrol.plan import Notify, Promote, Rejoin
 from hacontrol.rules.candidates import errant_between
-from tests.factories import down, replica, status
-from tests.test_decide import DEAD_IO, NOW, QUARANTINE, S, healthy_round, old_primary_view, view_of
+from tests.factories import (
+    DEAD_IO,
+    NOW,
+    QUARANTINE,
+    S,
+    down,
+    healthy_round,
+    old_primary_view,
+    replica,
+    status,
+    view_of,
+)
 
 # The drill's case: node1 wrote 0-1-65 that nobody received, then node2 was promoted and wrote
 # 0-2-65..106. Positions: 0-1-65 "within" 0-2-106. Binlog states: node2 never had 0-1-65.
