@@ -9,14 +9,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hacontrol.events import LeaseObserved, ProbeResult, RouterProbeResult
+from hacontrol.effects import Log, Reply
+from hacontrol.events import (
+    CommandResult,
+    LeaseObserved,
+    OperatorCommand,
+    ProbeResult,
+    RouterProbeResult,
+)
 from hacontrol.flavors.base import FlavorName, IoState, NodeStatus, ReplicationStatus, SemiSync
 from hacontrol.jsonlog import JsonLog
-from hacontrol.model import ControllerState, Quarantined
+from hacontrol.model import ControllerState, Model, Quarantined
 from hacontrol.routing import Membership
 from hacontrol.sandbox import SandboxSpec, render
 from hacontrol.sandbox.model import ClusterInfo, Credentials, NodeInfo, RouterInfo
 from hacontrol.settings import Settings
+from hacontrol.step import step
 from hacontrol.view import ClusterView
 from tests.support import fold_all
 
@@ -202,6 +210,48 @@ def old_primary_view(node1_status: NodeStatus) -> ClusterView:
             for t in (1.0, 2.0, 3.0)
         )
     )
+
+
+# ---- a model driven through step (step's and the journal rules' tests) ------------------
+
+
+def dead_round(at: float) -> list:
+    """node1 down, both replicas' IO threads failing to reach it."""
+    return [down("node1", at), replica("node2", at, **DEAD_IO), replica("node3", at, **DEAD_IO)]
+
+
+def model(*rounds: list, **fields) -> Model:
+    rounds = rounds or tuple(healthy_round(t) for t in (1.0, 2.0, 3.0))
+    return Model(fold_all(S, *rounds), **fields)
+
+
+def dead() -> Model:
+    return model(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), *(dead_round(t) for t in (4, 5, 6)))
+
+
+def steps(m: Model, *events, now: float = NOW) -> tuple[Model, list]:
+    """Every event through step, in order; all the effects."""
+    out: list = []
+    for event in events:
+        m, effects = step(m, event, S, now)
+        out += effects
+    return m, out
+
+
+def of(effects: list, kind: type) -> list:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def lines(effects: list, event: str) -> list[Log]:
+    return [e for e in effects if isinstance(e, Log) and e.event == event]
+
+
+def replies(effects: list) -> list[CommandResult]:
+    return [e.result for e in of(effects, Reply)]
+
+
+def cmd(command: str, node: str | None = None, on: bool | None = None) -> OperatorCommand:
+    return OperatorCommand(NOW, command, node, on)
 
 
 # ---- a sandbox laid out, no process running (the sandbox's render and CLI tests) ----------

@@ -23,9 +23,21 @@ from hacontrol.plan import (
 )
 from hacontrol.routing import Membership
 from hacontrol.rules.journal import UNWRITABLE, goes_on_without_journal, refusal
-from tests.factories import primary, replica, router, status
+from tests.factories import (
+    S,
+    cmd,
+    dead,
+    lines,
+    model,
+    of,
+    primary,
+    replica,
+    replies,
+    router,
+    status,
+    steps,
+)
 from tests.support import fold_all
-from tests.test_step import S, cmd, dead, lines, model, of, replies, steps
 
 FULL = JournalHealth(False, "/j/journal.jsonl: No space left on device", since=1.0)
 OK = JournalHealth()

@@ -23,15 +23,12 @@ from hacontrol.effects import (
 )
 from hacontrol.events import (
     CallerGone,
-    CommandResult,
     ConnectionLost,
-    OperatorCommand,
     PlanFinished,
     ProbeResult,
     Stop,
     Tick,
 )
-from hacontrol.flavors.base import IoState
 from hacontrol.model import (
     Condition,
     ControllerState,
@@ -61,59 +58,32 @@ from hacontrol.routing import Membership
 from hacontrol.rules.alerts import LASTS_WHILE
 from hacontrol.rules.commands import ack, farewell
 from hacontrol.rules.outcomes import RETRY_SECONDS
-from hacontrol.step import boot, step
+from hacontrol.step import boot
 from hacontrol.view import initial
-from tests.factories import down, failed_over, primary, replica, router, settings, status
+from tests.factories import (
+    NOW,
+    S,
+    cmd,
+    dead,
+    dead_round,
+    down,
+    failed_over,
+    healthy_round,
+    lines,
+    model,
+    of,
+    primary,
+    replica,
+    replies,
+    router,
+    status,
+    steps,
+)
 from tests.support import fold_all
 
-S = settings()
-NOW = 100.0
-DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "refused"}
 ROUTE = Plan(
     "RouteReconcile", "r", (Route(Membership.of(["node1"], ["node1", "node2"])),), PlanKind.ROUTE
 )
-
-
-def healthy_round(at: float) -> list:
-    return [primary(at=at), replica("node2", at), replica("node3", at), router(at=at)]
-
-
-def dead_round(at: float) -> list:
-    return [down("node1", at), replica("node2", at, **DEAD_IO), replica("node3", at, **DEAD_IO)]
-
-
-def model(*rounds: list, **fields) -> Model:
-    rounds = rounds or tuple(healthy_round(t) for t in (1.0, 2.0, 3.0))
-    return Model(fold_all(S, *rounds), **fields)
-
-
-def dead() -> Model:
-    return model(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), *(dead_round(t) for t in (4, 5, 6)))
-
-
-def steps(m: Model, *events, now: float = NOW) -> tuple[Model, list]:
-    """Every event through step, in order; all the effects."""
-    out: list = []
-    for event in events:
-        m, effects = step(m, event, S, now)
-        out += effects
-    return m, out
-
-
-def of(effects: list, kind: type) -> list:
-    return [e for e in effects if isinstance(e, kind)]
-
-
-def lines(effects: list, event: str) -> list[Log]:
-    return [e for e in effects if isinstance(e, Log) and e.event == event]
-
-
-def replies(effects: list) -> list[CommandResult]:
-    return [e.result for e in of(effects, Reply)]
-
-
-def cmd(command: str, node: str | None = None, on: bool | None = None) -> OperatorCommand:
-    return OperatorCommand(NOW, command, node, on)
 
 
 def finished(plan_id: str, kind: PlanKind, ok: bool, steps=(), **facts) -> PlanFinished:
