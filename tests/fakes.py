@@ -1,7 +1,8 @@
 """Shared fakes for tests that need a misbehaving peer or a stand-in controller: the API's
-controller handle, a raw HTTP client, and MySQL-protocol servers that answer wrongly.
+controller handle, a raw HTTP client, MySQL-protocol servers that answer wrongly, and the
+executor's edges (nodes, router, notifier) that record every call.
 
-Everything listens on 127.0.0.1 on a free port and is closed by its owner.
+Every server listens on 127.0.0.1 on a free port and is closed by its owner.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import SecretStr
@@ -19,12 +21,15 @@ from pydantic import SecretStr
 from hacontrol.api import ApiServer
 from hacontrol.api_loop import LoopThread
 from hacontrol.events import CommandResult, OperatorCommand
+from hacontrol.flavors.base import NodeStatus
 from hacontrol.jsonlog import JsonLog
 from hacontrol.metrics import Metrics
+from hacontrol.plan import ActionResult
+from hacontrol.routing import Drained, Membership, RouterError
 from hacontrol.settings import ApiSettings
 from hacontrol.status import to_json
 from tests import mysql_wire as protocol
-from tests.factories import primary, replica, settings
+from tests.factories import primary, replica, settings, status
 from tests.support import fold_all
 
 TOKEN = "s3cret-token-value"
@@ -339,3 +344,120 @@ async def slow_relay(host: str, port: int, delay: float) -> AsyncIterator[int]:
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The executor's edges: nodes, router and notifier that record every call
+
+
+BEFORE = Membership.of(["node1"], ["node1", "node2", "node3"])
+
+
+class Crash(BaseException):
+    """Stands for the controller dying inside an action (not an error the executor catches)."""
+
+
+@dataclass
+class FakeNodes:
+    """Every call recorded as (method, node); ``fail`` and ``crash`` by (method, node)."""
+
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    fail: dict[tuple[str, str], ActionResult] = field(default_factory=dict)
+    crash: set[tuple[str, str]] = field(default_factory=set)
+    read_only: dict[str, bool] = field(default_factory=dict)
+    io_running: set[str] = field(default_factory=lambda: {"node2", "node3"})
+    slow: dict[str, float] = field(default_factory=dict)
+    then: dict[tuple[str, str], Callable[[], None]] = field(default_factory=dict)
+    """Run right after (method, node): a fault elsewhere while the plan runs."""
+    statuses: dict[str, NodeStatus | Exception] = field(default_factory=dict)
+    """What ``status`` answers (or raises) for a node, instead of a plain read-only one."""
+
+    async def _act(self, method: str, node: str, changed: bool = True) -> ActionResult:
+        self.calls.append((method, node))
+        if (method, node) in self.crash:
+            raise Crash
+        if (method, node) in self.then:
+            self.then[(method, node)]()
+        await asyncio.sleep(self.slow.get(method, 0))
+        failed = self.fail.get((method, node))
+        return failed or ActionResult(method, node, True, changed, f"{method} done")
+
+    async def status(self, node, timeout=None):
+        self.calls.append(("status", node))
+        if node in self.statuses:
+            got = self.statuses[node]
+            if isinstance(got, Exception):
+                raise got
+            return got
+        return status(int(node[-1]), read_only=self.read_only.get(node, True))
+
+    async def fence(self, node, timeout=None):
+        return await self._act("fence", node)
+
+    async def wait_applied(self, node, timeout):
+        return await self._act("wait_applied", node)
+
+    async def promote(self, node, host, port, timeout=None):
+        return await self._act("promote", node)
+
+    async def repoint(self, node, host, port, timeout=None):
+        return await self._act("repoint", node)
+
+    async def rejoin(self, node, host, port, timeout=None):
+        return await self._act("rejoin", node)
+
+    async def set_io_thread(self, node, running, timeout=None):
+        changed = (node in self.io_running) != running
+        (self.io_running.add if running else self.io_running.discard)(node)
+        return await self._act("start_io" if running else "stop_io", node, changed)
+
+    async def check_transactions(self, node, max_age, timeout=None):
+        return await self._act("check_transactions", node)
+
+    async def catch_up(self, node, host, port, timeout):
+        return await self._act("catch_up", node)
+
+    async def set_writable(self, node, on, timeout=None, *, semi_sync_source=None):
+        return await self._act("writable" if on else "read_only", node)
+
+
+@dataclass
+class FakeRouter:
+    """``drain`` takes the writer out of ``writers`` as ProxySQL's OFFLINE_SOFT reads back;
+    ``in_use`` connections never finish (the drain runs to its deadline)."""
+
+    membership: Membership = BEFORE
+    applied: list[Membership] = field(default_factory=list)
+    drained: list[str] = field(default_factory=list)
+    in_use: int = 0
+    drain_error: str | None = None
+
+    async def read(self) -> Membership:
+        return self.membership
+
+    async def apply(self, desired, *, allow_no_writer=False, allow_hidden_change=False) -> bool:
+        self.applied.append(desired)
+        changed, self.membership = desired != self.membership, desired
+        return changed
+
+    async def drain(self, node: str, *, timeout: float) -> Drained:
+        if self.drain_error is not None:
+            raise RouterError(self.drain_error)
+        if node not in self.membership.writers:
+            raise RouterError(f"cannot drain {node}: not the writer")
+        self.drained.append(node)
+        self.membership = replace(self.membership, writers=self.membership.writers - {node})
+        idle = self.in_use == 0
+        return Drained(node, idle, self.in_use, 0.0 if idle else timeout)
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeNotifier:
+    alerts: list = field(default_factory=list)
+
+    def alert(self, alert) -> bool:
+        self.alerts.append(alert)
+        return True

@@ -1,5 +1,6 @@
 """Helpers every kind of test shares: folding events into a view, a free port, waiting for a
-condition. One of each (plain values live in ``tests.factories``, sandbox helpers in
+condition, disk faults (a full tmpfs, an immutable file, a journal that cannot be written). One
+of each (plain values live in ``tests.factories``, sandbox helpers in
 ``tests.live``)."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hacontrol.events import Event
+from hacontrol.journal import Journal
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, fold, initial
 
@@ -121,3 +123,15 @@ def immutable(path: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def break_journal(journal: Journal) -> Callable[[], None]:
+    """From now on the journal's folder is a regular file: every record fails."""
+
+    def now() -> None:
+        blocker = journal.path.parent / "not-a-folder"
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        blocker.write_text("x")
+        journal.path = blocker / "journal.jsonl"
+
+    return now

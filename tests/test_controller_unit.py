@@ -428,7 +428,8 @@ async def test_an_unwritable_journal_never_stops_the_controller_nor_a_failover(t
     keeps the quarantine in memory and writes it once the journal is writable again."""
     from hacontrol.executor import Executor
     from hacontrol.journal import Journal
-    from tests.test_executor import BEFORE, FakeNodes, FakeNotifier, FakeRouter, break_journal
+    from tests.fakes import BEFORE, FakeNodes, FakeNotifier, FakeRouter
+    from tests.support import break_journal
 
     out = io.StringIO()
     log = JsonLog("t", stream=out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -35,123 +34,14 @@ from hacontrol.plan import (
     SetWritable,
     WaitApplied,
 )
-from hacontrol.routing import Drained, Membership, RouterError
+from hacontrol.routing import Membership
 from hacontrol.view import initial
 from tests.factories import MemoryLog, channel, settings, status
+from tests.fakes import BEFORE, Crash, FakeNodes, FakeNotifier, FakeRouter
+from tests.support import break_journal
 
 S = settings()
-BEFORE = Membership.of(["node1"], ["node1", "node2", "node3"])
 AFTER = Membership.of(["node2"], ["node1", "node2", "node3"])
-
-
-class Crash(BaseException):
-    """Stands for the controller dying inside an action (not an error the executor catches)."""
-
-
-@dataclass
-class FakeNodes:
-    """Every call recorded as (method, node); ``fail`` and ``crash`` by (method, node)."""
-
-    calls: list[tuple[str, str]] = field(default_factory=list)
-    fail: dict[tuple[str, str], ActionResult] = field(default_factory=dict)
-    crash: set[tuple[str, str]] = field(default_factory=set)
-    read_only: dict[str, bool] = field(default_factory=dict)
-    io_running: set[str] = field(default_factory=lambda: {"node2", "node3"})
-    slow: dict[str, float] = field(default_factory=dict)
-    then: dict[tuple[str, str], Callable[[], None]] = field(default_factory=dict)
-    """Run right after (method, node): a fault elsewhere while the plan runs."""
-    statuses: dict[str, NodeStatus | Exception] = field(default_factory=dict)
-    """What ``status`` answers (or raises) for a node, instead of a plain read-only one."""
-
-    async def _act(self, method: str, node: str, changed: bool = True) -> ActionResult:
-        self.calls.append((method, node))
-        if (method, node) in self.crash:
-            raise Crash
-        if (method, node) in self.then:
-            self.then[(method, node)]()
-        await asyncio.sleep(self.slow.get(method, 0))
-        failed = self.fail.get((method, node))
-        return failed or ActionResult(method, node, True, changed, f"{method} done")
-
-    async def status(self, node, timeout=None):
-        self.calls.append(("status", node))
-        if node in self.statuses:
-            got = self.statuses[node]
-            if isinstance(got, Exception):
-                raise got
-            return got
-        return status(int(node[-1]), read_only=self.read_only.get(node, True))
-
-    async def fence(self, node, timeout=None):
-        return await self._act("fence", node)
-
-    async def wait_applied(self, node, timeout):
-        return await self._act("wait_applied", node)
-
-    async def promote(self, node, host, port, timeout=None):
-        return await self._act("promote", node)
-
-    async def repoint(self, node, host, port, timeout=None):
-        return await self._act("repoint", node)
-
-    async def rejoin(self, node, host, port, timeout=None):
-        return await self._act("rejoin", node)
-
-    async def set_io_thread(self, node, running, timeout=None):
-        changed = (node in self.io_running) != running
-        (self.io_running.add if running else self.io_running.discard)(node)
-        return await self._act("start_io" if running else "stop_io", node, changed)
-
-    async def check_transactions(self, node, max_age, timeout=None):
-        return await self._act("check_transactions", node)
-
-    async def catch_up(self, node, host, port, timeout):
-        return await self._act("catch_up", node)
-
-    async def set_writable(self, node, on, timeout=None, *, semi_sync_source=None):
-        return await self._act("writable" if on else "read_only", node)
-
-
-@dataclass
-class FakeRouter:
-    """``drain`` takes the writer out of ``writers`` as ProxySQL's OFFLINE_SOFT reads back;
-    ``in_use`` connections never finish (the drain runs to its deadline)."""
-
-    membership: Membership = BEFORE
-    applied: list[Membership] = field(default_factory=list)
-    drained: list[str] = field(default_factory=list)
-    in_use: int = 0
-    drain_error: str | None = None
-
-    async def read(self) -> Membership:
-        return self.membership
-
-    async def apply(self, desired, *, allow_no_writer=False, allow_hidden_change=False) -> bool:
-        self.applied.append(desired)
-        changed, self.membership = desired != self.membership, desired
-        return changed
-
-    async def drain(self, node: str, *, timeout: float) -> Drained:
-        if self.drain_error is not None:
-            raise RouterError(self.drain_error)
-        if node not in self.membership.writers:
-            raise RouterError(f"cannot drain {node}: not the writer")
-        self.drained.append(node)
-        self.membership = replace(self.membership, writers=self.membership.writers - {node})
-        idle = self.in_use == 0
-        return Drained(node, idle, self.in_use, 0.0 if idle else timeout)
-
-    async def close(self) -> None:
-        pass
-
-
-@dataclass
-class FakeNotifier:
-    alerts: list = field(default_factory=list)
-
-    def alert(self, alert) -> bool:
-        self.alerts.append(alert)
-        return True
 
 
 @dataclass
@@ -499,18 +389,6 @@ async def test_an_alert_outside_a_plan_runs_the_on_halt_hook_only_for_a_halt(rig
 
 
 # -- when the journal cannot be written (rules.journal) ---------------------------------------
-
-
-def break_journal(journal: Journal) -> Callable[[], None]:
-    """From now on the journal's folder is a regular file: every record fails."""
-
-    def now() -> None:
-        blocker = journal.path.parent / "not-a-folder"
-        blocker.parent.mkdir(parents=True, exist_ok=True)
-        blocker.write_text("x")
-        journal.path = blocker / "journal.jsonl"
-
-    return now
 
 
 async def test_a_failover_runs_without_a_journal_that_cannot_be_written(rig: Rig):
