@@ -7,6 +7,7 @@ Every server listens on 127.0.0.1 on a free port and is closed by its owner.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import io
@@ -18,6 +19,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from hacontrol import operator_cli
 from hacontrol.api import ApiServer
 from hacontrol.api_loop import LoopThread
 from hacontrol.events import CommandResult, OperatorCommand
@@ -117,6 +119,19 @@ def threaded_api(handle: FakeHandle, **kw: Any) -> Iterator[tuple[ApiServer, io.
             main.run(server.stop()).result(10)
     finally:
         main.stop()
+
+
+def cli_args(argv: list[str]) -> argparse.Namespace:
+    """The operator CLI's arguments, parsed as ``hacontrol`` parses them."""
+    parser = argparse.ArgumentParser(prog="hacontrol")
+    operator_cli.register_cli(parser.add_subparsers())
+    return parser.parse_args(argv)
+
+
+async def run_cli(argv: list[str]) -> int:
+    """The operator CLI in this process (its exit code), against a real API server."""
+    args = cli_args(argv)
+    return await asyncio.to_thread(args.func, args)  # urllib blocks: keep the server's loop free
 
 
 def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:

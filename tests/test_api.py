@@ -3,7 +3,6 @@ handle, and the operator CLI commands against that server."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
@@ -31,6 +30,7 @@ from tests.fakes import (
     idle_connections,
     log_lines,
     raw_http,
+    run_cli,
     start_api,
     threaded_api,
 )
@@ -303,17 +303,6 @@ def test_parse_command_is_pure():
 
 
 # -- the operator CLI against the real server ---------------------------------------------------
-
-
-def cli_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hacontrol")
-    operator_cli.register_cli(parser.add_subparsers())
-    return parser.parse_args(argv)
-
-
-async def run_cli(argv: list[str]) -> int:
-    args = cli_args(argv)
-    return await asyncio.to_thread(args.func, args)  # urllib blocks: keep the server's loop free
 
 
 def settings_file(tmp_path: Path, *, port: int, token: str | None) -> Path:

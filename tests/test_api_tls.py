@@ -18,8 +18,7 @@ import pytest
 from hacontrol.certs import CertError, authority
 from hacontrol.settings import SettingsError, settings_from
 from tests.factories import settings as factory_settings
-from tests.fakes import TOKEN, FakeHandle, log_lines, start_api
-from tests.test_api import run_cli
+from tests.fakes import TOKEN, FakeHandle, log_lines, run_cli, start_api
 
 
 @pytest.fixture(scope="module")
