@@ -296,6 +296,20 @@ async def sql(
         conn.close()
 
 
+def hacontrol(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """``python -m hacontrol *args`` to its end (60 s at most), without the caller's
+    ``HACONTROL_*`` environment; its output captured as text."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
+    return subprocess.run(
+        [sys.executable, "-m", "hacontrol", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        **kw,
+    )
+
+
 FAST_ENV = {
     "HACONTROL_PROBES__INTERVAL": "0.3",
     "HACONTROL_PROBES__TIMEOUT": "0.25",

@@ -11,19 +11,9 @@ import time
 
 import pytest
 
+from tests.live import hacontrol
+
 pytestmark = pytest.mark.integration
-
-
-def hacontrol(*args: str, **kw) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
-    return subprocess.run(
-        [sys.executable, "-m", "hacontrol", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        **kw,
-    )
 
 
 def test_status_prints_the_tree(sandbox):

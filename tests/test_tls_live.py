@@ -15,10 +15,9 @@ import pymysql
 import pytest
 
 from hacontrol.mysqlconn import Endpoint, connect
-from tests.live import healthy_and_idle, sandbox_settings, service
+from tests.live import hacontrol, healthy_and_idle, sandbox_settings, service
 from tests.sandbox_fixtures import running_sandbox
 from tests.support import eventually
-from tests.test_cli_live import hacontrol
 
 pytestmark = pytest.mark.integration
 
