@@ -13,9 +13,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hacontrol.actions.rebuild import Rebuilder, RebuildTimeouts, SandboxControl, sandbox_commands
 from hacontrol.jsonlog import JsonLog
 from hacontrol.sandbox import Sandbox
 from hacontrol.service import Runtime, Service, secrets_of
@@ -429,3 +431,39 @@ def nobody_dropped(port: int) -> list[str]:
         "-j",
         "DROP",
     ]
+
+
+# ---- rebuilding a sandbox's node (the rebuild tests, with and without the controller) ----------
+
+REBUILD_TIMEOUTS = RebuildTimeouts(
+    command=30, copy=300, stall=60, prepare=120, stop=60, start=60, attach=30, catch_up=60
+)
+
+
+def rebuilder(sandbox: Sandbox, control: SandboxControl | None = None, **changes) -> Rebuilder:
+    """A rebuilder of the sandbox's nodes by its local commands (``changes`` replace some),
+    with generous timeouts and frequent progress."""
+    commands, env = sandbox_commands(sandbox)
+    return Rebuilder(
+        sandbox_settings(sandbox),
+        replace(commands, **changes),
+        control=control or SandboxControl(sandbox),
+        env=env,
+        timeouts=REBUILD_TIMEOUTS,
+        progress_every=0.05,
+    )
+
+
+def leftovers(sandbox: Sandbox, node: str = "node3") -> list[str]:
+    """What a rebuild leaves next to the datadir while it runs (none once it is over)."""
+    datadir = sandbox.status().node(node).datadir
+    names = (".rebuild", ".before-rebuild", ".rebuild-swapped")
+    return [datadir + name for name in names if Path(datadir + name).exists()]
+
+
+def reset_datadir(sandbox: Sandbox, how: str, node: str = "node3") -> None:
+    """The node's datadir removed (``how`` "missing") or left empty (``how`` "empty")."""
+    path = Path(sandbox.status().node(node).datadir)
+    shutil.rmtree(path)
+    if how == "empty":
+        path.mkdir()

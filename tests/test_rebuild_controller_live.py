@@ -16,6 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from hacontrol import gtid
+from hacontrol.actions.rebuild import SandboxControl
 from hacontrol.drill import sandbox_access
 from hacontrol.drill.faults import SandboxFaults
 from hacontrol.drill.runner import Drill, DrillPlan
@@ -23,11 +24,19 @@ from hacontrol.events import OperatorCommand
 from hacontrol.flavors.mariadb import binlog_state_of
 from hacontrol.sandbox import Sandbox
 from hacontrol.service import Runtime, Service
-from tests.live import LogCapture, healthy_and_idle, sandbox_settings, service, sql
+from tests.live import (
+    LogCapture,
+    healthy_and_idle,
+    leftovers,
+    rebuilder,
+    reset_datadir,
+    sandbox_settings,
+    service,
+    sql,
+)
 from tests.sandbox_fixtures import run_sync
 from tests.support import eventually
 from tests.test_flavors_binlog_state_live import probe
-from tests.test_rebuild_live import SandboxControl, leftovers, rebuilder, reset_datadir
 
 pytestmark = [
     pytest.mark.integration,

@@ -7,23 +7,16 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from hacontrol import gtid
-from hacontrol.actions.rebuild import (
-    Rebuilder,
-    RebuildResult,
-    RebuildTimeouts,
-    SandboxControl,
-    sandbox_commands,
-)
+from hacontrol.actions.rebuild import RebuildResult, SandboxControl
 from hacontrol.flavors import IoState, NodeStatus
 from hacontrol.mariabackup import Progress
 from hacontrol.sandbox import Sandbox
-from tests.live import sandbox_settings, sql
+from tests.live import leftovers, rebuilder, reset_datadir, sql
 from tests.test_flavors_binlog_state_live import probe, state_of
 
 pytestmark = [
@@ -35,23 +28,8 @@ pytestmark = [
     ),
 ]
 
-TIMEOUTS = RebuildTimeouts(
-    command=30, copy=300, stall=60, prepare=120, stop=60, start=60, attach=30, catch_up=60
-)
 PHASES = ["check", "copy", "prepare", "stop", "swap", "start", "replicate", "catch-up",
           "cleanup", "done"]  # fmt: skip
-
-
-def rebuilder(sandbox: Sandbox, control: SandboxControl | None = None, **changes) -> Rebuilder:
-    commands, env = sandbox_commands(sandbox)
-    return Rebuilder(
-        sandbox_settings(sandbox),
-        replace(commands, **changes),
-        control=control or SandboxControl(sandbox),
-        env=env,
-        timeouts=TIMEOUTS,
-        progress_every=0.05,
-    )
 
 
 async def make_errant(sandbox: Sandbox, node: str, row: int) -> str:
@@ -104,20 +82,6 @@ async def converged(sandbox: Sandbox) -> dict[str, tuple[int, int]]:
         checksum = (await sql(sandbox, node, "CHECKSUM TABLE app.writes"))[0][1]
         out[node] = (count, checksum)
     return out
-
-
-def leftovers(sandbox: Sandbox, node: str = "node3") -> list[str]:
-    """What a rebuild leaves next to the datadir while it runs (none once it is over)."""
-    datadir = sandbox.status().node(node).datadir
-    names = (".rebuild", ".before-rebuild", ".rebuild-swapped")
-    return [datadir + name for name in names if Path(datadir + name).exists()]
-
-
-def reset_datadir(sandbox: Sandbox, how: str, node: str = "node3") -> None:
-    path = Path(sandbox.status().node(node).datadir)
-    shutil.rmtree(path)
-    if how == "empty":
-        path.mkdir()
 
 
 def replicates_from(status: NodeStatus, port: int) -> bool:
