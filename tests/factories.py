@@ -229,11 +229,11 @@ def dead() -> Model:
     return model(*(healthy_round(t) for t in (1.0, 2.0, 3.0)), *(dead_round(t) for t in (4, 5, 6)))
 
 
-def steps(m: Model, *events, now: float = NOW) -> tuple[Model, list]:
+def steps(m: Model, *events, now: float = NOW, s: Settings = S) -> tuple[Model, list]:
     """Every event through step, in order; all the effects."""
     out: list = []
     for event in events:
-        m, effects = step(m, event, S, now)
+        m, effects = step(m, event, s, now)
         out += effects
     return m, out
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from hacontrol.effects import EndIntent, Log, Reprobe, SendAlert, SetLeaseMode, StartPlan
+from hacontrol.effects import EndIntent, Reprobe, SendAlert, SetLeaseMode, StartPlan
 from hacontrol.events import OperatorCommand, PlanFinished, RouterProbeResult, Tick
 from hacontrol.flavors.base import IoState
 from hacontrol.model import Intent, Lease, LeaseMode, Model
@@ -19,30 +19,29 @@ from hacontrol.rules.lease import lease_step
 from hacontrol.step import boot, step
 from hacontrol.view import Code, initial
 from tests.factories import (
+    DEAD_IO,
+    NOW,
+    dead_round,
     down,
     failed_over,
     fleet,
+    lines,
     lock,
     primary,
     replica,
     router,
     settings,
+    steps,
 )
 from tests.support import fold_all
 
 F = fleet()
 V = F.lease.validity
-NOW = 100.0
 MINE, OTHER = 7, 99
-DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "refused"}
 
 
 def healthy_round(at: float, writers=("node1",)) -> list:
     return [primary(at=at), replica("node2", at), replica("node3", at), router(writers, at=at)]
-
-
-def dead_round(at: float) -> list:
-    return [down("node1", at), replica("node2", at, **DEAD_IO), replica("node3", at, **DEAD_IO)]
 
 
 def locks(at: float, leader: int | None, published: str | None = None, nodes=None) -> list:
@@ -72,19 +71,11 @@ def dead(lease: Lease = FOLLOWER, held=OTHER, published: str | None = None) -> M
 
 
 def run(m: Model, *events, now: float = NOW) -> tuple[Model, list]:
-    out: list = []
-    for event in events:
-        m, effects = step(m, event, F, now)
-        out += effects
-    return m, out
+    return steps(m, *events, now=now, s=F)
 
 
 def started(effects: list) -> list[Plan]:
     return [e.running.plan for e in effects if isinstance(e, StartPlan)]
-
-
-def lines(effects: list, event: str) -> list[Log]:
-    return [e for e in effects if isinstance(e, Log) and e.event == event]
 
 
 # ---------------------------------------------------------------------------------------------
