@@ -15,10 +15,9 @@ from hacontrol.flavors.base import IoState
 from hacontrol.jsonlog import JsonLog
 from hacontrol.rules.failure import reprobe_targets
 from hacontrol.view import fold
-from tests.factories import down, primary, replica, router, settings
+from tests.factories import S, down, healthy_round, primary, replica, router
 from tests.support import eventually, fold_all
 
-S = settings()
 ALL = frozenset({"node1", "node2", "node3"})
 
 
@@ -27,10 +26,6 @@ def healthy_view():
 
 
 DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "x"}
-
-
-def healthy_round(t: float) -> list:
-    return [primary(at=t), replica("node2", t), replica("node3", t), router(at=t)]
 
 
 def dead_round(t: float) -> list:

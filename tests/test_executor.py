@@ -36,11 +36,10 @@ from hacontrol.plan import (
 )
 from hacontrol.routing import Membership
 from hacontrol.view import initial
-from tests.factories import MemoryLog, channel, settings, status
+from tests.factories import MemoryLog, S, channel, status
 from tests.fakes import BEFORE, Crash, FakeNodes, FakeNotifier, FakeRouter
 from tests.support import break_journal
 
-S = settings()
 AFTER = Membership.of(["node2"], ["node1", "node2", "node3"])
 
 

@@ -12,11 +12,10 @@ from hacontrol.flavors.base import IoState
 from hacontrol.model import Intent, Lease, LeaseMode, Model
 from hacontrol.plan import Fence, Plan, PlanKind, Promote, Repoint
 from hacontrol.step import step
-from tests.factories import failed_over, fleet, lock, primary, replica, router
+from tests.factories import NOW, failed_over, fleet, lock, primary, replica, router
 from tests.support import fold_all
 
 F = fleet()
-NOW = 100.0
 LEADER = Lease(
     fleet=True,
     mode=LeaseMode.ACQUIRE,

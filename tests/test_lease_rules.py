@@ -25,10 +25,9 @@ from hacontrol.rules.lease import (
 )
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView
-from tests.factories import fleet, lock
+from tests.factories import NOW, fleet, lock
 from tests.support import fold_all
 
-NOW = 100.0
 MINE, OTHER = 7, 99
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from hacontrol.effects import CancelPlan, EndIntent, Log, Reply, SendAlert, StartPlan
+from hacontrol.effects import CancelPlan, EndIntent, Log, SendAlert, StartPlan
 from hacontrol.events import OperatorCommand, PlanFinished, Tick
 from hacontrol.flavors.base import IoState
 from hacontrol.model import ControllerState, Intent, Lease, LeaseMode, Model, Quarantined, Running
@@ -15,11 +15,9 @@ from hacontrol.plan import Plan, PlanKind, Rebuild
 from hacontrol.rules.commands import command
 from hacontrol.rules.rebuild import plan_rebuild
 from hacontrol.step import step
-from tests.factories import down, primary, replica, router, settings, status
+from tests.factories import NOW, S, down, primary, replica, replies, router, status
 from tests.support import fold_all
 
-S = settings()
-NOW = 100.0
 QUARANTINE = ControllerState(
     quarantined={"node1": Quarantined("node1", "node2", 50.0, errant="0-1-101..103")}
 )
@@ -87,10 +85,6 @@ def test_plan_rebuild(name, view, state, target, source, expected):
 
 def rebuild_cmd(node="node1", source=None, dry_run=False) -> OperatorCommand:
     return OperatorCommand(NOW, "rebuild", node, source=source, dry_run=dry_run)
-
-
-def replies(effects) -> list:
-    return [e.result for e in effects if isinstance(e, Reply)]
 
 
 def test_the_command_starts_the_plan_and_is_answered_at_once():

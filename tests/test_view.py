@@ -10,10 +10,8 @@ import pytest
 from hacontrol.events import Event, ProbeResult, RouterProbeResult
 from hacontrol.flavors.base import IoState
 from hacontrol.view import ClusterView, Code, Health, changes, fold, initial
-from tests.factories import down, primary, replica, router, settings
+from tests.factories import S, down, primary, replica, router, settings
 from tests.support import fold_all
-
-S = settings()
 
 
 def run(events: Iterable[Event], s=S) -> ClusterView:
