@@ -298,16 +298,18 @@ async def sql(
         conn.close()
 
 
-def hacontrol(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """``python -m hacontrol *args`` to its end (60 s at most), without the caller's
-    ``HACONTROL_*`` environment; its output captured as text."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
+def hacontrol(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """``python -m hacontrol *args`` to its end (``timeout`` at most), with the caller's
+    environment less its ``HACONTROL_*`` variables, plus ``env``; its output captured as text."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
     return subprocess.run(
         [sys.executable, "-m", "hacontrol", *args],
         capture_output=True,
         text=True,
-        env=env,
-        timeout=60,
+        env={**clean, **(env or {})},
+        timeout=timeout,
         **kw,
     )
 

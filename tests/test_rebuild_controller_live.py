@@ -26,6 +26,7 @@ from hacontrol.sandbox import Sandbox
 from hacontrol.service import Runtime, Service
 from tests.live import (
     LogCapture,
+    hacontrol,
     healthy_and_idle,
     leftovers,
     rebuilder,
@@ -66,12 +67,9 @@ def controller(sandbox: Sandbox, **rebuild_changes) -> tuple[Service, Runtime, L
 def cli(svc: Service, *args: str) -> subprocess.CompletedProcess[str]:
     assert svc.api is not None and svc.api.address is not None
     host, port = svc.api.address
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
-    env["HACONTROL_API__TOKEN"] = TOKEN
-    return subprocess.run(
-        [sys.executable, "-m", "hacontrol", *args, "--url", f"http://{host}:{port}",
-         "--poll", "0.2"],
-        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+    return hacontrol(
+        *args, "--url", f"http://{host}:{port}", "--poll", "0.2",
+        env={"HACONTROL_API__TOKEN": TOKEN}, timeout=300, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
 
@@ -284,11 +282,7 @@ async def test_a_failover_does_not_wait_for_a_rebuild(fresh_sandbox, tmp_path):
 
 
 def hacontrol_cli(config: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HACONTROL_")}
-    return subprocess.run(
-        [sys.executable, "-m", "hacontrol", *args, "--config", config],
-        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    return hacontrol(*args, "--config", config, timeout=300, stdin=subprocess.DEVNULL)
 
 
 async def test_the_sandbox_settings_rebuild_through_a_controller_process(fresh_sandbox):
