@@ -176,6 +176,12 @@ class Executor:
         self._fault_after = fault_after
         """Test-only fault injection: crash (SIGKILL self) right after this action type."""
         self._background: set[asyncio.Task[object]] = set()
+        self.cut_by_stop = False
+        """Set by the Runtime's stop before it cancels the running plan: the plan's journal
+        record is then left open, so the next start resumes it as after a kill -9 (an end
+        record would tell it the plan ended, and a failover cut after its stops or its
+        promotion would be neither finished nor undone). A cancel without it is a preemption
+        by the decision (a rebuild giving way to a failover): that one ends its record."""
         self._handlers: dict[type, Callable[[Any, _Run], Awaitable[ActionResult]]] = {
             RouteFence: self._route_fence,
             Drain: self._drain,
@@ -239,8 +245,11 @@ class Executor:
                 reason = f"rolled back ({await self._rollback(run, undo)}) after {reason}"
             await self._end(run, ok, reason)
             return self._finished(run, ok, reason, failed_at, tuple(steps), bool(undo))
-        except asyncio.CancelledError:  # stopped from outside: its journal record ends it
-            with contextlib.suppress(Exception):
+        except asyncio.CancelledError:  # stopped from outside
+            if self.cut_by_stop:  # the next start resumes it from its open record
+                self.log.emit("plan_left_open", None, "warning", plan=plan_id, steps=len(steps))
+                raise
+            with contextlib.suppress(Exception):  # preempted: its journal record ends it
                 await self._end(run, False, "cancelled before its end")
             raise
         except Exception as exc:  # a bug or an I/O error: report what was done all the same

@@ -433,7 +433,7 @@ class Runtime:
 
     async def stop(self, reason: str, mail_grace: float = 0.5) -> None:
         """The decision task finishes what it holds (a running plan within its budget), then
-        the plan still running is cancelled (its journal ends it) and every task is awaited
+        the plan still running is cancelled (its journal record left open) and every task is awaited
         within ``SHUTDOWN_GRACE``; the journal is flushed and closed for good. What is still
         running after that is named in ``left_running`` (and in the ``stopped`` line): a
         restart of this cluster must not start beside it."""
@@ -500,8 +500,9 @@ class Runtime:
         """The plan still running once its decision task is gone (it crashed, or it stopped
         and gave the plan its budget): let it finish within ``budget`` (never cut halfway
         while it may: a promotion cut between RESET SLAVE ALL and read_only=OFF leaves no
-        writable node), then cancel it (its journal record ends it: "cancelled before its
-        end"); the caller awaits it. None when no plan runs."""
+        writable node), then cancel it, its journal record left open (the next start of this
+        cluster resumes it, as after a kill -9); the caller awaits it. None when no plan
+        runs."""
         plan = self.controller._task  # the controller that owned it is gone
         if plan is None or plan.done():
             return None
@@ -513,6 +514,7 @@ class Runtime:
             await asyncio.wait([plan], timeout=budget)
         if not plan.done():
             self.log.emit("stop_cancels_plan", None, "warning", plan=running)
+            self.executor.cut_by_stop = True  # its journal record stays open: resumed later
             plan.cancel()
         return plan
 
