@@ -185,11 +185,8 @@ def rule_repoint_stray(
             or not node.status.read_only
         ):
             continue
-        if (
-            source in view.nodes
-            and view.nodes[source].reachable
-            and source not in (state.quarantined)
-        ):
+        why = not_chained(view, state, name, primary)
+        if why is None:
             continue  # a chain through a live replica (node3 -> node2 -> primary) is fine
         if now < state.retry_at.get((PlanKind.REPOINT, name), 0.0):
             continue
@@ -198,12 +195,44 @@ def rule_repoint_stray(
         return Decision(
             Plan(
                 "RepointStray",
-                f"{name} replicates from {source}, which is not the primary {primary}: repoint it",
+                f"{name} replicates from {source}, which is not the primary {primary} ({why}) "
+                f"and holds no transaction {primary} lacks: repoint it",
                 (Repoint((name,), primary),),
                 kind=PlanKind.REPOINT,
             ),
             state,
         )
+    return None
+
+
+def not_chained(view: ClusterView, state: ControllerState, name: str, primary: str) -> str | None:
+    """Why ``name`` does not reach ``primary`` through a chain of live replicas; None when it
+    does: every link's IO thread not stopped, every node on the way reachable, not a
+    quarantined old primary, and the chain ends at the primary. A replica whose IO thread a
+    failover's SetIOThreads stopped, left pointing at the old primary when the run was cut
+    before its Repoint, is no chain even once that old primary is back as a replica: it
+    receives nothing."""
+    seen = {name}
+    node, source = name, view.sources.get(name)
+    while source is not None and source != primary:
+        channel = view.nodes[node].channel
+        if channel is not None and channel.io_state is IoState.STOPPED:
+            return f"the IO thread of {node} is stopped"
+        if source not in view.nodes:
+            return f"{source} is not a managed node"
+        if not view.nodes[source].reachable:
+            return f"{source} is unreachable"
+        if source in state.quarantined:
+            return f"{source} is a quarantined old primary"
+        if source in seen:
+            return f"replication loops through {source}"
+        seen.add(source)
+        node, source = source, view.sources.get(source)
+    if source is None:
+        return f"{node} replicates from nobody"
+    channel = view.nodes[node].channel
+    if channel is not None and channel.io_state is IoState.STOPPED:
+        return f"the IO thread of {node} is stopped"
     return None
 
 

@@ -1,0 +1,103 @@
+"""A failover cut between its Promote and its Repoint (the controller, or a fleet's leader,
+killed there): the replicas its SetIOThreads stopped still point at the old primary. After the
+restart every one of them must end up replicating from the true primary, unless it holds
+transactions the primary lacks. Found by the chaos soak (kill-controller-mid-plan, seed 15:
+"NOT CONVERGED within 120 s: node3 does not replicate from node2"): node1 came back and was
+rejoined under node2, and node3 -> node1 was then taken for a chain through a live replica
+although node3's IO thread was stopped and received nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from hacontrol.decide import decide
+from hacontrol.events import ProbeResult
+from hacontrol.flavors.base import IoState
+from hacontrol.model import ControllerState
+from hacontrol.plan import Repoint
+from hacontrol.rules.recovery import not_chained
+from tests.factories import channel, failed_over, primary, replica, router, settings, status
+from tests.support import fold_all
+
+S = settings()
+NOW = 100.0
+STOPPED = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
+"""node3's IO thread as the failover's SetIOThreads left it."""
+ROUTED = router(writers=("node2",), readers=("node1", "node2"), broken=("node3",))
+
+
+def view_after_cut(node1: ProbeResult | None = None, node3: ProbeResult | None = None):
+    """node2 promoted; node1 back as a replica of node2 (rejoined); node3 as the cut left it."""
+    rounds = [
+        [
+            primary("node2", at=t),
+            node1 or replica("node1", t, source="node2"),
+            node3 or replica("node3", t, source="node1", **STOPPED),
+            ROUTED,
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    return fold_all(S, *rounds)
+
+
+def stray(node1: ProbeResult | None = None, node3: ProbeResult | None = None, state=None):
+    return decide(view_after_cut(node1, node3), state or ControllerState(), S, NOW)
+
+
+def test_a_replica_left_stopped_on_the_rejoined_old_primary_is_repointed():
+    d = stray()
+    assert d.plan.rule == "RepointStray", d.plan.reason
+    assert d.plan.actions == (Repoint(("node3",), "node2"),)
+    assert "the IO thread of node3 is stopped" in d.plan.reason
+
+
+def test_a_replica_left_stopped_on_the_quarantined_old_primary_waits_for_its_rejoin_first():
+    """node1 back read-only, not yet rejoined: its rejoin comes first (the old primary's rule
+    ranks higher), node3 is repointed on the next decision."""
+    back = ProbeResult("node1", 3.0, 0.001, status(1, read_only=True))
+    d = stray(node1=back, state=failed_over(NOW - 10))
+    assert d.plan.rule == "RejoinOldPrimary", d.plan.reason
+
+
+def test_a_replica_on_an_old_primary_that_replicates_from_nobody_is_repointed():
+    """The quarantine was lost (a fleet's instance restarted without it): node1 read-only and
+    not replicating is no link to the primary."""
+    back = [ProbeResult("node1", t, 0.001, status(1, read_only=True)) for t in (1.0, 2.0, 3.0)]
+    rounds = [
+        [primary("node2", at=t), back[i], replica("node3", t, source="node1", **STOPPED), ROUTED]
+        for i, t in enumerate((1.0, 2.0, 3.0))
+    ]
+    d = decide(fold_all(S, *rounds), ControllerState(), S, NOW)
+    assert d.plan.rule == "RepointStray" and d.plan.actions == (Repoint(("node3",), "node2"),)
+    assert "the IO thread of node3 is stopped" in d.plan.reason
+
+
+def test_a_working_chain_through_a_live_replica_is_left_alone():
+    running = replica("node3", 3.0, source="node1")
+    view = view_after_cut(node3=running)
+    assert not_chained(view, ControllerState(), "node3", "node2") is None
+    assert stray(node3=running).plan.rule != "RepointStray"
+
+
+@pytest.mark.parametrize(
+    ("node1", "why"),
+    [
+        (replica("node1", 3.0, source="node2", **STOPPED), "the IO thread of node1 is stopped"),
+        (ProbeResult("node1", 3.0, 0.001, status(1, read_only=True)), "node1 replicates from"),
+    ],
+    ids=["middle-link-stopped", "middle-replicates-from-nobody"],
+)
+def test_a_running_link_to_a_node_that_does_not_reach_the_primary_is_no_chain(node1, why):
+    view = view_after_cut(node1=node1, node3=replica("node3", 3.0, source="node1"))
+    assert why in (not_chained(view, ControllerState(), "node3", "node2") or "")
+
+
+def test_a_stopped_replica_with_errant_transactions_is_never_repointed():
+    errant = status(
+        3,
+        read_only=True,
+        gtid="0-1-100,0-3-7",
+        replication=(channel("node1", **STOPPED),),
+    )
+    d = stray(node3=ProbeResult("node3", 3.0, 0.001, errant))
+    assert not any(isinstance(a, Repoint) for a in d.plan.actions), d.plan
