@@ -20,7 +20,7 @@ import asyncio
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,20 @@ class FaultRecord:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+def start_option(latest: Mapping[str, bool | None], node: str, down: Set[str]) -> str | None:
+    """How to start ``node`` again, from the checker's latest read_only samples: read-only
+    when another node is writable; writable when every other node is known read-only (or its
+    server is down); None when another running node's sample is unknown (``None``: a read
+    that timed out under load): that may be a writer, so ask again, never guess "no writer"
+    (it would start a second one)."""
+    others = {n: ro for n, ro in latest.items() if n != node and n not in down}
+    if any(ro is False for ro in others.values()):
+        return READ_ONLY
+    if any(ro is None for ro in others.values()):
+        return None
+    return "--read-only=OFF"
 
 
 class Chaos:
@@ -353,10 +367,16 @@ class Chaos:
 
     async def _start_node(self, node: str, record: FaultRecord | None) -> None:
         """Started read-only when another node is writable (a returning old primary must not
-        take writes), else writable (it is still the primary: no failover happened)."""
+        take writes), writable only when every other node is known read-only or down (it is
+        still the primary: no failover happened). An unknown sample (a read timed out under
+        load) starts nothing: the repair loop asks again."""
         if self.sandbox.node_pid(node) is not None:
             return
-        option = READ_ONLY if self._writable_other_than(node) else "--read-only=OFF"
+        down = {n.name for n in self.checker.nodes if self.sandbox.node_pid(n.name) is None}
+        latest = {n.name: self.checker.latest.get(n.name) for n in self.checker.nodes}
+        option = start_option(latest, node, down)
+        if option is None:
+            return
         await self.sandbox.start_node(node, option)
         if record is not None and option != READ_ONLY:
             record.notes.append(f"{node} restarted writable (no other writer)")
