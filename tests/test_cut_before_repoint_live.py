@@ -1,0 +1,81 @@
+"""A fleet's leader killed in its failover after the Promote and before the Repoint, on real
+servers: the dead old primary comes back read-only before the leader restarts (a supervisor
+restarted it). Restarted, the leader rejoins the old primary under the promoted node and must
+repoint the other replica too, which the failover's SetIOThreads left stopped on the old
+primary. Found by the chaos soak (kill-controller-mid-plan, seed 15: "NOT CONVERGED within
+120 s: node3 does not replicate from node2"); pure decision: test_rules_repoint_after_cut.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.live import FAST_ENV, Process, sql
+
+pytestmark = pytest.mark.integration
+
+
+async def replica_status(sandbox, node: str) -> dict:
+    """SHOW SLAVE STATUS of ``node`` as a dict (empty when it replicates from nobody)."""
+    import aiomysql
+
+    conn = await sandbox.connect(node, "controller")
+    try:
+        async with conn.cursor(aiomysql.DictCursor) as cur:
+            await cur.execute("SHOW SLAVE STATUS")
+            rows = await cur.fetchall()
+    finally:
+        conn.close()
+    return rows[0] if rows else {}
+
+
+async def test_a_replica_left_stopped_on_the_old_primary_is_repointed_after_the_restart(
+    fresh_sandbox,
+):
+    info = fresh_sandbox.status()
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
+    env = {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal)}  # a fleet of one
+    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
+    try:
+        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
+        fresh_sandbox.kill_node("node1", signal.SIGKILL)
+        first.wait(lambda: first.proc.poll() is not None, 30, "the crash after the Promote")
+    finally:
+        first.stop()
+    assert first.of("fault_injected", after="Promote")
+    done = [a["action"] for a in first.of("action")]
+    assert "Promote" in done and "Repoint" not in done
+    promoted = next(a for a in first.of("action") if a["action"] == "Promote")["node"]
+    other = "node3" if promoted == "node2" else "node2"
+    left = await replica_status(fresh_sandbox, other)
+    assert left["Master_Port"] == info.node("node1").port and left["Slave_IO_Running"] == "No"
+
+    await fresh_sandbox.start_node("node1", "--read-only=ON")  # back before the restart
+    second = Process(info.settings, env)
+    try:
+        repointed = second.wait(
+            lambda: second.of("decision", rule="RepointStray"), 60, "the stopped replica repointed"
+        )
+        second.wait(lambda: second.of("decision", rule="Nothing"), 60, "converged")
+    finally:
+        second.stop()
+    assert f"the IO thread of {other} is stopped" in repointed[0]["reason"]
+    roles = await fresh_sandbox.live_roles()
+    assert roles == {"node1": "replica", promoted: "primary", other: "replica"}, roles
+    for node in ("node1", other):
+        now = await replica_status(fresh_sandbox, node)
+        assert now["Master_Port"] == info.node(promoted).port, (node, now["Master_Port"])
+        assert now["Slave_IO_Running"] == "Yes" and now["Slave_SQL_Running"] == "Yes", now
+    # No writes meanwhile: the repointed replica holds what the primary holds.
+    for _ in range(50):
+        mine = (await sql(fresh_sandbox, other, "SELECT @@gtid_current_pos"))[0][0]
+        theirs = (await sql(fresh_sandbox, promoted, "SELECT @@gtid_binlog_pos"))[0][0]
+        if mine == theirs:
+            break
+        await asyncio.sleep(0.2)
+    assert mine == theirs
