@@ -15,6 +15,9 @@ In a fleet another instance may have acted since this one stopped: the plan is n
 nor rolled back here, the leader converges from the live topology (docs/fleet.md). Only this
 instance's own record of it is settled from the view, on any instance (no node is touched): its
 dead primary stays quarantined while another node is the primary, and is released otherwise.
+One exception: a failover stopped inside its Promote whose candidate the view shows half
+promoted (replication reset, still read-only, no writer, the dead primary still away) is
+finished by the leader as a single instance does (``half_done_promotion``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ def may_resume(model: Model, decided: Plan, now: float) -> bool:
         and decided.rule != "StartupGrace"
         and model.view.quorum.ok
         and not model.state.paused
-        and (model.lease.fleet or model.lease.allows(model.resume.plan, now))
+        and (
+            model.lease.allows(model.resume.plan, now)
+            or (model.lease.fleet and not half_done_promotion(model, model.resume))
+        )
     )
 
 
@@ -45,7 +51,7 @@ def resume(model: Model, decided: Plan, now: float) -> Step:
     intent = model.resume
     assert intent is not None
     model = replace(model, resume=None)
-    if model.lease.fleet:
+    if model.lease.fleet and not half_done_promotion(model, intent):
         return left_to_the_fleet(model, intent, decided)
     plan = intent.plan
     promote_at = plan.point_of_no_return
@@ -109,6 +115,34 @@ def promoted_beside(model: Model, intent: Intent) -> str | None:
     if set(view.writable) != {promote.old_primary, promote.node}:
         return None
     return promote.node if view.sources.get(promote.node) is None else None
+
+
+def half_done_promotion(model: Model, intent: Intent) -> bool:
+    """A failover's Promote began and the view shows it stopped halfway: its candidate
+    reachable, read-only and replicating from nobody (its replication reset, not yet made
+    writable), no node writable, the dead primary still unreachable. Nothing but that Promote
+    explains it (another instance's failover would have left a writable node), and no later
+    failover may pass over the candidate: it may hold acknowledged writes no other replica
+    has. In a fleet too it is finished, by the leader only (a follower keeps the intent)."""
+    plan = intent.plan
+    promote, at = plan.promote, plan.point_of_no_return
+    if promote is None or plan.kind is not PlanKind.FAILOVER:
+        return False
+    if at not in intent.started or at in intent.done:
+        return False
+    view = model.view
+    node, old = view.nodes.get(promote.node), view.nodes.get(promote.old_primary)
+    return bool(
+        node is not None
+        and node.reachable
+        and node.status is not None
+        and node.status.read_only
+        and node.channel is None
+        and not node.status.replication
+        and not view.writable
+        and old is not None
+        and not old.reachable
+    )
 
 
 def never_promoted(model: Model, plan: Plan) -> bool:

@@ -1,0 +1,102 @@
+"""A fleet's leader killed inside its failover's Promote, after the candidate's replication
+was reset and before it was made writable: node2 read-only and replicating from nobody, node3
+stopped on the dead node1, no writer. Restarted, the journal's plan used to be closed ("the
+live topology decides"), and the live topology then failed node1 over again to node3, passing
+over node2, which may hold acknowledged writes node3 lacks, and leaving node2 stranded. The
+leader now finishes the half-done promotion as a single instance does; a follower keeps the
+intent until it leads or the view changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from hacontrol.effects import EndIntent, StartPlan
+from hacontrol.events import ProbeResult, Tick
+from hacontrol.flavors.base import IoState
+from hacontrol.model import Intent, Lease, LeaseMode, Model
+from hacontrol.plan import Plan, PlanKind, Promote, Publish, Repoint, SetIOThreads, WaitApplied
+from hacontrol.rules.resume import half_done_promotion
+from hacontrol.step import step
+from tests.factories import down, failed_over, fleet, lock, primary, replica, router, status
+from tests.support import fold_all
+
+F = fleet()
+NOW = 100.0
+LEADER = Lease(
+    fleet=True,
+    mode=LeaseMode.ACQUIRE,
+    leader_since=1.0,
+    ready_at=1.0 + F.lease.validity,
+    reprobed=True,
+)
+FOLLOWER = Lease(fleet=True, mode=LeaseMode.ACQUIRE)
+STOPPED = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
+PLAN = Plan(
+    "DeadPrimary",
+    "r",
+    (
+        SetIOThreads(("node2", "node3"), running=False),
+        WaitApplied("node2", 10.0),
+        Promote("node2", "node1"),
+        Publish("node2"),
+        Repoint(("node3",), "node2"),
+    ),
+    PlanKind.FAILOVER,
+)
+CUT = Intent("failover-1", PLAN, done=frozenset({0, 1}), started=frozenset({0, 1, 2}))
+"""Its Promote begun, not done."""
+
+
+def after_cut(node2: ProbeResult | None = None, node1_back: bool = False, leader: int = 7):
+    rounds = [
+        [
+            primary("node1", t) if node1_back else down("node1", t),
+            node2 or ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            replica("node3", t, source="node1", **STOPPED),
+            router(writers=(), readers=("node2", "node3"), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    return fold_all(F, *rounds, [lock(n, NOW - 0.1, leader=leader) for n in ("node2", "node3")])
+
+
+def run(m: Model, ticks: int = 2) -> list:
+    effects: list = []
+    for i in range(ticks):
+        m, more = step(m, Tick(NOW + i), F, NOW + i)
+        effects += more
+    return effects
+
+
+def test_the_leader_finishes_a_half_done_promotion():
+    m = Model(after_cut(), lease=LEADER, resume=CUT, state=failed_over(NOW - 1))
+    assert half_done_promotion(m, CUT)
+    (started,) = [e.running for e in run(m) if isinstance(e, StartPlan)]
+    assert started.plan_id == "failover-1" and started.skip == {0, 1}
+    promote = started.plan.actions[2]
+    assert promote == Promote("node2", "node1", finish_half_done=True)
+    assert not any(isinstance(e, EndIntent) for e in run(m))
+
+
+@pytest.mark.parametrize("holder", [9, 7], ids=["another-instance-leads", "not-acting-yet"])
+def test_an_instance_that_may_not_act_keeps_the_intent_and_promotes_nothing(holder):
+    m = Model(after_cut(leader=holder), lease=FOLLOWER, resume=CUT, state=failed_over(NOW - 1))
+    effects = run(m)
+    assert not any(isinstance(e, (StartPlan, EndIntent)) for e in effects), effects
+
+
+def test_a_promotion_that_is_not_half_done_in_the_view_is_left_to_the_fleet():
+    """The candidate still replicates (the Promote stopped before its reset), or the dead
+    primary is back: the journal's plan is closed and the live topology decides, as before."""
+    still_replica = replica("node2", 6.0, source="node1", **STOPPED)
+    for view in (after_cut(node2=still_replica), after_cut(node1_back=True)):
+        m = Model(view, lease=LEADER, resume=CUT, state=failed_over(NOW - 1))
+        assert not half_done_promotion(m, CUT)
+        ended = [e for e in run(m, 1) if isinstance(e, EndIntent)]
+        assert ended and ended[0].reason == "fleet: the live topology decides"
+
+
+def test_a_promotion_begun_and_done_is_no_half_done_one():
+    done = Intent(CUT.plan_id, PLAN, done=CUT.started, started=CUT.started)
+    m = Model(after_cut(), lease=LEADER, resume=done, state=failed_over(NOW - 1))
+    assert not half_done_promotion(m, done)
