@@ -19,7 +19,7 @@ from hacontrol.events import (
 )
 from hacontrol.flavors.base import FlavorName, IoState, NodeStatus, ReplicationStatus, SemiSync
 from hacontrol.jsonlog import JsonLog
-from hacontrol.model import ControllerState, Model, Quarantined
+from hacontrol.model import ControllerState, Lease, LeaseMode, Model, Quarantined
 from hacontrol.routing import Membership
 from hacontrol.sandbox import SandboxSpec, render
 from hacontrol.sandbox.model import ClusterInfo, Credentials, NodeInfo, RouterInfo
@@ -163,6 +163,17 @@ class MemoryLog:
     def lines(self, event: str | None = None) -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in self.text.splitlines()]
         return [line for line in lines if event is None or line["event"] == event]
+
+
+def leader_lease(s: Settings) -> Lease:
+    """A fleet's lease held since t=1 and acting (past its validity, every node reprobed)."""
+    return Lease(
+        fleet=True,
+        mode=LeaseMode.ACQUIRE,
+        leader_since=1.0,
+        ready_at=1.0 + s.lease.validity,
+        reprobed=True,
+    )
 
 
 def failed_over(now: float, dead: str = "node1", new: str = "node2") -> ControllerState:

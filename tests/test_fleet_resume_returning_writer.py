@@ -9,20 +9,14 @@ import pytest
 
 from hacontrol.events import Tick
 from hacontrol.flavors.base import IoState
-from hacontrol.model import Intent, Lease, LeaseMode, Model
+from hacontrol.model import Intent, Model
 from hacontrol.plan import Fence, Plan, PlanKind, Promote, Repoint
 from hacontrol.step import step
-from tests.factories import NOW, failed_over, fleet, lock, primary, replica, router
+from tests.factories import NOW, failed_over, fleet, leader_lease, lock, primary, replica, router
 from tests.support import fold_all
 
 F = fleet()
-LEADER = Lease(
-    fleet=True,
-    mode=LeaseMode.ACQUIRE,
-    leader_since=1.0,
-    ready_at=1.0 + F.lease.validity,
-    reprobed=True,
-)
+LEADER = leader_lease(F)
 STOPPED = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
 """node3's IO thread as the failover's SetIOThreads left it, still pointing at node1."""
 CUT = Intent(

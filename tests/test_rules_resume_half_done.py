@@ -17,18 +17,22 @@ from hacontrol.model import Intent, Lease, LeaseMode, Model
 from hacontrol.plan import Plan, PlanKind, Promote, Publish, Repoint, SetIOThreads, WaitApplied
 from hacontrol.rules.resume import half_done_promotion
 from hacontrol.step import step
-from tests.factories import down, failed_over, fleet, lock, primary, replica, router, status
+from tests.factories import (
+    down,
+    failed_over,
+    fleet,
+    leader_lease,
+    lock,
+    primary,
+    replica,
+    router,
+    status,
+)
 from tests.support import fold_all
 
 F = fleet()
 NOW = 100.0
-LEADER = Lease(
-    fleet=True,
-    mode=LeaseMode.ACQUIRE,
-    leader_since=1.0,
-    ready_at=1.0 + F.lease.validity,
-    reprobed=True,
-)
+LEADER = leader_lease(F)
 FOLLOWER = Lease(fleet=True, mode=LeaseMode.ACQUIRE)
 STOPPED = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
 PLAN = Plan(

@@ -132,17 +132,10 @@ def half_done_promotion(model: Model, intent: Intent) -> bool:
         return False
     view = model.view
     node, old = view.nodes.get(promote.node), view.nodes.get(promote.old_primary)
-    return bool(
-        node is not None
-        and node.reachable
-        and node.status is not None
-        and node.status.read_only
-        and node.channel is None
-        and not node.status.replication
-        and not view.writable
-        and old is not None
-        and not old.reachable
-    )
+    if node is None or old is None or old.reachable or view.writable or not node.reachable:
+        return False
+    status = node.status  # replication reset, not yet writable
+    return status is not None and status.read_only and not status.replication
 
 
 def never_promoted(model: Model, plan: Plan) -> bool:
