@@ -9,6 +9,7 @@ primary. Found by the chaos soak (kill-controller-mid-plan, seed 15: "NOT CONVER
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import tempfile
 from pathlib import Path
@@ -79,3 +80,59 @@ async def test_a_replica_left_stopped_on_the_old_primary_is_repointed_after_the_
             break
         await asyncio.sleep(0.2)
     assert mine == theirs
+
+
+def as_cut_inside_the_promote(journal: Path) -> int:
+    """The journal as a crash inside the Promote leaves it: its ``start`` written, its ``step``
+    not. Returns the Promote's index."""
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    (index,) = [r["index"] for r in records if r["type"] == "start"]
+    kept = [r for r in records if not (r["type"] == "step" and r["index"] == index)]
+    assert len(kept) == len(records) - 1
+    journal.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return index
+
+
+async def test_a_promotion_cut_halfway_is_finished_by_the_restarted_leader(fresh_sandbox):
+    """Cut inside the Promote, after the candidate's replication was reset and before it was
+    made writable (its last statement undone by hand, and its journal record with it): the
+    restarted leader finishes that promotion, never fails over again past the candidate."""
+    info = fresh_sandbox.status()
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
+    env = {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal)}  # a fleet of one
+    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
+    try:
+        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
+        fresh_sandbox.kill_node("node1", signal.SIGKILL)
+        first.wait(lambda: first.proc.poll() is not None, 30, "the crash after the Promote")
+    finally:
+        first.stop()
+    promoted = next(a for a in first.of("action") if a["action"] == "Promote")["node"]
+    other = "node3" if promoted == "node2" else "node2"
+    await sql(fresh_sandbox, promoted, "SET GLOBAL read_only = ON")
+    as_cut_inside_the_promote(journal)
+    assert await fresh_sandbox.live_roles() == {
+        "node1": "unreachable",
+        promoted: "primary",  # read-only and replicating from nobody: no writer at all
+        other: "replica",
+    }
+
+    second = Process(info.settings, env)
+    try:
+        done = second.wait(
+            lambda: second.of("plan_finished", kind="failover"), 60, "the failover finished"
+        )
+        second.wait(lambda: second.of("decision", rule="Nothing"), 60, "converged")
+    finally:
+        second.stop()
+    assert done[0]["ok"], done[0]["reason"]
+    promotes = [a for a in second.of("action") if a["action"] == "Promote"]
+    assert [a["node"] for a in promotes] == [promoted], promotes
+    assert "finished a half-done promotion" in promotes[0]["reason"]
+    assert not second.of("plan_abandoned")
+    roles = await fresh_sandbox.live_roles()
+    assert roles == {"node1": "unreachable", promoted: "primary", other: "replica"}, roles
+    now = await replica_status(fresh_sandbox, other)
+    assert now["Master_Port"] == info.node(promoted).port and now["Slave_IO_Running"] == "Yes"
+    (read_only,) = (await sql(fresh_sandbox, promoted, "SELECT @@read_only"))[0]
+    assert read_only == 0
