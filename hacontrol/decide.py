@@ -28,6 +28,7 @@ from hacontrol.rules.failure import (
 from hacontrol.rules.guards import rule_halted, rule_no_quorum, rule_startup_grace, rule_two_writers
 from hacontrol.rules.journal import refusal
 from hacontrol.rules.recovery import (
+    rule_attach_detached,
     rule_fence_returning_primary,
     rule_old_primary,
     rule_repoint_stray,
@@ -55,6 +56,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("Publish", rule_publish),  # fleet: before repointing, so that writes resume at once
     ("OldPrimary", rule_old_primary),
     ("RepointStray", rule_repoint_stray),
+    ("RejoinDetached", rule_attach_detached),  # a read-only node left by a cut promotion
     ("RouteReconcile", rule_route),
 )
 

@@ -14,9 +14,9 @@ from hacontrol.decide import decide
 from hacontrol.events import ProbeResult
 from hacontrol.flavors.base import IoState
 from hacontrol.model import ControllerState
-from hacontrol.plan import Repoint
+from hacontrol.plan import Rejoin, Repoint
 from hacontrol.rules.recovery import not_chained
-from tests.factories import channel, failed_over, primary, replica, router, settings, status
+from tests.factories import channel, down, failed_over, primary, replica, router, settings, status
 from tests.support import fold_all
 
 S = settings()
@@ -101,3 +101,43 @@ def test_a_stopped_replica_with_errant_transactions_is_never_repointed():
     )
     d = stray(node3=ProbeResult("node3", 3.0, 0.001, errant))
     assert not any(isinstance(a, Repoint) for a in d.plan.actions), d.plan
+
+
+# Another instance promoted node3 after this one's promotion of node2 was cut halfway (its
+# replication reset, never made writable): node2 is read-only and replicates from nobody.
+def detached(node2: ProbeResult | None = None, hidden: tuple[str, ...] = ()):
+    rounds = [
+        [
+            down("node1", t),
+            node2 or ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            primary("node3", at=t),
+            router(
+                writers=("node3",), readers=("node3",), broken=("node1", "node2"), hidden=hidden
+            ),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    return decide(fold_all(S, *rounds), failed_over(NOW - 10, new="node3"), S, NOW)
+
+
+def test_a_node_left_read_only_by_a_cut_promotion_is_rejoined_under_the_primary():
+    d = detached()
+    assert d.plan.rule == "RejoinDetached", d.plan.reason
+    assert d.plan.actions == (Rejoin("node2", "node3"),)
+    assert (
+        "replicates from nobody" in d.plan.reason and "no transaction node3 lacks" in d.plan.reason
+    )
+
+
+@pytest.mark.parametrize(
+    ("node2", "hidden"),
+    [
+        (ProbeResult("node2", 3.0, 0.001, status(2, read_only=True, gtid="0-1-100,0-2-3")), ()),
+        (ProbeResult("node2", 3.0, 0.001, status(2, read_only=False)), ()),
+        (None, ("node2",)),
+    ],
+    ids=["errant", "writable-beside-the-primary", "hidden-by-an-operator"],
+)
+def test_a_detached_node_is_left_alone(node2, hidden):
+    d = detached(node2, hidden)
+    assert not any(isinstance(a, Rejoin) for a in d.plan.actions), d.plan

@@ -205,6 +205,51 @@ def rule_repoint_stray(
     return None
 
 
+def rule_attach_detached(
+    view: ClusterView, state: ControllerState, settings: Settings, now: float
+) -> Decision | None:
+    """A read-only node that replicates from nobody, not an old primary we quarantined, while
+    another node is the only writer and the primary: what a promotion cut halfway leaves when
+    another node was promoted since (its replication reset, never made writable), or an old
+    primary a switchover demoted and was cut before rejoining. It is rejoined under the
+    primary (fenced, its position aligned, attached), unless it holds transactions the primary
+    lacks (errant: left to an operator, ReplicaNotReplicatingFromPrimary stands); the rejoin
+    checks again on the node."""
+    primary = view.primary
+    if primary is None or view.writable != (primary,) or primary in state.quarantined:
+        return None
+    theirs = view.nodes[primary].status
+    if theirs is None or not view.nodes[primary].reachable:
+        return None
+    hidden = hidden_nodes(view)
+    for name, node in sorted(view.nodes.items()):
+        status = node.status
+        if (
+            name == primary
+            or name in hidden
+            or name in state.quarantined
+            or not node.reachable
+            or status is None
+            or not status.read_only
+            or status.replication
+            or now < state.retry_at.get((PlanKind.REJOIN, name), 0.0)
+            or errant_between(status, theirs)
+        ):
+            continue
+        return Decision(
+            Plan(
+                "RejoinDetached",
+                f"{name} is read-only and replicates from nobody while {primary} is the "
+                f"primary (left so by a promotion or a switchover cut halfway); it holds no "
+                f"transaction {primary} lacks ({contained(status, theirs)}): rejoin it",
+                (Rejoin(name, primary),),
+                kind=PlanKind.REJOIN,
+            ),
+            state,
+        )
+    return None
+
+
 def not_chained(view: ClusterView, state: ControllerState, name: str, primary: str) -> str | None:
     """Why ``name`` does not reach ``primary`` through a chain of live replicas; None when it
     does: every link's IO thread not stopped, every node on the way reachable, not a
