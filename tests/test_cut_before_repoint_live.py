@@ -136,3 +136,28 @@ async def test_a_promotion_cut_halfway_is_finished_by_the_restarted_leader(fresh
     assert now["Master_Port"] == info.node(promoted).port and now["Slave_IO_Running"] == "Yes"
     (read_only,) = (await sql(fresh_sandbox, promoted, "SELECT @@read_only"))[0]
     assert read_only == 0
+
+
+async def test_a_replica_left_detached_and_read_only_is_rejoined(fresh_sandbox):
+    """What a promotion cut halfway leaves when another node is the primary by then: a
+    read-only node whose replication was reset. It is rejoined under the primary."""
+    info = fresh_sandbox.status()
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
+    ctl = Process(info.settings, {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal)})
+    try:
+        ctl.wait(lambda: ctl.of("decision", rule="Nothing"), 30, "a healthy cluster")
+        await sql(fresh_sandbox, "node3", "STOP SLAVE", then=("RESET SLAVE ALL",))
+        rejoined = ctl.wait(lambda: ctl.of("decision", rule="RejoinDetached"), 30, "the rejoin")
+        done = ctl.wait(lambda: ctl.of("plan_finished", kind="rejoin"), 30, "the rejoin done")
+        ctl.wait(lambda: len(ctl.of("decision", rule="Nothing")) > 1, 30, "converged again")
+    finally:
+        ctl.stop()
+    assert "node3 is read-only and replicates from nobody" in rejoined[0]["reason"]
+    assert done[0]["ok"], done[0]["reason"]
+    now = await replica_status(fresh_sandbox, "node3")
+    assert now["Master_Port"] == info.node("node1").port and now["Slave_IO_Running"] == "Yes"
+    assert await fresh_sandbox.live_roles() == {
+        "node1": "primary",
+        "node2": "replica",
+        "node3": "replica",
+    }
