@@ -25,3 +25,11 @@ async def test_a_rebuilt_node_holds_the_primarys_rows_at_its_position(fresh_sand
     assert (await sql(sandbox, "node3", "SELECT @@gtid_slave_pos"))[0][0] == position
     # The load ran with the binary log off: the node wrote no transaction of its own.
     assert (await sql(sandbox, "node3", "SELECT @@gtid_binlog_pos"))[0][0] == ""
+
+
+async def test_a_rebuilt_former_primary_comes_back_read_only(fresh_sandbox):
+    """node1 was created as the primary (its configuration says read_only=OFF): rebuilt from
+    node2 it must not come back as a second writer (found by the chaos soak: the drill's
+    rebuild of an errant old primary restarted it writable beside the promoted node)."""
+    await rebuild_sandbox_node(fresh_sandbox, "node1", "node2")
+    assert (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0] == 1

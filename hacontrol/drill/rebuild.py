@@ -8,7 +8,9 @@ would, with the server's own tools:
 2. start it with networking off, so nothing (the controller included) sees it half-loaded;
 3. load a consistent ``mariadb-dump --single-transaction --gtid`` of the new primary into it
    with the binary log off, and set ``gtid_slave_pos`` to the dump's position;
-4. restart it normally: the controller sees a clean old primary, fences and rejoins it.
+4. restart it read-only (its configuration says writable when it was created as the
+   primary: a rebuilt copy of the primary is a replica to be, never a second writer); the
+   controller sees a clean old primary and rejoins it.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ async def rebuild_sandbox_node(sandbox, node: str, source: str) -> str:
     no_password = {k: v for k, v in env.items() if k != "MYSQL_PWD"}
     await _load_offline(tools, target, dump, position, no_password)
     sandbox.status().with_node_pid(node, None).save()
-    await sandbox.start_node(node)
+    await sandbox.start_node(node, "--read-only=ON")
     return f"{node} rebuilt from a dump of {source} at {position} and restarted"
 
 
