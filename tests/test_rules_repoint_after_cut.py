@@ -14,7 +14,7 @@ from hacontrol.decide import decide
 from hacontrol.events import ProbeResult
 from hacontrol.flavors.base import IoState
 from hacontrol.model import ControllerState
-from hacontrol.plan import Rejoin, Repoint
+from hacontrol.plan import Fence, Rejoin, Repoint
 from hacontrol.rules.recovery import not_chained
 from tests.factories import channel, down, failed_over, primary, replica, router, settings, status
 from tests.support import fold_all
@@ -141,3 +141,36 @@ def test_a_node_left_read_only_by_a_cut_promotion_is_rejoined_under_the_primary(
 def test_a_detached_node_is_left_alone(node2, hidden):
     d = detached(node2, hidden)
     assert not any(isinstance(a, Rejoin) for a in d.plan.actions), d.plan
+
+
+# A fleet's failover cut after its RouteFence (the router has no writer at all) and after its
+# Promote; the restarted leader published node2; the errant old primary node1, rebuilt by an
+# operator, came back writable (its configuration said so). Found by the chaos soak.
+def back_writable_unrouted(published: bool):
+    from tests.factories import fleet, lock
+
+    f = fleet()
+    rounds = [
+        [
+            primary("node1", t),
+            primary("node2", t),
+            replica("node3", t, source="node1", **STOPPED),
+            router(writers=(), readers=("node2",), broken=("node1", "node3"), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    carrier = 7 if published else None
+    locks = [lock(n, 6.5, leader=7, primary=carrier if n == "node2" else None) for n in F3]
+    return fold_all(f, *rounds, locks), f
+
+
+F3 = ("node1", "node2", "node3")
+
+
+@pytest.mark.parametrize("published", [True, False], ids=["published", "not-published"])
+def test_a_returning_writer_is_fenced_behind_the_published_primary(published):
+    view, f = back_writable_unrouted(published)
+    assert view.primary is None and view.published == ("node2" if published else None)
+    d = decide(view, failed_over(NOW - 10), f, NOW)
+    fenced = d.plan.rule == "FenceReturningPrimary" and d.plan.actions == (Fence("node1"),)
+    assert fenced is published, d.plan

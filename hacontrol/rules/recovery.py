@@ -48,7 +48,9 @@ def behind_new_primary(view: ClusterView, new_primary: str | None, old: str) -> 
     primary came back writable), the node a fresh router reading sends every write to, itself
     writable and replicating from nobody, while no replica follows the old one. Fencing the old
     one then ends the two writers; waiting for a view primary would wait for ever
-    (TwoWritableNodes halts every other rule). A stale reading or a followed old primary (an
+    (TwoWritableNodes halts every other rule). In a fleet the primary the leader published
+    (its lock, read with the lease) counts as that reading: a failover cut after its RouteFence
+    leaves the router with no writer at all. A stale reading or a followed old primary (an
     operator's switch back) fences nothing."""
     if new_primary is None or view.primary is not None:
         return new_primary is not None and new_primary == view.primary
@@ -57,17 +59,21 @@ def behind_new_primary(view: ClusterView, new_primary: str | None, old: str) -> 
         return False
     if node.status.read_only or node.channel is not None:
         return False
-    router, membership = view.router, view.router.membership
-    fresh = max(node.last_ok_at or float("inf"), former.last_ok_at or float("inf"))
-    if router.error is not None or router.at is None or router.at < fresh:
-        return False
     followed = any(
         view.nodes[r].reachable
         and (channel := view.nodes[r].channel) is not None
         and channel.io_state is IoState.RUNNING
         for r in view.replicas_of(old)
     )
-    return not followed and membership is not None and membership.writers == {new_primary}
+    if followed:
+        return False
+    if view.published == new_primary:
+        return True  # the fleet's leader published it: its choice, whatever the router shows
+    router, membership = view.router, view.router.membership
+    fresh = max(node.last_ok_at or float("inf"), former.last_ok_at or float("inf"))
+    if router.error is not None or router.at is None or router.at < fresh:
+        return False
+    return membership is not None and membership.writers == {new_primary}
 
 
 def rule_old_primary(
