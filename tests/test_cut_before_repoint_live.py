@@ -12,6 +12,7 @@ import asyncio
 import json
 import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,49 @@ async def test_a_replica_left_detached_and_read_only_is_rejoined(fresh_sandbox):
         "node2": "replica",
         "node3": "replica",
     }
+
+
+async def test_a_switchover_cut_after_its_fence_is_rolled_back_by_the_restarted_leader(
+    fresh_sandbox,
+):
+    """A fleet of one: the switchover node1 -> node2 is cut after its Fence (node1 read-only,
+    drained; nobody writable). Restarted, the leader rolls it back as a single instance does:
+    node1 writable and the writer again (it used to stay read-only: no writer until an
+    operator acted)."""
+    from hacontrol.service import build_router
+    from hacontrol.settings import load_settings
+    from tests.test_controller_process_live import free_port, post
+
+    info = fresh_sandbox.status()
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
+    token, port = "fence-test-token-0123456789", free_port()
+    env = {
+        **FAST_ENV,
+        "HACONTROL_CONTROLLER__JOURNAL": str(journal),
+        "HACONTROL_API__TOKEN": token,
+        "HACONTROL_API__PORT": str(port),
+    }
+    router = build_router(load_settings(info.settings).settings)
+    assert router is not None
+    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Fence"})
+    try:
+        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
+        threading.Thread(target=post, args=(port, "/switchover", {"to": "node2"}, token)).start()
+        first.wait(lambda: first.proc.poll() is not None, 30, "the crash after the Fence")
+    finally:
+        first.stop()
+    assert first.of("fault_injected", after="Fence")
+    assert (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0] == 1
+
+    second = Process(info.settings, {**env, "HACONTROL_API__PORT": "0"})
+    try:
+        done = second.wait(lambda: second.of("plan_finished", kind="rollback"), 60, "a rollback")
+        second.wait(lambda: second.of("decision", rule="Nothing"), 60, "converged")
+    finally:
+        second.stop()
+    assert done[0]["ok"], done[0]["reason"]
+    assert not second.of("plan_abandoned")
+    assert (await router.read()).writers == {"node1"}
+    roles = await fresh_sandbox.live_roles()
+    assert roles == {"node1": "primary", "node2": "replica", "node3": "replica"}, roles
+    assert (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0] == 0

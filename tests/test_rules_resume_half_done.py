@@ -14,8 +14,19 @@ from hacontrol.effects import EndIntent, StartPlan
 from hacontrol.events import ProbeResult, Tick
 from hacontrol.flavors.base import IoState
 from hacontrol.model import Intent, Lease, LeaseMode, Model
-from hacontrol.plan import Plan, PlanKind, Promote, Publish, Repoint, SetIOThreads, WaitApplied
-from hacontrol.rules.resume import half_done_promotion
+from hacontrol.plan import (
+    Drain,
+    Fence,
+    Plan,
+    PlanKind,
+    Promote,
+    Publish,
+    Repoint,
+    SetIOThreads,
+    SetWritable,
+    WaitApplied,
+)
+from hacontrol.rules.resume import fenced_not_promoted, half_done_promotion
 from hacontrol.step import step
 from tests.factories import (
     down,
@@ -104,3 +115,49 @@ def test_a_promotion_begun_and_done_is_no_half_done_one():
     done = Intent(CUT.plan_id, PLAN, done=CUT.started, started=CUT.started)
     m = Model(after_cut(), lease=LEADER, resume=done, state=failed_over(NOW - 1))
     assert not half_done_promotion(m, done)
+
+
+# A switchover node1 -> node2 cut after its fence, before its promotion: node1 read-only, its
+# replicas still following it, nobody writable. A single instance rolls it back; a fleet's
+# instance that cut it now does too, once it leads.
+SWITCHOVER = Plan(
+    "Switchover",
+    "r",
+    (Drain("node1", 1.0), Fence("node1"), Promote("node2", "node1"), Publish("node2")),
+    PlanKind.SWITCHOVER,
+    rollback=(SetWritable("node1", True),),
+)
+FENCED = Intent("switchover-1", SWITCHOVER, done=frozenset({0, 1}), started=frozenset())
+
+
+def fenced(node2: ProbeResult | None = None, leader: int = 7):
+    rounds = [
+        [
+            ProbeResult("node1", t, 0.001, status(1, read_only=True)),
+            node2 or replica("node2", t),
+            replica("node3", t),
+            router(writers=(), readers=("node2", "node3"), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    return fold_all(F, *rounds, [lock(n, NOW - 0.1, leader=leader) for n in ("node1", "node2")])
+
+
+def test_the_leader_rolls_back_a_switchover_cut_after_its_fence():
+    m = Model(fenced(), lease=LEADER, resume=FENCED)
+    assert fenced_not_promoted(m, FENCED)
+    (started,) = [e.running for e in run(m) if isinstance(e, StartPlan)]
+    assert started.plan.kind is PlanKind.ROLLBACK
+    assert started.plan.actions == (SetWritable("node1", True),)
+
+
+def test_a_switchover_cut_after_its_fence_waits_for_the_lead():
+    m = Model(fenced(leader=9), lease=FOLLOWER, resume=FENCED)
+    assert not any(isinstance(e, (StartPlan, EndIntent)) for e in run(m))
+
+
+def test_a_switchover_whose_candidate_is_writable_now_is_left_to_the_fleet():
+    promoted = ProbeResult("node2", 6.0, 0.001, status(2, read_only=False))
+    m = Model(fenced(node2=promoted), lease=LEADER, resume=FENCED)
+    assert not fenced_not_promoted(m, FENCED)
+    assert any(isinstance(e, EndIntent) for e in run(m, 1))

@@ -15,9 +15,11 @@ In a fleet another instance may have acted since this one stopped: the plan is n
 nor rolled back here, the leader converges from the live topology (docs/fleet.md). Only this
 instance's own record of it is settled from the view, on any instance (no node is touched): its
 dead primary stays quarantined while another node is the primary, and is released otherwise.
-One exception: a failover stopped inside its Promote whose candidate the view shows half
-promoted (replication reset, still read-only, no writer, the dead primary still away) is
-finished by the leader as a single instance does (``half_done_promotion``).
+Two exceptions, when the view shows exactly where this instance's plan stopped and nobody
+writable: a failover stopped inside its Promote whose candidate the view shows half promoted
+(replication reset, still read-only, the dead primary still away) is finished, and a
+switchover cut after its fence and before its promotion is rolled back, by this instance once
+it leads, as a single instance does (``left_to_the_leader``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def may_resume(model: Model, decided: Plan, now: float) -> bool:
         and not model.state.paused
         and (
             model.lease.allows(model.resume.plan, now)
-            or (model.lease.fleet and not half_done_promotion(model, model.resume))
+            or (model.lease.fleet and not left_to_the_leader(model, model.resume))
         )
     )
 
@@ -51,7 +53,7 @@ def resume(model: Model, decided: Plan, now: float) -> Step:
     intent = model.resume
     assert intent is not None
     model = replace(model, resume=None)
-    if model.lease.fleet and not half_done_promotion(model, intent):
+    if model.lease.fleet and not left_to_the_leader(model, intent):
         return left_to_the_fleet(model, intent, decided)
     plan = intent.plan
     promote_at = plan.point_of_no_return
@@ -115,6 +117,33 @@ def promoted_beside(model: Model, intent: Intent) -> str | None:
     if set(view.writable) != {promote.old_primary, promote.node}:
         return None
     return promote.node if view.sources.get(promote.node) is None else None
+
+
+def left_to_the_leader(model: Model, intent: Intent) -> bool:
+    """In a fleet, a journal's plan the view shows cut exactly where this instance left it,
+    with no writer: finished (a half-done promotion) or rolled back (a switchover cut after
+    its fence, before its promotion) by this instance once it leads, as a single one does."""
+    return half_done_promotion(model, intent) or fenced_not_promoted(model, intent)
+
+
+def fenced_not_promoted(model: Model, intent: Intent) -> bool:
+    """A switchover (a plan with a rollback) whose Promote never began, and the view shows its
+    old primary still the primary of its replicas, reachable and read-only (fenced), its
+    candidate still replicating from it, and no node writable: no other instance acted, and
+    nobody takes writes until it is rolled back."""
+    plan = intent.plan
+    promote = plan.promote
+    if promote is None or not plan.rollback or plan.point_of_no_return in intent.started:
+        return False
+    view = model.view
+    old = view.nodes.get(promote.old_primary)
+    if old is None or not old.reachable or old.status is None or view.writable:
+        return False
+    return (
+        old.status.read_only
+        and view.primary == promote.old_primary
+        and view.sources.get(promote.node) == promote.old_primary
+    )
 
 
 def half_done_promotion(model: Model, intent: Intent) -> bool:
