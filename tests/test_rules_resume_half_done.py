@@ -37,6 +37,7 @@ from tests.factories import (
     primary,
     replica,
     router,
+    settings,
     status,
 )
 from tests.support import fold_all
@@ -161,3 +162,52 @@ def test_a_switchover_whose_candidate_is_writable_now_is_left_to_the_fleet():
     m = Model(fenced(node2=promoted), lease=LEADER, resume=FENCED)
     assert not fenced_not_promoted(m, FENCED)
     assert any(isinstance(e, EndIntent) for e in run(m, 1))
+
+
+# Review findings: "no node writable" in this instance's own view proves nothing when a node it
+# cannot reach may be the writer another leader made since; and a single instance must not
+# finish the promotion beside an old primary that came back writable.
+F5 = fleet(nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)])
+
+
+def test_a_half_done_promotion_is_not_finished_while_another_leaders_primary_is_out_of_reach():
+    """5 nodes: after the cut another leader promoted node3 and repointed node4 and node5
+    under it; this instance leads again but cannot reach node3."""
+    rounds = [
+        [
+            down("node1", t),
+            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            down("node3", t),
+            replica("node4", t, source="node3"),
+            replica("node5", t, source="node3"),
+            router(writers=(), readers=("node2",), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    locks = [lock(n, NOW - 0.1, leader=7) for n in ("node2", "node4", "node5")]
+    view = fold_all(F5, *rounds, locks)
+    assert view.quorum.ok and view.primary == "node3" and not view.writable
+    m = Model(view, lease=leader_lease(F5), resume=CUT, state=failed_over(NOW - 1))
+    assert not half_done_promotion(m, CUT)
+    for i in range(2):
+        m, effects = step(m, Tick(NOW + i), F5, NOW + i)
+        started = [e.running.plan for e in effects if isinstance(e, StartPlan)]
+        assert not any(isinstance(a, Promote) for p in started for a in p.actions), started
+
+
+def test_a_single_instance_does_not_finish_a_promotion_beside_a_writable_old_primary():
+    s = settings()
+    rounds = [
+        [
+            primary("node1", t),  # back, writable (its configuration said so)
+            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            replica("node3", t, source="node1", **STOPPED),
+            router(writers=(), readers=("node3",), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    m = Model(fold_all(s, *rounds), resume=CUT, state=failed_over(NOW - 1))
+    m, effects = step(m, Tick(NOW), s, NOW)
+    started = [e.running.plan for e in effects if isinstance(e, StartPlan)]
+    assert not any(isinstance(a, Promote) for p in started for a in p.actions), started
+    assert any(isinstance(e, EndIntent) for e in effects)

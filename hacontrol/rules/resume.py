@@ -60,7 +60,9 @@ def resume(model: Model, decided: Plan, now: float) -> Step:
     dead = plan.promote.old_primary if plan.promote else None
     still_dead = model.view.has(Code.DEAD_PRIMARY) and model.view.primary == dead
     promoting = promote_at in intent.done or (
-        promote_at in intent.started and not never_promoted(model, plan)
+        promote_at in intent.started
+        and not never_promoted(model, plan)
+        and not beside_a_writer(model, plan)
     )
     if promoting or (plan.kind is PlanKind.FAILOVER and still_dead):
         return finish(model, intent, now)
@@ -137,7 +139,9 @@ def fenced_not_promoted(model: Model, intent: Intent) -> bool:
         return False
     view = model.view
     old = view.nodes.get(promote.old_primary)
-    if old is None or not old.reachable or old.status is None or view.writable:
+    if old is None or not old.reachable or old.status is None:
+        return False
+    if not only_the_plan_moved(model, promote.old_primary, promote.node):
         return False
     return (
         old.status.read_only
@@ -161,10 +165,42 @@ def half_done_promotion(model: Model, intent: Intent) -> bool:
         return False
     view = model.view
     node, old = view.nodes.get(promote.node), view.nodes.get(promote.old_primary)
-    if node is None or old is None or old.reachable or view.writable or not node.reachable:
+    if node is None or old is None or old.reachable or not node.reachable:
+        return False
+    if not only_the_plan_moved(model, promote.old_primary, promote.node):
         return False
     status = node.status  # replication reset, not yet writable
     return status is not None and status.read_only and not status.replication
+
+
+def beside_a_writer(model: Model, plan: Plan) -> bool:
+    """The candidate of a Promote that began is read-only while another node is writable (the
+    old primary came back with read_only=OFF): finishing the promotion would make a second
+    writer. It is not finished; the plan is closed and the rules converge from the view (the
+    candidate, detached and clean, is rejoined under the writer: RejoinDetached)."""
+    promote = plan.promote
+    node = model.view.nodes.get(promote.node) if promote is not None else None
+    return (
+        node is not None
+        and node.status is not None
+        and node.status.read_only
+        and bool(model.view.writable)
+    )
+
+
+def only_the_plan_moved(model: Model, old: str, candidate: str) -> bool:
+    """Nothing but this instance's own plan explains the view: every node but the old primary
+    reachable (an unreachable one may be the writer another leader made), nobody writable, no
+    primary but the old one, and every replica still replicating from the old primary."""
+    view = model.view
+    if view.writable or view.primary not in (None, old):
+        return False
+    for name, node in view.nodes.items():
+        if name != old and not node.reachable:
+            return False
+        if name != candidate and view.sources.get(name, old) != old:
+            return False
+    return True
 
 
 def never_promoted(model: Model, plan: Plan) -> bool:
