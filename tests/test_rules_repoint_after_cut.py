@@ -174,3 +174,20 @@ def test_a_returning_writer_is_fenced_behind_the_published_primary(published):
     d = decide(view, failed_over(NOW - 10), f, NOW)
     fenced = d.plan.rule == "FenceReturningPrimary" and d.plan.actions == (Fence("node1"),)
     assert fenced is published, d.plan
+
+
+def test_a_replica_left_stopped_on_an_old_primary_that_is_the_primary_again_is_restarted():
+    """The failover was cut after its SetIOThreads and its old primary is the primary again
+    (a fleet left the plan to the live topology): node3's IO thread must run again."""
+    rounds = [
+        [
+            primary("node1", at=t),
+            replica("node2", t),
+            replica("node3", t, **STOPPED),
+            router(writers=("node1",), readers=("node1", "node2"), broken=("node3",), at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    d = decide(fold_all(S, *rounds), ControllerState(), S, NOW)
+    assert d.plan.rule == "RepointStray" and d.plan.actions == (Repoint(("node3",), "node1"),)
+    assert "with its IO thread stopped" in d.plan.reason

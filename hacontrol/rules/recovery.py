@@ -11,6 +11,7 @@ from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Quar
 from hacontrol.plan import AlertKind, Fence, Notify, Plan, PlanKind, Rejoin, Repoint
 from hacontrol.rules.alerts import alert_once
 from hacontrol.rules.candidates import errant_between, topology_text
+from hacontrol.rules.failure import io_stopped_by_hand
 from hacontrol.rules.routing import reader_ok
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Health, hidden_nodes
@@ -172,7 +173,9 @@ def rule_repoint_stray(
     view: ClusterView, state: ControllerState, settings: Settings, now: float
 ) -> Decision | None:
     """A replica still pointing at a node that is not the primary (down during a failover,
-    chained under an old primary): repoint it, unless it has errant transactions."""
+    chained under an old primary), or at the primary with its IO thread stopped without an
+    error (a failover cut after its SetIOThreads, its old primary the primary again): repoint
+    it, unless it has errant transactions."""
     primary = view.primary
     if primary is None or not view.nodes[primary].reachable or primary in state.quarantined:
         return None
@@ -185,14 +188,17 @@ def rule_repoint_stray(
             or name in hidden
             or name in state.quarantined
             or source is None
-            or source == primary
+            or (source == primary and not io_stopped_by_hand(node.channel))
             or not node.reachable
             or node.status is None
             or not node.status.read_only
         ):
             continue
-        why = not_chained(view, state, name, primary)
-        if why is None:
+        if source == primary:  # what a failover's SetIOThreads leaves when it is cut
+            what = f"{name} replicates from the primary {primary} with its IO thread stopped"
+        elif why := not_chained(view, state, name, primary):
+            what = f"{name} replicates from {source}, which is not the primary {primary} ({why})"
+        else:
             continue  # a chain through a live replica (node3 -> node2 -> primary) is fine
         if now < state.retry_at.get((PlanKind.REPOINT, name), 0.0):
             continue
@@ -201,8 +207,7 @@ def rule_repoint_stray(
         return Decision(
             Plan(
                 "RepointStray",
-                f"{name} replicates from {source}, which is not the primary {primary} ({why}) "
-                f"and holds no transaction {primary} lacks: repoint it",
+                f"{what} and holds no transaction {primary} lacks: repoint it",
                 (Repoint((name,), primary),),
                 kind=PlanKind.REPOINT,
             ),
