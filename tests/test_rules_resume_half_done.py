@@ -211,3 +211,63 @@ def test_a_single_instance_does_not_finish_a_promotion_beside_a_writable_old_pri
     started = [e.running.plan for e in effects if isinstance(e, StartPlan)]
     assert not any(isinstance(a, Promote) for p in started for a in p.actions), started
     assert any(isinstance(e, EndIntent) for e in effects)
+
+
+def test_a_single_instance_does_not_finish_a_promotion_while_another_primary_is_out_of_reach():
+    """5 nodes, no fleet: while the controller was down an operator failed over by hand to
+    node3 and repointed node4 and node5 under it; the controller's own link to node3 is
+    broken. node3 is the primary its replicas follow: finishing node2's promotion would make
+    a second writer without node3's writes."""
+    s5 = settings(
+        nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)]
+    )
+    plan = Plan(
+        "DeadPrimary",
+        "node1 is dead",
+        (
+            SetIOThreads(("node2", "node3", "node4", "node5"), running=False),
+            WaitApplied("node2", 10.0),
+            Promote("node2", "node1"),
+            Repoint(("node3", "node4", "node5"), "node2"),
+        ),
+        PlanKind.FAILOVER,
+    )
+    cut = Intent("failover-1", plan, done=frozenset({0, 1}), started=frozenset({0, 1, 2}))
+    rounds = [
+        [
+            down("node1", t),
+            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            down("node3", t),
+            replica("node4", t, source="node3"),
+            replica("node5", t, source="node3"),
+            router(writers=(), readers=("node4", "node5"), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    m = Model(fold_all(s5, *rounds), resume=cut, state=failed_over(NOW - 1))
+    assert m.view.primary == "node3" and not m.view.writable
+    for i in range(2):
+        m, effects = step(m, Tick(NOW + i), s5, NOW + i)
+        started = [e.running.plan for e in effects if isinstance(e, StartPlan)]
+        assert not any(isinstance(a, Promote) for p in started for a in p.actions), started
+
+
+def test_a_single_instance_finishes_its_own_half_done_promotion():
+    """No fleet, nothing but the cut plan in the view (node1 dead, node2 reset and read-only,
+    node3 stopped on node1): the promotion is finished, then node3 repointed."""
+    s = settings()
+    rounds = [
+        [
+            down("node1", t),
+            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            replica("node3", t, source="node1", **STOPPED),
+            router(writers=(), readers=("node3",), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    m = Model(fold_all(s, *rounds), resume=CUT, state=failed_over(NOW - 1))
+    m, effects = step(m, Tick(NOW), s, NOW)
+    (started,) = [e.running for e in effects if isinstance(e, StartPlan)]
+    promote = started.plan.actions[2]
+    assert isinstance(promote, Promote) and promote.finish_half_done, started.plan.actions
+    assert 2 not in started.skip

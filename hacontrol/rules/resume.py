@@ -62,7 +62,7 @@ def resume(model: Model, decided: Plan, now: float) -> Step:
     promoting = promote_at in intent.done or (
         promote_at in intent.started
         and not never_promoted(model, plan)
-        and not beside_a_writer(model, plan)
+        and may_finish_promotion(model, plan)
     )
     if promoting or (plan.kind is PlanKind.FAILOVER and still_dead):
         return finish(model, intent, now)
@@ -173,19 +173,20 @@ def half_done_promotion(model: Model, intent: Intent) -> bool:
     return status is not None and status.read_only and not status.replication
 
 
-def beside_a_writer(model: Model, plan: Plan) -> bool:
-    """The candidate of a Promote that began is read-only while another node is writable (the
-    old primary came back with read_only=OFF): finishing the promotion would make a second
-    writer. It is not finished; the plan is closed and the rules converge from the view (the
-    candidate, detached and clean, is rejoined under the writer: RejoinDetached)."""
+def may_finish_promotion(model: Model, plan: Plan) -> bool:
+    """A Promote that began may be finished when its candidate is the view's primary already,
+    or nothing but this plan explains the view (``only_the_plan_moved``). Not when another
+    node is writable (the old primary came back with read_only=OFF: a second writer), nor
+    when the view's primary is another node, even one out of reach (an operator's or another
+    leader's failover while this instance was down: its writes are not on the candidate).
+    The plan is then closed and the rules converge from the view (the candidate, detached and
+    clean, is rejoined under the writer: RejoinDetached)."""
     promote = plan.promote
-    node = model.view.nodes.get(promote.node) if promote is not None else None
-    return (
-        node is not None
-        and node.status is not None
-        and node.status.read_only
-        and bool(model.view.writable)
-    )
+    if promote is None:
+        return False
+    if model.view.primary == promote.node:
+        return True
+    return only_the_plan_moved(model, promote.old_primary, promote.node)
 
 
 def only_the_plan_moved(model: Model, old: str, candidate: str) -> bool:
