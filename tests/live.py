@@ -469,3 +469,18 @@ def reset_datadir(sandbox: Sandbox, how: str, node: str = "node3") -> None:
     shutil.rmtree(path)
     if how == "empty":
         path.mkdir()
+
+
+def post(port: int, path: str, body: dict, token: str) -> None:
+    """A POST to the controller's API; an answer is not needed (the controller may die)."""
+    import contextlib
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(request, timeout=10).read()

@@ -7,7 +7,6 @@ still reach the primary. It needs root and iptables, and is skipped with the rea
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from tests.live import (
     as_nobody,
     iptables_available,
     nobody_dropped,
+    post,
     sql,
 )
 from tests.support import free_port
@@ -107,21 +107,6 @@ async def test_controller_killed_between_promotion_and_repointing_resumes(fresh_
     assert roles == {"node1": "unreachable", promoted: "primary", other: "replica"}
     source = await sql(fresh_sandbox, other, "SHOW SLAVE STATUS")
     assert source[0][1] == "127.0.0.1" and source[0][3] == info.node(promoted).port
-
-
-def post(port: int, path: str, body: dict, token: str) -> None:
-    """A POST to the controller's API; an answer is not needed (the controller may die)."""
-    import contextlib
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    with contextlib.suppress(OSError):
-        urllib.request.urlopen(request, timeout=10).read()
 
 
 async def test_controller_killed_right_after_the_drain_routes_the_writer_back(fresh_sandbox):

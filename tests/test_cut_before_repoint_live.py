@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import FAST_ENV, Process, sql
+from tests.live import FAST_ENV, Process, post, sql
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +174,6 @@ async def test_a_switchover_cut_after_its_fence_is_rolled_back_by_the_restarted_
     operator acted)."""
     from hacontrol.service import build_router
     from hacontrol.settings import load_settings
-    from tests.test_controller_process_live import free_port, post
 
     info = fresh_sandbox.status()
     journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
