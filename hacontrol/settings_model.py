@@ -246,6 +246,12 @@ class FailoverSettings(_Section):
     at least 2.5 heartbeat periods) has lost its link to the source: a frozen or partitioned
     source closes no connection. Replicas whose heartbeat period is unknown are judged by
     their IO thread alone. Set MASTER_HEARTBEAT_PERIOD well below this."""
+    wait_unreachable_replica: Annotated[
+        float, Number, Field(ge=0, le=3600.0, allow_inf_nan=False)
+    ] = 5.0
+    """With semi-sync that never falls back: how long a failover waits for a replica of the
+    dead primary that does not answer and may hold a write acknowledged by it alone (it went
+    away with the primary); past it, no failover: halt and alert (docs/partitions.md)."""
 
 
 class SMTPSettings(_Section):

@@ -169,25 +169,7 @@ def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candida
             "received_count": held.count() if held is not None else -1,
         }
         errant = errant_against(node, known, state)
-        reason = None
-        if not node.reachable:
-            reason = f"not reachable ({node.reason})"
-        elif name in hidden:
-            reason = "hidden by an operator (maintenance)"
-        elif conf.no_promote:
-            reason = "no_promote is set"
-        elif channel is None or not channel.sql_running:
-            reason = "SQL thread not running" + (
-                f" (error {channel.last_sql_errno}: {channel.last_sql_error})"
-                if channel and channel.last_sql_errno
-                else ""
-            )
-        elif got is None:
-            reason = "received GTID position unknown"
-        elif errant is None:
-            reason = "executed GTID set unreadable"
-        elif errant:
-            reason = f"errant transactions {errant}"
+        reason = rejection(node, name in hidden, conf.no_promote, got, errant)
         out.append(Candidate(eligible=reason is None, reason=reason or "ok", **base))
 
     def rank(c: Candidate) -> tuple:
@@ -200,6 +182,38 @@ def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candida
         )
 
     return sorted(out, key=rank)
+
+
+def rejection(
+    node: NodeView,
+    hidden: bool,
+    no_promote: bool,
+    got: gtid.GtidSet | None,
+    errant: gtid.GtidSet | gtid.BinlogState | None,
+) -> str | None:
+    """Why a replica of the dead primary cannot be promoted, or None when it can."""
+    channel = node.channel
+    if not node.reachable:
+        return f"not reachable ({node.reason})"
+    if node.failures > 0:
+        return f"its last probe failed ({node.last_error}): what it holds now is unknown"
+    if hidden:
+        return "hidden by an operator (maintenance)"
+    if no_promote:
+        return "no_promote is set"
+    if channel is None or not channel.sql_running:
+        return "SQL thread not running" + (
+            f" (error {channel.last_sql_errno}: {channel.last_sql_error})"
+            if channel and channel.last_sql_errno
+            else ""
+        )
+    if got is None:
+        return "received GTID position unknown"
+    if errant is None:
+        return "executed GTID set unreadable"
+    if errant:
+        return f"errant transactions {errant}"
+    return None
 
 
 def missing_from(view: ClusterView, best: str, dead: str) -> str | None:

@@ -37,6 +37,7 @@ from hacontrol.rules.candidates import (
     missing_from,
     topology_text,
 )
+from hacontrol.rules.doubt import Unanswered, judge_unanswered
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code, Problem, hidden_nodes
 
@@ -60,7 +61,10 @@ def rule_dead_primary(
         return no_candidate(view, state, problem, ranked)
     if missing := missing_from(view, ranked[0].node, dead):
         return candidate_incomplete(view, state, dead, ranked, missing)
-    plan = failover(view, settings, problem, ranked, now)
+    judged = tuple(judge_unanswered(view, settings, dead, ranked[0].node))
+    if doubts := [u for u in judged if u.doubt is not None]:
+        return unanswered_in_doubt(view, state, settings, dead, ranked, doubts, now)
+    plan = failover(view, settings, problem, ranked, now, judged)
     best = ranked[0].node
     new_state = replace(
         state,
@@ -165,13 +169,66 @@ def candidate_incomplete(
     return alert_once(state, AlertKey(Condition.NO_CANDIDATE, dead), plan, alert)
 
 
+def unanswered_in_doubt(
+    view: ClusterView,
+    state: ControllerState,
+    settings: Settings,
+    dead: str,
+    ranked: list[Candidate],
+    doubts: list[Unanswered],
+    now: float,
+) -> Decision:
+    """A replica that cannot be read may hold a write ``dead`` acknowledged that the best
+    candidate lacks (semi-sync that never falls back promises none is lost): wait up to
+    ``failover.wait_unreachable_replica`` for it to answer (then it is compared and stopped
+    like the others); past that, no failover: halt and alert, the write outage goes on. No
+    stored halt: re-evaluated at every decision, so the failover proceeds as soon as the
+    replica answers or an operator hides it."""
+    best, names = ranked[0].node, ", ".join(u.node for u in doubts)
+    why = "; ".join(u.describe() for u in doubts)
+    key = AlertKey(Condition.NO_CANDIDATE, f"{dead} unanswered")
+    since = state.first_seen.get(key)
+    wait = settings.failover.wait_unreachable_replica
+    if since is None or now - since < wait:
+        plan = Plan(
+            "WaitUnreachableReplica",
+            f"{dead} is dead; waiting up to {wait:g} s for {names} to answer before failing "
+            f"over to {best} ({why})",
+            kind=PlanKind.ALERT,
+        )
+        first_seen = {**state.first_seen, key: now if since is None else since}
+        return Decision(plan, replace(state, first_seen=first_seen))
+    reason = (
+        f"no failover, writes stay down: {dead} is dead and {names} did not answer within "
+        f"{wait:g} s; it may hold a write {dead} acknowledged that {best} lacks ({why}): "
+        f"promoting {best} could lose it. An operator brings {names} back (it is then "
+        "compared and stopped like the other replicas and the failover goes on by itself), or "
+        f"accepts losing what it alone may hold: `hacontrol maintenance {doubts[0].node} on` "
+        "hides it and the failover goes on without it"
+    )
+    plan = Plan("UnreachableReplicaInDoubt", f"halted: {reason}", kind=PlanKind.HALT)
+    alert = Notify(
+        AlertKind.CANDIDATE_INCOMPLETE,
+        dead,
+        "primary dead, NO failover: a replica that may hold acknowledged writes is unreachable",
+        reason,
+        (("candidates", candidate_table(ranked)), ("topology", topology_text(view))),
+    )
+    return alert_once(state, key, plan, alert)
+
+
 def failover(
-    view: ClusterView, settings: Settings, problem: Problem, ranked: list[Candidate], now: float
+    view: ClusterView,
+    settings: Settings,
+    problem: Problem,
+    ranked: list[Candidate],
+    now: float,
+    judged: tuple[Unanswered, ...] = (),
 ) -> Plan:
     """The failover plan: fence the router, stop the replicas' IO threads, let the best apply
     what it received, promote it, route to it, repoint the others, alert."""
     dead, best = problem.node or "", ranked[0].node
-    others = tuple(c.node for c in ranked[1:] if view.nodes[c.node].reachable)
+    others = answering(view, ranked[1:])
     hidden = hidden_nodes(view)
     readers = {best} if settings.router.primary_is_reader else set()
     broken = {n for n in view.nodes if n not in (best, *hidden)} - readers
@@ -183,7 +240,6 @@ def failover(
     )
     replicas = (best, *others)  # hidden ones too: each may acknowledge a resumed primary's write
     table = candidate_table(ranked)
-    risk, at_risk = acknowledged_at_risk(view, dead, now)
     actions: tuple[Action, ...] = (
         *hooks(settings, "on_failure_detected", context),
         *hooks(settings, "pre_failover", context, required=True),
@@ -204,17 +260,7 @@ def failover(
         # moves the writer when the router answers (docs/failover.md).
         Route(Membership.of([best], readers, broken, hidden), required=False),
         Repoint(others, best),
-        Notify(
-            AlertKind.FAILOVER,
-            dead,
-            f"failover: {best} promoted in place of",
-            problem.reason if risk is None else f"{problem.reason}; {at_risk}",
-            (
-                ("candidates", table),
-                ("acknowledged writes at risk", at_risk),
-                ("topology before", topology_text(view)),
-            ),
-        ),
+        failover_alert(view, problem, best, table, acknowledged_at_risk(view, dead, now, judged)),
         *hooks(settings, "post_failover", context),
     )
     reason = (
@@ -227,7 +273,35 @@ def failover(
     return Plan("DeadPrimary", reason, actions, kind=PlanKind.FAILOVER, rollback=rollback)
 
 
-def acknowledged_at_risk(view: ClusterView, dead: str, now: float) -> tuple[float | None, str]:
+def failover_alert(
+    view: ClusterView, problem: Problem, best: str, table: str, risk: tuple[float | None, str]
+) -> Notify:
+    at_risk = risk[1]
+    return Notify(
+        AlertKind.FAILOVER,
+        problem.node or "",
+        f"failover: {best} promoted in place of",
+        problem.reason if risk[0] is None else f"{problem.reason}; {at_risk}",
+        (
+            ("candidates", table),
+            ("acknowledged writes at risk", at_risk),
+            ("topology before", topology_text(view)),
+        ),
+    )
+
+
+def answering(view: ClusterView, ranked: list[Candidate]) -> tuple[str, ...]:
+    """The replicas a failover stops, compares and repoints: not one whose last probe failed
+    (it cannot be stopped now; ``judge_unanswered`` found it cannot hold what the candidate
+    lacks; the stray-replica rule repoints it when it answers)."""
+    return tuple(
+        c.node for c in ranked if view.nodes[c.node].reachable and view.nodes[c.node].failures == 0
+    )
+
+
+def acknowledged_at_risk(
+    view: ClusterView, dead: str, now: float, judged: tuple[Unanswered, ...] = ()
+) -> tuple[float | None, str]:
     """What the dead primary may have acknowledged that no replica received, for the alert:
     (seconds of acknowledged writes at risk so far, or None when there can be none; the text).
 
@@ -244,13 +318,18 @@ def acknowledged_at_risk(view: ClusterView, dead: str, now: float) -> tuple[floa
     if semi is None or (semi.source_enabled and semi.source_timeout is None):
         return 0.0, f"unknown: {dead}'s semi-sync settings were never read ({lost.strip(',')})"
     if semi.never_falls_back:
-        unchecked = [r for r in view.replicas_of(dead) if not view.nodes[r].reachable]
-        unless = (
-            f"; but {', '.join(unchecked)} could not be reached: a write acknowledged by it "
-            "alone (the primary answering again while the others stopped) cannot be checked"
-            if unchecked
-            else ""
-        )
+        # Every replica that could not be read was judged (rules/doubt.py) before a failover
+        # was planned: only cleared ones remain; a hidden one is the operator's to answer for.
+        cleared = {u.node: u.why for u in judged if u.doubt is None}
+        unchecked = [
+            r for r in view.replicas_of(dead) if not view.nodes[r].reachable and r not in cleared
+        ]
+        unless = "".join(f"; {name} could not be read, but {why}" for name, why in cleared.items())
+        if unchecked:
+            unless += (
+                f"; but {', '.join(unchecked)} could not be reached: a write acknowledged by it "
+                "alone (the primary answering again while the others stopped) cannot be checked"
+            )
         return None, (
             f"none: {dead}'s semi-sync never falls back to asynchronous replication (timeout "
             f"{semi.source_timeout:.0f} s, waits without replicas): it acknowledged nothing "

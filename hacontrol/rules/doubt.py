@@ -1,0 +1,133 @@
+"""Replicas that cannot be read when a failover is decided: could one of them hold a write the
+dead primary acknowledged that the candidate lacks? Pure.
+
+Semi-synchronous replication holds each commit until ONE replica acknowledges it. With
+replicas node2 and node3, a write acknowledged by node3 alone is not on node2: promoting node2
+while node3 cannot be read may lose it. Only a source that never falls back to asynchronous
+replication promises anything (``SemiSync.never_falls_back``); otherwise the failover alert
+says how long writes were at risk, and nothing here applies.
+
+A replica that cannot be read is *cleared* when all of these hold, from facts the view has:
+
+- it was gone before the primary's last good probe: its last good probe was sent a whole probe
+  interval plus a probe timeout before that one (its next probe, due meanwhile, failed, and
+  every probe since: the failures are consecutive);
+- the primary said so itself at that probe: its semi-sync clients
+  (``Rpl_semi_sync_master_clients``) were no more than the replicas that answer now (a replica
+  cut off from the controller alone, still replicating, is one of those clients);
+- the candidate holds (executed or in its relay log) everything the primary had written at that
+  probe: so it holds every write the gone replica could have acknowledged before it went; after
+  it, only the replicas that answer acknowledged anything, and the failover stops and compares
+  those (``missing_from``, ``WaitApplied``'s peers).
+
+Anything else is a real doubt: the failover waits (``failover.wait_unreachable_replica``) for
+the replica to answer, then halts with an alert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hacontrol.rules.candidates import executed, holdings
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView, NodeView, hidden_nodes
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """A replica of the dead primary that cannot be read now; ``doubt``: why it may hold an
+    acknowledged write the candidate lacks (None: it cannot, and ``why`` says so)."""
+
+    node: str
+    why: str
+    doubt: str | None
+
+    def describe(self) -> str:
+        return f"{self.node}: {self.doubt or self.why}"
+
+
+def unanswered(view: ClusterView, dead: str) -> tuple[str, ...]:
+    """Replicas of ``dead`` whose last probe failed (unreachable, or on its way there: what
+    they hold now is not known). Hidden ones are the operator's: not waited for (putting an
+    unreachable replica in maintenance is how an operator lets a failover go on without it)."""
+    hidden = hidden_nodes(view)
+    return tuple(
+        r
+        for r in view.replicas_of(dead)
+        if r not in hidden and (not view.nodes[r].reachable or view.nodes[r].failures > 0)
+    )
+
+
+def judge_unanswered(
+    view: ClusterView, settings: Settings, dead: str, best: str
+) -> list[Unanswered]:
+    """Every unanswered replica of ``dead``, cleared or in doubt against the candidate ``best``
+    (module docstring). Empty when the dead primary's semi-sync promises nothing."""
+    primary = view.nodes[dead]
+    semi = primary.status.semi_sync if primary.status is not None else None
+    if semi is None or not semi.never_falls_back:
+        return []
+    gone = unanswered(view, dead)
+    answering = [r for r in view.replicas_of(dead) if r not in gone]
+    pending = lacking(primary, view.nodes[best])
+    out = []
+    for name in gone:
+        node = view.nodes[name]
+        why = gone_before(node, primary, settings)
+        doubt = None
+        if why is None:
+            doubt = (
+                f"it may still have been replicating at {dead}'s last good probe (its own "
+                f"last answer {age(node, primary)}): it may have acknowledged writes since"
+            )
+        elif semi.source_clients is None or semi.source_clients > len(answering):
+            clients = "unknown" if semi.source_clients is None else str(semi.source_clients)
+            doubt = (
+                f"{dead} had {clients} semi-sync replica(s) connected at its last good probe, "
+                f"more than the {len(answering)} that answer: it may still have been one"
+            )
+        elif pending is not None:
+            doubt = f"{best} lacks {pending} of what {dead} had written at its last good probe"
+        if doubt is None:
+            why = (
+                f"{why}; {dead} then had {semi.source_clients} semi-sync replica(s) connected, "
+                f"no more than the {len(answering)} that answer, and {best} holds all {dead} "
+                f"had written: it acknowledged nothing {best} lacks"
+            )
+        out.append(Unanswered(name, why or "", doubt))
+    return out
+
+
+def gone_before(node: NodeView, primary: NodeView, settings: Settings) -> str | None:
+    """Why ``node`` was already gone at the primary's last good probe, or None if it may not
+    have been: its next probe was due within one interval of its last good one, and failed
+    within the probe timeout."""
+    if primary.last_ok_at is None:
+        return None
+    if node.last_ok_at is None:
+        return "it has not answered since the controller started"
+    bound = node.last_ok_at + settings.probes.interval + settings.probes.timeout
+    if bound > primary.last_ok_at:
+        return None
+    last = age(node, primary)
+    return f"it stopped answering before the primary's last good probe (its last answer {last})"
+
+
+def age(node: NodeView, primary: NodeView) -> str:
+    if node.last_ok_at is None or primary.last_ok_at is None:
+        return "never"
+    delta = primary.last_ok_at - node.last_ok_at
+    return f"{abs(delta):.1f} s {'before' if delta >= 0 else 'after'} that probe"
+
+
+def lacking(primary: NodeView, best: NodeView) -> str | None:
+    """What the primary had written at its last good probe that ``best`` does not hold ("?"
+    when either cannot be read), or None when ``best`` holds all of it."""
+    theirs, mine = executed(primary.status), holdings(best)
+    if theirs is None or mine is None or theirs.flavor != mine.flavor:
+        return "? (GTID sets unreadable)"
+    try:
+        extra = theirs - mine
+    except ValueError:
+        return "? (GTID sets diverge)"
+    return str(extra) if extra else None

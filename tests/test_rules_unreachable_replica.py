@@ -1,0 +1,172 @@
+"""A replica that cannot be read when a failover is decided (rules/doubt.py): every branch on
+built views. Semi-sync waits for ONE replica's acknowledgement, so a replica that went away
+with the primary may hold a write it alone acknowledged; one that was gone before cannot."""
+
+from __future__ import annotations
+
+import pytest
+
+from hacontrol.decide import decide
+from hacontrol.flavors.base import IoState, SemiSync
+from hacontrol.model import AlertKey, Condition, ControllerState
+from hacontrol.plan import Notify, PlanKind, Promote, SetIOThreads
+from hacontrol.rules.doubt import judge_unanswered
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView
+from tests.factories import down, primary, replica, router, settings
+from tests.support import fold_all
+
+NAMES = ("node2", "node3", "node4", "node5")
+S5 = settings(
+    nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)]
+)
+NEVER = 4294967.295
+DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "refused"}
+WAIT = S5.failover.wait_unreachable_replica
+KEY = AlertKey(Condition.NO_CANDIDATE, "node1 unanswered")
+
+
+def semi(clients: int = 3, timeout: float | None = NEVER, wait: bool = True, on: bool = True):
+    return SemiSync(on, clients, on, True, timeout, wait)
+
+
+def cluster(
+    *,
+    node5_last_ok: float,
+    clients: int = 3,
+    semi_sync: SemiSync | None = None,
+    primary_gtid: str = "0-1-100",
+    hidden: tuple[str, ...] = (),
+    s: Settings = S5,
+) -> ClusterView:
+    """Five nodes, healthy until t=3 (node5 answers until ``node5_last_ok`` only); from t=4
+    node1 is down and the replicas that answer lost their link to it; node5 never answers
+    again. ``clients``: node1's semi-sync clients at each of its good probes."""
+    sync = semi_sync or semi(clients)
+    every = {"readers": tuple(n for n in ("node1", *NAMES) if n not in hidden), "hidden": hidden}
+    rounds: list[list] = []
+    for t in (1.0, 2.0, 3.0):
+        node5 = replica("node5", t) if t <= node5_last_ok else down("node5", t)
+        rounds.append(
+            [
+                primary(at=t, semi_sync=sync, gtid=primary_gtid if t == 3.0 else "0-1-100"),
+                *(replica(n, t) for n in NAMES[:3]),
+                node5,
+                router(**every, at=t),
+            ]
+        )
+    for t in (4.0, 5.0, 6.0):
+        answering = [replica(n, t, **DEAD_IO) for n in NAMES[:3]]
+        rounds.append([down("node1", t), down("node5", t), *answering, router(**every, at=t)])
+    return fold_all(s, *rounds)
+
+
+def notify_of(plan) -> Notify:
+    return next(a for a in plan.actions if isinstance(a, Notify))
+
+
+def test_a_replica_gone_with_the_primary_makes_the_failover_wait_then_halt():
+    view = cluster(node5_last_ok=3.0)  # node5 answered node1's last good probe round
+    first = decide(view, ControllerState(), S5, 7.0)
+    assert first.plan.rule == "WaitUnreachableReplica", first.plan.reason
+    assert first.plan.actions == () and first.plan.kind is PlanKind.ALERT
+    assert "node5" in first.plan.reason and "may have acknowledged" in first.plan.reason
+    assert first.state.first_seen[KEY] == 7.0
+    still = decide(view, first.state, S5, 7.0 + WAIT - 0.1)
+    assert still.plan.rule == "WaitUnreachableReplica" and still.state.first_seen[KEY] == 7.0
+    halted = decide(view, still.state, S5, 7.0 + WAIT)
+    assert halted.plan.rule == "UnreachableReplicaInDoubt" and halted.plan.kind is PlanKind.HALT
+    alert = notify_of(halted.plan)
+    assert "writes stay down" in alert.reason and "hacontrol maintenance node5 on" in alert.reason
+    assert not any(isinstance(a, Promote | SetIOThreads) for a in halted.plan.actions)
+    assert halted.state.halt is None  # re-evaluated at every decision: no stored halt
+    again = decide(view, halted.state, S5, 7.0 + WAIT + 1)
+    assert again.plan.rule == "UnreachableReplicaInDoubt" and again.plan.actions == ()
+
+
+def test_a_replica_gone_before_the_primarys_last_good_probe_does_not_stop_the_failover():
+    view = cluster(node5_last_ok=1.0)  # gone at t=2, node1 answered at 2 and 3 with 3 clients
+    d = decide(view, ControllerState(), S5, 7.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    stop = next(a for a in d.plan.actions if isinstance(a, SetIOThreads))
+    assert "node5" not in stop.nodes  # it cannot be stopped now; it was never in doubt
+    at_risk = dict(notify_of(d.plan).sections)["acknowledged writes at risk"]
+    assert "node5 could not be read, but it stopped answering before" in at_risk
+    assert "cannot be checked" not in at_risk
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "doubt"),
+    [
+        ("the primary had a fourth semi-sync replica", {"clients": 4}, "4 semi-sync replica(s)"),
+        ("the clients unknown", {"semi_sync": SemiSync(True, None, True, True, NEVER, True)}, ""),
+        ("the candidate lacks the last write", {"primary_gtid": "0-1-101"}, "lacks 0-1-101"),
+    ],
+)
+def test_a_replica_gone_before_stays_in_doubt_when_the_primary_does_not_clear_it(name, kw, doubt):
+    view = cluster(node5_last_ok=1.0, **kw)
+    judged = judge_unanswered(view, S5, "node1", "node2")
+    assert [u.node for u in judged] == ["node5"] and judged[0].doubt is not None
+    assert doubt in judged[0].doubt
+    assert decide(view, ControllerState(), S5, 7.0).plan.rule == "WaitUnreachableReplica"
+
+
+@pytest.mark.parametrize(
+    "sync",
+    [semi(3, timeout=2.0), semi(3, wait=False), semi(3, on=False)],
+    ids=["falls back after 2 s", "falls back without replicas", "asynchronous"],
+)
+def test_without_a_semi_sync_promise_the_failover_goes_on_and_says_what_is_at_risk(sync):
+    d = decide(cluster(node5_last_ok=3.0, semi_sync=sync), ControllerState(), S5, 7.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    assert "s so far" in dict(notify_of(d.plan).sections)["acknowledged writes at risk"]
+
+
+def answers(view: ClusterView, node5_received: str) -> ClusterView:
+    return fold_all(S5, replica("node5", 7.5, received_gtid=node5_received, **DEAD_IO), view=view)
+
+
+def test_a_replica_that_answers_within_the_wait_is_compared_and_stopped_like_the_others():
+    view = cluster(node5_last_ok=3.0)
+    waiting = decide(view, ControllerState(), S5, 7.0)
+    d = decide(answers(view, "0-1-100"), waiting.state, S5, 8.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    stop = next(a for a in d.plan.actions if isinstance(a, SetIOThreads))
+    assert set(stop.nodes) == set(NAMES)
+    # It received a write the others did not (acknowledged by it alone): it is the one promoted.
+    d = decide(answers(view, "0-1-101"), waiting.state, S5, 8.0)
+    assert next(a for a in d.plan.actions if isinstance(a, Promote)) == Promote("node5", "node1")
+
+
+def test_an_operator_hiding_the_unreachable_replica_lets_the_failover_go_on():
+    view = cluster(node5_last_ok=3.0, hidden=("node5",))
+    d = decide(view, ControllerState(), S5, 7.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    assert (
+        "node5 could not be reached"
+        in dict(notify_of(d.plan).sections)["acknowledged writes at risk"]
+    )
+
+
+def test_three_nodes_a_replica_whose_last_probe_failed_is_neither_promoted_nor_trusted():
+    # node3 froze with node1: one failed probe, still "reachable" (below failure_threshold),
+    # its last answer stale. It is no candidate, and node2 alone cannot clear it.
+    s3 = settings()
+    sync = SemiSync(True, 2, True, True, NEVER, True)
+    rounds = [
+        [primary(at=t, semi_sync=sync), replica("node2", t), replica("node3", t), router(at=t)]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [[down("node1", t), replica("node2", t, **DEAD_IO)] for t in (4.0, 5.0, 6.0)]
+    rounds.append([down("node3", 6.5)])
+    view = fold_all(s3, *rounds)
+    assert view.nodes["node3"].reachable and view.nodes["node3"].failures == 1
+    d = decide(view, ControllerState(), s3, 7.0)
+    assert d.plan.rule == "WaitUnreachableReplica", d.plan.reason
+    assert "node3" in d.plan.reason
+
+
+def test_the_wait_is_a_setting_named_in_its_error():
+    assert settings(failover={"wait_unreachable_replica": 0}).failover.wait_unreachable_replica == 0
+    with pytest.raises(ValueError, match=r"failover\.wait_unreachable_replica"):
+        settings(failover={"wait_unreachable_replica": -1})
