@@ -1,0 +1,119 @@
+"""A replica frozen with the primary (real mariadbd, five nodes, semi-sync that never falls
+back): the failover waits for it, halts, and goes on (comparing it) once it answers.
+
+node5 is SIGSTOPped just before node1 is killed: it may hold a write node1 acknowledged to it
+alone, so promoting a replica without reading node5 could lose it (rules/doubt.py). Timings
+are printed for the notes, never asserted.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from hacontrol.sandbox import Sandbox
+from tests.live import WriteLoop, healthy_and_idle, runtime, sandbox_settings, sql
+from tests.sandbox_fixtures import running_sandbox
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+WAIT = 2.0
+
+
+@pytest.fixture
+def five_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    with running_sandbox(tmp_path_factory.mktemp("sbx") / "sandbox", nodes=5) as sb:
+        yield sb
+
+
+def failovers(capture) -> list[dict]:
+    return [r for r in capture.of("plan_started") if r["kind"] == "failover"]
+
+
+def rules(capture) -> list[str]:
+    return [r["rule"] for r in capture.of("decision")]
+
+
+@pytest.mark.parametrize("answers", ["within the wait", "after the halt"])
+async def test_a_replica_frozen_with_the_primary_holds_the_failover_until_it_answers(
+    five_nodes, answers
+):
+    wait = 10.0 if answers == "within the wait" else WAIT
+    settings = sandbox_settings(
+        five_nodes, io_stall=1.5, apply_timeout=10.0, wait_unreachable_replica=wait
+    )
+    rt, capture = runtime(settings)
+    frozen = False
+    try:
+        async with rt:
+            await healthy_and_idle(rt, timeout=40)
+            writes = WriteLoop(five_nodes).start()
+            await eventually(lambda: len(writes.acknowledged) > 30, 10, "writes flowing")
+            assert five_nodes.kill_node("node5", signal.SIGSTOP)
+            frozen = True
+            killed_at = time.monotonic()
+            assert five_nodes.kill_node("node1", signal.SIGKILL)
+            await eventually(
+                lambda: "WaitUnreachableReplica" in rules(capture), 20, "the failover waits"
+            )
+            waited_at = time.monotonic()
+            halted_at = None
+            if answers == "after the halt":
+                halted_at = await halts(five_nodes, capture)
+            assert not failovers(capture), "a failover started while node5 was frozen"
+            # node5 answers: it is read like the others, and the failover goes on by itself.
+            assert five_nodes.kill_node("node5", signal.SIGCONT)
+            frozen = False
+            resumed_at = time.monotonic()
+            done = await eventually(
+                lambda: [r for r in capture.of("plan_finished") if r["kind"] == "failover"],
+                30,
+                "failover finished",
+            )
+            assert done[0]["ok"], done[0]["reason"]
+            if answers == "within the wait":
+                assert "UnreachableReplicaInDoubt" not in rules(capture)
+            finished_at = time.monotonic()
+            after = time.monotonic()
+            await eventually(lambda: writes.acked_since(after) > 10, 20, "writes succeed again")
+            await writes.stop()
+            roles = await five_nodes.live_roles()
+            new = next(n for n, role in roles.items() if role == "primary")
+            # node5 was stopped and repointed like the other replicas.
+            await eventually(
+                lambda: rt.controller.view.sources.get("node5") == new, 20, "node5 follows " + new
+            )
+        rows = await sql(five_nodes, new, "SELECT id FROM app.writes WHERE id >= 1000000")
+        present = {r[0] for r in rows}
+        lost = [i for i in writes.acknowledged if i not in present]
+        assert lost == [], f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+        print(
+            f"\n{answers}: kill -> wait {waited_at - killed_at:.3f} s; -> halt "
+            f"{'-' if halted_at is None else f'{halted_at - killed_at:.3f} s'};"
+            f" SIGCONT -> failover finished {finished_at - resumed_at:.3f} s ({new} promoted); "
+            f"acknowledged {len(writes.acknowledged)}, lost 0"
+        )
+    finally:
+        if frozen:
+            five_nodes.kill_node("node5", signal.SIGCONT)
+
+
+async def halts(sandbox: Sandbox, capture) -> float:
+    """Until the failover halts on node5; no failover meanwhile, every replica read-only."""
+    await eventually(
+        lambda: "UnreachableReplicaInDoubt" in rules(capture), 20, "the failover halts"
+    )
+    halted_at = time.monotonic()
+    # No failover meanwhile (the router takes the lost nodes out of the readers): every
+    # replica still read-only.
+    assert not failovers(capture)
+    for node in ("node2", "node3", "node4"):
+        rows = await sql(sandbox, node, "SELECT @@read_only")
+        assert rows[0][0] == 1, f"{node} writable during the halt"
+    halt = next(r for r in capture.of("decision") if r["rule"] == "UnreachableReplicaInDoubt")
+    assert "node5" in halt["reason"] and "writes stay down" in halt["reason"]
+    return halted_at
