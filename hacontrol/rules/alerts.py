@@ -9,6 +9,8 @@ from dataclasses import replace
 
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision
 from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
+from hacontrol.rules.lease import holds_majority
+from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code
 
 
@@ -21,6 +23,46 @@ def alert_once(state: ControllerState, key: AlertKey, plan: Plan, alert: Notify)
     return Decision(
         replace(plan, actions=(*plan.actions, alert)), replace(state, alerted=state.alerted | {key})
     )
+
+
+def leader_unknown(view: ClusterView, settings: Settings, now: float) -> bool:
+    """A fleet instance that does not lead and cannot tell yet whether another does: the lock
+    of a node its probes reach is unknown (its lease session there is not open again: right
+    after a partition heals, the probes come back before the lease sessions do). A leader may
+    be fixing what it sees (fencing the old primary); an alert now may be a false alarm."""
+    if not settings.controller.fleet or holds_majority(view, settings, now):
+        return False
+    return any(
+        (lock := view.locks.get(name)) is None or not lock.known
+        for name, node in view.nodes.items()
+        if node.reachable
+    )
+
+
+def alert_unless_a_leader_may_act(
+    view: ClusterView,
+    state: ControllerState,
+    settings: Settings,
+    now: float,
+    key: AlertKey,
+    decision: Decision,
+) -> Decision:
+    """``decision`` (an ``alert_once``) as it is, or without its alert while this fleet
+    instance cannot tell whether another leads (``leader_unknown``) and the condition is
+    younger than W plus the lease back-off: by then its lease sessions are open again (a
+    leader seen: the alert is the leader's job, ``step``) or none leads and the alert is true.
+    The plan itself (a halt of this instance's changes) is kept."""
+    if key in state.alerted or not leader_unknown(view, settings, now):
+        return decision
+    since = state.first_seen.get(key)
+    bound = settings.lease.wait_timeout + settings.lease.backoff
+    if since is not None and now - since >= bound:
+        return decision
+    plan = decision.plan
+    quiet = replace(plan, actions=tuple(a for a in plan.actions if not isinstance(a, Notify)))
+    first_seen = {**state.first_seen, key: now if since is None else since}
+    held = replace(decision.state, alerted=decision.state.alerted - {key}, first_seen=first_seen)
+    return Decision(quiet, held)
 
 
 def paused(withheld: Plan, state: ControllerState) -> Decision:

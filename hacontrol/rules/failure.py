@@ -28,7 +28,7 @@ from hacontrol.plan import (
     WaitApplied,
 )
 from hacontrol.routing import Membership
-from hacontrol.rules.alerts import alert_once
+from hacontrol.rules.alerts import alert_once, alert_unless_a_leader_may_act
 from hacontrol.rules.candidates import (
     Candidate,
     candidate_table,
@@ -386,7 +386,9 @@ def rule_no_primary(
         problem.reason,
         (("topology", topology_text(view)),),
     )
-    return alert_once(state, AlertKey(Condition.NO_PRIMARY), plan, alert)
+    key = AlertKey(Condition.NO_PRIMARY)
+    decision = alert_once(state, key, plan, alert)
+    return alert_unless_a_leader_may_act(view, state, settings, now, key, decision)
 
 
 def rule_io_stopped_by_a_failover(

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Halt
 from hacontrol.plan import AlertKind, Notify, Plan, PlanKind, Route
-from hacontrol.rules.alerts import alert_once
+from hacontrol.rules.alerts import alert_once, alert_unless_a_leader_may_act
 from hacontrol.rules.candidates import topology_text
 from hacontrol.rules.routing import fleet_membership
 from hacontrol.settings import Settings
@@ -100,9 +100,11 @@ def rule_two_writers(
         problem.reason,
         (("topology", topology_text(view)),),
     )
-    return alert_once(
-        replace(state, halt=halt), AlertKey(Condition.HALT, problem.code.value), plan, alert
-    )
+    key = AlertKey(Condition.HALT, problem.code.value)
+    decision = alert_once(replace(state, halt=halt), key, plan, alert)
+    # A fleet instance that cannot tell yet whether another leads (right after a partition
+    # heals): the leader may be fencing the old primary; alert only if it lasts.
+    return alert_unless_a_leader_may_act(view, state, settings, now, key, decision)
 
 
 def rule_halted(

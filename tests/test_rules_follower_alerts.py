@@ -1,0 +1,96 @@
+"""A fleet instance that does not lead, right after a partition heals: its probes see the old
+primary and the new one both writable before its lease sessions are open again, so it cannot
+tell that another instance leads (and is about to fence the old primary). Its alert waits
+W + the lease back-off; a leader, a single instance, or a follower that can read the locks
+alerts at once as before (a follower that sees a leader leaves the alert to it: ``step``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hacontrol.decide import decide
+from hacontrol.model import AlertKey, Condition, ControllerState
+from hacontrol.plan import Notify, PlanKind
+from hacontrol.rules.alerts import leader_unknown
+from hacontrol.settings import Settings
+from hacontrol.view import ClusterView
+from tests.factories import fleet, lock, primary, replica, router, settings
+from tests.support import fold_all
+
+F = fleet()
+BOUND = F.lease.wait_timeout + F.lease.backoff
+KEY = AlertKey(Condition.HALT, "TwoWritableNodes")
+NOW = 10.0
+
+
+def two_writable(s: Settings, locks: str) -> ClusterView:
+    """node1 (the old primary, back after heal) and node2 (promoted meanwhile) both writable,
+    node3 a replica of node2; ``locks``: this instance's lock view of every node: "x" no lease
+    session yet, "M" it holds the leader lock, "o" another instance does."""
+    rounds = [
+        [
+            primary("node1", t),
+            primary("node2", t),
+            replica("node3", t, source="node2"),
+            router(writers=("node2",), at=t),
+        ]
+        for t in (7.0, 8.0, 9.0)
+    ]
+    spec = {
+        "x": lambda n: lock(n, 9.5, error="2003: cannot connect"),
+        "M": lambda n: lock(n, 9.5, leader=7),
+        "o": lambda n: lock(n, 9.5, leader=99),
+    }
+    events = [spec[code](f"node{i}") for i, code in enumerate(locks, start=1)] if locks else []
+    return fold_all(s, *rounds, events)
+
+
+def alerts(plan) -> list[Notify]:
+    return [a for a in plan.actions if isinstance(a, Notify)]
+
+
+def test_a_follower_that_cannot_see_the_locks_holds_its_halt_alert_for_a_bound():
+    view = two_writable(F, "xxx")
+    assert leader_unknown(view, F, NOW)
+    first = decide(view, ControllerState(), F, NOW, leads=False)
+    assert first.plan.rule == "TwoWritableNodes" and first.plan.kind is PlanKind.HALT
+    assert alerts(first.plan) == [] and KEY not in first.state.alerted
+    assert first.state.halt is not None  # this instance's own changes stop at once
+    still = decide(view, first.state, F, NOW + BOUND - 0.1, leads=False)
+    assert alerts(still.plan) == []
+    late = decide(view, still.state, F, NOW + BOUND, leads=False)
+    assert [a.summary for a in alerts(late.plan)] == ["HALT: TwoWritableNodes"]
+    assert KEY in late.state.alerted
+    assert alerts(decide(view, late.state, F, NOW + BOUND + 1, leads=False).plan) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "s", "locks"),
+    [
+        ("the leader", F, "MMM"),
+        ("a follower that reads every lock (another leads: step leaves it to it)", F, "ooo"),
+        ("a single instance", settings(), ""),
+    ],
+)
+def test_who_can_tell_alerts_at_once(name, s, locks):
+    view = two_writable(s, locks)
+    assert not leader_unknown(view, s, NOW)
+    d = decide(view, ControllerState(), s, NOW, leads=locks == "MMM" or not locks)
+    assert [a.summary for a in alerts(d.plan)] == ["HALT: TwoWritableNodes"], name
+
+
+def test_a_condition_that_ends_within_the_bound_never_alerts():
+    held = decide(two_writable(F, "xxx"), ControllerState(), F, NOW, leads=False)
+    # The leader fenced node1: one writable node, the halt and its first sighting are gone.
+    rounds = [
+        [
+            replica("node1", t, source="node2"),
+            primary("node2", t),
+            replica("node3", t, source="node2"),
+        ]
+        for t in (10.5, 11.0, 11.5)
+    ]
+    fenced = fold_all(F, *rounds, view=two_writable(F, "xxx"))
+    d = decide(fenced, held.state, F, NOW + BOUND + 1, leads=False)
+    assert d.plan.rule != "TwoWritableNodes" and alerts(d.plan) == []
+    assert KEY not in d.state.first_seen and d.state.halt is None
