@@ -68,6 +68,8 @@ def judge_unanswered(
     if semi is None or not semi.never_falls_back:
         return []
     gone = unanswered(view, dead)
+    if not gone:
+        return []
     answering = [r for r in view.replicas_of(dead) if r not in gone]
     pending = lacking(primary, view.nodes[best])
     out = []
