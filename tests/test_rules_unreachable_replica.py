@@ -22,6 +22,7 @@ S5 = settings(
 )
 NEVER = 4294967.295
 DEAD_IO = {"io_state": IoState.CONNECTING, "last_io_errno": 2003, "last_io_error": "refused"}
+STOPPED = {"io_state": IoState.STOPPED}  # an operator's STOP SLAVE IO_THREAD (a backup)
 WAIT = S5.failover.wait_unreachable_replica
 KEY = AlertKey(Condition.NO_CANDIDATE, "node1 unanswered")
 
@@ -37,6 +38,7 @@ def cluster(
     semi_sync: SemiSync | None = None,
     primary_gtid: str = "0-1-100",
     hidden: tuple[str, ...] = (),
+    stopped: tuple[str, ...] = (),
     s: Settings = S5,
 ) -> ClusterView:
     """Five nodes, healthy until t=3 (node5 answers until ``node5_last_ok`` only); from t=4
@@ -50,13 +52,13 @@ def cluster(
         rounds.append(
             [
                 primary(at=t, semi_sync=sync, gtid=primary_gtid if t == 3.0 else "0-1-100"),
-                *(replica(n, t) for n in NAMES[:3]),
+                *(replica(n, t, **(STOPPED if n in stopped else {})) for n in NAMES[:3]),
                 node5,
                 router(**every, at=t),
             ]
         )
     for t in (4.0, 5.0, 6.0):
-        answering = [replica(n, t, **DEAD_IO) for n in NAMES[:3]]
+        answering = [replica(n, t, **(STOPPED if n in stopped else DEAD_IO)) for n in NAMES[:3]]
         rounds.append([down("node1", t), down("node5", t), *answering, router(**every, at=t)])
     return fold_all(s, *rounds)
 
@@ -101,6 +103,11 @@ def test_a_replica_gone_before_the_primarys_last_good_probe_does_not_stop_the_fa
         ("the primary had a fourth semi-sync replica", {"clients": 4}, "4 semi-sync replica(s)"),
         ("the clients unknown", {"semi_sync": SemiSync(True, None, True, True, NEVER, True)}, ""),
         ("the candidate lacks the last write", {"primary_gtid": "0-1-101"}, "lacks 0-1-101"),
+        (
+            "an answering replica was not linked to the primary then: node5 may have been",
+            {"stopped": ("node4",)},
+            "more than the 2 that answer and were linked",
+        ),
     ],
 )
 def test_a_replica_gone_before_stays_in_doubt_when_the_primary_does_not_clear_it(name, kw, doubt):

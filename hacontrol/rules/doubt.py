@@ -13,8 +13,9 @@ A replica that cannot be read is *cleared* when all of these hold, from facts th
   interval plus a probe timeout before that one (its next probe, due meanwhile, failed, and
   every probe since: the failures are consecutive);
 - the primary said so itself at that probe: its semi-sync clients
-  (``Rpl_semi_sync_master_clients``) were no more than the replicas that answer now (a replica
-  cut off from the controller alone, still replicating, is one of those clients);
+  (``Rpl_semi_sync_master_clients``) were no more than the replicas that answer now and were
+  linked to it then (``linked_at``; a replica cut off from the controller alone, still
+  replicating, is one of those clients);
 - the candidate holds (executed or in its relay log) everything the primary had written at that
   probe: so it holds every write the gone replica could have acknowledged before it went; after
   it, only the replicas that answer acknowledged anything, and the failover stops and compares
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hacontrol.flavors.base import IoState
 from hacontrol.rules.candidates import executed, holdings
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, NodeView, hidden_nodes
@@ -71,6 +73,7 @@ def judge_unanswered(
     if not gone:
         return []
     answering = [r for r in view.replicas_of(dead) if r not in gone]
+    linked = [r for r in answering if linked_at(view.nodes[r], primary.last_ok_at, settings)]
     pending = lacking(primary, view.nodes[best])
     out = []
     for name in gone:
@@ -82,22 +85,37 @@ def judge_unanswered(
                 f"it may still have been replicating at {dead}'s last good probe (its own "
                 f"last answer {age(node, primary)}): it may have acknowledged writes since"
             )
-        elif semi.source_clients is None or semi.source_clients > len(answering):
+        elif semi.source_clients is None or semi.source_clients > len(linked):
             clients = "unknown" if semi.source_clients is None else str(semi.source_clients)
             doubt = (
                 f"{dead} had {clients} semi-sync replica(s) connected at its last good probe, "
-                f"more than the {len(answering)} that answer: it may still have been one"
+                f"more than the {len(linked)} that answer and were linked to it then: it may "
+                "still have been one"
             )
         elif pending is not None:
             doubt = f"{best} lacks {pending} of what {dead} had written at its last good probe"
         if doubt is None:
             why = (
                 f"{why}; {dead} then had {semi.source_clients} semi-sync replica(s) connected, "
-                f"no more than the {len(answering)} that answer, and {best} holds all {dead} "
-                f"had written: it acknowledged nothing {best} lacks"
+                f"no more than the {len(linked)} that answer and were linked to it then, and "
+                f"{best} holds all {dead} had written: it acknowledged nothing {best} lacks"
             )
         out.append(Unanswered(name, why or "", doubt))
     return out
+
+
+def linked_at(node: NodeView, at: float | None, settings: Settings) -> bool:
+    """Could this answering replica have been one of the primary's semi-sync clients at
+    ``at``: its IO thread not stopped, and its received GTID or heartbeats moving around then
+    (``view.link_alive``'s measure; without heartbeats, the IO thread alone). One that was not
+    cannot stand for a client the primary counted: the gone replica may have been that one."""
+    channel = node.channel
+    if at is None or channel is None or channel.io_state is IoState.STOPPED:
+        return False
+    if channel.heartbeat_period is None or channel.heartbeats_received is None:
+        return True
+    stall = max(settings.failover.io_stall, 2.5 * channel.heartbeat_period)
+    return node.io_progress_at is not None and node.io_progress_at >= at - stall
 
 
 def gone_before(node: NodeView, primary: NodeView, settings: Settings) -> str | None:
