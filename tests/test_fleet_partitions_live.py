@@ -342,6 +342,11 @@ async def test_leader_isolated_with_the_primary_changes_nothing_and_the_majority
     assert not [a for a in everyone if a["kind"] == "unreachable_primary"], everyone
     failed_over = [m.name for m in fleet.members if m.of("plan_started", cut, kind="failover")]
     assert failed_over == [new.name]
+    # After heal the old leader follows and cannot read the locks for a moment (its lease
+    # sessions reopen after its probes): no false alarm while the new leader fences node1 (it
+    # used to send HALT: TwoWritableNodes and run on_halt in about half the runs).
+    false_alarms = [a for a in old.of("alert", seen.healed) if a["kind"] in ("halt", "no_primary")]
+    assert false_alarms == [], false_alarms
     # node1 acknowledged nothing after the cut: not to the client on its own host, nor through
     # the old leader's router while cut off; nothing acknowledged is missing on the new primary.
     late = [t for t in local.ack_times if t > cut + 0.1]
@@ -367,7 +372,8 @@ async def test_leader_isolated_with_the_primary_changes_nothing_and_the_majority
         f"without a writer {unrouted} s after (two routers on two writers for {both} s); write "
         f"outage through each router {outages}"
         f"\nalerts: {old.name}: {[(a['kind'], a['reason']) for a in old_alerts]}; "
-        f"{new.name}: {[a['kind'] for a in new.of('alert', cut)]}"
+        f"{new.name}: {[a['kind'] for a in new.of('alert', cut)]}; old leader's decisions after "
+        f"heal: {sorted({d['rule'] for d in old.of('decision', seen.healed)})}"
         f"\nnode1 after heal: {how.get('rule') or how['kind']}; acknowledged by node1 after the "
         f"cut: {len(late)}; node1's host client errors: {local.errors}"
     )
