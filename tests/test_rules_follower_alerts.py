@@ -94,3 +94,24 @@ def test_a_condition_that_ends_within_the_bound_never_alerts():
     d = decide(fenced, held.state, F, NOW + BOUND + 1, leads=False)
     assert d.plan.rule != "TwoWritableNodes" and alerts(d.plan) == []
     assert KEY not in d.state.first_seen and d.state.halt is None
+
+
+def test_two_writers_in_this_instances_own_router_alert_at_once():
+    # No leader fixes another instance's router: nothing to wait for.
+    view = fold_all(
+        F,
+        *(
+            [
+                primary("node1", t),
+                replica("node2", t),
+                replica("node3", t),
+                router(writers=("node1", "node2"), at=t),
+            ]
+            for t in (7.0, 8.0, 9.0)
+        ),
+        [lock(f"node{i}", 9.5, error="2003: cannot connect") for i in (1, 2, 3)],
+    )
+    assert leader_unknown(view, F, NOW)
+    d = decide(view, ControllerState(), F, NOW, leads=False)
+    assert d.plan.rule == "RouterHasTwoWriters", d.plan.reason
+    assert [a.summary for a in alerts(d.plan)] == ["HALT: RouterHasTwoWriters"]

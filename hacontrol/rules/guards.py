@@ -102,6 +102,8 @@ def rule_two_writers(
     )
     key = AlertKey(Condition.HALT, problem.code.value)
     decision = alert_once(replace(state, halt=halt), key, plan, alert)
+    if problem.code is not Code.TWO_WRITABLE_NODES:
+        return decision  # this instance's own router: no leader fixes it
     # A fleet instance that cannot tell yet whether another leads (right after a partition
     # heals): the leader may be fencing the old primary; alert only if it lasts.
     return alert_unless_a_leader_may_act(view, state, settings, now, key, decision)
