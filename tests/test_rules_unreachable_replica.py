@@ -177,3 +177,12 @@ def test_the_wait_is_a_setting_named_in_its_error():
     assert settings(failover={"wait_unreachable_replica": 0}).failover.wait_unreachable_replica == 0
     with pytest.raises(ValueError, match=r"failover\.wait_unreachable_replica"):
         settings(failover={"wait_unreachable_replica": -1})
+
+
+def test_gone_before_means_a_whole_probe_interval_and_timeout_before_the_primarys_last_probe():
+    # node5's last answer at t=2, node1's at t=3: node5's next probe (due by t=3) may have
+    # been sent after node1's, so node5 may have been replicating then: in doubt.
+    late = judge_unanswered(cluster(node5_last_ok=2.0), S5, "node1", "node2")
+    assert late[0].doubt is not None and "may still have been replicating" in late[0].doubt
+    early = judge_unanswered(cluster(node5_last_ok=1.0), S5, "node1", "node2")
+    assert early[0].doubt is None and "acknowledged nothing node2 lacks" in early[0].why
