@@ -186,3 +186,27 @@ def test_gone_before_means_a_whole_probe_interval_and_timeout_before_the_primary
     assert late[0].doubt is not None and "may still have been replicating" in late[0].doubt
     early = judge_unanswered(cluster(node5_last_ok=1.0), S5, "node1", "node2")
     assert early[0].doubt is None and "acknowledged nothing node2 lacks" in early[0].why
+
+
+def test_a_hidden_replica_whose_last_probe_failed_is_waited_for_until_it_is_unreachable():
+    # In maintenance (a backup) it may still replicate semi-synchronously: one failed probe is
+    # not the operator's decision to go on without it; unreachable and hidden is.
+    every = {"readers": ("node1", *NAMES[:3]), "hidden": ("node5",)}
+    rounds = [
+        [
+            primary(at=t, semi_sync=semi(4)),
+            *(replica(n, t) for n in NAMES),
+            router(**every, at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [
+        [down("node1", t), *(replica(n, t, **DEAD_IO) for n in NAMES), router(**every, at=t)]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    view = fold_all(S5, *rounds, down("node5", 6.5))
+    assert view.nodes["node5"].reachable and view.nodes["node5"].failures == 1
+    assert decide(view, ControllerState(), S5, 7.0).plan.rule == "WaitUnreachableReplica"
+    gone = fold_all(S5, down("node5", 6.6), down("node5", 6.7), view=view)
+    assert not gone.nodes["node5"].reachable
+    assert decide(gone, ControllerState(), S5, 7.0).plan.rule == "DeadPrimary"

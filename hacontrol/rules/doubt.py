@@ -50,14 +50,18 @@ class Unanswered:
 
 def unanswered(view: ClusterView, dead: str) -> tuple[str, ...]:
     """Replicas of ``dead`` whose last probe failed (unreachable, or on its way there: what
-    they hold now is not known). Hidden ones are the operator's: not waited for (putting an
-    unreachable replica in maintenance is how an operator lets a failover go on without it)."""
+    they hold now is not known). A hidden one counted unreachable is the operator's: not
+    waited for (putting an unreachable replica in maintenance is how an operator lets a
+    failover go on without it); a hidden one whose probe failed only once or twice may be
+    replicating (a backup in maintenance) and is waited for like the others."""
     hidden = hidden_nodes(view)
-    return tuple(
-        r
-        for r in view.replicas_of(dead)
-        if r not in hidden and (not view.nodes[r].reachable or view.nodes[r].failures > 0)
-    )
+    out = []
+    for name in view.replicas_of(dead):
+        node = view.nodes[name]
+        failed = node.failures > 0 if node.reachable else name not in hidden
+        if failed:
+            out.append(name)
+    return tuple(out)
 
 
 def judge_unanswered(
