@@ -4,6 +4,8 @@ with the primary may hold a write it alone acknowledged; one that was gone befor
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from hacontrol.decide import decide
@@ -145,14 +147,69 @@ def test_a_replica_that_answers_within_the_wait_is_compared_and_stopped_like_the
     assert next(a for a in d.plan.actions if isinstance(a, Promote)) == Promote("node5", "node1")
 
 
-def test_an_operator_hiding_the_unreachable_replica_lets_the_failover_go_on():
-    view = cluster(node5_last_ok=3.0, hidden=("node5",))
+def test_hiding_the_replica_after_the_wait_began_lets_the_failover_go_on():
+    waiting = decide(cluster(node5_last_ok=3.0), ControllerState(), S5, 7.0)
+    assert waiting.plan.rule == "WaitUnreachableReplica"
+    # Hidden before the incident (a backup in maintenance) is no consent: still waited for.
+    before = decide(cluster(node5_last_ok=3.0, hidden=("node5",)), ControllerState(), S5, 7.0)
+    assert before.plan.rule == "WaitUnreachableReplica", before.plan.reason
+    # Hidden after the failover began to wait for it: the operator's consent.
+    hidden = cluster(node5_last_ok=3.0, hidden=("node5",))
+    d = decide(hidden, waiting.state, S5, 8.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    at_risk = dict(notify_of(d.plan).sections)["acknowledged writes at risk"]
+    assert "node5 could not be reached" in at_risk
+
+
+def test_an_asynchronous_replica_is_no_semi_sync_client():
+    # node4 replicates asynchronously: it cannot stand for a client node1 counted (node5 was).
+    view = cluster(node5_last_ok=1.0)
+    async_node4 = replica("node4", 6.5, **DEAD_IO)
+    assert async_node4.status is not None
+    status = replace(
+        async_node4.status, semi_sync=replace(async_node4.status.semi_sync, replica_enabled=False)
+    )
+    view = fold_all(S5, replace(async_node4, status=status), view=view)
+    judged = judge_unanswered(view, S5, "node1", "node2")
+    assert judged[0].doubt is not None and "more than the 2 that answer" in judged[0].doubt
+
+
+def test_a_node_never_read_is_judged_and_so_is_an_unnamed_semi_sync_client():
+    # node5 never answered since the controller started: its source is unknown.
+    sync = semi(4)
+    rounds = [
+        [
+            primary(at=t, semi_sync=sync),
+            *(replica(n, t) for n in NAMES[:3]),
+            down("node5", t),
+            router(readers=("node1", *NAMES[:3]), at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [
+        [down("node1", t), *(replica(n, t, **DEAD_IO) for n in NAMES[:3]), down("node5", t)]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    view = fold_all(S5, *rounds)
+    judged = judge_unanswered(view, S5, "node1", "node2")
+    assert [u.node for u in judged] == ["node5"] and judged[0].doubt is not None
+    # Four clients, three known replicas that answer: a client nobody can name.
+    three = settings(
+        nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 5)]
+    )
+    view = fold_all(three, *([e for e in r if getattr(e, "node", "") != "node5"] for r in rounds))
+    d = decide(view, ControllerState(), three, 7.0)
+    assert d.plan.rule == "WaitUnreachableReplica" and "cannot name" in d.plan.reason
+
+
+def test_without_a_semi_sync_promise_a_replica_with_one_failed_probe_is_stopped_as_before():
+    view = cluster(node5_last_ok=1.0, semi_sync=semi(3, timeout=10.0))
+    view = fold_all(S5, replica("node5", 6.2, **DEAD_IO), down("node5", 6.5), view=view)
+    assert view.nodes["node5"].reachable and view.nodes["node5"].failures == 1
     d = decide(view, ControllerState(), S5, 7.0)
     assert d.plan.rule == "DeadPrimary", d.plan.reason
-    assert (
-        "node5 could not be reached"
-        in dict(notify_of(d.plan).sections)["acknowledged writes at risk"]
-    )
+    stop = next(a for a in d.plan.actions if isinstance(a, SetIOThreads))
+    assert set(stop.nodes) == set(NAMES)
 
 
 def test_three_nodes_a_replica_whose_last_probe_failed_is_neither_promoted_nor_trusted():
@@ -188,7 +245,7 @@ def test_gone_before_means_a_whole_probe_interval_and_timeout_before_the_primary
     assert early[0].doubt is None and "acknowledged nothing node2 lacks" in early[0].why
 
 
-def test_a_hidden_replica_whose_last_probe_failed_is_waited_for_until_it_is_unreachable():
+def test_a_hidden_replica_that_stops_answering_is_waited_for():
     # In maintenance (a backup) it may still replicate semi-synchronously: one failed probe is
     # not the operator's decision to go on without it; unreachable and hidden is.
     every = {"readers": ("node1", *NAMES[:3]), "hidden": ("node5",)}
@@ -208,5 +265,5 @@ def test_a_hidden_replica_whose_last_probe_failed_is_waited_for_until_it_is_unre
     assert view.nodes["node5"].reachable and view.nodes["node5"].failures == 1
     assert decide(view, ControllerState(), S5, 7.0).plan.rule == "WaitUnreachableReplica"
     gone = fold_all(S5, down("node5", 6.6), down("node5", 6.7), view=view)
-    assert not gone.nodes["node5"].reachable
-    assert decide(gone, ControllerState(), S5, 7.0).plan.rule == "DeadPrimary"
+    assert not gone.nodes["node5"].reachable  # hidden before the incident: still waited for
+    assert decide(gone, ControllerState(), S5, 7.0).plan.rule == "WaitUnreachableReplica"

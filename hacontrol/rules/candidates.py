@@ -140,12 +140,22 @@ def holdings(node: NodeView) -> gtid.GtidSet | None:
         return None
 
 
+def semi_sync_promised(view: ClusterView, dead: str) -> bool:
+    """The dead primary's semi-sync never falls back: it acknowledged nothing no replica
+    received, so a replica that cannot be read (its last probe failed) is judged, never
+    promoted, stopped or compared on a stale answer (``rules/doubt.py``). Otherwise nothing is
+    promised, and such a replica is treated as before (by its last answer)."""
+    node = view.nodes[dead]
+    return node.status is not None and node.status.semi_sync.never_falls_back
+
+
 def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candidate]:
     """Every replica of ``dead``, ranked: eligible first, then the one holding most (executed
     plus received: what is in its relay log counts, never Seconds_Behind_Master alone), then
     priority, then lowest lag. Each with the reason it is eligible or rejected."""
     hidden = hidden_nodes(view)
     dead_status = view.nodes[dead].status
+    strict = semi_sync_promised(view, dead)
     # What the cluster is known to have from the primary: its last executed set and every
     # replica's relay log (a node's own relay log included: received is not errant).
     known = [s for s in (executed(dead_status),) if s is not None]
@@ -170,6 +180,8 @@ def candidates(view: ClusterView, settings: Settings, dead: str) -> list[Candida
         }
         errant = errant_against(node, known, state)
         reason = rejection(node, name in hidden, conf.no_promote, got, errant)
+        if reason is None and strict and node.failures > 0:
+            reason = f"its last probe failed ({node.last_error}): what it holds now is unknown"
         out.append(Candidate(eligible=reason is None, reason=reason or "ok", **base))
 
     def rank(c: Candidate) -> tuple:
@@ -195,8 +207,6 @@ def rejection(
     channel = node.channel
     if not node.reachable:
         return f"not reachable ({node.reason})"
-    if node.failures > 0:
-        return f"its last probe failed ({node.last_error}): what it holds now is unknown"
     if hidden:
         return "hidden by an operator (maintenance)"
     if no_promote:

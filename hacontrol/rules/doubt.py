@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from hacontrol.flavors.base import IoState
 from hacontrol.rules.candidates import executed, holdings
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, NodeView, hidden_nodes
+from hacontrol.view import ClusterView, NodeView
 
 
 @dataclass(frozen=True)
@@ -48,74 +48,110 @@ class Unanswered:
         return f"{self.node}: {self.doubt or self.why}"
 
 
-def unanswered(view: ClusterView, dead: str) -> tuple[str, ...]:
-    """Replicas of ``dead`` whose last probe failed (unreachable, or on its way there: what
-    they hold now is not known). A hidden one counted unreachable is the operator's: not
-    waited for (putting an unreachable replica in maintenance is how an operator lets a
-    failover go on without it); a hidden one whose probe failed only once or twice may be
-    replicating (a backup in maintenance) and is waited for like the others."""
-    hidden = hidden_nodes(view)
+UNNAMED = "a semi-sync replica the controller cannot name"
+
+
+def unanswered(
+    view: ClusterView, dead: str, consented: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
+    """Nodes that may be replicas of ``dead`` and cannot be read now: a replica of it whose
+    last probe failed (unreachable, or on its way there: what it holds now is not known), and
+    a node never read at all (its source unknown). Hidden ones too (in maintenance for a
+    backup, a replica may still replicate), unless in ``consented``: hidden by an operator
+    after the failover began to wait for them (how an operator accepts going on without)."""
     out = []
-    for name in view.replicas_of(dead):
-        node = view.nodes[name]
-        failed = node.failures > 0 if node.reachable else name not in hidden
-        if failed:
+    for name, node in view.nodes.items():
+        if name == dead or name in consented:
+            continue
+        maybe_replica = view.sources.get(name) == dead or node.status is None
+        if maybe_replica and (not node.reachable or node.failures > 0):
             out.append(name)
     return tuple(out)
 
 
 def judge_unanswered(
-    view: ClusterView, settings: Settings, dead: str, best: str
+    view: ClusterView,
+    settings: Settings,
+    dead: str,
+    best: str,
+    consented: frozenset[str] = frozenset(),
 ) -> list[Unanswered]:
     """Every unanswered replica of ``dead``, cleared or in doubt against the candidate ``best``
-    (module docstring). Empty when the dead primary's semi-sync promises nothing."""
+    (module docstring), and an unnamed doubt when the primary counted more semi-sync clients
+    at its last good probe than the replicas that answer and were linked to it then. Empty
+    when the dead primary's semi-sync promises nothing."""
     primary = view.nodes[dead]
     semi = primary.status.semi_sync if primary.status is not None else None
     if semi is None or not semi.never_falls_back:
         return []
-    gone = unanswered(view, dead)
-    if not gone:
-        return []
+    gone = unanswered(view, dead, consented)
     answering = [r for r in view.replicas_of(dead) if r not in gone]
     linked = [r for r in answering if linked_at(view.nodes[r], primary.last_ok_at, settings)]
-    pending = lacking(primary, view.nodes[best])
-    out = []
-    for name in gone:
-        node = view.nodes[name]
-        why = gone_before(node, primary, settings)
-        doubt = None
-        if why is None:
-            doubt = (
-                f"it may still have been replicating at {dead}'s last good probe (its own "
-                f"last answer {age(node, primary)}): it may have acknowledged writes since"
-            )
-        elif semi.source_clients is None or semi.source_clients > len(linked):
-            clients = "unknown" if semi.source_clients is None else str(semi.source_clients)
-            doubt = (
+    clients = semi.source_clients
+    if not gone:
+        if clients is None or clients <= len(linked):
+            return []
+        return [
+            Unanswered(
+                UNNAMED,
+                "",
                 f"{dead} had {clients} semi-sync replica(s) connected at its last good probe, "
-                f"more than the {len(linked)} that answer and were linked to it then: it may "
-                "still have been one"
+                f"more than the {len(linked)} known replicas that answer and were linked to it "
+                "then: one the controller cannot name (not in its settings, or never read) may "
+                "hold a write it alone acknowledged",
             )
-        elif pending is not None:
-            doubt = f"{best} lacks {pending} of what {dead} had written at its last good probe"
-        if doubt is None:
-            why = (
-                f"{why}; {dead} then had {semi.source_clients} semi-sync replica(s) connected, "
-                f"no more than the {len(linked)} that answer and were linked to it then, and "
-                f"{best} holds all {dead} had written: it acknowledged nothing {best} lacks"
-            )
-        out.append(Unanswered(name, why or "", doubt))
-    return out
+        ]
+    pending = lacking(primary, view.nodes[best])
+    return [judge_one(view, dead, best, name, len(linked), pending, settings) for name in gone]
+
+
+def judge_one(
+    view: ClusterView,
+    dead: str,
+    best: str,
+    name: str,
+    linked: int,
+    pending: str | None,
+    settings: Settings,
+) -> Unanswered:
+    primary, node = view.nodes[dead], view.nodes[name]
+    assert primary.status is not None
+    clients = primary.status.semi_sync.source_clients
+    why = gone_before(node, primary, settings)
+    doubt = None
+    if why is None:
+        doubt = (
+            f"it may still have been replicating at {dead}'s last good probe (its own "
+            f"last answer {age(node, primary)}): it may have acknowledged writes since"
+        )
+    elif clients is None or clients > linked:
+        doubt = (
+            f"{dead} had {'unknown' if clients is None else clients} semi-sync replica(s) "
+            f"connected at its last good probe, more than the {linked} that answer and were "
+            "linked to it then: it may still have been one"
+        )
+    elif pending is not None:
+        doubt = f"{best} lacks {pending} of what {dead} had written at its last good probe"
+    if doubt is None:
+        why = (
+            f"{why}; {dead} then had {clients} semi-sync replica(s) connected, no more than "
+            f"the {linked} that answer and were linked to it then, and {best} holds all "
+            f"{dead} had written: it acknowledged nothing {best} lacks"
+        )
+    return Unanswered(name, why or "", doubt)
 
 
 def linked_at(node: NodeView, at: float | None, settings: Settings) -> bool:
     """Could this answering replica have been one of the primary's semi-sync clients at
-    ``at``: its IO thread not stopped, and its received GTID or heartbeats moving around then
+    ``at``: semi-sync on its side (``rpl_semi_sync_slave_enabled``), its IO thread not
+    stopped, and its received GTID or heartbeats moving around then
     (``view.link_alive``'s measure; without heartbeats, the IO thread alone). One that was not
     cannot stand for a client the primary counted: the gone replica may have been that one."""
     channel = node.channel
     if at is None or channel is None or channel.io_state is IoState.STOPPED:
         return False
+    if node.status is None or not node.status.semi_sync.replica_enabled:
+        return False  # an asynchronous replica is no semi-sync client
     if channel.heartbeat_period is None or channel.heartbeats_received is None:
         return True
     stall = max(settings.failover.io_stall, 2.5 * channel.heartbeat_period)

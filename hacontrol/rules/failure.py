@@ -35,6 +35,7 @@ from hacontrol.rules.candidates import (
     candidates,
     hooks,
     missing_from,
+    semi_sync_promised,
     topology_text,
 )
 from hacontrol.rules.doubt import Unanswered, judge_unanswered
@@ -61,7 +62,8 @@ def rule_dead_primary(
         return no_candidate(view, state, problem, ranked)
     if missing := missing_from(view, ranked[0].node, dead):
         return candidate_incomplete(view, state, dead, ranked, missing)
-    judged = tuple(judge_unanswered(view, settings, dead, ranked[0].node))
+    consented = frozenset(n for n in hidden_nodes(view) if doubted(dead, n) in state.first_seen)
+    judged = tuple(judge_unanswered(view, settings, dead, ranked[0].node, consented))
     if doubts := [u for u in judged if u.doubt is not None]:
         return unanswered_in_doubt(view, state, settings, dead, ranked, doubts, now)
     plan = failover(view, settings, problem, ranked, now, judged)
@@ -189,6 +191,11 @@ def unanswered_in_doubt(
     key = AlertKey(Condition.NO_CANDIDATE, f"{dead} unanswered")
     since = state.first_seen.get(key)
     wait = settings.failover.wait_unreachable_replica
+    # Remembered: hiding one of these from now on is an operator's consent to go on without.
+    hidden = hidden_nodes(view)
+    marks = {doubted(dead, u.node): now for u in doubts if u.node in view.nodes}
+    marks = {k: v for k, v in marks.items() if k.subject.split()[-1] not in hidden}
+    state = replace(state, first_seen={**marks, **state.first_seen})
     if since is None or now - since < wait:
         plan = Plan(
             "WaitUnreachableReplica",
@@ -198,13 +205,19 @@ def unanswered_in_doubt(
         )
         first_seen = {**state.first_seen, key: now if since is None else since}
         return Decision(plan, replace(state, first_seen=first_seen))
+    named = [u.node for u in doubts if u.node in view.nodes]
+    accept = (
+        f"accepts losing what it alone may hold: `hacontrol maintenance {named[0]} on` hides "
+        "it and the failover goes on without it"
+        if named
+        else "promotes by hand (docs/runbook.md, 'Primary down')"
+    )
     reason = (
         f"no failover, writes stay down: {dead} is dead and {names} did not answer within "
         f"{wait:g} s; it may hold a write {dead} acknowledged that {best} lacks ({why}): "
         f"promoting {best} could lose it. An operator brings {names} back (it is then "
-        "compared and stopped like the other replicas and the failover goes on by itself), or "
-        f"accepts losing what it alone may hold: `hacontrol maintenance {doubts[0].node} on` "
-        "hides it and the failover goes on without it"
+        f"compared and stopped like the other replicas and the failover goes on by itself), or "
+        f"{accept}"
     )
     plan = Plan("UnreachableReplicaInDoubt", f"halted: {reason}", kind=PlanKind.HALT)
     alert = Notify(
@@ -215,6 +228,11 @@ def unanswered_in_doubt(
         (("candidates", candidate_table(ranked)), ("topology", topology_text(view))),
     )
     return alert_once(state, key, plan, alert)
+
+
+def doubted(dead: str, node: str) -> AlertKey:
+    """When the failover away from ``dead`` first waited for ``node`` (``first_seen``)."""
+    return AlertKey(Condition.NO_CANDIDATE, f"{dead} doubted {node}")
 
 
 def failover(
@@ -228,7 +246,7 @@ def failover(
     """The failover plan: fence the router, stop the replicas' IO threads, let the best apply
     what it received, promote it, route to it, repoint the others, alert."""
     dead, best = problem.node or "", ranked[0].node
-    others = answering(view, ranked[1:])
+    others = answering(view, ranked[1:], semi_sync_promised(view, dead))
     hidden = hidden_nodes(view)
     readers = {best} if settings.router.primary_is_reader else set()
     broken = {n for n in view.nodes if n not in (best, *hidden)} - readers
@@ -290,12 +308,15 @@ def failover_alert(
     )
 
 
-def answering(view: ClusterView, ranked: list[Candidate]) -> tuple[str, ...]:
-    """The replicas a failover stops, compares and repoints: not one whose last probe failed
-    (it cannot be stopped now; ``judge_unanswered`` found it cannot hold what the candidate
-    lacks; the stray-replica rule repoints it when it answers)."""
+def answering(view: ClusterView, ranked: list[Candidate], strict: bool) -> tuple[str, ...]:
+    """The replicas a failover stops, compares and repoints. ``strict`` (semi-sync never
+    falls back): not one whose last probe failed (it cannot be stopped now;
+    ``judge_unanswered`` found it cannot hold what the candidate lacks; the stray-replica rule
+    repoints it when it answers); otherwise every reachable one, as it always was."""
     return tuple(
-        c.node for c in ranked if view.nodes[c.node].reachable and view.nodes[c.node].failures == 0
+        c.node
+        for c in ranked
+        if view.nodes[c.node].reachable and not (strict and view.nodes[c.node].failures > 0)
     )
 
 
@@ -321,8 +342,11 @@ def acknowledged_at_risk(
         # Every replica that could not be read was judged (rules/doubt.py) before a failover
         # was planned: only cleared ones remain; a hidden one is the operator's to answer for.
         cleared = {u.node: u.why for u in judged if u.doubt is None}
+        never_read = [n for n, v in view.nodes.items() if n != dead and v.status is None]
         unchecked = [
-            r for r in view.replicas_of(dead) if not view.nodes[r].reachable and r not in cleared
+            r
+            for r in (*view.replicas_of(dead), *never_read)
+            if not view.nodes[r].reachable and r not in cleared
         ]
         unless = "".join(f"; {name} could not be read, but {why}" for name, why in cleared.items())
         if unchecked:
