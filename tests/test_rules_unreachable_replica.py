@@ -267,3 +267,23 @@ def test_a_hidden_replica_that_stops_answering_is_waited_for():
     gone = fold_all(S5, down("node5", 6.6), down("node5", 6.7), view=view)
     assert not gone.nodes["node5"].reachable  # hidden before the incident: still waited for
     assert decide(gone, ControllerState(), S5, 7.0).plan.rule == "WaitUnreachableReplica"
+
+
+def test_hiding_a_never_read_node_after_the_wait_began_lets_the_failover_go_on():
+    # node5 never answered; node1 counted four clients: node5's share goes with the consent.
+    sync = semi(4)
+    every = {"readers": ("node1", *NAMES[:3])}
+    rounds = [
+        [primary(at=t, semi_sync=sync), *(replica(n, t) for n in NAMES[:3]), down("node5", t)]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [
+        [down("node1", t), *(replica(n, t, **DEAD_IO) for n in NAMES[:3]), down("node5", t)]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    view = fold_all(S5, *rounds, router(**every, at=6.0))
+    waiting = decide(view, ControllerState(), S5, 7.0)
+    assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
+    hidden = fold_all(S5, router(**every, hidden=("node5",), at=7.5), view=view)
+    d = decide(hidden, waiting.state, S5, 8.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason

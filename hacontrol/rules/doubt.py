@@ -87,6 +87,9 @@ def judge_unanswered(
     gone = unanswered(view, dead, consented)
     answering = [r for r in view.replicas_of(dead) if r not in gone]
     linked = [r for r in answering if linked_at(view.nodes[r], primary.last_ok_at, settings)]
+    # A node the operator chose to go on without may have been one of the clients: its
+    # share of them is accepted with it.
+    linked += sorted(consented & set(view.nodes))
     clients = semi.source_clients
     if not gone:
         if clients is None or clients <= len(linked):
