@@ -287,3 +287,42 @@ def test_hiding_a_never_read_node_after_the_wait_began_lets_the_failover_go_on()
     hidden = fold_all(S5, router(**every, hidden=("node5",), at=7.5), view=view)
     d = decide(hidden, waiting.state, S5, 8.0)
     assert d.plan.rule == "DeadPrimary", d.plan.reason
+
+
+def test_consent_to_one_of_two_replicas_in_doubt_leaves_the_other_in_doubt():
+    # Seven nodes; node1 counted 6 clients. node4 is cut off from the controller alone since
+    # t=2 (still acknowledging); node5 froze with node1. Hiding node5 counts it once among the
+    # clients: node4 stays in doubt.
+    s7 = settings(
+        nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 8)]
+    )
+    live = ("node2", "node3", "node6", "node7")
+    every = {"readers": ("node1", *live)}
+    rounds = [
+        [
+            primary(at=t, semi_sync=semi(6)),
+            *(replica(n, t) for n in live),
+            replica("node4", t) if t < 2.0 else down("node4", t),
+            replica("node5", t),
+            router(**every, at=t),
+        ]
+        for t in (1.0, 2.0, 3.0, 3.5)
+    ]
+    rounds += [
+        [
+            down("node1", t),
+            *(replica(n, t, **DEAD_IO) for n in live),
+            down("node4", t),
+            down("node5", t),
+            router(**every, at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    view = fold_all(s7, *rounds)
+    waiting = decide(view, ControllerState(), s7, 7.0)
+    assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
+    assert "node4" in waiting.plan.reason and "node5" in waiting.plan.reason
+    hidden = fold_all(s7, router(**{**every, "hidden": ("node5",)}, at=7.5), view=view)
+    d = decide(hidden, waiting.state, s7, 8.0)
+    assert d.plan.rule == "WaitUnreachableReplica", d.plan.reason
+    assert "node4" in d.plan.reason and "node5:" not in d.plan.reason

@@ -89,7 +89,7 @@ def judge_unanswered(
     linked = [r for r in answering if linked_at(view.nodes[r], primary.last_ok_at, settings)]
     # A node the operator chose to go on without may have been one of the clients: its
     # share of them is accepted with it.
-    linked += sorted(consented & set(view.nodes))
+    linked = sorted(set(linked) | (consented & set(view.nodes)))  # each once
     clients = semi.source_clients
     if not gone:
         if clients is None or clients <= len(linked):
