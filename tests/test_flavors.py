@@ -97,6 +97,32 @@ def mariadb_replica_node(**changes: Any) -> NodeStatus:
     return NodeStatus(**{**node.__dict__, **changes})
 
 
+def negotiated_replica(gtid: str, position: int, state: str, *, replica_active: bool) -> NodeStatus:
+    """The recorded replica of a semi-sync primary, its rpl_semi_sync_slave_enabled ON, at
+    ``gtid``; ``replica_active``: Rpl_semi_sync_slave_status (its IO thread negotiated)."""
+    channel = replica(
+        source_port=54709,
+        received_gtid=gtid,
+        heartbeats_received=1,
+        heartbeat_period=0.5,
+        received_pos=("binlog.000001", position),
+    )
+    return mariadb_replica_node(
+        gtid_executed=gtid,
+        gtid_binlog_pos=gtid,
+        gtid_slave_pos=gtid,
+        replication=(channel,),
+        semi_sync=SemiSync(
+            source_enabled=False,
+            source_clients=0,
+            source_active=False,
+            replica_enabled=True,
+            replica_active=replica_active,
+        ),
+        gtid_binlog_state=state,
+    )
+
+
 def mysql_node(version: str, **changes: Any) -> NodeStatus:
     node = NodeStatus(
         flavor=FlavorName.MYSQL,
@@ -174,6 +200,13 @@ EXPECTED: dict[str, NodeStatus] = {
         semi_sync=SemiSync(
             source_enabled=False, source_clients=0, source_active=False, replica_enabled=True
         ),
+    ),
+    # Recorded from a pair (2026-11-30): a replica's semi-sync variable is not its link.
+    "mariadb-10.11-replica-semisync-not-negotiated": negotiated_replica(
+        "0-1-7", 1428, "0-2-2,0-1-7", replica_active=False
+    ),
+    "mariadb-10.11-replica-semisync-negotiated": negotiated_replica(
+        "0-1-8", 1592, "0-2-2,0-1-8", replica_active=True
     ),
     "mariadb-10.11-replica-errors": mariadb_replica_node(
         replication=(
@@ -310,6 +343,15 @@ EXPECTED: dict[str, NodeStatus] = {
     ),
 }
 
+# The same primary as the negotiated replica's: it reports its own replica status OFF.
+EXPECTED["mariadb-10.11-primary-semisync-one-client"] = replace(
+    EXPECTED["mariadb-10.11-primary-semisync"],
+    gtid_executed="0-1-8",
+    gtid_binlog_pos="0-1-8",
+    gtid_binlog_state="0-1-8",
+    semi_sync=replace(EXPECTED["mariadb-10.11-primary-semisync"].semi_sync, replica_active=False),
+)
+
 
 def test_every_recorded_file_has_an_expectation() -> None:
     assert {path.stem for path in RECORDED} == set(EXPECTED)
@@ -368,6 +410,22 @@ def test_binlog_state_is_read_and_old_recordings_lack_it() -> None:
     bare = load("mariadb-10.11-old-primary-diverged")
     bare["results"][0][0]["gtid_binlog_state"] = ""  # RESET MASTER: an empty state is a value
     assert parse(bare).gtid_binlog_state == ""
+
+
+def test_a_replica_is_a_semi_sync_client_by_its_status_not_its_variable() -> None:
+    """rpl_semi_sync_slave_enabled takes effect at the IO thread's next connect: the status
+    says whether it did; a recording without the status falls back to the variable."""
+    late = parse(load("mariadb-10.11-replica-semisync-not-negotiated")).semi_sync
+    assert late.replica_enabled and late.replica_active is False and not late.replica_client
+    linked = parse(load("mariadb-10.11-replica-semisync-negotiated")).semi_sync
+    assert linked.replica_enabled and linked.replica_active and linked.replica_client
+    old = parse(load("mariadb-10.11-replica-semisync")).semi_sync
+    assert old.replica_active is None and old.replica_client
+    assert not parse(load("mariadb-10.11-replica-running")).semi_sync.replica_client
+    mysql = load("mysql-8.4-replica")  # the 8.0.26+ names, with the replica plugin loaded
+    mysql["results"][3].append({"Variable_name": "rpl_semi_sync_replica_enabled", "Value": "ON"})
+    mysql["results"][4].append({"Variable_name": "Rpl_semi_sync_replica_status", "Value": "OFF"})
+    assert parse(mysql).semi_sync.replica_enabled and not parse(mysql).semi_sync.replica_client
 
 
 def test_recorded_divergence_below_the_last_gtid() -> None:

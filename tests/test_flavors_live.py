@@ -338,7 +338,31 @@ async def test_semi_sync_becomes_active(pair: tuple[Server, Server]) -> None:
         assert not node.semi_sync.replica_enabled
         replica_node = await status(replica)
         assert replica_node.semi_sync.replica_enabled
+        assert replica_node.semi_sync.replica_active is True
         assert not replica_node.semi_sync.source_enabled
+    finally:
+        await run(primary, *flavor.semi_sync_sql(source=False, replica=False))
+        await run(replica, *flavor.semi_sync_sql(source=False, replica=False))
+
+
+async def test_a_replica_is_a_semi_sync_client_only_once_its_io_thread_reconnects(
+    pair: tuple[Server, Server],
+) -> None:
+    primary, replica = pair
+    flavor, _ = await flavor_of(primary)
+    await run(primary, *flavor.semi_sync_sql(source=True, replica=False))
+    await point_replica(primary, replica)  # asynchronous: its variable is OFF
+    try:
+        await status_when(replica, lambda s: s.replication[0].io_state is IoState.RUNNING)
+        await run(replica, *flavor.semi_sync_sql(source=False, replica=True))
+        late = await status(replica)
+        assert late.semi_sync.replica_enabled and late.semi_sync.replica_active is False
+        assert not late.semi_sync.replica_client
+        assert (await status(primary)).semi_sync.source_clients == 0
+        await run(replica, Sql("STOP SLAVE IO_THREAD"), Sql("START SLAVE IO_THREAD"))
+        await status_when(primary, lambda s: s.semi_sync.source_clients == 1)
+        linked = await status_when(replica, lambda s: s.semi_sync.replica_active is True)
+        assert linked.semi_sync.replica_client
     finally:
         await run(primary, *flavor.semi_sync_sql(source=False, replica=False))
         await run(replica, *flavor.semi_sync_sql(source=False, replica=False))

@@ -161,17 +161,31 @@ def test_hiding_the_replica_after_the_wait_began_lets_the_failover_go_on():
     assert "node5 could not be reached" in at_risk
 
 
-def test_an_asynchronous_replica_is_no_semi_sync_client():
-    # node4 replicates asynchronously: it cannot stand for a client node1 counted (node5 was).
+@pytest.mark.parametrize(
+    ("enabled", "negotiated", "client"),
+    [
+        (False, None, False),  # asynchronous (a server that does not report the status)
+        (False, False, False),  # asynchronous
+        (True, False, False),  # variable ON, IO thread not reconnected since: no client yet
+        (True, True, True),  # a semi-sync client: it can stand for one node1 counted
+        (True, None, True),  # no status reported: the variable stands for it
+    ],
+)
+def test_an_asynchronous_replica_is_no_semi_sync_client(enabled, negotiated, client):
+    # node1 counted 3 clients: node2, node3 and one of node4 (answers) / node5 (gone at 1.0).
     view = cluster(node5_last_ok=1.0)
-    async_node4 = replica("node4", 6.5, **DEAD_IO)
-    assert async_node4.status is not None
-    status = replace(
-        async_node4.status, semi_sync=replace(async_node4.status.semi_sync, replica_enabled=False)
+    node4 = replica("node4", 6.5, **DEAD_IO)
+    assert node4.status is not None
+    semi_sync = replace(node4.status.semi_sync, replica_enabled=enabled, replica_active=negotiated)
+    view = fold_all(
+        S5, replace(node4, status=replace(node4.status, semi_sync=semi_sync)), view=view
     )
-    view = fold_all(S5, replace(async_node4, status=status), view=view)
     judged = judge_unanswered(view, S5, "node1", "node2")
-    assert judged[0].doubt is not None and "more than the 2 that answer" in judged[0].doubt
+    if client:
+        assert judged[0].doubt is None, judged[0].why
+    else:
+        assert judged[0].doubt is not None and "more than the 2 that answer" in judged[0].doubt
+        assert decide(view, ControllerState(), S5, 7.0).plan.rule == "WaitUnreachableReplica"
 
 
 def test_a_node_never_read_is_judged_and_so_is_an_unnamed_semi_sync_client():

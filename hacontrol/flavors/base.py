@@ -88,6 +88,16 @@ class SemiSync:
     source_wait_no_replica: bool | None = None
     """rpl_semi_sync_master_wait_no_slave / _source_wait_no_replica: OFF falls back as soon as
     no replica is connected, whatever the timeout; None: not read."""
+    replica_active: bool | None = None
+    """Rpl_semi_sync_slave_status / _replica_status: this replica's IO thread negotiated
+    semi-sync with its source (the variable takes effect only at the IO thread's next
+    connect); None: the server does not report it (plugin not loaded, an old recording)."""
+
+    @property
+    def replica_client(self) -> bool:
+        """Connected to its source as a semi-sync client: the status when reported, else the
+        variable (the best a server without the status says)."""
+        return self.replica_enabled if self.replica_active is None else self.replica_active
 
     @property
     def never_falls_back(self) -> bool:
@@ -427,11 +437,15 @@ def semi_sync_from(
 
     clients = pick(status, "rpl_semi_sync_{}_clients", source_names)
     active = pick(status, "rpl_semi_sync_{}_status", source_names)
+    replica_active = pick(status, "rpl_semi_sync_{}_status", replica_names)
     return SemiSync(
         source_enabled=enabled("rpl_semi_sync_{}_enabled", source_names, "semi-sync source"),
         source_clients=optional_integer(clients, f"{where} semi-sync clients"),
         source_active=False if active is None else flag(active, f"{where} semi-sync status"),
         replica_enabled=enabled("rpl_semi_sync_{}_enabled", replica_names, "semi-sync replica"),
+        replica_active=None
+        if replica_active is None
+        else flag(replica_active, f"{where} semi-sync replica status"),
     )
 
 

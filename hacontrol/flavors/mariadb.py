@@ -60,7 +60,8 @@ _SEMI_SYNC_SETTINGS = (
 )
 _SEMI_SYNC_STATUS = (
     "SHOW GLOBAL STATUS WHERE Variable_name IN "
-    "('Rpl_semi_sync_master_clients', 'Rpl_semi_sync_master_status', 'Slave_heartbeat_period')"
+    "('Rpl_semi_sync_master_clients', 'Rpl_semi_sync_master_status', "
+    "'Rpl_semi_sync_slave_status', 'Slave_heartbeat_period')"
 )
 
 

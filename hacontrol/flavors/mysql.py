@@ -72,7 +72,8 @@ _SEMI_SYNC_SETTINGS = (
 _SEMI_SYNC_STATUS = (
     "SHOW GLOBAL STATUS WHERE Variable_name IN "
     "('Rpl_semi_sync_source_clients', 'Rpl_semi_sync_source_status', "
-    "'Rpl_semi_sync_master_clients', 'Rpl_semi_sync_master_status')"
+    "'Rpl_semi_sync_master_clients', 'Rpl_semi_sync_master_status', "
+    "'Rpl_semi_sync_replica_status', 'Rpl_semi_sync_slave_status')"
 )
 
 # (new name, old name) of the SHOW REPLICA / SLAVE STATUS columns we read.

@@ -146,14 +146,15 @@ def judge_one(
 
 def linked_at(node: NodeView, at: float | None, settings: Settings) -> bool:
     """Could this answering replica have been one of the primary's semi-sync clients at
-    ``at``: semi-sync on its side (``rpl_semi_sync_slave_enabled``), its IO thread not
+    ``at``: connected as a semi-sync client (``Rpl_semi_sync_slave_status`` ON: the
+    variable alone takes effect only at the IO thread's next connect), its IO thread not
     stopped, and its received GTID or heartbeats moving around then
     (``view.link_alive``'s measure; without heartbeats, the IO thread alone). One that was not
     cannot stand for a client the primary counted: the gone replica may have been that one."""
     channel = node.channel
     if at is None or channel is None or channel.io_state is IoState.STOPPED:
         return False
-    if node.status is None or not node.status.semi_sync.replica_enabled:
+    if node.status is None or not node.status.semi_sync.replica_client:
         return False  # an asynchronous replica is no semi-sync client
     if channel.heartbeat_period is None or channel.heartbeats_received is None:
         return True
