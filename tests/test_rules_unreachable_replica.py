@@ -214,6 +214,10 @@ def test_a_node_never_read_is_judged_and_so_is_an_unnamed_semi_sync_client():
     view = fold_all(three, *([e for e in r if getattr(e, "node", "") != "node5"] for r in rounds))
     d = decide(view, ControllerState(), three, 7.0)
     assert d.plan.rule == "WaitUnreachableReplica" and "cannot name" in d.plan.reason
+    halted = decide(view, d.state, three, 7.0 + WAIT)
+    reason = notify_of(halted.plan).reason  # no node to hide: what names it, or by hand
+    assert "adds it to the settings" in reason and "promotes by hand" in reason, reason
+    assert "hacontrol maintenance" not in reason
 
 
 def test_without_a_semi_sync_promise_a_replica_with_one_failed_probe_is_stopped_as_before():
@@ -303,19 +307,20 @@ def test_hiding_a_never_read_node_after_the_wait_began_lets_the_failover_go_on()
     assert d.plan.rule == "DeadPrimary", d.plan.reason
 
 
-def test_consent_to_one_of_two_replicas_in_doubt_leaves_the_other_in_doubt():
-    # Seven nodes; node1 counted 6 clients. node4 is cut off from the controller alone since
-    # t=2 (still acknowledging); node5 froze with node1. Hiding node5 counts it once among the
-    # clients: node4 stays in doubt.
-    s7 = settings(
-        nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 8)]
-    )
-    live = ("node2", "node3", "node6", "node7")
-    every = {"readers": ("node1", *live)}
+S7 = settings(
+    nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 8)]
+)
+LIVE7 = ("node2", "node3", "node6", "node7")
+
+
+def seven_nodes_two_in_doubt() -> ClusterView:
+    """Seven nodes; node1 counted 6 clients. node4 is cut off from the controller alone since
+    t=2 (still acknowledging); node5 froze with node1: both in doubt."""
+    every = {"readers": ("node1", *LIVE7)}
     rounds = [
         [
             primary(at=t, semi_sync=semi(6)),
-            *(replica(n, t) for n in live),
+            *(replica(n, t) for n in LIVE7),
             replica("node4", t) if t < 2.0 else down("node4", t),
             replica("node5", t),
             router(**every, at=t),
@@ -325,18 +330,40 @@ def test_consent_to_one_of_two_replicas_in_doubt_leaves_the_other_in_doubt():
     rounds += [
         [
             down("node1", t),
-            *(replica(n, t, **DEAD_IO) for n in live),
+            *(replica(n, t, **DEAD_IO) for n in LIVE7),
             down("node4", t),
             down("node5", t),
             router(**every, at=t),
         ]
         for t in (4.0, 5.0, 6.0)
     ]
-    view = fold_all(s7, *rounds)
-    waiting = decide(view, ControllerState(), s7, 7.0)
+    return fold_all(S7, *rounds)
+
+
+def hide7(view: ClusterView, *hidden: str, at: float) -> ClusterView:
+    return fold_all(S7, router(readers=("node1", *LIVE7), hidden=hidden, at=at), view=view)
+
+
+def test_consent_to_one_of_two_replicas_in_doubt_leaves_the_other_in_doubt():
+    # Hiding node5 counts it once among the clients: node4 stays in doubt.
+    view = seven_nodes_two_in_doubt()
+    waiting = decide(view, ControllerState(), S7, 7.0)
     assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
     assert "node4" in waiting.plan.reason and "node5" in waiting.plan.reason
-    hidden = fold_all(s7, router(**{**every, "hidden": ("node5",)}, at=7.5), view=view)
-    d = decide(hidden, waiting.state, s7, 8.0)
+    d = decide(hide7(view, "node5", at=7.5), waiting.state, S7, 8.0)
     assert d.plan.rule == "WaitUnreachableReplica", d.plan.reason
     assert "node4" in d.plan.reason and "node5:" not in d.plan.reason
+
+
+def test_the_halt_names_a_command_for_every_node_in_doubt_and_following_it_goes_on():
+    view = seven_nodes_two_in_doubt()
+    waiting = decide(view, ControllerState(), S7, 7.0)
+    halted = decide(view, waiting.state, S7, 7.0 + WAIT)
+    assert halted.plan.rule == "UnreachableReplicaInDoubt", halted.plan.reason
+    reason = notify_of(halted.plan).reason
+    commands = "`hacontrol maintenance node4 on` and `hacontrol maintenance node5 on` hide them"
+    assert commands in reason, reason
+    assert "cannot name" not in reason
+    # Followed verbatim: both hidden, the failover goes on without them.
+    d = decide(hide7(view, "node4", "node5", at=7.5 + WAIT), halted.state, S7, 8.0 + WAIT)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason

@@ -38,7 +38,7 @@ from hacontrol.rules.candidates import (
     semi_sync_promised,
     topology_text,
 )
-from hacontrol.rules.doubt import Unanswered, judge_unanswered
+from hacontrol.rules.doubt import UNNAMED, Unanswered, judge_unanswered
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code, Problem, hidden_nodes
 
@@ -205,19 +205,11 @@ def unanswered_in_doubt(
         )
         first_seen = {**state.first_seen, key: now if since is None else since}
         return Decision(plan, replace(state, first_seen=first_seen))
-    named = [u.node for u in doubts if u.node in view.nodes]
-    accept = (
-        f"accepts losing what it alone may hold: `hacontrol maintenance {named[0]} on` hides "
-        "it and the failover goes on without it"
-        if named
-        else "promotes by hand (docs/runbook.md, 'Primary down')"
-    )
     reason = (
         f"no failover, writes stay down: {dead} is dead and {names} did not answer within "
-        f"{wait:g} s; it may hold a write {dead} acknowledged that {best} lacks ({why}): "
-        f"promoting {best} could lose it. An operator brings {names} back (it is then "
-        f"compared and stopped like the other replicas and the failover goes on by itself), or "
-        f"{accept}"
+        f"{wait:g} s; {'it' if len(doubts) == 1 else 'each'} may hold a write {dead} "
+        f"acknowledged that {best} lacks ({why}): "
+        f"promoting {best} could lose it. {operator_advice(view, doubts)}"
     )
     plan = Plan("UnreachableReplicaInDoubt", f"halted: {reason}", kind=PlanKind.HALT)
     alert = Notify(
@@ -228,6 +220,29 @@ def unanswered_in_doubt(
         (("candidates", candidate_table(ranked)), ("topology", topology_text(view))),
     )
     return alert_once(state, key, plan, alert)
+
+
+def operator_advice(view: ClusterView, doubts: list[Unanswered]) -> str:
+    """What an operator can do to end the halt: one command per node in doubt (hiding some
+    leaves the others in doubt), and the way for a client the controller cannot name."""
+    named = [u.node for u in doubts if u.node in view.nodes]
+    advice = []
+    if named:
+        they, them, hides = ("it", "it", "hides") if len(named) == 1 else ("they", "them", "hide")
+        commands = " and ".join(f"`hacontrol maintenance {node} on`" for node in named)
+        advice.append(
+            f"An operator brings {', '.join(named)} back (compared and stopped like the other "
+            f"replicas then, the failover goes on by itself), or accepts losing what {they} "
+            f"alone may hold: {commands} {hides} {them} and the failover goes on "
+            f"without {them}."
+        )
+    if len(named) < len(doubts):
+        advice.append(
+            f"For {UNNAMED}: an operator adds it to the settings or fixes the controller's "
+            "access to it (it is then judged like the others)."
+        )
+    advice.append("Or an operator promotes by hand (docs/runbook.md, 'Primary down').")
+    return " ".join(advice)
 
 
 def doubted(dead: str, node: str) -> AlertKey:
