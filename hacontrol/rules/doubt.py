@@ -19,7 +19,9 @@ A replica that cannot be read is *cleared* when all of these hold, from facts th
 - the candidate holds (executed or in its relay log) everything the primary had written at that
   probe: so it holds every write the gone replica could have acknowledged before it went; after
   it, only the replicas that answer acknowledged anything, and the failover stops and compares
-  those (``missing_from``, ``WaitApplied``'s peers).
+  those (``missing_from``, ``WaitApplied``'s peers). That assumes the gone replica did not
+  reconnect to the primary alone afterwards (a partial partition): a residual risk nothing
+  the controller reads rules out (docs/partitions.md).
 
 Anything else is a real doubt: the failover waits (``failover.wait_unreachable_replica``) for
 the replica to answer, then halts with an alert.
