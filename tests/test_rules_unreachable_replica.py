@@ -367,3 +367,42 @@ def test_the_halt_names_a_command_for_every_node_in_doubt_and_following_it_goes_
     # Followed verbatim: both hidden, the failover goes on without them.
     d = decide(hide7(view, "node4", "node5", at=7.5 + WAIT), halted.state, S7, 8.0 + WAIT)
     assert d.plan.rule == "DeadPrimary", d.plan.reason
+
+
+def seven_nodes_both_gone_before() -> ClusterView:
+    """Seven nodes; node1 counted 5 clients at its last good probe: node2, node3, node6,
+    node7 and node4 (cut off from the controller alone since t=1.5, still acknowledging).
+    node5 really died at t=1.5: no client. Both are gone before node1's last good probe, and
+    both in doubt (5 clients, 4 that answer)."""
+    every = {"readers": ("node1", *LIVE7)}
+    rounds = [
+        [
+            primary(at=t, semi_sync=semi(5)),
+            *(replica(n, t) for n in LIVE7),
+            *((replica(n, t) if t < 1.5 else down(n, t)) for n in ("node4", "node5")),
+            router(**every, at=t),
+        ]
+        for t in (1.0, 2.0, 3.0, 3.5)
+    ]
+    rounds += [
+        [
+            down("node1", t),
+            *(replica(n, t, **DEAD_IO) for n in LIVE7),
+            down("node4", t),
+            down("node5", t),
+            router(**every, at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    return fold_all(S7, *rounds)
+
+
+def test_consent_to_a_node_that_was_no_client_does_not_clear_one_that_was():
+    # The operator hides node5 (dead for a while, nothing on it): that consent covers node5
+    # alone; node4, which may hold writes it alone acknowledged, stays in doubt.
+    view = seven_nodes_both_gone_before()
+    waiting = decide(view, ControllerState(), S7, 7.0)
+    assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
+    d = decide(hide7(view, "node5", at=7.5), waiting.state, S7, 8.0)
+    assert d.plan.rule == "WaitUnreachableReplica", d.plan.reason
+    assert "node4" in d.plan.reason

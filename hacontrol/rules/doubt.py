@@ -87,21 +87,23 @@ def judge_unanswered(
     if semi is None or not semi.never_falls_back:
         return []
     gone = unanswered(view, dead, consented)
-    answering = [r for r in view.replicas_of(dead) if r not in gone]
+    answering = [r for r in view.replicas_of(dead) if r not in gone and r not in consented]
     linked = [r for r in answering if linked_at(view.nodes[r], primary.last_ok_at, settings)]
-    # A node the operator chose to go on without may have been one of the clients: its
-    # share of them is accepted with it.
-    linked = sorted(set(linked) | (consented & set(view.nodes)))  # each once
     clients = semi.source_clients
     if not gone:
-        if clients is None or clients <= len(linked):
+        # A node the operator chose to go on without may have been one of the clients: with
+        # no named node left in doubt, the unnamed client's share is accepted with it. Never
+        # when judging a named node (below): a consented node that was no client would free a
+        # slot for one that was (another node's acknowledged writes lost without consent).
+        counted = len(set(linked) | (consented & set(view.nodes)))  # each once
+        if clients is None or clients <= counted:
             return []
         return [
             Unanswered(
                 UNNAMED,
                 "",
                 f"{dead} had {clients} semi-sync replica(s) connected at its last good probe, "
-                f"more than the {len(linked)} known replicas that answer and were linked to it "
+                f"more than the {counted} known replicas that answer and were linked to it "
                 "then: one the controller cannot name (not in its settings, or never read) may "
                 "hold a write it alone acknowledged",
             )
