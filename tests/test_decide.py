@@ -385,6 +385,10 @@ def test_recovery_block_then_expiry():
     d = decide(view, blocked, S, NOW)
     assert d.plan.rule == "FailoverBlocked" and not d.plan.changes_cluster
     assert "anti-flapping" in d.plan.reason
+    (alert,) = d.plan.actions
+    assert "happened 5 s ago: blocked for 10 s more" in alert.reason
+    # The decision's reason does not move with the clock: one log line while it lasts.
+    assert decide(view, d.state, S, NOW + 3).plan.reason == d.plan.reason
     assert decide(view, blocked, S, NOW + 11).plan.rule == "DeadPrimary"
 
 

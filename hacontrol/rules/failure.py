@@ -112,19 +112,25 @@ def quarantined_dead(
 def failover_blocked(
     view: ClusterView, state: ControllerState, dead: str, blocked_until: float, now: float
 ) -> Decision:
-    """Anti-flapping: no second automatic failover within the recovery block."""
+    """Anti-flapping: no second automatic failover within the recovery block. The decision's
+    reason stays the same while it lasts (one log line, not one a second); the alert says
+    when the last failover was and how long the block still runs."""
     plan = Plan(
         "FailoverBlocked",
-        f"{dead} is dead but a failover happened "
-        f"{now - (state.last_failover_at or now):.0f} s ago: blocked for "
-        f"{blocked_until - now:.0f} s more unless acknowledged (anti-flapping)",
+        f"{dead} is dead but a failover happened within the recovery block: no automatic "
+        "failover until it ends, unless acknowledged (`hacontrol ack`; anti-flapping)",
         kind=PlanKind.ALERT,
+    )
+    when = (
+        f"{dead} is dead but a failover happened {now - (state.last_failover_at or now):.0f} "
+        f"s ago: blocked for {blocked_until - now:.0f} s more unless acknowledged "
+        "(anti-flapping)"
     )
     alert = Notify(
         AlertKind.FAILOVER_BLOCKED,
         dead,
         "primary dead, failover blocked",
-        plan.reason,
+        when,
         (("topology", topology_text(view)),),
     )
     return alert_once(state, AlertKey(Condition.FAILOVER_BLOCKED, dead), plan, alert)
