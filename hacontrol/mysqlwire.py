@@ -240,11 +240,14 @@ class TextAnswer:
         self._handlers = (self._header, self._column, self._columns_end, self._row)
         self._block: tuple[int, int] | None = None
         """Where the definition block under way began in this feed's buffer, and its seq."""
+        self._fed = False
+        """A chunk came already (the sequence number wraps at 256: it cannot say so)."""
 
     def feed(self, data: bytes) -> bool:
         if self.complete:
             raise MalformedAnswer("the server sent more after its answer was complete")
-        whole = self._seq == 1 and not self._buffer  # this chunk starts the answer
+        whole = not self._fed  # this chunk starts the answer
+        self._fed = True
         if whole and (last := self._cache.last) is not None and data == last[0]:
             self.results, self.complete = list(last[1]), True
             return True
