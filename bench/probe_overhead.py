@@ -66,7 +66,11 @@ async def measure(
     if lease_defaults:  # the settings' defaults (K 0.5 s), not the sandbox's fast lease
         settings = settings.model_copy(update={"lease": type(settings.lease)()})
     if keepalive is not None:  # another K, refused where check-config refuses it
-        lease = settings.lease.model_copy(update={"keepalive": keepalive})
+        fields = {**settings.lease.model_dump(), "keepalive": keepalive}
+        try:  # validated like the settings file (a copy skips the field checks)
+            lease = type(settings.lease).model_validate(fields)
+        except ValueError as exc:
+            raise SystemExit(f"--keepalive {keepalive}: {exc}") from None
         settings = settings.model_copy(update={"lease": lease})
         errors = [e for e in check(settings)[0] if e.startswith("lease.")]
         if errors:
