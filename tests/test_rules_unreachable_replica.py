@@ -313,16 +313,17 @@ S7 = settings(
 LIVE7 = ("node2", "node3", "node6", "node7")
 
 
-def seven_nodes_two_in_doubt() -> ClusterView:
-    """Seven nodes; node1 counted 6 clients. node4 is cut off from the controller alone since
-    t=2 (still acknowledging); node5 froze with node1: both in doubt."""
+def seven_nodes_two_in_doubt(clients: int = 6, node5_gone_at: float = 4.0) -> ClusterView:
+    """Seven nodes; node1 counted ``clients`` semi-sync clients. node4 is cut off from the
+    controller alone since t=2 (still acknowledging); node5 stops answering at
+    ``node5_gone_at`` (with node1, by default): both in doubt."""
     every = {"readers": ("node1", *LIVE7)}
     rounds = [
         [
-            primary(at=t, semi_sync=semi(6)),
+            primary(at=t, semi_sync=semi(clients)),
             *(replica(n, t) for n in LIVE7),
             replica("node4", t) if t < 2.0 else down("node4", t),
-            replica("node5", t),
+            replica("node5", t) if t < node5_gone_at else down("node5", t),
             router(**every, at=t),
         ]
         for t in (1.0, 2.0, 3.0, 3.5)
@@ -369,38 +370,13 @@ def test_the_halt_names_a_command_for_every_node_in_doubt_and_following_it_goes_
     assert d.plan.rule == "DeadPrimary", d.plan.reason
 
 
-def seven_nodes_both_gone_before() -> ClusterView:
-    """Seven nodes; node1 counted 5 clients at its last good probe: node2, node3, node6,
-    node7 and node4 (cut off from the controller alone since t=1.5, still acknowledging).
-    node5 really died at t=1.5: no client. Both are gone before node1's last good probe, and
-    both in doubt (5 clients, 4 that answer)."""
-    every = {"readers": ("node1", *LIVE7)}
-    rounds = [
-        [
-            primary(at=t, semi_sync=semi(5)),
-            *(replica(n, t) for n in LIVE7),
-            *((replica(n, t) if t < 1.5 else down(n, t)) for n in ("node4", "node5")),
-            router(**every, at=t),
-        ]
-        for t in (1.0, 2.0, 3.0, 3.5)
-    ]
-    rounds += [
-        [
-            down("node1", t),
-            *(replica(n, t, **DEAD_IO) for n in LIVE7),
-            down("node4", t),
-            down("node5", t),
-            router(**every, at=t),
-        ]
-        for t in (4.0, 5.0, 6.0)
-    ]
-    return fold_all(S7, *rounds)
-
-
 def test_consent_to_a_node_that_was_no_client_does_not_clear_one_that_was():
-    # The operator hides node5 (dead for a while, nothing on it): that consent covers node5
-    # alone; node4, which may hold writes it alone acknowledged, stays in doubt.
-    view = seven_nodes_both_gone_before()
+    # node1 counted 5 clients: node2, node3, node6, node7 and node4 (cut off from the
+    # controller alone, still acknowledging); node5 died at t=2, before node1's last good
+    # probe: no client. Both in doubt (5 clients, 4 that answer). The operator hides node5
+    # (dead for a while, nothing on it): that consent covers node5 alone; node4, which may
+    # hold writes it alone acknowledged, stays in doubt.
+    view = seven_nodes_two_in_doubt(clients=5, node5_gone_at=2.0)
     waiting = decide(view, ControllerState(), S7, 7.0)
     assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
     d = decide(hide7(view, "node5", at=7.5), waiting.state, S7, 8.0)
