@@ -139,10 +139,14 @@ async def test_a_publish_cut_by_its_timeout_drops_its_session_and_says_so(two):
     quietly by the next keepalive."""
     a, _ = two
     await rounds(a, LeaseMode.ACQUIRE)
-    session = a._sessions["node1"]
     seen: list[LeaseObserved] = []
     a._emit = seen.append
-    cut = await a.publish("node1", timeout=0.0005)
+    for timeout in (0.0005, 0.0002, 0.0001, 0.0):  # a quiet machine may answer in 0.5 ms
+        session = a._sessions["node1"]
+        seen.clear()
+        cut = await a.publish("node1", timeout=timeout)
+        if not cut.ok:
+            break
     assert not cut.ok and "timed out" in cut.reason
     if session.conn is not None:  # cut before its statement went out: intact, still holding
         assert not session.conn.closed and session.holds
