@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from hacontrol.sandbox import Sandbox
 from tests.live import FAST_ENV, Process, post, sql
 from tests.support import free_port
 
@@ -37,19 +38,27 @@ async def replica_status(sandbox, node: str) -> dict:
     return rows[0] if rows else {}
 
 
+def crashed_after_promote(sandbox: Sandbox) -> tuple[Path, dict[str, str], Process]:
+    """A controller (a fleet of one, its own journal) run until its failover of a killed
+    node1 crashes it right after Promote: the journal, the environment for the restarted one,
+    and the crashed one (stopped)."""
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
+    env = {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal)}  # a fleet of one
+    first = Process(sandbox.status().settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
+    try:
+        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
+        sandbox.kill_node("node1", signal.SIGKILL)
+        first.wait(lambda: first.proc.poll() is not None, 30, "the crash after the Promote")
+    finally:
+        first.stop()
+    return journal, env, first
+
+
 async def test_a_replica_left_stopped_on_the_old_primary_is_repointed_after_the_restart(
     fresh_sandbox,
 ):
     info = fresh_sandbox.status()
-    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
-    env = {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal)}  # a fleet of one
-    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
-    try:
-        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
-        fresh_sandbox.kill_node("node1", signal.SIGKILL)
-        first.wait(lambda: first.proc.poll() is not None, 30, "the crash after the Promote")
-    finally:
-        first.stop()
+    _, env, first = crashed_after_promote(fresh_sandbox)
     assert first.of("fault_injected", after="Promote")
     done = [a["action"] for a in first.of("action")]
     assert "Promote" in done and "Repoint" not in done
@@ -100,15 +109,7 @@ async def test_a_promotion_cut_halfway_is_finished_by_the_restarted_leader(fresh
     made writable (its last statement undone by hand, and its journal record with it): the
     restarted leader finishes that promotion, never fails over again past the candidate."""
     info = fresh_sandbox.status()
-    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
-    env = {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal)}  # a fleet of one
-    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
-    try:
-        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
-        fresh_sandbox.kill_node("node1", signal.SIGKILL)
-        first.wait(lambda: first.proc.poll() is not None, 30, "the crash after the Promote")
-    finally:
-        first.stop()
+    journal, env, first = crashed_after_promote(fresh_sandbox)
     promoted = next(a for a in first.of("action") if a["action"] == "Promote")["node"]
     other = "node3" if promoted == "node2" else "node2"
     await sql(fresh_sandbox, promoted, "SET GLOBAL read_only = ON")
