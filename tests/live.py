@@ -17,8 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hacontrol import gtid
 from hacontrol.actions.rebuild import Rebuilder, RebuildTimeouts, SandboxControl, sandbox_commands
+from hacontrol.events import ProbeResult
+from hacontrol.flavors import NodeStatus
+from hacontrol.flavors.mariadb import binlog_state_of
 from hacontrol.jsonlog import JsonLog
+from hacontrol.mysqlconn import Endpoint
+from hacontrol.probes.mysql import NodeProbe
 from hacontrol.sandbox import Sandbox
 from hacontrol.service import Runtime, Service, secrets_of
 from hacontrol.settings import Settings, load_settings
@@ -484,3 +490,22 @@ def post(port: int, path: str, body: dict, token: str) -> None:
     )
     with contextlib.suppress(OSError):
         urllib.request.urlopen(request, timeout=10).read()
+
+
+async def probe(sandbox: Sandbox, node: str) -> NodeStatus:
+    """One probe of the node, exactly as the controller runs it."""
+    info = sandbox.status().node(node)
+    endpoint = Endpoint(info.host, info.port, "hacontrol", sandbox.password("controller"))
+    prober = NodeProbe(node, endpoint, interval=1.0, timeout=5.0, emit=lambda _: None, watch=False)
+    try:
+        result: ProbeResult = await prober.probe()
+    finally:
+        await prober.close()
+    assert result.status is not None, result.error
+    return result.status
+
+
+def state_of(status: NodeStatus) -> gtid.BinlogState:
+    state = binlog_state_of(status)
+    assert state is not None
+    return state

@@ -14,29 +14,12 @@ import asyncio
 import pytest
 
 from hacontrol import gtid
-from hacontrol.events import ProbeResult
 from hacontrol.flavors import NodeStatus
-from hacontrol.flavors.mariadb import binlog_state_of
-from hacontrol.mysqlconn import Endpoint
-from hacontrol.probes.mysql import NodeProbe
 from hacontrol.sandbox import Sandbox
 from hacontrol.sandbox.render import change_master_sql
-from tests.live import sql
+from tests.live import probe, sql, state_of
 
 pytestmark = pytest.mark.integration
-
-
-async def probe(sandbox: Sandbox, node: str) -> NodeStatus:
-    """One probe of the node, exactly as the controller runs it."""
-    info = sandbox.status().node(node)
-    endpoint = Endpoint(info.host, info.port, "hacontrol", sandbox.password("controller"))
-    prober = NodeProbe(node, endpoint, interval=1.0, timeout=5.0, emit=lambda _: None, watch=False)
-    try:
-        result: ProbeResult = await prober.probe()
-    finally:
-        await prober.close()
-    assert result.status is not None, result.error
-    return result.status
 
 
 async def write(sandbox: Sandbox, node: str, first: int, count: int) -> None:
@@ -66,12 +49,6 @@ async def diverge(sandbox: Sandbox) -> tuple[NodeStatus, NodeStatus]:
     for i in range(5):
         await write(sandbox, "node2", 200 + i, 1)
     return await probe(sandbox, "node1"), await probe(sandbox, "node2")
-
-
-def state_of(status: NodeStatus) -> gtid.BinlogState:
-    state = binlog_state_of(status)
-    assert state is not None
-    return state
 
 
 async def test_divergence_below_the_last_gtid(fresh_sandbox: Sandbox) -> None:

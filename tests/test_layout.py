@@ -49,9 +49,6 @@ def test_no_function_of_the_core_is_longer_than_60_lines():
 # Every entry must still be true: when the import goes, its entry goes too.
 NOT_YET_MOVED = {
     ("test_service_crash.py", "tests.test_service"): "test_service's helpers have another owner",
-    ("test_rebuild_live.py", "tests.test_flavors_binlog_state_live"): "probe, state_of: their "
-    "module has another owner; they belong in tests/live.py",
-    ("test_rebuild_controller_live.py", "tests.test_flavors_binlog_state_live"): "probe: as above",
 }
 
 

@@ -29,6 +29,7 @@ from tests.live import (
     hacontrol,
     healthy_and_idle,
     leftovers,
+    probe,
     rebuilder,
     reset_datadir,
     sandbox_settings,
@@ -37,7 +38,6 @@ from tests.live import (
 )
 from tests.sandbox_fixtures import run_sync
 from tests.support import eventually
-from tests.test_flavors_binlog_state_live import probe
 
 pytestmark = [
     pytest.mark.integration,

@@ -16,8 +16,7 @@ from hacontrol.actions.rebuild import RebuildResult, SandboxControl
 from hacontrol.flavors import IoState, NodeStatus
 from hacontrol.mariabackup import Progress
 from hacontrol.sandbox import Sandbox
-from tests.live import leftovers, rebuilder, reset_datadir, sql
-from tests.test_flavors_binlog_state_live import probe, state_of
+from tests.live import leftovers, probe, rebuilder, reset_datadir, sql, state_of
 
 pytestmark = [
     pytest.mark.integration,
