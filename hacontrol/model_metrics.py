@@ -19,6 +19,9 @@ class ModelMetrics:
         self.metrics, self.settings = metrics, settings
         self._halt_shown: bool | None = None
         self._lease_shown: tuple[bool, int, dict[str, bool]] | None = None
+        self._lease_read: tuple[object, object, float] | None = None
+        """The lease and the locks last looked at, and the first time after that at which a
+        lock held then ends: until then, with both the same objects, nothing shown moves."""
 
     def event(self, event: Event, now: float, queued: int) -> None:
         metrics = self.metrics
@@ -41,10 +44,17 @@ class ModelMetrics:
 
     def _lease(self, model: Model, now: float) -> None:
         """The lease's metrics: looked at on every event in a fleet (whose locks expire with
-        time), else when the lease changed; set when what they show changed."""
+        time), else when the lease changed; set when what they show changed. A fleet's
+        probe, tick or router read that left the lease and the locks as they were, before any
+        lock held then ended, shows what was shown (no lock is read again)."""
         lease = model.lease
+        read = self._lease_read
+        if read is not None and read[0] is lease and read[1] is model.view.locks and now < read[2]:
+            return
         held = held_until(model.view, self.settings)
         locks = {n: held.get(n, 0.0) > now for n in model.view.nodes} if lease.fleet else {}
+        ends = [until for until in held.values() if until > now]
+        self._lease_read = (lease, model.view.locks, min(ends, default=float("inf")))
         shown = (lease.leader, lease.changes, locks)
         if shown != self._lease_shown:
             self.metrics.observe_lease(self.settings.controller.instance_id, *shown)
