@@ -7,10 +7,13 @@ opens a new session that holds nothing. Every ``lease.keepalive`` seconds each n
 round trip that reads ``CONNECTION_ID()`` and who holds the two locks
 (``IS_USED_LOCK('hacontrol.<cluster>.leader')`` and ``...primary``, with the holder's client
 address); in ``ACQUIRE`` mode the same round trip first takes the leader lock where it is free
-(``GET_LOCK(name, 0)``, never twice in one session: MariaDB counts re-entrant locks). Each
-round trip becomes a ``LeaseObserved`` event on the cluster's queue, stamped with the time it
-was sent. What to do (``LeaseMode``) is the lease rules' decision (``rules.lease``); a change of
-mode runs a round at once, and ``RELEASE`` closes every session that holds a lock (and any
+(``GET_LOCK(name, 0)``, never twice in one session: MariaDB counts re-entrant locks). One
+timer for the cluster asks every node at once. Each round trip becomes a ``LeaseObserved``
+event on the cluster's queue, stamped with the time it was sent: at once when it says
+something new, and a keepalive that only confirms what its node said last with the rest of
+its round, at most ``COALESCE`` later (one wake-up of the decision task per round). What to
+do (``LeaseMode``) is the lease rules' decision (``rules.lease``); a change of mode runs a
+round at once, and ``RELEASE`` closes every session that holds a lock (and any
 round that finds one still holding it: a take that was on the wire when the mode changed).
 
 ``publish(node)`` (a plan's ``Publish`` step, the leader only) releases the primary lock
@@ -45,6 +48,14 @@ from hacontrol.mysqlconn import (
 )
 from hacontrol.plan import ActionResult
 from hacontrol.settings import Settings
+
+COALESCE = 0.002
+"""Seconds a keepalive that changed nothing may wait for the rest of its round before it is
+sent (the nodes of a round are asked at once and answer within a millisecond or two of each
+other): the decision task then wakes once per round, not once per node. Far below what the
+lease's rules leave between a keepalive's answer and the end of the lock it confirms
+(V - K - round trip >= ``lease.margin``); and a delayed confirmation only makes this instance
+believe its lock ends sooner than it does, never later (validity counts from the time sent)."""
 
 MAX_READ = 64 * 1024
 """Bytes one answer on a lease session may take (a row of four short values)."""
@@ -142,6 +153,13 @@ class LeaseKeeper:
         self._emit, self._clock, self._draw = emit, clock, draw
         self._mode = LeaseMode.HOLD
         self._wake = {name: asyncio.Event() for name in self._sessions}
+        self._beat_wake = asyncio.Event()
+        self._round: set[str] = set()
+        """The nodes of the current beat that have not answered yet."""
+        self._said: dict[str, tuple[object, ...] | None] = {}
+        """What each node's last observation sent said (``_said``)."""
+        self._pending: list[LeaseObserved] = []
+        self._flush_due: asyncio.TimerHandle | None = None
         self._releases: set[asyncio.Task[object]] = set()
 
     @property
@@ -162,9 +180,11 @@ class LeaseKeeper:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """One keepalive loop per node until cancelled; every session closed on the way out."""
+        """One keepalive loop per node and one clock for them all, until cancelled; every
+        session closed on the way out."""
         try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(self._beat(), name="lease:beat")
                 for name in self._sessions:
                     group.create_task(self._loop(name), name=f"lease:{name}")
         finally:
@@ -173,23 +193,71 @@ class LeaseKeeper:
     def close(self) -> None:
         for task in self._releases:
             task.cancel()
+        self._flush()
         for session in self._sessions.values():
             session.drop()
 
-    async def _loop(self, name: str) -> None:
-        wake = self._wake[name]
+    async def _beat(self) -> None:
+        """Every ``lease.keepalive`` seconds, a round on every node at once: one timer for
+        the cluster (it sets each node's wake event), not one per node."""
         loop = asyncio.get_running_loop()
         while True:
-            wake.clear()
+            self._beat_wake.clear()
             started = self._clock()
-            self._emit(await self.round(name))
-            # Until the next keepalive is due or a change of mode wakes it (a timer that sets
-            # the same event: lighter than a timeout scope, several times a second per node).
-            due = loop.call_later(max(0.0, started + self._keepalive - self._clock()), wake.set)
+            self._flush()
+            self._round = set(self._sessions)
+            for wake in self._wake.values():
+                wake.set()
+            due = loop.call_later(
+                max(0.0, started + self._keepalive - self._clock()), self._beat_wake.set
+            )
             try:
-                await wake.wait()
+                await self._beat_wake.wait()
             finally:
                 due.cancel()
+
+    async def _loop(self, name: str) -> None:
+        """A round whenever woken: by the beat, or at once by a change of mode. A wake that
+        comes during a round (a node slower than K) runs the next one right after it."""
+        wake = self._wake[name]
+        while True:
+            await wake.wait()
+            wake.clear()
+            self._deliver(await self.round(name))
+
+    # -- delivery: what reaches the decision task, and when ------------------------------------
+
+    def _deliver(self, observed: LeaseObserved) -> None:
+        """A keepalive that says what this node said last (the same session, the same holders,
+        no error; only its time moved) waits for the others of its round, at most
+        ``COALESCE`` seconds, so that one round reaches the decision task in one wake-up.
+        Anything else (an error, a new session, a lock taken, freed or published, the first
+        word of a node) is sent at once, after the ones waiting (per node, in order)."""
+        said = _said(observed)
+        unchanged = said is not None and self._said.get(observed.node) == said
+        self._round.discard(observed.node)
+        if not unchanged:
+            self._send(observed)
+            return
+        self._pending.append(observed)
+        if not self._round:
+            self._flush()
+        elif self._flush_due is None:
+            self._flush_due = asyncio.get_running_loop().call_later(COALESCE, self._flush)
+
+    def _send(self, observed: LeaseObserved) -> None:
+        """Emit now, after every observation still waiting (the order stays as observed)."""
+        self._flush()
+        self._said[observed.node] = _said(observed)
+        self._emit(observed)
+
+    def _flush(self) -> None:
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+            self._flush_due = None
+        pending, self._pending = self._pending, []
+        for observed in pending:
+            self._emit(observed)
 
     async def round(self, name: str) -> LeaseObserved:
         """One round trip to ``name``: (take, if asked, then) read. Never raises."""
@@ -219,7 +287,7 @@ class LeaseKeeper:
             return LeaseObserved(session.node, sent, error=describe_error(exc), jitter=self._draw())
         except BaseException as exc:  # cancelled mid-statement: fetch_text closed it
             session.drop()
-            self._emit(LeaseObserved(session.node, sent, error=describe_error(exc)))
+            self._send(LeaseObserved(session.node, sent, error=describe_error(exc)))
             raise
         return observed
 
@@ -321,12 +389,19 @@ class LeaseKeeper:
                 rows = (await fetch_text(conn, statement, columns, timeout=self._timeout))[0]
             except BaseException as exc:  # cancelled too: fetch_text closed the connection
                 session.drop()
-                self._emit(LeaseObserved(session.node, self._clock(), error=describe_error(exc)))
+                self._send(LeaseObserved(session.node, self._clock(), error=describe_error(exc)))
                 if not isinstance(exc, Exception):
                     raise
                 return describe_error(exc)
-            self._emit(await self._round_trip(session, take=False))
+            self._send(await self._round_trip(session, take=False))
             return rows
+
+
+def _said(observed: LeaseObserved) -> tuple[object, ...] | None:
+    """What an observation says about the locks, its times aside; None for an error."""
+    if not observed.ok:
+        return None
+    return (observed.session, observed.leader, observed.primary, observed.holder)
 
 
 def _connection_id(value: Any) -> int | None:
