@@ -567,6 +567,10 @@ def conflict_warnings(
 # --- I/O ----------------------------------------------------------------------------------------
 
 
+ALIVE_SQL = "SELECT 1"
+"""The kept admin connection's liveness check."""
+
+
 class _SessionClosed(Exception):
     """The kept connection was closed (``AdminLink.close``) under the call using it."""
 
@@ -612,8 +616,9 @@ class _AdminSession:
             return
         bound = min(timeout / 4, LIVENESS_CHECK_MAX)
         self.current = "the check of the kept connection"
-        try:
-            await execute(conn, "SELECT 1", timeout=bound)
+        columns = self._columns.setdefault(ALIVE_SQL, ColumnCache(conn.encoding))
+        try:  # in one pass over the wire bytes, like the probe's reads (no cursor)
+            await fetch_text(conn, ALIVE_SQL, columns, timeout=bound)
         except (TimeoutError, pymysql.err.MySQLError, OSError, EOFError) as exc:
             lines.emit(
                 "router_admin_reconnect",
