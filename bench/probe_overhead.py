@@ -168,14 +168,16 @@ async def measure(
 
 
 async def floor(
-    settings_path: Path, seconds: float, interval: float, io: bool
+    settings_path: Path, seconds: float, interval: float, io: bool, fleet: bool | None = None
 ) -> dict[str, object]:
-    """The runtime's floor with the same sockets open: the node probes' and the lease's
-    connections to each node and the ProxySQL admin's. ``io``: the same round trips at the same
-    rates (each node's status every interval, its lease read every K, the router's membership
-    every interval), each in a bare loop through the one-pass reader (``fetch_text``), answers
-    dropped: no probe object, no event, no decision task. Not ``io``: nothing runs."""
+    """The runtime's floor with the same sockets open: the node probes' and (as a fleet) the
+    lease's connections to each node and the ProxySQL admin's. ``io``: the same round trips at
+    the same rates (each node's status every interval, its lease read every K, the router's
+    membership every interval), each in a bare loop through the one-pass reader
+    (``fetch_text``), answers dropped: no probe object, no event, no decision task. Not ``io``:
+    nothing runs."""
     settings = load_settings(settings_path).settings
+    leased = settings.controller.fleet if fleet is None else fleet
     keeper = LeaseKeeper(settings, lambda event: None)
     probes = node_probes(settings, lambda event: None, watch=False)
     loops: list[tuple[BoundedConnection, str, ColumnCache, float]] = []
@@ -183,8 +185,9 @@ async def floor(
         conn = await probe._connection()
         assert probe._columns is not None
         loops.append((conn, probe._sql, probe._columns, interval))
-        lconn, sql, columns = await keeper._connection(keeper._sessions[name])
-        loops.append((lconn, sql.read, columns, settings.lease.keepalive))
+        if leased:
+            lconn, sql, columns = await keeper._connection(keeper._sessions[name])
+            loops.append((lconn, sql.read, columns, settings.lease.keepalive))
     proxysql = settings.router.proxysql
     if settings.router.kind == "proxysql":
         secret = proxysql.password.get_secret_value() if proxysql.password else ""
@@ -215,6 +218,7 @@ async def floor(
     node_probes_done = len(probes) * (t1 - t0) / interval
     return {
         "floor": "round trips" if io else "idle",
+        "fleet": leased,
         "sockets": len(loops),
         "seconds": round(t1 - t0, 2),
         "round_trips_per_second": round(trips / (t1 - t0), 2),
@@ -233,7 +237,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         try:
             if args.floor is not None:
                 return await floor(
-                    Path(info.settings), args.seconds, args.interval, args.floor == "io"
+                    Path(info.settings),
+                    args.seconds,
+                    args.interval,
+                    args.floor == "io",
+                    args.fleet,
                 )
             return await measure(
                 Path(info.settings),
