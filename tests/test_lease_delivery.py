@@ -15,9 +15,14 @@ NODES = ("node1", "node2", "node3")
 OURS = 7
 
 
+NOW = [2.0]
+"""The keeper's clock (the lease defaults: V 1.5 s, margin 0.3 s)."""
+
+
 def keeper() -> tuple[LeaseKeeper, list[Event]]:
     sent: list[Event] = []
-    return LeaseKeeper(fleet(), sent.append), sent
+    NOW[0] = 2.0
+    return LeaseKeeper(fleet(), sent.append, clock=lambda: NOW[0]), sent
 
 
 def beat(k: LeaseKeeper) -> None:
@@ -104,3 +109,21 @@ async def test_a_publication_sends_what_waits_first_and_closing_sends_the_rest()
     k._deliver(confirm("node2", 3.0))
     k.close()
     assert sent[-1] == confirm("node2", 3.0)
+
+
+async def test_a_confirmation_of_a_lock_about_to_end_is_not_held():
+    """The last confirmation of node1 was sent at 2.0 (valid until 3.5); this one's round trip
+    was slow and it arrives at 3.3, with less than the margin (0.3 s) left: at once, so that a
+    wait never lets a lock lapse that it renews. node2's, confirmed at 2.0 as well but arriving
+    at 3.1 (0.4 s left), waits."""
+    k, sent = at_rest("node1", "node2")
+    k._deliver(confirm("node3", 2.0))  # the round at 2.0, sent together
+    assert len(sent) == 3
+    sent.clear()
+    beat(k)
+    NOW[0] = 3.1
+    k._deliver(confirm("node2", 3.0))
+    assert sent == []
+    NOW[0] = 3.3
+    k._deliver(confirm("node1", 3.2))
+    assert sent == [confirm("node2", 3.0), confirm("node1", 3.2)]

@@ -55,7 +55,8 @@ sent (the nodes of a round are asked at once and answer within a millisecond or 
 other): the decision task then wakes once per round, not once per node. Far below what the
 lease's rules leave between a keepalive's answer and the end of the lock it confirms
 (V - K - round trip >= ``lease.margin``); and a delayed confirmation only makes this instance
-believe its lock ends sooner than it does, never later (validity counts from the time sent)."""
+believe its lock ends sooner than it does, never later (validity counts from the time sent).
+One that renews a lock with less than ``lease.margin`` left is sent at once (``_ending``)."""
 
 MAX_READ = 64 * 1024
 """Bytes one answer on a lease session may take (a row of four short values)."""
@@ -158,6 +159,9 @@ class LeaseKeeper:
         """The nodes of the current beat that have not answered yet."""
         self._said: dict[str, tuple[object, ...] | None] = {}
         """What each node's last observation sent said (``_said``)."""
+        self._sent_at: dict[str, float] = {}
+        """When each node's last observation sent was sent to the node (its ``at``)."""
+        self._validity, self._margin = settings.lease.validity, settings.lease.margin
         self._pending: list[LeaseObserved] = []
         self._flush_due: asyncio.TimerHandle | None = None
         self._releases: set[asyncio.Task[object]] = set()
@@ -234,9 +238,10 @@ class LeaseKeeper:
         Anything else (an error, a new session, a lock taken, freed or published, the first
         word of a node) is sent at once, after the ones waiting (per node, in order)."""
         said = _said(observed)
-        unchanged = said is not None and self._said.get(observed.node) == said
-        self._round.discard(observed.node)
-        if not unchanged:
+        node = observed.node
+        unchanged = said is not None and self._said.get(node) == said
+        self._round.discard(node)
+        if not unchanged or self._ending(node):
             self._send(observed)
             return
         self._pending.append(observed)
@@ -245,10 +250,18 @@ class LeaseKeeper:
         elif self._flush_due is None:
             self._flush_due = asyncio.get_running_loop().call_later(COALESCE, self._flush)
 
+    def _ending(self, node: str) -> bool:
+        """The last confirmation sent for ``node`` is valid for less than ``lease.margin``
+        more (a slow round trip): this one goes at once, so that waiting never lets a lock
+        lapse that it renews (an instance acts only with a margin left anyway)."""
+        sent = self._sent_at.get(node)
+        return sent is None or sent + self._validity - self._clock() < self._margin
+
     def _send(self, observed: LeaseObserved) -> None:
         """Emit now, after every observation still waiting (the order stays as observed)."""
         self._flush()
         self._said[observed.node] = _said(observed)
+        self._sent_at[observed.node] = observed.at
         self._emit(observed)
 
     def _flush(self) -> None:
@@ -257,6 +270,7 @@ class LeaseKeeper:
             self._flush_due = None
         pending, self._pending = self._pending, []
         for observed in pending:
+            self._sent_at[observed.node] = observed.at
             self._emit(observed)
 
     async def round(self, name: str) -> LeaseObserved:
