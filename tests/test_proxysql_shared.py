@@ -390,6 +390,10 @@ def test_two_clusters_on_one_link_may_not_share_a_hostgroup() -> None:
     assert len(link.layouts) == 1
 
 
+GARBLED = b"\x01\x00\x00\x01\x01" + b"\x04\x00\x00\x02\x03def"
+"""An answer of one column whose definition stops after its catalog."""
+
+
 class SilentRelay:
     """A TCP relay in front of the admin port; ``blackhole()`` stops forwarding on the
     connections open now, silently (no close, no RST: packets dropped on a half-dead flow),
@@ -411,6 +415,12 @@ class SilentRelay:
         for flow in self.flows:
             flow["dead"] = True
 
+    def garble(self) -> None:
+        """The next answer on the connections open now is garbage (a result set whose column
+        definition is cut short), the rest of the flow dropped."""
+        for flow in self.flows:
+            flow["garble"] = True
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -420,12 +430,15 @@ class SilentRelay:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self._writers += [writer, up_writer]
-        flow = {"dead": False}
+        flow = {"dead": False, "garble": False}
         self.flows.append(flow)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError, OSError):
                 while data := await src.read(65536):
+                    if flow["garble"] and dst is writer:
+                        flow["garble"], flow["dead"] = False, True
+                        dst.write(GARBLED)
                     if not flow["dead"]:
                         dst.write(data)
                         await dst.drain()
@@ -459,6 +472,27 @@ async def test_a_silently_dead_kept_connection_is_replaced_before_the_call(
         await links.close()
         await relay.stop()
     assert elapsed < 0.5 + 1.5  # the check's bound, then the apply (well under its 2 s)
+    assert len(relay.flows) == 2  # one reconnect, no more
+
+
+async def test_a_kept_connection_that_answers_garbage_to_its_check_is_replaced(
+    shared: Shared,
+) -> None:
+    # The liveness check's answer is garbage (read in one pass: MalformedAnswer): the kept
+    # connection is dropped and the call goes on, on a new one, like a dead one's.
+    relay = await SilentRelay((shared.px.host, shared.px.port)).start()
+    links = AdminLinks()
+    settings = shared.settings("users", port=relay.port, timeout=2.0)
+    users = ProxySQLRouter(
+        settings, NODES["users"], RouterSettings(kind="proxysql"), link=links.get(settings)
+    )
+    try:
+        assert await users.read() == healthy("users")  # the kept connection is open
+        relay.garble()
+        assert await users.read() == healthy("users")
+    finally:
+        await links.close()
+        await relay.stop()
     assert len(relay.flows) == 2  # one reconnect, no more
 
 

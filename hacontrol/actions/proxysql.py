@@ -54,6 +54,7 @@ from hacontrol.mysqlconn import (
     execute,
     fetch_text,
 )
+from hacontrol.mysqlwire import MalformedAnswer
 from hacontrol.routing import (
     Drained,
     Lines,
@@ -619,7 +620,7 @@ class _AdminSession:
         columns = self._columns.setdefault(ALIVE_SQL, ColumnCache(conn.encoding))
         try:  # in one pass over the wire bytes, like the probe's reads (no cursor)
             await fetch_text(conn, ALIVE_SQL, columns, timeout=bound)
-        except (TimeoutError, pymysql.err.MySQLError, OSError, EOFError) as exc:
+        except (TimeoutError, pymysql.err.MySQLError, OSError, EOFError, MalformedAnswer) as exc:
             lines.emit(
                 "router_admin_reconnect",
                 None,
