@@ -127,3 +127,19 @@ async def test_a_confirmation_of_a_lock_about_to_end_is_not_held():
     NOW[0] = 3.3
     k._deliver(confirm("node1", 3.2))
     assert sent == [confirm("node2", 3.0), confirm("node1", 3.2)]
+
+
+async def test_a_send_that_fails_from_the_timer_crashes_the_keeper():
+    """The 2 ms timer's flush runs outside the keeper's tasks: what it raises reaches them, and
+    the keeper's run ends with it (the lease worker crashes), not a line in the loop's log."""
+    k, _ = at_rest("node1")
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("the queue is gone")
+
+    k._emit = broken
+    k._wake = {"node1": asyncio.Event()}
+    loop = asyncio.create_task(k._loop("node1"))
+    await asyncio.sleep(COALESCE * 10)
+    assert loop.done()
+    assert isinstance(loop.exception(), RuntimeError)

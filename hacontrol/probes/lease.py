@@ -164,6 +164,8 @@ class LeaseKeeper:
         self._validity, self._margin = settings.lease.validity, settings.lease.margin
         self._pending: list[LeaseObserved] = []
         self._flush_due: asyncio.TimerHandle | None = None
+        self._failed: Exception | None = None
+        """What the timer's flush raised (``_flush_late``), for the loops to raise."""
         self._releases: set[asyncio.Task[object]] = set()
 
     @property
@@ -227,6 +229,8 @@ class LeaseKeeper:
         while True:
             await wake.wait()
             wake.clear()
+            if self._failed is not None:
+                raise self._failed
             self._deliver(await self.round(name))
 
     # -- delivery: what reaches the decision task, and when ------------------------------------
@@ -248,7 +252,18 @@ class LeaseKeeper:
         if not self._round:
             self._flush()
         elif self._flush_due is None:
-            self._flush_due = asyncio.get_running_loop().call_later(COALESCE, self._flush)
+            self._flush_due = asyncio.get_running_loop().call_later(COALESCE, self._flush_late)
+
+    def _flush_late(self) -> None:
+        """The timer's flush: a loop callback, outside the keeper's tasks, so what it raises
+        is handed to them (each node's loop raises it: the lease worker crashes, as when a
+        send fails in a loop), never left to the loop's exception log."""
+        try:
+            self._flush()
+        except Exception as exc:
+            self._failed = exc
+            for wake in self._wake.values():
+                wake.set()
 
     def _ending(self, node: str) -> bool:
         """The last confirmation sent for ``node`` is valid for less than ``lease.margin``
