@@ -18,8 +18,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from hacontrol.events import Event
 from hacontrol.journal import Journal
+from hacontrol.metrics import Metrics
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, fold, initial
 
@@ -135,3 +138,19 @@ def break_journal(journal: Journal) -> Callable[[], None]:
         journal.path = blocker / "journal.jsonl"
 
     return now
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+"""Prometheus samples by (name, labels)."""
+
+
+def samples(metrics: Metrics) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(data: Samples, name: str, **labels: str) -> float | None:
+    return data.get((name, frozenset({"cluster": "t", **labels}.items())))

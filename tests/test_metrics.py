@@ -12,21 +12,7 @@ from hacontrol.events import PlanFinished
 from hacontrol.metrics import Metrics, failover_phases, plan_outcome, render_all
 from hacontrol.plan import ActionResult
 from tests.factories import down, primary, replica, settings
-from tests.support import fold_all
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(metrics: Metrics) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(metrics.render().decode()):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(data: Samples, name: str, **labels: str) -> float | None:
-    return data.get((name, frozenset({"cluster": "t", **labels}.items())))
+from tests.support import Samples, fold_all, samples, value
 
 
 def step(index: int, action: str, seconds: float, ok: bool = True) -> ActionResult:

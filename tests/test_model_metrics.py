@@ -9,7 +9,7 @@ from hacontrol.model_metrics import ModelMetrics
 from hacontrol.step import boot, step
 from hacontrol.view import initial
 from tests.factories import fleet, lock, primary, replica, router
-from tests.test_metrics import samples, value
+from tests.support import samples, value
 
 S = fleet()
 OURS = 7
