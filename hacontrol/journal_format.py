@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from hacontrol import plan as p
-from hacontrol.model import Persisted, Quarantined
+from hacontrol.model import Consent, Persisted, Quarantined
 from hacontrol.routing import Membership
 
 ACTION_TYPES: dict[str, type] = {cls.__name__: cls for cls in get_args(p.Action)}
@@ -70,6 +70,10 @@ def state_to_json(state: Persisted, mono_now: float, wall_now: float) -> dict[st
             name: {"new_primary": q.new_primary, "since": wall(q.since), "errant": q.errant}
             for name, q in state.quarantined.items()
         },
+        "consents": [
+            {"node": c.node, "dead": c.dead, "position": c.position, "at": wall(c.at)}
+            for c in state.consents
+        ],
     }
 
 
@@ -162,6 +166,10 @@ def state_from_json(data: dict[str, Any], mono_now: float, wall_now: float) -> P
         blocked_until=mono(data.get("blocked_until")),
         last_failover_at=mono(data.get("last_failover_at")),
         quarantined=quarantined,
+        consents=tuple(
+            Consent(c["node"], c["dead"], c["position"], mono(c["at"]) or mono_now)
+            for c in data.get("consents", ())
+        ),
     )
 
 
@@ -188,6 +196,21 @@ def check_state(data: Any) -> None:
             raise RecordError(f"{where}: 'since' must be a time or null")
         if q.get("errant") is not None and not isinstance(q["errant"], str):
             raise RecordError(f"{where}: 'errant' must be a string or null")
+    check_consents(data.get("consents", []))
+
+
+def check_consents(consents: Any) -> None:
+    """RecordError unless ``consents`` is a list of operators' consents (``model.Consent``)."""
+    if not isinstance(consents, list):
+        raise RecordError("state: 'consents' must be a list")
+    for i, c in enumerate(consents):
+        where = f"state: consents[{i}]"
+        if not isinstance(c, dict) or set(c) != {"node", "dead", "position", "at"}:
+            raise RecordError(f"{where}: must be an object with node, dead, position and at")
+        if not all(isinstance(c[k], str) for k in ("node", "dead", "position")):
+            raise RecordError(f"{where}: 'node', 'dead' and 'position' must be strings")
+        if not _finite(c["at"]):
+            raise RecordError(f"{where}: 'at' must be a time")
 
 
 _FIELDS: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {

@@ -71,6 +71,18 @@ class Quarantined:
 
 
 @dataclass(frozen=True)
+class Consent:
+    """An operator's explicit consent (``hacontrol maintenance NODE on`` while the failover
+    away from ``dead`` waited for NODE): fail over without ``node``, for this incident only:
+    ``dead`` at ``position``, what it had executed at its last good probe. Journaled."""
+
+    node: str
+    dead: str
+    position: str
+    at: float
+
+
+@dataclass(frozen=True)
 class JournalHealth:
     """Whether the journal can be written, as last checked or written
     (``rules.journal`` says what a plan may do without it)."""
@@ -103,6 +115,8 @@ class ControllerState:
     failed_in_a_row: Mapping[RetryKey, int] = field(default_factory=dict)
     """Consecutive failures of a fence per node (its retry backs off); gone once one works."""
     journal: JournalHealth = JournalHealth()
+    consents: tuple[Consent, ...] = ()
+    """Operators' consents to fail over without a replica in doubt (``rules.doubt``)."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +280,7 @@ class Persisted:
     blocked_until: float | None = None
     last_failover_at: float | None = None
     quarantined: Mapping[str, Quarantined] = field(default_factory=dict)
+    consents: tuple[Consent, ...] = ()
 
 
 def persisted(model: Model) -> Persisted:
@@ -276,4 +291,5 @@ def persisted(model: Model) -> Persisted:
         state.blocked_until,
         state.last_failover_at,
         state.quarantined,
+        state.consents,
     )

@@ -360,6 +360,7 @@ def restored(model: Model, kept: Persisted, settings: Settings) -> Model:
         blocked_until=kept.blocked_until,
         last_failover_at=kept.last_failover_at,
         quarantined=dict(kept.quarantined),
+        consents=kept.consents,
     )
     view = with_maintenance(model.view, kept.maintenance, settings)
     return replace(model, state=state, view=view)

@@ -9,12 +9,17 @@ from dataclasses import replace
 import pytest
 
 from hacontrol.decide import decide
+from hacontrol.effects import Reply
+from hacontrol.events import OperatorCommand
 from hacontrol.flavors.base import IoState, SemiSync
-from hacontrol.model import AlertKey, Condition, ControllerState
+from hacontrol.journal import Journal, state_from_json, state_to_json
+from hacontrol.model import AlertKey, Condition, ControllerState, Model, persisted
 from hacontrol.plan import Notify, PlanKind, Promote, SetIOThreads
+from hacontrol.rules.commands import command
 from hacontrol.rules.doubt import judge_unanswered
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView
+from hacontrol.step import boot
+from hacontrol.view import ClusterView, with_maintenance
 from tests.factories import down, primary, replica, router, settings
 from tests.support import fold_all
 
@@ -67,6 +72,23 @@ def cluster(
 
 def notify_of(plan) -> Notify:
     return next(a for a in plan.actions if isinstance(a, Notify))
+
+
+def maintenance_on(
+    view: ClusterView, state: ControllerState, node: str, at: float, s: Settings = S5
+) -> tuple[Model, str]:
+    """``hacontrol maintenance NODE on`` through the command path: the model after it (the
+    node in maintenance, the consent if any) and the answer's text (or the started plan's
+    reason: a maintenance that routes is answered when its plan ends)."""
+    model, effects = command(
+        Model(view, state), OperatorCommand(at, "maintenance", node, True), s, at
+    )
+    replies = [e.result for e in effects if isinstance(e, Reply)]
+    if replies:
+        assert replies[0].ok, replies[0].message
+        return model, replies[0].message
+    assert model.running is not None, effects
+    return model, model.running.plan.reason
 
 
 def test_a_replica_gone_with_the_primary_makes_the_failover_wait_then_halt():
@@ -147,18 +169,26 @@ def test_a_replica_that_answers_within_the_wait_is_compared_and_stopped_like_the
     assert next(a for a in d.plan.actions if isinstance(a, Promote)) == Promote("node5", "node1")
 
 
-def test_hiding_the_replica_after_the_wait_began_lets_the_failover_go_on():
+def test_hiding_is_no_consent_the_operators_command_is():
     waiting = decide(cluster(node5_last_ok=3.0), ControllerState(), S5, 7.0)
     assert waiting.plan.rule == "WaitUnreachableReplica"
     # Hidden before the incident (a backup in maintenance) is no consent: still waited for.
     before = decide(cluster(node5_last_ok=3.0, hidden=("node5",)), ControllerState(), S5, 7.0)
     assert before.plan.rule == "WaitUnreachableReplica", before.plan.reason
-    # Hidden after the failover began to wait for it: the operator's consent.
+    # Hidden in the router after the failover began to wait (another instance, by hand):
+    # never taken for a consent.
     hidden = cluster(node5_last_ok=3.0, hidden=("node5",))
-    d = decide(hidden, waiting.state, S5, 8.0)
+    assert decide(hidden, waiting.state, S5, 8.0).plan.rule == "WaitUnreachableReplica"
+    # The operator's command is: recorded for this dead primary at its position.
+    model, said = maintenance_on(cluster(node5_last_ok=3.0), waiting.state, "node5", 8.0)
+    assert "consent recorded" in said and "node1 (dead at 0-1-100)" in said, said
+    (consent,) = model.state.consents
+    assert (consent.node, consent.dead, consent.position) == ("node5", "node1", "0-1-100")
+    d = decide(model.view, model.state, S5, 8.5)
     assert d.plan.rule == "DeadPrimary", d.plan.reason
     at_risk = dict(notify_of(d.plan).sections)["acknowledged writes at risk"]
     assert "node5 could not be reached" in at_risk
+    assert d.state.consents == ()  # used: it allowed this failover and no other
 
 
 @pytest.mark.parametrize(
@@ -302,8 +332,8 @@ def test_hiding_a_never_read_node_after_the_wait_began_lets_the_failover_go_on()
     view = fold_all(S5, *rounds, router(**every, at=6.0))
     waiting = decide(view, ControllerState(), S5, 7.0)
     assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
-    hidden = fold_all(S5, router(**every, hidden=("node5",), at=7.5), view=view)
-    d = decide(hidden, waiting.state, S5, 8.0)
+    model, _ = maintenance_on(view, waiting.state, "node5", 7.5)
+    d = decide(model.view, model.state, S5, 8.0)
     assert d.plan.rule == "DeadPrimary", d.plan.reason
 
 
@@ -341,8 +371,12 @@ def seven_nodes_two_in_doubt(clients: int = 6, node5_gone_at: float = 4.0) -> Cl
     return fold_all(S7, *rounds)
 
 
-def hide7(view: ClusterView, *hidden: str, at: float) -> ClusterView:
-    return fold_all(S7, router(readers=("node1", *LIVE7), hidden=hidden, at=at), view=view)
+def consent7(view: ClusterView, state: ControllerState, *nodes: str, at: float) -> Model:
+    """``hacontrol maintenance NODE on`` for each of ``nodes``, in order."""
+    model = Model(view, state)
+    for node in nodes:
+        model, _ = maintenance_on(model.view, model.state, node, at, S7)
+    return model
 
 
 def test_consent_to_one_of_two_replicas_in_doubt_leaves_the_other_in_doubt():
@@ -351,7 +385,8 @@ def test_consent_to_one_of_two_replicas_in_doubt_leaves_the_other_in_doubt():
     waiting = decide(view, ControllerState(), S7, 7.0)
     assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
     assert "node4" in waiting.plan.reason and "node5" in waiting.plan.reason
-    d = decide(hide7(view, "node5", at=7.5), waiting.state, S7, 8.0)
+    model = consent7(view, waiting.state, "node5", at=7.5)
+    d = decide(model.view, model.state, S7, 8.0)
     assert d.plan.rule == "WaitUnreachableReplica", d.plan.reason
     assert "node4" in d.plan.reason and "node5:" not in d.plan.reason
 
@@ -362,11 +397,12 @@ def test_the_halt_names_a_command_for_every_node_in_doubt_and_following_it_goes_
     halted = decide(view, waiting.state, S7, 7.0 + WAIT)
     assert halted.plan.rule == "UnreachableReplicaInDoubt", halted.plan.reason
     reason = notify_of(halted.plan).reason
-    commands = "`hacontrol maintenance node4 on` and `hacontrol maintenance node5 on` hide them"
+    commands = "`hacontrol maintenance node4 on` and `hacontrol maintenance node5 on` records"
     assert commands in reason, reason
-    assert "cannot name" not in reason
-    # Followed verbatim: both hidden, the failover goes on without them.
-    d = decide(hide7(view, "node4", "node5", at=7.5 + WAIT), halted.state, S7, 8.0 + WAIT)
+    assert "cannot name" not in reason and "already hidden" not in reason
+    # Followed verbatim: both consented (and hidden), the failover goes on without them.
+    model = consent7(view, halted.state, "node4", "node5", at=7.5 + WAIT)
+    d = decide(model.view, model.state, S7, 8.0 + WAIT)
     assert d.plan.rule == "DeadPrimary", d.plan.reason
 
 
@@ -379,6 +415,112 @@ def test_consent_to_a_node_that_was_no_client_does_not_clear_one_that_was():
     view = seven_nodes_two_in_doubt(clients=5, node5_gone_at=2.0)
     waiting = decide(view, ControllerState(), S7, 7.0)
     assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
-    d = decide(hide7(view, "node5", at=7.5), waiting.state, S7, 8.0)
+    model = consent7(view, waiting.state, "node5", at=7.5)
+    d = decide(model.view, model.state, S7, 8.0)
     assert d.plan.rule == "WaitUnreachableReplica", d.plan.reason
     assert "node4" in d.plan.reason
+
+
+def halted_on_node5(view: ClusterView, state: ControllerState | None = None):
+    waiting = decide(view, state or ControllerState(), S5, 7.0)
+    assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
+    halted = decide(view, waiting.state, S5, 7.0 + WAIT)
+    assert halted.plan.rule == "UnreachableReplicaInDoubt", halted.plan.reason
+    return halted
+
+
+ADVICE = "`hacontrol maintenance node5 on` records that consent for this failover"
+
+
+@pytest.mark.parametrize("how", ["by an earlier maintenance command", "in the router only"])
+def test_a_node_hidden_before_the_incident_the_advice_followed_verbatim_goes_on(how):
+    # A backup in maintenance since hours: waited for (hiding is no consent); the advice says
+    # the command works though it is hidden already, and it does.
+    view = cluster(node5_last_ok=3.0, hidden=("node5",))
+    if how.startswith("by an earlier"):
+        view = with_maintenance(view, frozenset({"node5"}), S5)
+    halted = halted_on_node5(view)
+    reason = notify_of(halted.plan).reason
+    assert ADVICE in reason and "(node5 already hidden: accepted all the same)" in reason, reason
+    model, said = maintenance_on(view, halted.state, "node5", 13.0)
+    assert "consent recorded" in said, said
+    d = decide(model.view, model.state, S5, 13.5)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+
+
+def restarted(model: Model, view: ClusterView, tmp_path) -> Model:
+    """A controller restart: the state written to a real journal file, read back, and a
+    fresh model booted from it over ``view`` (nothing else kept)."""
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.save_state(state_to_json(persisted(model), 100.0, 5000.0))
+    kept = journal.load().state
+    assert kept is not None
+    booted, _ = boot(
+        view,
+        S5,
+        kept=state_from_json(kept, 20.0, 5000.0 - 80.0),
+        unfinished=None,
+        acknowledge_block=False,
+        paused=False,
+        acting=True,
+        wall_offset=0.0,
+    )
+    return booted
+
+
+def test_the_consent_outlives_a_controller_restart(tmp_path):
+    view = cluster(node5_last_ok=3.0)
+    halted = halted_on_node5(view)
+    assert ADVICE in notify_of(halted.plan).reason
+    model, _ = maintenance_on(view, halted.state, "node5", 13.0)
+    again = restarted(model, model.view, tmp_path)
+    assert again.state.first_seen == {} and again.state.consents[0].node == "node5"
+    # Written at wall 5000 (monotonic 100), read back at monotonic 20, wall 4920: the same
+    # wall-clock moment, so 13.0 monotonic then is 13.0 monotonic now.
+    assert again.state.consents[0].at == pytest.approx(13.0)
+    d = decide(again.view, again.state, S5, 21.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+
+
+def test_without_the_consent_a_restart_halts_again_and_the_advice_still_works(tmp_path):
+    # The restarted controller (or a new fleet leader) never heard the consent: it asks again;
+    # node5 is hidden now, and the same command is accepted.
+    view = cluster(node5_last_ok=3.0)
+    hidden, _ = maintenance_on(view, ControllerState(), "node5", 6.5)  # before any wait
+    assert hidden.state.consents == () and "node5" in hidden.view.maintenance
+    again = restarted(hidden, hidden.view, tmp_path)
+    halted = halted_on_node5(again.view, again.state)
+    assert "(node5 already hidden: accepted all the same)" in notify_of(halted.plan).reason
+    model, said = maintenance_on(again.view, halted.state, "node5", 13.0)
+    assert "consent recorded" in said
+    assert decide(model.view, model.state, S5, 13.5).plan.rule == "DeadPrimary"
+
+
+def test_a_consent_never_applies_to_another_incident():
+    view = cluster(node5_last_ok=3.0)
+    waiting = decide(view, ControllerState(), S5, 7.0)
+    model, _ = maintenance_on(view, waiting.state, "node5", 8.0)
+    # node1 came back, took a write, and died again: another position, another incident.
+    later = cluster(node5_last_ok=3.0, primary_gtid="0-1-101")
+    later = with_maintenance(later, frozenset({"node5"}), S5)
+    d = decide(later, replace(model.state, first_seen={}), S5, 20.0)
+    assert d.plan.rule == "WaitUnreachableReplica", d.plan.reason
+    # A consent about another dead primary never applies either.
+    other = replace(model.state.consents[0], dead="node2")
+    d = decide(model.view, replace(model.state, consents=(other,)), S5, 8.5)
+    assert d.plan.rule == "WaitUnreachableReplica", d.plan.reason
+
+
+def test_maintenance_of_a_node_not_in_doubt_records_no_consent_and_off_withdraws_one():
+    view = cluster(node5_last_ok=3.0)
+    plain, said = maintenance_on(view, ControllerState(), "node5", 6.5)  # no wait began yet
+    assert plain.state.consents == () and "consent" not in said
+    waiting = decide(view, ControllerState(), S5, 7.0)
+    other, said = maintenance_on(view, waiting.state, "node3", 8.0)  # node3 answers
+    assert other.state.consents == () and "consent" not in said
+    model, _ = maintenance_on(view, waiting.state, "node5", 8.0)
+    assert model.state.consents
+    off = OperatorCommand(9.0, "maintenance", "node5", False)
+    back, _ = command(replace(model, running=None), off, S5, 9.0)
+    assert back.state.consents == () and "node5" not in back.view.maintenance
+    assert decide(back.view, back.state, S5, 9.5).plan.rule == "WaitUnreachableReplica"

@@ -14,13 +14,15 @@ from dataclasses import replace
 
 from hacontrol.effects import Effect, Reply, Step, log
 from hacontrol.events import CallerGone, CommandResult, OperatorCommand
-from hacontrol.model import Model
+from hacontrol.model import ControllerState, Model
 from hacontrol.plan import Plan, Rebuild
+from hacontrol.rules.doubt import give_consent, withdraw_consent
 from hacontrol.rules.journal import refusal
 from hacontrol.rules.lifecycle import log_decision, plan_id, start
 from hacontrol.rules.planned import plan_maintenance, plan_switchover
 from hacontrol.rules.rebuild import plan_rebuild
 from hacontrol.settings import Settings
+from hacontrol.view import ClusterView
 
 STOPPING = "the controller is stopping; a plan's outcome is in the log"
 
@@ -94,25 +96,55 @@ def defer(model: Model, cmd: OperatorCommand) -> Step:
 def planned(model: Model, cmd: OperatorCommand, settings: Settings, now: float) -> Step:
     """A switchover or maintenance: refused with the reason, or its plan started. Only the
     leader changes a node (a follower routes: maintenance)."""
-    plan: Plan | str
-    view = model.view
     if cmd.command == "maintenance":
-        outcome = plan_maintenance(model.view, settings, cmd.node, bool(cmd.on))
-        plan, view = (outcome, view) if isinstance(outcome, str) else outcome
-    else:
-        plan = plan_switchover(model.view, model.state, settings, cmd.node, now)
+        return maintenance(model, cmd, settings, now)
+    plan = plan_switchover(model.view, model.state, settings, cmd.node, now)
+    return started(model, cmd, plan, settings, now)
+
+
+def maintenance(model: Model, cmd: OperatorCommand, settings: Settings, now: float) -> Step:
+    """Maintenance on or off. On, for a node a failover waits for (or halted on), it also
+    records the operator's consent to fail over without it (``rules.doubt``), accepted when
+    the node is in maintenance already; off withdraws the node's consents."""
+    consent = give_consent(model.view, model.state, cmd.node, now) if cmd.on else None
+    if consent is not None and cmd.node in model.view.maintenance:
+        state, text = consent
+        model, logged = log_decision(model, Plan("FailoverConsent", text), now, force=True)
+        return replace(model, state=state), (*logged, *answer(cmd, True, text))
+    outcome = plan_maintenance(model.view, settings, cmd.node, bool(cmd.on))
+    if isinstance(outcome, str):
+        return started(model, cmd, outcome, settings, now)
+    plan, view = outcome
+    state = consent[0] if consent is not None else withdraw_consent(model.state, cmd.node)
+    if consent is not None:
+        plan = replace(plan, reason=f"{plan.reason}; {consent[1]}")
+    return started(model, cmd, plan, settings, now, view=view, state=state)
+
+
+def started(
+    model: Model,
+    cmd: OperatorCommand,
+    plan: Plan | str,
+    settings: Settings,
+    now: float,
+    *,
+    view: ClusterView | None = None,
+    state: ControllerState | None = None,
+) -> Step:
+    """Refused with the reason, or started; ``view`` and ``state`` (maintenance: the node in
+    or out of it, a consent) are taken only when it starts."""
     if not isinstance(plan, str) and not model.lease.allows(plan, now):
         plan = f"not the leader ({model.lease.reason}); ask the leader"
     if not isinstance(plan, str) and (withheld := refusal(plan, model.state.journal)):
         plan = withheld.reason
     if isinstance(plan, str):
         return model, answer(cmd, False, f"refused: {plan}")
-    model = replace(model, view=view)  # maintenance: the node is in (or out of) it from now on
+    model = replace(model, view=view or model.view, state=state or model.state)
     model, logged = log_decision(model, plan, now, force=True)
     if not plan.actions:
         return model, (*logged, *answer(cmd, True, plan.reason))
-    model, started = start(model, plan_id(model, plan, now), plan, now, command=cmd)
-    return model, (*logged, *started)
+    model, started_ = start(model, plan_id(model, plan, now), plan, now, command=cmd)
+    return model, (*logged, *started_)
 
 
 def rebuild(model: Model, cmd: OperatorCommand, settings: Settings, now: float) -> Step:

@@ -25,16 +25,25 @@ A replica that cannot be read is *cleared* when all of these hold, from facts th
 
 Anything else is a real doubt: the failover waits (``failover.wait_unreachable_replica``) for
 the replica to answer, then halts with an alert.
+
+An operator may accept losing what a replica in doubt alone holds: ``hacontrol maintenance
+NODE on`` while the failover waits for NODE (accepted also when NODE is already hidden) records
+a ``Consent`` for this incident: the dead primary and what it had executed at its last good
+probe. Journaled with the state, so a restart keeps it; it applies only while the dead primary
+is the same at the same position (a new incident asks again), and is dropped once the failover
+it allowed is planned, or by ``maintenance NODE off``. Never inferred: hiding a node by any
+other means (the router, before the incident) is no consent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hacontrol.flavors.base import IoState
+from hacontrol.model import AlertKey, Condition, Consent, ControllerState
 from hacontrol.rules.candidates import executed, holdings
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, NodeView
+from hacontrol.view import ClusterView, Code, NodeView
 
 
 @dataclass(frozen=True)
@@ -199,3 +208,51 @@ def lacking(primary: NodeView, best: NodeView) -> str | None:
     except ValueError:
         return "? (GTID sets diverge)"
     return str(extra) if extra else None
+
+
+def doubted(dead: str, node: str) -> AlertKey:
+    """When the failover away from ``dead`` first waited for ``node`` (``first_seen``; kept
+    while the primary is dead)."""
+    return AlertKey(Condition.NO_CANDIDATE, f"{dead} doubted {node}")
+
+
+def incident(view: ClusterView, dead: str) -> str | None:
+    """What identifies this loss of ``dead``: the GTID set it had executed at its last good
+    probe (None: never read, no consent can be matched to it)."""
+    node = view.nodes.get(dead)
+    done = executed(node.status) if node is not None else None
+    return None if done is None else str(done)
+
+
+def consented(view: ClusterView, consents: tuple[Consent, ...], dead: str) -> frozenset[str]:
+    """The nodes an operator consented to fail over without, for this loss of ``dead``."""
+    position = incident(view, dead)
+    if position is None:
+        return frozenset()
+    return frozenset(c.node for c in consents if c.dead == dead and c.position == position)
+
+
+def give_consent(
+    view: ClusterView, state: ControllerState, node: str | None, now: float
+) -> tuple[ControllerState, str] | None:
+    """``maintenance NODE on`` for a node the failover away from the dead primary waits for
+    (or halted on): the state with the consent recorded, and what it means; None when NODE
+    is not in doubt now (the command is then a plain maintenance)."""
+    dead = next((p.node for p in view.problems if p.code is Code.DEAD_PRIMARY), None)
+    if dead is None or node is None or doubted(dead, node) not in state.first_seen:
+        return None
+    position = incident(view, dead)
+    if position is None:
+        return None
+    kept = tuple(c for c in state.consents if (c.node, c.dead) != (node, dead))
+    consents = (*kept, Consent(node, dead, position, now))
+    text = (
+        f"consent recorded: the failover away from {dead} (dead at {position}) may go on "
+        f"without {node}; what {node} alone may hold (writes {dead} acknowledged) is given up"
+    )
+    return replace(state, consents=consents), text
+
+
+def withdraw_consent(state: ControllerState, node: str | None) -> ControllerState:
+    """``maintenance NODE off``: NODE's consents are withdrawn (it is waited for again)."""
+    return replace(state, consents=tuple(c for c in state.consents if c.node != node))

@@ -38,7 +38,7 @@ from hacontrol.rules.candidates import (
     semi_sync_promised,
     topology_text,
 )
-from hacontrol.rules.doubt import UNNAMED, Unanswered, judge_unanswered
+from hacontrol.rules.doubt import UNNAMED, Unanswered, consented, doubted, judge_unanswered
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code, Problem, hidden_nodes
 
@@ -62,8 +62,8 @@ def rule_dead_primary(
         return no_candidate(view, state, problem, ranked)
     if missing := missing_from(view, ranked[0].node, dead):
         return candidate_incomplete(view, state, dead, ranked, missing)
-    consented = frozenset(n for n in hidden_nodes(view) if doubted(dead, n) in state.first_seen)
-    judged = tuple(judge_unanswered(view, settings, dead, ranked[0].node, consented))
+    given = consented(view, state.consents, dead)
+    judged = tuple(judge_unanswered(view, settings, dead, ranked[0].node, given))
     if doubts := [u for u in judged if u.doubt is not None]:
         return unanswered_in_doubt(view, state, settings, dead, ranked, doubts, now)
     plan = failover(view, settings, problem, ranked, now, judged)
@@ -73,6 +73,7 @@ def rule_dead_primary(
         blocked_until=now + settings.failover.recovery_block,
         last_failover_at=now,
         quarantined={**state.quarantined, dead: Quarantined(dead, best, now)},
+        consents=tuple(c for c in state.consents if c.dead != dead),  # used: this loss only
     )
     return Decision(plan, new_state)
 
@@ -197,10 +198,8 @@ def unanswered_in_doubt(
     key = AlertKey(Condition.NO_CANDIDATE, f"{dead} unanswered")
     since = state.first_seen.get(key)
     wait = settings.failover.wait_unreachable_replica
-    # Remembered: hiding one of these from now on is an operator's consent to go on without.
-    hidden = hidden_nodes(view)
+    # Remembered: `maintenance NODE on` for one of these records an operator's consent.
     marks = {doubted(dead, u.node): now for u in doubts if u.node in view.nodes}
-    marks = {k: v for k, v in marks.items() if k.subject.split()[-1] not in hidden}
     state = replace(state, first_seen={**marks, **state.first_seen})
     if since is None or now - since < wait:
         plan = Plan(
@@ -215,7 +214,7 @@ def unanswered_in_doubt(
         f"no failover, writes stay down: {dead} is dead and {names} did not answer within "
         f"{wait:g} s; {'it' if len(doubts) == 1 else 'each'} may hold a write {dead} "
         f"acknowledged that {best} lacks ({why}): "
-        f"promoting {best} could lose it. {operator_advice(view, doubts)}"
+        f"promoting {best} could lose it. {operator_advice(view, settings, doubts)}"
     )
     plan = Plan("UnreachableReplicaInDoubt", f"halted: {reason}", kind=PlanKind.HALT)
     alert = Notify(
@@ -228,19 +227,24 @@ def unanswered_in_doubt(
     return alert_once(state, key, plan, alert)
 
 
-def operator_advice(view: ClusterView, doubts: list[Unanswered]) -> str:
-    """What an operator can do to end the halt: one command per node in doubt (hiding some
-    leaves the others in doubt), and the way for a client the controller cannot name."""
+def operator_advice(view: ClusterView, settings: Settings, doubts: list[Unanswered]) -> str:
+    """What an operator can do to end the halt: one command per node in doubt (consent to
+    some leaves the others in doubt), what it does to a node already hidden, and the way for a
+    client the controller cannot name."""
     named = [u.node for u in doubts if u.node in view.nodes]
     advice = []
     if named:
-        they, them, hides = ("it", "it", "hides") if len(named) == 1 else ("they", "them", "hide")
+        they, them = ("it", "it") if len(named) == 1 else ("they", "them")
         commands = " and ".join(f"`hacontrol maintenance {node} on`" for node in named)
+        hidden = [n for n in named if n in hidden_nodes(view)]
+        where = " to the fleet's leader" if settings.controller.fleet else ""
         advice.append(
             f"An operator brings {', '.join(named)} back (compared and stopped like the other "
             f"replicas then, the failover goes on by itself), or accepts losing what {they} "
-            f"alone may hold: {commands} {hides} {them} and the failover goes on "
-            f"without {them}."
+            f"alone may hold: {commands}{where} records that consent for this failover "
+            f"and hides {them}"
+            + (f" ({', '.join(hidden)} already hidden: accepted all the same)" if hidden else "")
+            + f"; the failover then goes on without {them}."
         )
     if len(named) < len(doubts):
         advice.append(
@@ -249,11 +253,6 @@ def operator_advice(view: ClusterView, doubts: list[Unanswered]) -> str:
         )
     advice.append("Or an operator promotes by hand (docs/runbook.md, 'Primary down').")
     return " ".join(advice)
-
-
-def doubted(dead: str, node: str) -> AlertKey:
-    """When the failover away from ``dead`` first waited for ``node`` (``first_seen``)."""
-    return AlertKey(Condition.NO_CANDIDATE, f"{dead} doubted {node}")
 
 
 def failover(
