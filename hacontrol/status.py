@@ -45,6 +45,9 @@ def to_json(view: ClusterView) -> dict[str, Any]:
                         "active": st.semi_sync.source_active,
                         "clients": st.semi_sync.source_clients,
                         "replica": st.semi_sync.replica_enabled,
+                        # Rpl_semi_sync_slave_status: the IO thread negotiated semi-sync (the
+                        # variable takes effect at its next connect); None: not reported
+                        "replica_client": st.semi_sync.replica_active,
                     }
                     if st
                     else None
@@ -199,6 +202,9 @@ def controller_status(
             else 0
         ),
         "maintenance": sorted(view.maintenance),
+        "failover_consents": [
+            {"node": c.node, "dead_primary": c.dead, "position": c.position} for c in state.consents
+        ],
         "quarantined": {
             n: {"new_primary": q.new_primary, "errant": q.errant}
             for n, q in state.quarantined.items()

@@ -230,6 +230,7 @@ def _node(node: Mapping[str, Any]) -> str:
             f"io {node.get('io')}",
             f"sql {'yes' if node.get('sql') else 'no'}",
         ]
+        fields += _semi_sync_replica(node.get("semi_sync") or {})
     if node.get("gtid_executed"):
         fields.append(f"gtid {node.get('gtid_executed')}")
     if node.get("router") is not None:
@@ -241,6 +242,15 @@ def _node(node: Mapping[str, Any]) -> str:
         f"{_e(', '.join(fields))}"
         f'<br><span class="muted">{_e(node.get("reason"))}</span></span>'
     )
+
+
+def _semi_sync_replica(semi: Mapping[str, Any]) -> list[str]:
+    """A semi-sync replica: whether its IO thread is a semi-sync client now (the variable
+    alone takes effect at its next connect)."""
+    if not semi.get("replica"):
+        return []
+    client = {True: "yes", False: "no"}
+    return [f"semi-sync client {client.get(semi.get('replica_client'), '?')}"]
 
 
 def _problems(problems: list[Mapping[str, Any]]) -> str:

@@ -4,9 +4,10 @@ node name, reason, decision and error never become markup), and the failover tim
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from html.parser import HTMLParser
 
-from hacontrol.events import PlanFinished
+from hacontrol.events import PlanFinished, ProbeResult
 from hacontrol.plan import ActionResult, PlanKind
 from hacontrol.status import controller_status, plan_timeline
 from hacontrol.statuspage import render_page
@@ -216,3 +217,43 @@ def test_a_hostile_cluster_name_is_escaped() -> None:
     page = render_page({"clusters": {HOSTILE: hostile, "b": status_of({"x1": None})}}, 0.0)
     assert "<script" not in page and "<img" not in page
     assert not any(name.startswith("on") for _, attrs in parsed(page).tags for name, _ in attrs)
+
+
+def semi_sync_replica(node: str, at: float, negotiated: bool | None) -> ProbeResult:
+    """A replica with rpl_semi_sync_slave_enabled ON and Rpl_semi_sync_slave_status
+    ``negotiated`` (None: not reported)."""
+    probe = replica(node, at)
+    assert probe.status is not None
+    semi = replace(probe.status.semi_sync, replica_enabled=True, replica_active=negotiated)
+    return replace(probe, status=replace(probe.status, semi_sync=semi))
+
+
+def test_a_semi_sync_replica_says_whether_it_is_a_client_now() -> None:
+    """The variable ON is not a client until the IO thread reconnects: /status and the page
+    show the status (Rpl_semi_sync_slave_status) beside it."""
+    settings = make_settings()
+    model, _ = boot(
+        initial(settings), settings, kept=None, unfinished=None, acknowledge_block=False,
+        paused=False, acting=True, wall_offset=1_000_000.0,
+    )  # fmt: skip
+    for event in (
+        primary(at=10.0),
+        semi_sync_replica("node2", 10.0, True),
+        semi_sync_replica("node3", 10.0, False),
+        router(at=10.0),
+    ):
+        model, _ = step(model, event, settings, 10.0)
+    status = controller_status(model, settings, 11.0)
+    semi = {n["name"]: n["semi_sync"] for n in status["nodes"]}
+    assert semi["node2"]["replica"] and semi["node2"]["replica_client"] is True
+    assert semi["node3"]["replica"] and semi["node3"]["replica_client"] is False
+    assert status["controller"]["failover_consents"] == []
+    page = render_page(status, 1_000_011.0)
+    node2 = page[
+        page.index('data-node="node2"') : page.index("</span></span>", page.index("node2"))
+    ]
+    node3 = page[
+        page.index('data-node="node3"') : page.index("</span></span>", page.index("node3"))
+    ]
+    assert "semi-sync client yes" in node2 and "semi-sync client no" in node3
+    assert "semi-sync client" not in page[: page.index('data-node="node2"')]  # not the primary
