@@ -71,7 +71,13 @@ def state_to_json(state: Persisted, mono_now: float, wall_now: float) -> dict[st
             for name, q in state.quarantined.items()
         },
         "consents": [
-            {"node": c.node, "dead": c.dead, "position": c.position, "at": wall(c.at)}
+            {
+                "node": c.node,
+                "dead": c.dead,
+                "position": c.position,
+                "held": c.held,
+                "at": wall(c.at),
+            }
             for c in state.consents
         ],
     }
@@ -167,7 +173,7 @@ def state_from_json(data: dict[str, Any], mono_now: float, wall_now: float) -> P
         last_failover_at=mono(data.get("last_failover_at")),
         quarantined=quarantined,
         consents=tuple(
-            Consent(c["node"], c["dead"], c["position"], mono(c["at"]) or mono_now)
+            Consent(c["node"], c["dead"], c["position"], c["held"], mono(c["at"]) or mono_now)
             for c in data.get("consents", ())
         ),
     )
@@ -205,10 +211,14 @@ def check_consents(consents: Any) -> None:
         raise RecordError("state: 'consents' must be a list")
     for i, c in enumerate(consents):
         where = f"state: consents[{i}]"
-        if not isinstance(c, dict) or set(c) != {"node", "dead", "position", "at"}:
-            raise RecordError(f"{where}: must be an object with node, dead, position and at")
-        if not all(isinstance(c[k], str) for k in ("node", "dead", "position")):
-            raise RecordError(f"{where}: 'node', 'dead' and 'position' must be strings")
+        if not isinstance(c, dict) or set(c) != {"node", "dead", "position", "held", "at"}:
+            raise RecordError(f"{where}: must be an object with node, dead, position, held, at")
+        if not all(isinstance(c[k], str) for k in ("node", "dead")):
+            raise RecordError(f"{where}: 'node' and 'dead' must be node names")
+        if not all(c[k] is None or isinstance(c[k], str) for k in ("position", "held")):
+            raise RecordError(f"{where}: 'position' and 'held' must be GTID sets or null")
+        if c["position"] is None and c["held"] is None:
+            raise RecordError(f"{where}: 'position' and 'held' cannot both be null")
         if not _finite(c["at"]):
             raise RecordError(f"{where}: 'at' must be a time")
 

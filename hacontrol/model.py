@@ -73,12 +73,15 @@ class Quarantined:
 @dataclass(frozen=True)
 class Consent:
     """An operator's explicit consent (``hacontrol maintenance NODE on`` while the failover
-    away from ``dead`` waited for NODE): fail over without ``node``, for this incident only:
-    ``dead`` at ``position``, what it had executed at its last good probe. Journaled."""
+    away from ``dead`` waited for NODE): fail over without ``node``, for this incident only.
+    Journaled. The incident: ``dead`` at ``position``, what it had executed at its last good
+    probe (None: not read since the controller started), and ``held``, what its replicas that
+    answered held then (None: unreadable)."""
 
     node: str
     dead: str
-    position: str
+    position: str | None
+    held: str | None
     at: float
 
 

@@ -203,7 +203,8 @@ def controller_status(
         ),
         "maintenance": sorted(view.maintenance),
         "failover_consents": [
-            {"node": c.node, "dead_primary": c.dead, "position": c.position} for c in state.consents
+            {"node": c.node, "dead_primary": c.dead, "position": c.position, "held": c.held}
+            for c in state.consents
         ],
         "quarantined": {
             n: {"new_primary": q.new_primary, "errant": q.errant}

@@ -524,3 +524,62 @@ def test_maintenance_of_a_node_not_in_doubt_records_no_consent_and_off_withdraws
     back, _ = command(replace(model, running=None), off, S5, 9.0)
     assert back.state.consents == () and "node5" not in back.view.maintenance
     assert decide(back.view, back.state, S5, 9.5).plan.rule == "WaitUnreachableReplica"
+
+
+def after_a_restart(node2_received: str = "0-1-100") -> ClusterView:
+    """What a controller started while node1 was down sees: node1 and node5 never read, the
+    three replicas that answer lost their link to node1 (semi-sync replicas by their
+    variable)."""
+    every = {"readers": NAMES[:3]}
+    rounds = [
+        [
+            down("node1", t),
+            down("node5", t),
+            replica("node2", t, received_gtid=node2_received, **DEAD_IO),
+            *(replica(n, t, **DEAD_IO) for n in NAMES[1:3]),
+            router(**every, at=t),
+        ]
+        for t in (11.0, 12.0, 13.0)
+    ]
+    return fold_all(S5, *rounds)
+
+
+def test_a_restart_while_the_primary_is_down_does_not_drop_the_wait():
+    # The restarted controller never read node1: its semi-sync promise is unknown, its
+    # replicas are semi-sync replicas, and node5 cannot be read: in doubt, never cleared.
+    view = after_a_restart()
+    assert view.nodes["node1"].status is None and view.nodes["node5"].status is None
+    waiting = decide(view, ControllerState(), S5, 14.0)
+    assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
+    assert "node1 was not read since the controller started" in waiting.plan.reason
+    halted = decide(view, waiting.state, S5, 14.0 + WAIT)
+    assert ADVICE in notify_of(halted.plan).reason
+    model, said = maintenance_on(view, halted.state, "node5", 20.0)
+    assert "its replicas at 0-1-100" in said, said
+    assert decide(model.view, model.state, S5, 20.5).plan.rule == "DeadPrimary"
+    # Asynchronous replicas: nothing was promised, the failover goes on as before.
+    asynchronous = SemiSync(False, None, None, False)
+    plain = fold_all(
+        S5,
+        *(
+            replace(p, status=replace(p.status, semi_sync=asynchronous))
+            for p in (replica(n, 13.5, **DEAD_IO) for n in NAMES[:3])
+        ),
+        view=view,
+    )
+    assert decide(plain, ControllerState(), S5, 14.0).plan.rule == "DeadPrimary"
+
+
+def test_a_consent_given_before_a_restart_applies_after_it_to_the_same_incident(tmp_path):
+    halted = halted_on_node5(cluster(node5_last_ok=3.0))
+    model, _ = maintenance_on(cluster(node5_last_ok=3.0), halted.state, "node5", 13.0)
+    # The restarted controller reads the replicas, never node1: they hold what they held.
+    again = restarted(
+        model, with_maintenance(after_a_restart(), frozenset({"node5"}), S5), tmp_path
+    )
+    d = decide(again.view, again.state, S5, 14.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    # node1 came back while the controller was down, wrote to node2, died again: another one.
+    later = with_maintenance(after_a_restart("0-1-105"), frozenset({"node5"}), S5)
+    again = restarted(model, later, tmp_path)
+    assert decide(again.view, again.state, S5, 14.0).plan.rule == "WaitUnreachableReplica"

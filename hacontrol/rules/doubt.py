@@ -92,8 +92,10 @@ def judge_unanswered(
     at its last good probe than the replicas that answer and were linked to it then. Empty
     when the dead primary's semi-sync promises nothing."""
     primary = view.nodes[dead]
-    semi = primary.status.semi_sync if primary.status is not None else None
-    if semi is None or not semi.never_falls_back:
+    if primary.status is None:
+        return unread_primary(view, dead, consented)
+    semi = primary.status.semi_sync
+    if not semi.never_falls_back:
         return []
     gone = unanswered(view, dead, consented)
     answering = [r for r in view.replicas_of(dead) if r not in gone and r not in consented]
@@ -119,6 +121,30 @@ def judge_unanswered(
         ]
     pending = lacking(primary, view.nodes[best])
     return [judge_one(view, dead, best, name, len(linked), pending, settings) for name in gone]
+
+
+def unread_primary(view: ClusterView, dead: str, consented: frozenset[str]) -> list[Unanswered]:
+    """``dead`` was not read since the controller started (a restart while it was down): what
+    its semi-sync promised is unknown. When a replica of it is a semi-sync replica (by its
+    variable: its link is down now), it may have promised, and nothing can clear a replica
+    that cannot be read (no last good probe to compare with): each is in doubt."""
+    semi = [r for r in view.replicas_of(dead) if semi_sync_replica(view.nodes[r])]
+    if not semi:
+        return []
+    return [
+        Unanswered(
+            name,
+            "",
+            f"{dead} was not read since the controller started: whether its semi-sync "
+            f"promised anything is unknown ({', '.join(semi)} replicate from it "
+            f"semi-synchronously), and {name} may hold a write it alone acknowledged",
+        )
+        for name in unanswered(view, dead, consented)
+    ]
+
+
+def semi_sync_replica(node: NodeView) -> bool:
+    return node.status is not None and node.status.semi_sync.replica_enabled
 
 
 def judge_one(
@@ -216,20 +242,49 @@ def doubted(dead: str, node: str) -> AlertKey:
     return AlertKey(Condition.NO_CANDIDATE, f"{dead} doubted {node}")
 
 
-def incident(view: ClusterView, dead: str) -> str | None:
-    """What identifies this loss of ``dead``: the GTID set it had executed at its last good
-    probe (None: never read, no consent can be matched to it)."""
+def position(view: ClusterView, dead: str) -> str | None:
+    """What ``dead`` had executed at its last good probe (None: not read since the
+    controller started)."""
     node = view.nodes.get(dead)
     done = executed(node.status) if node is not None else None
     return None if done is None else str(done)
 
 
+def held(view: ClusterView, dead: str) -> str | None:
+    """What the replicas of ``dead`` that answer hold (executed and received), together: with
+    ``dead`` gone it does not change, unless ``dead`` came back and wrote to them (None: one
+    of them cannot be read as a GTID set)."""
+    together = None
+    for name in view.replicas_of(dead):
+        node = view.nodes[name]
+        if not node.reachable or node.failures > 0:
+            continue
+        mine = holdings(node)
+        if mine is None:
+            return None
+        try:
+            together = mine if together is None else together | mine
+        except ValueError:
+            return None
+    return None if together is None else str(together)
+
+
+def same_incident(view: ClusterView, consent: Consent, dead: str) -> bool:
+    """Is this loss of ``dead`` the one the consent was given for? Read since the controller
+    started: at the same position (a primary that answered again and died again is read at
+    another one, or was not read when the consent was given). Not read (a restart): its
+    replicas hold exactly what they held then (nothing came from it since)."""
+    if consent.dead != dead:
+        return False
+    now = position(view, dead)
+    if now is not None:
+        return consent.position == now
+    return consent.held is not None and consent.held == held(view, dead)
+
+
 def consented(view: ClusterView, consents: tuple[Consent, ...], dead: str) -> frozenset[str]:
     """The nodes an operator consented to fail over without, for this loss of ``dead``."""
-    position = incident(view, dead)
-    if position is None:
-        return frozenset()
-    return frozenset(c.node for c in consents if c.dead == dead and c.position == position)
+    return frozenset(c.node for c in consents if same_incident(view, c, dead))
 
 
 def give_consent(
@@ -241,16 +296,16 @@ def give_consent(
     dead = next((p.node for p in view.problems if p.code is Code.DEAD_PRIMARY), None)
     if dead is None or node is None or doubted(dead, node) not in state.first_seen:
         return None
-    position = incident(view, dead)
-    if position is None:
-        return None
+    consent = Consent(node, dead, position(view, dead), held(view, dead), now)
+    if consent.position is None and consent.held is None:
+        return None  # no way to tell this incident from the next: never given blindly
     kept = tuple(c for c in state.consents if (c.node, c.dead) != (node, dead))
-    consents = (*kept, Consent(node, dead, position, now))
+    at = f"dead at {consent.position}" if consent.position else f"its replicas at {consent.held}"
     text = (
-        f"consent recorded: the failover away from {dead} (dead at {position}) may go on "
-        f"without {node}; what {node} alone may hold (writes {dead} acknowledged) is given up"
+        f"consent recorded: the failover away from {dead} ({at}) may go on without {node}; "
+        f"what {node} alone may hold (writes {dead} acknowledged) is given up"
     )
-    return replace(state, consents=consents), text
+    return replace(state, consents=(*kept, consent)), text
 
 
 def withdraw_consent(state: ControllerState, node: str | None) -> ControllerState:
