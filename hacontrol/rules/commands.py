@@ -115,10 +115,12 @@ def maintenance(model: Model, cmd: OperatorCommand, settings: Settings, now: flo
     if isinstance(outcome, str):
         return started(model, cmd, outcome, settings, now)
     plan, view = outcome
-    state = consent[0] if consent is not None else withdraw_consent(model.state, cmd.node)
-    if consent is not None:
-        plan = replace(plan, reason=f"{plan.reason}; {consent[1]}")
-    return started(model, cmd, plan, settings, now, view=view, state=state)
+    if consent is None:
+        state = withdraw_consent(model.state, cmd.node)
+        return started(model, cmd, plan, settings, now, view=view, state=state)
+    # Answered at once: the consent is what the operator asked for; the hiding follows.
+    plan = replace(plan, reason=f"{plan.reason}; {consent[1]}")
+    return started(model, cmd, plan, settings, now, view=view, state=consent[0], say_now=consent[1])
 
 
 def started(
@@ -130,9 +132,11 @@ def started(
     *,
     view: ClusterView | None = None,
     state: ControllerState | None = None,
+    say_now: str | None = None,
 ) -> Step:
     """Refused with the reason, or started; ``view`` and ``state`` (maintenance: the node in
-    or out of it, a consent) are taken only when it starts."""
+    or out of it, a consent) are taken only when it starts. The command is answered when the
+    plan ends, or at once with ``say_now`` and the plan's id."""
     if not isinstance(plan, str) and not model.lease.allows(plan, now):
         plan = f"not the leader ({model.lease.reason}); ask the leader"
     if not isinstance(plan, str) and (withheld := refusal(plan, model.state.journal)):
@@ -143,8 +147,10 @@ def started(
     model, logged = log_decision(model, plan, now, force=True)
     if not plan.actions:
         return model, (*logged, *answer(cmd, True, plan.reason))
-    model, started_ = start(model, plan_id(model, plan, now), plan, now, command=cmd)
-    return model, (*logged, *started_)
+    pid = plan_id(model, plan, now)
+    model, started_ = start(model, pid, plan, now, command=None if say_now else cmd)
+    said = answer(cmd, True, f"{say_now} ({pid} started)", plan=pid) if say_now else ()
+    return model, (*logged, *started_, *said)
 
 
 def rebuild(model: Model, cmd: OperatorCommand, settings: Settings, now: float) -> Step:
