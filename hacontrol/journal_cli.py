@@ -99,6 +99,9 @@ def _state_line(state: dict) -> str:
         parts.append(f"quarantined={','.join(sorted(state['quarantined']))}")
     if state.get("blocked_until") is not None:
         parts.append("recovery block set")
+    if state.get("consents"):
+        given = [f"without {c['node']} (away from {c['dead']})" for c in state["consents"]]
+        parts.append(f"failover consents={'; '.join(given)}")
     return ", ".join(parts)
 
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hacontrol.journal import Journal, JournalError, state_from_json, state_to_json
-from hacontrol.model import Persisted, Quarantined
+from hacontrol.model import Consent, Persisted, Quarantined
 from hacontrol.plan import (
     AlertKind,
     Hook,
@@ -64,6 +64,7 @@ STATE = Persisted(
     blocked_until=500.0,
     last_failover_at=100.0,
     quarantined={"node1": Quarantined("node1", "node2", 100.0, "0-1-5")},
+    consents=(Consent("node5", "node1", "0-1-100", None, 90.0),),
 )
 
 

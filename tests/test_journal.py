@@ -105,6 +105,32 @@ CORRUPT = [
         1,
         "'blocked_until' must be a time or null",
     ),
+    (
+        "a consent that is not a list",
+        b'{"type":"state","state":{"consents":{"node5":"node1"}}}\n',
+        1,
+        "state: 'consents' must be a list",
+    ),
+    (
+        "a consent without its incident",
+        b'{"type":"state","state":{"consents":[{"node":"node5","dead":"node1",'
+        b'"position":null,"held":null,"at":5.0}]}}\n',
+        1,
+        "state: consents[0]: 'position' and 'held' cannot both be null",
+    ),
+    (
+        "a consent with a field missing",
+        b'{"type":"state","state":{"consents":[{"node":"node5","dead":"node1"}]}}\n',
+        1,
+        "state: consents[0]: must be an object with node, dead, position, held, at",
+    ),
+    (
+        "a consent whose node is a number",
+        b'{"type":"state","state":{"consents":[{"node":5,"dead":"node1",'
+        b'"position":"0-1-9","held":null,"at":5.0}]}}\n',
+        1,
+        "state: consents[0]: 'node' and 'dead' must be node names",
+    ),
     ("JSON nested too deeply", b"[" * 100000 + b"]" * 100000 + b"\n", 1, "nested too deeply"),
 ]
 
@@ -378,7 +404,14 @@ def test_run_refuses_a_journal_path_that_is_a_directory(tmp_path):
 
 def test_journal_check_describes_what_the_controller_will_do(tmp_path):
     journal = Journal(tmp_path / "journal.jsonl")
-    journal.save_state({"paused": True, "quarantined": {"node1": {"new_primary": "node2"}}})
+    consent = {"node": "node5", "dead": "node1", "position": "0-1-9", "held": None, "at": 9.0}
+    journal.save_state(
+        {
+            "paused": True,
+            "quarantined": {"node1": {"new_primary": "node2"}},
+            "consents": [consent],
+        }
+    )
     journal.begin("failover-1", PLAN)
     journal.step("failover-1", 0, True, "applied")
     done = hacontrol("journal", "check", "--path", str(journal.path), cwd=tmp_path)
@@ -386,6 +419,7 @@ def test_journal_check_describes_what_the_controller_will_do(tmp_path):
     assert "2 record(s)" not in done.stdout and "3 record(s)" in done.stdout
     assert "unfinished plan failover-1 (DeadPrimary, 2 steps, done: 0)" in done.stdout
     assert "paused=True" in done.stdout and "quarantined=node1" in done.stdout
+    assert "failover consents=without node5 (away from node1)" in done.stdout
     assert "writable" in done.stdout
     refused = hacontrol("journal", "reset", "--path", str(journal.path), cwd=tmp_path)
     assert refused.returncode == 2 and "add --yes" in refused.stderr and journal.path.exists()
