@@ -399,7 +399,7 @@ def test_the_halt_names_a_command_for_every_node_in_doubt_and_following_it_goes_
     reason = notify_of(halted.plan).reason
     commands = "`hacontrol maintenance node4 on` and `hacontrol maintenance node5 on` records"
     assert commands in reason, reason
-    assert "cannot name" not in reason and "already hidden" not in reason
+    assert "adds it to the settings" not in reason and "already hidden" not in reason
     # Followed verbatim: both consented (and hidden), the failover goes on without them.
     model = consent7(view, halted.state, "node4", "node5", at=7.5 + WAIT)
     d = decide(model.view, model.state, S7, 8.0 + WAIT)
@@ -583,3 +583,78 @@ def test_a_consent_given_before_a_restart_applies_after_it_to_the_same_incident(
     later = with_maintenance(after_a_restart("0-1-105"), frozenset({"node5"}), S5)
     again = restarted(model, later, tmp_path)
     assert decide(again.view, again.state, S5, 14.0).plan.rule == "WaitUnreachableReplica"
+
+
+def long_gone_node5(clients: int) -> ClusterView:
+    """node5 answered at t=-30 only (a replica gone for half a minute when node1 dies at 4);
+    node1 counted ``clients`` semi-sync clients at each good probe."""
+    every = {"readers": ("node1", *NAMES[:3])}
+    rounds = [[primary(at=-30.0), replica("node5", -30.0), router(**every, at=-30.0)]]
+    rounds += [
+        [
+            primary(at=t, semi_sync=semi(clients)),
+            *(replica(n, t) for n in NAMES[:3]),
+            down("node5", t),
+            router(**every, at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [
+        [down("node1", t), *(replica(n, t, **DEAD_IO) for n in NAMES[:3]), down("node5", t)]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    return fold_all(S5, *rounds)
+
+
+def test_consent_to_a_node_that_was_no_client_does_not_clear_an_unnamed_client():
+    # node1 counted 4 clients: node2, node3, node4 and one outside the settings; node5 had
+    # been gone for half a minute (no link then by its last answer). The consent covers node5
+    # alone: the unnamed client may hold writes it alone acknowledged, and the failover still
+    # halts on it, with its own advice.
+    view = long_gone_node5(clients=4)
+    waiting = decide(view, ControllerState(), S5, 7.0)
+    assert waiting.plan.rule == "WaitUnreachableReplica" and "node5" in waiting.plan.reason
+    model, said = maintenance_on(view, waiting.state, "node5", 8.0)
+    assert "if it was not one of them, a semi-sync client the controller cannot name" in said
+    d = decide(model.view, model.state, S5, 8.5)
+    assert d.plan.rule == "WaitUnreachableReplica", d.plan.reason
+    assert "cannot name" in d.plan.reason and "more than the 3 known replicas" in d.plan.reason
+    halted = decide(model.view, d.state, S5, 8.5 + WAIT)
+    reason = notify_of(halted.plan).reason
+    assert "adds it to the settings" in reason and "`hacontrol maintenance" not in reason
+    # Three clients: node5 was none, nothing is left open; the consent gives up node5's only.
+    view = long_gone_node5(clients=3)
+    assert decide(view, ControllerState(), S5, 7.0).plan.rule == "DeadPrimary"
+
+
+def test_a_consent_that_fills_a_client_slot_says_what_else_it_gives_up():
+    # node5 went away 2 s before node1's last good probe, within its heartbeat window: it may
+    # have been the fourth client node1 counted, or a client outside the settings was. The
+    # count cannot tell: the advice, the consent's answer and the failover alert say so.
+    view = cluster(node5_last_ok=1.0, clients=4)
+    waiting = decide(view, ControllerState(), S5, 7.0)
+    halted = decide(view, waiting.state, S5, 7.0 + WAIT)
+    share = "if it was not one of them, a semi-sync client the controller cannot name"
+    assert share in notify_of(halted.plan).reason
+    model, said = maintenance_on(view, halted.state, "node5", 13.0)
+    assert share in said, said
+    d = decide(model.view, model.state, S5, 13.5)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    at_risk = dict(notify_of(d.plan).sections)["acknowledged writes at risk"]
+    assert "an operator consented to go on without node5" in at_risk and share in at_risk
+
+
+def test_a_consented_node_that_answers_again_counts_as_the_replica_it_is():
+    # node1 counted 5 clients: node2, node3, node6, node7 and node5 (froze with node1); node4
+    # died at t=2 (no client). Consent to node5, then node5 answers again (linked at node1's
+    # last good probe): 5 answering linked replicas clear node4, as without the consent.
+    view = seven_nodes_two_in_doubt(clients=5)
+    view = fold_all(
+        S7, replica("node4", 1.0), *(down("node4", t) for t in (2.0, 3.0, 3.5)), view=view
+    )
+    waiting = decide(view, ControllerState(), S7, 7.0)
+    assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
+    model = consent7(view, waiting.state, "node5", at=7.5)
+    back = fold_all(S7, replica("node5", 7.8, **DEAD_IO), view=model.view)
+    d = decide(back, model.state, S7, 8.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason

@@ -106,7 +106,7 @@ def maintenance(model: Model, cmd: OperatorCommand, settings: Settings, now: flo
     """Maintenance on or off. On, for a node a failover waits for (or halted on), it also
     records the operator's consent to fail over without it (``rules.doubt``), accepted when
     the node is in maintenance already; off withdraws the node's consents."""
-    consent = give_consent(model.view, model.state, cmd.node, now) if cmd.on else None
+    consent = give_consent(model.view, model.state, settings, cmd.node, now) if cmd.on else None
     if consent is not None and cmd.node in model.view.maintenance:
         state, text = consent
         model, logged = log_decision(model, Plan("FailoverConsent", text), now, force=True)

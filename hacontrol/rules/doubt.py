@@ -97,16 +97,21 @@ def judge_unanswered(
     semi = primary.status.semi_sync
     if not semi.never_falls_back:
         return []
-    gone = unanswered(view, dead, consented)
-    answering = [r for r in view.replicas_of(dead) if r not in gone and r not in consented]
+    silent = unanswered(view, dead)
+    gone = tuple(n for n in silent if n not in consented)
+    # A consented node that answers again is a replica like the others (review LOW 5).
+    answering = [r for r in view.replicas_of(dead) if r not in silent]
     linked = [r for r in answering if linked_at(view.nodes[r], primary.last_ok_at, settings)]
     clients = semi.source_clients
     if not gone:
         # A node the operator chose to go on without may have been one of the clients: with
-        # no named node left in doubt, the unnamed client's share is accepted with it. Never
-        # when judging a named node (below): a consented node that was no client would free a
-        # slot for one that was (another node's acknowledged writes lost without consent).
-        counted = len(set(linked) | (consented & set(view.nodes)))  # each once
+        # no named node left in doubt, it fills a client's slot, once, if it may have been
+        # one (never read, or linked then by its last answer). Never when judging a
+        # named node (below), and never one that was no client: either would free a slot for
+        # one that was (a named node's, or an unnamed client's, writes lost without consent).
+        given = consented & set(silent)
+        filled = {n for n in given if may_have_been_client(view, n, primary, settings)}
+        counted = len(set(linked) | filled)
         if clients is None or clients <= counted:
             return []
         return [
@@ -115,12 +120,48 @@ def judge_unanswered(
                 "",
                 f"{dead} had {clients} semi-sync replica(s) connected at its last good probe, "
                 f"more than the {counted} known replicas that answer and were linked to it "
-                "then: one the controller cannot name (not in its settings, or never read) may "
-                "hold a write it alone acknowledged",
+                "then (or the operator went on without and may have been one): one the "
+                "controller cannot name (not in its settings, or never read) may hold a write "
+                "it alone acknowledged",
             )
         ]
     pending = lacking(primary, view.nodes[best])
     return [judge_one(view, dead, best, name, len(linked), pending, settings) for name in gone]
+
+
+def may_have_been_client(
+    view: ClusterView, name: str, primary: NodeView, settings: Settings
+) -> bool:
+    """Could ``name``, which cannot be read now, have been one of the primary's semi-sync
+    clients at its last good probe: never read (nothing says it was not), or linked then by
+    its last answer (``linked_at``). A node cut off from the controller alone may still have
+    been one though its answers stopped before: the count cannot tell it from a client
+    outside the settings (``unnamed_share`` says so to the operator)."""
+    node = view.nodes[name]
+    return node.status is None or linked_at(node, primary.last_ok_at, settings)
+
+
+def unnamed_share(view: ClusterView, settings: Settings, dead: str, nodes: list[str]) -> str:
+    """What a consent to go on without ``nodes`` gives up beyond them, said to the operator:
+    when the primary counted more semi-sync clients than the replicas that answer and were
+    linked, a consented node fills one of those slots only if it was a client; if it was not,
+    a client the controller cannot name (outside the settings) was. "" when no slot is open."""
+    primary = view.nodes.get(dead)
+    if primary is None or primary.status is None or not nodes:
+        return ""
+    clients = primary.status.semi_sync.source_clients
+    silent = unanswered(view, dead)
+    answering = [r for r in view.replicas_of(dead) if r not in silent]
+    linked = [r for r in answering if linked_at(view.nodes[r], primary.last_ok_at, settings)]
+    if clients is None or clients <= len(linked):
+        return ""
+    they = "it was" if len(nodes) == 1 else "they were"
+    return (
+        f" {dead} counted {clients} semi-sync client(s) at its last good probe and "
+        f"{len(linked)} that answer were linked to it: {', '.join(nodes)} count(s) among "
+        f"them; if {they} not one of them, a semi-sync client the controller cannot name "
+        "(outside its settings) was, and what it alone may hold is given up too."
+    )
 
 
 def unread_primary(view: ClusterView, dead: str, consented: frozenset[str]) -> list[Unanswered]:
@@ -288,7 +329,7 @@ def consented(view: ClusterView, consents: tuple[Consent, ...], dead: str) -> fr
 
 
 def give_consent(
-    view: ClusterView, state: ControllerState, node: str | None, now: float
+    view: ClusterView, state: ControllerState, settings: Settings, node: str | None, now: float
 ) -> tuple[ControllerState, str] | None:
     """``maintenance NODE on`` for a node the failover away from the dead primary waits for
     (or halted on): the state with the consent recorded, and what it means; None when NODE
@@ -303,7 +344,8 @@ def give_consent(
     at = f"dead at {consent.position}" if consent.position else f"its replicas at {consent.held}"
     text = (
         f"consent recorded: the failover away from {dead} ({at}) may go on without {node}; "
-        f"what {node} alone may hold (writes {dead} acknowledged) is given up"
+        f"what {node} alone may hold (writes {dead} acknowledged) is given up."
+        + unnamed_share(view, settings, dead, [node])
     )
     return replace(state, consents=(*kept, consent)), text
 

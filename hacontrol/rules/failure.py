@@ -38,7 +38,14 @@ from hacontrol.rules.candidates import (
     semi_sync_promised,
     topology_text,
 )
-from hacontrol.rules.doubt import UNNAMED, Unanswered, consented, doubted, judge_unanswered
+from hacontrol.rules.doubt import (
+    UNNAMED,
+    Unanswered,
+    consented,
+    doubted,
+    judge_unanswered,
+    unnamed_share,
+)
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code, Problem, hidden_nodes
 
@@ -66,7 +73,7 @@ def rule_dead_primary(
     judged = tuple(judge_unanswered(view, settings, dead, ranked[0].node, given))
     if doubts := [u for u in judged if u.doubt is not None]:
         return unanswered_in_doubt(view, state, settings, dead, ranked, doubts, now)
-    plan = failover(view, settings, problem, ranked, now, judged)
+    plan = failover(view, settings, problem, ranked, now, judged, given)
     best = ranked[0].node
     new_state = replace(
         state,
@@ -214,7 +221,7 @@ def unanswered_in_doubt(
         f"no failover, writes stay down: {dead} is dead and {names} did not answer within "
         f"{wait:g} s; {'it' if len(doubts) == 1 else 'each'} may hold a write {dead} "
         f"acknowledged that {best} lacks ({why}): "
-        f"promoting {best} could lose it. {operator_advice(view, settings, doubts)}"
+        f"promoting {best} could lose it. {operator_advice(view, settings, dead, doubts)}"
     )
     plan = Plan("UnreachableReplicaInDoubt", f"halted: {reason}", kind=PlanKind.HALT)
     alert = Notify(
@@ -227,7 +234,9 @@ def unanswered_in_doubt(
     return alert_once(state, key, plan, alert)
 
 
-def operator_advice(view: ClusterView, settings: Settings, doubts: list[Unanswered]) -> str:
+def operator_advice(
+    view: ClusterView, settings: Settings, dead: str, doubts: list[Unanswered]
+) -> str:
     """What an operator can do to end the halt: one command per node in doubt (consent to
     some leaves the others in doubt), what it does to a node already hidden, and the way for a
     client the controller cannot name."""
@@ -245,6 +254,7 @@ def operator_advice(view: ClusterView, settings: Settings, doubts: list[Unanswer
             f"and hides {them}"
             + (f" ({', '.join(hidden)} already hidden: accepted all the same)" if hidden else "")
             + f"; the failover then goes on without {them}."
+            + unnamed_share(view, settings, dead, named)
         )
     if len(named) < len(doubts):
         advice.append(
@@ -262,9 +272,11 @@ def failover(
     ranked: list[Candidate],
     now: float,
     judged: tuple[Unanswered, ...] = (),
+    given: frozenset[str] = frozenset(),
 ) -> Plan:
     """The failover plan: fence the router, stop the replicas' IO threads, let the best apply
-    what it received, promote it, route to it, repoint the others, alert."""
+    what it received, promote it, route to it, repoint the others, alert. ``given``: the
+    nodes an operator consented to go on without (the alert says what that gave up)."""
     dead, best = problem.node or "", ranked[0].node
     others = answering(view, ranked[1:], semi_sync_promised(view, dead))
     hidden = hidden_nodes(view)
@@ -278,6 +290,7 @@ def failover(
     )
     replicas = (best, *others)  # hidden ones too: each may acknowledge a resumed primary's write
     table = candidate_table(ranked)
+    risk = at_risk(view, settings, dead, now, judged, given)
     actions: tuple[Action, ...] = (
         *hooks(settings, "on_failure_detected", context),
         *hooks(settings, "pre_failover", context, required=True),
@@ -298,7 +311,7 @@ def failover(
         # moves the writer when the router answers (docs/failover.md).
         Route(Membership.of([best], readers, broken, hidden), required=False),
         Repoint(others, best),
-        failover_alert(view, problem, best, table, acknowledged_at_risk(view, dead, now, judged)),
+        failover_alert(view, problem, best, table, risk),
         *hooks(settings, "post_failover", context),
     )
     reason = (
@@ -338,6 +351,24 @@ def answering(view: ClusterView, ranked: list[Candidate], strict: bool) -> tuple
         for c in ranked
         if view.nodes[c.node].reachable and not (strict and view.nodes[c.node].failures > 0)
     )
+
+
+def at_risk(
+    view: ClusterView,
+    settings: Settings,
+    dead: str,
+    now: float,
+    judged: tuple[Unanswered, ...],
+    given: frozenset[str],
+) -> tuple[float | None, str]:
+    """``acknowledged_at_risk``, and what an operator's consent gave up."""
+    seconds, text = acknowledged_at_risk(view, dead, now, judged)
+    if given:
+        names = ", ".join(sorted(given))
+        text += f"; an operator consented to go on without {names}." + unnamed_share(
+            view, settings, dead, sorted(given)
+        )
+    return seconds, text
 
 
 def acknowledged_at_risk(
