@@ -84,7 +84,13 @@ async def test_status_sees_a_healthy_primary_and_replicas(fake, tmp_path):
     }
     primary = next(n for n in view["nodes"] if n["name"] == "c001n1")
     assert primary["read_only"] is False
-    assert primary["semi_sync"] == {"source": True, "active": True, "clients": 2, "replica": True}
+    assert primary["semi_sync"] == {
+        "source": True,
+        "active": True,
+        "clients": 2,
+        "replica": True,
+        "replica_client": False,  # Rpl_semi_sync_slave_status: a primary is nobody's client
+    }
 
 
 async def test_replica_status_as_the_probe_parses_it(fake):
