@@ -126,7 +126,8 @@ def _command_paths() -> dict[str, Any]:
             required=False,
         ),
         "/maintenance": _command(
-            "hide a replica (on) or bring it back (off)",
+            "hide a replica (on) or bring it back (off); on, for a replica a failover waits "
+            "for, also the consent to fail over without it (accepted when it is hidden already)",
             _object({"node": node, "on": {"type": "boolean"}}, ("node", "on")),
             required=True,
         ),

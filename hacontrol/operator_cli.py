@@ -70,7 +70,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     _common(p, "switchover")
 
     p = subparsers.add_parser(
-        "maintenance", help="hide a node from routing and quorum (on) or bring it back (off)"
+        "maintenance",
+        help="hide a node from routing and quorum (on) or bring it back (off); on, for a "
+        "replica a failover waits for, also consent to fail over without it (docs/partitions.md)",
     )
     p.add_argument("node", metavar="NODE")
     p.add_argument("state", choices=("on", "off"))
