@@ -20,7 +20,7 @@ from hacontrol.rules.doubt import judge_unanswered
 from hacontrol.settings import Settings
 from hacontrol.step import boot
 from hacontrol.view import ClusterView, with_maintenance
-from tests.factories import down, primary, replica, router, settings
+from tests.factories import down, fleet, primary, replica, router, settings
 from tests.support import fold_all
 
 NAMES = ("node2", "node3", "node4", "node5")
@@ -658,3 +658,15 @@ def test_a_consented_node_that_answers_again_counts_as_the_replica_it_is():
     back = fold_all(S7, replica("node5", 7.8, **DEAD_IO), view=model.view)
     d = decide(back, model.state, S7, 8.0)
     assert d.plan.rule == "DeadPrimary", d.plan.reason
+
+
+def test_in_a_fleet_the_advice_says_to_send_the_command_to_the_leader():
+    f5 = fleet(
+        nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)]
+    )
+    view = cluster(node5_last_ok=3.0, s=f5)
+    waiting = decide(view, ControllerState(), f5, 7.0)
+    halted = decide(view, waiting.state, f5, 7.0 + WAIT)
+    assert halted.plan.rule == "UnreachableReplicaInDoubt", halted.plan.reason
+    reason = notify_of(halted.plan).reason
+    assert "`hacontrol maintenance node5 on` to the fleet's leader records" in reason, reason
