@@ -97,11 +97,8 @@ def judge_unanswered(
     semi = primary.status.semi_sync
     if not semi.never_falls_back:
         return []
-    silent = unanswered(view, dead)
+    silent, linked = silent_and_linked(view, dead, settings)
     gone = tuple(n for n in silent if n not in consented)
-    # A consented node that answers again is a replica like the others (review LOW 5).
-    answering = [r for r in view.replicas_of(dead) if r not in silent]
-    linked = [r for r in answering if linked_at(view.nodes[r], primary.last_ok_at, settings)]
     clients = semi.source_clients
     if not gone:
         # A node the operator chose to go on without may have been one of the clients: with
@@ -120,13 +117,25 @@ def judge_unanswered(
                 "",
                 f"{dead} had {clients} semi-sync replica(s) connected at its last good probe, "
                 f"more than the {counted} known replicas that answer and were linked to it "
-                "then (or the operator went on without and may have been one): one the "
+                "then, or that an operator went on without and may have been one: one the "
                 "controller cannot name (not in its settings, or never read) may hold a write "
                 "it alone acknowledged",
             )
         ]
     pending = lacking(primary, view.nodes[best])
     return [judge_one(view, dead, best, name, len(linked), pending, settings) for name in gone]
+
+
+def silent_and_linked(
+    view: ClusterView, dead: str, settings: Settings
+) -> tuple[tuple[str, ...], list[str]]:
+    """The nodes that may be replicas of ``dead`` and cannot be read now (consented or not),
+    and the replicas that answer and were linked to it at its last good probe (a consented
+    node that answers again is a replica like the others)."""
+    silent = unanswered(view, dead)
+    at = view.nodes[dead].last_ok_at
+    answering = [r for r in view.replicas_of(dead) if r not in silent]
+    return silent, [r for r in answering if linked_at(view.nodes[r], at, settings)]
 
 
 def may_have_been_client(
@@ -137,30 +146,34 @@ def may_have_been_client(
     its last answer (``linked_at``). A node cut off from the controller alone may still have
     been one though its answers stopped before: the count cannot tell it from a client
     outside the settings (``unnamed_share`` says so to the operator)."""
-    node = view.nodes[name]
+    node = view.nodes.get(name)
+    if node is None:
+        return False  # not in the settings: no slot of its own to fill
     return node.status is None or linked_at(node, primary.last_ok_at, settings)
 
 
 def unnamed_share(view: ClusterView, settings: Settings, dead: str, nodes: list[str]) -> str:
     """What a consent to go on without ``nodes`` gives up beyond them, said to the operator:
     when the primary counted more semi-sync clients than the replicas that answer and were
-    linked, a consented node fills one of those slots only if it was a client; if it was not,
-    a client the controller cannot name (outside the settings) was. "" when no slot is open."""
+    linked, a consented node that may have been a client fills one of those slots; if it was
+    not one, a client the controller cannot name (outside the settings) was. "" when no slot
+    is open or no node fills one (the unnamed client then stays in doubt)."""
     primary = view.nodes.get(dead)
-    if primary is None or primary.status is None or not nodes:
+    if primary is None or primary.status is None:
         return ""
     clients = primary.status.semi_sync.source_clients
-    silent = unanswered(view, dead)
-    answering = [r for r in view.replicas_of(dead) if r not in silent]
-    linked = [r for r in answering if linked_at(view.nodes[r], primary.last_ok_at, settings)]
-    if clients is None or clients <= len(linked):
+    _, linked = silent_and_linked(view, dead, settings)
+    fill = [
+        n for n in nodes if n in view.nodes and may_have_been_client(view, n, primary, settings)
+    ]
+    if clients is None or clients <= len(linked) or not fill:
         return ""
-    they = "it was" if len(nodes) == 1 else "they were"
+    they = "it was" if len(fill) == 1 else "they were"
     return (
-        f" {dead} counted {clients} semi-sync client(s) at its last good probe and "
-        f"{len(linked)} that answer were linked to it: {', '.join(nodes)} count(s) among "
-        f"them; if {they} not one of them, a semi-sync client the controller cannot name "
-        "(outside its settings) was, and what it alone may hold is given up too."
+        f" {dead} counted {clients} semi-sync client(s) at its last good probe, "
+        f"{len(linked)} of them among the replicas that answer: {', '.join(fill)} may fill "
+        f"the other slot(s); if {they} not among them, a semi-sync client the controller "
+        "cannot name (outside its settings) was, and what it alone may hold is given up too."
     )
 
 
