@@ -397,7 +397,7 @@ def test_the_halt_names_a_command_for_every_node_in_doubt_and_following_it_goes_
     halted = decide(view, waiting.state, S7, 7.0 + WAIT)
     assert halted.plan.rule == "UnreachableReplicaInDoubt", halted.plan.reason
     reason = notify_of(halted.plan).reason
-    commands = "`hacontrol maintenance node4 on` and `hacontrol maintenance node5 on` records"
+    commands = "`hacontrol maintenance node4 on` and `hacontrol maintenance node5 on` record"
     assert commands in reason, reason
     assert "adds it to the settings" not in reason and "already hidden" not in reason
     # Followed verbatim: both consented (and hidden), the failover goes on without them.

@@ -250,7 +250,8 @@ def operator_advice(
         advice.append(
             f"An operator brings {', '.join(named)} back (compared and stopped like the other "
             f"replicas then, the failover goes on by itself), or accepts losing what {they} "
-            f"alone may hold: {commands}{where} records that consent for this failover "
+            f"alone may hold: {commands}{where} record{'s' if len(named) == 1 else ''} that "
+            "consent for this failover "
             f"and hides {them}"
             + (f" ({', '.join(hidden)} already hidden: accepted all the same)" if hidden else "")
             + f"; the failover then goes on without {them}."
