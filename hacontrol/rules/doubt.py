@@ -338,6 +338,8 @@ def same_incident(view: ClusterView, consent: Consent, dead: str) -> bool:
 
 def consented(view: ClusterView, consents: tuple[Consent, ...], dead: str) -> frozenset[str]:
     """The nodes an operator consented to fail over without, for this loss of ``dead``."""
+    if not consents:
+        return frozenset()  # the common case: nothing to parse
     return frozenset(c.node for c in consents if same_incident(view, c, dead))
 
 
