@@ -10,10 +10,10 @@ import pytest
 
 from hacontrol.decide import decide
 from hacontrol.effects import Reply
-from hacontrol.events import OperatorCommand
+from hacontrol.events import OperatorCommand, ProbeResult
 from hacontrol.flavors.base import IoState, SemiSync
 from hacontrol.journal import Journal, state_from_json, state_to_json
-from hacontrol.model import AlertKey, Condition, ControllerState, Model, persisted
+from hacontrol.model import AlertKey, Condition, ControllerState, Lease, Model, persisted
 from hacontrol.plan import Notify, PlanKind, Promote, SetIOThreads
 from hacontrol.rules.commands import command
 from hacontrol.rules.doubt import judge_unanswered
@@ -557,17 +557,42 @@ def test_a_restart_while_the_primary_is_down_does_not_drop_the_wait():
     model, said = maintenance_on(view, halted.state, "node5", 20.0)
     assert "its replicas at 0-1-100" in said, said
     assert decide(model.view, model.state, S5, 20.5).plan.rule == "DeadPrimary"
-    # Asynchronous replicas: nothing was promised, the failover goes on as before.
-    asynchronous = SemiSync(False, None, None, False)
-    plain = fold_all(
+
+
+def asynchronous(probe: ProbeResult) -> ProbeResult:
+    assert probe.status is not None
+    semi_sync = SemiSync(False, None, None, False)
+    return replace(probe, status=replace(probe.status, semi_sync=semi_sync))
+
+
+def test_after_a_restart_with_asynchronous_replicas_only_a_node_never_read_is_in_doubt():
+    # The replicas that answer are asynchronous; node5, never read, may be node1's one
+    # semi-sync replica (the one every write waited for): in doubt.
+    view = fold_all(
+        S5, *(asynchronous(replica(n, 13.5, **DEAD_IO)) for n in NAMES[:3]), view=after_a_restart()
+    )
+    d = decide(view, ControllerState(), S5, 14.0)
+    assert d.plan.rule == "WaitUnreachableReplica", d.plan.reason
+    assert "node5 was never read: it may be its one semi-sync replica" in d.plan.reason
+    # node5 read once since the start, an asynchronous replica then: nothing was promised,
+    # the failover goes on as before.
+    read = fold_all(
         S5,
-        *(
-            replace(p, status=replace(p.status, semi_sync=asynchronous))
-            for p in (replica(n, 13.5, **DEAD_IO) for n in NAMES[:3])
-        ),
+        asynchronous(replica("node5", 13.6, **DEAD_IO)),
+        *(down("node5", t) for t in (13.7, 13.8, 13.9)),
         view=view,
     )
-    assert decide(plain, ControllerState(), S5, 14.0).plan.rule == "DeadPrimary"
+    assert not read.nodes["node5"].reachable
+    assert decide(read, ControllerState(), S5, 14.0).plan.rule == "DeadPrimary"
+    # A semi-sync replica at its last answer: in doubt.
+    semi_read = fold_all(
+        S5,
+        replica("node5", 13.6, **DEAD_IO),
+        *(down("node5", t) for t in (13.7, 13.8, 13.9)),
+        view=view,
+    )
+    d = decide(semi_read, ControllerState(), S5, 14.0)
+    assert "node5 was a semi-sync replica at its last answer" in d.plan.reason, d.plan.reason
 
 
 def test_a_consent_given_before_a_restart_applies_after_it_to_the_same_incident(tmp_path):
@@ -670,3 +695,69 @@ def test_in_a_fleet_the_advice_says_to_send_the_command_to_the_leader():
     assert halted.plan.rule == "UnreachableReplicaInDoubt", halted.plan.reason
     reason = notify_of(halted.plan).reason
     assert "`hacontrol maintenance node5 on` to the fleet's leader records" in reason, reason
+
+
+def test_a_consent_ends_when_its_primary_answers_again():
+    # Review HIGH 1: node1 and node5 freeze, node4 is cut off from the controller alone: the
+    # operator consents to node5, the failover still waits for node4. The freeze ends, node1
+    # answers at the same position (an idle application), node5 stays hidden; node1 and node5
+    # freeze again right after a good probe: writes node5 alone acknowledged since may exist.
+    # The old consent is gone: the new incident waits for node5 again.
+    view = seven_nodes_two_in_doubt()
+    waiting = decide(view, ControllerState(), S7, 7.0)
+    model = consent7(view, waiting.state, "node5", at=7.5)
+    d = decide(model.view, model.state, S7, 8.0)
+    assert d.plan.rule == "WaitUnreachableReplica" and d.state.consents
+    every = {"readers": ("node1", *LIVE7, "node4"), "hidden": ("node5",)}
+    back = [
+        [
+            primary(at=t, semi_sync=semi(6)),
+            *(replica(n, t, heartbeats_received=int(t * 10)) for n in (*LIVE7, "node4", "node5")),
+            router(**every, at=t),
+        ]
+        for t in (9.0, 10.0, 11.0)
+    ]
+    view = fold_all(S7, *back, view=model.view)
+    d = decide(view, d.state, S7, 11.5)
+    assert d.state.consents == ()  # node1 answered after it: dropped (journaled away)
+    again = [
+        [
+            down("node1", t),
+            down("node5", t),
+            *(replica(n, t, **DEAD_IO) for n in (*LIVE7, "node4")),
+            router(**every, at=t),
+        ]
+        for t in (12.0, 13.0, 14.0)
+    ]
+    view = fold_all(S7, *again, view=view)
+    kept = replace(d.state, consents=model.state.consents)  # even if one were still kept
+    for state in (d.state, kept):
+        d2 = decide(view, state, S7, 15.0)
+        assert d2.plan.rule == "WaitUnreachableReplica", d2.plan.reason
+        assert "node5" in d2.plan.reason
+
+
+def follower(view: ClusterView, state: ControllerState, s: Settings) -> Model:
+    return Model(view, state, lease=Lease(fleet=True, reason="node3 holds the leader lock"))
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_a_follower_records_no_consent_and_says_where_to_send_it(hidden):
+    # Review MEDIUM 2: only the leader fails over; a follower that recorded the consent would
+    # tell the operator the failover may go on while the leader keeps halting.
+    f5 = fleet(
+        nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)]
+    )
+    view = cluster(node5_last_ok=3.0, s=f5)
+    if hidden:
+        view = with_maintenance(view, frozenset({"node5"}), f5)
+    waiting = decide(view, ControllerState(), f5, 7.0, leads=False)
+    assert waiting.plan.rule == "WaitUnreachableReplica", waiting.plan.reason
+    cmd = OperatorCommand(8.0, "maintenance", "node5", True)
+    model, effects = command(follower(view, waiting.state, f5), cmd, f5, 8.0)
+    (reply,) = [e.result for e in effects if isinstance(e, Reply)]
+    assert model.state.consents == ()
+    assert "consent NOT recorded: this instance does not lead the fleet" in reply.message
+    assert "send `hacontrol maintenance node5 on` to the leader" in reply.message
+    assert reply.ok is not hidden  # hidden: nothing done; otherwise hidden on its own router
+    assert "node5" in model.view.maintenance

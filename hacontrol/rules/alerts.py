@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision
 from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
+from hacontrol.rules.doubt import consent_lasts
 from hacontrol.rules.lease import holds_majority
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Code
@@ -120,4 +121,5 @@ def prune(view: ClusterView, state: ControllerState) -> ControllerState:
         and not (about_dead and view.has(Code.DEAD_PRIMARY))
     ):
         halt = None
-    return replace(state, alerted=alerted, halt=halt, first_seen=first_seen)
+    consents = tuple(c for c in state.consents if consent_lasts(view, c))  # incident over
+    return replace(state, alerted=alerted, halt=halt, first_seen=first_seen, consents=consents)

@@ -105,22 +105,36 @@ def planned(model: Model, cmd: OperatorCommand, settings: Settings, now: float) 
 def maintenance(model: Model, cmd: OperatorCommand, settings: Settings, now: float) -> Step:
     """Maintenance on or off. On, for a node a failover waits for (or halted on), it also
     records the operator's consent to fail over without it (``rules.doubt``), accepted when
-    the node is in maintenance already; off withdraws the node's consents."""
+    the node is in maintenance already; only where it counts: an instance that does not lead
+    its fleet hides as asked and says the consent must go to the leader. Off withdraws the
+    node's consents."""
     consent = give_consent(model.view, model.state, settings, cmd.node, now) if cmd.on else None
-    if consent is not None and cmd.node in model.view.maintenance:
+    hidden = cmd.node in model.view.maintenance
+    if consent is not None and not model.lease.acting(now):
+        note = (
+            f"consent NOT recorded: this instance does not lead the fleet ({model.lease.reason}); "
+            f"send `hacontrol maintenance {cmd.node} on` to the leader"
+        )
+        if hidden:
+            return model, answer(cmd, False, f"refused: {note}")
+        consent = None
+        say_now: str | None = f"{cmd.node} hidden on this instance's router; {note}"
+    elif consent is not None and hidden:
         state, text = consent
         model, logged = log_decision(model, Plan("FailoverConsent", text), now, force=True)
         return replace(model, state=state), (*logged, *answer(cmd, True, text))
+    else:
+        say_now = consent[1] if consent is not None else None
     outcome = plan_maintenance(model.view, settings, cmd.node, bool(cmd.on))
     if isinstance(outcome, str):
         return started(model, cmd, outcome, settings, now)
     plan, view = outcome
-    if consent is None:
-        state = withdraw_consent(model.state, cmd.node)
-        return started(model, cmd, plan, settings, now, view=view, state=state)
-    # Answered at once: the consent is what the operator asked for; the hiding follows.
-    plan = replace(plan, reason=f"{plan.reason}; {consent[1]}")
-    return started(model, cmd, plan, settings, now, view=view, state=consent[0], say_now=consent[1])
+    state = consent[0] if consent is not None else model.state
+    if not cmd.on:
+        state = withdraw_consent(state, cmd.node)
+    if say_now is not None:  # answered at once: the consent (or why not); the hiding follows
+        plan = replace(plan, reason=f"{plan.reason}; {say_now}")
+    return started(model, cmd, plan, settings, now, view=view, state=state, say_now=say_now)
 
 
 def started(

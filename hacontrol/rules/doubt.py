@@ -179,22 +179,36 @@ def unnamed_share(view: ClusterView, settings: Settings, dead: str, nodes: list[
 
 def unread_primary(view: ClusterView, dead: str, consented: frozenset[str]) -> list[Unanswered]:
     """``dead`` was not read since the controller started (a restart while it was down): what
-    its semi-sync promised is unknown. When a replica of it is a semi-sync replica (by its
-    variable: its link is down now), it may have promised, and nothing can clear a replica
-    that cannot be read (no last good probe to compare with): each is in doubt."""
-    semi = [r for r in view.replicas_of(dead) if semi_sync_replica(view.nodes[r])]
-    if not semi:
-        return []
-    return [
-        Unanswered(
-            name,
-            "",
-            f"{dead} was not read since the controller started: whether its semi-sync "
-            f"promised anything is unknown ({', '.join(semi)} replicate from it "
-            f"semi-synchronously), and {name} may hold a write it alone acknowledged",
-        )
-        for name in unanswered(view, dead, consented)
+    its semi-sync promised is unknown. When a replica of it that answers is a semi-sync
+    replica (by its variable: its link is down now), or the node that cannot be read may be
+    one (never read, or one by its last answer), nothing can clear it (no last good probe of
+    ``dead`` to compare with): it is in doubt."""
+    silent = unanswered(view, dead)
+    semi = [
+        r for r in view.replicas_of(dead) if r not in silent and semi_sync_replica(view.nodes[r])
     ]
+    out = []
+    for name in (n for n in silent if n not in consented):
+        why = semi_sync_evidence(semi, name, view.nodes[name])
+        if why is not None:
+            doubt = (
+                f"{dead} was not read since the controller started: whether its semi-sync "
+                f"promised anything is unknown ({why}), and {name} may hold a write it alone "
+                "acknowledged"
+            )
+            out.append(Unanswered(name, "", doubt))
+    return out
+
+
+def semi_sync_evidence(semi: list[str], name: str, node: NodeView) -> str | None:
+    """Why the unread primary may have waited for ``name``'s acknowledgement, or None."""
+    if semi:
+        return f"its replicas {', '.join(semi)} are semi-sync replicas"
+    if node.status is None:
+        return f"{name} was never read: it may be its one semi-sync replica"
+    if node.status.semi_sync.replica_enabled:
+        return f"{name} was a semi-sync replica at its last answer"
+    return None
 
 
 def semi_sync_replica(node: NodeView) -> bool:
@@ -328,12 +342,20 @@ def same_incident(view: ClusterView, consent: Consent, dead: str) -> bool:
     started: at the same position (a primary that answered again and died again is read at
     another one, or was not read when the consent was given). Not read (a restart): its
     replicas hold exactly what they held then (nothing came from it since)."""
-    if consent.dead != dead:
+    if consent.dead != dead or not consent_lasts(view, consent):
         return False
     now = position(view, dead)
     if now is not None:
         return consent.position == now
     return consent.held is not None and consent.held == held(view, dead)
+
+
+def consent_lasts(view: ClusterView, consent: Consent) -> bool:
+    """A consent ends with its incident: once its dead primary answered after it was given
+    (back, even at the same position: what it wrote after that answer is another incident's),
+    it is dropped (``rules.alerts.prune``), journaled away with the state."""
+    node = view.nodes.get(consent.dead)
+    return node is not None and (node.last_ok_at is None or node.last_ok_at <= consent.at)
 
 
 def consented(view: ClusterView, consents: tuple[Consent, ...], dead: str) -> frozenset[str]:
