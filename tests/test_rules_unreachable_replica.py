@@ -761,3 +761,41 @@ def test_a_follower_records_no_consent_and_says_where_to_send_it(hidden):
     assert "send `hacontrol maintenance node5 on` to the leader" in reply.message
     assert reply.ok is not hidden  # hidden: nothing done; otherwise hidden on its own router
     assert "node5" in model.view.maintenance
+
+
+def test_a_consent_never_stands_for_the_quorum():
+    # A partition: the controller with node2 and node3; node1 (still the primary), node4 and
+    # node5 on the other side. No quorum; the operator hides node4 and node5 (out of the
+    # quorum's count), the failover waits for them and halts; the advice, followed, consents.
+    # Counted with the consented nodes, 2 of 5 answer: no failover from this side.
+    every = {"readers": ("node1", *NAMES)}
+    rounds = [
+        [primary(at=t, semi_sync=semi(4)), *(replica(n, t) for n in NAMES), router(**every, at=t)]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [
+        [
+            down("node1", t),
+            down("node4", t),
+            down("node5", t),
+            *(replica(n, t, **DEAD_IO) for n in ("node2", "node3")),
+            router(**every, at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    view = fold_all(S5, *rounds)
+    assert decide(view, ControllerState(), S5, 7.0).plan.rule == "NoQuorum"
+    model = Model(view, ControllerState())
+    for node in ("node4", "node5"):
+        model, _ = maintenance_on(model.view, model.state, node, 7.5)
+    waiting = decide(model.view, model.state, S5, 8.0)
+    halted = decide(model.view, waiting.state, S5, 8.0 + WAIT)
+    assert halted.plan.rule == "UnreachableReplicaInDoubt", halted.plan.reason
+    model = Model(model.view, halted.state)
+    for node in ("node4", "node5"):
+        model, said = maintenance_on(model.view, model.state, node, 14.0)
+        assert "consent recorded" in said
+    d = decide(model.view, model.state, S5, 14.5)
+    assert d.plan.rule == "ConsentWithoutQuorum" and d.plan.kind is PlanKind.HALT, d.plan.reason
+    assert "only 2 of 5 nodes answer (node2, node3)" in d.plan.reason
+    assert "never the quorum" in notify_of(d.plan).reason

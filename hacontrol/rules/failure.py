@@ -73,6 +73,8 @@ def rule_dead_primary(
     judged = tuple(judge_unanswered(view, settings, dead, ranked[0].node, given))
     if doubts := [u for u in judged if u.doubt is not None]:
         return unanswered_in_doubt(view, state, settings, dead, ranked, doubts, now)
+    if given and (minority := consent_without_quorum(view, state, dead, given)):
+        return minority
     plan = failover(view, settings, problem, ranked, now, judged, given)
     best = ranked[0].node
     new_state = replace(
@@ -232,6 +234,38 @@ def unanswered_in_doubt(
         (("candidates", candidate_table(ranked)), ("topology", topology_text(view))),
     )
     return alert_once(state, key, plan, alert)
+
+
+def consent_without_quorum(
+    view: ClusterView, state: ControllerState, dead: str, given: frozenset[str]
+) -> Decision | None:
+    """A consent is about acknowledged writes, never about the quorum: hiding the nodes in
+    doubt takes them out of the count, and the side the controller is on may then look like a
+    majority where it is a partition's minority (the primary alive on the other side with
+    them). Counted with the consented nodes, the nodes that answer must still be a strict
+    majority; otherwise no failover (an operator who knows promotes by hand)."""
+    counted = set(view.quorum.recognized) | given
+    up = sorted(n for n in counted if view.nodes[n].reachable)
+    if 2 * len(up) > len(counted):
+        return None
+    reason = (
+        f"no failover: an operator consented to go on without {', '.join(sorted(given))}, but "
+        f"counted with them only {len(up)} of {len(counted)} nodes answer ({', '.join(up)}): "
+        f"this side may be a partition's minority, with {dead} alive on the other; a consent "
+        "gives up writes, never the quorum (an operator who knows the other side is down "
+        "promotes by hand: docs/runbook.md, 'Primary down')"
+    )
+    plan = Plan("ConsentWithoutQuorum", f"halted: {reason}", kind=PlanKind.HALT)
+    alert = Notify(
+        AlertKind.CANDIDATE_INCOMPLETE,
+        dead,
+        "primary dead, NO failover: without quorum, even with the operator's consent",
+        reason,
+        (("topology", topology_text(view)),),
+    )
+    return alert_once(
+        state, AlertKey(Condition.NO_CANDIDATE, f"{dead} consent quorum"), plan, alert
+    )
 
 
 def operator_advice(
