@@ -325,7 +325,7 @@ def failover(
     )
     replicas = (best, *others)  # hidden ones too: each may acknowledge a resumed primary's write
     table = candidate_table(ranked)
-    risk = at_risk(view, settings, dead, now, judged, given)
+    risk = at_risk(view, settings, dead, best, now, judged, given)
     actions: tuple[Action, ...] = (
         *hooks(settings, "on_failure_detected", context),
         *hooks(settings, "pre_failover", context, required=True),
@@ -392,18 +392,26 @@ def at_risk(
     view: ClusterView,
     settings: Settings,
     dead: str,
+    best: str,
     now: float,
     judged: tuple[Unanswered, ...],
     given: frozenset[str],
 ) -> tuple[float | None, str]:
-    """``acknowledged_at_risk``, and what an operator's consent gave up."""
+    """``acknowledged_at_risk``, opened by what an operator's consent gave up: a node gone
+    without by consent may hold writes ``dead`` acknowledged that ``best`` lacks (the halt
+    said so), so the verdict is "unknown", never "none"."""
     seconds, text = acknowledged_at_risk(view, dead, now, judged)
-    if given:
-        names = ", ".join(sorted(given))
-        text += f"; an operator consented to go on without {names}." + unnamed_share(
-            view, settings, dead, sorted(given)
-        )
-    return seconds, text
+    if not given:
+        return seconds, text
+    names = ", ".join(sorted(given))
+    it, them = ("it", "it") if len(given) == 1 else ("they", "them")
+    opening = (
+        f"unknown: the failover went on without {names} by an operator's consent: {it} may "
+        f"hold writes {dead} acknowledged that {best} lacks; read {them} before rebuilding "
+        f"{them} (the only copy).{unnamed_share(view, settings, dead, sorted(given))} "
+        "Apart from that: "
+    )
+    return (seconds or 0.0), opening + text
 
 
 def acknowledged_at_risk(
