@@ -805,3 +805,24 @@ def test_a_consent_never_stands_for_the_quorum():
     assert d.plan.rule == "ConsentWithoutQuorum" and d.plan.kind is PlanKind.HALT, d.plan.reason
     assert "only 2 of 5 nodes answer (node2, node3)" in d.plan.reason
     assert "never the quorum" in notify_of(d.plan).reason
+
+
+def test_a_consent_for_a_node_no_longer_in_the_settings_is_dropped(tmp_path):
+    # Review MEDIUM 8: consent to node5, then node5 removed from the settings and the
+    # controller restarted while node1 is still dead: the consent names nobody; no crash.
+    halted = halted_on_node5(cluster(node5_last_ok=3.0))
+    model, _ = maintenance_on(cluster(node5_last_ok=3.0), halted.state, "node5", 13.0)
+    s4 = settings(
+        nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 5)]
+    )
+    view = fold_all(
+        s4,
+        *(
+            [down("node1", t), *(replica(n, t, **DEAD_IO) for n in NAMES[:3]), router(at=t)]
+            for t in (11.0, 12.0, 13.0)
+        ),
+    )
+    state = replace(ControllerState(), consents=model.state.consents)
+    d = decide(view, state, s4, 14.0)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    assert d.state.consents == ()

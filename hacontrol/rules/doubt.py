@@ -353,9 +353,12 @@ def same_incident(view: ClusterView, consent: Consent, dead: str) -> bool:
 def consent_lasts(view: ClusterView, consent: Consent) -> bool:
     """A consent ends with its incident: once its dead primary answered after it was given
     (back, even at the same position: what it wrote after that answer is another incident's),
-    it is dropped (``rules.alerts.prune``), journaled away with the state."""
+    it is dropped (``rules.alerts.prune``), journaled away with the state. So is one that
+    names a node no longer in the settings."""
     node = view.nodes.get(consent.dead)
-    return node is not None and (node.last_ok_at is None or node.last_ok_at <= consent.at)
+    if node is None or consent.node not in view.nodes:
+        return False  # a node no longer in the settings (a restart with new settings)
+    return node.last_ok_at is None or node.last_ok_at <= consent.at
 
 
 def consented(view: ClusterView, consents: tuple[Consent, ...], dead: str) -> frozenset[str]:

@@ -244,7 +244,7 @@ def consent_without_quorum(
     majority where it is a partition's minority (the primary alive on the other side with
     them). Counted with the consented nodes, the nodes that answer must still be a strict
     majority; otherwise no failover (an operator who knows promotes by hand)."""
-    counted = set(view.quorum.recognized) | given
+    counted = set(view.quorum.recognized) | (given & set(view.nodes))
     up = sorted(n for n in counted if view.nodes[n].reachable)
     if 2 * len(up) > len(counted):
         return None
