@@ -11,6 +11,7 @@ from hacontrol.model import Model
 from hacontrol.plan import PlanKind
 from hacontrol.routing import Role
 from hacontrol.rules.candidates import candidates
+from hacontrol.rules.doubt import consented
 from hacontrol.rules.lease import leader_seen, majority, valid_until
 from hacontrol.rules.routing import fleet_writer
 from hacontrol.settings import Settings
@@ -203,7 +204,13 @@ def controller_status(
         ),
         "maintenance": sorted(view.maintenance),
         "failover_consents": [
-            {"node": c.node, "dead_primary": c.dead, "position": c.position, "held": c.held}
+            {
+                "node": c.node,
+                "dead_primary": c.dead,
+                "position": c.position,
+                "held": c.held,
+                "applies_now": c.node in consented(view, (c,), c.dead),
+            }
             for c in state.consents
         ],
         "quarantined": {

@@ -16,10 +16,11 @@ from hacontrol.journal import Journal, state_from_json, state_to_json
 from hacontrol.model import AlertKey, Condition, ControllerState, Lease, Model, persisted
 from hacontrol.plan import Notify, PlanKind, Promote, SetIOThreads
 from hacontrol.rules.commands import command
-from hacontrol.rules.doubt import judge_unanswered
+from hacontrol.rules.doubt import doubted, judge_unanswered
 from hacontrol.settings import Settings
+from hacontrol.status import controller_status
 from hacontrol.step import boot
-from hacontrol.view import ClusterView, with_maintenance
+from hacontrol.view import ClusterView, Code, with_maintenance
 from tests.factories import down, fleet, primary, replica, router, settings
 from tests.support import fold_all
 
@@ -797,6 +798,9 @@ def test_a_consent_never_stands_for_the_quorum():
     waiting = decide(model.view, model.state, S5, 8.0)
     halted = decide(model.view, waiting.state, S5, 8.0 + WAIT)
     assert halted.plan.rule == "UnreachableReplicaInDoubt", halted.plan.reason
+    advice = notify_of(halted.plan).reason  # it does not promise a failover that won't come
+    assert "only 2 of 5 nodes answer: no failover even then" in advice, advice
+    assert "the failover then goes on" not in advice
     model = Model(model.view, halted.state)
     for node in ("node4", "node5"):
         model, said = maintenance_on(model.view, model.state, node, 14.0)
@@ -826,3 +830,42 @@ def test_a_consent_for_a_node_no_longer_in_the_settings_is_dropped(tmp_path):
     d = decide(view, state, s4, 14.0)
     assert d.plan.rule == "DeadPrimary", d.plan.reason
     assert d.state.consents == ()
+
+
+def test_a_consent_that_cannot_name_its_incident_is_refused_with_the_reason():
+    # Review LOW 7: node1 not read since the start, and a replica of it answers with a GTID
+    # set that cannot be read (the failover itself then stops on CandidateIncomplete): the
+    # command says the consent cannot be recorded (ok false), not "already in maintenance".
+    garbled = replica("node2", 13.5, **DEAD_IO)
+    assert garbled.status is not None
+    garbled = replace(garbled, status=replace(garbled.status, gtid_executed="garbage"))
+    view = with_maintenance(fold_all(S5, garbled, view=after_a_restart()), frozenset({"node5"}), S5)
+    assert view.has(Code.DEAD_PRIMARY)
+    waited = ControllerState(first_seen={doubted("node1", "node5"): 14.0})
+    cmd = OperatorCommand(15.0, "maintenance", "node5", True)
+    model, effects = command(Model(view, waited), cmd, S5, 15.0)
+    (reply,) = [e.result for e in effects if isinstance(e, Reply)]
+    assert not reply.ok, reply.message
+    assert "consent NOT recorded: this loss of node1 cannot be told" in reply.message
+    assert model.state.consents == ()
+
+
+def test_the_status_lists_each_consent_and_whether_it_applies_now():
+    # Review LOW 6.
+    view = cluster(node5_last_ok=3.0)
+    halted = halted_on_node5(view)
+    model, _ = maintenance_on(view, halted.state, "node5", 13.0)
+    listed = controller_status(replace(model, running=None), S5, 13.5)["controller"]
+    assert listed["failover_consents"] == [
+        {
+            "node": "node5",
+            "dead_primary": "node1",
+            "position": "0-1-100",
+            "held": "0-1-100",
+            "applies_now": True,
+        }
+    ]
+    other = replace(model.state.consents[0], position="0-1-99")  # another incident's
+    stale = replace(model, state=replace(model.state, consents=(other,)), running=None)
+    listed = controller_status(stale, S5, 13.5)["controller"]["failover_consents"]
+    assert [c["applies_now"] for c in listed] == [False]

@@ -109,6 +109,8 @@ def maintenance(model: Model, cmd: OperatorCommand, settings: Settings, now: flo
     its fleet hides as asked and says the consent must go to the leader. Off withdraws the
     node's consents."""
     consent = give_consent(model.view, model.state, settings, cmd.node, now) if cmd.on else None
+    if isinstance(consent, str):
+        return model, answer(cmd, False, f"refused: {consent}")
     hidden = cmd.node in model.view.maintenance
     if consent is not None and not model.lease.acting(now):
         note = (

@@ -370,16 +370,21 @@ def consented(view: ClusterView, consents: tuple[Consent, ...], dead: str) -> fr
 
 def give_consent(
     view: ClusterView, state: ControllerState, settings: Settings, node: str | None, now: float
-) -> tuple[ControllerState, str] | None:
+) -> tuple[ControllerState, str] | str | None:
     """``maintenance NODE on`` for a node the failover away from the dead primary waits for
-    (or halted on): the state with the consent recorded, and what it means; None when NODE
-    is not in doubt now (the command is then a plain maintenance)."""
+    (or halted on): the state with the consent recorded, and what it means; why it cannot be
+    recorded (this incident cannot be told from the next); None when NODE is not in doubt
+    now (the command is then a plain maintenance)."""
     dead = next((p.node for p in view.problems if p.code is Code.DEAD_PRIMARY), None)
     if dead is None or node is None or doubted(dead, node) not in state.first_seen:
         return None
     consent = Consent(node, dead, position(view, dead), held(view, dead), now)
-    if consent.position is None and consent.held is None:
-        return None  # no way to tell this incident from the next: never given blindly
+    if consent.position is None and consent.held is None:  # never given blindly
+        return (
+            f"consent NOT recorded: this loss of {dead} cannot be told from the next ({dead} "
+            f"not read since the controller started, and no replica of it answers with a "
+            "readable GTID set); retry when one does, or promote by hand"
+        )
     kept = tuple(c for c in state.consents if (c.node, c.dead) != (node, dead))
     at = f"dead at {consent.position}" if consent.position else f"its replicas at {consent.held}"
     text = (

@@ -244,8 +244,7 @@ def consent_without_quorum(
     majority where it is a partition's minority (the primary alive on the other side with
     them). Counted with the consented nodes, the nodes that answer must still be a strict
     majority; otherwise no failover (an operator who knows promotes by hand)."""
-    counted = set(view.quorum.recognized) | (given & set(view.nodes))
-    up = sorted(n for n in counted if view.nodes[n].reachable)
+    up, counted = answering_with(view, given)
     if 2 * len(up) > len(counted):
         return None
     reason = (
@@ -268,6 +267,24 @@ def consent_without_quorum(
     )
 
 
+def then_what(view: ClusterView, named: frozenset[str], them: str) -> str:
+    """What the consent to ``named`` leads to: the failover, or no quorum even then."""
+    up, counted = answering_with(view, named)
+    if 2 * len(up) > len(counted):
+        return f"; the failover then goes on without {them}."
+    return (
+        f"; but counted with {them} only {len(up)} of {len(counted)} nodes answer: no failover "
+        "even then (this side may be a partition's minority; a consent never stands for the "
+        "quorum)."
+    )
+
+
+def answering_with(view: ClusterView, given: frozenset[str]) -> tuple[list[str], set[str]]:
+    """The nodes that answer, and the nodes counted for the quorum with ``given`` back in."""
+    counted = set(view.quorum.recognized) | (given & set(view.nodes))
+    return sorted(n for n in counted if view.nodes[n].reachable), counted
+
+
 def operator_advice(
     view: ClusterView, settings: Settings, dead: str, doubts: list[Unanswered]
 ) -> str:
@@ -288,7 +305,7 @@ def operator_advice(
             "consent for this failover "
             f"and hides {them}"
             + (f" ({', '.join(hidden)} already hidden: accepted all the same)" if hidden else "")
-            + f"; the failover then goes on without {them}."
+            + then_what(view, frozenset(named), them)
             + unnamed_share(view, settings, dead, named)
         )
     if len(named) < len(doubts):
