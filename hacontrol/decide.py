@@ -94,4 +94,13 @@ def decide(
         return waiting
     if not_led is not None:
         return Decision(Plan(NOT_LEADER, f"{not_led.rule}: {not_led.reason}"), state)
-    return Decision(Plan(NOTHING, "cluster as desired; nothing to do"), state)
+    return Decision(Plan(NOTHING, nothing_reason(view)), state)
+
+
+def nothing_reason(view: ClusterView) -> str:
+    """ "As desired" only when the view holds no problem; otherwise the problems that stand
+    with no automatic change for them (each alerted by its rule, or left to an operator)."""
+    if not view.problems:
+        return "cluster as desired; nothing to do"
+    standing = ", ".join(f"{p.code.value}({p.node or 'cluster'})" for p in view.problems)
+    return f"no automatic change applies; problems stand: {standing}"

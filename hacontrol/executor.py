@@ -547,11 +547,29 @@ class Executor:
             return result
         # Our own journaled promotion was cut between RESET SLAVE ALL and read_only=OFF (a
         # crash): this node is the candidate the plan chose and it applied everything
-        # (WaitApplied was done), so finish it.
+        # (WaitApplied was done), so finish it, unless its old primary turned writable since
+        # the decision (restarted with read_only=OFF).
+        if problem := await self._old_primary_writable(action):
+            return _failed(problem)
         finished = await self.mysql.set_writable(
             action.node, True, self._timeout, semi_sync_source=True
         )
         return replace(finished, reason=f"finished a half-done promotion: {finished.reason}")
+
+    async def _old_primary_writable(self, action: Promote) -> str | None:
+        """Why a half-done promotion must not be finished now: its old primary, read right
+        before, is writable (two writers if it were); the plan then stops (a halt and an
+        alert). One that cannot be read is away still, as the decision saw it."""
+        try:
+            old = await self.mysql.status(action.old_primary, self._timeout)
+        except Exception:
+            return None
+        if old.read_only:
+            return None
+        return (
+            f"the old primary {action.old_primary} is writable now: not finishing the half-done "
+            f"promotion of {action.node} (it would make two writers)"
+        )
 
     async def _repoint(self, action: Repoint, run: _Run) -> ActionResult:
         if not action.nodes:

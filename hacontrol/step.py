@@ -227,7 +227,12 @@ def next_plan(model: Model, settings: Settings, now: float) -> Step:
     model = evolve(model, decided_at=now)
     plan = decision.plan
     if may_resume(model, plan, now):
-        return resume(model, plan, now)
+        return resume(
+            model,
+            plan,
+            now,
+            lambda state: decide(model.view, state, settings, now, leads=acting).plan,
+        )
     if plan.rule == "NotLeader":
         return log_decision(model, not_leader(model, plan, now), now)
     if withheld := refusal(plan, model.state.journal):

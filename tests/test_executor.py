@@ -345,6 +345,34 @@ async def test_a_half_done_promotion_is_finished_only_when_the_plan_says_so(rig:
         assert finished.steps[3].reason == "finished a half-done promotion: writable done"
 
 
+@pytest.mark.parametrize("old", ["writable", "unreadable"])
+async def test_a_half_done_promotion_reads_its_old_primary_right_before_it_is_finished(
+    rig: Rig, old: str
+):
+    """The old primary turned writable since the decision (restarted with read_only=OFF): the
+    candidate is not made writable beside it, the plan stops (a halt and an alert follow).
+    One that cannot be read is away still: the promotion is finished."""
+    rig.nodes.fail[("promote", "node2")] = HALF_DONE
+    if old == "writable":
+        rig.nodes.read_only["node1"] = False
+    else:
+        rig.nodes.statuses["node1"] = TimeoutError("timed out")
+    plan = failover_plan()
+    actions = list(plan.actions)
+    actions[3] = Promote("node2", "node1", finish_half_done=True)
+    finished = await rig.executor.run("failover-1", replace(plan, actions=tuple(actions)))
+    assert ("status", "node1") in rig.nodes.calls
+    assert (("writable", "node2") in rig.nodes.calls) is (old == "unreadable")
+    if old == "writable":
+        assert not finished.ok and finished.failed_at == 3
+        assert finished.steps[3].reason == (
+            "the old primary node1 is writable now: not finishing the half-done promotion of "
+            "node2 (it would make two writers)"
+        )
+    else:
+        assert finished.ok
+
+
 async def test_a_required_hook_vetoes_and_an_optional_one_runs_in_the_background(rig: Rig):
     from hacontrol.actions.hooks import HookResult
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from hacontrol.effects import EndIntent, StartPlan
+from hacontrol.effects import EndIntent, Log, StartPlan
 from hacontrol.events import ProbeResult, Tick
 from hacontrol.flavors.base import IoState
 from hacontrol.model import Intent, Lease, LeaseMode, Model
@@ -21,6 +21,7 @@ from hacontrol.plan import (
     PlanKind,
     Promote,
     Publish,
+    Rejoin,
     Repoint,
     SetIOThreads,
     SetWritable,
@@ -29,6 +30,7 @@ from hacontrol.plan import (
 from hacontrol.rules.resume import fenced_not_promoted, half_done_promotion
 from hacontrol.step import step
 from tests.factories import (
+    channel,
     down,
     failed_over,
     fleet,
@@ -271,3 +273,87 @@ def test_a_single_instance_finishes_its_own_half_done_promotion():
     promote = started.plan.actions[2]
     assert isinstance(promote, Promote) and promote.finish_half_done, started.plan.actions
     assert 2 not in started.skip
+
+
+# Review finding 9: the old primary restarted read-only (as the runbook says) while the leader
+# was down: reachable, but no part of the cluster. Left to the fleet, nobody took writes until
+# an operator acted (PrimaryIsReadOnly); the half-done promotion is now finished.
+def node1_read_only(gtid: str = "0-1-100", replication: tuple = ()):
+    return lambda t: ProbeResult(
+        "node1", t, 0.001, status(1, read_only=True, gtid=gtid, replication=replication)
+    )
+
+
+def back_read_only(node1=None, leader: int = 7):
+    node1 = node1 or node1_read_only()
+    rounds = [
+        [
+            node1(t),
+            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            replica("node3", t, source="node1", **STOPPED),
+            router(writers=(), readers=("node2", "node3"), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    locks = [lock(n, NOW - 0.1, leader=leader) for n in ("node1", "node2", "node3")]
+    return fold_all(F, *rounds, locks)
+
+
+def test_the_leader_finishes_a_half_done_promotion_beside_an_old_primary_back_read_only():
+    m = Model(back_read_only(), lease=LEADER, resume=CUT, state=failed_over(NOW - 1))
+    assert m.view.primary == "node1" and not m.view.writable  # its replica still points at it
+    assert half_done_promotion(m, CUT)
+    effects = run(m, 1)
+    (started,) = [e.running for e in effects if isinstance(e, StartPlan)]
+    assert started.plan.actions[2] == Promote("node2", "node1", finish_half_done=True)
+    assert started.skip == {0, 1} and not any(isinstance(e, EndIntent) for e in effects)
+    (decision,) = [e for e in effects if isinstance(e, Log) and e.event == "decision"]
+    assert decision.fields["reason"] == (
+        "resuming failover-1 after a controller restart, cut inside its promotion: finishing "
+        "it; now node1 is read-only and replicates from nobody and node2 is read-only and "
+        "replicates from nobody; it began as: r"
+    )
+
+
+def test_once_finished_the_old_primary_back_read_only_is_rejoined_under_the_new_one():
+    rounds = [
+        [
+            node1_read_only()(t),
+            primary("node2", t),
+            replica("node3", t, source="node2"),
+            router(writers=("node2",), readers=("node3",), broken=("node1",), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    locks = [lock("node1", NOW - 0.1, leader=7), lock("node2", NOW - 0.1, leader=7, primary=7)]
+    m = Model(fold_all(F, *rounds, locks), lease=LEADER, state=failed_over(NOW - 1))
+    started = [e.running.plan for e in run(m, 1) if isinstance(e, StartPlan)]
+    assert [(p.rule, p.actions) for p in started] == [
+        ("RejoinOldPrimary", (Rejoin("node1", "node2"),))
+    ]
+
+
+@pytest.mark.parametrize(
+    "node1",
+    [
+        node1_read_only(gtid="0-1-101"),  # it took a write the candidate lacks: someone let it
+        node1_read_only(replication=(channel(source="node3"),)),  # someone pointed it elsewhere
+    ],
+    ids=["holds-more-than-the-candidate", "replicates"],
+)
+def test_an_old_primary_back_read_only_that_moved_is_left_to_the_fleet(node1):
+    """Not what this instance's plan left: another instance (or an operator) acted on it. The
+    plan is closed; its reason says what comes next, never "as desired" before an alert."""
+    m = Model(back_read_only(node1), lease=LEADER, resume=CUT, state=failed_over(NOW - 1))
+    assert not half_done_promotion(m, CUT)
+    m, effects = step(m, Tick(NOW), F, NOW)
+    assert not any(isinstance(e, StartPlan) for e in effects)
+    (ended,) = [e for e in effects if isinstance(e, EndIntent)]
+    assert ended.reason == "fleet: the live topology decides"
+    (abandoned,) = [e for e in effects if isinstance(e, Log) and e.event == "plan_abandoned"]
+    reason = abandoned.fields["reason"]
+    assert "as desired" not in reason and abandoned.fields["began"] == "r"
+    m, effects = step(m, Tick(NOW + 1), F, NOW + 1)
+    (then,) = [e.fields for e in effects if isinstance(e, Log) and e.event == "decision"]
+    assert then["rule"] != "Nothing"
+    assert reason.endswith(f"; next: {then['rule']} ({then['reason']})"), (reason, then)

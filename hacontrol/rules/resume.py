@@ -24,13 +24,17 @@ it leads, as a single instance does (``left_to_the_leader``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
-from hacontrol.effects import EndIntent, Step, log
+from hacontrol.effects import EndIntent, Log, Step, log
 from hacontrol.model import ControllerState, Intent, Model
 from hacontrol.plan import Plan, PlanKind
+from hacontrol.rules.candidates import errant_between
 from hacontrol.rules.lifecycle import log_decision, start
 from hacontrol.view import Code
+
+Redecide = Callable[[ControllerState], Plan]
 
 
 def may_resume(model: Model, decided: Plan, now: float) -> bool:
@@ -48,13 +52,18 @@ def may_resume(model: Model, decided: Plan, now: float) -> bool:
     )
 
 
-def resume(model: Model, decided: Plan, now: float) -> Step:
-    """The journal's unfinished plan, given what the view says now (``decided``)."""
+def resume(model: Model, decided: Plan, now: float, redecide: Redecide | None = None) -> Step:
+    """The journal's unfinished plan, given what the view says now (``decided``).
+    ``redecide``: the rules' decision on another state (an abandoned plan's reason names the
+    decision that follows once its record is settled, not the one taken before)."""
     intent = model.resume
     assert intent is not None
     model = replace(model, resume=None)
+    before = model.state
     if model.lease.fleet and not left_to_the_leader(model, intent):
-        return left_to_the_fleet(model, intent, decided)
+        model, ended = left_to_the_fleet(model, intent)
+        reason = f"{fleet_reason(model, intent)}; {next_decision(model, before, decided, redecide)}"
+        return model, (*ended, abandoned(intent, reason))
     plan = intent.plan
     promote_at = plan.point_of_no_return
     dead = plan.promote.old_primary if plan.promote else None
@@ -75,14 +84,34 @@ def resume(model: Model, decided: Plan, now: float) -> Step:
     if plan.rollback and primary == dead:
         model, effects = roll_back(model, intent, now)
         return model, (ended, *effects)
-    reason = f"abandoned after a controller restart: {decided.rule} now ({decided.reason})"
+    reason = f"not resumed after a controller restart; now {seen_now(model, plan)}"
     if plan.rollback:  # undoing it now would make its old primary writable over another one
         reason += f"; not rolled back: the primary is {primary or 'unknown'} now, not {dead}"
-    abandoned = log("plan_abandoned", dead, "warning", plan=intent.plan_id, reason=reason)
-    return model, (ended, abandoned)
+    reason += f"; {next_decision(model, before, decided, redecide)}"
+    return model, (ended, abandoned(intent, reason))
 
 
-def left_to_the_fleet(model: Model, intent: Intent, decided: Plan) -> Step:
+def abandoned(intent: Intent, reason: str) -> Log:
+    """The plan closed unfinished; ``began``: the reason it was decided for, before the
+    restart (the view may show otherwise now)."""
+    plan = intent.plan
+    dead = plan.promote.old_primary if plan.promote else None
+    return log(
+        "plan_abandoned", dead, "warning", plan=intent.plan_id, reason=reason, began=plan.reason
+    )
+
+
+def next_decision(
+    model: Model, before: ControllerState, decided: Plan, redecide: Redecide | None
+) -> str:
+    """What the rules decide next, for an abandoned plan's reason: ``decided`` was taken on the
+    state before the plan's record was settled (its dead primary still quarantined); once it
+    is released they may decide otherwise, and the reason names that decision."""
+    plan = decided if redecide is None or model.state == before else redecide(model.state)
+    return f"next: {plan.rule} ({plan.reason})"
+
+
+def left_to_the_fleet(model: Model, intent: Intent) -> tuple[Model, tuple[EndIntent]]:
     """Fleet: the journal's plan is closed, not resumed. A failover's dead primary stays an old
     primary (quarantined, the recovery block kept) only when another node is the view's
     primary now, promoted by this plan or by another instance's failover; otherwise the
@@ -94,14 +123,14 @@ def left_to_the_fleet(model: Model, intent: Intent, decided: Plan) -> Step:
     promoted = promoted or promoted_beside(model, intent)
     if promoted is None:
         model = replace(model, state=without_quarantine(model.state, dead))
-    reason = (
+    return model, (EndIntent(intent.plan_id, "fleet: the live topology decides", promoted),)
+
+
+def fleet_reason(model: Model, intent: Intent) -> str:
+    return (
         "not resumed after a restart in a fleet (another instance may have acted since): the "
-        f"leader converges from the live topology; the primary is {primary or 'unknown'} now; "
-        f"{decided.rule} now ({decided.reason})"
+        f"leader converges from the live topology; now {seen_now(model, intent.plan)}"
     )
-    ended = EndIntent(intent.plan_id, "fleet: the live topology decides", promoted)
-    abandoned = log("plan_abandoned", dead, "warning", plan=intent.plan_id, reason=reason)
-    return model, (ended, abandoned)
 
 
 def promoted_beside(model: Model, intent: Intent) -> str | None:
@@ -153,24 +182,47 @@ def fenced_not_promoted(model: Model, intent: Intent) -> bool:
 def half_done_promotion(model: Model, intent: Intent) -> bool:
     """A failover's Promote began and the view shows it stopped halfway: its candidate
     reachable, read-only and replicating from nobody (its replication reset, not yet made
-    writable), no node writable, the dead primary still unreachable. Nothing but that Promote
-    explains it (another instance's failover would have left a writable node), and no later
-    failover may pass over the candidate: it may hold acknowledged writes no other replica
-    has. In a fleet too it is finished, by the leader only (a follower keeps the intent)."""
+    writable), the dead primary still away (``old_primary_away``: unreachable, or back
+    read-only with nothing the candidate lacks), and nothing else moved
+    (``only_the_plan_moved``). No later failover may pass over the candidate: it may hold
+    acknowledged writes no other replica has. In a fleet too it is finished, by the leader
+    only (a follower keeps the intent)."""
     plan = intent.plan
     promote, at = plan.promote, plan.point_of_no_return
     if promote is None or plan.kind is not PlanKind.FAILOVER:
         return False
     if at not in intent.started or at in intent.done:
         return False
-    view = model.view
-    node, old = view.nodes.get(promote.node), view.nodes.get(promote.old_primary)
-    if node is None or old is None or old.reachable or not node.reachable:
+    node = model.view.nodes.get(promote.node)
+    if node is None or not node.reachable or not old_primary_away(model, plan):
         return False
     if not only_the_plan_moved(model, promote.old_primary, promote.node):
         return False
     status = node.status  # replication reset, not yet writable
     return status is not None and status.read_only and not status.replication
+
+
+def old_primary_away(model: Model, plan: Plan) -> bool:
+    """The failover's dead primary takes no part in the cluster: unreachable still, or back
+    read-only (restarted with ``read_only = ON``, as the runbook says), replicating from
+    nobody, and holding nothing the candidate lacks (nobody made it a writer since this plan
+    detached the candidate). Finishing the promotion then makes one writer, and the old
+    primary, quarantined, is rejoined under it (``RejoinOldPrimary``). An old primary that
+    holds more than the candidate is an operator's choice in a fleet (``PrimaryIsReadOnly``
+    alerts): another instance may have let it take writes."""
+    promote = plan.promote
+    if promote is None:
+        return False
+    view = model.view
+    old, candidate = view.nodes.get(promote.old_primary), view.nodes.get(promote.node)
+    if old is None or candidate is None:
+        return False
+    if not old.reachable:
+        return True
+    mine, theirs = old.status, candidate.status
+    if mine is None or theirs is None or not mine.read_only or mine.replication:
+        return False
+    return not errant_between(mine, theirs)
 
 
 def may_finish_promotion(model: Model, plan: Plan) -> bool:
@@ -229,11 +281,20 @@ def finish(model: Model, intent: Intent, now: float) -> Step:
     """Go on from the first step not done; a crash inside Promote: finish what it began."""
     plan = intent.plan
     promote_at = plan.point_of_no_return
-    if promote_at in intent.started and promote_at not in intent.done:
+    cut = "before its promotion" if plan.promote else f"after {len(intent.done)} step(s)"
+    if promote_at in intent.done:
+        cut = "past its promotion"
+    elif promote_at in intent.started:
+        cut = "inside its promotion: finishing it"
         actions = list(plan.actions)
         actions[promote_at] = replace(actions[promote_at], finish_half_done=True)
         plan = replace(plan, actions=tuple(actions))
-    model, logged = log_decision(model, intent.remaining(), now, force=True)
+    reason = (
+        f"resuming {intent.plan_id} after a controller restart, cut {cut}; now "
+        f"{seen_now(model, plan)}; it began as: {plan.reason}"
+    )
+    remaining = replace(intent.remaining(), reason=reason)
+    model, logged = log_decision(model, remaining, now, force=True)
     model, started = start(model, intent.plan_id, plan, now, skip=intent.done, resumed=True)
     return model, (*logged, *started)
 
@@ -242,13 +303,35 @@ def roll_back(model: Model, intent: Intent, now: float) -> Step:
     plan = intent.plan
     rollback = Plan(
         plan.rule,
-        f"rolling back a {plan.kind} cut before promotion by a controller restart: {plan.reason}",
+        f"rolling back {intent.plan_id}, cut before its promotion by a controller restart; now "
+        f"{seen_now(model, plan)}; it began as: {plan.reason}",
         plan.rollback,
         PlanKind.ROLLBACK,
     )
     model, logged = log_decision(model, rollback, now, force=True)
     model, started = start(model, f"{intent.plan_id}-rollback", rollback, now)
     return model, (*logged, *started)
+
+
+def seen_now(model: Model, plan: Plan) -> str:
+    """What the view shows of the nodes a plan's promotion moves (the old primary and the
+    candidate), or of the primary: a resumed or abandoned plan's reason says what is seen
+    now, never what the journal said when it began."""
+    view = model.view
+    if plan.promote is None:
+        return f"the primary is {view.primary or 'unknown'}"
+    names = (plan.promote.old_primary, plan.promote.node)
+    return " and ".join(f"{name} {node_now(model, name)}" for name in names)
+
+
+def node_now(model: Model, name: str) -> str:
+    node = model.view.nodes.get(name)
+    if node is None or not node.reachable:
+        return "is unreachable"
+    if node.status is None:
+        return "is not read yet"
+    role = "read-only" if node.status.read_only else "writable"
+    return f"is {role} and replicates from {model.view.sources.get(name) or 'nobody'}"
 
 
 def without_quarantine(state: ControllerState, node: str | None) -> ControllerState:
