@@ -13,8 +13,8 @@ import pytest
 from hacontrol.decide import decide
 from hacontrol.events import ProbeResult
 from hacontrol.flavors.base import IoState
-from hacontrol.model import ControllerState
-from hacontrol.plan import Fence, Rejoin, Repoint
+from hacontrol.model import AlertKey, Condition, ControllerState
+from hacontrol.plan import AlertKind, Fence, Notify, Rejoin, Repoint
 from hacontrol.rules.recovery import not_chained
 from tests.factories import channel, down, failed_over, primary, replica, router, settings, status
 from tests.support import fold_all
@@ -106,6 +106,11 @@ def test_a_stopped_replica_with_errant_transactions_is_never_repointed():
 # Another instance promoted node3 after this one's promotion of node2 was cut halfway (its
 # replication reset, never made writable): node2 is read-only and replicates from nobody.
 def detached(node2: ProbeResult | None = None, hidden: tuple[str, ...] = ()):
+    view = detached_view(node2, hidden)
+    return decide(view, failed_over(NOW - 10, new="node3"), S, NOW)
+
+
+def detached_view(node2: ProbeResult | None = None, hidden: tuple[str, ...] = ()):
     rounds = [
         [
             down("node1", t),
@@ -117,7 +122,7 @@ def detached(node2: ProbeResult | None = None, hidden: tuple[str, ...] = ()):
         ]
         for t in (1.0, 2.0, 3.0)
     ]
-    return decide(fold_all(S, *rounds), failed_over(NOW - 10, new="node3"), S, NOW)
+    return fold_all(S, *rounds)
 
 
 def test_a_node_left_read_only_by_a_cut_promotion_is_rejoined_under_the_primary():
@@ -191,3 +196,65 @@ def test_a_replica_left_stopped_on_an_old_primary_that_is_the_primary_again_is_r
     d = decide(fold_all(S, *rounds), ControllerState(), S, NOW)
     assert d.plan.rule == "RepointStray" and d.plan.actions == (Repoint(("node3",), "node1"),)
     assert "with its IO thread stopped" in d.plan.reason
+
+
+# Review finding 4: a node skipped because it holds transactions the primary lacks (what a
+# promotion cut halfway may have had acknowledged) got no alert, and every decision said
+# "cluster as desired". It is alerted once, with the GTIDs and the topology; then the rules
+# below it run again, and the decision names the problem that stands.
+ERRANT_DETACHED = ProbeResult("node2", 3.0, 0.001, status(2, read_only=True, gtid="0-1-101"))
+ERRANT_STRAY = ProbeResult(
+    "node3",
+    3.0,
+    0.001,
+    status(3, read_only=True, gtid="0-1-100,1-3-7", replication=(channel("node1", **STOPPED),)),
+)
+
+
+@pytest.mark.parametrize(
+    ("view", "state", "node", "gtids", "what"),
+    [
+        (
+            lambda: detached_view(ERRANT_DETACHED),
+            lambda: failed_over(NOW - 10, new="node3"),
+            "node2",
+            "0-1-101..101",
+            "node2 is read-only and replicates from nobody while node3 is the primary",
+        ),
+        (
+            lambda: view_after_cut(node3=ERRANT_STRAY),
+            ControllerState,
+            "node3",
+            "1-3-7",
+            "node3 replicates from node1, which is not the primary node2 (the IO thread of "
+            "node3 is stopped)",
+        ),
+    ],
+    ids=["detached", "stray"],
+)
+def test_a_node_left_alone_for_its_errant_transactions_is_alerted_once(
+    view, state, node, gtids, what
+):
+    v, s = view(), state()
+    d = decide(v, s, S, NOW)
+    assert d.plan.rule == "ErrantReplica", d.plan
+    assert d.plan.reason.startswith(f"{what} and holds transactions {v.primary} lacks ({gtids})")
+    (alert,) = d.plan.actions
+    assert isinstance(alert, Notify) and alert.kind is AlertKind.ERRANT_TRANSACTIONS
+    assert alert.node == node and gtids in alert.summary
+    assert dict(alert.sections)["errant GTIDs"] == gtids
+    assert "topology" in dict(alert.sections)
+    then = decide(v, d.state, S, NOW + 1)  # alerted: the rules below run, nothing repeats
+    assert then.plan.rule != "ErrantReplica"
+    assert not any(isinstance(a, (Notify, Rejoin, Repoint)) for a in then.plan.actions)
+    if then.plan.rule == "Nothing":
+        assert "as desired" not in then.plan.reason and f"({node})" in then.plan.reason
+
+
+def test_an_errant_replica_alert_is_forgotten_once_the_node_is_repaired():
+    v = detached_view(ERRANT_DETACHED)
+    d = decide(v, failed_over(NOW - 10, new="node3"), S, NOW)
+    rebuilt = detached_view(replica("node2", 3.0, source="node3"))
+    healed = decide(rebuilt, d.state, S, NOW + 1)
+    assert AlertKey(Condition.ERRANT_REPLICA, "node2") not in healed.state.alerted
+    assert decide(v, healed.state, S, NOW + 2).plan.rule == "ErrantReplica"  # back: alerted again

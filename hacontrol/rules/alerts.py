@@ -93,6 +93,7 @@ LASTS_WHILE: Mapping[Condition, Alive] = {
     Condition.NO_CANDIDATE: lambda view, state, subject: view.has(Code.DEAD_PRIMARY),
     Condition.UNREACHABLE_PRIMARY: lambda view, state, s: view.has(Code.UNREACHABLE_PRIMARY),
     Condition.ERRANT: lambda view, state, node: node in state.quarantined,
+    Condition.ERRANT_REPLICA: lambda view, state, node: any(p.node == node for p in view.problems),
     Condition.WRITER_MISMATCH: lambda view, state, s: view.has(Code.ROUTER_WRITER_IS_NOT_PRIMARY),
     Condition.NO_PRIMARY: lambda view, state, s: (
         view.has(Code.NO_PRIMARY) or _primary_read_only(view)

@@ -10,7 +10,7 @@ from hacontrol.flavors.base import IoState, NodeStatus
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Quarantined
 from hacontrol.plan import AlertKind, Fence, Notify, Plan, PlanKind, Rejoin, Repoint
 from hacontrol.rules.alerts import alert_once
-from hacontrol.rules.candidates import errant_between, topology_text
+from hacontrol.rules.candidates import Errant, errant_between, topology_text
 from hacontrol.rules.failure import io_stopped_by_hand
 from hacontrol.rules.routing import reader_ok
 from hacontrol.settings import Settings
@@ -158,15 +158,39 @@ def errant_old_primary(
         "an operator must repair it (never RESET MASTER automatically)",
         kind=PlanKind.ALERT,
     )
-    alert = Notify(
-        AlertKind.ERRANT_TRANSACTIONS,
-        name,
-        f"old primary has errant transactions: {detail}",
-        plan.reason,
-        (("errant GTIDs", detail), ("topology", topology_text(view))),
-    )
+    alert = errant_alert(view, name, f"old primary has errant transactions: {detail}", detail, plan)
     key = AlertKey(Condition.ERRANT, name)
     return alert_once(replace(state, quarantined=quarantined), key, plan, alert)
+
+
+def errant_alert(view: ClusterView, name: str, summary: str, detail: str, plan: Plan) -> Notify:
+    sections = (("errant GTIDs", detail), ("topology", topology_text(view)))
+    return Notify(AlertKind.ERRANT_TRANSACTIONS, name, summary, plan.reason, sections)
+
+
+def errant_replica(
+    view: ClusterView, state: ControllerState, name: str, what: str, errant: Errant
+) -> Decision | None:
+    """A detached or stray node skipped because it holds transactions the primary lacks
+    (writes a promotion cut halfway may have had acknowledged): alerted once, with the GTIDs
+    and the topology, as an errant old primary is; None once alerted, so that the rules below
+    still run while it stands (``Condition.ERRANT_REPLICA`` lasts while the view shows a
+    problem on it)."""
+    key = AlertKey(Condition.ERRANT_REPLICA, name)
+    if key in state.alerted:
+        return None
+    detail = errant.describe()
+    plan = Plan(
+        "ErrantReplica",
+        f"{what} and holds transactions {view.primary} lacks ({detail}): left as it is, not "
+        f"replicating from {view.primary}; an operator must repair it (`hacontrol rebuild "
+        f"{name}` discards them; never RESET MASTER automatically)",
+        kind=PlanKind.ALERT,
+    )
+    alert = errant_alert(
+        view, name, f"{name} holds transactions the primary lacks: {detail}", detail, plan
+    )
+    return alert_once(state, key, plan, alert)
 
 
 def rule_repoint_stray(
@@ -175,12 +199,14 @@ def rule_repoint_stray(
     """A replica still pointing at a node that is not the primary (down during a failover,
     chained under an old primary), or at the primary with its IO thread stopped without an
     error (a failover cut after its SetIOThreads, its old primary the primary again): repoint
-    it, unless it has errant transactions."""
+    it, unless it has errant transactions (left to an operator, alerted once:
+    ``errant_replica``)."""
     primary = view.primary
     if primary is None or not view.nodes[primary].reachable or primary in state.quarantined:
         return None
     theirs = view.nodes[primary].status
     hidden = hidden_nodes(view)
+    skipped: tuple[str, str, Errant] | None = None
     for name, node in sorted(view.nodes.items()):
         source = view.sources.get(name)
         if (
@@ -202,8 +228,11 @@ def rule_repoint_stray(
             continue  # a chain through a live replica (node3 -> node2 -> primary) is fine
         if now < state.retry_at.get((PlanKind.REPOINT, name), 0.0):
             continue
-        if theirs is None or errant_between(node.status, theirs):
-            continue  # errant or unreadable: an operator's job (ReplicaNotReplicatingFromPrimary)
+        if theirs is None:
+            continue  # unreadable: nothing can be told
+        if errant := errant_between(node.status, theirs):
+            skipped = skipped or (name, what, errant)  # an operator's job: alerted below
+            continue
         return Decision(
             Plan(
                 "RepointStray",
@@ -213,7 +242,7 @@ def rule_repoint_stray(
             ),
             state,
         )
-    return None
+    return errant_replica(view, state, *skipped) if skipped else None
 
 
 def rule_attach_detached(
@@ -224,8 +253,8 @@ def rule_attach_detached(
     another node was promoted since (its replication reset, never made writable), or an old
     primary a switchover demoted and was cut before rejoining. It is rejoined under the
     primary (fenced, its position aligned, attached), unless it holds transactions the primary
-    lacks (errant: left to an operator, ReplicaNotReplicatingFromPrimary stands); the rejoin
-    checks again on the node."""
+    lacks (errant: left to an operator, alerted once: ``errant_replica``); the rejoin checks
+    again on the node."""
     primary = view.primary
     if primary is None or view.writable != (primary,) or primary in state.quarantined:
         return None
@@ -233,6 +262,7 @@ def rule_attach_detached(
     if theirs is None or not view.nodes[primary].reachable:
         return None
     hidden = hidden_nodes(view)
+    skipped: tuple[str, str, Errant] | None = None
     for name, node in sorted(view.nodes.items()):
         status = node.status
         if (
@@ -244,8 +274,11 @@ def rule_attach_detached(
             or not status.read_only
             or status.replication
             or now < state.retry_at.get((PlanKind.REJOIN, name), 0.0)
-            or errant_between(status, theirs)
         ):
+            continue
+        if errant := errant_between(status, theirs):
+            what = f"{name} is read-only and replicates from nobody while {primary} is the primary"
+            skipped = skipped or (name, what, errant)  # an operator's job: alerted below
             continue
         return Decision(
             Plan(
@@ -258,7 +291,7 @@ def rule_attach_detached(
             ),
             state,
         )
-    return None
+    return errant_replica(view, state, *skipped) if skipped else None
 
 
 def not_chained(view: ClusterView, state: ControllerState, name: str, primary: str) -> str | None:
