@@ -104,18 +104,25 @@ def as_cut_inside_the_promote(journal: Path) -> int:
     return index
 
 
-async def test_a_promotion_cut_halfway_is_finished_by_the_restarted_leader(fresh_sandbox):
+@pytest.mark.parametrize("node1", ["away", "back-read-only"])
+async def test_a_promotion_cut_halfway_is_finished_by_the_restarted_leader(fresh_sandbox, node1):
     """Cut inside the Promote, after the candidate's replication was reset and before it was
     made writable (its last statement undone by hand, and its journal record with it): the
-    restarted leader finishes that promotion, never fails over again past the candidate."""
+    restarted leader finishes that promotion, never fails over again past the candidate.
+    Also when the old primary came back read-only meanwhile (restarted by its supervisor as
+    the runbook says; review finding 9: nobody took writes until an operator acted): it is
+    then rejoined under the promoted node."""
     info = fresh_sandbox.status()
     journal, env, first = crashed_after_promote(fresh_sandbox)
     promoted = next(a for a in first.of("action") if a["action"] == "Promote")["node"]
     other = "node3" if promoted == "node2" else "node2"
     await sql(fresh_sandbox, promoted, "SET GLOBAL read_only = ON")
     as_cut_inside_the_promote(journal)
+    back = node1 == "back-read-only"
+    if back:
+        await fresh_sandbox.start_node("node1", "--read-only=ON")
     assert await fresh_sandbox.live_roles() == {
-        "node1": "unreachable",
+        "node1": "primary" if back else "unreachable",  # back: read-only, nobody replicates
         promoted: "primary",  # read-only and replicating from nobody: no writer at all
         other: "replica",
     }
@@ -125,6 +132,8 @@ async def test_a_promotion_cut_halfway_is_finished_by_the_restarted_leader(fresh
         done = second.wait(
             lambda: second.of("plan_finished", kind="failover"), 60, "the failover finished"
         )
+        if back:
+            second.wait(lambda: second.of("plan_finished", kind="rejoin"), 60, "node1 rejoined")
         second.wait(lambda: second.of("decision", rule="Nothing"), 60, "converged")
     finally:
         second.stop()
@@ -133,10 +142,19 @@ async def test_a_promotion_cut_halfway_is_finished_by_the_restarted_leader(fresh
     assert [a["node"] for a in promotes] == [promoted], promotes
     assert "finished a half-done promotion" in promotes[0]["reason"]
     assert not second.of("plan_abandoned")
+    (resumed,) = [d for d in second.of("decision") if d["rule"] == "DeadPrimary"]
+    seen = "read-only and replicates from nobody" if back else "unreachable"
+    assert f"cut inside its promotion: finishing it; now node1 is {seen}" in resumed["reason"]
     roles = await fresh_sandbox.live_roles()
-    assert roles == {"node1": "unreachable", promoted: "primary", other: "replica"}, roles
-    now = await replica_status(fresh_sandbox, other)
-    assert now["Master_Port"] == info.node(promoted).port and now["Slave_IO_Running"] == "Yes"
+    assert roles == {
+        "node1": "replica" if back else "unreachable",
+        promoted: "primary",
+        other: "replica",
+    }, roles
+    for node in (other, "node1") if back else (other,):
+        now = await replica_status(fresh_sandbox, node)
+        assert now["Master_Port"] == info.node(promoted).port, (node, now)
+        assert now["Slave_IO_Running"] == "Yes", (node, now)
     (read_only,) = (await sql(fresh_sandbox, promoted, "SELECT @@read_only"))[0]
     assert read_only == 0
 
