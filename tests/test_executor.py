@@ -28,6 +28,7 @@ from hacontrol.plan import (
     Publish,
     Rejoin,
     Repoint,
+    RequireReadOnly,
     Route,
     RouteFence,
     SetIOThreads,
@@ -371,6 +372,27 @@ async def test_a_half_done_promotion_reads_its_old_primary_right_before_it_is_fi
         )
     else:
         assert finished.ok
+
+
+@pytest.mark.parametrize("candidate", ["read-only", "writable", "unreadable"])
+async def test_a_resumed_rollback_of_a_switchover_cut_inside_its_promote_reads_the_candidate(
+    rig: Rig, candidate: str
+):
+    """The rollback a restart starts for a switchover cut inside its Promote: the old primary
+    is made writable only once the candidate is read as read-only."""
+    if candidate == "writable":
+        rig.nodes.read_only["node2"] = False
+    elif candidate == "unreadable":
+        rig.nodes.statuses["node2"] = TimeoutError("timed out")
+    plan = Plan(
+        "Switchover",
+        "r",
+        (RequireReadOnly("node2"), SetWritable("node1", True)),
+        PlanKind.ROLLBACK,
+    )
+    finished = await rig.executor.run("switchover-1-rollback", plan)
+    assert finished.ok is (candidate == "read-only")
+    assert (("writable", "node1") in rig.nodes.calls) is (candidate == "read-only")
 
 
 async def test_a_required_hook_vetoes_and_an_optional_one_runs_in_the_background(rig: Rig):

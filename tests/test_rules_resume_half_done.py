@@ -8,9 +8,11 @@ intent until it leads or the view changes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from hacontrol.effects import EndIntent, Log, StartPlan
+from hacontrol.effects import EndIntent, Log, SendAlert, StartPlan
 from hacontrol.events import ProbeResult, Tick
 from hacontrol.flavors.base import IoState
 from hacontrol.model import Intent, Lease, LeaseMode, Model
@@ -23,6 +25,7 @@ from hacontrol.plan import (
     Publish,
     Rejoin,
     Repoint,
+    RequireReadOnly,
     SetIOThreads,
     SetWritable,
     WaitApplied,
@@ -197,18 +200,26 @@ def test_a_half_done_promotion_is_not_finished_while_another_leaders_primary_is_
         assert not any(isinstance(a, Promote) for p in started for a in p.actions), started
 
 
-def test_a_single_instance_does_not_finish_a_promotion_beside_a_writable_old_primary():
-    s = settings()
+def single_cut(node1, node2=None):
+    """A single instance's view of a cut failover: node1 and node2 as given (node2 half
+    promoted by default), node3 stopped on node1, no writer routed."""
+    node2 = node2 or (lambda t: ProbeResult("node2", t, 0.001, status(2, read_only=True)))
     rounds = [
         [
-            primary("node1", t),  # back, writable (its configuration said so)
-            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            node1(t),
+            node2(t),
             replica("node3", t, source="node1", **STOPPED),
             router(writers=(), readers=("node3",), at=t),
         ]
         for t in (4.0, 5.0, 6.0)
     ]
-    m = Model(fold_all(s, *rounds), resume=CUT, state=failed_over(NOW - 1))
+    return fold_all(settings(), *rounds)
+
+
+def test_a_single_instance_does_not_finish_a_promotion_beside_a_writable_old_primary():
+    s = settings()
+    back = single_cut(lambda t: primary("node1", t))  # writable (its configuration said so)
+    m = Model(back, resume=CUT, state=failed_over(NOW - 1))
     m, effects = step(m, Tick(NOW), s, NOW)
     started = [e.running.plan for e in effects if isinstance(e, StartPlan)]
     assert not any(isinstance(a, Promote) for p in started for a in p.actions), started
@@ -220,21 +231,6 @@ def test_a_single_instance_does_not_finish_a_promotion_while_another_primary_is_
     node3 and repointed node4 and node5 under it; the controller's own link to node3 is
     broken. node3 is the primary its replicas follow: finishing node2's promotion would make
     a second writer without node3's writes."""
-    s5 = settings(
-        nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)]
-    )
-    plan = Plan(
-        "DeadPrimary",
-        "node1 is dead",
-        (
-            SetIOThreads(("node2", "node3", "node4", "node5"), running=False),
-            WaitApplied("node2", 10.0),
-            Promote("node2", "node1"),
-            Repoint(("node3", "node4", "node5"), "node2"),
-        ),
-        PlanKind.FAILOVER,
-    )
-    cut = Intent("failover-1", plan, done=frozenset({0, 1}), started=frozenset({0, 1, 2}))
     rounds = [
         [
             down("node1", t),
@@ -246,10 +242,10 @@ def test_a_single_instance_does_not_finish_a_promotion_while_another_primary_is_
         ]
         for t in (4.0, 5.0, 6.0)
     ]
-    m = Model(fold_all(s5, *rounds), resume=cut, state=failed_over(NOW - 1))
+    m = Model(fold_all(S5, *rounds), resume=CUT5, state=failed_over(NOW - 1))
     assert m.view.primary == "node3" and not m.view.writable
     for i in range(2):
-        m, effects = step(m, Tick(NOW + i), s5, NOW + i)
+        m, effects = step(m, Tick(NOW + i), S5, NOW + i)
         started = [e.running.plan for e in effects if isinstance(e, StartPlan)]
         assert not any(isinstance(a, Promote) for p in started for a in p.actions), started
 
@@ -258,16 +254,7 @@ def test_a_single_instance_finishes_its_own_half_done_promotion():
     """No fleet, nothing but the cut plan in the view (node1 dead, node2 reset and read-only,
     node3 stopped on node1): the promotion is finished, then node3 repointed."""
     s = settings()
-    rounds = [
-        [
-            down("node1", t),
-            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
-            replica("node3", t, source="node1", **STOPPED),
-            router(writers=(), readers=("node3",), at=t),
-        ]
-        for t in (4.0, 5.0, 6.0)
-    ]
-    m = Model(fold_all(s, *rounds), resume=CUT, state=failed_over(NOW - 1))
+    m = Model(single_cut(lambda t: down("node1", t)), resume=CUT, state=failed_over(NOW - 1))
     m, effects = step(m, Tick(NOW), s, NOW)
     (started,) = [e.running for e in effects if isinstance(e, StartPlan)]
     promote = started.plan.actions[2]
@@ -357,3 +344,123 @@ def test_an_old_primary_back_read_only_that_moved_is_left_to_the_fleet(node1):
     (then,) = [e.fields for e in effects if isinstance(e, Log) and e.event == "decision"]
     assert then["rule"] != "Nothing"
     assert reason.endswith(f"; next: {then['rule']} ({then['reason']})"), (reason, then)
+
+
+# Second review of the single-instance resume (s6-revfix findings 1-3): the resume reached a
+# roll-back or an abandon for plans cut inside their Promote that it used to finish.
+S3 = settings()
+FAILOVER_RB = replace(PLAN, rollback=(SetIOThreads(("node2", "node3"), running=True),))
+CUT_RB = Intent("failover-1", FAILOVER_RB, done=frozenset({0, 1}), started=frozenset({0, 1, 2}))
+
+
+def started_plans(m: Model, s, ticks: int = 2) -> tuple[Model, list, list]:
+    effects: list = []
+    for i in range(ticks):
+        m, more = step(m, Tick(NOW + i), s, NOW + i)
+        effects += more
+    return m, [e.running.plan for e in effects if isinstance(e, StartPlan)], effects
+
+
+def test_a_switchover_cut_inside_its_promote_is_rolled_back_only_while_its_candidate_is_read_only():
+    """Finding 1 (HIGH): Promote may have made node2 writable before the cut; at the restart
+    node2 cannot be read. Rolling back blind made node1 writable beside it."""
+    plan = Plan(
+        "Switchover",
+        "r",
+        (
+            Drain("node1", 1.0),
+            Fence("node1"),
+            Promote("node2", "node1"),
+            Repoint(("node3",), "node2"),
+        ),
+        PlanKind.SWITCHOVER,
+        rollback=(SetWritable("node1", True),),
+    )
+    cut = Intent("switchover-1", plan, done=frozenset({0, 1}), started=frozenset({0, 1, 2}))
+    rounds = [
+        [
+            ProbeResult("node1", t, 0.001, status(1, read_only=True)),
+            down("node2", t),
+            replica("node3", t, source="node1"),
+            router(writers=("node1",), readers=("node1", "node3"), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    _, started, _ = started_plans(Model(fold_all(S3, *rounds), resume=cut), S3)
+    (rollback,) = [p for p in started if p.kind is PlanKind.ROLLBACK]
+    assert rollback.actions[0] == RequireReadOnly("node2"), rollback.actions
+    assert "cut inside its promotion of node2: rolled back only if node2 is read-only" in (
+        rollback.reason
+    )
+    assert "before its promotion" not in rollback.reason
+
+
+def test_a_promotion_done_beside_an_old_primary_back_writable_is_finished_kept_quarantined():
+    """Finding 2: node2 writable (the Promote done on the server, not in the journal), node1
+    back writable: finished (the promotion is a no-op), node1 kept quarantined to be fenced."""
+    view = single_cut(
+        lambda t: primary("node1", t),
+        lambda t: ProbeResult("node2", t, 0.001, status(2, read_only=False)),
+    )
+    m = Model(view, resume=CUT_RB, state=failed_over(NOW - 1))
+    m, started, effects = started_plans(m, S3, 1)
+    (resumed,) = started
+    assert resumed.kind is PlanKind.FAILOVER and resumed.promote is not None
+    assert "node1" in m.state.quarantined
+    assert not any(isinstance(e, EndIntent) for e in effects)
+
+
+S5 = settings(
+    nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)]
+)
+PLAN5 = Plan(
+    "DeadPrimary",
+    "node1 is dead",
+    (
+        SetIOThreads(("node2", "node3", "node4", "node5"), running=False),
+        WaitApplied("node2", 10.0),
+        Promote("node2", "node1"),
+        Repoint(("node3", "node4", "node5"), "node2"),
+    ),
+    PlanKind.FAILOVER,
+    rollback=(SetIOThreads(("node2", "node3", "node4", "node5"), running=True),),
+)
+CUT5 = Intent("failover-1", PLAN5, done=frozenset({0, 1}), started=frozenset({0, 1, 2}))
+
+
+def five(node5: ProbeResult | None = None):
+    rounds = [
+        [
+            down("node1", t),
+            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            replica("node3", t, source="node1", **STOPPED),
+            replica("node4", t, source="node1", **STOPPED),
+            node5 or down("node5", t),
+            router(writers=(), readers=("node3", "node4"), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    return fold_all(S5, *rounds)
+
+
+def test_a_half_done_promotion_waits_while_a_node_cannot_be_read_and_is_finished_once_it_answers():
+    """Finding 3: node5 unreachable at the restart (it may be a writer made since): the half
+    promoted node2 is neither finished nor rolled back (the rollback stranded it, read-only,
+    with no writer); the intent is kept, one alert names it, and it is finished once node5
+    answers (still a replica of node1)."""
+    m = Model(five(), resume=CUT5, state=failed_over(NOW - 1))
+    m, started, effects = started_plans(m, S5, 3)
+    assert started == [] and m.resume == CUT5 and "node1" in m.state.quarantined
+    alerts = [e.alert for e in effects if isinstance(e, SendAlert)]
+    assert len(alerts) == 1 and alerts[0].node == "node2", alerts
+    assert "node5 cannot be read" in alerts[0].reason
+    (decision,) = [e for e in effects if isinstance(e, Log) and e.event == "decision"]
+    assert decision.fields["rule"] == "HalfDonePromotion"
+    back = fold_all(
+        S5,
+        *[[replica("node5", t, source="node1", **STOPPED)] for t in (7.0, 8.0, 9.0)],
+        view=m.view,
+    )
+    m, started, _ = started_plans(replace(m, view=back), S5, 1)
+    (resumed,) = started
+    assert resumed.actions[2] == Promote("node2", "node1", finish_half_done=True)

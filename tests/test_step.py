@@ -49,6 +49,7 @@ from hacontrol.plan import (
     Promote,
     Rejoin,
     Repoint,
+    RequireReadOnly,
     Route,
     RouteFence,
     SetWritable,
@@ -428,7 +429,8 @@ def test_a_promote_that_only_began_while_its_candidate_still_follows_a_writable_
     )
     (start,) = of(effects, StartPlan)
     assert start.running.plan.kind is PlanKind.ROLLBACK  # undone again, not finished
-    assert start.running.plan.actions == SWITCHOVER.rollback
+    # The Promote began: the old primary is made writable only once node2 is read read-only.
+    assert start.running.plan.actions == (RequireReadOnly("node2"), *SWITCHOVER.rollback)
     # A failover cut so, whose old primary is back: not finished either (abandoned).
     _, effects = resumed(model(), Intent("failover-1", FAILOVER, frozenset({0, 1}), frozenset({2})))
     assert not of(effects, StartPlan) and lines(effects, "plan_abandoned")

@@ -27,9 +27,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from hacontrol.effects import EndIntent, Log, Step, log
+from hacontrol.effects import EndIntent, Log, SendAlert, Step, log
 from hacontrol.model import ControllerState, Intent, Model
-from hacontrol.plan import Plan, PlanKind
+from hacontrol.plan import (
+    Action,
+    AlertKind,
+    Notify,
+    Plan,
+    PlanKind,
+    RequireReadOnly,
+    SetIOThreads,
+)
 from hacontrol.rules.candidates import errant_between
 from hacontrol.rules.lifecycle import log_decision, start
 from hacontrol.view import Code
@@ -68,13 +76,14 @@ def resume(model: Model, decided: Plan, now: float, redecide: Redecide | None = 
     promote_at = plan.point_of_no_return
     dead = plan.promote.old_primary if plan.promote else None
     still_dead = model.view.has(Code.DEAD_PRIMARY) and model.view.primary == dead
+    began = promote_at in intent.started
     promoting = promote_at in intent.done or (
-        promote_at in intent.started
-        and not never_promoted(model, plan)
-        and may_finish_promotion(model, plan)
+        began and not never_promoted(model, plan) and may_finish_promotion(model, intent)
     )
     if promoting or (plan.kind is PlanKind.FAILOVER and still_dead):
         return finish(model, intent, now)
+    if began and (unread := unread_beside_half_done(model, intent)):
+        return half_done_waits(model, intent, unread, now)
     primary = model.view.primary
     # Its records may be missing (it went on without the journal): the view says it promoted.
     promoted = plan.promote.node if plan.promote and primary == plan.promote.node else None
@@ -225,20 +234,67 @@ def old_primary_away(model: Model, plan: Plan) -> bool:
     return not errant_between(mine, theirs)
 
 
-def may_finish_promotion(model: Model, plan: Plan) -> bool:
+def may_finish_promotion(model: Model, intent: Intent) -> bool:
     """A Promote that began may be finished when its candidate is the view's primary already,
-    or nothing but this plan explains the view (``only_the_plan_moved``). Not when another
-    node is writable (the old primary came back with read_only=OFF: a second writer), nor
-    when the view's primary is another node, even one out of reach (an operator's or another
-    leader's failover while this instance was down: its writes are not on the candidate).
-    The plan is then closed and the rules converge from the view (the candidate, detached and
-    clean, is rejoined under the writer: RejoinDetached)."""
-    promote = plan.promote
+    or writable already beside the old primary back writable (``promoted_beside``: finishing
+    makes no new writer, and the old primary, kept quarantined, is fenced behind it), or
+    nothing but this plan explains the view (``only_the_plan_moved``). Not when another node
+    is writable while the candidate is not (the old primary came back with read_only=OFF: a
+    second writer), nor when the view's primary is another node, even one out of reach (an
+    operator's or another leader's failover while this instance was down: its writes are not
+    on the candidate). The plan is then closed and the rules converge from the view (the
+    candidate, detached and clean, is rejoined under the writer: RejoinDetached)."""
+    promote = intent.plan.promote
     if promote is None:
         return False
-    if model.view.primary == promote.node:
+    if model.view.primary == promote.node or promoted_beside(model, intent):
         return True
     return only_the_plan_moved(model, promote.old_primary, promote.node)
+
+
+def unread_beside_half_done(model: Model, intent: Intent) -> tuple[str, ...]:
+    """The nodes that cannot be read beside a promotion cut halfway that nothing else explains:
+    the candidate read-only and replicating from nobody, nobody writable, no primary but the
+    old one, every replica read on the old primary. One of them may be a writer made since
+    (its writes not on the candidate): not finished; rolled back or abandoned, the candidate
+    (which may hold writes acknowledged on it alone) was stranded with no writer at all.
+    The plan waits for them instead (``half_done_waits``)."""
+    promote = intent.plan.promote
+    view = model.view
+    node = view.nodes.get(promote.node) if promote else None
+    if promote is None or node is None or not node.reachable or node.status is None:
+        return ()
+    if not node.status.read_only or node.status.replication:
+        return ()
+    old = promote.old_primary
+    if view.writable or view.primary not in (None, old):
+        return ()
+    reachable = [n for n, s in view.nodes.items() if s.reachable and n != promote.node]
+    if any(view.sources.get(n, old) != old for n in reachable if n != old):
+        return ()
+    return tuple(n for n, s in view.nodes.items() if n != old and not s.reachable)
+
+
+def half_done_waits(model: Model, intent: Intent, unread: tuple[str, ...], now: float) -> Step:
+    """The journal's plan kept (finished at a later decision once ``unread`` answer as they
+    were), nothing else decided meanwhile; one decision line and one alert (a halt)."""
+    promote = intent.plan.promote
+    assert promote is not None
+    names = ", ".join(unread)
+    reason = (
+        f"{intent.plan_id} was cut inside its promotion of {promote.node} ({promote.node} is "
+        f"read-only and replicates from nobody: it may hold writes acknowledged on it alone); "
+        f"{names} cannot be read (it may be a writer made since): neither finished nor rolled "
+        f"back until {names} answers as a replica of {promote.old_primary}; or repair by hand "
+        "(troubleshooting.md, 'A half-done promotion')"
+    )
+    plan = Plan("HalfDonePromotion", reason, kind=PlanKind.ALERT)
+    model, logged = log_decision(replace(model, resume=intent), plan, now)
+    if not logged:
+        return model, ()
+    summary = f"HALT: the half-done promotion of {promote.node} waits: {names} cannot be read"
+    alert = Notify(AlertKind.HALT, promote.node, summary, reason)
+    return model, (*logged, SendAlert(alert, plan, True))
 
 
 def only_the_plan_moved(model: Model, old: str, candidate: str) -> bool:
@@ -300,17 +356,42 @@ def finish(model: Model, intent: Intent, now: float) -> Step:
 
 
 def roll_back(model: Model, intent: Intent, now: float) -> Step:
+    """A plan cut before its point of no return, undone. Cut inside its Promote, its candidate
+    may be writable (read_only=OFF is the Promote's last statement) though unread now: the
+    rollback then goes on only if the candidate is read-only, read on the node first (as a
+    run's own rollback does: ``rules.rollback``), and never restarts the IO thread of a
+    candidate whose replication the Promote reset."""
     plan = intent.plan
+    actions, cut = plan.rollback, "before its promotion"
+    promote = plan.promote
+    if promote is not None and plan.point_of_no_return in intent.started:
+        node = promote.node
+        cut = f"inside its promotion of {node}: rolled back only if {node} is read-only"
+        reset = model.view.sources.get(node) is None
+        actions = (RequireReadOnly(node), *without_io_of(actions, node if reset else None))
     rollback = Plan(
         plan.rule,
-        f"rolling back {intent.plan_id}, cut before its promotion by a controller restart; now "
+        f"rolling back {intent.plan_id}, cut {cut}, after a controller restart; now "
         f"{seen_now(model, plan)}; it began as: {plan.reason}",
-        plan.rollback,
+        actions,
         PlanKind.ROLLBACK,
     )
     model, logged = log_decision(model, rollback, now, force=True)
     model, started = start(model, f"{intent.plan_id}-rollback", rollback, now)
     return model, (*logged, *started)
+
+
+def without_io_of(actions: tuple[Action, ...], node: str | None) -> tuple[Action, ...]:
+    """``actions`` without starting ``node``'s IO thread (an action left with no node goes)."""
+    out: list[Action] = []
+    for action in actions:
+        if isinstance(action, SetIOThreads) and node in action.nodes:
+            nodes = tuple(n for n in action.nodes if n != node)
+            if not nodes:
+                continue
+            action = replace(action, nodes=nodes)
+        out.append(action)
+    return tuple(out)
 
 
 def seen_now(model: Model, plan: Plan) -> str:
