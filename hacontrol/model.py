@@ -36,7 +36,8 @@ class Condition(StrEnum):
     ERRANT = "errant"
     """Subject: the quarantined old primary with errant transactions."""
     ERRANT_REPLICA = "errant_replica"
-    """Subject: a detached or stray node left as it is because it holds errant transactions."""
+    """Subject: a detached or stray node left as it is: errant transactions, or (detached) an
+    empty GTID position."""
     WRITER_MISMATCH = "writer_mismatch"
     """Subject: the primary the router's writer should be but is not moved to."""
     NO_PRIMARY = "no_primary"

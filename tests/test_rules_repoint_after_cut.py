@@ -258,3 +258,29 @@ def test_an_errant_replica_alert_is_forgotten_once_the_node_is_repaired():
     healed = decide(rebuilt, d.state, S, NOW + 1)
     assert AlertKey(Condition.ERRANT_REPLICA, "node2") not in healed.state.alerted
     assert decide(v, healed.state, S, NOW + 2).plan.rule == "ErrantReplica"  # back: alerted again
+
+
+# Review finding 5 (LOW): a detached node whose GTID position is empty (restored by hand, not
+# hidden) was rejoined at the start of the primary's binlogs; the reason guessed a cause.
+def test_a_detached_node_with_an_empty_gtid_position_is_alerted_not_rejoined():
+    empty = ProbeResult("node2", 3.0, 0.001, status(2, read_only=True, gtid=""))
+    v = detached_view(empty)
+    d = decide(v, failed_over(NOW - 10, new="node3"), S, NOW)
+    assert d.plan.rule == "DetachedNotRejoined", d.plan
+    assert d.plan.reason.startswith(
+        "node2 is read-only and replicates from nobody while node3 is the primary and its GTID "
+        "position is empty: not rejoined"
+    )
+    (alert,) = d.plan.actions
+    assert isinstance(alert, Notify) and alert.node == "node2"
+    assert alert.summary == "node2 not rejoined: its GTID position is empty"
+    then = decide(v, d.state, S, NOW + 1)
+    assert then.plan.rule != "DetachedNotRejoined" and not then.plan.actions, then.plan
+
+
+def test_the_rejoin_reason_says_what_is_seen_not_a_guessed_cause():
+    d = detached()
+    assert d.plan.reason == (
+        "node2 is read-only and replicates from nobody while node3 is the primary; it holds no "
+        "transaction node3 lacks (0-1-100 within 0-1-100): rejoin it"
+    )

@@ -168,29 +168,42 @@ def errant_alert(view: ClusterView, name: str, summary: str, detail: str, plan: 
     return Notify(AlertKind.ERRANT_TRANSACTIONS, name, summary, plan.reason, sections)
 
 
-def errant_replica(
-    view: ClusterView, state: ControllerState, name: str, what: str, errant: Errant
+def left_alone(
+    view: ClusterView, state: ControllerState, name: str, what: str, errant: Errant | None
 ) -> Decision | None:
     """A detached or stray node skipped because it holds transactions the primary lacks
-    (writes a promotion cut halfway may have had acknowledged): alerted once, with the GTIDs
-    and the topology, as an errant old primary is; None once alerted, so that the rules below
-    still run while it stands (``Condition.ERRANT_REPLICA`` lasts while the view shows a
+    (writes a promotion cut halfway may have had acknowledged), or, ``errant`` None, because
+    its GTID position is empty (a node being restored by hand: attached at the start of the
+    primary's binlogs it would replay them over what it holds): alerted once, with what was
+    seen and the topology, as an errant old primary is; None once alerted, so that the rules
+    below still run while it stands (``Condition.ERRANT_REPLICA`` lasts while the view shows a
     problem on it)."""
     key = AlertKey(Condition.ERRANT_REPLICA, name)
     if key in state.alerted:
         return None
+    primary = view.primary
+    if errant is None:
+        reason = (
+            f"{what} and its GTID position is empty: not rejoined (attached at the start of "
+            f"{primary}'s binlogs it would replay them over what it holds); an operator decides "
+            f"(`hacontrol rebuild {name}`, or `hacontrol maintenance {name} on` while restoring "
+            "it by hand)"
+        )
+        plan = Plan("DetachedNotRejoined", reason, kind=PlanKind.ALERT)
+        sections = (("GTID position", "(empty)"), ("topology", topology_text(view)))
+        summary = f"{name} not rejoined: its GTID position is empty"
+        alert = Notify(AlertKind.REJOIN_FAILED, name, summary, reason, sections)
+        return alert_once(state, key, plan, alert)
     detail = errant.describe()
     plan = Plan(
         "ErrantReplica",
-        f"{what} and holds transactions {view.primary} lacks ({detail}): left as it is, not "
-        f"replicating from {view.primary}; an operator must repair it (`hacontrol rebuild "
+        f"{what} and holds transactions {primary} lacks ({detail}): left as it is, not "
+        f"replicating from {primary}; an operator must repair it (`hacontrol rebuild "
         f"{name}` discards them; never RESET MASTER automatically)",
         kind=PlanKind.ALERT,
     )
-    alert = errant_alert(
-        view, name, f"{name} holds transactions the primary lacks: {detail}", detail, plan
-    )
-    return alert_once(state, key, plan, alert)
+    summary = f"{name} holds transactions the primary lacks: {detail}"
+    return alert_once(state, key, plan, errant_alert(view, name, summary, detail, plan))
 
 
 def rule_repoint_stray(
@@ -200,7 +213,7 @@ def rule_repoint_stray(
     chained under an old primary), or at the primary with its IO thread stopped without an
     error (a failover cut after its SetIOThreads, its old primary the primary again): repoint
     it, unless it has errant transactions (left to an operator, alerted once:
-    ``errant_replica``)."""
+    ``left_alone``)."""
     primary = view.primary
     if primary is None or not view.nodes[primary].reachable or primary in state.quarantined:
         return None
@@ -242,7 +255,7 @@ def rule_repoint_stray(
             ),
             state,
         )
-    return errant_replica(view, state, *skipped) if skipped else None
+    return left_alone(view, state, *skipped) if skipped else None
 
 
 def rule_attach_detached(
@@ -250,11 +263,12 @@ def rule_attach_detached(
 ) -> Decision | None:
     """A read-only node that replicates from nobody, not an old primary we quarantined, while
     another node is the only writer and the primary: what a promotion cut halfway leaves when
-    another node was promoted since (its replication reset, never made writable), or an old
-    primary a switchover demoted and was cut before rejoining. It is rejoined under the
-    primary (fenced, its position aligned, attached), unless it holds transactions the primary
-    lacks (errant: left to an operator, alerted once: ``errant_replica``); the rejoin checks
-    again on the node."""
+    another node was promoted since (its replication reset, never made writable), an old
+    primary a switchover demoted and was cut before rejoining, or a replica an operator
+    detached without hiding it (maintenance exempts a node). It is rejoined under the primary
+    (fenced, its position aligned, attached), unless it holds transactions the primary lacks
+    or its GTID position is empty (left to an operator, alerted once: ``left_alone``); the
+    rejoin checks again on the node."""
     primary = view.primary
     if primary is None or view.writable != (primary,) or primary in state.quarantined:
         return None
@@ -262,7 +276,7 @@ def rule_attach_detached(
     if theirs is None or not view.nodes[primary].reachable:
         return None
     hidden = hidden_nodes(view)
-    skipped: tuple[str, str, Errant] | None = None
+    skipped: tuple[str, str, Errant | None] | None = None
     for name, node in sorted(view.nodes.items()):
         status = node.status
         if (
@@ -276,22 +290,24 @@ def rule_attach_detached(
             or now < state.retry_at.get((PlanKind.REJOIN, name), 0.0)
         ):
             continue
+        what = f"{name} is read-only and replicates from nobody while {primary} is the primary"
+        if not position_of(status):
+            skipped = skipped or (name, what, None)  # an operator's job: alerted below
+            continue
         if errant := errant_between(status, theirs):
-            what = f"{name} is read-only and replicates from nobody while {primary} is the primary"
-            skipped = skipped or (name, what, errant)  # an operator's job: alerted below
+            skipped = skipped or (name, what, errant)
             continue
         return Decision(
             Plan(
                 "RejoinDetached",
-                f"{name} is read-only and replicates from nobody while {primary} is the "
-                f"primary (left so by a promotion or a switchover cut halfway); it holds no "
-                f"transaction {primary} lacks ({contained(status, theirs)}): rejoin it",
+                f"{what}; it holds no transaction {primary} lacks "
+                f"({contained(status, theirs)}): rejoin it",
                 (Rejoin(name, primary),),
                 kind=PlanKind.REJOIN,
             ),
             state,
         )
-    return errant_replica(view, state, *skipped) if skipped else None
+    return left_alone(view, state, *skipped) if skipped else None
 
 
 def not_chained(view: ClusterView, state: ControllerState, name: str, primary: str) -> str | None:
@@ -323,6 +339,13 @@ def not_chained(view: ClusterView, state: ControllerState, name: str, primary: s
     if channel is not None and channel.io_state is IoState.STOPPED:
         return f"the IO thread of {node} is stopped"
     return None
+
+
+def position_of(status: NodeStatus) -> str:
+    """The node's GTID position as the rejoin would take it ("" for a node holding none)."""
+    return ",".join(p for p in (status.gtid_binlog_pos, status.gtid_slave_pos) if p) or (
+        status.gtid_executed or ""
+    )
 
 
 def contained(node: NodeStatus, primary: NodeStatus) -> str:
