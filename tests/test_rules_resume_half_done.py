@@ -300,6 +300,7 @@ def test_the_leader_finishes_a_half_done_promotion_beside_an_old_primary_back_re
         "it; now node1 is read-only and replicates from nobody and node2 is read-only and "
         "replicates from nobody; it began as: r"
     )
+    assert started.plan.reason == decision.fields["reason"]  # plan_started's too (finding 13)
 
 
 def test_once_finished_the_old_primary_back_read_only_is_rejoined_under_the_new_one():

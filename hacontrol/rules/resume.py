@@ -351,6 +351,7 @@ def finish(model: Model, intent: Intent, now: float) -> Step:
     )
     remaining = replace(intent.remaining(), reason=reason)
     model, logged = log_decision(model, remaining, now, force=True)
+    plan = replace(plan, reason=reason)  # its plan_started line too: the view's, not the journal's
     model, started = start(model, intent.plan_id, plan, now, skip=intent.done, resumed=True)
     return model, (*logged, *started)
 
