@@ -184,6 +184,52 @@ async def test_a_replica_left_detached_and_read_only_is_rejoined(fresh_sandbox):
     }
 
 
+@pytest.mark.parametrize(
+    ("held", "rule", "kind"),
+    [
+        ("errant", "ErrantReplica", "errant_transactions"),
+        ("empty", "DetachedNotRejoined", "rejoin_failed"),
+    ],
+)
+async def test_a_detached_node_the_rejoin_must_not_touch_is_left_alone_and_alerted_once(
+    fresh_sandbox, held, rule, kind
+):
+    """Review findings 4 and 5: a detached node holding a transaction the primary lacks, or
+    whose GTID position is empty (a restore by hand), is not rejoined: one alert, then the
+    decisions name the problem that stands, never "cluster as desired"."""
+    info = fresh_sandbox.status()
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
+    ctl = Process(info.settings, {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal)})
+    more = (
+        ("CREATE DATABASE IF NOT EXISTS only_on_node3",)
+        if held == "errant"
+        else ("RESET MASTER", "SET GLOBAL gtid_slave_pos = ''")
+    )
+    try:
+        ctl.wait(lambda: ctl.of("decision", rule="Nothing"), 30, "a healthy cluster")
+        await sql(fresh_sandbox, "node3", "STOP SLAVE", then=("RESET SLAVE ALL", *more))
+        left = ctl.wait(lambda: ctl.of("decision", rule=rule), 30, "the node left alone")
+        ctl.wait(
+            lambda: any(
+                "problems stand" in d["reason"] for d in ctl.of("decision", rule="Nothing")
+            ),
+            30,
+            "the next decisions",
+        )
+        await asyncio.sleep(2)  # more decisions: no second alert, no rejoin
+    finally:
+        ctl.stop()
+    assert left[0]["reason"].startswith(
+        "node3 is read-only and replicates from nobody while node1 is the primary"
+    ), left[0]["reason"]
+    assert len(ctl.of("alert", node="node3", kind=kind)) == 1, ctl.of("alert")
+    assert not ctl.of("decision", rule="RejoinDetached")
+    assert await replica_status(fresh_sandbox, "node3") == {}  # still detached
+    if held == "empty":
+        position = await sql(fresh_sandbox, "node3", "SELECT @@gtid_current_pos")
+        assert position[0][0] == ""
+
+
 async def test_a_switchover_cut_after_its_fence_is_rolled_back_by_the_restarted_leader(
     fresh_sandbox,
 ):
