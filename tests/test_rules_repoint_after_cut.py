@@ -284,3 +284,26 @@ def test_the_rejoin_reason_says_what_is_seen_not_a_guessed_cause():
         "node2 is read-only and replicates from nobody while node3 is the primary; it holds no "
         "transaction node3 lacks (0-1-100 within 0-1-100): rejoin it"
     )
+
+
+# s5 review finding 6 (LOW): node3 -> node2 -> node1, node2 hidden by an operator who stopped
+# its IO thread (to hold its position): node3 was repointed to node1 at once.
+@pytest.mark.parametrize(
+    ("hidden", "errno", "repointed"),
+    [(("node2",), 0, ()), ((), 0, ("node2",)), (("node2",), 1236, ("node3",))],
+    ids=["hidden-relay-paused", "relay-not-hidden", "hidden-relay-failed"],
+)
+def test_a_relay_an_operator_hid_and_paused_keeps_its_replicas(hidden, errno, repointed):
+    relay = {"io_state": IoState.STOPPED, "last_io_errno": errno, "last_io_error": ""}
+    rounds = [
+        [
+            primary("node1", at=t),
+            replica("node2", t, **relay),
+            replica("node3", t, source="node2"),
+            router(writers=("node1",), readers=("node1", "node3"), hidden=hidden, at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    d = decide(fold_all(S, *rounds), ControllerState(), S, NOW)
+    moved = [a.nodes for a in d.plan.actions if isinstance(a, Repoint)]
+    assert moved == ([repointed] if repointed else []), d.plan  # not hidden: the relay itself

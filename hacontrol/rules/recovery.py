@@ -316,12 +316,13 @@ def not_chained(view: ClusterView, state: ControllerState, name: str, primary: s
     quarantined old primary, and the chain ends at the primary. A replica whose IO thread a
     failover's SetIOThreads stopped, left pointing at the old primary when the run was cut
     before its Repoint, is no chain even once that old primary is back as a replica: it
-    receives nothing."""
+    receives nothing. A relay hidden by an operator whose IO thread is stopped without an
+    error is the operator's pause, not a broken link: its downstream replicas stay on it."""
     seen = {name}
+    hidden = hidden_nodes(view) - {name}
     node, source = name, view.sources.get(name)
     while source is not None and source != primary:
-        channel = view.nodes[node].channel
-        if channel is not None and channel.io_state is IoState.STOPPED:
+        if link_stopped(view, node, hidden):
             return f"the IO thread of {node} is stopped"
         if source not in view.nodes:
             return f"{source} is not a managed node"
@@ -335,10 +336,17 @@ def not_chained(view: ClusterView, state: ControllerState, name: str, primary: s
         node, source = source, view.sources.get(source)
     if source is None:
         return f"{node} replicates from nobody"
-    channel = view.nodes[node].channel
-    if channel is not None and channel.io_state is IoState.STOPPED:
+    if link_stopped(view, node, hidden):
         return f"the IO thread of {node} is stopped"
     return None
+
+
+def link_stopped(view: ClusterView, node: str, hidden: frozenset[str]) -> bool:
+    """``node``'s IO thread is stopped, unless an operator hid it and stopped it (no error)."""
+    channel = view.nodes[node].channel
+    if channel is None or channel.io_state is not IoState.STOPPED:
+        return False
+    return not (node in hidden and channel.last_io_errno == 0)
 
 
 def position_of(status: NodeStatus) -> str:
