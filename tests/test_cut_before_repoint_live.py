@@ -273,3 +273,51 @@ async def test_a_switchover_cut_after_its_fence_is_rolled_back_by_the_restarted_
     roles = await fresh_sandbox.live_roles()
     assert roles == {"node1": "primary", "node2": "replica", "node3": "replica"}, roles
     assert (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0] == 0
+
+
+async def test_a_switchover_cut_inside_its_promote_is_not_rolled_back_beside_an_unread_candidate(
+    fresh_sandbox,
+):
+    """A single instance: the switchover node1 -> node2 cut inside its Promote after node2 was
+    made writable (its journal step removed: the crash landed before it was written); at the
+    restart node2 cannot be read (frozen). The rollback must not make node1 writable beside
+    it (second review, HIGH): it reads node2 first, fails, and node1 stays read-only."""
+    info = fresh_sandbox.status()
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
+    token, port = "promote-cut-token-0123456789", free_port()
+    env = {
+        **FAST_ENV,
+        "HACONTROL_CONTROLLER__FLEET": "false",
+        "HACONTROL_CONTROLLER__JOURNAL": str(journal),
+        "HACONTROL_API__TOKEN": token,
+        "HACONTROL_API__PORT": str(port),
+    }
+    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
+    try:
+        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
+        threading.Thread(target=post, args=(port, "/switchover", {"to": "node2"}, token)).start()
+        first.wait(lambda: first.proc.poll() is not None, 30, "the crash after the Promote")
+    finally:
+        first.stop()
+    as_cut_inside_the_promote(journal)
+    assert (await sql(fresh_sandbox, "node2", "SELECT @@read_only"))[0][0] == 0
+    assert (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0] == 1
+
+    fresh_sandbox.kill_node("node2", signal.SIGSTOP)
+    try:
+        second = Process(info.settings, {**env, "HACONTROL_API__PORT": "0"})
+        try:
+            done = second.wait(
+                lambda: second.of("plan_finished", kind="rollback"), 60, "the guarded rollback"
+            )
+        finally:
+            second.stop()
+        node1_read_only = (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0]
+    finally:
+        fresh_sandbox.kill_node("node2", signal.SIGCONT)
+    assert node1_read_only == 1  # never two writers
+    assert not [a for a in second.of("action") if a["action"] == "SetWritable"]
+    assert not done[0]["ok"] and "RequireReadOnly failed" in done[0]["reason"], done[0]
+    (decided,) = [d for d in second.of("decision") if d["kind"] == "rollback"]
+    cut = "cut inside its promotion of node2: rolled back only if node2 is read-only"
+    assert cut in decided["reason"], decided["reason"]
