@@ -2,11 +2,13 @@
 before anything new, once the view allows a decision (past start-up grace, with quorum, not
 paused) and on the leader only.
 
-Past its Promote (the point of no return) a plan is always finished; a crash inside that
-Promote lets it finish a half-done promotion, unless the view shows that Promote never began on
-the node while its old primary is writable (it is then resumed as cut before it). Before it: a
-failover goes on only if the same node is still confirmed dead; a plan with a rollback (a
-switchover) is rolled back while its old primary is still the view's primary; otherwise it is
+Past its Promote (the point of no return) a plan is always finished. A crash inside that
+Promote finishes a half-done promotion only when the view shows nothing but it
+(``may_finish_promotion``); when a node that cannot be read may be a writer made since, the
+plan waits for it with one alert (``half_done_waits``); otherwise it is resumed as cut before
+it. Before it: a failover goes on only if the same node is still confirmed dead; a plan with a
+rollback (a switchover) is rolled back while its old primary is still the view's primary (cut
+inside its Promote, only once its candidate is read read-only: ``roll_back``); otherwise it is
 abandoned and the routing reconciles from the view. A failover that promoted nothing leaves no
 quarantine and no recovery block behind; one whose candidate the view shows as the primary did
 promote (its records may be missing: it went on without the journal) and keeps them.
@@ -17,7 +19,8 @@ instance's own record of it is settled from the view, on any instance (no node i
 dead primary stays quarantined while another node is the primary, and is released otherwise.
 Two exceptions, when the view shows exactly where this instance's plan stopped and nobody
 writable: a failover stopped inside its Promote whose candidate the view shows half promoted
-(replication reset, still read-only, the dead primary still away) is finished, and a
+(replication reset, still read-only, the dead primary still away: unreachable, or back
+read-only with nothing the candidate lacks) is finished, and a
 switchover cut after its fence and before its promotion is rolled back, by this instance once
 it leads, as a single instance does (``left_to_the_leader``).
 """
