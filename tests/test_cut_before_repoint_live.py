@@ -38,12 +38,14 @@ async def replica_status(sandbox, node: str) -> dict:
     return rows[0] if rows else {}
 
 
-def crashed_after_promote(sandbox: Sandbox) -> tuple[Path, dict[str, str], Process]:
-    """A controller (a fleet of one, its own journal) run until its failover of a killed
-    node1 crashes it right after Promote: the journal, the environment for the restarted one,
-    and the crashed one (stopped)."""
+def crashed_after_promote(
+    sandbox: Sandbox, extra: dict[str, str] | None = None
+) -> tuple[Path, dict[str, str], Process]:
+    """A controller (a fleet of one unless ``extra`` says otherwise, its own journal) run until
+    its failover of a killed node1 crashes it right after Promote: the journal, the
+    environment for the restarted one, and the crashed one (stopped)."""
     journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
-    env = {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal)}  # a fleet of one
+    env = {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal), **(extra or {})}
     first = Process(sandbox.status().settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
     try:
         first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
@@ -104,7 +106,7 @@ def as_cut_inside_the_promote(journal: Path) -> int:
     return index
 
 
-@pytest.mark.parametrize("node1", ["away", "back-read-only"])
+@pytest.mark.parametrize("node1", ["away", "back-read-only", "back-read-only-single"])
 async def test_a_promotion_cut_halfway_is_finished_by_the_restarted_leader(fresh_sandbox, node1):
     """Cut inside the Promote, after the candidate's replication was reset and before it was
     made writable (its last statement undone by hand, and its journal record with it): the
@@ -113,12 +115,13 @@ async def test_a_promotion_cut_halfway_is_finished_by_the_restarted_leader(fresh
     the runbook says; review finding 9: nobody took writes until an operator acted): it is
     then rejoined under the promoted node."""
     info = fresh_sandbox.status()
-    journal, env, first = crashed_after_promote(fresh_sandbox)
+    single = {"HACONTROL_CONTROLLER__FLEET": "false"} if node1.endswith("single") else None
+    journal, env, first = crashed_after_promote(fresh_sandbox, single)
     promoted = next(a for a in first.of("action") if a["action"] == "Promote")["node"]
     other = "node3" if promoted == "node2" else "node2"
     await sql(fresh_sandbox, promoted, "SET GLOBAL read_only = ON")
     as_cut_inside_the_promote(journal)
-    back = node1 == "back-read-only"
+    back = node1.startswith("back-read-only")
     if back:
         await fresh_sandbox.start_node("node1", "--read-only=ON")
     assert await fresh_sandbox.live_roles() == {
