@@ -278,13 +278,12 @@ async def test_a_switchover_cut_after_its_fence_is_rolled_back_by_the_restarted_
     assert (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0] == 0
 
 
-async def test_a_switchover_cut_inside_its_promote_is_not_rolled_back_beside_an_unread_candidate(
-    fresh_sandbox,
-):
+async def test_a_switchover_cut_inside_its_promote_waits_for_its_unread_candidate(fresh_sandbox):
     """A single instance: the switchover node1 -> node2 cut inside its Promote after node2 was
     made writable (its journal step removed: the crash landed before it was written); at the
-    restart node2 cannot be read (frozen). The rollback must not make node1 writable beside
-    it (second review, HIGH): it reads node2 first, fails, and node1 stays read-only."""
+    restart node2 cannot be read (frozen). Rolled back blind, node1 was made writable beside it
+    (second review, HIGH); a guarded rollback stopped silently. The plan waits for node2 with
+    one halt alert, node1 stays read-only, and once node2 answers the switchover is finished."""
     info = fresh_sandbox.status()
     journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
     token, port = "promote-cut-token-0123456789", free_port()
@@ -306,21 +305,31 @@ async def test_a_switchover_cut_inside_its_promote_is_not_rolled_back_beside_an_
     assert (await sql(fresh_sandbox, "node2", "SELECT @@read_only"))[0][0] == 0
     assert (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0] == 1
 
-    fresh_sandbox.kill_node("node2", signal.SIGSTOP)
+    fresh_sandbox.kill_node("node2", signal.SIGSTOP)  # before the restart reads it
+    frozen = True
     try:
         second = Process(info.settings, {**env, "HACONTROL_API__PORT": "0"})
         try:
-            done = second.wait(
-                lambda: second.of("plan_finished", kind="rollback"), 60, "the guarded rollback"
+            waits = second.wait(
+                lambda: second.of("decision", rule="HalfDonePromotion"), 60, "the wait"
             )
+            await asyncio.sleep(2)  # more decisions while node2 stays frozen
+            node1_read_only = (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0]
+            fresh_sandbox.kill_node("node2", signal.SIGCONT)
+            frozen = False
+            done = second.wait(
+                lambda: second.of("plan_finished", kind="switchover"), 60, "the switchover done"
+            )
+            second.wait(lambda: second.of("decision", rule="Nothing"), 60, "converged")
         finally:
             second.stop()
-        node1_read_only = (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0]
     finally:
-        fresh_sandbox.kill_node("node2", signal.SIGCONT)
+        if frozen:
+            fresh_sandbox.kill_node("node2", signal.SIGCONT)
     assert node1_read_only == 1  # never two writers
     assert not [a for a in second.of("action") if a["action"] == "SetWritable"]
-    assert not done[0]["ok"] and "RequireReadOnly failed" in done[0]["reason"], done[0]
-    (decided,) = [d for d in second.of("decision") if d["kind"] == "rollback"]
-    cut = "cut inside its promotion of node2: rolled back only if node2 is read-only"
-    assert cut in decided["reason"], decided["reason"]
+    assert "node2 cannot be read: it may be writable" in waits[0]["reason"], waits[0]
+    assert len(second.of("alert", node="node2", kind="halt")) == 1, second.of("alert")
+    assert done[0]["ok"], done[0]["reason"]
+    roles = await fresh_sandbox.live_roles()
+    assert roles == {"node1": "replica", "node2": "primary", "node3": "replica"}, roles

@@ -362,10 +362,9 @@ def started_plans(m: Model, s, ticks: int = 2) -> tuple[Model, list, list]:
     return m, [e.running.plan for e in effects if isinstance(e, StartPlan)], effects
 
 
-def test_a_switchover_cut_inside_its_promote_is_rolled_back_only_while_its_candidate_is_read_only():
-    """Finding 1 (HIGH): Promote may have made node2 writable before the cut; at the restart
-    node2 cannot be read. Rolling back blind made node1 writable beside it."""
-    plan = Plan(
+SWITCHOVER_CUT = Intent(
+    "switchover-1",
+    Plan(
         "Switchover",
         "r",
         (
@@ -376,20 +375,54 @@ def test_a_switchover_cut_inside_its_promote_is_rolled_back_only_while_its_candi
         ),
         PlanKind.SWITCHOVER,
         rollback=(SetWritable("node1", True),),
-    )
-    cut = Intent("switchover-1", plan, done=frozenset({0, 1}), started=frozenset({0, 1, 2}))
+    ),
+    done=frozenset({0, 1}),
+    started=frozenset({0, 1, 2}),
+)
+"""A switchover node1 -> node2 cut inside its Promote: node1 fenced (read-only)."""
+
+
+def switchover_cut(node2, node3=None):
     rounds = [
         [
             ProbeResult("node1", t, 0.001, status(1, read_only=True)),
-            down("node2", t),
-            replica("node3", t, source="node1"),
+            node2(t),
+            (node3 or (lambda t: replica("node3", t, source="node1")))(t),
             router(writers=("node1",), readers=("node1", "node3"), at=t),
         ]
         for t in (4.0, 5.0, 6.0)
     ]
-    _, started, _ = started_plans(Model(fold_all(S3, *rounds), resume=cut), S3)
+    return fold_all(S3, *rounds)
+
+
+def test_a_plan_cut_inside_its_promote_waits_while_its_candidate_cannot_be_read():
+    """s6-revfix finding 1 (HIGH): Promote may have made node2 writable before the cut and
+    node2 cannot be read at the restart: rolling back blind made node1 writable beside it; a
+    guarded rollback stopped silently (a failover's replicas then kept their IO threads
+    stopped: no writer, for ever). The plan waits for node2, with one halt alert."""
+    m = Model(switchover_cut(lambda t: down("node2", t)), resume=SWITCHOVER_CUT)
+    m, started, effects = started_plans(m, S3)
+    assert started == [] and m.resume == SWITCHOVER_CUT
+    (alert,) = [e.alert for e in effects if isinstance(e, SendAlert)]
+    assert alert.node == "node2" and "node2 cannot be read: it may be writable" in alert.reason
+    writable = switchover_cut(lambda t: ProbeResult("node2", t, 0.001, status(2, read_only=False)))
+    m, started, _ = started_plans(replace(m, view=writable), S3, 1)
+    (finished,) = started  # promoted, nobody follows it yet: finished, node1 stays fenced
+    assert finished.kind is PlanKind.SWITCHOVER
+    assert finished.actions[2] == Promote("node2", "node1", finish_half_done=True)
+    assert not any(isinstance(a, SetWritable) for a in finished.actions)
+
+
+def test_a_switchover_cut_inside_its_promote_is_rolled_back_once_its_candidate_reads_read_only():
+    """node2 still a replica (the Promote stopped before its reset), node3 unreachable: rolled
+    back, node2 read first (the reason says where it was cut)."""
+    m = Model(
+        switchover_cut(lambda t: replica("node2", t), lambda t: down("node3", t)),
+        resume=SWITCHOVER_CUT,
+    )
+    _, started, _ = started_plans(m, S3)
     (rollback,) = [p for p in started if p.kind is PlanKind.ROLLBACK]
-    assert rollback.actions[0] == RequireReadOnly("node2"), rollback.actions
+    assert rollback.actions == (RequireReadOnly("node2"), SetWritable("node1", True))
     assert "cut inside its promotion of node2: rolled back only if node2 is read-only" in (
         rollback.reason
     )
@@ -429,15 +462,16 @@ PLAN5 = Plan(
 CUT5 = Intent("failover-1", PLAN5, done=frozenset({0, 1}), started=frozenset({0, 1, 2}))
 
 
-def five(node5: ProbeResult | None = None):
+def five(node5: ProbeResult | None = None, node2=None, hidden: tuple[str, ...] = ()):
+    node2 = node2 or (lambda t: ProbeResult("node2", t, 0.001, status(2, read_only=True)))
     rounds = [
         [
             down("node1", t),
-            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            node2(t),
             replica("node3", t, source="node1", **STOPPED),
             replica("node4", t, source="node1", **STOPPED),
             node5 or down("node5", t),
-            router(writers=(), readers=("node3", "node4"), at=t),
+            router(writers=(), readers=("node3", "node4"), hidden=hidden, at=t),
         ]
         for t in (4.0, 5.0, 6.0)
     ]
@@ -463,5 +497,57 @@ def test_a_half_done_promotion_waits_while_a_node_cannot_be_read_and_is_finished
         view=m.view,
     )
     m, started, _ = started_plans(replace(m, view=back), S5, 1)
+    (resumed,) = started
+    assert resumed.actions[2] == Promote("node2", "node1", finish_half_done=True)
+
+
+# Review of this branch (s6-s6-promote): findings 1, 3 and 5.
+def test_a_failover_cut_inside_its_promote_waits_for_its_unread_candidate_then_finishes():
+    """Finding 1: node2 cannot be read at the restart (5 nodes, node5 readable): the guarded
+    rollback stopped at once and left node3/node4's IO threads stopped for ever. The plan
+    waits, node1 stays quarantined; node2 answering half done or writable, it is finished."""
+    unread = five(
+        replica("node5", 6.0, source="node1", **STOPPED), node2=lambda t: down("node2", t)
+    )
+    m = Model(unread, resume=CUT5, state=failed_over(NOW - 1))
+    m, started, effects = started_plans(m, S5, 2)
+    assert started == [] and m.resume == CUT5 and "node1" in m.state.quarantined
+    (alert,) = [e.alert for e in effects if isinstance(e, SendAlert)]
+    assert alert.summary == "HALT: the half-done promotion of node2 waits: node2 cannot be read"
+    for node2 in (
+        ProbeResult("node2", 7.0, 0.001, status(2, read_only=True)),
+        ProbeResult("node2", 7.0, 0.001, status(2, read_only=False)),
+    ):
+        back = fold_all(S5, *[[replace(node2, at=t)] for t in (7.0, 8.0, 9.0)], view=m.view)
+        _, started, _ = started_plans(replace(m, view=back), S5, 1)
+        (resumed,) = started
+        assert resumed.actions[2] == Promote("node2", "node1", finish_half_done=True)
+
+
+def test_a_switchover_cut_halfway_beside_an_unread_replica_is_rolled_back_not_left_waiting():
+    """Finding 3 (5 nodes): node1 fenced and reachable, node2 half promoted, node3/node4 on
+    node1, node5 unreachable: the old answer (rolled back, node2 read first) gives a writer
+    back at once; waiting for node5 left none."""
+    rounds = [
+        [
+            ProbeResult("node1", t, 0.001, status(1, read_only=True)),
+            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            replica("node3", t, source="node1"),
+            replica("node4", t, source="node1"),
+            down("node5", t),
+            router(writers=("node1",), readers=("node3", "node4"), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    _, started, _ = started_plans(Model(fold_all(S5, *rounds), resume=SWITCHOVER_CUT), S5)
+    (rollback,) = started
+    assert rollback.actions == (RequireReadOnly("node2"), SetWritable("node1", True))
+
+
+def test_a_half_done_promotion_does_not_wait_for_a_node_in_maintenance():
+    """Finding 5: node5 hidden by an operator (down for an upgrade): consent to go on without
+    it, as for the failover's doubt; the promotion is finished."""
+    m = Model(five(hidden=("node5",)), resume=CUT5, state=failed_over(NOW - 1))
+    _, started, _ = started_plans(m, S5, 1)
     (resumed,) = started
     assert resumed.actions[2] == Promote("node2", "node1", finish_half_done=True)

@@ -43,7 +43,7 @@ from hacontrol.plan import (
 )
 from hacontrol.rules.candidates import errant_between
 from hacontrol.rules.lifecycle import log_decision, start
-from hacontrol.view import Code
+from hacontrol.view import Code, hidden_nodes
 
 Redecide = Callable[[ControllerState], Plan]
 
@@ -240,7 +240,8 @@ def old_primary_away(model: Model, plan: Plan) -> bool:
 def may_finish_promotion(model: Model, intent: Intent) -> bool:
     """A Promote that began may be finished when its candidate is the view's primary already,
     or writable already beside the old primary back writable (``promoted_beside``: finishing
-    makes no new writer, and the old primary, kept quarantined, is fenced behind it), or
+    makes no new writer, and the old primary, kept quarantined, is fenced behind it), or the
+    only writable node, replicating from nobody, while no other node is the primary, or
     nothing but this plan explains the view (``only_the_plan_moved``). Not when another node
     is writable while the candidate is not (the old primary came back with read_only=OFF: a
     second writer), nor when the view's primary is another node, even one out of reach (an
@@ -250,65 +251,96 @@ def may_finish_promotion(model: Model, intent: Intent) -> bool:
     promote = intent.plan.promote
     if promote is None:
         return False
-    if model.view.primary == promote.node or promoted_beside(model, intent):
+    view = model.view
+    if view.primary == promote.node or promoted_beside(model, intent):
         return True
+    alone = view.writable == (promote.node,) and view.sources.get(promote.node) is None
+    if alone and view.primary in (None, promote.old_primary):
+        return True  # promoted, not yet followed (a switchover's old primary fenced)
     return only_the_plan_moved(model, promote.old_primary, promote.node)
 
 
 def unread_beside_half_done(model: Model, intent: Intent) -> tuple[str, ...]:
-    """The nodes that cannot be read beside a promotion cut halfway that nothing else explains:
-    the candidate read-only and replicating from nobody, nobody writable, no primary but the
-    old one, every replica read on the old primary. One of them may be a writer made since
-    (its writes not on the candidate): not finished; rolled back or abandoned, the candidate
-    (which may hold writes acknowledged on it alone) was stranded with no writer at all.
-    The plan waits for them instead (``half_done_waits``)."""
+    """What a plan cut inside its Promote waits for (``half_done_waits``), () for nothing:
+
+    - its candidate, when it cannot be read: it may be writable (read_only=OFF is the
+      Promote's last statement), so neither a rollback (the old primary made writable beside
+      it, or the replicas' IO threads left stopped by a guard that refuses) nor a new failover;
+    - a failover's: the other nodes that cannot be read (not hidden by an operator) beside a
+      candidate half promoted (read-only, replicating from nobody) that nothing else explains:
+      one of them may be a writer made since (its writes not on the candidate); rolled back,
+      the candidate, which may hold writes acknowledged on it alone, was stranded with no
+      writer. A switchover is rolled back instead (its old primary fenced, its candidate
+      caught up: ``roll_back`` reads the candidate first).
+    Only while nobody is writable, no node but the old one is the primary, and every replica
+    read still follows the old primary."""
     promote = intent.plan.promote
-    view = model.view
-    node = view.nodes.get(promote.node) if promote else None
-    if promote is None or node is None or not node.reachable or node.status is None:
+    if promote is None:
         return ()
-    if not node.status.read_only or node.status.replication:
-        return ()
-    old = promote.old_primary
+    view, old = model.view, promote.old_primary
     if view.writable or view.primary not in (None, old):
         return ()
-    reachable = [n for n, s in view.nodes.items() if s.reachable and n != promote.node]
-    if any(view.sources.get(n, old) != old for n in reachable if n != old):
+    reachable = [n for n, s in view.nodes.items() if s.reachable and n not in (old, promote.node)]
+    if any(view.sources.get(n, old) != old for n in reachable):
         return ()
-    return tuple(n for n, s in view.nodes.items() if n != old and not s.reachable)
+    node = view.nodes.get(promote.node)
+    if node is None or not node.reachable or node.status is None:
+        return (promote.node,)
+    if not node.status.read_only or node.status.replication:
+        return ()
+    if intent.plan.kind is not PlanKind.FAILOVER:
+        return ()
+    hidden = hidden_nodes(view)
+    return tuple(
+        n for n, s in view.nodes.items() if n != old and not s.reachable and n not in hidden
+    )
 
 
 def half_done_waits(model: Model, intent: Intent, unread: tuple[str, ...], now: float) -> Step:
-    """The journal's plan kept (finished at a later decision once ``unread`` answer as they
-    were), nothing else decided meanwhile; one decision line and one alert (a halt)."""
+    """The journal's plan kept (decided again once ``unread`` answer), nothing else decided
+    meanwhile; one decision line and one alert (a halt), both saying what it waits for."""
     promote = intent.plan.promote
     assert promote is not None
-    names = ", ".join(unread)
+    node, names = promote.node, ", ".join(unread)
+    if unread == (node,):
+        what = f"{node} cannot be read: it may be writable (read_only=OFF is its last statement)"
+    else:
+        held = (
+            "it may hold writes acknowledged on it alone"
+            if intent.plan.kind is PlanKind.FAILOVER
+            else "it may be writable"
+        )
+        what = (
+            f"{node} is read-only and replicates from nobody: {held}; {names} cannot be read "
+            "(it may be a writer made since)"
+        )
     reason = (
-        f"{intent.plan_id} was cut inside its promotion of {promote.node} ({promote.node} is "
-        f"read-only and replicates from nobody: it may hold writes acknowledged on it alone); "
-        f"{names} cannot be read (it may be a writer made since): neither finished nor rolled "
-        f"back until {names} answers as a replica of {promote.old_primary}; or repair by hand "
-        "(troubleshooting.md, 'A half-done promotion')"
+        f"{intent.plan_id} was cut inside its promotion of {node} ({what}): neither finished nor "
+        f"rolled back until {names} answers; or repair by hand (troubleshooting.md, 'A half-done "
+        "promotion')"
     )
     plan = Plan("HalfDonePromotion", reason, kind=PlanKind.ALERT)
     model, logged = log_decision(replace(model, resume=intent), plan, now)
     if not logged:
         return model, ()
-    summary = f"HALT: the half-done promotion of {promote.node} waits: {names} cannot be read"
-    alert = Notify(AlertKind.HALT, promote.node, summary, reason)
+    summary = f"HALT: the half-done promotion of {node} waits: {names} cannot be read"
+    alert = Notify(AlertKind.HALT, node, summary, reason)
     return model, (*logged, SendAlert(alert, plan, True))
 
 
 def only_the_plan_moved(model: Model, old: str, candidate: str) -> bool:
     """Nothing but this instance's own plan explains the view: every node but the old primary
-    reachable (an unreachable one may be the writer another leader made), nobody writable, no
+    reachable (an unreachable one may be the writer another leader made; one an operator put
+    in maintenance is left out, as the failover's doubt leaves it), nobody writable, no
     primary but the old one, and every replica still replicating from the old primary."""
     view = model.view
     if view.writable or view.primary not in (None, old):
         return False
+    hidden = hidden_nodes(view)
     for name, node in view.nodes.items():
         if name != old and not node.reachable:
+            if name in hidden:
+                continue  # an operator's maintenance: consent to go on without it
             return False
         if name != candidate and view.sources.get(name, old) != old:
             return False
