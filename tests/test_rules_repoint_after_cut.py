@@ -307,3 +307,24 @@ def test_a_relay_an_operator_hid_and_paused_keeps_its_replicas(hidden, errno, re
     d = decide(fold_all(S, *rounds), ControllerState(), S, NOW)
     moved = [a.nodes for a in d.plan.actions if isinstance(a, Repoint)]
     assert moved == ([repointed] if repointed else []), d.plan  # not hidden: the relay itself
+
+
+def test_every_node_left_alone_gets_its_own_alert():
+    """Review of this branch, finding 4: node2 and node3 both detached, each holding what the
+    primary node1 lacks: both mailed (the second was never), then nothing more."""
+    rounds = [
+        [
+            primary("node1", at=t),
+            ProbeResult("node2", t, 0.001, status(2, read_only=True, gtid="0-1-100,1-2-5")),
+            ProbeResult("node3", t, 0.001, status(3, read_only=True, gtid="0-1-100,1-3-7")),
+            router(writers=("node1",), readers=("node1",), broken=("node2", "node3"), at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    view, state, alerted = fold_all(S, *rounds), ControllerState(), []
+    for i in range(4):
+        d = decide(view, state, S, NOW + i)
+        state = d.state
+        alerted += [a.node for a in d.plan.actions if isinstance(a, Notify)]
+    assert alerted == ["node2", "node3"], alerted
+    assert d.plan.rule == "Nothing" and "(node2)" in d.plan.reason and "(node3)" in d.plan.reason

@@ -168,6 +168,16 @@ def errant_alert(view: ClusterView, name: str, summary: str, detail: str, plan: 
     return Notify(AlertKind.ERRANT_TRANSACTIONS, name, summary, plan.reason, sections)
 
 
+def unalerted(
+    state: ControllerState, name: str, what: str, errant: Errant | None
+) -> tuple[str, str, Errant | None] | None:
+    """A node left alone, to be alerted (``left_alone``) unless it was already: each one gets
+    its mail, the first not alerted at each decision."""
+    return (
+        None if AlertKey(Condition.ERRANT_REPLICA, name) in state.alerted else (name, what, errant)
+    )
+
+
 def left_alone(
     view: ClusterView, state: ControllerState, name: str, what: str, errant: Errant | None
 ) -> Decision | None:
@@ -219,7 +229,7 @@ def rule_repoint_stray(
         return None
     theirs = view.nodes[primary].status
     hidden = hidden_nodes(view)
-    skipped: tuple[str, str, Errant] | None = None
+    skipped: tuple[str, str, Errant | None] | None = None
     for name, node in sorted(view.nodes.items()):
         source = view.sources.get(name)
         if (
@@ -244,7 +254,7 @@ def rule_repoint_stray(
         if theirs is None:
             continue  # unreadable: nothing can be told
         if errant := errant_between(node.status, theirs):
-            skipped = skipped or (name, what, errant)  # an operator's job: alerted below
+            skipped = skipped or unalerted(state, name, what, errant)  # an operator's job
             continue
         return Decision(
             Plan(
@@ -292,10 +302,10 @@ def rule_attach_detached(
             continue
         what = f"{name} is read-only and replicates from nobody while {primary} is the primary"
         if not position_of(status):
-            skipped = skipped or (name, what, None)  # an operator's job: alerted below
+            skipped = skipped or unalerted(state, name, what, None)  # an operator's job
             continue
         if errant := errant_between(status, theirs):
-            skipped = skipped or (name, what, errant)
+            skipped = skipped or unalerted(state, name, what, errant)
             continue
         return Decision(
             Plan(
