@@ -677,3 +677,20 @@ def test_a_switchover_is_not_rolled_back_over_a_primary_promoted_since():
     assert not of(effects, StartPlan) and of(effects, EndIntent) and m.resume is None
     (abandoned,) = lines(effects, "plan_abandoned")
     assert "node2" in abandoned.fields["reason"], abandoned.fields["reason"]
+
+
+def test_a_restarts_rollback_refused_by_its_guard_is_alerted():
+    """A rollback a restart started (``rules.resume.roll_back``) that stopped on its
+    RequireReadOnly used to be silent; the next alert told the operator to make the old
+    primary writable (PrimaryIsReadOnly) while the candidate may be writable."""
+    plan = Plan("Switchover", "r", (SetWritable("node1", True),), PlanKind.ROLLBACK)
+    running = Running("switchover-1-rollback", plan)
+    refused = PlanFinished(
+        NOW, "switchover-1-rollback", "Switchover", PlanKind.ROLLBACK, False,
+        "RequireReadOnly failed: cannot read the candidate node2", 0, (), 0.5,
+    )  # fmt: skip
+    _, effects = steps(replace(model(), running=running), refused)
+    (sent,) = of(effects, SendAlert)
+    assert sent.alert.summary == "plan cut by a restart NOT rolled back"
+    assert "cannot read the candidate node2" in sent.alert.reason
+    assert "do not make it writable" in sent.alert.reason

@@ -98,6 +98,8 @@ def after(
         ), ()
     if event.kind == PlanKind.FAILOVER:
         return failover_failed(state, event, plan, now)
+    if event.kind == PlanKind.ROLLBACK:  # a restart's rollback stopped (its guard refused)
+        return state, (rollback_refused(event),)
     if event.kind == PlanKind.ROUTE:
         return replace(state, route_retry_at=now + 2 * settings.probes.interval), ()
     if event.kind == PlanKind.PUBLISH and plan is not None and plan.actions:
@@ -177,6 +179,17 @@ def failover_failed(
     state = without_failover(replace(state, halt=Halt("FailoverFailed", reason, now)), event, plan)
     alert = Notify(AlertKind.HALT, None, "HALT: failover failed", reason)
     return state, (SendAlert(alert, Plan("FailoverFailed", reason, kind=PlanKind.HALT), True),)
+
+
+def rollback_refused(event: PlanFinished) -> SendAlert:
+    """A plan cut by a restart was not rolled back (``rules.resume.roll_back``): its old
+    primary was not made writable, and must not be by hand while the candidate may be."""
+    reason = (
+        f"{event.plan_id} not rolled back: {event.reason}; its old primary was left as it is: "
+        "do not make it writable while the candidate may be writable (read it first)"
+    )
+    alert = Notify(AlertKind.HALT, None, "plan cut by a restart NOT rolled back", reason)
+    return SendAlert(alert, Plan(event.rule, reason, kind=PlanKind.ALERT))
 
 
 def without_failover(
