@@ -551,3 +551,29 @@ def test_a_half_done_promotion_does_not_wait_for_a_node_in_maintenance():
     _, started, _ = started_plans(m, S5, 1)
     (resumed,) = started
     assert resumed.actions[2] == Promote("node2", "node1", finish_half_done=True)
+
+
+@pytest.mark.parametrize("fleet_of_one", [False, True], ids=["single", "fleet-leader"])
+def test_a_switchover_cut_right_after_its_read_only_off_is_finished(fleet_of_one):
+    """Review finding 11: node2 writable and replicating from nobody, node1 fenced, node3 still
+    on node1, every node read: abandoned, nobody followed node2 and no writer was routed
+    (NoPrimary, "topology split") until an operator acted. Finished, in a fleet by the
+    leader that cut it."""
+    rounds = [
+        [
+            ProbeResult("node1", t, 0.001, status(1, read_only=True)),
+            ProbeResult("node2", t, 0.001, status(2, read_only=False)),
+            replica("node3", t, source="node1"),
+            router(writers=(), readers=("node3",), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    s = F if fleet_of_one else S3
+    locks = [[lock(n, NOW - 0.1, leader=7) for n in ("node1", "node2", "node3")]]
+    view = fold_all(s, *rounds, *(locks if fleet_of_one else []))
+    m = Model(view, resume=SWITCHOVER_CUT, lease=LEADER if fleet_of_one else Lease())
+    _, started, effects = started_plans(m, s, 1)
+    (finished,) = started
+    assert finished.kind is PlanKind.SWITCHOVER, finished
+    assert finished.actions[2] == Promote("node2", "node1", finish_half_done=True)
+    assert not any(isinstance(e, EndIntent) for e in effects)

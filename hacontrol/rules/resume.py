@@ -4,10 +4,11 @@ paused) and on the leader only.
 
 Past its Promote (the point of no return) a plan is always finished. A crash inside that
 Promote finishes a half-done promotion only when the view shows nothing but it
-(``may_finish_promotion``); when a node that cannot be read may be a writer made since, the
-plan waits for it with one alert (``half_done_waits``); otherwise it is resumed as cut before
-it. Before it: a failover goes on only if the same node is still confirmed dead; a plan with a
-rollback (a switchover) is rolled back while its old primary is still the view's primary (cut
+(``may_finish_promotion``); while its candidate cannot be read (it may be writable), or a
+node that cannot be read may be a writer made since, the plan waits with one alert
+(``half_done_waits``); otherwise it is resumed as cut before it. Before it: a failover goes
+on only if the same node is still confirmed dead; a plan with a rollback (a switchover) is
+rolled back while its old primary is still the view's primary (cut
 inside its Promote, only once its candidate is read read-only: ``roll_back``); otherwise it is
 abandoned and the routing reconciles from the view. A failover that promoted nothing leaves no
 quarantine and no recovery block behind; one whose candidate the view shows as the primary did
@@ -163,10 +164,24 @@ def promoted_beside(model: Model, intent: Intent) -> str | None:
 
 
 def left_to_the_leader(model: Model, intent: Intent) -> bool:
-    """In a fleet, a journal's plan the view shows cut exactly where this instance left it,
-    with no writer: finished (a half-done promotion) or rolled back (a switchover cut after
-    its fence, before its promotion) by this instance once it leads, as a single one does."""
-    return half_done_promotion(model, intent) or fenced_not_promoted(model, intent)
+    """In a fleet, a journal's plan the view shows cut exactly where this instance left it:
+    finished (a half-done promotion, or one cut right after its read_only=OFF, its candidate
+    the only writer and every node but the old primary read) or rolled back (a switchover cut
+    after its fence, before its promotion) by this instance once it leads, as a single one
+    does."""
+    promote = intent.plan.promote
+    alone = (
+        promote is not None
+        and promoted_alone(model, intent)
+        and all_read_but(model, promote.old_primary)
+    )
+    return alone or half_done_promotion(model, intent) or fenced_not_promoted(model, intent)
+
+
+def all_read_but(model: Model, old: str) -> bool:
+    """Every node but ``old`` reachable, or hidden by an operator (maintenance: consent)."""
+    hidden = hidden_nodes(model.view)
+    return all(s.reachable or n in hidden for n, s in model.view.nodes.items() if n != old)
 
 
 def fenced_not_promoted(model: Model, intent: Intent) -> bool:
@@ -251,13 +266,29 @@ def may_finish_promotion(model: Model, intent: Intent) -> bool:
     promote = intent.plan.promote
     if promote is None:
         return False
-    view = model.view
-    if view.primary == promote.node or promoted_beside(model, intent):
+    if model.view.primary == promote.node or promoted_beside(model, intent):
         return True
-    alone = view.writable == (promote.node,) and view.sources.get(promote.node) is None
-    if alone and view.primary in (None, promote.old_primary):
-        return True  # promoted, not yet followed (a switchover's old primary fenced)
+    if promoted_alone(model, intent):
+        return True
     return only_the_plan_moved(model, promote.old_primary, promote.node)
+
+
+def promoted_alone(model: Model, intent: Intent) -> bool:
+    """The plan's Promote began and its candidate is the only writable node, replicating from
+    nobody, with no other primary in the view and every replica read still on the old
+    primary: cut right after its read_only=OFF (a switchover's old primary fenced, a
+    failover's dead). Finishing it makes no new writer; abandoned, nobody followed it and no
+    writer was routed (NoPrimary, "topology split") until an operator acted."""
+    promote = intent.plan.promote
+    if promote is None or intent.plan.point_of_no_return not in intent.started:
+        return False
+    view, old, node = model.view, promote.old_primary, promote.node
+    if view.writable != (node,) or view.sources.get(node) is not None:
+        return False
+    if view.primary not in (None, old, node):
+        return False
+    readers = [n for n, s in view.nodes.items() if s.reachable and n not in (old, node)]
+    return all(view.sources.get(n, old) == old for n in readers)
 
 
 def unread_beside_half_done(model: Model, intent: Intent) -> tuple[str, ...]:
@@ -336,13 +367,10 @@ def only_the_plan_moved(model: Model, old: str, candidate: str) -> bool:
     view = model.view
     if view.writable or view.primary not in (None, old):
         return False
-    hidden = hidden_nodes(view)
+    if not all_read_but(model, old):  # a hidden one: an operator's maintenance, consent
+        return False
     for name, node in view.nodes.items():
-        if name != old and not node.reachable:
-            if name in hidden:
-                continue  # an operator's maintenance: consent to go on without it
-            return False
-        if name != candidate and view.sources.get(name, old) != old:
+        if node.reachable and name != candidate and view.sources.get(name, old) != old:
             return False
     return True
 
