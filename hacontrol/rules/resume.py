@@ -274,14 +274,14 @@ def may_finish_promotion(model: Model, intent: Intent) -> bool:
 
 
 def promoted_alone(model: Model, intent: Intent) -> bool:
-    """The plan's Promote began and its candidate is the only writable node, replicating from
-    nobody, with no other primary in the view and every replica read still on the old
-    primary: cut right after its read_only=OFF (a switchover's old primary fenced, a
+    """The plan's Promote began (not done) and its candidate is the only writable node,
+    replicating from nobody, with no other primary in the view and every replica read still
+    on the old primary: cut right after its read_only=OFF (a switchover's old primary fenced, a
     failover's dead). Finishing it makes no new writer; abandoned, nobody followed it and no
     writer was routed (NoPrimary, "topology split") until an operator acted."""
-    promote = intent.plan.promote
-    if promote is None or intent.plan.point_of_no_return not in intent.started:
-        return False
+    promote, at = intent.plan.promote, intent.plan.point_of_no_return
+    if promote is None or at not in intent.started or at in intent.done:
+        return False  # done: a single instance finishes it anyway, a fleet leaves it to the rules
     view, old, node = model.view, promote.old_primary, promote.node
     if view.writable != (node,) or view.sources.get(node) is not None:
         return False
