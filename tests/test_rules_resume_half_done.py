@@ -577,3 +577,38 @@ def test_a_switchover_cut_right_after_its_read_only_off_is_finished(fleet_of_one
     assert finished.kind is PlanKind.SWITCHOVER, finished
     assert finished.actions[2] == Promote("node2", "node1", finish_half_done=True)
     assert not any(isinstance(e, EndIntent) for e in effects)
+
+
+FLEET5 = fleet(
+    nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)]
+)
+
+
+@pytest.mark.parametrize("leads", [True, False], ids=["leader", "follower"])
+def test_a_fleet_keeps_a_plan_cut_inside_its_promote_while_its_candidate_cannot_be_read(leads):
+    """Review finding 12 (HIGH, the default configuration): closed ('the live topology
+    decides'), the replicas' IO threads were started again and the next failover promoted
+    node3 while node2, unread, was writable: two writers. The leader waits for node2 (one halt
+    alert); a follower keeps the record."""
+    rounds = [
+        [
+            down("node1", t),
+            down("node2", t),
+            replica("node3", t, source="node1", **STOPPED),
+            replica("node4", t, source="node1", **STOPPED),
+            replica("node5", t, source="node1", **STOPPED),
+            router(writers=(), readers=("node3", "node4", "node5"), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    holder = 7 if leads else 9
+    locks = [lock(n, NOW - 0.1, leader=holder) for n in ("node3", "node4", "node5")]
+    view = fold_all(FLEET5, *rounds, locks)
+    lease = leader_lease(FLEET5) if leads else FOLLOWER
+    m = Model(view, lease=lease, resume=CUT5, state=failed_over(NOW - 1))
+    m, started, effects = started_plans(m, FLEET5, 3)
+    assert started == [] and m.resume == CUT5, started
+    assert not any(isinstance(e, EndIntent) for e in effects)
+    alerts = [e.alert.summary for e in effects if isinstance(e, SendAlert)]
+    waiting = ["HALT: the half-done promotion of node2 waits: node2 cannot be read"]
+    assert alerts == (waiting if leads else []), alerts

@@ -168,14 +168,21 @@ def left_to_the_leader(model: Model, intent: Intent) -> bool:
     finished (a half-done promotion, or one cut right after its read_only=OFF, its candidate
     the only writer and every node but the old primary read) or rolled back (a switchover cut
     after its fence, before its promotion) by this instance once it leads, as a single one
-    does."""
+    does. And one cut inside its Promote whose candidate cannot be read (it may be writable):
+    kept, the leader waits for it (``half_done_waits``); closed, the next failover promoted
+    another replica beside it (two writers), or past what it alone may hold."""
     promote = intent.plan.promote
     alone = (
         promote is not None
         and promoted_alone(model, intent)
         and all_read_but(model, promote.old_primary)
     )
-    return alone or half_done_promotion(model, intent) or fenced_not_promoted(model, intent)
+    return (
+        alone
+        or unread_beside_half_done(model, intent) == ((promote.node,) if promote else ())
+        or half_done_promotion(model, intent)
+        or fenced_not_promoted(model, intent)
+    )
 
 
 def all_read_but(model: Model, old: str) -> bool:
