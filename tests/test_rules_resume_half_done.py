@@ -612,3 +612,34 @@ def test_a_fleet_keeps_a_plan_cut_inside_its_promote_while_its_candidate_cannot_
     alerts = [e.alert.summary for e in effects if isinstance(e, SendAlert)]
     waiting = ["HALT: the half-done promotion of node2 waits: node2 cannot be read"]
     assert alerts == (waiting if leads else []), alerts
+
+
+def test_a_rollback_never_restarts_the_io_thread_of_a_candidate_the_promote_reset():
+    """Review finding 9: node2 reset and read-only, node1 back writable (single instance):
+    rolled back, node2 read first, node3's IO thread started again, never node2's."""
+    view = single_cut(lambda t: primary("node1", t))
+    m = Model(view, resume=CUT_RB, state=failed_over(NOW - 1))
+    _, started, _ = started_plans(m, S3, 1)
+    (rollback,) = started
+    assert rollback.actions == (RequireReadOnly("node2"), SetIOThreads(("node3",), running=True))
+
+
+def test_in_a_fleet_a_node_hidden_on_this_instance_only_is_no_consent():
+    """Review finding 13: maintenance is per instance; a node hidden here may be the primary
+    another leader made: the fleet's leader does not finish beside it unread."""
+    rounds = [
+        [
+            down("node1", t),
+            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            replica("node3", t, source="node1", **STOPPED),
+            replica("node4", t, source="node1", **STOPPED),
+            down("node5", t),
+            router(writers=(), readers=("node3", "node4"), hidden=("node5",), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    locks = [lock(n, NOW - 0.1, leader=7) for n in ("node2", "node3", "node4")]
+    m = Model(fold_all(FLEET5, *rounds, locks), lease=leader_lease(FLEET5), resume=CUT5)
+    assert not half_done_promotion(m, CUT5)
+    _, started, _ = started_plans(replace(m, state=failed_over(NOW - 1)), FLEET5, 1)
+    assert not any(isinstance(a, Promote) for p in started for a in p.actions), started

@@ -186,8 +186,10 @@ def left_to_the_leader(model: Model, intent: Intent) -> bool:
 
 
 def all_read_but(model: Model, old: str) -> bool:
-    """Every node but ``old`` reachable, or hidden by an operator (maintenance: consent)."""
-    hidden = hidden_nodes(model.view)
+    """Every node but ``old`` reachable, or, on a single instance, hidden by an operator
+    (maintenance: consent). In a fleet maintenance is per instance: a node hidden here only
+    may be the primary another leader made while this one was down."""
+    hidden = frozenset() if model.lease.fleet else hidden_nodes(model.view)
     return all(s.reachable or n in hidden for n, s in model.view.nodes.items() if n != old)
 
 
@@ -328,7 +330,7 @@ def unread_beside_half_done(model: Model, intent: Intent) -> tuple[str, ...]:
         return ()
     if intent.plan.kind is not PlanKind.FAILOVER:
         return ()
-    hidden = hidden_nodes(view)
+    hidden = frozenset() if model.lease.fleet else hidden_nodes(view)
     return tuple(
         n for n, s in view.nodes.items() if n != old and not s.reachable and n not in hidden
     )
