@@ -328,3 +328,44 @@ def test_every_node_left_alone_gets_its_own_alert():
         alerted += [a.node for a in d.plan.actions if isinstance(a, Notify)]
     assert alerted == ["node2", "node3"], alerted
     assert d.plan.rule == "Nothing" and "(node2)" in d.plan.reason and "(node3)" in d.plan.reason
+
+
+def test_a_hidden_relay_a_cut_failover_stopped_is_no_pause_of_an_operator():
+    """Review of this branch, 8: node4 -> node3 (hidden) -> node1, node3's IO thread stopped
+    by a failover cut before its Repoint (no error: node1 was frozen); node1 since rejoined
+    under node2. node3 points at the old primary, not the primary: node4 is repointed."""
+    rounds = [
+        [
+            replica("node1", t, source="node2"),
+            primary("node2", at=t),
+            replica("node3", t, source="node1", **STOPPED),
+            replica("node4", t, source="node3"),
+            router(
+                writers=("node2",), readers=("node1", "node2", "node4"), hidden=("node3",), at=t
+            ),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    s4 = settings(
+        nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 5)]
+    )
+    d = decide(fold_all(s4, *rounds), ControllerState(), s4, NOW)
+    assert d.plan.rule == "RepointStray" and d.plan.actions == (Repoint(("node4",), "node2"),)
+
+
+def test_a_detached_node_with_an_empty_position_beside_an_empty_primary_is_rejoined():
+    """Review of this branch, 15: nothing to replay when the primary's position is empty too
+    (a new cluster): rejoined, not left alone."""
+    rounds = [
+        [
+            ProbeResult("node1", t, 0.001, status(1, read_only=False, gtid="")),
+            ProbeResult("node2", t, 0.001, status(2, read_only=True, gtid="")),
+            ProbeResult(
+                "node3", t, 0.001, status(3, read_only=True, gtid="", replication=(channel(),))
+            ),
+            router(writers=("node1",), readers=("node1", "node3"), broken=("node2",), at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    d = decide(fold_all(S, *rounds), ControllerState(), S, NOW)
+    assert d.plan.rule == "RejoinDetached" and d.plan.actions == (Rejoin("node2", "node1"),)

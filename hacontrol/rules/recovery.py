@@ -301,7 +301,7 @@ def rule_attach_detached(
         ):
             continue
         what = f"{name} is read-only and replicates from nobody while {primary} is the primary"
-        if not position_of(status):
+        if not position_of(status) and position_of(theirs):
             skipped = skipped or unalerted(state, name, what, None)  # an operator's job
             continue
         if errant := errant_between(status, theirs):
@@ -327,12 +327,13 @@ def not_chained(view: ClusterView, state: ControllerState, name: str, primary: s
     failover's SetIOThreads stopped, left pointing at the old primary when the run was cut
     before its Repoint, is no chain even once that old primary is back as a replica: it
     receives nothing. A relay hidden by an operator whose IO thread is stopped without an
-    error is the operator's pause, not a broken link: its downstream replicas stay on it."""
+    error while it points at the primary is the operator's pause, not a broken link: its
+    downstream replicas stay on it."""
     seen = {name}
     hidden = hidden_nodes(view) - {name}
     node, source = name, view.sources.get(name)
     while source is not None and source != primary:
-        if link_stopped(view, node, hidden):
+        if link_stopped(view, node, hidden, primary):
             return f"the IO thread of {node} is stopped"
         if source not in view.nodes:
             return f"{source} is not a managed node"
@@ -346,17 +347,19 @@ def not_chained(view: ClusterView, state: ControllerState, name: str, primary: s
         node, source = source, view.sources.get(source)
     if source is None:
         return f"{node} replicates from nobody"
-    if link_stopped(view, node, hidden):
+    if link_stopped(view, node, hidden, primary):
         return f"the IO thread of {node} is stopped"
     return None
 
 
-def link_stopped(view: ClusterView, node: str, hidden: frozenset[str]) -> bool:
-    """``node``'s IO thread is stopped, unless an operator hid it and stopped it (no error)."""
+def link_stopped(view: ClusterView, node: str, hidden: frozenset[str], primary: str) -> bool:
+    """``node``'s IO thread is stopped, unless an operator hid it and stopped it: no error, and
+    it still points at the primary (one a failover stopped points at the old primary)."""
     channel = view.nodes[node].channel
     if channel is None or channel.io_state is not IoState.STOPPED:
         return False
-    return not (node in hidden and channel.last_io_errno == 0)
+    paused = channel.last_io_errno == 0 and view.sources.get(node) == primary
+    return not (node in hidden and paused)
 
 
 def position_of(status: NodeStatus) -> str:
