@@ -489,6 +489,12 @@ def test_a_half_done_promotion_waits_while_a_node_cannot_be_read_and_is_finished
     alerts = [e.alert for e in effects if isinstance(e, SendAlert)]
     assert len(alerts) == 1 and alerts[0].node == "node2", alerts
     assert "node5 cannot be read" in alerts[0].reason
+    assert "or hide node5 in the router (ProxySQL hostgroup 40" in alerts[0].reason
+    hid = fold_all(
+        S5, router(writers=(), readers=("node3", "node4"), hidden=("node5",), at=6.5), view=m.view
+    )
+    _, consented, _ = started_plans(replace(m, view=hid), S5, 1)
+    assert [p.actions[2] for p in consented] == [Promote("node2", "node1", finish_half_done=True)]
     (decision,) = [e for e in effects if isinstance(e, Log) and e.event == "decision"]
     assert decision.fields["rule"] == "HalfDonePromotion"
     back = fold_all(

@@ -342,22 +342,21 @@ def half_done_waits(model: Model, intent: Intent, unread: tuple[str, ...], now: 
     promote = intent.plan.promote
     assert promote is not None
     node, names = promote.node, ", ".join(unread)
+    way_out = "or repair by hand (troubleshooting.md, 'A half-done promotion')"
     if unread == (node,):
         what = f"{node} cannot be read: it may be writable (read_only=OFF is its last statement)"
-    else:
-        held = (
-            "it may hold writes acknowledged on it alone"
-            if intent.plan.kind is PlanKind.FAILOVER
-            else "it may be writable"
-        )
+    else:  # a failover's (a switchover is rolled back instead)
         what = (
-            f"{node} is read-only and replicates from nobody: {held}; {names} cannot be read "
-            "(it may be a writer made since)"
+            f"{node} is read-only and replicates from nobody: it may hold writes acknowledged "
+            f"on it alone; {names} cannot be read (it may be a writer made since)"
+        )
+        way_out = (
+            f"or hide {names} in the router (ProxySQL hostgroup 40: consent to go on without "
+            f"it; the maintenance command waits for this plan), {way_out}"
         )
     reason = (
         f"{intent.plan_id} was cut inside its promotion of {node} ({what}): neither finished nor "
-        f"rolled back until {names} answers; or repair by hand (troubleshooting.md, 'A half-done "
-        "promotion')"
+        f"rolled back until {names} answers; {way_out}"
     )
     plan = Plan("HalfDonePromotion", reason, kind=PlanKind.ALERT)
     model, logged = log_decision(replace(model, resume=intent), plan, now)
