@@ -341,10 +341,12 @@ def unfinished_at_boot(model: Model, unfinished: Intent) -> Step:
     instead (docs/fleet.md): the journal's plan is closed once the view allows a decision
     (``rules.resume.left_to_the_fleet``)."""
     reason = "a plan began before the controller stopped; " + (
-        "in a fleet another instance may have acted since: the leader starts from the live "
-        "topology instead"
+        "in a fleet another instance may have acted since: the live topology decides, unless "
+        "it shows exactly where this plan stopped (then this instance finishes, rolls back or "
+        "waits for it once it leads)"
         if model.lease.fleet
-        else "it is finished before anything new"
+        else "it is settled before anything new (finished, rolled back, waited for or closed, "
+        "as the view shows)"
     )
     line = log(
         "journal_unfinished",
