@@ -333,3 +333,52 @@ async def test_a_switchover_cut_inside_its_promote_waits_for_its_unread_candidat
     assert done[0]["ok"], done[0]["reason"]
     roles = await fresh_sandbox.live_roles()
     assert roles == {"node1": "replica", "node2": "primary", "node3": "replica"}, roles
+
+
+async def test_a_fleet_waits_for_a_candidate_it_cannot_read_instead_of_failing_over_past_it(
+    tmp_path,
+):
+    """Five nodes, a fleet of one (the default), semi-sync with a fallback timeout: the
+    failover is cut after node2's read_only=OFF (its journal step removed), node2 frozen at the
+    restart. The plan used to be closed and the next failover promoted another replica beside
+    the writable node2 (two writers once it thawed). Now the leader waits for node2 (one halt
+    alert) and finishes the promotion once it answers: one writer."""
+    from tests.sandbox_fixtures import running_sandbox
+
+    with running_sandbox(tmp_path / "sbx", nodes=5) as sandbox:
+        info = sandbox.status()
+        await sql(sandbox, "node1", "SET GLOBAL rpl_semi_sync_master_timeout = 1000")
+        journal, env, first = crashed_after_promote(sandbox)
+        promoted = next(a for a in first.of("action") if a["action"] == "Promote")["node"]
+        assert (await sql(sandbox, promoted, "SELECT @@read_only"))[0][0] == 0
+        as_cut_inside_the_promote(journal)
+        sandbox.kill_node(promoted, signal.SIGSTOP)
+        frozen = True
+        try:
+            second = Process(info.settings, env)
+            try:
+                second.wait(lambda: second.of("decision", rule="HalfDonePromotion"), 60, "the wait")
+                await asyncio.sleep(3)  # more decisions while it stays frozen
+                sandbox.kill_node(promoted, signal.SIGCONT)
+                frozen = False
+                done = second.wait(
+                    lambda: second.of("plan_finished", kind="failover"), 60, "the promotion"
+                )
+                second.wait(lambda: second.of("decision", rule="Nothing"), 60, "converged")
+            finally:
+                second.stop()
+        finally:
+            if frozen:
+                sandbox.kill_node(promoted, signal.SIGCONT)
+        others = [n for n in ("node2", "node3", "node4", "node5") if n != promoted]
+        promotes = [a["node"] for a in second.of("action") if a["action"] == "Promote"]
+        assert promotes == [promoted], promotes  # never another replica past it
+        assert done[0]["ok"], done[0]["reason"]
+        halts = [a for a in second.of("alert") if a.get("kind") == "halt"]
+        assert [a["node"] for a in halts] == [promoted], halts
+        writable = [
+            n
+            for n in (promoted, *others)
+            if (await sql(sandbox, n, "SELECT @@read_only"))[0][0] == 0
+        ]
+        assert writable == [promoted], writable
