@@ -649,3 +649,18 @@ def test_in_a_fleet_a_node_hidden_on_this_instance_only_is_no_consent():
     assert not half_done_promotion(m, CUT5)
     _, started, _ = started_plans(replace(m, state=failed_over(NOW - 1)), FLEET5, 1)
     assert not any(isinstance(a, Promote) for p in started for a in p.actions), started
+
+
+def test_a_fleet_instance_closes_a_journaled_plan_without_a_promote():
+    """Review of this branch, 17: a journaled rejoin (no Promote) is closed at once on any
+    instance of a fleet, leader or not; it was kept for ever (and maintenance refused)."""
+    rejoin = Intent(
+        "rejoin-1",
+        Plan("RejoinOldPrimary", "r", (Rejoin("node1", "node2"),), PlanKind.REJOIN),
+        done=frozenset(),
+        started=frozenset({0}),
+    )
+    for lease, holder in ((LEADER, 7), (FOLLOWER, 9)):
+        m = Model(after_cut(leader=holder), lease=lease, resume=rejoin)
+        m, effects = step(m, Tick(NOW), F, NOW)
+        assert m.resume is None and any(isinstance(e, EndIntent) for e in effects), effects

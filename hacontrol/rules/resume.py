@@ -179,7 +179,7 @@ def left_to_the_leader(model: Model, intent: Intent) -> bool:
     )
     return (
         alone
-        or unread_beside_half_done(model, intent) == ((promote.node,) if promote else ())
+        or (promote is not None and unread_beside_half_done(model, intent) == (promote.node,))
         or half_done_promotion(model, intent)
         or fenced_not_promoted(model, intent)
     )
