@@ -590,12 +590,9 @@ FLEET5 = fleet(
 )
 
 
-@pytest.mark.parametrize("leads", [True, False], ids=["leader", "follower"])
-def test_a_fleet_keeps_a_plan_cut_inside_its_promote_while_its_candidate_cannot_be_read(leads):
-    """Review finding 12 (HIGH, the default configuration): closed ('the live topology
-    decides'), the replicas' IO threads were started again and the next failover promoted
-    node3 while node2, unread, was writable: two writers. The leader waits for node2 (one halt
-    alert); a follower keeps the record."""
+def fleet5_node2_unread(holder: int):
+    """Five nodes, a fleet: node1 dead, node2 unread, node3-5 stopped on node1, the leader lock
+    held by ``holder`` (7: this instance)."""
     rounds = [
         [
             down("node1", t),
@@ -607,9 +604,17 @@ def test_a_fleet_keeps_a_plan_cut_inside_its_promote_while_its_candidate_cannot_
         ]
         for t in (4.0, 5.0, 6.0)
     ]
-    holder = 7 if leads else 9
     locks = [lock(n, NOW - 0.1, leader=holder) for n in ("node3", "node4", "node5")]
-    view = fold_all(FLEET5, *rounds, locks)
+    return fold_all(FLEET5, *rounds, locks)
+
+
+@pytest.mark.parametrize("leads", [True, False], ids=["leader", "follower"])
+def test_a_fleet_keeps_a_plan_cut_inside_its_promote_while_its_candidate_cannot_be_read(leads):
+    """Review finding 12 (HIGH, the default configuration): closed ('the live topology
+    decides'), the replicas' IO threads were started again and the next failover promoted
+    node3 while node2, unread, was writable: two writers. The leader waits for node2 (one halt
+    alert); a follower keeps the record."""
+    view = fleet5_node2_unread(7 if leads else 9)
     lease = leader_lease(FLEET5) if leads else FOLLOWER
     m = Model(view, lease=lease, resume=CUT5, state=failed_over(NOW - 1))
     m, started, effects = started_plans(m, FLEET5, 3)
@@ -664,3 +669,13 @@ def test_a_fleet_instance_closes_a_journaled_plan_without_a_promote():
         m = Model(after_cut(leader=holder), lease=lease, resume=rejoin)
         m, effects = step(m, Tick(NOW), F, NOW)
         assert m.resume is None and any(isinstance(e, EndIntent) for e in effects), effects
+
+
+def test_a_fleet_closes_a_failover_cut_before_its_promote_even_with_its_candidate_unread():
+    """Only a Promote that began is waited for: cut before it, the fleet's rule holds (closed,
+    the live topology decides)."""
+    before = Intent("failover-1", PLAN5, done=frozenset({0}), started=frozenset({0, 1}))
+    m = Model(fleet5_node2_unread(7), lease=leader_lease(FLEET5), resume=before)
+    m, effects = step(m, Tick(NOW), FLEET5, NOW)
+    ended = [e for e in effects if isinstance(e, EndIntent)]
+    assert ended and ended[0].reason == "fleet: the live topology decides", effects

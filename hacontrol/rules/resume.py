@@ -314,8 +314,8 @@ def unread_beside_half_done(model: Model, intent: Intent) -> tuple[str, ...]:
       caught up: ``roll_back`` reads the candidate first).
     Only while nobody is writable, no node but the old one is the primary, and every replica
     read still follows the old primary."""
-    promote = intent.plan.promote
-    if promote is None:
+    promote, at = intent.plan.promote, intent.plan.point_of_no_return
+    if promote is None or at not in intent.started or at in intent.done:
         return ()
     view, old = model.view, promote.old_primary
     if view.writable or view.primary not in (None, old):
