@@ -667,18 +667,26 @@ class Executor:
         """An alert outside a running plan (halts, refusals): never blocks. ``on_halt``: the
         ``on_halt`` hook runs too, in the background."""
         self._send(action, plan, {})
-        if on_halt and self.hooks is not None and self.settings.hooks.on_halt:
-            context = {
-                "kind": action.kind.value,
-                "node": action.node or "",
-                "reason": action.reason,
-            }
+        if on_halt:
+            self.on_halt(action.kind.value, action.node, action.reason)
+
+    def on_halt(self, kind: str, node: str | None, reason: str) -> None:
+        """The ``on_halt`` hook (when one is set), in the background: a halt, or a crash of
+        this cluster's controller (``cluster_crashed``, alerted by the Runtime)."""
+        if self.hooks is not None and self.settings.hooks.on_halt:
+            context = {"kind": kind, "node": node or "", "reason": reason}
             self._in_background(self.hooks.run("on_halt", context), "hook:on_halt")
 
     def _in_background(self, job: Coroutine[Any, Any, object], name: str) -> None:
         task = asyncio.create_task(job, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def background(self) -> list[asyncio.Task[object]]:
+        """The hooks still running in the background (``post_failover``, ``on_halt``...): the
+        Runtime's stop lets them end within its grace, then cancels them (a cancelled hook's
+        process group is killed) and awaits them, never leaving one beside a restart."""
+        return list(self._background)
 
     def _send(self, action: Notify, plan: Plan, timings: dict[str, float]) -> None:
         sections = list(action.sections)

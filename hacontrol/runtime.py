@@ -183,7 +183,9 @@ class Runtime:
         self._notifier_task: asyncio.Task[None] | None = None
         self.router_probe: RouterProbe | None = None
         self.left_running: list[str] = []
-        """What its ``stop`` could not end (tasks, a stuck journal writer): no restart then."""
+        """What its ``stop`` could not end (tasks, a stuck journal writer): no restart until
+        it has (``leftovers_ended``)."""
+        self._leftovers: list[asyncio.Task[Any]] = []
         self._notifier_closed = False
         self.halted: str | None = None
         """Why this cluster runs no controller while others do: its router refused at
@@ -262,6 +264,8 @@ class Runtime:
             out["router_probe_busy"] = {"skipped": probe.skipped, "now": probe.busy}
         if self.halted is not None:
             out["halted"] = self.halted
+        if self.left_running:  # a crashed cluster's restart waits for these to end
+            out["waiting_for"] = list(self.left_running)
         return out
 
     async def command(self, cmd: OperatorCommand, timeout: float = API_TIMEOUT) -> CommandResult:
@@ -381,39 +385,51 @@ class Runtime:
             + " The other clusters of this process go on.",
         )
 
-    def not_restarted(self) -> None:
-        """Crashed, and its stop left something running (``left_running``: a plan that did
-        not end when cancelled, a stuck journal writer): a fresh Runtime beside it would be a
-        second executor of this cluster, so it stays halted until the process restarts."""
+    def waits_for_leftovers(self) -> None:
+        """Crashed, and its stop left something running (``left_running``: a plan whose
+        bounded undo outlives the stop's grace, as a rebuild's does; a hook; a stuck journal
+        writer): it stays halted until all of it has ended (``leftovers_ended``), and only
+        then restarts: a fresh Runtime beside it would be a second executor of this cluster."""
+        left = ", ".join(self.left_running)
+        self.halted = f"{self.halted}; waiting first for {left} (left running by its stop) to end"
+        self.log.emit(
+            "cluster_waits_for_leftovers", None, "warning", left_running=self.left_running
+        )
+
+    def not_restarted(self, waited: float) -> None:
+        """What its stop left running is still running ``waited`` s later (a plan that does
+        not end when cancelled, a stuck journal writer): still halted, now alerted; it restarts
+        if they ever end, else only a process restart runs this cluster again."""
         left = ", ".join(self.left_running)
         self.halted = (
-            f"crashed and not restarted: its stop left {left} running; "
-            "restart the process once the node actions it ran are checked"
+            f"crashed and not restarted: its stop left {left} running, still after "
+            f"{waited:g} s; it restarts once that ends, or restart the process once the node "
+            "actions it ran are checked"
         )
-        self.log.emit("cluster_not_restarted", None, "error", left_running=self.left_running)
+        self.log.emit(
+            "cluster_not_restarted", None, "error", left_running=self.left_running, waited=waited
+        )
         self._alert(
             f"cluster {self.name}: crashed and not restarted (its stop left {left} running)",
-            f"{self.halted}.\nNo failover for this cluster until the process restarts."
+            f"{self.halted}.\nNo failover for this cluster until it runs again."
             " The other clusters of this process go on.",
         )
 
     def _alert(self, summary: str, reason: str) -> None:
-        """A ``cluster_crashed`` alert, mailed: by a fresh notifier when ``stop`` closed this
-        Runtime's (a crash after a crash, a restart that failed); ``stop`` closes it."""
+        """A ``cluster_crashed`` alert, mailed (by a fresh notifier when ``stop`` closed this
+        Runtime's: a crash after a crash, a restart that failed), and the on_halt hook run;
+        ``stop`` (or ``leftovers_ended``) awaits both."""
         if self._notifier_closed:
             self.notifier = Notifier(self.settings.smtp, self.log, policy=self._mail_policy)
             self._notifier_closed = False
             self._notifier_task = asyncio.create_task(self.notifier.run(), name="notifier")
         scrub = Scrubber(secrets_of(self.settings))  # the exception's text, as in the log
+        kind = AlertKind.CLUSTER_CRASHED
         self.notifier.alert(
-            Alert(
-                kind=AlertKind.CLUSTER_CRASHED,
-                cluster=self.name,
-                node=None,
-                summary=scrub(summary),
-                reason=scrub(reason),
-            )
-        )
+            Alert(kind=kind, cluster=self.name, node=None, summary=scrub(summary),
+                  reason=scrub(reason))
+        )  # fmt: skip
+        self.executor.on_halt(kind.value, None, scrub(reason))  # awaited by ``stop``
 
     async def wait(self) -> None:
         """Until the decision task stops on a Stop; a task that dies on its own (the decision
@@ -432,39 +448,34 @@ class Runtime:
         await decision
 
     async def stop(self, reason: str, mail_grace: float = 0.5) -> None:
-        """The decision task finishes what it holds (a running plan within its budget), then
-        the plan still running is cancelled (its journal record left open) and every task is awaited
-        within ``SHUTDOWN_GRACE``; the journal is flushed and closed for good. What is still
-        running after that is named in ``left_running`` (and in the ``stopped`` line): a
-        restart of this cluster must not start beside it."""
+        """The decision task finishes what it holds (a running plan within its budget, counted
+        from the Stop), then the plan still running is cancelled (its journal record left
+        open); the alert mails and the background hooks get ``mail_grace``, then every task is
+        cancelled and awaited within ``SHUTDOWN_GRACE``. What is still running after that is
+        named in ``left_running`` (and in the ``stopped`` line): a restart of this cluster must
+        not start beside it; the journal stays open for it until ``leftovers_ended``. Else the
+        journal is flushed and closed for good."""
         decision = self._decision
         if decision is None:
-            if self.halted is not None:  # halted: its alert's mail, if still going
-                with contextlib.suppress(Exception):
-                    await self.notifier.close(mail_grace)
-                self._notifier_closed = True
-            if self._notifier_task is not None:
-                self._notifier_task.cancel()
-                await asyncio.gather(self._notifier_task, return_exceptions=True)
-                self._notifier_task = None
-            self.journal.close()  # never started (refused, a restart that failed): for good
+            await self._stop_halted(mail_grace)  # never started (refused, a failed restart)
             return
         self._decision = None
-        crashed = decision.done() and not decision.cancelled() and decision.exception()
+        since_stop = time.monotonic()
         if not decision.done():
             self.emit(Stop(time.monotonic(), reason))
             await self._let_decision_finish(decision)
-        # Crashed: the plan gets its budget here; else the decision task gave it (on the Stop).
-        plan = await self._end_plan(plan_budget(self.settings) if crashed else 0.0)
+        # What is left of the plan's budget: all of it when the decision task had crashed
+        # before, none when it gave the plan its budget on the Stop, the rest when it crashed
+        # while it handled the Stop (a plan is not cut halfway while it may finish).
+        left = plan_budget(self.settings) - (time.monotonic() - since_stop)
+        plan = await self._end_plan(max(0.0, left))
         stopping = time.monotonic()
-        with contextlib.suppress(Exception):
-            await self.notifier.close(mail_grace)
-        self._notifier_closed = True
+        hooks = await self._close_alerts(mail_grace)
         if self._notifier_task is not None:
             self._workers.append(self._notifier_task)
-        for task in self._workers:
+        for task in (*self._workers, *hooks):
             task.cancel()
-        owned = [*self._workers, decision, *([plan] if plan is not None else [])]
+        owned = [*self._workers, *hooks, decision, *([plan] if plan is not None else [])]
         _, pending = await asyncio.wait(owned, timeout=SHUTDOWN_GRACE)
         if self.router is not None:
             with contextlib.suppress(Exception):
@@ -472,10 +483,13 @@ class Runtime:
                     await self.router.close()
         # Every record posted is on disk before a fresh Runtime of this cluster (a restart
         # after a crash) reads and appends to the same journal; after the close no record of
-        # this Runtime lands there any more (a write fails, JournalUnwritable).
+        # this Runtime lands there any more (a write fails, JournalUnwritable). A task still
+        # running keeps it open: its records (a plan's end) land once it ends.
         journal_flushed = await self.journal.flushed()
-        self.journal.close()
+        if not pending:
+            self.journal.close()
         names = sorted(t.get_name() for t in pending)
+        self._leftovers = list(pending)
         self.left_running = names + ([] if journal_flushed else ["journal writer"])
         self.log.emit(
             "stopped",
@@ -486,6 +500,54 @@ class Runtime:
             stuck_at={t.get_name(): _where(t) for t in pending},
             journal_flushed=journal_flushed,
         )
+
+    async def _stop_halted(self, mail_grace: float) -> None:
+        """``stop`` of a Runtime that runs no decision task: its alert's mail and on_halt hook
+        (within ``mail_grace``, then cancelled and awaited), its notifier, its journal."""
+        hooks = await self._close_alerts(mail_grace) if self.halted is not None else []
+        if self._notifier_task is not None:
+            self._notifier_task.cancel()
+            await asyncio.gather(self._notifier_task, return_exceptions=True)
+            self._notifier_task = None
+        for task in hooks:
+            task.cancel()
+        if hooks:
+            _, pending = await asyncio.wait(hooks, timeout=SHUTDOWN_GRACE)
+            self._leftovers += pending
+            self.left_running += sorted(t.get_name() for t in pending)
+        if all(task.done() for task in self._leftovers):
+            self.journal.close()  # for good
+
+    async def _close_alerts(self, grace: float) -> list[asyncio.Task[object]]:
+        """The alert mails and the background hooks (post_failover, on_halt) get ``grace`` s,
+        together; the notifier is then closed (its task is cancelled with the workers). The
+        hooks still running, for the caller to cancel (their process groups are killed)."""
+        hooks = self.executor.background()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(
+                self.notifier.close(grace),
+                asyncio.wait(hooks, timeout=grace) if hooks else asyncio.sleep(0),
+            )
+        self._notifier_closed = True
+        return [task for task in hooks if not task.done()]
+
+    async def leftovers_ended(self, poll: float = 1.0) -> None:
+        """Returns once everything ``stop`` left running (``left_running``: a plan whose undo
+        outlived the grace, a hook, a stuck journal writer) has ended, the on_halt hooks of
+        its alerts included; then the journal is flushed (their records land) and closed for
+        good. Only then may a fresh Runtime of this cluster start. Never returns while one
+        runs."""
+        while pending := [
+            task for task in (*self._leftovers, *self.executor.background()) if not task.done()
+        ]:
+            await asyncio.wait(pending)
+        flushed = await self.journal.flushed()
+        while not flushed:  # a stuck writer thread: until it is free
+            await asyncio.sleep(poll)
+            flushed = await self.journal.flushed()
+        self.journal.close()
+        self.log.emit("leftovers_ended", None, "warning", ended=self.left_running)
+        self._leftovers, self.left_running = [], []
 
     async def _let_decision_finish(self, decision: asyncio.Task[None]) -> None:
         """The decision task, with a Stop on its queue: idle, within ``SHUTDOWN_GRACE``; a

@@ -13,10 +13,10 @@ connection and the lock that serialises their applies and probes).
 
 A cluster whose decision task or worker crashes (an unexpected exception: a bug) is halted
 alone and restarted from its journal after a back-off (``Service._supervise``), as a process
-restart would, once its stop ended everything it ran (else it stays halted: never two
-controllers of one cluster at once); the process ends (non-zero) only when no cluster runs
-any more, or on a process-wide failure. Every cluster's ProxySQL rows stay on the shared admin
-link meanwhile, under the check before every LOAD.
+restart would, once everything its stop could not end within its grace has ended (until then
+it stays halted: never two controllers of one cluster at once); the process ends (non-zero)
+only when no cluster runs any more, or on a process-wide failure. Every cluster's ProxySQL
+rows stay on the shared admin link meanwhile, under the check before every LOAD.
 
 As the API's ``ControllerHandle``: ``/health`` is alive when every decision task is (or its
 cluster is halted on purpose: refused at start-up, crashed and waiting to restart), ``/ready``
@@ -78,6 +78,11 @@ RESTART_BACKOFF_MAX = 300.0
 RESTART_STABLE = 600.0
 """Seconds a restarted cluster must run before its back-off starts again from the first."""
 
+LEFTOVER_PATIENCE = 1200.0
+"""Seconds a crashed cluster waits for what its stop left running (a rebuild's undo: stop
+300 s, start 600 s and a few 60 s commands with the default timeouts) before it alerts that it
+is not restarted; it still restarts if they end later."""
+
 
 def restart_delay(last: float | None, ran_for: float, first: float) -> float:
     """Seconds a crashed cluster waits before its restart: ``first`` at its first crash or
@@ -113,6 +118,7 @@ class Service:
         paused: bool = False,
         mail_policy: MailPolicy | None = None,
         restart_backoff: float = RESTART_BACKOFF,
+        leftover_patience: float = LEFTOVER_PATIENCE,
     ) -> None:
         if not clusters:
             raise ValueError("no cluster to run")
@@ -138,7 +144,7 @@ class Service:
             self.runtimes[name] = self._runtime(settings, acknowledge_block=name in acknowledge)
         self.clusters = tuple(self.runtimes)
         self.api: ApiProcess | None = None
-        self.restart_backoff = restart_backoff
+        self.restart_backoff, self.leftover_patience = restart_backoff, leftover_patience
         self._started: list[Runtime] = []
         self._halted: list[Runtime] = []
         """Clusters whose router refused at start-up (a real conflict) while others run."""
@@ -259,8 +265,10 @@ class Service:
         (WorkerCrashed) halts it (alert, status, ``hacontrol_halt_active``), stops it, and
         after a back-off (``restart_delay``) a fresh Runtime resumes from its journal, as a
         process restart would; while the other clusters run on. A stop that left something of
-        the crashed Runtime running (``left_running``) keeps the cluster halted instead (no
-        second executor beside the first). Raises the crash when no cluster is left running."""
+        the crashed Runtime running (``left_running``: a rebuild's undo) keeps the cluster
+        halted until it has ended (``_until_leftovers_end``: no second executor beside the
+        first), then the back-off and the restart. Raises the crash when no cluster is left
+        running."""
         runtime, backoff = self.runtimes[name], None
         error: WorkerCrashed | None = None
         while True:
@@ -283,11 +291,25 @@ class Service:
             await asyncio.shield(cleanup)
             if last:
                 raise error
-            if runtime.left_running:
-                runtime.not_restarted()
-                await asyncio.Event().wait()  # halted until the process ends (``wait``)
+            if runtime.left_running:  # halted until they end: never two plans at once
+                await self._until_leftovers_end(runtime)
             await asyncio.sleep(backoff)
             runtime, error = await self._restart(runtime)
+
+    async def _until_leftovers_end(self, runtime: Runtime) -> None:
+        """While what the crashed Runtime's stop left running (``left_running``) runs, its
+        cluster stays halted (/status and the log say what it waits for); alerted
+        (``not_restarted``) when that lasts ``leftover_patience`` s. Returns once all of it
+        has ended and its journal is flushed and closed: only then may the restart come."""
+        runtime.waits_for_leftovers()
+        ended = asyncio.ensure_future(runtime.leftovers_ended())
+        try:
+            done, _ = await asyncio.wait([ended], timeout=self.leftover_patience)
+            if not done:
+                runtime.not_restarted(self.leftover_patience)
+            await ended
+        finally:
+            ended.cancel()
 
     async def _restart(self, crashed: Runtime) -> tuple[Runtime, WorkerCrashed | None]:
         """A fresh Runtime for the crashed one's cluster (its settings, its journal), started

@@ -389,32 +389,67 @@ async def test_a_worker_crash_under_a_plan_past_its_budget_cancels_the_plan_befo
 
 
 @pytest.mark.usefixtures("short_budget")
-async def test_a_plan_that_outlives_the_stop_keeps_its_cluster_halted(tmp_path):
-    # The plan does not end when cancelled (an action stuck past every timeout): the stop names
-    # it, the cluster is not restarted beside it (it stays halted, /ready and the alert say
-    # why), the other cluster goes on.
+async def test_a_plan_that_outlives_the_stop_holds_its_cluster_halted_until_it_ends(tmp_path):
+    # The plan does not end when cancelled (an undo that outlives the stop's grace, as a
+    # rebuild's does: 8 s here): the stop names it, the cluster stays halted while it runs
+    # (/ready and /status say what it waits for, the journal stays open for its records), is
+    # alerted once it lasts past the patience (2 s), and restarts only once it has ended: the
+    # fresh c001 resumes the failover from its journal. The other cluster goes on.
     async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
-        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
+        svc, capture = service(
+            *cluster_settings(fake, tmp_path), restart_backoff=0.5, leftover_patience=2.0
+        )
         async with svc:
             waiting = asyncio.create_task(svc.wait())
-            old, _, _ = await failing_over_slowly(svc, fake, stubborn=6.0)
+            old, calls, _ = await failing_over_slowly(svc, fake, stubborn=8.0)
+            plan, plan_task = old.controller.running_plan, old.controller._task
+            assert plan is not None and plan_task is not None
             crash_a_probe(old, "c001n2")
-            await eventually(lambda: capture.of("cluster_not_restarted"), 20, "kept halted")
-            await asyncio.sleep(2.0)  # past the back-off: still the old one, halted
-            assert svc.runtimes["c001"] is old and not capture.of("cluster_restarting")
+            mine = lambda event: [r for r in capture.of(event) if r["cluster"] == "c001"]  # noqa: E731
+            await eventually(lambda: mine("cluster_waits_for_leftovers"), 20, "it waits")
+            assert svc.runtimes["c001"] is old and not plan_task.done()
+            assert not old.journal._closed  # what the plan still writes lands
             ok, reason = svc.ready()
-            assert not ok and "not restarted" in reason and "plan:" in reason, reason
+            assert not ok and "waiting first for plan:" in reason, reason
+            status = svc.status()["clusters"]["c001"]
+            assert status["waiting_for"] == [plan_task.get_name()], status
             assert svc.alive()[0]
+            await eventually(lambda: mine("cluster_not_restarted"), 20, "alerted past patience")
+            assert svc.runtimes["c001"] is old and not mine("cluster_restarting")
             fake.kill("c002n1")
             await eventually(lambda: finished(capture, "c002"), 30, "c002's failover")
+            await eventually(lambda: svc.runtimes["c001"] is not old, 30, "c001 restarted")
+            assert plan_task.done() and calls[-1] == "ended after the cancel"
+            assert old.journal._closed and not old.left_running
+            fresh = svc.runtimes["c001"]
+            await eventually(lambda: mine("journal_unfinished"), 20, "the plan found open")
+            await eventually(
+                lambda: (
+                    fresh.controller.view.primary in ("c001n2", "c001n3")
+                    and fresh.controller.running_plan is None
+                ),
+                60,
+                "the restarted c001 on a promoted replica",
+            )
             assert not waiting.done()
             waiting.cancel()
             await asyncio.gather(waiting, return_exceptions=True)
-    (stopped,) = [r for r in capture.of("stopped") if r["cluster"] == "c001"][:1]
-    assert any(name.startswith("plan:") for name in stopped["tasks_not_finished"]), stopped
+    events = [r["event"] for r in capture.records if r.get("cluster") == "c001"]
+    order = [events.index(e) for e in ("stopped", "cluster_waits_for_leftovers",
+                                       "cluster_not_restarted", "leftovers_ended",
+                                       "cluster_restarting")]  # fmt: skip
+    assert order == sorted(order), events
+    (stopped,) = mine("stopped")[:1]
+    assert stopped["tasks_not_finished"] == [plan_task.get_name()], stopped
+    (ended,) = mine("leftovers_ended")
+    assert ended["ended"] == [plan_task.get_name()], ended
+    (resumed,) = mine("journal_unfinished")
+    assert resumed["plan"] == plan, resumed
     alerts = [a for a in capture.of("alert") if a["cluster"] == "c001"]
-    assert [a["kind"] for a in alerts] == ["cluster_crashed", "cluster_crashed"], alerts
+    assert [a["kind"] for a in alerts[:2]] == ["cluster_crashed", "cluster_crashed"], alerts
     assert "not restarted" in alerts[1]["summary"], alerts[1]
+    (done,) = finished(capture, "c001")  # the fresh one's: the old one's was left open
+    assert done["ok"] and done["plan"] == plan, done
 
 
 async def test_a_closed_journal_takes_no_record_any_more(tmp_path):
