@@ -64,7 +64,11 @@ class WorkerCrashed(Exception):
 
 
 def describe_error(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    """``Type: text``; a group (a TaskGroup's: the lease keeper's) names its first error too."""
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if isinstance(error, BaseExceptionGroup) and error.exceptions:
+        text += f": first {describe_error(error.exceptions[0])}"
+    return text
 
 
 def build_router(
@@ -583,6 +587,8 @@ class Runtime:
 
 def _frames(error: BaseException) -> list[str]:
     """Where ``error`` was raised: the innermost frames of its traceback, last."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]  # where the first of a group's errors was raised
     frames = traceback.extract_tb(error.__traceback__)[-8:]
     return [f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in frames]
 

@@ -1,0 +1,212 @@
+"""What one cluster's ``Runtime.stop`` ends, against the fake fleet: the background hooks
+(``post_failover``, ``on_halt``) are cancelled (their process groups killed) and awaited, or
+named in ``left_running`` with the journal kept open until they end (``leftovers_ended``); a
+plan keeps what is left of its budget when the decision task dies while it handles the Stop;
+``on_halt`` runs for a controller crash; a lease crash halts and restarts its cluster;
+``router_probe_busy`` in /status."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import hacontrol.controller as controller_mod
+import hacontrol.runtime as runtime_mod
+from hacontrol.events import Event, OperatorCommand, Stop
+from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
+from hacontrol.settings import Settings
+from tests.fakefleet import FakeFleet, fleet
+from tests.live import runtime, service
+from tests.support import eventually
+from tests.test_service import cluster_settings, idle
+from tests.test_service_crash import InjectedBug, crash_on_command, on_one_proxysql, slow_promote
+
+
+def with_hooks(settings: Settings, **hooks: str) -> Settings:
+    return settings.model_copy(update={"hooks": settings.hooks.model_copy(update=hooks)})
+
+
+def hook_pid(marker: Path) -> int:
+    """The pid a ``sleeper`` hook wrote, once it did (0 before)."""
+    text = marker.read_text().strip() if marker.exists() else ""
+    return int(text) if text else 0
+
+
+def sleeper(marker: Path) -> str:
+    """A hook that writes its pid and its kind, then sleeps a minute (longer than any stop)."""
+    return f"sh -c 'echo $$ > {marker}; echo $HACONTROL_KIND > {marker}.kind; exec sleep 60'"
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs: not gone, not a zombie (killed, not reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_the_stop_kills_and_awaits_a_background_hook(tmp_path):
+    # An on_halt hook still running when the cluster stops (a minute long): the stop kills its
+    # process (group) and awaits it; nothing of it outlives the stop.
+    marker = tmp_path / "hook.pid"
+    async with FakeFleet(fleet([3])) as fake:
+        (settings,) = cluster_settings(fake, tmp_path)
+        rt, capture = runtime(with_hooks(settings, on_halt=sleeper(marker), timeout=120.0))
+        async with rt:
+            halt = Notify(AlertKind.HALT, None, "HALT", "test: a halt")
+            rt.executor.notify(
+                halt, Plan("TwoWritableNodes", "x", kind=PlanKind.HALT), on_halt=True
+            )
+            pid = await eventually(lambda: hook_pid(marker), 10, "the hook running")
+            (hook,) = rt.executor.background()
+            await rt.stop("test: stop under a hook")
+            assert hook.done() and not rt.executor.background()
+            assert not alive(pid), f"the hook (pid {pid}) outlived the stop"
+    (stopped,) = capture.of("stopped")
+    assert stopped["tasks_not_finished"] == [] and rt.left_running == [], stopped
+
+
+async def test_a_hook_that_outlives_the_stop_is_named_and_its_journal_kept_open(tmp_path):
+    # A background job that does not end when cancelled (3 s more): the stop names it in
+    # left_running and keeps the journal open; leftovers_ended returns once it ended, then
+    # closes the journal.
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(3)
+            raise
+
+    async with FakeFleet(fleet([3])) as fake:
+        (settings,) = cluster_settings(fake, tmp_path)
+        rt, capture = runtime(settings)
+        async with rt:
+            await eventually(lambda: rt.controller.decisions, 20, "deciding")
+            rt.executor._in_background(stubborn(), "hook:post_failover")
+            await rt.stop("test: stop under a stubborn hook")
+            assert rt.left_running == ["hook:post_failover"]
+            assert not rt.journal._closed
+            assert rt.status()["waiting_for"] == ["hook:post_failover"]
+            started = time.monotonic()
+            await asyncio.wait_for(rt.leftovers_ended(), 20)
+            assert time.monotonic() - started > 0.5  # it waited for the hook
+            assert rt.journal._closed and rt.left_running == [] and not rt.executor.background()
+    (stopped,) = capture.of("stopped")
+    assert stopped["tasks_not_finished"] == ["hook:post_failover"], stopped
+    (ended,) = capture.of("leftovers_ended")
+    assert ended["ended"] == ["hook:post_failover"], ended
+
+
+async def test_a_decision_task_that_dies_on_the_stop_leaves_the_plan_its_budget(
+    tmp_path, monkeypatch
+):
+    # A failover runs (its promote takes 8 s, its budget is 3 s) when the stop comes; the
+    # decision task raises as it handles the Stop: the plan is not cancelled at once, it gets
+    # what is left of its budget, then it is cancelled.
+    monkeypatch.setattr(controller_mod, "plan_budget", lambda settings: 3.0)
+    monkeypatch.setattr(runtime_mod, "plan_budget", lambda settings: 3.0)
+    async with FakeFleet(fleet([3], net_timeout=0.5)) as fake:
+        (settings,) = cluster_settings(fake, tmp_path)
+        rt, capture = runtime(settings)
+        async with rt:
+            await eventually(lambda: rt.controller.decisions, 20, "deciding")
+            calls: list[str] = []
+            slow_promote(rt, 8.0, calls)
+            fake.kill("c001n1")
+            await eventually(lambda: calls, 20, "the failover promoting")
+            handle = rt.controller.handle
+
+            def dies_on_stop(event: Event) -> None:
+                if isinstance(event, Stop):
+                    raise InjectedBug("injected: the Stop broke the decision task")
+                handle(event)
+
+            rt.controller.handle = dies_on_stop  # type: ignore[method-assign]
+            started = time.monotonic()
+            await rt.stop("test: stop under a failover")
+            took = time.monotonic() - started
+    assert took >= 2.5, took  # the plan's budget (3 s), not an immediate cancel
+    assert calls == ["called", "cancelled"]
+    (waited,) = capture.of("stop_waits_for_plan")
+    assert waited["budget_seconds"] > 2.5, waited
+    assert capture.of("stop_cancels_plan")
+
+
+async def test_the_on_halt_hook_runs_for_a_controller_crash(tmp_path):
+    marker = tmp_path / "hook.pid"
+    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+        first, second = cluster_settings(fake, tmp_path)
+        first = with_hooks(first, on_halt=sleeper(marker), timeout=120.0)
+        svc, capture = service(first, second, restart_backoff=0.5)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
+            old = svc.runtimes["c001"]
+            crash_on_command(old)
+            await svc.command(OperatorCommand(time.monotonic(), "pause"), "c001")
+            pid = await eventually(lambda: hook_pid(marker), 10, "the on_halt hook running")
+            await eventually(lambda: svc.runtimes["c001"] is not old, 30, "c001 restarted")
+            assert not alive(pid), "the old controller's hook runs beside the restarted one"
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    assert (tmp_path / "hook.pid.kind").read_text().split() == ["cluster_crashed"]
+    started = [r for r in capture.of("hook_started") if r["cluster"] == "c001"]
+    assert started and started[0]["phase"] == "on_halt", started
+
+
+async def test_a_lease_crash_halts_its_cluster_which_restarts(tmp_path):
+    # Both clusters in fleet mode (one instance here); c001's lease keeper breaks (its emit
+    # raises): c001 alone is halted and restarted with a lease keeper of its own; c002 goes on.
+    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+        clusters = [
+            s.model_copy(update={"controller": s.controller.model_copy(update={"fleet": True})})
+            for s in cluster_settings(fake, tmp_path)
+        ]
+        svc, capture = service(*clusters, restart_backoff=0.5)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            await eventually(lambda: idle(svc), 30, "both clusters deciding")
+            old, other = svc.runtimes["c001"], svc.runtimes["c002"]
+            assert old.lease is not None
+
+            def broken(event: Event) -> None:
+                raise InjectedBug("injected: the lease's emit broke")
+
+            old.lease._emit = broken  # type: ignore[method-assign]
+            await eventually(lambda: capture.of("cluster_crashed"), 20, "the crash logged")
+            await eventually(lambda: svc.runtimes["c001"] is not old, 20, "c001 restarted")
+            fresh = svc.runtimes["c001"]
+            await eventually(lambda: fresh.halted is None and fresh.alive()[0], 20, "it runs")
+            decided = len(fresh.controller.decisions)
+            await eventually(lambda: len(fresh.controller.decisions) > decided, 20, "deciding")
+            (lease,) = [t for t in fresh._workers if t.get_name() == "lease"]
+            assert not lease.done() and fresh.lease is not old.lease
+            assert svc.runtimes["c002"] is other and other.halted is None
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    (line,) = capture.of("cluster_crashed")
+    assert (line["cluster"], line["task"]) == ("c001", "lease"), line
+    assert "first InjectedBug: injected: the lease's emit broke" in line["error"], line
+    assert any("lease.py" in frame for frame in line["where"]), line
+    stopped = [r for r in capture.of("stopped") if r["cluster"] == "c001"]
+    assert stopped and stopped[0]["tasks_not_finished"] == [], stopped
+
+
+async def test_status_says_when_the_router_probe_skips_a_busy_shared_admin(tmp_path):
+    # Two clusters on one real ProxySQL: while the shared admin link is held by another call
+    # (its lock taken here), each cluster's router probe skips its read and /status says so;
+    # once the link is free again the next read runs and ``now`` clears.
+    async with on_one_proxysql(tmp_path) as (_, _, _, svc, _):
+        await eventually(lambda: idle(svc), 30, "both clusters healthy and idle")
+        rt = svc.runtimes["c001"]
+        assert "router_probe_busy" not in rt.status()
+        link = rt.router.link  # type: ignore[union-attr]
+        async with link.lock:
+            busy = await eventually(lambda: rt.status().get("router_probe_busy"), 10, "skips")
+        assert busy["skipped"] >= 1 and busy["now"], busy
+        await eventually(
+            lambda: rt.status()["router_probe_busy"]["now"] is None, 10, "a read ran again"
+        )
+        assert rt.status()["router_probe_busy"]["skipped"] >= 1
