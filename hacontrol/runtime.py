@@ -542,7 +542,9 @@ class Runtime:
         good. Only then may a fresh Runtime of this cluster start. Never returns while one
         runs."""
         while pending := [
-            task for task in (*self._leftovers, *self.executor.background()) if not task.done()
+            task
+            for task in (*self._leftovers, *self.executor.background(), self.controller._task)
+            if task is not None and not task.done()  # a plan its stuck decision task started
         ]:
             await asyncio.wait(pending)
         flushed = await self.journal.flushed()

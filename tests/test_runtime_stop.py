@@ -60,9 +60,9 @@ async def test_the_stop_kills_and_awaits_a_background_hook(tmp_path):
                 halt, Plan("TwoWritableNodes", "x", kind=PlanKind.HALT), on_halt=True
             )
             pid = await eventually(lambda: hook_pid(marker), 10, "the hook running")
-            (hook,) = rt.executor.background()
+            (hook,) = rt.executor._background  # the hook, as the executor holds it
             await rt.stop("test: stop under a hook")
-            assert hook.done() and not rt.executor.background()
+            assert hook.done() and not rt.executor._background
             assert not alive(pid), f"the hook (pid {pid}) outlived the stop"
     (stopped,) = capture.of("stopped")
     assert stopped["tasks_not_finished"] == [] and rt.left_running == [], stopped

@@ -396,9 +396,8 @@ async def test_a_plan_that_outlives_the_stop_holds_its_cluster_halted_until_it_e
     # alerted once it lasts past the patience (2 s), and restarts only once it has ended: the
     # fresh c001 resumes the failover from its journal. The other cluster goes on.
     async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
-        svc, capture = service(
-            *cluster_settings(fake, tmp_path), restart_backoff=0.5, leftover_patience=2.0
-        )
+        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
+        svc.leftover_patience = 2.0
         async with svc:
             waiting = asyncio.create_task(svc.wait())
             old, calls, _ = await failing_over_slowly(svc, fake, stubborn=8.0)
