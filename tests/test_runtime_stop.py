@@ -11,11 +11,16 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 import hacontrol.controller as controller_mod
 import hacontrol.runtime as runtime_mod
+from hacontrol.actions.rebuild import Rebuilder, RebuildFailed, _Job
 from hacontrol.events import Event, OperatorCommand, Stop
 from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
+from hacontrol.rebuild_commands import RebuildCommands
 from hacontrol.settings import Settings
+from tests import factories
 from tests.fakefleet import FakeFleet, fleet
 from tests.live import runtime, service
 from tests.support import eventually
@@ -210,3 +215,21 @@ async def test_status_says_when_the_router_probe_skips_a_busy_shared_admin(tmp_p
             lambda: rt.status()["router_probe_busy"]["now"] is None, 10, "a read ran again"
         )
         assert rt.status()["router_probe_busy"]["skipped"] >= 1
+
+
+async def test_a_node_control_that_hangs_fails_the_rebuild_step_saying_it_timed_out() -> None:
+    # The injected node control (the sandbox's) stops a node that never answers: the step fails
+    # within its timeout and says so (not an empty "cannot stop node3: ").
+    class Hangs:
+        async def stop(self, node: str) -> None:
+            await asyncio.sleep(60)
+
+        async def start(self, node: str) -> None:
+            await asyncio.sleep(60)
+
+    rebuilder = Rebuilder(factories.settings(), RebuildCommands(), control=Hangs())
+    job = _Job(rebuilder, "node3", "node2", "node1", lambda _: None)
+    started = time.monotonic()
+    with pytest.raises(RebuildFailed, match=r"cannot stop node3: timed out after 0\.2 s$"):
+        await job.control_node("stop", 0.2)
+    assert time.monotonic() - started < 5

@@ -448,7 +448,12 @@ class _Job:
             await self.command(command, f"{verb} the target", timeout)
             return
         try:
-            await asyncio.wait_for(getattr(control, verb)(self.target), timeout)
+            async with asyncio.timeout(timeout):
+                await getattr(control, verb)(self.target)
+        except TimeoutError:
+            raise RebuildFailed(
+                verb, f"cannot {verb} {self.target}: timed out after {timeout:g} s"
+            ) from None
         except Exception as exc:
             raise RebuildFailed(verb, f"cannot {verb} {self.target}: {exc}") from None
 
