@@ -286,14 +286,25 @@ async def test_the_process_ends_when_no_cluster_runs_any_more(tmp_path):
     assert not capture.of("cluster_restarting")
 
 
-def slow_promote(runtime: Runtime, seconds: float, calls: list[str], stubborn: float = 0.0) -> None:
+def slow_promote(
+    runtime: Runtime,
+    seconds: float,
+    calls: list[str],
+    stubborn: float = 0.0,
+    acts_first: bool = False,
+) -> None:
     """``runtime``'s promote takes ``seconds`` before it acts (a plan longer than its budget,
     as a rebuild always is); ``stubborn``: seconds it goes on after a cancel (a task that does
-    not end when told to). ``calls`` records what it did."""
+    not end when told to); ``acts_first``: it promotes on the server first, then takes its
+    ``seconds`` (a cut after the server made the candidate writable, before the step returned).
+    ``calls`` records what it did."""
     promote = runtime.executor.mysql.promote
 
     async def slow(*args: Any, **kwargs: Any) -> Any:
         calls.append("called")
+        if acts_first:
+            calls.append("promoted on the server")
+            await promote(*args, **kwargs)
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
@@ -338,13 +349,13 @@ def short_budget(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def failing_over_slowly(
-    svc: Service, fake: FakeFleet, stubborn: float = 0.0
+    svc: Service, fake: FakeFleet, stubborn: float = 0.0, acts_first: bool = False
 ) -> tuple[Runtime, list[str], list[tuple[str, str]]]:
     """Both clusters idle, then c001's primary killed and its failover's promote slow (8 s):
     c001's Runtime once the promote started, what the promote did, its journal's ends."""
     await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
     old, calls = svc.runtimes["c001"], []
-    slow_promote(old, 8.0, calls, stubborn)
+    slow_promote(old, 8.0, calls, stubborn, acts_first)
     ends = record_ends(old)
     fake.kill("c001n1")
     await eventually(lambda: calls, 20, "c001's failover promoting")
@@ -352,8 +363,9 @@ async def failing_over_slowly(
 
 
 @pytest.mark.usefixtures("short_budget")
+@pytest.mark.parametrize("acts_first", [False, True], ids=["cut_before_promote", "cut_inside"])
 async def test_a_worker_crash_under_a_plan_past_its_budget_cancels_the_plan_before_the_restart(
-    tmp_path,
+    tmp_path, acts_first: bool
 ):
     # c001's failover outlives its budget (1 s here; its promote takes 8 s) when a probe of
     # c001 crashes: the stop cancels and awaits the plan, its journal record left open (the
@@ -364,18 +376,37 @@ async def test_a_worker_crash_under_a_plan_past_its_budget_cancels_the_plan_befo
         svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
         async with svc:
             waiting = asyncio.create_task(svc.wait())
-            old, calls, ends = await failing_over_slowly(svc, fake)
+            old, calls, ends = await failing_over_slowly(svc, fake, acts_first=acts_first)
             plan, plan_task = old.controller.running_plan, old.controller._task
             assert plan is not None and plan_task is not None
             crash_a_probe(old, "c001n2")
             await eventually(lambda: svc.runtimes["c001"] is not old, 20, "c001 restarted")
-            assert plan_task.done() and calls == ["called", "cancelled"]
+            promoted = ["promoted on the server"] if acts_first else []
+            assert plan_task.done() and calls == ["called", *promoted, "cancelled"]
             assert ends == []  # no end record: the plan is left open for the fresh one
             unfinished = lambda: [  # noqa: E731
                 r for r in capture.of("journal_unfinished") if r["cluster"] == "c001"
             ]
             found = await eventually(unfinished, 20, "the fresh c001 finding the plan open")
             assert found[0]["plan"] == plan, found
+            # The fresh c001 finishes the failover (it is resumed, not dropped): one writable
+            # primary, the other replica following it, the dead primary kept quarantined.
+            fresh = svc.runtimes["c001"]
+            await eventually(lambda: finished(capture, "c001"), 30, "the resumed failover")
+            (done,) = finished(capture, "c001")
+            assert done["ok"] and done["plan"] == plan, done
+            await eventually(
+                lambda: (
+                    fresh.controller.view.primary in ("c001n2", "c001n3")
+                    and fresh.controller.view.replicas_of(fresh.controller.view.primary)
+                ),
+                20,
+                "c001 with a writable primary and a replica following it",
+            )
+            view = fresh.controller.view
+            other = ({"c001n2", "c001n3"} - {view.primary}).pop()
+            assert view.sources[other] == view.primary, view.sources
+            assert "c001n1" in fresh.controller.state.quarantined
             assert not waiting.done()
             waiting.cancel()
             await asyncio.gather(waiting, return_exceptions=True)
