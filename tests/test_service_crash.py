@@ -694,3 +694,71 @@ async def test_a_worker_that_ends_on_its_own_is_a_crash_of_its_cluster(tmp_path,
     (line,) = capture.of("cluster_crashed")
     assert (line["cluster"], line["task"]) == ("c002", "ticker"), line
     assert "ended on its own" in line["error"], line
+
+
+class UndoesSlowly:
+    """A node rebuilder shaped like ``actions.rebuild.Rebuilder.rebuild`` when cancelled: the
+    copy runs until cut, then its undo runs shielded from the cancel (``undo`` s: stopping the
+    target and putting its old datadir back takes that long), then the cancel goes on."""
+
+    def __init__(self, undo: float) -> None:
+        self.undo, self.calls = undo, []
+
+    async def rebuild(self, target, source, primary, on_progress=None, guard=None):
+        self.calls.append("copying")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.calls.append("undoing")
+            await asyncio.shield(asyncio.sleep(self.undo))
+            self.calls.append("undone")
+            raise
+        raise AssertionError("the copy never ends here")
+
+
+@pytest.mark.usefixtures("short_budget")
+async def test_a_crash_during_a_rebuild_waits_for_its_undo_then_restarts(tmp_path):
+    # An operator's rebuild of c001n3 copies (it always outlives its budget: 1 s) when a probe of
+    # c001 crashes: the stop cancels it, its undo goes on past the stop's grace (4 s), the
+    # cluster waits for it, halted, then restarts from its journal (the rebuild is not resumed)
+    # and fails over when its primary dies.
+    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
+            old, rebuilder = svc.runtimes["c001"], UndoesSlowly(4.0)
+            old.executor.rebuilder = rebuilder  # type: ignore[assignment]
+            hide = OperatorCommand(time.monotonic(), "maintenance", "c001n3", on=True)
+            assert (await svc.command(hide, "c001")).ok
+            answer = await svc.command(
+                OperatorCommand(time.monotonic(), "rebuild", "c001n3", source="c001n2"), "c001"
+            )
+            assert answer.ok, answer
+            await eventually(lambda: rebuilder.calls, 20, "the rebuild copying")
+            plan_task = old.controller._task
+            assert plan_task is not None
+            crash_a_probe(old, "c001n2")
+            mine = lambda event: [r for r in capture.of(event) if r["cluster"] == "c001"]  # noqa: E731
+            await eventually(lambda: mine("cluster_waits_for_leftovers"), 30, "it waits")
+            assert rebuilder.calls == ["copying", "undoing"] and not plan_task.done()
+            assert "waiting_for" in svc.status()["clusters"]["c001"]
+            await eventually(lambda: svc.runtimes["c001"] is not old, 30, "c001 restarted")
+            assert rebuilder.calls == ["copying", "undoing", "undone"]
+            fresh = svc.runtimes["c001"]
+            await eventually(lambda: fresh.ready()[0], 20, "the restarted c001 ready")
+            await eventually(lambda: mine("plan_abandoned"), 20, "the rebuild not resumed")
+            back = OperatorCommand(time.monotonic(), "maintenance", "c001n3", on=False)
+            assert (await svc.command(back, "c001")).ok
+            fake.kill("c001n1")
+            await eventually(lambda: finished(capture, "c001"), 30, "c001's failover")
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    assert not mine("cluster_not_restarted")
+    (stopped,) = mine("stopped")[:1]
+    assert stopped["tasks_not_finished"] == [plan_task.get_name()], stopped
+    rebuild = plan_task.get_name().removeprefix("plan:")
+    assert [r["plan"] for r in mine("plan_left_open")] == [rebuild]
+    assert [r["plan"] for r in mine("plan_abandoned")] == [rebuild]
+    (done,) = finished(capture, "c001")
+    assert done["ok"], done
