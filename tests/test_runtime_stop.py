@@ -8,6 +8,7 @@ plan keeps what is left of its budget when the decision task dies while it handl
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -102,6 +103,34 @@ async def test_a_hook_that_outlives_the_stop_is_named_and_its_journal_kept_open(
     assert stopped["tasks_not_finished"] == ["hook:post_failover"], stopped
     (ended,) = capture.of("leftovers_ended")
     assert ended["ended"] == ["hook:post_failover"], ended
+
+
+async def test_a_stuck_journal_writer_is_waited_for_before_the_journal_is_left(tmp_path):
+    # The journal's writer thread hangs on a write (a dead disk) when the cluster stops: the
+    # stop names it; leftovers_ended returns only once that write has returned.
+    async with FakeFleet(fleet([3])) as fake:
+        (settings,) = cluster_settings(fake, tmp_path)
+        rt, capture = runtime(settings)
+        async with rt:
+            await eventually(lambda: rt.controller.decisions, 20, "deciding")
+            rt.journal.write_timeout = 0.3
+            release = threading.Event()
+            rt.journal.post(release.wait)  # a write that hangs
+            try:
+                await asyncio.sleep(0.5)  # past its write timeout: stuck
+                await rt.stop("test: stop under a stuck journal writer")
+                assert rt.left_running == ["journal writer"]
+                ended = asyncio.ensure_future(rt.leftovers_ended(poll=0.1))
+                await asyncio.sleep(1.0)
+                assert not ended.done()  # the write still hangs
+            finally:
+                release.set()
+            await asyncio.wait_for(ended, 10)
+            assert rt.left_running == [] and rt.journal.busy_for() is None
+    (stopped,) = capture.of("stopped")
+    assert not stopped["journal_flushed"], stopped
+    (done,) = capture.of("leftovers_ended")
+    assert done["ended"] == ["journal writer"], done
 
 
 async def test_a_decision_task_that_dies_on_the_stop_leaves_the_plan_its_budget(
