@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import hacontrol.controller as controller_mod
 import hacontrol.runtime as runtime_mod
+from hacontrol.actions.rebuild import to_its_end
 from hacontrol.events import Event, OperatorCommand
 from hacontrol.journal import Journal, JournalUnwritable
 from hacontrol.runtime import Runtime, WorkerCrashed
@@ -697,21 +698,27 @@ async def test_a_worker_that_ends_on_its_own_is_a_crash_of_its_cluster(tmp_path,
 
 
 class UndoesSlowly:
-    """A node rebuilder shaped like ``actions.rebuild.Rebuilder.rebuild`` when cancelled: the
-    copy runs until cut, then its undo runs shielded from the cancel (``undo`` s: stopping the
-    target and putting its old datadir back takes that long), then the cancel goes on."""
+    """A node rebuilder cancelled as ``actions.rebuild.Rebuilder.rebuild`` is: the copy runs
+    until cut, then its undo (``undo`` s: stopping the target and putting its old datadir
+    back takes that long) runs to its end through every cancel (``to_its_end``), then the
+    cancel goes on. The undo records its own start and end."""
 
     def __init__(self, undo: float) -> None:
         self.undo, self.calls = undo, []
+        self.undone_at: float | None = None
+
+    async def _undo(self) -> None:
+        self.calls.append("undoing")
+        await asyncio.sleep(self.undo)
+        self.calls.append("undone")
+        self.undone_at = time.monotonic()
 
     async def rebuild(self, target, source, primary, on_progress=None, guard=None):
         self.calls.append("copying")
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
-            self.calls.append("undoing")
-            await asyncio.shield(asyncio.sleep(self.undo))
-            self.calls.append("undone")
+            await to_its_end(self._undo())
             raise
         raise AssertionError("the copy never ends here")
 
@@ -762,3 +769,39 @@ async def test_a_crash_during_a_rebuild_waits_for_its_undo_then_restarts(tmp_pat
     assert [r["plan"] for r in mine("plan_abandoned")] == [rebuild]
     (done,) = finished(capture, "c001")
     assert done["ok"], done
+
+
+@pytest.mark.usefixtures("short_budget")
+async def test_a_crash_while_a_preempted_rebuild_undoes_waits_for_the_undo(tmp_path):
+    # c001's rebuild of c001n3 is preempted by a failover (c001n1 dies): its undo runs (6 s)
+    # when a probe of c001 crashes. The stop's cancel is the plan's second one: the plan task
+    # still ends only with the undo, so the stop names it, the cluster waits, and the fresh
+    # c001 starts only after the undo's end (never beside it).
+    async with FakeFleet(fleet([4, 3], net_timeout=0.5)) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
+            old, rebuilder = svc.runtimes["c001"], UndoesSlowly(6.0)
+            old.executor.rebuilder = rebuilder  # type: ignore[assignment]
+            hide = OperatorCommand(time.monotonic(), "maintenance", "c001n3", on=True)
+            assert (await svc.command(hide, "c001")).ok
+            rebuild = OperatorCommand(time.monotonic(), "rebuild", "c001n3", source="c001n2")
+            assert (await svc.command(rebuild, "c001")).ok
+            await eventually(lambda: rebuilder.calls, 20, "the rebuild copying")
+            plan_task = old.controller._task
+            assert plan_task is not None
+            fake.kill("c001n1")
+            await eventually(lambda: "undoing" in rebuilder.calls, 30, "preempted, undoing")
+            crash_a_probe(old, "c001n2")
+            await eventually(lambda: svc.runtimes["c001"] is not old, 40, "c001 restarted")
+            restarted_at = time.monotonic()
+            assert rebuilder.undone_at is not None and rebuilder.undone_at < restarted_at
+            assert plan_task.done()
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    mine = [r for r in capture.of("plan_preempted") if r["cluster"] == "c001"]
+    assert mine, "the rebuild was preempted by the failover"
+    (stopped,) = [r for r in capture.of("stopped") if r["cluster"] == "c001"][:1]
+    assert stopped["tasks_not_finished"] == [plan_task.get_name()], stopped
+    assert [r for r in capture.of("leftovers_ended") if r["cluster"] == "c001"]

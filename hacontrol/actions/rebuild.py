@@ -42,7 +42,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -283,10 +283,23 @@ class Rebuilder:
         except Exception as exc:  # a malformed answer, a bug: undone like any failure
             return await job.failed(RebuildFailed(job.phase, describe_error(exc)))
         except asyncio.CancelledError:
-            # Stopped from outside (shutdown): undo what was done, then let the cancel go on.
-            await asyncio.shield(job.failed(RebuildFailed(job.phase, "cancelled")))
+            # Stopped from outside (a preemption, a shutdown): undo what was done, then let
+            # the cancel go on.
+            await to_its_end(job.failed(RebuildFailed(job.phase, "cancelled")))
             raise
         return job.result()
+
+
+async def to_its_end(undo: Coroutine[Any, Any, object]) -> None:
+    """Run ``undo`` to its end whatever cancels the caller meanwhile: a preemption's cancel,
+    then a stop's (a crash of the cluster while the undo runs). A second cancel must not let
+    the caller end while the undo still changes the node: the plan task is what a stop waits
+    for before a fresh controller of the cluster may start. Only the undo's own cancel (the
+    event loop closing) ends it early."""
+    task = asyncio.ensure_future(undo)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
 
 
 class _Job:
