@@ -451,17 +451,21 @@ class Runtime:
             raise WorkerCrashed(self.name, ended.get_name(), RuntimeError("ended on its own"))
         await decision
 
-    async def stop(self, reason: str, mail_grace: float = 0.5) -> None:
+    async def stop(
+        self, reason: str, mail_grace: float = 0.5, hook_grace: float | None = None
+    ) -> None:
         """The decision task finishes what it holds (a running plan within its budget, counted
         from the Stop), then the plan still running is cancelled (its journal record left
-        open); the alert mails and the background hooks get ``mail_grace``, then every task is
-        cancelled and awaited within ``SHUTDOWN_GRACE``. What is still running after that is
-        named in ``left_running`` (and in the ``stopped`` line): a restart of this cluster must
-        not start beside it; the journal stays open for it until ``leftovers_ended``. Else the
-        journal is flushed and closed for good."""
+        open); the alert mails get ``mail_grace`` and the background hooks ``hook_grace``
+        (None: ``mail_grace``; a crash-stop: ``hooks_longest()``, their whole timeout), then
+        every task is cancelled and awaited within ``SHUTDOWN_GRACE``. What is still running
+        after that is named in ``left_running`` (and in the ``stopped`` line): a restart of
+        this cluster must not start beside it; the journal stays open for it until
+        ``leftovers_ended``. Else the journal is flushed and closed for good."""
         decision = self._decision
-        if decision is None:
-            await self._stop_halted(mail_grace)  # never started (refused, a failed restart)
+        hook_grace = mail_grace if hook_grace is None else hook_grace
+        if decision is None:  # never started (refused, a failed restart)
+            await self._stop_halted(mail_grace, hook_grace)
             return
         self._decision = None
         since_stop = time.monotonic()
@@ -474,7 +478,7 @@ class Runtime:
         left = plan_budget(self.settings) - (time.monotonic() - since_stop)
         plan = await self._end_plan(max(0.0, left))
         stopping = time.monotonic()
-        hooks = await self._close_alerts(mail_grace)
+        hooks = await self._close_alerts(mail_grace, hook_grace)
         if self._notifier_task is not None:
             self._workers.append(self._notifier_task)
         for task in (*self._workers, *hooks):
@@ -505,10 +509,11 @@ class Runtime:
             journal_flushed=journal_flushed,
         )
 
-    async def _stop_halted(self, mail_grace: float) -> None:
-        """``stop`` of a Runtime that runs no decision task: its alert's mail and on_halt hook
-        (within ``mail_grace``, then cancelled and awaited), its notifier, its journal."""
-        hooks = await self._close_alerts(mail_grace) if self.halted is not None else []
+    async def _stop_halted(self, mail_grace: float, hook_grace: float) -> None:
+        """``stop`` of a Runtime that runs no decision task: its alert's mail (``mail_grace``)
+        and on_halt hook (``hook_grace``, then cancelled and awaited), its notifier, its
+        journal."""
+        hooks = await self._close_alerts(mail_grace, hook_grace) if self.halted else []
         if self._notifier_task is not None:
             self._notifier_task.cancel()
             await asyncio.gather(self._notifier_task, return_exceptions=True)
@@ -522,18 +527,26 @@ class Runtime:
         if all(task.done() for task in self._leftovers):
             self.journal.close()  # for good
 
-    async def _close_alerts(self, grace: float) -> list[asyncio.Task[object]]:
-        """The alert mails and the background hooks (post_failover, on_halt) get ``grace`` s,
-        together; the notifier is then closed (its task is cancelled with the workers). The
-        hooks still running, for the caller to cancel (their process groups are killed)."""
+    async def _close_alerts(self, grace: float, hook_grace: float) -> list[asyncio.Task[object]]:
+        """The alert mails get ``grace`` s and the background hooks (post_failover, on_halt)
+        ``hook_grace``, at once; the notifier is then closed (its task is cancelled with the
+        workers). The hooks still running, for the caller to cancel (their process groups are
+        killed)."""
         hooks = self.executor.background()
         with contextlib.suppress(Exception):
             await asyncio.gather(
                 self.notifier.close(grace),
-                asyncio.wait(hooks, timeout=grace) if hooks else asyncio.sleep(0),
+                asyncio.wait(hooks, timeout=hook_grace) if hooks else asyncio.sleep(0),
             )
         self._notifier_closed = True
         return [task for task in hooks if not task.done()]
+
+    def hooks_longest(self) -> float:
+        """What a crash-stop gives the background hooks (the on_halt of its crash alert, a
+        post_failover of the last plan): as long as a hook may run (its timeout, then the
+        kill), so that a pager is not cut short; the restart waits for them anyway."""
+        hooks = self.executor.hooks
+        return hooks.longest() if hooks is not None else 0.0
 
     async def leftovers_ended(self, poll: float = 1.0) -> None:
         """Returns once everything ``stop`` left running (``left_running``: a plan whose undo

@@ -284,7 +284,11 @@ class Service:
             last = not self._running
             runtime.crashed(error, None if last else backoff)
             cleanup = asyncio.ensure_future(
-                runtime.stop(f"crashed: {error}", mail_grace=CRASH_MAIL_GRACE)
+                runtime.stop(
+                    f"crashed: {error}",
+                    mail_grace=CRASH_MAIL_GRACE,
+                    hook_grace=max(CRASH_MAIL_GRACE, runtime.hooks_longest()),
+                )
             )
             self._cleanups.add(cleanup)  # a shutdown meanwhile waits for it (``stop``)
             cleanup.add_done_callback(self._cleanups.discard)

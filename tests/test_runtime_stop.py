@@ -11,11 +11,13 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import hacontrol.controller as controller_mod
 import hacontrol.runtime as runtime_mod
+import hacontrol.service as service_mod
 from hacontrol.actions.rebuild import Rebuilder, RebuildFailed, _Job
 from hacontrol.events import Event, OperatorCommand, Stop
 from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
@@ -23,7 +25,7 @@ from hacontrol.rebuild_commands import RebuildCommands
 from hacontrol.settings import Settings
 from tests import factories
 from tests.fakefleet import FakeFleet, fleet
-from tests.live import runtime, service
+from tests.live import LogCapture, runtime, service
 from tests.support import eventually
 from tests.test_service import cluster_settings, idle
 from tests.test_service_crash import InjectedBug, crash_on_command, on_one_proxysql, slow_promote
@@ -72,6 +74,8 @@ async def test_the_stop_kills_and_awaits_a_background_hook(tmp_path):
             assert not alive(pid), f"the hook (pid {pid}) outlived the stop"
     (stopped,) = capture.of("stopped")
     assert stopped["tasks_not_finished"] == [] and rt.left_running == [], stopped
+    (killed,) = capture.of("hook_finished")  # the log says it was cut, not left silent
+    assert not killed["ok"] and "controller stopped" in killed["killed"], killed
 
 
 async def test_a_hook_that_outlives_the_stop_is_named_and_its_journal_kept_open(tmp_path):
@@ -168,11 +172,15 @@ async def test_a_decision_task_that_dies_on_the_stop_leaves_the_plan_its_budget(
     assert capture.of("stop_cancels_plan")
 
 
-async def test_the_on_halt_hook_runs_for_a_controller_crash(tmp_path):
-    marker = tmp_path / "hook.pid"
+async def crash_c001_under_an_on_halt_hook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, timeout: float
+) -> tuple[LogCapture, float]:
+    """Two clusters, c001's on_halt hook ``command`` (``timeout``); c001's decision task
+    crashes (its crash mail grace 0.5 s here): the log, and when the fresh c001 started."""
+    monkeypatch.setattr(service_mod, "CRASH_MAIL_GRACE", 0.5)
     async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
         first, second = cluster_settings(fake, tmp_path)
-        first = with_hooks(first, on_halt=sleeper(marker), timeout=120.0)
+        first = with_hooks(first, on_halt=command, timeout=timeout)
         svc, capture = service(first, second, restart_backoff=0.5)
         async with svc:
             waiting = asyncio.create_task(svc.wait())
@@ -180,14 +188,46 @@ async def test_the_on_halt_hook_runs_for_a_controller_crash(tmp_path):
             old = svc.runtimes["c001"]
             crash_on_command(old)
             await svc.command(OperatorCommand(time.monotonic(), "pause"), "c001")
-            pid = await eventually(lambda: hook_pid(marker), 10, "the on_halt hook running")
-            await eventually(lambda: svc.runtimes["c001"] is not old, 30, "c001 restarted")
-            assert not alive(pid), "the old controller's hook runs beside the restarted one"
+            await eventually(lambda: svc.runtimes["c001"] is not old, 40, "c001 restarted")
+            restarted = time.monotonic()
+            assert not old.executor.background()  # nothing of it beside the fresh c001
             waiting.cancel()
             await asyncio.gather(waiting, return_exceptions=True)
+    return capture, restarted
+
+
+def hook_lines(capture: LogCapture, event: str) -> list[dict[str, Any]]:
+    return [r for r in capture.of(event) if r["cluster"] == "c001" and r["phase"] == "on_halt"]
+
+
+async def test_the_on_halt_hook_of_a_crash_runs_to_its_end_before_the_restart(
+    tmp_path, monkeypatch
+):
+    # A pager that takes 2 s (its timeout 10 s), longer than the crash mail's grace: it runs
+    # to its end (paged, hook_finished ok), then the restart comes.
+    paged = tmp_path / "paged"
+    command = f"sh -c 'sleep 2; echo $HACONTROL_KIND > {paged}'"
+    capture, restarted = await crash_c001_under_an_on_halt_hook(
+        tmp_path, monkeypatch, command, 10.0
+    )
+    assert paged.read_text().split() == ["cluster_crashed"]
+    (finished_line,) = hook_lines(capture, "hook_finished")
+    assert finished_line["ok"] and finished_line["_mono"] < restarted, finished_line
+
+
+async def test_an_on_halt_hook_past_its_timeout_is_killed_and_logged_before_the_restart(
+    tmp_path, monkeypatch
+):
+    marker = tmp_path / "hook.pid"
+    capture, restarted = await crash_c001_under_an_on_halt_hook(
+        tmp_path, monkeypatch, sleeper(marker), 1.0
+    )
+    pid = hook_pid(marker)
+    assert pid and not alive(pid), "the old controller's hook runs beside the restarted one"
     assert (tmp_path / "hook.pid.kind").read_text().split() == ["cluster_crashed"]
-    started = [r for r in capture.of("hook_started") if r["cluster"] == "c001"]
-    assert started and started[0]["phase"] == "on_halt", started
+    (finished_line,) = hook_lines(capture, "hook_finished")
+    assert finished_line["timed_out"] and not finished_line["ok"], finished_line
+    assert finished_line["_mono"] < restarted, finished_line
 
 
 async def test_a_lease_crash_halts_its_cluster_which_restarts(tmp_path):

@@ -164,6 +164,11 @@ class HookRunner:
         self._output_limit = output_limit
         self._clock = clock
 
+    def longest(self) -> float:
+        """Seconds a hook may take at most: its timeout, the kill grace and the output drain
+        (a stop lets a background hook have that before it kills it)."""
+        return self._settings.timeout + self._kill_grace + self._drain
+
     def command(self, phase: str) -> str:
         if phase not in PHASES:
             raise ValueError(f"unknown hook phase {phase!r}; known: {', '.join(PHASES)}")
@@ -179,7 +184,14 @@ class HookRunner:
         env = hook_env(
             os.environ if self._environ is None else self._environ, self._cluster, phase, context
         )
-        outcome = await self._execute(command, env)
+        try:
+            outcome = await self._execute(command, env)
+        except asyncio.CancelledError:  # its controller stopped: its process group was killed
+            self._log.emit("hook_finished", node, level="error", phase=phase, command=command,
+                           ok=False, exit_code=None, timed_out=False,
+                           seconds=round(self._clock() - start, 3), output="",
+                           killed="the controller stopped before the hook ended")  # fmt: skip
+            raise
         seconds = round(self._clock() - start, 3)
         result = HookResult(
             phase=phase,
