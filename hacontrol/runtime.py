@@ -494,7 +494,7 @@ class Runtime:
         # this Runtime lands there any more (a write fails, JournalUnwritable). A task still
         # running keeps it open: its records (a plan's end) land once it ends.
         journal_flushed = await self.journal.flushed()
-        if not pending:
+        if not pending and journal_flushed:  # else ``leftovers_ended`` closes it
             self.journal.close()
         names = sorted(t.get_name() for t in pending)
         self._leftovers = list(pending)
@@ -560,11 +560,21 @@ class Runtime:
             if task is not None and not task.done()  # a plan its stuck decision task started
         ]:
             await asyncio.wait(pending)
+        # Open, so that ``flushed`` waits for a no-op queued behind every record posted:
+        # none of them lands after a fresh Runtime loaded the file.
         flushed = await self.journal.flushed()
         while not flushed:  # a stuck writer thread: until it is free
             await asyncio.sleep(poll)
             flushed = await self.journal.flushed()
         self.journal.close()
+        if not self._notifier_closed:  # the not-restarted alert's fresh notifier
+            with contextlib.suppress(Exception):
+                await self.notifier.close(CRASH_MAIL_GRACE)
+            self._notifier_closed = True
+        if self._notifier_task is not None:
+            self._notifier_task.cancel()
+            await asyncio.gather(self._notifier_task, return_exceptions=True)
+            self._notifier_task = None
         self.log.emit("leftovers_ended", None, "warning", ended=self.left_running)
         self._leftovers, self.left_running = [], []
 

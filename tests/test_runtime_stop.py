@@ -120,10 +120,11 @@ async def test_a_stuck_journal_writer_is_waited_for_before_the_journal_is_left(t
             rt.journal.write_timeout = 0.3
             release = threading.Event()
             rt.journal.post(release.wait)  # a write that hangs
+            rt.journal.post(rt.journal.save_state, {"paused": True, "mark": "queued behind"})
             try:
                 await asyncio.sleep(0.5)  # past its write timeout: stuck
                 await rt.stop("test: stop under a stuck journal writer")
-                assert rt.left_running == ["journal writer"]
+                assert rt.left_running == ["journal writer"] and not rt.journal._closed
                 ended = asyncio.ensure_future(rt.leftovers_ended(poll=0.1))
                 await asyncio.sleep(1.0)
                 assert not ended.done()  # the write still hangs
@@ -131,6 +132,10 @@ async def test_a_stuck_journal_writer_is_waited_for_before_the_journal_is_left(t
                 release.set()
             await asyncio.wait_for(ended, 10)
             assert rt.left_running == [] and rt.journal.busy_for() is None
+            # Every record queued behind the stuck one is on disk by then (none lands after
+            # a fresh Runtime loads the file).
+            last = rt.journal.path.read_text().splitlines()[-1]
+            assert "queued behind" in last, last
     (stopped,) = capture.of("stopped")
     assert not stopped["journal_flushed"], stopped
     (done,) = capture.of("leftovers_ended")

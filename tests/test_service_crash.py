@@ -452,6 +452,7 @@ async def test_a_plan_that_outlives_the_stop_holds_its_cluster_halted_until_it_e
             await eventually(lambda: svc.runtimes["c001"] is not old, 30, "c001 restarted")
             assert plan_task.done() and calls[-1] == "ended after the cancel"
             assert old.journal._closed and not old.left_running
+            assert old._notifier_task is None  # the not-restarted alert's notifier closed
             fresh = svc.runtimes["c001"]
             await eventually(lambda: mine("journal_unfinished"), 20, "the plan found open")
             await eventually(
