@@ -52,6 +52,10 @@ SHUTDOWN_GRACE = 1.5
 CRASH_MAIL_GRACE = 5.0
 """Seconds a crashed cluster's notifier gets to send the crash alert before it closes."""
 
+CRASH_HOOK_GRACE_MAX = 30.0
+"""The longest a crashed cluster's stop lets its background hooks run (the crash's on_halt, a
+post_failover) before it kills them: their timeout, at most this (its restart waits)."""
+
 
 class WorkerCrashed(Exception):
     """A cluster's decision task or one of its workers (a node probe, the router probe, the
@@ -369,6 +373,7 @@ class Runtime:
         the exception and mailed; ``restart_in``: seconds until a fresh Runtime takes over
         (None: never, the process ends). Then ``stop`` it (``CRASH_MAIL_GRACE``)."""
         then = "restarts from its journal" if restart_in is not None else "no restart"
+        later = " (and once anything its stop cannot end, such as a rebuild's undo, has ended)"
         self.halted = f"crashed ({error.task}: {describe_error(error.error)}); {then}" + (
             f" in {restart_in:g} s after its stop" if restart_in is not None else ""
         )
@@ -385,7 +390,7 @@ class Runtime:
         self._alert(
             f"cluster {self.name}: controller crashed ({type(error.error).__name__})",
             f"{error}\nNo failover for this cluster until it runs again; {then}"
-            + (f" in {restart_in:g} s (after its stop)." if restart_in is not None else ".")
+            + (f" in {restart_in:g} s after its stop{later}." if restart_in is not None else ".")
             + " The other clusters of this process go on.",
         )
 
@@ -478,6 +483,7 @@ class Runtime:
         left = plan_budget(self.settings) - (time.monotonic() - since_stop)
         plan = await self._end_plan(max(0.0, left))
         stopping = time.monotonic()
+        await self._end_workers()  # first: in a fleet the leader locks are free at once
         hooks = await self._close_alerts(mail_grace, hook_grace)
         if self._notifier_task is not None:
             self._workers.append(self._notifier_task)
@@ -507,7 +513,18 @@ class Runtime:
             tasks_not_finished=names,
             stuck_at={t.get_name(): _where(t) for t in pending},
             journal_flushed=journal_flushed,
+            hooks_killed=sorted(t.get_name() for t in hooks),
         )
+
+    async def _end_workers(self) -> None:
+        """The probes, the router probe, the ticker and the lease keeper (its sessions closed:
+        in a fleet the leader locks are free for another instance), cancelled and awaited
+        within ``SHUTDOWN_GRACE``, before the alerts' and hooks' grace: nothing decides here
+        any more. One still running is awaited again with the rest (``left_running``)."""
+        for task in self._workers:
+            task.cancel()
+        if self._workers:
+            await asyncio.wait(self._workers, timeout=SHUTDOWN_GRACE)
 
     async def _stop_halted(self, mail_grace: float, hook_grace: float) -> None:
         """``stop`` of a Runtime that runs no decision task: its alert's mail (``mail_grace``)
@@ -544,9 +561,10 @@ class Runtime:
     def hooks_longest(self) -> float:
         """What a crash-stop gives the background hooks (the on_halt of its crash alert, a
         post_failover of the last plan): as long as a hook may run (its timeout, then the
-        kill), so that a pager is not cut short; the restart waits for them anyway."""
+        kill), so that a pager is not cut short, at most ``CRASH_HOOK_GRACE_MAX`` (the restart
+        waits for them; a hook cut then is named in the ``stopped`` line)."""
         hooks = self.executor.hooks
-        return hooks.longest() if hooks is not None else 0.0
+        return min(hooks.longest(), CRASH_HOOK_GRACE_MAX) if hooks is not None else 0.0
 
     async def leftovers_ended(self, poll: float = 1.0) -> None:
         """Returns once everything ``stop`` left running (``left_running``: a plan whose undo

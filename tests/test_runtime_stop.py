@@ -307,3 +307,47 @@ async def test_a_node_control_that_hangs_fails_the_rebuild_step_saying_it_timed_
     with pytest.raises(RebuildFailed, match=r"cannot stop node3: timed out after 0\.2 s$"):
         await job.control_node("stop", 0.2)
     assert time.monotonic() - started < 5
+
+
+async def test_a_crash_stop_caps_the_hooks_grace_and_names_the_hook_it_kills(tmp_path, monkeypatch):
+    # An on_halt hook whose timeout is 120 s: the crash-stop gives it at most the cap (1 s
+    # here, 30 s by default), kills it, logs it, and the restart comes (no 2-minute halt).
+    monkeypatch.setattr(runtime_mod, "CRASH_HOOK_GRACE_MAX", 1.0)
+    marker = tmp_path / "hook.pid"
+    capture, _ = await crash_c001_under_an_on_halt_hook(
+        tmp_path, monkeypatch, sleeper(marker), 120.0
+    )
+    pid = hook_pid(marker)
+    assert pid and not alive(pid)
+    (finished_line,) = hook_lines(capture, "hook_finished")
+    assert "controller stopped" in finished_line["killed"], finished_line
+    (stopped,) = [r for r in capture.of("stopped") if r["cluster"] == "c001"][:1]
+    assert stopped["hooks_killed"] == ["hook:on_halt"], stopped
+
+
+async def test_a_crashed_leader_lets_its_lease_go_before_its_hooks_end(tmp_path):
+    # Fleet mode: c001's on_halt pager takes 3 s when its decision task crashes. The stop ends
+    # the lease keeper (its sessions closed: another instance may lead) at once, not after the
+    # hook; the hook still runs to its end before the restart.
+    paged = tmp_path / "paged"
+    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
+        first, second = (
+            s.model_copy(update={"controller": s.controller.model_copy(update={"fleet": True})})
+            for s in cluster_settings(fake, tmp_path)
+        )
+        first = with_hooks(first, on_halt=f"sh -c 'sleep 3; echo done > {paged}'", timeout=10)
+        svc, capture = service(first, second, restart_backoff=0.5)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            await eventually(lambda: idle(svc), 30, "both clusters deciding")
+            old = svc.runtimes["c001"]
+            (lease,) = [t for t in old._workers if t.get_name() == "lease"]
+            crash_on_command(old)
+            await svc.command(OperatorCommand(time.monotonic(), "pause"), "c001")
+            await eventually(lambda: hook_lines(capture, "hook_started"), 10, "the pager runs")
+            await eventually(lease.done, 2, "the lease keeper ended, the pager still running")
+            assert not paged.exists() and not hook_lines(capture, "hook_finished")
+            await eventually(lambda: svc.runtimes["c001"] is not old, 30, "c001 restarted")
+            assert paged.read_text().strip() == "done"
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
