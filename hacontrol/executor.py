@@ -36,6 +36,7 @@ from hacontrol.plan import (
     LEASE_LOST,
     Action,
     ActionResult,
+    AlertKind,
     CatchUp,
     CheckTransactions,
     Drain,
@@ -630,6 +631,8 @@ class Executor:
             )
         except asyncio.CancelledError:  # undone by the rebuilder before it got here
             status.update(running=False, ok=False, reason=f"stopped: {status.get('line', '')}")
+            if self.cut_by_stop:  # no outcome follows (its record is left open): say it now
+                self._rebuild_cut(action, run, status.get("line", ""))
             raise
         kept = (
             "failed_phase",
@@ -644,6 +647,16 @@ class Executor:
         detail = {k: result.detail[k] for k in kept if k in result.detail}
         status.update(running=False, ok=result.ok, reason=result.reason, **detail)
         return ActionResult("", None, result.ok, True, result.reason, detail)
+
+    def _rebuild_cut(self, action: Rebuild, run: _Run, where: str) -> None:
+        """A rebuild cut by a stop (its cluster crashed, a shutdown): its undo has run, and no
+        PlanFinished (no ``rebuild_failed`` alert) follows; where the undo left the target (it
+        may say "restore by hand") is logged at error level and mailed here."""
+        node = action.node
+        reason = f"cut by a stop of the controller; the undo says: {where or 'nothing'}"
+        self.log.emit("rebuild_cut", node, "error", plan=run.plan_id, where=where)
+        alert = Notify(AlertKind.REBUILD_FAILED, node, f"rebuild of {node} cut", reason)
+        self._send(alert, run.plan, {})
 
     async def _hook(self, action: Hook, run: _Run) -> ActionResult:
         if self.hooks is None:

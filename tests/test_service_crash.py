@@ -22,6 +22,7 @@ import hacontrol.runtime as runtime_mod
 from hacontrol.actions.rebuild import to_its_end
 from hacontrol.events import Event, OperatorCommand
 from hacontrol.journal import Journal, JournalUnwritable
+from hacontrol.mariabackup import Progress
 from hacontrol.runtime import Runtime, WorkerCrashed
 from hacontrol.service import RESTART_BACKOFF_MAX, RESTART_STABLE, Service, restart_delay
 from hacontrol.settings import Settings
@@ -708,18 +709,20 @@ class UndoesSlowly:
         self.undo, self.calls = undo, []
         self.undone_at: float | None = None
 
-    async def _undo(self) -> None:
+    async def _undo(self, target: str, on_progress: Any) -> None:
         self.calls.append("undoing")
         await asyncio.sleep(self.undo)
         self.calls.append("undone")
         self.undone_at = time.monotonic()
+        where = f"copy: cancelled; {target} untouched (test undo)"
+        on_progress(Progress("failed", message=where))  # as Rebuilder's undo reports it
 
     async def rebuild(self, target, source, primary, on_progress=None, guard=None):
         self.calls.append("copying")
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
-            await to_its_end(self._undo())
+            await to_its_end(self._undo(target, on_progress or (lambda _: None)))
             raise
         raise AssertionError("the copy never ends here")
 
@@ -768,6 +771,11 @@ async def test_a_crash_during_a_rebuild_waits_for_its_undo_then_restarts(tmp_pat
     rebuild = plan_task.get_name().removeprefix("plan:")
     assert [r["plan"] for r in mine("plan_left_open")] == [rebuild]
     assert [r["plan"] for r in mine("plan_abandoned")] == [rebuild]
+    # No outcome of the cut rebuild follows: where its undo left the target is said at once.
+    (cut,) = mine("rebuild_cut")
+    assert cut["plan"] == rebuild and "c001n3 untouched (test undo)" in cut["where"], cut
+    (alert,) = [a for a in mine("alert") if a["kind"] == "rebuild_failed"]
+    assert "cut by a stop" in alert["reason"] and "untouched" in alert["reason"], alert
     (done,) = finished(capture, "c001")
     assert done["ok"], done
 
