@@ -46,6 +46,15 @@ def sleeper(marker: Path) -> str:
     return f"sh -c 'echo $$ > {marker}; echo $HACONTROL_KIND > {marker}.kind; exec sleep 60'"
 
 
+async def stubborn(after_cancel: float) -> None:
+    """A background job that goes on ``after_cancel`` s when cancelled."""
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        await asyncio.sleep(after_cancel)
+        raise
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs: not gone, not a zombie (killed, not reaped yet)."""
     try:
@@ -82,19 +91,12 @@ async def test_a_hook_that_outlives_the_stop_is_named_and_its_journal_kept_open(
     # A background job that does not end when cancelled (3 s more): the stop names it in
     # left_running and keeps the journal open; leftovers_ended returns once it ended, then
     # closes the journal.
-    async def stubborn() -> None:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            await asyncio.sleep(3)
-            raise
-
     async with FakeFleet(fleet([3])) as fake:
         (settings,) = cluster_settings(fake, tmp_path)
         rt, capture = runtime(settings)
         async with rt:
             await eventually(lambda: rt.controller.decisions, 20, "deciding")
-            rt.executor._in_background(stubborn(), "hook:post_failover")
+            rt.executor._in_background(stubborn(3.0), "hook:post_failover")
             await rt.stop("test: stop under a stubborn hook")
             assert rt.left_running == ["hook:post_failover"]
             assert not rt.journal._closed
@@ -107,6 +109,21 @@ async def test_a_hook_that_outlives_the_stop_is_named_and_its_journal_kept_open(
     assert stopped["tasks_not_finished"] == ["hook:post_failover"], stopped
     (ended,) = capture.of("leftovers_ended")
     assert ended["ended"] == ["hook:post_failover"], ended
+
+
+async def test_a_runtime_that_never_started_names_the_hook_its_stop_left(tmp_path):
+    # A restart that failed at start-up (never started: no decision task) ran its crash's
+    # on_halt hook; one that does not end when killed is named, the journal kept open until
+    # it has ended.
+    async with FakeFleet(fleet([3])) as fake:
+        (settings,) = cluster_settings(fake, tmp_path)
+        rt, _ = runtime(settings)
+        rt.halted = "crashed (start-up: test)"
+        rt.executor._in_background(stubborn(2.0), "hook:on_halt")
+        await rt.stop("test: a failed restart", mail_grace=0.1)
+        assert rt.left_running == ["hook:on_halt"] and not rt.journal._closed
+        await asyncio.wait_for(rt.leftovers_ended(), 20)
+        assert rt.journal._closed and rt.left_running == []
 
 
 async def test_a_stuck_journal_writer_is_waited_for_before_the_journal_is_left(tmp_path):
