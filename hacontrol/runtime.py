@@ -404,6 +404,17 @@ class Runtime:
         self.log.emit(
             "cluster_waits_for_leftovers", None, "warning", left_running=self.left_running
         )
+        self._reopen_notifier()  # for what they still alert
+
+    def _reopen_notifier(self) -> None:
+        """A fresh notifier when ``stop`` closed this Runtime's, its executor's too (what its
+        leftovers still alert, a rebuild's undo saying where it left the target, is mailed);
+        ``leftovers_ended`` closes it."""
+        if self._notifier_closed:
+            self.notifier = Notifier(self.settings.smtp, self.log, policy=self._mail_policy)
+            self.executor.notifier = self.notifier
+            self._notifier_closed = False
+            self._notifier_task = asyncio.create_task(self.notifier.run(), name="notifier")
 
     def not_restarted(self, waited: float) -> None:
         """What its stop left running is still running ``waited`` s later (a plan that does
@@ -428,10 +439,7 @@ class Runtime:
         """A ``cluster_crashed`` alert, mailed (by a fresh notifier when ``stop`` closed this
         Runtime's: a crash after a crash, a restart that failed), and the on_halt hook run;
         ``stop`` (or ``leftovers_ended``) awaits both."""
-        if self._notifier_closed:
-            self.notifier = Notifier(self.settings.smtp, self.log, policy=self._mail_policy)
-            self._notifier_closed = False
-            self._notifier_task = asyncio.create_task(self.notifier.run(), name="notifier")
+        self._reopen_notifier()
         scrub = Scrubber(secrets_of(self.settings))  # the exception's text, as in the log
         kind = AlertKind.CLUSTER_CRASHED
         self.notifier.alert(

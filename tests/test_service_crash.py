@@ -776,6 +776,7 @@ async def test_a_crash_during_a_rebuild_waits_for_its_undo_then_restarts(tmp_pat
     assert cut["plan"] == rebuild and "c001n3 untouched (test undo)" in cut["where"], cut
     (alert,) = [a for a in mine("alert") if a["kind"] == "rebuild_failed"]
     assert "cut by a stop" in alert["reason"] and "untouched" in alert["reason"], alert
+    assert alert["mail"] != "closed", alert  # its undo ended after the stop: still mailed
     (done,) = finished(capture, "c001")
     assert done["ok"], done
 
