@@ -343,7 +343,7 @@ async def test_a_crash_stop_caps_the_hooks_grace_and_names_the_hook_it_kills(tmp
 
 
 async def test_a_crashed_leader_lets_its_lease_go_before_its_hooks_end(tmp_path):
-    # Fleet mode: c001's on_halt pager takes 3 s when its decision task crashes. The stop ends
+    # Fleet mode: c001's on_halt pager takes 6 s when its decision task crashes. The stop ends
     # the lease keeper (its sessions closed: another instance may lead) at once, not after the
     # hook; the hook still runs to its end before the restart.
     paged = tmp_path / "paged"
@@ -352,7 +352,7 @@ async def test_a_crashed_leader_lets_its_lease_go_before_its_hooks_end(tmp_path)
             s.model_copy(update={"controller": s.controller.model_copy(update={"fleet": True})})
             for s in cluster_settings(fake, tmp_path)
         )
-        first = with_hooks(first, on_halt=f"sh -c 'sleep 3; echo done > {paged}'", timeout=10)
+        first = with_hooks(first, on_halt=f"sh -c 'sleep 6; echo done > {paged}'", timeout=10)
         svc, capture = service(first, second, restart_backoff=0.5)
         async with svc:
             waiting = asyncio.create_task(svc.wait())
@@ -362,7 +362,7 @@ async def test_a_crashed_leader_lets_its_lease_go_before_its_hooks_end(tmp_path)
             crash_on_command(old)
             await svc.command(OperatorCommand(time.monotonic(), "pause"), "c001")
             await eventually(lambda: hook_lines(capture, "hook_started"), 10, "the pager runs")
-            await eventually(lease.done, 2, "the lease keeper ended, the pager still running")
+            await eventually(lease.done, 4, "the lease keeper ended, the pager still running")
             assert not paged.exists() and not hook_lines(capture, "hook_finished")
             await eventually(lambda: svc.runtimes["c001"] is not old, 30, "c001 restarted")
             assert paged.read_text().strip() == "done"
