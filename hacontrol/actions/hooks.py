@@ -264,6 +264,10 @@ class HookRunner:
             timed_out = await self._supervise(proc, os.fdopen(read_fd, "rb", buffering=0), captured)
         except asyncio.CancelledError:
             _killpg(proc.pid, signal.SIGKILL)  # shutdown: no grace, the caller is going away
+            # Reaped before the cancel goes on: a hook its caller awaited is a dead one.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                async with asyncio.timeout(self._kill_grace):
+                    await proc.wait()
             raise
         output = bytes(captured[: self._output_limit]).decode("utf-8", errors="replace")
         if len(captured) > self._output_limit:
