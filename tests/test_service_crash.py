@@ -733,8 +733,17 @@ async def test_a_crash_during_a_rebuild_waits_for_its_undo_then_restarts(tmp_pat
     # c001 crashes: the stop cancels it, its undo goes on past the stop's grace (4 s), the
     # cluster waits for it, halted, then restarts from its journal (the rebuild is not resumed)
     # and fails over when its primary dies.
+    box = MailBox().start()
+    try:
+        await crash_during_a_rebuild(tmp_path, box)
+    finally:
+        box.stop()
+
+
+async def crash_during_a_rebuild(tmp_path: Path, box: MailBox) -> None:
     async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
-        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
+        clusters = [with_mail(s, box.port) for s in cluster_settings(fake, tmp_path)]
+        svc, capture = service(*clusters, restart_backoff=0.5)
         async with svc:
             waiting = asyncio.create_task(svc.wait())
             await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
@@ -763,6 +772,8 @@ async def test_a_crash_during_a_rebuild_waits_for_its_undo_then_restarts(tmp_pat
             assert (await svc.command(back, "c001")).ok
             fake.kill("c001n1")
             await eventually(lambda: finished(capture, "c001"), 30, "c001's failover")
+            cut = lambda: [t for t in box.subjects() if "rebuild of c001n3 cut" in t]  # noqa: E731
+            await eventually(cut, 20, "the cut rebuild's mail")
             waiting.cancel()
             await asyncio.gather(waiting, return_exceptions=True)
     assert not mine("cluster_not_restarted")
