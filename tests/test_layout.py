@@ -47,9 +47,7 @@ def test_no_function_of_the_core_is_longer_than_60_lines():
 
 # A test module that still takes a helper from another test module, and why it is not moved yet.
 # Every entry must still be true: when the import goes, its entry goes too.
-NOT_YET_MOVED = {
-    ("test_service_crash.py", "tests.test_service"): "test_service's helpers have another owner",
-}
+NOT_YET_MOVED = {}
 
 
 def other_test_modules_imported(path: Path) -> set[str]:

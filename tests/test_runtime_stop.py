@@ -24,11 +24,17 @@ from hacontrol.plan import AlertKind, Notify, Plan, PlanKind
 from hacontrol.rebuild_commands import RebuildCommands
 from hacontrol.settings import Settings
 from tests import factories
+from tests.clusters import (
+    InjectedBug,
+    cluster_settings,
+    crash_on_command,
+    idle,
+    on_one_proxysql,
+    slow_promote,
+)
 from tests.fakefleet import FakeFleet, fleet
 from tests.live import LogCapture, runtime, service
 from tests.support import eventually
-from tests.test_service import cluster_settings, idle
-from tests.test_service_crash import InjectedBug, crash_on_command, on_one_proxysql, slow_promote
 
 
 def with_hooks(settings: Settings, **hooks: str) -> Settings:

@@ -8,49 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hacontrol.service import Service, UnknownCluster
+from hacontrol.service import UnknownCluster
 from hacontrol.settings import Settings
-from tests.fakefleet import FakeFleet, fleet, settings_data
-from tests.live import LogCapture, service
+from tests.clusters import INTERVAL, TOKEN, cluster_settings, finished, idle, proxysql_router
+from tests.fakefleet import FakeFleet, fleet
+from tests.live import service
 from tests.proxysql_real import RealProxySQL, pair_sql
 from tests.support import eventually
-
-INTERVAL = 0.3
-TOKEN = "service-test-token"
-
-
-def cluster_settings(fake: FakeFleet, tmp_path: Path, **api: Any) -> list[Settings]:
-    """One Settings per cluster of the fake fleet: fast probes, a journal each, the API (on a
-    free port) when ``api`` says so."""
-    out = []
-    for spec in fake.spec.clusters:
-        data = settings_data(spec, fake.spec, journal=str(tmp_path / f"journal.{spec.name}"))
-        data["probes"] = {"interval": INTERVAL, "timeout": 0.25}
-        data["failover"] = {"io_stall": 1.0, "action_timeout": 2.0}
-        data["api"] = {"enabled": bool(api), "port": 0, **api}
-        out.append(Settings(**data))
-    return out
-
-
-def idle(svc: Service) -> bool:
-    return all(
-        rt.controller.view.quorum.ok
-        and not rt.controller.view.problems
-        and rt.controller.running_plan is None
-        and rt.controller.decisions
-        for rt in svc.runtimes.values()
-    )
-
-
-def finished(capture: LogCapture, cluster: str, kind: str = "failover") -> list[dict[str, Any]]:
-    return [r for r in capture.of("plan_finished") if r["cluster"] == cluster and r["kind"] == kind]
 
 
 async def test_two_primaries_killed_together_both_fail_over(tmp_path):
@@ -178,24 +147,6 @@ async def test_one_cluster_keeps_its_status_fields_and_several_are_named(tmp_pat
     shared = two.model_copy(update={"controller": one.controller})
     with pytest.raises(ValueError, match="clusters 'c001' and 'c002' share the journal"):
         service(one, shared)
-
-
-def proxysql_router(px: RealProxySQL | None, port: int, base: int) -> dict[str, Any]:
-    """The router section of a cluster on the ProxySQL admin (hostgroups base+10 .. base+40)."""
-    return {
-        "kind": "proxysql",
-        "proxysql": {
-            "host": "127.0.0.1",
-            "port": port,
-            "user": px.user if px else "admin",
-            "password": px.password if px else "admin-secret",
-            "timeout": 0.5,
-            **{f"{role}_hostgroup": base + 10 * k for k, role in enumerate(ROLES, start=1)},
-        },
-    }
-
-
-ROLES = ("writer", "reader", "broken", "hidden")
 
 
 async def test_a_router_conflict_halts_that_cluster_alone_and_unreachable_halts_none(tmp_path):

@@ -7,9 +7,7 @@ cluster a crash ends the process (non-zero), as before."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,55 +23,20 @@ from hacontrol.journal import Journal, JournalUnwritable
 from hacontrol.mariabackup import Progress
 from hacontrol.runtime import Runtime, WorkerCrashed
 from hacontrol.service import RESTART_BACKOFF_MAX, RESTART_STABLE, Service, restart_delay
-from hacontrol.settings import Settings
+from tests.clusters import (
+    TOKEN,
+    InjectedBug,
+    cluster_settings,
+    crash_on_command,
+    finished,
+    idle,
+    on_one_proxysql,
+    slow_promote,
+)
 from tests.fakefleet import FakeFleet, fleet
-from tests.live import LogCapture, MailBox, service, with_mail
-from tests.proxysql_real import RealProxySQL, pair_sql
+from tests.live import MailBox, service, with_mail
+from tests.proxysql_real import pair_sql
 from tests.support import eventually
-from tests.test_service import TOKEN, cluster_settings, finished, idle, proxysql_router
-
-
-class InjectedBug(RuntimeError):
-    """What the injected crash raises (a bug in the decision task, as far as it knows)."""
-
-
-def crash_on_command(runtime: Runtime, says: str = "") -> None:
-    """The next operator command makes ``runtime``'s decision task raise (a real exception
-    out of ``Controller.handle``, as a bug in the step or an effect would); ``says``: more
-    text in the exception."""
-    handle = runtime.controller.handle
-
-    def buggy(event: Event) -> None:
-        if isinstance(event, OperatorCommand):
-            raise InjectedBug(f"injected: {event.command} broke the decision task{says}")
-        handle(event)
-
-    runtime.controller.handle = buggy  # type: ignore[method-assign]
-
-
-def on_proxysql(clusters: list[Settings], px: RealProxySQL) -> list[Settings]:
-    """``clusters`` routed by the one ProxySQL ``px`` (hostgroups 10.., 110.., 210..)."""
-    return [
-        settings.model_copy(update={"router": Settings(
-            **{**settings.model_dump(), "router": proxysql_router(px, px.port, 100 * k)}
-        ).router})
-        for k, settings in enumerate(clusters)
-    ]  # fmt: skip
-
-
-@contextlib.asynccontextmanager
-async def on_one_proxysql(
-    tmp_path: Path, *pairs: str, **service_args: Any
-) -> AsyncIterator[tuple[RealProxySQL, FakeFleet, list[Settings], Service, LogCapture]]:
-    """Two fake clusters routed by one real ProxySQL (its replication hostgroup ``pairs``),
-    their Service started."""
-    with RealProxySQL(tmp_path / "proxysql") as px:
-        await asyncio.to_thread(px.reset, (), list(pairs))
-        async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
-            clusters = on_proxysql(cluster_settings(fake, tmp_path), px)
-            svc, capture = service(*clusters, **service_args)
-            async with svc:
-                yield px, fake, clusters, svc, capture
 
 
 def halt_metric(svc: Service) -> dict[str, float]:
@@ -286,40 +249,6 @@ async def test_the_process_ends_when_no_cluster_runs_any_more(tmp_path):
     assert (first["cluster"], first["restart_in"]) == ("c001", 30.0)
     assert (last["cluster"], last["restart_in"]) == ("c002", None)
     assert not capture.of("cluster_restarting")
-
-
-def slow_promote(
-    runtime: Runtime,
-    seconds: float,
-    calls: list[str],
-    stubborn: float = 0.0,
-    acts_first: bool = False,
-) -> None:
-    """``runtime``'s promote takes ``seconds`` before it acts (a plan longer than its budget,
-    as a rebuild always is); ``stubborn``: seconds it goes on after a cancel (a task that does
-    not end when told to); ``acts_first``: it promotes on the server first, then takes its
-    ``seconds`` (a cut after the server made the candidate writable, before the step returned).
-    ``calls`` records what it did."""
-    promote = runtime.executor.mysql.promote
-
-    async def slow(*args: Any, **kwargs: Any) -> Any:
-        calls.append("called")
-        if acts_first:
-            calls.append("promoted on the server")
-            await promote(*args, **kwargs)
-        try:
-            await asyncio.sleep(seconds)
-        except asyncio.CancelledError:
-            calls.append("cancelled")
-            if not stubborn:
-                raise
-            await asyncio.sleep(stubborn)
-            calls.append("ended after the cancel")
-            raise
-        calls.append("acts")
-        return await promote(*args, **kwargs)
-
-    runtime.executor.mysql.promote = slow  # type: ignore[method-assign]
 
 
 def crash_a_probe(runtime: Runtime, node: str) -> None:
