@@ -84,6 +84,11 @@ def _primary_read_only(view: ClusterView) -> bool:
     return bool(node and node.reachable and node.status and node.status.read_only)
 
 
+def _unpublished(view: ClusterView, node: str | None) -> bool:
+    """A fleet's primary ``node`` that no lock publishes (``rule_publish`` refused it)."""
+    return node is not None and view.primary == node and view.published != node
+
+
 Alive = Callable[[ClusterView, ControllerState, str], bool]
 
 LASTS_WHILE: Mapping[Condition, Alive] = {
@@ -96,7 +101,7 @@ LASTS_WHILE: Mapping[Condition, Alive] = {
     Condition.ERRANT_REPLICA: lambda view, state, node: any(p.node == node for p in view.problems),
     Condition.WRITER_MISMATCH: lambda view, state, s: view.has(Code.ROUTER_WRITER_IS_NOT_PRIMARY),
     Condition.NO_PRIMARY: lambda view, state, s: (
-        view.has(Code.NO_PRIMARY) or _primary_read_only(view)
+        view.has(Code.NO_PRIMARY) or _primary_read_only(view) or _unpublished(view, s)
     ),
     Condition.PAUSED: lambda view, state, subject: state.paused,
 }

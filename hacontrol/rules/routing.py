@@ -10,7 +10,7 @@ from hacontrol import gtid
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision
 from hacontrol.plan import AlertKind, Notify, Plan, PlanKind, Publish, Route
 from hacontrol.routing import Membership
-from hacontrol.rules.alerts import alert_once
+from hacontrol.rules.alerts import alert_once, alert_unless_a_leader_may_act
 from hacontrol.rules.candidates import executed, holdings, topology_text
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Health, NodeView, hidden_nodes, link_alive, witness
@@ -287,7 +287,10 @@ def rule_publish(
     """Fleet: the leader publishes the primary it sees when no node carries its publication:
     at a fleet's start, after a takeover, after a failed publication. Only a writable
     primary, not an old one, and only when no other reachable node holds a transaction it
-    lacks (a half-done failover left behind is then an operator's call)."""
+    lacks (a half-done failover left behind is then an operator's call). A follower that
+    cannot read the locks yet holds that alert a while (``alert_unless_a_leader_may_act``):
+    right after a partition heals, the old primary the leader fenced still holds what it never
+    acknowledged, and the follower cannot see that the leader quarantined it."""
     primary = view.primary
     if not settings.controller.fleet or primary is None or view.published == primary:
         return None
@@ -307,7 +310,9 @@ def rule_publish(
             kind=PlanKind.ALERT,
         )
         alert = Notify(AlertKind.NO_PRIMARY, primary, "primary not published", plan.reason)
-        return alert_once(state, AlertKey(Condition.NO_PRIMARY, primary), plan, alert)
+        key = AlertKey(Condition.NO_PRIMARY, primary)
+        decision = alert_once(state, key, plan, alert)
+        return alert_unless_a_leader_may_act(view, state, settings, now, key, decision)
     was = f", in place of {view.published}" if view.published else ""
     reason = f"publishing {primary}, the writable primary, to every router of the fleet{was}"
     return Decision(Plan("PublishPrimary", reason, (Publish(primary),), PlanKind.PUBLISH), state)
