@@ -466,3 +466,31 @@ def test_without_quorum_a_router_change_is_not_repeated_before_the_router_is_rea
     seen = RouterProbeResult("haproxy", NOW + 0.3, route.desired)
     m, effects = run(m, seen, Tick(NOW + 0.3), now=NOW + 0.3)
     assert not started(effects)  # the router shows it now: nothing to do
+
+
+def test_an_alert_left_to_the_leader_is_mailed_once_by_this_instance_when_it_takes_over():
+    """A follower leaves the refusal's mail to the leader and keeps it as alerted; the leader
+    dies before it mails (or saw otherwise). Taking over, this instance mails it, once."""
+    rounds = [healthy_round(t) for t in (1.0, 2.0, 3.0)]
+    ahead = {**DEAD_IO, "received_gtid": "0-1-105"}
+    rounds += [
+        [down("node1", t), primary("node2", t), replica("node3", t, **ahead), router(at=t)]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    alive = ("node2", "node3")
+    m = model(*rounds, locks(NOW - 0.1, OTHER, None, alive))
+    m, effects = run(m, Tick(NOW))
+    assert not [e for e in effects if isinstance(e, SendAlert)]
+    assert lines(effects, "alert_left_to_leader")
+    assert m.state.alerted  # kept: the follower does not log it again on every decision
+    m, took = run(m, *locks(NOW + 0.5, MINE, None, alive), now=NOW + 0.5)
+    assert m.lease.leader_since is not None
+    later = NOW + 0.5 + V + 0.1
+    fresh = [down("node1", later), primary("node2", later), replica("node3", later, **ahead)]
+    m, kept = run(m, *locks(NOW + 1.2, MINE, None, alive), now=NOW + 1.2)
+    m, effects = run(m, *locks(later, MINE, None, alive), *fresh, Tick(later), now=later)
+    effects = [*kept, *effects]
+    assert m.lease.acting(later)
+    m, more = run(m, *locks(later + 0.5, MINE, None, alive), Tick(later + 0.5), now=later + 0.5)
+    mails = [e.alert.summary for e in (*took, *effects, *more) if isinstance(e, SendAlert)]
+    assert mails == ["primary not published"], mails

@@ -124,7 +124,14 @@ def lease_update(model: Model, event: Event, settings: Settings, now: float) -> 
     if isinstance(event, PlanFinished) and event.lease_lost:
         step_down = f"stepping down: {event.rule} stopped ({event.reason})"
     new, effects = lease_step(lease, model.view, settings, now, step_down=step_down)
-    return (model if new is model.lease else evolve(model, lease=new)), effects
+    if new is model.lease:
+        return model, effects
+    if model.lease.leader_since is None and new.leader_since is not None:
+        # A new leader mails every condition that still stands, once: as a follower it left
+        # them to the leader (``step``: alert_left_to_leader) and kept them as alerted, and
+        # the old leader may have died, or seen otherwise, before it mailed them.
+        return evolve(model, lease=new, state=replace(model.state, alerted=frozenset())), effects
+    return evolve(model, lease=new), effects
 
 
 def lease_step(
