@@ -24,7 +24,11 @@ is as desired, and ``--warmup`` seconds more, the window opens:
 - RSS: /proc/<pid>/status VmRSS sampled every second (largest per process, and the sum);
 - probe cadence: from the fake's own record of every probe it answered (it costs the
   controller nothing): per node the largest gap between two consecutive probes, then
-  p50/p99/max over the nodes; and every gap's p50/p99/max;
+  p50/p99/max over the nodes; and every gap's p50/p99/max. Stamped with the time the
+  kernel received each probe on the node's socket (``SO_TIMESTAMPNS``,
+  tests/fakefleet/stamps.py): the fake's own lateness in reading it is not the
+  controller's. The same figures by the time the fake read them:
+  ``probe_cadence_as_the_fake_read_them``;
 - log volume: the controllers' lines with a timestamp inside the window, per node per hour;
 - the fake's own CPU from /proc, as % of one core;
 - ``--kill-primary S``: S seconds into the window, the fake kills the first cluster's primary
@@ -33,8 +37,10 @@ is as desired, and ``--warmup`` seconds more, the window opens:
   The killed node is left out of the cadence figures. Compare with a lone cluster:
   ``single --nodes 3 --kill-primary S``.
 - ``--gc``: (``one``) the controller notes every garbage collection (``gc.callbacks``; nothing
-  else changed): by generation, count, total and longest pause, and which slow seconds of the
-  cadence had a pause of 0.1 s or more. The controller applies its own collector policy
+  else changed): by generation, count, total and longest pause (and the process time it
+  used), and which slow seconds of the cadence had a pause of 0.1 s or more; and how late
+  each probe started against the time it was due (``probe_start_lateness``), with what the
+  late ones overlapped (a collection, log lines). The controller applies its own collector policy
   (``hacontrol/gcpolicy.py``) once every cluster has started; ``--gc-freeze`` and
   ``--gc-threshold`` are the experiment that came before it (a second freeze at the window's
   start, and other thresholds).
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import collections
 import contextlib
 import json
@@ -141,8 +148,10 @@ def start_fleet(procs: Processes, spec: FleetSpec, tmp: Path) -> tuple[int, Flee
     (tmp / "fleet.json").write_text(spec.to_json())
     log = tmp / "fleet.log"
     proc = procs.spawn(
-        [sys.executable, "-m", "tests.fakefleet", "--spec", str(tmp / "fleet.json")], log
-    )
+        [sys.executable, "-m", "tests.fakefleet", "--spec", str(tmp / "fleet.json"),
+         "--kernel-stamps"],
+        log,
+    )  # fmt: skip
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         text = log.read_text()
@@ -341,10 +350,16 @@ def run(spec: FleetSpec, args: argparse.Namespace, *, drive: bool = False) -> di
             if sampler is not None:
                 stop_sampling(sampler)
             skip = [window.kill[0]] if window.kill else []
-            cadence = control.cadence(*window.mono, skip=skip)
+            cadence = control.cadence(*window.mono, skip=skip, stamp="kernel")
             result = report(resolved, clients, fleet_pid, window, cadence, args)
+            read = control.cadence(*window.mono, skip=skip, stamp="loop")
+            result["probe_cadence_as_the_fake_read_them"] = cadence_figures(read)
             if getattr(args, "gc", False):
                 result["gc"] = gc_figures(tmp / "gc.log", window.mono, cadence)
+                logs = {n: log for n, (_, log) in clients.items() if log is not None}
+                result["probe_start_lateness"] = lateness_figures(
+                    tmp / "timers.log", tmp / "gc.log", logs, window
+                )
             if spy:
                 result["profile"] = {"py_spy": str(spy), **stack_summary(spy)}
             return result
@@ -467,12 +482,14 @@ def gc_watched(log: Path, argv: list[str]) -> None:
 
     def note(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            started["t"] = time.monotonic()
+            started["t"], started["cpu"] = time.monotonic(), time.process_time()
         else:
-            t = started.get("t", time.monotonic())
-            out.write(f"{info['generation']} {t:.4f} {time.monotonic() - t:.4f}\n")
+            t, cpu = started.get("t", time.monotonic()), started.get("cpu", time.process_time())
+            took, ran = time.monotonic() - t, time.process_time() - cpu
+            out.write(f"{info['generation']} {t:.4f} {took:.4f} {ran:.4f}\n")
 
     gc.callbacks.append(note)
+    note_timer_lateness(log.with_name("timers.log"))
     # SIGUSR2: gc.freeze(), every object alive now out of the collector's walks (what the
     # bench's --gc-freeze tries: start-up's settings, views, metrics are long-lived).
     thresholds = os.environ.get("SCALE_GC_THRESHOLD")
@@ -487,21 +504,52 @@ def gc_watched(log: Path, argv: list[str]) -> None:
     runpy.run_module("hacontrol", run_name="__main__", alter_sys=True)
 
 
+def note_timer_lateness(log: Path) -> None:
+    """Each probe's start against the time it was due (the start before it plus the
+    interval), written to ``log`` as "start lateness" (monotonic seconds): how late the
+    controller's own loop ran it. Only in this bench: the product logs nothing per probe."""
+    from hacontrol.probes import mysql
+
+    out = log.open("w")  # buffered; flushed about once a second
+    original = mysql.NodeProbe.probe
+    last: dict[int, float] = {}
+    flushed = [time.monotonic()]
+
+    async def probe(self: mysql.NodeProbe) -> Any:
+        start, before = self._last_start, last.get(id(self))
+        last[id(self)] = start
+        if before is not None:
+            out.write(f"{start:.4f} {start - before - self._interval:.4f}\n")
+            if start - flushed[0] >= 1.0:
+                out.flush()
+                flushed[0] = start
+        return await original(self)
+
+    mysql.NodeProbe.probe = probe  # type: ignore[method-assign]
+
+
 def gc_figures(log: Path, mono: tuple[float, float], cadence: dict[str, Any]) -> dict[str, Any]:
     """Collections in the window by generation (count, total and longest pause), and which of
     the cadence's slow seconds had a collection of 0.1 s or more in them."""
     by_gen: dict[str, list[float]] = collections.defaultdict(list)
+    cpu_by_gen: dict[str, list[float]] = collections.defaultdict(list)
     long_at: list[float] = []
     for line in log.read_text().splitlines():
-        gen, at, took = line.split()
+        gen, at, took, ran = line.split()
         if mono[0] <= float(at) < mono[1]:
             by_gen[gen].append(float(took))
+            cpu_by_gen[gen].append(float(ran))
             if float(took) >= 0.1:
                 long_at.append(float(at) - mono[0])
     slow = cadence["per_second"]["slow_seconds"]
     return {
         "by_generation": {
-            g: {"count": len(v), "total_s": round(sum(v), 3), "max_s": round(max(v), 4)}
+            g: {
+                "count": len(v),
+                "total_s": round(sum(v), 3),
+                "max_s": round(max(v), 4),
+                "process_time_total_s": round(sum(cpu_by_gen[g]), 3),
+            }
             for g, v in sorted(by_gen.items())
         },
         "pauses_of_0.1s_or_more_at": [round(t, 1) for t in long_at],
@@ -509,6 +557,77 @@ def gc_figures(log: Path, mono: tuple[float, float], cadence: dict[str, Any]) ->
             s for s in slow if any(s - 1 <= t < s + 1 for t in long_at)
         ],
     }
+
+
+LATE = 0.02
+"""A probe that started this much (seconds) after it was due counts as late in the figures."""
+
+
+def lateness_figures(
+    timers: Path, gc_log: Path, logs: dict[str, Path], window: Window
+) -> dict[str, Any]:
+    """How late the controller started its probes (``note_timer_lateness``), and what the late
+    ones (``LATE`` or more) overlapped: a garbage collection (its wall time against the
+    process time it used: a collection that used less CPU than it took was not scheduled
+    meanwhile), the controller's log lines (``cluster_summary`` or other: bursts of events)."""
+    mono = window.mono
+    pauses = sorted(
+        (float(at), float(at) + float(took), float(took) - float(ran))
+        for gen, at, took, ran in (line.split() for line in gc_log.read_text().splitlines())
+    )
+    starts = [p[0] for p in pauses]
+    offset = window.wall[0] - mono[0]
+    lines = sorted(
+        (r["_mono"] - offset, r["event"])
+        for path in logs.values()
+        for r in log_records(path)
+        if window.wall[0] <= r["_mono"] < window.wall[1]
+    )
+    line_times = [t for t, _ in lines]
+    late: list[float] = []
+    every: list[float] = []
+    kinds: collections.Counter[str] = collections.Counter()
+    for row in timers.read_text().splitlines():
+        start, lateness = (float(v) for v in row.split())
+        if not mono[0] <= start < mono[1]:
+            continue
+        every.append(lateness)
+        if lateness < LATE:
+            continue
+        late.append(lateness)
+        due = start - lateness
+        kinds.update(_overlaps(due, start, pauses, starts, lines, line_times))
+    figures = {"every_probe": percentiles(every), "late_probes": len(late)}
+    figures["late_probes_lateness"] = percentiles(late)
+    figures["late_probes_overlapping"] = dict(kinds.most_common())
+    return figures
+
+
+def _overlaps(
+    due: float,
+    start: float,
+    pauses: list[tuple[float, float, float]],
+    starts: list[float],
+    lines: list[tuple[float, str]],
+    line_times: list[float],
+) -> list[str]:
+    """What happened between a late probe's due time and its start."""
+    found = []
+    i = bisect.bisect_right(starts, start)
+    during = [p for p in pauses[max(0, i - 50) : i] if p[1] > due]
+    if during:
+        found.append("a collection")
+        if any(unscheduled > 0.01 for _s, _e, unscheduled in during):
+            found.append("a collection with 10 ms or more not scheduled")
+    else:
+        found.append("no collection")
+    lo, hi = bisect.bisect_left(line_times, due - 0.05), bisect.bisect_right(line_times, start)
+    events = {event for _t, event in lines[lo:hi]}
+    if "cluster_summary" in events:
+        found.append("cluster_summary lines")
+    if events - {"cluster_summary"}:
+        found.append("other log lines")
+    return found
 
 
 def stop_sampling(sampler: subprocess.Popen[Any]) -> None:
@@ -608,6 +727,7 @@ def main() -> None:
     p = sub.add_parser("drive", help="(internal) probe every node of a fleet spec")
     p.add_argument("spec", type=Path)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally: stop what it started
     set_gc_threshold(getattr(args, "gc_threshold", None))
     if args.mode == "drive":
         drive(args.spec)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from hacontrol import gtid
 from hacontrol.actions.mysql import MySQLActions
@@ -63,9 +65,11 @@ async def probe(fake: FakeFleet, node: str, timeout: float = 2.0) -> ProbeResult
         await node_probe.close()
 
 
-@pytest.fixture
-async def fake():
-    async with FakeFleet(one_cluster(heartbeat_period=0.05)) as fleet_:
+@pytest.fixture(params=[False, True], ids=["loop-stamps", "kernel-stamps"])
+async def fake(request):
+    """Every behaviour both ways: read by the transport, or by ``stamps.StampedReader``."""
+    spec = one_cluster(heartbeat_period=0.05)
+    async with FakeFleet(spec, kernel_stamps=request.param) as fleet_:
         yield fleet_
 
 
@@ -189,6 +193,55 @@ async def test_a_good_probe_is_stamped_when_its_query_went_out_not_when_it_start
     result = await pending
     assert result.ok and result.rtt is not None
     assert result.at >= thawed > started + 0.4
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop])
+def test_the_kernel_stamp_is_when_the_probe_arrived_not_when_the_fake_read_it(loop_factory):
+    # On asyncio's loop and on uvloop (the bench's: it starts a transport's reading after
+    # connection_made, and then the fake read the probes by itself, every stamp its own).
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_kernel_stamp_against_a_blocked_fake())
+
+
+async def _kernel_stamp_against_a_blocked_fake() -> None:
+    # The prober runs in its own thread and event loop; the fake's loop (this one) is blocked
+    # for a second, and the probe's query goes out 0.1 s into it: the fake reads it at the end
+    # of the block, but the kernel received it when it was sent.
+    prober_loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=prober_loop.run_forever, daemon=True)
+    thread.start()
+
+    def in_prober(coro):
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, prober_loop))
+
+    async def probe_later(node_probe: NodeProbe, delay: float) -> ProbeResult:
+        await asyncio.sleep(delay)
+        return await node_probe.probe()
+
+    async with FakeFleet(one_cluster(), kernel_stamps=True) as fake:
+        node_probe = NodeProbe("c001n1", endpoint(fake, "c001n1"), interval=1.0, timeout=5.0,
+                               emit=lambda _e: None, watch=False)  # fmt: skip
+        try:
+            assert (await in_prober(node_probe.probe())).ok  # connected, one probe recorded
+            pending = in_prober(probe_later(node_probe, 0.1))
+            time.sleep(1.0)  # noqa: ASYNC251 (the point: the fake's loop reads nothing meanwhile)
+            result = await pending
+        finally:
+            await in_prober(node_probe.close())
+            prober_loop.call_soon_threadsafe(prober_loop.stop)
+            thread.join(5)
+        prober_loop.close()
+        assert result.ok
+        read, received = fake.probe_times["c001n1"][-1], fake.kernel_times["c001n1"][-1]
+        assert read - received > 0.5, (read, received)
+        assert abs(received - result.at) < 0.3, (received, result.at)  # sent, then received
+        kernel = fake.cadence(stamp="kernel")["nodes"]["c001n1"]
+        assert (
+            kernel["probes"] == 2
+            and kernel["max_gap"] < fake.cadence()["nodes"]["c001n1"]["max_gap"]
+        )
+        with pytest.raises(ValueError, match="stamp"):
+            fake.cadence(stamp="wall")
 
 
 async def test_replicas_of_a_frozen_primary_stall_then_reconnect():

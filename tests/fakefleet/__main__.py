@@ -37,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--password", default=FleetSpec.password)
     parser.add_argument("--control-port", type=int, default=0)
     parser.add_argument("--spec-out", type=Path, help="write the spec with its ports here")
+    parser.add_argument(
+        "--kernel-stamps",
+        action="store_true",
+        help="also record when the kernel received each probe (GET /cadence?stamp=kernel)",
+    )
     return parser.parse_args(argv)
 
 
@@ -55,7 +60,7 @@ def build_spec(args: argparse.Namespace) -> FleetSpec:
 
 
 async def run(args: argparse.Namespace) -> None:
-    fake = FakeFleet(build_spec(args))
+    fake = FakeFleet(build_spec(args), kernel_stamps=args.kernel_stamps)
     await fake.start()
     runner = await serve(fake, "127.0.0.1", args.control_port)
     try:

@@ -7,8 +7,10 @@
     POST /nodes/NAME/revive          restart a killed node, thaw a frozen one
     POST /nodes/NAME/lose-link       its IO thread reports a lost link to its source
     POST /nodes/NAME/restore-link
-    GET  /cadence?since=T&until=T&skip=NODE,...
-                                     probes per node and the largest gap between two probes
+    GET  /cadence?since=T&until=T&skip=NODE,...&stamp=loop|kernel
+                                     probes per node and the largest gap between two probes,
+                                     by the time the fleet read them or the kernel received
+                                     them (``--kernel-stamps``)
     GET  /stats                      the fleet process's own CPU, memory, queries, connections
 
 Times (``since``, ``until``, ``now`` in /stats) are the fleet's monotonic clock, which on Linux
@@ -75,7 +77,13 @@ def application(fleet: FakeFleet) -> web.Application:
         except ValueError:
             raise web.HTTPBadRequest(text="since and until are numbers (seconds)") from None
         skip = {s for s in request.query.get("skip", "").split(",") if s}
-        return web.json_response(fleet.cadence(since, until, skip=skip))
+        try:
+            figures = fleet.cadence(
+                since, until, skip=skip, stamp=request.query.get("stamp", "loop")
+            )
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        return web.json_response(figures)
 
     @routes.get("/stats")
     async def stats(request: web.Request) -> web.Response:
@@ -120,9 +128,13 @@ class FleetControl:
         return self._call("POST", f"/nodes/{name}/{action}")
 
     def cadence(
-        self, since: float = 0.0, until: float | None = None, skip: list[str] = ()
+        self,
+        since: float = 0.0,
+        until: float | None = None,
+        skip: list[str] = (),
+        stamp: str = "loop",
     ) -> dict[str, Any]:
-        query = f"?since={since}" + (f"&until={until}" if until is not None else "")
+        query = f"?since={since}&stamp={stamp}" + (f"&until={until}" if until is not None else "")
         return self._call("GET", "/cadence" + query + (f"&skip={','.join(skip)}" if skip else ""))
 
     def stats(self) -> dict[str, Any]:

@@ -11,7 +11,9 @@ no task per connection: a probe costs one ``data_received`` call and one write).
 - ``lose_link``: a replica's IO thread reports a lost link (``restore_link`` ends it).
 
 Every probe (a query that asks SHOW ALL SLAVES STATUS) is recorded with its arrival time per
-node, so that a benchmark reads the probe cadence from here at no cost to the controller.
+node, so that a benchmark reads the probe cadence from here at no cost to the controller: the
+time this process read it, and with ``kernel_stamps`` also the time the kernel received it
+(``stamps``: this process's own lateness is not the controller's).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tests.fakefleet.history import position
 from tests.fakefleet.model import Fleet, State
 from tests.fakefleet.spec import FleetSpec, with_ports
 from tests.fakefleet.sql import Select, ShowSlaves, Statement, parse
+from tests.fakefleet.stamps import StampedReader
 from tests.mysql_wire import (
     auth_switch_request,
     err_packet,
@@ -48,14 +51,24 @@ _SALT_ALPHABET = bytes(range(0x21, 0x7F))
 class FakeFleet:
     """Every node of ``spec`` listening on its host and port (0: any free port)."""
 
-    def __init__(self, spec: FleetSpec, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        spec: FleetSpec,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        kernel_stamps: bool = False,
+    ) -> None:
         self.clock = clock
+        self.kernel_stamps = kernel_stamps
+        """Also record each probe's kernel receive time (``stamps``; the clock must then be
+        the monotonic one)."""
         self._requested = spec
         self.spec = spec
         self.model: Fleet | None = None
         self.servers: dict[str, asyncio.Server] = {}
         self.sessions: dict[str, set[Session]] = {}
         self.probe_times: dict[str, array[float]] = {}
+        self.kernel_times: dict[str, array[float]] = {}
         self.queries = 0
         self._next_id: dict[str, int] = {}
 
@@ -71,6 +84,7 @@ class FakeFleet:
         for name in self.servers:
             self.sessions[name] = set()
             self.probe_times[name] = array("d")
+            self.kernel_times[name] = array("d")
             self._next_id[name] = 100
         for server in self.servers.values():
             await server.start_serving()
@@ -185,18 +199,28 @@ class FakeFleet:
         }
 
     def cadence(
-        self, since: float = 0.0, until: float = float("inf"), skip: Collection[str] = ()
+        self,
+        since: float = 0.0,
+        until: float = float("inf"),
+        skip: Collection[str] = (),
+        stamp: str = "loop",
     ) -> dict[str, Any]:
         """Probes received per node between ``since`` and ``until`` (this process's monotonic
         clock), the largest gap between two probes of one node, and every gap's summary.
         Nodes in ``skip`` (one that was killed, say) are left out. ``per_second``: the probes
         received in each whole second of the window, summarised, with the seconds (from
         ``since``) that received less than half the median: a stall of the whole prober shows
-        there, one slow node does not."""
+        there, one slow node does not. ``stamp``: "loop" (when this process read each probe)
+        or "kernel" (when the kernel received it; only with ``kernel_stamps``)."""
+        if stamp not in ("loop", "kernel"):
+            raise ValueError(f"stamp is 'loop' or 'kernel', not {stamp!r}")
+        if stamp == "kernel" and not self.kernel_stamps:
+            raise ValueError("this fleet does not record kernel stamps")
+        recorded = self.kernel_times if stamp == "kernel" else self.probe_times
         per_node = {}
         gaps: list[float] = []
         seconds: collections.Counter[int] = collections.Counter()
-        for name, times in self.probe_times.items():
+        for name, times in recorded.items():
             if name in skip:
                 continue
             lo, hi = bisect.bisect_left(times, since), bisect.bisect_right(times, until)
@@ -226,8 +250,10 @@ class FakeFleet:
         self._next_id[name] += 1
         return self._next_id[name]
 
-    def record_probe(self, name: str, t: float) -> None:
+    def record_probe(self, name: str, t: float, kernel: float | None = None) -> None:
         self.probe_times[name].append(t)
+        if self.kernel_stamps:
+            self.kernel_times[name].append(t if kernel is None else kernel)
 
 
 def per_second(counts: collections.Counter[int]) -> dict[str, Any]:
@@ -276,6 +302,9 @@ class Session(asyncio.Protocol):
         self._paused = False
         self._interrupted = False
         self._auth_seq = 2
+        self._reader: StampedReader | None = None
+        self._stamp: float | None = None
+        """The kernel's receive time of the bytes read last (``kernel_stamps``)."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -284,10 +313,14 @@ class Session(asyncio.Protocol):
         self.id = self.fleet.connection_id(self.node_name)
         self.fleet.sessions[self.node_name].add(self)
         self._salt = bytes(secrets.choice(_SALT_ALPHABET) for _ in range(20))
+        if self.fleet.kernel_stamps:
+            self._reader = StampedReader(transport, self._stamped_data, self._peer_closed)
         if self._node().state is State.FROZEN:
             self.pause()
         else:
             self._greet()
+            if self._reader is not None:
+                self._reader.resume()
 
     def data_received(self, data: bytes) -> None:
         self._buffer.extend(data)
@@ -295,6 +328,14 @@ class Session(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._forget()
+
+    def _stamped_data(self, data: bytes, kernel_stamp: float | None) -> None:
+        self._stamp = kernel_stamp
+        self.data_received(data)
+
+    def _peer_closed(self) -> None:
+        if self.transport is not None:
+            self.transport.close()  # as a protocol whose eof_received returns None
 
     # -- faults --------------------------------------------------------------------------
 
@@ -305,6 +346,8 @@ class Session(asyncio.Protocol):
 
     def pause(self) -> None:
         self._paused = True
+        if self._reader is not None:
+            self._reader.pause()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
 
@@ -312,7 +355,10 @@ class Session(asyncio.Protocol):
         self._paused = False
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.resume_reading()
+        if self._reader is not None:
+            self._reader.resume()
+        else:
+            self.transport.resume_reading()
         if not self._greeted:
             self._greet()
         held, self._held = self._held, []
@@ -321,6 +367,8 @@ class Session(asyncio.Protocol):
         self._process()
 
     def _forget(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         sessions = self.fleet.sessions.get(self.node_name)
         if sessions is not None:
             sessions.discard(self)
@@ -424,7 +472,7 @@ class Session(asyncio.Protocol):
             self._send(answers.encode([refused]))
             return
         if any(isinstance(s, ShowSlaves) for s in statements):
-            self.fleet.record_probe(self.node_name, self.fleet.clock())
+            self.fleet.record_probe(self.node_name, self.fleet.clock(), self._stamp)
         if any(isinstance(s, Select) and s.blocking for s in statements):
             self._task = asyncio.get_running_loop().create_task(self._run_blocking(statements))
             return
