@@ -237,7 +237,6 @@ class TextAnswer:
         self._layout: Layout = ()
         self._packets: list[bytes] = []
         self._phase = HEADER
-        self._handlers = (self._header, self._column, self._columns_end, self._row)
         self._block: tuple[int, int] | None = None
         """Where the definition block under way began in this feed's buffer, and its seq."""
         self._fed = False
@@ -264,7 +263,7 @@ class TextAnswer:
                 break
             self._check_sequence(buffer[pos + 3], length)
             start, pos = pos + 4, pos + 4 + length
-            self._handlers[self._phase](buffer[start:pos])
+            _HANDLERS[self._phase](self, buffer[start:pos])
             if self._phase == ROW and self._block is not None:
                 self._remember(buffer, pos)
             if self.complete:
@@ -382,3 +381,8 @@ def raise_error(packet: bytes) -> None:
     if len(packet) < 4:
         raise MalformedAnswer("an error packet is cut short")
     err.raise_mysql_exception(packet)
+
+
+_HANDLERS = (TextAnswer._header, TextAnswer._column, TextAnswer._columns_end, TextAnswer._row)
+"""``TextAnswer``'s state handlers by phase, unbound: bound ones kept on each answer made it
+a reference cycle, left to the garbage collector (one per probe; ``tests/test_mysqlwire.py``)."""
