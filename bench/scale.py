@@ -56,6 +56,7 @@ import asyncio
 import bisect
 import collections
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -97,6 +98,13 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (/proc/<pid>/stat fields 14 and 15), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def schedstat(pid: int) -> tuple[float, float]:
+    """Seconds a process ran and seconds it waited, runnable, for a core (/proc/<pid>/schedstat:
+    both in nanoseconds)."""
+    ran, waited, _slices = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(ran) / 1e9, int(waited) / 1e9
 
 
 def rss_kib(pid: int) -> int:
@@ -218,6 +226,9 @@ class Window:
     rss_max: dict[int, int]
     kill: tuple[str, float, float] | None = None  # node, monotonic, wall
     load: list[float] = field(default_factory=list)  # the machine's 1-minute load, each second
+    sched: list[tuple[float, float, float]] = field(default_factory=list)
+    """Each second, the first controller's (monotonic time, CPU seconds, seconds runnable but
+    waiting for a core: /proc/<pid>/schedstat's run delay)."""
 
 
 def observe(pids: list[int], seconds: float, kill_at: float | None, kill: Any) -> Window:
@@ -225,9 +236,10 @@ def observe(pids: list[int], seconds: float, kill_at: float | None, kill: Any) -
     cpu0 = {pid: cpu_seconds(pid) for pid in pids}
     mono0, wall0 = time.monotonic(), time.time()
     rss_max = dict.fromkeys(pids, 0)
-    killed, load = None, []
+    killed, load, sched = None, [], []
     while (now := time.monotonic()) < mono0 + seconds:
         load.append(os.getloadavg()[0])
+        sched.append((now, *schedstat(pids[-1])))
         for pid in pids:
             rss_max[pid] = max(rss_max[pid], rss_kib(pid))
         if kill_at is not None and killed is None and now >= mono0 + kill_at:
@@ -235,7 +247,7 @@ def observe(pids: list[int], seconds: float, kill_at: float | None, kill: Any) -
         time.sleep(min(1.0, max(0.0, mono0 + seconds - time.monotonic())))
     mono1, wall1 = time.monotonic(), time.time()
     cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in pids}
-    return Window((mono0, mono1), (wall0, wall1), cpu, rss_max, killed, load)
+    return Window((mono0, mono1), (wall0, wall1), cpu, rss_max, killed, load, sched)
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -505,9 +517,10 @@ def gc_watched(log: Path, argv: list[str]) -> None:
 
 
 def note_timer_lateness(log: Path) -> None:
-    """Each probe's start against the time it was due (the start before it plus the
-    interval), written to ``log`` as "start lateness" (monotonic seconds): how late the
-    controller's own loop ran it. Only in this bench: the product logs nothing per probe."""
+    """Each probe's start against the time it was due (its slot on the probe's grid; before
+    the grid, the start before it plus the interval), written to ``log`` as "start lateness"
+    (monotonic seconds): how late the controller's own loop ran it. Only in this bench: the
+    product logs nothing per probe."""
     from hacontrol.probes import mysql
 
     out = log.open("w")  # buffered; flushed about once a second
@@ -518,8 +531,10 @@ def note_timer_lateness(log: Path) -> None:
     async def probe(self: mysql.NodeProbe) -> Any:
         start, before = self._last_start, last.get(id(self))
         last[id(self)] = start
-        if before is not None:
-            out.write(f"{start:.4f} {start - before - self._interval:.4f}\n")
+        due = getattr(self, "_due", None)
+        due = (before + self._interval if before is not None else None) if due is None else due
+        if due is not None and due > float("-inf"):
+            out.write(f"{start:.4f} {start - due:.4f}\n")
             if start - flushed[0] >= 1.0:
                 out.flush()
                 flushed[0] = start
@@ -600,7 +615,33 @@ def lateness_figures(
     figures = {"every_probe": percentiles(every), "late_probes": len(late)}
     figures["late_probes_lateness"] = percentiles(late)
     figures["late_probes_overlapping"] = dict(kinds.most_common())
+    figures["seconds_by_late_probes"] = _late_seconds(timers, window)
     return figures
+
+
+def _late_seconds(timers: Path, window: Window) -> dict[str, Any]:
+    """The window's seconds with 100 or more late probes against the others: the controller's
+    CPU and its wait for a core in them (ms per second, mean), from ``Window.sched``."""
+    late: collections.Counter[int] = collections.Counter()
+    for row in timers.read_text().splitlines():
+        start, lateness = (float(v) for v in row.split())
+        if window.mono[0] <= start < window.mono[1] and lateness >= LATE:
+            late[int(start - window.mono[0])] += 1
+    groups: dict[str, list[tuple[float, float]]] = {"100_or_more_late": [], "others": []}
+    for (t0, ran0, wait0), (_t1, ran1, wait1) in itertools.pairwise(window.sched):
+        key = "100_or_more_late" if late[int(t0 - window.mono[0])] >= 100 else "others"
+        groups[key].append((ran1 - ran0, wait1 - wait0))
+    return {
+        key: {
+            "seconds": len(rows),
+            "cpu_ms_mean": round(1000 * sum(r for r, _ in rows) / max(1, len(rows)), 1),
+            "waiting_for_a_core_ms_mean": round(
+                1000 * sum(w for _, w in rows) / max(1, len(rows)), 1
+            ),
+            "waiting_for_a_core_ms_max": round(1000 * max((w for _, w in rows), default=0), 1),
+        }
+        for key, rows in groups.items()
+    }
 
 
 def _overlaps(
