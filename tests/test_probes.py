@@ -5,11 +5,14 @@ watched less often; it never crashes, hangs or hammers."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
+
+import pytest
 
 from hacontrol.events import ConnectionLost
 from hacontrol.mysqlconn import Endpoint
-from hacontrol.probes.mysql import PROBE_MAX_READ, NodeProbe
+from hacontrol.probes.mysql import PROBE_MAX_READ, NodeProbe, phase_of
 from tests import mysql_wire as protocol
 from tests.fakes import FakeMySQL, garbage_server, stream_maximal_packets
 
@@ -136,6 +139,7 @@ def test_waiting_for_the_next_probe_wakes_up_once_not_in_a_spin():
         )  # fmt: skip
         for i in range(20):  # the next probe due in 10.3 ms, 11.0 ms, ...
             probe._last_start = time.monotonic() - 1.0 + 0.0103 + i * 0.0007
+            probe._anchor = probe._last_start  # on the grid: due one interval after it
             await probe._sleep_until_next()
         return reads
 
@@ -143,3 +147,27 @@ def test_waiting_for_the_next_probe_wakes_up_once_not_in_a_spin():
     # machine); a timer firing a little before the probe's clock reaches the deadline costs a
     # third, so four per wait allows a busy machine. The spin was about ten per wait.
     assert uvloop.run(sleeps()) <= 20 * 4
+
+
+def test_probes_keep_to_their_grid_a_late_start_moves_only_itself():
+    probe = NodeProbe(
+        "c001n1", Endpoint("127.0.0.1", 1, "u", "p"), interval=1.0, timeout=0.5, emit=[].append
+    )
+    phase = phase_of("c001n1", 1.0)
+    probe._last_start = 100.0  # the first probe: the grid is anchored at 100 + phase
+    first = probe.next_due(0.1)
+    assert first == pytest.approx(100.0 + phase + (1.0 if phase < 0.1 else 0.0))
+    probe._last_start = first + 0.3  # late by 0.3 s: the next slot is still one interval on
+    assert probe.next_due(0.1) == pytest.approx(first + 1.0)
+    probe._last_start = first + 1.0 - 0.05  # woken 50 ms before a slot: that slot is skipped
+    assert probe.next_due(0.1) == pytest.approx(first + 2.0)
+    probe._last_start = first + 7.4  # a stall of seconds: the missed slots are not made up
+    assert probe.next_due(0.1) == pytest.approx(first + 8.0)
+
+
+def test_the_nodes_phases_spread_over_the_interval():
+    names = [f"c{c:03d}n{n}" for c in range(1, 301) for n in (1, 2, 3)]
+    bins = collections.Counter(int(phase_of(name, 2.0) / 0.2) for name in names)
+    assert sorted(bins) == list(range(10))
+    assert all(60 <= count <= 120 for count in bins.values()), bins  # 90 each if even
+    assert phase_of("c001n1", 1.0) == phase_of("c001n1", 1.0)  # the same on every start

@@ -1,5 +1,11 @@
 """Probe of one MySQL/MariaDB node: one asyncio task per node, never raising, never deciding.
 
+Probes run on a fixed grid: the k-th is due at ``anchor + k * interval``, the anchor being the
+first probe's start plus a phase in [0, interval) taken from the node's name (``phase_of``).
+A probe that starts late (the controller's loop busy, a collection, the process not
+scheduled) moves only itself, not every later one; and the nodes of one process, started
+together, are spread over the interval instead of all being due in the same millisecond.
+
 Each probe runs the flavor's status statements as one multi-statement query on a kept
 connection (one round trip), under ``probes.timeout`` for the connect and for the query. A
 failure closes the connection; the next probe reconnects. Anything unexpected, a garbage
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Callable
 
 import aiomysql
@@ -95,6 +102,10 @@ class NodeProbe:
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_conn: aiomysql.Connection | None = None
         self._last_start = float("-inf")
+        self._anchor: float | None = None
+        """The grid's origin: the first probe's start plus ``phase_of(name)``."""
+        self._due = float("-inf")
+        """When the probe under way (or the next) was due on the grid."""
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -115,11 +126,19 @@ class NodeProbe:
         """Probe again now instead of at the next interval (fast confirmation)."""
         self._wake.set()
 
+    def next_due(self, min_gap: float) -> float:
+        """The first slot of the grid at least ``min_gap`` after the last start: a start that
+        was late (or woken early) does not move the slots after it."""
+        if self._anchor is None:
+            self._anchor = self._last_start + phase_of(self.name, self._interval)
+        slots = (self._last_start + min_gap - self._anchor) // self._interval + 1
+        return self._anchor + max(0.0, slots) * self._interval
+
     async def _sleep_until_next(self) -> None:
         # A wake is honoured, but not more often than every interval/10: a node that refuses
         # connections instantly must not turn fast confirmation into a busy loop.
         min_gap = self._interval / 10
-        deadline = self._last_start + self._interval
+        deadline = self._due = self.next_due(min_gap)
         while True:
             now = self._clock()
             if now + TIMER_SLACK >= deadline:
@@ -255,6 +274,12 @@ class NodeProbe:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait([task], timeout=1.0)
+
+
+def phase_of(name: str, interval: float) -> float:
+    """Where in the interval a node's probes fall, in [0, interval): the same for a node on
+    every start, spread evenly over many nodes (CRC-32 of its name)."""
+    return zlib.crc32(name.encode()) / 2**32 * interval
 
 
 def _same_rows(new: list[Rows], old: list[Rows]) -> bool:
