@@ -159,7 +159,9 @@ def test_probes_keep_to_their_grid_a_late_start_moves_only_itself():
     assert first == pytest.approx(100.0 + phase + (1.0 if phase < 0.1 else 0.0))
     probe._last_start = first + 0.3  # late by 0.3 s: the next slot is still one interval on
     assert probe.next_due(0.1) == pytest.approx(first + 1.0)
-    probe._last_start = first + 1.0 - 0.05  # woken 50 ms before a slot: that slot is skipped
+    probe._last_start = first + 1.0 - 0.05  # woken 50 ms before a slot: not again so soon,
+    assert probe.next_due(0.1) == pytest.approx(first + 1.95)  # nor later than an interval
+    probe._last_start = first + 2.0 - 0.5  # woken half-way: the grid's next slot
     assert probe.next_due(0.1) == pytest.approx(first + 2.0)
     probe._last_start = first + 7.4  # a stall of seconds: the missed slots are not made up
     assert probe.next_due(0.1) == pytest.approx(first + 8.0)

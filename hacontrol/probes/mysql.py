@@ -128,11 +128,14 @@ class NodeProbe:
 
     def next_due(self, min_gap: float) -> float:
         """The first slot of the grid at least ``min_gap`` after the last start: a start that
-        was late (or woken early) does not move the slots after it."""
+        was late (or woken early) does not move the slots after it. Never later than one
+        interval after the last start (the schedule before the grid): a start woken within
+        ``min_gap`` of a slot takes that instead of the slot after."""
         if self._anchor is None:
             self._anchor = self._last_start + phase_of(self.name, self._interval)
         slots = (self._last_start + min_gap - self._anchor) // self._interval + 1
-        return self._anchor + max(0.0, slots) * self._interval
+        slot = self._anchor + max(0.0, slots) * self._interval
+        return min(slot, self._last_start + self._interval)
 
     async def _sleep_until_next(self) -> None:
         # A wake is honoured, but not more often than every interval/10: a node that refuses
