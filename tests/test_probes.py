@@ -173,3 +173,22 @@ def test_the_nodes_phases_spread_over_the_interval():
     assert sorted(bins) == list(range(10))
     assert all(60 <= count <= 120 for count in bins.values()), bins  # 90 each if even
     assert phase_of("c001n1", 1.0) == phase_of("c001n1", 1.0)  # the same on every start
+
+
+async def test_a_wake_ends_the_wait_for_the_next_probe_but_not_before_interval_over_10():
+    probe = NodeProbe(
+        "c001n1", Endpoint("127.0.0.1", 1, "u", "p"), interval=2.0, timeout=0.5, emit=[].append
+    )
+    probe._last_start = time.monotonic()
+    probe._anchor = probe._last_start  # the next slot two seconds away
+    probe.wake()  # at once: held until interval/10 (0.2 s) after the last start
+    started = time.monotonic()
+    await asyncio.wait_for(probe._sleep_until_next(), 1.5)
+    assert 0.15 <= time.monotonic() - started < 1.0
+    probe._last_start = time.monotonic()
+    waiting = asyncio.create_task(probe._sleep_until_next())
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    probe.wake()  # while it waits
+    await asyncio.wait_for(waiting, 1.0)
+    assert probe._waiter is None

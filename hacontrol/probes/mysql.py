@@ -106,6 +106,8 @@ class NodeProbe:
         self._flavor: Flavor | None = None
         self._version = ""
         self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        """What the wait for the next probe awaits: done by its timer or by ``wake``."""
         self._watching = False
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_conn: aiomysql.Connection | None = None
@@ -133,6 +135,7 @@ class NodeProbe:
     def wake(self) -> None:
         """Probe again now instead of at the next interval (fast confirmation)."""
         self._wake.set()
+        _set_done(self._waiter)
 
     def next_due(self, min_gap: float) -> float:
         """The first slot of the grid at least ``min_gap`` after the last start: a start that
@@ -158,11 +161,20 @@ class NodeProbe:
                 self._wake.clear()
                 return
             wait = deadline - now if not self._wake.is_set() else self._last_start + min_gap - now
-            try:
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await self._nap(wait)
+
+    async def _nap(self, seconds: float) -> None:
+        """Until ``seconds`` passed or ``wake`` was called: one future and one timer. (An
+        ``asyncio.timeout`` around ``Event.wait`` cancelled the task at every expiry and
+        raised through it: about 45 us of CPU more per wait, for every node every interval.)"""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        handle = loop.call_later(seconds, _set_done, waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._waiter = None
 
     # -- one probe ----------------------------------------------------------------------------
 
@@ -311,6 +323,11 @@ class NodeProbe:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait([task], timeout=1.0)
+
+
+def _set_done(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def phase_of(name: str, interval: float) -> float:
