@@ -35,7 +35,7 @@ from hacontrol.metrics import Metrics
 from hacontrol.mysqlconn import endpoint_for
 from hacontrol.plan import AlertKind
 from hacontrol.probes.lease import LeaseKeeper, lock_names
-from hacontrol.probes.mysql import NodeProbe
+from hacontrol.probes.mysql import NodeProbe, phase_of
 from hacontrol.probes.router import RouterProbe
 from hacontrol.routing import Router
 from hacontrol.rules.lease import majority_until
@@ -117,6 +117,7 @@ def node_probes(settings: Settings, emit, *, watch: bool = True) -> dict[str, No
             timeout=settings.probes.timeout,
             emit=emit,
             watch=watch,
+            phase=phase_of(settings.cluster.name, settings.probes.interval),
         )
         for node in settings.nodes
     }

@@ -13,7 +13,10 @@ import pytest
 from hacontrol.events import ConnectionLost
 from hacontrol.mysqlconn import Endpoint
 from hacontrol.probes.mysql import PROBE_MAX_READ, NodeProbe, phase_of
+from hacontrol.runtime import node_probes
+from hacontrol.settings import Settings
 from tests import mysql_wire as protocol
+from tests.fakefleet.spec import fleet, settings_data
 from tests.fakes import FakeMySQL, garbage_server, stream_maximal_packets
 
 
@@ -150,10 +153,11 @@ def test_waiting_for_the_next_probe_wakes_up_once_not_in_a_spin():
 
 
 def test_probes_keep_to_their_grid_a_late_start_moves_only_itself():
+    phase = phase_of("c001", 1.0)
     probe = NodeProbe(
-        "c001n1", Endpoint("127.0.0.1", 1, "u", "p"), interval=1.0, timeout=0.5, emit=[].append
-    )
-    phase = phase_of("c001n1", 1.0)
+        "c001n1", Endpoint("127.0.0.1", 1, "u", "p"), interval=1.0, timeout=0.5,
+        emit=[].append, phase=phase,
+    )  # fmt: skip
     probe._last_start = 100.0  # the first probe: the grid is anchored at 100 + phase
     first = probe.next_due(0.1)
     assert first == pytest.approx(100.0 + phase + (1.0 if phase < 0.1 else 0.0))
@@ -167,12 +171,20 @@ def test_probes_keep_to_their_grid_a_late_start_moves_only_itself():
     assert probe.next_due(0.1) == pytest.approx(first + 8.0)
 
 
-def test_the_nodes_phases_spread_over_the_interval():
-    names = [f"c{c:03d}n{n}" for c in range(1, 301) for n in (1, 2, 3)]
+def test_the_clusters_phases_spread_over_the_interval():
+    names = [f"c{c:03d}" for c in range(1, 301)]
     bins = collections.Counter(int(phase_of(name, 2.0) / 0.2) for name in names)
     assert sorted(bins) == list(range(10))
-    assert all(60 <= count <= 120 for count in bins.values()), bins  # 90 each if even
-    assert phase_of("c001n1", 1.0) == phase_of("c001n1", 1.0)  # the same on every start
+    assert all(15 <= count <= 45 for count in bins.values()), bins  # 30 each if even
+    assert phase_of("c001", 1.0) == phase_of("c001", 1.0)  # the same on every start
+
+
+def test_the_nodes_of_one_cluster_are_probed_together():
+    spec = fleet([3], base_port=20000)
+    settings = Settings(**settings_data(spec.clusters[0], spec, journal="j"))
+    probes = node_probes(settings, [].append)
+    phases = {p._phase for p in probes.values()}
+    assert phases == {phase_of(settings.cluster.name, settings.probes.interval)}
 
 
 async def test_a_wake_ends_the_wait_for_the_next_probe_but_not_before_interval_over_10():

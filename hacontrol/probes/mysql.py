@@ -1,10 +1,11 @@
 """Probe of one MySQL/MariaDB node: one asyncio task per node, never raising, never deciding.
 
 Probes run on a fixed grid: the k-th is due at ``anchor + k * interval``, the anchor being the
-first probe's start plus a phase in [0, interval) taken from the node's name (``phase_of``).
+first probe's start plus ``phase`` (``runtime.node_probes``: ``phase_of`` the cluster's name).
 A probe that starts late (the controller's loop busy, a collection, the process not
-scheduled) moves only itself, not every later one; and the nodes of one process, started
-together, are spread over the interval instead of all being due in the same millisecond.
+scheduled) moves only itself, not every later one; the nodes of one cluster are probed
+together (one moment of the cluster in its view), and the clusters of one process are spread
+over the interval instead of all being due in the same millisecond.
 
 Each probe runs the flavor's status statements as one multi-statement query on a kept
 connection (one round trip), under ``probes.timeout`` for the connect and for the query. A
@@ -89,8 +90,10 @@ class NodeProbe:
         emit: Emit,
         clock: Clock = time.monotonic,
         watch: bool = True,
+        phase: float = 0.0,
     ) -> None:
         self.name = name
+        self._phase = phase
         self._endpoint = endpoint
         self._interval = interval
         self._timeout = timeout
@@ -113,7 +116,7 @@ class NodeProbe:
         self._watch_conn: aiomysql.Connection | None = None
         self._last_start = float("-inf")
         self._anchor: float | None = None
-        """The grid's origin: the first probe's start plus ``phase_of(name)``."""
+        """The grid's origin: the first probe's start plus ``phase``."""
         self._due = float("-inf")
         """When the probe under way (or the next) was due on the grid."""
 
@@ -143,7 +146,7 @@ class NodeProbe:
         interval after the last start (the schedule before the grid): a start woken within
         ``min_gap`` of a slot takes that instead of the slot after."""
         if self._anchor is None:
-            self._anchor = self._last_start + phase_of(self.name, self._interval)
+            self._anchor = self._last_start + self._phase
         slots = (self._last_start + min_gap - self._anchor) // self._interval + 1
         slot = self._anchor + max(0.0, slots) * self._interval
         return min(slot, self._last_start + self._interval)
@@ -331,8 +334,8 @@ def _set_done(waiter: asyncio.Future[None] | None) -> None:
 
 
 def phase_of(name: str, interval: float) -> float:
-    """Where in the interval a node's probes fall, in [0, interval): the same for a node on
-    every start, spread evenly over many nodes (CRC-32 of its name)."""
+    """Where in the interval the probes of ``name`` (a cluster) fall, in [0, interval): the
+    same on every start, spread evenly over many names (CRC-32)."""
     return zlib.crc32(name.encode()) / 2**32 * interval
 
 
