@@ -10,9 +10,7 @@ over the interval instead of all being due in the same millisecond.
 Each probe runs the flavor's status statements as one multi-statement query on a kept
 connection (one round trip), under ``probes.timeout`` for the connect and for the query. A
 failure closes the connection; the next probe reconnects. Anything unexpected, a garbage
-answer included, is an unreachable result with its reason, never an exception. A status query
-whose timeout runs out while its answer already waits to be read (the controller's loop was
-late, not the node) gets one timeout more (``NodeProbe._answer``).
+answer included, is an unreachable result with its reason, never an exception.
 
 A second, idle *watch* connection per node runs ``DO SLEEP(...)``: a crashed server closes it
 at once, which becomes a ``ConnectionLost`` event, so the controller re-probes without waiting
@@ -29,9 +27,6 @@ server that streams endless or maximal packets is unhealthy at once (``mysqlconn
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import struct
-import termios
 import time
 import zlib
 from collections.abc import Callable
@@ -69,9 +64,6 @@ WATCH_BACKOFF_MAX = 60.0
 PROBE_MAX_READ = 1024 * 1024
 """Bytes one probe answer may take (a status answer is a few KiB)."""
 WATCH_MAX_READ = 64 * 1024
-BACKSTOP = 10
-"""``fetch_text``'s own timeout, in probe timeouts: only a backstop; the probe's timeout is
-``NodeProbe._answer``'s."""
 TIMER_SLACK = 0.001
 """A wait for the next probe counts as done this close (seconds) to its end. uvloop's timers
 have a resolution of one millisecond and its clock is read once per loop iteration, so a timer
@@ -193,7 +185,7 @@ class NodeProbe:
             conn = await self._connection()
             assert self._flavor is not None and self._columns is not None
             sent = self._clock()
-            results = await self._answer(conn)
+            results = await fetch_text(conn, self._sql, self._columns, timeout=self._timeout)
             rtt = self._clock() - sent
             status = self._status(self._flavor, results)
         except ValueError as exc:  # the node answered, but garbage: unhealthy, not a crash
@@ -203,32 +195,6 @@ class NodeProbe:
             self._drop()
             return ProbeResult(self.name, started, None, None, describe_error(exc))
         return ProbeResult(self.name, sent, rtt, status)
-
-    async def _answer(self, conn: BoundedConnection) -> list[Rows]:
-        """The status answer within ``timeout``, unless, when it runs out, the answer's bytes
-        are already waiting to be read (``answer_waiting``): then the node answered and the
-        controller's own loop was late to read it (on uvloop the timers of a late iteration
-        run before its reads), and the read gets one ``timeout`` more, once, instead of
-        failing the node and dropping a good connection. A node that sent nothing (frozen,
-        cut off) times out exactly as before; one that stops in the middle of its answer, one
-        ``timeout`` later."""
-        assert self._columns is not None
-        loop = asyncio.get_running_loop()
-        extended = False
-        async with asyncio.timeout(None) as budget:
-
-            def expire() -> None:
-                nonlocal extended
-                more = not extended and answer_waiting(conn)
-                extended = True
-                budget.reschedule(loop.time() + (self._timeout if more else 0.0))
-
-            handle = loop.call_later(self._timeout, expire)
-            try:
-                backstop = BACKSTOP * self._timeout
-                return await fetch_text(conn, self._sql, self._columns, timeout=backstop)
-            finally:
-                handle.cancel()
 
     def _status(self, flavor: Flavor, results: list[Rows]) -> NodeStatus:
         parsed = self._parsed
@@ -337,22 +303,6 @@ def phase_of(name: str, interval: float) -> float:
     """Where in the interval the probes of ``name`` (a cluster) fall, in [0, interval): the
     same on every start, spread evenly over many names (CRC-32)."""
     return zlib.crc32(name.encode()) / 2**32 * interval
-
-
-def answer_waiting(conn: aiomysql.Connection) -> bool:
-    """Bytes from the server wait to be read: in the stream's buffer (read, not yet consumed)
-    or in the socket's receive queue (``FIONREAD``)."""
-    reader, writer = conn._reader, conn._writer
-    if reader is not None and len(reader._buffer) > 0:
-        return True
-    sock = writer.transport.get_extra_info("socket") if writer is not None else None
-    if sock is None or sock.fileno() < 0:
-        return False
-    try:
-        queued = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
-        return False
-    return struct.unpack("i", queued)[0] > 0
 
 
 def _same_rows(new: list[Rows], old: list[Rows]) -> bool:
