@@ -494,3 +494,54 @@ def test_an_alert_left_to_the_leader_is_mailed_once_by_this_instance_when_it_tak
     m, more = run(m, *locks(later + 0.5, MINE, None, alive), Tick(later + 0.5), now=later + 0.5)
     mails = [e.alert.summary for e in (*took, *effects, *more) if isinstance(e, SendAlert)]
     assert mails == ["primary not published"], mails
+
+
+F5 = fleet(nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)])
+
+
+def takeover_mid_failover() -> Model:
+    """Five nodes; a failover's leader stopped node3-5's IO threads, promoted node2 (maybe
+    halfway: made writable) and died; node2 then froze or was cut off. This instance holds
+    the leader lock on node3-5 and acts."""
+    stopped = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
+    five = ("node1", "node2", "node3", "node4", "node5")
+    rounds = [
+        [primary("node1", t), *(replica(n, t) for n in five[1:]), router(at=t)]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [
+        [
+            down("node1", t),
+            down("node2", t),
+            *(replica(n, t, **stopped) for n in five[2:]),
+            router(at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    held = [lock(n, NOW - 0.1, leader=MINE) for n in five[2:]]
+    return Model(fold_all(F5, *rounds, held), lease=LEADER)
+
+
+def test_a_new_leader_does_not_restart_a_failovers_io_threads_while_a_node_is_unread():
+    """Restarting them would let node3-5 testify node1 dead, and the next failover would
+    promote node3 beside node2, which the dead leader may have made writable (review HIGH,
+    reproduced on real mariadbd): an alert, once, and no change."""
+    m = takeover_mid_failover()
+    assert m.view.primary == "node1" and not m.view.has(Code.DEAD_PRIMARY)
+    m, effects = steps(m, Tick(NOW), s=F5, now=NOW)
+    assert not started(effects)
+    mails = [e.alert for e in effects if isinstance(e, SendAlert)]
+    assert [a.summary for a in mails] == ["HALT: a failover under way, its candidate unread"]
+    assert "`hacontrol maintenance node2 on`" in mails[0].reason
+    m, effects = steps(m, Tick(NOW + 1), Tick(NOW + 2), s=F5, now=NOW + 2)
+    assert not started(effects) and not [e for e in effects if isinstance(e, SendAlert)]
+
+
+def test_once_the_unread_node_is_hidden_the_io_threads_start_again():
+    m = takeover_mid_failover()
+    m, _ = steps(m, Tick(NOW), s=F5, now=NOW)
+    hidden = router(hidden=("node2",), readers=(), at=NOW + 0.5)
+    m, effects = steps(m, hidden, Tick(NOW + 1), s=F5, now=NOW + 1)
+    (plan,) = started(effects)
+    assert plan.rule == "ReplicaIOStopped"
+    assert plan.actions == (SetIOThreads(("node3", "node4", "node5"), running=True),)

@@ -546,6 +546,9 @@ def rule_io_stopped_by_a_failover(
         return None
     if now < state.retry_at.get((PlanKind.REPOINT, stopped[0]), 0.0):
         return None
+    unread = [n for n, v in sorted(view.nodes.items()) if n != primary and not v.reachable]
+    if unread := [n for n in unread if n not in hidden]:
+        return candidate_maybe_half_promoted(view, state, primary, stopped, unread)
     reason = (
         f"the primary {primary} is unreachable and the IO threads of {', '.join(stopped)} are "
         "stopped without an error (a failover cut before its promotion): starting them, so "
@@ -555,6 +558,36 @@ def rule_io_stopped_by_a_failover(
         "ReplicaIOStopped", reason, (SetIOThreads(tuple(stopped), running=True),), PlanKind.REPOINT
     )
     return Decision(plan, state)
+
+
+def candidate_maybe_half_promoted(
+    view: ClusterView, state: ControllerState, primary: str, stopped: list[str], unread: list[str]
+) -> Decision:
+    """A failover was under way (its SetIOThreads stopped every reachable replica) when its
+    leader stopped, and a node that cannot be read may be its candidate, promoted halfway:
+    made writable, not yet published nor routed. Starting the IO threads would let the
+    replicas testify the primary dead, and the next failover would promote another replica
+    beside it (two writable nodes). No change: an alert, once. It goes on when the node
+    answers (the resume rules see what it is), or when an operator hides it (maintenance), or
+    when the primary answers."""
+    names = ", ".join(unread)
+    reason = (
+        f"halted: the primary {primary} is unreachable and the IO threads of "
+        f"{', '.join(stopped)} were stopped by a failover whose leader stopped; {names} cannot "
+        f"be read and may be its candidate, promoted halfway (writable): no failover while it "
+        f"may be writable. Bring {names} back, or make sure it is read-only or down and run "
+        + " and ".join(f"`hacontrol maintenance {n} on`" for n in unread)
+        + " to go on without it"
+    )
+    plan = Plan("FailoverUnderWayCandidateUnread", reason, kind=PlanKind.ALERT)
+    alert = Notify(
+        AlertKind.HALT,
+        unread[0],
+        "HALT: a failover under way, its candidate unread",
+        reason,
+        (("topology", topology_text(view)),),
+    )
+    return alert_once(state, AlertKey(Condition.UNREACHABLE_PRIMARY, primary), plan, alert)
 
 
 CONNECTION_ERRORS = frozenset({2002, 2003, 2005, 2013, 2026})
