@@ -33,6 +33,9 @@ class Condition(StrEnum):
     """Subject: the dead primary: no replica can be promoted, or the best one is incomplete."""
     UNREACHABLE_PRIMARY = "unreachable_primary"
     """Subject: the primary that only the controller cannot reach."""
+    FAILOVER_UNDER_WAY = "failover_under_way"
+    """Subject: the lost primary, while a failover its leader left (replicas' IO threads stopped)
+    has a node that cannot be read (``rules.failure.failover_under_way``)."""
     ERRANT = "errant"
     """Subject: the quarantined old primary with errant transactions."""
     ERRANT_REPLICA = "errant_replica"

@@ -499,21 +499,29 @@ def test_an_alert_left_to_the_leader_is_mailed_once_by_this_instance_when_it_tak
 F5 = fleet(nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)])
 
 
-def takeover_mid_failover() -> Model:
-    """Five nodes; a failover's leader stopped node3-5's IO threads, promoted node2 (maybe
-    halfway: made writable) and died; node2 then froze or was cut off. This instance holds
-    the leader lock on node3-5 and acts."""
+def takeover_mid_failover(node2: str = "down", node5: str = "stopped") -> Model:
+    """Five nodes; a failover's leader stopped the replicas' IO threads, promoted node2 (maybe
+    halfway: made writable) and died; node2 then froze or was cut off (``node2``: "down"
+    unreachable; "stale": two probes failed, its last good read from before the Promote).
+    ``node5``: "stopped" like node3-4, or "witness": the failover never reached it (its IO
+    thread runs, reconnecting to the dead node1). This instance holds the leader lock on
+    node3-5 and acts."""
     stopped = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
     five = ("node1", "node2", "node3", "node4", "node5")
     rounds = [
         [primary("node1", t), *(replica(n, t) for n in five[1:]), router(at=t)]
         for t in (1.0, 2.0, 3.0)
     ]
+    rounds.append([replica("node2", 3.5, **stopped)])  # read between the stop and the Promote
+    last = {"stopped": stopped, "witness": DEAD_IO}[node5]
+    failed = (4.0, 5.0, 6.0) if node2 == "down" else (5.5, 6.0)
     rounds += [
         [
             down("node1", t),
-            down("node2", t),
-            *(replica(n, t, **stopped) for n in five[2:]),
+            *([down("node2", t)] if t in failed else []),
+            replica("node3", t, **stopped),
+            replica("node4", t, **stopped),
+            replica("node5", t, **last),
             router(at=t),
         ]
         for t in (4.0, 5.0, 6.0)
@@ -522,19 +530,43 @@ def takeover_mid_failover() -> Model:
     return Model(fold_all(F5, *rounds, held), lease=LEADER)
 
 
-def test_a_new_leader_does_not_restart_a_failovers_io_threads_while_a_node_is_unread():
-    """Restarting them would let node3-5 testify node1 dead, and the next failover would
-    promote node3 beside node2, which the dead leader may have made writable (review HIGH,
-    reproduced on real mariadbd): an alert, once, and no change."""
-    m = takeover_mid_failover()
-    assert m.view.primary == "node1" and not m.view.has(Code.DEAD_PRIMARY)
+@pytest.mark.parametrize(
+    ("node2", "node5"), [("down", "stopped"), ("down", "witness"), ("stale", "stopped")]
+)
+def test_a_new_leader_promotes_nobody_while_a_failover_under_way_has_a_node_unread(node2, node5):
+    """Restarting the IO threads would let node3-5 testify node1 dead, or a replica the dead
+    leader never stopped does already, and the next failover would promote node3 beside node2,
+    which the dead leader may have made writable (review HIGH, reproduced on real mariadbd):
+    an alert, once, and no change. "stale": node2's last good read shows it stopped and
+    read-only (before the Promote); two probes failed since, not yet unreachable."""
+    m = takeover_mid_failover(node2, node5)
+    assert m.view.nodes["node2"].failures > 0
     m, effects = steps(m, Tick(NOW), s=F5, now=NOW)
-    assert not started(effects)
+    assert not started(effects), [p.rule for p in started(effects)]
     mails = [e.alert for e in effects if isinstance(e, SendAlert)]
     assert [a.summary for a in mails] == ["HALT: a failover under way, its candidate unread"]
     assert "`hacontrol maintenance node2 on`" in mails[0].reason
     m, effects = steps(m, Tick(NOW + 1), Tick(NOW + 2), s=F5, now=NOW + 2)
     assert not started(effects) and not [e for e in effects if isinstance(e, SendAlert)]
+
+
+def test_a_dead_primary_with_a_replica_down_and_no_failover_under_way_still_fails_over():
+    rounds = [
+        [primary("node1", t), *(replica(f"node{i}", t) for i in (2, 3, 4, 5)), router(at=t)]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [
+        [
+            down("node1", t),
+            down("node5", t),
+            *(replica(f"node{i}", t, **DEAD_IO) for i in (2, 3, 4)),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    held = [lock(n, NOW - 0.1, leader=MINE) for n in ("node2", "node3", "node4")]
+    m = Model(fold_all(F5, *rounds, held), lease=LEADER)
+    _, effects = steps(m, Tick(NOW), s=F5, now=NOW)
+    assert [p.rule for p in started(effects)] == ["DeadPrimary"]
 
 
 def test_once_the_unread_node_is_hidden_the_io_threads_start_again():

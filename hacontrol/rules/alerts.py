@@ -97,6 +97,9 @@ LASTS_WHILE: Mapping[Condition, Alive] = {
     Condition.FAILOVER_BLOCKED: lambda view, state, subject: view.has(Code.DEAD_PRIMARY),
     Condition.NO_CANDIDATE: lambda view, state, subject: view.has(Code.DEAD_PRIMARY),
     Condition.UNREACHABLE_PRIMARY: lambda view, state, s: view.has(Code.UNREACHABLE_PRIMARY),
+    Condition.FAILOVER_UNDER_WAY: lambda view, state, s: (
+        view.has(Code.DEAD_PRIMARY) or view.has(Code.UNREACHABLE_PRIMARY)
+    ),
     Condition.ERRANT: lambda view, state, node: node in state.quarantined,
     Condition.ERRANT_REPLICA: lambda view, state, node: any(p.node == node for p in view.problems),
     Condition.WRITER_MISMATCH: lambda view, state, s: view.has(Code.ROUTER_WRITER_IS_NOT_PRIMARY),

@@ -64,6 +64,8 @@ def rule_dead_primary(
         return quarantined_dead(view, state, settings, dead, now)
     if state.blocked_until is not None and now < state.blocked_until:
         return failover_blocked(view, state, dead, state.blocked_until, now)
+    if under_way := failover_under_way(view, settings, dead):
+        return candidate_maybe_half_promoted(view, state, dead, *under_way)
     ranked = candidates(view, settings, dead)
     if not ranked or not ranked[0].eligible:
         return no_candidate(view, state, problem, ranked)
@@ -546,9 +548,8 @@ def rule_io_stopped_by_a_failover(
         return None
     if now < state.retry_at.get((PlanKind.REPOINT, stopped[0]), 0.0):
         return None
-    unread = [n for n, v in sorted(view.nodes.items()) if n != primary and not v.reachable]
-    if unread := [n for n in unread if n not in hidden]:
-        return candidate_maybe_half_promoted(view, state, primary, stopped, unread)
+    if under_way := failover_under_way(view, settings, primary):
+        return candidate_maybe_half_promoted(view, state, primary, *under_way)
     reason = (
         f"the primary {primary} is unreachable and the IO threads of {', '.join(stopped)} are "
         "stopped without an error (a failover cut before its promotion): starting them, so "
@@ -558,6 +559,34 @@ def rule_io_stopped_by_a_failover(
         "ReplicaIOStopped", reason, (SetIOThreads(tuple(stopped), running=True),), PlanKind.REPOINT
     )
     return Decision(plan, state)
+
+
+def failover_under_way(
+    view: ClusterView, settings: Settings, primary: str
+) -> tuple[list[str], list[str]] | None:
+    """Fleet: the trace of a failover whose leader stopped (died or lost the lease) between its
+    SetIOThreads and its end: reachable replicas of ``primary`` whose IO threads are stopped
+    as SetIOThreads leaves them, and nodes that cannot be read now (unreachable, or a probe
+    failed since the last good one, which may show the node as it was before a Promote). One
+    of those may be that failover's candidate, made writable. Hidden nodes count in neither.
+    Returns (stopped, unread), or None."""
+    if not settings.controller.fleet:
+        return None
+    hidden = hidden_nodes(view)
+    replicas = [n for n in view.replicas_of(primary) if view.nodes[n].reachable]
+    stopped = [
+        n
+        for n in replicas
+        if n not in hidden
+        and view.nodes[n].failures == 0
+        and io_stopped_by_hand(view.nodes[n].channel)
+    ]
+    unread = [
+        n
+        for n, v in sorted(view.nodes.items())
+        if n != primary and n not in hidden and (not v.reachable or v.failures > 0)
+    ]
+    return (stopped, unread) if stopped and unread else None
 
 
 def candidate_maybe_half_promoted(
@@ -572,12 +601,13 @@ def candidate_maybe_half_promoted(
     when the primary answers."""
     names = ", ".join(unread)
     reason = (
-        f"halted: the primary {primary} is unreachable and the IO threads of "
-        f"{', '.join(stopped)} were stopped by a failover whose leader stopped; {names} cannot "
-        f"be read and may be its candidate, promoted halfway (writable): no failover while it "
-        f"may be writable. Bring {names} back, or make sure it is read-only or down and run "
+        f"halted: the primary {primary} is lost and the IO threads of {', '.join(stopped)} are "
+        f"stopped as a failover stops them (its leader stopped, or it is under way); {names} "
+        f"cannot be read now and may be that failover's candidate, promoted halfway (writable): "
+        f"no failover while one may be writable. Bring {names} back; or make sure each is "
+        "read-only (read_only=ON in its configuration too) or down, and run "
         + " and ".join(f"`hacontrol maintenance {n} on`" for n in unread)
-        + " to go on without it"
+        + " on the leader to go on without them"
     )
     plan = Plan("FailoverUnderWayCandidateUnread", reason, kind=PlanKind.ALERT)
     alert = Notify(
@@ -587,7 +617,8 @@ def candidate_maybe_half_promoted(
         reason,
         (("topology", topology_text(view)),),
     )
-    return alert_once(state, AlertKey(Condition.UNREACHABLE_PRIMARY, primary), plan, alert)
+    key = AlertKey(Condition.FAILOVER_UNDER_WAY, primary)
+    return alert_once(state, key, plan, alert)
 
 
 CONNECTION_ERRORS = frozenset({2002, 2003, 2005, 2013, 2026})
