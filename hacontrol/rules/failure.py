@@ -548,7 +548,9 @@ def rule_io_stopped_by_a_failover(
         return None
     if now < state.retry_at.get((PlanKind.REPOINT, stopped[0]), 0.0):
         return None
-    if under_way := failover_under_way(view, settings, primary):
+    # A quarantined primary: this instance's own failover, which its journal resumes or holds.
+    under_way = primary not in state.quarantined and failover_under_way(view, settings, primary)
+    if under_way:
         return candidate_maybe_half_promoted(view, state, primary, *under_way)
     reason = (
         f"the primary {primary} is unreachable and the IO threads of {', '.join(stopped)} are "
