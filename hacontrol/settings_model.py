@@ -359,7 +359,9 @@ class LogSettings(_Section):
     interval). ``hacontrol run --log-level`` overrides it."""
     summary_every: Annotated[float, Field(ge=0)] = 600.0
     """Seconds between two ``cluster_summary`` lines (info): the cluster's state in one line,
-    and the probes since the last one. 0: never."""
+    and the probes since the last one; the first one between half a period and a period after
+    start, at a point drawn from the cluster's name (the clusters of one process spread theirs).
+    0: never."""
 
 
 Argv = Annotated[tuple[str, ...], Field(max_length=64)]

@@ -52,6 +52,7 @@ from hacontrol.rules.lifecycle import log_decision, plan_id, start
 from hacontrol.rules.outcomes import plan_finished
 from hacontrol.rules.resume import may_resume, resume
 from hacontrol.settings import Settings
+from hacontrol.spread import fraction_of
 from hacontrol.view import ClusterView, Code, fold, with_maintenance
 
 
@@ -75,14 +76,17 @@ def full_step(model: Model, event: Event, settings: Settings, now: float) -> Ste
 def summarize(
     model: Model, effects: tuple[Effect, ...], event: Event, settings: Settings, now: float
 ) -> Step:
-    """On a tick, every ``log.summary_every`` seconds (the first one period after the first
-    tick): the ``cluster_summary`` line."""
+    """On a tick, every ``log.summary_every`` seconds: the ``cluster_summary`` line. The first
+    one comes between half a period and a period after the first tick, at a point drawn from
+    the cluster's name, so that the clusters of one process write theirs spread over the
+    period, not all in the same second (``spread``)."""
     every = settings.log.summary_every
     if not isinstance(event, Tick) or every <= 0:
         return model, effects
     probes = sum(node.probes for node in model.view.nodes.values())
     if model.summary is None:
-        return evolve(model, summary=Summary(now + every, probes)), effects
+        first = every * (1 + fraction_of(settings.cluster.name)) / 2
+        return evolve(model, summary=Summary(now + first, probes)), effects
     if now < model.summary.due:
         return model, effects
     state = model.state

@@ -19,6 +19,8 @@ Also: at rest most probes take the shortcut, and the shortcut really skips the w
 
 from __future__ import annotations
 
+import collections
+import math
 import os
 import random
 from dataclasses import replace
@@ -40,6 +42,7 @@ from hacontrol.flavors.base import IoState
 from hacontrol.model import LeaseMode, Model
 from hacontrol.plan import PlanKind
 from hacontrol.routing import Membership
+from hacontrol.spread import fraction_of
 from hacontrol.step import boot, full_step, step
 from hacontrol.view import derive, fold, initial
 from tests.factories import down, fleet, lock, primary, replica, router
@@ -374,22 +377,41 @@ def test_a_probe_that_changes_a_fact_takes_the_whole_path() -> None:
 
 def test_at_rest_info_lines_are_the_periodic_summary_only() -> None:
     """An hour at rest, probed every second: at info level, one ``cluster_summary`` line per
-    ``log.summary_every`` (the first one period after the first tick), counting the probes."""
+    ``log.summary_every``, the first one at the cluster's point between half a period and a
+    period after the first tick (``spread``), each counting the probes since the last."""
     every = 600.0
     quiet = make_settings(failover={"recovery_block": 30}, log={"summary_every": every})
+    first_due = 10.0 + every * (1 + fraction_of(quiet.cluster.name)) / 2
     model = start()
-    info: list[object] = []
+    info: list[tuple[float, object]] = []
     for beat in range(3600):
         now = 10.0 + beat
         for event in [*healthy(now, beat), Tick(now)]:
             model, effects = step(model, event, quiet, now)
             if beat >= 5:  # past the start-up: changes and the first decision
-                info += [e for e in effects if getattr(e, "level", "debug") != "debug"]
-    assert [getattr(e, "event", None) for e in info] == ["cluster_summary"] * 5
-    first = info[0].fields  # type: ignore[attr-defined]
+                info += [(now, e) for e in effects if getattr(e, "level", "debug") != "debug"]
+    first_at = float(math.ceil(first_due))  # the first tick at or after it
+    assert [at for at, _ in info] == [
+        first_at + k * every for k in range(6) if first_at + k * every < 3610
+    ]
+    assert {getattr(e, "event", None) for _, e in info} == {"cluster_summary"}
+    first, second = info[0][1].fields, info[1][1].fields  # type: ignore[attr-defined]
     assert first["primary"] == "node1" and first["problems"] == []
     assert first["nodes"] == {"node1": "healthy", "node2": "healthy", "node3": "healthy"}
-    assert first["probes"] == 3 * 600 and first["last_decision"] == "Nothing"
+    assert first["last_decision"] == "Nothing"
+    assert first["probes"] == 3 * (math.ceil(first_due) - 10) and second["probes"] == 3 * 600
+
+
+def test_clusters_write_their_summaries_spread_over_the_period() -> None:
+    """300 clusters started in the same second write their first ``cluster_summary`` lines
+    over the second half of the period, never more than a few in one second (measured at
+    1,000 nodes: all 300 in the same second made probes late)."""
+    every = 600.0
+    seconds = collections.Counter(
+        math.ceil(every * (1 + fraction_of(f"c{k:03d}")) / 2) for k in range(300)
+    )
+    assert min(seconds) >= every / 2 and max(seconds) <= every
+    assert max(seconds.values()) <= 5
 
 
 def test_failures_that_repeat_what_was_told_are_debug_lines() -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import zlib
 from collections.abc import Callable
 
 import aiomysql
@@ -52,6 +51,7 @@ from hacontrol.mysqlconn import (
     fetch_text,
 )
 from hacontrol.mysqlwire import Rows
+from hacontrol.spread import fraction_of
 
 Emit = Callable[[Event], None]
 Clock = Callable[[], float]
@@ -301,8 +301,8 @@ def _set_done(waiter: asyncio.Future[None] | None) -> None:
 
 def phase_of(name: str, interval: float) -> float:
     """Where in the interval the probes of ``name`` (a cluster) fall, in [0, interval): the
-    same on every start, spread evenly over many names (CRC-32)."""
-    return zlib.crc32(name.encode()) / 2**32 * interval
+    same on every start, spread evenly over many names."""
+    return fraction_of(name) * interval
 
 
 def _same_rows(new: list[Rows], old: list[Rows]) -> bool:
