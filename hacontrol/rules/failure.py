@@ -228,14 +228,18 @@ def unanswered_in_doubt(
         f"promoting {best} could lose it. {operator_advice(view, settings, dead, doubts)}"
     )
     plan = Plan("UnreachableReplicaInDoubt", f"halted: {reason}", kind=PlanKind.HALT)
-    alert = Notify(
-        AlertKind.CANDIDATE_INCOMPLETE,
-        dead,
-        "primary dead, NO failover: a replica that may hold acknowledged writes is unreachable",
-        reason,
-        (("candidates", candidate_table(ranked)), ("topology", topology_text(view))),
+    return halt_once(
+        view,
+        state,
+        key,
+        plan,
+        alert=AlertKind.CANDIDATE_INCOMPLETE,
+        node=dead,
+        summary="primary dead, NO failover: a replica that may hold acknowledged writes is "
+        "unreachable",
+        body=reason,
+        ranked=ranked,
     )
-    return alert_once(state, key, plan, alert)
 
 
 def consent_without_quorum(
@@ -257,15 +261,15 @@ def consent_without_quorum(
         "promotes by hand: docs/runbook.md, 'Primary down')"
     )
     plan = Plan("ConsentWithoutQuorum", f"halted: {reason}", kind=PlanKind.HALT)
-    alert = Notify(
-        AlertKind.CANDIDATE_INCOMPLETE,
-        dead,
-        "primary dead, NO failover: without quorum, even with the operator's consent",
-        reason,
-        (("topology", topology_text(view)),),
-    )
-    return alert_once(
-        state, AlertKey(Condition.NO_CANDIDATE, f"{dead} consent quorum"), plan, alert
+    return halt_once(
+        view,
+        state,
+        AlertKey(Condition.NO_CANDIDATE, f"{dead} consent quorum"),
+        plan,
+        alert=AlertKind.CANDIDATE_INCOMPLETE,
+        node=dead,
+        summary="primary dead, NO failover: without quorum, even with the operator's consent",
+        body=reason,
     )
 
 
@@ -612,15 +616,35 @@ def candidate_maybe_half_promoted(
         + " on the leader to go on without them"
     )
     plan = Plan("FailoverUnderWayCandidateUnread", reason, kind=PlanKind.ALERT)
-    alert = Notify(
-        AlertKind.HALT,
-        unread[0],
-        "HALT: a failover under way, its candidate unread",
-        reason,
-        (("topology", topology_text(view)),),
+    return halt_once(
+        view,
+        state,
+        AlertKey(Condition.FAILOVER_UNDER_WAY, primary),
+        plan,
+        alert=AlertKind.HALT,
+        node=unread[0],
+        summary="HALT: a failover under way, its candidate unread",
+        body=reason,
     )
-    key = AlertKey(Condition.FAILOVER_UNDER_WAY, primary)
-    return alert_once(state, key, plan, alert)
+
+
+def halt_once(
+    view: ClusterView,
+    state: ControllerState,
+    key: AlertKey,
+    plan: Plan,
+    *,
+    alert: AlertKind,
+    node: str,
+    summary: str,
+    body: str,
+    ranked: list[Candidate] | None = None,
+) -> Decision:
+    """No failover: ``plan`` (it changes nothing) and its alert, once while ``key`` lasts,
+    with the candidates when ``ranked`` is given, then the topology."""
+    table = (("candidates", candidate_table(ranked)),) if ranked is not None else ()
+    sections = (*table, ("topology", topology_text(view)))
+    return alert_once(state, key, plan, Notify(alert, node, summary, body, sections))
 
 
 CONNECTION_ERRORS = frozenset({2002, 2003, 2005, 2013, 2026})
