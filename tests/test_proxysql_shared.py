@@ -447,6 +447,27 @@ class SilentRelay:
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
+@contextlib.asynccontextmanager
+async def relayed(shared: Shared) -> AsyncIterator[tuple[SilentRelay, AdminLinks]]:
+    """A SilentRelay in front of the admin port and links of their own: both closed at the
+    end, whatever the test did."""
+    relay = await SilentRelay((shared.px.host, shared.px.port)).start()
+    links = AdminLinks()
+    try:
+        yield relay, links
+    finally:
+        await links.close()
+        await relay.stop()
+
+
+def users_through(shared: Shared, relay: SilentRelay, links: AdminLinks) -> ProxySQLRouter:
+    """The users cluster's router through ``relay``, its admin timeout 2 s."""
+    settings = shared.settings("users", port=relay.port, timeout=2.0)
+    return ProxySQLRouter(
+        settings, NODES["users"], RouterSettings(kind="proxysql"), link=links.get(settings)
+    )
+
+
 async def test_a_silently_dead_kept_connection_is_replaced_before_the_call(
     shared: Shared,
 ) -> None:
@@ -454,13 +475,8 @@ async def test_a_silently_dead_kept_connection_is_replaced_before_the_call(
     # fence would wait its whole 2 s and fail (a failover's required RouteFence: failover
     # halted). A SELECT 1 bounded by min(timeout/4, 0.5 s) finds it dead; a new connection
     # then does the apply with its full time.
-    relay = await SilentRelay((shared.px.host, shared.px.port)).start()
-    links = AdminLinks()
-    settings = shared.settings("users", port=relay.port, timeout=2.0)
-    users = ProxySQLRouter(
-        settings, NODES["users"], RouterSettings(kind="proxysql"), link=links.get(settings)
-    )
-    try:
+    async with relayed(shared) as (relay, links):
+        users = users_through(shared, relay, links)
         assert await users.read() == healthy("users")  # the kept connection is open
         relay.blackhole()
         started = time.monotonic()
@@ -468,9 +484,6 @@ async def test_a_silently_dead_kept_connection_is_replaced_before_the_call(
         elapsed = time.monotonic() - started
         assert await shared.rows("users", "runtime_mysql_servers")  # still readable
         assert await users.read() == failed_over("users", 2)
-    finally:
-        await links.close()
-        await relay.stop()
     assert elapsed < 0.5 + 1.5  # the check's bound, then the apply (well under its 2 s)
     assert len(relay.flows) == 2  # one reconnect, no more
 
@@ -480,19 +493,11 @@ async def test_a_kept_connection_that_answers_garbage_to_its_check_is_replaced(
 ) -> None:
     # The liveness check's answer is garbage (read in one pass: MalformedAnswer): the kept
     # connection is dropped and the call goes on, on a new one, like a dead one's.
-    relay = await SilentRelay((shared.px.host, shared.px.port)).start()
-    links = AdminLinks()
-    settings = shared.settings("users", port=relay.port, timeout=2.0)
-    users = ProxySQLRouter(
-        settings, NODES["users"], RouterSettings(kind="proxysql"), link=links.get(settings)
-    )
-    try:
+    async with relayed(shared) as (relay, links):
+        users = users_through(shared, relay, links)
         assert await users.read() == healthy("users")  # the kept connection is open
         relay.garble()
         assert await users.read() == healthy("users")
-    finally:
-        await links.close()
-        await relay.stop()
     assert len(relay.flows) == 2  # one reconnect, no more
 
 
@@ -611,28 +616,26 @@ async def test_calls_cancelled_on_the_shared_link_leave_it_free_for_the_others(
     # wait for the lock; the read is cancelled too. The lock is free, no call is counted, the
     # kept connection (cut mid-statement) was dropped, and users' apply runs at once on a new
     # connection, within a fraction of its own 5 s.
-    relay = await SilentRelay((shared.px.host, shared.px.port)).start()
-    links = AdminLinks()
-    orders, users = (
-        ProxySQLRouter(
-            shared.settings(name, port=relay.port),
-            NODES[name],
-            RouterSettings(kind="proxysql"),
-            link=links.get(shared.settings(name, port=relay.port)),
-            cluster=name,
+    async with relayed(shared) as (relay, links):
+        orders, users = (
+            ProxySQLRouter(
+                shared.settings(name, port=relay.port),
+                NODES[name],
+                RouterSettings(kind="proxysql"),
+                link=links.get(shared.settings(name, port=relay.port)),
+                cluster=name,
+            )
+            for name in ("orders", "users")
         )
-        for name in ("orders", "users")
-    )
-    link = orders.link
-    hanging = asyncio.Event()
+        link = orders.link
+        hanging = asyncio.Event()
 
-    async def hang(session) -> None:
-        await session.query("SELECT 1")
-        relay.blackhole()
-        hanging.set()
-        await session.query("SELECT 1")  # never answered
+        async def hang(session) -> None:
+            await session.query("SELECT 1")
+            relay.blackhole()
+            hanging.set()
+            await session.query("SELECT 1")  # never answered
 
-    try:
         cut = asyncio.create_task(link.call("apply", hang, 5.0, by="cluster orders"))
         await asyncio.wait_for(hanging.wait(), 5)
         waiting_apply = asyncio.create_task(users.apply(failed_over("users", 3)))
@@ -650,9 +653,6 @@ async def test_calls_cancelled_on_the_shared_link_leave_it_free_for_the_others(
         assert link.calls == 0 and not link.lock.locked() and link.holder is None
         assert await users.read() == failed_over("users", 3)
         assert await orders.read() == healthy("orders")
-    finally:
-        await links.close()
-        await relay.stop()
     assert elapsed < 1.0, elapsed  # no wait for the cut call's time, no check of a dead flow
     assert len(relay.flows) == 2  # the cut connection dropped, one new one
 
