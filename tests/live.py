@@ -492,6 +492,59 @@ def post(port: int, path: str, body: dict, token: str) -> None:
         urllib.request.urlopen(request, timeout=10).read()
 
 
+class Frozen:
+    """A sandbox node stopped (SIGSTOP) from ``freeze()`` until ``thaw()``; as a context
+    manager, thawed at the block's end whatever happened in it (never left stopped)."""
+
+    def __init__(self, sandbox: Sandbox, node: str) -> None:
+        self.sandbox, self.node, self.frozen = sandbox, node, False
+
+    def freeze(self) -> bool:
+        """SIGSTOP; False if the node was not alive."""
+        self.frozen = True
+        return self.sandbox.kill_node(self.node, signal.SIGSTOP)
+
+    def thaw(self) -> bool:
+        """SIGCONT; False if the node was not alive (the block's end sends it again then)."""
+        thawed = self.sandbox.kill_node(self.node, signal.SIGCONT)
+        self.frozen = self.frozen and not thawed
+        return thawed
+
+    def __enter__(self) -> Frozen:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.frozen:
+            self.sandbox.kill_node(self.node, signal.SIGCONT)
+
+
+def switchover_crashed_after(
+    config: Path, step: str, extra: dict[str, str] | None = None
+) -> tuple[Path, dict[str, str], Process]:
+    """A controller (its own journal, its API on a free port, ``extra`` in its environment)
+    asked for a switchover to node2 once healthy, and crashed by the fault injection right
+    after the switchover's ``step``: the journal, the environment for the restarted one (its
+    API on any port), and the crashed one (stopped)."""
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
+    token, port = "switchover-token-0123456789", free_port()
+    env = {
+        **FAST_ENV,
+        "HACONTROL_CONTROLLER__JOURNAL": str(journal),
+        "HACONTROL_API__TOKEN": token,
+        **(extra or {}),
+    }
+    first = Process(
+        config, {**env, "HACONTROL_API__PORT": str(port), "HACONTROL_TEST_CRASH_AFTER": step}
+    )
+    try:
+        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
+        threading.Thread(target=post, args=(port, "/switchover", {"to": "node2"}, token)).start()
+        first.wait(lambda: first.proc.poll() is not None, 30, f"the crash after the {step}")
+    finally:
+        first.stop()
+    return journal, {**env, "HACONTROL_API__PORT": "0"}, first
+
+
 async def probe(sandbox: Sandbox, node: str) -> NodeStatus:
     """One probe of the node, exactly as the controller runs it."""
     info = sandbox.status().node(node)

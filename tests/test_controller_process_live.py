@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -24,10 +23,9 @@ from tests.live import (
     as_nobody,
     iptables_available,
     nobody_dropped,
-    post,
     sql,
+    switchover_crashed_after,
 )
-from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -117,31 +115,17 @@ async def test_controller_killed_right_after_the_drain_routes_the_writer_back(fr
     from hacontrol.settings import load_settings
 
     info = fresh_sandbox.status()
-    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
-    token, port = "drain-test-token-0123456789", free_port()
-    env = {
-        **FAST_ENV,
-        "HACONTROL_CONTROLLER__JOURNAL": str(journal),
-        "HACONTROL_API__TOKEN": token,
-        "HACONTROL_API__PORT": str(port),
-        # A single instance: its journal's plan is rolled back (a fleet's leader starts from
-        # the live topology and publishes node1 instead: docs/fleet.md).
-        "HACONTROL_CONTROLLER__FLEET": "false",
-    }
     router = build_router(load_settings(info.settings).settings)
     assert router is not None
-    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Drain"})
-    try:
-        first.wait(lambda: first.of("decision", rule="Nothing"), 20, "a healthy cluster")
-        threading.Thread(target=post, args=(port, "/switchover", {"to": "node2"}, token)).start()
-        first.wait(lambda: first.proc.poll() is not None, 30, "the injected crash")
-    finally:
-        first.stop()
+    # A single instance: its journal's plan is rolled back (a fleet's leader starts from the
+    # live topology and publishes node1 instead: docs/fleet.md).
+    single = {"HACONTROL_CONTROLLER__FLEET": "false"}
+    _, env, first = switchover_crashed_after(info.settings, "Drain", single)
     assert first.proc.returncode == -signal.SIGKILL
     assert first.of("fault_injected", after="Drain")
     assert (await router.read()).writers == frozenset()  # drained, and nobody left to undo it
 
-    second = Process(info.settings, {**env, "HACONTROL_API__PORT": "0"})
+    second = Process(info.settings, env)
     try:
         second.wait(lambda: second.of("journal_unfinished"), 20, "the journal read at start")
         done = second.wait(lambda: second.of("plan_finished", kind="rollback"), 30, "the rollback")

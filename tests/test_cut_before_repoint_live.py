@@ -12,14 +12,13 @@ import asyncio
 import json
 import signal
 import tempfile
-import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from hacontrol.sandbox import Sandbox
-from tests.live import FAST_ENV, Process, post, sql
-from tests.support import free_port
+from tests.live import FAST_ENV, Frozen, Process, sql, switchover_crashed_after
 
 pytestmark = pytest.mark.integration
 
@@ -162,6 +161,37 @@ async def test_a_promotion_cut_halfway_is_finished_by_the_restarted_leader(fresh
     assert read_only == 0
 
 
+async def restarted_beside_frozen(
+    sandbox: Sandbox,
+    env: dict[str, str],
+    node: str,
+    kind: str,
+    pause: float,
+    meanwhile: Callable[[], Awaitable[int]] | None = None,
+) -> tuple[Process, list[dict], list[dict], int | None]:
+    """``node`` frozen, the controller restarted: once it waits for the half-done promotion
+    (``HalfDonePromotion``), ``pause`` s more of its decisions, ``meanwhile`` read, ``node``
+    thawed; then until its plan of ``kind`` finished and it converged. The restarted one
+    (stopped), its waits, its finished plans, what ``meanwhile`` read."""
+    with Frozen(sandbox, node) as frozen:
+        frozen.freeze()
+        second = Process(sandbox.status().settings, env)
+        try:
+            waits = second.wait(
+                lambda: second.of("decision", rule="HalfDonePromotion"), 60, "the wait"
+            )
+            await asyncio.sleep(pause)  # more decisions while it stays frozen
+            read = await meanwhile() if meanwhile is not None else None
+            frozen.thaw()
+            done = second.wait(
+                lambda: second.of("plan_finished", kind=kind), 60, f"the {kind} finished"
+            )
+            second.wait(lambda: second.of("decision", rule="Nothing"), 60, "converged")
+        finally:
+            second.stop()
+    return second, waits, done, read
+
+
 async def test_a_replica_left_detached_and_read_only_is_rejoined(fresh_sandbox):
     """What a promotion cut halfway leaves when another node is the primary by then: a
     read-only node whose replication was reset. It is rejoined under the primary."""
@@ -244,27 +274,13 @@ async def test_a_switchover_cut_after_its_fence_is_rolled_back_by_the_restarted_
     from hacontrol.settings import load_settings
 
     info = fresh_sandbox.status()
-    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
-    token, port = "fence-test-token-0123456789", free_port()
-    env = {
-        **FAST_ENV,
-        "HACONTROL_CONTROLLER__JOURNAL": str(journal),
-        "HACONTROL_API__TOKEN": token,
-        "HACONTROL_API__PORT": str(port),
-    }
     router = build_router(load_settings(info.settings).settings)
     assert router is not None
-    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Fence"})
-    try:
-        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
-        threading.Thread(target=post, args=(port, "/switchover", {"to": "node2"}, token)).start()
-        first.wait(lambda: first.proc.poll() is not None, 30, "the crash after the Fence")
-    finally:
-        first.stop()
+    _, env, first = switchover_crashed_after(info.settings, "Fence")
     assert first.of("fault_injected", after="Fence")
     assert (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0] == 1
 
-    second = Process(info.settings, {**env, "HACONTROL_API__PORT": "0"})
+    second = Process(info.settings, env)
     try:
         done = second.wait(lambda: second.of("plan_finished", kind="rollback"), 60, "a rollback")
         second.wait(lambda: second.of("decision", rule="Nothing"), 60, "converged")
@@ -285,47 +301,19 @@ async def test_a_switchover_cut_inside_its_promote_waits_for_its_unread_candidat
     (second review, HIGH); a guarded rollback stopped silently. The plan waits for node2 with
     one halt alert, node1 stays read-only, and once node2 answers the switchover is finished."""
     info = fresh_sandbox.status()
-    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
-    token, port = "promote-cut-token-0123456789", free_port()
-    env = {
-        **FAST_ENV,
-        "HACONTROL_CONTROLLER__FLEET": "false",
-        "HACONTROL_CONTROLLER__JOURNAL": str(journal),
-        "HACONTROL_API__TOKEN": token,
-        "HACONTROL_API__PORT": str(port),
-    }
-    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
-    try:
-        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
-        threading.Thread(target=post, args=(port, "/switchover", {"to": "node2"}, token)).start()
-        first.wait(lambda: first.proc.poll() is not None, 30, "the crash after the Promote")
-    finally:
-        first.stop()
+    single = {"HACONTROL_CONTROLLER__FLEET": "false"}
+    journal, env, _ = switchover_crashed_after(info.settings, "Promote", single)
     as_cut_inside_the_promote(journal)
     assert (await sql(fresh_sandbox, "node2", "SELECT @@read_only"))[0][0] == 0
     assert (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0] == 1
 
-    fresh_sandbox.kill_node("node2", signal.SIGSTOP)  # before the restart reads it
-    frozen = True
-    try:
-        second = Process(info.settings, {**env, "HACONTROL_API__PORT": "0"})
-        try:
-            waits = second.wait(
-                lambda: second.of("decision", rule="HalfDonePromotion"), 60, "the wait"
-            )
-            await asyncio.sleep(2)  # more decisions while node2 stays frozen
-            node1_read_only = (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0]
-            fresh_sandbox.kill_node("node2", signal.SIGCONT)
-            frozen = False
-            done = second.wait(
-                lambda: second.of("plan_finished", kind="switchover"), 60, "the switchover done"
-            )
-            second.wait(lambda: second.of("decision", rule="Nothing"), 60, "converged")
-        finally:
-            second.stop()
-    finally:
-        if frozen:
-            fresh_sandbox.kill_node("node2", signal.SIGCONT)
+    async def read_only_of_node1() -> int:
+        return (await sql(fresh_sandbox, "node1", "SELECT @@read_only"))[0][0]
+
+    # node2 frozen before the restart reads it; node1 read while it stays frozen.
+    second, waits, done, node1_read_only = await restarted_beside_frozen(
+        fresh_sandbox, env, "node2", "switchover", pause=2, meanwhile=read_only_of_node1
+    )
     assert node1_read_only == 1  # never two writers
     assert not [a for a in second.of("action") if a["action"] == "SetWritable"]
     assert "node2 cannot be read: it may be writable" in waits[0]["reason"], waits[0]
@@ -346,30 +334,14 @@ async def test_a_fleet_waits_for_a_candidate_it_cannot_read_instead_of_failing_o
     from tests.sandbox_fixtures import running_sandbox
 
     with running_sandbox(tmp_path / "sbx", nodes=5) as sandbox:
-        info = sandbox.status()
         await sql(sandbox, "node1", "SET GLOBAL rpl_semi_sync_master_timeout = 1000")
         journal, env, first = crashed_after_promote(sandbox)
         promoted = next(a for a in first.of("action") if a["action"] == "Promote")["node"]
         assert (await sql(sandbox, promoted, "SELECT @@read_only"))[0][0] == 0
         as_cut_inside_the_promote(journal)
-        sandbox.kill_node(promoted, signal.SIGSTOP)
-        frozen = True
-        try:
-            second = Process(info.settings, env)
-            try:
-                second.wait(lambda: second.of("decision", rule="HalfDonePromotion"), 60, "the wait")
-                await asyncio.sleep(3)  # more decisions while it stays frozen
-                sandbox.kill_node(promoted, signal.SIGCONT)
-                frozen = False
-                done = second.wait(
-                    lambda: second.of("plan_finished", kind="failover"), 60, "the promotion"
-                )
-                second.wait(lambda: second.of("decision", rule="Nothing"), 60, "converged")
-            finally:
-                second.stop()
-        finally:
-            if frozen:
-                sandbox.kill_node(promoted, signal.SIGCONT)
+        second, _, done, _ = await restarted_beside_frozen(
+            sandbox, env, promoted, "failover", pause=3
+        )
         others = [n for n in ("node2", "node3", "node4", "node5") if n != promoted]
         promotes = [a["node"] for a in second.of("action") if a["action"] == "Promote"]
         assert promotes == [promoted], promotes  # never another replica past it

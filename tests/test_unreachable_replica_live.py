@@ -16,7 +16,7 @@ import pytest
 
 from hacontrol.events import OperatorCommand
 from hacontrol.sandbox import Sandbox
-from tests.live import WriteLoop, healthy_and_idle, runtime, sandbox_settings, sql
+from tests.live import Frozen, WriteLoop, healthy_and_idle, runtime, sandbox_settings, sql
 from tests.sandbox_fixtures import running_sandbox
 from tests.support import eventually
 
@@ -48,14 +48,12 @@ async def test_a_replica_frozen_with_the_primary_holds_the_failover_until_it_ans
         five_nodes, io_stall=1.5, apply_timeout=10.0, wait_unreachable_replica=wait
     )
     rt, capture = runtime(settings)
-    frozen = False
-    try:
+    with Frozen(five_nodes, "node5") as node5:
         async with rt:
             await healthy_and_idle(rt, timeout=40)
             writes = WriteLoop(five_nodes).start()
             await eventually(lambda: len(writes.acknowledged) > 30, 10, "writes flowing")
-            assert five_nodes.kill_node("node5", signal.SIGSTOP)
-            frozen = True
+            assert node5.freeze()
             killed_at = time.monotonic()
             assert five_nodes.kill_node("node1", signal.SIGKILL)
             await eventually(
@@ -67,30 +65,17 @@ async def test_a_replica_frozen_with_the_primary_holds_the_failover_until_it_ans
                 halted_at = await halts(five_nodes, capture)
             assert not failovers(capture), "a failover started while node5 was frozen"
             # node5 answers: it is read like the others, and the failover goes on by itself.
-            assert five_nodes.kill_node("node5", signal.SIGCONT)
-            frozen = False
+            assert node5.thaw()
             resumed_at = time.monotonic()
-            done = await eventually(
-                lambda: [r for r in capture.of("plan_finished") if r["kind"] == "failover"],
-                30,
-                "failover finished",
-            )
-            assert done[0]["ok"], done[0]["reason"]
+            finished_at = await failover_finished(capture)
             if answers == "within the wait":
                 assert "UnreachableReplicaInDoubt" not in rules(capture)
-            finished_at = time.monotonic()
-            after = time.monotonic()
-            await eventually(lambda: writes.acked_since(after) > 10, 20, "writes succeed again")
-            await writes.stop()
-            roles = await five_nodes.live_roles()
-            new = next(n for n, role in roles.items() if role == "primary")
+            new = await writing_again(five_nodes, writes)
             # node5 was stopped and repointed like the other replicas.
             await eventually(
                 lambda: rt.controller.view.sources.get("node5") == new, 20, "node5 follows " + new
             )
-        rows = await sql(five_nodes, new, "SELECT id FROM app.writes WHERE id >= 1000000")
-        present = {r[0] for r in rows}
-        lost = [i for i in writes.acknowledged if i not in present]
+        lost = await missing_on(five_nodes, new, writes)
         assert lost == [], f"{len(lost)} acknowledged writes lost: {lost[:10]}"
         print(
             f"\n{answers}: kill -> wait {waited_at - killed_at:.3f} s; -> halt "
@@ -98,9 +83,6 @@ async def test_a_replica_frozen_with_the_primary_holds_the_failover_until_it_ans
             f" SIGCONT -> failover finished {finished_at - resumed_at:.3f} s ({new} promoted); "
             f"acknowledged {len(writes.acknowledged)}, lost 0"
         )
-    finally:
-        if frozen:
-            five_nodes.kill_node("node5", signal.SIGCONT)
 
 
 async def test_a_restart_during_the_halt_halts_again_and_the_advice_followed_goes_on(five_nodes):
@@ -111,15 +93,13 @@ async def test_a_restart_during_the_halt_halts_again_and_the_advice_followed_goe
     settings = sandbox_settings(
         five_nodes, io_stall=1.5, apply_timeout=10.0, wait_unreachable_replica=WAIT
     )
-    frozen = False
-    try:
+    with Frozen(five_nodes, "node5") as node5:
         rt, capture = runtime(settings)
         async with rt:
             await healthy_and_idle(rt, timeout=40)
             writes = WriteLoop(five_nodes).start()
             await eventually(lambda: len(writes.acknowledged) > 30, 10, "writes flowing")
-            assert five_nodes.kill_node("node5", signal.SIGSTOP)
-            frozen = True
+            assert node5.freeze()
             assert five_nodes.kill_node("node1", signal.SIGKILL)
             await halts(five_nodes, capture)
         again, capture = runtime(settings)  # the same journal
@@ -137,30 +117,42 @@ async def test_a_restart_during_the_halt_halts_again_and_the_advice_followed_goe
             )
             assert answer.ok and "consent recorded" in answer.message, answer.message
             consented_at = time.monotonic()
-            done = await eventually(
-                lambda: [r for r in capture.of("plan_finished") if r["kind"] == "failover"],
-                30,
-                "failover finished",
-            )
-            assert done[0]["ok"], done[0]["reason"]
-            finished_at = time.monotonic()
-            after = time.monotonic()
-            await eventually(lambda: writes.acked_since(after) > 10, 20, "writes succeed again")
-            await writes.stop()
-            roles = await five_nodes.live_roles()
-            new = next(n for n, role in roles.items() if role == "primary")
+            finished_at = await failover_finished(capture)
+            new = await writing_again(five_nodes, writes)
             assert new in ("node2", "node3", "node4")
-        rows = await sql(five_nodes, new, "SELECT id FROM app.writes WHERE id >= 1000000")
-        present = {r[0] for r in rows}
-        lost = [i for i in writes.acknowledged if i not in present]
+        lost = await missing_on(five_nodes, new, writes)
         print(  # what node5 alone held is the consented loss: counted, not asserted
             f"\nrestart during the halt: start -> halt {halted_at - started_at:.3f} s; "
             f"consent -> failover finished {finished_at - consented_at:.3f} s ({new} promoted);"
             f" acknowledged {len(writes.acknowledged)}, not on {new}: {len(lost)}"
         )
-    finally:
-        if frozen:
-            five_nodes.kill_node("node5", signal.SIGCONT)
+
+
+async def failover_finished(capture) -> float:
+    """Until the failover finished, and finished well: when (monotonic)."""
+    done = await eventually(
+        lambda: [r for r in capture.of("plan_finished") if r["kind"] == "failover"],
+        30,
+        "failover finished",
+    )
+    assert done[0]["ok"], done[0]["reason"]
+    return time.monotonic()
+
+
+async def writing_again(sandbox: Sandbox, writes: WriteLoop) -> str:
+    """Until writes succeed again (the loop is stopped then): the new primary."""
+    after = time.monotonic()
+    await eventually(lambda: writes.acked_since(after) > 10, 20, "writes succeed again")
+    await writes.stop()
+    roles = await sandbox.live_roles()
+    return next(n for n, role in roles.items() if role == "primary")
+
+
+async def missing_on(sandbox: Sandbox, node: str, writes: WriteLoop) -> list[int]:
+    """The acknowledged writes ``node`` does not hold."""
+    rows = await sql(sandbox, node, "SELECT id FROM app.writes WHERE id >= 1000000")
+    present = {r[0] for r in rows}
+    return [i for i in writes.acknowledged if i not in present]
 
 
 async def halts(sandbox: Sandbox, capture) -> float:
