@@ -71,6 +71,20 @@ def cluster(
     return fold_all(s, *rounds)
 
 
+def primary_lost(gone: tuple[str, ...], cut: tuple[str, ...], every: dict) -> list[list]:
+    """The rounds at t=4, 5, 6: node1 and ``gone`` down, the replicas ``cut`` answering with
+    their link to node1 lost."""
+    return [
+        [
+            down("node1", t),
+            *(down(n, t) for n in gone),
+            *(replica(n, t, **DEAD_IO) for n in cut),
+            router(**every, at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+
+
 def notify_of(plan) -> Notify:
     return next(a for a in plan.actions if isinstance(a, Notify))
 
@@ -365,16 +379,7 @@ def seven_nodes_two_in_doubt(clients: int = 6, node5_gone_at: float = 4.0) -> Cl
         ]
         for t in (1.0, 2.0, 3.0, 3.5)
     ]
-    rounds += [
-        [
-            down("node1", t),
-            *(replica(n, t, **DEAD_IO) for n in LIVE7),
-            down("node4", t),
-            down("node5", t),
-            router(**every, at=t),
-        ]
-        for t in (4.0, 5.0, 6.0)
-    ]
+    rounds += primary_lost(("node4", "node5"), LIVE7, every)
     return fold_all(S7, *rounds)
 
 
@@ -780,16 +785,7 @@ def test_a_consent_never_stands_for_the_quorum():
         [primary(at=t, semi_sync=semi(4)), *(replica(n, t) for n in NAMES), router(**every, at=t)]
         for t in (1.0, 2.0, 3.0)
     ]
-    rounds += [
-        [
-            down("node1", t),
-            down("node4", t),
-            down("node5", t),
-            *(replica(n, t, **DEAD_IO) for n in ("node2", "node3")),
-            router(**every, at=t),
-        ]
-        for t in (4.0, 5.0, 6.0)
-    ]
+    rounds += primary_lost(("node4", "node5"), ("node2", "node3"), every)
     view = fold_all(S5, *rounds)
     assert decide(view, ControllerState(), S5, 7.0).plan.rule == "NoQuorum"
     model = Model(view, ControllerState())
