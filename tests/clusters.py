@@ -16,8 +16,9 @@ from hacontrol.service import (
 )
 from hacontrol.settings import Settings
 from tests.fakefleet import FakeFleet, fleet, settings_data
-from tests.live import LogCapture, service
+from tests.live import LogCapture, runtime, service
 from tests.proxysql_real import RealProxySQL
+from tests.support import eventually
 
 INTERVAL = 0.3
 ROLES = ("writer", "reader", "broken", "hidden")
@@ -55,6 +56,38 @@ async def on_one_proxysql(
             svc, capture = service(*clusters, **service_args)
             async with svc:
                 yield px, fake, clusters, svc, capture
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, sizes: tuple[int, ...] = (3, 3), **service_args: Any
+) -> AsyncIterator[tuple[FakeFleet, Service, LogCapture, asyncio.Task[None]]]:
+    """Fake clusters of ``sizes`` nodes (0.5 s network timeout), their Service started, every
+    cluster healthy and idle; the task that awaits ``Service.wait`` (a crash that ends the
+    process ends it), cancelled at the end."""
+    async with FakeFleet(fleet(list(sizes), net_timeout=0.5)) as fake:
+        svc, capture = service(*cluster_settings(fake, tmp_path), **service_args)
+        async with svc:
+            waiting = asyncio.create_task(svc.wait())
+            try:
+                await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
+                yield fake, svc, capture, waiting
+            finally:
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def deciding(
+    tmp_path: Path, **fleet_args: Any
+) -> AsyncIterator[tuple[FakeFleet, Runtime, LogCapture]]:
+    """One fake cluster of three nodes, its Runtime started and deciding."""
+    async with FakeFleet(fleet([3], **fleet_args)) as fake:
+        (settings,) = cluster_settings(fake, tmp_path)
+        rt, capture = runtime(settings)
+        async with rt:
+            await eventually(lambda: rt.controller.decisions, 20, "deciding")
+            yield fake, rt, capture
 
 
 def slow_promote(

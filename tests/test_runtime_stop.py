@@ -28,6 +28,7 @@ from tests.clusters import (
     InjectedBug,
     cluster_settings,
     crash_on_command,
+    deciding,
     idle,
     on_one_proxysql,
     slow_promote,
@@ -97,20 +98,16 @@ async def test_a_hook_that_outlives_the_stop_is_named_and_its_journal_kept_open(
     # A background job that does not end when cancelled (3 s more): the stop names it in
     # left_running and keeps the journal open; leftovers_ended returns once it ended, then
     # closes the journal.
-    async with FakeFleet(fleet([3])) as fake:
-        (settings,) = cluster_settings(fake, tmp_path)
-        rt, capture = runtime(settings)
-        async with rt:
-            await eventually(lambda: rt.controller.decisions, 20, "deciding")
-            rt.executor._in_background(stubborn(3.0), "hook:post_failover")
-            await rt.stop("test: stop under a stubborn hook")
-            assert rt.left_running == ["hook:post_failover"]
-            assert not rt.journal._closed
-            assert rt.status()["waiting_for"] == ["hook:post_failover"]
-            started = time.monotonic()
-            await asyncio.wait_for(rt.leftovers_ended(), 20)
-            assert time.monotonic() - started > 0.5  # it waited for the hook
-            assert rt.journal._closed and rt.left_running == [] and not rt.executor.background()
+    async with deciding(tmp_path) as (_, rt, capture):
+        rt.executor._in_background(stubborn(3.0), "hook:post_failover")
+        await rt.stop("test: stop under a stubborn hook")
+        assert rt.left_running == ["hook:post_failover"]
+        assert not rt.journal._closed
+        assert rt.status()["waiting_for"] == ["hook:post_failover"]
+        started = time.monotonic()
+        await asyncio.wait_for(rt.leftovers_ended(), 20)
+        assert time.monotonic() - started > 0.5  # it waited for the hook
+        assert rt.journal._closed and rt.left_running == [] and not rt.executor.background()
     (stopped,) = capture.of("stopped")
     assert stopped["tasks_not_finished"] == ["hook:post_failover"], stopped
     (ended,) = capture.of("leftovers_ended")
@@ -135,30 +132,26 @@ async def test_a_runtime_that_never_started_names_the_hook_its_stop_left(tmp_pat
 async def test_a_stuck_journal_writer_is_waited_for_before_the_journal_is_left(tmp_path):
     # The journal's writer thread hangs on a write (a dead disk) when the cluster stops: the
     # stop names it; leftovers_ended returns only once that write has returned.
-    async with FakeFleet(fleet([3])) as fake:
-        (settings,) = cluster_settings(fake, tmp_path)
-        rt, capture = runtime(settings)
-        async with rt:
-            await eventually(lambda: rt.controller.decisions, 20, "deciding")
-            rt.journal.write_timeout = 0.3
-            release = threading.Event()
-            rt.journal.post(release.wait)  # a write that hangs
-            rt.journal.post(rt.journal.save_state, {"paused": True, "mark": "queued behind"})
-            try:
-                await asyncio.sleep(0.5)  # past its write timeout: stuck
-                await rt.stop("test: stop under a stuck journal writer")
-                assert rt.left_running == ["journal writer"] and not rt.journal._closed
-                ended = asyncio.ensure_future(rt.leftovers_ended(poll=0.1))
-                await asyncio.sleep(1.0)
-                assert not ended.done()  # the write still hangs
-            finally:
-                release.set()
-            await asyncio.wait_for(ended, 10)
-            assert rt.left_running == [] and rt.journal.busy_for() is None
-            # Every record queued behind the stuck one is on disk by then (none lands after
-            # a fresh Runtime loads the file).
-            last = rt.journal.path.read_text().splitlines()[-1]
-            assert "queued behind" in last, last
+    async with deciding(tmp_path) as (_, rt, capture):
+        rt.journal.write_timeout = 0.3
+        release = threading.Event()
+        rt.journal.post(release.wait)  # a write that hangs
+        rt.journal.post(rt.journal.save_state, {"paused": True, "mark": "queued behind"})
+        try:
+            await asyncio.sleep(0.5)  # past its write timeout: stuck
+            await rt.stop("test: stop under a stuck journal writer")
+            assert rt.left_running == ["journal writer"] and not rt.journal._closed
+            ended = asyncio.ensure_future(rt.leftovers_ended(poll=0.1))
+            await asyncio.sleep(1.0)
+            assert not ended.done()  # the write still hangs
+        finally:
+            release.set()
+        await asyncio.wait_for(ended, 10)
+        assert rt.left_running == [] and rt.journal.busy_for() is None
+        # Every record queued behind the stuck one is on disk by then (none lands after a
+        # fresh Runtime loads the file).
+        last = rt.journal.path.read_text().splitlines()[-1]
+        assert "queued behind" in last, last
     (stopped,) = capture.of("stopped")
     assert not stopped["journal_flushed"], stopped
     (done,) = capture.of("leftovers_ended")
@@ -173,26 +166,22 @@ async def test_a_decision_task_that_dies_on_the_stop_leaves_the_plan_its_budget(
     # what is left of its budget, then it is cancelled.
     monkeypatch.setattr(controller_mod, "plan_budget", lambda settings: 3.0)
     monkeypatch.setattr(runtime_mod, "plan_budget", lambda settings: 3.0)
-    async with FakeFleet(fleet([3], net_timeout=0.5)) as fake:
-        (settings,) = cluster_settings(fake, tmp_path)
-        rt, capture = runtime(settings)
-        async with rt:
-            await eventually(lambda: rt.controller.decisions, 20, "deciding")
-            calls: list[str] = []
-            slow_promote(rt, 8.0, calls)
-            fake.kill("c001n1")
-            await eventually(lambda: calls, 20, "the failover promoting")
-            handle = rt.controller.handle
+    async with deciding(tmp_path, net_timeout=0.5) as (fake, rt, capture):
+        calls: list[str] = []
+        slow_promote(rt, 8.0, calls)
+        fake.kill("c001n1")
+        await eventually(lambda: calls, 20, "the failover promoting")
+        handle = rt.controller.handle
 
-            def dies_on_stop(event: Event) -> None:
-                if isinstance(event, Stop):
-                    raise InjectedBug("injected: the Stop broke the decision task")
-                handle(event)
+        def dies_on_stop(event: Event) -> None:
+            if isinstance(event, Stop):
+                raise InjectedBug("injected: the Stop broke the decision task")
+            handle(event)
 
-            rt.controller.handle = dies_on_stop  # type: ignore[method-assign]
-            started = time.monotonic()
-            await rt.stop("test: stop under a failover")
-            took = time.monotonic() - started
+        rt.controller.handle = dies_on_stop  # type: ignore[method-assign]
+        started = time.monotonic()
+        await rt.stop("test: stop under a failover")
+        took = time.monotonic() - started
     assert took >= 2.5, took  # the plan's budget (3 s), not an immediate cancel
     assert calls == ["called", "cancelled"]
     (waited,) = capture.of("stop_waits_for_plan")
