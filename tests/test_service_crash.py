@@ -31,6 +31,7 @@ from tests.clusters import (
     finished,
     idle,
     on_one_proxysql,
+    serving,
     slow_promote,
 )
 from tests.fakefleet import FakeFleet, fleet
@@ -128,26 +129,20 @@ async def test_with_one_cluster_a_crash_ends_the_process(tmp_path):
 
 
 async def test_a_probe_worker_crash_halts_its_cluster_which_restarts(tmp_path):
-    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
-        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
-        async with svc:
-            waiting = asyncio.create_task(svc.wait())
-            await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
-            crashed = svc.runtimes["c002"]
+    async with serving(tmp_path, (3, 3), restart_backoff=0.5) as (_, svc, capture, waiting):
+        crashed = svc.runtimes["c002"]
 
-            def broken_emit(event: Event) -> None:
-                raise InjectedBug("injected: the probe's emit broke")
+        def broken_emit(event: Event) -> None:
+            raise InjectedBug("injected: the probe's emit broke")
 
-            crashed.probes["c002n2"]._emit = broken_emit  # its next probe's result raises
-            await eventually(lambda: capture.of("cluster_crashed"), 10, "the crash logged")
-            (line,) = capture.of("cluster_crashed")
-            assert line["cluster"] == "c002" and line["task"] == "probe:c002n2", line
-            await eventually(lambda: svc.runtimes["c002"] is not crashed, 10, "c002 restarted")
-            await eventually(lambda: idle(svc), 20, "both clusters idle again")
-            assert svc.runtimes["c001"].controller.decisions  # c001 went on throughout
-            assert not waiting.done()
-            waiting.cancel()
-            await asyncio.gather(waiting, return_exceptions=True)
+        crashed.probes["c002n2"]._emit = broken_emit  # its next probe's result raises
+        await eventually(lambda: capture.of("cluster_crashed"), 10, "the crash logged")
+        (line,) = capture.of("cluster_crashed")
+        assert line["cluster"] == "c002" and line["task"] == "probe:c002n2", line
+        await eventually(lambda: svc.runtimes["c002"] is not crashed, 10, "c002 restarted")
+        await eventually(lambda: idle(svc), 20, "both clusters idle again")
+        assert svc.runtimes["c001"].controller.decisions  # c001 went on throughout
+        assert not waiting.done()
     stopped = [r for r in capture.of("stopped") if r["cluster"] == "c002"]
     assert stopped and not stopped[0]["tasks_not_finished"]  # the crashed one cleaned up
 
@@ -156,36 +151,30 @@ async def test_a_plan_left_running_by_a_crashed_decision_task_finishes(tmp_path)
     # c001's decision task crashes right after it started a failover: the plan is not cut
     # halfway (it finishes, within its budget), then the restarted c001 takes over from its
     # journal and the live topology; c001 ends with one of its replicas as its primary.
-    async with FakeFleet(fleet([3, 3], net_timeout=0.5)) as fake:
-        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
-        async with svc:
-            waiting = asyncio.create_task(svc.wait())
-            await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
-            crashed = svc.runtimes["c001"]
-            controller, handle = crashed.controller, crashed.controller.handle
+    async with serving(tmp_path, (3, 3), restart_backoff=0.5) as (fake, svc, capture, waiting):
+        crashed = svc.runtimes["c001"]
+        controller, handle = crashed.controller, crashed.controller.handle
 
-            def buggy(event: Event) -> None:
-                handle(event)
-                if controller.running_plan is not None:
-                    raise InjectedBug("injected: a bug right after the plan started")
+        def buggy(event: Event) -> None:
+            handle(event)
+            if controller.running_plan is not None:
+                raise InjectedBug("injected: a bug right after the plan started")
 
-            controller.handle = buggy  # type: ignore[method-assign]
-            fake.kill("c001n1")
-            await eventually(lambda: capture.of("cluster_crashed"), 20, "the crash logged")
-            await eventually(lambda: svc.runtimes["c001"] is not crashed, 60, "c001 restarted")
-            fresh = svc.runtimes["c001"]
-            await eventually(
-                lambda: (
-                    fresh.controller.view.primary in ("c001n2", "c001n3")
-                    and fresh.controller.running_plan is None
-                    and not fresh.controller.view.problems
-                ),
-                60,
-                "the restarted c001 healthy on a promoted replica",
-            )
-            assert not waiting.done()
-            waiting.cancel()
-            await asyncio.gather(waiting, return_exceptions=True)
+        controller.handle = buggy  # type: ignore[method-assign]
+        fake.kill("c001n1")
+        await eventually(lambda: capture.of("cluster_crashed"), 20, "the crash logged")
+        await eventually(lambda: svc.runtimes["c001"] is not crashed, 60, "c001 restarted")
+        fresh = svc.runtimes["c001"]
+        await eventually(
+            lambda: (
+                fresh.controller.view.primary in ("c001n2", "c001n3")
+                and fresh.controller.running_plan is None
+                and not fresh.controller.view.problems
+            ),
+            60,
+            "the restarted c001 healthy on a promoted replica",
+        )
+        assert not waiting.done()
     (started,) = [r for r in capture.of("plan_started") if r["cluster"] == "c001"][:1]
     plan = started["plan"]
     steps = [r for r in capture.of("action") if r.get("plan") == plan]
@@ -727,29 +716,23 @@ async def test_a_crash_while_a_preempted_rebuild_undoes_waits_for_the_undo(tmp_p
     # when a probe of c001 crashes. The stop's cancel is the plan's second one: the plan task
     # still ends only with the undo, so the stop names it, the cluster waits, and the fresh
     # c001 starts only after the undo's end (never beside it).
-    async with FakeFleet(fleet([4, 3], net_timeout=0.5)) as fake:
-        svc, capture = service(*cluster_settings(fake, tmp_path), restart_backoff=0.5)
-        async with svc:
-            waiting = asyncio.create_task(svc.wait())
-            await eventually(lambda: idle(svc), 20, "both clusters healthy and idle")
-            old, rebuilder = svc.runtimes["c001"], UndoesSlowly(6.0)
-            old.executor.rebuilder = rebuilder  # type: ignore[assignment]
-            hide = OperatorCommand(time.monotonic(), "maintenance", "c001n3", on=True)
-            assert (await svc.command(hide, "c001")).ok
-            rebuild = OperatorCommand(time.monotonic(), "rebuild", "c001n3", source="c001n2")
-            assert (await svc.command(rebuild, "c001")).ok
-            await eventually(lambda: rebuilder.calls, 20, "the rebuild copying")
-            plan_task = old.controller._task
-            assert plan_task is not None
-            fake.kill("c001n1")
-            await eventually(lambda: "undoing" in rebuilder.calls, 30, "preempted, undoing")
-            crash_a_probe(old, "c001n2")
-            await eventually(lambda: svc.runtimes["c001"] is not old, 40, "c001 restarted")
-            restarted_at = time.monotonic()
-            assert rebuilder.undone_at is not None and rebuilder.undone_at < restarted_at
-            assert plan_task.done()
-            waiting.cancel()
-            await asyncio.gather(waiting, return_exceptions=True)
+    async with serving(tmp_path, (4, 3), restart_backoff=0.5) as (fake, svc, capture, _):
+        old, rebuilder = svc.runtimes["c001"], UndoesSlowly(6.0)
+        old.executor.rebuilder = rebuilder  # type: ignore[assignment]
+        hide = OperatorCommand(time.monotonic(), "maintenance", "c001n3", on=True)
+        assert (await svc.command(hide, "c001")).ok
+        rebuild = OperatorCommand(time.monotonic(), "rebuild", "c001n3", source="c001n2")
+        assert (await svc.command(rebuild, "c001")).ok
+        await eventually(lambda: rebuilder.calls, 20, "the rebuild copying")
+        plan_task = old.controller._task
+        assert plan_task is not None
+        fake.kill("c001n1")
+        await eventually(lambda: "undoing" in rebuilder.calls, 30, "preempted, undoing")
+        crash_a_probe(old, "c001n2")
+        await eventually(lambda: svc.runtimes["c001"] is not old, 40, "c001 restarted")
+        restarted_at = time.monotonic()
+        assert rebuilder.undone_at is not None and rebuilder.undone_at < restarted_at
+        assert plan_task.done()
     mine = [r for r in capture.of("plan_preempted") if r["cluster"] == "c001"]
     assert mine, "the rebuild was preempted by the failover"
     (stopped,) = [r for r in capture.of("stopped") if r["cluster"] == "c001"][:1]
