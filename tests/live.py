@@ -518,6 +518,24 @@ class Frozen:
             self.sandbox.kill_node(self.node, signal.SIGCONT)
 
 
+def crashed_after_promote(
+    sandbox: Sandbox, extra: dict[str, str] | None = None
+) -> tuple[Path, dict[str, str], Process]:
+    """A controller (a fleet of one unless ``extra`` says otherwise, its own journal) run until
+    its failover of a killed node1 crashes it right after Promote: the journal, the
+    environment for the restarted one, and the crashed one (stopped)."""
+    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
+    env = {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal), **(extra or {})}
+    first = Process(sandbox.status().settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
+    try:
+        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
+        sandbox.kill_node("node1", signal.SIGKILL)
+        first.wait(lambda: first.proc.poll() is not None, 30, "the crash after the Promote")
+    finally:
+        first.stop()
+    return journal, env, first
+
+
 def switchover_crashed_after(
     config: Path, step: str, extra: dict[str, str] | None = None
 ) -> tuple[Path, dict[str, str], Process]:

@@ -21,6 +21,7 @@ from tests.live import (
     NOBODY,
     Process,
     as_nobody,
+    crashed_after_promote,
     iptables_available,
     nobody_dropped,
     sql,
@@ -62,21 +63,10 @@ def test_controller_only_partition_alerts_and_does_not_fail_over(fresh_sandbox):
 
 async def test_controller_killed_between_promotion_and_repointing_resumes(fresh_sandbox):
     info = fresh_sandbox.status()
-    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
     # A single instance (no fleet): its own journal is the truth and the plan is resumed from
     # it (a fleet starts from the live topology: tests/test_fleet_live.py).
-    env = {
-        **FAST_ENV,
-        "HACONTROL_CONTROLLER__JOURNAL": str(journal),
-        "HACONTROL_CONTROLLER__FLEET": "false",
-    }
-    first = Process(info.settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
-    try:
-        first.wait(lambda: first.of("decision", rule="Nothing"), 20, "a healthy cluster")
-        fresh_sandbox.kill_node("node1", signal.SIGKILL)
-        first.wait(lambda: first.proc.poll() is not None, 30, "the injected crash")
-    finally:
-        first.stop()
+    single = {"HACONTROL_CONTROLLER__FLEET": "false"}
+    _, env, first = crashed_after_promote(fresh_sandbox, single)
     assert first.proc.returncode == -signal.SIGKILL
     assert first.of("fault_injected", after="Promote")
     assert not first.of("plan_finished", kind="failover")

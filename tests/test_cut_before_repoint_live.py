@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from hacontrol.sandbox import Sandbox
-from tests.live import FAST_ENV, Frozen, Process, sql, switchover_crashed_after
+from tests.live import (
+    FAST_ENV,
+    Frozen,
+    Process,
+    crashed_after_promote,
+    sql,
+    switchover_crashed_after,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,24 +41,6 @@ async def replica_status(sandbox, node: str) -> dict:
     finally:
         conn.close()
     return rows[0] if rows else {}
-
-
-def crashed_after_promote(
-    sandbox: Sandbox, extra: dict[str, str] | None = None
-) -> tuple[Path, dict[str, str], Process]:
-    """A controller (a fleet of one unless ``extra`` says otherwise, its own journal) run until
-    its failover of a killed node1 crashes it right after Promote: the journal, the
-    environment for the restarted one, and the crashed one (stopped)."""
-    journal = Path(tempfile.mkdtemp(prefix="hacontrol-journal-")) / "journal.jsonl"
-    env = {**FAST_ENV, "HACONTROL_CONTROLLER__JOURNAL": str(journal), **(extra or {})}
-    first = Process(sandbox.status().settings, {**env, "HACONTROL_TEST_CRASH_AFTER": "Promote"})
-    try:
-        first.wait(lambda: first.of("decision", rule="Nothing"), 30, "a healthy cluster")
-        sandbox.kill_node("node1", signal.SIGKILL)
-        first.wait(lambda: first.proc.poll() is not None, 30, "the crash after the Promote")
-    finally:
-        first.stop()
-    return journal, env, first
 
 
 async def test_a_replica_left_stopped_on_the_old_primary_is_repointed_after_the_restart(

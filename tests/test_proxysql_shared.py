@@ -460,12 +460,17 @@ async def relayed(shared: Shared) -> AsyncIterator[tuple[SilentRelay, AdminLinks
         await relay.stop()
 
 
-def users_through(shared: Shared, relay: SilentRelay, links: AdminLinks) -> ProxySQLRouter:
-    """The users cluster's router through ``relay``, its admin timeout 2 s."""
-    settings = shared.settings("users", port=relay.port, timeout=2.0)
-    return ProxySQLRouter(
-        settings, NODES["users"], RouterSettings(kind="proxysql"), link=links.get(settings)
-    )
+@contextlib.asynccontextmanager
+async def users_relayed(shared: Shared) -> AsyncIterator[tuple[SilentRelay, ProxySQLRouter]]:
+    """The users cluster's router through a relay (``relayed``; its admin timeout 2 s), its
+    kept connection open."""
+    async with relayed(shared) as (relay, links):
+        settings = shared.settings("users", port=relay.port, timeout=2.0)
+        users = ProxySQLRouter(
+            settings, NODES["users"], RouterSettings(kind="proxysql"), link=links.get(settings)
+        )
+        assert await users.read() == healthy("users")  # the kept connection is open
+        yield relay, users
 
 
 async def test_a_silently_dead_kept_connection_is_replaced_before_the_call(
@@ -475,9 +480,7 @@ async def test_a_silently_dead_kept_connection_is_replaced_before_the_call(
     # fence would wait its whole 2 s and fail (a failover's required RouteFence: failover
     # halted). A SELECT 1 bounded by min(timeout/4, 0.5 s) finds it dead; a new connection
     # then does the apply with its full time.
-    async with relayed(shared) as (relay, links):
-        users = users_through(shared, relay, links)
-        assert await users.read() == healthy("users")  # the kept connection is open
+    async with users_relayed(shared) as (relay, users):
         relay.blackhole()
         started = time.monotonic()
         assert await users.apply(failed_over("users", 2)) is True
@@ -493,9 +496,7 @@ async def test_a_kept_connection_that_answers_garbage_to_its_check_is_replaced(
 ) -> None:
     # The liveness check's answer is garbage (read in one pass: MalformedAnswer): the kept
     # connection is dropped and the call goes on, on a new one, like a dead one's.
-    async with relayed(shared) as (relay, links):
-        users = users_through(shared, relay, links)
-        assert await users.read() == healthy("users")  # the kept connection is open
+    async with users_relayed(shared) as (relay, users):
         relay.garble()
         assert await users.read() == healthy("users")
     assert len(relay.flows) == 2  # one reconnect, no more
