@@ -187,10 +187,10 @@ class HookRunner:
         try:
             outcome = await self._execute(command, env)
         except asyncio.CancelledError:  # its controller stopped: its process group was killed
-            self._log.emit("hook_finished", node, level="error", phase=phase, command=command,
-                           ok=False, exit_code=None, timed_out=False,
-                           seconds=round(self._clock() - start, 3), output="",
-                           killed="the controller stopped before the hook ended")  # fmt: skip
+            seconds = round(self._clock() - start, 3)
+            cut = HookResult(phase, command, True, False, None, False, seconds, "")
+            killed = "the controller stopped before the hook ended"
+            self._finished(node, "error", cut, killed=killed)
             raise
         seconds = round(self._clock() - start, 3)
         result = HookResult(
@@ -209,22 +209,27 @@ class HookRunner:
             level = "warning"  # the hook ran and said no: a deliberate answer, e.g. a veto
         else:
             level = "error"  # timed out, killed, or could not start
-        log_output = result.output
-        if len(log_output) > LOG_OUTPUT_LIMIT:
-            log_output = log_output[:LOG_OUTPUT_LIMIT] + "\n[output truncated in this log line]"
+        self._finished(node, level, result)
+        return result
+
+    def _finished(self, node: str | None, level: str, result: HookResult, **more: str) -> None:
+        """The ``hook_finished`` line: ``result``, its output cut at LOG_OUTPUT_LIMIT."""
+        output = result.output
+        if len(output) > LOG_OUTPUT_LIMIT:
+            output = output[:LOG_OUTPUT_LIMIT] + "\n[output truncated in this log line]"
         self._log.emit(
             "hook_finished",
             node,
             level=level,
-            phase=phase,
-            command=command,
+            phase=result.phase,
+            command=result.command,
             ok=result.ok,
             exit_code=result.exit_code,
             timed_out=result.timed_out,
-            seconds=seconds,
-            output=log_output,
+            seconds=result.seconds,
+            output=output,
+            **more,
         )
-        return result
 
     async def _execute(self, command: str, env: Mapping[str, str]) -> _Outcome:
         try:
