@@ -14,7 +14,7 @@ from datetime import datetime
 
 import pytest
 
-from hacontrol.view import Code, Health
+from hacontrol.view import Code, Health, Problem
 from tests.live import runtime, sandbox_settings, sql
 from tests.sandbox_fixtures import run_sync
 from tests.support import eventually
@@ -88,6 +88,22 @@ async def run_sql(sandbox, node: str, *statements: str, role: str = "root") -> N
     await sql(sandbox, node, statements[0], role=role, then=statements[1:])
 
 
+async def broken_on(rt, node: str) -> Problem:
+    """Until the view names ReplicationBroken on ``node``: that problem."""
+    return await eventually(
+        lambda: next(
+            (
+                p
+                for p in rt.controller.view.problems
+                if p.code is Code.REPLICATION_BROKEN and p.node == node
+            ),
+            None,
+        ),
+        10,
+        f"ReplicationBroken on {node}",
+    )
+
+
 async def test_replication_error_and_writable_replica_are_named(fresh_sandbox):
     settings = sandbox_settings(fresh_sandbox, interval=INTERVAL)
     rt, _ = runtime(settings)
@@ -111,35 +127,13 @@ async def test_replication_error_and_writable_replica_are_named(fresh_sandbox):
             "INSERT INTO app.writes (id, node) VALUES (424242, 1)",
             role="app",
         )
-        problem = await eventually(
-            lambda: next(
-                (
-                    p
-                    for p in rt.controller.view.problems
-                    if p.code is Code.REPLICATION_BROKEN and p.node == "node2"
-                ),
-                None,
-            ),
-            10,
-            "ReplicationBroken on node2",
-        )
+        problem = await broken_on(rt, "node2")
         assert "SQL thread stopped" in problem.reason and "1062" in problem.reason
         assert "Duplicate entry" in problem.reason
 
         # Plain STOP SLAVE on another replica: broken too, without an error number.
         await run_sql(fresh_sandbox, "node3", "STOP SLAVE")
-        problem = await eventually(
-            lambda: next(
-                (
-                    p
-                    for p in rt.controller.view.problems
-                    if p.code is Code.REPLICATION_BROKEN and p.node == "node3"
-                ),
-                None,
-            ),
-            10,
-            "ReplicationBroken on node3",
-        )
+        problem = await broken_on(rt, "node3")
         assert "IO thread No" in problem.reason
         await run_sql(fresh_sandbox, "node3", "START SLAVE")
         await eventually(lambda: health(rt, "node3") is Health.HEALTHY, 10, "node3 healthy")
