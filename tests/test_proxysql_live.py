@@ -18,8 +18,10 @@ All skipped, with how to get ProxySQL, when no ``proxysql`` is on PATH.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 
 import aiomysql
 import pytest
@@ -329,6 +331,22 @@ async def test_a_replication_hostgroup_added_later_is_never_fought_over(fresh_pr
 # ---- ProxySQL's admin killed, restarted, frozen during the controller's applies ----------------
 
 
+@contextlib.asynccontextmanager
+async def tapped(sb: Sandbox) -> AsyncIterator[tuple[AdminTap, WriterSampler]]:
+    """The sandbox's ProxySQL admin behind a tap, its writer hostgroup sampled all along; both
+    stopped at the end."""
+    info = sb.status().router
+    tap = await AdminTap((info.host, info.admin_port)).start()
+    sampler = WriterSampler(
+        info.host, info.admin_port, "admin", sb.password("proxysql"), managed(sb)
+    ).start()
+    try:
+        yield tap, sampler
+    finally:
+        await sampler.stop()
+        await tap.stop()
+
+
 async def test_proxysql_killed_and_frozen_mid_apply_never_two_writers_and_converges(
     fresh_proxysql_sandbox,
 ):
@@ -342,26 +360,23 @@ async def test_proxysql_killed_and_frozen_mid_apply_never_two_writers_and_conver
         "LOAD MYSQL SERVERS TO RUNTIME",
         "SAVE MYSQL SERVERS TO DISK",
     )
-    info = sb.status().router
-    tap = await AdminTap((info.host, info.admin_port)).start()
-    sampler = WriterSampler(
-        info.host, info.admin_port, "admin", sb.password("proxysql"), managed(sb)
-    ).start()
-    faults: list[str] = []
+    async with tapped(sb) as (tap, sampler):
+        faults: list[str] = []
 
-    async def fault(sql_text: str, previous: str | None) -> None:
-        if previous is None:
-            return
-        if not faults and previous.startswith("DELETE FROM mysql_servers WHERE hostgroup_id = 10"):
-            faults.append("kill")  # node2's writer row deleted, not loaded yet
-            assert await asyncio.to_thread(sb.kill_router, signal.SIGKILL)
-        elif faults == ["kill", "restarted"] and previous == "LOAD MYSQL SERVERS TO RUNTIME":
-            faults.append("freeze")  # the old writer loaded away, the new one not yet
-            assert sb.kill_router(signal.SIGSTOP)
-            asyncio.get_running_loop().call_later(3.0, sb.kill_router, signal.SIGCONT)
+        async def fault(sql_text: str, previous: str | None) -> None:
+            if previous is None:
+                return
+            if not faults and previous.startswith(
+                "DELETE FROM mysql_servers WHERE hostgroup_id = 10"
+            ):
+                faults.append("kill")  # node2's writer row deleted, not loaded yet
+                assert await asyncio.to_thread(sb.kill_router, signal.SIGKILL)
+            elif faults == ["kill", "restarted"] and previous == "LOAD MYSQL SERVERS TO RUNTIME":
+                faults.append("freeze")  # the old writer loaded away, the new one not yet
+                assert sb.kill_router(signal.SIGSTOP)
+                asyncio.get_running_loop().call_later(3.0, sb.kill_router, signal.SIGCONT)
 
-    tap.hooks.append(fault)
-    try:
+        tap.hooks.append(fault)
         rt, capture = runtime(through(fast(sb), tap))
         async with rt:
             await eventually(lambda: faults == ["kill"], 15, "the kill mid-apply")
@@ -379,9 +394,6 @@ async def test_proxysql_killed_and_frozen_mid_apply_never_two_writers_and_conver
             await healthy_and_idle(rt)
         failed = [r for r in capture.of("plan_finished") if r["kind"] == "route" and not r["ok"]]
         assert len(failed) >= 2  # one apply cut by the kill, one by the freeze
-    finally:
-        await sampler.stop()
-        await tap.stop()
     assert faults == ["kill", "restarted", "freeze"]
     assert writers_in(await runtime_of(sb), managed(sb)) == [("127.0.0.1", port["node1"], "ONLINE")]
     print(f"\n{len(sampler.samples)} samples of the writer hostgroup, {sampler.failures} failed")
@@ -585,16 +597,11 @@ async def test_a_failover_whose_router_is_down_after_the_promotion_converges_wit
     # and quarantined); the routing rule moves the writer to the new primary, no ack needed,
     # never two writers.
     sb = fresh_proxysql_sandbox
-    info = sb.status().router
-    tap = await AdminTap((info.host, info.admin_port)).start()
-    sampler = WriterSampler(
-        info.host, info.admin_port, "admin", sb.password("proxysql"), managed(sb)
-    ).start()
-    stale = admin(sb, "SELECT hostgroup_id, hostname, port FROM disk.mysql_servers")
-    rt, capture = runtime(through(fast(sb), tap))
-    killed: list[float] = []
-    tap.hooks.append(kill_after_the_promotion(sb, capture, killed, stale))
-    try:
+    async with tapped(sb) as (tap, sampler):
+        stale = admin(sb, "SELECT hostgroup_id, hostname, port FROM disk.mysql_servers")
+        rt, capture = runtime(through(fast(sb), tap))
+        killed: list[float] = []
+        tap.hooks.append(kill_after_the_promotion(sb, capture, killed, stale))
         async with rt:
             await healthy_and_idle(rt)
             assert sb.kill_node("node1", signal.SIGKILL)
@@ -633,9 +640,6 @@ async def test_a_failover_whose_router_is_down_after_the_promotion_converges_wit
                 (unique_id(),),
                 role="app",
             )
-    finally:
-        await sampler.stop()
-        await tap.stop()
     assert writers_in(await runtime_of(sb), managed(sb)) == [
         ("127.0.0.1", sb.status().node(new).port, "ONLINE")
     ]
@@ -651,15 +655,10 @@ async def test_a_switchover_whose_router_is_down_after_the_promotion_finishes_an
     # drain was never saved), fenced and now a replica, as its writer; the routing rule moves
     # the writer to node2 without an operator.
     sb = fresh_proxysql_sandbox
-    info = sb.status().router
-    tap = await AdminTap((info.host, info.admin_port)).start()
-    sampler = WriterSampler(
-        info.host, info.admin_port, "admin", sb.password("proxysql"), managed(sb)
-    ).start()
-    rt, capture = runtime(through(fast(sb), tap))
-    killed: list[float] = []
-    tap.hooks.append(kill_after_the_promotion(sb, capture, killed))
-    try:
+    async with tapped(sb) as (tap, sampler):
+        rt, capture = runtime(through(fast(sb), tap))
+        killed: list[float] = []
+        tap.hooks.append(kill_after_the_promotion(sb, capture, killed))
         async with rt:
             await healthy_and_idle(rt)
             result = await rt.command(OperatorCommand(time.monotonic(), "switchover", "node2"))
@@ -681,9 +680,6 @@ async def test_a_switchover_whose_router_is_down_after_the_promotion_finishes_an
                 "the router's writer moved to node2 without an ack",
             )
             await healthy_and_idle(rt)
-    finally:
-        await sampler.stop()
-        await tap.stop()
     assert writers_in(await runtime_of(sb), managed(sb)) == [
         ("127.0.0.1", sb.status().node("node2").port, "ONLINE")
     ]
