@@ -17,6 +17,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import shutil
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +46,14 @@ def run_sync(factory: Callable[[], Awaitable[T]]) -> T:
 
 def missing_binaries() -> list[str]:
     return [b for b in ("mariadbd", "mariadb-install-db", "haproxy") if find_binary(b) is None]
+
+
+NEEDS_MARIADB_BACKUP = pytest.mark.skipif(
+    shutil.which("mariadb-backup") is None or shutil.which("mbstream") is None,
+    reason="needs mariadb-backup and mbstream (Debian package mariadb-backup; "
+    "scripts/bootstrap.sh installs it)",
+)
+"""The rebuild tests' mark: skipped, saying how to get them, without the backup tools."""
 
 
 def skip_without_servers() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,16 +35,12 @@ from tests.live import (
     service,
     sql,
 )
-from tests.sandbox_fixtures import run_sync
+from tests.sandbox_fixtures import NEEDS_MARIADB_BACKUP, run_sync
 from tests.support import eventually
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        shutil.which("mariadb-backup") is None or shutil.which("mbstream") is None,
-        reason="needs mariadb-backup and mbstream (Debian package mariadb-backup; "
-        "scripts/bootstrap.sh installs it)",
-    ),
+    NEEDS_MARIADB_BACKUP,
 ]
 
 TOKEN = "rebuild-live-api-token"

@@ -4,7 +4,6 @@ commands (the default), a steady writer on the primary while it runs."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,14 +16,11 @@ from hacontrol.flavors import IoState, NodeStatus
 from hacontrol.mariabackup import Progress
 from hacontrol.sandbox import Sandbox
 from tests.live import leftovers, probe, rebuilder, reset_datadir, sql, state_of
+from tests.sandbox_fixtures import NEEDS_MARIADB_BACKUP
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        shutil.which("mariadb-backup") is None or shutil.which("mbstream") is None,
-        reason="needs mariadb-backup and mbstream (Debian package mariadb-backup; "
-        "scripts/bootstrap.sh installs it)",
-    ),
+    NEEDS_MARIADB_BACKUP,
 ]
 
 PHASES = ["check", "copy", "prepare", "stop", "swap", "start", "replicate", "catch-up",
