@@ -12,10 +12,10 @@ from dataclasses import replace
 
 import pytest
 
-from hacontrol.effects import EndIntent, Log, SendAlert, StartPlan
-from hacontrol.events import ProbeResult, Tick
+from hacontrol.effects import EndIntent, Log, PersistState, SendAlert, StartPlan
+from hacontrol.events import PlanFinished, ProbeResult, Tick
 from hacontrol.flavors.base import IoState
-from hacontrol.model import Intent, Lease, LeaseMode, Model
+from hacontrol.model import Intent, Lease, LeaseMode, Model, Running
 from hacontrol.plan import (
     Drain,
     Fence,
@@ -34,6 +34,7 @@ from hacontrol.rules.resume import fenced_not_promoted, half_done_promotion
 from hacontrol.step import step
 from tests.factories import (
     channel,
+    cmd,
     down,
     failed_over,
     fleet,
@@ -41,6 +42,7 @@ from tests.factories import (
     lock,
     primary,
     replica,
+    replies,
     router,
     settings,
     status,
@@ -462,7 +464,7 @@ PLAN5 = Plan(
 CUT5 = Intent("failover-1", PLAN5, done=frozenset({0, 1}), started=frozenset({0, 1, 2}))
 
 
-def five(node5: ProbeResult | None = None, node2=None, hidden: tuple[str, ...] = ()):
+def five(node5: ProbeResult | None = None, node2=None, hidden: tuple[str, ...] = (), s=S5):
     node2 = node2 or (lambda t: ProbeResult("node2", t, 0.001, status(2, read_only=True)))
     rounds = [
         [
@@ -471,11 +473,14 @@ def five(node5: ProbeResult | None = None, node2=None, hidden: tuple[str, ...] =
             replica("node3", t, source="node1", **STOPPED),
             replica("node4", t, source="node1", **STOPPED),
             node5 or down("node5", t),
-            router(writers=(), readers=("node3", "node4"), hidden=hidden, at=t),
+            replace(
+                router(writers=(), readers=("node3", "node4"), hidden=hidden, at=t),
+                kind=s.router.kind,
+            ),
         ]
         for t in (4.0, 5.0, 6.0)
     ]
-    return fold_all(S5, *rounds)
+    return fold_all(s, *rounds)
 
 
 def test_a_half_done_promotion_waits_while_a_node_cannot_be_read_and_is_finished_once_it_answers():
@@ -489,7 +494,8 @@ def test_a_half_done_promotion_waits_while_a_node_cannot_be_read_and_is_finished
     alerts = [e.alert for e in effects if isinstance(e, SendAlert)]
     assert len(alerts) == 1 and alerts[0].node == "node2", alerts
     assert "node5 cannot be read" in alerts[0].reason
-    assert "or hide node5 in the router (ProxySQL hostgroup 40" in alerts[0].reason
+    assert "`hacontrol maintenance node5 on`: the operator's consent" in alerts[0].reason
+    assert "hostgroup 40" not in alerts[0].reason  # behind HAProxy (no hidden group there)
     hid = fold_all(
         S5, router(writers=(), readers=("node3", "node4"), hidden=("node5",), at=6.5), view=m.view
     )
@@ -679,3 +685,95 @@ def test_a_fleet_closes_a_failover_cut_before_its_promote_even_with_its_candidat
     m, effects = step(m, Tick(NOW), FLEET5, NOW)
     ended = [e for e in effects if isinstance(e, EndIntent)]
     assert ended and ended[0].reason == "fleet: the live topology decides", effects
+
+
+# s7: findings 5 and 18 of the review of s6-promote: `maintenance NODE on` while the wait names
+# NODE is the operator's consent; the refusals name what the plan waits for.
+def waiting5(s=S5) -> tuple[Model, list]:
+    """A single instance waits (HalfDonePromotion) for node5, down and not hidden."""
+    m = Model(five(), resume=CUT5, state=failed_over(NOW - 1))
+    m, started, effects = started_plans(m, s, 1)
+    assert started == [] and m.resume == CUT5
+    return m, effects
+
+
+def finished(running: Running, at: float) -> PlanFinished:
+    plan = running.plan
+    return PlanFinished(at, running.plan_id, plan.rule, plan.kind, True, "done", None, (), 0.1)
+
+
+def test_maintenance_on_a_node_the_half_done_promotion_waits_for_is_consent_and_it_finishes():
+    m, _ = waiting5()
+    m, effects = step(m, cmd("maintenance", "node5", True), S5, NOW + 2)
+    (reply,) = replies(effects)  # at once: the consent, and the routing's plan
+    assert reply.ok and reply.message.startswith("node5 hidden; consent: node5 is taken as")
+    assert m.running is not None and m.running.plan_id in reply.message
+    assert m.running.plan.rule == "Maintenance" and "node5" in m.view.maintenance
+    assert "consent: node5 is taken as down or read-only" in m.running.plan.reason
+    (kept,) = [e.state for e in effects if isinstance(e, PersistState)]
+    assert kept.maintenance == frozenset({"node5"})  # journaled before the routing starts
+    assert m.resume == CUT5  # the journal's plan is not settled by the command itself
+    m, effects = step(m, finished(m.running, NOW + 3), S5, NOW + 3)  # decided at once
+    assert replies(effects) == []
+    (resumed,) = [e.running.plan for e in effects if isinstance(e, StartPlan)]
+    assert resumed.actions[2] == Promote("node2", "node1", finish_half_done=True)
+    assert m.resume is None and "node1" in m.state.quarantined
+
+
+def test_while_the_half_done_promotion_waits_other_commands_are_refused_naming_the_wait():
+    m, _ = waiting5()
+    asked = [
+        cmd("switchover", "node3"),
+        cmd("rebuild", "node4"),
+        cmd("maintenance", "node4", True),  # read: the wait does not name it
+        cmd("maintenance", "node5", False),
+    ]
+    for c in asked:
+        after, effects = step(m, c, S5, NOW + 2)
+        (reply,) = replies(effects)
+        assert not reply.ok and after.running is None and after.view == m.view, c
+        assert "it waits for node5 to answer: HalfDonePromotion" in reply.message, reply
+        assert "it goes first" not in reply.message
+
+
+def test_maintenance_of_an_unread_candidate_is_no_consent():
+    """The candidate may be writable (read_only=OFF is its promotion's last statement):
+    hiding it says nothing of that; the wait stands and the refusal says why."""
+    unread = five(
+        replica("node5", 6.0, source="node1", **STOPPED), node2=lambda t: down("node2", t)
+    )
+    m, started, _ = started_plans(Model(unread, resume=CUT5, state=failed_over(NOW - 1)), S5, 1)
+    assert started == [] and m.resume == CUT5
+    m, effects = step(m, cmd("maintenance", "node2", True), S5, NOW + 2)
+    (reply,) = replies(effects)
+    assert not reply.ok and "node2" not in m.view.maintenance
+    assert "it waits to read its candidate node2, which may be writable" in reply.message
+
+
+@pytest.mark.parametrize("kind", ["proxysql", "haproxy"])
+def test_the_way_out_of_the_wait_is_worded_for_the_router(kind):
+    router_settings = {
+        "proxysql": {"kind": "proxysql", "proxysql": {"password": "z"}},
+        "haproxy": {"kind": "haproxy", "haproxy": {"socket": "/tmp/none.sock"}},
+    }[kind]
+    s = settings(nodes=S5.model_dump()["nodes"], router=router_settings)
+    m = Model(five(s=s), resume=CUT5, state=failed_over(NOW - 1))
+    _, started, effects = started_plans(m, s, 1)
+    (alert,) = [e.alert for e in effects if isinstance(e, SendAlert)]
+    assert started == [] and "`hacontrol maintenance node5 on`" in alert.reason
+    assert ("ProxySQL hostgroup 40" in alert.reason) is (kind == "proxysql"), alert.reason
+
+
+def test_a_fleet_takes_no_consent_for_a_node_it_cannot_read():
+    """In a fleet a node hidden on this instance only may be the primary another leader made
+    (review s6-s6-promote #13): the fleet's leader waits only for its unread candidate, and
+    maintenance of another node is no consent there."""
+    view = fold_all(
+        FLEET5, *[[down("node5", t)] for t in (7.0, 8.0, 9.0)], view=fleet5_node2_unread(7)
+    )
+    m = Model(view, lease=leader_lease(FLEET5), resume=CUT5, state=failed_over(NOW - 1))
+    m, started, _ = started_plans(m, FLEET5, 1)
+    assert started == [] and m.resume == CUT5
+    _, effects = step(m, cmd("maintenance", "node5", True), FLEET5, NOW + 2)
+    (reply,) = replies(effects)
+    assert not reply.ok and "it waits to read its candidate node2" in reply.message

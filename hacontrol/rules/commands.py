@@ -5,7 +5,10 @@ ack clears the recovery block (and a failed failover's halt); pause and resume s
 automatic changes; maintenance and switchover are planned against the view as it is when they
 run. One plan at a time: a command that needs a plan waits for the running one, in order, and
 is dropped, never run late, when its caller stopped waiting. Neither is planned while the
-journal's plan from before a restart is unfinished: that plan goes first.
+journal's plan from before a restart is unfinished: that plan goes first, and the refusal says
+what it waits for. While its half-done promotion waits for nodes it cannot read (a single
+instance), ``maintenance NODE on`` for one of them is the operator's consent that NODE is down
+or read-only: it is hidden, and the promotion is finished without it (``while_unfinished``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from hacontrol.rules.journal import refusal
 from hacontrol.rules.lifecycle import log_decision, plan_id, start
 from hacontrol.rules.planned import plan_maintenance, plan_switchover
 from hacontrol.rules.rebuild import plan_rebuild
+from hacontrol.rules.resume import waiting_for
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView
 
@@ -45,7 +49,7 @@ def command(model: Model, cmd: OperatorCommand, settings: Settings, now: float) 
             )
             effects = answer(cmd, True, text)
         case "maintenance" | "switchover" | "rebuild" if model.resume is not None:
-            effects = answer(cmd, False, f"refused: {unfinished(model)}")
+            model, effects = while_unfinished(model, cmd, settings, now)
         case "maintenance" | "switchover" | "rebuild" if model.running is not None or taking_over(
             model, now
         ):
@@ -69,12 +73,55 @@ def ack(model: Model, cmd: OperatorCommand) -> Step:
     return replace(model, state=state), answer(cmd, True, text)
 
 
-def unfinished(model: Model) -> str:
-    """Why no operator plan now: the journal's plan from before the restart goes first (a plan
-    run before it would be undone or redone over by it: two writers)."""
-    assert model.resume is not None
-    wait = "`hacontrol resume` lets it go on" if model.state.paused else "it goes first"
-    return f"{model.resume.plan_id} began before the restart and is not finished yet ({wait})"
+def while_unfinished(model: Model, cmd: OperatorCommand, settings: Settings, now: float) -> Step:
+    """The journal's plan from before the restart goes first: an operator's plan run before
+    it would be undone or redone over by it (two writers). One exception: while its half-done
+    promotion waits for nodes it cannot read (``rules.resume.half_done_waits``, a single
+    instance), ``maintenance NODE on`` for one of them (not its candidate) is the operator's
+    consent that NODE is down or read-only: NODE is hidden (journaled with the state, as any
+    maintenance) and the promotion is finished without it at the next decision."""
+    intent = model.resume
+    assert intent is not None
+    waits = waiting_for(model, intent)
+    candidate = intent.plan.promote.node if intent.plan.promote else None
+    if cmd.command != "maintenance" or not cmd.on or cmd.node not in waits or cmd.node == candidate:
+        return model, answer(cmd, False, f"refused: {unfinished(model, waits)}")
+    outcome = plan_maintenance(model.view, settings, cmd.node, True)
+    if isinstance(outcome, str):
+        return model, answer(cmd, False, f"refused: {outcome}")
+    plan, view = outcome
+    consent = (
+        f"consent: {cmd.node} is taken as down or read-only (no writer made since); "
+        f"{intent.plan_id}'s half-done promotion of {candidate} goes on without it"
+    )
+    plan = replace(plan, reason=f"{plan.reason}; {consent}")
+    return started(
+        model, cmd, plan, settings, now, view=view, say_now=f"{cmd.node} hidden; {consent}"
+    )
+
+
+def unfinished(model: Model, waits: tuple[str, ...] = ()) -> str:
+    """Why no operator plan now, and what the journal's plan from before the restart waits
+    for (``waits``: the nodes its half-done promotion waits to read)."""
+    intent = model.resume
+    assert intent is not None
+    candidate = intent.plan.promote.node if intent.plan.promote else None
+    if model.state.paused:
+        wait = "`hacontrol resume` lets it go on"
+    elif waits == (candidate,):
+        wait = (
+            f"it waits to read its candidate {candidate}, which may be writable: "
+            "HalfDonePromotion; troubleshooting.md, 'A half-done promotion'"
+        )
+    elif waits:
+        wait = (
+            f"it waits for {', '.join(waits)} to answer: HalfDonePromotion; "
+            "`hacontrol maintenance NODE on` for such a node is consent that it is down or "
+            "read-only, and the promotion goes on without it"
+        )
+    else:
+        wait = "it goes first"
+    return f"{intent.plan_id} began before the restart and is not finished yet ({wait})"
 
 
 def taking_over(model: Model, now: float) -> bool:

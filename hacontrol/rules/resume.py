@@ -24,6 +24,15 @@ writable: a failover stopped inside its Promote whose candidate the view shows h
 read-only with nothing the candidate lacks) is finished, and a
 switchover cut after its fence and before its promotion is rolled back, by this instance once
 it leads, as a single instance does (``left_to_the_leader``).
+
+On a single instance a node hidden by an operator (maintenance: hidden before the restart, or
+``hacontrol maintenance NODE on`` while the plan waits for NODE, ``rules.commands``) is the
+operator's consent that it is down or read-only: the half-done promotion is not held for it.
+Only the operator's hand could have made it a writer since: no other instance acts, and the cut
+plan made no node writable but its candidate (a failover stops IO threads and waits before its
+Promote; the Promote's read_only=OFF is on the candidate only). A consent that was wrong shows
+when the node answers writable: two writable nodes, a halt. In a fleet maintenance is per
+instance: no consent (the leader waits only for an unread candidate).
 """
 
 from __future__ import annotations
@@ -77,16 +86,10 @@ def resume(model: Model, decided: Plan, now: float, redecide: Redecide | None = 
         reason = f"{fleet_reason(model, intent)}; {next_decision(model, before, decided, redecide)}"
         return model, (*ended, abandoned(intent, reason))
     plan = intent.plan
-    promote_at = plan.point_of_no_return
     dead = plan.promote.old_primary if plan.promote else None
-    still_dead = model.view.has(Code.DEAD_PRIMARY) and model.view.primary == dead
-    began = promote_at in intent.started
-    promoting = promote_at in intent.done or (
-        began and not never_promoted(model, plan) and may_finish_promotion(model, intent)
-    )
-    if promoting or (plan.kind is PlanKind.FAILOVER and still_dead):
+    if finishes(model, intent):
         return finish(model, intent, now)
-    if began and (unread := unread_beside_half_done(model, intent)):
+    if unread := unread_beside_half_done(model, intent):
         return half_done_waits(model, intent, unread, now)
     primary = model.view.primary
     # Its records may be missing (it went on without the journal): the view says it promoted.
@@ -102,6 +105,31 @@ def resume(model: Model, decided: Plan, now: float, redecide: Redecide | None = 
         reason += f"; not rolled back: the primary is {primary or 'unknown'} now, not {dead}"
     reason += f"; {next_decision(model, before, decided, redecide)}"
     return model, (ended, abandoned(intent, reason))
+
+
+def finishes(model: Model, intent: Intent) -> bool:
+    """Is the journal's plan finished on this view (a single instance, or a fleet's leader
+    the plan was left to)? Past its Promote always; inside it when the view shows nothing but
+    the promotion (``may_finish_promotion``); a failover whose old primary is still dead."""
+    plan = intent.plan
+    promote_at = plan.point_of_no_return
+    dead = plan.promote.old_primary if plan.promote else None
+    still_dead = model.view.has(Code.DEAD_PRIMARY) and model.view.primary == dead
+    promoting = promote_at in intent.done or (
+        promote_at in intent.started
+        and not never_promoted(model, plan)
+        and may_finish_promotion(model, intent)
+    )
+    return promoting or (plan.kind is PlanKind.FAILOVER and still_dead)
+
+
+def waiting_for(model: Model, intent: Intent) -> tuple[str, ...]:
+    """The nodes the journal's plan waits for on this view (``half_done_waits``), as
+    ``resume`` decides it; () when it does not wait (it is finished, rolled back or closed
+    once the view allows a decision)."""
+    if model.lease.fleet and not left_to_the_leader(model, intent):
+        return ()
+    return () if finishes(model, intent) else unread_beside_half_done(model, intent)
 
 
 def abandoned(intent: Intent, reason: str) -> Log:
@@ -350,10 +378,7 @@ def half_done_waits(model: Model, intent: Intent, unread: tuple[str, ...], now: 
             f"{node} is read-only and replicates from nobody: it may hold writes acknowledged "
             f"on it alone; {names} cannot be read (it may be a writer made since)"
         )
-        way_out = (
-            f"or hide {names} in the router (ProxySQL hostgroup 40: consent to go on without "
-            f"it; the maintenance command waits for this plan), {way_out}"
-        )
+        way_out = f"{consent_way(model, unread)}, {way_out}"
     reason = (
         f"{intent.plan_id} was cut inside its promotion of {node} ({what}): neither finished nor "
         f"rolled back until {names} answers; {way_out}"
@@ -365,6 +390,25 @@ def half_done_waits(model: Model, intent: Intent, unread: tuple[str, ...], now: 
     summary = f"HALT: the half-done promotion of {node} waits: {names} cannot be read"
     alert = Notify(AlertKind.HALT, node, summary, reason)
     return model, (*logged, SendAlert(alert, plan, True))
+
+
+def consent_way(model: Model, unread: tuple[str, ...]) -> str:
+    """How an operator lets a half-done promotion go on without ``unread`` (single instance:
+    a node hidden by an operator is consent that it is down or read-only, no writer), worded
+    for the router: ProxySQL has a hidden group an operator may use directly; HAProxy has
+    none (the controller keeps the hidden list itself), and neither has a cluster without a
+    router: there the command is the only way."""
+    names = ", ".join(unread)
+    each = (
+        f"`hacontrol maintenance {unread[0]} on`"
+        if len(unread) == 1
+        else (f"`hacontrol maintenance NODE on` for each of {names}")
+    )
+    where = " (or its ProxySQL hostgroup 40)" if model.view.router.kind == "proxysql" else ""
+    return (
+        f"or, once sure {names} is down or read-only, {each}{where}: the operator's consent, "
+        "the promotion is then finished without it"
+    )
 
 
 def only_the_plan_moved(model: Model, old: str, candidate: str) -> bool:
