@@ -1,12 +1,13 @@
 """Starting a plan and recording a decision: the bookkeeping every rule over the model shares.
 
 A plan's id is its kind and the wall-clock time in milliseconds; a failover remembers how long
-detection took. A decision is logged with its rule and reason (an unchanged idle decision only
-once) and kept in the model's last decisions.
+detection took. A decision is logged with its rule and reason (an idle decision unchanged in
+substance, its counts and times aside, only once) and kept in the model's last decisions.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from hacontrol.effects import Log, StartPlan, Step, log
@@ -52,8 +53,22 @@ def start(
     return replace(model, running=running), (line, StartPlan(running))
 
 
+VOLATILE = re.compile(r"(?<![\w.:-])\d+(?:\.\d+)?(?:ms|s)?(?![\w.:-])")
+"""A number standing alone in a reason: a count or a time ("8 consecutive failed probes",
+"after 2.5 s", "probe failed 2/3"); not one inside a name, a GTID, an address or a version
+("node1", "0-1-100", "127.0.0.1:3306")."""
+
+
+def substance(reason: str) -> str:
+    """What a reason says, without how often or how long: a reason that differs from the last
+    one only in its counts and times is the same decision (not one line per probe)."""
+    return VOLATILE.sub("#", reason)
+
+
 def log_decision(model: Model, plan: Plan, now: float, *, force: bool = False) -> Step:
-    key = (plan.rule, plan.reason)
+    """One decision line, and the decision kept in the model's last ones; an idle decision
+    (no action) the same in substance as the last one logged is not logged again."""
+    key = (plan.rule, substance(plan.reason))
     if not force and key == model.last_logged and not plan.actions:
         return model, ()
     level = "info" if plan.rule in ("Nothing", "StartupGrace", "NotLeader") else "warning"
