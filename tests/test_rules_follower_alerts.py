@@ -146,19 +146,19 @@ def test_a_follower_that_cannot_see_the_locks_holds_the_primary_not_published_al
     # The leader fenced node1 and quarantined it; this follower cannot know that yet, and
     # node1 holds what node2 lacks: the leader's PublishRefused would be right, the follower's
     # at once is a false alarm (it failed the fleet partition test now and then).
-    key = AlertKey(Condition.NO_PRIMARY, "node2")
+    key = AlertKey(Condition.NO_PRIMARY, "node2 ahead node1")
     view = fenced_old_primary("x")
     assert leader_unknown(view, F, NOW) and view.primary == "node2"
     first = decide(view, ControllerState(), F, NOW, leads=False)
     assert first.plan.rule == "PublishRefused", first.plan.reason
     assert alerts(first.plan) == [] and key not in first.state.alerted
     late = decide(view, first.state, F, NOW + BOUND, leads=False)
-    assert [a.summary for a in alerts(late.plan)] == ["primary not published"]
+    assert [a.summary for a in alerts(late.plan)] == ["primary not published (node1 ahead)"]
     # Once it reads the locks it sees node2 published: nothing to refuse (node1's errant
     # transactions are another rule's alert, which a follower leaves to the leader: step).
     seen = decide(fenced_old_primary("o"), first.state, F, NOW + 1, leads=False)
     assert seen.plan.rule != "PublishRefused" and key not in seen.state.first_seen
-    assert "primary not published" not in [a.summary for a in alerts(seen.plan)]
+    assert not any("not published" in a.summary for a in alerts(seen.plan))
 
 
 def test_the_leader_refuses_to_publish_with_one_alert_while_the_refusal_stands():
@@ -168,6 +168,33 @@ def test_the_leader_refuses_to_publish_with_one_alert_while_the_refusal_stands()
     assert not leader_unknown(view, F, NOW)
     first = decide(view, ControllerState(), F, NOW, leads=True)
     assert first.plan.rule == "PublishRefused"
-    assert [a.summary for a in alerts(first.plan)] == ["primary not published"]
+    assert [a.summary for a in alerts(first.plan)] == ["primary not published (node1 ahead)"]
     again = decide(view, first.state, F, NOW + 1, leads=True)
     assert again.plan.rule == "PublishRefused" and alerts(again.plan) == []
+
+
+def refusing_leader(node1_gtid: str, node3: ProbeResult | None = None) -> ClusterView:
+    """The leader's view of ``fenced_old_primary`` with node1 at ``node1_gtid`` and node3 as
+    given (default: a replica of node2)."""
+    node1 = ProbeResult("node1", 9.2, 0.001, status(1, read_only=True, gtid=node1_gtid))
+    locks = [lock(f"node{i}", 9.5, leader=7) for i in (1, 2, 3)]
+    return fold_all(F, [node1, *([node3] if node3 else []), *locks], view=fenced_old_primary("x"))
+
+
+def test_the_same_refusal_mails_once_and_another_refusal_mails_again():
+    """Review of 044d0ab, #2: the key named the primary only, so a refusal for another node
+    ahead was never mailed. The key and the summary now name the node that stops the
+    publication: the same refusal (node1 ahead, taking more writes) is one alert, another node
+    ahead is another alert."""
+    first = decide(refusing_leader("0-1-100,1-1-3"), ControllerState(), F, NOW, leads=True)
+    assert [a.summary for a in alerts(first.plan)] == ["primary not published (node1 ahead)"]
+    more = decide(refusing_leader("0-1-100,1-1-5"), first.state, F, NOW + 1, leads=True)
+    assert more.plan.rule == "PublishRefused" and alerts(more.plan) == []
+    assert "1-1-5" in more.plan.reason  # the reason says what it holds now
+    # node1 set right by an operator; node3, detached, holds a transaction node2 lacks.
+    node3 = ProbeResult("node3", 9.2, 0.001, status(3, read_only=True, gtid="0-2-105,1-3-2"))
+    other = decide(refusing_leader("0-1-100", node3), more.state, F, NOW + 2, leads=True)
+    assert other.plan.rule == "PublishRefused", other.plan.reason
+    assert [a.summary for a in alerts(other.plan)] == ["primary not published (node3 ahead)"]
+    (mail,) = alerts(other.plan)
+    assert "node3 has 1-3-2, which node2 lacks" in mail.reason

@@ -84,9 +84,17 @@ def _primary_read_only(view: ClusterView) -> bool:
     return bool(node and node.reachable and node.status and node.status.read_only)
 
 
-def _unpublished(view: ClusterView, node: str | None) -> bool:
-    """A fleet's primary ``node`` that no lock publishes (``rule_publish`` refused it)."""
-    return node is not None and view.primary == node and view.published != node
+def refusal_subject(primary: str, node: str, what: str) -> str:
+    """The subject of a PublishRefused alert's key: the primary, and the node that stops its
+    publication and how (ahead of it, or unreadable)."""
+    return f"{primary} {what} {node}"
+
+
+def _unpublished(view: ClusterView, subject: str) -> bool:
+    """A fleet's primary that no lock publishes (``rule_publish`` refused it); ``subject``:
+    a ``refusal_subject``, whose first word is the primary."""
+    node = subject.split(" ", 1)[0]
+    return bool(node) and view.primary == node and view.published != node
 
 
 Alive = Callable[[ClusterView, ControllerState, str], bool]

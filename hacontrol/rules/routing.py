@@ -10,7 +10,7 @@ from hacontrol import gtid
 from hacontrol.model import AlertKey, Condition, ControllerState, Decision
 from hacontrol.plan import AlertKind, Notify, Plan, PlanKind, Publish, Route
 from hacontrol.routing import Membership
-from hacontrol.rules.alerts import alert_once, alert_unless_a_leader_may_act
+from hacontrol.rules.alerts import alert_once, alert_unless_a_leader_may_act, refusal_subject
 from hacontrol.rules.candidates import executed, holdings, topology_text
 from hacontrol.settings import Settings
 from hacontrol.view import ClusterView, Health, NodeView, hidden_nodes, link_alive, witness
@@ -303,29 +303,47 @@ def rule_publish(
         or now < state.retry_at.get((PlanKind.PUBLISH, primary), 0.0)
     ):
         return None
-    if ahead := ahead_of(view, state, primary):
-        plan = Plan(
-            "PublishRefused",
-            f"not publishing {primary} as the primary: {ahead} (an operator must decide)",
-            kind=PlanKind.ALERT,
-        )
-        alert = Notify(AlertKind.NO_PRIMARY, primary, "primary not published", plan.reason)
-        key = AlertKey(Condition.NO_PRIMARY, primary)
-        decision = alert_once(state, key, plan, alert)
-        return alert_unless_a_leader_may_act(view, state, settings, now, key, decision)
+    if refused := ahead_of(view, state, primary):
+        return publish_refused(view, state, settings, now, primary, refused)
     was = f", in place of {view.published}" if view.published else ""
     reason = f"publishing {primary}, the writable primary, to every router of the fleet{was}"
     return Decision(Plan("PublishPrimary", reason, (Publish(primary),), PlanKind.PUBLISH), state)
 
 
-def ahead_of(view: ClusterView, state: ControllerState, primary: str) -> str | None:
+def publish_refused(
+    view: ClusterView,
+    state: ControllerState,
+    settings: Settings,
+    now: float,
+    primary: str,
+    refused: tuple[str, str, str],
+) -> Decision:
+    """The primary not published, with one alert per refusal: a refusal for another node
+    ahead (or unreadable) is another alert, mailed again; the same one (the node ahead
+    taking more writes) is not."""
+    node, what, why = refused
+    plan = Plan(
+        "PublishRefused",
+        f"not publishing {primary} as the primary: {why} (an operator must decide)",
+        kind=PlanKind.ALERT,
+    )
+    summary = f"primary not published ({node} {what})"
+    alert = Notify(AlertKind.NO_PRIMARY, primary, summary, plan.reason)
+    key = AlertKey(Condition.NO_PRIMARY, refusal_subject(primary, node, what))
+    decision = alert_once(state, key, plan, alert)
+    return alert_unless_a_leader_may_act(view, state, settings, now, key, decision)
+
+
+def ahead_of(
+    view: ClusterView, state: ControllerState, primary: str
+) -> tuple[str, str, str] | None:
     """Which reachable node that does not replicate from ``primary`` (an old primary aside)
-    holds transactions ``primary`` has not executed, or None. Its own replicas are left out:
-    they hold nothing it lacks, and a replica probed a moment after it may show newer
-    transactions than its last probe."""
+    holds transactions ``primary`` has not executed, or None: (the node, "ahead" or
+    "unreadable", why). Its own replicas are left out: they hold nothing it lacks, and a
+    replica probed a moment after it may show newer transactions than its last probe."""
     theirs = executed(view.nodes[primary].status)
     if theirs is None:
-        return f"{primary}'s transactions unreadable"
+        return primary, "unreadable", f"{primary}'s transactions unreadable"
     for name, node in sorted(view.nodes.items()):
         if (
             name == primary
@@ -336,7 +354,7 @@ def ahead_of(view: ClusterView, state: ControllerState, primary: str) -> str | N
             continue
         mine = holdings(node)
         if mine is None:
-            return f"{name}'s transactions unreadable"
+            return name, "unreadable", f"{name}'s transactions unreadable"
         if mine.flavor == theirs.flavor and (extra := mine - theirs):
-            return f"{name} has {extra}, which {primary} lacks"
+            return name, "ahead", f"{name} has {extra}, which {primary} lacks"
     return None
