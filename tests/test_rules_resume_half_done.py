@@ -26,6 +26,7 @@ from hacontrol.plan import (
     Rejoin,
     Repoint,
     RequireReadOnly,
+    Route,
     SetIOThreads,
     SetWritable,
     WaitApplied,
@@ -710,6 +711,8 @@ def test_maintenance_on_a_node_the_half_done_promotion_waits_for_is_consent_and_
     assert m.running is not None and m.running.plan_id in reply.message
     assert m.running.plan.rule == "Maintenance" and "node5" in m.view.maintenance
     assert "consent: node5 is taken as down or read-only" in m.running.plan.reason
+    (route,) = m.running.plan.actions  # the router has no writer while the plan waits
+    assert isinstance(route, Route) and route.no_writer and route.desired.hidden == {"node5"}
     (kept,) = [e.state for e in effects if isinstance(e, PersistState)]
     assert kept.maintenance == frozenset({"node5"})  # journaled before the routing starts
     assert m.resume == CUT5  # the journal's plan is not settled by the command itself

@@ -214,7 +214,9 @@ def plan_maintenance(
     plan = Plan(
         "Maintenance",
         f"{node} {verb} at an operator's request",
-        (Route(desired, hidden_change=True),),
+        # A router with no writer now (a failover halted or waiting after its fence) keeps
+        # none: hiding a node needs no writer, and a router refuses none unless told.
+        (Route(desired, hidden_change=True, no_writer=not current.writers),),
         kind=PlanKind.MAINTENANCE,
     )
     return plan, new_view
