@@ -739,6 +739,17 @@ def test_while_the_half_done_promotion_waits_other_commands_are_refused_naming_t
         assert "it goes first" not in reply.message
 
 
+def test_no_consent_before_the_wait_is_decided():
+    """Before the first decision (start-up grace: a node not probed yet cannot be read
+    either) nothing waits yet: the command is refused as before, and says the plan goes
+    first."""
+    m = Model(five(), resume=CUT5, state=failed_over(NOW - 1))
+    m, effects = step(m, cmd("maintenance", "node5", True), S5, NOW)
+    (reply,) = replies(effects)
+    assert not reply.ok and "(it goes first)" in reply.message
+    assert "node5" not in m.view.maintenance and m.running is None
+
+
 def test_maintenance_of_an_unread_candidate_is_no_consent():
     """The candidate may be writable (read_only=OFF is its promotion's last statement):
     hiding it says nothing of that; the wait stands and the refusal says why."""
@@ -767,16 +778,13 @@ def test_the_way_out_of_the_wait_is_worded_for_the_router(kind):
     assert ("ProxySQL hostgroup 40" in alert.reason) is (kind == "proxysql"), alert.reason
 
 
-def test_a_fleet_takes_no_consent_for_a_node_it_cannot_read():
-    """In a fleet a node hidden on this instance only may be the primary another leader made
-    (review s6-s6-promote #13): the fleet's leader waits only for its unread candidate, and
-    maintenance of another node is no consent there."""
-    view = fold_all(
-        FLEET5, *[[down("node5", t)] for t in (7.0, 8.0, 9.0)], view=fleet5_node2_unread(7)
-    )
-    m = Model(view, lease=leader_lease(FLEET5), resume=CUT5, state=failed_over(NOW - 1))
+def test_a_fleet_leader_waiting_for_its_candidate_names_it_in_the_refusal():
+    """In a fleet the leader waits only for an unread candidate (a node hidden on this
+    instance only is no consent there: review s6-s6-promote #13); maintenance is refused, and
+    the refusal says what the plan waits for."""
+    m = Model(fleet5_node2_unread(7), lease=leader_lease(FLEET5), resume=CUT5, state=failed_over(0))
     m, started, _ = started_plans(m, FLEET5, 1)
-    assert started == [] and m.resume == CUT5
+    assert started == [] and m.resume == CUT5 and m.last_logged[0] == "HalfDonePromotion"
     _, effects = step(m, cmd("maintenance", "node5", True), FLEET5, NOW + 2)
     (reply,) = replies(effects)
     assert not reply.ok and "it waits to read its candidate node2" in reply.message
