@@ -580,3 +580,14 @@ def state_of(status: NodeStatus) -> gtid.BinlogState:
     state = binlog_state_of(status)
     assert state is not None
     return state
+
+
+def as_cut_inside_the_promote(journal: Path) -> int:
+    """The journal as a crash inside the Promote leaves it: its ``start`` written, its ``step``
+    not. Returns the Promote's index."""
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    (index,) = [r["index"] for r in records if r["type"] == "start"]
+    kept = [r for r in records if not (r["type"] == "step" and r["index"] == index)]
+    assert len(kept) == len(records) - 1
+    journal.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return index

@@ -9,7 +9,6 @@ primary. Found by the chaos soak (kill-controller-mid-plan, seed 15: "NOT CONVER
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.live import (
     FAST_ENV,
     Frozen,
     Process,
+    as_cut_inside_the_promote,
     crashed_after_promote,
     sql,
     switchover_crashed_after,
@@ -80,17 +80,6 @@ async def test_a_replica_left_stopped_on_the_old_primary_is_repointed_after_the_
             break
         await asyncio.sleep(0.2)
     assert mine == theirs
-
-
-def as_cut_inside_the_promote(journal: Path) -> int:
-    """The journal as a crash inside the Promote leaves it: its ``start`` written, its ``step``
-    not. Returns the Promote's index."""
-    records = [json.loads(line) for line in journal.read_text().splitlines()]
-    (index,) = [r["index"] for r in records if r["type"] == "start"]
-    kept = [r for r in records if not (r["type"] == "step" and r["index"] == index)]
-    assert len(kept) == len(records) - 1
-    journal.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    return index
 
 
 @pytest.mark.parametrize("node1", ["away", "back-read-only", "back-read-only-single"])

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import Process, sql
+from tests.live import Process, as_cut_inside_the_promote, crashed_after_promote, sql
 from tests.sandbox_fixtures import running_sandbox
 from tests.support import free_port
-from tests.test_cut_before_repoint_live import as_cut_inside_the_promote, crashed_after_promote
 
 pytestmark = pytest.mark.integration
 
