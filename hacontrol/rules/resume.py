@@ -407,7 +407,8 @@ def consent_way(model: Model, unread: tuple[str, ...]) -> str:
         if len(unread) == 1
         else (f"`hacontrol maintenance NODE on` for each of {names}")
     )
-    where = " (or its ProxySQL hostgroup 40)" if model.view.router.kind == "proxysql" else ""
+    proxysql = model.view.router.kind == "proxysql"
+    where = " (or ProxySQL's hidden hostgroup, `proxysql.hidden_hostgroup`)" if proxysql else ""
     return (
         f"or, once sure {names} is down or read-only, {each}{where}: the operator's consent, "
         "the promotion is then finished without it"
