@@ -492,8 +492,12 @@ def test_an_alert_left_to_the_leader_is_mailed_once_by_this_instance_when_it_tak
     effects = [*kept, *effects]
     assert m.lease.acting(later)
     m, more = run(m, *locks(later + 0.5, MINE, None, alive), Tick(later + 0.5), now=later + 0.5)
-    mails = [e.alert.summary for e in (*took, *effects, *more) if isinstance(e, SendAlert)]
-    assert mails == ["primary not published (node3 ahead)"], mails
+    mails = [
+        (e.alert.summary, e.alert.node)
+        for e in (*took, *effects, *more)
+        if isinstance(e, SendAlert)
+    ]
+    assert mails == [("primary node2 not published (ahead):", "node3")], mails
 
 
 F5 = fleet(nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)])

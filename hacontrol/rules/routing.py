@@ -318,17 +318,20 @@ def publish_refused(
     primary: str,
     refused: tuple[str, str, str],
 ) -> Decision:
-    """The primary not published, with one alert per refusal: a refusal for another node
-    ahead (or unreadable) is another alert, mailed again; the same one (the node ahead
-    taking more writes) is not."""
+    """The primary not published, with one alert per refusal, about the node that stops it
+    (its subject "primary node2 not published (ahead): node3"): a refusal for another node
+    ahead (or unreadable) is another alert, mailed again; the same one (the node ahead taking
+    more writes) is not."""
     node, what, why = refused
     plan = Plan(
         "PublishRefused",
         f"not publishing {primary} as the primary: {why} (an operator must decide)",
         kind=PlanKind.ALERT,
     )
-    summary = f"primary not published ({node} {what})"
-    alert = Notify(AlertKind.NO_PRIMARY, primary, summary, plan.reason)
+    # The node that stops it, not the primary: the mail's subject names it, and the
+    # notifier's dedup (per kind and node) lets another refusal's mail through.
+    summary = f"primary {primary} not published ({what}):"
+    alert = Notify(AlertKind.NO_PRIMARY, node, summary, plan.reason)
     key = AlertKey(Condition.NO_PRIMARY, refusal_subject(primary, node, what))
     decision = alert_once(state, key, plan, alert)
     return alert_unless_a_leader_may_act(view, state, settings, now, key, decision)
