@@ -1,11 +1,12 @@
-"""A single instance (``controller.fleet = false``) behind HAProxy resumes a failover cut inside
-its Promote while a replica is down on purpose (stopped for an upgrade): the half-done promotion
-waits for that replica (HalfDonePromotion: it may be a writer made since). HAProxy has no hidden
-group, and the maintenance command used to be refused while the plan waited ("it goes first"):
-no way out but the replica's return or a promotion by hand. Now `hacontrol maintenance NODE on`
-for the node the wait names is the operator's consent that it is down or read-only: it is
-hidden, journaled with the state, and the promotion is finished (review s6-s6-promote #5, #18;
-pure: test_rules_resume_half_done.py)."""
+"""A single instance (``controller.fleet = false``) behind HAProxy or ProxySQL resumes a
+failover cut inside its Promote while a replica is down on purpose (stopped for an upgrade): the
+half-done promotion waits for that replica (HalfDonePromotion: it may be a writer made since).
+HAProxy has no hidden group, and the maintenance command used to be refused while the plan
+waited ("it goes first"): no way out but the replica's return or a promotion by hand. Now
+`hacontrol maintenance NODE on` for the node the wait names is the operator's consent that it
+is down or read-only: it is hidden, journaled with the state, and the promotion is finished,
+its journaled Route re-based on the nodes hidden now (review s6-s6-promote #5, #18; s7-s7-lows
+#1; pure: test_rules_resume_half_done.py)."""
 
 from __future__ import annotations
 
@@ -54,11 +55,12 @@ def last_state(journal: Path) -> dict:
     return [r for r in records if r["type"] == "state"][-1]["state"]
 
 
+@pytest.mark.parametrize("router", ["haproxy", "proxysql"])
 async def test_maintenance_of_the_replica_a_half_done_promotion_waits_for_lets_it_finish(
-    tmp_path,
+    tmp_path, router
 ):
     # Five nodes: with node1 dead and one replica down, three still make the quorum.
-    with running_sandbox(tmp_path / "sbx", nodes=5, router="haproxy") as sb:
+    with running_sandbox(tmp_path / "sbx", nodes=5, router=router) as sb:
         info = sb.status()
         single = {
             "HACONTROL_CONTROLLER__FLEET": "false",
@@ -93,7 +95,8 @@ async def test_maintenance_of_the_replica_a_half_done_promotion_waits_for_lets_i
             second.stop()
         assert f"{other} cannot be read (it may be a writer made since)" in waits["reason"]
         assert f"`hacontrol maintenance {other} on`" in waits["reason"]
-        assert "hostgroup" not in waits["reason"]  # HAProxy has none
+        # HAProxy has no hidden group; ProxySQL's is the operator's too.
+        assert ("hidden hostgroup" in waits["reason"]) is (router == "proxysql")
         assert not switchover["ok"] and "it goes first" not in switchover["message"]
         assert f"it waits for {other} to answer: HalfDonePromotion" in switchover["message"]
         assert consent["ok"], consent
@@ -104,6 +107,12 @@ async def test_maintenance_of_the_replica_a_half_done_promotion_waits_for_lets_i
         promotes = [a for a in second.of("action") if a["action"] == "Promote"]
         assert [(a["node"], a["ok"]) for a in promotes] == [(promoted, True)], promotes
         assert "finished a half-done promotion" in promotes[0]["reason"], done
+        # Its journaled Route, re-based on the nodes hidden now (review s7-s7-lows #1: ProxySQL
+        # refused a Route that would show node5 again; "router not updated" was mailed).
+        routes = [a for a in second.of("action") if a["action"] == "Route"]
+        assert all(a["ok"] for a in routes), routes
+        assert done["reason"] == "all steps done" or "Route" not in done["reason"], done
+        assert not second.of("alert", kind="router_not_updated")
         assert off["ok"], off
         assert kept == [other]
         for node in ("node2", "node3", "node4", "node5"):

@@ -31,6 +31,7 @@ from hacontrol.plan import (
     SetWritable,
     WaitApplied,
 )
+from hacontrol.routing import Membership
 from hacontrol.rules.resume import fenced_not_promoted, half_done_promotion
 from hacontrol.step import step
 from tests.factories import (
@@ -788,3 +789,19 @@ def test_a_fleet_leader_waiting_for_its_candidate_names_it_in_the_refusal():
     _, effects = step(m, cmd("maintenance", "node5", True), FLEET5, NOW + 2)
     (reply,) = replies(effects)
     assert not reply.ok and "it waits to read its candidate node2" in reply.message
+
+
+def test_a_resumed_route_keeps_the_nodes_hidden_since_the_plan_was_made():
+    """Review s7-s7-lows #1: the journal's Route said hidden=[] (from before the restart);
+    after the consent (node5 in maintenance) ProxySQL refused it ("it would change the hidden
+    nodes") and a false "router not updated" was mailed. The resumed Routes are re-based on
+    the nodes hidden now; one shown again since is broken until healthy."""
+    journaled = Membership.of(["node2"], ["node3"], ["node1", "node5"], ["node4"])
+    routed = replace(PLAN5, actions=(*PLAN5.actions[:3], Route(journaled), *PLAN5.actions[3:]))
+    intent = replace(CUT5, plan=routed)
+    m = Model(five(hidden=("node5",)), resume=intent, state=failed_over(NOW - 1))
+    _, started, _ = started_plans(m, S5, 1)
+    (resumed,) = started
+    assert resumed.actions[3] == Route(
+        Membership.of(["node2"], ["node3"], ["node1", "node4"], ["node5"])
+    )

@@ -49,8 +49,10 @@ from hacontrol.plan import (
     Plan,
     PlanKind,
     RequireReadOnly,
+    Route,
     SetIOThreads,
 )
+from hacontrol.routing import Membership
 from hacontrol.rules.candidates import errant_between
 from hacontrol.rules.lifecycle import log_decision, start
 from hacontrol.view import Code, hidden_nodes
@@ -464,6 +466,7 @@ def finish(model: Model, intent: Intent, now: float) -> Step:
         actions = list(plan.actions)
         actions[promote_at] = replace(actions[promote_at], finish_half_done=True)
         plan = replace(plan, actions=tuple(actions))
+    plan = replace(plan, actions=hidden_now(model, plan.actions))
     reason = (
         f"resuming {intent.plan_id} after a controller restart, cut {cut}; now "
         f"{seen_now(model, plan)}; it began as: {plan.reason}"
@@ -489,6 +492,7 @@ def roll_back(model: Model, intent: Intent, now: float) -> Step:
         cut = f"inside its promotion of {node}: rolled back only if {node} is read-only"
         reset = model.view.sources.get(node) is None
         actions = (RequireReadOnly(node), *without_io_of(actions, node if reset else None))
+    actions = hidden_now(model, actions)
     rollback = Plan(
         plan.rule,
         f"rolling back {intent.plan_id}, cut {cut}, after a controller restart; now "
@@ -499,6 +503,27 @@ def roll_back(model: Model, intent: Intent, now: float) -> Step:
     model, logged = log_decision(model, rollback, now, force=True)
     model, started = start(model, f"{intent.plan_id}-rollback", rollback, now)
     return model, (*logged, *started)
+
+
+def hidden_now(model: Model, actions: tuple[Action, ...]) -> tuple[Action, ...]:
+    """A journaled plan's Routes with the nodes hidden now (``hidden_nodes``, as a plan made
+    now would route them): an operator may have hidden a node since the plan was made (the
+    consent to a half-done promotion's wait, or ProxySQL's hidden hostgroup), and a Route that
+    would change the hidden group is refused by the router (ProxySQL: that hostgroup is the
+    operator's): the plan then failed its routing and mailed "router not updated". A node
+    shown again since is broken until healthy (as ``maintenance off`` leaves it)."""
+    hidden = hidden_nodes(model.view)
+    out: list[Action] = []
+    for action in actions:
+        if isinstance(action, Route) and action.desired.hidden != hidden:
+            was = action.desired
+            shown = was.hidden - hidden
+            desired = Membership(
+                was.writers, was.readers - hidden, (was.broken | shown) - hidden, hidden
+            )
+            action = replace(action, desired=desired)
+        out.append(action)
+    return tuple(out)
 
 
 def without_io_of(actions: tuple[Action, ...], node: str | None) -> tuple[Action, ...]:
