@@ -32,6 +32,7 @@ from hacontrol.plan import (
     WaitApplied,
 )
 from hacontrol.routing import Membership
+from hacontrol.rules.planned import plan_maintenance
 from hacontrol.rules.resume import fenced_not_promoted, half_done_promotion
 from hacontrol.step import step
 from tests.factories import (
@@ -740,15 +741,68 @@ def test_while_the_half_done_promotion_waits_other_commands_are_refused_naming_t
         assert "it goes first" not in reply.message
 
 
-def test_no_consent_before_the_wait_is_decided():
-    """Before the first decision (start-up grace: a node not probed yet cannot be read
-    either) nothing waits yet: the command is refused as before, and says the plan goes
-    first."""
-    m = Model(five(), resume=CUT5, state=failed_over(NOW - 1))
+def test_no_consent_while_the_plan_is_not_decided_and_the_refusal_says_why():
+    """In start-up grace a node not probed yet cannot be read either, and without quorum
+    nothing is decided: no consent is taken, and the refusal says why the plan waits (review
+    s7-s7-lows #4: it said "it goes first")."""
+    rounds = [[down("node1", 4.0), down("node5", 4.0)]]
+    early = Model(fold_all(S5, *rounds), resume=CUT5, state=failed_over(NOW - 1))
+    m, effects = step(early, cmd("maintenance", "node5", True), S5, NOW)
+    (reply,) = replies(effects)
+    assert not reply.ok and "not decided yet, start-up grace: waiting for" in reply.message
+    assert "node5" not in m.view.maintenance and m.running is None
+    lost = fold_all(S5, *[[down("node4", t)] for t in (7.0, 8.0, 9.0)], view=five())
+    m = Model(lost, resume=CUT5, state=failed_over(NOW - 1))
     m, effects = step(m, cmd("maintenance", "node5", True), S5, NOW)
     (reply,) = replies(effects)
-    assert not reply.ok and "(it goes first)" in reply.message
-    assert "node5" not in m.view.maintenance and m.running is None
+    assert not reply.ok and "not decided yet, no quorum: 2 of 5" in reply.message, reply
+
+
+S7 = settings(
+    nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 8)]
+)
+CUT7 = replace(
+    CUT5,
+    plan=replace(
+        PLAN5,
+        actions=(
+            SetIOThreads(tuple(f"node{i}" for i in range(2, 8)), running=False),
+            *PLAN5.actions[1:3],
+            Repoint(tuple(f"node{i}" for i in range(3, 8)), "node2"),
+        ),
+    ),
+)
+
+
+def test_a_second_consent_sent_while_the_first_is_routed_waits_for_it():
+    """Seven nodes, node4 and node5 down: both consents sent back to back; the second waits
+    for the first one's routing (review s7-s7-lows #3: refused "it goes first"), then the
+    promotion is finished."""
+    rounds = [
+        [
+            down("node1", t),
+            ProbeResult("node2", t, 0.001, status(2, read_only=True)),
+            *[replica(f"node{i}", t, source="node1", **STOPPED) for i in (3, 6, 7)],
+            down("node4", t),
+            down("node5", t),
+            router(writers=(), readers=("node3", "node6", "node7"), at=t),
+        ]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    m = Model(fold_all(S7, *rounds), resume=CUT7, state=failed_over(NOW - 1))
+    m, started, _ = started_plans(m, S7, 1)
+    assert started == [] and m.last_logged[0] == "HalfDonePromotion"
+    m, effects = step(m, cmd("maintenance", "node4", True), S7, NOW + 2)
+    assert [r.ok for r in replies(effects)] == [True]
+    m, effects = step(m, cmd("maintenance", "node5", True), S7, NOW + 2.1)
+    assert replies(effects) == [] and len(m.deferred) == 1  # waits for node4's routing
+    m, effects = step(m, finished(m.running, NOW + 3), S7, NOW + 3)
+    (reply,) = replies(effects)
+    assert reply.ok and "consent: node5" in reply.message
+    assert m.view.maintenance == {"node4", "node5"}
+    m, effects = step(m, finished(m.running, NOW + 4), S7, NOW + 4)
+    (resumed,) = [e.running.plan for e in effects if isinstance(e, StartPlan)]
+    assert resumed.actions[2] == Promote("node2", "node1", finish_half_done=True)
 
 
 def test_maintenance_of_an_unread_candidate_is_no_consent():
@@ -805,3 +859,14 @@ def test_a_resumed_route_keeps_the_nodes_hidden_since_the_plan_was_made():
     assert resumed.actions[3] == Route(
         Membership.of(["node2"], ["node3"], ["node1", "node4"], ["node5"])
     )
+
+
+def test_only_the_consent_routes_a_hiding_with_no_writer():
+    """Review s7-s7-lows #7 (HIGH, a regression fixed before merging): a maintenance planned
+    from a router reading with no writer (read during a failover that has routed one since:
+    a command deferred behind it) must not empty the writers: outside the consent (no plan
+    ran since the restart, the reading is current) the Route still needs one writer and the
+    router refuses it otherwise."""
+    plan, _ = plan_maintenance(five(), S5, "node3", True)
+    (route,) = plan.actions
+    assert isinstance(route, Route) and not route.no_writer and not route.desired.writers

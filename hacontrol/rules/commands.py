@@ -18,8 +18,9 @@ from dataclasses import replace
 from hacontrol.effects import Effect, Reply, Step, log
 from hacontrol.events import CallerGone, CommandResult, OperatorCommand
 from hacontrol.model import ControllerState, Model
-from hacontrol.plan import Plan, Rebuild
+from hacontrol.plan import Plan, Rebuild, Route
 from hacontrol.rules.doubt import give_consent, withdraw_consent
+from hacontrol.rules.guards import rule_startup_grace
 from hacontrol.rules.journal import refusal
 from hacontrol.rules.lifecycle import log_decision, plan_id, start
 from hacontrol.rules.planned import plan_maintenance, plan_switchover
@@ -79,13 +80,17 @@ def while_unfinished(model: Model, cmd: OperatorCommand, settings: Settings, now
     promotion waits for nodes it cannot read (``rules.resume.half_done_waits``, a single
     instance), ``maintenance NODE on`` for one of them (not its candidate) is the operator's
     consent that NODE is down or read-only: NODE is hidden (journaled with the state, as any
-    maintenance) and the promotion is finished without it at the next decision."""
+    maintenance) and the promotion is finished without it at the next decision. Sent while
+    another consent's routing runs, it waits for it (then decided again)."""
     intent = model.resume
     assert intent is not None
-    waits = waiting_for(model, intent)
+    blocked = not_deciding(model, settings, now)
+    waits = () if blocked else waiting_for(model, intent)
     candidate = intent.plan.promote.node if intent.plan.promote else None
     if cmd.command != "maintenance" or not cmd.on or cmd.node not in waits or cmd.node == candidate:
-        return model, answer(cmd, False, f"refused: {unfinished(model, waits)}")
+        return model, answer(cmd, False, f"refused: {unfinished(model, waits, blocked)}")
+    if model.running is not None:
+        return defer(model, cmd)
     outcome = plan_maintenance(model.view, settings, cmd.node, True)
     if isinstance(outcome, str):
         return model, answer(cmd, False, f"refused: {outcome}")
@@ -94,20 +99,38 @@ def while_unfinished(model: Model, cmd: OperatorCommand, settings: Settings, now
         f"consent: {cmd.node} is taken as down or read-only (no writer made since); "
         f"{intent.plan_id}'s half-done promotion of {candidate} goes on without it"
     )
-    plan = replace(plan, reason=f"{plan.reason}; {consent}")
+    # No plan ran since the restart (the journal's goes first): the router's last reading is
+    # current, and it has no writer while the promotion waits; hiding NODE keeps it so.
+    actions = tuple(
+        replace(a, no_writer=not a.desired.writers) if isinstance(a, Route) else a
+        for a in plan.actions
+    )
+    plan = replace(plan, reason=f"{plan.reason}; {consent}", actions=actions)
     return started(
         model, cmd, plan, settings, now, view=view, say_now=f"{cmd.node} hidden; {consent}"
     )
 
 
-def unfinished(model: Model, waits: tuple[str, ...] = ()) -> str:
+def not_deciding(model: Model, settings: Settings, now: float) -> str | None:
+    """Why the journal's plan is not decided now (nothing waits yet), or None."""
+    if model.state.paused:
+        return "paused: `hacontrol resume` lets it go on"
+    if grace := rule_startup_grace(model.view, model.state, settings, now):
+        return f"start-up grace: {grace.plan.reason}"
+    if not model.view.quorum.ok:
+        return f"no quorum: {model.view.quorum.describe()}"
+    return None
+
+
+def unfinished(model: Model, waits: tuple[str, ...] = (), blocked: str | None = None) -> str:
     """Why no operator plan now, and what the journal's plan from before the restart waits
-    for (``waits``: the nodes its half-done promotion waits to read)."""
+    for: ``waits``, the nodes its half-done promotion waits to read, or ``blocked``, why it is
+    not decided yet."""
     intent = model.resume
     assert intent is not None
     candidate = intent.plan.promote.node if intent.plan.promote else None
-    if model.state.paused:
-        wait = "`hacontrol resume` lets it go on"
+    if blocked is not None:
+        wait = f"it goes first; not decided yet, {blocked}"
     elif waits == (candidate,):
         wait = (
             f"it waits to read its candidate {candidate}, which may be writable: "

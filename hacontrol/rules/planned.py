@@ -214,9 +214,7 @@ def plan_maintenance(
     plan = Plan(
         "Maintenance",
         f"{node} {verb} at an operator's request",
-        # A router with no writer now (a failover halted or waiting after its fence) keeps
-        # none: hiding a node needs no writer, and a router refuses none unless told.
-        (Route(desired, hidden_change=True, no_writer=not current.writers),),
+        (Route(desired, hidden_change=True),),
         kind=PlanKind.MAINTENANCE,
     )
     return plan, new_view

@@ -127,11 +127,9 @@ def finishes(model: Model, intent: Intent) -> bool:
 
 def waiting_for(model: Model, intent: Intent) -> tuple[str, ...]:
     """The nodes the journal's plan waits for on this view (``half_done_waits``), as
-    ``resume`` decides it; () when it does not wait: it is finished, rolled back or closed
-    once the view allows a decision, or no wait was decided yet (start-up grace: a node not
-    probed yet is not read either; no quorum; paused)."""
-    if model.last_logged is None or model.last_logged[0] != "HalfDonePromotion":
-        return ()
+    ``resume`` decides it once the view allows a decision (the caller checks that: in start-up
+    grace a node not probed yet is not read either); () when it does not wait: it is finished,
+    rolled back or closed."""
     if model.lease.fleet and not left_to_the_leader(model, intent):
         return ()
     return () if finishes(model, intent) else unread_beside_half_done(model, intent)
