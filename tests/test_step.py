@@ -210,6 +210,32 @@ def test_a_command_waits_for_the_running_plan_then_runs():
     assert start.running.plan.kind is PlanKind.SWITCHOVER and m.deferred == ()
 
 
+def test_a_command_after_a_routing_plan_is_planned_on_the_router_read_after_it():
+    """Review s7-s7-lows #7 (older than it): a maintenance deferred behind a failover was
+    planned at the failover's end from the router read while it ran (the old primary still
+    its writer, or no writer after its fence) and routed that reading back over the
+    failover's Route. It now waits (bounded) for the router's next reading."""
+    command = cmd("maintenance", "node3", True)
+    m, _ = steps(model(running=Running("route-1", ROUTE)), command)
+    m, effects = steps(m, finished("route-1", PlanKind.ROUTE, True, routed=True))
+    assert m.deferred == (command,) and not of(effects, StartPlan)
+    now = NOW + 0.1
+    fresh = router(writers=("node2",), readers=("node2", "node3"), broken=("node1",), at=now)
+    m, effects = steps(m, fresh, now=now)
+    (start,) = of(effects, StartPlan)
+    (route,) = start.running.plan.actions
+    assert route.desired.writers == {"node2"} and route.desired.hidden == {"node3"}
+    # Sent right after such a plan (not deferred behind it): the same wait.
+    m, _ = steps(model(running=Running("route-1", ROUTE)))
+    m, _ = steps(m, finished("route-1", PlanKind.ROUTE, True, routed=True))
+    m, effects = steps(m, command)
+    assert m.deferred == (command,) and not of(effects, StartPlan)
+    (line,) = lines(effects, "operator_command_deferred")
+    assert line.fields["running"] == "fresh facts about what the last plan touched"
+    m, effects = steps(m, fresh, now=now)
+    assert of(effects, StartPlan)[0].running.plan.actions[0] == route
+
+
 def test_a_command_whose_caller_stopped_waiting_is_dropped_never_run_late():
     command = cmd("switchover", "node2")
     m, _ = steps(model(running=Running("route-1", ROUTE)), command)

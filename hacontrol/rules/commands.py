@@ -51,10 +51,10 @@ def command(model: Model, cmd: OperatorCommand, settings: Settings, now: float) 
             effects = answer(cmd, True, text)
         case "maintenance" | "switchover" | "rebuild" if model.resume is not None:
             model, effects = while_unfinished(model, cmd, settings, now)
-        case "maintenance" | "switchover" | "rebuild" if model.running is not None or taking_over(
-            model, now
+        case "maintenance" | "switchover" | "rebuild" if (
+            model.running is not None or taking_over(model, now) or stale(model, now)
         ):
-            model, effects = defer(model, cmd)
+            model, effects = defer(model, cmd, now)
         case "rebuild":
             model, effects = rebuild(model, cmd, settings, now)
         case "maintenance" | "switchover":
@@ -90,7 +90,7 @@ def while_unfinished(model: Model, cmd: OperatorCommand, settings: Settings, now
     if cmd.command != "maintenance" or not cmd.on or cmd.node not in waits or cmd.node == candidate:
         return model, answer(cmd, False, f"refused: {unfinished(model, waits, blocked)}")
     if model.running is not None:
-        return defer(model, cmd)
+        return defer(model, cmd, now)
     outcome = plan_maintenance(model.view, settings, cmd.node, True)
     if isinstance(outcome, str):
         return model, answer(cmd, False, f"refused: {outcome}")
@@ -147,6 +147,14 @@ def unfinished(model: Model, waits: tuple[str, ...] = (), blocked: str | None = 
     return f"{intent.plan_id} began before the restart and is not finished yet ({wait})"
 
 
+def stale(model: Model, now: float) -> bool:
+    """Right after a plan a command waits (bounded: ``Settle.until``) for fresh facts about
+    what the plan touched, a dead primary or not: planned from the router read while a
+    failover ran (the old primary its writer, or none after the fence), a maintenance routed
+    that reading back over the failover's Route."""
+    return bool(model.settle.waiting) and now < model.settle.until
+
+
 def taking_over(model: Model, now: float) -> bool:
     """This instance leads its fleet but does not act yet (the old leader's lease is running
     out): a command waits for it, rather than being refused."""
@@ -154,11 +162,13 @@ def taking_over(model: Model, now: float) -> bool:
     return lease.fleet and lease.leader_since is not None and not lease.acting(now)
 
 
-def defer(model: Model, cmd: OperatorCommand) -> Step:
-    """One plan at a time: the command waits for the running plan (or for a new leader to act),
-    then is planned against the view as it is then (the caller's own timeout bounds the
-    wait)."""
+def defer(model: Model, cmd: OperatorCommand, now: float) -> Step:
+    """One plan at a time: the command waits for the running plan (or for a new leader to act,
+    or for fresh facts after a plan: ``stale``), then is planned against the view as it is
+    then (the caller's own timeout bounds the wait)."""
     running = model.running.plan_id if model.running else "taking over the lease"
+    if model.running is None and not taking_over(model, now):
+        running = "fresh facts about what the last plan touched"
     line = log("operator_command_deferred", cmd.node, "info", command=cmd.command, running=running)
     return replace(model, deferred=(*model.deferred, cmd)), (line,)
 
@@ -271,6 +281,7 @@ def run_deferred(model: Model, settings: Settings, now: float) -> Step:
         and model.running is None
         and not model.stopping
         and not taking_over(model, now)
+        and not stale(model, now)
     ):
         cmd, rest = model.deferred[0], model.deferred[1:]
         model, more = command(replace(model, deferred=rest), cmd, settings, now)
