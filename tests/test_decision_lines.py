@@ -74,10 +74,15 @@ def test_substance_drops_counts_and_times_only():
     one = "node1 unreachable (8 consecutive failed probes: timed out after 2 s); waited 12.5 s"
     other = "node1 unreachable (9 consecutive failed probes: timed out after 2 s); waited 13.0 s"
     assert substance(one) == substance(other)
+    assert substance("node2 (probe failed 1/3: x) 300ms") == substance(
+        "node2 (probe failed 2/3: x) 20ms"
+    )
     for a, b in [
         ("node1 is gone", "node2 is gone"),
         ("node2 holds 0-1-100 node1 lacks", "node2 holds 0-1-101 node1 lacks"),
         ("at 127.0.0.1:3301", "at 127.0.0.1:3302"),
         ("c001n2 cannot be read", "c001n3 cannot be read"),
+        ("4 cannot be read", "5 cannot be read"),  # node names may be digits only
+        ("2 of 5 nodes reachable", "3 of 5 nodes reachable"),
     ]:
         assert substance(a) != substance(b), (a, b)

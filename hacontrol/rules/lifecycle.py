@@ -53,10 +53,14 @@ def start(
     return replace(model, running=running), (line, StartPlan(running))
 
 
-VOLATILE = re.compile(r"(?<![\w.:-])\d+(?:\.\d+)?(?:ms|s)?(?![\w.:-])")
-"""A number standing alone in a reason: a count or a time ("8 consecutive failed probes",
-"after 2.5 s", "probe failed 2/3"); not one inside a name, a GTID, an address or a version
-("node1", "0-1-100", "127.0.0.1:3306")."""
+VOLATILE = re.compile(
+    r"(?<![\w.:-])\d+(?:\.\d+)?(?= ?(?:ms|s)\b)"  # a time: "after 2.5 s", "300ms"
+    r"|(?<![\w.:-])\d+(?= consecutive\b)"  # a count: "8 consecutive failed probes"
+    r"|(?<![\w.:/-])\d+(?=/\d)"  # a count of a threshold: "probe failed 2/3"
+)
+"""A count or a time in a reason; never a bare number, which may be a node's name ("1" is
+one), nor one inside a name, a GTID, an address or a version ("node1", "0-1-100",
+"127.0.0.1:3306")."""
 
 
 def substance(reason: str) -> str:
