@@ -127,7 +127,8 @@ def observe(model: Model, event: Event, settings: Settings) -> Model:
     """The view after the event, and the facts the other rules time things by."""
     view = fold(model.view, event, settings)
     settle = model.settle
-    if isinstance(event, ProbeResult | RouterProbeResult) and event.at >= settle.since:
+    # A failed reading is no fresh fact (the router's membership is kept from before).
+    if isinstance(event, ProbeResult | RouterProbeResult) and event.ok and event.at >= settle.since:
         seen = event.node if isinstance(event, ProbeResult) else "router"
         if seen in settle.waiting:
             settle = replace(settle, waiting=settle.waiting - {seen})

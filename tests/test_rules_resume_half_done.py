@@ -35,6 +35,7 @@ from hacontrol.routing import Membership
 from hacontrol.rules.planned import plan_maintenance
 from hacontrol.rules.resume import fenced_not_promoted, half_done_promotion
 from hacontrol.step import step
+from hacontrol.view import with_maintenance
 from tests.factories import (
     channel,
     cmd,
@@ -859,6 +860,13 @@ def test_a_resumed_route_keeps_the_nodes_hidden_since_the_plan_was_made():
     assert resumed.actions[3] == Route(
         Membership.of(["node2"], ["node3"], ["node1", "node4"], ["node5"])
     )
+    # The consent's own hiding failed (a ProxySQL blip): node5 in maintenance, not in the
+    # router's hidden group. The resumed Route adds it (review s7-s7-lows #9: refused for good).
+    view = with_maintenance(five(), frozenset({"node5"}), S5)
+    m = Model(view, resume=intent, state=failed_over(NOW - 1))
+    _, started, _ = started_plans(m, S5, 1)
+    (resumed,) = started
+    assert resumed.actions[3].hidden_change and resumed.actions[3].desired.hidden == {"node5"}
 
 
 def test_only_the_consent_routes_a_hiding_with_no_writer():

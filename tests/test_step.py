@@ -26,6 +26,7 @@ from hacontrol.events import (
     ConnectionLost,
     PlanFinished,
     ProbeResult,
+    RouterProbeResult,
     Stop,
     Tick,
 )
@@ -234,6 +235,17 @@ def test_a_command_after_a_routing_plan_is_planned_on_the_router_read_after_it()
     assert line.fields["running"] == "fresh facts about what the last plan touched"
     m, effects = steps(m, fresh, now=now)
     assert of(effects, StartPlan)[0].running.plan.actions[0] == route
+    # A failed router reading is no fresh fact; past the bound, still unread: refused.
+    m, _ = steps(model(running=Running("route-1", ROUTE)))
+    m, _ = steps(m, finished("route-1", PlanKind.ROUTE, True, routed=True))
+    failed = RouterProbeResult("haproxy", now, None, "timeout")
+    later = m.settle.until + 0.1
+    m, effects = steps(m, failed, command, now=now)
+    assert m.deferred == (command,) and not of(effects, StartPlan)
+    m, effects = steps(m, Tick(later), now=later)
+    (reply,) = replies(effects)
+    assert not reply.ok and "the router was not read since the last plan" in reply.message
+    assert not of(effects, StartPlan) and m.deferred == ()
 
 
 def test_a_command_whose_caller_stopped_waiting_is_dropped_never_run_late():

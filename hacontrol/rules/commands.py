@@ -49,6 +49,12 @@ def command(model: Model, cmd: OperatorCommand, settings: Settings, now: float) 
                 else ("resumed: automatic changes allowed")
             )
             effects = answer(cmd, True, text)
+        case "maintenance" | "switchover" | "rebuild" if unread_router(model, now):
+            text = (
+                "refused: the router was not read since the last plan routed it (its last "
+                "reading is older than that plan's change); retry once it answers"
+            )
+            effects = answer(cmd, False, text)
         case "maintenance" | "switchover" | "rebuild" if model.resume is not None:
             model, effects = while_unfinished(model, cmd, settings, now)
         case "maintenance" | "switchover" | "rebuild" if (
@@ -89,7 +95,7 @@ def while_unfinished(model: Model, cmd: OperatorCommand, settings: Settings, now
     candidate = intent.plan.promote.node if intent.plan.promote else None
     if cmd.command != "maintenance" or not cmd.on or cmd.node not in waits or cmd.node == candidate:
         return model, answer(cmd, False, f"refused: {unfinished(model, waits, blocked)}")
-    if model.running is not None:
+    if model.running is not None or stale(model, now):  # the router read after the last plan
         return defer(model, cmd, now)
     outcome = plan_maintenance(model.view, settings, cmd.node, True)
     if isinstance(outcome, str):
@@ -153,6 +159,12 @@ def stale(model: Model, now: float) -> bool:
     failover ran (the old primary its writer, or none after the fence), a maintenance routed
     that reading back over the failover's Route."""
     return bool(model.settle.waiting) and now < model.settle.until
+
+
+def unread_router(model: Model, now: float) -> bool:
+    """The settle wait after a plan that routed is over and the router still not read (its
+    probes fail): a plan made now would route its reading from before that plan."""
+    return "router" in model.settle.waiting and now >= model.settle.until
 
 
 def taking_over(model: Model, now: float) -> bool:

@@ -511,6 +511,8 @@ def hidden_now(model: Model, actions: tuple[Action, ...]) -> tuple[Action, ...]:
     operator's): the plan then failed its routing and mailed "router not updated". A node
     shown again since is broken until healthy (as ``maintenance off`` leaves it)."""
     hidden = hidden_nodes(model.view)
+    router = model.view.router.membership
+    adds = bool(hidden - router.hidden) if router is not None else False  # its Route failed
     out: list[Action] = []
     for action in actions:
         if isinstance(action, Route) and action.desired.hidden != hidden:
@@ -519,7 +521,7 @@ def hidden_now(model: Model, actions: tuple[Action, ...]) -> tuple[Action, ...]:
             desired = Membership(
                 was.writers, was.readers - hidden, (was.broken | shown) - hidden, hidden
             )
-            action = replace(action, desired=desired)
+            action = replace(action, desired=desired, hidden_change=action.hidden_change or adds)
         out.append(action)
     return tuple(out)
 

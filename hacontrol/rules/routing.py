@@ -258,7 +258,10 @@ def rule_route(
     )
     if fleet:
         reason += f" ({fleet_writer(view, state, settings)[1]})"
-    route = Route(desired, no_writer=not desired.writers)
+    # The operator's maintenance not in the router's hidden group yet (its own Route failed)
+    # is added: without leave to change that group the router refused every reconcile.
+    adds = bool(view.maintenance - current.hidden)
+    route = Route(desired, no_writer=not desired.writers, hidden_change=adds)
     return Decision(Plan("RouteReconcile", reason, (route,), kind=PlanKind.ROUTE), state)
 
 
