@@ -23,7 +23,7 @@ from hacontrol.plan import (
     WaitApplied,
 )
 from hacontrol.routing import Membership
-from hacontrol.view import ClusterView, Code
+from hacontrol.view import ClusterView, Code, with_maintenance
 from tests.factories import (
     DEAD_IO,
     NOW,
@@ -921,3 +921,28 @@ def test_a_quarantined_dead_primary_is_never_ignored_silently():
     assert alert.kind == "failover_blocked" and alert.node == "node1"
     assert "quarantined by a failover to node2" in alert.reason
     assert decide(view, later.state, S, NOW + 6).plan.actions == ()  # once
+
+
+def test_route_reconcile_adds_an_operators_maintenance_missing_from_the_hidden_group():
+    """Review s7-s7-lows #9/#12: node3's maintenance Route failed (a router blip): node3 is in
+    maintenance but not in the router's hidden group. Without leave to change that group the
+    router refused every reconcile (no writer routed after a failover); the reconcile now
+    adds it, and only it."""
+    view = with_maintenance(
+        view_of(*(healthy_round(t) for t in (1.0, 2.0, 3.0))), frozenset({"node3"}), S
+    )
+    d = decide(view, ControllerState(), S, NOW)
+    assert d.plan.rule == "RouteReconcile", d.plan.reason
+    (route,) = d.plan.actions
+    assert route.hidden_change and route.desired.hidden == {"node3"}
+    assert route.desired.writers == {"node1"} and "node3" not in route.desired.readers
+    calm = decide(
+        view_of(
+            *(healthy_round(t) for t in (1.0, 2.0, 3.0)),
+            [router(readers=("node1", "node2"), at=4.0)],
+        ),
+        ControllerState(),
+        S,
+        NOW,
+    )
+    assert all(not getattr(a, "hidden_change", False) for a in calm.plan.actions)

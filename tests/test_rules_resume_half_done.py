@@ -15,7 +15,7 @@ import pytest
 from hacontrol.effects import EndIntent, Log, PersistState, SendAlert, StartPlan
 from hacontrol.events import PlanFinished, ProbeResult, Tick
 from hacontrol.flavors.base import IoState
-from hacontrol.model import Intent, Lease, LeaseMode, Model, Running
+from hacontrol.model import Intent, Lease, LeaseMode, Model, Running, Settle
 from hacontrol.plan import (
     Drain,
     Fence,
@@ -878,3 +878,17 @@ def test_only_the_consent_routes_a_hiding_with_no_writer():
     plan, _ = plan_maintenance(five(), S5, "node3", True)
     (route,) = plan.actions
     assert isinstance(route, Route) and not route.no_writer and not route.desired.writers
+
+
+def test_a_consent_right_after_a_plan_waits_for_the_routers_next_reading():
+    """Review s7-s7-lows #11/#12: planned on the reading from before the last plan's Route, a
+    consent's Route was refused (node4 broken and hidden at once). It waits for the router's
+    next (good) reading, then is planned on it."""
+    m, _ = waiting5()
+    m = replace(m, settle=Settle(frozenset({"router"}), since=NOW + 1, until=NOW + 3))
+    m, effects = step(m, cmd("maintenance", "node5", True), S5, NOW + 2)
+    assert replies(effects) == [] and len(m.deferred) == 1 and m.running is None
+    read = router(writers=(), readers=("node3", "node4"), at=NOW + 2.5)
+    m, effects = step(m, read, S5, NOW + 2.5)
+    (reply,) = replies(effects)
+    assert reply.ok and "consent: node5" in reply.message and m.running is not None
