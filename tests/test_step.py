@@ -59,6 +59,7 @@ from hacontrol.plan import (
 from hacontrol.routing import Membership
 from hacontrol.rules.alerts import LASTS_WHILE
 from hacontrol.rules.commands import ack, farewell
+from hacontrol.rules.lifecycle import plan_id
 from hacontrol.rules.outcomes import RETRY_SECONDS
 from hacontrol.step import boot
 from hacontrol.view import initial
@@ -732,3 +733,16 @@ def test_a_restarts_rollback_refused_by_its_guard_is_alerted():
     assert sent.alert.summary == "plan cut by a restart NOT rolled back"
     assert "cannot read the candidate node2" in sent.alert.reason
     assert "do not make it writable" in sent.alert.reason
+
+
+def test_plan_ids_of_two_clusters_deciding_in_the_same_millisecond_differ() -> None:
+    """One process runs several clusters: two losing their primaries together decide in the
+    same millisecond; each plan keeps its own name (it names its cluster)."""
+    plan = Plan("DeadPrimary", "node1 is dead", kind=PlanKind.FAILOVER)
+    ids = {
+        plan_id(replace(m, view=replace(m.view, cluster=name)), plan, 100.0)
+        for m in [model()]
+        for name in ("c001", "c002")
+    }
+    assert len(ids) == 2
+    assert all(i.startswith("failover-c00") for i in ids)

@@ -19,7 +19,10 @@ KEPT_DECISIONS = 20
 
 
 def plan_id(model: Model, plan: Plan, now: float) -> str:
-    return f"{plan.kind}-{int((now + model.wall_offset) * 1000)}"
+    """The plan's name in the log, the journal and the answers: its kind, its cluster and the
+    wall-clock millisecond it started. The cluster makes it unique in a process that runs
+    several (two clusters losing their primaries together decide in the same millisecond)."""
+    return f"{plan.kind}-{model.view.cluster}-{int((now + model.wall_offset) * 1000)}"
 
 
 def start(
