@@ -161,8 +161,12 @@ class Problem:
 
 @dataclass(frozen=True)
 class Quorum:
+    """A strict majority of every configured node, hidden ones included (``_quorum``)."""
+
     reachable: tuple[str, ...]
     recognized: tuple[str, ...]
+    hidden_unreachable: tuple[str, ...] = ()
+    """Hidden nodes that do not answer: counted all the same (the no-quorum advice names them)."""
 
     @property
     def ok(self) -> bool:
@@ -181,7 +185,8 @@ class ClusterView:
     """Time of the last event folded in."""
     maintenance: frozenset[str] = frozenset()
     """Nodes an operator hid through hacontrol (HAProxy has no hidden group of its own): hidden,
-    never promoted, not counted for quorum. Kept here only (and in the journal)."""
+    never promoted; still counted for the quorum (``_quorum``). Kept here only (and in the
+    journal)."""
     locks: Mapping[str, LockView] = field(default_factory=dict)
     """The fleet's locks per node (``controller.fleet``); empty for a single instance."""
     # Derived by ``derive``; never set by hand.
@@ -605,10 +610,21 @@ def hidden_nodes(view: ClusterView) -> frozenset[str]:
 
 
 def _quorum(view: ClusterView) -> Quorum:
+    """A strict majority of EVERY configured node must answer; hiding a node (maintenance, the
+    router's hidden group) takes it out of routing and promotion, never out of this count.
+
+    A hidden node that does not answer stays in the denominator: the controller cannot tell a
+    node stopped for an upgrade from one alive on the far side of a partition, next to a
+    primary that still takes writes; leaving it out would let an operator's hiding turn a
+    partition's minority into a majority (two writers once it heals). A hidden node that
+    answers counts as reachable: it proves the controller's link to it, which is all the count
+    asks; it is still never a promotion candidate (``rules/candidates.py``). The cost: a node
+    hidden and stopped counts against the majority (three nodes, one stopped for an upgrade,
+    then the primary dies: 1 of 3, no failover); ``no_quorum`` says so and gives the way on."""
     hidden = hidden_nodes(view)
-    recognized = tuple(n for n in view.nodes if n not in hidden)
-    reachable = tuple(n for n in recognized if view.nodes[n].reachable)
-    return Quorum(reachable=reachable, recognized=recognized)
+    reachable = tuple(n for n in view.nodes if view.nodes[n].reachable)
+    away = tuple(n for n in view.nodes if n in hidden and n not in reachable)
+    return Quorum(reachable=reachable, recognized=tuple(view.nodes), hidden_unreachable=away)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,8 +640,27 @@ def no_quorum(view: ClusterView, settings: Settings) -> Iterable[Problem]:
             Code.NO_QUORUM,
             None,
             f"{view.quorum.describe()}; a strict majority is needed (not reached: "
-            f"{', '.join(unreachable)})",
+            f"{', '.join(unreachable)}){hidden_advice(view.quorum)}",
         )
+
+
+def hidden_advice(quorum: Quorum) -> str:
+    """Why hidden nodes that do not answer count, and the way on (``_quorum``)."""
+    away = quorum.hidden_unreachable
+    if not away:
+        return ""
+    names = ", ".join(away)
+    it, them = ("it", "it") if len(away) == 1 else ("they", "them")
+    return (
+        f"; {names} {'is' if len(away) == 1 else 'are'} hidden and not answering: counted all "
+        f"the same (hiding takes a node out of routing and promotion, never out of the quorum: "
+        f"the controller cannot tell a node stopped from one alive on the far side of a "
+        f"partition, with the primary). The way on: start {them} again (hidden, {it} only "
+        f"{'has' if len(away) == 1 else 'have'} to answer: a hidden node that answers counts "
+        f"as reachable and is never promoted; the failover then goes on by itself if the "
+        f"primary is dead); or, only if the nodes not reached are known down, not cut off, "
+        f"promote by hand (docs/runbook.md, 'Primary down')"
+    )
 
 
 def router_two_writers(view: ClusterView, settings: Settings) -> Iterable[Problem]:

@@ -459,7 +459,8 @@ def test_hidden_node_is_never_routed_or_promoted():
             ]
         )
     view = view_of(*rounds, s=s4)
-    assert view.quorum.recognized == ("node1", "node2", "node4")  # hidden: not counted
+    assert view.quorum.recognized == ("node1", "node2", "node3", "node4")  # hidden: counted
+    assert view.quorum.reachable == ("node2", "node3", "node4")  # it answers: reachable
     d = decide(view, ControllerState(), s4, NOW)
     assert next(a for a in d.plan.actions if isinstance(a, Promote)).node == "node2"
     route = next(a for a in d.plan.actions if isinstance(a, Route))
@@ -477,13 +478,18 @@ def test_hidden_node_is_never_routed_or_promoted():
     assert d.plan.rule == "CandidateIncomplete" and "node3 has 0-1-101..200" in d.plan.reason
 
 
-def test_hidden_node_leaves_two_recognized_nodes_without_quorum_after_one_loss():
-    rounds = [
-        [*healthy_round(t)[:3], router(readers=("node1", "node2"), hidden=("node3",), at=t)]
-        for t in (1.0, 2.0, 3.0)
-    ]
-    rounds += [[down("node1", t), replica("node2", t, **DEAD_IO)] for t in (4.0, 5.0, 6.0)]
-    assert decide(view_of(*rounds), ControllerState(), S, NOW).plan.rule == "NoQuorum"
+def test_hidden_node_counts_for_the_quorum_reachable_while_it_answers_never_promoted():
+    # Counted without node3, 1 of 2 was no majority (NoQuorum); node3 answers: 2 of 3, and the
+    # failover goes on to node2. Stopped, node3 is counted unreachable: 1 of 3, NoQuorum.
+    hidden = router(readers=("node1", "node2"), hidden=("node3",), at=3.0)
+    rounds = [[*healthy_round(t)[:3], hidden] for t in (1.0, 2.0, 3.0)]
+    lost = [[down("node1", t), replica("node2", t, **DEAD_IO)] for t in (4.0, 5.0, 6.0)]
+    answers = [[*r, replica("node3", r[0].at, **DEAD_IO)] for r in lost]
+    d = decide(view_of(*rounds, *answers), ControllerState(), S, NOW)
+    assert d.plan.rule == "DeadPrimary", d.plan.reason
+    assert [a.node for a in d.plan.actions if isinstance(a, Promote)] == ["node2"]
+    stopped = [[*r, down("node3", r[0].at)] for r in lost]
+    assert decide(view_of(*rounds, *stopped), ControllerState(), S, NOW).plan.rule == "NoQuorum"
 
 
 def test_every_plan_explains_itself():

@@ -121,8 +121,9 @@ async def test_maintenance_hides_a_replica_from_readers_quorum_and_promotion(fre
             10,
             "node3 out",
         )
-        view = rt.controller.view
-        assert view.quorum.recognized == ("node1", "node2")
+        view = rt.controller.view  # hidden from routing and promotion, never from the quorum
+        assert view.quorum.recognized == ("node1", "node2", "node3")
+        assert view.quorum.reachable == ("node1", "node2", "node3")
         status = rt.status()
         assert status["controller"]["maintenance"] == ["node3"]
         assert all(

@@ -338,12 +338,13 @@ def test_unprobed_primary_is_not_reported_lost_at_startup():
     assert not view.has(Code.DEAD_PRIMARY) and not view.has(Code.UNREACHABLE_PRIMARY)
 
 
-def test_hidden_node_is_not_recognized_for_quorum():
+def test_hidden_node_stays_recognized_for_quorum_hidden_from_routing_only():
     events = [*healthy(), router(readers=("node1", "node2"), hidden=("node3",), at=2.0)]
     events += [down("node3", t) for t in (3.0, 4.0, 5.0)]
     view = run(events)
-    assert view.quorum.recognized == ("node1", "node2")
-    assert view.quorum.ok
+    assert view.quorum.recognized == ("node1", "node2", "node3")
+    assert view.quorum.reachable == ("node1", "node2") and view.quorum.ok
+    assert view.quorum.hidden_unreachable == ("node3",)
 
 
 def test_no_primary_when_nothing_is_writable_and_no_replica_points_anywhere():
