@@ -71,7 +71,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
     p = subparsers.add_parser(
         "maintenance",
-        help="hide a node from routing and quorum (on) or bring it back (off); on, for a "
+        help="hide a node from routing and promotion, never from the quorum (on) or bring it "
+        "back (off); on, for a "
         "replica a failover waits for, also consent to fail over without it (docs/partitions.md)",
     )
     p.add_argument("node", metavar="NODE")
