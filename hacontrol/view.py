@@ -659,7 +659,7 @@ def hidden_advice(quorum: Quorum) -> str:
         f"{'has' if len(away) == 1 else 'have'} to answer: a hidden node that answers counts "
         f"as reachable and is never promoted; the failover then goes on by itself if the "
         f"primary is dead); or, only if the nodes not reached are known down, not cut off, "
-        f"promote by hand (docs/runbook.md, 'Primary down')"
+        f"promote by hand (docs/runbook.md, 'No quorum with a hidden node stopped')"
     )
 
 

@@ -126,7 +126,7 @@ def test_three_nodes_one_hidden_and_stopped_then_the_primary_dies_halts_and_says
     for said in (alert.reason, d.plan.reason):  # the mail and the decision's log line
         assert "node3 is hidden and not answering: counted all the same" in said
         assert "start it again" in said and "counts as reachable and is never promoted" in said
-        assert "promote by hand (docs/runbook.md, 'Primary down')" in said
+        assert "promote by hand (docs/runbook.md, 'No quorum with a hidden node stopped')" in said
     status = to_json(view)["quorum"]
     assert status == {
         "ok": False,
