@@ -645,21 +645,37 @@ def no_quorum(view: ClusterView, settings: Settings) -> Iterable[Problem]:
 
 
 def hidden_advice(quorum: Quorum) -> str:
-    """Why hidden nodes that do not answer count, and the way on (``_quorum``)."""
+    """Why hidden nodes that do not answer count, and the way on (``_quorum``): starting them
+    again only where that makes a majority; the manual way only through the runbook's steps
+    (the replica applies what it received before anything resets it)."""
     away = quorum.hidden_unreachable
     if not away:
         return ""
-    names = ", ".join(away)
-    it, them = ("it", "it") if len(away) == 1 else ("they", "them")
+    one = len(away) == 1
+    names, them = ", ".join(away), "it" if one else "them"
+    said = (
+        f"; {names} {'is' if one else 'are'} hidden and not answering: counted all the same "
+        "(hiding takes a node out of routing and promotion, never out of the quorum: the "
+        "controller cannot tell a node stopped from one alive on the far side of a partition, "
+        "with the primary)"
+    )
+    total, back = len(quorum.recognized), len(quorum.reachable) + len(away)
+    if 2 * back > total:
+        way = (
+            f"start {them} again (hidden, {'it only has' if one else 'they only have'} to "
+            "answer: a hidden node that answers counts as reachable and is never promoted; "
+            "the failover then goes on by itself if the primary is dead)"
+        )
+    else:
+        way = (
+            f"starting {them} again is not enough ({back} of {total} would answer: still no "
+            "majority): bring back the other nodes not reached"
+        )
     return (
-        f"; {names} {'is' if len(away) == 1 else 'are'} hidden and not answering: counted all "
-        f"the same (hiding takes a node out of routing and promotion, never out of the quorum: "
-        f"the controller cannot tell a node stopped from one alive on the far side of a "
-        f"partition, with the primary). The way on: start {them} again (hidden, {it} only "
-        f"{'has' if len(away) == 1 else 'have'} to answer: a hidden node that answers counts "
-        f"as reachable and is never promoted; the failover then goes on by itself if the "
-        f"primary is dead); or, only if the nodes not reached are known down, not cut off, "
-        f"promote by hand (docs/runbook.md, 'No quorum with a hidden node stopped')"
+        f"{said}. The way on: {way}; or, only if the nodes not reached are known down, not cut "
+        "off, promote by hand following every step of docs/runbook.md, 'No quorum with a "
+        "hidden node stopped' (the replica applies what it received first; with semi-sync "
+        "that never falls back it takes writes only once a replica acknowledges)"
     )
 
 

@@ -126,7 +126,8 @@ def test_three_nodes_one_hidden_and_stopped_then_the_primary_dies_halts_and_says
     for said in (alert.reason, d.plan.reason):  # the mail and the decision's log line
         assert "node3 is hidden and not answering: counted all the same" in said
         assert "start it again" in said and "counts as reachable and is never promoted" in said
-        assert "promote by hand (docs/runbook.md, 'No quorum with a hidden node stopped')" in said
+        assert "promote by hand following every step of docs/runbook.md, 'No quorum" in said
+        assert "the replica applies what it received first" in said
     status = to_json(view)["quorum"]
     assert status == {
         "ok": False,
@@ -174,3 +175,15 @@ def test_a_hidden_node_never_blocks_a_failover_it_did_not_block_before(node5_ans
     assert d.plan.rule == "DeadPrimary", d.plan.reason
     promoted = [a.node for a in d.plan.actions if isinstance(a, Promote)]
     assert promoted == ["node2"]
+
+
+def test_the_advice_never_promises_a_failover_that_starting_the_hidden_node_cannot_make():
+    # Review LOW #4: five nodes, node5 hidden and stopped, node3 and node4 lost with node1:
+    # node5 back would make 2 of 5, still no majority: the advice says so.
+    view = five_nodes(hidden=("node5",), lost=("node3", "node4", "node5"))
+    d = decide(view, ControllerState(), S5, 7.0)
+    assert d.plan.rule == "NoQuorum", d.plan.reason
+    said = alert_of(d.plan).reason
+    assert "node5 is hidden and not answering" in said
+    assert "starting it again is not enough (2 of 5 would answer: still no majority)" in said
+    assert "the failover then goes on" not in said
