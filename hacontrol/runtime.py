@@ -41,7 +41,7 @@ from hacontrol.routing import Router
 from hacontrol.rules.lease import majority_until
 from hacontrol.settings import Settings
 from hacontrol.status import controller_status
-from hacontrol.view import ClusterView, fold, initial
+from hacontrol.view import ClusterView, fold, initial, serves
 
 API_TIMEOUT = 60.0
 """How long an operator command may wait for the controller's answer (API and in-process)."""
@@ -256,9 +256,7 @@ class Runtime:
         unprobed = [n for n, node in view.nodes.items() if node.probes == 0]
         if unprobed:
             return False, f"not probed yet: {', '.join(unprobed)}"
-        if not view.quorum.ok:
-            return False, f"no quorum: {view.quorum.describe()}"
-        return True, view.quorum.describe()
+        return serves(view)
 
     def status(self) -> dict[str, Any]:
         controller = self.controller

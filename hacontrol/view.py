@@ -172,6 +172,12 @@ class Quorum:
     def ok(self) -> bool:
         return 2 * len(self.reachable) > len(self.recognized)
 
+    @property
+    def tied(self) -> bool:
+        """Exactly half reachable: no strict majority here, and none possible on another side
+        either (a fleet's lease needs one too): nothing may change, but what routes may stay."""
+        return 2 * len(self.reachable) == len(self.recognized)
+
     def describe(self) -> str:
         return f"{len(self.reachable)} of {len(self.recognized)} recognized nodes reachable"
 
@@ -625,6 +631,20 @@ def _quorum(view: ClusterView) -> Quorum:
     reachable = tuple(n for n in view.nodes if view.nodes[n].reachable)
     away = tuple(n for n in view.nodes if n in hidden and n not in reachable)
     return Quorum(reachable=reachable, recognized=tuple(view.nodes), hidden_unreachable=away)
+
+
+def serves(view: ClusterView) -> tuple[bool, str]:
+    """Whether this instance's router may keep serving (``/ready``), and why: with quorum; or in
+    a tie (``Quorum.tied``: no majority anywhere, so no failover on another side) while the
+    primary is reachable and writable here. Never a change: that still needs the majority."""
+    quorum = view.quorum
+    if quorum.ok:
+        return True, quorum.describe()
+    primary = view.nodes.get(view.primary or "")
+    status = primary.status if primary is not None and primary.reachable else None
+    if quorum.tied and status is not None and not status.read_only:
+        return True, f"{quorum.describe()} (a tie; {view.primary} still the writable primary)"
+    return False, f"no quorum: {quorum.describe()}"
 
 
 # ---------------------------------------------------------------------------------------------

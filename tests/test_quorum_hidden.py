@@ -11,10 +11,10 @@ from hacontrol.effects import Reply
 from hacontrol.events import OperatorCommand
 from hacontrol.flavors.base import IoState, SemiSync
 from hacontrol.model import ControllerState, Model
-from hacontrol.plan import Notify, Promote
+from hacontrol.plan import Notify, Promote, Route
 from hacontrol.rules.commands import command
 from hacontrol.status import to_json
-from hacontrol.view import Code, with_maintenance
+from hacontrol.view import Code, serves, with_maintenance
 from tests.factories import DEAD_IO, S, down, primary, replica, router, settings, view_of
 from tests.support import fold_all
 
@@ -187,3 +187,54 @@ def test_the_advice_never_promises_a_failover_that_starting_the_hidden_node_cann
     assert "node5 is hidden and not answering" in said
     assert "starting it again is not enough (2 of 5 would answer: still no majority)" in said
     assert "the failover then goes on" not in said
+
+
+F4 = settings(
+    nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 5)],
+    controller={"fleet": True, "instance_id": "i1"},
+)
+
+
+def four_nodes_node4_hidden_stopped(lost: tuple[str, ...]):
+    """A fleet's four nodes, node4 hidden and stopped (an upgrade); then ``lost`` stop
+    answering while node1 stays the healthy primary, the others following it live; nobody
+    leads (no lock majority), nobody publishes."""
+    every = {"readers": ("node1", "node2", "node3"), "hidden": ("node4",)}
+    live = {"heartbeats_received": 0, "received_gtid": "0-1-100"}
+
+    def node(name: str, t: float, gone: bool):
+        beat = {**live, "heartbeats_received": int(t * 10)}
+        return down(name, t) if gone else replica(name, t, **beat)
+
+    rounds = [
+        [
+            primary(at=t),
+            *(node(n, t, n == "node4" or (t > 6.0 and n in lost)) for n in NAMES[:3]),
+            router(**every, at=t),
+        ]
+        for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    ]
+    return with_maintenance(fold_all(F4, *rounds), frozenset({"node4"}), F4)
+
+
+def test_a_tie_keeps_a_fleets_writer_and_readiness_while_the_primary_serves():
+    # Review MEDIUM #3: node4 hidden and stopped, node3 lost: 2 of 4, no majority anywhere
+    # (no leader can fail over on any side): node1 stays the writer, the pod stays ready.
+    view = four_nodes_node4_hidden_stopped(lost=("node3",))
+    assert not view.quorum.ok and view.quorum.tied
+    d = decide(view, ControllerState(), F4, 10.0, leads=False)
+    assert d.plan.rule == "NoQuorum", d.plan.reason
+    assert not any(isinstance(a, Route) for a in d.plan.actions), d.plan.reason  # kept
+    assert serves(view) == (True, "2 of 4 recognized nodes reachable (a tie; node1 still the "
+                            "writable primary)")  # fmt: skip
+    # One more lost: 1 of 4, another side could hold a majority: no writer, not ready.
+    view = four_nodes_node4_hidden_stopped(lost=("node2", "node3"))
+    d = decide(view, ControllerState(), F4, 10.0, leads=False)
+    (route,) = [a for a in d.plan.actions if isinstance(a, Route)]
+    assert route.desired.writers == frozenset() and route.no_writer
+    assert serves(view) == (False, "no quorum: 1 of 4 recognized nodes reachable")
+
+
+def test_serves_only_with_quorum_or_a_tie_with_the_primary_writable_here():
+    assert serves(three_nodes_node3_hidden())[0] is False  # 1 of 3, node1 dead
+    assert serves(three_nodes_node3_hidden(node3_back=True))[0] is True  # 2 of 3

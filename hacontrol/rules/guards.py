@@ -45,7 +45,9 @@ def unrouted_writer(
     if now < state.route_retry_at:
         return None
     desired = fleet_membership(view, state, settings)
-    return None if desired is None else Route(desired, no_writer=True)
+    if desired is None or desired.writers:  # a tie keeps the current writer (fleet_writer)
+        return None
+    return Route(desired, no_writer=True)
 
 
 def rule_startup_grace(

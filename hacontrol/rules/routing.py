@@ -95,13 +95,29 @@ def fleet_writer(
     published node the replicas here have deserted (``replicas_deserted``: a publication
     lingers up to W on a primary the leader lost last, while it fails it over); and with no
     publication, only while the replicas here follow the writer with a live link
-    (``replicas_lost``: a takeover keeps them, a failover behind a cut does not)."""
-    if not view.quorum.ok:
-        return None, f"no quorum ({view.quorum.describe()}): no writer on this side"
+    (``replicas_lost``: a takeover keeps them, a failover behind a cut does not). In a tie
+    (exactly half the nodes reachable: four nodes, one hidden and stopped, one more lost) no
+    side holds a majority, so no leader fails over anywhere: the current writer is kept on the
+    same conditions, never a publication followed."""
+    quorum = view.quorum
+    if not quorum.ok and not quorum.tied:
+        return None, f"no quorum ({quorum.describe()}): no writer on this side"
+    if not quorum.ok:  # a tie: no side can fail over; keep a writer, never a new publication
+        writer, why = still_the_writer(view, state, settings)
+        return writer, f"no quorum ({quorum.describe()}, a tie: no majority anywhere); {why}"
     if view.published is not None:
         if deserted := replicas_deserted(view, view.published, settings):
             return None, f"the leader publishes {view.published}, but {deserted}"
         return view.published, f"the leader publishes {view.published}"
+    return still_the_writer(view, state, settings)
+
+
+def still_the_writer(
+    view: ClusterView, state: ControllerState, settings: Settings
+) -> tuple[str | None, str]:
+    """With no publication to follow: the router's current writer while it is still, by this
+    instance's own probes, the primary, writable and reachable, its replicas here following it
+    live (``replicas_lost``); otherwise nobody."""
     membership = view.router.membership
     current = membership.writer if membership is not None else None
     node = view.nodes.get(current) if current is not None else None
