@@ -238,3 +238,58 @@ def test_a_tie_keeps_a_fleets_writer_and_readiness_while_the_primary_serves():
 def test_serves_only_with_quorum_or_a_tie_with_the_primary_writable_here():
     assert serves(three_nodes_node3_hidden())[0] is False  # 1 of 3, node1 dead
     assert serves(three_nodes_node3_hidden(node3_back=True))[0] is True  # 2 of 3
+
+
+F5 = settings(
+    nodes=[{"name": f"node{i}", "host": "127.0.0.1", "port": 3300 + i} for i in range(1, 6)],
+    controller={"fleet": True, "instance_id": "i1"},
+)
+
+
+def cut_side(s, hidden: tuple[str, ...], node2: dict, following: tuple[str, ...] = ()):
+    """An asymmetric cut seen by a fleet instance that is not the leader: it reaches node1
+    (writable, its router's writer) and the hidden replicas only; node2 (hidden) answers with
+    ``node2``'s channel; ``following`` (hidden) still replicate from node1 live; the other
+    nodes are cut off (with them, the leader on the far side may fail node1 over)."""
+    names = tuple(n.name for n in s.nodes)
+    every = {"readers": tuple(n for n in names if n not in hidden), "hidden": hidden}
+
+    def beat(t: float) -> dict:
+        return {"heartbeats_received": int(t * 10), "received_gtid": "0-1-100"}
+
+    rounds = [
+        [primary(at=t), *(replica(n, t, **beat(t)) for n in names[1:]), router(**every, at=t)]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    for t in (4.0, 5.0, 6.0, 7.0, 8.0):
+        them = [
+            replica(n, t, **node2)
+            if n == "node2"
+            else replica(n, t, **beat(t))
+            if n in following
+            else down(n, t)
+            for n in names[1:]
+        ]
+        rounds.append([primary(at=t), *them, router(**every, at=t)])
+    return fold_all(s, *rounds)
+
+
+@pytest.mark.parametrize(
+    ("s", "hidden", "node2", "following"),
+    [
+        (F4, ("node2",), DEAD_IO, ()),  # a tie, 2 of 4: node2 lost node1
+        (F5, ("node2", "node5"), DEAD_IO, ("node5",)),  # 3 of 5, node5 still follows node1
+        (F4, ("node2",), {"io_state": IoState.STOPPED}, ()),  # node2 can testify nothing
+    ],
+    ids=["tie-node2-lost-node1", "majority-node2-lost-node1", "tie-node2-io-stopped"],
+)
+def test_hidden_replicas_testify_for_a_fleets_writer_never_two_writers(s, hidden, node2, following):
+    # Review HIGH #8: the instance reaches node1 through hidden replicas only; the leader on
+    # the far side (node3, node4 and node2 or more: a majority) may be failing node1 over. A
+    # hidden replica that lost node1 testifies like any replica, and one whose IO thread is
+    # stopped vouches for nothing: the router writes to nobody, never to node1.
+    view = cut_side(s, hidden, node2, following)
+    assert view.published is None and view.primary == "node1"
+    d = decide(view, ControllerState(), s, 10.0, leads=False)
+    routes = [a for a in d.plan.actions if isinstance(a, Route)]
+    assert routes and routes[0].desired.writers == frozenset(), (d.plan.rule, d.plan.reason)

@@ -96,13 +96,14 @@ def fleet_writer(
     lingers up to W on a primary the leader lost last, while it fails it over); and with no
     publication, only while the replicas here follow the writer with a live link
     (``replicas_lost``: a takeover keeps them, a failover behind a cut does not). In a tie
-    (exactly half the nodes reachable: four nodes, one hidden and stopped, one more lost) no
-    side holds a majority, so no leader fails over anywhere: the current writer is kept on the
-    same conditions, never a publication followed."""
+    (exactly half the nodes reachable: four nodes, one hidden and stopped, one more lost) the
+    current writer is kept on the same conditions, never a publication followed: a symmetric
+    cut leaves no majority anywhere, and an asymmetric one (a node both sides reach gives the
+    far side its majority) is told by the replicas' testimony, hidden ones included."""
     quorum = view.quorum
     if not quorum.ok and not quorum.tied:
         return None, f"no quorum ({quorum.describe()}): no writer on this side"
-    if not quorum.ok:  # a tie: no side can fail over; keep a writer, never a new publication
+    if not quorum.ok:  # a tie: keep a writer its replicas vouch for, never a new publication
         writer, why = still_the_writer(view, state, settings)
         return writer, f"no quorum ({quorum.describe()}, a tie: no majority anywhere); {why}"
     if view.published is not None:
@@ -138,17 +139,25 @@ def still_the_writer(
 
 def replicas_lost(view: ClusterView, writer: str, settings: Settings) -> str | None:
     """Why the replicas this instance reaches do not vouch for ``writer``, or None: each must
-    follow it (directly or down a chain) with a live link. Without a publication this is
-    what tells a takeover (the replicas still follow the primary) from a failover the leader
-    makes on the other side of a cut this instance does not see (they lost it)."""
+    follow it (directly or down a chain) with a live link, and at least one that can testify
+    must. Without a publication this is what tells a takeover (the replicas still follow the
+    primary) from a failover the leader makes on the other side of a cut this instance does
+    not see (they lost it). A hidden replica testifies like any other (it counts for the
+    quorum too) unless its IO thread was stopped (``witness``: an operator's maintenance):
+    otherwise an instance that reaches the primary through hidden replicas only would keep
+    routing to it while the leader fails it over (an asymmetric cut)."""
     hidden = hidden_nodes(view)
+    vouching = 0
     for name, node in sorted(view.nodes.items()):
-        if name == writer or name in hidden or not node.reachable:
+        if name == writer or not node.reachable or (name in hidden and not witness(node)):
             continue
         if _root(view, name) != writer:
             return f"{name} does not replicate from {writer}"
         if not link_alive(node, view.at, settings.failover.io_stall):
             return f"{name} has no live link to {writer} (its source may be failed over)"
+        vouching += witness(node)
+    if not vouching:
+        return f"no replica here can vouch for {writer} (none follows it with a running IO thread)"
     return None
 
 
@@ -160,12 +169,10 @@ def replicas_deserted(view: ClusterView, writer: str, settings: Settings) -> str
     over; an instance that still reaches it must not route writes there meanwhile. Replicas
     just repointed, without heartbeats, or whose IO thread an operator stopped say nothing."""
     stall = settings.failover.io_stall
-    hidden = hidden_nodes(view)
     followers = [
         node
         for name, node in view.nodes.items()
         if name != writer
-        and name not in hidden
         and node.reachable
         and witness(node)  # an IO thread an operator stopped says nothing
         and _root(view, name) == writer
