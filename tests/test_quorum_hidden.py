@@ -293,3 +293,24 @@ def test_hidden_replicas_testify_for_a_fleets_writer_never_two_writers(s, hidden
     d = decide(view, ControllerState(), s, 10.0, leads=False)
     routes = [a for a in d.plan.actions if isinstance(a, Route)]
     assert routes and routes[0].desired.writers == frozenset(), (d.plan.rule, d.plan.reason)
+
+
+def test_a_hidden_replica_of_an_outside_source_says_nothing_about_the_writer():
+    # Review LOW #9: nobody publishes (a leader takeover); node3 hidden, replicating from an
+    # outside source (a migration): it neither vouches for node1 nor takes the writer away.
+    f3 = settings(controller={"fleet": True, "instance_id": "i1"})
+    hide = {"readers": ("node1", "node2"), "hidden": ("node3",)}
+    beat = {"received_gtid": "0-1-100"}
+    rounds = [
+        [
+            primary(at=t),
+            replica("node2", t, heartbeats_received=int(t * 10), **beat),
+            replica("node3", t, source="elsewhere", heartbeats_received=int(t * 10), **beat),
+            router(**hide, at=t),
+        ]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    view = fold_all(f3, *rounds)
+    d = decide(view, ControllerState(), f3, 3.5, leads=False)
+    emptied = [a for a in d.plan.actions if isinstance(a, Route) and not a.desired.writers]
+    assert not emptied, (d.plan.rule, d.plan.reason)

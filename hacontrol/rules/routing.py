@@ -149,7 +149,7 @@ def replicas_lost(view: ClusterView, writer: str, settings: Settings) -> str | N
     hidden = hidden_nodes(view)
     vouching = 0
     for name, node in sorted(view.nodes.items()):
-        if name == writer or not node.reachable or (name in hidden and not witness(node)):
+        if name == writer or not node.reachable or (name in hidden and not testifies(view, name)):
             continue
         if _root(view, name) != writer:
             return f"{name} does not replicate from {writer}"
@@ -159,6 +159,13 @@ def replicas_lost(view: ClusterView, writer: str, settings: Settings) -> str | N
     if not vouching:
         return f"no replica here can vouch for {writer} (none follows it with a running IO thread)"
     return None
+
+
+def testifies(view: ClusterView, name: str) -> bool:
+    """Whether a hidden replica says anything about the writer: its IO thread runs (``witness``)
+    from a managed node's chain (one following an outside source, for a migration, says
+    nothing; one a far side's failover repointed follows a managed node)."""
+    return witness(view.nodes[name]) and _root(view, name) in view.nodes
 
 
 def replicas_deserted(view: ClusterView, writer: str, settings: Settings) -> str | None:
