@@ -581,3 +581,93 @@ def test_once_the_unread_node_is_hidden_the_io_threads_start_again():
     (plan,) = started(effects)
     assert plan.rule == "ReplicaIOStopped"
     assert plan.actions == (SetIOThreads(("node3", "node4", "node5"), running=True),)
+
+
+STOPPED = {"io_state": IoState.STOPPED, "last_io_errno": 0, "last_io_error": ""}
+
+
+def after_a_blip(m: Model, nodes: tuple[str, ...], at: float) -> tuple[Model, list]:
+    """One probe of each of ``nodes`` fails (below failure_threshold: still reachable), then a
+    decision."""
+    blip = [down(n, at) for n in nodes]
+    return steps(m, *blip, Tick(at + 0.1), s=F5, now=at + 0.1)
+
+
+@pytest.mark.parametrize(
+    ("node5", "blipped"),
+    [("stopped", ("node3", "node4", "node5")), ("witness", ("node3", "node4"))],
+)
+def test_one_failed_probe_of_the_stopped_replicas_does_not_lift_the_hold(node5, blipped):
+    """During the hold one late probe round of the replicas the failover stopped (a blip, the
+    controller's own lateness) must not make them "not stopped": their last good read shows
+    the IO thread stopped as the failover left it. Before: ReplicaIOStopped started the IO
+    threads (then DeadPrimary promoted node3 beside node2), or DeadPrimary at once with a
+    witness (review HIGH, reproduced on real mariadbd)."""
+    m = takeover_mid_failover("down", node5)
+    m, effects = steps(m, Tick(NOW), s=F5, now=NOW)
+    assert not started(effects)
+    m, effects = after_a_blip(m, blipped, NOW + 0.4)
+    assert all(m.view.nodes[n].failures > 0 and m.view.nodes[n].reachable for n in blipped)
+    assert not started(effects), [(p.rule, p.actions) for p in started(effects)]
+    assert m.decisions[-1]["rule"] == "FailoverUnderWayCandidateUnread"
+    # the probes answer again: still held, no second mail
+    answers = [replica(n, NOW + 1.0, **STOPPED) for n in ("node3", "node4", "node5")]
+    m, effects = steps(m, *answers, Tick(NOW + 1.1), s=F5, now=NOW + 1.1)
+    assert not started(effects) and not [e for e in effects if isinstance(e, SendAlert)]
+
+
+def with_plans_done(m: Model, *events, now: float) -> tuple[Model, list]:
+    """``events`` stepped, then the plan they started (a router reconcile) finished, ok."""
+    m, effects = steps(m, *events, s=F5, now=now)
+    if (r := m.running) is not None:
+        done = PlanFinished(now, r.plan_id, r.plan.rule, r.plan.kind, True, "done", None, (), 0.0)
+        m, more = steps(m, done, s=F5, now=now)
+        effects = [*effects, *more]
+    return m, effects
+
+
+def follower_read_the_candidate_then_leads() -> Model:
+    """This instance followed while the dead leader failed over node1 -> node2: it read the IO
+    threads stopped, node2 writable once (after the Promote: failover_seen quarantines node1,
+    no plan of its own), then node2 froze; now it holds the leader lock on node3-5."""
+    five = ("node1", "node2", "node3", "node4", "node5")
+    rounds = [
+        [primary("node1", t), *(replica(n, t) for n in five[1:]), router(readers=five[1:], at=t)]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    m = Model(fold_all(F5, *rounds), lease=FOLLOWER)
+    for t in (4.0, 4.5, 5.0):
+        m, _ = with_plans_done(
+            m, down("node1", t), *(replica(n, t, **STOPPED) for n in five[1:]), now=t
+        )
+    promoted = [down("node1", 5.5), primary("node2", 5.5)]
+    m, _ = with_plans_done(m, *promoted, *(replica(n, 5.5, **STOPPED) for n in five[2:]), now=5.5)
+    assert "node1" in m.state.quarantined and m.resume is None
+    for t in (6.0, 6.5, 7.0):
+        frozen = [down("node1", t), down("node2", t)]
+        m, _ = with_plans_done(m, *frozen, *(replica(n, t, **STOPPED) for n in five[2:]), now=t)
+    m, _ = with_plans_done(m, *[lock(n, NOW - 0.1, leader=MINE) for n in five[2:]], now=NOW - 0.1)
+    return replace(m, lease=LEADER)
+
+
+def frozen_round(t: float, node2: str = "down") -> list:
+    five = ("node1", "node2", "node3", "node4", "node5")
+    return [
+        down("node1", t),
+        down("node2", t) if node2 == "down" else primary("node2", t),
+        *(replica(n, t, **STOPPED) for n in five[2:]),
+        *(lock(n, t - 0.05, leader=MINE) for n in five[2:]),
+        Tick(t),
+    ]
+
+
+def test_a_quarantine_a_follower_recorded_does_not_lift_the_hold():
+    """The quarantine failover_seen left must not skip the hold: ReplicaIOStopped would start
+    node3-5's IO threads beside the writable node2 and erase the trace the next leader reads
+    (review HIGH, two writable nodes on real mariadbd)."""
+    m = follower_read_the_candidate_then_leads()
+    for t in (NOW, NOW + 1, NOW + 2):
+        m, effects = with_plans_done(m, *frozen_round(t), now=t)
+        assert m.lease.acting(t)
+        assert not started(effects), [(p.rule, p.actions) for p in started(effects)]
+    assert m.decisions[-1]["rule"] == "FailoverUnderWayCandidateUnread"

@@ -552,9 +552,9 @@ def rule_io_stopped_by_a_failover(
         return None
     if now < state.retry_at.get((PlanKind.REPOINT, stopped[0]), 0.0):
         return None
-    # A quarantined primary: this instance's own failover, which its journal resumes or holds.
-    under_way = primary not in state.quarantined and failover_under_way(view, settings, primary)
-    if under_way:
+    # Whoever's failover it was (a quarantine may be a follower's failover_seen, no plan of
+    # its own): never restarted while a node is unread; that trace keeps the next leader safe.
+    if under_way := failover_under_way(view, settings, primary):
         return candidate_maybe_half_promoted(view, state, primary, *under_way)
     reason = (
         f"the primary {primary} is unreachable and the IO threads of {', '.join(stopped)} are "
@@ -575,18 +575,14 @@ def failover_under_way(
     as SetIOThreads leaves them, and nodes that cannot be read now (unreachable, or a probe
     failed since the last good one, which may show the node as it was before a Promote). One
     of those may be that failover's candidate, made writable. Hidden nodes count in neither.
+    A replica counts as stopped by its last good read, whatever its failures since (one late
+    probe round must not lift the hold: the conservative side, as for ``unread``).
     Returns (stopped, unread), or None."""
     if not settings.controller.fleet:
         return None
     hidden = hidden_nodes(view)
     replicas = [n for n in view.replicas_of(primary) if view.nodes[n].reachable]
-    stopped = [
-        n
-        for n in replicas
-        if n not in hidden
-        and view.nodes[n].failures == 0
-        and io_stopped_by_hand(view.nodes[n].channel)
-    ]
+    stopped = [n for n in replicas if n not in hidden and io_stopped_by_hand(view.nodes[n].channel)]
     unread = [
         n
         for n, v in sorted(view.nodes.items())
