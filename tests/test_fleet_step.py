@@ -14,7 +14,17 @@ from hacontrol.effects import EndIntent, Reprobe, SendAlert, SetLeaseMode, Start
 from hacontrol.events import OperatorCommand, PlanFinished, RouterProbeResult, Tick
 from hacontrol.flavors.base import IoState
 from hacontrol.model import Intent, Lease, LeaseMode, Model
-from hacontrol.plan import ActionResult, Plan, PlanKind, Promote, Publish, Route, SetIOThreads
+from hacontrol.plan import (
+    ActionResult,
+    Plan,
+    PlanKind,
+    Promote,
+    Publish,
+    Repoint,
+    Route,
+    SetIOThreads,
+)
+from hacontrol.routing import Membership
 from hacontrol.rules.lease import lease_step
 from hacontrol.step import boot, step
 from hacontrol.view import Code, initial
@@ -671,3 +681,61 @@ def test_a_quarantine_a_follower_recorded_does_not_lift_the_hold():
         assert m.lease.acting(t)
         assert not started(effects), [(p.rule, p.actions) for p in started(effects)]
     assert m.decisions[-1]["rule"] == "FailoverUnderWayCandidateUnread"
+
+
+class Thawed:
+    """node1 dead, node2 answers writable after its freeze; node3-5 stay stopped on node1 until
+    a plan repoints them; the locks and the router show what the plans did."""
+
+    def __init__(self) -> None:
+        self.published = False
+        self.repointed: set[str] = set()
+        self.routed: Membership | None = None
+
+    def round(self, t: float) -> list:
+        five = ("node1", "node2", "node3", "node4", "node5")
+        published = "node2" if self.published else None
+        events: list = locks(t - 0.05, MINE, published, five[1:])
+        events += [down("node1", t), primary("node2", t)]
+        events += [
+            replica(n, t, source="node2", heartbeats_received=int(2 * t))
+            if n in self.repointed
+            else replica(n, t, **STOPPED)
+            for n in five[2:]
+        ]
+        if self.routed is not None:
+            events.append(RouterProbeResult("haproxy", t - 0.02, self.routed))
+        return [*events, Tick(t)]
+
+    def run(self, plan: Plan) -> None:
+        for action in plan.actions:
+            if isinstance(action, Publish):
+                self.published = action.node == "node2"
+            elif isinstance(action, Repoint) and action.new_primary == "node2":
+                self.repointed |= set(action.nodes)
+            elif isinstance(action, Route):
+                self.routed = action.desired
+
+
+def test_after_the_thaw_a_candidate_this_instance_read_writable_once_is_published_and_followed():
+    """The way on "node2 answers", when this instance read node2 writable once before it froze:
+    it must publish node2, route writes to it and repoint every replica to it. Before:
+    failover_seen quarantined node2 when the view's primary fell back to the lost node1 (the
+    replicas' votes): nothing published, the router without a writer, no alert (review, live)."""
+    m = follower_read_the_candidate_then_leads()
+    assert "node2" not in m.state.quarantined
+    for t in (NOW, NOW + 1):
+        m, effects = with_plans_done(m, *frozen_round(t), now=t)
+        assert not started(effects)
+    world, rules = Thawed(), []
+    for t in range(2, 14):
+        m, effects = steps(m, *world.round(NOW + t), s=F5, now=NOW + t)
+        for _ in range(3):  # each plan done at once, and the one that follows it
+            for plan in started(effects):
+                rules.append(plan.rule)
+                world.run(plan)
+            m, effects = with_plans_done(m, now=NOW + t + 0.1)
+    assert "PublishPrimary" in rules and world.published
+    assert world.repointed == {"node3", "node4", "node5"}, rules
+    assert world.routed is not None and world.routed.writers == frozenset({"node2"}), rules
+    assert m.view.primary == "node2" and "node2" not in m.state.quarantined

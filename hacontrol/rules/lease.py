@@ -29,7 +29,7 @@ from hacontrol.events import Event, PlanFinished, ProbeResult
 from hacontrol.frozen import evolve
 from hacontrol.model import Lease, LeaseMode, Model, Quarantined
 from hacontrol.settings import Settings
-from hacontrol.view import ClusterView, LockView
+from hacontrol.view import ClusterView, LockView, NodeView
 
 
 def majority(settings: Settings) -> int:
@@ -251,14 +251,29 @@ def failover_seen(before: ClusterView, model: Model, settings: Settings, now: fl
     """Fleet: the primary moved away from a node that is gone (another instance's failover,
     or the half of one it left): remember that node as an old primary, with the recovery
     block, as the instance that made the failover did, so that any instance leading later
-    fences it when it returns instead of halting on two writers."""
+    fences it when it returns instead of halting on two writers. Only a promotion: the new
+    primary read writable now; never a move to a node that cannot be read (the view's primary
+    falling back by its replicas' votes to the lost old primary, when the candidate froze):
+    quarantined, that candidate would never be published when it answers."""
     old, new, state = before.primary, model.view.primary, model.state
     if not model.lease.fleet or old is None or new is None or old == new:
         return model, ()
     if old in state.quarantined or model.view.nodes[old].reachable:
+        return model, ()
+    if not read_writable(model.view.nodes[new]):
         return model, ()
     quarantined = {**state.quarantined, old: Quarantined(old, new, now)}
     blocked = now + settings.failover.recovery_block
     state = replace(state, quarantined=quarantined, last_failover_at=now, blocked_until=blocked)
     line = log("failover_seen", old, "warning", new_primary=new, reason=model.view.primary_reason)
     return replace(model, state=state), (line,)
+
+
+def read_writable(node: NodeView) -> bool:
+    """Read writable by its last probe, which did not fail (a fresh read, not a stale one)."""
+    return (
+        node.reachable
+        and node.failures == 0
+        and node.status is not None
+        and not node.status.read_only
+    )
