@@ -686,3 +686,21 @@ async def test_a_rebuild_asks_the_lease_before_changing_its_node_and_stops_witho
     assert not done.ok and done.lease_lost and not done.rolled_back
     assert executor.rebuild_status is not None and executor.rebuild_status[LEASE_LOST]
     assert "lease" in executor.rebuild_status["reason"]
+
+
+@pytest.mark.parametrize(("candidate_read_only", "undone"), [(True, True), (False, False)])
+async def test_a_failovers_failed_promotion_starts_no_io_thread_unless_its_candidate_is_read_only(
+    rig: Rig, candidate_read_only: bool, undone: bool
+):
+    """Promote failed after read_only=OFF (a freeze before its status read, a timeout): the
+    candidate may be writable. Starting the replicas' IO threads again would erase the trace a
+    next leader's guard reads (it would promote node3 beside node2: review HIGH): the rollback
+    goes on only once node2 is read read-only, and never starts node2's own IO thread."""
+    rig.nodes.fail[("promote", "node2")] = FAILED
+    rig.nodes.read_only["node2"] = candidate_read_only
+    finished = await rig.executor.run("failover-1", failover_plan())
+    assert not finished.ok and finished.failed_at == 3
+    started_io = [node for call, node in rig.nodes.calls if call == "start_io"]
+    assert started_io == (["node3"] if undone else [])
+    if not undone:
+        assert "node2 is writable" in finished.reason, finished.reason

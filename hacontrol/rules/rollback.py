@@ -3,7 +3,8 @@
 The executor asks right after a required action failed, with the facts of the run: which IO
 threads the plan itself stopped. A plan past its Promote is never undone (it is finished, by
 the resume rules if need be); a plan whose Promote itself failed is undone only when the
-candidate is still read-only, checked on the node first (never two writers).
+candidate is still read-only, checked on the node first (never two writers), a switchover's
+and a failover's alike.
 """
 
 from __future__ import annotations
@@ -25,14 +26,19 @@ def rollback_actions(
         return ()
     out: list[Action] = []
     promote = plan.promote
-    if failed_at == no_return and promote is not None and plan.kind is PlanKind.SWITCHOVER:
+    candidate = None
+    if failed_at == no_return and promote is not None:
         # Promote failed: its candidate is not writable unless the failure came after
         # read_only=OFF (Promote checks it last). Making the old primary writable again
-        # would then make two writers.
+        # would then make two writers; a failover's replicas started again would testify
+        # the primary dead and erase the trace a next leader's guard reads (the next
+        # failover would promote another replica beside it): read-only, checked first.
         out.append(RequireReadOnly(promote.node))
+        if plan.kind is PlanKind.FAILOVER:
+            candidate = promote.node  # its replication may be reset: its IO thread stays
     for action in plan.rollback:
         if isinstance(action, SetIOThreads) and action.running:
-            nodes = tuple(n for n in action.nodes if n in stopped_io)
+            nodes = tuple(n for n in action.nodes if n in stopped_io and n != candidate)
             if not nodes:
                 continue
             action = replace(action, nodes=nodes)
