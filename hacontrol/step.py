@@ -45,7 +45,7 @@ from hacontrol.loglines import change_lines, event_lines, summary_line
 from hacontrol.model import Intent, Lease, Model, Persisted, Summary, persisted
 from hacontrol.plan import Notify, Plan, PlanKind
 from hacontrol.rules.commands import STOPPING, caller_gone, command, refuse_deferred, run_deferred
-from hacontrol.rules.failure import reprobe_targets
+from hacontrol.rules.failure import left_to_the_journal, reprobe_targets
 from hacontrol.rules.journal import journal_status, refusal
 from hacontrol.rules.lease import failover_seen, leader_seen, lease_update
 from hacontrol.rules.lifecycle import log_decision, plan_id, start
@@ -240,6 +240,8 @@ def next_plan(model: Model, settings: Settings, now: float) -> Step:
         )
     if plan.rule == "NotLeader":
         return log_decision(model, not_leader(model, plan, now), now)
+    decision = left_to_the_journal(model.resume, model.state, decision)
+    plan = decision.plan
     if withheld := refusal(plan, model.state.journal):
         return log_decision(model, withheld, now)
     model, logged = log_decision(replace(model, state=decision.state), plan, now)

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from hacontrol.events import ConnectionLost, Event, ProbeResult
 from hacontrol.flavors.base import IoState, ReplicationStatus
-from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Quarantined
+from hacontrol.model import AlertKey, Condition, ControllerState, Decision, Intent, Quarantined
 from hacontrol.plan import (
     Action,
     AlertKind,
@@ -622,6 +622,25 @@ def candidate_maybe_half_promoted(
         summary="HALT: a failover under way, its candidate unread",
         body=reason,
     )
+
+
+def left_to_the_journal(
+    intent: Intent | None, before: ControllerState, decision: Decision
+) -> Decision:
+    """The hold of a failover under way, without its alert while this instance's journal has
+    its own open record of a failover from that primary (``half_done_waits`` alerts for it:
+    one HALT mail, not two). The hold itself stands, whoever's failover it was; the alert is
+    not marked sent, so it goes out once that record is closed and the hold lasts."""
+    plan = decision.plan
+    if plan.rule != "FailoverUnderWayCandidateUnread" or intent is None:
+        return decision
+    promote = intent.plan.promote
+    if promote is None or intent.plan.kind is not PlanKind.FAILOVER:
+        return decision
+    if AlertKey(Condition.FAILOVER_UNDER_WAY, promote.old_primary) not in decision.state.alerted:
+        return decision  # about another primary
+    quiet = replace(plan, actions=tuple(a for a in plan.actions if not isinstance(a, Notify)))
+    return Decision(quiet, replace(decision.state, alerted=before.alerted))
 
 
 def halt_once(
