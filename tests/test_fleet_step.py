@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from hacontrol.effects import EndIntent, Reprobe, SendAlert, SetLeaseMode, StartPlan
-from hacontrol.events import OperatorCommand, PlanFinished, RouterProbeResult, Tick
+from hacontrol.events import OperatorCommand, PlanFinished, ProbeResult, RouterProbeResult, Tick
 from hacontrol.flavors.base import IoState
 from hacontrol.model import Intent, Lease, LeaseMode, Model
 from hacontrol.plan import (
@@ -558,7 +558,9 @@ def test_a_new_leader_promotes_nobody_while_a_failover_under_way_has_a_node_unre
     m, effects = steps(m, Tick(NOW), s=F5, now=NOW)
     assert not started(effects), [p.rule for p in started(effects)]
     mails = [e.alert for e in effects if isinstance(e, SendAlert)]
-    assert [a.summary for a in mails] == ["HALT: a failover under way, its candidate unread"]
+    assert [a.summary for a in mails] == [
+        "HALT: IO threads stopped as a failover leaves them, a node unread"
+    ]
     assert "`hacontrol maintenance node2 on`" in mails[0].reason
     m, effects = steps(m, Tick(NOW + 1), Tick(NOW + 2), s=F5, now=NOW + 2)
     assert not started(effects) and not [e for e in effects if isinstance(e, SendAlert)]
@@ -739,3 +741,76 @@ def test_after_the_thaw_a_candidate_this_instance_read_writable_once_is_publishe
     assert world.repointed == {"node3", "node4", "node5"}, rules
     assert world.routed is not None and world.routed.writers == frozenset({"node2"}), rules
     assert m.view.primary == "node2" and "node2" not in m.state.quarantined
+
+
+@pytest.mark.parametrize("history", [True, False], ids=["seen-while-node1-answered", "fresh"])
+def test_an_io_thread_an_operator_paused_is_no_failover_under_way(history):
+    """No failover ever began: node5's IO thread was stopped by an operator (a backup, SQL
+    running), node4 is down, node1 dies; node2 and node3 testify it dead. This instance read
+    node5 stopped while node1 still answered for longer than a stall: an operator's stop (a
+    failover stops IO threads only once the primary is lost): it fails over (before: a HALT
+    saying a failover was under way). Without that history (started after node1's loss) it
+    stays on the conservative side: it holds, and its alert does not assert a failover."""
+    five = ("node1", "node2", "node3", "node4", "node5")
+    paused = replica("node5", 0.0, **STOPPED)
+
+    def running(n: str, t: float) -> ProbeResult:
+        return replica(n, t, heartbeats_received=int(2 * t))
+
+    rounds = [
+        [primary("node1", t), *(running(n, t) for n in five[1:4]), paused, router(at=t)]
+        for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    ]
+    lost = [
+        [
+            down("node1", t),
+            down("node4", t),
+            *(replica(n, t, **DEAD_IO) for n in five[1:3]),
+            replace(paused, at=t),
+            router(at=t),
+        ]
+        for t in (7.0, 8.0, 9.0)
+    ]
+    held = [lock(n, NOW - 0.1, leader=MINE) for n in ("node2", "node3", "node5")]
+    m = Model(fold_all(F5, *(rounds if history else []), *lost, held), lease=LEADER)
+    assert m.view.has(Code.DEAD_PRIMARY)
+    _, effects = steps(m, Tick(NOW), s=F5, now=NOW)
+    mails = [e.alert for e in effects if isinstance(e, SendAlert)]
+    if history:
+        assert [p.rule for p in started(effects)] == ["DeadPrimary"]
+        assert "under way" not in " ".join(a.summary for a in mails)
+    else:
+        assert not started(effects)
+        (mail,) = mails
+        assert "maybe a failover whose leader stopped, or an operator" in mail.reason
+        assert "a failover under way" not in mail.summary
+
+
+def test_io_threads_a_failover_stopped_after_a_long_healthy_run_still_hold_a_dead_primary():
+    """The other side of the operator's stop: the replicas' links made progress until node1
+    was lost (heartbeats every round for 10 s), the dead leader stopped node3 and node4 after
+    that, node5 (a witness) testifies node1 dead, node2 unread: still held."""
+    five = ("node1", "node2", "node3", "node4", "node5")
+    rounds = [
+        [
+            primary("node1", t),
+            *(replica(n, t, heartbeats_received=int(2 * t)) for n in five[1:]),
+            router(at=t),
+        ]
+        for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
+    ]
+    rounds += [
+        [
+            down("node1", t),
+            down("node2", t),
+            *(replica(n, t, heartbeats_received=20, **STOPPED) for n in ("node3", "node4")),
+            replica("node5", t, heartbeats_received=20, **DEAD_IO),
+            router(at=t),
+        ]
+        for t in (11.0, 12.0, 13.0)
+    ]
+    held = [lock(n, NOW - 0.1, leader=MINE) for n in five[2:]]
+    m = Model(fold_all(F5, *rounds, held), lease=LEADER)
+    assert m.view.has(Code.DEAD_PRIMARY)
+    _, effects = steps(m, Tick(NOW), s=F5, now=NOW)
+    assert not started(effects), [p.rule for p in started(effects)]

@@ -64,7 +64,7 @@ def rule_dead_primary(
         return quarantined_dead(view, state, settings, dead, now)
     if state.blocked_until is not None and now < state.blocked_until:
         return failover_blocked(view, state, dead, state.blocked_until, now)
-    if under_way := failover_under_way(view, settings, dead):
+    if under_way := failover_under_way(view, settings, dead, witnessed=True):
         return candidate_maybe_half_promoted(view, state, dead, *under_way)
     ranked = candidates(view, settings, dead)
     if not ranked or not ranked[0].eligible:
@@ -568,7 +568,7 @@ def rule_io_stopped_by_a_failover(
 
 
 def failover_under_way(
-    view: ClusterView, settings: Settings, primary: str
+    view: ClusterView, settings: Settings, primary: str, *, witnessed: bool = False
 ) -> tuple[list[str], list[str]] | None:
     """Fleet: the trace of a failover whose leader stopped (died or lost the lease) between its
     SetIOThreads and its end: reachable replicas of ``primary`` whose IO threads are stopped
@@ -577,18 +577,45 @@ def failover_under_way(
     of those may be that failover's candidate, made writable. Hidden nodes count in neither.
     A replica counts as stopped by its last good read, whatever its failures since (one late
     probe round must not lift the hold: the conservative side, as for ``unread``).
-    Returns (stopped, unread), or None."""
+    ``witnessed``: other replicas testify the primary dead (``DeadPrimary``); a stop this
+    instance saw while the primary still answered is then an operator's, not a failover's
+    (``stopped_while_the_primary_answered``). Returns (stopped, unread), or None."""
     if not settings.controller.fleet:
         return None
     hidden = hidden_nodes(view)
     replicas = [n for n in view.replicas_of(primary) if view.nodes[n].reachable]
-    stopped = [n for n in replicas if n not in hidden and io_stopped_by_hand(view.nodes[n].channel)]
+    stopped = [
+        n
+        for n in replicas
+        if n not in hidden
+        and io_stopped_by_hand(view.nodes[n].channel)
+        and not (witnessed and stopped_while_the_primary_answered(view, settings, primary, n))
+    ]
     unread = [
         n
         for n, v in sorted(view.nodes.items())
         if n != primary and n not in hidden and (not v.reachable or v.failures > 0)
     ]
     return (stopped, unread) if stopped and unread else None
+
+
+def stopped_while_the_primary_answered(
+    view: ClusterView, settings: Settings, primary: str, name: str
+) -> bool:
+    """This instance read ``name``'s link to ``primary`` without progress (heartbeats, GTID)
+    for longer than a stall while ``primary`` still answered: its IO thread was stopped (or
+    its link lost) before the primary was lost; a failover's SetIOThreads comes only after
+    (``DeadPrimary``): an operator's stop. Without that history (the primary never read
+    here, the replica first read after the loss, or no heartbeats: an idle source sends
+    nothing for long stretches) False: the conservative side."""
+    node, source = view.nodes[name], view.nodes[primary]
+    channel = node.channel
+    if channel is None or channel.heartbeat_period is None or channel.heartbeats_received is None:
+        return False
+    if node.io_progress_at is None or source.last_ok_at is None:
+        return False
+    stall = max(settings.failover.io_stall, 2.5 * channel.heartbeat_period)
+    return source.last_ok_at - node.io_progress_at > stall
 
 
 def candidate_maybe_half_promoted(
@@ -604,9 +631,10 @@ def candidate_maybe_half_promoted(
     names = ", ".join(unread)
     reason = (
         f"halted: the primary {primary} is lost and the IO threads of {', '.join(stopped)} are "
-        f"stopped as a failover stops them (its leader stopped, or it is under way); {names} "
-        f"cannot be read now and may be that failover's candidate, promoted halfway (writable): "
-        f"no failover while one may be writable. Bring {names} back; or make sure each is "
+        "stopped as a failover leaves them (maybe a failover whose leader stopped, or an "
+        f"operator's stop); {names} cannot be read now and may be such a failover's candidate, "
+        "promoted halfway (writable): no failover while one may be writable. Bring "
+        f"{names} back; or make sure each is "
         "read-only (read_only=ON in its configuration too) or down, and run "
         + " and ".join(f"`hacontrol maintenance {n} on`" for n in unread)
         + " on the leader to go on without them"
@@ -619,7 +647,7 @@ def candidate_maybe_half_promoted(
         plan,
         alert=AlertKind.HALT,
         node=unread[0],
-        summary="HALT: a failover under way, its candidate unread",
+        summary="HALT: IO threads stopped as a failover leaves them, a node unread",
         body=reason,
     )
 
