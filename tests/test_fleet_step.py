@@ -683,6 +683,8 @@ def test_a_quarantine_a_follower_recorded_does_not_lift_the_hold():
         assert m.lease.acting(t)
         assert not started(effects), [(p.rule, p.actions) for p in started(effects)]
     assert m.decisions[-1]["rule"] == "FailoverUnderWayCandidateUnread"
+    # its way on says what follows it here: no automatic failover of node1
+    assert "node1 stays quarantined, no automatic failover follows" in m.decisions[-1]["reason"]
 
 
 class Thawed:

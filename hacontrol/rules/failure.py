@@ -638,6 +638,7 @@ def candidate_maybe_half_promoted(
         "read-only (read_only=ON in its configuration too) or down, and run "
         + " and ".join(f"`hacontrol maintenance {n} on`" for n in unread)
         + " on the leader to go on without them"
+        + after_the_way_on(state, primary)
     )
     plan = Plan("FailoverUnderWayCandidateUnread", reason, kind=PlanKind.ALERT)
     return halt_once(
@@ -650,6 +651,20 @@ def candidate_maybe_half_promoted(
         summary="HALT: IO threads stopped as a failover leaves them, a node unread",
         body=reason,
     )
+
+
+def after_the_way_on(state: ControllerState, primary: str) -> str:
+    """What stops the failover that the way on of a hold would let follow: this instance saw a
+    failover away from ``primary`` (it stays quarantined: never failed over automatically
+    again) or one within the recovery block."""
+    if (q := state.quarantined.get(primary)) is not None:
+        return (
+            f"; this instance saw {q.new_primary} promoted: {primary} stays quarantined, no "
+            f"automatic failover follows (QuarantinedPrimaryDead): promote a replica by hand"
+        )
+    if state.blocked_until is not None:
+        return "; a failover happened within the recovery block: `hacontrol ack` as well"
+    return ""
 
 
 def left_to_the_journal(
