@@ -70,6 +70,9 @@ class NodeView:
     io_progress_at: float | None = None
     """When ``io_marker`` last changed: the replica's link to its source was alive then (the
     time the answer that showed the change was read: ``_io_progress``)."""
+    io_stopped_at: float | None = None
+    """When this instance first read the replica's IO thread stopped (the answer's read time)
+    since it last read it running; None while it runs, or never read."""
     health: Health = Health.UNKNOWN
     reason: str = "not probed yet"
     facts: tuple[object, ...] | None = field(default=None, init=False, compare=False, repr=False)
@@ -341,17 +344,33 @@ def _fold_probe(node: NodeView, result: ProbeResult, settings: Settings) -> Node
             last_error=None,
             rtt=result.rtt,
         )
-        io_marker, io_progress_at = _io_progress(node, result.at + (result.rtt or 0.0))
+        read = result.at + (result.rtt or 0.0)
+        io_marker, io_progress_at = _io_progress(node, read)
         health, reason = node_health(node, settings.failover.max_lag)
         node = evolve(
-            node, io_marker=io_marker, io_progress_at=io_progress_at, health=health, reason=reason
+            node,
+            io_marker=io_marker,
+            io_progress_at=io_progress_at,
+            io_stopped_at=_io_stopped_at(node, read),
+            health=health,
+            reason=reason,
         )
     node = evolve(node, facts=None)
     return evolve(node, facts=node_facts(node, settings))
 
 
 VOLATILE_NODE = frozenset(
-    {"name", "probes", "status", "last_ok_at", "rtt", "io_marker", "io_progress_at", "facts"}
+    {
+        "name",
+        "probes",
+        "status",
+        "last_ok_at",
+        "rtt",
+        "io_marker",
+        "io_progress_at",
+        "io_stopped_at",
+        "facts",
+    }
 )
 VOLATILE_STATUS = frozenset(
     {"gtid_executed", "gtid_binlog_pos", "gtid_slave_pos", "gtid_binlog_state", "replication"}
@@ -405,6 +424,14 @@ def _io_progress(node: NodeView, read: float) -> tuple[IoMarker | None, float | 
     if marker != node.io_marker or node.io_progress_at is None:
         return marker, read
     return node.io_marker, node.io_progress_at
+
+
+def _io_stopped_at(node: NodeView, read: float) -> float | None:
+    """``io_stopped_at`` after a good probe read at ``read`` (its status already folded)."""
+    channel = node.channel
+    if channel is None or channel.io_state is not IoState.STOPPED:
+        return None
+    return read if node.io_stopped_at is None else node.io_stopped_at
 
 
 def node_health(node: NodeView, max_lag: float) -> tuple[Health, str]:

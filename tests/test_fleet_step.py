@@ -816,3 +816,44 @@ def test_io_threads_a_failover_stopped_after_a_long_healthy_run_still_hold_a_dea
     assert m.view.has(Code.DEAD_PRIMARY)
     _, effects = steps(m, Tick(NOW), s=F5, now=NOW)
     assert not started(effects), [p.rule for p in started(effects)]
+
+
+def test_io_threads_a_failover_stopped_after_a_primary_turned_flaky_still_hold():
+    """node1 turns flaky at 6 s: it still answers this instance until 10 s, but every replica's
+    link to it is silent (the dead leader's early path confirms it dead from those links), its
+    SetIOThreads stops node2-4 (read at 10.5 s), Promote(node2), it dies; node2 freezes, node1
+    dies at 11 s; node5 (a witness) testifies it dead. Stops seen after every link fell silent
+    are a failover's, however long node1 answered here: held (review HIGH: a stop measured
+    against the link's last progress looked like an operator's, DeadPrimary promoted node3)."""
+    five = ("node1", "node2", "node3", "node4", "node5")
+    silent = {"io_state": IoState.CONNECTING, "last_io_errno": 2013, "heartbeats_received": 12}
+    stopped = {**STOPPED, "last_io_errno": 2013, "heartbeats_received": 12}
+    dead = {**DEAD_IO, "heartbeats_received": 12}
+    rounds = [
+        [
+            primary("node1", t),
+            *(replica(n, t, heartbeats_received=int(2 * t)) for n in five[1:]),
+            router(at=t),
+        ]
+        for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    ]
+    rounds += [
+        [primary("node1", t), *(replica(n, t, **silent) for n in five[1:]), router(at=t)]
+        for t in (7.0, 8.0, 9.0, 10.0)
+    ]
+    rounds.append([replica(n, 10.5, **stopped) for n in five[1:4]])
+    rounds += [
+        [
+            down("node1", t),
+            down("node2", t),
+            *(replica(n, t, **stopped) for n in ("node3", "node4")),
+            replica("node5", t, **dead),
+            router(at=t),
+        ]
+        for t in (11.0, 12.0, 13.0)
+    ]
+    held = [lock(n, NOW - 0.1, leader=MINE) for n in five[2:]]
+    m = Model(fold_all(F5, *rounds, held), lease=LEADER)
+    assert m.view.has(Code.DEAD_PRIMARY)
+    _, effects = steps(m, Tick(NOW), s=F5, now=NOW)
+    assert not started(effects), [p.rule for p in started(effects)]

@@ -602,20 +602,24 @@ def failover_under_way(
 def stopped_while_the_primary_answered(
     view: ClusterView, settings: Settings, primary: str, name: str
 ) -> bool:
-    """This instance read ``name``'s link to ``primary`` without progress (heartbeats, GTID)
-    for longer than a stall while ``primary`` still answered: its IO thread was stopped (or
-    its link lost) before the primary was lost; a failover's SetIOThreads comes only after
-    (``DeadPrimary``): an operator's stop. Without that history (the primary never read
-    here, the replica first read after the loss, or no heartbeats: an idle source sends
-    nothing for long stretches) False: the conservative side."""
-    node, source = view.nodes[name], view.nodes[primary]
-    channel = node.channel
-    if channel is None or channel.heartbeat_period is None or channel.heartbeats_received is None:
+    """An operator's stop, not a failover's: this instance read ``name``'s IO thread stopped,
+    and both ``primary`` answered here and another replica's link to it made progress
+    (heartbeats, GTID) longer than a stall after that read: the primary was alive and
+    serving, and a failover stops IO threads only once its leader found every replica's link
+    to the primary silent for a stall (``DeadPrimary``). Links silent together (a failing
+    primary), or no such history (a fresh start, an idle source without heartbeats): False,
+    the conservative side."""
+    since, answered = view.nodes[name].io_stopped_at, view.nodes[primary].last_ok_at
+    if since is None or answered is None:
         return False
-    if node.io_progress_at is None or source.last_ok_at is None:
-        return False
-    stall = max(settings.failover.io_stall, 2.5 * channel.heartbeat_period)
-    return source.last_ok_at - node.io_progress_at > stall
+    progress = [
+        at
+        for n in view.replicas_of(primary)
+        if n != name and (at := view.nodes[n].io_progress_at) is not None
+    ]
+    # Progress counts while the primary still answered here (a restarted IO thread's
+    # counters may move after its loss).
+    return bool(progress) and min(max(progress), answered) - since > settings.failover.io_stall
 
 
 def candidate_maybe_half_promoted(
