@@ -31,6 +31,7 @@ from hacontrol.view import Code, initial
 from tests.factories import (
     DEAD_IO,
     NOW,
+    QUARANTINE,
     dead_round,
     down,
     failed_over,
@@ -857,3 +858,30 @@ def test_io_threads_a_failover_stopped_after_a_primary_turned_flaky_still_hold()
     assert m.view.has(Code.DEAD_PRIMARY)
     _, effects = steps(m, Tick(NOW), s=F5, now=NOW)
     assert not started(effects), [p.rule for p in started(effects)]
+
+
+def test_a_quarantined_dead_primary_is_mailed_once_across_a_late_probe_round():
+    """QuarantinedPrimaryDead mails once while node1 stays lost: a late probe round of the
+    replicas (no witness for a moment: UnreachablePrimary) must not forget that it was mailed
+    (before: a second mail within seconds, seen live)."""
+    five = ("node1", "node2", "node3", "node4", "node5")
+    rounds = [
+        [primary("node1", t), *(replica(n, t) for n in five[1:]), router(at=t)]
+        for t in (1.0, 2.0, 3.0)
+    ]
+    rounds += [
+        [down("node1", t), *(replica(n, t, **DEAD_IO) for n in five[1:]), router(at=t)]
+        for t in (4.0, 5.0, 6.0)
+    ]
+    m = Model(fold_all(F5, *rounds), lease=LEADER, state=QUARANTINE)
+    summaries, kinds = [], []
+    for t in range(12):
+        now = NOW + t
+        late = t == 6  # one round of the replicas' probes times out
+        probes = [down(n, now) if late else replica(n, now, **DEAD_IO) for n in five[1:]]
+        held = [lock(n, now - 0.05, leader=MINE) for n in five[1:]]
+        m, effects = steps(m, *held, down("node1", now), *probes, Tick(now), s=F5, now=now)
+        kinds.append(m.view.has(Code.DEAD_PRIMARY))
+        summaries += [e.alert.summary for e in effects if isinstance(e, SendAlert)]
+    assert not all(kinds), "the late round made no witness-less moment"
+    assert summaries == ["primary dead and quarantined, no failover"], summaries

@@ -102,7 +102,11 @@ Alive = Callable[[ClusterView, ControllerState, str], bool]
 LASTS_WHILE: Mapping[Condition, Alive] = {
     Condition.NO_QUORUM: lambda view, state, subject: not view.quorum.ok,
     Condition.HALT: lambda view, state, code: any(p.code.value == code for p in view.problems),
-    Condition.FAILOVER_BLOCKED: lambda view, state, subject: view.has(Code.DEAD_PRIMARY),
+    # While the primary is lost: a late probe round of the replicas (no witness for a moment:
+    # UnreachablePrimary) does not end it (it mailed again within seconds).
+    Condition.FAILOVER_BLOCKED: lambda view, state, subject: (
+        view.has(Code.DEAD_PRIMARY) or view.has(Code.UNREACHABLE_PRIMARY)
+    ),
     Condition.NO_CANDIDATE: lambda view, state, subject: view.has(Code.DEAD_PRIMARY),
     Condition.UNREACHABLE_PRIMARY: lambda view, state, s: view.has(Code.UNREACHABLE_PRIMARY),
     Condition.FAILOVER_UNDER_WAY: lambda view, state, s: (
