@@ -885,3 +885,15 @@ def test_a_quarantined_dead_primary_is_mailed_once_across_a_late_probe_round():
         summaries += [e.alert.summary for e in effects if isinstance(e, SendAlert)]
     assert not all(kinds), "the late round made no witness-less moment"
     assert summaries == ["primary dead and quarantined, no failover"], summaries
+
+
+@pytest.mark.parametrize(("since", "ack"), [(NOW - 10, True), (NOW - 4000, False)])
+def test_the_hold_asks_for_an_ack_only_within_the_recovery_block(since, ack):
+    """A failover 10 s ago (the block runs): the way on needs `hacontrol ack` as well; one
+    4000 s ago (the block expired, its time still recorded): it does not."""
+    m = takeover_mid_failover()
+    block = F5.failover.recovery_block
+    state = replace(m.state, last_failover_at=since, blocked_until=since + block)
+    _, effects = steps(replace(m, state=state), Tick(NOW), s=F5, now=NOW)
+    (mail,) = [e.alert for e in effects if isinstance(e, SendAlert)]
+    assert ("`hacontrol ack` as well" in mail.reason) is ack

@@ -65,7 +65,7 @@ def rule_dead_primary(
     if state.blocked_until is not None and now < state.blocked_until:
         return failover_blocked(view, state, dead, state.blocked_until, now)
     if under_way := failover_under_way(view, settings, dead, witnessed=True):
-        return candidate_maybe_half_promoted(view, state, dead, *under_way)
+        return candidate_maybe_half_promoted(view, state, dead, *under_way, now=now)
     ranked = candidates(view, settings, dead)
     if not ranked or not ranked[0].eligible:
         return no_candidate(view, state, problem, ranked)
@@ -555,7 +555,7 @@ def rule_io_stopped_by_a_failover(
     # Whoever's failover it was (a quarantine may be a follower's failover_seen, no plan of
     # its own): never restarted while a node is unread; that trace keeps the next leader safe.
     if under_way := failover_under_way(view, settings, primary):
-        return candidate_maybe_half_promoted(view, state, primary, *under_way)
+        return candidate_maybe_half_promoted(view, state, primary, *under_way, now=now)
     reason = (
         f"the primary {primary} is unreachable and the IO threads of {', '.join(stopped)} are "
         "stopped without an error (a failover cut before its promotion): starting them, so "
@@ -623,7 +623,13 @@ def stopped_while_the_primary_answered(
 
 
 def candidate_maybe_half_promoted(
-    view: ClusterView, state: ControllerState, primary: str, stopped: list[str], unread: list[str]
+    view: ClusterView,
+    state: ControllerState,
+    primary: str,
+    stopped: list[str],
+    unread: list[str],
+    *,
+    now: float,
 ) -> Decision:
     """A failover was under way (its SetIOThreads stopped every reachable replica) when its
     leader stopped, and a node that cannot be read may be its candidate, promoted halfway:
@@ -642,7 +648,7 @@ def candidate_maybe_half_promoted(
         "read-only (read_only=ON in its configuration too) or down, and run "
         + " and ".join(f"`hacontrol maintenance {n} on`" for n in unread)
         + " on the leader to go on without them"
-        + after_the_way_on(state, primary)
+        + after_the_way_on(state, primary, now)
     )
     plan = Plan("FailoverUnderWayCandidateUnread", reason, kind=PlanKind.ALERT)
     return halt_once(
@@ -657,7 +663,7 @@ def candidate_maybe_half_promoted(
     )
 
 
-def after_the_way_on(state: ControllerState, primary: str) -> str:
+def after_the_way_on(state: ControllerState, primary: str, now: float) -> str:
     """What stops the failover that the way on of a hold would let follow: this instance saw a
     failover away from ``primary`` (it stays quarantined: never failed over automatically
     again) or one within the recovery block."""
@@ -666,7 +672,7 @@ def after_the_way_on(state: ControllerState, primary: str) -> str:
             f"; this instance saw {q.new_primary} promoted: {primary} stays quarantined, no "
             f"automatic failover follows (QuarantinedPrimaryDead): promote a replica by hand"
         )
-    if state.blocked_until is not None:
+    if state.blocked_until is not None and now < state.blocked_until:
         return "; a failover happened within the recovery block: `hacontrol ack` as well"
     return ""
 
