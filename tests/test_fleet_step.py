@@ -16,6 +16,8 @@ from hacontrol.flavors.base import IoState
 from hacontrol.model import Intent, Lease, LeaseMode, Model
 from hacontrol.plan import (
     ActionResult,
+    AlertKind,
+    Notify,
     Plan,
     PlanKind,
     Promote,
@@ -382,7 +384,8 @@ def test_without_quorum_a_fleets_router_has_no_writer_even_a_published_one():
     assert m.view.published == "node1" and not m.view.quorum.ok
     _, effects = run(m, Tick(NOW))
     (plan,) = started(effects)
-    route = plan.actions[0]
+    alert, route = plan.actions  # the alert first: a Route that fails ends the plan
+    assert isinstance(alert, Notify) and alert.kind is AlertKind.NO_QUORUM
     assert isinstance(route, Route) and route.no_writer and route.desired.writers == set()
     assert plan.rule == "NoQuorum" and "routes writes to nobody from a minority" in plan.reason
 
@@ -458,7 +461,7 @@ def test_without_quorum_a_router_change_is_not_repeated_before_the_router_is_rea
     m, effects = run(m, Tick(NOW))
     (plan,) = started(effects)
     assert plan.rule == "NoQuorum" and m.running is not None
-    route = plan.actions[0]
+    route = plan.actions[-1]  # after the alert
     done = ActionResult("route", None, True, False, "router: already so")
     finished = PlanFinished(
         NOW + 0.01,

@@ -22,16 +22,20 @@ def rule_no_quorum(
         return None
     reason = next(p.reason for p in view.problems if p.code is Code.NO_QUORUM)
     plan = Plan(Code.NO_QUORUM.value, f"no change without quorum: {reason}", kind=PlanKind.ALERT)
-    if (route := unrouted_writer(view, state, settings, now)) is not None:
-        plan = Plan(
-            Code.NO_QUORUM.value,
-            f"no change without quorum but this router's writer: a fleet routes writes to "
-            f"nobody from a minority (the primary may have changed on the other side): {reason}",
-            (route,),
-            PlanKind.ROUTE,
-        )
     alert = Notify(AlertKind.NO_QUORUM, None, "no quorum, automatic changes stopped", reason)
-    return alert_once(state, AlertKey(Condition.NO_QUORUM), plan, alert)
+    decision = alert_once(state, AlertKey(Condition.NO_QUORUM), plan, alert)
+    if (route := unrouted_writer(view, state, settings, now)) is None:
+        return decision
+    # The alert goes first: a Route that fails (the router cut off with the other nodes) ends
+    # the plan, and an alert after it was never sent, while its key said it had been.
+    plan = Plan(
+        Code.NO_QUORUM.value,
+        f"no change without quorum but this router's writer: a fleet routes writes to "
+        f"nobody from a minority (the primary may have changed on the other side): {reason}",
+        (*decision.plan.actions, route),
+        PlanKind.ROUTE,
+    )
+    return replace(decision, plan=plan)
 
 
 def unrouted_writer(
