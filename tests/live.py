@@ -304,6 +304,20 @@ async def sql(
         conn.close()
 
 
+async def replica_status(sandbox: Sandbox, node: str) -> dict:
+    """SHOW SLAVE STATUS of ``node`` as a dict (empty when it replicates from nobody)."""
+    import aiomysql
+
+    conn = await sandbox.connect(node, "controller")
+    try:
+        async with conn.cursor(aiomysql.DictCursor) as cur:
+            await cur.execute("SHOW SLAVE STATUS")
+            rows = await cur.fetchall()
+    finally:
+        conn.close()
+    return rows[0] if rows else {}
+
+
 def hacontrol(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60, **kw: Any
 ) -> subprocess.CompletedProcess[str]:

@@ -22,25 +22,12 @@ from tests.live import (
     Process,
     as_cut_inside_the_promote,
     crashed_after_promote,
+    replica_status,
     sql,
     switchover_crashed_after,
 )
 
 pytestmark = pytest.mark.integration
-
-
-async def replica_status(sandbox, node: str) -> dict:
-    """SHOW SLAVE STATUS of ``node`` as a dict (empty when it replicates from nobody)."""
-    import aiomysql
-
-    conn = await sandbox.connect(node, "controller")
-    try:
-        async with conn.cursor(aiomysql.DictCursor) as cur:
-            await cur.execute("SHOW SLAVE STATUS")
-            rows = await cur.fetchall()
-    finally:
-        conn.close()
-    return rows[0] if rows else {}
 
 
 async def test_a_replica_left_stopped_on_the_old_primary_is_repointed_after_the_restart(

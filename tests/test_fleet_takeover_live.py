@@ -18,7 +18,7 @@ import signal
 import pytest
 
 from tests.fleet import running_fleet
-from tests.live import sql
+from tests.live import replica_status, sql
 from tests.sandbox_fixtures import running_sandbox
 
 pytestmark = pytest.mark.integration
@@ -82,13 +82,5 @@ async def test_a_new_leader_promotes_nobody_beside_a_frozen_half_promoted_candid
 
 async def follows(sb, node: str, port: int) -> bool:
     """``node`` replicates from the server on ``port``, its IO thread connected."""
-    import aiomysql
-
-    conn = await sb.connect(node, "controller")
-    try:
-        async with conn.cursor(aiomysql.DictCursor) as cur:
-            await cur.execute("SHOW SLAVE STATUS")
-            rows = await cur.fetchall()
-    finally:
-        conn.close()
-    return bool(rows) and rows[0]["Master_Port"] == port and rows[0]["Slave_IO_Running"] == "Yes"
+    status = await replica_status(sb, node)
+    return status.get("Master_Port") == port and status.get("Slave_IO_Running") == "Yes"
